@@ -1,0 +1,223 @@
+// pybind11 glue for the activation family: checks, GIL release, threading over the CPU kernels.
+#include <algorithm>
+#include <vector>
+
+#include "bindings/common.h"
+#include "core/dispatch.h"
+#include "core/parallel.h"
+
+namespace fastnn {
+
+namespace {
+
+constexpr int64_t kAlign = 64;  // chunk starts: a cache line for both float and double
+
+template <class T>
+void run_forward(int op, const T* x, T* y, int64_t n, const ActParams& p) {
+  auto fn = activation_kernels_for<T>().forward[op];
+  parallel_for(n, kGrainElements, kAlign, [&](int64_t b, int64_t e) { fn(x + b, y + b, e - b, p); });
+}
+
+template <class T>
+void run_backward(int op, const T* g, const T* x, T* gx, int64_t n, const ActParams& p) {
+  auto fn = activation_kernels_for<T>().backward[op];
+  parallel_for(n, kGrainElements, kAlign, [&](int64_t b, int64_t e) { fn(g + b, x + b, gx + b, e - b, p); });
+}
+
+ActParams make_params(double slope, double alpha, double scale) {
+  ActParams p;
+  p.slope = slope;
+  p.alpha = alpha;
+  p.scale = scale;
+  return p;
+}
+
+void check_op(int op) {
+  if (op < 0 || op >= kNumActs) throw py::value_error("op: unknown activation id " + std::to_string(op));
+}
+
+// x viewed as (outer, C, inner), all C-contiguous; weight (C).
+struct PreluShape {
+  int64_t outer, C, inner;
+};
+
+PreluShape check_prelu(const py::array& x, const py::array& w, int64_t outer, int64_t C, int64_t inner) {
+  if (outer < 0 || C < 1 || inner < 0 || outer * C * inner != static_cast<int64_t>(x.size()))
+    throw py::value_error("prelu: shape (outer, C, inner) does not match x");
+  if (w.size() != C && w.size() != 1)
+    throw py::value_error("weight: expected 1 or " + std::to_string(C) + " elements, got " + std::to_string(w.size()));
+  return {outer, C, inner};
+}
+
+// Expands a 1-element weight to C elements so that the kernels see one layout.
+template <class T>
+std::vector<T> weight_vector(const py::array& w, int64_t C) {
+  const T* wp = cptr<T>(w);
+  if (w.size() == C) return std::vector<T>(wp, wp + C);
+  return std::vector<T>(static_cast<size_t>(C), wp[0]);
+}
+
+template <class T>
+void prelu_forward_impl(const T* x, const std::vector<T>& w, T* y, PreluShape s) {
+  const auto& k = activation_kernels_for<T>();
+  if (s.inner == 1) {  // (rows, C): the weight runs along the contiguous axis
+    const int64_t grain = std::max<int64_t>(1, kGrainElements / s.C);
+    parallel_for(s.outer, grain, 1, [&](int64_t b, int64_t e) {
+      k.prelu_last_forward(x + b * s.C, w.data(), y + b * s.C, e - b, s.C);
+    });
+    return;
+  }
+  // (outer*C rows of `inner` elements): each row is a leaky ReLU with slope w[c].
+  const int64_t rows = s.outer * s.C;
+  const int64_t grain = std::max<int64_t>(1, kGrainElements / s.inner);
+  parallel_for(rows, grain, 1, [&](int64_t b, int64_t e) {
+    ActParams p;
+    for (int64_t r = b; r < e; ++r) {
+      p.slope = static_cast<double>(w[r % s.C]);
+      k.forward[kLeakyRelu](x + r * s.inner, y + r * s.inner, s.inner, p);
+    }
+  });
+}
+
+// The weight gradient is reduced over fixed blocks whose bounds depend only on the shape, then
+// summed in block order: bit-identical for any thread count.
+template <class T>
+void prelu_backward_impl(const T* g, const T* x, const std::vector<T>& w, T* gx, T* gw, bool shared_w,
+                         PreluShape s) {
+  const auto& k = activation_kernels_for<T>();
+  std::vector<double> acc(static_cast<size_t>(s.C), 0.0);
+  if (s.inner == 1) {
+    // At most 64 blocks (bounded scratch), each at least a grain's worth of rows.
+    int64_t rows_per_block = std::max<int64_t>(1, kGrainElements / s.C);
+    int64_t nblocks = std::min<int64_t>((s.outer + rows_per_block - 1) / rows_per_block, 64);
+    if (nblocks > 0) {
+      rows_per_block = (s.outer + nblocks - 1) / nblocks;
+      nblocks = (s.outer + rows_per_block - 1) / rows_per_block;
+    }
+    std::vector<double> partial(static_cast<size_t>(nblocks * s.C), 0.0);
+    parallel_for(nblocks, 1, 1, [&](int64_t b, int64_t e) {
+      for (int64_t blk = b; blk < e; ++blk) {
+        const int64_t r0 = blk * rows_per_block, r1 = std::min(s.outer, r0 + rows_per_block);
+        k.prelu_last_backward(g + r0 * s.C, x + r0 * s.C, w.data(), gx + r0 * s.C, partial.data() + blk * s.C,
+                              r1 - r0, s.C);
+      }
+    });
+    for (int64_t blk = 0; blk < nblocks; ++blk)
+      for (int64_t c = 0; c < s.C; ++c) acc[c] += partial[blk * s.C + c];
+  } else {
+    const int64_t rows = s.outer * s.C;
+    std::vector<double> row_sums(static_cast<size_t>(rows), 0.0);
+    const int64_t grain = std::max<int64_t>(1, kGrainElements / s.inner);
+    parallel_for(rows, grain, 1, [&](int64_t b, int64_t e) {
+      ActParams p;
+      for (int64_t r = b; r < e; ++r) {
+        p.slope = static_cast<double>(w[r % s.C]);
+        const int64_t o = r * s.inner;
+        k.backward[kLeakyRelu](g + o, x + o, gx + o, s.inner, p);
+        row_sums[r] = k.prelu_row_wsum(g + o, x + o, s.inner);
+      }
+    });
+    for (int64_t r = 0; r < rows; ++r) acc[r % s.C] += row_sums[r];
+  }
+  if (shared_w) {
+    double total = 0.0;
+    for (double v : acc) total += v;
+    gw[0] = static_cast<T>(total);
+  } else {
+    for (int64_t c = 0; c < s.C; ++c) gw[c] = static_cast<T>(acc[c]);
+  }
+}
+
+}  // namespace
+
+void register_activation(py::module_& m) {
+  m.def(
+      "act_forward",
+      [](int op, py::array x, py::array out, double slope, double alpha, double scale) {
+        check_op(op);
+        DType dt = float_dtype(x, "x");
+        require_same(x, "x", out, "out");
+        require_c_contiguous(x, "x");
+        require_c_contiguous(out, "out");
+        require_writeable(out, "out");
+        const ActParams p = make_params(slope, alpha, scale);
+        const int64_t n = x.size();
+        py::gil_scoped_release nogil;
+        if (dt == DType::F32) run_forward<float>(op, cptr<float>(x), mptr<float>(out), n, p);
+        else run_forward<double>(op, cptr<double>(x), mptr<double>(out), n, p);
+      },
+      py::arg("op"), py::arg("x"), py::arg("out"), py::arg("slope"), py::arg("alpha"), py::arg("scale"),
+      "out = f(x) over C-contiguous arrays of the same dtype and size (out may be x).");
+
+  m.def(
+      "act_backward",
+      [](int op, py::array g, py::array x, py::array out, double slope, double alpha, double scale) {
+        check_op(op);
+        DType dt = float_dtype(x, "x");
+        require_same(x, "x", g, "grad_output");
+        require_same(x, "x", out, "out");
+        require_c_contiguous(g, "grad_output");
+        require_c_contiguous(x, "x");
+        require_c_contiguous(out, "out");
+        require_writeable(out, "out");
+        const ActParams p = make_params(slope, alpha, scale);
+        const int64_t n = x.size();
+        py::gil_scoped_release nogil;
+        if (dt == DType::F32) run_backward<float>(op, cptr<float>(g), cptr<float>(x), mptr<float>(out), n, p);
+        else run_backward<double>(op, cptr<double>(g), cptr<double>(x), mptr<double>(out), n, p);
+      },
+      py::arg("op"), py::arg("grad_output"), py::arg("x"), py::arg("out"), py::arg("slope"), py::arg("alpha"),
+      py::arg("scale"), "out = grad_output * f'(x) (out may alias grad_output or x).");
+
+  m.def(
+      "prelu_forward",
+      [](py::array x, py::array w, py::array out, int64_t outer, int64_t C, int64_t inner) {
+        DType dt = float_dtype(x, "x");
+        require_same(x, "x", out, "out");
+        if (!w.dtype().is(x.dtype())) throw py::type_error("weight: expected dtype " + dtype_str(x) + " like x, got " + dtype_str(w));
+        require_c_contiguous(x, "x");
+        require_c_contiguous(w, "weight");
+        require_c_contiguous(out, "out");
+        require_writeable(out, "out");
+        PreluShape s = check_prelu(x, w, outer, C, inner);
+        if (dt == DType::F32) {
+          auto wv = weight_vector<float>(w, C);
+          py::gil_scoped_release nogil;
+          prelu_forward_impl<float>(cptr<float>(x), wv, mptr<float>(out), s);
+        } else {
+          auto wv = weight_vector<double>(w, C);
+          py::gil_scoped_release nogil;
+          prelu_forward_impl<double>(cptr<double>(x), wv, mptr<double>(out), s);
+        }
+      },
+      py::arg("x"), py::arg("weight"), py::arg("out"), py::arg("outer"), py::arg("C"), py::arg("inner"));
+
+  m.def(
+      "prelu_backward",
+      [](py::array g, py::array x, py::array w, py::array gx, py::array gw, int64_t outer, int64_t C, int64_t inner) {
+        DType dt = float_dtype(x, "x");
+        require_same(x, "x", g, "grad_output");
+        require_same(x, "x", gx, "grad_input");
+        if (!w.dtype().is(x.dtype()) || !gw.dtype().is(x.dtype()))
+          throw py::type_error("weight: expected dtype " + dtype_str(x) + " like x");
+        if (gw.size() != w.size()) throw py::value_error("grad_weight: expected as many elements as weight");
+        for (auto* a : {&g, &x, &w, &gx, &gw}) require_c_contiguous(*a, "prelu_backward argument");
+        require_writeable(gx, "grad_input");
+        require_writeable(gw, "grad_weight");
+        PreluShape s = check_prelu(x, w, outer, C, inner);
+        const bool shared = w.size() == 1;
+        if (dt == DType::F32) {
+          auto wv = weight_vector<float>(w, C);
+          py::gil_scoped_release nogil;
+          prelu_backward_impl<float>(cptr<float>(g), cptr<float>(x), wv, mptr<float>(gx), mptr<float>(gw), shared, s);
+        } else {
+          auto wv = weight_vector<double>(w, C);
+          py::gil_scoped_release nogil;
+          prelu_backward_impl<double>(cptr<double>(g), cptr<double>(x), wv, mptr<double>(gx), mptr<double>(gw), shared, s);
+        }
+      },
+      py::arg("grad_output"), py::arg("x"), py::arg("weight"), py::arg("grad_input"), py::arg("grad_weight"),
+      py::arg("outer"), py::arg("C"), py::arg("inner"));
+}
+
+}  // namespace fastnn

@@ -1,0 +1,51 @@
+// Argument checks shared by the binding files. The Python layer (python/fastnn) normalizes user
+// input and produces the user-facing messages; these checks keep _C itself safe to call
+// directly: a wrong array here is an exception, never an out-of-bounds access.
+#pragma once
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <string>
+
+namespace fastnn {
+namespace py = pybind11;
+
+enum class DType { F32, F64 };
+
+inline std::string dtype_str(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
+
+inline DType float_dtype(const py::array& a, const char* name) {
+  if (a.dtype().is(py::dtype::of<float>())) return DType::F32;
+  if (a.dtype().is(py::dtype::of<double>())) return DType::F64;
+  throw py::type_error(std::string(name) + ": expected float32 or float64, got " + dtype_str(a));
+}
+
+inline void require_c_contiguous(const py::array& a, const char* name) {
+  if (!(a.flags() & py::array::c_style))
+    throw py::value_error(std::string(name) + ": expected a C-contiguous array");
+}
+
+inline void require_writeable(const py::array& a, const char* name) {
+  if (!a.writeable()) throw py::value_error(std::string(name) + ": array is read-only");
+}
+
+inline void require_same(const py::array& a, const char* an, const py::array& b, const char* bn) {
+  if (!a.dtype().is(b.dtype()))
+    throw py::type_error(std::string(bn) + ": expected dtype " + dtype_str(a) + " like " + an + ", got " + dtype_str(b));
+  if (a.size() != b.size())
+    throw py::value_error(std::string(bn) + ": expected " + std::to_string(a.size()) + " elements like " + an +
+                          ", got " + std::to_string(b.size()));
+}
+
+template <class T>
+inline const T* cptr(const py::array& a) { return static_cast<const T*>(a.data()); }
+template <class T>
+inline T* mptr(py::array& a) { return static_cast<T*>(a.mutable_data()); }
+
+void register_activation(py::module_& m);
+#ifdef FASTNN_WITH_CUDA
+void register_cuda(py::module_& m);
+#endif
+
+}  // namespace fastnn

@@ -1,0 +1,130 @@
+#include "core/allocator.h"
+
+#include <sys/mman.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <iterator>
+#include <map>
+#include <mutex>
+#include <new>
+
+namespace fastnn {
+
+namespace {
+
+constexpr size_t kHuge = size_t(2) << 20;
+
+size_t round_block(size_t bytes) { return (bytes + kHuge - 1) / kHuge * kHuge; }
+
+struct Cache {
+  std::mutex mu;
+  std::multimap<size_t, void*> free_blocks;  // rounded size -> block
+  size_t cached = 0;
+  size_t limit = size_t(1) << 30;
+};
+
+Cache& cache() {
+  static Cache* c = new Cache();  // never destroyed: arrays may outlive static destruction
+  return *c;
+}
+
+void* map_block(size_t size) {
+  // Over-map by 2 MiB and trim so the block is 2 MiB-aligned (a huge page can back it).
+  size_t span = size + kHuge;
+  void* raw = mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (raw == MAP_FAILED) throw std::bad_alloc();
+  uintptr_t start = reinterpret_cast<uintptr_t>(raw);
+  uintptr_t aligned = (start + kHuge - 1) & ~(uintptr_t)(kHuge - 1);
+  if (aligned > start) munmap(raw, aligned - start);
+  uintptr_t end = start + span, block_end = aligned + size;
+  if (end > block_end) munmap(reinterpret_cast<void*>(block_end), end - block_end);
+#ifdef MADV_HUGEPAGE
+  madvise(reinterpret_cast<void*>(aligned), size, MADV_HUGEPAGE);
+#endif
+  return reinterpret_cast<void*>(aligned);
+}
+
+}  // namespace
+
+void* host_alloc(size_t bytes) {
+  if (bytes < kCachedAllocMin) {
+    void* p = std::aligned_alloc(64, (bytes + 63) / 64 * 64 + 64);
+    if (!p) throw std::bad_alloc();
+    return p;
+  }
+  size_t size = round_block(bytes);
+  Cache& c = cache();
+  {
+    std::lock_guard<std::mutex> lk(c.mu);
+    auto it = c.free_blocks.find(size);
+    if (it != c.free_blocks.end()) {
+      void* p = it->second;
+      c.free_blocks.erase(it);
+      c.cached -= size;
+      return p;
+    }
+  }
+  return map_block(size);
+}
+
+void host_free(void* p, size_t bytes) {
+  if (!p) return;
+  if (bytes < kCachedAllocMin) {
+    std::free(p);
+    return;
+  }
+  size_t size = round_block(bytes);
+  Cache& c = cache();
+  {
+    std::lock_guard<std::mutex> lk(c.mu);
+    if (c.cached + size <= c.limit) {
+      c.free_blocks.emplace(size, p);
+      c.cached += size;
+      return;
+    }
+  }
+  munmap(p, size);
+}
+
+size_t host_empty_cache() {
+  Cache& c = cache();
+  std::multimap<size_t, void*> blocks;
+  size_t released;
+  {
+    std::lock_guard<std::mutex> lk(c.mu);
+    blocks.swap(c.free_blocks);
+    released = c.cached;
+    c.cached = 0;
+  }
+  for (auto& kv : blocks) munmap(kv.second, kv.first);
+  return released;
+}
+
+size_t host_cached_bytes() {
+  std::lock_guard<std::mutex> lk(cache().mu);
+  return cache().cached;
+}
+
+size_t host_cache_limit() {
+  std::lock_guard<std::mutex> lk(cache().mu);
+  return cache().limit;
+}
+
+void set_host_cache_limit(size_t bytes) {
+  Cache& c = cache();
+  std::multimap<size_t, void*> evicted;
+  {
+    std::lock_guard<std::mutex> lk(c.mu);
+    c.limit = bytes;
+    while (c.cached > c.limit && !c.free_blocks.empty()) {
+      auto it = std::prev(c.free_blocks.end());  // largest first
+      c.cached -= it->first;
+      evicted.insert(*it);
+      c.free_blocks.erase(it);
+    }
+  }
+  for (auto& kv : evicted) munmap(kv.second, kv.first);
+}
+
+}  // namespace fastnn

@@ -1,0 +1,97 @@
+#include "core/cpu_features.h"
+
+#include <cstring>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <cpuid.h>
+#define FASTNN_X86 1
+#endif
+
+namespace fastnn {
+
+const char* capability_name(CpuCapability c) {
+  switch (c) {
+    case CpuCapability::Baseline: return "baseline";
+    case CpuCapability::Avx2: return "avx2";
+    case CpuCapability::Avx512: return "avx512";
+  }
+  return "unknown";
+}
+
+bool parse_capability(const char* name, CpuCapability* out) {
+  for (int i = 0; i <= 2; ++i) {
+    auto c = static_cast<CpuCapability>(i);
+    if (std::strcmp(name, capability_name(c)) == 0) {
+      *out = c;
+      return true;
+    }
+  }
+  return false;
+}
+
+bool capability_compiled(CpuCapability c) {
+  switch (c) {
+    case CpuCapability::Baseline: return true;
+#ifdef FASTNN_HAVE_AVX2
+    case CpuCapability::Avx2: return true;
+#endif
+#ifdef FASTNN_HAVE_AVX512
+    case CpuCapability::Avx512: return true;
+#endif
+    default: return false;
+  }
+}
+
+namespace {
+
+struct X86Features {
+  bool avx2_fma = false;
+  bool avx512 = false;  // F + BW + DQ + VL, with OS support for the ZMM and opmask state
+};
+
+X86Features detect() {
+  X86Features f;
+#ifdef FASTNN_X86
+  unsigned a, b, c, d;
+  if (!__get_cpuid(1, &a, &b, &c, &d)) return f;
+  const bool osxsave = c & (1u << 27), avx = c & (1u << 28), fma = c & (1u << 12);
+  if (!(osxsave && avx)) return f;
+  unsigned xcr0_lo, xcr0_hi;
+  __asm__ volatile("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
+  const bool os_ymm = (xcr0_lo & 0x6) == 0x6;          // XMM + YMM state
+  const bool os_zmm = (xcr0_lo & 0xE6) == 0xE6;        // + opmask, ZMM_Hi256, Hi16_ZMM
+  if (__get_cpuid_max(0, nullptr) < 7) return f;
+  __cpuid_count(7, 0, a, b, c, d);
+  const bool avx2 = b & (1u << 5);
+  const bool f512 = b & (1u << 16), dq = b & (1u << 17), bw = b & (1u << 30), vl = b & (1u << 31);
+  f.avx2_fma = os_ymm && avx2 && fma;
+  f.avx512 = f.avx2_fma && os_zmm && f512 && dq && bw && vl;
+#endif
+  return f;
+}
+
+const X86Features& features() {
+  static const X86Features f = detect();
+  return f;
+}
+
+}  // namespace
+
+bool capability_supported(CpuCapability c) {
+  switch (c) {
+    case CpuCapability::Baseline: return true;
+    case CpuCapability::Avx2: return features().avx2_fma;
+    case CpuCapability::Avx512: return features().avx512;
+  }
+  return false;
+}
+
+CpuCapability best_capability() {
+  for (int i = 2; i > 0; --i) {
+    auto c = static_cast<CpuCapability>(i);
+    if (capability_compiled(c) && capability_supported(c)) return c;
+  }
+  return CpuCapability::Baseline;
+}
+
+}  // namespace fastnn

@@ -1,0 +1,21 @@
+// CPU capability detection (cpuid + XGETBV) and the names of the kernel paths.
+#pragma once
+
+namespace fastnn {
+
+// Ordered: a higher value implies every lower one.
+enum class CpuCapability : int { Baseline = 0, Avx2 = 1, Avx512 = 2 };
+
+const char* capability_name(CpuCapability c);
+// Parses "baseline" | "avx2" | "avx512"; false for anything else.
+bool parse_capability(const char* name, CpuCapability* out);
+
+// Whether this build carries kernels for c (avx2/avx512 exist only in x86-64 builds).
+bool capability_compiled(CpuCapability c);
+// Whether the running CPU and OS can execute c: the instructions (cpuid) and the saved register
+// state (XGETBV: YMM for AVX2, opmask + ZMM for AVX-512).
+bool capability_supported(CpuCapability c);
+// The best path that is both compiled and supported.
+CpuCapability best_capability();
+
+}  // namespace fastnn

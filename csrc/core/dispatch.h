@@ -1,0 +1,25 @@
+// Run-time selection of the CPU kernel path: the best one the CPU supports, or the one named by
+// FASTNN_CPU_CAPABILITY (read once at import), or the one a test forces.
+#pragma once
+
+#include "core/cpu_features.h"
+#include "cpu/activation.h"
+
+namespace fastnn {
+
+CpuCapability current_capability();
+// Throws std::invalid_argument naming what is available when c is not compiled or not supported.
+void set_capability(CpuCapability c);
+// Applies FASTNN_CPU_CAPABILITY if set (throws on an unknown or unavailable value).
+void init_capability_from_env();
+
+const ActivationKernels& activation_kernels();
+
+template <class T>
+const ActivationKernelsT<T>& activation_kernels_for();
+template <>
+inline const ActivationKernelsT<float>& activation_kernels_for<float>() { return activation_kernels().f32; }
+template <>
+inline const ActivationKernelsT<double>& activation_kernels_for<double>() { return activation_kernels().f64; }
+
+}  // namespace fastnn

@@ -1,0 +1,195 @@
+#include "core/parallel.h"
+
+#include <pthread.h>
+#include <sched.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace fastnn {
+
+namespace {
+
+thread_local bool t_in_parallel = false;
+
+// Persistent workers. A region publishes (fn, ctx, chunking) and bumps `generation_`; workers
+// spin briefly, then sleep on a condition variable. Tasks are claimed with an atomic counter, the
+// caller takes part, and the last task to finish wakes the caller.
+class Pool {
+ public:
+  explicit Pool(int threads) {
+    for (int i = 1; i < threads; ++i) workers_.emplace_back([this] { worker_loop(); });
+  }
+  ~Pool() {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      stop_ = true;
+      generation_.fetch_add(1, std::memory_order_release);
+    }
+    cv_start_.notify_all();
+    for (auto& t : workers_) t.join();
+  }
+  int threads() const { return static_cast<int>(workers_.size()) + 1; }
+
+  void run(int ntasks, int64_t n, int64_t chunk, RangeFn fn, void* ctx) {
+    fn_ = fn;
+    ctx_ = ctx;
+    n_ = n;
+    chunk_ = chunk;
+    remaining_.store(ntasks, std::memory_order_relaxed);
+    region_ = (region_ + 1) & 0xFFFFFF;
+    // Publishing the claim word releases the region's parameters to whoever claims a task.
+    claim_.store((region_ << 40) | (static_cast<uint64_t>(ntasks) << 20), std::memory_order_release);
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      generation_.fetch_add(1, std::memory_order_release);
+    }
+    cv_start_.notify_all();
+    t_in_parallel = true;
+    work();
+    t_in_parallel = false;
+    // Wait for the workers' tasks: spin first (regions are short), then sleep.
+    for (int spin = 0; spin < 20000; ++spin) {
+      if (remaining_.load(std::memory_order_acquire) == 0) return;
+      cpu_relax();
+    }
+    std::unique_lock<std::mutex> lk(mu_);
+    cv_done_.wait(lk, [this] { return remaining_.load(std::memory_order_acquire) == 0; });
+  }
+
+ private:
+  static void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+  }
+
+  // Claims tasks until the current region has none left. The claim word packs
+  // (region id: 24 bits | task count: 20 bits | next task: 20 bits), so a worker that wakes late
+  // can never take a task of a region it did not see published, nor read a stale task count.
+  // A region's parameters stay valid while any of its tasks is unfinished.
+  void work() {
+    for (;;) {
+      uint64_t c = claim_.load(std::memory_order_acquire);
+      for (;;) {
+        if ((c & 0xFFFFF) >= ((c >> 20) & 0xFFFFF)) return;
+        if (claim_.compare_exchange_weak(c, c + 1, std::memory_order_acq_rel, std::memory_order_acquire)) break;
+      }
+      int64_t t = static_cast<int64_t>(c & 0xFFFFF);
+      int64_t b = t * chunk_, e = b + chunk_ < n_ ? b + chunk_ : n_;
+      fn_(ctx_, b, e);
+      if (remaining_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+        std::lock_guard<std::mutex> lk(mu_);
+        cv_done_.notify_one();
+      }
+    }
+  }
+
+  void worker_loop() {
+    t_in_parallel = true;
+    uint64_t seen = 0;
+    for (;;) {
+      uint64_t g = generation_.load(std::memory_order_acquire);
+      for (int spin = 0; g == seen && spin < 20000; ++spin) {
+        cpu_relax();
+        g = generation_.load(std::memory_order_acquire);
+      }
+      if (g == seen) {
+        std::unique_lock<std::mutex> lk(mu_);
+        cv_start_.wait(lk, [&] { return generation_.load(std::memory_order_acquire) != seen; });
+        g = generation_.load(std::memory_order_acquire);
+      }
+      seen = g;
+      {
+        std::lock_guard<std::mutex> lk(mu_);
+        if (stop_) return;
+      }
+      work();
+    }
+  }
+
+  std::vector<std::thread> workers_;
+  std::mutex mu_;
+  std::condition_variable cv_start_, cv_done_;
+  std::atomic<uint64_t> generation_{0};
+  bool stop_ = false;
+  RangeFn fn_ = nullptr;
+  void* ctx_ = nullptr;
+  int64_t n_ = 0, chunk_ = 0;
+  uint64_t region_ = 0;
+  std::atomic<uint64_t> claim_{0};
+  std::atomic<int> remaining_{0};
+};
+
+std::mutex g_pool_mu;          // held for the duration of a region: one region at a time
+Pool* g_pool = nullptr;        // created lazily with g_threads threads
+std::atomic<int> g_threads{0};  // 0 = not yet set: use default_num_threads()
+
+void after_fork_in_child() {
+  // The workers do not exist in the child: forget the pool (leaked, not joined) and the lock.
+  new (&g_pool_mu) std::mutex();
+  g_pool = nullptr;
+}
+
+struct ForkHandler {
+  ForkHandler() { pthread_atfork(nullptr, nullptr, after_fork_in_child); }
+} g_fork_handler;
+
+}  // namespace
+
+int default_num_threads() {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) {
+    int n = CPU_COUNT(&set);
+    if (n > 0) return n;
+  }
+  unsigned hc = std::thread::hardware_concurrency();
+  return hc ? static_cast<int>(hc) : 1;
+}
+
+int num_threads() {
+  int n = g_threads.load(std::memory_order_relaxed);
+  return n > 0 ? n : default_num_threads();
+}
+
+void set_num_threads(int n) {
+  if (n < 1) n = 1;
+  std::lock_guard<std::mutex> lk(g_pool_mu);
+  g_threads.store(n, std::memory_order_relaxed);
+  if (g_pool && g_pool->threads() != n) {
+    delete g_pool;
+    g_pool = nullptr;
+  }
+}
+
+void parallel_for_impl(int64_t n, int64_t grain, int64_t align, RangeFn fn, void* ctx) {
+  if (n <= 0) return;
+  if (grain < 1) grain = 1;
+  if (align < 1) align = 1;
+  int64_t nt = num_threads();
+  int64_t max_tasks = (n + grain - 1) / grain;
+  if (nt > max_tasks) nt = max_tasks;
+  if (nt <= 1 || t_in_parallel) {
+    fn(ctx, 0, n);
+    return;
+  }
+  std::unique_lock<std::mutex> lk(g_pool_mu, std::try_to_lock);
+  if (!lk.owns_lock()) {  // another thread's region is running: do this one inline
+    fn(ctx, 0, n);
+    return;
+  }
+  int want = num_threads();
+  if (!g_pool || g_pool->threads() != want) {
+    delete g_pool;
+    g_pool = new Pool(want);
+  }
+  int64_t chunk = (n + nt - 1) / nt;
+  chunk = (chunk + align - 1) / align * align;
+  int ntasks = static_cast<int>((n + chunk - 1) / chunk);
+  g_pool->run(ntasks, n, chunk, fn, ctx);
+}
+
+}  // namespace fastnn

@@ -1,0 +1,242 @@
+// Activation kernels, forward and backward, float32 and float64. Compiled once per ISA
+// (FASTNN_ISA); each copy exports a constant table. Semantics follow PyTorch (derivatives at 0:
+// relu 0, leaky_relu/prelu the slope, elu/selu scale*alpha), and NaN in x gives NaN out in
+// every forward and backward. Backward = grad_output * f'(x), an IEEE product.
+#include "cpu/activation.h"
+
+#include "cpu/simd.h"
+#include "cpu/vecmath.h"
+
+namespace fastnn {
+namespace FASTNN_ISA_NS {
+namespace {
+
+// y[i] = f(x[i]); the tail goes through the same f with a masked load/store.
+template <class V, class F>
+inline void map1(const typename V::T* x, typename V::T* y, int64_t n, F f) {
+  int64_t i = 0;
+  for (; i + V::W <= n; i += V::W) f(V::load(x + i)).store(y + i);
+  if (i < n) f(V::load_partial(x + i, n - i)).store_partial(y + i, n - i);
+}
+
+// out[i] = f(a[i], b[i]).
+template <class V, class F>
+inline void map2(const typename V::T* a, const typename V::T* b, typename V::T* out, int64_t n, F f) {
+  int64_t i = 0;
+  for (; i + V::W <= n; i += V::W) f(V::load(a + i), V::load(b + i)).store(out + i);
+  if (i < n) f(V::load_partial(a + i, n - i), V::load_partial(b + i, n - i)).store_partial(out + i, n - i);
+}
+
+// ---- the math of each op, on one vector ----------------------------------------------------
+
+// sigmoid(x) = (x < 0 ? e : 1) / (1 + e), e = exp(-|x|): never overflows, and relative accuracy
+// holds in both tails (including subnormal results).
+template <class V>
+inline V sigmoid_v(V x) {
+  using T = typename V::T;
+  const V one = V::set1(T(1));
+  V e = vexp(V::set1(T(0)) - vabs(x));
+  return select(cmp_lt(x, V::set1(T(0))), e, one) / (one + e);
+}
+
+// sigmoid'(x) = e / (1 + e)^2, e = exp(-|x|): no cancellation in 1 - s for large |x|.
+template <class V>
+inline V sigmoid_grad_v(V x) {
+  using T = typename V::T;
+  V e = vexp(V::set1(T(0)) - vabs(x));
+  V d = V::set1(T(1)) + e;
+  return e / (d * d);
+}
+
+// tanh(|x|) = -e / (e + 2), e = expm1(-2|x|) in (-1, 0]: accurate near 0 (no 1 - 2/(...)
+// cancellation), exactly 1 for large |x|; the sign is copied back so tanh(-0) = -0.
+template <class V>
+inline V tanh_v(V x) {
+  using T = typename V::T;
+  V e = vexpm1(vabs(x) * V::set1(T(-2)));
+  return copysign(e / (V::set1(T(-2)) - e), x);
+}
+
+// tanh'(x) = 1 - tanh^2 = 4e / (1 + e)^2, e = exp(-2|x|).
+template <class V>
+inline V tanh_grad_v(V x) {
+  using T = typename V::T;
+  V e = vexp(vabs(x) * V::set1(T(-2)));
+  V d = V::set1(T(1)) + e;
+  return (V::set1(T(4)) * e) / (d * d);
+}
+
+// A derivative that is NaN wherever x is.
+template <class V>
+inline V nan_where_x_nan(V d, V x) {
+  return select(is_nan(x), x, d);
+}
+
+// ---- kernels --------------------------------------------------------------------------------
+
+template <class T>
+void sigmoid_fwd(const T* x, T* y, int64_t n, const ActParams&) {
+  map1<Vec<T>>(x, y, n, [](Vec<T> v) { return sigmoid_v(v); });
+}
+template <class T>
+void sigmoid_bwd(const T* g, const T* x, T* gx, int64_t n, const ActParams&) {
+  map2<Vec<T>>(g, x, gx, n, [](Vec<T> gv, Vec<T> xv) { return gv * sigmoid_grad_v(xv); });
+}
+
+template <class T>
+void tanh_fwd(const T* x, T* y, int64_t n, const ActParams&) {
+  map1<Vec<T>>(x, y, n, [](Vec<T> v) { return tanh_v(v); });
+}
+template <class T>
+void tanh_bwd(const T* g, const T* x, T* gx, int64_t n, const ActParams&) {
+  map2<Vec<T>>(g, x, gx, n, [](Vec<T> gv, Vec<T> xv) { return gv * tanh_grad_v(xv); });
+}
+
+// relu(x) = x > 0 or NaN ? x : +0.
+template <class T>
+void relu_fwd(const T* x, T* y, int64_t n, const ActParams&) {
+  using V = Vec<T>;
+  const V zero = V::set1(T(0));
+  map1<V>(x, y, n, [zero](V v) { return select(cmp_nle(v, zero), v, zero); });
+}
+template <class T>
+void relu_bwd(const T* g, const T* x, T* gx, int64_t n, const ActParams&) {
+  using V = Vec<T>;
+  const V zero = V::set1(T(0)), one = V::set1(T(1));
+  map2<V>(g, x, gx, n, [=](V gv, V xv) {
+    return gv * nan_where_x_nan(select(cmp_gt(xv, zero), one, zero), xv);
+  });
+}
+
+template <class T>
+void leaky_fwd(const T* x, T* y, int64_t n, const ActParams& p) {
+  using V = Vec<T>;
+  const V zero = V::set1(T(0)), slope = V::set1(static_cast<T>(p.slope));
+  map1<V>(x, y, n, [=](V v) { return select(cmp_gt(v, zero), v, v * slope); });
+}
+template <class T>
+void leaky_bwd(const T* g, const T* x, T* gx, int64_t n, const ActParams& p) {
+  using V = Vec<T>;
+  const V zero = V::set1(T(0)), one = V::set1(T(1)), slope = V::set1(static_cast<T>(p.slope));
+  map2<V>(g, x, gx, n, [=](V gv, V xv) {
+    return gv * nan_where_x_nan(select(cmp_gt(xv, zero), one, slope), xv);
+  });
+}
+
+// ELU family: y = x > 0 ? scale*x : scale*alpha*expm1(x)  (ELU: scale 1; SELU: its constants).
+template <class T>
+void elu_fwd(const T* x, T* y, int64_t n, const ActParams& p) {
+  using V = Vec<T>;
+  const V zero = V::set1(T(0)), pos = V::set1(static_cast<T>(p.scale)),
+          neg = V::set1(static_cast<T>(p.scale * p.alpha));
+  map1<V>(x, y, n, [=](V v) { return select(cmp_gt(v, zero), v * pos, vexpm1(v) * neg); });
+}
+// f'(x) = x > 0 ? scale : scale*alpha*exp(x); at 0 that is scale*alpha, as in PyTorch.
+template <class T>
+void elu_bwd(const T* g, const T* x, T* gx, int64_t n, const ActParams& p) {
+  using V = Vec<T>;
+  const V zero = V::set1(T(0)), pos = V::set1(static_cast<T>(p.scale)),
+          neg = V::set1(static_cast<T>(p.scale * p.alpha));
+  map2<V>(g, x, gx, n, [=](V gv, V xv) { return gv * select(cmp_gt(xv, zero), pos, vexp(xv) * neg); });
+}
+
+// ---- PReLU with the channel axis contiguous: x is (rows, C) --------------------------------
+
+template <class T>
+void prelu_last_fwd(const T* x, const T* w, T* y, int64_t rows, int64_t C) {
+  using V = Vec<T>;
+  const V zero = V::set1(T(0));
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* xr = x + r * C;
+    T* yr = y + r * C;
+    int64_t c = 0;
+    for (; c + V::W <= C; c += V::W) {
+      V v = V::load(xr + c);
+      select(cmp_gt(v, zero), v, v * V::load(w + c)).store(yr + c);
+    }
+    if (c < C) {
+      V v = V::load_partial(xr + c, C - c);
+      select(cmp_gt(v, zero), v, v * V::load_partial(w + c, C - c)).store_partial(yr + c, C - c);
+    }
+  }
+}
+
+// Adds the lanes of acc (a partial sum in T over at most kFlushRows rows) to double sums.
+template <class V>
+inline void flush_to_double(V acc, double* dst, int64_t n) {
+  typename V::T tmp[V::W];
+  acc.store(tmp);
+  for (int64_t i = 0; i < n; ++i) dst[i] += static_cast<double>(tmp[i]);
+}
+
+constexpr int64_t kFlushRows = 64;  // rows summed in T before adding to the double accumulators
+
+// gx = gy * (x > 0 ? 1 : w[c]); gw_acc[c] += sum over rows (x > 0 ? 0 : x * gy).
+template <class T>
+void prelu_last_bwd(const T* g, const T* x, const T* w, T* gx, double* gw_acc, int64_t rows, int64_t C) {
+  using V = Vec<T>;
+  const V zero = V::set1(T(0)), one = V::set1(T(1));
+  for (int64_t r0 = 0; r0 < rows; r0 += kFlushRows) {
+    const int64_t r1 = r0 + kFlushRows < rows ? r0 + kFlushRows : rows;
+    for (int64_t c = 0; c < C; c += V::W) {
+      const int64_t m = C - c < V::W ? C - c : V::W;
+      const V wv = m == V::W ? V::load(w + c) : V::load_partial(w + c, m);
+      V acc = zero;
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t o = r * C + c;
+        V gv = m == V::W ? V::load(g + o) : V::load_partial(g + o, m);
+        V xv = m == V::W ? V::load(x + o) : V::load_partial(x + o, m);
+        auto pos = cmp_gt(xv, zero);
+        V out = gv * nan_where_x_nan(select(pos, one, wv), xv);
+        if (m == V::W) out.store(gx + o); else out.store_partial(gx + o, m);
+        acc = acc + select(pos, zero, xv * gv);
+      }
+      flush_to_double(acc, gw_acc + c, m);
+    }
+  }
+}
+
+// sum over one row of (x > 0 ? 0 : x * gy), in double.
+template <class T>
+double prelu_row_wsum(const T* g, const T* x, int64_t n) {
+  using V = Vec<T>;
+  constexpr int64_t kBlock = kFlushRows * V::W;
+  const V zero = V::set1(T(0));
+  double total = 0.0;
+  for (int64_t b = 0; b < n; b += kBlock) {
+    const int64_t e = b + kBlock < n ? b + kBlock : n;
+    V acc = zero;
+    int64_t i = b;
+    for (; i + V::W <= e; i += V::W) {
+      V xv = V::load(x + i);
+      acc = acc + select(cmp_gt(xv, zero), zero, xv * V::load(g + i));
+    }
+    if (i < e) {
+      V xv = V::load_partial(x + i, e - i);
+      acc = acc + select(cmp_gt(xv, zero), zero, xv * V::load_partial(g + i, e - i));
+    }
+    double lanes[V::W] = {};
+    flush_to_double(acc, lanes, V::W);
+    for (int k = 0; k < V::W; ++k) total += lanes[k];
+  }
+  return total;
+}
+
+template <class T>
+constexpr ActivationKernelsT<T> make_table() {
+  return ActivationKernelsT<T>{
+      {&sigmoid_fwd<T>, &tanh_fwd<T>, &relu_fwd<T>, &leaky_fwd<T>, &elu_fwd<T>},
+      {&sigmoid_bwd<T>, &tanh_bwd<T>, &relu_bwd<T>, &leaky_bwd<T>, &elu_bwd<T>},
+      &prelu_last_fwd<T>,
+      &prelu_last_bwd<T>,
+      &prelu_row_wsum<T>,
+  };
+}
+
+}  // namespace
+
+extern const ActivationKernels kActivationKernels;
+constexpr ActivationKernels kActivationKernels{make_table<float>(), make_table<double>()};
+
+}  // namespace FASTNN_ISA_NS
+}  // namespace fastnn

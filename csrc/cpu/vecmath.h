@@ -1,0 +1,111 @@
+// exp and expm1 on Vec<T>, written once for float and double and every ISA (csrc/cpu/simd.h).
+//
+// Method (Cody-Waite reduction + Taylor polynomial, no table):
+//   n = round(x / ln2), r = x - n*ln2_hi - n*ln2_lo, |r| <= ln2/2
+//   p = expm1(r) = r + r^2 (1/2! + r/3! + ...): degree 7 for float (truncation error < 1.5e-8
+//   relative), degree 13 for double (< 1.2e-17).
+//   exp(x)   = (1 + p) 2^n, scaled in two steps so that gradual underflow and overflow are right.
+//   expm1(x) = 2 ((p + 1) 2^(n-1) - 1/2), which is p exactly for n = 0 (the cancellation-prone
+//   range) and overflows to +inf exactly when exp does.
+// NaN propagates (clamps use vmax/vmin with the argument second); +-inf give inf/0 and inf/-1.
+// ln2_hi has few significant bits so n*ln2_hi is exact without an FMA (baseline path).
+#pragma once
+
+#include "cpu/simd.h"
+
+namespace fastnn {
+namespace FASTNN_ISA_NS {
+
+template <class T>
+struct ExpConsts;
+
+template <>
+struct ExpConsts<float> {
+  static constexpr int kDegree = 7;
+  static constexpr float kLog2e = 1.44269504088896341f;
+  static constexpr float kLn2Hi = 0.693359375f;       // 355/512
+  static constexpr float kLn2Lo = -2.12194440e-4f;    // ln2 - ln2_hi
+  static constexpr float kRound = 12582912.0f;        // 1.5 * 2^23: x + k - k rounds to integer
+  static constexpr float kExpLo = -104.0f;            // exp(x) < half the least subnormal below
+  static constexpr float kExpHi = 89.0f;              // exp(x) > FLT_MAX above
+  static constexpr float kExpm1Lo = -30.0f;           // expm1(x) rounds to -1 below
+  static constexpr float kScaleLo = -100.0f;          // first of the two exp scale steps: normal
+  static constexpr float kScaleHi = 127.0f;
+};
+
+template <>
+struct ExpConsts<double> {
+  static constexpr int kDegree = 13;
+  static constexpr double kLog2e = 1.44269504088896338700e+00;
+  static constexpr double kLn2Hi = 6.93147180369123816490e-01;  // fdlibm's split
+  static constexpr double kLn2Lo = 1.90821492927058770002e-10;
+  static constexpr double kRound = 6755399441055744.0;  // 1.5 * 2^52
+  static constexpr double kExpLo = -746.0;
+  static constexpr double kExpHi = 710.0;
+  static constexpr double kExpm1Lo = -40.0;
+  static constexpr double kScaleLo = -1000.0;
+  static constexpr double kScaleHi = 1023.0;
+};
+
+// 1/k! for k = 2..13, in double; rounded to T at use.
+constexpr double kInvFact[14] = {1.0, 1.0, 1.0 / 2, 1.0 / 6, 1.0 / 24, 1.0 / 120, 1.0 / 720,
+                                 1.0 / 5040, 1.0 / 40320, 1.0 / 362880, 1.0 / 3628800,
+                                 1.0 / 39916800, 1.0 / 479001600, 1.0 / 6227020800.0};
+
+// Nearest integer for |x| < 2^22 (float) / 2^51 (double).
+template <class V>
+inline V round_int(V x) {
+  using T = typename V::T;
+  const V k = V::set1(ExpConsts<T>::kRound);
+  return (x + k) - k;
+}
+
+// p = expm1(r) for |r| <= ln2/2, Horner from the highest degree.
+template <class V>
+inline V expm1_reduced(V r) {
+  using T = typename V::T;
+  constexpr int D = ExpConsts<T>::kDegree;
+  V q = V::set1(static_cast<T>(kInvFact[D]));
+  for (int k = D - 1; k >= 2; --k) q = fmadd(q, r, V::set1(static_cast<T>(kInvFact[k])));
+  return fmadd(r * r, q, r);
+}
+
+// Reduces x (already clamped) to n and p = expm1(r).
+template <class V>
+inline void exp_reduce(V x, V* n, V* p) {
+  using T = typename V::T;
+  using C = ExpConsts<T>;
+  V nf = round_int(x * V::set1(C::kLog2e));
+  V r = fnmadd(nf, V::set1(C::kLn2Hi), x);
+  r = fnmadd(nf, V::set1(C::kLn2Lo), r);
+  *n = nf;
+  *p = expm1_reduced(r);
+}
+
+template <class V>
+inline V vexp(V x) {
+  using T = typename V::T;
+  using C = ExpConsts<T>;
+  V xc = vmin(V::set1(C::kExpHi), vmax(V::set1(C::kExpLo), x));
+  V n, p;
+  exp_reduce(xc, &n, &p);
+  // 2^n = 2^n1 * 2^n2 with 2^n1 normal and n2 in [-50, 1] (float) / [-76, 1] (double).
+  V n1 = vmin(V::set1(C::kScaleHi), vmax(V::set1(C::kScaleLo), n));
+  V s1 = V::pow2i(n1), s2 = V::pow2i(n - n1);
+  return fmadd(p, s1, s1) * s2;
+}
+
+template <class V>
+inline V vexpm1(V x) {
+  using T = typename V::T;
+  using C = ExpConsts<T>;
+  V xc = vmin(V::set1(C::kExpHi), vmax(V::set1(C::kExpm1Lo), x));
+  V n, p;
+  exp_reduce(xc, &n, &p);
+  const V half = V::set1(T(0.5));
+  V s = V::pow2i(n - V::set1(T(1)));  // n - 1 in [-44, 127] (float) / [-59, 1023] (double)
+  return fmadd(p, s, s - half) * V::set1(T(2));
+}
+
+}  // namespace FASTNN_ISA_NS
+}  // namespace fastnn

@@ -1,0 +1,32 @@
+"""fastnn: neural-network training on fused AVX-512/AVX2 and CUDA kernels.
+
+    >>> import fastnn, numpy as np
+    >>> import fastnn.functional as F
+    >>> F.tanh(np.linspace(-3, 3, 7, dtype=np.float32))
+"""
+
+from . import _C
+from . import functional
+from ._runtime import (
+    build_info,
+    empty_cache,
+    get_cpu_capability,
+    get_num_threads,
+    info,
+    set_cpu_capability,
+    set_num_threads,
+)
+
+__version__ = _C.__version__
+
+__all__ = [
+    "__version__",
+    "build_info",
+    "empty_cache",
+    "functional",
+    "get_cpu_capability",
+    "get_num_threads",
+    "info",
+    "set_cpu_capability",
+    "set_num_threads",
+]

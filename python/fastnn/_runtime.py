@@ -1,0 +1,84 @@
+"""Threads, CPU kernel path, host memory cache and the build report."""
+
+from __future__ import annotations
+
+import operator
+import platform
+import sys
+
+from . import _C
+
+
+def get_num_threads() -> int:
+    """Threads used by fastnn's CPU kernels (default: the cores this process may use)."""
+    return _C.get_num_threads()
+
+
+def set_num_threads(n: int) -> None:
+    """Sets the threads used by fastnn's CPU kernels; n >= 1. Results do not depend on it."""
+    try:
+        n = operator.index(n)
+    except TypeError:
+        raise TypeError(f"n: expected an integer >= 1, got {type(n).__name__}") from None
+    _C.set_num_threads(n)
+
+
+def get_cpu_capability() -> str:
+    """The CPU kernel path in use: 'baseline', 'avx2' or 'avx512'."""
+    return _C.get_cpu_capability()
+
+
+def set_cpu_capability(name: str) -> None:
+    """Forces a CPU kernel path ('baseline', 'avx2', 'avx512'); an unavailable one is a
+    ValueError. The FASTNN_CPU_CAPABILITY environment variable does the same at import."""
+    if not isinstance(name, str):
+        raise TypeError(f"name: expected a str, got {type(name).__name__}")
+    _C.set_cpu_capability(name)
+
+
+def empty_cache() -> int:
+    """Returns the cached blocks of large host outputs to the OS; returns the bytes freed."""
+    return _C.empty_cache()
+
+
+def build_info() -> dict:
+    """What this build contains and what it sees: a dict (see `info` for the printed form)."""
+    from . import cuda
+
+    return {
+        "version": _C.__version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_compiled": list(_C.compiled_capabilities()),
+        "cpu_supported": list(_C.supported_capabilities()),
+        "cpu_selected": _C.get_cpu_capability(),
+        "threads": _C.get_num_threads(),
+        "default_threads": _C.default_num_threads(),
+        "cuda_compiled": bool(_C.cuda_compiled),
+        "gpus": cuda.devices(),
+    }
+
+
+def info(file=None) -> None:
+    """Prints the version, the compiled and selected CPU paths, threads, CUDA and the GPUs."""
+    d = build_info()
+    out = file if file is not None else sys.stdout
+    gpus = d["gpus"]
+    if not d["cuda_compiled"]:
+        gpu_line = "none (CUDA not compiled in)"
+    elif not gpus:
+        gpu_line = "none seen"
+    else:
+        gpu_line = "; ".join(f"{g['index']}: {g['name']} (sm_{g['major']}{g['minor']}, "
+                             f"{g['memory_bytes'] / 2**30:.1f} GiB)" for g in gpus)
+    lines = [
+        f"fastnn {d['version']} (Python {d['python']}, {d['platform']})",
+        f"CPU paths compiled: {', '.join(d['cpu_compiled'])}",
+        f"CPU paths supported here: {', '.join(d['cpu_supported'])}",
+        f"CPU path selected: {d['cpu_selected']}",
+        f"threads: {d['threads']} (default {d['default_threads']})",
+        f"CUDA compiled in: {'yes' if d['cuda_compiled'] else 'no'}",
+        f"GPUs: {gpu_line}",
+    ]
+    print("\n".join(lines), file=out)

@@ -1,0 +1,216 @@
+"""Activation functions and their gradients on NumPy arrays (and CUDA arrays on the GPU).
+
+Every function takes float32 or float64 arrays of any shape and strides; Python scalars and
+lists are converted as NumPy would. C- and F-contiguous inputs are used without a copy; other
+strided inputs are copied once into a contiguous buffer. ``out=`` must have the input's shape
+and dtype; it may be the input itself (in place). A strided or partially overlapping ``out`` is
+filled through a temporary. The result keeps the input's memory layout (C or F).
+
+Semantics follow PyTorch, including the derivative at 0 (relu: 0; leaky_relu and prelu: the
+slope; elu: alpha; selu: scale*alpha). NaN in ``x`` gives NaN out for every function and every
+gradient. A backward returns ``grad_output * f'(x)`` as an IEEE product (PyTorch's
+``threshold_backward`` returns 0 instead of NaN where ``grad_output`` is inf and x <= 0).
+
+Accuracy (float32, against a float64 reference): relu exact; leaky_relu and prelu within 1 ULP;
+sigmoid, tanh, elu, selu and every gradient within 5e-6 absolute or 1e-5 relative. float64:
+within 1e-14 absolute or 1e-13 relative.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from . import _C
+from ._arrays import (
+    as_float_array,
+    check_out,
+    check_same_shape,
+    elementwise,
+    empty,
+    is_cuda_array,
+)
+
+__all__ = [
+    "sigmoid", "tanh", "relu", "leaky_relu", "prelu", "elu", "selu",
+    "sigmoid_backward", "tanh_backward", "relu_backward", "leaky_relu_backward",
+    "prelu_backward", "elu_backward", "selu_backward",
+]
+
+# Op ids of csrc/cpu/activation.h (enum Act).
+_SIGMOID, _TANH, _RELU, _LEAKY, _ELU = 0, 1, 2, 3, 4
+
+SELU_ALPHA = 1.6732632423543772848170429916717
+SELU_SCALE = 1.0507009873554804934193349852946
+
+
+def _real(v, name: str) -> float:
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{name}: expected a real number, got {type(v).__name__}")
+    return float(v)
+
+
+def _unary(op, x, out, slope=0.0, alpha=1.0, scale=1.0):
+    if not isinstance(x, np.ndarray) and is_cuda_array(x):
+        from . import cuda
+        return cuda._act_forward(op, x, out, slope, alpha, scale)
+    scalar = not isinstance(x, np.ndarray)
+    x = as_float_array(x, "x")
+    if out is not None:
+        check_out(out, x)
+    y = elementwise(lambda xv, yv: _C.act_forward(op, xv, yv, slope, alpha, scale), (x,), out)
+    return y[()] if scalar and out is None and y.ndim == 0 else y
+
+
+def _backward(op, grad_output, x, out, slope=0.0, alpha=1.0, scale=1.0):
+    if not isinstance(x, np.ndarray) and is_cuda_array(x):
+        from . import cuda
+        return cuda._act_backward(op, grad_output, x, out, slope, alpha, scale)
+    x = as_float_array(x, "x")
+    g = as_float_array(grad_output, "grad_output")
+    if g.dtype != x.dtype and not isinstance(grad_output, np.ndarray):
+        g = g.astype(x.dtype)
+    check_same_shape(g, "grad_output", x, "x")
+    if out is not None:
+        check_out(out, x)
+    return elementwise(lambda gv, xv, ov: _C.act_backward(op, gv, xv, ov, slope, alpha, scale), (g, x), out)
+
+
+# ---- forward -------------------------------------------------------------------------------------
+
+def sigmoid(x, *, out=None):
+    """1 / (1 + exp(-x)), accurate in both tails."""
+    return _unary(_SIGMOID, x, out)
+
+
+def tanh(x, *, out=None):
+    """Hyperbolic tangent."""
+    return _unary(_TANH, x, out)
+
+
+def relu(x, *, out=None):
+    """max(x, 0); relu(-0.0) is +0.0 and relu(NaN) is NaN."""
+    return _unary(_RELU, x, out)
+
+
+def leaky_relu(x, negative_slope=0.01, *, out=None):
+    """x if x > 0 else negative_slope * x."""
+    return _unary(_LEAKY, x, out, slope=_real(negative_slope, "negative_slope"))
+
+
+def elu(x, alpha=1.0, *, out=None):
+    """x if x > 0 else alpha * (exp(x) - 1), computed with an accurate expm1."""
+    return _unary(_ELU, x, out, alpha=_real(alpha, "alpha"))
+
+
+def selu(x, *, out=None):
+    """scale * (x if x > 0 else alpha * (exp(x) - 1)) with PyTorch's constants
+    alpha = 1.6732632423543772848170429916717, scale = 1.0507009873554804934193349852946."""
+    return _unary(_ELU, x, out, alpha=SELU_ALPHA, scale=SELU_SCALE)
+
+
+# ---- backward (from the forward *input* x) --------------------------------------------------------
+
+def sigmoid_backward(grad_output, x, *, out=None):
+    """grad_output * s(x) * (1 - s(x)), evaluated as e / (1 + e)^2 with e = exp(-|x|)."""
+    return _backward(_SIGMOID, grad_output, x, out)
+
+
+def tanh_backward(grad_output, x, *, out=None):
+    """grad_output * (1 - tanh(x)^2), evaluated as 4e / (1 + e)^2 with e = exp(-2|x|)."""
+    return _backward(_TANH, grad_output, x, out)
+
+
+def relu_backward(grad_output, x, *, out=None):
+    """grad_output * (x > 0); the derivative at 0 is 0."""
+    return _backward(_RELU, grad_output, x, out)
+
+
+def leaky_relu_backward(grad_output, x, negative_slope=0.01, *, out=None):
+    """grad_output * (1 if x > 0 else negative_slope); at 0 the slope."""
+    return _backward(_LEAKY, grad_output, x, out, slope=_real(negative_slope, "negative_slope"))
+
+
+def elu_backward(grad_output, x, alpha=1.0, *, out=None):
+    """grad_output * (1 if x > 0 else alpha * exp(x)); at 0 alpha."""
+    return _backward(_ELU, grad_output, x, out, alpha=_real(alpha, "alpha"))
+
+
+def selu_backward(grad_output, x, *, out=None):
+    """grad_output * scale * (1 if x > 0 else alpha * exp(x))."""
+    return _backward(_ELU, grad_output, x, out, alpha=SELU_ALPHA, scale=SELU_SCALE)
+
+
+# ---- PReLU ---------------------------------------------------------------------------------------
+
+def _prelu_args(x, weight):
+    x = as_float_array(x, "x")
+    if isinstance(weight, np.ndarray):
+        w = as_float_array(weight, "weight")
+        if w.dtype != x.dtype:
+            raise TypeError(f"weight: expected dtype {x.dtype} like x, got {w.dtype}")
+    else:
+        w = as_float_array(weight, "weight").astype(x.dtype, copy=False)
+    channels = x.shape[1] if x.ndim >= 2 else 1
+    if w.size != 1 and w.size != channels:
+        if x.ndim < 2:
+            raise ValueError(f"weight: x has fewer than 2 dimensions (no channel axis), so weight must have "
+                             f"1 element, got {w.size}")
+        raise ValueError(f"weight: expected 1 or {channels} elements (x.shape[1]), got {w.size}")
+    outer = x.shape[0] if x.ndim >= 2 else 1
+    inner = int(np.prod(x.shape[2:], dtype=np.int64)) if x.ndim > 2 else 1
+    if x.ndim < 2:
+        inner = x.size
+    return x, np.ascontiguousarray(w.reshape(-1)), outer, channels, inner
+
+
+def prelu(x, weight, *, out=None):
+    """x if x > 0 else weight[c] * x, c the channel (axis 1, as in PyTorch); weight has 1 or
+    x.shape[1] elements (1 when x has fewer than 2 dimensions). Inputs that are not C-contiguous
+    are copied to C order first."""
+    if not isinstance(x, np.ndarray) and is_cuda_array(x):
+        from . import cuda
+        return cuda._prelu_forward(x, weight, out)
+    x, w, outer, C, inner = _prelu_args(x, weight)
+    if out is not None:
+        check_out(out, x)
+    xc = np.ascontiguousarray(x)
+
+    def kernel(xv, yv):
+        _C.prelu_forward(xv, w, yv, outer, C, inner)
+
+    if out is not None and out.flags.c_contiguous and not (np.may_share_memory(out, x) and not
+                                                            _same(out, x)):
+        kernel(xc, out)
+        return out
+    y = empty(x.shape, x.dtype)
+    kernel(xc, y)
+    if out is not None:
+        np.copyto(out, y)
+        return out
+    return y
+
+
+def _same(a, b):
+    from ._arrays import same_memory
+    return same_memory(a, b)
+
+
+def prelu_backward(grad_output, x, weight):
+    """(grad_input, grad_weight): grad_input = grad_output * (1 if x > 0 else weight[c]);
+    grad_weight[c] = sum of grad_output * x over x <= 0 in channel c (accumulated in float64,
+    bit-identical for any thread count), shaped like weight."""
+    if not isinstance(x, np.ndarray) and is_cuda_array(x):
+        from . import cuda
+        return cuda._prelu_backward(grad_output, x, weight)
+    weight_shape = np.shape(weight)
+    x, w, outer, C, inner = _prelu_args(x, weight)
+    g = as_float_array(grad_output, "grad_output")
+    if g.dtype != x.dtype and not isinstance(grad_output, np.ndarray):
+        g = g.astype(x.dtype)
+    check_same_shape(g, "grad_output", x, "x")
+    gx = empty(x.shape, x.dtype)
+    gw = np.empty(w.size, x.dtype)
+    _C.prelu_backward(np.ascontiguousarray(g), np.ascontiguousarray(x), w, gx, gw, outer, C, inner)
+    return gx, gw.reshape(weight_shape)
