@@ -3,6 +3,7 @@
 #include <vector>
 
 #include "bindings/common.h"
+#include "core/cpu_features.h"
 #include "core/dispatch.h"
 #include "core/parallel.h"
 
@@ -12,14 +13,21 @@ namespace {
 
 constexpr int64_t kAlign = 64;  // chunk starts: a cache line for both float and double
 
+// Streaming stores pay off once the arrays a call touches no longer fit in the last-level cache.
+bool use_stream(int64_t n, size_t elem_bytes, int arrays) {
+  return static_cast<long long>(n) * static_cast<long long>(elem_bytes) * arrays > llc_bytes();
+}
+
 template <class T>
-void run_forward(int op, const T* x, T* y, int64_t n, const ActParams& p) {
+void run_forward(int op, const T* x, T* y, int64_t n, ActParams p) {
+  p.stream = use_stream(n, sizeof(T), 2);
   auto fn = activation_kernels_for<T>().forward[op];
   parallel_for(n, kGrainElements, kAlign, [&](int64_t b, int64_t e) { fn(x + b, y + b, e - b, p); });
 }
 
 template <class T>
-void run_backward(int op, const T* g, const T* x, T* gx, int64_t n, const ActParams& p) {
+void run_backward(int op, const T* g, const T* x, T* gx, int64_t n, ActParams p) {
+  p.stream = use_stream(n, sizeof(T), 3);
   auto fn = activation_kernels_for<T>().backward[op];
   parallel_for(n, kGrainElements, kAlign, [&](int64_t b, int64_t e) { fn(g + b, x + b, gx + b, e - b, p); });
 }

@@ -1,5 +1,7 @@
 #include "core/cpu_features.h"
 
+#include <unistd.h>
+
 #include <cstring>
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -84,6 +86,45 @@ bool capability_supported(CpuCapability c) {
     case CpuCapability::Avx512: return features().avx512;
   }
   return false;
+}
+
+namespace {
+
+// The largest cache described by cpuid's deterministic cache parameters (leaf 4 on Intel,
+// 0x8000001D on AMD): virtual machines often report the host's cache through sysconf instead.
+long long cpuid_llc_bytes() {
+  long long best = -1;
+#ifdef FASTNN_X86
+  unsigned a, b, c, d;
+  unsigned leaf = 4;
+  if (__get_cpuid(0x80000000u, &a, &b, &c, &d) && a >= 0x8000001Du) {
+    __get_cpuid(0, &a, &b, &c, &d);
+    const bool amd = b == 0x68747541u || b == 0x6f677948u;  // "Auth"enticAMD, "Hygo"nGenuine
+    if (amd) leaf = 0x8000001Du;
+  }
+  if (leaf == 4 && __get_cpuid_max(0, nullptr) < 4) return -1;
+  for (unsigned sub = 0; sub < 16; ++sub) {
+    __cpuid_count(leaf, sub, a, b, c, d);
+    if ((a & 0x1F) == 0) break;  // no more caches
+    const long long ways = ((b >> 22) & 0x3FF) + 1, parts = ((b >> 12) & 0x3FF) + 1, line = (b & 0xFFF) + 1;
+    const long long size = ways * parts * line * (static_cast<long long>(c) + 1);
+    if (size > best) best = size;
+  }
+#endif
+  return best;
+}
+
+}  // namespace
+
+long long llc_bytes() {
+  static const long long bytes = [] {
+    long long b = cpuid_llc_bytes();
+#ifdef _SC_LEVEL3_CACHE_SIZE
+    if (b <= 0) b = sysconf(_SC_LEVEL3_CACHE_SIZE);
+#endif
+    return b > 0 ? b : 32ll << 20;
+  }();
+  return bytes;
 }
 
 CpuCapability best_capability() {

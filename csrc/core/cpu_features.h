@@ -18,4 +18,8 @@ bool capability_supported(CpuCapability c);
 // The best path that is both compiled and supported.
 CpuCapability best_capability();
 
+// Size of the last-level cache in bytes (sysconf; 32 MiB when unknown). Kernels whose arrays
+// exceed it write their output with non-temporal stores.
+long long llc_bytes();
+
 }  // namespace fastnn

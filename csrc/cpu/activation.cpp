@@ -11,18 +11,41 @@ namespace fastnn {
 namespace FASTNN_ISA_NS {
 namespace {
 
-// y[i] = f(x[i]); the tail goes through the same f with a masked load/store.
+// Elements before p reaches a 64-byte boundary (0 if p is not even element-aligned).
+template <class T>
+inline int64_t head_to_line(const T* p, int64_t n) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  if (a % sizeof(T)) return -1;
+  int64_t h = static_cast<int64_t>(((64 - (a & 63)) & 63) / sizeof(T));
+  return h < n ? h : n;
+}
+
+// y[i] = f(x[i]). Each element goes through the same f whatever vector it lands in (tails use
+// masked loads/stores), so the result does not depend on alignment or chunking. With `stream`,
+// a masked head brings y to a cache-line boundary and the body uses non-temporal stores.
 template <class V, class F>
-inline void map1(const typename V::T* x, typename V::T* y, int64_t n, F f) {
+inline void map1(const typename V::T* x, typename V::T* y, int64_t n, bool stream, F f) {
   int64_t i = 0;
+  const int64_t head = stream ? head_to_line(y, n) : -1;
+  if (head >= 0) {
+    if (head > 0) f(V::load_partial(x, head)).store_partial(y, head);
+    for (i = head; i + V::W <= n; i += V::W) f(V::load(x + i)).store_stream(y + i);
+    stream_fence();
+  }
   for (; i + V::W <= n; i += V::W) f(V::load(x + i)).store(y + i);
   if (i < n) f(V::load_partial(x + i, n - i)).store_partial(y + i, n - i);
 }
 
-// out[i] = f(a[i], b[i]).
+// out[i] = f(a[i], b[i]), as map1.
 template <class V, class F>
-inline void map2(const typename V::T* a, const typename V::T* b, typename V::T* out, int64_t n, F f) {
+inline void map2(const typename V::T* a, const typename V::T* b, typename V::T* out, int64_t n, bool stream, F f) {
   int64_t i = 0;
+  const int64_t head = stream ? head_to_line(out, n) : -1;
+  if (head >= 0) {
+    if (head > 0) f(V::load_partial(a, head), V::load_partial(b, head)).store_partial(out, head);
+    for (i = head; i + V::W <= n; i += V::W) f(V::load(a + i), V::load(b + i)).store_stream(out + i);
+    stream_fence();
+  }
   for (; i + V::W <= n; i += V::W) f(V::load(a + i), V::load(b + i)).store(out + i);
   if (i < n) f(V::load_partial(a + i, n - i), V::load_partial(b + i, n - i)).store_partial(out + i, n - i);
 }
@@ -75,35 +98,35 @@ inline V nan_where_x_nan(V d, V x) {
 // ---- kernels --------------------------------------------------------------------------------
 
 template <class T>
-void sigmoid_fwd(const T* x, T* y, int64_t n, const ActParams&) {
-  map1<Vec<T>>(x, y, n, [](Vec<T> v) { return sigmoid_v(v); });
+void sigmoid_fwd(const T* x, T* y, int64_t n, const ActParams& p) {
+  map1<Vec<T>>(x, y, n, p.stream, [](Vec<T> v) { return sigmoid_v(v); });
 }
 template <class T>
-void sigmoid_bwd(const T* g, const T* x, T* gx, int64_t n, const ActParams&) {
-  map2<Vec<T>>(g, x, gx, n, [](Vec<T> gv, Vec<T> xv) { return gv * sigmoid_grad_v(xv); });
+void sigmoid_bwd(const T* g, const T* x, T* gx, int64_t n, const ActParams& p) {
+  map2<Vec<T>>(g, x, gx, n, p.stream, [](Vec<T> gv, Vec<T> xv) { return gv * sigmoid_grad_v(xv); });
 }
 
 template <class T>
-void tanh_fwd(const T* x, T* y, int64_t n, const ActParams&) {
-  map1<Vec<T>>(x, y, n, [](Vec<T> v) { return tanh_v(v); });
+void tanh_fwd(const T* x, T* y, int64_t n, const ActParams& p) {
+  map1<Vec<T>>(x, y, n, p.stream, [](Vec<T> v) { return tanh_v(v); });
 }
 template <class T>
-void tanh_bwd(const T* g, const T* x, T* gx, int64_t n, const ActParams&) {
-  map2<Vec<T>>(g, x, gx, n, [](Vec<T> gv, Vec<T> xv) { return gv * tanh_grad_v(xv); });
+void tanh_bwd(const T* g, const T* x, T* gx, int64_t n, const ActParams& p) {
+  map2<Vec<T>>(g, x, gx, n, p.stream, [](Vec<T> gv, Vec<T> xv) { return gv * tanh_grad_v(xv); });
 }
 
 // relu(x) = x > 0 or NaN ? x : +0.
 template <class T>
-void relu_fwd(const T* x, T* y, int64_t n, const ActParams&) {
+void relu_fwd(const T* x, T* y, int64_t n, const ActParams& p) {
   using V = Vec<T>;
   const V zero = V::set1(T(0));
-  map1<V>(x, y, n, [zero](V v) { return select(cmp_nle(v, zero), v, zero); });
+  map1<V>(x, y, n, p.stream, [zero](V v) { return select(cmp_nle(v, zero), v, zero); });
 }
 template <class T>
-void relu_bwd(const T* g, const T* x, T* gx, int64_t n, const ActParams&) {
+void relu_bwd(const T* g, const T* x, T* gx, int64_t n, const ActParams& p) {
   using V = Vec<T>;
   const V zero = V::set1(T(0)), one = V::set1(T(1));
-  map2<V>(g, x, gx, n, [=](V gv, V xv) {
+  map2<V>(g, x, gx, n, p.stream, [=](V gv, V xv) {
     return gv * nan_where_x_nan(select(cmp_gt(xv, zero), one, zero), xv);
   });
 }
@@ -112,13 +135,13 @@ template <class T>
 void leaky_fwd(const T* x, T* y, int64_t n, const ActParams& p) {
   using V = Vec<T>;
   const V zero = V::set1(T(0)), slope = V::set1(static_cast<T>(p.slope));
-  map1<V>(x, y, n, [=](V v) { return select(cmp_gt(v, zero), v, v * slope); });
+  map1<V>(x, y, n, p.stream, [=](V v) { return select(cmp_gt(v, zero), v, v * slope); });
 }
 template <class T>
 void leaky_bwd(const T* g, const T* x, T* gx, int64_t n, const ActParams& p) {
   using V = Vec<T>;
   const V zero = V::set1(T(0)), one = V::set1(T(1)), slope = V::set1(static_cast<T>(p.slope));
-  map2<V>(g, x, gx, n, [=](V gv, V xv) {
+  map2<V>(g, x, gx, n, p.stream, [=](V gv, V xv) {
     return gv * nan_where_x_nan(select(cmp_gt(xv, zero), one, slope), xv);
   });
 }
@@ -129,7 +152,7 @@ void elu_fwd(const T* x, T* y, int64_t n, const ActParams& p) {
   using V = Vec<T>;
   const V zero = V::set1(T(0)), pos = V::set1(static_cast<T>(p.scale)),
           neg = V::set1(static_cast<T>(p.scale * p.alpha));
-  map1<V>(x, y, n, [=](V v) { return select(cmp_gt(v, zero), v * pos, vexpm1(v) * neg); });
+  map1<V>(x, y, n, p.stream, [=](V v) { return select(cmp_gt(v, zero), v * pos, vexpm1(v) * neg); });
 }
 // f'(x) = x > 0 ? scale : scale*alpha*exp(x); at 0 that is scale*alpha, as in PyTorch.
 template <class T>
@@ -137,7 +160,7 @@ void elu_bwd(const T* g, const T* x, T* gx, int64_t n, const ActParams& p) {
   using V = Vec<T>;
   const V zero = V::set1(T(0)), pos = V::set1(static_cast<T>(p.scale)),
           neg = V::set1(static_cast<T>(p.scale * p.alpha));
-  map2<V>(g, x, gx, n, [=](V gv, V xv) { return gv * select(cmp_gt(xv, zero), pos, vexp(xv) * neg); });
+  map2<V>(g, x, gx, n, p.stream, [=](V gv, V xv) { return gv * select(cmp_gt(xv, zero), pos, vexp(xv) * neg); });
 }
 
 // ---- PReLU with the channel axis contiguous: x is (rows, C) --------------------------------

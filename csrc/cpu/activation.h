@@ -15,6 +15,9 @@ struct ActParams {
   double slope = 0.01;
   double alpha = 1.0;
   double scale = 1.0;
+  // Write the output with non-temporal stores: set by the caller when the arrays are much larger
+  // than the last-level cache, where it saves the read-for-ownership of every output line.
+  bool stream = false;
 };
 
 template <class T>

@@ -34,6 +34,13 @@ namespace FASTNN_ISA_NS {
 template <class T>
 struct Vec;
 
+// Orders non-temporal stores before whatever the caller does next.
+inline void stream_fence() {
+#if FASTNN_ISA >= 1
+  _mm_sfence();
+#endif
+}
+
 #if FASTNN_ISA == 2
 // ------------------------------------------------------------------------------------ AVX-512
 template <>
@@ -48,6 +55,7 @@ struct Vec<float> {
   static Vec load_partial(const float* p, int64_t n) { return {_mm512_maskz_loadu_ps(tail(n), p)}; }
   void store(float* p) const { _mm512_storeu_ps(p, v); }
   void store_partial(float* p, int64_t n) const { _mm512_mask_storeu_ps(p, tail(n), v); }
+  void store_stream(float* p) const { _mm512_stream_ps(p, v); }  // p 64-byte aligned
   // 2^n for integral n in [-126, 127]: n + (2^23 + 127) puts the biased exponent in the low
   // mantissa bits; shifting them into the exponent field drops the rest.
   static Vec pow2i(Vec n) {
@@ -67,6 +75,7 @@ struct Vec<double> {
   static Vec load_partial(const double* p, int64_t n) { return {_mm512_maskz_loadu_pd(tail(n), p)}; }
   void store(double* p) const { _mm512_storeu_pd(p, v); }
   void store_partial(double* p, int64_t n) const { _mm512_mask_storeu_pd(p, tail(n), v); }
+  void store_stream(double* p) const { _mm512_stream_pd(p, v); }
   // 2^n for integral n in [-1022, 1023].
   static Vec pow2i(Vec n) {
     __m512d t = _mm512_add_pd(n.v, _mm512_set1_pd(4503599627370496.0 + 1023.0));
@@ -117,6 +126,7 @@ struct Vec<float> {
   static Vec load_partial(const float* p, int64_t n) { return {_mm256_maskload_ps(p, tail(n))}; }
   void store(float* p) const { _mm256_storeu_ps(p, v); }
   void store_partial(float* p, int64_t n) const { _mm256_maskstore_ps(p, tail(n), v); }
+  void store_stream(float* p) const { _mm256_stream_ps(p, v); }  // p 32-byte aligned
   static Vec pow2i(Vec n) {
     __m256 t = _mm256_add_ps(n.v, _mm256_set1_ps(8388608.0f + 127.0f));
     return {_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(t), 23))};
@@ -134,6 +144,7 @@ struct Vec<double> {
   static Vec load_partial(const double* p, int64_t n) { return {_mm256_maskload_pd(p, tail(n))}; }
   void store(double* p) const { _mm256_storeu_pd(p, v); }
   void store_partial(double* p, int64_t n) const { _mm256_maskstore_pd(p, tail(n), v); }
+  void store_stream(double* p) const { _mm256_stream_pd(p, v); }
   static Vec pow2i(Vec n) {
     __m256d t = _mm256_add_pd(n.v, _mm256_set1_pd(4503599627370496.0 + 1023.0));
     return {_mm256_castsi256_pd(_mm256_slli_epi64(_mm256_castpd_si256(t), 52))};
@@ -185,6 +196,7 @@ struct ScalarVec {
   static ScalarVec load_partial(const T* p, int64_t) { return {*p}; }
   void store(T* p) const { *p = v; }
   void store_partial(T* p, int64_t) const { *p = v; }
+  void store_stream(T* p) const { *p = v; }
   static ScalarVec pow2i(ScalarVec n) {
     T t = n.v + (T(I(1) << kMant) + T(kBias));
     return {bit_cast_to<I, T>(bit_cast_to<T, I>(t) << kMant)};
