@@ -124,6 +124,7 @@ PYBIND11_MODULE(_C, m) {
   m.attr("cached_alloc_min") = kCachedAllocMin;
 
   register_activation(m);
+  register_dropout(m);
 #ifdef FASTNN_WITH_CUDA
   m.attr("cuda_compiled") = true;
   register_cuda(m);

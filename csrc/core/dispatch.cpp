@@ -23,6 +23,18 @@ const ActivationKernels* activation_table(CpuCapability c) {
   }
 }
 
+const DropoutKernels* dropout_table(CpuCapability c) {
+  switch (c) {
+#ifdef FASTNN_HAVE_AVX512
+    case CpuCapability::Avx512: return &avx512::kDropoutKernels;
+#endif
+#ifdef FASTNN_HAVE_AVX2
+    case CpuCapability::Avx2: return &avx2::kDropoutKernels;
+#endif
+    default: return &baseline::kDropoutKernels;
+  }
+}
+
 std::string available_list() {
   std::string s;
   for (int i = 0; i <= 2; ++i) {
@@ -71,5 +83,6 @@ void init_capability_from_env() {
 }
 
 const ActivationKernels& activation_kernels() { return *activation_table(current_capability()); }
+const DropoutKernels& dropout_kernels() { return *dropout_table(current_capability()); }
 
 }  // namespace fastnn

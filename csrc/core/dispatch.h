@@ -4,6 +4,7 @@
 
 #include "core/cpu_features.h"
 #include "cpu/activation.h"
+#include "cpu/dropout.h"
 
 namespace fastnn {
 
@@ -14,6 +15,7 @@ void set_capability(CpuCapability c);
 void init_capability_from_env();
 
 const ActivationKernels& activation_kernels();
+const DropoutKernels& dropout_kernels();
 
 template <class T>
 const ActivationKernelsT<T>& activation_kernels_for();

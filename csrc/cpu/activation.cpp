@@ -59,7 +59,7 @@ inline V sigmoid_v(V x) {
   using T = typename V::T;
   const V one = V::set1(T(1));
   V e = vexp(V::set1(T(0)) - vabs(x));
-  return select(cmp_lt(x, V::set1(T(0))), e, one) / (one + e);
+  return V::div_bounded(select(cmp_lt(x, V::set1(T(0))), e, one), one + e);
 }
 
 // sigmoid'(x) = e / (1 + e)^2, e = exp(-|x|): no cancellation in 1 - s for large |x|.
@@ -68,7 +68,7 @@ inline V sigmoid_grad_v(V x) {
   using T = typename V::T;
   V e = vexp(V::set1(T(0)) - vabs(x));
   V d = V::set1(T(1)) + e;
-  return e / (d * d);
+  return V::div_bounded(e, d * d);
 }
 
 // tanh(|x|) = -e / (e + 2), e = expm1(-2|x|) in (-1, 0]: accurate near 0 (no 1 - 2/(...)
@@ -77,7 +77,7 @@ template <class V>
 inline V tanh_v(V x) {
   using T = typename V::T;
   V e = vexpm1(vabs(x) * V::set1(T(-2)));
-  return copysign(e / (V::set1(T(-2)) - e), x);
+  return copysign(V::div_bounded(e, V::set1(T(-2)) - e), x);
 }
 
 // tanh'(x) = 1 - tanh^2 = 4e / (1 + e)^2, e = exp(-2|x|).
@@ -86,7 +86,7 @@ inline V tanh_grad_v(V x) {
   using T = typename V::T;
   V e = vexp(vabs(x) * V::set1(T(-2)));
   V d = V::set1(T(1)) + e;
-  return (V::set1(T(4)) * e) / (d * d);
+  return V::div_bounded(V::set1(T(4)) * e, d * d);
 }
 
 // A derivative that is NaN wherever x is.

@@ -56,6 +56,17 @@ struct Vec<float> {
   void store(float* p) const { _mm512_storeu_ps(p, v); }
   void store_partial(float* p, int64_t n) const { _mm512_mask_storeu_ps(p, tail(n), v); }
   void store_stream(float* p) const { _mm512_stream_ps(p, v); }  // p 64-byte aligned
+  // a * 2^n, n integral in [-300, 300]: one vscalefps, correctly rounded into subnormals/inf.
+  static Vec ldexp(Vec a, Vec n) { return {_mm512_scalef_ps(a.v, n.v)}; }
+  static Mask mask_from_bits(uint32_t bits) { return static_cast<Mask>(bits); }  // lane i = bit i
+  // a / b for finite b with 1 <= |b| <= 4: rcp14 + one Newton step + one residual correction
+  // (within 1 ULP of the quotient), cheaper than vdivps.
+  static Vec div_bounded(Vec a, Vec b) {
+    __m512 y = _mm512_rcp14_ps(b.v);
+    y = _mm512_fmadd_ps(_mm512_fnmadd_ps(b.v, y, _mm512_set1_ps(1.0f)), y, y);
+    __m512 q = _mm512_mul_ps(a.v, y);
+    return {_mm512_fmadd_ps(_mm512_fnmadd_ps(b.v, q, a.v), y, q)};
+  }
   // 2^n for integral n in [-126, 127]: n + (2^23 + 127) puts the biased exponent in the low
   // mantissa bits; shifting them into the exponent field drops the rest.
   static Vec pow2i(Vec n) {
@@ -76,6 +87,9 @@ struct Vec<double> {
   void store(double* p) const { _mm512_storeu_pd(p, v); }
   void store_partial(double* p, int64_t n) const { _mm512_mask_storeu_pd(p, tail(n), v); }
   void store_stream(double* p) const { _mm512_stream_pd(p, v); }
+  static Vec ldexp(Vec a, Vec n) { return {_mm512_scalef_pd(a.v, n.v)}; }
+  static Mask mask_from_bits(uint32_t bits) { return static_cast<Mask>(bits); }
+  static Vec div_bounded(Vec a, Vec b) { return {_mm512_div_pd(a.v, b.v)}; }
   // 2^n for integral n in [-1022, 1023].
   static Vec pow2i(Vec n) {
     __m512d t = _mm512_add_pd(n.v, _mm512_set1_pd(4503599627370496.0 + 1023.0));
@@ -127,6 +141,17 @@ struct Vec<float> {
   void store(float* p) const { _mm256_storeu_ps(p, v); }
   void store_partial(float* p, int64_t n) const { _mm256_maskstore_ps(p, tail(n), v); }
   void store_stream(float* p) const { _mm256_stream_ps(p, v); }  // p 32-byte aligned
+  static Mask mask_from_bits(uint32_t bits) {
+    const __m256i sel = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    __m256i b = _mm256_and_si256(_mm256_set1_epi32(static_cast<int>(bits)), sel);
+    return _mm256_castsi256_ps(_mm256_cmpeq_epi32(b, sel));
+  }
+  static Vec div_bounded(Vec a, Vec b) {  // as the AVX-512 one, from a 12-bit estimate
+    __m256 y = _mm256_rcp_ps(b.v);
+    y = _mm256_fmadd_ps(_mm256_fnmadd_ps(b.v, y, _mm256_set1_ps(1.0f)), y, y);
+    __m256 q = _mm256_mul_ps(a.v, y);
+    return {_mm256_fmadd_ps(_mm256_fnmadd_ps(b.v, q, a.v), y, q)};
+  }
   static Vec pow2i(Vec n) {
     __m256 t = _mm256_add_ps(n.v, _mm256_set1_ps(8388608.0f + 127.0f));
     return {_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(t), 23))};
@@ -145,6 +170,12 @@ struct Vec<double> {
   void store(double* p) const { _mm256_storeu_pd(p, v); }
   void store_partial(double* p, int64_t n) const { _mm256_maskstore_pd(p, tail(n), v); }
   void store_stream(double* p) const { _mm256_stream_pd(p, v); }
+  static Vec div_bounded(Vec a, Vec b) { return {_mm256_div_pd(a.v, b.v)}; }
+  static Mask mask_from_bits(uint32_t bits) {
+    const __m256i sel = _mm256_setr_epi64x(1, 2, 4, 8);
+    __m256i b = _mm256_and_si256(_mm256_set1_epi64x(static_cast<long long>(bits)), sel);
+    return _mm256_castsi256_pd(_mm256_cmpeq_epi64(b, sel));
+  }
   static Vec pow2i(Vec n) {
     __m256d t = _mm256_add_pd(n.v, _mm256_set1_pd(4503599627370496.0 + 1023.0));
     return {_mm256_castsi256_pd(_mm256_slli_epi64(_mm256_castpd_si256(t), 52))};
@@ -197,6 +228,8 @@ struct ScalarVec {
   void store(T* p) const { *p = v; }
   void store_partial(T* p, int64_t) const { *p = v; }
   void store_stream(T* p) const { *p = v; }
+  static ScalarVec div_bounded(ScalarVec a, ScalarVec b) { return {a.v / b.v}; }
+  static bool mask_from_bits(uint32_t bits) { return bits & 1u; }
   static ScalarVec pow2i(ScalarVec n) {
     T t = n.v + (T(I(1) << kMant) + T(kBias));
     return {bit_cast_to<I, T>(bit_cast_to<T, I>(t) << kMant)};

@@ -7,6 +7,8 @@
 
 from . import _C
 from . import functional
+from . import random
+from .random import Generator, manual_seed
 from ._runtime import (
     build_info,
     empty_cache,
@@ -21,6 +23,9 @@ __version__ = _C.__version__
 
 __all__ = [
     "__version__",
+    "Generator",
+    "manual_seed",
+    "random",
     "build_info",
     "empty_cache",
     "functional",

@@ -1,4 +1,5 @@
-"""Activation functions and their gradients on NumPy arrays (and CUDA arrays on the GPU).
+"""Activations, dropout and DropConnect, and their gradients, on NumPy arrays (and CUDA
+arrays on the GPU).
 
 Every function takes float32 or float64 arrays of any shape and strides; Python scalars and
 lists are converted as NumPy would. C- and F-contiguous inputs are used without a copy; other
@@ -36,6 +37,7 @@ __all__ = [
     "sigmoid", "tanh", "relu", "leaky_relu", "prelu", "elu", "selu",
     "sigmoid_backward", "tanh_backward", "relu_backward", "leaky_relu_backward",
     "prelu_backward", "elu_backward", "selu_backward",
+    "dropout", "dropout_mask", "dropout_backward", "dropconnect", "dropconnect_backward",
 ]
 
 # Op ids of csrc/cpu/activation.h (enum Act).
@@ -214,3 +216,176 @@ def prelu_backward(grad_output, x, weight):
     gw = np.empty(w.size, x.dtype)
     _C.prelu_backward(np.ascontiguousarray(g), np.ascontiguousarray(x), w, gx, gw, outer, C, inner)
     return gx, gw.reshape(weight_shape)
+
+
+# ---- dropout and DropConnect ----------------------------------------------------------------------
+
+def _probability(p) -> float:
+    if isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Real):
+        raise TypeError(f"p: expected a probability in [0, 1], got {type(p).__name__}")
+    p = float(p)
+    if not (0.0 <= p <= 1.0):  # also rejects NaN
+        raise ValueError(f"p: expected a probability in [0, 1], got {p}")
+    return p
+
+
+def _threshold_scale(p: float, dtype):
+    """(threshold, scale): position q is kept iff its 32 Philox bits >= threshold =
+    floor(p * 2^32); kept values are multiplied by scale = 1/(1-p), computed in float64 and
+    rounded once to dtype; p == 1 drops everything (scale 0)."""
+    if p >= 1.0:
+        return 0xFFFFFFFF, 0.0
+    thr = min(int(p * 4294967296.0), 0xFFFFFFFF)
+    return thr, float(np.dtype(dtype).type(1.0 / (1.0 - p)))
+
+
+def _seed_offset(seed, offset, n):
+    from . import random as _random
+
+    if seed is None:
+        if offset != 0:
+            raise ValueError("offset: an explicit offset needs an explicit seed (seed=None draws the next "
+                             "free range from fastnn.random.default_generator)")
+        g = _random.default_generator
+        return g.seed, g.reserve(n)
+    return _random.check_seed(seed), _random.check_offset(offset, n)
+
+
+def _c_order_apply(kernel, x, out):
+    """Runs kernel(x_c, out_c) on C-ordered data (dropout's positions are C-order indices)."""
+    xc = np.ascontiguousarray(x)
+    if out is None:
+        y = empty(x.shape, x.dtype)
+        kernel(xc, y)
+        return y
+    direct = out.flags.c_contiguous and not (np.may_share_memory(out, x) and not _same(out, x))
+    if direct:
+        kernel(xc, out)
+        return out
+    tmp = empty(x.shape, x.dtype)
+    kernel(xc, tmp)
+    np.copyto(out, tmp)
+    return out
+
+
+def _copy_into(x, out):
+    if out is None:
+        return x.copy(order="K")
+    if out is not x:
+        np.copyto(out, x)
+    return out
+
+
+def dropout(x, p=0.5, training=True, *, seed=None, offset=0, out=None):
+    """Inverted dropout: y = x * keep / (1 - p), keep from the Philox stream at positions
+    offset + i (i the C-order index of each element). Each element is dropped with probability
+    p (p quantized to 2^-32); the scale 1/(1-p) is computed in float64 and rounded to x.dtype.
+    training=False or p == 0 returns a copy of x (or x copied into out); p == 1 gives zeros
+    (x * 0, so NaN stays NaN). seed=None takes the default generator's seed and the next free
+    range of positions (fastnn.manual_seed seeds it). The kept elements are exactly those of
+    ``dropout_mask(x.shape, p, seed=seed, offset=offset)``. Non-C-contiguous x is copied."""
+    p = _probability(p)
+    if not isinstance(x, np.ndarray) and is_cuda_array(x):
+        from . import cuda
+        return cuda._dropout(x, p, training, seed, offset, out)
+    x = as_float_array(x, "x")
+    if out is not None:
+        check_out(out, x)
+    if not isinstance(training, (bool, np.bool_)):
+        raise TypeError(f"training: expected a bool, got {type(training).__name__}")
+    if not training or p == 0.0:
+        return _copy_into(x, out)
+    seed, offset = _seed_offset(seed, offset, x.size)
+    thr, scale = _threshold_scale(p, x.dtype)
+    return _c_order_apply(lambda xv, yv: _C.dropout_apply(xv, yv, seed, offset, thr, scale), x, out)
+
+
+def _num_elements(shape) -> int:
+    if isinstance(shape, numbers.Integral) and not isinstance(shape, bool):
+        shape = (int(shape),)
+    try:
+        dims = tuple(int(d) for d in shape)
+    except TypeError:
+        raise TypeError(f"shape: expected an int or a tuple of ints, got {type(shape).__name__}") from None
+    if any(d < 0 for d in dims):
+        raise ValueError(f"shape: dimensions must be >= 0, got {dims}")
+    n = 1
+    for d in dims:
+        n *= d
+    return n
+
+
+def dropout_mask(shape, p, *, seed, offset=0):
+    """The keep decisions of ``dropout`` for an array of `shape`, packed 1 bit per element:
+    ceil(n/8) uint8, bit order compatible with ``np.unpackbits(mask, bitorder="little")[:n]``
+    (1 = kept; unused high bits of the last byte are 0)."""
+    p = _probability(p)
+    n = _num_elements(shape)
+    seed, offset = _random_checked(seed, offset, n)
+    out = np.empty((n + 7) // 8, np.uint8)
+    if p == 0.0 or p == 1.0:
+        out.fill(0xFF if p == 0.0 else 0)
+        if p == 0.0 and n % 8:
+            out[-1] = (1 << (n % 8)) - 1
+        return out
+    thr, _ = _threshold_scale(p, np.float64)
+    _C.dropout_mask(n, seed, offset, thr, out)
+    return out
+
+
+def _random_checked(seed, offset, n):
+    from . import random as _random
+
+    if seed is None:
+        raise TypeError("seed: expected an integer in [0, 2**64); the backward pass and masks need the seed "
+                        "the forward pass used")
+    return _random.check_seed(seed), _random.check_offset(offset, n)
+
+
+def _check_mask(mask, n):
+    if not isinstance(mask, np.ndarray) or mask.dtype != np.uint8:
+        raise TypeError(f"mask: expected a uint8 NumPy array from dropout_mask, got "
+                        f"{getattr(mask, 'dtype', type(mask).__name__)}")
+    want = (n + 7) // 8
+    if mask.ndim != 1 or mask.size != want:
+        raise ValueError(f"mask: expected {want} bytes (ceil(n/8)) for {n} elements, got shape {mask.shape}")
+    return np.ascontiguousarray(mask)
+
+
+def dropout_backward(grad_output, p, *, seed, offset=0, mask=None, out=None):
+    """grad_input = grad_output * keep / (1 - p), with keep regenerated from (seed, offset) --
+    the same ones the forward used -- so training never has to store a mask; or from `mask`
+    (a ``dropout_mask`` result) when given."""
+    p = _probability(p)
+    if not isinstance(grad_output, np.ndarray) and is_cuda_array(grad_output):
+        from . import cuda
+        return cuda._dropout_backward(grad_output, p, seed, offset, mask, out)
+    g = as_float_array(grad_output, "grad_output")
+    if out is not None:
+        check_out(out, g)
+    seed, offset = _random_checked(seed, offset, g.size)
+    if p == 0.0:
+        return _copy_into(g, out)
+    thr, scale = _threshold_scale(p, g.dtype)
+    if mask is not None:
+        m = _check_mask(mask, g.size)
+        return _c_order_apply(lambda gv, ov: _C.dropout_apply_mask(gv, m, ov, scale), g, out)
+    return _c_order_apply(lambda gv, ov: _C.dropout_apply(gv, ov, seed, offset, thr, scale), g, out)
+
+
+def dropconnect(weight, p, *, seed, offset=0, out=None):
+    """DropConnect: the weight with each entry dropped with probability p and the kept ones
+    scaled by 1/(1-p) (inverted, so evaluation uses the weight as it is). Same stream semantics
+    as ``dropout`` over the weight's C-order positions."""
+    p = _probability(p)
+    if not isinstance(weight, np.ndarray) and is_cuda_array(weight):
+        from . import cuda
+        return cuda._dropout(weight, p, True, *_random_checked(seed, offset, 0), out)
+    w = as_float_array(weight, "weight")
+    seed, offset = _random_checked(seed, offset, w.size)
+    return dropout(w, p, True, seed=seed, offset=offset, out=out)
+
+
+def dropconnect_backward(grad_weight, p, *, seed, offset=0, out=None):
+    """Gradient with respect to the unmasked weight: grad_weight * keep / (1 - p)."""
+    return dropout_backward(grad_weight, p, seed=seed, offset=offset, out=out)

@@ -1,0 +1,214 @@
+// Dropout / DropConnect kernels: the Philox4x32-10 stream evaluated one counter per SIMD lane,
+// compared against the drop threshold into packed keep bits, and applied to the data while it
+// streams through. Compiled once per ISA (FASTNN_ISA); each copy exports a constant table.
+#include "cpu/dropout.h"
+
+#include <cstddef>
+
+#include "core/philox.h"
+#include "cpu/simd.h"
+
+namespace fastnn {
+namespace FASTNN_ISA_NS {
+namespace {
+
+using philox::kM0;
+using philox::kM1;
+using philox::kW0;
+using philox::kW1;
+
+// ---- keep bits of whole 64-position blocks ---------------------------------------------------
+// K[i] = keep bits of block b0 + i (bit t = position 64(b0 + i) + t); see core/philox.h.
+
+#if FASTNN_ISA == 2
+// 16 counters per evaluation; a 32x32->64 multiply covers the even lanes, so the odd lanes are
+// shifted down and multiplied separately, then hi/lo halves are blended back into place.
+inline void mulhilo16(__m512i m, __m512i a, __m512i* hi, __m512i* lo) {
+  const __m512i pe = _mm512_mul_epu32(a, m);
+  const __m512i po = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), m);
+  *lo = _mm512_mask_blend_epi32(0xAAAA, pe, _mm512_slli_epi64(po, 32));
+  *hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(pe, 32), po);
+}
+
+void keep_blocks(uint64_t seed, uint64_t b0, int64_t nblocks, uint32_t thr, uint64_t* K) {
+  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i m0 = _mm512_set1_epi32(static_cast<int>(kM0)), m1 = _mm512_set1_epi32(static_cast<int>(kM1));
+  const __m512i t = _mm512_set1_epi32(static_cast<int>(thr));
+  for (int64_t i = 0; i < nblocks; ++i) {
+    const uint64_t c = (b0 + static_cast<uint64_t>(i)) * 16;  // first counter; +15 never carries
+    __m512i c0 = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(c))), lane);
+    __m512i c1 = _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(c >> 32)));
+    __m512i c2 = _mm512_setzero_si512(), c3 = _mm512_setzero_si512();
+    uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+    for (int r = 0; r < philox::kRounds; ++r) {
+      __m512i hi0, lo0, hi1, lo1;
+      mulhilo16(m0, c0, &hi0, &lo0);
+      mulhilo16(m1, c2, &hi1, &lo1);
+      c0 = _mm512_xor_si512(_mm512_xor_si512(hi1, c1), _mm512_set1_epi32(static_cast<int>(k0)));
+      c1 = lo1;
+      c2 = _mm512_xor_si512(_mm512_xor_si512(hi0, c3), _mm512_set1_epi32(static_cast<int>(k1)));
+      c3 = lo0;
+      k0 += kW0;
+      k1 += kW1;
+    }
+    K[i] = static_cast<uint64_t>(_mm512_cmpge_epu32_mask(c0, t)) |
+           static_cast<uint64_t>(_mm512_cmpge_epu32_mask(c1, t)) << 16 |
+           static_cast<uint64_t>(_mm512_cmpge_epu32_mask(c2, t)) << 32 |
+           static_cast<uint64_t>(_mm512_cmpge_epu32_mask(c3, t)) << 48;
+  }
+}
+
+#elif FASTNN_ISA == 1
+// 8 counters per evaluation, two evaluations per block.
+inline void mulhilo8(__m256i m, __m256i a, __m256i* hi, __m256i* lo) {
+  const __m256i pe = _mm256_mul_epu32(a, m);
+  const __m256i po = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m);
+  *lo = _mm256_blend_epi32(pe, _mm256_slli_epi64(po, 32), 0xAA);
+  *hi = _mm256_blend_epi32(_mm256_srli_epi64(pe, 32), po, 0xAA);
+}
+
+// Unsigned a >= t as an 8-bit lane mask (AVX2 compares are signed: flip the sign bits).
+inline uint32_t ge_u32_bits(__m256i a, __m256i t_flipped) {
+  const __m256i flip = _mm256_set1_epi32(static_cast<int>(0x80000000u));
+  const __m256i lt = _mm256_cmpgt_epi32(t_flipped, _mm256_xor_si256(a, flip));
+  return static_cast<uint32_t>(~_mm256_movemask_ps(_mm256_castsi256_ps(lt))) & 0xFFu;
+}
+
+void keep_blocks(uint64_t seed, uint64_t b0, int64_t nblocks, uint32_t thr, uint64_t* K) {
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i m0 = _mm256_set1_epi32(static_cast<int>(kM0)), m1 = _mm256_set1_epi32(static_cast<int>(kM1));
+  const __m256i t = _mm256_set1_epi32(static_cast<int>(thr ^ 0x80000000u));
+  for (int64_t i = 0; i < nblocks; ++i) {
+    uint64_t bits = 0;
+    for (int half = 0; half < 2; ++half) {
+      const uint64_t c = (b0 + static_cast<uint64_t>(i)) * 16 + 8 * half;
+      __m256i c0 = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(c))), lane);
+      __m256i c1 = _mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(c >> 32)));
+      __m256i c2 = _mm256_setzero_si256(), c3 = _mm256_setzero_si256();
+      uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+      for (int r = 0; r < philox::kRounds; ++r) {
+        __m256i hi0, lo0, hi1, lo1;
+        mulhilo8(m0, c0, &hi0, &lo0);
+        mulhilo8(m1, c2, &hi1, &lo1);
+        c0 = _mm256_xor_si256(_mm256_xor_si256(hi1, c1), _mm256_set1_epi32(static_cast<int>(k0)));
+        c1 = lo1;
+        c2 = _mm256_xor_si256(_mm256_xor_si256(hi0, c3), _mm256_set1_epi32(static_cast<int>(k1)));
+        c3 = lo0;
+        k0 += kW0;
+        k1 += kW1;
+      }
+      const int sh = 8 * half;
+      bits |= static_cast<uint64_t>(ge_u32_bits(c0, t)) << sh | static_cast<uint64_t>(ge_u32_bits(c1, t)) << (16 + sh) |
+              static_cast<uint64_t>(ge_u32_bits(c2, t)) << (32 + sh) | static_cast<uint64_t>(ge_u32_bits(c3, t)) << (48 + sh);
+    }
+    K[i] = bits;
+  }
+}
+
+#else
+void keep_blocks(uint64_t seed, uint64_t b0, int64_t nblocks, uint32_t thr, uint64_t* K) {
+  for (int64_t i = 0; i < nblocks; ++i) {
+    uint64_t bits = 0;
+    for (int c = 0; c < 16; ++c) {
+      const philox::U32x4 w = philox::counter_words((b0 + static_cast<uint64_t>(i)) * 16 + c, seed);
+      for (int j = 0; j < 4; ++j) bits |= static_cast<uint64_t>(w.v[j] >= thr) << (16 * j + c);
+    }
+    K[i] = bits;
+  }
+}
+#endif
+
+// ---- windows of keep bits at any position ---------------------------------------------------
+
+constexpr int64_t kWindow = 4096;  // positions per window (64 words of bits, on the stack)
+
+// bits[w] = keep bits of positions q + 64w .. q + 64w + 63; n <= kWindow; bits past n are zero.
+void window_bits(uint64_t seed, uint64_t q, int64_t n, uint32_t thr, uint64_t* bits) {
+  const uint64_t b0 = q >> 6;
+  const int sh = static_cast<int>(q & 63);
+  const int64_t nblocks = static_cast<int64_t>(((q + static_cast<uint64_t>(n) + 63) >> 6) - b0);
+  uint64_t K[kWindow / 64 + 2];
+  keep_blocks(seed, b0, nblocks, thr, K);
+  K[nblocks] = 0;
+  const int64_t words = (n + 63) / 64;
+  for (int64_t w = 0; w < words; ++w) bits[w] = sh ? (K[w] >> sh) | (K[w + 1] << (64 - sh)) : K[w];
+  if (n & 63) bits[words - 1] &= (uint64_t(1) << (n & 63)) - 1;
+}
+
+void mask_bits(uint64_t seed, uint64_t q0, int64_t n, uint32_t thr, uint8_t* out) {
+  uint64_t bits[kWindow / 64];
+  for (int64_t i = 0; i < n; i += kWindow) {
+    const int64_t len = n - i < kWindow ? n - i : kWindow;
+    window_bits(seed, q0 + static_cast<uint64_t>(i), len, thr, bits);
+    __builtin_memcpy(out + i / 8, bits, static_cast<size_t>((len + 7) / 8));
+  }
+}
+
+// The W bits starting at bit j (j a multiple of W <= 16, so they never straddle a word).
+template <int W>
+inline uint32_t bits_at(const uint64_t* bits, int64_t j) {
+  return static_cast<uint32_t>(bits[j >> 6] >> (j & 63)) & ((1u << W) - 1u);
+}
+
+// y = x * (bit ? scale : 0) over one window: full vectors, then a masked tail.
+template <class V>
+inline void apply_window(const typename V::T* x, typename V::T* y, int64_t n, const uint64_t* bits, V scale,
+                         bool stream) {
+  using T = typename V::T;
+  const V zero = V::set1(T(0));
+  int64_t j = 0;
+  if (stream) {
+    for (; j + V::W <= n; j += V::W)
+      (V::load(x + j) * select(V::mask_from_bits(bits_at<V::W>(bits, j)), scale, zero)).store_stream(y + j);
+  } else {
+    for (; j + V::W <= n; j += V::W)
+      (V::load(x + j) * select(V::mask_from_bits(bits_at<V::W>(bits, j)), scale, zero)).store(y + j);
+  }
+  if (j < n) {
+    const V m = select(V::mask_from_bits(bits_at<V::W>(bits, j)), scale, zero);
+    (V::load_partial(x + j, n - j) * m).store_partial(y + j, n - j);
+  }
+}
+
+// Streaming stores need 64-byte-aligned windows of y: callers (the pool) start chunks on
+// 64-element boundaries, so a window is aligned iff y is; otherwise plain stores are used.
+template <class T>
+inline bool can_stream(const T* y, bool stream) {
+  return stream && (reinterpret_cast<uintptr_t>(y) & 63) == 0;
+}
+
+template <class T>
+void apply(const T* x, T* y, int64_t n, uint64_t seed, uint64_t q0, uint32_t thr, T scale, bool stream) {
+  using V = Vec<T>;
+  stream = can_stream(y, stream);
+  uint64_t bits[kWindow / 64];
+  for (int64_t i = 0; i < n; i += kWindow) {
+    const int64_t len = n - i < kWindow ? n - i : kWindow;
+    window_bits(seed, q0 + static_cast<uint64_t>(i), len, thr, bits);
+    apply_window<V>(x + i, y + i, len, bits, V::set1(scale), stream);
+  }
+  if (stream) stream_fence();
+}
+
+template <class T>
+void apply_mask(const T* x, const uint8_t* mask, T* y, int64_t n, T scale, bool stream) {
+  using V = Vec<T>;
+  stream = can_stream(y, stream);
+  uint64_t bits[kWindow / 64];
+  for (int64_t i = 0; i < n; i += kWindow) {
+    const int64_t len = n - i < kWindow ? n - i : kWindow;
+    bits[(len - 1) / 64] = 0;
+    __builtin_memcpy(bits, mask + i / 8, static_cast<size_t>((len + 7) / 8));
+    apply_window<V>(x + i, y + i, len, bits, V::set1(scale), stream);
+  }
+  if (stream) stream_fence();
+}
+
+}  // namespace
+
+extern const DropoutKernels kDropoutKernels;
+constexpr DropoutKernels kDropoutKernels{&mask_bits, &apply<float>, &apply<double>, &apply_mask<float>,
+                                         &apply_mask<double>};
+
+}  // namespace FASTNN_ISA_NS
+}  // namespace fastnn
