@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import os
 import sys
 import time
 
@@ -31,6 +32,9 @@ def _import_fastnn():
 
 
 fastnn = _import_fastnn()
+
+# tests/reference.py is imported as `reference` whatever pytest's import mode.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 #: Every CPU kernel path this build has and this machine can run ('baseline', 'avx2', 'avx512').
 CAPABILITIES = list(fastnn._C.supported_capabilities())

@@ -81,7 +81,8 @@ def elu(x, alpha=1.0):
 
 
 def selu(x):
-    return SELU_SCALE * elu(x, SELU_ALPHA)
+    with np.errstate(all="ignore"):
+        return SELU_SCALE * elu(x, SELU_ALPHA)
 
 
 # ---- derivatives f'(x) ------------------------------------------------------------------------
@@ -125,7 +126,8 @@ def elu_grad(x, alpha=1.0):
 
 
 def selu_grad(x):
-    return SELU_SCALE * elu_grad(x, SELU_ALPHA)
+    with np.errstate(all="ignore"):
+        return SELU_SCALE * elu_grad(x, SELU_ALPHA)
 
 
 # ---- backward: grad_output * f'(x), an IEEE product ------------------------------------------
@@ -165,14 +167,14 @@ def prelu_weight_terms(grad_output, x, weight):
     of |terms| bounds the rounding error any summation order can make."""
     x = _f64(x)
     g = _f64(grad_output)
+    w = np.asarray(weight)
     with np.errstate(all="ignore"):
         terms = np.where(x > 0, 0.0, x * g)
-    w = np.asarray(weight)
-    if w.size == 1:
-        total, abs_total = terms.sum(), np.abs(terms).sum()
-    else:
-        axes = tuple(a for a in range(x.ndim) if a != 1)
-        total, abs_total = terms.sum(axis=axes), np.abs(terms).sum(axis=axes)
+        if w.size == 1:
+            total, abs_total = terms.sum(), np.abs(terms).sum()
+        else:
+            axes = tuple(a for a in range(x.ndim) if a != 1)
+            total, abs_total = terms.sum(axis=axes), np.abs(terms).sum(axis=axes)
     return np.reshape(total, w.shape), np.reshape(abs_total, w.shape)
 
 

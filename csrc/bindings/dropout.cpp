@@ -17,9 +17,10 @@ bool use_stream(int64_t n, size_t elem_bytes) {
   return static_cast<long long>(n) * static_cast<long long>(elem_bytes) * 2 > llc_bytes();
 }
 
+// Positions offset .. offset + n - 1 must all exist (the last one is 2^64 - 1).
 void check_positions(uint64_t offset, int64_t n) {
-  if (n > 0 && offset > UINT64_MAX - static_cast<uint64_t>(n))
-    throw py::value_error("offset: offset + number of elements must be below 2**64");
+  if (n > 0 && offset > UINT64_MAX - static_cast<uint64_t>(n - 1))
+    throw py::value_error("offset: offset + number of elements must be at most 2**64");
 }
 
 }  // namespace

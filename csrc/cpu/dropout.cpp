@@ -30,32 +30,47 @@ inline void mulhilo16(__m512i m, __m512i a, __m512i* hi, __m512i* lo) {
   *hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(pe, 32), po);
 }
 
-void keep_blocks(uint64_t seed, uint64_t b0, int64_t nblocks, uint32_t thr, uint64_t* K) {
+// B blocks evaluated together: B independent multiply chains keep the pipelines busy (one
+// chain is latency-bound: multiply, blend, xor per round).
+template <int B>
+inline void keep_blocks_x(uint64_t seed, uint64_t b0, uint32_t thr, uint64_t* K) {
   const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   const __m512i m0 = _mm512_set1_epi32(static_cast<int>(kM0)), m1 = _mm512_set1_epi32(static_cast<int>(kM1));
-  const __m512i t = _mm512_set1_epi32(static_cast<int>(thr));
-  for (int64_t i = 0; i < nblocks; ++i) {
-    const uint64_t c = (b0 + static_cast<uint64_t>(i)) * 16;  // first counter; +15 never carries
-    __m512i c0 = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(c))), lane);
-    __m512i c1 = _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(c >> 32)));
-    __m512i c2 = _mm512_setzero_si512(), c3 = _mm512_setzero_si512();
-    uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
-    for (int r = 0; r < philox::kRounds; ++r) {
-      __m512i hi0, lo0, hi1, lo1;
-      mulhilo16(m0, c0, &hi0, &lo0);
-      mulhilo16(m1, c2, &hi1, &lo1);
-      c0 = _mm512_xor_si512(_mm512_xor_si512(hi1, c1), _mm512_set1_epi32(static_cast<int>(k0)));
-      c1 = lo1;
-      c2 = _mm512_xor_si512(_mm512_xor_si512(hi0, c3), _mm512_set1_epi32(static_cast<int>(k1)));
-      c3 = lo0;
-      k0 += kW0;
-      k1 += kW1;
-    }
-    K[i] = static_cast<uint64_t>(_mm512_cmpge_epu32_mask(c0, t)) |
-           static_cast<uint64_t>(_mm512_cmpge_epu32_mask(c1, t)) << 16 |
-           static_cast<uint64_t>(_mm512_cmpge_epu32_mask(c2, t)) << 32 |
-           static_cast<uint64_t>(_mm512_cmpge_epu32_mask(c3, t)) << 48;
+  __m512i c0[B], c1[B], c2[B], c3[B];
+  for (int b = 0; b < B; ++b) {
+    const uint64_t c = (b0 + static_cast<uint64_t>(b)) * 16;  // first counter; +15 never carries
+    c0[b] = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(c))), lane);
+    c1[b] = _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(c >> 32)));
+    c2[b] = _mm512_setzero_si512();
+    c3[b] = _mm512_setzero_si512();
   }
+  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+  for (int r = 0; r < philox::kRounds; ++r) {
+    const __m512i vk0 = _mm512_set1_epi32(static_cast<int>(k0)), vk1 = _mm512_set1_epi32(static_cast<int>(k1));
+    for (int b = 0; b < B; ++b) {
+      __m512i hi0, lo0, hi1, lo1;
+      mulhilo16(m0, c0[b], &hi0, &lo0);
+      mulhilo16(m1, c2[b], &hi1, &lo1);
+      c0[b] = _mm512_ternarylogic_epi32(hi1, c1[b], vk0, 0x96);  // three-way xor
+      c1[b] = lo1;
+      c2[b] = _mm512_ternarylogic_epi32(hi0, c3[b], vk1, 0x96);
+      c3[b] = lo0;
+    }
+    k0 += kW0;
+    k1 += kW1;
+  }
+  const __m512i t = _mm512_set1_epi32(static_cast<int>(thr));
+  for (int b = 0; b < B; ++b)
+    K[b] = static_cast<uint64_t>(_mm512_cmpge_epu32_mask(c0[b], t)) |
+           static_cast<uint64_t>(_mm512_cmpge_epu32_mask(c1[b], t)) << 16 |
+           static_cast<uint64_t>(_mm512_cmpge_epu32_mask(c2[b], t)) << 32 |
+           static_cast<uint64_t>(_mm512_cmpge_epu32_mask(c3[b], t)) << 48;
+}
+
+void keep_blocks(uint64_t seed, uint64_t b0, int64_t nblocks, uint32_t thr, uint64_t* K) {
+  int64_t i = 0;
+  for (; i + 4 <= nblocks; i += 4) keep_blocks_x<4>(seed, b0 + static_cast<uint64_t>(i), thr, K + i);
+  for (; i < nblocks; ++i) keep_blocks_x<1>(seed, b0 + static_cast<uint64_t>(i), thr, K + i);
 }
 
 #elif FASTNN_ISA == 1
@@ -126,7 +141,7 @@ constexpr int64_t kWindow = 4096;  // positions per window (64 words of bits, on
 void window_bits(uint64_t seed, uint64_t q, int64_t n, uint32_t thr, uint64_t* bits) {
   const uint64_t b0 = q >> 6;
   const int sh = static_cast<int>(q & 63);
-  const int64_t nblocks = static_cast<int64_t>(((q + static_cast<uint64_t>(n) + 63) >> 6) - b0);
+  const int64_t nblocks = (sh + n + 63) >> 6;  // (not from q + n: that can wrap at 2^64)
   uint64_t K[kWindow / 64 + 2];
   keep_blocks(seed, b0, nblocks, thr, K);
   K[nblocks] = 0;

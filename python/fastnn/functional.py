@@ -20,6 +20,7 @@ within 1e-14 absolute or 1e-13 relative.
 from __future__ import annotations
 
 import numbers
+import operator
 
 import numpy as np
 
@@ -301,12 +302,18 @@ def dropout(x, p=0.5, training=True, *, seed=None, offset=0, out=None):
 
 
 def _num_elements(shape) -> int:
-    if isinstance(shape, numbers.Integral) and not isinstance(shape, bool):
-        shape = (int(shape),)
-    try:
-        dims = tuple(int(d) for d in shape)
-    except TypeError:
-        raise TypeError(f"shape: expected an int or a tuple of ints, got {type(shape).__name__}") from None
+    def dim(d):
+        if isinstance(d, (bool, np.bool_)):
+            raise TypeError("shape: expected an int or a tuple of ints, got a bool")
+        try:
+            return operator.index(d)
+        except TypeError:
+            raise TypeError(f"shape: expected an int or a tuple of ints, got {type(d).__name__}") from None
+
+    if isinstance(shape, (tuple, list)):
+        dims = tuple(dim(d) for d in shape)
+    else:
+        dims = (dim(shape),)
     if any(d < 0 for d in dims):
         raise ValueError(f"shape: dimensions must be >= 0, got {dims}")
     n = 1
@@ -364,11 +371,11 @@ def dropout_backward(grad_output, p, *, seed, offset=0, mask=None, out=None):
     if out is not None:
         check_out(out, g)
     seed, offset = _random_checked(seed, offset, g.size)
+    m = _check_mask(mask, g.size) if mask is not None else None
     if p == 0.0:
         return _copy_into(g, out)
     thr, scale = _threshold_scale(p, g.dtype)
-    if mask is not None:
-        m = _check_mask(mask, g.size)
+    if m is not None:
         return _c_order_apply(lambda gv, ov: _C.dropout_apply_mask(gv, m, ov, scale), g, out)
     return _c_order_apply(lambda gv, ov: _C.dropout_apply(gv, ov, seed, offset, thr, scale), g, out)
 

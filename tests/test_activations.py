@@ -1,0 +1,1238 @@
+"""CPU activation kernels (fastnn.functional) against the float64 references of tests/reference.py.
+
+Every numerical test runs for float32 and float64 and on every CPU path this machine supports
+(the `capability` fixture); tolerances come from the one table, reference.TOLERANCES."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import pytest
+
+import fastnn
+import fastnn.functional as F
+import reference as R
+
+CAPABILITIES = list(fastnn._C.supported_capabilities())
+ALL_CAPABILITY_NAMES = ("baseline", "avx2", "avx512")
+
+# ---- the ops under test ------------------------------------------------------------------------
+
+PRELU_W = 0.25  # PyTorch's PReLU default init
+
+
+def _dtype_of(x) -> np.dtype:
+    return x.dtype if isinstance(x, np.ndarray) else np.dtype(np.float64)
+
+
+def _prelu_shared_weight(x) -> np.ndarray:
+    return np.full(1, PRELU_W, dtype=_dtype_of(x))
+
+
+def _prelu_shared_backward(g, x, out=None):
+    assert out is None, "prelu_backward has no out="
+    return F.prelu_backward(g, x, _prelu_shared_weight(x))[0]
+
+
+@dataclass(frozen=True)
+class Op:
+    """One activation with fixed parameters: fastnn's forward/backward and their references."""
+
+    name: str  # test id
+    tol: str  # forward op name in reference.TOLERANCES; the backward is tol + "_backward"
+    forward: Callable  # forward(x, out=None)
+    backward: Callable  # backward(grad_output, x, out=None) -> grad_input
+    ref_forward: Callable  # ref_forward(x) -> float64
+    ref_backward: Callable  # ref_backward(grad_output, x) -> float64
+    kink: bool  # not differentiable at 0
+    d_at_zero: float  # f'(0) in PyTorch (the x <= 0 branch)
+    backward_has_out: bool = True
+
+    @property
+    def btol(self) -> str:
+        return self.tol + "_backward"
+
+
+OPS = [
+    Op("sigmoid", "sigmoid", F.sigmoid, F.sigmoid_backward, R.sigmoid, R.sigmoid_backward, False, 0.25),
+    Op("tanh", "tanh", F.tanh, F.tanh_backward, R.tanh, R.tanh_backward, False, 1.0),
+    Op("relu", "relu", F.relu, F.relu_backward, R.relu, R.relu_backward, True, 0.0),
+    Op("leaky_relu", "leaky_relu", F.leaky_relu, F.leaky_relu_backward, R.leaky_relu, R.leaky_relu_backward,
+       True, 0.01),
+    Op("leaky_relu_slope_0.2", "leaky_relu",
+       lambda x, out=None: F.leaky_relu(x, 0.2, out=out),
+       lambda g, x, out=None: F.leaky_relu_backward(g, x, 0.2, out=out),
+       lambda x: R.leaky_relu(x, 0.2), lambda g, x: R.leaky_relu_backward(g, x, 0.2), True, 0.2),
+    Op("prelu_shared_weight", "prelu",
+       lambda x, out=None: F.prelu(x, _prelu_shared_weight(x), out=out), _prelu_shared_backward,
+       lambda x: R.prelu(x, PRELU_W), lambda g, x: R.prelu_backward(g, x, PRELU_W)[0], True, PRELU_W,
+       backward_has_out=False),
+    Op("elu", "elu", F.elu, F.elu_backward, R.elu, R.elu_backward, True, 1.0),
+    Op("elu_alpha_0.7", "elu",
+       lambda x, out=None: F.elu(x, 0.7, out=out),
+       lambda g, x, out=None: F.elu_backward(g, x, 0.7, out=out),
+       lambda x: R.elu(x, 0.7), lambda g, x: R.elu_backward(g, x, 0.7), True, 0.7),
+    Op("selu", "selu", F.selu, F.selu_backward, R.selu, R.selu_backward, True, R.SELU_SCALE * R.SELU_ALPHA),
+]
+OPS_BY_NAME = {op.name: op for op in OPS}
+PRELU_OP = OPS_BY_NAME["prelu_shared_weight"]
+
+
+def _is_prelu(op: Op) -> bool:
+    return op is PRELU_OP
+
+
+ALL_OPS = pytest.mark.parametrize("op", OPS, ids=[op.name for op in OPS])
+OPS_WITH_BACKWARD_OUT = pytest.mark.parametrize(
+    "op", [op for op in OPS if op.backward_has_out], ids=[op.name for op in OPS if op.backward_has_out])
+DTYPES = pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+
+
+# ---- inputs --------------------------------------------------------------------------------------
+
+def normal(rng, shape, dtype, scale=5.0) -> np.ndarray:
+    return np.asarray(rng.standard_normal(shape) * scale, dtype=dtype)  # 0-d stays an array
+
+
+def log_uniform(rng, n, dtype) -> np.ndarray:
+    """Magnitudes log-uniform in [1e-40, 1e30] (float32 subnormals included) with random signs;
+    float64 also gets half its elements from [1e-320, 1e300] (its own subnormals and extremes)."""
+    exponent = rng.uniform(-40, 30, n)
+    if np.dtype(dtype) == np.float64:
+        wide = rng.random(n) < 0.5
+        exponent[wide] = rng.uniform(-320, 300, int(wide.sum()))
+    with np.errstate(all="ignore"):
+        mag = 10.0 ** exponent
+    return (mag * rng.choice([-1.0, 1.0], n)).astype(dtype)
+
+
+def special_values(dtype) -> np.ndarray:
+    """+-0, subnormals, +-inf, NaN, huge values, the exp overflow/underflow edges and the
+    saturation points of tanh and sigmoid for `dtype`, each with both signs."""
+    dtype = np.dtype(dtype)
+    fi = np.finfo(dtype)
+    sub = float(fi.smallest_subnormal)
+    common = [0.0, sub, 2 * sub, 3 * sub, 1000 * sub, float(fi.smallest_normal), float(fi.smallest_normal) * 0.75,
+              1e-30, 1e-20, 1e-10, 1e-7, 1e-4, 1e-3, 0.1, 0.5, 1.0, 2.0, 3.0, 5.0,
+              np.inf, 1e10, 1e30, 3e38, float(fi.max), float(fi.max) / 2]
+    if dtype == np.float32:
+        # exp(x) overflows above ~88.72, exp(-x) is subnormal below -87.34 and rounds to 0 below
+        # ~-103.97; expm1 rounds to -1 below ~-17.3 (the kernel clamps at -30); tanh rounds to 1
+        # from ~9.01, sigmoid from ~16.6 (x > 0) and is subnormal below ~-87.3.
+        edges = [88.7, 87.3, 103.9, 88.72283, 88.8, 89.0, 87.33, 87.34, 103.97, 103.98, 104.0, 105.0, 150.0,
+                 17.3, 29.9, 30.0, 30.1, 44.0, 52.0, 52.5, 8.0, 8.5, 9.0, 9.01, 9.1, 10.0, 15.0, 16.0, 16.6, 17.0,
+                 18.0, 20.0, 45.0]
+    else:
+        # exp overflows above ~709.78, is subnormal below ~-708.4 and rounds to 0 below ~-745.13;
+        # expm1 rounds to -1 below ~-37.4 (kernel clamps at -40); tanh rounds to 1 from ~19.06,
+        # sigmoid from ~36.7.
+        edges = [709.8, 708.4, 745.1, 709.78, 709.79, 710.0, 708.39, 744.4, 745.13, 745.14, 746.0, 800.0,
+                 1e300, 37.4, 39.9, 40.0, 40.1, 18.5, 19.0, 19.06, 19.1, 20.0, 36.0, 36.7, 37.0, 38.0, 40.5,
+                 354.0, 372.0, 373.0]
+    vals = np.array(common + edges, dtype=np.float64)
+    with np.errstate(over="ignore"):
+        vals = np.concatenate([vals, -vals, [np.nan, -np.nan]]).astype(dtype)
+    # Repeat at shifted offsets so that every value lands in vector bodies, in different lanes
+    # and in masked tails.
+    return np.concatenate([vals, vals[5:], vals[::-1], vals[:11]])
+
+
+def with_specials(rng, x: np.ndarray, count: int = 1000) -> np.ndarray:
+    """x with `count` special values scattered at random positions."""
+    sv = special_values(x.dtype)
+    idx = rng.choice(x.size, size=min(count, x.size), replace=False)
+    x.flat[idx] = np.resize(sv, idx.size)  # .flat: writes through any layout or view
+    return x
+
+
+def where() -> str:
+    return f"{fastnn.get_cpu_capability()} path, {fastnn.get_num_threads()} threads"
+
+
+def check_forward(op: Op, x, y, dtype) -> None:
+    R.assert_close(y, op.ref_forward(x), op.tol, dtype, x=x, where=where())
+
+
+def check_backward(op: Op, g, x, gx, dtype) -> None:
+    R.assert_close(gx, op.ref_backward(g, x), op.btol, dtype, x=x, grad_output=g, where=where())
+
+
+def assert_bit_identical(a: np.ndarray, b: np.ndarray, what: str) -> None:
+    """Same shape, dtype and bits everywhere (NaN included)."""
+    assert a.shape == b.shape and a.dtype == b.dtype, what
+    u = {4: np.uint32, 8: np.uint64}[a.dtype.itemsize]
+    ua, ub = np.ascontiguousarray(a).view(u), np.ascontiguousarray(b).view(u)
+    if not np.array_equal(ua, ub):
+        i = int(np.flatnonzero(ua.reshape(-1) != ub.reshape(-1))[0])
+        raise AssertionError(f"{what}: {int((ua != ub).sum())} elements differ; first at flat index {i}: "
+                             f"{a.reshape(-1)[i]!r} vs {b.reshape(-1)[i]!r}")
+
+
+# ---- random and wide-range inputs ------------------------------------------------------------
+
+@ALL_OPS
+@DTYPES
+def test_forward_matches_reference_for_random_normal_inputs_times_5(op, dtype, capability, rng):
+    x = normal(rng, 10007, dtype)
+    check_forward(op, x, op.forward(x), dtype)
+
+
+@ALL_OPS
+@DTYPES
+def test_backward_matches_reference_for_random_normal_inputs_times_5(op, dtype, capability, rng):
+    x, g = normal(rng, 10007, dtype), normal(rng, 10007, dtype, scale=1.0)
+    check_backward(op, g, x, op.backward(g, x), dtype)
+
+
+@ALL_OPS
+@DTYPES
+def test_forward_matches_reference_for_log_uniform_magnitudes_1e_minus_40_to_1e30(op, dtype, capability, rng):
+    x = log_uniform(rng, 20011, dtype)
+    check_forward(op, x, op.forward(x), dtype)
+
+
+@ALL_OPS
+@DTYPES
+def test_backward_matches_reference_for_log_uniform_magnitudes_1e_minus_40_to_1e30(op, dtype, capability, rng):
+    x, g = log_uniform(rng, 20011, dtype), normal(rng, 20011, dtype, scale=1.0)
+    check_backward(op, g, x, op.backward(g, x), dtype)
+
+
+# ---- special values ------------------------------------------------------------------------------
+
+@ALL_OPS
+@DTYPES
+def test_forward_matches_reference_on_zeros_subnormals_infinities_nan_and_exp_edges(op, dtype, capability):
+    x = special_values(dtype)
+    check_forward(op, x, op.forward(x), dtype)
+
+
+@ALL_OPS
+@DTYPES
+@pytest.mark.parametrize("grad", ["grad_output_ones", "grad_output_random"])
+def test_backward_matches_reference_on_zeros_subnormals_infinities_nan_and_exp_edges(op, dtype, capability,
+                                                                                    grad, rng):
+    x = special_values(dtype)
+    g = np.ones_like(x) if grad == "grad_output_ones" else normal(rng, x.shape, dtype, scale=1.0)
+    check_backward(op, g, x, op.backward(g, x), dtype)
+
+
+@ALL_OPS
+@DTYPES
+def test_backward_is_ieee_product_for_nan_inf_and_zero_grad_output(op, dtype, capability):
+    # inf * 0 is NaN (relu at x <= 0, sigmoid at +-inf...), NaN * anything is NaN.
+    gs = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e30, float(np.finfo(dtype).max)], dtype)
+    xs = np.array([-np.inf, -1e30, -50.0, -3.0, -1.0, -0.0, 0.0, 1e-30, 1.0, 3.0, 50.0, 1e30, np.inf], dtype)
+    g, x = (a.reshape(-1) for a in np.meshgrid(gs, xs, indexing="ij"))
+    check_backward(op, g, x, op.backward(g, x), dtype)
+
+
+@ALL_OPS
+@DTYPES
+def test_nan_in_x_gives_nan_in_forward_and_backward(op, dtype, capability):
+    x = np.full(37, np.nan, dtype)
+    x[::3] = -np.nan  # both signs of NaN
+    g = np.ones(37, dtype)
+    assert np.all(np.isnan(op.forward(x)))
+    assert np.all(np.isnan(op.backward(g, x)))
+    assert np.all(np.isnan(op.backward(np.zeros(37, dtype), x)))
+
+
+@DTYPES
+def test_relu_of_negative_zero_is_positive_zero_and_of_nan_is_nan(dtype, capability):
+    x = np.array([-0.0, 0.0, np.nan, -np.nan, -1.0, -np.inf, 2.0] * 5, dtype)
+    y = F.relu(x)
+    assert not np.any(np.signbit(y[~np.isnan(y)])), f"relu returned -0.0 or a negative: {y}"
+    assert np.array_equal(np.isnan(y), np.isnan(x))
+    assert np.array_equal(y[~np.isnan(x)], np.where(x > 0, x, 0)[~np.isnan(x)])
+
+
+# ---- derivative at 0 and finite differences ------------------------------------------------------
+
+@ALL_OPS
+@DTYPES
+@pytest.mark.parametrize("zero", [0.0, -0.0], ids=["plus_zero", "minus_zero"])
+def test_derivative_at_zero_matches_pytorch_convention(op, dtype, capability, zero):
+    # relu 0; leaky_relu and prelu the slope; elu alpha; selu scale*alpha; sigmoid 1/4; tanh 1.
+    x = np.full(33, zero, dtype)
+    g = np.ones(33, dtype)
+    gx = op.backward(g, x)
+    R.assert_close(gx, np.full(33, op.d_at_zero), op.btol, dtype, x=x, grad_output=g, where=where())
+    check_backward(op, g, x, gx, dtype)
+    check_forward(op, x, op.forward(x), dtype)
+
+
+@ALL_OPS
+def test_backward_matches_central_finite_difference_of_forward_float64(op, capability, rng):
+    n, h = 4001, 1e-6
+    if op.kink:  # stay clear of the kink at 0: |x| in [1e-3, 8]
+        x = rng.uniform(1e-3, 8.0, n) * rng.choice([-1.0, 1.0], n)
+    else:
+        x = rng.uniform(-8.0, 8.0, n)
+    g = rng.standard_normal(n)
+    fd = g * (op.forward(x + h) - op.forward(x - h)) / (2 * h)
+    # Truncation h^2 f'''/6 ~ 1e-12, rounding ~ eps |f| / h ~ 2e-9: both far below the bound.
+    np.testing.assert_allclose(op.backward(g, x), fd, rtol=1e-6, atol=1e-7,
+                               err_msg=f"{op.name} backward vs central difference [{where()}]")
+
+
+# ---- sizes, tails and shapes ---------------------------------------------------------------------
+
+# Vector widths are 1 (baseline), 4/8 (avx2 double/float), 8/16 (avx512 double/float); 64 is the
+# chunk alignment; 32768 the threading grain (elements per task).
+SIZES = [0, 1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65,
+         32767, 32768, 32769, 65535, 65536, 65537, 100003, 1_000_003]
+TAIL_SIZES = [1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33]
+# prelu on empty input crashes the process (see test_prelu_on_empty_input_*, run in a subprocess).
+OP_SIZE = pytest.mark.parametrize(
+    "op,n", [(op, n) for op in OPS for n in SIZES if not (_is_prelu(op) and n == 0)],
+    ids=[f"{op.name}-n{n}" for op in OPS for n in SIZES if not (_is_prelu(op) and n == 0)])
+
+
+@OP_SIZE
+@DTYPES
+def test_forward_matches_reference_for_size(op, n, dtype, capability, rng):
+    x = normal(rng, n, dtype)
+    y = op.forward(x)
+    assert y.shape == (n,) and y.dtype == dtype
+    check_forward(op, x, y, dtype)
+
+
+@OP_SIZE
+@DTYPES
+def test_backward_matches_reference_for_size(op, n, dtype, capability, rng):
+    x, g = normal(rng, n, dtype), normal(rng, n, dtype, scale=1.0)
+    gx = op.backward(g, x)
+    assert gx.shape == (n,) and gx.dtype == dtype
+    check_backward(op, g, x, gx, dtype)
+
+
+SENTINEL = 1234.5
+
+
+@ALL_OPS
+@DTYPES
+@pytest.mark.parametrize("n", TAIL_SIZES)
+def test_forward_into_misaligned_out_writes_exactly_its_n_elements(op, n, dtype, capability, rng):
+    x = normal(rng, n, dtype)
+    buf = np.full(n + 2 + 64, SENTINEL, dtype)
+    out = buf[1:n + 1]  # one element past an aligned start: masked stores on an odd address
+    assert op.forward(x, out=out) is out
+    check_forward(op, x, out, dtype)
+    assert buf[0] == SENTINEL and np.all(buf[n + 1:] == SENTINEL), "wrote outside out"
+
+
+@OPS_WITH_BACKWARD_OUT
+@DTYPES
+@pytest.mark.parametrize("n", TAIL_SIZES)
+def test_backward_into_misaligned_out_writes_exactly_its_n_elements(op, n, dtype, capability, rng):
+    x, g = normal(rng, n, dtype), normal(rng, n, dtype, scale=1.0)
+    buf = np.full(n + 2 + 64, SENTINEL, dtype)
+    out = buf[1:n + 1]
+    assert op.backward(g, x, out=out) is out
+    check_backward(op, g, x, out, dtype)
+    assert buf[0] == SENTINEL and np.all(buf[n + 1:] == SENTINEL), "wrote outside out"
+
+
+SHAPES = [(), (1,), (0,), (5, 0, 3), (2, 3), (3, 1, 17), (4, 5, 6, 7), (2, 3, 2, 3, 5), (1, 1, 1, 1, 33)]
+OP_SHAPE = pytest.mark.parametrize(
+    "op,shape", [(op, s) for op in OPS for s in SHAPES if not (_is_prelu(op) and 0 in s)],
+    ids=[f"{op.name}-{'x'.join(map(str, s)) or 'scalar'}" for op in OPS for s in SHAPES
+         if not (_is_prelu(op) and 0 in s)])
+
+
+@OP_SHAPE
+@DTYPES
+def test_forward_keeps_multidimensional_shape_and_matches_reference(op, shape, dtype, capability, rng):
+    x = normal(rng, shape, dtype)
+    y = op.forward(x)
+    assert isinstance(y, np.ndarray) and y.shape == shape and y.dtype == dtype
+    check_forward(op, x, y, dtype)
+
+
+@OP_SHAPE
+@DTYPES
+def test_backward_keeps_multidimensional_shape_and_matches_reference(op, shape, dtype, capability, rng):
+    x, g = normal(rng, shape, dtype), normal(rng, shape, dtype, scale=1.0)
+    gx = op.backward(g, x)
+    assert isinstance(gx, np.ndarray) and gx.shape == shape and gx.dtype == dtype
+    check_backward(op, g, x, gx, dtype)
+
+
+# ---- in place and out= ---------------------------------------------------------------------------
+
+IN_PLACE_CASES = {
+    "c_1d_large": lambda rng, dt: normal(rng, 100003, dt),  # several threads' chunks
+    "c_2d": lambda rng, dt: normal(rng, (37, 29), dt),
+    "f_2d": lambda rng, dt: np.asfortranarray(normal(rng, (37, 29), dt)),
+}
+IN_PLACE = pytest.mark.parametrize("case", list(IN_PLACE_CASES))
+
+
+@ALL_OPS
+@DTYPES
+@IN_PLACE
+def test_forward_in_place_with_out_equal_to_x(op, dtype, case, capability, rng):
+    x = with_specials(rng, IN_PLACE_CASES[case](rng, dtype), 200)
+    x0 = x.copy()
+    assert op.forward(x, out=x) is x
+    check_forward(op, x0, x, dtype)
+
+
+@OPS_WITH_BACKWARD_OUT
+@DTYPES
+@IN_PLACE
+def test_backward_in_place_with_out_equal_to_grad_output(op, dtype, case, capability, rng):
+    x = with_specials(rng, IN_PLACE_CASES[case](rng, dtype), 200)
+    g = IN_PLACE_CASES[case](rng, dtype)
+    g0 = g.copy()
+    assert op.backward(g, x, out=g) is g
+    check_backward(op, g0, x, g, dtype)
+
+
+@OPS_WITH_BACKWARD_OUT
+@DTYPES
+@IN_PLACE
+def test_backward_in_place_with_out_equal_to_x(op, dtype, case, capability, rng):
+    x = with_specials(rng, IN_PLACE_CASES[case](rng, dtype), 200)
+    g = IN_PLACE_CASES[case](rng, dtype)
+    x0 = x.copy()
+    assert op.backward(g, x, out=x) is x
+    check_backward(op, g, x0, x, dtype)
+
+
+@ALL_OPS
+@DTYPES
+def test_forward_into_preallocated_out_returns_out(op, dtype, capability, rng):
+    x = normal(rng, (61, 67), dtype)
+    out = np.full_like(x, np.nan)
+    assert op.forward(x, out=out) is out
+    check_forward(op, x, out, dtype)
+
+
+@OPS_WITH_BACKWARD_OUT
+@DTYPES
+def test_backward_into_preallocated_out_returns_out(op, dtype, capability, rng):
+    x, g = normal(rng, (61, 67), dtype), normal(rng, (61, 67), dtype, scale=1.0)
+    out = np.full_like(x, np.nan)
+    assert op.backward(g, x, out=out) is out
+    check_backward(op, g, x, out, dtype)
+
+
+# ---- strided views and memory layout ------------------------------------------------------------
+
+def make_view(kind: str, rng, dtype, specials: int = 0) -> np.ndarray:
+    """A non-trivially laid out array of `kind`; `specials` special values are scattered over the
+    array it views first."""
+
+    def base(shape):
+        a = normal(rng, shape, dtype)
+        return with_specials(rng, a, specials) if specials else a
+
+    if kind == "every_other_element_1d":
+        return base(2 * 1001 + 1)[::2]
+    if kind == "reversed_1d":
+        return base(1001)[::-1]
+    if kind == "transposed_f_order_2d":
+        return base((37, 53)).T
+    if kind == "f_order_3d":
+        return np.asfortranarray(base((5, 7, 9)))
+    if kind == "middle_axis_sliced_3d":
+        return base((5, 12, 7))[:, 1:10:2, :]
+    if kind == "middle_axis_range_3d":
+        return base((4, 9, 6))[:, 2:5, :]
+    if kind == "broadcast_zero_stride_read_only_2d":
+        return np.broadcast_to(base((1, 37)), (5, 37))
+    if kind == "unaligned_1d":  # data address not a multiple of the itemsize
+        itemsize = np.dtype(dtype).itemsize
+        raw = np.zeros(1003 * itemsize + 1, np.uint8)
+        a = raw[1:].view(dtype)
+        a[...] = base(1003)
+        assert not a.flags.aligned
+        return a
+    raise AssertionError(kind)
+
+
+VIEW_KINDS = ["every_other_element_1d", "reversed_1d", "transposed_f_order_2d", "f_order_3d",
+              "middle_axis_sliced_3d", "middle_axis_range_3d", "broadcast_zero_stride_read_only_2d", "unaligned_1d"]
+VIEWS = pytest.mark.parametrize("view", VIEW_KINDS)
+OUT_KIND_NAMES = ["no_out", "out_c_order", "out_f_order", "out_strided", "out_unaligned"]
+OUT_KINDS = pytest.mark.parametrize("out_kind", OUT_KIND_NAMES)
+
+
+def make_out(kind: str, shape, dtype):
+    """(out, buffer it lives in or None)."""
+    if kind == "no_out":
+        return None, None
+    if kind == "out_c_order":
+        return np.full(shape, np.nan, dtype), None
+    if kind == "out_f_order":
+        return np.full(shape, np.nan, dtype, order="F"), None
+    if kind == "out_unaligned":
+        itemsize = np.dtype(dtype).itemsize
+        raw = np.zeros(int(np.prod(shape)) * itemsize + 1, np.uint8)
+        out = raw[1:].view(dtype).reshape(shape)
+        out[...] = np.nan
+        return out, None
+    buf = np.full(shape[:-1] + (2 * shape[-1] + 1,), SENTINEL, dtype)
+    return buf[..., 1::2], buf
+
+
+def check_layout(x: np.ndarray, y: np.ndarray) -> None:
+    """A fresh result keeps a C- or F-contiguous input's layout; others come back contiguous."""
+    if x.flags.c_contiguous:
+        assert y.flags.c_contiguous, "C-ordered input gave a result that is not C-ordered"
+    elif x.flags.f_contiguous:
+        assert y.flags.f_contiguous, "F-ordered input gave a result that is not F-ordered"
+    else:
+        assert y.flags.c_contiguous or y.flags.f_contiguous, "result of a strided input is not contiguous"
+
+
+def check_out_result(result, out, buf) -> None:
+    assert result is out, "out= given: the result must be out itself"
+    if buf is not None:
+        outside = np.ones(buf.shape, bool)
+        outside[..., 1::2] = False
+        assert np.all(buf[outside] == SENTINEL), "wrote outside the strided out view"
+
+
+@ALL_OPS
+@DTYPES
+@VIEWS
+@OUT_KINDS
+def test_forward_on_strided_view(op, dtype, view, out_kind, capability, rng):
+    x = make_view(view, rng, dtype, specials=50)
+    x0 = x.copy()
+    out, buf = make_out(out_kind, x.shape, dtype)
+    y = op.forward(x, out=out)
+    assert np.array_equal(x, x0, equal_nan=True), "input was modified"
+    check_forward(op, x, y, dtype)
+    if out is None:
+        if not _is_prelu(op):  # prelu's layout: test_prelu_result_keeps_f_order_of_f_ordered_input
+            check_layout(x, y)
+    else:
+        check_out_result(y, out, buf)
+
+
+@pytest.mark.parametrize(
+    "op,out_kind", [(op, k) for op in OPS for k in OUT_KIND_NAMES if op.backward_has_out or k == "no_out"],
+    ids=[f"{op.name}-{k}" for op in OPS for k in OUT_KIND_NAMES if op.backward_has_out or k == "no_out"])
+@DTYPES
+@VIEWS
+def test_backward_on_strided_views(op, out_kind, dtype, view, capability, rng):
+    x = make_view(view, rng, dtype, specials=50)
+    g = make_view(view, rng, dtype)
+    x0, g0 = x.copy(), g.copy()
+    out, buf = make_out(out_kind, x.shape, dtype)
+    gx = op.backward(g, x) if out is None else op.backward(g, x, out=out)
+    assert np.array_equal(x, x0, equal_nan=True) and np.array_equal(g, g0), "an input was modified"
+    check_backward(op, g, x, gx, dtype)
+    if out is None:
+        if not _is_prelu(op):
+            check_layout(g, gx)
+    else:
+        check_out_result(gx, out, buf)
+
+
+@ALL_OPS
+@DTYPES
+@pytest.mark.parametrize("layouts", ["grad_output_c_x_f", "grad_output_f_x_c", "grad_output_strided_x_f"])
+def test_backward_with_grad_output_and_x_in_different_layouts(op, dtype, layouts, capability, rng):
+    a, b = normal(rng, (23, 41), dtype), normal(rng, (23, 41), dtype, scale=1.0)
+    if layouts == "grad_output_c_x_f":
+        g, x = b, np.asfortranarray(a)
+    elif layouts == "grad_output_f_x_c":
+        g, x = np.asfortranarray(b), a
+    else:
+        g, x = normal(rng, (23, 82), dtype)[:, ::2], np.asfortranarray(a)
+    check_backward(op, g, x, op.backward(g, x), dtype)
+    if op.backward_has_out:
+        out = np.full((23, 41), np.nan, dtype)
+        assert op.backward(g, x, out=out) is out
+        check_backward(op, g, x, out, dtype)
+
+
+# ---- overlapping out -----------------------------------------------------------------------------
+
+OVERLAP_SIZES = pytest.mark.parametrize("n", [257, 100003])
+SHIFTS = pytest.mark.parametrize("shift", ["out_one_element_ahead_of_input", "out_one_element_behind_input"])
+
+
+def _overlapping(buf, shift):
+    """(input view, out view) of buf, overlapping in all but one element."""
+    return (buf[:-1], buf[1:]) if shift == "out_one_element_ahead_of_input" else (buf[1:], buf[:-1])
+
+
+@ALL_OPS
+@DTYPES
+@OVERLAP_SIZES
+@SHIFTS
+def test_forward_with_out_partially_overlapping_x(op, dtype, n, shift, capability, rng):
+    buf = normal(rng, n + 1, dtype)
+    x, out = _overlapping(buf, shift)
+    x0 = x.copy()
+    assert op.forward(x, out=out) is out
+    check_forward(op, x0, out, dtype)
+
+
+@ALL_OPS
+@DTYPES
+def test_forward_with_2d_out_partially_overlapping_x(op, dtype, capability, rng):
+    buf = normal(rng, (40, 33), dtype)
+    x, out = buf[:-1], buf[1:]  # rows shifted by one: overlap of 38 rows
+    x0 = x.copy()
+    assert op.forward(x, out=out) is out
+    check_forward(op, x0, out, dtype)
+
+
+@OPS_WITH_BACKWARD_OUT
+@DTYPES
+@OVERLAP_SIZES
+@SHIFTS
+@pytest.mark.parametrize("overlapping", ["grad_output", "x", "both"])
+def test_backward_with_out_partially_overlapping_an_input(op, dtype, n, shift, overlapping, capability, rng):
+    buf = normal(rng, n + 1, dtype)
+    inp, out = _overlapping(buf, shift)
+    other = normal(rng, n, dtype)
+    if overlapping == "grad_output":
+        g, x = inp, other
+    elif overlapping == "x":
+        g, x = other, inp
+    else:
+        g, x = inp, inp
+    g0, x0 = g.copy(), x.copy()
+    assert op.backward(g, x, out=out) is out
+    check_backward(op, g0, x0, out, dtype)
+
+
+@ALL_OPS
+@DTYPES
+@pytest.mark.parametrize("alias", ["out_is_x_reversed_1d", "out_is_x_transposed_square_2d"])
+def test_forward_with_out_aliasing_x_in_a_different_element_order(op, dtype, alias, capability, rng):
+    if alias == "out_is_x_reversed_1d":
+        x = normal(rng, 1001, dtype)
+        out = x[::-1]
+    else:
+        x = normal(rng, (33, 33), dtype)
+        out = x.T
+    x0 = x.copy()
+    assert op.forward(x, out=out) is out
+    check_forward(op, x0, out, dtype)
+
+
+@OPS_WITH_BACKWARD_OUT
+@DTYPES
+@pytest.mark.parametrize("alias", ["out_is_grad_output_reversed_1d", "out_is_x_transposed_square_2d"])
+def test_backward_with_out_aliasing_an_input_in_a_different_element_order(op, dtype, alias, capability, rng):
+    shape = 1001 if alias == "out_is_grad_output_reversed_1d" else (33, 33)
+    g, x = normal(rng, shape, dtype, scale=1.0), normal(rng, shape, dtype)
+    out = g[::-1] if alias == "out_is_grad_output_reversed_1d" else x.T
+    g0, x0 = g.copy(), x.copy()
+    assert op.backward(g, x, out=out) is out
+    check_backward(op, g0, x0, out, dtype)
+
+
+# ---- threads -------------------------------------------------------------------------------------
+
+THREAD_COUNTS = (1, 2, 3)
+BIG = 1_000_003  # > 2 * 32768: several tasks for every thread count
+
+
+@ALL_OPS
+@DTYPES
+def test_forward_and_backward_bit_identical_for_1_2_3_threads(op, dtype, capability, restore_num_threads, rng):
+    x = with_specials(rng, normal(rng, BIG, dtype), 5000)
+    g = normal(rng, BIG, dtype, scale=1.0)
+    results = {}
+    for t in THREAD_COUNTS:
+        fastnn.set_num_threads(t)
+        assert fastnn.get_num_threads() == t
+        results[t] = (op.forward(x), op.backward(g, x))
+    arrays = [a for pair in results.values() for a in pair]
+    assert not any(np.may_share_memory(a, b) for i, a in enumerate(arrays) for b in arrays[i + 1:]), \
+        "two live results share memory"
+    for t in THREAD_COUNTS[1:]:
+        assert_bit_identical(results[1][0], results[t][0], f"{op.name} forward, 1 vs {t} threads [{capability}]")
+        assert_bit_identical(results[1][1], results[t][1], f"{op.name} backward, 1 vs {t} threads [{capability}]")
+    check_forward(op, x, results[3][0], dtype)
+    check_backward(op, g, x, results[3][1], dtype)
+
+
+PRELU_BIG_CASES = {
+    # shape, weight elements
+    "1d_shared_weight": ((BIG,), 1),
+    "2d_N_C_per_channel": ((333_334, 3), 3),  # channel axis contiguous: blocked column sums
+    "2d_N_C_shared_weight": ((250_001, 4), 1),
+    "3d_N_C_L_per_channel": ((5, 3, 66_667), 3),  # per-row sums
+    "4d_N_C_H_W_per_channel": ((3, 4, 293, 287), 4),
+}
+
+
+@DTYPES
+@pytest.mark.parametrize("case", list(PRELU_BIG_CASES))
+def test_prelu_grad_input_and_grad_weight_bit_identical_for_1_2_3_threads(dtype, case, capability,
+                                                                          restore_num_threads, rng):
+    shape, wsize = PRELU_BIG_CASES[case]
+    x = normal(rng, shape, dtype)
+    g = normal(rng, shape, dtype, scale=1.0)
+    w = rng.uniform(0.05, 0.5, wsize).astype(dtype)
+    results = {}
+    for t in THREAD_COUNTS:
+        fastnn.set_num_threads(t)
+        results[t] = (F.prelu(x, w),) + F.prelu_backward(g, x, w)
+    for t in THREAD_COUNTS[1:]:
+        for k, name in enumerate(["prelu forward", "prelu grad_input", "prelu grad_weight"]):
+            assert_bit_identical(results[1][k], results[t][k], f"{name} {case}, 1 vs {t} threads [{capability}]")
+    R.assert_close(results[3][0], R.prelu(x, w), "prelu", dtype, x=x, where=where())
+    R.assert_close(results[3][1], R.prelu_backward(g, x, w)[0], "prelu_backward", dtype, x=x, grad_output=g,
+                   where=where())
+    R.assert_grad_weight_close(results[3][2], g, x, w, dtype, where=where())
+
+
+def test_concurrent_calls_from_python_threads_match_reference(capability, restore_num_threads, rng):
+    # The kernels release the GIL; a call that finds the pool busy runs on its own thread.
+    from concurrent.futures import ThreadPoolExecutor
+
+    fastnn.set_num_threads(2)
+    xs = [normal(rng, 100_003, np.float32) for _ in range(4)]
+    gs = [normal(rng, 100_003, np.float32, scale=1.0) for _ in range(4)]
+
+    def work(i):
+        out = None
+        for _ in range(5):
+            out = (F.tanh(xs[i]), F.sigmoid_backward(gs[i], xs[i]), F.prelu_backward(gs[i], xs[i], np.float32(0.25)))
+        return out
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(work, range(4)))
+    for x, g, (y, gx, (pgx, pgw)) in zip(xs, gs, results):
+        R.assert_close(y, R.tanh(x), "tanh", np.float32, x=x, where=where())
+        R.assert_close(gx, R.sigmoid_backward(g, x), "sigmoid_backward", np.float32, x=x, grad_output=g,
+                       where=where())
+        R.assert_close(pgx, R.prelu_backward(g, x, 0.25)[0], "prelu_backward", np.float32, x=x, grad_output=g,
+                       where=where())
+        R.assert_grad_weight_close(pgw, g, x, np.float32(0.25), np.float32, where=where())
+
+
+@DTYPES
+def test_large_results_are_distinct_and_survive_later_calls_and_empty_cache(dtype, capability, rng):
+    # Outputs of >= 1 MiB come from fastnn's host block cache: a block must not be handed out
+    # while an array (or a view of it) still uses it.
+    x = normal(rng, 700_001, dtype)
+    g = normal(rng, 700_001, dtype, scale=1.0)
+    y_tanh = F.tanh(x)
+    view = F.sigmoid(x)[1000:2000]  # only the view keeps its block alive
+    gx = F.elu_backward(g, x)
+    assert not np.may_share_memory(y_tanh, view) and not np.may_share_memory(y_tanh, gx)
+    assert not np.may_share_memory(view, gx)
+    for _ in range(3):
+        tmp = F.selu(x)
+        del tmp
+    fastnn.empty_cache()
+    for _ in range(3):
+        F.relu(x)
+    R.assert_close(y_tanh, R.tanh(x), "tanh", dtype, x=x, where=where())
+    R.assert_close(view, R.sigmoid(x[1000:2000]), "sigmoid", dtype, x=x[1000:2000], where=where())
+    R.assert_close(gx, R.elu_backward(g, x), "elu_backward", dtype, x=x, grad_output=g, where=where())
+    assert y_tanh.flags.writeable and gx.flags.writeable
+
+
+# ---- PReLU ---------------------------------------------------------------------------------------
+
+PRELU_SHAPES = {
+    "1d": (1001,),
+    "2d_N_C": (67, 5),
+    "2d_N_C_17_channels": (40, 17),
+    "2d_N_C_33_channels": (9, 33),
+    "2d_N_C_large": (70_001, 3),  # several threads
+    "3d_N_C_L": (4, 3, 37),
+    "3d_N_C_L_large": (3, 5, 30_011),
+    "4d_N_C_H_W": (2, 3, 5, 7),
+}
+PRELU_CASES = pytest.mark.parametrize(
+    "case,weight_kind",
+    [(c, wk) for c in PRELU_SHAPES for wk in ("one_element_weight", "per_channel_weight")
+     if not (len(PRELU_SHAPES[c]) == 1 and wk == "per_channel_weight")])
+
+
+def _prelu_inputs(rng, shape, dtype, weight_kind):
+    x = normal(rng, shape, dtype)
+    x.flat[rng.choice(x.size, max(1, x.size // 50), replace=False)] = 0.0  # derivative at 0: w[c]
+    g = normal(rng, shape, dtype, scale=1.0)
+    C = shape[1] if len(shape) >= 2 and weight_kind == "per_channel_weight" else 1
+    w = rng.uniform(-0.5, 1.5, C).astype(dtype)
+    return x, g, w
+
+
+@DTYPES
+@PRELU_CASES
+def test_prelu_forward_and_backward_match_reference(case, weight_kind, dtype, capability, rng):
+    x, g, w = _prelu_inputs(rng, PRELU_SHAPES[case], dtype, weight_kind)
+    R.assert_close(F.prelu(x, w), R.prelu(x, w), "prelu", dtype, x=x, where=where())
+    gx, gw = F.prelu_backward(g, x, w)
+    R.assert_close(gx, R.prelu_backward(g, x, w)[0], "prelu_backward", dtype, x=x, grad_output=g, where=where())
+    assert gw.shape == w.shape and gw.dtype == dtype
+    R.assert_grad_weight_close(gw, g, x, w, dtype, where=where())
+
+
+@DTYPES
+@pytest.mark.parametrize("shape", [(6, 4), (3, 4, 11), (2, 4, 3, 5)], ids=["2d", "3d", "4d"])
+def test_prelu_nan_in_x_gives_nan_output_and_nan_grad_weight_of_its_channel_only(shape, dtype, capability, rng):
+    x = normal(rng, shape, dtype)
+    x[(0, 2) + (0,) * (len(shape) - 2)] = np.nan  # channel 2
+    g = normal(rng, shape, dtype, scale=1.0)
+    w = np.array([0.1, 0.2, 0.3, 0.4], dtype)
+    R.assert_close(F.prelu(x, w), R.prelu(x, w), "prelu", dtype, x=x, where=where())
+    gx, gw = F.prelu_backward(g, x, w)
+    R.assert_close(gx, R.prelu_backward(g, x, w)[0], "prelu_backward", dtype, x=x, grad_output=g, where=where())
+    R.assert_grad_weight_close(gw, g, x, w, dtype, where=where())
+    assert np.isnan(gw[2]) and not np.any(np.isnan(np.delete(gw, 2)))
+
+
+@pytest.mark.parametrize("weight_kind", ["one_element_weight", "per_channel_weight"])
+def test_prelu_backward_matches_central_finite_differences_float64(weight_kind, capability, rng):
+    shape, h = (6, 4, 29), 1e-6
+    x = rng.uniform(1e-3, 8.0, shape) * rng.choice([-1.0, 1.0], shape)  # away from the kink
+    g = rng.standard_normal(shape)
+    C = 4 if weight_kind == "per_channel_weight" else 1
+    w = rng.uniform(0.05, 0.5, C)
+    gx, gw = F.prelu_backward(g, x, w)
+    fd_x = g * (F.prelu(x + h, w) - F.prelu(x - h, w)) / (2 * h)
+    np.testing.assert_allclose(gx, fd_x, rtol=1e-6, atol=1e-7, err_msg=f"d/dx [{where()}]")
+    fd_w = np.empty(C)
+    for c in range(C):
+        e = np.zeros(C)
+        e[c] = h
+        fd_w[c] = np.sum(g * (F.prelu(x, w + e) - F.prelu(x, w - e))) / (2 * h)
+    bound = 1e-7 * np.sum(np.abs(g * x)) + 1e-7  # prelu is linear in w: only rounding remains
+    np.testing.assert_allclose(gw, fd_w, rtol=0, atol=bound, err_msg=f"d/dweight [{where()}]")
+
+
+@DTYPES
+@pytest.mark.parametrize("weight", ["python_float", "numpy_0d", "shape_1", "list_of_C", "shape_C"])
+def test_prelu_grad_weight_is_shaped_like_weight(weight, dtype, capability, rng):
+    x, g = normal(rng, (7, 3, 5), dtype), normal(rng, (7, 3, 5), dtype, scale=1.0)
+    w = {"python_float": 0.25, "numpy_0d": np.array(0.25, dtype), "shape_1": np.array([0.25], dtype),
+         "list_of_C": [0.1, 0.2, 0.3], "shape_C": np.array([0.1, 0.2, 0.3], dtype)}[weight]
+    gx, gw = F.prelu_backward(g, x, w)
+    assert isinstance(gw, np.ndarray) and gw.shape == np.shape(w) and gw.dtype == dtype
+    R.assert_close(F.prelu(x, w), R.prelu(x, w), "prelu", dtype, x=x, where=where())
+    R.assert_close(gx, R.prelu_backward(g, x, w)[0], "prelu_backward", dtype, x=x, grad_output=g, where=where())
+    R.assert_grad_weight_close(gw, g, x, w, dtype, where=where())
+
+
+@DTYPES
+@pytest.mark.parametrize("view", ["transposed_f_order_2d", "f_order_3d", "middle_axis_sliced_3d"])
+@pytest.mark.parametrize("out_kind", ["no_out", "out_c_order", "out_f_order", "out_strided", "out_is_x"])
+def test_prelu_per_channel_on_strided_input_with_and_without_out(view, out_kind, dtype, capability, rng):
+    x = make_view(view, rng, dtype)
+    g = make_view(view, rng, dtype)
+    w = rng.uniform(-0.5, 1.5, x.shape[1]).astype(dtype)
+    x0 = x.copy()
+    if out_kind == "out_is_x":
+        out, buf = x, None
+    else:
+        out, buf = make_out(out_kind, x.shape, dtype)
+    y = F.prelu(x, w, out=out)
+    R.assert_close(y, R.prelu(x0, w), "prelu", dtype, x=x0, where=where())
+    if out is not None:
+        check_out_result(y, out, buf)
+    gx, gw = F.prelu_backward(g, x0, w)
+    R.assert_close(gx, R.prelu_backward(g, x0, w)[0], "prelu_backward", dtype, x=x0, grad_output=g, where=where())
+    R.assert_grad_weight_close(gw, g, x0, w, dtype, where=where())
+
+
+@DTYPES
+@pytest.mark.parametrize("shift", ["out_one_row_ahead_of_input", "out_one_row_behind_input"])
+def test_prelu_per_channel_with_out_partially_overlapping_x(shift, dtype, capability, rng):
+    buf = normal(rng, (41, 6), dtype)
+    x, out = (buf[:-1], buf[1:]) if shift == "out_one_row_ahead_of_input" else (buf[1:], buf[:-1])
+    w = rng.uniform(-0.5, 1.5, 6).astype(dtype)
+    x0 = x.copy()
+    assert F.prelu(x, w, out=out) is out
+    R.assert_close(out, R.prelu(x0, w), "prelu", dtype, x=x0, where=where())
+
+
+@DTYPES
+def test_prelu_result_keeps_f_order_of_f_ordered_input(dtype, rng):
+    # The module contract: "The result keeps the input's memory layout (C or F)".
+    x = np.asfortranarray(normal(rng, (8, 3, 5), dtype))
+    w = np.array([0.1, 0.2, 0.3], dtype)
+    y = F.prelu(x, w)
+    R.assert_close(y, R.prelu(x, w), "prelu", dtype, x=x)
+    assert y.flags.f_contiguous, "prelu of an F-ordered input returned a result that is not F-ordered"
+
+
+def test_prelu_1d_input_with_more_than_one_weight_element_is_value_error():
+    x = np.linspace(-1, 1, 5)
+    with pytest.raises(ValueError, match="weight"):
+        F.prelu(x, np.full(5, 0.25))
+    with pytest.raises(ValueError, match="weight"):
+        F.prelu_backward(np.ones(5), x, np.full(5, 0.25))
+
+
+@pytest.mark.parametrize("shape,wsize", [((4, 3), 2), ((4, 3, 5), 5), ((2, 3, 4, 5), 4), ((4, 3), 0)])
+def test_prelu_weight_of_wrong_size_is_value_error(shape, wsize):
+    x = np.ones(shape, np.float32)
+    w = np.full(wsize, 0.25, np.float32)
+    with pytest.raises(ValueError, match="weight"):
+        F.prelu(x, w)
+    with pytest.raises(ValueError, match="weight"):
+        F.prelu_backward(x, x, w)
+
+
+def _run_python(code: str, env_update=None, cwd=None) -> subprocess.CompletedProcess:
+    """Runs `code` in a fresh interpreter of this venv; retries an ImportError (a reinstall in
+    progress)."""
+    env = dict(os.environ)
+    env.pop("FASTNN_CPU_CAPABILITY", None)
+    env.update(env_update or {})
+    for attempt in range(5):
+        p = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True,
+                           timeout=120, cwd=cwd)
+        transient = (p.returncode != 0 and re.search(r"\b(ImportError|ModuleNotFoundError)\b", p.stderr)
+                     and "FASTNN_CPU_CAPABILITY" not in p.stderr)  # not the error a test asks for
+        if not transient:
+            return p
+        time.sleep(1.0)
+    return p
+
+
+def _describe(p: subprocess.CompletedProcess) -> str:
+    how = f"exit status {p.returncode}"
+    if p.returncode < 0:
+        how = f"killed by signal {signal.Signals(-p.returncode).name}"
+    return f"{how}\nstdout:\n{p.stdout}\nstderr:\n{p.stderr[-3000:]}"
+
+
+@pytest.mark.parametrize("shape,wsize", [((0,), 1), ((0, 3), 1), ((0, 3), 3), ((2, 0), 1), ((2, 3, 0), 1),
+                                         ((2, 3, 0), 3), ((0, 3, 4), 3), ((2, 0, 5), 1), ((2, 3, 0, 4), 3)])
+def test_prelu_on_empty_input_returns_empty_results(shape, wsize, tmp_path):
+    # Run in a subprocess: a crash here must fail this test, not end the test session.
+    code = f"""
+        import numpy as np, fastnn.functional as F
+        for dt in (np.float32, np.float64):
+            x = np.zeros({shape!r}, dt)
+            w = np.full({wsize}, 0.25, dt)
+            y = F.prelu(x, w)
+            assert y.shape == x.shape and y.dtype == x.dtype, (y.shape, y.dtype)
+            gx, gw = F.prelu_backward(x, x, w)
+            assert gx.shape == x.shape and gx.dtype == x.dtype, (gx.shape, gx.dtype)
+            assert gw.shape == w.shape and np.all(gw == 0), gw
+        print("ok")
+    """
+    p = _run_python(code, cwd=tmp_path)
+    assert p.returncode == 0 and "ok" in p.stdout, (
+        f"prelu / prelu_backward on an empty x of shape {shape} with {wsize}-element weight: {_describe(p)}")
+
+
+# ---- bad input -----------------------------------------------------------------------------------
+
+BAD_DTYPES = pytest.mark.parametrize("bad", [np.int32, np.int64, np.uint8, np.bool_, np.float16],
+                                     ids=["int32", "int64", "uint8", "bool", "float16"])
+
+
+def _assert_dtype_message(excinfo, arg: str, bad) -> None:
+    msg = str(excinfo.value)
+    assert "float32" in msg and "float64" in msg, msg
+    assert re.search(rf"\b{arg}\b", msg), f"message does not name the argument {arg!r}: {msg}"
+    assert np.dtype(bad).name in msg, f"message does not say what came ({np.dtype(bad).name}): {msg}"
+
+
+@ALL_OPS
+@BAD_DTYPES
+def test_forward_rejects_non_float32_float64_array_with_type_error_naming_x(op, bad):
+    x = np.ones(8, bad)
+    with pytest.raises(TypeError) as e:
+        op.forward(x)
+    _assert_dtype_message(e, "x", bad)
+
+
+@ALL_OPS
+@BAD_DTYPES
+def test_backward_rejects_non_float_grad_output_or_x_with_type_error_naming_it(op, bad):
+    good = np.ones(8, np.float32)
+    with pytest.raises(TypeError) as e:
+        op.backward(np.ones(8, bad), good)
+    _assert_dtype_message(e, "grad_output", bad)
+    with pytest.raises(TypeError) as e:
+        op.backward(good, np.ones(8, bad))
+    _assert_dtype_message(e, "x", bad)
+
+
+@BAD_DTYPES
+def test_prelu_rejects_non_float_weight_array_with_type_error_naming_weight(bad):
+    x = np.ones((4, 3), np.float32)
+    with pytest.raises(TypeError) as e:
+        F.prelu(x, np.ones(3, bad))
+    _assert_dtype_message(e, "weight", bad)
+    with pytest.raises(TypeError) as e:
+        F.prelu_backward(x, x, np.ones(3, bad))
+    _assert_dtype_message(e, "weight", bad)
+
+
+@ALL_OPS
+def test_backward_with_grad_output_and_x_of_different_dtypes_is_type_error(op):
+    with pytest.raises(TypeError):
+        op.backward(np.ones(8, np.float32), np.ones(8, np.float64))
+    with pytest.raises(TypeError):
+        op.backward(np.ones(8, np.float64), np.ones(8, np.float32))
+
+
+@ALL_OPS
+@pytest.mark.parametrize("gshape,xshape", [((3, 4), (4, 3)), ((12,), (3, 4)), ((5,), (6,))])
+def test_backward_shape_mismatch_is_value_error_with_both_shapes(op, gshape, xshape):
+    with pytest.raises(ValueError) as e:
+        op.backward(np.ones(gshape), np.ones(xshape))
+    msg = str(e.value)
+    assert str(gshape) in msg and str(xshape) in msg, msg
+
+
+@ALL_OPS
+@DTYPES
+def test_forward_out_of_wrong_shape_dtype_or_read_only_is_rejected(op, dtype):
+    x = np.ones((4, 5), dtype)
+    other = np.float64 if dtype == np.float32 else np.float32
+    with pytest.raises(ValueError, match="out"):
+        op.forward(x, out=np.empty((5, 4), dtype))
+    with pytest.raises(ValueError, match="out"):
+        op.forward(x, out=np.empty(20, dtype))
+    with pytest.raises(TypeError, match="out"):
+        op.forward(x, out=np.empty((4, 5), other))
+    ro = np.zeros((4, 5), dtype)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="out"):
+        op.forward(x, out=ro)
+    assert np.all(ro == 0)
+    with pytest.raises(TypeError, match="out"):
+        op.forward(x, out=[[0.0] * 5] * 4)
+
+
+@OPS_WITH_BACKWARD_OUT
+@DTYPES
+def test_backward_out_of_wrong_shape_dtype_or_read_only_is_rejected(op, dtype):
+    x = np.ones((4, 5), dtype)
+    other = np.float64 if dtype == np.float32 else np.float32
+    with pytest.raises(ValueError, match="out"):
+        op.backward(x, x, out=np.empty((5, 4), dtype))
+    with pytest.raises(TypeError, match="out"):
+        op.backward(x, x, out=np.empty((4, 5), other))
+    ro = np.zeros((4, 5), dtype)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="out"):
+        op.backward(x, x, out=ro)
+    assert np.all(ro == 0)
+
+
+@ALL_OPS
+def test_forward_of_python_list_of_ints_is_float64_like_numpy(op):
+    data = [[-3, -1, 0], [1, 2, 5]]
+    y = op.forward(data)
+    assert isinstance(y, np.ndarray) and y.dtype == np.float64 and y.shape == (2, 3)
+    check_forward(op, np.array(data, np.float64), y, np.float64)
+
+
+@ALL_OPS
+@pytest.mark.parametrize("value", [-2, 0, 3, -1.5, 0.25, True], ids=["int_neg", "int_zero", "int_pos",
+                                                                       "float_neg", "float_pos", "bool"])
+def test_forward_of_python_scalar_is_numpy_float64_scalar(op, value):
+    y = op.forward(value)
+    assert isinstance(y, np.float64) and not isinstance(y, np.ndarray), f"got {type(y).__name__}"
+    check_forward(op, np.array(float(value)), np.asarray(y), np.float64)
+
+
+@ALL_OPS
+def test_forward_of_numpy_float32_scalar_is_float32_scalar(op):
+    y = op.forward(np.float32(-0.75))
+    assert isinstance(y, np.float32), f"got {type(y).__name__}"
+    check_forward(op, np.array(-0.75, np.float32), np.asarray(y), np.float32)
+
+
+@ALL_OPS
+def test_backward_of_python_lists_of_ints_is_float64_like_numpy(op):
+    g, x = [[1, 2, -1], [3, 1, 1]], [[-3, -1, 0], [1, 2, 5]]
+    gx = op.backward(g, x)
+    assert isinstance(gx, np.ndarray) and gx.dtype == np.float64 and gx.shape == (2, 3)
+    check_backward(op, np.array(g, np.float64), np.array(x, np.float64), gx, np.float64)
+
+
+@ALL_OPS
+def test_backward_of_python_scalars_is_numpy_float64_scalar(op):
+    # Like NumPy (np.multiply(2.0, 0.5) is a np.float64, not a 0-d array) and like the forward.
+    gx = op.backward(2.0, -0.5)
+    assert isinstance(gx, np.float64) and not isinstance(gx, np.ndarray), f"got {type(gx).__name__}"
+    check_backward(op, np.array(2.0), np.array(-0.5), np.asarray(gx), np.float64)
+
+
+@pytest.mark.parametrize("fn,kw", [(F.leaky_relu, "negative_slope"), (F.elu, "alpha")])
+@pytest.mark.parametrize("bad", ["0.1", None, True, np.array([0.1, 0.2])], ids=["str", "none", "bool", "array"])
+def test_non_real_parameter_is_type_error_naming_it(fn, kw, bad):
+    with pytest.raises(TypeError, match=kw):
+        fn(np.ones(3), **{kw: bad})
+
+
+# ---- runtime: threads, CPU path, env var, build report -------------------------------------------
+
+@pytest.mark.parametrize("n", [0, -1, -100])
+def test_set_num_threads_below_one_is_value_error(n, restore_num_threads):
+    before = fastnn.get_num_threads()
+    with pytest.raises(ValueError):
+        fastnn.set_num_threads(n)
+    assert fastnn.get_num_threads() == before
+
+
+def test_set_num_threads_of_non_integer_is_type_error(restore_num_threads):
+    with pytest.raises(TypeError):
+        fastnn.set_num_threads(2.5)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7])
+def test_set_num_threads_is_reported_by_get_num_threads(n, restore_num_threads):
+    fastnn.set_num_threads(n)
+    assert fastnn.get_num_threads() == n
+    assert fastnn.build_info()["threads"] == n
+
+
+@pytest.mark.parametrize("name", ["bogus", "", "avx1024", "sse9"])
+def test_set_cpu_capability_of_unknown_name_is_value_error(name):
+    before = fastnn.get_cpu_capability()
+    with pytest.raises(ValueError):
+        fastnn.set_cpu_capability(name)
+    assert fastnn.get_cpu_capability() == before
+
+
+def test_set_cpu_capability_of_non_string_is_type_error():
+    with pytest.raises(TypeError):
+        fastnn.set_cpu_capability(None)
+
+
+def test_set_cpu_capability_is_reported_by_get_cpu_capability(capability):
+    assert fastnn.get_cpu_capability() == capability
+    assert fastnn.build_info()["cpu_selected"] == capability
+
+
+@pytest.mark.parametrize("name", [c for c in ALL_CAPABILITY_NAMES if c not in CAPABILITIES] or ["none"])
+def test_set_cpu_capability_of_unavailable_path_is_value_error(name):
+    if name == "none":
+        pytest.skip("every CPU path is compiled and supported on this machine")
+    with pytest.raises(ValueError, match=name):
+        fastnn.set_cpu_capability(name)
+
+
+def test_build_info_and_info_report_paths_threads_and_selection(capability, capsys):
+    d = fastnn.build_info()
+    assert d["cpu_supported"] == CAPABILITIES
+    assert set(CAPABILITIES) <= set(d["cpu_compiled"])
+    assert d["cpu_selected"] == capability
+    assert d["threads"] == fastnn.get_num_threads()
+    assert d["version"] == fastnn.__version__
+    buf = io.StringIO()
+    fastnn.info(file=buf)
+    text = buf.getvalue()
+    assert f"CPU path selected: {capability}" in text
+    assert f"threads: {fastnn.get_num_threads()}" in text
+    fastnn.info()
+    assert f"CPU path selected: {capability}" in capsys.readouterr().out
+
+
+_PRINT_CAPABILITY = "import fastnn; print(fastnn.get_cpu_capability())"
+
+
+@pytest.mark.parametrize("name", CAPABILITIES)
+def test_env_var_fastnn_cpu_capability_selects_path_at_import(name, tmp_path):
+    p = _run_python(_PRINT_CAPABILITY, {"FASTNN_CPU_CAPABILITY": name}, cwd=tmp_path)
+    assert p.returncode == 0, _describe(p)
+    assert p.stdout.strip() == name
+
+
+def test_without_env_var_best_supported_path_is_selected_at_import(tmp_path):
+    p = _run_python(_PRINT_CAPABILITY, cwd=tmp_path)
+    assert p.returncode == 0, _describe(p)
+    assert p.stdout.strip() == CAPABILITIES[-1]
+
+
+@pytest.mark.parametrize("value", ["sse9", "avx1024", "bogus"])
+def test_env_var_unknown_value_is_clear_error_at_import(value, tmp_path):
+    p = _run_python(_PRINT_CAPABILITY, {"FASTNN_CPU_CAPABILITY": value}, cwd=tmp_path)
+    assert p.returncode != 0, f"import succeeded with FASTNN_CPU_CAPABILITY={value}: {p.stdout}"
+    # The import fails (pybind11 reports an exception in module init as ImportError) with a
+    # message that names the variable, the value and the choices.
+    assert "FASTNN_CPU_CAPABILITY" in p.stderr and repr(value) in p.stderr, _describe(p)
+    assert all(c in p.stderr for c in ALL_CAPABILITY_NAMES), _describe(p)
+
+
+@pytest.mark.parametrize("name", [c for c in ALL_CAPABILITY_NAMES if c not in CAPABILITIES] or ["none"])
+def test_env_var_unsupported_path_is_clear_error_at_import(name, tmp_path):
+    if name == "none":
+        pytest.skip("every CPU path is compiled and supported on this machine: no unsupported one to name")
+    p = _run_python(_PRINT_CAPABILITY, {"FASTNN_CPU_CAPABILITY": name}, cwd=tmp_path)
+    assert p.returncode != 0, f"import succeeded with unsupported FASTNN_CPU_CAPABILITY={name}: {p.stdout}"
+    assert "FASTNN_CPU_CAPABILITY" in p.stderr and name in p.stderr, _describe(p)
+
+
+# ---- PyTorch (optional) --------------------------------------------------------------------------
+
+def _torch_forward(torch, name, x):
+    tf = torch.nn.functional
+    return {
+        "sigmoid": lambda: torch.sigmoid(x),
+        "tanh": lambda: torch.tanh(x),
+        "relu": lambda: tf.relu(x),
+        "leaky_relu": lambda: tf.leaky_relu(x),
+        "leaky_relu_slope_0.2": lambda: tf.leaky_relu(x, 0.2),
+        "prelu_shared_weight": lambda: tf.prelu(x, torch.tensor([PRELU_W], dtype=x.dtype)),
+        "elu": lambda: tf.elu(x),
+        "elu_alpha_0.7": lambda: tf.elu(x, 0.7),
+        "selu": lambda: tf.selu(x),
+    }[name]()
+
+
+def _plus_zero(a: np.ndarray) -> np.ndarray:
+    # PyTorch's threshold_backward writes +0 where fastnn's IEEE product gives -0 (g < 0, x <= 0):
+    # compare values, not the sign of zero, against torch.
+    return np.asarray(a) + np.asarray(a).dtype.type(0)
+
+
+@ALL_OPS
+def test_forward_and_backward_match_pytorch_float32(op, capability, rng):
+    torch = pytest.importorskip("torch")
+    x = normal(rng, 4099, np.float32)
+    x[::97] = 0.0  # PyTorch's derivative-at-0 convention
+    g = normal(rng, 4099, np.float32, scale=1.0)
+    xt = torch.from_numpy(x.copy()).requires_grad_(True)
+    yt = _torch_forward(torch, op.name, xt)
+    yt.backward(torch.from_numpy(g.copy()))
+    R.assert_close(_plus_zero(op.forward(x)), _plus_zero(yt.detach().numpy()), op.tol, np.float32, x=x,
+                   where=f"vs torch, {where()}")
+    R.assert_close(_plus_zero(op.backward(g, x)), _plus_zero(xt.grad.numpy()), op.btol, np.float32, x=x,
+                   grad_output=g, where=f"vs torch, {where()}")
+
+
+@pytest.mark.parametrize("shape", [(64, 5), (8, 5, 33), (2, 5, 7, 9)], ids=["2d", "3d", "4d"])
+def test_prelu_per_channel_matches_pytorch_float32(shape, capability, rng):
+    torch = pytest.importorskip("torch")
+    x = normal(rng, shape, np.float32)
+    x.flat[::31] = 0.0
+    g = normal(rng, shape, np.float32, scale=1.0)
+    w = rng.uniform(-0.5, 1.5, 5).astype(np.float32)
+    xt = torch.from_numpy(x.copy()).requires_grad_(True)
+    wt = torch.from_numpy(w.copy()).requires_grad_(True)
+    yt = torch.nn.functional.prelu(xt, wt)
+    yt.backward(torch.from_numpy(g.copy()))
+    R.assert_close(F.prelu(x, w), yt.detach().numpy(), "prelu", np.float32, x=x, where=f"vs torch, {where()}")
+    gx, gw = F.prelu_backward(g, x, w)
+    R.assert_close(gx, xt.grad.numpy(), "prelu_backward", np.float32, x=x, grad_output=g,
+                   where=f"vs torch, {where()}")
+    _, abs_sum = R.prelu_weight_terms(g, x, w)
+    # Both sides carry float32 summation error of up to 1e-5 * sum|terms|.
+    np.testing.assert_array_less(np.abs(gw.astype(np.float64) - wt.grad.numpy()), 2e-5 * abs_sum + 1e-30)
