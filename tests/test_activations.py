@@ -32,7 +32,7 @@ PRELU_W = 0.25  # PyTorch's PReLU default init
 
 
 def _dtype_of(x) -> np.dtype:
-    return x.dtype if isinstance(x, np.ndarray) else np.dtype(np.float64)
+    return x.dtype if isinstance(x, (np.ndarray, np.generic)) else np.dtype(np.float64)
 
 
 def _prelu_shared_weight(x) -> np.ndarray:
@@ -292,56 +292,51 @@ def test_backward_matches_central_finite_difference_of_forward_float64(op, capab
 # chunk alignment; 32768 the threading grain (elements per task).
 SIZES = [0, 1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65,
          32767, 32768, 32769, 65535, 65536, 65537, 100003, 1_000_003]
-TAIL_SIZES = [1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33]
 # prelu on empty input crashes the process (see test_prelu_on_empty_input_*, run in a subprocess).
 OP_SIZE = pytest.mark.parametrize(
     "op,n", [(op, n) for op in OPS for n in SIZES if not (_is_prelu(op) and n == 0)],
     ids=[f"{op.name}-n{n}" for op in OPS for n in SIZES if not (_is_prelu(op) and n == 0)])
 
 
+SENTINEL = 1234.5
+
+
+def _sentinel_out(n, dtype):
+    """(out, buf): out is n elements one past the start of buf, the rest of buf a sentinel, so
+    masked tail stores land on an odd address and any write past out shows."""
+    buf = np.full(n + 2 + 64, SENTINEL, dtype)
+    return buf[1:n + 1], buf
+
+
+def _check_sentinels(buf, n):
+    assert buf[0] == SENTINEL and np.all(buf[n + 1:] == SENTINEL), "wrote outside out"
+
+
 @OP_SIZE
 @DTYPES
-def test_forward_matches_reference_for_size(op, n, dtype, capability, rng):
+def test_forward_matches_reference_for_size_fresh_and_into_misaligned_out(op, n, dtype, capability, rng):
     x = normal(rng, n, dtype)
     y = op.forward(x)
     assert y.shape == (n,) and y.dtype == dtype
     check_forward(op, x, y, dtype)
+    out, buf = _sentinel_out(n, dtype)
+    assert op.forward(x, out=out) is out
+    check_forward(op, x, out, dtype)
+    _check_sentinels(buf, n)
 
 
 @OP_SIZE
 @DTYPES
-def test_backward_matches_reference_for_size(op, n, dtype, capability, rng):
+def test_backward_matches_reference_for_size_fresh_and_into_misaligned_out(op, n, dtype, capability, rng):
     x, g = normal(rng, n, dtype), normal(rng, n, dtype, scale=1.0)
     gx = op.backward(g, x)
     assert gx.shape == (n,) and gx.dtype == dtype
     check_backward(op, g, x, gx, dtype)
-
-
-SENTINEL = 1234.5
-
-
-@ALL_OPS
-@DTYPES
-@pytest.mark.parametrize("n", TAIL_SIZES)
-def test_forward_into_misaligned_out_writes_exactly_its_n_elements(op, n, dtype, capability, rng):
-    x = normal(rng, n, dtype)
-    buf = np.full(n + 2 + 64, SENTINEL, dtype)
-    out = buf[1:n + 1]  # one element past an aligned start: masked stores on an odd address
-    assert op.forward(x, out=out) is out
-    check_forward(op, x, out, dtype)
-    assert buf[0] == SENTINEL and np.all(buf[n + 1:] == SENTINEL), "wrote outside out"
-
-
-@OPS_WITH_BACKWARD_OUT
-@DTYPES
-@pytest.mark.parametrize("n", TAIL_SIZES)
-def test_backward_into_misaligned_out_writes_exactly_its_n_elements(op, n, dtype, capability, rng):
-    x, g = normal(rng, n, dtype), normal(rng, n, dtype, scale=1.0)
-    buf = np.full(n + 2 + 64, SENTINEL, dtype)
-    out = buf[1:n + 1]
-    assert op.backward(g, x, out=out) is out
-    check_backward(op, g, x, out, dtype)
-    assert buf[0] == SENTINEL and np.all(buf[n + 1:] == SENTINEL), "wrote outside out"
+    if op.backward_has_out:
+        out, buf = _sentinel_out(n, dtype)
+        assert op.backward(g, x, out=out) is out
+        check_backward(op, g, x, out, dtype)
+        _check_sentinels(buf, n)
 
 
 SHAPES = [(), (1,), (0,), (5, 0, 3), (2, 3), (3, 1, 17), (4, 5, 6, 7), (2, 3, 2, 3, 5), (1, 1, 1, 1, 33)]
@@ -864,13 +859,17 @@ def test_prelu_per_channel_with_out_partially_overlapping_x(shift, dtype, capabi
 
 
 @DTYPES
-def test_prelu_result_keeps_f_order_of_f_ordered_input(dtype, rng):
-    # The module contract: "The result keeps the input's memory layout (C or F)".
+def test_prelu_of_f_ordered_input_is_correct_and_c_ordered(dtype, rng):
+    # The module contract: prelu's result is C-ordered (channels are defined on C-order indices).
     x = np.asfortranarray(normal(rng, (8, 3, 5), dtype))
     w = np.array([0.1, 0.2, 0.3], dtype)
     y = F.prelu(x, w)
     R.assert_close(y, R.prelu(x, w), "prelu", dtype, x=x)
-    assert y.flags.f_contiguous, "prelu of an F-ordered input returned a result that is not F-ordered"
+    assert y.flags.c_contiguous, "prelu's result is documented as C-ordered"
+    g = np.asfortranarray(normal(rng, (8, 3, 5), dtype))
+    gx, _ = F.prelu_backward(g, x, w)
+    R.assert_close(gx, R.prelu_backward(g, x, w)[0], "prelu_backward", dtype, x=x)
+    assert gx.flags.c_contiguous
 
 
 def test_prelu_1d_input_with_more_than_one_weight_element_is_value_error():
@@ -915,8 +914,12 @@ def _describe(p: subprocess.CompletedProcess) -> str:
     return f"{how}\nstdout:\n{p.stdout}\nstderr:\n{p.stderr[-3000:]}"
 
 
-@pytest.mark.parametrize("shape,wsize", [((0,), 1), ((0, 3), 1), ((0, 3), 3), ((2, 0), 1), ((2, 3, 0), 1),
-                                         ((2, 3, 0), 3), ((0, 3, 4), 3), ((2, 0, 5), 1), ((2, 3, 0, 4), 3)])
+EMPTY_PRELU_CASES = [((0,), 1), ((0, 3), 1), ((0, 3), 3), ((2, 0), 1), ((2, 3, 0), 1), ((2, 3, 0), 3), ((0, 3, 4), 3),
+                     ((2, 0, 5), 1), ((2, 3, 0, 4), 3)]
+
+
+@pytest.mark.parametrize("shape,wsize", EMPTY_PRELU_CASES,
+                         ids=[f"x{'x'.join(map(str, s))}-weight{w}" for s, w in EMPTY_PRELU_CASES])
 def test_prelu_on_empty_input_returns_empty_results(shape, wsize, tmp_path):
     # Run in a subprocess: a crash here must fail this test, not end the test session.
     code = f"""

@@ -50,7 +50,7 @@ struct PreluShape {
 };
 
 PreluShape check_prelu(const py::array& x, const py::array& w, int64_t outer, int64_t C, int64_t inner) {
-  if (outer < 0 || C < 1 || inner < 0 || outer * C * inner != static_cast<int64_t>(x.size()))
+  if (outer < 0 || C < 0 || inner < 0 || outer * C * inner != static_cast<int64_t>(x.size()))
     throw py::value_error("prelu: shape (outer, C, inner) does not match x");
   if (w.size() != C && w.size() != 1)
     throw py::value_error("weight: expected 1 or " + std::to_string(C) + " elements, got " + std::to_string(w.size()));
@@ -67,6 +67,7 @@ std::vector<T> weight_vector(const py::array& w, int64_t C) {
 
 template <class T>
 void prelu_forward_impl(const T* x, const std::vector<T>& w, T* y, PreluShape s) {
+  if (s.outer == 0 || s.C == 0 || s.inner == 0) return;
   const auto& k = activation_kernels_for<T>();
   if (s.inner == 1) {  // (rows, C): the weight runs along the contiguous axis
     const int64_t grain = std::max<int64_t>(1, kGrainElements / s.C);
@@ -92,6 +93,10 @@ void prelu_forward_impl(const T* x, const std::vector<T>& w, T* y, PreluShape s)
 template <class T>
 void prelu_backward_impl(const T* g, const T* x, const std::vector<T>& w, T* gx, T* gw, bool shared_w,
                          PreluShape s) {
+  if (s.outer == 0 || s.C == 0 || s.inner == 0) {
+    for (int64_t c = 0; c < (shared_w ? 1 : s.C); ++c) gw[c] = T(0);
+    return;
+  }
   const auto& k = activation_kernels_for<T>();
   std::vector<double> acc(static_cast<size_t>(s.C), 0.0);
   if (s.inner == 1) {

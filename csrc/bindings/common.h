@@ -24,6 +24,8 @@ inline DType float_dtype(const py::array& a, const char* name) {
 inline void require_c_contiguous(const py::array& a, const char* name) {
   if (!(a.flags() & py::array::c_style))
     throw py::value_error(std::string(name) + ": expected a C-contiguous array");
+  if (!(a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
+    throw py::value_error(std::string(name) + ": expected an array aligned to its element size");
 }
 
 inline void require_writeable(const py::array& a, const char* name) {

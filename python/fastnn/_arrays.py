@@ -64,7 +64,10 @@ def empty(shape, dtype) -> np.ndarray:
 
 def kernel_view(a: np.ndarray):
     """(view, order): a C-contiguous view of `a` in the element order of `a`'s own layout
-    ('C', or 'F' through a.T), or (None, None) when `a` is not contiguous."""
+    ('C', or 'F' through a.T), or (None, None) when `a` is not contiguous or not aligned to its
+    element size (kernels need naturally aligned elements)."""
+    if not a.flags.aligned:
+        return None, None
     if a.flags.c_contiguous:
         return a, "C"
     if a.flags.f_contiguous:
@@ -73,7 +76,9 @@ def kernel_view(a: np.ndarray):
 
 
 def view_in_order(a: np.ndarray, order: str):
-    """A C-contiguous view of `a` walking its elements in `order`, or None."""
+    """A C-contiguous, aligned view of `a` walking its elements in `order`, or None."""
+    if not a.flags.aligned:
+        return None
     if order == "C":
         return a if a.flags.c_contiguous else None
     return a.T if a.flags.f_contiguous else None
@@ -84,7 +89,8 @@ def input_in_order(a: np.ndarray, order: str) -> np.ndarray:
     v = view_in_order(a, order)
     if v is not None:
         return v
-    return np.ascontiguousarray(a) if order == "C" else np.asfortranarray(a).T
+    # np.ascontiguousarray keeps a contiguous-but-unaligned array as it is: force a copy.
+    return np.array(a, order="C") if order == "C" else np.array(a, order="F").T
 
 
 def alloc_in_order(shape, dtype, order: str):
@@ -113,6 +119,19 @@ def check_out(out, like: np.ndarray, name: str = "out") -> np.ndarray:
     if not out.flags.writeable:
         raise ValueError(f"{name}: array is read-only")
     return out
+
+
+def c_input(a: np.ndarray) -> np.ndarray:
+    """`a` as a C-contiguous, aligned array (a view when it already is one, else a copy)."""
+    return a if a.flags.c_contiguous and a.flags.aligned else np.array(a, order="C")
+
+
+def c_output_ok(out: np.ndarray, *inputs) -> bool:
+    """Whether a kernel can write `out` directly: C-contiguous, aligned, and either exactly one
+    of the inputs (in place) or disjoint from all of them."""
+    if not (out.flags.c_contiguous and out.flags.aligned):
+        return False
+    return not any(not same_memory(a, out) and np.may_share_memory(a, out) for a in inputs)
 
 
 def check_same_shape(a: np.ndarray, an: str, b: np.ndarray, bn: str) -> None:

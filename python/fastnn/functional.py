@@ -5,7 +5,8 @@ Every function takes float32 or float64 arrays of any shape and strides; Python 
 lists are converted as NumPy would. C- and F-contiguous inputs are used without a copy; other
 strided inputs are copied once into a contiguous buffer. ``out=`` must have the input's shape
 and dtype; it may be the input itself (in place). A strided or partially overlapping ``out`` is
-filled through a temporary. The result keeps the input's memory layout (C or F).
+filled through a temporary. The result keeps the input's memory layout (C or F), except for
+prelu and dropout, whose results are C-ordered (their semantics are defined on C-order indices).
 
 Semantics follow PyTorch, including the derivative at 0 (relu: 0; leaky_relu and prelu: the
 slope; elu: alpha; selu: scale*alpha). NaN in ``x`` gives NaN out for every function and every
@@ -27,6 +28,8 @@ import numpy as np
 from . import _C
 from ._arrays import (
     as_float_array,
+    c_input,
+    c_output_ok,
     check_out,
     check_same_shape,
     elementwise,
@@ -70,6 +73,7 @@ def _backward(op, grad_output, x, out, slope=0.0, alpha=1.0, scale=1.0):
     if not isinstance(x, np.ndarray) and is_cuda_array(x):
         from . import cuda
         return cuda._act_backward(op, grad_output, x, out, slope, alpha, scale)
+    scalar = not isinstance(x, np.ndarray)
     x = as_float_array(x, "x")
     g = as_float_array(grad_output, "grad_output")
     if g.dtype != x.dtype and not isinstance(grad_output, np.ndarray):
@@ -77,7 +81,8 @@ def _backward(op, grad_output, x, out, slope=0.0, alpha=1.0, scale=1.0):
     check_same_shape(g, "grad_output", x, "x")
     if out is not None:
         check_out(out, x)
-    return elementwise(lambda gv, xv, ov: _C.act_backward(op, gv, xv, ov, slope, alpha, scale), (g, x), out)
+    r = elementwise(lambda gv, xv, ov: _C.act_backward(op, gv, xv, ov, slope, alpha, scale), (g, x), out)
+    return r[()] if scalar and out is None and r.ndim == 0 else r
 
 
 # ---- forward -------------------------------------------------------------------------------------
@@ -161,52 +166,36 @@ def _prelu_args(x, weight):
             raise ValueError(f"weight: x has fewer than 2 dimensions (no channel axis), so weight must have "
                              f"1 element, got {w.size}")
         raise ValueError(f"weight: expected 1 or {channels} elements (x.shape[1]), got {w.size}")
-    outer = x.shape[0] if x.ndim >= 2 else 1
-    inner = int(np.prod(x.shape[2:], dtype=np.int64)) if x.ndim > 2 else 1
-    if x.ndim < 2:
-        inner = x.size
-    return x, np.ascontiguousarray(w.reshape(-1)), outer, channels, inner
+    if x.ndim >= 2:
+        outer, inner = x.shape[0], int(np.prod(x.shape[2:], dtype=np.int64))
+    else:
+        outer, inner = 1, x.size
+    return x, c_input(w.reshape(-1)), outer, channels, inner
 
 
 def prelu(x, weight, *, out=None):
     """x if x > 0 else weight[c] * x, c the channel (axis 1, as in PyTorch); weight has 1 or
-    x.shape[1] elements (1 when x has fewer than 2 dimensions). Inputs that are not C-contiguous
-    are copied to C order first."""
+    x.shape[1] elements (1 when x has fewer than 2 dimensions). The result is C-ordered; inputs
+    that are not C-contiguous are copied to C order first."""
     if not isinstance(x, np.ndarray) and is_cuda_array(x):
         from . import cuda
         return cuda._prelu_forward(x, weight, out)
+    scalar = not isinstance(x, np.ndarray)
     x, w, outer, C, inner = _prelu_args(x, weight)
     if out is not None:
         check_out(out, x)
-    xc = np.ascontiguousarray(x)
-
-    def kernel(xv, yv):
-        _C.prelu_forward(xv, w, yv, outer, C, inner)
-
-    if out is not None and out.flags.c_contiguous and not (np.may_share_memory(out, x) and not
-                                                            _same(out, x)):
-        kernel(xc, out)
-        return out
-    y = empty(x.shape, x.dtype)
-    kernel(xc, y)
-    if out is not None:
-        np.copyto(out, y)
-        return out
-    return y
-
-
-def _same(a, b):
-    from ._arrays import same_memory
-    return same_memory(a, b)
+    y = _c_order_apply(lambda xv, yv: x.size and _C.prelu_forward(xv, w, yv, outer, C, inner), x, out)
+    return y[()] if scalar and out is None and y.ndim == 0 else y
 
 
 def prelu_backward(grad_output, x, weight):
     """(grad_input, grad_weight): grad_input = grad_output * (1 if x > 0 else weight[c]);
     grad_weight[c] = sum of grad_output * x over x <= 0 in channel c (accumulated in float64,
-    bit-identical for any thread count), shaped like weight."""
+    bit-identical for any thread count), shaped like weight. grad_input is C-ordered."""
     if not isinstance(x, np.ndarray) and is_cuda_array(x):
         from . import cuda
         return cuda._prelu_backward(grad_output, x, weight)
+    scalar = not isinstance(x, np.ndarray)
     weight_shape = np.shape(weight)
     x, w, outer, C, inner = _prelu_args(x, weight)
     g = as_float_array(grad_output, "grad_output")
@@ -214,9 +203,10 @@ def prelu_backward(grad_output, x, weight):
         g = g.astype(x.dtype)
     check_same_shape(g, "grad_output", x, "x")
     gx = empty(x.shape, x.dtype)
-    gw = np.empty(w.size, x.dtype)
-    _C.prelu_backward(np.ascontiguousarray(g), np.ascontiguousarray(x), w, gx, gw, outer, C, inner)
-    return gx, gw.reshape(weight_shape)
+    gw = np.zeros(w.size, x.dtype)
+    if x.size:
+        _C.prelu_backward(c_input(g), c_input(x), w, gx, gw, outer, C, inner)
+    return (gx[()] if scalar and gx.ndim == 0 else gx), gw.reshape(weight_shape)
 
 
 # ---- dropout and DropConnect ----------------------------------------------------------------------
@@ -253,14 +243,14 @@ def _seed_offset(seed, offset, n):
 
 
 def _c_order_apply(kernel, x, out):
-    """Runs kernel(x_c, out_c) on C-ordered data (dropout's positions are C-order indices)."""
-    xc = np.ascontiguousarray(x)
+    """Runs kernel(x_c, out_c) on C-ordered data (for kernels whose element positions are C-order
+    indices: prelu's channels, dropout's stream positions)."""
+    xc = c_input(x)
     if out is None:
         y = empty(x.shape, x.dtype)
         kernel(xc, y)
         return y
-    direct = out.flags.c_contiguous and not (np.may_share_memory(out, x) and not _same(out, x))
-    if direct:
+    if c_output_ok(out, x):
         kernel(xc, out)
         return out
     tmp = empty(x.shape, x.dtype)
@@ -356,7 +346,7 @@ def _check_mask(mask, n):
     want = (n + 7) // 8
     if mask.ndim != 1 or mask.size != want:
         raise ValueError(f"mask: expected {want} bytes (ceil(n/8)) for {n} elements, got shape {mask.shape}")
-    return np.ascontiguousarray(mask)
+    return c_input(mask)
 
 
 def dropout_backward(grad_output, p, *, seed, offset=0, mask=None, out=None):
