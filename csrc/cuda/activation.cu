@@ -13,8 +13,12 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <map>
+#include <mutex>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 #include "cuda/device.h"
 
@@ -23,7 +27,8 @@ namespace cuda {
 namespace {
 
 constexpr int kThreads = 256;        // threads per block of every 1-D kernel here
-constexpr int kBlocksPerSM = 8;      // 2048 resident threads per SM on sm_80 and sm_90
+constexpr int kUnroll = 2;           // 16-byte packets per thread per grid-stride iteration
+constexpr int kScalarUnroll = 4;     // elements per thread per iteration on the per-element path
 
 // ------------------------------------------------------------------------------------------------
 // Scalar math of each op (device). The same formulas as the CPU kernels, lane for lane.
@@ -152,18 +157,37 @@ __global__ void __launch_bounds__(kThreads) act_forward_kernel(const T* x, T* y,
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   const T* xv = x + head;
   T* yv = y + head;
-  // Not unrolled: a loop body already has 16 (backward: 32) bytes in flight per thread, and
-  // NVVM's unrolled copies have been seen to split the v4 store into four scalar stores.
+  // kUnroll packets per thread and iteration, all loaded before any is stored: 32 (backward 64)
+  // bytes in flight per thread keep HBM busy even below full occupancy. (Left to NVVM, unrolling
+  // cannot hoist a load above the previous store, which may alias it.)
 #pragma unroll 1
-  for (int64_t i = tid; i < nvec; i += stride) {
-    const Packed128<T> a = Packed128<T>::load(xv + i * W);
-    Packed128<T> r;
+  for (int64_t i = tid; i < nvec; i += kUnroll * stride) {
+    Packed128<T> a[kUnroll];
 #pragma unroll
-    for (int k = 0; k < W; ++k) r.v[k] = op.fwd(a.v[k]);
-    r.store(yv + i * W);
+    for (int u = 0; u < kUnroll; ++u)
+      if (i + u * stride < nvec) a[u] = Packed128<T>::load(xv + (i + u * stride) * W);
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      if (i + u * stride < nvec) {
+        Packed128<T> r;
+#pragma unroll
+        for (int k = 0; k < W; ++k) r.v[k] = op.fwd(a[u].v[k]);
+        r.store(yv + (i + u * stride) * W);
+      }
+    }
   }
   if (tid < head) y[tid] = op.fwd(x[tid]);
-  for (int64_t i = head + nvec * W + tid; i < n; i += stride) y[i] = op.fwd(x[i]);
+  // The tail, or everything on the per-element path: kScalarUnroll loads in flight per thread.
+#pragma unroll 1
+  for (int64_t i = head + nvec * W + tid; i < n; i += kScalarUnroll * stride) {
+    T a[kScalarUnroll];
+#pragma unroll
+    for (int u = 0; u < kScalarUnroll; ++u)
+      if (i + u * stride < n) a[u] = x[i + u * stride];
+#pragma unroll
+    for (int u = 0; u < kScalarUnroll; ++u)
+      if (i + u * stride < n) y[i + u * stride] = op.fwd(a[u]);
+  }
 }
 
 // Elementwise backward: gx = g * f'(x). g, x, gx are (n,); gx may alias g or x exactly. Same
@@ -178,16 +202,40 @@ __global__ void __launch_bounds__(kThreads) act_backward_kernel(const T* g, cons
   const T* xv = x + head;
   T* ov = gx + head;
 #pragma unroll 1
-  for (int64_t i = tid; i < nvec; i += stride) {
-    const Packed128<T> a = Packed128<T>::load(gv + i * W);
-    const Packed128<T> b = Packed128<T>::load(xv + i * W);
-    Packed128<T> r;
+  for (int64_t i = tid; i < nvec; i += kUnroll * stride) {
+    Packed128<T> a[kUnroll], b[kUnroll];
 #pragma unroll
-    for (int k = 0; k < W; ++k) r.v[k] = op.bwd(a.v[k], b.v[k]);
-    r.store(ov + i * W);
+    for (int u = 0; u < kUnroll; ++u) {
+      if (i + u * stride < nvec) {
+        a[u] = Packed128<T>::load(gv + (i + u * stride) * W);
+        b[u] = Packed128<T>::load(xv + (i + u * stride) * W);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      if (i + u * stride < nvec) {
+        Packed128<T> r;
+#pragma unroll
+        for (int k = 0; k < W; ++k) r.v[k] = op.bwd(a[u].v[k], b[u].v[k]);
+        r.store(ov + (i + u * stride) * W);
+      }
+    }
   }
   if (tid < head) gx[tid] = op.bwd(g[tid], x[tid]);
-  for (int64_t i = head + nvec * W + tid; i < n; i += stride) gx[i] = op.bwd(g[i], x[i]);
+#pragma unroll 1
+  for (int64_t i = head + nvec * W + tid; i < n; i += kScalarUnroll * stride) {
+    T a[kScalarUnroll], b[kScalarUnroll];
+#pragma unroll
+    for (int u = 0; u < kScalarUnroll; ++u) {
+      if (i + u * stride < n) {
+        a[u] = g[i + u * stride];
+        b[u] = x[i + u * stride];
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kScalarUnroll; ++u)
+      if (i + u * stride < n) gx[i + u * stride] = op.bwd(a[u], b[u]);
+  }
 }
 
 // Sum of v over the block's kThreads threads in a fixed tree order (deterministic); every
@@ -302,9 +350,29 @@ void check_launch(const char* what) { check(static_cast<int>(cudaGetLastError())
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Blocks for `work` items of kThreads-wide grid-stride loops: enough to fill every SM, no more.
-unsigned grid_for(int64_t work) {
-  const int64_t cap = static_cast<int64_t>(multiprocessor_count()) * kBlocksPerSM;
+// Blocks for `work` items of a kThreads-wide grid-stride kernel: at most one full wave, i.e. as
+// many as can be resident at once (SMs x the kernel's occupancy, which its register count sets),
+// so no partial second wave leaves SMs idle at the end.
+template <class Kernel>
+unsigned grid_for(Kernel kernel, int64_t work) {
+  static std::mutex mu;
+  static std::map<std::pair<const void*, int>, int> per_sm;  // (kernel, device) -> resident blocks per SM
+  const int dev = get_device();
+  const auto key = std::make_pair(reinterpret_cast<const void*>(kernel), dev);
+  int blocks = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    auto it = per_sm.find(key);
+    if (it != per_sm.end()) blocks = it->second;
+  }
+  if (blocks <= 0) {
+    check(static_cast<int>(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kThreads, 0)),
+          "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+    blocks = std::max(blocks, 1);
+    std::lock_guard<std::mutex> lock(mu);
+    per_sm[key] = blocks;
+  }
+  const int64_t cap = static_cast<int64_t>(multiprocessor_count()) * blocks;
   return static_cast<unsigned>(std::max<int64_t>(1, std::min(ceil_div(work, kThreads), cap)));
 }
 
@@ -336,14 +404,18 @@ void check_op(int op) {
 template <class T, class Op>
 void launch_forward(const T* x, T* y, int64_t n, Op op) {
   const Split s = split_for<T>(n, x, y);
-  act_forward_kernel<T, Op><<<grid_for(s.nvec > 0 ? s.nvec : n), kThreads>>>(x, y, n, s.head, s.nvec, op);
+  auto kernel = act_forward_kernel<T, Op>;
+  const int64_t work = s.nvec > 0 ? ceil_div(s.nvec, kUnroll) : ceil_div(n, kScalarUnroll);
+  kernel<<<grid_for(kernel, work), kThreads>>>(x, y, n, s.head, s.nvec, op);
   check_launch("act_forward kernel launch");
 }
 
 template <class T, class Op>
 void launch_backward(const T* g, const T* x, T* gx, int64_t n, Op op) {
   const Split s = split_for<T>(n, g, x, gx);
-  act_backward_kernel<T, Op><<<grid_for(s.nvec > 0 ? s.nvec : n), kThreads>>>(g, x, gx, n, s.head, s.nvec, op);
+  auto kernel = act_backward_kernel<T, Op>;
+  const int64_t work = s.nvec > 0 ? ceil_div(s.nvec, kUnroll) : ceil_div(n, kScalarUnroll);
+  kernel<<<grid_for(kernel, work), kThreads>>>(g, x, gx, n, s.head, s.nvec, op);
   check_launch("act_backward kernel launch");
 }
 
@@ -433,6 +505,7 @@ void launch_prelu_pass(const PreluPlan& p, const T* g, const T* x, const T* w, i
     prelu_rows_kernel<T, kBackward><<<grid, kThreads>>>(g, x, w, wstride, out, partial, outer * C, C, inner, p.S, p.seg);
   } else {
     const int64_t L = C * inner;
+    if (ceil_div(L, 32) > INT32_MAX) throw std::invalid_argument("prelu: C * inner is too large for one launch");
     const dim3 grid(static_cast<unsigned>(ceil_div(L, 32)), static_cast<unsigned>(p.nchunks));
     prelu_cols_kernel<T, kBackward><<<grid, dim3(32, 8)>>>(g, x, w, wstride, out, partial, outer, L, inner, p.R);
   }

@@ -163,8 +163,9 @@ Allocator& allocator() {
 void* device_malloc(size_t bytes) {
   if (device_count() == 0)
     throw std::runtime_error("CUDA: no GPU available (" + init_error() + ")");
+  if (bytes >= (size_t(1) << 47))
+    throw std::runtime_error("CUDA: allocation of " + std::to_string(bytes) + " bytes is too large");
   const size_t sz = size_class(bytes);
-  if (sz >= (uint64_t(1) << 48)) throw std::runtime_error("CUDA: allocation of " + std::to_string(bytes) + " bytes is too large");
   const int dev = get_device();
   Allocator& a = allocator();
   std::lock_guard<std::mutex> lock(a.mu);

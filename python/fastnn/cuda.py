@@ -263,7 +263,7 @@ class DeviceArray:
     def __dlpack_device__(self) -> tuple:
         return (_KDLCUDA, self._device)
 
-    def __dlpack__(self, *, stream=None, max_version=None, dl_device=None, copy=None):
+    def __dlpack__(self, stream=None, *, max_version=None, dl_device=None, copy=None):
         """An unversioned "dltensor" capsule (DLPack 0.8) sharing this memory (copy=True: a new
         copy's). `stream` is the consumer's stream: it is made to wait for fastnn's work (None
         and 1 mean the legacy default stream, -1 no synchronization)."""
@@ -294,7 +294,9 @@ def to_device(a, *, device=None) -> DeviceArray:
             return out
         return to_device(a.numpy(), device=device)
     from ._arrays import as_float_array
-    host = np.ascontiguousarray(as_float_array(a, "a"))
+    host = as_float_array(a, "a")
+    if not host.flags.c_contiguous:
+        host = np.ascontiguousarray(host)  # (not for 0-d arrays: it would make them 1-d)
     out = DeviceArray(host.shape, host.dtype, device=device)
     with _on_device(out.device):
         _C.cuda_memcpy_htod(out.ptr, host)
