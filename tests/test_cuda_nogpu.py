@@ -90,6 +90,10 @@ def test_binding_argument_checks():
         C.cuda_act_forward(0, "float32", 0, 16, 4, 0.01, 1.0, 1.0)
     with pytest.raises(ValueError, match="grad_output: null device pointer"):
         C.cuda_act_backward(0, "float64", 0, 16, 16, 4, 0.01, 1.0, 1.0)
+    with pytest.raises(ValueError, match="y: device pointer is not aligned to its 8-byte elements"):
+        C.cuda_act_forward(0, "float64", 16, 20, 4, 0.01, 1.0, 1.0)
+    with pytest.raises(ValueError, match="grad_weight: device pointer is not aligned"):
+        C.cuda_prelu_backward("float32", 16, 16, 16, 1, 16, 18, 2, 4, 5)
     with pytest.raises(ValueError, match="weight: expected 1 or 4 elements, got 3"):
         C.cuda_prelu_forward("float32", 16, 16, 3, 16, 2, 4, 5)
     with pytest.raises(ValueError, match="C >= 1"):

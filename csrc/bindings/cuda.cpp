@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <pybind11/stl.h>
@@ -32,6 +33,15 @@ void check_count(int64_t n, const char* name) {
 
 void check_ptr(uint64_t p, int64_t n, const char* name) {
   if (n > 0 && p == 0) throw py::value_error(std::string(name) + ": null device pointer for a non-empty array");
+}
+
+// A misaligned element access would be a sticky CUDA error that ends every later CUDA call of the
+// process (PyTorch's included): refuse such pointers up front.
+void check_aligned(uint64_t p, DType dt, const char* name) {
+  const uint64_t size = dt == DType::F32 ? 4 : 8;
+  if (p % size != 0)
+    throw py::value_error(std::string(name) + ": device pointer is not aligned to its " + std::to_string(size) +
+                          "-byte elements");
 }
 
 template <class T>
@@ -243,6 +253,8 @@ void register_cuda(py::module_& m) {
         check_count(n, "n");
         check_ptr(x, n, "x");
         check_ptr(y, n, "y");
+        check_aligned(x, dt, "x");
+        check_aligned(y, dt, "y");
         const ActParams p = make_params(slope, alpha, scale);
         py::gil_scoped_release nogil;
         if (dt == DType::F32) cuda::act_forward(op, as_ptr<const float>(x), as_ptr<float>(y), n, p);
@@ -260,6 +272,9 @@ void register_cuda(py::module_& m) {
         check_ptr(g, n, "grad_output");
         check_ptr(x, n, "x");
         check_ptr(y, n, "y");
+        check_aligned(g, dt, "grad_output");
+        check_aligned(x, dt, "x");
+        check_aligned(y, dt, "y");
         const ActParams p = make_params(slope, alpha, scale);
         py::gil_scoped_release nogil;
         if (dt == DType::F32)
@@ -277,6 +292,8 @@ void register_cuda(py::module_& m) {
         check_ptr(x, n, "x");
         check_ptr(w, 1, "weight");
         check_ptr(y, n, "y");
+        for (auto [p, name] : {std::pair<uint64_t, const char*>{x, "x"}, {w, "weight"}, {y, "y"}})
+          check_aligned(p, dt, name);
         py::gil_scoped_release nogil;
         if (dt == DType::F32)
           cuda::prelu_forward(as_ptr<const float>(x), as_ptr<const float>(w), w_size, as_ptr<float>(y), outer, C, inner);
@@ -297,6 +314,9 @@ void register_cuda(py::module_& m) {
         check_ptr(w, 1, "weight");
         check_ptr(gx, n, "grad_input");
         check_ptr(gw, 1, "grad_weight");
+        for (auto [p, name] : {std::pair<uint64_t, const char*>{g, "grad_output"}, {x, "x"}, {w, "weight"},
+                               {gx, "grad_input"}, {gw, "grad_weight"}})
+          check_aligned(p, dt, name);
         py::gil_scoped_release nogil;
         if (dt == DType::F32)
           cuda::prelu_backward(as_ptr<const float>(g), as_ptr<const float>(x), as_ptr<const float>(w), w_size,

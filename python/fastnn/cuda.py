@@ -369,6 +369,8 @@ def _cuda_arg(a, name: str) -> _Arg:
         raise ValueError(f"{name}: masked CUDA arrays are not supported")
     ptr, readonly = cai["data"]
     ptr = int(ptr)
+    if ptr % dtype.itemsize:
+        raise ValueError(f"{name}: the CUDA array's address is not aligned to its {dtype.itemsize}-byte elements")
     if _prod(shape) > 0:
         device = _C.cuda_pointer_device(ptr)
         if device < 0:
