@@ -1,0 +1,339 @@
+// pybind11 glue for the GPU: device queries, memory, copies, the activation launchers and the
+// DLPack exporter. Device pointers travel as Python ints; python/fastnn/cuda.py owns the arrays
+// and checks shapes against them. Checks here keep _C safe to call directly: a bad argument is
+// an exception, never a launch with a bad size.
+#include <Python.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <pybind11/stl.h>
+
+#include "bindings/common.h"
+#include "bindings/dlpack.h"
+#include "cuda/activation.h"
+#include "cuda/device.h"
+
+namespace fastnn {
+
+namespace {
+
+DType parse_dtype(const std::string& s) {
+  if (s == "float32") return DType::F32;
+  if (s == "float64") return DType::F64;
+  throw py::type_error("dtype: expected 'float32' or 'float64', got '" + s + "'");
+}
+
+void check_count(int64_t n, const char* name) {
+  if (n < 0) throw py::value_error(std::string(name) + ": expected a count >= 0, got " + std::to_string(n));
+}
+
+void check_ptr(uint64_t p, int64_t n, const char* name) {
+  if (n > 0 && p == 0) throw py::value_error(std::string(name) + ": null device pointer for a non-empty array");
+}
+
+// A misaligned element access would be a sticky CUDA error that ends every later CUDA call of the
+// process (PyTorch's included): refuse such pointers up front.
+void check_aligned(uint64_t p, DType dt, const char* name) {
+  const uint64_t size = dt == DType::F32 ? 4 : 8;
+  if (p % size != 0)
+    throw py::value_error(std::string(name) + ": device pointer is not aligned to its " + std::to_string(size) +
+                          "-byte elements");
+}
+
+template <class T>
+T* as_ptr(uint64_t p) {
+  return reinterpret_cast<T*>(static_cast<uintptr_t>(p));
+}
+
+void check_op(int op) {
+  if (op < 0 || op >= kNumActs)
+    throw py::value_error("op: expected an activation id in [0, " + std::to_string(kNumActs) + "), got " +
+                          std::to_string(op));
+}
+
+ActParams make_params(double slope, double alpha, double scale) {
+  ActParams p;
+  p.slope = slope;
+  p.alpha = alpha;
+  p.scale = scale;
+  return p;
+}
+
+// (outer, C, inner) of a PReLU call; returns outer*C*inner.
+int64_t check_prelu_shape(int64_t w_size, int64_t outer, int64_t C, int64_t inner) {
+  if (outer < 0 || C < 1 || inner < 0)
+    throw py::value_error("prelu: expected outer >= 0, C >= 1, inner >= 0, got (" + std::to_string(outer) + ", " +
+                          std::to_string(C) + ", " + std::to_string(inner) + ")");
+  if (w_size != 1 && w_size != C)
+    throw py::value_error("weight: expected 1 or " + std::to_string(C) + " elements, got " + std::to_string(w_size));
+  if (outer > 0 && inner > 0 && C > INT64_MAX / outer / inner)
+    throw py::value_error("prelu: outer * C * inner overflows int64");
+  return outer * C * inner;
+}
+
+py::array c_contiguous_array(const py::object& o, const char* name) {
+  if (!py::isinstance<py::array>(o))
+    throw py::type_error(std::string(name) + ": expected a NumPy array, got " +
+                         py::str(py::type::handle_of(o).attr("__name__")).cast<std::string>());
+  py::array a = py::reinterpret_borrow<py::array>(o);
+  require_c_contiguous(a, name);
+  return a;
+}
+
+// ---- DLPack export -------------------------------------------------------------------------------
+
+struct DLPackExport {
+  DLManagedTensor managed;
+  std::vector<int64_t> shape, strides;
+  PyObject* owner;  // a strong reference: keeps the device memory alive while a consumer holds it
+};
+
+// Called by the consumer when it is done with the tensor (from any thread, GIL held or not), or
+// by the capsule destructor when nobody consumed it.
+extern "C" void dlpack_deleter(DLManagedTensor* self) {
+  auto* ctx = static_cast<DLPackExport*>(self->manager_ctx);
+  bool alive = Py_IsInitialized() != 0;
+#if PY_VERSION_HEX >= 0x030D0000
+  alive = alive && !Py_IsFinalizing();
+#endif
+  if (ctx->owner != nullptr && alive) {  // at interpreter exit the reference is simply dropped
+    PyGILState_STATE st = PyGILState_Ensure();
+    Py_DECREF(ctx->owner);
+    PyGILState_Release(st);
+  }
+  delete ctx;
+}
+
+// A capsule that was consumed has been renamed "used_dltensor": its tensor belongs to the
+// consumer, which calls the deleter itself.
+extern "C" void dlpack_capsule_destructor(PyObject* capsule) {
+  if (PyCapsule_IsValid(capsule, "used_dltensor")) return;
+  PyObject *type, *value, *traceback;
+  PyErr_Fetch(&type, &value, &traceback);
+  auto* managed = static_cast<DLManagedTensor*>(PyCapsule_GetPointer(capsule, "dltensor"));
+  if (managed == nullptr) {
+    PyErr_WriteUnraisable(capsule);
+  } else if (managed->deleter != nullptr) {
+    managed->deleter(managed);
+  }
+  PyErr_Restore(type, value, traceback);
+}
+
+py::object dlpack_capsule(uint64_t ptr, const std::vector<int64_t>& shape, const std::string& dtype, int device_index,
+                          py::object owner) {
+  const DType dt = parse_dtype(dtype);
+  if (device_index < 0) throw py::value_error("device_index: expected >= 0, got " + std::to_string(device_index));
+  for (int64_t d : shape)
+    if (d < 0) throw py::value_error("shape: dimensions must be >= 0");
+  auto* ctx = new DLPackExport();
+  ctx->shape = shape;
+  ctx->strides.assign(shape.size(), 1);
+  for (int64_t i = static_cast<int64_t>(shape.size()) - 2; i >= 0; --i)
+    ctx->strides[i] = ctx->strides[i + 1] * std::max<int64_t>(shape[i + 1], 1);
+  DLTensor& t = ctx->managed.dl_tensor;
+  t.data = as_ptr<void>(ptr);
+  t.device = DLDevice{kDLCUDA, device_index};
+  t.ndim = static_cast<int32_t>(shape.size());
+  t.dtype = DLDataType{kDLFloat, static_cast<uint8_t>(dt == DType::F32 ? 32 : 64), 1};
+  t.shape = ctx->shape.empty() ? nullptr : ctx->shape.data();
+  t.strides = ctx->strides.empty() ? nullptr : ctx->strides.data();
+  t.byte_offset = 0;
+  ctx->managed.manager_ctx = ctx;
+  ctx->managed.deleter = &dlpack_deleter;
+  ctx->owner = owner.ptr();
+  Py_INCREF(ctx->owner);
+  PyObject* cap = PyCapsule_New(&ctx->managed, "dltensor", &dlpack_capsule_destructor);
+  if (cap == nullptr) {
+    Py_DECREF(ctx->owner);
+    delete ctx;
+    throw py::error_already_set();
+  }
+  return py::reinterpret_steal<py::object>(cap);
+}
+
+}  // namespace
+
+void register_cuda(py::module_& m) {
+  // ---- devices ----
+  m.def("cuda_device_count", &cuda::device_count, "GPUs visible to this process (0 without a driver or GPU).");
+  m.def("cuda_init_error", &cuda::init_error, "Why cuda_device_count() is 0 ('' when GPUs were found).");
+  m.def(
+      "cuda_device_properties",
+      [](int index) {
+        const cuda::DeviceProperties p = cuda::device_properties(index);
+        py::dict d;
+        d["index"] = p.index;
+        d["name"] = p.name;
+        d["major"] = p.major;
+        d["minor"] = p.minor;
+        d["memory_bytes"] = p.memory_bytes;
+        return d;
+      },
+      py::arg("index"));
+  m.def("cuda_get_device", &cuda::get_device, "The current device of this thread.");
+  m.def("cuda_set_device", &cuda::set_device, py::arg("index"));
+  m.def(
+      "cuda_pointer_device", [](uint64_t ptr) { return cuda::pointer_device(static_cast<uintptr_t>(ptr)); },
+      py::arg("ptr"), "Device owning a device/managed pointer, or -1 for host or unknown memory.");
+
+  // ---- memory ----
+  m.def(
+      "cuda_malloc",
+      [](int64_t nbytes) {
+        check_count(nbytes, "nbytes");
+        return static_cast<uint64_t>(reinterpret_cast<uintptr_t>(cuda::device_malloc(static_cast<size_t>(nbytes))));
+      },
+      py::arg("nbytes"), "Device memory on the current device (cached); 0 bytes gives a valid block.");
+  m.def(
+      "cuda_free", [](uint64_t ptr) { cuda::device_free(as_ptr<void>(ptr)); }, py::arg("ptr"),
+      "Returns a cuda_malloc block to the cache (stream-0 ordered).");
+  m.def("cuda_empty_cache", &cuda::empty_cache, "Frees the cached device blocks; returns the bytes freed.");
+  m.def("cuda_cached_bytes", &cuda::cached_bytes);
+  m.def("cuda_allocated_bytes", &cuda::allocated_bytes);
+
+  // ---- copies and synchronization ----
+  m.def(
+      "cuda_memcpy_htod",
+      [](uint64_t dst, py::object src) {
+        py::array a = c_contiguous_array(src, "src");
+        const size_t bytes = static_cast<size_t>(a.nbytes());
+        check_ptr(dst, static_cast<int64_t>(bytes), "dst");
+        const void* s = a.data();
+        py::gil_scoped_release nogil;
+        cuda::memcpy_htod(as_ptr<void>(dst), s, bytes);
+      },
+      py::arg("dst_ptr"), py::arg("src"), "Copies src.nbytes bytes of a C-contiguous array to the device.");
+  m.def(
+      "cuda_memcpy_dtoh",
+      [](py::object dst, uint64_t src) {
+        py::array a = c_contiguous_array(dst, "dst");
+        require_writeable(a, "dst");
+        const size_t bytes = static_cast<size_t>(a.nbytes());
+        check_ptr(src, static_cast<int64_t>(bytes), "src");
+        void* d = a.mutable_data();
+        py::gil_scoped_release nogil;
+        cuda::memcpy_dtoh(d, as_ptr<const void>(src), bytes);
+      },
+      py::arg("dst"), py::arg("src_ptr"), "Fills a C-contiguous writeable array from the device (waits for stream 0).");
+  m.def(
+      "cuda_memcpy_dtod",
+      [](uint64_t dst, uint64_t src, int64_t nbytes) {
+        check_count(nbytes, "nbytes");
+        check_ptr(dst, nbytes, "dst");
+        check_ptr(src, nbytes, "src");
+        py::gil_scoped_release nogil;
+        cuda::memcpy_dtod(as_ptr<void>(dst), as_ptr<const void>(src), static_cast<size_t>(nbytes));
+      },
+      py::arg("dst_ptr"), py::arg("src_ptr"), py::arg("nbytes"), "Device-to-device copy, asynchronous on stream 0.");
+  m.def(
+      "cuda_synchronize",
+      [] {
+        py::gil_scoped_release nogil;
+        cuda::synchronize();
+      },
+      "Waits for all work on the current device.");
+  m.def(
+      "cuda_legacy_wait_on", [](uint64_t stream) { cuda::legacy_wait_on(static_cast<uintptr_t>(stream)); },
+      py::arg("stream"), "Later stream-0 work waits for the work queued on `stream` now.");
+  m.def(
+      "cuda_wait_on_legacy", [](uint64_t stream) { cuda::wait_on_legacy(static_cast<uintptr_t>(stream)); },
+      py::arg("stream"), "Later work on `stream` waits for the work queued on stream 0 now.");
+
+  // ---- activation launchers (asynchronous on stream 0) ----
+  m.def(
+      "cuda_act_forward",
+      [](int op, const std::string& dtype, uint64_t x, uint64_t y, int64_t n, double slope, double alpha,
+         double scale) {
+        check_op(op);
+        const DType dt = parse_dtype(dtype);
+        check_count(n, "n");
+        check_ptr(x, n, "x");
+        check_ptr(y, n, "y");
+        check_aligned(x, dt, "x");
+        check_aligned(y, dt, "y");
+        const ActParams p = make_params(slope, alpha, scale);
+        py::gil_scoped_release nogil;
+        if (dt == DType::F32) cuda::act_forward(op, as_ptr<const float>(x), as_ptr<float>(y), n, p);
+        else cuda::act_forward(op, as_ptr<const double>(x), as_ptr<double>(y), n, p);
+      },
+      py::arg("op"), py::arg("dtype"), py::arg("x_ptr"), py::arg("y_ptr"), py::arg("n"), py::arg("slope"),
+      py::arg("alpha"), py::arg("scale"), "y = f(x) over n elements (y may be x).");
+  m.def(
+      "cuda_act_backward",
+      [](int op, const std::string& dtype, uint64_t g, uint64_t x, uint64_t y, int64_t n, double slope, double alpha,
+         double scale) {
+        check_op(op);
+        const DType dt = parse_dtype(dtype);
+        check_count(n, "n");
+        check_ptr(g, n, "grad_output");
+        check_ptr(x, n, "x");
+        check_ptr(y, n, "y");
+        check_aligned(g, dt, "grad_output");
+        check_aligned(x, dt, "x");
+        check_aligned(y, dt, "y");
+        const ActParams p = make_params(slope, alpha, scale);
+        py::gil_scoped_release nogil;
+        if (dt == DType::F32)
+          cuda::act_backward(op, as_ptr<const float>(g), as_ptr<const float>(x), as_ptr<float>(y), n, p);
+        else cuda::act_backward(op, as_ptr<const double>(g), as_ptr<const double>(x), as_ptr<double>(y), n, p);
+      },
+      py::arg("op"), py::arg("dtype"), py::arg("g_ptr"), py::arg("x_ptr"), py::arg("y_ptr"), py::arg("n"),
+      py::arg("slope"), py::arg("alpha"), py::arg("scale"), "y = grad_output * f'(x) over n elements.");
+  m.def(
+      "cuda_prelu_forward",
+      [](const std::string& dtype, uint64_t x, uint64_t w, int64_t w_size, uint64_t y, int64_t outer, int64_t C,
+         int64_t inner) {
+        const DType dt = parse_dtype(dtype);
+        const int64_t n = check_prelu_shape(w_size, outer, C, inner);
+        check_ptr(x, n, "x");
+        check_ptr(w, 1, "weight");
+        check_ptr(y, n, "y");
+        for (auto [p, name] : {std::pair<uint64_t, const char*>{x, "x"}, {w, "weight"}, {y, "y"}})
+          check_aligned(p, dt, name);
+        py::gil_scoped_release nogil;
+        if (dt == DType::F32)
+          cuda::prelu_forward(as_ptr<const float>(x), as_ptr<const float>(w), w_size, as_ptr<float>(y), outer, C, inner);
+        else
+          cuda::prelu_forward(as_ptr<const double>(x), as_ptr<const double>(w), w_size, as_ptr<double>(y), outer, C,
+                              inner);
+      },
+      py::arg("dtype"), py::arg("x_ptr"), py::arg("w_ptr"), py::arg("w_size"), py::arg("y_ptr"), py::arg("outer"),
+      py::arg("C"), py::arg("inner"), "PReLU over x viewed as (outer, C, inner); weight has 1 or C elements.");
+  m.def(
+      "cuda_prelu_backward",
+      [](const std::string& dtype, uint64_t g, uint64_t x, uint64_t w, int64_t w_size, uint64_t gx, uint64_t gw,
+         int64_t outer, int64_t C, int64_t inner) {
+        const DType dt = parse_dtype(dtype);
+        const int64_t n = check_prelu_shape(w_size, outer, C, inner);
+        check_ptr(g, n, "grad_output");
+        check_ptr(x, n, "x");
+        check_ptr(w, 1, "weight");
+        check_ptr(gx, n, "grad_input");
+        check_ptr(gw, 1, "grad_weight");
+        for (auto [p, name] : {std::pair<uint64_t, const char*>{g, "grad_output"}, {x, "x"}, {w, "weight"},
+                               {gx, "grad_input"}, {gw, "grad_weight"}})
+          check_aligned(p, dt, name);
+        py::gil_scoped_release nogil;
+        if (dt == DType::F32)
+          cuda::prelu_backward(as_ptr<const float>(g), as_ptr<const float>(x), as_ptr<const float>(w), w_size,
+                               as_ptr<float>(gx), as_ptr<float>(gw), outer, C, inner);
+        else
+          cuda::prelu_backward(as_ptr<const double>(g), as_ptr<const double>(x), as_ptr<const double>(w), w_size,
+                               as_ptr<double>(gx), as_ptr<double>(gw), outer, C, inner);
+      },
+      py::arg("dtype"), py::arg("g_ptr"), py::arg("x_ptr"), py::arg("w_ptr"), py::arg("w_size"), py::arg("gx_ptr"),
+      py::arg("gw_ptr"), py::arg("outer"), py::arg("C"), py::arg("inner"),
+      "grad_input and grad_weight (w_size elements, summed in double in a fixed order) of PReLU.");
+
+  // ---- DLPack ----
+  m.def("cuda_dlpack_capsule", &dlpack_capsule, py::arg("ptr"), py::arg("shape"), py::arg("dtype"),
+        py::arg("device_index"), py::arg("owner"),
+        "A 'dltensor' capsule for a C-contiguous CUDA array at ptr; holds a reference to owner until the "
+        "consumer's deleter runs (or the unconsumed capsule dies).");
+}
+
+}  // namespace fastnn

@@ -1,0 +1,45 @@
+// The DLPack ABI (v0.8, unversioned "dltensor" capsules), the subset fastnn exports: see
+// https://github.com/dmlc/dlpack/blob/v0.8/include/dlpack/dlpack.h. Layouts must match it
+// exactly: consumers (PyTorch, CuPy, JAX) read these structs through the capsule pointer.
+#pragma once
+
+#include <cstdint>
+
+extern "C" {
+
+enum DLDeviceTypeCode : int32_t { kDLCPU = 1, kDLCUDA = 2 };
+enum DLDataTypeCodeValue : uint8_t { kDLInt = 0, kDLUInt = 1, kDLFloat = 2 };
+
+struct DLDevice {
+  int32_t device_type;  // kDLCUDA
+  int32_t device_id;
+};
+
+struct DLDataType {
+  uint8_t code;  // kDLFloat
+  uint8_t bits;  // 32 or 64
+  uint16_t lanes;  // 1
+};
+
+struct DLTensor {
+  void* data;
+  DLDevice device;
+  int32_t ndim;
+  DLDataType dtype;
+  int64_t* shape;    // ndim entries
+  int64_t* strides;  // ndim entries, in elements (NULL would mean C-contiguous)
+  uint64_t byte_offset;
+};
+
+struct DLManagedTensor {
+  DLTensor dl_tensor;
+  void* manager_ctx;
+  void (*deleter)(DLManagedTensor* self);
+};
+
+}  // extern "C"
+
+static_assert(sizeof(DLDevice) == 8, "DLDevice layout");
+static_assert(sizeof(DLDataType) == 4, "DLDataType layout");
+static_assert(sizeof(DLTensor) == 48, "DLTensor layout");
+static_assert(sizeof(DLManagedTensor) == 64, "DLManagedTensor layout");
