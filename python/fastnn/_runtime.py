@@ -68,7 +68,8 @@ def info(file=None) -> None:
     if not d["cuda_compiled"]:
         gpu_line = "none (CUDA not compiled in)"
     elif not gpus:
-        gpu_line = "none seen"
+        reason = _C.cuda_init_error() if hasattr(_C, "cuda_init_error") else ""
+        gpu_line = "none seen" + (f" ({reason})" if reason else "")
     else:
         gpu_line = "; ".join(f"{g['index']}: {g['name']} (sm_{g['major']}{g['minor']}, "
                              f"{g['memory_bytes'] / 2**30:.1f} GiB)" for g in gpus)
