@@ -69,10 +69,11 @@ template <class T>
 void prelu_forward_impl(const T* x, const std::vector<T>& w, T* y, PreluShape s) {
   if (s.outer == 0 || s.C == 0 || s.inner == 0) return;
   const auto& k = activation_kernels_for<T>();
+  const bool stream = use_stream(s.outer * s.C * s.inner, sizeof(T), 2);
   if (s.inner == 1) {  // (rows, C): the weight runs along the contiguous axis
     const int64_t grain = std::max<int64_t>(1, kGrainElements / s.C);
     parallel_for(s.outer, grain, 1, [&](int64_t b, int64_t e) {
-      k.prelu_last_forward(x + b * s.C, w.data(), y + b * s.C, e - b, s.C);
+      k.prelu_last_forward(x + b * s.C, w.data(), y + b * s.C, e - b, s.C, stream);
     });
     return;
   }
@@ -81,6 +82,7 @@ void prelu_forward_impl(const T* x, const std::vector<T>& w, T* y, PreluShape s)
   const int64_t grain = std::max<int64_t>(1, kGrainElements / s.inner);
   parallel_for(rows, grain, 1, [&](int64_t b, int64_t e) {
     ActParams p;
+    p.stream = stream;
     for (int64_t r = b; r < e; ++r) {
       p.slope = static_cast<double>(w[r % s.C]);
       k.forward[kLeakyRelu](x + r * s.inner, y + r * s.inner, s.inner, p);
@@ -98,6 +100,7 @@ void prelu_backward_impl(const T* g, const T* x, const std::vector<T>& w, T* gx,
     return;
   }
   const auto& k = activation_kernels_for<T>();
+  const bool stream = use_stream(s.outer * s.C * s.inner, sizeof(T), 3);
   std::vector<double> acc(static_cast<size_t>(s.C), 0.0);
   if (s.inner == 1) {
     // At most 64 blocks (bounded scratch), each at least a grain's worth of rows.
@@ -112,7 +115,7 @@ void prelu_backward_impl(const T* g, const T* x, const std::vector<T>& w, T* gx,
       for (int64_t blk = b; blk < e; ++blk) {
         const int64_t r0 = blk * rows_per_block, r1 = std::min(s.outer, r0 + rows_per_block);
         k.prelu_last_backward(g + r0 * s.C, x + r0 * s.C, w.data(), gx + r0 * s.C, partial.data() + blk * s.C,
-                              r1 - r0, s.C);
+                              r1 - r0, s.C, stream);
       }
     });
     for (int64_t blk = 0; blk < nblocks; ++blk)
@@ -123,6 +126,7 @@ void prelu_backward_impl(const T* g, const T* x, const std::vector<T>& w, T* gx,
     const int64_t grain = std::max<int64_t>(1, kGrainElements / s.inner);
     parallel_for(rows, grain, 1, [&](int64_t b, int64_t e) {
       ActParams p;
+      p.stream = stream;
       for (int64_t r = b; r < e; ++r) {
         p.slope = static_cast<double>(w[r % s.C]);
         const int64_t o = r * s.inner;
@@ -144,6 +148,35 @@ void prelu_backward_impl(const T* g, const T* x, const std::vector<T>& w, T* gx,
 }  // namespace
 
 void register_activation(py::module_& m) {
+  m.def(
+      "parallel_copy",
+      [](py::array dst, py::array src) {
+        DType dt = float_dtype(src, "src");
+        require_same(src, "src", dst, "dst");
+        require_c_contiguous(src, "src");
+        require_c_contiguous(dst, "dst");
+        require_writeable(dst, "dst");
+        const int64_t n = src.size();
+        py::gil_scoped_release nogil;
+        ActParams p;
+        if (dt == DType::F32) {
+          p.stream = use_stream(n, sizeof(float), 2);
+          auto fn = activation_kernels_for<float>().copy;
+          const float* s = cptr<float>(src);
+          float* d = mptr<float>(dst);
+          parallel_for(n, kGrainElements, kAlign, [&](int64_t b, int64_t e) { fn(s + b, d + b, e - b, p); });
+        } else {
+          p.stream = use_stream(n, sizeof(double), 2);
+          auto fn = activation_kernels_for<double>().copy;
+          const double* s = cptr<double>(src);
+          double* d = mptr<double>(dst);
+          parallel_for(n, kGrainElements, kAlign, [&](int64_t b, int64_t e) { fn(s + b, d + b, e - b, p); });
+        }
+      },
+      py::arg("dst"), py::arg("src"),
+      "dst[...] = src (float32/float64, C-contiguous) on the pool with the activations' load/store path: "
+      "the copy ceiling for the benchmarks.");
+
   m.def(
       "act_forward",
       [](int op, py::array x, py::array out, double slope, double alpha, double scale) {

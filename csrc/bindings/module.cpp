@@ -57,19 +57,6 @@ py::array empty(const std::vector<int64_t>& shape, py::dtype dtype) {
   return py::array(dtype, shape, std::vector<int64_t>{}, p, base);
 }
 
-// dst[:] = src with the pool (memcpy per chunk): the copy-bandwidth ceiling that the benchmarks
-// report kernel throughput against.
-void parallel_copy(py::array dst, py::array src) {
-  require_c_contiguous(dst, "dst");
-  require_c_contiguous(src, "src");
-  require_writeable(dst, "dst");
-  if (dst.nbytes() != src.nbytes()) throw py::value_error("dst: expected as many bytes as src");
-  char* d = static_cast<char*>(dst.mutable_data());
-  const char* s = static_cast<const char*>(src.data());
-  py::gil_scoped_release nogil;
-  parallel_for(dst.nbytes(), kGrainElements * 4, 64, [&](int64_t b, int64_t e) { std::memcpy(d + b, s + b, e - b); });
-}
-
 }  // namespace
 }  // namespace fastnn
 
@@ -113,8 +100,6 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("n"));
 
-  m.def("parallel_copy", &parallel_copy, py::arg("dst"), py::arg("src"),
-        "dst[...] = src over C-contiguous arrays of equal byte size, on the thread pool.");
   m.def("empty", &empty, py::arg("shape"), py::arg("dtype"),
         "Uninitialized C-ordered array from the host block cache (large arrays reuse warm pages).");
   m.def("empty_cache", &host_empty_cache, "Returns every cached host block to the OS; returns the bytes.");

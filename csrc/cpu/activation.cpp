@@ -163,25 +163,35 @@ void elu_bwd(const T* g, const T* x, T* gx, int64_t n, const ActParams& p) {
   map2<V>(g, x, gx, n, p.stream, [=](V gv, V xv) { return gv * select(cmp_gt(xv, zero), pos, vexp(xv) * neg); });
 }
 
+template <class T>
+void copy_fwd(const T* x, T* y, int64_t n, const ActParams& p) {
+  map1<Vec<T>>(x, y, n, p.stream, [](Vec<T> v) { return v; });
+}
+
 // ---- PReLU with the channel axis contiguous: x is (rows, C) --------------------------------
 
+// Rows are streamed whole; with `stream` (and a 64-byte-aligned y) the stores bypass the cache
+// (rows start 64-byte aligned only when C * sizeof(T) is a multiple of 64; otherwise plain stores).
 template <class T>
-void prelu_last_fwd(const T* x, const T* w, T* y, int64_t rows, int64_t C) {
+void prelu_last_fwd(const T* x, const T* w, T* y, int64_t rows, int64_t C, bool stream) {
   using V = Vec<T>;
   const V zero = V::set1(T(0));
+  stream = stream && (reinterpret_cast<uintptr_t>(y) & 63) == 0 && (C * sizeof(T)) % 64 == 0;
   for (int64_t r = 0; r < rows; ++r) {
     const T* xr = x + r * C;
     T* yr = y + r * C;
     int64_t c = 0;
     for (; c + V::W <= C; c += V::W) {
       V v = V::load(xr + c);
-      select(cmp_gt(v, zero), v, v * V::load(w + c)).store(yr + c);
+      V out = select(cmp_gt(v, zero), v, v * V::load(w + c));
+      if (stream) out.store_stream(yr + c); else out.store(yr + c);
     }
     if (c < C) {
       V v = V::load_partial(xr + c, C - c);
       select(cmp_gt(v, zero), v, v * V::load_partial(w + c, C - c)).store_partial(yr + c, C - c);
     }
   }
+  if (stream) stream_fence();
 }
 
 // Adds the lanes of acc (a partial sum in T over at most kFlushRows rows) to double sums.
@@ -195,28 +205,54 @@ inline void flush_to_double(V acc, double* dst, int64_t n) {
 constexpr int64_t kFlushRows = 64;  // rows summed in T before adding to the double accumulators
 
 // gx = gy * (x > 0 ? 1 : w[c]); gw_acc[c] += sum over rows (x > 0 ? 0 : x * gy).
+// Tiles of kTile vectors across C and kFlushRows down the rows: each row contributes kTile
+// contiguous vectors (long sequential runs for the prefetcher) to kTile accumulators in T, which
+// are added to the double sums once per tile. The summation order depends only on the shape.
+constexpr int kTile = 8;
+
 template <class T>
-void prelu_last_bwd(const T* g, const T* x, const T* w, T* gx, double* gw_acc, int64_t rows, int64_t C) {
+void prelu_last_bwd(const T* g, const T* x, const T* w, T* gx, double* gw_acc, int64_t rows, int64_t C,
+                    bool stream) {
   using V = Vec<T>;
   const V zero = V::set1(T(0)), one = V::set1(T(1));
+  stream = stream && (reinterpret_cast<uintptr_t>(gx) & 63) == 0 && (C * sizeof(T)) % 64 == 0;
   for (int64_t r0 = 0; r0 < rows; r0 += kFlushRows) {
     const int64_t r1 = r0 + kFlushRows < rows ? r0 + kFlushRows : rows;
-    for (int64_t c = 0; c < C; c += V::W) {
-      const int64_t m = C - c < V::W ? C - c : V::W;
-      const V wv = m == V::W ? V::load(w + c) : V::load_partial(w + c, m);
-      V acc = zero;
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t o = r * C + c;
-        V gv = m == V::W ? V::load(g + o) : V::load_partial(g + o, m);
-        V xv = m == V::W ? V::load(x + o) : V::load_partial(x + o, m);
-        auto pos = cmp_gt(xv, zero);
-        V out = gv * nan_where_x_nan(select(pos, one, wv), xv);
-        if (m == V::W) out.store(gx + o); else out.store_partial(gx + o, m);
-        acc = acc + select(pos, zero, xv * gv);
+    for (int64_t c0 = 0; c0 < C; c0 += kTile * V::W) {
+      const int64_t tile = C - c0 < kTile * V::W ? C - c0 : kTile * V::W;
+      const int64_t full = tile / V::W, rest = tile % V::W;
+      V wv[kTile + 1], acc[kTile + 1];
+      for (int k = 0; k < full; ++k) {
+        wv[k] = V::load(w + c0 + k * V::W);
+        acc[k] = zero;
       }
-      flush_to_double(acc, gw_acc + c, m);
+      if (rest) {
+        wv[full] = V::load_partial(w + c0 + full * V::W, rest);
+        acc[full] = zero;
+      }
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t o = r * C + c0;
+        for (int k = 0; k < full; ++k) {
+          const int64_t ok = o + k * V::W;
+          V gv = V::load(g + ok), xv = V::load(x + ok);
+          auto pos = cmp_gt(xv, zero);
+          V out = gv * nan_where_x_nan(select(pos, one, wv[k]), xv);
+          if (stream) out.store_stream(gx + ok); else out.store(gx + ok);
+          acc[k] = acc[k] + select(pos, zero, xv * gv);
+        }
+        if (rest) {
+          const int64_t ok = o + full * V::W;
+          V gv = V::load_partial(g + ok, rest), xv = V::load_partial(x + ok, rest);
+          auto pos = cmp_gt(xv, zero);
+          (gv * nan_where_x_nan(select(pos, one, wv[full]), xv)).store_partial(gx + ok, rest);
+          acc[full] = acc[full] + select(pos, zero, xv * gv);
+        }
+      }
+      for (int k = 0; k < full; ++k) flush_to_double(acc[k], gw_acc + c0 + k * V::W, V::W);
+      if (rest) flush_to_double(acc[full], gw_acc + c0 + full * V::W, rest);
     }
   }
+  if (stream) stream_fence();
 }
 
 // sum over one row of (x > 0 ? 0 : x * gy), in double.
@@ -250,6 +286,7 @@ constexpr ActivationKernelsT<T> make_table() {
   return ActivationKernelsT<T>{
       {&sigmoid_fwd<T>, &tanh_fwd<T>, &relu_fwd<T>, &leaky_fwd<T>, &elu_fwd<T>},
       {&sigmoid_bwd<T>, &tanh_bwd<T>, &relu_bwd<T>, &leaky_bwd<T>, &elu_bwd<T>},
+      &copy_fwd<T>,
       &prelu_last_fwd<T>,
       &prelu_last_bwd<T>,
       &prelu_row_wsum<T>,

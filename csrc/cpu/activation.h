@@ -28,11 +28,11 @@ using ActBackwardFn = void (*)(const T* gy, const T* x, T* gx, int64_t n, const 
 
 // PReLU with the channel axis contiguous: x, y are (rows, C), weight is (C).
 template <class T>
-using PreluLastFwdFn = void (*)(const T* x, const T* w, T* y, int64_t rows, int64_t C);
+using PreluLastFwdFn = void (*)(const T* x, const T* w, T* y, int64_t rows, int64_t C, bool stream);
 // gx = gy * (x > 0 ? 1 : w[c]); gw_acc[c] += sum over rows of (x > 0 ? 0 : x * gy), in double.
 template <class T>
 using PreluLastBwdFn = void (*)(const T* gy, const T* x, const T* w, T* gx, double* gw_acc,
-                                int64_t rows, int64_t C);
+                                int64_t rows, int64_t C, bool stream);
 // sum of (x > 0 ? 0 : x * gy) over n elements, in double (PReLU weight gradient of one row).
 template <class T>
 using PreluRowSumFn = double (*)(const T* gy, const T* x, int64_t n);
@@ -41,6 +41,9 @@ template <class T>
 struct ActivationKernelsT {
   ActForwardFn<T> forward[kNumActs];
   ActBackwardFn<T> backward[kNumActs];
+  // y = x with the same loads/stores (and streaming policy) as the activations: the copy
+  // ceiling the benchmarks compare against.
+  ActForwardFn<T> copy;
   PreluLastFwdFn<T> prelu_last_forward;
   PreluLastBwdFn<T> prelu_last_backward;
   PreluRowSumFn<T> prelu_row_wsum;
