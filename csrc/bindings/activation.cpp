@@ -158,20 +158,15 @@ void register_activation(py::module_& m) {
         require_writeable(dst, "dst");
         const int64_t n = src.size();
         py::gil_scoped_release nogil;
-        ActParams p;
-        if (dt == DType::F32) {
-          p.stream = use_stream(n, sizeof(float), 2);
-          auto fn = activation_kernels_for<float>().copy;
-          const float* s = cptr<float>(src);
-          float* d = mptr<float>(dst);
+        dispatch_float(dt, [&](auto zero) {
+          using T = decltype(zero);
+          ActParams p;
+          p.stream = use_stream(n, sizeof(T), 2);
+          const auto fn = activation_kernels_for<T>().copy;
+          const T* s = cptr<T>(src);
+          T* d = mptr<T>(dst);
           parallel_for(n, kGrainElements, kAlign, [&](int64_t b, int64_t e) { fn(s + b, d + b, e - b, p); });
-        } else {
-          p.stream = use_stream(n, sizeof(double), 2);
-          auto fn = activation_kernels_for<double>().copy;
-          const double* s = cptr<double>(src);
-          double* d = mptr<double>(dst);
-          parallel_for(n, kGrainElements, kAlign, [&](int64_t b, int64_t e) { fn(s + b, d + b, e - b, p); });
-        }
+        });
       },
       py::arg("dst"), py::arg("src"),
       "dst[...] = src (float32/float64, C-contiguous) on the pool with the activations' load/store path: "
@@ -189,8 +184,10 @@ void register_activation(py::module_& m) {
         const ActParams p = make_params(slope, alpha, scale);
         const int64_t n = x.size();
         py::gil_scoped_release nogil;
-        if (dt == DType::F32) run_forward<float>(op, cptr<float>(x), mptr<float>(out), n, p);
-        else run_forward<double>(op, cptr<double>(x), mptr<double>(out), n, p);
+        dispatch_float(dt, [&](auto zero) {
+          using T = decltype(zero);
+          run_forward<T>(op, cptr<T>(x), mptr<T>(out), n, p);
+        });
       },
       py::arg("op"), py::arg("x"), py::arg("out"), py::arg("slope"), py::arg("alpha"), py::arg("scale"),
       "out = f(x) over C-contiguous arrays of the same dtype and size (out may be x).");
@@ -209,8 +206,10 @@ void register_activation(py::module_& m) {
         const ActParams p = make_params(slope, alpha, scale);
         const int64_t n = x.size();
         py::gil_scoped_release nogil;
-        if (dt == DType::F32) run_backward<float>(op, cptr<float>(g), cptr<float>(x), mptr<float>(out), n, p);
-        else run_backward<double>(op, cptr<double>(g), cptr<double>(x), mptr<double>(out), n, p);
+        dispatch_float(dt, [&](auto zero) {
+          using T = decltype(zero);
+          run_backward<T>(op, cptr<T>(g), cptr<T>(x), mptr<T>(out), n, p);
+        });
       },
       py::arg("op"), py::arg("grad_output"), py::arg("x"), py::arg("out"), py::arg("slope"), py::arg("alpha"),
       py::arg("scale"), "out = grad_output * f'(x) (out may alias grad_output or x).");
@@ -226,15 +225,12 @@ void register_activation(py::module_& m) {
         require_c_contiguous(out, "out");
         require_writeable(out, "out");
         PreluShape s = check_prelu(x, w, outer, C, inner);
-        if (dt == DType::F32) {
-          auto wv = weight_vector<float>(w, C);
+        dispatch_float(dt, [&](auto zero) {
+          using T = decltype(zero);
+          auto wv = weight_vector<T>(w, C);
           py::gil_scoped_release nogil;
-          prelu_forward_impl<float>(cptr<float>(x), wv, mptr<float>(out), s);
-        } else {
-          auto wv = weight_vector<double>(w, C);
-          py::gil_scoped_release nogil;
-          prelu_forward_impl<double>(cptr<double>(x), wv, mptr<double>(out), s);
-        }
+          prelu_forward_impl<T>(cptr<T>(x), wv, mptr<T>(out), s);
+        });
       },
       py::arg("x"), py::arg("weight"), py::arg("out"), py::arg("outer"), py::arg("C"), py::arg("inner"));
 
@@ -252,15 +248,12 @@ void register_activation(py::module_& m) {
         require_writeable(gw, "grad_weight");
         PreluShape s = check_prelu(x, w, outer, C, inner);
         const bool shared = w.size() == 1;
-        if (dt == DType::F32) {
-          auto wv = weight_vector<float>(w, C);
+        dispatch_float(dt, [&](auto zero) {
+          using T = decltype(zero);
+          auto wv = weight_vector<T>(w, C);
           py::gil_scoped_release nogil;
-          prelu_backward_impl<float>(cptr<float>(g), cptr<float>(x), wv, mptr<float>(gx), mptr<float>(gw), shared, s);
-        } else {
-          auto wv = weight_vector<double>(w, C);
-          py::gil_scoped_release nogil;
-          prelu_backward_impl<double>(cptr<double>(g), cptr<double>(x), wv, mptr<double>(gx), mptr<double>(gw), shared, s);
-        }
+          prelu_backward_impl<T>(cptr<T>(g), cptr<T>(x), wv, mptr<T>(gx), mptr<T>(gw), shared, s);
+        });
       },
       py::arg("grad_output"), py::arg("x"), py::arg("weight"), py::arg("grad_input"), py::arg("grad_weight"),
       py::arg("outer"), py::arg("C"), py::arg("inner"));

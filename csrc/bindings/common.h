@@ -21,6 +21,13 @@ inline DType float_dtype(const py::array& a, const char* name) {
   throw py::type_error(std::string(name) + ": expected float32 or float64, got " + dtype_str(a));
 }
 
+// Calls f(T{}) with T = float or double according to dt (one body for both dtypes).
+template <class F>
+inline void dispatch_float(DType dt, F&& f) {
+  if (dt == DType::F32) f(float{});
+  else f(double{});
+}
+
 inline void require_c_contiguous(const py::array& a, const char* name) {
   if (!(a.flags() & py::array::c_style))
     throw py::value_error(std::string(name) + ": expected a C-contiguous array");

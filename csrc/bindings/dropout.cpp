@@ -55,24 +55,18 @@ void register_dropout(py::module_& m) {
         require_writeable(out, "out");
         const int64_t n = x.size();
         check_positions(offset, n);
-        const auto& k = dropout_kernels();
         py::gil_scoped_release nogil;
-        if (dt == DType::F32) {
-          const float* xp = cptr<float>(x);
-          float* yp = mptr<float>(out);
-          const float s = static_cast<float>(scale);
-          const bool st = use_stream(n, sizeof(float));
+        dispatch_float(dt, [&](auto zero) {
+          using T = decltype(zero);
+          const auto apply = dropout_kernels_for<T>().apply;
+          const T* xp = cptr<T>(x);
+          T* yp = mptr<T>(out);
+          const T s = static_cast<T>(scale);
+          const bool st = use_stream(n, sizeof(T));
           parallel_for(n, kGrainElements, kAlign, [&](int64_t b, int64_t e) {
-            k.apply_f32(xp + b, yp + b, e - b, seed, offset + static_cast<uint64_t>(b), threshold, s, st);
+            apply(xp + b, yp + b, e - b, seed, offset + static_cast<uint64_t>(b), threshold, s, st);
           });
-        } else {
-          const double* xp = cptr<double>(x);
-          double* yp = mptr<double>(out);
-          const bool st = use_stream(n, sizeof(double));
-          parallel_for(n, kGrainElements, kAlign, [&](int64_t b, int64_t e) {
-            k.apply_f64(xp + b, yp + b, e - b, seed, offset + static_cast<uint64_t>(b), threshold, scale, st);
-          });
-        }
+        });
       },
       py::arg("x"), py::arg("out"), py::arg("seed"), py::arg("offset"), py::arg("threshold"), py::arg("scale"),
       "out = x * (keep ? scale : 0) with keep from the Philox stream (out may be x).");
@@ -90,22 +84,17 @@ void register_dropout(py::module_& m) {
         const int64_t n = x.size();
         if (mask.size() != (n + 7) / 8) throw py::value_error("mask: expected ceil(n/8) bytes");
         const uint8_t* mp = static_cast<const uint8_t*>(mask.data());
-        const auto& k = dropout_kernels();
         py::gil_scoped_release nogil;
-        if (dt == DType::F32) {
-          const float* xp = cptr<float>(x);
-          float* yp = mptr<float>(out);
-          const float s = static_cast<float>(scale);
-          const bool st = use_stream(n, sizeof(float));
+        dispatch_float(dt, [&](auto zero) {
+          using T = decltype(zero);
+          const auto apply_mask = dropout_kernels_for<T>().apply_mask;
+          const T* xp = cptr<T>(x);
+          T* yp = mptr<T>(out);
+          const T s = static_cast<T>(scale);
+          const bool st = use_stream(n, sizeof(T));
           parallel_for(n, kGrainElements, kAlign,
-                       [&](int64_t b, int64_t e) { k.apply_mask_f32(xp + b, mp + b / 8, yp + b, e - b, s, st); });
-        } else {
-          const double* xp = cptr<double>(x);
-          double* yp = mptr<double>(out);
-          const bool st = use_stream(n, sizeof(double));
-          parallel_for(n, kGrainElements, kAlign,
-                       [&](int64_t b, int64_t e) { k.apply_mask_f64(xp + b, mp + b / 8, yp + b, e - b, scale, st); });
-        }
+                       [&](int64_t b, int64_t e) { apply_mask(xp + b, mp + b / 8, yp + b, e - b, s, st); });
+        });
       },
       py::arg("x"), py::arg("mask"), py::arg("out"), py::arg("scale"),
       "out = x * (mask bit ? scale : 0) with a packed mask (out may be x).");

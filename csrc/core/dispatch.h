@@ -24,4 +24,11 @@ inline const ActivationKernelsT<float>& activation_kernels_for<float>() { return
 template <>
 inline const ActivationKernelsT<double>& activation_kernels_for<double>() { return activation_kernels().f64; }
 
+template <class T>
+const DropoutKernelsT<T>& dropout_kernels_for();
+template <>
+inline const DropoutKernelsT<float>& dropout_kernels_for<float>() { return dropout_kernels().f32; }
+template <>
+inline const DropoutKernelsT<double>& dropout_kernels_for<double>() { return dropout_kernels().f64; }
+
 }  // namespace fastnn

@@ -220,8 +220,8 @@ void apply_mask(const T* x, const uint8_t* mask, T* y, int64_t n, T scale, bool 
 }  // namespace
 
 extern const DropoutKernels kDropoutKernels;
-constexpr DropoutKernels kDropoutKernels{&mask_bits, &apply<float>, &apply<double>, &apply_mask<float>,
-                                         &apply_mask<double>};
+constexpr DropoutKernels kDropoutKernels{&mask_bits, {&apply<float>, &apply_mask<float>},
+                                         {&apply<double>, &apply_mask<double>}};
 
 }  // namespace FASTNN_ISA_NS
 }  // namespace fastnn
