@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check, in one script (run from the repository root on a machine with an NVIDIA GPU;
 # no network needed): build fastnn with CUDA into /tmp/site, print what it sees, run the CUDA
-# tests, run the GPU activation benchmark. About 2-3 minutes on an H100 machine with 16 cores;
-# the step timeouts bound it to ~7.5 minutes.
+# tests, run the GPU activation and dropout benchmarks. About 2-3 minutes on an H100 machine with
+# 16 cores; the step timeouts bound it to ~8.5 minutes.
 #
 #   bash bench/gpu_check.sh          # logs in $OUT if set, else /tmp/fastnn-gpu-check
 #
@@ -50,5 +50,6 @@ step info python3 -c "import fastnn; fastnn.info()" || rc=1
 step tests timeout 150 python3 -m pytest -q -ra -p no:cacheprovider tests/test_cuda.py tests/test_cuda_nogpu.py \
   --junitxml="$LOG/tests.xml" || rc=1
 step bench timeout 100 python3 bench/gpu_activations.py || rc=1
+step bench_dropout timeout 60 python3 bench/gpu_dropout.py || rc=1
 echo "gpu_check: exit $rc (logs in $LOG)"
 exit $rc

@@ -299,6 +299,247 @@ def test_prelu_errors(rng):
         F.prelu_backward(fc.to_device(np.ones((4, 2), np.float32)), xd, fc.to_device(np.ones(3, np.float32)))
 
 
+# ---- dropout and DropConnect: bit for bit the CPU's results --------------------------------------
+
+DROP_SIZES = [0, 1, 3, 7, 8, 15, 16, 17, 48, 51, 52, 63, 64, 65, 100, 127, 129, 1000, 4099, (1 << 18) + 5]
+DROP_OFFSETS = [0, 1, 3, 4, 5, 8, 13, 16, 31, 32, 47, 60, 63, 64, 65, 1000, 2**32 - 3, 2**40 + 17]
+DROP_SEEDS = [0, 1234, 2**32 + 7, 2**64 - 1]
+
+
+def _bitwise_equal(got, want, where=""):
+    """Same dtype and shape; NaN where the CPU has NaN (the GPU's NaN is the canonical one, the
+    CPU's keeps x's payload); every other element equal bit for bit (signed zeros included)."""
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.dtype == want.dtype and got.shape == want.shape, where
+    gn, wn = np.isnan(got), np.isnan(want)
+    assert np.array_equal(gn, wn), f"{where}: NaN positions differ"
+    ui = {4: np.uint32, 8: np.uint64}[got.dtype.itemsize]
+    g = np.atleast_1d(np.where(gn, 0, got).astype(got.dtype)).view(ui).ravel()
+    w = np.atleast_1d(np.where(wn, 0, want).astype(want.dtype)).view(ui).ravel()
+    bad = np.flatnonzero(g != w)
+    assert bad.size == 0, (f"{where}: {bad.size} elements differ, first at {bad[0]}: "
+                           f"{got.ravel()[bad[0]]!r} vs CPU {want.ravel()[bad[0]]!r}")
+
+
+def _drop_x(rng, n, dtype):
+    x = (rng.standard_normal(n) * 10).astype(dtype)
+    if n >= 16:  # NaN, infinities and signed zeros, kept and dropped
+        x[rng.choice(n, size=8, replace=False)] = [np.nan, np.inf, -np.inf, 0.0, -0.0, np.nan, -5.0, np.inf]
+    return x
+
+
+def _gpu_mask(n, p, seed, offset):
+    """fastnn._C.cuda_dropout_mask's bytes, on the host (the public dropout_mask runs on the CPU)."""
+    thr, _ = F._threshold_scale(p, np.float64)
+    nb = (n + 7) // 8
+    buf = fc.empty(max(1, (nb + 3) // 4), np.float32)  # any device block of >= nb bytes
+    fastnn._C.cuda_dropout_mask(n, seed, offset, thr, buf.ptr)
+    out = np.empty(nb, np.uint8)
+    fastnn._C.cuda_memcpy_dtoh(out, buf.ptr)
+    return out
+
+
+class _CudaBytes:
+    """A uint8 CUDA array (through __cuda_array_interface__) holding `data`, kept in a DeviceArray."""
+
+    def __init__(self, data, shape=None, typestr="|u1", strides=None):
+        data = np.ascontiguousarray(data, np.uint8)
+        self._buf = fc.empty(max(1, (data.size + 3) // 4), np.float32)
+        fastnn._C.cuda_memcpy_htod(self._buf.ptr, data)
+        self.__cuda_array_interface__ = {"shape": data.shape if shape is None else shape, "typestr": typestr,
+                                         "data": (self._buf.ptr, False), "version": 3, "strides": strides,
+                                         "stream": 1}
+
+
+@pytest.mark.parametrize("n", DROP_SIZES)
+def test_dropout_masks_match_cpu(n, rng):
+    for offset in DROP_OFFSETS + [2**64 - max(n, 1), 2**64 - n - 13]:
+        seed = DROP_SEEDS[rng.integers(len(DROP_SEEDS))]
+        for p in (0.5, 0.1, 0.9):
+            np.testing.assert_array_equal(_gpu_mask(n, p, seed, offset), F.dropout_mask(n, p, seed=seed, offset=offset),
+                                          err_msg=f"mask n={n} p={p} seed={seed} offset={offset}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", DROP_SIZES)
+def test_dropout_matches_cpu(n, dtype, rng):
+    x = _drop_x(rng, n, dtype)
+    xd = fc.to_device(x)
+    for offset in DROP_OFFSETS + [2**64 - max(n, 1)]:
+        seed = DROP_SEEDS[rng.integers(len(DROP_SEEDS))]
+        p = (0.5, 0.2, 0.75, 1 / 3)[rng.integers(4)]
+        y = F.dropout(xd, p, seed=seed, offset=offset)
+        assert isinstance(y, fc.DeviceArray) and y.shape == (n,) and y.dtype == dtype
+        want = F.dropout(x, p, seed=seed, offset=offset)
+        _bitwise_equal(y.numpy(), want, f"dropout n={n} p={p} seed={seed} offset={offset}")
+        # the backward, regenerated and from the CPU's mask (NumPy, and uploaded as a CUDA array)
+        _bitwise_equal(F.dropout_backward(xd, p, seed=seed, offset=offset).numpy(), want, "backward")
+        mask = F.dropout_mask(n, p, seed=seed, offset=offset)
+        _bitwise_equal(F.dropout_backward(xd, p, seed=0, mask=mask).numpy(), want, "backward, NumPy mask")
+        _bitwise_equal(F.dropout_backward(xd, p, seed=0, mask=_CudaBytes(mask)).numpy(), want, "backward, CUDA mask")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dropout_unaligned_and_in_place(dtype, rng):
+    # Views starting 0..3 elements into a block, with stream offsets that do and do not match
+    # their alignment (the 16-byte packet layout and the per-element one), out= likewise.
+    n, p, seed = 5003, 0.4, 2**33 + 1
+    x = _drop_x(rng, n + 8, dtype)
+    base, obase = fc.to_device(x), fc.empty(n + 8, dtype)
+    for xo in range(4):
+        for oo in range(4):
+            for offset in (0, 1, 2, 3, 6, 64 + xo):
+                xv, xs = _view(base, xo, n), x[xo:xo + n]
+                want = F.dropout(xs, p, seed=seed, offset=offset)
+                ov = _view(obase, oo, n)
+                assert F.dropout(xv, p, seed=seed, offset=offset, out=ov) is ov
+                _bitwise_equal(ov.numpy(), want, f"x+{xo} out+{oo} offset {offset}")
+                mask = F.dropout_mask(n, p, seed=seed, offset=offset)
+                assert F.dropout_backward(xv, p, seed=seed, mask=mask, out=ov) is ov
+                _bitwise_equal(ov.numpy(), want, f"mask: x+{xo} out+{oo}")
+            xv = _view(fc.to_device(x), xo, n)
+            assert F.dropout(xv, p, seed=seed, offset=xo + 1, out=xv) is xv
+            _bitwise_equal(xv.numpy(), F.dropout(x[xo:xo + n], p, seed=seed, offset=xo + 1), "in place")
+    # out one element into x: through a temporary, as on the CPU
+    b = fc.to_device(x)
+    ov = _view(b, 1, n)
+    assert F.dropout(_view(b, 0, n), p, seed=seed, out=ov) is ov
+    _bitwise_equal(ov.numpy(), F.dropout(x[:n], p, seed=seed), "out overlaps x")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dropout_special_p_and_eval_mode(dtype, rng):
+    x = _drop_x(rng, 999, dtype).reshape(27, 37)
+    xd = fc.to_device(x)
+    from fastnn import random as frandom
+    state = frandom.default_generator.get_state()
+    for p in (0.0, 0.5, 1.0):
+        y = F.dropout(xd, p, training=False)
+        assert isinstance(y, fc.DeviceArray) and y.ptr != xd.ptr and y.shape == x.shape
+        _bitwise_equal(y.numpy(), x, "eval")
+        out = fc.empty(x.shape, dtype)
+        assert F.dropout(xd, p, training=False, out=out) is out
+        _bitwise_equal(out.numpy(), x, "eval out=")
+        assert F.dropout(xd, p, training=False, out=xd) is xd
+    assert frandom.default_generator.get_state() == state  # evaluation draws nothing
+    y = F.dropout(xd, 0.0, seed=1)
+    assert y.ptr != xd.ptr
+    _bitwise_equal(y.numpy(), x, "p = 0")
+    _bitwise_equal(F.dropout_backward(xd, 0.0, seed=1).numpy(), x, "backward p = 0")
+    with np.errstate(invalid="ignore"):
+        zero = x * dtype(0)  # NaN and inf become NaN
+    for fn in (lambda v: F.dropout(v, 1.0, seed=5, offset=9), lambda v: F.dropout_backward(v, 1.0, seed=5, offset=9),
+               lambda v: F.dropout_backward(v, 1.0, seed=5, mask=F.dropout_mask(v.shape, 1.0, seed=5)),
+               lambda v: F.dropconnect(v, 1.0, seed=5, offset=9)):
+        _bitwise_equal(fn(xd).numpy(), zero, "p = 1")
+    # an empty array
+    e = F.dropout(fc.to_device(np.zeros((3, 0), dtype)), 0.5, seed=1)
+    assert e.shape == (3, 0) and e.dtype == dtype
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dropout_nan_propagation(dtype):
+    n, seed, p = 4099, 31337, 0.5
+    x = np.linspace(-5, 5, n).astype(dtype)
+    x[::7], x[1::11], x[2::13] = np.nan, np.inf, -np.inf
+    y = F.dropout(fc.to_device(x), p, seed=seed, offset=3).numpy()
+    _bitwise_equal(y, F.dropout(x, p, seed=seed, offset=3), "NaN/inf")
+    keep = np.unpackbits(F.dropout_mask(n, p, seed=seed, offset=3), bitorder="little")[:n].astype(bool)
+    assert np.isnan(y[np.isnan(x)]).all()
+    assert np.array_equal(y[keep & np.isinf(x)], x[keep & np.isinf(x)])
+    assert np.isnan(y[~keep & np.isinf(x)]).all()
+
+
+def test_dropout_seed_none_draws_like_the_cpu(rng):
+    from fastnn import random as frandom
+    g = frandom.default_generator
+    state = g.get_state()
+    try:
+        x = _drop_x(rng, 1000, np.float32)
+        xd = fc.to_device(x)
+        g.manual_seed(77)
+        gpu = [F.dropout(xd, 0.5).numpy() for _ in range(3)]
+        after = g.get_state()
+        g.manual_seed(77)
+        cpu = [F.dropout(x, 0.5) for _ in range(3)]
+        assert g.get_state() == after == (77, 3 * 1024)
+        for a, b in zip(gpu, cpu):
+            _bitwise_equal(a, b, "seed=None")
+        assert not np.array_equal(gpu[0], gpu[1])
+    finally:
+        g.set_state(state)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dropconnect_matches_cpu(dtype, rng):
+    for shape in [(1,), (17, 33), (64, 3, 3)]:
+        w = _drop_x(rng, int(np.prod(shape)), dtype).reshape(shape)
+        gw = rng.standard_normal(shape).astype(dtype)
+        wd, gd = fc.to_device(w), fc.to_device(gw)
+        for p, seed, offset in [(0.5, 1, 0), (0.25, 2**64 - 1, 2**40 + 3), (0.9, 2**32, 65)]:
+            r = F.dropconnect(wd, p, seed=seed, offset=offset)
+            assert r.shape == shape
+            _bitwise_equal(r.numpy(), F.dropconnect(w, p, seed=seed, offset=offset), "dropconnect")
+            out = fc.empty(shape, dtype)
+            assert F.dropconnect_backward(gd, p, seed=seed, offset=offset, out=out) is out
+            _bitwise_equal(out.numpy(), F.dropconnect_backward(gw, p, seed=seed, offset=offset), "dropconnect_backward")
+
+
+def test_dropout_errors():
+    xd = fc.to_device(np.ones((4, 3), np.float32))
+    n = 12
+    with pytest.raises(ValueError, match="p: expected a probability"):
+        F.dropout(xd, 1.5)
+    with pytest.raises(TypeError, match="training: expected a bool"):
+        F.dropout(xd, 0.5, training=1, seed=1)
+    with pytest.raises(ValueError, match="explicit offset needs an explicit seed"):
+        F.dropout(xd, 0.5, offset=64)
+    with pytest.raises(ValueError, match="offset"):
+        F.dropout(xd, 0.5, seed=1, offset=2**64 - n + 1)
+    F.dropout(xd, 0.5, seed=1, offset=2**64 - n)  # the last positions of the stream
+    with pytest.raises(ValueError, match="offset"):
+        F.dropconnect(xd, 0.5, seed=1, offset=2**64 - 5)
+    with pytest.raises(ValueError, match="seed"):
+        F.dropout(xd, 0.5, seed=2**64)
+    with pytest.raises(TypeError, match="seed"):
+        F.dropout_backward(xd, 0.5)
+    with pytest.raises(TypeError, match="seed"):
+        F.dropconnect(xd, 0.5, seed=None)
+    with pytest.raises(TypeError, match="out: expected a CUDA array"):
+        F.dropout(xd, 0.5, seed=1, out=np.empty((4, 3), np.float32))
+    with pytest.raises(ValueError, match=r"out: expected shape \(4, 3\)"):
+        F.dropout(xd, 0.5, training=False, out=fc.empty((3, 4), np.float32))
+    with pytest.raises(TypeError, match="out: expected dtype float32"):
+        F.dropout_backward(xd, 0.5, seed=1, out=fc.empty((4, 3), np.float64))
+    with pytest.raises(TypeError, match="expected a NumPy array"):  # CPU x, CUDA out
+        F.dropout(np.ones((4, 3), np.float32), 0.5, seed=1, out=xd)
+    # masks: NumPy or CUDA uint8 with ceil(n/8) bytes
+    with pytest.raises(ValueError, match=r"mask: expected 2 bytes"):
+        F.dropout_backward(xd, 0.5, seed=1, mask=np.zeros(3, np.uint8))
+    with pytest.raises(TypeError, match="mask: expected a uint8"):
+        F.dropout_backward(xd, 0.5, seed=1, mask=np.zeros(2, np.int8))
+    with pytest.raises(ValueError, match=r"mask: expected 2 bytes"):
+        F.dropout_backward(xd, 0.5, seed=1, mask=_CudaBytes(np.zeros(3, np.uint8)))
+    with pytest.raises(ValueError, match=r"mask: expected 2 bytes"):
+        F.dropout_backward(xd, 0.5, seed=1, mask=_CudaBytes(np.zeros(2, np.uint8), shape=(1, 2)))
+    with pytest.raises(TypeError, match="mask: expected a uint8"):
+        F.dropout_backward(xd, 0.5, seed=1, mask=fc.to_device(np.zeros(2, np.float32)))
+    with pytest.raises(TypeError, match="mask: expected a uint8"):
+        F.dropout_backward(xd, 0.5, seed=1, mask=_CudaBytes(np.zeros(2, np.uint8), typestr="|b1"))
+    with pytest.raises(ValueError, match="mask: expected a contiguous"):
+        F.dropout_backward(xd, 0.5, seed=1, mask=_CudaBytes(np.zeros(4, np.uint8), shape=(2,), strides=(2,)))
+    with pytest.raises(TypeError, match="mask: expected a uint8 array"):
+        F.dropout_backward(xd, 0.5, seed=1, mask=[255, 15])
+    # the bindings refuse what the Python layer would never pass
+    C = fastnn._C
+    with pytest.raises(ValueError, match="offset: offset \\+ number of elements must be at most 2\\*\\*64"):
+        C.cuda_dropout_apply("float32", xd.ptr, xd.ptr, 12, 1, 2**64 - 11, 5, 2.0)
+    with pytest.raises(ValueError, match="y: device pointer is not aligned"):
+        C.cuda_dropout_apply("float32", xd.ptr, xd.ptr + 2, 4, 1, 0, 5, 2.0)
+    with pytest.raises(ValueError, match="mask: null device pointer"):
+        C.cuda_dropout_apply_mask("float64", xd.ptr, 0, xd.ptr, 1, 2.0)
+
+
 # ---- DeviceArray -------------------------------------------------------------------------------------
 
 def test_devices_and_info():
@@ -473,6 +714,32 @@ def test_torch_interop(torch, rng):
     torch.testing.assert_close(F.tanh(xs), torch.tanh(xs), rtol=1e-5, atol=5e-6)
     torch.testing.assert_close(F.selu(xs), torch.nn.functional.selu(xs), rtol=1e-5, atol=5e-6)
     torch.testing.assert_close(F.relu(xs), torch.relu(xs), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_torch_dropout(torch, dtype, rng):
+    n, p, seed, offset = 10007, 0.3, 2**35 + 9, 77
+    x, g = _drop_x(rng, n, dtype), rng.standard_normal(n).astype(dtype)
+    xt, gt = torch.from_numpy(x).cuda(), torch.from_numpy(g).cuda()
+    y = F.dropout(xt, p, seed=seed, offset=offset)
+    assert isinstance(y, torch.Tensor) and y.is_cuda and y.dtype == xt.dtype
+    _bitwise_equal(_host(y), F.dropout(x, p, seed=seed, offset=offset), "torch dropout")
+    want = F.dropout_backward(g, p, seed=seed, offset=offset)
+    mask = F.dropout_mask(n, p, seed=seed, offset=offset)
+    for m in (None, mask, torch.from_numpy(mask).cuda()):
+        gi = F.dropout_backward(gt, p, seed=seed, offset=offset, mask=m)
+        assert isinstance(gi, torch.Tensor)
+        _bitwise_equal(_host(gi), want, "torch dropout_backward")
+    out = torch.empty_like(xt)
+    assert F.dropout(xt, p, seed=seed, offset=offset, out=out) is out
+    assert isinstance(F.dropout(xt, p, training=False), torch.Tensor)
+    # unaligned slices, and the result used by torch right away
+    y1 = F.dropout(xt[1:], p, seed=seed, offset=5)
+    _bitwise_equal(_host(torch.neg(y1)), -F.dropout(x[1:], p, seed=seed, offset=5), "torch x[1:]")
+    with pytest.raises(TypeError, match="mask: expected a uint8"):
+        F.dropout_backward(gt, p, seed=seed, mask=torch.from_numpy(mask).cuda().bool())
+    with pytest.raises(ValueError, match="mask: expected a contiguous"):
+        F.dropout_backward(gt, p, seed=seed, mask=torch.from_numpy(np.repeat(mask, 2)).cuda()[::2])
 
 
 @pytest.fixture

@@ -59,6 +59,12 @@ def test_functional_with_a_cuda_array_raises_runtime_error():
         F.relu(FakeCudaArray())
     with pytest.raises(RuntimeError, match="no CUDA GPU is available|no CUDA support"):
         F.prelu_backward(FakeCudaArray(), FakeCudaArray(), 0.25)
+    for call in (lambda: F.dropout(FakeCudaArray(), 0.5, seed=1), lambda: F.dropout(FakeCudaArray(), training=False),
+                 lambda: F.dropout_backward(FakeCudaArray(), 0.5, seed=1, mask=np.zeros(1, np.uint8)),
+                 lambda: F.dropconnect(FakeCudaArray(), 0.5, seed=1),
+                 lambda: F.dropconnect_backward(FakeCudaArray(), 0.5, seed=1)):
+        with pytest.raises(RuntimeError, match="no CUDA GPU is available|no CUDA support"):
+            call()
 
 
 @no_gpu
@@ -116,6 +122,38 @@ def test_binding_argument_checks():
 
 
 @compiled
+def test_dropout_binding_argument_checks():
+    C = fastnn._C
+    with pytest.raises(ValueError, match=r"offset: offset \+ number of elements must be at most 2\*\*64"):
+        C.cuda_dropout_apply("float32", 16, 16, 4, 1, 2**64 - 3, 5, 2.0)
+    with pytest.raises(ValueError, match=r"offset: offset \+ number of elements"):
+        C.cuda_dropout_mask(2, 1, 2**64 - 1, 5, 16)
+    with pytest.raises(ValueError, match="n: expected a count >= 0"):
+        C.cuda_dropout_mask(-1, 1, 0, 5, 16)
+    with pytest.raises(ValueError, match="n: expected a count >= 0"):
+        C.cuda_dropout_apply_mask("float32", 16, 16, 16, -1, 2.0)
+    with pytest.raises(TypeError, match="dtype: expected 'float32' or 'float64'"):
+        C.cuda_dropout_apply("float16", 16, 16, 4, 1, 0, 5, 2.0)
+    with pytest.raises(ValueError, match="out: null device pointer"):
+        C.cuda_dropout_mask(9, 1, 0, 5, 0)
+    with pytest.raises(ValueError, match="x: null device pointer"):
+        C.cuda_dropout_apply("float64", 0, 16, 4, 1, 0, 5, 2.0)
+    with pytest.raises(ValueError, match="mask: null device pointer"):
+        C.cuda_dropout_apply_mask("float64", 16, 0, 16, 4, 2.0)
+    with pytest.raises(ValueError, match="y: device pointer is not aligned to its 8-byte elements"):
+        C.cuda_dropout_apply("float64", 16, 20, 4, 1, 0, 5, 2.0)
+    with pytest.raises(ValueError, match="x: device pointer is not aligned to its 4-byte elements"):
+        C.cuda_dropout_apply_mask("float32", 18, 16, 16, 4, 2.0)
+    with pytest.raises(TypeError):  # threshold is 32 bits
+        C.cuda_dropout_apply("float32", 16, 16, 4, 1, 0, 2**32, 2.0)
+    # n == 0 launches nothing, so it is fine even without a GPU (and with null pointers); the
+    # last stream position is a valid one.
+    C.cuda_dropout_mask(0, 1, 2**64 - 1, 5, 0)
+    C.cuda_dropout_apply("float32", 0, 0, 0, 1, 2**64 - 1, 5, 2.0)
+    C.cuda_dropout_apply_mask("float64", 0, 0, 0, 0, 2.0)
+
+
+@compiled
 @no_gpu
 def test_binding_calls_without_gpu_raise_runtime_error():
     C = fastnn._C
@@ -123,7 +161,10 @@ def test_binding_calls_without_gpu_raise_runtime_error():
     with pytest.raises(IndexError):
         C.cuda_device_properties(0)
     for call in (lambda: C.cuda_malloc(16), lambda: C.cuda_synchronize(),
-                 lambda: C.cuda_act_forward(0, "float32", 16, 16, 4, 0.01, 1.0, 1.0)):
+                 lambda: C.cuda_act_forward(0, "float32", 16, 16, 4, 0.01, 1.0, 1.0),
+                 lambda: C.cuda_dropout_apply("float32", 16, 16, 4, 1, 2**64 - 4, 5, 2.0),
+                 lambda: C.cuda_dropout_apply_mask("float64", 16, 16, 16, 4, 2.0),
+                 lambda: C.cuda_dropout_mask(4, 1, 0, 5, 16)):
         with pytest.raises(RuntimeError):
             call()
     assert C.cuda_pointer_device(0x10000) == -1

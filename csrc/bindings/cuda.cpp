@@ -1,5 +1,5 @@
-// pybind11 glue for the GPU: device queries, memory, copies, the activation launchers and the
-// DLPack exporter. Device pointers travel as Python ints; python/fastnn/cuda.py owns the arrays
+// pybind11 glue for the GPU: device queries, memory, copies, the activation and dropout launchers
+// and the DLPack exporter. Device pointers travel as Python ints; python/fastnn/cuda.py owns the arrays
 // and checks shapes against them. Checks here keep _C safe to call directly: a bad argument is
 // an exception, never a launch with a bad size.
 #include <Python.h>
@@ -16,6 +16,7 @@
 #include "bindings/dlpack.h"
 #include "cuda/activation.h"
 #include "cuda/device.h"
+#include "cuda/dropout.h"
 
 namespace fastnn {
 
@@ -47,6 +48,13 @@ void check_aligned(uint64_t p, DType dt, const char* name) {
 template <class T>
 T* as_ptr(uint64_t p) {
   return reinterpret_cast<T*>(static_cast<uintptr_t>(p));
+}
+
+// Stream positions offset .. offset + n - 1 must all exist (the last one is 2^64 - 1), as in
+// csrc/bindings/dropout.cpp.
+void check_positions(uint64_t offset, int64_t n) {
+  if (n > 0 && offset > UINT64_MAX - static_cast<uint64_t>(n - 1))
+    throw py::value_error("offset: offset + number of elements must be at most 2**64");
 }
 
 void check_op(int op) {
@@ -328,6 +336,58 @@ void register_cuda(py::module_& m) {
       py::arg("dtype"), py::arg("g_ptr"), py::arg("x_ptr"), py::arg("w_ptr"), py::arg("w_size"), py::arg("gx_ptr"),
       py::arg("gw_ptr"), py::arg("outer"), py::arg("C"), py::arg("inner"),
       "grad_input and grad_weight (w_size elements, summed in double in a fixed order) of PReLU.");
+
+  // ---- dropout launchers (asynchronous on stream 0); the semantics of dropout_mask,
+  // dropout_apply and dropout_apply_mask (csrc/bindings/dropout.cpp), on device pointers ----
+  m.def(
+      "cuda_dropout_mask",
+      [](int64_t n, uint64_t seed, uint64_t offset, uint32_t threshold, uint64_t out) {
+        check_count(n, "n");
+        check_positions(offset, n);
+        check_ptr(out, n, "out");
+        py::gil_scoped_release nogil;
+        cuda::dropout_mask(seed, offset, n, threshold, as_ptr<uint8_t>(out));
+      },
+      py::arg("n"), py::arg("seed"), py::arg("offset"), py::arg("threshold"), py::arg("out_ptr"),
+      "Packed keep bits (1 = kept) of stream positions offset .. offset + n - 1 into ceil(n/8) bytes at out_ptr.");
+  m.def(
+      "cuda_dropout_apply",
+      [](const std::string& dtype, uint64_t x, uint64_t y, int64_t n, uint64_t seed, uint64_t offset,
+         uint32_t threshold, double scale) {
+        const DType dt = parse_dtype(dtype);
+        check_count(n, "n");
+        check_positions(offset, n);
+        check_ptr(x, n, "x");
+        check_ptr(y, n, "y");
+        check_aligned(x, dt, "x");
+        check_aligned(y, dt, "y");
+        py::gil_scoped_release nogil;
+        if (dt == DType::F32)
+          cuda::dropout_apply(as_ptr<const float>(x), as_ptr<float>(y), n, seed, offset, threshold,
+                              static_cast<float>(scale));
+        else cuda::dropout_apply(as_ptr<const double>(x), as_ptr<double>(y), n, seed, offset, threshold, scale);
+      },
+      py::arg("dtype"), py::arg("x_ptr"), py::arg("y_ptr"), py::arg("n"), py::arg("seed"), py::arg("offset"),
+      py::arg("threshold"), py::arg("scale"),
+      "y = x * (keep ? scale : 0) over n elements, keep from the Philox stream at offset + i (y may be x).");
+  m.def(
+      "cuda_dropout_apply_mask",
+      [](const std::string& dtype, uint64_t x, uint64_t mask, uint64_t y, int64_t n, double scale) {
+        const DType dt = parse_dtype(dtype);
+        check_count(n, "n");
+        check_ptr(x, n, "x");
+        check_ptr(mask, n, "mask");
+        check_ptr(y, n, "y");
+        check_aligned(x, dt, "x");
+        check_aligned(y, dt, "y");
+        py::gil_scoped_release nogil;
+        if (dt == DType::F32)
+          cuda::dropout_apply_mask(as_ptr<const float>(x), as_ptr<const uint8_t>(mask), as_ptr<float>(y), n,
+                                   static_cast<float>(scale));
+        else cuda::dropout_apply_mask(as_ptr<const double>(x), as_ptr<const uint8_t>(mask), as_ptr<double>(y), n, scale);
+      },
+      py::arg("dtype"), py::arg("x_ptr"), py::arg("mask_ptr"), py::arg("y_ptr"), py::arg("n"), py::arg("scale"),
+      "y = x * (mask bit i ? scale : 0) over n elements with a packed mask of ceil(n/8) bytes (y may be x).");
 
   // ---- DLPack ----
   m.def("cuda_dlpack_capsule", &dlpack_capsule, py::arg("ptr"), py::arg("shape"), py::arg("dtype"),

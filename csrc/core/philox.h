@@ -23,9 +23,16 @@ struct U32x4 {
 };
 
 FASTNN_HD void mulhilo(uint32_t a, uint32_t b, uint32_t* hi, uint32_t* lo) {
+#if defined(__CUDA_ARCH__)
+  // The same two halves; spelled as 32-bit operations so NVVM never falls back to a 64-bit
+  // multiply (it did across the rounds of a 4-counter unrolled loop).
+  *hi = __umulhi(a, b);
+  *lo = a * b;
+#else
   const uint64_t p = static_cast<uint64_t>(a) * b;
   *hi = static_cast<uint32_t>(p >> 32);
   *lo = static_cast<uint32_t>(p);
+#endif
 }
 
 // One Philox4x32 evaluation: 10 rounds, the key bumped by the Weyl constants between rounds.

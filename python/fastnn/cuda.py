@@ -430,17 +430,19 @@ def _result_like(result: DeviceArray, like):
         return result
 
 
-def _run(out, x: _Arg, inputs, launch):
+def _run(out, x: _Arg, inputs, launch, o: _Arg = None):
     """Runs launch(dst_ptr) writing an array shaped like x; out= is written directly when it is
     exactly x (in place) or disjoint from every input, else through a temporary. Returns the
-    result as the kind of array x is (or out)."""
+    result as the kind of array x is (or out). `o`: out already read by _out_arg (and checked to
+    be on x's device), when the caller had to check it early."""
     if out is None:
         with _on_device(x.device):
             y = DeviceArray(x.shape, x.dtype)
             launch(y.ptr)
         return _result_like(y, x.obj)
-    o = _out_arg(out, x)
-    _same_device([("x", x), ("out", o)])
+    if o is None:
+        o = _out_arg(out, x)
+        _same_device([("x", x), ("out", o)])
     with _on_device(x.device):
         if any(_overlaps(o, a) and not (o.ptr == a.ptr and o.nbytes == a.nbytes) for a in inputs):
             tmp = DeviceArray(x.shape, x.dtype)
@@ -524,3 +526,118 @@ def _prelu_backward(grad_output, x, weight):
         _C.cuda_prelu_backward(xa.dname, ga.ptr, xa.ptr, wa.ptr, wa.size, gx.ptr, gw.ptr, outer, C, inner)
     w_like = x if isinstance(weight, numbers.Real) else weight
     return _result_like(gx, x), _result_like(gw, w_like)
+
+
+# ---- dropout and DropConnect -------------------------------------------------------------------
+# The GPU twins of fastnn.functional's CPU paths: the same argument checks in the same order, the
+# same helpers for seeds, offsets, thresholds and scales, and kernels that keep exactly the
+# positions the CPU kernels keep (csrc/cuda/dropout_kernels.cuh), so every result is bit-identical
+# to the CPU's (NaN payloads aside: the GPU's multiply returns its canonical NaN).
+
+_U8 = np.dtype(np.uint8)
+
+
+def _checked_out(out, xa: _Arg, name: str):
+    """out= read and checked (dtype, shape, writeable, device) before anything else, as on the CPU."""
+    if out is None:
+        return None
+    o = _out_arg(out, xa)
+    _same_device([(name, xa), ("out", o)])
+    return o
+
+
+def _identity(xa: _Arg, out, o):
+    """A copy of x (training=False, p == 0): a new array of x's kind, or x copied into out."""
+    if o is not None and o.ptr == xa.ptr and o.nbytes == xa.nbytes:
+        return out
+    return _run(out, xa, [xa], lambda y: _C.cuda_memcpy_dtod(y, xa.ptr, xa.nbytes), o)
+
+
+def _mask_arg(mask, ga: _Arg):
+    """The packed mask of dropout_backward: (host array, None) for a NumPy uint8 array (checked as
+    on the CPU; uploaded at launch), or (None, _Arg) for a CUDA uint8 array on grad_output's device.
+    Either must be 1-D with ceil(n/8) bytes."""
+    n = ga.size
+    want = (n + 7) // 8
+    if isinstance(mask, np.ndarray):
+        from .functional import _check_mask
+        return _check_mask(mask, n), None
+    cai = getattr(mask, "__cuda_array_interface__", None)
+    if cai is None:
+        raise TypeError(f"mask: expected a uint8 array from dropout_mask (NumPy, or CUDA like grad_output), got "
+                        f"{_type_name(mask)}")
+    dtype = np.dtype(cai["typestr"])
+    if dtype != _U8:
+        raise TypeError(f"mask: expected a uint8 array from dropout_mask, got {dtype}")
+    shape = tuple(int(d) for d in cai["shape"])
+    if len(shape) != 1 or shape[0] != want:
+        raise ValueError(f"mask: expected {want} bytes (ceil(n/8)) for {n} elements, got shape {shape}")
+    strides = cai.get("strides")
+    if not _is_c_contiguous(shape, strides, 1):
+        raise ValueError(f"mask: expected a contiguous CUDA array, got byte strides {tuple(strides)}")
+    if cai.get("mask") is not None:
+        raise ValueError("mask: masked CUDA arrays are not supported")
+    ptr = int(cai["data"][0])
+    if want > 0:
+        device = _C.cuda_pointer_device(ptr)
+        if device < 0:
+            raise TypeError(f"mask: the __cuda_array_interface__ of {_type_name(mask)} does not point to GPU memory")
+    else:
+        device = ga.device
+    ma = _Arg(mask, ptr, shape, _U8, device, True)
+    _same_device([("grad_output", ga), ("mask", ma)])
+    stream = cai.get("stream")
+    if stream is not None:
+        with _on_device(device):
+            _C.cuda_legacy_wait_on(int(stream))
+    return None, ma
+
+
+def _dropout(x, p, training, seed, offset, out):
+    """fastnn.functional.dropout (and dropconnect) with a CUDA x; p already checked."""
+    _require_gpu()
+    xa = _cuda_arg(x, "x")
+    o = _checked_out(out, xa, "x")
+    if not isinstance(training, (bool, np.bool_)):
+        raise TypeError(f"training: expected a bool, got {type(training).__name__}")
+    if not training or p == 0.0:
+        return _identity(xa, out, o)
+    from .functional import _seed_offset, _threshold_scale
+    seed, offset = _seed_offset(seed, offset, xa.size)
+    thr, scale = _threshold_scale(p, xa.dtype)
+    return _run(out, xa, [xa], lambda y: _C.cuda_dropout_apply(
+        xa.dname, xa.ptr, y, xa.size, seed, offset, thr, scale), o)
+
+
+def _dropout_backward(grad_output, p, seed, offset, mask, out):
+    """fastnn.functional.dropout_backward (and dropconnect_backward) with a CUDA grad_output: the
+    keep bits regenerated from (seed, offset), or read from `mask` (NumPy: copied to the GPU)."""
+    _require_gpu()
+    ga = _cuda_arg(grad_output, "grad_output")
+    o = _checked_out(out, ga, "grad_output")
+    from .functional import _random_checked, _threshold_scale
+    seed, offset = _random_checked(seed, offset, ga.size)
+    host_mask, ma = _mask_arg(mask, ga) if mask is not None else (None, None)
+    if p == 0.0:
+        return _identity(ga, out, o)
+    thr, scale = _threshold_scale(p, ga.dtype)
+    n = ga.size
+    if mask is None:
+        return _run(out, ga, [ga], lambda y: _C.cuda_dropout_apply(
+            ga.dname, ga.ptr, y, n, seed, offset, thr, scale), o)
+    if ma is not None:
+        return _run(out, ga, [ga, ma], lambda y: _C.cuda_dropout_apply_mask(
+            ga.dname, ga.ptr, ma.ptr, y, n, scale), o)
+
+    def launch(y):
+        # (inside _run's _on_device) The upload is ordered before the kernel on stream 0, and the
+        # block may go back to the cache as soon as the kernel is queued: its next user is
+        # ordered after the kernel too.
+        buf = _C.cuda_malloc(host_mask.nbytes)
+        try:
+            _C.cuda_memcpy_htod(buf, host_mask)
+            _C.cuda_dropout_apply_mask(ga.dname, ga.ptr, buf, y, n, scale)
+        finally:
+            _C.cuda_free(buf)
+
+    return _run(out, ga, [ga], launch, o)
