@@ -205,51 +205,40 @@ inline void flush_to_double(V acc, double* dst, int64_t n) {
 constexpr int64_t kFlushRows = 64;  // rows summed in T before adding to the double accumulators
 
 // gx = gy * (x > 0 ? 1 : w[c]); gw_acc[c] += sum over rows (x > 0 ? 0 : x * gy).
-// Tiles of kTile vectors across C and kFlushRows down the rows: each row contributes kTile
-// contiguous vectors (long sequential runs for the prefetcher) to kTile accumulators in T, which
-// are added to the double sums once per tile. The summation order depends only on the shape.
-constexpr int kTile = 8;
-
+// Rows are walked in order, in panels of up to 16 KiB of columns (the whole row when it fits), so
+// memory is read in long sequential runs; the panel's sums build up in T in an L1-resident
+// buffer over kFlushRows rows, then go to the double sums. The order depends only on the shape.
 template <class T>
 void prelu_last_bwd(const T* g, const T* x, const T* w, T* gx, double* gw_acc, int64_t rows, int64_t C,
                     bool stream) {
   using V = Vec<T>;
+  constexpr int64_t kPanel = 16384 / sizeof(T);
   const V zero = V::set1(T(0)), one = V::set1(T(1));
   stream = stream && (reinterpret_cast<uintptr_t>(gx) & 63) == 0 && (C * sizeof(T)) % 64 == 0;
-  for (int64_t r0 = 0; r0 < rows; r0 += kFlushRows) {
-    const int64_t r1 = r0 + kFlushRows < rows ? r0 + kFlushRows : rows;
-    for (int64_t c0 = 0; c0 < C; c0 += kTile * V::W) {
-      const int64_t tile = C - c0 < kTile * V::W ? C - c0 : kTile * V::W;
-      const int64_t full = tile / V::W, rest = tile % V::W;
-      V wv[kTile + 1], acc[kTile + 1];
-      for (int k = 0; k < full; ++k) {
-        wv[k] = V::load(w + c0 + k * V::W);
-        acc[k] = zero;
-      }
-      if (rest) {
-        wv[full] = V::load_partial(w + c0 + full * V::W, rest);
-        acc[full] = zero;
-      }
+  alignas(64) T acc[kPanel];
+  for (int64_t c0 = 0; c0 < C; c0 += kPanel) {
+    const int64_t width = C - c0 < kPanel ? C - c0 : kPanel;
+    const int64_t full = width / V::W * V::W, rest = width - full;
+    for (int64_t r0 = 0; r0 < rows; r0 += kFlushRows) {
+      const int64_t r1 = r0 + kFlushRows < rows ? r0 + kFlushRows : rows;
+      for (int64_t c = 0; c < width; ++c) acc[c] = T(0);
       for (int64_t r = r0; r < r1; ++r) {
         const int64_t o = r * C + c0;
-        for (int k = 0; k < full; ++k) {
-          const int64_t ok = o + k * V::W;
-          V gv = V::load(g + ok), xv = V::load(x + ok);
+        for (int64_t c = 0; c < full; c += V::W) {
+          V gv = V::load(g + o + c), xv = V::load(x + o + c);
           auto pos = cmp_gt(xv, zero);
-          V out = gv * nan_where_x_nan(select(pos, one, wv[k]), xv);
-          if (stream) out.store_stream(gx + ok); else out.store(gx + ok);
-          acc[k] = acc[k] + select(pos, zero, xv * gv);
+          V out = gv * nan_where_x_nan(select(pos, one, V::load(w + c0 + c)), xv);
+          if (stream) out.store_stream(gx + o + c); else out.store(gx + o + c);
+          (V::load(acc + c) + select(pos, zero, xv * gv)).store(acc + c);
         }
         if (rest) {
-          const int64_t ok = o + full * V::W;
-          V gv = V::load_partial(g + ok, rest), xv = V::load_partial(x + ok, rest);
+          V gv = V::load_partial(g + o + full, rest), xv = V::load_partial(x + o + full, rest);
           auto pos = cmp_gt(xv, zero);
-          (gv * nan_where_x_nan(select(pos, one, wv[full]), xv)).store_partial(gx + ok, rest);
-          acc[full] = acc[full] + select(pos, zero, xv * gv);
+          (gv * nan_where_x_nan(select(pos, one, V::load_partial(w + c0 + full, rest)), xv)).store_partial(gx + o + full, rest);
+          (V::load_partial(acc + full, rest) + select(pos, zero, xv * gv)).store_partial(acc + full, rest);
         }
       }
-      for (int k = 0; k < full; ++k) flush_to_double(acc[k], gw_acc + c0 + k * V::W, V::W);
-      if (rest) flush_to_double(acc[full], gw_acc + c0 + full * V::W, rest);
+      for (int64_t c = 0; c < width; ++c) gw_acc[c0 + c] += static_cast<double>(acc[c]);
     }
   }
   if (stream) stream_fence();
