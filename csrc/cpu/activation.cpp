@@ -58,7 +58,7 @@ template <class V>
 inline V sigmoid_v(V x) {
   using T = typename V::T;
   const V one = V::set1(T(1));
-  V e = vexp(V::set1(T(0)) - vabs(x));
+  V e = vexp_nonpos(V::set1(T(0)) - vabs(x));
   return V::div_bounded(select(cmp_lt(x, V::set1(T(0))), e, one), one + e);
 }
 
@@ -66,7 +66,7 @@ inline V sigmoid_v(V x) {
 template <class V>
 inline V sigmoid_grad_v(V x) {
   using T = typename V::T;
-  V e = vexp(V::set1(T(0)) - vabs(x));
+  V e = vexp_nonpos(V::set1(T(0)) - vabs(x));
   V d = V::set1(T(1)) + e;
   return V::div_bounded(e, d * d);
 }
@@ -76,7 +76,7 @@ inline V sigmoid_grad_v(V x) {
 template <class V>
 inline V tanh_v(V x) {
   using T = typename V::T;
-  V e = vexpm1(vabs(x) * V::set1(T(-2)));
+  V e = vexpm1_nonpos(vabs(x) * V::set1(T(-2)));
   return copysign(V::div_bounded(e, V::set1(T(-2)) - e), x);
 }
 
@@ -84,7 +84,7 @@ inline V tanh_v(V x) {
 template <class V>
 inline V tanh_grad_v(V x) {
   using T = typename V::T;
-  V e = vexp(vabs(x) * V::set1(T(-2)));
+  V e = vexp_nonpos(vabs(x) * V::set1(T(-2)));
   V d = V::set1(T(1)) + e;
   return V::div_bounded(V::set1(T(4)) * e, d * d);
 }
@@ -152,7 +152,9 @@ void elu_fwd(const T* x, T* y, int64_t n, const ActParams& p) {
   using V = Vec<T>;
   const V zero = V::set1(T(0)), pos = V::set1(static_cast<T>(p.scale)),
           neg = V::set1(static_cast<T>(p.scale * p.alpha));
-  map1<V>(x, y, n, p.stream, [=](V v) { return select(cmp_gt(v, zero), v * pos, vexpm1(v) * neg); });
+  // expm1 of min(x, 0) (NaN kept: vmin returns its second operand): the x > 0 lanes are
+  // selected away, so they need no overflow handling.
+  map1<V>(x, y, n, p.stream, [=](V v) { return select(cmp_gt(v, zero), v * pos, vexpm1_nonpos(vmin(zero, v)) * neg); });
 }
 // f'(x) = x > 0 ? scale : scale*alpha*exp(x); at 0 that is scale*alpha, as in PyTorch.
 template <class T>
@@ -160,7 +162,8 @@ void elu_bwd(const T* g, const T* x, T* gx, int64_t n, const ActParams& p) {
   using V = Vec<T>;
   const V zero = V::set1(T(0)), pos = V::set1(static_cast<T>(p.scale)),
           neg = V::set1(static_cast<T>(p.scale * p.alpha));
-  map2<V>(g, x, gx, n, p.stream, [=](V gv, V xv) { return gv * select(cmp_gt(xv, zero), pos, vexp(xv) * neg); });
+  map2<V>(g, x, gx, n, p.stream,
+          [=](V gv, V xv) { return gv * select(cmp_gt(xv, zero), pos, vexp_nonpos(vmin(zero, xv)) * neg); });
 }
 
 template <class T>
