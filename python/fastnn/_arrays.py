@@ -131,7 +131,7 @@ def c_output_ok(out: np.ndarray, *inputs) -> bool:
     of the inputs (in place) or disjoint from all of them."""
     if not (out.flags.c_contiguous and out.flags.aligned):
         return False
-    return not any(not same_memory(a, out) and np.may_share_memory(a, out) for a in inputs)
+    return not any(a is not out and np.may_share_memory(a, out) and not same_memory(a, out) for a in inputs)
 
 
 def check_same_shape(a: np.ndarray, an: str, b: np.ndarray, bn: str) -> None:
@@ -158,7 +158,8 @@ def elementwise(kernel, inputs, out):
         kernel(*views, rv)
         return result
     ov = view_in_order(out, order)
-    if ov is not None and any(not same_memory(a, out) and np.may_share_memory(a, out) for a in inputs):
+    if ov is not None and any(a is not out and np.may_share_memory(a, out) and not same_memory(a, out)
+                              for a in inputs):
         ov = None
     if ov is not None:
         kernel(*views, ov)
