@@ -136,12 +136,22 @@ void keep_blocks(uint64_t seed, uint64_t b0, int64_t nblocks, uint32_t thr, uint
 constexpr int64_t kWindow = 4096;  // positions per window (64 words of bits, on the stack)
 
 // bits[w] = keep bits of positions q + 64w .. q + 64w + 63; n <= kWindow; bits past n are zero.
-void window_bits(uint64_t seed, uint64_t q, int64_t n, uint32_t thr, uint64_t* bits) {
+// While the Philox rounds run, the [pf, pf + pf_bytes) range (the data the caller touches next)
+// is prefetched a few lines at a time, so memory and arithmetic overlap.
+void window_bits(uint64_t seed, uint64_t q, int64_t n, uint32_t thr, uint64_t* bits, const char* pf = nullptr,
+                 int64_t pf_bytes = 0) {
   const uint64_t b0 = q >> 6;
   const int sh = static_cast<int>(q & 63);
   const int64_t nblocks = (sh + n + 63) >> 6;  // (not from q + n: that can wrap at 2^64)
   uint64_t K[kWindow / 64 + 2];
-  keep_blocks(seed, b0, nblocks, thr, K);
+  constexpr int64_t kStep = 8;  // blocks per Philox batch between prefetch bursts
+  const int64_t pf_per_step = pf ? (pf_bytes + 64 * ((nblocks + kStep - 1) / kStep) - 1) /
+                                       (64 * ((nblocks + kStep - 1) / kStep)) : 0;
+  int64_t pf_at = 0;
+  for (int64_t i = 0; i < nblocks; i += kStep) {
+    keep_blocks(seed, b0 + static_cast<uint64_t>(i), nblocks - i < kStep ? nblocks - i : kStep, thr, K + i);
+    for (int64_t l = 0; l < pf_per_step && pf_at < pf_bytes; ++l, pf_at += 64) __builtin_prefetch(pf + pf_at, 0, 3);
+  }
   K[nblocks] = 0;
   const int64_t words = (n + 63) / 64;
   for (int64_t w = 0; w < words; ++w) bits[w] = sh ? (K[w] >> sh) | (K[w + 1] << (64 - sh)) : K[w];
@@ -190,6 +200,8 @@ inline bool can_stream(const T* y, bool stream) {
   return stream && (reinterpret_cast<uintptr_t>(y) & 63) == 0;
 }
 
+// The window's x is prefetched while its keep bits are computed, so the loads stream in during
+// the (compute-bound) Philox rounds instead of after them.
 template <class T>
 void apply(const T* x, T* y, int64_t n, uint64_t seed, uint64_t q0, uint32_t thr, T scale, bool stream) {
   using V = Vec<T>;
@@ -197,7 +209,8 @@ void apply(const T* x, T* y, int64_t n, uint64_t seed, uint64_t q0, uint32_t thr
   uint64_t bits[kWindow / 64];
   for (int64_t i = 0; i < n; i += kWindow) {
     const int64_t len = n - i < kWindow ? n - i : kWindow;
-    window_bits(seed, q0 + static_cast<uint64_t>(i), len, thr, bits);
+    window_bits(seed, q0 + static_cast<uint64_t>(i), len, thr, bits, reinterpret_cast<const char*>(x + i),
+                len * static_cast<int64_t>(sizeof(T)));
     apply_window<V>(x + i, y + i, len, bits, V::set1(scale), stream);
   }
   if (stream) stream_fence();
