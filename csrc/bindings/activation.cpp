@@ -71,9 +71,10 @@ void prelu_forward_impl(const T* x, const std::vector<T>& w, T* y, PreluShape s)
   const auto& k = activation_kernels_for<T>();
   const bool stream = use_stream(s.outer * s.C * s.inner, sizeof(T), 2);
   if (s.inner == 1) {  // (rows, C): the weight runs along the contiguous axis
-    const int64_t grain = std::max<int64_t>(1, kGrainElements / s.C);
-    parallel_for(s.outer, grain, 1, [&](int64_t b, int64_t e) {
-      k.prelu_last_forward(x + b * s.C, w.data(), y + b * s.C, e - b, s.C, stream);
+    std::vector<T> wext(static_cast<size_t>(s.C + kPreluWeightPad));
+    for (size_t j = 0; j < wext.size(); ++j) wext[j] = w[j % static_cast<size_t>(s.C)];
+    parallel_for(s.outer * s.C, kGrainElements, kAlign, [&](int64_t b, int64_t e) {
+      k.prelu_last_forward(x + b, wext.data(), y + b, e - b, s.C, b % s.C, stream);
     });
     return;
   }

@@ -36,18 +36,26 @@ inline void map1(const typename V::T* x, typename V::T* y, int64_t n, bool strea
   if (i < n) f(V::load_partial(x + i, n - i)).store_partial(y + i, n - i);
 }
 
-// out[i] = f(a[i], b[i]), as map1.
+// out[i] = f(a[i], b[i]), as map1 but without the closing fence (for callers that run it on
+// many rows and fence once).
 template <class V, class F>
-inline void map2(const typename V::T* a, const typename V::T* b, typename V::T* out, int64_t n, bool stream, F f) {
+inline void map2_unfenced(const typename V::T* a, const typename V::T* b, typename V::T* out, int64_t n, bool stream,
+                          F f) {
   int64_t i = 0;
   const int64_t head = stream ? head_to_line(out, n) : -1;
   if (head >= 0) {
     if (head > 0) f(V::load_partial(a, head), V::load_partial(b, head)).store_partial(out, head);
     for (i = head; i + V::W <= n; i += V::W) f(V::load(a + i), V::load(b + i)).store_stream(out + i);
-    stream_fence();
   }
   for (; i + V::W <= n; i += V::W) f(V::load(a + i), V::load(b + i)).store(out + i);
   if (i < n) f(V::load_partial(a + i, n - i), V::load_partial(b + i, n - i)).store_partial(out + i, n - i);
+}
+
+// out[i] = f(a[i], b[i]), as map1.
+template <class V, class F>
+inline void map2(const typename V::T* a, const typename V::T* b, typename V::T* out, int64_t n, bool stream, F f) {
+  map2_unfenced<V>(a, b, out, n, stream, f);
+  if (stream) stream_fence();
 }
 
 // ---- the math of each op, on one vector ----------------------------------------------------
@@ -173,28 +181,37 @@ void copy_fwd(const T* x, T* y, int64_t n, const ActParams& p) {
 
 // ---- PReLU with the channel axis contiguous: x is (rows, C) --------------------------------
 
-// Rows are streamed whole; with `stream` (and a 64-byte-aligned y) the stores bypass the cache
-// (rows start 64-byte aligned only when C * sizeof(T) is a multiple of 64; otherwise plain stores).
+// x, y are a run of n elements of a (rows, C) array whose first element sits in channel c0.
+// wext is the weight repeated to C + 64 elements, so the W weights of any vector are one
+// unaligned load at the running channel index, even across a row boundary (or several, C < W).
+// The run is streamed like map1 (aligned head, non-temporal body) whatever C is.
 template <class T>
-void prelu_last_fwd(const T* x, const T* w, T* y, int64_t rows, int64_t C, bool stream) {
+void prelu_last_fwd(const T* x, const T* wext, T* y, int64_t n, int64_t C, int64_t c0, bool stream) {
   using V = Vec<T>;
   const V zero = V::set1(T(0));
-  stream = stream && (reinterpret_cast<uintptr_t>(y) & 63) == 0 && (C * sizeof(T)) % 64 == 0;
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* xr = x + r * C;
-    T* yr = y + r * C;
-    int64_t c = 0;
-    for (; c + V::W <= C; c += V::W) {
-      V v = V::load(xr + c);
-      V out = select(cmp_gt(v, zero), v, v * V::load(w + c));
-      if (stream) out.store_stream(yr + c); else out.store(yr + c);
+  int64_t c = c0;
+  auto advance = [&](int64_t k) {
+    c += k;
+    while (c >= C) c -= C;
+  };
+  auto f = [&](V v) { return select(cmp_gt(v, zero), v, v * V::load(wext + c)); };
+  int64_t i = 0;
+  const int64_t head = stream ? head_to_line(y, n) : -1;
+  if (head >= 0) {
+    if (head > 0) {
+      select(cmp_gt(V::load_partial(x, head), zero), V::load_partial(x, head),
+             V::load_partial(x, head) * V::load_partial(wext + c, head))
+          .store_partial(y, head);
+      advance(head);
     }
-    if (c < C) {
-      V v = V::load_partial(xr + c, C - c);
-      select(cmp_gt(v, zero), v, v * V::load_partial(w + c, C - c)).store_partial(yr + c, C - c);
-    }
+    for (i = head; i + V::W <= n; i += V::W, advance(V::W)) f(V::load(x + i)).store_stream(y + i);
+    stream_fence();
   }
-  if (stream) stream_fence();
+  for (; i + V::W <= n; i += V::W, advance(V::W)) f(V::load(x + i)).store(y + i);
+  if (i < n) {
+    V v = V::load_partial(x + i, n - i);
+    select(cmp_gt(v, zero), v, v * V::load_partial(wext + c, n - i)).store_partial(y + i, n - i);
+  }
 }
 
 // Adds the lanes of acc (a partial sum in T over at most kFlushRows rows) to double sums.

@@ -26,9 +26,11 @@ using ActForwardFn = void (*)(const T* x, T* y, int64_t n, const ActParams& p);
 template <class T>
 using ActBackwardFn = void (*)(const T* gy, const T* x, T* gx, int64_t n, const ActParams& p);
 
-// PReLU with the channel axis contiguous: x, y are (rows, C), weight is (C).
+// PReLU with the channel axis contiguous: x, y are n consecutive elements of a (rows, C) array,
+// the first in channel c0; wext is the weight repeated to C + kPreluWeightPad elements.
+constexpr int64_t kPreluWeightPad = 64;
 template <class T>
-using PreluLastFwdFn = void (*)(const T* x, const T* w, T* y, int64_t rows, int64_t C, bool stream);
+using PreluLastFwdFn = void (*)(const T* x, const T* wext, T* y, int64_t n, int64_t C, int64_t c0, bool stream);
 // gx = gy * (x > 0 ? 1 : w[c]); gw_acc[c] += sum over rows of (x > 0 ? 0 : x * gy), in double.
 template <class T>
 using PreluLastBwdFn = void (*)(const T* gy, const T* x, const T* w, T* gx, double* gw_acc,
