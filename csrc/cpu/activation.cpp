@@ -11,15 +11,6 @@ namespace fastnn {
 namespace FASTNN_ISA_NS {
 namespace {
 
-// Elements before p reaches a 64-byte boundary (0 if p is not even element-aligned).
-template <class T>
-inline int64_t head_to_line(const T* p, int64_t n) {
-  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
-  if (a % sizeof(T)) return -1;
-  int64_t h = static_cast<int64_t>(((64 - (a & 63)) & 63) / sizeof(T));
-  return h < n ? h : n;
-}
-
 // y[i] = f(x[i]). Each element goes through the same f whatever vector it lands in (tails use
 // masked loads/stores), so the result does not depend on alignment or chunking. With `stream`,
 // a masked head brings y to a cache-line boundary and the body uses non-temporal stores.

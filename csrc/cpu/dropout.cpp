@@ -193,8 +193,8 @@ inline void apply_window(const typename V::T* x, typename V::T* y, int64_t n, co
   }
 }
 
-// Streaming stores need 64-byte-aligned windows of y: callers (the pool) start chunks on
-// 64-element boundaries, so a window is aligned iff y is; otherwise plain stores are used.
+// Streaming stores need 64-byte-aligned windows of y: with a stored mask, windows must start on
+// whole mask bytes, so streaming is used only when y itself is aligned.
 template <class T>
 inline bool can_stream(const T* y, bool stream) {
   return stream && (reinterpret_cast<uintptr_t>(y) & 63) == 0;
@@ -202,16 +202,24 @@ inline bool can_stream(const T* y, bool stream) {
 
 // The window's x is prefetched while its keep bits are computed, so the loads stream in during
 // the (compute-bound) Philox rounds instead of after them.
+// With `stream`, a first short window brings y to a cache-line boundary (windows may start at
+// any position), so every later window gets non-temporal stores.
 template <class T>
 void apply(const T* x, T* y, int64_t n, uint64_t seed, uint64_t q0, uint32_t thr, T scale, bool stream) {
   using V = Vec<T>;
-  stream = can_stream(y, stream);
+  int64_t head = stream ? head_to_line(y, n) : 0;
+  if (head < 0) {  // y not even element-aligned: plain stores throughout
+    stream = false;
+    head = 0;
+  }
   uint64_t bits[kWindow / 64];
-  for (int64_t i = 0; i < n; i += kWindow) {
-    const int64_t len = n - i < kWindow ? n - i : kWindow;
+  for (int64_t i = 0; i < n;) {
+    const int64_t len = i == 0 && head > 0 ? head : (n - i < kWindow ? n - i : kWindow);
+    const bool st = stream && !(i == 0 && head > 0);
     window_bits(seed, q0 + static_cast<uint64_t>(i), len, thr, bits, reinterpret_cast<const char*>(x + i),
                 len * static_cast<int64_t>(sizeof(T)));
-    apply_window<V>(x + i, y + i, len, bits, V::set1(scale), stream);
+    apply_window<V>(x + i, y + i, len, bits, V::set1(scale), st);
+    i += len;
   }
   if (stream) stream_fence();
 }

@@ -34,6 +34,15 @@ namespace FASTNN_ISA_NS {
 template <class T>
 struct Vec;
 
+// Elements before p reaches a 64-byte boundary (0 if p is not even element-aligned).
+template <class T>
+inline int64_t head_to_line(const T* p, int64_t n) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  if (a % sizeof(T)) return -1;
+  int64_t h = static_cast<int64_t>(((64 - (a & 63)) & 63) / sizeof(T));
+  return h < n ? h : n;
+}
+
 // Orders non-temporal stores before whatever the caller does next.
 inline void stream_fence() {
 #if FASTNN_ISA >= 1
