@@ -265,8 +265,10 @@ void register_cuda(py::module_& m) {
         check_aligned(y, dt, "y");
         const ActParams p = make_params(slope, alpha, scale);
         py::gil_scoped_release nogil;
-        if (dt == DType::F32) cuda::act_forward(op, as_ptr<const float>(x), as_ptr<float>(y), n, p);
-        else cuda::act_forward(op, as_ptr<const double>(x), as_ptr<double>(y), n, p);
+        dispatch_float(dt, [&](auto zero) {
+          using T = decltype(zero);
+          cuda::act_forward(op, as_ptr<const T>(x), as_ptr<T>(y), n, p);
+        });
       },
       py::arg("op"), py::arg("dtype"), py::arg("x_ptr"), py::arg("y_ptr"), py::arg("n"), py::arg("slope"),
       py::arg("alpha"), py::arg("scale"), "y = f(x) over n elements (y may be x).");
@@ -285,9 +287,10 @@ void register_cuda(py::module_& m) {
         check_aligned(y, dt, "y");
         const ActParams p = make_params(slope, alpha, scale);
         py::gil_scoped_release nogil;
-        if (dt == DType::F32)
-          cuda::act_backward(op, as_ptr<const float>(g), as_ptr<const float>(x), as_ptr<float>(y), n, p);
-        else cuda::act_backward(op, as_ptr<const double>(g), as_ptr<const double>(x), as_ptr<double>(y), n, p);
+        dispatch_float(dt, [&](auto zero) {
+          using T = decltype(zero);
+          cuda::act_backward(op, as_ptr<const T>(g), as_ptr<const T>(x), as_ptr<T>(y), n, p);
+        });
       },
       py::arg("op"), py::arg("dtype"), py::arg("g_ptr"), py::arg("x_ptr"), py::arg("y_ptr"), py::arg("n"),
       py::arg("slope"), py::arg("alpha"), py::arg("scale"), "y = grad_output * f'(x) over n elements.");
@@ -303,11 +306,10 @@ void register_cuda(py::module_& m) {
         for (auto [p, name] : {std::pair<uint64_t, const char*>{x, "x"}, {w, "weight"}, {y, "y"}})
           check_aligned(p, dt, name);
         py::gil_scoped_release nogil;
-        if (dt == DType::F32)
-          cuda::prelu_forward(as_ptr<const float>(x), as_ptr<const float>(w), w_size, as_ptr<float>(y), outer, C, inner);
-        else
-          cuda::prelu_forward(as_ptr<const double>(x), as_ptr<const double>(w), w_size, as_ptr<double>(y), outer, C,
-                              inner);
+        dispatch_float(dt, [&](auto zero) {
+          using T = decltype(zero);
+          cuda::prelu_forward(as_ptr<const T>(x), as_ptr<const T>(w), w_size, as_ptr<T>(y), outer, C, inner);
+        });
       },
       py::arg("dtype"), py::arg("x_ptr"), py::arg("w_ptr"), py::arg("w_size"), py::arg("y_ptr"), py::arg("outer"),
       py::arg("C"), py::arg("inner"), "PReLU over x viewed as (outer, C, inner); weight has 1 or C elements.");
@@ -326,12 +328,11 @@ void register_cuda(py::module_& m) {
                                {gx, "grad_input"}, {gw, "grad_weight"}})
           check_aligned(p, dt, name);
         py::gil_scoped_release nogil;
-        if (dt == DType::F32)
-          cuda::prelu_backward(as_ptr<const float>(g), as_ptr<const float>(x), as_ptr<const float>(w), w_size,
-                               as_ptr<float>(gx), as_ptr<float>(gw), outer, C, inner);
-        else
-          cuda::prelu_backward(as_ptr<const double>(g), as_ptr<const double>(x), as_ptr<const double>(w), w_size,
-                               as_ptr<double>(gx), as_ptr<double>(gw), outer, C, inner);
+        dispatch_float(dt, [&](auto zero) {
+          using T = decltype(zero);
+          cuda::prelu_backward(as_ptr<const T>(g), as_ptr<const T>(x), as_ptr<const T>(w), w_size, as_ptr<T>(gx),
+                               as_ptr<T>(gw), outer, C, inner);
+        });
       },
       py::arg("dtype"), py::arg("g_ptr"), py::arg("x_ptr"), py::arg("w_ptr"), py::arg("w_size"), py::arg("gx_ptr"),
       py::arg("gw_ptr"), py::arg("outer"), py::arg("C"), py::arg("inner"),
@@ -362,10 +363,10 @@ void register_cuda(py::module_& m) {
         check_aligned(x, dt, "x");
         check_aligned(y, dt, "y");
         py::gil_scoped_release nogil;
-        if (dt == DType::F32)
-          cuda::dropout_apply(as_ptr<const float>(x), as_ptr<float>(y), n, seed, offset, threshold,
-                              static_cast<float>(scale));
-        else cuda::dropout_apply(as_ptr<const double>(x), as_ptr<double>(y), n, seed, offset, threshold, scale);
+        dispatch_float(dt, [&](auto zero) {
+          using T = decltype(zero);
+          cuda::dropout_apply(as_ptr<const T>(x), as_ptr<T>(y), n, seed, offset, threshold, static_cast<T>(scale));
+        });
       },
       py::arg("dtype"), py::arg("x_ptr"), py::arg("y_ptr"), py::arg("n"), py::arg("seed"), py::arg("offset"),
       py::arg("threshold"), py::arg("scale"),
@@ -381,10 +382,11 @@ void register_cuda(py::module_& m) {
         check_aligned(x, dt, "x");
         check_aligned(y, dt, "y");
         py::gil_scoped_release nogil;
-        if (dt == DType::F32)
-          cuda::dropout_apply_mask(as_ptr<const float>(x), as_ptr<const uint8_t>(mask), as_ptr<float>(y), n,
-                                   static_cast<float>(scale));
-        else cuda::dropout_apply_mask(as_ptr<const double>(x), as_ptr<const uint8_t>(mask), as_ptr<double>(y), n, scale);
+        dispatch_float(dt, [&](auto zero) {
+          using T = decltype(zero);
+          cuda::dropout_apply_mask(as_ptr<const T>(x), as_ptr<const uint8_t>(mask), as_ptr<T>(y), n,
+                                   static_cast<T>(scale));
+        });
       },
       py::arg("dtype"), py::arg("x_ptr"), py::arg("mask_ptr"), py::arg("y_ptr"), py::arg("n"), py::arg("scale"),
       "y = x * (mask bit i ? scale : 0) over n elements with a packed mask of ceil(n/8) bytes (y may be x).");

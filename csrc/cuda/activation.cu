@@ -21,6 +21,7 @@
 #include <utility>
 
 #include "cuda/device.h"
+#include "cuda/launch.cuh"
 
 namespace fastnn {
 namespace cuda {
@@ -346,35 +347,11 @@ __global__ void __launch_bounds__(kThreads) prelu_wgrad_reduce_kernel(const doub
 // ------------------------------------------------------------------------------------------------
 // kernel launchers
 
-void check_launch(const char* what) { check(static_cast<int>(cudaGetLastError()), what); }
+using launch::ceil_div;
+using launch::check_launch;
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-// Blocks for `work` items of a kThreads-wide grid-stride kernel: at most one full wave, i.e. as
-// many as can be resident at once (SMs x the kernel's occupancy, which its register count sets),
-// so no partial second wave leaves SMs idle at the end.
 template <class Kernel>
-unsigned grid_for(Kernel kernel, int64_t work) {
-  static std::mutex mu;
-  static std::map<std::pair<const void*, int>, int> per_sm;  // (kernel, device) -> resident blocks per SM
-  const int dev = get_device();
-  const auto key = std::make_pair(reinterpret_cast<const void*>(kernel), dev);
-  int blocks = 0;
-  {
-    std::lock_guard<std::mutex> lock(mu);
-    auto it = per_sm.find(key);
-    if (it != per_sm.end()) blocks = it->second;
-  }
-  if (blocks <= 0) {
-    check(static_cast<int>(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kThreads, 0)),
-          "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
-    blocks = std::max(blocks, 1);
-    std::lock_guard<std::mutex> lock(mu);
-    per_sm[key] = blocks;
-  }
-  const int64_t cap = static_cast<int64_t>(multiprocessor_count()) * blocks;
-  return static_cast<unsigned>(std::max<int64_t>(1, std::min(ceil_div(work, kThreads), cap)));
-}
+unsigned grid_for(Kernel kernel, int64_t work) { return launch::grid_for<kThreads>(kernel, work); }
 
 // The head / packets / tail split for pointers that must be aligned alike.
 struct Split {

@@ -17,6 +17,7 @@
 
 #include "cuda/device.h"
 #include "cuda/dropout_kernels.cuh"
+#include "cuda/launch.cuh"
 
 namespace fastnn {
 namespace cuda {
@@ -24,39 +25,12 @@ namespace {
 
 using namespace dropout_detail;
 
-void check_launch(const char* what) { check(static_cast<int>(cudaGetLastError()), what); }
+using launch::check_launch;
+using launch::ceil_div;
+using launch::full_wave;
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-// Blocks resident at once on the current device for a kThreads-wide kernel (SMs x occupancy),
-// cached per (kernel, device): the size of one full wave of a grid-stride kernel.
 template <class Kernel>
-int64_t full_wave(Kernel kernel) {
-  static std::mutex mu;
-  static std::map<std::pair<const void*, int>, int> per_sm;
-  const int dev = get_device();
-  const auto key = std::make_pair(reinterpret_cast<const void*>(kernel), dev);
-  int blocks = 0;
-  {
-    std::lock_guard<std::mutex> lock(mu);
-    auto it = per_sm.find(key);
-    if (it != per_sm.end()) blocks = it->second;
-  }
-  if (blocks <= 0) {
-    check(static_cast<int>(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kThreads, 0)),
-          "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
-    blocks = std::max(blocks, 1);
-    std::lock_guard<std::mutex> lock(mu);
-    per_sm[key] = blocks;
-  }
-  return static_cast<int64_t>(multiprocessor_count()) * blocks;
-}
-
-// Blocks for `work` thread-items of a grid-stride kernel: at most one full wave.
-template <class Kernel>
-unsigned grid_for(Kernel kernel, int64_t work) {
-  return static_cast<unsigned>(std::max<int64_t>(1, std::min(ceil_div(work, kThreads), full_wave(kernel))));
-}
+unsigned grid_for(Kernel kernel, int64_t work) { return launch::grid_for<kThreads>(kernel, work); }
 
 template <class T>
 void apply_impl(const T* x, T* y, int64_t n, uint64_t seed, uint64_t q0, uint32_t thr, T scale) {
@@ -89,7 +63,7 @@ void dropout_mask(uint64_t seed, uint64_t q0, int64_t n, uint32_t threshold, uin
   const MaskPlan p = plan_mask(n, q0);
   // Contiguous runs of tiles per block (the carried keep word needs them in order); every
   // block gets at least one tile.
-  const int64_t blocks = std::max<int64_t>(1, std::min(p.ntiles, full_wave(mask_kernel)));
+  const int64_t blocks = std::max<int64_t>(1, std::min(p.ntiles, full_wave<kThreads>(mask_kernel)));
   const int64_t per_block = ceil_div(p.ntiles, blocks);
   const unsigned grid = static_cast<unsigned>(ceil_div(p.ntiles, per_block));
   mask_kernel<<<grid, kThreads>>>(out, n, seed, p.b0, p.s, threshold, p.R, p.ntiles, per_block);
