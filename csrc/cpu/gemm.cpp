@@ -1,0 +1,269 @@
+// BLIS-style packed GEMM, float32 and float64, compiled once per ISA (FASTNN_ISA).
+//   C (M x N, row-major, row stride ldc) = epilogue(A (M x K) . B (K x N))
+// The framework (gemm_driver) owns the loops, the cache blocking, the packing and the threading;
+// the micro-kernel (micro_kernel) only accumulates an MR x NR tile from two packed panels, and
+// store_tile is the epilogue hook that writes it (accumulate into C, + bias, activation).
+//
+// Loops (BLIS order):  jc: NC columns of B  ->  pc: KC of K (B block packed, shared, in L3)
+//                      ->  ic: MC rows of A (A block packed per task, in L2)
+//                      ->  jr: one NR panel of B (stays in L1)  ->  ir: one MR panel of A.
+// Packed A: per MR-row panel, k-major (a[k*MR + i]); packed B: per NR-column panel, k-major
+// (b[k*NR + j]); both zero-padded to full panels, so the micro-kernel has no edge cases and only
+// the store handles partial tiles (masked stores on the last vector, rows beyond m skipped).
+//
+// Threads: after B is packed (in parallel, by panel), the (ic block, jr panel) pairs are split
+// into contiguous ranges over the pool; a range repacks its A block when its ic changes. Every C
+// tile is the same sequence of operations (same KC blocks, in order) on any thread, so results are
+// bit-identical for any thread count; K is never split across threads.
+#include "cpu/gemm.h"
+
+#include <cstdlib>
+#include <new>
+
+#include "core/parallel.h"
+#include "cpu/act_math.h"
+#include "cpu/simd.h"
+
+namespace fastnn {
+namespace FASTNN_ISA_NS {
+namespace {
+
+// ---- the micro-tile and the cache blocking, per ISA ------------------------------------------
+// Register budget: MR x NV accumulators + NV vectors of B + 1 broadcast of A.
+//   AVX-512 (32 zmm): 14 x 2 vectors = 28 + 2 + 1  -> float 14x32, double 14x16
+//   AVX2    (16 ymm):  6 x 2 vectors = 12 + 2 + 1  -> float 6x16,  double 6x8
+//   baseline: a 4 x 8 scalar tile the compiler may vectorize (SSE2 on x86-64).
+// Row-major C wants the vectors along N: the epilogue's bias is then one vector per column
+// group, and a C row of the tile is NV contiguous (masked at the edge) stores.
+//
+// Blocking, for Zen 4 (per core: 32 KiB L1d, 1 MiB L2; 32 MiB L3 shared by our 2 cores):
+//   KC: the B micro-panel (KC x NR, reused by every A micro-panel of the block) takes ~24 KiB of
+//       L1, leaving room for the streamed A micro-panel (MR x KC from L2) and the C tile:
+//       KC = 24 KiB / (NR * sizeof(T)) -> 192 on AVX-512 (NR * sizeof(T) = 128 B), 384 on AVX2.
+//   MC: the packed A block (MC x KC) takes ~half of L2 (512 KiB), the rest for B panels and C
+//       lines passing through: MC = 512 KiB / (KC * sizeof(T)), rounded down to MR.
+//   NC: the packed B block (KC x NC) stays in L3 and is shared by both threads: NC = 4096 keeps
+//       it at 3 MiB (float, AVX-512), far below the 32 MiB.
+template <class T>
+struct Tile;
+#if FASTNN_ISA == 2
+template <> struct Tile<float> { static constexpr int MR = 14, NV = 2; };
+template <> struct Tile<double> { static constexpr int MR = 14, NV = 2; };
+#elif FASTNN_ISA == 1
+template <> struct Tile<float> { static constexpr int MR = 6, NV = 2; };
+template <> struct Tile<double> { static constexpr int MR = 6, NV = 2; };
+#else
+template <> struct Tile<float> { static constexpr int MR = 4, NV = 8; };
+template <> struct Tile<double> { static constexpr int MR = 4, NV = 8; };
+#endif
+
+template <class T>
+struct Blocking {
+  static constexpr int MR = Tile<T>::MR;
+  static constexpr int NR = Tile<T>::NV * Vec<T>::W;
+  static constexpr int64_t KC = (24 * 1024) / (NR * sizeof(T)) < 512 ? (24 * 1024) / (NR * sizeof(T)) : 512;
+  static constexpr int64_t MC = (512 * 1024) / (KC * sizeof(T)) / MR * MR;
+  static constexpr int64_t NC = 4096;
+};
+
+// ---- the micro-kernel: acc (MR x NR) = sum over k < kc of a[k*MR + i] * b[k*NR + j] ----------
+template <class T, int MR, int NV>
+__attribute__((always_inline)) inline void micro_kernel(int64_t kc, const T* __restrict a, const T* __restrict b,
+                                                        Vec<T> (&acc)[MR][NV]) {
+  using V = Vec<T>;
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) acc[i][v] = V::set1(T(0));
+  for (int64_t k = 0; k < kc; ++k, a += MR, b += NV * V::W) {
+    V bv[NV];
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) bv[v] = V::load(b + v * V::W);
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      const V ai = V::set1(a[i]);
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) acc[i][v] = fmadd(ai, bv[v], acc[i][v]);
+    }
+  }
+}
+
+// ---- the epilogue hook: writes the m x n valid part of the tile -------------------------------
+template <class T>
+struct TileEpilogue {
+  bool accumulate;  // C += tile (a K block after the first)
+  bool last;        // the last K block: apply bias and activation
+  const T* bias;    // at the tile's first column, or null
+  int act;
+  const ActForward<Vec<T>>* f;
+};
+
+template <class T, int MR, int NV>
+__attribute__((always_inline)) inline void store_tile(Vec<T> (&acc)[MR][NV], T* c, int64_t ldc, int64_t m,
+                                                      int64_t n, const TileEpilogue<T>& e) {
+  using V = Vec<T>;
+  V bias[NV];
+  const bool add_bias = e.last && e.bias;
+  if (add_bias) {
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) {
+      const int64_t cols = n - v * V::W;
+      bias[v] = cols >= V::W ? V::load(e.bias + v * V::W) : cols > 0 ? V::load_partial(e.bias + v * V::W, cols)
+                                                                      : V::set1(T(0));
+    }
+  }
+  const bool act = e.last && e.act >= 0;
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) {
+    if (i >= m) break;
+    T* row = c + i * ldc;
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) {
+      const int64_t cols = n - v * V::W;
+      if (cols <= 0) break;
+      const bool full = cols >= V::W;
+      V x = acc[i][v];
+      if (e.accumulate) x = (full ? V::load(row + v * V::W) : V::load_partial(row + v * V::W, cols)) + x;
+      if (add_bias) x = x + bias[v];
+      if (act) x = (*e.f)(x);
+      if (full) x.store(row + v * V::W);
+      else x.store_partial(row + v * V::W, cols);
+    }
+  }
+}
+
+template <class T>
+void tile(int64_t kc, const T* a, const T* b, T* c, int64_t ldc, int64_t m, int64_t n, const TileEpilogue<T>& e) {
+  constexpr int MR = Tile<T>::MR, NV = Tile<T>::NV;
+  Vec<T> acc[MR][NV];
+  micro_kernel<T, MR, NV>(kc, a, b, acc);
+  store_tile<T, MR, NV>(acc, c, ldc, m, n, e);
+}
+
+// ---- packing --------------------------------------------------------------------------------
+
+// A block rows [0, mc) x k [0, kc) of a (element (i, k) at a[i*rs + k*cs]) into MR-row panels.
+template <class T>
+void pack_a(int64_t mc, int64_t kc, const T* a, int64_t rs, int64_t cs, T* dst) {
+  constexpr int MR = Blocking<T>::MR;
+  for (int64_t i0 = 0; i0 < mc; i0 += MR, dst += MR * kc) {
+    const int64_t mr = mc - i0 < MR ? mc - i0 : MR;
+    const T* src = a + i0 * rs;
+    if (cs == 1 && mr == MR) {  // rows contiguous in k: read each row as one run
+      for (int i = 0; i < MR; ++i)
+        for (int64_t k = 0; k < kc; ++k) dst[k * MR + i] = src[i * rs + k];
+    } else {
+      for (int64_t k = 0; k < kc; ++k) {
+        for (int64_t i = 0; i < mr; ++i) dst[k * MR + i] = src[i * rs + k * cs];
+        for (int64_t i = mr; i < MR; ++i) dst[k * MR + i] = T(0);
+      }
+    }
+  }
+}
+
+// One NR-column panel of B (element (k, j) at b[k*rs + j*cs]), nr <= NR valid columns.
+template <class T>
+void pack_b_panel(int64_t kc, int64_t nr, const T* b, int64_t rs, int64_t cs, T* dst) {
+  using V = Vec<T>;
+  constexpr int NR = Blocking<T>::NR;
+  if (cs == 1) {  // rows of B contiguous: NR-element vector copies
+    for (int64_t k = 0; k < kc; ++k) {
+      const T* src = b + k * rs;
+      T* d = dst + k * NR;
+      for (int64_t j = 0; j < NR; j += V::W) {
+        const int64_t cols = nr - j;
+        (cols >= V::W ? V::load(src + j) : cols > 0 ? V::load_partial(src + j, cols) : V::set1(T(0))).store(d + j);
+      }
+    }
+  } else {  // columns contiguous in k
+    for (int64_t j = 0; j < nr; ++j)
+      for (int64_t k = 0; k < kc; ++k) dst[k * NR + j] = b[j * cs + k * rs];
+    for (int64_t j = nr; j < NR; ++j)
+      for (int64_t k = 0; k < kc; ++k) dst[k * NR + j] = T(0);
+  }
+}
+
+// 64-byte aligned scratch, freed on scope exit (no std:: template instantiated in a per-ISA file).
+template <class T>
+struct Scratch {
+  T* p;
+  explicit Scratch(int64_t n) {
+    const size_t bytes = (static_cast<size_t>(n) * sizeof(T) + 63) / 64 * 64;
+    p = static_cast<T*>(std::aligned_alloc(64, bytes ? bytes : 64));
+    if (!p) throw std::bad_alloc();
+  }
+  ~Scratch() { std::free(p); }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+};
+
+// ---- the driver -------------------------------------------------------------------------------
+
+constexpr int64_t kMinTaskFlops = int64_t(1) << 18;  // below this, (ic, jr) items stay together
+
+template <class T>
+void gemm_driver(int64_t M, int64_t N, int64_t K, const T* a, int64_t rsa, int64_t csa, const T* b, int64_t rsb,
+                 int64_t csb, T* c, int64_t ldc, const GemmEpilogue<T>& ep) {
+  using B = Blocking<T>;
+  constexpr int64_t MR = B::MR, NR = B::NR, KC = B::KC, MC = B::MC, NC = B::NC;
+  if (M <= 0 || N <= 0) return;
+  const ActForward<Vec<T>> f(ep.act, ep.params);
+  const int64_t kc_max = K < KC ? K : KC;
+  const int64_t nc_max = ((N < NC ? N : NC) + NR - 1) / NR * NR;
+  const int64_t mc_max = ((M < MC ? M : MC) + MR - 1) / MR * MR;
+  Scratch<T> bpack(kc_max * nc_max);
+  const int64_t nic = (M + MC - 1) / MC;
+
+  for (int64_t jc = 0; jc < N; jc += NC) {
+    const int64_t nc = N - jc < NC ? N - jc : NC;
+    const int64_t njp = (nc + NR - 1) / NR;
+    for (int64_t pc = 0;; pc += KC) {  // at least once: K == 0 still writes C (zeros + epilogue)
+      const int64_t kc = K - pc < KC ? K - pc : KC;
+      TileEpilogue<T> e{pc > 0, pc + kc >= K, nullptr, ep.act, &f};
+
+      const int64_t pack_grain = 1 + 16384 / (kc * NR + 1);
+      parallel_for(njp, pack_grain, 1, [&](int64_t p0, int64_t p1) {
+        for (int64_t jp = p0; jp < p1; ++jp) {
+          const int64_t j = jc + jp * NR, nr = N - j < NR ? N - j : NR;
+          pack_b_panel<T>(kc, nr, b + pc * rsb + j * csb, rsb, csb, bpack.p + jp * NR * kc);
+        }
+      });
+
+      const int64_t item_flops = 2 * (M < MC ? M : MC) * NR * (kc > 0 ? kc : 1);
+      const int64_t grain = 1 + kMinTaskFlops / item_flops;
+      parallel_for(nic * njp, grain, 1, [&](int64_t t0, int64_t t1) {
+        Scratch<T> apack(mc_max * kc_max);
+        int64_t packed_ic = -1;
+        for (int64_t t = t0; t < t1; ++t) {
+          const int64_t ic = t / njp, jp = t % njp;
+          const int64_t i0 = ic * MC, mc = M - i0 < MC ? M - i0 : MC;
+          if (ic != packed_ic) {
+            pack_a<T>(mc, kc, a + i0 * rsa + pc * csa, rsa, csa, apack.p);
+            packed_ic = ic;
+          }
+          const int64_t j = jc + jp * NR, nr = N - j < NR ? N - j : NR;
+          TileEpilogue<T> te = e;
+          te.bias = ep.bias ? ep.bias + j : nullptr;
+          const T* bp = bpack.p + jp * NR * kc;
+          for (int64_t ir = 0; ir < mc; ir += MR) {
+            tile<T>(kc, apack.p + ir * kc, bp, c + (i0 + ir) * ldc + j, ldc, mc - ir < MR ? mc - ir : MR, nr, te);
+          }
+        }
+      });
+      if (pc + kc >= K) break;
+    }
+  }
+}
+
+template <class T>
+constexpr GemmKernelsT<T> make_table() {
+  return GemmKernelsT<T>{&gemm_driver<T>, Blocking<T>::MR, Blocking<T>::NR};
+}
+
+}  // namespace
+
+extern const GemmKernels kGemmKernels;
+constexpr GemmKernels kGemmKernels{make_table<float>(), make_table<double>()};
+
+}  // namespace FASTNN_ISA_NS
+}  // namespace fastnn
