@@ -11,10 +11,9 @@
 // (b[k*NR + j]); both zero-padded to full panels, so the micro-kernel has no edge cases and only
 // the store handles partial tiles (masked stores on the last vector, rows beyond m skipped).
 //
-// Threads: after B is packed (in parallel, by panel), the (ic block, jr panel) pairs are split
-// into contiguous ranges over the pool; a range repacks its A block when its ic changes. Every C
-// tile is the same sequence of operations (same KC blocks, in order) on any thread, so results are
-// bit-identical for any thread count; K is never split across threads.
+// Threads: C is split into one block of whole micro-panels per thread (see gemm_driver). Every C
+// element is the same sequence of operations (same KC blocks, in order) on any thread, so results
+// are bit-identical for any thread count; K is never split across threads.
 #include "cpu/gemm.h"
 
 #include <cstdlib>
@@ -199,60 +198,73 @@ struct Scratch {
 
 // ---- the driver -------------------------------------------------------------------------------
 
-constexpr int64_t kMinTaskFlops = int64_t(1) << 18;  // below this, (ic, jr) items stay together
-
+// The BLIS loop nest on one thread, over a sub-block of C, with its own packing buffers.
 template <class T>
-void gemm_driver(int64_t M, int64_t N, int64_t K, const T* a, int64_t rsa, int64_t csa, const T* b, int64_t rsb,
-                 int64_t csb, T* c, int64_t ldc, const GemmEpilogue<T>& ep) {
+void gemm_block(int64_t M, int64_t N, int64_t K, const T* a, int64_t rsa, int64_t csa, const T* b, int64_t rsb,
+                int64_t csb, T* c, int64_t ldc, const T* bias, const TileEpilogue<T>& proto) {
   using B = Blocking<T>;
   constexpr int64_t MR = B::MR, NR = B::NR, KC = B::KC, MC = B::MC, NC = B::NC;
-  if (M <= 0 || N <= 0) return;
-  const ActForward<Vec<T>> f(ep.act, ep.params);
   const int64_t kc_max = K < KC ? K : KC;
   const int64_t nc_max = ((N < NC ? N : NC) + NR - 1) / NR * NR;
   const int64_t mc_max = ((M < MC ? M : MC) + MR - 1) / MR * MR;
-  Scratch<T> bpack(kc_max * nc_max);
-  const int64_t nic = (M + MC - 1) / MC;
-
+  Scratch<T> bpack(kc_max * nc_max), apack(kc_max * mc_max);
   for (int64_t jc = 0; jc < N; jc += NC) {
     const int64_t nc = N - jc < NC ? N - jc : NC;
-    const int64_t njp = (nc + NR - 1) / NR;
     for (int64_t pc = 0;; pc += KC) {  // at least once: K == 0 still writes C (zeros + epilogue)
       const int64_t kc = K - pc < KC ? K - pc : KC;
-      TileEpilogue<T> e{pc > 0, pc + kc >= K, nullptr, ep.act, &f};
-
-      const int64_t pack_grain = 1 + 16384 / (kc * NR + 1);
-      parallel_for(njp, pack_grain, 1, [&](int64_t p0, int64_t p1) {
-        for (int64_t jp = p0; jp < p1; ++jp) {
-          const int64_t j = jc + jp * NR, nr = N - j < NR ? N - j : NR;
-          pack_b_panel<T>(kc, nr, b + pc * rsb + j * csb, rsb, csb, bpack.p + jp * NR * kc);
+      TileEpilogue<T> e = proto;
+      e.accumulate = pc > 0;
+      e.last = pc + kc >= K;
+      for (int64_t jr = 0; jr < nc; jr += NR)
+        pack_b_panel<T>(kc, nc - jr < NR ? nc - jr : NR, b + pc * rsb + (jc + jr) * csb, rsb, csb, bpack.p + jr * kc);
+      for (int64_t ic = 0; ic < M; ic += MC) {
+        const int64_t mc = M - ic < MC ? M - ic : MC;
+        pack_a<T>(mc, kc, a + ic * rsa + pc * csa, rsa, csa, apack.p);
+        for (int64_t jr = 0; jr < nc; jr += NR) {
+          const int64_t j = jc + jr, nr = nc - jr < NR ? nc - jr : NR;
+          e.bias = bias ? bias + j : nullptr;
+          for (int64_t ir = 0; ir < mc; ir += MR)
+            tile<T>(kc, apack.p + ir * kc, bpack.p + jr * kc, c + (ic + ir) * ldc + j, ldc, mc - ir < MR ? mc - ir : MR,
+                    nr, e);
         }
-      });
-
-      const int64_t item_flops = 2 * (M < MC ? M : MC) * NR * (kc > 0 ? kc : 1);
-      const int64_t grain = 1 + kMinTaskFlops / item_flops;
-      parallel_for(nic * njp, grain, 1, [&](int64_t t0, int64_t t1) {
-        Scratch<T> apack(mc_max * kc_max);
-        int64_t packed_ic = -1;
-        for (int64_t t = t0; t < t1; ++t) {
-          const int64_t ic = t / njp, jp = t % njp;
-          const int64_t i0 = ic * MC, mc = M - i0 < MC ? M - i0 : MC;
-          if (ic != packed_ic) {
-            pack_a<T>(mc, kc, a + i0 * rsa + pc * csa, rsa, csa, apack.p);
-            packed_ic = ic;
-          }
-          const int64_t j = jc + jp * NR, nr = N - j < NR ? N - j : NR;
-          TileEpilogue<T> te = e;
-          te.bias = ep.bias ? ep.bias + j : nullptr;
-          const T* bp = bpack.p + jp * NR * kc;
-          for (int64_t ir = 0; ir < mc; ir += MR) {
-            tile<T>(kc, apack.p + ir * kc, bp, c + (i0 + ir) * ldc + j, ldc, mc - ir < MR ? mc - ir : MR, nr, te);
-          }
-        }
-      });
+      }
       if (pc + kc >= K) break;
     }
   }
+}
+
+constexpr int64_t kMinThreadFlops = int64_t(1) << 20;  // below this a product stays on one thread
+
+// Threads split C into one block of whole micro-panels each, along M or N (whichever has more
+// panels), and run the whole loop nest on it with private packing: one pool region per call, no
+// shared buffers. Each element of C is the same chain of FMAs over the same KC blocks wherever its
+// block falls, so the result does not depend on the split (nor on the thread count).
+template <class T>
+void gemm_driver(int64_t M, int64_t N, int64_t K, const T* a, int64_t rsa, int64_t csa, const T* b, int64_t rsb,
+                 int64_t csb, T* c, int64_t ldc, const GemmEpilogue<T>& ep) {
+  constexpr int64_t MR = Blocking<T>::MR, NR = Blocking<T>::NR;
+  if (M <= 0 || N <= 0) return;
+  const ActForward<Vec<T>> f(ep.act, ep.params);
+  const TileEpilogue<T> proto{false, false, nullptr, ep.act, &f};
+  const int64_t mp = (M + MR - 1) / MR, np = (N + NR - 1) / NR;
+  const bool along_m = mp >= np;
+  const int64_t panels = along_m ? mp : np;
+  int64_t tasks = num_threads();
+  if (tasks > panels) tasks = panels;
+  if (2 * M * N * (K > 0 ? K : 1) < kMinThreadFlops * tasks) tasks = 1;
+  parallel_for(tasks, 1, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t p0 = panels * t / tasks, p1 = panels * (t + 1) / tasks;
+      if (along_m) {
+        const int64_t i0 = p0 * MR, i1 = p1 * MR < M ? p1 * MR : M;
+        gemm_block<T>(i1 - i0, N, K, a + i0 * rsa, rsa, csa, b, rsb, csb, c + i0 * ldc, ldc, ep.bias, proto);
+      } else {
+        const int64_t j0 = p0 * NR, j1 = p1 * NR < N ? p1 * NR : N;
+        gemm_block<T>(M, j1 - j0, K, a, rsa, csa, b + j0 * csb, rsb, csb, c + j0, ldc, ep.bias ? ep.bias + j0 : nullptr,
+                      proto);
+      }
+    }
+  });
 }
 
 template <class T>
