@@ -46,15 +46,18 @@ namespace {
 template <class T>
 struct Tile;
 #if FASTNN_ISA == 2
-template <> struct Tile<float> { static constexpr int MR = 14, NV = 2; };
-template <> struct Tile<double> { static constexpr int MR = 14, NV = 2; };
+template <> struct Tile<float> { static constexpr int MR = 14, NV = 2, E1 = 4, E2 = 8; };
+template <> struct Tile<double> { static constexpr int MR = 14, NV = 2, E1 = 4, E2 = 8; };
 #elif FASTNN_ISA == 1
-template <> struct Tile<float> { static constexpr int MR = 6, NV = 2; };
-template <> struct Tile<double> { static constexpr int MR = 6, NV = 2; };
+template <> struct Tile<float> { static constexpr int MR = 6, NV = 2, E1 = 2, E2 = 4; };
+template <> struct Tile<double> { static constexpr int MR = 6, NV = 2, E1 = 2, E2 = 4; };
 #else
-template <> struct Tile<float> { static constexpr int MR = 4, NV = 8; };
-template <> struct Tile<double> { static constexpr int MR = 4, NV = 8; };
+template <> struct Tile<float> { static constexpr int MR = 4, NV = 8, E1 = 1, E2 = 2; };
+template <> struct Tile<double> { static constexpr int MR = 4, NV = 8, E1 = 1, E2 = 2; };
 #endif
+// E1 < E2 < MR: shorter variants of the micro-kernel for the last A panel of a block when it has
+// at most E1 or E2 valid rows (M = 128 on a 14-row tile would otherwise spend a whole tile's time
+// on its last 2 rows). Each C element is the same FMA chain in every variant.
 
 template <class T>
 struct Blocking {
@@ -65,8 +68,9 @@ struct Blocking {
   static constexpr int64_t NC = 4096;
 };
 
-// ---- the micro-kernel: acc (MR x NR) = sum over k < kc of a[k*MR + i] * b[k*NR + j] ----------
-template <class T, int MR, int NV>
+// ---- the micro-kernel: acc (MR x NR) = sum over k < kc of a[k*AS + i] * b[k*NR + j] ----------
+// (AS: the packed A panel's row count; MR <= AS for the short variants.)
+template <class T, int MR, int NV, int AS>
 __attribute__((always_inline)) inline void micro_kernel(int64_t kc, const T* __restrict a, const T* __restrict b,
                                                         Vec<T> (&acc)[MR][NV]) {
   using V = Vec<T>;
@@ -74,7 +78,7 @@ __attribute__((always_inline)) inline void micro_kernel(int64_t kc, const T* __r
   for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) acc[i][v] = V::set1(T(0));
-  for (int64_t k = 0; k < kc; ++k, a += MR, b += NV * V::W) {
+  for (int64_t k = 0; k < kc; ++k, a += AS, b += NV * V::W) {
     V bv[NV];
 #pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) bv[v] = V::load(b + v * V::W);
@@ -131,11 +135,19 @@ __attribute__((always_inline)) inline void store_tile(Vec<T> (&acc)[MR][NV], T* 
   }
 }
 
-template <class T>
+template <class T, int MR>
 void tile(int64_t kc, const T* a, const T* b, T* c, int64_t ldc, int64_t m, int64_t n, const TileEpilogue<T>& e) {
-  constexpr int MR = Tile<T>::MR, NV = Tile<T>::NV;
+  constexpr int NV = Tile<T>::NV;
   Vec<T> acc[MR][NV];
-  micro_kernel<T, MR, NV>(kc, a, b, acc);
+  // The C tile is read (K blocks after the first) and written once the micro-kernel is done:
+  // start bringing its lines in now.
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) {
+    if (i >= m) break;
+    __builtin_prefetch(c + i * ldc, 1, 3);
+    __builtin_prefetch(c + i * ldc + NV * Vec<T>::W - 1, 1, 3);
+  }
+  micro_kernel<T, MR, NV, Tile<T>::MR>(kc, a, b, acc);
   store_tile<T, MR, NV>(acc, c, ldc, m, n, e);
 }
 
@@ -204,14 +216,16 @@ void gemm_block(int64_t M, int64_t N, int64_t K, const T* a, int64_t rsa, int64_
                 int64_t csb, T* c, int64_t ldc, const T* bias, const TileEpilogue<T>& proto) {
   using B = Blocking<T>;
   constexpr int64_t MR = B::MR, NR = B::NR, KC = B::KC, MC = B::MC, NC = B::NC;
-  const int64_t kc_max = K < KC ? K : KC;
+  // K in equal blocks of at most KC (1024 = 6 x 171, not 5 x 192 + 64: no short last block).
+  const int64_t kblocks = K > KC ? (K + KC - 1) / KC : 1;
+  const int64_t kc_max = (K + kblocks - 1) / kblocks;
   const int64_t nc_max = ((N < NC ? N : NC) + NR - 1) / NR * NR;
   const int64_t mc_max = ((M < MC ? M : MC) + MR - 1) / MR * MR;
   Scratch<T> bpack(kc_max * nc_max), apack(kc_max * mc_max);
   for (int64_t jc = 0; jc < N; jc += NC) {
     const int64_t nc = N - jc < NC ? N - jc : NC;
-    for (int64_t pc = 0;; pc += KC) {  // at least once: K == 0 still writes C (zeros + epilogue)
-      const int64_t kc = K - pc < KC ? K - pc : KC;
+    for (int64_t pc = 0;; pc += kc_max) {  // at least once: K == 0 still writes C (zeros + epilogue)
+      const int64_t kc = K - pc < kc_max ? K - pc : kc_max;
       TileEpilogue<T> e = proto;
       e.accumulate = pc > 0;
       e.last = pc + kc >= K;
@@ -223,9 +237,15 @@ void gemm_block(int64_t M, int64_t N, int64_t K, const T* a, int64_t rsa, int64_
         for (int64_t jr = 0; jr < nc; jr += NR) {
           const int64_t j = jc + jr, nr = nc - jr < NR ? nc - jr : NR;
           e.bias = bias ? bias + j : nullptr;
-          for (int64_t ir = 0; ir < mc; ir += MR)
-            tile<T>(kc, apack.p + ir * kc, bpack.p + jr * kc, c + (ic + ir) * ldc + j, ldc, mc - ir < MR ? mc - ir : MR,
-                    nr, e);
+          for (int64_t ir = 0; ir < mc; ir += MR) {
+            const int64_t m = mc - ir < MR ? mc - ir : MR;
+            const T* ap = apack.p + ir * kc;
+            T* cp = c + (ic + ir) * ldc + j;
+            const T* bp = bpack.p + jr * kc;
+            if (m <= Tile<T>::E1) tile<T, Tile<T>::E1>(kc, ap, bp, cp, ldc, m, nr, e);
+            else if (m <= Tile<T>::E2) tile<T, Tile<T>::E2>(kc, ap, bp, cp, ldc, m, nr, e);
+            else tile<T, MR>(kc, ap, bp, cp, ldc, m, nr, e);
+          }
         }
       }
       if (pc + kc >= K) break;
