@@ -154,6 +154,64 @@ void tile(int64_t kc, const T* a, const T* b, T* c, int64_t ldc, int64_t m, int6
 
 // ---- packing --------------------------------------------------------------------------------
 
+// Transposing packs (A with rows contiguous in k, B with columns contiguous in k: x @ W^T) move
+// 16 x 16 float blocks through registers on AVX-512; each returns how many k it packed (a
+// multiple of 16), the caller does the rest element by element.
+#if FASTNN_ISA == 2
+// r[i] = row i of a 16 x 16 block -> r[j] = column j.
+inline void transpose16(__m512 (&r)[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int q = 0; q < 4; ++q) {  // r[4q + c], 128-bit lane L: rows 4q..4q+3 at column 4L + c
+    r[4 * q + 0] = _mm512_shuffle_ps(t[4 * q + 0], t[4 * q + 2], 0x44);
+    r[4 * q + 1] = _mm512_shuffle_ps(t[4 * q + 0], t[4 * q + 2], 0xEE);
+    r[4 * q + 2] = _mm512_shuffle_ps(t[4 * q + 1], t[4 * q + 3], 0x44);
+    r[4 * q + 3] = _mm512_shuffle_ps(t[4 * q + 1], t[4 * q + 3], 0xEE);
+  }
+  for (int c = 0; c < 4; ++c) {
+    const __m512 s0 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x88), s1 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xDD);
+    const __m512 u0 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x88),
+                 u1 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xDD);
+    t[c] = _mm512_shuffle_f32x4(s0, u0, 0x88);
+    t[8 + c] = _mm512_shuffle_f32x4(s0, u0, 0xDD);
+    t[4 + c] = _mm512_shuffle_f32x4(s1, u1, 0x88);
+    t[12 + c] = _mm512_shuffle_f32x4(s1, u1, 0xDD);
+  }
+  for (int i = 0; i < 16; ++i) r[i] = t[i];
+}
+
+// rows rows of src (row i at src + i*ld, contiguous in k) -> dst[k*dld + i], k < kc rounded down to 16.
+inline int64_t pack_transposed16(int64_t kc, int rows, const float* src, int64_t ld, float* dst, int64_t dld) {
+  const __mmask16 keep = static_cast<__mmask16>((1u << rows) - 1u);
+  int64_t k0 = 0;
+  for (; k0 + 16 <= kc; k0 += 16) {
+    __m512 r[16];
+    for (int i = 0; i < 16; ++i) r[i] = i < rows ? _mm512_loadu_ps(src + i * ld + k0) : _mm512_setzero_ps();
+    transpose16(r);
+    for (int kk = 0; kk < 16; ++kk) _mm512_mask_storeu_ps(dst + (k0 + kk) * dld, keep, r[kk]);
+  }
+  return k0;
+}
+inline int64_t pack_a_fast(int64_t kc, const float* src, int64_t rs, float* dst) {
+  static_assert(Tile<float>::MR <= 16, "one transposed block covers the A panel");
+  return pack_transposed16(kc, Tile<float>::MR, src, rs, dst, Tile<float>::MR);
+}
+inline int64_t pack_b_fast(int64_t kc, const float* src, int64_t cs, float* dst) {
+  constexpr int NR = Tile<float>::NV * 16;
+  int64_t done = 0;
+  for (int g = 0; g < NR / 16; ++g) done = pack_transposed16(kc, 16, src + g * 16 * cs, cs, dst + g * 16, NR);
+  return done;
+}
+#else
+inline int64_t pack_a_fast(int64_t, const float*, int64_t, float*) { return 0; }
+inline int64_t pack_b_fast(int64_t, const float*, int64_t, float*) { return 0; }
+#endif
+inline int64_t pack_a_fast(int64_t, const double*, int64_t, double*) { return 0; }
+inline int64_t pack_b_fast(int64_t, const double*, int64_t, double*) { return 0; }
+
 // A block rows [0, mc) x k [0, kc) of a (element (i, k) at a[i*rs + k*cs]) into MR-row panels.
 template <class T>
 void pack_a(int64_t mc, int64_t kc, const T* a, int64_t rs, int64_t cs, T* dst) {
@@ -162,8 +220,9 @@ void pack_a(int64_t mc, int64_t kc, const T* a, int64_t rs, int64_t cs, T* dst) 
     const int64_t mr = mc - i0 < MR ? mc - i0 : MR;
     const T* src = a + i0 * rs;
     if (cs == 1 && mr == MR) {  // rows contiguous in k: read each row as one run
+      const int64_t k0 = pack_a_fast(kc, src, rs, dst);
       for (int i = 0; i < MR; ++i)
-        for (int64_t k = 0; k < kc; ++k) dst[k * MR + i] = src[i * rs + k];
+        for (int64_t k = k0; k < kc; ++k) dst[k * MR + i] = src[i * rs + k];
     } else {
       for (int64_t k = 0; k < kc; ++k) {
         for (int64_t i = 0; i < mr; ++i) dst[k * MR + i] = src[i * rs + k * cs];
@@ -187,9 +246,10 @@ void pack_b_panel(int64_t kc, int64_t nr, const T* b, int64_t rs, int64_t cs, T*
         (cols >= V::W ? V::load(src + j) : cols > 0 ? V::load_partial(src + j, cols) : V::set1(T(0))).store(d + j);
       }
     }
-  } else {  // columns contiguous in k
+  } else {  // columns contiguous in k (rs == 1 for an F-ordered B or the transpose of a C-ordered one)
+    const int64_t k0 = rs == 1 && nr == NR ? pack_b_fast(kc, b, cs, dst) : 0;
     for (int64_t j = 0; j < nr; ++j)
-      for (int64_t k = 0; k < kc; ++k) dst[k * NR + j] = b[j * cs + k * rs];
+      for (int64_t k = k0; k < kc; ++k) dst[k * NR + j] = b[j * cs + k * rs];
     for (int64_t j = nr; j < NR; ++j)
       for (int64_t k = 0; k < kc; ++k) dst[k * NR + j] = T(0);
   }
