@@ -5,6 +5,7 @@ a float64 product before it is timed. The ceiling: the 2-core Zen 4 FP32 peak is
 
     python bench/linear.py                         # all shapes, 1 and 2 threads
     python bench/linear.py --threads 2 --shapes 1024x1024x1024 --min-time 0.5
+    python bench/linear.py --bt --shapes 128x784x512       # x @ W.T, W C-ordered (N, K)
 
 Each thread count runs in its own subprocess, so OPENBLAS_NUM_THREADS / OMP_NUM_THREADS are set
 before NumPy and torch load (no threadpoolctl needed). OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are
@@ -25,7 +26,7 @@ SHAPES = ["256x256x256", "512x512x512", "1024x1024x1024", "2048x2048x2048", "128
           "4096x1024x1024"]  # MxKxN
 
 
-def child(threads, shapes, min_time, use_torch):
+def child(threads, shapes, min_time, use_torch, bt):
     import numpy as np
 
     import fastnn
@@ -46,6 +47,8 @@ def child(threads, shapes, min_time, use_torch):
         m, k, n = map(int, s.split("x"))
         a = rng.standard_normal((m, k)).astype(np.float32)
         b = rng.standard_normal((k, n)).astype(np.float32)
+        if bt:  # b = W.T of a C-ordered weight W (n, k), as in a linear layer
+            b = np.ascontiguousarray(b.T).T
         out = np.empty((m, n), np.float32)
         ref = a.astype(np.float64) @ b.astype(np.float64)
         bound = 2 * np.sqrt(k) * np.finfo(np.float32).eps * (np.abs(a).astype(np.float64) @ np.abs(b))
@@ -75,10 +78,11 @@ def main():
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--min-time", type=float, default=0.3, help="seconds of repetitions per measurement")
     p.add_argument("--no-torch", action="store_true")
+    p.add_argument("--bt", action="store_true", help="B as W.T (a C-ordered (N, K) weight), as in x @ W.T")
     p.add_argument("--child", type=int, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
-        child(a.child, a.shapes, a.min_time, not a.no_torch)
+        child(a.child, a.shapes, a.min_time, not a.no_torch, a.bt)
         return
     print("openblas: OPENBLAS_CORETYPE=%s OPENBLAS_L2_SIZE=%s" %
           (os.environ.get("OPENBLAS_CORETYPE", "(unset)"), os.environ.get("OPENBLAS_L2_SIZE", "(unset)")))
@@ -89,10 +93,12 @@ def main():
         cmd = [sys.executable, __file__, "--child", str(t), "--min-time", str(a.min_time), "--shapes", *a.shapes]
         if a.no_torch:
             cmd.append("--no-torch")
+        if a.bt:
+            cmd.append("--bt")
         res = json.loads(subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout)
         if not printed:
             print(res["machine"])
-            print("GFLOP/s (float32; 2-core peak ~220):")
+            print("GFLOP/s (float32; 2-core peak ~220)" + (", B = W.T:" if a.bt else ":"))
             print(header)
             printed = True
         for r in res["rows"]:

@@ -26,6 +26,7 @@ MLP_SHAPES = [(128, 512, 784), (256, 256, 512)]  # (batch M, out N, in K)
 
 
 def _operands(rng, m, n, k, dtype, orders="CC"):
+    """a (m, k) and b (k, n), standard normal, in the memory orders given ('C'/'F' each)."""
     a = np.asarray(rng.standard_normal((m, k)), dtype=dtype, order=orders[0])
     b = np.asarray(rng.standard_normal((k, n)), dtype=dtype, order=orders[1])
     return a, b
@@ -59,10 +60,12 @@ def test_mlp_shapes(capability, rng, shape):
     ref.assert_gemm_close(F.matmul(x, w.T), x, w.T, where=capability)
 
 
+@pytest.mark.parametrize("shape", [(1400, 300, 800), (100, 1000, 500)], ids=["split-M", "split-N"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_thread_count_invariance(capability, rng, restore_num_threads, dtype):
-    # Several MC blocks, K blocks and NR panels for every path's blocking.
-    a, b = _operands(rng, 1400, 300, 800, dtype, "CF")
+def test_thread_count_invariance(capability, rng, restore_num_threads, dtype, shape):
+    # Several MC blocks, K blocks and NR panels for every path's blocking; threads split C along
+    # M in the first shape and along N in the second.
+    a, b = _operands(rng, *shape, dtype, "CF")
     results = []
     for t in (1, 2, 3):
         fastnn.set_num_threads(t)
