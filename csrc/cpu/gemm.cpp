@@ -4,7 +4,7 @@
 // the micro-kernel (micro_kernel) only accumulates an MR x NR tile from two packed panels, and
 // store_tile is the epilogue hook that writes it (accumulate into C, + bias, activation).
 //
-// Loops (BLIS order):  jc: NC columns of B  ->  pc: KC of K (B block packed, shared, in L3)
+// Loops (BLIS order):  jc: NC columns of B  ->  pc: KC of K (B block packed, in L3)
 //                      ->  ic: MC rows of A (A block packed per task, in L2)
 //                      ->  jr: one NR panel of B (stays in L1)  ->  ir: one MR panel of A.
 // Packed A: per MR-row panel, k-major (a[k*MR + i]); packed B: per NR-column panel, k-major
@@ -15,9 +15,6 @@
 // element is the same sequence of operations (same KC blocks, in order) on any thread, so results
 // are bit-identical for any thread count; K is never split across threads.
 #include "cpu/gemm.h"
-
-#include <cstdlib>
-#include <new>
 
 #include "core/allocator.h"
 #include "core/parallel.h"
@@ -42,8 +39,8 @@ namespace {
 //       KC = 24 KiB / (NR * sizeof(T)) -> 192 on AVX-512 (NR * sizeof(T) = 128 B), 384 on AVX2.
 //   MC: the packed A block (MC x KC) takes ~half of L2 (512 KiB), the rest for B panels and C
 //       lines passing through: MC = 512 KiB / (KC * sizeof(T)), rounded down to MR.
-//   NC: the packed B block (KC x NC) stays in L3 and is shared by both threads: NC = 4096 keeps
-//       it at 3 MiB (float, AVX-512), far below the 32 MiB.
+//   NC: the packed B block (KC x NC) stays in L3; each thread packs its own: NC = 4096 keeps
+//       two of them at 6 MiB (float, AVX-512), well below the 32 MiB.
 template <class T>
 struct Tile;
 #if FASTNN_ISA == 2
