@@ -42,6 +42,17 @@ def child(threads, shapes, min_time, use_torch, bt):
         except ImportError:
             torch = None
     rng = np.random.default_rng(0)
+    # Warm-up: start every library's thread pool and let the scheduler spread its threads over
+    # the cores before the first measurement (a fresh pool's first ~0.1 s runs at half speed).
+    w = rng.standard_normal((384, 384)).astype(np.float32)
+    warm = [lambda: F.matmul(w, w), lambda: np.matmul(w, w)]
+    if torch is not None:
+        tw = torch.from_numpy(w)
+        warm.append(lambda: torch.matmul(tw, tw))
+    for fn in warm:
+        t_end = time.perf_counter() + 0.3
+        while time.perf_counter() < t_end:
+            fn()
     rows = []
     for s in shapes:
         m, k, n = map(int, s.split("x"))
