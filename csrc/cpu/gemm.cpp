@@ -43,7 +43,7 @@ namespace {
 //   MC: the packed A block (MC x KC) takes ~half of L2 (512 KiB), the rest for B panels and C
 //       lines passing through: MC = 512 KiB / (KC * sizeof(T)), rounded down to MR.
 //   NC: the packed B block (KC x NC) stays in L3; each thread packs its own: NC = 4096 keeps
-//       two of them at 6 MiB (float, AVX-512), well below the 32 MiB.
+//       two of them at 8 MiB (float, AVX-512), well below the 32 MiB.
 template <class T>
 struct Tile;
 #if FASTNN_ISA == 2
