@@ -357,3 +357,40 @@ def assert_grad_weight_close(actual, grad_output, x, weight, dtype, *, where: st
         raise AssertionError(f"{ctx}: {int(bad.sum())} of {ref.size} channels off by more than {rel:g} * "
                              f"sum|terms|; worst channel {tuple(int(k) for k in idx)}: got {_fmt(got[idx])}, "
                              f"expected {_fmt(ref[idx])}, sum|terms| {_fmt(abs_sum[idx])}")
+
+
+# ---- GEMM (csrc/cpu/gemm.cpp) -------------------------------------------------------------------
+
+#: |C - A @ B| <= GEMM_BOUND_C[dtype] * sqrt(K) * eps(dtype) * (|A| @ |B|), elementwise, against a
+#: float64 reference. sqrt(K) is the statistical growth of K rounded FMAs (the worst case is K);
+#: the constant leaves room for the blocked (KC-long) partial sums added into C, and for float64
+#: the reference's own rounding (NumPy's float64 GEMM makes errors of the same size as ours).
+GEMM_BOUND_C = {"float32": 2.0, "float64": 4.0}
+
+
+def matmul(a, b) -> np.ndarray:
+    """a @ b in float64 (a, b widened exactly)."""
+    return _f64(a) @ _f64(b)
+
+
+def assert_gemm_close(actual, a, b, *, bias=None, where: str = "") -> None:
+    """actual (in a's dtype) against a @ b (+ bias) in float64, within the GEMM bound above."""
+    dtype = np.dtype(np.asarray(a).dtype)
+    actual = np.asarray(actual)
+    ctx = f"matmul {dtype.name} {np.shape(a)} @ {np.shape(b)}" + (f" [{where}]" if where else "")
+    assert actual.dtype == dtype, f"{ctx}: dtype {actual.dtype}, expected {dtype}"
+    ref = matmul(a, b)
+    assert actual.shape == ref.shape, f"{ctx}: shape {actual.shape}, expected {ref.shape}"
+    scale = np.abs(_f64(a)) @ np.abs(_f64(b))
+    if bias is not None:
+        ref = ref + _f64(bias)
+        scale = scale + np.abs(_f64(bias))
+    k = np.shape(a)[1]
+    allowed = GEMM_BOUND_C[dtype.name] * np.sqrt(max(k, 1)) * np.finfo(dtype).eps * scale
+    err = np.abs(actual.astype(np.float64) - ref)
+    bad = ~(err <= allowed)
+    if np.any(bad):
+        i = np.unravel_index(int(np.argmax(np.where(bad, err / np.maximum(allowed, 1e-300), -1))), ref.shape)
+        raise AssertionError(f"{ctx}: {int(bad.sum())} of {ref.size} elements outside "
+                             f"{GEMM_BOUND_C[dtype.name]} * sqrt(K) * eps * (|A| @ |B|); worst at {tuple(map(int, i))}: "
+                             f"got {_fmt(actual[i])}, expected {_fmt(ref[i])}, bound {_fmt(allowed[i])}")

@@ -35,6 +35,18 @@ const DropoutKernels* dropout_table(CpuCapability c) {
   }
 }
 
+const GemmKernels* gemm_table(CpuCapability c) {
+  switch (c) {
+#ifdef FASTNN_HAVE_AVX512
+    case CpuCapability::Avx512: return &avx512::kGemmKernels;
+#endif
+#ifdef FASTNN_HAVE_AVX2
+    case CpuCapability::Avx2: return &avx2::kGemmKernels;
+#endif
+    default: return &baseline::kGemmKernels;
+  }
+}
+
 std::string available_list() {
   std::string s;
   for (int i = 0; i <= 2; ++i) {
@@ -84,5 +96,6 @@ void init_capability_from_env() {
 
 const ActivationKernels& activation_kernels() { return *activation_table(current_capability()); }
 const DropoutKernels& dropout_kernels() { return *dropout_table(current_capability()); }
+const GemmKernels& gemm_kernels() { return *gemm_table(current_capability()); }
 
 }  // namespace fastnn

@@ -5,6 +5,7 @@
 #include "core/cpu_features.h"
 #include "cpu/activation.h"
 #include "cpu/dropout.h"
+#include "cpu/gemm.h"
 
 namespace fastnn {
 
@@ -16,6 +17,7 @@ void init_capability_from_env();
 
 const ActivationKernels& activation_kernels();
 const DropoutKernels& dropout_kernels();
+const GemmKernels& gemm_kernels();
 
 template <class T>
 const ActivationKernelsT<T>& activation_kernels_for();
@@ -30,5 +32,12 @@ template <>
 inline const DropoutKernelsT<float>& dropout_kernels_for<float>() { return dropout_kernels().f32; }
 template <>
 inline const DropoutKernelsT<double>& dropout_kernels_for<double>() { return dropout_kernels().f64; }
+
+template <class T>
+const GemmKernelsT<T>& gemm_kernels_for();
+template <>
+inline const GemmKernelsT<float>& gemm_kernels_for<float>() { return gemm_kernels().f32; }
+template <>
+inline const GemmKernelsT<double>& gemm_kernels_for<double>() { return gemm_kernels().f64; }
 
 }  // namespace fastnn

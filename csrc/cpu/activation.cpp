@@ -5,6 +5,7 @@
 #include "cpu/activation.h"
 
 #include "cpu/simd.h"
+#include "cpu/act_math.h"
 #include "cpu/vecmath.h"
 
 namespace fastnn {
@@ -47,51 +48,6 @@ template <class V, class F>
 inline void map2(const typename V::T* a, const typename V::T* b, typename V::T* out, int64_t n, bool stream, F f) {
   map2_unfenced<V>(a, b, out, n, stream, f);
   if (stream) stream_fence();
-}
-
-// ---- the math of each op, on one vector ----------------------------------------------------
-
-// sigmoid(x) = (x < 0 ? e : 1) / (1 + e), e = exp(-|x|): never overflows, and relative accuracy
-// holds in both tails (including subnormal results).
-template <class V>
-inline V sigmoid_v(V x) {
-  using T = typename V::T;
-  const V one = V::set1(T(1));
-  V e = vexp_nonpos(V::set1(T(0)) - vabs(x));
-  return V::div_bounded(select(cmp_lt(x, V::set1(T(0))), e, one), one + e);
-}
-
-// sigmoid'(x) = e / (1 + e)^2, e = exp(-|x|): no cancellation in 1 - s for large |x|.
-template <class V>
-inline V sigmoid_grad_v(V x) {
-  using T = typename V::T;
-  V e = vexp_nonpos(V::set1(T(0)) - vabs(x));
-  V d = V::set1(T(1)) + e;
-  return V::div_bounded(e, d * d);
-}
-
-// tanh(|x|) = -e / (e + 2), e = expm1(-2|x|) in (-1, 0]: accurate near 0 (no 1 - 2/(...)
-// cancellation), exactly 1 for large |x|; the sign is copied back so tanh(-0) = -0.
-template <class V>
-inline V tanh_v(V x) {
-  using T = typename V::T;
-  V e = vexpm1_nonpos(vabs(x) * V::set1(T(-2)));
-  return copysign(V::div_bounded(e, V::set1(T(-2)) - e), x);
-}
-
-// tanh'(x) = 1 - tanh^2 = 4e / (1 + e)^2, e = exp(-2|x|).
-template <class V>
-inline V tanh_grad_v(V x) {
-  using T = typename V::T;
-  V e = vexp_nonpos(vabs(x) * V::set1(T(-2)));
-  V d = V::set1(T(1)) + e;
-  return V::div_bounded(V::set1(T(4)) * e, d * d);
-}
-
-// A derivative that is NaN wherever x is.
-template <class V>
-inline V nan_where_x_nan(V d, V x) {
-  return select(is_nan(x), x, d);
 }
 
 // ---- kernels --------------------------------------------------------------------------------

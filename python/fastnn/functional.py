@@ -42,6 +42,7 @@ __all__ = [
     "sigmoid_backward", "tanh_backward", "relu_backward", "leaky_relu_backward",
     "prelu_backward", "elu_backward", "selu_backward",
     "dropout", "dropout_mask", "dropout_backward", "dropconnect", "dropconnect_backward",
+    "matmul",
 ]
 
 # Op ids of csrc/cpu/activation.h (enum Act).
@@ -386,3 +387,65 @@ def dropconnect(weight, p, *, seed, offset=0, out=None):
 def dropconnect_backward(grad_weight, p, *, seed, offset=0, out=None):
     """Gradient with respect to the unmasked weight: grad_weight * keep / (1 - p)."""
     return dropout_backward(grad_weight, p, seed=seed, offset=offset, out=out)
+
+
+# ---- GEMM ---------------------------------------------------------------------------------------
+
+def _gemm_operand(a: np.ndarray) -> np.ndarray:
+    """`a` as the kernel reads it: C- or F-contiguous (and aligned) as it lies, else a C copy."""
+    if a.flags.aligned and (a.flags.c_contiguous or a.flags.f_contiguous):
+        return a
+    return np.array(a, order="C")
+
+
+def _matrix(a, name: str) -> np.ndarray:
+    a = as_float_array(a, name)
+    if a.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-D array, got shape {a.shape}")
+    return a
+
+
+def matmul(a, b, *, out=None):
+    """C = a @ b for 2-D float32 or float64 arrays a (M, K) and b (K, N), with fastnn's own
+    packed GEMM (cache-blocked, a register-tiled micro-kernel per CPU path, threaded over the
+    pool; results are bit-identical for any thread count).
+
+    C- and F-contiguous operands are read as they lie (a transposed view costs nothing); other
+    strides are copied once. The result is C-ordered. ``out=`` must be a float array of shape
+    (M, N) and the operands' dtype; a C- or F-contiguous ``out`` is written directly, any other
+    (or one overlapping a or b) through a temporary. Accumulation is in the operands' dtype
+    (float32: |C - a @ b| within 2 * sqrt(K) * eps * (|a| @ |b|) in practice; see tests/test_gemm.py).
+    """
+    a = _matrix(a, "a")
+    b = _matrix(b, "b")
+    if a.dtype != b.dtype:
+        raise TypeError(f"b: expected dtype {a.dtype} like a, got {b.dtype}")
+    if a.shape[1] != b.shape[0]:
+        raise ValueError(f"matmul: inner dimensions differ: a has shape {a.shape} and b has shape {b.shape} "
+                         f"(a.shape[1] must equal b.shape[0])")
+    a, b = _gemm_operand(a), _gemm_operand(b)
+    shape = (a.shape[0], b.shape[1])
+    if out is None:
+        c = empty(shape, a.dtype)
+        _C.matmul(a, b, c)
+        return c
+    if not isinstance(out, np.ndarray):
+        if is_cuda_array(out):
+            raise TypeError("out: expected a NumPy array (the inputs are on the CPU), got a CUDA array")
+        raise TypeError(f"out: expected a NumPy array, got {type(out).__name__}")
+    if out.dtype != a.dtype:
+        raise TypeError(f"out: expected dtype {a.dtype}, got {out.dtype}")
+    if out.shape != shape:
+        raise ValueError(f"out: expected shape {shape}, got {out.shape}")
+    if not out.flags.writeable:
+        raise ValueError("out: array is read-only")
+    overlaps = np.may_share_memory(out, a) or np.may_share_memory(out, b)
+    if not overlaps and out.flags.aligned and out.flags.c_contiguous:
+        _C.matmul(a, b, out)
+    elif not overlaps and out.flags.aligned and out.flags.f_contiguous:
+        _C.matmul(b.T, a.T, out.T)  # C^T = b^T a^T, written row-major into out.T
+    else:
+        c = empty(shape, a.dtype)
+        _C.matmul(a, b, c)
+        np.copyto(out, c)
+    return out

@@ -1,0 +1,193 @@
+"""fastnn.functional.matmul and the CPU GEMM (csrc/cpu/gemm.cpp) against a NumPy float64
+reference, on every CPU path: shapes around the micro-tile and block edges, C- and F-ordered
+operands, thread-count invariance, the epilogue (bias, activation), and bad input.
+
+Error bound (reference.GEMM_BOUND_C): |C - A @ B| <= c * sqrt(K) * eps * (|A| @ |B|) per element,
+c = 2 for float32 and 4 for float64 (the float64 reference rounds like we do)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fastnn
+import fastnn.functional as F
+from fastnn import _C
+import reference as ref
+
+DIMS = (0, 1, 2, 3, 7, 15, 16, 17, 63, 64, 65, 127, 128, 129, 1000)
+
+# (M, N, K): every size of DIMS in each position against a few partners, plus edge mixes;
+# not the full cube (that would take minutes on the baseline path).
+SHAPES = sorted({(d, 17, 65) for d in DIMS} | {(33, d, 63) for d in DIMS} | {(15, 129, d) for d in DIMS}
+                | {(d, d, d) for d in DIMS if d <= 129}
+                | {(1000, 64, 7), (3, 1000, 128), (64, 65, 1000), (129, 127, 1), (1, 1000, 1000)})
+MLP_SHAPES = [(128, 512, 784), (256, 256, 512)]  # (batch M, out N, in K)
+
+
+def _operands(rng, m, n, k, dtype, orders="CC"):
+    """a (m, k) and b (k, n), standard normal, in the memory orders given ('C'/'F' each)."""
+    a = np.asarray(rng.standard_normal((m, k)), dtype=dtype, order=orders[0])
+    b = np.asarray(rng.standard_normal((k, n)), dtype=dtype, order=orders[1])
+    return a, b
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_matches_numpy(capability, rng, shape, dtype):
+    m, n, k = shape
+    orders = ("CC", "CF", "FC", "FF")[sum(shape) % 4]  # each shape one layout; all four below
+    a, b = _operands(rng, m, n, k, dtype, orders)
+    c = F.matmul(a, b)
+    assert c.flags.c_contiguous
+    ref.assert_gemm_close(c, a, b, where=f"{capability}, {orders}")
+
+
+@pytest.mark.parametrize("orders", ["CC", "CF", "FC", "FF"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_layouts(capability, rng, orders, dtype):
+    a, b = _operands(rng, 131, 77, 450, dtype, orders)  # several K blocks, edge tiles both ways
+    ref.assert_gemm_close(F.matmul(a, b), a, b, where=f"{capability}, {orders}")
+    # transposed views are read as they lie
+    ref.assert_gemm_close(F.matmul(b.T, a.T), b.T, a.T, where=f"{capability}, transposed {orders}")
+
+
+@pytest.mark.parametrize("shape", MLP_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_mlp_shapes(capability, rng, shape):
+    m, n, k = shape
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    w = rng.standard_normal((n, k)).astype(np.float32)  # (out, in) as PyTorch: x @ w.T
+    ref.assert_gemm_close(F.matmul(x, w.T), x, w.T, where=capability)
+
+
+@pytest.mark.parametrize("shape", [(1400, 300, 800), (100, 1000, 500)], ids=["split-M", "split-N"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_thread_count_invariance(capability, rng, restore_num_threads, dtype, shape):
+    # Several MC blocks, K blocks and NR panels for every path's blocking; threads split C along
+    # M in the first shape and along N in the second.
+    a, b = _operands(rng, *shape, dtype, "CF")
+    results = []
+    for t in (1, 2, 3):
+        fastnn.set_num_threads(t)
+        results.append(F.matmul(a, b))
+    for t, r in zip((2, 3), results[1:]):
+        assert np.array_equal(r, results[0]), f"{capability}: {t} threads differ from 1 thread"
+    ref.assert_gemm_close(results[0], a, b, where=capability)
+
+
+def test_paths_agree_within_bound(rng):
+    a, b = _operands(rng, 100, 90, 300, np.float32)
+    for cap in fastnn._C.supported_capabilities():
+        fastnn.set_cpu_capability(cap)
+        try:
+            ref.assert_gemm_close(F.matmul(a, b), a, b, where=cap)
+        finally:
+            fastnn.set_cpu_capability(fastnn._C.supported_capabilities()[-1])
+
+
+@pytest.mark.parametrize("out_order", ["C", "F", "strided"])
+def test_out(rng, out_order):
+    a, b = _operands(rng, 37, 45, 70, np.float64)
+    if out_order == "strided":
+        buf = np.zeros((37, 90))
+        out = buf[:, ::2]
+    else:
+        out = np.zeros((37, 45), order=out_order)
+    r = F.matmul(a, b, out=out)
+    assert r is out
+    ref.assert_gemm_close(out, a, b, where=out_order)
+
+
+def test_out_overlapping_input(rng):
+    a = rng.standard_normal((40, 40))
+    b = rng.standard_normal((40, 40))
+    expected = a @ b
+    r = F.matmul(a, b, out=a)
+    assert r is a
+    np.testing.assert_allclose(a, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_strided_operands_are_copied(rng):
+    a = rng.standard_normal((30, 80))[:, ::2]
+    b = rng.standard_normal((120, 25))[::3]
+    ref.assert_gemm_close(F.matmul(a, b), a, b)
+
+
+def test_lists_and_zero_sizes():
+    assert F.matmul([[1.0, 2.0]], [[3.0], [4.0]]).tolist() == [[11.0]]
+    c = F.matmul(np.ones((4, 0), np.float32), np.ones((0, 5), np.float32))
+    assert c.dtype == np.float32 and c.shape == (4, 5) and not c.any()
+    assert F.matmul(np.ones((0, 3)), np.ones((3, 2))).shape == (0, 2)
+
+
+def test_inner_dimension_mismatch_names_both_shapes():
+    with pytest.raises(ValueError, match=r"\(3, 4\).*\(5, 2\)"):
+        F.matmul(np.ones((3, 4)), np.ones((5, 2)))
+
+
+def test_bad_input():
+    a32, a64 = np.ones((2, 3), np.float32), np.ones((3, 2))
+    with pytest.raises(TypeError, match="b: expected dtype float32 like a, got float64"):
+        F.matmul(a32, a64)
+    with pytest.raises(TypeError, match="a: expected float32 or float64, got int64"):
+        F.matmul(np.ones((2, 3), np.int64), a64)
+    with pytest.raises(ValueError, match="a: expected a 2-D array"):
+        F.matmul(np.ones(3), a64)
+    with pytest.raises(ValueError, match="b: expected a 2-D array"):
+        F.matmul(np.ones((2, 3)), np.ones((3, 2, 1)))
+    a, b = np.ones((2, 3)), np.ones((3, 4))
+    with pytest.raises(ValueError, match=r"out: expected shape \(2, 4\), got \(4, 2\)"):
+        F.matmul(a, b, out=np.empty((4, 2)))
+    with pytest.raises(TypeError, match="out: expected dtype float64, got float32"):
+        F.matmul(a, b, out=np.empty((2, 4), np.float32))
+    with pytest.raises(TypeError, match="out: expected a NumPy array, got list"):
+        F.matmul(a, b, out=[[0.0] * 4] * 2)
+    ro = np.empty((2, 4))
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="out: array is read-only"):
+        F.matmul(a, b, out=ro)
+
+
+def test_C_checks():
+    a, b = np.ones((2, 3)), np.ones((3, 4))
+    with pytest.raises(ValueError, match="out: expected a C-contiguous array"):
+        _C.matmul(a, b, np.empty((2, 4), order="F"))
+    with pytest.raises(ValueError, match=r"inner dimensions differ: a \(2, 3\), b \(4, 3\)"):
+        _C.matmul(a, b.T.copy(), np.empty((2, 3)))
+    with pytest.raises(ValueError, match=r"bias: expected shape \(4,\), got \(3,\)"):
+        _C.matmul(a, b, np.empty((2, 4)), np.ones(3))
+    with pytest.raises(ValueError, match="act: unknown activation id 9"):
+        _C.matmul(a, b, np.empty((2, 4)), None, 9)
+
+
+# ---- the epilogue hook (bias + activation on the tile), through _C until linear() lands ------------
+
+_ACTS = {  # op id -> (reference, slope, alpha, scale)
+    0: (ref.sigmoid, 0.01, 1.0, 1.0),
+    1: (ref.tanh, 0.01, 1.0, 1.0),
+    2: (ref.relu, 0.01, 1.0, 1.0),
+    3: (lambda x: ref.leaky_relu(x, 0.2), 0.2, 1.0, 1.0),
+    4: (ref.selu, 0.01, ref.SELU_ALPHA, ref.SELU_SCALE),
+}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("act", [-1, 0, 1, 2, 3, 4])
+def test_epilogue_bias_activation(capability, rng, act, dtype):
+    m, n, k = 45, 70, 300
+    a, b = _operands(rng, m, n, k, dtype, "CF")
+    bias = rng.standard_normal(n).astype(dtype)
+    out = np.empty((m, n), dtype)
+    if act < 0:
+        _C.matmul(a, b, out, bias)
+        ref.assert_gemm_close(out, a, b, bias=bias, where=capability)
+        return
+    f, slope, alpha, scale = _ACTS[act]
+    _C.matmul(a, b, out, bias, act, slope, alpha, scale)
+    pre = np.empty((m, n), dtype)
+    _C.matmul(a, b, pre, bias)
+    # the fused activation equals the activation kernel applied to the same pre-activation
+    expected = np.empty_like(pre)
+    _C.act_forward(act, pre, expected, slope, alpha, scale)
+    np.testing.assert_array_equal(out, expected)
+    np.testing.assert_allclose(out, f(pre), rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-6)
