@@ -185,7 +185,11 @@ def prelu(x, weight, *, out=None):
     x, w, outer, C, inner = _prelu_args(x, weight)
     if out is not None:
         check_out(out, x)
-    y = _c_order_apply(lambda xv, yv: x.size and _C.prelu_forward(xv, w, yv, outer, C, inner), x, out)
+    def kernel(xv, yv):
+        if x.size:  # (an empty x may have C == 0 channels: nothing to run)
+            _C.prelu_forward(xv, w, yv, outer, C, inner)
+
+    y = _c_order_apply(kernel, x, out)
     return y[()] if scalar and out is None and y.ndim == 0 else y
 
 
