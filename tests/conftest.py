@@ -6,32 +6,14 @@ tree: that copy has no compiled _C next to it."""
 from __future__ import annotations
 
 import hashlib
-import importlib
 import os
 import sys
-import time
 
 import numpy as np
 import pytest
 
-
-def _import_fastnn():
-    # The package may be rebuilt and reinstalled while tests start: retry a transient failure.
-    last = None
-    for _ in range(20):
-        try:
-            fastnn = importlib.import_module("fastnn")
-            importlib.import_module("fastnn.functional")
-            return fastnn
-        except ImportError as e:  # includes a half-written extension module
-            last = e
-            for name in [m for m in sys.modules if m == "fastnn" or m.startswith("fastnn.")]:
-                del sys.modules[name]
-            time.sleep(0.5)
-    raise last
-
-
-fastnn = _import_fastnn()
+import fastnn
+import fastnn.functional  # noqa: F401
 
 # tests/reference.py is imported as `reference` whatever pytest's import mode.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

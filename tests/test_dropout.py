@@ -14,38 +14,21 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib
 import math
 import subprocess
 import sys
 import textwrap
 import threading
-import time
 
 import numpy as np
 import pytest
 
+import fastnn
+import fastnn.functional  # noqa: F401
+import fastnn.random
 
-def _import_fastnn():
-    # The package may be rebuilt and reinstalled while the tests start: retry transient failures.
-    last = None
-    for _ in range(20):
-        try:
-            mod = importlib.import_module("fastnn")
-            importlib.import_module("fastnn.functional")
-            importlib.import_module("fastnn.random")
-            return mod
-        except ImportError as e:
-            last = e
-            for name in [m for m in sys.modules if m == "fastnn" or m.startswith("fastnn.")]:
-                del sys.modules[name]
-            time.sleep(0.5)
-    raise last
-
-
-fastnn = _import_fastnn()
 F = fastnn.functional
-frandom = sys.modules["fastnn.random"]
+frandom = fastnn.random
 
 CAPABILITIES = list(fastnn._C.supported_capabilities())
 U64 = 1 << 64
