@@ -1,8 +1,13 @@
-// pybind11 glue for the GEMM family: checks, GIL release; the kernel threads itself.
+// pybind11 glue for the GEMM family and the fused linear layer: checks, GIL release, the keep
+// bits of dropout / DropConnect (generated once per call, threaded), and the order of the passes.
+// The kernels thread themselves.
+#include <cstring>
 #include <string>
 
 #include "bindings/common.h"
+#include "core/allocator.h"
 #include "core/dispatch.h"
+#include "core/parallel.h"
 
 namespace fastnn {
 
@@ -19,6 +24,13 @@ void require_2d(const py::array& a, const char* name) {
     throw py::value_error(std::string(name) + ": expected a 2-D array, got shape " + shape_str(a));
 }
 
+void require_shape(const py::array& a, const char* name, int64_t r, int64_t c) {
+  require_2d(a, name);
+  if (a.shape(0) != r || a.shape(1) != c)
+    throw py::value_error(std::string(name) + ": expected shape (" + std::to_string(r) + ", " + std::to_string(c) +
+                          "), got " + shape_str(a));
+}
+
 // Element strides of a 2-D operand (any strides that are whole elements, the data aligned).
 void element_strides(const py::array& a, const char* name, int64_t* rs, int64_t* cs) {
   const auto item = static_cast<int64_t>(a.itemsize());
@@ -28,17 +40,107 @@ void element_strides(const py::array& a, const char* name, int64_t* rs, int64_t*
   *cs = a.strides(1) / item;
 }
 
+// An optional 1-D C-contiguous array of the operands' dtype with n elements; null data if None.
+const void* optional_vector(const py::object& o, const py::array& like, const char* name, int64_t n,
+                            py::array* keep) {
+  if (o.is_none()) return nullptr;
+  *keep = o.cast<py::array>();
+  if (!like.dtype().is(keep->dtype()))
+    throw py::type_error(std::string(name) + ": expected dtype " + dtype_str(like) + ", got " + dtype_str(*keep));
+  if (keep->ndim() != 1 || keep->shape(0) != n)
+    throw py::value_error(std::string(name) + ": expected shape (" + std::to_string(n) + ",), got " +
+                          shape_str(*keep));
+  require_c_contiguous(*keep, name);
+  return keep->data();
+}
+
+// An optional C-contiguous output of the operands' dtype and shape (r, c).
+void* optional_output(const py::object& o, const py::array& like, const char* name, int64_t r, int64_t c,
+                      py::array* keep) {
+  if (o.is_none()) return nullptr;
+  *keep = o.cast<py::array>();
+  if (!like.dtype().is(keep->dtype()))
+    throw py::type_error(std::string(name) + ": expected dtype " + dtype_str(like) + ", got " + dtype_str(*keep));
+  require_shape(*keep, name, r, c);
+  require_c_contiguous(*keep, name);
+  require_writeable(*keep, name);
+  return keep->mutable_data();
+}
+
+// An optional 1-D C-contiguous writeable output of the operands' dtype with n elements.
+void* optional_out_vector(const py::object& o, const py::array& like, const char* name, int64_t n, py::array* keep) {
+  if (o.is_none()) return nullptr;
+  const void* p = optional_vector(o, like, name, n, keep);
+  require_writeable(*keep, name);
+  return const_cast<void*>(p);
+}
+
+// Bytes per row of the saved activation-sign bits: 64-bit rows.
+int64_t pos_row_bytes(int64_t n) { return (n + 63) / 64 * 8; }
+
+uint8_t* optional_bits(const py::object& o, const char* name, int64_t rows, int64_t n, bool writeable,
+                       py::array* keep) {
+  if (o.is_none()) return nullptr;
+  *keep = o.cast<py::array>();
+  if (!keep->dtype().is(py::dtype::of<uint8_t>()))
+    throw py::type_error(std::string(name) + ": expected uint8, got " + dtype_str(*keep));
+  require_shape(*keep, name, rows, pos_row_bytes(n));
+  require_c_contiguous(*keep, name);
+  if (writeable) require_writeable(*keep, name);
+  return static_cast<uint8_t*>(keep->mutable_data());
+}
+
+// Packed keep bits of stream positions q0 .. q0 + n - 1, plus kBitPad bytes of padding, in a
+// block from the host cache; threaded in 64-bit-aligned chunks (each chunk's bytes its own).
+struct KeepBits {
+  uint8_t* p = nullptr;
+  size_t bytes = 0;
+  KeepBits() = default;
+  void fill(uint64_t seed, uint64_t q0, int64_t n, uint32_t threshold) {
+    bytes = static_cast<size_t>((n + 7) / 8 + kBitPad);
+    p = static_cast<uint8_t*>(host_alloc(bytes));
+    std::memset(p + (n + 7) / 8, 0, kBitPad);
+    const auto& k = dropout_kernels();
+    uint8_t* o = p;
+    parallel_for(n, kGrainElements * 4, 64, [&](int64_t b, int64_t e) {
+      k.mask_bits(seed, q0 + static_cast<uint64_t>(b), e - b, threshold, o + b / 8);
+    });
+  }
+  ~KeepBits() {
+    if (p) host_free(p, bytes);
+  }
+  KeepBits(const KeepBits&) = delete;
+  KeepBits& operator=(const KeepBits&) = delete;
+};
+
+void check_act(int act) {
+  if (act < -1 || act > kActPrelu) throw py::value_error("act: unknown activation id " + std::to_string(act));
+}
+
+void check_positions(uint64_t offset, uint64_t n) {
+  if (n > 0 && offset > UINT64_MAX - (n - 1))
+    throw py::value_error("offset: offset + the number of random positions must be at most 2**64");
+}
+
+// Mirrors the upper triangle of a square row-major C into the lower one.
+template <class T>
+void mirror_upper(T* c, int64_t n, int64_t ldc) {
+  parallel_for(n, (kGrainElements + n - 1) / (n > 0 ? n : 1), 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i)
+      for (int64_t j = 0; j < i; ++j) c[i * ldc + j] = c[j * ldc + i];
+  });
+}
+
 }  // namespace
 
 void register_gemm(py::module_& m) {
   m.def(
       "matmul",
       [](py::array a, py::array b, py::array out, py::object bias, int act, double slope, double alpha,
-         double scale) {
+         double scale, py::object a_row_shift, py::object a_col_shift, py::object b_col_shift, bool upper) {
         DType dt = float_dtype(a, "a");
         require_2d(a, "a");
         require_2d(b, "b");
-        require_2d(out, "out");
         if (!a.dtype().is(b.dtype()))
           throw py::type_error("b: expected dtype " + dtype_str(a) + " like a, got " + dtype_str(b));
         if (!a.dtype().is(out.dtype()))
@@ -46,42 +148,246 @@ void register_gemm(py::module_& m) {
         const int64_t M = a.shape(0), K = a.shape(1), N = b.shape(1);
         if (b.shape(0) != K)
           throw py::value_error("matmul: inner dimensions differ: a " + shape_str(a) + ", b " + shape_str(b));
-        if (out.shape(0) != M || out.shape(1) != N)
-          throw py::value_error("out: expected shape (" + std::to_string(M) + ", " + std::to_string(N) + "), got " +
-                                shape_str(out));
+        require_shape(out, "out", M, N);
         require_c_contiguous(out, "out");
         require_writeable(out, "out");
+        if (upper && M != N) throw py::value_error("upper: needs a square product, got " + std::to_string(M) + " x " +
+                                                   std::to_string(N));
         int64_t rsa, csa, rsb, csb;
         element_strides(a, "a", &rsa, &csa);
         element_strides(b, "b", &rsb, &csb);
-        py::array bias_arr;  // default-constructed: an empty array, not a null handle
-        const bool has_bias = !bias.is_none();
-        if (has_bias) {
-          bias_arr = bias.cast<py::array>();
-          if (!a.dtype().is(bias_arr.dtype()))
-            throw py::type_error("bias: expected dtype " + dtype_str(a) + " like a, got " + dtype_str(bias_arr));
-          if (bias_arr.ndim() != 1 || bias_arr.shape(0) != N)
-            throw py::value_error("bias: expected shape (" + std::to_string(N) + ",), got " + shape_str(bias_arr));
-          require_c_contiguous(bias_arr, "bias");
-        }
-        if (act < -1 || act >= kNumActs) throw py::value_error("act: unknown activation id " + std::to_string(act));
+        py::array keep_bias, keep_rs, keep_cs, keep_bs;
+        const void* bias_p = optional_vector(bias, a, "bias", N, &keep_bias);
+        const void* rs_p = optional_vector(a_row_shift, a, "a_row_shift", M, &keep_rs);
+        const void* cs_p = optional_vector(a_col_shift, a, "a_col_shift", K, &keep_cs);
+        const void* bs_p = optional_vector(b_col_shift, a, "b_col_shift", N, &keep_bs);
+        check_act(act);
+        if (act == kActPrelu) throw py::value_error("act: PReLU needs its weight: use linear_forward");
         py::gil_scoped_release nogil;
         dispatch_float(dt, [&](auto zero) {
           using T = decltype(zero);
-          GemmEpilogue<T> ep;
-          ep.bias = has_bias ? cptr<T>(bias_arr) : nullptr;
-          ep.act = act;
-          ep.params.slope = slope;
-          ep.params.alpha = alpha;
-          ep.params.scale = scale;
-          gemm_kernels_for<T>().gemm(M, N, K, cptr<T>(a), rsa, csa, cptr<T>(b), rsb, csb, mptr<T>(out), N, ep);
+          GemmArgs<T> g;
+          g.bias = static_cast<const T*>(bias_p);
+          g.act = act;
+          g.params.slope = slope;
+          g.params.alpha = alpha;
+          g.params.scale = scale;
+          g.a_row_shift = static_cast<const T*>(rs_p);
+          g.a_col_shift = static_cast<const T*>(cs_p);
+          g.b_col_shift = static_cast<const T*>(bs_p);
+          g.upper = upper;
+          T* c = mptr<T>(out);
+          gemm_kernels_for<T>().gemm(M, N, K, cptr<T>(a), rsa, csa, cptr<T>(b), rsb, csb, c, N, g);
+          if (upper) mirror_upper(c, N, N);
         });
       },
       py::arg("a"), py::arg("b"), py::arg("out"), py::arg("bias") = py::none(), py::arg("act") = -1,
-      py::arg("slope") = 0.01, py::arg("alpha") = 1.0, py::arg("scale") = 1.0,
-      "out[...] = act(a @ b + bias) for 2-D float32/float64 a (M, K), b (K, N) of any element strides "
-      "(C- and F-contiguous read as they lie), out (M, N) C-contiguous and not overlapping a or b; "
-      "bias (N,) or None; act an activation id or -1. Threads over the pool; GIL released.");
+      py::arg("slope") = 0.01, py::arg("alpha") = 1.0, py::arg("scale") = 1.0, py::kw_only(),
+      py::arg("a_row_shift") = py::none(), py::arg("a_col_shift") = py::none(), py::arg("b_col_shift") = py::none(),
+      py::arg("upper") = false,
+      "out[...] = act((a - a_row_shift[:, None] - a_col_shift[None, :]) @ (b - b_col_shift[None, :]) + bias) "
+      "for 2-D float32/float64 a (M, K), b (K, N) of any element strides (C- and F-contiguous read as they "
+      "lie), out (M, N) C-contiguous and not overlapping a or b; bias and shifts 1-D or None, applied while "
+      "packing (no shifted copy); act an activation id or -1. upper=True (M == N, the product known to be "
+      "symmetric) computes the tiles on and above the diagonal and mirrors them. GIL released.");
+
+  m.def(
+      "linear_forward",
+      [](py::array x, py::array w, py::array out, py::object bias, int act, double slope, double alpha, double scale,
+         py::object prelu_w, bool dropout, uint32_t drop_thr, double drop_scale, bool dropconnect, uint32_t dc_thr,
+         double dc_scale, uint64_t seed, uint64_t offset, py::object pos_bits, bool pos_from_y, py::object z_out) {
+        DType dt = float_dtype(x, "x");
+        require_2d(x, "x");
+        require_2d(w, "weight");
+        if (!x.dtype().is(w.dtype()))
+          throw py::type_error("weight: expected dtype " + dtype_str(x) + " like x, got " + dtype_str(w));
+        const int64_t M = x.shape(0), K = x.shape(1), N = w.shape(0);
+        if (w.shape(1) != K)
+          throw py::value_error("linear: x " + shape_str(x) + " and weight " + shape_str(w) +
+                                " differ in in_features (x.shape[1] must equal weight.shape[1])");
+        if (!x.dtype().is(out.dtype()))
+          throw py::type_error("out: expected dtype " + dtype_str(x) + ", got " + dtype_str(out));
+        require_shape(out, "out", M, N);
+        require_c_contiguous(out, "out");
+        require_writeable(out, "out");
+        check_act(act);
+        int64_t rsx, csx, rsw, csw;
+        element_strides(x, "x", &rsx, &csx);
+        element_strides(w, "weight", &rsw, &csw);
+        py::array keep_bias, keep_pw, keep_pos, keep_z;
+        const void* bias_p = optional_vector(bias, x, "bias", N, &keep_bias);
+        const void* pw_p = nullptr;
+        int64_t prelu_n = 0;
+        if (act == kActPrelu) {
+          if (prelu_w.is_none()) throw py::value_error("prelu_w: PReLU needs its weight");
+          prelu_n = py::cast<py::array>(prelu_w).size() == 1 ? 1 : N;
+          pw_p = optional_vector(prelu_w, x, "prelu_w", prelu_n, &keep_pw);
+        }
+        uint8_t* pos_p = optional_bits(pos_bits, "pos_bits", M, N, true, &keep_pos);
+        void* z_p = optional_output(z_out, x, "z_out", M, N, &keep_z);
+        const uint64_t mn = static_cast<uint64_t>(M) * static_cast<uint64_t>(N);
+        check_positions(offset, mn + static_cast<uint64_t>(N) * static_cast<uint64_t>(K));
+        py::gil_scoped_release nogil;
+        KeepBits drop_bits, dc_bits;
+        if (dropout && M * N > 0) drop_bits.fill(seed, offset, M * N, drop_thr);
+        if (dropconnect && N * K > 0) dc_bits.fill(seed, offset + mn, N * K, dc_thr);
+        dispatch_float(dt, [&](auto zero) {
+          using T = decltype(zero);
+          GemmArgs<T> g;
+          g.bias = static_cast<const T*>(bias_p);
+          g.act = act;
+          g.params.slope = slope;
+          g.params.alpha = alpha;
+          g.params.scale = scale;
+          g.prelu_w = static_cast<const T*>(pw_p);
+          g.prelu_n = prelu_n;
+          if (drop_bits.p) {
+            g.drop_bits = drop_bits.p;
+            g.drop_ld = N;
+            g.drop_scale = static_cast<T>(drop_scale);
+          }
+          if (dc_bits.p) {  // B = W^T: B(k, j) = W[j, k], the bit of W's C-order position j*K + k
+            g.b_bits = dc_bits.p;
+            g.b_bits_rs = 1;
+            g.b_bits_cs = K;
+            g.b_scale = static_cast<T>(dc_scale);
+          }
+          g.z_out = static_cast<T*>(z_p);
+          g.ldz = N;
+          g.pos_bits = pos_p;
+          g.pos_ld = pos_row_bytes(N);
+          g.pos_from_y = pos_from_y;
+          gemm_kernels_for<T>().gemm(M, N, K, cptr<T>(x), rsx, csx, cptr<T>(w), csw, rsw, mptr<T>(out), N, g);
+        });
+      },
+      py::arg("x"), py::arg("weight"), py::arg("out"), py::arg("bias"), py::arg("act"), py::arg("slope"),
+      py::arg("alpha"), py::arg("scale"), py::arg("prelu_w"), py::arg("dropout"), py::arg("drop_threshold"),
+      py::arg("drop_scale"), py::arg("dropconnect"), py::arg("dc_threshold"), py::arg("dc_scale"), py::arg("seed"),
+      py::arg("offset"), py::arg("pos_bits"), py::arg("pos_from_y"), py::arg("z_out"),
+      "out = dropout(act(x @ (weight * dropconnect)^T + bias)) in one GEMM: DropConnect applied while the "
+      "weight is packed, bias/activation/dropout in the epilogue. Stream positions: dropout offset + i*N + j, "
+      "DropConnect offset + M*N + (C-order index in weight). Optionally saves pos_bits (M, ceil(N/64)*8) "
+      "uint8: bit j of row i = (pos_from_y ? out > 0 : pre-activation > 0), and z_out (M, N) the pre-activation.");
+
+  m.def(
+      "linear_backward",
+      [](py::array g, py::array x, py::array w, py::array grad_x, py::array grad_w, py::object grad_b, int act,
+         double slope, double alpha, double scale, py::object y, py::object z, py::object pos_bits,
+         py::object prelu_w, py::object grad_prelu, bool dropout, uint32_t drop_thr, double drop_scale,
+         bool dropconnect, uint32_t dc_thr, double dc_scale, uint64_t seed, uint64_t offset) {
+        DType dt = float_dtype(x, "x");
+        require_2d(x, "x");
+        require_2d(w, "weight");
+        require_2d(g, "grad_output");
+        const int64_t M = x.shape(0), K = x.shape(1), N = w.shape(0);
+        for (auto [arr, name] : {std::pair<py::array*, const char*>{&w, "weight"}, {&g, "grad_output"}})
+          if (!x.dtype().is(arr->dtype()))
+            throw py::type_error(std::string(name) + ": expected dtype " + dtype_str(x) + " like x, got " +
+                                 dtype_str(*arr));
+        if (w.shape(1) != K) throw py::value_error("weight: expected in_features " + std::to_string(K));
+        require_shape(g, "grad_output", M, N);
+        require_c_contiguous(g, "grad_output");
+        check_act(act);
+        int64_t rsx, csx, rsw, csw;
+        element_strides(x, "x", &rsx, &csx);
+        element_strides(w, "weight", &rsw, &csw);
+        py::array k_gx = grad_x, k_gw = grad_w, k_gb, k_y, k_z, k_pos, k_pw, k_gp;
+        void* gx_p = optional_output(grad_x, x, "grad_x", M, K, &k_gx);
+        void* gw_p = optional_output(grad_w, x, "grad_w", N, K, &k_gw);
+        void* gb_p = optional_out_vector(grad_b, x, "grad_b", N, &k_gb);
+        const void* y_p = nullptr;
+        const void* z_p = nullptr;
+        if (!y.is_none()) {
+          k_y = y.cast<py::array>();
+          if (!x.dtype().is(k_y.dtype())) throw py::type_error("y: expected dtype " + dtype_str(x));
+          require_shape(k_y, "y", M, N);
+          require_c_contiguous(k_y, "y");
+          y_p = k_y.data();
+        }
+        if (!z.is_none()) {
+          k_z = z.cast<py::array>();
+          if (!x.dtype().is(k_z.dtype())) throw py::type_error("z: expected dtype " + dtype_str(x));
+          require_shape(k_z, "z", M, N);
+          require_c_contiguous(k_z, "z");
+          z_p = k_z.data();
+        }
+        const uint8_t* pos_p = optional_bits(pos_bits, "pos_bits", M, N, false, &k_pos);
+        const bool needs_y = act == kSigmoid || act == kTanh || act == kElu;
+        const bool needs_pos = act == kRelu || act == kLeakyRelu || act == kElu;
+        if (needs_y && !y_p) throw py::value_error("y: this activation's gradient needs the saved output");
+        if (needs_pos && !pos_p) throw py::value_error("pos_bits: this activation's gradient needs the saved signs");
+        const void* pw_p = nullptr;
+        void* gp_p = nullptr;
+        int64_t prelu_n = 0;
+        if (act == kActPrelu) {
+          if (!z_p) throw py::value_error("z: PReLU's gradient needs the saved pre-activation");
+          if (prelu_w.is_none()) throw py::value_error("prelu_w: PReLU needs its weight");
+          prelu_n = py::cast<py::array>(prelu_w).size() == 1 ? 1 : N;
+          pw_p = optional_vector(prelu_w, x, "prelu_w", prelu_n, &k_pw);
+          gp_p = optional_out_vector(grad_prelu, x, "grad_prelu", prelu_n, &k_gp);
+        }
+        const uint64_t mn = static_cast<uint64_t>(M) * static_cast<uint64_t>(N);
+        check_positions(offset, mn + static_cast<uint64_t>(N) * static_cast<uint64_t>(K));
+        py::gil_scoped_release nogil;
+        KeepBits drop_bits, dc_bits;
+        // relu's saved bits were taken after dropout: they already hold the keep decisions.
+        if (dropout && act != kRelu && M * N > 0) drop_bits.fill(seed, offset, M * N, drop_thr);
+        if (dropconnect && N * K > 0) dc_bits.fill(seed, offset + mn, N * K, dc_thr);
+        dispatch_float(dt, [&](auto zero) {
+          using T = decltype(zero);
+          const auto& kern = gemm_kernels_for<T>();
+          const size_t gz_bytes = static_cast<size_t>(M * N) * sizeof(T) + 64;
+          T* gz = static_cast<T*>(host_alloc(gz_bytes));
+          LinearGradArgs<T> la;
+          la.M = M;
+          la.N = N;
+          la.g = cptr<T>(g);
+          la.ldg = N;
+          la.act = act;
+          la.params.slope = slope;
+          la.params.alpha = alpha;
+          la.params.scale = scale;
+          la.y = static_cast<const T*>(y_p);
+          la.z = static_cast<const T*>(z_p);
+          la.pos_bits = pos_p;
+          la.pos_ld = pos_row_bytes(N);
+          la.keep_bits = drop_bits.p;
+          la.drop_scale = dropout ? static_cast<T>(drop_scale) : T(1);
+          la.prelu_w = static_cast<const T*>(pw_p);
+          la.prelu_n = prelu_n;
+          la.gz = gz;
+          la.grad_b = static_cast<T*>(gb_p);
+          la.grad_w = static_cast<T*>(gp_p);
+          kern.linear_grad(la);
+          // grad_x (M, K) = gz (M, N) . W_eff (N, K); W_eff's bit of (k, j) = W[k, j]: k*K + j.
+          GemmArgs<T> gx;
+          if (dc_bits.p) {
+            gx.b_bits = dc_bits.p;
+            gx.b_bits_rs = K;
+            gx.b_bits_cs = 1;
+            gx.b_scale = static_cast<T>(dc_scale);
+          }
+          kern.gemm(M, K, N, gz, N, 1, cptr<T>(w), rsw, csw, static_cast<T*>(gx_p), K, gx);
+          // grad_W (N, K) = gz^T (N, M) . x (M, K), then DropConnect's mask in the epilogue.
+          GemmArgs<T> gw;
+          if (dc_bits.p) {
+            gw.drop_bits = dc_bits.p;
+            gw.drop_ld = K;
+            gw.drop_scale = static_cast<T>(dc_scale);
+          }
+          kern.gemm(N, K, M, gz, 1, N, cptr<T>(x), rsx, csx, static_cast<T*>(gw_p), K, gw);
+          host_free(gz, gz_bytes);
+        });
+      },
+      py::arg("grad_output"), py::arg("x"), py::arg("weight"), py::arg("grad_x"), py::arg("grad_w"),
+      py::arg("grad_b"), py::arg("act"), py::arg("slope"), py::arg("alpha"), py::arg("scale"), py::arg("y"),
+      py::arg("z"), py::arg("pos_bits"), py::arg("prelu_w"), py::arg("grad_prelu"), py::arg("dropout"),
+      py::arg("drop_threshold"), py::arg("drop_scale"), py::arg("dropconnect"), py::arg("dc_threshold"),
+      py::arg("dc_scale"), py::arg("seed"), py::arg("offset"),
+      "The backward of linear_forward: one pass for gz = grad_output * keep * act' (and grad_b, and PReLU's "
+      "weight gradient), then grad_x = gz @ (W * dropconnect) with the mask applied while W is packed, and "
+      "grad_w = (gz^T @ x) * dropconnect with the mask in the epilogue. grad_output C-contiguous; outputs "
+      "C-contiguous, written in full.");
 
   m.def("gemm_tile", [](const std::string& dtype) {
     const bool f32 = dtype == "float32";
@@ -89,6 +395,9 @@ void register_gemm(py::module_& m) {
     return f32 ? py::make_tuple(gemm_kernels().f32.mr, gemm_kernels().f32.nr)
                : py::make_tuple(gemm_kernels().f64.mr, gemm_kernels().f64.nr);
   }, py::arg("dtype"), "(MR, NR) of the GEMM micro-tile on the current CPU path.");
+
+  m.attr("ACT_PRELU") = kActPrelu;
+  m.attr("POS_ROW_ALIGN_BITS") = 64;
 }
 
 }  // namespace fastnn

@@ -92,35 +92,74 @@ __attribute__((always_inline)) inline void micro_kernel(int64_t kc, const T* __r
   }
 }
 
+// ---- bit arrays (dropout keep bits, DropConnect bits, saved activation signs) ----------------
+
+// 64 bits starting at bit `pos` of a packed little-endian bit array (at least 57 valid; the
+// arrays carry kBitPad bytes of padding so the 8-byte load never leaves them).
+inline uint64_t bits_at(const uint8_t* bits, int64_t pos) {
+  uint64_t w;
+  __builtin_memcpy(&w, bits + (pos >> 3), sizeof(w));
+  return w >> (pos & 7);
+}
+
 // ---- the epilogue hook: writes the m x n valid part of the tile -------------------------------
 template <class T>
 struct TileEpilogue {
   bool accumulate;  // C += tile (a K block after the first)
-  bool last;        // the last K block: apply bias and activation
-  const T* bias;    // at the tile's first column, or null
-  int act;
+  bool last;        // the last K block: apply the epilogue of GemmArgs
+  int64_t gi, gj;   // the tile's first row and column in the whole C
+  const GemmArgs<T>* args;
   const ActForward<Vec<T>>* f;
 };
+
+// One vector of a per-column parameter (bias, PReLU weight) at columns [j, j + cols), zero-filled.
+template <class T>
+inline Vec<T> column_vector(const T* p, int64_t cols) {
+  using V = Vec<T>;
+  return cols >= V::W ? V::load(p) : cols > 0 ? V::load_partial(p, cols) : V::set1(T(0));
+}
 
 template <class T, int MR, int NV>
 __attribute__((always_inline)) inline void store_tile(Vec<T> (&acc)[MR][NV], T* c, int64_t ldc, int64_t m,
                                                       int64_t n, const TileEpilogue<T>& e) {
   using V = Vec<T>;
-  V bias[NV];
-  const bool add_bias = e.last && e.bias;
-  if (add_bias) {
+  const GemmArgs<T>& g = *e.args;
+  if (!e.last) {  // an intermediate K block: C (+)= tile
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      if (i >= m) break;
+      T* row = c + i * ldc;
 #pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) {
-      const int64_t cols = n - v * V::W;
-      bias[v] = cols >= V::W ? V::load(e.bias + v * V::W) : cols > 0 ? V::load_partial(e.bias + v * V::W, cols)
-                                                                      : V::set1(T(0));
+      for (int v = 0; v < NV; ++v) {
+        const int64_t cols = n - v * V::W;
+        if (cols <= 0) break;
+        const bool full = cols >= V::W;
+        V x = acc[i][v];
+        if (e.accumulate) x = (full ? V::load(row + v * V::W) : V::load_partial(row + v * V::W, cols)) + x;
+        if (full) x.store(row + v * V::W);
+        else x.store_partial(row + v * V::W, cols);
+      }
     }
+    return;
   }
-  const bool act = e.last && e.act >= 0;
+  V bias[NV], pw[NV];
+  if (g.bias) {
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) bias[v] = column_vector(g.bias + e.gj + v * V::W, n - v * V::W);
+  }
+  const bool prelu = g.act == kActPrelu;
+  if (prelu) {
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v)
+      pw[v] = g.prelu_n == 1 ? V::set1(g.prelu_w[0]) : column_vector(g.prelu_w + e.gj + v * V::W, n - v * V::W);
+  }
+  const V zero = V::set1(T(0)), drop_scale = V::set1(g.drop_scale);
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i) {
     if (i >= m) break;
     T* row = c + i * ldc;
+    const uint64_t keep = g.drop_bits ? bits_at(g.drop_bits, (e.gi + i) * g.drop_ld + e.gj) : 0;
+    uint32_t pos = 0;
 #pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) {
       const int64_t cols = n - v * V::W;
@@ -128,10 +167,23 @@ __attribute__((always_inline)) inline void store_tile(Vec<T> (&acc)[MR][NV], T* 
       const bool full = cols >= V::W;
       V x = acc[i][v];
       if (e.accumulate) x = (full ? V::load(row + v * V::W) : V::load_partial(row + v * V::W, cols)) + x;
-      if (add_bias) x = x + bias[v];
-      if (act) x = (*e.f)(x);
+      if (g.bias) x = x + bias[v];
+      if (g.z_out) {
+        T* zr = g.z_out + (e.gi + i) * g.ldz + e.gj + v * V::W;
+        if (full) x.store(zr);
+        else x.store_partial(zr, cols);
+      }
+      const V z = x;
+      if (prelu) x = select(cmp_gt(x, zero), x, x * pw[v]);
+      else if (g.act >= 0) x = (*e.f)(x);
+      if (g.drop_bits) x = x * select(V::mask_from_bits(static_cast<uint32_t>(keep >> (v * V::W))), drop_scale, zero);
+      if (g.pos_bits) pos |= to_bits(g.pos_from_y ? cmp_nle(x, zero) : cmp_gt(z, zero)) << (v * V::W);
       if (full) x.store(row + v * V::W);
       else x.store_partial(row + v * V::W, cols);
+    }
+    if (g.pos_bits) {  // the tile's NR bits of this row: NR divides 64 and gj is a multiple of NR
+      static_assert(NV * V::W <= 32 && 64 % (NV * V::W) == 0, "a tile row's bits are one aligned chunk");
+      __builtin_memcpy(g.pos_bits + (e.gi + i) * g.pos_ld + e.gj / 8, &pos, NV * V::W / 8);
     }
   }
 }
@@ -183,13 +235,29 @@ inline void transpose16(__m512 (&r)[16]) {
   for (int i = 0; i < 16; ++i) r[i] = t[i];
 }
 
+// Keep bits of a transposing pack: row i of the block (16 consecutive k) is kept where bit
+// bit0 + i * ld + k of bits is set, and then scaled (DropConnect of a weight row).
+struct RowBits {
+  const uint8_t* bits = nullptr;
+  int64_t bit0 = 0, ld = 0;
+  float scale = 1.0f;
+};
+
 // rows rows of src (row i at src + i*ld, contiguous in k) -> dst[k*dld + i], k < kc rounded down to 16.
-inline int64_t pack_transposed16(int64_t kc, int rows, const float* src, int64_t ld, float* dst, int64_t dld) {
+inline int64_t pack_transposed16(int64_t kc, int rows, const float* src, int64_t ld, float* dst, int64_t dld,
+                                 const RowBits& rb) {
   const __mmask16 keep = static_cast<__mmask16>((1u << rows) - 1u);
+  const __m512 scale = _mm512_set1_ps(rb.scale);
   int64_t k0 = 0;
   for (; k0 + 16 <= kc; k0 += 16) {
     __m512 r[16];
     for (int i = 0; i < 16; ++i) r[i] = i < rows ? _mm512_loadu_ps(src + i * ld + k0) : _mm512_setzero_ps();
+    if (rb.bits) {  // x * (keep ? scale : 0), as dropout computes it
+      for (int i = 0; i < rows; ++i) {
+        const auto m = static_cast<__mmask16>(bits_at(rb.bits, rb.bit0 + i * rb.ld + k0));
+        r[i] = _mm512_mul_ps(r[i], _mm512_maskz_mov_ps(m, scale));
+      }
+    }
     transpose16(r);
     for (int kk = 0; kk < 16; ++kk) _mm512_mask_storeu_ps(dst + (k0 + kk) * dld, keep, r[kk]);
   }
@@ -197,24 +265,39 @@ inline int64_t pack_transposed16(int64_t kc, int rows, const float* src, int64_t
 }
 inline int64_t pack_a_fast(int64_t kc, const float* src, int64_t rs, float* dst) {
   static_assert(Tile<float>::MR <= 16, "one transposed block covers the A panel");
-  return pack_transposed16(kc, Tile<float>::MR, src, rs, dst, Tile<float>::MR);
+  return pack_transposed16(kc, Tile<float>::MR, src, rs, dst, Tile<float>::MR, RowBits{});
 }
-inline int64_t pack_b_fast(int64_t kc, const float* src, int64_t cs, float* dst) {
+// B columns j (each contiguous in k, at src + j*cs); with bits, column j's keep bits start at
+// bit0 + j * ld (a weight row's DropConnect bits).
+inline int64_t pack_b_fast(int64_t kc, const float* src, int64_t cs, float* dst, const RowBits& rb) {
   constexpr int NR = Tile<float>::NV * 16;
   int64_t done = 0;
-  for (int g = 0; g < NR / 16; ++g) done = pack_transposed16(kc, 16, src + g * 16 * cs, cs, dst + g * 16, NR);
+  for (int g = 0; g < NR / 16; ++g) {
+    RowBits r = rb;
+    r.bit0 += g * 16 * rb.ld;
+    done = pack_transposed16(kc, 16, src + g * 16 * cs, cs, dst + g * 16, NR, r);
+  }
   return done;
 }
+constexpr bool kFastBitsPack = true;
 #else
+struct RowBits {
+  const uint8_t* bits = nullptr;
+  int64_t bit0 = 0, ld = 0;
+  float scale = 1.0f;
+};
 inline int64_t pack_a_fast(int64_t, const float*, int64_t, float*) { return 0; }
-inline int64_t pack_b_fast(int64_t, const float*, int64_t, float*) { return 0; }
+inline int64_t pack_b_fast(int64_t, const float*, int64_t, float*, const RowBits&) { return 0; }
+constexpr bool kFastBitsPack = false;
 #endif
 inline int64_t pack_a_fast(int64_t, const double*, int64_t, double*) { return 0; }
-inline int64_t pack_b_fast(int64_t, const double*, int64_t, double*) { return 0; }
+inline int64_t pack_b_fast(int64_t, const double*, int64_t, double*, const RowBits&) { return 0; }
 
-// A block rows [0, mc) x k [0, kc) of a (element (i, k) at a[i*rs + k*cs]) into MR-row panels.
+// A block rows [0, mc) x k [0, kc) of a (element (i, k) at a[i*rs + k*cs]) into MR-row panels,
+// minus the shifts (rsh[i], csh[k]; null for none).
 template <class T>
-void pack_a(int64_t mc, int64_t kc, const T* a, int64_t rs, int64_t cs, T* dst) {
+void pack_a(int64_t mc, int64_t kc, const T* a, int64_t rs, int64_t cs, T* dst, const T* rsh, const T* csh) {
+  using V = Vec<T>;
   constexpr int MR = Blocking<T>::MR;
   for (int64_t i0 = 0; i0 < mc; i0 += MR, dst += MR * kc) {
     const int64_t mr = mc - i0 < MR ? mc - i0 : MR;
@@ -223,20 +306,47 @@ void pack_a(int64_t mc, int64_t kc, const T* a, int64_t rs, int64_t cs, T* dst) 
       const int64_t k0 = pack_a_fast(kc, src, rs, dst);
       for (int i = 0; i < MR; ++i)
         for (int64_t k = k0; k < kc; ++k) dst[k * MR + i] = src[i * rs + k];
+    } else if (rs == 1) {  // columns contiguous (a transposed C-ordered operand): a copy per k
+      for (int64_t k = 0; k < kc; ++k)
+        for (int64_t i = 0; i < MR; i += V::W) {
+          const int64_t rows = mr - i;
+          (rows >= V::W ? V::load(src + k * cs + i) : rows > 0 ? V::load_partial(src + k * cs + i, rows)
+                                                              : V::set1(T(0)))
+              .store_partial(dst + k * MR + i, MR - i < V::W ? MR - i : V::W);
+        }
     } else {
       for (int64_t k = 0; k < kc; ++k) {
         for (int64_t i = 0; i < mr; ++i) dst[k * MR + i] = src[i * rs + k * cs];
         for (int64_t i = mr; i < MR; ++i) dst[k * MR + i] = T(0);
       }
     }
+    if (rsh || csh) {  // (a - rsh[i]) - csh[k] on the valid rows; padding rows stay 0
+      T r[MR];
+      for (int i = 0; i < MR; ++i) r[i] = rsh && i < mr ? rsh[i0 + i] : T(0);
+      for (int64_t k = 0; k < kc; ++k) {
+        const T ck = csh ? csh[k] : T(0);
+        for (int64_t i = 0; i < mr; ++i) dst[k * MR + i] = (dst[k * MR + i] - r[i]) - ck;
+      }
+    }
   }
 }
 
+// What pack_b_panel applies besides the copy: the column shift and the keep bits, all indexed
+// from the panel's first (k, j) in the whole B.
+template <class T>
+struct BPrologue {
+  const T* csh = nullptr;  // at the panel's first column
+  const uint8_t* bits = nullptr;
+  int64_t bit0 = 0, brs = 0, bcs = 0;  // bit of (k, j) in the panel: bit0 + k*brs + j*bcs
+  T scale = T(1);
+};
+
 // One NR-column panel of B (element (k, j) at b[k*rs + j*cs]), nr <= NR valid columns.
 template <class T>
-void pack_b_panel(int64_t kc, int64_t nr, const T* b, int64_t rs, int64_t cs, T* dst) {
+void pack_b_panel(int64_t kc, int64_t nr, const T* b, int64_t rs, int64_t cs, T* dst, const BPrologue<T>& pro) {
   using V = Vec<T>;
   constexpr int NR = Blocking<T>::NR;
+  bool masked = false;  // keep bits already applied
   if (cs == 1) {  // rows of B contiguous: NR-element vector copies
     for (int64_t k = 0; k < kc; ++k) {
       const T* src = b + k * rs;
@@ -247,11 +357,53 @@ void pack_b_panel(int64_t kc, int64_t nr, const T* b, int64_t rs, int64_t cs, T*
       }
     }
   } else {  // columns contiguous in k (rs == 1 for an F-ordered B or the transpose of a C-ordered one)
-    const int64_t k0 = rs == 1 && nr == NR ? pack_b_fast(kc, b, cs, dst) : 0;
+    int64_t k0 = 0;
+    if (rs == 1 && nr == NR && !pro.csh && (!pro.bits || (kFastBitsPack && pro.brs == 1))) {
+      RowBits rb;
+      if (pro.bits) {
+        rb.bits = pro.bits;
+        rb.bit0 = pro.bit0;
+        rb.ld = pro.bcs;
+        rb.scale = static_cast<float>(pro.scale);
+      }
+      k0 = pack_b_fast(kc, b, cs, dst, rb);
+      masked = k0 > 0;
+      if (masked && k0 < kc) {  // the k tail, element by element, masked here
+        for (int64_t j = 0; j < nr; ++j)
+          for (int64_t k = k0; k < kc; ++k) {
+            T w = b[j * cs + k];
+            if (pro.bits) w = w * ((bits_at(pro.bits, pro.bit0 + k + j * pro.bcs) & 1) ? pro.scale : T(0));
+            dst[k * NR + j] = w;
+          }
+        k0 = kc;
+      }
+    }
     for (int64_t j = 0; j < nr; ++j)
       for (int64_t k = k0; k < kc; ++k) dst[k * NR + j] = b[j * cs + k * rs];
     for (int64_t j = nr; j < NR; ++j)
       for (int64_t k = 0; k < kc; ++k) dst[k * NR + j] = T(0);
+  }
+  if (pro.csh) {
+    for (int64_t k = 0; k < kc; ++k)
+      for (int64_t j = 0; j < nr; ++j) dst[k * NR + j] = dst[k * NR + j] - pro.csh[j];
+  }
+  if (pro.bits && !masked) {  // x * (keep ? scale : 0), as dropout computes it
+    const V scale = V::set1(pro.scale), zero = V::set1(T(0));
+    if (pro.bcs == 1) {  // bits run along j: one 64-bit fetch per row of the panel
+      for (int64_t k = 0; k < kc; ++k) {
+        const uint64_t keep = bits_at(pro.bits, pro.bit0 + k * pro.brs);
+        for (int64_t j = 0; j < NR; j += V::W) {
+          const V s = select(V::mask_from_bits(static_cast<uint32_t>(keep >> j)), scale, zero);
+          (V::load(dst + k * NR + j) * s).store(dst + k * NR + j);
+        }
+      }
+    } else {
+      for (int64_t j = 0; j < nr; ++j)
+        for (int64_t k = 0; k < kc; ++k) {
+          const bool kept = bits_at(pro.bits, pro.bit0 + k * pro.brs + j * pro.bcs) & 1;
+          dst[k * NR + j] = dst[k * NR + j] * (kept ? pro.scale : T(0));
+        }
+    }
   }
 }
 
@@ -272,12 +424,27 @@ struct Scratch {
 
 // ---- the driver -------------------------------------------------------------------------------
 
-// The BLIS loop nest on one thread, over a sub-block of C, with its own packing buffers.
 template <class T>
-void gemm_block(int64_t M, int64_t N, int64_t K, const T* a, int64_t rsa, int64_t csa, const T* b, int64_t rsb,
-                int64_t csb, T* c, int64_t ldc, const T* bias, const TileEpilogue<T>& proto) {
+struct Problem {
+  int64_t M, N, K;
+  const T* a;
+  int64_t rsa, csa;
+  const T* b;
+  int64_t rsb, csb;
+  T* c;
+  int64_t ldc;
+  const GemmArgs<T>* args;
+  const ActForward<Vec<T>>* f;
+};
+
+// The BLIS loop nest on one thread, over the block [i0, i1) x [j0, j1) of C, with its own
+// packing buffers.
+template <class T>
+void gemm_block(const Problem<T>& P, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
   using B = Blocking<T>;
   constexpr int64_t MR = B::MR, NR = B::NR, KC = B::KC, MC = B::MC, NC = B::NC;
+  const GemmArgs<T>& g = *P.args;
+  const int64_t M = i1 - i0, N = j1 - j0, K = P.K;
   // K in equal blocks of at most KC (1024 = 6 x 171, not 5 x 192 + 64: no short last block).
   const int64_t kblocks = K > KC ? (K + KC - 1) / KC : 1;
   const int64_t kc_max = (K + kblocks - 1) / kblocks;
@@ -286,29 +453,43 @@ void gemm_block(int64_t M, int64_t N, int64_t K, const T* a, int64_t rsa, int64_
   Scratch<T> buf(kc_max * (nc_max + mc_max));
   T* const bpack_p = buf.p;
   T* const apack_p = buf.p + kc_max * nc_max;
-  for (int64_t jc = 0; jc < N; jc += NC) {
-    const int64_t nc = N - jc < NC ? N - jc : NC;
+  for (int64_t jc = j0; jc < j1; jc += NC) {
+    const int64_t nc = j1 - jc < NC ? j1 - jc : NC;
+    if (g.upper && jc + nc <= i0) continue;  // wholly below the diagonal
     for (int64_t pc = 0;; pc += kc_max) {  // at least once: K == 0 still writes C (zeros + epilogue)
       const int64_t kc = K - pc < kc_max ? K - pc : kc_max;
-      TileEpilogue<T> e = proto;
-      e.accumulate = pc > 0;
-      e.last = pc + kc >= K;
-      for (int64_t jr = 0; jr < nc; jr += NR)
-        pack_b_panel<T>(kc, nc - jr < NR ? nc - jr : NR, b + pc * rsb + (jc + jr) * csb, rsb, csb, bpack_p + jr * kc);
-      for (int64_t ic = 0; ic < M; ic += MC) {
-        const int64_t mc = M - ic < MC ? M - ic : MC;
-        pack_a<T>(mc, kc, a + ic * rsa + pc * csa, rsa, csa, apack_p);
+      TileEpilogue<T> e{pc > 0, pc + kc >= K, 0, 0, &g, P.f};
+      for (int64_t jr = 0; jr < nc; jr += NR) {
+        BPrologue<T> pro;
+        if (g.b_col_shift) pro.csh = g.b_col_shift + jc + jr;
+        if (g.b_bits) {
+          pro.bits = g.b_bits;
+          pro.bit0 = pc * g.b_bits_rs + (jc + jr) * g.b_bits_cs;
+          pro.brs = g.b_bits_rs;
+          pro.bcs = g.b_bits_cs;
+          pro.scale = g.b_scale;
+        }
+        pack_b_panel<T>(kc, nc - jr < NR ? nc - jr : NR, P.b + pc * P.rsb + (jc + jr) * P.csb, P.rsb, P.csb,
+                        bpack_p + jr * kc, pro);
+      }
+      for (int64_t ic = i0; ic < i1; ic += MC) {
+        const int64_t mc = i1 - ic < MC ? i1 - ic : MC;
+        if (g.upper && jc + nc <= ic) break;  // this and later row blocks are below the diagonal
+        pack_a<T>(mc, kc, P.a + ic * P.rsa + pc * P.csa, P.rsa, P.csa, apack_p,
+                  g.a_row_shift ? g.a_row_shift + ic : nullptr, g.a_col_shift ? g.a_col_shift + pc : nullptr);
         for (int64_t jr = 0; jr < nc; jr += NR) {
           const int64_t j = jc + jr, nr = nc - jr < NR ? nc - jr : NR;
-          e.bias = bias ? bias + j : nullptr;
+          e.gj = j;
           for (int64_t ir = 0; ir < mc; ir += MR) {
             const int64_t m = mc - ir < MR ? mc - ir : MR;
+            if (g.upper && j + nr <= ic + ir) break;  // the tile and those below it: under the diagonal
+            e.gi = ic + ir;
             const T* ap = apack_p + ir * kc;
-            T* cp = c + (ic + ir) * ldc + j;
+            T* cp = P.c + (ic + ir) * P.ldc + j;
             const T* bp = bpack_p + jr * kc;
-            if (m <= Tile<T>::E1) tile<T, Tile<T>::E1>(kc, ap, bp, cp, ldc, m, nr, e);
-            else if (m <= Tile<T>::E2) tile<T, Tile<T>::E2>(kc, ap, bp, cp, ldc, m, nr, e);
-            else tile<T, MR>(kc, ap, bp, cp, ldc, m, nr, e);
+            if (m <= Tile<T>::E1) tile<T, Tile<T>::E1>(kc, ap, bp, cp, P.ldc, m, nr, e);
+            else if (m <= Tile<T>::E2) tile<T, Tile<T>::E2>(kc, ap, bp, cp, P.ldc, m, nr, e);
+            else tile<T, MR>(kc, ap, bp, cp, P.ldc, m, nr, e);
           }
         }
       }
@@ -322,38 +503,151 @@ constexpr int64_t kMinThreadFlops = int64_t(1) << 20;  // below this a product s
 // Threads split C into one block of whole micro-panels each, along M or N (whichever has more
 // panels), and run the whole loop nest on it with private packing: one pool region per call, no
 // shared buffers. Each element of C is the same chain of FMAs over the same KC blocks wherever its
-// block falls, so the result does not depend on the split (nor on the thread count).
+// block falls, so the result does not depend on the split (nor on the thread count). With upper,
+// the split is along M with equal counts of tiles at or above the diagonal per thread.
 template <class T>
 void gemm_driver(int64_t M, int64_t N, int64_t K, const T* a, int64_t rsa, int64_t csa, const T* b, int64_t rsb,
-                 int64_t csb, T* c, int64_t ldc, const GemmEpilogue<T>& ep) {
+                 int64_t csb, T* c, int64_t ldc, const GemmArgs<T>& args) {
   constexpr int64_t MR = Blocking<T>::MR, NR = Blocking<T>::NR;
   if (M <= 0 || N <= 0) return;
-  const ActForward<Vec<T>> f(ep.act, ep.params);
-  const TileEpilogue<T> proto{false, false, nullptr, ep.act, &f};
+  const ActForward<Vec<T>> f(args.act >= 0 && args.act < kNumActs ? args.act : -1, args.params);
+  const Problem<T> P{M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, &args, &f};
   const int64_t mp = (M + MR - 1) / MR, np = (N + NR - 1) / NR;
-  const bool along_m = mp >= np;
+  const bool along_m = args.upper || mp >= np;
   const int64_t panels = along_m ? mp : np;
   int64_t tasks = num_threads();
   if (tasks > panels) tasks = panels;
   if (2 * M * N * (K > 0 ? K : 1) < kMinThreadFlops * tasks) tasks = 1;
+  // Work of row panel p under upper: the column panels that reach the diagonal or beyond.
+  auto upper_work = [&](int64_t p) { return np - (p * MR) / NR; };
+  int64_t total = 0;
+  if (args.upper)
+    for (int64_t p = 0; p < mp; ++p) total += upper_work(p);
+  auto boundary = [&](int64_t t) -> int64_t {  // first panel of task t
+    if (!args.upper) return panels * t / tasks;
+    const int64_t target = total * t / tasks;
+    int64_t p = 0;
+    for (int64_t acc = 0; p < mp && acc < target; ++p) acc += upper_work(p);
+    return p;
+  };
   parallel_for(tasks, 1, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t p0 = panels * t / tasks, p1 = panels * (t + 1) / tasks;
-      if (along_m) {
-        const int64_t i0 = p0 * MR, i1 = p1 * MR < M ? p1 * MR : M;
-        gemm_block<T>(i1 - i0, N, K, a + i0 * rsa, rsa, csa, b, rsb, csb, c + i0 * ldc, ldc, ep.bias, proto);
-      } else {
-        const int64_t j0 = p0 * NR, j1 = p1 * NR < N ? p1 * NR : N;
-        gemm_block<T>(M, j1 - j0, K, a, rsa, csa, b + j0 * csb, rsb, csb, c + j0, ldc, ep.bias ? ep.bias + j0 : nullptr,
-                      proto);
-      }
+      const int64_t p0 = boundary(t), p1 = boundary(t + 1);
+      if (p0 >= p1) continue;
+      if (along_m) gemm_block<T>(P, p0 * MR, p1 * MR < M ? p1 * MR : M, 0, N);
+      else gemm_block<T>(P, 0, M, p0 * NR, p1 * NR < N ? p1 * NR : N);
     }
   });
 }
 
+// ---- the backward's first pass -----------------------------------------------------------------
+
+constexpr int64_t kGradRows = 64;  // rows per fixed reduction block
+
+template <class T>
+void linear_grad(const LinearGradArgs<T>& A) {
+  using V = Vec<T>;
+  const int64_t M = A.M, N = A.N;
+  if (M <= 0 || N <= 0) {
+    for (int64_t j = 0; j < N && A.grad_b; ++j) A.grad_b[j] = T(0);
+    for (int64_t j = 0; j < A.prelu_n && A.grad_w; ++j) A.grad_w[j] = T(0);
+    return;
+  }
+  const int64_t nblocks = (M + kGradRows - 1) / kGradRows;
+  // Per block partial column sums in T: [nblocks][N] for grad_b, then [nblocks][N] for prelu.
+  const bool want_b = A.grad_b != nullptr, want_w = A.grad_w != nullptr && A.act == kActPrelu;
+  const int64_t nsums = (want_b ? 1 : 0) + (want_w ? 1 : 0);
+  Scratch<T> partial(nsums * nblocks * N + 1);
+  T* const pb = partial.p;
+  T* const pw = partial.p + (want_b ? nblocks * N : 0);
+  const V zero = V::set1(T(0)), one = V::set1(T(1));
+  const V s = V::set1(A.drop_scale);
+  const T inv_s = A.drop_scale != T(0) ? T(1) / A.drop_scale : T(0);
+  const V slope = V::set1(static_cast<T>(A.params.slope));
+  const V pos_d = V::set1(static_cast<T>(A.params.scale));
+  const V neg_d = V::set1(static_cast<T>(A.params.scale * A.params.alpha));
+  const bool rescale_y = A.keep_bits != nullptr && A.y != nullptr;  // y saved after dropout
+  auto block = [&](int64_t blk) {
+    const int64_t r0 = blk * kGradRows, r1 = r0 + kGradRows < M ? r0 + kGradRows : M;
+    T* sb = want_b ? pb + blk * N : nullptr;
+    T* sw = want_w ? pw + blk * N : nullptr;
+    for (int64_t j = 0; j < N; ++j) {
+      if (sb) sb[j] = T(0);
+      if (sw) sw[j] = T(0);
+    }
+    for (int64_t i = r0; i < r1; ++i) {
+      const T* g = A.g + i * A.ldg;
+      T* gz = A.gz + i * N;
+      for (int64_t j = 0; j < N; j += V::W) {
+        const int64_t cols = N - j < V::W ? N - j : V::W;
+        const bool full = cols == V::W;
+        auto ld = [&](const T* p) { return full ? V::load(p) : V::load_partial(p, cols); };
+        V gk = ld(g + j);
+        if (A.act == kRelu) {  // the pos bit holds keep and the scale is applied below
+        } else if (A.keep_bits) {
+          gk = gk * select(V::mask_from_bits(static_cast<uint32_t>(bits_at(A.keep_bits, i * N + j))), s, zero);
+        } else {
+          gk = gk * s;
+        }
+        V out = gk, yv = zero, zv = zero;
+        if (A.y) {
+          yv = ld(A.y + i * N + j);
+          if (rescale_y) yv = yv * V::set1(inv_s);
+        }
+        if (A.z) zv = ld(A.z + i * N + j);
+        auto pos = [&]() {
+          return V::mask_from_bits(static_cast<uint32_t>(bits_at(A.pos_bits + i * A.pos_ld, j)));
+        };
+        switch (A.act) {
+          case kSigmoid: out = gk * (yv * (one - yv)); break;
+          case kTanh: out = gk * fnmadd(yv, yv, one); break;
+          case kRelu: out = gk * select(pos(), s, zero); break;  // the bit holds keep: no keep_bits
+          case kLeakyRelu: out = gk * select(pos(), one, slope); break;
+          case kElu: out = gk * select(pos(), pos_d, yv + neg_d); break;
+          case kActPrelu: {
+            const V w = A.prelu_n == 1 ? V::set1(A.prelu_w[0]) : ld(A.prelu_w + j);
+            const auto zp = cmp_gt(zv, zero);
+            out = gk * select(zp, one, w);
+            if (sw) (ld(sw + j) + select(zp, zero, gk * zv)).store_partial(sw + j, cols);
+            break;
+          }
+          default: break;
+        }
+        if (full) out.store(gz + j);
+        else out.store_partial(gz + j, cols);
+        if (sb) (ld(sb + j) + out).store_partial(sb + j, cols);
+      }
+    }
+  };
+  const int64_t grain = (kGrainElements + kGradRows * N - 1) / (kGradRows * N);
+  parallel_for(nblocks, grain, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t blk = b0; blk < b1; ++blk) block(blk);
+  });
+  if (want_b)
+    for (int64_t j = 0; j < N; ++j) {
+      double acc = 0.0;
+      for (int64_t blk = 0; blk < nblocks; ++blk) acc += static_cast<double>(pb[blk * N + j]);
+      A.grad_b[j] = static_cast<T>(acc);
+    }
+  if (want_w) {
+    if (A.prelu_n == 1) {
+      double acc = 0.0;
+      for (int64_t blk = 0; blk < nblocks; ++blk)
+        for (int64_t j = 0; j < N; ++j) acc += static_cast<double>(pw[blk * N + j]);
+      A.grad_w[0] = static_cast<T>(acc);
+    } else {
+      for (int64_t j = 0; j < N; ++j) {
+        double acc = 0.0;
+        for (int64_t blk = 0; blk < nblocks; ++blk) acc += static_cast<double>(pw[blk * N + j]);
+        A.grad_w[j] = static_cast<T>(acc);
+      }
+    }
+  }
+}
+
 template <class T>
 constexpr GemmKernelsT<T> make_table() {
-  return GemmKernelsT<T>{&gemm_driver<T>, Blocking<T>::MR, Blocking<T>::NR};
+  return GemmKernelsT<T>{&gemm_driver<T>, &linear_grad<T>, Blocking<T>::MR, Blocking<T>::NR};
 }
 
 }  // namespace

@@ -1,9 +1,16 @@
 // The CPU GEMM family: one table per ISA (csrc/cpu/gemm.cpp compiled three times).
-//   C (M x N) = epilogue(A (M x K) . B (K x N))
+//   C (M x N) = epilogue(prologue_A(A (M x K)) . prologue_B(B (K x N)))
 // A and B are read through (row stride, column stride) in elements, so a C- or F-contiguous
 // operand (or its transpose) is used as it lies, never copy-transposed. C is row-major with row
 // stride ldc. The kernel threads itself over the project pool; each C tile is computed the same
 // way whatever the thread count (K is never split), so results are bit-identical for any count.
+//
+// The prologues act while a panel is packed (no modified copy of an operand is ever made); the
+// epilogue acts on each C tile while it is in registers, after the last K block. Together they
+// are the fused linear layer (csrc/bindings/gemm.cpp):
+//   forward   y = dropout(act(x . (W * dropconnect)^T + bias))
+//   backward  gz = g * keep * act'   (linear_grad, one pass; also grad_b)
+//             grad_x = gz . (W * dropconnect),  grad_W = (gz^T . x) * dropconnect (epilogue mask)
 #pragma once
 
 #include <cstdint>
@@ -12,22 +19,86 @@
 
 namespace fastnn {
 
-// Applied to each C tile while it is still in registers, after the last K block:
-//   c = act(a.b + bias[j])   (bias: N elements, or null; act: an Act, or -1 for none)
+// PReLU in the epilogue: y = z > 0 ? z : w[j] * z with a per-column (or single) weight. Not an
+// Act of the elementwise kernels (those take PReLU's channel layout through their own entry).
+constexpr int kActPrelu = kNumActs;
+
+// Bit i of a packed bit array (bit 0 of byte 0 first), as dropout_mask lays them out. Readers
+// fetch 64 bits from any bit position, so every bit array handed to the GEMM has 8 bytes of
+// padding after its last byte.
+constexpr int64_t kBitPad = 8;
+
 template <class T>
-struct GemmEpilogue {
+struct GemmArgs {
+  // ---- prologue of A: A'(i, k) = A(i, k) - a_row_shift[i] - a_col_shift[k]   (null: none)
+  const T* a_row_shift = nullptr;
+  const T* a_col_shift = nullptr;
+  // ---- prologue of B: B'(k, j) = (B(k, j) - b_col_shift[j]) * (keep(k, j) ? b_scale : 0), keep
+  // from bit k * b_bits_rs + j * b_bits_cs of b_bits (null: none). DropConnect of the weight.
+  const T* b_col_shift = nullptr;
+  const uint8_t* b_bits = nullptr;
+  int64_t b_bits_rs = 0, b_bits_cs = 0;
+  T b_scale = T(1);
+  // ---- epilogue, in this order:
+  //   z = acc + bias[j];  z_out(i, j) = z;  y = act(z)  (prelu: prelu_w[prelu_n == 1 ? 0 : j]);
+  //   y = y * (keep(i, j) ? drop_scale : 0) with keep bit i * drop_ld + j of drop_bits;
+  //   bit (i, j) of pos_bits (row stride pos_ld bytes) = pos_from_y ? !(y <= 0) : z > 0.
   const T* bias = nullptr;
-  int act = -1;
+  int act = -1;  // an Act, kActPrelu, or -1 for none
   ActParams params;
+  const T* prelu_w = nullptr;
+  int64_t prelu_n = 0;
+  const uint8_t* drop_bits = nullptr;
+  int64_t drop_ld = 0;
+  T drop_scale = T(1);
+  T* z_out = nullptr;
+  int64_t ldz = 0;
+  uint8_t* pos_bits = nullptr;  // rows of pos_ld bytes, pos_ld a multiple of 8 (64-bit rows)
+  int64_t pos_ld = 0;
+  bool pos_from_y = false;
+  // C is symmetric (M == N, the caller guarantees A . B is): compute the tiles that touch the
+  // upper triangle (j >= i) only; the caller mirrors. About half the flops.
+  bool upper = false;
 };
 
 template <class T>
 using GemmFn = void (*)(int64_t M, int64_t N, int64_t K, const T* a, int64_t rsa, int64_t csa, const T* b,
-                        int64_t rsb, int64_t csb, T* c, int64_t ldc, const GemmEpilogue<T>& ep);
+                        int64_t rsb, int64_t csb, T* c, int64_t ldc, const GemmArgs<T>& args);
+
+// The backward's first pass over an (M, N) output gradient g (row stride ldg), one read of each
+// input: gz = g * keep * act'(.), with act' from what the forward saved:
+//   none: 1;  sigmoid: y (1 - y);  tanh: 1 - y^2  (y the activation output, y_saved / drop_scale
+//   when dropout was applied);  relu: pos bit (taken from the post-dropout output, so it already
+//   holds keep);  leaky_relu: pos ? 1 : slope;  elu/selu: pos ? scale : y + scale*alpha;
+//   prelu: z > 0 ? 1 : w[j], from the saved pre-activation z.
+// keep(i, j) = bit i * N + j of keep_bits (null: all kept), times drop_scale.
+// grad_b[j] (if non-null) = sum over i of gz(i, j); grad_w (prelu, if non-null, prelu_n values)
+// = sum of g * keep * z over z <= 0. Sums run over fixed 64-row blocks combined in double in
+// block order, so they do not depend on the thread count. Threads itself.
+template <class T>
+struct LinearGradArgs {
+  int64_t M = 0, N = 0;
+  const T* g = nullptr;
+  int64_t ldg = 0;
+  int act = -1;
+  ActParams params;
+  const T* y = nullptr;  // saved output (sigmoid, tanh, elu, selu), row stride N
+  const T* z = nullptr;  // saved pre-activation (prelu), row stride N
+  const uint8_t* pos_bits = nullptr;
+  int64_t pos_ld = 0;
+  const uint8_t* keep_bits = nullptr;
+  T drop_scale = T(1);
+  const T* prelu_w = nullptr;
+  int64_t prelu_n = 0;
+  T* gz = nullptr;  // (M, N), row stride N
+  T* grad_b = nullptr;
+  T* grad_w = nullptr;
+};
 
 template <class T>
 struct GemmKernelsT {
   GemmFn<T> gemm;
+  void (*linear_grad)(const LinearGradArgs<T>& a);
   int mr, nr;  // the micro-tile, for tests and benchmarks to report
 };
 

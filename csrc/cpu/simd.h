@@ -132,6 +132,9 @@ FASTNN_VEC_OPS(float, ps)
 FASTNN_VEC_OPS(double, pd)
 #undef FASTNN_VEC_OPS
 #undef FASTNN_BINOP
+// Lane i of a mask -> bit i.
+inline uint32_t to_bits(__mmask16 m) { return m; }
+inline uint32_t to_bits(__mmask8 m) { return m; }
 
 #elif FASTNN_ISA == 1
 // ------------------------------------------------------------------------------------ AVX2
@@ -215,6 +218,8 @@ FASTNN_VEC_OPS(float, ps)
 FASTNN_VEC_OPS(double, pd)
 #undef FASTNN_VEC_OPS
 #undef FASTNN_BINOP
+inline uint32_t to_bits(__m256 m) { return static_cast<uint32_t>(_mm256_movemask_ps(m)); }
+inline uint32_t to_bits(__m256d m) { return static_cast<uint32_t>(_mm256_movemask_pd(m)); }
 
 #else
 // ------------------------------------------------------------------------------------ baseline
@@ -278,6 +283,7 @@ struct Vec<double> : ScalarVec<double, uint64_t, 52, 1023> {
 FASTNN_VEC_OPS(float, uint32_t)
 FASTNN_VEC_OPS(double, uint64_t)
 #undef FASTNN_VEC_OPS
+inline uint32_t to_bits(bool m) { return m ? 1u : 0u; }
 #endif
 
 }  // namespace FASTNN_ISA_NS
