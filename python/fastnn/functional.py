@@ -42,7 +42,7 @@ __all__ = [
     "sigmoid_backward", "tanh_backward", "relu_backward", "leaky_relu_backward",
     "prelu_backward", "elu_backward", "selu_backward",
     "dropout", "dropout_mask", "dropout_backward", "dropconnect", "dropconnect_backward",
-    "matmul",
+    "matmul", "linear", "linear_backward", "LinearSaved", "ACTIVATIONS",
 ]
 
 # Op ids of csrc/cpu/activation.h (enum Act).
@@ -420,6 +420,10 @@ def matmul(a, b, *, out=None):
     (or one overlapping a or b) through a temporary. Accumulation is in the operands' dtype
     (float32: |C - a @ b| within 2 * sqrt(K) * eps * (|a| @ |b|) in practice; see tests/test_gemm.py).
     """
+    if any(not isinstance(t, np.ndarray) and is_cuda_array(t) for t in (a, b)):
+        _same_device_kind(("a", a), ("b", b), ("out", out))
+        from . import cuda
+        return cuda._matmul(a, b, out)
     a = _matrix(a, "a")
     b = _matrix(b, "b")
     if a.dtype != b.dtype:
@@ -453,3 +457,329 @@ def matmul(a, b, *, out=None):
         _C.matmul(a, b, c)
         np.copyto(out, c)
     return out
+
+
+# ---- the fused linear layer ------------------------------------------------------------------------
+
+ACTIVATIONS = (None, "sigmoid", "tanh", "relu", "leaky_relu", "prelu", "elu", "selu")
+_ACT_IDS = {None: -1, "sigmoid": _SIGMOID, "tanh": _TANH, "relu": _RELU, "leaky_relu": _LEAKY,
+            "elu": _ELU, "selu": _ELU, "prelu": int(_C.ACT_PRELU)}
+# What the backward reads, per activation (the least that works, see linear()).
+_NEEDS_Y = ("sigmoid", "tanh", "elu", "selu")
+_NEEDS_POS = ("relu", "leaky_relu", "elu", "selu")
+
+
+def _activation_name(activation):
+    if activation is None or (isinstance(activation, str) and activation in _ACT_IDS):
+        return activation
+    valid = ", ".join(repr(a) for a in ACTIVATIONS)
+    raise ValueError(f"activation: expected one of {valid}, got {activation!r}")
+
+
+def _named_probability(p, name: str) -> float:
+    if isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Real):
+        raise TypeError(f"{name}: expected a probability in [0, 1], got {type(p).__name__}")
+    p = float(p)
+    if not np.isfinite(p) or not (0.0 <= p <= 1.0):
+        raise ValueError(f"{name}: expected a finite probability in [0, 1], got {p}")
+    return p
+
+
+def _device_name(a) -> str:
+    return "a CUDA array" if (not isinstance(a, np.ndarray) and is_cuda_array(a)) else "on the CPU"
+
+
+def _same_device_kind(*named):
+    """All given (name, array) pairs (None skipped) on the CPU, or all CUDA arrays."""
+    present = [(n, a) for n, a in named if a is not None]
+    cuda = [(n, a) for n, a in present if not isinstance(a, np.ndarray) and is_cuda_array(a)]
+    if cuda and len(cuda) != len(present):
+        host = [n for n, a in present if isinstance(a, np.ndarray) or not is_cuda_array(a)]
+        raise TypeError(f"mixed devices: {', '.join(n for n, _ in cuda)} on the GPU but {', '.join(host)} on the "
+                        f"CPU; move them to one device (fastnn.cuda.to_device, or .numpy())")
+    return bool(cuda)
+
+
+class LinearSaved:
+    """What ``linear(..., return_saved=True)`` keeps for ``linear_backward``, chosen per
+    activation as the least memory that works:
+
+    - None: nothing (the gradient of the identity needs no activation values);
+    - sigmoid, tanh: a reference to the output y (sigmoid' = y(1-y), tanh' = 1-y^2);
+    - relu: 1 bit per element, y > 0 taken *after* dropout, so it holds the dropout mask too;
+    - leaky_relu: 1 bit per element (pre-activation > 0);
+    - elu, selu: the bit, and a reference to y (the derivative is y + scale*alpha where the
+      pre-activation is <= 0);
+    - prelu: the pre-activation (its weight gradient needs the values).
+
+    Dropout and DropConnect masks are never stored: the backward regenerates them from (seed,
+    offset), which are kept here. The output y is referenced, not copied: do not modify it in
+    place before the backward pass."""
+
+    __slots__ = ("device", "activation", "has_bias", "dropout_p", "dropconnect_p", "seed", "offset",
+                 "shape", "dtype", "data")
+
+    def __init__(self, device, activation, has_bias, dropout_p, dropconnect_p, seed, offset, shape, dtype, data):
+        self.device = device
+        self.activation = activation
+        self.has_bias = bool(has_bias)
+        self.dropout_p = float(dropout_p)
+        self.dropconnect_p = float(dropconnect_p)
+        self.seed = seed
+        self.offset = offset
+        self.shape = tuple(shape)  # (M, N, K)
+        self.dtype = np.dtype(dtype) if not isinstance(dtype, str) or dtype != "bfloat16" else dtype
+        self.data = dict(data)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held only for the backward (the referenced output y not counted)."""
+        return sum(int(getattr(v, "nbytes", 0)) for k, v in self.data.items() if k != "y")
+
+    def __repr__(self):
+        m, n, k = self.shape
+        return (f"LinearSaved(device={self.device!r}, x=({m}, {k}), weight=({n}, {k}), activation="
+                f"{self.activation!r}, dropout_p={self.dropout_p}, dropconnect_p={self.dropconnect_p}, "
+                f"saved={sorted(self.data)}, nbytes={self.nbytes})")
+
+
+def _act_params(activation, negative_slope, alpha):
+    """(slope, alpha, scale) of the kernels' activation parameters."""
+    slope = _real(negative_slope, "negative_slope")
+    a = _real(alpha, "alpha")
+    if activation == "selu":
+        return slope, SELU_ALPHA, SELU_SCALE
+    return slope, a, 1.0
+
+
+def _linear_inputs(x, weight, bias, prelu_weight, activation):
+    """x as (M, K) (plus the leading shape to restore), weight (N, K), bias (N,), prelu weight."""
+    x = as_float_array(x, "x")
+    if x.ndim == 0:
+        raise ValueError("x: expected an array of shape (..., in_features), got a 0-d array")
+    w = as_float_array(weight, "weight")
+    if w.ndim != 2:
+        raise ValueError(f"weight: expected a 2-D array (out_features, in_features), got shape {w.shape}")
+    if w.dtype != x.dtype:
+        raise TypeError(f"weight: expected dtype {x.dtype} like x, got {w.dtype}")
+    if x.shape[-1] != w.shape[1]:
+        raise ValueError(f"linear: x has shape {x.shape} and weight has shape {w.shape}: x.shape[-1] "
+                         f"({x.shape[-1]}) must equal weight.shape[1] (in_features, {w.shape[1]})")
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1]) if x.ndim != 2 else x
+    n = w.shape[0]
+    b = None
+    if bias is not None:
+        b = as_float_array(bias, "bias")
+        if b.dtype != x.dtype:
+            raise TypeError(f"bias: expected dtype {x.dtype} like x, got {b.dtype}")
+        if b.shape != (n,):
+            raise ValueError(f"bias: expected shape ({n},) (out_features of weight {w.shape}), got {b.shape}")
+        b = c_input(b)
+    pw = None
+    if activation == "prelu":
+        if prelu_weight is None:
+            raise ValueError("prelu_weight: activation='prelu' needs its weight (1 or out_features values)")
+        pw = as_float_array(prelu_weight, "prelu_weight")
+        if pw.dtype != x.dtype:
+            raise TypeError(f"prelu_weight: expected dtype {x.dtype} like x, got {pw.dtype}")
+        if pw.size not in (1, n) or pw.ndim > 1:
+            raise ValueError(f"prelu_weight: expected 1 or {n} (out_features) values, got shape {pw.shape}")
+        pw = c_input(pw.reshape(-1))
+    elif prelu_weight is not None:
+        raise ValueError(f"prelu_weight: only used with activation='prelu', got activation={activation!r}")
+    return _gemm_operand(x2), lead, _gemm_operand(w), b, pw
+
+
+def linear(x, weight, bias=None, *, activation=None, negative_slope=0.01, alpha=1.0, prelu_weight=None,
+           dropout_p=0.0, dropconnect_p=0.0, seed=None, offset=0, training=True, out=None, return_saved=False):
+    """y = dropout(act(x @ (weight * dropconnect).T + bias)) in one pass of fastnn's GEMM.
+
+    x (..., in_features) and weight (out_features, in_features) as in PyTorch's F.linear;
+    float32 or float64, C- or F-ordered (read as they lie). activation is one of None,
+    "sigmoid", "tanh", "relu", "leaky_relu" (negative_slope), "prelu" (prelu_weight: 1 or
+    out_features values, one per output column), "elu" (alpha), "selu". The bias and the
+    activation are applied to each output tile while it is in registers, then inverted dropout
+    (dropout_p); DropConnect (dropconnect_p) masks and scales the weight while it is packed (no
+    masked copy). Both are off when training=False.
+
+    Randomness: the dropout decision of y's C-order element i is Philox stream position
+    offset + i, so the kept elements are exactly ``dropout_mask(y.shape, dropout_p, seed=seed,
+    offset=offset)``; the DropConnect decision of the weight's C-order element j is position
+    offset + y.size + j (``dropconnect(weight, p, seed=seed, offset=offset + y.size)``).
+    seed=None takes both ranges from fastnn.random.default_generator.
+
+    return_saved=True returns (y, saved), saved a LinearSaved for ``linear_backward``. out= must
+    be a C-contiguous array of y's shape and dtype that does not overlap x or weight (else a
+    temporary is used). Accumulation is in the input dtype (see ``matmul`` for the bound).
+    """
+    activation = _activation_name(activation)
+    dropout_p = _named_probability(dropout_p, "dropout_p")
+    dropconnect_p = _named_probability(dropconnect_p, "dropconnect_p")
+    if not isinstance(training, (bool, np.bool_)):
+        raise TypeError(f"training: expected a bool, got {type(training).__name__}")
+    if not training:
+        dropout_p = dropconnect_p = 0.0
+    slope, alpha_k, scale_k = _act_params(activation, negative_slope, alpha)
+    if _same_device_kind(("x", x), ("weight", weight), ("bias", bias), ("prelu_weight", prelu_weight), ("out", out)):
+        from . import cuda
+        m = _cuda_rows(x)
+        n = _cuda_shape(weight)[0]
+        seed_, offset_ = (_seed_offset(seed, offset, m * n + n * _cuda_shape(weight)[1])
+                          if dropout_p > 0 or dropconnect_p > 0 else (seed, offset))
+        return cuda._linear(x, weight, bias, activation, slope, alpha_k, prelu_weight, dropout_p, dropconnect_p,
+                            seed_, offset_, out, bool(return_saved))
+    x2, lead, w, b, pw = _linear_inputs(x, weight, bias, prelu_weight, activation)
+    m, k = x2.shape
+    n = w.shape[0]
+    random = dropout_p > 0 or dropconnect_p > 0
+    if random:
+        seed, offset = _seed_offset(seed, offset, m * n + n * k)
+    seed_k, offset_k = (seed, offset) if random else (0, 0)
+    dthr, dscale = _threshold_scale(dropout_p, x2.dtype) if dropout_p > 0 else (0, 1.0)
+    cthr, cscale = _threshold_scale(dropconnect_p, x2.dtype) if dropconnect_p > 0 else (0, 1.0)
+    shape = lead + (n,)
+    if out is not None:
+        if not isinstance(out, np.ndarray):
+            raise TypeError(f"out: expected a NumPy array, got {type(out).__name__}")
+        if out.dtype != x2.dtype:
+            raise TypeError(f"out: expected dtype {x2.dtype}, got {out.dtype}")
+        if out.shape != shape:
+            raise ValueError(f"out: expected shape {shape}, got {out.shape}")
+        if not out.flags.writeable:
+            raise ValueError("out: array is read-only")
+    direct = (out is not None and out.flags.c_contiguous and out.flags.aligned
+              and not np.may_share_memory(out, x2) and not np.may_share_memory(out, w))
+    y = out if direct else empty(shape, x2.dtype)
+    y2 = y.reshape(m, n)
+    data = {}
+    pos = z = None
+    if return_saved:
+        if activation in _NEEDS_POS:
+            pos = np.empty((m, (n + 63) // 64 * 8), np.uint8)
+            data["pos"] = pos
+        if activation == "prelu":
+            z = empty((m, n), x2.dtype)
+            data["z"] = z
+    _C.linear_forward(x2, w, y2, b, _ACT_IDS[activation], slope, alpha_k, scale_k, pw,
+                      dropout_p > 0, dthr, dscale, dropconnect_p > 0, cthr, cscale, seed_k, offset_k,
+                      pos, activation == "relu", z)
+    if out is not None and not direct:
+        np.copyto(out, y)
+        y = out
+    if not return_saved:
+        return y
+    if activation in _NEEDS_Y:
+        data["y"] = y
+    saved = LinearSaved("cpu", activation, b is not None, dropout_p, dropconnect_p, seed, offset, (m, n, k),
+                        x2.dtype, data)
+    return y, saved
+
+
+def _cuda_shape(a):
+    shape = getattr(a, "shape", None)
+    if shape is None:
+        raise TypeError(f"expected an array, got {type(a).__name__}")
+    return tuple(int(d) for d in shape)
+
+
+def _cuda_rows(x):
+    shape = _cuda_shape(x)
+    rows = 1
+    for d in shape[:-1]:
+        rows *= d
+    return rows
+
+
+_FROM_SAVED = object()
+
+
+def linear_backward(grad_output, x, weight, saved, *, bias=_FROM_SAVED, activation=_FROM_SAVED,
+                    negative_slope=0.01, alpha=1.0, prelu_weight=None, dropout_p=_FROM_SAVED,
+                    dropconnect_p=_FROM_SAVED, seed=_FROM_SAVED, offset=_FROM_SAVED, training=True):
+    """Gradients of ``linear`` with respect to x, weight and bias:
+
+        gz = grad_output * keep / (1 - dropout_p) * act'(.)       (one pass, also grad_bias)
+        grad_x = gz @ (weight * dropconnect)                       (mask applied while packing)
+        grad_weight = (gz.T @ x) * dropconnect                     (mask in the GEMM epilogue)
+
+    ``saved`` is what ``linear(..., return_saved=True)`` returned with y (None works when the
+    forward had no activation needing it and no randomness). The keyword arguments are those of
+    the forward call; activation, dropout_p, dropconnect_p, seed and offset default to what
+    ``saved`` recorded, and a value that contradicts it is an error (a gradient of another
+    function would be silently wrong). Returns (grad_x, grad_weight, grad_bias) with grad_bias
+    None when the forward had no bias; with activation="prelu" a 4-tuple ending with the
+    gradient of prelu_weight (its shape)."""
+    if saved is not None and not isinstance(saved, LinearSaved):
+        raise TypeError(f"saved: expected the LinearSaved returned by linear(..., return_saved=True), "
+                        f"got {type(saved).__name__}")
+
+    def pick(name, given, recorded, default):
+        if given is _FROM_SAVED:
+            return recorded if saved is not None else default
+        if saved is not None and given != recorded:
+            raise ValueError(f"{name}: {given!r} differs from the forward pass's {recorded!r} (recorded in saved)")
+        return given
+
+    activation = _activation_name(pick("activation", activation, saved and saved.activation, None))
+    if not isinstance(training, (bool, np.bool_)):
+        raise TypeError(f"training: expected a bool, got {type(training).__name__}")
+    dp = _named_probability(pick("dropout_p", dropout_p if (dropout_p is _FROM_SAVED or training) else 0.0,
+                                 saved and saved.dropout_p, 0.0), "dropout_p")
+    cp = _named_probability(pick("dropconnect_p", dropconnect_p if (dropconnect_p is _FROM_SAVED or training) else 0.0,
+                                 saved and saved.dropconnect_p, 0.0), "dropconnect_p")
+    has_bias = (saved.has_bias if saved is not None else False) if bias is _FROM_SAVED else bias is not None
+    random = dp > 0 or cp > 0
+    seed = pick("seed", seed, saved and saved.seed, None)
+    offset = pick("offset", offset, saved and saved.offset, 0)
+    if random and seed is None:
+        raise TypeError("seed: the forward pass used dropout or DropConnect: pass its saved (or its seed and offset)")
+    needs = (activation in _NEEDS_Y) or (activation in _NEEDS_POS) or activation == "prelu"
+    if needs and saved is None:
+        raise ValueError(f"saved: the gradient of activation={activation!r} needs what linear(..., "
+                         f"return_saved=True) returned")
+    slope, alpha_k, scale_k = _act_params(activation, negative_slope, alpha)
+    if _same_device_kind(("grad_output", grad_output), ("x", x), ("weight", weight), ("prelu_weight", prelu_weight)):
+        if saved is None or saved.device != "cuda":
+            raise TypeError("saved: expected the LinearSaved of a forward pass on the GPU")
+        from . import cuda
+        gx, gw, gb, gp = cuda._linear_backward(grad_output, x, weight, saved, slope, alpha_k, prelu_weight)
+        return (gx, gw, gb, gp) if activation == "prelu" else (gx, gw, gb)
+    if saved is not None and saved.device != "cpu":
+        raise TypeError("saved: recorded on the GPU, but the arrays are on the CPU")
+    x2, lead, w, _, pw = _linear_inputs(x, weight, None, prelu_weight, activation)
+    m, k = x2.shape
+    n = w.shape[0]
+    if saved is not None and saved.shape != (m, n, k):
+        raise ValueError(f"saved: recorded for x ({saved.shape[0]}, {saved.shape[2]}) and weight "
+                         f"({saved.shape[1]}, {saved.shape[2]}), got x {x2.shape} and weight {w.shape}")
+    if saved is not None and saved.dtype != x2.dtype:
+        raise TypeError(f"saved: recorded for {saved.dtype}, got x of {x2.dtype}")
+    g = as_float_array(grad_output, "grad_output")
+    if g.dtype != x2.dtype:
+        raise TypeError(f"grad_output: expected dtype {x2.dtype} like x, got {g.dtype}")
+    if g.shape != lead + (n,):
+        raise ValueError(f"grad_output: expected shape {lead + (n,)} (the output's), got {g.shape}")
+    g = c_input(g).reshape(m, n)
+    data = saved.data if saved is not None else {}
+    if random:
+        from . import random as _random
+        seed, offset = _random.check_seed(seed), _random.check_offset(offset, m * n + n * k)
+    else:
+        seed, offset = 0, 0
+    dthr, dscale = _threshold_scale(dp, x2.dtype) if dp > 0 else (0, 1.0)
+    cthr, cscale = _threshold_scale(cp, x2.dtype) if cp > 0 else (0, 1.0)
+    y = data.get("y")
+    if y is not None:
+        y = y.reshape(m, n)
+    grad_x = empty((m, k), x2.dtype)
+    grad_w = empty((n, k), x2.dtype)
+    grad_b = np.empty(n, x2.dtype) if has_bias else None
+    grad_p = np.empty(pw.size, x2.dtype) if activation == "prelu" else None
+    _C.linear_backward(g, x2, w, grad_x, grad_w, grad_b, _ACT_IDS[activation], slope, alpha_k, scale_k,
+                       y, data.get("z"), data.get("pos"), pw, grad_p, dp > 0, dthr, dscale, cp > 0, cthr, cscale,
+                       seed, offset)
+    grad_x = grad_x.reshape(lead + (k,))
+    if activation == "prelu":
+        return grad_x, grad_w, grad_b, grad_p.reshape(np.shape(prelu_weight))
+    return grad_x, grad_w, grad_b
