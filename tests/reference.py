@@ -394,3 +394,93 @@ def assert_gemm_close(actual, a, b, *, bias=None, where: str = "") -> None:
         raise AssertionError(f"{ctx}: {int(bad.sum())} of {ref.size} elements outside "
                              f"{GEMM_BOUND_C[dtype.name]} * sqrt(K) * eps * (|A| @ |B|); worst at {tuple(map(int, i))}: "
                              f"got {_fmt(actual[i])}, expected {_fmt(ref[i])}, bound {_fmt(allowed[i])}")
+
+
+# ---- the fused linear layer ---------------------------------------------------------------------
+
+#: Largest |f'| of each activation (with the default parameters): how far a pre-activation error
+#: can grow through it.
+ACT_LIPSCHITZ = {None: 1.0, "sigmoid": 0.25, "tanh": 1.0, "relu": 1.0, "leaky_relu": 1.0, "prelu": 1.0,
+                 "elu": 1.0, "selu": SELU_SCALE * SELU_ALPHA}
+#: The activation's own rounding on top of the propagated GEMM error (absolute + relative, of the
+#: elementwise kernels' tolerances).
+LINEAR_ACT_TOL = {"float32": (5e-6, 1e-5), "float64": (1e-14, 1e-13)}
+
+
+def keep_mask(shape, p, seed, offset) -> np.ndarray:
+    """dropout_mask as a float64 0/1 array of `shape` (all ones for p == 0)."""
+    import fastnn.functional as F
+
+    n = int(np.prod(shape))
+    if p == 0:
+        return np.ones(shape)
+    bits = np.unpackbits(F.dropout_mask(shape, p, seed=seed, offset=offset), bitorder="little")[:n]
+    return bits.reshape(shape).astype(np.float64)
+
+
+def activation(name, z, *, negative_slope=0.01, alpha=1.0, prelu_weight=None):
+    """act(z) in float64 (prelu_weight broadcast along the last axis)."""
+    if name is None:
+        return z
+    if name == "prelu":
+        return np.where(z > 0, z, _f64(prelu_weight).reshape(-1) * z)
+    if name == "leaky_relu":
+        return np.where(z > 0, z, negative_slope * z)
+    if name == "elu":
+        return np.where(z > 0, z, alpha * np.expm1(np.minimum(z, 0)))
+    return {"sigmoid": sigmoid, "tanh": tanh, "relu": relu, "selu": selu}[name](z)
+
+
+def activation_grad(name, z, *, negative_slope=0.01, alpha=1.0, prelu_weight=None):
+    if name is None:
+        return np.ones_like(z)
+    if name == "prelu":
+        return np.where(z > 0, 1.0, _f64(prelu_weight).reshape(-1) + 0 * z)
+    if name == "leaky_relu":
+        return np.where(z > 0, 1.0, negative_slope)
+    if name == "elu":
+        return np.where(z > 0, 1.0, alpha * np.exp(np.minimum(z, 0)))
+    return {"sigmoid": sigmoid_grad, "tanh": tanh_grad, "relu": relu_grad, "selu": selu_grad}[name](z)
+
+
+def linear(x, weight, bias=None, *, activation_name=None, dropout_p=0.0, dropconnect_p=0.0, seed=0, offset=0,
+           **act_kw):
+    """(y, z, keep, w_eff) in float64: z = x @ w_eff.T + b, y = act(z) * keep / (1 - p), with the
+    masks of fastnn's stream layout (dropout at offset + i, DropConnect at offset + y.size + j)."""
+    x, w = _f64(x), _f64(weight)
+    m, n = x.shape[0], w.shape[0]
+    dc = keep_mask(w.shape, dropconnect_p, seed, offset + m * n)
+    w_eff = w * dc / (1.0 - dropconnect_p) if dropconnect_p > 0 else w
+    z = x @ w_eff.T + (0.0 if bias is None else _f64(bias))
+    keep = keep_mask((m, n), dropout_p, seed, offset)
+    scale = 1.0 / (1.0 - dropout_p) if dropout_p > 0 else 1.0
+    y = activation(activation_name, z, **act_kw) * keep * scale
+    return y, z, keep * scale, w_eff, dc
+
+
+def linear_backward(grad_output, x, weight, bias=None, *, activation_name=None, dropout_p=0.0, dropconnect_p=0.0,
+                    seed=0, offset=0, **act_kw):
+    """(grad_x, grad_weight, grad_bias, grad_prelu_weight) in float64, from the formulas."""
+    _, z, keepscale, w_eff, dc = linear(x, weight, bias, activation_name=activation_name, dropout_p=dropout_p,
+                                        dropconnect_p=dropconnect_p, seed=seed, offset=offset, **act_kw)
+    gk = _f64(grad_output) * keepscale
+    gz = gk * activation_grad(activation_name, z, **act_kw)
+    gw = gz.T @ _f64(x)
+    if dropconnect_p > 0:
+        gw = gw * dc / (1.0 - dropconnect_p)
+    gp = None
+    if activation_name == "prelu":
+        terms = np.where(z > 0, 0.0, gk * z)
+        gp = terms.sum(axis=0) if np.size(act_kw["prelu_weight"]) > 1 else np.array([terms.sum()])
+    return gz @ w_eff, gw, gz.sum(axis=0), gp, gz
+
+
+def linear_bound(x, w_eff, bias, dtype, activation_name) -> np.ndarray:
+    """Elementwise bound on |y - reference|: the GEMM bound through the activation's Lipschitz
+    constant plus the activation's own tolerance (scaled by the dropout scale by the caller)."""
+    dtype = np.dtype(dtype)
+    k = np.shape(x)[1]
+    scale = np.abs(_f64(x)) @ np.abs(w_eff).T + (0.0 if bias is None else np.abs(_f64(bias)))
+    gemm = GEMM_BOUND_C[dtype.name] * np.sqrt(max(k, 1)) * np.finfo(dtype).eps * scale
+    a, r = LINEAR_ACT_TOL[dtype.name]
+    return ACT_LIPSCHITZ[activation_name] * gemm * (1 + r) + a + r * scale

@@ -191,3 +191,56 @@ def test_epilogue_bias_activation(capability, rng, act, dtype):
     _C.act_forward(act, pre, expected, slope, alpha, scale)
     np.testing.assert_array_equal(out, expected)
     np.testing.assert_allclose(out, f(pre), rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-6)
+
+
+# ---- the packing prologues and the symmetric product (_C.matmul keywords) ------------------------
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 1, 1), (17, 33, 300), (129, 65, 7), (300, 40, 1000)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_shifts(capability, rng, shape, dtype):
+    """(A - r[:, None] - c[None, :]) @ (B - s[None, :]) with the shifts applied while packing:
+    the same bound as a product of the shifted operands (which are what gets multiplied)."""
+    m, n, k = shape
+    for orders in ("CC", "FC", "CF"):
+        a, b = _operands(rng, m, n, k, dtype, orders)
+        a = a + dtype(1e3)  # a large offset that the shifts remove
+        r = rng.standard_normal(m).astype(dtype)
+        c = (1e3 + rng.standard_normal(k)).astype(dtype)
+        s = rng.standard_normal(n).astype(dtype)
+        out = np.empty((m, n), dtype)
+        _C.matmul(a, b, out, a_row_shift=r, a_col_shift=c, b_col_shift=s)
+        a_eff = (a - r[:, None]) - c[None, :]  # the same roundings as the packing
+        b_eff = b - s[None, :]
+        ref.assert_gemm_close(out, a_eff, b_eff, where=f"{capability} {orders}")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n,k", [(1, 5), (15, 3), (64, 100), (333, 257), (1000, 40)])
+def test_upper_symmetric(capability, rng, n, k, dtype, restore_num_threads):
+    """Covariance-style Xc^T Xc with centering in the packing and only the upper tiles computed:
+    symmetric, within the GEMM bound, and identical for any thread count."""
+    x = (rng.standard_normal((k, n)) * 1e-2 + 1e4).astype(dtype)  # large mean, small spread
+    mu = x.astype(np.float64).mean(axis=0).astype(dtype)
+    results = []
+    for t in (1, 2, 3):
+        fastnn.set_num_threads(t)
+        out = np.empty((n, n), dtype)
+        _C.matmul(x.T, x, out, a_row_shift=mu, b_col_shift=mu, upper=True)
+        results.append(out)
+    np.testing.assert_array_equal(results[0], results[0].T)
+    for other in results[1:]:
+        np.testing.assert_array_equal(results[0], other)
+    xc = x - mu  # exactly what the packing computes (one rounding per element)
+    ref.assert_gemm_close(results[0], xc.T, xc, where=capability)
+
+
+def test_shift_errors(rng):
+    a = rng.standard_normal((4, 3))
+    out = np.empty((4, 4))
+    with pytest.raises(ValueError, match=r"a_row_shift: expected shape \(4,\)"):
+        _C.matmul(a, a.T, out, a_row_shift=np.zeros(3))
+    with pytest.raises(TypeError, match="b_col_shift: expected dtype float64"):
+        _C.matmul(a, a.T, out, b_col_shift=np.zeros(4, np.float32))
+    with pytest.raises(ValueError, match="upper: needs a square product"):
+        _C.matmul(a, np.zeros((3, 5)), np.empty((4, 5)), upper=True)
