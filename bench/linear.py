@@ -3,16 +3,26 @@ GFLOP/s (2*M*N*K per product) and as ratios, 1 and 2 threads. Every result is va
 a float64 product before it is timed. The ceiling: the 2-core Zen 4 FP32 peak is ~220 GFLOP/s
 (~110 per core: one 512-bit FMA per cycle).
 
+With --layers: the linear layer y = dropout(relu(x @ W.T + b)), forward and backward, for batch
+128/256/1024 at 784->512, 784->1024, 1024->1024, float32: fastnn.functional.linear /
+linear_backward vs NumPy in place (matmul into a preallocated y, += b, maximum, mask multiply;
+the backward as three products and a column sum) vs PyTorch (F.linear -> relu -> F.dropout under
+no_grad for the forward; torch.autograd.grad on a retained graph for the backward: backward
+only, x, W and b all requiring grad). Microseconds per call and ratios; fastnn's results are
+checked against NumPy's (same masks) before timing.
+
     python bench/linear.py                         # all shapes, 1 and 2 threads
     python bench/linear.py --threads 2 --shapes 1024x1024x1024 --min-time 0.5
     python bench/linear.py --bt --shapes 128x784x512       # x @ W.T, W C-ordered (N, K)
+    python bench/linear.py --layers --threads 2
 
 Each thread count runs in its own subprocess, so OPENBLAS_NUM_THREADS / OMP_NUM_THREADS are set
 before NumPy and torch load (no threadpoolctl needed). OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are
 passed through as the environment has them (see /work/.library/env/README.md: they can slow a
 current NumPy; the line 'openblas:' reports them).
 
-Goal (issue 4): on 2 threads, >= 0.95x NumPy and >= 1.1x PyTorch at every shape.
+Goals (issue 4), 2 threads: SGEMM >= 0.95x NumPy and >= 1.1x PyTorch at every shape; linear
+forward >= 1.1x PyTorch, with dropout >= 1.5x, backward >= 1.2x PyTorch autograd.
 """
 
 import argparse
@@ -83,6 +93,102 @@ def child(threads, shapes, min_time, use_torch, bt):
     print(json.dumps({"machine": benchmark.machine_line(), "rows": rows}))
 
 
+LAYERS = ["128x784x512", "256x784x512", "1024x784x512", "128x784x1024", "256x784x1024", "1024x784x1024",
+          "128x1024x1024", "256x1024x1024", "1024x1024x1024"]  # batch x in x out
+
+
+def child_layers(threads, shapes, min_time, use_torch):
+    import numpy as np
+
+    import fastnn
+    import fastnn.functional as F
+    from fastnn import benchmark
+
+    fastnn.set_num_threads(threads)
+    torch = None
+    if use_torch:
+        try:
+            import torch
+            torch.set_num_threads(threads)
+        except ImportError:
+            torch = None
+    rng = np.random.default_rng(0)
+    rows = []
+    for s in shapes:
+        m, k, n = map(int, s.split("x"))
+        x = rng.standard_normal((m, k)).astype(np.float32)
+        w = (rng.standard_normal((n, k)) / np.sqrt(k)).astype(np.float32)
+        b = rng.standard_normal(n).astype(np.float32) * 0.1
+        g = rng.standard_normal((m, n)).astype(np.float32)
+        y = np.empty((m, n), np.float32)
+        for p in (0.0, 0.5):
+            seed = 1234
+            keep = np.unpackbits(F.dropout_mask((m, n), p, seed=seed), bitorder="little")[:m * n].reshape(m, n) \
+                if p else None
+            scale = np.float32(1 / (1 - p))
+            maskscale = keep.astype(np.float32) * scale if p else None
+            # NumPy in place: the product into y, then bias, relu and the mask without temporaries.
+            def np_fwd():
+                np.matmul(x, w.T, out=y)
+                np.add(y, b, out=y)
+                np.maximum(y, 0, out=y)
+                if p:
+                    np.multiply(y, maskscale, out=y)
+                return y
+
+            def np_bwd():
+                gz = g * (y > 0)
+                if p:
+                    gz *= scale
+                return gz @ w, gz.T @ x, gz.sum(axis=0)
+
+            def fn_fwd():
+                return F.linear(x, w, b, activation="relu", dropout_p=p, seed=seed, out=y)
+
+            y_ref = np_fwd().copy()
+            out, saved = F.linear(x, w, b, activation="relu", dropout_p=p, seed=seed, return_saved=True)
+            if not np.allclose(out, y_ref, rtol=1e-4, atol=1e-4):
+                raise SystemExit(f"linear {s} p={p}: fastnn differs from NumPy")
+            grads_ref = np_bwd()
+            grads = F.linear_backward(g, x, w, saved)
+            for a_, r_ in zip(grads, grads_ref):
+                if not np.allclose(a_, r_, rtol=1e-3, atol=1e-3 * np.abs(r_).max()):
+                    raise SystemExit(f"linear backward {s} p={p}: fastnn differs from NumPy")
+            row = {"shape": s, "p": p, "threads": threads}
+            row["fastnn_fwd"] = benchmark._timeit(fn_fwd, min_time=min_time)
+            row["numpy_fwd"] = benchmark._timeit(np_fwd, min_time=min_time)
+            row["fastnn_bwd"] = benchmark._timeit(lambda: F.linear_backward(g, x, w, saved), min_time=min_time)
+            row["numpy_bwd"] = benchmark._timeit(np_bwd, min_time=min_time)
+            if torch is not None:
+                import torch.nn.functional as TF
+                tx, tw, tb, tg = (torch.from_numpy(a.copy()) for a in (x, w, b, g))
+
+                def t_fwd():
+                    with torch.no_grad():
+                        r = TF.relu(TF.linear(tx, tw, tb))
+                        return TF.dropout(r, p, True) if p else r
+
+                row["torch_fwd"] = benchmark._timeit(t_fwd, min_time=min_time)
+                txg, twg, tbg = (t.clone().requires_grad_() for t in (tx, tw, tb))
+                ty = TF.relu(TF.linear(txg, twg, tbg))
+                if p:
+                    ty = TF.dropout(ty, p, True)
+                row["torch_bwd"] = benchmark._timeit(
+                    lambda: torch.autograd.grad(ty, (txg, twg, tbg), tg, retain_graph=True), min_time=min_time)
+            rows.append(row)
+    print(json.dumps({"machine": benchmark.machine_line(), "rows": rows}))
+
+
+def print_layers(res, t):
+    for r in res["rows"]:
+        us = {k: v * 1e6 for k, v in r.items() if k.endswith(("_fwd", "_bwd"))}
+        tf, tb = us.get("torch_fwd", float("nan")), us.get("torch_bwd", float("nan"))
+        print(f"{r['shape']:>15} {r['p']:>4} {t:>3} | fwd {us['fastnn_fwd']:8.0f} {us['numpy_fwd']:8.0f} {tf:8.0f} "
+              f"{us['numpy_fwd'] / us['fastnn_fwd']:6.2f}x {tf / us['fastnn_fwd']:6.2f}x | bwd {us['fastnn_bwd']:8.0f} "
+              f"{us['numpy_bwd']:8.0f} {tb:8.0f} {us['numpy_bwd'] / us['fastnn_bwd']:6.2f}x "
+              f"{tb / us['fastnn_bwd']:6.2f}x")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shapes", nargs="+", default=SHAPES, help="MxKxN")
@@ -90,10 +196,16 @@ def main():
     p.add_argument("--min-time", type=float, default=0.3, help="seconds of repetitions per measurement")
     p.add_argument("--no-torch", action="store_true")
     p.add_argument("--bt", action="store_true", help="B as W.T (a C-ordered (N, K) weight), as in x @ W.T")
+    p.add_argument("--layers", action="store_true", help="the linear layer (relu, dropout) forward and backward")
     p.add_argument("--child", type=int, help=argparse.SUPPRESS)
     a = p.parse_args()
+    if a.layers and a.shapes == SHAPES:
+        a.shapes = LAYERS
     if a.child:
-        child(a.child, a.shapes, a.min_time, not a.no_torch, a.bt)
+        if a.layers:
+            child_layers(a.child, a.shapes, a.min_time, not a.no_torch)
+        else:
+            child(a.child, a.shapes, a.min_time, not a.no_torch, a.bt)
         return
     print("openblas: OPENBLAS_CORETYPE=%s OPENBLAS_L2_SIZE=%s" %
           (os.environ.get("OPENBLAS_CORETYPE", "(unset)"), os.environ.get("OPENBLAS_L2_SIZE", "(unset)")))
@@ -106,7 +218,22 @@ def main():
             cmd.append("--no-torch")
         if a.bt:
             cmd.append("--bt")
-        res = json.loads(subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout)
+        if a.layers:
+            cmd.append("--layers")
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if proc.returncode:
+            raise SystemExit(proc.stderr + f"\n{' '.join(cmd)}: exit {proc.returncode}")
+        res = json.loads(proc.stdout)
+        if a.layers:
+            if not printed:
+                print(res["machine"])
+                print("linear + bias + relu (+ dropout p), float32, microseconds per call; ratios = other / fastnn")
+                print(f"{'BxINxOUT':>15} {'p':>4} {'thr':>3} | {'':3} {'fastnn':>8} {'numpy':>8} {'torch':>8} "
+                      f"{'/numpy':>7} {'/torch':>7} | {'':3} {'fastnn':>8} {'numpy':>8} {'torch':>8} {'/numpy':>7} "
+                      f"{'/torch':>7}")
+                printed = True
+            print_layers(res, t)
+            continue
         if not printed:
             print(res["machine"])
             print("GFLOP/s (float32; 2-core peak ~220)" + (", B = W.T:" if a.bt else ":"))
