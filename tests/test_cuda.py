@@ -765,3 +765,317 @@ def test_cupy_interop(cupy, rng):
     assert cupy.asarray(a).data.ptr == a.ptr
     assert cupy.from_dlpack(a).data.ptr == a.ptr
     np.testing.assert_array_equal(cupy.from_dlpack(a).get(), x)
+
+
+# ---- linear layers and matmul (cuBLASLt + csrc/cuda/linear.cu) ------------------------------------
+# Against the float64 reference of tests/reference_linear.py built from the same dropout masks.
+# float32 tolerance: |y - ref| <= 3e-5 * L * (|x| @ |W_eff|^T + |b|) * dropout scale + 1e-6, L the
+# activation's Lipschitz bound (K <= 1024 here: a float32-accumulated dot product stays within
+# ~K^0.5 * 6e-8 of that bound; TF32 would be ~5e-4 and fail it).
+
+import reference_linear as RL  # noqa: E402
+
+LIN_ACTS = RL.ACTIVATIONS
+LIPSCHITZ = {None: 1.0, "sigmoid": 0.25, "tanh": 1.0, "relu": 1.0, "leaky_relu": 1.0, "prelu": 1.0, "elu": 1.0,
+             "selu": RL.SELU_SCALE * RL.SELU_ALPHA}
+
+
+class _LinearSavedStandIn:
+    """fastnn.functional.LinearSaved's constructor as agreed, until functional.py has it."""
+
+    def __init__(self, device, activation, has_bias, dropout_p, dropconnect_p, seed, offset, shape, dtype, data):
+        self.device, self.activation, self.has_bias = device, activation, has_bias
+        self.dropout_p, self.dropconnect_p, self.seed, self.offset = dropout_p, dropconnect_p, seed, offset
+        self.shape, self.dtype, self.data = shape, dtype, data
+
+
+@pytest.fixture(autouse=False)
+def linear_saved(monkeypatch):
+    if not hasattr(F, "LinearSaved"):
+        monkeypatch.setattr(F, "LinearSaved", _LinearSavedStandIn, raising=False)
+    yield
+
+
+def _lin(x, w, b=None, activation=None, negative_slope=0.01, alpha=1.0, prelu_weight=None, dropout_p=0.0,
+         dropconnect_p=0.0, seed=0, offset=0, out=None, return_saved=False):
+    """The contract call of fastnn.functional.linear for a CUDA x."""
+    return fc._linear(x, w, b, activation, negative_slope, alpha, prelu_weight, dropout_p, dropconnect_p, seed,
+                      offset, out, return_saved)
+
+
+def _lin_case(rng, M, K, N, dtype, bias, activation, prelu_size=None):
+    x = rng.standard_normal((M, K)).astype(dtype)
+    w = (rng.standard_normal((N, K)) / np.sqrt(max(K, 1))).astype(dtype)
+    b = rng.standard_normal(N).astype(dtype) if bias else None
+    pw = None
+    if activation == "prelu":
+        pw = rng.uniform(-0.5, 0.5, prelu_size or N).astype(dtype)
+    return x, w, b, pw
+
+
+def _assert_linear_close(got, ref, bound, activation, where, scale=1.0, rel=3e-5):
+    tol = rel * LIPSCHITZ[activation] * bound * scale + 1e-6
+    err = np.abs(np.asarray(got, np.float64) - ref)
+    bad = np.argwhere(~(err <= tol))
+    assert bad.size == 0, (f"{where}: {len(bad)} elements off, first {tuple(bad[0])}: got {got[tuple(bad[0])]!r}, "
+                           f"want {ref[tuple(bad[0])]!r} (tol {tol[tuple(bad[0])]:.3g})")
+
+
+def _grad_bounds(g, cache, dp):
+    """Magnitude bounds for the gradients' float32 error (the same products with absolute values)."""
+    gd = np.abs(g) * (cache["ky"] / (1 - dp) if dp > 0 else 1.0)
+    return gd @ np.abs(cache["w_eff"]), gd.T @ np.abs(cache["x"]), gd.sum(axis=0)
+
+
+@pytest.mark.parametrize("dropconnect_p", [0.0, 0.2])
+@pytest.mark.parametrize("dropout_p", [0.0, 0.3])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("activation", LIN_ACTS, ids=str)
+def test_linear_forward_backward(activation, bias, dropout_p, dropconnect_p, rng, linear_saved):
+    # Odd sizes: N not a multiple of 128 (relu mask padding), M*N not a multiple of 64 (stream tail).
+    M, K, N, seed, offset = 37, 29, 45, 2**33 + 5, 77
+    x, w, b, pw = _lin_case(rng, M, K, N, np.float32, bias, activation)
+    kw = dict(activation=activation, prelu_weight=pw, dropout_p=dropout_p, dropconnect_p=dropconnect_p, seed=seed,
+              offset=offset)
+    ref, cache = RL.linear(x, w, b, **kw)
+    xd, wd = fc.to_device(x), fc.to_device(w)
+    bd = fc.to_device(b) if bias else None
+    pd = fc.to_device(pw) if pw is not None else None
+    dev_kw = dict(kw, prelu_weight=pd)
+    scale = 1 / (1 - dropout_p)
+    y = _lin(xd, wd, bd, **dev_kw)
+    assert isinstance(y, fc.DeviceArray) and y.shape == (M, N) and y.dtype == np.float32
+    _assert_linear_close(y.numpy(), ref, cache["bound"], activation, "forward", scale)
+    y2, saved = _lin(xd, wd, bd, return_saved=True, **dev_kw)
+    np.testing.assert_array_equal(y2.numpy(), y.numpy(), err_msg="return_saved changes y")
+    assert saved.has_bias == bias and saved.activation == activation and tuple(saved.shape) == (M, N)
+    # Dropped elements are exactly the mask's zeros.
+    if dropout_p > 0:
+        assert np.all(y.numpy()[cache["ky"] == 0] == 0)
+
+    g = rng.standard_normal((M, N)).astype(np.float32)
+    gx, gw, gb, gp = fc._linear_backward(fc.to_device(g), xd, wd, saved, 0.01, 1.0, pd)
+    rgx, rgw, rgb, rgp = RL.linear_backward(g, cache, activation, prelu_weight=pw, dropout_p=dropout_p,
+                                            dropconnect_p=dropconnect_p, has_bias=bias)
+    bx, bw, bb = _grad_bounds(g, cache, dropout_p)
+    lip = max(LIPSCHITZ[activation], 1.0)
+    assert gx.shape == (M, K) and gw.shape == (N, K)
+    _assert_linear_close(gx.numpy(), rgx, bx * lip, None, "grad_x")
+    _assert_linear_close(gw.numpy(), rgw, bw * lip * (1 / (1 - dropconnect_p)), None, "grad_weight")
+    if bias:
+        assert gb.shape == (N,)
+        _assert_linear_close(gb.numpy(), rgb, bb * lip, None, "grad_bias")
+    else:
+        assert gb is None
+    if activation == "prelu":
+        assert gp.shape == pw.shape
+        pb = (np.abs(cache["z"]) * np.abs(g) * scale).sum(axis=0)
+        _assert_linear_close(gp.numpy(), rgp, pb, None, "grad_prelu_weight")
+    else:
+        assert gp is None
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (5, 3, 1), (1, 7, 300), (130, 64, 129), (128, 784, 512), (3, 0, 5),
+                                   (0, 4, 5)], ids=str)
+@pytest.mark.parametrize("activation", ["relu", "tanh", "prelu", None], ids=str)
+def test_linear_shapes(shape, activation, rng, linear_saved):
+    M, K, N = shape
+    x, w, b, pw = _lin_case(rng, M, K, N, np.float32, True, activation, prelu_size=1)
+    kw = dict(activation=activation, prelu_weight=pw, dropout_p=0.5, dropconnect_p=0.1, seed=9, offset=3)
+    ref, cache = RL.linear(x, w, b, **kw)
+    xd, wd, bd = fc.to_device(x), fc.to_device(w), fc.to_device(b)
+    pd = fc.to_device(pw) if pw is not None else None
+    y, saved = _lin(xd, wd, bd, return_saved=True, **dict(kw, prelu_weight=pd))
+    assert y.shape == (M, N)
+    _assert_linear_close(y.numpy(), ref, cache["bound"], activation, f"forward {shape}", 2.0)
+    g = rng.standard_normal((M, N)).astype(np.float32)
+    gx, gw, gb, gp = fc._linear_backward(fc.to_device(g), xd, wd, saved, 0.01, 1.0, pd)
+    rgx, rgw, rgb, rgp = RL.linear_backward(g, cache, activation, prelu_weight=pw, dropout_p=0.5, dropconnect_p=0.1)
+    bx, bw, bb = _grad_bounds(g, cache, 0.5)
+    _assert_linear_close(gx.numpy(), rgx, bx, None, f"grad_x {shape}")
+    _assert_linear_close(gw.numpy(), rgw, bw * 2, None, f"grad_weight {shape}")
+    _assert_linear_close(gb.numpy(), rgb, bb, None, f"grad_bias {shape}")
+    if activation == "prelu":
+        pb = (np.abs(cache["z"]) * np.abs(g) * 2).sum()
+        _assert_linear_close(gp.numpy().reshape(1), rgp, np.array([pb]), None, "grad_prelu shared")
+
+
+def test_linear_relu_mask_is_the_sign_of_the_preactivation(rng, linear_saved):
+    # The RELU_AUX bitmask layout (row r of y at bit r * mask_ld) as the backward reads it.
+    M, K, N = 19, 33, 200
+    x, w, b, _ = _lin_case(rng, M, K, N, np.float32, True, "relu")
+    _, cache = RL.linear(x, w, b, activation="relu")
+    y, saved = _lin(fc.to_device(x), fc.to_device(w), fc.to_device(b), activation="relu", return_saved=True)
+    mask, ld = saved.data["mask"], saved.data["mask_ld"]
+    assert ld % 128 == 0 and ld >= N
+    host = np.empty(M * ld // 8, np.uint8)
+    fastnn._C.cuda_memcpy_dtoh(host, mask.ptr)
+    bits = np.unpackbits(host, bitorder="little").reshape(M, ld)[:, :N].astype(bool)
+    clear = np.abs(cache["z"]) > 1e-4  # away from 0, where rounding could flip the sign
+    np.testing.assert_array_equal(bits[clear], (cache["z"] > 0)[clear])
+
+
+def test_linear_offsets_and_seeds_follow_the_stream(rng, linear_saved):
+    M, K, N = 16, 8, 12
+    x, w, b, _ = _lin_case(rng, M, K, N, np.float32, True, None)
+    xd, wd, bd = fc.to_device(x), fc.to_device(w), fc.to_device(b)
+    for seed, offset in [(0, 0), (1, 1), (2**64 - 1, 63), (12345, 2**40 + 7)]:
+        ref, cache = RL.linear(x, w, b, dropout_p=0.5, dropconnect_p=0.5, seed=seed, offset=offset)
+        y = _lin(xd, wd, bd, dropout_p=0.5, dropconnect_p=0.5, seed=seed, offset=offset).numpy()
+        np.testing.assert_array_equal(y == 0, cache["ky"] == 0, err_msg=f"dropout mask seed={seed} offset={offset}")
+        _assert_linear_close(y, ref, cache["bound"], None, f"seed={seed} offset={offset}", 2.0)
+
+
+def test_linear_p_one_and_eval(rng, linear_saved):
+    M, K, N = 8, 5, 6
+    x, w, b, _ = _lin_case(rng, M, K, N, np.float32, True, "tanh")
+    xd, wd, bd = fc.to_device(x), fc.to_device(w), fc.to_device(b)
+    y = _lin(xd, wd, bd, activation="tanh", dropout_p=1.0, seed=1).numpy()
+    assert np.all(y == 0)
+    ref, cache = RL.linear(x, w, b, activation="tanh")
+    _assert_linear_close(_lin(xd, wd, bd, activation="tanh").numpy(), ref, cache["bound"], "tanh", "p=0")
+
+
+def test_linear_out_argument(rng, linear_saved):
+    M, K, N = 12, 12, 12  # square, so out may alias x
+    x, w, b, _ = _lin_case(rng, M, K, N, np.float32, True, "sigmoid")
+    ref, cache = RL.linear(x, w, b, activation="sigmoid")
+    xd, wd, bd = fc.to_device(x), fc.to_device(w), fc.to_device(b)
+    out = fc.empty((M, N), np.float32)
+    assert _lin(xd, wd, bd, activation="sigmoid", out=out) is out
+    _assert_linear_close(out.numpy(), ref, cache["bound"], "sigmoid", "out=")
+    # out aliasing x (square x): computed through a temporary
+    assert _lin(xd, wd, bd, activation="sigmoid", out=xd) is xd
+    _assert_linear_close(xd.numpy(), ref, cache["bound"], "sigmoid", "out=x")
+    with pytest.raises(ValueError, match=r"out: expected shape \(12, 12\)"):
+        _lin(fc.to_device(x), wd, bd, out=fc.empty((12, 11), np.float32))
+
+
+def test_linear_float64(rng, linear_saved):
+    M, K, N = 33, 17, 21
+    x, w, b, pw = _lin_case(rng, M, K, N, np.float64, True, "elu")
+    ref, cache = RL.linear(x, w, b, activation="elu", alpha=0.7, dropout_p=0.25, seed=3)
+    y, saved = _lin(fc.to_device(x), fc.to_device(w), fc.to_device(b), activation="elu", alpha=0.7, dropout_p=0.25,
+                    seed=3, return_saved=True)
+    assert y.dtype == np.float64
+    np.testing.assert_allclose(y.numpy(), ref, rtol=1e-12, atol=1e-12)
+    g = rng.standard_normal((M, N))
+    gx, gw, gb, _ = fc._linear_backward(fc.to_device(g), fc.to_device(x), fc.to_device(w), saved, 0.01, 0.7, None)
+    rgx, rgw, rgb, _ = RL.linear_backward(g, cache, "elu", alpha=0.7, dropout_p=0.25)
+    for got, want in [(gx, rgx), (gw, rgw), (gb, rgb)]:
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-11, atol=1e-11)
+
+
+def test_tf32_is_off_by_default_and_fp32_is_accurate(rng):
+    # K = 1024 float32: TF32 inputs (10-bit mantissa) would miss this bound by ~10x.
+    assert fc.tf32_allowed() is False
+    M, K, N = 64, 1024, 96
+    a = rng.standard_normal((M, K)).astype(np.float32)
+    bm = rng.standard_normal((K, N)).astype(np.float32)
+    want = a.astype(np.float64) @ bm.astype(np.float64)
+    bound = np.abs(a).astype(np.float64) @ np.abs(bm).astype(np.float64)
+    c = fc._matmul(fc.to_device(a), fc.to_device(bm), None)
+    assert c.shape == (M, N)
+    assert np.all(np.abs(c.numpy() - want) <= 2e-5 * bound), "float32 matmul is not float32-accurate (TF32?)"
+    fc.allow_tf32(True)
+    try:
+        c = fc._matmul(fc.to_device(a), fc.to_device(bm), None)
+        assert np.all(np.abs(c.numpy() - want) <= 4e-3 * bound), "TF32 matmul beyond TF32's error"
+    finally:
+        fc.allow_tf32(False)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (7, 5, 3), (64, 300, 33), (0, 3, 4), (3, 0, 4)], ids=str)
+def test_matmul(shape, rng):
+    M, K, N = shape
+    a = rng.standard_normal((M, K)).astype(np.float32)
+    b = rng.standard_normal((K, N)).astype(np.float32)
+    c = fc._matmul(fc.to_device(a), fc.to_device(b), None)
+    bound = np.abs(a).astype(np.float64) @ np.abs(b)
+    assert c.shape == (M, N)
+    assert np.all(np.abs(c.numpy() - a.astype(np.float64) @ b) <= 2e-5 * bound + 1e-7)
+    out = fc.empty((M, N), np.float32)
+    assert fc._matmul(fc.to_device(a), fc.to_device(b), out) is out
+    np.testing.assert_array_equal(out.numpy(), c.numpy())
+    if hasattr(F, "matmul") and M and K and N:
+        try:
+            c2 = F.matmul(fc.to_device(a), fc.to_device(b))
+        except TypeError:
+            pytest.skip("fastnn.functional.matmul does not route CUDA arrays yet")
+        np.testing.assert_array_equal(c2.numpy(), c.numpy())
+
+
+def test_linear_errors(rng, linear_saved):
+    xd = fc.to_device(np.ones((4, 3), np.float32))
+    wd = fc.to_device(np.ones((5, 3), np.float32))
+    with pytest.raises(ValueError, match=r"inner dimensions differ: x has shape \(4, 3\) and weight has shape \(5, 2\)"):
+        _lin(xd, fc.to_device(np.ones((5, 2), np.float32)))
+    with pytest.raises(ValueError, match=r"bias: expected shape \(5,\).*got \(4,\)"):
+        _lin(xd, wd, fc.to_device(np.ones(4, np.float32)))
+    with pytest.raises(ValueError, match="activation: expected one of .*'gelu'"):
+        _lin(xd, wd, activation="gelu")
+    with pytest.raises(TypeError, match="weight: expected dtype float32 like x, got float64"):
+        _lin(xd, fc.to_device(np.ones((5, 3))))
+    with pytest.raises(TypeError, match="bias: expected dtype float32 like x, got float64"):
+        _lin(xd, wd, fc.to_device(np.ones(5)))
+    with pytest.raises(TypeError, match=r"weight is on the CPU \(numpy.ndarray\) but x is on cuda:0"):
+        _lin(xd, np.ones((5, 3), np.float32))
+    with pytest.raises(TypeError, match=r"bias is on the CPU .* but x is on cuda:0"):
+        _lin(xd, wd, np.ones(5, np.float32))
+    for p in (float("nan"), float("inf"), -0.1, 1.5):
+        with pytest.raises(ValueError, match="dropout_p: expected a finite probability"):
+            _lin(xd, wd, dropout_p=p, seed=1)
+        with pytest.raises(ValueError, match="dropconnect_p: expected a finite probability"):
+            _lin(xd, wd, dropconnect_p=p, seed=1)
+    with pytest.raises(ValueError, match="prelu_weight: expected 1 or 5 elements"):
+        _lin(xd, wd, activation="prelu", prelu_weight=fc.to_device(np.ones(3, np.float32)))
+    with pytest.raises(ValueError, match="offset"):
+        _lin(xd, wd, dropout_p=0.5, seed=1, offset=2**64 - 19)
+    _lin(xd, wd, dropout_p=0.5, seed=1, offset=2**64 - 20)  # the last 20 positions
+    with pytest.raises(ValueError, match="x: expected a 2-D array"):
+        _lin(fc.to_device(np.ones(3, np.float32)), wd)
+    with pytest.raises(ValueError, match=r"matmul: inner dimensions differ: a has shape \(4, 3\) and b has shape \(4, 3\)"):
+        fc._matmul(xd, xd, None)
+    with pytest.raises(TypeError, match="b is on the CPU"):
+        fc._matmul(xd, np.ones((3, 2), np.float32), None)
+    with pytest.raises(TypeError, match="flag: expected a bool"):
+        fc.allow_tf32(1)
+
+
+def test_linear_torch_float32_and_bfloat16(torch, rng, linear_saved):
+    M, K, N = 64, 96, 80
+    x, w, b, _ = _lin_case(rng, M, K, N, np.float32, True, "relu")
+    xt, wt, bt = (torch.from_numpy(v).cuda() for v in (x, w, b))
+    y = _lin(xt, wt, bt, activation="relu", dropout_p=0.2, seed=4)
+    assert isinstance(y, torch.Tensor) and y.dtype == torch.float32
+    ref, cache = RL.linear(x, w, b, activation="relu", dropout_p=0.2, seed=4)
+    _assert_linear_close(_host(y), ref, cache["bound"], "relu", "torch fp32", 1.25)
+    torch.testing.assert_close(_lin(xt, wt, bt), torch.nn.functional.linear(xt, wt, bt), rtol=1e-4, atol=1e-4)
+    # bfloat16 in and out (DLPack), float32 accumulation: compare with the float64 product of the
+    # bfloat16-rounded inputs; the output is rounded to bfloat16 (2^-8 relative) after the epilogue.
+    xb, wb, bb = xt.bfloat16(), wt.bfloat16(), bt.bfloat16()
+    x64, w64, b64 = (v.double().cpu().numpy() for v in (xb, wb, bb))
+    for act in ["relu", "tanh", None, "selu"]:
+        yb, saved = _lin(xb, wb, bb, activation=act, dropout_p=0.25, dropconnect_p=0.1, seed=8, return_saved=True)
+        assert isinstance(yb, torch.Tensor) and yb.dtype == torch.bfloat16 and tuple(yb.shape) == (M, N)
+        ref, cache = RL.linear(x64, w64, b64, activation=act, dropout_p=0.25, dropconnect_p=0.1, seed=8)
+        got = yb.double().cpu().numpy()
+        tol = 2e-2 * LIPSCHITZ[act] * cache["bound"] / 0.75 + 1e-2 * np.abs(ref)
+        assert np.all(np.abs(got - ref) <= tol), f"bfloat16 {act}"
+        gb16 = torch.randn(M, N, device="cuda").bfloat16()
+        gx, gw, gbias, _ = fc._linear_backward(gb16, xb, wb, saved, 0.01, 1.0, None)
+        assert gx.dtype == torch.bfloat16 and gw.dtype == torch.bfloat16 and gbias.dtype == torch.bfloat16
+        rgx, rgw, rgb, _ = RL.linear_backward(gb16.double().cpu().numpy(), cache, act, dropout_p=0.25,
+                                              dropconnect_p=0.1)
+        bx, bw, bbias = _grad_bounds(gb16.double().cpu().numpy(), cache, 0.25)
+        lip = max(LIPSCHITZ[act], 1.0)
+        for got_t, want, bound, name in [(gx, rgx, bx, "grad_x"), (gw, rgw, bw / 0.9, "grad_weight"),
+                                         (gbias, rgb, bbias, "grad_bias")]:
+            err = np.abs(got_t.double().cpu().numpy() - want)
+            assert np.all(err <= 3e-2 * lip * bound + 1e-2 * np.abs(want) + 1e-3), f"bfloat16 {act} {name}"
+    with pytest.raises(TypeError, match="weight: expected dtype bfloat16 like x, got float32"):
+        _lin(xb, wt)
+    with pytest.raises(TypeError, match=r"weight is on the CPU \(torch.Tensor\) but x is on cuda:0"):
+        _lin(xt, wt.cpu())
+    with pytest.raises(TypeError, match="expected float32, float64 or bfloat16, got float16"):
+        _lin(xt.half(), wt.half())

@@ -280,3 +280,180 @@ def test_device_array_dlpack_export_without_gpu():
     assert sys.getrefcount(a) == refs
     with pytest.raises(BufferError):
         a.__dlpack__(dl_device=(1, 0))
+
+
+# ---- linear / matmul: what can be checked without a GPU -------------------------------------------
+
+import reference_linear as RL  # noqa: E402
+
+
+def test_allow_tf32_flag():
+    assert fc.tf32_allowed() is False  # off by default: float32 means float32
+    for bad in (1, "yes", None, 0.0):
+        with pytest.raises(TypeError, match="flag: expected a bool"):
+            fc.allow_tf32(bad)
+    fc.allow_tf32(True)
+    try:
+        assert fc.tf32_allowed() is True
+    finally:
+        fc.allow_tf32(False)
+    assert fc.tf32_allowed() is False
+    assert "allow_tf32" in fc.__all__ and "tf32_allowed" in fc.__all__
+
+
+def test_build_info_reports_cublaslt():
+    d = fastnn.build_info()
+    assert isinstance(d["cublaslt"], bool) and isinstance(d["cublaslt_library"], str)
+    if not COMPILED:
+        assert d["cublaslt"] is False
+    buf = io.StringIO()
+    fastnn.info(file=buf)
+    assert "cuBLASLt: " in buf.getvalue()
+    if COMPILED and d["cublaslt"]:
+        # compiled in: it loads, or the error says what to install
+        err = fastnn._C.cuda_cublaslt_load_error()
+        assert err == "" or "nvidia-cublas" in err
+    elif COMPILED:
+        assert "without cuBLASLt" in fastnn._C.cuda_cublaslt_load_error()
+
+
+@no_gpu
+def test_linear_without_gpu_raises_runtime_error():
+    x, w = FakeCudaArray((4, 3)), FakeCudaArray((5, 3))
+    with pytest.raises(RuntimeError, match="no CUDA GPU is available|no CUDA support"):
+        fc._linear(x, w, None, "relu", 0.01, 1.0, None, 0.0, 0.0, 0, 0, None, False)
+    with pytest.raises(RuntimeError, match="no CUDA GPU is available|no CUDA support"):
+        fc._matmul(x, FakeCudaArray((3, 2)), None)
+    with pytest.raises(RuntimeError, match="no CUDA GPU is available|no CUDA support"):
+        fc._linear_backward(FakeCudaArray((4, 5)), x, w, object(), 0.01, 1.0, None)
+
+
+@compiled
+def test_linear_save_kinds_and_mask_ld():
+    C = fastnn._C
+    # ids of csrc/cuda/linear.h, as python/fastnn/cuda.py uses them
+    assert fc._LIN_ACTS == {None: 0, "sigmoid": 1, "tanh": 2, "relu": 3, "leaky_relu": 4, "elu": 5, "selu": 5,
+                            "prelu": 6}
+    assert [C.cuda_linear_save_kind(a, False) for a in range(7)] == [0, 2, 2, 1, 4, 4, 4]
+    assert [C.cuda_linear_save_kind(a, True) for a in range(7)] == [0, 3, 3, 1, 4, 4, 4]
+    assert [C.cuda_linear_mask_ld(n) for n in (0, 1, 127, 128, 129, 512)] == [0, 128, 128, 128, 256, 512]
+
+
+@compiled
+def test_linear_binding_argument_checks():
+    C = fastnn._C
+
+    def fwd(dtype="float32", M=4, N=5, K=3, x=256, w=512, bias=0, act=0, prelu=0, prelu_size=0, offset=0,
+            dropout=False, dropconnect=False, y=1024):
+        C.cuda_linear_forward(dtype, M, N, K, x, w, bias, act, 0.01, 1.0, 1.0, prelu, prelu_size, 1, offset, dropout,
+                              5, 2.0, dropconnect, 5, 2.0, y, 0, 0, 0, False, False)
+
+    with pytest.raises(TypeError, match="dtype: expected 'float32', 'float64' or 'bfloat16', got 'float16'"):
+        fwd(dtype="float16")
+    with pytest.raises(ValueError, match="dimensions must be >= 0"):
+        fwd(M=-1)
+    with pytest.raises(ValueError, match=r"act: expected an activation id in \[0, 7\), got 7"):
+        fwd(act=7)
+    with pytest.raises(ValueError, match="prelu_weight: expected 1 or 5 elements, got 3"):
+        fwd(act=6, prelu=64, prelu_size=3)
+    with pytest.raises(ValueError, match="x: null device pointer"):
+        fwd(x=0)
+    with pytest.raises(ValueError, match="weight: device pointer is not aligned to its 2-byte"):
+        fwd(dtype="bfloat16", w=513)
+    with pytest.raises(ValueError, match="bias: device pointer is not aligned to its 8-byte"):
+        fwd(dtype="float64", bias=260)
+    with pytest.raises(ValueError, match="offset"):  # 4*5 dropout + 5*3 DropConnect positions
+        fwd(dropout=True, dropconnect=True, offset=2**64 - 34)
+    with pytest.raises(ValueError, match="overflows"):
+        fwd(M=2**40, N=2**40)
+    with pytest.raises(TypeError, match="dtype"):
+        C.cuda_matmul("int32", 1, 1, 1, 256, 256, 256, False)
+    with pytest.raises(ValueError, match="out: null device pointer"):
+        C.cuda_matmul("float32", 2, 2, 2, 256, 256, 0, False)
+    with pytest.raises(ValueError, match="mask_ld: expected 128 bits"):
+        C.cuda_linear_backward("float32", 4, 5, 3, 256, 256, 256, 3, 0.01, 1.0, 1.0, 0, 0, 0, 256, 64, 1, 0, False,
+                               5, 2.0, False, 5, 2.0, 256, 256, 0, 0, False)
+
+
+@compiled
+@no_gpu
+def test_linear_binding_calls_without_gpu_raise_runtime_error():
+    C = fastnn._C
+    with pytest.raises(RuntimeError):
+        C.cuda_linear_forward("float32", 4, 5, 3, 256, 512, 0, 0, 0.01, 1.0, 1.0, 0, 0, 1, 0, False, 5, 2.0, False, 5,
+                              2.0, 1024, 0, 0, 0, False, False)
+    with pytest.raises(RuntimeError):
+        C.cuda_matmul("float32", 2, 2, 2, 256, 256, 256, False)
+
+
+@compiled
+def test_dlpack_bfloat16_export_and_describe():
+    # The capsule fastnn makes for a bfloat16 result, read back as a consumer (torch) reads it.
+    owner = object()
+    cap = fastnn._C.cuda_dlpack_capsule(0x7f0000001000, [3, 4], "bfloat16", 0, owner)
+    d = fastnn._C.cuda_dlpack_describe(cap)
+    assert (d["code"], d["bits"], d["lanes"]) == (4, 16, 1)  # kDLBfloat
+    assert d["ptr"] == 0x7f0000001000 and d["shape"] == (3, 4) and d["strides"] == (4, 1)
+    assert (d["device_type"], d["device_id"]) == (2, 0)
+    d32 = fastnn._C.cuda_dlpack_describe(fastnn._C.cuda_dlpack_capsule(0x10000, [5], "float32", 1, owner))
+    assert (d32["code"], d32["bits"], d32["device_id"]) == (2, 32, 1)
+
+
+def test_linear_arg_reading_without_gpu():
+    # Mixed devices and dtypes are named before any GPU work.
+    with pytest.raises(TypeError, match=r"weight is on the CPU \(numpy.ndarray\) but x is on cuda:"):
+        fc._linear_arg(np.ones((5, 3), np.float32), "weight", ("x", 0))
+    with pytest.raises(TypeError, match="expected float32, float64 or bfloat16, got float16"):
+        fc._linear_arg(FakeCudaArray((4,), "<f2"), "x")
+
+    class CpuDlpack:  # a CPU tensor that only speaks DLPack
+        def __dlpack__(self, stream=None):
+            raise AssertionError("must not be exported")
+
+        def __dlpack_device__(self):
+            return (1, 0)
+
+    with pytest.raises(TypeError, match="bias is on the CPU .*CpuDlpack.* but x is on cuda:0"):
+        fc._linear_arg(CpuDlpack(), "bias", ("x", 0))
+    with pytest.raises(ValueError, match="activation: expected one of"):
+        fc._activation_id("gelu")
+    for p in (float("nan"), float("inf"), -1.0):
+        with pytest.raises(ValueError, match="dropout_p: expected a finite probability"):
+            fc._probability_arg(p, "dropout_p")
+
+
+# The reference's gradient formulas against central differences of its forward (float64), so the
+# GPU tests compare against formulas that are themselves checked.
+@pytest.mark.parametrize("activation", RL.ACTIVATIONS, ids=str)
+@pytest.mark.parametrize("drops", [(0.0, 0.0), (0.4, 0.3)], ids=["nodrop", "drop"])
+def test_reference_linear_gradients_match_finite_differences(activation, drops):
+    rng = np.random.default_rng(5)
+    M, K, N = 4, 3, 5
+    dp, dcp = drops
+    x, w, b = rng.standard_normal((M, K)), rng.standard_normal((N, K)), rng.standard_normal(N)
+    pw = rng.uniform(0.1, 0.4, N)
+    g = rng.standard_normal((M, N))
+    kw = dict(activation=activation, negative_slope=0.05, alpha=0.8, prelu_weight=pw, dropout_p=dp,
+              dropconnect_p=dcp, seed=11, offset=3)
+
+    def loss(x_, w_, b_, pw_):
+        return float((RL.linear(x_, w_, b_, **dict(kw, prelu_weight=pw_))[0] * g).sum())
+
+    _, cache = RL.linear(x, w, b, **kw)
+    gx, gw, gb, gp = RL.linear_backward(g, cache, activation, 0.05, 0.8, pw, dp, dcp)
+    h = 1e-6
+
+    def num(f, a):
+        out = np.zeros_like(a)
+        for i in np.ndindex(a.shape):
+            ap, am = a.copy(), a.copy()
+            ap[i] += h
+            am[i] -= h
+            out[i] = (f(ap) - f(am)) / (2 * h)
+        return out
+
+    np.testing.assert_allclose(gx, num(lambda v: loss(v, w, b, pw), x), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(gw, num(lambda v: loss(x, v, b, pw), w), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(gb, num(lambda v: loss(x, w, v, pw), b), rtol=1e-5, atol=1e-6)
+    if activation == "prelu":
+        np.testing.assert_allclose(gp, num(lambda v: loss(x, w, b, v), pw), rtol=1e-5, atol=1e-6)

@@ -133,7 +133,10 @@ extern "C" void dlpack_capsule_destructor(PyObject* capsule) {
 
 py::object dlpack_capsule(uint64_t ptr, const std::vector<int64_t>& shape, const std::string& dtype, int device_index,
                           py::object owner) {
-  const DType dt = parse_dtype(dtype);
+  // bfloat16 (DLPack kDLBfloat) for GPU linear results; DeviceArray itself is float32/float64.
+  DLDataType dl;
+  if (dtype == "bfloat16") dl = DLDataType{kDLBfloat, 16, 1};
+  else dl = DLDataType{kDLFloat, static_cast<uint8_t>(parse_dtype(dtype) == DType::F32 ? 32 : 64), 1};
   if (device_index < 0) throw py::value_error("device_index: expected >= 0, got " + std::to_string(device_index));
   for (int64_t d : shape)
     if (d < 0) throw py::value_error("shape: dimensions must be >= 0");
@@ -146,7 +149,7 @@ py::object dlpack_capsule(uint64_t ptr, const std::vector<int64_t>& shape, const
   t.data = as_ptr<void>(ptr);
   t.device = DLDevice{kDLCUDA, device_index};
   t.ndim = static_cast<int32_t>(shape.size());
-  t.dtype = DLDataType{kDLFloat, static_cast<uint8_t>(dt == DType::F32 ? 32 : 64), 1};
+  t.dtype = dl;
   t.shape = ctx->shape.empty() ? nullptr : ctx->shape.data();
   t.strides = ctx->strides.empty() ? nullptr : ctx->strides.data();
   t.byte_offset = 0;

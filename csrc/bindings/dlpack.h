@@ -8,7 +8,7 @@
 extern "C" {
 
 enum DLDeviceTypeCode : int32_t { kDLCPU = 1, kDLCUDA = 2 };
-enum DLDataTypeCodeValue : uint8_t { kDLInt = 0, kDLUInt = 1, kDLFloat = 2 };
+enum DLDataTypeCodeValue : uint8_t { kDLInt = 0, kDLUInt = 1, kDLFloat = 2, kDLBfloat = 4 };
 
 struct DLDevice {
   int32_t device_type;  // kDLCUDA
@@ -16,8 +16,8 @@ struct DLDevice {
 };
 
 struct DLDataType {
-  uint8_t code;  // kDLFloat
-  uint8_t bits;  // 32 or 64
+  uint8_t code;  // kDLFloat (32 or 64 bits) or kDLBfloat (16 bits)
+  uint8_t bits;
   uint16_t lanes;  // 1
 };
 

@@ -114,6 +114,7 @@ PYBIND11_MODULE(_C, m) {
 #ifdef FASTNN_WITH_CUDA
   m.attr("cuda_compiled") = true;
   register_cuda(m);
+  register_cuda_linear(m);
 #else
   m.attr("cuda_compiled") = false;
 #endif

@@ -56,8 +56,19 @@ def build_info() -> dict:
         "threads": _C.get_num_threads(),
         "default_threads": _C.default_num_threads(),
         "cuda_compiled": bool(_C.cuda_compiled),
+        # cuBLASLt (GPU linear/matmul): compiled in, the library path the build found, and whether
+        # it loads in this process ("" = yes, else why not).
+        "cublaslt": bool(getattr(_C, "cuda_cublaslt_compiled", lambda: False)()),
+        "cublaslt_library": getattr(_C, "cuda_cublaslt_library", lambda: "")(),
         "gpus": cuda.devices(),
     }
+
+
+def _cublaslt_line(d) -> str:
+    if not d["cublaslt"]:
+        return "not compiled in (GPU linear/matmul unavailable)"
+    err = _C.cuda_cublaslt_load_error()
+    return f"compiled in ({d['cublaslt_library'] or 'system library'}); " + ("loads" if not err else "does not load")
 
 
 def info(file=None) -> None:
@@ -80,6 +91,7 @@ def info(file=None) -> None:
         f"CPU path selected: {d['cpu_selected']}",
         f"threads: {d['threads']} (default {d['default_threads']})",
         f"CUDA compiled in: {'yes' if d['cuda_compiled'] else 'no'}",
+        f"cuBLASLt: {_cublaslt_line(d)}",
         f"GPUs: {gpu_line}",
     ]
     print("\n".join(lines), file=out)

@@ -31,7 +31,7 @@ from . import _C
 
 __all__ = [
     "DeviceArray", "devices", "is_available", "device_count", "to_device", "empty", "synchronize",
-    "empty_cache",
+    "empty_cache", "allow_tf32", "tf32_allowed",
 ]
 
 _COMPILED = bool(getattr(_C, "cuda_compiled", False))
@@ -641,3 +641,397 @@ def _dropout_backward(grad_output, p, seed, offset, mask, out):
             _C.cuda_free(buf)
 
     return _run(out, ga, [ga], launch, o)
+
+
+# ---- linear layers and matmul (cuBLASLt + csrc/cuda/linear.cu) ------------------------------------
+# fastnn.functional.linear / linear_backward / matmul call these with a CUDA x; functional has
+# already checked the scalar arguments and drawn the seed. Operands are read from a DeviceArray,
+# __cuda_array_interface__, or DLPack (the only way a PyTorch bfloat16 tensor describes itself).
+# bfloat16 works with PyTorch (or any DLPack producer) arrays only: a DeviceArray is float32/float64.
+
+_TF32 = [False]
+
+_SELU_ALPHA = 1.6732632423543772848170429916717
+_SELU_SCALE = 1.0507009873554804934193349852946
+
+# Activation ids of csrc/cuda/linear.h (LinAct); selu is the ELU id with SELU's alpha and scale.
+_LIN_ACTS = {None: 0, "sigmoid": 1, "tanh": 2, "relu": 3, "leaky_relu": 4, "elu": 5, "selu": 5, "prelu": 6}
+_LIN_PRELU = 6
+# Save kinds of csrc/cuda/linear.h (LinSave).
+_SAVE_NOTHING, _SAVE_RELU_MASK, _SAVE_OUTPUT, _SAVE_ACT_OUT, _SAVE_PRE = range(5)
+_ITEMSIZE = {"float32": 4, "float64": 8, "bfloat16": 2}
+_KDLBFLOAT, _KDLFLOAT = 4, 2
+
+
+def allow_tf32(flag: bool) -> None:
+    """Lets float32 GEMMs on the GPU (linear, matmul) use TF32 tensor cores (10-bit mantissa
+    inputs, float32 accumulation): several times faster on Ampere and later, with about 1e-3
+    relative error instead of float32's 1e-7. Off by default. bfloat16 and float64 are unaffected."""
+    if not isinstance(flag, (bool, np.bool_)):
+        raise TypeError(f"flag: expected a bool, got {type(flag).__name__}")
+    _TF32[0] = bool(flag)
+
+
+def tf32_allowed() -> bool:
+    """Whether float32 GPU GEMMs may use TF32 (see allow_tf32)."""
+    return _TF32[0]
+
+
+def _require_cublaslt() -> None:
+    if not _C.cuda_cublaslt_compiled():
+        raise RuntimeError(
+            "fastnn was built without cuBLASLt, which GPU linear layers and matmul need: install the nvidia-cublas "
+            "wheel (pip install nvidia-cublas) or the CUDA toolkit's cuBLAS, then rebuild fastnn "
+            "(pip install --no-build-isolation -Ccmake.define.FASTNN_CUDA=ON .)")
+    err = _C.cuda_cublaslt_load_error()
+    if err:
+        raise RuntimeError(err)
+
+
+class _Buffer:
+    """Device memory from fastnn's allocator that DeviceArray cannot describe (bfloat16 results,
+    uint8 masks): pointer, shape, dtype name, device. Exports bfloat16 through DLPack, so
+    torch.from_dlpack makes a tensor of it without a copy."""
+
+    __slots__ = ("ptr", "shape", "dname", "device", "_owned", "__weakref__")
+
+    def __init__(self, shape, dname: str, itemsize: int):
+        self._owned = False
+        self.shape, self.dname = tuple(shape), dname
+        self.device = _C.cuda_get_device()
+        self.ptr = int(_C.cuda_malloc(_prod(self.shape) * itemsize))
+        self._owned = True
+
+    def __del__(self):
+        if getattr(self, "_owned", False):
+            self._owned = False
+            try:
+                _C.cuda_free(self.ptr)
+            except Exception:
+                pass
+
+    def __dlpack_device__(self) -> tuple:
+        return (_KDLCUDA, self.device)
+
+    def __dlpack__(self, stream=None, **kwargs):
+        if stream is not None and operator.index(stream) != -1:
+            with _on_device(self.device):
+                _C.cuda_wait_on_legacy(operator.index(stream))
+        return _C.cuda_dlpack_capsule(self.ptr, list(self.shape), self.dname, self.device, self)
+
+
+class _LArg:
+    """A CUDA operand of linear/matmul: pointer, shape, dtype name, device, the object."""
+
+    __slots__ = ("obj", "ptr", "shape", "dname", "device", "readonly")
+
+    def __init__(self, obj, ptr, shape, dname, device, readonly=False):
+        self.obj, self.ptr, self.shape, self.dname, self.device, self.readonly = (
+            obj, int(ptr), tuple(shape), dname, int(device), readonly)
+
+    @property
+    def size(self) -> int:
+        return _prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * _ITEMSIZE[self.dname]
+
+
+def _cpu_where(a) -> str:
+    """Where a non-CUDA array lives, for mixed-device messages."""
+    return f"on the CPU ({_type_name(a)})"
+
+
+def _linear_arg(a, name: str, ref=None) -> _LArg:
+    """Reads a CUDA operand; `ref` = (name, device) of the first operand, for mixed-device errors."""
+    where = f" but {ref[0]} is on cuda:{ref[1]}" if ref is not None else ""
+    if isinstance(a, DeviceArray):
+        return _LArg(a, a.ptr, a.shape, _FLOATS[a.dtype], a.device)
+    if isinstance(a, _Buffer):
+        return _LArg(a, a.ptr, a.shape, a.dname, a.device)
+    if isinstance(a, (np.ndarray, numbers.Number, list, tuple)):
+        raise TypeError(f"{name} is {_cpu_where(a)}{where}: every operand must be a CUDA array on the same GPU "
+                        f"(move it with fastnn.cuda.to_device())")
+    try:
+        cai = a.__cuda_array_interface__
+    except AttributeError:
+        cai = None
+    except Exception:  # e.g. PyTorch refuses to describe bfloat16 this way: DLPack below
+        cai = False
+    if cai:
+        dtype = np.dtype(cai["typestr"])
+        if dtype not in _FLOATS:
+            raise TypeError(f"{name}: expected float32, float64 or bfloat16, got {dtype}")
+        xa = _cuda_arg(a, name)
+        return _LArg(a, xa.ptr, xa.shape, xa.dname, xa.device, xa.readonly)
+    if not hasattr(a, "__dlpack__"):
+        raise TypeError(f"{name}: expected a CUDA array (fastnn.cuda.DeviceArray, a PyTorch CUDA tensor or a CuPy "
+                        f"array), got {_type_name(a)}")
+    dev = tuple(a.__dlpack_device__()) if hasattr(a, "__dlpack_device__") else None
+    if dev is None or int(dev[0]) != _KDLCUDA:
+        raise TypeError(f"{name} is {_cpu_where(a)}{where}: every operand must be a CUDA array on the same GPU")
+    d = _C.cuda_dlpack_describe(a.__dlpack__(stream=1))  # stream 1: ready for the legacy default stream
+    code, bits, lanes = d["code"], d["bits"], d["lanes"]
+    if lanes == 1 and code == _KDLBFLOAT and bits == 16:
+        dname = "bfloat16"
+    elif lanes == 1 and code == _KDLFLOAT and bits in (32, 64):
+        dname = f"float{bits}"
+    else:
+        raise TypeError(f"{name}: expected float32, float64 or bfloat16, got DLPack dtype (code {code}, {bits} bits, "
+                        f"{lanes} lanes)")
+    shape = tuple(d["shape"])
+    strides = d["strides"]
+    if strides is not None and not _is_c_contiguous(shape, [s * _ITEMSIZE[dname] for s in strides], _ITEMSIZE[dname]):
+        raise ValueError(f"{name}: expected a C-contiguous CUDA array, got shape {shape} with element strides "
+                         f"{tuple(strides)}; make it contiguous first (e.g. x.contiguous() in PyTorch)")
+    if d["ptr"] % _ITEMSIZE[dname]:
+        raise ValueError(f"{name}: the CUDA array's address is not aligned to its elements")
+    return _LArg(a, d["ptr"], shape, dname, d["device_id"])
+
+
+def _check_same(args) -> None:
+    """Same dtype and device as the first operand (messages name both)."""
+    n0, a0 = args[0]
+    for name, a in args[1:]:
+        if a.device != a0.device:
+            raise ValueError(f"{name} is on cuda:{a.device} but {n0} is on cuda:{a0.device}")
+        if a.dname != a0.dname:
+            raise TypeError(f"{name}: expected dtype {a0.dname} like {n0}, got {a.dname} (mixed dtypes)")
+
+
+def _new(shape, dname: str):
+    """An uninitialized result on the current device: DeviceArray (float32/64) or _Buffer (bfloat16)."""
+    if dname == "bfloat16":
+        return _Buffer(shape, dname, 2)
+    return DeviceArray(shape, np.dtype(dname))
+
+
+def _scale_dtype(dname: str):
+    # bfloat16's dropout scale is rounded to float32, the elementwise kernels' compute type.
+    return np.float32 if dname == "bfloat16" else np.dtype(dname)
+
+
+def _probability_arg(p, name: str) -> float:
+    if isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Real):
+        raise TypeError(f"{name}: expected a probability in [0, 1], got {type(p).__name__}")
+    p = float(p)
+    if not (0.0 <= p <= 1.0):  # also NaN and inf
+        raise ValueError(f"{name}: expected a finite probability in [0, 1], got {p}")
+    return p
+
+
+def _activation_id(activation) -> int:
+    if activation is not None and not isinstance(activation, str):
+        raise TypeError(f"activation: expected None or a name, got {type(activation).__name__}")
+    if activation not in _LIN_ACTS:
+        names = ", ".join(repr(k) for k in _LIN_ACTS)
+        raise ValueError(f"activation: expected one of {names}, got {activation!r}")
+    return _LIN_ACTS[activation]
+
+
+def _act_params(activation, negative_slope, alpha):
+    """(slope, alpha, scale) of the ELU-family formula in csrc/cuda/linear.h."""
+    if activation == "selu":
+        return 0.0, _SELU_ALPHA, _SELU_SCALE
+    return float(negative_slope), float(alpha), 1.0
+
+
+def _prelu_arg(prelu_weight, xa: _LArg, N: int):
+    """The PReLU weight: a CUDA array of x's dtype with 1 or N elements, or a real number (uploaded)."""
+    if prelu_weight is None:
+        raise ValueError("prelu_weight: activation='prelu' needs a weight of 1 or out_features elements")
+    if isinstance(prelu_weight, numbers.Real) and not isinstance(prelu_weight, (bool, np.bool_)):
+        if xa.dname == "bfloat16":
+            raise TypeError("prelu_weight: with bfloat16 operands pass a bfloat16 CUDA tensor, not a number")
+        with _on_device(xa.device):
+            w = DeviceArray((), np.dtype(xa.dname))
+            _C.cuda_memcpy_htod(w.ptr, np.array(float(prelu_weight), xa.dname))
+        return _LArg(w, w.ptr, (), xa.dname, xa.device)
+    wa = _linear_arg(prelu_weight, "prelu_weight", ("x", xa.device))
+    _check_same([("x", xa), ("prelu_weight", wa)])
+    if wa.size not in (1, N):
+        raise ValueError(f"prelu_weight: expected 1 or {N} elements (out_features), got {wa.size}")
+    return wa
+
+
+def _linear_operands(x, weight, bias):
+    xa = _linear_arg(x, "x")
+    ref = ("x", xa.device)
+    wa = _linear_arg(weight, "weight", ref)
+    ba = _linear_arg(bias, "bias", ref) if bias is not None else None
+    if len(xa.shape) != 2:
+        raise ValueError(f"x: expected a 2-D array (batch, in_features), got shape {xa.shape}")
+    if len(wa.shape) != 2:
+        raise ValueError(f"weight: expected a 2-D array (out_features, in_features), got shape {wa.shape}")
+    if xa.shape[1] != wa.shape[1]:
+        raise ValueError(f"linear: inner dimensions differ: x has shape {xa.shape} and weight has shape {wa.shape} "
+                         f"(x.shape[1] must equal weight.shape[1], the in_features)")
+    N = wa.shape[0]
+    if ba is not None and ba.shape != (N,):
+        raise ValueError(f"bias: expected shape ({N},) (out_features = weight.shape[0]), got {ba.shape}")
+    _check_same([("x", xa), ("weight", wa)] + ([("bias", ba)] if ba is not None else []))
+    return xa, wa, ba
+
+
+def _random_args(dname, dropout_p, dropconnect_p, seed, offset, M, N, K):
+    from .functional import _threshold_scale
+    drop = dropout_p > 0.0
+    dc = dropconnect_p > 0.0
+    if (drop or dc) and seed is None:
+        raise TypeError("seed: expected an integer in [0, 2**64) when dropout_p or dropconnect_p > 0")
+    seed = operator.index(seed) if seed is not None else 0
+    offset = operator.index(offset)
+    if not 0 <= seed < 2**64:
+        raise ValueError(f"seed: expected an integer in [0, 2**64), got {seed}")
+    used = (M * N if drop or dc else 0) + (N * K if dc else 0)
+    if offset < 0 or offset + used > 2**64:
+        raise ValueError(f"offset: expected offset >= 0 with offset + {used} positions (M*N for dropout, + N*K for "
+                         f"DropConnect) at most 2**64, got {offset}")
+    sd = _scale_dtype(dname)
+    thr, scale = _threshold_scale(dropout_p, sd) if drop else (0, 1.0)
+    dthr, dscale = _threshold_scale(dropconnect_p, sd) if dc else (0, 1.0)
+    return seed, offset, drop, thr, scale, dc, dthr, dscale
+
+
+def _linear(x, weight, bias, activation, negative_slope, alpha, prelu_weight, dropout_p, dropconnect_p, seed, offset,
+            out, return_saved):
+    """fastnn.functional.linear with a CUDA x: y = dropout(act(x @ dropconnect(weight).T + bias)).
+    Returns y (the kind of array x is) or (y, LinearSaved) with return_saved."""
+    _require_gpu()
+    act = _activation_id(activation)
+    dropout_p = _probability_arg(dropout_p, "dropout_p")
+    dropconnect_p = _probability_arg(dropconnect_p, "dropconnect_p")
+    xa, wa, ba = _linear_operands(x, weight, bias)
+    M, K = xa.shape
+    N = wa.shape[0]
+    pa = _prelu_arg(prelu_weight, xa, N) if act == _LIN_PRELU else None
+    o = None
+    if out is not None:
+        o = _linear_arg(out, "out", ("x", xa.device))
+        _check_same([("x", xa), ("out", o)])
+        if o.shape != (M, N):
+            raise ValueError(f"out: expected shape {(M, N)}, got {o.shape}")
+        if o.readonly:
+            raise ValueError("out: array is read-only")
+    seed, offset, drop, thr, scale, dc, dthr, dscale = _random_args(
+        xa.dname, dropout_p, dropconnect_p, seed, offset, M, N, K)
+    _require_cublaslt()
+    slope, alpha_, act_scale = _act_params(activation, negative_slope, alpha)
+    kind = _C.cuda_linear_save_kind(act, drop)
+    inputs = [a for a in (xa, wa, ba, pa) if a is not None]
+    with _on_device(xa.device):
+        direct = o is not None and not any(_overlaps(o, a) for a in inputs)
+        y = o.obj if direct else _new((M, N), xa.dname)
+        y_ptr = o.ptr if direct else y.ptr
+        save = mask = None
+        mask_ld = 0
+        if return_saved and kind in (_SAVE_ACT_OUT, _SAVE_PRE):
+            save = _new((M, N), xa.dname)
+        if return_saved and kind == _SAVE_RELU_MASK:
+            mask_ld = _C.cuda_linear_mask_ld(N)
+            mask = _Buffer((M * mask_ld // 8,), "uint8", 1)
+        _C.cuda_linear_forward(
+            xa.dname, M, N, K, xa.ptr, wa.ptr, ba.ptr if ba is not None else 0, act, slope, alpha_, act_scale,
+            pa.ptr if pa is not None else 0, pa.size if pa is not None else 0, seed, offset, drop, thr, scale,
+            dc, dthr, dscale, y_ptr, save.ptr if save is not None else 0, mask.ptr if mask is not None else 0,
+            mask_ld, mask is not None, _TF32[0])
+        if o is not None and not direct:
+            _C.cuda_memcpy_dtod(o.ptr, y.ptr, o.nbytes)
+            y = o.obj
+    result = y if o is not None else _result_like(y, xa.obj)
+    if not return_saved:
+        return result
+    from .functional import LinearSaved
+    data = {"kind": kind, "M": M, "N": N, "K": K}
+    if kind == _SAVE_RELU_MASK:
+        data["mask"], data["mask_ld"] = mask, mask_ld
+    elif kind == _SAVE_OUTPUT:
+        data["saved"] = y  # y itself holds the activation output (modifying y in place breaks the backward)
+    elif kind in (_SAVE_ACT_OUT, _SAVE_PRE):
+        data["saved"] = save
+    dtype = "bfloat16" if xa.dname == "bfloat16" else np.dtype(xa.dname)
+    saved = LinearSaved(f"cuda:{xa.device}", activation, ba is not None, dropout_p, dropconnect_p, seed, offset,
+                        (M, N), dtype, data)
+    return result, saved
+
+
+def _linear_backward(grad_output, x, weight, saved, negative_slope, alpha, prelu_weight):
+    """Gradients of _linear: (grad_x, grad_weight, grad_bias or None, grad_prelu_weight or None),
+    each the kind of array its forward operand is (grad_bias like weight)."""
+    _require_gpu()
+    activation = saved.activation
+    act = _activation_id(activation)
+    xa, wa, _ = _linear_operands(x, weight, None)
+    ref = ("x", xa.device)
+    ga = _linear_arg(grad_output, "grad_output", ref)
+    _check_same([("x", xa), ("grad_output", ga)])
+    M, K = xa.shape
+    N = wa.shape[0]
+    if ga.shape != (M, N):
+        raise ValueError(f"grad_output: expected shape {(M, N)} (x.shape[0], weight.shape[0]), got {ga.shape}")
+    data = saved.data
+    if tuple(saved.shape) != (M, N) or (data.get("M"), data.get("N"), data.get("K")) != (M, N, K):
+        raise ValueError(f"saved: it belongs to a forward of shape (M, N, K) = "
+                         f"{(data.get('M'), data.get('N'), data.get('K'))}, not {(M, N, K)}")
+    if str(saved.device) != f"cuda:{xa.device}":
+        raise ValueError(f"saved: it was made on {saved.device} but x is on cuda:{xa.device}")
+    pa = _prelu_arg(prelu_weight, xa, N) if act == _LIN_PRELU else None
+    seed, offset, drop, thr, scale, dc, dthr, dscale = _random_args(
+        xa.dname, float(saved.dropout_p), float(saved.dropconnect_p), saved.seed, saved.offset, M, N, K)
+    kind = _C.cuda_linear_save_kind(act, drop)
+    if kind != data.get("kind"):
+        raise ValueError("saved: its contents do not match its activation and dropout (made by another version?)")
+    _require_cublaslt()
+    slope, alpha_, act_scale = _act_params(activation, negative_slope, alpha)
+    saved_ptr = 0
+    if kind in (_SAVE_OUTPUT, _SAVE_ACT_OUT, _SAVE_PRE):
+        sa = _linear_arg(data["saved"], "saved", ref)
+        saved_ptr = sa.ptr
+    mask = data.get("mask")
+    with _on_device(xa.device):
+        gx = _new((M, K), xa.dname)
+        gw = _new((N, K), xa.dname)
+        gb = _new((N,), xa.dname) if saved.has_bias else None
+        gp = _new(pa.shape, xa.dname) if pa is not None else None
+        _C.cuda_linear_backward(
+            xa.dname, M, N, K, ga.ptr, xa.ptr, wa.ptr, act, slope, alpha_, act_scale,
+            pa.ptr if pa is not None else 0, pa.size if pa is not None else 0, saved_ptr,
+            mask.ptr if mask is not None else 0, data.get("mask_ld", 0), seed, offset, drop, thr, scale, dc, dthr,
+            dscale, gx.ptr, gw.ptr, gb.ptr if gb is not None else 0, gp.ptr if gp is not None else 0, _TF32[0])
+    p_like = prelu_weight if (pa is not None and not isinstance(prelu_weight, numbers.Real)) else x
+    return (_result_like(gx, xa.obj), _result_like(gw, wa.obj),
+            _result_like(gb, wa.obj) if gb is not None else None,
+            _result_like(gp, p_like) if gp is not None else None)
+
+
+def _matmul(a, b, out):
+    """fastnn.functional.matmul with CUDA operands: c (M, N) = a (M, K) @ b (K, N) with cuBLASLt."""
+    _require_gpu()
+    aa = _linear_arg(a, "a")
+    ba = _linear_arg(b, "b", ("a", aa.device))
+    if len(aa.shape) != 2 or len(ba.shape) != 2:
+        raise ValueError(f"matmul: expected 2-D arrays, got a with shape {aa.shape} and b with shape {ba.shape}")
+    _check_same([("a", aa), ("b", ba)])
+    if aa.shape[1] != ba.shape[0]:
+        raise ValueError(f"matmul: inner dimensions differ: a has shape {aa.shape} and b has shape {ba.shape} "
+                         f"(a.shape[1] must equal b.shape[0])")
+    M, K = aa.shape
+    N = ba.shape[1]
+    o = None
+    if out is not None:
+        o = _linear_arg(out, "out", ("a", aa.device))
+        _check_same([("a", aa), ("out", o)])
+        if o.shape != (M, N):
+            raise ValueError(f"out: expected shape {(M, N)}, got {o.shape}")
+        if o.readonly:
+            raise ValueError("out: array is read-only")
+    _require_cublaslt()
+    with _on_device(aa.device):
+        direct = o is not None and not (_overlaps(o, aa) or _overlaps(o, ba))
+        c = o.obj if direct else _new((M, N), aa.dname)
+        _C.cuda_matmul(aa.dname, M, N, K, aa.ptr, ba.ptr, o.ptr if direct else c.ptr, _TF32[0])
+        if o is not None and not direct:
+            _C.cuda_memcpy_dtod(o.ptr, c.ptr, o.nbytes)
+            return out
+    return out if o is not None else _result_like(c, aa.obj)
