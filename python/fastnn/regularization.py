@@ -55,7 +55,7 @@ def coefficients(l1: float = 0.0, l2: float = 0.0, *, alpha: float | None = None
 def _weights(params):
     for p in params:
         if getattr(p, "regularize", True):
-            yield p.data if hasattr(p, "data") else np.asarray(p)
+            yield p if isinstance(p, np.ndarray) else np.asarray(p.data if hasattr(p, "data") else p)
 
 
 def penalty(params, l1: float = 0.0, l2: float = 0.0, *, alpha: float | None = None,
@@ -81,5 +81,5 @@ def penalty_grad(w, l1: float = 0.0, l2: float = 0.0, *, alpha: float | None = N
     """dP/dw = l1 * sign(w) + l2 * w for one array (a reference and a check; the optimizers
     apply this inside their fused pass instead)."""
     c1, c2 = coefficients(l1, l2, alpha=alpha, l1_ratio=l1_ratio)
-    w = np.asarray(getattr(w, "data", w))
+    w = w if isinstance(w, np.ndarray) else np.asarray(getattr(w, "data", w))
     return (c1 * np.sign(w) + c2 * w).astype(w.dtype, copy=False)
