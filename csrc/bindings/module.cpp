@@ -111,6 +111,8 @@ PYBIND11_MODULE(_C, m) {
   register_activation(m);
   register_dropout(m);
   register_gemm(m);
+  register_optim(m);
+  register_loss(m);
 #ifdef FASTNN_WITH_CUDA
   m.attr("cuda_compiled") = true;
   register_cuda(m);

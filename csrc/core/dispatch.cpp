@@ -47,6 +47,30 @@ const GemmKernels* gemm_table(CpuCapability c) {
   }
 }
 
+const OptimKernels* optim_table(CpuCapability c) {
+  switch (c) {
+#ifdef FASTNN_HAVE_AVX512
+    case CpuCapability::Avx512: return &avx512::kOptimKernels;
+#endif
+#ifdef FASTNN_HAVE_AVX2
+    case CpuCapability::Avx2: return &avx2::kOptimKernels;
+#endif
+    default: return &baseline::kOptimKernels;
+  }
+}
+
+const LossKernels* loss_table(CpuCapability c) {
+  switch (c) {
+#ifdef FASTNN_HAVE_AVX512
+    case CpuCapability::Avx512: return &avx512::kLossKernels;
+#endif
+#ifdef FASTNN_HAVE_AVX2
+    case CpuCapability::Avx2: return &avx2::kLossKernels;
+#endif
+    default: return &baseline::kLossKernels;
+  }
+}
+
 std::string available_list() {
   std::string s;
   for (int i = 0; i <= 2; ++i) {
@@ -97,5 +121,7 @@ void init_capability_from_env() {
 const ActivationKernels& activation_kernels() { return *activation_table(current_capability()); }
 const DropoutKernels& dropout_kernels() { return *dropout_table(current_capability()); }
 const GemmKernels& gemm_kernels() { return *gemm_table(current_capability()); }
+const OptimKernels& optim_kernels() { return *optim_table(current_capability()); }
+const LossKernels& loss_kernels() { return *loss_table(current_capability()); }
 
 }  // namespace fastnn

@@ -6,6 +6,8 @@
 #include "cpu/activation.h"
 #include "cpu/dropout.h"
 #include "cpu/gemm.h"
+#include "cpu/loss.h"
+#include "cpu/optim.h"
 
 namespace fastnn {
 
@@ -18,6 +20,8 @@ void init_capability_from_env();
 const ActivationKernels& activation_kernels();
 const DropoutKernels& dropout_kernels();
 const GemmKernels& gemm_kernels();
+const OptimKernels& optim_kernels();
+const LossKernels& loss_kernels();
 
 template <class T>
 const ActivationKernelsT<T>& activation_kernels_for();
@@ -39,5 +43,19 @@ template <>
 inline const GemmKernelsT<float>& gemm_kernels_for<float>() { return gemm_kernels().f32; }
 template <>
 inline const GemmKernelsT<double>& gemm_kernels_for<double>() { return gemm_kernels().f64; }
+
+template <class T>
+const OptimKernelsT<T>& optim_kernels_for();
+template <>
+inline const OptimKernelsT<float>& optim_kernels_for<float>() { return optim_kernels().f32; }
+template <>
+inline const OptimKernelsT<double>& optim_kernels_for<double>() { return optim_kernels().f64; }
+
+template <class T>
+const LossKernelsT<T>& loss_kernels_for();
+template <>
+inline const LossKernelsT<float>& loss_kernels_for<float>() { return loss_kernels().f32; }
+template <>
+inline const LossKernelsT<double>& loss_kernels_for<double>() { return loss_kernels().f64; }
 
 }  // namespace fastnn

@@ -8,6 +8,8 @@
 from . import _C
 from . import functional
 from . import random
+from . import datasets, init, losses, optim, regularization, schedules, validation
+from .parameter import Parameter
 from .random import Generator, manual_seed
 from ._runtime import (
     build_info,
@@ -24,7 +26,15 @@ __version__ = _C.__version__
 __all__ = [
     "__version__",
     "Generator",
+    "Parameter",
     "manual_seed",
+    "datasets",
+    "init",
+    "losses",
+    "optim",
+    "regularization",
+    "schedules",
+    "validation",
     "random",
     "build_info",
     "empty_cache",

@@ -11,6 +11,8 @@ from __future__ import annotations
 import numbers
 import threading
 
+import numpy as np
+
 __all__ = ["Generator", "default_generator", "manual_seed", "initial_seed"]
 
 _U64 = 1 << 64
@@ -82,6 +84,29 @@ class Generator:
             self._offset = end
         return start
 
+    def numpy_generator(self, n: int) -> np.random.Generator:
+        """A NumPy generator for a host-side draw of up to n values (initializers, data
+        synthesis), reserved from this stream like a kernel's draw: positions [q, q + n) with
+        q = reserve(n), and a numpy.random.Generator(PCG64) seeded with SeedSequence(
+        [seed mod 2^32, seed >> 32, q mod 2^32, q >> 32, 0x1A17]). The same (seed, offset) state
+        always gives the same samples; successive draws are independent streams. (These samples
+        come from PCG64, not Philox: only the kernels' masks need the counter-based stream.)"""
+        q = self.reserve(n)
+        words = [self._seed & 0xFFFFFFFF, self._seed >> 32, q & 0xFFFFFFFF, q >> 32, 0x1A17]
+        return np.random.Generator(np.random.PCG64(np.random.SeedSequence(words)))
+
+    def normal(self, shape, mean: float = 0.0, std: float = 1.0) -> np.ndarray:
+        """float64 samples of N(mean, std^2) with `shape` (see numpy_generator)."""
+        shape = _shape(shape)
+        n = int(np.prod(shape, dtype=np.int64))
+        return self.numpy_generator(n).normal(mean, std, size=shape)
+
+    def uniform(self, shape, low: float = 0.0, high: float = 1.0) -> np.ndarray:
+        """float64 samples of U[low, high) with `shape` (see numpy_generator)."""
+        shape = _shape(shape)
+        n = int(np.prod(shape, dtype=np.int64))
+        return self.numpy_generator(n).uniform(low, high, size=shape)
+
     def get_state(self) -> tuple:
         """(seed, offset): enough to resume the exact stream (e.g. from a checkpoint)."""
         return (self._seed, self._offset)
@@ -94,6 +119,15 @@ class Generator:
 
     def __repr__(self) -> str:
         return f"fastnn.Generator(seed={self._seed}, offset={self._offset})"
+
+
+def _shape(shape) -> tuple:
+    if isinstance(shape, numbers.Integral):
+        shape = (shape,)
+    shape = tuple(int(d) for d in shape)
+    if any(d < 0 for d in shape):
+        raise ValueError(f"shape: dimensions must be >= 0, got {shape}")
+    return shape
 
 
 default_generator = Generator()

@@ -1,0 +1,124 @@
+// pybind11 glue for the losses: shape and label checks, GIL release, threading. Per-row losses
+// (cross-entropy) and per-block sums (squared error) go to a buffer and are added in order, in
+// double: the loss is bit-identical for any thread count.
+#include <algorithm>
+#include <vector>
+
+#include "bindings/common.h"
+#include "core/dispatch.h"
+#include "core/parallel.h"
+
+namespace fastnn {
+
+namespace {
+
+template <class L>
+void check_labels(const L* y, int64_t M, int64_t C) {
+  for (int64_t r = 0; r < M; ++r)
+    if (y[r] < 0 || static_cast<int64_t>(y[r]) >= C)
+      throw py::value_error("target: expected class indices in [0, " + std::to_string(C) + "), got " +
+                            std::to_string(static_cast<long long>(y[r])) + " at row " + std::to_string(r));
+}
+
+}  // namespace
+
+void register_loss(py::module_& m) {
+  m.def(
+      "softmax_xent",
+      [](py::array x, py::array target, py::object grad_obj) {
+        DType dt = float_dtype(x, "logits");
+        require_c_contiguous(x, "logits");
+        if (x.ndim() != 2) throw py::value_error("logits: expected a 2-D (M, C) array, got " + std::to_string(x.ndim()) + "-D");
+        const int64_t M = x.shape(0), C = x.shape(1);
+        if (M == 0 || C == 0) throw py::value_error("logits: expected M >= 1 rows and C >= 1 classes");
+        require_c_contiguous(target, "target");
+        enum { I32, I64, SOFT } kind;
+        if (target.dtype().is(py::dtype::of<int64_t>())) kind = I64;
+        else if (target.dtype().is(py::dtype::of<int32_t>())) kind = I32;
+        else if (target.dtype().is(x.dtype())) kind = SOFT;
+        else
+          throw py::type_error("target: expected int32/int64 labels or " + dtype_str(x) + " probabilities, got " +
+                               dtype_str(target));
+        if (kind == SOFT) {
+          if (target.ndim() != 2 || target.shape(0) != M || target.shape(1) != C)
+            throw py::value_error("target: expected soft targets of shape (" + std::to_string(M) + ", " +
+                                  std::to_string(C) + ")");
+        } else {
+          if (target.ndim() != 1 || target.shape(0) != M)
+            throw py::value_error("target: expected " + std::to_string(M) + " labels (1-D), got size " +
+                                  std::to_string(target.size()));
+          if (kind == I64) check_labels(static_cast<const int64_t*>(target.data()), M, C);
+          else check_labels(static_cast<const int32_t*>(target.data()), M, C);
+        }
+        py::array grad;
+        if (!grad_obj.is_none()) {
+          grad = py::reinterpret_borrow<py::array>(grad_obj);
+          require_same(x, "logits", grad, "grad");
+          require_c_contiguous(grad, "grad");
+          require_writeable(grad, "grad");
+        }
+        std::vector<double> row_loss(static_cast<size_t>(M));
+        const double scale = 1.0 / static_cast<double>(M);
+        const void* tp = target.data();
+        dispatch_float(dt, [&](auto zero) {
+          using T = decltype(zero);
+          const auto& k = loss_kernels_for<T>();
+          const T* xp = cptr<T>(x);
+          T* gp = grad_obj.is_none() ? nullptr : mptr<T>(grad);
+          py::gil_scoped_release nogil;
+          const int64_t grain = std::max<int64_t>(1, kGrainElements / C);
+          parallel_for(M, grain, 1, [&](int64_t b, int64_t e) {
+            T* g = gp ? gp + b * C : nullptr;
+            double* l = row_loss.data() + b;
+            if (kind == I64) k.xent_i64(xp + b * C, static_cast<const int64_t*>(tp) + b, g, l, e - b, C, scale);
+            else if (kind == I32) k.xent_i32(xp + b * C, static_cast<const int32_t*>(tp) + b, g, l, e - b, C, scale);
+            else k.xent_soft(xp + b * C, static_cast<const T*>(tp) + b * C, g, l, e - b, C, scale);
+          });
+        });
+        double total = 0.0;
+        for (double v : row_loss) total += v;
+        return total * scale;
+      },
+      py::arg("logits"), py::arg("target"), py::arg("grad") = py::none(),
+      "Mean softmax cross-entropy of (M, C) logits; writes (softmax - target)/M to grad when given.");
+
+  m.def(
+      "squared_error",
+      [](py::array p, py::array t, py::object grad_obj, double scale) {
+        DType dt = float_dtype(p, "input");
+        require_same(p, "input", t, "target");
+        require_c_contiguous(p, "input");
+        require_c_contiguous(t, "target");
+        py::array grad;
+        if (!grad_obj.is_none()) {
+          grad = py::reinterpret_borrow<py::array>(grad_obj);
+          require_same(p, "input", grad, "grad");
+          require_c_contiguous(grad, "grad");
+          require_writeable(grad, "grad");
+        }
+        const int64_t n = p.size();
+        const int64_t nblocks = (n + kGrainElements - 1) / kGrainElements;
+        std::vector<double> partial(static_cast<size_t>(nblocks), 0.0);
+        dispatch_float(dt, [&](auto zero) {
+          using T = decltype(zero);
+          const auto fn = loss_kernels_for<T>().squared_error;
+          const T* pp = cptr<T>(p);
+          const T* tp = cptr<T>(t);
+          T* gp = grad_obj.is_none() ? nullptr : mptr<T>(grad);
+          py::gil_scoped_release nogil;
+          parallel_for(nblocks, 1, 1, [&](int64_t b, int64_t e) {
+            for (int64_t blk = b; blk < e; ++blk) {
+              const int64_t o = blk * kGrainElements, len = std::min(kGrainElements, n - o);
+              partial[blk] = fn(pp + o, tp + o, gp ? gp + o : nullptr, len, scale);
+            }
+          });
+        });
+        double total = 0.0;
+        for (double v : partial) total += v;
+        return total;
+      },
+      py::arg("input"), py::arg("target"), py::arg("grad") = py::none(), py::arg("scale") = 1.0,
+      "sum((input - target)^2) in double; writes scale * (input - target) to grad when given.");
+}
+
+}  // namespace fastnn

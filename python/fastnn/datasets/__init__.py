@@ -1,0 +1,147 @@
+"""Data sets: the UCI optical digits shipped with fastnn, a synthetic teacher-network task of any
+size, and loaders for a user's .npz / .csv files (checked by fastnn.validation).
+
+The digits (``load_digits``) are the test set of "Optical Recognition of Handwritten Digits"
+by E. Alpaydin and C. Kaynak (1998), UCI Machine Learning Repository,
+https://doi.org/10.24432/C50P49, licensed CC BY 4.0 (https://creativecommons.org/licenses/by/4.0/):
+1797 8x8 images with integer pixel counts 0..16, labels 0..9 -- the same file scikit-learn
+ships (sklearn/datasets/data/digits.csv.gz: 64 pixel columns then the label), copied unchanged
+to fastnn/datasets/data/digits.csv.gz.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from importlib import resources
+
+import numpy as np
+
+from ..validation import check_X, check_labels, check_xy
+
+__all__ = ["Bunch", "load_digits", "make_teacher", "load_npz", "load_csv"]
+
+DIGITS_DESCR = """Optical recognition of handwritten digits (UCI ML repository)
+
+1797 samples, 64 features (an 8x8 image, integer pixel counts 0..16), 10 classes (digits 0..9).
+32x32 bitmaps of handwritten digits (NIST preprocessing) were divided into non-overlapping 4x4
+blocks and the "on" pixels counted in each. This is the test set of the UCI data (13 writers).
+
+Creators: E. Alpaydin and C. Kaynak, Bogazici University, 1998.
+Source: UCI Machine Learning Repository, https://doi.org/10.24432/C50P49
+License: CC BY 4.0, https://creativecommons.org/licenses/by/4.0/ (file unchanged; as shipped
+by scikit-learn).
+Reference: C. Kaynak (1995), Methods of Combining Multiple Classifiers and Their Applications to
+Handwritten Digit Recognition, MSc thesis, Bogazici University; E. Alpaydin, C. Kaynak (1998),
+Cascading Classifiers, Kybernetika.
+"""
+
+
+class Bunch(dict):
+    """A dict whose keys are also attributes (scikit-learn's Bunch)."""
+
+    def __getattr__(self, key):
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+    def __dir__(self):
+        return list(self.keys())
+
+
+def load_digits(*, return_X_y: bool = False):
+    """The 1797 UCI optical digits: X float32 (1797, 64) with values 0..16, y int64 (1797,).
+
+    return_X_y=True returns (X, y); otherwise a Bunch with data, target, images (1797, 8, 8),
+    target_names (0..9), feature_names and DESCR (source and CC BY 4.0 credit)."""
+    ref = resources.files(__name__).joinpath("data", "digits.csv.gz")
+    with ref.open("rb") as raw, gzip.open(raw, "rt") as f:
+        table = np.loadtxt(f, delimiter=",", dtype=np.float64)
+    X = table[:, :-1].astype(np.float32)
+    y = table[:, -1].astype(np.int64)
+    if return_X_y:
+        return X, y
+    return Bunch(data=X, target=y, images=X.reshape(-1, 8, 8), target_names=np.arange(10),
+                 feature_names=[f"pixel_{r}_{c}" for r in range(8) for c in range(8)], DESCR=DIGITS_DESCR)
+
+
+def make_teacher(n: int, d: int, classes: int, seed: int = 0, *, hidden: int = 64, dtype=np.float32):
+    """A classification task of any size labelled by a fixed random network (a "teacher").
+
+    X ~ N(0, 1)^(n, d); y = argmax(tanh(X W1 + b1) W2) with W1 ~ N(0, 1/d) of shape (d, hidden),
+    b1 ~ N(0, 0.1^2), W2 ~ N(0, 1/hidden) of shape (hidden, classes). The teacher and the inputs
+    are a pure function of `seed` (NumPy PCG64 from SeedSequence([seed, 0x7EAC4E5])); rows are
+    generated in blocks, so any n fits in memory next to X. Returns (X `dtype` (n, d), y int64)."""
+    for v, name, lo in ((n, "n", 1), (d, "d", 1), (classes, "classes", 2), (hidden, "hidden", 1)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+            raise ValueError(f"{name}: expected an integer >= {lo}, got {v!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed: expected a non-negative integer, got {seed!r}")
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise TypeError(f"dtype: expected float32 or float64, got {dtype}")
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x7EAC4E5]))
+    W1 = rng.standard_normal((d, hidden)) / np.sqrt(d)
+    b1 = rng.standard_normal(hidden) * 0.1
+    W2 = rng.standard_normal((hidden, classes)) / np.sqrt(hidden)
+    X = np.empty((n, d), dtype)
+    y = np.empty(n, np.int64)
+    block = max(1, (1 << 20) // max(d, hidden))
+    for r0 in range(0, n, block):
+        r1 = min(n, r0 + block)
+        xb = rng.standard_normal((r1 - r0, d))
+        X[r0:r1] = xb
+        y[r0:r1] = np.argmax(np.tanh(xb @ W1 + b1) @ W2, axis=1)
+    return X, y
+
+
+def _path(path, name="path"):
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        raise TypeError(f"{name}: expected a file path, got {type(path).__name__}")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{name}: no such file: {os.fspath(path)!r}")
+    return path
+
+
+def load_npz(path, x_key: str = "X", y_key: str = "y", *, dtype=None):
+    """(X, y) from a NumPy .npz file holding arrays under `x_key` and `y_key`, checked: X 2-D,
+    numeric, finite (ints become float32); y integer class labels >= 0; same row count."""
+    with np.load(_path(path), allow_pickle=False) as f:
+        keys = list(f.keys())
+        for k, what in ((x_key, "x_key"), (y_key, "y_key")):
+            if k not in keys:
+                raise KeyError(f"{what}: no array {k!r} in {os.fspath(path)!r}; it holds {keys}")
+        X, y = f[x_key], f[y_key]
+    return check_xy(X, y, dtype=dtype)
+
+
+def load_csv(path, label_column: int = -1, *, delimiter: str = ",", header: bool | None = None, dtype=np.float32):
+    """(X, y) from a delimited text file of numbers, one sample per row; the labels are column
+    `label_column` (negative counts from the end), the other columns are X. header=None skips
+    the first line when it does not parse as numbers; True/False force it."""
+    p = _path(path)
+    with open(p, "r", encoding="utf-8") as f:
+        first = f.readline()
+    if not first.strip():
+        raise ValueError(f"path: {os.fspath(path)!r} is empty")
+    if header is None:
+        try:
+            [float(v) for v in first.strip().split(delimiter)]
+            header = False
+        except ValueError:
+            header = True
+    try:
+        table = np.loadtxt(p, delimiter=delimiter, skiprows=1 if header else 0, ndmin=2, dtype=np.float64)
+    except ValueError as e:
+        raise ValueError(f"path: {os.fspath(path)!r} is not a table of numbers: {e}") from None
+    if table.shape[0] == 0:
+        raise ValueError(f"path: {os.fspath(path)!r} has no data rows")
+    ncol = table.shape[1]
+    if not -ncol <= label_column < ncol or ncol < 2:
+        raise ValueError(f"label_column: expected an index in [{-ncol}, {ncol}) of a table with at least 2 "
+                         f"columns, got {label_column} for {ncol} columns")
+    lc = label_column % ncol
+    y = check_labels(table[:, lc])
+    X = check_X(np.delete(table, lc, axis=1), dtype=dtype)
+    return X, y

@@ -1,0 +1,242 @@
+"""Optimizers: SGD (momentum, Nesterov), Adam, AdamW, with PyTorch's formulas and defaults.
+
+Each ``step()`` is one fused C++ pass per parameter (csrc/cpu/optim.cpp, threaded over the pool
+for large parameters): gradient + penalty gradient + momentum/moments + weight update, reading
+and writing each array once, float32 or float64 (a parameter's state has its dtype).
+
+Parameters are objects with ``.data`` and ``.grad`` (C-contiguous float arrays of one shape and
+dtype, updated in place) and optionally ``.regularize`` (default True): fastnn.Parameter. Only
+parameters with regularize=True receive ``weight_decay``, ``l1`` and ``l2`` (biases and PReLU
+slopes are created with regularize=False). The penalty convention is fastnn.regularization's:
+gradient l1 * sign(w) + l2 * w.
+
+    SGD(params, lr, momentum=0, dampening=0, nesterov=False, weight_decay=0, l1=0, l2=0)
+        g' = g + (weight_decay + l2) w + l1 sign(w); buf = g' on the first step, then
+        momentum buf + (1 - dampening) g'; d = g' + momentum buf (Nesterov) or buf; w -= lr d
+    Adam(params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, l1=0, l2=0)
+        g' as above (weight_decay is coupled, as torch.optim.Adam); m, v moments;
+        w -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+    AdamW(params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, l1=0, l2=0)
+        as Adam, but weight_decay is decoupled: w *= 1 - lr * weight_decay before the step
+        (l1/l2, if given, are still added to the gradient).
+
+The learning rate is ``opt.lr`` (settable between steps, e.g. by a fastnn.schedules schedule:
+``opt.lr = schedule(step, opt.base_lr)``); ``base_lr`` is the one given at construction.
+``state_dict()`` / ``load_state_dict()`` round-trip hyperparameters, lr, step count and copies
+of every state array. ``create(name, params, **kwargs)`` builds one by name.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+from . import _C
+
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "create", "OPTIMIZERS"]
+
+
+def _real(v, name: str) -> float:
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{name}: expected a real number, got {type(v).__name__}")
+    return float(v)
+
+
+def _check_lr(lr, allow_zero: bool) -> float:
+    v = _real(lr, "lr")
+    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
+        raise ValueError(f"lr: expected a {'non-negative' if allow_zero else 'positive'} finite number, got {lr!r}")
+    return v
+
+
+def _nonneg(v, name: str) -> float:
+    x = _real(v, name)
+    if not math.isfinite(x) or x < 0:
+        raise ValueError(f"{name}: expected a finite number >= 0, got {v!r}")
+    return x
+
+
+class Optimizer:
+    """Base: parameter list, lr, per-parameter state, zero_grad, state_dict."""
+
+    name = "optimizer"
+    _state_keys: tuple = ()
+
+    def __init__(self, params, lr, l1=0.0, l2=0.0):
+        self.params = list(params)
+        if not self.params:
+            raise ValueError("params: expected at least one parameter, got an empty list")
+        for i, p in enumerate(self.params):
+            if not (hasattr(p, "data") and hasattr(p, "grad")):
+                raise TypeError(f"params[{i}]: expected an object with .data and .grad (fastnn.Parameter), "
+                                f"got {type(p).__name__}")
+        self.base_lr = _check_lr(lr, allow_zero=False)
+        self._lr = self.base_lr
+        self.l1 = _nonneg(l1, "l1")
+        self.l2 = _nonneg(l2, "l2")
+        self.step_count = 0
+        self.state = [dict() for _ in self.params]
+
+    @property
+    def lr(self) -> float:
+        return self._lr
+
+    @lr.setter
+    def lr(self, value) -> None:
+        # 0 is allowed here (a schedule may reach it); the constructor needs a positive lr.
+        self._lr = _check_lr(value, allow_zero=True)
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad.fill(0)
+
+    def _arrays(self, i, p):
+        w, g = p.data, p.grad
+        label = f"params[{i}]" + (f" ({p.name})" if getattr(p, "name", None) else "")
+        if not isinstance(w, np.ndarray) or w.dtype not in (np.float32, np.float64):
+            raise TypeError(f"{label}.data: expected a float32 or float64 NumPy array, got "
+                            f"{getattr(w, 'dtype', type(w).__name__)}")
+        if not (w.flags.c_contiguous and w.flags.aligned and w.flags.writeable):
+            raise ValueError(f"{label}.data: expected a writeable C-contiguous array (updated in place)")
+        if not isinstance(g, np.ndarray) or g.shape != w.shape or g.dtype != w.dtype:
+            raise ValueError(f"{label}.grad: expected shape {w.shape} and dtype {w.dtype} like .data, got "
+                             f"{getattr(g, 'shape', None)} {getattr(g, 'dtype', type(g).__name__)}")
+        if not (g.flags.c_contiguous and g.flags.aligned):
+            g = np.ascontiguousarray(g)  # one copy; layers write C-ordered gradients
+        return w, g
+
+    def _state_array(self, i, key, w):
+        st = self.state[i]
+        a = st.get(key)
+        if a is None or a.shape != w.shape or a.dtype != w.dtype:
+            a = np.zeros_like(w)
+            st[key] = a
+        return a
+
+    def step(self) -> None:
+        self.step_count += 1
+        for i, p in enumerate(self.params):
+            w, g = self._arrays(i, p)
+            self._update(i, p, w, g, bool(getattr(p, "regularize", True)))
+
+    def _update(self, i, p, w, g, regularize):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def hyperparameters(self) -> dict:
+        return {"l1": self.l1, "l2": self.l2}
+
+    def state_dict(self) -> dict:
+        return {
+            "type": type(self).__name__,
+            "hyperparameters": self.hyperparameters(),
+            "lr": self._lr,
+            "base_lr": self.base_lr,
+            "step_count": self.step_count,
+            "state": [{k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in st.items()} for st in self.state],
+        }
+
+    def load_state_dict(self, sd: dict) -> None:
+        if sd.get("type") != type(self).__name__:
+            raise ValueError(f"state_dict: expected a {type(self).__name__} state, got {sd.get('type')!r}")
+        states = sd["state"]
+        if len(states) != len(self.params):
+            raise ValueError(f"state_dict: expected state for {len(self.params)} parameters, got {len(states)}")
+        new = []
+        for i, (p, st) in enumerate(zip(self.params, states)):
+            d = {}
+            for k, v in st.items():
+                if isinstance(v, np.ndarray):
+                    if v.shape != p.data.shape:
+                        raise ValueError(f"state_dict: state[{i}][{k!r}] has shape {v.shape}, "
+                                         f"expected {p.data.shape}")
+                    v = np.array(v, dtype=p.data.dtype, order="C")
+                d[k] = v
+            new.append(d)
+        for k, v in sd["hyperparameters"].items():
+            setattr(self, k, v)
+        self.state = new
+        self.base_lr = float(sd["base_lr"])
+        self.lr = sd["lr"]
+        self.step_count = int(sd["step_count"])
+
+    def __repr__(self) -> str:
+        hp = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters().items())
+        return f"{type(self).__name__}(lr={self._lr!r}, {hp}, params={len(self.params)})"
+
+
+class SGD(Optimizer):
+    def __init__(self, params, lr, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0, l1=0.0, l2=0.0):
+        super().__init__(params, lr, l1, l2)
+        self.momentum = _nonneg(momentum, "momentum")
+        self.dampening = _real(dampening, "dampening")
+        self.nesterov = bool(nesterov)
+        self.weight_decay = _nonneg(weight_decay, "weight_decay")
+        if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
+            raise ValueError(f"nesterov: needs momentum > 0 and dampening = 0, got momentum={momentum}, "
+                             f"dampening={dampening}")
+
+    def hyperparameters(self) -> dict:
+        return {"momentum": self.momentum, "dampening": self.dampening, "nesterov": self.nesterov,
+                "weight_decay": self.weight_decay, **super().hyperparameters()}
+
+    def _update(self, i, p, w, g, regularize):
+        l2 = self.weight_decay + self.l2 if regularize else 0.0
+        l1 = self.l1 if regularize else 0.0
+        buf, first = None, False
+        if self.momentum != 0.0:
+            first = "momentum_buffer" not in self.state[i]
+            buf = self._state_array(i, "momentum_buffer", w)
+        _C.sgd_step(w, g, buf, self._lr, self.momentum, self.dampening, l2, l1, self.nesterov, first)
+
+
+class Adam(Optimizer):
+    _decoupled = False
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, l1=0.0, l2=0.0):
+        super().__init__(params, lr, l1, l2)
+        try:
+            b1, b2 = betas
+        except (TypeError, ValueError):
+            raise ValueError(f"betas: expected a pair (beta1, beta2), got {betas!r}") from None
+        b1, b2 = _real(b1, "betas[0]"), _real(b2, "betas[1]")
+        for v, n in ((b1, "betas[0]"), (b2, "betas[1]")):
+            if not 0.0 <= v < 1.0:
+                raise ValueError(f"{n}: expected a number in [0, 1), got {v}")
+        self.betas = (b1, b2)
+        self.eps = _nonneg(eps, "eps")
+        self.weight_decay = _nonneg(weight_decay, "weight_decay")
+
+    def hyperparameters(self) -> dict:
+        return {"betas": self.betas, "eps": self.eps, "weight_decay": self.weight_decay,
+                **super().hyperparameters()}
+
+    def _update(self, i, p, w, g, regularize):
+        wd = self.weight_decay if regularize else 0.0
+        coupled = (0.0 if self._decoupled else wd) + (self.l2 if regularize else 0.0)
+        decoupled = wd if self._decoupled else 0.0
+        m = self._state_array(i, "exp_avg", w)
+        v = self._state_array(i, "exp_avg_sq", w)
+        t = self.state[i].get("step", 0) + 1
+        self.state[i]["step"] = t
+        _C.adam_step(w, g, m, v, self._lr, self.betas[0], self.betas[1], self.eps, coupled,
+                     self.l1 if regularize else 0.0, decoupled, t)
+
+
+class AdamW(Adam):
+    _decoupled = True
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, l1=0.0, l2=0.0):
+        super().__init__(params, lr, betas, eps, weight_decay, l1, l2)
+
+
+OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
+
+
+def create(name: str, params, **kwargs) -> Optimizer:
+    """An optimizer by name ('sgd', 'adam', 'adamw'; case-insensitive)."""
+    cls = OPTIMIZERS.get(str(name).lower()) if isinstance(name, str) else None
+    if cls is None:
+        raise ValueError(f"optimizer: expected one of {', '.join(OPTIMIZERS)}, got {name!r}")
+    return cls(params, **kwargs)

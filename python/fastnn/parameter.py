@@ -1,0 +1,53 @@
+"""The trainable array: `Parameter(data, *, regularize=True, name=None)`.
+
+Layers own Parameters; optimizers (fastnn.optim) update them in place; the L1/L2 penalty
+(fastnn.regularization) applies only to those with ``regularize=True`` (weights), not to biases
+or PReLU slopes, which layers create with ``regularize=False``.
+
+``data`` is a C-contiguous float32/float64 NumPy array (a non-contiguous or non-float input is
+copied once at construction; a float64 list stays float64). ``grad`` has the same shape and dtype
+and starts at zero; a layer's backward writes (or accumulates into) it, ``zero_grad()`` resets it.
+Optimizers update ``data`` in place, so views of it held elsewhere stay valid.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["Parameter"]
+
+
+class Parameter:
+    __slots__ = ("data", "grad", "regularize", "name")
+
+    def __init__(self, data, *, regularize: bool = True, name: str | None = None):
+        arr = np.asarray(data)
+        if arr.dtype.kind in "biu":
+            arr = arr.astype(np.float64)
+        if arr.dtype not in (np.float32, np.float64):
+            raise TypeError(f"data: expected float32 or float64, got {arr.dtype}")
+        if not (arr.flags.c_contiguous and arr.flags.aligned and arr.flags.writeable):
+            arr = np.array(arr, order="C")
+        self.data = arr
+        self.grad = np.zeros_like(arr)
+        self.regularize = bool(regularize)
+        self.name = name
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    @property
+    def size(self) -> int:
+        return self.data.size
+
+    def zero_grad(self) -> None:
+        self.grad.fill(0)
+
+    def __repr__(self) -> str:
+        n = f"{self.name!r}, " if self.name else ""
+        return f"Parameter({n}shape={self.data.shape}, dtype={self.data.dtype}, regularize={self.regularize})"

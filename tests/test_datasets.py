@@ -1,0 +1,113 @@
+"""fastnn.datasets and fastnn.validation: the shipped digits, the teacher task, user files, and
+the bad-input errors."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+import fastnn
+from fastnn import datasets
+from fastnn.validation import check_X, check_labels, check_xy
+
+
+def test_digits_shipped_in_package():
+    path = os.path.join(os.path.dirname(datasets.__file__), "data", "digits.csv.gz")
+    assert os.path.isfile(path)  # installed with the package, not read from the source tree
+    d = datasets.load_digits()
+    assert d.data.shape == (1797, 64) and d.data.dtype == np.float32
+    assert d.target.shape == (1797,) and d.target.dtype == np.int64
+    assert d.images.shape == (1797, 8, 8) and np.array_equal(d.images[5].ravel(), d.data[5])
+    assert d.data.min() == 0 and d.data.max() == 16 and (d.data == np.round(d.data)).all()
+    assert np.array_equal(np.bincount(d.target), [178, 182, 177, 183, 181, 182, 181, 179, 174, 180])
+    assert d.target[:10].tolist() == list(range(10))
+    assert "CC BY 4.0" in d.DESCR and "Alpaydin" in d.DESCR
+    X, y = datasets.load_digits(return_X_y=True)
+    assert np.array_equal(X, d.data) and np.array_equal(y, d.target)
+
+
+def test_make_teacher_deterministic_and_learnable():
+    X, y = datasets.make_teacher(2000, 20, 5, seed=3)
+    assert X.shape == (2000, 20) and X.dtype == np.float32 and y.dtype == np.int64
+    X2, y2 = datasets.make_teacher(2000, 20, 5, seed=3)
+    assert np.array_equal(X, X2) and np.array_equal(y, y2)
+    X3, y3 = datasets.make_teacher(2000, 20, 5, seed=4)
+    assert not np.array_equal(X, X3)
+    counts = np.bincount(y, minlength=5)
+    assert counts.min() > 0  # every class occurs
+    # The labels are a function of X: a prefix is the same whatever n.
+    Xs, ys = datasets.make_teacher(100, 20, 5, seed=3)
+    assert np.array_equal(Xs, X[:100]) and np.array_equal(ys, y[:100])
+    with pytest.raises(ValueError, match="classes: expected an integer >= 2, got 1"):
+        datasets.make_teacher(10, 3, 1, seed=0)
+    with pytest.raises(ValueError, match="n: expected an integer >= 1, got 0"):
+        datasets.make_teacher(0, 3, 2)
+
+
+def test_load_npz(tmp_path):
+    X = np.arange(12, dtype=np.float64).reshape(4, 3)
+    y = np.array([0, 1, 1, 0])
+    np.savez(tmp_path / "ok.npz", X=X, y=y, features=X)
+    Xl, yl = datasets.load_npz(tmp_path / "ok.npz")
+    assert np.array_equal(Xl, X) and Xl.dtype == np.float64 and np.array_equal(yl, y)
+    Xl, _ = datasets.load_npz(tmp_path / "ok.npz", x_key="features", dtype=np.float32)
+    assert Xl.dtype == np.float32
+    with pytest.raises(KeyError, match=r"x_key: no array 'data' in .* it holds \['X', 'y', 'features'\]"):
+        datasets.load_npz(tmp_path / "ok.npz", x_key="data")
+    np.savez(tmp_path / "mismatch.npz", X=X, y=y[:3])
+    with pytest.raises(ValueError, match="X and y: expected the same number of rows, got X 4 and y 3"):
+        datasets.load_npz(tmp_path / "mismatch.npz")
+    Xn = X.copy()
+    Xn[2, 1] = np.nan
+    np.savez(tmp_path / "nan.npz", X=Xn, y=y)
+    with pytest.raises(ValueError, match=r"X: expected finite values, got nan at \[2, 1\]"):
+        datasets.load_npz(tmp_path / "nan.npz")
+    with pytest.raises(FileNotFoundError, match="path: no such file"):
+        datasets.load_npz(tmp_path / "missing.npz")
+
+
+def test_load_csv(tmp_path):
+    p = tmp_path / "d.csv"
+    p.write_text("a,b,label\n1.5,2,0\n3,4,2\n5,6.25,1\n")
+    X, y = datasets.load_csv(p)
+    assert X.dtype == np.float32 and X.tolist() == [[1.5, 2], [3, 4], [5, 6.25]] and y.tolist() == [0, 2, 1]
+    p2 = tmp_path / "first.csv"
+    p2.write_text("1;0.5;2\n0;1.5;3\n")
+    X, y = datasets.load_csv(p2, label_column=0, delimiter=";")
+    assert y.tolist() == [1, 0] and X.tolist() == [[0.5, 2], [1.5, 3]]
+    p3 = tmp_path / "frac.csv"
+    p3.write_text("1,2,0.5\n")
+    with pytest.raises(ValueError, match="y: expected integer class labels, got 0.5 at index 0"):
+        datasets.load_csv(p3)
+    p4 = tmp_path / "inf.csv"
+    p4.write_text("1,inf,0\n")
+    with pytest.raises(ValueError, match=r"X: expected finite values, got inf at \[0, 1\]"):
+        datasets.load_csv(p4)
+    p5 = tmp_path / "text.csv"
+    p5.write_text("x,y\n1,cat\n")
+    with pytest.raises(ValueError, match="is not a table of numbers"):
+        datasets.load_csv(p5)
+    with pytest.raises(ValueError, match=r"label_column: expected an index in \[-3, 3\)"):
+        datasets.load_csv(p, label_column=5)
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(ValueError, match="is empty"):
+        datasets.load_csv(tmp_path / "empty.csv")
+
+
+def test_validation_errors():
+    with pytest.raises(ValueError, match=r"X: expected at least one sample and one feature, got shape \(0, 3\)"):
+        check_X(np.zeros((0, 3)))
+    with pytest.raises(ValueError, match=r"X: expected a 2-D array \(samples, features\), got shape \(3,\)"):
+        check_X(np.zeros(3))
+    with pytest.raises(TypeError, match="X: expected a numeric array, got dtype <U1"):
+        check_X(np.array([["a"]]))
+    with pytest.raises(ValueError, match=r"y: expected class labels in \[0, 3\), got 3 at index 1"):
+        check_labels(np.array([0, 3]), n_classes=3)
+    with pytest.raises(ValueError, match="y: expected at least one label"):
+        check_labels(np.zeros(0, np.int64))
+    with pytest.raises(TypeError, match="y: expected integer class labels, got dtype <U1"):
+        check_labels(np.array(["a"]))
+    X, y = check_xy(np.ones((2, 2), np.int32), [1.0, 0.0])
+    assert X.dtype == np.float32 and y.dtype == np.int64
