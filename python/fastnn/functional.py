@@ -527,7 +527,7 @@ class LinearSaved:
         self.dropconnect_p = float(dropconnect_p)
         self.seed = seed
         self.offset = offset
-        self.shape = tuple(shape)  # (M, N, K)
+        self.shape = tuple(shape)  # (M, N, K) on the CPU; the GPU path records (M, N)
         self.dtype = np.dtype(dtype) if not isinstance(dtype, str) or dtype != "bfloat16" else dtype
         self.data = dict(data)
 
@@ -740,12 +740,12 @@ def linear_backward(grad_output, x, weight, saved, *, bias=_FROM_SAVED, activati
                          f"return_saved=True) returned")
     slope, alpha_k, scale_k = _act_params(activation, negative_slope, alpha)
     if _same_device_kind(("grad_output", grad_output), ("x", x), ("weight", weight), ("prelu_weight", prelu_weight)):
-        if saved is None or saved.device != "cuda":
+        if saved is None or not str(saved.device).startswith("cuda"):
             raise TypeError("saved: expected the LinearSaved of a forward pass on the GPU")
         from . import cuda
         gx, gw, gb, gp = cuda._linear_backward(grad_output, x, weight, saved, slope, alpha_k, prelu_weight)
         return (gx, gw, gb, gp) if activation == "prelu" else (gx, gw, gb)
-    if saved is not None and saved.device != "cpu":
+    if saved is not None and str(saved.device) != "cpu":
         raise TypeError("saved: recorded on the GPU, but the arrays are on the CPU")
     x2, lead, w, _, pw = _linear_inputs(x, weight, None, prelu_weight, activation)
     m, k = x2.shape
