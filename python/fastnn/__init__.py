@@ -8,7 +8,7 @@
 from . import _C
 from . import functional
 from . import random
-from . import datasets, init, losses, optim, regularization, schedules, validation
+from . import datasets, init, losses, nn, optim, regularization, schedules, validation
 from .parameter import Parameter
 from .random import Generator, manual_seed
 from ._runtime import (
@@ -31,6 +31,7 @@ __all__ = [
     "datasets",
     "init",
     "losses",
+    "nn",
     "optim",
     "regularization",
     "schedules",

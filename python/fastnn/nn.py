@@ -1,0 +1,399 @@
+"""Layers with explicit forward and backward on fastnn's fused kernels (no general autograd).
+
+Every module has ``forward(x)`` (also ``module(x)``), ``backward(grad_output) -> grad_input``,
+``parameters()``, ``named_parameters()``, ``train()`` / ``eval()``, ``state_dict()`` /
+``load_state_dict()``. ``forward`` in training mode keeps what ``backward`` needs (the input
+reference and the layer's LinearSaved); ``backward`` sets each Parameter's ``.grad`` (it
+replaces it, it does not accumulate) and returns the gradient with respect to the input. In eval
+mode nothing is kept, and dropout / DropConnect are off.
+
+    model = nn.Sequential(nn.Linear(64, 128, activation="relu", dropout=0.2),
+                          nn.Linear(128, 10))
+    loss = nn.SoftmaxCrossEntropy()
+    value = loss(model(x), y)
+    model.backward(loss.backward())
+
+Names, formulas and defaults follow PyTorch (LeakyReLU 0.01, PReLU 0.25, ELU alpha 1, the SELU
+constants). ``Linear(..., activation=...)`` fuses the activation (and dropout) into the GEMM; a
+separate activation module is the unfused equivalent.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from . import functional as F
+from . import init as _init
+from .losses import MSELoss, SoftmaxCrossEntropy
+from .parameter import Parameter
+
+__all__ = ["Module", "Linear", "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "PReLU", "ELU", "SELU", "Dropout",
+           "Sequential", "Residual", "SoftmaxCrossEntropy", "MSELoss", "INITS"]
+
+INITS = ("kaiming", "xavier", "normal", "pytorch", "zeros")
+
+
+class Module:
+    """Base class: parameters are the Parameter attributes and the parameters of child modules
+    (attributes that are Modules, and the items of Sequential), in definition order."""
+
+    training = True
+
+    def forward(self, x):
+        raise NotImplementedError
+
+    def backward(self, grad_output):
+        raise NotImplementedError
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    def children(self):
+        return [v for v in vars(self).values() if isinstance(v, Module)]
+
+    def named_parameters(self, prefix=""):
+        out = []
+        for k, v in vars(self).items():
+            if isinstance(v, Parameter):
+                out.append((prefix + k, v))
+            elif isinstance(v, Module):
+                out.extend(v.named_parameters(prefix + k + "."))
+        return out
+
+    def parameters(self):
+        return [p for _, p in self.named_parameters()]
+
+    def train(self, mode: bool = True):
+        if not isinstance(mode, (bool, np.bool_)):
+            raise TypeError(f"mode: expected a bool, got {type(mode).__name__}")
+        self.training = bool(mode)
+        for c in self.children():
+            c.train(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def zero_grad(self):
+        for p in self.parameters():
+            p.zero_grad()
+
+    def state_dict(self):
+        """name -> a copy of each parameter's data."""
+        return {k: p.data.copy() for k, p in self.named_parameters()}
+
+    def load_state_dict(self, state):
+        """Copies arrays into the parameters; every name must be present with the same shape (the
+        error names the first mismatching parameter); nothing is changed unless all match."""
+        params = dict(self.named_parameters())
+        missing = [k for k in params if k not in state]
+        extra = [k for k in state if k not in params]
+        if missing or extra:
+            raise ValueError(f"state: missing parameters {missing}, unexpected {extra}")
+        for k, p in params.items():
+            a = np.asarray(state[k])
+            if a.shape != p.data.shape:
+                raise ValueError(f"state[{k!r}]: expected shape {p.data.shape}, got {a.shape}")
+        for k, p in params.items():
+            p.data[...] = state[k]
+        return self
+
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.extra_repr()})"
+
+
+def _probability(p, name):
+    if isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Real) or not (0.0 <= float(p) < 1.0):
+        raise ValueError(f"{name}: expected a probability in [0, 1), got {p!r}")
+    return float(p)
+
+
+def _positive_int(v, name):
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral) or v < 1:
+        raise ValueError(f"{name}: expected a positive integer, got {v!r}")
+    return int(v)
+
+
+_GAIN_NAME = {None: "linear", "sigmoid": "sigmoid", "tanh": "tanh", "relu": "relu", "leaky_relu": "leaky_relu",
+              "prelu": "leaky_relu", "elu": "relu", "selu": "selu"}
+
+
+class Linear(Module):
+    """y = dropout(act(x @ (W * dropconnect).T + b)), W (out_features, in_features), one fused GEMM.
+
+    init: "kaiming" (He normal with the gain of the activation, fan_in: the default, for ReLU-like
+    networks), "xavier" (Glorot uniform with the activation's gain), "normal" (N(0, 0.01^2), the
+    small random init), "pytorch" (PyTorch's nn.Linear default, U(+-1/sqrt(in_features)) for W and
+    b), "zeros". Biases start at 0 except with "pytorch". activation="prelu" adds a learnable
+    slope (prelu_init, one value or one per output; not regularized)."""
+
+    def __init__(self, in_features, out_features, bias=True, *, activation=None, dropout=0.0, dropconnect=0.0,
+                 init="kaiming", negative_slope=0.01, alpha=1.0, prelu_init=0.25, prelu_per_output=False,
+                 dtype=np.float32, generator=None):
+        self.in_features = _positive_int(in_features, "in_features")
+        self.out_features = _positive_int(out_features, "out_features")
+        self.activation = F._activation_name(activation)
+        self.dropout = _probability(dropout, "dropout")
+        self.dropconnect = _probability(dropconnect, "dropconnect")
+        self.negative_slope = float(negative_slope)
+        self.alpha = float(alpha)
+        if init not in INITS:
+            raise ValueError(f"init: expected one of {', '.join(map(repr, INITS))}, got {init!r}")
+        self.init = init
+        dtype = np.dtype(dtype)
+        if dtype not in (np.float32, np.float64):
+            raise TypeError(f"dtype: expected float32 or float64, got {dtype}")
+        self.weight = Parameter(np.zeros((self.out_features, self.in_features), dtype), name="weight")
+        self.bias = Parameter(np.zeros(self.out_features, dtype), regularize=False, name="bias") if bias else None
+        self._prelu_init = prelu_init
+        if self.activation == "prelu":
+            n = self.out_features if prelu_per_output else 1
+            self.prelu_weight = Parameter(np.full(n, prelu_init, dtype), regularize=False, name="prelu_weight")
+        else:
+            self.prelu_weight = None
+        self.reset_parameters(generator=generator)
+        self._x = self._saved = None
+
+    def reset_parameters(self, *, generator=None):
+        w = self.weight.data
+        gain_name = _GAIN_NAME[self.activation]
+        a = {"leaky_relu": self.negative_slope, "prelu": float(self._prelu_init)}.get(self.activation, 0.0)
+        if self.init == "kaiming":  # std = gain / sqrt(fan_in), the gain of the layer's activation
+            _init.kaiming_normal_(w, a=a, mode="fan_in", nonlinearity=gain_name, generator=generator)
+        elif self.init == "xavier":
+            _init.xavier_uniform_(w, gain=_init.calculate_gain(gain_name, a if gain_name == "leaky_relu" else None),
+                                  generator=generator)
+        elif self.init == "normal":
+            _init.normal_(w, std=0.01, generator=generator)
+        elif self.init == "pytorch":
+            bound = 1.0 / np.sqrt(self.in_features)
+            _init.uniform_(w, -bound, bound, generator=generator)
+            if self.bias is not None:
+                _init.uniform_(self.bias.data, -bound, bound, generator=generator)
+        else:
+            w.fill(0)
+        if self.bias is not None and self.init != "pytorch":
+            self.bias.data.fill(0)
+
+    def forward(self, x):
+        kw = dict(activation=self.activation, negative_slope=self.negative_slope, alpha=self.alpha,
+                  prelu_weight=None if self.prelu_weight is None else self.prelu_weight.data,
+                  dropout_p=self.dropout, dropconnect_p=self.dropconnect, training=self.training)
+        b = None if self.bias is None else self.bias.data
+        if not self.training:
+            self._x = self._saved = None
+            return F.linear(x, self.weight.data, b, **kw)
+        y, self._saved = F.linear(x, self.weight.data, b, return_saved=True, **kw)
+        self._x = x
+        return y
+
+    def backward(self, grad_output):
+        if self._saved is None:
+            raise RuntimeError("Linear.backward: call forward in training mode first (model.train())")
+        grads = F.linear_backward(grad_output, self._x, self.weight.data, self._saved,
+                                  negative_slope=self.negative_slope, alpha=self.alpha,
+                                  prelu_weight=None if self.prelu_weight is None else self.prelu_weight.data)
+        self.weight.grad = grads[1]
+        if self.bias is not None:
+            self.bias.grad = grads[2]
+        if self.prelu_weight is not None:
+            self.prelu_weight.grad = grads[3]
+        self._x = self._saved = None  # a second backward without a forward is an error
+        return grads[0]
+
+    def extra_repr(self):
+        s = f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"
+        if self.activation:
+            s += f", activation={self.activation!r}"
+        if self.dropout:
+            s += f", dropout={self.dropout}"
+        if self.dropconnect:
+            s += f", dropconnect={self.dropconnect}"
+        return s
+
+
+class _Elementwise(Module):
+    """An activation module: keeps its input for the backward (training mode)."""
+
+    def _f(self, x):
+        raise NotImplementedError
+
+    def _b(self, g, x):
+        raise NotImplementedError
+
+    def forward(self, x):
+        self._x = x if self.training else None
+        return self._f(x)
+
+    def backward(self, grad_output):
+        if getattr(self, "_x", None) is None:
+            raise RuntimeError(f"{type(self).__name__}.backward: call forward in training mode first")
+        g = self._b(grad_output, self._x)
+        self._x = None
+        return g
+
+
+class Sigmoid(_Elementwise):
+    def _f(self, x): return F.sigmoid(x)
+    def _b(self, g, x): return F.sigmoid_backward(g, x)
+
+
+class Tanh(_Elementwise):
+    def _f(self, x): return F.tanh(x)
+    def _b(self, g, x): return F.tanh_backward(g, x)
+
+
+class ReLU(_Elementwise):
+    def _f(self, x): return F.relu(x)
+    def _b(self, g, x): return F.relu_backward(g, x)
+
+
+class LeakyReLU(_Elementwise):
+    def __init__(self, negative_slope=0.01):
+        self.negative_slope = float(negative_slope)
+
+    def _f(self, x): return F.leaky_relu(x, self.negative_slope)
+    def _b(self, g, x): return F.leaky_relu_backward(g, x, self.negative_slope)
+
+    def extra_repr(self): return f"negative_slope={self.negative_slope}"
+
+
+class ELU(_Elementwise):
+    def __init__(self, alpha=1.0):
+        self.alpha = float(alpha)
+
+    def _f(self, x): return F.elu(x, self.alpha)
+    def _b(self, g, x): return F.elu_backward(g, x, self.alpha)
+
+    def extra_repr(self): return f"alpha={self.alpha}"
+
+
+class SELU(_Elementwise):
+    def _f(self, x): return F.selu(x)
+    def _b(self, g, x): return F.selu_backward(g, x)
+
+
+class PReLU(_Elementwise):
+    """y = x > 0 ? x : a * x with a learnable slope a (num_parameters 1, or one per channel: axis
+    1 of the input, as PyTorch), initialized to `init`, excluded from weight decay."""
+
+    def __init__(self, num_parameters=1, init=0.25, dtype=np.float32):
+        n = _positive_int(num_parameters, "num_parameters")
+        self.weight = Parameter(np.full(n, init, np.dtype(dtype)), regularize=False, name="weight")
+
+    def _f(self, x): return F.prelu(x, self.weight.data)
+
+    def _b(self, g, x):
+        gx, gw = F.prelu_backward(g, x, self.weight.data)
+        self.weight.grad = gw
+        return gx
+
+    def extra_repr(self): return f"num_parameters={self.weight.size}"
+
+
+class Dropout(Module):
+    """Inverted dropout on fastnn's Philox stream: each forward in training mode draws a fresh
+    range of positions from the default generator (fastnn.manual_seed makes runs repeatable);
+    the backward regenerates the same mask (nothing stored)."""
+
+    def __init__(self, p=0.5):
+        self.p = _probability(p, "p")
+        self._rng = None
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            self._rng = (None, 0, np.shape(x)) if self.training else None
+            return x
+        from . import random as _random
+        g = _random.default_generator
+        n = int(np.prod(np.shape(x)))
+        seed, offset = g.seed, g.reserve(n)
+        self._rng = (seed, offset, np.shape(x))
+        return F.dropout(x, self.p, seed=seed, offset=offset)
+
+    def backward(self, grad_output):
+        if self._rng is None:
+            raise RuntimeError("Dropout.backward: call forward in training mode first")
+        seed, offset, _ = self._rng
+        self._rng = None
+        if seed is None:
+            return grad_output
+        return F.dropout_backward(grad_output, self.p, seed=seed, offset=offset)
+
+    def extra_repr(self): return f"p={self.p}"
+
+
+class Sequential(Module):
+    def __init__(self, *modules):
+        if len(modules) == 1 and isinstance(modules[0], (list, tuple)):
+            modules = tuple(modules[0])
+        for i, m in enumerate(modules):
+            if not isinstance(m, Module):
+                raise TypeError(f"modules[{i}]: expected a fastnn.nn.Module, got {type(m).__name__}")
+        self.layers = list(modules)
+
+    def children(self):
+        return list(self.layers)
+
+    def named_parameters(self, prefix=""):
+        out = []
+        for i, m in enumerate(self.layers):
+            out.extend(m.named_parameters(f"{prefix}{i}."))
+        return out
+
+    def forward(self, x):
+        for m in self.layers:
+            x = m.forward(x)
+        return x
+
+    def backward(self, grad_output):
+        for m in reversed(self.layers):
+            grad_output = m.backward(grad_output)
+        return grad_output
+
+    def __getitem__(self, i):
+        return self.layers[i]
+
+    def __len__(self):
+        return len(self.layers)
+
+    def __repr__(self):
+        inner = "\n".join(f"  ({i}): {m!r}" for i, m in enumerate(self.layers))
+        return f"Sequential(\n{inner}\n)"
+
+
+class Residual(Module):
+    """y = x + block(x). zero_init_last=True zeroes the weight (and bias) of the block's last
+    Linear, so the branch starts as 0 and Var(F(x) + x) = Var(x) at initialization (the residual
+    trick: the network starts as the identity, deep stacks stay trainable)."""
+
+    def __init__(self, block, zero_init_last=True):
+        if not isinstance(block, Module):
+            raise TypeError(f"block: expected a fastnn.nn.Module, got {type(block).__name__}")
+        self.block = block
+        self.zero_init_last = bool(zero_init_last)
+        if zero_init_last:
+            linears = [m for m in _walk(block) if isinstance(m, Linear)]
+            if not linears:
+                raise ValueError("block: zero_init_last=True needs a Linear in the block")
+            last = linears[-1]
+            last.weight.data.fill(0)
+            if last.bias is not None:
+                last.bias.data.fill(0)
+
+    def forward(self, x):
+        return x + self.block.forward(x)
+
+    def backward(self, grad_output):
+        return grad_output + self.block.backward(grad_output)
+
+
+def _walk(m):
+    yield m
+    for c in m.children():
+        yield from _walk(c)
