@@ -280,6 +280,67 @@ inline int64_t pack_b_fast(int64_t kc, const float* src, int64_t cs, float* dst,
   return done;
 }
 constexpr bool kFastBitsPack = true;
+#elif FASTNN_ISA == 1
+struct RowBits {
+  const uint8_t* bits = nullptr;
+  int64_t bit0 = 0, ld = 0;
+  float scale = 1.0f;
+};
+
+// r[i] = row i of an 8 x 8 block -> r[j] = column j.
+inline void transpose8(__m256 (&r)[8]) {
+  __m256 t[8], s[8];
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int h = 0; h < 2; ++h) {  // rows 4h..4h+3: s[4h + c] holds column c (and c + 4) of them
+    s[4 * h + 0] = _mm256_shuffle_ps(t[4 * h + 0], t[4 * h + 2], 0x44);
+    s[4 * h + 1] = _mm256_shuffle_ps(t[4 * h + 0], t[4 * h + 2], 0xEE);
+    s[4 * h + 2] = _mm256_shuffle_ps(t[4 * h + 1], t[4 * h + 3], 0x44);
+    s[4 * h + 3] = _mm256_shuffle_ps(t[4 * h + 1], t[4 * h + 3], 0xEE);
+  }
+  for (int c = 0; c < 4; ++c) {
+    r[c] = _mm256_permute2f128_ps(s[c], s[4 + c], 0x20);
+    r[4 + c] = _mm256_permute2f128_ps(s[c], s[4 + c], 0x31);
+  }
+}
+
+// rows <= 8 rows of src (row i at src + i*ld, contiguous in k) -> dst[k*dld + i], k < kc rounded
+// down to 8; with bits, row i is kept where bit bit0 + i*ld + k is set, then scaled.
+inline int64_t pack_transposed8(int64_t kc, int rows, const float* src, int64_t ld, float* dst, int64_t dld,
+                                const RowBits& rb) {
+  const Vec<float> scale = Vec<float>::set1(rb.scale), zero = Vec<float>::set1(0.0f);
+  int64_t k0 = 0;
+  for (; k0 + 8 <= kc; k0 += 8) {
+    __m256 r[8];
+    for (int i = 0; i < 8; ++i) r[i] = i < rows ? _mm256_loadu_ps(src + i * ld + k0) : _mm256_setzero_ps();
+    if (rb.bits) {  // x * (keep ? scale : 0), as dropout computes it
+      for (int i = 0; i < rows; ++i) {
+        const auto m = Vec<float>::mask_from_bits(static_cast<uint32_t>(bits_at(rb.bits, rb.bit0 + i * rb.ld + k0)));
+        r[i] = _mm256_mul_ps(r[i], select(m, scale, zero).v);
+      }
+    }
+    transpose8(r);
+    for (int kk = 0; kk < 8; ++kk) Vec<float>{r[kk]}.store_partial(dst + (k0 + kk) * dld, rows);
+  }
+  return k0;
+}
+inline int64_t pack_a_fast(int64_t kc, const float* src, int64_t rs, float* dst) {
+  static_assert(Tile<float>::MR <= 8, "one transposed block covers the A panel");
+  return pack_transposed8(kc, Tile<float>::MR, src, rs, dst, Tile<float>::MR, RowBits{});
+}
+inline int64_t pack_b_fast(int64_t kc, const float* src, int64_t cs, float* dst, const RowBits& rb) {
+  constexpr int NR = Tile<float>::NV * 8;
+  int64_t done = 0;
+  for (int g = 0; g < NR / 8; ++g) {
+    RowBits r = rb;
+    r.bit0 += g * 8 * rb.ld;
+    done = pack_transposed8(kc, 8, src + g * 8 * cs, cs, dst + g * 8, NR, r);
+  }
+  return done;
+}
+constexpr bool kFastBitsPack = true;
 #else
 struct RowBits {
   const uint8_t* bits = nullptr;
