@@ -723,7 +723,7 @@ class SearchResult:
             import pandas as pd
         except ImportError:
             raise ImportError("SearchResult.to_dataframe needs pandas: pip install pandas "
-                              "(or use to_records(), which needs nothing)") from None
+                              "(or pip install 'fastnn[search]'; to_records() needs nothing)") from None
         return pd.DataFrame.from_records(self.to_records())
 
     def table(self, k: int | None = None) -> str:
@@ -764,7 +764,7 @@ class SearchResult:
             from matplotlib.figure import Figure
         except ImportError:
             raise ImportError("SearchResult.plot needs matplotlib: pip install matplotlib "
-                              "(or pip install 'fastnn[plot]')") from None
+                              "(or pip install 'fastnn[search]')") from None
         names = list(self.space) if params is None else list(params)
         unknown = [p for p in names if p not in self.space]
         if unknown or not names:
@@ -799,6 +799,8 @@ class SearchResult:
                         label=f"failed ({len(bad)})")
             if numeric and getattr(self.space[name], "log", False):
                 ax.set_xscale("log")
+            elif isinstance(self.space[name], RandInt):
+                ax.xaxis.get_major_locator().set_params(integer=True)
             ax.set_xlabel(name)
             ax.set_ylabel(f"score ({self.mode})")
             ax.grid(alpha=0.3)
