@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import math
+import os
 import sys
 import threading
 import time
@@ -14,6 +15,7 @@ import time
 import numpy as np
 import pytest
 
+import fastnn
 from fastnn import search
 
 
@@ -21,6 +23,10 @@ from fastnn import search
 def bowl(params):
     """A smooth bowl with its maximum 0 at x = 0.25, lr = 1e-3; `unused` does not matter."""
     return -((params["x"] - 0.25) ** 2) - 0.01 * (math.log10(params["lr"]) + 3) ** 2
+
+
+def bowl_and_threads(params):
+    return {"score": bowl(params), "threads": fastnn.get_num_threads()}
 
 
 def only_x(params):
@@ -151,9 +157,12 @@ def test_custom_executor_is_used_and_left_open():
 
 def test_default_process_pool():
     serial = search.random_search(bowl, SPACE, n_trials=6, seed=3, executor="serial")
-    pooled = search.random_search(bowl, SPACE, n_trials=6, seed=3, n_jobs=2)
+    pooled = search.random_search(bowl_and_threads, SPACE, n_trials=6, seed=3, n_jobs=2)
     assert [t["score"] for t in pooled.trials] == [t["score"] for t in serial.trials]
     assert pooled.failed == 0
+    # The two workers split the cores instead of each running fastnn on all of them.
+    expected = max(1, (os.cpu_count() or 1) // 2)
+    assert {t["metrics"]["threads"] for t in pooled.trials} == {expected}
 
 
 def test_dask_local_cluster():
@@ -335,3 +344,10 @@ def test_progress(monkeypatch, capsys):
     search.random_search(bowl, SPACE, n_trials=5, seed=0, executor="serial", progress=False)
     search.random_search(bowl, SPACE, n_trials=5, seed=0, executor="serial")  # auto: stderr is no TTY
     assert capsys.readouterr().err == ""
+
+
+def test_progress_with_tqdm(capsys):
+    pytest.importorskip("tqdm")
+    search.random_search(bowl, SPACE, n_trials=7, seed=0, executor="serial", progress=True)
+    err = capsys.readouterr().err
+    assert "random search" in err and "7/7" in err and "best" in err

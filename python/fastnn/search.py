@@ -353,6 +353,16 @@ def _parse_score(out):
     return score, metrics
 
 
+def _init_worker(threads: int) -> None:
+    """Splits the cores between the pool's workers: each worker's fastnn kernels get
+    cores // workers threads instead of every core each (fn may still set its own)."""
+    try:
+        import fastnn
+    except ImportError:  # fastnn's compiled part is not importable here; fn runs without it
+        return
+    fastnn.set_num_threads(threads)
+
+
 class _SerialExecutor(concurrent.futures.Executor):
     """Runs each submission at once in the calling thread (for lambdas, closures, debugging)."""
 
@@ -390,7 +400,8 @@ def _make_executor(executor, n_jobs, fn, n_trials):
         # spawn, not fork: a forked child would inherit a copy of the parent's threads' locks
         # (fastnn's and OpenBLAS's thread pools) without the threads, and can deadlock.
         return concurrent.futures.ProcessPoolExecutor(
-            max_workers=workers, mp_context=multiprocessing.get_context("spawn")), True
+            max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker, initargs=(max(1, cores // workers),)), True
     if isinstance(executor, str):
         raise ValueError(f"executor: expected None, 'serial' or a concurrent.futures.Executor, got {executor!r}")
     if not callable(getattr(executor, "submit", None)):
