@@ -416,7 +416,6 @@ class _Progress:
 
     def __init__(self, total: int, desc: str, enabled):
         self.total, self.desc, self.done, self.failed = total, desc, 0, 0
-        self.best = None
         self.bar = None
         self.stream = sys.stderr
         tty = bool(getattr(self.stream, "isatty", lambda: False)())
@@ -438,7 +437,6 @@ class _Progress:
         self.failed += not ok
         if not self.enabled:
             return
-        self.best = best
         tail = (f"best {best:.4g}" if best is not None else "no score yet") + \
                (f", {self.failed} failed" if self.failed else "")
         if self.bar is not None:
@@ -557,7 +555,7 @@ def grid_search(fn, grid: dict, *, points_per_axis: int = 5, mode: str = "max", 
         outcomes = _run_all(fn, param_list, ex, mode, progress, "grid search")
     finally:
         if owned:
-            ex.shutdown(wait=True)
+            ex.shutdown(wait=True, cancel_futures=True)  # after Ctrl-C: drop queued trials
     return _finish(SearchResult(_trials(param_list, outcomes), mode, space, "grid search", None))
 
 
@@ -577,7 +575,7 @@ def random_search(fn, space: dict, n_trials: int, seed=None, *, mode: str = "max
         outcomes = _run_all(fn, param_list, ex, mode, progress, "random search")
     finally:
         if owned:
-            ex.shutdown(wait=True)
+            ex.shutdown(wait=True, cancel_futures=True)  # after Ctrl-C: drop queued trials
     return _finish(SearchResult(_trials(param_list, outcomes), mode, space, "random search", recorded))
 
 
@@ -614,7 +612,7 @@ def coarse_to_fine(fn, space: dict, *, n_rounds: int = 2, n_trials: int = 20, to
                 break  # nothing to narrow around: _finish raises
     finally:
         if owned:
-            ex.shutdown(wait=True)
+            ex.shutdown(wait=True, cancel_futures=True)  # after Ctrl-C: drop queued trials
     result = SearchResult(trials, mode, space, "coarse-to-fine", recorded)
     result.spaces = spaces
     return _finish(result)
