@@ -8,7 +8,7 @@
 from . import _C
 from . import functional
 from . import random
-from . import datasets, init, losses, nn, optim, regularization, schedules, validation
+from . import datasets, init, losses, nn, optim, regularization, schedules, search, validation
 from .parameter import Parameter
 from .random import Generator, manual_seed
 from ._runtime import (
@@ -35,6 +35,7 @@ __all__ = [
     "optim",
     "regularization",
     "schedules",
+    "search",
     "validation",
     "random",
     "build_info",
