@@ -8,7 +8,7 @@
 from . import _C
 from . import functional
 from . import random
-from . import datasets, init, losses, nn, optim, regularization, schedules, search, validation
+from . import datasets, init, losses, nn, optim, regularization, schedules, search, transfer, validation
 from .parameter import Parameter
 from .random import Generator, manual_seed
 from ._runtime import (
@@ -36,6 +36,7 @@ __all__ = [
     "regularization",
     "schedules",
     "search",
+    "transfer",
     "validation",
     "random",
     "build_info",

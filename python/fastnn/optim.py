@@ -20,7 +20,8 @@ gradient l1 * sign(w) + l2 * w.
         as Adam, but weight_decay is decoupled: w *= 1 - lr * weight_decay before the step
         (l1/l2, if given, are still added to the gradient).
 
-The learning rate is ``opt.lr`` (settable between steps, e.g. by a fastnn.schedules schedule:
+Parameters with ``requires_grad=False`` are skipped (frozen); a parameter's ``lr_scale``
+multiplies the learning rate for it. The learning rate is ``opt.lr`` (settable between steps, e.g. by a fastnn.schedules schedule:
 ``opt.lr = schedule(step, opt.base_lr)``); ``base_lr`` is the one given at construction.
 ``state_dict()`` / ``load_state_dict()`` round-trip hyperparameters, lr, step count and copies
 of every state array. ``create(name, params, **kwargs)`` builds one by name.
@@ -117,9 +118,16 @@ class Optimizer:
 
     def step(self) -> None:
         self.step_count += 1
-        for i, p in enumerate(self.params):
-            w, g = self._arrays(i, p)
-            self._update(i, p, w, g, bool(getattr(p, "regularize", True)))
+        base = self._lr
+        try:
+            for i, p in enumerate(self.params):
+                if not getattr(p, "requires_grad", True):
+                    continue  # frozen
+                w, g = self._arrays(i, p)
+                self._lr = base * float(getattr(p, "lr_scale", 1.0))
+                self._update(i, p, w, g, bool(getattr(p, "regularize", True)))
+        finally:
+            self._lr = base
 
     def _update(self, i, p, w, g, regularize):  # pragma: no cover - abstract
         raise NotImplementedError

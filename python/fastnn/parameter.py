@@ -8,6 +8,10 @@ or PReLU slopes, which layers create with ``regularize=False``.
 copied once at construction; a float64 list stays float64). ``grad`` has the same shape and dtype
 and starts at zero; a layer's backward writes (or accumulates into) it, ``zero_grad()`` resets it.
 Optimizers update ``data`` in place, so views of it held elsewhere stay valid.
+
+``requires_grad=False`` freezes it (fastnn.transfer.freeze): layers do not compute its gradient
+and optimizers skip it. ``lr_scale`` multiplies the optimizer's learning rate for it (per-layer
+learning rates when fine-tuning).
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ __all__ = ["Parameter"]
 
 
 class Parameter:
-    __slots__ = ("data", "grad", "regularize", "name")
+    __slots__ = ("data", "grad", "regularize", "name", "requires_grad", "lr_scale")
 
-    def __init__(self, data, *, regularize: bool = True, name: str | None = None):
+    def __init__(self, data, *, regularize: bool = True, name: str | None = None, requires_grad: bool = True,
+                 lr_scale: float = 1.0):
         arr = np.asarray(data)
         if arr.dtype.kind in "biu":
             arr = arr.astype(np.float64)
@@ -32,6 +37,10 @@ class Parameter:
         self.grad = np.zeros_like(arr)
         self.regularize = bool(regularize)
         self.name = name
+        # Frozen (fastnn.transfer.freeze): layers skip its gradient and optimizers leave it as is.
+        self.requires_grad = bool(requires_grad)
+        # Multiplies the optimizer's lr for this parameter (fine-tuning: pretrained layers smaller).
+        self.lr_scale = float(lr_scale)
 
     @property
     def shape(self):
@@ -50,4 +59,7 @@ class Parameter:
 
     def __repr__(self) -> str:
         n = f"{self.name!r}, " if self.name else ""
-        return f"Parameter({n}shape={self.data.shape}, dtype={self.data.dtype}, regularize={self.regularize})"
+        extra = ("" if self.requires_grad else ", requires_grad=False") + (
+            "" if self.lr_scale == 1.0 else f", lr_scale={self.lr_scale}")
+        return (f"Parameter({n}shape={self.data.shape}, dtype={self.data.dtype}, regularize={self.regularize}"
+                f"{extra})")

@@ -1,0 +1,256 @@
+"""Transfer learning: freeze layers, replace the head, fine-tune with smaller learning rates for
+the pretrained layers, and load pretrained weights (a fastnn checkpoint, or a PyTorch MLP's
+state_dict saved as safetensors: torch is not needed to read it).
+
+    model = fastnn.train.load_model("pretrained.npz")      # or build it and load_pretrained(...)
+    transfer.replace_head(model, n_outputs=5)               # a fresh last Linear
+    transfer.freeze(model)                                  # everything ...
+    transfer.unfreeze(model, [transfer.head_name(model)])   # ... but the head: train it first
+    # later, fine-tune all with the pretrained layers at a tenth of the head's learning rate:
+    transfer.unfreeze(model); transfer.set_lr_scale(model, 0.1); transfer.set_lr_scale(model, 1.0, ["2"])
+
+Layers are named as in ``model.named_parameters()`` without the parameter part: "0", "1", ... for
+the items of a Sequential, "0.block.1" inside a Residual. ``layers`` arguments take such names,
+integer indices of a top-level Sequential, or the Module objects themselves; None means all.
+Frozen parameters (``requires_grad=False``) get no gradient step from fastnn.optim.
+"""
+
+from __future__ import annotations
+
+import json
+import numbers
+import struct
+
+import numpy as np
+
+from . import nn
+
+__all__ = ["named_modules", "freeze", "unfreeze", "set_lr_scale", "head_name", "replace_head",
+           "trainable_parameters", "load_pretrained", "read_safetensors", "write_safetensors"]
+
+
+def named_modules(model, prefix=""):
+    """(name, module) for model and every module inside it, parents before children."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a fastnn.nn.Module, got {type(model).__name__}")
+    out = [(prefix.rstrip("."), model)]
+    if isinstance(model, nn.Sequential):
+        for i, m in enumerate(model.layers):
+            out.extend(named_modules(m, f"{prefix}{i}."))
+    else:
+        for k, v in vars(model).items():
+            if isinstance(v, nn.Module):
+                out.extend(named_modules(v, f"{prefix}{k}."))
+    return out
+
+
+def _select(model, layers):
+    """The modules named by `layers` (see the module docstring)."""
+    mods = named_modules(model)
+    if layers is None:
+        return [model]
+    if isinstance(layers, (str, numbers.Integral, nn.Module)):
+        layers = [layers]
+    by_name = dict(mods)
+    chosen = []
+    for item in layers:
+        if isinstance(item, nn.Module):
+            if not any(m is item for _, m in mods):
+                raise ValueError(f"layers: {type(item).__name__} is not part of the model")
+            chosen.append(item)
+            continue
+        if isinstance(item, (bool, np.bool_)):
+            raise TypeError("layers: expected names, indices or modules, got a bool")
+        if isinstance(item, numbers.Integral):
+            if not isinstance(model, nn.Sequential):
+                raise TypeError("layers: integer indices need a Sequential model; use names")
+            n = len(model.layers)
+            if not -n <= int(item) < n:
+                raise ValueError(f"layers: no layer {item} in the model (it has layers 0..{n - 1})")
+            chosen.append(model.layers[int(item)])
+            continue
+        if not isinstance(item, str) or item not in by_name or item == "":
+            names = [k for k, m in mods if k and m.parameters()]
+            raise ValueError(f"layers: no layer {item!r} in the model (layers with parameters: {names})")
+        chosen.append(by_name[item])
+    return chosen
+
+
+def _params_of(model, layers):
+    seen, out = set(), []
+    for m in _select(model, layers):
+        for p in m.parameters():
+            if id(p) not in seen:
+                seen.add(id(p))
+                out.append(p)
+    return out
+
+
+def freeze(model, layers=None):
+    """Stops training the parameters of `layers` (all when None). Returns the model."""
+    for p in _params_of(model, layers):
+        p.requires_grad = False
+    return model
+
+
+def unfreeze(model, layers=None):
+    for p in _params_of(model, layers):
+        p.requires_grad = True
+    return model
+
+
+def trainable_parameters(model):
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def set_lr_scale(model, scale, layers=None):
+    """Multiplies the optimizer's learning rate by `scale` for the parameters of `layers`
+    (discriminative fine-tuning: e.g. 0.1 for the pretrained body, 1 for a new head)."""
+    if isinstance(scale, (bool, np.bool_)) or not isinstance(scale, numbers.Real) or not (
+            np.isfinite(scale) and scale >= 0):
+        raise ValueError(f"scale: expected a finite number >= 0, got {scale!r}")
+    for p in _params_of(model, layers):
+        p.lr_scale = float(scale)
+    return model
+
+
+def _linears(model):
+    return [(k, m) for k, m in named_modules(model) if isinstance(m, nn.Linear)]
+
+
+def head_name(model) -> str:
+    """Name of the model's last Linear (its head)."""
+    lin = _linears(model)
+    if not lin:
+        raise ValueError("model: has no Linear layer to act as its head")
+    return lin[-1][0]
+
+
+def replace_head(model, n_outputs, *, activation="same", init=None, generator=None):
+    """Replaces the last Linear by a fresh one with n_outputs outputs (same inputs, bias, dtype,
+    and, unless given, the same activation and init scheme). Returns the new head."""
+    if isinstance(n_outputs, (bool, np.bool_)) or not isinstance(n_outputs, numbers.Integral) or n_outputs < 1:
+        raise ValueError(f"n_outputs: expected an integer >= 1, got {n_outputs!r}")
+    name = head_name(model)
+    old = dict(named_modules(model))[name]
+    new = nn.Linear(old.in_features, int(n_outputs), bias=old.bias is not None,
+                    activation=old.activation if activation == "same" else activation,
+                    init=init or old.init, negative_slope=old.negative_slope, alpha=old.alpha,
+                    dtype=old.weight.dtype, generator=generator)
+    if name == "":
+        raise ValueError("model: is itself a Linear; build the new layer directly")
+    parent_name, _, leaf = name.rpartition(".")
+    parent = dict(named_modules(model))[parent_name] if parent_name else model
+    if isinstance(parent, nn.Sequential):
+        parent.layers[int(leaf)] = new
+    else:
+        setattr(parent, leaf, new)
+    return new
+
+
+# ---- pretrained weights ------------------------------------------------------------------------
+
+_ST_DTYPES = {"F32": np.float32, "F64": np.float64, "F16": np.float16, "BF16": None, "I64": np.int64,
+              "I32": np.int32}
+
+
+def read_safetensors(path) -> dict:
+    """name -> NumPy array from a .safetensors file (8-byte little-endian header length, a JSON
+    header of dtype/shape/data_offsets per tensor, then the raw bytes). bfloat16 is widened to
+    float32."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        (n,) = struct.unpack("<Q", raw[:8])
+        header = json.loads(raw[8:8 + n].decode("utf-8"))
+    except (struct.error, UnicodeDecodeError, json.JSONDecodeError, ValueError) as e:
+        raise ValueError(f"{path}: not a safetensors file ({e})") from None
+    data = raw[8 + n:]
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dt, shape, (b, e) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"{path}: malformed entry {name!r} in the safetensors header") from None
+        if dt not in _ST_DTYPES:
+            raise ValueError(f"{path}: tensor {name!r} has dtype {dt}; supported: {sorted(_ST_DTYPES)}")
+        if not (0 <= b <= e <= len(data)):
+            raise ValueError(f"{path}: tensor {name!r} lies outside the file (truncated?)")
+        buf = data[b:e]
+        if dt == "BF16":
+            a = (np.frombuffer(buf, "<u2").astype(np.uint32) << 16).view(np.float32)
+        else:
+            a = np.frombuffer(buf, np.dtype(_ST_DTYPES[dt]).newbyteorder("<"))
+        if a.size != int(np.prod(shape)):
+            raise ValueError(f"{path}: tensor {name!r} has {a.size} values for shape {shape}")
+        out[name] = a.reshape(shape).copy()
+    return out
+
+
+def write_safetensors(path, tensors: dict) -> None:
+    """Writes float32/float64/int arrays in the safetensors format (readable by the safetensors
+    package and torch)."""
+    inv = {np.dtype(v): k for k, v in _ST_DTYPES.items() if v is not None}
+    header, blobs, off = {}, [], 0
+    for name, a in tensors.items():
+        a = np.ascontiguousarray(a)
+        if a.dtype not in inv:
+            raise TypeError(f"tensors[{name!r}]: dtype {a.dtype} not supported")
+        b = a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes()
+        header[name] = {"dtype": inv[a.dtype], "shape": list(a.shape), "data_offsets": [off, off + len(b)]}
+        blobs.append(b)
+        off += len(b)
+    h = json.dumps(header).encode("utf-8")
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+
+
+def load_pretrained(model, source, *, strict=True):
+    """Copies pretrained weights into model's Linear layers.
+
+    source: a dict of arrays, a .safetensors file (e.g. ``safetensors.torch.save_file(
+    torch_mlp.state_dict(), path)``) or an .npz (a fastnn ``model.state_dict()`` saved with
+    np.savez). Names that match ours (``state_dict()``) are used as they are; otherwise the
+    "*.weight" / "*.bias" pairs are taken in order (PyTorch's nn.Sequential of nn.Linear keeps
+    them in layer order) and assigned to our Linear layers in order, checking every shape
+    (PyTorch's weight is (out_features, in_features), as ours). strict=False skips layers
+    whose shape differs (e.g. a replaced head). Returns the list of layers loaded."""
+    if isinstance(source, dict):
+        tensors = {k: np.asarray(v) for k, v in source.items()}
+    else:
+        path = str(source)
+        if path.endswith(".safetensors"):
+            tensors = read_safetensors(path)
+        else:
+            with np.load(path, allow_pickle=False) as z:
+                tensors = {k: z[k] for k in z.files}
+    ours = dict(model.named_parameters())
+    if set(tensors) >= set(ours) and all(np.shape(tensors[k]) == p.shape for k, p in ours.items()):
+        model.load_state_dict({k: tensors[k] for k in ours})
+        return [k for k, _ in _linears(model)]
+    weights = [k for k in tensors if k.endswith("weight") and np.ndim(tensors[k]) == 2]
+    linears = _linears(model)
+    if strict and len(weights) != len(linears):
+        raise ValueError(f"source: {len(weights)} weight matrices ({weights}) for {len(linears)} Linear layers")
+    loaded, updates = [], []
+    for (name, layer), wk in zip(linears, weights):
+        w = tensors[wk]
+        bk = wk[: -len("weight")] + "bias"
+        b = tensors.get(bk)
+        ok = w.shape == layer.weight.shape and (layer.bias is None or (b is not None and b.shape == layer.bias.shape))
+        if not ok:
+            if strict:
+                raise ValueError(f"layer {name!r}: expected weight {layer.weight.shape}"
+                                 f"{'' if layer.bias is None else f' and bias {layer.bias.shape}'}, got {wk} "
+                                 f"{w.shape}" + ("" if b is None else f" and {bk} {b.shape}"))
+            continue
+        updates.append((layer, w, b))
+        loaded.append(name)
+    for layer, w, b in updates:  # all checked before anything changes
+        layer.weight.data[...] = w
+        if layer.bias is not None:
+            layer.bias.data[...] = b
+    return loaded

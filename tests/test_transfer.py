@@ -1,0 +1,133 @@
+"""fastnn.transfer: freezing, per-layer learning rates, head replacement, pretrained weights
+(fastnn state dicts, and PyTorch MLP state_dicts in the safetensors format)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fastnn
+from fastnn import nn, optim, transfer
+
+
+def _mlp(seed=0):
+    fastnn.manual_seed(seed)
+    return nn.Sequential(nn.Linear(8, 16, activation="relu"), nn.Linear(16, 12, activation="tanh"), nn.Linear(12, 3))
+
+
+def _step(model, x, lr=0.1):
+    opt = optim.SGD(model.parameters(), lr=lr)
+    y = model(x)
+    model.backward(np.ones_like(y))
+    before = [p.data.copy() for p in model.parameters()]
+    grads = [p.grad.copy() for p in model.parameters()]
+    opt.step()
+    return before, grads
+
+
+def test_freeze_and_unfreeze(rng):
+    model = _mlp()
+    x = rng.standard_normal((5, 8)).astype(np.float32)
+    transfer.freeze(model)
+    transfer.unfreeze(model, [transfer.head_name(model)])
+    assert transfer.head_name(model) == "2"
+    assert [p.requires_grad for p in model.parameters()] == [False] * 4 + [True] * 2
+    before, grads = _step(model, x)
+    for p, b in zip(model.parameters()[:4], before[:4]):
+        np.testing.assert_array_equal(p.data, b)  # frozen: untouched
+    np.testing.assert_allclose(model[2].weight.data, before[4] - 0.1 * grads[4], rtol=1e-6)
+    transfer.unfreeze(model)
+    assert all(p.requires_grad for p in model.parameters())
+    assert len(transfer.trainable_parameters(transfer.freeze(model, [0, "1"]))) == 2
+
+
+def test_lr_scale(rng):
+    model = _mlp()
+    x = rng.standard_normal((5, 8)).astype(np.float32)
+    transfer.set_lr_scale(model, 0.1)
+    transfer.set_lr_scale(model, 1.0, [model[2]])
+    before, grads = _step(model, x, lr=0.5)
+    np.testing.assert_allclose(model[0].weight.data, before[0] - 0.05 * grads[0], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(model[2].weight.data, before[4] - 0.5 * grads[4], rtol=1e-5, atol=1e-7)
+
+
+def test_replace_head():
+    model = _mlp()
+    old = model[2]
+    head = transfer.replace_head(model, 7)
+    assert model[2] is head and head is not old
+    assert head.weight.shape == (7, 12) and head.bias.shape == (7,)
+    assert model(np.ones((2, 8), np.float32)).shape == (2, 7)
+    res = nn.Sequential(nn.Linear(4, 4), nn.Residual(nn.Sequential(nn.Linear(4, 4, activation="relu"),
+                                                                    nn.Linear(4, 4))))
+    assert transfer.head_name(res) == "1.block.1"
+    transfer.replace_head(res, 4)
+    assert res[1].block[1].weight.shape == (4, 4)
+
+
+def test_errors():
+    model = _mlp()
+    with pytest.raises(ValueError, match=r"layers: no layer 5 in the model \(it has layers 0..2\)"):
+        transfer.freeze(model, [5])
+    with pytest.raises(ValueError, match="layers: no layer 'body'"):
+        transfer.freeze(model, ["body"])
+    with pytest.raises(ValueError, match="layers: Linear is not part of the model"):
+        transfer.freeze(model, [nn.Linear(2, 2)])
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="n_outputs: expected an integer >= 1"):
+            transfer.replace_head(model, bad)
+    with pytest.raises(ValueError, match="scale: expected a finite number >= 0"):
+        transfer.set_lr_scale(model, -1)
+    with pytest.raises(ValueError, match="has no Linear"):
+        transfer.head_name(nn.Sequential(nn.ReLU()))
+
+
+def test_safetensors_round_trip(tmp_path, rng):
+    t = {"a": rng.standard_normal((3, 4)).astype(np.float32), "b": np.arange(5, dtype=np.int64),
+         "c": rng.standard_normal(2)}
+    p = tmp_path / "t.safetensors"
+    transfer.write_safetensors(p, t)
+    back = transfer.read_safetensors(p)
+    assert sorted(back) == sorted(t)
+    for k in t:
+        np.testing.assert_array_equal(back[k], t[k])
+        assert back[k].dtype == t[k].dtype
+    p.write_bytes(p.read_bytes()[:40])
+    with pytest.raises(ValueError, match="safetensors"):
+        transfer.read_safetensors(p)
+
+
+def test_load_pretrained_from_state_dict_and_torch_names(tmp_path, rng):
+    src, dst = _mlp(seed=1), _mlp(seed=2)
+    x = rng.standard_normal((4, 8)).astype(np.float32)
+    assert transfer.load_pretrained(dst, src.state_dict()) == ["0", "1", "2"]
+    np.testing.assert_array_equal(dst.eval()(x), src.eval()(x))
+    # PyTorch's nn.Sequential(Linear, ReLU, Linear, Tanh, Linear) names: 0, 2, 4
+    torch_names = {}
+    for i, layer in zip((0, 2, 4), src.layers):
+        torch_names[f"net.{i}.weight"] = layer.weight.data
+        torch_names[f"net.{i}.bias"] = layer.bias.data
+    path = tmp_path / "torch_mlp.safetensors"
+    transfer.write_safetensors(path, torch_names)
+    other = _mlp(seed=3)
+    transfer.load_pretrained(other, path)
+    np.testing.assert_array_equal(other.eval()(x), src.eval()(x))
+    # a replaced head: strict fails naming the layer, strict=False loads the body only
+    transfer.replace_head(other, 5)
+    with pytest.raises(ValueError, match=r"layer '2': expected weight \(5, 12\)"):
+        transfer.load_pretrained(other, path)
+    assert transfer.load_pretrained(other, path, strict=False) == ["0", "1"]
+
+
+def test_load_pretrained_from_torch(tmp_path, rng):
+    torch = pytest.importorskip("torch")
+    tm = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 12), torch.nn.Tanh(),
+                             torch.nn.Linear(12, 3))
+    path = tmp_path / "m.safetensors"
+    transfer.write_safetensors(path, {k: v.detach().numpy() for k, v in tm.state_dict().items()})
+    model = _mlp()
+    transfer.load_pretrained(model, path)
+    x = rng.standard_normal((6, 8)).astype(np.float32)
+    with torch.no_grad():
+        expect = tm(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(model.eval()(x), expect, rtol=1e-5, atol=1e-6)
