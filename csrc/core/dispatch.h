@@ -4,6 +4,7 @@
 
 #include "core/cpu_features.h"
 #include "cpu/activation.h"
+#include "cpu/augment.h"
 #include "cpu/dropout.h"
 #include "cpu/gemm.h"
 
@@ -18,6 +19,7 @@ void init_capability_from_env();
 const ActivationKernels& activation_kernels();
 const DropoutKernels& dropout_kernels();
 const GemmKernels& gemm_kernels();
+const AugmentKernels& augment_kernels();
 
 template <class T>
 const ActivationKernelsT<T>& activation_kernels_for();
