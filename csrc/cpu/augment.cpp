@@ -140,10 +140,13 @@ inline void st(V v, float* p, int64_t lanes) {
 
 inline V gray3(V r, V g, V b) { return r * V::set1(kWr) + g * V::set1(kWg) + b * V::set1(kWb); }
 
-// Mean of the sample's grayscale (C == 3) or of its single plane: float32 values, summed in
-// float64 in pixel order (the same order on every path), divided, rounded once to float32.
+// Mean of the sample's grayscale (C == 3) or of its single plane: float32 values summed in
+// float64 into 8 partial sums (pixel p into sum p % 8; a fixed order, the same on every path:
+// no reassociation without -ffast-math), divided, rounded once to float32. One sequential sum
+// was latency-bound: half the jitter's time on 32x32 images.
 float gray_mean(const float* y, int64_t C, int64_t P, float* buf) {
-  double acc = 0.0;
+  double acc8[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t at = 0;  // pixels summed so far (chunks are multiples of 8 but the last)
   for (int64_t p0 = 0; p0 < P; p0 += 256) {
     const int64_t len = P - p0 < 256 ? P - p0 : 256;
     const float* src = y + p0;
@@ -153,8 +156,10 @@ float gray_mean(const float* y, int64_t C, int64_t P, float* buf) {
       });
       src = buf;
     }
-    for (int64_t i = 0; i < len; ++i) acc += static_cast<double>(src[i]);
+    for (int64_t i = 0; i < len; ++i) acc8[(at + i) & 7] += static_cast<double>(src[i]);
+    at += len;
   }
+  const double acc = ((acc8[0] + acc8[1]) + (acc8[2] + acc8[3])) + ((acc8[4] + acc8[5]) + (acc8[6] + acc8[7]));
   return static_cast<float>(acc / static_cast<double>(P));
 }
 
@@ -214,10 +219,34 @@ void stream_words(uint64_t seed, uint64_t q, int64_t n, uint32_t* out) {
     const uint64_t blk = pos >> 6;
     const int64_t t0 = static_cast<int64_t>(pos & 63);
     const int64_t len = 64 - t0 < n - i ? 64 - t0 : n - i;
+    // The 16 counters of the block as lanes: plain integer loops the compiler vectorizes
+    // (vpmuludq) on the AVX2 / AVX-512 copies; the same words as philox::counter_words.
     uint32_t w[64];
-    for (int c = 0; c < 16; ++c) {
-      const philox::U32x4 r = philox::counter_words(blk * 16 + static_cast<uint64_t>(c), seed);
-      for (int j = 0; j < 4; ++j) w[16 * j + c] = r.v[j];
+    uint32_t* c0 = w;
+    uint32_t* c1 = w + 16;
+    uint32_t* c2 = w + 32;
+    uint32_t* c3 = w + 48;
+    const uint64_t cb = blk * 16;
+    for (int l = 0; l < 16; ++l) {
+      c0[l] = static_cast<uint32_t>(cb + static_cast<uint64_t>(l));
+      c1[l] = static_cast<uint32_t>((cb + static_cast<uint64_t>(l)) >> 32);
+      c2[l] = 0;
+      c3[l] = 0;
+    }
+    uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+    for (int r = 0; r < philox::kRounds; ++r) {
+      for (int l = 0; l < 16; ++l) {
+        const uint64_t p0 = static_cast<uint64_t>(philox::kM0) * c0[l];
+        const uint64_t p1 = static_cast<uint64_t>(philox::kM1) * c2[l];
+        const uint32_t n0 = static_cast<uint32_t>(p1 >> 32) ^ c1[l] ^ k0;
+        const uint32_t n2 = static_cast<uint32_t>(p0 >> 32) ^ c3[l] ^ k1;
+        c1[l] = static_cast<uint32_t>(p1);
+        c3[l] = static_cast<uint32_t>(p0);
+        c0[l] = n0;
+        c2[l] = n2;
+      }
+      k0 += philox::kW0;
+      k1 += philox::kW1;
     }
     std::memcpy(out + i, w + t0, static_cast<size_t>(len) * sizeof(uint32_t));
     i += len;

@@ -6,6 +6,7 @@
 """
 
 from . import _C
+from . import augment
 from . import functional
 from . import random
 from .random import Generator, manual_seed
@@ -26,6 +27,7 @@ __all__ = [
     "Generator",
     "manual_seed",
     "random",
+    "augment",
     "build_info",
     "empty_cache",
     "functional",
