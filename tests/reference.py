@@ -484,3 +484,133 @@ def linear_bound(x, w_eff, bias, dtype, activation_name) -> np.ndarray:
     gemm = GEMM_BOUND_C[dtype.name] * np.sqrt(max(k, 1)) * np.finfo(dtype).eps * scale
     a, r = LINEAR_ACT_TOL[dtype.name]
     return ACT_LIPSCHITZ[activation_name] * gemm * (1 + r) + a + r * scale
+
+
+# ---- data augmentation (csrc/cpu/augment.cpp, python/fastnn/augment.py) -----------------------------
+# Written from the documented semantics, not from the kernels: the Philox stream layout of
+# csrc/core/philox.h, torchvision's crop / resized-crop / jitter definitions, and torch's bilinear
+# interpolation. Crops, pads and flips are exact; jitter repeats the kernels' float32 operations
+# in the same order (exact but for the float64 mean, summed in another order: 1e-6 absolute);
+# bilinear resize is evaluated in float64 (1e-5 absolute for values in [0, 1]).
+
+_M32 = 0xFFFFFFFF
+
+
+def philox_words(seed: int, offset: int, n: int) -> np.ndarray:
+    """The 32-bit words of stream positions offset .. offset + n - 1 (uint64 array): position q
+    takes word (q // 16) % 4 of Philox4x32-10 at counter (q // 64) * 16 + q % 16, key = seed."""
+    q = np.arange(offset, offset + n, dtype=object)
+    ctr = np.array([(int(v) >> 6) * 16 + (int(v) & 15) for v in q], dtype=np.uint64)
+    word = np.array([(int(v) >> 4) & 3 for v in q], dtype=np.int64)
+    c0, c1 = ctr & np.uint64(_M32), ctr >> np.uint64(32)
+    c2 = np.zeros_like(c0)
+    c3 = np.zeros_like(c0)
+    k0, k1 = seed & _M32, seed >> 32
+    for _ in range(10):
+        p0 = c0 * np.uint64(0xD2511F53)
+        p1 = c2 * np.uint64(0xCD9E8D57)
+        c0, c1, c2, c3 = ((p1 >> np.uint64(32)) ^ c1 ^ np.uint64(k0), p1 & np.uint64(_M32),
+                          (p0 >> np.uint64(32)) ^ c3 ^ np.uint64(k1), p0 & np.uint64(_M32))
+        k0 = (k0 + 0x9E3779B9) & _M32
+        k1 = (k1 + 0xBB67AE85) & _M32
+    out = np.stack([c0, c1, c2, c3], axis=1)
+    return out[np.arange(n), word] if n else np.zeros(0, np.uint64)
+
+
+def randint_from(word, r: int) -> int:
+    """An integer in [0, r) from a 32-bit word: (word * r) >> 32."""
+    return (int(word) * int(r)) >> 32
+
+
+def crop_reference(x, top, left, oh, ow, flip, pad_mode="constant", fill=0.0):
+    """x (N, C, H, W); per sample the (oh, ow) window at input row top[i], column left[i] (may lie
+    in the padding), then flipped where flip[i]."""
+    n, c, h, w = x.shape
+    p = int(max(h, w, oh, ow)) + 2
+    if pad_mode == "constant":
+        xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)), constant_values=np.float32(fill))
+    else:  # numpy's 'reflect' (no edge repeat) = torch's; one reflection suffices for pad < size
+        xp = np.pad(x, ((0, 0), (0, 0), (h - 1, h - 1), (w - 1, w - 1)), mode="reflect")
+        p = None
+    out = np.empty((n, c, oh, ow), x.dtype)
+    for i in range(n):
+        t = int(top[i]) + (p if p is not None else h - 1)
+        l_ = int(left[i]) + (p if p is not None else w - 1)
+        win = xp[i, :, t:t + oh, l_:l_ + ow]
+        out[i] = win[..., ::-1] if flip[i] else win
+    return out
+
+
+def _bilinear_1d(in_size, out_size):
+    scale = np.float32(in_size) / np.float32(out_size)
+    src = np.maximum(float(scale) * (np.arange(out_size) + 0.5) - 0.5, 0.0)
+    i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+    i1 = np.minimum(i0 + 1, in_size - 1)
+    return i0, i1, src - i0
+
+
+def resized_crop_reference(x, top, left, bh, bw, oh, ow, flip):
+    """torch.nn.functional.interpolate(box, (oh, ow), mode='bilinear', align_corners=False) per
+    sample, then flipped where flip[i]; float64."""
+    n, c = x.shape[:2]
+    out = np.empty((n, c, oh, ow), np.float64)
+    for i in range(n):
+        box = x[i, :, top[i]:top[i] + bh[i], left[i]:left[i] + bw[i]].astype(np.float64)
+        y0, y1, ly = _bilinear_1d(int(bh[i]), oh)
+        x0, x1, lx = _bilinear_1d(int(bw[i]), ow)
+        rows = box[:, y0, :] * (1 - ly)[:, None] + box[:, y1, :] * ly[:, None]
+        r = rows[:, :, x0] * (1 - lx) + rows[:, :, x1] * lx
+        out[i] = r[..., ::-1] if flip[i] else r
+    return out
+
+
+def _clamp01(v):
+    return np.minimum(np.float32(1), np.maximum(np.float32(0), v))
+
+
+def _gray(r, g, b):
+    return r * np.float32(0.2989) + g * np.float32(0.587) + b * np.float32(0.114)
+
+
+def jitter_reference(x, factors, brightness, contrast, saturation):
+    """torchvision's adjust_brightness, adjust_contrast, adjust_saturation (in this order, each
+    clamped to [0, 1]) per sample with the (N, 3) float32 factors, in float32."""
+    y = x.astype(np.float32).copy()
+    for i in range(y.shape[0]):
+        v = y[i]
+        fb, fc, fs = (np.float32(f) for f in factors[i])
+        if brightness:
+            v = _clamp01(v * fb)
+        if contrast:
+            g = _gray(v[0], v[1], v[2]) if v.shape[0] == 3 else v[0]
+            mean = np.float32(g.astype(np.float64).mean())
+            v = _clamp01(v * fc + (np.float32(1) - fc) * mean)
+        if saturation:
+            g = (np.float32(1) - fs) * _gray(v[0], v[1], v[2])
+            v = _clamp01(v * fs + g)
+        y[i] = v
+    return y
+
+
+def rrc_box_reference(words, h, w, scale, ratio):
+    """torchvision's RandomResizedCrop.get_params for one sample from its 40 words (10 tries of
+    area, log-ratio, top, left); returns (top, left, height, width)."""
+    import math
+    area = h * w
+    for t in range(10):
+        wa, wr, wt, wl = (int(v) for v in words[4 * t:4 * t + 4])
+        target = area * (scale[0] + (scale[1] - scale[0]) * wa * 2.0 ** -32)
+        lr0, lr1 = math.log(ratio[0]), math.log(ratio[1])
+        aspect = math.exp(lr0 + (lr1 - lr0) * wr * 2.0 ** -32)
+        cw = int(round(math.sqrt(target * aspect)))
+        ch = int(round(math.sqrt(target / aspect)))
+        if 0 < cw <= w and 0 < ch <= h:
+            return (wt * (h - ch + 1)) >> 32, (wl * (w - cw + 1)) >> 32, ch, cw
+    in_ratio = w / h
+    if in_ratio < min(ratio):
+        cw, ch = w, int(round(w / min(ratio)))
+    elif in_ratio > max(ratio):
+        ch, cw = h, int(round(h * max(ratio)))
+    else:
+        cw, ch = w, h
+    return (h - ch) // 2, (w - cw) // 2, ch, cw

@@ -71,6 +71,18 @@ const LossKernels* loss_table(CpuCapability c) {
   }
 }
 
+const AugmentKernels* augment_table(CpuCapability c) {
+  switch (c) {
+#ifdef FASTNN_HAVE_AVX512
+    case CpuCapability::Avx512: return &avx512::kAugmentKernels;
+#endif
+#ifdef FASTNN_HAVE_AVX2
+    case CpuCapability::Avx2: return &avx2::kAugmentKernels;
+#endif
+    default: return &baseline::kAugmentKernels;
+  }
+}
+
 std::string available_list() {
   std::string s;
   for (int i = 0; i <= 2; ++i) {
@@ -123,5 +135,6 @@ const DropoutKernels& dropout_kernels() { return *dropout_table(current_capabili
 const GemmKernels& gemm_kernels() { return *gemm_table(current_capability()); }
 const OptimKernels& optim_kernels() { return *optim_table(current_capability()); }
 const LossKernels& loss_kernels() { return *loss_table(current_capability()); }
+const AugmentKernels& augment_kernels() { return *augment_table(current_capability()); }
 
 }  // namespace fastnn

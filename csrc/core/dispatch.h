@@ -4,6 +4,7 @@
 
 #include "core/cpu_features.h"
 #include "cpu/activation.h"
+#include "cpu/augment.h"
 #include "cpu/dropout.h"
 #include "cpu/gemm.h"
 #include "cpu/loss.h"
@@ -22,6 +23,7 @@ const DropoutKernels& dropout_kernels();
 const GemmKernels& gemm_kernels();
 const OptimKernels& optim_kernels();
 const LossKernels& loss_kernels();
+const AugmentKernels& augment_kernels();
 
 template <class T>
 const ActivationKernelsT<T>& activation_kernels_for();

@@ -6,6 +6,7 @@
 """
 
 from . import _C
+from . import augment
 from . import functional
 from . import random
 from . import datasets, init, losses, nn, optim, regularization, schedules, search, transfer, validation
@@ -39,6 +40,7 @@ __all__ = [
     "transfer",
     "validation",
     "random",
+    "augment",
     "build_info",
     "empty_cache",
     "functional",

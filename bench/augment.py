@@ -1,0 +1,122 @@
+"""Augmentation throughput: a 256x3x32x32 float32 batch through RandomCrop(32, padding=4) +
+RandomHorizontalFlip + ColorJitter(0.4, 0.4, 0.4), fastnn's fused kernel (one pass per sample)
+against a vectorized NumPy implementation (np.pad, a strided-window gather, np.where flip,
+broadcast jitter; what a careful user writes) and torchvision.transforms.v2 on a tensor batch
+when importable (it applies one set of parameters per call, so it is called per sample). Both
+sides draw their own random parameters inside the timed call. Also: the copy bandwidth of the
+same bytes (read x + write y, 6 MiB) as the ceiling, and each transform alone.
+
+    python bench/augment.py [--batch 256] [--threads 1 2] [--reps 30]
+
+Goal: fused flip + crop + jitter >= 5x NumPy (issue 7). Validated before timing: the NumPy
+implementation fed fastnn's parameters reproduces fastnn's output (exact geometry, 1e-6 jitter).
+"""
+
+import argparse
+
+import numpy as np
+
+import fastnn
+import fastnn.augment as A
+from fastnn import benchmark
+
+GRAY = (np.float32(0.2989), np.float32(0.587), np.float32(0.114))
+
+
+def numpy_augment(x, pad, top, left, flip, fb, fc, fs):
+    """x (N, 3, H, W) float32; per-sample crop offsets in the padded image, flip flags and
+    jitter factors (N,) float32 -> (N, 3, H, W); torchvision's definitions, fixed order."""
+    n, c, h, w = x.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    win = np.lib.stride_tricks.sliding_window_view(xp, (h, w), axis=(2, 3))  # (N, C, 2p+1, 2p+1, h, w)
+    y = win[np.arange(n), :, top, left]  # (N, C, h, w) gather
+    y = np.where(flip[:, None, None, None], y[..., ::-1], y)
+    one, zero = np.float32(1), np.float32(0)
+    y = np.clip(y * fb[:, None, None, None], zero, one)
+    g = y[:, 0] * GRAY[0] + y[:, 1] * GRAY[1] + y[:, 2] * GRAY[2]
+    m = g.reshape(n, -1).mean(axis=1, dtype=np.float64).astype(np.float32)
+    y = np.clip(y * fc[:, None, None, None] + ((one - fc) * m)[:, None, None, None], zero, one)
+    g = y[:, 0] * GRAY[0] + y[:, 1] * GRAY[1] + y[:, 2] * GRAY[2]
+    y = np.clip(y * fs[:, None, None, None] + ((one - fs)[:, None, None] * g)[:, None], zero, one)
+    return y
+
+
+def numpy_pipeline(x, rng, pad=4, p=0.5, s=0.4):
+    n, _, h, w = x.shape
+    top = rng.integers(0, 2 * pad + 1, n)
+    left = rng.integers(0, 2 * pad + 1, n)
+    flip = rng.random(n) < p
+    f = rng.uniform(1 - s, 1 + s, (3, n)).astype(np.float32)
+    return numpy_augment(x, pad, top, left, flip, f[0], f[1], f[2])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--size", type=int, default=32)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--min-time", type=float, default=0.5)
+    a = ap.parse_args()
+    n, s = a.batch, a.size
+    x = np.random.default_rng(0).random((n, 3, s, s), dtype=np.float32)
+    crop, flip, jit = A.RandomCrop(s, padding=4), A.RandomHorizontalFlip(), A.ColorJitter(0.4, 0.4, 0.4)
+    pipe = A.Compose([crop, flip, jit])
+
+    # Validate: NumPy with fastnn's parameters gives fastnn's result.
+    seed = 3
+    y = pipe(x, seed=seed)
+    offs = np.cumsum([0] + [(t.positions(x.shape) + 63) // 64 * 64 for t in pipe.transforms])
+    top, left = crop.params(x.shape, seed, int(offs[0]))
+    fl = flip.params(n, seed, int(offs[1]))
+    f = jit.params(n, seed, int(offs[2]))
+    ref = numpy_augment(x, 4, top, left, fl, f[:, 0], f[:, 1], f[:, 2])
+    err = float(np.abs(ref - y).max())
+    assert err <= 1e-6, f"fastnn and the NumPy implementation disagree by {err}"
+
+    tv = None
+    try:
+        import torch
+        from torchvision.transforms import v2
+        tv = v2.Compose([v2.RandomCrop(s, padding=4), v2.RandomHorizontalFlip(),
+                         v2.ColorJitter(0.4, 0.4, 0.4)])
+        xt = torch.from_numpy(x)
+    except ImportError:
+        pass
+
+    mib = 2 * x.nbytes / 2**20
+    print(benchmark.machine_line())
+    print(f"batch {n}x3x{s}x{s} float32: crop(pad 4) + flip + jitter(0.4, 0.4, 0.4); "
+          f"{mib:.0f} MiB moved (read x + write y); NumPy is single-threaded; validated (max |diff| {err:.1e})")
+    if tv is None:
+        print("torchvision not importable: skipped")
+    rng = np.random.default_rng(1)
+    T = lambda fn: benchmark._timeit(fn, a.min_time) * 1e3  # noqa: E731  (ms, median)
+    t_np = T(lambda: numpy_pipeline(x, rng))
+    old = fastnn.get_num_threads()
+    try:
+        for th in a.threads:
+            fastnn.set_num_threads(th)
+            copy_ms = 2 * x.nbytes / (benchmark.copy_bandwidth(x.size) * 1e9) * 1e3
+            out = np.empty_like(x)
+            rows = {
+                "fastnn fused (new array)": T(lambda: pipe(x)),
+                "fastnn fused (out=)": T(lambda: pipe(x, out=out)),
+                "fastnn crop only": T(lambda: crop(x)),
+                "fastnn flip only": T(lambda: flip(x)),
+                "fastnn jitter only": T(lambda: jit(x)),
+                "fastnn crop, flip, jitter unfused": T(lambda: jit(flip(crop(x)))),
+                "NumPy (vectorized)": t_np,
+            }
+            if tv is not None:
+                import torch
+                torch.set_num_threads(th)
+                rows["torchvision v2 (per sample)"] = T(lambda: [tv(xt[i]) for i in range(n)])
+            print(f"\n{th} thread(s): copy of the same bytes {copy_ms:.3f} ms")
+            for k, v in rows.items():
+                print(f"  {k:<36}{v:8.3f} ms   {t_np / v:6.1f}x NumPy   {copy_ms / v:5.2f}x copy speed")
+    finally:
+        fastnn.set_num_threads(old)
+
+
+if __name__ == "__main__":
+    main()

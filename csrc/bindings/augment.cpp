@@ -1,0 +1,198 @@
+// pybind11 glue for data augmentation: checks (every index a kernel will touch is validated here,
+// so _C stays safe to call directly), GIL release, threading over samples. The per-sample
+// parameters come from python/fastnn/augment.py, which draws them from philox_words.
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "bindings/common.h"
+#include "core/dispatch.h"
+#include "core/parallel.h"
+#include "core/philox.h"
+
+namespace fastnn {
+
+namespace {
+
+void require_f32(const py::array& a, const char* name) {
+  if (!a.dtype().is(py::dtype::of<float>()))
+    throw py::type_error(std::string(name) + ": expected float32, got " + dtype_str(a));
+}
+
+void require_shape(const py::array& a, const char* name, std::vector<int64_t> want) {
+  bool ok = a.ndim() == static_cast<py::ssize_t>(want.size());
+  for (size_t i = 0; ok && i < want.size(); ++i) ok = a.shape(static_cast<py::ssize_t>(i)) == want[i];
+  if (!ok) {
+    std::string w = "(", g = "(";
+    for (size_t i = 0; i < want.size(); ++i) w += (i ? ", " : "") + std::to_string(want[i]);
+    for (py::ssize_t i = 0; i < a.ndim(); ++i) g += (i ? ", " : "") + std::to_string(a.shape(i));
+    throw py::value_error(std::string(name) + ": expected shape " + w + "), got " + g + ")");
+  }
+}
+
+// Positions offset .. offset + n - 1 must all exist (the last one is 2^64 - 1).
+void check_positions(uint64_t offset, uint64_t n) {
+  if (n > 0 && offset > UINT64_MAX - (n - 1))
+    throw py::value_error("offset: offset + number of stream positions must be at most 2**64");
+}
+
+std::string sample_str(int64_t i) { return "sample " + std::to_string(i) + ": "; }
+
+}  // namespace
+
+void register_augment(py::module_& m) {
+  m.def(
+      "philox_words",
+      [](uint64_t seed, uint64_t offset, py::array out) {
+        if (!out.dtype().is(py::dtype::of<uint32_t>())) throw py::type_error("out: expected uint32, got " + dtype_str(out));
+        require_c_contiguous(out, "out");
+        require_writeable(out, "out");
+        const int64_t n = out.size();
+        check_positions(offset, static_cast<uint64_t>(n));
+        uint32_t* o = static_cast<uint32_t*>(out.mutable_data());
+        py::gil_scoped_release nogil;
+        for (int64_t i = 0; i < n; ++i) o[i] = philox::bits_at(seed, offset + static_cast<uint64_t>(i));
+      },
+      py::arg("seed"), py::arg("offset"), py::arg("out"),
+      "out[i] = the 32 random bits of stream position offset + i (for per-sample parameters).");
+
+  m.def(
+      "augment_batch",
+      [](py::array x, py::array out, int geom, int pad_mode, double fill, int jitter, py::array ints,
+         py::object factors) {
+        require_f32(x, "x");
+        require_f32(out, "out");
+        require_c_contiguous(x, "x");
+        require_c_contiguous(out, "out");
+        require_writeable(out, "out");
+        if (x.ndim() != 4) throw py::value_error("x: expected (N, C, H, W), got " + std::to_string(x.ndim()) + " dims");
+        if (out.ndim() != 4) throw py::value_error("out: expected (N, C, OH, OW)");
+        AugShape s{x.shape(1), x.shape(2), x.shape(3), out.shape(2), out.shape(3), geom, pad_mode, jitter,
+                   static_cast<float>(fill)};
+        const int64_t N = x.shape(0);
+        require_shape(out, "out", {N, s.C, s.OH, s.OW});
+        if (geom != kAugCrop && geom != kAugResize) throw py::value_error("geom: expected 0 (crop) or 1 (resize)");
+        if (pad_mode != kPadConstant && pad_mode != kPadReflect)
+          throw py::value_error("pad_mode: expected 0 (constant) or 1 (reflect)");
+        if (jitter < 0 || jitter > 7) throw py::value_error("jitter: expected flags in [0, 7]");
+        if ((jitter & kJitSaturation) && s.C != 3)
+          throw py::value_error("x: saturation needs 3 channels (RGB), got " + std::to_string(s.C));
+        if ((jitter & kJitContrast) && s.C != 1 && s.C != 3)
+          throw py::value_error("x: contrast needs 1 or 3 channels, got " + std::to_string(s.C));
+        if (N > 0 && s.C * s.H * s.W > 0 && s.OH * s.OW > 0 && (s.H < 1 || s.W < 1))
+          throw py::value_error("x: empty images");
+        if (!ints.dtype().is(py::dtype::of<int32_t>())) throw py::type_error("ints: expected int32, got " + dtype_str(ints));
+        require_c_contiguous(ints, "ints");
+        require_shape(ints, "ints", {N, 5});
+        const float* fp = nullptr;
+        py::array fac;
+        if (jitter) {
+          if (factors.is_none()) throw py::value_error("factors: required with jitter flags");
+          fac = factors.cast<py::array>();
+          require_f32(fac, "factors");
+          require_c_contiguous(fac, "factors");
+          require_shape(fac, "factors", {N, 3});
+          fp = cptr<float>(fac);
+        }
+        const int32_t* ip = static_cast<const int32_t*>(ints.data());
+        std::vector<AugSample> ps(static_cast<size_t>(N));
+        const int64_t H = s.H, W = s.W;
+        for (int64_t i = 0; i < N; ++i) {
+          AugSample& p = ps[static_cast<size_t>(i)];
+          p.flip = ip[5 * i];
+          p.top = ip[5 * i + 1];
+          p.left = ip[5 * i + 2];
+          p.bh = ip[5 * i + 3];
+          p.bw = ip[5 * i + 4];
+          p.brightness = fp ? fp[3 * i] : 1.0f;
+          p.contrast = fp ? fp[3 * i + 1] : 1.0f;
+          p.saturation = fp ? fp[3 * i + 2] : 1.0f;
+          if (s.OH * s.OW == 0 || s.C == 0) continue;
+          if (geom == kAugResize) {
+            if (p.bh < 1 || p.bw < 1 || p.top < 0 || p.left < 0 || p.top + int64_t{p.bh} > H ||
+                p.left + int64_t{p.bw} > W)
+              throw py::value_error(sample_str(i) + "resize box outside the image");
+          } else if (pad_mode == kPadReflect) {
+            // One reflection must land inside: -(n-1) <= index <= 2(n-1).
+            if (p.top < -(H - 1) || p.top + s.OH - 1 > 2 * (H - 1) || p.left < -(W - 1) ||
+                p.left + s.OW - 1 > 2 * (W - 1))
+              throw py::value_error(sample_str(i) + "reflect padding must be smaller than the image");
+          }
+        }
+        if (N == 0 || s.C * s.OH * s.OW == 0) return;
+        const auto kernel = augment_kernels().sample;
+        const float* xp = cptr<float>(x);
+        float* yp = mptr<float>(out);
+        const int64_t in_n = s.C * H * W, out_n = s.C * s.OH * s.OW;
+        const int64_t grain = kGrainElements / out_n > 1 ? kGrainElements / out_n : 1;
+        const int64_t scratch_bytes = augment_scratch_bytes(s);
+        py::gil_scoped_release nogil;
+        parallel_for(N, grain, 1, [&](int64_t b, int64_t e) {
+          std::vector<char> buf(static_cast<size_t>(scratch_bytes + 64));
+          void* sc = buf.data() + ((64 - (reinterpret_cast<uintptr_t>(buf.data()) & 63)) & 63);
+          for (int64_t i = b; i < e; ++i) kernel(xp + i * in_n, yp + i * out_n, s, ps[static_cast<size_t>(i)], sc);
+        });
+      },
+      py::arg("x"), py::arg("out"), py::arg("geom"), py::arg("pad_mode"), py::arg("fill"), py::arg("jitter"),
+      py::arg("ints"), py::arg("factors"),
+      "Fused crop/pad/flip or resized crop, then color jitter, per sample: x (N, C, H, W) float32 -> out "
+      "(N, C, OH, OW); ints (N, 5) int32 rows (flip, top, left, box_h, box_w); factors (N, 3) float32 rows "
+      "(brightness, contrast, saturation) used per the jitter flags (1, 2, 4). out must not overlap x.");
+
+  m.def(
+      "gaussian_noise",
+      [](py::array x, py::array out, uint64_t seed, uint64_t offset, double std) {
+        require_f32(x, "x");
+        require_same(x, "x", out, "out");
+        require_c_contiguous(x, "x");
+        require_c_contiguous(out, "out");
+        require_writeable(out, "out");
+        const int64_t n = x.size();
+        if (n > 0 && static_cast<uint64_t>(n) > UINT64_MAX / 2) throw py::value_error("x: too many elements");
+        check_positions(offset, 2 * static_cast<uint64_t>(n));
+        const auto kernel = augment_kernels().gaussian_noise;
+        const float* xp = cptr<float>(x);
+        float* yp = mptr<float>(out);
+        const float sd = static_cast<float>(std);
+        py::gil_scoped_release nogil;
+        parallel_for(n, kGrainElements / 8, 64, [&](int64_t b, int64_t e) {
+          kernel(xp + b, yp + b, e - b, seed, offset + 2 * static_cast<uint64_t>(b), sd);
+        });
+      },
+      py::arg("x"), py::arg("out"), py::arg("seed"), py::arg("offset"), py::arg("std"),
+      "out = x + std * z, z standard normal from stream positions offset + 2e, offset + 2e + 1 (out may be x).");
+
+  m.def(
+      "mixup_apply",
+      [](py::array x, py::array perm, py::array out, double lam, double lam1) {
+        require_f32(x, "x");
+        require_same(x, "x", out, "out");
+        require_c_contiguous(x, "x");
+        require_c_contiguous(out, "out");
+        require_writeable(out, "out");
+        if (x.ndim() < 1) throw py::value_error("x: expected at least 1 dimension");
+        const int64_t N = x.shape(0);
+        if (!perm.dtype().is(py::dtype::of<int64_t>())) throw py::type_error("perm: expected int64, got " + dtype_str(perm));
+        require_c_contiguous(perm, "perm");
+        require_shape(perm, "perm", {N});
+        const int64_t* pp = static_cast<const int64_t*>(perm.data());
+        for (int64_t i = 0; i < N; ++i)
+          if (pp[i] < 0 || pp[i] >= N) throw py::value_error("perm: entries must be in [0, N)");
+        if (N == 0 || x.size() == 0) return;
+        const int64_t D = x.size() / N;
+        const auto kernel = augment_kernels().mix;
+        const float* xp = cptr<float>(x);
+        float* yp = mptr<float>(out);
+        if (xp == yp) throw py::value_error("out: must not be x (rows are read after being written)");
+        const float a = static_cast<float>(lam), b = static_cast<float>(lam1);
+        const int64_t grain = kGrainElements / D > 1 ? kGrainElements / D : 1;
+        py::gil_scoped_release nogil;
+        parallel_for(N, grain, 1, [&](int64_t b0, int64_t e) {
+          for (int64_t i = b0; i < e; ++i) kernel(xp + i * D, xp + pp[i] * D, yp + i * D, D, a, b);
+        });
+      },
+      py::arg("x"), py::arg("perm"), py::arg("out"), py::arg("lam"), py::arg("lam1"),
+      "out[i] = lam * x[i] + lam1 * x[perm[i]] (float32; out must not overlap x).");
+}
+
+}  // namespace fastnn

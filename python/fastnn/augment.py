@@ -1,0 +1,758 @@
+"""Data augmentation and mixup on float32 image batches, seeded through fastnn's Philox stream.
+
+    >>> import fastnn.augment as A
+    >>> aug = A.Compose([A.RandomCrop(32, padding=4), A.RandomHorizontalFlip(),
+    ...                  A.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4)])
+    >>> xb = aug(x, seed=0)                      # x: (N, 3, 32, 32) float32 in [0, 1]
+    >>> xm, ys = A.mixup(x, labels, alpha=0.2, num_classes=10, seed=0)
+
+Images are NumPy float32 arrays (N, C, H, W) or (N, H, W) (one channel), C-contiguous (others are
+copied once). Results are C-ordered float32 of shape (N, C, OH, OW) (or (N, OH, OW)).
+
+Semantics are torchvision's (transforms.v2 on float tensors) unless stated:
+  * RandomHorizontalFlip(p): each sample flipped with probability p.
+  * RandomCrop(size, padding, pad_mode, fill): pad (int; (left/right, top/bottom); or (left, top,
+    right, bottom)) with `fill` ("constant") or mirrored without repeating the edge ("reflect",
+    padding < image size), then a uniformly placed size crop.
+  * RandomResizedCrop(size, scale, ratio): torchvision's box sampler (10 tries of area fraction
+    ~ U(scale) and log aspect ratio ~ U(log ratio), then the central-crop fallback), resized
+    bilinearly with half-pixel centers and *no antialias* (torch.nn.functional.interpolate(...,
+    mode="bilinear", align_corners=False); torchvision's default antialias=True differs when
+    the box is shrunk).
+  * ColorJitter(brightness, contrast, saturation): factors ~ U[max(0, 1 - v), 1 + v] (or a
+    given (lo, hi)); brightness multiplies; contrast blends with the per-image mean of the
+    grayscale (0.2989 R + 0.587 G + 0.114 B; the image itself for C == 1); saturation blends
+    with the grayscale image (C == 3 only). Each stage clamps to [0, 1], as torchvision does for
+    float images. The order is fixed: brightness, contrast, saturation (torchvision shuffles
+    the order per call). No hue.
+  * GaussianNoise(std, clip=False): x + std * N(0, 1) per element (any shape; torchvision's
+    v2.GaussianNoise clips to [0, 1] by default, here clip=True asks for it).
+  * mixup(x, y, alpha): lambda ~ Beta(alpha, alpha) once per batch, a random permutation j of the
+    batch, x' = lambda x + (1 - lambda) x[j], y' = lambda y + (1 - lambda) y[j] with integer
+    labels turned into one-hot rows of num_classes (Zhang et al., "mixup", ICLR 2018).
+
+Fusion: Compose runs each maximal sequence of [at most one crop (RandomCrop or
+RandomResizedCrop) and at most one flip, in any order] followed by at most one ColorJitter as ONE
+kernel pass per sample (geometry into the output, jitter while it is in cache). The results are
+those of applying the transforms one by one (bit for bit for crops, flips and jitter; a flip
+*before* a resized crop is folded into the box and agrees to float32 rounding).
+
+Randomness. Every random number is a 32-bit word of the Philox4x32-10 stream (fastnn.random) at
+a position determined by (seed, offset, sample index): identical on every CPU path and thread
+count. A transform applied to a batch of N samples uses these positions:
+
+    RandomHorizontalFlip    N        sample i: offset + i; flipped iff word < floor(p * 2**32)
+    RandomCrop              2 N      sample i: offset + 2i (top), offset + 2i + 1 (left)
+    RandomResizedCrop       40 N     sample i, try t (0..9): offset + 40i + 4t + (0 area,
+                                     1 log-ratio, 2 top, 3 left)
+    ColorJitter             3 N      sample i: offset + 3i + (0 brightness, 1 contrast,
+                                     2 saturation), all reserved whichever are enabled
+    GaussianNoise           2 size   element e (C order): offset + 2e, offset + 2e + 1
+    Mixup                   128 + N  offset + 0..63 and 64..127: the two Gamma(alpha) draws of
+                                     lambda; offset + 128 + i: sample i's sort key
+
+A word w gives an integer in [0, r) as (w * r) >> 32 and a uniform in [0, 1) as w / 2**32 (in
+float64). Gaussian noise: z = sqrt(-2 ln u1) cos(2 pi u2), u1 = ((w0 >> 8) + 1) / 2**24,
+u2 = (w1 >> 8) / 2**24 (float32, |z| <= 5.77). The permutation of mixup sorts the N keys
+(stable). lambda: Marsaglia-Tsang Gamma draws (15 tries of 3 words; shape < 1 boosted by one
+more word) from each 64-word half; lambda = g1 / (g1 + g2).
+
+In a Compose, transform k (counting every transform) starts at offset + the positions of
+transforms 0..k-1, each rounded up to a multiple of 64. seed=None takes the default generator's
+seed and reserves the positions from it (fastnn.manual_seed makes runs repeatable); an explicit
+offset needs an explicit seed.
+
+The Trainer option: ``Augment(transforms, seed=None)`` is a callable ``(x, y, step) -> (x, y)``;
+with a seed, step s uses stream positions from s * 2**40 (so a run replays exactly from any step).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+from . import _C
+from ._arrays import empty, is_cuda_array
+
+__all__ = [
+    "hflip", "random_crop", "random_resized_crop", "color_jitter", "gaussian_noise", "mixup",
+    "mixup_params", "RandomHorizontalFlip", "RandomCrop", "RandomResizedCrop", "ColorJitter",
+    "GaussianNoise", "Mixup", "Compose", "Augment", "STEP_POSITIONS",
+]
+
+F32 = np.dtype(np.float32)
+_U64 = 1 << 64
+_TWO_M32 = 2.0 ** -32
+#: Stream positions an Augment with a seed gives each training step.
+STEP_POSITIONS = 1 << 40
+
+# Kernel constants (csrc/cpu/augment.h).
+_GEOM_CROP, _GEOM_RESIZE = 0, 1
+_PAD_MODES = {"constant": 0, "reflect": 1}
+_JIT_B, _JIT_C, _JIT_S = 1, 2, 4
+_RRC_TRIES = 10
+_MIXUP_LAMBDA_WORDS = 128
+
+
+# ---- argument checks ---------------------------------------------------------------------------
+
+def _real(v, name):
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{name}: expected a real number, got {type(v).__name__}")
+    v = float(v)
+    if not math.isfinite(v):
+        raise ValueError(f"{name}: expected a finite number, got {v}")
+    return v
+
+
+def _int(v, name, lo=0):
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
+        raise TypeError(f"{name}: expected an integer, got {type(v).__name__}")
+    v = int(v)
+    if v < lo:
+        raise ValueError(f"{name}: expected an integer >= {lo}, got {v}")
+    return v
+
+
+def _pair_int(v, name, lo=1):
+    """An int or a pair of ints -> (h, w)."""
+    if isinstance(v, (tuple, list)):
+        if len(v) != 2:
+            raise ValueError(f"{name}: expected an int or a pair (h, w), got {len(v)} values")
+        return _int(v[0], name, lo), _int(v[1], name, lo)
+    v = _int(v, name, lo)
+    return v, v
+
+
+def _range(v, name):
+    """A pair (min, max) with 0 <= min <= max."""
+    if not isinstance(v, (tuple, list)) or len(v) != 2:
+        raise TypeError(f"{name}: expected a pair (min, max), got {v!r}")
+    a, b = _real(v[0], name), _real(v[1], name)
+    if not 0.0 <= a <= b:
+        raise ValueError(f"{name}: expected 0 <= min <= max, got ({a}, {b})")
+    return a, b
+
+
+def _probability(p, name="p"):
+    p = _real(p, name)
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"{name}: expected a probability in [0, 1], got {p}")
+    return p
+
+
+def _images(x, name="x"):
+    """(x as (N, C, H, W) float32 C-contiguous, True when x was (N, H, W))."""
+    if not isinstance(x, np.ndarray):
+        if is_cuda_array(x):
+            raise TypeError(f"{name}: expected a NumPy array, got a CUDA array (fastnn.augment runs on the CPU)")
+        raise TypeError(f"{name}: expected a NumPy float32 array, got {type(x).__name__}")
+    if x.dtype != F32:
+        raise TypeError(f"{name}: expected float32, got {x.dtype}")
+    if x.ndim not in (3, 4):
+        raise ValueError(f"{name}: expected an image batch (N, C, H, W) or (N, H, W), got {x.ndim} "
+                         f"dimension(s) with shape {x.shape}")
+    if not (x.flags.c_contiguous and x.flags.aligned):
+        x = np.ascontiguousarray(x) if x.flags.aligned else np.array(x, order="C")
+    if x.ndim == 3:
+        return x.reshape(x.shape[0], 1, x.shape[1], x.shape[2]), True
+    return x, False
+
+
+def _float_array(x, name="x"):
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name}: expected a NumPy float32 array, got {type(x).__name__}")
+    if x.dtype != F32:
+        raise TypeError(f"{name}: expected float32, got {x.dtype}")
+    if x.ndim < 1:
+        raise ValueError(f"{name}: expected at least one dimension (the batch), got a 0-d array")
+    return x if x.flags.c_contiguous and x.flags.aligned else np.array(x, order="C")
+
+
+def _check_out(out, shape, x):
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out: expected a NumPy float32 array, got {type(out).__name__}")
+    if out.dtype != F32:
+        raise TypeError(f"out: expected float32, got {out.dtype}")
+    if out.shape != tuple(shape):
+        raise ValueError(f"out: expected shape {tuple(shape)}, got {out.shape}")
+    if not out.flags.writeable:
+        raise ValueError("out: array is read-only")
+
+
+def _seed_offset(seed, offset, n):
+    from .functional import _seed_offset as so
+    return so(seed, offset, n)
+
+
+def _words(seed, offset, n):
+    """The 32-bit words of stream positions offset .. offset + n - 1, as uint64 (room for
+    products with ranges)."""
+    w = np.empty(n, np.uint32)
+    if n:
+        _C.philox_words(seed, offset, w)
+    return w.astype(np.uint64)
+
+
+def _randint(w, r):
+    """Integers in [0, r) from words: (w * r) >> 32 (r <= 2**31)."""
+    return ((w * np.asarray(r, np.uint64)) >> np.uint64(32)).astype(np.int64)
+
+
+def _uniform(w):
+    return w.astype(np.float64) * _TWO_M32
+
+
+def _round64(n):
+    return (n + 63) // 64 * 64
+
+
+# ---- transforms ------------------------------------------------------------------------------------
+
+class Transform:
+    """Base of the image transforms: ``t(x, *, seed=None, offset=0, out=None)``."""
+
+    def positions(self, shape) -> int:
+        """Stream positions one call on an array of `shape` uses."""
+        raise NotImplementedError
+
+    def out_shape(self, shape):
+        return tuple(shape)
+
+    def __call__(self, x, *, seed=None, offset=0, out=None):
+        return Compose([self])(x, seed=seed, offset=offset, out=out)
+
+
+class RandomHorizontalFlip(Transform):
+    def __init__(self, p=0.5):
+        self.p = _probability(p)
+
+    def positions(self, shape):
+        return int(shape[0])
+
+    def params(self, n, seed, offset):
+        """Per-sample flip decisions (bool, n)."""
+        w = _words(seed, offset, n)
+        return w < np.uint64(min(int(self.p * 4294967296.0), 1 << 32))
+
+    def __repr__(self):
+        return f"RandomHorizontalFlip(p={self.p})"
+
+
+class RandomCrop(Transform):
+    def __init__(self, size, padding=0, pad_mode="constant", fill=0.0):
+        self.size = _pair_int(size, "size")
+        if isinstance(padding, (tuple, list)):
+            if len(padding) == 2:
+                pw, ph = (_int(v, "padding") for v in padding)
+                padding = (pw, ph, pw, ph)
+            elif len(padding) == 4:
+                padding = tuple(_int(v, "padding") for v in padding)
+            else:
+                raise ValueError(f"padding: expected an int, (left/right, top/bottom) or (left, top, right, "
+                                 f"bottom), got {len(padding)} values")
+        else:
+            p = _int(padding, "padding")
+            padding = (p, p, p, p)
+        self.padding = padding  # (left, top, right, bottom)
+        if pad_mode not in _PAD_MODES:
+            raise ValueError(f"pad_mode: expected 'constant' or 'reflect', got {pad_mode!r}")
+        self.pad_mode = pad_mode
+        self.fill = _real(fill, "fill")
+
+    def positions(self, shape):
+        return 2 * int(shape[0])
+
+    def out_shape(self, shape):
+        return tuple(shape[:-2]) + self.size
+
+    def _check(self, shape):
+        H, W = shape[-2], shape[-1]
+        pl, pt, pr, pb = self.padding
+        Hp, Wp = H + pt + pb, W + pl + pr
+        h, w = self.size
+        if h > Hp or w > Wp:
+            raise ValueError(f"size: crop ({h}, {w}) larger than the padded image ({Hp}, {Wp})")
+        if self.pad_mode == "reflect" and (max(pt, pb) >= H or max(pl, pr) >= W):
+            raise ValueError(f"padding: reflect padding must be smaller than the image ({H}, {W}), "
+                             f"got (left, top, right, bottom) {self.padding}")
+        return Hp, Wp
+
+    def params(self, shape, seed, offset):
+        """(top, left) of each sample's crop in padded coordinates (int64, n each)."""
+        Hp, Wp = self._check(shape)
+        n = int(shape[0])
+        w = _words(seed, offset, 2 * n).reshape(n, 2)
+        h, cw = self.size
+        return _randint(w[:, 0], Hp - h + 1), _randint(w[:, 1], Wp - cw + 1)
+
+    def __repr__(self):
+        return f"RandomCrop(size={self.size}, padding={self.padding}, pad_mode={self.pad_mode!r}, fill={self.fill})"
+
+
+class RandomResizedCrop(Transform):
+    def __init__(self, size, scale=(0.08, 1.0), ratio=(3.0 / 4.0, 4.0 / 3.0)):
+        self.size = _pair_int(size, "size")
+        self.scale = _range(scale, "scale")
+        if self.scale[1] <= 0.0:
+            raise ValueError(f"scale: expected max > 0, got {self.scale}")
+        self.ratio = _range(ratio, "ratio")
+        if self.ratio[0] <= 0.0:
+            raise ValueError(f"ratio: expected 0 < min <= max, got {self.ratio}")
+
+    def positions(self, shape):
+        return 4 * _RRC_TRIES * int(shape[0])
+
+    def out_shape(self, shape):
+        return tuple(shape[:-2]) + self.size
+
+    def params(self, shape, seed, offset):
+        """(top, left, height, width) of each sample's box in the input (int64, n each)."""
+        n, H, W = int(shape[0]), int(shape[-2]), int(shape[-1])
+        w = _words(seed, offset, 4 * _RRC_TRIES * n).reshape(n, _RRC_TRIES, 4)
+        area = float(H * W)
+        s0, s1 = self.scale
+        lr0, lr1 = math.log(self.ratio[0]), math.log(self.ratio[1])
+        target = area * (s0 + (s1 - s0) * _uniform(w[..., 0]))
+        aspect = np.exp(lr0 + (lr1 - lr0) * _uniform(w[..., 1]))
+        with np.errstate(invalid="ignore", over="ignore"):
+            cw = np.round(np.sqrt(target * aspect))
+            ch = np.round(np.sqrt(target / aspect))
+        ok = (cw > 0) & (cw <= W) & (ch > 0) & (ch <= H)
+        cw = np.where(ok, cw, 1).astype(np.int64)
+        ch = np.where(ok, ch, 1).astype(np.int64)
+        top = _randint(w[..., 2], H - ch + 1)
+        left = _randint(w[..., 3], W - cw + 1)
+        first = np.argmax(ok, axis=1)
+        rows = np.arange(n)
+        found = ok[rows, first]
+        t, l_, h, wd = top[rows, first], left[rows, first], ch[rows, first], cw[rows, first]
+        if not found.all():  # torchvision's fallback: the central crop with the ratio clamped
+            in_ratio = W / H
+            if in_ratio < self.ratio[0]:
+                fw, fh = W, int(round(W / self.ratio[0]))
+            elif in_ratio > self.ratio[1]:
+                fh, fw = H, int(round(H * self.ratio[1]))
+            else:
+                fw, fh = W, H
+            fh, fw = max(1, min(fh, H)), max(1, min(fw, W))
+            nf = ~found
+            t, l_, h, wd = t.copy(), l_.copy(), h.copy(), wd.copy()
+            t[nf], l_[nf], h[nf], wd[nf] = (H - fh) // 2, (W - fw) // 2, fh, fw
+        return t, l_, h, wd
+
+    def __repr__(self):
+        return f"RandomResizedCrop(size={self.size}, scale={self.scale}, ratio={self.ratio})"
+
+
+def _jitter_range(v, name):
+    if isinstance(v, (tuple, list)):
+        lo, hi = _range(v, name)
+    else:
+        v = _real(v, name)
+        if v < 0:
+            raise ValueError(f"{name}: expected a non-negative number or a pair (min, max), got {v}")
+        lo, hi = max(0.0, 1.0 - v), 1.0 + v
+    return None if lo == hi == 1.0 else (lo, hi)
+
+
+class ColorJitter(Transform):
+    def __init__(self, brightness=0.0, contrast=0.0, saturation=0.0):
+        self.brightness = _jitter_range(brightness, "brightness")
+        self.contrast = _jitter_range(contrast, "contrast")
+        self.saturation = _jitter_range(saturation, "saturation")
+
+    @property
+    def flags(self):
+        return ((_JIT_B if self.brightness else 0) | (_JIT_C if self.contrast else 0)
+                | (_JIT_S if self.saturation else 0))
+
+    def positions(self, shape):
+        return 3 * int(shape[0])
+
+    def _check(self, shape):
+        C = shape[1] if len(shape) == 4 else 1
+        if self.saturation and C != 3:
+            raise ValueError(f"x: saturation jitter needs 3 channels (RGB), got {C} (shape {tuple(shape)})")
+        if self.contrast and C not in (1, 3):
+            raise ValueError(f"x: contrast jitter needs 1 or 3 channels, got {C} (shape {tuple(shape)})")
+
+    def params(self, n, seed, offset):
+        """(n, 3) float32 factors (brightness, contrast, saturation); 1 where disabled."""
+        u = _uniform(_words(seed, offset, 3 * n).reshape(n, 3))
+        f = np.ones((n, 3), np.float64)
+        for j, r in enumerate((self.brightness, self.contrast, self.saturation)):
+            if r is not None:
+                f[:, j] = r[0] + (r[1] - r[0]) * u[:, j]
+        return f.astype(F32)
+
+    def __repr__(self):
+        return f"ColorJitter(brightness={self.brightness}, contrast={self.contrast}, saturation={self.saturation})"
+
+
+class GaussianNoise(Transform):
+    """x + std * N(0, 1) per element, for any float32 array (N, ...); clip=True clamps to [0, 1]."""
+
+    def __init__(self, std=0.1, clip=False):
+        self.std = _real(std, "std")
+        if self.std < 0:
+            raise ValueError(f"std: expected a non-negative number, got {self.std}")
+        if not isinstance(clip, (bool, np.bool_)):
+            raise TypeError(f"clip: expected a bool, got {type(clip).__name__}")
+        self.clip = bool(clip)
+
+    def positions(self, shape):
+        return 2 * int(np.prod(shape, dtype=np.int64))
+
+    def apply(self, x, seed, offset, out):
+        if self.std == 0.0:
+            y = out if out is not None else empty(x.shape, F32)
+            if y is not x:
+                np.copyto(y, x)
+        else:
+            y = out if out is not None and out.flags.c_contiguous and out.flags.aligned else empty(x.shape, F32)
+            _C.gaussian_noise(x, y, seed, offset, self.std)
+            if out is not None and y is not out:
+                np.copyto(out, y)
+                y = out
+        if self.clip:
+            np.clip(y, 0.0, 1.0, out=y)
+        return y
+
+    def __call__(self, x, *, seed=None, offset=0, out=None):
+        x = _float_array(x)
+        if out is not None:
+            _check_out(out, x.shape, x)
+        seed, offset = _seed_offset(seed, offset, self.positions(x.shape))
+        return self.apply(x, seed, offset, out)
+
+    def __repr__(self):
+        return f"GaussianNoise(std={self.std}, clip={self.clip})"
+
+
+# ---- mixup ------------------------------------------------------------------------------------------
+
+def _gamma_log(a, words):
+    """log of a Gamma(a, 1) draw from 64 words (Marsaglia & Tsang 2000; shape < 1 boosted by
+    U^(1/a)): 15 tries of (2 words for a normal, 1 for the acceptance uniform); if all 15 are
+    rejected (probability < 1e-19) the mode-like value d is used."""
+    it = iter(int(v) for v in words)
+    log_boost = 0.0
+    if a < 1.0:
+        log_boost = math.log((next(it) + 0.5) * _TWO_M32) / a
+        a += 1.0
+    else:
+        next(it)
+    d = a - 1.0 / 3.0
+    c = 1.0 / math.sqrt(9.0 * d)
+    for _ in range(15):
+        u1, u2, u3 = ((next(it) + 0.5) * _TWO_M32 for _ in range(3))
+        z = math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
+        v = 1.0 + c * z
+        if v <= 0.0:
+            continue
+        v = v * v * v
+        if math.log(u3) < 0.5 * z * z + d - d * v + d * math.log(v):
+            return math.log(d * v) + log_boost
+    return math.log(d) + log_boost
+
+
+def mixup_params(n, alpha, *, seed, offset=0):
+    """(lambda, permutation) of a mixup of n samples: lambda ~ Beta(alpha, alpha) (a float),
+    permutation an int64 array (sample i is mixed with sample perm[i])."""
+    from .functional import _random_checked
+    n = _int(n, "n")
+    alpha = _real(alpha, "alpha")
+    if alpha <= 0:
+        raise ValueError(f"alpha: expected a positive number (the Beta(alpha, alpha) parameter), got {alpha}")
+    seed, offset = _random_checked(seed, offset, _MIXUP_LAMBDA_WORDS + n)
+    w = _words(seed, offset, _MIXUP_LAMBDA_WORDS + n)
+    g1, g2 = _gamma_log(alpha, w[:64]), _gamma_log(alpha, w[64:128])
+    lam = 1.0 / (1.0 + math.exp(min(g2 - g1, 700.0)))
+    perm = np.argsort(w[_MIXUP_LAMBDA_WORDS:], kind="stable").astype(np.int64)
+    return lam, perm
+
+
+def _soft_targets(y, n, num_classes, dtype):
+    if not isinstance(y, np.ndarray):
+        y = np.asarray(y)
+    if y.ndim == 0 or y.shape[0] != n:
+        raise ValueError(f"y: expected {n} labels (one per sample of x), got shape {y.shape}")
+    if y.dtype.kind in "iu":
+        if y.ndim != 1:
+            raise ValueError(f"y: expected integer labels of shape ({n},), got shape {y.shape}")
+        if num_classes is None:
+            raise ValueError("num_classes: required with integer labels (the width of the one-hot targets)")
+        k = _int(num_classes, "num_classes", 1)
+        if n and (y.min() < 0 or y.max() >= k):
+            raise ValueError(f"y: labels must be in [0, {k}) for num_classes={k}, got [{y.min()}, {y.max()}]")
+        t = np.zeros((n, k), dtype)
+        t[np.arange(n), y] = 1
+        return t
+    if y.dtype.kind == "f":
+        if y.ndim != 2:
+            raise ValueError(f"y: expected soft targets of shape ({n}, num_classes), got shape {y.shape}")
+        if num_classes is not None and y.shape[1] != _int(num_classes, "num_classes", 1):
+            raise ValueError(f"num_classes: {num_classes} does not match y's {y.shape[1]} columns")
+        return y.astype(dtype, copy=False)
+    raise TypeError(f"y: expected integer labels or float soft targets, got {y.dtype}")
+
+
+class Mixup:
+    """mixup on (x, y): see ``mixup``. In a Compose it needs y."""
+
+    def __init__(self, alpha=0.2, num_classes=None):
+        self.alpha = _real(alpha, "alpha")
+        if self.alpha <= 0:
+            raise ValueError(f"alpha: expected a positive number (the Beta(alpha, alpha) parameter), got {self.alpha}")
+        self.num_classes = None if num_classes is None else _int(num_classes, "num_classes", 1)
+
+    def positions(self, shape):
+        return _MIXUP_LAMBDA_WORDS + int(shape[0])
+
+    def apply(self, x, y, seed, offset):
+        n = x.shape[0]
+        t = _soft_targets(y, n, self.num_classes, F32 if x.dtype == F32 else np.float64)
+        lam, perm = mixup_params(n, self.alpha, seed=seed, offset=offset)
+        if x.dtype == F32:
+            xm = empty(x.shape, F32)
+            _C.mixup_apply(x, perm, xm, lam, 1.0 - lam)
+        else:  # float64 features: the same blend in NumPy
+            xm = lam * x + (1.0 - lam) * x[perm]
+        ts = (t * t.dtype.type(lam) + t[perm] * t.dtype.type(1.0 - lam)).astype(t.dtype, copy=False)
+        return xm, ts
+
+    def __call__(self, x, y, *, seed=None, offset=0):
+        x = _mixup_x(x)
+        seed, offset = _seed_offset(seed, offset, self.positions(x.shape))
+        return self.apply(x, y, seed, offset)
+
+    def __repr__(self):
+        return f"Mixup(alpha={self.alpha}, num_classes={self.num_classes})"
+
+
+def _mixup_x(x):
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"x: expected a NumPy float32 or float64 array, got {type(x).__name__}")
+    if x.dtype not in (F32, np.dtype(np.float64)):
+        raise TypeError(f"x: expected float32 or float64, got {x.dtype}")
+    if x.ndim < 1:
+        raise ValueError("x: expected at least one dimension (the batch), got a 0-d array")
+    return x if x.flags.c_contiguous and x.flags.aligned else np.array(x, order="C")
+
+
+# ---- composition and the fused kernel -------------------------------------------------------------
+
+class _Fused:
+    """A run [crop/resized crop and flip in any order] + [ColorJitter], run by one kernel."""
+
+    def __init__(self):
+        self.geo = None      # RandomCrop or RandomResizedCrop
+        self.flip = None
+        self.flip_first = False  # the flip comes before the crop
+        self.jitter = None
+        self.offsets = {}
+
+    def accepts(self, t):
+        if self.jitter is not None:
+            return False
+        if isinstance(t, RandomHorizontalFlip):
+            return self.flip is None
+        if isinstance(t, (RandomCrop, RandomResizedCrop)):
+            return self.geo is None
+        return isinstance(t, ColorJitter)
+
+    def add(self, t, offset):
+        if isinstance(t, RandomHorizontalFlip):
+            self.flip, self.flip_first = t, self.geo is None
+        elif isinstance(t, ColorJitter):
+            self.jitter = t
+        else:
+            self.geo = t
+        self.offsets[id(t)] = offset
+
+    def out_shape(self, shape):
+        return self.geo.out_shape(shape) if self.geo is not None else tuple(shape)
+
+    def run(self, x4, seed, out4):
+        N, C, H, W = x4.shape
+        ints = np.zeros((N, 5), np.int32)
+        flip = (self.flip.params(N, seed, self.offsets[id(self.flip)]) if self.flip is not None
+                else np.zeros(N, bool))
+        ints[:, 0] = flip
+        geom, pad_mode, fill = _GEOM_CROP, 0, 0.0
+        OH, OW = H, W
+        g = self.geo
+        if isinstance(g, RandomCrop):
+            OH, OW = g.size
+            top, left = g.params(x4.shape, seed, self.offsets[id(g)])
+            pl, pt = g.padding[0], g.padding[1]
+            ints[:, 1] = top - pt
+            # A flip before the crop: the crop at padded column j of the flipped image is the
+            # flipped crop at input column W - OW - j + pl.
+            ints[:, 2] = np.where(flip & self.flip_first, W - OW - left + pl, left - pl)
+            pad_mode, fill = _PAD_MODES[g.pad_mode], g.fill
+        elif isinstance(g, RandomResizedCrop):
+            geom = _GEOM_RESIZE
+            OH, OW = g.size
+            top, left, bh, bw = g.params(x4.shape, seed, self.offsets[id(g)])
+            ints[:, 1], ints[:, 3], ints[:, 4] = top, bh, bw
+            ints[:, 2] = np.where(flip & self.flip_first, W - bw - left, left)
+        factors, flags = None, 0
+        if self.jitter is not None:
+            self.jitter._check(x4.shape)
+            factors = self.jitter.params(N, seed, self.offsets[id(self.jitter)])
+            flags = self.jitter.flags
+        _C.augment_batch(x4, out4, geom, pad_mode, fill, flags, ints, factors)
+        return out4
+
+
+class Compose:
+    """Applies transforms in order: ``Compose([...])(x, y=None, *, seed=None, offset=0, out=None)``
+    returns x' (or (x', y') when y is given; a Mixup needs y). Runs of crop / flip / jitter are
+    fused (see the module docstring); transform k uses the stream from offset + the positions of
+    transforms 0..k-1 (each rounded up to 64)."""
+
+    def __init__(self, transforms):
+        transforms = list(transforms)
+        for t in transforms:
+            if not isinstance(t, (Transform, Mixup)):
+                raise TypeError(f"transforms: expected fastnn.augment transforms, got {type(t).__name__}")
+        self.transforms = transforms
+
+    def positions(self, shape):
+        total, shape = 0, tuple(shape)
+        for t in self.transforms:
+            total += _round64(t.positions(shape))
+            if isinstance(t, Transform):
+                shape = t.out_shape(shape)
+        return total
+
+    def __call__(self, x, y=None, *, seed=None, offset=0, out=None):
+        if any(isinstance(t, Mixup) for t in self.transforms) and y is None:
+            raise ValueError("y: a Compose with Mixup needs the labels (call it as compose(x, y, ...))")
+        if any(isinstance(t, Transform) and not isinstance(t, GaussianNoise) for t in self.transforms):
+            x4, squeeze = _images(x)
+            shape = x.shape if squeeze else x4.shape
+        else:
+            x4, squeeze = (_mixup_x(x) if any(isinstance(t, Mixup) for t in self.transforms) else _float_array(x)), False
+            shape = x4.shape
+        seed, offset = _seed_offset(seed, offset, self.positions(shape))
+        final_shape = shape
+        for t in self.transforms:
+            if isinstance(t, Transform):
+                final_shape = t.out_shape(final_shape)
+        if out is not None:
+            _check_out(out, final_shape, x)
+        # Stream offsets per transform, then fused groups.
+        steps, pos, sh = [], offset, tuple(shape)
+        group = None
+        for t in self.transforms:
+            if isinstance(t, (RandomHorizontalFlip, RandomCrop, RandomResizedCrop, ColorJitter)):
+                if group is None or not group.accepts(t):
+                    group = _Fused()
+                    steps.append(group)
+                group.add(t, pos)
+            else:
+                group = None
+                steps.append((t, pos))
+            pos += _round64(t.positions(sh))
+            if isinstance(t, Transform):
+                sh = t.out_shape(sh)
+        cur = x4
+        for k, st in enumerate(steps):
+            last = k == len(steps) - 1
+            if isinstance(st, _Fused):
+                oh, ow = st.out_shape(cur.shape)[-2:]
+                oshape = (cur.shape[0], cur.shape[1], oh, ow)
+                o4 = None
+                if last and out is not None and out.flags.c_contiguous and out.flags.aligned \
+                        and not np.may_share_memory(out, cur):
+                    o4 = out.reshape(oshape)
+                cur = st.run(cur, seed, o4 if o4 is not None else empty(oshape, F32))
+            else:
+                t, p = st
+                if isinstance(t, Mixup):
+                    cur, y = t.apply(cur, y, seed, p)
+                else:
+                    o = None
+                    if last and out is not None and out.flags.c_contiguous and out.flags.aligned:
+                        o = out.reshape(cur.shape)
+                    cur = t.apply(cur, seed, p, o)
+        res = cur.reshape(final_shape) if squeeze else cur
+        if out is not None and not np.shares_memory(res, out):
+            np.copyto(out, res.reshape(out.shape))
+            res = out
+        elif out is not None:
+            res = out
+        return res if y is None else (res, y)
+
+    def __repr__(self):
+        return "Compose([" + ", ".join(repr(t) for t in self.transforms) + "])"
+
+
+class Augment:
+    """The Trainer's augmentation option: a callable ``(x, y, step) -> (x, y)``.
+
+    With seed=None every call reserves fresh positions from fastnn.random.default_generator;
+    with a seed, step s uses the positions from s * STEP_POSITIONS (2**40), so a resumed run
+    augments step s exactly as the original did."""
+
+    def __init__(self, transforms, *, seed=None):
+        self.compose = transforms if isinstance(transforms, Compose) else Compose(transforms)
+        if seed is not None:
+            from .random import check_seed
+            seed = check_seed(seed)
+        self.seed = seed
+
+    def __call__(self, x, y, step):
+        step = _int(step, "step")
+        if self.seed is None:
+            return self.compose(x, y)
+        if step >= _U64 // STEP_POSITIONS:
+            raise ValueError(f"step: expected < {_U64 // STEP_POSITIONS}, got {step}")
+        shape = x.shape if isinstance(x, np.ndarray) else np.shape(x)
+        if self.compose.positions(shape) > STEP_POSITIONS:
+            raise ValueError(f"x: a batch of shape {shape} needs more than 2**40 stream positions per step")
+        return self.compose(x, y, seed=self.seed, offset=step * STEP_POSITIONS)
+
+    def __repr__(self):
+        return f"Augment({self.compose!r}, seed={self.seed})"
+
+
+# ---- functional API ---------------------------------------------------------------------------------
+
+def hflip(x, p=0.5, *, seed=None, offset=0, out=None):
+    """Flips each image of x (N, C, H, W) or (N, H, W) horizontally with probability p."""
+    return Compose([RandomHorizontalFlip(p)])(x, seed=seed, offset=offset, out=out)
+
+
+def random_crop(x, size, padding=0, *, pad_mode="constant", fill=0.0, seed=None, offset=0, out=None):
+    """A uniformly placed `size` crop of each image after padding (see RandomCrop)."""
+    return Compose([RandomCrop(size, padding, pad_mode, fill)])(x, seed=seed, offset=offset, out=out)
+
+
+def random_resized_crop(x, size, scale=(0.08, 1.0), ratio=(3.0 / 4.0, 4.0 / 3.0), *, seed=None, offset=0,
+                        out=None):
+    """torchvision's RandomResizedCrop box, resized bilinearly to `size` (see RandomResizedCrop)."""
+    return Compose([RandomResizedCrop(size, scale, ratio)])(x, seed=seed, offset=offset, out=out)
+
+
+def color_jitter(x, brightness=0.0, contrast=0.0, saturation=0.0, *, seed=None, offset=0, out=None):
+    """Brightness, contrast and saturation jitter, each clamped to [0, 1] (see ColorJitter)."""
+    return Compose([ColorJitter(brightness, contrast, saturation)])(x, seed=seed, offset=offset, out=out)
+
+
+def gaussian_noise(x, std, *, clip=False, seed=None, offset=0, out=None):
+    """x + std * N(0, 1) per element (float32, any shape); clip=True clamps to [0, 1]."""
+    return GaussianNoise(std, clip)(x, seed=seed, offset=offset, out=out)
+
+
+def mixup(x, y, alpha, *, num_classes=None, seed=None, offset=0):
+    """(x', y'): x' = lambda x + (1 - lambda) x[perm], y' the same blend of the one-hot (integer
+    y, num_classes wide) or soft (float y, (N, K)) targets; lambda ~ Beta(alpha, alpha) per batch.
+    Soft targets sum to 1 when y's rows do; x' has x's dtype (float32 through the kernel, float64
+    in NumPy), y' float32 for float32 x."""
+    return Mixup(alpha, num_classes)(x, y, seed=seed, offset=offset)
