@@ -1,4 +1,4 @@
-"""The `fastnn` command: `fastnn info`, `fastnn bench`."""
+"""The `fastnn` command: `fastnn train` (the main job), `fastnn info`, `fastnn bench`."""
 
 from __future__ import annotations
 
@@ -14,9 +14,34 @@ def main(argv=None) -> int:
     b.add_argument("--size", type=int, default=4 * 2**20, help="elements per array (default 4Mi)")
     b.add_argument("--threads", type=int, nargs="+", default=None, help="thread counts (default: all cores)")
     b.add_argument("--no-torch", action="store_true", help="skip PyTorch even when installed")
+    t = sub.add_parser("train", help="train an MLP (default: the bundled digits data) and report test accuracy",
+                       description=TRAIN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    t.add_argument("--dataset", default="digits",
+                   help="digits (bundled), teacher (a synthetic 20000x64, 10-class task), or a .npz (X, y) / "
+                        ".csv (label in the last column) file")
+    t.add_argument("--hidden", type=int, nargs="*", default=[256, 128], help="hidden layer sizes (default 256 128)")
+    t.add_argument("--activation", default="relu", help="hidden activation (default relu)")
+    t.add_argument("--dropout", type=float, default=0.2, help="dropout after each hidden layer (default 0.2)")
+    t.add_argument("--epochs", type=int, default=60)
+    t.add_argument("--lr", type=float, default=0.05, help="peak learning rate (SGD, Nesterov momentum 0.9)")
+    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--l2", type=float, default=1e-4, help="L2 penalty on the weights (default 1e-4)")
+    t.add_argument("--test-fraction", type=float, default=0.2)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    t.add_argument("--device", default="cpu", help="cpu (GPU training is not available yet)")
+    t.add_argument("--out", default=None, help="folder for model.npz and curves.png (default: none written)")
+    t.add_argument("--quiet", action="store_true", help="no progress output")
     args = parser.parse_args(argv)
 
     import fastnn
+
+    if args.command == "train":
+        try:
+            return _train(args)
+        except (ValueError, TypeError, OSError) as e:
+            print(f"fastnn train: error: {e}", file=sys.stderr)
+            return 2
 
     if args.command == "info":
         fastnn.info()
@@ -34,6 +59,116 @@ def main(argv=None) -> int:
         benchmark.run(sizes=(size,), threads=threads, use_torch=not args.no_torch, min_time=0.05)
         return 0
     return 2
+
+
+TRAIN_HELP = """Trains an MLP the way the recipe says: standardize the inputs (statistics from the
+training split only), He init with a small last layer, check the initial loss against log(C),
+then SGD with Nesterov momentum, L2, dropout and a cosine schedule with warmup, holding out a
+validation split for the learning curves; finally reports accuracy on the test split.
+
+    fastnn train                                   # digits: ~98 % test accuracy in a few seconds
+    fastnn train --hidden 512 256 --epochs 30 --out run/    # writes run/model.npz, run/curves.png
+    fastnn train --dataset my.npz                  # X (n, d) floats, y (n,) integer labels
+"""
+
+
+def _load(name, seed):
+    from . import datasets
+
+    if name == "digits":
+        X, y = datasets.load_digits(return_X_y=True)
+        return X, y, "digits (UCI optical digits, 1797 8x8 images, CC BY 4.0)"
+    if name == "teacher":
+        X, y = datasets.make_teacher(20000, 64, 10, seed=seed)
+        return X, y, "teacher (20000 x 64, 10 classes from a fixed random network)"
+    if name.endswith(".npz"):
+        X, y = datasets.load_npz(name)
+    elif name.endswith(".csv"):
+        X, y = datasets.load_csv(name)
+    else:
+        raise ValueError(f"--dataset: expected digits, teacher, or a .npz/.csv path, got {name!r}")
+    return X, y, name
+
+
+def _train(args) -> int:
+    import os
+    import time
+
+    import numpy as np
+
+    import fastnn
+    from . import nn, recipe
+    from .preprocessing import Standardize
+    from .train import Trainer
+
+    if args.device != "cpu":
+        raise ValueError(f"--device: only 'cpu' trains end to end for now (the losses and optimizers have no GPU "
+                         f"kernels yet), got {args.device!r}")
+    for name in ("epochs", "batch_size"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(args, name)}")
+    if not args.lr > 0:
+        raise ValueError(f"--lr: expected a positive learning rate, got {args.lr}")
+    if not 0 < args.test_fraction < 1:
+        raise ValueError(f"--test-fraction: expected a fraction in (0, 1), got {args.test_fraction}")
+    if any(h < 1 for h in args.hidden):
+        raise ValueError(f"--hidden: expected positive layer sizes, got {args.hidden}")
+    if args.threads is not None:
+        fastnn.set_num_threads(args.threads)
+    say = (lambda *a: None) if args.quiet else print
+    t0 = time.perf_counter()
+    X, y, desc = _load(args.dataset, args.seed)
+    X = np.asarray(X, np.float32)
+    classes = np.unique(y)
+    y = np.searchsorted(classes, y).astype(np.int64)
+    n_classes = len(classes)
+    rng = np.random.default_rng(args.seed)
+    order = rng.permutation(len(X))
+    n_test = max(1, int(round(args.test_fraction * len(X))))
+    te, tr = order[:n_test], order[n_test:]
+    scaler = Standardize().fit(X[tr])
+    Xtr, Xte = scaler.transform(X[tr]), scaler.transform(X[te])
+    say(f"data: {desc}: {len(tr)} train / {len(te)} test, {X.shape[1]} features, {n_classes} classes")
+
+    fastnn.manual_seed(args.seed)
+    layers, d = [], X.shape[1]
+    for h in args.hidden:
+        layers.append(nn.Linear(d, h, activation=args.activation, dropout=args.dropout, init="kaiming"))
+        d = h
+    layers.append(nn.Linear(d, n_classes, init="normal"))  # small logits: the initial loss is log(C)
+    model = nn.Sequential(*layers)
+    say(f"model: {' -> '.join(str(v) for v in [X.shape[1], *args.hidden, n_classes])}, {args.activation}, "
+        f"dropout {args.dropout}, He init; {sum(p.size for p in model.parameters())} parameters")
+    check = recipe.check_initial_loss(model, Xtr, y[tr], n_classes=n_classes)
+    say(f"step 1, initial loss: {check.verdict}")
+    if not check.ok:
+        say("  (continuing; see fastnn.recipe for what to change)")
+
+    steps_per_epoch = -(-int(len(tr) * 0.9) // args.batch_size)
+    warmup = min(5 * steps_per_epoch, args.epochs * steps_per_epoch // 10)
+    schedule = fastnn.schedules.Warmup(fastnn.schedules.Cosine(args.epochs * steps_per_epoch - warmup), warmup)
+    trainer = Trainer(model, "cross_entropy", "sgd", schedule,
+                      optimizer_kwargs={"lr": args.lr, "momentum": 0.9, "nesterov": True}, l2=args.l2,
+                      verbose=not args.quiet, seed=args.seed)
+    trainer.fit(Xtr, y[tr], epochs=args.epochs, batch_size=args.batch_size, validation_fraction=0.1)
+    result = trainer.evaluate(Xte, y[te])
+    elapsed = time.perf_counter() - t0
+    for f in recipe.diagnose(trainer.history, n_classes=n_classes):
+        say(f"curves: {f}")
+    print(f"test accuracy: {result['accuracy']:.4f} ({len(te)} samples), test loss {result['loss']:.4f}; "
+          f"{elapsed:.1f} s, {fastnn.get_num_threads()} threads, CPU path {fastnn.get_cpu_capability()}")
+    if trainer.stopped_reason == "diverged":
+        print("training diverged: rerun with a lower --lr", file=sys.stderr)
+        return 1
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        trainer.save(os.path.join(args.out, "model.npz"))
+        try:
+            trainer.plot_history(os.path.join(args.out, "curves.png"))
+            say(f"wrote {args.out}/model.npz and {args.out}/curves.png")
+        except ImportError as e:
+            say(f"wrote {args.out}/model.npz (no curves.png: {e})")
+    return 0
 
 
 if __name__ == "__main__":
