@@ -55,6 +55,7 @@ inline T* mptr(py::array& a) { return static_cast<T*>(a.mutable_data()); }
 void register_activation(py::module_& m);
 void register_dropout(py::module_& m);
 void register_gemm(py::module_& m);
+void register_stats(py::module_& m);
 #ifdef FASTNN_WITH_CUDA
 void register_cuda(py::module_& m);
 #endif

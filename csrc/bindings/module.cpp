@@ -111,6 +111,7 @@ PYBIND11_MODULE(_C, m) {
   register_activation(m);
   register_dropout(m);
   register_gemm(m);
+  register_stats(m);
 #ifdef FASTNN_WITH_CUDA
   m.attr("cuda_compiled") = true;
   register_cuda(m);

@@ -47,6 +47,18 @@ const GemmKernels* gemm_table(CpuCapability c) {
   }
 }
 
+const StatsKernels* stats_table(CpuCapability c) {
+  switch (c) {
+#ifdef FASTNN_HAVE_AVX512
+    case CpuCapability::Avx512: return &avx512::kStatsKernels;
+#endif
+#ifdef FASTNN_HAVE_AVX2
+    case CpuCapability::Avx2: return &avx2::kStatsKernels;
+#endif
+    default: return &baseline::kStatsKernels;
+  }
+}
+
 std::string available_list() {
   std::string s;
   for (int i = 0; i <= 2; ++i) {
@@ -97,5 +109,6 @@ void init_capability_from_env() {
 const ActivationKernels& activation_kernels() { return *activation_table(current_capability()); }
 const DropoutKernels& dropout_kernels() { return *dropout_table(current_capability()); }
 const GemmKernels& gemm_kernels() { return *gemm_table(current_capability()); }
+const StatsKernels& stats_kernels() { return *stats_table(current_capability()); }
 
 }  // namespace fastnn

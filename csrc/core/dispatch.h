@@ -6,6 +6,7 @@
 #include "cpu/activation.h"
 #include "cpu/dropout.h"
 #include "cpu/gemm.h"
+#include "cpu/stats.h"
 
 namespace fastnn {
 
@@ -18,6 +19,7 @@ void init_capability_from_env();
 const ActivationKernels& activation_kernels();
 const DropoutKernels& dropout_kernels();
 const GemmKernels& gemm_kernels();
+const StatsKernels& stats_kernels();
 
 template <class T>
 const ActivationKernelsT<T>& activation_kernels_for();
@@ -39,5 +41,12 @@ template <>
 inline const GemmKernelsT<float>& gemm_kernels_for<float>() { return gemm_kernels().f32; }
 template <>
 inline const GemmKernelsT<double>& gemm_kernels_for<double>() { return gemm_kernels().f64; }
+
+template <class T>
+const StatsKernelsT<T>& stats_kernels_for();
+template <>
+inline const StatsKernelsT<float>& stats_kernels_for<float>() { return stats_kernels().f32; }
+template <>
+inline const StatsKernelsT<double>& stats_kernels_for<double>() { return stats_kernels().f64; }
 
 }  // namespace fastnn
