@@ -72,7 +72,7 @@ void register_stats(py::module_& m) {
             parallel_for(groups, grain, 1, [&](int64_t b, int64_t e) {
               for (int64_t g = b; g < e; ++g) {
                 const int64_t r0 = g * kGroupRows, rows = n - r0 < kGroupRows ? n - r0 : kGroupRows;
-                fn(xp + r0 * ldx, rows, d, ldx, gmean.data() + g * d, gm2.data() + g * d);
+                fn(xp + r0 * ldx, rows, d, ldx, xp, gmean.data() + g * d, gm2.data() + g * d);
               }
             });
           });
@@ -93,6 +93,12 @@ void register_stats(py::module_& m) {
               m2o[j] += b2[j] + delta * delta * (na * nb / nt);
             }
           }
+          // offsets from row 0 back to means
+          dispatch_float(dt, [&](auto zero) {
+            using T = decltype(zero);
+            const T* xp = cptr<T>(x);
+            for (int64_t j = 0; j < d; ++j) mo[j] += static_cast<double>(xp[j]);
+          });
         }
         return py::make_tuple(mean, m2);
       },

@@ -27,8 +27,8 @@ inline bool any_nan_lane(V acc) {
 // `last` valid lanes, W when full). The block's sums of deviations from its first row become
 // (mean, M2) in double and are merged into the running (mean, m2) of the na rows before it.
 template <class V, int U>
-inline void block_strip(const typename V::T* x, int64_t nb, int64_t ldx, int64_t j, int64_t last, double* mean,
-                        double* m2, int64_t na) {
+inline void block_strip(const typename V::T* x, int64_t nb, int64_t ldx, int64_t j, int64_t last,
+                        const typename V::T* origin, double* mean, double* m2, int64_t na) {
   using T = typename V::T;
   auto load = [&](const T* p, int u) { return (u == U - 1 && last < V::W) ? V::load_partial(p, last) : V::load(p); };
   V c[U], s1[U], s2[U];
@@ -55,7 +55,8 @@ inline void block_strip(const typename V::T* x, int64_t nb, int64_t ldx, int64_t
   const double dnb = static_cast<double>(nb), dna = static_cast<double>(na), dn = dna + dnb;
   for (int64_t k = 0; k < width; ++k) {
     const double d1 = static_cast<double>(t1[k]);
-    const double bmean = static_cast<double>(tc[k]) + d1 / dnb;
+    // (c - origin: exact in double for float data; for double data exact when within a factor 2)
+    const double bmean = (static_cast<double>(tc[k]) - static_cast<double>(origin[j + k])) + d1 / dnb;
     double bm2 = static_cast<double>(t2[k]) - d1 * d1 / dnb;
     if (bm2 < 0) bm2 = 0;  // rounding only (NaN stays NaN)
     if (na == 0) {
@@ -70,15 +71,15 @@ inline void block_strip(const typename V::T* x, int64_t nb, int64_t ldx, int64_t
 }
 
 template <class T>
-void col_stats(const T* x, int64_t rows, int64_t d, int64_t ldx, double* mean, double* m2) {
+void col_stats(const T* x, int64_t rows, int64_t d, int64_t ldx, const T* origin, double* mean, double* m2) {
   using V = Vec<T>;
   for (int64_t r0 = 0; r0 < rows; r0 += kStatsBlockRows) {
     const int64_t nb = rows - r0 < kStatsBlockRows ? rows - r0 : kStatsBlockRows;
     const T* xb = x + r0 * ldx;
     int64_t j = 0;
-    for (; j + kStrip * V::W <= d; j += kStrip * V::W) block_strip<V, kStrip>(xb, nb, ldx, j, V::W, mean, m2, r0);
-    for (; j + V::W <= d; j += V::W) block_strip<V, 1>(xb, nb, ldx, j, V::W, mean, m2, r0);
-    if (j < d) block_strip<V, 1>(xb, nb, ldx, j, d - j, mean, m2, r0);
+    for (; j + kStrip * V::W <= d; j += kStrip * V::W) block_strip<V, kStrip>(xb, nb, ldx, j, V::W, origin, mean, m2, r0);
+    for (; j + V::W <= d; j += V::W) block_strip<V, 1>(xb, nb, ldx, j, V::W, origin, mean, m2, r0);
+    if (j < d) block_strip<V, 1>(xb, nb, ldx, j, d - j, origin, mean, m2, r0);
   }
 }
 

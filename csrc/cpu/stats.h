@@ -14,13 +14,16 @@ namespace fastnn {
 // shifted-data algorithm), then the blocks are merged with Chan's formula in double.
 constexpr int64_t kStatsBlockRows = 64;
 
-// Per-column count/mean/M2 of x's `rows` rows, in double: mean[j] = sum_i x[i,j] / rows,
-// m2[j] = sum_i (x[i,j] - mean[j])^2. Within a block of kStatsBlockRows rows the deviations from
+// Per-column count/mean/M2 of x's `rows` rows, in double, the mean as an offset from `origin`
+// (d values, e.g. the first row of the whole array): mean_off[j] = sum_i x[i,j] / rows - origin[j],
+// m2[j] = sum_i (x[i,j] - mean)^2. Offsets keep the merge's mean differences small numbers with
+// full relative precision (a mean of 1e4 held in double would cost ~1e-11 of a 1e-2 std). Within a block of kStatsBlockRows rows the deviations from
 // the block's first row are summed in T (exact differences when values are close, so a large
 // mean costs no accuracy); the blocks are merged in order with Chan's formula in double.
 // A NaN or inf anywhere in a column makes that column's mean or m2 non-finite.
 template <class T>
-using ColStatsFn = void (*)(const T* x, int64_t rows, int64_t d, int64_t ldx, double* mean, double* m2);
+using ColStatsFn = void (*)(const T* x, int64_t rows, int64_t d, int64_t ldx, const T* origin, double* mean_off,
+                            double* m2);
 
 // y[i,j] = (x[i,j] - shift[j]) * mul[j]. Returns true when some x was NaN or +-inf (the result
 // is then non-finite there). `stream`: non-temporal stores (y contiguous, larger than the LLC).

@@ -56,6 +56,8 @@ class NotFittedError(ValueError, AttributeError):
 
 def _check_2d(X, name: str = "X") -> np.ndarray:
     """X as a 2-D C-contiguous float32/float64 ndarray (a copy only when X is not one already)."""
+    if isinstance(X, np.ndarray) and X.dtype.kind in "biu":
+        X = X.astype(np.float64)  # (as scikit-learn: integer and bool data become float64)
     X = as_float_array(X, name)
     if X.ndim != 2:
         hint = " (reshape 1-D data with X.reshape(-1, 1) for one feature or X.reshape(1, -1) for one sample)" \
