@@ -138,7 +138,7 @@ def child(threads, shapes, reps, use_torch):
         for name, fn in fns.items():
             sec, y = timed(fn, reps)
             err = float(np.abs(y[:1000] - (x[:1000] - ref_mean) / ref_std).max())
-            if err > 1e-4:
+            if err > (1e-4 if name == "fastnn" else 1e-3):  # (NumPy's float32 recipe: ~1.1e-4 at 200000 rows)
                 raise SystemExit(f"{name} standardize {s}: error {err:g}")
             row[name] = sec
         rows.append(row)
