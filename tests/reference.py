@@ -614,3 +614,44 @@ def rrc_box_reference(words, h, w, scale, ratio):
     else:
         cw, ch = w, h
     return (h - ch) // 2, (w - cw) // 2, ch, cw
+# ---- preprocessing (csrc/cpu/stats.cpp, python/fastnn/preprocessing.py) -------------------------
+
+#: Column statistics against float64 on the same (widened) values:
+#:   |mean - ref| <= STATS_REL[dtype] * std + 32 eps |mean|  and  |var - ref| <= STATS_REL[dtype] * var.
+#: Within a 64-row block the deviations from the block's first row are summed in the data's dtype
+#: (~64 eps relative error on sums of squares: 4e-6 in float32), the blocks merged in float64.
+STATS_REL = {"float32": 2e-5, "float64": 1e-12}
+
+
+def col_stats(x):
+    """(mean, population variance) per column, float64, two-pass."""
+    x = _f64(x)
+    mean = x.mean(axis=0)
+    return mean, ((x - mean) ** 2).mean(axis=0)
+
+
+def pca(x):
+    """The float64 PCA recipe: (mean, eigenvalues descending of the n - 1 covariance, clipped at 0,
+    eigenvectors as rows with each row's largest-magnitude entry made positive)."""
+    x = _f64(x)
+    mean = x.mean(axis=0)
+    xc = x - mean
+    cov = xc.T @ xc / (x.shape[0] - 1)
+    w, v = np.linalg.eigh(cov)
+    order = np.argsort(w)[::-1]
+    w, v = np.clip(w[order], 0, None), v[:, order].T
+    idx = np.argmax(np.abs(v), axis=1)
+    v = v * np.sign(v[np.arange(v.shape[0]), idx])[:, None]
+    return mean, w, v
+
+
+def pca_whiten(x, k, eps):
+    """(X - mean) @ components[:k].T / sqrt(ev[:k] + eps), float64."""
+    mean, w, v = pca(x)
+    return (_f64(x) - mean) @ v[:k].T / np.sqrt(w[:k] + eps)
+
+
+def zca_whiten(x, eps):
+    """(X - mean) @ U diag(1 / sqrt(ev + eps)) U^T, float64."""
+    mean, w, v = pca(x)
+    return (_f64(x) - mean) @ ((v.T / np.sqrt(w + eps)) @ v)

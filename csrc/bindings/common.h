@@ -58,6 +58,7 @@ void register_gemm(py::module_& m);
 void register_optim(py::module_& m);
 void register_loss(py::module_& m);
 void register_augment(py::module_& m);
+void register_stats(py::module_& m);
 #ifdef FASTNN_WITH_CUDA
 void register_cuda(py::module_& m);
 void register_cuda_linear(py::module_& m);

@@ -114,6 +114,7 @@ PYBIND11_MODULE(_C, m) {
   register_optim(m);
   register_loss(m);
   register_augment(m);
+  register_stats(m);
 #ifdef FASTNN_WITH_CUDA
   m.attr("cuda_compiled") = true;
   register_cuda(m);

@@ -83,6 +83,18 @@ const AugmentKernels* augment_table(CpuCapability c) {
   }
 }
 
+const StatsKernels* stats_table(CpuCapability c) {
+  switch (c) {
+#ifdef FASTNN_HAVE_AVX512
+    case CpuCapability::Avx512: return &avx512::kStatsKernels;
+#endif
+#ifdef FASTNN_HAVE_AVX2
+    case CpuCapability::Avx2: return &avx2::kStatsKernels;
+#endif
+    default: return &baseline::kStatsKernels;
+  }
+}
+
 std::string available_list() {
   std::string s;
   for (int i = 0; i <= 2; ++i) {
@@ -136,5 +148,6 @@ const GemmKernels& gemm_kernels() { return *gemm_table(current_capability()); }
 const OptimKernels& optim_kernels() { return *optim_table(current_capability()); }
 const LossKernels& loss_kernels() { return *loss_table(current_capability()); }
 const AugmentKernels& augment_kernels() { return *augment_table(current_capability()); }
+const StatsKernels& stats_kernels() { return *stats_table(current_capability()); }
 
 }  // namespace fastnn

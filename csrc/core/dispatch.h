@@ -9,6 +9,7 @@
 #include "cpu/gemm.h"
 #include "cpu/loss.h"
 #include "cpu/optim.h"
+#include "cpu/stats.h"
 
 namespace fastnn {
 
@@ -24,6 +25,7 @@ const GemmKernels& gemm_kernels();
 const OptimKernels& optim_kernels();
 const LossKernels& loss_kernels();
 const AugmentKernels& augment_kernels();
+const StatsKernels& stats_kernels();
 
 template <class T>
 const ActivationKernelsT<T>& activation_kernels_for();
@@ -59,5 +61,10 @@ template <>
 inline const LossKernelsT<float>& loss_kernels_for<float>() { return loss_kernels().f32; }
 template <>
 inline const LossKernelsT<double>& loss_kernels_for<double>() { return loss_kernels().f64; }
+const StatsKernelsT<T>& stats_kernels_for();
+template <>
+inline const StatsKernelsT<float>& stats_kernels_for<float>() { return stats_kernels().f32; }
+template <>
+inline const StatsKernelsT<double>& stats_kernels_for<double>() { return stats_kernels().f64; }
 
 }  // namespace fastnn

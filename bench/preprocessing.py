@@ -1,0 +1,190 @@
+"""PCA whitening and standardization: fastnn.preprocessing vs scikit-learn vs the NumPy recipe
+(and PyTorch's, when importable), seconds for fit + transform and ratios, measured in one run.
+
+    python bench/preprocessing.py                      # 60000x784 and 200000x256, 1 and 2 threads
+    python bench/preprocessing.py --threads 2 --shapes 60000x784 --reps 3
+
+Data: float32, n x d samples with covariance Q diag(s^2) Q^T, s from 10 down to 1 (eigenvalues
+100 .. 1, so whitening is well posed and eps = 1e-5 moves the whitened covariance by < 1e-5),
+plus a mean of 3 +- 1 per feature. Cases: whitening with all components, and n_components=0.95.
+The NumPy recipe: mean, center, cov = Xc.T @ Xc / (n - 1), eigh, project, scale. sklearn:
+PCA(whiten=True).fit_transform (svd_solver 'auto' picks 'covariance_eigh' for these shapes).
+
+Every method's output is validated before it is timed: the whitening error max|cov(Y) - I| is
+computed in float64 and printed (goal: <= 1e-4 for fastnn). Flops: the Gram X^T X costs n d^2
+(half of 2 n d^2 thanks to symmetry when the GEMM has the `upper` option), the projection 2 n d k.
+
+Each thread count runs in its own subprocess so OPENBLAS_NUM_THREADS / OMP_NUM_THREADS are set
+before NumPy, scikit-learn and torch load.
+
+Goals (issue 5): >= 1.4x scikit-learn on 2 threads with whitening error <= 1e-4; Standardize
+fit + transform >= 3x StandardScaler.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+SHAPES = ["60000x784", "200000x256"]
+
+
+def make_data(n, d, seed=0):
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    s = np.linspace(10.0, 1.0, d).astype(np.float32)
+    q, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    z = rng.standard_normal((n, d), dtype=np.float32)
+    z *= s
+    x = z @ q.T.astype(np.float32)
+    x += (3 + rng.standard_normal(d)).astype(np.float32)
+    return x
+
+
+def white_err(y):
+    """max|cov(Y) - I| in float64."""
+    import numpy as np
+    y = y.astype(np.float64)
+    y -= y.mean(0)
+    c = y.T @ y / (y.shape[0] - 1)
+    return float(np.abs(c - np.eye(c.shape[0])).max())
+
+
+def numpy_recipe(x, frac=None, eps=1e-5):
+    import numpy as np
+    mean = x.mean(0)
+    xc = x - mean
+    cov = xc.T @ xc / (x.shape[0] - 1)
+    w, v = np.linalg.eigh(cov)
+    w, v = w[::-1], v[:, ::-1]
+    k = len(w) if frac is None else int(np.searchsorted(np.cumsum(w) / w.sum(), frac, side="right")) + 1
+    return (xc @ v[:, :k]) / np.sqrt(w[:k] + eps).astype(x.dtype)
+
+
+def torch_recipe(torch, xt, frac=None, eps=1e-5):
+    mean = xt.mean(0)
+    xc = xt - mean
+    cov = xc.T @ xc / (xt.shape[0] - 1)
+    w, v = torch.linalg.eigh(cov)
+    w, v = w.flip(0), v.flip(1)
+    if frac is None:
+        k = len(w)
+    else:
+        k = int(torch.searchsorted(torch.cumsum(w, 0) / w.sum(), torch.tensor([frac]), right=True)[0]) + 1
+    return (xc @ v[:, :k]) / torch.sqrt(w[:k] + eps)
+
+
+def timed(fn, reps):
+    """(median seconds over reps calls after one warm-up, the warm-up's result)."""
+    out = fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return times[len(times) // 2], out
+
+
+def child(threads, shapes, reps, use_torch):
+    import numpy as np
+
+    import fastnn
+    from fastnn import benchmark
+    from fastnn.preprocessing import PCA, Standardize, _has_prologue
+
+    fastnn.set_num_threads(threads)
+    try:
+        from sklearn.decomposition import PCA as SkPCA
+        from sklearn.preprocessing import StandardScaler
+    except ImportError:
+        SkPCA = StandardScaler = None
+    torch = None
+    if use_torch:
+        try:
+            import torch
+            torch.set_num_threads(threads)
+        except ImportError:
+            torch = None
+    rows = []
+    for s in shapes:
+        n, d = map(int, s.split("x"))
+        x = make_data(n, d)
+        for frac in (None, 0.95):
+            fns = {"fastnn": lambda: PCA(frac, whiten=True).fit_transform(x),
+                   "numpy": lambda: numpy_recipe(x, frac)}
+            if SkPCA is not None:
+                fns["sklearn"] = lambda: SkPCA(frac, whiten=True).fit_transform(x)
+            if torch is not None:
+                xt = torch.from_numpy(x)
+                fns["torch"] = lambda: torch_recipe(torch, xt, frac)
+            row = {"shape": s, "case": "all" if frac is None else "0.95", "threads": threads}
+            for name, fn in fns.items():
+                sec, y = timed(fn, reps)
+                y = y.numpy() if hasattr(y, "numpy") and not isinstance(y, np.ndarray) else y
+                row[name] = sec
+                row[name + "_err"] = white_err(y)
+                row[name + "_k"] = y.shape[1]
+                time.sleep(0.2)  # let OpenBLAS workers stop spinning before the next timing
+            rows.append(row)
+        row = {"shape": s, "case": "standardize", "threads": threads}
+        ref_mean, ref_std = x.mean(0, dtype=np.float64), x.std(0, dtype=np.float64)
+        fns = {"fastnn": lambda: Standardize().fit_transform(x)}
+        if StandardScaler is not None:
+            fns["sklearn"] = lambda: StandardScaler().fit_transform(x)
+        fns["numpy"] = lambda: (x - x.mean(0)) / x.std(0)
+        for name, fn in fns.items():
+            sec, y = timed(fn, reps)
+            err = float(np.abs(y[:1000] - (x[:1000] - ref_mean) / ref_std).max())
+            if err > (1e-4 if name == "fastnn" else 1e-3):  # (NumPy's float32 recipe: ~1.1e-4 at 200000 rows)
+                raise SystemExit(f"{name} standardize {s}: error {err:g}")
+            row[name] = sec
+        rows.append(row)
+    print(json.dumps({"machine": benchmark.machine_line(), "fused": _has_prologue(), "rows": rows}))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shapes", nargs="+", default=SHAPES, help="NxD")
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--reps", type=int, default=3, help="timed repetitions (median) after one warm-up")
+    p.add_argument("--no-torch", action="store_true")
+    p.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.child:
+        child(a.child, a.shapes, a.reps, not a.no_torch)
+        return
+    printed = False
+    for t in a.threads:
+        env = dict(os.environ, OPENBLAS_NUM_THREADS=str(t), OMP_NUM_THREADS=str(t), MKL_NUM_THREADS=str(t))
+        cmd = [sys.executable, __file__, "--child", str(t), "--reps", str(a.reps), "--shapes", *a.shapes]
+        if a.no_torch:
+            cmd.append("--no-torch")
+        res = json.loads(subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout)
+        if not printed:
+            print(res["machine"])
+            print("GEMM prologue (fused centering, upper-half Gram): " + ("yes" if res["fused"] else
+                  "no (fallback: centered copy, block-triangular Gram)"))
+            print("seconds for fit + transform, float32 (whitening error max|cov(Y) - I| in brackets)")
+            print(f"{'shape':>11} {'case':>11} {'thr':>3} {'fastnn':>16} {'sklearn':>16} {'numpy':>16} "
+                  f"{'torch':>16} {'vs sklearn':>10} {'vs numpy':>9} {'vs torch':>9}")
+            printed = True
+        for r in res["rows"]:
+            def cell(name):
+                if name not in r:
+                    return f"{'-':>16}"
+                if r["case"] == "standardize":
+                    return f"{r[name]:16.3f}"
+                return f"{r[name]:7.3f} [{r[name + '_err']:6.1e}]"
+
+            def ratio(name):
+                return f"{r[name] / r['fastnn']:.2f}x" if name in r else "-"
+            case = r["case"] if r["case"] == "standardize" else f"k={r['fastnn_k']}"
+            print(f"{r['shape']:>11} {case:>11} {t:>3} {cell('fastnn')} {cell('sklearn')} {cell('numpy')} "
+                  f"{cell('torch')} {ratio('sklearn'):>10} {ratio('numpy'):>9} {ratio('torch'):>9}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,421 @@
+"""fastnn.preprocessing and its kernels (csrc/cpu/stats.cpp, the GEMM entry points) against the
+NumPy float64 references of tests/reference.py on every CPU path, and against scikit-learn when
+it is installed (those comparisons are skipped otherwise).
+
+Tolerances (float32 / float64), each against float64 on the same widened input:
+  * column statistics: reference.STATS_REL (2e-5 / 1e-12, relative to std and variance);
+  * explained variances: 1e-4 / 1e-10 relative to the largest; components: 1e-3 / 1e-8 absolute
+    (the data below have eigenvalue gaps >= 0.5 relative to a largest eigenvalue of ~50, so a
+    covariance error e moves an eigenvector by about e / gap);
+  * whitened covariance: I within 1e-3 / 1e-4 (eigenvalues >= 1 here, so eps = 1e-5 moves it
+    by < 1e-5);
+  * inverse_transform(transform(X)) with all components: X within 1e-4 / 1e-10 relative to
+    max|X - mean|.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fastnn
+from fastnn import _C
+from fastnn import preprocessing as P
+import reference as ref
+
+DTYPES = [np.float32, np.float64]
+COMP_TOL = {np.float32: 1e-3, np.float64: 1e-8}
+EV_TOL = {np.float32: 1e-4, np.float64: 1e-10}
+WHITE_TOL = {np.float32: 1e-3, np.float64: 1e-4}
+ROUND_TOL = {np.float32: 1e-4, np.float64: 1e-10}
+
+
+def spectrum_data(rng, n, d, dtype, mean_scale=3.0, scale=1.0):
+    """n x d samples with covariance Q diag(s^2) Q^T, s from 7 down to 1 (eigenvalue gaps >= 0.5,
+    smallest 1), plus a random mean."""
+    s = np.linspace(7.0, 1.0, d) * scale
+    q, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    x = (rng.standard_normal((n, d)) * s) @ q.T + rng.standard_normal(d) * mean_scale
+    return x.astype(dtype)
+
+
+@pytest.fixture(params=["fused", "fallback"])
+def gemm_path(request, monkeypatch):
+    """Runs a test through the fused GEMM prologue (when _C.matmul has it) and the fallback."""
+    if request.param == "fused" and not P._has_prologue():
+        pytest.skip("_C.matmul has no prologue options yet (a_row_shift / a_col_shift / upper)")
+    monkeypatch.setattr(P, "_PROLOGUE", request.param == "fused")
+    return request.param
+
+
+# ---- the column-statistics kernel ---------------------------------------------------------------
+
+STATS_SHAPES = [(1, 1), (2, 3), (63, 17), (64, 16), (65, 33), (1023, 5), (1025, 64), (2100, 65), (3000, 129)]
+
+
+def assert_stats_close(mean, m2, x, where):
+    dtype = x.dtype
+    rmean, rvar = ref.col_stats(x)
+    n = x.shape[0]
+    var = m2 / n
+    rel = ref.STATS_REL[dtype.name]
+    std = np.sqrt(rvar)
+    tol_m = rel * std + 32 * np.finfo(dtype).eps * np.abs(rmean)  # (a few ulps of the mean itself)
+    assert np.all(np.abs(mean - rmean) <= tol_m + 1e-300), f"{where}: mean off by {np.abs(mean - rmean).max():g}"
+    assert np.all(np.abs(var - rvar) <= rel * rvar + 1e-300), \
+        f"{where}: variance off by {np.max(np.abs(var - rvar) / np.maximum(rvar, 1e-300)):g} relative"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", STATS_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_col_stats(capability, rng, shape, dtype):
+    x = (rng.standard_normal(shape) * 2 + 5).astype(dtype)
+    mean, m2 = _C.col_stats(x)
+    assert mean.dtype == np.float64 and m2.dtype == np.float64
+    assert_stats_close(mean, m2, x, f"{capability} {dtype.__name__} {shape}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_col_stats_large_mean(capability, rng, dtype):
+    # mean 1e4, std 1e-2: E[x^2] - E[x]^2 would lose everything in float32 (and 8 digits in
+    # float64); the shifted sums keep the variance of the stored values to STATS_REL.
+    x = (1e4 + 1e-2 * rng.standard_normal((5000, 40))).astype(dtype)
+    mean, m2 = _C.col_stats(x)
+    assert_stats_close(mean, m2, x, f"{capability} {dtype.__name__} large mean")
+    s = P.Standardize().fit(x)
+    np.testing.assert_allclose(s.var_, ref.col_stats(x)[1], rtol=ref.STATS_REL[np.dtype(dtype).name])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_col_stats_thread_count_invariance(capability, rng, restore_num_threads, dtype):
+    x = rng.standard_normal((5 * 1024 + 77, 70)).astype(dtype)  # 6 row groups
+    results = []
+    for t in (1, 2, 3):
+        fastnn.set_num_threads(t)
+        results.append(_C.col_stats(x))
+    for t, (m, v) in zip((2, 3), results[1:]):
+        assert np.array_equal(m, results[0][0]) and np.array_equal(v, results[0][1]), \
+            f"{capability}: {t} threads differ from 1 thread"
+
+
+def test_col_stats_strided_rows(rng):
+    big = rng.standard_normal((300, 50))
+    x = big[:, 5:40]  # contiguous rows, row stride 50
+    assert_stats_close(*_C.col_stats(x), np.ascontiguousarray(x), "row stride 50")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_center_scale_and_inverse(capability, rng, dtype):
+    x = rng.standard_normal((777, 45)).astype(dtype)
+    shift = rng.standard_normal(45).astype(dtype)
+    mul = rng.uniform(0.5, 2, 45).astype(dtype)
+    y = np.empty_like(x)
+    assert _C.center_scale(x, y, shift, mul) is False
+    # one subtraction and one product, each rounded: within 1 ulp of the float64 result
+    expect = (x.astype(np.float64) - shift) * mul
+    np.testing.assert_allclose(y, expect, rtol=2 * np.finfo(dtype).eps, atol=4 * np.finfo(dtype).eps)
+    z = np.empty_like(x)
+    _C.scale_shift(y, z, mul, shift)  # y * mul + shift: one FMA
+    np.testing.assert_allclose(z, y.astype(np.float64) * mul + shift, rtol=np.finfo(dtype).eps,
+                               atol=np.finfo(dtype).eps)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_nonfinite_located(capability, rng, dtype, value):
+    x = rng.standard_normal((2500, 33)).astype(dtype)
+    x[1777, 31] = value
+    x[2000, 2] = np.nan  # later: not the one reported
+    assert _C.first_nonfinite(x) == (1777, 31)
+    assert _C.center_scale(x, np.empty_like(x), np.zeros(33, dtype), np.ones(33, dtype)) is True
+    mean, m2 = _C.col_stats(x)
+    assert not np.isfinite(mean[31]) or not np.isfinite(m2[31])
+    assert _C.first_nonfinite(np.ones((10, 3), dtype)) is None
+
+
+# ---- the GEMM entry points (fused prologue or fallback) -------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(50, 3), (1000, 97), (700, 300)], ids=lambda s: "x".join(map(str, s)))
+def test_centered_gram(capability, gemm_path, rng, shape, dtype):
+    x = (rng.standard_normal(shape) + 1e3).astype(dtype)
+    mean = x.astype(np.float64).mean(0).astype(dtype)
+    g = P._centered_gram(x, mean)
+    xc = x.astype(np.float64) - mean
+    expect = xc.T @ xc
+    assert np.array_equal(g, g.T), "the Gram matrix must be exactly symmetric"
+    # GEMM bound on centered values: 2 sqrt(n) eps (|Xc|^T |Xc|) (+ the centering's own rounding)
+    bound = 4 * np.sqrt(shape[0]) * np.finfo(dtype).eps * (np.abs(xc).T @ np.abs(xc))
+    assert np.all(np.abs(g - expect) <= bound), f"{capability} {gemm_path}: off by {np.abs(g - expect).max():g}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_project(capability, gemm_path, rng, dtype):
+    x = (rng.standard_normal((3000, 130)) + 1e3).astype(dtype)  # several fallback row blocks for float64
+    mean = x.astype(np.float64).mean(0).astype(dtype)
+    p = rng.standard_normal((130, 21)).astype(dtype)
+    y = P._project(x, mean, p)
+    assert y.dtype == dtype and y.shape == (3000, 21)
+    xc = x.astype(np.float64) - mean  # exact: x and mean are within a factor 2
+    expect = xc @ p
+    bound = 2 * np.sqrt(130) * np.finfo(dtype).eps * (np.abs(xc) @ np.abs(p))
+    err = np.abs(y - expect)
+    assert np.all(err <= bound), f"{capability} {gemm_path}: max error {err.max():g}"
+
+
+# ---- Standardize / ZeroCenter --------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_standardize(capability, rng, dtype):
+    x = (rng.standard_normal((1500, 30)) * rng.uniform(0.1, 10, 30) + rng.uniform(-5, 5, 30)).astype(dtype)
+    x[:, 7] = 3.25  # constant column: scale 1, as StandardScaler
+    s = P.Standardize()
+    assert s.fit(x) is s
+    mean, var = ref.col_stats(x)
+    rel = ref.STATS_REL[np.dtype(dtype).name]
+    np.testing.assert_allclose(s.mean_, mean, rtol=rel, atol=rel)
+    np.testing.assert_allclose(s.var_, var, rtol=rel, atol=1e-300)
+    assert s.scale_[7] == 1.0 and s.n_samples_seen_ == 1500 and s.n_features_in_ == 30
+    y = s.transform(x)
+    assert y.dtype == dtype and y.shape == x.shape
+    scale = np.where(np.arange(30) == 7, 1.0, np.sqrt(var))
+    expect = (x.astype(np.float64) - mean) / scale
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    np.testing.assert_allclose(y, expect, atol=tol)
+    np.testing.assert_allclose(s.inverse_transform(y), x, atol=tol * np.abs(x).max())
+    np.testing.assert_allclose(P.Standardize().fit_transform(x), y, atol=0)
+
+
+def test_standardize_options(rng):
+    x = rng.standard_normal((200, 5)) * 3 + 2
+    mean, var = ref.col_stats(x)
+    y = P.Standardize(with_mean=False).fit_transform(x)
+    np.testing.assert_allclose(y, x / np.sqrt(var), rtol=1e-12)
+    s = P.Standardize(with_std=False).fit(x)
+    assert s.scale_ is None and s.var_ is None
+    np.testing.assert_allclose(s.transform(x), x - mean, atol=1e-12)
+    z = P.ZeroCenter().fit(x)
+    np.testing.assert_allclose(z.mean_, mean, rtol=1e-13)
+    np.testing.assert_allclose(z.transform(x), x - mean, atol=1e-12)
+    np.testing.assert_allclose(z.inverse_transform(z.transform(x)), x, atol=1e-12)
+    assert z.get_params() == {}
+    assert P.Standardize(with_mean=False).get_params() == {"with_mean": False, "with_std": True}
+    assert P.Standardize().set_params(with_std=False).with_std is False
+    with pytest.raises(ValueError, match="invalid parameter 'bogus'"):
+        P.Standardize().set_params(bogus=1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_standardize_partial_fit(rng, dtype):
+    x = (rng.standard_normal((2345, 12)) * 4 + 100).astype(dtype)
+    s = P.Standardize()
+    for c in np.array_split(np.arange(2345), [1, 500, 501, 1700]):
+        assert s.partial_fit(x[c]) is s
+    f = P.Standardize().fit(x)
+    assert s.n_samples_seen_ == 2345
+    # both within STATS_REL of the reference (the chunks' blocks start on other rows)
+    rel = ref.STATS_REL[np.dtype(dtype).name]
+    np.testing.assert_allclose(s.mean_, f.mean_, atol=2 * rel * np.sqrt(f.var_).max())
+    np.testing.assert_allclose(s.var_, f.var_, rtol=2 * rel)
+
+
+def test_standardize_vs_sklearn(rng):
+    pre = pytest.importorskip("sklearn.preprocessing")
+    for dtype in DTYPES:
+        x = (rng.standard_normal((1000, 20)) * 5 + 7).astype(dtype)
+        x[:, 3] = 1.5
+        a, b = P.Standardize().fit(x), pre.StandardScaler().fit(x)
+        np.testing.assert_allclose(a.mean_, b.mean_, rtol=1e-6)
+        np.testing.assert_allclose(a.scale_, b.scale_, rtol=1e-5)
+        np.testing.assert_allclose(a.transform(x), b.transform(x), atol=1e-4 if dtype == np.float32 else 1e-10)
+
+
+# ---- PCA -----------------------------------------------------------------------------------------
+
+def assert_pca_matches_reference(p, x, k, where):
+    dtype = x.dtype.type
+    mean, w, v = ref.pca(x)
+    assert p.n_components_ == k and p.components_.shape == (k, x.shape[1])
+    assert p.components_.dtype == x.dtype and p.explained_variance_.dtype == x.dtype
+    np.testing.assert_allclose(p.mean_, mean, atol=1e-5 if dtype == np.float32 else 1e-12, err_msg=where)
+    np.testing.assert_allclose(p.explained_variance_, w[:k], atol=EV_TOL[dtype] * w[0], err_msg=where)
+    np.testing.assert_allclose(p.explained_variance_ratio_, w[:k] / w.sum(), atol=EV_TOL[dtype], err_msg=where)
+    # the sign rule makes them equal, not only up to sign
+    np.testing.assert_allclose(p.components_, v[:k], atol=COMP_TOL[dtype], err_msg=where)
+    c = p.components_.astype(np.float64)
+    np.testing.assert_allclose(c @ c.T, np.eye(k), atol=10 * COMP_TOL[dtype] / 1e3 if dtype == np.float32 else 1e-10)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_pca_whiten(capability, gemm_path, rng, dtype):
+    x = spectrum_data(rng, 3000, 40, dtype)
+    p = P.PCA(whiten=True)
+    assert p.fit(x) is p
+    assert_pca_matches_reference(p, x, 40, f"{capability} {gemm_path}")
+    assert p.n_samples_seen_ == 3000 and p.n_features_in_ == 40
+    y = p.transform(x)
+    assert y.dtype == dtype and y.shape == (3000, 40)
+    y64 = y.astype(np.float64)
+    cov = np.cov(y64.T)
+    assert np.abs(cov - np.eye(40)).max() <= WHITE_TOL[dtype], f"whitened covariance off by {np.abs(cov - np.eye(40)).max():g}"
+    expect = ref.pca_whiten(x, 40, 1e-5)
+    np.testing.assert_allclose(y64, expect, atol=(1e-3 if dtype == np.float32 else 1e-8))
+    back = p.inverse_transform(y)
+    span = np.abs(x.astype(np.float64) - x.astype(np.float64).mean(0)).max()
+    assert np.abs(back - x).max() <= ROUND_TOL[dtype] * span
+    np.testing.assert_allclose(P.PCA(whiten=True).fit_transform(x), y, atol=0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_pca_components_and_fraction(capability, rng, dtype):
+    x = spectrum_data(rng, 2000, 30, dtype)
+    mean, w, v = ref.pca(x)
+    k95 = int(np.searchsorted(np.cumsum(w) / w.sum(), 0.95, side="right")) + 1
+    p = P.PCA(0.95).fit(x)
+    assert_pca_matches_reference(p, x, k95, capability)
+    assert p.explained_variance_ratio_.sum() >= 0.95 - 1e-6
+    y = p.transform(x)
+    np.testing.assert_allclose(y, (x.astype(np.float64) - mean) @ v[:k95].T, atol=1e-3 if dtype == np.float32 else 1e-9)
+    p7 = P.PCA(7).fit(x)
+    assert_pca_matches_reference(p7, x, 7, capability)
+    # projection onto 7 components and back: the residual is orthogonal to the components
+    r = x - p7.inverse_transform(p7.transform(x))
+    assert np.abs(r.astype(np.float64) @ p7.components_.T.astype(np.float64)).max() <= \
+        (1e-2 if dtype == np.float32 else 1e-8)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_pca_partial_fit(rng, dtype):
+    x = spectrum_data(rng, 3000, 25, dtype)
+    p = P.PCA(10, whiten=True)
+    with pytest.raises(ValueError, match=r"\[1, 2\], got 10"):  # n_components above the samples seen so far
+        P.PCA(10).partial_fit(x[:2])
+    for c in np.array_split(np.arange(3000), [12, 700, 701, 2500]):
+        assert p.partial_fit(x[c]) is p
+    f = P.PCA(10, whiten=True).fit(x)
+    assert p.n_samples_seen_ == 3000
+    np.testing.assert_allclose(p.mean_, f.mean_, atol=1e-5 if dtype == np.float32 else 1e-12)
+    np.testing.assert_allclose(p.explained_variance_, f.explained_variance_, rtol=EV_TOL[dtype])
+    np.testing.assert_allclose(p.components_, f.components_, atol=COMP_TOL[dtype])
+    np.testing.assert_allclose(p.transform(x), f.transform(x), atol=1e-3 if dtype == np.float32 else 1e-8)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_pca_large_mean(capability, rng, dtype):
+    # mean 1e4, standard deviations 1e-2 .. 7e-2: the covariance comes from centered values, so
+    # the explained variances are those of the stored data (a Gram-minus-n-mean^2 recipe would
+    # return noise in float32).
+    x = spectrum_data(rng, 4000, 12, dtype, mean_scale=0.0, scale=1e-2) + dtype(1e4)
+    p = P.PCA().fit(x)
+    mean, w, v = ref.pca(x)
+    np.testing.assert_allclose(p.explained_variance_, w, rtol=1e-3 if dtype == np.float32 else 1e-9)
+    np.testing.assert_allclose(p.components_, v, atol=2e-2 if dtype == np.float32 else 1e-7)
+
+
+def test_pca_vs_sklearn(rng):
+    dec = pytest.importorskip("sklearn.decomposition")
+    for dtype in DTYPES:
+        x = spectrum_data(rng, 2000, 30, dtype)
+        for kw in ({}, {"n_components": 0.9}, {"n_components": 5}):
+            a = P.PCA(whiten=True, **kw).fit(x)
+            b = dec.PCA(whiten=True, svd_solver="covariance_eigh", **kw).fit(x)
+            assert a.n_components_ == b.n_components_
+            np.testing.assert_allclose(a.explained_variance_, b.explained_variance_, rtol=EV_TOL[dtype] * 10)
+            np.testing.assert_allclose(a.explained_variance_ratio_, b.explained_variance_ratio_, atol=EV_TOL[dtype])
+            np.testing.assert_allclose(np.abs(a.components_), np.abs(b.components_), atol=COMP_TOL[dtype])
+            # sklearn whitens without eps: outputs agree to eps / (2 * smallest eigenvalue) = 5e-6 relative
+            np.testing.assert_allclose(np.abs(a.transform(x)), np.abs(b.transform(x)), rtol=1e-5,
+                                       atol=2e-3 if dtype == np.float32 else 1e-8)
+
+
+def test_sklearn_clone_and_pipeline(rng):
+    base = pytest.importorskip("sklearn.base")
+    pipe = pytest.importorskip("sklearn.pipeline")
+    p = P.PCA(3, whiten=True, eps=1e-3)
+    c = base.clone(p)
+    assert c.get_params() == {"n_components": 3, "whiten": True, "eps": 1e-3}
+    x = rng.standard_normal((100, 6))
+    y = pipe.make_pipeline(P.Standardize(), P.PCA(2)).fit_transform(x)
+    assert y.shape == (100, 2)
+
+
+# ---- ZCA -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_zca(capability, rng, dtype):
+    x = spectrum_data(rng, 2500, 24, dtype)
+    z = P.ZCA()
+    assert z.fit(x) is z
+    y = z.transform(x)
+    assert y.dtype == dtype and y.shape == x.shape
+    y64 = y.astype(np.float64)
+    assert np.abs(np.cov(y64.T) - np.eye(24)).max() <= WHITE_TOL[dtype]
+    np.testing.assert_allclose(y64, ref.zca_whiten(x, 1e-5), atol=1e-3 if dtype == np.float32 else 1e-8)
+    np.testing.assert_allclose(z.whitening_, z.whitening_.T, atol=0)
+    span = np.abs(x.astype(np.float64) - x.astype(np.float64).mean(0)).max()
+    assert np.abs(z.inverse_transform(y) - x).max() <= ROUND_TOL[dtype] * span
+    zp = P.ZCA()
+    for c in np.array_split(np.arange(2500), 3):
+        zp.partial_fit(x[c])
+    np.testing.assert_allclose(zp.transform(x), y, atol=1e-3 if dtype == np.float32 else 1e-8)
+
+
+# ---- bad input -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("make", [P.ZeroCenter, P.Standardize, P.PCA, P.ZCA], ids=lambda c: c.__name__)
+def test_bad_input(rng, make):
+    x = rng.standard_normal((50, 6))
+    with pytest.raises(ValueError, match=r"X: expected a 2-D array .* got shape \(50,\)"):
+        make().fit(x[:, 0])
+    with pytest.raises(ValueError, match="at least 2 samples.*got 1"):
+        make().fit(x[:1])
+    bad = x.copy()
+    bad[17, 4] = np.nan
+    bad[30, 1] = np.inf
+    with pytest.raises(ValueError, match="got nan at row 17, column 4"):
+        make().fit(bad)
+    inf = x.copy()
+    inf[3, 5] = -np.inf
+    with pytest.raises(ValueError, match="got -inf at row 3, column 5"):
+        make().fit(inf.astype(np.float32))
+    with pytest.raises(P.NotFittedError, match="not fitted yet"):
+        make().transform(x)
+    with pytest.raises(AttributeError):  # scikit-learn's NotFittedError is an AttributeError too
+        make().transform(x)
+    m = make().fit(x)
+    with pytest.raises(ValueError, match="expected 6 features, as in fit, got 5"):
+        m.transform(x[:, :5])
+    with pytest.raises(ValueError, match="got nan at row 17, column 4"):
+        m.transform(bad)
+    with pytest.raises(ValueError, match="expected 6 features"):
+        m.partial_fit(x[:, :5])
+    with pytest.raises(TypeError, match="expected float32 or float64, got complex128"):
+        make().fit(x.astype(complex))
+
+
+def test_bad_n_components(rng):
+    x = rng.standard_normal((5, 8))
+    with pytest.raises(ValueError, match=r"n_components: expected an int in \[1, min\(n_samples, n_features\)\] = \[1, 5\], got 6"):
+        P.PCA(6).fit(x)
+    with pytest.raises(ValueError, match=r"got 0"):
+        P.PCA(0).fit(x)
+    for bad in (1.5, 0.0, 1.0, -0.2):
+        with pytest.raises(ValueError, match=r"a float must lie in \(0, 1\)"):
+            P.PCA(bad).fit(x)
+    with pytest.raises(ValueError, match="n_components"):
+        P.PCA("all").fit(x)
+    with pytest.raises(ValueError, match="eps: expected a finite real number >= 0"):
+        P.PCA(eps=-1).fit(x)
+    assert P.PCA(5).fit(x).n_components_ == 5
+    assert P.PCA().fit(x).n_components_ == 5
+    p = P.PCA(2).fit(x)
+    with pytest.raises(ValueError, match=r"expected 2 columns \(n_components_\), got 3"):
+        p.inverse_transform(np.zeros((4, 3)))
+
+
+def test_fortran_and_integer_input(rng):
+    x = np.asfortranarray(rng.standard_normal((300, 7)))
+    np.testing.assert_allclose(P.PCA().fit(x).explained_variance_, P.PCA().fit(np.ascontiguousarray(x)).explained_variance_,
+                               rtol=1e-12)
+    xi = rng.integers(0, 10, (100, 4))
+    assert P.Standardize().fit(xi).transform(xi).dtype == np.float64
