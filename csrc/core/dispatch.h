@@ -61,6 +61,8 @@ template <>
 inline const LossKernelsT<float>& loss_kernels_for<float>() { return loss_kernels().f32; }
 template <>
 inline const LossKernelsT<double>& loss_kernels_for<double>() { return loss_kernels().f64; }
+
+template <class T>
 const StatsKernelsT<T>& stats_kernels_for();
 template <>
 inline const StatsKernelsT<float>& stats_kernels_for<float>() { return stats_kernels().f32; }
