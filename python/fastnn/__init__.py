@@ -9,6 +9,7 @@ from . import _C
 from . import functional
 from . import random
 from . import datasets, init, losses, nn, optim, regularization, schedules, validation
+from . import train  # fastnn.estimators is imported on demand (it looks for scikit-learn)
 from .parameter import Parameter
 from .random import Generator, manual_seed
 from ._runtime import (
@@ -35,6 +36,7 @@ __all__ = [
     "optim",
     "regularization",
     "schedules",
+    "train",
     "validation",
     "random",
     "build_info",
