@@ -141,15 +141,21 @@ def _check_X(X, name="X"):
     elif a.dtype.kind not in "biuf":
         raise TypeError(f"{name}: expected numeric data, got dtype {a.dtype}")
     if a.ndim != 2:
-        raise ValueError(f"{name}: expected a 2-D array (n_samples, n_features), got shape {a.shape}; reshape "
-                         "a single feature with X.reshape(-1, 1) or a single sample with X.reshape(1, -1)")
-    if a.shape[0] == 0 or a.shape[1] == 0:
-        raise ValueError(f"{name}: expected at least 1 sample and 1 feature, got shape {a.shape}")
+        raise ValueError(f"{name}: expected a 2-D array (n_samples, n_features), got shape {a.shape}. Reshape your "
+                         "data either using X.reshape(-1, 1) if it has a single feature or X.reshape(1, -1) if it "
+                         "is a single sample.")
+    if a.shape[0] == 0:
+        raise ValueError(f"{name}: Found array with 0 sample(s) (shape={a.shape}) while a minimum of 1 is required.")
+    if a.shape[1] == 0:
+        raise ValueError(f"{name}: Found array with 0 feature(s) (shape={a.shape}) while a minimum of 1 is "
+                         "required.")
     if not np.isfinite(a).all():
         bad = np.argwhere(~np.isfinite(a))[0]
         raise ValueError(f"{name}: expected finite values (no NaN or inf), got {a[tuple(bad)]} at "
                          f"[{bad[0]}, {bad[1]}]")
-    return np.ascontiguousarray(a, dtype=np.float32)
+    # .view: the canonical dtype object (an unpickled array carries an equal but distinct one,
+    # which fastnn's bindings reject).
+    return np.ascontiguousarray(a, dtype=np.float32).view(np.float32)
 
 
 def _feature_names(X):
@@ -170,8 +176,8 @@ def _check_y_present(y):
 def _column_or_1d(y, name="y"):
     a = np.asarray(y)
     if a.ndim == 2 and a.shape[1] == 1:
-        warnings.warn(f"{name}: a column-vector y was passed when a 1d array was expected; it was flattened "
-                      "with ravel()", DataConversionWarning, stacklevel=3)
+        warnings.warn("A column-vector y was passed when a 1d array was expected. Please change the shape of y "
+                      "to (n_samples,), for example using ravel().", DataConversionWarning, stacklevel=3)
         a = a.ravel()
     if a.ndim != 1:
         raise ValueError(f"{name}: expected a 1-D array of labels, got shape {a.shape}")
@@ -469,7 +475,8 @@ class MLPClassifier(_ClassifierMixin, _BaseMLP):
 
     def predict(self, X):
         """The most probable class of each row, from classes_."""
-        return self.classes_[self._outputs(X).argmax(axis=1)]
+        idx = self._outputs(X).argmax(axis=1)  # first: it raises NotFittedError before fit
+        return self.classes_[idx]
 
 
 class MLPRegressor(_RegressorMixin, _BaseMLP):
@@ -502,9 +509,9 @@ class MLPRegressor(_RegressorMixin, _BaseMLP):
         return self._fit(Xc, y2, y2.shape[1], "mse")
 
     def predict(self, X):
-        """Predicted targets: (n_samples,) when fitted on a 1-D y, else (n_samples, n_outputs)."""
-        out = self._outputs(X)
-        return out[:, 0].copy() if self._y_1d else out
+        """Predicted targets, float64: (n_samples,) when fitted on a 1-D y, else (n_samples, n_outputs)."""
+        out = self._outputs(X).astype(np.float64)  # scikit-learn's regressors predict float64
+        return out[:, 0] if self._y_1d else out
 
     if HAVE_SKLEARN:
         def __sklearn_tags__(self):

@@ -33,6 +33,15 @@ class Parameter:
         self.regularize = bool(regularize)
         self.name = name
 
+    def __setstate__(self, state):
+        # Unpickled arrays carry a dtype object equal to, but not the same as, NumPy's canonical
+        # float32/float64 one; the C++ bindings compare dtype objects by identity, so re-view.
+        _, slots = state if isinstance(state, tuple) else (None, state)
+        for k, v in slots.items():
+            if isinstance(v, np.ndarray) and v.dtype in (np.float32, np.float64):
+                v = v.view(np.dtype(v.dtype.name))
+            object.__setattr__(self, k, v)
+
     @property
     def shape(self):
         return self.data.shape
