@@ -23,8 +23,9 @@ Constructor (a stable signature: the ``fastnn train`` command builds on it)::
   ``l1``/``l2``. With an optimizer object, l1/l2 are taken from it (giving other non-zero values
   here is an error).
 - ``schedule``: None (the optimizer's lr throughout), a fastnn.schedules.Schedule, or a name
-  with ``schedule_kwargs``; "cosine" and "linear" without ``total`` get the run's total step
-  count (epochs x steps per epoch) at fit. Before optimizer step k (counted over all fits)
+  with ``schedule_kwargs``; "cosine" and "linear" without ``total`` are rebuilt at each fit with
+  total = the optimizer steps already taken + this fit's (epochs x steps per epoch), so one fit
+  call anneals over its whole run. Before optimizer step k (counted over all fits)
   ``opt.lr = schedule(k, opt.base_lr)``.
 - ``l1``, ``l2``: fastnn.regularization's penalty on weights (not biases), applied inside the
   optimizer's fused step; its value is added to the reported training loss.
@@ -393,7 +394,7 @@ class Trainer:
         best = math.inf
         best_state = None
         wait = 0
-        snap = self._snapshot()
+        snap, snap_epoch = self._snapshot(), epoch0
         self.stopped_reason = "completed"
         self.best_epoch = None
         epoch0 = hist["epoch"][-1] + 1 if hist["epoch"] else 0
@@ -453,8 +454,8 @@ class Trainer:
                 self._restore(snap)
                 self.stopped_reason = "diverged"
                 msg = (f"training diverged: the loss became {v} at epoch {ep + 1}, step {st + 1} (global step "
-                       f"{opt.step_count}) with lr={opt.lr:.3g}; try a lower learning rate. The model keeps its "
-                       f"parameters from the start of epoch {ep + 1} (its last finite state).")
+                       f"{opt.step_count}) with lr={opt.lr:.3g}; try a lower learning rate. The model and optimizer "
+                       f"were restored to the start of epoch {snap_epoch + 1}, their last finite state.")
                 self.divergence_message = msg
                 warnings.warn(msg, TrainingDivergedWarning, stacklevel=3)
                 break
@@ -470,7 +471,7 @@ class Trainer:
             if self.verbose:
                 self._print_epoch(logs, epoch0 + epochs)
             if _params_finite(params):
-                snap = self._snapshot()
+                snap, snap_epoch = self._snapshot(), epoch + 1
             stop = None
             if patience is not None:
                 cur = logs[monitor]
@@ -631,7 +632,7 @@ class Trainer:
     def _trainer_config(self):
         sched = self.schedule.state_dict() if isinstance(self.schedule, _schedules.Schedule) else None
         return {"loss": self.loss_name, "classification": self.classification, "l1": self.l1, "l2": self.l2,
-                "schedule": sched, "verbose": self.verbose, "seed": self.seed, "dtype": self.dtype.name,
+                "schedule": sched, "schedule_spec": self._schedule_spec, "verbose": self.verbose, "seed": self.seed, "dtype": self.dtype.name,
                 "history": self.history, "n_outputs": self._n_outputs}
 
     def save(self, path):
@@ -654,6 +655,9 @@ class Trainer:
                 raise ValueError("loss: the checkpoint was trained with a custom loss object; pass loss=")
             loss = tcfg["loss"]
         sched = _schedules.from_state_dict(tcfg["schedule"]) if tcfg.get("schedule") else None
+        sched_kw = None
+        if tcfg.get("schedule_spec"):  # a name resolved per fit: keep that behaviour
+            sched, sched_kw = tcfg["schedule_spec"]
         params = model.parameters()
         if ocfg is not None:
             opt_cls = {c.__name__: c for c in _optim.OPTIMIZERS.values()}.get(ocfg["type"])
@@ -666,8 +670,11 @@ class Trainer:
             opt.load_state_dict(ocfg)
         else:
             opt = "adam"
-        t = cls(model, loss, opt, sched, verbose=tcfg.get("verbose", True) if verbose is None else verbose,
-                augment=augment, dtype=tcfg.get("dtype", "float32"))
+        t = cls(model, loss, opt, sched, schedule_kwargs=sched_kw,
+                verbose=tcfg.get("verbose", True) if verbose is None else verbose, augment=augment,
+                dtype=tcfg.get("dtype", "float32"))
+        if sched_kw is not None and tcfg.get("schedule"):
+            t.schedule = _schedules.from_state_dict(tcfg["schedule"])
         t.seed = tcfg.get("seed")
         t.history = {k: list(v) for k, v in tcfg.get("history", {}).items()} or t._empty_history()
         t._n_outputs = tcfg.get("n_outputs")
