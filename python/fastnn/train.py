@@ -394,10 +394,10 @@ class Trainer:
         best = math.inf
         best_state = None
         wait = 0
+        epoch0 = hist["epoch"][-1] + 1 if hist["epoch"] else 0
         snap, snap_epoch = self._snapshot(), epoch0
         self.stopped_reason = "completed"
         self.best_epoch = None
-        epoch0 = hist["epoch"][-1] + 1 if hist["epoch"] else 0
         for e in range(epochs):
             epoch = epoch0 + e
             model.train()
