@@ -403,7 +403,7 @@ class _BaseMLP(_BaseEstimator):
     def __sklearn_is_fitted__(self):
         return getattr(self, "model_", None) is not None
 
-    if HAVE_SKLEARN:
+    if HAVE_SKLEARN and hasattr(_BaseEstimator, "__sklearn_tags__"):  # scikit-learn >= 1.6
         def __sklearn_tags__(self):
             tags = super().__sklearn_tags__()
             tags.non_deterministic = False
@@ -513,7 +513,7 @@ class MLPRegressor(_RegressorMixin, _BaseMLP):
         out = self._outputs(X).astype(np.float64)  # scikit-learn's regressors predict float64
         return out[:, 0] if self._y_1d else out
 
-    if HAVE_SKLEARN:
+    if HAVE_SKLEARN and hasattr(_BaseEstimator, "__sklearn_tags__"):  # scikit-learn >= 1.6
         def __sklearn_tags__(self):
             tags = super().__sklearn_tags__()
             tags.target_tags.multi_output = True
