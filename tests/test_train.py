@@ -209,7 +209,7 @@ def test_mse_regression_and_augment_with_soft_targets(digits):
 
     def smooth(x, y, step):  # soft targets, as mixup gives
         steps.append(step)
-        t = np.full((len(y), 10), 0.01, np.float32)
+        t = np.full((len(y), 10), 0.01)  # float64: the trainer casts to its dtype
         t[np.arange(len(y)), y] = 0.91
         return x, t
 

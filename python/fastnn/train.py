@@ -299,7 +299,9 @@ class Trainer:
         last batch of an epoch may be smaller). validation_data=(X_val, y_val), or
         validation_fraction in (0, 1) to hold out that share of the rows (chosen with the
         trainer's seeded generator) and report val_loss / val_accuracy each epoch.
-        early_stopping=patience (int) or None. Returns self."""
+        early_stopping=patience (int) or None. Returns self; the model is left in eval mode.
+        Calling fit again continues training (optimizer state, step count, history and the
+        shuffling generator carry over)."""
         epochs = _positive_int(epochs, "epochs")
         batch_size = _positive_int(batch_size, "batch_size")
         if early_stopping is not None:
@@ -355,6 +357,7 @@ class Trainer:
         schedule = self.schedule
         base_lr = opt.base_lr
         has_penalty = bool(self.l1 or self.l2) and bool(self._reg_params)
+        dtype = self.dtype
         classify = self.classification
         soft = y.ndim == 2 and classify
         hist = self.history
@@ -420,6 +423,8 @@ class Trainer:
                 k = opt.step_count
                 if self.augment is not None:
                     xb, yb = self.augment(xb, yb, k)
+                    if yb.dtype.kind == "f" and yb.dtype != dtype:  # e.g. float64 mixup targets
+                        yb = yb.astype(dtype)
                 if schedule is not None:
                     opt.lr = schedule(k, base_lr)
                 out = model.forward(xb)
