@@ -220,7 +220,7 @@ void register_activation(py::module_& m) {
       [](py::array x, py::array w, py::array out, int64_t outer, int64_t C, int64_t inner) {
         DType dt = float_dtype(x, "x");
         require_same(x, "x", out, "out");
-        if (!w.dtype().is(x.dtype())) throw py::type_error("weight: expected dtype " + dtype_str(x) + " like x, got " + dtype_str(w));
+        if (!w.dtype().equal(x.dtype())) throw py::type_error("weight: expected dtype " + dtype_str(x) + " like x, got " + dtype_str(w));
         require_c_contiguous(x, "x");
         require_c_contiguous(w, "weight");
         require_c_contiguous(out, "out");
@@ -241,7 +241,7 @@ void register_activation(py::module_& m) {
         DType dt = float_dtype(x, "x");
         require_same(x, "x", g, "grad_output");
         require_same(x, "x", gx, "grad_input");
-        if (!w.dtype().is(x.dtype()) || !gw.dtype().is(x.dtype()))
+        if (!w.dtype().equal(x.dtype()) || !gw.dtype().equal(x.dtype()))
           throw py::type_error("weight: expected dtype " + dtype_str(x) + " like x");
         if (gw.size() != w.size()) throw py::value_error("grad_weight: expected as many elements as weight");
         for (auto* a : {&g, &x, &w, &gx, &gw}) require_c_contiguous(*a, "prelu_backward argument");

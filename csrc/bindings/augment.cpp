@@ -15,7 +15,7 @@ namespace fastnn {
 namespace {
 
 void require_f32(const py::array& a, const char* name) {
-  if (!a.dtype().is(py::dtype::of<float>()))
+  if (!a.dtype().equal(py::dtype::of<float>()))
     throw py::type_error(std::string(name) + ": expected float32, got " + dtype_str(a));
 }
 
@@ -44,7 +44,7 @@ void register_augment(py::module_& m) {
   m.def(
       "philox_words",
       [](uint64_t seed, uint64_t offset, py::array out) {
-        if (!out.dtype().is(py::dtype::of<uint32_t>())) throw py::type_error("out: expected uint32, got " + dtype_str(out));
+        if (!out.dtype().equal(py::dtype::of<uint32_t>())) throw py::type_error("out: expected uint32, got " + dtype_str(out));
         require_c_contiguous(out, "out");
         require_writeable(out, "out");
         const int64_t n = out.size();
@@ -81,7 +81,7 @@ void register_augment(py::module_& m) {
           throw py::value_error("x: contrast needs 1 or 3 channels, got " + std::to_string(s.C));
         if (N > 0 && s.C * s.H * s.W > 0 && s.OH * s.OW > 0 && (s.H < 1 || s.W < 1))
           throw py::value_error("x: empty images");
-        if (!ints.dtype().is(py::dtype::of<int32_t>())) throw py::type_error("ints: expected int32, got " + dtype_str(ints));
+        if (!ints.dtype().equal(py::dtype::of<int32_t>())) throw py::type_error("ints: expected int32, got " + dtype_str(ints));
         require_c_contiguous(ints, "ints");
         require_shape(ints, "ints", {N, 5});
         const float* fp = nullptr;
@@ -172,7 +172,7 @@ void register_augment(py::module_& m) {
         require_writeable(out, "out");
         if (x.ndim() < 1) throw py::value_error("x: expected at least 1 dimension");
         const int64_t N = x.shape(0);
-        if (!perm.dtype().is(py::dtype::of<int64_t>())) throw py::type_error("perm: expected int64, got " + dtype_str(perm));
+        if (!perm.dtype().equal(py::dtype::of<int64_t>())) throw py::type_error("perm: expected int64, got " + dtype_str(perm));
         require_c_contiguous(perm, "perm");
         require_shape(perm, "perm", {N});
         const int64_t* pp = static_cast<const int64_t*>(perm.data());

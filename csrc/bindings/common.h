@@ -15,9 +15,11 @@ enum class DType { F32, F64 };
 
 inline std::string dtype_str(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
 
+// dtype checks compare with ==, never by identity: an unpickled array's dtype is an equal but
+// distinct object.
 inline DType float_dtype(const py::array& a, const char* name) {
-  if (a.dtype().is(py::dtype::of<float>())) return DType::F32;
-  if (a.dtype().is(py::dtype::of<double>())) return DType::F64;
+  if (a.dtype().equal(py::dtype::of<float>())) return DType::F32;
+  if (a.dtype().equal(py::dtype::of<double>())) return DType::F64;
   throw py::type_error(std::string(name) + ": expected float32 or float64, got " + dtype_str(a));
 }
 
@@ -40,7 +42,7 @@ inline void require_writeable(const py::array& a, const char* name) {
 }
 
 inline void require_same(const py::array& a, const char* an, const py::array& b, const char* bn) {
-  if (!a.dtype().is(b.dtype()))
+  if (!a.dtype().equal(b.dtype()))
     throw py::type_error(std::string(bn) + ": expected dtype " + dtype_str(a) + " like " + an + ", got " + dtype_str(b));
   if (a.size() != b.size())
     throw py::value_error(std::string(bn) + ": expected " + std::to_string(a.size()) + " elements like " + an +

@@ -31,7 +31,7 @@ void register_dropout(py::module_& m) {
       [](int64_t n, uint64_t seed, uint64_t offset, uint32_t threshold, py::array out) {
         if (n < 0) throw py::value_error("n: expected >= 0");
         check_positions(offset, n);
-        if (!out.dtype().is(py::dtype::of<uint8_t>())) throw py::type_error("out: expected uint8");
+        if (!out.dtype().equal(py::dtype::of<uint8_t>())) throw py::type_error("out: expected uint8");
         require_c_contiguous(out, "out");
         require_writeable(out, "out");
         if (out.size() != (n + 7) / 8) throw py::value_error("out: expected ceil(n/8) bytes");
@@ -79,7 +79,7 @@ void register_dropout(py::module_& m) {
         require_c_contiguous(x, "x");
         require_c_contiguous(out, "out");
         require_writeable(out, "out");
-        if (!mask.dtype().is(py::dtype::of<uint8_t>())) throw py::type_error("mask: expected uint8");
+        if (!mask.dtype().equal(py::dtype::of<uint8_t>())) throw py::type_error("mask: expected uint8");
         require_c_contiguous(mask, "mask");
         const int64_t n = x.size();
         if (mask.size() != (n + 7) / 8) throw py::value_error("mask: expected ceil(n/8) bytes");

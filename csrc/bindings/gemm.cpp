@@ -45,7 +45,7 @@ const void* optional_vector(const py::object& o, const py::array& like, const ch
                             py::array* keep) {
   if (o.is_none()) return nullptr;
   *keep = o.cast<py::array>();
-  if (!like.dtype().is(keep->dtype()))
+  if (!like.dtype().equal(keep->dtype()))
     throw py::type_error(std::string(name) + ": expected dtype " + dtype_str(like) + ", got " + dtype_str(*keep));
   if (keep->ndim() != 1 || keep->shape(0) != n)
     throw py::value_error(std::string(name) + ": expected shape (" + std::to_string(n) + ",), got " +
@@ -59,7 +59,7 @@ void* optional_output(const py::object& o, const py::array& like, const char* na
                       py::array* keep) {
   if (o.is_none()) return nullptr;
   *keep = o.cast<py::array>();
-  if (!like.dtype().is(keep->dtype()))
+  if (!like.dtype().equal(keep->dtype()))
     throw py::type_error(std::string(name) + ": expected dtype " + dtype_str(like) + ", got " + dtype_str(*keep));
   require_shape(*keep, name, r, c);
   require_c_contiguous(*keep, name);
@@ -141,9 +141,9 @@ void register_gemm(py::module_& m) {
         DType dt = float_dtype(a, "a");
         require_2d(a, "a");
         require_2d(b, "b");
-        if (!a.dtype().is(b.dtype()))
+        if (!a.dtype().equal(b.dtype()))
           throw py::type_error("b: expected dtype " + dtype_str(a) + " like a, got " + dtype_str(b));
-        if (!a.dtype().is(out.dtype()))
+        if (!a.dtype().equal(out.dtype()))
           throw py::type_error("out: expected dtype " + dtype_str(a) + " like a, got " + dtype_str(out));
         const int64_t M = a.shape(0), K = a.shape(1), N = b.shape(1);
         if (b.shape(0) != K)
@@ -199,13 +199,13 @@ void register_gemm(py::module_& m) {
         DType dt = float_dtype(x, "x");
         require_2d(x, "x");
         require_2d(w, "weight");
-        if (!x.dtype().is(w.dtype()))
+        if (!x.dtype().equal(w.dtype()))
           throw py::type_error("weight: expected dtype " + dtype_str(x) + " like x, got " + dtype_str(w));
         const int64_t M = x.shape(0), K = x.shape(1), N = w.shape(0);
         if (w.shape(1) != K)
           throw py::value_error("linear: x " + shape_str(x) + " and weight " + shape_str(w) +
                                 " differ in in_features (x.shape[1] must equal weight.shape[1])");
-        if (!x.dtype().is(out.dtype()))
+        if (!x.dtype().equal(out.dtype()))
           throw py::type_error("out: expected dtype " + dtype_str(x) + ", got " + dtype_str(out));
         require_shape(out, "out", M, N);
         require_c_contiguous(out, "out");
@@ -281,7 +281,7 @@ void register_gemm(py::module_& m) {
         require_2d(g, "grad_output");
         const int64_t M = x.shape(0), K = x.shape(1), N = w.shape(0);
         for (auto [arr, name] : {std::pair<py::array*, const char*>{&w, "weight"}, {&g, "grad_output"}})
-          if (!x.dtype().is(arr->dtype()))
+          if (!x.dtype().equal(arr->dtype()))
             throw py::type_error(std::string(name) + ": expected dtype " + dtype_str(x) + " like x, got " +
                                  dtype_str(*arr));
         if (w.shape(1) != K) throw py::value_error("weight: expected in_features " + std::to_string(K));
@@ -299,14 +299,14 @@ void register_gemm(py::module_& m) {
         const void* z_p = nullptr;
         if (!y.is_none()) {
           k_y = y.cast<py::array>();
-          if (!x.dtype().is(k_y.dtype())) throw py::type_error("y: expected dtype " + dtype_str(x));
+          if (!x.dtype().equal(k_y.dtype())) throw py::type_error("y: expected dtype " + dtype_str(x));
           require_shape(k_y, "y", M, N);
           require_c_contiguous(k_y, "y");
           y_p = k_y.data();
         }
         if (!z.is_none()) {
           k_z = z.cast<py::array>();
-          if (!x.dtype().is(k_z.dtype())) throw py::type_error("z: expected dtype " + dtype_str(x));
+          if (!x.dtype().equal(k_z.dtype())) throw py::type_error("z: expected dtype " + dtype_str(x));
           require_shape(k_z, "z", M, N);
           require_c_contiguous(k_z, "z");
           z_p = k_z.data();

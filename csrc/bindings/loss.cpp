@@ -33,9 +33,9 @@ void register_loss(py::module_& m) {
         if (M == 0 || C == 0) throw py::value_error("logits: expected M >= 1 rows and C >= 1 classes");
         require_c_contiguous(target, "target");
         enum { I32, I64, SOFT } kind;
-        if (target.dtype().is(py::dtype::of<int64_t>())) kind = I64;
-        else if (target.dtype().is(py::dtype::of<int32_t>())) kind = I32;
-        else if (target.dtype().is(x.dtype())) kind = SOFT;
+        if (target.dtype().equal(py::dtype::of<int64_t>())) kind = I64;
+        else if (target.dtype().equal(py::dtype::of<int32_t>())) kind = I32;
+        else if (target.dtype().equal(x.dtype())) kind = SOFT;
         else
           throw py::type_error("target: expected int32/int64 labels or " + dtype_str(x) + " probabilities, got " +
                                dtype_str(target));

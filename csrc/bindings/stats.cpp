@@ -34,7 +34,7 @@ int64_t row_stride(const py::array& a, const char* name) {
 }
 
 void require_vector(const py::array& v, const char* name, const py::array& like, int64_t d) {
-  if (!like.dtype().is(v.dtype()))
+  if (!like.dtype().equal(v.dtype()))
     throw py::type_error(std::string(name) + ": expected dtype " + dtype_str(like) + " like x, got " + dtype_str(v));
   if (v.ndim() != 1 || v.shape(0) != d)
     throw py::value_error(std::string(name) + ": expected shape (" + std::to_string(d) + ",), got " + shape_str(v));
@@ -114,7 +114,7 @@ void register_stats(py::module_& m) {
         DType dt = float_dtype(x, "x");
         const int64_t ldx = row_stride(x, "x");
         const int64_t n = x.shape(0), d = x.shape(1);
-        if (!x.dtype().is(out.dtype()))
+        if (!x.dtype().equal(out.dtype()))
           throw py::type_error("out: expected dtype " + dtype_str(x) + " like x, got " + dtype_str(out));
         const int64_t ldy = row_stride(out, "out");
         if (out.shape(0) != n || out.shape(1) != d)
@@ -147,7 +147,7 @@ void register_stats(py::module_& m) {
         DType dt = float_dtype(x, "x");
         const int64_t ldx = row_stride(x, "x");
         const int64_t n = x.shape(0), d = x.shape(1);
-        if (!x.dtype().is(out.dtype()))
+        if (!x.dtype().equal(out.dtype()))
           throw py::type_error("out: expected dtype " + dtype_str(x) + " like x, got " + dtype_str(out));
         const int64_t ldy = row_stride(out, "out");
         if (out.shape(0) != n || out.shape(1) != d)

@@ -10,6 +10,8 @@ from . import augment
 from . import functional
 from . import random
 from . import datasets, init, losses, nn, optim, regularization, schedules, search, transfer, validation
+from . import ensemble, preprocessing, recipe
+from . import train  # fastnn.estimators is imported on demand (it looks for scikit-learn)
 from .parameter import Parameter
 from .random import Generator, manual_seed
 from ._runtime import (
@@ -38,6 +40,10 @@ __all__ = [
     "schedules",
     "search",
     "transfer",
+    "train",
+    "ensemble",
+    "preprocessing",
+    "recipe",
     "validation",
     "random",
     "augment",

@@ -30,7 +30,7 @@ from .losses import MSELoss, SoftmaxCrossEntropy
 from .parameter import Parameter
 
 __all__ = ["Module", "Linear", "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "PReLU", "ELU", "SELU", "Dropout",
-           "Sequential", "Residual", "SoftmaxCrossEntropy", "MSELoss", "INITS"]
+           "Sequential", "Residual", "SoftmaxCrossEntropy", "MSELoss", "INITS", "from_config", "register"]
 
 INITS = ("kaiming", "xavier", "normal", "pytorch", "zeros")
 
@@ -100,6 +100,25 @@ class Module:
             p.data[...] = state[k]
         return self
 
+    def config(self) -> dict:
+        """The constructor arguments that rebuild this module (JSON-serializable, with a "type"
+        key naming the class): ``from_config(m.config())`` gives the same architecture with
+        fresh parameters. Checkpoints (fastnn.train.save_model) store it next to the weights.
+        A custom Module must override it to be saved with its architecture."""
+        raise NotImplementedError(f"{type(self).__name__}.config: a custom Module needs a config() method "
+                                  "(and a registration with fastnn.nn.register) to be rebuilt from a checkpoint")
+
+    def named_modules(self, prefix=""):
+        """(path, module) for this module and every descendant, depth first; paths are the
+        prefixes of named_parameters ('' for the root, '0', '1.block.0', ...)."""
+        out = [(prefix, self)]
+        for k, c in self._named_children():
+            out.extend(c.named_modules(f"{prefix}.{k}" if prefix else str(k)))
+        return out
+
+    def _named_children(self):
+        return [(k, v) for k, v in vars(self).items() if isinstance(v, Module)]
+
     def extra_repr(self) -> str:
         return ""
 
@@ -151,6 +170,7 @@ class Linear(Module):
         self.weight = Parameter(np.zeros((self.out_features, self.in_features), dtype), name="weight")
         self.bias = Parameter(np.zeros(self.out_features, dtype), regularize=False, name="bias") if bias else None
         self._prelu_init = prelu_init
+        self._prelu_per_output = bool(prelu_per_output)
         if self.activation == "prelu":
             n = self.out_features if prelu_per_output else 1
             self.prelu_weight = Parameter(np.full(n, prelu_init, dtype), regularize=False, name="prelu_weight")
@@ -206,6 +226,13 @@ class Linear(Module):
         self._x = self._saved = None  # a second backward without a forward is an error
         return grads[0]
 
+    def config(self):
+        return {"type": "Linear", "in_features": self.in_features, "out_features": self.out_features,
+                "bias": self.bias is not None, "activation": self.activation, "dropout": self.dropout,
+                "dropconnect": self.dropconnect, "init": self.init, "negative_slope": self.negative_slope,
+                "alpha": self.alpha, "prelu_init": float(self._prelu_init),
+                "prelu_per_output": self._prelu_per_output, "dtype": self.weight.data.dtype.name}
+
     def extra_repr(self):
         s = f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"
         if self.activation:
@@ -237,6 +264,9 @@ class _Elementwise(Module):
         self._x = None
         return g
 
+    def config(self):
+        return {"type": type(self).__name__}
+
 
 class Sigmoid(_Elementwise):
     def _f(self, x): return F.sigmoid(x)
@@ -262,6 +292,8 @@ class LeakyReLU(_Elementwise):
 
     def extra_repr(self): return f"negative_slope={self.negative_slope}"
 
+    def config(self): return {"type": "LeakyReLU", "negative_slope": self.negative_slope}
+
 
 class ELU(_Elementwise):
     def __init__(self, alpha=1.0):
@@ -271,6 +303,8 @@ class ELU(_Elementwise):
     def _b(self, g, x): return F.elu_backward(g, x, self.alpha)
 
     def extra_repr(self): return f"alpha={self.alpha}"
+
+    def config(self): return {"type": "ELU", "alpha": self.alpha}
 
 
 class SELU(_Elementwise):
@@ -284,6 +318,7 @@ class PReLU(_Elementwise):
 
     def __init__(self, num_parameters=1, init=0.25, dtype=np.float32):
         n = _positive_int(num_parameters, "num_parameters")
+        self.init = float(init)
         self.weight = Parameter(np.full(n, init, np.dtype(dtype)), regularize=False, name="weight")
 
     def _f(self, x): return F.prelu(x, self.weight.data)
@@ -294,6 +329,10 @@ class PReLU(_Elementwise):
         return gx
 
     def extra_repr(self): return f"num_parameters={self.weight.size}"
+
+    def config(self):
+        return {"type": "PReLU", "num_parameters": self.weight.size, "init": self.init,
+                "dtype": self.weight.data.dtype.name}
 
 
 class Dropout(Module):
@@ -327,6 +366,8 @@ class Dropout(Module):
 
     def extra_repr(self): return f"p={self.p}"
 
+    def config(self): return {"type": "Dropout", "p": self.p}
+
 
 class Sequential(Module):
     def __init__(self, *modules):
@@ -339,6 +380,12 @@ class Sequential(Module):
 
     def children(self):
         return list(self.layers)
+
+    def _named_children(self):
+        return [(str(i), m) for i, m in enumerate(self.layers)]
+
+    def config(self):
+        return {"type": "Sequential", "layers": [m.config() for m in self.layers]}
 
     def named_parameters(self, prefix=""):
         out = []
@@ -391,6 +438,45 @@ class Residual(Module):
 
     def backward(self, grad_output):
         return grad_output + self.block.backward(grad_output)
+
+    def config(self):
+        return {"type": "Residual", "block": self.block.config(), "zero_init_last": self.zero_init_last}
+
+
+# Module classes that from_config can rebuild, by the "type" of their config().
+_REGISTRY = {c.__name__: c for c in (Linear, Sigmoid, Tanh, ReLU, LeakyReLU, ELU, SELU, PReLU, Dropout,
+                                     Sequential, Residual)}
+
+
+def register(cls):
+    """Lets from_config (and fastnn.train.load_model) rebuild a custom Module class: its
+    config() must return {"type": cls.__name__, **constructor keyword arguments}. Returns cls,
+    so it works as a decorator."""
+    if not (isinstance(cls, type) and issubclass(cls, Module)):
+        raise TypeError(f"cls: expected a fastnn.nn.Module subclass, got {cls!r}")
+    _REGISTRY[cls.__name__] = cls
+    return cls
+
+
+def from_config(config):
+    """A module with the architecture described by ``config`` (a Module.config() dict, nested
+    for Sequential and Residual) and freshly initialized parameters."""
+    if not isinstance(config, dict) or not isinstance(config.get("type"), str):
+        raise ValueError(f"config: expected a dict with a 'type' key naming a module class, got {config!r}")
+    kind = config["type"]
+    cls = _REGISTRY.get(kind)
+    if cls is None:
+        raise ValueError(f"config: unknown module type {kind!r}; known: {', '.join(sorted(_REGISTRY))} "
+                         "(register custom modules with fastnn.nn.register)")
+    kw = {k: v for k, v in config.items() if k != "type"}
+    if cls is Sequential:
+        return Sequential([from_config(c) for c in kw.get("layers", [])])
+    if cls is Residual:
+        return Residual(from_config(kw["block"]), zero_init_last=kw.get("zero_init_last", True))
+    try:
+        return cls(**kw)
+    except TypeError as e:
+        raise ValueError(f"config: cannot build {kind} from {kw}: {e}") from None
 
 
 def _walk(m):
