@@ -153,9 +153,7 @@ def _check_X(X, name="X"):
         bad = np.argwhere(~np.isfinite(a))[0]
         raise ValueError(f"{name}: expected finite values (no NaN or inf), got {a[tuple(bad)]} at "
                          f"[{bad[0]}, {bad[1]}]")
-    # .view: the canonical dtype object (an unpickled array carries an equal but distinct one,
-    # which fastnn's bindings reject).
-    return np.ascontiguousarray(a, dtype=np.float32).view(np.float32)
+    return np.ascontiguousarray(a, dtype=np.float32)
 
 
 def _feature_names(X):

@@ -42,15 +42,6 @@ class Parameter:
         # Multiplies the optimizer's lr for this parameter (fine-tuning: pretrained layers smaller).
         self.lr_scale = float(lr_scale)
 
-    def __setstate__(self, state):
-        # Unpickled arrays carry a dtype object equal to, but not the same as, NumPy's canonical
-        # float32/float64 one; the C++ bindings compare dtype objects by identity, so re-view.
-        _, slots = state if isinstance(state, tuple) else (None, state)
-        for k, v in slots.items():
-            if isinstance(v, np.ndarray) and v.dtype in (np.float32, np.float64):
-                v = v.view(np.dtype(v.dtype.name))
-            object.__setattr__(self, k, v)
-
     @property
     def shape(self):
         return self.data.shape

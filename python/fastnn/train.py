@@ -228,9 +228,7 @@ class Trainer:
             raise TypeError(f"{name}: expected a dense array, got a sparse matrix ({type(X).__name__}); "
                             "convert it with .toarray()")
         a = check_X(X, name=name, dtype=self.dtype)
-        # .view: NumPy's canonical dtype object (the bindings compare dtypes by identity, and an
-        # unpickled array carries an equal but distinct one).
-        return np.ascontiguousarray(a).view(self.dtype)
+        return np.ascontiguousarray(a)
 
     def _outputs(self, X):
         """The model's output width, from one eval-mode row (also checks the input width)."""
