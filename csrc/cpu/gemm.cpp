@@ -102,6 +102,15 @@ inline uint64_t bits_at(const uint8_t* bits, int64_t pos) {
   return w >> (pos & 7);
 }
 
+// The same from a row of `bytes` bytes with no padding after it (a caller's array): never reads
+// past the row's end (the missing high bytes read as 0).
+inline uint64_t bits_at_row(const uint8_t* row, int64_t pos, int64_t bytes) {
+  const int64_t b = pos >> 3;
+  uint64_t w = 0;
+  __builtin_memcpy(&w, row + b, b + 8 <= bytes ? 8 : static_cast<size_t>(bytes - b));
+  return w >> (pos & 7);
+}
+
 // ---- the epilogue hook: writes the m x n valid part of the tile -------------------------------
 template <class T>
 struct TileEpilogue {
@@ -657,7 +666,7 @@ void linear_grad(const LinearGradArgs<T>& A) {
         }
         if (A.z) zv = ld(A.z + i * N + j);
         auto pos = [&]() {
-          return V::mask_from_bits(static_cast<uint32_t>(bits_at(A.pos_bits + i * A.pos_ld, j)));
+          return V::mask_from_bits(static_cast<uint32_t>(bits_at_row(A.pos_bits + i * A.pos_ld, j, A.pos_ld)));
         };
         switch (A.act) {
           case kSigmoid: out = gk * (yv * (one - yv)); break;
