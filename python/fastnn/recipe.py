@@ -408,7 +408,8 @@ class LRFinderResult:
         ax.plot(self.lrs, self.smoothed, color="C0", label="smoothed loss")
         ax.axvline(self.suggestion, color="C3", linestyle="--", label=f"suggested lr {self.suggestion:.2g}")
         ax.set_xscale("log")
-        lo, hi = float(np.min(self.smoothed)), float(self.smoothed[0])
+        raw = self.losses[np.isfinite(self.losses)]
+        lo, hi = float(min(np.min(self.smoothed), raw.min() if raw.size else np.inf)), float(self.smoothed[0])
         ax.set_ylim(lo - 0.1 * abs(hi - lo) - 1e-3, max(hi, lo) + 0.5 * abs(hi - lo) + 1e-3)
         ax.set(xlabel="learning rate", ylabel="training loss", title="LR range test")
         ax.legend()
@@ -521,6 +522,12 @@ class RecipeReport:
         return self.markdown
 
 
+def _space_str(name, sp):
+    if hasattr(sp, "low") and hasattr(sp, "high"):
+        return f"{name} {type(sp).__name__.lower()} in [{sp.low:.3g}, {sp.high:.3g}]"
+    return f"{name} {sp!r}"
+
+
 def _split(n, fraction, rng):
     order = rng.permutation(n)
     k = max(1, int(round(fraction * n)))
@@ -547,7 +554,8 @@ def run(model_fn, X, y, *, out_dir, params=None, space=None, test_fraction=0.2, 
     installed: lr_find.png, search.png, curves.png). Returns a RecipeReport.
 
     ``model_fn(params) -> model`` builds a fresh fastnn.nn model from a dict: ``params`` (the
-    fixed ones given here) plus the searched "lr" and "l2" (which model_fn may ignore) and any
+    fixed ones given here) plus the searched "lr" and "l2" (which model_fn may ignore; for the
+    model of steps 1-3 they are None and 0, and the keys of ``space`` are absent) and any
     keys of ``space`` (extra fastnn.search spaces, e.g. {"dropout": search.uniform(0, 0.5),
     "hidden": search.choice([64, 128])}), so the search can vary the architecture.
 
@@ -677,7 +685,7 @@ def run(model_fn, X, y, *, out_dir, params=None, space=None, test_fraction=0.2, 
     best = dict(cand[0]["params"])
     say(f"step 5, fine search: best {fine.best_params} val accuracy {fine.best_score:.4f}; using {best}")
     md += ["## 5. Fine search", "", f"{fine_trials} trials of {fine_epochs} epochs around the 3 best coarse trials "
-           f"({', '.join(f'{k} {v!r}' for k, v in fine_space.items())}); the best {min(5, len(fine.ok))}:", "",
+           f"({', '.join(_space_str(k, v) for k, v in fine_space.items())}); the best {min(5, len(fine.ok))}:", "",
            _table(fine, names), "", f"- chosen: {', '.join(f'{k}={_fmt(v)}' for k, v in best.items())} "
            f"(validation accuracy {cand[0]['score']:.4f})", ""]
     # 6
