@@ -151,5 +151,9 @@ def test_training_errors(digits_split):
         ensemble.train_ensemble(lambda p: None, Xtr, ytr, n=1)
     with pytest.raises(ValueError, match="fit_kwargs: 'epochs' is set by snapshot_ensemble"):
         ensemble.snapshot_ensemble(_wide, Xtr, ytr, fit_kwargs={"epochs": 3})
+    with pytest.raises(ValueError, match="trainer_kwargs: 'seed' is set per member from seeds"):
+        ensemble.train_ensemble(_wide, Xtr, ytr, n=2, trainer_kwargs={"seed": 3})
+    with pytest.raises(ValueError, match="trainer_kwargs: 'schedule' is the cyclic cosine"):
+        ensemble.snapshot_ensemble(_wide, Xtr, ytr, trainer_kwargs={"schedule": "cosine"})
     with pytest.raises(ValueError, match="cycles: expected an integer >= 1"):
         ensemble.snapshot_ensemble(_wide, Xtr, ytr, cycles=0)

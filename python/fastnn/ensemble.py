@@ -173,6 +173,8 @@ def train_ensemble(model_fn, X, y, n=5, *, seeds=None, params=None, trainer_kwar
     if isinstance(params, dict) or len(params) != n or not all(isinstance(p, dict) for p in params):
         raise ValueError(f"params: expected a list of {n} dicts (one per member), got "
                          f"{type(params).__name__} of {len(params) if hasattr(params, '__len__') else '?'}")
+    if "seed" in (trainer_kwargs or {}):
+        raise ValueError("trainer_kwargs: 'seed' is set per member from seeds; pass seeds=[...] instead")
     from .train import Trainer
 
     trainers, member_params = [], []
@@ -218,6 +220,11 @@ def snapshot_ensemble(model_fn, X, y, *, cycles=5, epochs_per_cycle=10, lr=0.1, 
         if k in fk:
             raise ValueError(f"fit_kwargs: {k!r} is set by snapshot_ensemble (cycles, epochs_per_cycle, batch_size), "
                              f"got {k}={fk[k]!r}")
+    for k in ("seed", "schedule", "optimizer_kwargs", "l2"):
+        if k in (trainer_kwargs or {}):
+            raise ValueError(f"trainer_kwargs: {k!r} is an argument of snapshot_ensemble itself; pass {k}= directly"
+                             if k != "schedule" else "trainer_kwargs: 'schedule' is the cyclic cosine of "
+                             "snapshot_ensemble; set cycles, epochs_per_cycle, lr and eta_min")
     model = _build(model_fn, {**(params or {}), "seed": seed})
     n = len(X)
     f = fk.get("validation_fraction")
