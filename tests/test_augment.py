@@ -378,6 +378,33 @@ def test_augment_callable_per_step(rng):
     assert xa.shape == x.shape and ya is y
 
 
+def test_augment_flat_rows_with_image_shape(rng):
+    # an MLP's rows (N, 64) are augmented as (N, 1, 8, 8) images and flattened back
+    x = images(rng, (6, 1, 8, 8))
+    y = rng.integers(0, 10, 6)
+    tf = [A.RandomCrop(8, padding=1), A.GaussianNoise(0.05)]
+    flat, yf = A.Augment(tf, seed=4, image_shape=(1, 8, 8))(x.reshape(6, 64), y, 3)
+    img, _ = A.Augment(tf, seed=4)(x, y, 3)
+    assert flat.shape == (6, 64) and yf is y
+    np.testing.assert_array_equal(flat, img.reshape(6, 64))
+    flat2, _ = A.Augment(tf, seed=4, image_shape=(8, 8))(x.reshape(6, 64), y, 3)
+    np.testing.assert_array_equal(flat2, flat)
+    with pytest.raises(ValueError, match=r"x: expected flat rows \(N, 64\) for image_shape \(1, 8, 8\), got shape "
+                                         r"\(6, 1, 8, 8\)"):
+        A.Augment(tf, image_shape=(1, 8, 8))(x, y, 0)
+    with pytest.raises(ValueError, match="image_shape: expected"):
+        A.Augment(tf, image_shape=64)
+    # through the Trainer: the augmented batches train an MLP on flat digits rows
+    X, yd = fastnn.datasets.load_digits(return_X_y=True)
+    X = (X[:300] / 16).astype(np.float32)
+    fastnn.manual_seed(0)
+    model = fastnn.nn.Sequential(fastnn.nn.Linear(64, 32, activation="relu"), fastnn.nn.Linear(32, 10))
+    t = fastnn.train.Trainer(model, augment=A.Augment(tf, seed=0, image_shape=(1, 8, 8)), verbose=False, seed=0,
+                             optimizer_kwargs={"lr": 1e-2})
+    t.fit(X, yd[:300], epochs=20, batch_size=50)
+    assert t.history["loss"][-1] < t.history["loss"][0] / 2
+
+
 # ---- errors -------------------------------------------------------------------------------------------
 
 def test_errors(rng):

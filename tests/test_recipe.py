@@ -77,3 +77,132 @@ def test_diagnose_errors():
         recipe.diagnose({"val_acc": [0.5]})
     assert "overfitting" in str(recipe.diagnose({"train_loss": [1, 0.5], "train_acc": [0.9, 1.0],
                                                   "val_acc": [0.5, 0.6]})[0])
+
+
+# ---------------------------------------------------------------- overfit_small, lr_find, run
+@pytest.fixture(scope="module")
+def digits():
+    X, y = fastnn.datasets.load_digits(return_X_y=True)
+    return (X / 16.0).astype(np.float32), y
+
+
+def _digits_mlp(seed=0, dropout=0.3):
+    fastnn.manual_seed(seed)
+    return nn.Sequential(nn.Linear(64, 64, activation="relu", dropout=dropout), nn.Linear(64, 10, init="normal"))
+
+
+def _unchanged(model, before):
+    return all(np.array_equal(p, before[k]) for k, p in model.state_dict().items())
+
+
+def test_overfit_small_reaches_100_percent(digits):
+    X, y = digits
+    model = _digits_mlp()  # with dropout: overfit_small turns it off in its copy
+    before = model.state_dict()
+    r = recipe.overfit_small(model, X, y, n_batches=5, batch_size=32)
+    assert r.reached and r.accuracy == 1.0 and r.hint is None, r.verdict
+    assert r.n_samples == 160 and 0 < r.steps == len(r.losses) and r.steps % 5 == 0
+    assert r.losses[-1] < r.losses[0] / 5
+    assert "reached 100%" in r.verdict
+    assert _unchanged(model, before) and model[0].dropout == 0.3
+
+
+def test_overfit_small_flat_and_exploding_hints(digits):
+    X, y = digits
+    model = _digits_mlp()
+    low = recipe.overfit_small(model, X, y, lr=1e-7, max_epochs=40)
+    assert not low.reached and low.hint == "flat" and low.steps == 200
+    assert "flat" in low.verdict and "learning rate is too low" in low.verdict and "init" in low.verdict
+    high = recipe.overfit_small(model, X, y, optimizer="sgd", lr=100.0, max_epochs=40)
+    assert not high.reached and high.hint == "exploding"
+    assert "learning rate is too high" in high.verdict
+
+
+def test_lr_find_suggestion_lies_where_the_loss_falls(digits):
+    X, y = digits
+    model = _digits_mlp()
+    before = model.state_dict()
+    r = recipe.lr_find(model, X, y, lr_min=1e-5, lr_max=10.0, num_iter=100, seed=0)
+    assert _unchanged(model, before)
+    n = len(r.lrs)
+    assert 10 < n <= 100 and len(r.losses) == len(r.smoothed) == n
+    np.testing.assert_allclose(r.lrs[:3], 1e-5 * 1e6 ** (np.arange(3) / 99), rtol=1e-12)
+    assert r.smoothed[0] == pytest.approx(r.losses[0], rel=1e-12)  # bias-corrected EMA
+    assert r.stopped_early and r.smoothed[-1] > 4 * r.smoothed.min()
+    assert r.method == "steepest" and r.suggestion < r.min_loss_lr
+    i = int(np.flatnonzero(r.lrs == r.suggestion)[0])
+    # at the suggestion the smoothed loss falls, and it is already below where it started
+    assert r.smoothed[i + 1] < r.smoothed[i] < r.smoothed[i - 1]
+    assert r.smoothed[i] < 0.97 * r.smoothed[0]
+    # and training with it is fine: the suggestion is a usable learning rate
+    t = fastnn.train.Trainer(_digits_mlp(dropout=0.0), "cross_entropy", "sgd",
+                             optimizer_kwargs={"lr": r.suggestion, "momentum": 0.9}, verbose=False, seed=0)
+    t.fit(X, y, epochs=3, batch_size=64)
+    assert t.stopped_reason == "completed" and t.history["loss"][-1] < 0.5 * t.history["loss"][0]
+
+
+def test_lr_find_plot(digits, tmp_path):
+    X, y = digits
+    r = recipe.lr_find(_digits_mlp(), X, y, num_iter=20)
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="pip install matplotlib"):
+            r.plot(tmp_path / "lr.png")
+        return
+    r.plot(tmp_path / "lr.png")
+    assert (tmp_path / "lr.png").stat().st_size > 0
+
+
+def test_recipe_errors(digits, tmp_path):
+    X, y = digits
+    m = _digits_mlp()
+    with pytest.raises(ValueError, match="lr_max: expected a value above lr_min=0.1, got 0.01"):
+        recipe.lr_find(m, X, y, lr_min=0.1, lr_max=0.01)
+    with pytest.raises(ValueError, match="n_batches: expected a positive integer, got 0"):
+        recipe.overfit_small(m, X, y, n_batches=0)
+    with pytest.raises(ValueError, match="y: expected 1797 integer labels"):
+        recipe.overfit_small(m, X, y[:10])
+    with pytest.raises(ValueError, match="'lr' is searched by the recipe itself"):
+        recipe.run(lambda p: _digits_mlp(), X, y, out_dir=tmp_path, space={"lr": fastnn.search.uniform(0, 1)})
+
+
+def test_run_writes_a_report_with_every_step(digits, tmp_path):
+    X, y = digits
+    X = X * 16  # raw pixel counts: run standardizes them
+    seen = []
+
+    def model_fn(p):
+        seen.append(dict(p))
+        h = p["hidden"]
+        return nn.Sequential(nn.Linear(64, h, activation="relu", dropout=p.get("dropout", 0.0)),
+                             nn.Linear(h, 10, init="normal"))
+
+    rep = recipe.run(model_fn, X, y, out_dir=tmp_path / "out", params={"hidden": 32},
+                     space={"dropout": fastnn.search.uniform(0.0, 0.2)}, overfit_epochs=100, lr_find_iters=40,
+                     coarse_trials=3, coarse_epochs=1, fine_trials=2, fine_epochs=2, final_epochs=8, seed=0)
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert text == rep.markdown and "report.md" in rep.files
+    for heading in ("## 1. Initial loss", "## 2. Overfit a small sample", "## 3. Learning-rate range test",
+                    "## 4. Coarse random search", "## 5. Fine search", "## 6. Train the best longer",
+                    "## 7. Diagnosis and held-out test"):
+        assert heading in text
+    assert rep.initial_loss.ok and rep.overfit.reached
+    assert len(rep.coarse.trials) == 3 and len(rep.fine.trials) == 2
+    s = rep.lr_finder.suggestion
+    assert all(s / 10 <= t["params"]["lr"] <= 3 * s for t in rep.coarse.trials)
+    assert set(rep.best_params) == {"lr", "l2", "dropout"}
+    assert all(p["hidden"] == 32 for p in seen) and any(p.get("dropout", 0) > 0 for p in seen)
+    assert len(rep.history["val_accuracy"]) == 8 and rep.findings
+    assert rep.test["accuracy"] > 0.85 and f"{rep.test['accuracy']:.4f}" in text
+
+
+def test_cli_recipe(tmp_path, capsys):
+    from fastnn.cli import main
+    out = tmp_path / "rec"
+    assert main(["recipe", "--out", str(out), "--trials", "2", "--search-epochs", "1", "--epochs", "3",
+                 "--hidden", "32", "--quiet"]) == 0
+    assert "test accuracy" in capsys.readouterr().out
+    assert "## 7. Diagnosis" in (out / "report.md").read_text()
+    assert main(["recipe", "--out", str(out), "--hidden", "0"]) == 2
+    assert "--hidden: expected positive layer sizes" in capsys.readouterr().err

@@ -60,7 +60,8 @@ def test_closed_forms():
 
 @pytest.mark.skipif(torch is None, reason="torch not installed")
 @pytest.mark.parametrize("name", ["step", "step_gamma", "cosine", "cosine_eta", "linear", "linear_start",
-                                  "inverse_sqrt", "warmup_cosine", "warmup_step"])
+                                  "inverse_sqrt", "warmup_cosine", "warmup_step", "cyclic", "cyclic_eta",
+                                  "cyclic_mult"])
 def test_matches_torch(name):
     L = torch.optim.lr_scheduler
     cases = {
@@ -78,21 +79,47 @@ def test_matches_torch(name):
         "warmup_step": (S.Warmup(S.Step(50, 0.5), 10, start_factor=0.25),
                         lambda o: L.SequentialLR(o, [L.LinearLR(o, 0.25, 1.0, total_iters=10),
                                                      L.StepLR(o, 50, 0.5)], milestones=[10]), N),
+        "cyclic": (S.CyclicCosine(50), lambda o: L.CosineAnnealingWarmRestarts(o, 50), N),
+        "cyclic_eta": (S.CyclicCosine(37, eta_min=1e-3), lambda o: L.CosineAnnealingWarmRestarts(o, 37, eta_min=1e-3),
+                       N),
+        "cyclic_mult": (S.CyclicCosine(10, eta_min=1e-4, t_mult=2),
+                        lambda o: L.CosineAnnealingWarmRestarts(o, 10, T_mult=2, eta_min=1e-4), N),
     }
     ours, make, n = cases[name]
     np.testing.assert_allclose(lrs(ours, n), torch_lrs(make, n), rtol=0, atol=1e-12)
 
 
+def test_cyclic_cosine_closed_form():
+    k = np.arange(N)
+    t = k % 40
+    np.testing.assert_allclose(lrs(S.CyclicCosine(40, eta_min=1e-3)),
+                               1e-3 + (BASE - 1e-3) * (1 + np.cos(np.pi * t / 40)) / 2, rtol=0, atol=1e-15)
+    c = lrs(S.CyclicCosine(40))
+    assert (c[::40] == BASE).all() and c[39] < c[38] < 1e-3  # restarts at base_lr; lowest just before
+    # t_mult=3: cycles of 5, 15, 45, 135 steps starting at 0, 5, 20, 65, 200
+    s = S.CyclicCosine(5, t_mult=3)
+    assert [s.cycle(j) for j in (0, 4, 5, 19, 20, 64, 65, 199, 200)] == [
+        (0, 0, 5), (0, 0, 5), (1, 5, 15), (1, 5, 15), (2, 20, 45), (2, 20, 45), (3, 65, 135), (3, 65, 135),
+        (4, 200, 405)]
+    starts = np.array([s.cycle(j)[1] for j in k])
+    lengths = np.array([s.cycle(j)[2] for j in k])
+    np.testing.assert_allclose(lrs(s), BASE * (1 + np.cos(np.pi * (k - starts) / lengths)) / 2, rtol=0, atol=1e-15)
+    with pytest.raises(ValueError, match="cycle_len: expected an integer >= 1, got 0"):
+        S.CyclicCosine(0)
+    with pytest.raises(ValueError, match="t_mult: expected an integer >= 1, got 1.5"):
+        S.CyclicCosine(10, t_mult=1.5)
+
+
 def test_state_dict_round_trip_and_create():
     for s in (S.Constant(), S.Step(5, 0.3), S.Cosine(100, 1e-4), S.Linear(10, 0.5), S.InverseSqrt(8),
-              S.Warmup(S.Cosine(50), 5, 0.1)):
+              S.Warmup(S.Cosine(50), 5, 0.1), S.CyclicCosine(7, 1e-4, 2)):
         r = S.from_state_dict(s.state_dict())
         assert r == s and lrs(r, 120).tolist() == lrs(s, 120).tolist()
     assert S.create("Cosine", total=10) == S.Cosine(10)
 
 
 def test_errors():
-    with pytest.raises(ValueError, match=r"schedule: expected one of constant, step, cosine, linear, inverse_sqrt, "
+    with pytest.raises(ValueError, match=r"schedule: expected one of constant, step, cosine, cyclic_cosine, linear, inverse_sqrt, "
                                          r"warmup, got 'exp'"):
         S.create("exp")
     with pytest.raises(ValueError, match="step_size: expected an integer >= 1, got 0"):

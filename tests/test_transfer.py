@@ -131,3 +131,49 @@ def test_load_pretrained_from_torch(tmp_path, rng):
     with torch.no_grad():
         expect = tm(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(model.eval()(x), expect, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- transfer beats training from scratch
+def _teacher_body(seed, n_out):
+    fastnn.manual_seed(seed)
+    return nn.Sequential(nn.Linear(32, 128, activation="relu"), nn.Linear(128, 64, activation="relu"),
+                         nn.Linear(64, n_out, init="normal"))
+
+
+def test_transfer_beats_scratch_on_a_small_labelled_set():
+    # Source: 15000 rows of a teacher task with 10 classes. Target: another task on 5000 unseen
+    # rows, 3 superclasses of those classes, from 50 labels. Pretrained body, new head trained
+    # alone (body frozen), then all with the body at a tenth of the lr; against the same network
+    # trained from scratch on the same 50. bench/practice.py: +12.6 points on average over 10
+    # splits (min +5.7); this split +14.8. (Digits 0-4 -> 5-9 does not gain: see the README.)
+    from fastnn.train import Trainer
+    X, y = fastnn.datasets.make_teacher(20000, 32, 10, seed=3)
+    pre = _teacher_body(0, 10)
+    Trainer(pre, optimizer_kwargs={"lr": 1e-3}, verbose=False, seed=0).fit(X[:15000], y[:15000], epochs=5,
+                                                                            batch_size=64)
+    Xt, yt = X[15000:], np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])[y[15000:]]
+    o = np.random.default_rng(0).permutation(len(Xt))
+    tr, te = o[:50], o[50:]
+
+    model = _teacher_body(5, 10)
+    transfer.load_pretrained(model, pre.state_dict())
+    head = transfer.replace_head(model, 3, init="normal")
+    transfer.freeze(model)
+    transfer.unfreeze(model, [transfer.head_name(model)])
+    body = [p.data.copy() for p in model.parameters()[:4]]
+    Trainer(model, optimizer_kwargs={"lr": 1e-2}, verbose=False, seed=0).fit(Xt[tr], yt[tr], epochs=30, batch_size=16)
+    for p, b in zip(model.parameters()[:4], body):
+        np.testing.assert_array_equal(p.data, b)  # the body stayed frozen while the head learned
+    assert model[2] is head
+    transfer.unfreeze(model)
+    transfer.set_lr_scale(model, 0.1)
+    transfer.set_lr_scale(model, 1.0, [transfer.head_name(model)])
+    Trainer(model, optimizer_kwargs={"lr": 3e-3}, verbose=False, seed=0).fit(Xt[tr], yt[tr], epochs=30, batch_size=16)
+    assert not np.array_equal(model[0].weight.data, body[0])  # then fine-tuned
+    acc_transfer = float(np.mean(model.eval()(Xt[te]).argmax(1) == yt[te]))
+
+    scratch = _teacher_body(1000, 3)
+    Trainer(scratch, optimizer_kwargs={"lr": 3e-3}, verbose=False, seed=0).fit(Xt[tr], yt[tr], epochs=60,
+                                                                              batch_size=16)
+    acc_scratch = float(np.mean(scratch.eval()(Xt[te]).argmax(1) == yt[te]))
+    assert acc_transfer >= acc_scratch + 0.07, (acc_transfer, acc_scratch)

@@ -698,16 +698,35 @@ class Augment:
 
     With seed=None every call reserves fresh positions from fastnn.random.default_generator;
     with a seed, step s uses the positions from s * STEP_POSITIONS (2**40), so a resumed run
-    augments step s exactly as the original did."""
+    augments step s exactly as the original did. image_shape=(C, H, W) (or (H, W)) lets it
+    augment the flat rows an MLP trains on: each batch (N, C*H*W) is viewed as images for the
+    transforms and flattened back (digits: image_shape=(1, 8, 8))."""
 
-    def __init__(self, transforms, *, seed=None):
+    def __init__(self, transforms, *, seed=None, image_shape=None):
         self.compose = transforms if isinstance(transforms, Compose) else Compose(transforms)
         if seed is not None:
             from .random import check_seed
             seed = check_seed(seed)
         self.seed = seed
+        if image_shape is not None:
+            if not isinstance(image_shape, (tuple, list)) or len(image_shape) not in (2, 3):
+                raise ValueError(f"image_shape: expected (H, W) or (C, H, W), got {image_shape!r}")
+            image_shape = tuple(_int(v, "image_shape", 1) for v in image_shape)
+        self.image_shape = image_shape
 
     def __call__(self, x, y, step):
+        if self.image_shape is not None:
+            # an MLP's flat rows (N, C*H*W) seen as images; the result is flattened back
+            size = int(np.prod(self.image_shape))
+            if np.ndim(x) != 2 or np.shape(x)[1] != size:
+                raise ValueError(f"x: expected flat rows (N, {size}) for image_shape {self.image_shape}, got shape "
+                                 f"{np.shape(x)}")
+            n = x.shape[0]
+            xi, y = self._apply(x.reshape((n,) + self.image_shape), y, step)
+            return xi.reshape(n, -1), y
+        return self._apply(x, y, step)
+
+    def _apply(self, x, y, step):
         step = _int(step, "step")
         if self.seed is None:
             return self.compose(x, y)
@@ -719,7 +738,8 @@ class Augment:
         return self.compose(x, y, seed=self.seed, offset=step * STEP_POSITIONS)
 
     def __repr__(self):
-        return f"Augment({self.compose!r}, seed={self.seed})"
+        shape = "" if self.image_shape is None else f", image_shape={self.image_shape}"
+        return f"Augment({self.compose!r}, seed={self.seed}{shape})"
 
 
 # ---- functional API ---------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The `fastnn` command: `fastnn train` (the main job), `fastnn info`, `fastnn bench`."""
+"""The `fastnn` command: `fastnn train` (the main job), `fastnn recipe`, `fastnn info`, `fastnn bench`."""
 
 from __future__ import annotations
 
@@ -32,15 +32,32 @@ def main(argv=None) -> int:
     t.add_argument("--device", default="cpu", help="cpu (GPU training is not available yet)")
     t.add_argument("--out", default=None, help="folder for model.npz and curves.png (default: none written)")
     t.add_argument("--quiet", action="store_true", help="no progress output")
+    r = sub.add_parser("recipe", help="the training recipe end to end (checks, LR range test, searches, final "
+                                      "training, diagnosis) with a report.md", description=RECIPE_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    r.add_argument("--dataset", default="digits", help="digits (bundled), teacher, or a .npz / .csv file (as train)")
+    r.add_argument("--out", default="recipe", help="folder for report.md and the PNGs (default ./recipe)")
+    r.add_argument("--hidden", type=int, nargs="*", default=[128], help="hidden layer sizes (default 128)")
+    r.add_argument("--activation", default="relu", help="hidden activation (default relu)")
+    r.add_argument("--max-dropout", type=float, default=0.3,
+                   help="dropout is searched uniformly in [0, this] (default 0.3; 0: no dropout)")
+    r.add_argument("--trials", type=int, default=10, help="coarse search trials (the fine search runs half)")
+    r.add_argument("--search-epochs", type=int, default=3, help="epochs per coarse trial (fine: twice as many)")
+    r.add_argument("--epochs", type=int, default=40, help="epochs of the final training")
+    r.add_argument("--batch-size", type=int, default=64)
+    r.add_argument("--test-fraction", type=float, default=0.2)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    r.add_argument("--quiet", action="store_true", help="no progress output")
     args = parser.parse_args(argv)
 
     import fastnn
 
-    if args.command == "train":
+    if args.command in ("train", "recipe"):
         try:
-            return _train(args)
+            return _train(args) if args.command == "train" else _recipe(args)
         except (ValueError, TypeError, OSError) as e:
-            print(f"fastnn train: error: {e}", file=sys.stderr)
+            print(f"fastnn {args.command}: error: {e}", file=sys.stderr)
             return 2
 
     if args.command == "info":
@@ -70,6 +87,59 @@ validation split for the learning curves; finally reports accuracy on the test s
     fastnn train --hidden 512 256 --epochs 30 --out run/    # writes run/model.npz, run/curves.png
     fastnn train --dataset my.npz                  # X (n, d) floats, y (n,) integer labels
 """
+
+
+RECIPE_HELP = """Runs the training recipe (fastnn.recipe.run) on a data set and writes a report:
+(1) the initial loss against log(C), (2) overfitting a few minibatches to 100%, (3) the LR range
+test, (4) a coarse random search of lr (around the suggestion), L2 and dropout with short runs,
+(5) a finer search around the best, (6) the best trained longer, (7) the learning curves'
+diagnosis and the held-out test accuracy. report.md (and lr_find.png, search.png, curves.png
+when matplotlib is installed) go to --out.
+
+    fastnn recipe                                  # digits, a few seconds; ./recipe/report.md
+    fastnn recipe --dataset my.npz --hidden 256 128 --trials 20 --out run/
+"""
+
+
+def _recipe(args) -> int:
+    import os
+    import time
+
+    import fastnn
+    from . import nn, recipe, search
+
+    for name in ("trials", "search_epochs", "epochs", "batch_size"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(args, name)}")
+    if any(h < 1 for h in args.hidden):
+        raise ValueError(f"--hidden: expected positive layer sizes, got {args.hidden}")
+    if not 0 <= args.max_dropout < 1:
+        raise ValueError(f"--max-dropout: expected a probability in [0, 1), got {args.max_dropout}")
+    if args.threads is not None:
+        fastnn.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    X, y, desc = _load(args.dataset, args.seed)
+    n_classes = len(set(y.tolist()))
+    hidden, act = list(args.hidden), args.activation
+
+    def model_fn(p):
+        layers, d = [], X.shape[1]
+        for h in hidden:
+            layers.append(nn.Linear(d, h, activation=act, dropout=p.get("dropout", 0.0), init="kaiming"))
+            d = h
+        layers.append(nn.Linear(d, n_classes, init="normal"))  # small logits: initial loss log(C)
+        return nn.Sequential(*layers)
+
+    space = {"dropout": search.uniform(0.0, args.max_dropout)} if args.max_dropout > 0 else {}
+    if not args.quiet:
+        print(f"data: {desc}")
+    rep = recipe.run(model_fn, X, y, out_dir=args.out, space=space, test_fraction=args.test_fraction,
+                     coarse_trials=args.trials, coarse_epochs=args.search_epochs,
+                     fine_trials=max(1, args.trials // 2), fine_epochs=2 * args.search_epochs,
+                     final_epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, verbose=not args.quiet)
+    print(f"test accuracy: {rep.test['accuracy']:.4f}; report: {os.path.join(args.out, 'report.md')} "
+          f"({', '.join(rep.files)}); {time.perf_counter() - t0:.1f} s")
+    return 0
 
 
 def _load(name, seed):

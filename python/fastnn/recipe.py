@@ -1,7 +1,14 @@
 """The sanity-check recipe for training a network, and reading its learning curves.
 
     check_initial_loss(model, X, y)   # step 1: loss at init vs log(C)
-    diagnose(history)                 # step 6: what the curves say, with advice
+    overfit_small(model, X, y)        # step 2: can it reach 100% on a few minibatches?
+    lr_find(model, X, y)              # step 3: the LR range test, a suggested LR
+    diagnose(history)                 # step 7: what the curves say, with advice
+    run(model_fn, X, y, out_dir=...)  # steps 1-7 end to end, a report.md (+ PNGs) in out_dir
+
+overfit_small and lr_find never change the model they are given: they train a copy (rebuilt
+with ``fastnn.nn.from_config(model.config())`` and the model's current weights loaded into it),
+so a custom Module needs config() (and fastnn.nn.register) to be checked this way.
 
 The rules of ``diagnose`` (thresholds in DIAGNOSE_THRESHOLDS):
 - bad_init: the first step's loss is far from log(C) (badly scaled logits), or the loss stays flat
@@ -18,13 +25,15 @@ The rules of ``diagnose`` (thresholds in DIAGNOSE_THRESHOLDS):
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from . import nn
 
-__all__ = ["Finding", "InitialLossCheck", "check_initial_loss", "diagnose", "DIAGNOSE_THRESHOLDS"]
+__all__ = ["Finding", "InitialLossCheck", "check_initial_loss", "diagnose", "DIAGNOSE_THRESHOLDS", "OverfitResult",
+           "overfit_small", "LRFinderResult", "lr_find", "RecipeReport", "run"]
 
 DIAGNOSE_THRESHOLDS = {
     "init_rel_tol": 0.5,        # |first loss - log C| / log C above this: bad init
@@ -203,3 +212,506 @@ def diagnose(history, *, n_classes=None, thresholds=None):
         out.append(Finding("healthy", "the curves look healthy", "train longer or fine-tune the learning rate "
                            "for the last points", ev))
     return out
+
+
+# ---- shared helpers ----------------------------------------------------------------------------
+
+def _copy_model(model, *, regularization=True):
+    """A new model with model's architecture and current weights (frozen flags and lr scales
+    too); regularization=False sets every dropout / DropConnect probability to 0."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a fastnn.nn.Module, got {type(model).__name__}")
+    try:
+        cfg = model.config()
+    except NotImplementedError as e:
+        raise TypeError(f"model: needs config() to be copied (the model given is never trained in place): {e}") \
+            from None
+    if not regularization:
+        cfg = _no_dropout(cfg)
+    copy = nn.from_config(cfg)
+    copy.load_state_dict(model.state_dict())
+    for (_, src), (_, dst) in zip(model.named_parameters(), copy.named_parameters()):
+        dst.requires_grad = getattr(src, "requires_grad", True)
+        if hasattr(src, "lr_scale"):
+            dst.lr_scale = src.lr_scale
+    return copy
+
+
+def _no_dropout(cfg):
+    if isinstance(cfg, dict):
+        out = {k: _no_dropout(v) for k, v in cfg.items()}
+        if out.get("type") == "Linear":
+            out["dropout"] = out["dropconnect"] = 0.0
+        elif out.get("type") == "Dropout":
+            out["p"] = 0.0
+        return out
+    if isinstance(cfg, list):
+        return [_no_dropout(v) for v in cfg]
+    return cfg
+
+
+def _xy(model, X, y):
+    """X as a C-contiguous array of the model's dtype, y as int64 labels in [0, C)."""
+    params = model.parameters()
+    if not params:
+        raise ValueError("model: expected a model with parameters, got none")
+    dtype = params[0].data.dtype
+    X = np.ascontiguousarray(np.asarray(X, dtype))
+    y = np.asarray(y)
+    if X.ndim != 2:
+        raise ValueError(f"X: expected a 2-D array (samples, features), got shape {X.shape}")
+    if y.ndim != 1 or y.shape[0] != X.shape[0]:
+        raise ValueError(f"y: expected {X.shape[0]} integer labels (one per row of X), got shape {y.shape}")
+    if y.dtype.kind not in "iu":
+        raise TypeError(f"y: expected integer class labels, got {y.dtype}")
+    return X, y.astype(np.int64)
+
+
+def _positive(v, name, kind=int):
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral if kind is int else numbers.Real) \
+            or not (v > 0) or not math.isfinite(v):
+        what = "a positive integer" if kind is int else "a positive finite number"
+        raise ValueError(f"{name}: expected {what}, got {v!r}")
+    return kind(v)
+
+
+def _pyplot(what):
+    try:
+        import matplotlib
+        import sys
+        if "matplotlib.pyplot" not in sys.modules:
+            matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ImportError(f"{what} needs matplotlib, an optional extra: pip install matplotlib") from None
+    return plt
+
+
+# ---- step 2: overfit a few minibatches ---------------------------------------------------------
+
+OVERFIT_THRESHOLDS = {
+    "flat": 0.1,       # the loss fell by less than 10% of its first value: flat
+    "explode": 1.05,   # the loss ended above 1.05x its first value (or became NaN/inf): exploding
+}
+
+
+@dataclass
+class OverfitResult:
+    reached: bool              # 100% training accuracy on the small set
+    steps: int                 # optimizer steps taken (until 100%, or all of them)
+    accuracy: float            # final training accuracy on the small set (eval mode)
+    losses: list               # the loss of every step
+    n_samples: int
+    verdict: str
+    hint: str | None           # None when reached; else "flat" or "exploding" advice, or "slow"
+
+    def __str__(self):
+        return self.verdict
+
+
+def overfit_small(model, X, y, n_batches=5, *, batch_size=32, max_epochs=300, optimizer="adam", lr=1e-3,
+                  optimizer_kwargs=None, seed=0):
+    """Recipe step 2: train a copy of ``model`` on ``n_batches`` minibatches of ``batch_size``
+    rows (the first rows of a seeded permutation of X) with regularization off (no dropout or
+    DropConnect, no L1/L2), cycling over them for at most ``max_epochs`` passes, and report
+    whether it reached 100% training accuracy (checked in eval mode after each pass) and after
+    how many steps. A model that cannot overfit a hundred samples has a bug (labels, loss, a
+    layer's gradient) or a wrong learning rate; the hints (OVERFIT_THRESHOLDS):
+
+    - "flat": the loss barely moved: the learning rate is too low, or the init is bad
+      (e.g. weights so small that the gradients vanish).
+    - "exploding": the loss became NaN/inf or rose: the learning rate is too high, or the init
+      is bad (weights so large that the logits saturate).
+    - "slow": the loss falls but has not reached 100% yet: train longer or raise the LR a bit.
+
+    The model itself is not changed (see the module docstring)."""
+    import warnings
+
+    from .train import Trainer, TrainingDivergedWarning
+
+    n_batches = _positive(n_batches, "n_batches")
+    batch_size = _positive(batch_size, "batch_size")
+    max_epochs = _positive(max_epochs, "max_epochs")
+    lr = _positive(lr, "lr", float)
+    X, y = _xy(model, X, y)
+    m = min(len(X), n_batches * batch_size)
+    idx = np.sort(np.random.default_rng(seed).permutation(len(X))[:m])
+    Xs, ys = X[idx], y[idx]
+    copy = _copy_model(model, regularization=False)
+    kw = dict(optimizer_kwargs or {})
+    kw["lr"] = lr
+    trainer = Trainer(copy, "cross_entropy", optimizer, optimizer_kwargs=kw, verbose=False, seed=seed,
+                      dtype=X.dtype)
+    state = {"acc": 0.0}
+
+    def check(tr, epoch, logs):
+        state["acc"] = float(np.mean(tr.predict(Xs) == ys))
+        return state["acc"] == 1.0
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TrainingDivergedWarning)
+        trainer.fit(Xs, ys, epochs=max_epochs, batch_size=batch_size, shuffle=False, callbacks=[check])
+    losses = [float(v) for v in trainer.history["step_loss"]]
+    steps = trainer.optimizer.step_count
+    reached = trainer.stopped_reason == "callback"
+    diverged = trainer.stopped_reason == "diverged"
+    t = OVERFIT_THRESHOLDS
+    first = losses[0] if losses else float("nan")
+    last = float(np.mean(losses[-n_batches:])) if losses else float("nan")
+    if reached:
+        hint = None
+        verdict = (f"reached 100% training accuracy on {m} samples ({n_batches} batches) in {steps} steps "
+                   f"(loss {first:.3g} -> {losses[-1]:.3g}): the model can learn")
+    elif diverged or not math.isfinite(last) or last > t["explode"] * first:
+        hint = "exploding"
+        verdict = (f"did not reach 100% on {m} samples: the loss exploded (NaN/inf or rising: {first:.3g} -> "
+                   f"{'nan' if diverged else f'{last:.3g}'}): the learning rate is too high (try 3-10x "
+                   f"lower), or the init is bad (weights too large)")
+    elif first - last < t["flat"] * first:
+        hint = "flat"
+        verdict = (f"did not reach 100% on {m} samples in {steps} steps: the loss is flat ({first:.3g} -> "
+                   f"{last:.3g}, accuracy {state['acc']:.3f}): the learning rate is too low (try 10x higher), or "
+                   f"the init is bad (weights too small, vanishing gradients)")
+    else:
+        hint = "slow"
+        verdict = (f"did not reach 100% on {m} samples in {steps} steps: the loss falls ({first:.3g} -> "
+                   f"{last:.3g}, accuracy {state['acc']:.3f}) but slowly: train longer (max_epochs) or raise "
+                   f"the learning rate a little; if it never gets there, check the labels and the loss")
+    return OverfitResult(reached, int(steps), state["acc"], losses, int(m), verdict, hint)
+
+
+# ---- step 3: the learning-rate range test ------------------------------------------------------
+
+@dataclass
+class LRFinderResult:
+    lrs: np.ndarray            # the lr of each step taken
+    losses: np.ndarray         # the raw minibatch loss of each step (data loss, no penalty)
+    smoothed: np.ndarray       # bias-corrected exponential moving average of the losses
+    suggestion: float          # lr at the steepest descent of the smoothed loss (in log lr)
+    min_loss_lr: float         # lr where the smoothed loss is lowest (min_loss_lr / 10 is the
+                               # other common rule of thumb)
+    stopped_early: bool        # the smoothed loss passed diverge_factor x its minimum
+    method: str = "steepest"
+
+    def __str__(self):
+        return (f"LR range test over {len(self.lrs)} steps ({self.lrs[0]:.2g} .. {self.lrs[-1]:.2g}): suggested "
+                f"lr {self.suggestion:.3g} (steepest descent of the smoothed loss); lowest loss at lr "
+                f"{self.min_loss_lr:.3g}" + ("; stopped when the loss diverged" if self.stopped_early else ""))
+
+    def plot(self, path=None):
+        """The smoothed (and raw) loss against the lr on a log axis, the suggestion marked;
+        saved to ``path`` when given. Returns the Figure. Needs matplotlib (pip install
+        matplotlib)."""
+        plt = _pyplot("LRFinderResult.plot")
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot(self.lrs, self.losses, color="0.75", linewidth=0.8, label="loss")
+        ax.plot(self.lrs, self.smoothed, color="C0", label="smoothed loss")
+        ax.axvline(self.suggestion, color="C3", linestyle="--", label=f"suggested lr {self.suggestion:.2g}")
+        ax.set_xscale("log")
+        raw = self.losses[np.isfinite(self.losses)]
+        lo, hi = float(min(np.min(self.smoothed), raw.min() if raw.size else np.inf)), float(self.smoothed[0])
+        ax.set_ylim(lo - 0.1 * abs(hi - lo) - 1e-3, max(hi, lo) + 0.5 * abs(hi - lo) + 1e-3)
+        ax.set(xlabel="learning rate", ylabel="training loss", title="LR range test")
+        ax.legend()
+        fig.tight_layout()
+        if path is not None:
+            import os
+            fig.savefig(os.fspath(path))
+            plt.close(fig)
+        return fig
+
+
+def lr_find(model, X, y, *, lr_min=1e-6, lr_max=10.0, num_iter=100, batch_size=64, momentum=0.9, l2=1e-4,
+            beta=0.98, diverge_factor=4.0, seed=0):
+    """Recipe step 3, the LR range test (Smith, 2017; fastai's lr_find): train a copy of
+    ``model`` for ``num_iter`` minibatches of ``batch_size`` rows drawn from all of X (seeded
+    shuffles), with SGD (``momentum``, a small L2 ``l2``) and a learning rate rising
+    exponentially from ``lr_min`` to ``lr_max``: lr_k = lr_min (lr_max / lr_min)^(k / (num_iter
+    - 1)). The loss is smoothed with an exponential moving average (``beta``) divided by
+    (1 - beta^(k+1)) to remove its bias towards 0 at the start; the test stops once the smoothed
+    loss exceeds ``diverge_factor`` times its minimum (or is NaN).
+
+    The suggestion is the lr where the smoothed loss falls fastest per unit of log lr (the most
+    negative slope, looked for before the minimum and after the first 10% of steps, where the
+    average is still settling): large enough to learn fast, safely below the point where the
+    loss turns. ``min_loss_lr`` is also returned (divide it by 10 for the other rule of thumb).
+    The model is not changed. ``result.plot(path)`` draws the curve."""
+    from .losses import SoftmaxCrossEntropy
+    from .optim import SGD
+
+    lr_min = _positive(lr_min, "lr_min", float)
+    lr_max = _positive(lr_max, "lr_max", float)
+    if not lr_max > lr_min:
+        raise ValueError(f"lr_max: expected a value above lr_min={lr_min}, got {lr_max}")
+    num_iter = _positive(num_iter, "num_iter")
+    if num_iter < 5:
+        raise ValueError(f"num_iter: expected at least 5 steps for a curve, got {num_iter}")
+    batch_size = _positive(batch_size, "batch_size")
+    if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not 0 <= beta < 1:
+        raise ValueError(f"beta: expected a number in [0, 1), got {beta!r}")
+    diverge_factor = _positive(diverge_factor, "diverge_factor", float)
+    X, y = _xy(model, X, y)
+    copy = _copy_model(model)
+    copy.train()
+    opt = SGD(copy.parameters(), lr=lr_min, momentum=momentum, l2=l2)
+    loss_fn = SoftmaxCrossEntropy()
+    rng = np.random.default_rng(seed)
+    bs = min(batch_size, len(X))
+    order, pos = rng.permutation(len(X)), 0
+    ratio = lr_max / lr_min
+    lrs, losses, smoothed = [], [], []
+    avg, best, stopped = 0.0, math.inf, False
+    for k in range(num_iter):
+        if pos + bs > len(X):
+            order, pos = rng.permutation(len(X)), 0
+        idx = order[pos:pos + bs]
+        pos += bs
+        lr = lr_min * ratio ** (k / (num_iter - 1))
+        opt.lr = lr
+        out = copy.forward(X[idx])
+        loss = float(loss_fn.forward(out, y[idx]))
+        lrs.append(lr)
+        losses.append(loss)
+        if not math.isfinite(loss):
+            smoothed.append(math.inf)
+            stopped = True
+            break
+        avg = beta * avg + (1 - beta) * loss
+        sm = avg / (1 - beta ** (k + 1))
+        smoothed.append(sm)
+        best = min(best, sm)
+        if sm > diverge_factor * best:
+            stopped = True
+            break
+        copy.backward(loss_fn.backward())
+        opt.step()
+    lrs, losses, smoothed = np.asarray(lrs), np.asarray(losses), np.asarray(smoothed)
+    finite = np.isfinite(smoothed)
+    i_min = int(np.argmin(np.where(finite, smoothed, np.inf)))
+    start = max(1, len(lrs) // 10)
+    if i_min - start >= 2:
+        seg = slice(start, i_min + 1)
+        slope = np.gradient(smoothed[seg], np.log(lrs[seg]))
+        suggestion = float(lrs[seg][int(np.argmin(slope))])
+        method = "steepest"
+    else:  # the minimum came too early for a slope: fall back to the other rule
+        suggestion = float(lrs[i_min] / 10)
+        method = "min_loss/10"
+    return LRFinderResult(lrs, losses, smoothed, suggestion, float(lrs[i_min]), stopped, method)
+
+
+# ---- steps 1-7 end to end ----------------------------------------------------------------------
+
+@dataclass
+class RecipeReport:
+    out_dir: str
+    initial_loss: InitialLossCheck
+    overfit: OverfitResult
+    lr_finder: LRFinderResult
+    coarse: object             # fastnn.search.SearchResult
+    fine: object               # fastnn.search.SearchResult
+    best_params: dict
+    history: dict
+    findings: list
+    test: dict                 # {"loss", "accuracy"} of the final model on the held-out split
+    model: object              # the final trained model
+    files: list                # the files written to out_dir
+    markdown: str
+
+    def __str__(self):
+        return self.markdown
+
+
+def _space_str(name, sp):
+    if hasattr(sp, "low") and hasattr(sp, "high"):
+        return f"{name} {type(sp).__name__.lower()} in [{sp.low:.3g}, {sp.high:.3g}]"
+    return f"{name} {sp!r}"
+
+
+def _split(n, fraction, rng):
+    order = rng.permutation(n)
+    k = max(1, int(round(fraction * n)))
+    return np.sort(order[k:]), np.sort(order[:k])
+
+
+def _table(result, names, k=5):
+    rows = [t for t in result.trials if t["score"] is not None]
+    rows.sort(key=lambda t: -t["score"])
+    head = "| " + " | ".join(names + ["val accuracy", "val loss"]) + " |"
+    lines = [head, "|" + "---|" * (len(names) + 2)]
+    for t in rows[:k]:
+        cells = [_fmt(t["params"][n]) for n in names] + [f"{t['score']:.4f}",
+                                                         _fmt(t["metrics"].get("val_loss", float("nan")))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def run(model_fn, X, y, *, out_dir, params=None, space=None, test_fraction=0.2, val_fraction=0.2,
+        standardize=True, overfit_batches=5, overfit_epochs=300, lr_find_iters=100, coarse_trials=8,
+        coarse_epochs=3, fine_trials=4, fine_epochs=6, final_epochs=30, batch_size=64, momentum=0.9,
+        l2_range=(1e-6, 1e-2), seed=0, verbose=False):
+    """The whole recipe on (X, y), writing ``out_dir/report.md`` (and PNGs when matplotlib is
+    installed: lr_find.png, search.png, curves.png). Returns a RecipeReport.
+
+    ``model_fn(params) -> model`` builds a fresh fastnn.nn model from a dict: ``params`` (the
+    fixed ones given here) plus the searched "lr" and "l2" (which model_fn may ignore; for the
+    model of steps 1-3 they are None and 0, and the keys of ``space`` are absent) and any
+    keys of ``space`` (extra fastnn.search spaces, e.g. {"dropout": search.uniform(0, 0.5),
+    "hidden": search.choice([64, 128])}), so the search can vary the architecture.
+
+    Data: a seeded ``test_fraction`` of the rows is held out for the end; ``val_fraction`` of
+    the rest is the validation split the searches score on (validation accuracy). With
+    ``standardize`` the inputs are standardized with statistics of the training split only.
+
+    Steps (each one's numbers and verdict go into the report):
+    1. check_initial_loss of model_fn(params) on the training split;
+    2. overfit_small (``overfit_batches`` minibatches, Adam, no regularization);
+    3. lr_find (``lr_find_iters`` steps, SGD with ``momentum``) -> suggested lr s;
+    4. coarse random search (fastnn.search.random_search, executor="serial", ``coarse_trials``
+       trials of ``coarse_epochs`` epochs): lr loguniform in [s/10, 3s], l2 loguniform in
+       ``l2_range``, plus ``space``; SGD with Nesterov ``momentum``, cosine schedule;
+    5. fine search: ``fine_trials`` trials of ``fine_epochs`` epochs in the space narrowed
+       around the 3 best coarse trials (Space.narrow, as coarse_to_fine does);
+    6. the best parameters trained for ``final_epochs`` epochs with the Trainer, validation
+       curves recorded;
+    7. diagnose(history) and the accuracy on the held-out split."""
+    import os
+
+    from . import search
+    from .train import Trainer
+
+    if not callable(model_fn):
+        raise TypeError(f"model_fn: expected a callable params -> model, got {type(model_fn).__name__}")
+    for name, v in (("test_fraction", test_fraction), ("val_fraction", val_fraction)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0 < v < 1:
+            raise ValueError(f"{name}: expected a fraction in (0, 1), got {v!r}")
+    for name in ("overfit_batches", "overfit_epochs", "lr_find_iters", "coarse_trials", "coarse_epochs",
+                 "fine_trials", "fine_epochs", "final_epochs", "batch_size"):
+        _positive(locals()[name], name)
+    params = dict(params or {})
+    space = dict(space or {})
+    for k in ("lr", "l2"):
+        if k in space or k in params:
+            raise ValueError(f"space / params: {k!r} is searched by the recipe itself; give lr_find's range and "
+                             f"l2_range instead")
+    out_dir = os.fspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    say = print if verbose else (lambda *a: None)
+
+    def build(p):
+        m = model_fn(dict(p))
+        if not isinstance(m, nn.Module):
+            raise TypeError(f"model_fn: expected it to return a fastnn.nn.Module, got {type(m).__name__}")
+        return m
+
+    X = np.asarray(X)
+    y = np.asarray(y)
+    if X.ndim != 2 or y.ndim != 1 or len(X) != len(y):
+        raise ValueError(f"X, y: expected X (n, features) and y (n,) labels, got shapes {X.shape} and {y.shape}")
+    classes = np.unique(y)
+    y = np.searchsorted(classes, y).astype(np.int64)
+    n_classes = len(classes)
+    rng = np.random.default_rng(seed)
+    tr, te = _split(len(X), test_fraction, rng)
+    fit_i, val_i = _split(len(tr), val_fraction, rng)
+    fit_i, val_i = tr[fit_i], tr[val_i]
+    X = X.astype(np.float32, copy=False)
+    if standardize:
+        from .preprocessing import Standardize
+        scaler = Standardize().fit(X[tr])
+        X = scaler.transform(X)
+    Xtr, ytr, Xfit, yfit, Xval, yval, Xte, yte = X[tr], y[tr], X[fit_i], y[fit_i], X[val_i], y[val_i], X[te], y[te]
+    md = [f"# Training recipe report", "",
+          f"Data: {len(X)} samples, {X.shape[1]} features, {n_classes} classes; {len(fit_i)} train / {len(val_i)} "
+          f"validation / {len(te)} held-out test (seed {seed}){'; standardized with training statistics' if standardize else ''}.",
+          ""]
+    files = []
+
+    def png(name, draw):
+        try:
+            draw(os.path.join(out_dir, name))
+        except ImportError:
+            return f"(no {name}: matplotlib is not installed; pip install matplotlib)"
+        files.append(name)
+        return f"![{name}]({name})"
+
+    # 1
+    _manual_seed(seed)
+    model0 = build({**params, "lr": None, "l2": 0.0})
+    init = check_initial_loss(model0, Xtr, ytr, n_classes=n_classes)
+    say(f"step 1, initial loss: {init.verdict}")
+    md += ["## 1. Initial loss", "", f"- loss {init.loss:.4f}, expected log({n_classes}) = {init.expected:.4f} "
+           f"(tolerance {init.tolerance:.3f}): **{'ok' if init.ok else 'check'}**", f"- {init.verdict}", ""]
+    # 2
+    ov = overfit_small(model0, Xtr, ytr, overfit_batches, batch_size=min(32, batch_size), max_epochs=overfit_epochs,
+                       seed=seed)
+    say(f"step 2, overfit a small sample: {ov.verdict}")
+    md += ["## 2. Overfit a small sample", "", f"- {ov.n_samples} samples, regularization off, Adam: "
+           f"**{'reached 100%' if ov.reached else 'did not reach 100%'}** after {ov.steps} steps "
+           f"(training accuracy {ov.accuracy:.4f})", f"- {ov.verdict}", ""]
+    # 3
+    lf = lr_find(model0, Xfit, yfit, num_iter=lr_find_iters, batch_size=batch_size, momentum=momentum, seed=seed)
+    say(f"step 3, LR range test: {lf}")
+    md += ["## 3. Learning-rate range test", "", f"- {lf}", f"- suggestion rule: {lf.method}",
+           "- " + png("lr_find.png", lf.plot), ""]
+    s = lf.suggestion
+
+    # 4, 5
+    def trial(p):
+        _manual_seed(seed)
+        m = build({**params, **p})
+        t = Trainer(m, "cross_entropy", "sgd", "cosine", optimizer_kwargs={"lr": p["lr"], "momentum": momentum,
+                    "nesterov": momentum > 0}, l2=p["l2"], verbose=False, seed=seed)
+        t.fit(Xfit, yfit, epochs=p.pop("_epochs"), batch_size=batch_size, validation_data=(Xval, yval))
+        if t.stopped_reason == "diverged":
+            return {"score": 0.0, "val_loss": float("inf")}
+        r = t.evaluate(Xval, yval)
+        return {"score": r["accuracy"], "val_loss": r["loss"]}
+
+    coarse_space = {"lr": search.loguniform(s / 10, 3 * s), "l2": search.loguniform(*l2_range), **space}
+    names = list(coarse_space)
+    coarse = search.random_search(lambda p: trial({**p, "_epochs": coarse_epochs}), coarse_space, coarse_trials,
+                                  seed=seed, executor="serial", progress=False)
+    say(f"step 4, coarse search: best {coarse.best_params} val accuracy {coarse.best_score:.4f}")
+    md += ["## 4. Coarse random search", "", f"{coarse_trials} trials of {coarse_epochs} epochs (SGD, Nesterov "
+           f"momentum {momentum}, cosine schedule); lr in [{s / 10:.3g}, {3 * s:.3g}] (around the suggestion), "
+           f"l2 in [{l2_range[0]:.3g}, {l2_range[1]:.3g}]; the best {min(5, len(coarse.ok))}:", "",
+           _table(coarse, names), "", "- " + png("search.png", coarse.plot), ""]
+    top = sorted(coarse.ok, key=lambda t: -t["score"])[:3]
+    fine_space = {k: sp.narrow([t["params"][k] for t in top], 0.5) for k, sp in coarse.space.items()}
+    fine = search.random_search(lambda p: trial({**p, "_epochs": fine_epochs}), fine_space, fine_trials,
+                                seed=seed + 1, executor="serial", progress=False)
+    cand = sorted(coarse.ok + fine.ok, key=lambda t: -t["score"])  # stable: coarse first on ties
+    best = dict(cand[0]["params"])
+    say(f"step 5, fine search: best {fine.best_params} val accuracy {fine.best_score:.4f}; using {best}")
+    md += ["## 5. Fine search", "", f"{fine_trials} trials of {fine_epochs} epochs around the 3 best coarse trials "
+           f"({', '.join(_space_str(k, v) for k, v in fine_space.items())}); the best {min(5, len(fine.ok))}:", "",
+           _table(fine, names), "", f"- chosen: {', '.join(f'{k}={_fmt(v)}' for k, v in best.items())} "
+           f"(validation accuracy {cand[0]['score']:.4f})", ""]
+    # 6
+    _manual_seed(seed)
+    model = build({**params, **best})
+    trainer = Trainer(model, "cross_entropy", "sgd", "cosine", optimizer_kwargs={"lr": best["lr"], "momentum": momentum,
+                      "nesterov": momentum > 0}, l2=best["l2"], verbose=False, seed=seed)
+    trainer.fit(Xfit, yfit, epochs=final_epochs, batch_size=batch_size, validation_data=(Xval, yval))
+    h = trainer.history
+    say(f"step 6, trained {final_epochs} epochs: val accuracy {h['val_accuracy'][-1]:.4f}")
+    md += ["## 6. Train the best longer", "", f"- {final_epochs} epochs ({trainer.stopped_reason}): training loss "
+           f"{h['loss'][0]:.4f} -> {h['loss'][-1]:.4f}, training accuracy {h['accuracy'][-1]:.4f}, validation "
+           f"accuracy {h['val_accuracy'][-1]:.4f}", "- " + png("curves.png", trainer.plot_history), ""]
+    # 7
+    findings = diagnose(h, n_classes=n_classes)
+    test = trainer.evaluate(Xte, yte)
+    say(f"step 7: {'; '.join(str(f) for f in findings)}; test accuracy {test['accuracy']:.4f}")
+    md += ["## 7. Diagnosis and held-out test", ""] + [f"- {f}" for f in findings] + [
+        f"- held-out test: accuracy **{test['accuracy']:.4f}**, loss {test['loss']:.4f} ({len(te)} samples)", ""]
+    text = "\n".join(md)
+    with open(os.path.join(out_dir, "report.md"), "w", encoding="utf-8") as f:
+        f.write(text)
+    files.insert(0, "report.md")
+    return RecipeReport(out_dir, init, ov, lf, coarse, fine, best, h, findings, test, model, files, text)
+
+
+def _manual_seed(seed):
+    from .random import manual_seed
+    manual_seed(seed)

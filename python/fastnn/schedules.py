@@ -20,6 +20,13 @@ before update k reproduces torch.optim.lr_scheduler (tests/test_schedules.py che
                                         (SequentialLR([LinearLR(start, 1, steps), schedule],
                                         milestones=[steps]); start_factor=0 gives lr 0 at k = 0,
                                         the Hugging Face convention; PyTorch needs start > 0)
+    CyclicCosine(cycle_len, eta_min=0, t_mult=1)
+                                        cosine annealing with warm restarts (SGDR, Loshchilov &
+                                        Hutter 2017): cycle i lasts T_i = cycle_len * t_mult**i
+                                        steps; with t the steps since its start,
+                                        eta_min + (base_lr - eta_min) (1 + cos(pi t / T_i)) / 2
+                                        (CosineAnnealingWarmRestarts(T_0=cycle_len, T_mult, eta_min));
+                                        the lr jumps back to base_lr at each restart
 
 Schedules hold no mutable state; ``state_dict()`` is their configuration and ``from_state_dict``
 (or ``create(name, **kwargs)``) rebuilds one.
@@ -30,7 +37,7 @@ from __future__ import annotations
 import math
 import numbers
 
-__all__ = ["Schedule", "Constant", "Step", "Cosine", "Linear", "InverseSqrt", "Warmup", "create",
+__all__ = ["Schedule", "Constant", "Step", "Cosine", "CyclicCosine", "Linear", "InverseSqrt", "Warmup", "create",
            "from_state_dict", "SCHEDULES"]
 
 
@@ -117,6 +124,40 @@ class Cosine(Schedule):
         return {"total": self.total, "eta_min": self.eta_min}
 
 
+class CyclicCosine(Schedule):
+    """Cosine annealing with warm restarts (SGDR). ``cycle_start(k)`` and ``cycle_length(k)``
+    locate step k in its cycle; the snapshot ensembles of fastnn.ensemble save the weights at
+    the end of each cycle, where the lr is lowest."""
+
+    name = "cyclic_cosine"
+
+    def __init__(self, cycle_len: int, eta_min: float = 0.0, t_mult: int = 1):
+        self.cycle_len = _int(cycle_len, "cycle_len", 1)
+        self.eta_min = _real(eta_min, "eta_min", 0.0)
+        self.t_mult = _int(t_mult, "t_mult", 1)
+
+    def cycle(self, k: int):
+        """(index of the cycle holding step k, its first step, its length)."""
+        k = _check_step(k)
+        if self.t_mult == 1:
+            i = k // self.cycle_len
+            return i, i * self.cycle_len, self.cycle_len
+        # integers only: no log() rounding at the cycle boundaries
+        i, start, length = 0, 0, self.cycle_len
+        while k >= start + length:
+            start += length
+            length *= self.t_mult
+            i += 1
+        return i, start, length
+
+    def _lr(self, k, base):
+        _, start, length = self.cycle(k)
+        return self.eta_min + (base - self.eta_min) * (1 + math.cos(math.pi * (k - start) / length)) / 2
+
+    def config(self):
+        return {"cycle_len": self.cycle_len, "eta_min": self.eta_min, "t_mult": self.t_mult}
+
+
 class Linear(Schedule):
     name = "linear"
 
@@ -165,11 +206,11 @@ class Warmup(Schedule):
         return {"schedule": self.schedule.state_dict(), "steps": self.steps, "start_factor": self.start_factor}
 
 
-SCHEDULES = {c.name: c for c in (Constant, Step, Cosine, Linear, InverseSqrt, Warmup)}
+SCHEDULES = {c.name: c for c in (Constant, Step, Cosine, CyclicCosine, Linear, InverseSqrt, Warmup)}
 
 
 def create(name: str, **kwargs) -> Schedule:
-    """A schedule by name: constant, step, cosine, linear, inverse_sqrt, warmup."""
+    """A schedule by name: constant, step, cosine, cyclic_cosine, linear, inverse_sqrt, warmup."""
     cls = SCHEDULES.get(name.lower()) if isinstance(name, str) else None
     if cls is None:
         raise ValueError(f"schedule: expected one of {', '.join(SCHEDULES)}, got {name!r}")
