@@ -8,7 +8,7 @@
 from . import _C
 from . import functional
 from . import random
-from . import datasets, init, losses, nn, optim, regularization, schedules, validation
+from . import datasets, diagnostics, init, losses, nn, optim, regularization, schedules, validation
 from .parameter import Parameter
 from .random import Generator, manual_seed
 from ._runtime import (
@@ -29,6 +29,7 @@ __all__ = [
     "Parameter",
     "manual_seed",
     "datasets",
+    "diagnostics",
     "init",
     "losses",
     "nn",
