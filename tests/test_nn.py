@@ -592,3 +592,17 @@ def test_sequential_need_input_grad_false(rng, head):
     assert model.backward(g, need_input_grad=False) is None
     for p, expect in zip(model.parameters(), grads):
         np.testing.assert_array_equal(p.grad, expect)
+
+
+def test_loss_given_its_own_gradient_buffer(rng):
+    """backward() returns a buffer the loss reuses; passing it back in as logits must not alias
+    the kernel's input and output."""
+    loss_fn = nn.SoftmaxCrossEntropy()
+    x = rng.standard_normal((5, 4))
+    t = rng.integers(0, 4, 5)
+    loss_fn(x, t)
+    g = loss_fn.backward()
+    expect_loss = nn.SoftmaxCrossEntropy()(g.copy(), t)
+    assert loss_fn(g, t) == expect_loss
+    with pytest.raises(ValueError, match=r"target: expected class labels in \[0, 4\), got 4 at row 0"):
+        loss_fn(x, np.array([4, 0, 0, 0, 0]))

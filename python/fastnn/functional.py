@@ -792,3 +792,67 @@ def linear_backward(grad_output, x, weight, saved, *, bias=_FROM_SAVED, activati
     if activation == "prelu":
         return grad_x, grad_w, grad_b, grad_p.reshape(np.shape(prelu_weight))
     return grad_x, grad_w, grad_b
+
+
+# ---- the layer's hot path (fastnn.nn.Linear) ---------------------------------------------------------
+
+def _fast_operand(a, dtype, cols) -> bool:
+    """Whether `a` can go to the kernel as it is: a C-contiguous, aligned 2-D NumPy array of
+    `dtype` with `cols` columns (what a network passes from layer to layer)."""
+    return (type(a) is np.ndarray and a.ndim == 2 and a.dtype == dtype and a.shape[1] == cols
+            and a.flags.c_contiguous and a.flags.aligned)
+
+
+def _linear_train(x, weight, bias, activation, negative_slope, alpha, prelu_weight, dropout_p, dropconnect_p):
+    """``linear(..., return_saved=True)`` for arguments a Linear layer has already validated (its
+    own C-contiguous weight, bias and PReLU weight; activation a known name; probabilities in
+    [0, 1)) and an input that passed _fast_operand: the same kernel call and LinearSaved without
+    the general path's argument checks, which cost more than the small layers' GEMMs."""
+    m, k = x.shape
+    n = weight.shape[0]
+    random = dropout_p > 0 or dropconnect_p > 0
+    if random:
+        from . import random as _random
+        g = _random.default_generator
+        seed, offset = g.seed, g.reserve(m * n + n * k)
+    else:
+        seed, offset = None, 0
+    dthr, dscale = _threshold_scale(dropout_p, x.dtype) if dropout_p > 0 else (0, 1.0)
+    cthr, cscale = _threshold_scale(dropconnect_p, x.dtype) if dropconnect_p > 0 else (0, 1.0)
+    slope, alpha_k, scale_k = _act_params(activation, negative_slope, alpha)
+    y = empty((m, n), x.dtype)
+    data = {}
+    pos = z = None
+    if activation in _NEEDS_POS:
+        pos = np.empty((m, (n + 63) // 64 * 8), np.uint8)
+        data["pos"] = pos
+    if activation == "prelu":
+        z = empty((m, n), x.dtype)
+        data["z"] = z
+    _C.linear_forward(x, weight, y, bias, _ACT_IDS[activation], slope, alpha_k, scale_k, prelu_weight,
+                      dropout_p > 0, dthr, dscale, dropconnect_p > 0, cthr, cscale,
+                      seed if random else 0, offset, pos, activation == "relu", z)
+    if activation in _NEEDS_Y:
+        data["y"] = y
+    return y, LinearSaved("cpu", activation, bias is not None, dropout_p, dropconnect_p, seed, offset, (m, n, k),
+                          x.dtype, data)
+
+
+def _linear_backward_train(grad_output, x, weight, saved, negative_slope, alpha, prelu_weight, grad_w, grad_b,
+                           grad_p, need_grad_x):
+    """``linear_backward`` for what _linear_train saved, writing grad_w, grad_b and grad_p into the
+    given arrays (the layer's Parameter.grad buffers: C-contiguous, right shape and dtype); returns
+    grad_x or None. grad_output must pass _fast_operand."""
+    m, n, k = saved.shape
+    activation = saved.activation
+    slope, alpha_k, scale_k = _act_params(activation, negative_slope, alpha)
+    dp, cp = saved.dropout_p, saved.dropconnect_p
+    dthr, dscale = _threshold_scale(dp, x.dtype) if dp > 0 else (0, 1.0)
+    cthr, cscale = _threshold_scale(cp, x.dtype) if cp > 0 else (0, 1.0)
+    random = dp > 0 or cp > 0
+    data = saved.data
+    grad_x = empty((m, k), x.dtype) if need_grad_x else None
+    _C.linear_backward(grad_output, x, weight, grad_x, grad_w, grad_b, _ACT_IDS[activation], slope, alpha_k, scale_k,
+                       data.get("y"), data.get("z"), data.get("pos"), prelu_weight, grad_p, dp > 0, dthr, dscale,
+                       cp > 0, cthr, cscale, saved.seed if random else 0, saved.offset if random else 0)
+    return grad_x

@@ -4,8 +4,8 @@ Every module has ``forward(x)`` (also ``module(x)``), ``backward(grad_output, *,
 need_input_grad=True) -> grad_input``, ``parameters()``, ``named_parameters()``, ``train()`` /
 ``eval()``, ``state_dict()`` / ``load_state_dict()``. ``forward`` in training mode keeps what
 ``backward`` needs (the input reference and the layer's LinearSaved); ``backward`` sets each
-Parameter's ``.grad`` (it replaces it, it does not accumulate) and returns the gradient with
-respect to the input. In eval mode nothing is kept, and dropout / DropConnect are off.
+Parameter's ``.grad`` (overwrites it, never accumulates; a Linear writes into the existing
+``.grad`` buffer) and returns the gradient with respect to the input. In eval mode nothing is kept, and dropout / DropConnect are off.
 
 ``need_input_grad=False`` says the caller does not need the gradient with respect to the input
 (the input is the data): backward then returns None and skips what only that gradient needs --
@@ -190,6 +190,17 @@ class Linear(Module):
             self.prelu_weight.data.fill(self._prelu_init)
 
     def forward(self, x):
+        w = self.weight.data
+        if self.training and F._fast_operand(x, w.dtype, self.in_features):
+            # The common case in a training loop (a C-ordered batch from the data or the previous
+            # layer): the same kernel call without the general path's argument checks.
+            self._saved = None
+            y, saved = F._linear_train(x, w, None if self.bias is None else self.bias.data, self.activation,
+                                       self.negative_slope, self.alpha,
+                                       None if self.prelu_weight is None else self.prelu_weight.data,
+                                       self.dropout, self.dropconnect)
+            self._x, self._saved = x, saved
+            return y
         kw = dict(activation=self.activation, negative_slope=self.negative_slope, alpha=self.alpha,
                   prelu_weight=None if self.prelu_weight is None else self.prelu_weight.data,
                   dropout_p=self.dropout, dropconnect_p=self.dropconnect, training=self.training)
@@ -204,6 +215,19 @@ class Linear(Module):
     def backward(self, grad_output, *, need_input_grad=True):
         if self._saved is None:
             raise RuntimeError("Linear.backward: call forward in training mode first (model.train())")
+        saved = self._saved
+        w = self.weight.data
+        if saved.device == "cpu" and F._fast_operand(grad_output, w.dtype, self.out_features) \
+                and grad_output.shape[0] == saved.shape[0] and F._fast_operand(self._x, w.dtype, self.in_features):
+            # Hot path: the gradients go straight into the Parameters' .grad buffers (no new
+            # arrays per step; the optimizer then reads memory that is still in cache).
+            gb = None if self.bias is None else _grad_buffer(self.bias)
+            gp = None if self.prelu_weight is None else _grad_buffer(self.prelu_weight)
+            gx = F._linear_backward_train(grad_output, self._x, w, saved, self.negative_slope, self.alpha,
+                                          None if self.prelu_weight is None else self.prelu_weight.data,
+                                          _grad_buffer(self.weight), gb, gp, need_input_grad)
+            self._x = self._saved = None
+            return gx
         grads = F.linear_backward(grad_output, self._x, self.weight.data, self._saved,
                                   negative_slope=self.negative_slope, alpha=self.alpha,
                                   prelu_weight=None if self.prelu_weight is None else self.prelu_weight.data,
@@ -225,6 +249,16 @@ class Linear(Module):
         if self.dropconnect:
             s += f", dropconnect={self.dropconnect}"
         return s
+
+
+def _grad_buffer(p):
+    """p.grad when a kernel can write it in place (C-contiguous, writeable, p's shape and dtype;
+    a user may have replaced it), else a fresh array assigned to p.grad."""
+    g = p.grad
+    if not (type(g) is np.ndarray and g.shape == p.data.shape and g.dtype == p.data.dtype and g.flags.c_contiguous
+            and g.flags.aligned and g.flags.writeable):
+        g = p.grad = np.empty_like(p.data)
+    return g
 
 
 class _Elementwise(Module):
