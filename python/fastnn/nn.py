@@ -5,7 +5,8 @@ need_input_grad=True) -> grad_input``, ``parameters()``, ``named_parameters()``,
 ``eval()``, ``state_dict()`` / ``load_state_dict()``. ``forward`` in training mode keeps what
 ``backward`` needs (the input reference and the layer's LinearSaved); ``backward`` sets each
 Parameter's ``.grad`` (overwrites it, never accumulates; a Linear writes into the existing
-``.grad`` buffer) and returns the gradient with respect to the input. In eval mode nothing is kept, and dropout / DropConnect are off.
+``.grad`` buffer, so copy a gradient to keep it across steps) and returns the gradient with
+respect to the input. In eval mode nothing is kept, and dropout / DropConnect are off.
 
 ``need_input_grad=False`` says the caller does not need the gradient with respect to the input
 (the input is the data): backward then returns None and skips what only that gradient needs --
