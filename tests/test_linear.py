@@ -360,3 +360,34 @@ def test_backward_errors(rng):
     gx, gw, gb = F.linear_backward(g, x, w, None, bias=b)
     np.testing.assert_allclose(gx, g @ w, rtol=1e-6)
     np.testing.assert_allclose(gb, g.sum(0), rtol=1e-6)
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh", "prelu", None])
+def test_need_grad_x_false(capability, rng, activation):
+    """need_grad_x=False returns grad_x None and the other gradients bit-identical to the full
+    backward (the skipped GEMM is independent of them)."""
+    m, k, n = 37, 50, 29
+    x, w, b, pw = _inputs(rng, m, k, n, np.float32, activation=activation)
+    y, saved = F.linear(x, w, b, activation=activation, prelu_weight=pw, dropout_p=0.3, dropconnect_p=0.2, seed=5,
+                        return_saved=True)
+    g = rng.standard_normal((m, n)).astype(np.float32)
+    full = F.linear_backward(g, x, w, saved, prelu_weight=pw)
+    part = F.linear_backward(g, x, w, saved, prelu_weight=pw, need_grad_x=False)
+    assert part[0] is None and len(part) == len(full)
+    for a, c in zip(full[1:], part[1:]):
+        np.testing.assert_array_equal(a, c)
+    assert F.linear_backward(g, x, w, saved, prelu_weight=pw, need_grad_x=True)[0].shape == x.shape
+    with pytest.raises(TypeError, match="need_grad_x: expected a bool, got int"):
+        F.linear_backward(g, x, w, saved, prelu_weight=pw, need_grad_x=0)
+
+
+def test_need_grad_x_binding_skips_only_grad_x(rng):
+    """The binding with grad_x=None leaves nothing half-done: grad_w and grad_b are written."""
+    x, w, b, _ = _inputs(rng, 9, 8, 7, np.float64)
+    g = rng.standard_normal((9, 7))
+    gw = np.full((7, 8), np.nan)
+    gb = np.full(7, np.nan)
+    fastnn._C.linear_backward(g, x, w, None, gw, gb, -1, 0.01, 1.0, 1.0, None, None, None, None, None, False, 0, 1.0,
+                              False, 0, 1.0, 0, 0)
+    np.testing.assert_allclose(gw, g.T @ x, rtol=1e-12)
+    np.testing.assert_allclose(gb, g.sum(0), rtol=1e-12)

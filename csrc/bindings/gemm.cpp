@@ -271,7 +271,7 @@ void register_gemm(py::module_& m) {
 
   m.def(
       "linear_backward",
-      [](py::array g, py::array x, py::array w, py::array grad_x, py::array grad_w, py::object grad_b, int act,
+      [](py::array g, py::array x, py::array w, py::object grad_x, py::array grad_w, py::object grad_b, int act,
          double slope, double alpha, double scale, py::object y, py::object z, py::object pos_bits,
          py::object prelu_w, py::object grad_prelu, bool dropout, uint32_t drop_thr, double drop_scale,
          bool dropconnect, uint32_t dc_thr, double dc_scale, uint64_t seed, uint64_t offset) {
@@ -291,7 +291,9 @@ void register_gemm(py::module_& m) {
         int64_t rsx, csx, rsw, csw;
         element_strides(x, "x", &rsx, &csx);
         element_strides(w, "weight", &rsw, &csw);
-        py::array k_gx = grad_x, k_gw = grad_w, k_gb, k_y, k_z, k_pos, k_pw, k_gp;
+        py::array k_gx, k_gw = grad_w, k_gb, k_y, k_z, k_pos, k_pw, k_gp;
+        // grad_x None: the caller does not need it (the first layer of a network, whose input is
+        // the data), so its GEMM -- a third of the backward's flops -- is skipped.
         void* gx_p = optional_output(grad_x, x, "grad_x", M, K, &k_gx);
         void* gw_p = optional_output(grad_w, x, "grad_w", N, K, &k_gw);
         void* gb_p = optional_out_vector(grad_b, x, "grad_b", N, &k_gb);
@@ -367,7 +369,7 @@ void register_gemm(py::module_& m) {
             gx.b_bits_cs = 1;
             gx.b_scale = static_cast<T>(dc_scale);
           }
-          kern.gemm(M, K, N, gz, N, 1, cptr<T>(w), rsw, csw, static_cast<T*>(gx_p), K, gx);
+          if (gx_p) kern.gemm(M, K, N, gz, N, 1, cptr<T>(w), rsw, csw, static_cast<T*>(gx_p), K, gx);
           // grad_W (N, K) = gz^T (N, M) . x (M, K), then DropConnect's mask in the epilogue.
           GemmArgs<T> gw;
           if (dc_bits.p) {
@@ -387,7 +389,7 @@ void register_gemm(py::module_& m) {
       "The backward of linear_forward: one pass for gz = grad_output * keep * act' (and grad_b, and PReLU's "
       "weight gradient), then grad_x = gz @ (W * dropconnect) with the mask applied while W is packed, and "
       "grad_w = (gz^T @ x) * dropconnect with the mask in the epilogue. grad_output C-contiguous; outputs "
-      "C-contiguous, written in full.");
+      "C-contiguous, written in full. grad_x=None skips its GEMM (the input needs no gradient).");
 
   m.def("gemm_tile", [](const std::string& dtype) {
     const bool f32 = dtype == "float32";

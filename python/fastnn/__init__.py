@@ -9,7 +9,7 @@ from . import _C
 from . import augment
 from . import functional
 from . import random
-from . import datasets, init, losses, nn, optim, regularization, schedules, search, transfer, validation
+from . import datasets, diagnostics, init, losses, nn, optim, regularization, schedules, search, transfer, validation
 from . import ensemble, preprocessing, recipe
 from . import train  # fastnn.estimators is imported on demand (it looks for scikit-learn)
 from .parameter import Parameter
@@ -32,6 +32,7 @@ __all__ = [
     "Parameter",
     "manual_seed",
     "datasets",
+    "diagnostics",
     "init",
     "losses",
     "nn",

@@ -696,7 +696,8 @@ _FROM_SAVED = object()
 
 def linear_backward(grad_output, x, weight, saved, *, bias=_FROM_SAVED, activation=_FROM_SAVED,
                     negative_slope=0.01, alpha=1.0, prelu_weight=None, dropout_p=_FROM_SAVED,
-                    dropconnect_p=_FROM_SAVED, seed=_FROM_SAVED, offset=_FROM_SAVED, training=True):
+                    dropconnect_p=_FROM_SAVED, seed=_FROM_SAVED, offset=_FROM_SAVED, training=True,
+                    need_grad_x=True):
     """Gradients of ``linear`` with respect to x, weight and bias:
 
         gz = grad_output * keep / (1 - dropout_p) * act'(.)       (one pass, also grad_bias)
@@ -709,7 +710,10 @@ def linear_backward(grad_output, x, weight, saved, *, bias=_FROM_SAVED, activati
     ``saved`` recorded, and a value that contradicts it is an error (a gradient of another
     function would be silently wrong). Returns (grad_x, grad_weight, grad_bias) with grad_bias
     None when the forward had no bias; with activation="prelu" a 4-tuple ending with the
-    gradient of prelu_weight (its shape)."""
+    gradient of prelu_weight (its shape).
+
+    need_grad_x=False skips grad_x (returned as None) and its GEMM, a third of the backward's
+    flops: for the first layer of a network, whose input is the data."""
     if saved is not None and not isinstance(saved, LinearSaved):
         raise TypeError(f"saved: expected the LinearSaved returned by linear(..., return_saved=True), "
                         f"got {type(saved).__name__}")
@@ -739,11 +743,15 @@ def linear_backward(grad_output, x, weight, saved, *, bias=_FROM_SAVED, activati
         raise ValueError(f"saved: the gradient of activation={activation!r} needs what linear(..., "
                          f"return_saved=True) returned")
     slope, alpha_k, scale_k = _act_params(activation, negative_slope, alpha)
+    if not isinstance(need_grad_x, (bool, np.bool_)):
+        raise TypeError(f"need_grad_x: expected a bool, got {type(need_grad_x).__name__}")
     if _same_device_kind(("grad_output", grad_output), ("x", x), ("weight", weight), ("prelu_weight", prelu_weight)):
         if saved is None or not str(saved.device).startswith("cuda"):
             raise TypeError("saved: expected the LinearSaved of a forward pass on the GPU")
         from . import cuda
         gx, gw, gb, gp = cuda._linear_backward(grad_output, x, weight, saved, slope, alpha_k, prelu_weight)
+        if not need_grad_x:  # (the GPU path computes it; skipping it there is not implemented yet)
+            gx = None
         return (gx, gw, gb, gp) if activation == "prelu" else (gx, gw, gb)
     if saved is not None and str(saved.device) != "cpu":
         raise TypeError("saved: recorded on the GPU, but the arrays are on the CPU")
@@ -772,14 +780,79 @@ def linear_backward(grad_output, x, weight, saved, *, bias=_FROM_SAVED, activati
     y = data.get("y")
     if y is not None:
         y = y.reshape(m, n)
-    grad_x = empty((m, k), x2.dtype)
+    grad_x = empty((m, k), x2.dtype) if need_grad_x else None
     grad_w = empty((n, k), x2.dtype)
     grad_b = np.empty(n, x2.dtype) if has_bias else None
     grad_p = np.empty(pw.size, x2.dtype) if activation == "prelu" else None
     _C.linear_backward(g, x2, w, grad_x, grad_w, grad_b, _ACT_IDS[activation], slope, alpha_k, scale_k,
                        y, data.get("z"), data.get("pos"), pw, grad_p, dp > 0, dthr, dscale, cp > 0, cthr, cscale,
                        seed, offset)
-    grad_x = grad_x.reshape(lead + (k,))
+    if grad_x is not None:
+        grad_x = grad_x.reshape(lead + (k,))
     if activation == "prelu":
         return grad_x, grad_w, grad_b, grad_p.reshape(np.shape(prelu_weight))
     return grad_x, grad_w, grad_b
+
+
+# ---- the layer's hot path (fastnn.nn.Linear) ---------------------------------------------------------
+
+def _fast_operand(a, dtype, cols) -> bool:
+    """Whether `a` can go to the kernel as it is: a C-contiguous, aligned 2-D NumPy array of
+    `dtype` with `cols` columns (what a network passes from layer to layer)."""
+    return (type(a) is np.ndarray and a.ndim == 2 and a.dtype == dtype and a.shape[1] == cols
+            and a.flags.c_contiguous and a.flags.aligned)
+
+
+def _linear_train(x, weight, bias, activation, negative_slope, alpha, prelu_weight, dropout_p, dropconnect_p):
+    """``linear(..., return_saved=True)`` for arguments a Linear layer has already validated (its
+    own C-contiguous weight, bias and PReLU weight; activation a known name; probabilities in
+    [0, 1)) and an input that passed _fast_operand: the same kernel call and LinearSaved without
+    the general path's argument checks, which cost more than the small layers' GEMMs."""
+    m, k = x.shape
+    n = weight.shape[0]
+    random = dropout_p > 0 or dropconnect_p > 0
+    if random:
+        from . import random as _random
+        g = _random.default_generator
+        seed, offset = g.seed, g.reserve(m * n + n * k)
+    else:
+        seed, offset = None, 0
+    dthr, dscale = _threshold_scale(dropout_p, x.dtype) if dropout_p > 0 else (0, 1.0)
+    cthr, cscale = _threshold_scale(dropconnect_p, x.dtype) if dropconnect_p > 0 else (0, 1.0)
+    slope, alpha_k, scale_k = _act_params(activation, negative_slope, alpha)
+    y = empty((m, n), x.dtype)
+    data = {}
+    pos = z = None
+    if activation in _NEEDS_POS:
+        pos = np.empty((m, (n + 63) // 64 * 8), np.uint8)
+        data["pos"] = pos
+    if activation == "prelu":
+        z = empty((m, n), x.dtype)
+        data["z"] = z
+    _C.linear_forward(x, weight, y, bias, _ACT_IDS[activation], slope, alpha_k, scale_k, prelu_weight,
+                      dropout_p > 0, dthr, dscale, dropconnect_p > 0, cthr, cscale,
+                      seed if random else 0, offset, pos, activation == "relu", z)
+    if activation in _NEEDS_Y:
+        data["y"] = y
+    return y, LinearSaved("cpu", activation, bias is not None, dropout_p, dropconnect_p, seed, offset, (m, n, k),
+                          x.dtype, data)
+
+
+def _linear_backward_train(grad_output, x, weight, saved, negative_slope, alpha, prelu_weight, grad_w, grad_b,
+                           grad_p, need_grad_x):
+    """``linear_backward`` for what _linear_train saved, writing grad_w, grad_b and grad_p into the
+    given arrays (the layer's Parameter.grad buffers: C-contiguous, right shape and dtype); returns
+    grad_x or None. grad_output must pass _fast_operand."""
+    m, n, k = saved.shape
+    activation = saved.activation
+    slope, alpha_k, scale_k = _act_params(activation, negative_slope, alpha)
+    dp, cp = saved.dropout_p, saved.dropconnect_p
+    dthr, dscale = _threshold_scale(dp, x.dtype) if dp > 0 else (0, 1.0)
+    cthr, cscale = _threshold_scale(cp, x.dtype) if cp > 0 else (0, 1.0)
+    random = dp > 0 or cp > 0
+    data = saved.data
+    grad_x = empty((m, k), x.dtype) if need_grad_x else None
+    _C.linear_backward(grad_output, x, weight, grad_x, grad_w, grad_b, _ACT_IDS[activation], slope, alpha_k, scale_k,
+                       data.get("y"), data.get("z"), data.get("pos"), prelu_weight, grad_p, dp > 0, dthr, dscale,
+                       cp > 0, cthr, cscale, saved.seed if random else 0, saved.offset if random else 0)
+    return grad_x

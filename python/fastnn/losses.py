@@ -126,8 +126,13 @@ class SoftmaxCrossEntropy(_Loss):
 
     def forward(self, logits, target) -> float:
         x = _logits(logits)
-        self._grad = _grad_buffer(self._grad, x.shape, x.dtype)
-        loss, _ = softmax_cross_entropy(x, target, grad=self._grad)
+        t = _target(target, x)
+        g = self._grad = _grad_buffer(self._grad, x.shape, x.dtype)
+        if np.may_share_memory(g, x):  # logits given in the buffer backward() returned
+            g = self._grad = np.empty(x.shape, x.dtype)
+        # (checked once here, then the kernel: softmax_cross_entropy would check it all again,
+        # which costs as much as the kernel at a training batch's size)
+        loss = _C.softmax_xent(x, t, g)
         self._fresh = True
         return loss
 

@@ -1,17 +1,23 @@
 """Layers with explicit forward and backward on fastnn's fused kernels (no general autograd).
 
-Every module has ``forward(x)`` (also ``module(x)``), ``backward(grad_output) -> grad_input``,
-``parameters()``, ``named_parameters()``, ``train()`` / ``eval()``, ``state_dict()`` /
-``load_state_dict()``. ``forward`` in training mode keeps what ``backward`` needs (the input
-reference and the layer's LinearSaved); ``backward`` sets each Parameter's ``.grad`` (it
-replaces it, it does not accumulate) and returns the gradient with respect to the input. In eval
-mode nothing is kept, and dropout / DropConnect are off.
+Every module has ``forward(x)`` (also ``module(x)``), ``backward(grad_output, *,
+need_input_grad=True) -> grad_input``, ``parameters()``, ``named_parameters()``, ``train()`` /
+``eval()``, ``state_dict()`` / ``load_state_dict()``. ``forward`` in training mode keeps what
+``backward`` needs (the input reference and the layer's LinearSaved); ``backward`` sets each
+Parameter's ``.grad`` (overwrites it, never accumulates; a Linear writes into the existing
+``.grad`` buffer, so copy a gradient to keep it across steps) and returns the gradient with
+respect to the input. In eval mode nothing is kept, and dropout / DropConnect are off.
+
+``need_input_grad=False`` says the caller does not need the gradient with respect to the input
+(the input is the data): backward then returns None and skips what only that gradient needs --
+for a Linear the grad_x GEMM, a third of its backward flops; for a Sequential everything below
+its first layer with parameters. (PyTorch skips the same work for inputs without requires_grad.)
 
     model = nn.Sequential(nn.Linear(64, 128, activation="relu", dropout=0.2),
                           nn.Linear(128, 10))
     loss = nn.SoftmaxCrossEntropy()
     value = loss(model(x), y)
-    model.backward(loss.backward())
+    model.backward(loss.backward(), need_input_grad=False)
 
 Names, formulas and defaults follow PyTorch (LeakyReLU 0.01, PReLU 0.25, ELU alpha 1, the SELU
 constants). ``Linear(..., activation=...)`` fuses the activation (and dropout) into the GEMM; a
@@ -44,7 +50,7 @@ class Module:
     def forward(self, x):
         raise NotImplementedError
 
-    def backward(self, grad_output):
+    def backward(self, grad_output, *, need_input_grad=True):
         raise NotImplementedError
 
     def __call__(self, x):
@@ -169,7 +175,9 @@ class Linear(Module):
             raise TypeError(f"dtype: expected float32 or float64, got {dtype}")
         self.weight = Parameter(np.zeros((self.out_features, self.in_features), dtype), name="weight")
         self.bias = Parameter(np.zeros(self.out_features, dtype), regularize=False, name="bias") if bias else None
-        self._prelu_init = prelu_init
+        if isinstance(prelu_init, (bool, np.bool_)) or not isinstance(prelu_init, numbers.Real):
+            raise TypeError(f"prelu_init: expected a real number, got {type(prelu_init).__name__}")
+        self._prelu_init = float(prelu_init)
         self._prelu_per_output = bool(prelu_per_output)
         if self.activation == "prelu":
             n = self.out_features if prelu_per_output else 1
@@ -199,8 +207,21 @@ class Linear(Module):
             w.fill(0)
         if self.bias is not None and self.init != "pytorch":
             self.bias.data.fill(0)
+        if self.prelu_weight is not None:  # a reset restores the learned slope too
+            self.prelu_weight.data.fill(self._prelu_init)
 
     def forward(self, x):
+        w = self.weight.data
+        if self.training and F._fast_operand(x, w.dtype, self.in_features):
+            # The common case in a training loop (a C-ordered batch from the data or the previous
+            # layer): the same kernel call without the general path's argument checks.
+            self._saved = None
+            y, saved = F._linear_train(x, w, None if self.bias is None else self.bias.data, self.activation,
+                                       self.negative_slope, self.alpha,
+                                       None if self.prelu_weight is None else self.prelu_weight.data,
+                                       self.dropout, self.dropconnect)
+            self._x, self._saved = x, saved
+            return y
         kw = dict(activation=self.activation, negative_slope=self.negative_slope, alpha=self.alpha,
                   prelu_weight=None if self.prelu_weight is None else self.prelu_weight.data,
                   dropout_p=self.dropout, dropconnect_p=self.dropconnect, training=self.training)
@@ -212,12 +233,26 @@ class Linear(Module):
         self._x = x
         return y
 
-    def backward(self, grad_output):
+    def backward(self, grad_output, *, need_input_grad=True):
         if self._saved is None:
             raise RuntimeError("Linear.backward: call forward in training mode first (model.train())")
+        saved = self._saved
+        w = self.weight.data
+        if saved.device == "cpu" and F._fast_operand(grad_output, w.dtype, self.out_features) \
+                and grad_output.shape[0] == saved.shape[0] and F._fast_operand(self._x, w.dtype, self.in_features):
+            # Hot path: the gradients go straight into the Parameters' .grad buffers (no new
+            # arrays per step; the optimizer then reads memory that is still in cache).
+            gb = None if self.bias is None else _grad_buffer(self.bias)
+            gp = None if self.prelu_weight is None else _grad_buffer(self.prelu_weight)
+            gx = F._linear_backward_train(grad_output, self._x, w, saved, self.negative_slope, self.alpha,
+                                          None if self.prelu_weight is None else self.prelu_weight.data,
+                                          _grad_buffer(self.weight), gb, gp, need_input_grad)
+            self._x = self._saved = None
+            return gx
         grads = F.linear_backward(grad_output, self._x, self.weight.data, self._saved,
                                   negative_slope=self.negative_slope, alpha=self.alpha,
-                                  prelu_weight=None if self.prelu_weight is None else self.prelu_weight.data)
+                                  prelu_weight=None if self.prelu_weight is None else self.prelu_weight.data,
+                                  need_grad_x=need_input_grad)
         self.weight.grad = grads[1]
         if self.bias is not None:
             self.bias.grad = grads[2]
@@ -244,6 +279,16 @@ class Linear(Module):
         return s
 
 
+def _grad_buffer(p):
+    """p.grad when a kernel can write it in place (C-contiguous, writeable, p's shape and dtype;
+    a user may have replaced it), else a fresh array assigned to p.grad."""
+    g = p.grad
+    if not (type(g) is np.ndarray and g.shape == p.data.shape and g.dtype == p.data.dtype and g.flags.c_contiguous
+            and g.flags.aligned and g.flags.writeable):
+        g = p.grad = np.empty_like(p.data)
+    return g
+
+
 class _Elementwise(Module):
     """An activation module: keeps its input for the backward (training mode)."""
 
@@ -257,12 +302,12 @@ class _Elementwise(Module):
         self._x = x if self.training else None
         return self._f(x)
 
-    def backward(self, grad_output):
+    def backward(self, grad_output, *, need_input_grad=True):
         if getattr(self, "_x", None) is None:
             raise RuntimeError(f"{type(self).__name__}.backward: call forward in training mode first")
-        g = self._b(grad_output, self._x)
+        g = self._b(grad_output, self._x)  # (PReLU's weight gradient comes from the same pass)
         self._x = None
-        return g
+        return g if need_input_grad else None
 
     def config(self):
         return {"type": type(self).__name__}
@@ -318,8 +363,13 @@ class PReLU(_Elementwise):
 
     def __init__(self, num_parameters=1, init=0.25, dtype=np.float32):
         n = _positive_int(num_parameters, "num_parameters")
+        dtype = np.dtype(dtype)
+        if dtype not in (np.float32, np.float64):
+            raise TypeError(f"dtype: expected float32 or float64, got {dtype}")
+        if isinstance(init, (bool, np.bool_)) or not isinstance(init, numbers.Real):
+            raise TypeError(f"init: expected a real number, got {type(init).__name__}")
         self.init = float(init)
-        self.weight = Parameter(np.full(n, init, np.dtype(dtype)), regularize=False, name="weight")
+        self.weight = Parameter(np.full(n, init, dtype), regularize=False, name="weight")
 
     def _f(self, x): return F.prelu(x, self.weight.data)
 
@@ -355,11 +405,13 @@ class Dropout(Module):
         self._rng = (seed, offset, np.shape(x))
         return F.dropout(x, self.p, seed=seed, offset=offset)
 
-    def backward(self, grad_output):
+    def backward(self, grad_output, *, need_input_grad=True):
         if self._rng is None:
             raise RuntimeError("Dropout.backward: call forward in training mode first")
         seed, offset, _ = self._rng
         self._rng = None
+        if not need_input_grad:
+            return None
         if seed is None:
             return grad_output
         return F.dropout_backward(grad_output, self.p, seed=seed, offset=offset)
@@ -398,10 +450,18 @@ class Sequential(Module):
             x = m.forward(x)
         return x
 
-    def backward(self, grad_output):
-        for m in reversed(self.layers):
-            grad_output = m.backward(grad_output)
-        return grad_output
+    def backward(self, grad_output, *, need_input_grad=True):
+        # Without the input's gradient, the layers below the first one with parameters need no
+        # backward at all, and that one needs no input gradient (Linear: no grad_x GEMM).
+        first = 0
+        if not need_input_grad:
+            first = next((i for i, m in enumerate(self.layers) if m.parameters()), len(self.layers))
+        for i in range(len(self.layers) - 1, first - 1, -1):
+            if i == first and not need_input_grad:
+                self.layers[i].backward(grad_output, need_input_grad=False)
+                return None
+            grad_output = self.layers[i].backward(grad_output)
+        return grad_output if need_input_grad else None
 
     def __getitem__(self, i):
         return self.layers[i]
@@ -425,10 +485,17 @@ class Residual(Module):
         self.block = block
         self.zero_init_last = bool(zero_init_last)
         if zero_init_last:
-            linears = [m for m in _walk(block) if isinstance(m, Linear)]
+            modules = list(_walk(block))
+            linears = [i for i, m in enumerate(modules) if isinstance(m, Linear)]
             if not linears:
                 raise ValueError("block: zero_init_last=True needs a Linear in the block")
-            last = linears[-1]
+            last = modules[linears[-1]]
+            # A zeroed Linear outputs act(0): 0 for every activation but sigmoid (0.5), and a
+            # Sigmoid after it would do the same: the branch would not start at zero.
+            if last.activation == "sigmoid" or any(isinstance(m, Sigmoid) for m in modules[linears[-1]:]):
+                raise ValueError("block: zero_init_last=True needs a branch that outputs 0 when its last Linear "
+                                 "is zero, but sigmoid(0) = 0.5 (use zero_init_last=False, or end the branch "
+                                 "with a Linear without sigmoid)")
             last.weight.data.fill(0)
             if last.bias is not None:
                 last.bias.data.fill(0)
@@ -436,7 +503,9 @@ class Residual(Module):
     def forward(self, x):
         return x + self.block.forward(x)
 
-    def backward(self, grad_output):
+    def backward(self, grad_output, *, need_input_grad=True):
+        if not need_input_grad:
+            return self.block.backward(grad_output, need_input_grad=False)
         return grad_output + self.block.backward(grad_output)
 
     def config(self):

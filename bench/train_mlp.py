@@ -1,0 +1,333 @@
+"""One training epoch of a 784-512-256-10 ReLU MLP: fastnn vs PyTorch (CPU) vs scikit-learn's
+MLPClassifier vs a hand-written NumPy MLP, in samples/s, and the held-out accuracy after it.
+
+Task: fastnn.datasets.make_teacher(70000, 784, 10): the first 60000 rows train (one epoch, in
+order, batch 128, the last partial batch included), the last 10000 are held out. Softmax
+cross-entropy, SGD with momentum 0.9 (PyTorch's form: buf = 0.9 buf + g, w -= lr buf), lr 0.05,
+no weight decay. Every framework starts from the same weights (drawn once here with PyTorch's
+nn.Linear default, U(+-1/sqrt(fan_in)) for weights and biases, and handed to each), so the
+accuracies compare; what differs is only the order of the float32 sums.
+
+Work per sample: forward 2 * 535,040 flops (784*512 + 512*256 + 256*10 multiply-adds); backward
+twice that, less the input gradient of the first layer that no framework needs (2 * 784*512):
+2.41 MFLOP per sample. The ceiling printed is that work at the GEMM throughput fastnn measures
+in the same run on 128x784x512 (the largest layer).
+
+    python bench/train_mlp.py                      # every framework, 2 threads, best of 3 epochs
+    python bench/train_mlp.py --frameworks fastnn torch --repeats 5
+    PYTHONPATH=/tmp/sk-nn python bench/train_mlp.py   # scikit-learn from a --target install
+
+Each framework runs in its own subprocess, with OMP/OPENBLAS/MKL_NUM_THREADS set before anything
+is imported (torch.set_num_threads and fastnn.set_num_threads too). A framework that is not
+installed is skipped with a line saying so. Samples/s: 60000 / the epoch's wall time (batch
+slicing, forward, loss, backward, update; data already in memory as float32). The machine is
+shared: the load average is printed before and after, and the best of --repeats epochs (each a
+fresh subprocess from the same initial weights) is reported with the range.
+
+Goals (issue 6): fastnn >= 2.0x PyTorch and >= 2.5x scikit-learn at 2 threads, with the same
+held-out accuracy within 1 point.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+N_TRAIN, N_TEST, D, CLASSES = 60000, 10000, 784, 10
+SIZES = (784, 512, 256, 10)
+BATCH, LR, MOMENTUM = 128, 0.05, 0.9
+FRAMEWORKS = ("fastnn", "torch", "sklearn", "numpy")
+FLOPS_PER_SAMPLE = 6 * sum(a * b for a, b in zip(SIZES, SIZES[1:])) - 2 * SIZES[0] * SIZES[1]
+
+
+def _load(data_dir):
+    import numpy as np
+
+    X = np.load(os.path.join(data_dir, "X.npy"))
+    y = np.load(os.path.join(data_dir, "y.npy"))
+    init = np.load(os.path.join(data_dir, "init.npz"))
+    params = [(init[f"W{i}"], init[f"b{i}"]) for i in range(len(SIZES) - 1)]  # W (out, in) as PyTorch
+    return X[:N_TRAIN], y[:N_TRAIN], X[N_TRAIN:], y[N_TRAIN:], params
+
+
+def _batches(n):
+    return [(i, min(n, i + BATCH)) for i in range(0, n, BATCH)]
+
+
+# ---- the frameworks -------------------------------------------------------------------------------
+
+def run_fastnn(data_dir, threads):
+    import numpy as np
+
+    import fastnn
+    from fastnn import benchmark, nn, optim
+    import fastnn.functional as F
+
+    fastnn.set_num_threads(threads)
+    Xtr, ytr, Xte, yte, params = _load(data_dir)
+
+    def build():
+        model = nn.Sequential(nn.Linear(784, 512, activation="relu", init="pytorch"),
+                              nn.Linear(512, 256, activation="relu", init="pytorch"),
+                              nn.Linear(256, 10, init="pytorch"))
+        model.load_state_dict({f"{i}.{k}": v for i, (W, b) in enumerate(params) for k, v in (("weight", W), ("bias", b))})
+        return model
+
+    def epoch(model, n_batches=None):
+        opt = optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+        loss_fn = nn.SoftmaxCrossEntropy()
+        for i0, i1 in _batches(N_TRAIN)[:n_batches]:
+            loss_fn(model(Xtr[i0:i1]), ytr[i0:i1])
+            model.backward(loss_fn.backward(), need_input_grad=False)  # the data needs no gradient
+            opt.step()
+
+    epoch(build(), 30)  # warm-up: thread pool, host block cache, page faults
+    model = build()
+    t0 = time.perf_counter()
+    epoch(model)
+    sec = time.perf_counter() - t0
+    model.eval()
+    acc = float(np.mean(np.argmax(model(Xte), axis=1) == yte))
+    # GEMM ceiling: the largest layer's forward product, measured now, on the same threads
+    a = Xtr[:BATCH]
+    w = np.ascontiguousarray(params[0][0])
+    out = np.empty((BATCH, 512), np.float32)
+    t = benchmark._timeit(lambda: F.matmul(a, w.T, out=out), min_time=0.3)
+    gflops = 2 * BATCH * 784 * 512 / t / 1e9
+    return {"sec": sec, "acc": acc, "gemm_gflops": gflops, "machine": benchmark.machine_line()}
+
+
+def run_torch(data_dir, threads):
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(threads)
+    Xtr, ytr, Xte, yte, params = _load(data_dir)
+    Xt, yt = torch.from_numpy(Xtr), torch.from_numpy(ytr)
+
+    def build():
+        layers = []
+        for i, (W, b) in enumerate(params):
+            lin = torch.nn.Linear(W.shape[1], W.shape[0])
+            with torch.no_grad():
+                lin.weight.copy_(torch.from_numpy(W))
+                lin.bias.copy_(torch.from_numpy(b))
+            layers += [lin, torch.nn.ReLU()] if i < len(params) - 1 else [lin]
+        return torch.nn.Sequential(*layers)
+
+    def epoch(model, n_batches=None):
+        opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+        loss_fn = torch.nn.CrossEntropyLoss()
+        for i0, i1 in _batches(N_TRAIN)[:n_batches]:
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(Xt[i0:i1]), yt[i0:i1])
+            loss.backward()
+            opt.step()
+
+    epoch(build(), 30)
+    model = build()
+    t0 = time.perf_counter()
+    epoch(model)
+    sec = time.perf_counter() - t0
+    with torch.no_grad():
+        acc = float((model(torch.from_numpy(Xte)).argmax(1).numpy() == yte).mean())
+    return {"sec": sec, "acc": acc, "version": torch.__version__}
+
+
+def run_sklearn(data_dir, threads):
+    import warnings
+
+    import numpy as np
+    import sklearn
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPClassifier
+
+    Xtr, ytr, Xte, yte, params = _load(data_dir)
+
+    def build():
+        # solver "sgd" with momentum 0.9 (not Nesterov), constant lr, no L2 (alpha=0), no
+        # shuffling (the same batches as the others), one epoch (max_iter=1).
+        clf = MLPClassifier(hidden_layer_sizes=SIZES[1:-1], activation="relu", solver="sgd", alpha=0.0,
+                            batch_size=BATCH, learning_rate="constant", learning_rate_init=LR, momentum=MOMENTUM,
+                            nesterovs_momentum=False, max_iter=1, shuffle=False, warm_start=True, tol=0.0,
+                            n_iter_no_change=10 ** 9)
+        # partial_fit on ten rows sets up the network; then the shared initial weights replace
+        # sklearn's own (Glorot) init, and fit() with warm_start starts from them with a fresh
+        # optimizer (zero momentum).
+        rows = [int(np.flatnonzero(ytr == c)[0]) for c in range(CLASSES)]  # one of each class
+        clf.partial_fit(Xtr[rows], ytr[rows], classes=np.arange(CLASSES))
+        clf.coefs_ = [np.ascontiguousarray(W.T) for W, _ in params]  # sklearn's are (in, out)
+        clf.intercepts_ = [b.copy() for _, b in params]
+        return clf
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        warm = build()
+        warm.fit(Xtr[:30 * BATCH], ytr[:30 * BATCH])
+        clf = build()
+        t0 = time.perf_counter()
+        clf.fit(Xtr, ytr)
+        sec = time.perf_counter() - t0
+    acc = float(np.mean(clf.predict(Xte) == yte))
+    return {"sec": sec, "acc": acc, "version": sklearn.__version__}
+
+
+def run_numpy(data_dir, threads):
+    """What a careful NumPy user writes: preallocated buffers, in-place ufuncs, the products in
+    OpenBLAS, the input gradient of the first layer skipped."""
+    import numpy as np
+
+    Xtr, ytr, Xte, yte, params = _load(data_dir)
+
+    def train(n_batches=None):
+        Ws = [W.copy() for W, _ in params]
+        bs = [b.copy() for _, b in params]
+        vW = [np.zeros_like(W) for W in Ws]
+        vb = [np.zeros_like(b) for b in bs]
+        gW = [np.empty_like(W) for W in Ws]
+        gb = [np.empty_like(b) for b in bs]
+        for i0, i1 in _batches(N_TRAIN)[:n_batches]:
+            x, y = Xtr[i0:i1], ytr[i0:i1]
+            m = i1 - i0
+            acts = [x]
+            for j, (W, b) in enumerate(zip(Ws, bs)):
+                z = acts[-1] @ W.T
+                z += b
+                if j < len(Ws) - 1:
+                    np.maximum(z, 0, out=z)
+                acts.append(z)
+            logits = acts[-1]
+            logits -= logits.max(axis=1, keepdims=True)
+            np.exp(logits, out=logits)
+            logits /= logits.sum(axis=1, keepdims=True)
+            logits[np.arange(m), y] -= 1
+            logits /= m
+            g = logits
+            for j in range(len(Ws) - 1, -1, -1):
+                np.matmul(g.T, acts[j], out=gW[j])
+                np.sum(g, axis=0, out=gb[j])
+                if j:
+                    g = g @ Ws[j]
+                    g *= acts[j] > 0
+            for p, v, gr in zip(Ws + bs, vW + vb, gW + gb):
+                v *= MOMENTUM
+                v += gr
+                p -= LR * v  # (a temporary of p's size: the lr scaling)
+        return Ws, bs
+
+    train(30)
+    t0 = time.perf_counter()
+    Ws, bs = train()
+    sec = time.perf_counter() - t0
+    h = Xte
+    for j, (W, b) in enumerate(zip(Ws, bs)):
+        h = h @ W.T + b
+        if j < len(Ws) - 1:
+            h = np.maximum(h, 0)
+    acc = float(np.mean(np.argmax(h, axis=1) == yte))
+    return {"sec": sec, "acc": acc, "version": np.__version__}
+
+
+RUNNERS = {"fastnn": run_fastnn, "torch": run_torch, "sklearn": run_sklearn, "numpy": run_numpy}
+IMPORT_NAMES = {"fastnn": "fastnn", "torch": "torch", "sklearn": "sklearn", "numpy": "numpy"}
+
+
+# ---- driver ---------------------------------------------------------------------------------------
+
+def make_data(data_dir):
+    import numpy as np
+
+    from fastnn.datasets import make_teacher
+
+    X, y = make_teacher(N_TRAIN + N_TEST, D, CLASSES, seed=0)
+    np.save(os.path.join(data_dir, "X.npy"), X)
+    np.save(os.path.join(data_dir, "y.npy"), y)
+    rng = np.random.default_rng(2026)
+    init = {}
+    for i, (fi, fo) in enumerate(zip(SIZES, SIZES[1:])):
+        bound = 1 / np.sqrt(fi)  # torch.nn.Linear's default: kaiming_uniform(a=sqrt(5)) and its bias
+        init[f"W{i}"] = rng.uniform(-bound, bound, (fo, fi)).astype(np.float32)
+        init[f"b{i}"] = rng.uniform(-bound, bound, fo).astype(np.float32)
+    np.savez(os.path.join(data_dir, "init.npz"), **init)
+
+
+def run_child(name, data_dir, threads):
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads),
+               MKL_NUM_THREADS=str(threads))
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", name, "--data", data_dir, "--threads", str(threads)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode == 3:
+        return None  # not installed
+    if proc.returncode:
+        raise SystemExit(f"{name}: exit {proc.returncode}\n{proc.stderr}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--frameworks", nargs="+", default=list(FRAMEWORKS), choices=FRAMEWORKS)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3, help="epochs per framework (fresh processes); best reported")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--data", help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.child:
+        try:
+            __import__(IMPORT_NAMES[a.child])
+        except ImportError as e:
+            print(f"{a.child}: not importable ({e})", file=sys.stderr)
+            sys.exit(3)
+        print(json.dumps(RUNNERS[a.child](a.data, a.threads)))
+        return
+    load0 = os.getloadavg()
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="train_mlp_") as data_dir:
+        make_data(data_dir)
+        for r in range(a.repeats):  # interleaved, so that a burst of load hits every framework alike
+            for name in a.frameworks:
+                if r and name not in results:
+                    continue
+                res = run_child(name, data_dir, a.threads)
+                if res is None:
+                    print(f"{name}: not installed, skipped" +
+                          (" (scikit-learn: pip install scikit-learn --target DIR; PYTHONPATH=DIR)"
+                           if name == "sklearn" else ""))
+                    continue
+                results.setdefault(name, []).append(res)
+    load1 = os.getloadavg()
+    if "fastnn" in results:
+        print(results["fastnn"][0]["machine"])
+    print(f"{a.threads} threads; load average before {load0[0]:.2f} / after {load1[0]:.2f} (1-min) on "
+          f"{os.cpu_count()} CPUs; one epoch of {N_TRAIN} samples, batch {BATCH}, best of {a.repeats}")
+    rate = {n: [N_TRAIN / r["sec"] for r in rs] for n, rs in results.items()}
+    best = {n: max(v) for n, v in rate.items()}
+    if "fastnn" in results:
+        g = max(r["gemm_gflops"] for r in results["fastnn"])
+        print(f"GEMM ceiling: 128x784x512 at {g:.0f} GFLOP/s -> {g * 1e9 / FLOPS_PER_SAMPLE:,.0f} samples/s "
+              f"({FLOPS_PER_SAMPLE / 1e6:.2f} MFLOP per sample)")
+    print(f"{'framework':<24} {'samples/s (best)':>17} {'range':>17} {'accuracy':>9} {'fastnn x':>9}")
+    for n in a.frameworks:
+        if n not in rate:
+            continue
+        ver = results[n][0].get("version", "")
+        ratio = f"{best['fastnn'] / best[n]:.2f}x" if "fastnn" in best else "-"
+        accs = sorted({round(r["acc"] * 100, 2) for r in results[n]})
+        print(f"{n + (' ' + ver if ver else ''):<24} {best[n]:>17,.0f} {min(rate[n]):>8,.0f}-{max(rate[n]):<8,.0f} "
+              f"{'/'.join(f'{x:.2f}' for x in accs):>8}% {ratio:>9}")
+    if "fastnn" in best:
+        for n, goal in (("torch", 2.0), ("sklearn", 2.5)):
+            if n in best:
+                r = best["fastnn"] / best[n]
+                print(f"goal fastnn >= {goal}x {n}: {r:.2f}x {'met' if r >= goal else 'NOT met'}")
+        acc_f = results["fastnn"][-1]["acc"]
+        for n in results:
+            if n != "fastnn":
+                d = abs(results[n][-1]["acc"] - acc_f) * 100
+                print(f"accuracy fastnn vs {n}: {d:.2f} points apart ({'within' if d <= 1 else 'NOT within'} 1)")
+
+
+if __name__ == "__main__":
+    main()
