@@ -14,8 +14,12 @@ namespace fastnn {
 namespace {
 
 constexpr size_t kHuge = size_t(2) << 20;
+constexpr size_t kHugeFrom = size_t(1) << 20;  // blocks this large get huge-page alignment
+constexpr size_t kStep = size_t(64) << 10;      // smaller cached blocks round up to 64 KiB
 
-size_t round_block(size_t bytes) { return (bytes + kHuge - 1) / kHuge * kHuge; }
+size_t round_block(size_t bytes) {
+  return bytes >= kHugeFrom ? (bytes + kHuge - 1) / kHuge * kHuge : (bytes + kStep - 1) / kStep * kStep;
+}
 
 struct Cache {
   std::mutex mu;
@@ -30,6 +34,11 @@ Cache& cache() {
 }
 
 void* map_block(size_t size) {
+  if (size < kHuge) {  // a 64 KiB multiple: page alignment is all it needs
+    void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) throw std::bad_alloc();
+    return p;
+  }
   // Over-map by 2 MiB and trim so the block is 2 MiB-aligned (a huge page can back it).
   size_t span = size + kHuge;
   void* raw = mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
