@@ -44,13 +44,7 @@ def child(threads, shapes, min_time, use_torch, bt):
     from fastnn import benchmark
 
     fastnn.set_num_threads(threads)
-    torch = None
-    if use_torch:
-        try:
-            import torch
-            torch.set_num_threads(threads)
-        except ImportError:
-            torch = None
+    torch = benchmark.import_torch(threads, use_torch)
     rng = np.random.default_rng(0)
     # Warm-up: start every library's thread pool and let the scheduler spread its threads over
     # the cores before the first measurement (a fresh pool's first ~0.1 s runs at half speed).
@@ -105,13 +99,7 @@ def child_layers(threads, shapes, min_time, use_torch):
     from fastnn import benchmark
 
     fastnn.set_num_threads(threads)
-    torch = None
-    if use_torch:
-        try:
-            import torch
-            torch.set_num_threads(threads)
-        except ImportError:
-            torch = None
+    torch = benchmark.import_torch(threads, use_torch)
     rng = np.random.default_rng(0)
     rows = []
     for s in shapes:

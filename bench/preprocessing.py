@@ -101,13 +101,7 @@ def child(threads, shapes, reps, use_torch):
         from sklearn.preprocessing import StandardScaler
     except ImportError:
         SkPCA = StandardScaler = None
-    torch = None
-    if use_torch:
-        try:
-            import torch
-            torch.set_num_threads(threads)
-        except ImportError:
-            torch = None
+    torch = benchmark.import_torch(threads, use_torch)
     rows = []
     for s in shapes:
         n, d = map(int, s.split("x"))

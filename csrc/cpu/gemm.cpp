@@ -218,6 +218,14 @@ void tile(int64_t kc, const T* a, const T* b, T* c, int64_t ldc, int64_t m, int6
 // Transposing packs (A with rows contiguous in k, B with columns contiguous in k: x @ W^T) move
 // 16 x 16 float blocks through registers on AVX-512; each returns how many k it packed (a
 // multiple of 16), the caller does the rest element by element.
+// Keep bits of a transposing pack: row i of the block (consecutive k) is kept where bit
+// bit0 + i * ld + k of bits is set, and then scaled (DropConnect of a weight row).
+struct RowBits {
+  const uint8_t* bits = nullptr;
+  int64_t bit0 = 0, ld = 0;
+  float scale = 1.0f;
+};
+
 #if FASTNN_ISA == 2
 // r[i] = row i of a 16 x 16 block -> r[j] = column j.
 inline void transpose16(__m512 (&r)[16]) {
@@ -243,14 +251,6 @@ inline void transpose16(__m512 (&r)[16]) {
   }
   for (int i = 0; i < 16; ++i) r[i] = t[i];
 }
-
-// Keep bits of a transposing pack: row i of the block (16 consecutive k) is kept where bit
-// bit0 + i * ld + k of bits is set, and then scaled (DropConnect of a weight row).
-struct RowBits {
-  const uint8_t* bits = nullptr;
-  int64_t bit0 = 0, ld = 0;
-  float scale = 1.0f;
-};
 
 // rows rows of src (row i at src + i*ld, contiguous in k) -> dst[k*dld + i], k < kc rounded down to 16.
 inline int64_t pack_transposed16(int64_t kc, int rows, const float* src, int64_t ld, float* dst, int64_t dld,
@@ -290,11 +290,6 @@ inline int64_t pack_b_fast(int64_t kc, const float* src, int64_t cs, float* dst,
 }
 constexpr bool kFastBitsPack = true;
 #elif FASTNN_ISA == 1
-struct RowBits {
-  const uint8_t* bits = nullptr;
-  int64_t bit0 = 0, ld = 0;
-  float scale = 1.0f;
-};
 
 // r[i] = row i of an 8 x 8 block -> r[j] = column j.
 inline void transpose8(__m256 (&r)[8]) {
@@ -351,11 +346,6 @@ inline int64_t pack_b_fast(int64_t kc, const float* src, int64_t cs, float* dst,
 }
 constexpr bool kFastBitsPack = true;
 #else
-struct RowBits {
-  const uint8_t* bits = nullptr;
-  int64_t bit0 = 0, ld = 0;
-  float scale = 1.0f;
-};
 inline int64_t pack_a_fast(int64_t, const float*, int64_t, float*) { return 0; }
 inline int64_t pack_b_fast(int64_t, const float*, int64_t, float*, const RowBits&) { return 0; }
 constexpr bool kFastBitsPack = false;

@@ -48,6 +48,18 @@ OPS = ["sigmoid", "tanh", "relu", "leaky_relu", "elu", "selu", "prelu"]
 PRELU_C = 256
 
 
+def import_torch(threads, use=True):
+    """torch with its thread count set, or None when not wanted or not installed."""
+    if not use:
+        return None
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(threads)
+    return torch
+
+
 def _timeit(fn, min_time=0.2, max_reps=200):
     """Median seconds per call over repetitions filling about min_time (after one warm-up)."""
     fn()

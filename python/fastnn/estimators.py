@@ -54,6 +54,7 @@ import numpy as np
 from . import nn as _nn
 from . import optim as _optim
 from . import schedules as _schedules
+from ._params import ParamsMixin
 from .random import Generator
 
 try:  # scikit-learn is optional: inherit its base classes when it is there
@@ -74,26 +75,8 @@ except ImportError:  # pragma: no cover - exercised where scikit-learn is absent
     class DataConversionWarning(UserWarning):
         """The input was converted (a column-vector y flattened)."""
 
-    class _BaseEstimator:
+    class _BaseEstimator(ParamsMixin):
         """get_params / set_params from the __init__ signature (scikit-learn's contract)."""
-
-        @classmethod
-        def _get_param_names(cls):
-            sig = inspect.signature(cls.__init__)
-            return sorted(p.name for p in sig.parameters.values()
-                          if p.name != "self" and p.kind != p.VAR_KEYWORD)
-
-        def get_params(self, deep=True):
-            return {k: getattr(self, k) for k in self._get_param_names()}
-
-        def set_params(self, **params):
-            valid = self._get_param_names()
-            for k, v in params.items():
-                if k not in valid:
-                    raise ValueError(f"set_params: invalid parameter {k!r} for {type(self).__name__}; "
-                                     f"valid: {valid}")
-                setattr(self, k, v)
-            return self
 
         def __repr__(self):
             sig = inspect.signature(type(self).__init__)

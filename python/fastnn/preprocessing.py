@@ -37,12 +37,12 @@ transform before fit raises NotFittedError (a ValueError and AttributeError, lik
 
 from __future__ import annotations
 
-import inspect
 import numbers
 
 import numpy as np
 
 from . import _C
+from ._params import ParamsMixin
 from ._arrays import as_float_array, empty, is_cuda_array
 
 __all__ = ["ZeroCenter", "Standardize", "PCA", "ZCA", "NotFittedError"]
@@ -179,25 +179,8 @@ def _affine_back(Y: np.ndarray, Q: np.ndarray, mean: np.ndarray) -> np.ndarray:
 
 # ---- estimator base ---------------------------------------------------------------------------
 
-class _Base:
+class _Base(ParamsMixin):
     """get_params / set_params / fit_transform / __repr__ as in scikit-learn's BaseEstimator."""
-
-    @classmethod
-    def _param_names(cls):
-        sig = inspect.signature(cls.__init__)
-        return [p.name for p in sig.parameters.values() if p.name != "self" and p.kind != p.VAR_KEYWORD]
-
-    def get_params(self, deep=True):
-        return {k: getattr(self, k) for k in self._param_names()}
-
-    def set_params(self, **params):
-        valid = self._param_names()
-        for k, v in params.items():
-            if k not in valid:
-                raise ValueError(f"set_params: invalid parameter {k!r} for {type(self).__name__}; "
-                                 f"valid parameters: {', '.join(valid)}")
-            setattr(self, k, v)
-        return self
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
