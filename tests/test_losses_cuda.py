@@ -3,10 +3,11 @@ same data: softmax cross-entropy with int32/int64 labels (NumPy or CUDA) and sof
 the loss classes, run-to-run bit reproducibility, NaN logits, out-of-range labels and errors.
 
 Tolerances (GPU vs CPU). The two use different exp implementations (CUDA's expf/exp vs our vector
-polynomial) and sum in different fixed orders, both in double: cross-entropy loss float32 rtol
-1e-6, float64 rtol 1e-12; gradient float32 atol 1e-7 + rtol 1e-5, float64 atol 1e-15 + rtol
-1e-12. MSE: the gradient (p - t) * (2/n) is the same two roundings on both, so bit-identical;
-the loss float32 rtol 1e-6 (the CPU sums float32 lanes), float64 rtol 1e-12.
+polynomial) and sum in different fixed orders (the GPU in double throughout, the CPU in float32
+lanes, then double): loss float32 rtol 1e-5 (the CPU's own documented accuracy against a float64
+reference; the GPU is closer to it), float64 rtol 1e-12; gradient float32 atol 1e-7 + rtol 1e-5,
+float64 atol 1e-15 + rtol 1e-12. MSE: the gradient (p - t) * (2/n) is the same two roundings on
+both, so bit-identical; the loss as cross-entropy's.
 
 Skipped as a whole without a usable GPU; tests/test_cuda_nogpu.py covers that case."""
 
@@ -28,7 +29,7 @@ SHAPES = [(1, 1), (1, 7), (3, 10), (128, 10), (9, 33), (5, 1000), (257, 64)]
 
 
 def loss_rtol(dtype):
-    return 1e-6 if np.dtype(dtype) == np.float32 else 1e-12
+    return 1e-5 if np.dtype(dtype) == np.float32 else 1e-12
 
 
 def grad_tol(dtype):
@@ -75,7 +76,7 @@ def test_xent_grad_false_and_out():
     want, gwant = losses.softmax_cross_entropy(x, y)
     loss, g = losses.softmax_cross_entropy(fc.to_device(x), y, grad=False)
     assert g is None
-    np.testing.assert_allclose(loss, want, rtol=1e-6)
+    np.testing.assert_allclose(loss, want, rtol=1e-5)
     out = fc.empty((20, 5), np.float32)
     loss2, g2 = losses.softmax_cross_entropy(fc.to_device(x), y, grad=out)
     assert g2 is out and loss2 == loss
@@ -166,7 +167,7 @@ def test_loss_classes_on_the_gpu():
     ce = losses.SoftmaxCrossEntropy()
     loss = ce(fc.to_device(x), y)
     want, gwant = losses.softmax_cross_entropy(x, y)
-    np.testing.assert_allclose(loss, want, rtol=1e-6)
+    np.testing.assert_allclose(loss, want, rtol=1e-5)
     g1 = ce.backward()
     assert isinstance(g1, fc.DeviceArray)
     np.testing.assert_allclose(g1.numpy(), gwant, **grad_tol(np.float32))
@@ -183,7 +184,7 @@ def test_loss_classes_on_the_gpu():
     p, t = rng.standard_normal(50).astype(np.float32), rng.standard_normal(50).astype(np.float32)
     got = mse(fc.to_device(p), fc.to_device(t))
     want, gwant = losses.mse_loss(p, t)
-    np.testing.assert_allclose(got, want, rtol=1e-6)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
     np.testing.assert_array_equal(mse.backward().numpy(), gwant)
 
 
@@ -205,7 +206,7 @@ def test_torch_logits_and_cuda_labels(torch, ldtype):
     got, g = losses.softmax_cross_entropy(xt, yt)
     assert isinstance(g, torch.Tensor) and g.is_cuda and g.dtype == torch.float32
     want, gwant = losses.softmax_cross_entropy(x, y)
-    np.testing.assert_allclose(got, want, rtol=1e-6)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
     np.testing.assert_allclose(g.cpu().numpy(), gwant, **grad_tol(np.float32))
     ref = torch.nn.functional.cross_entropy(xt.double(), yt.long()).item()
     np.testing.assert_allclose(got, ref, rtol=1e-6)

@@ -121,10 +121,12 @@ def test_twenty_step_trajectory_matches_cpu(capability, name, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("shift", [(1, 1), (1, 0), (0, 3)], ids=["same_offset", "grad_aligned", "param_aligned"])
-@pytest.mark.parametrize("name", ["nesterov", "adamw"])
+@pytest.mark.parametrize("name", ["sgd", "nesterov", "adamw"])
 def test_unaligned_parameters(name, shift, dtype):
     # Views one or three elements into a block: the same offset takes the vector path after a
-    # scalar head, different offsets the per-element path; the result must not depend on it.
+    # scalar head (plain SGD: only w and g; the state arrays are 256-byte aligned, so with state
+    # an offset parameter takes the per-element path), different offsets the per-element path;
+    # the result must not depend on it.
     rng = np.random.default_rng(3)
     n = 1000
     cls, kwargs = CONFIGS[name]
@@ -233,7 +235,8 @@ def test_state_dict_between_cpu_and_gpu(capability, name):
         oc.step()
         og.step()
         ob.step()
-    np.testing.assert_array_equal(back.data, cpu.data)
+    # (back's state came from the GPU: exact only where the GPU matches this CPU path)
+    compare(back.data, cpu.data, capability, 2)
     compare(gpu.data.numpy(), cpu.data, capability, 2)
 
 

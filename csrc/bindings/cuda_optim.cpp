@@ -124,7 +124,8 @@ void register_cuda_optim(py::module_& m) {
         check_count(M, "M");
         check_count(C, "C");
         if (M == 0 || C == 0) throw py::value_error("logits: expected M >= 1 rows and C >= 1 classes");
-        if (M > (int64_t{1} << 34)) throw py::value_error("logits: more than 2**34 rows");
+        // One warp per row, 8 rows per block: the grid must stay within 2**31 - 1 blocks.
+        if (M > int64_t{0x7fffffff} * 8) throw py::value_error("logits: more than (2**31 - 1) * 8 rows");
         const uint64_t es = elem_size(dt);
         check_ptr(x, M * C, es, "logits");
         if (grad != 0) check_ptr(grad, M * C, es, "grad");
@@ -157,6 +158,8 @@ void register_cuda_optim(py::module_& m) {
         const DType dt = parse_float(dtype);
         check_count(n, "n");
         const uint64_t es = elem_size(dt);
+        // One block per 4096 elements: the grid must stay within 2**31 - 1 blocks.
+        if (n > int64_t{0x7fffffff} * 4096) throw py::value_error("n: more than (2**31 - 1) * 4096 elements");
         check_ptr(p, n, es, "input");
         check_ptr(t, n, es, "target");
         if (grad != 0) check_ptr(grad, n, es, "grad");

@@ -1149,7 +1149,7 @@ def _adam_step(w: _Arg, g: _Arg, m: DeviceArray, v: DeviceArray, lr, beta1, beta
 
 
 def _label_arg(a, name: str):
-    """(ptr, shape, dtype, device, obj) of a CUDA array of any dtype NumPy knows (labels)."""
+    """(ptr, shape, dtype, device) of a CUDA array of any dtype NumPy knows (labels)."""
     if isinstance(a, DeviceArray):
         return a.ptr, a.shape, a.dtype, a.device
     cai = getattr(a, "__cuda_array_interface__", None)
