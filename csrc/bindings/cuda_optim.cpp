@@ -6,11 +6,13 @@
 #include <cstdint>
 #include <string>
 #include <tuple>
+#include <utility>
 
 #include "bindings/common.h"
 #include "cuda/device.h"
 #include "cuda/loss.h"
 #include "cuda/optim.h"
+#include "cuda/optim_ops.cuh"
 
 namespace fastnn {
 
@@ -40,6 +42,15 @@ uint64_t elem_size(DType dt) { return dt == DType::F32 ? 4 : 8; }
 template <class T>
 T* as_ptr(uint64_t p) {
   return reinterpret_cast<T*>(static_cast<uintptr_t>(p));
+}
+
+// The GPU kernels' per-element math (csrc/cuda/optim_ops.cuh) run on the host over NumPy arrays:
+// lets tests compare it with csrc/cpu/optim.cpp on machines without a GPU. (This file is built
+// with -ffp-contract=off, so each operation rounds as on the device.)
+template <class T, class Op>
+void host_apply(const Op& op, T* w, const T* g, T* s1, T* s2, int64_t n) {
+  T d1 = T(0), d2 = T(0);
+  for (int64_t i = 0; i < n; ++i) op(w[i], g[i], s1 ? s1[i] : d1, s2 ? s2[i] : d2);
 }
 
 }  // namespace
@@ -115,6 +126,73 @@ void register_cuda_optim(py::module_& m) {
       py::arg("n"), py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"), py::arg("l2"), py::arg("l1"),
       py::arg("decoupled"), py::arg("step"),
       "One fused Adam/AdamW update in place on the GPU (csrc/cuda/optim.h; the CPU's adam_step semantics).");
+
+  m.def(
+      "cuda_sgd_host_reference",
+      [](py::array w, py::array g, py::object buf_obj, double lr, double momentum, double dampening, double l2,
+         double l1, bool nesterov, bool first) {
+        const DType dt = float_dtype(w, "param");
+        require_same(w, "param", g, "grad");
+        require_c_contiguous(w, "param");
+        require_c_contiguous(g, "grad");
+        require_writeable(w, "param");
+        py::array buf;
+        if (momentum != 0.0) {
+          buf = py::reinterpret_borrow<py::array>(buf_obj);
+          require_same(w, "param", buf, "momentum_buffer");
+          require_c_contiguous(buf, "momentum_buffer");
+          require_writeable(buf, "momentum_buffer");
+        }
+        SgdArgs a;
+        a.lr = lr;
+        a.momentum = momentum;
+        a.dampening = dampening;
+        a.l2 = l2;
+        a.l1 = l1;
+        a.nesterov = nesterov;
+        a.first = first;
+        dispatch_float(dt, [&](auto zero) {
+          using T = decltype(zero);
+          host_apply<T>(cuda::optim_ops::make_sgd<T>(a), mptr<T>(w), cptr<T>(g), momentum != 0.0 ? mptr<T>(buf) : nullptr,
+                        nullptr, w.size());
+        });
+      },
+      py::arg("param"), py::arg("grad"), py::arg("momentum_buffer"), py::arg("lr"), py::arg("momentum"),
+      py::arg("dampening"), py::arg("l2"), py::arg("l1"), py::arg("nesterov"), py::arg("first"),
+      "The GPU SGD kernel's per-element math on host arrays (tests: compare with sgd_step).");
+
+  m.def(
+      "cuda_adam_host_reference",
+      [](py::array w, py::array g, py::array mm, py::array vv, double lr, double beta1, double beta2, double eps,
+         double l2, double l1, double decoupled, int64_t step) {
+        const DType dt = float_dtype(w, "param");
+        for (auto [arr, name] : {std::pair<py::array*, const char*>{&g, "grad"}, {&mm, "exp_avg"}, {&vv, "exp_avg_sq"}}) {
+          require_same(w, "param", *arr, name);
+          require_c_contiguous(*arr, name);
+        }
+        require_c_contiguous(w, "param");
+        require_writeable(w, "param");
+        require_writeable(mm, "exp_avg");
+        require_writeable(vv, "exp_avg_sq");
+        if (step < 1) throw py::value_error("step: expected the 1-based step count, got " + std::to_string(step));
+        AdamArgs a;
+        a.lr = lr;
+        a.beta1 = beta1;
+        a.beta2 = beta2;
+        a.eps = eps;
+        a.l2 = l2;
+        a.l1 = l1;
+        a.decoupled = decoupled;
+        a.step_size = lr / (1.0 - std::pow(beta1, static_cast<double>(step)));
+        a.bc2_sqrt = std::sqrt(1.0 - std::pow(beta2, static_cast<double>(step)));
+        dispatch_float(dt, [&](auto zero) {
+          using T = decltype(zero);
+          host_apply<T>(cuda::optim_ops::make_adam<T>(a), mptr<T>(w), cptr<T>(g), mptr<T>(mm), mptr<T>(vv), w.size());
+        });
+      },
+      py::arg("param"), py::arg("grad"), py::arg("exp_avg"), py::arg("exp_avg_sq"), py::arg("lr"), py::arg("beta1"),
+      py::arg("beta2"), py::arg("eps"), py::arg("l2"), py::arg("l1"), py::arg("decoupled"), py::arg("step"),
+      "The GPU Adam kernel's per-element math on host arrays (tests: compare with adam_step).");
 
   m.def(
       "cuda_softmax_xent",

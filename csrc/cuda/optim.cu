@@ -18,6 +18,7 @@
 
 #include "cuda/device.h"
 #include "cuda/launch.cuh"
+#include "cuda/optim_ops.cuh"
 #include "cuda/packed128.cuh"
 
 namespace fastnn {
@@ -27,73 +28,7 @@ namespace {
 constexpr int kThreads = 256;
 
 using packed::Packed128;
-
-// ------------------------------------------------------------------------------------------------
-// Explicitly rounded arithmetic (round to nearest even), float and double.
-
-__device__ __forceinline__ float fma_rn(float a, float b, float c) { return __fmaf_rn(a, b, c); }
-__device__ __forceinline__ double fma_rn(double a, double b, double c) { return __fma_rn(a, b, c); }
-__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
-__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
-__device__ __forceinline__ float add_rn(float a, float b) { return __fadd_rn(a, b); }
-__device__ __forceinline__ double add_rn(double a, double b) { return __dadd_rn(a, b); }
-__device__ __forceinline__ float sub_rn(float a, float b) { return __fsub_rn(a, b); }
-__device__ __forceinline__ double sub_rn(double a, double b) { return __dsub_rn(a, b); }
-__device__ __forceinline__ float div_rn(float a, float b) { return __fdiv_rn(a, b); }
-__device__ __forceinline__ double div_rn(double a, double b) { return __ddiv_rn(a, b); }
-__device__ __forceinline__ float sqrt_rn(float a) { return __fsqrt_rn(a); }
-__device__ __forceinline__ double sqrt_rn(double a) { return __dsqrt_rn(a); }
-
-// g + l2 * w + l1 * sign(w), sign(0) = sign(NaN) = 0 (csrc/cpu/optim.cpp's Penalty): the l2 term
-// one FMA, the l1 term one add; each skipped when its coefficient is 0.
-template <class T>
-struct Penalty {
-  T l2, l1;
-  bool has_l2, has_l1;
-  __device__ __forceinline__ T operator()(T g, T w) const {
-    if (has_l2) g = fma_rn(l2, w, g);
-    if (has_l1) g = add_rn(g, fabs(w) > T(0) ? copysign(l1, w) : T(0));
-    return g;
-  }
-};
-
-// SGD (torch.optim.SGD). mode 0: no momentum; 1: first step (buf = g'); 2: momentum.
-template <class T>
-struct SgdOp {
-  Penalty<T> pen;
-  T lr, mom, damp1;
-  bool nesterov, undamped;
-  int mode;
-  __device__ __forceinline__ void operator()(T& w, T g, T& buf, T&) const {
-    g = pen(g, w);
-    T d = g;
-    if (mode == 1) {
-      buf = g;
-      if (nesterov) d = fma_rn(mom, g, g);
-    } else if (mode == 2) {
-      const T b = fma_rn(mom, buf, undamped ? g : mul_rn(g, damp1));
-      buf = b;
-      d = nesterov ? fma_rn(mom, b, g) : b;
-    }
-    w = fma_rn(-lr, d, w);
-  }
-};
-
-// Adam / AdamW (torch.optim.Adam / AdamW, non-amsgrad); decay: AdamW's w *= 1 - lr * wd first.
-template <class T>
-struct AdamOp {
-  Penalty<T> pen;
-  T keep, c1, b2, c2, step, bc2, eps;
-  bool decay;
-  __device__ __forceinline__ void operator()(T& w, T g, T& m, T& v) const {
-    g = pen(g, w);
-    if (decay) w = mul_rn(w, keep);
-    m = fma_rn(c1, sub_rn(g, m), m);
-    v = fma_rn(c2, mul_rn(g, g), mul_rn(b2, v));
-    const T denom = add_rn(div_rn(sqrt_rn(v), bc2), eps);
-    w = fma_rn(-step, div_rn(m, denom), w);
-  }
-};
+using namespace optim_ops;
 
 // ------------------------------------------------------------------------------------------------
 // GPU kernel
@@ -150,37 +85,15 @@ void launch_update(T* w, const T* g, T* s1, T* s2, int64_t n, Op op, const char*
 }
 
 template <class T>
-Penalty<T> penalty(double l2, double l1) {
-  return Penalty<T>{static_cast<T>(l2), static_cast<T>(l1), l2 != 0.0, l1 != 0.0};
-}
-
-template <class T>
 void sgd_impl(T* w, const T* g, T* buf, int64_t n, const SgdArgs& a) {
-  SgdOp<T> op;
-  op.pen = penalty<T>(a.l2, a.l1);
-  op.lr = static_cast<T>(a.lr);
-  op.mom = static_cast<T>(a.momentum);
-  op.damp1 = static_cast<T>(1.0 - a.dampening);
-  op.nesterov = a.nesterov;
-  op.undamped = a.dampening == 0.0;
-  op.mode = a.momentum == 0.0 ? 0 : (a.first ? 1 : 2);
+  const SgdOp<T> op = make_sgd<T>(a);
   if (op.mode == 0) launch_update<0>(w, g, static_cast<T*>(nullptr), static_cast<T*>(nullptr), n, op, "sgd kernel launch");
   else launch_update<1>(w, g, buf, static_cast<T*>(nullptr), n, op, "sgd kernel launch");
 }
 
 template <class T>
 void adam_impl(T* w, const T* g, T* m, T* v, int64_t n, const AdamArgs& a) {
-  AdamOp<T> op;
-  op.pen = penalty<T>(a.l2, a.l1);
-  op.keep = static_cast<T>(1.0 - a.lr * a.decoupled);
-  op.c1 = static_cast<T>(1.0 - a.beta1);
-  op.b2 = static_cast<T>(a.beta2);
-  op.c2 = static_cast<T>(1.0 - a.beta2);
-  op.step = static_cast<T>(a.step_size);
-  op.bc2 = static_cast<T>(a.bc2_sqrt);
-  op.eps = static_cast<T>(a.eps);
-  op.decay = a.decoupled != 0.0;
-  launch_update<2>(w, g, m, v, n, op, "adam kernel launch");
+  launch_update<2>(w, g, m, v, n, make_adam<T>(a), "adam kernel launch");
 }
 
 }  // namespace
