@@ -243,6 +243,11 @@ void memcpy_dtod(void* dst, const void* src, size_t bytes) {
   FASTNN_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, 0));
 }
 
+void memset_zero(void* dst, size_t bytes) {
+  if (bytes == 0) return;
+  FASTNN_CUDA_CHECK(cudaMemsetAsync(dst, 0, bytes, 0));
+}
+
 void synchronize() { FASTNN_CUDA_CHECK(cudaDeviceSynchronize()); }
 
 namespace {

@@ -54,6 +54,8 @@ size_t allocated_bytes();  // bytes in live blocks (all devices)
 void memcpy_htod(void* dst, const void* src, size_t bytes);
 void memcpy_dtoh(void* dst, const void* src, size_t bytes);
 void memcpy_dtod(void* dst, const void* src, size_t bytes);
+// Sets `bytes` bytes at dst to zero, asynchronously on stream 0 (zero-filled optimizer state).
+void memset_zero(void* dst, size_t bytes);
 void synchronize();
 
 // Stream interop (stream is a cudaStream_t as an integer; 1 = legacy default, 2 = per-thread

@@ -30,7 +30,7 @@ import numpy as np
 from . import _C
 
 __all__ = [
-    "DeviceArray", "devices", "is_available", "device_count", "to_device", "empty", "synchronize",
+    "DeviceArray", "devices", "is_available", "device_count", "to_device", "empty", "zeros", "synchronize",
     "empty_cache", "allow_tf32", "tf32_allowed",
 ]
 
@@ -1035,3 +1035,267 @@ def _matmul(a, b, out):
             _C.cuda_memcpy_dtod(o.ptr, c.ptr, o.nbytes)
             return out
     return out if o is not None else _result_like(c, aa.obj)
+
+
+# ---- optimizers and losses (csrc/cuda/optim.cu, csrc/cuda/loss.cu) --------------------------------
+# fastnn.optim and fastnn.losses call these with CUDA arrays. Optimizer state lives in DeviceArrays
+# on the parameter's device; losses return the loss as a Python float (the call waits for it) and
+# the gradient as the kind of array the logits / input are.
+
+_LABELS = {np.dtype(np.int32): "int32", np.dtype(np.int64): "int64"}
+
+
+def zeros(shape, dtype=np.float32, *, device=None) -> DeviceArray:
+    """A zero-filled DeviceArray (the fill is queued on stream 0)."""
+    a = DeviceArray(shape, dtype, device=device)
+    with _on_device(a.device):
+        _C.cuda_memset_zero(a.ptr, a.nbytes)
+    return a
+
+
+def _is_cuda(a) -> bool:
+    from ._arrays import is_cuda_array
+    return not isinstance(a, np.ndarray) and is_cuda_array(a)
+
+
+def _fill_zero(a) -> None:
+    """Zeroes a CUDA array in place (Parameter.zero_grad / Optimizer.zero_grad)."""
+    _require_gpu()
+    x = _cuda_arg(a, "grad")
+    if x.readonly:
+        raise ValueError("grad: array is read-only")
+    with _on_device(x.device):
+        _C.cuda_memset_zero(x.ptr, x.nbytes)
+
+
+def _parameter_data(data):
+    """Checks a CUDA array given to fastnn.Parameter (float32/float64, C-contiguous, writeable) and
+    returns (data itself, a zero gradient of the same kind on the same device)."""
+    _require_gpu()
+    a = _cuda_arg(data, "data")
+    if a.readonly:
+        raise ValueError("data: the CUDA array is read-only (optimizers update it in place)")
+    with _on_device(a.device):
+        g = zeros(a.shape, a.dtype)
+    return data, _result_like(g, data)
+
+
+def _optim_operands(w, g, label: str):
+    """(_Arg, _Arg) of a parameter's .data (a CUDA array) and .grad: same shape, dtype and GPU."""
+    if not _is_cuda(g):
+        raise TypeError(f"{label}.grad is {_cpu_where(g)} but {label}.data is a CUDA array ({_type_name(w)}): "
+                        f"a parameter and its gradient must be on the same device")
+    _require_gpu()
+    wa = _cuda_arg(w, f"{label}.data")
+    ga = _cuda_arg(g, f"{label}.grad")
+    if wa.readonly:
+        raise ValueError(f"{label}.data: the CUDA array is read-only (updated in place)")
+    if ga.shape != wa.shape or ga.dtype != wa.dtype:
+        raise ValueError(f"{label}.grad: expected shape {wa.shape} and dtype {wa.dtype} like .data, got "
+                         f"{ga.shape} {ga.dtype}")
+    if ga.device != wa.device:
+        raise ValueError(f"{label}.grad is on cuda:{ga.device} but {label}.data is on cuda:{wa.device}")
+    return wa, ga
+
+
+def _state_ok(a, w: _Arg) -> bool:
+    return isinstance(a, DeviceArray) and a.shape == w.shape and a.dtype == w.dtype and a.device == w.device
+
+
+def _state_zeros(w: _Arg) -> DeviceArray:
+    return zeros(w.shape, w.dtype, device=w.device)
+
+
+def _state_to_device(v, w: _Arg, name: str) -> DeviceArray:
+    """A state array from a state_dict as a DeviceArray copy on w's device with w's dtype."""
+    if isinstance(v, np.ndarray) or not _is_cuda(v):
+        host = np.array(v, dtype=w.dtype, order="C")
+        if host.shape != w.shape:
+            raise ValueError(f"state_dict: {name} has shape {host.shape}, expected {w.shape}")
+        return to_device(host, device=w.device)
+    a = _cuda_arg(v, name)
+    if a.shape != w.shape:
+        raise ValueError(f"state_dict: {name} has shape {a.shape}, expected {w.shape}")
+    if a.dtype != w.dtype or a.device != w.device:  # (rare: another dtype or GPU) through the host
+        return to_device(_to_host(v).astype(w.dtype, copy=False), device=w.device)
+    out = DeviceArray(w.shape, w.dtype, device=w.device)
+    with _on_device(w.device):
+        _C.cuda_memcpy_dtod(out.ptr, a.ptr, a.nbytes)
+    return out
+
+
+def _to_host(v) -> np.ndarray:
+    """A NumPy copy of a CUDA array (DeviceArray or __cuda_array_interface__)."""
+    if isinstance(v, DeviceArray):
+        return v.numpy()
+    a = _cuda_arg(v, "array")
+    out = np.empty(a.shape, a.dtype)
+    with _on_device(a.device):
+        _C.cuda_memcpy_dtoh(out, a.ptr)
+    return out
+
+
+def _sgd_step(w: _Arg, g: _Arg, buf, lr, momentum, dampening, l2, l1, nesterov, first) -> None:
+    with _on_device(w.device):
+        _C.cuda_sgd_step(w.dname, w.ptr, g.ptr, buf.ptr if buf is not None else 0, w.size, lr, momentum,
+                         dampening, l2, l1, nesterov, first)
+
+
+def _adam_step(w: _Arg, g: _Arg, m: DeviceArray, v: DeviceArray, lr, beta1, beta2, eps, l2, l1, decoupled,
+               step) -> None:
+    with _on_device(w.device):
+        _C.cuda_adam_step(w.dname, w.ptr, g.ptr, m.ptr, v.ptr, w.size, lr, beta1, beta2, eps, l2, l1, decoupled,
+                          step)
+
+
+def _label_arg(a, name: str):
+    """(ptr, shape, dtype, device) of a CUDA array of any dtype NumPy knows (labels)."""
+    if isinstance(a, DeviceArray):
+        return a.ptr, a.shape, a.dtype, a.device
+    cai = getattr(a, "__cuda_array_interface__", None)
+    if cai is None:
+        raise TypeError(f"{name}: expected a CUDA array with __cuda_array_interface__ (a PyTorch CUDA tensor or a CuPy "
+                        f"array), or NumPy labels, got {_type_name(a)}")
+    shape = tuple(int(d) for d in cai["shape"])
+    dtype = np.dtype(cai["typestr"])
+    if not _is_c_contiguous(shape, cai.get("strides"), dtype.itemsize):
+        raise ValueError(f"{name}: expected a C-contiguous CUDA array, got byte strides {tuple(cai['strides'])}")
+    if cai.get("mask") is not None:
+        raise ValueError(f"{name}: masked CUDA arrays are not supported")
+    ptr = int(cai["data"][0])
+    if ptr % dtype.itemsize:
+        raise ValueError(f"{name}: the CUDA array's address is not aligned to its {dtype.itemsize}-byte elements")
+    if _prod(shape) > 0:
+        device = _C.cuda_pointer_device(ptr)
+        if device < 0:
+            raise TypeError(f"{name}: the __cuda_array_interface__ of {_type_name(a)} does not point to GPU memory")
+    else:
+        device = _C.cuda_get_device()
+    stream = cai.get("stream")
+    if stream is not None:
+        with _on_device(device):
+            _C.cuda_legacy_wait_on(int(stream))
+    return ptr, shape, dtype, device
+
+
+def _grad_arg(grad, xa: _Arg, inputs):
+    """grad= of a loss: None (False), a new DeviceArray (True or an unusable `buffer`), or a CUDA
+    array checked like out= (shape, dtype, device, writeable, no overlap with the inputs)."""
+    if grad is False:
+        return None
+    if grad is True:
+        with _on_device(xa.device):
+            g = DeviceArray(xa.shape, xa.dtype)
+        return _Arg(g, g.ptr, g.shape, g.dtype, g.device, False)
+    if not _is_cuda(grad):
+        raise TypeError(f"grad is {_cpu_where(grad)} but the input is on cuda:{xa.device}: expected True, False, or a "
+                        f"CUDA array of shape {xa.shape} and dtype {xa.dtype}")
+    o = _out_arg(grad, xa, "grad")
+    _same_device([("input", xa), ("grad", o)])
+    if any(_overlaps(o, a) for a in inputs):
+        raise ValueError("grad: must not overlap logits/input or target")
+    return o
+
+
+def _softmax_xent(logits, target, grad, buffer=None):
+    """fastnn.losses.softmax_cross_entropy with CUDA logits: (loss, grad or None, the DeviceArray
+    written when one was made). Labels may be a CUDA int32/int64 array (checked by the kernel: a
+    label outside [0, C) is a ValueError after the launch, no out-of-bounds read) or NumPy labels
+    (checked on the host, then copied to the GPU: M integers); soft targets must be a CUDA array of
+    the logits' dtype. `buffer`: a DeviceArray to reuse for grad=True when it fits."""
+    _require_gpu()
+    xa = _cuda_arg(logits, "logits")
+    if len(xa.shape) != 2:
+        raise ValueError(f"logits: expected a 2-D (M, C) array, got shape {xa.shape}")
+    M, C = xa.shape
+    if M == 0 or C == 0:
+        raise ValueError(f"logits: expected at least one row and one class, got shape {xa.shape}")
+    host_labels = None
+    if _is_cuda(target):
+        tptr, tshape, tdtype, tdev = _label_arg(target, "target")
+        if tdev != xa.device:
+            raise ValueError(f"target is on cuda:{tdev} but logits is on cuda:{xa.device}")
+        if tdtype.kind == "f":
+            if tdtype != xa.dtype:
+                raise TypeError(f"target: expected soft targets of dtype {xa.dtype} like logits, got {tdtype} "
+                                f"(no conversion on the GPU)")
+            if len(tshape) == 1:
+                raise TypeError(f"target: expected integer class labels (int32/int64), got {tdtype}; soft targets "
+                                f"must have shape (M, C)")
+            if tshape != (M, C):
+                raise ValueError(f"target: expected soft targets of shape {(M, C)} like logits, got {tshape}")
+            kind, tbytes = "soft", M * C * tdtype.itemsize
+        elif tdtype in _LABELS:
+            if tshape != (M,):
+                raise ValueError(f"target: expected {M} labels (shape ({M},)) for logits of shape {xa.shape}, "
+                                 f"got shape {tshape}")
+            kind, tbytes = _LABELS[tdtype], M * tdtype.itemsize
+        else:
+            raise TypeError(f"target: expected int32/int64 class labels or {xa.dtype} soft targets on the GPU, "
+                            f"got {tdtype}")
+    else:
+        t = np.asarray(target)
+        if t.dtype.kind == "f":
+            raise TypeError(f"target is on the CPU ({_type_name(target)}) but logits is a CUDA array on "
+                            f"cuda:{xa.device}: soft targets must be a CUDA array of dtype {xa.dtype}")
+        from .losses import _target
+        host_labels = _target(t, xa)  # checks dtype, shape and range; int32/int64, C-contiguous
+        kind, tbytes = _LABELS[host_labels.dtype], host_labels.nbytes
+        tptr = 0
+    t_arg = _Arg(None, tptr, (tbytes,), _U8, xa.device, True)
+    if grad is True and buffer is not None and _state_ok(buffer, xa) and not _overlaps(
+            _Arg(buffer, buffer.ptr, buffer.shape, buffer.dtype, buffer.device, False), xa) and (
+            host_labels is not None or not _overlaps(
+                _Arg(buffer, buffer.ptr, buffer.shape, buffer.dtype, buffer.device, False), t_arg)):
+        o = _Arg(buffer, buffer.ptr, buffer.shape, buffer.dtype, buffer.device, False)
+    else:
+        o = _grad_arg(grad, xa, [xa] + ([t_arg] if host_labels is None else []))
+    with _on_device(xa.device):
+        if host_labels is not None:
+            buf = _C.cuda_malloc(host_labels.nbytes)
+            try:
+                _C.cuda_memcpy_htod(buf, host_labels)
+                loss, bad_row, bad_label = _C.cuda_softmax_xent(xa.dname, xa.ptr, buf, kind, o.ptr if o else 0, M, C)
+            finally:
+                _C.cuda_free(buf)
+        else:
+            loss, bad_row, bad_label = _C.cuda_softmax_xent(xa.dname, xa.ptr, tptr, kind, o.ptr if o else 0, M, C)
+    if bad_row >= 0:
+        raise ValueError(f"target: expected class labels in [0, {C}), got {bad_label} at row {bad_row}")
+    if o is None:
+        return loss, None, None
+    if grad is True:
+        return loss, _result_like(o.obj, xa.obj), o.obj
+    return loss, grad, None
+
+
+def _mse(input, target, grad, buffer=None):
+    """fastnn.losses.mse_loss with a CUDA input: (mean squared error, grad or None, the DeviceArray
+    written when one was made). target must be a CUDA array of input's shape and dtype (no
+    conversion on the GPU)."""
+    _require_gpu()
+    pa = _cuda_arg(input, "input")
+    if not _is_cuda(target):
+        raise TypeError(f"target is {_cpu_where(target)} but input is a CUDA array on cuda:{pa.device}: both must be "
+                        f"on the same device (move it with fastnn.cuda.to_device())")
+    ta = _cuda_arg(target, "target")
+    if ta.shape != pa.shape:
+        raise ValueError(f"target: expected shape {pa.shape} like input, got {ta.shape}")
+    if ta.dtype != pa.dtype:
+        raise TypeError(f"target: expected dtype {pa.dtype} like input, got {ta.dtype} (no conversion on the GPU)")
+    _same_device([("input", pa), ("target", ta)])
+    n = pa.size
+    if n == 0:
+        raise ValueError(f"input: expected at least one element, got shape {pa.shape}")
+    if grad is True and buffer is not None and _state_ok(buffer, pa) and not any(
+            _overlaps(_Arg(buffer, buffer.ptr, buffer.shape, buffer.dtype, buffer.device, False), a) for a in (pa, ta)):
+        o = _Arg(buffer, buffer.ptr, buffer.shape, buffer.dtype, buffer.device, False)
+    else:
+        o = _grad_arg(grad, pa, [pa, ta])
+    with _on_device(pa.device):
+        total = _C.cuda_squared_error(pa.dname, pa.ptr, ta.ptr, o.ptr if o else 0, n, 2.0 / n)
+    if o is None:
+        return total / n, None, None
+    if grad is True:
+        return total / n, _result_like(o.obj, pa.obj), o.obj
+    return total / n, grad, None

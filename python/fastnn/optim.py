@@ -25,6 +25,15 @@ multiplies the learning rate for it. The learning rate is ``opt.lr`` (settable b
 ``opt.lr = schedule(step, opt.base_lr)``); ``base_lr`` is the one given at construction.
 ``state_dict()`` / ``load_state_dict()`` round-trip hyperparameters, lr, step count and copies
 of every state array. ``create(name, params, **kwargs)`` builds one by name.
+
+GPU: a parameter whose ``.data`` is a CUDA array (fastnn.cuda.DeviceArray, a PyTorch CUDA tensor,
+a CuPy array; float32/float64, C-contiguous) is updated by the CUDA twin of the same fused kernel
+(csrc/cuda/optim.cu: the CPU's formulas in the CPU's operation order, bit-identical to its
+AVX2/AVX-512 paths), asynchronously on the legacy default stream. Its ``.grad`` must be a CUDA
+array on the same GPU (a NumPy grad is a TypeError naming both), and its state (momentum buffer,
+moments) is kept in fastnn.cuda.DeviceArrays on that GPU; ``state_dict()`` copies them on the
+device, and ``load_state_dict()`` accepts NumPy or CUDA state arrays for either kind of parameter
+(copying them to where the parameter lives).
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ import numbers
 import numpy as np
 
 from . import _C
+from ._arrays import is_cuda_array
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "create", "OPTIMIZERS"]
 
@@ -57,6 +67,18 @@ def _nonneg(v, name: str) -> float:
     if not math.isfinite(x) or x < 0:
         raise ValueError(f"{name}: expected a finite number >= 0, got {v!r}")
     return x
+
+
+def _cuda():
+    from . import cuda
+    return cuda
+
+
+def _is_state_array(v) -> bool:
+    """A state array to copy in state_dict(): NumPy, or a DeviceArray (copied on its GPU)."""
+    if isinstance(v, np.ndarray):
+        return True
+    return not isinstance(v, (numbers.Number, str, bytes)) and is_cuda_array(v) and hasattr(v, "copy")
 
 
 class Optimizer:
@@ -91,11 +113,22 @@ class Optimizer:
 
     def zero_grad(self) -> None:
         for p in self.params:
-            p.grad.fill(0)
+            g = p.grad
+            if not isinstance(g, np.ndarray) and is_cuda_array(g):
+                _cuda()._fill_zero(g)
+            else:
+                g.fill(0)
 
     def _arrays(self, i, p):
+        """(w, g): NumPy arrays, or fastnn.cuda argument records for a parameter on the GPU."""
         w, g = p.data, p.grad
         label = f"params[{i}]" + (f" ({p.name})" if getattr(p, "name", None) else "")
+        if not isinstance(w, np.ndarray) and is_cuda_array(w):
+            return _cuda()._optim_operands(w, g, label)
+        if not isinstance(g, np.ndarray) and is_cuda_array(g):
+            raise TypeError(f"{label}.grad is a CUDA array ({type(g).__module__}.{type(g).__name__}) but {label}.data "
+                            f"is on the CPU ({type(w).__name__}): a parameter and its gradient must be on the "
+                            f"same device")
         if not isinstance(w, np.ndarray) or w.dtype not in (np.float32, np.float64):
             raise TypeError(f"{label}.data: expected a float32 or float64 NumPy array, got "
                             f"{getattr(w, 'dtype', type(w).__name__)}")
@@ -111,8 +144,14 @@ class Optimizer:
     def _state_array(self, i, key, w):
         st = self.state[i]
         a = st.get(key)
-        if a is None or a.shape != w.shape or a.dtype != w.dtype:
-            a = np.zeros_like(w)
+        if isinstance(w, np.ndarray):
+            if not isinstance(a, np.ndarray) or a.shape != w.shape or a.dtype != w.dtype:
+                a = np.zeros_like(w)
+                st[key] = a
+            return a
+        fc = _cuda()  # w is a parameter on the GPU: its state is a DeviceArray there
+        if not fc._state_ok(a, w):
+            a = fc._state_zeros(w)
             st[key] = a
         return a
 
@@ -142,7 +181,7 @@ class Optimizer:
             "lr": self._lr,
             "base_lr": self.base_lr,
             "step_count": self.step_count,
-            "state": [{k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in st.items()} for st in self.state],
+            "state": [{k: (v.copy() if _is_state_array(v) else v) for k, v in st.items()} for st in self.state],
         }
 
     def load_state_dict(self, sd: dict) -> None:
@@ -154,9 +193,16 @@ class Optimizer:
         new = []
         for i, (p, st) in enumerate(zip(self.params, states)):
             d = {}
+            on_gpu = not isinstance(p.data, np.ndarray) and is_cuda_array(p.data)
             for k, v in st.items():
-                if isinstance(v, np.ndarray):
-                    if v.shape != p.data.shape:
+                if on_gpu and (isinstance(v, np.ndarray) or is_cuda_array(v)):
+                    fc = _cuda()
+                    w, _ = fc._optim_operands(p.data, p.grad, f"params[{i}]")
+                    v = fc._state_to_device(v, w, f"state[{i}][{k!r}]")
+                elif isinstance(v, np.ndarray) or is_cuda_array(v):
+                    if is_cuda_array(v) and not isinstance(v, np.ndarray):
+                        v = _cuda()._to_host(v)
+                    if v.shape != tuple(p.data.shape):
                         raise ValueError(f"state_dict: state[{i}][{k!r}] has shape {v.shape}, "
                                          f"expected {p.data.shape}")
                     v = np.array(v, dtype=p.data.dtype, order="C")
@@ -196,7 +242,10 @@ class SGD(Optimizer):
         if self.momentum != 0.0:
             first = "momentum_buffer" not in self.state[i]
             buf = self._state_array(i, "momentum_buffer", w)
-        _C.sgd_step(w, g, buf, self._lr, self.momentum, self.dampening, l2, l1, self.nesterov, first)
+        if isinstance(w, np.ndarray):
+            _C.sgd_step(w, g, buf, self._lr, self.momentum, self.dampening, l2, l1, self.nesterov, first)
+        else:
+            _cuda()._sgd_step(w, g, buf, self._lr, self.momentum, self.dampening, l2, l1, self.nesterov, first)
 
 
 class Adam(Optimizer):
@@ -228,8 +277,9 @@ class Adam(Optimizer):
         v = self._state_array(i, "exp_avg_sq", w)
         t = self.state[i].get("step", 0) + 1
         self.state[i]["step"] = t
-        _C.adam_step(w, g, m, v, self._lr, self.betas[0], self.betas[1], self.eps, coupled,
-                     self.l1 if regularize else 0.0, decoupled, t)
+        step = _C.adam_step if isinstance(w, np.ndarray) else _cuda()._adam_step
+        step(w, g, m, v, self._lr, self.betas[0], self.betas[1], self.eps, coupled,
+             self.l1 if regularize else 0.0, decoupled, t)
 
 
 class AdamW(Adam):

@@ -12,11 +12,20 @@ Optimizers update ``data`` in place, so views of it held elsewhere stay valid.
 ``requires_grad=False`` freezes it (fastnn.transfer.freeze): layers do not compute its gradient
 and optimizers skip it. ``lr_scale`` multiplies the optimizer's learning rate for it (per-layer
 learning rates when fine-tuning).
+
+``data`` may also be a CUDA array (fastnn.cuda.DeviceArray, a PyTorch CUDA tensor, a CuPy array;
+float32/float64, C-contiguous, writeable): it is kept as it is (no copy, no conversion), and
+``grad`` is a zero CUDA array of the same kind on the same GPU. fastnn.optim then updates it on
+the GPU. Without a usable GPU (or a build without CUDA) that is a RuntimeError.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+
+from ._arrays import is_cuda_array
 
 __all__ = ["Parameter"]
 
@@ -26,6 +35,19 @@ class Parameter:
 
     def __init__(self, data, *, regularize: bool = True, name: str | None = None, requires_grad: bool = True,
                  lr_scale: float = 1.0):
+        if not isinstance(data, np.ndarray) and is_cuda_array(data):
+            from .cuda import _parameter_data
+            self.data, self.grad = _parameter_data(data)
+        else:
+            self._init_host(data)
+        self.regularize = bool(regularize)
+        self.name = name
+        # Frozen (fastnn.transfer.freeze): layers skip its gradient and optimizers leave it as is.
+        self.requires_grad = bool(requires_grad)
+        # Multiplies the optimizer's lr for this parameter (fine-tuning: pretrained layers smaller).
+        self.lr_scale = float(lr_scale)
+
+    def _init_host(self, data) -> None:
         arr = np.asarray(data)
         if arr.dtype.kind in "biu":
             arr = arr.astype(np.float64)
@@ -35,12 +57,6 @@ class Parameter:
             arr = np.array(arr, order="C")
         self.data = arr
         self.grad = np.zeros_like(arr)
-        self.regularize = bool(regularize)
-        self.name = name
-        # Frozen (fastnn.transfer.freeze): layers skip its gradient and optimizers leave it as is.
-        self.requires_grad = bool(requires_grad)
-        # Multiplies the optimizer's lr for this parameter (fine-tuning: pretrained layers smaller).
-        self.lr_scale = float(lr_scale)
 
     @property
     def shape(self):
@@ -52,10 +68,16 @@ class Parameter:
 
     @property
     def size(self) -> int:
-        return self.data.size
+        d = self.data
+        return d.size if isinstance(d, np.ndarray) else math.prod(d.shape)  # (torch's .size is a method)
 
     def zero_grad(self) -> None:
-        self.grad.fill(0)
+        g = self.grad
+        if isinstance(g, np.ndarray):
+            g.fill(0)
+        else:
+            from .cuda import _fill_zero
+            _fill_zero(g)
 
     def __repr__(self) -> str:
         n = f"{self.name!r}, " if self.name else ""

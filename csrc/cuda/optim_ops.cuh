@@ -1,0 +1,143 @@
+// The per-element math of csrc/cuda/optim.cu: SGD and Adam/AdamW updates as functors, and the
+// explicitly rounded operations they are written with. Included by optim.cu (device code: CUDA's
+// round-to-nearest intrinsics, which nvcc never contracts into FMAs) and compilable as plain host
+// C++ (std::fma and IEEE operators; build with -ffp-contract=off), so the same source can be run
+// against csrc/cpu/optim.cpp's FMA paths on a machine without a GPU, element by element.
+#pragma once
+
+#include <cmath>
+
+#include "cpu/optim.h"
+
+#ifdef __CUDACC__
+#define FASTNN_HD_INLINE __host__ __device__ __forceinline__
+#else
+#define FASTNN_HD_INLINE inline
+#endif
+
+namespace fastnn {
+namespace cuda {
+namespace optim_ops {
+
+#ifdef __CUDA_ARCH__
+// Explicitly rounded arithmetic (round to nearest even), float and double.
+FASTNN_HD_INLINE float fma_rn(float a, float b, float c) { return __fmaf_rn(a, b, c); }
+FASTNN_HD_INLINE double fma_rn(double a, double b, double c) { return __fma_rn(a, b, c); }
+FASTNN_HD_INLINE float mul_rn(float a, float b) { return __fmul_rn(a, b); }
+FASTNN_HD_INLINE double mul_rn(double a, double b) { return __dmul_rn(a, b); }
+FASTNN_HD_INLINE float add_rn(float a, float b) { return __fadd_rn(a, b); }
+FASTNN_HD_INLINE double add_rn(double a, double b) { return __dadd_rn(a, b); }
+FASTNN_HD_INLINE float sub_rn(float a, float b) { return __fsub_rn(a, b); }
+FASTNN_HD_INLINE double sub_rn(double a, double b) { return __dsub_rn(a, b); }
+FASTNN_HD_INLINE float div_rn(float a, float b) { return __fdiv_rn(a, b); }
+FASTNN_HD_INLINE double div_rn(double a, double b) { return __ddiv_rn(a, b); }
+FASTNN_HD_INLINE float sqrt_rn(float a) { return __fsqrt_rn(a); }
+FASTNN_HD_INLINE double sqrt_rn(double a) { return __dsqrt_rn(a); }
+FASTNN_HD_INLINE float abs_of(float a) { return fabsf(a); }
+FASTNN_HD_INLINE double abs_of(double a) { return fabs(a); }
+FASTNN_HD_INLINE float copysign_of(float a, float b) { return copysignf(a, b); }
+FASTNN_HD_INLINE double copysign_of(double a, double b) { return copysign(a, b); }
+
+#else
+template <class T>
+inline T fma_rn(T a, T b, T c) { return std::fma(a, b, c); }
+template <class T>
+inline T mul_rn(T a, T b) { return a * b; }
+template <class T>
+inline T add_rn(T a, T b) { return a + b; }
+template <class T>
+inline T sub_rn(T a, T b) { return a - b; }
+template <class T>
+inline T div_rn(T a, T b) { return a / b; }
+template <class T>
+inline T sqrt_rn(T a) { return std::sqrt(a); }
+template <class T>
+inline T abs_of(T a) { return std::fabs(a); }
+template <class T>
+inline T copysign_of(T a, T b) { return std::copysign(a, b); }
+#endif
+
+// g + l2 * w + l1 * sign(w), sign(0) = sign(NaN) = 0 (csrc/cpu/optim.cpp's Penalty): the l2 term
+// one FMA, the l1 term one add; each skipped when its coefficient is 0.
+template <class T>
+struct Penalty {
+  T l2, l1;
+  bool has_l2, has_l1;
+  FASTNN_HD_INLINE T operator()(T g, T w) const {
+    if (has_l2) g = fma_rn(l2, w, g);
+    if (has_l1) g = add_rn(g, abs_of(w) > T(0) ? copysign_of(l1, w) : T(0));
+    return g;
+  }
+};
+
+// SGD (torch.optim.SGD). mode 0: no momentum; 1: first step (buf = g'); 2: momentum.
+template <class T>
+struct SgdOp {
+  Penalty<T> pen;
+  T lr, mom, damp1;
+  bool nesterov, undamped;
+  int mode;
+  FASTNN_HD_INLINE void operator()(T& w, T g, T& buf, T&) const {
+    g = pen(g, w);
+    T d = g;
+    if (mode == 1) {
+      buf = g;
+      if (nesterov) d = fma_rn(mom, g, g);
+    } else if (mode == 2) {
+      const T b = fma_rn(mom, buf, undamped ? g : mul_rn(g, damp1));
+      buf = b;
+      d = nesterov ? fma_rn(mom, b, g) : b;
+    }
+    w = fma_rn(-lr, d, w);
+  }
+};
+
+// Adam / AdamW (torch.optim.Adam / AdamW, non-amsgrad); decay: AdamW's w *= 1 - lr * wd first.
+template <class T>
+struct AdamOp {
+  Penalty<T> pen;
+  T keep, c1, b2, c2, step, bc2, eps;
+  bool decay;
+  FASTNN_HD_INLINE void operator()(T& w, T g, T& m, T& v) const {
+    g = pen(g, w);
+    if (decay) w = mul_rn(w, keep);
+    m = fma_rn(c1, sub_rn(g, m), m);
+    v = fma_rn(c2, mul_rn(g, g), mul_rn(b2, v));
+    const T denom = add_rn(div_rn(sqrt_rn(v), bc2), eps);
+    w = fma_rn(-step, div_rn(m, denom), w);
+  }
+};
+
+// The functors for the arguments of csrc/cpu/optim.h: every coefficient formed in double and
+// rounded once to T, as csrc/cpu/optim.cpp does.
+template <class T>
+inline SgdOp<T> make_sgd(const SgdArgs& a) {
+  SgdOp<T> op;
+  op.pen = Penalty<T>{static_cast<T>(a.l2), static_cast<T>(a.l1), a.l2 != 0.0, a.l1 != 0.0};
+  op.lr = static_cast<T>(a.lr);
+  op.mom = static_cast<T>(a.momentum);
+  op.damp1 = static_cast<T>(1.0 - a.dampening);
+  op.nesterov = a.nesterov;
+  op.undamped = a.dampening == 0.0;
+  op.mode = a.momentum == 0.0 ? 0 : (a.first ? 1 : 2);
+  return op;
+}
+
+template <class T>
+inline AdamOp<T> make_adam(const AdamArgs& a) {
+  AdamOp<T> op;
+  op.pen = Penalty<T>{static_cast<T>(a.l2), static_cast<T>(a.l1), a.l2 != 0.0, a.l1 != 0.0};
+  op.keep = static_cast<T>(1.0 - a.lr * a.decoupled);
+  op.c1 = static_cast<T>(1.0 - a.beta1);
+  op.b2 = static_cast<T>(a.beta2);
+  op.c2 = static_cast<T>(1.0 - a.beta2);
+  op.step = static_cast<T>(a.step_size);
+  op.bc2 = static_cast<T>(a.bc2_sqrt);
+  op.eps = static_cast<T>(a.eps);
+  op.decay = a.decoupled != 0.0;
+  return op;
+}
+
+}  // namespace optim_ops
+}  // namespace cuda
+}  // namespace fastnn
