@@ -119,6 +119,7 @@ PYBIND11_MODULE(_C, m) {
   m.attr("cuda_compiled") = true;
   register_cuda(m);
   register_cuda_linear(m);
+  register_cuda_augment(m);
 #else
   m.attr("cuda_compiled") = false;
 #endif
