@@ -48,7 +48,7 @@ export PYTHONPATH=$SITE
 rc=0
 step info python3 -c "import fastnn; fastnn.info()" || rc=1
 step tests timeout 95 python3 -m pytest -q -ra -p no:cacheprovider tests/test_cuda.py tests/test_cuda_nogpu.py \
-  tests/test_preprocessing_cuda.py \
+  tests/test_preprocessing_cuda.py tests/test_augment_cuda.py \
   --junitxml="$LOG/tests.xml" || rc=1
 step bench timeout 45 python3 bench/gpu_activations.py || rc=1
 step bench_dropout timeout 35 python3 bench/gpu_dropout.py || rc=1

@@ -325,7 +325,7 @@ __global__ void __launch_bounds__(kThreads)
         const float z = mul(__fsqrt_rn(mul(-2.0f, logf(u1))), cosf(mul(6.28318530717958647692f, u2)));
         v = add(v, mul(sd, z));
       }
-      if (clip) v = clamp01(v);
+      if (clip) v = clamp01(v);  // = NumPy 2's np.clip(v, 0, 1) of the CPU path (NaN and -0 kept)
       y[e] = v;
     }
     if (noise) __syncthreads();  // every thread has read `words` before the next tile rewrites it

@@ -28,8 +28,8 @@ constexpr int64_t kAugMaxSampleElements = (int64_t{1} << 31) - 1;
 void augment_batch(const float* x, float* y, int64_t N, const AugShape& s, const AugSample* params);
 
 // y[e] = x[e] + std * z_e (z_e from stream positions q0 + 2e, q0 + 2e + 1) when `noise`, else
-// y[e] = x[e]; then clamped to [0, 1] (NaN kept) when `clip`. y may be x. The caller guarantees
-// q0 + 2n - 1 < 2^64.
+// y[e] = x[e]; then clamped to [0, 1] (NaN and -0 kept, as np.clip) when `clip`. y may be
+// x. The caller guarantees q0 + 2n - 1 < 2^64.
 void gaussian_noise(const float* x, float* y, int64_t n, uint64_t seed, uint64_t q0, float std, bool noise,
                     bool clip);
 
