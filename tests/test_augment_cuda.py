@@ -327,5 +327,7 @@ def test_errors(rng):
         A.random_crop(x, 6, seed=0, out=fc.empty((4, 3, 6, 6), np.float64))
     with pytest.raises(ValueError, match=r"y: labels must be in \[0, 3\)"):
         A.mixup(x, np.array([0, 1, 2, 3]), 1.0, num_classes=3, seed=0)
+    with pytest.raises(TypeError, match="x: expected float32, got float64"):  # as on the CPU
+        A.Compose([A.Mixup(1.0, 4), A.GaussianNoise(0.1)])(dev(np.zeros((4, 3))), np.arange(4), seed=0)
     with pytest.raises(ValueError, match="y: a Compose with Mixup needs the labels"):
         A.Compose([A.Mixup(1.0, 10)])(x, seed=0)

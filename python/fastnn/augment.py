@@ -902,6 +902,8 @@ def _compose_cuda(comp, x, y, seed, offset, out):
                     cur, y = _mixup_run_cuda(t, cur, y, seed, p)
                     y = fc._result_like(fc.to_device(y), x)
                 else:  # GaussianNoise: in place or into disjoint memory
+                    if cur.dtype != F32:  # (float64 after a Mixup: the CPU kernel refuses it too)
+                        raise TypeError(f"x: expected float32, got {cur.dtype}")
                     direct = last and o is not None and (_same_memory(o, cur) or not fc._overlaps(o, cur))
                     dst = o if direct else _new_arg(cur.shape, F32)
                     _noise_run_cuda(t, cur, dst, seed, p)
