@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check, in one script (run from the repository root on a machine with an NVIDIA GPU;
 # no network needed): build fastnn with CUDA into /tmp/site, print what it sees, run the CUDA
-# tests, run the GPU activation, dropout and linear benchmarks. About 2-3 minutes on an H100 machine with
-# 16 cores; the step timeouts bound it to ~7 minutes (run it with timeout_s >= 450).
+# tests, run the GPU activation, dropout, linear and augmentation benchmarks. About 2-3 minutes on an H100 machine with
+# 16 cores; the step timeouts bound it to ~7.5 minutes (run it with timeout_s >= 480).
 #
 #   bash bench/gpu_check.sh          # logs in $OUT if set, else /tmp/fastnn-gpu-check
 #
@@ -53,5 +53,6 @@ step tests timeout 120 python3 -m pytest -q -ra -p no:cacheprovider tests/test_c
 step bench timeout 45 python3 bench/gpu_activations.py || rc=1
 step bench_dropout timeout 35 python3 bench/gpu_dropout.py || rc=1
 step bench_linear timeout 40 python3 bench/gpu_linear.py --quick || rc=1
+step bench_augment timeout 30 python3 bench/gpu_augment.py --quick || rc=1
 echo "gpu_check: exit $rc (logs in $LOG)"
 exit $rc
