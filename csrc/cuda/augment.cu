@@ -37,6 +37,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <memory>
 #include <stdexcept>
 #include <string>
 
@@ -100,11 +101,14 @@ void augment_batch(const float* x, float* y, int64_t N, const AugShape& s, const
     throw std::invalid_argument("out: expected at most 2**31 - 1 elements per sample (C * OH * OW) on the GPU, got " +
                                 std::to_string(out_n));
   const bool contrast = (s.jitter & kJitContrast) != 0, saturation = (s.jitter & kJitSaturation) != 0;
+  // (A synchronous copy from pageable memory: it waits for the earlier stream-0 work. A pinned,
+  // event-guarded staging buffer would let the host run ahead; not done yet.)
   DeviceCopy dparams(params, static_cast<size_t>(N) * sizeof(AugSample));
   float* cm = nullptr;
-  DeviceCopy dcm(contrast ? static_cast<size_t>(N) * sizeof(float) : 0);
+  std::unique_ptr<DeviceCopy> dcm;
   if (contrast) {
-    cm = dcm.get<float>();
+    dcm.reset(new DeviceCopy(static_cast<size_t>(N) * sizeof(float)));
+    cm = dcm->get<float>();
     const int64_t blocks = std::max<int64_t>(1, std::min(N, launch::full_wave<kThreads>(contrast_mean_kernel)));
     contrast_mean_kernel<<<static_cast<unsigned>(blocks), kThreads>>>(x, dparams.get<AugSample>(), s, N, cm);
     check_launch("augment contrast mean kernel launch");

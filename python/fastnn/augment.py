@@ -1004,5 +1004,6 @@ def mixup(x, y, alpha, *, num_classes=None, seed=None, offset=0):
     """(x', y'): x' = lambda x + (1 - lambda) x[perm], y' the same blend of the one-hot (integer
     y, num_classes wide) or soft (float y, (N, K)) targets; lambda ~ Beta(alpha, alpha) per batch.
     Soft targets sum to 1 when y's rows do; x' has x's dtype (float32 through the kernel, float64
-    in NumPy), y' float32 for float32 x."""
+    in NumPy), y' float32 for float32 x. With a CUDA x both come back as x's kind of array on its
+    GPU (y may be host labels or a CUDA array; the targets are built on the host and uploaded)."""
     return Mixup(alpha, num_classes)(x, y, seed=seed, offset=offset)
