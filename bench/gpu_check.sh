@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU check, in one script (run from the repository root on a machine with an NVIDIA GPU;
 # no network needed): build fastnn with CUDA into /tmp/site, print what it sees, run the CUDA
-# tests, run the GPU activation, dropout, linear and optimizer benchmarks. About 2-3 minutes on an H100 machine with
-# 16 cores; the step timeouts bound it to ~6.5 minutes (run it with timeout_s >= 420).
+# tests, run the GPU activation, dropout, linear, optimizer and augmentation benchmarks. About 2-3
+# minutes on an H100 machine with 16 cores; the step timeouts bound it to ~7.5 minutes (run it with
+# timeout_s >= 480).
 #
 #   bash bench/gpu_check.sh          # logs in $OUT if set, else /tmp/fastnn-gpu-check
 #
@@ -47,12 +48,13 @@ grep -iE "warning" "$LOG/build.log" | grep -v "^ *$" > "$LOG/build-warnings.log"
 export PYTHONPATH=$SITE
 rc=0
 step info python3 -c "import fastnn; fastnn.info()" || rc=1
-step tests timeout 110 python3 -m pytest -q -ra -p no:cacheprovider tests/test_cuda.py tests/test_cuda_nogpu.py \
-  tests/test_preprocessing_cuda.py tests/test_optim_cuda.py tests/test_losses_cuda.py \
+step tests timeout 130 python3 -m pytest -q -ra -p no:cacheprovider tests/test_cuda.py tests/test_cuda_nogpu.py \
+  tests/test_preprocessing_cuda.py tests/test_optim_cuda.py tests/test_losses_cuda.py tests/test_augment_cuda.py \
   --junitxml="$LOG/tests.xml" || rc=1
 step bench timeout 35 python3 bench/gpu_activations.py || rc=1
 step bench_dropout timeout 25 python3 bench/gpu_dropout.py || rc=1
 step bench_linear timeout 30 python3 bench/gpu_linear.py --quick || rc=1
 step bench_optim timeout 15 python3 bench/gpu_optim.py --quick || rc=1
+step bench_augment timeout 20 python3 bench/gpu_augment.py --quick || rc=1
 echo "gpu_check: exit $rc (logs in $LOG)"
 exit $rc

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import fastnn
+import fastnn.augment as A
 import fastnn.cuda as fc
 import fastnn.functional as F
 
@@ -65,6 +66,25 @@ def test_functional_with_a_cuda_array_raises_runtime_error():
                  lambda: F.dropconnect_backward(FakeCudaArray(), 0.5, seed=1)):
         with pytest.raises(RuntimeError, match="no CUDA GPU is available|no CUDA support"):
             call()
+
+
+@no_gpu
+@pytest.mark.parametrize("call", [
+    lambda x: A.hflip(x, seed=0),
+    lambda x: A.random_crop(x, 2, 1, seed=0),
+    lambda x: A.random_resized_crop(x, 2, seed=0),
+    lambda x: A.color_jitter(x, 0.4, 0.4, 0.4, seed=0),
+    lambda x: A.gaussian_noise(x, 0.1, seed=0),
+    lambda x: A.mixup(x, np.zeros(2, int), 1.0, num_classes=2, seed=0),
+    lambda x: A.Compose([A.RandomCrop(3), A.RandomHorizontalFlip(), A.ColorJitter(0.4)])(x, seed=0),
+    lambda x: A.Augment([A.RandomHorizontalFlip(), A.Mixup(1.0, num_classes=2)], seed=0)(x, np.zeros(2, int), 0),
+], ids=["hflip", "random_crop", "random_resized_crop", "color_jitter", "gaussian_noise", "mixup", "compose",
+        "Augment"])
+def test_augment_with_a_cuda_array_raises_runtime_error(call):
+    # fastnn.augment dispatches CUDA arrays to csrc/cuda/augment.cu: without CUDA or a GPU that is
+    # a RuntimeError saying which, never a NumPy conversion or a crash.
+    with pytest.raises(RuntimeError, match="no CUDA GPU is available|no CUDA support"):
+        call(FakeCudaArray(shape=(2, 3, 4, 4)))
 
 
 @no_gpu
@@ -151,6 +171,50 @@ def test_dropout_binding_argument_checks():
     C.cuda_dropout_mask(0, 1, 2**64 - 1, 5, 0)
     C.cuda_dropout_apply("float32", 0, 0, 0, 1, 2**64 - 1, 5, 2.0)
     C.cuda_dropout_apply_mask("float64", 0, 0, 0, 0, 2.0)
+
+
+@compiled
+def test_augment_binding_argument_checks():
+    C = fastnn._C
+    ints = np.zeros((2, 5), np.int32)
+    with pytest.raises(ValueError, match="x: null device pointer"):
+        C.cuda_augment_batch(0, 4096, 2, 1, 4, 4, 4, 4, 0, 0, 0.0, 0, ints, None)
+    with pytest.raises(ValueError, match="out: device pointer is not aligned to its 4-byte elements"):
+        C.cuda_augment_batch(4096, 8194, 2, 1, 4, 4, 4, 4, 0, 0, 0.0, 0, ints, None)
+    with pytest.raises(ValueError, match="out: must not overlap x"):
+        C.cuda_augment_batch(4096, 4096 + 64, 2, 1, 4, 4, 4, 4, 0, 0, 0.0, 0, ints, None)
+    with pytest.raises(ValueError, match="x: dimensions must be >= 0"):
+        C.cuda_augment_batch(4096, 8192, 2, 1, -4, 4, 4, 4, 0, 0, 0.0, 0, ints, None)
+    with pytest.raises(ValueError, match="geom: expected 0"):
+        C.cuda_augment_batch(4096, 8192, 2, 1, 4, 4, 4, 4, 2, 0, 0.0, 0, ints, None)
+    with pytest.raises(ValueError, match="x: saturation needs 3 channels"):
+        C.cuda_augment_batch(4096, 8192, 2, 1, 4, 4, 4, 4, 0, 0, 0.0, 4, ints, np.ones((2, 3), np.float32))
+    with pytest.raises(ValueError, match="factors: required with jitter flags"):
+        C.cuda_augment_batch(4096, 8192, 2, 1, 4, 4, 4, 4, 0, 0, 0.0, 1, ints, None)
+    with pytest.raises(ValueError, match=r"ints: expected shape \(2, 5\), got \(3, 5\)"):
+        C.cuda_augment_batch(4096, 8192, 2, 1, 4, 4, 4, 4, 0, 0, 0.0, 0, np.zeros((3, 5), np.int32), None)
+    bad = np.array([[0, 0, 0, 5, 4], [0, 0, 0, 4, 4]], np.int32)
+    with pytest.raises(ValueError, match="sample 0: resize box outside the image"):
+        C.cuda_augment_batch(4096, 8192, 2, 1, 4, 4, 4, 4, 1, 0, 0.0, 0, bad, None)
+    bad = np.array([[0, 0, 0, 0, 0], [0, -4, 0, 0, 0]], np.int32)
+    with pytest.raises(ValueError, match="sample 1: reflect padding must be smaller"):
+        C.cuda_augment_batch(4096, 8192, 2, 1, 4, 4, 4, 4, 0, 1, 0.0, 0, bad, None)
+    with pytest.raises(ValueError, match=r"offset: offset \+ number of stream positions must be at most 2\*\*64"):
+        C.cuda_gaussian_noise(4096, 4096, 4, 1, 2**64 - 7, 1.0, True, False)
+    with pytest.raises(ValueError, match="out: must be x itself or not overlap it"):
+        C.cuda_gaussian_noise(4096, 4100, 4, 1, 0, 1.0, True, False)
+    with pytest.raises(TypeError, match="dtype: expected 'float32' or 'float64', got 'float16'"):
+        C.cuda_mixup_apply("float16", 4096, np.zeros(2, np.int64), 8192, 2, 3, 0.5, 0.5)
+    with pytest.raises(ValueError, match=r"perm: entries must be in \[0, N\)"):
+        C.cuda_mixup_apply("float32", 4096, np.array([0, 2], np.int64), 8192, 2, 3, 0.5, 0.5)
+    with pytest.raises(TypeError, match="perm: expected int64, got int32"):
+        C.cuda_mixup_apply("float64", 4096, np.zeros(2, np.int32), 8192, 2, 3, 0.5, 0.5)
+    with pytest.raises(ValueError, match="out: must not overlap x"):
+        C.cuda_mixup_apply("float64", 4096, np.zeros(2, np.int64), 4096 + 8, 2, 3, 0.5, 0.5)
+    # nothing to do launches nothing, so it is fine even without a GPU (and with null pointers)
+    C.cuda_augment_batch(0, 0, 0, 3, 4, 4, 2, 2, 0, 0, 0.0, 0, np.zeros((0, 5), np.int32), None)
+    C.cuda_gaussian_noise(0, 0, 0, 1, 2**64 - 1, 1.0, True, False)
+    C.cuda_mixup_apply("float32", 0, np.zeros(0, np.int64), 0, 0, 3, 0.5, 0.5)
 
 
 @compiled

@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "bindings/augment_params.h"
 #include "bindings/common.h"
 #include "core/dispatch.h"
 #include "core/parallel.h"
@@ -14,29 +15,14 @@ namespace fastnn {
 
 namespace {
 
-void require_f32(const py::array& a, const char* name) {
-  if (!a.dtype().equal(py::dtype::of<float>()))
-    throw py::type_error(std::string(name) + ": expected float32, got " + dtype_str(a));
-}
-
-void require_shape(const py::array& a, const char* name, std::vector<int64_t> want) {
-  bool ok = a.ndim() == static_cast<py::ssize_t>(want.size());
-  for (size_t i = 0; ok && i < want.size(); ++i) ok = a.shape(static_cast<py::ssize_t>(i)) == want[i];
-  if (!ok) {
-    std::string w = "(", g = "(";
-    for (size_t i = 0; i < want.size(); ++i) w += (i ? ", " : "") + std::to_string(want[i]);
-    for (py::ssize_t i = 0; i < a.ndim(); ++i) g += (i ? ", " : "") + std::to_string(a.shape(i));
-    throw py::value_error(std::string(name) + ": expected shape " + w + "), got " + g + ")");
-  }
-}
+using augment_args::require_f32;
+using augment_args::require_shape;
 
 // Positions offset .. offset + n - 1 must all exist (the last one is 2^64 - 1).
 void check_positions(uint64_t offset, uint64_t n) {
   if (n > 0 && offset > UINT64_MAX - (n - 1))
     throw py::value_error("offset: offset + number of stream positions must be at most 2**64");
 }
-
-std::string sample_str(int64_t i) { return "sample " + std::to_string(i) + ": "; }
 
 }  // namespace
 
@@ -67,58 +53,12 @@ void register_augment(py::module_& m) {
         require_writeable(out, "out");
         if (x.ndim() != 4) throw py::value_error("x: expected (N, C, H, W), got " + std::to_string(x.ndim()) + " dims");
         if (out.ndim() != 4) throw py::value_error("out: expected (N, C, OH, OW)");
-        AugShape s{x.shape(1), x.shape(2), x.shape(3), out.shape(2), out.shape(3), geom, pad_mode, jitter,
-                   static_cast<float>(fill)};
         const int64_t N = x.shape(0);
-        require_shape(out, "out", {N, s.C, s.OH, s.OW});
-        if (geom != kAugCrop && geom != kAugResize) throw py::value_error("geom: expected 0 (crop) or 1 (resize)");
-        if (pad_mode != kPadConstant && pad_mode != kPadReflect)
-          throw py::value_error("pad_mode: expected 0 (constant) or 1 (reflect)");
-        if (jitter < 0 || jitter > 7) throw py::value_error("jitter: expected flags in [0, 7]");
-        if ((jitter & kJitSaturation) && s.C != 3)
-          throw py::value_error("x: saturation needs 3 channels (RGB), got " + std::to_string(s.C));
-        if ((jitter & kJitContrast) && s.C != 1 && s.C != 3)
-          throw py::value_error("x: contrast needs 1 or 3 channels, got " + std::to_string(s.C));
-        if (N > 0 && s.C * s.H * s.W > 0 && s.OH * s.OW > 0 && (s.H < 1 || s.W < 1))
-          throw py::value_error("x: empty images");
-        if (!ints.dtype().equal(py::dtype::of<int32_t>())) throw py::type_error("ints: expected int32, got " + dtype_str(ints));
-        require_c_contiguous(ints, "ints");
-        require_shape(ints, "ints", {N, 5});
-        const float* fp = nullptr;
-        py::array fac;
-        if (jitter) {
-          if (factors.is_none()) throw py::value_error("factors: required with jitter flags");
-          fac = factors.cast<py::array>();
-          require_f32(fac, "factors");
-          require_c_contiguous(fac, "factors");
-          require_shape(fac, "factors", {N, 3});
-          fp = cptr<float>(fac);
-        }
-        const int32_t* ip = static_cast<const int32_t*>(ints.data());
-        std::vector<AugSample> ps(static_cast<size_t>(N));
+        require_shape(out, "out", {N, x.shape(1), out.shape(2), out.shape(3)});
+        const AugShape s = augment_args::checked_shape(N, x.shape(1), x.shape(2), x.shape(3), out.shape(2),
+                                                       out.shape(3), geom, pad_mode, fill, jitter);
+        const std::vector<AugSample> ps = augment_args::checked_samples(s, N, ints, factors);
         const int64_t H = s.H, W = s.W;
-        for (int64_t i = 0; i < N; ++i) {
-          AugSample& p = ps[static_cast<size_t>(i)];
-          p.flip = ip[5 * i];
-          p.top = ip[5 * i + 1];
-          p.left = ip[5 * i + 2];
-          p.bh = ip[5 * i + 3];
-          p.bw = ip[5 * i + 4];
-          p.brightness = fp ? fp[3 * i] : 1.0f;
-          p.contrast = fp ? fp[3 * i + 1] : 1.0f;
-          p.saturation = fp ? fp[3 * i + 2] : 1.0f;
-          if (s.OH * s.OW == 0 || s.C == 0) continue;
-          if (geom == kAugResize) {
-            if (p.bh < 1 || p.bw < 1 || p.top < 0 || p.left < 0 || p.top + int64_t{p.bh} > H ||
-                p.left + int64_t{p.bw} > W)
-              throw py::value_error(sample_str(i) + "resize box outside the image");
-          } else if (pad_mode == kPadReflect) {
-            // One reflection must land inside: -(n-1) <= index <= 2(n-1).
-            if (p.top < -(H - 1) || p.top + s.OH - 1 > 2 * (H - 1) || p.left < -(W - 1) ||
-                p.left + s.OW - 1 > 2 * (W - 1))
-              throw py::value_error(sample_str(i) + "reflect padding must be smaller than the image");
-          }
-        }
         if (N == 0 || s.C * s.OH * s.OW == 0) return;
         const auto kernel = augment_kernels().sample;
         const float* xp = cptr<float>(x);

@@ -65,6 +65,7 @@ void register_stats(py::module_& m);
 void register_cuda(py::module_& m);
 void register_cuda_linear(py::module_& m);
 void register_cuda_optim(py::module_& m);
+void register_cuda_augment(py::module_& m);
 #endif
 
 }  // namespace fastnn

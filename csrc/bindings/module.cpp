@@ -120,6 +120,7 @@ PYBIND11_MODULE(_C, m) {
   register_cuda(m);
   register_cuda_linear(m);
   register_cuda_optim(m);
+  register_cuda_augment(m);
 #else
   m.attr("cuda_compiled") = false;
 #endif

@@ -9,6 +9,14 @@
 Images are NumPy float32 arrays (N, C, H, W) or (N, H, W) (one channel), C-contiguous (others are
 copied once). Results are C-ordered float32 of shape (N, C, OH, OW) (or (N, OH, OW)).
 
+CUDA arrays work too: a fastnn.cuda.DeviceArray, a PyTorch CUDA tensor or a CuPy array (float32,
+C-contiguous; mixup also float64) gives a result of the same kind on the same GPU (out= must then
+be a CUDA array). The per-sample parameters are drawn on the host by the same code (so the same
+seed gives the same flips, boxes and factors) and the kernels (csrc/cuda/augment.cu) reproduce the
+CPU results bit for bit for flips, crops, padding, resized crops, colour jitter and mixup; Gaussian
+noise uses the same stream words but the GPU's logf/cosf, within 3e-6 * std + 1 ulp of the CPU.
+Mixup's soft targets are built on the host and returned on the GPU (labels may be either).
+
 Semantics are torchvision's (transforms.v2 on float tensors) unless stated:
   * RandomHorizontalFlip(p): each sample flipped with probability p.
   * RandomCrop(size, padding, pad_mode, fill): pad (int; (left/right, top/bottom); or (left, top,
@@ -146,8 +154,6 @@ def _probability(p, name="p"):
 def _images(x, name="x"):
     """(x as (N, C, H, W) float32 C-contiguous, True when x was (N, H, W))."""
     if not isinstance(x, np.ndarray):
-        if is_cuda_array(x):
-            raise TypeError(f"{name}: expected a NumPy array, got a CUDA array (fastnn.augment runs on the CPU)")
         raise TypeError(f"{name}: expected a NumPy float32 array, got {type(x).__name__}")
     if x.dtype != F32:
         raise TypeError(f"{name}: expected float32, got {x.dtype}")
@@ -422,6 +428,8 @@ class GaussianNoise(Transform):
         return y
 
     def __call__(self, x, *, seed=None, offset=0, out=None):
+        if _is_cuda(x):
+            return _noise_cuda(self, x, seed, offset, out)
         x = _float_array(x)
         if out is not None:
             _check_out(out, x.shape, x)
@@ -525,6 +533,8 @@ class Mixup:
         return xm, ts
 
     def __call__(self, x, y, *, seed=None, offset=0):
+        if _is_cuda(x):
+            return _mixup_cuda(self, x, y, seed, offset)
         x = _mixup_x(x)
         seed, offset = _seed_offset(seed, offset, self.positions(x.shape))
         return self.apply(x, y, seed, offset)
@@ -576,18 +586,19 @@ class _Fused:
     def out_shape(self, shape):
         return self.geo.out_shape(shape) if self.geo is not None else tuple(shape)
 
-    def run(self, x4, seed, out4):
-        N, C, H, W = x4.shape
+    def plan(self, shape4, seed):
+        """The kernel arguments for a batch of shape (N, C, H, W): (geom, pad_mode, fill, jitter
+        flags, ints (N, 5) int32, factors (N, 3) float32 or None), drawn on the host (O(N))."""
+        N, C, H, W = shape4
         ints = np.zeros((N, 5), np.int32)
         flip = (self.flip.params(N, seed, self.offsets[id(self.flip)]) if self.flip is not None
                 else np.zeros(N, bool))
         ints[:, 0] = flip
         geom, pad_mode, fill = _GEOM_CROP, 0, 0.0
-        OH, OW = H, W
         g = self.geo
         if isinstance(g, RandomCrop):
             OH, OW = g.size
-            top, left = g.params(x4.shape, seed, self.offsets[id(g)])
+            top, left = g.params(shape4, seed, self.offsets[id(g)])
             pl, pt = g.padding[0], g.padding[1]
             ints[:, 1] = top - pt
             # A flip before the crop: the crop at padded column j of the flipped image is the
@@ -596,17 +607,26 @@ class _Fused:
             pad_mode, fill = _PAD_MODES[g.pad_mode], g.fill
         elif isinstance(g, RandomResizedCrop):
             geom = _GEOM_RESIZE
-            OH, OW = g.size
-            top, left, bh, bw = g.params(x4.shape, seed, self.offsets[id(g)])
+            top, left, bh, bw = g.params(shape4, seed, self.offsets[id(g)])
             ints[:, 1], ints[:, 3], ints[:, 4] = top, bh, bw
             ints[:, 2] = np.where(flip & self.flip_first, W - bw - left, left)
         factors, flags = None, 0
         if self.jitter is not None:
-            self.jitter._check(x4.shape)
+            self.jitter._check(shape4)
             factors = self.jitter.params(N, seed, self.offsets[id(self.jitter)])
             flags = self.jitter.flags
-        _C.augment_batch(x4, out4, geom, pad_mode, fill, flags, ints, factors)
+        return geom, pad_mode, fill, flags, ints, factors
+
+    def run(self, x4, seed, out4):
+        _C.augment_batch(x4, out4, *self.plan(x4.shape, seed))
         return out4
+
+    def run_cuda(self, x_ptr, shape4, seed, out_ptr, oshape4):
+        """The same pass on the GPU: device pointers, host-drawn parameters (uploaded by _C)."""
+        geom, pad_mode, fill, flags, ints, factors = self.plan(shape4, seed)
+        N, C, H, W = shape4
+        _C.cuda_augment_batch(x_ptr, out_ptr, N, C, H, W, oshape4[2], oshape4[3], geom, pad_mode, fill, flags,
+                              ints, factors)
 
 
 class Compose:
@@ -630,23 +650,9 @@ class Compose:
                 shape = t.out_shape(shape)
         return total
 
-    def __call__(self, x, y=None, *, seed=None, offset=0, out=None):
-        if any(isinstance(t, Mixup) for t in self.transforms) and y is None:
-            raise ValueError("y: a Compose with Mixup needs the labels (call it as compose(x, y, ...))")
-        if any(isinstance(t, Transform) and not isinstance(t, GaussianNoise) for t in self.transforms):
-            x4, squeeze = _images(x)
-            shape = x.shape if squeeze else x4.shape
-        else:
-            x4, squeeze = (_mixup_x(x) if any(isinstance(t, Mixup) for t in self.transforms) else _float_array(x)), False
-            shape = x4.shape
-        seed, offset = _seed_offset(seed, offset, self.positions(shape))
-        final_shape = shape
-        for t in self.transforms:
-            if isinstance(t, Transform):
-                final_shape = t.out_shape(final_shape)
-        if out is not None:
-            _check_out(out, final_shape, x)
-        # Stream offsets per transform, then fused groups.
+    def _steps(self, shape, offset):
+        """Stream offsets per transform, then fused groups: a list of _Fused and (transform,
+        offset) pairs."""
         steps, pos, sh = [], offset, tuple(shape)
         group = None
         for t in self.transforms:
@@ -661,6 +667,30 @@ class Compose:
             pos += _round64(t.positions(sh))
             if isinstance(t, Transform):
                 sh = t.out_shape(sh)
+        return steps
+
+    def _final_shape(self, shape):
+        for t in self.transforms:
+            if isinstance(t, Transform):
+                shape = t.out_shape(shape)
+        return tuple(shape)
+
+    def __call__(self, x, y=None, *, seed=None, offset=0, out=None):
+        if any(isinstance(t, Mixup) for t in self.transforms) and y is None:
+            raise ValueError("y: a Compose with Mixup needs the labels (call it as compose(x, y, ...))")
+        if _is_cuda(x):
+            return _compose_cuda(self, x, y, seed, offset, out)
+        if any(isinstance(t, Transform) and not isinstance(t, GaussianNoise) for t in self.transforms):
+            x4, squeeze = _images(x)
+            shape = x.shape if squeeze else x4.shape
+        else:
+            x4, squeeze = (_mixup_x(x) if any(isinstance(t, Mixup) for t in self.transforms) else _float_array(x)), False
+            shape = x4.shape
+        seed, offset = _seed_offset(seed, offset, self.positions(shape))
+        final_shape = self._final_shape(shape)
+        if out is not None:
+            _check_out(out, final_shape, x)
+        steps = self._steps(shape, offset)
         cur = x4
         for k, st in enumerate(steps):
             last = k == len(steps) - 1
@@ -693,6 +723,205 @@ class Compose:
         return "Compose([" + ", ".join(repr(t) for t in self.transforms) + "])"
 
 
+# ---- CUDA arrays ------------------------------------------------------------------------------------
+# A fastnn DeviceArray or any CUDA array with __cuda_array_interface__ (PyTorch, CuPy) runs through
+# csrc/cuda/augment.cu. The per-sample parameters (flips, crop boxes, jitter factors; mixup's lambda
+# and permutation) are drawn on the host by the same code as the CPU path (O(N) stream words) and
+# uploaded; the kernels apply them. Results are the kind of array x is (a PyTorch tensor in, a
+# PyTorch tensor out, via DLPack), on x's device, asynchronous on the legacy default stream.
+
+def _is_cuda(x):
+    return not isinstance(x, np.ndarray) and is_cuda_array(x)
+
+
+def _cuda():
+    from . import cuda
+    return cuda
+
+
+def _shape_of(x):
+    """x's shape: NumPy's, a CUDA array's (from __cuda_array_interface__ when it has one), or
+    np.shape's for lists."""
+    if isinstance(x, np.ndarray):
+        return x.shape
+    cai = getattr(x, "__cuda_array_interface__", None) if _is_cuda(x) else None
+    if cai is not None:
+        return tuple(int(d) for d in cai["shape"])
+    return tuple(x.shape) if hasattr(x, "shape") else np.shape(x)
+
+
+def _cuda_images(xa, name="x"):
+    if xa.dtype != F32:
+        raise TypeError(f"{name}: expected float32, got {xa.dtype}")
+    if len(xa.shape) not in (3, 4):
+        raise ValueError(f"{name}: expected an image batch (N, C, H, W) or (N, H, W), got {len(xa.shape)} "
+                         f"dimension(s) with shape {xa.shape}")
+
+
+def _cuda_batch(xa, dtypes, name="x"):
+    if xa.dtype not in dtypes:
+        want = " or ".join(np.dtype(d).name for d in dtypes)
+        raise TypeError(f"{name}: expected {want}, got {xa.dtype}")
+    if len(xa.shape) < 1:
+        raise ValueError(f"{name}: expected at least one dimension (the batch), got a 0-d array")
+
+
+def _cuda_out(out, shape, xa):
+    """out= of a GPU call: a writeable CUDA array of x's dtype and device with the result's shape."""
+    fc = _cuda()
+    o = fc._cuda_arg(out, "out")
+    if o.dtype != xa.dtype:
+        raise TypeError(f"out: expected {xa.dtype}, got {o.dtype}")
+    if o.shape != tuple(shape):
+        raise ValueError(f"out: expected shape {tuple(shape)}, got {o.shape}")
+    if o.readonly:
+        raise ValueError("out: array is read-only")
+    fc._same_device([("x", xa), ("out", o)])
+    return o
+
+
+def _new_arg(shape, dtype):
+    """A new DeviceArray on the current device, as a fastnn.cuda argument record."""
+    fc = _cuda()
+    d = fc.DeviceArray(shape, dtype)
+    return fc._Arg(d, d.ptr, d.shape, d.dtype, d.device, False)
+
+
+def _same_memory(a, b):
+    return a.ptr == b.ptr and a.nbytes == b.nbytes
+
+
+def _host_labels(y):
+    """Mixup labels on the host: NumPy arrays and lists as given; a CUDA array (integer labels or
+    float soft targets, e.g. a PyTorch CUDA tensor) copied down."""
+    if not _is_cuda(y):
+        return y
+    fc = _cuda()
+    if isinstance(y, fc.DeviceArray):
+        return y.numpy()
+    cai = getattr(y, "__cuda_array_interface__", None)
+    if cai is None:
+        raise TypeError(f"y: expected labels as a NumPy array or a CUDA array with __cuda_array_interface__, got "
+                        f"{type(y).__name__}")
+    shape = tuple(int(d) for d in cai["shape"])
+    dtype = np.dtype(cai["typestr"])
+    if not fc._is_c_contiguous(shape, cai.get("strides"), dtype.itemsize):
+        raise ValueError(f"y: expected a C-contiguous CUDA array, got shape {shape} with byte strides "
+                         f"{tuple(cai['strides'])}")
+    host = np.empty(shape, dtype)
+    if host.size:
+        ptr = int(cai["data"][0])
+        device = _C.cuda_pointer_device(ptr)
+        if device < 0:
+            raise TypeError(f"y: the __cuda_array_interface__ of {type(y).__name__} does not point to GPU memory")
+        with fc._on_device(device):
+            if cai.get("stream") is not None:
+                _C.cuda_legacy_wait_on(int(cai["stream"]))
+            _C.cuda_memcpy_dtoh(host, ptr)
+    return host
+
+
+def _noise_run_cuda(t, src, dst, seed, offset):
+    """dst = src + std * z (clamped with clip) on the GPU; dst may be src."""
+    _C.cuda_gaussian_noise(src.ptr, dst.ptr, src.size, seed, offset, t.std, t.std != 0.0, t.clip)
+
+
+def _mixup_run_cuda(m, src, y, seed, offset):
+    """(mixed batch as a new device array record, soft targets on the host) of Mixup.apply."""
+    n = src.shape[0]
+    t = _soft_targets(_host_labels(y), n, m.num_classes, F32 if src.dtype == F32 else np.float64)
+    lam, perm = mixup_params(n, m.alpha, seed=seed, offset=offset)
+    dst = _new_arg(src.shape, src.dtype)
+    _C.cuda_mixup_apply(src.dtype.name, src.ptr, perm, dst.ptr, n, src.size // n if n else 0, lam, 1.0 - lam)
+    ts = (t * t.dtype.type(lam) + t[perm] * t.dtype.type(1.0 - lam)).astype(t.dtype, copy=False)
+    return dst, ts
+
+
+def _noise_cuda(t, x, seed, offset, out):
+    """GaussianNoise.__call__ with a CUDA x."""
+    fc = _cuda()
+    fc._require_gpu()
+    xa = fc._cuda_arg(x, "x")
+    _cuda_batch(xa, (F32,))
+    o = _cuda_out(out, xa.shape, xa) if out is not None else None
+    seed, offset = _seed_offset(seed, offset, t.positions(xa.shape))
+    with fc._on_device(xa.device):
+        direct = o is not None and (_same_memory(o, xa) or not fc._overlaps(o, xa))
+        dst = o if direct else _new_arg(xa.shape, F32)
+        _noise_run_cuda(t, xa, dst, seed, offset)
+        if o is not None and not direct:
+            _C.cuda_memcpy_dtod(o.ptr, dst.ptr, o.nbytes)
+    return out if o is not None else fc._result_like(dst.obj, x)
+
+
+def _mixup_cuda(m, x, y, seed, offset):
+    """Mixup.__call__ with a CUDA x: (x', y'), both the kind of array x is."""
+    fc = _cuda()
+    fc._require_gpu()
+    xa = fc._cuda_arg(x, "x")
+    _cuda_batch(xa, (F32, np.float64))
+    seed, offset = _seed_offset(seed, offset, m.positions(xa.shape))
+    with fc._on_device(xa.device):
+        dst, ts = _mixup_run_cuda(m, xa, y, seed, offset)
+        ys = fc.to_device(ts)
+    return fc._result_like(dst.obj, x), fc._result_like(ys, x)
+
+
+def _compose_cuda(comp, x, y, seed, offset, out):
+    """Compose.__call__ with a CUDA x: the same steps, stream offsets and checks as the CPU path,
+    each step one kernel on x's device. Soft targets of a Mixup come back on the GPU too."""
+    fc = _cuda()
+    fc._require_gpu()
+    xa = fc._cuda_arg(x, "x")
+    has_mix = any(isinstance(t, Mixup) for t in comp.transforms)
+    if any(isinstance(t, Transform) and not isinstance(t, GaussianNoise) for t in comp.transforms):
+        _cuda_images(xa)
+    else:
+        _cuda_batch(xa, (F32, np.float64) if has_mix else (F32,))
+    shape = xa.shape
+    seed, offset = _seed_offset(seed, offset, comp.positions(shape))
+    final_shape = comp._final_shape(shape)
+    o = _cuda_out(out, final_shape, xa) if out is not None else None
+    steps = comp._steps(shape, offset)
+    cur = xa
+    with fc._on_device(xa.device):
+        for k, st in enumerate(steps):
+            last = k == len(steps) - 1
+            if isinstance(st, _Fused):
+                shape4 = cur.shape if len(cur.shape) == 4 else (cur.shape[0], 1) + tuple(cur.shape[1:])
+                oh, ow = st.out_shape(shape4)[-2:]
+                oshape4 = (shape4[0], shape4[1], oh, ow)
+                oshape = oshape4 if len(cur.shape) == 4 else (shape4[0], oh, ow)
+                # the kernel's output must not overlap its input; out= is written directly then
+                dst = o if last and o is not None and not fc._overlaps(o, cur) else _new_arg(oshape, F32)
+                st.run_cuda(cur.ptr, shape4, seed, dst.ptr, oshape4)
+                cur = dst
+            else:
+                t, p = st
+                if isinstance(t, Mixup):
+                    cur, y = _mixup_run_cuda(t, cur, y, seed, p)
+                    y = fc._result_like(fc.to_device(y), x)
+                else:  # GaussianNoise: in place or into disjoint memory
+                    if cur.dtype != F32:  # (float64 after a Mixup: the CPU kernel refuses it too)
+                        raise TypeError(f"x: expected float32, got {cur.dtype}")
+                    direct = last and o is not None and (_same_memory(o, cur) or not fc._overlaps(o, cur))
+                    dst = o if direct else _new_arg(cur.shape, F32)
+                    _noise_run_cuda(t, cur, dst, seed, p)
+                    cur = dst
+        if o is not None and not _same_memory(o, cur):
+            if fc._overlaps(o, cur):  # (only x itself, with no transforms) through a copy
+                cur = _new_arg(cur.shape, cur.dtype)
+                _C.cuda_memcpy_dtod(cur.ptr, xa.ptr, xa.nbytes)
+            _C.cuda_memcpy_dtod(o.ptr, cur.ptr, o.nbytes)
+    if o is not None:
+        res = out
+    elif cur is xa:  # no transforms: x itself, as the CPU path returns a view of x
+        res = x
+    else:
+        res = fc._result_like(cur.obj, x)
+    return res if y is None else (res, y)
+
+
 class Augment:
     """The Trainer's augmentation option: a callable ``(x, y, step) -> (x, y)``.
 
@@ -718,10 +947,11 @@ class Augment:
         if self.image_shape is not None:
             # an MLP's flat rows (N, C*H*W) seen as images; the result is flattened back
             size = int(np.prod(self.image_shape))
-            if np.ndim(x) != 2 or np.shape(x)[1] != size:
+            shape = _shape_of(x)
+            if len(shape) != 2 or shape[1] != size:
                 raise ValueError(f"x: expected flat rows (N, {size}) for image_shape {self.image_shape}, got shape "
-                                 f"{np.shape(x)}")
-            n = x.shape[0]
+                                 f"{shape}")
+            n = shape[0]
             xi, y = self._apply(x.reshape((n,) + self.image_shape), y, step)
             return xi.reshape(n, -1), y
         return self._apply(x, y, step)
@@ -732,7 +962,7 @@ class Augment:
             return self.compose(x, y)
         if step >= _U64 // STEP_POSITIONS:
             raise ValueError(f"step: expected < {_U64 // STEP_POSITIONS}, got {step}")
-        shape = x.shape if isinstance(x, np.ndarray) else np.shape(x)
+        shape = _shape_of(x)
         if self.compose.positions(shape) > STEP_POSITIONS:
             raise ValueError(f"x: a batch of shape {shape} needs more than 2**40 stream positions per step")
         return self.compose(x, y, seed=self.seed, offset=step * STEP_POSITIONS)
@@ -774,5 +1004,6 @@ def mixup(x, y, alpha, *, num_classes=None, seed=None, offset=0):
     """(x', y'): x' = lambda x + (1 - lambda) x[perm], y' the same blend of the one-hot (integer
     y, num_classes wide) or soft (float y, (N, K)) targets; lambda ~ Beta(alpha, alpha) per batch.
     Soft targets sum to 1 when y's rows do; x' has x's dtype (float32 through the kernel, float64
-    in NumPy), y' float32 for float32 x."""
+    in NumPy), y' float32 for float32 x. With a CUDA x both come back as x's kind of array on its
+    GPU (y may be host labels or a CUDA array; the targets are built on the host and uploaded)."""
     return Mixup(alpha, num_classes)(x, y, seed=seed, offset=offset)

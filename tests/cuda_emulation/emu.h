@@ -1,0 +1,78 @@
+// A thread-per-CUDA-thread host emulation of the CUDA built-ins the kernel headers use
+// (csrc/cuda/augment_kernels.cuh), for checking their index math and barrier structure on a
+// machine without a GPU (tests/test_augment_cuda_emulated.py). Blocks run one after another; the
+// threads of a block are std::threads meeting at a std::barrier for __syncthreads and at one
+// barrier per warp for __shfl_sync; __shared__ variables are function statics (one block at a
+// time). The _rn intrinsics are the host's IEEE operations (compile with -ffp-contract=off). Not
+// emulated: CUDA's own logf/cosf (the host's libm is used), memory-model subtleties beyond the
+// barriers, launch limits.
+#pragma once
+
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <memory>
+#include <thread>
+#include <vector>
+
+using std::isnan;
+
+struct EmuDim3 {
+  unsigned x, y, z;
+};
+inline thread_local EmuDim3 threadIdx, blockIdx;
+inline EmuDim3 blockDim, gridDim;
+inline std::barrier<>* emu_block_barrier;
+inline std::vector<std::unique_ptr<std::barrier<>>> emu_warp_barriers;
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(n)
+#define __shared__ static
+
+inline void __syncthreads() { emu_block_barrier->arrive_and_wait(); }
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
+inline float __fsqrt_rn(float a) { return std::sqrt(a); }
+inline double __dmul_rn(double a, double b) { return a * b; }
+inline double __dadd_rn(double a, double b) { return a + b; }
+inline double __ddiv_rn(double a, double b) { return a / b; }
+
+// Every lane of the warp must call it (as on the GPU with a full mask).
+template <class T>
+T __shfl_sync(unsigned, T v, int lane) {
+  static T slots[32][32];
+  const unsigned w = threadIdx.x / 32;
+  slots[w][threadIdx.x % 32] = v;
+  emu_warp_barriers[w]->arrive_and_wait();
+  const T r = slots[w][lane];
+  emu_warp_barriers[w]->arrive_and_wait();
+  return r;
+}
+
+// kernel<<<(gx, gy), bx>>> as emu_launch(gx, gy, bx, [&] { kernel(args...); }).
+template <class F>
+void emu_launch(unsigned gx, unsigned gy, unsigned bx, F f) {
+  gridDim = {gx, gy, 1};
+  blockDim = {bx, 1, 1};
+  for (unsigned by = 0; by < gy; ++by) {
+    for (unsigned b = 0; b < gx; ++b) {
+      std::barrier<> bar(bx);
+      emu_block_barrier = &bar;
+      emu_warp_barriers.clear();
+      for (unsigned w = 0; w < (bx + 31) / 32; ++w) emu_warp_barriers.emplace_back(new std::barrier<>(32));
+      std::vector<std::thread> threads;
+      for (unsigned t = 0; t < bx; ++t)
+        threads.emplace_back([&, t] {
+          threadIdx = {t, 0, 0};
+          blockIdx = {b, by, 0};
+          f();
+        });
+      for (auto& t : threads) t.join();
+    }
+  }
+}

@@ -1,0 +1,162 @@
+"""The GPU augmentation kernels (csrc/cuda/augment_kernels.cuh) compiled for the host with a
+thread-per-CUDA-thread shim (tests/cuda_emulation/emu.h) and run against the CPU kernels on the
+same parameters: bit for bit for the fused crop / pad / flip / resized crop + jitter pass (the
+ordered float64 contrast mean included), mixup, and Gaussian noise (here both sides use the host's
+logf/cosf, so noise is exact too; on a GPU it is within 3e-6 * std + 1 ulp). Grid sizes are
+chosen small to exercise every grid stride and tile edge.
+
+This checks the kernels' index math, tiling and barriers where no GPU is at hand; it does not
+check nvcc's code, CUDA's libm or the launchers (tests/test_augment_cuda.py does, on a GPU).
+Skipped without a C++20 compiler (g++ or $CXX)."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import pathlib
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+import fastnn
+import fastnn.augment as A
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CXX = os.environ.get("CXX") or shutil.which("g++") or shutil.which("clang++")
+SAMPLE = np.dtype([("flip", "<i4"), ("top", "<i4"), ("left", "<i4"), ("bh", "<i4"), ("bw", "<i4"),
+                   ("brightness", "<f4"), ("contrast", "<f4"), ("saturation", "<f4")])  # AugSample
+
+pytestmark = pytest.mark.skipif(CXX is None, reason="no C++ compiler to build the emulation")
+
+
+@pytest.fixture(scope="module")
+def emu(tmp_path_factory):
+    lib = tmp_path_factory.mktemp("emu") / "libaugment_emu.so"
+    cmd = [CXX, "-std=c++20", "-O1", "-fPIC", "-shared", "-ffp-contract=off", "-Wall", "-Wno-unknown-pragmas",
+           f"-I{ROOT / 'csrc'}", f"-I{ROOT / 'tests'}", "-o", str(lib),
+           str(ROOT / "tests" / "cuda_emulation" / "augment_emu.cpp"), "-lpthread"]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    L = ctypes.CDLL(str(lib))
+    P, i64, f32, f64, u64, ci = (ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_double, ctypes.c_uint64,
+                                 ctypes.c_int)
+    L.emu_augment.argtypes = [P, P, i64, i64, i64, i64, i64, i64, ci, ci, f32, ci, P, ci, ci]
+    L.emu_noise.argtypes = [P, P, i64, u64, u64, f32, ci, ci, ci]
+    L.emu_mix32.argtypes = [P, P, P, i64, i64, f32, f32, ci, ci]
+    L.emu_mix64.argtypes = [P, P, P, i64, i64, f64, f64, ci, ci]
+    return L
+
+
+def ptr(a):
+    return a.ctypes.data_as(ctypes.c_void_p)
+
+
+def same(got, want):
+    np.testing.assert_array_equal(got, want)
+    real = ~np.isnan(want)
+    assert np.array_equal(np.signbit(got)[real], np.signbit(want)[real])
+
+
+def fused(emu, ts, x, seed, mean_blocks=2, gy_cap=65535):
+    """(emulated GPU result, CPU result) of the single fused step of Compose(ts) on x."""
+    x4 = np.ascontiguousarray(x if x.ndim == 4 else x.reshape(x.shape[0], 1, *x.shape[1:]))
+    (st,) = A.Compose(ts)._steps(x4.shape, 0)
+    geom, pad, fill, flags, ints, factors = st.plan(x4.shape, seed)
+    oh, ow = st.out_shape(x4.shape)[-2:]
+    N, C, H, W = x4.shape
+    want = np.empty((N, C, oh, ow), np.float32)
+    fastnn._C.augment_batch(x4, want, geom, pad, fill, flags, ints, factors)
+    ps = np.zeros(N, SAMPLE)
+    for k, f in enumerate(("flip", "top", "left", "bh", "bw")):
+        ps[f] = ints[:, k]
+    fac = factors if factors is not None else np.ones((N, 3), np.float32)
+    ps["brightness"], ps["contrast"], ps["saturation"] = fac[:, 0], fac[:, 1], fac[:, 2]
+    got = np.full((N, C, oh, ow), np.float32(7.5))
+    emu.emu_augment(ptr(x4), ptr(got), N, C, H, W, oh, ow, geom, pad, fill, flags, ptr(ps), mean_blocks, gy_cap)
+    return got, want
+
+
+@pytest.mark.parametrize("pad_mode", ["constant", "reflect"])
+@pytest.mark.parametrize("shape,ts", [
+    ((5, 3, 32, 32), lambda m: [A.RandomCrop(32, 4, m, 0.25), A.RandomHorizontalFlip()]),
+    ((4, 3, 10, 14), lambda m: [A.RandomHorizontalFlip(), A.RandomCrop((6, 9), (3, 2), m)]),
+    ((5, 13, 17), lambda m: [A.RandomCrop(15, 2, m), A.RandomHorizontalFlip(), A.ColorJitter(0.4, 0.6)]),
+    ((4, 3, 8, 8), lambda m: [A.RandomCrop((10, 7), (1, 2, 3, 0), m), A.RandomHorizontalFlip(),
+                              A.ColorJitter(0.4, 0.4, 0.4)]),
+], ids=["crop_flip", "flip_crop", "one_channel_jitter", "crop_jitter"])
+def test_crops(emu, rng, shape, ts, pad_mode):
+    x = (rng.random(shape) * 1.2 - 0.1).astype(np.float32)
+    same(*fused(emu, ts(pad_mode), x, seed=11))
+
+
+@pytest.mark.parametrize("b,c,s", [(0.4, 0, 0), (0, 0.4, 0), (0, 0, 0.4), (0.4, 0.4, 0), (0.4, 0, 0.4),
+                                   (0, 0.5, 0.5), (0.4, 0.4, 0.4)])
+def test_jitter(emu, rng, b, c, s):
+    x = (rng.random((3, 3, 35, 41)) * 1.2 - 0.1).astype(np.float32)  # 1435 pixels: two tiles of the mean
+    x[0, 1, 0, 0] = np.nan
+    x[1, :, 0, 0] = -0.0
+    same(*fused(emu, [A.ColorJitter(b, c, s)], x, seed=11))
+
+
+@pytest.mark.parametrize("shape,ts", [
+    ((4, 3, 32, 32), [A.RandomResizedCrop(32), A.RandomHorizontalFlip(), A.ColorJitter(0.3, 0.3, 0.3)]),
+    ((4, 3, 20, 40), [A.RandomHorizontalFlip(), A.RandomResizedCrop((24, 16), (0.3, 0.9), (0.5, 2.0))]),
+    ((2, 3, 16, 12), [A.RandomResizedCrop((40, 30), (0.5, 1.0)), A.ColorJitter(0, 0.5, 0)]),
+    ((3, 1, 10, 10), [A.RandomResizedCrop(5, (0.9, 1.0), (8.0, 9.0)), A.ColorJitter(0, 0.5)]),
+    ((3, 2, 1, 70), [A.RandomHorizontalFlip()]),
+    ((2, 3, 1, 1), [A.RandomHorizontalFlip(), A.ColorJitter(0.4, 0.4, 0.4)]),
+], ids=["rrc_flip_jitter", "flip_rrc", "upsample_contrast", "fallback_box", "hflip", "one_pixel"])
+def test_resized_and_flips(emu, rng, shape, ts):
+    x = (rng.random(shape) * 1.2 - 0.1).astype(np.float32)
+    same(*fused(emu, ts, x, seed=11))
+
+
+def test_contrast_mean_order_and_grid_strides(emu, rng):
+    # several tiles; magnitudes from 1e-12 to 1e4 so the float64 partial sums round; one mean
+    # block for all samples and gridDim.y < N
+    x = (rng.random((3, 3, 70, 50)) * 1.4 - 0.2).astype(np.float32)
+    x[:, :, :5, :5] = 1e4
+    x[:, :, 30:40] *= np.float32(1e-12)
+    same(*fused(emu, [A.RandomResizedCrop((64, 48), (0.8, 1.0)), A.ColorJitter(0, 0.5, 0.4)], x, 3,
+                mean_blocks=1, gy_cap=2))
+    same(*fused(emu, [A.RandomCrop(40, 3, "reflect"), A.ColorJitter(0.2, 0.5)], x[:, :1], 3, mean_blocks=2,
+                gy_cap=1))
+
+
+@pytest.mark.parametrize("n,offset,blocks", [(1, 0, 1), (511, 5, 1), (512, 63, 2), (513, 64, 1),
+                                             (1025, 2 ** 40 + 17, 2), (3000, 7, 3)])
+def test_gaussian_noise(emu, rng, n, offset, blocks):
+    x = rng.random(n).astype(np.float32)
+    for sd, noise, clip in [(0.7, 1, 0), (0.7, 1, 1), (0.0, 0, 0), (0.0, 0, 1)]:
+        want = np.empty_like(x)
+        if noise:
+            fastnn._C.gaussian_noise(x, want, 9, offset, sd)
+        else:
+            want[:] = x
+        if clip:
+            np.clip(want, 0.0, 1.0, out=want)
+        got = np.full_like(x, 7.5)
+        emu.emu_noise(ptr(x), ptr(got), n, 9, offset, sd, noise, clip, blocks)
+        same(got, want)
+    want = np.empty_like(x)
+    fastnn._C.gaussian_noise(x, want, 9, offset, 0.3)
+    emu.emu_noise(ptr(x), ptr(x), n, 9, offset, 0.3, 1, 0, blocks)  # in place
+    same(x, want)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_mixup(emu, rng, dtype):
+    x = rng.random((37, 3, 5, 7)).astype(dtype)
+    lam, perm = A.mixup_params(37, 0.4, seed=2)
+    if dtype == np.float32:
+        want = np.empty_like(x)
+        fastnn._C.mixup_apply(x, perm, want, lam, 1.0 - lam)
+    else:
+        want = lam * x + (1.0 - lam) * x[perm]
+    f = emu.emu_mix32 if dtype == np.float32 else emu.emu_mix64
+    for gx, gy in [(1, 1), (2, 5), (1, 37)]:
+        got = np.full_like(x, 7.5)
+        f(ptr(x), ptr(perm), ptr(got), 37, 105, lam, 1.0 - lam, gx, gy)
+        same(got, want)
