@@ -1,11 +1,16 @@
-"""A pytest plugin that gives fastnn one fake GPU, so the GPU tests of fastnn.augment run on a
-machine without one: device memory is host memory, and the augmentation kernels are those of
-csrc/cuda/augment_kernels.cuh compiled for the host under emu.h (thread per CUDA thread). It checks
-the Python GPU paths (fastnn.augment's dispatch, out=, aliasing, shapes, mixup targets) and the
-kernels' arithmetic together, against the CPU path; not nvcc's code, CUDA's libm (Gaussian noise is
-exact here, within 3e-6 * std + 1 ulp on a GPU), streams or DLPack (PyTorch/CuPy tests skip).
+"""A pytest plugin that gives fastnn one fake GPU, so GPU tests run on a machine without one:
+device memory is host memory (256-byte aligned NumPy blocks, copies are memmove).
+- augmentation: the kernels of csrc/cuda/augment_kernels.cuh compiled for the host under emu.h
+  (thread per CUDA thread), so their arithmetic is checked against the CPU path too;
+- optimizers and losses: the launchers run the CPU kernels on views of the fake device memory
+  (their own device math is checked bit for bit by tests/test_cuda_nogpu.py through the host copy
+  of csrc/cuda/optim_ops.cuh), so these runs check fastnn.cuda's argument reading, Parameter /
+  optim / losses dispatch, state handling, state_dict round trips and error messages.
+Not checked: nvcc's code, CUDA's libm (Gaussian noise is exact here, within 3e-6 * std + 1 ulp on
+a GPU), streams, DLPack (PyTorch/CuPy tests skip).
 
-    PYTHONPATH=<site with fastnn>:tests/cuda_emulation python -m pytest -p fake_gpu tests/test_augment_cuda.py
+    PYTHONPATH=<site with fastnn>:tests/cuda_emulation python -m pytest -p fake_gpu \
+        tests/test_augment_cuda.py tests/test_optim_cuda.py tests/test_losses_cuda.py
 
 Patches fastnn._C's CUDA entry points at import; never load it in a run that uses a real GPU."""
 
@@ -41,7 +46,7 @@ _L.emu_mix64.argtypes = [_P, _P, _P, _I64, _I64, _F64, _F64, _INT, _INT]
 _SAMPLE = np.dtype([("flip", "<i4"), ("top", "<i4"), ("left", "<i4"), ("bh", "<i4"), ("bw", "<i4"),
                     ("brightness", "<f4"), ("contrast", "<f4"), ("saturation", "<f4")])  # AugSample
 _bufs: dict = {}
-_calls = {"augment": 0, "noise": 0, "mixup": 0}
+_calls = {"augment": 0, "noise": 0, "mixup": 0, "optim": 0, "loss": 0}
 
 
 def _malloc(n):
@@ -51,9 +56,43 @@ def _malloc(n):
     return p
 
 
-def _view(ptr, shape):
+def _view(ptr, shape, dtype=np.float32):
+    dtype = np.dtype(dtype)
     n = int(np.prod(shape))
-    return np.frombuffer((ctypes.c_float * n).from_address(ptr), np.float32).reshape(shape)
+    if n == 0:
+        return np.empty(shape, dtype)
+    return np.frombuffer((ctypes.c_char * (n * dtype.itemsize)).from_address(int(ptr)), dtype).reshape(shape)
+
+
+# Optimizers and losses: the CPU kernels on the fake device memory.
+def _sgd(dname, w, g, buf, n, lr, mom, damp, l2, l1, nest, first):
+    _calls["optim"] += 1
+    _C.sgd_step(_view(w, n, dname), _view(g, n, dname), _view(buf, n, dname) if mom != 0 else None, lr, mom, damp,
+                l2, l1, nest, first)
+
+
+def _adam(dname, w, g, m, v, n, lr, b1, b2, eps, l2, l1, dec, step):
+    _calls["optim"] += 1
+    _C.adam_step(_view(w, n, dname), _view(g, n, dname), _view(m, n, dname), _view(v, n, dname), lr, b1, b2, eps,
+                 l2, l1, dec, step)
+
+
+def _xent(dname, x, t, kind, grad, M, Cn):
+    _calls["loss"] += 1
+    X = _view(x, (M, Cn), dname)
+    if kind == "soft":
+        T = _view(t, (M, Cn), dname)
+    else:
+        T = _view(t, M, kind)
+        bad = np.flatnonzero((T < 0) | (T >= Cn))
+        if bad.size:
+            return float("nan"), int(bad[0]), int(T[bad[0]])
+    return _C.softmax_xent(X, T, _view(grad, (M, Cn), dname) if grad else None), -1, 0
+
+
+def _squared(dname, p, t, grad, n, scale):
+    _calls["loss"] += 1
+    return _C.squared_error(_view(p, n, dname), _view(t, n, dname), _view(grad, n, dname) if grad else None, scale)
 
 
 def _augment(x, out, N, C, H, W, OH, OW, geom, pad, fill, jitter, ints, factors):
@@ -88,9 +127,11 @@ def _mixup(dtype, x, perm, out, N, D, lam, lam1):
 for _name, _fn in {
     "cuda_device_count": lambda: 1, "cuda_get_device": lambda: 0, "cuda_set_device": lambda i: None,
     "cuda_pointer_device": lambda p: 0, "cuda_malloc": _malloc, "cuda_free": lambda p: _bufs.pop(p),
-    "cuda_memcpy_htod": lambda dst, src: ctypes.memmove(dst, src.ctypes.data, src.nbytes),
-    "cuda_memcpy_dtoh": lambda dst, src: ctypes.memmove(dst.ctypes.data, src, dst.nbytes),
+    "cuda_memcpy_htod": lambda dst, src: ctypes.memmove(dst, np.ascontiguousarray(src).ctypes.data, src.nbytes),
+    "cuda_memcpy_dtoh": lambda dst, src: ctypes.memmove(dst.ctypes.data, int(src), dst.nbytes),
     "cuda_memcpy_dtod": lambda dst, src, n: ctypes.memmove(dst, src, n),
+    "cuda_memset_zero": lambda p, n: ctypes.memset(int(p), 0, int(n)) if n else None,
+    "cuda_sgd_step": _sgd, "cuda_adam_step": _adam, "cuda_softmax_xent": _xent, "cuda_squared_error": _squared,
     "cuda_legacy_wait_on": lambda s: None, "cuda_wait_on_legacy": lambda s: None, "cuda_synchronize": lambda: None,
     "cuda_augment_batch": _augment, "cuda_gaussian_noise": _noise, "cuda_mixup_apply": _mixup,
 }.items():
