@@ -15,6 +15,13 @@ enum class DType { F32, F64 };
 
 inline std::string dtype_str(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
 
+// "(2, 3)", "(5,)": a shape as Python writes it, for error messages.
+inline std::string shape_str(const py::array& a) {
+  std::string s = "(";
+  for (py::ssize_t d = 0; d < a.ndim(); ++d) s += (d ? ", " : "") + std::to_string(a.shape(d));
+  return s + (a.ndim() == 1 ? ",)" : ")");
+}
+
 // dtype checks compare with ==, never by identity: an unpickled array's dtype is an equal but
 // distinct object.
 inline DType float_dtype(const py::array& a, const char* name) {

@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "bindings/common.h"
+#include "bindings/optim_args.h"
 #include "cuda/device.h"
 #include "cuda/loss.h"
 #include "cuda/optim.h"
@@ -75,14 +76,7 @@ void register_cuda_optim(py::module_& m) {
         check_ptr(w, n, es, "param");
         check_ptr(g, n, es, "grad");
         if (momentum != 0.0) check_ptr(buf, n, es, "momentum_buffer");
-        SgdArgs a;
-        a.lr = lr;
-        a.momentum = momentum;
-        a.dampening = dampening;
-        a.l2 = l2;
-        a.l1 = l1;
-        a.nesterov = nesterov;
-        a.first = first;
+        const SgdArgs a = sgd_args(lr, momentum, dampening, l2, l1, nesterov, first);
         py::gil_scoped_release nogil;
         dispatch_float(dt, [&](auto zero) {
           using T = decltype(zero);
@@ -104,18 +98,7 @@ void register_cuda_optim(py::module_& m) {
         check_ptr(g, n, es, "grad");
         check_ptr(mm, n, es, "exp_avg");
         check_ptr(vv, n, es, "exp_avg_sq");
-        if (step < 1) throw py::value_error("step: expected the 1-based step count, got " + std::to_string(step));
-        AdamArgs a;
-        a.lr = lr;
-        a.beta1 = beta1;
-        a.beta2 = beta2;
-        a.eps = eps;
-        a.l2 = l2;
-        a.l1 = l1;
-        a.decoupled = decoupled;
-        // The host scalars of csrc/bindings/optim.cpp, formed the same way in double.
-        a.step_size = lr / (1.0 - std::pow(beta1, static_cast<double>(step)));
-        a.bc2_sqrt = std::sqrt(1.0 - std::pow(beta2, static_cast<double>(step)));
+        const AdamArgs a = adam_args(lr, beta1, beta2, eps, l2, l1, decoupled, step);
         py::gil_scoped_release nogil;
         dispatch_float(dt, [&](auto zero) {
           using T = decltype(zero);
@@ -143,14 +126,7 @@ void register_cuda_optim(py::module_& m) {
           require_c_contiguous(buf, "momentum_buffer");
           require_writeable(buf, "momentum_buffer");
         }
-        SgdArgs a;
-        a.lr = lr;
-        a.momentum = momentum;
-        a.dampening = dampening;
-        a.l2 = l2;
-        a.l1 = l1;
-        a.nesterov = nesterov;
-        a.first = first;
+        const SgdArgs a = sgd_args(lr, momentum, dampening, l2, l1, nesterov, first);
         dispatch_float(dt, [&](auto zero) {
           using T = decltype(zero);
           host_apply<T>(cuda::optim_ops::make_sgd<T>(a), mptr<T>(w), cptr<T>(g), momentum != 0.0 ? mptr<T>(buf) : nullptr,
@@ -174,17 +150,7 @@ void register_cuda_optim(py::module_& m) {
         require_writeable(w, "param");
         require_writeable(mm, "exp_avg");
         require_writeable(vv, "exp_avg_sq");
-        if (step < 1) throw py::value_error("step: expected the 1-based step count, got " + std::to_string(step));
-        AdamArgs a;
-        a.lr = lr;
-        a.beta1 = beta1;
-        a.beta2 = beta2;
-        a.eps = eps;
-        a.l2 = l2;
-        a.l1 = l1;
-        a.decoupled = decoupled;
-        a.step_size = lr / (1.0 - std::pow(beta1, static_cast<double>(step)));
-        a.bc2_sqrt = std::sqrt(1.0 - std::pow(beta2, static_cast<double>(step)));
+        const AdamArgs a = adam_args(lr, beta1, beta2, eps, l2, l1, decoupled, step);
         dispatch_float(dt, [&](auto zero) {
           using T = decltype(zero);
           host_apply<T>(cuda::optim_ops::make_adam<T>(a), mptr<T>(w), cptr<T>(g), mptr<T>(mm), mptr<T>(vv), w.size());

@@ -13,12 +13,6 @@ namespace fastnn {
 
 namespace {
 
-std::string shape_str(const py::array& a) {
-  std::string s = "(";
-  for (py::ssize_t d = 0; d < a.ndim(); ++d) s += (d ? ", " : "") + std::to_string(a.shape(d));
-  return s + (a.ndim() == 1 ? ",)" : ")");
-}
-
 void require_2d(const py::array& a, const char* name) {
   if (a.ndim() != 2)
     throw py::value_error(std::string(name) + ": expected a 2-D array, got shape " + shape_str(a));

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "bindings/common.h"
+#include "bindings/optim_args.h"
 #include "core/dispatch.h"
 #include "core/parallel.h"
 
@@ -40,14 +41,7 @@ void register_optim(py::module_& m) {
           check_state(w, buf, "momentum_buffer");
           require_writeable(buf, "momentum_buffer");
         }
-        SgdArgs a;
-        a.lr = lr;
-        a.momentum = momentum;
-        a.dampening = dampening;
-        a.l2 = l2;
-        a.l1 = l1;
-        a.nesterov = nesterov;
-        a.first = first;
+        const SgdArgs a = sgd_args(lr, momentum, dampening, l2, l1, nesterov, first);
         const int64_t n = w.size();
         dispatch_float(dt, [&](auto zero) {
           using T = decltype(zero);
@@ -73,18 +67,7 @@ void register_optim(py::module_& m) {
         check_state(w, vv, "exp_avg_sq");
         require_writeable(mm, "exp_avg");
         require_writeable(vv, "exp_avg_sq");
-        if (step < 1) throw py::value_error("step: expected the 1-based step count, got " + std::to_string(step));
-        AdamArgs a;
-        a.lr = lr;
-        a.beta1 = beta1;
-        a.beta2 = beta2;
-        a.eps = eps;
-        a.l2 = l2;
-        a.l1 = l1;
-        a.decoupled = decoupled;
-        // PyTorch's scalars: step_size = lr / (1 - beta1^t), bias_correction2_sqrt = sqrt(1 - beta2^t).
-        a.step_size = lr / (1.0 - std::pow(beta1, static_cast<double>(step)));
-        a.bc2_sqrt = std::sqrt(1.0 - std::pow(beta2, static_cast<double>(step)));
+        const AdamArgs a = adam_args(lr, beta1, beta2, eps, l2, l1, decoupled, step);
         const int64_t n = w.size();
         dispatch_float(dt, [&](auto zero) {
           using T = decltype(zero);

@@ -17,12 +17,6 @@ namespace {
 
 constexpr int64_t kGroupRows = 16 * kStatsBlockRows;  // 1024 rows: the unit of work and of merging
 
-std::string shape_str(const py::array& a) {
-  std::string s = "(";
-  for (py::ssize_t d = 0; d < a.ndim(); ++d) s += (d ? ", " : "") + std::to_string(a.shape(d));
-  return s + (a.ndim() == 1 ? ",)" : ")");
-}
-
 // A 2-D array whose rows are contiguous (any row stride that is a whole number of elements).
 int64_t row_stride(const py::array& a, const char* name) {
   if (a.ndim() != 2) throw py::value_error(std::string(name) + ": expected a 2-D array, got shape " + shape_str(a));
@@ -46,6 +40,20 @@ bool use_stream(int64_t n, size_t elem_bytes) {
 }
 
 int64_t row_grain(int64_t d) { return d > 0 && kGrainElements / d > 1 ? kGrainElements / d : 1; }
+
+// x and out of the per-column elementwise passes: 2-D, contiguous rows, same dtype and shape,
+// out writeable (it may be x); their row strides in elements.
+DType check_x_out(const py::array& x, const py::array& out, int64_t* ldx, int64_t* ldy) {
+  const DType dt = float_dtype(x, "x");
+  *ldx = row_stride(x, "x");
+  if (!x.dtype().equal(out.dtype()))
+    throw py::type_error("out: expected dtype " + dtype_str(x) + " like x, got " + dtype_str(out));
+  *ldy = row_stride(out, "out");
+  if (out.shape(0) != x.shape(0) || out.shape(1) != x.shape(1))
+    throw py::value_error("out: expected shape " + shape_str(x) + ", got " + shape_str(out));
+  require_writeable(out, "out");
+  return dt;
+}
 
 }  // namespace
 
@@ -111,15 +119,9 @@ void register_stats(py::module_& m) {
   m.def(
       "center_scale",
       [](py::array x, py::array out, py::array shift, py::array mul) {
-        DType dt = float_dtype(x, "x");
-        const int64_t ldx = row_stride(x, "x");
+        int64_t ldx, ldy;
+        const DType dt = check_x_out(x, out, &ldx, &ldy);
         const int64_t n = x.shape(0), d = x.shape(1);
-        if (!x.dtype().equal(out.dtype()))
-          throw py::type_error("out: expected dtype " + dtype_str(x) + " like x, got " + dtype_str(out));
-        const int64_t ldy = row_stride(out, "out");
-        if (out.shape(0) != n || out.shape(1) != d)
-          throw py::value_error("out: expected shape " + shape_str(x) + ", got " + shape_str(out));
-        require_writeable(out, "out");
         require_vector(shift, "shift", x, d);
         require_vector(mul, "mul", x, d);
         std::atomic<bool> bad{false};
@@ -144,15 +146,9 @@ void register_stats(py::module_& m) {
   m.def(
       "scale_shift",
       [](py::array x, py::array out, py::array mul, py::array add) {
-        DType dt = float_dtype(x, "x");
-        const int64_t ldx = row_stride(x, "x");
+        int64_t ldx, ldy;
+        const DType dt = check_x_out(x, out, &ldx, &ldy);
         const int64_t n = x.shape(0), d = x.shape(1);
-        if (!x.dtype().equal(out.dtype()))
-          throw py::type_error("out: expected dtype " + dtype_str(x) + " like x, got " + dtype_str(out));
-        const int64_t ldy = row_stride(out, "out");
-        if (out.shape(0) != n || out.shape(1) != d)
-          throw py::value_error("out: expected shape " + shape_str(x) + ", got " + shape_str(out));
-        require_writeable(out, "out");
         require_vector(mul, "mul", x, d);
         require_vector(add, "add", x, d);
         py::gil_scoped_release nogil;

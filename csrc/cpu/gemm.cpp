@@ -253,8 +253,11 @@ inline void transpose16(__m512 (&r)[16]) {
   for (int i = 0; i < 16; ++i) r[i] = t[i];
 }
 
+// The transposing block of this ISA: kTB x kTB floats.
+constexpr int kTB = 16;
+
 // rows rows of src (row i at src + i*ld, contiguous in k) -> dst[k*dld + i], k < kc rounded down to 16.
-inline int64_t pack_transposed16(int64_t kc, int rows, const float* src, int64_t ld, float* dst, int64_t dld,
+inline int64_t pack_transposed(int64_t kc, int rows, const float* src, int64_t ld, float* dst, int64_t dld,
                                  const RowBits& rb) {
   const __mmask16 keep = static_cast<__mmask16>((1u << rows) - 1u);
   const __m512 scale = _mm512_set1_ps(rb.scale);
@@ -273,23 +276,6 @@ inline int64_t pack_transposed16(int64_t kc, int rows, const float* src, int64_t
   }
   return k0;
 }
-inline int64_t pack_a_fast(int64_t kc, const float* src, int64_t rs, float* dst) {
-  static_assert(Tile<float>::MR <= 16, "one transposed block covers the A panel");
-  return pack_transposed16(kc, Tile<float>::MR, src, rs, dst, Tile<float>::MR, RowBits{});
-}
-// B columns j (each contiguous in k, at src + j*cs); with bits, column j's keep bits start at
-// bit0 + j * ld (a weight row's DropConnect bits).
-inline int64_t pack_b_fast(int64_t kc, const float* src, int64_t cs, float* dst, const RowBits& rb) {
-  constexpr int NR = Tile<float>::NV * 16;
-  int64_t done = 0;
-  for (int g = 0; g < NR / 16; ++g) {
-    RowBits r = rb;
-    r.bit0 += g * 16 * rb.ld;
-    done = pack_transposed16(kc, 16, src + g * 16 * cs, cs, dst + g * 16, NR, r);
-  }
-  return done;
-}
-constexpr bool kFastBitsPack = true;
 #elif FASTNN_ISA == 1
 
 // r[i] = row i of an 8 x 8 block -> r[j] = column j.
@@ -311,9 +297,11 @@ inline void transpose8(__m256 (&r)[8]) {
   }
 }
 
+constexpr int kTB = 8;
+
 // rows <= 8 rows of src (row i at src + i*ld, contiguous in k) -> dst[k*dld + i], k < kc rounded
 // down to 8; with bits, row i is kept where bit bit0 + i*ld + k is set, then scaled.
-inline int64_t pack_transposed8(int64_t kc, int rows, const float* src, int64_t ld, float* dst, int64_t dld,
+inline int64_t pack_transposed(int64_t kc, int rows, const float* src, int64_t ld, float* dst, int64_t dld,
                                 const RowBits& rb) {
   const Vec<float> scale = Vec<float>::set1(rb.scale), zero = Vec<float>::set1(0.0f);
   int64_t k0 = 0;
@@ -331,17 +319,23 @@ inline int64_t pack_transposed8(int64_t kc, int rows, const float* src, int64_t 
   }
   return k0;
 }
+#endif
+
+#if FASTNN_ISA >= 1
 inline int64_t pack_a_fast(int64_t kc, const float* src, int64_t rs, float* dst) {
-  static_assert(Tile<float>::MR <= 8, "one transposed block covers the A panel");
-  return pack_transposed8(kc, Tile<float>::MR, src, rs, dst, Tile<float>::MR, RowBits{});
+  static_assert(Tile<float>::MR <= kTB, "one transposed block covers the A panel");
+  return pack_transposed(kc, Tile<float>::MR, src, rs, dst, Tile<float>::MR, RowBits{});
 }
+// B columns j (each contiguous in k, at src + j*cs); with bits, column j's keep bits start at
+// bit0 + j * ld (a weight row's DropConnect bits).
 inline int64_t pack_b_fast(int64_t kc, const float* src, int64_t cs, float* dst, const RowBits& rb) {
-  constexpr int NR = Tile<float>::NV * 8;
+  constexpr int NR = Tile<float>::NV * Vec<float>::W;
+  static_assert(NR % kTB == 0, "the B panel is whole transposing blocks");
   int64_t done = 0;
-  for (int g = 0; g < NR / 8; ++g) {
+  for (int g = 0; g < NR / kTB; ++g) {
     RowBits r = rb;
-    r.bit0 += g * 8 * rb.ld;
-    done = pack_transposed8(kc, 8, src + g * 8 * cs, cs, dst + g * 8, NR, r);
+    r.bit0 += g * kTB * rb.ld;
+    done = pack_transposed(kc, kTB, src + g * kTB * cs, cs, dst + g * kTB, NR, r);
   }
   return done;
 }

@@ -22,6 +22,7 @@
 
 #include "cuda/device.h"
 #include "cuda/launch.cuh"
+#include "cuda/packed128.cuh"
 
 namespace fastnn {
 namespace cuda {
@@ -110,38 +111,8 @@ struct EluOp {
   __device__ __forceinline__ T bwd(T g, T x) const { return g * (x > T(0) ? pos : dexp(x) * neg); }
 };
 
-// ------------------------------------------------------------------------------------------------
-// 16-byte packets (llm.c's Packed128): loaded and stored through float4 / double2, so every
-// access is one ld.global.v4.f32 / st.global.v4.f32 (v2.f64); the lanes live in registers.
-
-template <class T>
-struct Packed128;
-
-template <>
-struct Packed128<float> {
-  static constexpr int W = 4;
-  float v[4];
-  static __device__ __forceinline__ Packed128 load(const float* p) {
-    const float4 t = *reinterpret_cast<const float4*>(p);
-    return Packed128{{t.x, t.y, t.z, t.w}};
-  }
-  __device__ __forceinline__ void store(float* p) const {
-    *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
-  }
-};
-
-template <>
-struct Packed128<double> {
-  static constexpr int W = 2;
-  double v[2];
-  static __device__ __forceinline__ Packed128 load(const double* p) {
-    const double2 t = *reinterpret_cast<const double2*>(p);
-    return Packed128{{t.x, t.y}};
-  }
-  __device__ __forceinline__ void store(double* p) const {
-    *reinterpret_cast<double2*>(p) = make_double2(v[0], v[1]);
-  }
-};
+// 16-byte packets: csrc/cuda/packed128.cuh.
+using packed::Packed128;
 
 // ------------------------------------------------------------------------------------------------
 // GPU kernels

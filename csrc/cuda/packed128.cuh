@@ -1,6 +1,6 @@
-// 16-byte packets (llm.c's Packed128) for the elementwise kernels of csrc/cuda/optim.cu: loaded
-// and stored through float4 / double2, so every access is one ld.global.v4.f32 / st.global.v4.f32
-// (v2.f64). (csrc/cuda/activation.cu keeps its own copy in its anonymous namespace.)
+// 16-byte packets (llm.c's Packed128) for the elementwise kernels (csrc/cuda/activation.cu,
+// optim.cu): loaded and stored through float4 / double2, so every access is one
+// ld.global.v4.f32 / st.global.v4.f32 (v2.f64).
 // And the head / packets / tail split of a group of pointers that must be aligned alike.
 #pragma once
 
