@@ -162,24 +162,26 @@ def test_C_checks():
 
 # ---- the epilogue hook (bias + activation on the tile), through _C until linear() lands ------------
 
-_ACTS = {  # op id -> (reference, slope, alpha, scale)
-    0: (ref.sigmoid, 0.01, 1.0, 1.0),
-    1: (ref.tanh, 0.01, 1.0, 1.0),
-    2: (ref.relu, 0.01, 1.0, 1.0),
-    3: (lambda x: ref.leaky_relu(x, 0.2), 0.2, 1.0, 1.0),
-    4: (ref.selu, 0.01, ref.SELU_ALPHA, ref.SELU_SCALE),
+_IDS = _C.ACTIVATION_IDS
+_ACTS = {  # op id (csrc/core/activation_kind.h) -> (reference, slope, alpha, scale)
+    _IDS["sigmoid"]: (ref.sigmoid, 0.01, 1.0, 1.0),
+    _IDS["tanh"]: (ref.tanh, 0.01, 1.0, 1.0),
+    _IDS["relu"]: (ref.relu, 0.01, 1.0, 1.0),
+    _IDS["leaky_relu"]: (lambda x: ref.leaky_relu(x, 0.2), 0.2, 1.0, 1.0),
+    _IDS["elu"]: (ref.selu, 0.01, ref.SELU_ALPHA, ref.SELU_SCALE),
 }
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("act", [-1, 0, 1, 2, 3, 4])
+@pytest.mark.parametrize("act", ["identity", "sigmoid", "tanh", "relu", "leaky_relu", "elu"])
 def test_epilogue_bias_activation(capability, rng, act, dtype):
     m, n, k = 45, 70, 300
     a, b = _operands(rng, m, n, k, dtype, "CF")
     bias = rng.standard_normal(n).astype(dtype)
     out = np.empty((m, n), dtype)
-    if act < 0:
-        _C.matmul(a, b, out, bias)
+    act = _IDS[act]
+    if act == _IDS["identity"]:
+        _C.matmul(a, b, out, bias, act)
         ref.assert_gemm_close(out, a, b, bias=bias, where=capability)
         return
     f, slope, alpha, scale = _ACTS[act]

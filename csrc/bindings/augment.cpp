@@ -7,7 +7,7 @@
 
 #include "bindings/augment_params.h"
 #include "bindings/common.h"
-#include "core/dispatch.h"
+#include "cpu/kernels.h"
 #include "core/parallel.h"
 #include "core/philox.h"
 

@@ -1,13 +1,10 @@
-// pybind11 glue for the GEMM family and the fused linear layer: checks, GIL release, the keep
-// bits of dropout / DropConnect (generated once per call, threaded), and the order of the passes.
-// The kernels thread themselves.
-#include <cstring>
+// pybind11 glue for matmul and the fused linear layer: argument checks and GIL release; the
+// passes, keep bits and scratch are csrc/cpu/linear.cpp's.
 #include <string>
 
 #include "bindings/common.h"
-#include "core/allocator.h"
-#include "core/dispatch.h"
-#include "core/parallel.h"
+#include "cpu/kernels.h"
+#include "cpu/linear.h"
 
 namespace fastnn {
 
@@ -69,60 +66,47 @@ void* optional_out_vector(const py::object& o, const py::array& like, const char
   return const_cast<void*>(p);
 }
 
-// Bytes per row of the saved activation-sign bits: 64-bit rows.
-int64_t pos_row_bytes(int64_t n) { return (n + 63) / 64 * 8; }
-
 uint8_t* optional_bits(const py::object& o, const char* name, int64_t rows, int64_t n, bool writeable,
                        py::array* keep) {
   if (o.is_none()) return nullptr;
   *keep = o.cast<py::array>();
   if (!keep->dtype().is(py::dtype::of<uint8_t>()))
     throw py::type_error(std::string(name) + ": expected uint8, got " + dtype_str(*keep));
-  require_shape(*keep, name, rows, pos_row_bytes(n));
+  require_shape(*keep, name, rows, cpu::pos_row_bytes(n));
   require_c_contiguous(*keep, name);
   if (writeable) require_writeable(*keep, name);
   return static_cast<uint8_t*>(keep->mutable_data());
 }
 
-// Packed keep bits of stream positions q0 .. q0 + n - 1, plus kBitPad bytes of padding, in a
-// block from the host cache; threaded in 64-bit-aligned chunks (each chunk's bytes its own).
-struct KeepBits {
-  uint8_t* p = nullptr;
-  size_t bytes = 0;
-  KeepBits() = default;
-  void fill(uint64_t seed, uint64_t q0, int64_t n, uint32_t threshold) {
-    bytes = static_cast<size_t>((n + 7) / 8 + kBitPad);
-    p = static_cast<uint8_t*>(host_alloc(bytes));
-    std::memset(p + (n + 7) / 8, 0, kBitPad);
-    const auto& k = dropout_kernels();
-    uint8_t* o = p;
-    parallel_for(n, kGrainElements * 4, 64, [&](int64_t b, int64_t e) {
-      k.mask_bits(seed, q0 + static_cast<uint64_t>(b), e - b, threshold, o + b / 8);
-    });
-  }
-  ~KeepBits() {
-    if (p) host_free(p, bytes);
-  }
-  KeepBits(const KeepBits&) = delete;
-  KeepBits& operator=(const KeepBits&) = delete;
-};
-
 void check_act(int act) {
-  if (act < -1 || act > kActPrelu) throw py::value_error("act: unknown activation id " + std::to_string(act));
+  if (act < 0 || act >= kActCount) throw py::value_error("act: unknown activation id " + std::to_string(act));
+}
+
+ActParams act_params(double slope, double alpha, double scale) {
+  ActParams p;
+  p.slope = slope;
+  p.alpha = alpha;
+  p.scale = scale;
+  return p;
+}
+
+cpu::LinearRandom linear_random(bool dropout, uint32_t drop_thr, double drop_scale, bool dropconnect, uint32_t dc_thr,
+                                double dc_scale, uint64_t seed, uint64_t offset) {
+  cpu::LinearRandom r;
+  r.seed = seed;
+  r.offset = offset;
+  r.dropout = dropout;
+  r.drop_thr = drop_thr;
+  r.drop_scale = drop_scale;
+  r.dropconnect = dropconnect;
+  r.dc_thr = dc_thr;
+  r.dc_scale = dc_scale;
+  return r;
 }
 
 void check_positions(uint64_t offset, uint64_t n) {
   if (n > 0 && offset > UINT64_MAX - (n - 1))
     throw py::value_error("offset: offset + the number of random positions must be at most 2**64");
-}
-
-// Mirrors the upper triangle of a square row-major C into the lower one.
-template <class T>
-void mirror_upper(T* c, int64_t n, int64_t ldc) {
-  parallel_for(n, (kGrainElements + n - 1) / (n > 0 ? n : 1), 1, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i)
-      for (int64_t j = 0; j < i; ++j) c[i * ldc + j] = c[j * ldc + i];
-  });
 }
 
 }  // namespace
@@ -160,29 +144,35 @@ void register_gemm(py::module_& m) {
         py::gil_scoped_release nogil;
         dispatch_float(dt, [&](auto zero) {
           using T = decltype(zero);
-          GemmArgs<T> g;
+          cpu::MatmulArgs<T> g;
+          g.M = M;
+          g.N = N;
+          g.K = K;
+          g.a = cptr<T>(a);
+          g.rsa = rsa;
+          g.csa = csa;
+          g.b = cptr<T>(b);
+          g.rsb = rsb;
+          g.csb = csb;
+          g.c = mptr<T>(out);
           g.bias = static_cast<const T*>(bias_p);
-          g.act = act;
-          g.params.slope = slope;
-          g.params.alpha = alpha;
-          g.params.scale = scale;
+          g.act.act = act;
+          g.act.params = act_params(slope, alpha, scale);
           g.a_row_shift = static_cast<const T*>(rs_p);
           g.a_col_shift = static_cast<const T*>(cs_p);
           g.b_col_shift = static_cast<const T*>(bs_p);
           g.upper = upper;
-          T* c = mptr<T>(out);
-          gemm_kernels_for<T>().gemm(M, N, K, cptr<T>(a), rsa, csa, cptr<T>(b), rsb, csb, c, N, g);
-          if (upper) mirror_upper(c, N, N);
+          cpu::matmul(g);
         });
       },
-      py::arg("a"), py::arg("b"), py::arg("out"), py::arg("bias") = py::none(), py::arg("act") = -1,
+      py::arg("a"), py::arg("b"), py::arg("out"), py::arg("bias") = py::none(), py::arg("act") = static_cast<int>(kActIdentity),
       py::arg("slope") = 0.01, py::arg("alpha") = 1.0, py::arg("scale") = 1.0, py::kw_only(),
       py::arg("a_row_shift") = py::none(), py::arg("a_col_shift") = py::none(), py::arg("b_col_shift") = py::none(),
       py::arg("upper") = false,
       "out[...] = act((a - a_row_shift[:, None] - a_col_shift[None, :]) @ (b - b_col_shift[None, :]) + bias) "
       "for 2-D float32/float64 a (M, K), b (K, N) of any element strides (C- and F-contiguous read as they "
       "lie), out (M, N) C-contiguous and not overlapping a or b; bias and shifts 1-D or None, applied while "
-      "packing (no shifted copy); act an activation id or -1. upper=True (M == N, the product known to be "
+      "packing (no shifted copy); act an ActKind id (ACTIVATION_IDS; identity 0). upper=True (M == N, the product known to be "
       "symmetric) computes the tiles on and above the diagonal and mirrors them. GIL released.");
 
   m.def(
@@ -221,37 +211,32 @@ void register_gemm(py::module_& m) {
         void* z_p = optional_output(z_out, x, "z_out", M, N, &keep_z);
         const uint64_t mn = static_cast<uint64_t>(M) * static_cast<uint64_t>(N);
         check_positions(offset, mn + static_cast<uint64_t>(N) * static_cast<uint64_t>(K));
+        const cpu::LinearRandom rnd = linear_random(dropout, drop_thr, drop_scale, dropconnect, dc_thr, dc_scale, seed,
+                                                    offset);
         py::gil_scoped_release nogil;
-        KeepBits drop_bits, dc_bits;
-        if (dropout && M * N > 0) drop_bits.fill(seed, offset, M * N, drop_thr);
-        if (dropconnect && N * K > 0) dc_bits.fill(seed, offset + mn, N * K, dc_thr);
         dispatch_float(dt, [&](auto zero) {
           using T = decltype(zero);
-          GemmArgs<T> g;
-          g.bias = static_cast<const T*>(bias_p);
-          g.act = act;
-          g.params.slope = slope;
-          g.params.alpha = alpha;
-          g.params.scale = scale;
-          g.prelu_w = static_cast<const T*>(pw_p);
-          g.prelu_n = prelu_n;
-          if (drop_bits.p) {
-            g.drop_bits = drop_bits.p;
-            g.drop_ld = N;
-            g.drop_scale = static_cast<T>(drop_scale);
-          }
-          if (dc_bits.p) {  // B = W^T: B(k, j) = W[j, k], the bit of W's C-order position j*K + k
-            g.b_bits = dc_bits.p;
-            g.b_bits_rs = 1;
-            g.b_bits_cs = K;
-            g.b_scale = static_cast<T>(dc_scale);
-          }
-          g.z_out = static_cast<T*>(z_p);
-          g.ldz = N;
-          g.pos_bits = pos_p;
-          g.pos_ld = pos_row_bytes(N);
-          g.pos_from_y = pos_from_y;
-          gemm_kernels_for<T>().gemm(M, N, K, cptr<T>(x), rsx, csx, cptr<T>(w), csw, rsw, mptr<T>(out), N, g);
+          cpu::LinearForwardArgs<T> f;
+          f.M = M;
+          f.N = N;
+          f.K = K;
+          f.x = cptr<T>(x);
+          f.rsx = rsx;
+          f.csx = csx;
+          f.w = cptr<T>(w);
+          f.rsw = rsw;
+          f.csw = csw;
+          f.bias = static_cast<const T*>(bias_p);
+          f.act.act = act;
+          f.act.params = act_params(slope, alpha, scale);
+          f.act.prelu_w = static_cast<const T*>(pw_p);
+          f.act.prelu_n = prelu_n;
+          f.rnd = rnd;
+          f.y = mptr<T>(out);
+          f.pos_bits = pos_p;
+          f.pos_from_y = pos_from_y;
+          f.z_out = static_cast<T*>(z_p);
+          cpu::linear_forward(f);
         });
       },
       py::arg("x"), py::arg("weight"), py::arg("out"), py::arg("bias"), py::arg("act"), py::arg("slope"),
@@ -308,8 +293,8 @@ void register_gemm(py::module_& m) {
           z_p = k_z.data();
         }
         const uint8_t* pos_p = optional_bits(pos_bits, "pos_bits", M, N, false, &k_pos);
-        const bool needs_y = act == kSigmoid || act == kTanh || act == kElu;
-        const bool needs_pos = act == kRelu || act == kLeakyRelu || act == kElu;
+        const bool needs_y = cpu::act_needs_output(act);
+        const bool needs_pos = cpu::act_needs_signs(act);
         if (needs_y && !y_p) throw py::value_error("y: this activation's gradient needs the saved output");
         if (needs_pos && !pos_p) throw py::value_error("pos_bits: this activation's gradient needs the saved signs");
         const void* pw_p = nullptr;
@@ -324,55 +309,35 @@ void register_gemm(py::module_& m) {
         }
         const uint64_t mn = static_cast<uint64_t>(M) * static_cast<uint64_t>(N);
         check_positions(offset, mn + static_cast<uint64_t>(N) * static_cast<uint64_t>(K));
+        const cpu::LinearRandom rnd = linear_random(dropout, drop_thr, drop_scale, dropconnect, dc_thr, dc_scale, seed,
+                                                    offset);
         py::gil_scoped_release nogil;
-        KeepBits drop_bits, dc_bits;
-        // relu's saved bits were taken after dropout: they already hold the keep decisions.
-        if (dropout && act != kRelu && M * N > 0) drop_bits.fill(seed, offset, M * N, drop_thr);
-        if (dropconnect && N * K > 0) dc_bits.fill(seed, offset + mn, N * K, dc_thr);
         dispatch_float(dt, [&](auto zero) {
           using T = decltype(zero);
-          const auto& kern = gemm_kernels_for<T>();
-          const size_t gz_bytes = static_cast<size_t>(M * N) * sizeof(T) + 64;
-          T* gz = static_cast<T*>(host_alloc(gz_bytes));
-          LinearGradArgs<T> la;
-          la.M = M;
-          la.N = N;
-          la.g = cptr<T>(g);
-          la.ldg = N;
-          la.act = act;
-          la.params.slope = slope;
-          la.params.alpha = alpha;
-          la.params.scale = scale;
-          la.y = static_cast<const T*>(y_p);
-          la.z = static_cast<const T*>(z_p);
-          la.pos_bits = pos_p;
-          la.pos_ld = pos_row_bytes(N);
-          la.keep_bits = drop_bits.p;
-          la.drop_scale = dropout ? static_cast<T>(drop_scale) : T(1);
-          la.prelu_w = static_cast<const T*>(pw_p);
-          la.prelu_n = prelu_n;
-          la.gz = gz;
-          la.grad_b = static_cast<T*>(gb_p);
-          la.grad_w = static_cast<T*>(gp_p);
-          kern.linear_grad(la);
-          // grad_x (M, K) = gz (M, N) . W_eff (N, K); W_eff's bit of (k, j) = W[k, j]: k*K + j.
-          GemmArgs<T> gx;
-          if (dc_bits.p) {
-            gx.b_bits = dc_bits.p;
-            gx.b_bits_rs = K;
-            gx.b_bits_cs = 1;
-            gx.b_scale = static_cast<T>(dc_scale);
-          }
-          if (gx_p) kern.gemm(M, K, N, gz, N, 1, cptr<T>(w), rsw, csw, static_cast<T*>(gx_p), K, gx);
-          // grad_W (N, K) = gz^T (N, M) . x (M, K), then DropConnect's mask in the epilogue.
-          GemmArgs<T> gw;
-          if (dc_bits.p) {
-            gw.drop_bits = dc_bits.p;
-            gw.drop_ld = K;
-            gw.drop_scale = static_cast<T>(dc_scale);
-          }
-          kern.gemm(N, K, M, gz, 1, N, cptr<T>(x), rsx, csx, static_cast<T*>(gw_p), K, gw);
-          host_free(gz, gz_bytes);
+          cpu::LinearBackwardArgs<T> b;
+          b.M = M;
+          b.N = N;
+          b.K = K;
+          b.g = cptr<T>(g);
+          b.x = cptr<T>(x);
+          b.rsx = rsx;
+          b.csx = csx;
+          b.w = cptr<T>(w);
+          b.rsw = rsw;
+          b.csw = csw;
+          b.act.act = act;
+          b.act.params = act_params(slope, alpha, scale);
+          b.act.prelu_w = static_cast<const T*>(pw_p);
+          b.act.prelu_n = prelu_n;
+          b.rnd = rnd;
+          b.y = static_cast<const T*>(y_p);
+          b.z = static_cast<const T*>(z_p);
+          b.pos_bits = pos_p;
+          b.grad_x = static_cast<T*>(gx_p);
+          b.grad_w = static_cast<T*>(gw_p);
+          b.grad_b = static_cast<T*>(gb_p);
+          b.grad_prelu = static_cast<T*>(gp_p);
+          cpu::linear_backward(b);
         });
       },
       py::arg("grad_output"), py::arg("x"), py::arg("weight"), py::arg("grad_x"), py::arg("grad_w"),
@@ -392,7 +357,6 @@ void register_gemm(py::module_& m) {
                : py::make_tuple(gemm_kernels().f64.mr, gemm_kernels().f64.nr);
   }, py::arg("dtype"), "(MR, NR) of the GEMM micro-tile on the current CPU path.");
 
-  m.attr("ACT_PRELU") = kActPrelu;
   m.attr("POS_ROW_ALIGN_BITS") = 64;
 }
 

@@ -5,7 +5,7 @@
 #include <vector>
 
 #include "bindings/common.h"
-#include "core/dispatch.h"
+#include "cpu/kernels.h"
 #include "core/parallel.h"
 
 namespace fastnn {

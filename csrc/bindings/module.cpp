@@ -10,7 +10,7 @@
 #include "bindings/common.h"
 #include "core/allocator.h"
 #include "core/cpu_features.h"
-#include "core/dispatch.h"
+#include "core/activation_kind.h"
 #include "core/parallel.h"
 
 namespace fastnn {
@@ -57,6 +57,17 @@ py::array empty(const std::vector<int64_t>& shape, py::dtype dtype) {
   return py::array(dtype, shape, std::vector<int64_t>{}, p, base);
 }
 
+// A worker thread could not be started: the region ran on fewer threads. Said as a Python
+// RuntimeWarning from the thread that called the kernel (it released the GIL for the region).
+void warn_thread_failure(const char* message) {
+  if (!Py_IsInitialized()) return;
+  py::gil_scoped_acquire gil;
+  if (PyErr_WarnEx(PyExc_RuntimeWarning, message, 1) < 0) {
+    // Warnings are errors here, but a kernel's result cannot carry the exception: report it.
+    PyErr_WriteUnraisable(nullptr);
+  }
+}
+
 }  // namespace
 }  // namespace fastnn
 
@@ -89,16 +100,32 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("capability"), "Forces a CPU kernel path (for tests and benchmarks).");
 
+  set_thread_failure_handler(&warn_thread_failure);
   m.def("llc_bytes", &llc_bytes, "Last-level cache size used to choose non-temporal stores.");
   m.def("get_num_threads", &num_threads);
   m.def("default_num_threads", &default_num_threads);
   m.def(
       "set_num_threads",
-      [](int n) {
+      [](int64_t n) {
         if (n < 1) throw py::value_error("n: expected an integer >= 1, got " + std::to_string(n));
-        set_num_threads(n);
+        if (n > max_num_threads())
+          throw py::value_error("n: expected at most " + std::to_string(max_num_threads()) +
+                                " threads (4x the larger of 1024 and this process's " +
+                                std::to_string(default_num_threads()) + " CPUs), got " + std::to_string(n));
+        if (n > default_num_threads()) {
+          const std::string msg = "set_num_threads(" + std::to_string(n) + "): more threads than the " +
+                                  std::to_string(default_num_threads()) +
+                                  " CPUs this process may use; kernels will run slower than with " +
+                                  std::to_string(default_num_threads());
+          if (PyErr_WarnEx(PyExc_RuntimeWarning, msg.c_str(), 2) < 0) throw py::error_already_set();
+        }
+        set_num_threads(static_cast<int>(n));
       },
-      py::arg("n"));
+      py::arg("n"),
+      "Threads of the CPU kernels (n >= 1; a RuntimeWarning above the CPUs of sched_getaffinity, a "
+      "ValueError above max_num_threads()). Workers start when a kernel has that many chunks of work.");
+  m.def("max_num_threads", &max_num_threads, "The largest count set_num_threads accepts.");
+  m.def("started_threads", &started_threads, "Worker threads the pool runs now (for tests).");
 
   m.def("empty", &empty, py::arg("shape"), py::arg("dtype"),
         "Uninitialized C-ordered array from the host block cache (large arrays reuse warm pages).");
@@ -108,13 +135,34 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_cache_limit", &set_host_cache_limit, py::arg("bytes"));
   m.attr("cached_alloc_min") = kCachedAllocMin;
 
-  register_activation(m);
-  register_dropout(m);
-  register_gemm(m);
-  register_optim(m);
-  register_loss(m);
-  register_augment(m);
-  register_stats(m);
+  // The activation ids of every kernel that takes one (csrc/core/activation_kind.h).
+  py::dict ids;
+  ids["identity"] = static_cast<int>(kActIdentity);
+  ids["sigmoid"] = static_cast<int>(kActSigmoid);
+  ids["tanh"] = static_cast<int>(kActTanh);
+  ids["relu"] = static_cast<int>(kActRelu);
+  ids["leaky_relu"] = static_cast<int>(kActLeakyRelu);
+  ids["elu"] = static_cast<int>(kActElu);
+  ids["prelu"] = static_cast<int>(kActPrelu);
+  m.attr("ACTIVATION_IDS") = ids;
+
+  // Every CPU op lives in _C.cpu (the names _C.cuda shares); until the Python side reads them from
+  // there, each is also reachable under its old flat name.
+  py::module_ cpu = m.def_submodule("cpu", "The CPU kernels: the same op names and signatures as _C.cuda.");
+  register_activation(cpu);
+  register_dropout(cpu);
+  register_gemm(cpu);
+  register_optim(cpu);
+  register_loss(cpu);
+  register_augment(cpu);
+  register_stats(cpu);
+  for (auto item : cpu.attr("__dict__").cast<py::dict>()) {
+    const std::string name = item.first.cast<std::string>();
+    if (name.rfind("__", 0) == 0) continue;
+    if (py::hasattr(m, name.c_str()))
+      throw std::logic_error("_C.cpu." + name + " would shadow _C." + name);
+    m.attr(name.c_str()) = item.second;
+  }
 #ifdef FASTNN_WITH_CUDA
   m.attr("cuda_compiled") = true;
   register_cuda(m);

@@ -8,7 +8,7 @@
 
 #include "bindings/common.h"
 #include "core/cpu_features.h"
-#include "core/dispatch.h"
+#include "cpu/kernels.h"
 #include "core/parallel.h"
 
 namespace fastnn {

@@ -1,5 +1,6 @@
 #include "core/allocator.h"
 
+#include <pthread.h>
 #include <sys/mman.h>
 
 #include <cstdint>
@@ -32,6 +33,16 @@ Cache& cache() {
   static Cache* c = new Cache();  // never destroyed: arrays may outlive static destruction
   return *c;
 }
+
+// fork() while another thread is inside a kernel: the child has only the forking thread, so a
+// cache lock held by any other would never be released there. The lock is taken around the fork
+// (the cache is consistent in the child) and released on both sides.
+void lock_for_fork() { cache().mu.lock(); }
+void unlock_after_fork() { cache().mu.unlock(); }
+
+struct ForkHandler {
+  ForkHandler() { pthread_atfork(lock_for_fork, unlock_after_fork, unlock_after_fork); }
+} g_fork_handler;
 
 void* map_block(size_t size) {
   if (size < kHuge) {  // a 64 KiB multiple: page alignment is all it needs

@@ -2,7 +2,11 @@
 
 #include <unistd.h>
 
+#include <atomic>
+#include <cstdlib>
 #include <cstring>
+#include <stdexcept>
+#include <string>
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <cpuid.h>
@@ -133,6 +137,60 @@ CpuCapability best_capability() {
     if (capability_compiled(c) && capability_supported(c)) return c;
   }
   return CpuCapability::Baseline;
+}
+
+
+// ---- the path in use ---------------------------------------------------------------------------
+
+namespace {
+
+std::atomic<int> g_capability{-1};
+
+std::string available_list() {
+  std::string s;
+  for (int i = 0; i <= 2; ++i) {
+    auto c = static_cast<CpuCapability>(i);
+    if (capability_compiled(c) && capability_supported(c)) {
+      if (!s.empty()) s += ", ";
+      s += capability_name(c);
+    }
+  }
+  return s;
+}
+
+}  // namespace
+
+CpuCapability current_capability() {
+  int c = g_capability.load(std::memory_order_relaxed);
+  if (c < 0) {
+    c = static_cast<int>(best_capability());
+    g_capability.store(c, std::memory_order_relaxed);
+  }
+  return static_cast<CpuCapability>(c);
+}
+
+void set_capability(CpuCapability c) {
+  if (!capability_compiled(c))
+    throw std::invalid_argument(std::string("CPU capability '") + capability_name(c) +
+                                "' is not compiled into this build; available: " + available_list());
+  if (!capability_supported(c))
+    throw std::invalid_argument(std::string("CPU capability '") + capability_name(c) +
+                                "' is not supported by this CPU/OS; available: " + available_list());
+  g_capability.store(static_cast<int>(c), std::memory_order_relaxed);
+}
+
+void init_capability_from_env() {
+  const char* v = std::getenv("FASTNN_CPU_CAPABILITY");
+  if (!v || !*v) return;
+  CpuCapability c;
+  if (!parse_capability(v, &c))
+    throw std::invalid_argument(std::string("FASTNN_CPU_CAPABILITY: expected one of baseline, avx2, avx512, got '") +
+                                v + "'");
+  try {
+    set_capability(c);
+  } catch (const std::invalid_argument& e) {
+    throw std::invalid_argument(std::string("FASTNN_CPU_CAPABILITY=") + v + ": " + e.what());
+  }
 }
 
 }  // namespace fastnn

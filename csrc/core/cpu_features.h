@@ -22,4 +22,12 @@ CpuCapability best_capability();
 // exceed it write their output with non-temporal stores.
 long long llc_bytes();
 
+// The path in use: the best one, or the one FASTNN_CPU_CAPABILITY names (read once at import), or
+// the one a test forces. csrc/cpu/dispatch.cpp maps it to that path's kernel table.
+CpuCapability current_capability();
+// Throws std::invalid_argument naming what is available when c is not compiled or not supported.
+void set_capability(CpuCapability c);
+// Applies FASTNN_CPU_CAPABILITY if set (throws on an unknown or unavailable value).
+void init_capability_from_env();
+
 }  // namespace fastnn

@@ -6,6 +6,8 @@
 #include <atomic>
 #include <condition_variable>
 #include <mutex>
+#include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -20,8 +22,18 @@ thread_local bool t_in_parallel = false;
 // caller takes part, and the last task to finish wakes the caller.
 class Pool {
  public:
-  explicit Pool(int threads) {
-    for (int i = 1; i < threads; ++i) workers_.emplace_back([this] { worker_loop(); });
+  Pool() = default;
+  // Starts workers until `threads` run (the caller is one); false when the OS refused one
+  // (std::system_error: EAGAIN at the thread or memory limit), the pool then keeps what it has.
+  bool grow(int threads) {
+    while (static_cast<int>(workers_.size()) + 1 < threads) {
+      try {
+        workers_.emplace_back([this] { worker_loop(); });
+      } catch (const std::system_error&) {
+        return false;
+      }
+    }
+    return true;
   }
   ~Pool() {
     {
@@ -125,13 +137,17 @@ class Pool {
 };
 
 std::mutex g_pool_mu;          // held for the duration of a region: one region at a time
-Pool* g_pool = nullptr;        // created lazily with g_threads threads
+Pool* g_pool = nullptr;        // created lazily, grown to the chunks a region has (<= g_threads)
 std::atomic<int> g_threads{0};  // 0 = not yet set: use default_num_threads()
+std::atomic<int> g_started{0};  // workers of g_pool
+bool g_failure_reported = false;  // one message per pool (guarded by g_pool_mu)
+std::atomic<ThreadFailureHandler> g_failure_handler{nullptr};
 
 void after_fork_in_child() {
   // The workers do not exist in the child: forget the pool (leaked, not joined) and the lock.
   new (&g_pool_mu) std::mutex();
   g_pool = nullptr;
+  g_started.store(0, std::memory_order_relaxed);
 }
 
 struct ForkHandler {
@@ -150,6 +166,15 @@ int default_num_threads() {
   return hc ? static_cast<int>(hc) : 1;
 }
 
+int max_num_threads() {
+  const int cpus = default_num_threads();
+  return 4 * (cpus > 1024 ? cpus : 1024);
+}
+
+int started_threads() { return g_started.load(std::memory_order_relaxed); }
+
+void set_thread_failure_handler(ThreadFailureHandler h) { g_failure_handler.store(h); }
+
 int num_threads() {
   int n = g_threads.load(std::memory_order_relaxed);
   return n > 0 ? n : default_num_threads();
@@ -157,11 +182,13 @@ int num_threads() {
 
 void set_num_threads(int n) {
   if (n < 1) n = 1;
+  if (n > max_num_threads()) n = max_num_threads();
   std::lock_guard<std::mutex> lk(g_pool_mu);
   g_threads.store(n, std::memory_order_relaxed);
-  if (g_pool && g_pool->threads() != n) {
+  if (g_pool && g_pool->threads() > n) {  // fewer threads: stop the pool; a larger count grows it
     delete g_pool;
     g_pool = nullptr;
+    g_started.store(0, std::memory_order_relaxed);
   }
 }
 
@@ -181,15 +208,28 @@ void parallel_for_impl(int64_t n, int64_t grain, int64_t align, RangeFn fn, void
     fn(ctx, 0, n);
     return;
   }
-  int want = num_threads();
-  if (!g_pool || g_pool->threads() != want) {
-    delete g_pool;
-    g_pool = new Pool(want);
-  }
   int64_t chunk = (n + nt - 1) / nt;
   chunk = (chunk + align - 1) / align * align;
-  int ntasks = static_cast<int>((n + chunk - 1) / chunk);
+  const int ntasks = static_cast<int>((n + chunk - 1) / chunk);
+  // Never more workers than this region has chunks; a later, larger region grows the pool.
+  if (!g_pool) {
+    g_pool = new Pool();
+    g_failure_reported = false;
+  }
+  std::string failure;
+  if (g_pool->threads() < ntasks && !g_pool->grow(ntasks) && !g_failure_reported) {
+    g_failure_reported = true;
+    failure = "fastnn: could not start more than " + std::to_string(g_pool->threads() - 1) +
+              " worker threads (the operating system refused one); running on " +
+              std::to_string(g_pool->threads()) + " threads";
+  }
+  g_started.store(g_pool->threads() - 1, std::memory_order_relaxed);
+  // Tasks are claimed from a counter: with fewer threads than tasks each thread takes several.
   g_pool->run(ntasks, n, chunk, fn, ctx);
+  lk.unlock();
+  if (!failure.empty()) {
+    if (auto h = g_failure_handler.load()) h(failure.c_str());
+  }
 }
 
 }  // namespace fastnn

@@ -53,7 +53,7 @@ inline V nan_where_x_nan(V d, V x) {
   return select(is_nan(x), x, d);
 }
 
-// The forward of activation `op` (Act) on one vector, with its coefficients rounded once to T;
+// The forward of activation `op` (an ActKind other than PReLU; identity returns v) on one vector, with its coefficients rounded once to T;
 // the same formulas as the activation kernels, so a fused epilogue gives their results.
 template <class V>
 struct ActForward {
@@ -65,11 +65,11 @@ struct ActForward {
         pos(V::set1(static_cast<T>(p.scale))), neg(V::set1(static_cast<T>(p.scale * p.alpha))) {}
   V operator()(V v) const {
     switch (op) {
-      case kSigmoid: return sigmoid_v(v);
-      case kTanh: return tanh_v(v);
-      case kRelu: return select(cmp_nle(v, zero), v, zero);  // x > 0 or NaN ? x : +0
-      case kLeakyRelu: return select(cmp_gt(v, zero), v, v * slope);
-      case kElu: return select(cmp_gt(v, zero), v * pos, vexpm1_nonpos(vmin(zero, v)) * neg);
+      case kActSigmoid: return sigmoid_v(v);
+      case kActTanh: return tanh_v(v);
+      case kActRelu: return select(cmp_nle(v, zero), v, zero);  // x > 0 or NaN ? x : +0
+      case kActLeakyRelu: return select(cmp_gt(v, zero), v, v * slope);
+      case kActElu: return select(cmp_gt(v, zero), v * pos, vexpm1_nonpos(vmin(zero, v)) * neg);
       default: return v;
     }
   }

@@ -132,6 +132,12 @@ void copy_fwd(const T* x, T* y, int64_t n, const ActParams& p) {
 // wext is the weight repeated to C + 64 elements, so the W weights of any vector are one
 // unaligned load at the running channel index, even across a row boundary (or several, C < W).
 // The run is streamed like map1 (aligned head, non-temporal body) whatever C is.
+// The identity's gradient is grad_output itself: the copy path.
+template <class T>
+void identity_bwd(const T* g, const T*, T* gx, int64_t n, const ActParams& p) {
+  copy_fwd<T>(g, gx, n, p);
+}
+
 template <class T>
 void prelu_last_fwd(const T* x, const T* wext, T* y, int64_t n, int64_t C, int64_t c0, bool stream) {
   using V = Vec<T>;
@@ -240,8 +246,9 @@ double prelu_row_wsum(const T* g, const T* x, int64_t n) {
 template <class T>
 constexpr ActivationKernelsT<T> make_table() {
   return ActivationKernelsT<T>{
-      {&sigmoid_fwd<T>, &tanh_fwd<T>, &relu_fwd<T>, &leaky_fwd<T>, &elu_fwd<T>},
-      {&sigmoid_bwd<T>, &tanh_bwd<T>, &relu_bwd<T>, &leaky_bwd<T>, &elu_bwd<T>},
+      // indexed by ActKind; PReLU has its own entries (its weight and channel layout)
+      {&copy_fwd<T>, &sigmoid_fwd<T>, &tanh_fwd<T>, &relu_fwd<T>, &leaky_fwd<T>, &elu_fwd<T>, nullptr},
+      {&identity_bwd<T>, &sigmoid_bwd<T>, &tanh_bwd<T>, &relu_bwd<T>, &leaky_bwd<T>, &elu_bwd<T>, nullptr},
       &copy_fwd<T>,
       &prelu_last_fwd<T>,
       &prelu_last_bwd<T>,

@@ -1,12 +1,13 @@
 // The activation kernel family: one table per ISA (csrc/cpu/activation.cpp compiled three times).
-// Kernels are single-threaded over a contiguous range; csrc/bindings splits work across the pool.
+// Kernels are single-threaded over a contiguous range; csrc/cpu/activation_ops.cpp splits work across
+// the pool.
 #pragma once
 
 #include <cstdint>
 
-namespace fastnn {
+#include "core/activation_kind.h"
 
-enum Act : int { kSigmoid = 0, kTanh, kRelu, kLeakyRelu, kElu, kNumActs };
+namespace fastnn {
 
 // slope: leaky ReLU's negative slope. ELU family: y = scale * (x > 0 ? x : alpha * expm1(x)),
 // so ELU is (alpha, 1) and SELU is (SELU alpha, SELU scale); coefficients are formed in double
@@ -41,8 +42,10 @@ using PreluRowSumFn = double (*)(const T* gy, const T* x, int64_t n);
 
 template <class T>
 struct ActivationKernelsT {
-  ActForwardFn<T> forward[kNumActs];
-  ActBackwardFn<T> backward[kNumActs];
+  // Indexed by ActKind (identity: the copy); the kActPrelu entries are null: PReLU goes through
+  // the prelu_* entries below.
+  ActForwardFn<T> forward[kActCount];
+  ActBackwardFn<T> backward[kActCount];
   // y = x with the same loads/stores (and streaming policy) as the activations: the copy
   // ceiling the benchmarks compare against.
   ActForwardFn<T> copy;

@@ -185,7 +185,7 @@ __attribute__((always_inline)) inline void store_tile(Vec<T> (&acc)[MR][NV], T* 
       }
       const V z = x;
       if (prelu) x = select(cmp_gt(x, zero), x, x * pw[v]);
-      else if (g.act >= 0) x = (*e.f)(x);
+      else if (g.act != kActIdentity) x = (*e.f)(x);
       if (g.drop_bits) x = x * select(V::mask_from_bits(static_cast<uint32_t>(keep >> (v * V::W))), drop_scale, zero);
       if (g.pos_bits) pos |= to_bits(g.pos_from_y ? cmp_nle(x, zero) : cmp_gt(z, zero)) << (v * V::W);
       if (full) x.store(row + v * V::W);
@@ -565,7 +565,7 @@ void gemm_driver(int64_t M, int64_t N, int64_t K, const T* a, int64_t rsa, int64
                  int64_t csb, T* c, int64_t ldc, const GemmArgs<T>& args) {
   constexpr int64_t MR = Blocking<T>::MR, NR = Blocking<T>::NR;
   if (M <= 0 || N <= 0) return;
-  const ActForward<Vec<T>> f(args.act >= 0 && args.act < kNumActs ? args.act : -1, args.params);
+  const ActForward<Vec<T>> f(args.act != kActPrelu ? args.act : kActIdentity, args.params);
   const Problem<T> P{M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, &args, &f};
   const int64_t mp = (M + MR - 1) / MR, np = (N + NR - 1) / NR;
   const int64_t threads = num_threads();
@@ -652,7 +652,7 @@ void linear_grad(const LinearGradArgs<T>& A) {
         const bool full = cols == V::W;
         auto ld = [&](const T* p) { return full ? V::load(p) : V::load_partial(p, cols); };
         V gk = ld(g + j);
-        if (A.act == kRelu) {  // the pos bit holds keep and the scale is applied below
+        if (A.act == kActRelu) {  // the pos bit holds keep and the scale is applied below
         } else if (A.keep_bits) {
           gk = gk * select(V::mask_from_bits(static_cast<uint32_t>(bits_at(A.keep_bits, i * N + j))), s, zero);
         } else {
@@ -668,11 +668,11 @@ void linear_grad(const LinearGradArgs<T>& A) {
           return V::mask_from_bits(static_cast<uint32_t>(bits_at_row(A.pos_bits + i * A.pos_ld, j, A.pos_ld)));
         };
         switch (A.act) {
-          case kSigmoid: out = gk * (yv * (one - yv)); break;
-          case kTanh: out = gk * fnmadd(yv, yv, one); break;
-          case kRelu: out = gk * select(pos(), s, zero); break;  // the bit holds keep: no keep_bits
-          case kLeakyRelu: out = gk * select(pos(), one, slope); break;
-          case kElu: out = gk * select(pos(), pos_d, yv + neg_d); break;
+          case kActSigmoid: out = gk * (yv * (one - yv)); break;
+          case kActTanh: out = gk * fnmadd(yv, yv, one); break;
+          case kActRelu: out = gk * select(pos(), s, zero); break;  // the bit holds keep: no keep_bits
+          case kActLeakyRelu: out = gk * select(pos(), one, slope); break;
+          case kActElu: out = gk * select(pos(), pos_d, yv + neg_d); break;
           case kActPrelu: {
             const V w = A.prelu_n == 1 ? V::set1(A.prelu_w[0]) : ld(A.prelu_w + j);
             const auto zp = cmp_gt(zv, zero);

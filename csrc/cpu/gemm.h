@@ -19,10 +19,6 @@
 
 namespace fastnn {
 
-// PReLU in the epilogue: y = z > 0 ? z : w[j] * z with a per-column (or single) weight. Not an
-// Act of the elementwise kernels (those take PReLU's channel layout through their own entry).
-constexpr int kActPrelu = kNumActs;
-
 // Bit i of a packed bit array (bit 0 of byte 0 first), as dropout_mask lays them out. Readers
 // fetch 64 bits from any bit position, so every bit array handed to the GEMM has 8 bytes of
 // padding after its last byte.
@@ -44,7 +40,8 @@ struct GemmArgs {
   //   y = y * (keep(i, j) ? drop_scale : 0) with keep bit i * drop_ld + j of drop_bits;
   //   bit (i, j) of pos_bits (row stride pos_ld bytes) = pos_from_y ? !(y <= 0) : z > 0.
   const T* bias = nullptr;
-  int act = -1;  // an Act, kActPrelu, or -1 for none
+  // an ActKind; kActPrelu: y = z > 0 ? z : w[j] * z with a per-column (or single) weight
+  int act = kActIdentity;
   ActParams params;
   const T* prelu_w = nullptr;
   int64_t prelu_n = 0;
@@ -80,7 +77,7 @@ struct LinearGradArgs {
   int64_t M = 0, N = 0;
   const T* g = nullptr;
   int64_t ldg = 0;
-  int act = -1;
+  int act = kActIdentity;
   ActParams params;
   const T* y = nullptr;  // saved output (sigmoid, tanh, elu, selu), row stride N
   const T* z = nullptr;  // saved pre-activation (prelu), row stride N

@@ -45,8 +45,9 @@ __all__ = [
     "matmul", "linear", "linear_backward", "LinearSaved", "ACTIVATIONS",
 ]
 
-# Op ids of csrc/cpu/activation.h (enum Act).
-_SIGMOID, _TANH, _RELU, _LEAKY, _ELU = 0, 1, 2, 3, 4
+# Activation ids of csrc/core/activation_kind.h (the one numbering of every kernel).
+_IDENTITY, _SIGMOID, _TANH, _RELU, _LEAKY, _ELU, _PRELU = (
+    _C.ACTIVATION_IDS[k] for k in ("identity", "sigmoid", "tanh", "relu", "leaky_relu", "elu", "prelu"))
 
 SELU_ALPHA = 1.6732632423543772848170429916717
 SELU_SCALE = 1.0507009873554804934193349852946
@@ -462,8 +463,8 @@ def matmul(a, b, *, out=None):
 # ---- the fused linear layer ------------------------------------------------------------------------
 
 ACTIVATIONS = (None, "sigmoid", "tanh", "relu", "leaky_relu", "prelu", "elu", "selu")
-_ACT_IDS = {None: -1, "sigmoid": _SIGMOID, "tanh": _TANH, "relu": _RELU, "leaky_relu": _LEAKY,
-            "elu": _ELU, "selu": _ELU, "prelu": int(_C.ACT_PRELU)}
+_ACT_IDS = {None: _IDENTITY, "sigmoid": _SIGMOID, "tanh": _TANH, "relu": _RELU, "leaky_relu": _LEAKY,
+            "elu": _ELU, "selu": _ELU, "prelu": _PRELU}
 # What the backward reads, per activation (the least that works, see linear()).
 _NEEDS_Y = ("sigmoid", "tanh", "elu", "selu")
 _NEEDS_POS = ("relu", "leaky_relu", "elu", "selu")
