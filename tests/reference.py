@@ -493,28 +493,72 @@ def linear_bound(x, w_eff, bias, dtype, activation_name) -> np.ndarray:
 # in the same order (exact but for the float64 mean, summed in another order: 1e-6 absolute);
 # bilinear resize is evaluated in float64 (1e-5 absolute for values in [0, 1]).
 
-_M32 = 0xFFFFFFFF
+
+
+# ---- Philox4x32-10 (Salmon et al., SC'11): the one reference of csrc/core/philox.h's stream ------
+
+MASK32 = 0xFFFFFFFF
+PHILOX_M0, PHILOX_M1 = 0xD2511F53, 0xCD9E8D57
+PHILOX_W0, PHILOX_W1 = 0x9E3779B9, 0xBB67AE85
+
+
+def philox4x32_10(ctr, key):
+    """(counter[4], key[2]) -> 4 x 32-bit words, 10 rounds, key bumped after each round."""
+    c0, c1, c2, c3 = ctr
+    k0, k1 = key
+    for _ in range(10):
+        p0 = PHILOX_M0 * c0
+        p1 = PHILOX_M1 * c2
+        c0, c1, c2, c3 = (p1 >> 32) ^ c1 ^ k0, p1 & MASK32, (p0 >> 32) ^ c3 ^ k1, p0 & MASK32
+        k0 = (k0 + PHILOX_W0) & MASK32
+        k1 = (k1 + PHILOX_W1) & MASK32
+    return (c0, c1, c2, c3)
+
+
+def np_philox4x32_10(c0, c1, c2, c3, k0, k1):
+    """Vectorized Philox4x32-10 on uint64 arrays holding 32-bit values."""
+    m = np.uint64(MASK32)
+    c0, c1, c2, c3 = (np.asarray(c, dtype=np.uint64) for c in (c0, c1, c2, c3))
+    k0, k1 = int(k0), int(k1)
+    for _ in range(10):
+        p0 = c0 * np.uint64(PHILOX_M0)  # < 2**64: no wrap
+        p1 = c2 * np.uint64(PHILOX_M1)
+        c0, c1, c2, c3 = ((p1 >> np.uint64(32)) ^ c1 ^ np.uint64(k0), p1 & m,
+                          (p0 >> np.uint64(32)) ^ c3 ^ np.uint64(k1), p0 & m)
+        k0 = (k0 + PHILOX_W0) & MASK32
+        k1 = (k1 + PHILOX_W1) & MASK32
+    return c0, c1, c2, c3
+
+
+def stream_counter_and_word(q):
+    return (q >> 6) * 16 + (q & 15), (q >> 4) & 3
+
+
+def ref_words(seed, offset, n):
+    """The 32 random bits of positions offset .. offset + n - 1 (pure Python)."""
+    key = (seed & MASK32, seed >> 32)
+    cache = {}
+    out = []
+    for q in range(offset, offset + n):
+        c, j = stream_counter_and_word(q)
+        if c not in cache:
+            cache[c] = philox4x32_10((c & MASK32, c >> 32, 0, 0), key)
+        out.append(cache[c][j])
+    return np.array(out, dtype=np.uint64)
 
 
 def philox_words(seed: int, offset: int, n: int) -> np.ndarray:
     """The 32-bit words of stream positions offset .. offset + n - 1 (uint64 array): position q
-    takes word (q // 16) % 4 of Philox4x32-10 at counter (q // 64) * 16 + q % 16, key = seed."""
-    q = np.arange(offset, offset + n, dtype=object)
-    ctr = np.array([(int(v) >> 6) * 16 + (int(v) & 15) for v in q], dtype=np.uint64)
-    word = np.array([(int(v) >> 4) & 3 for v in q], dtype=np.int64)
-    c0, c1 = ctr & np.uint64(_M32), ctr >> np.uint64(32)
-    c2 = np.zeros_like(c0)
-    c3 = np.zeros_like(c0)
-    k0, k1 = seed & _M32, seed >> 32
-    for _ in range(10):
-        p0 = c0 * np.uint64(0xD2511F53)
-        p1 = c2 * np.uint64(0xCD9E8D57)
-        c0, c1, c2, c3 = ((p1 >> np.uint64(32)) ^ c1 ^ np.uint64(k0), p1 & np.uint64(_M32),
-                          (p0 >> np.uint64(32)) ^ c3 ^ np.uint64(k1), p0 & np.uint64(_M32))
-        k0 = (k0 + 0x9E3779B9) & _M32
-        k1 = (k1 + 0xBB67AE85) & _M32
-    out = np.stack([c0, c1, c2, c3], axis=1)
-    return out[np.arange(n), word] if n else np.zeros(0, np.uint64)
+    takes word (q // 16) % 4 of Philox4x32-10 at counter (q // 64) * 16 + q % 16, key = seed.
+    Vectorized ref_words (positions must stay below 2**64)."""
+    assert offset + n <= 1 << 64
+    q = np.uint64(offset) + np.arange(n, dtype=np.uint64)
+    c = (q >> np.uint64(6)) * np.uint64(16) + (q & np.uint64(15))
+    j = ((q >> np.uint64(4)) & np.uint64(3)).astype(np.intp)
+    zero = np.zeros(n, np.uint64)
+    w = np.stack(np_philox4x32_10(c & np.uint64(MASK32), c >> np.uint64(32), zero, zero,
+                                  seed & MASK32, seed >> 32))
+    return w[j, np.arange(n)]
 
 
 def randint_from(word, r: int) -> int:

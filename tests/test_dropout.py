@@ -33,68 +33,10 @@ frandom = fastnn.random
 CAPABILITIES = list(fastnn._C.supported_capabilities())
 U64 = 1 << 64
 
-# ---- pure-Python Philox4x32-10 (Salmon et al., SC'11) ---------------------------------------
+# ---- the Philox4x32-10 reference lives in tests/reference.py (one for every test) ---------------
 
-MASK32 = 0xFFFFFFFF
-PHILOX_M0, PHILOX_M1 = 0xD2511F53, 0xCD9E8D57
-PHILOX_W0, PHILOX_W1 = 0x9E3779B9, 0xBB67AE85
-
-
-def philox4x32_10(ctr, key):
-    """(counter[4], key[2]) -> 4 x 32-bit words, 10 rounds, key bumped after each round."""
-    c0, c1, c2, c3 = ctr
-    k0, k1 = key
-    for _ in range(10):
-        p0 = PHILOX_M0 * c0
-        p1 = PHILOX_M1 * c2
-        c0, c1, c2, c3 = (p1 >> 32) ^ c1 ^ k0, p1 & MASK32, (p0 >> 32) ^ c3 ^ k1, p0 & MASK32
-        k0 = (k0 + PHILOX_W0) & MASK32
-        k1 = (k1 + PHILOX_W1) & MASK32
-    return (c0, c1, c2, c3)
-
-
-def np_philox4x32_10(c0, c1, c2, c3, k0, k1):
-    """Vectorized Philox4x32-10 on uint64 arrays holding 32-bit values."""
-    m = np.uint64(MASK32)
-    c0, c1, c2, c3 = (np.asarray(c, dtype=np.uint64) for c in (c0, c1, c2, c3))
-    k0, k1 = int(k0), int(k1)
-    for _ in range(10):
-        p0 = c0 * np.uint64(PHILOX_M0)  # < 2**64: no wrap
-        p1 = c2 * np.uint64(PHILOX_M1)
-        c0, c1, c2, c3 = ((p1 >> np.uint64(32)) ^ c1 ^ np.uint64(k0), p1 & m,
-                          (p0 >> np.uint64(32)) ^ c3 ^ np.uint64(k1), p0 & m)
-        k0 = (k0 + PHILOX_W0) & MASK32
-        k1 = (k1 + PHILOX_W1) & MASK32
-    return c0, c1, c2, c3
-
-
-def stream_counter_and_word(q):
-    return (q >> 6) * 16 + (q & 15), (q >> 4) & 3
-
-
-def ref_words(seed, offset, n):
-    """The 32 random bits of positions offset .. offset + n - 1 (pure Python)."""
-    key = (seed & MASK32, seed >> 32)
-    cache = {}
-    out = []
-    for q in range(offset, offset + n):
-        c, j = stream_counter_and_word(q)
-        if c not in cache:
-            cache[c] = philox4x32_10((c & MASK32, c >> 32, 0, 0), key)
-        out.append(cache[c][j])
-    return np.array(out, dtype=np.uint64)
-
-
-def np_ref_words(seed, offset, n):
-    """Same as ref_words, vectorized (positions must stay below 2**64)."""
-    assert offset + n <= U64
-    q = np.uint64(offset) + np.arange(n, dtype=np.uint64)
-    c = (q >> np.uint64(6)) * np.uint64(16) + (q & np.uint64(15))
-    j = ((q >> np.uint64(4)) & np.uint64(3)).astype(np.intp)
-    zero = np.zeros(n, np.uint64)
-    w = np.stack(np_philox4x32_10(c & np.uint64(MASK32), c >> np.uint64(32), zero, zero,
-                                  seed & MASK32, seed >> 32))
-    return w[j, np.arange(n)]
+from reference import np_philox4x32_10, philox4x32_10, ref_words
+from reference import philox_words as np_ref_words
 
 
 def threshold(p):
@@ -235,7 +177,7 @@ REF_PS = [0.1, 0.5, 0.9, 0.25, 1 / 3, 1e-9, 1 - 2**-32]
 REF_N = 150  # crosses 64-position blocks and ends in a partial byte
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cached_ref_words(seed, offset, n):
     return ref_words(seed, offset, n)
 

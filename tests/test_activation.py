@@ -1239,3 +1239,47 @@ def test_prelu_per_channel_matches_pytorch_float32(shape, capability, rng):
     _, abs_sum = R.prelu_weight_terms(g, x, w)
     # Both sides carry float32 summation error of up to 1e-5 * sum|terms|.
     np.testing.assert_array_less(np.abs(gw.astype(np.float64) - wt.grad.numpy()), 2e-5 * abs_sum + 1e-30)
+
+
+# ---- the one activation numbering (csrc/core/activation_kind.h) and the _C.cpu op table ----------
+
+def test_activation_ids_are_the_one_enum_of_the_kernels():
+    assert fastnn._C.ACTIVATION_IDS == {"identity": 0, "sigmoid": 1, "tanh": 2, "relu": 3, "leaky_relu": 4,
+                                        "elu": 5, "prelu": 6}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [0, 1, 17, 3 * 32768 + 5])
+def test_identity_id_is_a_copy_forward_and_backward(capability, dtype, n, rng):
+    ident = fastnn._C.ACTIVATION_IDS["identity"]
+    x = rng.standard_normal(n).astype(dtype)
+    x[::7] = np.nan
+    g = rng.standard_normal(n).astype(dtype)
+    y = np.full_like(x, 5.0)
+    fastnn._C.act_forward(ident, x, y, 0.01, 1.0, 1.0)
+    np.testing.assert_array_equal(y, x)
+    gx = np.full_like(x, 5.0)
+    fastnn._C.act_backward(ident, g, x, gx, 0.01, 1.0, 1.0)
+    np.testing.assert_array_equal(gx, g)
+    fastnn._C.act_backward(ident, g, x, g, 0.01, 1.0, 1.0)  # in place
+    np.testing.assert_array_equal(gx, g)
+
+
+@pytest.mark.parametrize("op", [-1, 6, 7])
+def test_act_forward_refuses_prelu_and_unknown_ids(op):
+    x = np.ones(4, np.float32)
+    with pytest.raises(ValueError, match=rf"op: unknown activation id {op}"):
+        fastnn._C.act_forward(op, x, x, 0.01, 1.0, 1.0)
+    with pytest.raises(ValueError, match=rf"op: unknown activation id {op}"):
+        fastnn._C.act_backward(op, x, x, x, 0.01, 1.0, 1.0)
+
+
+def test_every_cpu_op_is_in_C_cpu_and_aliased_flat():
+    C = fastnn._C
+    names = [k for k in vars(C.cpu) if not k.startswith("__")]
+    for op in ("act_forward", "act_backward", "prelu_forward", "prelu_backward", "parallel_copy", "dropout_apply",
+               "dropout_mask", "matmul", "linear_forward", "linear_backward", "sgd_step", "adam_step",
+               "softmax_xent", "squared_error", "augment_batch", "col_stats"):
+        assert op in names
+    for k in names:
+        assert getattr(C, k) is getattr(C.cpu, k), k
