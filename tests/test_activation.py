@@ -1283,3 +1283,21 @@ def test_every_cpu_op_is_in_C_cpu_and_aliased_flat():
         assert op in names
     for k in names:
         assert getattr(C, k) is getattr(C.cpu, k), k
+
+
+def test_typed_stub_names_every_function_of_C_and_C_cpu():
+    import ast
+    import inspect
+
+    tree = ast.parse(open(os.path.join(os.path.dirname(fastnn.__file__), "_C.pyi")).read())
+    top = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "cpu")
+    in_cpu = {n.name for n in cls.body if isinstance(n, ast.FunctionDef)}
+
+    def functions(mod):
+        return {k for k, v in vars(mod).items() if not k.startswith("__") and callable(v)
+                and not inspect.ismodule(v)}
+
+    # the CUDA half (cuda_* today, _C.cuda next) is not in the stub yet
+    assert top == {k for k in functions(fastnn._C) if not k.startswith("cuda_")}
+    assert in_cpu == functions(fastnn._C.cpu)
