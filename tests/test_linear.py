@@ -1,5 +1,5 @@
 """fastnn.functional.linear / linear_backward: the fused linear layer (csrc/cpu/gemm.cpp prologues,
-epilogue and linear_grad; csrc/bindings/gemm.cpp) against a NumPy float64 reference built from
+epilogue and linear_grad; csrc/cpu/linear.cpp) against a NumPy float64 reference built from
 the same dropout masks (tests/reference.py: linear, linear_backward), on every CPU path.
 
 Tolerances: the forward within reference.linear_bound (the GEMM bound c*sqrt(K)*eps*(|x||W|^T+|b|)

@@ -106,12 +106,16 @@ PYBIND11_MODULE(_C, m) {
   m.def("default_num_threads", &default_num_threads);
   m.def(
       "set_num_threads",
-      [](int64_t n) {
-        if (n < 1) throw py::value_error("n: expected an integer >= 1, got " + std::to_string(n));
-        if (n > max_num_threads())
+      [](py::int_ count) {
+        int overflow = 0;
+        const long long n = PyLong_AsLongLongAndOverflow(count.ptr(), &overflow);
+        if (n == -1 && PyErr_Occurred()) throw py::error_already_set();
+        const std::string shown = py::str(count);
+        if (overflow < 0 || (!overflow && n < 1)) throw py::value_error("n: expected an integer >= 1, got " + shown);
+        if (overflow > 0 || n > max_num_threads())
           throw py::value_error("n: expected at most " + std::to_string(max_num_threads()) +
                                 " threads (4x the larger of 1024 and this process's " +
-                                std::to_string(default_num_threads()) + " CPUs), got " + std::to_string(n));
+                                std::to_string(default_num_threads()) + " CPUs), got " + shown);
         if (n > default_num_threads()) {
           const std::string msg = "set_num_threads(" + std::to_string(n) + "): more threads than the " +
                                   std::to_string(default_num_threads()) +

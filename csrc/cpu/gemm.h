@@ -7,7 +7,7 @@
 //
 // The prologues act while a panel is packed (no modified copy of an operand is ever made); the
 // epilogue acts on each C tile while it is in registers, after the last K block. Together they
-// are the fused linear layer (csrc/bindings/gemm.cpp):
+// are the fused linear layer (csrc/cpu/linear.cpp):
 //   forward   y = dropout(act(x . (W * dropconnect)^T + bias))
 //   backward  gz = g * keep * act'   (linear_grad, one pass; also grad_b)
 //             grad_x = gz . (W * dropconnect),  grad_W = (gz^T . x) * dropconnect (epilogue mask)
