@@ -387,7 +387,8 @@ def test_need_grad_x_binding_skips_only_grad_x(rng):
     g = rng.standard_normal((9, 7))
     gw = np.full((7, 8), np.nan)
     gb = np.full(7, np.nan)
-    fastnn._C.linear_backward(g, x, w, None, gw, gb, -1, 0.01, 1.0, 1.0, None, None, None, None, None, False, 0, 1.0,
+    identity = fastnn._C.ACTIVATION_IDS["identity"]
+    fastnn._C.linear_backward(g, x, w, None, gw, gb, identity, 0.01, 1.0, 1.0, None, None, None, None, None, False, 0, 1.0,
                               False, 0, 1.0, 0, 0)
     np.testing.assert_allclose(gw, g.T @ x, rtol=1e-12)
     np.testing.assert_allclose(gb, g.sum(0), rtol=1e-12)
