@@ -21,6 +21,7 @@
 #include <utility>
 
 #include "cuda/device.h"
+#include "cuda/device_math.cuh"
 #include "cuda/launch.cuh"
 #include "cuda/packed128.cuh"
 
@@ -35,14 +36,10 @@ constexpr int kScalarUnroll = 4;     // elements per thread per iteration on the
 // ------------------------------------------------------------------------------------------------
 // Scalar math of each op (device). The same formulas as the CPU kernels, lane for lane.
 
-__device__ __forceinline__ float dabs(float x) { return fabsf(x); }
-__device__ __forceinline__ double dabs(double x) { return fabs(x); }
-__device__ __forceinline__ float dexp(float x) { return expf(x); }
-__device__ __forceinline__ double dexp(double x) { return exp(x); }
-__device__ __forceinline__ float dexpm1(float x) { return expm1f(x); }
-__device__ __forceinline__ double dexpm1(double x) { return expm1(x); }
-__device__ __forceinline__ float dtanh(float x) { return tanhf(x); }
-__device__ __forceinline__ double dtanh(double x) { return tanh(x); }
+using dmath::dabs;
+using dmath::dexp;
+using dmath::dexpm1;
+using dmath::dtanh;
 
 // Coefficients rounded once from the double parameters: slope (leaky ReLU), pos = scale and
 // neg = scale * alpha (ELU family).
@@ -210,21 +207,7 @@ __global__ void __launch_bounds__(kThreads) act_backward_kernel(const T* g, cons
   }
 }
 
-// Sum of v over the block's kThreads threads in a fixed tree order (deterministic); every
-// thread gets the sum. Must be reached by all threads of the block.
-__device__ double block_sum(double v) {
-  __shared__ double sh[kThreads];
-  sh[threadIdx.x] = v;
-  __syncthreads();
-#pragma unroll
-  for (int s = kThreads / 2; s > 0; s >>= 1) {
-    if (threadIdx.x < s) sh[threadIdx.x] += sh[threadIdx.x + s];
-    __syncthreads();
-  }
-  const double r = sh[0];
-  __syncthreads();  // sh may be reused by the next call
-  return r;
-}
+__device__ __forceinline__ double block_sum(double v) { return dmath::block_sum<kThreads>(v); }
 
 // PReLU, "rows" layout, for inner >= kRowsMinInner. x, out (and g) are (rows = outer*C, inner);
 // row r has channel c = r % C and weight w[c * wstride] (wstride 0: one shared weight). Each
@@ -354,7 +337,7 @@ void launch_forward(const T* x, T* y, int64_t n, Op op) {
   const Split s = split_for<T>(n, x, y);
   auto kernel = act_forward_kernel<T, Op>;
   const int64_t work = s.nvec > 0 ? ceil_div(s.nvec, kUnroll) : ceil_div(n, kScalarUnroll);
-  kernel<<<grid_for(kernel, work), kThreads>>>(x, y, n, s.head, s.nvec, op);
+  kernel<<<grid_for(kernel, work), kThreads, 0, launch::stream()>>>(x, y, n, s.head, s.nvec, op);
   check_launch("act_forward kernel launch");
 }
 
@@ -363,7 +346,7 @@ void launch_backward(const T* g, const T* x, T* gx, int64_t n, Op op) {
   const Split s = split_for<T>(n, g, x, gx);
   auto kernel = act_backward_kernel<T, Op>;
   const int64_t work = s.nvec > 0 ? ceil_div(s.nvec, kUnroll) : ceil_div(n, kScalarUnroll);
-  kernel<<<grid_for(kernel, work), kThreads>>>(g, x, gx, n, s.head, s.nvec, op);
+  kernel<<<grid_for(kernel, work), kThreads, 0, launch::stream()>>>(g, x, gx, n, s.head, s.nvec, op);
   check_launch("act_backward kernel launch");
 }
 
@@ -443,12 +426,12 @@ void launch_prelu_pass(const PreluPlan& p, const T* g, const T* x, const T* w, i
   if (p.rows) {
     const int64_t items = outer * C * p.S;
     const unsigned grid = static_cast<unsigned>(std::min(items, kMaxGridX));
-    prelu_rows_kernel<T, kBackward><<<grid, kThreads>>>(g, x, w, wstride, out, partial, outer * C, C, inner, p.S, p.seg);
+    prelu_rows_kernel<T, kBackward><<<grid, kThreads, 0, launch::stream()>>>(g, x, w, wstride, out, partial, outer * C, C, inner, p.S, p.seg);
   } else {
     const int64_t L = C * inner;
     if (ceil_div(L, 32) > INT32_MAX) throw std::invalid_argument("prelu: C * inner is too large for one launch");
     const dim3 grid(static_cast<unsigned>(ceil_div(L, 32)), static_cast<unsigned>(p.nchunks));
-    prelu_cols_kernel<T, kBackward><<<grid, dim3(32, 8)>>>(g, x, w, wstride, out, partial, outer, L, inner, p.R);
+    prelu_cols_kernel<T, kBackward><<<grid, dim3(32, 8), 0, launch::stream()>>>(g, x, w, wstride, out, partial, outer, L, inner, p.R);
   }
   check_launch(kBackward ? "prelu_backward kernel launch" : "prelu_forward kernel launch");
 }
@@ -483,7 +466,7 @@ void prelu_backward_impl(const T* g, const T* x, const T* w, int64_t w_size, T* 
   const int64_t Cq = w_size == 1 ? 1 : C;
   const int64_t K = w_size == 1 ? C * p.K : p.K;
   const unsigned grid = static_cast<unsigned>(std::min(Cq, kMaxGridX));
-  prelu_wgrad_reduce_kernel<T><<<grid, kThreads>>>(partial, gw, p.A, Cq, K);
+  prelu_wgrad_reduce_kernel<T><<<grid, kThreads, 0, launch::stream()>>>(partial, gw, p.A, Cq, K);
   check_launch("prelu weight-gradient kernel launch");
 }
 

@@ -25,6 +25,7 @@
 #include <cstdint>
 
 #include "cuda/device.h"
+#include "cuda/device_math.cuh"
 #include "cuda/launch.cuh"
 
 namespace fastnn {
@@ -43,8 +44,7 @@ __device__ __forceinline__ float neg_inf(float) { return __int_as_float(static_c
 __device__ __forceinline__ double neg_inf(double) { return __longlong_as_double(static_cast<long long>(0xfff0000000000000ull)); }
 __device__ __forceinline__ double quiet_nan() { return __longlong_as_double(0x7ff8000000000000ll); }
 
-__device__ __forceinline__ float dexp(float x) { return expf(x); }
-__device__ __forceinline__ double dexp(double x) { return exp(x); }
+using dmath::dexp;
 __device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
 __device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
 __device__ __forceinline__ float sub_rn(float a, float b) { return __fsub_rn(a, b); }
@@ -58,40 +58,9 @@ __device__ __forceinline__ T nan_max(T m, T v) {
   return (v > m || v != v) ? v : m;
 }
 
-__device__ __forceinline__ double warp_sum(double v) {
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(kFull, v, off);
-  return v;
-}
-
-// Sum over the block's kThreads threads in a fixed tree order; every thread gets it.
-__device__ double block_sum(double v) {
-  __shared__ double sh[kThreads];
-  sh[threadIdx.x] = v;
-  __syncthreads();
-#pragma unroll
-  for (int s = kThreads / 2; s > 0; s >>= 1) {
-    if (threadIdx.x < s) sh[threadIdx.x] += sh[threadIdx.x + s];
-    __syncthreads();
-  }
-  const double r = sh[0];
-  __syncthreads();
-  return r;
-}
-
-__device__ int64_t block_min(int64_t v) {
-  __shared__ int64_t sh[kThreads];
-  sh[threadIdx.x] = v;
-  __syncthreads();
-#pragma unroll
-  for (int s = kThreads / 2; s > 0; s >>= 1) {
-    if (threadIdx.x < s) sh[threadIdx.x] = min(sh[threadIdx.x], sh[threadIdx.x + s]);
-    __syncthreads();
-  }
-  const int64_t r = sh[0];
-  __syncthreads();
-  return r;
-}
+using dmath::warp_sum;
+__device__ __forceinline__ double block_sum(double v) { return dmath::block_sum<kThreads>(v); }
+__device__ __forceinline__ int64_t block_min(int64_t v) { return dmath::block_min<kThreads>(v); }
 
 // ------------------------------------------------------------------------------------------------
 // GPU kernels
@@ -224,59 +193,65 @@ struct Scratch {
 };
 
 template <class T, class Label, bool kSoft>
-LossResult xent_impl(const T* x, const Label* y, const T* t, T* grad, int64_t M, int64_t C) {
+LossResult xent_impl(const T* x, const Label* y, const T* t, T* grad, int64_t M, int64_t C, LossResult* out) {
   LossResult res{0.0, -1, 0};
   if (M <= 0 || C <= 0) return res;
   Scratch ws(M);
+  LossResult* dst = out != nullptr ? out : ws.result();
   const double scale = 1.0 / static_cast<double>(M);
   const unsigned grid = static_cast<unsigned>(launch::ceil_div(M, kWarps));
-  xent_rows_kernel<T, Label, kSoft><<<grid, kThreads>>>(x, y, t, grad, ws.doubles(), M, C, scale);
+  xent_rows_kernel<T, Label, kSoft><<<grid, kThreads, 0, launch::stream()>>>(x, y, t, grad, ws.doubles(), M, C, scale);
   launch::check_launch("softmax_xent kernel launch");
-  finalize_kernel<Label><<<1, kThreads>>>(ws.doubles(), M, scale, kSoft ? nullptr : y, M, C, ws.result());
+  finalize_kernel<Label><<<1, kThreads, 0, launch::stream()>>>(ws.doubles(), M, scale, kSoft ? nullptr : y, M, C, dst);
   launch::check_launch("softmax_xent final sum launch");
-  memcpy_dtoh(&res, ws.result(), sizeof res);
+  if (out == nullptr) memcpy_dtoh(&res, dst, sizeof res);
   return res;
 }
 
 template <class T>
 LossResult xent_dispatch(const T* x, const int32_t* y32, const int64_t* y64, const T* t, T* grad, int64_t M,
-                         int64_t C) {
-  if (t) return xent_impl<T, int64_t, true>(x, nullptr, t, grad, M, C);
-  if (y32) return xent_impl<T, int32_t, false>(x, y32, nullptr, grad, M, C);
-  return xent_impl<T, int64_t, false>(x, y64, nullptr, grad, M, C);
+                         int64_t C, LossResult* out) {
+  if (t) return xent_impl<T, int64_t, true>(x, nullptr, t, grad, M, C, out);
+  if (y32) return xent_impl<T, int32_t, false>(x, y32, nullptr, grad, M, C, out);
+  return xent_impl<T, int64_t, false>(x, y64, nullptr, grad, M, C, out);
 }
 
 template <class T>
-LossResult squared_error_impl(const T* p, const T* t, T* grad, int64_t n, double scale) {
+LossResult squared_error_impl(const T* p, const T* t, T* grad, int64_t n, double scale, LossResult* out) {
   LossResult res{0.0, -1, 0};
-  if (n <= 0) return res;
+  if (n <= 0 && out == nullptr) return res;
   const int64_t nchunks = launch::ceil_div(n, kChunk);
-  Scratch ws(nchunks);
-  squared_error_kernel<T><<<static_cast<unsigned>(nchunks), kThreads>>>(p, t, grad, n, static_cast<T>(scale),
-                                                                         ws.doubles());
-  launch::check_launch("squared_error kernel launch");
-  finalize_kernel<int64_t><<<1, kThreads>>>(ws.doubles(), nchunks, 1.0, nullptr, 0, 0, ws.result());
+  Scratch ws(nchunks);  // (0 doubles still gives the result slot)
+  if (nchunks > 0) {  // n == 0 with a device result: only the final kernel (it writes 0)
+    squared_error_kernel<T><<<static_cast<unsigned>(nchunks), kThreads, 0, launch::stream()>>>(
+        p, t, grad, n, static_cast<T>(scale), ws.doubles());
+    launch::check_launch("squared_error kernel launch");
+  }
+  finalize_kernel<int64_t><<<1, kThreads, 0, launch::stream()>>>(ws.doubles(), nchunks, 1.0, nullptr, 0, 0,
+                                                                 out != nullptr ? out : ws.result());
   launch::check_launch("squared_error final sum launch");
-  memcpy_dtoh(&res, ws.result(), sizeof res);
+  if (out == nullptr) memcpy_dtoh(&res, ws.result(), sizeof res);
   return res;
 }
 
 }  // namespace
 
 LossResult softmax_xent(const float* x, const int32_t* labels32, const int64_t* labels64, const float* t,
-                        float* grad, int64_t M, int64_t C) {
-  return xent_dispatch(x, labels32, labels64, t, grad, M, C);
+                        float* grad, int64_t M, int64_t C, LossResult* result_dev) {
+  return xent_dispatch(x, labels32, labels64, t, grad, M, C, result_dev);
 }
 LossResult softmax_xent(const double* x, const int32_t* labels32, const int64_t* labels64, const double* t,
-                        double* grad, int64_t M, int64_t C) {
-  return xent_dispatch(x, labels32, labels64, t, grad, M, C);
+                        double* grad, int64_t M, int64_t C, LossResult* result_dev) {
+  return xent_dispatch(x, labels32, labels64, t, grad, M, C, result_dev);
 }
 
-LossResult squared_error(const float* p, const float* t, float* grad, int64_t n, double scale) {
-  return squared_error_impl(p, t, grad, n, scale);
+LossResult squared_error(const float* p, const float* t, float* grad, int64_t n, double scale,
+                         LossResult* result_dev) {
+  return squared_error_impl(p, t, grad, n, scale, result_dev);
 }
-LossResult squared_error(const double* p, const double* t, double* grad, int64_t n, double scale) {
-  return squared_error_impl(p, t, grad, n, scale);
+LossResult squared_error(const double* p, const double* t, double* grad, int64_t n, double scale,
+                         LossResult* result_dev) {
+  return squared_error_impl(p, t, grad, n, scale, result_dev);
 }
 
 }  // namespace cuda

@@ -1,5 +1,5 @@
 // A thread-per-CUDA-thread host emulation of the CUDA built-ins the kernel headers use
-// (csrc/cuda/augment_kernels.cuh), for checking their index math and barrier structure on a
+// (csrc/cuda/augment_kernels.cuh, linear_kernels.cuh), for checking their index math and barrier structure on a
 // machine without a GPU (tests/test_augment_cuda_emulated.py). Blocks run one after another; the
 // threads of a block are std::threads meeting at a std::barrier for __syncthreads and at one
 // barrier per warp for __shfl_sync; __shared__ variables are function statics (one block at a
@@ -8,6 +8,7 @@
 // barriers, launch limits.
 #pragma once
 
+#include <atomic>
 #include <barrier>
 #include <cmath>
 #include <cstdint>
@@ -41,6 +42,8 @@ inline float __fsqrt_rn(float a) { return std::sqrt(a); }
 inline double __dmul_rn(double a, double b) { return a * b; }
 inline double __dadd_rn(double a, double b) { return a + b; }
 inline double __ddiv_rn(double a, double b) { return a / b; }
+
+inline unsigned atomicOr(unsigned* p, unsigned v) { return std::atomic_ref<unsigned>(*p).fetch_or(v); }
 
 // Every lane of the warp must call it (as on the GPU with a full mask).
 template <class T>
