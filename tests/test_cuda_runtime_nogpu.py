@@ -227,3 +227,53 @@ def test_dlpack_zero_size_exports_null(shape, max_version):
 def test_dlpack_bad_max_version():
     with pytest.raises(TypeError, match="max_version"):
         _C.cuda_dlpack_capsule(0x10000, [2], "float32", 0, object(), max_version=(1,))
+
+
+# ---- _C.cuda: the CPU ops' names and argument lists --------------------------------------------
+
+import re  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+
+def _arg_names(f) -> list[str]:
+    """Argument names of a pybind11 function, from its signature line."""
+    first = f.__doc__.splitlines()[0]
+    inside = first[first.index("(") + 1:first.rindex(")")]
+    return [m.group(1) for m in re.finditer(r"(?:^|, )(\*?\w+)(?::|$|,)", inside) if m.group(1) != "*"]
+
+
+CUDA_OPS = ["act_forward", "act_backward", "prelu_forward", "prelu_backward", "dropout_mask", "dropout_apply",
+            "dropout_apply_mask", "softmax_xent", "squared_error", "sgd_step", "adam_step"]
+
+
+@pytest.mark.parametrize("name", CUDA_OPS)
+def test_cuda_submodule_matches_cpu_signature(name):
+    cpu = getattr(_C, "cpu", _C)
+    assert _arg_names(getattr(_C.cuda, name)) == _arg_names(getattr(cpu, name))
+
+
+class _FakeCuda:
+    def __init__(self, shape, typestr="<f4", ptr=0x10000, readonly=False, strides=None):
+        self.__cuda_array_interface__ = {"shape": shape, "typestr": typestr, "data": (ptr, readonly),
+                                         "version": 3, "strides": strides}
+
+
+def test_cuda_submodule_argument_errors():
+    x = _FakeCuda((4,))
+    with pytest.raises(TypeError, match="x: expected a CUDA array"):
+        _C.cuda.act_forward(0, np.zeros(4, np.float32), x, 0.01, 1.0, 1.0)
+    with pytest.raises(ValueError, match="out: the array is read-only"):
+        _C.cuda.act_forward(0, x, _FakeCuda((4,), readonly=True), 0.01, 1.0, 1.0)
+    with pytest.raises(ValueError, match="out: expected the dtype and size of x"):
+        _C.cuda.act_forward(0, x, _FakeCuda((5,)), 0.01, 1.0, 1.0)
+    with pytest.raises(TypeError, match="x: expected float32 or float64"):
+        _C.cuda.act_forward(0, _FakeCuda((4,), "<i4"), _FakeCuda((4,), "<i4"), 0.01, 1.0, 1.0)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _C.cuda.act_forward(0, _FakeCuda((2, 2), strides=(4, 8)), x, 0.01, 1.0, 1.0)
+    with pytest.raises(ValueError, match="op: expected an activation id"):
+        _C.cuda.act_forward(99, x, x, 0.01, 1.0, 1.0)
+    with pytest.raises(ValueError, match="momentum_buffer: required"):
+        _C.cuda.sgd_step(x, x, None, 0.1, 0.9, 0.0, 0.0, 0.0, False, True)
+    with pytest.raises(ValueError, match="logits: expected a 2-D"):
+        _C.cuda.softmax_xent(x, _FakeCuda((4,), "<i8"))
