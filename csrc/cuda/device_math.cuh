@@ -7,9 +7,7 @@
 #include <cmath>
 #include <cstdint>
 
-#ifdef __CUDACC__
 #include "cuda/packed128.cuh"
-#endif
 
 namespace fastnn {
 namespace cuda {

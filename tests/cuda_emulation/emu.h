@@ -9,6 +9,7 @@
 #pragma once
 
 #include <atomic>
+#include <algorithm>
 #include <barrier>
 #include <cmath>
 #include <cstdint>
@@ -18,6 +19,8 @@
 #include <vector>
 
 using std::isnan;
+using std::max;
+using std::min;
 
 struct EmuDim3 {
   unsigned x, y, z;
