@@ -113,7 +113,7 @@ def test_forward_backward(emu, rng, dtype, op, n, shift, vec, grid):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("outer,C,inner,S", [(2, 3, 256, 1), (1, 2, 700, 3), (3, 1, 300, 2)])
+@pytest.mark.parametrize("outer,C,inner,S", [(2, 3, 256, 1), (1, 2, 700, 3), (3, 1, 300, 2), (2, 2, 259, 2)])
 @pytest.mark.parametrize("shared", [False, True])
 def test_prelu_rows(emu, rng, dtype, outer, C, inner, S, shared):
     x = (rng.standard_normal((outer, C, inner)) * 3).astype(dtype)
@@ -139,4 +139,13 @@ def test_prelu_rows(emu, rng, dtype, outer, C, inner, S, shared):
     CPU.prelu_backward(g, x, w, cpu_gx, cpu_gw, outer, C, inner)
     np.testing.assert_array_equal(gx, cpu_gx)
     np.testing.assert_allclose(gw, cpu_gw, rtol=rtol, atol=1e-9)
+    # in place (out aliases x; grad_input aliases grad_output): each packet is loaded before it is stored
+    xi = x.copy()
+    getattr(emu, f"emu_prelu_rows{bits(dtype)}")(None, ptr(xi), ptr(w), w.size, ptr(xi), None, outer, C, inner, S, 2)
+    np.testing.assert_array_equal(xi, y)
+    gi, gw2 = g.copy(), np.empty_like(w)
+    getattr(emu, f"emu_prelu_rows{bits(dtype)}")(ptr(gi), ptr(x), ptr(w), w.size, ptr(gi), ptr(gw2), outer, C, inner,
+                                                S, 3)
+    np.testing.assert_array_equal(gi, gx)
+    np.testing.assert_array_equal(gw2, gw)  # the order is fixed by the shape, not the grid
     del wb

@@ -201,25 +201,61 @@ __device__ __forceinline__ double block_sum(double v) { return dmath::block_sum<
 // it = r*S + s. Backward also writes partial[it] = sum over the segment of (x > 0 ? 0 : x*g)
 // in double, so partial is (outer, C, S).
 template <class T, bool kBackward>
+__device__ __forceinline__ void prelu_rows_one(const T* g, const T* x, T wc, T* out, int64_t i, double& acc) {
+  const T xv = x[i];
+  if (kBackward) {
+    const T gv = g[i];
+    out[i] = gv * nan_where_x_nan(xv > T(0) ? T(1) : wc, xv);
+    if (!(xv > T(0))) acc += static_cast<double>(xv) * static_cast<double>(gv);
+  } else {
+    out[i] = xv > T(0) ? xv : xv * wc;
+  }
+}
+
+// The segment [lo, hi) of a row goes in 16-byte packets where x, out (and g) sit at the same offset
+// from a 16-byte boundary: each packet of x (and g) is loaded before its out packet is stored, so
+// out may alias x or g; the unaligned head and the tail go element by element.
+template <class T, bool kBackward>
 __global__ void __launch_bounds__(kThreads) prelu_rows_kernel(const T* g, const T* x, const T* w, int64_t wstride,
                                                               T* out, double* partial, int64_t rows, int64_t C,
                                                               int64_t inner, int64_t S, int64_t seg) {
+  constexpr int W = packed::Packed128<T>::W;
   for (int64_t it = blockIdx.x; it < rows * S; it += gridDim.x) {
     const int64_t r = it / S, s = it % S;
     const T wc = w[(r % C) * wstride];
     const int64_t base = r * inner;
-    const int64_t b = s * seg, e = min(inner, b + seg);
-    double acc = 0.0;
-    for (int64_t i = base + b + threadIdx.x; i < base + e; i += kThreads) {
-      const T xv = x[i];
-      if (kBackward) {
-        const T gv = g[i];
-        out[i] = gv * nan_where_x_nan(xv > T(0) ? T(1) : wc, xv);
-        if (!(xv > T(0))) acc += static_cast<double>(xv) * static_cast<double>(gv);
-      } else {
-        out[i] = xv > T(0) ? xv : xv * wc;
-      }
+    const int64_t lo = base + s * seg, hi = base + min(inner, s * seg + seg);
+    const uintptr_t mis = reinterpret_cast<uintptr_t>(x + lo) % 16;
+    const bool vec = mis % sizeof(T) == 0 && reinterpret_cast<uintptr_t>(out + lo) % 16 == mis &&
+                     (!kBackward || reinterpret_cast<uintptr_t>(g + lo) % 16 == mis);
+    int64_t head = hi - lo, nvec = 0;
+    if (vec) {
+      head = min(hi - lo, static_cast<int64_t>((16 - mis) % 16 / sizeof(T)));
+      nvec = (hi - lo - head) / W;
     }
+    double acc = 0.0;
+    for (int64_t i = lo + threadIdx.x; i < lo + head; i += kThreads) prelu_rows_one<T, kBackward>(g, x, wc, out, i, acc);
+    const int64_t p0 = lo + head;
+    for (int64_t q = threadIdx.x; q < nvec; q += kThreads) {
+      const int64_t i = p0 + q * W;
+      const packed::Packed128<T> xv = packed::Packed128<T>::load(x + i);
+      packed::Packed128<T> gv;
+      if (kBackward) gv = packed::Packed128<T>::load(g + i);
+      packed::Packed128<T> o;
+#pragma unroll
+      for (int k = 0; k < W; ++k) {
+        const T xk = xv.v[k];
+        if (kBackward) {
+          o.v[k] = gv.v[k] * nan_where_x_nan(xk > T(0) ? T(1) : wc, xk);
+          if (!(xk > T(0))) acc += static_cast<double>(xk) * static_cast<double>(gv.v[k]);
+        } else {
+          o.v[k] = xk > T(0) ? xk : xk * wc;
+        }
+      }
+      o.store(out + i);
+    }
+    for (int64_t i = p0 + nvec * W + threadIdx.x; i < hi; i += kThreads)
+      prelu_rows_one<T, kBackward>(g, x, wc, out, i, acc);
     if (kBackward) {
       acc = block_sum(acc);
       if (threadIdx.x == 0) partial[it] = acc;

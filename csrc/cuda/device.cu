@@ -295,12 +295,17 @@ void* device_malloc(size_t bytes) {
   const uint64_t pool = cap == a.capturing.end() ? 0 : cap->second;
   void* p = a.take(pool, dev, sz, stream);
   if (p == nullptr) {
+    // cudaMalloc is refused as "unsafe" while this thread captures (thread-local capture mode);
+    // it does not touch the captured stream, so relax the mode around it (as PyTorch does).
+    cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
+    cudaThreadExchangeStreamCaptureMode(&mode);
     cudaError_t err = cudaMalloc(&p, sz);
     if (err == cudaErrorMemoryAllocation) {
       cudaGetLastError();
       a.release(dev);
       err = cudaMalloc(&p, sz);
     }
+    cudaThreadExchangeStreamCaptureMode(&mode);
     if (err != cudaSuccess) {
       cudaGetLastError();
       check(err, ("cudaMalloc(" + std::to_string(bytes) + " bytes)").c_str());
@@ -345,7 +350,12 @@ void device_free(void* p) {
   }
   // A capture pool's block (freed during or after its capture) stays in that pool: later replays of
   // the graph may still use it; graph_destroy hands the pool to the shared cache.
-  a.free_lists[{b.pool, Allocator::key(b.device, b.bytes)}].push_back(f);
+  // A block freed while this thread captures may be used by every replay of that graph: it joins
+  // the capture's pool (graph_destroy returns it to the shared cache).
+  uint64_t pool = b.pool;
+  const auto cap = a.capturing.find(now);
+  if (pool == 0 && cap != a.capturing.end()) pool = cap->second;
+  a.free_lists[{pool, Allocator::key(b.device, b.bytes)}].push_back(f);
   a.cached += b.bytes;
   if (a.cached > a.limit) a.release(-1, a.limit);
 }
