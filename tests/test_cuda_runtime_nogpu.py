@@ -5,14 +5,16 @@ tests/test_cuda.py runs the same bindings on a GPU."""
 
 from __future__ import annotations
 
+import ctypes
 import glob
 import os
+import re
 import subprocess
 import sys
 
-import pytest
-
 import fastnn
+import numpy as np
+import pytest
 from fastnn import _C
 
 COMPILED = bool(getattr(_C, "cuda_compiled", False))
@@ -31,8 +33,9 @@ needs_wheel = pytest.mark.skipif(WHEEL_LIB is None or not _C.cuda_cublaslt_compi
 def run_fresh(code: str, **env) -> subprocess.CompletedProcess:
     """Runs code in a new interpreter (the loader state is per process)."""
     e = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(fastnn.__file__)), **env)
-    e.pop("FASTNN_CUBLASLT", None) if "FASTNN_CUBLASLT" not in env else None
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=e, timeout=120)
+    if "FASTNN_CUBLASLT" not in env:
+        e.pop("FASTNN_CUBLASLT", None)
+    return subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, env=e, timeout=120)
 
 
 STREAM_NAMES = ["stream_create", "stream_destroy", "stream_synchronize", "stream_wait", "set_current_stream",
@@ -150,8 +153,6 @@ def test_graph_safe_dropout_and_loss_result_check_arguments():
 
 # ---- DLPack export: versioned capsule on request, NULL data for empty arrays ---------------------
 
-import ctypes  # noqa: E402
-
 
 class _DLTensor(ctypes.Structure):
     _fields_ = [("data", ctypes.c_void_p), ("device_type", ctypes.c_int32), ("device_id", ctypes.c_int32),
@@ -230,10 +231,6 @@ def test_dlpack_bad_max_version():
 
 
 # ---- _C.cuda: the CPU ops' names and argument lists --------------------------------------------
-
-import re  # noqa: E402
-
-import numpy as np  # noqa: E402
 
 
 def _arg_names(f) -> list[str]:

@@ -19,7 +19,6 @@ import subprocess
 
 import numpy as np
 import pytest
-
 import reference as ref
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -27,7 +26,7 @@ CXX = os.environ.get("CXX") or shutil.which("g++") or shutil.which("clang++")
 pytestmark = pytest.mark.skipif(CXX is None, reason="no C++ compiler to build the emulation")
 
 IDENTITY, SIGMOID, TANH, RELU, LEAKY, ELU, PRELU = range(7)  # csrc/core/activation_kind.h
-TOL = {np.float32: dict(rtol=2e-6, atol=1e-7), np.float64: dict(rtol=1e-13, atol=1e-15)}
+TOL = {np.float32: {"rtol": 2e-6, "atol": 1e-7}, np.float64: {"rtol": 1e-13, "atol": 1e-15}}
 SELU_ALPHA, SELU_SCALE = 1.6732632423543772, 1.0507009873554805
 
 
@@ -45,7 +44,7 @@ def emu(tmp_path_factory):
     cmd = [CXX, "-std=c++20", "-O1", "-fPIC", "-shared", "-ffp-contract=off", "-Wall", "-Wno-unknown-pragmas",
            f"-I{ROOT / 'csrc'}", f"-I{ROOT / 'tests'}", "-o", str(lib),
            str(ROOT / "tests" / "cuda_emulation" / "linear_emu.cpp"), "-lpthread"]
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    r = subprocess.run(cmd, check=False, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     L = ctypes.CDLL(str(lib))
     P, E, i64, ci = ctypes.c_void_p, ctypes.POINTER(EmuLinear), ctypes.c_int64, ctypes.c_int
@@ -102,8 +101,8 @@ def fn(emu, name, dtype):
     return getattr(emu, f"emu_linear_{name}{32 if dtype == np.float32 else 64}")
 
 
-ACTS = [(IDENTITY, {}), (SIGMOID, {}), (TANH, {}), (RELU, {}), (LEAKY, dict(slope=0.2)), (ELU, dict(pos=1.0, neg=0.7)),
-        (ELU, dict(pos=SELU_SCALE, neg=SELU_SCALE * SELU_ALPHA)), (PRELU, {})]
+ACTS = [(IDENTITY, {}), (SIGMOID, {}), (TANH, {}), (RELU, {}), (LEAKY, {"slope": 0.2}), (ELU, {"pos": 1.0, "neg": 0.7}),
+        (ELU, {"pos": SELU_SCALE, "neg": SELU_SCALE * SELU_ALPHA}), (PRELU, {})]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
