@@ -51,10 +51,10 @@ step info python3 -c "import fastnn; fastnn.info()" || rc=1
 step tests timeout 130 python3 -m pytest -q -ra -p no:cacheprovider tests/test_cuda.py tests/test_cuda_nogpu.py \
   tests/test_preprocessing_cuda.py tests/test_optim_cuda.py tests/test_losses_cuda.py tests/test_augment_cuda.py \
   --junitxml="$LOG/tests.xml" || rc=1
-step bench timeout 35 python3 bench/gpu_activations.py || rc=1
-step bench_dropout timeout 25 python3 bench/gpu_dropout.py || rc=1
-step bench_linear timeout 30 python3 bench/gpu_linear.py --quick || rc=1
-step bench_optim timeout 15 python3 bench/gpu_optim.py --quick || rc=1
-step bench_augment timeout 20 python3 bench/gpu_augment.py --quick || rc=1
+step bench timeout 35 python3 bench/activations_cuda.py || rc=1
+step bench_dropout timeout 25 python3 bench/dropout_cuda.py || rc=1
+step bench_linear timeout 30 python3 bench/linear_cuda.py --quick || rc=1
+step bench_optim timeout 15 python3 bench/optim_cuda.py --quick || rc=1
+step bench_augment timeout 20 python3 bench/augment_cuda.py --quick || rc=1
 echo "gpu_check: exit $rc (logs in $LOG)"
 exit $rc

@@ -96,14 +96,14 @@ py::array c_contiguous_array(const py::object& o, const char* name) {
 
 struct DLPackExport {
   DLManagedTensor managed;
+  DLManagedTensorVersioned versioned;  // the one handed out when the consumer asked for >= 1.0
   std::vector<int64_t> shape, strides;
   PyObject* owner;  // a strong reference: keeps the device memory alive while a consumer holds it
 };
 
 // Called by the consumer when it is done with the tensor (from any thread, GIL held or not), or
 // by the capsule destructor when nobody consumed it.
-extern "C" void dlpack_deleter(DLManagedTensor* self) {
-  auto* ctx = static_cast<DLPackExport*>(self->manager_ctx);
+void dlpack_release(DLPackExport* ctx) {
   bool alive = Py_IsInitialized() != 0;
 #if PY_VERSION_HEX >= 0x030D0000
   alive = alive && !Py_IsFinalizing();
@@ -114,6 +114,11 @@ extern "C" void dlpack_deleter(DLManagedTensor* self) {
     PyGILState_Release(st);
   }
   delete ctx;
+}
+
+extern "C" void dlpack_deleter(DLManagedTensor* self) { dlpack_release(static_cast<DLPackExport*>(self->manager_ctx)); }
+extern "C" void dlpack_versioned_deleter(DLManagedTensorVersioned* self) {
+  dlpack_release(static_cast<DLPackExport*>(self->manager_ctx));
 }
 
 // A capsule that was consumed has been renamed "used_dltensor": its tensor belongs to the
@@ -131,8 +136,34 @@ extern "C" void dlpack_capsule_destructor(PyObject* capsule) {
   PyErr_Restore(type, value, traceback);
 }
 
+extern "C" void dlpack_versioned_capsule_destructor(PyObject* capsule) {
+  if (PyCapsule_IsValid(capsule, "used_dltensor_versioned")) return;
+  PyObject *type, *value, *traceback;
+  PyErr_Fetch(&type, &value, &traceback);
+  auto* managed = static_cast<DLManagedTensorVersioned*>(PyCapsule_GetPointer(capsule, "dltensor_versioned"));
+  if (managed == nullptr) {
+    PyErr_WriteUnraisable(capsule);
+  } else if (managed->deleter != nullptr) {
+    managed->deleter(managed);
+  }
+  PyErr_Restore(type, value, traceback);
+}
+
+// max_version: the consumer's (major, minor) or None; >= (1, 0) gets a "dltensor_versioned" capsule
+// (version 1.0), else the v0.8 "dltensor" one. An array with no elements exports data = NULL.
 py::object dlpack_capsule(uint64_t ptr, const std::vector<int64_t>& shape, const std::string& dtype, int device_index,
-                          py::object owner) {
+                          py::object owner, py::object max_version) {
+  bool versioned = false;
+  if (!max_version.is_none()) {
+    py::tuple v;
+    try {
+      v = py::tuple(max_version);
+    } catch (const py::error_already_set&) {
+      throw py::type_error("max_version: expected None or a (major, minor) tuple");
+    }
+    if (v.size() != 2) throw py::type_error("max_version: expected None or a (major, minor) tuple");
+    versioned = v[0].cast<int64_t>() >= 1;
+  }
   // bfloat16 (DLPack kDLBfloat) for GPU linear results; DeviceArray itself is float32/float64.
   DLDataType dl;
   if (dtype == "bfloat16") dl = DLDataType{kDLBfloat, 16, 1};
@@ -145,19 +176,30 @@ py::object dlpack_capsule(uint64_t ptr, const std::vector<int64_t>& shape, const
   ctx->strides.assign(shape.size(), 1);
   for (int64_t i = static_cast<int64_t>(shape.size()) - 2; i >= 0; --i)
     ctx->strides[i] = ctx->strides[i + 1] * std::max<int64_t>(shape[i + 1], 1);
-  DLTensor& t = ctx->managed.dl_tensor;
-  t.data = as_ptr<void>(ptr);
+  int64_t count = 1;
+  for (int64_t d : shape) count *= d;
+  DLTensor& t = versioned ? ctx->versioned.dl_tensor : ctx->managed.dl_tensor;
+  t.data = count == 0 ? nullptr : as_ptr<void>(ptr);
   t.device = DLDevice{kDLCUDA, device_index};
   t.ndim = static_cast<int32_t>(shape.size());
   t.dtype = dl;
   t.shape = ctx->shape.empty() ? nullptr : ctx->shape.data();
   t.strides = ctx->strides.empty() ? nullptr : ctx->strides.data();
   t.byte_offset = 0;
-  ctx->managed.manager_ctx = ctx;
-  ctx->managed.deleter = &dlpack_deleter;
   ctx->owner = owner.ptr();
   Py_INCREF(ctx->owner);
-  PyObject* cap = PyCapsule_New(&ctx->managed, "dltensor", &dlpack_capsule_destructor);
+  PyObject* cap = nullptr;
+  if (versioned) {
+    ctx->versioned.version = DLPackVersion{1, 0};
+    ctx->versioned.manager_ctx = ctx;
+    ctx->versioned.deleter = &dlpack_versioned_deleter;
+    ctx->versioned.flags = 0;
+    cap = PyCapsule_New(&ctx->versioned, "dltensor_versioned", &dlpack_versioned_capsule_destructor);
+  } else {
+    ctx->managed.manager_ctx = ctx;
+    ctx->managed.deleter = &dlpack_deleter;
+    cap = PyCapsule_New(&ctx->managed, "dltensor", &dlpack_capsule_destructor);
+  }
   if (cap == nullptr) {
     Py_DECREF(ctx->owner);
     delete ctx;
@@ -168,7 +210,10 @@ py::object dlpack_capsule(uint64_t ptr, const std::vector<int64_t>& shape, const
 
 }  // namespace
 
+void register_cuda_ops(py::module_& m);  // csrc/bindings/cuda_ops.cpp: the _C.cuda submodule
+
 void register_cuda(py::module_& m) {
+  register_cuda_ops(m);
   // ---- devices ----
   m.def("cuda_device_count", &cuda::device_count, "GPUs visible to this process (0 without a driver or GPU).");
   m.def("cuda_init_error", &cuda::init_error, "Why cuda_device_count() is 0 ('' when GPUs were found).");
@@ -253,6 +298,66 @@ void register_cuda(py::module_& m) {
   m.def(
       "cuda_wait_on_legacy", [](uint64_t stream) { cuda::wait_on_legacy(static_cast<uintptr_t>(stream)); },
       py::arg("stream"), "Later work on `stream` waits for the work queued on stream 0 now.");
+
+  // ---- driver, streams and graphs (handles are cudaStream_t / cudaGraphExec_t as ints) ----
+  m.def(
+      "cuda_driver_info",
+      [] {
+        const cuda::DriverInfo d = cuda::driver_info();
+        py::dict r;
+        r["driver_version"] = d.driver_version;
+        r["runtime_version"] = d.runtime_version;
+        r["state"] = d.state;
+        r["detail"] = d.detail;
+        return r;
+      },
+      "Driver and runtime CUDA versions (1000*major + 10*minor; driver 0 = none) and state: 'ok', 'no driver', "
+      "'driver too old', 'no device' or 'error', with a detail line.");
+  m.def(
+      "stream_create", [](int priority) { return static_cast<uint64_t>(cuda::stream_create(priority)); },
+      py::arg("priority") = 0, "A new non-blocking stream (lower priority numbers run first).");
+  m.def(
+      "stream_destroy", [](uint64_t h) { cuda::stream_destroy(static_cast<uintptr_t>(h)); }, py::arg("h"));
+  m.def(
+      "stream_synchronize",
+      [](uint64_t h) {
+        py::gil_scoped_release nogil;
+        cuda::stream_synchronize(static_cast<uintptr_t>(h));
+      },
+      py::arg("h"), "Waits for the work queued on stream h (0 = legacy default).");
+  m.def(
+      "stream_wait",
+      [](uint64_t waiter, uint64_t waited) {
+        cuda::stream_wait(static_cast<uintptr_t>(waiter), static_cast<uintptr_t>(waited));
+      },
+      py::arg("waiter"), py::arg("waited"),
+      "Later work on `waiter` waits for the work queued on `waited` now (an event; 0 = legacy default).");
+  m.def(
+      "set_current_stream", [](uint64_t h) { cuda::set_current_stream(static_cast<uintptr_t>(h)); }, py::arg("h"),
+      "The stream this thread's fastnn launches, copies and allocations go to (0 = legacy default).");
+  m.def(
+      "current_stream", [] { return static_cast<uint64_t>(cuda::current_stream()); },
+      "This thread's current stream (0 = legacy default).");
+  m.def(
+      "graph_capture_begin", [](uint64_t h) { cuda::graph_capture_begin(static_cast<uintptr_t>(h)); }, py::arg("h"),
+      "Starts capturing stream h (not the legacy stream); allocations come from the graph's private pool.");
+  m.def(
+      "graph_capture_end", [](uint64_t h) { return static_cast<uint64_t>(cuda::graph_capture_end(static_cast<uintptr_t>(h))); },
+      py::arg("h"), "Ends the capture on h and returns the instantiated graph.");
+  m.def(
+      "graph_replay",
+      [](uint64_t g, uint64_t h) { cuda::graph_replay(static_cast<uintptr_t>(g), static_cast<uintptr_t>(h)); },
+      py::arg("g"), py::arg("h"), "Launches graph g on stream h (asynchronous).");
+  m.def(
+      "graph_destroy", [](uint64_t g) { cuda::graph_destroy(static_cast<uintptr_t>(g)); }, py::arg("g"),
+      "Destroys graph g; its private pool returns to the shared cache after its last replay.");
+  m.def(
+      "cuda_set_cache_limit",
+      [](int64_t nbytes) {
+        check_count(nbytes, "nbytes");
+        cuda::set_cache_limit(static_cast<size_t>(nbytes));
+      },
+      py::arg("nbytes"), "Caps the bytes the allocator keeps cached (freed blocks above it go back to CUDA).");
 
   // ---- activation launchers (asynchronous on stream 0) ----
   m.def(
@@ -375,6 +480,38 @@ void register_cuda(py::module_& m) {
       py::arg("threshold"), py::arg("scale"),
       "y = x * (keep ? scale : 0) over n elements, keep from the Philox stream at offset + i (y may be x).");
   m.def(
+      "cuda_dropout_apply_dev",
+      [](const std::string& dtype, uint64_t x, uint64_t y, int64_t n, uint64_t rng, uint64_t shift,
+         uint32_t threshold, double scale) {
+        const DType dt = parse_dtype(dtype);
+        check_count(n, "n");
+        check_ptr(x, n, "x");
+        check_ptr(y, n, "y");
+        check_aligned(x, dt, "x");
+        check_aligned(y, dt, "y");
+        if (rng == 0 || rng % 8 != 0)
+          throw py::value_error("rng_ptr: expected a device uint64[2] (seed, offset), 8-byte aligned, got " +
+                                std::to_string(rng));
+        py::gil_scoped_release nogil;
+        dispatch_float(dt, [&](auto zero) {
+          using T = decltype(zero);
+          cuda::dropout_apply_dev(as_ptr<const T>(x), as_ptr<T>(y), n, as_ptr<const uint64_t>(rng), shift, threshold,
+                                  static_cast<T>(scale));
+        });
+      },
+      py::arg("dtype"), py::arg("x_ptr"), py::arg("y_ptr"), py::arg("n"), py::arg("rng_ptr"), py::arg("shift"),
+      py::arg("threshold"), py::arg("scale"),
+      "cuda_dropout_apply with seed = rng[0] and offset = rng[1] + shift read on the device when it runs "
+      "(graph capture: a replay after cuda_rng_advance draws a new mask).");
+  m.def(
+      "cuda_rng_advance",
+      [](uint64_t rng, uint64_t count) {
+        if (rng == 0 || rng % 8 != 0)
+          throw py::value_error("rng_ptr: expected a device uint64[2] (seed, offset), 8-byte aligned");
+        cuda::rng_advance(as_ptr<uint64_t>(rng), count);
+      },
+      py::arg("rng_ptr"), py::arg("count"), "rng[1] += count on the device, on the current stream (capturable).");
+  m.def(
       "cuda_dropout_apply_mask",
       [](const std::string& dtype, uint64_t x, uint64_t mask, uint64_t y, int64_t n, double scale) {
         const DType dt = parse_dtype(dtype);
@@ -396,9 +533,10 @@ void register_cuda(py::module_& m) {
 
   // ---- DLPack ----
   m.def("cuda_dlpack_capsule", &dlpack_capsule, py::arg("ptr"), py::arg("shape"), py::arg("dtype"),
-        py::arg("device_index"), py::arg("owner"),
-        "A 'dltensor' capsule for a C-contiguous CUDA array at ptr; holds a reference to owner until the "
-        "consumer's deleter runs (or the unconsumed capsule dies).");
+        py::arg("device_index"), py::arg("owner"), py::arg("max_version") = py::none(),
+        "A 'dltensor' capsule (or 'dltensor_versioned', DLPack 1.0, when max_version >= (1, 0)) for a "
+        "C-contiguous CUDA array at ptr (data NULL when it has no elements); holds a reference to owner until "
+        "the consumer's deleter runs (or the unconsumed capsule dies).");
 }
 
 }  // namespace fastnn

@@ -5,8 +5,12 @@
 #include <cstdint>
 #include <string>
 
+#include <pybind11/stl.h>
+#include <vector>
+
 #include "bindings/common.h"
 #include "bindings/dlpack.h"
+#include "cuda/cublaslt.h"
 #include "cuda/linear.h"
 
 namespace fastnn {
@@ -46,10 +50,10 @@ void check_operand(uint64_t p, int64_t n, LDType dt, const char* name) {
 }
 
 void check_act(int act, uint64_t prelu_w, int64_t prelu_size, int64_t N, LDType dt) {
-  if (act < 0 || act >= cuda::kLinNumActs)
-    throw py::value_error("act: expected an activation id in [0, " + std::to_string(cuda::kLinNumActs) + "), got " +
+  if (act < 0 || act >= cuda::kActCount)
+    throw py::value_error("act: expected an activation id in [0, " + std::to_string(cuda::kActCount) + "), got " +
                           std::to_string(act));
-  if (act == cuda::kLinPrelu) {
+  if (act == cuda::kActPrelu) {
     if (prelu_size != 1 && prelu_size != N)
       throw py::value_error("prelu_weight: expected 1 or " + std::to_string(N) + " elements, got " +
                             std::to_string(prelu_size));
@@ -61,6 +65,12 @@ void check_act(int act, uint64_t prelu_w, int64_t prelu_size, int64_t N, LDType 
 void check_positions(uint64_t offset, uint64_t count) {
   if (count > 0 && offset > UINT64_MAX - (count - 1))
     throw py::value_error("offset: offset + the positions used (M*N, + N*K with DropConnect) must be at most 2**64");
+}
+
+// The device uint64[2] (seed, offset) of the graph-safe variant, or null.
+const uint64_t* rng_of(uint64_t p) {
+  if (p % 8 != 0) throw py::value_error("rng_ptr: expected a device uint64[2], 8-byte aligned");
+  return p != 0 ? ptr_of<const uint64_t>(p) : nullptr;
 }
 
 cuda::LinearRandom make_random(uint64_t seed, uint64_t offset, bool dropout, uint32_t drop_thr, double drop_scale,
@@ -131,7 +141,18 @@ py::dict dlpack_describe(py::capsule cap) {
 
 void register_cuda_linear(py::module_& m) {
   m.def("cuda_cublaslt_compiled", &cuda::cublaslt_compiled, "Whether the cuBLASLt calls are compiled in.");
-  m.def("cuda_cublaslt_library", &cuda::cublaslt_library, "The libcublasLt path the build found ('' if none).");
+  m.def(
+      "cublaslt_load",
+      [](const std::vector<std::string>& candidates) {
+        py::gil_scoped_release nogil;
+        return cuda::cublaslt_load(candidates);
+      },
+      py::arg("candidates"),
+      "Loads libcublasLt (FASTNN_CUBLASLT, an already-loaded copy, each candidate folder, then the soname) and "
+      "returns the file it came from; raises with every path tried. A failure is retried on the next call.");
+  m.def("cublaslt_location", &cuda::cublaslt_location, "The libcublasLt file loaded ('' while none is).");
+  // Old name, kept until python/fastnn switches: now where it was loaded, never a build-machine path.
+  m.def("cuda_cublaslt_library", &cuda::cublaslt_location, "Alias of cublaslt_location.");
   m.def("cuda_cublaslt_load_error", &cuda::cublaslt_load_error,
         "'' when libcublasLt loads in this process (loading it on first call), else why not.");
   m.def("cuda_linear_save_kind", &cuda::linear_save_kind, py::arg("act"), py::arg("dropout"),
@@ -146,7 +167,8 @@ void register_cuda_linear(py::module_& m) {
       [](const std::string& dtype, int64_t M, int64_t N, int64_t K, uint64_t x, uint64_t w, uint64_t bias, int act,
          double slope, double alpha, double scale, uint64_t prelu_w, int64_t prelu_size, uint64_t seed,
          uint64_t offset, bool dropout, uint32_t drop_thr, double drop_scale, bool dropconnect, uint32_t dc_thr,
-         double dc_scale, uint64_t y, uint64_t save, uint64_t mask, int64_t mask_ld, bool want_mask, bool tf32) {
+         double dc_scale, uint64_t y, uint64_t save, uint64_t mask, int64_t mask_ld, bool want_mask, bool tf32,
+         uint64_t rng) {
         const LDType dt = parse_linear_dtype(dtype);
         check_dims(M, N, K);
         check_act(act, prelu_w, prelu_size, N, dt);
@@ -164,6 +186,7 @@ void register_cuda_linear(py::module_& m) {
         a.bias = bias != 0 ? ptr_of<const void>(bias) : nullptr;
         a.act = make_act(act, slope, alpha, scale, prelu_w, prelu_size);
         a.rnd = make_random(seed, offset, dropout, drop_thr, drop_scale, dropconnect, dc_thr, dc_scale, M, N, K);
+        a.rnd.rng_dev = rng_of(rng);
         a.y = ptr_of<void>(y);
         // Optional (0 = not kept): the mask (relu), the activation output (sigmoid/tanh with dropout)
         // or the pre-activation (leaky_relu/elu/selu/prelu).
@@ -186,8 +209,10 @@ void register_cuda_linear(py::module_& m) {
       py::arg("prelu_size"), py::arg("seed"), py::arg("offset"), py::arg("dropout"), py::arg("drop_thr"),
       py::arg("drop_scale"), py::arg("dropconnect"), py::arg("dc_thr"), py::arg("dc_scale"), py::arg("y_ptr"),
       py::arg("save_ptr"), py::arg("mask_ptr"), py::arg("mask_ld"), py::arg("want_mask"), py::arg("tf32"),
+      py::arg("rng_ptr") = 0,
       "y = dropout(act(x @ dropconnect(W)^T + bias)) on the current device (bias_ptr 0: no bias); save_ptr / "
-      "mask_ptr receive what the backward needs (see cuda_linear_save_kind).");
+      "mask_ptr receive what the backward needs (see cuda_linear_save_kind). rng_ptr (a device uint64[2]): seed "
+      "and offset read on the device (seed ignored, offset added), for graph replay.");
 
   m.def(
       "cuda_linear_backward",
@@ -195,7 +220,7 @@ void register_cuda_linear(py::module_& m) {
          double slope, double alpha, double scale, uint64_t prelu_w, int64_t prelu_size, uint64_t saved,
          uint64_t mask, int64_t mask_ld, uint64_t seed, uint64_t offset, bool dropout, uint32_t drop_thr,
          double drop_scale, bool dropconnect, uint32_t dc_thr, double dc_scale, uint64_t grad_x, uint64_t grad_w,
-         uint64_t grad_bias, uint64_t grad_prelu, bool tf32) {
+         uint64_t grad_bias, uint64_t grad_prelu, bool tf32, uint64_t rng) {
         const LDType dt = parse_linear_dtype(dtype);
         check_dims(M, N, K);
         check_act(act, prelu_w, prelu_size, N, dt);
@@ -205,7 +230,7 @@ void register_cuda_linear(py::module_& m) {
         check_operand(grad_x, M * K, dt, "grad_x");
         check_operand(grad_w, N * K, dt, "grad_weight");
         check_operand(grad_bias, 0, dt, "grad_bias");
-        if (act == cuda::kLinPrelu) check_operand(grad_prelu, 1, dt, "grad_prelu");
+        if (act == cuda::kActPrelu) check_operand(grad_prelu, 1, dt, "grad_prelu");
         const int kind = cuda::linear_save_kind(act, dropout);
         check_saved(kind, saved, mask, mask_ld, M, N, dt);
         cuda::LinearBackwardArgs a;
@@ -218,13 +243,14 @@ void register_cuda_linear(py::module_& m) {
         a.w = ptr_of<const void>(w);
         a.act = make_act(act, slope, alpha, scale, prelu_w, prelu_size);
         a.rnd = make_random(seed, offset, dropout, drop_thr, drop_scale, dropconnect, dc_thr, dc_scale, M, N, K);
+        a.rnd.rng_dev = rng_of(rng);
         a.saved = ptr_of<const void>(saved);
         a.mask = ptr_of<const uint8_t>(mask);
         a.mask_ld = mask_ld;
         a.grad_x = ptr_of<void>(grad_x);
         a.grad_w = ptr_of<void>(grad_w);
         a.grad_bias = grad_bias != 0 ? ptr_of<void>(grad_bias) : nullptr;
-        a.grad_prelu = act == cuda::kLinPrelu ? ptr_of<void>(grad_prelu) : nullptr;
+        a.grad_prelu = act == cuda::kActPrelu ? ptr_of<void>(grad_prelu) : nullptr;
         a.tf32 = tf32;
         py::gil_scoped_release nogil;
         cuda::linear_backward(a);
@@ -234,7 +260,7 @@ void register_cuda_linear(py::module_& m) {
       py::arg("saved_ptr"), py::arg("mask_ptr"), py::arg("mask_ld"), py::arg("seed"), py::arg("offset"),
       py::arg("dropout"), py::arg("drop_thr"), py::arg("drop_scale"), py::arg("dropconnect"), py::arg("dc_thr"),
       py::arg("dc_scale"), py::arg("grad_x_ptr"), py::arg("grad_w_ptr"), py::arg("grad_bias_ptr"),
-      py::arg("grad_prelu_ptr"), py::arg("tf32"),
+      py::arg("grad_prelu_ptr"), py::arg("tf32"), py::arg("rng_ptr") = 0,
       "grad_x, grad_weight, grad_bias (grad_bias_ptr 0: none) and the PReLU weight gradient of cuda_linear_forward.");
 
   m.def(

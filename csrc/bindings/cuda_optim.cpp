@@ -40,6 +40,11 @@ void check_ptr(uint64_t p, int64_t n, uint64_t size, const char* name) {
 
 uint64_t elem_size(DType dt) { return dt == DType::F32 ? 4 : 8; }
 
+// A device LossResult (24 bytes, 8-byte aligned) or 0 (return the loss to the host).
+void check_result_ptr(uint64_t p) {
+  if (p % 8 != 0) throw py::value_error("result_ptr: device pointer is not aligned to 8 bytes");
+}
+
 template <class T>
 T* as_ptr(uint64_t p) {
   return reinterpret_cast<T*>(static_cast<uintptr_t>(p));
@@ -163,7 +168,7 @@ void register_cuda_optim(py::module_& m) {
   m.def(
       "cuda_softmax_xent",
       [](const std::string& dtype, uint64_t x, uint64_t target, const std::string& target_kind, uint64_t grad,
-         int64_t M, int64_t C) {
+         int64_t M, int64_t C, uint64_t result) -> py::object {
         const DType dt = parse_float(dtype);
         check_count(M, "M");
         check_count(C, "C");
@@ -178,6 +183,7 @@ void register_cuda_optim(py::module_& m) {
         else if (target_kind == "int64") kind = 1, check_ptr(target, M, 8, "target");
         else if (target_kind == "soft") kind = 2, check_ptr(target, M * C, es, "target");
         else throw py::value_error("target_kind: expected 'int32', 'int64' or 'soft', got '" + target_kind + "'");
+        check_result_ptr(result);
         cuda::LossResult r{};
         {
           py::gil_scoped_release nogil;
@@ -186,19 +192,22 @@ void register_cuda_optim(py::module_& m) {
             r = cuda::softmax_xent(as_ptr<const T>(x), kind == 0 ? as_ptr<const int32_t>(target) : nullptr,
                                    kind == 1 ? as_ptr<const int64_t>(target) : nullptr,
                                    kind == 2 ? as_ptr<const T>(target) : nullptr, grad ? as_ptr<T>(grad) : nullptr,
-                                   M, C);
+                                   M, C, as_ptr<cuda::LossResult>(result));
           });
         }
-        return std::make_tuple(r.value, r.bad_row, r.bad_label);
+        if (result != 0) return py::none();
+        return py::make_tuple(r.value, r.bad_row, r.bad_label);
       },
       py::arg("dtype"), py::arg("x_ptr"), py::arg("target_ptr"), py::arg("target_kind"), py::arg("grad_ptr"),
-      py::arg("M"), py::arg("C"),
+      py::arg("M"), py::arg("C"), py::arg("result_ptr") = 0,
       "(mean softmax cross-entropy, first row with a label outside [0, C) or -1, its label); writes (softmax - "
-      "target)/M to grad when grad_ptr != 0. Waits for the result.");
+      "target)/M to grad when grad_ptr != 0. Waits for the result; with result_ptr (24 device bytes: float64 loss, "
+      "int64 bad row, int64 bad label) it writes them there instead, waits for nothing and returns None.");
 
   m.def(
       "cuda_squared_error",
-      [](const std::string& dtype, uint64_t p, uint64_t t, uint64_t grad, int64_t n, double scale) {
+      [](const std::string& dtype, uint64_t p, uint64_t t, uint64_t grad, int64_t n, double scale,
+         uint64_t result) -> py::object {
         const DType dt = parse_float(dtype);
         check_count(n, "n");
         const uint64_t es = elem_size(dt);
@@ -207,20 +216,25 @@ void register_cuda_optim(py::module_& m) {
         check_ptr(p, n, es, "input");
         check_ptr(t, n, es, "target");
         if (grad != 0) check_ptr(grad, n, es, "grad");
+        check_result_ptr(result);
         double total = 0.0;
         {
           py::gil_scoped_release nogil;
           dispatch_float(dt, [&](auto zero) {
             using T = decltype(zero);
             total = cuda::squared_error(as_ptr<const T>(p), as_ptr<const T>(t), grad ? as_ptr<T>(grad) : nullptr, n,
-                                        scale)
+                                        scale, as_ptr<cuda::LossResult>(result))
                         .value;
           });
         }
-        return total;
+        if (result != 0) return py::none();
+        return py::float_(total);
       },
       py::arg("dtype"), py::arg("p_ptr"), py::arg("t_ptr"), py::arg("grad_ptr"), py::arg("n"), py::arg("scale"),
-      "sum((input - target)^2) in double on the GPU; writes scale * (input - target) to grad when grad_ptr != 0.");
+      py::arg("result_ptr") = 0,
+      "sum((input - target)^2) in double on the GPU; writes scale * (input - target) to grad when grad_ptr != 0. "
+      "With result_ptr (24 device bytes, the float64 sum first) the sum goes there, nothing waits, and it returns "
+      "None.");
 }
 
 }  // namespace fastnn

@@ -1,5 +1,6 @@
-// The DLPack ABI (v0.8, unversioned "dltensor" capsules), the subset fastnn exports: see
-// https://github.com/dmlc/dlpack/blob/v0.8/include/dlpack/dlpack.h. Layouts must match it
+// The DLPack ABI, the subset fastnn exports: v0.8's unversioned "dltensor" capsules and v1.0's
+// "dltensor_versioned" ones (offered when the consumer passes max_version >= (1, 0)); see
+// https://github.com/dmlc/dlpack/blob/v1.0/include/dlpack/dlpack.h. Layouts must match it
 // exactly: consumers (PyTorch, CuPy, JAX) read these structs through the capsule pointer.
 #pragma once
 
@@ -37,9 +38,24 @@ struct DLManagedTensor {
   void (*deleter)(DLManagedTensor* self);
 };
 
+// DLPack 1.0: the version travels first so that a consumer can check it before reading the rest.
+struct DLPackVersion {
+  uint32_t major;
+  uint32_t minor;
+};
+
+struct DLManagedTensorVersioned {
+  DLPackVersion version;
+  void* manager_ctx;
+  void (*deleter)(DLManagedTensorVersioned* self);
+  uint64_t flags;  // DLPACK_FLAG_BITMASK_READ_ONLY (1 << 0), DLPACK_FLAG_BITMASK_IS_COPIED (1 << 1)
+  DLTensor dl_tensor;
+};
+
 }  // extern "C"
 
 static_assert(sizeof(DLDevice) == 8, "DLDevice layout");
 static_assert(sizeof(DLDataType) == 4, "DLDataType layout");
 static_assert(sizeof(DLTensor) == 48, "DLTensor layout");
 static_assert(sizeof(DLManagedTensor) == 64, "DLManagedTensor layout");
+static_assert(sizeof(DLManagedTensorVersioned) == 80, "DLManagedTensorVersioned layout");

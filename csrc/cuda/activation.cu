@@ -21,299 +21,14 @@
 #include <utility>
 
 #include "cuda/device.h"
+#include "cuda/activation_kernels.cuh"
 #include "cuda/launch.cuh"
-#include "cuda/packed128.cuh"
 
 namespace fastnn {
 namespace cuda {
 namespace {
 
-constexpr int kThreads = 256;        // threads per block of every 1-D kernel here
-constexpr int kUnroll = 2;           // 16-byte packets per thread per grid-stride iteration
-constexpr int kScalarUnroll = 4;     // elements per thread per iteration on the per-element path
-
-// ------------------------------------------------------------------------------------------------
-// Scalar math of each op (device). The same formulas as the CPU kernels, lane for lane.
-
-__device__ __forceinline__ float dabs(float x) { return fabsf(x); }
-__device__ __forceinline__ double dabs(double x) { return fabs(x); }
-__device__ __forceinline__ float dexp(float x) { return expf(x); }
-__device__ __forceinline__ double dexp(double x) { return exp(x); }
-__device__ __forceinline__ float dexpm1(float x) { return expm1f(x); }
-__device__ __forceinline__ double dexpm1(double x) { return expm1(x); }
-__device__ __forceinline__ float dtanh(float x) { return tanhf(x); }
-__device__ __forceinline__ double dtanh(double x) { return tanh(x); }
-
-// Coefficients rounded once from the double parameters: slope (leaky ReLU), pos = scale and
-// neg = scale * alpha (ELU family).
-template <class T>
-struct Coef {
-  T slope, pos, neg;
-};
-
-// A derivative that is NaN wherever x is.
-template <class T>
-__device__ __forceinline__ T nan_where_x_nan(T d, T x) {
-  return isnan(x) ? x : d;
-}
-
-// sigmoid(x) = (x < 0 ? e : 1) / (1 + e), e = exp(-|x|): no overflow, accurate in both tails.
-// sigmoid'(x) = e / (1 + e)^2.
-template <class T>
-struct SigmoidOp {
-  __device__ __forceinline__ T fwd(T x) const {
-    const T e = dexp(T(0) - dabs(x));
-    return (x < T(0) ? e : T(1)) / (T(1) + e);
-  }
-  __device__ __forceinline__ T bwd(T g, T x) const {
-    const T e = dexp(T(0) - dabs(x));
-    const T d = T(1) + e;
-    return g * (e / (d * d));
-  }
-};
-
-// tanh from CUDA's tanhf/tanh (2 ULP / 1 ULP); tanh'(x) = 4e / (1 + e)^2, e = exp(-2|x|).
-template <class T>
-struct TanhOp {
-  __device__ __forceinline__ T fwd(T x) const { return dtanh(x); }
-  __device__ __forceinline__ T bwd(T g, T x) const {
-    const T e = dexp(dabs(x) * T(-2));
-    const T d = T(1) + e;
-    return g * ((T(4) * e) / (d * d));
-  }
-};
-
-// relu(x) = (x > 0 or NaN) ? x : +0; relu'(0) = 0.
-template <class T>
-struct ReluOp {
-  __device__ __forceinline__ T fwd(T x) const { return !(x <= T(0)) ? x : T(0); }
-  __device__ __forceinline__ T bwd(T g, T x) const {
-    return g * nan_where_x_nan(x > T(0) ? T(1) : T(0), x);
-  }
-};
-
-// leaky_relu(x) = x > 0 ? x : slope * x; the derivative at 0 is the slope.
-template <class T>
-struct LeakyReluOp {
-  T slope;
-  __device__ __forceinline__ T fwd(T x) const { return x > T(0) ? x : x * slope; }
-  __device__ __forceinline__ T bwd(T g, T x) const {
-    return g * nan_where_x_nan(x > T(0) ? T(1) : slope, x);
-  }
-};
-
-// ELU family: y = x > 0 ? scale*x : scale*alpha*expm1(x); f'(x) = x > 0 ? scale :
-// scale*alpha*exp(x), scale*alpha at 0.
-template <class T>
-struct EluOp {
-  T pos, neg;
-  __device__ __forceinline__ T fwd(T x) const { return x > T(0) ? x * pos : dexpm1(x) * neg; }
-  __device__ __forceinline__ T bwd(T g, T x) const { return g * (x > T(0) ? pos : dexp(x) * neg); }
-};
-
-// 16-byte packets: csrc/cuda/packed128.cuh.
-using packed::Packed128;
-
-// ------------------------------------------------------------------------------------------------
-// GPU kernels
-
-// Elementwise forward. x, y are (n,), y may alias x exactly (each element is read and written by
-// one thread, read first; hence no __restrict__). Elements [head, head + nvec*W) are done in
-// 16-byte packets (x + head and y + head are 16-byte aligned); [0, head) and the tail per element.
-// Scalar fallback (misaligned or differently aligned pointers): head = nvec = 0.
-template <class T, class Op>
-__global__ void __launch_bounds__(kThreads) act_forward_kernel(const T* x, T* y, int64_t n, int64_t head,
-                                                               int64_t nvec, Op op) {
-  constexpr int W = Packed128<T>::W;
-  const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  const T* xv = x + head;
-  T* yv = y + head;
-  // kUnroll packets per thread and iteration, all loaded before any is stored: 32 (backward 64)
-  // bytes in flight per thread keep HBM busy even below full occupancy. (Left to NVVM, unrolling
-  // cannot hoist a load above the previous store, which may alias it.)
-#pragma unroll 1
-  for (int64_t i = tid; i < nvec; i += kUnroll * stride) {
-    Packed128<T> a[kUnroll];
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u)
-      if (i + u * stride < nvec) a[u] = Packed128<T>::load(xv + (i + u * stride) * W);
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      if (i + u * stride < nvec) {
-        Packed128<T> r;
-#pragma unroll
-        for (int k = 0; k < W; ++k) r.v[k] = op.fwd(a[u].v[k]);
-        r.store(yv + (i + u * stride) * W);
-      }
-    }
-  }
-  if (tid < head) y[tid] = op.fwd(x[tid]);
-  // The tail, or everything on the per-element path: kScalarUnroll loads in flight per thread.
-#pragma unroll 1
-  for (int64_t i = head + nvec * W + tid; i < n; i += kScalarUnroll * stride) {
-    T a[kScalarUnroll];
-#pragma unroll
-    for (int u = 0; u < kScalarUnroll; ++u)
-      if (i + u * stride < n) a[u] = x[i + u * stride];
-#pragma unroll
-    for (int u = 0; u < kScalarUnroll; ++u)
-      if (i + u * stride < n) y[i + u * stride] = op.fwd(a[u]);
-  }
-}
-
-// Elementwise backward: gx = g * f'(x). g, x, gx are (n,); gx may alias g or x exactly. Same
-// head / packets / tail split as act_forward_kernel, all three pointers aligned alike.
-template <class T, class Op>
-__global__ void __launch_bounds__(kThreads) act_backward_kernel(const T* g, const T* x, T* gx, int64_t n,
-                                                                int64_t head, int64_t nvec, Op op) {
-  constexpr int W = Packed128<T>::W;
-  const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  const T* gv = g + head;
-  const T* xv = x + head;
-  T* ov = gx + head;
-#pragma unroll 1
-  for (int64_t i = tid; i < nvec; i += kUnroll * stride) {
-    Packed128<T> a[kUnroll], b[kUnroll];
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      if (i + u * stride < nvec) {
-        a[u] = Packed128<T>::load(gv + (i + u * stride) * W);
-        b[u] = Packed128<T>::load(xv + (i + u * stride) * W);
-      }
-    }
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      if (i + u * stride < nvec) {
-        Packed128<T> r;
-#pragma unroll
-        for (int k = 0; k < W; ++k) r.v[k] = op.bwd(a[u].v[k], b[u].v[k]);
-        r.store(ov + (i + u * stride) * W);
-      }
-    }
-  }
-  if (tid < head) gx[tid] = op.bwd(g[tid], x[tid]);
-#pragma unroll 1
-  for (int64_t i = head + nvec * W + tid; i < n; i += kScalarUnroll * stride) {
-    T a[kScalarUnroll], b[kScalarUnroll];
-#pragma unroll
-    for (int u = 0; u < kScalarUnroll; ++u) {
-      if (i + u * stride < n) {
-        a[u] = g[i + u * stride];
-        b[u] = x[i + u * stride];
-      }
-    }
-#pragma unroll
-    for (int u = 0; u < kScalarUnroll; ++u)
-      if (i + u * stride < n) gx[i + u * stride] = op.bwd(a[u], b[u]);
-  }
-}
-
-// Sum of v over the block's kThreads threads in a fixed tree order (deterministic); every
-// thread gets the sum. Must be reached by all threads of the block.
-__device__ double block_sum(double v) {
-  __shared__ double sh[kThreads];
-  sh[threadIdx.x] = v;
-  __syncthreads();
-#pragma unroll
-  for (int s = kThreads / 2; s > 0; s >>= 1) {
-    if (threadIdx.x < s) sh[threadIdx.x] += sh[threadIdx.x + s];
-    __syncthreads();
-  }
-  const double r = sh[0];
-  __syncthreads();  // sh may be reused by the next call
-  return r;
-}
-
-// PReLU, "rows" layout, for inner >= kRowsMinInner. x, out (and g) are (rows = outer*C, inner);
-// row r has channel c = r % C and weight w[c * wstride] (wstride 0: one shared weight). Each
-// row is cut into S segments of `seg` elements; one block per (row, segment) work item
-// it = r*S + s. Backward also writes partial[it] = sum over the segment of (x > 0 ? 0 : x*g)
-// in double, so partial is (outer, C, S).
-template <class T, bool kBackward>
-__global__ void __launch_bounds__(kThreads) prelu_rows_kernel(const T* g, const T* x, const T* w, int64_t wstride,
-                                                              T* out, double* partial, int64_t rows, int64_t C,
-                                                              int64_t inner, int64_t S, int64_t seg) {
-  for (int64_t it = blockIdx.x; it < rows * S; it += gridDim.x) {
-    const int64_t r = it / S, s = it % S;
-    const T wc = w[(r % C) * wstride];
-    const int64_t base = r * inner;
-    const int64_t b = s * seg, e = min(inner, b + seg);
-    double acc = 0.0;
-    for (int64_t i = base + b + threadIdx.x; i < base + e; i += kThreads) {
-      const T xv = x[i];
-      if (kBackward) {
-        const T gv = g[i];
-        out[i] = gv * nan_where_x_nan(xv > T(0) ? T(1) : wc, xv);
-        if (!(xv > T(0))) acc += static_cast<double>(xv) * static_cast<double>(gv);
-      } else {
-        out[i] = xv > T(0) ? xv : xv * wc;
-      }
-    }
-    if (kBackward) {
-      acc = block_sum(acc);
-      if (threadIdx.x == 0) partial[it] = acc;
-    }
-  }
-}
-
-// PReLU, "columns" layout, for inner < kRowsMinInner: x, out (and g) are (outer, L) with
-// L = C*inner, column j in channel j / inner. Block (32, 8) threads: threadIdx.x picks the column
-// (a warp reads 32 consecutive elements), blockIdx.y a chunk of R rows that threadIdx.y strides
-// by 8. Backward writes partial[chunk][j] = the chunk's column sum of (x > 0 ? 0 : x*g) in
-// double (the 8 row-phases added in order), so partial is (nchunks, C, inner).
-template <class T, bool kBackward>
-__global__ void __launch_bounds__(kThreads) prelu_cols_kernel(const T* g, const T* x, const T* w, int64_t wstride,
-                                                              T* out, double* partial, int64_t outer, int64_t L,
-                                                              int64_t inner, int64_t R) {
-  const int64_t j = static_cast<int64_t>(blockIdx.x) * 32 + threadIdx.x;
-  const int64_t chunk = blockIdx.y;
-  const int64_t r0 = chunk * R, r1 = min(outer, r0 + R);
-  double acc = 0.0;
-  if (j < L) {
-    const T wc = w[(j / inner) * wstride];
-    for (int64_t o = r0 + threadIdx.y; o < r1; o += 8) {
-      const int64_t i = o * L + j;
-      const T xv = x[i];
-      if (kBackward) {
-        const T gv = g[i];
-        out[i] = gv * nan_where_x_nan(xv > T(0) ? T(1) : wc, xv);
-        if (!(xv > T(0))) acc += static_cast<double>(xv) * static_cast<double>(gv);
-      } else {
-        out[i] = xv > T(0) ? xv : xv * wc;
-      }
-    }
-  }
-  if (kBackward) {
-    __shared__ double sh[8][32];
-    sh[threadIdx.y][threadIdx.x] = acc;
-    __syncthreads();
-    if (threadIdx.y == 0 && j < L) {
-      double s = 0.0;
-#pragma unroll
-      for (int k = 0; k < 8; ++k) s += sh[k][threadIdx.x];
-      partial[chunk * L + j] = s;
-    }
-  }
-}
-
-// PReLU weight gradient, second pass: buf is (A, Cq, K) doubles; gw[c] = sum over (a, k) of
-// buf[a][c][k] in a fixed order (thread t takes flat terms t, t + kThreads, ..., then
-// block_sum), rounded once to T. One block per channel. A*K == 0 gives 0.
-template <class T>
-__global__ void __launch_bounds__(kThreads) prelu_wgrad_reduce_kernel(const double* buf, T* gw, int64_t A,
-                                                                      int64_t Cq, int64_t K) {
-  for (int64_t c = blockIdx.x; c < Cq; c += gridDim.x) {
-    double acc = 0.0;
-    for (int64_t t = threadIdx.x; t < A * K; t += kThreads) {
-      const int64_t a = t / K, k = t % K;
-      acc += buf[(a * Cq + c) * K + k];
-    }
-    acc = block_sum(acc);
-    if (threadIdx.x == 0) gw[c] = static_cast<T>(acc);
-  }
-}
+using namespace activation_detail;
 
 // ------------------------------------------------------------------------------------------------
 // kernel launchers
@@ -354,7 +69,7 @@ void launch_forward(const T* x, T* y, int64_t n, Op op) {
   const Split s = split_for<T>(n, x, y);
   auto kernel = act_forward_kernel<T, Op>;
   const int64_t work = s.nvec > 0 ? ceil_div(s.nvec, kUnroll) : ceil_div(n, kScalarUnroll);
-  kernel<<<grid_for(kernel, work), kThreads>>>(x, y, n, s.head, s.nvec, op);
+  kernel<<<grid_for(kernel, work), kThreads, 0, launch::stream()>>>(x, y, n, s.head, s.nvec, op);
   check_launch("act_forward kernel launch");
 }
 
@@ -363,7 +78,7 @@ void launch_backward(const T* g, const T* x, T* gx, int64_t n, Op op) {
   const Split s = split_for<T>(n, g, x, gx);
   auto kernel = act_backward_kernel<T, Op>;
   const int64_t work = s.nvec > 0 ? ceil_div(s.nvec, kUnroll) : ceil_div(n, kScalarUnroll);
-  kernel<<<grid_for(kernel, work), kThreads>>>(g, x, gx, n, s.head, s.nvec, op);
+  kernel<<<grid_for(kernel, work), kThreads, 0, launch::stream()>>>(g, x, gx, n, s.head, s.nvec, op);
   check_launch("act_backward kernel launch");
 }
 
@@ -443,12 +158,12 @@ void launch_prelu_pass(const PreluPlan& p, const T* g, const T* x, const T* w, i
   if (p.rows) {
     const int64_t items = outer * C * p.S;
     const unsigned grid = static_cast<unsigned>(std::min(items, kMaxGridX));
-    prelu_rows_kernel<T, kBackward><<<grid, kThreads>>>(g, x, w, wstride, out, partial, outer * C, C, inner, p.S, p.seg);
+    prelu_rows_kernel<T, kBackward><<<grid, kThreads, 0, launch::stream()>>>(g, x, w, wstride, out, partial, outer * C, C, inner, p.S, p.seg);
   } else {
     const int64_t L = C * inner;
     if (ceil_div(L, 32) > INT32_MAX) throw std::invalid_argument("prelu: C * inner is too large for one launch");
     const dim3 grid(static_cast<unsigned>(ceil_div(L, 32)), static_cast<unsigned>(p.nchunks));
-    prelu_cols_kernel<T, kBackward><<<grid, dim3(32, 8)>>>(g, x, w, wstride, out, partial, outer, L, inner, p.R);
+    prelu_cols_kernel<T, kBackward><<<grid, dim3(32, 8), 0, launch::stream()>>>(g, x, w, wstride, out, partial, outer, L, inner, p.R);
   }
   check_launch(kBackward ? "prelu_backward kernel launch" : "prelu_forward kernel launch");
 }
@@ -483,7 +198,7 @@ void prelu_backward_impl(const T* g, const T* x, const T* w, int64_t w_size, T* 
   const int64_t Cq = w_size == 1 ? 1 : C;
   const int64_t K = w_size == 1 ? C * p.K : p.K;
   const unsigned grid = static_cast<unsigned>(std::min(Cq, kMaxGridX));
-  prelu_wgrad_reduce_kernel<T><<<grid, kThreads>>>(partial, gw, p.A, Cq, K);
+  prelu_wgrad_reduce_kernel<T><<<grid, kThreads, 0, launch::stream()>>>(partial, gw, p.A, Cq, K);
   check_launch("prelu weight-gradient kernel launch");
 }
 

@@ -88,7 +88,7 @@ void mixup_impl(const T* x, const int64_t* perm, T* y, int64_t N, int64_t D, T l
   DeviceCopy dperm(perm, static_cast<size_t>(N) * sizeof(int64_t));
   const int64_t gx = std::min<int64_t>(ceil_div(D, kThreads), int64_t{1} << 20);
   const dim3 grid(static_cast<unsigned>(gx), grid_y(N));
-  mix_kernel<T><<<grid, kThreads>>>(x, dperm.get<int64_t>(), y, N, D, lam, lam1);
+  mix_kernel<T><<<grid, kThreads, 0, launch::stream()>>>(x, dperm.get<int64_t>(), y, N, D, lam, lam1);
   check_launch("mixup kernel launch");
 }
 
@@ -110,12 +110,12 @@ void augment_batch(const float* x, float* y, int64_t N, const AugShape& s, const
     dcm.reset(new DeviceCopy(static_cast<size_t>(N) * sizeof(float)));
     cm = dcm->get<float>();
     const int64_t blocks = std::max<int64_t>(1, std::min(N, launch::full_wave<kThreads>(contrast_mean_kernel)));
-    contrast_mean_kernel<<<static_cast<unsigned>(blocks), kThreads>>>(x, dparams.get<AugSample>(), s, N, cm);
+    contrast_mean_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, launch::stream()>>>(x, dparams.get<AugSample>(), s, N, cm);
     check_launch("augment contrast mean kernel launch");
   }
   const int64_t units = saturation ? s.OH * s.OW : out_n;
   const dim3 grid(static_cast<unsigned>(ceil_div(units, kThreads)), grid_y(N));
-  augment_apply_kernel<<<grid, kThreads>>>(x, y, dparams.get<AugSample>(), cm, s, N);
+  augment_apply_kernel<<<grid, kThreads, 0, launch::stream()>>>(x, y, dparams.get<AugSample>(), cm, s, N);
   check_launch("augment kernel launch");
 }
 
@@ -124,7 +124,7 @@ void gaussian_noise(const float* x, float* y, int64_t n, uint64_t seed, uint64_t
   if (n <= 0) return;
   const int64_t ntiles = ceil_div(n, kNoiseElems);
   const int64_t blocks = std::max<int64_t>(1, std::min(ntiles, launch::full_wave<kThreads>(noise_kernel)));
-  noise_kernel<<<static_cast<unsigned>(blocks), kThreads>>>(x, y, n, seed, q0, std, noise, clip, ntiles);
+  noise_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, launch::stream()>>>(x, y, n, seed, q0, std, noise, clip, ntiles);
   check_launch("gaussian noise kernel launch");
 }
 

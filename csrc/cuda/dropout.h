@@ -1,8 +1,8 @@
 // Dropout / DropConnect on the GPU: launchers callable from plain C++ (csrc/bindings/cuda.cpp).
 // The same semantics, bit for bit, as csrc/cpu/dropout.h: position q = q0 + i (element i) is kept
 // iff its 32 Philox bits (csrc/core/philox.h) are >= threshold = floor(p * 2^32).
-// Every pointer is device memory; every launch is asynchronous on the legacy default stream
-// (stream 0) and throws std::runtime_error if the launch fails. n == 0 launches nothing. The
+// Every pointer is device memory; every launch is asynchronous on the calling thread's current
+// stream (device.h) and throws std::runtime_error if the launch fails. n == 0 launches nothing. The
 // caller guarantees q0 + n - 1 < 2^64 and pointers aligned to their elements.
 #pragma once
 
@@ -19,6 +19,15 @@ void dropout_mask(uint64_t seed, uint64_t q0, int64_t n, uint32_t threshold, uin
 void dropout_apply(const float* x, float* y, int64_t n, uint64_t seed, uint64_t q0, uint32_t threshold, float scale);
 void dropout_apply(const double* x, double* y, int64_t n, uint64_t seed, uint64_t q0, uint32_t threshold,
                    double scale);
+
+// Graph-safe variant: seed = rng[0] and q0 = rng[1] + shift read on the device when the kernel runs
+// (rng: a device uint64[2]); otherwise as dropout_apply.
+void dropout_apply_dev(const float* x, float* y, int64_t n, const uint64_t* rng, uint64_t shift, uint32_t threshold,
+                       float scale);
+void dropout_apply_dev(const double* x, double* y, int64_t n, const uint64_t* rng, uint64_t shift,
+                       uint32_t threshold, double scale);
+// rng[1] += count on the device (after a step that used `count` positions), capturable in a graph.
+void rng_advance(uint64_t* rng, uint64_t count);
 
 // y[i] = x[i] * (bit i of mask ? scale : 0), mask packed as above (ceil(n/8) bytes); y may be x,
 // mask must not overlap y.

@@ -100,9 +100,8 @@ __device__ __forceinline__ uint32_t unit_keep_bits(uint64_t seed, uint64_t b, in
 // whenever G > 1 (plan_apply checks it). y may be x: every element is read, then written, by
 // one thread.
 template <class T, int G>
-__global__ void __launch_bounds__(kThreads)
-    apply_kernel(const T* x, T* y, int64_t n, uint64_t seed, uint64_t b0, int s, uint32_t thr, T scale,
-                 int64_t nunits) {
+__device__ __forceinline__ void apply_units(const T* x, T* y, int64_t n, uint64_t seed, uint64_t b0, int s,
+                                            uint32_t thr, T scale, int64_t nunits) {
   constexpr int kUnitsPerBlock = 16 / G;
   const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
@@ -135,6 +134,30 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
   }
+}
+
+template <class T, int G>
+__global__ void __launch_bounds__(kThreads)
+    apply_kernel(const T* x, T* y, int64_t n, uint64_t seed, uint64_t b0, int s, uint32_t thr, T scale,
+                 int64_t nunits) {
+  apply_units<T, G>(x, y, n, seed, b0, s, thr, scale, nunits);
+}
+
+// Graph-safe dropout: seed = rng[0], positions rng[1] + shift + i, read on the device at run time,
+// so a captured graph replayed after rng_advance_kernel draws a new mask. The offset is unknown to
+// the host, hence the per-element layout (G = 1) and a grid sized for the worst shift.
+template <class T>
+__global__ void __launch_bounds__(kThreads)
+    apply_dev_kernel(const T* x, T* y, int64_t n, const uint64_t* rng, uint64_t shift, uint32_t thr, T scale) {
+  const uint64_t q0 = rng[1] + shift;
+  const int s = static_cast<int>(q0 & 63);
+  const int64_t nunits = ((static_cast<int64_t>(s) + n + 63) >> 6) * 16;
+  apply_units<T, 1>(x, y, n, rng[0], q0 >> 6, s, thr, scale, nunits);
+}
+
+// rng[1] += count: the next step's positions follow this step's (one thread).
+__global__ void rng_advance_kernel(uint64_t* rng, uint64_t count) {
+  if (threadIdx.x == 0 && blockIdx.x == 0) rng[1] += count;
 }
 
 // ---- packed keep bits ---------------------------------------------------------------------------

@@ -16,6 +16,9 @@ namespace fastnn {
 namespace cuda {
 namespace launch {
 
+// The stream every launch of this thread goes to (device.h's current_stream; 0 = legacy default).
+inline cudaStream_t stream() { return reinterpret_cast<cudaStream_t>(current_stream()); }
+
 inline void check_launch(const char* what) { check(static_cast<int>(cudaGetLastError()), what); }
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }

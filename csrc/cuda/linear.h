@@ -7,8 +7,8 @@
 // offset + i (i the C-order index in y), DropConnect at offset + M*N + j (j the C-order index in W),
 // the Philox stream of csrc/core/philox.h, so masks equal the CPU's.
 //
-// Every pointer is device memory on the current device; everything is asynchronous on the legacy
-// default stream (stream 0), like the other launchers. Scratch (W_eff, the backward's Gz, column
+// Every pointer is device memory on the current device; everything is asynchronous on the calling
+// thread's current stream (device.h), like the other launchers. Scratch (W_eff, the backward's Gz, column
 // partial sums) comes from fastnn's caching device allocator; the cuBLASLt handle, descriptors,
 // layouts, heuristic results and a 32 MiB workspace are created once per device and shape and
 // cached for the life of the process. Throws std::runtime_error on CUDA / cuBLASLt errors and
@@ -18,13 +18,15 @@
 #include <cstdint>
 #include <string>
 
+#include "core/activation_kind.h"
+
 namespace fastnn {
 namespace cuda {
 
 enum class LDType : int { F32 = 0, F64 = 1, BF16 = 2 };
 
-// Activation ids of the linear epilogue (selu is kLinElu with the SELU alpha and scale).
-enum LinAct : int { kLinIdentity = 0, kLinSigmoid, kLinTanh, kLinRelu, kLinLeaky, kLinElu, kLinPrelu, kLinNumActs };
+// Activation ids of the linear epilogue (selu is kActElu with the SELU alpha and scale).
+enum LinAct : int { kActIdentity = 0, kActSigmoid, kActTanh, kActRelu, kActLeakyRelu, kActElu, kActPrelu, kActCount };
 
 // What the forward keeps for the backward (the caller allocates it, see linear_save_kind):
 //   kSaveNothing    identity: Gz needs only grad_output and the dropout stream
@@ -37,10 +39,10 @@ enum LinSave : int { kSaveNothing = 0, kSaveReluMask, kSaveOutput, kSaveActOut, 
 
 inline int linear_save_kind(int act, bool dropout) {
   switch (act) {
-    case kLinIdentity: return kSaveNothing;
-    case kLinRelu: return kSaveReluMask;
-    case kLinSigmoid:
-    case kLinTanh: return dropout ? kSaveActOut : kSaveOutput;
+    case kActIdentity: return kSaveNothing;
+    case kActRelu: return kSaveReluMask;
+    case kActSigmoid:
+    case kActTanh: return dropout ? kSaveActOut : kSaveOutput;
     default: return kSavePre;
   }
 }
@@ -57,10 +59,14 @@ struct LinearRandom {
   bool dropconnect = false;  // W positions offset + M*N + j
   uint32_t dc_thr = 0;
   double dc_scale = 1.0;
+  // Graph-safe randomness: when set, a device uint64[2] read by the kernels at run time, seed =
+  // rng_dev[0] and the stream offset = rng_dev[1] + offset (offset then a shift, usually 0), so a
+  // replayed graph draws new masks after the offset is advanced on the device (rng_advance).
+  const uint64_t* rng_dev = nullptr;
 };
 
 struct LinearAct {
-  int act = kLinIdentity;
+  int act = kActIdentity;
   double slope = 0.01, alpha = 1.0, scale = 1.0;  // leaky slope; ELU family scale*(x>0 ? x : alpha*expm1(x))
   const void* prelu_w = nullptr;                   // prelu: 1 or N elements of the dtype
   int64_t prelu_size = 0;
@@ -107,11 +113,7 @@ void linear_backward(const LinearBackwardArgs& a);
 // c (M, N) = a (M, K) @ b (K, N), C-contiguous; c must not overlap a or b.
 void matmul(LDType dtype, int64_t M, int64_t N, int64_t K, const void* a, const void* b, void* c, bool tf32);
 
-// Build and run-time facts: whether the cuBLASLt calls are compiled in, the library path the
-// build recorded, and "" if libcublasLt loads here (else why not; loads it on first call).
-bool cublaslt_compiled();
-std::string cublaslt_library();
-std::string cublaslt_load_error();
+// cuBLASLt loading and its build/run-time facts: csrc/cuda/cublaslt.h.
 
 }  // namespace cuda
 }  // namespace fastnn

@@ -26,184 +26,13 @@
 
 #include "cuda/device.h"
 #include "cuda/launch.cuh"
+#include "cuda/loss_kernels.cuh"
 
 namespace fastnn {
 namespace cuda {
 namespace {
 
-constexpr int kThreads = 256;
-constexpr int kWarps = kThreads / 32;
-constexpr int kChunkIters = 16;
-constexpr int64_t kChunk = static_cast<int64_t>(kThreads) * kChunkIters;  // squared-error chunk
-constexpr unsigned kFull = 0xffffffffu;
-constexpr int64_t kNoRow = 0x7fffffffffffffffLL;  // "no bad label" in the min-reduction
-
-// (std::numeric_limits is host-only without --expt-relaxed-constexpr)
-__device__ __forceinline__ float neg_inf(float) { return __int_as_float(static_cast<int>(0xff800000u)); }
-__device__ __forceinline__ double neg_inf(double) { return __longlong_as_double(static_cast<long long>(0xfff0000000000000ull)); }
-__device__ __forceinline__ double quiet_nan() { return __longlong_as_double(0x7ff8000000000000ll); }
-
-__device__ __forceinline__ float dexp(float x) { return expf(x); }
-__device__ __forceinline__ double dexp(double x) { return exp(x); }
-__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
-__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
-__device__ __forceinline__ float sub_rn(float a, float b) { return __fsub_rn(a, b); }
-__device__ __forceinline__ double sub_rn(double a, double b) { return __dsub_rn(a, b); }
-__device__ __forceinline__ float fma_rn(float a, float b, float c) { return __fmaf_rn(a, b, c); }
-__device__ __forceinline__ double fma_rn(double a, double b, double c) { return __fma_rn(a, b, c); }
-
-// max with NaN propagating (the CPU's hmax rule).
-template <class T>
-__device__ __forceinline__ T nan_max(T m, T v) {
-  return (v > m || v != v) ? v : m;
-}
-
-__device__ __forceinline__ double warp_sum(double v) {
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(kFull, v, off);
-  return v;
-}
-
-// Sum over the block's kThreads threads in a fixed tree order; every thread gets it.
-__device__ double block_sum(double v) {
-  __shared__ double sh[kThreads];
-  sh[threadIdx.x] = v;
-  __syncthreads();
-#pragma unroll
-  for (int s = kThreads / 2; s > 0; s >>= 1) {
-    if (threadIdx.x < s) sh[threadIdx.x] += sh[threadIdx.x + s];
-    __syncthreads();
-  }
-  const double r = sh[0];
-  __syncthreads();
-  return r;
-}
-
-__device__ int64_t block_min(int64_t v) {
-  __shared__ int64_t sh[kThreads];
-  sh[threadIdx.x] = v;
-  __syncthreads();
-#pragma unroll
-  for (int s = kThreads / 2; s > 0; s >>= 1) {
-    if (threadIdx.x < s) sh[threadIdx.x] = min(sh[threadIdx.x], sh[threadIdx.x + s]);
-    __syncthreads();
-  }
-  const int64_t r = sh[0];
-  __syncthreads();
-  return r;
-}
-
-// ------------------------------------------------------------------------------------------------
-// GPU kernels
-
-// x, t, grad are (M, C); y is (M,) (Label = int32_t / int64_t) unless kSoft; row_loss is (M,).
-// One warp per row r = blockIdx.x * kWarps + warp; a warp past M returns as a whole (no block
-// barrier here).
-template <class T, class Label, bool kSoft>
-__global__ void __launch_bounds__(kThreads) xent_rows_kernel(const T* __restrict__ x, const Label* __restrict__ y,
-                                                             const T* __restrict__ t, T* __restrict__ grad,
-                                                             double* __restrict__ row_loss, int64_t M, int64_t C,
-                                                             double scale) {
-  const int lane = threadIdx.x & 31;
-  const int64_t r = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
-  if (r >= M) return;
-  const T* xr = x + r * C;
-  const T* tr = kSoft ? t + r * C : nullptr;
-  T* gr = grad ? grad + r * C : nullptr;
-
-  T mx = neg_inf(T(0));
-  for (int64_t j = lane; j < C; j += 32) mx = nan_max(mx, xr[j]);
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) mx = nan_max(mx, __shfl_xor_sync(kFull, mx, off));
-
-  double s = 0.0, st = 0.0, stx = 0.0;
-  for (int64_t j = lane; j < C; j += 32) {
-    const T xv = xr[j];
-    const T e = dexp(sub_rn(xv, mx));
-    if (gr) gr[j] = e;
-    s += static_cast<double>(e);
-    if (kSoft) {
-      const T tv = tr[j];
-      st += static_cast<double>(tv);
-      stx += static_cast<double>(tv) * (static_cast<double>(mx) - static_cast<double>(xv));
-    }
-  }
-  s = warp_sum(s);
-  if (kSoft) {
-    st = warp_sum(st);
-    stx = warp_sum(stx);
-  }
-  const double log_s = log(s);
-  int64_t label = -1;
-  double loss;
-  if (kSoft) {
-    loss = stx + st * log_s;
-  } else {
-    label = static_cast<int64_t>(y[r]);
-    if (label < 0 || label >= C) {
-      label = -1;  // never an index; the final kernel reports it
-      loss = quiet_nan();
-    } else {
-      loss = (static_cast<double>(mx) - static_cast<double>(xr[label])) + log_s;
-    }
-  }
-  if (lane == 0) row_loss[r] = loss;
-  if (!gr) return;
-  const T f = static_cast<T>(scale * (kSoft ? st : 1.0) / s);
-  const T sc = static_cast<T>(scale);
-  for (int64_t j = lane; j < C; j += 32) {
-    T gv = mul_rn(gr[j], f);
-    if (kSoft) gv = fma_rn(-tr[j], sc, gv);
-    else if (j == label) gv = sub_rn(gv, sc);
-    gr[j] = gv;
-  }
-}
-
-// p, t, grad are (n,); partial is (ceil(n / kChunk),): block b sums chunk b.
-template <class T>
-__global__ void __launch_bounds__(kThreads) squared_error_kernel(const T* __restrict__ p, const T* __restrict__ t,
-                                                                 T* __restrict__ grad, int64_t n, T sc,
-                                                                 double* __restrict__ partial) {
-  const int64_t base = static_cast<int64_t>(blockIdx.x) * kChunk + threadIdx.x;
-  double acc = 0.0;
-#pragma unroll 4
-  for (int k = 0; k < kChunkIters; ++k) {
-    const int64_t i = base + static_cast<int64_t>(k) * kThreads;
-    if (i < n) {
-      const T d = sub_rn(p[i], t[i]);
-      const double dd = static_cast<double>(d);
-      acc = __fma_rn(dd, dd, acc);
-      if (grad) grad[i] = mul_rn(d, sc);
-    }
-  }
-  acc = block_sum(acc);
-  if (threadIdx.x == 0) partial[blockIdx.x] = acc;
-}
-
-// One block: out->value = scale * sum of partial[0, count) in a fixed order; with labels (M of
-// them), out->bad_row / bad_label = the first label outside [0, C), or -1 / 0.
-template <class Label>
-__global__ void __launch_bounds__(kThreads) finalize_kernel(const double* __restrict__ partial, int64_t count,
-                                                            double scale, const Label* __restrict__ y, int64_t M,
-                                                            int64_t C, LossResult* out) {
-  double acc = 0.0;
-  for (int64_t i = threadIdx.x; i < count; i += kThreads) acc += partial[i];
-  int64_t bad = kNoRow;
-  if (y) {
-    for (int64_t r = threadIdx.x; r < M; r += kThreads) {
-      const int64_t v = static_cast<int64_t>(y[r]);
-      if ((v < 0 || v >= C) && r < bad) bad = r;
-    }
-  }
-  acc = block_sum(acc);
-  bad = block_min(bad);
-  if (threadIdx.x == 0) {
-    out->value = acc * scale;
-    const bool found = bad != kNoRow;
-    out->bad_row = found ? bad : -1;
-    out->bad_label = found ? static_cast<int64_t>(y[bad]) : 0;
-  }
-}
+using namespace loss_detail;
 
 // ------------------------------------------------------------------------------------------------
 // kernel launchers
@@ -224,59 +53,65 @@ struct Scratch {
 };
 
 template <class T, class Label, bool kSoft>
-LossResult xent_impl(const T* x, const Label* y, const T* t, T* grad, int64_t M, int64_t C) {
+LossResult xent_impl(const T* x, const Label* y, const T* t, T* grad, int64_t M, int64_t C, LossResult* out) {
   LossResult res{0.0, -1, 0};
   if (M <= 0 || C <= 0) return res;
   Scratch ws(M);
+  LossResult* dst = out != nullptr ? out : ws.result();
   const double scale = 1.0 / static_cast<double>(M);
   const unsigned grid = static_cast<unsigned>(launch::ceil_div(M, kWarps));
-  xent_rows_kernel<T, Label, kSoft><<<grid, kThreads>>>(x, y, t, grad, ws.doubles(), M, C, scale);
+  xent_rows_kernel<T, Label, kSoft><<<grid, kThreads, 0, launch::stream()>>>(x, y, t, grad, ws.doubles(), M, C, scale);
   launch::check_launch("softmax_xent kernel launch");
-  finalize_kernel<Label><<<1, kThreads>>>(ws.doubles(), M, scale, kSoft ? nullptr : y, M, C, ws.result());
+  finalize_kernel<Label><<<1, kThreads, 0, launch::stream()>>>(ws.doubles(), M, scale, kSoft ? nullptr : y, M, C, dst);
   launch::check_launch("softmax_xent final sum launch");
-  memcpy_dtoh(&res, ws.result(), sizeof res);
+  if (out == nullptr) memcpy_dtoh(&res, dst, sizeof res);
   return res;
 }
 
 template <class T>
 LossResult xent_dispatch(const T* x, const int32_t* y32, const int64_t* y64, const T* t, T* grad, int64_t M,
-                         int64_t C) {
-  if (t) return xent_impl<T, int64_t, true>(x, nullptr, t, grad, M, C);
-  if (y32) return xent_impl<T, int32_t, false>(x, y32, nullptr, grad, M, C);
-  return xent_impl<T, int64_t, false>(x, y64, nullptr, grad, M, C);
+                         int64_t C, LossResult* out) {
+  if (t) return xent_impl<T, int64_t, true>(x, nullptr, t, grad, M, C, out);
+  if (y32) return xent_impl<T, int32_t, false>(x, y32, nullptr, grad, M, C, out);
+  return xent_impl<T, int64_t, false>(x, y64, nullptr, grad, M, C, out);
 }
 
 template <class T>
-LossResult squared_error_impl(const T* p, const T* t, T* grad, int64_t n, double scale) {
+LossResult squared_error_impl(const T* p, const T* t, T* grad, int64_t n, double scale, LossResult* out) {
   LossResult res{0.0, -1, 0};
-  if (n <= 0) return res;
+  if (n <= 0 && out == nullptr) return res;
   const int64_t nchunks = launch::ceil_div(n, kChunk);
-  Scratch ws(nchunks);
-  squared_error_kernel<T><<<static_cast<unsigned>(nchunks), kThreads>>>(p, t, grad, n, static_cast<T>(scale),
-                                                                         ws.doubles());
-  launch::check_launch("squared_error kernel launch");
-  finalize_kernel<int64_t><<<1, kThreads>>>(ws.doubles(), nchunks, 1.0, nullptr, 0, 0, ws.result());
+  Scratch ws(nchunks);  // (0 doubles still gives the result slot)
+  if (nchunks > 0) {  // n == 0 with a device result: only the final kernel (it writes 0)
+    squared_error_kernel<T><<<static_cast<unsigned>(nchunks), kThreads, 0, launch::stream()>>>(
+        p, t, grad, n, static_cast<T>(scale), ws.doubles());
+    launch::check_launch("squared_error kernel launch");
+  }
+  finalize_kernel<int64_t><<<1, kThreads, 0, launch::stream()>>>(ws.doubles(), nchunks, 1.0, nullptr, 0, 0,
+                                                                 out != nullptr ? out : ws.result());
   launch::check_launch("squared_error final sum launch");
-  memcpy_dtoh(&res, ws.result(), sizeof res);
+  if (out == nullptr) memcpy_dtoh(&res, ws.result(), sizeof res);
   return res;
 }
 
 }  // namespace
 
 LossResult softmax_xent(const float* x, const int32_t* labels32, const int64_t* labels64, const float* t,
-                        float* grad, int64_t M, int64_t C) {
-  return xent_dispatch(x, labels32, labels64, t, grad, M, C);
+                        float* grad, int64_t M, int64_t C, LossResult* result_dev) {
+  return xent_dispatch(x, labels32, labels64, t, grad, M, C, result_dev);
 }
 LossResult softmax_xent(const double* x, const int32_t* labels32, const int64_t* labels64, const double* t,
-                        double* grad, int64_t M, int64_t C) {
-  return xent_dispatch(x, labels32, labels64, t, grad, M, C);
+                        double* grad, int64_t M, int64_t C, LossResult* result_dev) {
+  return xent_dispatch(x, labels32, labels64, t, grad, M, C, result_dev);
 }
 
-LossResult squared_error(const float* p, const float* t, float* grad, int64_t n, double scale) {
-  return squared_error_impl(p, t, grad, n, scale);
+LossResult squared_error(const float* p, const float* t, float* grad, int64_t n, double scale,
+                         LossResult* result_dev) {
+  return squared_error_impl(p, t, grad, n, scale, result_dev);
 }
-LossResult squared_error(const double* p, const double* t, double* grad, int64_t n, double scale) {
-  return squared_error_impl(p, t, grad, n, scale);
+LossResult squared_error(const double* p, const double* t, double* grad, int64_t n, double scale,
+                         LossResult* result_dev) {
+  return squared_error_impl(p, t, grad, n, scale, result_dev);
 }
 
 }  // namespace cuda

@@ -80,7 +80,7 @@ void launch_update(T* w, const T* g, T* s1, T* s2, int64_t n, Op op, const char*
   const packed::Split s = packed::split_for<T>(n, {w, g, NS >= 1 ? s1 : nullptr, NS >= 2 ? s2 : nullptr});
   auto kernel = update_kernel<T, NS, Op>;
   const int64_t work = s.nvec > 0 ? s.nvec : n;
-  kernel<<<launch::grid_for<kThreads>(kernel, work), kThreads>>>(w, g, s1, s2, n, s.head, s.nvec, op);
+  kernel<<<launch::grid_for<kThreads>(kernel, work), kThreads, 0, launch::stream()>>>(w, g, s1, s2, n, s.head, s.nvec, op);
   launch::check_launch(what);
 }
 

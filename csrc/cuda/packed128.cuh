@@ -4,7 +4,9 @@
 // And the head / packets / tail split of a group of pointers that must be aligned alike.
 #pragma once
 
+#ifdef __CUDACC__
 #include <cuda_runtime.h>
+#endif
 
 #include <algorithm>
 #include <cstdint>

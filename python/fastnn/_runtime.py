@@ -56,10 +56,11 @@ def build_info() -> dict:
         "threads": _C.get_num_threads(),
         "default_threads": _C.default_num_threads(),
         "cuda_compiled": bool(_C.cuda_compiled),
-        # cuBLASLt (GPU linear/matmul): compiled in, the library path the build found, and whether
-        # it loads in this process ("" = yes, else why not).
+        # cuBLASLt (GPU linear/matmul): compiled in, and the file loaded in this process ("" = none yet).
         "cublaslt": bool(getattr(_C, "cuda_cublaslt_compiled", lambda: False)()),
-        "cublaslt_library": getattr(_C, "cuda_cublaslt_library", lambda: "")(),
+        "cublaslt_library": getattr(_C, "cublaslt_location", lambda: "")(),
+        # driver/runtime versions and "ok" / "no driver" / "driver too old" / "no device" / "error"
+        "cuda_driver": getattr(_C, "cuda_driver_info", lambda: None)(),
         "gpus": cuda.devices(),
     }
 
@@ -68,7 +69,12 @@ def _cublaslt_line(d) -> str:
     if not d["cublaslt"]:
         return "not compiled in (GPU linear/matmul unavailable)"
     err = _C.cuda_cublaslt_load_error()
-    return f"compiled in ({d['cublaslt_library'] or 'system library'}); " + ("loads" if not err else "does not load")
+    where = _C.cublaslt_location() if hasattr(_C, "cublaslt_location") else d["cublaslt_library"]
+    return "compiled in; " + (f"loads ({where})" if not err else "does not load")
+
+
+def _version(v: int) -> str:
+    return f"{v // 1000}.{v % 1000 // 10}" if v else "none"
 
 
 def info(file=None) -> None:
@@ -79,8 +85,10 @@ def info(file=None) -> None:
     if not d["cuda_compiled"]:
         gpu_line = "none (CUDA not compiled in)"
     elif not gpus:
-        reason = _C.cuda_init_error() if hasattr(_C, "cuda_init_error") else ""
-        gpu_line = "none seen" + (f" ({reason})" if reason else "")
+        drv = d.get("cuda_driver")
+        reason = (drv["detail"] if drv and drv["detail"] else
+                  _C.cuda_init_error() if hasattr(_C, "cuda_init_error") else "")
+        gpu_line = "none seen" + (f" ({drv['state']}: {reason})" if drv else f" ({reason})" if reason else "")
     else:
         gpu_line = "; ".join(f"{g['index']}: {g['name']} (sm_{g['major']}{g['minor']}, "
                              f"{g['memory_bytes'] / 2**30:.1f} GiB)" for g in gpus)
@@ -90,7 +98,9 @@ def info(file=None) -> None:
         f"CPU paths supported here: {', '.join(d['cpu_supported'])}",
         f"CPU path selected: {d['cpu_selected']}",
         f"threads: {d['threads']} (default {d['default_threads']})",
-        f"CUDA compiled in: {'yes' if d['cuda_compiled'] else 'no'}",
+        f"CUDA compiled in: {'yes' if d['cuda_compiled'] else 'no'}"
+        + (f" (runtime {_version(d['cuda_driver']['runtime_version'])}, driver "
+           f"{_version(d['cuda_driver']['driver_version'])})" if d.get("cuda_driver") else ""),
         f"cuBLASLt: {_cublaslt_line(d)}",
         f"GPUs: {gpu_line}",
     ]

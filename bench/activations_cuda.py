@@ -2,8 +2,8 @@
 run and against PyTorch's CUDA ops (when torch with CUDA is importable). llm.c style: every
 kernel is validated against the CPU kernels (fastnn.functional on NumPy) before it is timed.
 
-    python bench/gpu_activations.py                          # 16 Mi and 256 Ki float32
-    python bench/gpu_activations.py --sizes 16777216 --ops tanh relu
+    python bench/activations_cuda.py                          # 16 Mi and 256 Ki float32
+    python bench/activations_cuda.py --sizes 16777216 --ops tanh relu
 
 Bytes counted: forward reads x and writes y (8 B/element in float32); backward reads grad_output
 and x and writes grad_input (12 B/element); PReLU's weight (C = 256) is not counted. The ceiling

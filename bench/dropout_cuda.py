@@ -2,8 +2,8 @@
 same run and against PyTorch's CUDA dropout (when torch with CUDA is importable). Every kernel is
 validated bit for bit against the CPU kernels (fastnn.functional on NumPy) before it is timed.
 
-    python bench/gpu_dropout.py                     # 16 Mi float32, p = 0.5
-    python bench/gpu_dropout.py --size 4194304 --p 0.1
+    python bench/dropout_cuda.py                     # 16 Mi float32, p = 0.5
+    python bench/dropout_cuda.py --size 4194304 --p 0.1
 
 Bytes counted: 8 B/element in float32 for every pass -- forward reads x and writes y; backward
 reads grad_output and writes grad_input (regenerating the keep bits, or reading a stored packed
@@ -13,7 +13,7 @@ counted at 8 B/element too, like fastnn (so they are compared at equal useful wo
 "kernel" calls fastnn._C directly on preallocated arrays; "F()" is the public API allocating its
 result. "offset 1" starts the stream one position into a 64-position block with 16-byte aligned
 arrays, which takes the per-element layout (the packet layout needs the arrays' alignment to
-match the stream offset modulo 4 elements). Timing as bench/gpu_activations.py (CUDA events
+match the stream offset modulo 4 elements). Timing as bench/activations_cuda.py (CUDA events
 when torch is present, median of 5 batches).
 
 Goal: forward and backward kernels >= 0.9x the copy bandwidth at 16 Mi float32 elements.
@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fastnn.cuda as fc  # noqa: E402
 import fastnn.functional as F  # noqa: E402
 from fastnn import _C  # noqa: E402
-from gpu_activations import Timer, _import_torch, machine_line  # noqa: E402
+from activations_cuda import Timer, _import_torch, machine_line  # noqa: E402
 
 SEED = 2**40 + 123
 

@@ -3,8 +3,8 @@ PyTorch (torch.nn.functional.linear / torch.matmul), and the small training-size
 PyTorch eager. Needs torch with CUDA (the ceiling and the events come from it). Every fastnn result
 is validated against torch's before it is timed.
 
-    python bench/gpu_linear.py                 # all rows
-    python bench/gpu_linear.py --quick         # fewer iterations (bench/gpu_check.sh)
+    python bench/linear_cuda.py                 # all rows
+    python bench/linear_cuda.py --quick         # fewer iterations (bench/gpu_check.sh)
 
 Rows: (1) large GEMMs, fp32 (TF32 off on both sides) and bf16 (fp32 accumulation): fastnn's
 linear (x @ W^T + b, BIAS epilogue) vs torch.nn.functional.linear, and fastnn matmul vs
@@ -24,7 +24,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import fastnn.cuda as fc  # noqa: E402
-from gpu_activations import Timer, _import_torch, machine_line  # noqa: E402
+from activations_cuda import Timer, _import_torch, machine_line  # noqa: E402
 
 LARGE = [(4096, 4096, 4096), (8192, 1024, 1024)]  # (M, K, N)
 
@@ -43,7 +43,7 @@ def _validate(name, got, want, torch, rtol):
 def run(quick: bool):
     torch = _import_torch()
     if torch is None:
-        raise SystemExit("bench/gpu_linear.py needs PyTorch with CUDA (the cuBLAS baseline)")
+        raise SystemExit("bench/linear_cuda.py needs PyTorch with CUDA (the cuBLAS baseline)")
     torch.backends.cuda.matmul.allow_tf32 = False
     fc.allow_tf32(False)
     timer = Timer(torch)

@@ -3,13 +3,13 @@ parameter) against torch.optim on the same shapes (foreach=True and fused=True),
 kernel's bandwidth against a device-to-device copy. Every fastnn step is validated against the
 CPU kernels on the same data before it is timed.
 
-    python bench/gpu_optim.py [--quick]
+    python bench/optim_cuda.py [--quick]
 
 Rows: (1) the 784-512-256-10 MLP's six parameters (535,818 float32): microseconds per step() of
 the public path, Python overhead included (PyTorch's per-step figure is for the same work).
 (2) one 16 Mi-element float32 parameter: GB/s of the update (SGD momentum reads w, g, buf and
 writes w, buf: 5 x 4 B per element; Adam 7 x 4 B) and the ratio to a device copy measured in the
-same run (the ceiling, 1.0x). Timing: CUDA events around back-to-back steps (bench/gpu_activations.py's
+same run (the ceiling, 1.0x). Timing: CUDA events around back-to-back steps (bench/activations_cuda.py's
 Timer), median of 5 batches.
 """
 
@@ -27,7 +27,7 @@ import fastnn  # noqa: E402
 import fastnn.cuda as fc  # noqa: E402
 from fastnn import _C, optim  # noqa: E402
 from fastnn.parameter import Parameter  # noqa: E402
-from gpu_activations import Timer, _import_torch, machine_line  # noqa: E402
+from activations_cuda import Timer, _import_torch, machine_line  # noqa: E402
 
 MLP = [(512, 784), (512,), (256, 512), (256,), (10, 256), (10,)]
 KINDS = {
@@ -112,7 +112,7 @@ def main():
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     if not fc.is_available():
-        raise SystemExit("bench/gpu_optim.py needs a CUDA GPU (fastnn.cuda.is_available() is False)")
+        raise SystemExit("bench/optim_cuda.py needs a CUDA GPU (fastnn.cuda.is_available() is False)")
     run(args.quick)
 
 

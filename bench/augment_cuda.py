@@ -3,14 +3,14 @@ the device-copy bandwidth of the same bytes, and against the same pipeline on th
 fastnn's CPU kernels) for scale. Every pipeline is validated against the CPU path before it is timed
 (bit for bit; Gaussian noise within 3e-6 * std + 1 ulp).
 
-    python bench/gpu_augment.py            # CIFAR-like (256, 3, 32, 32) and ImageNet-like (64, 3, 256, 256)
-    python bench/gpu_augment.py --quick    # the CIFAR-like batch only
+    python bench/augment_cuda.py            # CIFAR-like (256, 3, 32, 32) and ImageNet-like (64, 3, 256, 256)
+    python bench/augment_cuda.py --quick    # the CIFAR-like batch only
 
 Bytes counted per pipeline: 8 B per output element (one float32 read, one write), the ceiling a
 copy of the output moves; the contrast stage's second read of the crop (for the mean) is not
 counted. "kernel" times fastnn._C.cuda_augment_batch on preallocated arrays with parameters drawn
 once; "API" times the public call, which also draws the per-sample parameters on the host (O(N)
-Philox words) and uploads them (a synchronous copy). Timing as bench/gpu_activations.py.
+Philox words) and uploads them (a synchronous copy). Timing as bench/activations_cuda.py.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fastnn.augment as A  # noqa: E402
 import fastnn.cuda as fc  # noqa: E402
 from fastnn import _C  # noqa: E402
-from gpu_activations import Timer, _import_torch, machine_line  # noqa: E402
+from activations_cuda import Timer, _import_torch, machine_line  # noqa: E402
 
 SEED = 12345
 
