@@ -25,9 +25,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 CXX = os.environ.get("CXX") or shutil.which("g++") or shutil.which("clang++")
 pytestmark = pytest.mark.skipif(CXX is None, reason="no C++ compiler to build the emulation")
 CPU = getattr(_C, "cpu", _C)
-SIGMOID, TANH, RELU, LEAKY, ELU = range(5)  # csrc/cpu/activation.h enum Act (the CPU's ids today)
+IDENTITY, SIGMOID, TANH, RELU, LEAKY, ELU, PRELU = (_C.ACTIVATION_IDS[k] for k in (
+    "identity", "sigmoid", "tanh", "relu", "leaky_relu", "elu", "prelu"))  # ActKind (core/activation_kind.h)
 TOL = {np.float32: {"rtol": 4e-6, "atol": 1e-7}, np.float64: {"rtol": 1e-13, "atol": 1e-15}}
-PARAMS = {SIGMOID: (0.01, 1.0, 1.0), TANH: (0.01, 1.0, 1.0), RELU: (0.01, 1.0, 1.0), LEAKY: (0.2, 1.0, 1.0),
+PARAMS = {IDENTITY: (0.01, 1.0, 1.0), SIGMOID: (0.01, 1.0, 1.0), TANH: (0.01, 1.0, 1.0), RELU: (0.01, 1.0, 1.0), LEAKY: (0.2, 1.0, 1.0),
           ELU: (0.01, 1.6732632423543772, 1.0507009873554805)}
 
 
@@ -59,6 +60,8 @@ def bits(dtype):
 def ref(op, x, slope, alpha, scale):
     x = x.astype(np.float64)
     with np.errstate(over="ignore", invalid="ignore"):
+        if op == IDENTITY:
+            return x, np.ones_like(x)
         if op == SIGMOID:
             e = np.exp(-np.abs(x))  # derivative e / (1 + e)^2: no cancellation in the tails
             return 1 / (1 + np.exp(-x)), e / (1 + e) ** 2
@@ -81,7 +84,7 @@ def data(rng, dtype, n, shift):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("op", [SIGMOID, TANH, RELU, LEAKY, ELU])
+@pytest.mark.parametrize("op", [IDENTITY, SIGMOID, TANH, RELU, LEAKY, ELU])
 @pytest.mark.parametrize("n,shift,vec,grid", [(1, 0, 1, 1), (7, 1, 1, 1), (100, 0, 1, 2), (1003, 3, 1, 3),
                                               (1003, 1, 0, 2)])
 def test_forward_backward(emu, rng, dtype, op, n, shift, vec, grid):
@@ -94,7 +97,7 @@ def test_forward_backward(emu, rng, dtype, op, n, shift, vec, grid):
     cpu = np.empty_like(x)
     CPU.act_forward(op, x, cpu, sl, al, sc)
     np.testing.assert_allclose(y, cpu, **TOL[dtype])
-    if op in (RELU, LEAKY):
+    if op in (IDENTITY, RELU, LEAKY):
         np.testing.assert_array_equal(y, cpu)
     g = data(rng, dtype, n, shift)
     g[1:5] = 1.0
@@ -105,7 +108,7 @@ def test_forward_backward(emu, rng, dtype, op, n, shift, vec, grid):
     CPU.act_backward(op, g, x, cpu_g, sl, al, sc)
     np.testing.assert_allclose(gx, cpu_g, **TOL[dtype])
     if n > 4:
-        assert np.isnan(y[1]) and np.isnan(gx[1])
+        assert np.isnan(y[1]) and (op == IDENTITY or np.isnan(gx[1]))
     xi = x.copy()  # in place
     getattr(emu, f"emu_act_fwd{bits(dtype)}")(op, ptr(xi), ptr(xi), n, sl, al, sc, grid, vec)
     np.testing.assert_array_equal(xi, y)

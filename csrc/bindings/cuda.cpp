@@ -58,8 +58,8 @@ void check_positions(uint64_t offset, int64_t n) {
 }
 
 void check_op(int op) {
-  if (op < 0 || op >= kNumActs)
-    throw py::value_error("op: expected an activation id in [0, " + std::to_string(kNumActs) + "), got " +
+  if (op < 0 || op >= kActCount || op == kActPrelu)
+    throw py::value_error("op: expected an activation id in [0, " + std::to_string(kActCount) + ") other than PReLU (" + std::to_string(kActPrelu) + "), got " +
                           std::to_string(op));
 }
 

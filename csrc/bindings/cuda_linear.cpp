@@ -50,10 +50,10 @@ void check_operand(uint64_t p, int64_t n, LDType dt, const char* name) {
 }
 
 void check_act(int act, uint64_t prelu_w, int64_t prelu_size, int64_t N, LDType dt) {
-  if (act < 0 || act >= cuda::kActCount)
-    throw py::value_error("act: expected an activation id in [0, " + std::to_string(cuda::kActCount) + "), got " +
+  if (act < 0 || act >= kActCount)
+    throw py::value_error("act: expected an activation id in [0, " + std::to_string(kActCount) + "), got " +
                           std::to_string(act));
-  if (act == cuda::kActPrelu) {
+  if (act == kActPrelu) {
     if (prelu_size != 1 && prelu_size != N)
       throw py::value_error("prelu_weight: expected 1 or " + std::to_string(N) + " elements, got " +
                             std::to_string(prelu_size));
@@ -230,7 +230,7 @@ void register_cuda_linear(py::module_& m) {
         check_operand(grad_x, M * K, dt, "grad_x");
         check_operand(grad_w, N * K, dt, "grad_weight");
         check_operand(grad_bias, 0, dt, "grad_bias");
-        if (act == cuda::kActPrelu) check_operand(grad_prelu, 1, dt, "grad_prelu");
+        if (act == kActPrelu) check_operand(grad_prelu, 1, dt, "grad_prelu");
         const int kind = cuda::linear_save_kind(act, dropout);
         check_saved(kind, saved, mask, mask_ld, M, N, dt);
         cuda::LinearBackwardArgs a;
@@ -250,7 +250,7 @@ void register_cuda_linear(py::module_& m) {
         a.grad_x = ptr_of<void>(grad_x);
         a.grad_w = ptr_of<void>(grad_w);
         a.grad_bias = grad_bias != 0 ? ptr_of<void>(grad_bias) : nullptr;
-        a.grad_prelu = act == cuda::kActPrelu ? ptr_of<void>(grad_prelu) : nullptr;
+        a.grad_prelu = act == kActPrelu ? ptr_of<void>(grad_prelu) : nullptr;
         a.tf32 = tf32;
         py::gil_scoped_release nogil;
         cuda::linear_backward(a);

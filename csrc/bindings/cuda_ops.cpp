@@ -102,7 +102,7 @@ void register_cuda_ops(py::module_& parent) {
   m.def(
       "act_forward",
       [](int op, py::object x_o, py::object out_o, double slope, double alpha, double scale) {
-        if (op < 0 || op >= kNumActs) throw py::value_error("op: expected an activation id in [0, " + std::to_string(kNumActs) + "), got " + std::to_string(op));
+        if (op < 0 || op >= kActCount || op == kActPrelu) throw py::value_error("op: expected an activation id in [0, " + std::to_string(kActCount) + ") other than PReLU (" + std::to_string(kActPrelu) + "), got " + std::to_string(op));
         const DevArg x = dev_arg(x_o, "x", false), out = dev_arg(out_o, "out", true);
         const DType dt = float_of(x, "x");
         same(x, "x", out, "out");
@@ -120,7 +120,7 @@ void register_cuda_ops(py::module_& parent) {
   m.def(
       "act_backward",
       [](int op, py::object g_o, py::object x_o, py::object out_o, double slope, double alpha, double scale) {
-        if (op < 0 || op >= kNumActs) throw py::value_error("op: expected an activation id in [0, " + std::to_string(kNumActs) + "), got " + std::to_string(op));
+        if (op < 0 || op >= kActCount || op == kActPrelu) throw py::value_error("op: expected an activation id in [0, " + std::to_string(kActCount) + ") other than PReLU (" + std::to_string(kActPrelu) + "), got " + std::to_string(op));
         const DevArg g = dev_arg(g_o, "grad_output", false), x = dev_arg(x_o, "x", false),
                      out = dev_arg(out_o, "out", true);
         const DType dt = float_of(x, "x");

@@ -61,7 +61,7 @@ Coef<T> coef(const ActParams& p) {
 }
 
 void check_op(int op) {
-  if (op < 0 || op >= kNumActs) throw std::invalid_argument("op: unknown activation id " + std::to_string(op));
+  if (op < 0 || op >= kActCount || op == kActPrelu) throw std::invalid_argument("op: unknown activation id " + std::to_string(op) + " (PReLU goes through the prelu ops)");
 }
 
 template <class T, class Op>
@@ -88,11 +88,12 @@ void act_forward_impl(int op, const T* x, T* y, int64_t n, const ActParams& p) {
   if (n <= 0) return;
   const Coef<T> k = coef<T>(p);
   switch (op) {
-    case kSigmoid: launch_forward(x, y, n, SigmoidOp<T>{}); break;
-    case kTanh: launch_forward(x, y, n, TanhOp<T>{}); break;
-    case kRelu: launch_forward(x, y, n, ReluOp<T>{}); break;
-    case kLeakyRelu: launch_forward(x, y, n, LeakyReluOp<T>{k.slope}); break;
-    case kElu: launch_forward(x, y, n, EluOp<T>{k.pos, k.neg}); break;
+    case kActIdentity: launch_forward(x, y, n, IdentityOp<T>{}); break;
+    case kActSigmoid: launch_forward(x, y, n, SigmoidOp<T>{}); break;
+    case kActTanh: launch_forward(x, y, n, TanhOp<T>{}); break;
+    case kActRelu: launch_forward(x, y, n, ReluOp<T>{}); break;
+    case kActLeakyRelu: launch_forward(x, y, n, LeakyReluOp<T>{k.slope}); break;
+    case kActElu: launch_forward(x, y, n, EluOp<T>{k.pos, k.neg}); break;
   }
 }
 
@@ -102,11 +103,12 @@ void act_backward_impl(int op, const T* g, const T* x, T* gx, int64_t n, const A
   if (n <= 0) return;
   const Coef<T> k = coef<T>(p);
   switch (op) {
-    case kSigmoid: launch_backward(g, x, gx, n, SigmoidOp<T>{}); break;
-    case kTanh: launch_backward(g, x, gx, n, TanhOp<T>{}); break;
-    case kRelu: launch_backward(g, x, gx, n, ReluOp<T>{}); break;
-    case kLeakyRelu: launch_backward(g, x, gx, n, LeakyReluOp<T>{k.slope}); break;
-    case kElu: launch_backward(g, x, gx, n, EluOp<T>{k.pos, k.neg}); break;
+    case kActIdentity: launch_backward(g, x, gx, n, IdentityOp<T>{}); break;
+    case kActSigmoid: launch_backward(g, x, gx, n, SigmoidOp<T>{}); break;
+    case kActTanh: launch_backward(g, x, gx, n, TanhOp<T>{}); break;
+    case kActRelu: launch_backward(g, x, gx, n, ReluOp<T>{}); break;
+    case kActLeakyRelu: launch_backward(g, x, gx, n, LeakyReluOp<T>{k.slope}); break;
+    case kActElu: launch_backward(g, x, gx, n, EluOp<T>{k.pos, k.neg}); break;
   }
 }
 

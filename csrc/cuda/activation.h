@@ -1,12 +1,12 @@
 // The activation family on the GPU: launchers callable from plain C++ (csrc/bindings/cuda.cpp).
-// Same ops, parameters and semantics as csrc/cpu/activation.cpp (op ids: enum Act there).
+// Same ops, parameters and semantics as csrc/cpu/activation.cpp (op ids: ActKind, core/activation_kind.h; PReLU has its own ops).
 // Every pointer is device memory; every launch is asynchronous on the legacy default stream
 // (stream 0) and throws std::runtime_error if the launch fails. n == 0 launches nothing.
 #pragma once
 
 #include <cstdint>
 
-#include "cpu/activation.h"  // enum Act, ActParams
+#include "cpu/activation.h"  // ActParams (and ActKind)
 
 namespace fastnn {
 namespace cuda {

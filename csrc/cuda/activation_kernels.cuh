@@ -7,7 +7,8 @@
 #include <cmath>
 #include <cstdint>
 
-#include "cpu/activation.h"  // enum Act
+#include "core/activation_kind.h"  // ActKind
+#include "cpu/activation.h"  // ActParams
 #include "cuda/device_math.cuh"
 #include "cuda/packed128.cuh"
 
@@ -39,6 +40,13 @@ template <class T>
 __device__ __forceinline__ T nan_where_x_nan(T d, T x) {
   return isnan(x) ? x : d;
 }
+
+// identity (kActIdentity): y = x, dx = g.
+template <class T>
+struct IdentityOp {
+  __device__ __forceinline__ T fwd(T x) const { return x; }
+  __device__ __forceinline__ T bwd(T g, T) const { return g; }
+};
 
 // sigmoid(x) = (x < 0 ? e : 1) / (1 + e), e = exp(-|x|): no overflow, accurate in both tails.
 // sigmoid'(x) = e / (1 + e)^2.

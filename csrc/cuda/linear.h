@@ -25,8 +25,8 @@ namespace cuda {
 
 enum class LDType : int { F32 = 0, F64 = 1, BF16 = 2 };
 
-// Activation ids of the linear epilogue (selu is kActElu with the SELU alpha and scale).
-enum LinAct : int { kActIdentity = 0, kActSigmoid, kActTanh, kActRelu, kActLeakyRelu, kActElu, kActPrelu, kActCount };
+// Activation ids of the linear epilogue: ActKind (core/activation_kind.h); selu is kActElu with the
+// SELU alpha and scale.
 
 // What the forward keeps for the backward (the caller allocates it, see linear_save_kind):
 //   kSaveNothing    identity: Gz needs only grad_output and the dropout stream

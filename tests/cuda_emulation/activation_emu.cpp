@@ -33,11 +33,12 @@ template <class T, class F>
 void with_op(int op, double slope, double alpha, double scale, F&& f) {
   const Coef<T> k{static_cast<T>(slope), static_cast<T>(scale), static_cast<T>(scale * alpha)};
   switch (op) {
-    case kSigmoid: f(SigmoidOp<T>{}); break;
-    case kTanh: f(TanhOp<T>{}); break;
-    case kRelu: f(ReluOp<T>{}); break;
-    case kLeakyRelu: f(LeakyReluOp<T>{k.slope}); break;
-    case kElu: f(EluOp<T>{k.pos, k.neg}); break;
+    case kActIdentity: f(IdentityOp<T>{}); break;
+    case kActSigmoid: f(SigmoidOp<T>{}); break;
+    case kActTanh: f(TanhOp<T>{}); break;
+    case kActRelu: f(ReluOp<T>{}); break;
+    case kActLeakyRelu: f(LeakyReluOp<T>{k.slope}); break;
+    case kActElu: f(EluOp<T>{k.pos, k.neg}); break;
   }
 }
 
