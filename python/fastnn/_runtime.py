@@ -8,6 +8,11 @@ import sys
 
 from . import _C
 
+try:  # written by CMakeLists.txt next to _C in installed builds; absent in a dev tree's copy
+    from ._build_config import CUDA_ARCHS as _CUDA_ARCHS
+except ImportError:
+    _CUDA_ARCHS = None
+
 
 def get_num_threads() -> int:
     """Threads used by fastnn's CPU kernels (default: the cores this process may use)."""
@@ -56,6 +61,7 @@ def build_info() -> dict:
         "threads": _C.get_num_threads(),
         "default_threads": _C.default_num_threads(),
         "cuda_compiled": bool(_C.cuda_compiled),
+        "cuda_archs": list(_CUDA_ARCHS) if _CUDA_ARCHS is not None else None,
         # cuBLASLt (GPU linear/matmul): compiled in, and the file loaded in this process ("" = none yet).
         "cublaslt": bool(getattr(_C, "cuda_cublaslt_compiled", lambda: False)()),
         "cublaslt_library": getattr(_C, "cublaslt_location", lambda: "")(),
@@ -100,7 +106,9 @@ def info(file=None) -> None:
         f"threads: {d['threads']} (default {d['default_threads']})",
         f"CUDA compiled in: {'yes' if d['cuda_compiled'] else 'no'}"
         + (f" (runtime {_version(d['cuda_driver']['runtime_version'])}, driver "
-           f"{_version(d['cuda_driver']['driver_version'])})" if d.get("cuda_driver") else ""),
+           f"{_version(d['cuda_driver']['driver_version'])})" if d.get("cuda_driver") else "")
+        + (f"; GPU code: {', '.join(d['cuda_archs']) if d['cuda_archs'] is not None else 'not recorded'}"
+           if d["cuda_compiled"] else ""),
         f"cuBLASLt: {_cublaslt_line(d)}",
         f"GPUs: {gpu_line}",
     ]
