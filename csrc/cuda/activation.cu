@@ -7,7 +7,7 @@
 //
 // Every elementwise op is one memory-bound pass: 16-byte vector loads and stores (float4 /
 // double2) in a grid-stride loop, with the unaligned head and the tail done per element. The
-// ceiling is device-to-device copy bandwidth (bench/gpu_activations.py measures both).
+// ceiling is device-to-device copy bandwidth (bench/activations_cuda.py measures both).
 #include "cuda/activation.h"
 
 #include <cuda_runtime.h>

@@ -3,7 +3,7 @@
 // (tests/test_cuda.py compares masks and outputs). One memory-bound pass each: the Philox work
 // (10 rounds per counter, one counter per 4 elements) overlaps the loads of the same thread and
 // the other warps' memory traffic; the ceiling is device-to-device copy bandwidth
-// (bench/gpu_dropout.py measures both). Integer and IEEE-multiply only: nothing here depends on
+// (bench/dropout_cuda.py measures both). Integer and IEEE-multiply only: nothing here depends on
 // --use_fast_math or FMA contraction.
 #include "cuda/dropout.h"
 

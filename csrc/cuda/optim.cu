@@ -2,7 +2,7 @@
 // (SGD with momentum: reads w, g, buf and writes w, buf; Adam: reads w, g, m, v and writes w, m,
 // v), 16-byte vector loads and stores where every array sits at the same offset from a 16-byte
 // boundary, the unaligned head and the tail per element. The ceiling is device-to-device copy
-// bandwidth for the same bytes (bench/gpu_optim.py measures both).
+// bandwidth for the same bytes (bench/optim_cuda.py measures both).
 //
 // csrc/cpu/optim.cpp is the reference, operation for operation: where the CPU's AVX2/AVX-512
 // code does fmadd(a, b, c) / fnmadd(a, b, c) this does __fma_rn(a, b, c) / __fma_rn(-a, b, c)
