@@ -245,6 +245,8 @@ def test_device_array_metadata_without_gpu():
                                           "version": 3, "strides": None, "stream": 1}
     assert a.__dlpack_device__() == (2, 0)
     assert fc.DeviceArray._wrap(0x10000, (), np.float32, 0).size == 1
+    # __cuda_array_interface__ v3: a zero-size array exports pointer 0, whatever block it holds.
+    assert fc.DeviceArray._wrap(0x10000, (0, 3), np.float32, 0).__cuda_array_interface__["data"] == (0, False)
     with pytest.raises(TypeError, match="float32 or float64"):
         fc.DeviceArray._wrap(0x10000, (2,), np.int64, 0)
 

@@ -254,7 +254,7 @@ class DeviceArray:
         return {
             "shape": self._shape,
             "typestr": self._dtype.str,
-            "data": (self._ptr, False),
+            "data": (self._ptr if self.size else 0, False),  # (the protocol: 0 for zero-size arrays)
             "version": 3,
             "strides": None,
             "stream": 1,

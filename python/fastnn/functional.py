@@ -367,6 +367,8 @@ def dropout_backward(grad_output, p, *, seed, offset=0, mask=None, out=None):
         check_out(out, g)
     seed, offset = _random_checked(seed, offset, g.size)
     m = _check_mask(mask, g.size) if mask is not None else None
+    if m is not None and out is not None and np.may_share_memory(m, out):
+        m = m.copy()  # (the kernel reads mask bytes after it has written earlier outputs over them)
     if p == 0.0:
         return _copy_into(g, out)
     thr, scale = _threshold_scale(p, g.dtype)
@@ -648,6 +650,13 @@ def linear(x, weight, bias=None, *, activation=None, negative_slope=0.01, alpha=
             raise ValueError(f"out: expected shape {shape}, got {out.shape}")
         if not out.flags.writeable:
             raise ValueError("out: array is read-only")
+    if out is not None:
+        # The epilogue reads bias and prelu_weight per tile while earlier tiles are stored: an
+        # operand that shares memory with out is read from a copy.
+        if b is not None and np.may_share_memory(out, b):
+            b = b.copy()
+        if pw is not None and np.may_share_memory(out, pw):
+            pw = pw.copy()
     direct = (out is not None and out.flags.c_contiguous and out.flags.aligned
               and not np.may_share_memory(out, x2) and not np.may_share_memory(out, w))
     y = out if direct else empty(shape, x2.dtype)
