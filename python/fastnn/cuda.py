@@ -9,10 +9,12 @@ CuPy read it without a copy (``torch.from_dlpack(a)``, ``torch.as_tensor(a, devi
     >>> x = fc.to_device(np.linspace(-3, 3, 7, dtype=np.float32))
     >>> F.relu(x).numpy()
 
-Streams: every fastnn kernel and copy runs on the legacy default stream (stream 0). PyTorch's
-and CuPy's default streams are ordered with it by CUDA itself, so results can be used right away
-by either library; work on other streams is synchronized through the stream fields of
-``__cuda_array_interface__`` (v3) and ``__dlpack__(stream=...)``.
+Streams: every fastnn kernel and copy runs on the thread's current stream, the legacy default
+stream unless ``with fastnn.cuda.stream(s):`` (or a Graph capture) switches it. With PyTorch
+tensors fastnn waits for torch's current stream before it launches and makes that stream wait for
+its results afterwards (inputs, out= arrays, in-place optimizer updates); a CuPy or other
+``__cuda_array_interface__`` v3 array is ordered with the stream it names, and
+``__dlpack__(stream=...)`` makes the consumer's stream wait.
 
 On a machine without CUDA (or a build without it) ``devices()`` is ``[]``, ``is_available()``
 is False, and creating a DeviceArray raises RuntimeError.
@@ -31,7 +33,7 @@ from ._arrays import as_float_array
 
 __all__ = [
     "DeviceArray", "devices", "is_available", "device_count", "to_device", "empty", "zeros", "synchronize",
-    "empty_cache", "allow_tf32", "tf32_allowed",
+    "empty_cache", "set_cache_limit", "allow_tf32", "tf32_allowed", "Stream", "stream", "current_stream", "Graph",
 ]
 
 _COMPILED = bool(getattr(_C, "cuda_compiled", False))
@@ -264,9 +266,11 @@ class DeviceArray:
         return (_KDLCUDA, self._device)
 
     def __dlpack__(self, stream=None, *, max_version=None, dl_device=None, copy=None):
-        """An unversioned "dltensor" capsule (DLPack 0.8) sharing this memory (copy=True: a new
-        copy's). `stream` is the consumer's stream: it is made to wait for fastnn's work (None
-        and 1 mean the legacy default stream, -1 no synchronization)."""
+        """A DLPack capsule sharing this memory (copy=True: a new copy's): the versioned
+        "dltensor_versioned" (DLPack 1.x) when the consumer asks with max_version >= (1, 0) and
+        this build can make one, else the unversioned "dltensor" (0.8), which the protocol lets
+        a producer return. `stream` is the consumer's stream: it is made to wait for fastnn's
+        current stream (None and 1 mean the legacy default stream, -1 no synchronization)."""
         if dl_device is not None and tuple(dl_device) != (_KDLCUDA, self._device):
             raise BufferError(f"DeviceArray on cuda:{self._device} cannot be exported to DLPack device {dl_device}")
         src = self.copy() if copy else self
@@ -274,8 +278,12 @@ class DeviceArray:
             stream = operator.index(stream)
             if stream != -1:
                 with _on_device(self._device):
-                    _C.cuda_wait_on_legacy(stream)
-        return _C.cuda_dlpack_capsule(src._ptr, list(src._shape), _FLOATS[src._dtype], src._device, src)
+                    _C.stream_wait(0 if stream == 1 else stream, _C.current_stream())
+        args = (src._ptr, list(src._shape), _FLOATS[src._dtype], src._device, src)
+        versioned = getattr(_C, "cuda_dlpack_capsule_versioned", None)
+        if max_version is not None and tuple(max_version)[0] >= 1 and versioned is not None:
+            return versioned(*args, bool(copy))
+        return _C.cuda_dlpack_capsule(*args)
 
 
 def empty(shape, dtype=np.float32, *, device=None) -> DeviceArray:
@@ -323,8 +331,160 @@ def tf32_allowed() -> bool:
 
 
 def zeros(shape, dtype=np.float32, *, device=None) -> DeviceArray:
-    """A zero-filled DeviceArray (the fill is queued on stream 0)."""
+    """A zero-filled DeviceArray (the fill is queued on the current stream)."""
     a = DeviceArray(shape, dtype, device=device)
     with _on_device(a.device):
         _C.cuda_memset_zero(a.ptr, a.nbytes)
     return a
+
+
+def set_cache_limit(nbytes: int) -> None:
+    """Caps the bytes fastnn's GPU allocator keeps cached (free blocks beyond it go back to the
+    driver)."""
+    if isinstance(nbytes, bool) or not isinstance(nbytes, numbers.Integral) or nbytes < 0:
+        raise ValueError(f"nbytes: expected a non-negative integer, got {nbytes!r}")
+    _C.cuda_set_cache_limit(int(nbytes))
+
+
+# ---- streams and graphs ----------------------------------------------------------------------
+
+class Stream:
+    """A CUDA stream of fastnn's (non-blocking with respect to the legacy stream). `priority`:
+    CUDA's stream priority (lower is more urgent; 0 the default). ``handle`` is the cudaStream_t
+    as an int; 0 stands for the legacy default stream (``Stream.legacy()``)."""
+
+    __slots__ = ("_handle", "_owned", "__weakref__")
+
+    def __init__(self, priority: int = 0):
+        self._owned = False
+        if isinstance(priority, bool) or not isinstance(priority, numbers.Integral):
+            raise TypeError(f"priority: expected an integer, got {type(priority).__name__}")
+        _require_gpu()
+        self._handle = int(_C.stream_create(int(priority)))
+        self._owned = True
+
+    @classmethod
+    def legacy(cls) -> "Stream":
+        """The legacy default stream (handle 0), never destroyed."""
+        s = cls.__new__(cls)
+        s._handle, s._owned = 0, False
+        return s
+
+    @classmethod
+    def _wrap(cls, handle: int) -> "Stream":
+        s = cls.__new__(cls)
+        s._handle, s._owned = int(handle), False
+        return s
+
+    @property
+    def handle(self) -> int:
+        return self._handle
+
+    def synchronize(self) -> None:
+        """Waits until the work queued on this stream has finished."""
+        _C.stream_synchronize(self._handle)
+
+    def wait_stream(self, other: "Stream") -> None:
+        """Work queued on this stream from now on starts after the work queued on `other` so far."""
+        if not isinstance(other, Stream):
+            raise TypeError(f"other: expected a fastnn.cuda.Stream, got {type(other).__name__}")
+        _C.stream_wait(self._handle, other._handle)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Stream) and other._handle == self._handle
+
+    def __hash__(self) -> int:
+        return hash(self._handle)
+
+    def __repr__(self) -> str:
+        return "Stream(legacy)" if self._handle == 0 else f"Stream(handle=0x{self._handle:x})"
+
+    def __del__(self):
+        if getattr(self, "_owned", False):
+            self._owned = False
+            try:
+                _C.stream_destroy(self._handle)
+            except Exception:  # interpreter shutdown
+                pass
+
+
+def current_stream() -> Stream:
+    """The stream fastnn launches on in this thread (the legacy stream unless switched)."""
+    return Stream._wrap(_C.current_stream())
+
+
+@contextlib.contextmanager
+def stream(s: Stream):
+    """Makes `s` the current stream of this thread for the block (fastnn's launches, copies and
+    cuBLASLt calls go there); restores the previous one after. Work on `s` is not ordered with
+    the previous stream: use Stream.wait_stream where it must be."""
+    if not isinstance(s, Stream):
+        raise TypeError(f"s: expected a fastnn.cuda.Stream, got {type(s).__name__}")
+    previous = _C.current_stream()
+    _C.set_current_stream(s.handle)
+    try:
+        yield s
+    finally:
+        _C.set_current_stream(previous)
+
+
+class Graph:
+    """A CUDA graph: ``g.capture(fn, stream=s)`` records the kernels and copies fn queues on the
+    non-legacy stream s (fastnn's allocations during capture come from a private pool and stay
+    valid for replays); ``g.replay()`` launches them again on the same stream, with the same
+    pointers (update inputs in place, read outputs from the arrays fn made). Capture on the
+    legacy stream is refused: CUDA cannot capture it."""
+
+    __slots__ = ("_exec", "_stream", "_result", "__weakref__")
+
+    def __init__(self):
+        self._exec = 0
+        self._stream = None
+        self._result = None
+
+    def capture(self, fn, *args, stream: Stream, **kwargs):
+        """Runs fn(*args, **kwargs) once under capture on `stream` and returns its result (the
+        arrays a replay writes again). The work is not executed by the capture itself: call
+        replay() to run it (the first time too)."""
+        if not isinstance(stream, Stream):
+            raise TypeError(f"stream: expected a fastnn.cuda.Stream, got {type(stream).__name__}")
+        if stream.handle == 0:
+            raise RuntimeError("Graph.capture: the legacy default stream cannot be captured; create a "
+                               "fastnn.cuda.Stream() and capture on it")
+        if self._exec:
+            raise RuntimeError("Graph.capture: this graph is already captured; make a new Graph")
+        if not callable(fn):
+            raise TypeError(f"fn: expected a callable, got {type(fn).__name__}")
+        previous = _C.current_stream()
+        _C.set_current_stream(stream.handle)
+        _C.graph_capture_begin(stream.handle)
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException:
+            _C.set_current_stream(previous)
+            try:
+                _C.graph_destroy(_C.graph_capture_end(stream.handle))
+            except Exception:
+                pass
+            raise
+        try:
+            self._exec = int(_C.graph_capture_end(stream.handle))
+        finally:
+            _C.set_current_stream(previous)
+        self._stream, self._result = stream, result
+        return result
+
+    def replay(self):
+        """Launches the captured work again on its stream; returns what the captured fn returned."""
+        if not self._exec:
+            raise RuntimeError("Graph.replay: nothing captured yet (call capture first)")
+        _C.graph_replay(self._exec, self._stream.handle)
+        return self._result
+
+    def __del__(self):
+        if getattr(self, "_exec", 0):
+            try:
+                _C.graph_destroy(self._exec)
+            except Exception:
+                pass
+            self._exec = 0

@@ -47,6 +47,29 @@ _SAMPLE = np.dtype([("flip", "<i4"), ("top", "<i4"), ("left", "<i4"), ("bh", "<i
                     ("brightness", "<f4"), ("contrast", "<f4"), ("saturation", "<f4")])  # AugSample
 _bufs: dict = {}
 _calls = {"augment": 0, "noise": 0, "mixup": 0, "optim": 0, "loss": 0}
+# Host<->device copies and synchronizations seen (a GPU training step should make none per step).
+counters = {"htod": 0, "dtoh": 0, "sync": 0, "stream_wait": 0}
+
+
+def _htod(dst, src):
+    counters["htod"] += 1
+    ctypes.memmove(dst, np.ascontiguousarray(src).ctypes.data, src.nbytes)
+
+
+def _dtoh(dst, src):
+    counters["dtoh"] += 1
+    ctypes.memmove(dst.ctypes.data, int(src), dst.nbytes)
+
+
+def _sync():
+    counters["sync"] += 1
+
+
+_current_stream = [0]
+
+
+def _stream_wait(waiter, waited):
+    counters["stream_wait"] += 1
 
 
 def _malloc(n):
@@ -127,16 +150,17 @@ def _mixup(dtype, x, perm, out, N, D, lam, lam1):
 for _name, _fn in {
     "cuda_device_count": lambda: 1, "cuda_get_device": lambda: 0, "cuda_set_device": lambda i: None,
     "cuda_pointer_device": lambda p: 0, "cuda_malloc": _malloc, "cuda_free": lambda p: _bufs.pop(p),
-    "cuda_memcpy_htod": lambda dst, src: ctypes.memmove(dst, np.ascontiguousarray(src).ctypes.data, src.nbytes),
-    "cuda_memcpy_dtoh": lambda dst, src: ctypes.memmove(dst.ctypes.data, int(src), dst.nbytes),
+    "cuda_memcpy_htod": _htod, "cuda_memcpy_dtoh": _dtoh,
     "cuda_memcpy_dtod": lambda dst, src, n: ctypes.memmove(dst, src, n),
     "cuda_memset_zero": lambda p, n: ctypes.memset(int(p), 0, int(n)) if n else None,
     "cuda_sgd_step": _sgd, "cuda_adam_step": _adam, "cuda_softmax_xent": _xent, "cuda_squared_error": _squared,
-    "cuda_legacy_wait_on": lambda s: None, "cuda_wait_on_legacy": lambda s: None, "cuda_synchronize": lambda: None,
+    "cuda_synchronize": _sync, "stream_synchronize": lambda h: _sync(), "stream_wait": _stream_wait,
+    "current_stream": lambda: _current_stream[0], "set_current_stream": lambda h: _current_stream.__setitem__(0, h),
     "cuda_augment_batch": _augment, "cuda_gaussian_noise": _noise, "cuda_mixup_apply": _mixup,
 }.items():
     setattr(_C, _name, _fn)
 
 
 def pytest_terminal_summary(terminalreporter):
-    terminalreporter.write_line(f"fake GPU: kernel calls {_calls}, device buffers still live: {len(_bufs)}")
+    terminalreporter.write_line(f"fake GPU: kernel calls {_calls}, copies and syncs {counters}, device buffers still "
+                                f"live: {len(_bufs)}")

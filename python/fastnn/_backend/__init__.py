@@ -8,6 +8,8 @@ tests/cuda_emulation registers a fake `cuda`)."""
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from .._arrays import is_cuda_array
@@ -33,8 +35,9 @@ def table(device: str):
 
 def device_of(a) -> str | None:
     """'cuda' for a CUDA array (DeviceArray, PyTorch CUDA tensor, CuPy, __cuda_array_interface__,
-    CUDA DLPack), 'cpu' for anything else (NumPy arrays, scalars, lists), None for None."""
-    if a is None:
+    CUDA DLPack), 'cpu' for anything else (NumPy arrays, lists), None for None and Python
+    numbers (a scalar goes with the arrays, e.g. a PReLU slope uploaded next to a CUDA x)."""
+    if a is None or isinstance(a, numbers.Number):
         return None
     if isinstance(a, np.ndarray):
         return "cpu"
