@@ -173,3 +173,23 @@ def test_no_function_local_dispatch_imports():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 for inner in ast.walk(node):
                     assert not isinstance(inner, (ast.Import, ast.ImportFrom)), f"{name}: import inside {node.name}"
+
+
+class _GradTrackedCpuTensor:
+    """Like a CPU torch tensor that requires grad: NumPy conversion raises PyTorch's error."""
+
+    requires_grad = True
+
+    def detach(self):
+        return np.ones(3, np.float32)
+
+    def __array__(self, *args, **kwargs):
+        raise RuntimeError("Can't call numpy() on Tensor that requires grad. Use tensor.detach().numpy() instead.")
+
+
+def test_parameter_of_a_grad_tracked_tensor_says_what_to_pass():
+    with pytest.raises(TypeError, match=r"requires grad; pass its storage without autograd, e.g. "
+                                        r"Parameter\(layer.weight.detach\(\)\)"):
+        fastnn.Parameter(_GradTrackedCpuTensor())
+    p = fastnn.Parameter(_GradTrackedCpuTensor().detach())
+    assert p.data.shape == (3,) and p.grad.shape == (3,)

@@ -2,7 +2,7 @@
 device memory is host memory (256-byte aligned NumPy blocks, copies are memmove).
 - augmentation: the kernels of csrc/cuda/augment_kernels.cuh compiled for the host under emu.h
   (thread per CUDA thread), so their arithmetic is checked against the CPU path too;
-- optimizers and losses: the launchers run the CPU kernels on views of the fake device memory
+- activations, optimizers and losses: the launchers run the CPU kernels on views of the fake device memory
   (their own device math is checked bit for bit by tests/test_cuda_nogpu.py through the host copy
   of csrc/cuda/optim_ops.cuh), so these runs check fastnn.cuda's argument reading, Parameter /
   optim / losses dispatch, state handling, state_dict round trips and error messages.
@@ -46,7 +46,7 @@ _L.emu_mix64.argtypes = [_P, _P, _P, _I64, _I64, _F64, _F64, _INT, _INT]
 _SAMPLE = np.dtype([("flip", "<i4"), ("top", "<i4"), ("left", "<i4"), ("bh", "<i4"), ("bw", "<i4"),
                     ("brightness", "<f4"), ("contrast", "<f4"), ("saturation", "<f4")])  # AugSample
 _bufs: dict = {}
-_calls = {"augment": 0, "noise": 0, "mixup": 0, "optim": 0, "loss": 0}
+_calls = {"augment": 0, "noise": 0, "mixup": 0, "optim": 0, "loss": 0, "act": 0}
 # Host<->device copies and synchronizations seen (a GPU training step should make none per step).
 counters = {"htod": 0, "dtoh": 0, "sync": 0, "stream_wait": 0}
 
@@ -118,6 +118,19 @@ def _squared(dname, p, t, grad, n, scale):
     return _C.squared_error(_view(p, n, dname), _view(t, n, dname), _view(grad, n, dname) if grad else None, scale)
 
 
+# Activations: the CPU kernels (same op ids) on the fake device memory.
+def _act_fwd(op, dname, x, y, n, slope, alpha, scale):
+    _calls["act"] += 1
+    if n:
+        _C.act_forward(op, _view(x, n, dname), _view(y, n, dname), slope, alpha, scale)
+
+
+def _act_bwd(op, dname, g, x, y, n, slope, alpha, scale):
+    _calls["act"] += 1
+    if n:
+        _C.act_backward(op, _view(g, n, dname), _view(x, n, dname), _view(y, n, dname), slope, alpha, scale)
+
+
 def _augment(x, out, N, C, H, W, OH, OW, geom, pad, fill, jitter, ints, factors):
     _calls["augment"] += 1
     if N == 0 or C * OH * OW == 0:
@@ -156,7 +169,7 @@ for _name, _fn in {
     "cuda_sgd_step": _sgd, "cuda_adam_step": _adam, "cuda_softmax_xent": _xent, "cuda_squared_error": _squared,
     "cuda_synchronize": _sync, "stream_synchronize": lambda h: _sync(), "stream_wait": _stream_wait,
     "current_stream": lambda: _current_stream[0], "set_current_stream": lambda h: _current_stream.__setitem__(0, h),
-    "cuda_augment_batch": _augment, "cuda_gaussian_noise": _noise, "cuda_mixup_apply": _mixup,
+    "cuda_act_forward": _act_fwd, "cuda_act_backward": _act_bwd, "cuda_augment_batch": _augment, "cuda_gaussian_noise": _noise, "cuda_mixup_apply": _mixup,
 }.items():
     setattr(_C, _name, _fn)
 

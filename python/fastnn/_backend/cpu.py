@@ -541,6 +541,11 @@ def adam_step(w, g, m, v, lr, beta1, beta2, eps, l2, l1, decoupled, step):
 def parameter_data(data):
     """(data as a writeable C-contiguous float32/float64 array, a zero gradient like it); integers
     and bools become float64."""
+    if getattr(data, "requires_grad", False) and hasattr(data, "detach"):
+        # (a PyTorch tensor of a layer: NumPy cannot view it while autograd tracks it)
+        raise TypeError(f"data: got a {_type_name(data)} that requires grad; pass its storage without autograd, "
+                        f"e.g. Parameter(layer.weight.detach()) (fastnn updates it in place, so the layer sees "
+                        f"the updates)")
     arr = np.asarray(data)
     if arr.dtype.kind in "biu":
         arr = arr.astype(np.float64)

@@ -216,6 +216,18 @@ def _result_like(result: DeviceArray, like):
         return result
 
 
+def _alloc_like(x: _Arg) -> DeviceArray:
+    """An uninitialized array shaped like x at x's address modulo 16: the kernels' 16-byte packets
+    then line up on x and the result alike (a slice like x[1:] is 4 bytes past a 16-byte boundary;
+    a fresh 256-byte aligned output would send the whole op to the per-element path)."""
+    skew = x.ptr % 16
+    if skew == 0 or x.size == 0:
+        return DeviceArray(x.shape, x.dtype)
+    extra = -(-16 // x.dtype.itemsize)  # elements covering 16 bytes
+    base = DeviceArray((x.size + extra,), x.dtype)
+    return DeviceArray._wrap(base.ptr + skew, x.shape, x.dtype, base.device, base=base)
+
+
 def _run(out, x: _Arg, inputs, launch, o: _Arg = None):
     """Runs launch(dst_ptr) writing an array shaped like x; out= is written directly when it is
     exactly x (in place) or disjoint from every input, else through a temporary. Returns the
@@ -223,7 +235,7 @@ def _run(out, x: _Arg, inputs, launch, o: _Arg = None):
     be on x's device), when the caller had to check it early."""
     if out is None:
         with _on_device(x.device):
-            y = DeviceArray(x.shape, x.dtype)
+            y = _alloc_like(x)
             launch(y.ptr)
         return _result_like(y, x.obj)
     if o is None:
@@ -231,7 +243,7 @@ def _run(out, x: _Arg, inputs, launch, o: _Arg = None):
         _same_device([("x", x), ("out", o)])
     with _on_device(x.device):
         if any(_overlaps(o, a) and not (o.ptr == a.ptr and o.nbytes == a.nbytes) for a in inputs):
-            tmp = DeviceArray(x.shape, x.dtype)
+            tmp = _alloc_like(x)
             launch(tmp.ptr)
             _C.cuda_memcpy_dtod(o.ptr, tmp.ptr, o.nbytes)
         else:
@@ -307,7 +319,7 @@ def _prelu_backward(grad_output, x, weight):
     _same_device([("x", xa), ("grad_output", ga)])
     outer, C, inner = _prelu_layout(xa, wa)
     with _on_device(xa.device):
-        gx = DeviceArray(xa.shape, xa.dtype)
+        gx = _alloc_like(xa)
         gw = DeviceArray(wa.shape, xa.dtype)
         _C.cuda_prelu_backward(xa.dname, ga.ptr, xa.ptr, wa.ptr, wa.size, gx.ptr, gw.ptr, outer, C, inner)
     w_like = x if isinstance(weight, numbers.Real) else weight
@@ -852,7 +864,12 @@ def _state_ok(a, w: _Arg) -> bool:
 
 
 def _state_zeros(w: _Arg) -> DeviceArray:
-    return zeros(w.shape, w.dtype, device=w.device)
+    """Zero optimizer state at w's address modulo 16 (the step kernels read w, g and the state in
+    16-byte packets together)."""
+    with _on_device(w.device):
+        a = _alloc_like(w)
+        _C.cuda_memset_zero(a.ptr, a.nbytes)
+    return a
 
 
 def _state_to_device(v, w: _Arg, name: str) -> DeviceArray:

@@ -1,0 +1,72 @@
+"""The CUDA op table on a GPU (or on the fake GPU of tests/cuda_emulation, which
+tests/test_fake_gpu_suites.py runs this file on): results placed at the input's address modulo
+16, the nn.Linear fast path's dispatch, and the Graph/Stream argument rules."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fastnn
+import fastnn.cuda as fc
+import fastnn.functional as F
+from fastnn import optim
+from fastnn._backend import backend_of
+from fastnn._backend import cuda as BC
+from fastnn.parameter import Parameter
+
+if not fc.is_available():
+    pytest.skip(f"no usable CUDA GPU (fastnn.cuda.is_available() is False; CUDA compiled in: "
+                f"{bool(fastnn._C.cuda_compiled)})", allow_module_level=True)
+
+
+def _skewed(host: np.ndarray, skew_elems: int):
+    """A DeviceArray holding `host`, starting skew_elems elements past a 256-byte boundary (what a
+    slice like x[1:] of a fresh array is)."""
+    base = fc.to_device(np.concatenate([np.zeros(skew_elems, host.dtype), host.ravel()]))
+    return fc.DeviceArray._wrap(base.ptr + skew_elems * host.itemsize, host.shape, host.dtype, base.device, base=base)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_outputs_and_optimizer_state_sit_at_the_inputs_offset_mod_16(dtype):
+    host = np.linspace(-2, 2, 37).astype(dtype)
+    x = _skewed(host, 1)
+    skew = x.ptr % 16
+    assert skew != 0
+    y = F.relu(x)
+    assert y.ptr % 16 == skew
+    np.testing.assert_array_equal(y.numpy(), np.maximum(host, 0))
+    g = F.sigmoid_backward(x, x)
+    assert g.ptr % 16 == skew
+    p = Parameter(x)
+    p.grad = _skewed(np.ones_like(host), 1)
+    opt = optim.Adam([p], lr=0.1)
+    opt.step()
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert opt.state[0][key].ptr % 16 == skew
+    sgd = optim.SGD([p], lr=0.1, momentum=0.9)
+    sgd.step()
+    assert sgd.state[0]["momentum_buffer"].ptr % 16 == skew
+    # aligned inputs keep aligned (fresh) outputs
+    assert F.relu(fc.to_device(host)).ptr % 256 == 0
+
+
+def test_backend_of_routes_device_arrays_and_names_mixed_arguments():
+    x = fc.to_device(np.ones(4, np.float32))
+    assert backend_of(("x", x)) is BC
+    with pytest.raises(TypeError, match=r"mixed devices: grad_output is on the CPU \(numpy.ndarray\) but x is a "
+                                        r"CUDA array \(fastnn.cuda.DeviceArray\)"):
+        F.relu_backward(np.ones(4, np.float32), x)
+
+
+def test_graph_refuses_the_legacy_stream_and_bad_arguments():
+    g = fc.Graph()
+    with pytest.raises(RuntimeError, match="legacy default stream cannot be captured"):
+        g.capture(lambda: None, stream=fc.Stream.legacy())
+    with pytest.raises(TypeError, match="stream: expected a fastnn.cuda.Stream"):
+        g.capture(lambda: None, stream=0)
+    with pytest.raises(RuntimeError, match="nothing captured yet"):
+        g.replay()
+    with pytest.raises(TypeError, match="s: expected a fastnn.cuda.Stream"):
+        with fc.stream(1):
+            pass
