@@ -70,3 +70,46 @@ def test_graph_refuses_the_legacy_stream_and_bad_arguments():
     with pytest.raises(TypeError, match="s: expected a fastnn.cuda.Stream"):
         with fc.stream(1):
             pass
+
+
+def test_stream_context_switches_the_current_stream():
+    s = fc.Stream()
+    assert fc.current_stream() == fc.Stream.legacy()
+    with fc.stream(s) as got:
+        assert got is s and fc.current_stream() == s
+        y = F.relu(fc.to_device(np.array([-1.0, 2.0], np.float32)))
+    assert fc.current_stream() == fc.Stream.legacy()
+    s.synchronize()
+    np.testing.assert_array_equal(y.numpy(), [0.0, 2.0])
+
+
+def test_graph_replays_the_captured_work_on_current_inputs(rng):
+    host = rng.standard_normal(300).astype(np.float32)
+    x = fc.to_device(host)
+    s = fc.Stream()
+    g = fc.Graph()
+    y = g.capture(lambda: F.tanh(F.relu(x)), stream=s)  # y: the array each replay writes
+    assert fc.current_stream() == fc.Stream.legacy()
+    assert g.replay() is y
+    s.synchronize()
+    np.testing.assert_allclose(y.numpy(), np.tanh(np.maximum(host, 0)), rtol=1e-5, atol=5e-6)
+    F.sigmoid(x, out=x)  # new inputs in place (outside the graph)
+    new = x.numpy()
+    g.replay()
+    s.synchronize()
+    np.testing.assert_allclose(y.numpy(), np.tanh(np.maximum(new, 0)), rtol=1e-5, atol=5e-6)
+    with pytest.raises(RuntimeError, match="already captured"):
+        g.capture(lambda: None, stream=s)
+
+
+def test_a_failing_capture_ends_the_capture_and_restores_the_stream():
+    s = fc.Stream()
+
+    def boom():
+        raise ValueError("inside")
+
+    with pytest.raises(ValueError, match="inside"):
+        fc.Graph().capture(boom, stream=s)
+    assert fc.current_stream() == fc.Stream.legacy()
+    y = F.relu(fc.to_device(np.array([-3.0, 3.0], np.float32)))  # runs again (not recorded)
+    np.testing.assert_array_equal(y.numpy(), [0.0, 3.0])
