@@ -113,3 +113,92 @@ def test_a_failing_capture_ends_the_capture_and_restores_the_stream():
     assert fc.current_stream() == fc.Stream.legacy()
     y = F.relu(fc.to_device(np.array([-3.0, 3.0], np.float32)))  # runs again (not recorded)
     np.testing.assert_array_equal(y.numpy(), [0.0, 3.0])
+
+
+# ---- ordering with PyTorch's current stream (a stand-in torch module; the real one in test_cuda.py) ----
+
+class _FakeTorchModule:
+    """What fastnn's CUDA argument reader asks of torch: Tensor, cuda.current_stream(dev).cuda_stream,
+    from_dlpack; tensors describe themselves by data_ptr/dtype/device/is_contiguous only (a real
+    one refuses __cuda_array_interface__ for bfloat16 and when it requires grad)."""
+
+    STREAM = 0x7700
+
+    class _Stream:
+        cuda_stream = 0x7700
+
+    class cuda:  # noqa: N801 (torch.cuda)
+        @staticmethod
+        def current_stream(device=None):
+            return _FakeTorchModule._Stream()
+
+        @staticmethod
+        def current_device():
+            return 0
+
+    class _Device:
+        index = 0
+
+    class Tensor:
+        is_cuda = True
+        requires_grad = True
+
+        def __init__(self, backing, dtype="torch.float32"):
+            self.backing, self.dtype, self.shape, self.device = backing, dtype, backing.shape, _FakeTorchModule._Device()
+
+        def data_ptr(self):
+            return self.backing.ptr
+
+        def is_contiguous(self):
+            return True
+
+        def stride(self):
+            return (1,)
+
+        @property
+        def __cuda_array_interface__(self):
+            raise RuntimeError("Can't get __cuda_array_interface__ on Variable that requires grad")
+
+    @staticmethod
+    def from_dlpack(a):
+        return a
+
+
+@pytest.fixture
+def fake_torch(monkeypatch):
+    import sys
+
+    import fake_gpu
+
+    mod = _FakeTorchModule()
+    mod.Tensor.__module__ = "torch"
+    monkeypatch.setitem(sys.modules, "torch", mod)
+    fake_gpu.waits.clear()
+    return mod, fake_gpu
+
+
+def test_torch_tensors_are_ordered_with_torchs_current_stream(fake_torch):
+    torch, fake = fake_torch
+    x = fc.to_device(np.array([-1.0, 0.5, 2.0], np.float32))
+    t = torch.Tensor(x)
+    y = F.relu(t)  # requires_grad: read without __cuda_array_interface__
+    np.testing.assert_array_equal(y.numpy(), [0.0, 0.5, 2.0])
+    S = _FakeTorchModule.STREAM
+    # before the launch fastnn (legacy stream 0) waits on torch's stream, after it torch's waits on fastnn's
+    assert fake.waits == [(0, S), (S, 0)]
+    fake.waits.clear()
+    p = Parameter(t)
+    p.grad = torch.Tensor(fc.to_device(np.ones(3, np.float32)))
+    fake.waits.clear()
+    optim.SGD([p], lr=0.5).step()  # in place on torch's memory
+    np.testing.assert_array_equal(x.numpy(), [-1.5, 0.0, 1.5])
+    assert fake.waits[-1] == (S, 0) and (0, S) in fake.waits
+
+
+def test_torch_bfloat16_is_read_without_the_array_interface(fake_torch):
+    torch, _ = fake_torch
+    t = torch.Tensor(fc.to_device(np.zeros(4, np.float32)), dtype="torch.bfloat16")
+    a = BC._linear_arg(t, "x")
+    assert (a.dname, a.shape, a.ptr) == ("bfloat16", (4,), t.data_ptr())
+    with pytest.raises(TypeError, match="x: expected float32 or float64, got bfloat16"):
+        F.relu(t)  # (the elementwise kernels have no bfloat16 path)

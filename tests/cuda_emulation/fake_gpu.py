@@ -71,8 +71,12 @@ def _sync():
 _current_stream = [0]
 
 
+waits: list = []  # (waiter, waited) of every stream_wait, in order
+
+
 def _stream_wait(waiter, waited):
     counters["stream_wait"] += 1
+    waits.append((int(waiter), int(waited)))
 
 
 def _malloc(n):

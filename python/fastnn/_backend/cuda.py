@@ -28,11 +28,12 @@ name = "cuda"
 class _Arg:
     """A CUDA array argument: pointer, shape, dtype, device, and the object it came from."""
 
-    __slots__ = ("obj", "ptr", "shape", "dtype", "device", "readonly")
+    __slots__ = ("obj", "ptr", "shape", "dtype", "device", "readonly", "stream")
 
-    def __init__(self, obj, ptr, shape, dtype, device, readonly):
+    def __init__(self, obj, ptr, shape, dtype, device, readonly, stream=None):
         self.obj, self.ptr, self.shape, self.dtype, self.device, self.readonly = (
             obj, ptr, shape, dtype, device, readonly)
+        self.stream = stream  # the producer's stream it was ordered after (None: not a foreign array)
 
     @property
     def size(self) -> int:
@@ -72,13 +73,28 @@ def _is_c_contiguous(shape, strides, itemsize) -> bool:
 _consumers: list = []
 
 
-def _wait_on_producer(stream: int) -> None:
-    """stream: a __cuda_array_interface__ v3 value (1: legacy, 2: per-thread) or a cudaStream_t."""
+_depth = [0]
+
+
+def _wait_on_producer(stream: int) -> int:
+    """stream: a __cuda_array_interface__ v3 value (1: legacy, 2: per-thread) or a cudaStream_t.
+    Returns the stream (0: legacy) for a later publish (see _op and _publish)."""
     s = 0 if stream == 1 else stream
     cur = _C.current_stream()
     if s != cur:
         _C.stream_wait(cur, s)
-        _consumers.append(s)
+        if _depth[0] > 0:
+            _consumers.append(s)
+    return s
+
+
+def _publish(*args) -> None:
+    """Inside an op: the producer streams of operand records read before the op (optimizer
+    parameters) wait on fastnn's stream after it too."""
+    for a in args:
+        s = getattr(a, "stream", None)
+        if s is not None:
+            _consumers.append(s)
 
 
 def _op(fn):
@@ -86,14 +102,16 @@ def _op(fn):
     wait on fastnn's current stream."""
     def run(*args, **kwargs):
         mark = len(_consumers)
+        _depth[0] += 1
         try:
             return fn(*args, **kwargs)
         finally:
+            _depth[0] -= 1
             streams = set(_consumers[mark:])
             del _consumers[mark:]
-            if streams:
-                cur = _C.current_stream()
-                for s in streams:
+            cur = _C.current_stream() if streams else 0
+            for s in streams:
+                if s != cur:
                     _C.stream_wait(s, cur)
     run.__name__, run.__qualname__, run.__doc__, run.__wrapped__ = fn.__name__, fn.__qualname__, fn.__doc__, fn
     return run
@@ -119,8 +137,8 @@ def _torch_operand(a, name: str):
         raise ValueError(f"{name}: expected a C-contiguous CUDA array, got shape {tuple(a.shape)} with strides "
                          f"{tuple(a.stride())}; make it contiguous first (e.g. x.contiguous() in PyTorch)")
     device = a.device.index if a.device.index is not None else torch.cuda.current_device()
-    _wait_on_producer(int(torch.cuda.current_stream(device).cuda_stream) or 1)
-    return int(a.data_ptr()), tuple(int(d) for d in a.shape), dname, int(device)
+    s = _wait_on_producer(int(torch.cuda.current_stream(device).cuda_stream) or 1)
+    return int(a.data_ptr()), tuple(int(d) for d in a.shape), dname, int(device), s
 
 
 def _cuda_arg(a, name: str) -> _Arg:
@@ -129,10 +147,10 @@ def _cuda_arg(a, name: str) -> _Arg:
         return _Arg(a, a.ptr, a.shape, a.dtype, a.device, False)
     tinfo = _torch_operand(a, name)
     if tinfo is not None:
-        ptr, shape, dname, device = tinfo
+        ptr, shape, dname, device, s = tinfo
         if dname not in ("float32", "float64"):
             raise TypeError(f"{name}: expected float32 or float64, got {dname}")
-        return _Arg(a, ptr, shape, np.dtype(dname), device, False)
+        return _Arg(a, ptr, shape, np.dtype(dname), device, False, s)
     if isinstance(a, np.ndarray):
         raise TypeError(f"{name}: expected a CUDA array (the other arguments are on the GPU), got a NumPy array; "
                         f"move it with fastnn.cuda.to_device()")
@@ -164,10 +182,11 @@ def _cuda_arg(a, name: str) -> _Arg:
     else:
         device = _C.cuda_get_device()
     stream = cai.get("stream")
+    s = None
     if stream is not None:  # v3: the producer's work on `stream` must finish before ours
         with _on_device(device):
-            _wait_on_producer(int(stream))
-    return _Arg(a, ptr, shape, dtype, device, bool(readonly))
+            s = _wait_on_producer(int(stream))
+    return _Arg(a, ptr, shape, dtype, device, bool(readonly), s)
 
 
 def _same_device(args) -> int:
@@ -1180,11 +1199,13 @@ def state_from(v, w, name):
 
 @_op
 def sgd_step(w, g, buf, lr, momentum, dampening, l2, l1, nesterov, first):
+    _publish(w, g)
     _sgd_step(w, g, buf, lr, momentum, dampening, l2, l1, nesterov, first)
 
 
 @_op
 def adam_step(w, g, m, v, lr, beta1, beta2, eps, l2, l1, decoupled, step):
+    _publish(w, g)
     _adam_step(w, g, m, v, lr, beta1, beta2, eps, l2, l1, decoupled, step)
 
 
