@@ -141,52 +141,104 @@ def _torch_operand(a, name: str):
     return int(a.data_ptr()), tuple(int(d) for d in a.shape), dname, int(device), s
 
 
-def _cuda_arg(a, name: str) -> _Arg:
-    """Reads a CUDA array argument (DeviceArray, PyTorch tensor or __cuda_array_interface__)."""
+_KDLCUDA_TYPES = {(2, 32): "float32", (2, 64): "float64", (4, 16): "bfloat16", (0, 32): "int32",
+                  (0, 64): "int64", (1, 8): "uint8", (1, 64): "uint64"}  # DLPack (code, bits) -> dtype name
+
+
+def _read(a, name: str, check_dtype=None):
+    """The one reader of a CUDA operand, whatever made it: a DeviceArray or fastnn buffer, a PyTorch
+    tensor (data_ptr/dtype/device: bfloat16 and tensors that require grad included), anything with
+    __cuda_array_interface__ (any dtype NumPy knows; its v3 stream is waited on), or a CUDA DLPack
+    producer. Returns (ptr, shape, dtype name, device, readonly, producer stream or None) of a
+    C-contiguous array whose address is aligned to its elements; raises naming `name`.
+    check_dtype(dtype name): raises for a dtype the caller cannot take, before any other check."""
+    check = check_dtype or (lambda d: None)
     if isinstance(a, DeviceArray):
-        return _Arg(a, a.ptr, a.shape, a.dtype, a.device, False)
+        check(_FLOATS[a.dtype])
+        return a.ptr, a.shape, _FLOATS[a.dtype], a.device, False, None
+    if isinstance(a, _Buffer):
+        check(a.dname)
+        return a.ptr, a.shape, a.dname, a.device, False, None
     tinfo = _torch_operand(a, name)
     if tinfo is not None:
-        ptr, shape, dname, device, s = tinfo
-        if dname not in ("float32", "float64"):
-            raise TypeError(f"{name}: expected float32 or float64, got {dname}")
-        return _Arg(a, ptr, shape, np.dtype(dname), device, False, s)
+        check(tinfo[2])
+        return tinfo[0], tinfo[1], tinfo[2], tinfo[3], False, tinfo[4]
+    try:
+        cai = a.__cuda_array_interface__
+    except AttributeError:
+        cai = None
+    except Exception:  # a producer that refuses to describe this array that way: DLPack below
+        cai = False
+    if cai:
+        shape = tuple(int(d) for d in cai["shape"])
+        dtype = np.dtype(cai["typestr"])
+        check(_FLOATS.get(dtype) or dtype.name)
+        strides = cai.get("strides")
+        if not _is_c_contiguous(shape, strides, dtype.itemsize):
+            raise ValueError(f"{name}: expected a C-contiguous CUDA array, got shape {shape} with byte strides "
+                             f"{tuple(strides)}; make it contiguous first (e.g. x.contiguous() in PyTorch)")
+        if cai.get("mask") is not None:
+            raise ValueError(f"{name}: masked CUDA arrays are not supported")
+        ptr, readonly = cai["data"]
+        ptr = int(ptr)
+        if ptr % dtype.itemsize:
+            raise ValueError(f"{name}: the CUDA array's address is not aligned to its {dtype.itemsize}-byte elements")
+        if _prod(shape) > 0:
+            device = _C.cuda_pointer_device(ptr)
+            if device < 0:
+                raise TypeError(f"{name}: the __cuda_array_interface__ of {_type_name(a)} does not point to GPU "
+                                f"memory")
+        else:
+            device = _C.cuda_get_device()
+        stream = cai.get("stream")
+        s = None
+        if stream is not None:  # v3: the producer's work on `stream` must finish before ours
+            with _on_device(device):
+                s = _wait_on_producer(int(stream))
+        dname = _FLOATS.get(dtype) or dtype.name
+        return ptr, shape, dname, device, bool(readonly), s
+    dev = tuple(a.__dlpack_device__()) if hasattr(a, "__dlpack_device__") else None
+    if not hasattr(a, "__dlpack__") or dev is None or int(dev[0]) != _KDLCUDA:
+        raise TypeError(f"{name}: expected a CUDA array (fastnn.cuda.DeviceArray, a PyTorch CUDA tensor, a CuPy "
+                        f"array or an object with __cuda_array_interface__), got {_type_name(a)}")
+    d = _C.cuda_dlpack_describe(a.__dlpack__(stream=1))  # stream 1: ready for the legacy default stream
+    dname = _KDLCUDA_TYPES.get((d["code"], d["bits"])) if d["lanes"] == 1 else None
+    if dname is None:
+        raise TypeError(f"{name}: expected float32, float64 or bfloat16, got DLPack dtype (code {d['code']}, "
+                        f"{d['bits']} bits, {d['lanes']} lanes)")
+    check(dname)
+    shape = tuple(d["shape"])
+    size = _ITEMSIZE.get(dname) or np.dtype(dname).itemsize
+    strides = d["strides"]
+    if strides is not None and not _is_c_contiguous(shape, [s * size for s in strides], size):
+        raise ValueError(f"{name}: expected a C-contiguous CUDA array, got shape {shape} with element strides "
+                         f"{tuple(strides)}; make it contiguous first (e.g. x.contiguous() in PyTorch)")
+    if d["ptr"] % size:
+        raise ValueError(f"{name}: the CUDA array's address is not aligned to its elements")
+    return int(d["ptr"]), shape, dname, int(d["device_id"]), False, None
+
+
+def _expect(name: str, dnames, words: str):
+    def check(dname):
+        if dname not in dnames:
+            raise TypeError(f"{name}: expected {words}, got {dname}")
+    return check
+
+
+def _torch_or_cuda(a) -> bool:
+    """Whether `a` can be a CUDA operand at all (False: say what was expected instead of a
+    reader's message)."""
+    return isinstance(a, (DeviceArray, _Buffer)) or is_cuda_array(a)
+
+
+def _cuda_arg(a, name: str) -> _Arg:
+    """A float32/float64 CUDA operand (see _read)."""
     if isinstance(a, np.ndarray):
         raise TypeError(f"{name}: expected a CUDA array (the other arguments are on the GPU), got a NumPy array; "
                         f"move it with fastnn.cuda.to_device()")
-    cai = getattr(a, "__cuda_array_interface__", None)
-    if cai is None:
-        hint = (" (it only exposes DLPack: wrap it with torch.from_dlpack or cupy.from_dlpack first)"
-                if hasattr(a, "__dlpack__") else "")
-        raise TypeError(f"{name}: expected a CUDA array (fastnn.cuda.DeviceArray or an object with "
-                        f"__cuda_array_interface__, e.g. a PyTorch CUDA tensor or a CuPy array), got "
-                        f"{_type_name(a)}{hint}")
-    shape = tuple(int(d) for d in cai["shape"])
-    dtype = np.dtype(cai["typestr"])
-    if dtype not in _FLOATS:
-        raise TypeError(f"{name}: expected float32 or float64, got {dtype}")
-    strides = cai.get("strides")
-    if not _is_c_contiguous(shape, strides, dtype.itemsize):
-        raise ValueError(f"{name}: expected a C-contiguous CUDA array, got shape {shape} with byte strides "
-                         f"{tuple(strides)}; make it contiguous first (e.g. x.contiguous() in PyTorch)")
-    if cai.get("mask") is not None:
-        raise ValueError(f"{name}: masked CUDA arrays are not supported")
-    ptr, readonly = cai["data"]
-    ptr = int(ptr)
-    if ptr % dtype.itemsize:
-        raise ValueError(f"{name}: the CUDA array's address is not aligned to its {dtype.itemsize}-byte elements")
-    if _prod(shape) > 0:
-        device = _C.cuda_pointer_device(ptr)
-        if device < 0:
-            raise TypeError(f"{name}: the __cuda_array_interface__ of {_type_name(a)} does not point to GPU memory")
-    else:
-        device = _C.cuda_get_device()
-    stream = cai.get("stream")
-    s = None
-    if stream is not None:  # v3: the producer's work on `stream` must finish before ours
-        with _on_device(device):
-            s = _wait_on_producer(int(stream))
-    return _Arg(a, ptr, shape, dtype, device, bool(readonly), s)
+    ptr, shape, dname, device, readonly, s = _read(a, name, _expect(name, ("float32", "float64"),
+                                                                    "float32 or float64"))
+    return _Arg(a, ptr, shape, np.dtype(dname), device, readonly, s)
 
 
 def _same_device(args) -> int:
@@ -378,34 +430,15 @@ def _mask_arg(mask, ga: _Arg):
     want = (n + 7) // 8
     if isinstance(mask, np.ndarray):
         return check_mask(mask, n), None
-    cai = getattr(mask, "__cuda_array_interface__", None)
-    if cai is None:
+    if _torch_or_cuda(mask) is False:
         raise TypeError(f"mask: expected a uint8 array from dropout_mask (NumPy, or CUDA like grad_output), got "
                         f"{_type_name(mask)}")
-    dtype = np.dtype(cai["typestr"])
-    if dtype != _U8:
-        raise TypeError(f"mask: expected a uint8 array from dropout_mask, got {dtype}")
-    shape = tuple(int(d) for d in cai["shape"])
+    ptr, shape, dname, device, _, s = _read(mask, "mask", _expect("mask", ("uint8",),
+                                                                   "a uint8 array from dropout_mask"))
     if len(shape) != 1 or shape[0] != want:
         raise ValueError(f"mask: expected {want} bytes (ceil(n/8)) for {n} elements, got shape {shape}")
-    strides = cai.get("strides")
-    if not _is_c_contiguous(shape, strides, 1):
-        raise ValueError(f"mask: expected a contiguous CUDA array, got byte strides {tuple(strides)}")
-    if cai.get("mask") is not None:
-        raise ValueError("mask: masked CUDA arrays are not supported")
-    ptr = int(cai["data"][0])
-    if want > 0:
-        device = _C.cuda_pointer_device(ptr)
-        if device < 0:
-            raise TypeError(f"mask: the __cuda_array_interface__ of {_type_name(mask)} does not point to GPU memory")
-    else:
-        device = ga.device
-    ma = _Arg(mask, ptr, shape, _U8, device, True)
+    ma = _Arg(mask, ptr, shape, _U8, device if want > 0 else ga.device, True, s)
     _same_device([("grad_output", ga), ("mask", ma)])
-    stream = cai.get("stream")
-    if stream is not None:
-        with _on_device(device):
-            _wait_on_producer(int(stream))
     return None, ma
 
 
@@ -548,55 +581,17 @@ def _cpu_where(a) -> str:
 
 
 def _linear_arg(a, name: str, ref=None) -> _LArg:
-    """Reads a CUDA operand; `ref` = (name, device) of the first operand, for mixed-device errors."""
+    """A float32/float64/bfloat16 operand of linear/matmul (see _read); `ref` = (name, device) of
+    the first operand, for mixed-device errors."""
     where = f" but {ref[0]} is on cuda:{ref[1]}" if ref is not None else ""
-    if isinstance(a, DeviceArray):
-        return _LArg(a, a.ptr, a.shape, _FLOATS[a.dtype], a.device)
-    if isinstance(a, _Buffer):
-        return _LArg(a, a.ptr, a.shape, a.dname, a.device)
-    tinfo = _torch_operand(a, name)
-    if tinfo is not None:
-        if tinfo[2] not in _ITEMSIZE:
-            raise TypeError(f"{name}: expected float32, float64 or bfloat16, got {tinfo[2]}")
-        return _LArg(a, tinfo[0], tinfo[1], tinfo[2], tinfo[3])
-    if isinstance(a, (np.ndarray, numbers.Number, list, tuple)):
+    if isinstance(a, (np.ndarray, numbers.Number, list, tuple)) or (
+            hasattr(a, "__dlpack_device__") and not hasattr(a, "__cuda_array_interface__")
+            and int(tuple(a.__dlpack_device__())[0]) != _KDLCUDA):
         raise TypeError(f"{name} is {_cpu_where(a)}{where}: every operand must be a CUDA array on the same GPU "
                         f"(move it with fastnn.cuda.to_device())")
-    try:
-        cai = a.__cuda_array_interface__
-    except AttributeError:
-        cai = None
-    except Exception:  # e.g. PyTorch refuses to describe bfloat16 this way: DLPack below
-        cai = False
-    if cai:
-        dtype = np.dtype(cai["typestr"])
-        if dtype not in _FLOATS:
-            raise TypeError(f"{name}: expected float32, float64 or bfloat16, got {dtype}")
-        xa = _cuda_arg(a, name)
-        return _LArg(a, xa.ptr, xa.shape, xa.dname, xa.device, xa.readonly)
-    if not hasattr(a, "__dlpack__"):
-        raise TypeError(f"{name}: expected a CUDA array (fastnn.cuda.DeviceArray, a PyTorch CUDA tensor or a CuPy "
-                        f"array), got {_type_name(a)}")
-    dev = tuple(a.__dlpack_device__()) if hasattr(a, "__dlpack_device__") else None
-    if dev is None or int(dev[0]) != _KDLCUDA:
-        raise TypeError(f"{name} is {_cpu_where(a)}{where}: every operand must be a CUDA array on the same GPU")
-    d = _C.cuda_dlpack_describe(a.__dlpack__(stream=1))  # stream 1: ready for the legacy default stream
-    code, bits, lanes = d["code"], d["bits"], d["lanes"]
-    if lanes == 1 and code == _KDLBFLOAT and bits == 16:
-        dname = "bfloat16"
-    elif lanes == 1 and code == _KDLFLOAT and bits in (32, 64):
-        dname = f"float{bits}"
-    else:
-        raise TypeError(f"{name}: expected float32, float64 or bfloat16, got DLPack dtype (code {code}, {bits} bits, "
-                        f"{lanes} lanes)")
-    shape = tuple(d["shape"])
-    strides = d["strides"]
-    if strides is not None and not _is_c_contiguous(shape, [s * _ITEMSIZE[dname] for s in strides], _ITEMSIZE[dname]):
-        raise ValueError(f"{name}: expected a C-contiguous CUDA array, got shape {shape} with element strides "
-                         f"{tuple(strides)}; make it contiguous first (e.g. x.contiguous() in PyTorch)")
-    if d["ptr"] % _ITEMSIZE[dname]:
-        raise ValueError(f"{name}: the CUDA array's address is not aligned to its elements")
-    return _LArg(a, d["ptr"], shape, dname, d["device_id"])
+    ptr, shape, dname, device, readonly, _ = _read(a, name, _expect(name, tuple(_ITEMSIZE),
+                                                                    "float32, float64 or bfloat16"))
+    return _LArg(a, ptr, shape, dname, device, readonly)
 
 
 def _check_same(args) -> None:
@@ -934,36 +929,12 @@ def _adam_step(w: _Arg, g: _Arg, m: DeviceArray, v: DeviceArray, lr, beta1, beta
 
 
 def _label_arg(a, name: str):
-    """(ptr, shape, dtype, device) of a CUDA array of any dtype NumPy knows (labels)."""
-    if isinstance(a, DeviceArray):
-        return a.ptr, a.shape, a.dtype, a.device
-    tinfo = _torch_operand(a, name)
-    if tinfo is not None:
-        return tinfo[0], tinfo[1], np.dtype(tinfo[2]) if tinfo[2] != "bfloat16" else tinfo[2], tinfo[3]
-    cai = getattr(a, "__cuda_array_interface__", None)
-    if cai is None:
+    """(ptr, shape, dtype, device) of a CUDA array of any dtype (labels, seed/offset words)."""
+    if _torch_or_cuda(a) is False:
         raise TypeError(f"{name}: expected a CUDA array with __cuda_array_interface__ (a PyTorch CUDA tensor or a CuPy "
                         f"array), or NumPy labels, got {_type_name(a)}")
-    shape = tuple(int(d) for d in cai["shape"])
-    dtype = np.dtype(cai["typestr"])
-    if not _is_c_contiguous(shape, cai.get("strides"), dtype.itemsize):
-        raise ValueError(f"{name}: expected a C-contiguous CUDA array, got byte strides {tuple(cai['strides'])}")
-    if cai.get("mask") is not None:
-        raise ValueError(f"{name}: masked CUDA arrays are not supported")
-    ptr = int(cai["data"][0])
-    if ptr % dtype.itemsize:
-        raise ValueError(f"{name}: the CUDA array's address is not aligned to its {dtype.itemsize}-byte elements")
-    if _prod(shape) > 0:
-        device = _C.cuda_pointer_device(ptr)
-        if device < 0:
-            raise TypeError(f"{name}: the __cuda_array_interface__ of {_type_name(a)} does not point to GPU memory")
-    else:
-        device = _C.cuda_get_device()
-    stream = cai.get("stream")
-    if stream is not None:
-        with _on_device(device):
-            _wait_on_producer(int(stream))
-    return ptr, shape, dtype, device
+    ptr, shape, dname, device, _, _ = _read(a, name)
+    return ptr, shape, (np.dtype(dname) if dname != "bfloat16" else dname), device
 
 
 def _grad_arg(grad, xa: _Arg, inputs):
