@@ -850,7 +850,7 @@ def test_linear_forward_backward(activation, bias, dropout_p, dropconnect_p, rng
     _assert_linear_close(y.numpy(), ref, cache["bound"], activation, "forward", scale)
     y2, saved = _lin(xd, wd, bd, return_saved=True, **dev_kw)
     np.testing.assert_array_equal(y2.numpy(), y.numpy(), err_msg="return_saved changes y")
-    assert saved.has_bias == bias and saved.activation == activation and tuple(saved.shape) == (M, N)
+    assert saved.has_bias == bias and saved.activation == activation and tuple(saved.shape) == (M, N, K)
     # Dropped elements are exactly the mask's zeros.
     if dropout_p > 0:
         assert np.all(y.numpy()[cache["ky"] == 0] == 0)

@@ -673,3 +673,18 @@ def test_gpu_adam_math_matches_cpu_kernels(capability, dtype):
             fastnn._C.cuda_adam_host_reference(wb, g, mb, vb, *args)
         for x, y in ((wb, wa), (mb, ma), (vb, va)):
             _same_or_close(x, y, capability)
+
+
+def test_dlpack_offers_the_versioned_capsule_when_asked(monkeypatch):
+    # (the C++ side of the versioned capsule, _C.cuda_dlpack_capsule_versioned, is stood in for)
+    calls = []
+    monkeypatch.setattr(fastnn._C, "cuda_dlpack_capsule_versioned", lambda *a: calls.append(("v1", a)) or "v1",
+                        raising=False)
+    monkeypatch.setattr(fastnn._C, "cuda_dlpack_capsule", lambda *a: calls.append(("v0", a)) or "v0")
+    a = fc.DeviceArray._wrap(0x10000, (5,), np.float32, 0)
+    assert a.__dlpack__(max_version=(1, 0)) == "v1"
+    assert calls[-1][1][:4] == (0x10000, [5], "float32", 0)
+    assert a.__dlpack__(max_version=(0, 8)) == "v0"
+    assert a.__dlpack__() == "v0"
+    monkeypatch.delattr(fastnn._C, "cuda_dlpack_capsule_versioned")
+    assert a.__dlpack__(max_version=(1, 0)) == "v0"  # (a build without it: the unversioned one is allowed)
