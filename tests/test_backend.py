@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import inspect
 
-import numpy as np
-import pytest
-
 import fastnn
 import fastnn.functional as F
+import numpy as np
+import pytest
 from fastnn import _backend, checks
 from fastnn._backend import cpu, cuda
 

@@ -4,12 +4,11 @@ tests/test_fake_gpu_suites.py runs this file on): results placed at the input's 
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
-
 import fastnn
 import fastnn.cuda as fc
 import fastnn.functional as F
+import numpy as np
+import pytest
 from fastnn import optim
 from fastnn._backend import backend_of
 from fastnn._backend import cuda as BC
@@ -127,7 +126,7 @@ class _FakeTorchModule:
     class _Stream:
         cuda_stream = 0x7700
 
-    class cuda:  # noqa: N801 (torch.cuda)
+    class cuda:
         @staticmethod
         def current_stream(device=None):
             return _FakeTorchModule._Stream()

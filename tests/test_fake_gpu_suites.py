@@ -13,9 +13,8 @@ import re
 import subprocess
 import sys
 
-import pytest
-
 import fastnn
+import pytest
 
 HERE = pathlib.Path(__file__).resolve().parent
 SUITES = ["test_optim_cuda.py", "test_losses_cuda.py", "test_augment_cuda.py", "test_backend_cuda.py"]

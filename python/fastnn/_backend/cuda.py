@@ -18,8 +18,19 @@ import numpy as np
 
 from .. import _C, checks
 from .._arrays import is_cuda_array
-from ..cuda import _FLOATS, _KDLCUDA, _TF32, DeviceArray, _on_device, _prod, _require_gpu, to_device, zeros
+from ..cuda import (
+    _FLOATS,
+    _KDLCUDA,
+    _TF32,
+    DeviceArray,
+    _on_device,
+    _prod,
+    _require_gpu,
+    to_device,
+    zeros,
+)
 from .common import LinearSaved, check_mask, host_target
+from .cpu import _KERNEL_ACT_ID  # (the one id translation; cpu imports nothing of this module)
 
 name = "cuda"
 
@@ -1062,8 +1073,6 @@ def _mse(input, target, grad, buffer=None):
 # ---- the op table (the same names and signatures as _backend/cpu.py) ------------------------------
 # act ids are checks.ACTIVATION_IDS; the elementwise kernels still take the old CPU numbering
 # (translated by cpu._KERNEL_ACT_ID, the one translation table until the C++ takes ActKind ids).
-
-from .cpu import _KERNEL_ACT_ID  # noqa: E402  (the cpu backend imports nothing of this module)
 
 
 @_op
