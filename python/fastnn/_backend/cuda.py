@@ -3,7 +3,7 @@ tensors, CuPy arrays, anything with __cuda_array_interface__ or a CUDA __dlpack_
 kernels of csrc/cuda through fastnn._C. The same op names and signatures as _backend/cpu.py (a
 test asserts it); callers reach it through fastnn._backend.backend_of.
 
-Argument reading: one reader (_linear_arg) for every CUDA operand. It orders fastnn with the
+Argument reading: one reader (_read) for every CUDA operand. It orders fastnn with the
 producer's stream: a PyTorch tensor's current stream, or the "stream" entry of
 __cuda_array_interface__ v3 (fastnn waits on it before launching; outputs and in-place updates
 make the consumer's stream wait on fastnn's current stream afterwards, see _publish)."""
