@@ -16,6 +16,8 @@ import pytest
 
 import fastnn
 import fastnn.cuda as fc
+from fastnn import checks
+from fastnn._backend import cuda as BC
 import fastnn.functional as F
 import reference as R
 
@@ -629,7 +631,7 @@ def test_errors(rng):
     with pytest.raises(TypeError, match="out: expected dtype float32"):
         F.relu(x, out=fc.empty((4, 3), np.float64))
     with pytest.raises(TypeError, match="expected a CUDA array"):
-        fc._act_forward(0, [1.0, 2.0], None, 0.0, 1.0, 1.0)
+        BC._act_forward(0, [1.0, 2.0], None, 0.0, 1.0, 1.0)
 
 
 # ---- PyTorch and CuPy -------------------------------------------------------------------------------
@@ -799,7 +801,7 @@ def linear_saved(monkeypatch):
 def _lin(x, w, b=None, activation=None, negative_slope=0.01, alpha=1.0, prelu_weight=None, dropout_p=0.0,
          dropconnect_p=0.0, seed=0, offset=0, out=None, return_saved=False):
     """The contract call of fastnn.functional.linear for a CUDA x."""
-    return fc._linear(x, w, b, activation, negative_slope, alpha, prelu_weight, dropout_p, dropconnect_p, seed,
+    return BC._linear(x, w, b, activation, negative_slope, alpha, prelu_weight, dropout_p, dropconnect_p, seed,
                       offset, out, return_saved)
 
 
@@ -848,13 +850,13 @@ def test_linear_forward_backward(activation, bias, dropout_p, dropconnect_p, rng
     _assert_linear_close(y.numpy(), ref, cache["bound"], activation, "forward", scale)
     y2, saved = _lin(xd, wd, bd, return_saved=True, **dev_kw)
     np.testing.assert_array_equal(y2.numpy(), y.numpy(), err_msg="return_saved changes y")
-    assert saved.has_bias == bias and saved.activation == activation and tuple(saved.shape) == (M, N)
+    assert saved.has_bias == bias and saved.activation == activation and tuple(saved.shape) == (M, N, K)
     # Dropped elements are exactly the mask's zeros.
     if dropout_p > 0:
         assert np.all(y.numpy()[cache["ky"] == 0] == 0)
 
     g = rng.standard_normal((M, N)).astype(np.float32)
-    gx, gw, gb, gp = fc._linear_backward(fc.to_device(g), xd, wd, saved, 0.01, 1.0, pd)
+    gx, gw, gb, gp = BC._linear_backward(fc.to_device(g), xd, wd, saved, 0.01, 1.0, pd)
     rgx, rgw, rgb, rgp = RL.linear_backward(g, cache, activation, prelu_weight=pw, dropout_p=dropout_p,
                                             dropconnect_p=dropconnect_p, has_bias=bias)
     bx, bw, bb = _grad_bounds(g, cache, dropout_p)
@@ -889,7 +891,7 @@ def test_linear_shapes(shape, activation, rng, linear_saved):
     assert y.shape == (M, N)
     _assert_linear_close(y.numpy(), ref, cache["bound"], activation, f"forward {shape}", 2.0)
     g = rng.standard_normal((M, N)).astype(np.float32)
-    gx, gw, gb, gp = fc._linear_backward(fc.to_device(g), xd, wd, saved, 0.01, 1.0, pd)
+    gx, gw, gb, gp = BC._linear_backward(fc.to_device(g), xd, wd, saved, 0.01, 1.0, pd)
     rgx, rgw, rgb, rgp = RL.linear_backward(g, cache, activation, prelu_weight=pw, dropout_p=0.5, dropconnect_p=0.1)
     bx, bw, bb = _grad_bounds(g, cache, 0.5)
     _assert_linear_close(gx.numpy(), rgx, bx, None, f"grad_x {shape}")
@@ -960,7 +962,7 @@ def test_linear_float64(rng, linear_saved):
     assert y.dtype == np.float64
     np.testing.assert_allclose(y.numpy(), ref, rtol=1e-12, atol=1e-12)
     g = rng.standard_normal((M, N))
-    gx, gw, gb, _ = fc._linear_backward(fc.to_device(g), fc.to_device(x), fc.to_device(w), saved, 0.01, 0.7, None)
+    gx, gw, gb, _ = BC._linear_backward(fc.to_device(g), fc.to_device(x), fc.to_device(w), saved, 0.01, 0.7, None)
     rgx, rgw, rgb, _ = RL.linear_backward(g, cache, "elu", alpha=0.7, dropout_p=0.25)
     for got, want in [(gx, rgx), (gw, rgw), (gb, rgb)]:
         np.testing.assert_allclose(got.numpy(), want, rtol=1e-11, atol=1e-11)
@@ -974,12 +976,12 @@ def test_tf32_is_off_by_default_and_fp32_is_accurate(rng):
     bm = rng.standard_normal((K, N)).astype(np.float32)
     want = a.astype(np.float64) @ bm.astype(np.float64)
     bound = np.abs(a).astype(np.float64) @ np.abs(bm).astype(np.float64)
-    c = fc._matmul(fc.to_device(a), fc.to_device(bm), None)
+    c = BC._matmul(fc.to_device(a), fc.to_device(bm), None)
     assert c.shape == (M, N)
     assert np.all(np.abs(c.numpy() - want) <= 2e-5 * bound), "float32 matmul is not float32-accurate (TF32?)"
     fc.allow_tf32(True)
     try:
-        c = fc._matmul(fc.to_device(a), fc.to_device(bm), None)
+        c = BC._matmul(fc.to_device(a), fc.to_device(bm), None)
         assert np.all(np.abs(c.numpy() - want) <= 4e-3 * bound), "TF32 matmul beyond TF32's error"
     finally:
         fc.allow_tf32(False)
@@ -990,19 +992,17 @@ def test_matmul(shape, rng):
     M, K, N = shape
     a = rng.standard_normal((M, K)).astype(np.float32)
     b = rng.standard_normal((K, N)).astype(np.float32)
-    c = fc._matmul(fc.to_device(a), fc.to_device(b), None)
+    c = BC._matmul(fc.to_device(a), fc.to_device(b), None)
     bound = np.abs(a).astype(np.float64) @ np.abs(b)
     assert c.shape == (M, N)
     assert np.all(np.abs(c.numpy() - a.astype(np.float64) @ b) <= 2e-5 * bound + 1e-7)
     out = fc.empty((M, N), np.float32)
-    assert fc._matmul(fc.to_device(a), fc.to_device(b), out) is out
+    assert BC._matmul(fc.to_device(a), fc.to_device(b), out) is out
     np.testing.assert_array_equal(out.numpy(), c.numpy())
-    if hasattr(F, "matmul") and M and K and N:
-        try:
-            c2 = F.matmul(fc.to_device(a), fc.to_device(b))
-        except TypeError:
-            pytest.skip("fastnn.functional.matmul does not route CUDA arrays yet")
-        np.testing.assert_array_equal(c2.numpy(), c.numpy())
+    # fastnn.functional.matmul routes CUDA operands to the same kernel.
+    c2 = F.matmul(fc.to_device(a), fc.to_device(b))
+    assert isinstance(c2, fc.DeviceArray) and c2.shape == (M, N)
+    np.testing.assert_array_equal(c2.numpy(), c.numpy())
 
 
 def test_linear_errors(rng, linear_saved):
@@ -1035,9 +1035,9 @@ def test_linear_errors(rng, linear_saved):
     with pytest.raises(ValueError, match="x: expected a 2-D array"):
         _lin(fc.to_device(np.ones(3, np.float32)), wd)
     with pytest.raises(ValueError, match=r"matmul: inner dimensions differ: a has shape \(4, 3\) and b has shape \(4, 3\)"):
-        fc._matmul(xd, xd, None)
+        BC._matmul(xd, xd, None)
     with pytest.raises(TypeError, match="b is on the CPU"):
-        fc._matmul(xd, np.ones((3, 2), np.float32), None)
+        BC._matmul(xd, np.ones((3, 2), np.float32), None)
     with pytest.raises(TypeError, match="flag: expected a bool"):
         fc.allow_tf32(1)
 
@@ -1063,7 +1063,7 @@ def test_linear_torch_float32_and_bfloat16(torch, rng, linear_saved):
         tol = 2e-2 * LIPSCHITZ[act] * cache["bound"] / 0.75 + 1e-2 * np.abs(ref)
         assert np.all(np.abs(got - ref) <= tol), f"bfloat16 {act}"
         gb16 = torch.randn(M, N, device="cuda").bfloat16()
-        gx, gw, gbias, _ = fc._linear_backward(gb16, xb, wb, saved, 0.01, 1.0, None)
+        gx, gw, gbias, _ = BC._linear_backward(gb16, xb, wb, saved, 0.01, 1.0, None)
         assert gx.dtype == torch.bfloat16 and gw.dtype == torch.bfloat16 and gbias.dtype == torch.bfloat16
         rgx, rgw, rgb, _ = RL.linear_backward(gb16.double().cpu().numpy(), cache, act, dropout_p=0.25,
                                               dropconnect_p=0.1)

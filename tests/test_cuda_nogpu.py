@@ -14,6 +14,8 @@ import pytest
 import fastnn
 import fastnn.augment as A
 import fastnn.cuda as fc
+from fastnn import checks
+from fastnn._backend import cuda as BC
 import fastnn.functional as F
 
 COMPILED = bool(fastnn._C.cuda_compiled)
@@ -245,12 +247,14 @@ def test_device_array_metadata_without_gpu():
                                           "version": 3, "strides": None, "stream": 1}
     assert a.__dlpack_device__() == (2, 0)
     assert fc.DeviceArray._wrap(0x10000, (), np.float32, 0).size == 1
+    # __cuda_array_interface__ v3: a zero-size array exports pointer 0, whatever block it holds.
+    assert fc.DeviceArray._wrap(0x10000, (0, 3), np.float32, 0).__cuda_array_interface__["data"] == (0, False)
     with pytest.raises(TypeError, match="float32 or float64"):
         fc.DeviceArray._wrap(0x10000, (2,), np.int64, 0)
 
 
 def test_c_contiguity_rule():
-    ok = fc._is_c_contiguous
+    ok = BC._is_c_contiguous
     assert ok((2, 3), None, 4) and ok((2, 3), (12, 4), 4)
     assert not ok((2, 3), (4, 8), 4)
     assert ok((1, 3), (999, 4), 4)  # size-1 dimensions may have any stride
@@ -385,19 +389,19 @@ def test_build_info_reports_cublaslt():
 def test_linear_without_gpu_raises_runtime_error():
     x, w = FakeCudaArray((4, 3)), FakeCudaArray((5, 3))
     with pytest.raises(RuntimeError, match="no CUDA GPU is available|no CUDA support"):
-        fc._linear(x, w, None, "relu", 0.01, 1.0, None, 0.0, 0.0, 0, 0, None, False)
+        BC._linear(x, w, None, "relu", 0.01, 1.0, None, 0.0, 0.0, 0, 0, None, False)
     with pytest.raises(RuntimeError, match="no CUDA GPU is available|no CUDA support"):
-        fc._matmul(x, FakeCudaArray((3, 2)), None)
+        BC._matmul(x, FakeCudaArray((3, 2)), None)
     with pytest.raises(RuntimeError, match="no CUDA GPU is available|no CUDA support"):
-        fc._linear_backward(FakeCudaArray((4, 5)), x, w, object(), 0.01, 1.0, None)
+        BC._linear_backward(FakeCudaArray((4, 5)), x, w, object(), 0.01, 1.0, None)
 
 
 @compiled
 def test_linear_save_kinds_and_mask_ld():
     C = fastnn._C
-    # ids of csrc/cuda/linear.h, as python/fastnn/cuda.py uses them
-    assert fc._LIN_ACTS == {None: 0, "sigmoid": 1, "tanh": 2, "relu": 3, "leaky_relu": 4, "elu": 5, "selu": 5,
-                            "prelu": 6}
+    # the ids of csrc/cuda/linear.h (LinAct) are the ActKind ids of fastnn.checks
+    assert {a: checks.act_id(a) for a in checks.ACTIVATIONS} == {None: 0, "sigmoid": 1, "tanh": 2, "relu": 3,
+                                                                 "leaky_relu": 4, "elu": 5, "selu": 5, "prelu": 6}
     assert [C.cuda_linear_save_kind(a, False) for a in range(7)] == [0, 2, 2, 1, 4, 4, 4]
     assert [C.cuda_linear_save_kind(a, True) for a in range(7)] == [0, 3, 3, 1, 4, 4, 4]
     assert [C.cuda_linear_mask_ld(n) for n in (0, 1, 127, 128, 129, 512)] == [0, 128, 128, 128, 256, 512]
@@ -466,9 +470,9 @@ def test_dlpack_bfloat16_export_and_describe():
 def test_linear_arg_reading_without_gpu():
     # Mixed devices and dtypes are named before any GPU work.
     with pytest.raises(TypeError, match=r"weight is on the CPU \(numpy.ndarray\) but x is on cuda:"):
-        fc._linear_arg(np.ones((5, 3), np.float32), "weight", ("x", 0))
+        BC._linear_arg(np.ones((5, 3), np.float32), "weight", ("x", 0))
     with pytest.raises(TypeError, match="expected float32, float64 or bfloat16, got float16"):
-        fc._linear_arg(FakeCudaArray((4,), "<f2"), "x")
+        BC._linear_arg(FakeCudaArray((4,), "<f2"), "x")
 
     class CpuDlpack:  # a CPU tensor that only speaks DLPack
         def __dlpack__(self, stream=None):
@@ -478,12 +482,12 @@ def test_linear_arg_reading_without_gpu():
             return (1, 0)
 
     with pytest.raises(TypeError, match="bias is on the CPU .*CpuDlpack.* but x is on cuda:0"):
-        fc._linear_arg(CpuDlpack(), "bias", ("x", 0))
+        BC._linear_arg(CpuDlpack(), "bias", ("x", 0))
     with pytest.raises(ValueError, match="activation: expected one of"):
-        fc._activation_id("gelu")
+        BC._activation_id("gelu")
     for p in (float("nan"), float("inf"), -1.0):
         with pytest.raises(ValueError, match="dropout_p: expected a finite probability"):
-            fc._probability_arg(p, "dropout_p")
+            checks.probability(p, "dropout_p", finite_word=True)
 
 
 # The reference's gradient formulas against central differences of its forward (float64), so the
@@ -669,3 +673,18 @@ def test_gpu_adam_math_matches_cpu_kernels(capability, dtype):
             fastnn._C.cuda_adam_host_reference(wb, g, mb, vb, *args)
         for x, y in ((wb, wa), (mb, ma), (vb, va)):
             _same_or_close(x, y, capability)
+
+
+def test_dlpack_offers_the_versioned_capsule_when_asked(monkeypatch):
+    # (the C++ side of the versioned capsule, _C.cuda_dlpack_capsule_versioned, is stood in for)
+    calls = []
+    monkeypatch.setattr(fastnn._C, "cuda_dlpack_capsule_versioned", lambda *a: calls.append(("v1", a)) or "v1",
+                        raising=False)
+    monkeypatch.setattr(fastnn._C, "cuda_dlpack_capsule", lambda *a: calls.append(("v0", a)) or "v0")
+    a = fc.DeviceArray._wrap(0x10000, (5,), np.float32, 0)
+    assert a.__dlpack__(max_version=(1, 0)) == "v1"
+    assert calls[-1][1][:4] == (0x10000, [5], "float32", 0)
+    assert a.__dlpack__(max_version=(0, 8)) == "v0"
+    assert a.__dlpack__() == "v0"
+    monkeypatch.delattr(fastnn._C, "cuda_dlpack_capsule_versioned")
+    assert a.__dlpack__(max_version=(1, 0)) == "v0"  # (a build without it: the unversioned one is allowed)

@@ -976,3 +976,20 @@ def test_dropout_mask_rejects_string_and_non_integer_shapes():
         F.dropout_mask("10", 0.5, seed=1)  # would otherwise be read as the shape (1, 0)
     with pytest.raises(TypeError):
         F.dropout_mask((2.5, 2), 0.5, seed=1)  # would otherwise be truncated to (2, 2)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [64, 1 << 16, (1 << 20) + 3])
+def test_dropout_backward_out_sharing_memory_with_mask(n, dtype):
+    # The packed mask lies in out's first bytes: writing early outputs would overwrite mask bits
+    # of later elements (half of them wrong before the fix) unless the mask is read from a copy.
+    rng = np.random.default_rng(n)
+    g = rng.standard_normal(n).astype(dtype)
+    m = F.dropout_mask(n, 0.5, seed=7)
+    ref = g.astype(np.float64) * np.unpackbits(m, bitorder="little")[:n] * 2.0
+    out = np.zeros(n, dtype)
+    mv = out.view(np.uint8)[: m.size]
+    mv[:] = m
+    r = F.dropout_backward(g, 0.5, seed=7, mask=mv, out=out)
+    assert r is out
+    np.testing.assert_array_equal(r, ref.astype(dtype))

@@ -322,9 +322,11 @@ def test_errors(rng):
             F.linear(x, w, dropout_p=bad)
         with pytest.raises(ValueError, match="dropconnect_p: expected a finite probability"):
             F.linear(x, w, dropconnect_p=bad)
-    with pytest.raises(TypeError, match="mixed devices: weight on the GPU but x on the CPU"):
+    # (fastnn._backend.backend_of: the first argument on another device than the first one, and where each is)
+    with pytest.raises(TypeError, match=r"mixed devices: weight is a CUDA array \(.*_FakeCudaArray\) but x is on "
+                                        r"the CPU \(numpy.ndarray\)"):
         F.linear(x, _FakeCudaArray())
-    with pytest.raises(TypeError, match="mixed devices: x on the GPU but weight, bias on the CPU"):
+    with pytest.raises(TypeError, match=r"mixed devices: weight is on the CPU \(numpy.ndarray\) but x is a CUDA array"):
         F.linear(_FakeCudaArray(), w, b)
     with pytest.raises(ValueError, match="prelu_weight: activation='prelu' needs its weight"):
         F.linear(x, w, activation="prelu")
@@ -392,3 +394,30 @@ def test_need_grad_x_binding_skips_only_grad_x(rng):
                               False, 0, 1.0, 0, 0)
     np.testing.assert_allclose(gw, g.T @ x, rtol=1e-12)
     np.testing.assert_allclose(gb, g.sum(0), rtol=1e-12)
+
+
+# ---- out= overlapping an operand read by the epilogue (issue 14) -------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("operand", ["bias", "prelu_weight"])
+def test_linear_out_overlapping_epilogue_operand(rng, dtype, operand):
+    # out's first row *is* the bias / PReLU weight: the epilogue of later row tiles must still see
+    # the values the call was given (256 rows: several row tiles, so rows are stored before others
+    # read the operand).
+    M, N, K = 256, 16, 8
+    x = rng.standard_normal((M, K)).astype(dtype)
+    w = rng.standard_normal((N, K)).astype(dtype)
+    out = np.zeros((M, N), dtype)
+    shared = out[0]
+    shared[:] = rng.uniform(0.1, 1.0, N)
+    v = shared.astype(np.float64)
+    z = x.astype(np.float64) @ w.astype(np.float64).T
+    if operand == "bias":
+        ref = z + v
+        y = F.linear(x, w, shared, out=out)
+    else:
+        ref = np.where(z > 0, z, z * v)
+        y = F.linear(x, w, activation="prelu", prelu_weight=shared, out=out)
+    assert y is out
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(y, ref, rtol=tol, atol=tol * 10)

@@ -151,8 +151,6 @@ void register_cuda_linear(py::module_& m) {
       "Loads libcublasLt (FASTNN_CUBLASLT, an already-loaded copy, each candidate folder, then the soname) and "
       "returns the file it came from; raises with every path tried. A failure is retried on the next call.");
   m.def("cublaslt_location", &cuda::cublaslt_location, "The libcublasLt file loaded ('' while none is).");
-  // Old name, kept until python/fastnn switches: now where it was loaded, never a build-machine path.
-  m.def("cuda_cublaslt_library", &cuda::cublaslt_location, "Alias of cublaslt_location.");
   m.def("cuda_cublaslt_load_error", &cuda::cublaslt_load_error,
         "'' when libcublasLt loads in this process (loading it on first call), else why not.");
   m.def("cuda_linear_save_kind", &cuda::linear_save_kind, py::arg("act"), py::arg("dropout"),
@@ -227,7 +225,7 @@ void register_cuda_linear(py::module_& m) {
         check_operand(g, M * N, dt, "grad_output");
         check_operand(x, M * K, dt, "x");
         check_operand(w, N * K, dt, "weight");
-        check_operand(grad_x, M * K, dt, "grad_x");
+        check_operand(grad_x, 0, dt, "grad_x");  // 0: no dgrad GEMM (the input needs no gradient)
         check_operand(grad_w, N * K, dt, "grad_weight");
         check_operand(grad_bias, 0, dt, "grad_bias");
         if (act == kActPrelu) check_operand(grad_prelu, 1, dt, "grad_prelu");

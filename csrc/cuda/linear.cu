@@ -268,7 +268,9 @@ void backward_impl(const LinearBackwardArgs& a) {
     drop_scale<T>(static_cast<const T*>(a.grad_w), static_cast<T*>(a.grad_w), N * K, rnd.seed, dc_q0, rnd.rng_dev,
                   rnd.dc_thr, rnd.dc_scale);
 
-  // dgrad: D (K x M) = W_eff (K x N) @ Gz (N x M)
+  // dgrad: D (K x M) = W_eff (K x N) @ Gz (N x M); skipped when no grad_x is asked for (a first
+  // layer, whose input is data).
+  if (a.grad_x == nullptr) return;
   const T* W = static_cast<const T*>(a.w);
   Scratch weff(rnd.dropconnect ? static_cast<size_t>(N * K) * sizeof(T) : 0);
   if (rnd.dropconnect && M > 0) {

@@ -18,8 +18,16 @@ def is_cuda_array(a) -> bool:
     __cuda_array_interface__ (PyTorch CUDA tensors, CuPy) or a CUDA __dlpack_device__."""
     if isinstance(a, np.ndarray):
         return False
-    if hasattr(a, "__cuda_array_interface__"):
-        return True
+    is_cuda = getattr(type(a), "is_cuda", None)
+    if is_cuda is not None and type(a).__module__.startswith("torch"):
+        # A PyTorch tensor: its own flag (its __cuda_array_interface__ raises for tensors that
+        # require grad and for bfloat16).
+        return bool(a.is_cuda)
+    try:
+        if hasattr(a, "__cuda_array_interface__"):
+            return True
+    except Exception:
+        return True  # it has one, it just refuses to describe this array
     dev = getattr(a, "__dlpack_device__", None)
     if dev is None:
         return False

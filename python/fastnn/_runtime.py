@@ -74,9 +74,12 @@ def build_info() -> dict:
 def _cublaslt_line(d) -> str:
     if not d["cublaslt"]:
         return "not compiled in (GPU linear/matmul unavailable)"
-    err = _C.cuda_cublaslt_load_error()
-    where = _C.cublaslt_location() if hasattr(_C, "cublaslt_location") else d["cublaslt_library"]
-    return "compiled in; " + (f"loads ({where})" if not err else "does not load")
+    from ._backend import cuda as _cuda_backend
+    try:
+        where = _C.cublaslt_location() or _C.cublaslt_load(_cuda_backend.cublaslt_dirs())
+    except RuntimeError as e:
+        return f"compiled in; does not load ({e})"
+    return f"compiled in; loads ({where})"
 
 
 def _version(v: int) -> str:

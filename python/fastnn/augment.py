@@ -81,8 +81,11 @@ import numbers
 
 import numpy as np
 
-from . import _C
-from ._arrays import empty, is_cuda_array
+from . import _C, checks
+from . import random as _random
+from ._arrays import empty
+from ._backend import cuda as _cuda_backend
+from ._backend import device_of
 
 __all__ = [
     "hflip", "random_crop", "random_resized_crop", "color_jitter", "gaussian_noise", "mixup",
@@ -188,9 +191,7 @@ def _check_out(out, shape, x):
         raise ValueError("out: array is read-only")
 
 
-def _seed_offset(seed, offset, n):
-    from .functional import _seed_offset as so
-    return so(seed, offset, n)
+_seed_offset = checks.seed_offset
 
 
 def _words(seed, offset, n):
@@ -470,12 +471,11 @@ def _gamma_log(a, words):
 def mixup_params(n, alpha, *, seed, offset=0):
     """(lambda, permutation) of a mixup of n samples: lambda ~ Beta(alpha, alpha) (a float),
     permutation an int64 array (sample i is mixed with sample perm[i])."""
-    from .functional import _random_checked
     n = _int(n, "n")
     alpha = _real(alpha, "alpha")
     if alpha <= 0:
         raise ValueError(f"alpha: expected a positive number (the Beta(alpha, alpha) parameter), got {alpha}")
-    seed, offset = _random_checked(seed, offset, _MIXUP_LAMBDA_WORDS + n)
+    seed, offset = checks.explicit_seed_offset(seed, offset, _MIXUP_LAMBDA_WORDS + n)
     w = _words(seed, offset, _MIXUP_LAMBDA_WORDS + n)
     g1, g2 = _gamma_log(alpha, w[:64]), _gamma_log(alpha, w[64:128])
     lam = 1.0 / (1.0 + math.exp(min(g2 - g1, 700.0)))
@@ -731,12 +731,11 @@ class Compose:
 # PyTorch tensor out, via DLPack), on x's device, asynchronous on the legacy default stream.
 
 def _is_cuda(x):
-    return not isinstance(x, np.ndarray) and is_cuda_array(x)
+    return device_of(x) == "cuda"
 
 
 def _cuda():
-    from . import cuda
-    return cuda
+    return _cuda_backend
 
 
 def _shape_of(x):
@@ -934,8 +933,7 @@ class Augment:
     def __init__(self, transforms, *, seed=None, image_shape=None):
         self.compose = transforms if isinstance(transforms, Compose) else Compose(transforms)
         if seed is not None:
-            from .random import check_seed
-            seed = check_seed(seed)
+            seed = _random.check_seed(seed)
         self.seed = seed
         if image_shape is not None:
             if not isinstance(image_shape, (tuple, list)) or len(image_shape) not in (2, 3):

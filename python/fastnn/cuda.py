@@ -9,10 +9,12 @@ CuPy read it without a copy (``torch.from_dlpack(a)``, ``torch.as_tensor(a, devi
     >>> x = fc.to_device(np.linspace(-3, 3, 7, dtype=np.float32))
     >>> F.relu(x).numpy()
 
-Streams: every fastnn kernel and copy runs on the legacy default stream (stream 0). PyTorch's
-and CuPy's default streams are ordered with it by CUDA itself, so results can be used right away
-by either library; work on other streams is synchronized through the stream fields of
-``__cuda_array_interface__`` (v3) and ``__dlpack__(stream=...)``.
+Streams: every fastnn kernel and copy runs on the thread's current stream, the legacy default
+stream unless ``with fastnn.cuda.stream(s):`` (or a Graph capture) switches it. With PyTorch
+tensors fastnn waits for torch's current stream before it launches and makes that stream wait for
+its results afterwards (inputs, out= arrays, in-place optimizer updates); a CuPy or other
+``__cuda_array_interface__`` v3 array is ordered with the stream it names, and
+``__dlpack__(stream=...)`` makes the consumer's stream wait.
 
 On a machine without CUDA (or a build without it) ``devices()`` is ``[]``, ``is_available()``
 is False, and creating a DeviceArray raises RuntimeError.
@@ -23,15 +25,15 @@ from __future__ import annotations
 import contextlib
 import numbers
 import operator
-import sys
 
 import numpy as np
 
 from . import _C
+from ._arrays import as_float_array
 
 __all__ = [
     "DeviceArray", "devices", "is_available", "device_count", "to_device", "empty", "zeros", "synchronize",
-    "empty_cache", "allow_tf32", "tf32_allowed",
+    "empty_cache", "set_cache_limit", "allow_tf32", "tf32_allowed", "Stream", "stream", "current_stream", "Graph",
 ]
 
 _COMPILED = bool(getattr(_C, "cuda_compiled", False))
@@ -254,7 +256,7 @@ class DeviceArray:
         return {
             "shape": self._shape,
             "typestr": self._dtype.str,
-            "data": (self._ptr, False),
+            "data": (self._ptr if self.size else 0, False),  # (the protocol: 0 for zero-size arrays)
             "version": 3,
             "strides": None,
             "stream": 1,
@@ -264,9 +266,11 @@ class DeviceArray:
         return (_KDLCUDA, self._device)
 
     def __dlpack__(self, stream=None, *, max_version=None, dl_device=None, copy=None):
-        """An unversioned "dltensor" capsule (DLPack 0.8) sharing this memory (copy=True: a new
-        copy's). `stream` is the consumer's stream: it is made to wait for fastnn's work (None
-        and 1 mean the legacy default stream, -1 no synchronization)."""
+        """A DLPack capsule sharing this memory (copy=True: a new copy's): the versioned
+        "dltensor_versioned" (DLPack 1.x) when the consumer asks with max_version >= (1, 0) and
+        this build can make one, else the unversioned "dltensor" (0.8), which the protocol lets
+        a producer return. `stream` is the consumer's stream: it is made to wait for fastnn's
+        current stream (None and 1 mean the legacy default stream, -1 no synchronization)."""
         if dl_device is not None and tuple(dl_device) != (_KDLCUDA, self._device):
             raise BufferError(f"DeviceArray on cuda:{self._device} cannot be exported to DLPack device {dl_device}")
         src = self.copy() if copy else self
@@ -274,8 +278,10 @@ class DeviceArray:
             stream = operator.index(stream)
             if stream != -1:
                 with _on_device(self._device):
-                    _C.cuda_wait_on_legacy(stream)
-        return _C.cuda_dlpack_capsule(src._ptr, list(src._shape), _FLOATS[src._dtype], src._device, src)
+                    _C.stream_wait(0 if stream == 1 else stream, _C.current_stream())
+        args = (src._ptr, list(src._shape), _FLOATS[src._dtype], src._device, src)
+        mv = None if max_version is None else tuple(max_version)
+        return _C.cuda_dlpack_capsule(*args, max_version=mv)
 
 
 def empty(shape, dtype=np.float32, *, device=None) -> DeviceArray:
@@ -293,7 +299,6 @@ def to_device(a, *, device=None) -> DeviceArray:
         if out is not None:
             return out
         return to_device(a.numpy(), device=device)
-    from ._arrays import as_float_array
     host = as_float_array(a, "a")
     if not host.flags.c_contiguous:
         host = np.ascontiguousarray(host)  # (not for 0-d arrays: it would make them 1-d)
@@ -303,364 +308,10 @@ def to_device(a, *, device=None) -> DeviceArray:
     return out
 
 
-# ---- the entry points of fastnn.functional ---------------------------------------------------
 
-class _Arg:
-    """A CUDA array argument: pointer, shape, dtype, device, and the object it came from."""
-
-    __slots__ = ("obj", "ptr", "shape", "dtype", "device", "readonly")
-
-    def __init__(self, obj, ptr, shape, dtype, device, readonly):
-        self.obj, self.ptr, self.shape, self.dtype, self.device, self.readonly = (
-            obj, ptr, shape, dtype, device, readonly)
-
-    @property
-    def size(self) -> int:
-        return _prod(self.shape)
-
-    @property
-    def nbytes(self) -> int:
-        return self.size * self.dtype.itemsize
-
-    @property
-    def dname(self) -> str:
-        return _FLOATS[self.dtype]
-
-
-def _type_name(a) -> str:
-    t = type(a)
-    return t.__name__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__name__}"
-
-
-def _is_c_contiguous(shape, strides, itemsize) -> bool:
-    if strides is None or _prod(shape) == 0:
-        return True
-    expected = itemsize
-    for d, s in zip(reversed(shape), reversed(strides)):
-        if d != 1 and s != expected:
-            return False
-        expected *= d
-    return True
-
-
-def _cuda_arg(a, name: str) -> _Arg:
-    """Reads a CUDA array argument (DeviceArray or __cuda_array_interface__)."""
-    if isinstance(a, DeviceArray):
-        return _Arg(a, a.ptr, a.shape, a.dtype, a.device, False)
-    if isinstance(a, np.ndarray):
-        raise TypeError(f"{name}: expected a CUDA array (the other arguments are on the GPU), got a NumPy array; "
-                        f"move it with fastnn.cuda.to_device()")
-    cai = getattr(a, "__cuda_array_interface__", None)
-    if cai is None:
-        hint = (" (it only exposes DLPack: wrap it with torch.from_dlpack or cupy.from_dlpack first)"
-                if hasattr(a, "__dlpack__") else "")
-        raise TypeError(f"{name}: expected a CUDA array (fastnn.cuda.DeviceArray or an object with "
-                        f"__cuda_array_interface__, e.g. a PyTorch CUDA tensor or a CuPy array), got "
-                        f"{_type_name(a)}{hint}")
-    shape = tuple(int(d) for d in cai["shape"])
-    dtype = np.dtype(cai["typestr"])
-    if dtype not in _FLOATS:
-        raise TypeError(f"{name}: expected float32 or float64, got {dtype}")
-    strides = cai.get("strides")
-    if not _is_c_contiguous(shape, strides, dtype.itemsize):
-        raise ValueError(f"{name}: expected a C-contiguous CUDA array, got shape {shape} with byte strides "
-                         f"{tuple(strides)}; make it contiguous first (e.g. x.contiguous() in PyTorch)")
-    if cai.get("mask") is not None:
-        raise ValueError(f"{name}: masked CUDA arrays are not supported")
-    ptr, readonly = cai["data"]
-    ptr = int(ptr)
-    if ptr % dtype.itemsize:
-        raise ValueError(f"{name}: the CUDA array's address is not aligned to its {dtype.itemsize}-byte elements")
-    if _prod(shape) > 0:
-        device = _C.cuda_pointer_device(ptr)
-        if device < 0:
-            raise TypeError(f"{name}: the __cuda_array_interface__ of {_type_name(a)} does not point to GPU memory")
-    else:
-        device = _C.cuda_get_device()
-    stream = cai.get("stream")
-    if stream is not None:  # v3: the producer's work on `stream` must finish before ours
-        with _on_device(device):
-            _C.cuda_legacy_wait_on(int(stream))
-    return _Arg(a, ptr, shape, dtype, device, bool(readonly))
-
-
-def _same_device(args) -> int:
-    device = args[0][1].device
-    for name, arg in args[1:]:
-        if arg.device != device:
-            raise ValueError(f"{name} is on cuda:{arg.device} but {args[0][0]} is on cuda:{device}")
-    return device
-
-
-def _check_like(a: _Arg, an: str, b: _Arg, bn: str) -> None:
-    """b must have a's shape and dtype (messages like fastnn._arrays.check_same_shape)."""
-    if a.shape != b.shape:
-        raise ValueError(f"{an} and {bn} must have the same shape, got {an} {a.shape} and {bn} {b.shape}")
-    if a.dtype != b.dtype:
-        raise TypeError(f"{an} and {bn} must have the same dtype, got {an} {a.dtype} and {bn} {b.dtype}")
-
-
-def _out_arg(out, like: _Arg, name: str = "out") -> _Arg:
-    o = _cuda_arg(out, name)
-    if o.dtype != like.dtype:
-        raise TypeError(f"{name}: expected dtype {like.dtype}, got {o.dtype}")
-    if o.shape != like.shape:
-        raise ValueError(f"{name}: expected shape {like.shape}, got {o.shape}")
-    if o.readonly:
-        raise ValueError(f"{name}: array is read-only")
-    return o
-
-
-def _overlaps(a: _Arg, b: _Arg) -> bool:
-    return a.nbytes > 0 and b.nbytes > 0 and a.ptr < b.ptr + b.nbytes and b.ptr < a.ptr + a.nbytes
-
-
-def _result_like(result: DeviceArray, like):
-    """`result` as the kind of array `like` is: itself for a DeviceArray, else converted (zero
-    copy, through DLPack) by like's own library, e.g. torch.from_dlpack or cupy.from_dlpack."""
-    if isinstance(like, DeviceArray):
-        return result
-    module = sys.modules.get(type(like).__module__.split(".")[0])
-    from_dlpack = getattr(module, "from_dlpack", None)
-    if from_dlpack is None:
-        return result
-    try:
-        return from_dlpack(result)
-    except Exception:
-        return result
-
-
-def _run(out, x: _Arg, inputs, launch, o: _Arg = None):
-    """Runs launch(dst_ptr) writing an array shaped like x; out= is written directly when it is
-    exactly x (in place) or disjoint from every input, else through a temporary. Returns the
-    result as the kind of array x is (or out). `o`: out already read by _out_arg (and checked to
-    be on x's device), when the caller had to check it early."""
-    if out is None:
-        with _on_device(x.device):
-            y = DeviceArray(x.shape, x.dtype)
-            launch(y.ptr)
-        return _result_like(y, x.obj)
-    if o is None:
-        o = _out_arg(out, x)
-        _same_device([("x", x), ("out", o)])
-    with _on_device(x.device):
-        if any(_overlaps(o, a) and not (o.ptr == a.ptr and o.nbytes == a.nbytes) for a in inputs):
-            tmp = DeviceArray(x.shape, x.dtype)
-            launch(tmp.ptr)
-            _C.cuda_memcpy_dtod(o.ptr, tmp.ptr, o.nbytes)
-        else:
-            launch(o.ptr)
-    return out
-
-
-def _act_forward(op, x, out, slope, alpha, scale):
-    """out = f(x) on the GPU (fastnn.functional's activations with a CUDA x)."""
-    _require_gpu()
-    xa = _cuda_arg(x, "x")
-    return _run(out, xa, [xa], lambda y: _C.cuda_act_forward(
-        op, xa.dname, xa.ptr, y, xa.size, float(slope), float(alpha), float(scale)))
-
-
-def _act_backward(op, grad_output, x, out, slope, alpha, scale):
-    """out = grad_output * f'(x) on the GPU."""
-    _require_gpu()
-    xa = _cuda_arg(x, "x")
-    ga = _cuda_arg(grad_output, "grad_output")
-    _check_like(ga, "grad_output", xa, "x")
-    _same_device([("x", xa), ("grad_output", ga)])
-    return _run(out, xa, [xa, ga], lambda y: _C.cuda_act_backward(
-        op, xa.dname, ga.ptr, xa.ptr, y, xa.size, float(slope), float(alpha), float(scale)))
-
-
-def _prelu_layout(xa: _Arg, wa: _Arg):
-    """(outer, C, inner) of x for PReLU, checking the weight's size (as fastnn.functional)."""
-    shape = xa.shape
-    channels = shape[1] if len(shape) >= 2 else 1
-    if wa.size != 1 and wa.size != channels:
-        if len(shape) < 2:
-            raise ValueError(f"weight: x has fewer than 2 dimensions (no channel axis), so weight must have "
-                             f"1 element, got {wa.size}")
-        raise ValueError(f"weight: expected 1 or {channels} elements (x.shape[1]), got {wa.size}")
-    if len(shape) < 2:
-        return 1, 1, xa.size
-    return shape[0], channels, _prod(shape[2:])
-
-
-def _weight_arg(weight, xa: _Arg) -> _Arg:
-    """The PReLU weight: a CUDA array of x's dtype, or a Python real number (uploaded)."""
-    if isinstance(weight, numbers.Real) and not isinstance(weight, (bool, np.bool_, np.ndarray)):
-        with _on_device(xa.device):
-            w = DeviceArray((), xa.dtype)
-            _C.cuda_memcpy_htod(w.ptr, np.array(float(weight), xa.dtype))
-        return _Arg(w, w.ptr, (), xa.dtype, xa.device, False)
-    wa = _cuda_arg(weight, "weight")
-    if wa.dtype != xa.dtype:
-        raise TypeError(f"weight: expected dtype {xa.dtype} like x, got {wa.dtype}")
-    _same_device([("x", xa), ("weight", wa)])
-    return wa
-
-
-def _prelu_forward(x, weight, out):
-    """PReLU forward on the GPU: x > 0 ? x : weight[c] * x, c = axis 1."""
-    _require_gpu()
-    xa = _cuda_arg(x, "x")
-    wa = _weight_arg(weight, xa)
-    outer, C, inner = _prelu_layout(xa, wa)
-    return _run(out, xa, [xa, wa], lambda y: _C.cuda_prelu_forward(
-        xa.dname, xa.ptr, wa.ptr, wa.size, y, outer, C, inner))
-
-
-def _prelu_backward(grad_output, x, weight):
-    """(grad_input, grad_weight) of PReLU on the GPU; grad_weight has weight's shape and is summed
-    in float64 in an order fixed by the shape (the same bits on every run)."""
-    _require_gpu()
-    xa = _cuda_arg(x, "x")
-    wa = _weight_arg(weight, xa)
-    ga = _cuda_arg(grad_output, "grad_output")
-    _check_like(ga, "grad_output", xa, "x")
-    _same_device([("x", xa), ("grad_output", ga)])
-    outer, C, inner = _prelu_layout(xa, wa)
-    with _on_device(xa.device):
-        gx = DeviceArray(xa.shape, xa.dtype)
-        gw = DeviceArray(wa.shape, xa.dtype)
-        _C.cuda_prelu_backward(xa.dname, ga.ptr, xa.ptr, wa.ptr, wa.size, gx.ptr, gw.ptr, outer, C, inner)
-    w_like = x if isinstance(weight, numbers.Real) else weight
-    return _result_like(gx, x), _result_like(gw, w_like)
-
-
-# ---- dropout and DropConnect -------------------------------------------------------------------
-# The GPU twins of fastnn.functional's CPU paths: the same argument checks in the same order, the
-# same helpers for seeds, offsets, thresholds and scales, and kernels that keep exactly the
-# positions the CPU kernels keep (csrc/cuda/dropout_kernels.cuh), so every result is bit-identical
-# to the CPU's (NaN payloads aside: the GPU's multiply returns its canonical NaN).
-
-_U8 = np.dtype(np.uint8)
-
-
-def _checked_out(out, xa: _Arg, name: str):
-    """out= read and checked (dtype, shape, writeable, device) before anything else, as on the CPU."""
-    if out is None:
-        return None
-    o = _out_arg(out, xa)
-    _same_device([(name, xa), ("out", o)])
-    return o
-
-
-def _identity(xa: _Arg, out, o):
-    """A copy of x (training=False, p == 0): a new array of x's kind, or x copied into out."""
-    if o is not None and o.ptr == xa.ptr and o.nbytes == xa.nbytes:
-        return out
-    return _run(out, xa, [xa], lambda y: _C.cuda_memcpy_dtod(y, xa.ptr, xa.nbytes), o)
-
-
-def _mask_arg(mask, ga: _Arg):
-    """The packed mask of dropout_backward: (host array, None) for a NumPy uint8 array (checked as
-    on the CPU; uploaded at launch), or (None, _Arg) for a CUDA uint8 array on grad_output's device.
-    Either must be 1-D with ceil(n/8) bytes."""
-    n = ga.size
-    want = (n + 7) // 8
-    if isinstance(mask, np.ndarray):
-        from .functional import _check_mask
-        return _check_mask(mask, n), None
-    cai = getattr(mask, "__cuda_array_interface__", None)
-    if cai is None:
-        raise TypeError(f"mask: expected a uint8 array from dropout_mask (NumPy, or CUDA like grad_output), got "
-                        f"{_type_name(mask)}")
-    dtype = np.dtype(cai["typestr"])
-    if dtype != _U8:
-        raise TypeError(f"mask: expected a uint8 array from dropout_mask, got {dtype}")
-    shape = tuple(int(d) for d in cai["shape"])
-    if len(shape) != 1 or shape[0] != want:
-        raise ValueError(f"mask: expected {want} bytes (ceil(n/8)) for {n} elements, got shape {shape}")
-    strides = cai.get("strides")
-    if not _is_c_contiguous(shape, strides, 1):
-        raise ValueError(f"mask: expected a contiguous CUDA array, got byte strides {tuple(strides)}")
-    if cai.get("mask") is not None:
-        raise ValueError("mask: masked CUDA arrays are not supported")
-    ptr = int(cai["data"][0])
-    if want > 0:
-        device = _C.cuda_pointer_device(ptr)
-        if device < 0:
-            raise TypeError(f"mask: the __cuda_array_interface__ of {_type_name(mask)} does not point to GPU memory")
-    else:
-        device = ga.device
-    ma = _Arg(mask, ptr, shape, _U8, device, True)
-    _same_device([("grad_output", ga), ("mask", ma)])
-    stream = cai.get("stream")
-    if stream is not None:
-        with _on_device(device):
-            _C.cuda_legacy_wait_on(int(stream))
-    return None, ma
-
-
-def _dropout(x, p, training, seed, offset, out):
-    """fastnn.functional.dropout (and dropconnect) with a CUDA x; p already checked."""
-    _require_gpu()
-    xa = _cuda_arg(x, "x")
-    o = _checked_out(out, xa, "x")
-    if not isinstance(training, (bool, np.bool_)):
-        raise TypeError(f"training: expected a bool, got {type(training).__name__}")
-    if not training or p == 0.0:
-        return _identity(xa, out, o)
-    from .functional import _seed_offset, _threshold_scale
-    seed, offset = _seed_offset(seed, offset, xa.size)
-    thr, scale = _threshold_scale(p, xa.dtype)
-    return _run(out, xa, [xa], lambda y: _C.cuda_dropout_apply(
-        xa.dname, xa.ptr, y, xa.size, seed, offset, thr, scale), o)
-
-
-def _dropout_backward(grad_output, p, seed, offset, mask, out):
-    """fastnn.functional.dropout_backward (and dropconnect_backward) with a CUDA grad_output: the
-    keep bits regenerated from (seed, offset), or read from `mask` (NumPy: copied to the GPU)."""
-    _require_gpu()
-    ga = _cuda_arg(grad_output, "grad_output")
-    o = _checked_out(out, ga, "grad_output")
-    from .functional import _random_checked, _threshold_scale
-    seed, offset = _random_checked(seed, offset, ga.size)
-    host_mask, ma = _mask_arg(mask, ga) if mask is not None else (None, None)
-    if p == 0.0:
-        return _identity(ga, out, o)
-    thr, scale = _threshold_scale(p, ga.dtype)
-    n = ga.size
-    if mask is None:
-        return _run(out, ga, [ga], lambda y: _C.cuda_dropout_apply(
-            ga.dname, ga.ptr, y, n, seed, offset, thr, scale), o)
-    if ma is not None:
-        return _run(out, ga, [ga, ma], lambda y: _C.cuda_dropout_apply_mask(
-            ga.dname, ga.ptr, ma.ptr, y, n, scale), o)
-
-    def launch(y):
-        # (inside _run's _on_device) The upload is ordered before the kernel on stream 0, and the
-        # block may go back to the cache as soon as the kernel is queued: its next user is
-        # ordered after the kernel too.
-        buf = _C.cuda_malloc(host_mask.nbytes)
-        try:
-            _C.cuda_memcpy_htod(buf, host_mask)
-            _C.cuda_dropout_apply_mask(ga.dname, ga.ptr, buf, y, n, scale)
-        finally:
-            _C.cuda_free(buf)
-
-    return _run(out, ga, [ga], launch, o)
-
-
-# ---- linear layers and matmul (cuBLASLt + csrc/cuda/linear.cu) ------------------------------------
-# fastnn.functional.linear / linear_backward / matmul call these with a CUDA x; functional has
-# already checked the scalar arguments and drawn the seed. Operands are read from a DeviceArray,
-# __cuda_array_interface__, or DLPack (the only way a PyTorch bfloat16 tensor describes itself).
-# bfloat16 works with PyTorch (or any DLPack producer) arrays only: a DeviceArray is float32/float64.
+# ---- precision ------------------------------------------------------------------------------
 
 _TF32 = [False]
-
-_SELU_ALPHA = 1.6732632423543772848170429916717
-_SELU_SCALE = 1.0507009873554804934193349852946
-
-# Activation ids of csrc/cuda/linear.h (LinAct); selu is the ELU id with SELU's alpha and scale.
-_LIN_ACTS = {None: 0, "sigmoid": 1, "tanh": 2, "relu": 3, "leaky_relu": 4, "elu": 5, "selu": 5, "prelu": 6}
-_LIN_PRELU = 6
-# Save kinds of csrc/cuda/linear.h (LinSave).
-_SAVE_NOTHING, _SAVE_RELU_MASK, _SAVE_OUTPUT, _SAVE_ACT_OUT, _SAVE_PRE = range(5)
-_ITEMSIZE = {"float32": 4, "float64": 8, "bfloat16": 2}
-_KDLBFLOAT, _KDLFLOAT = 4, 2
 
 
 def allow_tf32(flag: bool) -> None:
@@ -677,625 +328,161 @@ def tf32_allowed() -> bool:
     return _TF32[0]
 
 
-def _require_cublaslt() -> None:
-    if not _C.cuda_cublaslt_compiled():
-        raise RuntimeError(
-            "fastnn was built without cuBLASLt, which GPU linear layers and matmul need: install the nvidia-cublas "
-            "wheel (pip install nvidia-cublas) or the CUDA toolkit's cuBLAS, then rebuild fastnn "
-            "(pip install --no-build-isolation -Ccmake.define.FASTNN_CUDA=ON .)")
-    err = _C.cuda_cublaslt_load_error()
-    if err:
-        raise RuntimeError(err)
-
-
-class _Buffer:
-    """Device memory from fastnn's allocator that DeviceArray cannot describe (bfloat16 results,
-    uint8 masks): pointer, shape, dtype name, device. Exports bfloat16 through DLPack, so
-    torch.from_dlpack makes a tensor of it without a copy."""
-
-    __slots__ = ("ptr", "shape", "dname", "device", "_owned", "__weakref__")
-
-    def __init__(self, shape, dname: str, itemsize: int):
-        self._owned = False
-        self.shape, self.dname = tuple(shape), dname
-        self.device = _C.cuda_get_device()
-        self.ptr = int(_C.cuda_malloc(_prod(self.shape) * itemsize))
-        self._owned = True
-
-    def __del__(self):
-        if getattr(self, "_owned", False):
-            self._owned = False
-            try:
-                _C.cuda_free(self.ptr)
-            except Exception:
-                pass
-
-    def __dlpack_device__(self) -> tuple:
-        return (_KDLCUDA, self.device)
-
-    def __dlpack__(self, stream=None, **kwargs):
-        if stream is not None and operator.index(stream) != -1:
-            with _on_device(self.device):
-                _C.cuda_wait_on_legacy(operator.index(stream))
-        return _C.cuda_dlpack_capsule(self.ptr, list(self.shape), self.dname, self.device, self)
-
-
-class _LArg:
-    """A CUDA operand of linear/matmul: pointer, shape, dtype name, device, the object."""
-
-    __slots__ = ("obj", "ptr", "shape", "dname", "device", "readonly")
-
-    def __init__(self, obj, ptr, shape, dname, device, readonly=False):
-        self.obj, self.ptr, self.shape, self.dname, self.device, self.readonly = (
-            obj, int(ptr), tuple(shape), dname, int(device), readonly)
-
-    @property
-    def size(self) -> int:
-        return _prod(self.shape)
-
-    @property
-    def nbytes(self) -> int:
-        return self.size * _ITEMSIZE[self.dname]
-
-
-def _cpu_where(a) -> str:
-    """Where a non-CUDA array lives, for mixed-device messages."""
-    return f"on the CPU ({_type_name(a)})"
-
-
-def _linear_arg(a, name: str, ref=None) -> _LArg:
-    """Reads a CUDA operand; `ref` = (name, device) of the first operand, for mixed-device errors."""
-    where = f" but {ref[0]} is on cuda:{ref[1]}" if ref is not None else ""
-    if isinstance(a, DeviceArray):
-        return _LArg(a, a.ptr, a.shape, _FLOATS[a.dtype], a.device)
-    if isinstance(a, _Buffer):
-        return _LArg(a, a.ptr, a.shape, a.dname, a.device)
-    if isinstance(a, (np.ndarray, numbers.Number, list, tuple)):
-        raise TypeError(f"{name} is {_cpu_where(a)}{where}: every operand must be a CUDA array on the same GPU "
-                        f"(move it with fastnn.cuda.to_device())")
-    try:
-        cai = a.__cuda_array_interface__
-    except AttributeError:
-        cai = None
-    except Exception:  # e.g. PyTorch refuses to describe bfloat16 this way: DLPack below
-        cai = False
-    if cai:
-        dtype = np.dtype(cai["typestr"])
-        if dtype not in _FLOATS:
-            raise TypeError(f"{name}: expected float32, float64 or bfloat16, got {dtype}")
-        xa = _cuda_arg(a, name)
-        return _LArg(a, xa.ptr, xa.shape, xa.dname, xa.device, xa.readonly)
-    if not hasattr(a, "__dlpack__"):
-        raise TypeError(f"{name}: expected a CUDA array (fastnn.cuda.DeviceArray, a PyTorch CUDA tensor or a CuPy "
-                        f"array), got {_type_name(a)}")
-    dev = tuple(a.__dlpack_device__()) if hasattr(a, "__dlpack_device__") else None
-    if dev is None or int(dev[0]) != _KDLCUDA:
-        raise TypeError(f"{name} is {_cpu_where(a)}{where}: every operand must be a CUDA array on the same GPU")
-    d = _C.cuda_dlpack_describe(a.__dlpack__(stream=1))  # stream 1: ready for the legacy default stream
-    code, bits, lanes = d["code"], d["bits"], d["lanes"]
-    if lanes == 1 and code == _KDLBFLOAT and bits == 16:
-        dname = "bfloat16"
-    elif lanes == 1 and code == _KDLFLOAT and bits in (32, 64):
-        dname = f"float{bits}"
-    else:
-        raise TypeError(f"{name}: expected float32, float64 or bfloat16, got DLPack dtype (code {code}, {bits} bits, "
-                        f"{lanes} lanes)")
-    shape = tuple(d["shape"])
-    strides = d["strides"]
-    if strides is not None and not _is_c_contiguous(shape, [s * _ITEMSIZE[dname] for s in strides], _ITEMSIZE[dname]):
-        raise ValueError(f"{name}: expected a C-contiguous CUDA array, got shape {shape} with element strides "
-                         f"{tuple(strides)}; make it contiguous first (e.g. x.contiguous() in PyTorch)")
-    if d["ptr"] % _ITEMSIZE[dname]:
-        raise ValueError(f"{name}: the CUDA array's address is not aligned to its elements")
-    return _LArg(a, d["ptr"], shape, dname, d["device_id"])
-
-
-def _check_same(args) -> None:
-    """Same dtype and device as the first operand (messages name both)."""
-    n0, a0 = args[0]
-    for name, a in args[1:]:
-        if a.device != a0.device:
-            raise ValueError(f"{name} is on cuda:{a.device} but {n0} is on cuda:{a0.device}")
-        if a.dname != a0.dname:
-            raise TypeError(f"{name}: expected dtype {a0.dname} like {n0}, got {a.dname} (mixed dtypes)")
-
-
-def _new(shape, dname: str):
-    """An uninitialized result on the current device: DeviceArray (float32/64) or _Buffer (bfloat16)."""
-    if dname == "bfloat16":
-        return _Buffer(shape, dname, 2)
-    return DeviceArray(shape, np.dtype(dname))
-
-
-def _scale_dtype(dname: str):
-    # bfloat16's dropout scale is rounded to float32, the elementwise kernels' compute type.
-    return np.float32 if dname == "bfloat16" else np.dtype(dname)
-
-
-def _probability_arg(p, name: str) -> float:
-    if isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Real):
-        raise TypeError(f"{name}: expected a probability in [0, 1], got {type(p).__name__}")
-    p = float(p)
-    if not (0.0 <= p <= 1.0):  # also NaN and inf
-        raise ValueError(f"{name}: expected a finite probability in [0, 1], got {p}")
-    return p
-
-
-def _activation_id(activation) -> int:
-    if activation is not None and not isinstance(activation, str):
-        raise TypeError(f"activation: expected None or a name, got {type(activation).__name__}")
-    if activation not in _LIN_ACTS:
-        names = ", ".join(repr(k) for k in _LIN_ACTS)
-        raise ValueError(f"activation: expected one of {names}, got {activation!r}")
-    return _LIN_ACTS[activation]
-
-
-def _act_params(activation, negative_slope, alpha):
-    """(slope, alpha, scale) of the ELU-family formula in csrc/cuda/linear.h."""
-    if activation == "selu":
-        return 0.0, _SELU_ALPHA, _SELU_SCALE
-    return float(negative_slope), float(alpha), 1.0
-
-
-def _prelu_arg(prelu_weight, xa: _LArg, N: int):
-    """The PReLU weight: a CUDA array of x's dtype with 1 or N elements, or a real number (uploaded)."""
-    if prelu_weight is None:
-        raise ValueError("prelu_weight: activation='prelu' needs a weight of 1 or out_features elements")
-    if isinstance(prelu_weight, numbers.Real) and not isinstance(prelu_weight, (bool, np.bool_)):
-        if xa.dname == "bfloat16":
-            raise TypeError("prelu_weight: with bfloat16 operands pass a bfloat16 CUDA tensor, not a number")
-        with _on_device(xa.device):
-            w = DeviceArray((), np.dtype(xa.dname))
-            _C.cuda_memcpy_htod(w.ptr, np.array(float(prelu_weight), xa.dname))
-        return _LArg(w, w.ptr, (), xa.dname, xa.device)
-    wa = _linear_arg(prelu_weight, "prelu_weight", ("x", xa.device))
-    _check_same([("x", xa), ("prelu_weight", wa)])
-    if wa.size not in (1, N):
-        raise ValueError(f"prelu_weight: expected 1 or {N} elements (out_features), got {wa.size}")
-    return wa
-
-
-def _linear_operands(x, weight, bias):
-    xa = _linear_arg(x, "x")
-    ref = ("x", xa.device)
-    wa = _linear_arg(weight, "weight", ref)
-    ba = _linear_arg(bias, "bias", ref) if bias is not None else None
-    if len(xa.shape) != 2:
-        raise ValueError(f"x: expected a 2-D array (batch, in_features), got shape {xa.shape}")
-    if len(wa.shape) != 2:
-        raise ValueError(f"weight: expected a 2-D array (out_features, in_features), got shape {wa.shape}")
-    if xa.shape[1] != wa.shape[1]:
-        raise ValueError(f"linear: inner dimensions differ: x has shape {xa.shape} and weight has shape {wa.shape} "
-                         f"(x.shape[1] must equal weight.shape[1], the in_features)")
-    N = wa.shape[0]
-    if ba is not None and ba.shape != (N,):
-        raise ValueError(f"bias: expected shape ({N},) (out_features = weight.shape[0]), got {ba.shape}")
-    _check_same([("x", xa), ("weight", wa)] + ([("bias", ba)] if ba is not None else []))
-    return xa, wa, ba
-
-
-def _random_args(dname, dropout_p, dropconnect_p, seed, offset, M, N, K):
-    from .functional import _threshold_scale
-    drop = dropout_p > 0.0
-    dc = dropconnect_p > 0.0
-    if (drop or dc) and seed is None:
-        raise TypeError("seed: expected an integer in [0, 2**64) when dropout_p or dropconnect_p > 0")
-    seed = operator.index(seed) if seed is not None else 0
-    offset = operator.index(offset)
-    if not 0 <= seed < 2**64:
-        raise ValueError(f"seed: expected an integer in [0, 2**64), got {seed}")
-    used = (M * N if drop or dc else 0) + (N * K if dc else 0)
-    if offset < 0 or offset + used > 2**64:
-        raise ValueError(f"offset: expected offset >= 0 with offset + {used} positions (M*N for dropout, + N*K for "
-                         f"DropConnect) at most 2**64, got {offset}")
-    sd = _scale_dtype(dname)
-    thr, scale = _threshold_scale(dropout_p, sd) if drop else (0, 1.0)
-    dthr, dscale = _threshold_scale(dropconnect_p, sd) if dc else (0, 1.0)
-    return seed, offset, drop, thr, scale, dc, dthr, dscale
-
-
-def _linear(x, weight, bias, activation, negative_slope, alpha, prelu_weight, dropout_p, dropconnect_p, seed, offset,
-            out, return_saved):
-    """fastnn.functional.linear with a CUDA x: y = dropout(act(x @ dropconnect(weight).T + bias)).
-    Returns y (the kind of array x is) or (y, LinearSaved) with return_saved."""
-    _require_gpu()
-    act = _activation_id(activation)
-    dropout_p = _probability_arg(dropout_p, "dropout_p")
-    dropconnect_p = _probability_arg(dropconnect_p, "dropconnect_p")
-    xa, wa, ba = _linear_operands(x, weight, bias)
-    M, K = xa.shape
-    N = wa.shape[0]
-    pa = _prelu_arg(prelu_weight, xa, N) if act == _LIN_PRELU else None
-    o = None
-    if out is not None:
-        o = _linear_arg(out, "out", ("x", xa.device))
-        _check_same([("x", xa), ("out", o)])
-        if o.shape != (M, N):
-            raise ValueError(f"out: expected shape {(M, N)}, got {o.shape}")
-        if o.readonly:
-            raise ValueError("out: array is read-only")
-    seed, offset, drop, thr, scale, dc, dthr, dscale = _random_args(
-        xa.dname, dropout_p, dropconnect_p, seed, offset, M, N, K)
-    _require_cublaslt()
-    slope, alpha_, act_scale = _act_params(activation, negative_slope, alpha)
-    kind = _C.cuda_linear_save_kind(act, drop)
-    inputs = [a for a in (xa, wa, ba, pa) if a is not None]
-    with _on_device(xa.device):
-        direct = o is not None and not any(_overlaps(o, a) for a in inputs)
-        y = o.obj if direct else _new((M, N), xa.dname)
-        y_ptr = o.ptr if direct else y.ptr
-        save = mask = None
-        mask_ld = 0
-        if return_saved and kind in (_SAVE_ACT_OUT, _SAVE_PRE):
-            save = _new((M, N), xa.dname)
-        if return_saved and kind == _SAVE_RELU_MASK:
-            mask_ld = _C.cuda_linear_mask_ld(N)
-            mask = _Buffer((M * mask_ld // 8,), "uint8", 1)
-        _C.cuda_linear_forward(
-            xa.dname, M, N, K, xa.ptr, wa.ptr, ba.ptr if ba is not None else 0, act, slope, alpha_, act_scale,
-            pa.ptr if pa is not None else 0, pa.size if pa is not None else 0, seed, offset, drop, thr, scale,
-            dc, dthr, dscale, y_ptr, save.ptr if save is not None else 0, mask.ptr if mask is not None else 0,
-            mask_ld, mask is not None, _TF32[0])
-        if o is not None and not direct:
-            _C.cuda_memcpy_dtod(o.ptr, y.ptr, o.nbytes)
-            y = o.obj
-    result = y if o is not None else _result_like(y, xa.obj)
-    if not return_saved:
-        return result
-    from .functional import LinearSaved
-    data = {"kind": kind, "M": M, "N": N, "K": K}
-    if kind == _SAVE_RELU_MASK:
-        data["mask"], data["mask_ld"] = mask, mask_ld
-    elif kind == _SAVE_OUTPUT:
-        data["saved"] = y  # y itself holds the activation output (modifying y in place breaks the backward)
-    elif kind in (_SAVE_ACT_OUT, _SAVE_PRE):
-        data["saved"] = save
-    dtype = "bfloat16" if xa.dname == "bfloat16" else np.dtype(xa.dname)
-    saved = LinearSaved(f"cuda:{xa.device}", activation, ba is not None, dropout_p, dropconnect_p, seed, offset,
-                        (M, N), dtype, data)
-    return result, saved
-
-
-def _linear_backward(grad_output, x, weight, saved, negative_slope, alpha, prelu_weight):
-    """Gradients of _linear: (grad_x, grad_weight, grad_bias or None, grad_prelu_weight or None),
-    each the kind of array its forward operand is (grad_bias like weight)."""
-    _require_gpu()
-    activation = saved.activation
-    act = _activation_id(activation)
-    xa, wa, _ = _linear_operands(x, weight, None)
-    ref = ("x", xa.device)
-    ga = _linear_arg(grad_output, "grad_output", ref)
-    _check_same([("x", xa), ("grad_output", ga)])
-    M, K = xa.shape
-    N = wa.shape[0]
-    if ga.shape != (M, N):
-        raise ValueError(f"grad_output: expected shape {(M, N)} (x.shape[0], weight.shape[0]), got {ga.shape}")
-    data = saved.data
-    if tuple(saved.shape) != (M, N) or (data.get("M"), data.get("N"), data.get("K")) != (M, N, K):
-        raise ValueError(f"saved: it belongs to a forward of shape (M, N, K) = "
-                         f"{(data.get('M'), data.get('N'), data.get('K'))}, not {(M, N, K)}")
-    if str(saved.device) != f"cuda:{xa.device}":
-        raise ValueError(f"saved: it was made on {saved.device} but x is on cuda:{xa.device}")
-    pa = _prelu_arg(prelu_weight, xa, N) if act == _LIN_PRELU else None
-    seed, offset, drop, thr, scale, dc, dthr, dscale = _random_args(
-        xa.dname, float(saved.dropout_p), float(saved.dropconnect_p), saved.seed, saved.offset, M, N, K)
-    kind = _C.cuda_linear_save_kind(act, drop)
-    if kind != data.get("kind"):
-        raise ValueError("saved: its contents do not match its activation and dropout (made by another version?)")
-    _require_cublaslt()
-    slope, alpha_, act_scale = _act_params(activation, negative_slope, alpha)
-    saved_ptr = 0
-    if kind in (_SAVE_OUTPUT, _SAVE_ACT_OUT, _SAVE_PRE):
-        sa = _linear_arg(data["saved"], "saved", ref)
-        saved_ptr = sa.ptr
-    mask = data.get("mask")
-    with _on_device(xa.device):
-        gx = _new((M, K), xa.dname)
-        gw = _new((N, K), xa.dname)
-        gb = _new((N,), xa.dname) if saved.has_bias else None
-        gp = _new(pa.shape, xa.dname) if pa is not None else None
-        _C.cuda_linear_backward(
-            xa.dname, M, N, K, ga.ptr, xa.ptr, wa.ptr, act, slope, alpha_, act_scale,
-            pa.ptr if pa is not None else 0, pa.size if pa is not None else 0, saved_ptr,
-            mask.ptr if mask is not None else 0, data.get("mask_ld", 0), seed, offset, drop, thr, scale, dc, dthr,
-            dscale, gx.ptr, gw.ptr, gb.ptr if gb is not None else 0, gp.ptr if gp is not None else 0, _TF32[0])
-    p_like = prelu_weight if (pa is not None and not isinstance(prelu_weight, numbers.Real)) else x
-    return (_result_like(gx, xa.obj), _result_like(gw, wa.obj),
-            _result_like(gb, wa.obj) if gb is not None else None,
-            _result_like(gp, p_like) if gp is not None else None)
-
-
-def _matmul(a, b, out):
-    """fastnn.functional.matmul with CUDA operands: c (M, N) = a (M, K) @ b (K, N) with cuBLASLt."""
-    _require_gpu()
-    aa = _linear_arg(a, "a")
-    ba = _linear_arg(b, "b", ("a", aa.device))
-    if len(aa.shape) != 2 or len(ba.shape) != 2:
-        raise ValueError(f"matmul: expected 2-D arrays, got a with shape {aa.shape} and b with shape {ba.shape}")
-    _check_same([("a", aa), ("b", ba)])
-    if aa.shape[1] != ba.shape[0]:
-        raise ValueError(f"matmul: inner dimensions differ: a has shape {aa.shape} and b has shape {ba.shape} "
-                         f"(a.shape[1] must equal b.shape[0])")
-    M, K = aa.shape
-    N = ba.shape[1]
-    o = None
-    if out is not None:
-        o = _linear_arg(out, "out", ("a", aa.device))
-        _check_same([("a", aa), ("out", o)])
-        if o.shape != (M, N):
-            raise ValueError(f"out: expected shape {(M, N)}, got {o.shape}")
-        if o.readonly:
-            raise ValueError("out: array is read-only")
-    _require_cublaslt()
-    with _on_device(aa.device):
-        direct = o is not None and not (_overlaps(o, aa) or _overlaps(o, ba))
-        c = o.obj if direct else _new((M, N), aa.dname)
-        _C.cuda_matmul(aa.dname, M, N, K, aa.ptr, ba.ptr, o.ptr if direct else c.ptr, _TF32[0])
-        if o is not None and not direct:
-            _C.cuda_memcpy_dtod(o.ptr, c.ptr, o.nbytes)
-            return out
-    return out if o is not None else _result_like(c, aa.obj)
-
-
-# ---- optimizers and losses (csrc/cuda/optim.cu, csrc/cuda/loss.cu) --------------------------------
-# fastnn.optim and fastnn.losses call these with CUDA arrays. Optimizer state lives in DeviceArrays
-# on the parameter's device; losses return the loss as a Python float (the call waits for it) and
-# the gradient as the kind of array the logits / input are.
-
-_LABELS = {np.dtype(np.int32): "int32", np.dtype(np.int64): "int64"}
-
-
 def zeros(shape, dtype=np.float32, *, device=None) -> DeviceArray:
-    """A zero-filled DeviceArray (the fill is queued on stream 0)."""
+    """A zero-filled DeviceArray (the fill is queued on the current stream)."""
     a = DeviceArray(shape, dtype, device=device)
     with _on_device(a.device):
         _C.cuda_memset_zero(a.ptr, a.nbytes)
     return a
 
 
-def _is_cuda(a) -> bool:
-    from ._arrays import is_cuda_array
-    return not isinstance(a, np.ndarray) and is_cuda_array(a)
+def set_cache_limit(nbytes: int) -> None:
+    """Caps the bytes fastnn's GPU allocator keeps cached (free blocks beyond it go back to the
+    driver)."""
+    if isinstance(nbytes, bool) or not isinstance(nbytes, numbers.Integral) or nbytes < 0:
+        raise ValueError(f"nbytes: expected a non-negative integer, got {nbytes!r}")
+    _C.cuda_set_cache_limit(int(nbytes))
 
 
-def _fill_zero(a) -> None:
-    """Zeroes a CUDA array in place (Parameter.zero_grad / Optimizer.zero_grad)."""
-    _require_gpu()
-    x = _cuda_arg(a, "grad")
-    if x.readonly:
-        raise ValueError("grad: array is read-only")
-    with _on_device(x.device):
-        _C.cuda_memset_zero(x.ptr, x.nbytes)
+# ---- streams and graphs ----------------------------------------------------------------------
 
+class Stream:
+    """A CUDA stream of fastnn's (non-blocking with respect to the legacy stream). `priority`:
+    CUDA's stream priority (lower is more urgent; 0 the default). ``handle`` is the cudaStream_t
+    as an int; 0 stands for the legacy default stream (``Stream.legacy()``)."""
 
-def _parameter_data(data):
-    """Checks a CUDA array given to fastnn.Parameter (float32/float64, C-contiguous, writeable) and
-    returns (data itself, a zero gradient of the same kind on the same device)."""
-    _require_gpu()
-    a = _cuda_arg(data, "data")
-    if a.readonly:
-        raise ValueError("data: the CUDA array is read-only (optimizers update it in place)")
-    with _on_device(a.device):
-        g = zeros(a.shape, a.dtype)
-    return data, _result_like(g, data)
+    __slots__ = ("_handle", "_owned", "__weakref__")
 
+    def __init__(self, priority: int = 0):
+        self._owned = False
+        if isinstance(priority, bool) or not isinstance(priority, numbers.Integral):
+            raise TypeError(f"priority: expected an integer, got {type(priority).__name__}")
+        _require_gpu()
+        self._handle = int(_C.stream_create(int(priority)))
+        self._owned = True
 
-def _optim_operands(w, g, label: str):
-    """(_Arg, _Arg) of a parameter's .data (a CUDA array) and .grad: same shape, dtype and GPU."""
-    if not _is_cuda(g):
-        raise TypeError(f"{label}.grad is {_cpu_where(g)} but {label}.data is a CUDA array ({_type_name(w)}): "
-                        f"a parameter and its gradient must be on the same device")
-    _require_gpu()
-    wa = _cuda_arg(w, f"{label}.data")
-    ga = _cuda_arg(g, f"{label}.grad")
-    if wa.readonly:
-        raise ValueError(f"{label}.data: the CUDA array is read-only (updated in place)")
-    if ga.shape != wa.shape or ga.dtype != wa.dtype:
-        raise ValueError(f"{label}.grad: expected shape {wa.shape} and dtype {wa.dtype} like .data, got "
-                         f"{ga.shape} {ga.dtype}")
-    if ga.device != wa.device:
-        raise ValueError(f"{label}.grad is on cuda:{ga.device} but {label}.data is on cuda:{wa.device}")
-    return wa, ga
+    @classmethod
+    def legacy(cls) -> "Stream":
+        """The legacy default stream (handle 0), never destroyed."""
+        s = cls.__new__(cls)
+        s._handle, s._owned = 0, False
+        return s
 
+    @classmethod
+    def _wrap(cls, handle: int) -> "Stream":
+        s = cls.__new__(cls)
+        s._handle, s._owned = int(handle), False
+        return s
 
-def _state_ok(a, w: _Arg) -> bool:
-    return isinstance(a, DeviceArray) and a.shape == w.shape and a.dtype == w.dtype and a.device == w.device
+    @property
+    def handle(self) -> int:
+        return self._handle
 
+    def synchronize(self) -> None:
+        """Waits until the work queued on this stream has finished."""
+        _C.stream_synchronize(self._handle)
 
-def _state_zeros(w: _Arg) -> DeviceArray:
-    return zeros(w.shape, w.dtype, device=w.device)
+    def wait_stream(self, other: "Stream") -> None:
+        """Work queued on this stream from now on starts after the work queued on `other` so far."""
+        if not isinstance(other, Stream):
+            raise TypeError(f"other: expected a fastnn.cuda.Stream, got {type(other).__name__}")
+        _C.stream_wait(self._handle, other._handle)
 
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Stream) and other._handle == self._handle
 
-def _state_to_device(v, w: _Arg, name: str) -> DeviceArray:
-    """A state array from a state_dict as a DeviceArray copy on w's device with w's dtype."""
-    if isinstance(v, np.ndarray) or not _is_cuda(v):
-        host = np.array(v, dtype=w.dtype, order="C")
-        if host.shape != w.shape:
-            raise ValueError(f"state_dict: {name} has shape {host.shape}, expected {w.shape}")
-        return to_device(host, device=w.device)
-    a = _cuda_arg(v, name)
-    if a.shape != w.shape:
-        raise ValueError(f"state_dict: {name} has shape {a.shape}, expected {w.shape}")
-    if a.dtype != w.dtype or a.device != w.device:  # (rare: another dtype or GPU) through the host
-        return to_device(_to_host(v).astype(w.dtype, copy=False), device=w.device)
-    out = DeviceArray(w.shape, w.dtype, device=w.device)
-    with _on_device(w.device):
-        _C.cuda_memcpy_dtod(out.ptr, a.ptr, a.nbytes)
-    return out
+    def __hash__(self) -> int:
+        return hash(self._handle)
 
+    def __repr__(self) -> str:
+        return "Stream(legacy)" if self._handle == 0 else f"Stream(handle=0x{self._handle:x})"
 
-def _to_host(v) -> np.ndarray:
-    """A NumPy copy of a CUDA array (DeviceArray or __cuda_array_interface__)."""
-    if isinstance(v, DeviceArray):
-        return v.numpy()
-    a = _cuda_arg(v, "array")
-    out = np.empty(a.shape, a.dtype)
-    with _on_device(a.device):
-        _C.cuda_memcpy_dtoh(out, a.ptr)
-    return out
-
-
-def _sgd_step(w: _Arg, g: _Arg, buf, lr, momentum, dampening, l2, l1, nesterov, first) -> None:
-    with _on_device(w.device):
-        _C.cuda_sgd_step(w.dname, w.ptr, g.ptr, buf.ptr if buf is not None else 0, w.size, lr, momentum,
-                         dampening, l2, l1, nesterov, first)
-
-
-def _adam_step(w: _Arg, g: _Arg, m: DeviceArray, v: DeviceArray, lr, beta1, beta2, eps, l2, l1, decoupled,
-               step) -> None:
-    with _on_device(w.device):
-        _C.cuda_adam_step(w.dname, w.ptr, g.ptr, m.ptr, v.ptr, w.size, lr, beta1, beta2, eps, l2, l1, decoupled,
-                          step)
-
-
-def _label_arg(a, name: str):
-    """(ptr, shape, dtype, device) of a CUDA array of any dtype NumPy knows (labels)."""
-    if isinstance(a, DeviceArray):
-        return a.ptr, a.shape, a.dtype, a.device
-    cai = getattr(a, "__cuda_array_interface__", None)
-    if cai is None:
-        raise TypeError(f"{name}: expected a CUDA array with __cuda_array_interface__ (a PyTorch CUDA tensor or a CuPy "
-                        f"array), or NumPy labels, got {_type_name(a)}")
-    shape = tuple(int(d) for d in cai["shape"])
-    dtype = np.dtype(cai["typestr"])
-    if not _is_c_contiguous(shape, cai.get("strides"), dtype.itemsize):
-        raise ValueError(f"{name}: expected a C-contiguous CUDA array, got byte strides {tuple(cai['strides'])}")
-    if cai.get("mask") is not None:
-        raise ValueError(f"{name}: masked CUDA arrays are not supported")
-    ptr = int(cai["data"][0])
-    if ptr % dtype.itemsize:
-        raise ValueError(f"{name}: the CUDA array's address is not aligned to its {dtype.itemsize}-byte elements")
-    if _prod(shape) > 0:
-        device = _C.cuda_pointer_device(ptr)
-        if device < 0:
-            raise TypeError(f"{name}: the __cuda_array_interface__ of {_type_name(a)} does not point to GPU memory")
-    else:
-        device = _C.cuda_get_device()
-    stream = cai.get("stream")
-    if stream is not None:
-        with _on_device(device):
-            _C.cuda_legacy_wait_on(int(stream))
-    return ptr, shape, dtype, device
-
-
-def _grad_arg(grad, xa: _Arg, inputs):
-    """grad= of a loss: None (False), a new DeviceArray (True or an unusable `buffer`), or a CUDA
-    array checked like out= (shape, dtype, device, writeable, no overlap with the inputs)."""
-    if grad is False:
-        return None
-    if grad is True:
-        with _on_device(xa.device):
-            g = DeviceArray(xa.shape, xa.dtype)
-        return _Arg(g, g.ptr, g.shape, g.dtype, g.device, False)
-    if not _is_cuda(grad):
-        raise TypeError(f"grad is {_cpu_where(grad)} but the input is on cuda:{xa.device}: expected True, False, or a "
-                        f"CUDA array of shape {xa.shape} and dtype {xa.dtype}")
-    o = _out_arg(grad, xa, "grad")
-    _same_device([("input", xa), ("grad", o)])
-    if any(_overlaps(o, a) for a in inputs):
-        raise ValueError("grad: must not overlap logits/input or target")
-    return o
-
-
-def _softmax_xent(logits, target, grad, buffer=None):
-    """fastnn.losses.softmax_cross_entropy with CUDA logits: (loss, grad or None, the DeviceArray
-    written when one was made). Labels may be a CUDA int32/int64 array (checked by the kernel: a
-    label outside [0, C) is a ValueError after the launch, no out-of-bounds read) or NumPy labels
-    (checked on the host, then copied to the GPU: M integers); soft targets must be a CUDA array of
-    the logits' dtype. `buffer`: a DeviceArray to reuse for grad=True when it fits."""
-    _require_gpu()
-    xa = _cuda_arg(logits, "logits")
-    if len(xa.shape) != 2:
-        raise ValueError(f"logits: expected a 2-D (M, C) array, got shape {xa.shape}")
-    M, C = xa.shape
-    if M == 0 or C == 0:
-        raise ValueError(f"logits: expected at least one row and one class, got shape {xa.shape}")
-    host_labels = None
-    if _is_cuda(target):
-        tptr, tshape, tdtype, tdev = _label_arg(target, "target")
-        if tdev != xa.device:
-            raise ValueError(f"target is on cuda:{tdev} but logits is on cuda:{xa.device}")
-        if tdtype.kind == "f":
-            if tdtype != xa.dtype:
-                raise TypeError(f"target: expected soft targets of dtype {xa.dtype} like logits, got {tdtype} "
-                                f"(no conversion on the GPU)")
-            if len(tshape) == 1:
-                raise TypeError(f"target: expected integer class labels (int32/int64), got {tdtype}; soft targets "
-                                f"must have shape (M, C)")
-            if tshape != (M, C):
-                raise ValueError(f"target: expected soft targets of shape {(M, C)} like logits, got {tshape}")
-            kind, tbytes = "soft", M * C * tdtype.itemsize
-        elif tdtype in _LABELS:
-            if tshape != (M,):
-                raise ValueError(f"target: expected {M} labels (shape ({M},)) for logits of shape {xa.shape}, "
-                                 f"got shape {tshape}")
-            kind, tbytes = _LABELS[tdtype], M * tdtype.itemsize
-        else:
-            raise TypeError(f"target: expected int32/int64 class labels or {xa.dtype} soft targets on the GPU, "
-                            f"got {tdtype}")
-    else:
-        t = np.asarray(target)
-        if t.dtype.kind == "f":
-            raise TypeError(f"target is on the CPU ({_type_name(target)}) but logits is a CUDA array on "
-                            f"cuda:{xa.device}: soft targets must be a CUDA array of dtype {xa.dtype}")
-        from .losses import _target
-        host_labels = _target(t, xa)  # checks dtype, shape and range; int32/int64, C-contiguous
-        kind, tbytes = _LABELS[host_labels.dtype], host_labels.nbytes
-        tptr = 0
-    t_arg = _Arg(None, tptr, (tbytes,), _U8, xa.device, True)
-    if grad is True and buffer is not None and _state_ok(buffer, xa) and not _overlaps(
-            _Arg(buffer, buffer.ptr, buffer.shape, buffer.dtype, buffer.device, False), xa) and (
-            host_labels is not None or not _overlaps(
-                _Arg(buffer, buffer.ptr, buffer.shape, buffer.dtype, buffer.device, False), t_arg)):
-        o = _Arg(buffer, buffer.ptr, buffer.shape, buffer.dtype, buffer.device, False)
-    else:
-        o = _grad_arg(grad, xa, [xa] + ([t_arg] if host_labels is None else []))
-    with _on_device(xa.device):
-        if host_labels is not None:
-            buf = _C.cuda_malloc(host_labels.nbytes)
+    def __del__(self):
+        if getattr(self, "_owned", False):
+            self._owned = False
             try:
-                _C.cuda_memcpy_htod(buf, host_labels)
-                loss, bad_row, bad_label = _C.cuda_softmax_xent(xa.dname, xa.ptr, buf, kind, o.ptr if o else 0, M, C)
-            finally:
-                _C.cuda_free(buf)
-        else:
-            loss, bad_row, bad_label = _C.cuda_softmax_xent(xa.dname, xa.ptr, tptr, kind, o.ptr if o else 0, M, C)
-    if bad_row >= 0:
-        raise ValueError(f"target: expected class labels in [0, {C}), got {bad_label} at row {bad_row}")
-    if o is None:
-        return loss, None, None
-    if grad is True:
-        return loss, _result_like(o.obj, xa.obj), o.obj
-    return loss, grad, None
+                _C.stream_destroy(self._handle)
+            except Exception:  # interpreter shutdown
+                pass
 
 
-def _mse(input, target, grad, buffer=None):
-    """fastnn.losses.mse_loss with a CUDA input: (mean squared error, grad or None, the DeviceArray
-    written when one was made). target must be a CUDA array of input's shape and dtype (no
-    conversion on the GPU)."""
-    _require_gpu()
-    pa = _cuda_arg(input, "input")
-    if not _is_cuda(target):
-        raise TypeError(f"target is {_cpu_where(target)} but input is a CUDA array on cuda:{pa.device}: both must be "
-                        f"on the same device (move it with fastnn.cuda.to_device())")
-    ta = _cuda_arg(target, "target")
-    if ta.shape != pa.shape:
-        raise ValueError(f"target: expected shape {pa.shape} like input, got {ta.shape}")
-    if ta.dtype != pa.dtype:
-        raise TypeError(f"target: expected dtype {pa.dtype} like input, got {ta.dtype} (no conversion on the GPU)")
-    _same_device([("input", pa), ("target", ta)])
-    n = pa.size
-    if n == 0:
-        raise ValueError(f"input: expected at least one element, got shape {pa.shape}")
-    if grad is True and buffer is not None and _state_ok(buffer, pa) and not any(
-            _overlaps(_Arg(buffer, buffer.ptr, buffer.shape, buffer.dtype, buffer.device, False), a) for a in (pa, ta)):
-        o = _Arg(buffer, buffer.ptr, buffer.shape, buffer.dtype, buffer.device, False)
-    else:
-        o = _grad_arg(grad, pa, [pa, ta])
-    with _on_device(pa.device):
-        total = _C.cuda_squared_error(pa.dname, pa.ptr, ta.ptr, o.ptr if o else 0, n, 2.0 / n)
-    if o is None:
-        return total / n, None, None
-    if grad is True:
-        return total / n, _result_like(o.obj, pa.obj), o.obj
-    return total / n, grad, None
+def current_stream() -> Stream:
+    """The stream fastnn launches on in this thread (the legacy stream unless switched)."""
+    return Stream._wrap(_C.current_stream())
+
+
+@contextlib.contextmanager
+def stream(s: Stream):
+    """Makes `s` the current stream of this thread for the block (fastnn's launches, copies and
+    cuBLASLt calls go there); restores the previous one after. Work on `s` is not ordered with
+    the previous stream: use Stream.wait_stream where it must be."""
+    if not isinstance(s, Stream):
+        raise TypeError(f"s: expected a fastnn.cuda.Stream, got {type(s).__name__}")
+    previous = _C.current_stream()
+    _C.set_current_stream(s.handle)
+    try:
+        yield s
+    finally:
+        _C.set_current_stream(previous)
+
+
+class Graph:
+    """A CUDA graph: ``g.capture(fn, stream=s)`` records the kernels and copies fn queues on the
+    non-legacy stream s (fastnn's allocations during capture come from a private pool and stay
+    valid for replays); ``g.replay()`` launches them again on the same stream, with the same
+    pointers (update inputs in place, read outputs from the arrays fn made). Capture on the
+    legacy stream is refused: CUDA cannot capture it."""
+
+    __slots__ = ("_exec", "_stream", "_result", "__weakref__")
+
+    def __init__(self):
+        self._exec = 0
+        self._stream = None
+        self._result = None
+
+    def capture(self, fn, *args, stream: Stream, **kwargs):
+        """Runs fn(*args, **kwargs) once under capture on `stream` and returns its result (the
+        arrays a replay writes again). The work is not executed by the capture itself: call
+        replay() to run it (the first time too)."""
+        if not isinstance(stream, Stream):
+            raise TypeError(f"stream: expected a fastnn.cuda.Stream, got {type(stream).__name__}")
+        if stream.handle == 0:
+            raise RuntimeError("Graph.capture: the legacy default stream cannot be captured; create a "
+                               "fastnn.cuda.Stream() and capture on it")
+        if self._exec:
+            raise RuntimeError("Graph.capture: this graph is already captured; make a new Graph")
+        if not callable(fn):
+            raise TypeError(f"fn: expected a callable, got {type(fn).__name__}")
+        previous = _C.current_stream()
+        _C.set_current_stream(stream.handle)
+        _C.graph_capture_begin(stream.handle)
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException:
+            _C.set_current_stream(previous)
+            try:
+                _C.graph_destroy(_C.graph_capture_end(stream.handle))
+            except Exception:
+                pass
+            raise
+        try:
+            self._exec = int(_C.graph_capture_end(stream.handle))
+        finally:
+            _C.set_current_stream(previous)
+        self._stream, self._result = stream, result
+        return result
+
+    def replay(self):
+        """Launches the captured work again on its stream; returns what the captured fn returned."""
+        if not self._exec:
+            raise RuntimeError("Graph.replay: nothing captured yet (call capture first)")
+        _C.graph_replay(self._exec, self._stream.handle)
+        return self._result
+
+    def __del__(self):
+        if getattr(self, "_exec", 0):
+            try:
+                _C.graph_destroy(self._exec)
+            except Exception:
+                pass
+            self._exec = 0

@@ -32,7 +32,9 @@ import numpy as np
 
 from . import functional as F
 from . import init as _init
+from . import random as _random
 from .losses import MSELoss, SoftmaxCrossEntropy
+from ._backend import backend_of
 from .parameter import Parameter
 
 __all__ = ["Module", "Linear", "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "PReLU", "ELU", "SELU", "Dropout",
@@ -186,6 +188,7 @@ class Linear(Module):
             self.prelu_weight = None
         self.reset_parameters(generator=generator)
         self._x = self._saved = None
+        self._fast = False
 
     def reset_parameters(self, *, generator=None):
         w = self.weight.data
@@ -212,16 +215,18 @@ class Linear(Module):
 
     def forward(self, x):
         w = self.weight.data
-        if self.training and F._fast_operand(x, w.dtype, self.in_features):
-            # The common case in a training loop (a C-ordered batch from the data or the previous
-            # layer): the same kernel call without the general path's argument checks.
+        be = backend_of(("x", x), ("weight", w))
+        if self.training and be.linear_fast_ok(x, w):
+            # The common case in a training loop (a batch from the data or the previous layer, on
+            # the layer's device): the kernel call without the general path's argument checks.
             self._saved = None
-            y, saved = F._linear_train(x, w, None if self.bias is None else self.bias.data, self.activation,
+            y, saved = be.linear_train(x, w, None if self.bias is None else self.bias.data, self.activation,
                                        self.negative_slope, self.alpha,
                                        None if self.prelu_weight is None else self.prelu_weight.data,
                                        self.dropout, self.dropconnect)
-            self._x, self._saved = x, saved
+            self._x, self._saved, self._fast = x, saved, True
             return y
+        self._fast = False
         kw = dict(activation=self.activation, negative_slope=self.negative_slope, alpha=self.alpha,
                   prelu_weight=None if self.prelu_weight is None else self.prelu_weight.data,
                   dropout_p=self.dropout, dropconnect_p=self.dropconnect, training=self.training)
@@ -238,15 +243,13 @@ class Linear(Module):
             raise RuntimeError("Linear.backward: call forward in training mode first (model.train())")
         saved = self._saved
         w = self.weight.data
-        if saved.device == "cpu" and F._fast_operand(grad_output, w.dtype, self.out_features) \
-                and grad_output.shape[0] == saved.shape[0] and F._fast_operand(self._x, w.dtype, self.in_features):
+        if self._fast:
             # Hot path: the gradients go straight into the Parameters' .grad buffers (no new
             # arrays per step; the optimizer then reads memory that is still in cache).
-            gb = None if self.bias is None else _grad_buffer(self.bias)
-            gp = None if self.prelu_weight is None else _grad_buffer(self.prelu_weight)
-            gx = F._linear_backward_train(grad_output, self._x, w, saved, self.negative_slope, self.alpha,
+            be = backend_of(("grad_output", grad_output), ("weight", w))
+            gx = be.linear_backward_train(grad_output, self._x, w, saved, self.negative_slope, self.alpha,
                                           None if self.prelu_weight is None else self.prelu_weight.data,
-                                          _grad_buffer(self.weight), gb, gp, need_input_grad)
+                                          (self.weight, self.bias, self.prelu_weight), need_input_grad)
             self._x = self._saved = None
             return gx
         grads = F.linear_backward(grad_output, self._x, self.weight.data, self._saved,
@@ -277,16 +280,6 @@ class Linear(Module):
         if self.dropconnect:
             s += f", dropconnect={self.dropconnect}"
         return s
-
-
-def _grad_buffer(p):
-    """p.grad when a kernel can write it in place (C-contiguous, writeable, p's shape and dtype;
-    a user may have replaced it), else a fresh array assigned to p.grad."""
-    g = p.grad
-    if not (type(g) is np.ndarray and g.shape == p.data.shape and g.dtype == p.data.dtype and g.flags.c_contiguous
-            and g.flags.aligned and g.flags.writeable):
-        g = p.grad = np.empty_like(p.data)
-    return g
 
 
 class _Elementwise(Module):
@@ -398,7 +391,6 @@ class Dropout(Module):
         if not self.training or self.p == 0:
             self._rng = (None, 0, np.shape(x)) if self.training else None
             return x
-        from . import random as _random
         g = _random.default_generator
         n = int(np.prod(np.shape(x)))
         seed, offset = g.seed, g.reserve(n)

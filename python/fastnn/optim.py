@@ -43,8 +43,7 @@ import numbers
 
 import numpy as np
 
-from . import _C
-from ._arrays import is_cuda_array
+from ._backend import backend_of, device_of
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "create", "OPTIMIZERS"]
 
@@ -69,16 +68,11 @@ def _nonneg(v, name: str) -> float:
     return x
 
 
-def _cuda():
-    from . import cuda
-    return cuda
-
-
 def _is_state_array(v) -> bool:
     """A state array to copy in state_dict(): NumPy, or a DeviceArray (copied on its GPU)."""
     if isinstance(v, np.ndarray):
         return True
-    return not isinstance(v, (numbers.Number, str, bytes)) and is_cuda_array(v) and hasattr(v, "copy")
+    return not isinstance(v, (numbers.Number, str, bytes)) and device_of(v) == "cuda" and hasattr(v, "copy")
 
 
 class Optimizer:
@@ -113,46 +107,20 @@ class Optimizer:
 
     def zero_grad(self) -> None:
         for p in self.params:
-            g = p.grad
-            if not isinstance(g, np.ndarray) and is_cuda_array(g):
-                _cuda()._fill_zero(g)
-            else:
-                g.fill(0)
+            backend_of(("grad", p.grad)).fill_zero(p.grad)
 
     def _arrays(self, i, p):
-        """(w, g): NumPy arrays, or fastnn.cuda argument records for a parameter on the GPU."""
-        w, g = p.data, p.grad
+        """(backend, w, g): the parameter's table and its checked .data and .grad (NumPy arrays, or
+        argument records for a parameter on the GPU)."""
         label = f"params[{i}]" + (f" ({p.name})" if getattr(p, "name", None) else "")
-        if not isinstance(w, np.ndarray) and is_cuda_array(w):
-            return _cuda()._optim_operands(w, g, label)
-        if not isinstance(g, np.ndarray) and is_cuda_array(g):
-            raise TypeError(f"{label}.grad is a CUDA array ({type(g).__module__}.{type(g).__name__}) but {label}.data "
-                            f"is on the CPU ({type(w).__name__}): a parameter and its gradient must be on the "
-                            f"same device")
-        if not isinstance(w, np.ndarray) or w.dtype not in (np.float32, np.float64):
-            raise TypeError(f"{label}.data: expected a float32 or float64 NumPy array, got "
-                            f"{getattr(w, 'dtype', type(w).__name__)}")
-        if not (w.flags.c_contiguous and w.flags.aligned and w.flags.writeable):
-            raise ValueError(f"{label}.data: expected a writeable C-contiguous array (updated in place)")
-        if not isinstance(g, np.ndarray) or g.shape != w.shape or g.dtype != w.dtype:
-            raise ValueError(f"{label}.grad: expected shape {w.shape} and dtype {w.dtype} like .data, got "
-                             f"{getattr(g, 'shape', None)} {getattr(g, 'dtype', type(g).__name__)}")
-        if not (g.flags.c_contiguous and g.flags.aligned):
-            g = np.ascontiguousarray(g)  # one copy; layers write C-ordered gradients
-        return w, g
+        be = backend_of((f"{label}.data", p.data), (f"{label}.grad", p.grad))
+        w, g = be.param_operands(p.data, p.grad, label)
+        return be, w, g
 
-    def _state_array(self, i, key, w):
+    def _state_array(self, be, i, key, w):
         st = self.state[i]
-        a = st.get(key)
-        if isinstance(w, np.ndarray):
-            if not isinstance(a, np.ndarray) or a.shape != w.shape or a.dtype != w.dtype:
-                a = np.zeros_like(w)
-                st[key] = a
-            return a
-        fc = _cuda()  # w is a parameter on the GPU: its state is a DeviceArray there
-        if not fc._state_ok(a, w):
-            a = fc._state_zeros(w)
-            st[key] = a
+        a = be.state_like(st.get(key), w)
+        st[key] = a
         return a
 
     def step(self) -> None:
@@ -162,13 +130,13 @@ class Optimizer:
             for i, p in enumerate(self.params):
                 if not getattr(p, "requires_grad", True):
                     continue  # frozen
-                w, g = self._arrays(i, p)
+                be, w, g = self._arrays(i, p)
                 self._lr = base * float(getattr(p, "lr_scale", 1.0))
-                self._update(i, p, w, g, bool(getattr(p, "regularize", True)))
+                self._update(be, i, p, w, g, bool(getattr(p, "regularize", True)))
         finally:
             self._lr = base
 
-    def _update(self, i, p, w, g, regularize):  # pragma: no cover - abstract
+    def _update(self, be, i, p, w, g, regularize):  # pragma: no cover - abstract
         raise NotImplementedError
 
     def hyperparameters(self) -> dict:
@@ -193,19 +161,16 @@ class Optimizer:
         new = []
         for i, (p, st) in enumerate(zip(self.params, states)):
             d = {}
-            on_gpu = not isinstance(p.data, np.ndarray) and is_cuda_array(p.data)
+            be = backend_of((f"params[{i}].data", p.data))
+            w = None
             for k, v in st.items():
-                if on_gpu and (isinstance(v, np.ndarray) or is_cuda_array(v)):
-                    fc = _cuda()
-                    w, _ = fc._optim_operands(p.data, p.grad, f"params[{i}]")
-                    v = fc._state_to_device(v, w, f"state[{i}][{k!r}]")
-                elif isinstance(v, np.ndarray) or is_cuda_array(v):
-                    if is_cuda_array(v) and not isinstance(v, np.ndarray):
-                        v = _cuda()._to_host(v)
-                    if v.shape != tuple(p.data.shape):
-                        raise ValueError(f"state_dict: state[{i}][{k!r}] has shape {v.shape}, "
-                                         f"expected {p.data.shape}")
-                    v = np.array(v, dtype=p.data.dtype, order="C")
+                if isinstance(v, np.ndarray) or device_of(v) == "cuda":
+                    if w is None:
+                        w, _ = be.param_operands(p.data, p.grad, f"params[{i}]")
+                    src = backend_of(v)
+                    if src is not be and not isinstance(v, np.ndarray):
+                        v = src.to_host(v)  # (a GPU state for a CPU parameter)
+                    v = be.state_from(v, w, f"state[{i}][{k!r}]")
                 d[k] = v
             new.append(d)
         for k, v in sd["hyperparameters"].items():
@@ -235,17 +200,14 @@ class SGD(Optimizer):
         return {"momentum": self.momentum, "dampening": self.dampening, "nesterov": self.nesterov,
                 "weight_decay": self.weight_decay, **super().hyperparameters()}
 
-    def _update(self, i, p, w, g, regularize):
+    def _update(self, be, i, p, w, g, regularize):
         l2 = self.weight_decay + self.l2 if regularize else 0.0
         l1 = self.l1 if regularize else 0.0
         buf, first = None, False
         if self.momentum != 0.0:
             first = "momentum_buffer" not in self.state[i]
-            buf = self._state_array(i, "momentum_buffer", w)
-        if isinstance(w, np.ndarray):
-            _C.sgd_step(w, g, buf, self._lr, self.momentum, self.dampening, l2, l1, self.nesterov, first)
-        else:
-            _cuda()._sgd_step(w, g, buf, self._lr, self.momentum, self.dampening, l2, l1, self.nesterov, first)
+            buf = self._state_array(be, i, "momentum_buffer", w)
+        be.sgd_step(w, g, buf, self._lr, self.momentum, self.dampening, l2, l1, self.nesterov, first)
 
 
 class Adam(Optimizer):
@@ -269,16 +231,15 @@ class Adam(Optimizer):
         return {"betas": self.betas, "eps": self.eps, "weight_decay": self.weight_decay,
                 **super().hyperparameters()}
 
-    def _update(self, i, p, w, g, regularize):
+    def _update(self, be, i, p, w, g, regularize):
         wd = self.weight_decay if regularize else 0.0
         coupled = (0.0 if self._decoupled else wd) + (self.l2 if regularize else 0.0)
         decoupled = wd if self._decoupled else 0.0
-        m = self._state_array(i, "exp_avg", w)
-        v = self._state_array(i, "exp_avg_sq", w)
+        m = self._state_array(be, i, "exp_avg", w)
+        v = self._state_array(be, i, "exp_avg_sq", w)
         t = self.state[i].get("step", 0) + 1
         self.state[i]["step"] = t
-        step = _C.adam_step if isinstance(w, np.ndarray) else _cuda()._adam_step
-        step(w, g, m, v, self._lr, self.betas[0], self.betas[1], self.eps, coupled,
+        be.adam_step(w, g, m, v, self._lr, self.betas[0], self.betas[1], self.eps, coupled,
              self.l1 if regularize else 0.0, decoupled, t)
 
 

@@ -25,7 +25,7 @@ import math
 
 import numpy as np
 
-from ._arrays import is_cuda_array
+from ._backend import backend_of
 
 __all__ = ["Parameter"]
 
@@ -35,28 +35,13 @@ class Parameter:
 
     def __init__(self, data, *, regularize: bool = True, name: str | None = None, requires_grad: bool = True,
                  lr_scale: float = 1.0):
-        if not isinstance(data, np.ndarray) and is_cuda_array(data):
-            from .cuda import _parameter_data
-            self.data, self.grad = _parameter_data(data)
-        else:
-            self._init_host(data)
+        self.data, self.grad = backend_of(("data", data)).parameter_data(data)
         self.regularize = bool(regularize)
         self.name = name
         # Frozen (fastnn.transfer.freeze): layers skip its gradient and optimizers leave it as is.
         self.requires_grad = bool(requires_grad)
         # Multiplies the optimizer's lr for this parameter (fine-tuning: pretrained layers smaller).
         self.lr_scale = float(lr_scale)
-
-    def _init_host(self, data) -> None:
-        arr = np.asarray(data)
-        if arr.dtype.kind in "biu":
-            arr = arr.astype(np.float64)
-        if arr.dtype not in (np.float32, np.float64):
-            raise TypeError(f"data: expected float32 or float64, got {arr.dtype}")
-        if not (arr.flags.c_contiguous and arr.flags.aligned and arr.flags.writeable):
-            arr = np.array(arr, order="C")
-        self.data = arr
-        self.grad = np.zeros_like(arr)
 
     @property
     def shape(self):
@@ -72,12 +57,7 @@ class Parameter:
         return d.size if isinstance(d, np.ndarray) else math.prod(d.shape)  # (torch's .size is a method)
 
     def zero_grad(self) -> None:
-        g = self.grad
-        if isinstance(g, np.ndarray):
-            g.fill(0)
-        else:
-            from .cuda import _fill_zero
-            _fill_zero(g)
+        backend_of(("grad", self.grad)).fill_zero(self.grad)
 
     def __repr__(self) -> str:
         n = f"{self.name!r}, " if self.name else ""

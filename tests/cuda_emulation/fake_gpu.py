@@ -2,12 +2,15 @@
 device memory is host memory (256-byte aligned NumPy blocks, copies are memmove).
 - augmentation: the kernels of csrc/cuda/augment_kernels.cuh compiled for the host under emu.h
   (thread per CUDA thread), so their arithmetic is checked against the CPU path too;
-- optimizers and losses: the launchers run the CPU kernels on views of the fake device memory
+- activations, optimizers and losses: the launchers run the CPU kernels on views of the fake device memory
   (their own device math is checked bit for bit by tests/test_cuda_nogpu.py through the host copy
   of csrc/cuda/optim_ops.cuh), so these runs check fastnn.cuda's argument reading, Parameter /
   optim / losses dispatch, state handling, state_dict round trips and error messages.
+- streams and graphs: one in-order queue; a capture records the kernels and copies launched
+  (without running them) and a replay runs the recording again, so fastnn.cuda.Graph's rules and
+  what a captured step writes are checked.
 Not checked: nvcc's code, CUDA's libm (Gaussian noise is exact here, within 3e-6 * std + 1 ulp on
-a GPU), streams, DLPack (PyTorch/CuPy tests skip).
+a GPU), real stream concurrency, DLPack (PyTorch/CuPy tests skip).
 
     PYTHONPATH=<site with fastnn>:tests/cuda_emulation python -m pytest -p fake_gpu \
         tests/test_augment_cuda.py tests/test_optim_cuda.py tests/test_losses_cuda.py
@@ -46,7 +49,34 @@ _L.emu_mix64.argtypes = [_P, _P, _P, _I64, _I64, _F64, _F64, _INT, _INT]
 _SAMPLE = np.dtype([("flip", "<i4"), ("top", "<i4"), ("left", "<i4"), ("bh", "<i4"), ("bw", "<i4"),
                     ("brightness", "<f4"), ("contrast", "<f4"), ("saturation", "<f4")])  # AugSample
 _bufs: dict = {}
-_calls = {"augment": 0, "noise": 0, "mixup": 0, "optim": 0, "loss": 0}
+_calls = {"augment": 0, "noise": 0, "mixup": 0, "optim": 0, "loss": 0, "act": 0}
+# Host<->device copies and synchronizations seen (a GPU training step should make none per step).
+counters = {"htod": 0, "dtoh": 0, "sync": 0, "stream_wait": 0, "replay": 0}
+
+
+def _htod(dst, src):
+    counters["htod"] += 1
+    ctypes.memmove(dst, np.ascontiguousarray(src).ctypes.data, src.nbytes)
+
+
+def _dtoh(dst, src):
+    counters["dtoh"] += 1
+    ctypes.memmove(dst.ctypes.data, int(src), dst.nbytes)
+
+
+def _sync():
+    counters["sync"] += 1
+
+
+_current_stream = [0]
+
+
+waits: list = []  # (waiter, waited) of every stream_wait, in order
+
+
+def _stream_wait(waiter, waited):
+    counters["stream_wait"] += 1
+    waits.append((int(waiter), int(waited)))
 
 
 def _malloc(n):
@@ -95,6 +125,19 @@ def _squared(dname, p, t, grad, n, scale):
     return _C.squared_error(_view(p, n, dname), _view(t, n, dname), _view(grad, n, dname) if grad else None, scale)
 
 
+# Activations: the CPU kernels (same op ids) on the fake device memory.
+def _act_fwd(op, dname, x, y, n, slope, alpha, scale):
+    _calls["act"] += 1
+    if n:
+        _C.act_forward(op, _view(x, n, dname), _view(y, n, dname), slope, alpha, scale)
+
+
+def _act_bwd(op, dname, g, x, y, n, slope, alpha, scale):
+    _calls["act"] += 1
+    if n:
+        _C.act_backward(op, _view(g, n, dname), _view(x, n, dname), _view(y, n, dname), slope, alpha, scale)
+
+
 def _augment(x, out, N, C, H, W, OH, OW, geom, pad, fill, jitter, ints, factors):
     _calls["augment"] += 1
     if N == 0 or C * OH * OW == 0:
@@ -124,19 +167,102 @@ def _mixup(dtype, x, perm, out, N, D, lam, lam1):
         f(x, perm.ctypes.data, out, N, D, lam, lam1, 1, min(N, 8))
 
 
+# Streams and graphs: one queue (everything runs in order at once), stream handles are counters;
+# between graph_capture_begin and graph_capture_end the kernels and copies are recorded instead
+# of run (as CUDA does), and graph_replay runs the recording again.
+_capture: list = [None]
+_graphs: dict = {}
+_handles = [0x1000]
+
+
+def _recorded(fn, during_capture=None):
+    def run(*args, **kwargs):
+        if _capture[0] is not None:
+            _capture[0].append((fn, args, kwargs))
+            return during_capture
+        return fn(*args, **kwargs)
+    return run
+
+
+def _stream_create(priority=0):
+    _handles[0] += 16
+    return _handles[0]
+
+
+# Memory allocated during a capture belongs to the graph (the private pool of a real capture): a
+# free while the graph lives is deferred to graph_destroy, since replays still write there.
+_capture_blocks: list = [None]
+_graph_blocks: dict = {}
+_deferred: set = set()
+
+
+def _malloc_tracked(n):
+    p = _malloc(n)
+    if _capture_blocks[0] is not None:
+        _capture_blocks[0].add(p)
+    return p
+
+
+def _free(p):
+    if any(p in blocks for blocks in _graph_blocks.values()) or (
+            _capture_blocks[0] is not None and p in _capture_blocks[0]):
+        _deferred.add(p)
+        return
+    _bufs.pop(p)
+
+
+def _graph_destroy(g):
+    _graphs.pop(g, None)
+    for p in _graph_blocks.pop(g, set()):
+        if p in _deferred:
+            _deferred.discard(p)
+            _bufs.pop(p)
+
+
+def _capture_begin(h):
+    if h == 0:
+        raise RuntimeError("cudaStreamBeginCapture: the legacy stream cannot be captured")
+    if _capture[0] is not None:
+        raise RuntimeError("cudaStreamBeginCapture: a capture is already running")
+    _capture[0] = []
+    _capture_blocks[0] = set()
+
+
+def _capture_end(h):
+    work, _capture[0] = _capture[0], None
+    blocks, _capture_blocks[0] = _capture_blocks[0], None
+    _handles[0] += 16
+    _graphs[_handles[0]] = work
+    _graph_blocks[_handles[0]] = blocks
+    return _handles[0]
+
+
+def _replay(g, h):
+    counters["replay"] += 1
+    for fn, args, kwargs in _graphs[g]:
+        fn(*args, **kwargs)
+
+
+_RECORDED = {"cuda_memcpy_htod", "cuda_memcpy_dtod", "cuda_memset_zero", "cuda_sgd_step", "cuda_adam_step",
+             "cuda_act_forward", "cuda_act_backward", "cuda_augment_batch", "cuda_gaussian_noise", "cuda_mixup_apply"}
+
 for _name, _fn in {
     "cuda_device_count": lambda: 1, "cuda_get_device": lambda: 0, "cuda_set_device": lambda i: None,
-    "cuda_pointer_device": lambda p: 0, "cuda_malloc": _malloc, "cuda_free": lambda p: _bufs.pop(p),
-    "cuda_memcpy_htod": lambda dst, src: ctypes.memmove(dst, np.ascontiguousarray(src).ctypes.data, src.nbytes),
-    "cuda_memcpy_dtoh": lambda dst, src: ctypes.memmove(dst.ctypes.data, int(src), dst.nbytes),
+    "cuda_pointer_device": lambda p: 0, "cuda_malloc": _malloc_tracked, "cuda_free": _free,
+    "cuda_memcpy_htod": _htod, "cuda_memcpy_dtoh": _dtoh,
     "cuda_memcpy_dtod": lambda dst, src, n: ctypes.memmove(dst, src, n),
     "cuda_memset_zero": lambda p, n: ctypes.memset(int(p), 0, int(n)) if n else None,
     "cuda_sgd_step": _sgd, "cuda_adam_step": _adam, "cuda_softmax_xent": _xent, "cuda_squared_error": _squared,
-    "cuda_legacy_wait_on": lambda s: None, "cuda_wait_on_legacy": lambda s: None, "cuda_synchronize": lambda: None,
-    "cuda_augment_batch": _augment, "cuda_gaussian_noise": _noise, "cuda_mixup_apply": _mixup,
+    "cuda_synchronize": _sync, "stream_synchronize": lambda h: _sync(), "stream_wait": _stream_wait,
+    "current_stream": lambda: _current_stream[0], "set_current_stream": lambda h: _current_stream.__setitem__(0, h),
+    "cuda_act_forward": _act_fwd, "cuda_act_backward": _act_bwd, "cuda_augment_batch": _augment, "cuda_gaussian_noise": _noise, "cuda_mixup_apply": _mixup,
+    "stream_create": _stream_create, "stream_destroy": lambda h: None, "graph_capture_begin": _capture_begin,
+    "graph_capture_end": _capture_end, "graph_replay": _replay, "graph_destroy": _graph_destroy,
+    "cuda_set_cache_limit": lambda n: None,
 }.items():
-    setattr(_C, _name, _fn)
+    setattr(_C, _name, _recorded(_fn) if _name in _RECORDED else _fn)
 
 
 def pytest_terminal_summary(terminalreporter):
-    terminalreporter.write_line(f"fake GPU: kernel calls {_calls}, device buffers still live: {len(_bufs)}")
+    terminalreporter.write_line(f"fake GPU: kernel calls {_calls}, copies and syncs {counters}, device buffers still "
+                                f"live: {len(_bufs)}")

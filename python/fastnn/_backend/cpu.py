@@ -1,0 +1,580 @@
+"""The CPU backend: fastnn's op table on NumPy arrays, running the AVX-512/AVX2 kernels of
+fastnn._C. The same op names and signatures as _backend/cuda.py (a test asserts it); callers
+reach it through fastnn._backend.backend_of after checking the scalar arguments (checks.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import _C, checks
+from .._arrays import (
+    as_float_array,
+    c_input,
+    c_output_ok,
+    check_out,
+    check_same_shape,
+    elementwise,
+    empty,
+    is_cuda_array,
+)
+from .common import LinearSaved, check_mask, host_target
+
+name = "cpu"
+
+# What the linear backward reads, per activation (the least that works).
+_NEEDS_Y = ("sigmoid", "tanh", "elu", "selu")
+_NEEDS_POS = ("relu", "leaky_relu", "elu", "selu")
+
+
+def _type_name(a) -> str:
+    t = type(a)
+    return t.__name__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__name__}"
+
+
+# ---- activations -----------------------------------------------------------------------------------
+
+def act_forward(act, x, out, slope, alpha, scale):
+    op = act
+    scalar = not isinstance(x, np.ndarray)
+    x = as_float_array(x, "x")
+    if out is not None:
+        check_out(out, x)
+    y = elementwise(lambda xv, yv: _C.act_forward(op, xv, yv, slope, alpha, scale), (x,), out)
+    return y[()] if scalar and out is None and y.ndim == 0 else y
+
+
+def act_backward(act, grad_output, x, out, slope, alpha, scale):
+    op = act
+    scalar = not isinstance(x, np.ndarray)
+    x = as_float_array(x, "x")
+    g = as_float_array(grad_output, "grad_output")
+    if g.dtype != x.dtype and not isinstance(grad_output, np.ndarray):
+        g = g.astype(x.dtype)
+    check_same_shape(g, "grad_output", x, "x")
+    if out is not None:
+        check_out(out, x)
+    r = elementwise(lambda gv, xv, ov: _C.act_backward(op, gv, xv, ov, slope, alpha, scale), (g, x), out)
+    return r[()] if scalar and out is None and r.ndim == 0 else r
+
+
+def _prelu_args(x, weight):
+    x = as_float_array(x, "x")
+    if isinstance(weight, np.ndarray):
+        w = as_float_array(weight, "weight")
+        if w.dtype != x.dtype:
+            raise TypeError(f"weight: expected dtype {x.dtype} like x, got {w.dtype}")
+    else:
+        w = as_float_array(weight, "weight").astype(x.dtype, copy=False)
+    channels = x.shape[1] if x.ndim >= 2 else 1
+    if w.size != 1 and w.size != channels:
+        if x.ndim < 2:
+            raise ValueError(f"weight: x has fewer than 2 dimensions (no channel axis), so weight must have "
+                             f"1 element, got {w.size}")
+        raise ValueError(f"weight: expected 1 or {channels} elements (x.shape[1]), got {w.size}")
+    if x.ndim >= 2:
+        outer, inner = x.shape[0], int(np.prod(x.shape[2:], dtype=np.int64))
+    else:
+        outer, inner = 1, x.size
+    return x, c_input(w.reshape(-1)), outer, channels, inner
+
+
+def _c_order_apply(kernel, x, out, *operands):
+    """Runs kernel(x_c, out_c) on C-ordered data (for kernels whose element positions are C-order
+    indices: prelu's channels, dropout's stream positions). out= is written directly only when it
+    is x itself or disjoint from x and from every other operand the kernel reads."""
+    xc = c_input(x)
+    if out is None:
+        y = empty(x.shape, x.dtype)
+        kernel(xc, y)
+        return y
+    if c_output_ok(out, x) and not any(np.may_share_memory(a, out) for a in operands):
+        kernel(xc, out)
+        return out
+    tmp = empty(x.shape, x.dtype)
+    kernel(xc, tmp)
+    np.copyto(out, tmp)
+    return out
+
+
+def prelu_forward(x, weight, out):
+    scalar = not isinstance(x, np.ndarray)
+    x, w, outer, C, inner = _prelu_args(x, weight)
+    if out is not None:
+        check_out(out, x)
+
+    def kernel(xv, yv):
+        if x.size:  # (an empty x may have C == 0 channels: nothing to run)
+            _C.prelu_forward(xv, w, yv, outer, C, inner)
+
+    y = _c_order_apply(kernel, x, out, w)
+    return y[()] if scalar and out is None and y.ndim == 0 else y
+
+
+def prelu_backward(grad_output, x, weight):
+    scalar = not isinstance(x, np.ndarray)
+    weight_shape = np.shape(weight)
+    x, w, outer, C, inner = _prelu_args(x, weight)
+    g = as_float_array(grad_output, "grad_output")
+    if g.dtype != x.dtype and not isinstance(grad_output, np.ndarray):
+        g = g.astype(x.dtype)
+    check_same_shape(g, "grad_output", x, "x")
+    gx = empty(x.shape, x.dtype)
+    gw = np.zeros(w.size, x.dtype)
+    if x.size:
+        _C.prelu_backward(c_input(g), c_input(x), w, gx, gw, outer, C, inner)
+    return (gx[()] if scalar and gx.ndim == 0 else gx), gw.reshape(weight_shape)
+
+
+# ---- dropout ---------------------------------------------------------------------------------------
+
+def _copy_into(x, out):
+    if out is None:
+        return x.copy(order="K")
+    if out is not x:
+        np.copyto(out, x)
+    return out
+
+
+def dropout(x, p, training, seed, offset, out, seed_offset=None):
+    x = as_float_array(x, "x")
+    if out is not None:
+        check_out(out, x)
+    training = checks.flag(training, "training")
+    if not training or p == 0.0:
+        return _copy_into(x, out)
+    if seed_offset is not None:
+        # The host twin of the device-memory variant: (seed, offset) read from a uint64[2] array,
+        # whose offset is then advanced past the n positions used.
+        if not isinstance(seed_offset, np.ndarray) or seed_offset.dtype != np.uint64 or seed_offset.shape != (2,):
+            raise TypeError(f"seed_offset: expected a uint64 array of shape (2,), got "
+                            f"{getattr(seed_offset, 'dtype', type(seed_offset).__name__)}")
+        seed, offset = int(seed_offset[0]), int(seed_offset[1])
+        seed_offset[1] = np.uint64((offset + x.size) % (1 << 64))
+    else:
+        seed, offset = checks.seed_offset(seed, offset, x.size)
+    thr, scale = checks.threshold_scale(p, x.dtype)
+    return _c_order_apply(lambda xv, yv: _C.dropout_apply(xv, yv, seed, offset, thr, scale), x, out)
+
+
+def dropout_backward(grad_output, p, seed, offset, mask, out):
+    g = as_float_array(grad_output, "grad_output")
+    if out is not None:
+        check_out(out, g)
+    seed, offset = checks.explicit_seed_offset(seed, offset, g.size)
+    m = check_mask(mask, g.size) if mask is not None else None
+    if p == 0.0:
+        return _copy_into(g, out)
+    thr, scale = checks.threshold_scale(p, g.dtype)
+    if m is not None:
+        # (the kernel reads mask bytes after it has stored earlier outputs: a mask sharing memory
+        # with out goes through the temporary)
+        return _c_order_apply(lambda gv, ov: _C.dropout_apply_mask(gv, m, ov, scale), g, out, m)
+    return _c_order_apply(lambda gv, ov: _C.dropout_apply(gv, ov, seed, offset, thr, scale), g, out)
+
+
+# ---- GEMM and the linear layer ---------------------------------------------------------------------
+
+def _gemm_operand(a: np.ndarray) -> np.ndarray:
+    """`a` as the kernel reads it: C- or F-contiguous (and aligned) as it lies, else a C copy."""
+    if a.flags.aligned and (a.flags.c_contiguous or a.flags.f_contiguous):
+        return a
+    return np.array(a, order="C")
+
+
+def _matrix(a, name: str) -> np.ndarray:
+    a = as_float_array(a, name)
+    if a.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-D array, got shape {a.shape}")
+    return a
+
+
+def _check_host_out(out, shape, dtype):
+    if not isinstance(out, np.ndarray):
+        if is_cuda_array(out):
+            raise TypeError("out: expected a NumPy array (the inputs are on the CPU), got a CUDA array")
+        raise TypeError(f"out: expected a NumPy array, got {type(out).__name__}")
+    if out.dtype != dtype:
+        raise TypeError(f"out: expected dtype {dtype}, got {out.dtype}")
+    if out.shape != shape:
+        raise ValueError(f"out: expected shape {shape}, got {out.shape}")
+    if not out.flags.writeable:
+        raise ValueError("out: array is read-only")
+
+
+def matmul(a, b, out):
+    a = _matrix(a, "a")
+    b = _matrix(b, "b")
+    if a.dtype != b.dtype:
+        raise TypeError(f"b: expected dtype {a.dtype} like a, got {b.dtype}")
+    if a.shape[1] != b.shape[0]:
+        raise ValueError(f"matmul: inner dimensions differ: a has shape {a.shape} and b has shape {b.shape} "
+                         f"(a.shape[1] must equal b.shape[0])")
+    a, b = _gemm_operand(a), _gemm_operand(b)
+    shape = (a.shape[0], b.shape[1])
+    if out is None:
+        c = empty(shape, a.dtype)
+        _C.matmul(a, b, c)
+        return c
+    _check_host_out(out, shape, a.dtype)
+    overlaps = np.may_share_memory(out, a) or np.may_share_memory(out, b)
+    if not overlaps and out.flags.aligned and out.flags.c_contiguous:
+        _C.matmul(a, b, out)
+    elif not overlaps and out.flags.aligned and out.flags.f_contiguous:
+        _C.matmul(b.T, a.T, out.T)  # C^T = b^T a^T, written row-major into out.T
+    else:
+        c = empty(shape, a.dtype)
+        _C.matmul(a, b, c)
+        np.copyto(out, c)
+    return out
+
+
+def _linear_inputs(x, weight, bias, prelu_weight, activation):
+    """x as (M, K) (plus the leading shape to restore), weight (N, K), bias (N,), prelu weight."""
+    x = as_float_array(x, "x")
+    if x.ndim == 0:
+        raise ValueError("x: expected an array of shape (..., in_features), got a 0-d array")
+    w = as_float_array(weight, "weight")
+    if w.ndim != 2:
+        raise ValueError(f"weight: expected a 2-D array (out_features, in_features), got shape {w.shape}")
+    if w.dtype != x.dtype:
+        raise TypeError(f"weight: expected dtype {x.dtype} like x, got {w.dtype}")
+    if x.shape[-1] != w.shape[1]:
+        raise ValueError(f"linear: x has shape {x.shape} and weight has shape {w.shape}: x.shape[-1] "
+                         f"({x.shape[-1]}) must equal weight.shape[1] (in_features, {w.shape[1]})")
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1]) if x.ndim != 2 else x
+    n = w.shape[0]
+    b = None
+    if bias is not None:
+        b = as_float_array(bias, "bias")
+        if b.dtype != x.dtype:
+            raise TypeError(f"bias: expected dtype {x.dtype} like x, got {b.dtype}")
+        if b.shape != (n,):
+            raise ValueError(f"bias: expected shape ({n},) (out_features of weight {w.shape}), got {b.shape}")
+        b = c_input(b)
+    pw = None
+    if activation == "prelu":
+        if prelu_weight is None:
+            raise ValueError("prelu_weight: activation='prelu' needs its weight (1 or out_features values)")
+        pw = as_float_array(prelu_weight, "prelu_weight")
+        if pw.dtype != x.dtype:
+            raise TypeError(f"prelu_weight: expected dtype {x.dtype} like x, got {pw.dtype}")
+        if pw.size not in (1, n) or pw.ndim > 1:
+            raise ValueError(f"prelu_weight: expected 1 or {n} (out_features) values, got shape {pw.shape}")
+        pw = c_input(pw.reshape(-1))
+    elif prelu_weight is not None:
+        raise ValueError(f"prelu_weight: only used with activation='prelu', got activation={activation!r}")
+    return _gemm_operand(x2), lead, _gemm_operand(w), b, pw
+
+
+def _random_args(dropout_p, dropconnect_p, dtype):
+    dthr, dscale = checks.threshold_scale(dropout_p, dtype) if dropout_p > 0 else (0, 1.0)
+    cthr, cscale = checks.threshold_scale(dropconnect_p, dtype) if dropconnect_p > 0 else (0, 1.0)
+    return dthr, dscale, cthr, cscale
+
+
+def _forward(x2, w, b, pw, y2, activation, negative_slope, alpha, dropout_p, dropconnect_p, seed, offset,
+             return_saved):
+    """The kernel call of linear and linear_train: y2 (M, N) written; returns the saved data."""
+    m, k = x2.shape
+    n = w.shape[0]
+    random = dropout_p > 0 or dropconnect_p > 0
+    slope, alpha_k, scale_k = checks.act_params(activation, negative_slope, alpha)
+    dthr, dscale, cthr, cscale = _random_args(dropout_p, dropconnect_p, x2.dtype)
+    data = {}
+    pos = z = None
+    if return_saved:
+        if activation in _NEEDS_POS:
+            pos = np.empty((m, (n + 63) // 64 * 8), np.uint8)
+            data["pos"] = pos
+        if activation == "prelu":
+            z = empty((m, n), x2.dtype)
+            data["z"] = z
+    _C.linear_forward(x2, w, y2, b, checks.act_id(activation), slope, alpha_k, scale_k, pw,
+                      dropout_p > 0, dthr, dscale, dropconnect_p > 0, cthr, cscale, seed if random else 0,
+                      offset if random else 0, pos, activation == "relu", z)
+    return data
+
+
+def linear(x, weight, bias, activation, negative_slope, alpha, prelu_weight, dropout_p, dropconnect_p, seed, offset,
+           out, return_saved):
+    x2, lead, w, b, pw = _linear_inputs(x, weight, bias, prelu_weight, activation)
+    m, k = x2.shape
+    n = w.shape[0]
+    if dropout_p > 0 or dropconnect_p > 0:
+        seed, offset = checks.seed_offset(seed, offset, m * n + n * k)
+    shape = lead + (n,)
+    if out is not None:
+        _check_host_out(out, shape, x2.dtype)
+        # The epilogue reads bias and prelu_weight per tile while earlier tiles are stored: an
+        # operand sharing memory with out is read from a copy.
+        if b is not None and np.may_share_memory(out, b):
+            b = b.copy()
+        if pw is not None and np.may_share_memory(out, pw):
+            pw = pw.copy()
+    direct = (out is not None and out.flags.c_contiguous and out.flags.aligned
+              and not np.may_share_memory(out, x2) and not np.may_share_memory(out, w))
+    y = out if direct else empty(shape, x2.dtype)
+    data = _forward(x2, w, b, pw, y.reshape(m, n), activation, negative_slope, alpha, dropout_p, dropconnect_p, seed,
+                    offset, return_saved)
+    if out is not None and not direct:
+        np.copyto(out, y)
+        y = out
+    if not return_saved:
+        return y
+    if activation in _NEEDS_Y:
+        data["y"] = y
+    saved = LinearSaved("cpu", activation, b is not None, dropout_p, dropconnect_p, seed, offset, (m, n, k),
+                        x2.dtype, data)
+    return y, saved
+
+
+def _backward(g, x2, w, saved, negative_slope, alpha, pw, grad_x, grad_w, grad_b, grad_p):
+    m, n, k = saved.shape
+    activation = saved.activation
+    slope, alpha_k, scale_k = checks.act_params(activation, negative_slope, alpha)
+    dp, cp = saved.dropout_p, saved.dropconnect_p
+    random = dp > 0 or cp > 0
+    dthr, dscale, cthr, cscale = _random_args(dp, cp, x2.dtype)
+    data = saved.data
+    y = data.get("y")
+    if y is not None:
+        y = y.reshape(m, n)
+    _C.linear_backward(g, x2, w, grad_x, grad_w, grad_b, checks.act_id(activation), slope, alpha_k,
+                       scale_k, y, data.get("z"), data.get("pos"), pw, grad_p, dp > 0, dthr, dscale, cp > 0, cthr,
+                       cscale, saved.seed if random else 0, saved.offset if random else 0)
+
+
+def linear_backward(grad_output, x, weight, saved, negative_slope, alpha, prelu_weight, need_grad_x):
+    if str(saved.device) != "cpu":
+        raise TypeError("saved: recorded on the GPU, but the arrays are on the CPU")
+    activation = saved.activation
+    x2, lead, w, _, pw = _linear_inputs(x, weight, None, prelu_weight, activation)
+    m, k = x2.shape
+    n = w.shape[0]
+    if saved.shape != (m, n, k):
+        raise ValueError(f"saved: recorded for x ({saved.shape[0]}, {saved.shape[2]}) and weight "
+                         f"({saved.shape[1]}, {saved.shape[2]}), got x {x2.shape} and weight {w.shape}")
+    if saved.dtype != x2.dtype:
+        raise TypeError(f"saved: recorded for {saved.dtype}, got x of {x2.dtype}")
+    g = as_float_array(grad_output, "grad_output")
+    if g.dtype != x2.dtype:
+        raise TypeError(f"grad_output: expected dtype {x2.dtype} like x, got {g.dtype}")
+    if g.shape != lead + (n,):
+        raise ValueError(f"grad_output: expected shape {lead + (n,)} (the output's), got {g.shape}")
+    g = c_input(g).reshape(m, n)
+    grad_x = empty((m, k), x2.dtype) if need_grad_x else None
+    grad_w = empty((n, k), x2.dtype)
+    grad_b = np.empty(n, x2.dtype) if saved.has_bias else None
+    grad_p = np.empty(pw.size, x2.dtype) if activation == "prelu" else None
+    _backward(g, x2, w, saved, negative_slope, alpha, pw, grad_x, grad_w, grad_b, grad_p)
+    if grad_x is not None:
+        grad_x = grad_x.reshape(lead + (k,))
+    return grad_x, grad_w, grad_b, (grad_p.reshape(np.shape(prelu_weight)) if grad_p is not None else None)
+
+
+# ---- the layer's training step (fastnn.nn.Linear) ----------------------------------------------------
+
+def linear_fast_ok(x, weight):
+    """Whether x can go to linear_train as it is: what a network passes from layer to layer (a
+    C-contiguous, aligned 2-D NumPy array of weight's dtype with in_features columns)."""
+    return (type(x) is np.ndarray and x.ndim == 2 and x.dtype == weight.dtype and x.shape[1] == weight.shape[1]
+            and x.flags.c_contiguous and x.flags.aligned)
+
+
+def linear_train(x, weight, bias, activation, negative_slope, alpha, prelu_weight, dropout_p, dropconnect_p):
+    """linear(..., return_saved=True) for arguments a Linear layer has already validated (its own
+    weight, bias and PReLU weight; a known activation; probabilities in [0, 1)) and an x that
+    passed linear_fast_ok: no argument checks, which cost more than small layers' GEMMs."""
+    m, k = x.shape
+    n = weight.shape[0]
+    if dropout_p > 0 or dropconnect_p > 0:
+        seed, offset = checks.seed_offset(None, 0, m * n + n * k)
+    else:
+        seed, offset = None, 0
+    y = empty((m, n), x.dtype)
+    data = _forward(x, weight, bias, prelu_weight, y, activation, negative_slope, alpha, dropout_p, dropconnect_p,
+                    seed, offset, True)
+    if activation in _NEEDS_Y:
+        data["y"] = y
+    return y, LinearSaved("cpu", activation, bias is not None, dropout_p, dropconnect_p, seed, offset, (m, n, k),
+                          x.dtype, data)
+
+
+def _grad_buffer(p):
+    """p.grad when a kernel can write it in place (C-contiguous, writeable, p's shape and dtype;
+    a user may have replaced it), else a fresh array assigned to p.grad."""
+    g = p.grad
+    if not (type(g) is np.ndarray and g.shape == p.data.shape and g.dtype == p.data.dtype and g.flags.c_contiguous
+            and g.flags.aligned and g.flags.writeable):
+        g = p.grad = np.empty_like(p.data)
+    return g
+
+
+def linear_backward_train(grad_output, x, weight, saved, negative_slope, alpha, prelu_weight, params, need_grad_x):
+    """linear_backward for what linear_train saved, writing the gradients of params = (weight,
+    bias or None, prelu weight or None), fastnn.Parameters, into their .grad buffers (no new
+    arrays per step); returns grad_x or None."""
+    pw, pb, pp = params
+    if not (linear_fast_ok(grad_output, np.empty((0, saved.shape[1]), x.dtype)) and grad_output.shape[0] == x.shape[0]
+            and linear_fast_ok(x, weight)):
+        gx, gw, gb, gp = linear_backward(grad_output, x, weight, saved, negative_slope, alpha, prelu_weight,
+                                         need_grad_x)
+        pw.grad = gw
+        if pb is not None:
+            pb.grad = gb
+        if pp is not None:
+            pp.grad = gp
+        return gx
+    m, n, k = saved.shape
+    grad_x = empty((m, k), x.dtype) if need_grad_x else None
+    _backward(grad_output, x, weight, saved, negative_slope, alpha, prelu_weight, grad_x, _grad_buffer(pw),
+              None if pb is None else _grad_buffer(pb), None if pp is None else _grad_buffer(pp))
+    return grad_x
+
+
+# ---- losses ----------------------------------------------------------------------------------------
+
+def _cpu_target_check(target, name):
+    if not isinstance(target, np.ndarray) and is_cuda_array(target):
+        raise TypeError(f"target is a CUDA array ({_type_name(target)}) but {name} is on the CPU: both must be on "
+                        f"the same device")
+
+
+def _grad_out(grad, buffer, shape, dtype, inputs):
+    """The gradient array of a loss: None (grad False), `buffer` reused or a new one (True), or the
+    given array (checked: shape, dtype, C-contiguous, no overlap with the inputs)."""
+    if grad is False:
+        return None
+    if grad is True:
+        if (isinstance(buffer, np.ndarray) and buffer.shape == shape and buffer.dtype == dtype
+                and not any(np.may_share_memory(buffer, a) for a in inputs)):
+            return buffer
+        return np.empty(shape, dtype)
+    if (not isinstance(grad, np.ndarray) or grad.shape != shape or grad.dtype != dtype
+            or not grad.flags.c_contiguous):
+        raise ValueError(f"grad: expected a C-contiguous {dtype} array of shape {shape}")
+    if any(np.may_share_memory(grad, a) for a in inputs):
+        raise ValueError("grad: must not overlap logits/input or target")
+    return grad
+
+
+def softmax_xent(logits, target, grad, buffer):
+    """(mean loss, grad or None, the array to reuse as `buffer` next time)."""
+    _cpu_target_check(target, "logits")
+    x = as_float_array(logits, "logits")
+    if x.ndim != 2:
+        raise ValueError(f"logits: expected a 2-D (M, C) array, got shape {x.shape}")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"logits: expected at least one row and one class, got shape {x.shape}")
+    x = c_input(x)
+    t = host_target(target, x.shape, x.dtype)
+    g = _grad_out(grad, buffer, x.shape, x.dtype, (x, t))
+    return _C.softmax_xent(x, t, g), g, g
+
+
+def mse(input, target, grad, buffer):
+    """(mean squared error, grad or None, the array to reuse as `buffer` next time)."""
+    _cpu_target_check(target, "input")
+    p = c_input(as_float_array(input, "input"))
+    t = np.asarray(target)
+    if t.shape != p.shape:
+        raise ValueError(f"target: expected shape {p.shape} like input, got {t.shape}")
+    if t.dtype.kind not in "iuf":
+        raise TypeError(f"target: expected numbers, got {t.dtype}")
+    if p.size == 0:
+        raise ValueError(f"input: expected at least one element, got shape {p.shape}")
+    t = c_input(t.astype(p.dtype, copy=False))
+    n = p.size
+    g = _grad_out(grad, buffer, p.shape, p.dtype, (p,))
+    if g is None:
+        return _C.squared_error(p, t, None, 1.0) / n, None, None
+    return _C.squared_error(p, t, g, 2.0 / n) / n, g, g
+
+
+# ---- optimizers and parameters ---------------------------------------------------------------------
+
+def param_operands(w, g, label):
+    """(w, g) of a parameter on the CPU, checked: float32/float64, writeable C-contiguous data, a
+    gradient of its shape and dtype (copied once when it is not C-contiguous)."""
+    if not isinstance(w, np.ndarray) or w.dtype not in (np.float32, np.float64):
+        raise TypeError(f"{label}.data: expected a float32 or float64 NumPy array, got "
+                        f"{getattr(w, 'dtype', type(w).__name__)}")
+    if not (w.flags.c_contiguous and w.flags.aligned and w.flags.writeable):
+        raise ValueError(f"{label}.data: expected a writeable C-contiguous array (updated in place)")
+    if not isinstance(g, np.ndarray) or g.shape != w.shape or g.dtype != w.dtype:
+        raise ValueError(f"{label}.grad: expected shape {w.shape} and dtype {w.dtype} like .data, got "
+                         f"{getattr(g, 'shape', None)} {getattr(g, 'dtype', type(g).__name__)}")
+    if not (g.flags.c_contiguous and g.flags.aligned):
+        g = np.ascontiguousarray(g)  # one copy; layers write C-ordered gradients
+    return w, g
+
+
+def state_like(a, w):
+    if isinstance(a, np.ndarray) and a.shape == w.shape and a.dtype == w.dtype:
+        return a
+    return np.zeros_like(w)
+
+
+def state_from(v, w, name):
+    if not isinstance(v, np.ndarray) and is_cuda_array(v):
+        raise TypeError(f"state_dict: {name} is a CUDA array but the parameter is on the CPU")
+    v = np.asarray(v)
+    if v.shape != w.shape:
+        raise ValueError(f"state_dict: {name} has shape {v.shape}, expected {w.shape}")
+    return np.array(v, dtype=w.dtype, order="C")
+
+
+def sgd_step(w, g, buf, lr, momentum, dampening, l2, l1, nesterov, first):
+    _C.sgd_step(w, g, buf, lr, momentum, dampening, l2, l1, nesterov, first)
+
+
+def adam_step(w, g, m, v, lr, beta1, beta2, eps, l2, l1, decoupled, step):
+    _C.adam_step(w, g, m, v, lr, beta1, beta2, eps, l2, l1, decoupled, step)
+
+
+def parameter_data(data):
+    """(data as a writeable C-contiguous float32/float64 array, a zero gradient like it); integers
+    and bools become float64."""
+    if getattr(data, "requires_grad", False) and hasattr(data, "detach"):
+        # (a PyTorch tensor of a layer: NumPy cannot view it while autograd tracks it)
+        raise TypeError(f"data: got a {_type_name(data)} that requires grad; pass its storage without autograd, "
+                        f"e.g. Parameter(layer.weight.detach()) (fastnn updates it in place, so the layer sees "
+                        f"the updates)")
+    arr = np.asarray(data)
+    if arr.dtype.kind in "biu":
+        arr = arr.astype(np.float64)
+    if arr.dtype not in (np.float32, np.float64):
+        raise TypeError(f"data: expected float32 or float64, got {arr.dtype}")
+    if not (arr.flags.c_contiguous and arr.flags.aligned and arr.flags.writeable):
+        arr = np.array(arr, order="C")
+    return arr, np.zeros_like(arr)
+
+
+def fill_zero(a):
+    a.fill(0)
+
+
+def to_host(a):
+    return np.asarray(a)
+
+
+def from_host(a, like):
+    return np.asarray(a)
+
+
+# ---- array utilities -------------------------------------------------------------------------------
+
+def empty_like_device(shape, dtype, like):
+    """An uninitialized C-ordered array of `shape` and `dtype` on `like`'s device."""
+    return empty(tuple(shape), dtype)
+
+
+def zeros_like_device(shape, dtype, like):
+    """A zero-filled C-ordered array of `shape` and `dtype` on `like`'s device."""
+    return np.zeros(tuple(shape), dtype)
+
+
+def copy(a):
+    """A C-contiguous copy of `a` on its device."""
+    return np.array(a, order="C", copy=True)
