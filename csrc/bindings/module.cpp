@@ -18,7 +18,7 @@ namespace {
 
 py::list compiled_capabilities() {
   py::list l;
-  for (int i = 0; i <= 2; ++i) {
+  for (int i = 0; i <= kMaxCapability; ++i) {
     auto c = static_cast<CpuCapability>(i);
     if (capability_compiled(c)) l.append(capability_name(c));
   }
@@ -27,7 +27,7 @@ py::list compiled_capabilities() {
 
 py::list supported_capabilities() {
   py::list l;
-  for (int i = 0; i <= 2; ++i) {
+  for (int i = 0; i <= kMaxCapability; ++i) {
     auto c = static_cast<CpuCapability>(i);
     if (capability_compiled(c) && capability_supported(c)) l.append(capability_name(c));
   }

@@ -97,7 +97,7 @@ const StatsKernels* stats_table(CpuCapability c) {
 
 std::string available_list() {
   std::string s;
-  for (int i = 0; i <= 2; ++i) {
+  for (int i = 0; i <= kMaxCapability; ++i) {
     auto c = static_cast<CpuCapability>(i);
     if (capability_compiled(c) && capability_supported(c)) {
       if (!s.empty()) s += ", ";
@@ -133,7 +133,7 @@ void init_capability_from_env() {
   if (!v || !*v) return;
   CpuCapability c;
   if (!parse_capability(v, &c))
-    throw std::invalid_argument(std::string("FASTNN_CPU_CAPABILITY: expected one of baseline, avx2, avx512, got '") +
+    throw std::invalid_argument(std::string("FASTNN_CPU_CAPABILITY: expected one of baseline, avx2, avx512, avx512_bf16, got '") +
                                 v + "'");
   try {
     set_capability(c);
@@ -142,12 +142,18 @@ void init_capability_from_env() {
   }
 }
 
-const ActivationKernels& activation_kernels() { return *activation_table(current_capability()); }
-const DropoutKernels& dropout_kernels() { return *dropout_table(current_capability()); }
-const GemmKernels& gemm_kernels() { return *gemm_table(current_capability()); }
-const OptimKernels& optim_kernels() { return *optim_table(current_capability()); }
-const LossKernels& loss_kernels() { return *loss_table(current_capability()); }
-const AugmentKernels& augment_kernels() { return *augment_table(current_capability()); }
-const StatsKernels& stats_kernels() { return *stats_table(current_capability()); }
+// avx512_bf16 runs the avx512 tables (the GEMM asks current_capability() for vdpbf16ps itself).
+static CpuCapability table_capability() {
+  const CpuCapability c = current_capability();
+  return c == CpuCapability::Avx512Bf16 ? CpuCapability::Avx512 : c;
+}
+
+const ActivationKernels& activation_kernels() { return *activation_table(table_capability()); }
+const DropoutKernels& dropout_kernels() { return *dropout_table(table_capability()); }
+const GemmKernels& gemm_kernels() { return *gemm_table(table_capability()); }
+const OptimKernels& optim_kernels() { return *optim_table(table_capability()); }
+const LossKernels& loss_kernels() { return *loss_table(table_capability()); }
+const AugmentKernels& augment_kernels() { return *augment_table(table_capability()); }
+const StatsKernels& stats_kernels() { return *stats_table(table_capability()); }
 
 }  // namespace fastnn

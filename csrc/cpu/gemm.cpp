@@ -18,6 +18,7 @@
 
 #include "core/allocator.h"
 #include "core/cpu_features.h"
+#include "core/dispatch.h"
 #include "core/parallel.h"
 #include "cpu/act_math.h"
 #include "cpu/simd.h"
@@ -215,6 +216,61 @@ void tile(int64_t kc, const T* a, const T* b, T* c, int64_t ldc, int64_t m, int6
   store_tile<T, MR, NV>(acc, c, ldc, m, n, e);
 }
 
+// ---- the vdpbf16ps micro-kernel (kPackBf16Pairs panels) ----------------------------------------
+// Compiled for AVX512_BF16 by function attribute only (the rest of this copy stays AVX-512F/BW/
+// DQ/VL) and called only where current_capability() is avx512_bf16. Per K pair, 2 vectors of B
+// (32 columns of pairs) and MR broadcast pairs of A: 2 MR vdpbf16ps, 32 multiply-adds each.
+#if FASTNN_ISA == 2
+constexpr bool kHaveDp = true;
+template <int MR>
+__attribute__((target("avx512bf16"), noinline)) void micro_kernel_dp(int64_t kcp, const float* a, const float* b,
+                                                                     Vec<float> (&out)[MR][2]) {
+  constexpr int AS = Tile<float>::MR;
+  static_assert(Tile<float>::NV == 2, "two vectors of pairs per B row pair");
+  const uint32_t* ap = reinterpret_cast<const uint32_t*>(a);
+  const uint32_t* bp = reinterpret_cast<const uint32_t*>(b);
+  __m512 acc[MR][2];
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+  for (int64_t p = 0; p < kcp / 2; ++p, ap += AS, bp += 32) {
+    const __m512bh b0 = (__m512bh)_mm512_loadu_si512(bp), b1 = (__m512bh)_mm512_loadu_si512(bp + 16);
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      const __m512bh ai = (__m512bh)_mm512_set1_epi32(static_cast<int>(ap[i]));
+      acc[i][0] = _mm512_dpbf16_ps(acc[i][0], ai, b0);
+      acc[i][1] = _mm512_dpbf16_ps(acc[i][1], ai, b1);
+    }
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) {
+    out[i][0] = Vec<float>{acc[i][0]};
+    out[i][1] = Vec<float>{acc[i][1]};
+  }
+}
+inline bool dp_enabled() { return current_capability() == CpuCapability::Avx512Bf16; }
+#else
+constexpr bool kHaveDp = false;
+template <int MR>
+void micro_kernel_dp(int64_t, const float*, const float*, Vec<float> (&)[MR][Tile<float>::NV]) {}
+inline bool dp_enabled() { return false; }
+#endif
+template <int MR>
+void micro_kernel_dp(int64_t, const double*, const double*, Vec<double> (&)[MR][Tile<double>::NV]) {}
+
+template <class T, int MR>
+void tile_dp(int64_t kcp, const T* a, const T* b, T* c, int64_t ldc, int64_t m, int64_t n, const TileEpilogue<T>& e) {
+  constexpr int NV = Tile<T>::NV;
+  Vec<T> acc[MR][NV];
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) {
+    if (i >= m) break;
+    __builtin_prefetch(c + i * ldc, 1, 3);
+    __builtin_prefetch(c + i * ldc + NV * Vec<T>::W - 1, 1, 3);
+  }
+  micro_kernel_dp<MR>(kcp, a, b, acc);
+  store_tile<T, MR, NV>(acc, c, ldc, m, n, e);
+}
+
 // ---- packing --------------------------------------------------------------------------------
 
 // Transposing packs (A with rows contiguous in k, B with columns contiguous in k: x @ W^T) move
@@ -365,31 +421,45 @@ inline float round_bf16(float x) {
   return x;
 }
 
+// How a panel is packed: float, bf16 values in floats (K pairs swapped: the float micro-kernel walks
+// each pair odd k first, as vdpbf16ps sums it), or bf16 pairs for vdpbf16ps.
+enum PackMode : int { kPackF32 = 0, kPackBf16Floats = 1, kPackBf16Pairs = 2 };
+
 // A packed panel of kc rows (k-major, `width` elements per k) padded to kcp = kc rounded up to
-// even: row kc zeroed, every value rounded, and rows 2p, 2p+1 swapped, so the float micro-kernel
-// walks each K pair odd k first, as vdpbf16ps sums it.
-inline void bf16_panel(float* p, int64_t kc, int64_t kcp, int64_t width) {
+// even: row kc zeroed, every value rounded, then per K pair p either rows 2p, 2p+1 swapped
+// (kPackBf16Floats) or, in place from the panel's start, one 32-bit word per element j holding
+// bf16 (2p, j) low and (2p+1, j) high (kPackBf16Pairs: a pair is written at or before the bytes it
+// was read from, so the order of the loop makes it safe).
+inline void bf16_panel(float* p, int64_t kc, int64_t kcp, int64_t width, int mode) {
   for (int64_t j = 0; j < width && kcp > kc; ++j) p[kc * width + j] = 0.0f;
+  uint32_t* w = reinterpret_cast<uint32_t*>(p);
   for (int64_t k = 0; k < kcp; k += 2) {
     float* r0 = p + k * width;
     float* r1 = r0 + width;
     for (int64_t j = 0; j < width; ++j) {
       const float x0 = round_bf16(r0[j]), x1 = round_bf16(r1[j]);
-      r0[j] = x1;
-      r1[j] = x0;
+      if (mode == kPackBf16Pairs) {
+        uint32_t u0, u1;
+        __builtin_memcpy(&u0, &x0, 4);
+        __builtin_memcpy(&u1, &x1, 4);
+        w[(k / 2) * width + j] = (u0 >> 16) | (u1 & 0xFFFF0000u);
+      } else {
+        r0[j] = x1;
+        r1[j] = x0;
+      }
     }
   }
 }
-inline void bf16_panel(double*, int64_t, int64_t, int64_t) {}
+inline void bf16_panel(double*, int64_t, int64_t, int64_t, int) {}
 
 // K block length as packed: even under bf16 (whole K pairs), the pad row zero.
-inline int64_t k_packed(int64_t kc, bool bf16) { return bf16 ? (kc + 1) / 2 * 2 : kc; }
+inline int64_t k_packed(int64_t kc, int mode) { return mode != kPackF32 ? (kc + 1) / 2 * 2 : kc; }
 
 // A block rows [0, mc) x k [0, kc) of a (element (i, k) at a[i*rs + k*cs]) into MR-row panels,
 // minus the shifts (rsh[i], csh[k]; null for none).
 template <class T>
 void pack_a(int64_t mc, int64_t kc, const T* a, int64_t rs, int64_t cs, T* dst, const T* rsh, const T* csh,
-            bool bf16) {
+            int bf16) {
   using V = Vec<T>;
   constexpr int MR = Blocking<T>::MR;
   const int64_t kcp = k_packed(kc, bf16);
@@ -422,7 +492,7 @@ void pack_a(int64_t mc, int64_t kc, const T* a, int64_t rs, int64_t cs, T* dst, 
         for (int64_t i = 0; i < mr; ++i) dst[k * MR + i] = (dst[k * MR + i] - r[i]) - ck;
       }
     }
-    if (bf16) bf16_panel(dst, kc, kcp, MR);
+    if (bf16) bf16_panel(dst, kc, kcp, MR, bf16);
   }
 }
 
@@ -439,7 +509,7 @@ struct BPrologue {
 // One NR-column panel of B (element (k, j) at b[k*rs + j*cs]), nr <= NR valid columns.
 template <class T>
 void pack_b_panel(int64_t kc, int64_t nr, const T* b, int64_t rs, int64_t cs, T* dst, const BPrologue<T>& pro,
-                  bool bf16) {
+                  int bf16) {
   using V = Vec<T>;
   constexpr int NR = Blocking<T>::NR;
   bool masked = false;  // keep bits already applied
@@ -501,7 +571,7 @@ void pack_b_panel(int64_t kc, int64_t nr, const T* b, int64_t rs, int64_t cs, T*
         }
     }
   }
-  if (bf16) bf16_panel(dst, kc, k_packed(kc, true), NR);
+  if (bf16) bf16_panel(dst, kc, k_packed(kc, bf16), NR, bf16);
 }
 
 // 64-byte aligned scratch, freed on scope exit (no std:: template instantiated in a per-ISA file).
@@ -557,8 +627,9 @@ void gemm_block_c_once(const Problem<T>& P, int64_t i0, int64_t i1, int64_t j0, 
   constexpr int64_t MR = B::MR, NR = B::NR;
   const GemmArgs<T>& g = *P.args;
   const int64_t N = j1 - j0, K = P.K;
-  const bool bf16 = g.bf16;
-  const int64_t kc_max = k_block<T>(K, bf16);
+  const bool dp = kHaveDp && g.bf16 && sizeof(T) == 4 && dp_enabled();
+  const int bf16 = !g.bf16 ? kPackF32 : dp ? kPackBf16Pairs : kPackBf16Floats;
+  const int64_t kc_max = k_block<T>(K, g.bf16);
   const int64_t Kp = K + 1;  // packed K with the last block's pad row (bf16, odd K)
   const int64_t np = (N + NR - 1) / NR;
   // The A block, all of K, in about half of L2 (512 KiB), as gemm_block's MC x KC.
@@ -603,7 +674,8 @@ void gemm_block_c_once(const Problem<T>& P, int64_t i0, int64_t i1, int64_t j0, 
           const int64_t kc = k_packed(K - pc < kc_max ? K - pc : kc_max, bf16);
           const T* ap = apack + pc * mc_max + ir * kc;
           const T* bp = bpack + pc * np * NR + jr * kc;
-          micro_kernel<T, MR, NV, MR>(kc, ap, bp, pc == 0 ? sum : acc);
+          if (dp) micro_kernel_dp<MR>(kc, ap, bp, pc == 0 ? sum : acc);
+          else micro_kernel<T, MR, NV, MR>(kc, ap, bp, pc == 0 ? sum : acc);
           if (pc > 0)
 #pragma GCC unroll 16
             for (int i = 0; i < MR; ++i)
@@ -638,8 +710,9 @@ void gemm_block(const Problem<T>& P, int64_t i0, int64_t i1, int64_t j0, int64_t
   constexpr int64_t MR = B::MR, NR = B::NR, MC = B::MC, NC = B::NC;
   const GemmArgs<T>& g = *P.args;
   const int64_t M = i1 - i0, N = j1 - j0, K = P.K;
-  const bool bf16 = g.bf16;
-  const int64_t kc_max = k_block<T>(K, bf16);
+  const bool dp = kHaveDp && g.bf16 && sizeof(T) == 4 && dp_enabled();
+  const int bf16 = !g.bf16 ? kPackF32 : dp ? kPackBf16Pairs : kPackBf16Floats;
+  const int64_t kc_max = k_block<T>(K, g.bf16);
   const int64_t kp_max = k_packed(kc_max, bf16);
   const int64_t nc_max = ((N < NC ? N : NC) + NR - 1) / NR * NR;
   const int64_t mc_max = ((M < MC ? M : MC) + MR - 1) / MR * MR;
@@ -681,7 +754,11 @@ void gemm_block(const Problem<T>& P, int64_t i0, int64_t i1, int64_t j0, int64_t
             const T* ap = apack_p + ir * kcp;
             T* cp = P.c + (ic + ir) * P.ldc + j;
             const T* bp = bpack_p + jr * kcp;
-            if (m <= Tile<T>::E1) tile<T, Tile<T>::E1>(kcp, ap, bp, cp, P.ldc, m, nr, e);
+            if (dp) {
+              if (m <= Tile<T>::E1) tile_dp<T, Tile<T>::E1>(kcp, ap, bp, cp, P.ldc, m, nr, e);
+              else if (m <= Tile<T>::E2) tile_dp<T, Tile<T>::E2>(kcp, ap, bp, cp, P.ldc, m, nr, e);
+              else tile_dp<T, MR>(kcp, ap, bp, cp, P.ldc, m, nr, e);
+            } else if (m <= Tile<T>::E1) tile<T, Tile<T>::E1>(kcp, ap, bp, cp, P.ldc, m, nr, e);
             else if (m <= Tile<T>::E2) tile<T, Tile<T>::E2>(kcp, ap, bp, cp, P.ldc, m, nr, e);
             else tile<T, MR>(kcp, ap, bp, cp, P.ldc, m, nr, e);
           }
