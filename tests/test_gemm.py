@@ -246,3 +246,24 @@ def test_shift_errors(rng):
         _C.matmul(a, a.T, out, b_col_shift=np.zeros(4, np.float32))
     with pytest.raises(ValueError, match="upper: needs a square product"):
         _C.matmul(a, np.zeros((3, 5)), np.empty((4, 5)), upper=True)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_c_once_order_matches_blocked_order(rng, restore_num_threads, precision):
+    # C of 17000 x 1040 floats (71 MB) is over twice a 32 MiB last-level cache while B packed whole
+    # fits: the driver takes the C-once order (ic outer, all K blocks summed in registers). Row
+    # slices of 1000 rows (4 MB of C) take the K-block order. The same bits either way, any threads.
+    m, n, k = 17000, 1040, 300
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    b = rng.standard_normal((k, n)).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    parts = np.empty((m, n), np.float32)
+    for i in range(0, m, 1000):
+        _C.matmul(a[i:i + 1000], b, parts[i:i + 1000], bias, precision=precision)
+    for t in (1, 2):
+        fastnn.set_num_threads(t)
+        whole = np.empty((m, n), np.float32)
+        _C.matmul(a, b, whole, bias, precision=precision)
+        assert np.array_equal(whole, parts), f"{precision}, {t} threads: C-once order differs"
+    if precision == "fp32":
+        ref.assert_gemm_close(whole[:500] - bias, a[:500], b, where="C-once")

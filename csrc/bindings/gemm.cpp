@@ -109,14 +109,25 @@ void check_positions(uint64_t offset, uint64_t n) {
     throw py::value_error("offset: offset + the number of random positions must be at most 2**64");
 }
 
+// precision= of the GEMM bindings: "fp32" or "bf16" (operands rounded to bfloat16 while packed,
+// float32 accumulation; float32 operands only). True for bf16.
+bool parse_precision(const std::string& precision, DType dt) {
+  if (precision == "fp32") return false;
+  if (precision != "bf16") throw py::value_error("precision: expected 'fp32' or 'bf16', got '" + precision + "'");
+  if (dt != DType::F32) throw py::type_error("precision: 'bf16' needs float32 operands, got float64");
+  return true;
+}
+
 }  // namespace
 
 void register_gemm(py::module_& m) {
   m.def(
       "matmul",
       [](py::array a, py::array b, py::array out, py::object bias, int act, double slope, double alpha,
-         double scale, py::object a_row_shift, py::object a_col_shift, py::object b_col_shift, bool upper) {
+         double scale, py::object a_row_shift, py::object a_col_shift, py::object b_col_shift, bool upper,
+         const std::string& precision) {
         DType dt = float_dtype(a, "a");
+        const bool bf16 = parse_precision(precision, dt);
         require_2d(a, "a");
         require_2d(b, "b");
         if (!a.dtype().equal(b.dtype()))
@@ -162,13 +173,14 @@ void register_gemm(py::module_& m) {
           g.a_col_shift = static_cast<const T*>(cs_p);
           g.b_col_shift = static_cast<const T*>(bs_p);
           g.upper = upper;
+          g.bf16 = bf16;
           cpu::matmul(g);
         });
       },
       py::arg("a"), py::arg("b"), py::arg("out"), py::arg("bias") = py::none(), py::arg("act") = static_cast<int>(kActIdentity),
       py::arg("slope") = 0.01, py::arg("alpha") = 1.0, py::arg("scale") = 1.0, py::kw_only(),
       py::arg("a_row_shift") = py::none(), py::arg("a_col_shift") = py::none(), py::arg("b_col_shift") = py::none(),
-      py::arg("upper") = false,
+      py::arg("upper") = false, py::arg("precision") = "fp32",
       "out[...] = act((a - a_row_shift[:, None] - a_col_shift[None, :]) @ (b - b_col_shift[None, :]) + bias) "
       "for 2-D float32/float64 a (M, K), b (K, N) of any element strides (C- and F-contiguous read as they "
       "lie), out (M, N) C-contiguous and not overlapping a or b; bias and shifts 1-D or None, applied while "
@@ -179,8 +191,10 @@ void register_gemm(py::module_& m) {
       "linear_forward",
       [](py::array x, py::array w, py::array out, py::object bias, int act, double slope, double alpha, double scale,
          py::object prelu_w, bool dropout, uint32_t drop_thr, double drop_scale, bool dropconnect, uint32_t dc_thr,
-         double dc_scale, uint64_t seed, uint64_t offset, py::object pos_bits, bool pos_from_y, py::object z_out) {
+         double dc_scale, uint64_t seed, uint64_t offset, py::object pos_bits, bool pos_from_y, py::object z_out,
+         const std::string& precision) {
         DType dt = float_dtype(x, "x");
+        const bool bf16 = parse_precision(precision, dt);
         require_2d(x, "x");
         require_2d(w, "weight");
         if (!x.dtype().equal(w.dtype()))
@@ -236,13 +250,14 @@ void register_gemm(py::module_& m) {
           f.pos_bits = pos_p;
           f.pos_from_y = pos_from_y;
           f.z_out = static_cast<T*>(z_p);
+          f.bf16 = bf16;
           cpu::linear_forward(f);
         });
       },
       py::arg("x"), py::arg("weight"), py::arg("out"), py::arg("bias"), py::arg("act"), py::arg("slope"),
       py::arg("alpha"), py::arg("scale"), py::arg("prelu_w"), py::arg("dropout"), py::arg("drop_threshold"),
       py::arg("drop_scale"), py::arg("dropconnect"), py::arg("dc_threshold"), py::arg("dc_scale"), py::arg("seed"),
-      py::arg("offset"), py::arg("pos_bits"), py::arg("pos_from_y"), py::arg("z_out"),
+      py::arg("offset"), py::arg("pos_bits"), py::arg("pos_from_y"), py::arg("z_out"), py::arg("precision") = "fp32",
       "out = dropout(act(x @ (weight * dropconnect)^T + bias)) in one GEMM: DropConnect applied while the "
       "weight is packed, bias/activation/dropout in the epilogue. Stream positions: dropout offset + i*N + j, "
       "DropConnect offset + M*N + (C-order index in weight). Optionally saves pos_bits (M, ceil(N/64)*8) "
@@ -253,8 +268,10 @@ void register_gemm(py::module_& m) {
       [](py::array g, py::array x, py::array w, py::object grad_x, py::array grad_w, py::object grad_b, int act,
          double slope, double alpha, double scale, py::object y, py::object z, py::object pos_bits,
          py::object prelu_w, py::object grad_prelu, bool dropout, uint32_t drop_thr, double drop_scale,
-         bool dropconnect, uint32_t dc_thr, double dc_scale, uint64_t seed, uint64_t offset) {
+         bool dropconnect, uint32_t dc_thr, double dc_scale, uint64_t seed, uint64_t offset,
+         const std::string& precision) {
         DType dt = float_dtype(x, "x");
+        const bool bf16 = parse_precision(precision, dt);
         require_2d(x, "x");
         require_2d(w, "weight");
         require_2d(g, "grad_output");
@@ -337,6 +354,7 @@ void register_gemm(py::module_& m) {
           b.grad_w = static_cast<T*>(gw_p);
           b.grad_b = static_cast<T*>(gb_p);
           b.grad_prelu = static_cast<T*>(gp_p);
+          b.bf16 = bf16;
           cpu::linear_backward(b);
         });
       },
@@ -344,7 +362,7 @@ void register_gemm(py::module_& m) {
       py::arg("grad_b"), py::arg("act"), py::arg("slope"), py::arg("alpha"), py::arg("scale"), py::arg("y"),
       py::arg("z"), py::arg("pos_bits"), py::arg("prelu_w"), py::arg("grad_prelu"), py::arg("dropout"),
       py::arg("drop_threshold"), py::arg("drop_scale"), py::arg("dropconnect"), py::arg("dc_threshold"),
-      py::arg("dc_scale"), py::arg("seed"), py::arg("offset"),
+      py::arg("dc_scale"), py::arg("seed"), py::arg("offset"), py::arg("precision") = "fp32",
       "The backward of linear_forward: one pass for gz = grad_output * keep * act' (and grad_b, and PReLU's "
       "weight gradient), then grad_x = gz @ (W * dropconnect) with the mask applied while W is packed, and "
       "grad_w = (gz^T @ x) * dropconnect with the mask in the epilogue. grad_output C-contiguous; outputs "

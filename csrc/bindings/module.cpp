@@ -18,7 +18,7 @@ namespace {
 
 py::list compiled_capabilities() {
   py::list l;
-  for (int i = 0; i <= 2; ++i) {
+  for (int i = 0; i <= kMaxCapability; ++i) {
     auto c = static_cast<CpuCapability>(i);
     if (capability_compiled(c)) l.append(capability_name(c));
   }
@@ -27,7 +27,7 @@ py::list compiled_capabilities() {
 
 py::list supported_capabilities() {
   py::list l;
-  for (int i = 0; i <= 2; ++i) {
+  for (int i = 0; i <= kMaxCapability; ++i) {
     auto c = static_cast<CpuCapability>(i);
     if (capability_compiled(c) && capability_supported(c)) l.append(capability_name(c));
   }
@@ -91,7 +91,7 @@ PYBIND11_MODULE(_C, m) {
       [](const std::string& name) {
         CpuCapability c;
         if (!parse_capability(name.c_str(), &c))
-          throw py::value_error("capability: expected one of baseline, avx2, avx512, got '" + name + "'");
+          throw py::value_error("capability: expected one of baseline, avx2, avx512, avx512_bf16, got '" + name + "'");
         try {
           set_capability(c);
         } catch (const std::invalid_argument& e) {

@@ -20,12 +20,13 @@ const char* capability_name(CpuCapability c) {
     case CpuCapability::Baseline: return "baseline";
     case CpuCapability::Avx2: return "avx2";
     case CpuCapability::Avx512: return "avx512";
+    case CpuCapability::Avx512Bf16: return "avx512_bf16";
   }
   return "unknown";
 }
 
 bool parse_capability(const char* name, CpuCapability* out) {
-  for (int i = 0; i <= 2; ++i) {
+  for (int i = 0; i <= kMaxCapability; ++i) {
     auto c = static_cast<CpuCapability>(i);
     if (std::strcmp(name, capability_name(c)) == 0) {
       *out = c;
@@ -43,6 +44,7 @@ bool capability_compiled(CpuCapability c) {
 #endif
 #ifdef FASTNN_HAVE_AVX512
     case CpuCapability::Avx512: return true;
+    case CpuCapability::Avx512Bf16: return true;
 #endif
     default: return false;
   }
@@ -53,6 +55,7 @@ namespace {
 struct X86Features {
   bool avx2_fma = false;
   bool avx512 = false;  // F + BW + DQ + VL, with OS support for the ZMM and opmask state
+  bool avx512_bf16 = false;  // and AVX512_BF16 (vdpbf16ps)
 };
 
 X86Features detect() {
@@ -72,6 +75,11 @@ X86Features detect() {
   const bool f512 = b & (1u << 16), dq = b & (1u << 17), bw = b & (1u << 30), vl = b & (1u << 31);
   f.avx2_fma = os_ymm && avx2 && fma;
   f.avx512 = f.avx2_fma && os_zmm && f512 && dq && bw && vl;
+  if (a >= 1) {  // leaf 7's highest subleaf
+    unsigned a1, b1, c1, d1;
+    __cpuid_count(7, 1, a1, b1, c1, d1);
+    f.avx512_bf16 = f.avx512 && (a1 & (1u << 5));
+  }
 #endif
   return f;
 }
@@ -88,6 +96,7 @@ bool capability_supported(CpuCapability c) {
     case CpuCapability::Baseline: return true;
     case CpuCapability::Avx2: return features().avx2_fma;
     case CpuCapability::Avx512: return features().avx512;
+    case CpuCapability::Avx512Bf16: return features().avx512_bf16;
   }
   return false;
 }
@@ -132,7 +141,7 @@ long long llc_bytes() {
 }
 
 CpuCapability best_capability() {
-  for (int i = 2; i > 0; --i) {
+  for (int i = kMaxCapability; i > 0; --i) {
     auto c = static_cast<CpuCapability>(i);
     if (capability_compiled(c) && capability_supported(c)) return c;
   }
@@ -148,7 +157,7 @@ std::atomic<int> g_capability{-1};
 
 std::string available_list() {
   std::string s;
-  for (int i = 0; i <= 2; ++i) {
+  for (int i = 0; i <= kMaxCapability; ++i) {
     auto c = static_cast<CpuCapability>(i);
     if (capability_compiled(c) && capability_supported(c)) {
       if (!s.empty()) s += ", ";
@@ -184,7 +193,7 @@ void init_capability_from_env() {
   if (!v || !*v) return;
   CpuCapability c;
   if (!parse_capability(v, &c))
-    throw std::invalid_argument(std::string("FASTNN_CPU_CAPABILITY: expected one of baseline, avx2, avx512, got '") +
+    throw std::invalid_argument(std::string("FASTNN_CPU_CAPABILITY: expected one of baseline, avx2, avx512, avx512_bf16, got '") +
                                 v + "'");
   try {
     set_capability(c);

@@ -3,17 +3,20 @@
 
 namespace fastnn {
 
-// Ordered: a higher value implies every lower one.
-enum class CpuCapability : int { Baseline = 0, Avx2 = 1, Avx512 = 2 };
+// Ordered: a higher value implies every lower one. Avx512Bf16 runs the avx512 kernel tables, plus
+// the vdpbf16ps micro-kernel of the bf16 GEMM; forcing avx512 on such a CPU gives the float FMA
+// path of the bf16 GEMM (same bits), so the tests can run both on one machine.
+enum class CpuCapability : int { Baseline = 0, Avx2 = 1, Avx512 = 2, Avx512Bf16 = 3 };
+constexpr int kMaxCapability = 3;
 
 const char* capability_name(CpuCapability c);
-// Parses "baseline" | "avx2" | "avx512"; false for anything else.
+// Parses "baseline" | "avx2" | "avx512" | "avx512_bf16"; false for anything else.
 bool parse_capability(const char* name, CpuCapability* out);
 
 // Whether this build carries kernels for c (avx2/avx512 exist only in x86-64 builds).
 bool capability_compiled(CpuCapability c);
 // Whether the running CPU and OS can execute c: the instructions (cpuid) and the saved register
-// state (XGETBV: YMM for AVX2, opmask + ZMM for AVX-512).
+// state (XGETBV: YMM for AVX2, opmask + ZMM for AVX-512; AVX512_BF16: cpuid 7.1 EAX bit 5).
 bool capability_supported(CpuCapability c);
 // The best path that is both compiled and supported.
 CpuCapability best_capability();

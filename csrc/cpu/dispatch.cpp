@@ -7,7 +7,9 @@ namespace fastnn {
 const CpuKernels& cpu_kernels() {
   switch (current_capability()) {
 #ifdef FASTNN_HAVE_AVX512
-    case CpuCapability::Avx512: return avx512::kCpuKernels;
+    case CpuCapability::Avx512:
+    case CpuCapability::Avx512Bf16:  // the avx512 tables; the bf16 GEMM asks for vdpbf16ps itself
+      return avx512::kCpuKernels;
 #endif
 #ifdef FASTNN_HAVE_AVX2
     case CpuCapability::Avx2: return avx2::kCpuKernels;

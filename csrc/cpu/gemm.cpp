@@ -17,6 +17,8 @@
 #include "cpu/gemm.h"
 
 #include "core/allocator.h"
+#include "core/cpu_features.h"
+#include "core/dispatch.h"
 #include "core/parallel.h"
 #include "cpu/act_math.h"
 #include "cpu/simd.h"
@@ -214,6 +216,61 @@ void tile(int64_t kc, const T* a, const T* b, T* c, int64_t ldc, int64_t m, int6
   store_tile<T, MR, NV>(acc, c, ldc, m, n, e);
 }
 
+// ---- the vdpbf16ps micro-kernel (kPackBf16Pairs panels) ----------------------------------------
+// Compiled for AVX512_BF16 by function attribute only (the rest of this copy stays AVX-512F/BW/
+// DQ/VL) and called only where current_capability() is avx512_bf16. Per K pair, 2 vectors of B
+// (32 columns of pairs) and MR broadcast pairs of A: 2 MR vdpbf16ps, 32 multiply-adds each.
+#if FASTNN_ISA == 2
+constexpr bool kHaveDp = true;
+template <int MR>
+__attribute__((target("avx512bf16"), noinline)) void micro_kernel_dp(int64_t kcp, const float* a, const float* b,
+                                                                     Vec<float> (&out)[MR][2]) {
+  constexpr int AS = Tile<float>::MR;
+  static_assert(Tile<float>::NV == 2, "two vectors of pairs per B row pair");
+  const uint32_t* ap = reinterpret_cast<const uint32_t*>(a);
+  const uint32_t* bp = reinterpret_cast<const uint32_t*>(b);
+  __m512 acc[MR][2];
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+  for (int64_t p = 0; p < kcp / 2; ++p, ap += AS, bp += 32) {
+    const __m512bh b0 = (__m512bh)_mm512_loadu_si512(bp), b1 = (__m512bh)_mm512_loadu_si512(bp + 16);
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      const __m512bh ai = (__m512bh)_mm512_set1_epi32(static_cast<int>(ap[i]));
+      acc[i][0] = _mm512_dpbf16_ps(acc[i][0], ai, b0);
+      acc[i][1] = _mm512_dpbf16_ps(acc[i][1], ai, b1);
+    }
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) {
+    out[i][0] = Vec<float>{acc[i][0]};
+    out[i][1] = Vec<float>{acc[i][1]};
+  }
+}
+inline bool dp_enabled() { return current_capability() == CpuCapability::Avx512Bf16; }
+#else
+constexpr bool kHaveDp = false;
+template <int MR>
+void micro_kernel_dp(int64_t, const float*, const float*, Vec<float> (&)[MR][Tile<float>::NV]) {}
+inline bool dp_enabled() { return false; }
+#endif
+template <int MR>
+void micro_kernel_dp(int64_t, const double*, const double*, Vec<double> (&)[MR][Tile<double>::NV]) {}
+
+template <class T, int MR>
+void tile_dp(int64_t kcp, const T* a, const T* b, T* c, int64_t ldc, int64_t m, int64_t n, const TileEpilogue<T>& e) {
+  constexpr int NV = Tile<T>::NV;
+  Vec<T> acc[MR][NV];
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) {
+    if (i >= m) break;
+    __builtin_prefetch(c + i * ldc, 1, 3);
+    __builtin_prefetch(c + i * ldc + NV * Vec<T>::W - 1, 1, 3);
+  }
+  micro_kernel_dp<MR>(kcp, a, b, acc);
+  store_tile<T, MR, NV>(acc, c, ldc, m, n, e);
+}
+
 // ---- packing --------------------------------------------------------------------------------
 
 // Transposing packs (A with rows contiguous in k, B with columns contiguous in k: x @ W^T) move
@@ -348,13 +405,65 @@ constexpr bool kFastBitsPack = false;
 inline int64_t pack_a_fast(int64_t, const double*, int64_t, double*) { return 0; }
 inline int64_t pack_b_fast(int64_t, const double*, int64_t, double*, const RowBits&) { return 0; }
 
+// ---- bf16 (GemmArgs::bf16) -------------------------------------------------------------------
+// x rounded to bfloat16 (nearest even), kept in a float: NaN stays NaN (quieted), a subnormal
+// result becomes a signed zero (vdpbf16ps treats subnormal inputs as zero).
+inline float round_bf16(float x) {
+  uint32_t u;
+  __builtin_memcpy(&u, &x, 4);
+  if ((u & 0x7F800000u) == 0x7F800000u && (u & 0x007FFFFFu)) {
+    u = (u | 0x00400000u) & 0xFFFF0000u;
+  } else {
+    u = (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
+    if ((u & 0x7F800000u) == 0) u &= 0x80000000u;
+  }
+  __builtin_memcpy(&x, &u, 4);
+  return x;
+}
+
+// How a panel is packed: float, bf16 values in floats (K pairs swapped: the float micro-kernel walks
+// each pair odd k first, as vdpbf16ps sums it), or bf16 pairs for vdpbf16ps.
+enum PackMode : int { kPackF32 = 0, kPackBf16Floats = 1, kPackBf16Pairs = 2 };
+
+// A packed panel of kc rows (k-major, `width` elements per k) padded to kcp = kc rounded up to
+// even: row kc zeroed, every value rounded, then per K pair p either rows 2p, 2p+1 swapped
+// (kPackBf16Floats) or, in place from the panel's start, one 32-bit word per element j holding
+// bf16 (2p, j) low and (2p+1, j) high (kPackBf16Pairs: a pair is written at or before the bytes it
+// was read from, so the order of the loop makes it safe).
+inline void bf16_panel(float* p, int64_t kc, int64_t kcp, int64_t width, int mode) {
+  for (int64_t j = 0; j < width && kcp > kc; ++j) p[kc * width + j] = 0.0f;
+  uint32_t* w = reinterpret_cast<uint32_t*>(p);
+  for (int64_t k = 0; k < kcp; k += 2) {
+    float* r0 = p + k * width;
+    float* r1 = r0 + width;
+    for (int64_t j = 0; j < width; ++j) {
+      const float x0 = round_bf16(r0[j]), x1 = round_bf16(r1[j]);
+      if (mode == kPackBf16Pairs) {
+        uint32_t u0, u1;
+        __builtin_memcpy(&u0, &x0, 4);
+        __builtin_memcpy(&u1, &x1, 4);
+        w[(k / 2) * width + j] = (u0 >> 16) | (u1 & 0xFFFF0000u);
+      } else {
+        r0[j] = x1;
+        r1[j] = x0;
+      }
+    }
+  }
+}
+inline void bf16_panel(double*, int64_t, int64_t, int64_t, int) {}
+
+// K block length as packed: even under bf16 (whole K pairs), the pad row zero.
+inline int64_t k_packed(int64_t kc, int mode) { return mode != kPackF32 ? (kc + 1) / 2 * 2 : kc; }
+
 // A block rows [0, mc) x k [0, kc) of a (element (i, k) at a[i*rs + k*cs]) into MR-row panels,
 // minus the shifts (rsh[i], csh[k]; null for none).
 template <class T>
-void pack_a(int64_t mc, int64_t kc, const T* a, int64_t rs, int64_t cs, T* dst, const T* rsh, const T* csh) {
+void pack_a(int64_t mc, int64_t kc, const T* a, int64_t rs, int64_t cs, T* dst, const T* rsh, const T* csh,
+            int bf16) {
   using V = Vec<T>;
   constexpr int MR = Blocking<T>::MR;
-  for (int64_t i0 = 0; i0 < mc; i0 += MR, dst += MR * kc) {
+  const int64_t kcp = k_packed(kc, bf16);
+  for (int64_t i0 = 0; i0 < mc; i0 += MR, dst += MR * kcp) {
     const int64_t mr = mc - i0 < MR ? mc - i0 : MR;
     const T* src = a + i0 * rs;
     if (cs == 1 && mr == MR) {  // rows contiguous in k: read each row as one run
@@ -383,6 +492,7 @@ void pack_a(int64_t mc, int64_t kc, const T* a, int64_t rs, int64_t cs, T* dst, 
         for (int64_t i = 0; i < mr; ++i) dst[k * MR + i] = (dst[k * MR + i] - r[i]) - ck;
       }
     }
+    if (bf16) bf16_panel(dst, kc, kcp, MR, bf16);
   }
 }
 
@@ -398,7 +508,8 @@ struct BPrologue {
 
 // One NR-column panel of B (element (k, j) at b[k*rs + j*cs]), nr <= NR valid columns.
 template <class T>
-void pack_b_panel(int64_t kc, int64_t nr, const T* b, int64_t rs, int64_t cs, T* dst, const BPrologue<T>& pro) {
+void pack_b_panel(int64_t kc, int64_t nr, const T* b, int64_t rs, int64_t cs, T* dst, const BPrologue<T>& pro,
+                  int bf16) {
   using V = Vec<T>;
   constexpr int NR = Blocking<T>::NR;
   bool masked = false;  // keep bits already applied
@@ -460,6 +571,7 @@ void pack_b_panel(int64_t kc, int64_t nr, const T* b, int64_t rs, int64_t cs, T*
         }
     }
   }
+  if (bf16) bf16_panel(dst, kc, k_packed(kc, bf16), NR, bf16);
 }
 
 // 64-byte aligned scratch, freed on scope exit (no std:: template instantiated in a per-ISA file).
@@ -492,27 +604,127 @@ struct Problem {
   const ActForward<Vec<T>>* f;
 };
 
+// K in equal blocks of at most KC (1024 = 6 x 171, not 5 x 192 + 64: no short last block).
+// Under bf16 the blocks are even (whole K pairs; only the last may be odd, padded when packed) and
+// at most 256 on every ISA, so each C element is the same sum of block partials on every path.
+constexpr int64_t kKcBf16 = 256;
+template <class T>
+inline int64_t k_block(int64_t K, bool bf16) {
+  const int64_t KC = bf16 ? kKcBf16 : Blocking<T>::KC;
+  const int64_t kblocks = K > KC ? (K + KC - 1) / KC : 1;
+  const int64_t kc = (K + kblocks - 1) / kblocks;
+  return bf16 ? (kc + 1) / 2 * 2 : kc;
+}
+
+// B packed whole (all of K, the thread's columns), the C-once order: ic outer, and for each tile
+// every K block in turn, the block sums added in registers, C written once. Each C element is the
+// same sum as in gemm_block (block partials from zero, added in block order; a float stored and
+// reloaded is exact), so the two orders give the same bits. It pays when C is much larger than the
+// last-level cache (PCA's 60000 x 784 projection: 188 MB streamed once instead of once per K block).
+template <class T>
+void gemm_block_c_once(const Problem<T>& P, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
+  using B = Blocking<T>;
+  constexpr int64_t MR = B::MR, NR = B::NR;
+  const GemmArgs<T>& g = *P.args;
+  const int64_t N = j1 - j0, K = P.K;
+  const bool dp = kHaveDp && g.bf16 && sizeof(T) == 4 && dp_enabled();
+  const int bf16 = !g.bf16 ? kPackF32 : dp ? kPackBf16Pairs : kPackBf16Floats;
+  const int64_t kc_max = k_block<T>(K, g.bf16);
+  const int64_t Kp = K + 1;  // packed K with the last block's pad row (bf16, odd K)
+  const int64_t np = (N + NR - 1) / NR;
+  // The A block, all of K, in about half of L2 (512 KiB), as gemm_block's MC x KC.
+  int64_t mc_max = (512 * 1024) / (K * static_cast<int64_t>(sizeof(T))) / MR * MR;
+  if (mc_max < MR) mc_max = MR;
+  Scratch<T> buf(Kp * np * NR + mc_max * Kp);
+  T* const bpack = buf.p;                // K block p at bpack + p * kc_max * np * NR, panel jr at + jr * kcp
+  T* const apack = buf.p + Kp * np * NR;  // K block p at apack + p * kc_max * mc_max, panel ir at + ir * kcp
+  for (int64_t pc = 0; pc < K; pc += kc_max) {
+    const int64_t kc = K - pc < kc_max ? K - pc : kc_max;
+    for (int64_t jr = 0; jr < N; jr += NR) {
+      BPrologue<T> pro;
+      if (g.b_col_shift) pro.csh = g.b_col_shift + j0 + jr;
+      if (g.b_bits) {
+        pro.bits = g.b_bits;
+        pro.bit0 = pc * g.b_bits_rs + (j0 + jr) * g.b_bits_cs;
+        pro.brs = g.b_bits_rs;
+        pro.bcs = g.b_bits_cs;
+        pro.scale = g.b_scale;
+      }
+      pack_b_panel<T>(kc, N - jr < NR ? N - jr : NR, P.b + pc * P.rsb + (j0 + jr) * P.csb, P.rsb, P.csb,
+                      bpack + pc * np * NR + jr * k_packed(kc, bf16), pro, bf16);
+    }
+  }
+  constexpr int NV = Tile<T>::NV;
+  using V = Vec<T>;
+  for (int64_t ic = i0; ic < i1; ic += mc_max) {
+    const int64_t mc = i1 - ic < mc_max ? i1 - ic : mc_max;
+    for (int64_t pc = 0; pc < K; pc += kc_max) {
+      const int64_t kc = K - pc < kc_max ? K - pc : kc_max;
+      pack_a<T>(mc, kc, P.a + ic * P.rsa + pc * P.csa, P.rsa, P.csa, apack + pc * mc_max,
+                g.a_row_shift ? g.a_row_shift + ic : nullptr, g.a_col_shift ? g.a_col_shift + pc : nullptr, bf16);
+    }
+    for (int64_t jr = 0; jr < N; jr += NR) {
+      const int64_t nr = N - jr < NR ? N - jr : NR;
+      for (int64_t ir = 0; ir < mc; ir += MR) {
+        const int64_t m = mc - ir < MR ? mc - ir : MR;
+        TileEpilogue<T> e{false, true, ic + ir, j0 + jr, &g, P.f};
+        T* cp = P.c + (ic + ir) * P.ldc + j0 + jr;
+        V sum[MR][NV], acc[MR][NV];
+        for (int64_t pc = 0; pc < K; pc += kc_max) {
+          const int64_t kc = k_packed(K - pc < kc_max ? K - pc : kc_max, bf16);
+          const T* ap = apack + pc * mc_max + ir * kc;
+          const T* bp = bpack + pc * np * NR + jr * kc;
+          if (dp) micro_kernel_dp<MR>(kc, ap, bp, pc == 0 ? sum : acc);
+          else micro_kernel<T, MR, NV, MR>(kc, ap, bp, pc == 0 ? sum : acc);
+          if (pc > 0)
+#pragma GCC unroll 16
+            for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+              for (int v = 0; v < NV; ++v) sum[i][v] = sum[i][v] + acc[i][v];
+        }
+        store_tile<T, MR, NV>(sum, cp, P.ldc, m, nr, e);
+      }
+    }
+  }
+}
+
+// Whether gemm_block_c_once is the better order: C (all of it) is far larger than the last-level
+// cache, so the per-K-block passes over it go to memory, while B packed whole for every thread
+// fits in half of it (the other half for A blocks and C lines passing through). Either order gives
+// the same bits, so this may depend on the thread count.
+template <class T>
+bool c_once_pays(int64_t M, int64_t N, int64_t K, int64_t threads, bool upper) {
+  if (upper || K <= kKcBf16) return false;  // one K block: C is written once anyway
+  // The queried size is not trusted upward: this Zen 4 VM reports 300 MiB (the cores own 32 MiB).
+  const double llc = static_cast<double>(llc_bytes() < (32ll << 20) ? llc_bytes() : (32ll << 20));
+  const double c_bytes = double(M) * double(N) * sizeof(T);
+  const double b_bytes = double(K) * double(N + Blocking<T>::NR) * sizeof(T) * double(threads);
+  return c_bytes > 2.0 * llc && b_bytes <= 0.5 * llc;
+}
+
 // The BLIS loop nest on one thread, over the block [i0, i1) x [j0, j1) of C, with its own
 // packing buffers.
 template <class T>
 void gemm_block(const Problem<T>& P, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
   using B = Blocking<T>;
-  constexpr int64_t MR = B::MR, NR = B::NR, KC = B::KC, MC = B::MC, NC = B::NC;
+  constexpr int64_t MR = B::MR, NR = B::NR, MC = B::MC, NC = B::NC;
   const GemmArgs<T>& g = *P.args;
   const int64_t M = i1 - i0, N = j1 - j0, K = P.K;
-  // K in equal blocks of at most KC (1024 = 6 x 171, not 5 x 192 + 64: no short last block).
-  const int64_t kblocks = K > KC ? (K + KC - 1) / KC : 1;
-  const int64_t kc_max = (K + kblocks - 1) / kblocks;
+  const bool dp = kHaveDp && g.bf16 && sizeof(T) == 4 && dp_enabled();
+  const int bf16 = !g.bf16 ? kPackF32 : dp ? kPackBf16Pairs : kPackBf16Floats;
+  const int64_t kc_max = k_block<T>(K, g.bf16);
+  const int64_t kp_max = k_packed(kc_max, bf16);
   const int64_t nc_max = ((N < NC ? N : NC) + NR - 1) / NR * NR;
   const int64_t mc_max = ((M < MC ? M : MC) + MR - 1) / MR * MR;
-  Scratch<T> buf(kc_max * (nc_max + mc_max));
+  Scratch<T> buf(kp_max * (nc_max + mc_max));
   T* const bpack_p = buf.p;
-  T* const apack_p = buf.p + kc_max * nc_max;
+  T* const apack_p = buf.p + kp_max * nc_max;
   for (int64_t jc = j0; jc < j1; jc += NC) {
     const int64_t nc = j1 - jc < NC ? j1 - jc : NC;
     if (g.upper && jc + nc <= i0) continue;  // wholly below the diagonal
     for (int64_t pc = 0;; pc += kc_max) {  // at least once: K == 0 still writes C (zeros + epilogue)
       const int64_t kc = K - pc < kc_max ? K - pc : kc_max;
+      const int64_t kcp = k_packed(kc, bf16);
       TileEpilogue<T> e{pc > 0, pc + kc >= K, 0, 0, &g, P.f};
       for (int64_t jr = 0; jr < nc; jr += NR) {
         BPrologue<T> pro;
@@ -525,13 +737,13 @@ void gemm_block(const Problem<T>& P, int64_t i0, int64_t i1, int64_t j0, int64_t
           pro.scale = g.b_scale;
         }
         pack_b_panel<T>(kc, nc - jr < NR ? nc - jr : NR, P.b + pc * P.rsb + (jc + jr) * P.csb, P.rsb, P.csb,
-                        bpack_p + jr * kc, pro);
+                        bpack_p + jr * kcp, pro, bf16);
       }
       for (int64_t ic = i0; ic < i1; ic += MC) {
         const int64_t mc = i1 - ic < MC ? i1 - ic : MC;
         if (g.upper && jc + nc <= ic) break;  // this and later row blocks are below the diagonal
         pack_a<T>(mc, kc, P.a + ic * P.rsa + pc * P.csa, P.rsa, P.csa, apack_p,
-                  g.a_row_shift ? g.a_row_shift + ic : nullptr, g.a_col_shift ? g.a_col_shift + pc : nullptr);
+                  g.a_row_shift ? g.a_row_shift + ic : nullptr, g.a_col_shift ? g.a_col_shift + pc : nullptr, bf16);
         for (int64_t jr = 0; jr < nc; jr += NR) {
           const int64_t j = jc + jr, nr = nc - jr < NR ? nc - jr : NR;
           e.gj = j;
@@ -539,12 +751,16 @@ void gemm_block(const Problem<T>& P, int64_t i0, int64_t i1, int64_t j0, int64_t
             const int64_t m = mc - ir < MR ? mc - ir : MR;
             if (g.upper && j + nr <= ic + ir) break;  // the tile and those below it: under the diagonal
             e.gi = ic + ir;
-            const T* ap = apack_p + ir * kc;
+            const T* ap = apack_p + ir * kcp;
             T* cp = P.c + (ic + ir) * P.ldc + j;
-            const T* bp = bpack_p + jr * kc;
-            if (m <= Tile<T>::E1) tile<T, Tile<T>::E1>(kc, ap, bp, cp, P.ldc, m, nr, e);
-            else if (m <= Tile<T>::E2) tile<T, Tile<T>::E2>(kc, ap, bp, cp, P.ldc, m, nr, e);
-            else tile<T, MR>(kc, ap, bp, cp, P.ldc, m, nr, e);
+            const T* bp = bpack_p + jr * kcp;
+            if (dp) {
+              if (m <= Tile<T>::E1) tile_dp<T, Tile<T>::E1>(kcp, ap, bp, cp, P.ldc, m, nr, e);
+              else if (m <= Tile<T>::E2) tile_dp<T, Tile<T>::E2>(kcp, ap, bp, cp, P.ldc, m, nr, e);
+              else tile_dp<T, MR>(kcp, ap, bp, cp, P.ldc, m, nr, e);
+            } else if (m <= Tile<T>::E1) tile<T, Tile<T>::E1>(kcp, ap, bp, cp, P.ldc, m, nr, e);
+            else if (m <= Tile<T>::E2) tile<T, Tile<T>::E2>(kcp, ap, bp, cp, P.ldc, m, nr, e);
+            else tile<T, MR>(kcp, ap, bp, cp, P.ldc, m, nr, e);
           }
         }
       }
@@ -599,12 +815,14 @@ void gemm_driver(int64_t M, int64_t N, int64_t K, const T* a, int64_t rsa, int64
     for (int64_t acc = 0; p < mp && acc < target; ++p) acc += upper_work(p);
     return p;
   };
+  const bool c_once = c_once_pays<T>(M, N, K, tasks, args.upper);
+  auto block = c_once ? &gemm_block_c_once<T> : &gemm_block<T>;
   parallel_for(tasks, 1, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t p0 = boundary(t), p1 = boundary(t + 1);
       if (p0 >= p1) continue;
-      if (along_m) gemm_block<T>(P, p0 * MR, p1 * MR < M ? p1 * MR : M, 0, N);
-      else gemm_block<T>(P, 0, M, p0 * NR, p1 * NR < N ? p1 * NR : N);
+      if (along_m) block(P, p0 * MR, p1 * MR < M ? p1 * MR : M, 0, N);
+      else block(P, 0, M, p0 * NR, p1 * NR < N ? p1 * NR : N);
     }
   });
 }

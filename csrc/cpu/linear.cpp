@@ -64,6 +64,7 @@ void matmul(const MatmulArgs<T>& a) {
   g.a_col_shift = a.a_col_shift;
   g.b_col_shift = a.b_col_shift;
   g.upper = a.upper;
+  g.bf16 = a.bf16;
   gemm_kernels_for<T>().gemm(a.M, a.N, a.K, a.a, a.rsa, a.csa, a.b, a.rsb, a.csb, a.c, a.N, g);
   if (a.upper) mirror_upper(a.c, a.N, a.N);
 }
@@ -94,6 +95,7 @@ void linear_forward(const LinearForwardArgs<T>& a) {
   g.pos_bits = a.pos_bits;
   g.pos_ld = pos_row_bytes(N);
   g.pos_from_y = a.pos_from_y;
+  g.bf16 = a.bf16;
   gemm_kernels_for<T>().gemm(M, N, K, a.x, a.rsx, a.csx, a.w, a.csw, a.rsw, a.y, N, g);
 }
 
@@ -136,6 +138,7 @@ void linear_backward(const LinearBackwardArgs<T>& a) {
     gx.b_bits_cs = 1;
     gx.b_scale = static_cast<T>(a.rnd.dc_scale);
   }
+  gx.bf16 = a.bf16;
   if (a.grad_x) kern.gemm(M, K, N, gz, N, 1, a.w, a.rsw, a.csw, a.grad_x, K, gx);
   // grad_W (N, K) = gz^T (N, M) . x (M, K), then DropConnect's mask in the epilogue.
   GemmArgs<T> gw;
@@ -144,6 +147,7 @@ void linear_backward(const LinearBackwardArgs<T>& a) {
     gw.drop_ld = K;
     gw.drop_scale = static_cast<T>(a.rnd.dc_scale);
   }
+  gw.bf16 = a.bf16;
   kern.gemm(N, K, M, gz, 1, N, a.x, a.rsx, a.csx, a.grad_w, K, gw);
   host_free(gz, gz_bytes);
 }

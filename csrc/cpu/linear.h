@@ -52,6 +52,7 @@ struct MatmulArgs {
   LinearAct<T> act;
   const T *a_row_shift = nullptr, *a_col_shift = nullptr, *b_col_shift = nullptr;
   bool upper = false;
+  bool bf16 = false;  // operands rounded to bfloat16 while packed, float32 accumulation (float32 only)
 };
 
 template <class T>
@@ -68,6 +69,7 @@ struct LinearForwardArgs {
   uint8_t* pos_bits = nullptr;  // (M, pos_row_bytes(N)): bit j of row i = pos_from_y ? y > 0 : z > 0
   bool pos_from_y = false;
   T* z_out = nullptr;  // (M, N) pre-activation, or null
+  bool bf16 = false;   // as MatmulArgs::bf16
 };
 
 template <class T>
@@ -87,6 +89,7 @@ struct LinearBackwardArgs {
   T* grad_w = nullptr;               // (N, K)
   T* grad_b = nullptr;               // (N,) or null
   T* grad_prelu = nullptr;           // prelu_n or null
+  bool bf16 = false;                 // both GEMMs, as MatmulArgs::bf16
 };
 
 // What the backward of `act` reads from the forward.

@@ -1,0 +1,151 @@
+"""The bf16 GEMM (precision="bf16" of _C.matmul / linear_forward / linear_backward) on every CPU
+path, against a float32 emulation of the specified order and a float64 product.
+
+Specification (csrc/cpu/gemm.h, GemmArgs::bf16): A and B are rounded to bfloat16 while packed
+(round to nearest even, NaN kept NaN, a subnormal bf16 result becomes a signed zero); K is cut into
+ceil(K / 256) equal blocks rounded up to even length; within a block, from zero, each K pair
+(2p, 2p+1) is added odd k first, one rounded float32 addition of the exact product each (what
+vdpbf16ps computes, checked bit for bit on Zen 4); the block partials are added in block order.
+Every path must give exactly that: emulate() below, so paths and thread counts are bit-identical.
+Written tolerance against the float64 product of the rounded operands: K * 2**-24 * (|A| @ |B|)
+per element (K rounded additions of exact products). Not covered: vdpbf16ps flushes subnormal
+float32 sums to zero, the float32 FMA paths keep them (differences below 2**-126 only).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fastnn
+from fastnn import _C
+
+KC_BF16 = 256
+
+
+def round_bf16(x):
+    """float32 -> float32 holding the nearest-even bfloat16; NaN stays NaN, subnormals to +-0."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    nan = ((u & 0x7F800000) == 0x7F800000) & ((u & 0x007FFFFF) != 0)
+    r = ((u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000)
+    r = np.where((r & 0x7F800000) == 0, r & 0x80000000, r)
+    r = np.where(nan, (u | 0x00400000) & 0xFFFF0000, r)
+    return r.astype(np.uint32).view(np.float32).reshape(np.shape(x))
+
+
+def emulate(a, b):
+    """The specified float32 sum order over rounded a (M, K) and b (K, N)."""
+    ar, br = round_bf16(a), round_bf16(b)
+    m, k = ar.shape
+    n = br.shape[1]
+    nblocks = -(-k // KC_BF16) if k > KC_BF16 else 1
+    kc = -(-k // nblocks) if k else 0
+    kc += kc % 2
+    out = np.zeros((m, n), np.float32)
+    for p0 in range(0, k, max(kc, 1)):
+        part = np.zeros((m, n), np.float32)
+        for p in range(p0, min(p0 + kc, k), 2):
+            for q in (p + 1, p):
+                if q < min(p0 + kc, k):
+                    part += ar[:, q:q + 1] * br[q:q + 1, :]  # exact product, one rounding
+                else:
+                    part += np.float32(0) * br[p:p + 1, :]  # the zero pad row of an odd K
+        out = part if p0 == 0 else out + part
+    return out
+
+
+def bound(a, b):
+    ar, br = round_bf16(a).astype(np.float64), round_bf16(b).astype(np.float64)
+    return ar @ br, max(a.shape[1], 1) * 2.0 ** -24 * (np.abs(ar) @ np.abs(br))
+
+
+def mm(a, b, **kw):
+    out = np.empty((a.shape[0], b.shape[1]), np.float32)
+    _C.matmul(a, b, out, precision="bf16", **kw)
+    return out
+
+
+SHAPES = [(1, 1, 1), (3, 5, 7), (17, 33, 65), (15, 129, 255), (29, 31, 257), (64, 65, 513), (128, 512, 784),
+          (2, 3, 0), (31, 47, 1000)]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_matches_spec_and_float64(capability, rng, shape):
+    m, n, k = shape
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    b = rng.standard_normal((k, n)).astype(np.float32)
+    c = mm(a, b)
+    exact, tol = bound(a, b)
+    assert np.all(np.abs(c - exact) <= tol), f"{capability}: beyond K * 2^-24 * |A||B|"
+    np.testing.assert_array_equal(c, emulate(a, b), err_msg=f"{capability}: not the specified order")
+
+
+def test_rounding_is_nearest_even_and_keeps_nan(capability):
+    # 1 + 2^-8 is a tie (to 1), 1 + 3 * 2^-8 a tie (to 1 + 2^-6 ... even), 1 + 2^-8 + 2^-20 rounds up.
+    a = np.array([[1 + 2 ** -8, 1 + 3 * 2 ** -8, 1 + 2 ** -8 + 2 ** -20, 2 ** -130, np.nan]], np.float32)
+    eye = np.eye(5, dtype=np.float32)
+    c = mm(a.T.copy(), np.ones((1, 1), np.float32))[:, 0]
+    exp = round_bf16(a[0])
+    np.testing.assert_array_equal(c[:4], exp[:4])
+    assert exp[0] == 1.0 and exp[1] == np.float32(1 + 2 ** -6) and exp[2] == np.float32(1 + 2 ** -7)
+    assert exp[3] == 0.0 and np.isnan(c[4])
+    assert np.isnan(mm(a, eye)[0, 4])
+
+
+def test_layouts_and_shifts(capability, rng):
+    a = np.asfortranarray(rng.standard_normal((45, 300)).astype(np.float32))
+    b = rng.standard_normal((77, 300)).astype(np.float32).T  # a transposed C-ordered operand
+    rs = rng.standard_normal(45).astype(np.float32)
+    bias = rng.standard_normal(77).astype(np.float32)
+    c = mm(a, b, bias=bias, a_row_shift=rs)
+    want = emulate(np.ascontiguousarray(a) - rs[:, None], b) + bias  # bias added in float32 after the sum
+    np.testing.assert_array_equal(c, want)
+
+
+@pytest.mark.parametrize("shape", [(256, 300, 700), (1000, 64, 513)], ids=lambda s: "x".join(map(str, s)))
+def test_thread_count_and_path_invariance(rng, restore_num_threads, shape):
+    m, n, k = shape
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    b = rng.standard_normal((k, n)).astype(np.float32)
+    original = fastnn.get_cpu_capability()
+    results = {}
+    try:
+        for cap in _C.supported_capabilities():
+            fastnn.set_cpu_capability(cap)
+            for t in (1, 2):
+                fastnn.set_num_threads(t)
+                results[(cap, t)] = mm(a, b)
+    finally:
+        fastnn.set_cpu_capability(original)
+    first = next(iter(results.values()))
+    for key, r in results.items():
+        np.testing.assert_array_equal(r, first, err_msg=f"{key} differs")
+    np.testing.assert_array_equal(first, emulate(a, b))
+
+
+def test_linear_forward_and_backward_bf16(capability, rng):
+    m, k, n = 37, 130, 45
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    out = np.empty((m, n), np.float32)
+    _C.linear_forward(x, w, out, bias, -1, 0.01, 1.0, 1.0, None, False, 0, 1.0, False, 0, 1.0, 0, 0, None, False,
+                      None, precision="bf16")
+    np.testing.assert_array_equal(out, emulate(x, w.T) + bias)
+    g = rng.standard_normal((m, n)).astype(np.float32)
+    gx = np.empty((m, k), np.float32)
+    gw = np.empty((n, k), np.float32)
+    gb = np.empty(n, np.float32)
+    _C.linear_backward(g, x, w, gx, gw, gb, -1, 0.01, 1.0, 1.0, None, None, None, None, None, False, 0, 1.0,
+                       False, 0, 1.0, 0, 0, precision="bf16")
+    np.testing.assert_array_equal(gx, emulate(g, w))
+    np.testing.assert_array_equal(gw, emulate(g.T, x))
+
+
+def test_bad_precision():
+    a = np.ones((2, 2), np.float32)
+    with pytest.raises(ValueError, match="precision: expected 'fp32' or 'bf16', got 'fp16'"):
+        _C.matmul(a, a, np.empty((2, 2), np.float32), precision="fp16")
+    d = np.ones((2, 2))
+    with pytest.raises(TypeError, match="precision: 'bf16' needs float32"):
+        _C.matmul(d, d, np.empty((2, 2)), precision="bf16")
