@@ -18,7 +18,7 @@
 
 #include "core/allocator.h"
 #include "core/cpu_features.h"
-#include "core/dispatch.h"
+#include "core/cpu_features.h"
 #include "core/parallel.h"
 #include "cpu/act_math.h"
 #include "cpu/simd.h"
