@@ -249,7 +249,7 @@ def read_checkpoint(path):
         raise _fail(p, f"corrupted, truncated or another kind of file ({type(e).__name__}: {e})") from None
     _check_meta(p, meta)
     for name, a in arrays.items():
-        if not (name.startswith("param/") or name.startswith("optim/")):
+        if not name.startswith(("param/", "optim/")):
             raise _fail(p, f"unexpected array {name!r}")
         if a.dtype.kind != "f":
             raise _fail(p, f"array {name!r} is {a.dtype}, expected floating point")

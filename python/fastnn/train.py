@@ -122,7 +122,8 @@ def _loss_object(loss):
 def _params_finite(params) -> bool:
     # np.isfinite(x).all() allocates a bool array; the sum of a finite array is finite, and
     # overflow of the sum to inf only causes a (conservative) false alarm on huge weights.
-    return all(math.isfinite(float(np.add.reduce(p.data, axis=None, dtype=np.float64))) for p in params)
+    with np.errstate(invalid="ignore", over="ignore"):
+        return all(math.isfinite(float(np.add.reduce(p.data, axis=None, dtype=np.float64))) for p in params)
 
 
 class Trainer:
@@ -329,7 +330,7 @@ class Trainer:
             f = validation_fraction
             if isinstance(f, bool) or not isinstance(f, numbers.Real) or not 0.0 < f < 1.0:
                 raise ValueError(f"validation_fraction: expected a number in (0, 1), got {f!r}")
-            n_val = int(math.ceil(f * X.shape[0]))
+            n_val = math.ceil(f * X.shape[0])
             if n_val >= X.shape[0]:
                 raise ValueError(f"validation_fraction: {f} of {X.shape[0]} rows leaves no training rows")
             perm = self.rng.permutation(X.shape[0])
@@ -460,7 +461,7 @@ class Trainer:
             if diverged is None and not _params_finite(params):
                 # the epoch's last update (whose loss was measured before it) made a weight
                 # non-finite: the same divergence, caught at the epoch boundary
-                diverged = (epoch, steps - 1, "non-finite in the parameters after the update")
+                diverged = (epoch, steps - 1, "a parameter became NaN or inf in the update")
             if bar is not None:
                 bar.close()
             if diverged is not None:
