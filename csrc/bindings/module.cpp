@@ -14,6 +14,7 @@
 #include "core/parallel.h"
 
 namespace fastnn {
+void register_metrics(py::module_& m);  // bindings/metrics.cpp
 namespace {
 
 py::list compiled_capabilities() {
@@ -115,6 +116,7 @@ PYBIND11_MODULE(_C, m) {
   register_loss(m);
   register_augment(m);
   register_stats(m);
+  register_metrics(m);
 #ifdef FASTNN_WITH_CUDA
   m.attr("cuda_compiled") = true;
   register_cuda(m);
