@@ -30,8 +30,9 @@ Constructor (a stable signature: the ``fastnn train`` command builds on it)::
 - ``l1``, ``l2``: fastnn.regularization's penalty on weights (not biases), applied inside the
   optimizer's fused step; its value is added to the reported training loss.
 - ``augment``: None or a callable ``(x, y, step) -> (x, y)`` applied to every training batch
-  (fastnn.augment; mixup returns soft targets). It receives the trainer's batch buffers and may
-  modify them in place; ``step`` is the global optimizer step.
+  (fastnn.augment; mixup returns soft targets). It receives the trainer's batch buffers (fixed,
+  reused every step; never views of the caller's X) and may modify them in place; ``step`` is
+  the global optimizer step.
 - ``verbose``: a tqdm progress bar (loss, accuracy, lr) when tqdm is installed and stderr is a
   terminal; otherwise one summary line per epoch on stdout; False prints nothing.
 - ``seed``: None (NumPy's entropy) or an int: seeds the shuffling / validation-split generator
@@ -59,12 +60,12 @@ Divergence: if a step's loss is NaN or inf, fit stops, warns (TrainingDivergedWa
 epoch and step and suggesting a lower learning rate, and restores the parameters and optimizer
 state of the last epoch boundary at which all parameters were finite.
 
-Checkpoints are a single .npz holding the parameter arrays, the optimizer's state arrays and a
-JSON document (architecture from ``Module.config()``, parameter shapes, optimizer and trainer
-settings, history). No pickle anywhere (np.load runs with allow_pickle=False), so loading an
-untrusted file cannot run code. safetensors would need a dependency; .npz is NumPy's own. Files
-are written atomically: a temporary file in the same directory, fsync, then os.replace, so a
-crash during save leaves the previous file intact.
+Checkpoints (``save`` / ``load``; fastnn.checkpoint, re-exported here as save_model and
+load_model) are a single .npz holding the parameter arrays, the optimizer's state arrays and a
+JSON document (architecture, parameter shapes, optimizer and trainer settings, history, the
+shuffling generator's state: a loaded trainer continues exactly as the uninterrupted run). No
+pickle; every field is checked on load, and a malformed file is a ValueError naming it. Written
+atomically; see fastnn.checkpoint.
 """
 
 from __future__ import annotations
