@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
+import json
+import struct
 
 import fastnn
+import numpy as np
+import pytest
 from fastnn import nn, optim, transfer
 
 
@@ -177,3 +179,64 @@ def test_transfer_beats_scratch_on_a_small_labelled_set():
                                                                               batch_size=16)
     acc_scratch = float(np.mean(scratch.eval()(Xt[te]).argmax(1) == yt[te]))
     assert acc_transfer >= acc_scratch + 0.07, (acc_transfer, acc_scratch)
+
+
+def _raw_safetensors(path, header, data=b"\0" * 64):
+    h = header if isinstance(header, bytes) else json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(h)) + h + data)
+
+
+@pytest.mark.parametrize("header", [
+    {"w": {"dtype": "F32", "shape": [2], "data_offsets": [0.0, 8.0]}},      # float offsets
+    {"w": {"dtype": "F32", "shape": [2], "data_offsets": ["0", "8"]}},      # string offsets
+    {"w": {"dtype": ["F32"], "shape": [2], "data_offsets": [0, 8]}},        # a list dtype
+    {"w": {"dtype": "F32", "shape": "2", "data_offsets": [0, 8]}},          # a string shape
+    {"w": {"dtype": "F32", "shape": [2.0], "data_offsets": [0, 8]}},        # a float dimension
+    {"w": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}},         # a negative dimension
+    {"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8, 9]}},       # three offsets
+    {"w": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}},          # size != bytes
+    {"w": {"dtype": "F32", "shape": [2], "data_offsets": [8, 0]}},          # reversed
+    {"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 800]}},        # outside the data
+    {"w": [1, 2]},                                                           # entry not an object
+    [1, 2, 3],                                                               # header a list
+    42,                                                                      # header a number
+    "text",                                                                  # header a string
+    b"[" * 100000 + b"]" * 100000,                                           # deep nesting
+    b"\xff\xfe",                                                             # not UTF-8
+    b"{not json",
+])
+def test_safetensors_malformed_header_is_value_error_naming_file(tmp_path, header):
+    p = tmp_path / "bad.safetensors"
+    _raw_safetensors(p, header)
+    with pytest.raises(ValueError, match="bad.safetensors"):
+        transfer.read_safetensors(p)
+
+
+def test_safetensors_header_length_beyond_file(tmp_path):
+    p = tmp_path / "bad.safetensors"
+    p.write_bytes(struct.pack("<Q", 10**12) + b"{}")
+    with pytest.raises(ValueError, match="bad.safetensors"):
+        transfer.read_safetensors(p)
+    p.write_bytes(b"\1\0")
+    with pytest.raises(ValueError, match="bad.safetensors"):
+        transfer.read_safetensors(p)
+
+
+def test_safetensors_overlapping_tensors_rejected(tmp_path):
+    p = tmp_path / "ov.safetensors"
+    _raw_safetensors(p, {"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]},
+                         "b": {"dtype": "F32", "shape": [2], "data_offsets": [8, 16]}})
+    with pytest.raises(ValueError, match="overlap"):
+        transfer.read_safetensors(p)
+    # an overlap hidden behind an empty tensor between the two spans is still found
+    _raw_safetensors(p, {"a": {"dtype": "F32", "shape": [8], "data_offsets": [0, 32]},
+                         "e": {"dtype": "F32", "shape": [0], "data_offsets": [4, 4]},
+                         "b": {"dtype": "F32", "shape": [2], "data_offsets": [16, 24]}})
+    with pytest.raises(ValueError, match="overlap"):
+        transfer.read_safetensors(p)
+    # adjacent spans and an empty tensor inside another are fine
+    _raw_safetensors(p, {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                         "e": {"dtype": "F32", "shape": [0, 3], "data_offsets": [4, 4]},
+                         "b": {"dtype": "F32", "shape": [2], "data_offsets": [8, 16]}})
+    got = transfer.read_safetensors(p)
+    assert got["e"].shape == (0, 3) and got["a"].shape == (2,) and got["b"].shape == (2,)

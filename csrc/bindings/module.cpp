@@ -14,6 +14,7 @@
 #include "core/parallel.h"
 
 namespace fastnn {
+void register_metrics(py::module_& m);  // bindings/metrics.cpp
 namespace {
 
 py::list compiled_capabilities() {
@@ -160,6 +161,7 @@ PYBIND11_MODULE(_C, m) {
   register_loss(cpu);
   register_augment(cpu);
   register_stats(cpu);
+  register_metrics(cpu);
   for (auto item : cpu.attr("__dict__").cast<py::dict>()) {
     const std::string name = item.first.cast<std::string>();
     if (name.rfind("__", 0) == 0) continue;

@@ -30,8 +30,9 @@ Constructor (a stable signature: the ``fastnn train`` command builds on it)::
 - ``l1``, ``l2``: fastnn.regularization's penalty on weights (not biases), applied inside the
   optimizer's fused step; its value is added to the reported training loss.
 - ``augment``: None or a callable ``(x, y, step) -> (x, y)`` applied to every training batch
-  (fastnn.augment; mixup returns soft targets). It receives the trainer's batch buffers and may
-  modify them in place; ``step`` is the global optimizer step.
+  (fastnn.augment; mixup returns soft targets). It receives the trainer's batch buffers (fixed,
+  reused every step; never views of the caller's X) and may modify them in place; ``step`` is
+  the global optimizer step.
 - ``verbose``: a tqdm progress bar (loss, accuracy, lr) when tqdm is installed and stderr is a
   terminal; otherwise one summary line per epoch on stdout; False prints nothing.
 - ``seed``: None (NumPy's entropy) or an int: seeds the shuffling / validation-split generator
@@ -59,41 +60,37 @@ Divergence: if a step's loss is NaN or inf, fit stops, warns (TrainingDivergedWa
 epoch and step and suggesting a lower learning rate, and restores the parameters and optimizer
 state of the last epoch boundary at which all parameters were finite.
 
-Checkpoints are a single .npz holding the parameter arrays, the optimizer's state arrays and a
-JSON document (architecture from ``Module.config()``, parameter shapes, optimizer and trainer
-settings, history). No pickle anywhere (np.load runs with allow_pickle=False), so loading an
-untrusted file cannot run code. safetensors would need a dependency; .npz is NumPy's own. Files
-are written atomically: a temporary file in the same directory, fsync, then os.replace, so a
-crash during save leaves the previous file intact.
+Checkpoints (``save`` / ``load``; fastnn.checkpoint, re-exported here as save_model and
+load_model) are a single .npz holding the parameter arrays, the optimizer's state arrays and a
+JSON document (architecture, parameter shapes, optimizer and trainer settings, history, the
+shuffling generator's state: a loaded trainer continues exactly as the uninterrupted run). No
+pickle; every field is checked on load, and a malformed file is a ValueError naming it. Written
+atomically; see fastnn.checkpoint.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import math
 import numbers
 import os
 import sys
-import tempfile
 import time
 import warnings
-import zipfile
 
 import numpy as np
 
 from . import _C
+from . import checkpoint as _checkpoint
 from . import nn as _nn
 from . import optim as _optim
 from . import schedules as _schedules
+from .checkpoint import CHECKPOINT_FORMAT, load_model, save_model
 from .losses import MSELoss, SoftmaxCrossEntropy
 from .random import manual_seed
 from .validation import check_labels, check_X
 
-__all__ = ["Trainer", "TrainingDivergedWarning", "save_model", "load_model", "CHECKPOINT_FORMAT"]
+__all__ = ["CHECKPOINT_FORMAT", "Trainer", "TrainingDivergedWarning", "load_model", "save_model"]
 
-CHECKPOINT_FORMAT = "fastnn-checkpoint"
-CHECKPOINT_VERSION = 1
 _LOSSES = {"cross_entropy": SoftmaxCrossEntropy, "mse": MSELoss}
 _LOSS_ALIASES = {"cross_entropy": "cross_entropy", "crossentropy": "cross_entropy", "xent": "cross_entropy",
                  "softmax_cross_entropy": "cross_entropy", "mse": "mse", "squared_error": "mse"}
@@ -126,7 +123,8 @@ def _loss_object(loss):
 def _params_finite(params) -> bool:
     # np.isfinite(x).all() allocates a bool array; the sum of a finite array is finite, and
     # overflow of the sum to inf only causes a (conservative) false alarm on huge weights.
-    return all(math.isfinite(float(np.add.reduce(p.data, axis=None, dtype=np.float64))) for p in params)
+    with np.errstate(invalid="ignore", over="ignore"):
+        return all(math.isfinite(float(np.add.reduce(p.data, axis=None, dtype=np.float64))) for p in params)
 
 
 class Trainer:
@@ -333,7 +331,7 @@ class Trainer:
             f = validation_fraction
             if isinstance(f, bool) or not isinstance(f, numbers.Real) or not 0.0 < f < 1.0:
                 raise ValueError(f"validation_fraction: expected a number in (0, 1), got {f!r}")
-            n_val = int(math.ceil(f * X.shape[0]))
+            n_val = math.ceil(f * X.shape[0])
             if n_val >= X.shape[0]:
                 raise ValueError(f"validation_fraction: {f} of {X.shape[0]} rows leaves no training rows")
             perm = self.rng.permutation(X.shape[0])
@@ -357,7 +355,6 @@ class Trainer:
         has_penalty = bool(self.l1 or self.l2) and bool(self._reg_params)
         dtype = self.dtype
         classify = self.classification
-        soft = y.ndim == 2 and classify
         hist = self.history
         step_loss, step_lr = hist["step_loss"], hist["step_lr"]
 
@@ -383,12 +380,18 @@ class Trainer:
                 return v, loss_fn.backward()
         gbufs = {}
 
-        # Reused batch buffers: full batches and the last, smaller one.
+        # Fixed batch buffers, reused across steps and epochs: full batches and the last, smaller
+        # one; a shuffled epoch gathers its permuted rows into them. Unshuffled batches are views
+        # of X, copied into the buffers only when an augment may modify them in place (the
+        # caller's X must not change, and each epoch must start from the original rows).
         def buffers(m):
             return np.empty((m, d), X.dtype), np.empty((m,) + y.shape[1:], y.dtype)
         full = buffers(bs)
         rem = n - (steps - 1) * bs
         last = full if rem == bs else buffers(rem)
+        gather = shuffle or self.augment is not None
+        pred = np.empty(bs, np.intp) if classify else None  # argmax per row, then a == count
+        hit = np.empty(bs, np.bool_) if classify else None
 
         bar_cls = self._progress_class()
         monitor = "val_loss" if Xv is not None else "loss"
@@ -411,11 +414,16 @@ class Trainer:
             for s in range(steps):
                 lo = s * bs
                 hi = min(n, lo + bs)
-                if order is not None:
-                    xb, yb = full if hi - lo == bs else last
-                    idx = order[lo:hi]
-                    np.take(X, idx, axis=0, out=xb)
-                    np.take(y, idx, axis=0, out=yb)
+                m = hi - lo
+                if gather:
+                    xb, yb = full if m == bs else last
+                    if order is not None:
+                        idx = order[lo:hi]
+                        np.take(X, idx, axis=0, out=xb)
+                        np.take(y, idx, axis=0, out=yb)
+                    else:
+                        np.copyto(xb, X[lo:hi])
+                        np.copyto(yb, y[lo:hi])
                 else:
                     xb, yb = X[lo:hi], y[lo:hi]
                 k = opt.step_count
@@ -432,13 +440,14 @@ class Trainer:
                 if not math.isfinite(value):
                     diverged = (epoch, s, value)
                     break
-                model.backward(g)
+                model.backward(g, need_input_grad=False)  # the data needs no gradient
                 opt.step()
-                m = hi - lo
                 total_loss += value * m
                 if classify:
-                    pred = out.argmax(axis=1)
-                    correct += int(np.count_nonzero(pred == (yb.argmax(axis=1) if yb.ndim == 2 else yb)))
+                    p, h = pred[:m], hit[:m]
+                    np.argmax(out, axis=1, out=p)
+                    np.equal(p, yb.argmax(axis=1) if yb.ndim == 2 else yb, out=h)
+                    correct += int(np.count_nonzero(h))
                 step_loss.append(value)
                 step_lr.append(opt.lr)
                 if bar is not None:
@@ -446,17 +455,22 @@ class Trainer:
                     now = time.perf_counter()
                     if now - t_bar > 0.25:
                         t_bar = now
-                        post = {"loss": f"{total_loss / (hi if order is None else hi):.4f}", "lr": f"{opt.lr:.3g}"}
+                        post = {"loss": f"{total_loss / hi:.4f}", "lr": f"{opt.lr:.3g}"}
                         if classify:
                             post["acc"] = f"{correct / hi:.3f}"
                         bar.set_postfix(post, refresh=False)
+            if diverged is None and not _params_finite(params):
+                # the epoch's last update (whose loss was measured before it) made a weight
+                # non-finite: the same divergence, caught at the epoch boundary
+                diverged = (epoch, steps - 1, "a parameter became NaN or inf in the update")
             if bar is not None:
                 bar.close()
             if diverged is not None:
                 ep, st, v = diverged
                 self._restore(snap)
                 self.stopped_reason = "diverged"
-                msg = (f"training diverged: the loss became {v} at epoch {ep + 1}, step {st + 1} (global step "
+                what = v if isinstance(v, str) else f"the loss became {v}"
+                msg = (f"training diverged: {what} at epoch {ep + 1}, step {st + 1} (global step "
                        f"{opt.step_count}) with lr={opt.lr:.3g}; try a lower learning rate. The model and optimizer "
                        f"were restored to the start of epoch {snap_epoch + 1}, their last finite state.")
                 self.divergence_message = msg
@@ -473,8 +487,7 @@ class Trainer:
                     hist[k].append(logs[k])
             if self.verbose:
                 self._print_epoch(logs, epoch0 + epochs)
-            if _params_finite(params):
-                snap, snap_epoch = self._snapshot(), epoch + 1
+            snap, snap_epoch = self._snapshot(), epoch + 1  # finite: checked above
             stop = None
             if patience is not None:
                 cur = logs[monitor]
@@ -635,28 +648,41 @@ class Trainer:
     def _trainer_config(self):
         sched = self.schedule.state_dict() if isinstance(self.schedule, _schedules.Schedule) else None
         return {"loss": self.loss_name, "classification": self.classification, "l1": self.l1, "l2": self.l2,
-                "schedule": sched, "schedule_spec": self._schedule_spec, "verbose": self.verbose, "seed": self.seed, "dtype": self.dtype.name,
-                "history": self.history, "n_outputs": self._n_outputs}
+                "schedule": sched, "schedule_spec": self._schedule_spec, "verbose": self.verbose,
+                "seed": self.seed, "dtype": self.dtype.name, "history": self.history,
+                "n_outputs": self._n_outputs, "rng": self.rng.bit_generator.state}
 
     def save(self, path):
-        """Model architecture and parameters, optimizer state, trainer settings and history in
-        one .npz, written atomically (see save_model)."""
+        """Model architecture and parameters, optimizer state, trainer settings, history and the
+        shuffling generator's state in one .npz, written atomically (fastnn.checkpoint)."""
         save_model(self.model, path, optimizer=self.optimizer, extra={"trainer": self._trainer_config()})
 
     @classmethod
     def load(cls, path, *, loss=None, augment=None, verbose=None):
         """A Trainer from ``save``: the model rebuilt from its config, the optimizer (same type,
-        hyperparameters, lr, step count, moments), the schedule, history and settings. A custom
-        loss object is not stored: pass ``loss=`` again (then required)."""
+        hyperparameters, lr, step count, moments), the schedule, history, settings and the
+        shuffling generator's state (so a resumed fit continues as the uninterrupted run would).
+        A custom loss object is not stored: pass ``loss=`` again (then required). A checkpoint
+        whose trainer or optimizer fields are malformed is a ValueError naming the file."""
         model, meta = load_model(path, return_metadata=True)
+        p = os.fspath(path)
         tcfg = (meta.get("extra") or {}).get("trainer")
         if tcfg is None:
-            raise ValueError(f"path: {os.fspath(path)!r} holds a model without trainer state; use load_model")
-        ocfg = meta.get("optimizer")
+            raise ValueError(f"path: {p!r} holds a model without trainer state; use load_model")
+        _check_trainer_config(p, tcfg)
         if loss is None:
             if tcfg["loss"] is None:
                 raise ValueError("loss: the checkpoint was trained with a custom loss object; pass loss=")
             loss = tcfg["loss"]
+        try:
+            return cls._from_checkpoint(model, meta, tcfg, loss, augment, verbose)
+        except (TypeError, ValueError, KeyError, AttributeError, IndexError, OverflowError) as e:
+            raise _checkpoint.CheckpointError(f"path: {p!r} is not a readable fastnn checkpoint: its trainer or "
+                                              f"optimizer state is malformed ({type(e).__name__}: {e})") from None
+
+    @classmethod
+    def _from_checkpoint(cls, model, meta, tcfg, loss, augment, verbose):
+        ocfg = meta.get("optimizer")
         sched = _schedules.from_state_dict(tcfg["schedule"]) if tcfg.get("schedule") else None
         sched_kw = None
         if tcfg.get("schedule_spec"):  # a name resolved per fit: keep that behaviour
@@ -665,7 +691,7 @@ class Trainer:
         if ocfg is not None:
             opt_cls = {c.__name__: c for c in _optim.OPTIMIZERS.values()}.get(ocfg["type"])
             if opt_cls is None:
-                raise ValueError(f"path: unknown optimizer type {ocfg['type']!r} in {os.fspath(path)!r}")
+                raise ValueError(f"unknown optimizer type {ocfg['type']!r}")
             hp = dict(ocfg["hyperparameters"])
             if "betas" in hp:
                 hp["betas"] = tuple(hp["betas"])
@@ -679,209 +705,38 @@ class Trainer:
         if sched_kw is not None and tcfg.get("schedule"):
             t.schedule = _schedules.from_state_dict(tcfg["schedule"])
         t.seed = tcfg.get("seed")
-        t.history = {k: list(v) for k, v in tcfg.get("history", {}).items()} or t._empty_history()
+        t.history = t._empty_history()
+        t.history.update({k: list(v) for k, v in tcfg.get("history", {}).items()})
         t._n_outputs = tcfg.get("n_outputs")
+        if tcfg.get("rng") is not None:  # older checkpoints lack it: the generator stays fresh
+            t.rng.bit_generator.state = tcfg["rng"]
         return t
 
 
-# --------------------------------------------------------------------- save / load
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, tuple):
-        return list(o)
-    raise TypeError(f"not JSON-serializable: {type(o).__name__}")
-
-
-def _atomic_write(path, write):
-    """write(fileobj) into a temporary file next to ``path``, fsync, then os.replace onto path:
-    readers see the old file or the new one, never a partial one."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:  # make the rename itself durable (POSIX); not possible on every platform
-        dfd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
-
-
-def save_model(model, path, *, optimizer=None, extra=None):
-    """Saves ``model`` (architecture from model.config(), parameters by their
-    named_parameters() names) and optionally an optimizer's state to one .npz file at ``path``
-    (the name is used as given; no suffix is added), atomically. ``extra``: a JSON-serializable
-    dict stored with it (returned by load_model(..., return_metadata=True))."""
-    if not isinstance(model, _nn.Module):
-        raise TypeError(f"model: expected a fastnn.nn.Module, got {type(model).__name__}")
-    if not isinstance(path, (str, bytes, os.PathLike)):
-        raise TypeError(f"path: expected a file path, got {type(path).__name__}")
-    named = model.named_parameters()
-    arrays = {f"param/{k}": p.data for k, p in named}
-    meta = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "fastnn": _C.__version__,
-            "model": model.config(),
-            "params": {k: {"shape": list(p.data.shape), "dtype": p.data.dtype.name} for k, p in named},
-            "optimizer": None, "extra": extra}
-    if optimizer is not None:
-        sd = optimizer.state_dict()
-        states = []
-        for i, st in enumerate(sd["state"]):
-            scal = {}
-            for k, v in st.items():
-                if isinstance(v, np.ndarray):
-                    arrays[f"optim/{i}/{k}"] = v
-                else:
-                    scal[k] = v
-            states.append(scal)
-        meta["optimizer"] = {**{k: v for k, v in sd.items() if k != "state"}, "state": states}
-    blob = json.dumps(meta, default=_json_default, allow_nan=True).encode("utf-8")
-    arrays["__config__"] = np.frombuffer(blob, dtype=np.uint8)
-    _atomic_write(path, lambda f: np.savez(f, **arrays))
-
-
-def _read_checkpoint(path):
-    """(meta, {name: array}) with every array read (so a CRC error in any member shows up
-    here); any decoding problem becomes a ValueError naming the file."""
-    p = os.fspath(path)
-    if not os.path.isfile(p):
-        raise FileNotFoundError(f"path: no such file: {p!r}")
-    try:
-        with np.load(p, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-        if not isinstance(arrays, dict) or "__config__" not in arrays:
-            raise ValueError("no __config__ entry (not a fastnn checkpoint)")
-        meta = json.loads(arrays.pop("__config__").tobytes().decode("utf-8"))
-        if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"format {meta.get('format') if isinstance(meta, dict) else meta!r} is not "
-                             f"{CHECKPOINT_FORMAT!r}")
-        for k in ("model", "params"):
-            if k not in meta:
-                raise ValueError(f"the JSON config has no {k!r} entry")
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, KeyError, EOFError, OSError, TypeError,
-            UnicodeDecodeError, AttributeError, NotImplementedError) as e:
-        if isinstance(e, FileNotFoundError):
-            raise
-        raise ValueError(f"path: {p!r} is not a readable fastnn checkpoint (corrupted, truncated or another "
-                         f"kind of file): {type(e).__name__}: {e}") from None
-    if meta.get("version", 0) > CHECKPOINT_VERSION:
-        raise ValueError(f"path: {p!r} is checkpoint version {meta['version']}, newer than this fastnn reads "
-                         f"({CHECKPOINT_VERSION}); upgrade fastnn")
-    return meta, arrays
-
-
-# Config keys that do not change what a trained model computes (how it was initialized).
-_NOT_ARCHITECTURE = {"init", "prelu_init", "zero_init_last"}
-
-
-def _config_diff(a, b, path=""):
-    """The first difference between two Module configs: (module path, description) or None."""
-    where = path or "<root>"
-    if a.get("type") != b.get("type"):
-        return where, f"a {a.get('type')} in the checkpoint, a {b.get('type')} in the model"
-    if a.get("type") == "Sequential":
-        la, lb = a.get("layers", []), b.get("layers", [])
-        if len(la) != len(lb):
-            return where, f"{len(la)} layers in the checkpoint, {len(lb)} in the model"
-        for i, (x, y) in enumerate(zip(la, lb)):
-            r = _config_diff(x, y, f"{path}.{i}" if path else str(i))
-            if r:
-                return r
-        return None
-    if a.get("type") == "Residual":
-        return _config_diff(a["block"], b["block"], f"{path}.block" if path else "block")
-    for k in sorted(set(a) | set(b)):
-        if k in _NOT_ARCHITECTURE or k == "type":
-            continue
-        if a.get(k) != b.get(k):
-            return where, f"{a['type']} {k}={a.get(k)!r} in the checkpoint, {b.get(k)!r} in the model"
-    return None
-
-
-def _layer_of(model, pname):
-    """'0.weight' -> "layer '0' (Linear)"."""
-    mod_path = pname.rsplit(".", 1)[0] if "." in pname else ""
-    mods = dict(model.named_modules())
-    m = mods.get(mod_path)
-    return f"layer {mod_path or '<root>'!r} ({type(m).__name__ if m is not None else '?'})"
-
-
-def load_model(path, *, into=None, return_metadata=False):
-    """The model saved by save_model (or Trainer.save). Rebuilt from the stored architecture,
-    or, with ``into=model``, loaded into an existing model after checking that its architecture
-    and every parameter's shape match (the error names the first mismatching layer; nothing
-    is changed unless everything matches). A corrupted or truncated file, or one that is not a
-    fastnn checkpoint, is a ValueError naming the file. return_metadata=True returns (model,
-    metadata dict: "model", "params", "optimizer" (its state, arrays included) and "extra")."""
-    meta, arrays = _read_checkpoint(path)
-    p = os.fspath(path)
-    params = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
-    for k, spec in meta["params"].items():
-        if k not in params:
-            raise ValueError(f"path: {p!r} is corrupted: parameter {k!r} listed in its config has no array")
-        if list(params[k].shape) != list(spec["shape"]):
-            raise ValueError(f"path: {p!r} is corrupted: parameter {k!r} has shape {params[k].shape}, its config "
-                             f"says {tuple(spec['shape'])}")
-    if into is None:
-        try:
-            model = _nn.from_config(meta["model"])
-        except (ValueError, TypeError, KeyError) as e:
-            raise ValueError(f"path: {p!r}: cannot rebuild the model from its config: {e}") from None
-    else:
-        if not isinstance(into, _nn.Module):
-            raise TypeError(f"into: expected a fastnn.nn.Module, got {type(into).__name__}")
-        model = into
-        try:
-            cfg = model.config()
-        except NotImplementedError:
-            cfg = None  # a custom module: the shape checks below still apply
-        if cfg is not None:
-            diff = _config_diff(meta["model"], cfg)
-            if diff:
-                raise ValueError(f"into: the checkpoint {p!r} has another architecture: layer {diff[0]!r}: {diff[1]}")
-    named = dict(model.named_parameters())
-    for k, prm in named.items():
-        if k not in params:
-            raise ValueError(f"into: {_layer_of(model, k)} has parameter {k!r}, which the checkpoint {p!r} lacks")
-        a = params[k]
-        if a.shape != prm.data.shape:
-            raise ValueError(f"into: {_layer_of(model, k)}: parameter {k!r} has shape {tuple(a.shape)} in the "
-                             f"checkpoint {p!r}, {prm.data.shape} in the model")
-        if a.dtype != prm.data.dtype:
-            raise ValueError(f"into: {_layer_of(model, k)}: parameter {k!r} is {a.dtype} in the checkpoint, "
-                             f"{prm.data.dtype} in the model")
-    extra_names = [k for k in params if k not in named]
-    if extra_names:
-        raise ValueError(f"into: the checkpoint {p!r} has parameters the model lacks: {extra_names}")
-    for k, prm in named.items():
-        prm.data[...] = params[k]
-    model.eval()
-    if not return_metadata:
-        return model
-    ocfg = meta.get("optimizer")
-    if ocfg is not None:
-        ocfg = dict(ocfg)
-        states = []
-        for i, scal in enumerate(ocfg["state"]):
-            st = dict(scal)
-            pre = f"optim/{i}/"
-            st.update({k[len(pre):]: v for k, v in arrays.items() if k.startswith(pre)})
-            states.append(st)
-        ocfg["state"] = states
-    return model, {"model": meta["model"], "params": meta["params"], "optimizer": ocfg,
-                   "extra": meta.get("extra"), "fastnn": meta.get("fastnn")}
+def _check_trainer_config(p, tcfg):
+    def bad(what):
+        return _checkpoint.CheckpointError(f"path: {p!r} is not a readable fastnn checkpoint: trainer.{what}")
+    if not isinstance(tcfg, dict):
+        raise bad(f" expected an object, got {type(tcfg).__name__}")
+    if tcfg.get("loss") is not None and not isinstance(tcfg["loss"], str):
+        raise bad(f"loss: expected a string or null, got {tcfg['loss']!r}")
+    h = tcfg.get("history", {})
+    if not isinstance(h, dict) or not all(isinstance(k, str) and isinstance(v, list) for k, v in h.items()):
+        raise bad(f"history: expected an object of lists, got {h!r:.80}")
+    for k in ("schedule", "rng"):
+        if tcfg.get(k) is not None and not isinstance(tcfg[k], dict):
+            raise bad(f"{k}: expected an object or null, got {tcfg[k]!r:.80}")
+    spec = tcfg.get("schedule_spec")
+    if spec is not None and not (isinstance(spec, list) and len(spec) == 2 and isinstance(spec[0], str)
+                                 and isinstance(spec[1], dict)):
+        raise bad(f"schedule_spec: expected [name, kwargs] or null, got {spec!r:.80}")
+    seed = tcfg.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise bad(f"seed: expected an integer or null, got {seed!r}")
+    if tcfg.get("dtype", "float32") not in ("float32", "float64"):
+        raise bad(f"dtype: expected 'float32' or 'float64', got {tcfg.get('dtype')!r}")
+    n = tcfg.get("n_outputs")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise bad(f"n_outputs: expected a positive integer or null, got {n!r}")
+    if not isinstance(tcfg.get("verbose", True), bool):
+        raise bad(f"verbose: expected true or false, got {tcfg.get('verbose')!r}")

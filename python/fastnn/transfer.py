@@ -18,6 +18,7 @@ Frozen parameters (``requires_grad=False``) get no gradient step from fastnn.opt
 from __future__ import annotations
 
 import json
+import math
 import numbers
 import struct
 
@@ -154,38 +155,72 @@ _ST_DTYPES = {"F32": np.float32, "F64": np.float64, "F16": np.float16, "BF16": N
               "I32": np.int32}
 
 
+def _st_fail(path, what):
+    return ValueError(f"path: {path!r} is not a readable safetensors file: {what}")
+
+
+def _st_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+_ST_MAX_HEADER = 100 * 2**20  # the safetensors format's own cap on the JSON header (100 MB)
+
+
 def read_safetensors(path) -> dict:
     """name -> NumPy array from a .safetensors file (8-byte little-endian header length, a JSON
     header of dtype/shape/data_offsets per tensor, then the raw bytes). bfloat16 is widened to
-    float32."""
+    float32. A malformed file (bad header, wrong types, out-of-range or overlapping byte ranges)
+    is a ValueError naming the file."""
+    path = str(path)
     with open(path, "rb") as f:
         raw = f.read()
+    if len(raw) < 8:
+        raise _st_fail(path, f"{len(raw)} bytes, shorter than the 8-byte header length")
+    (n,) = struct.unpack("<Q", raw[:8])
+    if n > min(_ST_MAX_HEADER, len(raw) - 8):
+        raise _st_fail(path, f"header length {n} exceeds the file ({len(raw)} bytes) or the 100 MB cap")
     try:
-        (n,) = struct.unpack("<Q", raw[:8])
         header = json.loads(raw[8:8 + n].decode("utf-8"))
-    except (struct.error, UnicodeDecodeError, json.JSONDecodeError, ValueError) as e:
-        raise ValueError(f"{path}: not a safetensors file ({e})") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise _st_fail(path, f"the header is not JSON ({type(e).__name__}: {e})") from None
+    if not isinstance(header, dict):
+        raise _st_fail(path, f"the header is a JSON {type(header).__name__}, expected an object")
     data = raw[8 + n:]
-    out = {}
+    spans, out = [], {}
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        try:
-            dt, shape, (b, e) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            raise ValueError(f"{path}: malformed entry {name!r} in the safetensors header") from None
-        if dt not in _ST_DTYPES:
-            raise ValueError(f"{path}: tensor {name!r} has dtype {dt}; supported: {sorted(_ST_DTYPES)}")
-        if not (0 <= b <= e <= len(data)):
-            raise ValueError(f"{path}: tensor {name!r} lies outside the file (truncated?)")
+        if not isinstance(info, dict):
+            raise _st_fail(path, f"entry {name!r} is a {type(info).__name__}, expected an object")
+        dt, shape, offs = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if not isinstance(dt, str) or dt not in _ST_DTYPES:
+            raise _st_fail(path, f"tensor {name!r} has dtype {dt!r}; supported: {sorted(_ST_DTYPES)}")
+        if not isinstance(shape, list) or not all(_st_int(d) and d >= 0 for d in shape):
+            raise _st_fail(path, f"tensor {name!r} has shape {shape!r}, expected a list of integers >= 0")
+        if not (isinstance(offs, list) and len(offs) == 2 and all(_st_int(o) for o in offs)):
+            raise _st_fail(path, f"tensor {name!r} has data_offsets {offs!r}, expected [begin, end] integers")
+        b, e = offs
+        if not 0 <= b <= e <= len(data):
+            raise _st_fail(path, f"tensor {name!r} spans bytes [{b}, {e}) outside the {len(data)} data bytes "
+                                 "(truncated?)")
+        itemsize = 2 if dt == "BF16" else np.dtype(_ST_DTYPES[dt]).itemsize
+        count = math.prod(shape)
+        if count * itemsize != e - b:
+            raise _st_fail(path, f"tensor {name!r} has {e - b} bytes for shape {tuple(shape)} of {dt} "
+                                 f"({count * itemsize} expected)")
+        spans.append((b, e, name))
         buf = data[b:e]
         if dt == "BF16":
             a = (np.frombuffer(buf, "<u2").astype(np.uint32) << 16).view(np.float32)
         else:
             a = np.frombuffer(buf, np.dtype(_ST_DTYPES[dt]).newbyteorder("<"))
-        if a.size != int(np.prod(shape)):
-            raise ValueError(f"{path}: tensor {name!r} has {a.size} values for shape {shape}")
         out[name] = a.reshape(shape).copy()
+    prev = None  # the non-empty span reaching furthest so far; empty tensors overlap nothing
+    for b, e, name in sorted(s for s in spans if s[0] < s[1]):
+        if prev is not None and b < prev[1]:
+            raise _st_fail(path, f"tensors {prev[2]!r} [{prev[0]}, {prev[1]}) and {name!r} [{b}, {e}) overlap")
+        if prev is None or e > prev[1]:
+            prev = (b, e, name)
     return out
 
 

@@ -1,0 +1,197 @@
+"""fastnn.checkpoint: a malformed JSON config is a ValueError naming the file (never
+AttributeError/TypeError), declared shapes are checked before anything is allocated, a save
+killed mid-write leaves no orphan after the next access, and a Trainer checkpoint resumes the
+shuffling exactly."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import tracemalloc
+
+import fastnn
+import numpy as np
+import pytest
+from fastnn import checkpoint, nn
+from fastnn.train import Trainer
+
+
+def mlp(seed=0):
+    fastnn.manual_seed(seed)
+    return nn.Sequential(nn.Linear(8, 6, activation="relu"), nn.Linear(6, 3))
+
+
+def data(n=96, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, 8)).astype(np.float32)
+    return X, (X[:, 0] > 0).astype(np.int64) + (X[:, 1] > 0)
+
+
+def saved_trainer(path):
+    X, y = data()
+    t = Trainer(mlp(), optimizer="sgd", optimizer_kwargs={"lr": 0.1, "momentum": 0.9}, verbose=False, seed=3)
+    t.fit(X, y, epochs=1, batch_size=16)
+    t.save(path)
+    return t
+
+
+def rewrite_config(path, edit):
+    with np.load(path, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files}
+    meta = json.loads(arrays["__config__"].tobytes())
+    edit(meta)
+    arrays["__config__"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def _set(*keys, value):
+    def edit(meta):
+        d = meta
+        for k in keys[:-1]:
+            d = d[k]
+        d[keys[-1]] = value
+    return edit
+
+
+CORRUPTIONS = {
+    "params_list": _set("params", value=[1, 2]),
+    "params_entry_number": _set("params", "0.weight", value=3),
+    "params_shape_string": _set("params", "0.weight", "shape", value="6x8"),
+    "version_string": _set("version", value="1"),
+    "version_bool": _set("version", value=True),
+    "version_future": _set("version", value=99),
+    "model_list": _set("model", value=[1]),
+    "model_layers_number": _set("model", "layers", value=5),
+    "model_in_features_string": _set("model", "layers", 0, "in_features", value="8"),
+    "history_list": _set("extra", "trainer", "history", value=[1]),
+    "history_of_numbers": _set("extra", "trainer", "history", value={"loss": 1}),
+    "optimizer_state_none": _set("optimizer", "state", value=None),
+    "optimizer_state_numbers": _set("optimizer", "state", value=[1, 2, 3, 4]),
+    "optimizer_state_short": _set("optimizer", "state", value=[{}]),
+    "optimizer_list": _set("optimizer", value=[1]),
+    "optimizer_type_number": _set("optimizer", "type", value=7),
+    "optimizer_hyper_none": _set("optimizer", "hyperparameters", value=None),
+    "optimizer_hyper_unknown": _set("optimizer", "hyperparameters", value={"bogus": 1}),
+    "optimizer_lr_string": _set("optimizer", "lr", value="fast"),
+    "extra_number": _set("extra", value=5),
+    "trainer_list": _set("extra", "trainer", value=[1]),
+    "trainer_rng_list": _set("extra", "trainer", "rng", value=[1]),
+    "trainer_rng_bad_state": _set("extra", "trainer", "rng", value={"bit_generator": "PCG64", "state": 3}),
+    "trainer_schedule_spec_number": _set("extra", "trainer", "schedule_spec", value=3),
+    "trainer_seed_string": _set("extra", "trainer", "seed", value="0"),
+    "trainer_dtype_bad": _set("extra", "trainer", "dtype", value="int8"),
+    "trainer_loss_number": _set("extra", "trainer", "loss", value=4),
+    "trainer_schedule_bad": _set("extra", "trainer", "schedule", value={"type": "nope"}),
+    "meta_list": lambda meta: (meta.clear(), meta.update({"x": 1})),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CORRUPTIONS))
+def test_corrupted_json_config_is_a_value_error_naming_the_file(tmp_path, name):
+    path = tmp_path / "ck.npz"
+    saved_trainer(path)
+    rewrite_config(path, CORRUPTIONS[name])
+    with pytest.raises(ValueError, match=r"ck\.npz"):
+        Trainer.load(path)
+
+
+def test_config_that_is_a_json_list_or_not_bytes(tmp_path):
+    path = tmp_path / "ck.npz"
+    saved_trainer(path)
+    with np.load(path) as f:
+        arrays = {k: f[k] for k in f.files}
+    for cfg in (np.frombuffer(b"[1, 2]", np.uint8), np.zeros(3, np.float64), np.frombuffer(b"[" * 50000, np.uint8)):
+        arrays["__config__"] = cfg
+        with open(path, "wb") as f:
+            np.savez(f, **arrays)
+        with pytest.raises(ValueError, match=r"ck\.npz"):
+            checkpoint.load_model(path)
+
+
+def test_declared_shape_is_checked_before_allocating(tmp_path):
+    path = tmp_path / "small.npz"
+    checkpoint.save_model(nn.Sequential(nn.Linear(4, 4)), path)
+    assert os.path.getsize(path) < 8192
+
+    def big(meta):  # the architecture now declares Linear(4096, 4096): 64 MiB of weights
+        meta["model"]["layers"][0].update(in_features=4096, out_features=4096)
+    rewrite_config(path, big)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=r"small\.npz.*declares parameter '0\.weight' as \(4096, 4096\)"):
+            checkpoint.load_model(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * 2**20, f"{peak} bytes allocated before rejecting the file"
+
+    def big_too(meta):  # the params table agrees with the architecture, the arrays do not
+        meta["params"]["0.weight"]["shape"] = [4096, 4096]
+    rewrite_config(path, big_too)
+    with pytest.raises(ValueError, match=r"small\.npz.*'0\.weight'"):
+        checkpoint.load_model(path)
+
+
+def test_sigkill_during_save_leaves_no_orphan_after_next_access(tmp_path):
+    target = tmp_path / "model.npz"
+    checkpoint.save_model(mlp(), target)
+    before = target.read_bytes()
+    child = textwrap.dedent(f"""
+        import sys, time
+        import numpy as np
+        from fastnn import checkpoint, nn
+        def slow_savez(f, **arrays):
+            f.write(b"PK partial write")
+            f.flush()
+            print("writing", flush=True)
+            time.sleep(120)
+        checkpoint.np.savez = slow_savez
+        checkpoint.save_model(nn.Sequential(nn.Linear(8, 6)), {str(target)!r})
+    """)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    proc = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, env=env, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "writing"
+        orphans = [n for n in os.listdir(tmp_path) if n != "model.npz"]
+        assert orphans == [f".model.npz.{proc.pid}.fastnn-tmp"]  # derived from the target
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+    assert target.read_bytes() == before  # the old file is intact
+    assert len(os.listdir(tmp_path)) == 2  # the orphan is there until the next access ...
+    checkpoint.load_model(target)
+    assert os.listdir(tmp_path) == ["model.npz"]  # ... which removes it
+    # a save cleans it too, and another target's temporaries and a live writer's are kept
+    for name in (".model.npz.999999999.fastnn-tmp", ".other.npz.999999999.fastnn-tmp",
+                 f".model.npz.{os.getppid()}.fastnn-tmp"):
+        (tmp_path / name).write_bytes(b"x")
+    checkpoint.save_model(mlp(), target)
+    assert sorted(os.listdir(tmp_path)) == sorted([f".model.npz.{os.getppid()}.fastnn-tmp",
+                                                   ".other.npz.999999999.fastnn-tmp", "model.npz"])
+
+
+def test_resume_is_reproducible(tmp_path):
+    X, y = data(200)
+
+    def trainer():
+        return Trainer(mlp(), optimizer="sgd", optimizer_kwargs={"lr": 0.05, "momentum": 0.9}, verbose=False,
+                       seed=11)
+    straight = trainer().fit(X, y, epochs=4, batch_size=16)
+    first = trainer().fit(X, y, epochs=2, batch_size=16)
+    path = tmp_path / "half.npz"
+    first.save(path)
+    a = Trainer.load(path).fit(X, y, epochs=2, batch_size=16)
+    b = Trainer.load(path).fit(X, y, epochs=2, batch_size=16)
+    for pa, pb, ps in zip(a.model.parameters(), b.model.parameters(), straight.model.parameters()):
+        np.testing.assert_array_equal(pa.data, pb.data)  # two loads continue identically
+        np.testing.assert_array_equal(pa.data, ps.data)  # and as the uninterrupted run
+    assert a.history["step_loss"] == straight.history["step_loss"]
