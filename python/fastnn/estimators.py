@@ -1,45 +1,48 @@
-"""scikit-learn compatible estimators: MLPClassifier and MLPRegressor on fastnn's kernels.
+"""scikit-learn's MLPClassifier / MLPRegressor on fastnn's kernels, a drop-in:
 
-    from fastnn.estimators import MLPClassifier
-    clf = MLPClassifier(hidden_layer_sizes=(128,), max_iter=50, random_state=0).fit(X, y)
-    clf.predict(X); clf.predict_proba(X); clf.score(X, y)
+    from fastnn.estimators import MLPClassifier      # instead of sklearn.neural_network
+    clf = MLPClassifier(hidden_layer_sizes=(128,), solver="sgd", momentum=0.9, random_state=0).fit(X, y)
+    clf.predict(X); clf.predict_proba(X); clf.score(X, y); clf.coefs_[0].shape  # (n_features, 128)
 
-They follow scikit-learn's estimator contract (parameters stored untouched by __init__ and
-validated in fit, fit returns self, learned attributes end in "_", get_params/set_params), so
-GridSearchCV, cross_val_score, Pipeline and VotingClassifier work unchanged; the tests run
-scikit-learn's ``parametrize_with_checks`` on them.
+Every parameter of scikit-learn 1.9's classes, with its name, default and meaning: hidden_layer_sizes,
+activation, solver ("adam", "sgd", "lbfgs"), alpha, batch_size, learning_rate ("constant",
+"invscaling", "adaptive"), learning_rate_init, power_t, max_iter, shuffle, random_state, tol,
+verbose, warm_start, momentum, nesterovs_momentum, early_stopping, validation_fraction, beta_1,
+beta_2, epsilon, n_iter_no_change, max_fun; fit(X, y, sample_weight=None), partial_fit (classes=
+on the classifier's first call). Fitted attributes in scikit-learn's layout: classes_, coefs_[i]
+(fan_in, fan_out), intercepts_[i], loss_, best_loss_, loss_curve_, validation_scores_,
+best_validation_score_, t_, n_iter_, n_layers_, n_outputs_, out_activation_, n_features_in_,
+feature_names_in_; plus model_ (the fastnn.nn.Sequential; coefs_ are transposed views of its weights).
 
-scikit-learn is not a dependency. When it is importable the classes derive from
-sklearn.base.BaseEstimator with ClassifierMixin / RegressorMixin, and raise its NotFittedError,
-DataConversionWarning and ConvergenceWarning; without it a small local base provides
-get_params / set_params / score (accuracy, R^2) and local exception classes of the same names
-(NotFittedError subclasses ValueError and AttributeError, as scikit-learn's does).
+The training follows scikit-learn's algorithm step for step, so with one random_state both
+libraries start from the same weights, visit the same batches and report the same loss curve (to
+float32 rounding): Glorot-uniform weights and biases drawn from random_state in its order; rows
+shuffled by random_state.shuffle each epoch; delta = output - y at the output (softmax, logistic
+for binary / multi-label, identity for regression); gradients / the batch's weight sum plus
+alpha * W / that sum (fastnn's fused l2, biases excluded); the reported loss includes
+0.5 * alpha * ||W||^2 / sum; SGD's velocity v = momentum v - lr g (Nesterov: momentum v - lr g
+again), Adam's step lr sqrt(1 - b2^t) / (1 - b1^t) m / (sqrt(v) + epsilon); learning_rate
+"invscaling" sets lr = learning_rate_init / (t_ + 1)^power_t after each epoch, "adaptive" divides
+it by 5 when the stopping rule fires (stopping below 1e-6); the stopping rule counts epochs whose
+training loss is not below best_loss_ - tol (with early_stopping: validation score not above
+best + tol on a train_test_split of validation_fraction, best weights restored) and stops after
+more than n_iter_no_change of them; ConvergenceWarning at max_iter. solver="lbfgs" is full-batch
+scipy.optimize L-BFGS-B (maxiter=max_iter, maxfun=max_fun, gtol=tol); it needs SciPy (the
+"lbfgs" extra: pip install "fastnn[lbfgs]").
 
-Parameters shared with sklearn.neural_network.MLPClassifier keep its names and defaults:
-hidden_layer_sizes=(100,), activation="relu" ("identity", "logistic", "tanh", "relu", and
-fastnn's "sigmoid", "leaky_relu", "elu", "selu", "prelu"), alpha=1e-4, batch_size="auto"
-(min(200, n_samples)), learning_rate_init=1e-3, max_iter=200 (epochs), shuffle=True,
-random_state=None, tol=1e-4, early_stopping=False, validation_fraction=0.1,
-n_iter_no_change=10, warm_start=False, verbose=False. fastnn's own: dropout (after each hidden
-layer, fused into the GEMM), init ("kaiming", "xavier", "normal", "pytorch"), optimizer ("adam",
-"adamw", "sgd"; sgd uses momentum 0.9 like scikit-learn's default), schedule (None or a
-fastnn.schedules name, e.g. "cosine" over the run), n_threads (fastnn's CPU threads during
-fit/predict; None leaves the setting alone), device ("cpu"; the Trainer runs on NumPy arrays).
+Differences, on purpose: the network computes in float32 (fastnn's kernels) whatever X's dtype,
+so coefs_ are float32; activation also takes fastnn's "sigmoid", "leaky_relu", "elu", "selu",
+"prelu". fastnn's own parameters: dropout (after each hidden layer, fused into the GEMM; seeded
+by random_state), init (None: scikit-learn's; or "kaiming", "xavier", "normal", "pytorch"),
+schedule (None, "constant", "cosine", "linear": the learning rate per epoch over max_iter, with
+learning_rate="constant"), n_threads (fastnn's CPU threads during fit/predict; None leaves the
+setting alone), device ("cpu"). optimizer= is fastnn's old name for solver: it still works
+("sgd", "adam") with a DeprecationWarning, and overrides solver.
 
-Mapping of the differences, written down:
-- alpha: scikit-learn adds 0.5 * alpha * ||W||^2 / batch_rows to each batch's loss, so each step's
-  gradient gets alpha * W / batch_rows; that is fastnn's l2 = alpha / batch_size (biases excluded
-  in both). The training loss (loss_curve_) includes that penalty, as scikit-learn's does.
-- MLPRegressor's loss is the mean squared error; scikit-learn reports half of it.
-- Convergence: without early stopping, training stops when the training loss has not improved
-  by more than tol for n_iter_no_change epochs (as scikit-learn); with early_stopping=True the
-  monitored value is the validation *loss* on validation_fraction of the rows (scikit-learn
-  uses the validation score) and the best epoch's weights are restored.
-- random_state: seeds the initialization (a private fastnn.Generator), the shuffling and the
-  validation split; it also calls fastnn.manual_seed(random_state) so dropout masks repeat
-  (the global fastnn generator is reseeded). random_state=None draws fresh entropy.
-- The classifier's output layer has one logit per class (two for a binary problem) and softmax
-  cross-entropy; predict_proba is its softmax.
+scikit-learn is not a dependency. When it is importable the classes derive from its
+BaseEstimator with ClassifierMixin / RegressorMixin and raise its NotFittedError and
+ConvergenceWarning; without it a small local base provides get_params / set_params / score and
+local exception classes of the same names. The tests run scikit-learn's parametrize_with_checks.
 """
 
 from __future__ import annotations
@@ -448,6 +451,8 @@ class _BaseMLP(_BaseEstimator):
                         self.validation_scores_, self.best_validation_score_, self.best_loss_ = [], -np.inf, None
                     else:
                         self.validation_scores_, self.best_validation_score_, self.best_loss_ = None, None, np.inf
+            if p["dropout"] > 0 and self.random_state is not None:
+                fastnn.manual_seed(int(rs.randint(0, 2**31 - 1)))  # dropout masks repeat with the seed
             self.model_.train()
             if p["solver"] == "lbfgs":
                 self._fit_lbfgs(X, y, sw, p)
@@ -701,6 +706,8 @@ class _BaseMLP(_BaseEstimator):
             raise ValueError(f"sample_weight: expected shape ({n},), got {sw.shape}")
         if not np.isfinite(sw).all() or (sw < 0).any():
             raise ValueError("sample_weight: expected finite non-negative weights")
+        if not sw.any():
+            raise ValueError("sample_weight: Sample weights must contain at least one non-zero number.")
         return sw
 
     def _check_partial_fit(self):
