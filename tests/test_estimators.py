@@ -155,8 +155,10 @@ def test_get_set_params_and_unfitted():
 ])
 def test_bad_parameters(digits, params, match):
     X, y = digits
-    with pytest.raises(ValueError, match=match):
-        MLPClassifier(**params).fit(X[:50], y[:50])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # optimizer=: its own test below
+        with pytest.raises(ValueError, match=match):
+            MLPClassifier(**params).fit(X[:50], y[:50])
 
 
 def test_bad_data(digits):

@@ -299,7 +299,7 @@ class _BaseMLP(_BaseEstimator):
         solver = self.solver
         if self.optimizer is not None:
             warnings.warn("optimizer= is deprecated: it is scikit-learn's solver= ('sgd', 'adam', 'lbfgs'); "
-                          "optimizer overrides solver until it is removed", DeprecationWarning, stacklevel=4)
+                          "optimizer overrides solver until it is removed", DeprecationWarning, stacklevel=5)
             if self.optimizer not in ("sgd", "adam"):
                 raise ValueError(f"The 'optimizer' parameter (deprecated, use solver=) must be 'sgd' or 'adam'; "
                                  f"got {self.optimizer!r}")
@@ -491,7 +491,7 @@ class _BaseMLP(_BaseEstimator):
         if res.status != 0:
             warnings.warn(f"lbfgs failed to converge after {res.nit} iteration(s) (status={res.status}): "
                           f"{res.message}. Increase the number of iterations (max_iter) or scale the data.",
-                          ConvergenceWarning, stacklevel=4)
+                          ConvergenceWarning, stacklevel=5)
         self.n_iter_ = min(int(res.nit), p["max_iter"])
         self.loss_ = float(res.fun)
         o = 0
@@ -548,7 +548,7 @@ class _BaseMLP(_BaseEstimator):
         bs = min(200, n) if p["batch_size"] == "auto" else p["batch_size"]
         if bs > n:
             warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is going to be clipped",
-                          UserWarning, stacklevel=4)
+                          UserWarning, stacklevel=5)
             bs = n
         idx = np.arange(n)
         xbuf = np.empty((bs, X.shape[1]), np.float32)
@@ -628,7 +628,7 @@ class _BaseMLP(_BaseEstimator):
                 break
             if self.n_iter_ == p["max_iter"]:
                 warnings.warn(f"Stochastic Optimizer: Maximum iterations ({p['max_iter']}) reached and the "
-                              "optimization hasn't converged yet.", ConvergenceWarning, stacklevel=4)
+                              "optimization hasn't converged yet.", ConvergenceWarning, stacklevel=5)
         if p["early_stopping"]:
             for q, b in zip(self._params(), best):
                 q.data[...] = b
