@@ -8,11 +8,15 @@ from __future__ import annotations
 import pickle
 import warnings
 
+import fastnn
 import numpy as np
 import pytest
-
-import fastnn
-from fastnn.estimators import ConvergenceWarning, MLPClassifier, MLPRegressor, NotFittedError
+from fastnn.estimators import (
+    ConvergenceWarning,
+    MLPClassifier,
+    MLPRegressor,
+    NotFittedError,
+)
 
 
 @pytest.fixture(scope="module")

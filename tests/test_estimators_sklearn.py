@@ -12,16 +12,15 @@ import pytest
 
 pytest.importorskip("sklearn")
 
-from sklearn import neural_network as sknn  # noqa: E402
-from sklearn.base import clone  # noqa: E402
-from sklearn.datasets import load_diabetes  # noqa: E402
-from sklearn.ensemble import VotingClassifier  # noqa: E402
-from sklearn.exceptions import ConvergenceWarning  # noqa: E402
-from sklearn.model_selection import GridSearchCV  # noqa: E402
-from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
-
-import fastnn  # noqa: E402
-from fastnn.estimators import MLPClassifier, MLPRegressor  # noqa: E402
+import fastnn
+from fastnn.estimators import MLPClassifier, MLPRegressor
+from sklearn import neural_network as sknn
+from sklearn.base import clone
+from sklearn.datasets import load_diabetes
+from sklearn.ensemble import VotingClassifier
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import GridSearchCV
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
 # Small networks and few epochs keep the ~100 checks to a few seconds; learning_rate_init=0.01
 # lets them pass the checks' accuracy (> 0.83) and R^2 (> 0.5) floors within that budget.

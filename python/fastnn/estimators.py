@@ -64,7 +64,11 @@ try:  # scikit-learn is optional: inherit its base classes when it is there
     from sklearn.base import BaseEstimator as _BaseEstimator
     from sklearn.base import ClassifierMixin as _ClassifierMixin
     from sklearn.base import RegressorMixin as _RegressorMixin
-    from sklearn.exceptions import ConvergenceWarning, DataConversionWarning, NotFittedError
+    from sklearn.exceptions import (
+        ConvergenceWarning,
+        DataConversionWarning,
+        NotFittedError,
+    )
     HAVE_SKLEARN = True
 except ImportError:  # pragma: no cover - exercised where scikit-learn is absent
     HAVE_SKLEARN = False
@@ -106,7 +110,7 @@ except ImportError:  # pragma: no cover - exercised where scikit-learn is absent
             r2 = np.where(ss_tot > 0, 1 - ss_res / np.where(ss_tot > 0, ss_tot, 1), 0.0)
             return float(np.mean(r2))
 
-__all__ = ["MLPClassifier", "MLPRegressor", "NotFittedError", "ConvergenceWarning", "HAVE_SKLEARN"]
+__all__ = ["HAVE_SKLEARN", "ConvergenceWarning", "MLPClassifier", "MLPRegressor", "NotFittedError"]
 
 # scikit-learn's activation names, then fastnn's, as Linear's fused activation.
 _ACTIVATIONS = {"identity": None, "logistic": "sigmoid", "sigmoid": "sigmoid", "tanh": "tanh", "relu": "relu",
@@ -604,8 +608,7 @@ class _BaseMLP(_BaseEstimator):
                     self._no_improvement_count += 1
                 else:
                     self._no_improvement_count = 0
-                if self.loss_curve_[-1] < self.best_loss_:
-                    self.best_loss_ = self.loss_curve_[-1]
+                self.best_loss_ = min(self.best_loss_, self.loss_curve_[-1])
             if self.learning_rate == "invscaling" and p["solver"] == "sgd":
                 self._set_lr(opt, p["lr"] / (self.t_ + 1) ** p["power_t"])
             if self._no_improvement_count > p["n_iter_no_change"]:
