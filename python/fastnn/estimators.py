@@ -237,14 +237,16 @@ def _data_loss(p, y, kind, sw):
     """scikit-learn's LOSS_FUNCTIONS on one batch: log loss (probabilities clipped to [eps, 1-eps]
     of float64), binary log loss summed over outputs, half the mean squared error; weighted means with sw."""
     if kind == "identity":
-        return 0.5 * float(np.average(((y - p) ** 2).mean(axis=1), weights=sw))
+        d = y - p
+        d *= d
+        return 0.5 * float(d.mean() if sw is None else np.average(d.mean(axis=1), weights=sw))
     eps = np.finfo(np.float64).eps  # the probabilities are float64 here, as scikit-learn's on float64 data
     p = np.clip(p, eps, 1 - eps)
-    if kind == "softmax":
-        per = -(y * np.log(p)).sum(axis=1)
+    if kind == "softmax":  # y is one-hot: sum(y log p) is the log of the true class's p
+        per = -np.log((p * y).sum(axis=1))
     else:
         per = -(y * np.log(p) + (1 - y) * np.log(1 - p)).sum(axis=1)
-    return float(np.average(per, weights=sw))
+    return float(per.mean() if sw is None else np.average(per, weights=sw))
 
 
 class _BaseMLP(_BaseEstimator):
