@@ -261,3 +261,23 @@ def test_divergence_raises(digits):
     with pytest.raises(ValueError, match="Solver produced non-finite parameter weights"):
         quiet(MLPRegressor(hidden_layer_sizes=(8,), solver="sgd", learning_rate_init=10.0, max_iter=3,
                            random_state=0), X, y * 1e3)
+
+
+def test_without_sklearn_installed():
+    # The local base classes and the unstratified split: run in a child where importing sklearn fails.
+    import subprocess
+    import sys
+    code = ("import sys, warnings; sys.modules['sklearn'] = None\n"
+            "import numpy as np, fastnn\n"
+            "from fastnn.estimators import MLPClassifier, MLPRegressor, HAVE_SKLEARN, NotFittedError\n"
+            "assert not HAVE_SKLEARN\n"
+            "X, y = fastnn.datasets.load_digits(return_X_y=True); X = X / 16.0\n"
+            "warnings.simplefilter('ignore')\n"
+            "c = MLPClassifier(hidden_layer_sizes=(32,), early_stopping=True, random_state=0, max_iter=40).fit(X, y)\n"
+            "assert c.score(X, y) > 0.9 and c.best_validation_score_ == max(c.validation_scores_)\n"
+            "assert len(c.validation_scores_) == c.n_iter_ and c.get_params()['early_stopping'] is True\n"
+            "r = MLPRegressor(hidden_layer_sizes=(32,), solver='lbfgs', random_state=0, max_iter=50).fit(X, y / 9)\n"
+            "assert r.score(X, y / 9) > 0.8\n"
+            "try:\n    MLPRegressor().predict(X)\nexcept NotFittedError:\n    print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
