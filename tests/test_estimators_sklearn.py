@@ -240,3 +240,14 @@ def test_sample_weight_equals_repetition(digits):
     a = quiet(MLPClassifier(**kw), X, y, sample_weight=w)
     b = quiet(MLPClassifier(**kw), np.r_[X, X[:50]], np.r_[y, y[:50]])
     np.testing.assert_allclose(a.predict_proba(X), b.predict_proba(X), rtol=1e-3, atol=1e-5)
+
+
+def test_verbose_prints_sklearns_lines(digits, capsys):
+    X, y = digits
+    kw = dict(hidden_layer_sizes=(8,), max_iter=2, verbose=True, early_stopping=True, random_state=0)
+    quiet(MLPClassifier(**kw), X, y)
+    ours = capsys.readouterr().out.splitlines()
+    quiet(sknn.MLPClassifier(**kw), X, y)
+    theirs = capsys.readouterr().out.splitlines()
+    assert [s.split("=")[0].split(":")[0] for s in ours] == [s.split("=")[0].split(":")[0] for s in theirs]
+    assert len(ours) == 4 and ours[0].startswith("Iteration 1, loss = ")
