@@ -8,11 +8,15 @@ from __future__ import annotations
 import pickle
 import warnings
 
+import fastnn
 import numpy as np
 import pytest
-
-import fastnn
-from fastnn.estimators import ConvergenceWarning, MLPClassifier, MLPRegressor, NotFittedError
+from fastnn.estimators import (
+    ConvergenceWarning,
+    MLPClassifier,
+    MLPRegressor,
+    NotFittedError,
+)
 
 
 @pytest.fixture(scope="module")
@@ -52,21 +56,16 @@ def test_string_labels_and_binary(digits):
     assert b.classes_.tolist() == [False, True] and b.predict_proba(X[:3]).shape == (3, 2)
 
 
-def test_alpha_maps_to_l2_per_batch(digits, monkeypatch):
+def test_loss_includes_alpha_penalty(digits):
+    # After one lbfgs-free epoch of plain SGD with lr tiny, loss_ is the data loss + 0.5 alpha ||W||^2 / n
+    # of (almost) the initial weights: compare two alphas on one seed and the penalty they imply.
     X, y = digits
-    seen = {}
-    from fastnn import train
-    orig = train.Trainer.__init__
-
-    def spy(self, *a, **kw):
-        seen.update(kw)
-        orig(self, *a, **kw)
-
-    monkeypatch.setattr(train.Trainer, "__init__", spy)
-    quiet(MLPClassifier(hidden_layer_sizes=(8,), alpha=0.5, batch_size=50, max_iter=1), X[:200], y[:200])
-    assert seen["l2"] == pytest.approx(0.5 / 50)
-    quiet(MLPClassifier(hidden_layer_sizes=(8,), alpha=0.5, max_iter=1), X[:150], y[:150])  # auto: min(200, n)
-    assert seen["l2"] == pytest.approx(0.5 / 150)
+    kw = dict(hidden_layer_sizes=(8,), solver="sgd", learning_rate_init=1e-12, momentum=0.0, max_iter=1,
+              batch_size=1797, shuffle=False, random_state=0)
+    a = quiet(MLPClassifier(alpha=0.0, **kw), X, y)
+    b = quiet(MLPClassifier(alpha=2.0, **kw), X, y)
+    sq = sum(float((c.astype(np.float64) ** 2).sum()) for c in b.coefs_)
+    assert b.loss_ - a.loss_ == pytest.approx(0.5 * 2.0 * sq / 1797, rel=1e-5)
 
 
 def test_random_state_determinism_and_refit(digits):
@@ -87,16 +86,19 @@ def test_warm_start_continues(digits):
     model, loss = clf.model_, clf.loss_curve_[-1]
     quiet(clf, X, y)
     assert clf.model_ is model and clf.loss_curve_[0] < loss * 1.05
-    with pytest.raises(ValueError, match="warm_start"):
+    with pytest.raises(ValueError, match="X has 10 features, but MLPClassifier is expecting 64"):
         clf.fit(X[:, :10], y)
+    with pytest.raises(ValueError, match="warm_start/partial_fit: the fitted layer sizes are"):
+        clf.set_params(hidden_layer_sizes=(17,)).fit(X, y)
 
 
 def test_early_stopping_and_convergence(digits):
     X, y = digits
     clf = quiet(MLPClassifier(hidden_layer_sizes=(32,), max_iter=200, early_stopping=True, n_iter_no_change=3,
                               learning_rate_init=0.01, random_state=0), X, y)
-    assert clf.n_iter_ < 200 and len(clf.validation_loss_curve_) == clf.n_iter_
-    with pytest.warns(ConvergenceWarning, match="max_iter=2"):
+    assert clf.n_iter_ < 200 and len(clf.validation_scores_) == clf.n_iter_ == len(clf.loss_curve_)
+    assert clf.best_validation_score_ == max(clf.validation_scores_) and clf.best_loss_ is None
+    with pytest.warns(ConvergenceWarning, match=r"Maximum iterations \(2\) reached"):
         MLPClassifier(hidden_layer_sizes=(8,), max_iter=2).fit(X, y)
 
 
@@ -121,7 +123,7 @@ def test_pickle_round_trip(digits):
 def test_get_set_params_and_unfitted():
     clf = MLPClassifier(hidden_layer_sizes=(5, 3), dropout=0.2)
     p = clf.get_params()
-    assert p["hidden_layer_sizes"] == (5, 3) and p["dropout"] == 0.2 and p["optimizer"] == "adam"
+    assert p["hidden_layer_sizes"] == (5, 3) and p["dropout"] == 0.2 and p["solver"] == "adam" and p["optimizer"] is None
     assert clf.set_params(alpha=0.1) is clf and clf.alpha == 0.1
     with pytest.raises(NotFittedError):
         clf.predict(np.zeros((2, 3)))
@@ -129,15 +131,27 @@ def test_get_set_params_and_unfitted():
 
 
 @pytest.mark.parametrize("params, match", [
-    (dict(activation="swish"), "activation: expected one of .*got 'swish'"),
-    (dict(optimizer="rmsprop"), "optimizer: expected one of .*got 'rmsprop'"),
-    (dict(schedule="exponential"), "schedule: expected None or one of .*got 'exponential'"),
+    (dict(activation="swish"), "The 'activation' parameter must be one of .*got 'swish'"),
+    (dict(solver="rmsprop"), "The 'solver' parameter must be one of 'lbfgs', 'sgd', 'adam'; got 'rmsprop'"),
+    (dict(learning_rate="cyclic"), "The 'learning_rate' parameter must be one of .*got 'cyclic'"),
+    (dict(optimizer="rmsprop"), "The 'optimizer' parameter .*got 'rmsprop'"),
+    (dict(schedule="exponential"), "schedule: expected None, 'constant', 'cosine' or 'linear'.*got 'exponential'"),
+    (dict(schedule="cosine", learning_rate="adaptive"), "schedule: 'cosine' replaces learning_rate"),
     (dict(learning_rate_init=0.0), r"learning_rate_init: expected a number in \(0.0, inf\], got 0.0"),
     (dict(learning_rate_init=-1), "learning_rate_init"),
     (dict(batch_size=0), "batch_size: expected an integer >= 1, got 0"),
-    (dict(batch_size="big"), "batch_size: expected 'auto' or a positive integer, got 'big'"),
+    (dict(batch_size="big"), "The 'batch_size' parameter must be 'auto' or an int >= 1; got 'big'"),
     (dict(hidden_layer_sizes=(10, 0)), r"hidden_layer_sizes\[1\]: expected an integer >= 1, got 0"),
     (dict(max_iter=0), "max_iter"),
+    (dict(max_fun=0), "max_fun"),
+    (dict(momentum=1.5), r"momentum: expected a number in \[0.0, 1.0\], got 1.5"),
+    (dict(nesterovs_momentum="yes"), "The 'nesterovs_momentum' parameter must be an instance of 'bool'"),
+    (dict(beta_1=1.0), "beta_1"),
+    (dict(beta_2=-0.1), "beta_2"),
+    (dict(epsilon=0.0), "epsilon"),
+    (dict(power_t=-1), "power_t"),
+    (dict(validation_fraction=1.0), "validation_fraction"),
+    (dict(n_iter_no_change=0), "n_iter_no_change"),
     (dict(dropout=1.0), "dropout"),
     (dict(init="zeros"), "init"),
     (dict(device="cuda"), "device: expected 'cpu'"),
@@ -145,8 +159,10 @@ def test_get_set_params_and_unfitted():
 ])
 def test_bad_parameters(digits, params, match):
     X, y = digits
-    with pytest.raises(ValueError, match=match):
-        MLPClassifier(**params).fit(X[:50], y[:50])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # optimizer=: its own test below
+        with pytest.raises(ValueError, match=match):
+            MLPClassifier(**params).fit(X[:50], y[:50])
 
 
 def test_bad_data(digits):
@@ -171,3 +187,97 @@ def test_bad_data(digits):
     quiet(clf, X[:50], y[:50])
     with pytest.raises(ValueError, match="X has 10 features, but MLPClassifier is expecting 64 features"):
         clf.predict(X[:5, :10])
+
+
+def test_optimizer_is_deprecated_alias_of_solver(digits):
+    X, y = digits
+    with pytest.warns(DeprecationWarning, match="optimizer= is deprecated"):
+        a = quiet(MLPClassifier(hidden_layer_sizes=(8,), optimizer="sgd", max_iter=2, random_state=0), X, y)
+    b = quiet(MLPClassifier(hidden_layer_sizes=(8,), solver="sgd", max_iter=2, random_state=0), X, y)
+    assert a.loss_curve_ == b.loss_curve_
+
+
+def test_lbfgs_without_scipy_names_the_extra(digits, monkeypatch):
+    import sys
+    X, y = digits
+    monkeypatch.setitem(sys.modules, "scipy.optimize", None)  # import scipy.optimize now raises ImportError
+    with pytest.raises(ImportError, match=r"solver='lbfgs' needs SciPy.*fastnn\[lbfgs\]"):
+        MLPClassifier(solver="lbfgs", max_iter=2).fit(X[:50], y[:50])
+
+
+def test_partial_fit_needs_classes_and_refuses_lbfgs(digits):
+    X, y = digits
+    with pytest.raises(ValueError, match="classes: must be passed on the first call to partial_fit"):
+        MLPClassifier().partial_fit(X[:50], y[:50])
+    with pytest.raises(AttributeError, match="partial_fit is only available for stochastic optimizers"):
+        MLPClassifier(solver="lbfgs").partial_fit(X[:50], y[:50], classes=np.arange(10))
+    with pytest.raises(ValueError, match="partial_fit does not support early_stopping=True"):
+        MLPClassifier(early_stopping=True).partial_fit(X[:50], y[:50], classes=np.arange(10))
+    clf = MLPClassifier(hidden_layer_sizes=(16,), random_state=0)
+    for i in range(3):
+        clf.partial_fit(X[i * 100:(i + 1) * 100], y[i * 100:(i + 1) * 100], classes=np.arange(10))
+    assert clf.n_iter_ == 1 and clf.t_ == 300 and len(clf.loss_curve_) == 3
+    with pytest.raises(ValueError, match=r"y: labels \[11\] are not in classes_"):
+        clf.partial_fit(X[:2], np.array([1, 11]))
+
+
+def test_learning_rate_rules_hand_computed(digits):
+    X, y = digits
+    n = 300
+    # invscaling: after epoch k (t_ = k n samples seen) lr = learning_rate_init / (k n + 1) ** power_t
+    clf = MLPClassifier(hidden_layer_sizes=(8,), solver="sgd", learning_rate="invscaling", learning_rate_init=0.5,
+                        power_t=0.25, random_state=0)
+    for k in range(1, 5):
+        clf.partial_fit(X[:n], y[:n], classes=np.arange(10))
+        assert clf._optimizer.lr == pytest.approx(0.5 / (k * n + 1) ** 0.25, rel=1e-12)
+    # adaptive: with tol huge only epoch 1 improves (on best_loss_ = inf); with n_iter_no_change=1
+    # the count passes 1 at epochs 3, 5, 7, ... and each firing divides lr by 5:
+    # 0.01 / 5**6 = 6.4e-7 <= 1e-6 after epoch 13, so the firing at epoch 15 stops.
+    clf = quiet(MLPClassifier(hidden_layer_sizes=(8,), solver="sgd", learning_rate="adaptive", learning_rate_init=0.01,
+                              tol=1e9, n_iter_no_change=1, max_iter=100, random_state=0), X[:n], y[:n])
+    assert clf.n_iter_ == 15 and clf._optimizer.lr == pytest.approx(0.01 / 5 ** 6, rel=1e-12)
+    # constant: lr never moves and the first firing (epoch 3) stops; so does adam's with "adaptive"
+    clf = quiet(MLPClassifier(hidden_layer_sizes=(8,), solver="sgd", tol=1e9, n_iter_no_change=1, max_iter=100,
+                              random_state=0), X[:n], y[:n])
+    assert clf.n_iter_ == 3 and clf._optimizer.lr == 0.001
+    clf = quiet(MLPClassifier(hidden_layer_sizes=(8,), learning_rate="adaptive", tol=1e9, n_iter_no_change=1,
+                              max_iter=100, random_state=0), X[:n], y[:n])
+    assert clf.n_iter_ == 3
+
+
+def test_binary_and_multilabel_layout(digits):
+    X, y = digits
+    b = quiet(MLPClassifier(hidden_layer_sizes=(8,), max_iter=5, random_state=0), X, y == 3)
+    assert b.out_activation_ == "logistic" and b.n_outputs_ == 1 and b.coefs_[-1].shape == (8, 1)
+    p = b.predict_proba(X[:5])
+    assert p.shape == (5, 2) and np.allclose(p.sum(1), 1)
+    Y = np.c_[y % 2, y > 4, y == 0].astype(int)
+    m = quiet(MLPClassifier(hidden_layer_sizes=(16,), max_iter=30, random_state=0), X, Y)
+    assert m.out_activation_ == "logistic" and m.predict(X[:5]).shape == (5, 3) and m.score(X, Y) > 0.7
+
+
+def test_divergence_raises(digits):
+    X, y = digits
+    with pytest.raises(ValueError, match="Solver produced non-finite parameter weights"):
+        quiet(MLPRegressor(hidden_layer_sizes=(8,), solver="sgd", learning_rate_init=10.0, max_iter=3,
+                           random_state=0), X, y * 1e3)
+
+
+def test_without_sklearn_installed():
+    # The local base classes and the unstratified split: run in a child where importing sklearn fails.
+    import subprocess
+    import sys
+    code = ("import sys, warnings; sys.modules['sklearn'] = None\n"
+            "import numpy as np, fastnn\n"
+            "from fastnn.estimators import MLPClassifier, MLPRegressor, HAVE_SKLEARN, NotFittedError\n"
+            "assert not HAVE_SKLEARN\n"
+            "X, y = fastnn.datasets.load_digits(return_X_y=True); X = X / 16.0\n"
+            "warnings.simplefilter('ignore')\n"
+            "c = MLPClassifier(hidden_layer_sizes=(32,), early_stopping=True, random_state=0, max_iter=40).fit(X, y)\n"
+            "assert c.score(X, y) > 0.9 and c.best_validation_score_ == max(c.validation_scores_)\n"
+            "assert len(c.validation_scores_) == c.n_iter_ and c.get_params()['early_stopping'] is True\n"
+            "r = MLPRegressor(hidden_layer_sizes=(32,), solver='lbfgs', random_state=0, max_iter=50).fit(X, y / 9)\n"
+            "assert r.score(X, y / 9) > 0.8\n"
+            "try:\n    MLPRegressor().predict(X)\nexcept NotFittedError:\n    print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

@@ -1,45 +1,48 @@
-"""scikit-learn compatible estimators: MLPClassifier and MLPRegressor on fastnn's kernels.
+"""scikit-learn's MLPClassifier / MLPRegressor on fastnn's kernels, a drop-in:
 
-    from fastnn.estimators import MLPClassifier
-    clf = MLPClassifier(hidden_layer_sizes=(128,), max_iter=50, random_state=0).fit(X, y)
-    clf.predict(X); clf.predict_proba(X); clf.score(X, y)
+    from fastnn.estimators import MLPClassifier      # instead of sklearn.neural_network
+    clf = MLPClassifier(hidden_layer_sizes=(128,), solver="sgd", momentum=0.9, random_state=0).fit(X, y)
+    clf.predict(X); clf.predict_proba(X); clf.score(X, y); clf.coefs_[0].shape  # (n_features, 128)
 
-They follow scikit-learn's estimator contract (parameters stored untouched by __init__ and
-validated in fit, fit returns self, learned attributes end in "_", get_params/set_params), so
-GridSearchCV, cross_val_score, Pipeline and VotingClassifier work unchanged; the tests run
-scikit-learn's ``parametrize_with_checks`` on them.
+Every parameter of scikit-learn 1.9's classes, with its name, default and meaning: hidden_layer_sizes,
+activation, solver ("adam", "sgd", "lbfgs"), alpha, batch_size, learning_rate ("constant",
+"invscaling", "adaptive"), learning_rate_init, power_t, max_iter, shuffle, random_state, tol,
+verbose, warm_start, momentum, nesterovs_momentum, early_stopping, validation_fraction, beta_1,
+beta_2, epsilon, n_iter_no_change, max_fun; fit(X, y, sample_weight=None), partial_fit (classes=
+on the classifier's first call). Fitted attributes in scikit-learn's layout: classes_, coefs_[i]
+(fan_in, fan_out), intercepts_[i], loss_, best_loss_, loss_curve_, validation_scores_,
+best_validation_score_, t_, n_iter_, n_layers_, n_outputs_, out_activation_, n_features_in_,
+feature_names_in_; plus model_ (the fastnn.nn.Sequential; coefs_ are transposed views of its weights).
 
-scikit-learn is not a dependency. When it is importable the classes derive from
-sklearn.base.BaseEstimator with ClassifierMixin / RegressorMixin, and raise its NotFittedError,
-DataConversionWarning and ConvergenceWarning; without it a small local base provides
-get_params / set_params / score (accuracy, R^2) and local exception classes of the same names
-(NotFittedError subclasses ValueError and AttributeError, as scikit-learn's does).
+The training follows scikit-learn's algorithm step for step, so with one random_state both
+libraries start from the same weights, visit the same batches and report the same loss curve (to
+float32 rounding): Glorot-uniform weights and biases drawn from random_state in its order; rows
+shuffled by random_state.shuffle each epoch; delta = output - y at the output (softmax, logistic
+for binary / multi-label, identity for regression); gradients / the batch's weight sum plus
+alpha * W / that sum (fastnn's fused l2, biases excluded); the reported loss includes
+0.5 * alpha * ||W||^2 / sum; SGD's velocity v = momentum v - lr g (Nesterov: momentum v - lr g
+again), Adam's step lr sqrt(1 - b2^t) / (1 - b1^t) m / (sqrt(v) + epsilon); learning_rate
+"invscaling" sets lr = learning_rate_init / (t_ + 1)^power_t after each epoch, "adaptive" divides
+it by 5 when the stopping rule fires (stopping below 1e-6); the stopping rule counts epochs whose
+training loss is not below best_loss_ - tol (with early_stopping: validation score not above
+best + tol on a train_test_split of validation_fraction, best weights restored) and stops after
+more than n_iter_no_change of them; ConvergenceWarning at max_iter. solver="lbfgs" is full-batch
+scipy.optimize L-BFGS-B (maxiter=max_iter, maxfun=max_fun, gtol=tol); it needs SciPy (the
+"lbfgs" extra: pip install "fastnn[lbfgs]").
 
-Parameters shared with sklearn.neural_network.MLPClassifier keep its names and defaults:
-hidden_layer_sizes=(100,), activation="relu" ("identity", "logistic", "tanh", "relu", and
-fastnn's "sigmoid", "leaky_relu", "elu", "selu", "prelu"), alpha=1e-4, batch_size="auto"
-(min(200, n_samples)), learning_rate_init=1e-3, max_iter=200 (epochs), shuffle=True,
-random_state=None, tol=1e-4, early_stopping=False, validation_fraction=0.1,
-n_iter_no_change=10, warm_start=False, verbose=False. fastnn's own: dropout (after each hidden
-layer, fused into the GEMM), init ("kaiming", "xavier", "normal", "pytorch"), optimizer ("adam",
-"adamw", "sgd"; sgd uses momentum 0.9 like scikit-learn's default), schedule (None or a
-fastnn.schedules name, e.g. "cosine" over the run), n_threads (fastnn's CPU threads during
-fit/predict; None leaves the setting alone), device ("cpu"; the Trainer runs on NumPy arrays).
+Differences, on purpose: the network computes in float32 (fastnn's kernels) whatever X's dtype,
+so coefs_ are float32; activation also takes fastnn's "sigmoid", "leaky_relu", "elu", "selu",
+"prelu". fastnn's own parameters: dropout (after each hidden layer, fused into the GEMM; seeded
+by random_state), init (None: scikit-learn's; or "kaiming", "xavier", "normal", "pytorch"),
+schedule (None, "constant", "cosine", "linear": the learning rate per epoch over max_iter, with
+learning_rate="constant"), n_threads (fastnn's CPU threads during fit/predict; None leaves the
+setting alone), device ("cpu"). optimizer= is fastnn's old name for solver: it still works
+("sgd", "adam") with a DeprecationWarning, and overrides solver.
 
-Mapping of the differences, written down:
-- alpha: scikit-learn adds 0.5 * alpha * ||W||^2 / batch_rows to each batch's loss, so each step's
-  gradient gets alpha * W / batch_rows; that is fastnn's l2 = alpha / batch_size (biases excluded
-  in both). The training loss (loss_curve_) includes that penalty, as scikit-learn's does.
-- MLPRegressor's loss is the mean squared error; scikit-learn reports half of it.
-- Convergence: without early stopping, training stops when the training loss has not improved
-  by more than tol for n_iter_no_change epochs (as scikit-learn); with early_stopping=True the
-  monitored value is the validation *loss* on validation_fraction of the rows (scikit-learn
-  uses the validation score) and the best epoch's weights are restored.
-- random_state: seeds the initialization (a private fastnn.Generator), the shuffling and the
-  validation split; it also calls fastnn.manual_seed(random_state) so dropout masks repeat
-  (the global fastnn generator is reseeded). random_state=None draws fresh entropy.
-- The classifier's output layer has one logit per class (two for a binary problem) and softmax
-  cross-entropy; predict_proba is its softmax.
+scikit-learn is not a dependency. When it is importable the classes derive from its
+BaseEstimator with ClassifierMixin / RegressorMixin and raise its NotFittedError and
+ConvergenceWarning; without it a small local base provides get_params / set_params / score and
+local exception classes of the same names. The tests run scikit-learn's parametrize_with_checks.
 """
 
 from __future__ import annotations
@@ -61,7 +64,11 @@ try:  # scikit-learn is optional: inherit its base classes when it is there
     from sklearn.base import BaseEstimator as _BaseEstimator
     from sklearn.base import ClassifierMixin as _ClassifierMixin
     from sklearn.base import RegressorMixin as _RegressorMixin
-    from sklearn.exceptions import ConvergenceWarning, DataConversionWarning, NotFittedError
+    from sklearn.exceptions import (
+        ConvergenceWarning,
+        DataConversionWarning,
+        NotFittedError,
+    )
     HAVE_SKLEARN = True
 except ImportError:  # pragma: no cover - exercised where scikit-learn is absent
     HAVE_SKLEARN = False
@@ -103,7 +110,7 @@ except ImportError:  # pragma: no cover - exercised where scikit-learn is absent
             r2 = np.where(ss_tot > 0, 1 - ss_res / np.where(ss_tot > 0, ss_tot, 1), 0.0)
             return float(np.mean(r2))
 
-__all__ = ["MLPClassifier", "MLPRegressor", "NotFittedError", "ConvergenceWarning", "HAVE_SKLEARN"]
+__all__ = ["HAVE_SKLEARN", "ConvergenceWarning", "MLPClassifier", "MLPRegressor", "NotFittedError"]
 
 # scikit-learn's activation names, then fastnn's, as Linear's fused activation.
 _ACTIVATIONS = {"identity": None, "logistic": "sigmoid", "sigmoid": "sigmoid", "tanh": "tanh", "relu": "relu",
@@ -182,38 +189,109 @@ def _check_real(v, name, lo, hi=math.inf, lo_open=False, hi_open=False):
     return float(v)
 
 
+_SOLVERS = ("lbfgs", "sgd", "adam")
+_LR_RULES = ("constant", "invscaling", "adaptive")
+
+
+def _check_bool(v, name):
+    if not isinstance(v, (bool, np.bool_)):
+        raise ValueError(f"The '{name}' parameter must be an instance of 'bool', got {v!r}")
+    return bool(v)
+
+
+def _random_state(rs):
+    """scikit-learn's check_random_state: None -> numpy's global RandomState, int -> a new one."""
+    if rs is None or rs is np.random:
+        return np.random.mtrand._rand
+    if isinstance(rs, numbers.Integral) and not isinstance(rs, (bool, np.bool_)):
+        return np.random.RandomState(int(rs))
+    if isinstance(rs, np.random.RandomState):
+        return rs
+    raise ValueError(f"random_state: expected None, an integer or a numpy RandomState, got {rs!r}")
+
+
+def _split(n, vf, rs, strata):
+    """(train, validation) row indices: scikit-learn's train_test_split (stratified by class for a
+    single-output classifier) when it is importable, so a seed gives the split scikit-learn's MLP uses."""
+    if HAVE_SKLEARN:
+        from sklearn.model_selection import train_test_split
+        return train_test_split(np.arange(n), random_state=rs, test_size=vf, stratify=strata)
+    perm = rs.permutation(n)
+    n_val = int(math.ceil(vf * n))
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def _out_activation(z, kind):
+    """The output activation in float64: softmax / logistic / identity of the last layer's z."""
+    z = z.astype(np.float64)
+    if kind == "softmax":
+        z -= z.max(axis=1, keepdims=True)
+        np.exp(z, out=z)
+        z /= z.sum(axis=1, keepdims=True)
+    elif kind == "logistic":
+        z = 0.5 * (1.0 + np.tanh(0.5 * z))
+    return z
+
+
+def _data_loss(p, y, kind, sw):
+    """scikit-learn's LOSS_FUNCTIONS on one batch: log loss (probabilities clipped to [eps, 1-eps]
+    of float64), binary log loss summed over outputs, half the mean squared error; weighted means with sw."""
+    if kind == "identity":
+        d = y - p
+        d *= d
+        return 0.5 * float(d.mean() if sw is None else np.average(d.mean(axis=1), weights=sw))
+    eps = np.finfo(np.float64).eps  # the probabilities are float64 here, as scikit-learn's on float64 data
+    p = np.clip(p, eps, 1 - eps)
+    if kind == "softmax":  # y is one-hot: sum(y log p) is the log of the true class's p
+        per = -np.log((p * y).sum(axis=1))
+    else:
+        per = -(y * np.log(p) + (1 - y) * np.log(1 - p)).sum(axis=1)
+    return float(per.mean() if sw is None else np.average(per, weights=sw))
+
+
 class _BaseMLP(_BaseEstimator):
     _classifier = False
 
-    def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, alpha=0.0001, batch_size="auto",
-                 learning_rate_init=0.001, max_iter=200, shuffle=True, random_state=None, tol=1e-4,
-                 early_stopping=False, validation_fraction=0.1, n_iter_no_change=10, warm_start=False,
-                 dropout=0.0, init="kaiming", optimizer="adam", schedule=None, n_threads=None, device="cpu",
-                 verbose=False):
+    def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam", alpha=0.0001,
+                 batch_size="auto", learning_rate="constant", learning_rate_init=0.001, power_t=0.5, max_iter=200,
+                 shuffle=True, random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
+                 nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1, beta_1=0.9, beta_2=0.999,
+                 epsilon=1e-8, n_iter_no_change=10, max_fun=15000, dropout=0.0, init=None, schedule=None,
+                 n_threads=None, device="cpu", optimizer=None):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
+        self.solver = solver
         self.alpha = alpha
         self.batch_size = batch_size
+        self.learning_rate = learning_rate
         self.learning_rate_init = learning_rate_init
+        self.power_t = power_t
         self.max_iter = max_iter
         self.shuffle = shuffle
         self.random_state = random_state
         self.tol = tol
+        self.verbose = verbose
+        self.warm_start = warm_start
+        self.momentum = momentum
+        self.nesterovs_momentum = nesterovs_momentum
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
         self.n_iter_no_change = n_iter_no_change
-        self.warm_start = warm_start
+        self.max_fun = max_fun
         self.dropout = dropout
         self.init = init
-        self.optimizer = optimizer
         self.schedule = schedule
         self.n_threads = n_threads
         self.device = device
-        self.verbose = verbose
+        self.optimizer = optimizer
 
     # ----------------------------------------------------------------- parameters
-    def _validated(self, n_samples):
-        """The checked hyperparameters (errors name the parameter, what was expected and what came)."""
+    def _validated(self):
+        """The checked hyperparameters; errors name the parameter, what was expected and what came
+        (the wording of scikit-learn's InvalidParameterError)."""
         h = self.hidden_layer_sizes
         if isinstance(h, numbers.Integral) and not isinstance(h, (bool, np.bool_)):
             h = (h,)
@@ -222,119 +300,345 @@ class _BaseMLP(_BaseEstimator):
         except TypeError:
             raise ValueError(f"hidden_layer_sizes: expected a tuple of positive integers, got {h!r}") from None
         if not isinstance(self.activation, str) or self.activation not in _ACTIVATIONS:
-            raise ValueError(f"activation: expected one of {', '.join(map(repr, _ACTIVATIONS))}, got "
-                             f"{self.activation!r}")
-        alpha = _check_real(self.alpha, "alpha", 0.0)
-        if isinstance(self.batch_size, str):
-            if self.batch_size != "auto":
-                raise ValueError(f"batch_size: expected 'auto' or a positive integer, got {self.batch_size!r}")
-            bs = min(200, n_samples)
-        else:
-            bs = _check_int(self.batch_size, "batch_size")
-            if bs > n_samples:
-                warnings.warn(f"batch_size: {bs} is larger than the {n_samples} samples; using {n_samples}",
-                              UserWarning, stacklevel=3)
-            bs = min(bs, n_samples)
-        lr = _check_real(self.learning_rate_init, "learning_rate_init", 0.0, lo_open=True)
-        max_iter = _check_int(self.max_iter, "max_iter")
-        tol = _check_real(self.tol, "tol", 0.0)
-        vf = _check_real(self.validation_fraction, "validation_fraction", 0.0, 1.0, lo_open=True, hi_open=True)
-        patience = _check_int(self.n_iter_no_change, "n_iter_no_change")
-        dropout = _check_real(self.dropout, "dropout", 0.0, 1.0, hi_open=True)
-        if self.init not in _nn.INITS or self.init == "zeros":
-            raise ValueError(f"init: expected one of 'kaiming', 'xavier', 'normal', 'pytorch', got {self.init!r}")
-        if not isinstance(self.optimizer, str) or self.optimizer.lower() not in _optim.OPTIMIZERS:
-            raise ValueError(f"optimizer: expected one of {', '.join(map(repr, _optim.OPTIMIZERS))}, got "
-                             f"{self.optimizer!r}")
-        if self.schedule is not None and (not isinstance(self.schedule, str) or
-                                          self.schedule.lower() not in _schedules.SCHEDULES):
-            raise ValueError(f"schedule: expected None or one of {', '.join(map(repr, _schedules.SCHEDULES))}, "
+            raise ValueError(f"The 'activation' parameter must be one of {', '.join(map(repr, _ACTIVATIONS))}; "
+                             f"got {self.activation!r}")
+        solver = self.solver
+        if self.optimizer is not None:
+            warnings.warn("optimizer= is deprecated: it is scikit-learn's solver= ('sgd', 'adam', 'lbfgs'); "
+                          "optimizer overrides solver until it is removed", DeprecationWarning, stacklevel=5)
+            if self.optimizer not in ("sgd", "adam"):
+                raise ValueError(f"The 'optimizer' parameter (deprecated, use solver=) must be 'sgd' or 'adam'; "
+                                 f"got {self.optimizer!r}")
+            solver = self.optimizer
+        if solver not in _SOLVERS:
+            raise ValueError(f"The 'solver' parameter must be one of {', '.join(map(repr, _SOLVERS))}; got {solver!r}")
+        if self.learning_rate not in _LR_RULES:
+            raise ValueError(f"The 'learning_rate' parameter must be one of {', '.join(map(repr, _LR_RULES))}; "
+                             f"got {self.learning_rate!r}")
+        bs = self.batch_size
+        if not (isinstance(bs, str) and bs == "auto"):
+            if isinstance(bs, str):
+                raise ValueError(f"The 'batch_size' parameter must be 'auto' or an int >= 1; got {bs!r}")
+            bs = _check_int(bs, "batch_size")
+        n_iter_no_change = self.n_iter_no_change
+        if not (isinstance(n_iter_no_change, float) and n_iter_no_change == math.inf):
+            n_iter_no_change = _check_int(n_iter_no_change, "n_iter_no_change")
+        if self.init is not None and (self.init not in _nn.INITS or self.init == "zeros"):
+            raise ValueError(f"init: expected None (scikit-learn's Glorot-uniform weights and biases) or one of "
+                             f"'kaiming', 'xavier', 'normal', 'pytorch', got {self.init!r}")
+        if self.schedule is not None and self.schedule not in ("constant", "cosine", "linear"):
+            raise ValueError(f"schedule: expected None, 'constant', 'cosine' or 'linear' (per epoch over max_iter), "
                              f"got {self.schedule!r}")
-        if self.schedule is not None and self.schedule.lower() not in ("constant", "cosine", "linear"):
-            raise ValueError(f"schedule: {self.schedule!r} needs arguments; the estimators take 'constant', "
-                             "'cosine' or 'linear' (over the whole run)")
+        if self.schedule is not None and self.learning_rate != "constant":
+            raise ValueError(f"schedule: {self.schedule!r} replaces learning_rate; it needs "
+                             f"learning_rate='constant', got {self.learning_rate!r}")
         if self.n_threads is not None:
             _check_int(self.n_threads, "n_threads")
         if self.device != "cpu":
-            raise ValueError(f"device: expected 'cpu' (the estimators train on NumPy arrays; GPU training is not "
-                             f"available in fastnn.train yet), got {self.device!r}")
-        if self.random_state is not None and not isinstance(self.random_state, (numbers.Integral,
-                                                                                 np.random.RandomState)):
-            raise ValueError(f"random_state: expected None, an integer or a numpy RandomState, got "
-                             f"{self.random_state!r}")
-        return dict(hidden=hidden, act=_ACTIVATIONS[self.activation], alpha=alpha, batch_size=bs, lr=lr,
-                    max_iter=max_iter, tol=tol, vf=vf, patience=patience, dropout=dropout)
+            raise ValueError(f"device: expected 'cpu' (the estimators train on NumPy arrays), got {self.device!r}")
+        if self.verbose is not None and not isinstance(self.verbose, (bool, np.bool_, numbers.Integral)):
+            raise ValueError(f"The 'verbose' parameter must be a bool or an int; got {self.verbose!r}")
+        return dict(
+            hidden=hidden, solver=solver, batch_size=bs, n_iter_no_change=n_iter_no_change,
+            alpha=_check_real(self.alpha, "alpha", 0.0),
+            lr=_check_real(self.learning_rate_init, "learning_rate_init", 0.0, lo_open=True),
+            power_t=_check_real(self.power_t, "power_t", 0.0),
+            max_iter=_check_int(self.max_iter, "max_iter"),
+            shuffle=_check_bool(self.shuffle, "shuffle"),
+            tol=_check_real(self.tol, "tol", 0.0),
+            warm_start=_check_bool(self.warm_start, "warm_start"),
+            momentum=_check_real(self.momentum, "momentum", 0.0, 1.0),
+            nesterov=_check_bool(self.nesterovs_momentum, "nesterovs_momentum"),
+            early_stopping=_check_bool(self.early_stopping, "early_stopping"),
+            vf=_check_real(self.validation_fraction, "validation_fraction", 0.0, 1.0, hi_open=True),
+            beta_1=_check_real(self.beta_1, "beta_1", 0.0, 1.0, hi_open=True),
+            beta_2=_check_real(self.beta_2, "beta_2", 0.0, 1.0, hi_open=True),
+            epsilon=_check_real(self.epsilon, "epsilon", 0.0, lo_open=True),
+            max_fun=_check_int(self.max_fun, "max_fun"),
+            dropout=_check_real(self.dropout, "dropout", 0.0, 1.0, hi_open=True))
 
-    def _seed(self):
-        rs = self.random_state
-        if rs is None:
-            return None
-        if isinstance(rs, np.random.RandomState):
-            return int(rs.randint(0, 2**31 - 1))
-        return int(rs) % (2**63)
-
-    def _build(self, p, n_in, n_out, seed):
-        gen = Generator(seed if seed is not None else int(np.random.default_rng().integers(0, 2**63)))
-        layers, width = [], n_in
-        for h in p["hidden"]:
-            layers.append(_nn.Linear(width, h, activation=p["act"], dropout=p["dropout"], init=self.init,
-                                     generator=gen))
-            width = h
-        # The output layer: Xavier (gain 1) for the logits / outputs unless the user chose a scheme.
-        out_init = self.init if self.init != "kaiming" else "xavier"
-        layers.append(_nn.Linear(width, n_out, init=out_init, generator=gen))
+    # ----------------------------------------------------------------- the network
+    def _build(self, p, units, rs):
+        """Linear layers (W is (fan_out, fan_in): coefs_[i] is its transpose, a view). init=None draws
+        scikit-learn's Glorot-uniform weights and biases from rs in scikit-learn's order, so a seed
+        starts from scikit-learn's weights (rounded to float32)."""
+        act = _ACTIVATIONS[self.activation]
+        gen = None if self.init is None else Generator(int(rs.randint(0, 2**31 - 1)))
+        layers = []
+        for i in range(len(units) - 1):
+            hidden = i < len(units) - 2
+            lin = _nn.Linear(units[i], units[i + 1], activation=act if hidden else None,
+                             dropout=p["dropout"] if hidden else 0.0,
+                             init="zeros" if self.init is None else self.init, generator=gen)
+            if self.init is None:
+                factor = 2.0 if self.activation == "logistic" else 6.0
+                bound = np.sqrt(factor / (units[i] + units[i + 1]))
+                lin.weight.data[...] = rs.uniform(-bound, bound, (units[i], units[i + 1])).T
+                lin.bias.data[...] = rs.uniform(-bound, bound, units[i + 1])
+            layers.append(lin)
         return _nn.Sequential(layers)
 
-    # ----------------------------------------------------------------- fit / predict
-    def _fit(self, X, y_enc, n_out, loss):
-        from .train import Trainer
-        p = self._validated(X.shape[0])
-        seed = self._seed()
-        reuse = self.warm_start and getattr(self, "model_", None) is not None
-        if reuse:
-            first = self.model_.layers[0]
-            last = self.model_.layers[-1]
-            if first.in_features != X.shape[1] or last.out_features != n_out:
-                raise ValueError(f"warm_start: the fitted model has {first.in_features} inputs and "
-                                 f"{last.out_features} outputs, this data needs {X.shape[1]} and {n_out}")
-            model = self.model_
-        else:
-            model = self._build(p, X.shape[1], n_out, seed)
-        if self.early_stopping and X.shape[0] < 2:
-            raise ValueError("early_stopping: needs at least 2 samples (one for validation), got 1 sample")
+    @property
+    def coefs_(self):
+        """coefs_[i]: (fan_in, fan_out) float32, a view of layer i's weight (writes reach the model)."""
+        if getattr(self, "model_", None) is None:
+            raise AttributeError(f"{type(self).__name__} has no attribute 'coefs_' before fit")
+        return [lin.weight.data.T for lin in self.model_.layers]
+
+    @coefs_.setter
+    def coefs_(self, value):
+        for lin, c in zip(self.model_.layers, value):
+            lin.weight.data[...] = np.asarray(c).T
+
+    @property
+    def intercepts_(self):
+        """intercepts_[i]: (fan_out,) float32, layer i's bias itself."""
+        if getattr(self, "model_", None) is None:
+            raise AttributeError(f"{type(self).__name__} has no attribute 'intercepts_' before fit")
+        return [lin.bias.data for lin in self.model_.layers]
+
+    @intercepts_.setter
+    def intercepts_(self, value):
+        for lin, b in zip(self.model_.layers, value):
+            lin.bias.data[...] = np.asarray(b)
+
+    def _params(self):
+        return [q for lin in self.model_.layers for q in (lin.weight, lin.bias)]
+
+    def _penalty_sq(self):
+        return sum(float(np.dot(w.ravel(), w.ravel())) for w in (lin.weight.data for lin in self.model_.layers))
+
+    def _forward_backward(self, Xb, yb, sw, alpha):
+        """One training forward + backward of a batch, scikit-learn's backprop: delta = out - y at
+        the output (canonical link), gradients divided by the weight sum, alpha * W / sw_sum added by
+        the optimizer's l2. Returns the batch loss with the penalty (0.5 alpha ||W||^2 / sw_sum)."""
+        z = self.model_.forward(Xb)
+        out = _out_activation(np.asarray(z), self.out_activation_)
+        sw_sum = float(Xb.shape[0]) if sw is None else float(sw.sum())
+        loss = _data_loss(out, yb, self.out_activation_, sw)
+        if alpha:
+            loss += 0.5 * alpha * self._penalty_sq() / sw_sum
+        delta = out - yb
+        if sw is not None:
+            delta *= sw[:, None]
+        delta /= sw_sum
+        self.model_.backward(np.ascontiguousarray(delta, dtype=np.float32), need_input_grad=False)
+        return loss, sw_sum
+
+    # ----------------------------------------------------------------- fit
+    def _fit(self, X, y, sw, incremental):
+        """X float32 (n, f), y float64 (n, n_outputs) already encoded (one-hot / 0-1 / targets)."""
         import fastnn
+        p = self._validated()
+        first_pass = getattr(self, "model_", None) is None or (not p["warm_start"] and not incremental)
+        units = [X.shape[1], *p["hidden"], y.shape[1]]
+        self._random_state = rs = _random_state(self.random_state)
+        if not first_pass:
+            have = [self.model_.layers[0].in_features] + [lin.out_features for lin in self.model_.layers]
+            if have != units:
+                raise ValueError(f"warm_start/partial_fit: the fitted layer sizes are {have}, this data and "
+                                 f"hidden_layer_sizes need {units}")
         old_threads = fastnn.get_num_threads()
         if self.n_threads is not None:
             fastnn.set_num_threads(int(self.n_threads))
         try:
-            trainer = Trainer(model, loss, self.optimizer.lower(), self.schedule,
-                              optimizer_kwargs={"lr": p["lr"], **({"momentum": 0.9}
-                                                                  if self.optimizer.lower() == "sgd" else {})},
-                              l2=p["alpha"] / p["batch_size"], verbose=bool(self.verbose), seed=seed)
-            trainer.fit(X, y_enc, epochs=p["max_iter"], batch_size=p["batch_size"],
-                        validation_fraction=p["vf"] if self.early_stopping else None,
-                        shuffle=bool(self.shuffle), early_stopping=p["patience"], min_delta=p["tol"],
-                        restore_best=bool(self.early_stopping))
+            if first_pass:
+                self.model_ = self._build(p, units, rs)
+                self.n_iter_ = 0
+                self.t_ = 0
+                self.n_layers_ = len(units)
+                self.n_outputs_ = y.shape[1]
+                for a in ("loss_curve_", "best_loss_", "validation_scores_", "best_validation_score_", "_optimizer"):
+                    self.__dict__.pop(a, None)
+                if p["solver"] != "lbfgs":
+                    self.loss_curve_ = []
+                    self._no_improvement_count = 0
+                    if p["early_stopping"]:
+                        self.validation_scores_, self.best_validation_score_, self.best_loss_ = [], -np.inf, None
+                    else:
+                        self.validation_scores_, self.best_validation_score_, self.best_loss_ = None, None, np.inf
+            if p["dropout"] > 0 and self.random_state is not None:
+                fastnn.manual_seed(int(rs.randint(0, 2**31 - 1)))  # dropout masks repeat with the seed
+            self.model_.train()
+            if p["solver"] == "lbfgs":
+                self._fit_lbfgs(X, y, sw, p)
+            else:
+                self._fit_stochastic(X, y, sw, p, rs, incremental)
         finally:
             if self.n_threads is not None:
                 fastnn.set_num_threads(old_threads)
-        h = trainer.history
-        if trainer.stopped_reason == "diverged":
-            raise FloatingPointError(f"{type(self).__name__}.fit: {trainer.divergence_message}")
-        self.model_ = model
-        self.n_iter_ = len(h["loss"])
-        self.loss_curve_ = list(h["loss"])
-        self.loss_ = self.loss_curve_[-1]
-        self.best_loss_ = float(min(self.loss_curve_))
-        self.t_ = self.n_iter_ * X.shape[0]
-        if self.early_stopping:
-            self.validation_loss_curve_ = list(h["val_loss"])
-            self.best_validation_loss_ = float(min(h["val_loss"]))
-        if trainer.stopped_reason == "completed":
-            warnings.warn(f"{type(self).__name__}: max_iter={p['max_iter']} reached and the optimization has not "
-                          "converged yet", ConvergenceWarning, stacklevel=3)
+            self.model_.eval()
+        if not all(np.isfinite(q.data).all() for q in self._params()):
+            raise ValueError("Solver produced non-finite parameter weights. The input data may contain large "
+                             "values and need to be preprocessed.")
         return self
 
+    def _fit_lbfgs(self, X, y, sw, p):
+        try:
+            import scipy.optimize
+        except ImportError:
+            raise ImportError("solver='lbfgs' needs SciPy (scipy.optimize's L-BFGS-B, as scikit-learn uses): "
+                              "pip install 'fastnn[lbfgs]' or pip install scipy") from None
+        params = self._params()
+        sizes = [q.data.size for q in params]
+
+        def loss_grad(flat):
+            o = 0
+            for q, s in zip(params, sizes):
+                q.data[...] = flat[o:o + s].reshape(q.data.shape)
+                o += s
+            loss, _ = self._forward_backward(X, y, sw, p["alpha"])
+            self._add_penalty_grad(params, p["alpha"], float(X.shape[0]) if sw is None else float(sw.sum()))
+            return loss, np.concatenate([q.grad.ravel() for q in params]).astype(np.float64)
+
+        x0 = np.concatenate([q.data.ravel() for q in params]).astype(np.float64)
+        res = scipy.optimize.minimize(loss_grad, x0, method="L-BFGS-B", jac=True,
+                                      options={"maxfun": p["max_fun"], "maxiter": p["max_iter"], "gtol": p["tol"]})
+        if res.status != 0:
+            warnings.warn(f"lbfgs failed to converge after {res.nit} iteration(s) (status={res.status}): "
+                          f"{res.message}. Increase the number of iterations (max_iter) or scale the data.",
+                          ConvergenceWarning, stacklevel=5)
+        self.n_iter_ = min(int(res.nit), p["max_iter"])
+        self.loss_ = float(res.fun)
+        o = 0
+        for q, s in zip(params, sizes):
+            q.data[...] = res.x[o:o + s].reshape(q.data.shape)
+            o += s
+
+    @staticmethod
+    def _add_penalty_grad(params, alpha, sw_sum):
+        """L-BFGS's gradient of the penalty: alpha * W / sw_sum on the weights (not the biases)."""
+        if alpha:
+            for q in params[0::2]:
+                q.grad += np.float32(alpha / sw_sum) * q.data
+
+    def _make_optimizer(self, p):
+        params = self._params()
+        if p["solver"] == "sgd":
+            nesterov = p["nesterov"] and p["momentum"] > 0
+            return _optim.SGD(params, p["lr"], momentum=p["momentum"], nesterov=nesterov)
+        return _optim.Adam(params, p["lr"], betas=(p["beta_1"], p["beta_2"]), eps=p["epsilon"])
+
+    def _set_lr(self, opt, lr):
+        """SGD: scikit-learn keeps velocity v = momentum v - lr g, fastnn a buffer b = -v / lr: when lr
+        changes (invscaling, adaptive, schedule: at epoch ends) b is rescaled so v carries over."""
+        old = opt.lr
+        if lr == old:
+            return
+        if isinstance(opt, _optim.SGD) and old > 0:
+            for st in opt.state:
+                b = st.get("momentum_buffer")
+                if b is not None:
+                    b *= np.float32(old / lr) if lr > 0 else 0
+        opt.lr = lr
+
+    def _fit_stochastic(self, X, y, sw, p, rs, incremental):
+        if not incremental or getattr(self, "_optimizer", None) is None:
+            self._optimizer = self._make_optimizer(p)
+        opt = self._optimizer
+        if p["early_stopping"] and incremental:
+            raise ValueError("partial_fit does not support early_stopping=True")
+        if p["early_stopping"]:
+            # scikit-learn stratifies when the encoded y has one column (a binary classifier) only
+            strata = y[:, 0] if self._classifier and self.n_outputs_ == 1 else None
+            tr, va = _split(X.shape[0], p["vf"], rs, strata)
+            if va.shape[0] < 2:
+                raise ValueError("The validation set is too small. Increase 'validation_fraction' or the size of "
+                                 "your dataset.")
+            X_val, y_val = X[va], y[va]
+            sw_val = None if sw is None else sw[va]
+            X, y = np.ascontiguousarray(X[tr]), y[tr]
+            sw = None if sw is None else sw[tr]
+            best = [q.data.copy() for q in self._params()]
+        n = X.shape[0]
+        bs = min(200, n) if p["batch_size"] == "auto" else p["batch_size"]
+        if bs > n:
+            warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is going to be clipped",
+                          UserWarning, stacklevel=5)
+            bs = n
+        idx = np.arange(n)
+        xbuf = np.empty((bs, X.shape[1]), np.float32)
+        sched = None
+        if self.schedule in ("cosine", "linear"):
+            sched = _schedules.create(self.schedule, total=p["max_iter"])
+        alpha = p["alpha"]
+        b2 = p["beta_2"]
+        self.n_iter_ = 0  # as scikit-learn: epochs of this call (partial_fit: 1); t_ keeps counting
+        for _ in range(p["max_iter"]):
+            if sched is not None:
+                self._set_lr(opt, sched(self.n_iter_, p["lr"]))
+            if p["shuffle"]:
+                rs.shuffle(idx)
+            acc = 0.0
+            for s in range(0, n, bs):
+                e = min(s + bs, n)
+                if p["shuffle"]:
+                    bi = idx[s:e]
+                    Xb = np.take(X, bi, axis=0, out=xbuf[:e - s])
+                    yb = y[bi]
+                    swb = None if sw is None else sw[bi]
+                else:
+                    Xb, yb, swb = X[s:e], y[s:e], None if sw is None else sw[s:e]
+                loss, sw_sum = self._forward_backward(Xb, yb, swb, alpha)
+                acc += loss * (e - s)
+                opt.l2 = alpha / sw_sum
+                if isinstance(opt, _optim.Adam):
+                    # scikit-learn's Adam adds epsilon to sqrt(v) (not to the bias-corrected
+                    # sqrt(v_hat) as fastnn/PyTorch): eps / sqrt(1 - beta_2^t) is that step here.
+                    opt.eps = p["epsilon"] / math.sqrt(1.0 - b2 ** (opt.step_count + 1))
+                opt.step()
+            self.n_iter_ += 1
+            self.loss_ = acc / n
+            self.t_ += n
+            self.loss_curve_.append(self.loss_)
+            if self.verbose:
+                print(f"Iteration {self.n_iter_}, loss = {self.loss_:.8f}")
+            if p["early_stopping"]:
+                score = self._score_encoded(X_val, y_val, sw_val)
+                self.validation_scores_.append(score)
+                if self.verbose:
+                    print(f"Validation score: {score:f}")
+                if score < self.best_validation_score_ + p["tol"]:
+                    self._no_improvement_count += 1
+                else:
+                    self._no_improvement_count = 0
+                if score > self.best_validation_score_:
+                    self.best_validation_score_ = score
+                    best = [q.data.copy() for q in self._params()]
+            else:
+                if self.loss_curve_[-1] > self.best_loss_ - p["tol"]:
+                    self._no_improvement_count += 1
+                else:
+                    self._no_improvement_count = 0
+                self.best_loss_ = min(self.best_loss_, self.loss_curve_[-1])
+            if self.learning_rate == "invscaling" and p["solver"] == "sgd":
+                self._set_lr(opt, p["lr"] / (self.t_ + 1) ** p["power_t"])
+            if self._no_improvement_count > p["n_iter_no_change"]:
+                what = "Validation score" if p["early_stopping"] else "Training loss"
+                msg = (f"{what} did not improve more than tol={p['tol']:f} for {p['n_iter_no_change']} "
+                       "consecutive epochs.")
+                if not (p["solver"] == "sgd" and self.learning_rate == "adaptive"):
+                    if self.verbose:
+                        print(msg + " Stopping.")
+                    break
+                if opt.lr <= 1e-6:
+                    if self.verbose:
+                        print(msg + " Learning rate too small. Stopping.")
+                    break
+                self._set_lr(opt, opt.lr / 5.0)
+                if self.verbose:
+                    print(msg + f" Setting learning rate to {opt.lr:f}")
+                self._no_improvement_count = 0
+            if incremental:
+                break
+            if self.n_iter_ == p["max_iter"]:
+                warnings.warn(f"Stochastic Optimizer: Maximum iterations ({p['max_iter']}) reached and the "
+                              "optimization hasn't converged yet.", ConvergenceWarning, stacklevel=5)
+        if p["early_stopping"]:
+            for q, b in zip(self._params(), best):
+                q.data[...] = b
+
+    # ----------------------------------------------------------------- predict
     def _check_fitted(self):
         if getattr(self, "model_", None) is None:
             raise NotFittedError(f"This {type(self).__name__} instance is not fitted yet. Call 'fit' with "
@@ -358,10 +662,9 @@ class _BaseMLP(_BaseEstimator):
                              f"{self.n_features_in_} features as input.")
         return Xc
 
-    def _outputs(self, X):
-        """Eval-mode network outputs (n, n_outputs) float32, in chunks of 4096 rows."""
+    def _forward_eval(self, Xc):
+        """Eval-mode outputs after the output activation, float64 (n, n_outputs), 4096 rows at a time."""
         import fastnn
-        Xc = self._check_predict_X(X)
         model = self.model_
         model.eval()
         old = fastnn.get_num_threads()
@@ -372,14 +675,51 @@ class _BaseMLP(_BaseEstimator):
         finally:
             if self.n_threads is not None:
                 fastnn.set_num_threads(old)
-        return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+        z = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+        return _out_activation(z, self.out_activation_)
+
+    def _outputs(self, X):
+        return self._forward_eval(self._check_predict_X(X))
+
+    def _score_encoded(self, X, y, sw):
+        """The validation score of early stopping: accuracy (classifier) or R^2 (regressor)."""
+        out = self._forward_eval(X)
+        self.model_.train()
+        if self._classifier:
+            ok = (self._y_labels(out) == self._y_labels(y)) if y.shape[1] > 1 and self.out_activation_ == "softmax" \
+                else ((out > 0.5) == (y > 0.5)).all(axis=1)
+            return float(np.average(ok, weights=sw))
+        ss_res = np.average((y - out) ** 2, axis=0, weights=sw)
+        ss_tot = np.average((y - np.average(y, axis=0, weights=sw)) ** 2, axis=0, weights=sw)
+        r2 = np.where(ss_tot > 0, 1 - ss_res / np.where(ss_tot > 0, ss_tot, 1), 0.0)
+        return float(np.mean(r2))
 
     def _set_input_attributes(self, X):
         names = _feature_names(X)
         if names is not None:
             self.feature_names_in_ = names
-        elif hasattr(self, "feature_names_in_"):
+        elif "feature_names_in_" in self.__dict__:
             del self.feature_names_in_
+
+    def _check_sw(self, sample_weight, n):
+        if sample_weight is None:
+            return None
+        sw = np.asarray(sample_weight, dtype=np.float64)
+        if sw.ndim == 0:
+            return np.full(n, float(sw))
+        if sw.shape != (n,):
+            raise ValueError(f"sample_weight: expected shape ({n},), got {sw.shape}")
+        if not np.isfinite(sw).all() or (sw < 0).any():
+            raise ValueError("sample_weight: expected finite non-negative weights")
+        if not sw.any():
+            raise ValueError("sample_weight: Sample weights must contain at least one non-zero number.")
+        return sw
+
+    def _check_partial_fit(self):
+        solver = self.optimizer if self.optimizer is not None else self.solver
+        if solver == "lbfgs":
+            raise AttributeError(f"partial_fit is only available for stochastic optimizers. {solver} is not "
+                                 "stochastic.")
 
     def __sklearn_is_fitted__(self):
         return getattr(self, "model_", None) is not None
@@ -392,23 +732,24 @@ class _BaseMLP(_BaseEstimator):
 
 
 class MLPClassifier(_ClassifierMixin, _BaseMLP):
-    """A multi-layer perceptron classifier (softmax cross-entropy) trained by fastnn.train.Trainer.
-
-    Learned attributes: classes_, n_features_in_, feature_names_in_ (DataFrame input), model_
-    (the fastnn.nn.Sequential), n_iter_ (epochs run), loss_curve_, loss_, best_loss_, t_ (samples
-    seen), and with early_stopping validation_loss_curve_, best_validation_loss_. Labels may be
-    of any type np.unique sorts (ints, strings, ...); see the module docstring for the mapping of
-    scikit-learn's parameters."""
+    """scikit-learn's MLPClassifier on fastnn's kernels: the same parameters, defaults and fitted
+    attributes (classes_, coefs_, intercepts_, loss_, best_loss_, loss_curve_, validation_scores_,
+    best_validation_score_, t_, n_features_in_, feature_names_in_, n_iter_, n_layers_, n_outputs_,
+    out_activation_), plus model_ (the fastnn.nn.Sequential). Binary problems have one logistic
+    output, multi-class a softmax, multi-label (a 0/1 indicator y) one logistic output per label."""
 
     _classifier = True
 
-    def fit(self, X, y):
-        """Trains on X (n_samples, n_features) and labels y (n_samples,); returns self."""
-        _check_y_present(y)
-        Xc = _check_X(X)
+    def _encode(self, y, classes=None, reset=True):
+        a = np.asarray(y)
+        if a.ndim == 2 and a.shape[1] > 1:  # multi-label indicator
+            if not np.isin(a, (0, 1)).all():
+                raise ValueError("y: a 2-D y must be a multi-label indicator matrix of 0/1")
+            if reset:
+                self.classes_ = np.arange(a.shape[1])
+                self._multilabel = True
+            return a.astype(np.float64)
         y1 = _column_or_1d(y)
-        if y1.shape[0] != Xc.shape[0]:
-            raise ValueError(f"X and y: expected the same number of rows, got X {Xc.shape[0]} and y {y1.shape[0]}")
         if y1.dtype.kind == "f":
             if not np.isfinite(y1).all():
                 raise ValueError("y: Input y contains NaN or infinity; expected class labels")
@@ -423,51 +764,89 @@ class MLPClassifier(_ClassifierMixin, _BaseMLP):
                 raise ValueError(f"y: Unknown label type: mixed types {sorted(k.__name__ for k in kinds)}")
         elif y1.dtype.kind not in "biuUS":
             raise ValueError(f"y: Unknown label type: dtype {y1.dtype}")
-        classes, y_enc = np.unique(y1, return_inverse=True)
-        if self.warm_start and getattr(self, "classes_", None) is not None and getattr(self, "model_", None) is not None:
-            if not np.array_equal(classes, self.classes_) and not np.isin(classes, self.classes_).all():
-                raise ValueError(f"y: warm_start with new classes {np.setdiff1d(classes, self.classes_)}; the fitted "
-                                 f"classes are {self.classes_}")
-            classes = self.classes_
-            y_enc = np.searchsorted(classes, y1)
-        if classes.shape[0] < 2:
-            raise ValueError(f"y: expected at least 2 classes, got 1 class ({classes[0]!r}); a classifier needs "
-                             "samples of at least two classes")
-        self.classes_ = classes
-        self.n_features_in_ = Xc.shape[1]
-        self._set_input_attributes(X)
-        self.n_outputs_ = 1
-        self.out_activation_ = "softmax"
-        return self._fit(Xc, y_enc.astype(np.int64).reshape(-1), classes.shape[0], "cross_entropy")
+        if reset:
+            cl = np.unique(y1) if classes is None else np.unique(np.asarray(classes))
+            if cl.shape[0] < 2 and classes is None:
+                raise ValueError(f"y: expected at least 2 classes, got 1 class ({cl[0]!r}); a classifier needs "
+                                 "samples of at least two classes")
+            self.classes_ = cl
+            self._multilabel = False
+        cl = self.classes_
+        unseen = np.setdiff1d(np.unique(y1), cl)
+        if unseen.size:
+            raise ValueError(f"y: labels {unseen} are not in classes_ {cl}")
+        k = np.searchsorted(cl, y1)
+        if cl.shape[0] == 2:
+            return (k == 1).astype(np.float64).reshape(-1, 1)
+        onehot = np.zeros((y1.shape[0], cl.shape[0]))
+        onehot[np.arange(y1.shape[0]), k] = 1.0
+        return onehot
+
+    @staticmethod
+    def _y_labels(y):
+        return y.argmax(axis=1) if y.shape[1] > 1 else (y[:, 0] > 0.5).astype(np.int64)
+
+    def _fit_classifier(self, X, y, sample_weight, incremental, classes=None):
+        _check_y_present(y)
+        Xc = _check_X(X)
+        if np.asarray(y).shape[0] != Xc.shape[0]:
+            raise ValueError(f"X and y: expected the same number of rows, got X {Xc.shape[0]} and y "
+                             f"{np.asarray(y).shape[0]}")
+        p_ws = self.warm_start is True
+        first = getattr(self, "model_", None) is None or (not p_ws and not incremental)
+        if incremental and classes is not None and not first and not np.array_equal(
+                np.unique(np.asarray(classes)), self.classes_):
+            raise ValueError(f"classes: {classes} differs from the classes of the previous partial_fit "
+                             f"{self.classes_}")
+        if incremental and first and classes is None and getattr(self, "classes_", None) is None:
+            raise ValueError("classes: must be passed on the first call to partial_fit")
+        if first:
+            y_enc = self._encode(y, classes if incremental else None, reset=True)
+            self.n_features_in_ = Xc.shape[1]
+            self._set_input_attributes(X)
+            self.out_activation_ = "softmax" if y_enc.shape[1] > 2 or (
+                y_enc.shape[1] == 2 and not self._multilabel) else "logistic"
+            if self._multilabel:
+                self.out_activation_ = "logistic"
+        else:
+            if Xc.shape[1] != self.n_features_in_:
+                raise ValueError(f"X has {Xc.shape[1]} features, but {type(self).__name__} is expecting "
+                                 f"{self.n_features_in_} features as input.")
+            y_enc = self._encode(y, reset=False)
+        return self._fit(Xc, y_enc, self._check_sw(sample_weight, Xc.shape[0]), incremental)
+
+    def fit(self, X, y, sample_weight=None):
+        """Trains on X (n_samples, n_features) and labels y; returns self."""
+        return self._fit_classifier(X, y, sample_weight, False)
+
+    def partial_fit(self, X, y, sample_weight=None, classes=None):
+        """One epoch over (X, y) with the current optimizer state; classes= is needed on the first call."""
+        self._check_partial_fit()
+        return self._fit_classifier(X, y, sample_weight, True, classes)
 
     def predict_proba(self, X):
         """Class probabilities (n_samples, n_classes), columns in the order of classes_."""
-        z = self._outputs(X).astype(np.float64)
-        z -= z.max(axis=1, keepdims=True)
-        np.exp(z, out=z)
-        z /= z.sum(axis=1, keepdims=True)
-        return z
+        out = self._outputs(X)
+        if out.shape[1] == 1 and not getattr(self, "_multilabel", False):
+            return np.hstack([1.0 - out, out])
+        return out
 
     def predict_log_proba(self, X):
-        z = self._outputs(X).astype(np.float64)
-        z -= z.max(axis=1, keepdims=True)
-        z -= np.log(np.exp(z).sum(axis=1, keepdims=True))
-        return z
+        return np.log(self.predict_proba(X))
 
     def predict(self, X):
-        """The most probable class of each row, from classes_."""
-        idx = self._outputs(X).argmax(axis=1)  # first: it raises NotFittedError before fit
-        return self.classes_[idx]
+        """The most probable class of each row (a 0/1 indicator matrix for multi-label)."""
+        out = self._outputs(X)  # first: it raises NotFittedError before fit
+        if getattr(self, "_multilabel", False):
+            return (out > 0.5).astype(np.int64)
+        return self.classes_[self._y_labels(out)]
 
 
 class MLPRegressor(_RegressorMixin, _BaseMLP):
-    """A multi-layer perceptron regressor (mean squared error) trained by fastnn.train.Trainer.
+    """scikit-learn's MLPRegressor on fastnn's kernels (squared error, identity output): the same
+    parameters, defaults and fitted attributes as MLPClassifier's, without classes_."""
 
-    y may be (n_samples,) or (n_samples, n_outputs); predict returns the same shape.
-    Learned attributes as MLPClassifier's, without classes_, plus n_outputs_."""
-
-    def fit(self, X, y):
-        """Trains on X (n_samples, n_features) and targets y; returns self."""
+    def _fit_regressor(self, X, y, sample_weight, incremental):
         _check_y_present(y)
         Xc = _check_X(X)
         a = np.asarray(y)
@@ -481,18 +860,30 @@ class MLPRegressor(_RegressorMixin, _BaseMLP):
             raise ValueError(f"X and y: expected the same number of rows, got X {Xc.shape[0]} and y {a.shape[0]}")
         if not np.isfinite(a).all():
             raise ValueError("y: Input y contains NaN or infinity; expected finite targets")
-        self._y_1d = a.ndim == 1
-        y2 = np.ascontiguousarray(a.reshape(a.shape[0], -1), dtype=np.float32)
-        self.n_features_in_ = Xc.shape[1]
-        self._set_input_attributes(X)
-        self.n_outputs_ = y2.shape[1]
-        self.out_activation_ = "identity"
-        return self._fit(Xc, y2, y2.shape[1], "mse")
+        y2 = np.ascontiguousarray(a.reshape(a.shape[0], -1), dtype=np.float64)
+        first = getattr(self, "model_", None) is None or (self.warm_start is not True and not incremental)
+        if first:
+            self.n_features_in_ = Xc.shape[1]
+            self._set_input_attributes(X)
+            self.out_activation_ = "identity"
+        elif Xc.shape[1] != self.n_features_in_:
+            raise ValueError(f"X has {Xc.shape[1]} features, but {type(self).__name__} is expecting "
+                             f"{self.n_features_in_} features as input.")
+        return self._fit(Xc, y2, self._check_sw(sample_weight, Xc.shape[0]), incremental)
+
+    def fit(self, X, y, sample_weight=None):
+        """Trains on X (n_samples, n_features) and targets y; returns self."""
+        return self._fit_regressor(X, y, sample_weight, False)
+
+    def partial_fit(self, X, y, sample_weight=None):
+        """One epoch over (X, y) with the current optimizer state."""
+        self._check_partial_fit()
+        return self._fit_regressor(X, y, sample_weight, True)
 
     def predict(self, X):
-        """Predicted targets, float64: (n_samples,) when fitted on a 1-D y, else (n_samples, n_outputs)."""
-        out = self._outputs(X).astype(np.float64)  # scikit-learn's regressors predict float64
-        return out[:, 0] if self._y_1d else out
+        """Predicted targets, float64: (n_samples,) for one output, else (n_samples, n_outputs)."""
+        out = self._outputs(X)
+        return out[:, 0] if out.shape[1] == 1 else out
 
     if HAVE_SKLEARN and hasattr(_BaseEstimator, "__sklearn_tags__"):  # scikit-learn >= 1.6
         def __sklearn_tags__(self):
