@@ -98,6 +98,11 @@ def test_col_stats_huge_spread_float32(capability, rng):
     # deviations ~1e20: float32 squares overflow (> 3.4e38); double holds them
     x = (1e20 * rng.standard_normal((500, 9))).astype(np.float32)
     assert_stats_close(*_C.col_stats(x), x, f"{capability} std 1e20")
+    np.testing.assert_allclose(P.Standardize().fit(x).scale_, np.sqrt(ref.col_stats(x)[1]), rtol=ref.STATS_REL["float32"])
+    # PCA's float32 Gram cannot hold them: a clear error, not LAPACK's
+    for make in (P.PCA, P.ZCA):
+        with pytest.raises(ValueError, match=r"X: values too large: the sums of products .* overflow float32"):
+            make().fit(x)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -37,6 +37,7 @@ transform before fit raises NotFittedError (a ValueError and AttributeError, lik
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -322,6 +323,9 @@ class _Covariance(_Base):
         mean, _m2 = _col_stats(X)  # (the NaN/inf check, and the mean in float64)
         mean_t = mean.astype(X.dtype)
         G = _centered_gram(X, mean_t).astype(np.float64)
+        if not np.isfinite(G).all():  # (X is finite here: _col_stats checked it; its products are not)
+            raise ValueError(f"X: values too large: the sums of products (X - mean)^T (X - mean) overflow "
+                             f"{X.dtype} (rescale the data or pass float64)")
         # The Gram was taken around the mean rounded to X's dtype, mean + delta: remove the
         # n delta delta^T that adds (exact in float64; matters for float32 data with a large mean).
         delta = mean_t.astype(np.float64) - mean
@@ -433,11 +437,23 @@ class PCA(_Covariance):
             return _gpu_project(self, X, self._s_P)
         X = _check_2d(X)
         self._check_features(X)
+        return self._transform(X, fitted_on_x=False)
+
+    def _transform(self, X, fitted_on_x):
+        """(X - mean_) @ P. fitted_on_x: X is the array just fitted (by fit, not partial_fit),
+        whose values and centered Gram G were found finite. Then by Cauchy-Schwarz
+        |Y_ik| <= |x_i - mean| |P_:k| <= sqrt(trace G) max_k |P_:k|, and when that bound is below
+        half the dtype's largest value (rounding margin) Y cannot hold a NaN or inf: the pass over
+        Y that looks for them is skipped."""
         P = self._s_P if self._s_P.dtype == X.dtype else self._s_P.astype(X.dtype)
         Y = _project(X, self.mean_.astype(X.dtype, copy=False), P)
-        with np.errstate(invalid="ignore", over="ignore"):
-            finite = not Y.size or np.isfinite(Y.sum(dtype=np.float64))
-        if not finite:
+        if fitted_on_x:
+            with np.errstate(over="ignore", invalid="ignore"):
+                bound = math.sqrt(max(0.0, float(np.trace(self._s_gram)))) * \
+                    float(np.sqrt((P.astype(np.float64) ** 2).sum(0)).max(initial=0.0))
+            if bound <= 0.5 * float(np.finfo(X.dtype).max):
+                return Y
+        if Y.size and _C.first_nonfinite(Y) is not None:  # (one threaded pass, no float64 copy)
             _raise_nonfinite(X)
         return Y
 
@@ -453,9 +469,10 @@ class PCA(_Covariance):
         return _affine_back(X, Q, self.mean_.astype(X.dtype, copy=False))
 
     def fit_transform(self, X, y=None):
-        if not is_cuda_array(X):
-            X = _check_2d(X)
-        return self.fit(X).transform(X)
+        if is_cuda_array(X):
+            return self.fit(X).transform(X)
+        X = _check_2d(X)
+        return self.fit(X)._transform(X, fitted_on_x=True)
 
 
 class ZCA(_Covariance):
@@ -486,6 +503,8 @@ class ZCA(_Covariance):
 
     def transform(self, X):
         return PCA.transform(self, X)
+
+    _transform = PCA._transform
 
     def inverse_transform(self, X):
         self._check_fitted()
