@@ -88,12 +88,41 @@ def timed(fn, reps):
     return times[len(times) // 2], out
 
 
-def child(threads, shapes, reps, use_torch):
+def breakdown(x, reps):
+    """Seconds of each phase of fastnn's PCA(whiten=True).fit_transform(x), medians over reps:
+    the passes it makes, timed one by one through the same internal calls."""
+    import numpy as np
+
+    from fastnn import _C
+    from fastnn import preprocessing as P
+    p = P.PCA(whiten=True).fit(x)
+    mean, _ = P._col_stats(x)
+    mean_t = mean.astype(x.dtype)
+    G = P._centered_gram(x, mean_t)
+    Y = P._project(x, mean_t, p._s_P)
+    phases = {
+        "col_stats (X once)": lambda: P._col_stats(x),
+        "Gram (X^T X, upper)": lambda: P._centered_gram(x, mean_t),
+        "eigh + finish (d x d)": lambda: P.PCA(whiten=True)._merge(x.shape[0], mean, G.astype(np.float64),
+                                                                   x.shape[1], x.dtype),
+        "projection GEMM": lambda: P._project(x, mean_t, p._s_P),
+        "Y check, old: f64 sum": lambda: np.isfinite(Y.sum(dtype=np.float64)),
+        "Y check, first_nonfinite": lambda: _C.first_nonfinite(Y),
+    }
+    out = {}
+    for name, fn in phases.items():
+        out[name] = timed(fn, reps)[0]
+        time.sleep(0.2)
+    out["total fit_transform"] = timed(lambda: P.PCA(whiten=True).fit_transform(x), reps)[0]
+    return out
+
+
+def child(threads, shapes, reps, use_torch, want_breakdown=False):
     import numpy as np
 
     import fastnn
     from fastnn import benchmark
-    from fastnn.preprocessing import PCA, Standardize, _has_prologue
+    from fastnn.preprocessing import PCA, Standardize
 
     fastnn.set_num_threads(threads)
     try:
@@ -106,6 +135,9 @@ def child(threads, shapes, reps, use_torch):
     for s in shapes:
         n, d = map(int, s.split("x"))
         x = make_data(n, d)
+        if want_breakdown:
+            rows.append({"shape": s, "case": "breakdown", "threads": threads, "phases": breakdown(x, reps)})
+            continue
         for frac in (None, 0.95):
             fns = {"fastnn": lambda: PCA(frac, whiten=True).fit_transform(x),
                    "numpy": lambda: numpy_recipe(x, frac)}
@@ -136,7 +168,7 @@ def child(threads, shapes, reps, use_torch):
                 raise SystemExit(f"{name} standardize {s}: error {err:g}")
             row[name] = sec
         rows.append(row)
-    print(json.dumps({"machine": benchmark.machine_line(), "fused": _has_prologue(), "rows": rows}))
+    print(json.dumps({"machine": benchmark.machine_line(), "rows": rows}))
 
 
 def main():
@@ -145,10 +177,11 @@ def main():
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--reps", type=int, default=3, help="timed repetitions (median) after one warm-up")
     p.add_argument("--no-torch", action="store_true")
+    p.add_argument("--breakdown", action="store_true", help="only fastnn's PCA fit+transform, phase by phase")
     p.add_argument("--child", type=int, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
-        child(a.child, a.shapes, a.reps, not a.no_torch)
+        child(a.child, a.shapes, a.reps, not a.no_torch, a.breakdown)
         return
     printed = False
     for t in a.threads:
@@ -156,16 +189,23 @@ def main():
         cmd = [sys.executable, __file__, "--child", str(t), "--reps", str(a.reps), "--shapes", *a.shapes]
         if a.no_torch:
             cmd.append("--no-torch")
+        if a.breakdown:
+            cmd.append("--breakdown")
         res = json.loads(subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout)
         if not printed:
             print(res["machine"])
-            print("GEMM prologue (fused centering, upper-half Gram): " + ("yes" if res["fused"] else
-                  "no (fallback: centered copy, block-triangular Gram)"))
             print("seconds for fit + transform, float32 (whitening error max|cov(Y) - I| in brackets)")
             print(f"{'shape':>11} {'case':>11} {'thr':>3} {'fastnn':>16} {'sklearn':>16} {'numpy':>16} "
                   f"{'torch':>16} {'vs sklearn':>10} {'vs numpy':>9} {'vs torch':>9}")
             printed = True
         for r in res["rows"]:
+            if r["case"] == "breakdown":
+                total = r["phases"]["total fit_transform"]
+                print(f"{r['shape']} {t} threads: fastnn PCA(whiten=True).fit_transform, seconds per phase")
+                for name, sec in r["phases"].items():
+                    print(f"  {name:>26} {sec:7.3f}  {100 * sec / total:5.1f} %")
+                continue
+
             def cell(name):
                 if name not in r:
                     return f"{'-':>16}"

@@ -39,15 +39,6 @@ def spectrum_data(rng, n, d, dtype, mean_scale=3.0, scale=1.0):
     return x.astype(dtype)
 
 
-@pytest.fixture(params=["fused", "fallback"])
-def gemm_path(request, monkeypatch):
-    """Runs a test through the fused GEMM prologue (when _C.matmul has it) and the fallback."""
-    if request.param == "fused" and not P._has_prologue():
-        pytest.skip("_C.matmul has no prologue options yet (a_row_shift / a_col_shift / upper)")
-    monkeypatch.setattr(P, "_PROLOGUE", request.param == "fused")
-    return request.param
-
-
 # ---- the column-statistics kernel ---------------------------------------------------------------
 
 STATS_SHAPES = [(1, 1), (2, 3), (63, 17), (64, 16), (65, 33), (1023, 5), (1025, 64), (2100, 65), (3000, 129)]
@@ -83,7 +74,35 @@ def test_col_stats_large_mean(capability, rng, dtype):
     mean, m2 = _C.col_stats(x)
     assert_stats_close(mean, m2, x, f"{capability} {dtype.__name__} large mean")
     s = P.Standardize().fit(x)
-    np.testing.assert_allclose(s.var_, ref.col_stats(x)[1], rtol=ref.STATS_REL[np.dtype(dtype).name])
+    rvar = ref.col_stats(x)[1]
+    np.testing.assert_allclose(s.var_, rvar, rtol=ref.STATS_REL[np.dtype(dtype).name])
+    # ~10 float32 steps apart: not constant, so scale_ is the std, not 1 (as StandardScaler)
+    np.testing.assert_allclose(s.scale_, np.sqrt(rvar), rtol=ref.STATS_REL[np.dtype(dtype).name])
+    np.testing.assert_allclose(s.transform(x).astype(np.float64).std(0), 1.0, rtol=1e-3)
+
+
+@pytest.mark.parametrize("std", [1e-22, 1e-25])
+@pytest.mark.parametrize("center", [0.0, 1e-20])
+def test_col_stats_tiny_spread_float32(capability, rng, std, center):
+    # deviations ~1e-22: their float32 squares (~1e-44) underflow to subnormals or 0; summed in
+    # double the variance keeps STATS_REL (it was up to 90 % off)
+    x = (center + std * rng.standard_normal((3000, 37))).astype(np.float32)
+    mean, m2 = _C.col_stats(x)
+    assert_stats_close(mean, m2, x, f"{capability} std {std:g} around {center:g}")
+    s = P.Standardize().fit(x)
+    rvar = ref.col_stats(x)[1]
+    np.testing.assert_allclose(s.scale_, np.sqrt(rvar), rtol=ref.STATS_REL["float32"])
+
+
+def test_col_stats_huge_spread_float32(capability, rng):
+    # deviations ~1e20: float32 squares overflow (> 3.4e38); double holds them
+    x = (1e20 * rng.standard_normal((500, 9))).astype(np.float32)
+    assert_stats_close(*_C.col_stats(x), x, f"{capability} std 1e20")
+    np.testing.assert_allclose(P.Standardize().fit(x).scale_, np.sqrt(ref.col_stats(x)[1]), rtol=ref.STATS_REL["float32"])
+    # PCA's float32 Gram cannot hold them: a clear error, not LAPACK's
+    for make in (P.PCA, P.ZCA):
+        with pytest.raises(ValueError, match=r"X: values too large: the sums of products .* overflow float32"):
+            make().fit(x)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -133,11 +152,23 @@ def test_nonfinite_located(capability, rng, dtype, value):
     assert _C.first_nonfinite(np.ones((10, 3), dtype)) is None
 
 
-# ---- the GEMM entry points (fused prologue or fallback) -------------------------------------------
+# ---- the GEMM entry points (the fused prologue) ---------------------------------------------------
+
+def test_matmul_has_prologue_options(rng):
+    # preprocessing computes its Gram and projection only through these keywords (no fallback)
+    doc = _C.matmul.__doc__
+    for k in ("a_row_shift", "a_col_shift", "b_col_shift", "upper"):
+        assert k in doc, f"_C.matmul lacks the prologue option {k}"
+    a, b = rng.standard_normal((37, 19)), rng.standard_normal((19, 23))
+    ra, ca, cb = rng.standard_normal(37), rng.standard_normal(19), rng.standard_normal(23)
+    out = np.empty((37, 23))
+    _C.matmul(a, b, out, a_row_shift=ra, a_col_shift=ca, b_col_shift=cb)
+    np.testing.assert_allclose(out, (a - ra[:, None] - ca[None, :]) @ (b - cb[None, :]), rtol=1e-12, atol=1e-12)
+
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(50, 3), (1000, 97), (700, 300)], ids=lambda s: "x".join(map(str, s)))
-def test_centered_gram(capability, gemm_path, rng, shape, dtype):
+def test_centered_gram(capability, rng, shape, dtype):
     x = (rng.standard_normal(shape) + 1e3).astype(dtype)
     mean = x.astype(np.float64).mean(0).astype(dtype)
     g = P._centered_gram(x, mean)
@@ -146,12 +177,12 @@ def test_centered_gram(capability, gemm_path, rng, shape, dtype):
     assert np.array_equal(g, g.T), "the Gram matrix must be exactly symmetric"
     # GEMM bound on centered values: 2 sqrt(n) eps (|Xc|^T |Xc|) (+ the centering's own rounding)
     bound = 4 * np.sqrt(shape[0]) * np.finfo(dtype).eps * (np.abs(xc).T @ np.abs(xc))
-    assert np.all(np.abs(g - expect) <= bound), f"{capability} {gemm_path}: off by {np.abs(g - expect).max():g}"
+    assert np.all(np.abs(g - expect) <= bound), f"{capability}: off by {np.abs(g - expect).max():g}"
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_project(capability, gemm_path, rng, dtype):
-    x = (rng.standard_normal((3000, 130)) + 1e3).astype(dtype)  # several fallback row blocks for float64
+def test_project(capability, rng, dtype):
+    x = (rng.standard_normal((3000, 130)) + 1e3).astype(dtype)
     mean = x.astype(np.float64).mean(0).astype(dtype)
     p = rng.standard_normal((130, 21)).astype(dtype)
     y = P._project(x, mean, p)
@@ -160,7 +191,7 @@ def test_project(capability, gemm_path, rng, dtype):
     expect = xc @ p
     bound = 2 * np.sqrt(130) * np.finfo(dtype).eps * (np.abs(xc) @ np.abs(p))
     err = np.abs(y - expect)
-    assert np.all(err <= bound), f"{capability} {gemm_path}: max error {err.max():g}"
+    assert np.all(err <= bound), f"{capability}: max error {err.max():g}"
 
 
 # ---- Standardize / ZeroCenter --------------------------------------------------------------------
@@ -219,6 +250,21 @@ def test_standardize_partial_fit(rng, dtype):
     np.testing.assert_allclose(s.var_, f.var_, rtol=2 * rel)
 
 
+def test_standardize_vs_sklearn_constant_rule(rng):
+    pre = pytest.importorskip("sklearn.preprocessing")
+    for dtype in DTYPES:
+        # columns: large mean with a small std (not constant), exactly constant, one value that
+        # differs by one float32 step at 1e4 (not constant for either library)
+        x = (1e4 + 1e-2 * rng.standard_normal((2000, 3))).astype(dtype)
+        x[:, 1] = dtype(1e4)
+        x[:, 2] = dtype(1e4)
+        x[5, 2] = np.nextafter(dtype(1e4), dtype(2e4))
+        a, b = P.Standardize().fit(x), pre.StandardScaler().fit(x)
+        assert a.scale_[1] == 1.0 and b.scale_[1] == 1.0
+        np.testing.assert_array_equal(a.scale_ == 1.0, b.scale_ == 1.0)
+        np.testing.assert_allclose(a.scale_, b.scale_, rtol=1e-5)
+
+
 def test_standardize_vs_sklearn(rng):
     pre = pytest.importorskip("sklearn.preprocessing")
     for dtype in DTYPES:
@@ -247,11 +293,11 @@ def assert_pca_matches_reference(p, x, k, where):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_pca_whiten(capability, gemm_path, rng, dtype):
+def test_pca_whiten(capability, rng, dtype):
     x = spectrum_data(rng, 3000, 40, dtype)
     p = P.PCA(whiten=True)
     assert p.fit(x) is p
-    assert_pca_matches_reference(p, x, 40, f"{capability} {gemm_path}")
+    assert_pca_matches_reference(p, x, 40, capability)
     assert p.n_samples_seen_ == 3000 and p.n_features_in_ == 40
     y = p.transform(x)
     assert y.dtype == dtype and y.shape == (3000, 40)
@@ -391,6 +437,21 @@ def test_bad_input(rng, make):
         m.partial_fit(x[:, :5])
     with pytest.raises(TypeError, match="expected float32 or float64, got complex128"):
         make().fit(x.astype(complex))
+
+
+@pytest.mark.parametrize("make", [P.ZeroCenter, P.Standardize, P.PCA, P.ZCA], ids=lambda c: c.__name__)
+def test_zero_features(make):
+    # scikit-learn refuses 0 features (check_array's ensure_min_features=1); so do we, by name
+    x = np.zeros((10, 0))
+    with pytest.raises(ValueError, match=r"X: expected at least 1 feature \(column\), got shape \(10, 0\)"):
+        make().fit(x)
+    with pytest.raises(ValueError, match=r"got shape \(10, 0\)"):
+        make().fit_transform(x.astype(np.float32))
+    with pytest.raises(ValueError, match=r"got shape \(10, 0\)"):
+        make().partial_fit(x)
+    m = make().fit(np.ones((10, 3)) + np.eye(10, 3))
+    with pytest.raises(ValueError, match=r"got shape \(10, 0\)"):
+        m.transform(x)
 
 
 def test_bad_n_components(rng):

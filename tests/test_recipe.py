@@ -64,6 +64,51 @@ def test_diagnose_lr_too_high():
     assert recipe.diagnose(h)[0].kind == "lr_too_high"
 
 
+def _history(step_loss, acc, per_epoch=100):
+    """A Trainer-like history: per-step losses, their per-epoch means and per-epoch accuracies."""
+    step_loss = np.asarray(step_loss)
+    return {"step_loss": list(step_loss), "train_loss": list(step_loss.reshape(-1, per_epoch).mean(1)),
+            "train_acc": list(acc)}
+
+
+def test_diagnose_lr_too_high_noisy_plateau(rng):
+    # the notes' "learning rate too high" curve: most of the fall in the first ~15 of 1000 steps,
+    # then a high plateau (1.2 from 2.3) with 12 % step noise; accuracy stays low (0.6)
+    t = np.arange(1000)
+    sl = 1.2 + 1.1 * np.exp(-t / 5.0) + 0.15 * rng.standard_normal(1000)
+    sl[0] = 2.3
+    f = recipe.diagnose(_history(sl, np.full(10, 0.6)), n_classes=10)
+    assert [x.kind for x in f] == ["lr_too_high"], [str(x) for x in f]
+    assert "decay" in f[0].advice and "learning rate" in f[0].advice
+    ev = f[0].evidence
+    assert ev["head_steps"] == 100 and ev["head_share"] > 0.9
+    assert ev["plateau_loss"] == pytest.approx(1.2, abs=0.03) and ev["plateau_noise"] == pytest.approx(0.125, rel=0.15)
+    # the evidence, in numbers, in the message
+    assert "from 2.3 to" in f[0].message and f"plateau at {ev['plateau_loss']:.4g}" in f[0].message
+
+
+def test_diagnose_underfitting_from_step_curves(rng):
+    t = np.arange(1000)
+    acc = np.linspace(0.2, 0.5, 10)
+    # a model too small: the loss falls slowly all along (little of it in the first steps) ...
+    slow = 1.7 + 0.6 * np.exp(-t / 400.0) + 0.15 * rng.standard_normal(1000)
+    assert [x.kind for x in recipe.diagnose(_history(slow, acc))] == ["underfitting"]
+    # ... or settles fast on a smooth plateau (step noise 1 %, not the bouncing of a large step)
+    smooth = 1.7 + 0.6 * np.exp(-t / 5.0) + 0.017 * rng.standard_normal(1000)
+    assert [x.kind for x in recipe.diagnose(_history(smooth, acc))] == ["underfitting"]
+
+
+def test_diagnose_step_curves_healthy_and_overfitting(rng):
+    t = np.arange(1000)
+    # a fast fall to a low, noisy level is convergence, not a plateau: 0.1 < 20 % of the first loss
+    sl = 0.1 + 2.2 * np.exp(-t / 30.0) + 0.03 * rng.standard_normal(1000)
+    h = _history(sl, np.linspace(0.8, 0.97, 10))
+    h["val_acc"] = list(np.linspace(0.78, 0.95, 10))
+    assert [x.kind for x in recipe.diagnose(h, n_classes=10)] == ["healthy"]
+    h["val_acc"] = list(np.linspace(0.7, 0.75, 10))
+    assert recipe.diagnose(h, n_classes=10)[0].kind == "overfitting"
+
+
 def test_diagnose_bad_init():
     f = recipe.diagnose({"train_loss": [9.0, 3.0, 1.0, 0.5], "train_acc": [0.1, 0.8, 0.9, 0.95]}, n_classes=10)
     assert f[0].kind == "bad_init"

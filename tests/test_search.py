@@ -19,7 +19,7 @@ import fastnn
 from fastnn import search
 
 
-# Module level, so the spawn process pool can pickle it by reference.
+# Module level (the dask test's workers import them by reference).
 def bowl(params):
     """A smooth bowl with its maximum 0 at x = 0.25, lr = 1e-3; `unused` does not matter."""
     return -((params["x"] - 0.25) ** 2) - 0.01 * (math.log10(params["lr"]) + 3) ** 2
@@ -155,14 +155,60 @@ def test_custom_executor_is_used_and_left_open():
     assert result.failed == 0
 
 
-def test_default_process_pool():
-    serial = search.random_search(bowl, SPACE, n_trials=6, seed=3, executor="serial")
-    pooled = search.random_search(bowl_and_threads, SPACE, n_trials=6, seed=3, n_jobs=2)
+def _closure_fn(offset):
+    calls = []
+
+    def fn(params):  # a closure over offset (and a list: it is never pickled by reference)
+        calls.append(1)
+        return -((params["x"] - offset) ** 2)
+    return fn, calls
+
+
+def test_lambda_and_closure_run_serially_by_default():
+    # scikit-learn's convention: no n_jobs, no executor -> this process, so lambdas and closures work
+    lam = lambda p: -((p["x"] - 0.25) ** 2)  # noqa: E731 - what a notebook user writes
+    fn, calls = _closure_fn(0.25)
+    a = search.random_search(lam, SPACE, n_trials=7, seed=5)
+    b = search.random_search(fn, SPACE, n_trials=7, seed=5)
+    assert len(calls) == 7  # ran here: the closure's own list saw every call
+    assert a.failed == b.failed == 0
+    assert [t["score"] for t in a.trials] == [t["score"] for t in b.trials]
+    assert a.trials[0]["score"] == pytest.approx(-((a.trials[0]["params"]["x"] - 0.25) ** 2))
+    g = search.grid_search(lambda p: -abs(p["x"] - 0.5), {"x": [0.0, 0.5, 1.0]})
+    assert g.best_params == {"x": 0.5} and g.failed == 0
+    fn, calls = _closure_fn(0.3)
+    c = search.coarse_to_fine(fn, {"x": search.uniform(0.0, 1.0)}, n_rounds=2, n_trials=5, seed=0, n_jobs=1)
+    assert len(calls) == 10 and c.failed == 0
+
+
+def test_lambda_and_closure_with_two_loky_workers():
+    pytest.importorskip("joblib")
+    serial = search.random_search(bowl, SPACE, n_trials=6, seed=3)
+    lam = lambda p: bowl(p)  # noqa: E731
+    fn, calls = _closure_fn(0.25)
+    pooled = search.random_search(lam, SPACE, n_trials=6, seed=3, n_jobs=2)
+    assert pooled.failed == 0, pooled.trials[0]["traceback"]
     assert [t["score"] for t in pooled.trials] == [t["score"] for t in serial.trials]
-    assert pooled.failed == 0
-    # The two workers split the cores instead of each running fastnn on all of them.
-    expected = max(1, (os.cpu_count() or 1) // 2)
-    assert {t["metrics"]["threads"] for t in pooled.trials} == {expected}
+    closed = search.random_search(fn, SPACE, n_trials=6, seed=3, n_jobs=2)
+    assert closed.failed == 0 and calls == []  # ran in the workers, on copies of the closure
+    assert [t["score"] for t in closed.trials] == [-((t["params"]["x"] - 0.25) ** 2) for t in closed.trials]
+    g = search.grid_search(lambda p: -abs(p["x"] - 0.5), {"x": [0.0, 0.5, 1.0]}, n_jobs=2)
+    assert g.best_params == {"x": 0.5} and g.failed == 0
+    c = search.coarse_to_fine(fn, {"x": search.uniform(0.0, 1.0)}, n_rounds=2, n_trials=4, seed=0, n_jobs=2)
+    assert len(c.trials) == 8 and c.failed == 0
+    # The two workers split the CPUs instead of each running fastnn on all of them.
+    threads = search.random_search(bowl_and_threads, SPACE, n_trials=4, seed=3, n_jobs=2)
+    assert {t["metrics"]["threads"] for t in threads.trials} == {max(1, len(os.sched_getaffinity(0)) // 2)}
+    # failures inside a worker are recorded per trial, as in this process
+    flaky = search.random_search(lambda p: 1 / 0 if p["x"] < 0.5 else p["x"], SPACE, n_trials=6, seed=3, n_jobs=2)
+    assert all((t["error"] or "").startswith("ZeroDivisionError") == (t["params"]["x"] < 0.5) for t in flaky.trials)
+
+
+def test_n_jobs_without_joblib_names_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "joblib", None)  # import joblib -> ImportError
+    with pytest.raises(ImportError, match="n_jobs > 1 runs the trials through joblib's loky backend: pip install joblib"):
+        search.random_search(bowl, SPACE, n_trials=3, n_jobs=2)
+    assert search.random_search(bowl, SPACE, n_trials=3, seed=0).failed == 0  # serial needs no joblib
 
 
 def test_dask_local_cluster():
@@ -269,10 +315,9 @@ def test_all_trials_failing_raises_with_the_first_traceback():
     (lambda: search.random_search(bowl, SPACE, 3, executor="threads"), ValueError, "executor: expected None, 'serial'"),
     (lambda: search.random_search(bowl, SPACE, 3, executor=object()), TypeError, "executor: expected a concurrent"),
     (lambda: search.random_search(bowl, SPACE, 3, n_jobs=0), ValueError, "n_jobs: expected a positive integer"),
+    (lambda: search.random_search(bowl, SPACE, 3, n_jobs=-2), ValueError, "n_jobs: expected a positive integer, or -1"),
     (lambda: search.random_search(bowl, SPACE, 3, n_jobs=2, executor=concurrent.futures.ThreadPoolExecutor(1)),
-     ValueError, "n_jobs: sizes the default process pool"),
-    (lambda: search.random_search(lambda p: 0.0, SPACE, 3), TypeError,
-     r"fn: the default process pool needs a picklable function.*executor='serial'"),
+     ValueError, "n_jobs: sizes joblib's loky worker pool"),
     (lambda: search.coarse_to_fine(bowl, SPACE, shrink=1.5), ValueError, r"shrink: expected a fraction in \(0, 1\]"),
     (lambda: search.coarse_to_fine(bowl, SPACE, top_k=0), ValueError, "top_k: expected a positive integer"),
 ])

@@ -23,6 +23,43 @@ inline bool any_nan_lane(V acc) {
   return bad;
 }
 
+// The block's sum of squared deviations, accumulated in double for both dtypes: float32 squares
+// underflow below |dev| ~ 1e-19 (a column with std 1e-22 lost up to 90 % of its variance) and
+// overflow above ~ 1.8e19; double holds the square of every float32 exactly. A float vector of W
+// lanes widens into two double vectors (lo: lanes [0, W/2), hi: [W/2, W)); baseline has one lane.
+template <class V>
+struct SqSum;
+
+template <>
+struct SqSum<Vec<double>> {
+  Vec<double> a = Vec<double>::set1(0.0);
+  void add(Vec<double> dev) { a = fmadd(dev, dev, a); }
+  void store(double* out) const { a.store(out); }
+};
+
+template <>
+struct SqSum<Vec<float>> {
+  using D = Vec<double>;
+  D lo = D::set1(0.0), hi = D::set1(0.0);
+  void add(Vec<float> dev) {
+#if FASTNN_ISA == 2
+    const D l{_mm512_cvtps_pd(_mm512_castps512_ps256(dev.v))};
+    const D h{_mm512_cvtps_pd(_mm512_extractf32x8_ps(dev.v, 1))};
+#elif FASTNN_ISA == 1
+    const D l{_mm256_cvtps_pd(_mm256_castps256_ps128(dev.v))};
+    const D h{_mm256_cvtps_pd(_mm256_extractf128_ps(dev.v, 1))};
+#else
+    const D l{static_cast<double>(dev.v)}, h{0.0};
+#endif
+    lo = fmadd(l, l, lo);
+    hi = fmadd(h, h, hi);
+  }
+  void store(double* out) const {
+    lo.store(out);
+    if (Vec<float>::W > 1) hi.store(out + Vec<float>::W / 2);
+  }
+};
+
 // One block of nb rows, the U vectors of columns starting at column j (the last one holding
 // `last` valid lanes, W when full). The block's sums of deviations from its first row become
 // (mean, M2) in double and are merged into the running (mean, m2) of the na rows before it.
@@ -31,21 +68,22 @@ inline void block_strip(const typename V::T* x, int64_t nb, int64_t ldx, int64_t
                         const typename V::T* origin, double* mean, double* m2, int64_t na) {
   using T = typename V::T;
   auto load = [&](const T* p, int u) { return (u == U - 1 && last < V::W) ? V::load_partial(p, last) : V::load(p); };
-  V c[U], s1[U], s2[U];
+  V c[U], s1[U];
+  SqSum<V> s2[U];
   for (int u = 0; u < U; ++u) {
     c[u] = load(x + j + u * V::W, u);
     s1[u] = V::set1(T(0));
-    s2[u] = V::set1(T(0));
   }
   for (int64_t r = 1; r < nb; ++r) {  // row 0 deviates by 0 from itself
     const T* row = x + r * ldx + j;
     for (int u = 0; u < U; ++u) {
       V dev = load(row + u * V::W, u) - c[u];
       s1[u] = s1[u] + dev;
-      s2[u] = fmadd(dev, dev, s2[u]);
+      s2[u].add(dev);
     }
   }
-  T tc[U * V::W], t1[U * V::W], t2[U * V::W];
+  T tc[U * V::W], t1[U * V::W];
+  double t2[U * V::W];
   for (int u = 0; u < U; ++u) {
     c[u].store(tc + u * V::W);
     s1[u].store(t1 + u * V::W);
@@ -57,7 +95,7 @@ inline void block_strip(const typename V::T* x, int64_t nb, int64_t ldx, int64_t
     const double d1 = static_cast<double>(t1[k]);
     // (c - origin: exact in double for float data; for double data exact when within a factor 2)
     const double bmean = (static_cast<double>(tc[k]) - static_cast<double>(origin[j + k])) + d1 / dnb;
-    double bm2 = static_cast<double>(t2[k]) - d1 * d1 / dnb;
+    double bm2 = t2[k] - d1 * d1 / dnb;
     if (bm2 < 0) bm2 = 0;  // rounding only (NaN stays NaN)
     if (na == 0) {
       mean[j + k] = bmean;

@@ -18,8 +18,9 @@ constexpr int64_t kStatsBlockRows = 64;
 // (d values, e.g. the first row of the whole array): mean_off[j] = sum_i x[i,j] / rows - origin[j],
 // m2[j] = sum_i (x[i,j] - mean)^2. Offsets keep the merge's mean differences small numbers with
 // full relative precision (a mean of 1e4 held in double would cost ~1e-11 of a 1e-2 std). Within a block of kStatsBlockRows rows the deviations from
-// the block's first row are summed in T (exact differences when values are close, so a large
-// mean costs no accuracy); the blocks are merged in order with Chan's formula in double.
+// the block's first row are taken and summed in T (exact differences when values are close, so a
+// large mean costs no accuracy) and their squares summed in double (float32 squares underflow
+// for a spread under ~1e-19 and overflow above ~1e19); the blocks are merged in order with Chan's formula in double.
 // A NaN or inf anywhere in a column makes that column's mean or m2 non-finite.
 template <class T>
 using ColStatsFn = void (*)(const T* x, int64_t rows, int64_t d, int64_t ldx, const T* origin, double* mean_off,

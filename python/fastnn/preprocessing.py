@@ -37,6 +37,7 @@ transform before fit raises NotFittedError (a ValueError and AttributeError, lik
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -63,6 +64,8 @@ def _check_2d(X, name: str = "X") -> np.ndarray:
         hint = " (reshape 1-D data with X.reshape(-1, 1) for one feature or X.reshape(1, -1) for one sample)" \
             if X.ndim == 1 else ""
         raise ValueError(f"{name}: expected a 2-D array (n_samples, n_features), got shape {X.shape}{hint}")
+    if X.shape[1] == 0:  # (scikit-learn's check_array refuses it too: ensure_min_features=1)
+        raise ValueError(f"{name}: expected at least 1 feature (column), got shape {X.shape}")
     if not (X.flags.c_contiguous and X.flags.aligned):
         X = np.array(X, order="C")
     return X
@@ -102,71 +105,26 @@ def _chan_merge(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
 
 
 # ---- the two GEMM entry points ----------------------------------------------------------------
-# Written against _C.matmul's prologue options (a_row_shift / a_col_shift / b_col_shift / upper:
-# the shifts are subtracted while the panels are packed; upper computes the blocks on and above
-# the diagonal of a symmetric product and mirrors them). Until that binding is merged the
-# fallbacks below compute the same thing from a centered copy (never from uncentered products).
-
-_PROLOGUE = None
-
-
-def _has_prologue() -> bool:
-    """Whether _C.matmul accepts the fused prologue keywords (checked once, from its signature)."""
-    global _PROLOGUE
-    if _PROLOGUE is None:
-        doc = _C.matmul.__doc__ or ""
-        _PROLOGUE = all(k in doc for k in ("a_row_shift", "a_col_shift", "b_col_shift", "upper"))
-    return _PROLOGUE
-
-
-def _tri_blocks(d: int):
-    nb = max(1, min(4, d // 128))  # (4 blocks: 62 % of the full product's flops; more blocks cost more packing)
-    edges = np.linspace(0, d, nb + 1).round().astype(int)
-    return list(zip(edges[:-1], edges[1:]))
-
+# _C.matmul's prologue options: a_row_shift / a_col_shift / b_col_shift are subtracted while the
+# panels are packed (no centered copy of X); upper computes the tiles on and above the diagonal of
+# a symmetric product and mirrors them.
 
 def _centered_gram(X: np.ndarray, mean: np.ndarray) -> np.ndarray:
-    """G = (X - mean)^T (X - mean), (d, d) in X's dtype; mean (d,) in X's dtype.
-
-    Fused: one GEMM with the shift applied while packing and only the upper blocks computed.
-    Fallback: a centered copy (one pass), then the lower block triangle as column-block GEMMs
-    ((nb + 1) / (2 nb) of the flops of the full product), mirrored."""
-    n, d = X.shape
+    """G = (X - mean)^T (X - mean), (d, d) in X's dtype; mean (d,) in X's dtype: one GEMM with the
+    shift applied while packing and only the upper tiles computed."""
+    d = X.shape[1]
     G = empty((d, d), X.dtype)
-    if _has_prologue():
-        _C.matmul(X.T, X, G, a_row_shift=mean, b_col_shift=mean, upper=True)
-        return G
-    Xc = empty((n, d), X.dtype)
-    _C.center_scale(X, Xc, mean, np.ones(d, X.dtype))
-    for c0, c1 in _tri_blocks(d):
-        tmp = empty((d - c0, c1 - c0), X.dtype)
-        _C.matmul(Xc[:, c0:].T, Xc[:, c0:c1], tmp)
-        G[c0:, c0:c1] = tmp
-        G[c0:c1, c1:] = tmp[c1 - c0:].T
+    _C.matmul(X.T, X, G, a_row_shift=mean, b_col_shift=mean, upper=True)
     return G
 
 
 def _project(X: np.ndarray, mean: np.ndarray, P: np.ndarray, out: np.ndarray = None) -> np.ndarray:
-    """Y = (X - mean) @ P, (n, k) in X's dtype; mean (d,) and P (d, k) in X's dtype.
-
-    Fused: one GEMM with the centering in the A-panel packing. Fallback: row blocks centered into
-    a reused buffer (a few MB, cache-warm) and multiplied block by block."""
-    n, d = X.shape
-    k = P.shape[1]
-    Y = empty((n, k), X.dtype) if out is None else out
-    if n == 0:
-        return Y
-    if _has_prologue():
+    """Y = (X - mean) @ P, (n, k) in X's dtype; mean (d,) and P (d, k) in X's dtype: one GEMM with
+    the centering in the A-panel packing."""
+    n = X.shape[0]
+    Y = empty((n, P.shape[1]), X.dtype) if out is None else out
+    if n:
         _C.matmul(X, P, Y, a_col_shift=mean)
-        return Y
-    rows = max(256, min(n, (4 << 20) // max(1, d * X.itemsize)))
-    buf = np.empty((rows, d), X.dtype)
-    ones = np.ones(d, X.dtype)
-    for r0 in range(0, n, rows):
-        r1 = min(n, r0 + rows)
-        b = buf[: r1 - r0]
-        _C.center_scale(X[r0:r1], b, mean, ones)
-        _C.matmul(b, P, Y[r0:r1])
     return Y
 
 
@@ -208,9 +166,14 @@ class _Base(ParamsMixin):
 
 # ---- ZeroCenter and Standardize ---------------------------------------------------------------
 
-def _constant_columns(var, mean, n, dtype):
-    """scikit-learn's test for a constant feature: var within rounding of zero for the dtype."""
-    eps = np.finfo(dtype).eps
+def _constant_columns(var, mean, n, acc_dtype=np.float64):
+    """scikit-learn's test for a constant feature (_is_constant_feature): var no larger than the
+    bound on the rounding error of a two-pass variance accumulated in acc_dtype (Chan, Golub and
+    LeVeque), n eps var + (n |mean| eps)^2. The CPU statistics are accumulated in float64 for
+    either dtype (a float32 constant column gives exactly 0), so eps is float64's as in
+    scikit-learn; with float32's eps a float32 column of mean 1e4 and std 1e-2 (about 10 float32
+    steps apart) would count as constant: (n 1e4 1.2e-7)^2 >> 1e-4 for n >= 10."""
+    eps = np.finfo(acc_dtype).eps
     upper = n * eps * var + (n * mean * eps) ** 2
     return var <= upper
 
@@ -257,7 +220,7 @@ class Standardize(_Base):
         if self.with_std:
             self.var_ = m2 / n
             scale = np.sqrt(self.var_)
-            scale[_constant_columns(self.var_, mean, n, X.dtype)] = 1.0
+            scale[_constant_columns(self.var_, mean, n)] = 1.0
             self.scale_ = scale
         else:
             self.var_ = None
@@ -360,6 +323,9 @@ class _Covariance(_Base):
         mean, _m2 = _col_stats(X)  # (the NaN/inf check, and the mean in float64)
         mean_t = mean.astype(X.dtype)
         G = _centered_gram(X, mean_t).astype(np.float64)
+        if not np.isfinite(G).all():  # (X is finite here: _col_stats checked it; its products are not)
+            raise ValueError(f"X: values too large: the sums of products (X - mean)^T (X - mean) overflow "
+                             f"{X.dtype} (rescale the data or pass float64)")
         # The Gram was taken around the mean rounded to X's dtype, mean + delta: remove the
         # n delta delta^T that adds (exact in float64; matters for float32 data with a large mean).
         delta = mean_t.astype(np.float64) - mean
@@ -471,11 +437,23 @@ class PCA(_Covariance):
             return _gpu_project(self, X, self._s_P)
         X = _check_2d(X)
         self._check_features(X)
+        return self._transform(X, fitted_on_x=False)
+
+    def _transform(self, X, fitted_on_x):
+        """(X - mean_) @ P. fitted_on_x: X is the array just fitted (by fit, not partial_fit),
+        whose values and centered Gram G were found finite. Then by Cauchy-Schwarz
+        |Y_ik| <= |x_i - mean| |P_:k| <= sqrt(trace G) max_k |P_:k|, and when that bound is below
+        half the dtype's largest value (rounding margin) Y cannot hold a NaN or inf: the pass over
+        Y that looks for them is skipped."""
         P = self._s_P if self._s_P.dtype == X.dtype else self._s_P.astype(X.dtype)
         Y = _project(X, self.mean_.astype(X.dtype, copy=False), P)
-        with np.errstate(invalid="ignore", over="ignore"):
-            finite = not Y.size or np.isfinite(Y.sum(dtype=np.float64))
-        if not finite:
+        if fitted_on_x:
+            with np.errstate(over="ignore", invalid="ignore"):
+                bound = math.sqrt(max(0.0, float(np.trace(self._s_gram)))) * \
+                    float(np.sqrt((P.astype(np.float64) ** 2).sum(0)).max(initial=0.0))
+            if bound <= 0.5 * float(np.finfo(X.dtype).max):
+                return Y
+        if Y.size and _C.first_nonfinite(Y) is not None:  # (one threaded pass, no float64 copy)
             _raise_nonfinite(X)
         return Y
 
@@ -491,9 +469,10 @@ class PCA(_Covariance):
         return _affine_back(X, Q, self.mean_.astype(X.dtype, copy=False))
 
     def fit_transform(self, X, y=None):
-        if not is_cuda_array(X):
-            X = _check_2d(X)
-        return self.fit(X).transform(X)
+        if is_cuda_array(X):
+            return self.fit(X).transform(X)
+        X = _check_2d(X)
+        return self.fit(X)._transform(X, fitted_on_x=True)
 
 
 class ZCA(_Covariance):
@@ -524,6 +503,8 @@ class ZCA(_Covariance):
 
     def transform(self, X):
         return PCA.transform(self, X)
+
+    _transform = PCA._transform
 
     def inverse_transform(self, X):
         self._check_fitted()
@@ -579,6 +560,8 @@ def _gpu_result(like, lib, t):
 def _gpu_check(lib, X, name="X"):
     if X.ndim != 2:
         raise ValueError(f"{name}: expected a 2-D array (n_samples, n_features), got shape {tuple(X.shape)}")
+    if X.shape[1] == 0:
+        raise ValueError(f"{name}: expected at least 1 feature (column), got shape {tuple(X.shape)}")
     dt = str(X.dtype).replace("torch.", "")
     if dt not in ("float32", "float64"):
         raise TypeError(f"{name}: expected float32 or float64, got {dt}")
@@ -632,6 +615,7 @@ def _gpu_fit(est, X, partial=False):
         if est.with_std:
             est.var_ = m2 / nt
             scale = np.sqrt(est.var_)
+            # (the device sums are taken in the data's dtype: its eps bounds their rounding)
             scale[_constant_columns(est.var_, mean64, nt, dtype)] = 1.0
             est.scale_ = scale
         else:

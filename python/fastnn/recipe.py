@@ -13,8 +13,18 @@ so a custom Module needs config() (and fastnn.nn.register) to be checked this wa
 The rules of ``diagnose`` (thresholds in DIAGNOSE_THRESHOLDS):
 - bad_init: the first step's loss is far from log(C) (badly scaled logits), or the loss stays flat
   for the first part of training and then drops suddenly (a plateau at the start).
-- lr_too_high: the loss becomes NaN/inf or ends above where it started; or it falls fast in the
-  first epochs and then stays flat well above its best possible value with noisy steps.
+- lr_too_high: the loss becomes NaN/inf or ends above where it started; or (per-step losses) it
+  makes most of its fall in the first steps and then stays on a high, noisy plateau: at least
+  lr_head_share (80 %) of the fall from the first step to the mean of the last half happens in
+  the first lr_head_frac (10 %) of the steps, the last half improves by less than lr_flat_tail
+  (5 %) of its level (least-squares slope, allowed two standard errors more so that the noise
+  alone does not hide a plateau), the step-to-step noise of the last half (std of successive
+  differences / sqrt 2) is above lr_noise (5 %) of that level and the level is above
+  lr_plateau_floor (20 %)
+  of the first loss (at least lr_min_steps steps); or (per-epoch losses) it falls by more than
+  20 % in the first epoch and the last half improves by less than flat_tail while above
+  high_floor of the first loss. A model too small for the data (underfitting) instead lowers its
+  loss slowly, or settles smoothly (small step noise).
 - overfitting: training accuracy well above validation accuracy (a widening gap), or the
   validation loss rising while the training loss keeps falling.
 - underfitting: training accuracy low (and validation close to it): the model cannot even fit
@@ -45,6 +55,13 @@ DIAGNOSE_THRESHOLDS = {
     "underfit_acc": 0.8,        # train acc below 0.8 at the end: underfitting
     "flat_tail": 0.02,          # lr_too_high: last half of epochs improve the loss by < 2% ...
     "high_floor": 0.5,          # ... while it is still above 50% of the first loss
+    # lr_too_high from per-step losses (a fast fall, then a high noisy plateau):
+    "lr_min_steps": 50,         # at least this many steps
+    "lr_head_frac": 0.1,        # the first 10% of the steps ...
+    "lr_head_share": 0.8,       # ... make at least 80% of the fall to the last half's mean ...
+    "lr_flat_tail": 0.05,       # ... the last half improves by < 5% of its mean ...
+    "lr_noise": 0.05,           # ... with step-to-step noise above 5% of its mean ...
+    "lr_plateau_floor": 0.2,    # ... and that mean above 20% of the first loss
 }
 
 
@@ -171,7 +188,13 @@ def diagnose(history, *, n_classes=None, thresholds=None):
                                "use He/Xavier init (or a larger init scale) so learning starts at once",
                                {"early_change": float(early_change), "later_change": float(later_change)}))
 
-    # lr_too_high: a fast fall, then a flat tail high above zero
+    # lr_too_high: a fast fall in the first steps, then a high noisy plateau (per-step losses)
+    if sl is not None and len(sl) >= t["lr_min_steps"] and not any(f.kind == "lr_too_high" for f in out):
+        f = _fast_then_noisy_plateau(sl, t)
+        if f is not None:
+            out.append(f)
+
+    # lr_too_high: a fast fall, then a flat tail high above zero (per-epoch losses)
     if tl is not None and len(tl) >= 4 and not any(f.kind == "lr_too_high" for f in out):
         half = len(tl) // 2
         tail_gain = (tl[half] - tl[-1]) / max(abs(tl[half]), 1e-12)
@@ -212,6 +235,37 @@ def diagnose(history, *, n_classes=None, thresholds=None):
         out.append(Finding("healthy", "the curves look healthy", "train longer or fine-tune the learning rate "
                            "for the last points", ev))
     return out
+
+
+def _fast_then_noisy_plateau(sl, t):
+    """The lr_too_high Finding for per-step losses sl (see the module docstring), or None."""
+    n = len(sl)
+    s0 = float(sl[0])
+    k = max(2, round(n * t["lr_head_frac"]))
+    head_end = float(np.mean(sl[k - max(1, k // 5):k]))  # (mean of the head's last fifth: less noisy)
+    tail = sl[n // 2:]
+    level = float(np.mean(tail))
+    fall = s0 - level
+    if not (fall > 0 and level > 0):
+        return None
+    share = (s0 - head_end) / fall
+    m = len(tail)
+    x = np.arange(m) - (m - 1) / 2.0
+    slope = float(np.dot(x, tail - level) / np.dot(x, x))
+    tail_gain = -slope * m / level  # (the least-squares fall over the last half, relative to its level)
+    noise = float(np.std(np.diff(tail)) / math.sqrt(2.0)) / level
+    se = noise * math.sqrt(12.0 / m)  # (tail_gain's standard error for white step noise)
+    if (share >= t["lr_head_share"] and tail_gain < t["lr_flat_tail"] + 2.0 * se and noise > t["lr_noise"]
+            and level > t["lr_plateau_floor"] * s0):
+        msg = (f"the loss fell from {s0:.4g} to {head_end:.4g} in the first {k} of {n} steps "
+               f"({100 * share:.0f} % of its fall), then stayed on a noisy plateau at {level:.4g} "
+               f"(step noise {100 * noise:.1f} % of the level, the last half improved by {100 * tail_gain:.1f} %)")
+        return Finding("lr_too_high", msg,
+                       "the learning rate is too high to settle: add a decay schedule (fastnn.schedules: Step, "
+                       "Cosine) or lower the learning rate (try 3-10x smaller)",
+                       {"first_loss": s0, "head_steps": k, "head_share": float(share), "plateau_loss": level,
+                        "plateau_noise": noise, "plateau_improvement": float(tail_gain)})
+    return None
 
 
 # ---- shared helpers ----------------------------------------------------------------------------

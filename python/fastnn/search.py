@@ -4,7 +4,7 @@
     >>> def score(p):                  # any fn(params: dict) -> float (or a dict with "score")
     ...     return -(p["lr"] - 1e-2) ** 2 - 0.1 * p["layers"]
     >>> space = {"lr": search.loguniform(1e-4, 1.0), "layers": search.randint(1, 4)}
-    >>> result = search.random_search(score, space, n_trials=20, seed=0, executor="serial")
+    >>> result = search.random_search(score, space, n_trials=20, seed=0)
     >>> result.best_params, result.best_score
     >>> print(result.table(5))         # best first
     >>> result.plot("scores.png")      # score against each parameter (needs matplotlib)
@@ -13,12 +13,15 @@ Why random rather than grid (Bergstra & Bengio, 2012): when only a few parameter
 of n points per axis tries only n distinct values of the one that matters, whatever the budget;
 random search tries a new value of every parameter in every trial.
 
-Trials run in parallel through any `concurrent.futures.Executor`: by default a process pool
-(`n_jobs` workers, the "spawn" start method, so fn must be picklable: a function defined at module
-level, and a script needs the usual `if __name__ == "__main__":` guard); `executor="serial"`
-(or n_jobs=1) runs them one by one in this process, so lambdas and closures work; any other
-Executor is used as given (a ThreadPoolExecutor, or a dask.distributed `Client.get_executor()`
-for a cluster). Results are kept in submission order, so a fixed seed gives the same table
+Where trials run follows scikit-learn's n_jobs convention: by default (n_jobs None or 1, or
+executor="serial") one by one in this process, so any fn works (lambdas, closures, notebook
+functions); n_jobs > 1 runs them in that many worker processes through joblib's loky backend
+(n_jobs=-1: one per CPU the process may use), which sends fn with cloudpickle, so lambdas and
+closures work there too (joblib is needed only then; each worker's fastnn kernels get
+cpus // workers threads instead of every CPU each); `executor=` takes any
+`concurrent.futures.Executor` as given (a ThreadPoolExecutor, or a dask.distributed
+`Client.get_executor()` for a cluster; fn must then be what that executor can send). Results are
+kept in submission order, so a fixed seed gives the same table
 whatever order the trials finish in. A trial that raises (or returns NaN) is recorded with its
 error and traceback and the search goes on; if every trial fails, `SearchError` is raised with
 the first traceback.
@@ -27,7 +30,8 @@ Seeds: `random_search(seed=...)` draws every trial's parameters up front, in thi
 `numpy.random.default_rng(seed)`, parameters in the order of the space's keys. fn gets no seed
 of its own: to search over (or fix) the seed fn trains with, put it in the space
 (`"seed": search.randint(0, 2**31)` or `search.choice([0])`). NumPy is the only dependency;
-tqdm (progress bar), matplotlib (`plot`) and pandas (`to_dataframe`) are used when installed.
+joblib (n_jobs > 1), tqdm (progress bar), matplotlib (`plot`) and pandas (`to_dataframe`) are
+used when installed.
 """
 
 from __future__ import annotations
@@ -35,10 +39,8 @@ from __future__ import annotations
 import concurrent.futures
 import itertools
 import math
-import multiprocessing
 import numbers
 import os
-import pickle
 import queue
 import sys
 import time
@@ -353,18 +355,55 @@ def _parse_score(out):
     return score, metrics
 
 
-def _init_worker(threads: int) -> None:
-    """Splits the cores between the pool's workers: each worker's fastnn kernels get
-    cores // workers threads instead of every core each (fn may still set its own)."""
+def _run_trial_in_worker(fn, params: dict, threads: int) -> dict:
+    """_run_trial in a loky worker, whose fastnn kernels first get `threads` threads (the CPUs
+    split between the workers instead of every CPU each; fn may still set its own)."""
     try:
         import fastnn
     except ImportError:  # fastnn's compiled part is not importable here; fn runs without it
-        return
-    fastnn.set_num_threads(threads)
+        pass
+    else:
+        if fastnn.get_num_threads() != threads:
+            fastnn.set_num_threads(threads)
+    return _run_trial(fn, params)
+
+
+def _cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _joblib():
+    try:
+        import joblib
+    except ImportError:
+        raise ImportError("n_jobs > 1 runs the trials through joblib's loky backend: pip install joblib "
+                          "(or leave n_jobs out to run them in this process)") from None
+    return joblib
+
+
+class _LokyPool:
+    """n_jobs > 1: trials through joblib.Parallel(backend="loky"), outcomes in submission order.
+    loky keeps its workers for the next search (and the next round of coarse_to_fine)."""
+
+    def __init__(self, workers: int, threads: int):
+        self.joblib = _joblib()
+        self.workers, self.threads = workers, threads
+
+    def run(self, fn, param_list):
+        jl = self.joblib
+        return jl.Parallel(n_jobs=self.workers, backend="loky", return_as="generator")(
+            jl.delayed(_run_trial_in_worker)(fn, p, self.threads) for p in param_list)
+
+    def shutdown(self, wait=True, cancel_futures=False):
+        pass
 
 
 class _SerialExecutor(concurrent.futures.Executor):
-    """Runs each submission at once in the calling thread (for lambdas, closures, debugging)."""
+    """Runs each submission at once in the calling thread (the default: any fn, lambdas and closures too)."""
 
     def submit(self, fn, /, *args, **kwargs):
         future = concurrent.futures.Future()
@@ -375,33 +414,21 @@ class _SerialExecutor(concurrent.futures.Executor):
         return future
 
 
-def _make_executor(executor, n_jobs, fn, n_trials):
+def _make_executor(executor, n_jobs, n_trials):
     """(executor, owned): `owned` executors are shut down by the search."""
     if n_jobs is not None:
         n_jobs = _integer(n_jobs, "n_jobs")
         if n_jobs == 0 or n_jobs < -1:
-            raise ValueError(f"n_jobs: expected a positive integer, or -1 for every core, got {n_jobs}")
+            raise ValueError(f"n_jobs: expected a positive integer, or -1 for every CPU, got {n_jobs}")
         if executor is not None and executor != "serial":
-            raise ValueError("n_jobs: sizes the default process pool; leave it out when passing an executor")
-    if executor == "serial" or n_jobs == 1:
+            raise ValueError("n_jobs: sizes joblib's loky worker pool; leave it out when passing an executor")
+    if executor is None and n_jobs not in (None, 1):
+        cpus = _cpus()
+        workers = max(1, min(cpus if n_jobs == -1 else n_jobs, n_trials))
+        if workers > 1:
+            return _LokyPool(workers, max(1, cpus // workers)), True
+    if executor is None or executor == "serial":
         return _SerialExecutor(), True
-    if executor is None:
-        try:
-            pickle.dumps(fn)
-        except Exception as e:
-            raise TypeError(
-                f"fn: the default process pool needs a picklable function (one defined at module "
-                f"level), got {getattr(fn, '__qualname__', fn)!r} ({type(e).__name__}: {e}); pass "
-                f"executor='serial' (or n_jobs=1) to run trials in this process, or a "
-                f"concurrent.futures.ThreadPoolExecutor") from None
-        cores = os.cpu_count() or 1
-        workers = cores if n_jobs in (None, -1) else n_jobs
-        workers = max(1, min(workers, n_trials))
-        # spawn, not fork: a forked child would inherit a copy of the parent's threads' locks
-        # (fastnn's and OpenBLAS's thread pools) without the threads, and can deadlock.
-        return concurrent.futures.ProcessPoolExecutor(
-            max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_worker, initargs=(max(1, cores // workers),)), True
     if isinstance(executor, str):
         raise ValueError(f"executor: expected None, 'serial' or a concurrent.futures.Executor, got {executor!r}")
     if not callable(getattr(executor, "submit", None)):
@@ -457,6 +484,11 @@ class _Progress:
             self.bar.close()
 
 
+def _pool_failure(e: BaseException) -> dict:
+    return {"score": None, "metrics": {}, "error": f"{type(e).__name__}: {e}",
+            "traceback": "".join(traceback.format_exception(type(e), e, e.__traceback__)), "seconds": None}
+
+
 def _run_all(fn, param_list, executor, mode, progress, desc) -> list:
     """Runs every trial; returns their outcomes in submission order."""
     n = len(param_list)
@@ -467,13 +499,14 @@ def _run_all(fn, param_list, executor, mode, progress, desc) -> list:
     best = None
 
     def collect(i):
-        nonlocal best
         try:
             out = futures[i].result()
         except Exception as e:  # the executor's own failure (pickling, a lost worker)
-            out = {"score": None, "metrics": {}, "error": f"{type(e).__name__}: {e}",
-                   "traceback": "".join(traceback.format_exception(type(e), e, e.__traceback__)),
-                   "seconds": None}
+            out = _pool_failure(e)
+        record(i, out)
+
+    def record(i, out):
+        nonlocal best
         outcomes[i] = out
         s = out["score"]
         if s is not None and (best is None or (s > best if mode == "max" else s < best)):
@@ -481,6 +514,20 @@ def _run_all(fn, param_list, executor, mode, progress, desc) -> list:
         bar.update(s is not None, best)
 
     try:
+        if isinstance(executor, _LokyPool):
+            it = executor.run(fn, param_list)
+            try:
+                for i in range(n):
+                    try:
+                        out = next(it)
+                    except Exception as e:  # noqa: BLE001 - the pool's own failure (a lost worker): the rest cannot run
+                        for j in range(i, n):
+                            record(j, _pool_failure(e))
+                        break
+                    record(i, out)
+            finally:
+                it.close()  # (after Ctrl-C: joblib stops the queued trials)
+            return outcomes
         for i, params in enumerate(param_list):
             f = executor.submit(_run_trial, fn, params)
             futures.append(f)
@@ -550,7 +597,7 @@ def grid_search(fn, grid: dict, *, points_per_axis: int = 5, mode: str = "max", 
     axes = {name: s.grid(points_per_axis) for name, s in space.items()}
     names = list(axes)
     param_list = [dict(zip(names, combo)) for combo in itertools.product(*axes.values())]
-    ex, owned = _make_executor(executor, n_jobs, fn, len(param_list))
+    ex, owned = _make_executor(executor, n_jobs, len(param_list))
     try:
         outcomes = _run_all(fn, param_list, ex, mode, progress, "grid search")
     finally:
@@ -570,7 +617,7 @@ def random_search(fn, space: dict, n_trials: int, seed=None, *, mode: str = "max
     n_trials = _check_positive(n_trials, "n_trials")
     rng, recorded = _seed(seed)
     param_list = [{name: s.sample(rng) for name, s in space.items()} for _ in range(n_trials)]
-    ex, owned = _make_executor(executor, n_jobs, fn, n_trials)
+    ex, owned = _make_executor(executor, n_jobs, n_trials)
     try:
         outcomes = _run_all(fn, param_list, ex, mode, progress, "random search")
     finally:
@@ -596,7 +643,7 @@ def coarse_to_fine(fn, space: dict, *, n_rounds: int = 2, n_trials: int = 20, to
     if not 0 < shrink <= 1:
         raise ValueError(f"shrink: expected a fraction in (0, 1], got {shrink}")
     rng, recorded = _seed(seed)
-    ex, owned = _make_executor(executor, n_jobs, fn, n_trials)
+    ex, owned = _make_executor(executor, n_jobs, n_trials)
     trials, spaces, current = [], [], space
     try:
         for r in range(1, n_rounds + 1):
