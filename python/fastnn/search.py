@@ -380,7 +380,7 @@ def _joblib():
     try:
         import joblib
     except ImportError:
-        raise ImportError("n_jobs > 1 runs the trials through joblib's loky backend: pip install joblib "
+        raise ImportError("n_jobs > 1 runs the trials through joblib's loky backend: pip install 'fastnn[search]' or joblib "
                           "(or leave n_jobs out to run them in this process)") from None
     return joblib
 

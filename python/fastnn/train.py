@@ -252,7 +252,7 @@ class Trainer:
                     raise ValueError(f"{name}: expected finite soft targets, got non-finite values")
                 t = np.ascontiguousarray(a, dtype=self.dtype)
             else:
-                t = check_labels(a, n_out, name=name)
+                t = np.ascontiguousarray(check_labels(a, n_out, name=name))  # argmax_count reads it flat
         else:
             a = np.asarray(y)
             if a.dtype.kind not in "biuf":
@@ -390,8 +390,6 @@ class Trainer:
         rem = n - (steps - 1) * bs
         last = full if rem == bs else buffers(rem)
         gather = shuffle or self.augment is not None
-        pred = np.empty(bs, np.intp) if classify else None  # argmax per row, then a == count
-        hit = np.empty(bs, np.bool_) if classify else None
 
         bar_cls = self._progress_class()
         monitor = "val_loss" if Xv is not None else "loss"
@@ -443,11 +441,8 @@ class Trainer:
                 model.backward(g, need_input_grad=False)  # the data needs no gradient
                 opt.step()
                 total_loss += value * m
-                if classify:
-                    p, h = pred[:m], hit[:m]
-                    np.argmax(out, axis=1, out=p)
-                    np.equal(p, yb.argmax(axis=1) if yb.ndim == 2 else yb, out=h)
-                    correct += int(np.count_nonzero(h))
+                if classify:  # one fused pass over the (batch, classes) logits
+                    correct += _C.argmax_count(out if out.flags.c_contiguous else np.ascontiguousarray(out), yb)
                 step_loss.append(value)
                 step_lr.append(opt.lr)
                 if bar is not None:
@@ -565,8 +560,7 @@ class Trainer:
             loss = float(self.loss.forward(out, y))
         res = {"loss": float(loss)}
         if self.classification:
-            t = y.argmax(axis=1) if y.ndim == 2 else y
-            res["accuracy"] = float(np.count_nonzero(out.argmax(axis=1) == t)) / X.shape[0]
+            res["accuracy"] = _C.argmax_count(np.ascontiguousarray(out), y) / X.shape[0]
         return res
 
     def _inference_X(self, X):
