@@ -106,8 +106,10 @@ def test_info_says_no_gpu():
 @compiled
 def test_binding_argument_checks():
     C = fastnn._C
-    with pytest.raises(ValueError, match=r"op: expected an activation id in \[0, 5\), got 5"):
-        C.cuda_act_forward(5, "float32", 16, 16, 4, 0.01, 1.0, 1.0)
+    with pytest.raises(ValueError, match=r"op: expected an activation id in \[0, 7\) other than PReLU \(6\), got 7"):
+        C.cuda_act_forward(7, "float32", 16, 16, 4, 0.01, 1.0, 1.0)
+    with pytest.raises(ValueError, match=r"other than PReLU \(6\), got 6"):  # PReLU has its own ops
+        C.cuda_act_forward(6, "float32", 16, 16, 4, 0.01, 1.0, 1.0)
     with pytest.raises(ValueError, match="op: "):
         C.cuda_act_backward(-1, "float32", 16, 16, 16, 4, 0.01, 1.0, 1.0)
     with pytest.raises(TypeError, match="dtype: expected 'float32' or 'float64', got 'float16'"):
@@ -676,15 +678,14 @@ def test_gpu_adam_math_matches_cpu_kernels(capability, dtype):
 
 
 def test_dlpack_offers_the_versioned_capsule_when_asked(monkeypatch):
-    # (the C++ side of the versioned capsule, _C.cuda_dlpack_capsule_versioned, is stood in for)
+    # (the C++ capsule maker is stood in for: it makes the versioned capsule when max_version >= (1, 0))
     calls = []
-    monkeypatch.setattr(fastnn._C, "cuda_dlpack_capsule_versioned", lambda *a: calls.append(("v1", a)) or "v1",
-                        raising=False)
-    monkeypatch.setattr(fastnn._C, "cuda_dlpack_capsule", lambda *a: calls.append(("v0", a)) or "v0")
+    monkeypatch.setattr(fastnn._C, "cuda_dlpack_capsule",
+                        lambda *a, max_version=None: calls.append((max_version, a)) or
+                        ("v1" if max_version is not None and max_version[0] >= 1 else "v0"))
     a = fc.DeviceArray._wrap(0x10000, (5,), np.float32, 0)
     assert a.__dlpack__(max_version=(1, 0)) == "v1"
-    assert calls[-1][1][:4] == (0x10000, [5], "float32", 0)
+    assert calls[-1][0] == (1, 0) and calls[-1][1][:4] == (0x10000, [5], "float32", 0)
+    assert a.__dlpack__(max_version=[1, 2]) == "v1" and calls[-1][0] == (1, 2)
     assert a.__dlpack__(max_version=(0, 8)) == "v0"
-    assert a.__dlpack__() == "v0"
-    monkeypatch.delattr(fastnn._C, "cuda_dlpack_capsule_versioned")
-    assert a.__dlpack__(max_version=(1, 0)) == "v0"  # (a build without it: the unversioned one is allowed)
+    assert a.__dlpack__() == "v0" and calls[-1][0] is None

@@ -129,14 +129,14 @@ def test_linear_forward_and_backward_bf16(capability, rng):
     w = rng.standard_normal((n, k)).astype(np.float32)
     bias = rng.standard_normal(n).astype(np.float32)
     out = np.empty((m, n), np.float32)
-    _C.linear_forward(x, w, out, bias, -1, 0.01, 1.0, 1.0, None, False, 0, 1.0, False, 0, 1.0, 0, 0, None, False,
+    _C.linear_forward(x, w, out, bias, 0, 0.01, 1.0, 1.0, None, False, 0, 1.0, False, 0, 1.0, 0, 0, None, False,
                       None, precision="bf16")
     np.testing.assert_array_equal(out, emulate(x, w.T) + bias)
     g = rng.standard_normal((m, n)).astype(np.float32)
     gx = np.empty((m, k), np.float32)
     gw = np.empty((n, k), np.float32)
     gb = np.empty(n, np.float32)
-    _C.linear_backward(g, x, w, gx, gw, gb, -1, 0.01, 1.0, 1.0, None, None, None, None, None, False, 0, 1.0,
+    _C.linear_backward(g, x, w, gx, gw, gb, 0, 0.01, 1.0, 1.0, None, None, None, None, None, False, 0, 1.0,
                        False, 0, 1.0, 0, 0, precision="bf16")
     np.testing.assert_array_equal(gx, emulate(g, w))
     np.testing.assert_array_equal(gw, emulate(g.T, x))

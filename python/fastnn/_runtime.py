@@ -76,7 +76,7 @@ def _cublaslt_line(d) -> str:
         return "not compiled in (GPU linear/matmul unavailable)"
     from ._backend import cuda as _cuda_backend
     try:
-        where = _C.cublaslt_location() or _C.cublaslt_load(_cuda_backend.cublaslt_dirs())
+        where = _C.cublaslt_location() or _C.cublaslt_load(_cuda_backend._cublaslt_dirs())
     except RuntimeError as e:
         return f"compiled in; does not load ({e})"
     return f"compiled in; loads ({where})"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numbers
 import operator
 import os
+from importlib.util import find_spec as _find_spec
 import sys
 
 import numpy as np
@@ -532,18 +533,17 @@ def _require_cublaslt() -> None:
             "wheel (pip install nvidia-cublas) or the CUDA toolkit's cuBLAS, then rebuild fastnn "
             "(pip install --no-build-isolation -Ccmake.define.FASTNN_CUDA=ON .)")
     if not _C.cublaslt_location():
-        _C.cublaslt_load(cublaslt_dirs())  # RuntimeError naming every path tried (retried next call)
+        _C.cublaslt_load(_cublaslt_dirs())  # RuntimeError naming every path tried (retried next call)
 
 
-def cublaslt_dirs() -> list:
+def _cublaslt_dirs() -> list:
     """Folders that may hold libcublasLt.so.<major>: the nvidia-cublas wheel's lib/ folders as this
     Python sees them (nvidia/cu13 for cuBLAS 13, nvidia/cublas before), searched by _C.cublaslt_load
     after FASTNN_CUBLASLT and an already-loaded copy, before the soname."""
-    import importlib.util
     dirs = []
     for name in ("nvidia.cu13", "nvidia.cublas"):
         try:
-            spec = importlib.util.find_spec(name)
+            spec = _find_spec(name)
         except (ImportError, ValueError):
             spec = None
         if spec is not None and spec.submodule_search_locations:
