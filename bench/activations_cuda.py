@@ -159,7 +159,8 @@ def run(sizes, ops, use_torch=True):
                         kern = lambda: _C.cuda_prelu_backward("float32", g.ptr, x.ptr, w.ptr, PRELU_C, y.ptr, gw.ptr,
                                                               n // PRELU_C, PRELU_C, 1)
                         api = lambda: F.prelu_backward(gs, xs, w)
-                        want = lambda: F.prelu_backward(gh.reshape(-1, PRELU_C), xh.reshape(-1, PRELU_C), wh)[0].reshape(-1)
+                        want = lambda: F.prelu_backward(gh.reshape(-1, PRELU_C), xh.reshape(-1, PRELU_C),
+                                                        wh)[0].reshape(-1)
                     if torch is not None:
                         x2, g2, wt = xt.reshape(-1, PRELU_C), gt.reshape(-1, PRELU_C), torch.from_dlpack(w)
                         tfn = ((lambda: torch.nn.functional.prelu(x2, wt)) if pas == "forward"

@@ -24,10 +24,11 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from activations_cuda import Timer, _import_torch, machine_line  # noqa: E402
+
 import fastnn.augment as A  # noqa: E402
 import fastnn.cuda as fc  # noqa: E402
 from fastnn import _C  # noqa: E402
-from activations_cuda import Timer, _import_torch, machine_line  # noqa: E402
 
 SEED = 12345
 

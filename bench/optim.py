@@ -17,7 +17,7 @@ import argparse
 import numpy as np
 
 import fastnn
-from fastnn import _C, optim
+from fastnn import optim
 from fastnn.benchmark import _timeit, copy_bandwidth, machine_line
 from fastnn.parameter import Parameter
 

@@ -23,11 +23,12 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from activations_cuda import Timer, _import_torch, machine_line  # noqa: E402
+
 import fastnn  # noqa: E402
 import fastnn.cuda as fc  # noqa: E402
 from fastnn import _C, optim  # noqa: E402
 from fastnn.parameter import Parameter  # noqa: E402
-from activations_cuda import Timer, _import_torch, machine_line  # noqa: E402
 
 MLP = [(512, 784), (512,), (256, 512), (256,), (10, 256), (10,)]
 KINDS = {

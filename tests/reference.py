@@ -345,7 +345,8 @@ def assert_grad_weight_close(actual, grad_output, x, weight, dtype, *, where: st
     assert actual.shape == ref.shape, f"{ctx}: shape {actual.shape}, expected {ref.shape} (like weight)"
     got = actual.astype(np.float64)
     nan_got, nan_ref = np.isnan(got), np.isnan(ref)
-    assert np.array_equal(nan_got, nan_ref), f"{ctx}: NaN at {np.argwhere(nan_got)}, reference NaN at {np.argwhere(nan_ref)}"
+    assert np.array_equal(nan_got, nan_ref), \
+        f"{ctx}: NaN at {np.argwhere(nan_got)}, reference NaN at {np.argwhere(nan_ref)}"
     rel = GRAD_WEIGHT_REL[dtype.name]
     with np.errstate(all="ignore"):
         err = np.where(nan_ref, 0.0, np.abs(got - ref))
@@ -392,7 +393,8 @@ def assert_gemm_close(actual, a, b, *, bias=None, where: str = "") -> None:
     if np.any(bad):
         i = np.unravel_index(int(np.argmax(np.where(bad, err / np.maximum(allowed, 1e-300), -1))), ref.shape)
         raise AssertionError(f"{ctx}: {int(bad.sum())} of {ref.size} elements outside "
-                             f"{GEMM_BOUND_C[dtype.name]} * sqrt(K) * eps * (|A| @ |B|); worst at {tuple(map(int, i))}: "
+                             f"{GEMM_BOUND_C[dtype.name]} * sqrt(K) * eps * (|A| @ |B|); "
+                             f"worst at {tuple(map(int, i))}: "
                              f"got {_fmt(actual[i])}, expected {_fmt(ref[i])}, bound {_fmt(allowed[i])}")
 
 

@@ -9,9 +9,9 @@ index in y); DropConnect positions offset + M*N + j (j the C-order index in weig
 from __future__ import annotations
 
 import numpy as np
+import reference as ref
 
 import fastnn.functional as F
-import reference as ref
 
 SELU_ALPHA = ref.SELU_ALPHA
 SELU_SCALE = ref.SELU_SCALE

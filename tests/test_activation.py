@@ -13,15 +13,15 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import pytest
+import reference as R
 
 import fastnn
 import fastnn.functional as F
-import reference as R
 
 CAPABILITIES = list(fastnn._C.supported_capabilities())
 ALL_CAPABILITY_NAMES = ("baseline", "avx2", "avx512")
@@ -896,7 +896,7 @@ def _run_python(code: str, env_update=None, cwd=None) -> subprocess.CompletedPro
     env = dict(os.environ)
     env.pop("FASTNN_CPU_CAPABILITY", None)
     env.update(env_update or {})
-    for attempt in range(5):
+    for _attempt in range(5):
         p = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True,
                            timeout=120, cwd=cwd)
         transient = (p.returncode != 0 and re.search(r"\b(ImportError|ModuleNotFoundError)\b", p.stderr)

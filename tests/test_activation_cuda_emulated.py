@@ -19,6 +19,7 @@ import subprocess
 
 import numpy as np
 import pytest
+
 from fastnn import _C
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -28,7 +29,8 @@ CPU = getattr(_C, "cpu", _C)
 IDENTITY, SIGMOID, TANH, RELU, LEAKY, ELU, PRELU = (_C.ACTIVATION_IDS[k] for k in (
     "identity", "sigmoid", "tanh", "relu", "leaky_relu", "elu", "prelu"))  # ActKind (core/activation_kind.h)
 TOL = {np.float32: {"rtol": 4e-6, "atol": 1e-7}, np.float64: {"rtol": 1e-13, "atol": 1e-15}}
-PARAMS = {IDENTITY: (0.01, 1.0, 1.0), SIGMOID: (0.01, 1.0, 1.0), TANH: (0.01, 1.0, 1.0), RELU: (0.01, 1.0, 1.0), LEAKY: (0.2, 1.0, 1.0),
+PARAMS = {IDENTITY: (0.01, 1.0, 1.0), SIGMOID: (0.01, 1.0, 1.0), TANH: (0.01, 1.0, 1.0), RELU: (0.01, 1.0, 1.0),
+          LEAKY: (0.2, 1.0, 1.0),
           ELU: (0.01, 1.6732632423543772, 1.0507009873554805)}
 
 

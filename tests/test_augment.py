@@ -9,10 +9,10 @@ import math
 
 import numpy as np
 import pytest
+import reference as ref
 
 import fastnn
 import fastnn.augment as A
-import reference as ref
 
 STREAM_ORDER = [("flip", 1), ("crop", 2), ("rrc", 40), ("jitter", 3)]
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import inspect
 
-import fastnn
-import fastnn.functional as F
 import numpy as np
 import pytest
+
+import fastnn
+import fastnn.functional as F
 from fastnn import _backend, checks
 from fastnn._backend import cpu, cuda
 

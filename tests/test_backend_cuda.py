@@ -4,11 +4,12 @@ tests/test_fake_gpu_suites.py runs this file on): results placed at the input's 
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
+
 import fastnn
 import fastnn.cuda as fc
 import fastnn.functional as F
-import numpy as np
-import pytest
 from fastnn import optim
 from fastnn._backend import backend_of
 from fastnn._backend import cuda as BC
@@ -143,7 +144,8 @@ class _FakeTorchModule:
         requires_grad = True
 
         def __init__(self, backing, dtype="torch.float32"):
-            self.backing, self.dtype, self.shape, self.device = backing, dtype, backing.shape, _FakeTorchModule._Device()
+            self.backing, self.dtype, self.shape = backing, dtype, backing.shape
+            self.device = _FakeTorchModule._Device()
 
         def data_ptr(self):
             return self.backing.ptr

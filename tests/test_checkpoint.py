@@ -13,9 +13,10 @@ import sys
 import textwrap
 import tracemalloc
 
-import fastnn
 import numpy as np
 import pytest
+
+import fastnn
 from fastnn import checkpoint, nn
 from fastnn.train import Trainer
 

@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import gc
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import pytest
+import reference as R
 
 import fastnn
 import fastnn.cuda as fc
-from fastnn import checks
-from fastnn._backend import cuda as BC
 import fastnn.functional as F
-import reference as R
+from fastnn._backend import cuda as BC
 
 if not fc.is_available():
     pytest.skip(f"no usable CUDA GPU (fastnn.cuda.is_available() is False; CUDA compiled in: "
@@ -1008,7 +1007,8 @@ def test_matmul(shape, rng):
 def test_linear_errors(rng, linear_saved):
     xd = fc.to_device(np.ones((4, 3), np.float32))
     wd = fc.to_device(np.ones((5, 3), np.float32))
-    with pytest.raises(ValueError, match=r"inner dimensions differ: x has shape \(4, 3\) and weight has shape \(5, 2\)"):
+    with pytest.raises(ValueError,
+                       match=r"inner dimensions differ: x has shape \(4, 3\) and weight has shape \(5, 2\)"):
         _lin(xd, fc.to_device(np.ones((5, 2), np.float32)))
     with pytest.raises(ValueError, match=r"bias: expected shape \(5,\).*got \(4,\)"):
         _lin(xd, wd, fc.to_device(np.ones(4, np.float32)))
@@ -1034,7 +1034,8 @@ def test_linear_errors(rng, linear_saved):
     _lin(xd, wd, dropout_p=0.5, seed=1, offset=2**64 - 20)  # the last 20 positions
     with pytest.raises(ValueError, match="x: expected a 2-D array"):
         _lin(fc.to_device(np.ones(3, np.float32)), wd)
-    with pytest.raises(ValueError, match=r"matmul: inner dimensions differ: a has shape \(4, 3\) and b has shape \(4, 3\)"):
+    with pytest.raises(ValueError,
+                       match=r"matmul: inner dimensions differ: a has shape \(4, 3\) and b has shape \(4, 3\)"):
         BC._matmul(xd, xd, None)
     with pytest.raises(TypeError, match="b is on the CPU"):
         BC._matmul(xd, np.ones((3, 2), np.float32), None)

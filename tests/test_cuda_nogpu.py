@@ -14,9 +14,9 @@ import pytest
 import fastnn
 import fastnn.augment as A
 import fastnn.cuda as fc
+import fastnn.functional as F
 from fastnn import checks
 from fastnn._backend import cuda as BC
-import fastnn.functional as F
 
 COMPILED = bool(fastnn._C.cuda_compiled)
 AVAILABLE = fc.is_available()

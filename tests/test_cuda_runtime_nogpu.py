@@ -12,9 +12,10 @@ import re
 import subprocess
 import sys
 
-import fastnn
 import numpy as np
 import pytest
+
+import fastnn
 from fastnn import _C
 
 COMPILED = bool(getattr(_C, "cuda_compiled", False))

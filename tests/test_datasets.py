@@ -8,9 +8,8 @@ import os
 import numpy as np
 import pytest
 
-import fastnn
 from fastnn import datasets
-from fastnn.validation import check_X, check_labels, check_xy
+from fastnn.validation import check_labels, check_X, check_xy
 
 
 def test_digits_shipped_in_package():

@@ -22,6 +22,8 @@ import threading
 
 import numpy as np
 import pytest
+from reference import np_philox4x32_10, philox4x32_10, ref_words
+from reference import philox_words as np_ref_words
 
 import fastnn
 import fastnn.functional  # noqa: F401
@@ -34,9 +36,6 @@ CAPABILITIES = list(fastnn._C.supported_capabilities())
 U64 = 1 << 64
 
 # ---- the Philox4x32-10 reference lives in tests/reference.py (one for every test) ---------------
-
-from reference import np_philox4x32_10, philox4x32_10, ref_words
-from reference import philox_words as np_ref_words
 
 
 def threshold(p):
@@ -699,7 +698,7 @@ def test_generator_reserve_hands_out_non_overlapping_64_aligned_ranges():
         ranges.append((start, start + n))
         assert g.offset >= start + n and g.offset % 64 == 0
     ranges.sort()
-    for (a0, a1), (b0, b1) in zip(ranges, ranges[1:]):
+    for (_a0, a1), (b0, _b1) in zip(ranges, ranges[1:]):
         assert a1 <= b0
     assert ranges[0][0] >= 1034
 
@@ -828,28 +827,28 @@ def _calls_with(**kw):
 
 @pytest.mark.parametrize("p", [-0.1, 1.1, float("nan"), float("inf"), -float("inf"), 1 + 1e-12])
 def test_probability_outside_unit_interval_or_not_finite_is_a_value_error(p):
-    for name, call in _calls_with(p=p):
+    for _name, call in _calls_with(p=p):
         with pytest.raises(ValueError, match="p"):
             call()
 
 
 @pytest.mark.parametrize("p", ["0.5", None, True, [0.5], 1j])
 def test_probability_of_wrong_type_is_a_type_error(p):
-    for name, call in _calls_with(p=p):
+    for _name, call in _calls_with(p=p):
         with pytest.raises(TypeError):
             call()
 
 
 @pytest.mark.parametrize("seed", [-1, 2**64, 2**70])
 def test_seed_out_of_range_is_a_value_error(seed):
-    for name, call in _calls_with(seed=seed):
+    for _name, call in _calls_with(seed=seed):
         with pytest.raises(ValueError, match="seed"):
             call()
 
 
 @pytest.mark.parametrize("seed", [1.5, "1", 1.0, True])
 def test_seed_of_wrong_type_is_a_type_error(seed):
-    for name, call in _calls_with(seed=seed):
+    for _name, call in _calls_with(seed=seed):
         with pytest.raises(TypeError, match="seed"):
             call()
 
@@ -861,22 +860,22 @@ def test_numpy_integer_seeds_and_offsets_are_accepted():
 
 @pytest.mark.parametrize("offset", [-1, -2**63])
 def test_negative_offset_is_a_value_error(offset):
-    for name, call in _calls_with(offset=offset):
+    for _name, call in _calls_with(offset=offset):
         with pytest.raises(ValueError, match="offset"):
             call()
 
 
 def test_offset_past_the_end_of_the_stream_is_a_value_error():
-    for name, call in _calls_with(offset=2**64 - 19):  # 20 elements: one past 2**64
+    for _name, call in _calls_with(offset=2**64 - 19):  # 20 elements: one past 2**64
         with pytest.raises(ValueError, match="offset"):
             call()
-    for name, call in _calls_with(offset=2**64):
+    for _name, call in _calls_with(offset=2**64):
         with pytest.raises(ValueError, match="offset"):
             call()
 
 
 def test_offset_of_wrong_type_is_a_type_error():
-    for name, call in _calls_with(offset=1.5):
+    for _name, call in _calls_with(offset=1.5):
         with pytest.raises(TypeError, match="offset"):
             call()
 

@@ -15,6 +15,7 @@ import subprocess
 
 import numpy as np
 import pytest
+
 from fastnn import _C
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

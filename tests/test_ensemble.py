@@ -89,7 +89,8 @@ def test_ensemble_of_5_beats_its_best_member_on_digits(digits_split):
     # (min +0.5); on this split +2.8. Cosine-annealed members gain only ~0.1 (README).
     Xtr, ytr, Xte, yte = digits_split
     ens = ensemble.train_ensemble(_wide, Xtr, ytr, n=5, trainer_kwargs={
-        "optimizer": "sgd", "optimizer_kwargs": {"lr": 0.3, "momentum": 0.9}}, fit_kwargs={"epochs": 8, "batch_size": 32})
+        "optimizer": "sgd", "optimizer_kwargs": {"lr": 0.3, "momentum": 0.9}},
+        fit_kwargs={"epochs": 8, "batch_size": 32})
     assert len(ens) == 5 and [p["seed"] for p in ens.member_params] == [0, 1, 2, 3, 4]
     members = ens.member_scores(Xte, yte)
     assert min(members) > 0.85  # working members, not a win over broken ones

@@ -8,9 +8,10 @@ from __future__ import annotations
 import pickle
 import warnings
 
-import fastnn
 import numpy as np
 import pytest
+
+import fastnn
 from fastnn.estimators import (
     ConvergenceWarning,
     MLPClassifier,
@@ -33,7 +34,8 @@ def quiet(est, X, y):
 
 def test_classifier_digits_accuracy_and_attributes(digits):
     X, y = digits
-    clf = quiet(MLPClassifier(hidden_layer_sizes=(64,), max_iter=30, learning_rate_init=0.01, random_state=0), X[:1400], y[:1400])
+    clf = quiet(MLPClassifier(hidden_layer_sizes=(64,), max_iter=30, learning_rate_init=0.01, random_state=0),
+                X[:1400], y[:1400])
     assert clf.score(X[1400:], y[1400:]) >= 0.9  # the last 397 digits: scikit-learn's MLP gets 0.92
     assert clf.score(X[:1400], y[:1400]) >= 0.97
     np.testing.assert_array_equal(clf.classes_, np.arange(10))
@@ -49,7 +51,8 @@ def test_classifier_digits_accuracy_and_attributes(digits):
 def test_string_labels_and_binary(digits):
     X, y = digits
     names = np.array(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"], dtype=object)
-    clf = quiet(MLPClassifier(hidden_layer_sizes=(32,), max_iter=15, learning_rate_init=0.01, random_state=0), X, names[y])
+    clf = quiet(MLPClassifier(hidden_layer_sizes=(32,), max_iter=15, learning_rate_init=0.01, random_state=0), X,
+                names[y])
     assert set(clf.predict(X[:50])) <= set(names) and clf.score(X, names[y]) > 0.9
     mask = y < 2
     b = quiet(MLPClassifier(hidden_layer_sizes=(16,), max_iter=10, random_state=0), X[mask], y[mask] == 1)
@@ -123,7 +126,8 @@ def test_pickle_round_trip(digits):
 def test_get_set_params_and_unfitted():
     clf = MLPClassifier(hidden_layer_sizes=(5, 3), dropout=0.2)
     p = clf.get_params()
-    assert p["hidden_layer_sizes"] == (5, 3) and p["dropout"] == 0.2 and p["solver"] == "adam" and p["optimizer"] is None
+    assert p["hidden_layer_sizes"] == (5, 3) and p["dropout"] == 0.2
+    assert p["solver"] == "adam" and p["optimizer"] is None
     assert clf.set_params(alpha=0.1) is clf and clf.alpha == 0.1
     with pytest.raises(NotFittedError):
         clf.predict(np.zeros((2, 3)))

@@ -12,8 +12,6 @@ import pytest
 
 pytest.importorskip("sklearn")
 
-import fastnn
-from fastnn.estimators import MLPClassifier, MLPRegressor
 from sklearn import neural_network as sknn
 from sklearn.base import clone
 from sklearn.datasets import load_diabetes
@@ -21,6 +19,9 @@ from sklearn.ensemble import VotingClassifier
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import GridSearchCV
 from sklearn.utils.estimator_checks import parametrize_with_checks
+
+import fastnn
+from fastnn.estimators import MLPClassifier, MLPRegressor
 
 # Small networks and few epochs keep the ~100 checks to a few seconds; learning_rate_init=0.01
 # lets them pass the checks' accuracy (> 0.83) and R^2 (> 0.5) floors within that budget.
@@ -113,7 +114,8 @@ def test_classifier_matches_sklearn_on_digits(digits_split, solver, extra):
         assert ours.n_iter_ == theirs.n_iter_ and ours.t_ == theirs.t_
 
 
-@pytest.mark.parametrize("solver, extra", [("sgd", dict(learning_rate_init=0.01)), ("adam", dict(learning_rate_init=0.01)),
+@pytest.mark.parametrize("solver, extra", [("sgd", dict(learning_rate_init=0.01)),
+                                           ("adam", dict(learning_rate_init=0.01)),
                                            ("lbfgs", dict(max_iter=200, alpha=10.0))])
 def test_regressor_matches_sklearn(diabetes, solver, extra):
     Xtr, ytr, Xte, yte = diabetes

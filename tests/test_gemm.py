@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import reference as ref
 
 import fastnn
 import fastnn.functional as F
 from fastnn import _C
-import reference as ref
 
 DIMS = (0, 1, 2, 3, 7, 15, 16, 17, 63, 64, 65, 127, 128, 129, 1000)
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import reference as ref
 
 import fastnn
 import fastnn.functional as F
-import reference as ref
 
 ACTS = F.ACTIVATIONS
 DIMS = (0, 1, 2, 3, 7, 15, 16, 17, 63, 64, 65, 127, 128, 129, 1000)
@@ -390,7 +390,8 @@ def test_need_grad_x_binding_skips_only_grad_x(rng):
     gw = np.full((7, 8), np.nan)
     gb = np.full(7, np.nan)
     identity = fastnn._C.ACTIVATION_IDS["identity"]
-    fastnn._C.linear_backward(g, x, w, None, gw, gb, identity, 0.01, 1.0, 1.0, None, None, None, None, None, False, 0, 1.0,
+    fastnn._C.linear_backward(g, x, w, None, gw, gb, identity, 0.01, 1.0, 1.0, None, None, None, None, None, False,
+                              0, 1.0,
                               False, 0, 1.0, 0, 0)
     np.testing.assert_allclose(gw, g.T @ x, rtol=1e-12)
     np.testing.assert_allclose(gb, g.sum(0), rtol=1e-12)

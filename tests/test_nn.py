@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import reference as ref
 
 import fastnn
 import fastnn.functional as F
-import reference as ref
 from fastnn import nn
 
 ACTS = F.ACTIVATIONS
@@ -535,7 +535,8 @@ def test_dtypes(rng, dtype):
 def test_repr():
     r = repr(_zoo())
     assert "(0): Linear(3, 4, bias=True)" in r and "(6): Dropout(p=0.5)" in r
-    assert repr(nn.Linear(3, 4, activation="relu", dropout=0.1)) == "Linear(3, 4, bias=True, activation='relu', dropout=0.1)"
+    want = "Linear(3, 4, bias=True, activation='relu', dropout=0.1)"
+    assert repr(nn.Linear(3, 4, activation="relu", dropout=0.1)) == want
 
 
 def test_training_loop_learns(rng):
@@ -546,7 +547,7 @@ def test_training_loop_learns(rng):
     model = nn.Sequential(nn.Linear(20, 64, activation="relu"), nn.Linear(64, 4))
     opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     loss_fn = nn.SoftmaxCrossEntropy()
-    for epoch in range(5):
+    for _epoch in range(5):
         for i in range(0, 1000, 50):
             loss_fn(model(X[i:i + 50]), y[i:i + 50])
             model.backward(loss_fn.backward())

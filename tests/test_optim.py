@@ -153,7 +153,8 @@ def _torch_run(cls, params_np, regs, gs_seq, **kw):
 
 @pytest.mark.skipif(torch is None, reason="torch not installed")
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("case", [c for c in range(len(SGD_CASES)) if "l1" not in SGD_CASES[c] and "l2" not in SGD_CASES[c]])
+@pytest.mark.parametrize("case",
+                         [c for c in range(len(SGD_CASES)) if "l1" not in SGD_CASES[c] and "l2" not in SGD_CASES[c]])
 def test_sgd_matches_torch(capability, rng, dtype, case):
     kw = SGD_CASES[case]
     params = make_params(rng, dtype)

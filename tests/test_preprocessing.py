@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import reference as ref
 
 import fastnn
 from fastnn import _C
 from fastnn import preprocessing as P
-import reference as ref
 
 DTYPES = [np.float32, np.float64]
 COMP_TOL = {np.float32: 1e-3, np.float64: 1e-8}
@@ -98,7 +98,8 @@ def test_col_stats_huge_spread_float32(capability, rng):
     # deviations ~1e20: float32 squares overflow (> 3.4e38); double holds them
     x = (1e20 * rng.standard_normal((500, 9))).astype(np.float32)
     assert_stats_close(*_C.col_stats(x), x, f"{capability} std 1e20")
-    np.testing.assert_allclose(P.Standardize().fit(x).scale_, np.sqrt(ref.col_stats(x)[1]), rtol=ref.STATS_REL["float32"])
+    np.testing.assert_allclose(P.Standardize().fit(x).scale_, np.sqrt(ref.col_stats(x)[1]),
+                               rtol=ref.STATS_REL["float32"])
     # PCA's float32 Gram cannot hold them: a clear error, not LAPACK's
     for make in (P.PCA, P.ZCA):
         with pytest.raises(ValueError, match=r"X: values too large: the sums of products .* overflow float32"):
@@ -303,7 +304,8 @@ def test_pca_whiten(capability, rng, dtype):
     assert y.dtype == dtype and y.shape == (3000, 40)
     y64 = y.astype(np.float64)
     cov = np.cov(y64.T)
-    assert np.abs(cov - np.eye(40)).max() <= WHITE_TOL[dtype], f"whitened covariance off by {np.abs(cov - np.eye(40)).max():g}"
+    off = np.abs(cov - np.eye(40)).max()
+    assert off <= WHITE_TOL[dtype], f"whitened covariance off by {off:g}"
     expect = ref.pca_whiten(x, 40, 1e-5)
     np.testing.assert_allclose(y64, expect, atol=(1e-3 if dtype == np.float32 else 1e-8))
     back = p.inverse_transform(y)
@@ -456,7 +458,8 @@ def test_zero_features(make):
 
 def test_bad_n_components(rng):
     x = rng.standard_normal((5, 8))
-    with pytest.raises(ValueError, match=r"n_components: expected an int in \[1, min\(n_samples, n_features\)\] = \[1, 5\], got 6"):
+    with pytest.raises(ValueError,
+                       match=r"n_components: expected an int in \[1, min\(n_samples, n_features\)\] = \[1, 5\], got 6"):
         P.PCA(6).fit(x)
     with pytest.raises(ValueError, match=r"got 0"):
         P.PCA(0).fit(x)
@@ -476,7 +479,8 @@ def test_bad_n_components(rng):
 
 def test_fortran_and_integer_input(rng):
     x = np.asfortranarray(rng.standard_normal((300, 7)))
-    np.testing.assert_allclose(P.PCA().fit(x).explained_variance_, P.PCA().fit(np.ascontiguousarray(x)).explained_variance_,
+    np.testing.assert_allclose(P.PCA().fit(x).explained_variance_,
+                               P.PCA().fit(np.ascontiguousarray(x)).explained_variance_,
                                rtol=1e-12)
     xi = rng.integers(0, 10, (100, 4))
     assert P.Standardize().fit(xi).transform(xi).dtype == np.float64

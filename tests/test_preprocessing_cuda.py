@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import reference as ref
 
 from fastnn import preprocessing as P
-import reference as ref
 
 torch = pytest.importorskip("torch")
 if not torch.cuda.is_available():

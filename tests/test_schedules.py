@@ -119,7 +119,8 @@ def test_state_dict_round_trip_and_create():
 
 
 def test_errors():
-    with pytest.raises(ValueError, match=r"schedule: expected one of constant, step, cosine, cyclic_cosine, linear, inverse_sqrt, "
+    with pytest.raises(ValueError,
+                       match=r"schedule: expected one of constant, step, cosine, cyclic_cosine, linear, inverse_sqrt, "
                                          r"warmup, got 'exp'"):
         S.create("exp")
     with pytest.raises(ValueError, match="step_size: expected an integer >= 1, got 0"):

@@ -206,7 +206,9 @@ def test_lambda_and_closure_with_two_loky_workers():
 
 def test_n_jobs_without_joblib_names_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "joblib", None)  # import joblib -> ImportError
-    with pytest.raises(ImportError, match="n_jobs > 1 runs the trials through joblib's loky backend: pip install 'fastnn\\[search\\]' or joblib"):
+    with pytest.raises(ImportError,
+                       match="n_jobs > 1 runs the trials through joblib's loky backend: "
+                             "pip install 'fastnn\\[search\\]' or joblib"):
         search.random_search(bowl, SPACE, n_trials=3, n_jobs=2)
     assert search.random_search(bowl, SPACE, n_trials=3, seed=0).failed == 0  # serial needs no joblib
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import warnings
 
-import fastnn
 import numpy as np
 import pytest
+
+import fastnn
 from fastnn import nn
 from fastnn.train import Trainer, TrainingDivergedWarning
 
@@ -87,7 +88,8 @@ def test_first_layer_computes_no_input_gradient(monkeypatch):
         return inner(g, **kw)
 
     monkeypatch.setattr(model, "backward", spy)
-    Trainer(model, optimizer="sgd", optimizer_kwargs={"lr": 0.01}, verbose=False, seed=0).fit(X, y, epochs=1, batch_size=16)
+    Trainer(model, optimizer="sgd", optimizer_kwargs={"lr": 0.01}, verbose=False, seed=0).fit(
+        X, y, epochs=1, batch_size=16)
     assert calls == [False] * 4
 
 

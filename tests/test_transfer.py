@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 import struct
 
-import fastnn
 import numpy as np
 import pytest
+
+import fastnn
 from fastnn import nn, optim, transfer
 
 

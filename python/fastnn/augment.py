@@ -684,7 +684,8 @@ class Compose:
             x4, squeeze = _images(x)
             shape = x.shape if squeeze else x4.shape
         else:
-            x4, squeeze = (_mixup_x(x) if any(isinstance(t, Mixup) for t in self.transforms) else _float_array(x)), False
+            has_mixup = any(isinstance(t, Mixup) for t in self.transforms)
+            x4, squeeze = (_mixup_x(x) if has_mixup else _float_array(x)), False
             shape = x4.shape
         seed, offset = _seed_offset(seed, offset, self.positions(shape))
         final_shape = self._final_shape(shape)

@@ -154,7 +154,7 @@ class DeviceArray:
         self._shape, self._dtype, self._device, self._base = shape, dt, index, None
 
     @classmethod
-    def _wrap(cls, ptr: int, shape, dtype, device: int, base=None) -> "DeviceArray":
+    def _wrap(cls, ptr: int, shape, dtype, device: int, base=None) -> DeviceArray:
         """A view of memory owned by `base` (kept alive; never freed here)."""
         self = cls.__new__(cls)
         self._owned = False
@@ -223,14 +223,14 @@ class DeviceArray:
             _C.cuda_memcpy_dtoh(out, self._ptr)
         return out
 
-    def copy(self) -> "DeviceArray":
+    def copy(self) -> DeviceArray:
         """A device copy (asynchronous on stream 0)."""
         out = DeviceArray(self._shape, self._dtype, device=self._device)
         with _on_device(self._device):
             _C.cuda_memcpy_dtod(out._ptr, self._ptr, self.nbytes)
         return out
 
-    def reshape(self, *shape) -> "DeviceArray":
+    def reshape(self, *shape) -> DeviceArray:
         """A view with another shape of the same size (no copy); -1 infers one dimension."""
         if len(shape) == 1 and not isinstance(shape[0], numbers.Integral):
             shape = tuple(shape[0])
@@ -362,14 +362,14 @@ class Stream:
         self._owned = True
 
     @classmethod
-    def legacy(cls) -> "Stream":
+    def legacy(cls) -> Stream:
         """The legacy default stream (handle 0), never destroyed."""
         s = cls.__new__(cls)
         s._handle, s._owned = 0, False
         return s
 
     @classmethod
-    def _wrap(cls, handle: int) -> "Stream":
+    def _wrap(cls, handle: int) -> Stream:
         s = cls.__new__(cls)
         s._handle, s._owned = int(handle), False
         return s
@@ -382,7 +382,7 @@ class Stream:
         """Waits until the work queued on this stream has finished."""
         _C.stream_synchronize(self._handle)
 
-    def wait_stream(self, other: "Stream") -> None:
+    def wait_stream(self, other: Stream) -> None:
         """Work queued on this stream from now on starts after the work queued on `other` so far."""
         if not isinstance(other, Stream):
             raise TypeError(f"other: expected a fastnn.cuda.Stream, got {type(other).__name__}")

@@ -43,8 +43,8 @@ import numbers
 import numpy as np
 
 from . import _C
-from ._params import ParamsMixin
 from ._arrays import as_float_array, empty, is_cuda_array
+from ._params import ParamsMixin
 
 __all__ = ["ZeroCenter", "Standardize", "PCA", "ZCA", "NotFittedError"]
 
@@ -542,7 +542,8 @@ def _gpu_lib(X):
         import cupy
         return cupy, cupy.from_dlpack(X)
     except ImportError:
-        raise TypeError("X: a fastnn DeviceArray needs PyTorch or CuPy installed for preprocessing on the GPU") from None
+        raise TypeError("X: a fastnn DeviceArray needs PyTorch or CuPy installed for preprocessing on the "
+                        "GPU") from None
 
 
 def _gpu_result(like, lib, t):

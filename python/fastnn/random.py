@@ -64,7 +64,7 @@ class Generator:
         """The first position not yet handed out."""
         return self._offset
 
-    def manual_seed(self, seed: int) -> "Generator":
+    def manual_seed(self, seed: int) -> Generator:
         """Re-seeds and restarts the stream at position 0; returns self."""
         seed = check_seed(seed)
         with self._lock:

@@ -69,7 +69,7 @@ __all__ = [
 class SearchError(RuntimeError):
     """Every trial of a search failed. `.result` holds the SearchResult with all the failures."""
 
-    def __init__(self, message: str, result: "SearchResult"):
+    def __init__(self, message: str, result: SearchResult):
         super().__init__(message)
         self.result = result
 
@@ -115,7 +115,7 @@ class Space:
     def grid(self, n: int) -> list:
         raise NotImplementedError
 
-    def narrow(self, values, shrink: float) -> "Space":
+    def narrow(self, values, shrink: float) -> Space:
         raise NotImplementedError
 
 
@@ -380,7 +380,8 @@ def _joblib():
     try:
         import joblib
     except ImportError:
-        raise ImportError("n_jobs > 1 runs the trials through joblib's loky backend: pip install 'fastnn[search]' or joblib "
+        raise ImportError("n_jobs > 1 runs the trials through joblib's loky backend: "
+                          "pip install 'fastnn[search]' or joblib "
                           "(or leave n_jobs out to run them in this process)") from None
     return joblib
 
@@ -583,7 +584,7 @@ def _seed(seed):
 # The searches
 
 def grid_search(fn, grid: dict, *, points_per_axis: int = 5, mode: str = "max", executor=None,
-                n_jobs: int | None = None, progress=None) -> "SearchResult":
+                n_jobs: int | None = None, progress=None) -> SearchResult:
     """Tries every combination of `grid` (a dict of name -> list of values, or a space: a choice
     gives all its options, a numeric space `points_per_axis` evenly spaced points, log-spaced
     for loguniform). Combinations in dict order, the last key varying fastest.
@@ -607,7 +608,7 @@ def grid_search(fn, grid: dict, *, points_per_axis: int = 5, mode: str = "max", 
 
 
 def random_search(fn, space: dict, n_trials: int, seed=None, *, mode: str = "max", executor=None,
-                  n_jobs: int | None = None, progress=None) -> "SearchResult":
+                  n_jobs: int | None = None, progress=None) -> SearchResult:
     """Tries `n_trials` parameter sets drawn independently from `space` (a dict of name -> space
     helper; a plain list is a choice) with numpy.random.default_rng(seed). The same seed gives
     the same trials and, for a deterministic fn, the same table. seed=None draws one and
@@ -628,7 +629,7 @@ def random_search(fn, space: dict, n_trials: int, seed=None, *, mode: str = "max
 
 def coarse_to_fine(fn, space: dict, *, n_rounds: int = 2, n_trials: int = 20, top_k: int = 3,
                    shrink: float = 0.5, seed=None, mode: str = "max", executor=None,
-                   n_jobs: int | None = None, progress=None) -> "SearchResult":
+                   n_jobs: int | None = None, progress=None) -> SearchResult:
     """Random search in rounds of `n_trials`, each round over a space narrowed around the
     `top_k` best trials so far: a numeric range becomes the span of their values, widened to
     at least `shrink` times the previous width and kept inside it (in log space for
@@ -670,7 +671,7 @@ def _ranked(trials, mode):
     return sorted(trials, key=lambda t: -t["score"] if mode == "max" else t["score"])
 
 
-def _finish(result: "SearchResult") -> "SearchResult":
+def _finish(result: SearchResult) -> SearchResult:
     if result.failed == len(result.trials):
         first = result.trials[0]
         raise SearchError(

@@ -17,7 +17,7 @@ from importlib import resources
 
 import numpy as np
 
-from ..validation import check_X, check_labels, check_xy
+from ..validation import check_labels, check_X, check_xy
 
 __all__ = ["Bunch", "load_digits", "make_teacher", "load_npz", "load_csv"]
 
@@ -121,7 +121,7 @@ def load_csv(path, label_column: int = -1, *, delimiter: str = ",", header: bool
     `label_column` (negative counts from the end), the other columns are X. header=None skips
     the first line when it does not parse as numbers; True/False force it."""
     p = _path(path)
-    with open(p, "r", encoding="utf-8") as f:
+    with open(p, encoding="utf-8") as f:
         first = f.readline()
     if not first.strip():
         raise ValueError(f"path: {os.fspath(path)!r} is empty")
