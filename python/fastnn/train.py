@@ -915,6 +915,10 @@ _ACT_MODULES = {"Sigmoid": "sigmoid", "Tanh": "tanh", "ReLU": "relu", "LeakyReLU
                 "SELU": "selu"}
 
 
+def _size(nbytes):
+    return f"{nbytes / 2**20:.1f} MiB" if nbytes >= 2**20 else f"{nbytes} bytes"
+
+
 def _round64(n):
     return (n + 63) // 64 * 64  # fastnn.random.Generator.reserve's blocks
 
@@ -1144,7 +1148,13 @@ class _DeviceRun:
         try:
             buf = _raw(nbytes, self.dev)
         except (RuntimeError, MemoryError) as e:
-            raise MemoryError(f"{what}: uploading {nbytes / 2**20:.1f} MiB to cuda:{self.dev} failed ({e}); pass "
+            try:
+                total = _C.cuda_device_properties(self.dev)["memory_bytes"]
+                held = _C.cuda_allocated_bytes()
+                room = f"cuda:{self.dev} has {_size(total)}, of which fastnn holds {_size(held)}"
+            except Exception:  # (a driver that cannot say)
+                room = f"cuda:{self.dev}"
+            raise MemoryError(f"{what}: uploading {_size(nbytes)} to the GPU failed: {room} ({e}); pass "
                               f"Trainer(..., device_data_budget=BYTES) to keep at most that much of X on the GPU "
                               f"(chunked mode: each epoch uploads its rows in order, chunk by chunk)") from None
         _C.cuda_memcpy_htod(buf.ptr, np.ascontiguousarray(a))
@@ -1168,8 +1178,8 @@ class _DeviceRun:
             self.yd = _raw(rows * (yh.nbytes // max(1, len(yh))), dev)
             self.idx = self._upload(np.arange(rows, dtype=np.int64), "index")
             chunks = -(-self.n // rows)
-            t._log(f"X and y ({row_bytes * X.shape[0] / 2**20:.1f} MiB) exceed device_data_budget "
-                   f"({budget / 2**20:.1f} MiB): training from cuda:{dev} in {chunks} chunks of {rows} rows per epoch")
+            t._log(f"X and y ({_size(row_bytes * X.shape[0])}) exceed device_data_budget ({_size(budget)}): "
+                   f"training from cuda:{dev} in {chunks} chunks of {rows} rows, each uploaded once per epoch")
         else:
             self.chunk_rows = None
             self.Xd = self._upload(X, "X")
