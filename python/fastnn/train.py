@@ -1152,7 +1152,7 @@ class _DeviceRun:
                 total = _C.cuda_device_properties(self.dev)["memory_bytes"]
                 held = _C.cuda_allocated_bytes()
                 room = f"cuda:{self.dev} has {_size(total)}, of which fastnn holds {_size(held)}"
-            except Exception:  # (a driver that cannot say)
+            except (RuntimeError, KeyError, AttributeError):  # (a driver that cannot say)
                 room = f"cuda:{self.dev}"
             raise MemoryError(f"{what}: uploading {_size(nbytes)} to the GPU failed: {room} ({e}); pass "
                               f"Trainer(..., device_data_budget=BYTES) to keep at most that much of X on the GPU "
