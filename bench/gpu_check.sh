@@ -170,6 +170,7 @@ bench bench_dropout 20 "$PY" bench/dropout_cuda.py
 bench bench_linear 30 "$PY" bench/linear_cuda.py --quick
 bench bench_optim 15 "$PY" bench/optim_cuda.py --quick
 bench bench_augment 20 "$PY" bench/augment_cuda.py --quick
+bench bench_train 60 "$PY" bench/train_cuda.py
 
 # ---- 5. compute-sanitizer memcheck over a fast subset ------------------------------------------
 sanitizer=$(command -v compute-sanitizer || true)
