@@ -17,7 +17,7 @@
 #
 # OUTDIR receives exactly two files: summary.txt (each step's status and time, the pytest
 # summary, every goal line) and logs.tgz (every step's full log). The step timeouts add up to
-# ~5.3 minutes at most (~2-3 minutes on an H100 with 16 cores); run the call with >= 360 s.
+# ~6.3 minutes at most (~2-3 minutes on an H100 with 16 cores); run the call with >= 360 s.
 #
 # Environment: PYTHON (default python3), FASTNN_SITE (install dir, default /tmp/fastnn-site),
 # FASTNN_GPU_CHECK_PAST_PREFLIGHT=1 (run every step even after a failed preflight, to test this

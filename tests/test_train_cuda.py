@@ -324,3 +324,52 @@ def test_bad_devices_and_models():
         Trainer(make(1, [("linear", {})]), device="cuda", verbose=False).fit(X[:, :5], y, epochs=1)
     with pytest.raises(ValueError, match="device_data_budget"):
         Trainer(make(1, [("linear", {})]), device="cuda", device_data_budget=0)
+
+
+def test_the_progress_bar_reads_the_sums_at_most_every_quarter_second(monkeypatch):
+    X, y = data()
+    posts = []
+
+    class Bar:
+        def __init__(self, total, **kw):
+            self.n = 0
+
+        def update(self, k):
+            self.n += k
+
+        def set_postfix(self, post, refresh=False):
+            posts.append(post)
+
+        def close(self):
+            pass
+    clock = [0.0]
+
+    def tick():
+        clock[0] += 0.1  # every step "takes" 0.1 s: a read every third step
+        return clock[0]
+    m = make(7, [("linear", {"out": 8, "activation": "relu"}), ("linear", {})])
+    t = Trainer(m, optimizer="sgd", optimizer_kwargs={"lr": 0.1}, verbose=False, seed=0, device="cuda")
+    monkeypatch.setattr(t, "_progress_class", lambda: Bar)
+    monkeypatch.setattr(train_mod.time, "perf_counter", tick)
+    c0 = _counts()
+    t.fit(X, y, epochs=1, batch_size=30)
+    reads = _counts()["dtoh"] - c0["dtoh"]
+    assert len(posts) == 3 and reads == 1 + len(posts)
+    assert all(0 < float(p["loss"]) < 10 and 0 <= float(p["acc"]) <= 1 for p in posts)
+
+
+def test_load_onto_the_device_continues_like_the_cpu(tmp_path):
+    X, y = data()
+    spec = [("linear", {"out": 16, "activation": "relu", "dropout": 0.1}), ("linear", {})]
+    t = Trainer(make(7, [(k, dict(v)) for k, v in spec]), optimizer="adam", verbose=False, seed=0)
+    t.fit(X, y, epochs=1, batch_size=32)
+    t.save(tmp_path / "a.npz")
+    state = fastnn.random.default_generator.get_state()
+    res = []
+    for device in ("cpu", "cuda"):
+        fastnn.random.default_generator.set_state(state)
+        t2 = Trainer.load(tmp_path / "a.npz", device=device)
+        t2.fit(X, y, epochs=2, batch_size=32)
+        res.append((t2.history, [host(p.data) for p in t2.model.parameters()]))
+    same_history(res[0][0], res[1][0])
+    assert all(np.array_equal(a, b) for a, b in zip(res[0][1], res[1][1]))

@@ -11,7 +11,8 @@ Constructor (a stable signature: the ``fastnn train`` command builds on it)::
 
     Trainer(model, loss="cross_entropy", optimizer="adam", schedule=None, *,
             optimizer_kwargs=None, schedule_kwargs=None, l1=0.0, l2=0.0, augment=None,
-            verbose=True, seed=None, dtype=np.float32)
+            verbose=True, seed=None, dtype=np.float32, device="cpu", graph=True,
+            device_data_budget=None)
 
 - ``model``: a fastnn.nn.Module whose parameters all have ``dtype``.
 - ``loss``: "cross_entropy" (softmax cross-entropy; integer labels in [0, C) or (M, C) soft
@@ -40,14 +41,26 @@ Constructor (a stable signature: the ``fastnn train`` command builds on it)::
   dropout / DropConnect masks repeatable (they draw from fastnn's global Philox generator).
 - ``dtype``: float32 or float64; X (and float targets) are converted to it once per fit (one
   C-ordered copy when needed).
+- ``device``: "cpu", "cuda" (the current GPU), "cuda:N", or "auto" (the GPU when one is usable).
+  On a GPU the model's parameters and the optimizer's state move there at construction and the
+  whole fit stays there (see "Training on the GPU" below).
+- ``graph``: on the GPU, capture the training step as a CUDA graph per batch shape and replay it
+  (True), or launch the same kernels one by one (False, for debugging); the results are equal.
+- ``device_data_budget``: None (X and y are uploaded whole), or bytes: above it the epoch's rows
+  are uploaded chunk by chunk in the epoch's order (said in ``history["log"]``).
 
 ``fit(X, y, epochs=10, batch_size=32, *, validation_data=None, validation_fraction=None,
-shuffle=True, early_stopping=None, min_delta=0.0, restore_best=True, callbacks=())`` returns
-self; ``trainer.history`` holds per-epoch "loss", "accuracy" (classification), "val_loss",
-"val_accuracy" (with validation data), "lr" (at the epoch's end), and per-step "step_loss",
-"step_lr" (lists, accumulated over fits). The training loss of a step includes the penalty and is
-measured in training mode (dropout on) before that step's update; the epoch "loss" is the
-sample-weighted mean of its steps; "val_loss" is the data loss alone, in eval mode.
+shuffle=True, early_stopping=None, min_delta=0.0, restore_best=True, callbacks=(),
+drop_last=False)`` returns self (drop_last: skip each epoch's last, smaller batch);
+``trainer.history`` holds per-epoch "loss", "accuracy" (classification), "val_loss",
+"val_accuracy" (with validation data), "lr" (at the epoch's end), per-step "step_loss" (CPU only),
+"step_lr", and "log" (notes on how a fit ran) (lists, accumulated over fits). A step's loss is the
+data loss measured in training mode (dropout on) before that step's update. The epoch "loss" is
+the float64 sum, in step order, of each step's mean loss times its rows (for "mse": of its
+squared-error sums) divided once by the epoch's rows (times the outputs), plus the L1/L2 penalty
+of the epoch's final weights; "accuracy" the argmax hits over the rows. "val_loss" (and
+``evaluate``) is the data loss alone, in eval mode, accumulated the same way over chunks of 4096
+rows. The CPU and the GPU do exactly this arithmetic, so a fit on either gives the same history.
 
 Early stopping: ``early_stopping=patience`` stops when the monitored value ("val_loss", or the
 training "loss" without validation data) has not improved by more than ``min_delta`` for
@@ -56,9 +69,28 @@ Callbacks: objects with ``on_epoch_end(trainer, epoch, logs)``, or functions ``f
 logs)``; a True return stops training. ``trainer.stopped_reason`` says why fit returned
 ("completed", "early_stopping", "callback", "diverged").
 
-Divergence: if a step's loss is NaN or inf, fit stops, warns (TrainingDivergedWarning) naming the
-epoch and step and suggesting a lower learning rate, and restores the parameters and optimizer
-state of the last epoch boundary at which all parameters were finite.
+Divergence: if a step's loss is NaN or inf, or a parameter is at the epoch's end, fit stops, warns
+(TrainingDivergedWarning) naming the epoch (and on the CPU the step) and suggesting a lower
+learning rate, and restores the parameters, optimizer state and fastnn's random stream of that
+epoch's start (the last state at which all were finite); the diverged epoch leaves nothing in the
+history.
+
+Training on the GPU (``device="cuda"``): X and y are uploaded once per fit (float32/float64;
+labels as int32), the validation rows too. Each epoch uploads its permutation (int64) and a table
+of the optimizer's per-step values (learning rate from the schedule, Adam's bias corrections), and
+then runs every step on the device: a gather kernel copies the batch's rows into fixed buffers (the
+position in the permutation is a device counter), forward, loss, backward and the fused optimizer
+update (with the L1/L2 penalty) run on fixed buffers, the loss, hits and a non-finite flag
+accumulate in device memory, dropout and DropConnect read their Philox offset from device memory,
+and the counters advance on the device. The step is captured once per batch shape as a CUDA graph
+and replayed, so an epoch is a loop of graph launches without any copy or synchronization; the
+host reads the epoch's figures once at its end (and, for a progress bar, at most four times a
+second). Validation, ``evaluate``, ``predict``, ``predict_proba`` and ``decision_function`` run on
+the device too (predictions come back as NumPy arrays). It takes a Sequential of Linear layers
+(every activation, dropout, DropConnect, PReLU), activation modules and Dropout; the built-in
+losses; SGD, Adam and AdamW; no ``augment`` callable yet. A CUDA error inside a replay is raised
+with the epoch and step; Ctrl-C lets the launched steps finish and leaves the model (and the
+optimizer's step count) consistent, usable and savable.
 
 Checkpoints (``save`` / ``load``; fastnn.checkpoint, re-exported here as save_model and
 load_model) are a single .npz holding the parameter arrays, the optimizer's state arrays and a
@@ -717,12 +749,14 @@ class Trainer:
         save_model(self.model, path, optimizer=self.optimizer, extra={"trainer": self._trainer_config()})
 
     @classmethod
-    def load(cls, path, *, loss=None, augment=None, verbose=None):
+    def load(cls, path, *, loss=None, augment=None, verbose=None, device="cpu"):
         """A Trainer from ``save``: the model rebuilt from its config, the optimizer (same type,
         hyperparameters, lr, step count, moments), the schedule, history, settings and the
         shuffling generator's state (so a resumed fit continues as the uninterrupted run would).
-        A custom loss object is not stored: pass ``loss=`` again (then required). A checkpoint
-        whose trainer or optimizer fields are malformed is a ValueError naming the file."""
+        A custom loss object is not stored: pass ``loss=`` again (then required). ``device``: where
+        the loaded trainer trains (as the constructor's). A checkpoint whose trainer or optimizer
+        fields are malformed is a ValueError naming the file."""
+        _resolve_device(device)  # (a bad device is the caller's error, not the file's)
         model, meta = load_model(path, return_metadata=True)
         p = os.fspath(path)
         tcfg = (meta.get("extra") or {}).get("trainer")
@@ -734,13 +768,13 @@ class Trainer:
                 raise ValueError("loss: the checkpoint was trained with a custom loss object; pass loss=")
             loss = tcfg["loss"]
         try:
-            return cls._from_checkpoint(model, meta, tcfg, loss, augment, verbose)
+            return cls._from_checkpoint(model, meta, tcfg, loss, augment, verbose, device)
         except (TypeError, ValueError, KeyError, AttributeError, IndexError, OverflowError) as e:
             raise _checkpoint.CheckpointError(f"path: {p!r} is not a readable fastnn checkpoint: its trainer or "
                                               f"optimizer state is malformed ({type(e).__name__}: {e})") from None
 
     @classmethod
-    def _from_checkpoint(cls, model, meta, tcfg, loss, augment, verbose):
+    def _from_checkpoint(cls, model, meta, tcfg, loss, augment, verbose, device="cpu"):
         ocfg = meta.get("optimizer")
         sched = _schedules.from_state_dict(tcfg["schedule"]) if tcfg.get("schedule") else None
         sched_kw = None
@@ -760,7 +794,7 @@ class Trainer:
             opt = "adam"
         t = cls(model, loss, opt, sched, schedule_kwargs=sched_kw,
                 verbose=tcfg.get("verbose", True) if verbose is None else verbose, augment=augment,
-                dtype=tcfg.get("dtype", "float32"))
+                dtype=tcfg.get("dtype", "float32"), device=device)
         if sched_kw is not None and tcfg.get("schedule"):
             t.schedule = _schedules.from_state_dict(tcfg["schedule"])
         t.seed = tcfg.get("seed")
@@ -1204,6 +1238,7 @@ class _DeviceRun:
         self.snap = [(p.data, _cuda.DeviceArray(p.data.shape, p.data.dtype, device=dev)) for p in self.params]
         self.snap += [(a, _cuda.DeviceArray(a.shape, a.dtype, device=dev)) for a in self.state_arrays]
         self.best = None
+        self.warm = None
         self.done = 0
 
     def _optim_setup(self):
@@ -1320,10 +1355,24 @@ class _DeviceRun:
             return
         g = self.graphs.get(m)
         if g is None:
+            self._warm_up(B)
             g = _cuda.Graph()
             g.capture(self._step, B, stream=self.stream)
             self.graphs[m] = g
         g.replay()
+
+    def _warm_up(self, B):
+        """Runs the step once eagerly before its capture (cuBLASLt and the kernels make their plans
+        and workspaces outside the capture, as PyTorch's capture recipe does), then puts back every
+        value it changed: parameters, optimizer state, sums, counters and the dropout stream."""
+        if self.warm is None:
+            self.warm = [(a, _cuda.DeviceArray(a.shape, a.dtype, device=self.dev)) for a, _ in self.snap]
+            self.warm.append((self.scal, _cuda.DeviceArray(self.scal.shape, self.scal.dtype, device=self.dev)))
+        for src, dst in self.warm:
+            _C.cuda_memcpy_dtod(dst.ptr, src.ptr, src.nbytes)
+        self._step(B)
+        for dst, src in self.warm:
+            _C.cuda_memcpy_dtod(dst.ptr, src.ptr, src.nbytes)
 
     def _advance_of(self, m):
         w, total = self.plan.d_in, 0
