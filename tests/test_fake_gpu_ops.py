@@ -247,3 +247,321 @@ def test_rng_advance_wraps_and_checks_its_pointer():
         _C.cuda_rng_advance(state.ptr + 4, 1)
     with pytest.raises(ValueError, match="rng_ptr"):
         _C.cuda_dropout_apply_dev("float32", state.ptr, state.ptr, 0, 0, 0, 0, 1.0)
+
+
+# ---- losses into a device result (capturable) ----------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_losses_write_the_device_result_and_replay(rng, dtype, stream):
+    M, C = 13, 7
+    x = rng.standard_normal((M, C)).astype(dtype)
+    labels = rng.integers(0, C, M).astype(np.int32)
+    xd, gd, t = fc.to_device(x), fc.empty((M, C), dtype), Dev(labels)
+    res = Dev(np.zeros(3, np.float64))
+    name = np.dtype(dtype).name
+    g = fc.Graph()
+    g.capture(lambda: _C.cuda_softmax_xent(name, xd.ptr, t.ptr, "int32", gd.ptr, M, C, result_ptr=res.ptr),
+              stream=stream)
+    _same(res.read(), [0.0, 0.0, 0.0])  # nothing ran at capture
+    g.replay()
+    want_g = np.empty_like(x)
+    loss = _C.softmax_xent(x, labels, want_g)
+    r = res.read()
+    assert r[0] == loss and r.view(np.int64)[1] == -1
+    _same(gd.numpy(), want_g)
+    # squared error: the sum first
+    p, q = rng.standard_normal(11).astype(dtype), rng.standard_normal(11).astype(dtype)
+    pd, qd, gq = fc.to_device(p), fc.to_device(q), fc.empty(11, dtype)
+    assert _C.cuda_squared_error(name, pd.ptr, qd.ptr, gq.ptr, 11, 0.5, res.ptr) is None
+    want = np.empty_like(p)
+    assert res.read()[0] == _C.squared_error(p, q, want, 0.5)
+    _same(gq.numpy(), want)
+
+
+def test_a_bad_label_gives_a_nan_loss_and_its_row(rng):
+    M, C = 4, 3
+    x = fc.to_device(rng.standard_normal((M, C)).astype(np.float32))
+    t = Dev(np.array([0, 2, -1, 5], np.int64))
+    res = Dev(np.zeros(3, np.float64))
+    _C.cuda_softmax_xent("float32", x.ptr, t.ptr, "int64", 0, M, C, res.ptr)
+    r = res.read()
+    assert math.isnan(r[0]) and list(r.view(np.int64)[1:]) == [2, -1]
+    loss, row, label = _C.cuda_softmax_xent("float32", x.ptr, t.ptr, "int64", 0, M, C)
+    assert math.isnan(loss) and (row, label) == (2, -1)
+
+
+def test_a_loss_returned_to_the_host_counts_a_copy_and_a_sync_and_is_refused_in_a_capture(rng, stream):
+    x = fc.to_device(rng.standard_normal((2, 3)).astype(np.float32))
+    t = Dev(np.array([0, 1], np.int32))
+    fake.reset_counters()
+    _C.cuda_softmax_xent("float32", x.ptr, t.ptr, "int32", 0, 2, 3)
+    assert fake.counters["dtoh"] == 1 and fake.counters["sync"] == 1
+    with pytest.raises(RuntimeError, match="cuda_softmax_xent without result_ptr.*capture"):
+        fc.Graph().capture(lambda: _C.cuda_softmax_xent("float32", x.ptr, t.ptr, "int32", 0, 2, 3), stream=stream)
+    with pytest.raises(RuntimeError, match="cuda_squared_error without result_ptr.*capture"):
+        fc.Graph().capture(lambda: _C.cuda_squared_error("float32", x.ptr, x.ptr, 0, 6, 1.0), stream=stream)
+
+
+# ---- SPEC12 ops: gather_rows, counter_add, step_metrics ------------------------------------------------
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "int32"])
+@pytest.mark.parametrize("row_elems", [1, 5, 64])
+def test_gather_rows_equals_numpy_and_fills_bad_indices(rng, dtype, row_elems):
+    n_src = 23
+    src = (rng.standard_normal((n_src, row_elems)) * 100).astype(dtype)
+    idx = rng.permutation(n_src).astype(np.int64)
+    idx[[3, 7]] = [-1, n_src]  # out of range: never read, the row is NaN / -1
+    s, i, dst = Dev(src), Dev(idx), Dev(np.zeros((9, row_elems), dtype))
+    pos = Dev(np.array([2], np.uint64))
+    _C.cuda_gather_rows(dtype, s.ptr, n_src, row_elems, i.ptr, pos.ptr, 9, dst.ptr)
+    want = src[np.clip(idx[2:11], 0, n_src - 1)].copy()
+    want[[1, 5]] = np.nan if dtype != "int32" else -1
+    _same(dst.read(), want)
+
+
+def test_gather_replayed_after_counter_add_gathers_the_next_batch(rng, stream):
+    n_src, B, D = 20, 4, 3
+    x = rng.standard_normal((n_src, D)).astype(np.float32)
+    y = rng.integers(0, 5, n_src).astype(np.int32)
+    perm = rng.permutation(n_src).astype(np.int64)
+    xs, ys, idx = fc.to_device(x), Dev(y), Dev(perm)
+    xb, yb = fc.empty((B, D), np.float32), Dev(np.zeros(B, np.int32))
+    pos = Dev(np.array([0], np.uint64))
+
+    def step():
+        _C.cuda_gather_rows("float32", xs.ptr, n_src, D, idx.ptr, pos.ptr, B, xb.ptr)
+        _C.cuda_gather_rows("int32", ys.ptr, n_src, 1, idx.ptr, pos.ptr, B, yb.ptr)
+        _C.cuda_counter_add(pos.ptr, B)
+
+    g = fc.Graph()
+    g.capture(step, stream=stream)
+    _same(pos.read(), [0])
+    fake.reset_counters()
+    for k in range(n_src // B):
+        g.replay()
+        rows = perm[k * B:(k + 1) * B]
+        _same(xb.numpy(), x[rows])
+        _same(yb.read(), y[rows])
+    assert fake.counters["replay"] == n_src // B and fake.counters["htod"] == 0
+    _same(pos.read(), [n_src])
+    # one replay too many reads idx past its end: an illegal address, never host memory
+    with pytest.raises(RuntimeError, match="idx_ptr.*outside every live device allocation"):
+        g.replay()
+
+
+def test_gather_and_counter_check_their_arguments():
+    a = Dev(np.zeros(4, np.int64))
+    with pytest.raises(TypeError, match="dtype: expected 'float32', 'float64' or 'int32', got 'int64'"):
+        _C.cuda_gather_rows("int64", a.ptr, 1, 1, a.ptr, a.ptr, 1, a.ptr)
+    with pytest.raises(ValueError, match="n_rows: expected a count >= 0, got -1"):
+        _C.cuda_gather_rows("float32", a.ptr, 1, 1, a.ptr, a.ptr, -1, a.ptr)
+    with pytest.raises(ValueError, match="idx_ptr: null device pointer"):
+        _C.cuda_gather_rows("float32", a.ptr, 1, 1, 0, a.ptr, 1, a.ptr)
+    with pytest.raises(ValueError, match="pos_ptr: device pointer is not aligned"):
+        _C.cuda_gather_rows("float32", a.ptr, 1, 1, a.ptr, a.ptr + 4, 1, a.ptr)
+    _C.cuda_gather_rows("float32", 0, 0, 3, 0, 0, 0, 0)  # nothing to gather: no pointer needed
+    with pytest.raises(ValueError, match="ptr: null device pointer"):
+        _C.cuda_counter_add(0, 1)
+    with pytest.raises(TypeError, match=r"delta: expected an integer in \[0, 2\*\*64\)"):
+        _C.cuda_counter_add(a.ptr, -1)
+    c = Dev(np.array([2**64 - 1], np.uint64))
+    _C.cuda_counter_add(c.ptr, 3)
+    _same(c.read(), [2])
+
+
+def _metrics_ref(sums, loss, M, correct):
+    s = [float(v) for v in sums]
+    s[0] = s[0] + loss * float(M)
+    s[1] = s[1] + float(correct)
+    s[2] = s[2] + float(M)
+    if not math.isfinite(loss):
+        s[3] = 1.0
+    return np.array(s)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["labels", "soft", "none"])
+def test_step_metrics_follow_the_spec_arithmetic(rng, dtype, kind):
+    M, C = 29, 6
+    logits = rng.standard_normal((M, C)).astype(dtype)
+    logits[3, :] = logits[3, 0]  # ties: the first maximum
+    logits[4, 2] = np.nan  # NaN counts as the maximum (numpy.argmax)
+    labels = rng.integers(0, C, M).astype(np.int32)
+    labels[:3] = np.argmax(logits[:3], axis=1)
+    soft = rng.random((M, C)).astype(dtype)
+    target = {"labels": Dev(labels), "soft": Dev(soft), "none": None}[kind]
+    correct = {"labels": lambda: int((np.argmax(logits, 1) == labels).sum()),
+               "soft": lambda: int((np.argmax(logits, 1) == np.argmax(soft, 1)).sum()), "none": lambda: 0}[kind]()
+    if kind != "none":
+        assert correct == _C.argmax_count(logits, labels if kind == "labels" else soft)
+    ld = fc.to_device(logits)
+    start = np.array([0.1, 3.0, 7.0, 0.0])
+    sums = Dev(start)
+    loss = Dev(np.array([1 / 3]))
+    name = np.dtype(dtype).name
+    _C.cuda_step_metrics(name, ld.ptr, M, C, target.ptr if target else 0, kind, loss.ptr, sums.ptr)
+    want = _metrics_ref(start, 1 / 3, M, correct)
+    _same(sums.read(), want)
+    loss2 = Dev(np.array([np.inf]))  # sticky flag
+    _C.cuda_step_metrics(name, ld.ptr, M, C, target.ptr if target else 0, kind, loss2.ptr, sums.ptr)
+    want = _metrics_ref(want, np.inf, M, correct)
+    assert want[3] == 1.0
+    _same(sums.read(), want)
+    _C.cuda_step_metrics(name, ld.ptr, M, C, target.ptr if target else 0, kind, loss.ptr, sums.ptr)
+    assert sums.read()[3] == 1.0
+
+
+def test_step_metrics_in_a_graph_read_the_loss_of_each_replay(rng, stream):
+    M, C = 8, 3
+    x = rng.standard_normal((M, C)).astype(np.float32)
+    labels = rng.integers(0, C, M).astype(np.int32)
+    xd, t = fc.to_device(x), Dev(labels)
+    res, sums = Dev(np.zeros(3)), Dev(np.zeros(4))
+
+    def step():
+        _C.cuda_softmax_xent("float32", xd.ptr, t.ptr, "int32", 0, M, C, result_ptr=res.ptr)
+        _C.cuda_step_metrics("float32", xd.ptr, M, C, t.ptr, "labels", res.ptr, sums.ptr)
+
+    g = fc.Graph()
+    g.capture(step, stream=stream)
+    want = np.zeros(4)
+    hits = _C.argmax_count(x, labels)
+    for k in range(3):
+        x2 = (x * (k + 1)).astype(np.float32)
+        _C.cuda_memcpy_htod(xd.ptr, x2)  # new logits between replays (outside the graph)
+        g.replay()
+        want = _metrics_ref(want, _C.softmax_xent(x2, labels), M, hits)
+        _same(sums.read(), want)
+
+
+def test_step_metrics_check_their_arguments():
+    a = Dev(np.zeros(4))
+    with pytest.raises(ValueError, match="target_kind: expected 'labels', 'soft' or 'none', got 'int32'"):
+        _C.cuda_step_metrics("float32", a.ptr, 1, 1, a.ptr, "int32", a.ptr, a.ptr)
+    with pytest.raises(TypeError, match="dtype: expected 'float32' or 'float64', got 'int32'"):
+        _C.cuda_step_metrics("int32", a.ptr, 1, 1, a.ptr, "labels", a.ptr, a.ptr)
+    with pytest.raises(ValueError, match="sums_ptr: null device pointer"):
+        _C.cuda_step_metrics("float32", a.ptr, 1, 1, a.ptr, "labels", a.ptr, 0)
+    with pytest.raises(ValueError, match="loss_ptr: device pointer is not aligned"):
+        _C.cuda_step_metrics("float32", a.ptr, 1, 1, a.ptr, "labels", a.ptr + 4, a.ptr)
+    with pytest.raises(ValueError, match="M: expected a count >= 0"):
+        _C.cuda_step_metrics("float32", a.ptr, -1, 1, a.ptr, "labels", a.ptr, a.ptr)
+
+
+# ---- optimizer steps driven by a per-step table ------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("nesterov,damp", [(False, 0.0), (True, 0.0), (False, 0.3)])
+def test_sgd_table_rows_equal_the_cpu_steps(rng, dtype, nesterov, damp, stream):
+    n, steps = 37, 4
+    w0 = rng.standard_normal(n).astype(dtype)
+    grads = [rng.standard_normal(n).astype(dtype) for _ in range(steps)]
+    rows = [(0.1 * (k + 1) / steps, 1.0 if k == 0 else 0.0) for k in range(steps)]  # a warmup
+    table, counter = Dev(np.array(rows, np.float64)), Dev(np.array([0], np.uint64))
+    w, g, buf = fc.to_device(w0), fc.empty(n, dtype), fc.zeros(n, dtype)
+    name = np.dtype(dtype).name
+
+    def step():
+        _C.cuda_sgd_step(name, w.ptr, g.ptr, buf.ptr, n, 99.0, 0.9, damp, 1e-3, 1e-4, nesterov, False,
+                         table_ptr=table.ptr, counter_ptr=counter.ptr)
+        _C.cuda_counter_add(counter.ptr, 1)
+
+    graph = fc.Graph()
+    graph.capture(step, stream=stream)
+    hw, hb = w0.copy(), np.zeros(n, dtype)
+    for k in range(steps):
+        _C.cuda_memcpy_htod(g.ptr, grads[k])
+        graph.replay()
+        _C.sgd_step(hw, grads[k], hb, rows[k][0], 0.9, damp, 1e-3, 1e-4, nesterov, rows[k][1] != 0.0)
+        _same(w.numpy(), hw)
+        _same(buf.numpy(), hb)
+
+
+def _adam_row(lr, b1, b2, t):
+    return (lr, lr / (1.0 - b1 ** float(t)), math.sqrt(1.0 - b2 ** float(t)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("decoupled", [0.0, 0.01])
+def test_adam_table_rows_equal_the_cpu_steps(rng, dtype, decoupled, stream):
+    n, steps, b1, b2 = 37, 5, 0.9, 0.999
+    w0 = rng.standard_normal(n).astype(dtype)
+    grads = [rng.standard_normal(n).astype(dtype) for _ in range(steps)]
+    lrs = [1e-3 * (k + 1) for k in range(steps)]
+    t0 = 3  # a resumed run: the table starts at step 4
+    rows = [_adam_row(lrs[k], b1, b2, t0 + k + 1) for k in range(steps)]
+    table, counter = Dev(np.array(rows, np.float64)), Dev(np.array([0], np.uint64))
+    w, g, m, v = fc.to_device(w0), fc.empty(n, dtype), fc.zeros(n, dtype), fc.zeros(n, dtype)
+    name = np.dtype(dtype).name
+
+    def step():
+        _C.cuda_adam_step(name, w.ptr, g.ptr, m.ptr, v.ptr, n, 5.0, b1, b2, 1e-8, 1e-3, 0.0, decoupled, 1,
+                          table_ptr=table.ptr, counter_ptr=counter.ptr)
+        _C.cuda_counter_add(counter.ptr, 1)
+
+    graph = fc.Graph()
+    graph.capture(step, stream=stream)
+    hw, hm, hv = w0.copy(), np.zeros(n, dtype), np.zeros(n, dtype)
+    for k in range(steps):
+        _C.cuda_memcpy_htod(g.ptr, grads[k])
+        graph.replay()
+        _C.adam_step(hw, grads[k], hm, hv, lrs[k], b1, b2, 1e-8, 1e-3, 0.0, decoupled, t0 + k + 1)
+        _same(w.numpy(), hw)
+        _same(m.numpy(), hm)
+        _same(v.numpy(), hv)
+
+
+@pytest.mark.parametrize("b1,b2", [(0.9, 0.999), (0.0, 0.0), (0.5, 0.99999), (0.9, 0.9)])
+@pytest.mark.parametrize("t", [1, 2, 7, 100, 5000, 10**6])
+@pytest.mark.parametrize("lr", [1e-3, 0.0, -0.5])
+def test_adam_rows_map_back_to_a_step_that_forms_them(b1, b2, t, lr):
+    lr_, ss, bc2 = _adam_row(lr, b1, b2, t)
+    found = fake.adam_step_of_row(lr_, b1, b2, ss, bc2)
+    assert _adam_row(lr, b1, b2, found) == (lr_, ss, bc2)
+
+
+def test_an_adam_row_no_step_forms_is_refused():
+    with pytest.raises(ValueError, match=r"table_ptr: the Adam row .* is not adam_args"):
+        fake.adam_step_of_row(1e-3, 0.9, 0.999, 2e-3, 0.5)
+
+
+def test_table_arguments_are_checked():
+    a = Dev(np.zeros(4))
+    with pytest.raises(ValueError, match="counter_ptr: null device pointer"):
+        _C.cuda_sgd_step("float32", a.ptr, a.ptr, 0, 1, 0.1, 0.0, 0.0, 0.0, 0.0, False, False, table_ptr=a.ptr)
+    with pytest.raises(ValueError, match="table_ptr: device pointer is not aligned"):
+        _C.cuda_adam_step("float32", a.ptr, a.ptr, a.ptr, a.ptr, 1, 0.1, 0.9, 0.99, 1e-8, 0, 0, 0, 1,
+                          table_ptr=a.ptr + 4, counter_ptr=a.ptr)
+
+
+# ---- counters, capture rules, bounds ------------------------------------------------------------------
+
+def test_counters_count_copies_and_syncs_and_reset(stream):
+    fake.reset_counters()
+    x = fc.to_device(np.ones(3, np.float32))  # one htod
+    x.numpy()  # one dtoh
+    fc.synchronize()
+    stream.synchronize()
+    assert {k: fake.counters[k] for k in ("htod", "dtoh", "sync")} == {"htod": 1, "dtoh": 1, "sync": 2}
+    before = fake.reset_counters()
+    assert before["htod"] == 1 and all(v == 0 for v in fake.counters.values())
+    assert fake.read_counters()["calls"]["linear"] == 0
+
+
+def test_a_capture_refuses_host_copies_and_synchronization(stream):
+    x = fc.to_device(np.ones(3, np.float32))
+    host = np.ones(3, np.float32)
+    for what, fn in [("cuda_memcpy_htod", lambda: _C.cuda_memcpy_htod(x.ptr, host)),
+                     ("cuda_memcpy_dtoh", lambda: x.numpy()), ("cuda_synchronize", fc.synchronize),
+                     ("stream_synchronize", stream.synchronize)]:
+        with pytest.raises(RuntimeError, match=f"{what}: not permitted while a stream is being captured"):
+            fc.Graph().capture(fn, stream=stream)
+    assert _C.current_stream() == 0
+
+
+def test_kernels_outside_the_allocations_raise():
+    x = fc.to_device(np.ones(4, np.float32))
+    with pytest.raises(RuntimeError, match="outside every live device allocation"):
+        _C.cuda_act_forward(checks.act_id("relu"), "float32", x.ptr, x.ptr, 5, 0.01, 1.0, 1.0)
+    with pytest.raises(RuntimeError, match="outside every live device allocation"):
+        _C.cuda_memcpy_dtod(x.ptr + 8, x.ptr, 16)
