@@ -565,3 +565,87 @@ def test_kernels_outside_the_allocations_raise():
         _C.cuda_act_forward(checks.act_id("relu"), "float32", x.ptr, x.ptr, 5, 0.01, 1.0, 1.0)
     with pytest.raises(RuntimeError, match="outside every live device allocation"):
         _C.cuda_memcpy_dtod(x.ptr + 8, x.ptr, 16)
+
+
+# ---- a whole device-resident step, captured once and replayed, against the CPU backend --------------
+
+def test_a_captured_training_step_replays_bit_identical_to_the_cpu_steps(rng, stream):
+    # 2-layer MLP (D -> H relu + dropout -> C), softmax cross-entropy, SGD with momentum and an lr
+    # warmup from a table, metrics on the device; every step's batch, dropout mask, lr and step row
+    # come from device memory that the graph itself advances. No copy or sync between replays.
+    n, D, H, C, B, steps = 24, 7, 9, 4, 6, 4
+    X = rng.standard_normal((n, D)).astype(np.float32)
+    Y = rng.integers(0, C, n).astype(np.int32)
+    perm = rng.permutation(n).astype(np.int64)
+    params = {"w1": (rng.standard_normal((H, D)) / 3).astype(np.float32), "b1": np.zeros(H, np.float32),
+              "w2": (rng.standard_normal((C, H)) / 3).astype(np.float32), "b2": np.zeros(C, np.float32)}
+    rows = [(0.05 * (k + 1), 1.0 if k == 0 else 0.0) for k in range(steps)]
+    seed, off0, p_drop = 1234, 40, 0.2
+    thr, sc = checks.threshold_scale(p_drop, np.float32)
+    relu, ident = checks.act_id("relu"), checks.act_id(None)
+    ld = _C.cuda_linear_mask_ld(H)
+
+    # device state: data, the epoch's permutation, position/counter/rng words, fixed step buffers
+    Xd, Yd, idx = fc.to_device(X), Dev(Y), Dev(perm)
+    pos, counter, rng_words = Dev(np.array([0], np.uint64)), Dev(np.array([0], np.uint64)), Dev(
+        np.array([seed, off0], np.uint64))
+    table, sums, res = Dev(np.array(rows)), Dev(np.zeros(4)), Dev(np.zeros(3))
+    P = {k: fc.to_device(v) for k, v in params.items()}
+    G = {k: fc.empty(v.shape, np.float32) for k, v in params.items()}
+    M = {k: fc.zeros(v.shape, np.float32) for k, v in params.items()}
+    xb, yb = fc.empty((B, D), np.float32), Dev(np.zeros(B, np.int32))
+    y1, y2, g2, gx2 = (fc.empty(s, np.float32) for s in ((B, H), (B, C), (B, C), (B, H)))
+    mask = Dev(np.zeros(B * ld // 8, np.uint8))
+
+    def step():
+        _C.cuda_gather_rows("float32", Xd.ptr, n, D, idx.ptr, pos.ptr, B, xb.ptr)
+        _C.cuda_gather_rows("int32", Yd.ptr, n, 1, idx.ptr, pos.ptr, B, yb.ptr)
+        _C.cuda_linear_forward("float32", B, H, D, xb.ptr, P["w1"].ptr, P["b1"].ptr, relu, 0.01, 1.0, 1.0, 0, 0, 0, 0,
+                               True, thr, sc, False, 0, 1.0, y1.ptr, 0, mask.ptr, ld, True, False,
+                               rng_ptr=rng_words.ptr)
+        _C.cuda_linear_forward("float32", B, C, H, y1.ptr, P["w2"].ptr, P["b2"].ptr, ident, 0.01, 1.0, 1.0, 0, 0, 0,
+                               0, False, 0, 1.0, False, 0, 1.0, y2.ptr, 0, 0, 0, False, False)
+        _C.cuda_softmax_xent("float32", y2.ptr, yb.ptr, "int32", g2.ptr, B, C, result_ptr=res.ptr)
+        _C.cuda_linear_backward("float32", B, C, H, g2.ptr, y1.ptr, P["w2"].ptr, ident, 0.01, 1.0, 1.0, 0, 0, 0, 0,
+                                0, 0, 0, False, 0, 1.0, False, 0, 1.0, gx2.ptr, G["w2"].ptr, G["b2"].ptr, 0, False)
+        _C.cuda_linear_backward("float32", B, H, D, gx2.ptr, xb.ptr, P["w1"].ptr, relu, 0.01, 1.0, 1.0, 0, 0, 0,
+                                mask.ptr, ld, 0, 0, True, thr, sc, False, 0, 1.0, 0, G["w1"].ptr, G["b1"].ptr, 0,
+                                False, rng_ptr=rng_words.ptr)
+        for k in params:
+            _C.cuda_sgd_step("float32", P[k].ptr, G[k].ptr, M[k].ptr, P[k].size, 0.0, 0.9, 0.0, 1e-4, 0.0, False,
+                             False, table_ptr=table.ptr, counter_ptr=counter.ptr)
+        _C.cuda_step_metrics("float32", y2.ptr, B, C, yb.ptr, "labels", res.ptr, sums.ptr)
+        _C.cuda_rng_advance(rng_words.ptr, B * H)
+        _C.cuda_counter_add(pos.ptr, B)
+        _C.cuda_counter_add(counter.ptr, 1)
+
+    graph = fc.Graph()
+    graph.capture(step, stream=stream)
+    fake.reset_counters()
+    for _ in range(steps):
+        graph.replay()
+    assert {k: fake.counters[k] for k in ("htod", "dtoh", "sync", "replay")} == {
+        "htod": 0, "dtoh": 0, "sync": 0, "replay": steps}
+
+    host = {k: v.copy() for k, v in params.items()}
+    bufs = {k: np.zeros_like(v) for k, v in params.items()}
+    want = np.zeros(4)
+    for k in range(steps):
+        rows_k = perm[k * B:(k + 1) * B]
+        xk, yk = X[rows_k], Y[rows_k]
+        h1, s1 = BP.linear(xk, host["w1"], host["b1"], "relu", 0.01, 1.0, None, p_drop, 0.0, seed, off0 + k * B * H,
+                           None, True)
+        out, s2 = BP.linear(h1, host["w2"], host["b2"], None, 0.01, 1.0, None, 0.0, 0.0, None, 0, None, True)
+        loss, gout, _ = BP.softmax_xent(out, yk, True, None)
+        gh1, gw2, gb2, _ = BP.linear_backward(gout, h1, host["w2"], s2, 0.01, 1.0, None, True)
+        _, gw1, gb1, _ = BP.linear_backward(gh1, xk, host["w1"], s1, 0.01, 1.0, None, False)
+        for name, grad in (("w1", gw1), ("b1", gb1), ("w2", gw2), ("b2", gb2)):
+            BP.sgd_step(host[name], grad, bufs[name], rows[k][0], 0.9, 0.0, 1e-4, 0.0, False, rows[k][1] != 0.0)
+        want = _metrics_ref(want, loss, B, _C.argmax_count(out, yk))
+    for name in params:
+        _same(P[name].numpy(), host[name])
+        _same(M[name].numpy(), bufs[name])
+    _same(sums.read(), want)
+    _same(pos.read(), [n])
+    _same(counter.read(), [steps])
+    _same(rng_words.read(), [seed, off0 + steps * B * H])
