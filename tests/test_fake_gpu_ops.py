@@ -25,10 +25,10 @@ if fake is None:
     pytest.skip("needs the fake GPU plugin (-p fake_gpu; tests/test_fake_gpu_suites.py runs it)",
                 allow_module_level=True)
 
-import fastnn.cuda as fc  # noqa: E402
-from fastnn import _C, checks  # noqa: E402
-from fastnn._backend import cpu as BP  # noqa: E402
-from fastnn._backend import cuda as BG  # noqa: E402
+import fastnn.cuda as fc
+from fastnn import _C, checks
+from fastnn._backend import cpu as BP
+from fastnn._backend import cuda as BG
 
 ACTS = [None, "sigmoid", "tanh", "relu", "leaky_relu", "prelu", "elu", "selu"]
 DTYPES = [np.float32, np.float64]
@@ -84,8 +84,7 @@ def test_linear_forward_backward_equal_the_cpu_backend(rng, dtype, act, drop, dc
     if not bias:
         b = None
     g = rng.standard_normal((M, N)).astype(dtype)
-    args = dict(activation=act, negative_slope=0.02, alpha=1.3, dropout_p=drop, dropconnect_p=dc, seed=11,
-                offset=5)
+    case = f"activation={act} dropout_p={drop} dropconnect_p={dc} bias={bias} need_grad_x={need_gx}"
 
     def run(be, conv):
         y, saved = be.linear(conv(x), conv(w), conv(b) if b is not None else None, act, 0.02, 1.3,
@@ -97,7 +96,7 @@ def test_linear_forward_backward_equal_the_cpu_backend(rng, dtype, act, drop, dc
     host = run(BP, lambda a: a)
     dev = run(BG, fc.to_device)
     for name, h, d in zip(("y", "grad_x", "grad_w", "grad_b", "grad_prelu"), host, dev):
-        assert (h is None) == (d is None), (name, args)
+        assert (h is None) == (d is None), (name, case)
         if h is not None:
             _same(d.numpy(), h)
 
@@ -111,6 +110,7 @@ def test_linear_with_no_rows_runs_and_gives_zero_weight_gradients(act):
     assert y.shape == (0, 3)
     gx, gw, _, _ = BG.linear_backward(fc.to_device(np.zeros((0, 3), np.float32)), fc.to_device(x), fc.to_device(w),
                                       saved, 0.01, 1.0, fc.to_device(pw) if pw is not None else None, True)
+    assert gx.shape == (0, 4)
     _same(gw.numpy(), np.zeros((3, 4), np.float32))
 
 
@@ -171,8 +171,8 @@ def test_linear_backward_without_its_forward_is_refused(rng):
 
 
 def test_linear_saved_data_dies_with_its_block(rng):
-    x, w, b, _ = _lin_case(rng, 4, 3, 2, np.float32, "elu")
-    y, saved = BG.linear(fc.to_device(x), fc.to_device(w), None, "elu", 0.01, 1.0, None, 0.0, 0.0, None, 0, None, True)
+    x, w, _, _ = _lin_case(rng, 4, 3, 2, np.float32, "elu")
+    _, saved = BG.linear(fc.to_device(x), fc.to_device(w), None, "elu", 0.01, 1.0, None, 0.0, 0.0, None, 0, None, True)
     key = saved.data["saved"].ptr
     assert key in fake._linear_saved
     del saved
@@ -649,3 +649,18 @@ def test_a_captured_training_step_replays_bit_identical_to_the_cpu_steps(rng, st
     _same(pos.read(), [n])
     _same(counter.read(), [steps])
     _same(rng_words.read(), [seed, off0 + steps * B * H])
+
+
+def test_an_injected_fault_surfaces_at_the_replay_that_runs_it(stream):
+    c = Dev(np.array([0], np.uint64))
+    g = fc.Graph()
+    g.capture(lambda: _C.cuda_counter_add(c.ptr, 1), stream=stream)
+    fake.inject_fault("cuda_counter_add", after=2)
+    g.replay()
+    g.replay()
+    with pytest.raises(RuntimeError, match="cuda_counter_add: CUDA error 700"):
+        g.replay()
+    g.replay()  # once only
+    _same(c.read(), [3])
+    with pytest.raises(ValueError, match="name: expected a kernel launcher"):
+        fake.inject_fault("cuda_malloc")

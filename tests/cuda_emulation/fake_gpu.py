@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import bisect
 import ctypes
+import functools
 import inspect
 import math
 import os
@@ -40,9 +41,8 @@ import shutil
 import subprocess
 import tempfile
 
-import numpy as np
-
 import fastnn
+import numpy as np
 
 _C = fastnn._C
 _HERE = pathlib.Path(__file__).resolve().parent
@@ -412,7 +412,7 @@ def _squared_check(dtype, p_ptr, t_ptr, grad_ptr, n, scale, result_ptr=0):
 def _loss_op(name, check, run):
     """A loss launcher: with result_ptr it writes the device LossResult and is capturable; without,
     it returns the result to the host (one dtoh and one sync; refused inside a capture)."""
-    sig = inspect.signature(run)
+    sig = inspect.signature(inspect.unwrap(run))
 
     def op(*args, **kwargs):
         check(*args, **kwargs)
@@ -813,6 +813,31 @@ _graphs: dict = {}
 _handles = [0x1000]
 
 
+_faults: dict = {}  # launcher name -> runs to let pass before one fails
+
+
+def inject_fault(name: str, after: int = 0) -> None:
+    """Makes the (after+1)-th run from now of launcher `name` (at its call, or inside a replay)
+    raise RuntimeError as a CUDA error surfaces, once: for tests of a fault inside a graph."""
+    if name not in _FAULTABLE:
+        raise ValueError(f"name: expected a kernel launcher of the fake GPU, got {name!r}")
+    _faults[name] = int(after)
+
+
+def _faulty(name, fn):
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        left = _faults.get(name)
+        if left is not None:
+            if left == 0:
+                del _faults[name]
+                raise RuntimeError(f"{name}: CUDA error 700 (cudaErrorIllegalAddress): an illegal memory access was "
+                                   f"encountered (injected by fake_gpu.inject_fault)")
+            _faults[name] = left - 1
+        return fn(*args, **kwargs)
+    return run
+
+
 def _recorded(fn, check=None, during_capture=None):
     """A launcher: its argument checks run at the call (as the binding's do, before any launch); the
     kernel runs now, or, inside a capture, at each replay (reading device memory then)."""
@@ -931,8 +956,8 @@ for _name, _fn in {
     "cuda_init_error": lambda: "", "cuda_device_properties": _device_properties,
     "cuda_pointer_device": lambda p: 0, "cuda_malloc": _malloc_tracked, "cuda_free": _free,
     "cuda_memcpy_htod": _htod, "cuda_memcpy_dtoh": _dtoh,
-    "cuda_softmax_xent": _loss_op("cuda_softmax_xent", _xent_check, _xent_run),
-    "cuda_squared_error": _loss_op("cuda_squared_error", _squared_check, _squared_run),
+    "cuda_softmax_xent": _loss_op("cuda_softmax_xent", _xent_check, _faulty("cuda_softmax_xent", _xent_run)),
+    "cuda_squared_error": _loss_op("cuda_squared_error", _squared_check, _faulty("cuda_squared_error", _squared_run)),
     "cuda_synchronize": _sync, "stream_synchronize": _stream_sync, "stream_wait": _stream_wait,
     "cuda_legacy_wait_on": lambda stream: _stream_wait(0, stream),
     "cuda_wait_on_legacy": lambda stream: _stream_wait(stream, 0),
@@ -945,8 +970,9 @@ for _name, _fn in {
     "cublaslt_load": lambda candidates: _FAKE_LT, "cuda_cublaslt_load_error": lambda: "",
 }.items():
     setattr(_C, _name, _fn)
+_FAULTABLE = set(_cuda_ops()) | {"cuda_softmax_xent", "cuda_squared_error"}
 for _name, (_fn, _check) in _cuda_ops().items():
-    setattr(_C, _name, _recorded(_fn, _check))
+    setattr(_C, _name, _recorded(_faulty(_name, _fn), _check))
 
 
 def pytest_terminal_summary(terminalreporter):
