@@ -17,7 +17,8 @@ import fastnn
 import pytest
 
 HERE = pathlib.Path(__file__).resolve().parent
-SUITES = ["test_optim_cuda.py", "test_losses_cuda.py", "test_augment_cuda.py", "test_backend_cuda.py"]
+SUITES = ["test_optim_cuda.py", "test_losses_cuda.py", "test_augment_cuda.py", "test_backend_cuda.py",
+          "test_device_model.py"]
 
 
 @pytest.mark.parametrize("suite", SUITES)
