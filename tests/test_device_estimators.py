@@ -200,3 +200,77 @@ if parametrize_with_checks is not None and SK_CHECKED:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             check(estimator)
+
+
+# ----------------------------------------------------------------------------- fastnn train / recipe --device
+def _cli(argv, capsys):
+    from fastnn.cli import main
+    rc = main(argv)
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+@pytest.mark.parametrize("command", [["train", "--epochs", "1"], ["recipe", "--trials", "1", "--epochs", "1"]])
+def test_cli_bad_device_is_an_argument_error(command, capsys, tmp_path):
+    rc, _, err = _cli(command + ["--device", "tpu", "--quiet"] + (["--out", str(tmp_path)] if "recipe" in command
+                                                                   else []), capsys)
+    assert rc == 2
+    assert f"fastnn {command[0]}: error: --device: expected 'cpu', 'cuda', 'cuda:N', 'auto', got 'tpu'" in err
+
+
+@no_gpu
+@pytest.mark.parametrize("command", [["train", "--epochs", "1"], ["recipe", "--trials", "1", "--epochs", "1"]])
+def test_cli_cuda_without_a_gpu_says_so(command, capsys, tmp_path):
+    rc, out, err = _cli(command + ["--device", "cuda", "--quiet", "--out", str(tmp_path / "o")], capsys)
+    assert rc == 2 and "--device: 'cuda' asks for a GPU, but none is usable here" in err
+    assert "test accuracy" not in out and not (tmp_path / "o").exists()  # (refused before any work)
+
+
+@no_gpu
+def test_cli_train_auto_without_a_gpu_says_it_picked_the_cpu(capsys):
+    rc, out, _ = _cli(["train", "--device", "auto", "--epochs", "2", "--hidden", "16", "--quiet"], capsys)
+    assert rc == 0
+    assert "device: cpu (auto: no usable GPU)" in out and "test accuracy" in out and "CPU path" in out
+
+
+class _TrainerSeen(Exception):
+    pass
+
+
+def _capture_trainer(monkeypatch):
+    import fastnn.train
+    seen = []
+
+    class Recorder:
+        def __init__(self, *a, **kw):
+            seen.append(kw.get("device", "cpu"))
+            raise _TrainerSeen
+
+    monkeypatch.setattr(fastnn.train, "Trainer", Recorder)
+    return seen
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda", "cuda:0", "auto"])
+def test_cli_train_passes_the_resolved_device_to_the_trainer(device, monkeypatch, capsys):
+    if device != "cpu" and not GPU:
+        pytest.skip("needs a usable GPU (the fake GPU runs this file in a subprocess)")
+    seen = _capture_trainer(monkeypatch)
+    from fastnn.cli import main
+    with pytest.raises(_TrainerSeen):
+        main(["train", "--device", device, "--epochs", "1", "--hidden", "8"])
+    want = "cpu" if device == "cpu" else "cuda:0"
+    assert seen == [want]
+    out = capsys.readouterr().out
+    assert f"device: {want}" in out
+    if device == "auto":
+        assert "(auto: picked the GPU)" in out
+
+
+@needs_gpu
+def test_cli_recipe_passes_the_device_to_its_trainers(monkeypatch, capsys, tmp_path):
+    seen = _capture_trainer(monkeypatch)
+    from fastnn.cli import main
+    with pytest.raises(_TrainerSeen):
+        main(["recipe", "--device", "auto", "--trials", "1", "--epochs", "1", "--out", str(tmp_path), "--quiet"])
+    assert seen == ["cuda:0"]  # (the first Trainer: step 2's overfit_small)
+    assert "device: cuda:0" in capsys.readouterr().out
