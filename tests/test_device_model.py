@@ -358,3 +358,52 @@ def test_saving_from_the_gpu_downloads_each_array_once(tmp_path):
     d0 = fake_gpu.counters["dtoh"]
     save_model(m, tmp_path / "g.npz", optimizer=opt)
     assert fake_gpu.counters["dtoh"] - d0 == n_arrays
+
+
+@needs_gpu
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_training_steps_after_to_cuda_equal_the_cpu_steps(dropout, rng):
+    """forward, MSE loss, backward, SGD-momentum step: 4 steps on the GPU == 4 on the CPU, bit for bit."""
+    x = rng.standard_normal((6, 5)).astype(np.float32)
+    t = rng.standard_normal((6, 3)).astype(np.float32)
+
+    def run(dev):
+        fastnn.manual_seed(11)
+        m = nn.Sequential(nn.Linear(5, 7, activation="tanh", dropout=dropout, generator=fastnn.Generator(1)),
+                          nn.Linear(7, 3, generator=fastnn.Generator(2))).to(dev)
+        opt = optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
+        loss = nn.MSELoss()
+        xd, td = (x, t) if dev == "cpu" else (fc.to_device(x), fc.to_device(t))
+        values = []
+        for _ in range(4):
+            values.append(loss(m(xd), td))
+            m.backward(loss.backward(), need_input_grad=False)
+            opt.step()
+        return m.to("cpu"), values
+
+    (c, cv), (g, gv) = run("cpu"), run("cuda")
+    assert cv == gv
+    for (k, p), (_, q) in zip(g.named_parameters(), c.named_parameters()):
+        np.testing.assert_array_equal(p.data, q.data, err_msg=k)
+
+
+@needs_gpu
+def test_a_move_that_fails_leaves_the_model_where_it_was(monkeypatch):
+    m = mlp(4)
+    before = snapshot(m)
+    calls = {"n": 0}
+    real = fc.to_device
+
+    def out_of_memory_at_the_third(a, device=None):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise MemoryError("cudaMalloc: out of memory (fake)")
+        return real(a, device=device)
+
+    monkeypatch.setattr(fc, "to_device", out_of_memory_at_the_third)
+    with pytest.raises(MemoryError):
+        m.to("cuda")
+    assert {p.device for p in m.parameters()} == {"cpu"}
+    for k, (d, g) in snapshot(m).items():
+        np.testing.assert_array_equal(d, before[k][0])
+        np.testing.assert_array_equal(g, before[k][1])

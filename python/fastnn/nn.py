@@ -133,12 +133,15 @@ class Module:
         """Moves every parameter (data and grad, values kept bit for bit) to `device` ("cpu",
         "cuda", "cuda:N", an int N, a torch.device); returns self. What a training forward kept
         for its backward is dropped (it lives on the old device): run forward again. Asking for
-        a GPU where none is usable is a RuntimeError naming the device."""
+        a GPU where none is usable is a RuntimeError naming the device. Every array is copied
+        before any parameter changes, so a failure (out of GPU memory) leaves the model as it was."""
         dev = canonical_device(device)
+        params = list({id(p): p for p in self.parameters()}.values())
+        moved = [p._moved(dev) for p in params]  # (all copies first: out of memory leaves the model as it was)
         for _, m in self.named_modules():
             m._forget_saved()
-        for p in self.parameters():
-            p.to(dev)
+        for p, (data, grad) in zip(params, moved):
+            p.data, p.grad = data, grad
         return self
 
     def _forget_saved(self):

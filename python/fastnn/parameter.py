@@ -138,15 +138,13 @@ class Parameter:
 
     def to(self, device):
         """Moves data and grad to `device` (values kept); returns self. No copy when it is there."""
-        dev = canonical_device(device)
-        if backend_of(self.data).device_name(self.data) != dev:
-            self.data = move_array(self.data, dev)
-            if self.grad is not None:
-                self.grad = move_array(self.grad, dev)
-        elif self.grad is not None and device_of(self.grad) is not None and \
-                backend_of(self.grad).device_name(self.grad) != dev:
-            self.grad = move_array(self.grad, dev)  # (a gradient left behind by hand)
+        self.data, self.grad = self._moved(canonical_device(device))
         return self
+
+    def _moved(self, dev):
+        """(data, grad) on canonical device `dev`, without changing self (Module.to assigns only
+        once every parameter has been copied, so a failure leaves the model where it was)."""
+        return move_array(self.data, dev), None if self.grad is None else move_array(self.grad, dev)
 
     @property
     def shape(self):
