@@ -1428,10 +1428,11 @@ class _DeviceRun:
                 raise RuntimeError(f"training failed on cuda:{self.dev} during epoch {epoch_no} (a CUDA error in one "
                                    f"of its {steps} steps, seen at the epoch's end; graph=False with "
                                    f"CUDA_LAUNCH_BLOCKING=1 names the step): {e}") from e
-        except KeyboardInterrupt:
-            # the steps launched finish; the host's optimizer and stream counters then match them,
-            # so the model can be used and saved
-            _C.stream_synchronize(self.stream.handle)
+        except BaseException as e:
+            # Ctrl-C: the steps launched finish; the host's optimizer and stream counters then match
+            # them (also after a failed step), so the model can be used and saved
+            if isinstance(e, KeyboardInterrupt):
+                _C.stream_synchronize(self.stream.handle)
             self._bookkeep(lrs, done)
             raise
         self._bookkeep(lrs, done)
