@@ -7,7 +7,7 @@ give the CPU fit's weights and history exactly: same kernels, same arguments, sa
 same float64 accumulation of the epoch's loss. The fake GPU's counters then show that the step
 loop copies nothing between host and device and never synchronizes: the only copies of a fit are
 its uploads at the start, two per epoch (the permutation and the per-step optimizer table) and
-one read per epoch (the loss/accuracy sums and the parameter check)."""
+one read per epoch (the loss/accuracy sums, the parameter check and the steps' losses)."""
 
 from __future__ import annotations
 
@@ -69,8 +69,6 @@ class _nothing:
 def same_history(a, b):
     assert a.keys() == b.keys()
     for k in a:
-        if k == "step_loss":
-            continue  # per step on the CPU only (the GPU reads its figures once per epoch)
         assert a[k] == b[k], (k, a[k][:5], b[k][:5])
 
 
@@ -210,19 +208,20 @@ def _fit_counts(epochs, batch_size, **kw):
 
 
 def test_the_step_loop_copies_nothing_and_never_synchronizes():
-    # uploads at the fit's start: X, y, the unshuffled index, the rng words; per epoch: the optimizer
-    # table and the permutation (htod), one read of the sums (dtoh)
+    # uploads at the fit's start: X, y, the unshuffled index, the rng words, the step-loss shift
+    # index; per epoch: the optimizer table and the permutation (htod), one read of the sums, the
+    # parameter check and the step losses (dtoh)
     for epochs, bs in ((1, 32), (3, 32), (3, 7)):
         d, captured = _fit_counts(epochs, bs)
         steps = -(-300 // bs)
-        assert d["htod"] == 4 + 2 * epochs, d
+        assert d["htod"] == 5 + 2 * epochs, d
         assert d["dtoh"] == epochs, d
         assert d["sync"] == 0, d
         assert d["replay"] == steps * epochs, d
         assert captured == 2  # one graph per batch shape: the full batches and the last one
     d, captured = _fit_counts(2, 32, graph=False)
     assert d["replay"] == 0 and captured == 0
-    assert d["htod"] == 4 + 4 and d["dtoh"] == 2 and d["sync"] == 0
+    assert d["htod"] == 5 + 4 and d["dtoh"] == 2 and d["sync"] == 0
 
 
 def test_penalty_and_validation_reads_are_once_per_epoch():
@@ -233,7 +232,7 @@ def test_penalty_and_validation_reads_are_once_per_epoch():
     t.fit(X, y, epochs=3, batch_size=32, validation_fraction=0.2)
     d = {k: _counts()[k] - c0[k] for k in c0}
     # + Xv, yv uploads; per epoch: sums, the 2 weight matrices (the penalty), the validation sums
-    assert d["htod"] == 4 + 2 + 2 * 3 and d["dtoh"] == 3 * (1 + 2 + 1) and d["sync"] == 0, d
+    assert d["htod"] == 5 + 2 + 2 * 3 and d["dtoh"] == 3 * (1 + 2 + 1) and d["sync"] == 0, d
 
 
 def test_chunked_upload_matches_resident_and_says_so():

@@ -53,7 +53,7 @@ Constructor (a stable signature: the ``fastnn train`` command builds on it)::
 shuffle=True, early_stopping=None, min_delta=0.0, restore_best=True, callbacks=(),
 drop_last=False)`` returns self (drop_last: skip each epoch's last, smaller batch);
 ``trainer.history`` holds per-epoch "loss", "accuracy" (classification), "val_loss",
-"val_accuracy" (with validation data), "lr" (at the epoch's end), per-step "step_loss" (CPU only),
+"val_accuracy" (with validation data), "lr" (at the epoch's end), per-step "step_loss" and
 "step_lr", and "log" (notes on how a fit ran) (lists, accumulated over fits). A step's loss is the
 data loss measured in training mode (dropout on) before that step's update. The epoch "loss" is
 the float64 sum, in step order, of each step's mean loss times its rows (for "mse": of its
@@ -81,7 +81,7 @@ of the optimizer's per-step values (learning rate from the schedule, Adam's bias
 then runs every step on the device: a gather kernel copies the batch's rows into fixed buffers (the
 position in the permutation is a device counter), forward, loss, backward and the fused optimizer
 update (with the L1/L2 penalty) run on fixed buffers, the loss, hits and a non-finite flag
-accumulate in device memory, dropout and DropConnect read their Philox offset from device memory,
+accumulate in device memory (and each step's loss goes into a device array of the epoch's steps), dropout and DropConnect read their Philox offset from device memory,
 and the counters advance on the device. The step is captured once per batch shape as a CUDA graph
 and replayed, so an epoch is a loop of graph launches without any copy or synchronization; the
 host reads the epoch's figures once at its end (and, for a progress bar, at most four times a
@@ -1225,10 +1225,20 @@ class _DeviceRun:
             self.validation = (self._upload(Xv, "validation_data[0]"), self._upload(self._targets(yv),
                                                                                    "validation_data[1]"), Xv.shape[0])
         # sums (loss, correct, rows, non-finite) then the parameter check's 4; pos; step counter; rng
-        self.scal = _raw(8 * 8 + 8 * 2 + 16 + 24, dev)
+        # Device scalars, one block: the sums (loss, hits, rows, non-finite flag), the parameter
+        # check's 4, the epoch's step losses (S float64) with the loss result (24 bytes) right after
+        # them, then the batch position, the step counter, the rng words (seed, offset) and a zero.
+        S = self.steps
+        self.scal = _raw(64 + 8 * S + 24 + 40, dev)
         base = self.scal.ptr
-        self.sums, self.chk, self.pos, self.ctr, self.rng, self.res = (base, base + 32, base + 64, base + 72,
-                                                                        base + 80, base + 96)
+        self.sums, self.chk, self.losses, self.res = base, base + 32, base + 64, base + 64 + 8 * S
+        self.pos, self.ctr, self.rng, self.zero = (self.res + 24, self.res + 32, self.res + 40, self.res + 56)
+        _C.cuda_memset_zero(base, self.scal.nbytes)
+        # Step losses: each step shifts the S recorded ones down by one and appends its own (a gather
+        # of S + 1 values through the fixed index 1..S into a second buffer, copied back), so the
+        # epoch's losses are in order at its end without any per-step address.
+        self.shift_idx = self._upload(np.arange(1, S + 1, dtype=np.int64), "index")
+        self.shifted = _raw(8 * S, dev)
         self.gen0 = _random.default_generator.get_state()
         _C.cuda_memcpy_htod(self.rng, np.array(self.gen0, dtype=np.uint64))
         self.params = t._params
@@ -1333,6 +1343,9 @@ class _DeviceRun:
             _C.cuda_squared_error(dn, out, B["yb"].ptr, g, m * C, 2.0 / (m * C), result_ptr=self.res)
             # the sum goes in as is (M = 1); the epoch divides by rows * outputs, as on the CPU
             _C.cuda_step_metrics(dn, out, 1, C, B["yb"].ptr, "none", self.res, self.sums)
+        S = self.steps
+        _C.cuda_gather_rows("float64", self.losses, S + 1, 1, self.shift_idx.ptr, self.zero, S, self.shifted.ptr)
+        _C.cuda_memcpy_dtod(self.losses, self.shifted.ptr, 8 * S)
         p.backward(B, g, self.rng)
         for i, w, gr, gi, args in self.updates:
             tab = self.offsets[gi]
@@ -1385,7 +1398,8 @@ class _DeviceRun:
         steps, bs, n = self.steps, self.bs, self.n
         flat, self.offsets = self._tables(lrs)
         _C.cuda_memcpy_htod(self.table.ptr, flat)
-        _C.cuda_memset_zero(self.sums, 8 * 8 + 16)  # sums, check, pos, step counter
+        _C.cuda_memset_zero(self.sums, 64)  # sums, check
+        _C.cuda_memset_zero(self.pos, 16)  # batch position, step counter
         chunk = self.chunk_rows
         if chunk is None:
             if order is not None:
@@ -1423,7 +1437,7 @@ class _DeviceRun:
                         bar.set_postfix(post, refresh=False)
             self._check_params()
             try:
-                v = self._read()
+                v = self._read(losses=True)
             except RuntimeError as e:
                 raise RuntimeError(f"training failed on cuda:{self.dev} during epoch {epoch_no} (a CUDA error in one "
                                    f"of its {steps} steps, seen at the epoch's end; graph=False with "
@@ -1437,7 +1451,13 @@ class _DeviceRun:
             raise
         self._bookkeep(lrs, done)
         self.params_ok = v[7] == 0.0
-        return float(v[0]), int(v[1]), ((None, "a step's loss became NaN or inf") if v[3] != 0.0 else None), None
+        if self.xent:
+            step_loss = v[8:].tolist()
+        else:  # the squared-error sums, as the CPU's means: sum / (rows * outputs)
+            C = self.plan.n_out
+            step_loss = [float(x) / ((min(n, s * bs + bs) - s * bs) * C) for s, x in enumerate(v[8:].tolist())]
+        return (float(v[0]), int(v[1]), ((None, "a step's loss became NaN or inf") if v[3] != 0.0 else None),
+                step_loss)
 
     def _load_chunk(self, order, lo, hi):
         """Chunked mode: the rows of steps [lo, hi) in this epoch's order, uploaded in one piece."""
@@ -1448,8 +1468,9 @@ class _DeviceRun:
         _C.cuda_memcpy_htod(self.yd.ptr, ys)
         _C.cuda_memset_zero(self.pos, 8)
 
-    def _read(self):
-        out = np.empty(8, np.float64)
+    def _read(self, losses=False):
+        """The sums and the check (and the step losses): one copy to the host."""
+        out = np.empty(8 + (self.steps if losses else 0), np.float64)
         _C.cuda_memcpy_dtoh(out, self.sums)
         return out
 
