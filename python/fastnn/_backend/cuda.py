@@ -31,7 +31,7 @@ from ..cuda import (
     to_device,
     zeros,
 )
-from .common import LinearSaved, check_mask, host_target
+from .common import LinearSaved, check_mask, host_target, optim_table  # noqa: F401 (optim_table re-exported)
 
 name = "cuda"
 
