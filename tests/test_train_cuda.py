@@ -150,9 +150,10 @@ def test_mse_regression_and_soft_targets_equal_cpu():
     for device in ("cpu", "cuda"):
         t = Trainer(make(2, [(k, dict(v)) for k, v in spec]), verbose=False, seed=0, device=device,
                     optimizer="sgd", optimizer_kwargs={"lr": 0.1, "momentum": 0.5})
-        t.fit(Xc, soft, epochs=2, batch_size=32)
-        res.append((t.history["loss"], t.history["accuracy"], [host(p.data) for p in t.model.parameters()]))
-    assert res[0][0] == res[1][0] and res[0][1] == res[1][1]
+        t.fit(Xc, soft, epochs=2, batch_size=32, validation_data=(Xc[:40], yc[:40]))  # (labels there)
+        res.append((t.history, t.history["accuracy"], [host(p.data) for p in t.model.parameters()]))
+    same_history(res[0][0], res[1][0])
+    assert len(res[0][0]["val_loss"]) == 2
     assert all(np.array_equal(a, b) for a, b in zip(res[0][2], res[1][2]))
 
 
@@ -170,6 +171,7 @@ def test_divergence_restores_the_epoch_start_like_the_cpu():
         assert np.isfinite(a).all() and np.array_equal(a, b)
     same_history(tc.history, td.history)
     assert tc.optimizer.step_count == td.optimizer.step_count
+    assert [sorted(st) for st in tc.optimizer.state] == [sorted(st) for st in td.optimizer.state] == [[]] * 4
     assert "global steps" in td.divergence_message and "lower learning rate" in td.divergence_message
     # and the divergence in a later epoch: the weights of that epoch's start, finite
     sched = schedules.Step(20, 1e14)  # lr jumps from 0.01 to 1e12 at step 20 (epoch 3 at 10 steps each)

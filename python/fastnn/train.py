@@ -1219,12 +1219,13 @@ class _DeviceRun:
             self.Xd = self._upload(X, "X")
             self.yd = self._upload(yh, "y")
             self.idx = self._upload(np.arange(self.n, dtype=np.int64), "index")  # unshuffled epochs
-        self.perm = _raw(8 * min(self.n, self.chunk_rows or self.n), dev)
+        self.perm = _raw(8 * self.n, dev) if self.chunk_rows is None else None  # the epoch's permutation
         self.validation = None
         if Xv is not None:
-            self.validation = (self._upload(Xv, "validation_data[0]"), self._upload(self._targets(yv),
-                                                                                   "validation_data[1]"), Xv.shape[0])
-        # sums (loss, correct, rows, non-finite) then the parameter check's 4; pos; step counter; rng
+            labels = yv.ndim == 1 and yv.dtype.kind in "iu"  # (labels here, soft targets in y: allowed)
+            self.validation = (self._upload(Xv, "validation_data[0]"),
+                               self._upload(yv.astype(np.int32) if labels else yv, "validation_data[1]"),
+                               Xv.shape[0], labels)
         # Device scalars, one block: the sums (loss, hits, rows, non-finite flag), the parameter
         # check's 4, the epoch's step losses (S float64) with the loss result (24 bytes) right after
         # them, then the batch position, the step counter, the rng words (seed, offset) and a zero.
@@ -1259,6 +1260,7 @@ class _DeviceRun:
         if not (self.adam or isinstance(opt, _optim.SGD)):
             raise TypeError(f"optimizer: training on the GPU takes SGD, Adam or AdamW, got {type(opt).__name__}")
         be = _backend.table("cuda")
+        had = [set(st) for st in opt.state]
         self.updates = []
         self.state_arrays = []
         self.groups = []  # [kind, lr_scale, start]: start = Adam's step before the epoch / SGD's first flag
@@ -1291,6 +1293,7 @@ class _DeviceRun:
             if key not in self.groups:
                 self.groups.append(key)
             self.updates.append((i, w, g, self.groups.index(key), args))
+        self.made = [set(st) - h for st, h in zip(opt.state, had)]
         self.table = None
 
     def _tables(self, lrs):
@@ -1514,8 +1517,9 @@ class _DeviceRun:
         for src, dst in self.snap:
             _C.cuda_memcpy_dtod(dst.ptr, src.ptr, src.nbytes)
         opt = self.opt
-        return (opt.step_count, opt.lr, [{k: v for k, v in st.items() if not hasattr(v, "ptr")}
-                                         for st in opt.state], [list(g) for g in self.groups],
+        # (before this fit's first step, the state arrays made for its graphs are not yet the optimizer's)
+        state = [{k: v for k, v in st.items() if self.done or k not in made} for st, made in zip(opt.state, self.made)]
+        return (opt.step_count, opt.lr, state, [list(g) for g in self.groups],
                 _random.default_generator.get_state())
 
     def restore(self, snap):
@@ -1523,8 +1527,11 @@ class _DeviceRun:
             _C.cuda_memcpy_dtod(dst.ptr, src.ptr, src.nbytes)
         opt = self.opt
         opt.step_count, opt.lr = snap[0], snap[1]
-        for st, host in zip(opt.state, snap[2]):
-            st.update(host)
+        for st, old in zip(opt.state, snap[2]):
+            # the entries of the epoch's start (arrays: the same ones, their values copied back
+            # above); a momentum buffer made for this fit before any step is dropped, as on the CPU
+            st.clear()
+            st.update(old)
         self.groups[:] = snap[3]
         _random.default_generator.set_state(snap[4])
         _C.cuda_memcpy_htod(self.rng, np.array(snap[4], dtype=np.uint64))
@@ -1541,8 +1548,8 @@ class _DeviceRun:
             _C.cuda_memcpy_dtod(dst.ptr, src.ptr, src.nbytes)
 
     def evaluate_validation(self):
-        Xd, yd, n = self.validation
-        return self.t._device_evaluate(Xd.ptr, yd.ptr, n, self.labels)
+        Xd, yd, n, labels = self.validation
+        return self.t._device_evaluate(Xd.ptr, yd.ptr, n, labels)
 
     def close(self):
         if getattr(self, "_prev_stream", None) is None:
