@@ -307,12 +307,14 @@ def test_early_stopping_restores_the_best_weights_on_the_device():
 
 def test_bad_devices_and_models():
     X, y = data()
-    with pytest.raises(ValueError, match="only 1 GPU"):
+    with pytest.raises(ValueError, match="asks for GPU 3, but this machine has 1"):
         Trainer(make(1, [("linear", {})]), device="cuda:3")
     with pytest.raises(ValueError, match="device: expected"):
         Trainer(make(1, [("linear", {})]), device="tpu")
     t = Trainer(make(1, [("linear", {})]), device="auto", verbose=False)
-    assert t.device == "cuda:0"
+    assert t.device == "cuda:0" and t.model.parameters()[0].device == "cuda:0"
+    assert Trainer(t.model, verbose=False).device == "cuda:0"  # device=None: where the model is
+    assert Trainer(t.model, device="cpu", verbose=False).model.parameters()[0].device == "cpu"  # moved back
     res = nn.Sequential(nn.Linear(12, 12), nn.Residual(nn.Sequential(nn.Linear(12, 12))), nn.Linear(12, 4))
     with pytest.raises(TypeError, match="Residual"):
         Trainer(res, device="cuda", verbose=False).fit(X, y, epochs=1)

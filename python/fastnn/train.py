@@ -11,7 +11,7 @@ Constructor (a stable signature: the ``fastnn train`` command builds on it)::
 
     Trainer(model, loss="cross_entropy", optimizer="adam", schedule=None, *,
             optimizer_kwargs=None, schedule_kwargs=None, l1=0.0, l2=0.0, augment=None,
-            verbose=True, seed=None, dtype=np.float32, device="cpu", graph=True,
+            verbose=True, seed=None, dtype=np.float32, device=None, graph=True,
             device_data_budget=None)
 
 - ``model``: a fastnn.nn.Module whose parameters all have ``dtype``.
@@ -41,9 +41,9 @@ Constructor (a stable signature: the ``fastnn train`` command builds on it)::
   dropout / DropConnect masks repeatable (they draw from fastnn's global Philox generator).
 - ``dtype``: float32 or float64; X (and float targets) are converted to it once per fit (one
   C-ordered copy when needed).
-- ``device``: "cpu", "cuda" (the current GPU), "cuda:N", or "auto" (the GPU when one is usable).
-  On a GPU the model's parameters and the optimizer's state move there at construction and the
-  whole fit stays there (see "Training on the GPU" below).
+- ``device``: None (where the model's parameters are), "cpu", "cuda" (the current GPU), "cuda:N",
+  or "auto" (the GPU when one is usable). The model's parameters and the optimizer's state move
+  there at construction, and on a GPU the whole fit stays there (see "Training on the GPU").
 - ``graph``: on the GPU, capture the training step as a CUDA graph per batch shape and replay it
   (True), or launch the same kernels one by one (False, for debugging); the results are equal.
 - ``device_data_budget``: None (X and y are uploaded whole), or bytes: above it the epoch's rows
@@ -121,6 +121,7 @@ from . import schedules as _schedules
 from ._backend import cuda as _cuda_backend
 from .checkpoint import CHECKPOINT_FORMAT, load_model, save_model
 from .losses import MSELoss, SoftmaxCrossEntropy
+from .parameter import canonical_device
 from .random import manual_seed
 from .validation import check_labels, check_X
 
@@ -162,34 +163,21 @@ def _params_finite(params) -> bool:
         return all(math.isfinite(float(np.add.reduce(p.data, axis=None, dtype=np.float64))) for p in params)
 
 
-def _resolve_device(device):
-    """("cpu", None) or ("cuda:N", N) from "cpu", "cuda", "cuda:N" or "auto" (the GPU when one is
-    usable)."""
-    if not isinstance(device, str):
-        raise TypeError(f"device: expected 'cpu', 'cuda', 'cuda:N' or 'auto', got {type(device).__name__}")
-    d = device.strip().lower()
-    if d == "auto":
-        d = "cuda" if _cuda.is_available() else "cpu"
-    if d == "cpu":
-        return "cpu", None
-    if d == "cuda" or (d.startswith("cuda:") and d[5:].isdigit()):
-        index = int(d[5:]) if d != "cuda" else None
-        if not _cuda.is_available():
-            raise RuntimeError(f"device: {device!r} asked for, but no CUDA GPU is usable here "
-                               f"({_C.cuda_init_error() if _cuda._COMPILED else 'fastnn was built without CUDA'}); "
-                               f"use device='cpu' or 'auto'")
-        if index is None:
-            index = _C.cuda_get_device()
-        if index >= _cuda.device_count():
-            raise ValueError(f"device: {device!r}, but only {_cuda.device_count()} GPU(s) are visible")
-        return f"cuda:{index}", index
-    raise ValueError(f"device: expected 'cpu', 'cuda', 'cuda:N' or 'auto', got {device!r}")
+def _resolve_device(device, model=None):
+    """("cpu", None) or ("cuda:N", N) (fastnn.parameter.canonical_device; "auto": the GPU when
+    one is usable); None: where the model's parameters are."""
+    if device is None:
+        params = model.parameters() if model is not None else []
+        device = params[0].device if params else "cpu"
+    dev = canonical_device(device, allow_auto=True)
+    return dev, (None if dev == "cpu" else int(dev.split(":")[1]))
 
 
-def _place(model, optimizer, index):
-    """Moves the model's parameters, gradients and the optimizer's state to GPU `index`."""
-    model.to(f"cuda:{index}")
-    optimizer.to(f"cuda:{index}")
+def _place(model, optimizer, device):
+    """Moves the model's parameters, gradients and the optimizer's state to `device` (no copy of
+    what is there already)."""
+    model.to(device)
+    optimizer.to(device)
 
 
 class Trainer:
@@ -197,11 +185,11 @@ class Trainer:
 
     def __init__(self, model, loss="cross_entropy", optimizer="adam", schedule=None, *, optimizer_kwargs=None,
                  schedule_kwargs=None, l1=0.0, l2=0.0, augment=None, verbose=True, seed=None, dtype=np.float32,
-                 device="cpu", graph=True, device_data_budget=None):
+                 device=None, graph=True, device_data_budget=None):
         if not isinstance(model, _nn.Module):
             raise TypeError(f"model: expected a fastnn.nn.Module, got {type(model).__name__}")
         self.model = model
-        self.device, self._device_index = _resolve_device(device)
+        self.device, self._device_index = _resolve_device(device, model)
         self.graph = bool(graph)
         if device_data_budget is not None and (isinstance(device_data_budget, bool) or not isinstance(
                 device_data_budget, numbers.Integral) or device_data_budget < 1):
@@ -247,8 +235,7 @@ class Trainer:
                             f"fastnn.optim.Optimizer, got {type(optimizer).__name__}")
         self.l1, self.l2 = self.optimizer.l1, self.optimizer.l2
         self._plan = None
-        if self.device != "cpu":
-            _place(model, self.optimizer, self._device_index)
+        _place(model, self.optimizer, self.device)
         self._schedule_spec = None
         if schedule is None or isinstance(schedule, _schedules.Schedule):
             if schedule_kwargs:
@@ -749,15 +736,15 @@ class Trainer:
         save_model(self.model, path, optimizer=self.optimizer, extra={"trainer": self._trainer_config()})
 
     @classmethod
-    def load(cls, path, *, loss=None, augment=None, verbose=None, device="cpu"):
+    def load(cls, path, *, loss=None, augment=None, verbose=None, device=None):
         """A Trainer from ``save``: the model rebuilt from its config, the optimizer (same type,
         hyperparameters, lr, step count, moments), the schedule, history, settings and the
         shuffling generator's state (so a resumed fit continues as the uninterrupted run would).
         A custom loss object is not stored: pass ``loss=`` again (then required). ``device``: where
-        the loaded trainer trains (as the constructor's). A checkpoint whose trainer or optimizer
+        the loaded trainer trains: None (where it was saved from), "cpu", "cuda", "cuda:N", "auto"
+        (fastnn.checkpoint.load_model's). A checkpoint whose trainer or optimizer
         fields are malformed is a ValueError naming the file."""
-        _resolve_device(device)  # (a bad device is the caller's error, not the file's)
-        model, meta = load_model(path, return_metadata=True)
+        model, meta = load_model(path, return_metadata=True, device=device)
         p = os.fspath(path)
         tcfg = (meta.get("extra") or {}).get("trainer")
         if tcfg is None:
@@ -768,13 +755,13 @@ class Trainer:
                 raise ValueError("loss: the checkpoint was trained with a custom loss object; pass loss=")
             loss = tcfg["loss"]
         try:
-            return cls._from_checkpoint(model, meta, tcfg, loss, augment, verbose, device)
+            return cls._from_checkpoint(model, meta, tcfg, loss, augment, verbose)
         except (TypeError, ValueError, KeyError, AttributeError, IndexError, OverflowError) as e:
             raise _checkpoint.CheckpointError(f"path: {p!r} is not a readable fastnn checkpoint: its trainer or "
                                               f"optimizer state is malformed ({type(e).__name__}: {e})") from None
 
     @classmethod
-    def _from_checkpoint(cls, model, meta, tcfg, loss, augment, verbose, device="cpu"):
+    def _from_checkpoint(cls, model, meta, tcfg, loss, augment, verbose):
         ocfg = meta.get("optimizer")
         sched = _schedules.from_state_dict(tcfg["schedule"]) if tcfg.get("schedule") else None
         sched_kw = None
@@ -794,7 +781,7 @@ class Trainer:
             opt = "adam"
         t = cls(model, loss, opt, sched, schedule_kwargs=sched_kw,
                 verbose=tcfg.get("verbose", True) if verbose is None else verbose, augment=augment,
-                dtype=tcfg.get("dtype", "float32"), device=device)
+                dtype=tcfg.get("dtype", "float32"))
         if sched_kw is not None and tcfg.get("schedule"):
             t.schedule = _schedules.from_state_dict(tcfg["schedule"])
         t.seed = tcfg.get("seed")
