@@ -320,6 +320,12 @@ def test_bad_devices_and_models():
         Trainer(res, device="cuda", verbose=False).fit(X, y, epochs=1)
     with pytest.raises(ValueError, match="12 features"):
         Trainer(make(1, [("linear", {})]), device="cuda", verbose=False).fit(X[:, :5], y, epochs=1)
+    with pytest.raises(TypeError, match="augment: training on the GPU"):
+        Trainer(make(1, [("linear", {})]), device="cuda", augment=lambda x, y, s: (x, y)).fit(X, y, epochs=1)
+    with pytest.raises(TypeError, match="loss: training on the GPU"):
+        Trainer(make(1, [("linear", {})]), type("MyLoss", (nn.MSELoss,), {})(), device="cuda",
+                verbose=False).fit(X, np.eye(4, dtype=np.float32)[y], epochs=1)
+    assert _C.current_stream() == 0
     with pytest.raises(ValueError, match="device_data_budget"):
         Trainer(make(1, [("linear", {})]), device="cuda", device_data_budget=0)
 

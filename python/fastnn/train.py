@@ -1149,8 +1149,11 @@ class _DeviceRun:
             raise TypeError("loss: training on the GPU takes 'cross_entropy' or 'mse', got a custom loss object "
                             "(train it with device='cpu')")
         if trainer.augment is not None:
-            raise TypeError("augment: training on the GPU does not run an augment callable yet (it is host code "
-                            "between the steps); use device='cpu'")
+            # fastnn.augment's kernels take parameters drawn on the host at each call (flips, boxes,
+            # factors, mixup's permutation): a replayed graph would repeat one batch's draws
+            raise TypeError("augment: training on the GPU does not take an augment callable yet (fastnn.augment's "
+                            "kernels read host-drawn parameters per call, which a captured step cannot redraw); "
+                            "use device='cpu' for augmented training")
         self.xent = type(trainer.loss) is SoftmaxCrossEntropy
         self.labels = y.ndim == 1 and y.dtype.kind in "iu"
         self.stream = _cuda.Stream()
