@@ -234,7 +234,6 @@ class Trainer:
             raise TypeError(f"optimizer: expected a name ({', '.join(_optim.OPTIMIZERS)}) or a "
                             f"fastnn.optim.Optimizer, got {type(optimizer).__name__}")
         self.l1, self.l2 = self.optimizer.l1, self.optimizer.l2
-        self._plan = None
         _place(model, self.optimizer, self.device)
         self._schedule_spec = None
         if schedule is None or isinstance(schedule, _schedules.Schedule):
@@ -291,9 +290,8 @@ class Trainer:
             print(msg, flush=True)
 
     def _device_plan(self):
-        if self._plan is None:
-            self._plan = _DevicePlan(self)
-        return self._plan
+        # (made per use: it reads the layers' current settings, which a user may change between fits)
+        return _DevicePlan(self)
 
     def _check_X(self, X, name="X"):
         if hasattr(X, "toarray") or type(X).__module__.startswith("scipy.sparse"):
