@@ -295,7 +295,7 @@ def test_a_loss_returned_to_the_host_counts_a_copy_and_a_sync_and_is_refused_in_
     t = Dev(np.array([0, 1], np.int32))
     fake.reset_counters()
     _C.cuda_softmax_xent("float32", x.ptr, t.ptr, "int32", 0, 2, 3)
-    assert fake.counters["dtoh"] == 1 and fake.counters["sync"] == 1
+    assert fake.counters["dtoh"] == 1 and fake.counters["sync"] == 1 and fake.counters["loss_readback"] == 1
     with pytest.raises(RuntimeError, match="cuda_softmax_xent without result_ptr.*capture"):
         fc.Graph().capture(lambda: _C.cuda_softmax_xent("float32", x.ptr, t.ptr, "int32", 0, 2, 3), stream=stream)
     with pytest.raises(RuntimeError, match="cuda_squared_error without result_ptr.*capture"):

@@ -66,8 +66,9 @@ _bufs: dict = {}
 _calls = {"augment": 0, "noise": 0, "mixup": 0, "optim": 0, "loss": 0, "act": 0, "dropout": 0, "linear": 0,
           "step": 0}
 # Host<->device copies and synchronizations seen (a GPU training step should make none per step).
-# A loss returned to the host (result_ptr 0) is one dtoh and one sync, as on a GPU.
-counters = {"htod": 0, "dtoh": 0, "sync": 0, "stream_wait": 0, "replay": 0}
+# A loss returned to the host (result_ptr 0) is one dtoh and one sync, as on a GPU (its LossResult
+# is copied back); "loss_readback" counts those among them.
+counters = {"htod": 0, "dtoh": 0, "sync": 0, "stream_wait": 0, "replay": 0, "loss_readback": 0}
 
 
 def reset_counters() -> dict:
@@ -424,6 +425,7 @@ def _loss_op(name, check, run):
         _refuse_in_capture(f"{name} without result_ptr (it returns the loss to the host)")
         counters["dtoh"] += 1
         counters["sync"] += 1
+        counters["loss_readback"] += 1
         return run(*args, **kwargs)
     return op
 
