@@ -664,3 +664,19 @@ def test_an_injected_fault_surfaces_at_the_replay_that_runs_it(stream):
     _same(c.read(), [3])
     with pytest.raises(ValueError, match="name: expected a kernel launcher"):
         fake.inject_fault("cuda_malloc")
+
+
+def test_a_launch_on_another_stream_during_a_capture_is_refused(stream):
+    c = Dev(np.array([0], np.uint64))
+    other = fc.Stream()
+
+    def step():
+        _C.cuda_counter_add(c.ptr, 1)
+        with fc.stream(other):
+            _C.cuda_counter_add(c.ptr, 1)
+
+    with pytest.raises(RuntimeError, match="cuda_counter_add: launched on stream .* while stream .* is being captured"):
+        fc.Graph().capture(step, stream=stream)
+    assert _C.current_stream() == 0
+    _C.cuda_counter_add(c.ptr, 1)  # no capture left running
+    _same(c.read(), [1])

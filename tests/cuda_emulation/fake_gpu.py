@@ -87,6 +87,7 @@ def read_counters() -> dict:
 
 
 _capture: list = [None]
+_capture_stream: list = [None]  # the stream a running capture records
 
 
 def _refuse_in_capture(what: str) -> None:
@@ -419,7 +420,7 @@ def _loss_op(name, check, run):
         check(*args, **kwargs)
         if sig.bind(*args, **kwargs).arguments.get("result_ptr", 0):
             if _capture[0] is not None:
-                _capture[0].append((run, args, kwargs))
+                _record(run, args, kwargs)
                 return None
             return run(*args, **kwargs)
         _refuse_in_capture(f"{name} without result_ptr (it returns the loss to the host)")
@@ -837,6 +838,7 @@ def _faulty(name, fn):
                                    f"encountered (injected by fake_gpu.inject_fault)")
             _faults[name] = left - 1
         return fn(*args, **kwargs)
+    run.__name__ = name  # (messages name the launcher)
     return run
 
 
@@ -847,10 +849,20 @@ def _recorded(fn, check=None, during_capture=None):
         if check is not None:
             check(*args, **kwargs)
         if _capture[0] is not None:
-            _capture[0].append((fn, args, kwargs))
+            _record(fn, args, kwargs)
             return during_capture
         return fn(*args, **kwargs)
     return run
+
+
+def _record(fn, args, kwargs):
+    # A launch on another stream than the one being captured would run at once on a GPU (outside
+    # the graph) or fail: the legacy stream while another is captured is cudaErrorStreamCaptureImplicit.
+    if _current_stream[0] != _capture_stream[0]:
+        raise RuntimeError(f"{getattr(fn, '__name__', 'launch')}: launched on stream 0x{_current_stream[0]:x} while "
+                           f"stream 0x{_capture_stream[0]:x} is being captured (CUDA: "
+                           f"cudaErrorStreamCaptureImplicit; the work would not be part of the graph)")
+    _capture[0].append((fn, args, kwargs))
 
 
 def _stream_create(priority=0):
@@ -894,6 +906,7 @@ def _capture_begin(h):
     if _capture[0] is not None:
         raise RuntimeError("cudaStreamBeginCapture: a capture is already running")
     _capture[0] = []
+    _capture_stream[0] = h
     _capture_blocks[0] = set()
 
 
