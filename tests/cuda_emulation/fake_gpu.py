@@ -11,20 +11,31 @@ device memory is host memory (256-byte aligned NumPy blocks, copies are memmove)
 - a device-resident training step (SPEC12.md): gather_rows, counter_add, step_metrics, optimizer
   steps driven by a per-step table, dropout/linear seeds read from a device uint64[2]; each reads
   its device values (batch position, step counter, rng offset) when it RUNS, i.e. at replay;
+- linear layers: the forward keeps the CPU kernel's saved arrays (sign bits, pre-activation, a copy
+  of the output) in _linear_saved, keyed by the relu mask / save pointer the Python side passes
+  (dropped when that block is freed); the backward reads them there. The relu mask is also written
+  in the GPU's layout and PReLU's pre-activation into the save array;
+- optimizer steps driven by a table run the CPU kernels with the row's scalars: SGD's (lr, first)
+  as they are; Adam's (lr, step_size, bc2_sqrt) through the step t that forms exactly them with
+  optim_args.h's arithmetic (adam_step_of_row), since the CPU binding takes t, not the scalars;
 - streams and graphs: one in-order queue; a capture records the kernels and copies launched
   (without running them) and a replay runs the recording again, so fastnn.cuda.Graph's rules and
-  what a captured step writes are checked. What CUDA refuses during a capture (host<->device
-  copies, which synchronize in fastnn, synchronizations, a loss returned to the host) raises;
-- counters of copies, synchronizations and replays (`counters`, `reset_counters()`), so a test
-  can assert that a training loop makes none per step;
-- device memory is bounds-checked: a kernel reading or writing outside the fake allocations raises
-  (an illegal address on a GPU) instead of touching host memory.
+  what a captured step writes are checked. What CUDA refuses during a capture raises: host<->device
+  copies (fastnn's synchronize), synchronizations, a loss returned to the host, a launch on another
+  stream than the captured one;
+- counters of copies, synchronizations, losses read back and replays (`counters`,
+  `reset_counters()`, `read_counters()`), so a test can assert that a training loop makes none per
+  step; `inject_fault(name, after)` makes a launcher fail once like a CUDA error (in a replay too);
+- device memory: a caching allocator (a freed block of 64 KiB or more comes back for the same
+  size) whose blocks are bounds-checked: a kernel reading or writing outside them raises (an
+  illegal address on a GPU) instead of touching host memory.
 Not checked: nvcc's code, CUDA's libm (Gaussian noise is exact here, within 3e-6 * std + 1 ulp on
-a GPU), TF32 (float32 GEMMs run in float32), real stream concurrency, DLPack (PyTorch/CuPy tests
-skip), bfloat16 linear layers.
+a GPU), TF32 (float32 GEMMs run in float32), bfloat16 linear layers, the GPU's own saved arrays of
+leaky_relu/elu/selu and of sigmoid/tanh with dropout, linear dropout offsets within M*N + N*K of
+2**64 (the CPU kernel refuses them), real stream concurrency, DLPack (PyTorch/CuPy tests skip).
 
     PYTHONPATH=<site with fastnn>:tests/cuda_emulation python -m pytest -p fake_gpu \
-        tests/test_augment_cuda.py tests/test_optim_cuda.py tests/test_losses_cuda.py
+        tests/test_fake_gpu_ops.py tests/test_augment_cuda.py tests/test_optim_cuda.py
 
 Patches fastnn._C's CUDA entry points at import; never load it in a run that uses a real GPU."""
 
