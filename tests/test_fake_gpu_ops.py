@@ -557,6 +557,9 @@ def test_a_capture_refuses_host_copies_and_synchronization(stream):
         with pytest.raises(RuntimeError, match=f"{what}: not permitted while a stream is being captured"):
             fc.Graph().capture(fn, stream=stream)
     assert _C.current_stream() == 0
+    empty = fc.empty(0, np.float32)
+    # no bytes: no CUDA call, so nothing to refuse
+    fc.Graph().capture(lambda: (empty.numpy(), _C.cuda_memcpy_htod(empty.ptr, host[:0])), stream=stream)
 
 
 def test_kernels_outside_the_allocations_raise():

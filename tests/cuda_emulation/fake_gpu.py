@@ -108,19 +108,20 @@ def _refuse_in_capture(what: str) -> None:
 
 
 def _htod(dst_ptr, src):
-    # fastnn's memcpy_htod synchronizes its stream: CUDA refuses it inside a capture.
-    _refuse_in_capture("cuda_memcpy_htod")
-    counters["htod"] += 1
+    # fastnn's memcpy_htod synchronizes its stream: CUDA refuses it inside a capture. (0 bytes: no
+    # CUDA call at all, as in csrc/cuda/device.cu.)
     a = np.ascontiguousarray(src)
     if a.nbytes:
+        _refuse_in_capture("cuda_memcpy_htod")
+        counters["htod"] += 1
         _check_range(dst_ptr, a.nbytes, "dst_ptr")
         ctypes.memmove(int(dst_ptr), a.ctypes.data, a.nbytes)
 
 
 def _dtoh(dst, src_ptr):
-    _refuse_in_capture("cuda_memcpy_dtoh")
-    counters["dtoh"] += 1
     if dst.nbytes:
+        _refuse_in_capture("cuda_memcpy_dtoh")
+        counters["dtoh"] += 1
         _check_range(src_ptr, dst.nbytes, "src_ptr")
         ctypes.memmove(dst.ctypes.data, int(src_ptr), dst.nbytes)
 
@@ -667,7 +668,8 @@ def _linear_backward(dtype, M, N, K, g_ptr, x_ptr, w_ptr, act, slope, alpha, sca
     y = _view(saved_ptr, (M, N), dt, "saved") if kind == _SAVE_OUTPUT and M * N else saved.get("y")
     s, o = _random_words(rng_ptr, seed, offset, dropout, dropconnect)
     _C.linear_backward(_view(g_ptr, (M, N), dt, "grad_output"), _view(x_ptr, (M, K), dt, "x"),
-                       _view(w_ptr, (N, K), dt, "weight"), _view(grad_x_ptr, (M, K), dt, "grad_x") if grad_x_ptr else None,
+                       _view(w_ptr, (N, K), dt, "weight"),
+                       _view(grad_x_ptr, (M, K), dt, "grad_x") if grad_x_ptr else None,
                        _view(grad_w_ptr, (N, K), dt, "grad_weight"),
                        _view(grad_bias_ptr, N, dt, "grad_bias") if grad_bias_ptr else None, act, slope, alpha, scale,
                        y, saved.get("z"), saved.get("pos"),
@@ -991,7 +993,8 @@ for _name, _fn in {
     "stream_create": _stream_create, "stream_destroy": lambda h: None, "graph_capture_begin": _capture_begin,
     "graph_capture_end": _capture_end, "graph_replay": _replay, "graph_destroy": _graph_destroy,
     "cuda_set_cache_limit": lambda nbytes: None, "cuda_empty_cache": _empty_cache,
-    "cuda_allocated_bytes": lambda: sum(_sizes.values()), "cuda_cached_bytes": lambda: sum(n * len(v) for n, v in _cache.items()),
+    "cuda_allocated_bytes": lambda: sum(_sizes.values()),
+    "cuda_cached_bytes": lambda: sum(n * len(v) for n, v in _cache.items()),
     "cuda_cublaslt_compiled": lambda: True, "cublaslt_location": lambda: _FAKE_LT,
     "cublaslt_load": lambda candidates: _FAKE_LT, "cuda_cublaslt_load_error": lambda: "",
 }.items():
