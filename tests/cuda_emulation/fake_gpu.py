@@ -255,12 +255,15 @@ def _table_row(table_ptr, counter_ptr, width):
 
 
 def _check_table(table_ptr, counter_ptr):
+    # both or neither (csrc/bindings/cuda_optim.cpp)
+    if (table_ptr == 0) != (counter_ptr == 0):
+        raise ValueError("table_ptr: expected the device float64 table that counter_ptr indexes, got 0" if not table_ptr
+                         else "counter_ptr: expected the device uint64 row counter of table_ptr, got 0")
     _ptr(table_ptr, 0, 8, "table_ptr")
-    if table_ptr:
-        _ptr(counter_ptr, 1, 8, "counter_ptr")
+    _ptr(counter_ptr, 0, 8, "counter_ptr")
 
 
-def _sgd_check(dtype, param_ptr, grad_ptr, buf_ptr, n, lr, momentum, dampening, l2, l1, nesterov, first,
+def _sgd_check(dtype, param_ptr, grad_ptr, buf_ptr, n, lr, momentum, dampening, l2, l1, nesterov, first, *,
                table_ptr=0, counter_ptr=0):
     dt = _float_dtype(dtype)
     n = _count(n, "n")
@@ -271,7 +274,7 @@ def _sgd_check(dtype, param_ptr, grad_ptr, buf_ptr, n, lr, momentum, dampening, 
     _check_table(table_ptr, counter_ptr)
 
 
-def _sgd(dtype, param_ptr, grad_ptr, buf_ptr, n, lr, momentum, dampening, l2, l1, nesterov, first, table_ptr=0,
+def _sgd(dtype, param_ptr, grad_ptr, buf_ptr, n, lr, momentum, dampening, l2, l1, nesterov, first, *, table_ptr=0,
          counter_ptr=0):
     _calls["optim"] += 1
     if table_ptr:  # (lr, first) of this step's row; the lr/first arguments are ignored
@@ -335,19 +338,19 @@ def adam_step_of_row(lr, beta1, beta2, step_size, bc2_sqrt):
 
 
 def _adam_check(dtype, param_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr, n, lr, beta1, beta2, eps, l2, l1, decoupled,
-                step, table_ptr=0, counter_ptr=0):
+                step, *, table_ptr=0, counter_ptr=0):
     dt = _float_dtype(dtype)
     n = _count(n, "n")
     for p, name in ((param_ptr, "param"), (grad_ptr, "grad"), (exp_avg_ptr, "exp_avg"),
                     (exp_avg_sq_ptr, "exp_avg_sq")):
         _ptr(p, n, dt.itemsize, name)
     _check_table(table_ptr, counter_ptr)
-    if not table_ptr and step < 1:
+    if not table_ptr and step < 1:  # (table mode ignores step)
         raise ValueError(f"step: expected the 1-based step count, got {step}")
 
 
 def _adam(dtype, param_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr, n, lr, beta1, beta2, eps, l2, l1, decoupled, step,
-          table_ptr=0, counter_ptr=0):
+          *, table_ptr=0, counter_ptr=0):
     _calls["optim"] += 1
     if table_ptr:  # (lr, step_size, bc2_sqrt) of this step's row; the lr/step arguments are ignored
         lr, step_size, bc2 = _table_row(table_ptr, counter_ptr, 3)
@@ -703,35 +706,37 @@ def _gather_check(dtype, src_ptr, n_src, row_elems, idx_ptr, pos_ptr, n_rows, ds
         raise TypeError(f"dtype: expected 'float32', 'float64' or 'int32', got {dtype!r}")
     size = np.dtype(_GATHER[dtype][0]).itemsize
     n_src, row_elems, n_rows = _count(n_src, "n_src"), _count(row_elems, "row_elems"), _count(n_rows, "n_rows")
-    _ptr(src_ptr, n_src * row_elems, size, "src_ptr")
-    _ptr(idx_ptr, n_rows, 8, "idx_ptr")
-    _ptr(pos_ptr, n_rows, 8, "pos_ptr")
-    _ptr(dst_ptr, n_rows * row_elems, size, "dst_ptr")
+    n_out = n_rows * row_elems  # (0: nothing launched, nothing read)
+    _ptr(src_ptr, n_src * row_elems if n_out else 0, size, "src")
+    _ptr(idx_ptr, n_rows if n_out else 0, 8, "idx")
+    _ptr(pos_ptr, 1 if n_out else 0, 8, "pos")
+    _ptr(dst_ptr, n_out, size, "dst")
 
 
 def _gather_rows(dtype, src_ptr, n_src, row_elems, idx_ptr, pos_ptr, n_rows, dst_ptr):
     """dst[i, :] = src[idx[pos + i], :]; rows whose index is outside [0, n_src) are NaN / -1."""
     _calls["step"] += 1
-    if n_rows == 0:
+    if n_rows * row_elems == 0:
         return
     t, fill = _GATHER[dtype]
-    pos = int(_view(pos_ptr, 1, np.uint64, "pos_ptr")[0])
-    idx = _view(idx_ptr + 8 * pos, n_rows, np.int64, f"idx_ptr[pos={pos}:pos+{n_rows}]")
-    dst = _view(dst_ptr, (n_rows, row_elems), t, "dst_ptr")
+    pos = int(_view(pos_ptr, 1, np.uint64, "pos")[0])
+    idx = _view(idx_ptr + 8 * pos, n_rows, np.int64, f"idx[pos={pos}:pos+{n_rows}]")
+    dst = _view(dst_ptr, (n_rows, row_elems), t, "dst")
     ok = (idx >= 0) & (idx < n_src)
-    src = _view(src_ptr, (n_src, row_elems), t, "src_ptr")
+    src = _view(src_ptr, (n_src, row_elems), t, "src")
     dst[ok] = src[idx[ok]]
     dst[~ok] = fill
 
 
 def _counter_check(ptr, delta):
     _ptr(ptr, 1, 8, "ptr")
-    _u64(delta, "delta")
+    if isinstance(delta, bool) or not isinstance(delta, (int, np.integer)) or not -2**63 <= delta < 2**63:
+        raise TypeError(f"delta: expected an int64 (a negative delta subtracts), got {delta!r}")
 
 
 def _counter_add(ptr, delta):
     c = _view(ptr, 1, np.uint64, "ptr")
-    c[0] = (int(c[0]) + int(delta)) % 2**64
+    c[0] = (int(c[0]) + int(delta)) % 2**64  # mod 2**64, as the uint64 add
 
 
 _METRIC_TARGETS = ("labels", "soft", "none")
@@ -742,29 +747,27 @@ def _metrics_check(dtype, logits_ptr, M, C, target_ptr, target_kind, loss_ptr, s
     M, C = _count(M, "M"), _count(C, "C")
     if target_kind not in _METRIC_TARGETS:
         raise ValueError(f"target_kind: expected 'labels', 'soft' or 'none', got {target_kind!r}")
-    if target_kind != "none" and M > 0 and C == 0:
-        raise ValueError("C: expected at least one class to take an argmax over, got 0")
-    counted = target_kind != "none"
-    _ptr(logits_ptr, M * C if counted else 0, dt.itemsize, "logits_ptr")
-    if target_kind == "labels":
-        _ptr(target_ptr, M, 4, "target_ptr")
-    elif target_kind == "soft":
-        _ptr(target_ptr, M * C, dt.itemsize, "target_ptr")
-    _ptr(loss_ptr, 1, 8, "loss_ptr")
-    _ptr(sums_ptr, 4, 8, "sums_ptr")
+    if target_kind != "none":  # ('none': logits and target are not read)
+        if C == 0:
+            raise ValueError(f"C: expected >= 1 classes to count hits against {target_kind!r}, got 0")
+        _ptr(logits_ptr, M * C, dt.itemsize, "logits")
+        _ptr(target_ptr, M if target_kind == "labels" else M * C, 4 if target_kind == "labels" else dt.itemsize,
+             "target")
+    _ptr(loss_ptr, 1, 8, "loss")
+    _ptr(sums_ptr, 4, 8, "sums")
 
 
 def _step_metrics(dtype, logits_ptr, M, C, target_ptr, target_kind, loss_ptr, sums_ptr):
     """sums (float64[4]) += (loss * M, correct, M), sums[3] = 1.0 once loss is not finite; in that
     order, in float64 (Python floats: one IEEE double rounding per operation)."""
     _calls["step"] += 1
-    loss = float(_view(loss_ptr, 1, np.float64, "loss_ptr")[0])
-    sums = _view(sums_ptr, 4, np.float64, "sums_ptr")
+    loss = float(_view(loss_ptr, 1, np.float64, "loss")[0])
+    sums = _view(sums_ptr, 4, np.float64, "sums")
     correct = 0
     if target_kind != "none" and M > 0:
-        logits = _view(logits_ptr, (M, C), dtype, "logits_ptr")
-        target = (_view(target_ptr, M, np.int32, "target_ptr") if target_kind == "labels" else
-                  _view(target_ptr, (M, C), dtype, "target_ptr"))
+        logits = _view(logits_ptr, (M, C), dtype, "logits")
+        target = (_view(target_ptr, M, np.int32, "target") if target_kind == "labels" else
+                  _view(target_ptr, (M, C), dtype, "target"))
         correct = int(_C.argmax_count(logits, target))
     sums[0] = float(sums[0]) + loss * float(M)
     sums[1] = float(sums[1]) + float(correct)
