@@ -295,7 +295,7 @@ def test_a_loss_returned_to_the_host_counts_a_copy_and_a_sync_and_is_refused_in_
     t = Dev(np.array([0, 1], np.int32))
     fake.reset_counters()
     _C.cuda_softmax_xent("float32", x.ptr, t.ptr, "int32", 0, 2, 3)
-    assert fake.counters["dtoh"] == 1 and fake.counters["sync"] == 1
+    assert fake.counters["dtoh"] == 1 and fake.counters["sync"] == 1 and fake.counters["loss_readback"] == 1
     with pytest.raises(RuntimeError, match="cuda_softmax_xent without result_ptr.*capture"):
         fc.Graph().capture(lambda: _C.cuda_softmax_xent("float32", x.ptr, t.ptr, "int32", 0, 2, 3), stream=stream)
     with pytest.raises(RuntimeError, match="cuda_squared_error without result_ptr.*capture"):
@@ -345,7 +345,7 @@ def test_gather_replayed_after_counter_add_gathers_the_next_batch(rng, stream):
     assert fake.counters["replay"] == n_src // B and fake.counters["htod"] == 0
     _same(pos.read(), [n_src])
     # one replay too many reads idx past its end: an illegal address, never host memory
-    with pytest.raises(RuntimeError, match="idx_ptr.*outside every live device allocation"):
+    with pytest.raises(RuntimeError, match=r"idx\[pos=20:pos\+4\].*outside every live device allocation"):
         g.replay()
 
 
@@ -355,18 +355,23 @@ def test_gather_and_counter_check_their_arguments():
         _C.cuda_gather_rows("int64", a.ptr, 1, 1, a.ptr, a.ptr, 1, a.ptr)
     with pytest.raises(ValueError, match="n_rows: expected a count >= 0, got -1"):
         _C.cuda_gather_rows("float32", a.ptr, 1, 1, a.ptr, a.ptr, -1, a.ptr)
-    with pytest.raises(ValueError, match="idx_ptr: null device pointer"):
+    with pytest.raises(ValueError, match="idx: null device pointer"):
         _C.cuda_gather_rows("float32", a.ptr, 1, 1, 0, a.ptr, 1, a.ptr)
-    with pytest.raises(ValueError, match="pos_ptr: device pointer is not aligned"):
+    with pytest.raises(ValueError, match="pos: device pointer is not aligned"):
         _C.cuda_gather_rows("float32", a.ptr, 1, 1, a.ptr, a.ptr + 4, 1, a.ptr)
-    _C.cuda_gather_rows("float32", 0, 0, 3, 0, 0, 0, 0)  # nothing to gather: no pointer needed
+    with pytest.raises(ValueError, match="dst: null device pointer"):
+        _C.cuda_gather_rows("float32", a.ptr, 1, 1, a.ptr, a.ptr, 1, 0)
+    _C.cuda_gather_rows("float32", 0, 0, 3, 0, 0, 0, 0)  # nothing to gather: no pointer needed, nothing read
+    _C.cuda_gather_rows("float32", 0, 5, 0, 0, 0, 4, 0)  # rows of 0 elements: the same
     with pytest.raises(ValueError, match="ptr: null device pointer"):
         _C.cuda_counter_add(0, 1)
-    with pytest.raises(TypeError, match=r"delta: expected an integer in \[0, 2\*\*64\)"):
-        _C.cuda_counter_add(a.ptr, -1)
+    with pytest.raises(TypeError, match="delta: expected an int64"):
+        _C.cuda_counter_add(a.ptr, 2**63)
     c = Dev(np.array([2**64 - 1], np.uint64))
-    _C.cuda_counter_add(c.ptr, 3)
+    _C.cuda_counter_add(c.ptr, 3)  # wraps mod 2**64
     _same(c.read(), [2])
+    _C.cuda_counter_add(c.ptr, -5)  # a negative delta subtracts
+    _same(c.read(), [2**64 - 3])
 
 
 def _metrics_ref(sums, loss, M, correct):
@@ -440,12 +445,18 @@ def test_step_metrics_check_their_arguments():
         _C.cuda_step_metrics("float32", a.ptr, 1, 1, a.ptr, "int32", a.ptr, a.ptr)
     with pytest.raises(TypeError, match="dtype: expected 'float32' or 'float64', got 'int32'"):
         _C.cuda_step_metrics("int32", a.ptr, 1, 1, a.ptr, "labels", a.ptr, a.ptr)
-    with pytest.raises(ValueError, match="sums_ptr: null device pointer"):
+    with pytest.raises(ValueError, match="sums: null device pointer"):
         _C.cuda_step_metrics("float32", a.ptr, 1, 1, a.ptr, "labels", a.ptr, 0)
-    with pytest.raises(ValueError, match="loss_ptr: device pointer is not aligned"):
+    with pytest.raises(ValueError, match="loss: device pointer is not aligned"):
         _C.cuda_step_metrics("float32", a.ptr, 1, 1, a.ptr, "labels", a.ptr + 4, a.ptr)
     with pytest.raises(ValueError, match="M: expected a count >= 0"):
         _C.cuda_step_metrics("float32", a.ptr, -1, 1, a.ptr, "labels", a.ptr, a.ptr)
+    with pytest.raises(ValueError, match="C: expected >= 1 classes to count hits against 'soft', got 0"):
+        _C.cuda_step_metrics("float32", a.ptr, 0, 0, a.ptr, "soft", a.ptr, a.ptr)
+    with pytest.raises(ValueError, match="target: null device pointer"):
+        _C.cuda_step_metrics("float32", a.ptr, 2, 2, 0, "labels", a.ptr, a.ptr)
+    _C.cuda_step_metrics("float32", 0, 3, 0, 0, "none", a.ptr, a.ptr)  # 'none' reads neither logits nor target
+    _same(a.read(), [0.0, 0.0, 3.0, 0.0])
 
 
 # ---- optimizer steps driven by a per-step table ------------------------------------------------------
@@ -527,11 +538,17 @@ def test_an_adam_row_no_step_forms_is_refused():
 
 def test_table_arguments_are_checked():
     a = Dev(np.zeros(4))
-    with pytest.raises(ValueError, match="counter_ptr: null device pointer"):
+    with pytest.raises(ValueError, match="counter_ptr: expected the device uint64 row counter of table_ptr, got 0"):
         _C.cuda_sgd_step("float32", a.ptr, a.ptr, 0, 1, 0.1, 0.0, 0.0, 0.0, 0.0, False, False, table_ptr=a.ptr)
+    with pytest.raises(ValueError, match="table_ptr: expected the device float64 table that counter_ptr indexes"):
+        _C.cuda_sgd_step("float32", a.ptr, a.ptr, 0, 1, 0.1, 0.0, 0.0, 0.0, 0.0, False, False, counter_ptr=a.ptr)
     with pytest.raises(ValueError, match="table_ptr: device pointer is not aligned"):
         _C.cuda_adam_step("float32", a.ptr, a.ptr, a.ptr, a.ptr, 1, 0.1, 0.9, 0.99, 1e-8, 0, 0, 0, 1,
                           table_ptr=a.ptr + 4, counter_ptr=a.ptr)
+    with pytest.raises(TypeError):  # keyword-only, as the binding's
+        _C.cuda_sgd_step("float32", a.ptr, a.ptr, 0, 1, 0.1, 0.0, 0.0, 0.0, 0.0, False, False, a.ptr, a.ptr)
+    with pytest.raises(ValueError, match="step: expected the 1-based step count, got 0"):
+        _C.cuda_adam_step("float32", a.ptr, a.ptr, a.ptr, a.ptr, 1, 0.1, 0.9, 0.99, 1e-8, 0, 0, 0, 0)
 
 
 # ---- counters, capture rules, bounds ------------------------------------------------------------------
@@ -557,6 +574,9 @@ def test_a_capture_refuses_host_copies_and_synchronization(stream):
         with pytest.raises(RuntimeError, match=f"{what}: not permitted while a stream is being captured"):
             fc.Graph().capture(fn, stream=stream)
     assert _C.current_stream() == 0
+    empty = fc.empty(0, np.float32)
+    # no bytes: no CUDA call, so nothing to refuse
+    fc.Graph().capture(lambda: (empty.numpy(), _C.cuda_memcpy_htod(empty.ptr, host[:0])), stream=stream)
 
 
 def test_kernels_outside_the_allocations_raise():
@@ -664,3 +684,19 @@ def test_an_injected_fault_surfaces_at_the_replay_that_runs_it(stream):
     _same(c.read(), [3])
     with pytest.raises(ValueError, match="name: expected a kernel launcher"):
         fake.inject_fault("cuda_malloc")
+
+
+def test_a_launch_on_another_stream_during_a_capture_is_refused(stream):
+    c = Dev(np.array([0], np.uint64))
+    other = fc.Stream()
+
+    def step():
+        _C.cuda_counter_add(c.ptr, 1)
+        with fc.stream(other):
+            _C.cuda_counter_add(c.ptr, 1)
+
+    with pytest.raises(RuntimeError, match="cuda_counter_add: launched on stream .* while stream .* is being captured"):
+        fc.Graph().capture(step, stream=stream)
+    assert _C.current_stream() == 0
+    _C.cuda_counter_add(c.ptr, 1)  # no capture left running
+    _same(c.read(), [1])

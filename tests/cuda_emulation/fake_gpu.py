@@ -11,20 +11,31 @@ device memory is host memory (256-byte aligned NumPy blocks, copies are memmove)
 - a device-resident training step (SPEC12.md): gather_rows, counter_add, step_metrics, optimizer
   steps driven by a per-step table, dropout/linear seeds read from a device uint64[2]; each reads
   its device values (batch position, step counter, rng offset) when it RUNS, i.e. at replay;
+- linear layers: the forward keeps the CPU kernel's saved arrays (sign bits, pre-activation, a copy
+  of the output) in _linear_saved, keyed by the relu mask / save pointer the Python side passes
+  (dropped when that block is freed); the backward reads them there. The relu mask is also written
+  in the GPU's layout and PReLU's pre-activation into the save array;
+- optimizer steps driven by a table run the CPU kernels with the row's scalars: SGD's (lr, first)
+  as they are; Adam's (lr, step_size, bc2_sqrt) through the step t that forms exactly them with
+  optim_args.h's arithmetic (adam_step_of_row), since the CPU binding takes t, not the scalars;
 - streams and graphs: one in-order queue; a capture records the kernels and copies launched
   (without running them) and a replay runs the recording again, so fastnn.cuda.Graph's rules and
-  what a captured step writes are checked. What CUDA refuses during a capture (host<->device
-  copies, which synchronize in fastnn, synchronizations, a loss returned to the host) raises;
-- counters of copies, synchronizations and replays (`counters`, `reset_counters()`), so a test
-  can assert that a training loop makes none per step;
-- device memory is bounds-checked: a kernel reading or writing outside the fake allocations raises
-  (an illegal address on a GPU) instead of touching host memory.
+  what a captured step writes are checked. What CUDA refuses during a capture raises: host<->device
+  copies (fastnn's synchronize), synchronizations, a loss returned to the host, a launch on another
+  stream than the captured one;
+- counters of copies, synchronizations, losses read back and replays (`counters`,
+  `reset_counters()`, `read_counters()`), so a test can assert that a training loop makes none per
+  step; `inject_fault(name, after)` makes a launcher fail once like a CUDA error (in a replay too);
+- device memory: a caching allocator (a freed block of 64 KiB or more comes back for the same
+  size) whose blocks are bounds-checked: a kernel reading or writing outside them raises (an
+  illegal address on a GPU) instead of touching host memory.
 Not checked: nvcc's code, CUDA's libm (Gaussian noise is exact here, within 3e-6 * std + 1 ulp on
-a GPU), TF32 (float32 GEMMs run in float32), real stream concurrency, DLPack (PyTorch/CuPy tests
-skip), bfloat16 linear layers.
+a GPU), TF32 (float32 GEMMs run in float32), bfloat16 linear layers, the GPU's own saved arrays of
+leaky_relu/elu/selu and of sigmoid/tanh with dropout, linear dropout offsets within M*N + N*K of
+2**64 (the CPU kernel refuses them), real stream concurrency, DLPack (PyTorch/CuPy tests skip).
 
     PYTHONPATH=<site with fastnn>:tests/cuda_emulation python -m pytest -p fake_gpu \
-        tests/test_augment_cuda.py tests/test_optim_cuda.py tests/test_losses_cuda.py
+        tests/test_fake_gpu_ops.py tests/test_augment_cuda.py tests/test_optim_cuda.py
 
 Patches fastnn._C's CUDA entry points at import; never load it in a run that uses a real GPU."""
 
@@ -66,8 +77,9 @@ _bufs: dict = {}
 _calls = {"augment": 0, "noise": 0, "mixup": 0, "optim": 0, "loss": 0, "act": 0, "dropout": 0, "linear": 0,
           "step": 0}
 # Host<->device copies and synchronizations seen (a GPU training step should make none per step).
-# A loss returned to the host (result_ptr 0) is one dtoh and one sync, as on a GPU.
-counters = {"htod": 0, "dtoh": 0, "sync": 0, "stream_wait": 0, "replay": 0}
+# A loss returned to the host (result_ptr 0) is one dtoh and one sync, as on a GPU (its LossResult
+# is copied back); "loss_readback" counts those among them.
+counters = {"htod": 0, "dtoh": 0, "sync": 0, "stream_wait": 0, "replay": 0, "loss_readback": 0}
 
 
 def reset_counters() -> dict:
@@ -86,6 +98,7 @@ def read_counters() -> dict:
 
 
 _capture: list = [None]
+_capture_stream: list = [None]  # the stream a running capture records
 
 
 def _refuse_in_capture(what: str) -> None:
@@ -95,19 +108,20 @@ def _refuse_in_capture(what: str) -> None:
 
 
 def _htod(dst_ptr, src):
-    # fastnn's memcpy_htod synchronizes its stream: CUDA refuses it inside a capture.
-    _refuse_in_capture("cuda_memcpy_htod")
-    counters["htod"] += 1
+    # fastnn's memcpy_htod synchronizes its stream: CUDA refuses it inside a capture. (0 bytes: no
+    # CUDA call at all, as in csrc/cuda/device.cu.)
     a = np.ascontiguousarray(src)
     if a.nbytes:
+        _refuse_in_capture("cuda_memcpy_htod")
+        counters["htod"] += 1
         _check_range(dst_ptr, a.nbytes, "dst_ptr")
         ctypes.memmove(int(dst_ptr), a.ctypes.data, a.nbytes)
 
 
 def _dtoh(dst, src_ptr):
-    _refuse_in_capture("cuda_memcpy_dtoh")
-    counters["dtoh"] += 1
     if dst.nbytes:
+        _refuse_in_capture("cuda_memcpy_dtoh")
+        counters["dtoh"] += 1
         _check_range(src_ptr, dst.nbytes, "src_ptr")
         ctypes.memmove(dst.ctypes.data, int(src_ptr), dst.nbytes)
 
@@ -241,12 +255,15 @@ def _table_row(table_ptr, counter_ptr, width):
 
 
 def _check_table(table_ptr, counter_ptr):
+    # both or neither (csrc/bindings/cuda_optim.cpp)
+    if (table_ptr == 0) != (counter_ptr == 0):
+        raise ValueError("table_ptr: expected the device float64 table that counter_ptr indexes, got 0" if not table_ptr
+                         else "counter_ptr: expected the device uint64 row counter of table_ptr, got 0")
     _ptr(table_ptr, 0, 8, "table_ptr")
-    if table_ptr:
-        _ptr(counter_ptr, 1, 8, "counter_ptr")
+    _ptr(counter_ptr, 0, 8, "counter_ptr")
 
 
-def _sgd_check(dtype, param_ptr, grad_ptr, buf_ptr, n, lr, momentum, dampening, l2, l1, nesterov, first,
+def _sgd_check(dtype, param_ptr, grad_ptr, buf_ptr, n, lr, momentum, dampening, l2, l1, nesterov, first, *,
                table_ptr=0, counter_ptr=0):
     dt = _float_dtype(dtype)
     n = _count(n, "n")
@@ -257,7 +274,7 @@ def _sgd_check(dtype, param_ptr, grad_ptr, buf_ptr, n, lr, momentum, dampening, 
     _check_table(table_ptr, counter_ptr)
 
 
-def _sgd(dtype, param_ptr, grad_ptr, buf_ptr, n, lr, momentum, dampening, l2, l1, nesterov, first, table_ptr=0,
+def _sgd(dtype, param_ptr, grad_ptr, buf_ptr, n, lr, momentum, dampening, l2, l1, nesterov, first, *, table_ptr=0,
          counter_ptr=0):
     _calls["optim"] += 1
     if table_ptr:  # (lr, first) of this step's row; the lr/first arguments are ignored
@@ -321,19 +338,19 @@ def adam_step_of_row(lr, beta1, beta2, step_size, bc2_sqrt):
 
 
 def _adam_check(dtype, param_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr, n, lr, beta1, beta2, eps, l2, l1, decoupled,
-                step, table_ptr=0, counter_ptr=0):
+                step, *, table_ptr=0, counter_ptr=0):
     dt = _float_dtype(dtype)
     n = _count(n, "n")
     for p, name in ((param_ptr, "param"), (grad_ptr, "grad"), (exp_avg_ptr, "exp_avg"),
                     (exp_avg_sq_ptr, "exp_avg_sq")):
         _ptr(p, n, dt.itemsize, name)
     _check_table(table_ptr, counter_ptr)
-    if not table_ptr and step < 1:
+    if not table_ptr and step < 1:  # (table mode ignores step)
         raise ValueError(f"step: expected the 1-based step count, got {step}")
 
 
 def _adam(dtype, param_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr, n, lr, beta1, beta2, eps, l2, l1, decoupled, step,
-          table_ptr=0, counter_ptr=0):
+          *, table_ptr=0, counter_ptr=0):
     _calls["optim"] += 1
     if table_ptr:  # (lr, step_size, bc2_sqrt) of this step's row; the lr/step arguments are ignored
         lr, step_size, bc2 = _table_row(table_ptr, counter_ptr, 3)
@@ -418,12 +435,13 @@ def _loss_op(name, check, run):
         check(*args, **kwargs)
         if sig.bind(*args, **kwargs).arguments.get("result_ptr", 0):
             if _capture[0] is not None:
-                _capture[0].append((run, args, kwargs))
+                _record(run, args, kwargs)
                 return None
             return run(*args, **kwargs)
         _refuse_in_capture(f"{name} without result_ptr (it returns the loss to the host)")
         counters["dtoh"] += 1
         counters["sync"] += 1
+        counters["loss_readback"] += 1
         return run(*args, **kwargs)
     return op
 
@@ -653,7 +671,8 @@ def _linear_backward(dtype, M, N, K, g_ptr, x_ptr, w_ptr, act, slope, alpha, sca
     y = _view(saved_ptr, (M, N), dt, "saved") if kind == _SAVE_OUTPUT and M * N else saved.get("y")
     s, o = _random_words(rng_ptr, seed, offset, dropout, dropconnect)
     _C.linear_backward(_view(g_ptr, (M, N), dt, "grad_output"), _view(x_ptr, (M, K), dt, "x"),
-                       _view(w_ptr, (N, K), dt, "weight"), _view(grad_x_ptr, (M, K), dt, "grad_x") if grad_x_ptr else None,
+                       _view(w_ptr, (N, K), dt, "weight"),
+                       _view(grad_x_ptr, (M, K), dt, "grad_x") if grad_x_ptr else None,
                        _view(grad_w_ptr, (N, K), dt, "grad_weight"),
                        _view(grad_bias_ptr, N, dt, "grad_bias") if grad_bias_ptr else None, act, slope, alpha, scale,
                        y, saved.get("z"), saved.get("pos"),
@@ -687,35 +706,37 @@ def _gather_check(dtype, src_ptr, n_src, row_elems, idx_ptr, pos_ptr, n_rows, ds
         raise TypeError(f"dtype: expected 'float32', 'float64' or 'int32', got {dtype!r}")
     size = np.dtype(_GATHER[dtype][0]).itemsize
     n_src, row_elems, n_rows = _count(n_src, "n_src"), _count(row_elems, "row_elems"), _count(n_rows, "n_rows")
-    _ptr(src_ptr, n_src * row_elems, size, "src_ptr")
-    _ptr(idx_ptr, n_rows, 8, "idx_ptr")
-    _ptr(pos_ptr, n_rows, 8, "pos_ptr")
-    _ptr(dst_ptr, n_rows * row_elems, size, "dst_ptr")
+    n_out = n_rows * row_elems  # (0: nothing launched, nothing read)
+    _ptr(src_ptr, n_src * row_elems if n_out else 0, size, "src")
+    _ptr(idx_ptr, n_rows if n_out else 0, 8, "idx")
+    _ptr(pos_ptr, 1 if n_out else 0, 8, "pos")
+    _ptr(dst_ptr, n_out, size, "dst")
 
 
 def _gather_rows(dtype, src_ptr, n_src, row_elems, idx_ptr, pos_ptr, n_rows, dst_ptr):
     """dst[i, :] = src[idx[pos + i], :]; rows whose index is outside [0, n_src) are NaN / -1."""
     _calls["step"] += 1
-    if n_rows == 0:
+    if n_rows * row_elems == 0:
         return
     t, fill = _GATHER[dtype]
-    pos = int(_view(pos_ptr, 1, np.uint64, "pos_ptr")[0])
-    idx = _view(idx_ptr + 8 * pos, n_rows, np.int64, f"idx_ptr[pos={pos}:pos+{n_rows}]")
-    dst = _view(dst_ptr, (n_rows, row_elems), t, "dst_ptr")
+    pos = int(_view(pos_ptr, 1, np.uint64, "pos")[0])
+    idx = _view(idx_ptr + 8 * pos, n_rows, np.int64, f"idx[pos={pos}:pos+{n_rows}]")
+    dst = _view(dst_ptr, (n_rows, row_elems), t, "dst")
     ok = (idx >= 0) & (idx < n_src)
-    src = _view(src_ptr, (n_src, row_elems), t, "src_ptr")
+    src = _view(src_ptr, (n_src, row_elems), t, "src")
     dst[ok] = src[idx[ok]]
     dst[~ok] = fill
 
 
 def _counter_check(ptr, delta):
     _ptr(ptr, 1, 8, "ptr")
-    _u64(delta, "delta")
+    if isinstance(delta, bool) or not isinstance(delta, (int, np.integer)) or not -2**63 <= delta < 2**63:
+        raise TypeError(f"delta: expected an int64 (a negative delta subtracts), got {delta!r}")
 
 
 def _counter_add(ptr, delta):
     c = _view(ptr, 1, np.uint64, "ptr")
-    c[0] = (int(c[0]) + int(delta)) % 2**64
+    c[0] = (int(c[0]) + int(delta)) % 2**64  # mod 2**64, as the uint64 add
 
 
 _METRIC_TARGETS = ("labels", "soft", "none")
@@ -726,29 +747,27 @@ def _metrics_check(dtype, logits_ptr, M, C, target_ptr, target_kind, loss_ptr, s
     M, C = _count(M, "M"), _count(C, "C")
     if target_kind not in _METRIC_TARGETS:
         raise ValueError(f"target_kind: expected 'labels', 'soft' or 'none', got {target_kind!r}")
-    if target_kind != "none" and M > 0 and C == 0:
-        raise ValueError("C: expected at least one class to take an argmax over, got 0")
-    counted = target_kind != "none"
-    _ptr(logits_ptr, M * C if counted else 0, dt.itemsize, "logits_ptr")
-    if target_kind == "labels":
-        _ptr(target_ptr, M, 4, "target_ptr")
-    elif target_kind == "soft":
-        _ptr(target_ptr, M * C, dt.itemsize, "target_ptr")
-    _ptr(loss_ptr, 1, 8, "loss_ptr")
-    _ptr(sums_ptr, 4, 8, "sums_ptr")
+    if target_kind != "none":  # ('none': logits and target are not read)
+        if C == 0:
+            raise ValueError(f"C: expected >= 1 classes to count hits against {target_kind!r}, got 0")
+        _ptr(logits_ptr, M * C, dt.itemsize, "logits")
+        _ptr(target_ptr, M if target_kind == "labels" else M * C, 4 if target_kind == "labels" else dt.itemsize,
+             "target")
+    _ptr(loss_ptr, 1, 8, "loss")
+    _ptr(sums_ptr, 4, 8, "sums")
 
 
 def _step_metrics(dtype, logits_ptr, M, C, target_ptr, target_kind, loss_ptr, sums_ptr):
     """sums (float64[4]) += (loss * M, correct, M), sums[3] = 1.0 once loss is not finite; in that
     order, in float64 (Python floats: one IEEE double rounding per operation)."""
     _calls["step"] += 1
-    loss = float(_view(loss_ptr, 1, np.float64, "loss_ptr")[0])
-    sums = _view(sums_ptr, 4, np.float64, "sums_ptr")
+    loss = float(_view(loss_ptr, 1, np.float64, "loss")[0])
+    sums = _view(sums_ptr, 4, np.float64, "sums")
     correct = 0
     if target_kind != "none" and M > 0:
-        logits = _view(logits_ptr, (M, C), dtype, "logits_ptr")
-        target = (_view(target_ptr, M, np.int32, "target_ptr") if target_kind == "labels" else
-                  _view(target_ptr, (M, C), dtype, "target_ptr"))
+        logits = _view(logits_ptr, (M, C), dtype, "logits")
+        target = (_view(target_ptr, M, np.int32, "target") if target_kind == "labels" else
+                  _view(target_ptr, (M, C), dtype, "target"))
         correct = int(_C.argmax_count(logits, target))
     sums[0] = float(sums[0]) + loss * float(M)
     sums[1] = float(sums[1]) + float(correct)
@@ -835,6 +854,7 @@ def _faulty(name, fn):
                                    f"encountered (injected by fake_gpu.inject_fault)")
             _faults[name] = left - 1
         return fn(*args, **kwargs)
+    run.__name__ = name  # (messages name the launcher)
     return run
 
 
@@ -845,10 +865,20 @@ def _recorded(fn, check=None, during_capture=None):
         if check is not None:
             check(*args, **kwargs)
         if _capture[0] is not None:
-            _capture[0].append((fn, args, kwargs))
+            _record(fn, args, kwargs)
             return during_capture
         return fn(*args, **kwargs)
     return run
+
+
+def _record(fn, args, kwargs):
+    # A launch on another stream than the one being captured would run at once on a GPU (outside
+    # the graph) or fail: the legacy stream while another is captured is cudaErrorStreamCaptureImplicit.
+    if _current_stream[0] != _capture_stream[0]:
+        raise RuntimeError(f"{getattr(fn, '__name__', 'launch')}: launched on stream 0x{_current_stream[0]:x} while "
+                           f"stream 0x{_capture_stream[0]:x} is being captured (CUDA: "
+                           f"cudaErrorStreamCaptureImplicit; the work would not be part of the graph)")
+    _capture[0].append((fn, args, kwargs))
 
 
 def _stream_create(priority=0):
@@ -892,6 +922,7 @@ def _capture_begin(h):
     if _capture[0] is not None:
         raise RuntimeError("cudaStreamBeginCapture: a capture is already running")
     _capture[0] = []
+    _capture_stream[0] = h
     _capture_blocks[0] = set()
 
 
@@ -965,7 +996,8 @@ for _name, _fn in {
     "stream_create": _stream_create, "stream_destroy": lambda h: None, "graph_capture_begin": _capture_begin,
     "graph_capture_end": _capture_end, "graph_replay": _replay, "graph_destroy": _graph_destroy,
     "cuda_set_cache_limit": lambda nbytes: None, "cuda_empty_cache": _empty_cache,
-    "cuda_allocated_bytes": lambda: sum(_sizes.values()), "cuda_cached_bytes": lambda: sum(n * len(v) for n, v in _cache.items()),
+    "cuda_allocated_bytes": lambda: sum(_sizes.values()),
+    "cuda_cached_bytes": lambda: sum(n * len(v) for n, v in _cache.items()),
     "cuda_cublaslt_compiled": lambda: True, "cublaslt_location": lambda: _FAKE_LT,
     "cublaslt_load": lambda candidates: _FAKE_LT, "cuda_cublaslt_load_error": lambda: "",
 }.items():
