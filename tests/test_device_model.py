@@ -450,3 +450,11 @@ def test_pickle_and_deepcopy_of_a_gpu_model_and_optimizer(how):
     opt.step()
     for p, q in zip(m3.parameters(), m.parameters()):
         np.testing.assert_array_equal(p.data.numpy(), q.data.numpy())  # the state came along (moments)
+
+
+def test_a_parameter_pickled_before_getstate_still_loads():
+    p = Parameter(np.arange(3, dtype=np.float64), regularize=False, name="b")
+    q = Parameter.__new__(Parameter)
+    q.__setstate__((None, {"data": p.data, "grad": p.grad, "regularize": False, "name": "b"}))  # the old form
+    assert q.device == "cpu" and q.name == "b" and not q.regularize and q.requires_grad and q.lr_scale == 1.0
+    np.testing.assert_array_equal(q.data, p.data)

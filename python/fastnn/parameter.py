@@ -160,8 +160,13 @@ class Parameter:
         return state
 
     def __setstate__(self, state):
+        if isinstance(state, tuple):  # (a pickle from before __getstate__: (None, {slot: value}))
+            state = state[1] or {}
+        defaults = {"grad": None, "regularize": True, "name": None, "requires_grad": True, "lr_scale": 1.0}
         for k in self.__slots__:
-            setattr(self, k, state[k])
+            setattr(self, k, state[k] if k in state else defaults[k])
+        if self.grad is None and isinstance(self.data, np.ndarray):
+            self.grad = np.zeros_like(self.data)
         dev = state.get("device", "cpu")
         if dev == "cpu":
             return
