@@ -278,3 +278,19 @@ def test_cli_recipe_passes_the_device_to_its_trainers(monkeypatch, capsys, tmp_p
         main(["recipe", "--device", "auto", "--trials", "1", "--epochs", "1", "--out", str(tmp_path), "--quiet"])
     assert seen == ["cuda:0"]  # (the first Trainer: step 2's overfit_small)
     assert "device: cuda:0" in capsys.readouterr().out
+
+
+@needs_gpu
+def test_recipe_initial_loss_check_runs_a_gpu_model_on_the_gpu(digits):
+    from fastnn import nn, recipe
+    X, y = digits
+
+    def model(dev):
+        return nn.Sequential(nn.Linear(64, 32, activation="relu", generator=fastnn.Generator(0)),
+                             nn.Linear(32, 10, init="normal", generator=fastnn.Generator(1))).to(dev)
+
+    X5 = np.concatenate([X] * 11)  # (more than one chunk of 4096 rows)
+    y5 = np.concatenate([y] * 11)
+    on_gpu = recipe.check_initial_loss(model("cuda"), X5, y5)
+    on_cpu = recipe.check_initial_loss(model("cpu"), X5, y5)
+    assert on_gpu.loss == on_cpu.loss and on_gpu.verdict == on_cpu.verdict
