@@ -168,8 +168,10 @@ def test_pickle_keeps_a_gpu_estimator_on_its_gpu(digits):
 
 
 @needs_gpu
-def test_per_batch_copies_are_the_documented_ones(digits):
-    """An epoch of the device loop copies per batch: the batch up, the logits down, the delta up."""
+@pytest.mark.parametrize("alpha", [1e-4, 0.0])
+def test_per_batch_copies_are_the_documented_ones(digits, alpha):
+    """Per batch of the device loop: the batch and the delta up; the logits down, and with alpha > 0
+    one float per layer (||W||^2 for the reported loss), each a synchronization (fake GPU counts)."""
     fake_gpu = sys.modules.get("fake_gpu")
     if fake_gpu is None:
         pytest.skip("counts copies on the fake GPU only")
@@ -177,12 +179,14 @@ def test_per_batch_copies_are_the_documented_ones(digits):
     counts = []
     for epochs in (1, 3):
         before = dict(fake_gpu.counters)
-        quiet_fit(MLPClassifier((8,), max_iter=epochs, random_state=0, device="cuda", batch_size=64,
+        quiet_fit(MLPClassifier((8,), max_iter=epochs, random_state=0, device="cuda", batch_size=64, alpha=alpha,
                                 solver="sgd", n_iter_no_change=99), X, y)
-        counts.append({k: fake_gpu.counters[k] - before[k] for k in ("htod", "dtoh")})
-    batches = -(-X.shape[0] // 64)
-    assert counts[1]["htod"] - counts[0]["htod"] == 2 * 2 * batches
-    assert counts[1]["dtoh"] - counts[0]["dtoh"] == 2 * batches
+        counts.append({k: fake_gpu.counters[k] - before[k] for k in ("htod", "dtoh", "sync")})
+    batches = 2 * -(-X.shape[0] // 64)  # (the two extra epochs)
+    layers = 2 if alpha else 0
+    assert counts[1]["htod"] - counts[0]["htod"] == 2 * batches
+    assert counts[1]["dtoh"] - counts[0]["dtoh"] == (1 + layers) * batches
+    assert counts[1]["sync"] - counts[0]["sync"] == layers * batches
 
 
 SK_CHECKED = [MLPClassifier(hidden_layer_sizes=(32,), max_iter=60, learning_rate_init=0.01, device="cuda")] \
@@ -274,3 +278,19 @@ def test_cli_recipe_passes_the_device_to_its_trainers(monkeypatch, capsys, tmp_p
         main(["recipe", "--device", "auto", "--trials", "1", "--epochs", "1", "--out", str(tmp_path), "--quiet"])
     assert seen == ["cuda:0"]  # (the first Trainer: step 2's overfit_small)
     assert "device: cuda:0" in capsys.readouterr().out
+
+
+@needs_gpu
+def test_recipe_initial_loss_check_runs_a_gpu_model_on_the_gpu(digits):
+    from fastnn import nn, recipe
+    X, y = digits
+
+    def model(dev):
+        return nn.Sequential(nn.Linear(64, 32, activation="relu", generator=fastnn.Generator(0)),
+                             nn.Linear(32, 10, init="normal", generator=fastnn.Generator(1))).to(dev)
+
+    X5 = np.concatenate([X] * 11)  # (more than one chunk of 4096 rows)
+    y5 = np.concatenate([y] * 11)
+    on_gpu = recipe.check_initial_loss(model("cuda"), X5, y5)
+    on_cpu = recipe.check_initial_loss(model("cpu"), X5, y5)
+    assert on_gpu.loss == on_cpu.loss and on_gpu.verdict == on_cpu.verdict

@@ -407,3 +407,54 @@ def test_a_move_that_fails_leaves_the_model_where_it_was(monkeypatch):
     for k, (d, g) in snapshot(m).items():
         np.testing.assert_array_equal(d, before[k][0])
         np.testing.assert_array_equal(g, before[k][1])
+
+
+# ----------------------------------------------------------------------------- pickle / deepcopy
+def test_a_gpu_parameter_unpickled_without_a_gpu_stays_on_the_cpu_with_a_warning():
+    p = Parameter(np.arange(4, dtype=np.float32), name="w")
+    state = p.__getstate__()
+    assert state["device"] == "cpu"
+    state["device"] = "cuda:0"  # as a GPU parameter pickles (its arrays travel as NumPy)
+    q = Parameter.__new__(Parameter)
+    if GPU:
+        q.__setstate__(state)
+        assert q.device == "cuda:0"
+    else:
+        with pytest.warns(RuntimeWarning, match="Parameter w was on cuda:0, but no GPU is usable here"):
+            q.__setstate__(state)
+        assert q.device == "cpu"
+    np.testing.assert_array_equal(host(q.data), p.data)
+
+
+@needs_gpu
+@pytest.mark.parametrize("how", ["pickle", "deepcopy"])
+def test_pickle_and_deepcopy_of_a_gpu_model_and_optimizer(how):
+    import copy
+    import pickle
+    m = mlp(6).to("cuda")
+    opt = optim.Adam(m.parameters(), lr=1e-2)
+    for p in m.parameters():
+        fastnn.parameter.copy_into(p.grad, np.full(p.shape, 0.5, np.float32))
+    opt.step()
+    pair = (m, opt)
+    m2, opt2 = pickle.loads(pickle.dumps(pair)) if how == "pickle" else copy.deepcopy(pair)
+    assert opt2.params[0] is m2.parameters()[0]  # (one object graph)
+    for (k, p), (_, q) in zip(m2.named_parameters(), m.named_parameters()):
+        assert p.device == "cuda:0" and p.data.ptr != q.data.ptr, k
+        np.testing.assert_array_equal(p.data.numpy(), q.data.numpy())
+    del m2, opt2, pair  # (frees the copies: the originals must stay valid)
+    opt.step()
+    assert all(np.isfinite(p.data.numpy()).all() for p in m.parameters())
+    m3, opt3 = copy.deepcopy((m, opt))
+    opt3.step()
+    opt.step()
+    for p, q in zip(m3.parameters(), m.parameters()):
+        np.testing.assert_array_equal(p.data.numpy(), q.data.numpy())  # the state came along (moments)
+
+
+def test_a_parameter_pickled_before_getstate_still_loads():
+    p = Parameter(np.arange(3, dtype=np.float64), regularize=False, name="b")
+    q = Parameter.__new__(Parameter)
+    q.__setstate__((None, {"data": p.data, "grad": p.grad, "regularize": False, "name": "b"}))  # the old form
+    assert q.device == "cpu" and q.name == "b" and not q.regularize and q.requires_grad and q.lr_scale == 1.0
+    np.testing.assert_array_equal(q.data, p.data)

@@ -18,7 +18,7 @@ import pytest
 
 HERE = pathlib.Path(__file__).resolve().parent
 SUITES = ["test_optim_cuda.py", "test_losses_cuda.py", "test_augment_cuda.py", "test_backend_cuda.py",
-          "test_fake_gpu_ops.py", "test_device_model.py", "test_train_cuda.py"]
+          "test_fake_gpu_ops.py", "test_device_model.py", "test_device_estimators.py", "test_train_cuda.py"]
 
 
 @pytest.mark.parametrize("suite", SUITES)

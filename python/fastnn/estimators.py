@@ -45,13 +45,13 @@ network lives there from fit on: each batch is uploaded once (gathered on the ho
 random_state's order), the GEMMs, backward pass and optimizer update run on the device, and the
 batch's logits (n_batch x n_outputs) come back for scikit-learn's float64 output activation, loss
 and delta, which go up again (n_batch x n_outputs); the L2 penalty's ||W||^2 is summed on the
-device (float64 accumulation, as on the CPU). predict / predict_proba / score upload X in chunks
+device (float64 accumulation, as on the CPU; with alpha > 0 one float per layer comes back per batch). predict / predict_proba / score upload X in chunks
 of 4096 rows and return NumPy. The same kernels in the same order on every device: on the fake GPU
 of tests/cuda_emulation a fit is bit-identical to the CPU fit. Fitted attributes are NumPy:
 coefs_ and intercepts_ are host copies when the model is on a GPU (assign coefs_ / intercepts_ to
 change the model; on the CPU they are views, as before). A pickled estimator stores its network on
 the host and moves it back to its GPU when unpickled (to the CPU, with a RuntimeWarning, where no
-GPU is usable). Asking for "cuda" where no GPU is usable is a RuntimeError at fit.
+GPU is usable; device_ says where it is). Asking for "cuda" where no GPU is usable is a RuntimeError at fit.
 
 scikit-learn is not a dependency. When it is importable the classes derive from its
 BaseEstimator with ClassifierMixin / RegressorMixin and raise its NotFittedError and
@@ -782,25 +782,13 @@ class _BaseMLP(_BaseEstimator):
                                  "stochastic.")
 
     def __getstate__(self):
-        """Pickles the network and the optimizer's state on the host (a GPU array cannot be
-        pickled); __setstate__ moves them back to device_."""
-        state = super().__getstate__() if hasattr(super(), "__getstate__") else dict(self.__dict__)
+        """Pickle / deepcopy without the device buffers (remade on use); the network's Parameters
+        and the optimizer pickle their arrays through the host and go back to their GPU when
+        unpickled (fastnn.parameter.Parameter.__getstate__)."""
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
         state = dict(state)
         for k in ("_device_buffers", "_zero_weights"):
             state.pop(k, None)
-        model = state.get("model_")
-        if model is not None and any(not isinstance(q.data, np.ndarray) for q in model.parameters()):
-            host = _nn.from_config(model.config())
-            host.load_state_dict({k: _host(q.data) for k, q in model.named_parameters()})
-            host.train(model.training)
-            state["model_"] = host
-            opt = state.get("_optimizer")
-            if opt is not None:  # the same optimizer, over the host model's parameters
-                host_opt = type(opt).__new__(type(opt))
-                host_opt.__dict__.update(opt.__dict__)
-                host_opt.params = host.parameters()
-                host_opt.state = opt.state_dict(host=True)["state"]
-                state["_optimizer"] = host_opt
         return state
 
     def __setstate__(self, state):
@@ -808,16 +796,9 @@ class _BaseMLP(_BaseEstimator):
             super().__setstate__(state)
         else:
             self.__dict__.update(state)
-        dev = self.__dict__.get("device_", "cpu")
-        if self.__dict__.get("model_") is not None and dev != "cpu":
-            if _cuda.is_available():
-                self.model_.to(dev)
-                if self.__dict__.get("_optimizer") is not None:
-                    self._optimizer.to(dev)
-            else:
-                warnings.warn(f"{type(self).__name__} was fitted on {dev}, but no GPU is usable here: its network "
-                              "stays on the CPU", RuntimeWarning, stacklevel=2)
-                self.device_ = "cpu"
+        model = self.__dict__.get("model_")
+        if model is not None and model.parameters():
+            self.device_ = model.parameters()[0].device  # (the CPU when unpickled where no GPU is usable)
 
     def __sklearn_is_fitted__(self):
         return getattr(self, "model_", None) is not None

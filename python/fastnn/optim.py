@@ -141,6 +141,13 @@ class Optimizer:
             return a
         return move_array(a, dev)
 
+    def __getstate__(self):
+        """Pickle / deepcopy: the state arrays as NumPy (they follow their parameters back to the
+        device on the next step or opt.to)."""
+        state = dict(self.__dict__)
+        state["state"] = self.state_dict(host=True)["state"]
+        return state
+
     def to(self, device):
         """Moves every state array to `device`, where all the parameters must already be (move the
         model first: model.to(device)); returns self. step() does the same lazily."""

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 
 import numpy as np
 
@@ -145,6 +146,36 @@ class Parameter:
         """(data, grad) on canonical device `dev`, without changing self (Module.to assigns only
         once every parameter has been copied, so a failure leaves the model where it was)."""
         return move_array(self.data, dev), None if self.grad is None else move_array(self.grad, dev)
+
+    def __getstate__(self):
+        """Pickle / deepcopy: the arrays as NumPy (a device address cannot travel) and the device
+        they were on; unpickling moves them back there (the same GPU index when this machine has
+        it, else the current GPU; where no GPU is usable they stay on the CPU, with a RuntimeWarning)."""
+        state = {k: getattr(self, k) for k in self.__slots__}
+        state["device"] = self.device
+        for k in ("data", "grad"):
+            a = state[k]
+            if a is not None and device_of(a) == "cuda":
+                state[k] = backend_of(a).to_host(a)
+        return state
+
+    def __setstate__(self, state):
+        if isinstance(state, tuple):  # (a pickle from before __getstate__: (None, {slot: value}))
+            state = state[1] or {}
+        defaults = {"grad": None, "regularize": True, "name": None, "requires_grad": True, "lr_scale": 1.0}
+        for k in self.__slots__:
+            setattr(self, k, state[k] if k in state else defaults[k])
+        if self.grad is None and isinstance(self.data, np.ndarray):
+            self.grad = np.zeros_like(self.data)
+        dev = state.get("device", "cpu")
+        if dev == "cpu":
+            return
+        if not _cuda.is_available():
+            warnings.warn(f"Parameter {self.name or ''} was on {dev}, but no GPU is usable here: it stays on the "
+                          "CPU", RuntimeWarning, stacklevel=2)
+            return
+        index = int(dev[5:])
+        self.to(dev if index < _cuda.device_count() else "cuda")
 
     @property
     def shape(self):

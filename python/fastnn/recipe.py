@@ -41,7 +41,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import nn
-from .parameter import canonical_device
+from ._backend import backend_of
+from .parameter import canonical_device, move_array
 
 __all__ = ["Finding", "InitialLossCheck", "check_initial_loss", "diagnose", "DIAGNOSE_THRESHOLDS", "OverfitResult",
            "overfit_small", "LRFinderResult", "lr_find", "RecipeReport", "run"]
@@ -95,11 +96,20 @@ class InitialLossCheck:
 
 
 def _logits(model, X):
+    """float64 logits of X; a model on a GPU gets X uploaded in chunks of 4096 rows, and its logits
+    come back to the host."""
     if isinstance(model, nn.Module):
         was = model.training
         model.eval()
         try:
-            return np.asarray(model(X), np.float64)
+            params = model.parameters()
+            dev = params[0].device if params else "cpu"
+            if dev == "cpu":
+                return np.asarray(model(X), np.float64)
+            X = np.ascontiguousarray(X, params[0].data.dtype)
+            out = [backend_of(z).to_host(z) for z in (model(move_array(X[i:i + 4096], dev))
+                                                      for i in range(0, len(X), 4096))]
+            return np.concatenate(out).astype(np.float64)
         finally:
             model.train(was)
     if callable(model):
@@ -632,9 +642,9 @@ def run(model_fn, X, y, *, out_dir, params=None, space=None, test_fraction=0.2, 
        curves recorded;
     7. diagnose(history) and the accuracy on the held-out split.
 
-    ``device``: "cpu", "cuda", "cuda:N" or "auto" (the GPU when one is usable): where the Trainers of
-    steps 2 and 4-7 train and evaluate (Trainer(device=...)); steps 1 and 3 look at a few batches
-    on the CPU. Asking for a GPU where none is usable is a RuntimeError before any work."""
+    ``device``: "cpu", "cuda", "cuda:N" or "auto" (the GPU when one is usable): where step 1's
+    forward pass runs and the Trainers of steps 2 and 4-7 train and evaluate (Trainer(device=...));
+    step 3's LR range test (its own short loop) trains a copy on the CPU. Asking for a GPU where none is usable is a RuntimeError before any work."""
     import os
 
     from . import search
@@ -699,7 +709,7 @@ def run(model_fn, X, y, *, out_dir, params=None, space=None, test_fraction=0.2, 
     # 1
     _manual_seed(seed)
     model0 = build({**params, "lr": None, "l2": 0.0})
-    init = check_initial_loss(model0, Xtr, ytr, n_classes=n_classes)
+    init = check_initial_loss(model0.to(dev_kw.get("device", "cpu")), Xtr, ytr, n_classes=n_classes)
     say(f"step 1, initial loss: {init.verdict}")
     md += ["## 1. Initial loss", "", f"- loss {init.loss:.4f}, expected log({n_classes}) = {init.expected:.4f} "
            f"(tolerance {init.tolerance:.3f}): **{'ok' if init.ok else 'check'}**", f"- {init.verdict}", ""]
