@@ -10,6 +10,12 @@
 // explicitly rounded intrinsic (__fmul_rn, __fadd_rn, __fdiv_rn, __fsqrt_rn and the double
 // versions), which nvcc never contracts into an FMA. Hence bit-identical results to the CPU's
 // FMA paths; tests/test_optim_cuda.py checks that, and a tolerance against the baseline path.
+//
+// The kernel is csrc/cuda/optim_kernels.cuh (also run by the host emulation); this file only
+// launches it. Table mode (SPEC12, for a replayed CUDA graph): each thread first builds its
+// functor from row *counter of a device float64 table (optim_ops.cuh's SgdTable / AdamTable),
+// with the same double-to-T conversions as make_sgd / make_adam on the host, so a table row gives
+// the bits the scalar call would (tests/test_train_cuda_emulated.py).
 #include "cuda/optim.h"
 
 #include <cuda_runtime.h>
