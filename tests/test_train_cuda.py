@@ -274,6 +274,25 @@ def test_ctrl_c_leaves_a_usable_model(monkeypatch):
     # 5 steps of 32 rows through a dropout layer of 16 outputs over 12 inputs
     assert fastnn.random.default_generator.get_state() == (seed, off + 5 * ((32 * 16 + 16 * 12 + 63) // 64 * 64))
     assert not t.model.training
+    assert len(t.history["step_loss"]) == len(t.history["step_lr"]) == 5  # the steps that ran
+    # the CPU interrupted at the same step: the same weights and history
+    mc = make(7, [("linear", {"out": 16, "activation": "relu", "dropout": 0.2}), ("linear", {})])
+    tc = Trainer(mc, optimizer="adam", verbose=False, seed=0)
+    fwd = mc.forward
+    seen = [0]
+
+    def forward(x):
+        seen[0] += mc.training
+        if seen[0] == 6:
+            raise KeyboardInterrupt
+        return fwd(x)
+    mc.forward = forward
+    fastnn.random.default_generator.set_state((seed, off))
+    with pytest.raises(KeyboardInterrupt):
+        tc.fit(X, y, epochs=3, batch_size=32)
+    del mc.forward
+    same_history(tc.history, t.history)
+    assert all(np.array_equal(a, host(b.data)) for a, b in zip([p.data for p in mc.parameters()], m.parameters()))
     assert t.predict(X).shape == (300,)
     monkeypatch.setattr(train_mod._DeviceRun, "_run_step", real)
     t.fit(X, y, epochs=1, batch_size=32)  # and it trains on

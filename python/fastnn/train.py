@@ -450,8 +450,15 @@ class Trainer:
                 snap = run.snapshot()  # the epoch's start: what a divergence restores
                 bar = (bar_cls(total=steps, desc=f"epoch {epoch + 1}", leave=False, file=sys.stderr)
                        if bar_cls else None)
+                run.partial = None
                 try:
                     total, correct, bad_step, step_loss = run.epoch(order, lrs, bar)
+                except KeyboardInterrupt:
+                    # the steps that ran stay in the history, next to the optimizer's step count
+                    if run.partial is not None:
+                        hist["step_loss"].extend(run.partial)
+                        hist["step_lr"].extend(lrs[:len(run.partial)])
+                    raise
                 finally:
                     if bar is not None:
                         bar.close()
@@ -876,7 +883,7 @@ class _CPURun:
         gather = order is not None or augment is not None
         total = 0.0
         correct = 0
-        step_loss = []
+        step_loss = self.partial = []
         t_bar = time.perf_counter()
         for s in range(self.steps):
             lo = s * bs
@@ -1438,17 +1445,24 @@ class _DeviceRun:
             # them (also after a failed step), so the model can be used and saved
             if isinstance(e, KeyboardInterrupt):
                 _C.stream_synchronize(self.stream.handle)
+                if done:  # the last `done` of the shifted step losses
+                    v = self._read(losses=True)
+                    self.partial = self._step_losses(v[8 + self.steps - done:], 0)
             self._bookkeep(lrs, done)
             raise
         self._bookkeep(lrs, done)
         self.params_ok = v[7] == 0.0
-        if self.xent:
-            step_loss = v[8:].tolist()
-        else:  # the squared-error sums, as the CPU's means: sum / (rows * outputs)
-            C = self.plan.n_out
-            step_loss = [float(x) / ((min(n, s * bs + bs) - s * bs) * C) for s, x in enumerate(v[8:].tolist())]
+        step_loss = self._step_losses(v[8:], 0)
         return (float(v[0]), int(v[1]), ((None, "a step's loss became NaN or inf") if v[3] != 0.0 else None),
                 step_loss)
+
+    def _step_losses(self, values, s0):
+        """The losses of steps s0, s0 + 1, ... as the CPU records them (for mse the squared-error
+        sums over rows * outputs)."""
+        if self.xent:
+            return values.tolist()
+        bs, n, C = self.bs, self.n, self.plan.n_out
+        return [float(x) / ((min(n, s * bs + bs) - s * bs) * C) for s, x in enumerate(values.tolist(), s0)]
 
     def _load_chunk(self, order, lo, hi):
         """Chunked mode: the rows of steps [lo, hi) in this epoch's order, uploaded in one piece."""
