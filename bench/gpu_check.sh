@@ -17,7 +17,7 @@
 #
 # OUTDIR receives exactly two files: summary.txt (each step's status and time, the pytest
 # summary, every goal line) and logs.tgz (every step's full log). The step timeouts add up to
-# ~5.3 minutes at most (~2-3 minutes on an H100 with 16 cores); run the call with >= 360 s.
+# ~6.3 minutes at most (~2-3 minutes on an H100 with 16 cores); run the call with >= 360 s.
 #
 # Environment: PYTHON (default python3), FASTNN_SITE (install dir, default /tmp/fastnn-site),
 # FASTNN_GPU_CHECK_PAST_PREFLIGHT=1 (run every step even after a failed preflight, to test this
@@ -170,6 +170,7 @@ bench bench_dropout 20 "$PY" bench/dropout_cuda.py
 bench bench_linear 30 "$PY" bench/linear_cuda.py --quick
 bench bench_optim 15 "$PY" bench/optim_cuda.py --quick
 bench bench_augment 20 "$PY" bench/augment_cuda.py --quick
+bench bench_train 60 "$PY" bench/train_cuda.py
 
 # ---- 5. compute-sanitizer memcheck over a fast subset ------------------------------------------
 sanitizer=$(command -v compute-sanitizer || true)

@@ -158,7 +158,7 @@ def test_get_set_params_and_unfitted():
     (dict(n_iter_no_change=0), "n_iter_no_change"),
     (dict(dropout=1.0), "dropout"),
     (dict(init="zeros"), "init"),
-    (dict(device="cuda"), "device: expected 'cpu'"),
+    (dict(device="gpu"), "device: expected 'cpu', 'cuda', 'cuda:N', 'auto', got 'gpu'"),
     (dict(alpha=-1), "alpha"),
 ])
 def test_bad_parameters(digits, params, match):

@@ -185,7 +185,8 @@ def test_penalty_is_added_to_the_reported_loss(digits):
     p0 = penalty(model.parameters(), l2=0.5)
     data = nn.SoftmaxCrossEntropy()(model.eval()(X[:64]), y[:64])
     t.fit(X[:64], y[:64], epochs=1, batch_size=64, shuffle=False)
-    assert t.history["step_loss"][0] == pytest.approx(data + p0, rel=1e-5)
+    assert t.history["loss"][0] == pytest.approx(data + p0, rel=1e-5)  # the epoch's end weights' penalty
+    assert t.history["step_loss"][0] == pytest.approx(data, rel=1e-5)  # the data loss per step
     assert t.optimizer.l2 == 0.5
 
 

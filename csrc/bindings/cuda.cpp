@@ -211,9 +211,11 @@ py::object dlpack_capsule(uint64_t ptr, const std::vector<int64_t>& shape, const
 }  // namespace
 
 void register_cuda_ops(py::module_& m);  // csrc/bindings/cuda_ops.cpp: the _C.cuda submodule
+void register_cuda_train(py::module_& m);  // csrc/bindings/cuda_train.cpp: gather, counter, step metrics
 
 void register_cuda(py::module_& m) {
   register_cuda_ops(m);
+  register_cuda_train(m);
   // ---- devices ----
   m.def("cuda_device_count", &cuda::device_count, "GPUs visible to this process (0 without a driver or GPU).");
   m.def("cuda_init_error", &cuda::init_error, "Why cuda_device_count() is 0 ('' when GPUs were found).");

@@ -40,6 +40,19 @@ void check_ptr(uint64_t p, int64_t n, uint64_t size, const char* name) {
 
 uint64_t elem_size(DType dt) { return dt == DType::F32 ? 4 : 8; }
 
+// Table mode (SPEC12): a device float64 table and a device uint64 row counter, both or neither.
+cuda::StepTable step_table(uint64_t table, uint64_t counter) {
+  if ((table == 0) != (counter == 0))
+    throw py::value_error(table == 0 ? "table_ptr: expected the device float64 table that counter_ptr indexes, got 0"
+                                     : "counter_ptr: expected the device uint64 row counter of table_ptr, got 0");
+  check_ptr(table, 0, 8, "table_ptr");
+  check_ptr(counter, 0, 8, "counter_ptr");
+  cuda::StepTable t;
+  t.rows = reinterpret_cast<const double*>(static_cast<uintptr_t>(table));
+  t.counter = reinterpret_cast<const uint64_t*>(static_cast<uintptr_t>(counter));
+  return t;
+}
+
 // A device LossResult (24 bytes, 8-byte aligned) or 0 (return the loss to the host).
 void check_result_ptr(uint64_t p) {
   if (p % 8 != 0) throw py::value_error("result_ptr: device pointer is not aligned to 8 bytes");
@@ -74,28 +87,33 @@ void register_cuda_optim(py::module_& m) {
   m.def(
       "cuda_sgd_step",
       [](const std::string& dtype, uint64_t w, uint64_t g, uint64_t buf, int64_t n, double lr, double momentum,
-         double dampening, double l2, double l1, bool nesterov, bool first) {
+         double dampening, double l2, double l1, bool nesterov, bool first, uint64_t table, uint64_t counter) {
         const DType dt = parse_float(dtype);
         check_count(n, "n");
         const uint64_t es = elem_size(dt);
         check_ptr(w, n, es, "param");
         check_ptr(g, n, es, "grad");
         if (momentum != 0.0) check_ptr(buf, n, es, "momentum_buffer");
+        const cuda::StepTable t = step_table(table, counter);
         const SgdArgs a = sgd_args(lr, momentum, dampening, l2, l1, nesterov, first);
         py::gil_scoped_release nogil;
         dispatch_float(dt, [&](auto zero) {
           using T = decltype(zero);
-          cuda::sgd_step(as_ptr<T>(w), as_ptr<const T>(g), momentum != 0.0 ? as_ptr<T>(buf) : nullptr, n, a);
+          cuda::sgd_step(as_ptr<T>(w), as_ptr<const T>(g), momentum != 0.0 ? as_ptr<T>(buf) : nullptr, n, a, t);
         });
       },
       py::arg("dtype"), py::arg("param_ptr"), py::arg("grad_ptr"), py::arg("buf_ptr"), py::arg("n"), py::arg("lr"),
       py::arg("momentum"), py::arg("dampening"), py::arg("l2"), py::arg("l1"), py::arg("nesterov"), py::arg("first"),
-      "One fused SGD update in place on the GPU (csrc/cuda/optim.h; the CPU's sgd_step semantics).");
+      py::kw_only(), py::arg("table_ptr") = 0, py::arg("counter_ptr") = 0,
+      "One fused SGD update in place on the GPU (csrc/cuda/optim.h; the CPU's sgd_step semantics). With table_ptr "
+      "(a device float64 (steps, 2) table of (lr, first) rows) and counter_ptr (a device uint64), lr and first come "
+      "from row *counter when the kernel runs and the lr / first arguments are ignored; the counter is not advanced.");
 
   m.def(
       "cuda_adam_step",
       [](const std::string& dtype, uint64_t w, uint64_t g, uint64_t mm, uint64_t vv, int64_t n, double lr,
-         double beta1, double beta2, double eps, double l2, double l1, double decoupled, int64_t step) {
+         double beta1, double beta2, double eps, double l2, double l1, double decoupled, int64_t step, uint64_t table,
+         uint64_t counter) {
         const DType dt = parse_float(dtype);
         check_count(n, "n");
         const uint64_t es = elem_size(dt);
@@ -103,17 +121,22 @@ void register_cuda_optim(py::module_& m) {
         check_ptr(g, n, es, "grad");
         check_ptr(mm, n, es, "exp_avg");
         check_ptr(vv, n, es, "exp_avg_sq");
-        const AdamArgs a = adam_args(lr, beta1, beta2, eps, l2, l1, decoupled, step);
+        const cuda::StepTable t = step_table(table, counter);
+        // In table mode the step's scalars come from the table: `step` is ignored (not checked).
+        const AdamArgs a = adam_args(lr, beta1, beta2, eps, l2, l1, decoupled, t.rows ? 1 : step);
         py::gil_scoped_release nogil;
         dispatch_float(dt, [&](auto zero) {
           using T = decltype(zero);
-          cuda::adam_step(as_ptr<T>(w), as_ptr<const T>(g), as_ptr<T>(mm), as_ptr<T>(vv), n, a);
+          cuda::adam_step(as_ptr<T>(w), as_ptr<const T>(g), as_ptr<T>(mm), as_ptr<T>(vv), n, a, t);
         });
       },
       py::arg("dtype"), py::arg("param_ptr"), py::arg("grad_ptr"), py::arg("exp_avg_ptr"), py::arg("exp_avg_sq_ptr"),
       py::arg("n"), py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"), py::arg("l2"), py::arg("l1"),
-      py::arg("decoupled"), py::arg("step"),
-      "One fused Adam/AdamW update in place on the GPU (csrc/cuda/optim.h; the CPU's adam_step semantics).");
+      py::arg("decoupled"), py::arg("step"), py::kw_only(), py::arg("table_ptr") = 0, py::arg("counter_ptr") = 0,
+      "One fused Adam/AdamW update in place on the GPU (csrc/cuda/optim.h; the CPU's adam_step semantics). With "
+      "table_ptr (a device float64 (steps, 3) table of (lr, step_size, bc2_sqrt) rows, optim_table's) and "
+      "counter_ptr (a device uint64), those come from row *counter when the kernel runs and lr / step are ignored; "
+      "the counter is not advanced.");
 
   m.def(
       "cuda_sgd_host_reference",

@@ -10,6 +10,12 @@
 // explicitly rounded intrinsic (__fmul_rn, __fadd_rn, __fdiv_rn, __fsqrt_rn and the double
 // versions), which nvcc never contracts into an FMA. Hence bit-identical results to the CPU's
 // FMA paths; tests/test_optim_cuda.py checks that, and a tolerance against the baseline path.
+//
+// The kernel is csrc/cuda/optim_kernels.cuh (also run by the host emulation); this file only
+// launches it. Table mode (SPEC12, for a replayed CUDA graph): each thread first builds its
+// functor from row *counter of a device float64 table (optim_ops.cuh's SgdTable / AdamTable),
+// with the same double-to-T conversions as make_sgd / make_adam on the host, so a table row gives
+// the bits the scalar call would (tests/test_train_cuda_emulated.py).
 #include "cuda/optim.h"
 
 #include <cuda_runtime.h>
@@ -18,6 +24,7 @@
 
 #include "cuda/device.h"
 #include "cuda/launch.cuh"
+#include "cuda/optim_kernels.cuh"
 #include "cuda/optim_ops.cuh"
 #include "cuda/packed128.cuh"
 
@@ -25,86 +32,55 @@ namespace fastnn {
 namespace cuda {
 namespace {
 
-constexpr int kThreads = 256;
-
-using packed::Packed128;
+using namespace optim_kernels;
 using namespace optim_ops;
-
-// ------------------------------------------------------------------------------------------------
-// GPU kernel
-
-// One update per element: w, g, s1, s2 are (n,); NS of the state arrays s1, s2 are read and
-// written (the others may be null). Elements [head, head + nvec*W) in 16-byte packets (all the
-// used pointers + head are 16-byte aligned), [0, head) and the tail per element; each element is
-// read and written by one thread, so the result does not depend on the split or the grid.
-template <class T, int NS, class Op>
-__global__ void __launch_bounds__(kThreads) update_kernel(T* w, const T* g, T* s1, T* s2, int64_t n, int64_t head,
-                                                          int64_t nvec, Op op) {
-  constexpr int W = Packed128<T>::W;
-  const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-#pragma unroll 1
-  for (int64_t i = tid; i < nvec; i += stride) {
-    const int64_t o = head + i * W;
-    Packed128<T> wv = Packed128<T>::load(w + o);
-    const Packed128<T> gv = Packed128<T>::load(g + o);
-    Packed128<T> a{}, b{};
-    if (NS >= 1) a = Packed128<T>::load(s1 + o);
-    if (NS >= 2) b = Packed128<T>::load(s2 + o);
-#pragma unroll
-    for (int k = 0; k < W; ++k) op(wv.v[k], gv.v[k], a.v[k], b.v[k]);
-    wv.store(w + o);
-    if (NS >= 1) a.store(s1 + o);
-    if (NS >= 2) b.store(s2 + o);
-  }
-  auto one = [&](int64_t i) {
-    T wi = w[i], a = T(0), b = T(0);
-    if (NS >= 1) a = s1[i];
-    if (NS >= 2) b = s2[i];
-    op(wi, g[i], a, b);
-    w[i] = wi;
-    if (NS >= 1) s1[i] = a;
-    if (NS >= 2) s2[i] = b;
-  };
-  if (tid < head) one(tid);
-#pragma unroll 1
-  for (int64_t i = head + nvec * W + tid; i < n; i += stride) one(i);
-}
 
 // ------------------------------------------------------------------------------------------------
 // kernel launchers
 
-template <int NS, class T, class Op>
-void launch_update(T* w, const T* g, T* s1, T* s2, int64_t n, Op op, const char* what) {
+template <int NS, class T, class Op, class Rows>
+void launch_update(T* w, const T* g, T* s1, T* s2, int64_t n, Op op, Rows rows, const char* what) {
   if (n <= 0) return;
   const packed::Split s = packed::split_for<T>(n, {w, g, NS >= 1 ? s1 : nullptr, NS >= 2 ? s2 : nullptr});
-  auto kernel = update_kernel<T, NS, Op>;
+  auto kernel = update_kernel<T, NS, Op, Rows>;
   const int64_t work = s.nvec > 0 ? s.nvec : n;
-  kernel<<<launch::grid_for<kThreads>(kernel, work), kThreads, 0, launch::stream()>>>(w, g, s1, s2, n, s.head, s.nvec, op);
+  kernel<<<launch::grid_for<kThreads>(kernel, work), kThreads, 0, launch::stream()>>>(w, g, s1, s2, n, s.head, s.nvec,
+                                                                                       op, rows);
   launch::check_launch(what);
 }
 
-template <class T>
-void sgd_impl(T* w, const T* g, T* buf, int64_t n, const SgdArgs& a) {
-  const SgdOp<T> op = make_sgd<T>(a);
-  if (op.mode == 0) launch_update<0>(w, g, static_cast<T*>(nullptr), static_cast<T*>(nullptr), n, op, "sgd kernel launch");
-  else launch_update<1>(w, g, buf, static_cast<T*>(nullptr), n, op, "sgd kernel launch");
+template <class T, class Rows>
+void sgd_with(T* w, const T* g, T* buf, int64_t n, const SgdOp<T>& op, Rows rows) {
+  if (op.mode == 0) launch_update<0>(w, g, static_cast<T*>(nullptr), static_cast<T*>(nullptr), n, op, rows, "sgd kernel launch");
+  else launch_update<1>(w, g, buf, static_cast<T*>(nullptr), n, op, rows, "sgd kernel launch");
 }
 
 template <class T>
-void adam_impl(T* w, const T* g, T* m, T* v, int64_t n, const AdamArgs& a) {
-  launch_update<2>(w, g, m, v, n, make_adam<T>(a), "adam kernel launch");
+void sgd_impl(T* w, const T* g, T* buf, int64_t n, const SgdArgs& a, const StepTable& t) {
+  const SgdOp<T> op = make_sgd<T>(a);
+  if (t.rows) sgd_with(w, g, buf, n, op, SgdTable{t.rows, t.counter});
+  else sgd_with(w, g, buf, n, op, NoTable{});
+}
+
+template <class T>
+void adam_impl(T* w, const T* g, T* m, T* v, int64_t n, const AdamArgs& a, const StepTable& t) {
+  if (t.rows) launch_update<2>(w, g, m, v, n, make_adam<T>(a), AdamTable{t.rows, t.counter, a.decoupled}, "adam kernel launch");
+  else launch_update<2>(w, g, m, v, n, make_adam<T>(a), NoTable{}, "adam kernel launch");
 }
 
 }  // namespace
 
-void sgd_step(float* w, const float* g, float* buf, int64_t n, const SgdArgs& a) { sgd_impl(w, g, buf, n, a); }
-void sgd_step(double* w, const double* g, double* buf, int64_t n, const SgdArgs& a) { sgd_impl(w, g, buf, n, a); }
-void adam_step(float* w, const float* g, float* m, float* v, int64_t n, const AdamArgs& a) {
-  adam_impl(w, g, m, v, n, a);
+void sgd_step(float* w, const float* g, float* buf, int64_t n, const SgdArgs& a, const StepTable& t) {
+  sgd_impl(w, g, buf, n, a, t);
 }
-void adam_step(double* w, const double* g, double* m, double* v, int64_t n, const AdamArgs& a) {
-  adam_impl(w, g, m, v, n, a);
+void sgd_step(double* w, const double* g, double* buf, int64_t n, const SgdArgs& a, const StepTable& t) {
+  sgd_impl(w, g, buf, n, a, t);
+}
+void adam_step(float* w, const float* g, float* m, float* v, int64_t n, const AdamArgs& a, const StepTable& t) {
+  adam_impl(w, g, m, v, n, a, t);
+}
+void adam_step(double* w, const double* g, double* m, double* v, int64_t n, const AdamArgs& a, const StepTable& t) {
+  adam_impl(w, g, m, v, n, a, t);
 }
 
 }  // namespace cuda

@@ -17,13 +17,24 @@
 namespace fastnn {
 namespace cuda {
 
+// Table mode (SPEC12): rows != nullptr makes the kernel read its step's coefficients from row
+// *counter of this device float64 table when it runs (SGD rows: lr, first; Adam rows: lr,
+// step_size, bc2_sqrt; see optim_ops.cuh), ignoring a.lr / a.first / a.step_size / a.bc2_sqrt.
+// counter: a device uint64, not advanced here. Default: the scalars of `a` (no table).
+struct StepTable {
+  const double* rows = nullptr;
+  const uint64_t* counter = nullptr;
+};
+
 // buf: the momentum buffer (unused, may be null, when a.momentum == 0).
-void sgd_step(float* w, const float* g, float* buf, int64_t n, const SgdArgs& a);
-void sgd_step(double* w, const double* g, double* buf, int64_t n, const SgdArgs& a);
+void sgd_step(float* w, const float* g, float* buf, int64_t n, const SgdArgs& a, const StepTable& t = {});
+void sgd_step(double* w, const double* g, double* buf, int64_t n, const SgdArgs& a, const StepTable& t = {});
 
 // m, v: exp_avg and exp_avg_sq. a.step_size and a.bc2_sqrt are formed by the caller (host double).
-void adam_step(float* w, const float* g, float* m, float* v, int64_t n, const AdamArgs& a);
-void adam_step(double* w, const double* g, double* m, double* v, int64_t n, const AdamArgs& a);
+void adam_step(float* w, const float* g, float* m, float* v, int64_t n, const AdamArgs& a,
+               const StepTable& t = {});
+void adam_step(double* w, const double* g, double* m, double* v, int64_t n, const AdamArgs& a,
+               const StepTable& t = {});
 
 }  // namespace cuda
 }  // namespace fastnn

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cmath>
+#include <cstdint>
 
 #include "cpu/optim.h"
 
@@ -137,6 +138,55 @@ inline AdamOp<T> make_adam(const AdamArgs& a) {
   op.decay = a.decoupled != 0.0;
   return op;
 }
+
+// ------------------------------------------------------------------------------------------------
+// Per-step table mode (SPEC12 op 4): a captured optimizer step reads its learning rate and Adam
+// bias corrections from row *counter of a float64 table in device memory when it runs, so one
+// CUDA graph replays correctly step after step. The host forms the rows with adam_args()'s
+// arithmetic (python/fastnn/_backend/common.py: optim_table); each kernel thread turns its row
+// into the functor's coefficients with exactly the conversions make_sgd / make_adam do on the
+// host, so a row gives the same bits as the scalar call with the same values. The counter must
+// stay below the table's row count (the caller's invariant: the table holds an epoch).
+
+// Scalar mode: the functor as the host formed it.
+struct NoTable {
+  template <class Op>
+  FASTNN_HD_INLINE Op operator()(const Op& op) const {
+    return op;
+  }
+};
+
+// SGD rows: (lr, first); first != 0 is the momentum buffer's first step. op comes from make_sgd
+// (its mode 0, no momentum, stays 0: that kernel has no buffer).
+constexpr int kSgdRow = 2;
+struct SgdTable {
+  const double* rows;
+  const uint64_t* counter;
+  template <class T>
+  FASTNN_HD_INLINE SgdOp<T> operator()(SgdOp<T> op) const {
+    const double* r = rows + kSgdRow * *counter;
+    op.lr = static_cast<T>(r[0]);
+    if (op.mode != 0) op.mode = r[1] != 0.0 ? 1 : 2;
+    return op;
+  }
+};
+
+// Adam rows: (lr, step_size, bc2_sqrt); decoupled: AdamW's weight decay, whose keep factor
+// 1 - lr * decoupled make_adam forms in double from the lr.
+constexpr int kAdamRow = 3;
+struct AdamTable {
+  const double* rows;
+  const uint64_t* counter;
+  double decoupled;
+  template <class T>
+  FASTNN_HD_INLINE AdamOp<T> operator()(AdamOp<T> op) const {
+    const double* r = rows + kAdamRow * *counter;
+    op.keep = static_cast<T>(sub_rn(1.0, mul_rn(r[0], decoupled)));
+    op.step = static_cast<T>(r[1]);
+    op.bc2 = static_cast<T>(r[2]);
+    return op;
+  }
+};
 
 }  // namespace optim_ops
 }  // namespace cuda

@@ -4,6 +4,16 @@ trainer's settings, in one .npz file; no pickle anywhere.
     save_model(model, "m.npz", optimizer=opt, extra={...})
     model = load_model("m.npz")                       # rebuilt from the stored architecture
     load_model("m.npz", into=model)                   # into an existing model (shapes checked)
+    load_model("m.npz", device="cpu")                 # onto a device ("cpu", "cuda", "cuda:N", "auto")
+
+Devices. A model on the GPU is saved the same way: each parameter and optimizer state array is
+downloaded once (no device copy first), and the file records the device it came from ("device":
+"cpu" or "cuda:N"; files without the field are CPU checkpoints). The file itself never depends on
+the device. ``load_model(..., device=None)`` rebuilds the model where it was saved from (the
+same GPU index when this machine has it, else the current GPU); a GPU checkpoint loaded where no
+GPU is usable is then a RuntimeError that says so and names ``device="cpu"``, which always works.
+With ``into=model`` and device=None the model stays where it is (the values are copied to its
+device). Trainer.load(path, device=...) passes its device here.
 
 The file holds the parameter arrays ("param/<name>"), the optimizer's state arrays
 ("optim/<i>/<key>") and "__config__", a UTF-8 JSON document: format, version, the architecture
@@ -31,13 +41,18 @@ import zipfile
 import numpy as np
 
 from . import _C
+from . import cuda as _cuda
 from . import nn as _nn
+from ._backend import backend_of
+from .parameter import canonical_device, copy_into, parse_device
 
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_VERSION",
     "CheckpointError",
+    "load_device",
     "load_model",
+    "model_device",
     "read_checkpoint",
     "save_model",
 ]
@@ -156,13 +171,13 @@ def save_model(model, path, *, optimizer=None, extra=None):
     if extra is not None and not isinstance(extra, dict):
         raise TypeError(f"extra: expected a dict or None, got {type(extra).__name__}")
     named = model.named_parameters()
-    arrays = {f"param/{k}": np.asarray(p.data) for k, p in named}
+    arrays = {f"param/{k}": backend_of(p.data).to_host(p.data) for k, p in named}  # (one download each)
     meta = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "fastnn": _C.__version__,
-            "model": model.config(),
+            "device": model_device(model), "model": model.config(),
             "params": {k: {"shape": list(p.data.shape), "dtype": np.dtype(p.data.dtype).name} for k, p in named},
             "optimizer": None, "extra": extra}
     if optimizer is not None:
-        sd = optimizer.state_dict()
+        sd = optimizer.state_dict(host=True)
         states = []
         for i, st in enumerate(sd["state"]):
             scal = {}
@@ -220,6 +235,9 @@ def _check_meta(p, meta):
         st = opt.get("state")
         if not isinstance(st, list) or not all(isinstance(s, dict) for s in st):
             raise _fail(p, f"optimizer.state: expected a list of objects, got {type(st).__name__}")
+    dev = meta.get("device", "cpu")
+    if not (dev == "cpu" or (isinstance(dev, str) and dev.startswith("cuda:") and dev[5:].isdigit())):
+        raise _fail(p, f"device: expected 'cpu' or 'cuda:N', got {dev!r}")
     if meta.get("extra") is not None and not isinstance(meta["extra"], dict):
         raise _fail(p, f"extra: expected an object or null, got {type(meta['extra']).__name__}")
 
@@ -358,15 +376,52 @@ def _layer_of(model, pname):
     return f"layer {mod_path or '<root>'!r} ({type(m).__name__ if m is not None else '?'})"
 
 
-def load_model(path, *, into=None, return_metadata=False):
+def model_device(model) -> str:
+    """The device of a model's parameters ("cpu" / "cuda:N"; "cpu" for a model without any). A
+    model split over devices is a ValueError naming one parameter on each."""
+    where = {}
+    for k, prm in model.named_parameters():
+        where.setdefault(prm.device, k)
+    if len(where) > 1:
+        (d0, k0), (d1, k1) = list(where.items())[:2]
+        raise ValueError(f"model: its parameters are on several devices ({k0!r} on {d0}, {k1!r} on {d1}); "
+                         f"move it to one with model.to(device)")
+    return next(iter(where), "cpu")
+
+
+def load_device(path, saved, device):
+    """The device a checkpoint saved from `saved` ("cpu" / "cuda:N") loads onto, for the user's
+    `device` argument (None: where it was saved from; else see fastnn.parameter.canonical_device).
+    A GPU checkpoint with device=None where no GPU is usable is a RuntimeError naming the way out."""
+    if device is not None:
+        return canonical_device(device, allow_auto=True)
+    if saved == "cpu":
+        return "cpu"
+    if not _cuda.is_available():
+        raise RuntimeError(f"path: {os.fspath(path)!r} was saved from {saved}, but no GPU is usable here "
+                           f"(fastnn.cuda.is_available() is False); pass device='cpu' to load it on the CPU")
+    index = int(saved[5:])
+    return saved if index < _cuda.device_count() else canonical_device("cuda")
+
+
+def load_model(path, *, into=None, return_metadata=False, device=None):
     """The model saved by save_model (or Trainer.save). Rebuilt from the stored architecture,
     or, with ``into=model``, loaded into an existing model after checking that its architecture
     and every parameter's shape match (the error names the first mismatching layer; nothing
     is changed unless everything matches). A corrupted or truncated file, or one that is not a
     fastnn checkpoint, is a ValueError naming the file. return_metadata=True returns (model,
-    metadata dict: "model", "params", "optimizer" (its state, arrays included) and "extra")."""
+    metadata dict: "model", "params", "optimizer" (its state, arrays included, as NumPy: an
+    optimizer's load_state_dict copies them to its parameters' device), "extra" and "device" (the
+    one it was saved from)).
+
+    device: None (where it was saved from; with into=, where the model is), "cpu" (always
+    works), "cuda", "cuda:N" or "auto" (the GPU when one is usable). See the module docstring."""
+    if device is not None:
+        parse_device(device, "device", allow_auto=True)  # (a typo fails before the file is read)
     meta, arrays = read_checkpoint(path)
     p = os.fspath(path)
+    saved = meta.get("device", "cpu")
+    target = load_device(p, saved, device) if into is None or device is not None else None
     params = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
     if into is None:
         _check_declared(p, meta)
@@ -403,8 +458,12 @@ def load_model(path, *, into=None, return_metadata=False):
     extra_names = [k for k in params if k not in named]
     if extra_names:
         raise ValueError(f"into: the checkpoint {p!r} has parameters the model lacks: {extra_names}")
+    if into is not None and target is not None:
+        model.to(target)  # (first: the values below are copied once, to where the model will be)
     for k, prm in named.items():
-        prm.data[...] = params[k]
+        copy_into(prm.data, params[k])
+    if into is None and target != "cpu":
+        model.to(target)
     model.eval()
     if not return_metadata:
         return model
@@ -419,4 +478,4 @@ def load_model(path, *, into=None, return_metadata=False):
             states.append(st)
         ocfg["state"] = states
     return model, {"model": meta["model"], "params": meta["params"], "optimizer": ocfg,
-                   "extra": meta.get("extra"), "fastnn": meta.get("fastnn")}
+                   "extra": meta.get("extra"), "fastnn": meta.get("fastnn"), "device": saved}

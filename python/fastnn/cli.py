@@ -29,7 +29,7 @@ def main(argv=None) -> int:
     t.add_argument("--test-fraction", type=float, default=0.2)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
-    t.add_argument("--device", default="cpu", help="cpu (GPU training is not available yet)")
+    t.add_argument("--device", default="cpu", help=DEVICE_HELP)
     t.add_argument("--out", default=None, help="folder for model.npz and curves.png (default: none written)")
     t.add_argument("--quiet", action="store_true", help="no progress output")
     r = sub.add_parser("recipe", help="the training recipe end to end (checks, LR range test, searches, final "
@@ -48,6 +48,7 @@ def main(argv=None) -> int:
     r.add_argument("--test-fraction", type=float, default=0.2)
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    r.add_argument("--device", default="cpu", help=DEVICE_HELP)
     r.add_argument("--quiet", action="store_true", help="no progress output")
     args = parser.parse_args(argv)
 
@@ -56,7 +57,7 @@ def main(argv=None) -> int:
     if args.command in ("train", "recipe"):
         try:
             return _train(args) if args.command == "train" else _recipe(args)
-        except (ValueError, TypeError, OSError) as e:
+        except (ValueError, TypeError, OSError, RuntimeError) as e:
             print(f"fastnn {args.command}: error: {e}", file=sys.stderr)
             return 2
 
@@ -76,6 +77,27 @@ def main(argv=None) -> int:
         benchmark.run(sizes=(size,), threads=threads, use_torch=not args.no_torch, min_time=0.05)
         return 0
     return 2
+
+
+DEVICE_HELP = ("cpu (default), cuda (the current GPU), cuda:N, or auto (the GPU when one is usable, else the CPU; "
+               "the choice is printed)")
+
+
+def _device(args):
+    """The device of --device ("cpu" / "cuda:N") and the line that says which one runs (also
+    what "auto" picked)."""
+    from . import _C
+    from .parameter import canonical_device
+
+    dev = canonical_device(args.device, "--device", allow_auto=True)
+    if dev == "cpu":
+        why = " (auto: no usable GPU)" if args.device == "auto" else ""
+        return dev, f"device: cpu{why}"
+    try:
+        name = _C.cuda_device_properties(int(dev[5:])).get("name", "GPU")
+    except (RuntimeError, IndexError):  # (a GPU that answers no property query: only its index is shown)
+        name = "GPU"
+    return dev, f"device: {dev} ({name}){' (auto: picked the GPU)' if args.device == 'auto' else ''}"
 
 
 TRAIN_HELP = """Trains an MLP the way the recipe says: standardize the inputs (statistics from the
@@ -117,6 +139,9 @@ def _recipe(args) -> int:
         raise ValueError(f"--max-dropout: expected a probability in [0, 1), got {args.max_dropout}")
     if args.threads is not None:
         fastnn.set_num_threads(args.threads)
+    device, device_line = _device(args)
+    if not args.quiet or args.device == "auto":
+        print(device_line)
     t0 = time.perf_counter()
     X, y, desc = _load(args.dataset, args.seed)
     n_classes = len(set(y.tolist()))
@@ -136,7 +161,8 @@ def _recipe(args) -> int:
     rep = recipe.run(model_fn, X, y, out_dir=args.out, space=space, test_fraction=args.test_fraction,
                      coarse_trials=args.trials, coarse_epochs=args.search_epochs,
                      fine_trials=max(1, args.trials // 2), fine_epochs=2 * args.search_epochs,
-                     final_epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, verbose=not args.quiet)
+                     final_epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, verbose=not args.quiet,
+                     device=device)
     print(f"test accuracy: {rep.test['accuracy']:.4f}; report: {os.path.join(args.out, 'report.md')} "
           f"({', '.join(rep.files)}); {time.perf_counter() - t0:.1f} s")
     return 0
@@ -171,9 +197,7 @@ def _train(args) -> int:
     from .preprocessing import Standardize
     from .train import Trainer
 
-    if args.device != "cpu":
-        raise ValueError(f"--device: only 'cpu' trains end to end for now (the losses and optimizers have no GPU "
-                         f"kernels yet), got {args.device!r}")
+    device, device_line = _device(args)
     for name in ("epochs", "batch_size"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(args, name)}")
@@ -199,6 +223,8 @@ def _train(args) -> int:
     scaler = Standardize().fit(X[tr])
     Xtr, Xte = scaler.transform(X[tr]), scaler.transform(X[te])
     say(f"data: {desc}: {len(tr)} train / {len(te)} test, {X.shape[1]} features, {n_classes} classes")
+    if not args.quiet or args.device == "auto":  # (what auto picked is said even with --quiet)
+        print(device_line)
 
     fastnn.manual_seed(args.seed)
     layers, d = [], X.shape[1]
@@ -219,14 +245,16 @@ def _train(args) -> int:
     schedule = fastnn.schedules.Warmup(fastnn.schedules.Cosine(args.epochs * steps_per_epoch - warmup), warmup)
     trainer = Trainer(model, "cross_entropy", "sgd", schedule,
                       optimizer_kwargs={"lr": args.lr, "momentum": 0.9, "nesterov": True}, l2=args.l2,
-                      verbose=not args.quiet, seed=args.seed)
+                      verbose=not args.quiet, seed=args.seed, **({} if device == "cpu" else {"device": device}))
     trainer.fit(Xtr, y[tr], epochs=args.epochs, batch_size=args.batch_size, validation_fraction=0.1)
     result = trainer.evaluate(Xte, y[te])
     elapsed = time.perf_counter() - t0
     for f in recipe.diagnose(trainer.history, n_classes=n_classes):
         say(f"curves: {f}")
+    where = (f"{fastnn.get_num_threads()} threads, CPU path {fastnn.get_cpu_capability()}" if device == "cpu"
+             else f"on {device}")
     print(f"test accuracy: {result['accuracy']:.4f} ({len(te)} samples), test loss {result['loss']:.4f}; "
-          f"{elapsed:.1f} s, {fastnn.get_num_threads()} threads, CPU path {fastnn.get_cpu_capability()}")
+          f"{elapsed:.1f} s, {where}")
     if trainer.stopped_reason == "diverged":
         print("training diverged: rerun with a lower --lr", file=sys.stderr)
         return 1

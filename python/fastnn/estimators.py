@@ -36,8 +36,22 @@ so coefs_ are float32; activation also takes fastnn's "sigmoid", "leaky_relu", "
 by random_state), init (None: scikit-learn's; or "kaiming", "xavier", "normal", "pytorch"),
 schedule (None, "constant", "cosine", "linear": the learning rate per epoch over max_iter, with
 learning_rate="constant"), n_threads (fastnn's CPU threads during fit/predict; None leaves the
-setting alone), device ("cpu"). optimizer= is fastnn's old name for solver: it still works
+setting alone), device (below). optimizer= is fastnn's old name for solver: it still works
 ("sgd", "adam") with a DeprecationWarning, and overrides solver.
+
+Devices. device="cpu" (the default), "cuda", "cuda:N" or "auto" (the GPU when
+fastnn.cuda.is_available(), else the CPU; the choice is the fitted attribute device_). On a GPU the
+network lives there from fit on: each batch is uploaded once (gathered on the host in
+random_state's order), the GEMMs, backward pass and optimizer update run on the device, and the
+batch's logits (n_batch x n_outputs) come back for scikit-learn's float64 output activation, loss
+and delta, which go up again (n_batch x n_outputs); the L2 penalty's ||W||^2 is summed on the
+device (float64 accumulation, as on the CPU; with alpha > 0 one float per layer comes back per batch). predict / predict_proba / score upload X in chunks
+of 4096 rows and return NumPy. The same kernels in the same order on every device: on the fake GPU
+of tests/cuda_emulation a fit is bit-identical to the CPU fit. Fitted attributes are NumPy:
+coefs_ and intercepts_ are host copies when the model is on a GPU (assign coefs_ / intercepts_ to
+change the model; on the CPU they are views, as before). A pickled estimator stores its network on
+the host and moves it back to its GPU when unpickled (to the CPU, with a RuntimeWarning, where no
+GPU is usable; device_ says where it is). Asking for "cuda" where no GPU is usable is a RuntimeError at fit.
 
 scikit-learn is not a dependency. When it is importable the classes derive from its
 BaseEstimator with ClassifierMixin / RegressorMixin and raise its NotFittedError and
@@ -54,10 +68,13 @@ import warnings
 
 import numpy as np
 
+from . import cuda as _cuda
 from . import nn as _nn
 from . import optim as _optim
 from . import schedules as _schedules
+from ._backend import backend_of
 from ._params import ParamsMixin
+from .parameter import canonical_device, copy_into, move_array, parse_device
 from .random import Generator
 
 try:  # scikit-learn is optional: inherit its base classes when it is there
@@ -115,6 +132,11 @@ __all__ = ["HAVE_SKLEARN", "ConvergenceWarning", "MLPClassifier", "MLPRegressor"
 # scikit-learn's activation names, then fastnn's, as Linear's fused activation.
 _ACTIVATIONS = {"identity": None, "logistic": "sigmoid", "sigmoid": "sigmoid", "tanh": "tanh", "relu": "relu",
                 "leaky_relu": "leaky_relu", "elu": "elu", "selu": "selu", "prelu": "prelu"}
+
+
+def _host(a):
+    """A NumPy view (CPU) or copy (GPU) of an array fastnn computed."""
+    return a if isinstance(a, np.ndarray) else backend_of(a).to_host(a)
 
 
 # --------------------------------------------------------------------- input checks
@@ -334,8 +356,10 @@ class _BaseMLP(_BaseEstimator):
                              f"learning_rate='constant', got {self.learning_rate!r}")
         if self.n_threads is not None:
             _check_int(self.n_threads, "n_threads")
-        if self.device != "cpu":
-            raise ValueError(f"device: expected 'cpu' (the estimators train on NumPy arrays), got {self.device!r}")
+        try:
+            parse_device(self.device, "device", allow_auto=True)
+        except TypeError as e:
+            raise ValueError(str(e)) from None  # (scikit-learn's convention: a bad parameter is a ValueError)
         if self.verbose is not None and not isinstance(self.verbose, (bool, np.bool_, numbers.Integral)):
             raise ValueError(f"The 'verbose' parameter must be a bool or an int; got {self.verbose!r}")
         return dict(
@@ -380,40 +404,64 @@ class _BaseMLP(_BaseEstimator):
 
     @property
     def coefs_(self):
-        """coefs_[i]: (fan_in, fan_out) float32, a view of layer i's weight (writes reach the model)."""
+        """coefs_[i]: (fan_in, fan_out) float32 NumPy: a view of layer i's weight on the CPU (writes
+        reach the model), a host copy when the model is on a GPU."""
         if getattr(self, "model_", None) is None:
             raise AttributeError(f"{type(self).__name__} has no attribute 'coefs_' before fit")
-        return [lin.weight.data.T for lin in self.model_.layers]
+        return [_host(lin.weight.data).T for lin in self.model_.layers]
 
     @coefs_.setter
     def coefs_(self, value):
         for lin, c in zip(self.model_.layers, value):
-            lin.weight.data[...] = np.asarray(c).T
+            copy_into(lin.weight.data, np.asarray(c).T)
 
     @property
     def intercepts_(self):
-        """intercepts_[i]: (fan_out,) float32, layer i's bias itself."""
+        """intercepts_[i]: (fan_out,) float32 NumPy: layer i's bias itself on the CPU, a host copy
+        when the model is on a GPU."""
         if getattr(self, "model_", None) is None:
             raise AttributeError(f"{type(self).__name__} has no attribute 'intercepts_' before fit")
-        return [lin.bias.data for lin in self.model_.layers]
+        return [_host(lin.bias.data) for lin in self.model_.layers]
 
     @intercepts_.setter
     def intercepts_(self, value):
         for lin, b in zip(self.model_.layers, value):
-            lin.bias.data[...] = np.asarray(b)
+            copy_into(lin.bias.data, np.asarray(b))
 
     def _params(self):
         return [q for lin in self.model_.layers for q in (lin.weight, lin.bias)]
 
     def _penalty_sq(self):
-        return sum(float(np.dot(w.ravel(), w.ravel())) for w in (lin.weight.data for lin in self.model_.layers))
+        """sum ||W||^2 over the layers: the squared-error kernel against zeros (float64
+        accumulation) on the model's device; one float per layer comes back."""
+        zeros = self.__dict__.get("_zero_weights")
+        ws = [lin.weight.data for lin in self.model_.layers]
+        if zeros is None or any(backend_of(z).device_name(z) != backend_of(w).device_name(w) or z.shape != w.shape
+                                for z, w in zip(zeros, ws)):
+            zeros = self._zero_weights = [backend_of(w).zeros_like_device(w.shape, w.dtype, w) for w in ws]
+        return sum(backend_of(w).mse(w, z, False, None)[0] * w.size for w, z in zip(ws, zeros))
+
+    def _on_model_device(self, a, key):
+        """Host array `a` on the model's device: itself on the CPU, else copied into a device buffer
+        kept per (key, shape) so the batches of an epoch reuse two or three buffers."""
+        w = self.model_.layers[0].weight.data
+        if isinstance(w, np.ndarray):
+            return a
+        bufs = self.__dict__.setdefault("_device_buffers", {})
+        buf = bufs.get((key, a.shape))
+        if buf is None or backend_of(buf).device_name(buf) != backend_of(w).device_name(w):
+            buf = bufs[(key, a.shape)] = backend_of(w).empty_like_device(a.shape, a.dtype, w)
+        copy_into(buf, a)
+        return buf
 
     def _forward_backward(self, Xb, yb, sw, alpha):
         """One training forward + backward of a batch, scikit-learn's backprop: delta = out - y at
         the output (canonical link), gradients divided by the weight sum, alpha * W / sw_sum added by
-        the optimizer's l2. Returns the batch loss with the penalty (0.5 alpha ||W||^2 / sw_sum)."""
-        z = self.model_.forward(Xb)
-        out = _out_activation(np.asarray(z), self.out_activation_)
+        the optimizer's l2. Returns the batch loss with the penalty (0.5 alpha ||W||^2 / sw_sum).
+        Xb: a host batch (uploaded when the model is on a GPU) or an array on the model's device."""
+        xd = self._on_model_device(Xb, "x") if isinstance(Xb, np.ndarray) else Xb
+        z = self.model_.forward(xd)
+        out = _out_activation(_host(z), self.out_activation_)
         sw_sum = float(Xb.shape[0]) if sw is None else float(sw.sum())
         loss = _data_loss(out, yb, self.out_activation_, sw)
         if alpha:
@@ -422,7 +470,8 @@ class _BaseMLP(_BaseEstimator):
         if sw is not None:
             delta *= sw[:, None]
         delta /= sw_sum
-        self.model_.backward(np.ascontiguousarray(delta, dtype=np.float32), need_input_grad=False)
+        delta = self._on_model_device(np.ascontiguousarray(delta, dtype=np.float32), "delta")
+        self.model_.backward(delta, need_input_grad=False)
         return loss, sw_sum
 
     # ----------------------------------------------------------------- fit
@@ -438,12 +487,14 @@ class _BaseMLP(_BaseEstimator):
             if have != units:
                 raise ValueError(f"warm_start/partial_fit: the fitted layer sizes are {have}, this data and "
                                  f"hidden_layer_sizes need {units}")
+        device = canonical_device(self.device, allow_auto=True)
+        self.device_ = device
         old_threads = fastnn.get_num_threads()
         if self.n_threads is not None:
             fastnn.set_num_threads(int(self.n_threads))
         try:
             if first_pass:
-                self.model_ = self._build(p, units, rs)
+                self.model_ = self._build(p, units, rs).to(device)
                 self.n_iter_ = 0
                 self.t_ = 0
                 self.n_layers_ = len(units)
@@ -459,6 +510,7 @@ class _BaseMLP(_BaseEstimator):
                         self.validation_scores_, self.best_validation_score_, self.best_loss_ = None, None, np.inf
             if p["dropout"] > 0 and self.random_state is not None:
                 fastnn.manual_seed(int(rs.randint(0, 2**31 - 1)))  # dropout masks repeat with the seed
+            self.model_.to(device)  # (warm_start / partial_fit after a change of device; the optimizer follows)
             self.model_.train()
             if p["solver"] == "lbfgs":
                 self._fit_lbfgs(X, y, sw, p)
@@ -468,7 +520,7 @@ class _BaseMLP(_BaseEstimator):
             if self.n_threads is not None:
                 fastnn.set_num_threads(old_threads)
             self.model_.eval()
-        if not all(np.isfinite(q.data).all() for q in self._params()):
+        if not all(np.isfinite(_host(q.data)).all() for q in self._params()):
             raise ValueError("Solver produced non-finite parameter weights. The input data may contain large "
                              "values and need to be preprocessed.")
         return self
@@ -481,17 +533,19 @@ class _BaseMLP(_BaseEstimator):
                               "pip install 'fastnn[lbfgs]' or pip install scipy") from None
         params = self._params()
         sizes = [q.data.size for q in params]
+        Xd = self._on_model_device(X, "x")  # full batch: uploaded once, not per evaluation
 
         def loss_grad(flat):
             o = 0
             for q, s in zip(params, sizes):
-                q.data[...] = flat[o:o + s].reshape(q.data.shape)
+                copy_into(q.data, flat[o:o + s].reshape(q.data.shape).astype(q.data.dtype))
                 o += s
-            loss, _ = self._forward_backward(X, y, sw, p["alpha"])
-            self._add_penalty_grad(params, p["alpha"], float(X.shape[0]) if sw is None else float(sw.sum()))
-            return loss, np.concatenate([q.grad.ravel() for q in params]).astype(np.float64)
+            loss, _ = self._forward_backward(Xd, y, sw, p["alpha"])
+            grads = [_host(q.grad) for q in params]
+            self._add_penalty_grad(params, grads, p["alpha"], float(X.shape[0]) if sw is None else float(sw.sum()))
+            return loss, np.concatenate([g.ravel() for g in grads]).astype(np.float64)
 
-        x0 = np.concatenate([q.data.ravel() for q in params]).astype(np.float64)
+        x0 = np.concatenate([_host(q.data).ravel() for q in params]).astype(np.float64)
         res = scipy.optimize.minimize(loss_grad, x0, method="L-BFGS-B", jac=True,
                                       options={"maxfun": p["max_fun"], "maxiter": p["max_iter"], "gtol": p["tol"]})
         if res.status != 0:
@@ -502,15 +556,16 @@ class _BaseMLP(_BaseEstimator):
         self.loss_ = float(res.fun)
         o = 0
         for q, s in zip(params, sizes):
-            q.data[...] = res.x[o:o + s].reshape(q.data.shape)
+            copy_into(q.data, res.x[o:o + s].reshape(q.data.shape).astype(q.data.dtype))
             o += s
 
     @staticmethod
-    def _add_penalty_grad(params, alpha, sw_sum):
-        """L-BFGS's gradient of the penalty: alpha * W / sw_sum on the weights (not the biases)."""
+    def _add_penalty_grad(params, grads, alpha, sw_sum):
+        """L-BFGS's gradient of the penalty: alpha * W / sw_sum on the weights (not the biases),
+        added to `grads` (the host gradients: the parameters' own on the CPU, copies on a GPU)."""
         if alpha:
-            for q in params[0::2]:
-                q.grad += np.float32(alpha / sw_sum) * q.data
+            for q, g in zip(params[0::2], grads[0::2]):
+                g += np.float32(alpha / sw_sum) * _host(q.data)
 
     def _make_optimizer(self, p):
         params = self._params()
@@ -528,8 +583,12 @@ class _BaseMLP(_BaseEstimator):
         if isinstance(opt, _optim.SGD) and old > 0:
             for st in opt.state:
                 b = st.get("momentum_buffer")
-                if b is not None:
+                if isinstance(b, np.ndarray):
                     b *= np.float32(old / lr) if lr > 0 else 0
+                elif b is not None:  # on a GPU: the same float32 product on the host, once per lr change
+                    h = _host(b)
+                    h *= np.float32(old / lr) if lr > 0 else 0
+                    copy_into(b, h)
         opt.lr = lr
 
     def _fit_stochastic(self, X, y, sw, p, rs, incremental):
@@ -636,7 +695,7 @@ class _BaseMLP(_BaseEstimator):
                               "optimization hasn't converged yet.", ConvergenceWarning, stacklevel=5)
         if p["early_stopping"]:
             for q, b in zip(self._params(), best):
-                q.data[...] = b
+                copy_into(q.data, b)
 
     # ----------------------------------------------------------------- predict
     def _check_fitted(self):
@@ -671,7 +730,8 @@ class _BaseMLP(_BaseEstimator):
         if self.n_threads is not None:
             fastnn.set_num_threads(int(self.n_threads))
         try:
-            chunks = [np.asarray(model.forward(Xc[i:i + 4096])) for i in range(0, Xc.shape[0], 4096)]
+            dev = model.layers[0].weight.device
+            chunks = [_host(model.forward(move_array(Xc[i:i + 4096], dev))) for i in range(0, Xc.shape[0], 4096)]
         finally:
             if self.n_threads is not None:
                 fastnn.set_num_threads(old)
@@ -720,6 +780,25 @@ class _BaseMLP(_BaseEstimator):
         if solver == "lbfgs":
             raise AttributeError(f"partial_fit is only available for stochastic optimizers. {solver} is not "
                                  "stochastic.")
+
+    def __getstate__(self):
+        """Pickle / deepcopy without the device buffers (remade on use); the network's Parameters
+        and the optimizer pickle their arrays through the host and go back to their GPU when
+        unpickled (fastnn.parameter.Parameter.__getstate__)."""
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
+        state = dict(state)
+        for k in ("_device_buffers", "_zero_weights"):
+            state.pop(k, None)
+        return state
+
+    def __setstate__(self, state):
+        if hasattr(super(), "__setstate__"):
+            super().__setstate__(state)
+        else:
+            self.__dict__.update(state)
+        model = self.__dict__.get("model_")
+        if model is not None and model.parameters():
+            self.device_ = model.parameters()[0].device  # (the CPU when unpickled where no GPU is usable)
 
     def __sklearn_is_fitted__(self):
         return getattr(self, "model_", None) is not None

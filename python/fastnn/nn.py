@@ -19,6 +19,12 @@ its first layer with parameters. (PyTorch skips the same work for inputs without
     value = loss(model(x), y)
     model.backward(loss.backward(), need_input_grad=False)
 
+Devices: ``model.to(device)`` ("cpu", "cuda", "cuda:N"; fastnn.parameter.canonical_device)
+moves every parameter and gradient there and returns the model; a layer built on CUDA arrays
+(Parameters of DeviceArrays) stays on the GPU. The input must be on the model's device: a Linear
+or PReLU given x on another device raises MixedDeviceError (a TypeError) naming the layer's path,
+the parameter and both devices. An optimizer's state follows its parameters (fastnn.optim).
+
 Names, formulas and defaults follow PyTorch (LeakyReLU 0.01, PReLU 0.25, ELU alpha 1, the SELU
 constants). ``Linear(..., activation=...)`` fuses the activation (and dropout) into the GEMM; a
 separate activation module is the unfused equivalent.
@@ -33,14 +39,49 @@ import numpy as np
 from . import functional as F
 from . import init as _init
 from . import random as _random
-from .losses import MSELoss, SoftmaxCrossEntropy
 from ._backend import backend_of
-from .parameter import Parameter
+from .losses import MSELoss, SoftmaxCrossEntropy
+from .parameter import Parameter, canonical_device, copy_into
 
-__all__ = ["Module", "Linear", "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "PReLU", "ELU", "SELU", "Dropout",
-           "Sequential", "Residual", "SoftmaxCrossEntropy", "MSELoss", "INITS", "from_config", "register"]
+__all__ = ["Module", "MixedDeviceError", "Linear", "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "PReLU", "ELU", "SELU",
+           "Dropout", "Sequential", "Residual", "SoftmaxCrossEntropy", "MSELoss", "INITS", "from_config", "register"]
 
 INITS = ("kaiming", "xavier", "normal", "pytorch", "zeros")
+
+
+class MixedDeviceError(TypeError):
+    """A layer's parameter and its input are on different devices. ``path`` is the layer's place
+    in the model ("" for the layer itself; containers prepend their index as it propagates)."""
+
+    def __init__(self, layer, param, param_device, input_device, path=""):
+        self.layer, self.param, self.param_device, self.input_device = layer, param, param_device, input_device
+        self.path = path
+        super().__init__(self._message())
+
+    def _message(self):
+        where = f"layer {self.path!r} ({self.layer})" if self.path else f"layer {self.layer}"
+        return (f"mixed devices: {where} has parameter {self.param!r} on {self.param_device} but its input x is on "
+                f"{self.input_device}; move the model (model.to({self.input_device!r})) or the data "
+                f"(fastnn.cuda.to_device(x) / x.numpy()) to one device")
+
+    def within(self, name):
+        """The same error one container up (path prefixed with the child's name)."""
+        self.path = f"{name}.{self.path}" if self.path else str(name)
+        self.args = (self._message(),)
+        return self
+
+
+def _where(a) -> str:
+    """"cpu" / "cuda:N" of an array, for error messages."""
+    return backend_of(a).device_name(a)
+
+
+def _check_input_device(layer, name, param, x):
+    """Raises MixedDeviceError when param (a Parameter) and x are on different devices (called only
+    after the backend refused the pair, so the hot path pays nothing)."""
+    pd, xd = param.device, _where(x) if x is not None else "cpu"
+    if pd != xd:
+        raise MixedDeviceError(type(layer).__name__, name, pd, xd) from None
 
 
 class Module:
@@ -88,24 +129,46 @@ class Module:
         for p in self.parameters():
             p.zero_grad()
 
+    def to(self, device):
+        """Moves every parameter (data and grad, values kept bit for bit) to `device` ("cpu",
+        "cuda", "cuda:N", an int N, a torch.device); returns self. What a training forward kept
+        for its backward is dropped (it lives on the old device): run forward again. Asking for
+        a GPU where none is usable is a RuntimeError naming the device. Every array is copied
+        before any parameter changes, so a failure (out of GPU memory) leaves the model as it was."""
+        dev = canonical_device(device)
+        params = list({id(p): p for p in self.parameters()}.values())
+        moved = [p._moved(dev) for p in params]  # (all copies first: out of memory leaves the model as it was)
+        for _, m in self.named_modules():
+            m._forget_saved()
+        for p, (data, grad) in zip(params, moved):
+            p.data, p.grad = data, grad
+        return self
+
+    def _forget_saved(self):
+        for k in ("_x", "_saved"):
+            if k in vars(self):
+                setattr(self, k, None)
+
     def state_dict(self):
-        """name -> a copy of each parameter's data."""
-        return {k: p.data.copy() for k, p in self.named_parameters()}
+        """name -> a copy of each parameter's data, on the parameter's device."""
+        return {k: backend_of(p.data).copy(p.data) for k, p in self.named_parameters()}
 
     def load_state_dict(self, state):
-        """Copies arrays into the parameters; every name must be present with the same shape (the
-        error names the first mismatching parameter); nothing is changed unless all match."""
+        """Copies arrays (NumPy or CUDA, from any device) into the parameters, where they live;
+        every name must be present with the same shape (the error names the first mismatching
+        parameter); nothing is changed unless all match."""
         params = dict(self.named_parameters())
         missing = [k for k in params if k not in state]
         extra = [k for k in state if k not in params]
         if missing or extra:
             raise ValueError(f"state: missing parameters {missing}, unexpected {extra}")
         for k, p in params.items():
-            a = np.asarray(state[k])
-            if a.shape != p.data.shape:
-                raise ValueError(f"state[{k!r}]: expected shape {p.data.shape}, got {a.shape}")
+            a = state[k]
+            shape = tuple(a.shape) if hasattr(a, "shape") else np.shape(a)
+            if shape != tuple(p.data.shape):
+                raise ValueError(f"state[{k!r}]: expected shape {tuple(p.data.shape)}, got {shape}")
         for k, p in params.items():
-            p.data[...] = state[k]
+            copy_into(p.data, state[k])
         return self
 
     def config(self) -> dict:
@@ -191,7 +254,12 @@ class Linear(Module):
         self._fast = False
 
     def reset_parameters(self, *, generator=None):
-        w = self.weight.data
+        """Draws fresh weights (and biases) with the layer's init, on the host, then copies them to
+        where the parameters live (the same values on every device)."""
+        on_host = isinstance(self.weight.data, np.ndarray)
+        w = self.weight.data if on_host else np.empty(self.weight.shape, self.weight.dtype)
+        bias = None if self.bias is None else (self.bias.data if on_host else np.empty(self.bias.shape,
+                                                                                         self.bias.dtype))
         gain_name = _GAIN_NAME[self.activation]
         a = {"leaky_relu": self.negative_slope, "prelu": float(self._prelu_init)}.get(self.activation, 0.0)
         if self.init == "kaiming":  # std = gain / sqrt(fan_in), the gain of the layer's activation
@@ -204,18 +272,27 @@ class Linear(Module):
         elif self.init == "pytorch":
             bound = 1.0 / np.sqrt(self.in_features)
             _init.uniform_(w, -bound, bound, generator=generator)
-            if self.bias is not None:
-                _init.uniform_(self.bias.data, -bound, bound, generator=generator)
+            if bias is not None:
+                _init.uniform_(bias, -bound, bound, generator=generator)
         else:
             w.fill(0)
-        if self.bias is not None and self.init != "pytorch":
-            self.bias.data.fill(0)
+        if bias is not None and self.init != "pytorch":
+            bias.fill(0)
+        if not on_host:
+            copy_into(self.weight.data, w)
+            if bias is not None:
+                copy_into(self.bias.data, bias)
         if self.prelu_weight is not None:  # a reset restores the learned slope too
-            self.prelu_weight.data.fill(self._prelu_init)
+            copy_into(self.prelu_weight.data, np.full(self.prelu_weight.shape, self._prelu_init,
+                                                      self.prelu_weight.dtype))
 
     def forward(self, x):
         w = self.weight.data
-        be = backend_of(("x", x), ("weight", w))
+        try:
+            be = backend_of(("x", x), ("weight", w))
+        except TypeError:
+            _check_input_device(self, "weight", self.weight, x)
+            raise
         if self.training and be.linear_fast_ok(x, w):
             # The common case in a training loop (a batch from the data or the previous layer, on
             # the layer's device): the kernel call without the general path's argument checks.
@@ -364,7 +441,13 @@ class PReLU(_Elementwise):
         self.init = float(init)
         self.weight = Parameter(np.full(n, init, dtype), regularize=False, name="weight")
 
-    def _f(self, x): return F.prelu(x, self.weight.data)
+    def _f(self, x):
+        try:
+            backend_of(("x", x), ("weight", self.weight.data))
+        except TypeError:
+            _check_input_device(self, "weight", self.weight, x)
+            raise
+        return F.prelu(x, self.weight.data)
 
     def _b(self, g, x):
         gx, gw = F.prelu_backward(g, x, self.weight.data)
@@ -438,8 +521,12 @@ class Sequential(Module):
         return out
 
     def forward(self, x):
-        for m in self.layers:
-            x = m.forward(x)
+        i = 0
+        try:
+            for i, m in enumerate(self.layers):
+                x = m.forward(x)
+        except MixedDeviceError as e:
+            raise e.within(i) from None
         return x
 
     def backward(self, grad_output, *, need_input_grad=True):
@@ -493,7 +580,10 @@ class Residual(Module):
                 last.bias.data.fill(0)
 
     def forward(self, x):
-        return x + self.block.forward(x)
+        try:
+            return x + self.block.forward(x)
+        except MixedDeviceError as e:
+            raise e.within("block") from None
 
     def backward(self, grad_output, *, need_input_grad=True):
         if not need_input_grad:

@@ -34,6 +34,12 @@ array on the same GPU (a NumPy grad is a TypeError naming both), and its state (
 moments) is kept in fastnn.cuda.DeviceArrays on that GPU; ``state_dict()`` copies them on the
 device, and ``load_state_dict()`` accepts NumPy or CUDA state arrays for either kind of parameter
 (copying them to where the parameter lives).
+
+Devices: the state follows its parameter. After ``model.to(device)`` the next ``step()`` moves each
+state array (momentum buffer, moments) to its parameter's device, values kept bit for bit (never
+reset); step counts are host integers and need no move. ``opt.to(device)`` does the same at once
+(before capturing a step in a CUDA graph, which must not allocate or copy from the host, or to free
+the old device's memory); it checks that every parameter is on `device` first.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ import numbers
 import numpy as np
 
 from ._backend import backend_of, device_of
+from .parameter import canonical_device, move_array
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "create", "OPTIMIZERS"]
 
@@ -119,9 +126,43 @@ class Optimizer:
 
     def _state_array(self, be, i, key, w):
         st = self.state[i]
-        a = be.state_like(st.get(key), w)
+        a = st.get(key)
+        if a is not None and not (isinstance(a, np.ndarray) and isinstance(w, np.ndarray)):
+            a = self._follow(i, key, a)  # (GPU state or parameter: the device may have changed)
+        a = be.state_like(a, w)
         st[key] = a
         return a
+
+    def _follow(self, i, key, a):
+        """State array `a` of params[i] on that parameter's device (moved once, values kept)."""
+        data = self.params[i].data
+        dev = backend_of(data).device_name(data)
+        if device_of(a) is None or backend_of(a).device_name(a) == dev:
+            return a
+        return move_array(a, dev)
+
+    def __getstate__(self):
+        """Pickle / deepcopy: the state arrays as NumPy (they follow their parameters back to the
+        device on the next step or opt.to)."""
+        state = dict(self.__dict__)
+        state["state"] = self.state_dict(host=True)["state"]
+        return state
+
+    def to(self, device):
+        """Moves every state array to `device`, where all the parameters must already be (move the
+        model first: model.to(device)); returns self. step() does the same lazily."""
+        dev = canonical_device(device)
+        for i, p in enumerate(self.params):
+            where = backend_of(p.data).device_name(p.data)
+            if where != dev:
+                label = f"params[{i}]" + (f" ({p.name})" if getattr(p, "name", None) else "")
+                raise ValueError(f"device: {label} is on {where}, not {dev}; move the model first "
+                                 f"(model.to({dev!r})), then the optimizer's state follows")
+        for i, st in enumerate(self.state):
+            for k, v in st.items():
+                if not isinstance(v, (numbers.Number, str, bytes)) and device_of(v) is not None:
+                    st[k] = self._follow(i, k, v)
+        return self
 
     def step(self) -> None:
         self.step_count += 1
@@ -142,14 +183,22 @@ class Optimizer:
     def hyperparameters(self) -> dict:
         return {"l1": self.l1, "l2": self.l2}
 
-    def state_dict(self) -> dict:
+    def state_dict(self, *, host: bool = False) -> dict:
+        """Hyperparameters, lr, step count and a copy of every state array: on its device, or with
+        host=True as NumPy arrays (each GPU array downloaded once, no device copy: a checkpoint)."""
+        def copy(v):
+            if not _is_state_array(v):
+                return v
+            if host:
+                return np.array(v) if isinstance(v, np.ndarray) else backend_of(v).to_host(v)
+            return v.copy()
         return {
             "type": type(self).__name__,
             "hyperparameters": self.hyperparameters(),
             "lr": self._lr,
             "base_lr": self.base_lr,
             "step_count": self.step_count,
-            "state": [{k: (v.copy() if _is_state_array(v) else v) for k, v in st.items()} for st in self.state],
+            "state": [{k: copy(v) for k, v in st.items()} for st in self.state],
         }
 
     def load_state_dict(self, sd: dict) -> None:

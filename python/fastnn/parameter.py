@@ -17,17 +17,106 @@ learning rates when fine-tuning).
 float32/float64, C-contiguous, writeable): it is kept as it is (no copy, no conversion), and
 ``grad`` is a zero CUDA array of the same kind on the same GPU. fastnn.optim then updates it on
 the GPU. Without a usable GPU (or a build without CUDA) that is a RuntimeError.
+
+``device`` is where it lives: "cpu" or "cuda:N". ``to(device)`` moves ``data`` and ``grad`` (their
+values kept, bit for bit) and returns the Parameter; a move to the GPU makes
+fastnn.cuda.DeviceArrays, a move to the CPU NumPy arrays (whatever CUDA array kind it held). A
+device is "cpu", "cuda" (the current GPU), "cuda:N", an int N (= "cuda:N"), or an object with
+``.type`` and ``.index`` (a torch.device); see ``canonical_device``.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
+import warnings
 
 import numpy as np
 
-from ._backend import backend_of
+from . import _C
+from . import cuda as _cuda
+from ._backend import backend_of, device_of
 
-__all__ = ["Parameter"]
+__all__ = ["Parameter", "canonical_device", "copy_into", "move_array", "parse_device"]
+
+
+def parse_device(device, name: str = "device", *, allow_auto: bool = False):
+    """The syntax of a device argument, without asking whether that GPU exists: ("cpu", None),
+    ("cuda", None) for "cuda", ("cuda", N) for "cuda:N" / an int N / a torch.device, ("auto", None)
+    when allow_auto (the GPU when one is usable, else the CPU). Anything else is a ValueError
+    (TypeError for a non-device type) naming `name`."""
+    words = "'cpu', 'cuda', 'cuda:N'" + (", 'auto'" if allow_auto else "")
+    if isinstance(device, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected a device ({words}), got {device!r}")
+    if isinstance(device, numbers.Integral):
+        if device < 0:
+            raise ValueError(f"{name}: expected a GPU index >= 0, got {device}")
+        return "cuda", int(device)
+    if not isinstance(device, str) and isinstance(getattr(device, "type", None), str):
+        index = getattr(device, "index", None)  # a torch.device
+        device = device.type if index is None else f"{device.type}:{index}"
+    if not isinstance(device, str):
+        raise TypeError(f"{name}: expected a device ({words}), got {type(device).__name__}")
+    d = device.strip().lower()
+    if d == "cpu":
+        return "cpu", None
+    if d == "auto" and allow_auto:
+        return "auto", None
+    if d == "cuda":
+        return "cuda", None
+    if d.startswith("cuda:") and d[5:].isdigit():
+        return "cuda", int(d[5:])
+    raise ValueError(f"{name}: expected {words}, got {device!r}")
+
+
+def canonical_device(device, name: str = "device", *, allow_auto: bool = False) -> str:
+    """"cpu" or "cuda:N" for a device argument (see parse_device): "cuda" is the current GPU,
+    "auto" the current GPU when fastnn.cuda.is_available() else "cpu". Asking for a GPU where
+    none is usable (or a GPU index beyond the ones seen) is a RuntimeError / ValueError naming
+    `name` and what this machine has."""
+    kind, index = parse_device(device, name, allow_auto=allow_auto)
+    if kind == "cpu" or (kind == "auto" and not _cuda.is_available()):
+        return "cpu"
+    if not _cuda.is_available():
+        raise RuntimeError(f"{name}: {device!r} asks for a GPU, but none is usable here "
+                           f"({_cuda_unavailable_reason()}); use 'cpu'")
+    n = _cuda.device_count()
+    if index is None:
+        index = int(_C.cuda_get_device())
+    if index >= n:
+        raise ValueError(f"{name}: {device!r} asks for GPU {index}, but this machine has {n} "
+                         f"(cuda:0{'' if n == 1 else f'..cuda:{n - 1}'})")
+    return f"cuda:{index}"
+
+
+def _cuda_unavailable_reason() -> str:
+    if not getattr(_C, "cuda_compiled", False):
+        return "this build of fastnn has no CUDA support"
+    return f"no CUDA GPU: {_C.cuda_init_error()}"
+
+
+def move_array(a, device: str):
+    """`a` (NumPy or a CUDA array) as an array on `device` ("cpu" / "cuda:N", canonical): itself
+    when it is there already, else a copy (a DeviceArray on a GPU, a NumPy array on the CPU)."""
+    src = device_of(a)
+    if src is None:
+        return a
+    here = backend_of(a).device_name(a)
+    if here == device:
+        return a
+    host = backend_of(a).to_host(a) if src == "cuda" else np.asarray(a)
+    if device == "cpu":
+        return host
+    return _cuda.to_device(host, device=int(device[5:]))
+
+
+def copy_into(dst, src) -> None:
+    """Copies `src` (NumPy or CUDA, same shape) into `dst` in place on dst's device; dtype cast
+    to dst's."""
+    be = backend_of(("dst", dst))
+    if device_of(dst) == "cpu" and device_of(src) == "cuda":
+        src = backend_of(src).to_host(src)
+    be.assign(dst, src)
 
 
 class Parameter:
@@ -42,6 +131,51 @@ class Parameter:
         self.requires_grad = bool(requires_grad)
         # Multiplies the optimizer's lr for this parameter (fine-tuning: pretrained layers smaller).
         self.lr_scale = float(lr_scale)
+
+    @property
+    def device(self) -> str:
+        """"cpu" or "cuda:N"."""
+        return backend_of(self.data).device_name(self.data)
+
+    def to(self, device):
+        """Moves data and grad to `device` (values kept); returns self. No copy when it is there."""
+        self.data, self.grad = self._moved(canonical_device(device))
+        return self
+
+    def _moved(self, dev):
+        """(data, grad) on canonical device `dev`, without changing self (Module.to assigns only
+        once every parameter has been copied, so a failure leaves the model where it was)."""
+        return move_array(self.data, dev), None if self.grad is None else move_array(self.grad, dev)
+
+    def __getstate__(self):
+        """Pickle / deepcopy: the arrays as NumPy (a device address cannot travel) and the device
+        they were on; unpickling moves them back there (the same GPU index when this machine has
+        it, else the current GPU; where no GPU is usable they stay on the CPU, with a RuntimeWarning)."""
+        state = {k: getattr(self, k) for k in self.__slots__}
+        state["device"] = self.device
+        for k in ("data", "grad"):
+            a = state[k]
+            if a is not None and device_of(a) == "cuda":
+                state[k] = backend_of(a).to_host(a)
+        return state
+
+    def __setstate__(self, state):
+        if isinstance(state, tuple):  # (a pickle from before __getstate__: (None, {slot: value}))
+            state = state[1] or {}
+        defaults = {"grad": None, "regularize": True, "name": None, "requires_grad": True, "lr_scale": 1.0}
+        for k in self.__slots__:
+            setattr(self, k, state[k] if k in state else defaults[k])
+        if self.grad is None and isinstance(self.data, np.ndarray):
+            self.grad = np.zeros_like(self.data)
+        dev = state.get("device", "cpu")
+        if dev == "cpu":
+            return
+        if not _cuda.is_available():
+            warnings.warn(f"Parameter {self.name or ''} was on {dev}, but no GPU is usable here: it stays on the "
+                          "CPU", RuntimeWarning, stacklevel=2)
+            return
+        index = int(dev[5:])
+        self.to(dev if index < _cuda.device_count() else "cuda")
 
     @property
     def shape(self):

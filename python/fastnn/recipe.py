@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import nn
+from ._backend import backend_of
+from .parameter import canonical_device, move_array
 
 __all__ = ["Finding", "InitialLossCheck", "check_initial_loss", "diagnose", "DIAGNOSE_THRESHOLDS", "OverfitResult",
            "overfit_small", "LRFinderResult", "lr_find", "RecipeReport", "run"]
@@ -94,11 +96,20 @@ class InitialLossCheck:
 
 
 def _logits(model, X):
+    """float64 logits of X; a model on a GPU gets X uploaded in chunks of 4096 rows, and its logits
+    come back to the host."""
     if isinstance(model, nn.Module):
         was = model.training
         model.eval()
         try:
-            return np.asarray(model(X), np.float64)
+            params = model.parameters()
+            dev = params[0].device if params else "cpu"
+            if dev == "cpu":
+                return np.asarray(model(X), np.float64)
+            X = np.ascontiguousarray(X, params[0].data.dtype)
+            out = [backend_of(z).to_host(z) for z in (model(move_array(X[i:i + 4096], dev))
+                                                      for i in range(0, len(X), 4096))]
+            return np.concatenate(out).astype(np.float64)
         finally:
             model.train(was)
     if callable(model):
@@ -364,7 +375,7 @@ class OverfitResult:
 
 
 def overfit_small(model, X, y, n_batches=5, *, batch_size=32, max_epochs=300, optimizer="adam", lr=1e-3,
-                  optimizer_kwargs=None, seed=0):
+                  optimizer_kwargs=None, seed=0, device="cpu"):
     """Recipe step 2: train a copy of ``model`` on ``n_batches`` minibatches of ``batch_size``
     rows (the first rows of a seeded permutation of X) with regularization off (no dropout or
     DropConnect, no L1/L2), cycling over them for at most ``max_epochs`` passes, and report
@@ -378,7 +389,8 @@ def overfit_small(model, X, y, n_batches=5, *, batch_size=32, max_epochs=300, op
       is bad (weights so large that the logits saturate).
     - "slow": the loss falls but has not reached 100% yet: train longer or raise the LR a bit.
 
-    The model itself is not changed (see the module docstring)."""
+    The model itself is not changed (see the module docstring). ``device``: where the copy
+    trains ("cpu", "cuda", "cuda:N", "auto"; Trainer(device=...))."""
     import warnings
 
     from .train import Trainer, TrainingDivergedWarning
@@ -395,7 +407,7 @@ def overfit_small(model, X, y, n_batches=5, *, batch_size=32, max_epochs=300, op
     kw = dict(optimizer_kwargs or {})
     kw["lr"] = lr
     trainer = Trainer(copy, "cross_entropy", optimizer, optimizer_kwargs=kw, verbose=False, seed=seed,
-                      dtype=X.dtype)
+                      dtype=X.dtype, **_device_kwargs(device))
     state = {"acc": 0.0}
 
     def check(tr, epoch, logs):
@@ -603,7 +615,7 @@ def _table(result, names, k=5):
 def run(model_fn, X, y, *, out_dir, params=None, space=None, test_fraction=0.2, val_fraction=0.2,
         standardize=True, overfit_batches=5, overfit_epochs=300, lr_find_iters=100, coarse_trials=8,
         coarse_epochs=3, fine_trials=4, fine_epochs=6, final_epochs=30, batch_size=64, momentum=0.9,
-        l2_range=(1e-6, 1e-2), seed=0, verbose=False):
+        l2_range=(1e-6, 1e-2), seed=0, verbose=False, device="cpu"):
     """The whole recipe on (X, y), writing ``out_dir/report.md`` (and PNGs when matplotlib is
     installed: lr_find.png, search.png, curves.png). Returns a RecipeReport.
 
@@ -628,7 +640,11 @@ def run(model_fn, X, y, *, out_dir, params=None, space=None, test_fraction=0.2, 
        around the 3 best coarse trials (Space.narrow, as coarse_to_fine does);
     6. the best parameters trained for ``final_epochs`` epochs with the Trainer, validation
        curves recorded;
-    7. diagnose(history) and the accuracy on the held-out split."""
+    7. diagnose(history) and the accuracy on the held-out split.
+
+    ``device``: "cpu", "cuda", "cuda:N" or "auto" (the GPU when one is usable): where step 1's
+    forward pass runs and the Trainers of steps 2 and 4-7 train and evaluate (Trainer(device=...));
+    step 3's LR range test (its own short loop) trains a copy on the CPU. Asking for a GPU where none is usable is a RuntimeError before any work."""
     import os
 
     from . import search
@@ -636,6 +652,7 @@ def run(model_fn, X, y, *, out_dir, params=None, space=None, test_fraction=0.2, 
 
     if not callable(model_fn):
         raise TypeError(f"model_fn: expected a callable params -> model, got {type(model_fn).__name__}")
+    dev_kw = _device_kwargs(device)
     for name, v in (("test_fraction", test_fraction), ("val_fraction", val_fraction)):
         if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0 < v < 1:
             raise ValueError(f"{name}: expected a fraction in (0, 1), got {v!r}")
@@ -692,13 +709,13 @@ def run(model_fn, X, y, *, out_dir, params=None, space=None, test_fraction=0.2, 
     # 1
     _manual_seed(seed)
     model0 = build({**params, "lr": None, "l2": 0.0})
-    init = check_initial_loss(model0, Xtr, ytr, n_classes=n_classes)
+    init = check_initial_loss(model0.to(dev_kw.get("device", "cpu")), Xtr, ytr, n_classes=n_classes)
     say(f"step 1, initial loss: {init.verdict}")
     md += ["## 1. Initial loss", "", f"- loss {init.loss:.4f}, expected log({n_classes}) = {init.expected:.4f} "
            f"(tolerance {init.tolerance:.3f}): **{'ok' if init.ok else 'check'}**", f"- {init.verdict}", ""]
     # 2
     ov = overfit_small(model0, Xtr, ytr, overfit_batches, batch_size=min(32, batch_size), max_epochs=overfit_epochs,
-                       seed=seed)
+                       seed=seed, **dev_kw)
     say(f"step 2, overfit a small sample: {ov.verdict}")
     md += ["## 2. Overfit a small sample", "", f"- {ov.n_samples} samples, regularization off, Adam: "
            f"**{'reached 100%' if ov.reached else 'did not reach 100%'}** after {ov.steps} steps "
@@ -715,7 +732,7 @@ def run(model_fn, X, y, *, out_dir, params=None, space=None, test_fraction=0.2, 
         _manual_seed(seed)
         m = build({**params, **p})
         t = Trainer(m, "cross_entropy", "sgd", "cosine", optimizer_kwargs={"lr": p["lr"], "momentum": momentum,
-                    "nesterov": momentum > 0}, l2=p["l2"], verbose=False, seed=seed)
+                    "nesterov": momentum > 0}, l2=p["l2"], verbose=False, seed=seed, **dev_kw)
         t.fit(Xfit, yfit, epochs=p.pop("_epochs"), batch_size=batch_size, validation_data=(Xval, yval))
         if t.stopped_reason == "diverged":
             return {"score": 0.0, "val_loss": float("inf")}
@@ -746,7 +763,7 @@ def run(model_fn, X, y, *, out_dir, params=None, space=None, test_fraction=0.2, 
     _manual_seed(seed)
     model = build({**params, **best})
     trainer = Trainer(model, "cross_entropy", "sgd", "cosine", optimizer_kwargs={"lr": best["lr"], "momentum": momentum,
-                      "nesterov": momentum > 0}, l2=best["l2"], verbose=False, seed=seed)
+                      "nesterov": momentum > 0}, l2=best["l2"], verbose=False, seed=seed, **dev_kw)
     trainer.fit(Xfit, yfit, epochs=final_epochs, batch_size=batch_size, validation_data=(Xval, yval))
     h = trainer.history
     say(f"step 6, trained {final_epochs} epochs: val accuracy {h['val_accuracy'][-1]:.4f}")
@@ -764,6 +781,13 @@ def run(model_fn, X, y, *, out_dir, params=None, space=None, test_fraction=0.2, 
         f.write(text)
     files.insert(0, "report.md")
     return RecipeReport(out_dir, init, ov, lf, coarse, fine, best, h, findings, test, model, files, text)
+
+
+def _device_kwargs(device):
+    """The Trainer keyword for a device argument: {} for the CPU (the Trainer's default), else
+    {"device": "cuda:N"} (resolved once: "auto" picks the GPU when one is usable)."""
+    dev = canonical_device(device, allow_auto=True)
+    return {} if dev == "cpu" else {"device": dev}
 
 
 def _manual_seed(seed):

@@ -11,7 +11,8 @@ Constructor (a stable signature: the ``fastnn train`` command builds on it)::
 
     Trainer(model, loss="cross_entropy", optimizer="adam", schedule=None, *,
             optimizer_kwargs=None, schedule_kwargs=None, l1=0.0, l2=0.0, augment=None,
-            verbose=True, seed=None, dtype=np.float32)
+            verbose=True, seed=None, dtype=np.float32, device=None, graph=True,
+            device_data_budget=None)
 
 - ``model``: a fastnn.nn.Module whose parameters all have ``dtype``.
 - ``loss``: "cross_entropy" (softmax cross-entropy; integer labels in [0, C) or (M, C) soft
@@ -40,14 +41,26 @@ Constructor (a stable signature: the ``fastnn train`` command builds on it)::
   dropout / DropConnect masks repeatable (they draw from fastnn's global Philox generator).
 - ``dtype``: float32 or float64; X (and float targets) are converted to it once per fit (one
   C-ordered copy when needed).
+- ``device``: None (where the model's parameters are), "cpu", "cuda" (the current GPU), "cuda:N",
+  or "auto" (the GPU when one is usable). The model's parameters and the optimizer's state move
+  there at construction, and on a GPU the whole fit stays there (see "Training on the GPU").
+- ``graph``: on the GPU, capture the training step as a CUDA graph per batch shape and replay it
+  (True), or launch the same kernels one by one (False, for debugging); the results are equal.
+- ``device_data_budget``: None (X and y are uploaded whole), or bytes: above it the epoch's rows
+  are uploaded chunk by chunk in the epoch's order (said in ``history["log"]``).
 
 ``fit(X, y, epochs=10, batch_size=32, *, validation_data=None, validation_fraction=None,
-shuffle=True, early_stopping=None, min_delta=0.0, restore_best=True, callbacks=())`` returns
-self; ``trainer.history`` holds per-epoch "loss", "accuracy" (classification), "val_loss",
-"val_accuracy" (with validation data), "lr" (at the epoch's end), and per-step "step_loss",
-"step_lr" (lists, accumulated over fits). The training loss of a step includes the penalty and is
-measured in training mode (dropout on) before that step's update; the epoch "loss" is the
-sample-weighted mean of its steps; "val_loss" is the data loss alone, in eval mode.
+shuffle=True, early_stopping=None, min_delta=0.0, restore_best=True, callbacks=(),
+drop_last=False)`` returns self (drop_last: skip each epoch's last, smaller batch);
+``trainer.history`` holds per-epoch "loss", "accuracy" (classification), "val_loss",
+"val_accuracy" (with validation data), "lr" (at the epoch's end), per-step "step_loss" and
+"step_lr", and "log" (notes on how a fit ran) (lists, accumulated over fits). A step's loss is the
+data loss measured in training mode (dropout on) before that step's update. The epoch "loss" is
+the float64 sum, in step order, of each step's mean loss times its rows (for "mse": of its
+squared-error sums) divided once by the epoch's rows (times the outputs), plus the L1/L2 penalty
+of the epoch's final weights; "accuracy" the argmax hits over the rows. "val_loss" (and
+``evaluate``) is the data loss alone, in eval mode, accumulated the same way over chunks of 4096
+rows. The CPU and the GPU do exactly this arithmetic, so a fit on either gives the same history.
 
 Early stopping: ``early_stopping=patience`` stops when the monitored value ("val_loss", or the
 training "loss" without validation data) has not improved by more than ``min_delta`` for
@@ -56,9 +69,28 @@ Callbacks: objects with ``on_epoch_end(trainer, epoch, logs)``, or functions ``f
 logs)``; a True return stops training. ``trainer.stopped_reason`` says why fit returned
 ("completed", "early_stopping", "callback", "diverged").
 
-Divergence: if a step's loss is NaN or inf, fit stops, warns (TrainingDivergedWarning) naming the
-epoch and step and suggesting a lower learning rate, and restores the parameters and optimizer
-state of the last epoch boundary at which all parameters were finite.
+Divergence: if a step's loss is NaN or inf, or a parameter is at the epoch's end, fit stops, warns
+(TrainingDivergedWarning) naming the epoch (and on the CPU the step) and suggesting a lower
+learning rate, and restores the parameters, optimizer state and fastnn's random stream of that
+epoch's start (the last state at which all were finite); the diverged epoch leaves nothing in the
+history.
+
+Training on the GPU (``device="cuda"``): X and y are uploaded once per fit (float32/float64;
+labels as int32), the validation rows too. Each epoch uploads its permutation (int64) and a table
+of the optimizer's per-step values (learning rate from the schedule, Adam's bias corrections), and
+then runs every step on the device: a gather kernel copies the batch's rows into fixed buffers (the
+position in the permutation is a device counter), forward, loss, backward and the fused optimizer
+update (with the L1/L2 penalty) run on fixed buffers, the loss, hits and a non-finite flag
+accumulate in device memory (and each step's loss goes into a device array of the epoch's steps), dropout and DropConnect read their Philox offset from device memory,
+and the counters advance on the device. The step is captured once per batch shape as a CUDA graph
+and replayed, so an epoch is a loop of graph launches without any copy or synchronization; the
+host reads the epoch's figures once at its end (and, for a progress bar, at most four times a
+second). Validation, ``evaluate``, ``predict``, ``predict_proba`` and ``decision_function`` run on
+the device too (predictions come back as NumPy arrays). It takes a Sequential of Linear layers
+(every activation, dropout, DropConnect, PReLU), activation modules and Dropout; the built-in
+losses; SGD, Adam and AdamW; no ``augment`` callable yet. A CUDA error inside a replay is raised
+with the epoch and step; Ctrl-C lets the launched steps finish and leaves the model (and the
+optimizer's step count) consistent, usable and savable.
 
 Checkpoints (``save`` / ``load``; fastnn.checkpoint, re-exported here as save_model and
 load_model) are a single .npz holding the parameter arrays, the optimizer's state arrays and a
@@ -79,13 +111,17 @@ import warnings
 
 import numpy as np
 
-from . import _C
+from . import _C, _backend, checks
 from . import checkpoint as _checkpoint
+from . import cuda as _cuda
 from . import nn as _nn
 from . import optim as _optim
+from . import random as _random
 from . import schedules as _schedules
+from ._backend import cuda as _cuda_backend
 from .checkpoint import CHECKPOINT_FORMAT, load_model, save_model
 from .losses import MSELoss, SoftmaxCrossEntropy
+from .parameter import canonical_device
 from .random import manual_seed
 from .validation import check_labels, check_X
 
@@ -127,14 +163,39 @@ def _params_finite(params) -> bool:
         return all(math.isfinite(float(np.add.reduce(p.data, axis=None, dtype=np.float64))) for p in params)
 
 
+def _resolve_device(device, model=None):
+    """("cpu", None) or ("cuda:N", N) (fastnn.parameter.canonical_device; "auto": the GPU when
+    one is usable); None: where the model's parameters are."""
+    if device is None:
+        params = model.parameters() if model is not None else []
+        device = params[0].device if params else "cpu"
+    dev = canonical_device(device, allow_auto=True)
+    return dev, (None if dev == "cpu" else int(dev.split(":")[1]))
+
+
+def _place(model, optimizer, device):
+    """Moves the model's parameters, gradients and the optimizer's state to `device` (no copy of
+    what is there already)."""
+    model.to(device)
+    optimizer.to(device)
+
+
 class Trainer:
     """Mini-batch training of a fastnn.nn model (see the module docstring for every argument)."""
 
     def __init__(self, model, loss="cross_entropy", optimizer="adam", schedule=None, *, optimizer_kwargs=None,
-                 schedule_kwargs=None, l1=0.0, l2=0.0, augment=None, verbose=True, seed=None, dtype=np.float32):
+                 schedule_kwargs=None, l1=0.0, l2=0.0, augment=None, verbose=True, seed=None, dtype=np.float32,
+                 device=None, graph=True, device_data_budget=None):
         if not isinstance(model, _nn.Module):
             raise TypeError(f"model: expected a fastnn.nn.Module, got {type(model).__name__}")
         self.model = model
+        self.device, self._device_index = _resolve_device(device, model)
+        self.graph = bool(graph)
+        if device_data_budget is not None and (isinstance(device_data_budget, bool) or not isinstance(
+                device_data_budget, numbers.Integral) or device_data_budget < 1):
+            raise ValueError(f"device_data_budget: expected a positive number of bytes or None, got "
+                             f"{device_data_budget!r}")
+        self.device_data_budget = None if device_data_budget is None else int(device_data_budget)
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
             raise TypeError(f"dtype: expected float32 or float64, got {self.dtype}")
@@ -173,6 +234,7 @@ class Trainer:
             raise TypeError(f"optimizer: expected a name ({', '.join(_optim.OPTIMIZERS)}) or a "
                             f"fastnn.optim.Optimizer, got {type(optimizer).__name__}")
         self.l1, self.l2 = self.optimizer.l1, self.optimizer.l2
+        _place(model, self.optimizer, self.device)
         self._schedule_spec = None
         if schedule is None or isinstance(schedule, _schedules.Schedule):
             if schedule_kwargs:
@@ -219,7 +281,17 @@ class Trainer:
     @staticmethod
     def _empty_history():
         return {"epoch": [], "loss": [], "accuracy": [], "val_loss": [], "val_accuracy": [], "lr": [],
-                "step_loss": [], "step_lr": []}
+                "step_loss": [], "step_lr": [], "log": []}
+
+    def _log(self, msg):
+        """A note about how the fit runs (history["log"]; printed when verbose)."""
+        self.history.setdefault("log", []).append(msg)
+        if self.verbose:
+            print(msg, flush=True)
+
+    def _device_plan(self):
+        # (made per use: it reads the layers' current settings, which a user may change between fits)
+        return _DevicePlan(self)
 
     def _check_X(self, X, name="X"):
         if hasattr(X, "toarray") or type(X).__module__.startswith("scipy.sparse"):
@@ -230,6 +302,11 @@ class Trainer:
 
     def _outputs(self, X):
         """The model's output width, from one eval-mode row (also checks the input width)."""
+        if self.device != "cpu":
+            plan = self._device_plan()
+            if X.shape[1] != plan.d_in:
+                raise ValueError(f"X: shape {X.shape} does not fit the model's input: expected {plan.d_in} features")
+            return plan.n_out
         was = self.model.training
         self.model.eval()
         try:
@@ -269,11 +346,11 @@ class Trainer:
             raise ValueError(f"X and {name}: expected the same number of rows, got X {n_rows} and {name} {t.shape[0]}")
         return t
 
-    def _penalty(self) -> float:
-        # fastnn.regularization.penalty in the parameters' dtype (BLAS dot, no float64 copy).
+    def _penalty(self, arrays) -> float:
+        # fastnn.regularization.penalty of host arrays in their dtype (BLAS dot, no float64 copy).
         total = 0.0
-        for p in self._reg_params:
-            f = p.data.reshape(-1)
+        for a in arrays:
+            f = a.reshape(-1)
             if self.l2:
                 total += 0.5 * self.l2 * float(np.dot(f, f))
             if self.l1:
@@ -290,7 +367,7 @@ class Trainer:
 
     # ----------------------------------------------------------------- fit
     def fit(self, X, y, epochs=10, batch_size=32, *, validation_data=None, validation_fraction=None, shuffle=True,
-            early_stopping=None, min_delta=0.0, restore_best=True, callbacks=()):
+            early_stopping=None, min_delta=0.0, restore_best=True, callbacks=(), drop_last=False):
         """Trains for ``epochs`` passes over (X, y) in mini-batches of ``batch_size`` rows (the
         last batch of an epoch may be smaller). validation_data=(X_val, y_val), or
         validation_fraction in (0, 1) to hold out that share of the rows (chosen with the
@@ -338,174 +415,124 @@ class Trainer:
             vi, ti = np.sort(perm[:n_val]), np.sort(perm[n_val:])
             Xv, yv, X, y = X[vi], y[vi], X[ti], y[ti]
         self._fit_arrays(X, y, Xv, yv, epochs, batch_size, shuffle, early_stopping, float(min_delta),
-                         bool(restore_best), callbacks)
+                         bool(restore_best), callbacks, bool(drop_last))
         return self
 
-    def _fit_arrays(self, X, y, Xv, yv, epochs, batch_size, shuffle, patience, min_delta, restore_best, callbacks):
+    def _fit_arrays(self, X, y, Xv, yv, epochs, batch_size, shuffle, patience, min_delta, restore_best, callbacks,
+                    drop_last=False):
         model, opt = self.model, self.optimizer
         self._params = params = model.parameters()
         self._reg_params = [p for p in params if getattr(p, "regularize", True)]
-        n, d = X.shape
+        n = X.shape[0]
         bs = min(batch_size, n)
-        steps = (n + bs - 1) // bs
+        steps = n // bs if drop_last else (n + bs - 1) // bs
         if self._schedule_spec is not None and (self.schedule is None or "total" not in self._schedule_spec[1]):
             self.schedule = self._build_schedule(opt.step_count + epochs * steps)
-        schedule = self.schedule
-        base_lr = opt.base_lr
-        has_penalty = bool(self.l1 or self.l2) and bool(self._reg_params)
-        dtype = self.dtype
         classify = self.classification
         hist = self.history
-        step_loss, step_lr = hist["step_loss"], hist["step_lr"]
-
-        # The hot path's loss: call the fused kernel directly for the built-in losses (labels
-        # were checked once above; the kernel re-checks their range in C++ for free).
-        if type(self.loss) is SoftmaxCrossEntropy:
-            def loss_step(out, t):
-                g = gbufs.get(out.shape)
-                if g is None:
-                    g = gbufs[out.shape] = np.empty(out.shape, out.dtype)
-                return _C.softmax_xent(out, t, g), g
-        elif type(self.loss) is MSELoss:
-            def loss_step(out, t):
-                g = gbufs.get(out.shape)
-                if g is None:
-                    g = gbufs[out.shape] = np.empty(out.shape, out.dtype)
-                return _C.squared_error(out, t, g, 2.0 / out.size) / out.size, g
-        else:
-            loss_fn = self.loss
-
-            def loss_step(out, t):
-                v = float(loss_fn.forward(out, t))
-                return v, loss_fn.backward()
-        gbufs = {}
-
-        # Fixed batch buffers, reused across steps and epochs: full batches and the last, smaller
-        # one; a shuffled epoch gathers its permuted rows into them. Unshuffled batches are views
-        # of X, copied into the buffers only when an augment may modify them in place (the
-        # caller's X must not change, and each epoch must start from the original rows).
-        def buffers(m):
-            return np.empty((m, d), X.dtype), np.empty((m,) + y.shape[1:], y.dtype)
-        full = buffers(bs)
-        rem = n - (steps - 1) * bs
-        last = full if rem == bs else buffers(rem)
-        gather = shuffle or self.augment is not None
-
+        run = (_DeviceRun(self, X, y, Xv, yv, bs, steps) if self.device != "cpu"
+               else _CPURun(self, X, y, Xv, yv, bs, steps))
         bar_cls = self._progress_class()
         monitor = "val_loss" if Xv is not None else "loss"
         best = math.inf
-        best_state = None
+        best_saved = False
         wait = 0
         epoch0 = hist["epoch"][-1] + 1 if hist["epoch"] else 0
-        snap, snap_epoch = self._snapshot(), epoch0
         self.stopped_reason = "completed"
         self.best_epoch = None
-        for e in range(epochs):
-            epoch = epoch0 + e
-            model.train()
-            order = self.rng.permutation(n) if shuffle else None
-            total_loss = 0.0
-            correct = 0
-            bar = bar_cls(total=steps, desc=f"epoch {epoch + 1}", leave=False, file=sys.stderr) if bar_cls else None
-            diverged = None
-            t_bar = time.perf_counter()
-            for s in range(steps):
-                lo = s * bs
-                hi = min(n, lo + bs)
-                m = hi - lo
-                if gather:
-                    xb, yb = full if m == bs else last
-                    if order is not None:
-                        idx = order[lo:hi]
-                        np.take(X, idx, axis=0, out=xb)
-                        np.take(y, idx, axis=0, out=yb)
-                    else:
-                        np.copyto(xb, X[lo:hi])
-                        np.copyto(yb, y[lo:hi])
-                else:
-                    xb, yb = X[lo:hi], y[lo:hi]
-                k = opt.step_count
-                if self.augment is not None:
-                    xb, yb = self.augment(xb, yb, k)
-                    if yb.dtype.kind == "f" and yb.dtype != dtype:  # e.g. float64 mixup targets
-                        yb = yb.astype(dtype)
-                if schedule is not None:
-                    opt.lr = schedule(k, base_lr)
-                out = model.forward(xb)
-                value, g = loss_step(out, yb)
-                if has_penalty:
-                    value += self._penalty()
-                if not math.isfinite(value):
-                    diverged = (epoch, s, value)
+        try:
+            for e in range(epochs):
+                epoch = epoch0 + e
+                model.train()
+                order = self.rng.permutation(n) if shuffle else None
+                k0 = opt.step_count
+                lrs = self._epoch_lrs(k0, steps)
+                snap = run.snapshot()  # the epoch's start: what a divergence restores
+                bar = (bar_cls(total=steps, desc=f"epoch {epoch + 1}", leave=False, file=sys.stderr)
+                       if bar_cls else None)
+                run.partial = None
+                try:
+                    total, correct, bad_step, step_loss = run.epoch(order, lrs, bar)
+                except KeyboardInterrupt:
+                    # the steps that ran stay in the history, next to the optimizer's step count
+                    if run.partial is not None:
+                        hist["step_loss"].extend(run.partial)
+                        hist["step_lr"].extend(lrs[:len(run.partial)])
+                    raise
+                finally:
+                    if bar is not None:
+                        bar.close()
+                if bad_step is None and not run.params_finite():
+                    # the epoch's last update (whose loss was measured before it) made a weight
+                    # non-finite: the same divergence, caught at the epoch boundary
+                    bad_step = (steps - 1, "a parameter became NaN or inf in the update")
+                if bad_step is not None:
+                    run.restore(snap)
+                    self.stopped_reason = "diverged"
+                    st, what = bad_step
+                    where = (f"at epoch {epoch + 1}, step {st + 1} (global step {k0 + st + 1})" if st is not None
+                             else f"at epoch {epoch + 1} (global steps {k0 + 1}-{k0 + steps}; the GPU flags the epoch)")
+                    lr = lrs[st if st is not None else -1] if lrs else opt.lr
+                    msg = (f"training diverged: {what} {where} with lr={lr:.3g}; try a lower learning rate. The model, "
+                           f"optimizer and random stream were restored to the start of epoch {epoch + 1}, their last "
+                           f"finite state.")
+                    self.divergence_message = msg
+                    warnings.warn(msg, TrainingDivergedWarning, stacklevel=3)
                     break
-                model.backward(g, need_input_grad=False)  # the data needs no gradient
-                opt.step()
-                total_loss += value * m
-                if classify:  # one fused pass over the (batch, classes) logits
-                    correct += _C.argmax_count(out if out.flags.c_contiguous else np.ascontiguousarray(out), yb)
-                step_loss.append(value)
-                step_lr.append(opt.lr)
-                if bar is not None:
-                    bar.update(1)
-                    now = time.perf_counter()
-                    if now - t_bar > 0.25:
-                        t_bar = now
-                        post = {"loss": f"{total_loss / hi:.4f}", "lr": f"{opt.lr:.3g}"}
-                        if classify:
-                            post["acc"] = f"{correct / hi:.3f}"
-                        bar.set_postfix(post, refresh=False)
-            if diverged is None and not _params_finite(params):
-                # the epoch's last update (whose loss was measured before it) made a weight
-                # non-finite: the same divergence, caught at the epoch boundary
-                diverged = (epoch, steps - 1, "a parameter became NaN or inf in the update")
-            if bar is not None:
-                bar.close()
-            if diverged is not None:
-                ep, st, v = diverged
-                self._restore(snap)
-                self.stopped_reason = "diverged"
-                what = v if isinstance(v, str) else f"the loss became {v}"
-                msg = (f"training diverged: {what} at epoch {ep + 1}, step {st + 1} (global step "
-                       f"{opt.step_count}) with lr={opt.lr:.3g}; try a lower learning rate. The model and optimizer "
-                       f"were restored to the start of epoch {snap_epoch + 1}, their last finite state.")
-                self.divergence_message = msg
-                warnings.warn(msg, TrainingDivergedWarning, stacklevel=3)
-                break
-            logs = {"epoch": epoch, "loss": total_loss / n, "lr": opt.lr}
-            if classify:
-                logs["accuracy"] = correct / n
-            if Xv is not None:
-                logs.update({"val_" + k: v for k, v in self._evaluate_arrays(Xv, yv).items()})
-            hist["epoch"].append(epoch)
-            for k in ("loss", "accuracy", "val_loss", "val_accuracy", "lr"):
-                if k in logs:
-                    hist[k].append(logs[k])
-            if self.verbose:
-                self._print_epoch(logs, epoch0 + epochs)
-            snap, snap_epoch = self._snapshot(), epoch + 1  # finite: checked above
-            stop = None
-            if patience is not None:
-                cur = logs[monitor]
-                if cur < best - min_delta:
-                    best, wait = cur, 0
-                    self.best_epoch = epoch
-                    if restore_best:
-                        best_state = [p.data.copy() for p in params]
-                else:
-                    wait += 1
-                    if wait >= patience:
-                        stop = "early_stopping"
-            for cb in callbacks:
-                f = getattr(cb, "on_epoch_end", cb)
-                if f(self, epoch, logs) is True:
-                    stop = stop or "callback"
-            if stop:
-                self.stopped_reason = stop
-                break
-        if restore_best and best_state is not None and self.stopped_reason != "diverged":
-            for p, a in zip(params, best_state):
-                p.data[...] = a
-        model.eval()
+                rows = steps * bs if drop_last else n
+                # The sample-weighted mean of the steps' data losses (float64, in step order: the
+                # same arithmetic on every device), then the penalty of the epoch's final weights.
+                loss = total / (rows * run.loss_cols)
+                if self.l1 or self.l2:
+                    loss += self._penalty(run.host_reg_params())
+                logs = {"epoch": epoch, "loss": loss, "lr": opt.lr}
+                if classify:
+                    logs["accuracy"] = correct / rows
+                if Xv is not None:
+                    logs.update({"val_" + k: v for k, v in run.evaluate_validation().items()})
+                hist["epoch"].append(epoch)
+                for key in ("loss", "accuracy", "val_loss", "val_accuracy", "lr"):
+                    if key in logs:
+                        hist[key].append(logs[key])
+                if step_loss is not None:
+                    hist["step_loss"].extend(step_loss)
+                hist["step_lr"].extend(lrs)
+                if self.verbose:
+                    self._print_epoch(logs, epoch0 + epochs)
+                stop = None
+                if patience is not None:
+                    cur = logs[monitor]
+                    if cur < best - min_delta:
+                        best, wait = cur, 0
+                        self.best_epoch = epoch
+                        if restore_best:
+                            run.save_best()
+                            best_saved = True
+                    else:
+                        wait += 1
+                        if wait >= patience:
+                            stop = "early_stopping"
+                for cb in callbacks:
+                    f = getattr(cb, "on_epoch_end", cb)
+                    if f(self, epoch, logs) is True:
+                        stop = stop or "callback"
+                if stop:
+                    self.stopped_reason = stop
+                    break
+            if restore_best and best_saved and self.stopped_reason != "diverged":
+                run.restore_best()
+        finally:
+            run.close()
+            model.eval()
+
+    def _epoch_lrs(self, k0, steps):
+        """The learning rate of each of the epoch's optimizer steps k0, k0 + 1, ... (the schedule's,
+        or the optimizer's lr throughout)."""
+        sched, opt = self.schedule, self.optimizer
+        if sched is None:
+            return [opt.lr] * steps
+        base = opt.base_lr
+        return [float(sched(k, base)) for k in range(k0, k0 + steps)]
 
     # ----------------------------------------------------------------- progress
     def _progress_class(self):
@@ -540,6 +567,16 @@ class Trainer:
         model = self.model
         model.eval()
         n = X.shape[0]
+        if self.device != "cpu":
+            plan = self._device_plan()
+            out = np.empty((n, plan.n_out), self.dtype)
+            Xd = _cuda.to_device(X, device=self._device_index)
+            B = plan.buffers(min(n, _EVAL_BATCH), False)
+            for lo in range(0, n, _EVAL_BATCH):
+                B["m"] = m = min(n - lo, _EVAL_BATCH)
+                ptr = plan.forward(B, Xd.ptr + lo * X.strides[0], False)
+                _C.cuda_memcpy_dtoh(out[lo:lo + m], ptr)
+            return out
         if n <= _EVAL_BATCH:
             return np.asarray(model.forward(X))
         first = np.asarray(model.forward(X[:_EVAL_BATCH]))
@@ -550,18 +587,70 @@ class Trainer:
         return out
 
     def _evaluate_arrays(self, X, y):
-        out = self._forward_eval(X)
-        if type(self.loss) is SoftmaxCrossEntropy:
-            loss = _C.softmax_xent(np.ascontiguousarray(out), y, None)
-        elif type(self.loss) is MSELoss:
-            o = np.ascontiguousarray(out)
-            loss = _C.squared_error(o, y, None, 1.0) / o.size
-        else:
-            loss = float(self.loss.forward(out, y))
-        res = {"loss": float(loss)}
+        """Eval-mode data loss and accuracy, chunk by chunk of _EVAL_BATCH rows: the float64 sum of
+        each chunk's mean loss times its rows (the squared-error sum for mse), divided once, the
+        arithmetic of the device's evaluation (_device_evaluate)."""
+        n = X.shape[0]
+        if self.device != "cpu":
+            labels = y.ndim == 1 and y.dtype.kind in "iu"
+            Xd = _cuda.to_device(X, device=self._device_index)
+            yh = y.astype(np.int32) if labels else np.ascontiguousarray(y)
+            yd = _raw(yh.nbytes, self._device_index)
+            _C.cuda_memcpy_htod(yd.ptr, yh)
+            return self._device_evaluate(Xd.ptr, yd.ptr, n, labels)
+        builtin = type(self.loss) in (SoftmaxCrossEntropy, MSELoss)
+        if not builtin:
+            out = self._forward_eval(X)
+            res = {"loss": float(self.loss.forward(out, y))}
+            if self.classification:
+                res["accuracy"] = _C.argmax_count(np.ascontiguousarray(out), y) / n
+            return res
+        model = self.model
+        model.eval()
+        xent = type(self.loss) is SoftmaxCrossEntropy
+        total, correct = 0.0, 0
+        for lo in range(0, n, _EVAL_BATCH):
+            out = np.ascontiguousarray(model.forward(X[lo:lo + _EVAL_BATCH]))
+            yc = y[lo:lo + _EVAL_BATCH]
+            if xent:
+                total += _C.softmax_xent(out, yc, None) * out.shape[0]
+            else:
+                total += _C.squared_error(out, yc, None, 1.0)
+            if self.classification:
+                correct += _C.argmax_count(out, yc)
+        res = {"loss": total / (n * (1 if xent else self._n_outputs))}
         if self.classification:
-            res["accuracy"] = _C.argmax_count(np.ascontiguousarray(out), y) / X.shape[0]
+            res["accuracy"] = correct / n
         return res
+
+    def _device_evaluate(self, x_ptr, y_ptr, n, labels):
+        """_evaluate_arrays on the GPU for X (n rows) and targets (int32 labels, or float rows) at
+        device addresses: the loss and hits accumulate on the device, one read at the end."""
+        plan = self._device_plan()
+        self.model.eval()
+        dn, C = plan.dname, plan.n_out
+        isz = self.dtype.itemsize
+        B = plan.buffers(min(n, _EVAL_BATCH), False)
+        scal = _raw(4 * 8 + 24, self._device_index)
+        sums, res = scal.ptr, scal.ptr + 32
+        _C.cuda_memset_zero(sums, 32)
+        xent = type(self.loss) is SoftmaxCrossEntropy
+        for lo in range(0, n, _EVAL_BATCH):
+            B["m"] = m = min(n - lo, _EVAL_BATCH)
+            out = plan.forward(B, x_ptr + lo * plan.d_in * isz, False)
+            yc = y_ptr + lo * (4 if labels else C * isz)
+            if xent:
+                _C.cuda_softmax_xent(dn, out, yc, "int32" if labels else "soft", 0, m, C, result_ptr=res)
+                _C.cuda_step_metrics(dn, out, m, C, yc, "labels" if labels else "soft", res, sums)
+            else:
+                _C.cuda_squared_error(dn, out, yc, 0, m * C, 1.0, result_ptr=res)
+                _C.cuda_step_metrics(dn, out, 1, C, yc, "none", res, sums)
+        v = np.empty(4, np.float64)
+        _C.cuda_memcpy_dtoh(v, sums)
+        out = {"loss": float(v[0]) / (n * (1 if xent else C))}
+        if self.classification:
+            out["accuracy"] = int(v[1]) / n
+        return out
 
     def _inference_X(self, X):
         X = self._check_X(X)
@@ -652,13 +741,15 @@ class Trainer:
         save_model(self.model, path, optimizer=self.optimizer, extra={"trainer": self._trainer_config()})
 
     @classmethod
-    def load(cls, path, *, loss=None, augment=None, verbose=None):
+    def load(cls, path, *, loss=None, augment=None, verbose=None, device=None):
         """A Trainer from ``save``: the model rebuilt from its config, the optimizer (same type,
         hyperparameters, lr, step count, moments), the schedule, history, settings and the
         shuffling generator's state (so a resumed fit continues as the uninterrupted run would).
-        A custom loss object is not stored: pass ``loss=`` again (then required). A checkpoint
-        whose trainer or optimizer fields are malformed is a ValueError naming the file."""
-        model, meta = load_model(path, return_metadata=True)
+        A custom loss object is not stored: pass ``loss=`` again (then required). ``device``: where
+        the loaded trainer trains: None (where it was saved from), "cpu", "cuda", "cuda:N", "auto"
+        (fastnn.checkpoint.load_model's). A checkpoint whose trainer or optimizer
+        fields are malformed is a ValueError naming the file."""
+        model, meta = load_model(path, return_metadata=True, device=device)
         p = os.fspath(path)
         tcfg = (meta.get("extra") or {}).get("trainer")
         if tcfg is None:
@@ -705,6 +796,770 @@ class Trainer:
         if tcfg.get("rng") is not None:  # older checkpoints lack it: the generator stays fresh
             t.rng.bit_generator.state = tcfg["rng"]
         return t
+
+
+class _CPURun:
+    """The CPU side of Trainer.fit: fixed host batch buffers, the layers' own forward/backward, the
+    optimizer's fused step. Accumulates exactly what _DeviceRun's step accumulates on the GPU (the
+    data loss times the batch's rows, or the squared-error sum, in float64 in step order; argmax
+    hits), so both report the same bits."""
+
+    def __init__(self, trainer, X, y, Xv, yv, bs, steps):
+        self.t = trainer
+        self.X, self.y, self.bs, self.steps = X, y, bs, steps
+        self.validation = (Xv, yv)
+        n, d = X.shape
+        self.n = n
+        self.loss_cols = 1
+        gbufs = {}
+        if type(trainer.loss) is SoftmaxCrossEntropy:
+            def loss_step(out, t):
+                g = gbufs.get(out.shape)
+                if g is None:
+                    g = gbufs[out.shape] = np.empty(out.shape, out.dtype)
+                v = _C.softmax_xent(out, t, g)
+                return v, g, v * out.shape[0]
+        elif type(trainer.loss) is MSELoss:
+            self.loss_cols = trainer._n_outputs
+
+            def loss_step(out, t):
+                g = gbufs.get(out.shape)
+                if g is None:
+                    g = gbufs[out.shape] = np.empty(out.shape, out.dtype)
+                total = _C.squared_error(out, t, g, 2.0 / out.size)
+                return total / out.size, g, total  # the epoch divides the sum by rows * outputs
+        else:
+            loss_fn = trainer.loss
+
+            def loss_step(out, t):
+                v = float(loss_fn.forward(out, t))
+                return v, loss_fn.backward(), v * out.shape[0]
+        self.loss_step = loss_step
+
+        # Fixed batch buffers, reused across steps and epochs: full batches and the last, smaller
+        # one; a shuffled epoch gathers its permuted rows into them. Unshuffled batches are views
+        # of X, copied into the buffers only when an augment may modify them in place (the
+        # caller's X must not change, and each epoch must start from the original rows).
+        def buffers(m):
+            return np.empty((m, d), X.dtype), np.empty((m,) + y.shape[1:], y.dtype)
+        self.full = buffers(bs)
+        rem = n - (steps - 1) * bs
+        self.last = self.full if rem >= bs else buffers(rem)
+
+    def snapshot(self):
+        return self.t._snapshot(), _random.default_generator.get_state()
+
+    def restore(self, snap):
+        self.t._restore(snap[0])
+        _random.default_generator.set_state(snap[1])
+
+    def params_finite(self):
+        return _params_finite(self.t._params)
+
+    def host_reg_params(self):
+        return [p.data for p in self.t._reg_params]
+
+    def save_best(self):
+        self.best = [p.data.copy() for p in self.t._params]
+
+    def restore_best(self):
+        for p, a in zip(self.t._params, self.best):
+            p.data[...] = a
+
+    def evaluate_validation(self):
+        return self.t._evaluate_arrays(*self.validation)
+
+    def close(self):
+        pass
+
+    def epoch(self, order, lrs, bar):
+        """One pass: (float64 loss sum, argmax hits, None or (index of the first step whose loss
+        was not finite, what happened), the steps' data losses)."""
+        t = self.t
+        model, opt, X, y, bs, n = t.model, t.optimizer, self.X, self.y, self.bs, self.n
+        augment, dtype, loss_step = t.augment, t.dtype, self.loss_step
+        classify = t.classification
+        set_lr = t.schedule is not None
+        gather = order is not None or augment is not None
+        total = 0.0
+        correct = 0
+        step_loss = self.partial = []
+        t_bar = time.perf_counter()
+        for s in range(self.steps):
+            lo = s * bs
+            hi = min(n, lo + bs)
+            m = hi - lo
+            if gather:
+                xb, yb = self.full if m == bs else self.last
+                if order is not None:
+                    idx = order[lo:hi]
+                    np.take(X, idx, axis=0, out=xb)
+                    np.take(y, idx, axis=0, out=yb)
+                else:
+                    np.copyto(xb, X[lo:hi])
+                    np.copyto(yb, y[lo:hi])
+            else:
+                xb, yb = X[lo:hi], y[lo:hi]
+            if augment is not None:
+                xb, yb = augment(xb, yb, opt.step_count)
+                if yb.dtype.kind == "f" and yb.dtype != dtype:  # e.g. float64 mixup targets
+                    yb = yb.astype(dtype)
+            if set_lr:
+                opt.lr = lrs[s]
+            out = model.forward(xb)
+            value, g, contrib = loss_step(out, yb)
+            if not math.isfinite(value):
+                return total, correct, (s, f"the loss became {value}"), step_loss
+            model.backward(g, need_input_grad=False)  # the data needs no gradient
+            opt.step()
+            total += contrib
+            if classify:  # one fused pass over the (batch, classes) logits
+                correct += _C.argmax_count(out if out.flags.c_contiguous else np.ascontiguousarray(out), yb)
+            step_loss.append(value)
+            if bar is not None:
+                bar.update(1)
+                now = time.perf_counter()
+                if now - t_bar > 0.25:
+                    t_bar = now
+                    post = {"loss": f"{total / (hi * self.loss_cols):.4f}", "lr": f"{opt.lr:.3g}"}
+                    if classify:
+                        post["acc"] = f"{correct / hi:.3f}"
+                    bar.set_postfix(post, refresh=False)
+        return total, correct, None, step_loss
+
+
+# ---- the device step ---------------------------------------------------------------------------
+# A training step on the GPU is a fixed list of kernel launches on fixed buffers: gather the batch
+# (the epoch's permutation and the batch position live in device memory), forward, loss, metrics,
+# backward, the optimizer updates (the learning rate and Adam's bias correction read from a per-step
+# table in device memory), then advance the counters and the dropout stream on the device. Nothing
+# in it reads host memory that changes between steps, so it is captured once per batch shape as a
+# CUDA graph and replayed; the host reads the epoch's figures once, at its end.
+
+_SAVE_NOTHING, _SAVE_RELU_MASK, _SAVE_OUTPUT, _SAVE_ACT_OUT, _SAVE_PRE = range(5)  # csrc/cuda/linear.h LinSave
+_ACT_MODULES = {"Sigmoid": "sigmoid", "Tanh": "tanh", "ReLU": "relu", "LeakyReLU": "leaky_relu", "ELU": "elu",
+                "SELU": "selu"}
+
+
+def _size(nbytes):
+    return f"{nbytes / 2**20:.1f} MiB" if nbytes >= 2**20 else f"{nbytes} bytes"
+
+
+def _round64(n):
+    return (n + 63) // 64 * 64  # fastnn.random.Generator.reserve's blocks
+
+
+def _raw(nbytes, device):
+    """Device memory of at least nbytes (8-byte units) as a float64 DeviceArray (any dtype goes
+    through its pointer)."""
+    return _cuda.DeviceArray((max(1, -(-int(nbytes) // 8)),), np.float64, device=device)
+
+
+def _flat_layers(model):
+    if isinstance(model, _nn.Sequential):
+        out = []
+        for m in model.layers:
+            out.extend(_flat_layers(m))
+        return out
+    return [model]
+
+
+class _Layer:
+    """One layer of the device plan: kind 'linear', 'act' or 'dropout', with the kernel arguments
+    fixed for the fit (activation ids and constants, dropout thresholds) and the output width."""
+
+    def __init__(self, module, dtype):
+        self.module = module
+        name = type(module).__name__
+        if isinstance(module, _nn.Linear):
+            self.kind = "linear"
+            self.k, self.n = module.in_features, module.out_features
+            self.act = checks.act_id(module.activation)
+            self.slope, self.alpha, self.scale = checks.act_params(module.activation, module.negative_slope,
+                                                                   module.alpha)
+            self.drop, self.dc = module.dropout > 0, module.dropconnect > 0
+            self.dthr, self.dscale = checks.threshold_scale(module.dropout, dtype) if self.drop else (0, 1.0)
+            self.cthr, self.cscale = checks.threshold_scale(module.dropconnect, dtype) if self.dc else (0, 1.0)
+            self.kind_save = _C.cuda_linear_save_kind(self.act, self.drop)
+        elif name in _ACT_MODULES and type(module).__module__ == _nn.__name__:
+            self.kind = "act"
+            act = _ACT_MODULES[name]
+            self.op = checks.act_id(act)
+            self.slope, self.alpha, self.scale = checks.act_params(
+                act, getattr(module, "negative_slope", 0.0), getattr(module, "alpha", 1.0))
+            if act == "leaky_relu":
+                self.slope = module.negative_slope
+        elif isinstance(module, _nn.Dropout):
+            self.kind = "dropout"
+            self.p = module.p
+            self.thr, self.dscale = checks.threshold_scale(module.p, dtype) if module.p > 0 else (0, 1.0)
+        else:
+            raise TypeError(f"model: training on the GPU takes a Sequential of Linear, activation (Sigmoid, Tanh, ReLU, "
+                            f"LeakyReLU, ELU, SELU) and Dropout layers; got a {name} layer (train it with "
+                            f"device='cpu')")
+
+    def positions(self, m, width_in):
+        """Philox positions one training forward of m rows reserves (0: none), as the CPU layers do."""
+        if self.kind == "linear" and (self.drop or self.dc):
+            return _round64(m * self.n + self.n * self.k)
+        if self.kind == "dropout" and self.p > 0:
+            return _round64(m * width_in)
+        return 0
+
+
+def _ptr(a):
+    return 0 if a is None else int(a.ptr)
+
+
+class _DevicePlan:
+    """The layers of a model on the GPU and the launches of its forward and backward on fixed
+    buffers of one batch shape (m rows)."""
+
+    def __init__(self, trainer):
+        self.t = trainer
+        self.dtype = trainer.dtype
+        self.dname = self.dtype.name
+        self.device = trainer._device_index
+        self.layers = [_Layer(m, self.dtype) for m in _flat_layers(trainer.model)]
+        if not any(L.kind == "linear" for L in self.layers):
+            raise TypeError("model: training on the GPU needs at least one Linear layer")
+        width = None
+        for L in self.layers:
+            if L.kind == "linear":
+                if width is not None and width != L.k:
+                    raise ValueError(f"model: a Linear layer takes {L.k} features but the layer before it gives {width}")
+                width = L.n
+            L.width_out = width
+        self.d_in = next(L.k for L in self.layers if L.kind == "linear")
+        for L in self.layers:
+            if L.width_out is None:
+                L.width_out = self.d_in
+        self.n_out = self.layers[-1].width_out
+        # the first layer with parameters: nothing below it needs a backward (the input is data)
+        self.first = next(i for i, L in enumerate(self.layers) if L.kind == "linear")
+
+    def buffers(self, m, training):
+        """Per-layer output buffers (and what the backward needs) for batches of m rows."""
+        dev, dt = self.device, self.dtype
+        outs, saves, masks, gins = [], [], [], []
+        w = self.d_in
+        for i, L in enumerate(self.layers):
+            if L.kind == "dropout" and (L.p == 0 or not training):
+                outs.append(None)  # identity: the input itself
+            else:
+                outs.append(_cuda.DeviceArray((m, L.width_out), dt, device=dev))
+            save = mask = None
+            if training and L.kind == "linear":
+                if L.kind_save in (_SAVE_ACT_OUT, _SAVE_PRE):
+                    save = _cuda.DeviceArray((m, L.n), dt, device=dev)
+                elif L.kind_save == _SAVE_RELU_MASK:
+                    L.mask_ld = _C.cuda_linear_mask_ld(L.n)
+                    mask = _raw(m * L.mask_ld // 8, dev)
+            saves.append(save)
+            masks.append(mask)
+            # the gradient with respect to this layer's input (none below the first Linear)
+            gins.append(_cuda.DeviceArray((m, w), dt, device=dev) if training and i > self.first else None)
+            w = L.width_out
+        return {"m": m, "outs": outs, "saves": saves, "masks": masks, "gins": gins}
+
+    def forward(self, B, x_ptr, training, rng_ptr=0):
+        """Launches the forward of B's shape from the input at x_ptr; returns the output's pointer."""
+        m, dn = B["m"], self.dname
+        shift = 0
+        w_in = self.d_in
+        tf32 = _cuda.tf32_allowed()
+        B["inputs"] = inputs = []
+        for i, L in enumerate(self.layers):
+            inputs.append(x_ptr)
+            out = B["outs"][i]
+            if L.kind == "linear":
+                mod = L.module
+                rnd = training and (L.drop or L.dc)
+                pw = mod.prelu_weight
+                save, mask = B["saves"][i], B["masks"][i]
+                _C.cuda_linear_forward(
+                    dn, m, L.n, L.k, x_ptr, _ptr(mod.weight.data), _ptr(None if mod.bias is None else mod.bias.data),
+                    L.act, L.slope, L.alpha, L.scale, _ptr(None if pw is None else pw.data),
+                    0 if pw is None else pw.size, 0, shift if rnd else 0, training and L.drop, L.dthr, L.dscale,
+                    training and L.dc, L.cthr, L.cscale, out.ptr, _ptr(save), _ptr(mask),
+                    getattr(L, "mask_ld", 0) if mask is not None else 0, mask is not None, tf32,
+                    rng_ptr=rng_ptr if rnd else 0)
+                x_ptr = out.ptr
+            elif L.kind == "act":
+                _C.cuda_act_forward(L.op, dn, x_ptr, out.ptr, m * L.width_out, L.slope, L.alpha, L.scale)
+                x_ptr = out.ptr
+            elif out is not None:  # dropout in training
+                _C.cuda_dropout_apply_dev(dn, x_ptr, out.ptr, m * w_in, rng_ptr, shift, L.thr, L.dscale)
+                x_ptr = out.ptr
+            if training:
+                shift += L.positions(m, w_in)
+            w_in = L.width_out
+        B["advance"] = shift
+        return x_ptr
+
+    def backward(self, B, g_ptr, rng_ptr):
+        """Launches the backward of the last forward of B from the output gradient at g_ptr; the
+        parameters' gradients go to their .grad buffers."""
+        m, dn = B["m"], self.dname
+        shifts, shift, w_in = [], 0, self.d_in
+        for L in self.layers:
+            shifts.append(shift)
+            shift += L.positions(m, w_in)
+            w_in = L.width_out
+        tf32 = _cuda.tf32_allowed()
+        for i in range(len(self.layers) - 1, self.first - 1, -1):
+            L = self.layers[i]
+            x_ptr = B["inputs"][i]
+            gin = B["gins"][i]
+            if L.kind == "linear":
+                mod = L.module
+                rnd = L.drop or L.dc
+                pw = mod.prelu_weight
+                kind = L.kind_save
+                saved = (B["outs"][i].ptr if kind == _SAVE_OUTPUT else
+                         _ptr(B["saves"][i]) if kind in (_SAVE_ACT_OUT, _SAVE_PRE) else 0)
+                mask = B["masks"][i]
+                _C.cuda_linear_backward(
+                    dn, m, L.n, L.k, g_ptr, x_ptr, _ptr(mod.weight.data), L.act, L.slope, L.alpha, L.scale,
+                    _ptr(None if pw is None else pw.data), 0 if pw is None else pw.size, saved, _ptr(mask),
+                    getattr(L, "mask_ld", 0) if mask is not None else 0, 0, shifts[i] if rnd else 0, L.drop, L.dthr,
+                    L.dscale, L.dc, L.cthr, L.cscale, _ptr(gin), _ptr(mod.weight.grad),
+                    _ptr(None if mod.bias is None else mod.bias.grad), _ptr(None if pw is None else pw.grad), tf32,
+                    rng_ptr=rng_ptr if rnd else 0)
+            elif L.kind == "act":
+                _C.cuda_act_backward(L.op, dn, g_ptr, x_ptr, gin.ptr, gin.size, L.slope, L.alpha, L.scale)
+            elif B["outs"][i] is not None:
+                _C.cuda_dropout_apply_dev(dn, g_ptr, gin.ptr, gin.size, rng_ptr, shifts[i], L.thr, L.dscale)
+            else:
+                continue  # identity: the gradient passes through
+            if gin is None:
+                return
+            g_ptr = gin.ptr
+
+
+class _DeviceRun:
+    """The GPU side of Trainer.fit (see _CPURun for the host twin it matches bit for bit)."""
+
+    def __init__(self, trainer, X, y, Xv, yv, bs, steps):
+        self.t = trainer
+        self.opt = trainer.optimizer
+        self.plan = plan = trainer._device_plan()
+        self.dev = trainer._device_index
+        self.dname = plan.dname
+        self.bs, self.steps, self.n = bs, steps, X.shape[0]
+        self.graphs = {}
+        self.use_graph = trainer.graph
+        self.loss_cols = trainer._n_outputs if type(trainer.loss) is MSELoss else 1
+        if type(trainer.loss) not in (SoftmaxCrossEntropy, MSELoss):
+            raise TypeError("loss: training on the GPU takes 'cross_entropy' or 'mse', got a custom loss object "
+                            "(train it with device='cpu')")
+        if trainer.augment is not None:
+            # fastnn.augment's kernels take parameters drawn on the host at each call (flips, boxes,
+            # factors, mixup's permutation): a replayed graph would repeat one batch's draws
+            raise TypeError("augment: training on the GPU does not take an augment callable yet (fastnn.augment's "
+                            "kernels read host-drawn parameters per call, which a captured step cannot redraw); "
+                            "use device='cpu' for augmented training")
+        self.xent = type(trainer.loss) is SoftmaxCrossEntropy
+        self.labels = y.ndim == 1 and y.dtype.kind in "iu"
+        self.stream = _cuda.Stream()
+        self._prev_stream = _C.current_stream()
+        _C.stream_wait(self.stream.handle, self._prev_stream)  # after the model's uploads
+        _C.set_current_stream(self.stream.handle)
+        try:
+            self._setup(X, y, Xv, yv)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- setup: everything allocated and uploaded once per fit --
+    def _upload(self, a, what):
+        nbytes = a.nbytes
+        try:
+            buf = _raw(nbytes, self.dev)
+        except (RuntimeError, MemoryError) as e:
+            try:
+                total = _C.cuda_device_properties(self.dev)["memory_bytes"]
+                held = _C.cuda_allocated_bytes()
+                room = f"cuda:{self.dev} has {_size(total)}, of which fastnn holds {_size(held)}"
+            except (RuntimeError, KeyError, AttributeError):  # (a driver that cannot say)
+                room = f"cuda:{self.dev}"
+            raise MemoryError(f"{what}: uploading {_size(nbytes)} to the GPU failed: {room} ({e}); pass "
+                              f"Trainer(..., device_data_budget=BYTES) to keep at most that much of X on the GPU "
+                              f"(chunked mode: each epoch uploads its rows in order, chunk by chunk)") from None
+        _C.cuda_memcpy_htod(buf.ptr, np.ascontiguousarray(a))
+        return buf
+
+    def _targets(self, y):
+        return y.astype(np.int32) if self.labels else y
+
+    def _setup(self, X, y, Xv, yv):
+        t, dev = self.t, self.dev
+        yh = self._targets(y)
+        self.row_elems_y = 1 if yh.ndim == 1 else yh.shape[1]
+        self.ydname = "int32" if self.labels else self.dname
+        row_bytes = X.strides[0] + yh.nbytes // max(1, len(yh))
+        budget = t.device_data_budget
+        self.X, self.y = X, yh
+        if budget is not None and row_bytes * X.shape[0] > budget:
+            rows = max(self.bs, budget // row_bytes // self.bs * self.bs)
+            self.chunk_rows = rows
+            self.Xd = _raw(rows * X.strides[0], dev)
+            self.yd = _raw(rows * (yh.nbytes // max(1, len(yh))), dev)
+            self.idx = self._upload(np.arange(rows, dtype=np.int64), "index")
+            chunks = -(-self.n // rows)
+            t._log(f"X and y ({_size(row_bytes * X.shape[0])}) exceed device_data_budget ({_size(budget)}): "
+                   f"training from cuda:{dev} in {chunks} chunks of {rows} rows, each uploaded once per epoch")
+        else:
+            self.chunk_rows = None
+            self.Xd = self._upload(X, "X")
+            self.yd = self._upload(yh, "y")
+            self.idx = self._upload(np.arange(self.n, dtype=np.int64), "index")  # unshuffled epochs
+        self.perm = _raw(8 * self.n, dev) if self.chunk_rows is None else None  # the epoch's permutation
+        self.validation = None
+        if Xv is not None:
+            labels = yv.ndim == 1 and yv.dtype.kind in "iu"  # (labels here, soft targets in y: allowed)
+            self.validation = (self._upload(Xv, "validation_data[0]"),
+                               self._upload(yv.astype(np.int32) if labels else yv, "validation_data[1]"),
+                               Xv.shape[0], labels)
+        # Device scalars, one block: the sums (loss, hits, rows, non-finite flag), the parameter
+        # check's 4, the epoch's step losses (S float64) with the loss result (24 bytes) right after
+        # them, then the batch position, the step counter, the rng words (seed, offset) and a zero.
+        S = self.steps
+        self.scal = _raw(64 + 8 * S + 24 + 40, dev)
+        base = self.scal.ptr
+        self.sums, self.chk, self.losses, self.res = base, base + 32, base + 64, base + 64 + 8 * S
+        self.pos, self.ctr, self.rng, self.zero = (self.res + 24, self.res + 32, self.res + 40, self.res + 56)
+        _C.cuda_memset_zero(base, self.scal.nbytes)
+        # Step losses: each step shifts the S recorded ones down by one and appends its own (a gather
+        # of S + 1 values through the fixed index 1..S into a second buffer, copied back), so the
+        # epoch's losses are in order at its end without any per-step address.
+        self.shift_idx = self._upload(np.arange(1, S + 1, dtype=np.int64), "index")
+        self.shifted = _raw(8 * S, dev)
+        self.gen0 = _random.default_generator.get_state()
+        _C.cuda_memcpy_htod(self.rng, np.array(self.gen0, dtype=np.uint64))
+        self.params = t._params
+        self.zeros = _cuda.zeros((max(p.size for p in self.params),), self.plan.dtype, device=dev)
+        self._optim_setup()
+        self.shapes = {}
+        self.snap = [(p.data, _cuda.DeviceArray(p.data.shape, p.data.dtype, device=dev)) for p in self.params]
+        self.snap += [(a, _cuda.DeviceArray(a.shape, a.dtype, device=dev)) for a in self.state_arrays]
+        self.best = None
+        self.warm = None
+        self.done = 0
+
+    def _optim_setup(self):
+        """Optimizer state on the device (made now: the graph writes into it) and the update launches'
+        fixed arguments; the per-step table is filled per epoch."""
+        opt = self.opt
+        self.adam = isinstance(opt, _optim.Adam)
+        if not (self.adam or isinstance(opt, _optim.SGD)):
+            raise TypeError(f"optimizer: training on the GPU takes SGD, Adam or AdamW, got {type(opt).__name__}")
+        be = _backend.table("cuda")
+        had = [set(st) for st in opt.state]
+        self.updates = []
+        self.state_arrays = []
+        self.groups = []  # [kind, lr_scale, start]: start = Adam's step before the epoch / SGD's first flag
+        for i, p in enumerate(opt.params):
+            if not getattr(p, "requires_grad", True):
+                continue
+            w, g = be.param_operands(p.data, p.grad, f"params[{i}]")
+            reg = bool(getattr(p, "regularize", True))
+            scale = float(getattr(p, "lr_scale", 1.0))
+            st = opt.state[i]
+            if self.adam:
+                m = opt._state_array(be, i, "exp_avg", w)
+                v = opt._state_array(be, i, "exp_avg_sq", w)
+                key = ["adam", scale, st.get("step", 0)]
+                wd = opt.weight_decay if reg else 0.0
+                args = (m.ptr, v.ptr, opt.betas[0], opt.betas[1], opt.eps,
+                        (0.0 if opt._decoupled else wd) + (opt.l2 if reg else 0.0), opt.l1 if reg else 0.0,
+                        wd if opt._decoupled else 0.0)
+                self.state_arrays += [m, v]
+            else:
+                buf = None
+                first = False
+                if opt.momentum != 0.0:
+                    first = "momentum_buffer" not in st
+                    buf = opt._state_array(be, i, "momentum_buffer", w)
+                    self.state_arrays.append(buf)
+                key = ["sgd", scale, first]
+                args = (_ptr(buf), opt.momentum, opt.dampening, opt.weight_decay + opt.l2 if reg else 0.0,
+                        opt.l1 if reg else 0.0, opt.nesterov)
+            if key not in self.groups:
+                self.groups.append(key)
+            self.updates.append((i, w, g, self.groups.index(key), args))
+        self.made = [set(st) - h for st, h in zip(opt.state, had)]
+        self.table = None
+
+    def _tables(self, lrs):
+        """This epoch's per-step rows of every (kind, lr_scale, start) group in one float64 array,
+        and each group's address in the device table (fixed for the fit: the graphs hold them)."""
+        parts = []
+        for kind, scale, start in self.groups:
+            if kind == "adam":
+                b1, b2 = self.opt.betas
+                rows = [(lr * scale, b1, b2, start + j + 1) for j, lr in enumerate(lrs)]
+            else:
+                rows = [(lr * scale, 1.0 if (start and j == 0) else 0.0) for j, lr in enumerate(lrs)]
+            parts.append(np.ascontiguousarray(_cuda_backend.optim_table(kind, rows), dtype=np.float64).reshape(-1))
+        flat = np.concatenate(parts) if parts else np.zeros(1)
+        if self.table is None:
+            self.table = _raw(flat.nbytes, self.dev)
+        offsets, off = [], 0
+        for a in parts:
+            offsets.append(self.table.ptr + off)
+            off += a.nbytes
+        return flat, offsets
+
+    # -- the step --
+    def _shape(self, m):
+        B = self.shapes.get(m)
+        if B is None:
+            p = self.plan
+            B = p.buffers(m, True)
+            B["xb"] = _cuda.DeviceArray((m, p.d_in), p.dtype, device=self.dev)
+            B["yb"] = _raw(m * self.row_elems_y * (4 if self.labels else p.dtype.itemsize), self.dev)
+            B["lossgrad"] = _cuda.DeviceArray((m, p.n_out), p.dtype, device=self.dev)
+            self.shapes[m] = B
+        return B
+
+    def _step(self, B):
+        """The launches of one training step (captured as the graph of B's shape)."""
+        p, dn, m = self.plan, self.dname, B["m"]
+        src_x, src_y, n_src = self.Xd.ptr, self.yd.ptr, self.chunk_rows or self.n
+        d, C = p.d_in, p.n_out
+        _C.cuda_gather_rows(dn, src_x, n_src, d, self.idx_cur, self.pos, m, B["xb"].ptr)
+        _C.cuda_gather_rows(self.ydname, src_y, n_src, self.row_elems_y, self.idx_cur, self.pos, m, B["yb"].ptr)
+        _C.cuda_counter_add(self.pos, m)
+        out = p.forward(B, B["xb"].ptr, True, self.rng)
+        g = B["lossgrad"].ptr
+        if self.xent:
+            kind = "int32" if self.labels else "soft"
+            _C.cuda_softmax_xent(dn, out, B["yb"].ptr, kind, g, m, C, result_ptr=self.res)
+            _C.cuda_step_metrics(dn, out, m, C, B["yb"].ptr, "labels" if self.labels else "soft", self.res, self.sums)
+        else:
+            _C.cuda_squared_error(dn, out, B["yb"].ptr, g, m * C, 2.0 / (m * C), result_ptr=self.res)
+            # the sum goes in as is (M = 1); the epoch divides by rows * outputs, as on the CPU
+            _C.cuda_step_metrics(dn, out, 1, C, B["yb"].ptr, "none", self.res, self.sums)
+        S = self.steps
+        _C.cuda_gather_rows("float64", self.losses, S + 1, 1, self.shift_idx.ptr, self.zero, S, self.shifted.ptr)
+        _C.cuda_memcpy_dtod(self.losses, self.shifted.ptr, 8 * S)
+        p.backward(B, g, self.rng)
+        for i, w, gr, gi, args in self.updates:
+            tab = self.offsets[gi]
+            if self.adam:
+                mp, vp, b1, b2, eps, l2, l1, dec = args
+                _C.cuda_adam_step(w.dname, w.ptr, gr.ptr, mp, vp, w.size, 0.0, b1, b2, eps, l2, l1, dec, 1,
+                                  table_ptr=tab, counter_ptr=self.ctr)
+            else:
+                buf, mom, damp, l2, l1, nest = args
+                _C.cuda_sgd_step(w.dname, w.ptr, gr.ptr, buf, w.size, 0.0, mom, damp, l2, l1, nest, False,
+                                 table_ptr=tab, counter_ptr=self.ctr)
+        _C.cuda_counter_add(self.ctr, 1)
+        if B["advance"]:
+            _C.cuda_rng_advance(self.rng, B["advance"])
+
+    def _run_step(self, m):
+        B = self._shape(m)
+        if not self.use_graph:
+            self._step(B)
+            return
+        g = self.graphs.get(m)
+        if g is None:
+            self._warm_up(B)
+            g = _cuda.Graph()
+            g.capture(self._step, B, stream=self.stream)
+            self.graphs[m] = g
+        g.replay()
+
+    def _warm_up(self, B):
+        """Runs the step once eagerly before its capture (cuBLASLt and the kernels make their plans
+        and workspaces outside the capture, as PyTorch's capture recipe does), then puts back every
+        value it changed: parameters, optimizer state, sums, counters and the dropout stream."""
+        if self.warm is None:
+            self.warm = [(a, _cuda.DeviceArray(a.shape, a.dtype, device=self.dev)) for a, _ in self.snap]
+            self.warm.append((self.scal, _cuda.DeviceArray(self.scal.shape, self.scal.dtype, device=self.dev)))
+        for src, dst in self.warm:
+            _C.cuda_memcpy_dtod(dst.ptr, src.ptr, src.nbytes)
+        self._step(B)
+        for dst, src in self.warm:
+            _C.cuda_memcpy_dtod(dst.ptr, src.ptr, src.nbytes)
+
+    def _advance_of(self, m):
+        w, total = self.plan.d_in, 0
+        for L in self.plan.layers:
+            total += L.positions(m, w)
+            w = L.width_out
+        return total
+
+    def epoch(self, order, lrs, bar):
+        steps, bs, n = self.steps, self.bs, self.n
+        flat, self.offsets = self._tables(lrs)
+        _C.cuda_memcpy_htod(self.table.ptr, flat)
+        _C.cuda_memset_zero(self.sums, 64)  # sums, check
+        _C.cuda_memset_zero(self.pos, 16)  # batch position, step counter
+        chunk = self.chunk_rows
+        if chunk is None:
+            if order is not None:
+                _C.cuda_memcpy_htod(self.perm.ptr, order.astype(np.int64, copy=False))
+                self.idx_cur = self.perm.ptr
+            else:
+                self.idx_cur = self.idx.ptr
+        else:
+            self.idx_cur = self.idx.ptr
+        done = 0
+        t_bar = time.perf_counter()
+        epoch_no = len(self.t.history["epoch"]) + 1
+        try:
+            for s in range(steps):
+                lo = s * bs
+                if chunk is not None and lo % chunk == 0:
+                    self._load_chunk(order, lo, min(n, lo + chunk))
+                m = min(n, lo + bs) - lo
+                try:
+                    self._run_step(m)
+                except RuntimeError as e:
+                    raise RuntimeError(f"training step failed on cuda:{self.dev} at epoch {epoch_no}, step {s + 1} "
+                                       f"(global step {self.opt.step_count + s + 1}): {e}") from e
+                done += 1
+                if bar is not None:
+                    bar.update(1)
+                    now = time.perf_counter()
+                    if now - t_bar > 0.25:  # the progress bar reads the sums a few times a second
+                        t_bar = now
+                        v = self._read()
+                        rows = min(n, lo + bs)
+                        post = {"loss": f"{v[0] / (rows * self.loss_cols):.4f}", "lr": f"{lrs[s]:.3g}"}
+                        if self.t.classification:
+                            post["acc"] = f"{v[1] / rows:.3f}"
+                        bar.set_postfix(post, refresh=False)
+            self._check_params()
+            try:
+                v = self._read(losses=True)
+            except RuntimeError as e:
+                raise RuntimeError(f"training failed on cuda:{self.dev} during epoch {epoch_no} (a CUDA error in one "
+                                   f"of its {steps} steps, seen at the epoch's end; graph=False with "
+                                   f"CUDA_LAUNCH_BLOCKING=1 names the step): {e}") from e
+        except BaseException as e:
+            # Ctrl-C: the steps launched finish; the host's optimizer and stream counters then match
+            # them (also after a failed step), so the model can be used and saved
+            if isinstance(e, KeyboardInterrupt):
+                _C.stream_synchronize(self.stream.handle)
+                if done:  # the last `done` of the shifted step losses
+                    v = self._read(losses=True)
+                    self.partial = self._step_losses(v[8 + self.steps - done:], 0)
+            self._bookkeep(lrs, done)
+            raise
+        self._bookkeep(lrs, done)
+        self.params_ok = v[7] == 0.0
+        step_loss = self._step_losses(v[8:], 0)
+        return (float(v[0]), int(v[1]), ((None, "a step's loss became NaN or inf") if v[3] != 0.0 else None),
+                step_loss)
+
+    def _step_losses(self, values, s0):
+        """The losses of steps s0, s0 + 1, ... as the CPU records them (for mse the squared-error
+        sums over rows * outputs)."""
+        if self.xent:
+            return values.tolist()
+        bs, n, C = self.bs, self.n, self.plan.n_out
+        return [float(x) / ((min(n, s * bs + bs) - s * bs) * C) for s, x in enumerate(values.tolist(), s0)]
+
+    def _load_chunk(self, order, lo, hi):
+        """Chunked mode: the rows of steps [lo, hi) in this epoch's order, uploaded in one piece."""
+        idx = order[lo:hi] if order is not None else slice(lo, hi)
+        xs = np.ascontiguousarray(self.X[idx])
+        ys = np.ascontiguousarray(self.y[idx])
+        _C.cuda_memcpy_htod(self.Xd.ptr, xs)
+        _C.cuda_memcpy_htod(self.yd.ptr, ys)
+        _C.cuda_memset_zero(self.pos, 8)
+
+    def _read(self, losses=False):
+        """The sums and the check (and the step losses): one copy to the host."""
+        out = np.empty(8 + (self.steps if losses else 0), np.float64)
+        _C.cuda_memcpy_dtoh(out, self.sums)
+        return out
+
+    def _check_params(self):
+        """Flags a non-finite parameter in the check half of the sums (one squared-error sum each,
+        in float64: finite for any finite float32 array)."""
+        dn = self.dname
+        for prm in self.params:
+            w = prm.data
+            _C.cuda_squared_error(dn, w.ptr, self.zeros.ptr, 0, w.size, 1.0, result_ptr=self.res)
+            _C.cuda_step_metrics(dn, w.ptr, 1, 1, 0, "none", self.res, self.chk)
+
+    def _bookkeep(self, lrs, done):
+        """The host's view of the optimizer and the dropout stream after `done` steps on the device."""
+        if not done:
+            return
+        opt = self.opt
+        opt.step_count += done
+        if self.t.schedule is not None:
+            opt.lr = lrs[done - 1]
+        if self.adam:
+            for i, w, g, gi, args in self.updates:
+                opt.state[i]["step"] = opt.state[i].get("step", 0) + done
+        for grp in self.groups:  # the next epoch's table starts where this one stopped
+            grp[2] = grp[2] + done if grp[0] == "adam" else False
+        bs, n = self.bs, self.n
+        adv = 0
+        for s in range(done):
+            adv += self._advance_of(min(n, s * bs + bs) - s * bs)
+        seed, off = _random.default_generator.get_state()
+        _random.default_generator.set_state((seed, off + adv))
+        self.done += done
+
+    def params_finite(self):
+        return self.params_ok
+
+    def host_reg_params(self):
+        return [_cuda_backend.to_host(p.data) for p in self.t._reg_params]
+
+    def snapshot(self):
+        for src, dst in self.snap:
+            _C.cuda_memcpy_dtod(dst.ptr, src.ptr, src.nbytes)
+        opt = self.opt
+        # (before this fit's first step, the state arrays made for its graphs are not yet the optimizer's)
+        state = [{k: v for k, v in st.items() if self.done or k not in made} for st, made in zip(opt.state, self.made)]
+        return (opt.step_count, opt.lr, state, [list(g) for g in self.groups],
+                _random.default_generator.get_state())
+
+    def restore(self, snap):
+        for dst, src in self.snap:
+            _C.cuda_memcpy_dtod(dst.ptr, src.ptr, src.nbytes)
+        opt = self.opt
+        opt.step_count, opt.lr = snap[0], snap[1]
+        for st, old in zip(opt.state, snap[2]):
+            # the entries of the epoch's start (arrays: the same ones, their values copied back
+            # above); a momentum buffer made for this fit before any step is dropped, as on the CPU
+            st.clear()
+            st.update(old)
+        self.groups[:] = snap[3]
+        _random.default_generator.set_state(snap[4])
+        _C.cuda_memcpy_htod(self.rng, np.array(snap[4], dtype=np.uint64))
+
+    def save_best(self):
+        if self.best is None:
+            self.best = [(p.data, _cuda.DeviceArray(p.data.shape, p.data.dtype, device=self.dev))
+                         for p in self.params]
+        for src, dst in self.best:
+            _C.cuda_memcpy_dtod(dst.ptr, src.ptr, src.nbytes)
+
+    def restore_best(self):
+        for dst, src in self.best:
+            _C.cuda_memcpy_dtod(dst.ptr, src.ptr, src.nbytes)
+
+    def evaluate_validation(self):
+        Xd, yd, n, labels = self.validation
+        return self.t._device_evaluate(Xd.ptr, yd.ptr, n, labels)
+
+    def close(self):
+        if getattr(self, "_prev_stream", None) is None:
+            return
+        _C.set_current_stream(self._prev_stream)
+        _C.stream_wait(self._prev_stream, self.stream.handle)  # later work sees the trained weights
+        self._prev_stream = None
+        self.graphs.clear()
 
 
 def _check_trainer_config(p, tcfg):

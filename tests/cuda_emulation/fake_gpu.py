@@ -2,33 +2,58 @@
 device memory is host memory (256-byte aligned NumPy blocks, copies are memmove).
 - augmentation: the kernels of csrc/cuda/augment_kernels.cuh compiled for the host under emu.h
   (thread per CUDA thread), so their arithmetic is checked against the CPU path too;
-- activations, optimizers and losses: the launchers run the CPU kernels on views of the fake device memory
-  (their own device math is checked bit for bit by tests/test_cuda_nogpu.py through the host copy
-  of csrc/cuda/optim_ops.cuh), so these runs check fastnn.cuda's argument reading, Parameter /
-  optim / losses dispatch, state handling, state_dict round trips and error messages.
+- activations, PReLU, dropout, linear layers, matmul, optimizers and losses: the launchers run the
+  CPU kernels of fastnn._C on views of the fake device memory, with the arguments
+  python/fastnn/_backend/cpu.py would pass, so a device run is bit-identical to the CPU run (their
+  own device math is checked bit for bit by tests/test_cuda_nogpu.py and the *_cuda_emulated
+  tests), and these runs check fastnn.cuda's argument reading, dispatch, state handling,
+  state_dict round trips and error messages;
+- a device-resident training step (SPEC12.md): gather_rows, counter_add, step_metrics, optimizer
+  steps driven by a per-step table, dropout/linear seeds read from a device uint64[2]; each reads
+  its device values (batch position, step counter, rng offset) when it RUNS, i.e. at replay;
+- linear layers: the forward keeps the CPU kernel's saved arrays (sign bits, pre-activation, a copy
+  of the output) in _linear_saved, keyed by the relu mask / save pointer the Python side passes
+  (dropped when that block is freed); the backward reads them there. The relu mask is also written
+  in the GPU's layout and PReLU's pre-activation into the save array;
+- optimizer steps driven by a table run the CPU kernels with the row's scalars: SGD's (lr, first)
+  as they are; Adam's (lr, step_size, bc2_sqrt) through the step t that forms exactly them with
+  optim_args.h's arithmetic (adam_step_of_row), since the CPU binding takes t, not the scalars;
 - streams and graphs: one in-order queue; a capture records the kernels and copies launched
   (without running them) and a replay runs the recording again, so fastnn.cuda.Graph's rules and
-  what a captured step writes are checked.
+  what a captured step writes are checked. What CUDA refuses during a capture raises: host<->device
+  copies (fastnn's synchronize), synchronizations, a loss returned to the host, a launch on another
+  stream than the captured one;
+- counters of copies, synchronizations, losses read back and replays (`counters`,
+  `reset_counters()`, `read_counters()`), so a test can assert that a training loop makes none per
+  step; `inject_fault(name, after)` makes a launcher fail once like a CUDA error (in a replay too);
+- device memory: a caching allocator (a freed block of 64 KiB or more comes back for the same
+  size) whose blocks are bounds-checked: a kernel reading or writing outside them raises (an
+  illegal address on a GPU) instead of touching host memory.
 Not checked: nvcc's code, CUDA's libm (Gaussian noise is exact here, within 3e-6 * std + 1 ulp on
-a GPU), real stream concurrency, DLPack (PyTorch/CuPy tests skip).
+a GPU), TF32 (float32 GEMMs run in float32), bfloat16 linear layers, the GPU's own saved arrays of
+leaky_relu/elu/selu and of sigmoid/tanh with dropout, linear dropout offsets within M*N + N*K of
+2**64 (the CPU kernel refuses them), real stream concurrency, DLPack (PyTorch/CuPy tests skip).
 
     PYTHONPATH=<site with fastnn>:tests/cuda_emulation python -m pytest -p fake_gpu \
-        tests/test_augment_cuda.py tests/test_optim_cuda.py tests/test_losses_cuda.py
+        tests/test_fake_gpu_ops.py tests/test_augment_cuda.py tests/test_optim_cuda.py
 
 Patches fastnn._C's CUDA entry points at import; never load it in a run that uses a real GPU."""
 
 from __future__ import annotations
 
+import bisect
 import ctypes
+import functools
+import inspect
+import math
 import os
 import pathlib
 import shutil
 import subprocess
 import tempfile
 
-import numpy as np
-
 import fastnn
+import numpy as np
 
 _C = fastnn._C
 _HERE = pathlib.Path(__file__).resolve().parent
@@ -49,22 +74,65 @@ _L.emu_mix64.argtypes = [_P, _P, _P, _I64, _I64, _F64, _F64, _INT, _INT]
 _SAMPLE = np.dtype([("flip", "<i4"), ("top", "<i4"), ("left", "<i4"), ("bh", "<i4"), ("bw", "<i4"),
                     ("brightness", "<f4"), ("contrast", "<f4"), ("saturation", "<f4")])  # AugSample
 _bufs: dict = {}
-_calls = {"augment": 0, "noise": 0, "mixup": 0, "optim": 0, "loss": 0, "act": 0}
+_calls = {"augment": 0, "noise": 0, "mixup": 0, "optim": 0, "loss": 0, "act": 0, "dropout": 0, "linear": 0,
+          "step": 0}
 # Host<->device copies and synchronizations seen (a GPU training step should make none per step).
-counters = {"htod": 0, "dtoh": 0, "sync": 0, "stream_wait": 0, "replay": 0}
+# A loss returned to the host (result_ptr 0) is one dtoh and one sync, as on a GPU (its LossResult
+# is copied back); "loss_readback" counts those among them.
+counters = {"htod": 0, "dtoh": 0, "sync": 0, "stream_wait": 0, "replay": 0, "loss_readback": 0}
 
 
-def _htod(dst, src):
-    counters["htod"] += 1
-    ctypes.memmove(dst, np.ascontiguousarray(src).ctypes.data, src.nbytes)
+def reset_counters() -> dict:
+    """Zeroes `counters` (and the kernel call counts); returns what they held."""
+    before = dict(counters)
+    for k in counters:
+        counters[k] = 0
+    for k in _calls:
+        _calls[k] = 0
+    return before
 
 
-def _dtoh(dst, src):
-    counters["dtoh"] += 1
-    ctypes.memmove(dst.ctypes.data, int(src), dst.nbytes)
+def read_counters() -> dict:
+    """A copy of `counters` plus the kernel call counts under "calls"."""
+    return dict(counters, calls=dict(_calls))
+
+
+_capture: list = [None]
+_capture_stream: list = [None]  # the stream a running capture records
+
+
+def _refuse_in_capture(what: str) -> None:
+    if _capture[0] is not None:
+        raise RuntimeError(f"{what}: not permitted while a stream is being captured (CUDA: "
+                           f"cudaErrorStreamCaptureUnsupported; the capture is invalidated)")
+
+
+def _htod(dst_ptr, src):
+    # fastnn's memcpy_htod synchronizes its stream: CUDA refuses it inside a capture. (0 bytes: no
+    # CUDA call at all, as in csrc/cuda/device.cu.)
+    a = np.ascontiguousarray(src)
+    if a.nbytes:
+        _refuse_in_capture("cuda_memcpy_htod")
+        counters["htod"] += 1
+        _check_range(dst_ptr, a.nbytes, "dst_ptr")
+        ctypes.memmove(int(dst_ptr), a.ctypes.data, a.nbytes)
+
+
+def _dtoh(dst, src_ptr):
+    if dst.nbytes:
+        _refuse_in_capture("cuda_memcpy_dtoh")
+        counters["dtoh"] += 1
+        _check_range(src_ptr, dst.nbytes, "src_ptr")
+        ctypes.memmove(dst.ctypes.data, int(src_ptr), dst.nbytes)
 
 
 def _sync():
+    _refuse_in_capture("cuda_synchronize")
+    counters["sync"] += 1
+
+
+def _stream_sync(h):
+    _refuse_in_capture("stream_synchronize")
     counters["sync"] += 1
 
 
@@ -79,63 +147,633 @@ def _stream_wait(waiter, waited):
     waits.append((int(waiter), int(waited)))
 
 
+# ---- device memory: blocks with known extents (reads and writes are bounds-checked) ----------------
+_sizes: dict = {}
+_starts: list = []  # sorted block addresses
+
+
+_cache: dict = {}  # nbytes -> [(ptr, block)] freed, handed back first (fastnn's caching allocator)
+
+
 def _malloc(n):
-    a = np.empty(int(n) + 512, np.uint8)
-    p = (a.ctypes.data + 255) // 256 * 256  # 256-byte aligned, like the device allocator
+    n = int(n)
+    if n < 0:
+        raise ValueError(f"nbytes: expected a count >= 0, got {n}")
+    if _cache.get(n):
+        p, a = _cache[n].pop()
+    else:
+        a = np.empty(n + 512, np.uint8)
+        p = (a.ctypes.data + 255) // 256 * 256  # 256-byte aligned, like the device allocator
     _bufs[p] = a
+    _sizes[p] = n
+    bisect.insort(_starts, p)
     return p
 
 
-def _view(ptr, shape, dtype=np.float32):
+def _release(p):
+    a = _bufs.pop(p)
+    n = _sizes.pop(p)
+    if n >= 1 << 16:  # (large blocks only: small ones would pin memory for nothing)
+        _cache.setdefault(n, []).append((p, a))
+    i = bisect.bisect_left(_starts, p)
+    if i < len(_starts) and _starts[i] == p:
+        del _starts[i]
+    _linear_saved.pop(p, None)
+
+
+def _empty_cache():
+    freed = sum(n * len(v) for n, v in _cache.items())
+    _cache.clear()
+    return freed
+
+
+def _check_range(ptr, nbytes, name):
+    """[ptr, ptr + nbytes) must lie in one live fake allocation (an illegal address otherwise)."""
+    ptr, nbytes = int(ptr), int(nbytes)
+    if nbytes <= 0:
+        return
+    i = bisect.bisect_right(_starts, ptr) - 1
+    if i < 0 or ptr + nbytes > _starts[i] + _sizes[_starts[i]]:
+        raise RuntimeError(f"{name}: {nbytes} bytes at 0x{ptr:x} lie outside every live device allocation "
+                           f"(CUDA: an illegal memory access)")
+
+
+def _view(ptr, shape, dtype=np.float32, name="device pointer"):
     dtype = np.dtype(dtype)
     n = int(np.prod(shape))
     if n == 0:
         return np.empty(shape, dtype)
+    _check_range(ptr, n * dtype.itemsize, name)
     return np.frombuffer((ctypes.c_char * (n * dtype.itemsize)).from_address(int(ptr)), dtype).reshape(shape)
 
 
+# ---- argument checks of the bindings (run at call time, before a launch or a recording) ------------
+_FLOAT_NAMES = {"float32": np.float32, "float64": np.float64}
+
+
+def _float_dtype(dtype, what="dtype"):
+    if dtype not in _FLOAT_NAMES:
+        raise TypeError(f"{what}: expected 'float32' or 'float64', got {dtype!r}")
+    return np.dtype(_FLOAT_NAMES[dtype])
+
+
+def _count(n, name):
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise TypeError(f"{name}: expected an integer, got {type(n).__name__}")
+    if n < 0:
+        raise ValueError(f"{name}: expected a count >= 0, got {n}")
+    return int(n)
+
+
+def _ptr(p, n, size, name):
+    if isinstance(p, bool) or not isinstance(p, (int, np.integer)) or p < 0:
+        raise TypeError(f"{name}: expected a device pointer (a non-negative int), got {p!r}")
+    if n > 0 and p == 0:
+        raise ValueError(f"{name}: null device pointer for a non-empty array")
+    if p % size:
+        raise ValueError(f"{name}: device pointer is not aligned to its {size}-byte elements")
+    return int(p)
+
+
+def _u64(v, name):
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v < 2**64:
+        raise TypeError(f"{name}: expected an integer in [0, 2**64), got {v!r}")
+    return int(v)
+
+
+def _rng_words(rng_ptr):
+    """(seed, offset) of a device uint64[2], read now (at run time: a replay sees the advanced offset)."""
+    w = _view(rng_ptr, 2, np.uint64, "rng_ptr")
+    return int(w[0]), int(w[1])
+
+
 # Optimizers and losses: the CPU kernels on the fake device memory.
-def _sgd(dname, w, g, buf, n, lr, mom, damp, l2, l1, nest, first):
+def _table_row(table_ptr, counter_ptr, width):
+    """Row *counter_ptr of a float64 table of `width` columns, read now (at replay time)."""
+    r = int(_view(counter_ptr, 1, np.uint64, "counter_ptr")[0])
+    return [float(v) for v in _view(table_ptr + 8 * width * r, width, np.float64, f"table_ptr row {r}")]
+
+
+def _check_table(table_ptr, counter_ptr):
+    # both or neither (csrc/bindings/cuda_optim.cpp)
+    if (table_ptr == 0) != (counter_ptr == 0):
+        raise ValueError("table_ptr: expected the device float64 table that counter_ptr indexes, got 0" if not table_ptr
+                         else "counter_ptr: expected the device uint64 row counter of table_ptr, got 0")
+    _ptr(table_ptr, 0, 8, "table_ptr")
+    _ptr(counter_ptr, 0, 8, "counter_ptr")
+
+
+def _sgd_check(dtype, param_ptr, grad_ptr, buf_ptr, n, lr, momentum, dampening, l2, l1, nesterov, first, *,
+               table_ptr=0, counter_ptr=0):
+    dt = _float_dtype(dtype)
+    n = _count(n, "n")
+    _ptr(param_ptr, n, dt.itemsize, "param")
+    _ptr(grad_ptr, n, dt.itemsize, "grad")
+    if momentum != 0.0:
+        _ptr(buf_ptr, n, dt.itemsize, "momentum_buffer")
+    _check_table(table_ptr, counter_ptr)
+
+
+def _sgd(dtype, param_ptr, grad_ptr, buf_ptr, n, lr, momentum, dampening, l2, l1, nesterov, first, *, table_ptr=0,
+         counter_ptr=0):
     _calls["optim"] += 1
-    _C.sgd_step(_view(w, n, dname), _view(g, n, dname), _view(buf, n, dname) if mom != 0 else None, lr, mom, damp,
-                l2, l1, nest, first)
+    if table_ptr:  # (lr, first) of this step's row; the lr/first arguments are ignored
+        lr, f = _table_row(table_ptr, counter_ptr, 2)
+        first = f != 0.0
+    _C.sgd_step(_view(param_ptr, n, dtype), _view(grad_ptr, n, dtype),
+                _view(buf_ptr, n, dtype) if momentum != 0 else None, lr, momentum, dampening, l2, l1, nesterov,
+                first)
 
 
-def _adam(dname, w, g, m, v, n, lr, b1, b2, eps, l2, l1, dec, step):
+_adam_steps: dict = {}
+
+
+def _adam_args(lr, beta1, beta2, t):
+    """(step_size, bc2_sqrt) as csrc/bindings/optim_args.h forms them: pow in double (the same libm
+    pow as the binding's std::pow), one rounding per operation."""
+    return lr / (1.0 - math.pow(beta1, t)), math.sqrt(1.0 - math.pow(beta2, t))
+
+
+def _first_step(pred, hi=2**62):
+    """The smallest t in [1, hi] with pred(t) true, pred monotone (False ... True); hi if none."""
+    lo = 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if pred(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def adam_step_of_row(lr, beta1, beta2, step_size, bc2_sqrt):
+    """The 1-based step t whose adam_args(lr, beta1, beta2, ..., t) gives exactly (step_size,
+    bc2_sqrt), so the fake runs the CPU kernel (whose binding takes t, not the two scalars) with a
+    table row's values bit for bit. The t with a given bc2_sqrt form one run of consecutive steps
+    (sqrt(1 - beta2^t) is monotone in t), and so do those with a given step_size: the first t of
+    both runs is found by bisection and checked. Raises ValueError when no step gives the row
+    (a table not made with optim_args.h's arithmetic)."""
+    key = (lr, beta1, beta2, step_size, bc2_sqrt)
+    t = _adam_steps.get(key)
+    if t is not None:
+        return t
+
+    def bc2_reached(t):
+        return math.sqrt(1.0 - math.pow(beta2, t)) >= bc2_sqrt
+
+    def step_size_reached(t):
+        s = lr / (1.0 - math.pow(beta1, t))
+        return s <= step_size if lr > 0 else s >= step_size  # |lr / (1 - beta1^t)| falls with t
+
+    candidates = {1, 2**62}
+    if 0.0 <= beta2 < 1.0 and 0.0 <= beta1 < 1.0 and not any(map(math.isnan, key)):
+        candidates.add(max(_first_step(bc2_reached), _first_step(step_size_reached)))
+    for t in sorted(candidates):
+        if _adam_args(lr, beta1, beta2, t) == (step_size, bc2_sqrt):
+            _adam_steps[key] = t
+            return t
+    raise ValueError(f"table_ptr: the Adam row (lr, step_size, bc2_sqrt) = ({lr!r}, {step_size!r}, {bc2_sqrt!r}) is "
+                     f"not adam_args(lr, beta1={beta1!r}, beta2={beta2!r}, step t) for any step t (the fake GPU runs "
+                     f"the CPU kernel, which forms both from t: build the table with optim_args.h's arithmetic)")
+
+
+def _adam_check(dtype, param_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr, n, lr, beta1, beta2, eps, l2, l1, decoupled,
+                step, *, table_ptr=0, counter_ptr=0):
+    dt = _float_dtype(dtype)
+    n = _count(n, "n")
+    for p, name in ((param_ptr, "param"), (grad_ptr, "grad"), (exp_avg_ptr, "exp_avg"),
+                    (exp_avg_sq_ptr, "exp_avg_sq")):
+        _ptr(p, n, dt.itemsize, name)
+    _check_table(table_ptr, counter_ptr)
+    if not table_ptr and step < 1:  # (table mode ignores step)
+        raise ValueError(f"step: expected the 1-based step count, got {step}")
+
+
+def _adam(dtype, param_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr, n, lr, beta1, beta2, eps, l2, l1, decoupled, step,
+          *, table_ptr=0, counter_ptr=0):
     _calls["optim"] += 1
-    _C.adam_step(_view(w, n, dname), _view(g, n, dname), _view(m, n, dname), _view(v, n, dname), lr, b1, b2, eps,
-                 l2, l1, dec, step)
+    if table_ptr:  # (lr, step_size, bc2_sqrt) of this step's row; the lr/step arguments are ignored
+        lr, step_size, bc2 = _table_row(table_ptr, counter_ptr, 3)
+        step = adam_step_of_row(lr, beta1, beta2, step_size, bc2)
+    _C.adam_step(_view(param_ptr, n, dtype), _view(grad_ptr, n, dtype), _view(exp_avg_ptr, n, dtype),
+                 _view(exp_avg_sq_ptr, n, dtype), lr, beta1, beta2, eps, l2, l1, decoupled, step)
 
 
-def _xent(dname, x, t, kind, grad, M, Cn):
+_LOSS_RESULT = np.dtype([("value", "<f8"), ("bad_row", "<i8"), ("bad_label", "<i8")])  # cuda::LossResult
+
+
+def _write_result(result_ptr, value, bad_row, bad_label):
+    r = _view(result_ptr, 1, _LOSS_RESULT, "result_ptr")
+    r["value"], r["bad_row"], r["bad_label"] = value, bad_row, bad_label
+
+
+def _xent_run(dtype, x_ptr, target_ptr, target_kind, grad_ptr, M, C, result_ptr=0):
     _calls["loss"] += 1
-    X = _view(x, (M, Cn), dname)
-    if kind == "soft":
-        T = _view(t, (M, Cn), dname)
+    X = _view(x_ptr, (M, C), dtype, "logits")
+    G = _view(grad_ptr, (M, C), dtype, "grad") if grad_ptr else None
+    bad = np.empty(0, np.int64)
+    if target_kind == "soft":
+        T = _view(target_ptr, (M, C), dtype, "target")
     else:
-        T = _view(t, M, kind)
-        bad = np.flatnonzero((T < 0) | (T >= Cn))
-        if bad.size:
-            return float("nan"), int(bad[0]), int(T[bad[0]])
-    return _C.softmax_xent(X, T, _view(grad, (M, Cn), dname) if grad else None), -1, 0
+        T = _view(target_ptr, M, target_kind, "target")
+        bad = np.flatnonzero((T < 0) | (T >= C))
+        if bad.size:  # as the GPU: those rows' loss is NaN and their gradient has no -1/M at the label
+            T = np.where((T < 0) | (T >= C), 0, T).astype(T.dtype)
+    loss = _C.softmax_xent(X, T, G)
+    out = (loss, -1, 0)
+    if bad.size:
+        if G is not None:
+            G[bad, 0] += G.dtype.type(1.0 / M)
+        out = (float("nan"), int(bad[0]), int(_view(target_ptr, M, target_kind)[bad[0]]))
+    if result_ptr:
+        _write_result(result_ptr, *out)
+        return None
+    return out
 
 
-def _squared(dname, p, t, grad, n, scale):
+def _xent_check(dtype, x_ptr, target_ptr, target_kind, grad_ptr, M, C, result_ptr=0):
+    dt = _float_dtype(dtype)
+    M, C = _count(M, "M"), _count(C, "C")
+    if M == 0 or C == 0:
+        raise ValueError("logits: expected M >= 1 rows and C >= 1 classes")
+    _ptr(x_ptr, M * C, dt.itemsize, "logits")
+    if grad_ptr:
+        _ptr(grad_ptr, M * C, dt.itemsize, "grad")
+    sizes = {"int32": (M, 4), "int64": (M, 8), "soft": (M * C, dt.itemsize)}
+    if target_kind not in sizes:
+        raise ValueError(f"target_kind: expected 'int32', 'int64' or 'soft', got {target_kind!r}")
+    _ptr(target_ptr, *sizes[target_kind], "target")
+    _ptr(result_ptr, 0, 8, "result_ptr")
+
+
+def _squared_run(dtype, p_ptr, t_ptr, grad_ptr, n, scale, result_ptr=0):
     _calls["loss"] += 1
-    return _C.squared_error(_view(p, n, dname), _view(t, n, dname), _view(grad, n, dname) if grad else None, scale)
+    total = _C.squared_error(_view(p_ptr, n, dtype, "input"), _view(t_ptr, n, dtype, "target"),
+                             _view(grad_ptr, n, dtype, "grad") if grad_ptr else None, scale) if n else 0.0
+    if result_ptr:
+        _write_result(result_ptr, total, -1, 0)
+        return None
+    return total
+
+
+def _squared_check(dtype, p_ptr, t_ptr, grad_ptr, n, scale, result_ptr=0):
+    dt = _float_dtype(dtype)
+    n = _count(n, "n")
+    _ptr(p_ptr, n, dt.itemsize, "input")
+    _ptr(t_ptr, n, dt.itemsize, "target")
+    if grad_ptr:
+        _ptr(grad_ptr, n, dt.itemsize, "grad")
+    _ptr(result_ptr, 0, 8, "result_ptr")
+
+
+def _loss_op(name, check, run):
+    """A loss launcher: with result_ptr it writes the device LossResult and is capturable; without,
+    it returns the result to the host (one dtoh and one sync; refused inside a capture)."""
+    sig = inspect.signature(inspect.unwrap(run))
+
+    def op(*args, **kwargs):
+        check(*args, **kwargs)
+        if sig.bind(*args, **kwargs).arguments.get("result_ptr", 0):
+            if _capture[0] is not None:
+                _record(run, args, kwargs)
+                return None
+            return run(*args, **kwargs)
+        _refuse_in_capture(f"{name} without result_ptr (it returns the loss to the host)")
+        counters["dtoh"] += 1
+        counters["sync"] += 1
+        counters["loss_readback"] += 1
+        return run(*args, **kwargs)
+    return op
 
 
 # Activations: the CPU kernels (same op ids) on the fake device memory.
-def _act_fwd(op, dname, x, y, n, slope, alpha, scale):
+def _act_fwd(op, dtype, x_ptr, y_ptr, n, slope, alpha, scale):
     _calls["act"] += 1
     if n:
-        _C.act_forward(op, _view(x, n, dname), _view(y, n, dname), slope, alpha, scale)
+        _C.act_forward(op, _view(x_ptr, n, dtype), _view(y_ptr, n, dtype), slope, alpha, scale)
 
 
-def _act_bwd(op, dname, g, x, y, n, slope, alpha, scale):
+def _act_bwd(op, dtype, g_ptr, x_ptr, y_ptr, n, slope, alpha, scale):
     _calls["act"] += 1
     if n:
-        _C.act_backward(op, _view(g, n, dname), _view(x, n, dname), _view(y, n, dname), slope, alpha, scale)
+        _C.act_backward(op, _view(g_ptr, n, dtype), _view(x_ptr, n, dtype), _view(y_ptr, n, dtype), slope, alpha,
+                        scale)
+
+
+def _prelu_fwd(dtype, x_ptr, w_ptr, w_size, y_ptr, outer, C, inner):
+    _calls["act"] += 1
+    n = outer * C * inner
+    if n:
+        _C.prelu_forward(_view(x_ptr, n, dtype), _view(w_ptr, w_size, dtype), _view(y_ptr, n, dtype), outer, C,
+                         inner)
+
+
+def _prelu_bwd(dtype, g_ptr, x_ptr, w_ptr, w_size, gx_ptr, gw_ptr, outer, C, inner):
+    _calls["act"] += 1
+    n = outer * C * inner
+    gw = _view(gw_ptr, w_size, dtype)
+    gw[...] = 0  # (the CPU backend hands the kernel a zeroed grad_weight)
+    if n:
+        _C.prelu_backward(_view(g_ptr, n, dtype), _view(x_ptr, n, dtype), _view(w_ptr, w_size, dtype),
+                          _view(gx_ptr, n, dtype), gw, outer, C, inner)
+
+
+# Dropout: the CPU kernels at the same stream positions.
+def _dropout_apply(dtype, x_ptr, y_ptr, n, seed, offset, threshold, scale):
+    _calls["dropout"] += 1
+    if n:
+        _C.dropout_apply(_view(x_ptr, n, dtype), _view(y_ptr, n, dtype), seed, offset, threshold, scale)
+
+
+def _dropout_apply_dev(dtype, x_ptr, y_ptr, n, rng_ptr, shift, threshold, scale):
+    _calls["dropout"] += 1
+    seed, offset = _rng_words(rng_ptr)  # read when it runs; not advanced (cuda_rng_advance does that)
+    if n:
+        _C.dropout_apply(_view(x_ptr, n, dtype), _view(y_ptr, n, dtype), seed, (offset + shift) % 2**64,
+                         threshold, scale)
+
+
+def _rng_advance(rng_ptr, count):
+    w = _view(rng_ptr, 2, np.uint64, "rng_ptr")
+    w[1] = (int(w[1]) + count) % 2**64
+
+
+def _dropout_apply_mask(dtype, x_ptr, mask_ptr, y_ptr, n, scale):
+    _calls["dropout"] += 1
+    if n:
+        _C.dropout_apply_mask(_view(x_ptr, n, dtype), _view(mask_ptr, (n + 7) // 8, np.uint8, "mask_ptr"),
+                              _view(y_ptr, n, dtype), scale)
+
+
+def _dropout_mask(n, seed, offset, threshold, out_ptr):
+    _calls["dropout"] += 1
+    _C.dropout_mask(n, seed, offset, threshold, _view(out_ptr, (n + 7) // 8, np.uint8, "out_ptr"))
+
+
+def _elementwise_check(dtype, *ptrs_n):
+    dt = _float_dtype(dtype)
+    *ptrs, n = ptrs_n
+    n = _count(n, "n")
+    for p, name in ptrs:
+        _ptr(p, n, dt.itemsize, name)
+
+
+def _rng_check(rng_ptr):
+    if isinstance(rng_ptr, bool) or not isinstance(rng_ptr, (int, np.integer)) or rng_ptr <= 0 or rng_ptr % 8:
+        raise ValueError(f"rng_ptr: expected a device uint64[2] (seed, offset), 8-byte aligned, got {rng_ptr!r}")
+
+
+# ---- linear layers and matmul: the CPU kernels (csrc/cpu/linear.cpp) on the device memory ----------
+# What the CPU backward reads (python/fastnn/_backend/cpu.py): pos bits (relu: y > 0 after dropout;
+# leaky_relu/elu/selu: pre-activation > 0), the output y (sigmoid/tanh/elu/selu), the pre-activation z
+# (prelu). The forward keeps them in _linear_saved under the pointer the Python side allocated for the
+# GPU's own saved data (the relu mask, the save array), dropped when that block is freed; sigmoid/tanh
+# without dropout save nothing but y itself, which the backward reads at saved_ptr as the GPU does.
+_ACT = dict(_C.ACTIVATION_IDS)
+_NEEDS_Y = {_ACT["sigmoid"], _ACT["tanh"], _ACT["elu"]}
+_NEEDS_POS = {_ACT["relu"], _ACT["leaky_relu"], _ACT["elu"]}
+_PRELU, _RELU = _ACT["prelu"], _ACT["relu"]
+_SAVE_NOTHING, _SAVE_RELU_MASK, _SAVE_OUTPUT, _SAVE_ACT_OUT, _SAVE_PRE = range(5)  # cuda::LinSave
+_linear_saved: dict = {}
+
+
+def _linear_dtype(dtype):
+    if dtype == "bfloat16":
+        raise TypeError("dtype: the fake GPU has no bfloat16 linear layers (the CPU kernels take float32/float64)")
+    if dtype not in _FLOAT_NAMES:
+        raise TypeError(f"dtype: expected 'float32', 'float64' or 'bfloat16', got {dtype!r}")
+    return np.dtype(_FLOAT_NAMES[dtype])
+
+
+def _linear_dims(M, N, K):
+    for v, name in ((M, "M"), (N, "N"), (K, "K")):
+        _count(v, name)
+
+
+def _linear_act_check(act, prelu_ptr, prelu_size, N, dt):
+    if act not in _ACT.values():
+        raise ValueError(f"act: expected an activation id in [0, {max(_ACT.values()) + 1}), got {act}")
+    if act == _PRELU:
+        if prelu_size not in (1, N):
+            raise ValueError(f"prelu_weight: expected 1 or {N} elements, got {prelu_size}")
+        _ptr(prelu_ptr, 1, dt.itemsize, "prelu_weight")
+
+
+def _random_words(rng_ptr, seed, offset, dropout, dropconnect):
+    """(seed, offset) the CPU kernel gets: the CPU backend passes 0, 0 without randomness; with
+    rng_ptr, seed = rng[0] and offset = rng[1] + offset read now (at replay time)."""
+    if not (dropout or dropconnect):
+        return 0, 0
+    if rng_ptr:
+        s, o = _rng_words(rng_ptr)
+        return s, (o + offset) % 2**64
+    return seed, offset
+
+
+def _linear_forward_check(dtype, M, N, K, x_ptr, w_ptr, bias_ptr, act, slope, alpha, scale, prelu_ptr, prelu_size,
+                          seed, offset, dropout, drop_thr, drop_scale, dropconnect, dc_thr, dc_scale, y_ptr, save_ptr,
+                          mask_ptr, mask_ld, want_mask, tf32, rng_ptr=0):
+    dt = _linear_dtype(dtype)
+    _linear_dims(M, N, K)
+    _linear_act_check(act, prelu_ptr, prelu_size, N, dt)
+    _ptr(x_ptr, M * K, dt.itemsize, "x")
+    _ptr(w_ptr, N * K, dt.itemsize, "weight")
+    _ptr(bias_ptr, 0, dt.itemsize, "bias")
+    _ptr(y_ptr, M * N, dt.itemsize, "y")
+    if rng_ptr % 8:
+        raise ValueError("rng_ptr: expected a device uint64[2], 8-byte aligned")
+    kind = _C.cuda_linear_save_kind(act, dropout)
+    if kind == _SAVE_RELU_MASK and want_mask:
+        if mask_ld != _C.cuda_linear_mask_ld(N):
+            raise ValueError(f"mask_ld: expected {_C.cuda_linear_mask_ld(N)} bits, got {mask_ld}")
+        if M * N > 0 and (mask_ptr == 0 or mask_ptr % 16):
+            raise ValueError("mask: expected a 16-byte aligned device pointer")
+    if kind in (_SAVE_ACT_OUT, _SAVE_PRE) and save_ptr:
+        _ptr(save_ptr, M * N, dt.itemsize, "saved")
+
+
+def _linear_forward(dtype, M, N, K, x_ptr, w_ptr, bias_ptr, act, slope, alpha, scale, prelu_ptr, prelu_size, seed,
+                    offset, dropout, drop_thr, drop_scale, dropconnect, dc_thr, dc_scale, y_ptr, save_ptr, mask_ptr,
+                    mask_ld, want_mask, tf32, rng_ptr=0):
+    _calls["linear"] += 1
+    dt = np.dtype(_FLOAT_NAMES[dtype])
+    kind = _C.cuda_linear_save_kind(act, dropout)
+    key = (mask_ptr if kind == _SAVE_RELU_MASK and want_mask else
+           save_ptr if kind in (_SAVE_ACT_OUT, _SAVE_PRE) else 0)
+    pos = z = None
+    if key:
+        if act in _NEEDS_POS:
+            pos = np.empty((M, (N + 63) // 64 * 8), np.uint8)
+        if act == _PRELU:
+            z = np.empty((M, N), dt)
+    s, o = _random_words(rng_ptr, seed, offset, dropout, dropconnect)
+    y = _view(y_ptr, (M, N), dt, "y")
+    _C.linear_forward(_view(x_ptr, (M, K), dt, "x"), _view(w_ptr, (N, K), dt, "weight"), y,
+                      _view(bias_ptr, N, dt, "bias") if bias_ptr else None, act, slope, alpha, scale,
+                      _view(prelu_ptr, prelu_size, dt, "prelu_weight") if act == _PRELU else None, dropout, drop_thr,
+                      drop_scale, dropconnect, dc_thr, dc_scale, s, o, pos, act == _RELU, z)
+    if key:
+        _linear_saved[key] = {"shape": (M, N, K, dtype, act, bool(dropout)), "pos": pos, "z": z,
+                              "y": y.copy() if act in _NEEDS_Y else None}
+    if kind == _SAVE_RELU_MASK and want_mask and M * N:
+        # The GPU's own layout too (row r at bit r * mask_ld, little-endian), for readers of the mask.
+        bits = np.zeros((M, mask_ld), np.uint8)
+        bits[:, :N] = np.unpackbits(pos, axis=1, bitorder="little")[:, :N]
+        _view(mask_ptr, M * mask_ld // 8, np.uint8, "mask")[...] = np.packbits(bits.reshape(-1), bitorder="little")
+    if act == _PRELU and save_ptr and M * N:
+        _view(save_ptr, (M, N), dt, "saved")[...] = z  # the GPU saves the pre-activation here
+
+
+def _linear_backward_check(dtype, M, N, K, g_ptr, x_ptr, w_ptr, act, slope, alpha, scale, prelu_ptr, prelu_size,
+                           saved_ptr, mask_ptr, mask_ld, seed, offset, dropout, drop_thr, drop_scale, dropconnect,
+                           dc_thr, dc_scale, grad_x_ptr, grad_w_ptr, grad_bias_ptr, grad_prelu_ptr, tf32, rng_ptr=0):
+    dt = _linear_dtype(dtype)
+    _linear_dims(M, N, K)
+    _linear_act_check(act, prelu_ptr, prelu_size, N, dt)
+    _ptr(g_ptr, M * N, dt.itemsize, "grad_output")
+    _ptr(x_ptr, M * K, dt.itemsize, "x")
+    _ptr(w_ptr, N * K, dt.itemsize, "weight")
+    _ptr(grad_x_ptr, 0, dt.itemsize, "grad_x")
+    _ptr(grad_w_ptr, N * K, dt.itemsize, "grad_weight")
+    _ptr(grad_bias_ptr, 0, dt.itemsize, "grad_bias")
+    if act == _PRELU:
+        _ptr(grad_prelu_ptr, 1, dt.itemsize, "grad_prelu")
+    if rng_ptr % 8:
+        raise ValueError("rng_ptr: expected a device uint64[2], 8-byte aligned")
+    kind = _C.cuda_linear_save_kind(act, dropout)
+    if kind == _SAVE_RELU_MASK:
+        if mask_ld != _C.cuda_linear_mask_ld(N):
+            raise ValueError(f"mask_ld: expected {_C.cuda_linear_mask_ld(N)} bits, got {mask_ld}")
+        if M * N > 0 and (mask_ptr == 0 or mask_ptr % 16):
+            raise ValueError("mask: expected a 16-byte aligned device pointer")
+    elif kind != _SAVE_NOTHING:
+        _ptr(saved_ptr, M * N, dt.itemsize, "saved")
+
+
+def _linear_backward(dtype, M, N, K, g_ptr, x_ptr, w_ptr, act, slope, alpha, scale, prelu_ptr, prelu_size, saved_ptr,
+                     mask_ptr, mask_ld, seed, offset, dropout, drop_thr, drop_scale, dropconnect, dc_thr, dc_scale,
+                     grad_x_ptr, grad_w_ptr, grad_bias_ptr, grad_prelu_ptr, tf32, rng_ptr=0):
+    _calls["linear"] += 1
+    dt = np.dtype(_FLOAT_NAMES[dtype])
+    kind = _C.cuda_linear_save_kind(act, dropout)
+    saved = {}
+    if M * N == 0:  # nothing saved to read: empty arrays of the shapes the CPU kernel checks
+        saved = {"pos": np.empty((M, (N + 63) // 64 * 8), np.uint8) if act in _NEEDS_POS else None,
+                 "z": np.empty((M, N), dt) if act == _PRELU else None,
+                 "y": np.empty((M, N), dt) if act in _NEEDS_Y else None}
+    elif kind in (_SAVE_RELU_MASK, _SAVE_ACT_OUT, _SAVE_PRE):
+        key = mask_ptr if kind == _SAVE_RELU_MASK else saved_ptr
+        saved = _linear_saved.get(key)
+        if saved is None or saved["shape"] != (M, N, K, dtype, act, bool(dropout)):
+            raise RuntimeError(f"cuda_linear_backward: the fake GPU holds no forward of this shape and activation "
+                               f"saved at {'mask_ptr' if kind == _SAVE_RELU_MASK else 'saved_ptr'} 0x{key:x} "
+                               f"(the forward ran without it, or the block was freed)")
+    y = _view(saved_ptr, (M, N), dt, "saved") if kind == _SAVE_OUTPUT and M * N else saved.get("y")
+    s, o = _random_words(rng_ptr, seed, offset, dropout, dropconnect)
+    _C.linear_backward(_view(g_ptr, (M, N), dt, "grad_output"), _view(x_ptr, (M, K), dt, "x"),
+                       _view(w_ptr, (N, K), dt, "weight"),
+                       _view(grad_x_ptr, (M, K), dt, "grad_x") if grad_x_ptr else None,
+                       _view(grad_w_ptr, (N, K), dt, "grad_weight"),
+                       _view(grad_bias_ptr, N, dt, "grad_bias") if grad_bias_ptr else None, act, slope, alpha, scale,
+                       y, saved.get("z"), saved.get("pos"),
+                       _view(prelu_ptr, prelu_size, dt, "prelu_weight") if act == _PRELU else None,
+                       _view(grad_prelu_ptr, prelu_size, dt, "grad_prelu") if act == _PRELU else None, dropout,
+                       drop_thr, drop_scale, dropconnect, dc_thr, dc_scale, s, o)
+
+
+def _matmul_check(dtype, M, N, K, a_ptr, b_ptr, c_ptr, tf32):
+    dt = _linear_dtype(dtype)
+    _linear_dims(M, N, K)
+    _ptr(a_ptr, M * K, dt.itemsize, "a")
+    _ptr(b_ptr, K * N, dt.itemsize, "b")
+    _ptr(c_ptr, M * N, dt.itemsize, "out")
+
+
+def _matmul(dtype, M, N, K, a_ptr, b_ptr, c_ptr, tf32):
+    _calls["linear"] += 1
+    dt = np.dtype(_FLOAT_NAMES[dtype])
+    c = _view(c_ptr, (M, N), dt, "out")
+    if M * N:
+        _C.matmul(_view(a_ptr, (M, K), dt, "a"), _view(b_ptr, (K, N), dt, "b"), c)
+
+
+# ---- SPEC12: the device ops of a device-resident step (read device values when they run) -----------
+_GATHER = {"float32": (np.float32, np.nan), "float64": (np.float64, np.nan), "int32": (np.int32, -1)}
+
+
+def _gather_check(dtype, src_ptr, n_src, row_elems, idx_ptr, pos_ptr, n_rows, dst_ptr):
+    if dtype not in _GATHER:
+        raise TypeError(f"dtype: expected 'float32', 'float64' or 'int32', got {dtype!r}")
+    size = np.dtype(_GATHER[dtype][0]).itemsize
+    n_src, row_elems, n_rows = _count(n_src, "n_src"), _count(row_elems, "row_elems"), _count(n_rows, "n_rows")
+    n_out = n_rows * row_elems  # (0: nothing launched, nothing read)
+    _ptr(src_ptr, n_src * row_elems if n_out else 0, size, "src")
+    _ptr(idx_ptr, n_rows if n_out else 0, 8, "idx")
+    _ptr(pos_ptr, 1 if n_out else 0, 8, "pos")
+    _ptr(dst_ptr, n_out, size, "dst")
+
+
+def _gather_rows(dtype, src_ptr, n_src, row_elems, idx_ptr, pos_ptr, n_rows, dst_ptr):
+    """dst[i, :] = src[idx[pos + i], :]; rows whose index is outside [0, n_src) are NaN / -1."""
+    _calls["step"] += 1
+    if n_rows * row_elems == 0:
+        return
+    t, fill = _GATHER[dtype]
+    pos = int(_view(pos_ptr, 1, np.uint64, "pos")[0])
+    idx = _view(idx_ptr + 8 * pos, n_rows, np.int64, f"idx[pos={pos}:pos+{n_rows}]")
+    dst = _view(dst_ptr, (n_rows, row_elems), t, "dst")
+    ok = (idx >= 0) & (idx < n_src)
+    src = _view(src_ptr, (n_src, row_elems), t, "src")
+    dst[ok] = src[idx[ok]]
+    dst[~ok] = fill
+
+
+def _counter_check(ptr, delta):
+    _ptr(ptr, 1, 8, "ptr")
+    if isinstance(delta, bool) or not isinstance(delta, (int, np.integer)) or not -2**63 <= delta < 2**63:
+        raise TypeError(f"delta: expected an int64 (a negative delta subtracts), got {delta!r}")
+
+
+def _counter_add(ptr, delta):
+    c = _view(ptr, 1, np.uint64, "ptr")
+    c[0] = (int(c[0]) + int(delta)) % 2**64  # mod 2**64, as the uint64 add
+
+
+_METRIC_TARGETS = ("labels", "soft", "none")
+
+
+def _metrics_check(dtype, logits_ptr, M, C, target_ptr, target_kind, loss_ptr, sums_ptr):
+    dt = _float_dtype(dtype)
+    M, C = _count(M, "M"), _count(C, "C")
+    if target_kind not in _METRIC_TARGETS:
+        raise ValueError(f"target_kind: expected 'labels', 'soft' or 'none', got {target_kind!r}")
+    if target_kind != "none":  # ('none': logits and target are not read)
+        if C == 0:
+            raise ValueError(f"C: expected >= 1 classes to count hits against {target_kind!r}, got 0")
+        _ptr(logits_ptr, M * C, dt.itemsize, "logits")
+        _ptr(target_ptr, M if target_kind == "labels" else M * C, 4 if target_kind == "labels" else dt.itemsize,
+             "target")
+    _ptr(loss_ptr, 1, 8, "loss")
+    _ptr(sums_ptr, 4, 8, "sums")
+
+
+def _step_metrics(dtype, logits_ptr, M, C, target_ptr, target_kind, loss_ptr, sums_ptr):
+    """sums (float64[4]) += (loss * M, correct, M), sums[3] = 1.0 once loss is not finite; in that
+    order, in float64 (Python floats: one IEEE double rounding per operation)."""
+    _calls["step"] += 1
+    loss = float(_view(loss_ptr, 1, np.float64, "loss")[0])
+    sums = _view(sums_ptr, 4, np.float64, "sums")
+    correct = 0
+    if target_kind != "none" and M > 0:
+        logits = _view(logits_ptr, (M, C), dtype, "logits")
+        target = (_view(target_ptr, M, np.int32, "target") if target_kind == "labels" else
+                  _view(target_ptr, (M, C), dtype, "target"))
+        correct = int(_C.argmax_count(logits, target))
+    sums[0] = float(sums[0]) + loss * float(M)
+    sums[1] = float(sums[1]) + float(correct)
+    sums[2] = float(sums[2]) + float(M)
+    if not math.isfinite(loss):
+        sums[3] = 1.0
 
 
 def _augment(x, out, N, C, H, W, OH, OW, geom, pad, fill, jitter, ints, factors):
@@ -145,6 +783,8 @@ def _augment(x, out, N, C, H, W, OH, OW, geom, pad, fill, jitter, ints, factors)
     if N > 64:  # too many emulated blocks: the CPU kernel on the same memory (also checks the params)
         _C.augment_batch(_view(x, (N, C, H, W)), _view(out, (N, C, OH, OW)), geom, pad, fill, jitter, ints, factors)
         return
+    _check_range(x, N * C * H * W * 4, "x")
+    _check_range(out, N * C * OH * OW * 4, "out")
     ps = np.zeros(N, _SAMPLE)
     for k, f in enumerate(("flip", "top", "left", "bh", "bw")):
         ps[f] = ints[:, k]
@@ -156,6 +796,8 @@ def _augment(x, out, N, C, H, W, OH, OW, geom, pad, fill, jitter, ints, factors)
 def _noise(x, out, n, seed, offset, std, noise, clip):
     _calls["noise"] += 1
     if n:
+        _check_range(x, n * 4, "x")
+        _check_range(out, n * 4, "out")
         _L.emu_noise(x, out, n, seed, offset, std, int(noise), int(clip), 4)
 
 
@@ -163,25 +805,80 @@ def _mixup(dtype, x, perm, out, N, D, lam, lam1):
     _calls["mixup"] += 1
     assert perm.dtype == np.int64 and perm.shape == (N,) and ((perm >= 0) & (perm < N)).all()
     if N * D:
+        size = np.dtype(dtype).itemsize
+        _check_range(x, N * D * size, "x")
+        _check_range(out, N * D * size, "out")
         f = _L.emu_mix32 if dtype == "float32" else _L.emu_mix64
         f(x, perm.ctypes.data, out, N, D, lam, lam1, 1, min(N, 8))
+
+
+def _dtod(dst_ptr, src_ptr, nbytes):
+    if nbytes:
+        _check_range(dst_ptr, nbytes, "dst_ptr")
+        _check_range(src_ptr, nbytes, "src_ptr")
+        ctypes.memmove(int(dst_ptr), int(src_ptr), int(nbytes))
+
+
+def _memset_zero(ptr, nbytes):
+    if nbytes:
+        _check_range(ptr, nbytes, "ptr")
+        ctypes.memset(int(ptr), 0, int(nbytes))
 
 
 # Streams and graphs: one queue (everything runs in order at once), stream handles are counters;
 # between graph_capture_begin and graph_capture_end the kernels and copies are recorded instead
 # of run (as CUDA does), and graph_replay runs the recording again.
-_capture: list = [None]
 _graphs: dict = {}
 _handles = [0x1000]
 
 
-def _recorded(fn, during_capture=None):
+_faults: dict = {}  # launcher name -> runs to let pass before one fails
+
+
+def inject_fault(name: str, after: int = 0) -> None:
+    """Makes the (after+1)-th run from now of launcher `name` (at its call, or inside a replay)
+    raise RuntimeError as a CUDA error surfaces, once: for tests of a fault inside a graph."""
+    if name not in _FAULTABLE:
+        raise ValueError(f"name: expected a kernel launcher of the fake GPU, got {name!r}")
+    _faults[name] = int(after)
+
+
+def _faulty(name, fn):
+    @functools.wraps(fn)
     def run(*args, **kwargs):
+        left = _faults.get(name)
+        if left is not None:
+            if left == 0:
+                del _faults[name]
+                raise RuntimeError(f"{name}: CUDA error 700 (cudaErrorIllegalAddress): an illegal memory access was "
+                                   f"encountered (injected by fake_gpu.inject_fault)")
+            _faults[name] = left - 1
+        return fn(*args, **kwargs)
+    run.__name__ = name  # (messages name the launcher)
+    return run
+
+
+def _recorded(fn, check=None, during_capture=None):
+    """A launcher: its argument checks run at the call (as the binding's do, before any launch); the
+    kernel runs now, or, inside a capture, at each replay (reading device memory then)."""
+    def run(*args, **kwargs):
+        if check is not None:
+            check(*args, **kwargs)
         if _capture[0] is not None:
-            _capture[0].append((fn, args, kwargs))
+            _record(fn, args, kwargs)
             return during_capture
         return fn(*args, **kwargs)
     return run
+
+
+def _record(fn, args, kwargs):
+    # A launch on another stream than the one being captured would run at once on a GPU (outside
+    # the graph) or fail: the legacy stream while another is captured is cudaErrorStreamCaptureImplicit.
+    if _current_stream[0] != _capture_stream[0]:
+        raise RuntimeError(f"{getattr(fn, '__name__', 'launch')}: launched on stream 0x{_current_stream[0]:x} while "
+                           f"stream 0x{_capture_stream[0]:x} is being captured (CUDA: "
+                           f"cudaErrorStreamCaptureImplicit; the work would not be part of the graph)")
+    _capture[0].append((fn, args, kwargs))
 
 
 def _stream_create(priority=0):
@@ -208,7 +905,7 @@ def _free(p):
             _capture_blocks[0] is not None and p in _capture_blocks[0]):
         _deferred.add(p)
         return
-    _bufs.pop(p)
+    _release(p)
 
 
 def _graph_destroy(g):
@@ -216,7 +913,7 @@ def _graph_destroy(g):
     for p in _graph_blocks.pop(g, set()):
         if p in _deferred:
             _deferred.discard(p)
-            _bufs.pop(p)
+            _release(p)
 
 
 def _capture_begin(h):
@@ -225,6 +922,7 @@ def _capture_begin(h):
     if _capture[0] is not None:
         raise RuntimeError("cudaStreamBeginCapture: a capture is already running")
     _capture[0] = []
+    _capture_stream[0] = h
     _capture_blocks[0] = set()
 
 
@@ -243,24 +941,70 @@ def _replay(g, h):
         fn(*args, **kwargs)
 
 
-_RECORDED = {"cuda_memcpy_htod", "cuda_memcpy_dtod", "cuda_memset_zero", "cuda_sgd_step", "cuda_adam_step",
-             "cuda_act_forward", "cuda_act_backward", "cuda_augment_batch", "cuda_gaussian_noise", "cuda_mixup_apply"}
+def _cuda_ops():
+    """name -> (kernel, argument check or None) of every launcher that a capture records."""
+    return {
+        "cuda_memcpy_dtod": (_dtod, lambda dst_ptr, src_ptr, nbytes: _count(nbytes, "nbytes")),
+        "cuda_memset_zero": (_memset_zero, lambda ptr, bytes: _count(bytes, "bytes")),
+        "cuda_sgd_step": (_sgd, _sgd_check),
+        "cuda_adam_step": (_adam, _adam_check),
+        "cuda_act_forward": (_act_fwd, None),
+        "cuda_act_backward": (_act_bwd, None),
+        "cuda_prelu_forward": (_prelu_fwd, None),
+        "cuda_prelu_backward": (_prelu_bwd, None),
+        "cuda_augment_batch": (_augment, None),
+        "cuda_gaussian_noise": (_noise, None),
+        "cuda_mixup_apply": (_mixup, None),
+        "cuda_dropout_apply": (_dropout_apply, lambda dtype, x_ptr, y_ptr, n, *rest: _elementwise_check(
+            dtype, (x_ptr, "x"), (y_ptr, "y"), n)),
+        "cuda_dropout_apply_dev": (_dropout_apply_dev, lambda dtype, x_ptr, y_ptr, n, rng_ptr, *rest: (
+            _elementwise_check(dtype, (x_ptr, "x"), (y_ptr, "y"), n), _rng_check(rng_ptr))),
+        "cuda_rng_advance": (_rng_advance, lambda rng_ptr, count: (_rng_check(rng_ptr), _u64(count, "count"))),
+        "cuda_dropout_apply_mask": (_dropout_apply_mask, lambda dtype, x_ptr, mask_ptr, y_ptr, n, scale: (
+            _elementwise_check(dtype, (x_ptr, "x"), (y_ptr, "y"), n), _ptr(mask_ptr, _count(n, "n"), 1, "mask"))),
+        "cuda_dropout_mask": (_dropout_mask, lambda n, seed, offset, threshold, out_ptr: _ptr(
+            out_ptr, _count(n, "n"), 1, "out")),
+        "cuda_linear_forward": (_linear_forward, _linear_forward_check),
+        "cuda_linear_backward": (_linear_backward, _linear_backward_check),
+        "cuda_matmul": (_matmul, _matmul_check),
+        "cuda_gather_rows": (_gather_rows, _gather_check),
+        "cuda_counter_add": (_counter_add, _counter_check),
+        "cuda_step_metrics": (_step_metrics, _metrics_check),
+    }
+
+
+def _device_properties(index):
+    if index != 0:
+        raise ValueError(f"index: expected 0 (the fake GPU), got {index}")
+    return {"index": 0, "name": "fastnn fake GPU (host memory, CPU kernels)", "major": 9, "minor": 0,
+            "memory_bytes": 1 << 34}
+
+
+_FAKE_LT = "fake GPU: linear layers run the CPU kernels"
 
 for _name, _fn in {
     "cuda_device_count": lambda: 1, "cuda_get_device": lambda: 0, "cuda_set_device": lambda i: None,
+    "cuda_init_error": lambda: "", "cuda_device_properties": _device_properties,
     "cuda_pointer_device": lambda p: 0, "cuda_malloc": _malloc_tracked, "cuda_free": _free,
     "cuda_memcpy_htod": _htod, "cuda_memcpy_dtoh": _dtoh,
-    "cuda_memcpy_dtod": lambda dst, src, n: ctypes.memmove(dst, src, n),
-    "cuda_memset_zero": lambda p, n: ctypes.memset(int(p), 0, int(n)) if n else None,
-    "cuda_sgd_step": _sgd, "cuda_adam_step": _adam, "cuda_softmax_xent": _xent, "cuda_squared_error": _squared,
-    "cuda_synchronize": _sync, "stream_synchronize": lambda h: _sync(), "stream_wait": _stream_wait,
+    "cuda_softmax_xent": _loss_op("cuda_softmax_xent", _xent_check, _faulty("cuda_softmax_xent", _xent_run)),
+    "cuda_squared_error": _loss_op("cuda_squared_error", _squared_check, _faulty("cuda_squared_error", _squared_run)),
+    "cuda_synchronize": _sync, "stream_synchronize": _stream_sync, "stream_wait": _stream_wait,
+    "cuda_legacy_wait_on": lambda stream: _stream_wait(0, stream),
+    "cuda_wait_on_legacy": lambda stream: _stream_wait(stream, 0),
     "current_stream": lambda: _current_stream[0], "set_current_stream": lambda h: _current_stream.__setitem__(0, h),
-    "cuda_act_forward": _act_fwd, "cuda_act_backward": _act_bwd, "cuda_augment_batch": _augment, "cuda_gaussian_noise": _noise, "cuda_mixup_apply": _mixup,
     "stream_create": _stream_create, "stream_destroy": lambda h: None, "graph_capture_begin": _capture_begin,
     "graph_capture_end": _capture_end, "graph_replay": _replay, "graph_destroy": _graph_destroy,
-    "cuda_set_cache_limit": lambda n: None,
+    "cuda_set_cache_limit": lambda nbytes: None, "cuda_empty_cache": _empty_cache,
+    "cuda_allocated_bytes": lambda: sum(_sizes.values()),
+    "cuda_cached_bytes": lambda: sum(n * len(v) for n, v in _cache.items()),
+    "cuda_cublaslt_compiled": lambda: True, "cublaslt_location": lambda: _FAKE_LT,
+    "cublaslt_load": lambda candidates: _FAKE_LT, "cuda_cublaslt_load_error": lambda: "",
 }.items():
-    setattr(_C, _name, _recorded(_fn) if _name in _RECORDED else _fn)
+    setattr(_C, _name, _fn)
+_FAULTABLE = set(_cuda_ops()) | {"cuda_softmax_xent", "cuda_squared_error"}
+for _name, (_fn, _check) in _cuda_ops().items():
+    setattr(_C, _name, _recorded(_faulty(_name, _fn), _check))
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -1,7 +1,10 @@
 """What both backends share that is not an argument check of checks.py: the LinearSaved record
-(one shape on every device) and the host-side checks of a packed dropout mask and of loss targets."""
+(one shape on every device), the host-side checks of a packed dropout mask and of loss targets, and
+the host-formed step table of the optimizers' table mode (optim_table)."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -88,3 +91,37 @@ def host_target(target, shape, dtype):
         raise ValueError(f"target: expected class labels in [0, {C}), got {t[r]} at row {r} "
                          f"({bad.size} labels out of range)")
     return c_input(t)
+
+
+_OPTIM_ROW = {"sgd": 2, "adam": 3}
+
+
+def optim_table(kind: str, rows) -> np.ndarray:
+    """The per-step table of the optimizers' table mode (SPEC12; `_C.cuda_sgd_step` /
+    `_C.cuda_adam_step` with table_ptr=, counter_ptr=): one float64 row per step, read on the
+    device at row *counter when the captured step runs.
+
+    kind "sgd": rows of (lr, first) -> (steps, 2) rows (lr, 1.0 if first else 0.0); first: the
+    momentum buffer's first step. kind "adam": rows of (lr, beta1, beta2, step) with the 1-based
+    step t -> (steps, 3) rows (lr, lr / (1 - beta1**t), sqrt(1 - beta2**t)), formed with exactly
+    csrc/bindings/optim_args.h's double arithmetic (C pow and sqrt, one IEEE division), so a row
+    gives the same bits as the scalar call for that step. Lives here (host arithmetic, no device)
+    and is re-exported by _backend.cuda."""
+    if kind not in _OPTIM_ROW:
+        raise ValueError(f"kind: expected 'sgd' or 'adam', got {kind!r}")
+    width = 2 if kind == "sgd" else 4
+    out = np.empty((len(rows), _OPTIM_ROW[kind]), dtype=np.float64)
+    for i, row in enumerate(rows):
+        if len(row) != width:
+            what = "(lr, first)" if kind == "sgd" else "(lr, beta1, beta2, step)"
+            raise ValueError(f"rows[{i}]: expected {what} for kind {kind!r}, got {len(row)} values")
+        lr = float(row[0])
+        if kind == "sgd":
+            out[i] = (lr, 1.0 if row[1] else 0.0)
+            continue
+        beta1, beta2, step = float(row[1]), float(row[2]), row[3]
+        if isinstance(step, (bool, np.bool_)) or not isinstance(step, (int, np.integer)) or step < 1:
+            raise ValueError(f"rows[{i}]: expected the 1-based integer step count, got {step!r}")
+        t = float(step)
+        out[i] = (lr, lr / (1.0 - math.pow(beta1, t)), math.sqrt(1.0 - math.pow(beta2, t)))
+    return out

@@ -578,3 +578,19 @@ def zeros_like_device(shape, dtype, like):
 def copy(a):
     """A C-contiguous copy of `a` on its device."""
     return np.array(a, order="C", copy=True)
+
+
+def device_name(a):
+    """'cpu' (the CUDA table answers 'cuda:N')."""
+    return "cpu"
+
+
+def assign(dst, src):
+    """Copies `src` (a NumPy array or a CUDA array: downloaded) into the NumPy array `dst` in place,
+    cast to dst's dtype; same shape."""
+    if not isinstance(src, np.ndarray) and is_cuda_array(src):
+        raise TypeError("src: a CUDA array; download it first (the CUDA table's to_host)")
+    a = np.asarray(src)
+    if a.shape != dst.shape:
+        raise ValueError(f"src: expected shape {dst.shape} like dst, got {a.shape}")
+    dst[...] = a

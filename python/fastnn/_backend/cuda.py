@@ -31,7 +31,7 @@ from ..cuda import (
     to_device,
     zeros,
 )
-from .common import LinearSaved, check_mask, host_target
+from .common import LinearSaved, check_mask, host_target, optim_table  # noqa: F401 (optim_table re-exported)
 
 name = "cuda"
 
@@ -1249,3 +1249,35 @@ def copy(a):
         out = DeviceArray(xa.shape, xa.dtype)
         _C.cuda_memcpy_dtod(out.ptr, xa.ptr, xa.nbytes)
     return out
+
+
+def device_name(a):
+    """'cuda:N', the GPU a CUDA array lives on (Parameter.device, Module.to)."""
+    if isinstance(a, DeviceArray):
+        return f"cuda:{a.device}"
+    return f"cuda:{_cuda_arg(a, 'a').device}"
+
+
+@_op
+def assign(dst, src):
+    """Copies `src` (a NumPy array, or a CUDA array on any GPU) into the CUDA array `dst` in place
+    (load_state_dict, a reset of a layer on the GPU): same shape; another dtype or GPU goes
+    through one host copy, a same-dtype CUDA source is copied on the device."""
+    da = _cuda_arg(dst, "dst")
+    if da.readonly:
+        raise ValueError("dst: the CUDA array is read-only")
+    if _is_cuda(src):
+        sa = _cuda_arg(src, "src")
+        if sa.shape != da.shape:
+            raise ValueError(f"src: expected shape {da.shape} like dst, got {sa.shape}")
+        if sa.dtype == da.dtype and sa.device == da.device:
+            with _on_device(da.device):
+                _C.cuda_memcpy_dtod(da.ptr, sa.ptr, da.nbytes)
+            return
+        src = _to_host(src)
+    host = np.ascontiguousarray(np.asarray(src), dtype=da.dtype)
+    if host.shape != da.shape:
+        raise ValueError(f"src: expected shape {da.shape} like dst, got {host.shape}")
+    if host.size:
+        with _on_device(da.device):
+            _C.cuda_memcpy_htod(da.ptr, host)
