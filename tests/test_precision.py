@@ -303,3 +303,26 @@ def test_cli_train_precision(capsys):
     with pytest.raises(SystemExit):
         cli.main(["train", "--precision", "fp16"])
     assert "invalid choice: 'fp16'" in capsys.readouterr().err
+
+
+def test_gpu_medium_is_bf16_and_high_is_tf32():
+    # Runs only where a CUDA GPU is present (compile-checked here: no GPU on the build machine).
+    import fastnn.cuda as fc
+    if not fc.is_available():
+        pytest.skip("no usable CUDA GPU")
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((64, 1024)).astype(np.float32)
+    b = rng.standard_normal((1024, 96)).astype(np.float32)
+    da, db = fc.to_device(a), fc.to_device(b)
+    exact64 = a.astype(np.float64) @ b
+    scale = np.abs(a).astype(np.float64) @ np.abs(b)
+    with fastnn.matmul_precision("medium"):
+        c16 = F.matmul(da, db).numpy()
+    exact, tol = bound(a, b)
+    assert np.all(np.abs(c16 - exact) <= 2 * tol), "medium: beyond the bf16 product's tolerance"
+    assert np.abs(c16 - exact64).max() > 1e-3 * scale.max() * 2 ** -8, "medium: no bf16 rounding seen"
+    with fastnn.matmul_precision("high"):
+        c19 = F.matmul(da, db).numpy()
+    assert np.all(np.abs(c19 - exact64) <= 4e-3 * scale)
+    c32 = F.matmul(da, db).numpy()
+    assert np.all(np.abs(c32 - exact64) <= 2e-5 * scale)
