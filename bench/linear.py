@@ -1,7 +1,8 @@
 """SGEMM throughput: fastnn.functional.matmul vs numpy.matmul (OpenBLAS) vs torch.matmul, in
 GFLOP/s (2*M*N*K per product) and as ratios, 1 and 2 threads. Every result is validated against
-a float64 product before it is timed. The ceiling: the 2-core Zen 4 FP32 peak is ~220 GFLOP/s
-(~110 per core: one 512-bit FMA per cycle).
+a float64 product before it is timed. The ceiling: measured by bench/peak_cpu.cpp (below); the
+machine this was tuned on was taken for a 2-core Zen 4 (~110 GFLOP/s per core), but the one that
+ran issue 15 is a Xeon (family 6 model 207) with two 512-bit FMA ports (~170 GFLOP/s per core).
 
 With --layers: the linear layer y = dropout(relu(x @ W.T + b)), forward and backward, for batch
 128/256/1024 at 784->512, 784->1024, 1024->1024, float32: fastnn.functional.linear /
@@ -303,7 +304,8 @@ def main():
             continue
         if not printed:
             print(res["machine"])
-            print("GFLOP/s (float32; 2-core peak ~220)" + (", B = W.T:" if a.bt else ":"))
+            ceiling = (f"{t} x {peak['fp32_fma_gflops']:.0f} measured" if peak else "2-core Zen 4 ~220")
+            print(f"GFLOP/s (float32; peak {ceiling})" + (", B = W.T:" if a.bt else ":"))
             print(header)
             printed = True
         for r in res["rows"]:

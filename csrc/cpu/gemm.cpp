@@ -635,28 +635,20 @@ constexpr int64_t kMinThreadFlops = int64_t(1) << 20;  // below this a product s
 constexpr bool kHaveAmx = true;
 inline bool amx_enabled() { return current_capability() == CpuCapability::Avx512Amx; }
 
-// 16 floats rounded as round_bf16 does, the bf16 bits in the high halves (low halves zero).
-inline __m512i round_bf16_v(__m512 x) {
-  const __m512i u = _mm512_castps_si512(x), hi = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
-  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-  __m512i r = _mm512_and_si512(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF)), lsb), hi);
-  const __mmask16 tiny = _mm512_testn_epi32_mask(r, _mm512_set1_epi32(0x7F800000));  // subnormal: signed zero
-  r = _mm512_mask_and_epi32(r, tiny, r, _mm512_set1_epi32(static_cast<int>(0x80000000u)));
-  const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7FFFFFFF)),
-                                                _mm512_set1_epi32(0x7F800000));
-  return _mm512_mask_and_epi32(r, nan, _mm512_or_si512(u, _mm512_set1_epi32(0x00400000)), hi);  // quiet NaN
-}
+// Operand conversion with vcvtne2ps2bf16 (AVX512_BF16, present wherever AMX-BF16 is): round to
+// nearest even, NaN quieted, bf16 subnormal results to signed zero, as round_bf16; it also reads
+// float32 subnormal inputs as zero (round_bf16 rounds those within 2^-134 of 2^-126 up to 2^-126).
 // 32 consecutive floats (k, k+1, ...; `valid` of them, the rest zero) -> 16 words of K pairs.
-inline __m512i bf16_pairs32(const float* p, int64_t valid) {
+__attribute__((target("avx512bf16"))) inline __m512i bf16_pairs32(const float* p, int64_t valid) {
   auto mask = [](int64_t v) { return static_cast<__mmask16>(v >= 16 ? 0xFFFF : v <= 0 ? 0 : (1u << v) - 1u); };
-  const __m512i r0 = round_bf16_v(_mm512_maskz_loadu_ps(mask(valid), p));
-  const __m512i r1 = round_bf16_v(_mm512_maskz_loadu_ps(mask(valid - 16), p + 16));
-  return _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi32_epi16(_mm512_srli_epi32(r0, 16))),
-                            _mm512_cvtepi32_epi16(_mm512_srli_epi32(r1, 16)), 1);
+  const __m512 lo = _mm512_maskz_loadu_ps(mask(valid), p), hi = _mm512_maskz_loadu_ps(mask(valid - 16), p + 16);
+  return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);  // 16-bit lanes 0-15 from lo, 16-31 from hi
 }
 // Word j = bf16(lo[j]) | bf16(hi[j]) << 16: 16 elements of two K rows (k even, k + 1) as pairs.
-inline __m512i bf16_interleave(__m512 lo, __m512 hi) {
-  return _mm512_or_si512(_mm512_srli_epi32(round_bf16_v(lo), 16), round_bf16_v(hi));
+__attribute__((target("avx512bf16"))) inline __m512i bf16_interleave(__m512 lo, __m512 hi) {
+  const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21,
+                                       5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  return _mm512_permutexvar_epi16(idx, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
 }
 inline void transpose16_words(__m512i (&w)[16]) {
   __m512 r[16];
@@ -664,7 +656,7 @@ inline void transpose16_words(__m512i (&w)[16]) {
   transpose16(r);
   for (int i = 0; i < 16; ++i) w[i] = _mm512_castps_si512(r[i]);
 }
-inline uint32_t bf16_bits(float x) {
+inline uint32_t bf16_bits(float x) {  // (the scalar conversion of odd layouts: round_bf16's rule)
   x = round_bf16(x);
   uint32_t u;
   __builtin_memcpy(&u, &x, 4);
@@ -673,7 +665,7 @@ inline uint32_t bf16_bits(float x) {
 inline __mmask16 first_n(int64_t n) { return static_cast<__mmask16>(n >= 16 ? 0xFFFF : n <= 0 ? 0 : (1u << n) - 1u); }
 
 // Rows [r0, r1) of the bf16 A (row stride K2 elements): element (i, k) of A at a[i*rs + k*cs].
-void amx_convert_a(const float* a, int64_t rs, int64_t cs, int64_t M, int64_t K, int64_t K2, uint16_t* dst,
+__attribute__((target("avx512bf16"))) void amx_convert_a(const float* a, int64_t rs, int64_t cs, int64_t M, int64_t K, int64_t K2, uint16_t* dst,
                    int64_t r0, int64_t r1) {
   if (cs == 1) {  // rows contiguous in k
     for (int64_t i = r0; i < r1; ++i) {
@@ -704,7 +696,7 @@ void amx_convert_a(const float* a, int64_t rs, int64_t cs, int64_t M, int64_t K,
 }
 
 // Column groups [g0, g1) of the VNNI B: element (k, j) of B at b[k*rs + j*cs].
-void amx_convert_b(const float* b, int64_t rs, int64_t cs, int64_t N, int64_t K, int64_t K2, uint32_t* dst,
+__attribute__((target("avx512bf16"))) void amx_convert_b(const float* b, int64_t rs, int64_t cs, int64_t N, int64_t K, int64_t K2, uint32_t* dst,
                    int64_t g0, int64_t g1) {
   const int64_t P2 = K2 / 2;
   for (int64_t g = g0; g < g1; ++g) {
@@ -796,13 +788,13 @@ void gemm_amx(const Problem<float>& P) {
     amx_convert_b(P.b, P.rsb, P.csb, N, K, K2, bv, g0, g1);
   });
   const GemmArgs<float>& g = *P.args;
-  // Blocks in row-major order of the 32 x 32 grid, contiguous runs per thread (a thread's A rows
-  // stay in its L2 while it walks B).
+  // Blocks in column-major order of the 32 x 32 grid, contiguous runs per thread: a B column slab
+  // (2 x 16 columns x K2) is used for every row block while it is in L1/L2, A streams from L2.
   parallel_for(mb * nb, threaded ? 1 : mb * nb, 1, [&](int64_t t0, int64_t t1) {
     alignas(64) float cbuf[32 * 32];
     amx_begin();
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t ib = t / nb, jb = t % nb;
+      const int64_t ib = t % mb, jb = t / mb;
       amx_block(abf + ib * 32 * K2, bv + jb * 2 * (K2 / 2) * 16, K2, cbuf);
       const int64_t n = N - jb * 32 < 32 ? N - jb * 32 : 32;
       for (int h = 0; h < 2; ++h) {
