@@ -1,7 +1,8 @@
 """SGEMM throughput: fastnn.functional.matmul vs numpy.matmul (OpenBLAS) vs torch.matmul, in
 GFLOP/s (2*M*N*K per product) and as ratios, 1 and 2 threads. Every result is validated against
-a float64 product before it is timed. The ceiling: the 2-core Zen 4 FP32 peak is ~220 GFLOP/s
-(~110 per core: one 512-bit FMA per cycle).
+a float64 product before it is timed. The ceiling: measured by bench/peak_cpu.cpp (below); the
+machine this was tuned on was taken for a 2-core Zen 4 (~110 GFLOP/s per core), but the one that
+ran issue 15 is a Xeon (family 6 model 207) with two 512-bit FMA ports (~170 GFLOP/s per core).
 
 With --layers: the linear layer y = dropout(relu(x @ W.T + b)), forward and backward, for batch
 128/256/1024 at 784->512, 784->1024, 1024->1024, float32: fastnn.functional.linear /
@@ -23,6 +24,16 @@ current NumPy; the line 'openblas:' reports them).
 
 Goals (issue 4), 2 threads: SGEMM >= 0.95x NumPy and >= 1.1x PyTorch at every shape; linear
 forward >= 1.1x PyTorch, with dropout >= 1.5x, backward >= 1.2x PyTorch autograd.
+
+bf16 (issue 15), in the same run: "fastnn bf16" is F.matmul under
+fastnn.matmul_precision("medium") (operands rounded to bf16 while packed, float32 sums: the AMX
+path on avx512_amx, vdpbf16ps on avx512_bf16, float32 FMAs elsewhere), validated against the
+float64 product of the rounded operands (K * 2^-24 * |A||B|); "torch bf16" is torch.matmul under
+torch.autocast("cpu", dtype=torch.bfloat16) (bf16 output: validated to 2^-7 |C| more). The
+ceilings come from bench/peak_cpu.cpp, compiled and run first (g++; --no-peak skips it): the
+clock, and per core the float32 FMA, vdpbf16ps and AMX tdpbf16ps rates; "of peak" is the
+measured GFLOP/s over threads x the per-core rate of the instruction the path in use runs.
+Goal: bf16 >= 1.8x fastnn float32 at 128x784x512 and 1024x1024x1024, 2 threads.
 """
 
 import argparse
@@ -36,7 +47,7 @@ SHAPES = ["256x256x256", "512x512x512", "1024x1024x1024", "2048x2048x2048", "128
           "4096x1024x1024"]  # MxKxN
 
 
-def child(threads, shapes, min_time, use_torch, bt):
+def child(threads, shapes, min_time, use_torch, bt, bf16):
     import numpy as np
 
     import fastnn
@@ -71,13 +82,39 @@ def child(threads, shapes, min_time, use_torch, bt):
         if torch is not None:
             ta, tb, tout = torch.from_numpy(a), torch.from_numpy(b), torch.from_numpy(out)
             fns["torch"] = lambda: torch.matmul(ta, tb, out=tout)
-        row = {"shape": s, "threads": threads}
+        checks = dict.fromkeys(fns, (ref, bound))
+        if bf16:
+            def fastnn_bf16():
+                with fastnn.matmul_precision("medium"):
+                    return F.matmul(a, b, out=out)
+
+            fns["fastnn_bf16"] = fastnn_bf16
+            ra, rb = _round_bf16(a).astype(np.float64), _round_bf16(b).astype(np.float64)
+            checks["fastnn_bf16"] = (ra @ rb, k * 2.0 ** -24 * (np.abs(ra) @ np.abs(rb)))
+            if torch is not None:
+                def torch_bf16():
+                    with torch.autocast("cpu", dtype=torch.bfloat16):
+                        r = torch.matmul(ta, tb)
+                    out[...] = r.float().numpy()  # (checked once; the timing below excludes the copy)
+                    return r
+
+                def torch_bf16_timed():
+                    with torch.autocast("cpu", dtype=torch.bfloat16):
+                        return torch.matmul(ta, tb)
+
+                fns["torch_bf16"] = torch_bf16
+                r_ref, r_tol = checks["fastnn_bf16"]
+                checks["torch_bf16"] = (r_ref, r_tol + 2.0 ** -7 * np.abs(r_ref))
+        row = {"shape": s, "threads": threads, "capability": fastnn.get_cpu_capability()}
         for name, fn in fns.items():
             out[...] = np.nan
             fn()
-            err = np.abs(out - ref)
-            if not np.all(err <= bound):
-                raise SystemExit(f"{name} {s}: result outside 2*sqrt(K)*eps*|A||B| (max err {err.max():g})")
+            want, tol = checks[name]
+            err = np.abs(out - want)
+            if not np.all(err <= tol):
+                raise SystemExit(f"{name} {s}: result outside its tolerance (max err {err.max():g})")
+            if name == "torch_bf16":
+                fn = torch_bf16_timed
             # OpenBLAS workers busy-wait for a while after each call (the float64 reference, the
             # NumPy row): let them go to sleep so that they do not take a core from the next timing.
             time.sleep(0.3)
@@ -167,6 +204,38 @@ def child_layers(threads, shapes, min_time, use_torch):
     print(json.dumps({"machine": benchmark.machine_line(), "rows": rows}))
 
 
+def _round_bf16(x):
+    """float32 -> float32 holding the nearest-even bfloat16 (NaN kept, subnormal results to +-0)."""
+    import numpy as np
+
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    r = (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000
+    r = np.where((r & 0x7F800000) == 0, r & 0x80000000, r)
+    return r.astype(np.uint32).view(np.float32).reshape(np.shape(x))
+
+
+def measure_peak():
+    """bench/peak_cpu.cpp's per-core ceilings (dict), or None when it cannot be built here."""
+    import shutil
+    import tempfile
+
+    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peak_cpu.cpp")
+    cxx = shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        return None
+    with tempfile.TemporaryDirectory() as d:
+        exe = os.path.join(d, "peak_cpu")
+        flags = ["-O2", "-mavx512f", "-mavx512bf16", "-mamx-tile", "-mamx-bf16"]
+        if subprocess.run([cxx, *flags, src, "-o", exe], capture_output=True).returncode:
+            return None
+        proc = subprocess.run([exe], capture_output=True, text=True)
+        return json.loads(proc.stdout) if proc.returncode == 0 else None
+
+
+# GFLOP/s per core of the instruction each path's bf16 GEMM runs
+_PEAK_KEY = {"avx512_amx": "tdpbf16ps_gflops", "avx512_bf16": "vdpbf16ps_gflops"}
+
+
 def print_layers(res, t):
     for r in res["rows"]:
         us = {k: v * 1e6 for k, v in r.items() if k.endswith(("_fwd", "_bwd"))}
@@ -185,6 +254,8 @@ def main():
     p.add_argument("--no-torch", action="store_true")
     p.add_argument("--bt", action="store_true", help="B as W.T (a C-ordered (N, K) weight), as in x @ W.T")
     p.add_argument("--layers", action="store_true", help="the linear layer (relu, dropout) forward and backward")
+    p.add_argument("--no-bf16", action="store_true", help="float32 only (no fastnn bf16 / torch autocast columns)")
+    p.add_argument("--no-peak", action="store_true", help="do not build and run bench/peak_cpu.cpp")
     p.add_argument("--child", type=int, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.layers and a.shapes == SHAPES:
@@ -193,11 +264,18 @@ def main():
         if a.layers:
             child_layers(a.child, a.shapes, a.min_time, not a.no_torch)
         else:
-            child(a.child, a.shapes, a.min_time, not a.no_torch, a.bt)
+            child(a.child, a.shapes, a.min_time, not a.no_torch, a.bt, not a.no_bf16)
         return
     print("openblas: OPENBLAS_CORETYPE=%s OPENBLAS_L2_SIZE=%s" %
           (os.environ.get("OPENBLAS_CORETYPE", "(unset)"), os.environ.get("OPENBLAS_L2_SIZE", "(unset)")))
+    peak = None if a.no_peak or a.layers else measure_peak()
+    if peak:
+        print(f"peak (bench/peak_cpu.cpp, one core, best of 3): clock {peak['ghz']:.2f} GHz; float32 FMA "
+              f"{peak['fp32_fma_gflops']:.0f}, vdpbf16ps {peak['vdpbf16ps_gflops']:.0f}, AMX tdpbf16ps "
+              f"{peak['tdpbf16ps_gflops']:.0f} GFLOP/s")
     header = f"{'shape MxKxN':>16} {'thr':>3} {'fastnn':>8} {'numpy':>8} {'torch':>8} {'vs numpy':>9} {'vs torch':>9}"
+    if not a.no_bf16:
+        header += f" | {'bf16':>8} {'torch16':>8} {'/fp32':>6} {'/torch16':>8} {'of peak':>7} {'fp32 of peak':>12}"
     printed = False
     for t in a.threads:
         env = dict(os.environ, OPENBLAS_NUM_THREADS=str(t), OMP_NUM_THREADS=str(t), MKL_NUM_THREADS=str(t))
@@ -208,6 +286,8 @@ def main():
             cmd.append("--bt")
         if a.layers:
             cmd.append("--layers")
+        if a.no_bf16:
+            cmd.append("--no-bf16")
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if proc.returncode:
             raise SystemExit(proc.stderr + f"\n{' '.join(cmd)}: exit {proc.returncode}")
@@ -224,13 +304,28 @@ def main():
             continue
         if not printed:
             print(res["machine"])
-            print("GFLOP/s (float32; 2-core peak ~220)" + (", B = W.T:" if a.bt else ":"))
+            ceiling = (f"{t} x {peak['fp32_fma_gflops']:.0f} measured" if peak else "2-core Zen 4 ~220")
+            print(f"GFLOP/s (float32; peak {ceiling})" + (", B = W.T:" if a.bt else ":"))
             print(header)
             printed = True
         for r in res["rows"]:
             tq = r.get("torch", float("nan"))
-            print(f"{r['shape']:>16} {t:>3} {r['fastnn']:8.1f} {r['numpy']:8.1f} {tq:8.1f} "
-                  f"{r['fastnn'] / r['numpy']:8.2f}x {r['fastnn'] / tq:8.2f}x")
+            line = (f"{r['shape']:>16} {t:>3} {r['fastnn']:8.1f} {r['numpy']:8.1f} {tq:8.1f} "
+                    f"{r['fastnn'] / r['numpy']:8.2f}x {r['fastnn'] / tq:8.2f}x")
+            if "fastnn_bf16" in r:
+                t16 = r.get("torch_bf16", float("nan"))
+                key = _PEAK_KEY.get(r["capability"], "fp32_fma_gflops")
+                of = r["fastnn_bf16"] / (t * peak[key]) if peak and peak[key] else float("nan")
+                of32 = r["fastnn"] / (t * peak["fp32_fma_gflops"]) if peak else float("nan")
+                line += (f" | {r['fastnn_bf16']:8.1f} {t16:8.1f} {r['fastnn_bf16'] / r['fastnn']:5.2f}x "
+                         f"{r['fastnn_bf16'] / t16:7.2f}x {of:7.1%} {of32:12.1%}")
+            print(line)
+        if not a.no_bf16:
+            for r in res["rows"]:
+                if r["shape"] in ("128x784x512", "1024x1024x1024") and "fastnn_bf16" in r:
+                    q = r["fastnn_bf16"] / r["fastnn"]
+                    print(f"goal bf16 >= 1.8x fastnn fp32 at {r['shape']}, {t} threads ({r['capability']}): "
+                          f"{q:.2f}x {'met' if q >= 1.8 else 'NOT met'}")
 
 
 if __name__ == "__main__":

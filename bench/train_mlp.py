@@ -45,7 +45,8 @@ import time
 N_TRAIN, N_TEST, D, CLASSES = 60000, 10000, 784, 10
 SIZES = (784, 512, 256, 10)
 BATCH, LR, MOMENTUM = 128, 0.05, 0.9
-FRAMEWORKS = ("fastnn", "trainer", "estimator", "torch", "torch-shuffled", "sklearn", "numpy")
+FRAMEWORKS = ("fastnn", "trainer", "trainer-bf16", "estimator", "torch", "torch-bf16", "torch-shuffled", "sklearn",
+              "numpy")
 FLOPS_PER_SAMPLE = 6 * sum(a * b for a, b in zip(SIZES, SIZES[1:])) - 2 * SIZES[0] * SIZES[1]
 
 
@@ -112,12 +113,13 @@ def _fastnn_model(params):
     return model
 
 
-def run_trainer(data_dir, threads):
+def run_trainer(data_dir, threads, precision="fp32"):
     """What a user runs: Trainer.fit, shuffled (its default), one epoch, from the shared weights."""
     import numpy as np
 
     import fastnn
-    from fastnn import optim
+    import fastnn.functional as F
+    from fastnn import benchmark, optim
     from fastnn.train import Trainer
 
     fastnn.set_num_threads(threads)
@@ -126,7 +128,7 @@ def run_trainer(data_dir, threads):
     def trainer():
         model = _fastnn_model(params)
         opt = optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
-        return Trainer(model, "cross_entropy", opt, verbose=False, seed=0)
+        return Trainer(model, "cross_entropy", opt, verbose=False, seed=0, precision=precision)
 
     trainer().fit(Xtr[:30 * BATCH], ytr[:30 * BATCH], epochs=1, batch_size=BATCH)  # warm-up
     t = trainer()
@@ -134,7 +136,20 @@ def run_trainer(data_dir, threads):
     t.fit(Xtr, ytr, epochs=1, batch_size=BATCH)
     sec = time.perf_counter() - t0
     acc = float(np.mean(t.predict(Xte) == yte))
-    return {"sec": sec, "acc": acc}
+    if precision == "fp32":
+        return {"sec": sec, "acc": acc}
+    # the bf16 GEMM ceiling: the largest layer's forward product at bf16, measured now
+    a, w = Xtr[:BATCH], np.ascontiguousarray(params[0][0])
+    out = np.empty((BATCH, 512), np.float32)
+    with fastnn.matmul_precision("medium"):
+        tg = benchmark._timeit(lambda: F.matmul(a, w.T, out=out), min_time=0.3)
+    return {"sec": sec, "acc": acc, "gemm_gflops": 2 * BATCH * 784 * 512 / tg / 1e9,
+            "capability": fastnn.get_cpu_capability()}
+
+
+def run_trainer_bf16(data_dir, threads):
+    """Trainer(precision="bf16"): the products with bf16 operands and float32 sums."""
+    return run_trainer(data_dir, threads, "bf16")
 
 
 def run_estimator(data_dir, threads):
@@ -166,7 +181,9 @@ def run_estimator(data_dir, threads):
     return {"sec": sec, "acc": acc}
 
 
-def run_torch(data_dir, threads):
+def run_torch(data_dir, threads, autocast=False):
+    import contextlib
+
     import numpy as np
     import torch
 
@@ -189,18 +206,25 @@ def run_torch(data_dir, threads):
         loss_fn = torch.nn.CrossEntropyLoss()
         for i0, i1 in _batches(N_TRAIN)[:n_batches]:
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(Xt[i0:i1]), yt[i0:i1])
+            with ctx():  # PyTorch's recipe: autocast around forward and loss, backward outside
+                loss = loss_fn(model(Xt[i0:i1]), yt[i0:i1])
             loss.backward()
             opt.step()
 
+    ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if autocast else contextlib.nullcontext
     epoch(build(), 30)
     model = build()
     t0 = time.perf_counter()
     epoch(model)
     sec = time.perf_counter() - t0
-    with torch.no_grad():
+    with torch.no_grad(), ctx():
         acc = float((model(torch.from_numpy(Xte)).argmax(1).numpy() == yte).mean())
     return {"sec": sec, "acc": acc, "version": torch.__version__}
+
+
+def run_torch_bf16(data_dir, threads):
+    """torch.autocast("cpu", dtype=torch.bfloat16): bf16 linear layers (oneDNN), float32 weights."""
+    return run_torch(data_dir, threads, autocast=True)
 
 
 def run_torch_shuffled(data_dir, threads):
@@ -339,12 +363,15 @@ def run_numpy(data_dir, threads):
     return {"sec": sec, "acc": acc, "version": np.__version__}
 
 
-RUNNERS = {"fastnn": run_fastnn, "trainer": run_trainer, "estimator": run_estimator, "torch": run_torch,
-           "torch-shuffled": run_torch_shuffled, "sklearn": run_sklearn, "numpy": run_numpy}
-IMPORT_NAMES = {"fastnn": "fastnn", "trainer": "fastnn", "estimator": "fastnn", "torch": "torch",
-                "torch-shuffled": "torch", "sklearn": "sklearn", "numpy": "numpy"}
-LABELS = {"fastnn": "fastnn hand loop", "trainer": "fastnn Trainer.fit", "estimator": "fastnn MLPClassifier",
-          "torch": "torch", "torch-shuffled": "torch shuffled", "sklearn": "sklearn", "numpy": "numpy"}
+RUNNERS = {"fastnn": run_fastnn, "trainer": run_trainer, "trainer-bf16": run_trainer_bf16, "estimator": run_estimator,
+           "torch": run_torch, "torch-bf16": run_torch_bf16, "torch-shuffled": run_torch_shuffled,
+           "sklearn": run_sklearn, "numpy": run_numpy}
+IMPORT_NAMES = {"fastnn": "fastnn", "trainer": "fastnn", "trainer-bf16": "fastnn", "estimator": "fastnn",
+                "torch": "torch", "torch-bf16": "torch", "torch-shuffled": "torch", "sklearn": "sklearn",
+                "numpy": "numpy"}
+LABELS = {"fastnn": "fastnn hand loop", "trainer": "fastnn Trainer.fit", "trainer-bf16": "fastnn Trainer bf16",
+          "estimator": "fastnn MLPClassifier", "torch": "torch", "torch-bf16": "torch autocast bf16",
+          "torch-shuffled": "torch shuffled", "sklearn": "sklearn", "numpy": "numpy"}
 
 
 # ---- driver ---------------------------------------------------------------------------------------
@@ -441,6 +468,20 @@ def main():
             if n in best and ref in best:
                 r = best[n] / best[ref]
                 print(f"goal {LABELS[n]} {word} {LABELS[ref]}: {r:.3f}x {'met' if r >= goal else 'NOT met'}")
+    # issue 15: Trainer(precision="bf16") against PyTorch float32 and bf16 autocast (both in order,
+    # PyTorch's faster loop), and its accuracy against the float32 Trainer's
+    if "trainer-bf16" in best:
+        g = max(r["gemm_gflops"] for r in results["trainer-bf16"])
+        print(f"bf16 GEMM ceiling: 128x784x512 at {g:.0f} GFLOP/s ({results['trainer-bf16'][0]['capability']}) -> "
+              f"{g * 1e9 / FLOPS_PER_SAMPLE:,.0f} samples/s")
+        for ref, goal in (("torch", 2.0), ("torch-bf16", 1.5), ("trainer", 1.0)):
+            if ref in best:
+                r = best["trainer-bf16"] / best[ref]
+                print(f"goal {LABELS['trainer-bf16']} >= {goal}x {LABELS[ref]}: {r:.2f}x "
+                      f"{'met' if r >= goal else 'NOT met'}")
+        if "trainer" in results:
+            d = abs(results["trainer-bf16"][-1]["acc"] - results["trainer"][-1]["acc"]) * 100
+            print(f"accuracy Trainer bf16 vs fp32: {d:.2f} points apart ({'within' if d <= 0.5 else 'NOT within'} 0.5)")
     if "fastnn" in best:
         acc_f = results["fastnn"][-1]["acc"]
         for n in results:

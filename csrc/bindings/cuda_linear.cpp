@@ -25,6 +25,13 @@ LDType parse_linear_dtype(const std::string& s) {
   throw py::type_error("dtype: expected 'float32', 'float64' or 'bfloat16', got '" + s + "'");
 }
 
+// fastnn.set_matmul_precision's cuBLASLt math mode (cuda::LtMath), from python/fastnn/_precision.py.
+int check_math(int math) {
+  if (math < cuda::kLtMathF32 || math > cuda::kLtMathBf16)
+    throw py::value_error("math: expected 0 (float32), 1 (TF32) or 2 (bf16), got " + std::to_string(math));
+  return math;
+}
+
 size_t esize(LDType dt) { return dt == LDType::F64 ? 8 : dt == LDType::F32 ? 4 : 2; }
 
 template <class T>
@@ -165,7 +172,7 @@ void register_cuda_linear(py::module_& m) {
       [](const std::string& dtype, int64_t M, int64_t N, int64_t K, uint64_t x, uint64_t w, uint64_t bias, int act,
          double slope, double alpha, double scale, uint64_t prelu_w, int64_t prelu_size, uint64_t seed,
          uint64_t offset, bool dropout, uint32_t drop_thr, double drop_scale, bool dropconnect, uint32_t dc_thr,
-         double dc_scale, uint64_t y, uint64_t save, uint64_t mask, int64_t mask_ld, bool want_mask, bool tf32,
+         double dc_scale, uint64_t y, uint64_t save, uint64_t mask, int64_t mask_ld, bool want_mask, int math,
          uint64_t rng) {
         const LDType dt = parse_linear_dtype(dtype);
         check_dims(M, N, K);
@@ -198,7 +205,7 @@ void register_cuda_linear(py::module_& m) {
           check_saved(kind, save, mask, mask_ld, M, N, dt);
           a.save = ptr_of<void>(save);
         }
-        a.tf32 = tf32;
+        a.math = check_math(math);
         py::gil_scoped_release nogil;
         cuda::linear_forward(a);
       },
@@ -206,7 +213,7 @@ void register_cuda_linear(py::module_& m) {
       py::arg("bias_ptr"), py::arg("act"), py::arg("slope"), py::arg("alpha"), py::arg("scale"), py::arg("prelu_ptr"),
       py::arg("prelu_size"), py::arg("seed"), py::arg("offset"), py::arg("dropout"), py::arg("drop_thr"),
       py::arg("drop_scale"), py::arg("dropconnect"), py::arg("dc_thr"), py::arg("dc_scale"), py::arg("y_ptr"),
-      py::arg("save_ptr"), py::arg("mask_ptr"), py::arg("mask_ld"), py::arg("want_mask"), py::arg("tf32"),
+      py::arg("save_ptr"), py::arg("mask_ptr"), py::arg("mask_ld"), py::arg("want_mask"), py::arg("math"),
       py::arg("rng_ptr") = 0,
       "y = dropout(act(x @ dropconnect(W)^T + bias)) on the current device (bias_ptr 0: no bias); save_ptr / "
       "mask_ptr receive what the backward needs (see cuda_linear_save_kind). rng_ptr (a device uint64[2]): seed "
@@ -218,7 +225,7 @@ void register_cuda_linear(py::module_& m) {
          double slope, double alpha, double scale, uint64_t prelu_w, int64_t prelu_size, uint64_t saved,
          uint64_t mask, int64_t mask_ld, uint64_t seed, uint64_t offset, bool dropout, uint32_t drop_thr,
          double drop_scale, bool dropconnect, uint32_t dc_thr, double dc_scale, uint64_t grad_x, uint64_t grad_w,
-         uint64_t grad_bias, uint64_t grad_prelu, bool tf32, uint64_t rng) {
+         uint64_t grad_bias, uint64_t grad_prelu, int math, uint64_t rng) {
         const LDType dt = parse_linear_dtype(dtype);
         check_dims(M, N, K);
         check_act(act, prelu_w, prelu_size, N, dt);
@@ -249,7 +256,7 @@ void register_cuda_linear(py::module_& m) {
         a.grad_w = ptr_of<void>(grad_w);
         a.grad_bias = grad_bias != 0 ? ptr_of<void>(grad_bias) : nullptr;
         a.grad_prelu = act == kActPrelu ? ptr_of<void>(grad_prelu) : nullptr;
-        a.tf32 = tf32;
+        a.math = check_math(math);
         py::gil_scoped_release nogil;
         cuda::linear_backward(a);
       },
@@ -258,22 +265,22 @@ void register_cuda_linear(py::module_& m) {
       py::arg("saved_ptr"), py::arg("mask_ptr"), py::arg("mask_ld"), py::arg("seed"), py::arg("offset"),
       py::arg("dropout"), py::arg("drop_thr"), py::arg("drop_scale"), py::arg("dropconnect"), py::arg("dc_thr"),
       py::arg("dc_scale"), py::arg("grad_x_ptr"), py::arg("grad_w_ptr"), py::arg("grad_bias_ptr"),
-      py::arg("grad_prelu_ptr"), py::arg("tf32"), py::arg("rng_ptr") = 0,
+      py::arg("grad_prelu_ptr"), py::arg("math"), py::arg("rng_ptr") = 0,
       "grad_x, grad_weight, grad_bias (grad_bias_ptr 0: none) and the PReLU weight gradient of cuda_linear_forward.");
 
   m.def(
       "cuda_matmul",
-      [](const std::string& dtype, int64_t M, int64_t N, int64_t K, uint64_t a, uint64_t b, uint64_t c, bool tf32) {
+      [](const std::string& dtype, int64_t M, int64_t N, int64_t K, uint64_t a, uint64_t b, uint64_t c, int math) {
         const LDType dt = parse_linear_dtype(dtype);
         check_dims(M, N, K);
         check_operand(a, M * K, dt, "a");
         check_operand(b, K * N, dt, "b");
         check_operand(c, M * N, dt, "out");
         py::gil_scoped_release nogil;
-        cuda::matmul(dt, M, N, K, ptr_of<const void>(a), ptr_of<const void>(b), ptr_of<void>(c), tf32);
+        cuda::matmul(dt, M, N, K, ptr_of<const void>(a), ptr_of<const void>(b), ptr_of<void>(c), check_math(math));
       },
       py::arg("dtype"), py::arg("M"), py::arg("N"), py::arg("K"), py::arg("a_ptr"), py::arg("b_ptr"), py::arg("c_ptr"),
-      py::arg("tf32"), "c (M, N) = a (M, K) @ b (K, N), C-contiguous, on the current device.");
+      py::arg("math"), "c (M, N) = a (M, K) @ b (K, N), C-contiguous, on the current device.");
 }
 
 }  // namespace fastnn

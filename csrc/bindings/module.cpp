@@ -92,7 +92,7 @@ PYBIND11_MODULE(_C, m) {
       [](const std::string& name) {
         CpuCapability c;
         if (!parse_capability(name.c_str(), &c))
-          throw py::value_error("capability: expected one of baseline, avx2, avx512, avx512_bf16, got '" + name + "'");
+          throw py::value_error("capability: expected one of baseline, avx2, avx512, avx512_bf16, avx512_amx, got '" + name + "'");
         try {
           set_capability(c);
         } catch (const std::invalid_argument& e) {

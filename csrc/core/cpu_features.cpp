@@ -1,5 +1,6 @@
 #include "core/cpu_features.h"
 
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -21,6 +22,7 @@ const char* capability_name(CpuCapability c) {
     case CpuCapability::Avx2: return "avx2";
     case CpuCapability::Avx512: return "avx512";
     case CpuCapability::Avx512Bf16: return "avx512_bf16";
+    case CpuCapability::Avx512Amx: return "avx512_amx";
   }
   return "unknown";
 }
@@ -45,6 +47,7 @@ bool capability_compiled(CpuCapability c) {
 #ifdef FASTNN_HAVE_AVX512
     case CpuCapability::Avx512: return true;
     case CpuCapability::Avx512Bf16: return true;
+    case CpuCapability::Avx512Amx: return true;
 #endif
     default: return false;
   }
@@ -56,6 +59,7 @@ struct X86Features {
   bool avx2_fma = false;
   bool avx512 = false;  // F + BW + DQ + VL, with OS support for the ZMM and opmask state
   bool avx512_bf16 = false;  // and AVX512_BF16 (vdpbf16ps)
+  bool amx_bf16 = false;     // and AMX-TILE + AMX-BF16, tile state enabled and granted to this process
 };
 
 X86Features detect() {
@@ -80,6 +84,13 @@ X86Features detect() {
     __cpuid_count(7, 1, a1, b1, c1, d1);
     f.avx512_bf16 = f.avx512 && (a1 & (1u << 5));
   }
+  // AMX: cpuid 7.0 EDX bit 22 (AMX-BF16) and 24 (AMX-TILE), XCR0 bits 17-18 (XTILECFG, XTILEDATA),
+  // and Linux's per-process permission for the 8 KiB tile state (ARCH_REQ_XCOMP_PERM = 0x1023,
+  // XFEATURE_XTILEDATA = 18), requested once here.
+#ifdef __linux__
+  if (f.avx512_bf16 && (d & (1u << 22)) && (d & (1u << 24)) && (xcr0_lo & 0x60000u) == 0x60000u)
+    f.amx_bf16 = syscall(SYS_arch_prctl, 0x1023, 18) == 0;
+#endif
 #endif
   return f;
 }
@@ -97,6 +108,7 @@ bool capability_supported(CpuCapability c) {
     case CpuCapability::Avx2: return features().avx2_fma;
     case CpuCapability::Avx512: return features().avx512;
     case CpuCapability::Avx512Bf16: return features().avx512_bf16;
+    case CpuCapability::Avx512Amx: return features().amx_bf16;
   }
   return false;
 }
@@ -193,7 +205,7 @@ void init_capability_from_env() {
   if (!v || !*v) return;
   CpuCapability c;
   if (!parse_capability(v, &c))
-    throw std::invalid_argument(std::string("FASTNN_CPU_CAPABILITY: expected one of baseline, avx2, avx512, avx512_bf16, got '") +
+    throw std::invalid_argument(std::string("FASTNN_CPU_CAPABILITY: expected one of baseline, avx2, avx512, avx512_bf16, avx512_amx, got '") +
                                 v + "'");
   try {
     set_capability(c);

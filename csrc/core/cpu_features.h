@@ -5,12 +5,13 @@ namespace fastnn {
 
 // Ordered: a higher value implies every lower one. Avx512Bf16 runs the avx512 kernel tables, plus
 // the vdpbf16ps micro-kernel of the bf16 GEMM; forcing avx512 on such a CPU gives the float FMA
-// path of the bf16 GEMM (same bits), so the tests can run both on one machine.
-enum class CpuCapability : int { Baseline = 0, Avx2 = 1, Avx512 = 2, Avx512Bf16 = 3 };
-constexpr int kMaxCapability = 3;
+// path of the bf16 GEMM (same bits), so the tests can run both on one machine. Avx512Amx: the
+// same, with the bf16 GEMM on AMX tiles (tdpbf16ps: hardware-defined sums, not those bits).
+enum class CpuCapability : int { Baseline = 0, Avx2 = 1, Avx512 = 2, Avx512Bf16 = 3, Avx512Amx = 4 };
+constexpr int kMaxCapability = 4;
 
 const char* capability_name(CpuCapability c);
-// Parses "baseline" | "avx2" | "avx512" | "avx512_bf16"; false for anything else.
+// Parses "baseline" | "avx2" | "avx512" | "avx512_bf16" | "avx512_amx"; false for anything else.
 bool parse_capability(const char* name, CpuCapability* out);
 
 // Whether this build carries kernels for c (avx2/avx512 exist only in x86-64 builds).

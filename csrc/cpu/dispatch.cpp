@@ -8,7 +8,8 @@ const CpuKernels& cpu_kernels() {
   switch (current_capability()) {
 #ifdef FASTNN_HAVE_AVX512
     case CpuCapability::Avx512:
-    case CpuCapability::Avx512Bf16:  // the avx512 tables; the bf16 GEMM asks for vdpbf16ps itself
+    case CpuCapability::Avx512Bf16:  // the avx512 tables; the bf16 GEMM asks for vdpbf16ps / AMX itself
+    case CpuCapability::Avx512Amx:
       return avx512::kCpuKernels;
 #endif
 #ifdef FASTNN_HAVE_AVX2

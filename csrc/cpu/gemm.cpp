@@ -247,7 +247,7 @@ __attribute__((target("avx512bf16"), noinline)) void micro_kernel_dp(int64_t kcp
     out[i][1] = Vec<float>{acc[i][1]};
   }
 }
-inline bool dp_enabled() { return current_capability() == CpuCapability::Avx512Bf16; }
+inline bool dp_enabled() { return current_capability() >= CpuCapability::Avx512Bf16; }
 #else
 constexpr bool kHaveDp = false;
 template <int MR>
@@ -616,6 +616,208 @@ inline int64_t k_block(int64_t K, bool bf16) {
   return bf16 ? (kc + 1) / 2 * 2 : kc;
 }
 
+constexpr int64_t kMinThreadFlops = int64_t(1) << 20;  // below this a product stays on one thread
+
+// ---- the AMX bf16 GEMM (capability avx512_amx) --------------------------------------------------
+// C (M x N) = epilogue(bf16(A) . bf16(B)) on AMX tiles: tdpbf16ps multiplies a 16 x 32 bf16 tile of
+// A by a 32 x 16 tile of B (stored as 16 rows of K pairs, "VNNI") into a 16 x 16 float tile, 16 K
+// pairs per instruction (8192 multiply-adds; measured here ~1.2 TFLOP/s per core, 6.6x the float32
+// FMA peak). The sum order inside a tdpbf16ps is the hardware's (measured on Xeon model 207: it
+// matches neither the pairwise float32 chain of the other paths nor a single rounding), so this
+// path is within the written tolerance (K * 2^-24 * |A||B|) of the others, not bit-identical; each C
+// element is the same chain of tile products over all of K (from zero, in K order) wherever its
+// 32 x 32 block falls, so the result does not depend on the thread count.
+//   Operands, converted once per call (round_bf16's rule, vectorized) and shared by the threads:
+//   A as bf16 rows [Mp][K2] (Mp = M rounded up to 32, K2 = K rounded up to 32, zero padded);
+//   B as 32-bit words [Np / 16 column groups][K2 / 2 pairs][16 columns], word = bf16(2p) | bf16(2p+1) << 16.
+//   Tiles: 0-3 the 2 x 2 C tiles of a 32 x 32 block, 4-5 A (two 16-row halves), 6-7 B (two 16-column halves).
+#if FASTNN_ISA == 2
+constexpr bool kHaveAmx = true;
+inline bool amx_enabled() { return current_capability() == CpuCapability::Avx512Amx; }
+
+// Operand conversion with vcvtne2ps2bf16 (AVX512_BF16, present wherever AMX-BF16 is): round to
+// nearest even, NaN quieted, bf16 subnormal results to signed zero, as round_bf16; it also reads
+// float32 subnormal inputs as zero (round_bf16 rounds those within 2^-134 of 2^-126 up to 2^-126).
+// 32 consecutive floats (k, k+1, ...; `valid` of them, the rest zero) -> 16 words of K pairs.
+__attribute__((target("avx512bf16"))) inline __m512i bf16_pairs32(const float* p, int64_t valid) {
+  auto mask = [](int64_t v) { return static_cast<__mmask16>(v >= 16 ? 0xFFFF : v <= 0 ? 0 : (1u << v) - 1u); };
+  const __m512 lo = _mm512_maskz_loadu_ps(mask(valid), p), hi = _mm512_maskz_loadu_ps(mask(valid - 16), p + 16);
+  return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);  // 16-bit lanes 0-15 from lo, 16-31 from hi
+}
+// Word j = bf16(lo[j]) | bf16(hi[j]) << 16: 16 elements of two K rows (k even, k + 1) as pairs.
+__attribute__((target("avx512bf16"))) inline __m512i bf16_interleave(__m512 lo, __m512 hi) {
+  const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21,
+                                       5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  return _mm512_permutexvar_epi16(idx, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+}
+inline void transpose16_words(__m512i (&w)[16]) {
+  __m512 r[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_castsi512_ps(w[i]);
+  transpose16(r);
+  for (int i = 0; i < 16; ++i) w[i] = _mm512_castps_si512(r[i]);
+}
+inline uint32_t bf16_bits(float x) {  // (the scalar conversion of odd layouts: round_bf16's rule)
+  x = round_bf16(x);
+  uint32_t u;
+  __builtin_memcpy(&u, &x, 4);
+  return u >> 16;
+}
+inline __mmask16 first_n(int64_t n) { return static_cast<__mmask16>(n >= 16 ? 0xFFFF : n <= 0 ? 0 : (1u << n) - 1u); }
+
+// Rows [r0, r1) of the bf16 A (row stride K2 elements): element (i, k) of A at a[i*rs + k*cs].
+__attribute__((target("avx512bf16"))) void amx_convert_a(const float* a, int64_t rs, int64_t cs, int64_t M, int64_t K, int64_t K2, uint16_t* dst,
+                   int64_t r0, int64_t r1) {
+  if (cs == 1) {  // rows contiguous in k
+    for (int64_t i = r0; i < r1; ++i) {
+      uint32_t* d = reinterpret_cast<uint32_t*>(dst + i * K2);
+      for (int64_t k = 0; k < K2; k += 32)
+        _mm512_storeu_si512(d + k / 2, i < M ? bf16_pairs32(a + i * rs + k, K - k) : _mm512_setzero_si512());
+    }
+  } else if (rs == 1) {  // columns contiguous (a transposed operand): 16 rows x 16 K pairs per transpose
+    for (int64_t i0 = r0; i0 < r1; i0 += 16) {
+      const __mmask16 rows = first_n(M - i0);
+      for (int64_t k = 0; k < K2; k += 32) {
+        __m512i w[16];
+        for (int q = 0; q < 16; ++q) {
+          const int64_t k0 = k + 2 * q;
+          const __m512 lo = k0 < K ? _mm512_maskz_loadu_ps(rows, a + i0 + k0 * cs) : _mm512_setzero_ps();
+          const __m512 hi = k0 + 1 < K ? _mm512_maskz_loadu_ps(rows, a + i0 + (k0 + 1) * cs) : _mm512_setzero_ps();
+          w[q] = bf16_interleave(lo, hi);
+        }
+        transpose16_words(w);
+        for (int i = 0; i < 16; ++i) _mm512_storeu_si512(dst + (i0 + i) * K2 + k, w[i]);
+      }
+    }
+  } else {
+    for (int64_t i = r0; i < r1; ++i)
+      for (int64_t k = 0; k < K2; ++k)
+        dst[i * K2 + k] = i < M && k < K ? static_cast<uint16_t>(bf16_bits(a[i * rs + k * cs])) : 0;
+  }
+}
+
+// Column groups [g0, g1) of the VNNI B: element (k, j) of B at b[k*rs + j*cs].
+__attribute__((target("avx512bf16"))) void amx_convert_b(const float* b, int64_t rs, int64_t cs, int64_t N, int64_t K, int64_t K2, uint32_t* dst,
+                   int64_t g0, int64_t g1) {
+  const int64_t P2 = K2 / 2;
+  for (int64_t g = g0; g < g1; ++g) {
+    const int64_t j0 = g * 16;
+    uint32_t* d = dst + g * P2 * 16;
+    const __mmask16 cols = first_n(N - j0);
+    if (cs == 1) {  // rows of B contiguous in j
+      for (int64_t p = 0; p < P2; ++p) {
+        const __m512 lo = 2 * p < K ? _mm512_maskz_loadu_ps(cols, b + 2 * p * rs + j0) : _mm512_setzero_ps();
+        const __m512 hi = 2 * p + 1 < K ? _mm512_maskz_loadu_ps(cols, b + (2 * p + 1) * rs + j0) : _mm512_setzero_ps();
+        _mm512_storeu_si512(d + p * 16, bf16_interleave(lo, hi));
+      }
+    } else if (rs == 1) {  // columns contiguous in k (W^T of a C-ordered weight): 16 columns x 16 pairs
+      for (int64_t k = 0; k < K2; k += 32) {
+        __m512i w[16];
+        for (int j = 0; j < 16; ++j)
+          w[j] = j0 + j < N ? bf16_pairs32(b + (j0 + j) * cs + k, K - k) : _mm512_setzero_si512();
+        transpose16_words(w);
+        for (int q = 0; q < 16; ++q) _mm512_storeu_si512(d + (k / 2 + q) * 16, w[q]);
+      }
+    } else {
+      for (int64_t p = 0; p < P2; ++p)
+        for (int64_t j = 0; j < 16; ++j) {
+          const bool in = j0 + j < N;
+          const uint32_t lo = in && 2 * p < K ? bf16_bits(b[2 * p * rs + (j0 + j) * cs]) : 0;
+          const uint32_t hi = in && 2 * p + 1 < K ? bf16_bits(b[(2 * p + 1) * rs + (j0 + j) * cs]) : 0;
+          d[p * 16 + j] = lo | (hi << 16);
+        }
+    }
+  }
+}
+
+struct alignas(64) AmxTileConfig {
+  uint8_t palette, start_row;
+  uint8_t reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+};
+
+// Palette 1, tiles 0-7 of 16 rows x 64 bytes. Static: GCC 12's _tile_loadconfig declares an 8-byte
+// memory operand, so the stores of a local configuration could be dropped.
+__attribute__((target("amx-tile"), noinline)) void amx_begin() {
+  static const AmxTileConfig cfg = {1, 0, {}, {64, 64, 64, 64, 64, 64, 64, 64}, {16, 16, 16, 16, 16, 16, 16, 16}};
+  _tile_loadconfig(&cfg);
+}
+__attribute__((target("amx-tile"), noinline)) void amx_end() { _tile_release(); }
+
+// The 32 x 32 float block c (row stride 32) = A rows a (two 16-row halves K2 apart... 16 * K2) . B
+// column groups b, b + P2 * 16 (each 16 columns), over K2 (a multiple of 32).
+__attribute__((target("amx-tile,amx-bf16"), noinline)) void amx_block(const uint16_t* a, const uint32_t* b,
+                                                                      int64_t K2, float* c) {
+  const uint16_t* a1 = a + 16 * K2;
+  const uint32_t* b1 = b + (K2 / 2) * 16;
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  for (int64_t k = 0; k < K2; k += 32) {
+    _tile_loadd(4, a + k, K2 * 2);
+    _tile_loadd(5, a1 + k, K2 * 2);
+    _tile_loadd(6, b + k * 8, 64);
+    _tile_loadd(7, b1 + k * 8, 64);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+  }
+  _tile_stored(0, c, 128);
+  _tile_stored(1, c + 16, 128);
+  _tile_stored(2, c + 16 * 32, 128);
+  _tile_stored(3, c + 16 * 32 + 16, 128);
+}
+
+void gemm_amx(const Problem<float>& P) {
+  const int64_t M = P.M, N = P.N, K = P.K;
+  const int64_t K2 = (K + 31) / 32 * 32, Mp = (M + 31) / 32 * 32, Np = (N + 31) / 32 * 32;
+  const int64_t mb = Mp / 32, nb = Np / 32;
+  // bf16 A and VNNI B: 2 bytes per element each (uint16 counted in floats, rounded up)
+  Scratch<float> buf((Mp * K2 + Np * K2) / 2 + 16);
+  uint16_t* const abf = reinterpret_cast<uint16_t*>(buf.p);
+  uint32_t* const bv = reinterpret_cast<uint32_t*>(abf + Mp * K2);
+  const int64_t work = 2 * M * N * (K > 0 ? K : 1);
+  const bool threaded = work >= kMinThreadFlops * 2;
+  const int64_t row_grain = threaded ? (kGrainElements + K2 - 1) / K2 / 16 + 1 : Mp;
+  parallel_for(Mp / 16, row_grain, 1, [&](int64_t b0, int64_t b1) {
+    amx_convert_a(P.a, P.rsa, P.csa, M, K, K2, abf, b0 * 16, b1 * 16);
+  });
+  parallel_for(Np / 16, threaded ? row_grain : Np, 1, [&](int64_t g0, int64_t g1) {
+    amx_convert_b(P.b, P.rsb, P.csb, N, K, K2, bv, g0, g1);
+  });
+  const GemmArgs<float>& g = *P.args;
+  // Blocks in column-major order of the 32 x 32 grid, contiguous runs per thread: a B column slab
+  // (2 x 16 columns x K2) is used for every row block while it is in L1/L2, A streams from L2.
+  parallel_for(mb * nb, threaded ? 1 : mb * nb, 1, [&](int64_t t0, int64_t t1) {
+    alignas(64) float cbuf[32 * 32];
+    amx_begin();
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t ib = t % mb, jb = t / mb;
+      amx_block(abf + ib * 32 * K2, bv + jb * 2 * (K2 / 2) * 16, K2, cbuf);
+      const int64_t n = N - jb * 32 < 32 ? N - jb * 32 : 32;
+      for (int h = 0; h < 2; ++h) {
+        const int64_t i = ib * 32 + h * 16;
+        if (i >= M) break;
+        Vec<float> acc[16][2];
+        for (int r = 0; r < 16; ++r) {
+          acc[r][0] = Vec<float>::load(cbuf + (h * 16 + r) * 32);
+          acc[r][1] = Vec<float>::load(cbuf + (h * 16 + r) * 32 + 16);
+        }
+        const TileEpilogue<float> e{false, true, i, jb * 32, &g, P.f};
+        store_tile<float, 16, 2>(acc, P.c + i * P.ldc + jb * 32, P.ldc, M - i < 16 ? M - i : 16, n, e);
+      }
+    }
+    amx_end();
+  });
+}
+#else
+constexpr bool kHaveAmx = false;
+inline bool amx_enabled() { return false; }
+void gemm_amx(const Problem<float>&) {}
+#endif
+
 // B packed whole (all of K, the thread's columns), the C-once order: ic outer, and for each tile
 // every K block in turn, the block sums added in registers, C written once. Each C element is the
 // same sum as in gemm_block (block partials from zero, added in block order; a float stored and
@@ -769,7 +971,6 @@ void gemm_block(const Problem<T>& P, int64_t i0, int64_t i1, int64_t j0, int64_t
   }
 }
 
-constexpr int64_t kMinThreadFlops = int64_t(1) << 20;  // below this a product stays on one thread
 
 // Threads split C into one block of whole micro-panels each, along M or N (whichever costs less:
 // split_cost), and run the whole loop nest on it with private packing: one pool region per call, no
@@ -783,6 +984,13 @@ void gemm_driver(int64_t M, int64_t N, int64_t K, const T* a, int64_t rsa, int64
   if (M <= 0 || N <= 0) return;
   const ActForward<Vec<T>> f(args.act != kActPrelu ? args.act : kActIdentity, args.params);
   const Problem<T> P{M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, &args, &f};
+  if constexpr (sizeof(T) == 4) {
+    // (the prologues, shifts and DropConnect bits, live in the panel packing: those products take
+    // the vdpbf16ps path)
+    if (kHaveAmx && args.bf16 && !args.upper && !args.a_row_shift && !args.a_col_shift && !args.b_col_shift &&
+        !args.b_bits && amx_enabled())
+      return gemm_amx(P);
+  }
   const int64_t mp = (M + MR - 1) / MR, np = (N + NR - 1) / NR;
   const int64_t threads = num_threads();
   // Per-thread cost of each split, in cycles: its share of the FMAs (whole panels, so an odd

@@ -59,7 +59,10 @@ struct GemmArgs {
   // float only: A and B rounded to bfloat16 while packed (round to nearest even, NaN kept NaN,
   // subnormal results to signed zero as vdpbf16ps reads them), accumulation in float. K runs in
   // pairs (2p, 2p+1) summed odd k first, two rounded FMAs, which is what vdpbf16ps computes
-  // (measured on Zen 4: 3.2M random lanes bit-identical); K blocks have even length.
+  // (measured on Zen 4: 3.2M random lanes bit-identical); K blocks have even length. On the
+  // avx512_amx path (no prologue, not upper) the products run on AMX tiles instead: the same
+  // rounded operands, sums in tdpbf16ps's own order (within K * 2^-24 * |A||B| of the exact product
+  // of the rounded operands, not those bits; bit-identical for any thread count).
   bool bf16 = false;
 };
 

@@ -181,7 +181,7 @@ struct DeviceLt {
   std::map<uintptr_t, void*> workspace;
 };
 
-// One plan per (device, dtype, transposes, m, n, k, leading dimensions, epilogue, tf32, pointer
+// One plan per (device, dtype, transposes, m, n, k, leading dimensions, epilogue, math, pointer
 // alignments): the heuristic's choice depends on all of them. ok = false: cuBLASLt said
 // NOT_SUPPORTED (or found nothing) for it, which does not change in this process.
 using PlanKey = std::array<int64_t, 19>;
@@ -249,9 +249,12 @@ PlanStatus make_plan(const LtApi& api, cublasLtHandle_t handle, const GemmCall& 
   PlanGuard guard(api);
   Plan& p = guard.p;
   const cudaDataType_t t = cuda_type(g.dt);
-  const cublasComputeType_t compute = g.dt == LDType::F64 ? CUBLAS_COMPUTE_64F
-                                      : (g.dt == LDType::F32 && g.tf32) ? CUBLAS_COMPUTE_32F_FAST_TF32
-                                                                        : CUBLAS_COMPUTE_32F;
+  // FAST_16BF: float32 A, B and D, converted to bf16 for the tensor cores, float32 sums.
+  const cublasComputeType_t compute = g.dt == LDType::F64                          ? CUBLAS_COMPUTE_64F
+                                      : g.dt != LDType::F32                        ? CUBLAS_COMPUTE_32F
+                                      : g.math == kLtMathTf32                      ? CUBLAS_COMPUTE_32F_FAST_TF32
+                                      : g.math == kLtMathBf16                      ? CUBLAS_COMPUTE_32F_FAST_16BF
+                                                                                   : CUBLAS_COMPUTE_32F;
   const cudaDataType_t scale = g.dt == LDType::F64 ? CUDA_R_64F : CUDA_R_32F;
   lt_check(api, api.desc_create(&p.desc, compute, scale), "cublasLtMatmulDescCreate");
   const cublasOperation_t ta = g.transa ? CUBLAS_OP_T : CUBLAS_OP_N, tb = g.transb ? CUBLAS_OP_T : CUBLAS_OP_N;
@@ -347,7 +350,7 @@ bool gemm(const GemmCall& g) {
   const int64_t align[5] = {alignment(g.A, 256), alignment(g.B, 256), alignment(g.D, 256),
                             uses_bias(g.epi) ? alignment(g.bias, 256) : 0, uses_aux(g.epi) ? alignment(g.aux, 256) : 0};
   const PlanKey key = {device, static_cast<int64_t>(g.dt), g.transa, g.transb, g.m, g.n, g.k, g.lda, g.ldb, g.ldd,
-                       static_cast<int64_t>(g.epi), g.tf32 && g.dt == LDType::F32, align[0], align[1], align[2],
+                       static_cast<int64_t>(g.epi), g.dt == LDType::F32 ? g.math : 0, align[0], align[1], align[2],
                        align[3], align[4], uses_aux(g.epi) ? g.aux_ld : 0, 0};
   std::lock_guard<std::mutex> lock(lt_mutex());
   DeviceLt& dev = device_lt()[device];

@@ -27,6 +27,10 @@ enum Epi : uint32_t {
 
 // One column-major D (m x n, ld ldd) = op(A) @ op(B) with cuBLASLt's naming; see linear.cu for how
 // the row-major products map onto it.
+// The arithmetic of a float32 GEMM (fastnn.set_matmul_precision): "highest" float32, "high"
+// TF32 tensor cores, "medium" bf16 tensor cores; float32 accumulation and scale in every case.
+enum LtMath : int { kLtMathF32 = 0, kLtMathTf32 = 1, kLtMathBf16 = 2 };
+
 struct GemmCall {
   LDType dt;
   bool transa, transb;
@@ -41,7 +45,7 @@ struct GemmCall {
   const void* bias = nullptr;  // BIAS*: input (m values); BGRADB: output (n values)
   void* aux = nullptr;         // RELU_AUX*: the bitmask
   int64_t aux_ld = 0;
-  bool tf32 = false;
+  int math = kLtMathF32;        // float32 only (LtMath); float64 and bf16 ignore it
   uintptr_t stream = 0;        // cudaStream_t; 0 = legacy default
 };
 

@@ -175,7 +175,7 @@ void forward_impl(const LinearForwardArgs& a) {
   g.bias = a.bias;
   g.aux = a.mask;
   g.aux_ld = a.mask_ld;
-  g.tf32 = a.tf32;
+  g.math = a.math;
   g.stream = current_stream();
   bool fused = epi != kEpiDefault && gemm(g);
   if (!fused) {
@@ -248,7 +248,7 @@ void backward_impl(const LinearBackwardArgs& a) {
 
   // wgrad (+ BGRADB): D (K x N) = x (K x M) @ op_T(Gz: N x M)
   GemmCall w{a.dtype, /*transa=*/false, /*transb=*/true, K, N, M, a.x, K, gz, N, a.grad_w, K};
-  w.tf32 = a.tf32;
+  w.math = a.math;
   w.stream = current_stream();
   bool bias_done = false;
   if (a.grad_bias != nullptr) {
@@ -278,7 +278,7 @@ void backward_impl(const LinearBackwardArgs& a) {
     W = static_cast<const T*>(weff.p);
   }
   GemmCall d{a.dtype, /*transa=*/false, /*transb=*/false, K, M, N, W, K, gz, N, a.grad_x, K};
-  d.tf32 = a.tf32;
+  d.math = a.math;
   d.stream = current_stream();
   gemm(d);
 }
@@ -295,10 +295,10 @@ void linear_backward(const LinearBackwardArgs& a) {
   dispatch(a.dtype, [&](auto zero) { backward_impl<decltype(zero)>(a); });
 }
 
-void matmul(LDType dtype, int64_t M, int64_t N, int64_t K, const void* a, const void* b, void* c, bool tf32) {
+void matmul(LDType dtype, int64_t M, int64_t N, int64_t K, const void* a, const void* b, void* c, int math) {
   require_cublaslt();
   GemmCall g{dtype, /*transa=*/false, /*transb=*/false, N, M, K, b, N, a, K, c, N};
-  g.tf32 = tf32;
+  g.math = math;
   g.stream = current_stream();
   gemm(g);
 }

@@ -84,7 +84,7 @@ struct LinearForwardArgs {
   void* save = nullptr;        // (M, N) for kSaveActOut / kSavePre when kept for a backward, else null
   uint8_t* mask = nullptr;     // M * mask_ld / 8 bytes for kSaveReluMask when kept, else null
   int64_t mask_ld = 0;
-  bool tf32 = false;           // float32 only: CUBLAS_COMPUTE_32F_FAST_TF32
+  int math = 0;                // float32 only: LtMath (cublaslt.h), 0 float32, 1 TF32, 2 bf16
 };
 void linear_forward(const LinearForwardArgs& a);
 
@@ -103,7 +103,7 @@ struct LinearBackwardArgs {
   void* grad_w = nullptr;       // (N, K)
   void* grad_bias = nullptr;    // (N,) or null
   void* grad_prelu = nullptr;   // prelu_size elements (prelu only), else null
-  bool tf32 = false;
+  int math = 0;                 // as in the forward
 };
 // Gz = grad_output * dropout keep * scale * act'(.); grad_x = Gz @ W_eff; grad_w = (Gz^T @ x) *
 // keep_dc * scale_dc; grad_bias = column sums of Gz; grad_prelu[c] = sum over z <= 0 of z * grad
@@ -111,7 +111,7 @@ struct LinearBackwardArgs {
 void linear_backward(const LinearBackwardArgs& a);
 
 // c (M, N) = a (M, K) @ b (K, N), C-contiguous; c must not overlap a or b.
-void matmul(LDType dtype, int64_t M, int64_t N, int64_t K, const void* a, const void* b, void* c, bool tf32);
+void matmul(LDType dtype, int64_t M, int64_t N, int64_t K, const void* a, const void* b, void* c, int math);
 
 // cuBLASLt loading and its build/run-time facts: csrc/cuda/cublaslt.h.
 

@@ -13,6 +13,7 @@ from . import datasets, diagnostics, init, losses, nn, optim, regularization, sc
 from . import ensemble, preprocessing, recipe
 from . import train  # fastnn.estimators is imported on demand (it looks for scikit-learn)
 from .parameter import Parameter
+from ._precision import get_matmul_precision, matmul_precision, set_matmul_precision
 from .random import Generator, manual_seed
 from ._runtime import (
     build_info,
@@ -52,8 +53,11 @@ __all__ = [
     "empty_cache",
     "functional",
     "get_cpu_capability",
+    "get_matmul_precision",
+    "matmul_precision",
     "get_num_threads",
     "info",
     "set_cpu_capability",
+    "set_matmul_precision",
     "set_num_threads",
 ]

@@ -30,6 +30,8 @@ def main(argv=None) -> int:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     t.add_argument("--device", default="cpu", help=DEVICE_HELP)
+    t.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                   help="matrix products: fp32, or bf16 operands with fp32 sums (default fp32)")
     t.add_argument("--out", default=None, help="folder for model.npz and curves.png (default: none written)")
     t.add_argument("--quiet", action="store_true", help="no progress output")
     r = sub.add_parser("recipe", help="the training recipe end to end (checks, LR range test, searches, final "
@@ -245,7 +247,8 @@ def _train(args) -> int:
     schedule = fastnn.schedules.Warmup(fastnn.schedules.Cosine(args.epochs * steps_per_epoch - warmup), warmup)
     trainer = Trainer(model, "cross_entropy", "sgd", schedule,
                       optimizer_kwargs={"lr": args.lr, "momentum": 0.9, "nesterov": True}, l2=args.l2,
-                      verbose=not args.quiet, seed=args.seed, **({} if device == "cpu" else {"device": device}))
+                      verbose=not args.quiet, seed=args.seed, precision=args.precision,
+                      **({} if device == "cpu" else {"device": device}))
     trainer.fit(Xtr, y[tr], epochs=args.epochs, batch_size=args.batch_size, validation_fraction=0.1)
     result = trainer.evaluate(Xte, y[te])
     elapsed = time.perf_counter() - t0
@@ -254,7 +257,7 @@ def _train(args) -> int:
     where = (f"{fastnn.get_num_threads()} threads, CPU path {fastnn.get_cpu_capability()}" if device == "cpu"
              else f"on {device}")
     print(f"test accuracy: {result['accuracy']:.4f} ({len(te)} samples), test loss {result['loss']:.4f}; "
-          f"{elapsed:.1f} s, {where}")
+          f"{elapsed:.1f} s, {where}, precision {args.precision}")
     if trainer.stopped_reason == "diverged":
         print("training diverged: rerun with a lower --lr", file=sys.stderr)
         return 1

@@ -28,7 +28,7 @@ import operator
 
 import numpy as np
 
-from . import _C
+from . import _C, _precision
 from ._arrays import as_float_array
 
 __all__ = [
@@ -311,21 +311,21 @@ def to_device(a, *, device=None) -> DeviceArray:
 
 # ---- precision ------------------------------------------------------------------------------
 
-_TF32 = [False]
-
-
 def allow_tf32(flag: bool) -> None:
     """Lets float32 GEMMs on the GPU (linear, matmul) use TF32 tensor cores (10-bit mantissa
     inputs, float32 accumulation): several times faster on Ampere and later, with about 1e-3
-    relative error instead of float32's 1e-7. Off by default. bfloat16 and float64 are unaffected."""
+    relative error instead of float32's 1e-7. Off by default. bfloat16 and float64 are unaffected.
+    PyTorch's ``allow_tf32``: the same setting as ``fastnn.set_matmul_precision`` (True: "high",
+    False: "highest")."""
     if not isinstance(flag, (bool, np.bool_)):
         raise TypeError(f"flag: expected a bool, got {type(flag).__name__}")
-    _TF32[0] = bool(flag)
+    _precision.set_matmul_precision("high" if flag else "highest")
 
 
 def tf32_allowed() -> bool:
-    """Whether float32 GPU GEMMs may use TF32 (see allow_tf32)."""
-    return _TF32[0]
+    """Whether float32 GPU GEMMs may use reduced-precision tensor cores: matmul precision "high"
+    (TF32) or "medium" (bf16), as PyTorch's ``allow_tf32`` reads it."""
+    return _precision.get_matmul_precision() != "highest"
 
 
 def zeros(shape, dtype=np.float32, *, device=None) -> DeviceArray:

@@ -36,7 +36,9 @@ so coefs_ are float32; activation also takes fastnn's "sigmoid", "leaky_relu", "
 by random_state), init (None: scikit-learn's; or "kaiming", "xavier", "normal", "pytorch"),
 schedule (None, "constant", "cosine", "linear": the learning rate per epoch over max_iter, with
 learning_rate="constant"), n_threads (fastnn's CPU threads during fit/predict; None leaves the
-setting alone), device (below). optimizer= is fastnn's old name for solver: it still works
+setting alone), device (below), precision ("fp32", or "bf16": the matrix products of fit and
+predict with bf16 operands and float32 sums, as fastnn.set_matmul_precision("medium"); weights,
+optimizer and losses stay float32). optimizer= is fastnn's old name for solver: it still works
 ("sgd", "adam") with a DeprecationWarning, and overrides solver.
 
 Devices. device="cpu" (the default), "cuda", "cuda:N" or "auto" (the GPU when
@@ -71,6 +73,7 @@ import numpy as np
 from . import cuda as _cuda
 from . import nn as _nn
 from . import optim as _optim
+from . import _precision
 from . import schedules as _schedules
 from ._backend import backend_of
 from ._params import ParamsMixin
@@ -279,7 +282,7 @@ class _BaseMLP(_BaseEstimator):
                  shuffle=True, random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1, beta_1=0.9, beta_2=0.999,
                  epsilon=1e-8, n_iter_no_change=10, max_fun=15000, dropout=0.0, init=None, schedule=None,
-                 n_threads=None, device="cpu", optimizer=None):
+                 n_threads=None, device="cpu", optimizer=None, precision="fp32"):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.solver = solver
@@ -309,6 +312,7 @@ class _BaseMLP(_BaseEstimator):
         self.n_threads = n_threads
         self.device = device
         self.optimizer = optimizer
+        self.precision = precision
 
     # ----------------------------------------------------------------- parameters
     def _validated(self):
@@ -379,7 +383,8 @@ class _BaseMLP(_BaseEstimator):
             beta_2=_check_real(self.beta_2, "beta_2", 0.0, 1.0, hi_open=True),
             epsilon=_check_real(self.epsilon, "epsilon", 0.0, lo_open=True),
             max_fun=_check_int(self.max_fun, "max_fun"),
-            dropout=_check_real(self.dropout, "dropout", 0.0, 1.0, hi_open=True))
+            dropout=_check_real(self.dropout, "dropout", 0.0, 1.0, hi_open=True),
+            precision=_precision.check_training_precision(self.precision))
 
     # ----------------------------------------------------------------- the network
     def _build(self, p, units, rs):
@@ -512,10 +517,11 @@ class _BaseMLP(_BaseEstimator):
                 fastnn.manual_seed(int(rs.randint(0, 2**31 - 1)))  # dropout masks repeat with the seed
             self.model_.to(device)  # (warm_start / partial_fit after a change of device; the optimizer follows)
             self.model_.train()
-            if p["solver"] == "lbfgs":
-                self._fit_lbfgs(X, y, sw, p)
-            else:
-                self._fit_stochastic(X, y, sw, p, rs, incremental)
+            with _precision.training_context(p["precision"]):
+                if p["solver"] == "lbfgs":
+                    self._fit_lbfgs(X, y, sw, p)
+                else:
+                    self._fit_stochastic(X, y, sw, p, rs, incremental)
         finally:
             if self.n_threads is not None:
                 fastnn.set_num_threads(old_threads)
@@ -739,7 +745,9 @@ class _BaseMLP(_BaseEstimator):
         return _out_activation(z, self.out_activation_)
 
     def _outputs(self, X):
-        return self._forward_eval(self._check_predict_X(X))
+        X = self._check_predict_X(X)
+        with _precision.training_context(_precision.check_training_precision(self.precision)):
+            return self._forward_eval(X)
 
     def _score_encoded(self, X, y, sw):
         """The validation score of early stopping: accuracy (classifier) or R^2 (regressor)."""

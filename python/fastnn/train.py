@@ -12,7 +12,7 @@ Constructor (a stable signature: the ``fastnn train`` command builds on it)::
     Trainer(model, loss="cross_entropy", optimizer="adam", schedule=None, *,
             optimizer_kwargs=None, schedule_kwargs=None, l1=0.0, l2=0.0, augment=None,
             verbose=True, seed=None, dtype=np.float32, device=None, graph=True,
-            device_data_budget=None)
+            device_data_budget=None, precision="fp32")
 
 - ``model``: a fastnn.nn.Module whose parameters all have ``dtype``.
 - ``loss``: "cross_entropy" (softmax cross-entropy; integer labels in [0, C) or (M, C) soft
@@ -48,6 +48,9 @@ Constructor (a stable signature: the ``fastnn train`` command builds on it)::
   (True), or launch the same kernels one by one (False, for debugging); the results are equal.
 - ``device_data_budget``: None (X and y are uploaded whole), or bytes: above it the epoch's rows
   are uploaded chunk by chunk in the epoch's order (said in ``history["log"]``).
+- ``precision``: "fp32" or "bf16" (float32 only): fit, evaluate and predict run every matrix
+  product with bf16 operands and float32 sums (fastnn.matmul_precision("medium")); weights,
+  optimizer state, activations and losses stay float32. Saved in checkpoints.
 
 ``fit(X, y, epochs=10, batch_size=32, *, validation_data=None, validation_fraction=None,
 shuffle=True, early_stopping=None, min_delta=0.0, restore_best=True, callbacks=(),
@@ -111,7 +114,7 @@ import warnings
 
 import numpy as np
 
-from . import _C, _backend, checks
+from . import _C, _backend, _precision, checks
 from . import checkpoint as _checkpoint
 from . import cuda as _cuda
 from . import nn as _nn
@@ -185,7 +188,7 @@ class Trainer:
 
     def __init__(self, model, loss="cross_entropy", optimizer="adam", schedule=None, *, optimizer_kwargs=None,
                  schedule_kwargs=None, l1=0.0, l2=0.0, augment=None, verbose=True, seed=None, dtype=np.float32,
-                 device=None, graph=True, device_data_budget=None):
+                 device=None, graph=True, device_data_budget=None, precision="fp32"):
         if not isinstance(model, _nn.Module):
             raise TypeError(f"model: expected a fastnn.nn.Module, got {type(model).__name__}")
         self.model = model
@@ -199,6 +202,7 @@ class Trainer:
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
             raise TypeError(f"dtype: expected float32 or float64, got {self.dtype}")
+        self.precision = _precision.check_training_precision(precision, self.dtype)
         params = model.parameters()
         if not params:
             raise ValueError("model: expected a model with parameters, got none")
@@ -414,8 +418,9 @@ class Trainer:
             perm = self.rng.permutation(X.shape[0])
             vi, ti = np.sort(perm[:n_val]), np.sort(perm[n_val:])
             Xv, yv, X, y = X[vi], y[vi], X[ti], y[ti]
-        self._fit_arrays(X, y, Xv, yv, epochs, batch_size, shuffle, early_stopping, float(min_delta),
-                         bool(restore_best), callbacks, bool(drop_last))
+        with _precision.training_context(self.precision):
+            self._fit_arrays(X, y, Xv, yv, epochs, batch_size, shuffle, early_stopping, float(min_delta),
+                             bool(restore_best), callbacks, bool(drop_last))
         return self
 
     def _fit_arrays(self, X, y, Xv, yv, epochs, batch_size, shuffle, patience, min_delta, restore_best, callbacks,
@@ -564,6 +569,10 @@ class Trainer:
     # ----------------------------------------------------------------- inference
     def _forward_eval(self, X):
         """Eval-mode outputs for all rows of a checked X, in chunks of _EVAL_BATCH rows."""
+        with _precision.training_context(self.precision):
+            return self._forward_eval_chunks(X)
+
+    def _forward_eval_chunks(self, X):
         model = self.model
         model.eval()
         n = X.shape[0]
@@ -732,7 +741,7 @@ class Trainer:
         sched = self.schedule.state_dict() if isinstance(self.schedule, _schedules.Schedule) else None
         return {"loss": self.loss_name, "classification": self.classification, "l1": self.l1, "l2": self.l2,
                 "schedule": sched, "schedule_spec": self._schedule_spec, "verbose": self.verbose,
-                "seed": self.seed, "dtype": self.dtype.name, "history": self.history,
+                "seed": self.seed, "dtype": self.dtype.name, "precision": self.precision, "history": self.history,
                 "n_outputs": self._n_outputs, "rng": self.rng.bit_generator.state}
 
     def save(self, path):
@@ -786,7 +795,7 @@ class Trainer:
             opt = "adam"
         t = cls(model, loss, opt, sched, schedule_kwargs=sched_kw,
                 verbose=tcfg.get("verbose", True) if verbose is None else verbose, augment=augment,
-                dtype=tcfg.get("dtype", "float32"))
+                dtype=tcfg.get("dtype", "float32"), precision=tcfg.get("precision", "fp32"))
         if sched_kw is not None and tcfg.get("schedule"):
             t.schedule = _schedules.from_state_dict(tcfg["schedule"])
         t.seed = tcfg.get("seed")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _C, checks
+from .. import _C, _precision, checks
 from .._arrays import (
     as_float_array,
     c_input,
@@ -211,19 +211,20 @@ def matmul(a, b, out):
                          f"(a.shape[1] must equal b.shape[0])")
     a, b = _gemm_operand(a), _gemm_operand(b)
     shape = (a.shape[0], b.shape[1])
+    prec = _precision.cpu_precision(a.dtype)
     if out is None:
         c = empty(shape, a.dtype)
-        _C.matmul(a, b, c)
+        _C.matmul(a, b, c, precision=prec)
         return c
     _check_host_out(out, shape, a.dtype)
     overlaps = np.may_share_memory(out, a) or np.may_share_memory(out, b)
     if not overlaps and out.flags.aligned and out.flags.c_contiguous:
-        _C.matmul(a, b, out)
+        _C.matmul(a, b, out, precision=prec)
     elif not overlaps and out.flags.aligned and out.flags.f_contiguous:
-        _C.matmul(b.T, a.T, out.T)  # C^T = b^T a^T, written row-major into out.T
+        _C.matmul(b.T, a.T, out.T, precision=prec)  # C^T = b^T a^T, written row-major into out.T
     else:
         c = empty(shape, a.dtype)
-        _C.matmul(a, b, c)
+        _C.matmul(a, b, c, precision=prec)
         np.copyto(out, c)
     return out
 
@@ -292,7 +293,8 @@ def _forward(x2, w, b, pw, y2, activation, negative_slope, alpha, dropout_p, dro
             data["z"] = z
     _C.linear_forward(x2, w, y2, b, checks.act_id(activation), slope, alpha_k, scale_k, pw,
                       dropout_p > 0, dthr, dscale, dropconnect_p > 0, cthr, cscale, seed if random else 0,
-                      offset if random else 0, pos, activation == "relu", z)
+                      offset if random else 0, pos, activation == "relu", z,
+                      precision=_precision.cpu_precision(x2.dtype))
     return data
 
 
@@ -342,7 +344,8 @@ def _backward(g, x2, w, saved, negative_slope, alpha, pw, grad_x, grad_w, grad_b
         y = y.reshape(m, n)
     _C.linear_backward(g, x2, w, grad_x, grad_w, grad_b, checks.act_id(activation), slope, alpha_k,
                        scale_k, y, data.get("z"), data.get("pos"), pw, grad_p, dp > 0, dthr, dscale, cp > 0, cthr,
-                       cscale, saved.seed if random else 0, saved.offset if random else 0)
+                       cscale, saved.seed if random else 0, saved.offset if random else 0,
+                       precision=_precision.cpu_precision(x2.dtype))
 
 
 def linear_backward(grad_output, x, weight, saved, negative_slope, alpha, prelu_weight, need_grad_x):

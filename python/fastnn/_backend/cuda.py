@@ -18,12 +18,11 @@ import sys
 
 import numpy as np
 
-from .. import _C, checks
+from .. import _C, _precision, checks
 from .._arrays import is_cuda_array
 from ..cuda import (
     _FLOATS,
     _KDLCUDA,
-    _TF32,
     DeviceArray,
     _on_device,
     _prod,
@@ -746,7 +745,7 @@ def _linear(x, weight, bias, activation, negative_slope, alpha, prelu_weight, dr
             xa.dname, M, N, K, xa.ptr, wa.ptr, ba.ptr if ba is not None else 0, act, slope, alpha_, act_scale,
             pa.ptr if pa is not None else 0, pa.size if pa is not None else 0, seed, offset, drop, thr, scale,
             dc, dthr, dscale, y_ptr, save.ptr if save is not None else 0, mask.ptr if mask is not None else 0,
-            mask_ld, mask is not None, _TF32[0])
+            mask_ld, mask is not None, _precision.cuda_math())
         if o is not None and not direct:
             _C.cuda_memcpy_dtod(o.ptr, y.ptr, o.nbytes)
             y = o.obj
@@ -809,7 +808,7 @@ def _linear_backward(grad_output, x, weight, saved, negative_slope, alpha, prelu
             xa.dname, M, N, K, ga.ptr, xa.ptr, wa.ptr, act, slope, alpha_, act_scale,
             pa.ptr if pa is not None else 0, pa.size if pa is not None else 0, saved_ptr,
             mask.ptr if mask is not None else 0, data.get("mask_ld", 0), seed, offset, drop, thr, scale, dc, dthr,
-            dscale, gx.ptr if gx is not None else 0, gw.ptr, gb.ptr if gb is not None else 0, gp.ptr if gp is not None else 0, _TF32[0])
+            dscale, gx.ptr if gx is not None else 0, gw.ptr, gb.ptr if gb is not None else 0, gp.ptr if gp is not None else 0, _precision.cuda_math())
     p_like = prelu_weight if (pa is not None and not isinstance(prelu_weight, numbers.Real)) else x
     return (_result_like(gx, xa.obj) if gx is not None else None, _result_like(gw, wa.obj),
             _result_like(gb, wa.obj) if gb is not None else None,
@@ -841,7 +840,7 @@ def _matmul(a, b, out):
     with _on_device(aa.device):
         direct = o is not None and not (_overlaps(o, aa) or _overlaps(o, ba))
         c = o.obj if direct else _new((M, N), aa.dname)
-        _C.cuda_matmul(aa.dname, M, N, K, aa.ptr, ba.ptr, o.ptr if direct else c.ptr, _TF32[0])
+        _C.cuda_matmul(aa.dname, M, N, K, aa.ptr, ba.ptr, o.ptr if direct else c.ptr, _precision.cuda_math())
         if o is not None and not direct:
             _C.cuda_memcpy_dtod(o.ptr, c.ptr, o.nbytes)
             return out

@@ -1,0 +1,99 @@
+"""The float32 matrix-product precision, PyTorch's ``torch.set_float32_matmul_precision``:
+
+    "highest"  float32 products and sums (the default)
+    "high"     CPU: float32; GPU: TF32 tensor cores (10-bit mantissa inputs, float32 sums)
+    "medium"   bfloat16 products (A and B rounded to nearest even bf16), float32 accumulation:
+               CPU: the bf16 GEMM of fastnn._C (vdpbf16ps where the CPU has AVX512_BF16, the
+               same bits with float32 FMAs elsewhere); GPU: cuBLASLt CUBLAS_COMPUTE_32F_FAST_16BF
+
+It applies to fastnn.functional.matmul / linear / linear_backward and the layers and trainers
+built on them, for float32 arrays only (float64 is always float64). Bias, activations, dropout,
+losses, optimizers and preprocessing stay float32. Relative error of a "medium" product: about
+K * 2**-24 * (|A| @ |B|) / |A @ B| beyond the rounding of the operands (each ~2**-9 relative).
+
+The setting is process-wide, like PyTorch's: one value shared by all threads. ``matmul_precision``
+(a context manager) sets it and restores the previous value on exit; two threads using it at the
+same time see each other's setting, so give each process one precision while work runs in threads.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import numpy as np
+
+__all__ = ["get_matmul_precision", "matmul_precision", "set_matmul_precision"]
+
+PRECISIONS = ("highest", "high", "medium")
+# cuBLASLt math mode passed to the CUDA bindings per precision (csrc/cuda/cublaslt.h: LtMath).
+_CUDA_MATH = {"highest": 0, "high": 1, "medium": 2}
+
+_current = ["highest"]
+_F32 = np.dtype(np.float32)
+
+
+def _check(precision):
+    if not isinstance(precision, str):
+        raise TypeError(f"precision: expected one of 'highest', 'high', 'medium', got {type(precision).__name__}")
+    p = precision.lower()
+    if p not in PRECISIONS:
+        raise ValueError(f"precision: expected one of 'highest', 'high', 'medium', got {precision!r}")
+    return p
+
+
+def set_matmul_precision(precision: str) -> None:
+    """Sets the float32 matrix-product precision for the whole process ("highest", "high" or
+    "medium"; see the module docstring)."""
+    _current[0] = _check(precision)
+
+
+def get_matmul_precision() -> str:
+    """The float32 matrix-product precision in force: "highest", "high" or "medium"."""
+    return _current[0]
+
+
+@contextmanager
+def matmul_precision(precision: str):
+    """``with fastnn.matmul_precision("medium"): ...`` runs the block at that precision and
+    restores the previous one afterwards (even on an exception). Process-wide, not per thread."""
+    p = _check(precision)
+    old = _current[0]
+    _current[0] = p
+    try:
+        yield
+    finally:
+        _current[0] = old
+
+
+def cpu_precision(dtype) -> str:
+    """The ``precision=`` of the CPU GEMM kernels for operands of ``dtype``: "bf16" under
+    "medium" for float32, else "fp32" (float64 and the "high" setting: no reduced precision)."""
+    return "bf16" if _current[0] == "medium" and dtype == _F32 else "fp32"
+
+
+def cuda_math() -> int:
+    """The cuBLASLt math mode of float32 GPU GEMMs: 0 float32, 1 TF32, 2 bf16 (ignored for float64)."""
+    return _CUDA_MATH[_current[0]]
+
+
+# Trainer(precision=...) / estimators / `fastnn train --precision`: the training precisions.
+TRAINING_PRECISIONS = ("fp32", "bf16")
+
+
+def check_training_precision(precision, dtype=None) -> str:
+    """A training precision ("fp32" or "bf16") checked; bf16 needs float32 parameters."""
+    if not isinstance(precision, str) or precision.lower() not in TRAINING_PRECISIONS:
+        raise ValueError(f"precision: expected 'fp32' or 'bf16', got {precision!r}")
+    p = precision.lower()
+    if p == "bf16" and dtype is not None and str(dtype) != "float32":
+        raise TypeError(f"precision: 'bf16' needs float32 parameters (bf16 products of float32 operands), "
+                        f"got dtype {dtype}")
+    return p
+
+
+def training_context(precision: str):
+    """The matmul precision a trainer runs under: "bf16" -> "medium"; "fp32" -> float32 products
+    ("highest", or "high" kept when the user allowed TF32 on the GPU)."""
+    if precision == "bf16":
+        return matmul_precision("medium")
+    return matmul_precision("highest" if _current[0] == "medium" else _current[0])
