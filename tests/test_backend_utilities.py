@@ -326,3 +326,13 @@ def test_cuda_table_preprocessing_matches_the_cpu_table(rng, torch_as_cuda, dtyp
         P.PCA().fit(torch.zeros((4, 2), dtype=torch.int64))
     with pytest.raises(ValueError, match="at least 2 samples"):
         P.Standardize().fit(xt[:1])
+
+
+def test_cuda_table_entries_that_need_no_gpu(monkeypatch):
+    class CaiOnly:
+        __cuda_array_interface__ = {"shape": (4, 3), "typestr": "<f4", "data": (0x10000, False), "version": 3}
+
+    assert cuda.shape_of(CaiOnly()) == (4, 3)  # (read without touching a GPU)
+    monkeypatch.delattr(_C, "cuda_gather_rows", raising=False)
+    with pytest.raises(NotImplementedError, match="_C.cuda_gather_rows"):
+        cuda.gather_rows(CaiOnly(), np.arange(2), None)
