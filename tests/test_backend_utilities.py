@@ -279,9 +279,9 @@ def test_mixup_apply(rng, dtype):
 
 
 # ---- the CUDA table's preprocessing entries, on CPU PyTorch tensors -------------------------------
-# They run through the array's own library (PyTorch or CuPy) until fastnn's column-statistics
-# kernel exists; their arithmetic is the same on a CPU tensor, so the estimators are run here
-# through the cuda table with CPU tensors and compared with the CPU table.
+# Except the column statistics they run through the array's own library (PyTorch or CuPy); their
+# arithmetic is the same on a CPU tensor, so the estimators are run here through the cuda table
+# with CPU tensors and compared with the CPU table.
 
 @pytest.fixture
 def torch_as_cuda(monkeypatch):
@@ -292,6 +292,9 @@ def torch_as_cuda(monkeypatch):
         return cuda if isinstance(X, torch.Tensor) else cpu
 
     monkeypatch.setattr(P, "backend_of", pick)
+    # (the column statistics are fastnn's CUDA kernel, checked by tests/test_stats_cuda_emulated.py;
+    # here the CPU's stand in for it on a CPU tensor)
+    monkeypatch.setattr(cuda, "col_stats", lambda X: cpu.col_stats(np.ascontiguousarray(X.numpy())))
     return torch, P
 
 

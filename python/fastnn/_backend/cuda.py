@@ -1254,11 +1254,12 @@ def copy(a):
 
 
 # ---- preprocessing, augmentation and trainer utilities ---------------------------------------------
-# The same entries as _backend/cpu.py's last section. Array utilities and augmentation launch
-# fastnn's kernels (csrc/cuda/augment.cu) on fastnn's current stream. Preprocessing still runs
+# The same entries as _backend/cpu.py's last section. Array utilities, augmentation and the column
+# statistics launch fastnn's kernels (csrc/cuda/augment.cu, stats.cu) on fastnn's current stream.
+# The rest of preprocessing (the centered Gram, center/scale, the shifted products) still runs
 # through the array's own library (PyTorch, or CuPy; a DeviceArray is viewed by DLPack), only the
-# d x d matrices come to the host: fastnn's float64 column-statistics kernel and the cuBLASLt Gram
-# (issue 11) replace these bodies, the entries stay.
+# d x d matrices come to the host; fastnn's own kernels and cuBLASLt are to replace those bodies
+# (a centering kernel and a transposed-A cuda_matmul are what they need), the entries stay.
 
 def _device_index(like) -> int:
     """The GPU of `like` (any CUDA array, any dtype); the current one for None."""
@@ -1467,19 +1468,20 @@ def first_nonfinite(X):
     return r, c, float(Xt[r, c])
 
 
+@_op
 def col_stats(X):
-    """(mean, m2, acc dtype): float64 (d,) column means and sums of squared deviations, from
-    device sums in X's dtype (the acc dtype): the mean, then sums of the centered values, whose
-    column sums correct the rounding of the device mean."""
-    lib, Xt = _lib(X)
-    n = int(Xt.shape[0])
-    mean = Xt.mean(0)
-    Xc = Xt - mean
-    corr = _lib_host(lib, Xc.sum(0)).astype(np.float64)
-    mean64 = _lib_host(lib, mean).astype(np.float64) + corr / n
-    m2 = np.maximum(_lib_host(lib, (Xc * Xc).sum(0)).astype(np.float64) - corr * corr / n, 0.0)
-    m2[np.isnan(corr)] = np.nan  # (NaN or inf in a column: its m2 says so)
-    return mean64, m2, np.dtype(str(Xt.dtype).replace("torch.", ""))
+    """(mean, m2, acc dtype): float64 (d,) column means and sums of squared deviations from
+    fastnn's kernel (csrc/cuda/stats.cu: every sum in float64, in a fixed order; one
+    device-to-host copy of the 2 d results). A NaN or inf in a column makes its mean or m2
+    non-finite."""
+    xa = _cuda_arg(X, "X")
+    n, d = xa.shape
+    with _on_device(xa.device):
+        out = DeviceArray((2, d), np.float64)
+        if d:
+            _C.cuda_col_stats(xa.dname, xa.ptr, n, d, d, out.ptr)
+        host = _host_copy(_Arg(out, out.ptr, out.shape, out.dtype, out.device, False))
+    return host[0].copy(), host[1].copy(), np.dtype(np.float64)
 
 
 def centered_gram(X, mean):

@@ -1,0 +1,46 @@
+// Column statistics on the GPU (csrc/cuda/stats.h): the kernels of stats_kernels.cuh, two
+// launches on the current stream: per-chunk sums into a scratch block, then the fixed-order sum.
+#include "cuda/stats.h"
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "cuda/device.h"
+#include "cuda/launch.cuh"
+#include "cuda/stats_kernels.cuh"
+
+namespace fastnn {
+namespace cuda {
+namespace {
+
+using namespace stats_detail;
+
+template <class T>
+void col_stats_impl(const T* x, int64_t n, int64_t d, int64_t ldx, double* out) {
+  if (n <= 0 || d <= 0) return;
+  const int64_t rows = chunk_rows_for(n);
+  const int64_t chunks = launch::ceil_div(n, rows);
+  // (chunks, 2, d) doubles; freed on return, its next user ordered after these kernels (device.h)
+  double* part = static_cast<double*>(device_malloc(static_cast<size_t>(chunks * 2 * d) * sizeof(double)));
+  try {
+    const dim3 grid(static_cast<unsigned>(launch::ceil_div(d, kCols)), static_cast<unsigned>(chunks));
+    col_partial_kernel<T><<<grid, kThreads, 0, launch::stream()>>>(x, n, d, ldx, rows, part);
+    launch::check_launch("col_stats partial sums launch");
+    col_finish_kernel<T><<<static_cast<unsigned>(launch::ceil_div(d, kThreads)), kThreads, 0, launch::stream()>>>(
+        x, part, chunks, n, d, out);
+    launch::check_launch("col_stats final sum launch");
+  } catch (...) {
+    device_free(part);
+    throw;
+  }
+  device_free(part);
+}
+
+}  // namespace
+
+void col_stats(const float* x, int64_t n, int64_t d, int64_t ldx, double* out) { col_stats_impl(x, n, d, ldx, out); }
+void col_stats(const double* x, int64_t n, int64_t d, int64_t ldx, double* out) { col_stats_impl(x, n, d, ldx, out); }
+
+}  // namespace cuda
+}  // namespace fastnn
