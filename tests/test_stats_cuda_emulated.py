@@ -7,9 +7,10 @@ Tolerances (both dtypes: the values are exact in double and every sum is in doub
 in long double):
   mean: |mean - ref| <= 1e-13 * std + 4 eps64 |ref|;  m2: |m2 - ref| <= 1e-11 * ref + tiny,
 the n eps64 (1 + k^2) bound of S2 - S1^2 / n for n <= 5000 and a first row within k = 3 std of
-the mean. Odd sizes (d across 32-column tiles, n across 8 row lanes and chunks), a row stride
-larger than d, many chunks, n = 1, NaN/inf columns, a large mean, and the chunk sizing for n
-beyond 65535 chunks.
+the mean. center_scale / scale_shift: bit for bit with the CPU's kernels (the same roundings:
+a subtract and a multiply; one FMA), NaN/inf flagged. Odd sizes (d across 32-column tiles, n
+across 8 row lanes and chunks), a row stride larger than d, many chunks, n = 1, NaN/inf columns,
+a large mean, and the chunk sizing for n beyond 65535 chunks.
 Skipped without a C++20 compiler (g++ or $CXX)."""
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ def emu(tmp_path_factory):
     P, i64 = ctypes.c_void_p, ctypes.c_int64
     for b in (32, 64):
         getattr(L, f"emu_col_stats{b}").argtypes = [P, i64, i64, i64, i64, P]
+    for b in (32, 64):
+        getattr(L, f"emu_center_scale{b}").argtypes = [P, i64, P, i64, i64, P, P, ctypes.c_uint]
+        getattr(L, f"emu_center_scale{b}").restype = ctypes.c_int
+        getattr(L, f"emu_scale_shift{b}").argtypes = [P, i64, P, i64, i64, P, P, ctypes.c_uint]
     L.emu_chunk_rows_for.argtypes = [i64]
     L.emu_chunk_rows_for.restype = i64
     return L
@@ -118,3 +123,29 @@ def test_chunk_rows_keep_the_grid_in_bounds(emu):
     for n in (65535 * 1024 + 1, 10**9, 2**40):
         rows = emu.emu_chunk_rows_for(n)
         assert rows % 8 == 0 and -(-n // rows) <= 65535, n
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n, d, grid", [(1, 1, 1), (5, 33, 1), (37, 70, 3), (300, 17, 8)])
+def test_center_scale_and_scale_shift_match_the_cpu(emu, rng, dtype, n, d, grid):
+    wide = (rng.standard_normal((n, d + 5)) * 30 + 7).astype(dtype)
+    x = wide[:, 2:d + 2]  # (a row stride larger than d)
+    shift, mul = rng.standard_normal(d).astype(dtype), (rng.random(d) + 0.5).astype(dtype)
+    b = 32 if dtype == np.float32 else 64
+    y = np.full((n, d), -1, dtype)
+    bad = getattr(emu, f"emu_center_scale{b}")(x.ctypes.data, x.strides[0] // x.itemsize, y.ctypes.data, n, d,
+                                               shift.ctypes.data, mul.ctypes.data, grid)
+    want = np.empty_like(y)
+    assert _C.center_scale(np.ascontiguousarray(x), want, shift, mul) is False and bad == 0
+    np.testing.assert_array_equal(y, want)
+    z = np.full((n, d), -1, dtype)
+    getattr(emu, f"emu_scale_shift{b}")(y.ctypes.data, d, z.ctypes.data, n, d, mul.ctypes.data, shift.ctypes.data,
+                                        grid)
+    want_z = np.empty_like(z)
+    _C.scale_shift(y, want_z, mul, shift)
+    np.testing.assert_array_equal(z, want_z)
+    for v in (np.nan, np.inf):
+        xb = np.ascontiguousarray(x)
+        xb[n - 1, d - 1] = v
+        assert getattr(emu, f"emu_center_scale{b}")(xb.ctypes.data, d, y.ctypes.data, n, d, shift.ctypes.data,
+                                                    mul.ctypes.data, grid) == 1

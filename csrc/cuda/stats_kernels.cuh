@@ -12,6 +12,8 @@
 //                       through shared memory; writes part[chunk] = (S1 (d,), S2 (d,))
 //   col_finish_kernel   one thread per column adds the chunks in order, writes mean and m2
 // A NaN or inf in a column makes its mean or m2 non-finite (the caller looks for it).
+// Also the per-column affine maps of preprocessing (center_scale_kernel, scale_shift_kernel),
+// with the CPU's roundings.
 #pragma once
 
 #include <cstdint>
@@ -79,6 +81,43 @@ __global__ void __launch_bounds__(kThreads)
   out[col] = __dadd_rn(shift, __ddiv_rn(s1, nn));
   const double m2 = __dsub_rn(s2, __ddiv_rn(__dmul_rn(s1, s1), nn));
   out[d + col] = m2 < 0.0 ? 0.0 : m2;
+}
+
+__device__ __forceinline__ float sub_rn(float a, float b) { return __fsub_rn(a, b); }
+__device__ __forceinline__ double sub_rn(double a, double b) { return __dsub_rn(a, b); }
+__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
+__device__ __forceinline__ float fma_rn(float a, float b, float c) { return __fmaf_rn(a, b, c); }
+__device__ __forceinline__ double fma_rn(double a, double b, double c) { return __fma_rn(a, b, c); }
+
+// y (n, d) = (x - shift) * mul per column, two roundings as the CPU's center_scale (bit for bit);
+// x rows at stride ldx, y C-contiguous; *bad = 1 when x holds a NaN or inf (x * 0 != 0). One
+// thread per element, grid-stride over n * d.
+template <class T>
+__global__ void __launch_bounds__(kThreads)
+    center_scale_kernel(const T* __restrict__ x, int64_t ldx, T* __restrict__ y, int64_t n, int64_t d,
+                        const T* __restrict__ shift, const T* __restrict__ mul, int* __restrict__ bad) {
+  const int64_t total = n * d;
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < total; e += step) {
+    const int64_t r = e / d, j = e - r * d;
+    const T v = x[r * ldx + j];
+    if (!(mul_rn(v, T(0)) == T(0))) *bad = 1;  // (every writer stores the same value)
+    y[e] = mul_rn(sub_rn(v, shift[j]), mul[j]);
+  }
+}
+
+// y (n, d) = x * mul + add per column, one FMA as the CPU's scale_shift (bit for bit).
+template <class T>
+__global__ void __launch_bounds__(kThreads)
+    scale_shift_kernel(const T* __restrict__ x, int64_t ldx, T* __restrict__ y, int64_t n, int64_t d,
+                       const T* __restrict__ mul, const T* __restrict__ add) {
+  const int64_t total = n * d;
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < total; e += step) {
+    const int64_t r = e / d, j = e - r * d;
+    y[e] = fma_rn(x[r * ldx + j], mul[j], add[j]);
+  }
 }
 
 // Rows per chunk for n rows: kChunkRows, or more (a multiple of kRowLanes) so that the chunk

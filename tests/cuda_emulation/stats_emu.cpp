@@ -24,9 +24,37 @@ void col_stats(const T* x, int64_t n, int64_t d, int64_t ldx, int64_t chunk_rows
              [&] { col_finish_kernel<T>(x, part.data(), chunks, n, d, out); });
 }
 
+template <class T>
+int center_scale(const T* x, int64_t ldx, T* y, int64_t n, int64_t d, const T* shift, const T* mul, unsigned grid) {
+  int bad = 0;
+  emu_launch(grid, 1, kThreads, [&] { center_scale_kernel<T>(x, ldx, y, n, d, shift, mul, &bad); });
+  return bad;
+}
+
+template <class T>
+void scale_shift(const T* x, int64_t ldx, T* y, int64_t n, int64_t d, const T* mul, const T* add, unsigned grid) {
+  emu_launch(grid, 1, kThreads, [&] { scale_shift_kernel<T>(x, ldx, y, n, d, mul, add); });
+}
+
 }  // namespace
 
 extern "C" {
+int emu_center_scale32(const float* x, int64_t ldx, float* y, int64_t n, int64_t d, const float* s, const float* m,
+                       unsigned grid) {
+  return center_scale<float>(x, ldx, y, n, d, s, m, grid);
+}
+int emu_center_scale64(const double* x, int64_t ldx, double* y, int64_t n, int64_t d, const double* s,
+                       const double* m, unsigned grid) {
+  return center_scale<double>(x, ldx, y, n, d, s, m, grid);
+}
+void emu_scale_shift32(const float* x, int64_t ldx, float* y, int64_t n, int64_t d, const float* m, const float* a,
+                       unsigned grid) {
+  scale_shift<float>(x, ldx, y, n, d, m, a, grid);
+}
+void emu_scale_shift64(const double* x, int64_t ldx, double* y, int64_t n, int64_t d, const double* m,
+                       const double* a, unsigned grid) {
+  scale_shift<double>(x, ldx, y, n, d, m, a, grid);
+}
 void emu_col_stats32(const float* x, int64_t n, int64_t d, int64_t ldx, int64_t chunk_rows, double* out) {
   col_stats<float>(x, n, d, ldx, chunk_rows, out);
 }
