@@ -31,6 +31,16 @@ def test_binding_checks_before_any_cuda_call():
         C.cuda_col_stats("float64", 0, 2, 4, 4, 256)
     with pytest.raises(ValueError, match="x_ptr: not aligned to its 8-byte elements"):
         C.cuda_col_stats("float64", 260, 2, 4, 4, 256)
+    with pytest.raises(ValueError, match="y_ptr: must be x itself or not overlap it"):
+        C.cuda_center_scale("float32", 4096, 4, 4, 4, 4096 + 16, 256, 512, 1024)
+    with pytest.raises(ValueError, match="bad_ptr: null device pointer"):
+        C.cuda_center_scale("float32", 4096, 4, 4, 4, 8192, 256, 512, 0)
+    with pytest.raises(ValueError, match=r"ldx: expected a row stride >= d \(4\), got 2"):
+        C.cuda_scale_shift("float64", 4096, 4, 4, 2, 8192, 256, 512)
+    with pytest.raises(TypeError, match="dtype: expected 'float32' or 'float64', got 'bfloat16'"):
+        C.cuda_gram("bfloat16", 4096, 4, 4, 8192)
+    with pytest.raises(ValueError, match="g_ptr: must not overlap x"):
+        C.cuda_gram("float32", 4096, 4, 4, 4096 + 32)
 
 
 def _check(x, mean, m2):

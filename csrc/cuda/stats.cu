@@ -6,6 +6,7 @@
 
 #include <cstdint>
 
+#include "cuda/cublaslt.h"
 #include "cuda/device.h"
 #include "cuda/launch.cuh"
 #include "cuda/stats_kernels.cuh"
@@ -37,7 +38,49 @@ void col_stats_impl(const T* x, int64_t n, int64_t d, int64_t ldx, double* out) 
   device_free(part);
 }
 
+template <class T>
+void center_scale_impl(const T* x, int64_t ldx, T* y, int64_t n, int64_t d, const T* shift, const T* mul, int* bad) {
+  if (n <= 0 || d <= 0) return;
+  const unsigned grid = launch::grid_for<kThreads>(center_scale_kernel<T>, n * d);
+  center_scale_kernel<T><<<grid, kThreads, 0, launch::stream()>>>(x, ldx, y, n, d, shift, mul, bad);
+  launch::check_launch("center_scale launch");
+}
+
+template <class T>
+void scale_shift_impl(const T* x, int64_t ldx, T* y, int64_t n, int64_t d, const T* mul, const T* add) {
+  if (n <= 0 || d <= 0) return;
+  const unsigned grid = launch::grid_for<kThreads>(scale_shift_kernel<T>, n * d);
+  scale_shift_kernel<T><<<grid, kThreads, 0, launch::stream()>>>(x, ldx, y, n, d, mul, add);
+  launch::check_launch("scale_shift launch");
+}
+
 }  // namespace
+
+void center_scale(const float* x, int64_t ldx, float* y, int64_t n, int64_t d, const float* shift, const float* mul,
+                  int* bad) {
+  center_scale_impl(x, ldx, y, n, d, shift, mul, bad);
+}
+void center_scale(const double* x, int64_t ldx, double* y, int64_t n, int64_t d, const double* shift,
+                  const double* mul, int* bad) {
+  center_scale_impl(x, ldx, y, n, d, shift, mul, bad);
+}
+void scale_shift(const float* x, int64_t ldx, float* y, int64_t n, int64_t d, const float* mul, const float* add) {
+  scale_shift_impl(x, ldx, y, n, d, mul, add);
+}
+void scale_shift(const double* x, int64_t ldx, double* y, int64_t n, int64_t d, const double* mul,
+                 const double* add) {
+  scale_shift_impl(x, ldx, y, n, d, mul, add);
+}
+
+void gram(LDType dt, const void* x, int64_t n, int64_t d, void* g) {
+  if (d <= 0) return;
+  require_cublaslt();
+  // Column-major, cuBLASLt's view: x in memory is X^T (d x n, ld d); D (d x d) = X^T (X^T)^T.
+  GemmCall c{dt, /*transa=*/false, /*transb=*/true, d, d, n, x, d, x, d, g, d};
+  c.tf32 = false;
+  c.stream = current_stream();
+  gemm(c);
+}
 
 void col_stats(const float* x, int64_t n, int64_t d, int64_t ldx, double* out) { col_stats_impl(x, n, d, ldx, out); }
 void col_stats(const double* x, int64_t n, int64_t d, int64_t ldx, double* out) { col_stats_impl(x, n, d, ldx, out); }
