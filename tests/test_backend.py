@@ -162,8 +162,9 @@ def test_no_function_local_dispatch_imports():
     import pathlib
 
     root = pathlib.Path(fastnn.__file__).parent
-    for name in ("functional.py", "losses.py", "optim.py", "parameter.py", "nn.py", "augment.py", "cuda.py",
-                 "checks.py", "_backend/__init__.py", "_backend/cpu.py", "_backend/cuda.py", "_backend/common.py"):
+    for name in ("functional.py", "losses.py", "optim.py", "parameter.py", "nn.py", "augment.py", "preprocessing.py",
+                 "cuda.py", "checks.py", "_backend/__init__.py", "_backend/cpu.py", "_backend/cuda.py",
+                 "_backend/common.py"):
         tree = ast.parse((root / name).read_text())
         for node in ast.walk(tree):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):

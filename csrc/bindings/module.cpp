@@ -15,6 +15,7 @@
 
 namespace fastnn {
 void register_metrics(py::module_& m);  // bindings/metrics.cpp
+void register_cuda_stats(py::module_& m);  // bindings/cuda_stats.cpp
 namespace {
 
 py::list compiled_capabilities() {
@@ -175,6 +176,7 @@ PYBIND11_MODULE(_C, m) {
   register_cuda_linear(m);
   register_cuda_optim(m);
   register_cuda_augment(m);
+  register_cuda_stats(m);  // bindings/cuda_stats.cpp
 #else
   m.attr("cuda_compiled") = false;
 #endif

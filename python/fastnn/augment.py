@@ -83,9 +83,7 @@ import numpy as np
 
 from . import _C, checks
 from . import random as _random
-from ._arrays import empty
-from ._backend import cuda as _cuda_backend
-from ._backend import device_of
+from ._backend import backend_of
 
 __all__ = [
     "hflip", "random_crop", "random_resized_crop", "color_jitter", "gaussian_noise", "mixup",
@@ -94,6 +92,7 @@ __all__ = [
 ]
 
 F32 = np.dtype(np.float32)
+F64 = np.dtype(np.float64)
 _U64 = 1 << 64
 _TWO_M32 = 2.0 ** -32
 #: Stream positions an Augment with a seed gives each training step.
@@ -152,43 +151,6 @@ def _probability(p, name="p"):
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"{name}: expected a probability in [0, 1], got {p}")
     return p
-
-
-def _images(x, name="x"):
-    """(x as (N, C, H, W) float32 C-contiguous, True when x was (N, H, W))."""
-    if not isinstance(x, np.ndarray):
-        raise TypeError(f"{name}: expected a NumPy float32 array, got {type(x).__name__}")
-    if x.dtype != F32:
-        raise TypeError(f"{name}: expected float32, got {x.dtype}")
-    if x.ndim not in (3, 4):
-        raise ValueError(f"{name}: expected an image batch (N, C, H, W) or (N, H, W), got {x.ndim} "
-                         f"dimension(s) with shape {x.shape}")
-    if not (x.flags.c_contiguous and x.flags.aligned):
-        x = np.ascontiguousarray(x) if x.flags.aligned else np.array(x, order="C")
-    if x.ndim == 3:
-        return x.reshape(x.shape[0], 1, x.shape[1], x.shape[2]), True
-    return x, False
-
-
-def _float_array(x, name="x"):
-    if not isinstance(x, np.ndarray):
-        raise TypeError(f"{name}: expected a NumPy float32 array, got {type(x).__name__}")
-    if x.dtype != F32:
-        raise TypeError(f"{name}: expected float32, got {x.dtype}")
-    if x.ndim < 1:
-        raise ValueError(f"{name}: expected at least one dimension (the batch), got a 0-d array")
-    return x if x.flags.c_contiguous and x.flags.aligned else np.array(x, order="C")
-
-
-def _check_out(out, shape, x):
-    if not isinstance(out, np.ndarray):
-        raise TypeError(f"out: expected a NumPy float32 array, got {type(out).__name__}")
-    if out.dtype != F32:
-        raise TypeError(f"out: expected float32, got {out.dtype}")
-    if out.shape != tuple(shape):
-        raise ValueError(f"out: expected shape {tuple(shape)}, got {out.shape}")
-    if not out.flags.writeable:
-        raise ValueError("out: array is read-only")
 
 
 _seed_offset = checks.seed_offset
@@ -413,30 +375,6 @@ class GaussianNoise(Transform):
     def positions(self, shape):
         return 2 * int(np.prod(shape, dtype=np.int64))
 
-    def apply(self, x, seed, offset, out):
-        if self.std == 0.0:
-            y = out if out is not None else empty(x.shape, F32)
-            if y is not x:
-                np.copyto(y, x)
-        else:
-            y = out if out is not None and out.flags.c_contiguous and out.flags.aligned else empty(x.shape, F32)
-            _C.gaussian_noise(x, y, seed, offset, self.std)
-            if out is not None and y is not out:
-                np.copyto(out, y)
-                y = out
-        if self.clip:
-            np.clip(y, 0.0, 1.0, out=y)
-        return y
-
-    def __call__(self, x, *, seed=None, offset=0, out=None):
-        if _is_cuda(x):
-            return _noise_cuda(self, x, seed, offset, out)
-        x = _float_array(x)
-        if out is not None:
-            _check_out(out, x.shape, x)
-        seed, offset = _seed_offset(seed, offset, self.positions(x.shape))
-        return self.apply(x, seed, offset, out)
-
     def __repr__(self):
         return f"GaussianNoise(std={self.std}, clip={self.clip})"
 
@@ -520,37 +458,11 @@ class Mixup:
     def positions(self, shape):
         return _MIXUP_LAMBDA_WORDS + int(shape[0])
 
-    def apply(self, x, y, seed, offset):
-        n = x.shape[0]
-        t = _soft_targets(y, n, self.num_classes, F32 if x.dtype == F32 else np.float64)
-        lam, perm = mixup_params(n, self.alpha, seed=seed, offset=offset)
-        if x.dtype == F32:
-            xm = empty(x.shape, F32)
-            _C.mixup_apply(x, perm, xm, lam, 1.0 - lam)
-        else:  # float64 features: the same blend in NumPy
-            xm = lam * x + (1.0 - lam) * x[perm]
-        ts = (t * t.dtype.type(lam) + t[perm] * t.dtype.type(1.0 - lam)).astype(t.dtype, copy=False)
-        return xm, ts
-
     def __call__(self, x, y, *, seed=None, offset=0):
-        if _is_cuda(x):
-            return _mixup_cuda(self, x, y, seed, offset)
-        x = _mixup_x(x)
-        seed, offset = _seed_offset(seed, offset, self.positions(x.shape))
-        return self.apply(x, y, seed, offset)
+        return Compose([self])(x, y, seed=seed, offset=offset)
 
     def __repr__(self):
         return f"Mixup(alpha={self.alpha}, num_classes={self.num_classes})"
-
-
-def _mixup_x(x):
-    if not isinstance(x, np.ndarray):
-        raise TypeError(f"x: expected a NumPy float32 or float64 array, got {type(x).__name__}")
-    if x.dtype not in (F32, np.dtype(np.float64)):
-        raise TypeError(f"x: expected float32 or float64, got {x.dtype}")
-    if x.ndim < 1:
-        raise ValueError("x: expected at least one dimension (the batch), got a 0-d array")
-    return x if x.flags.c_contiguous and x.flags.aligned else np.array(x, order="C")
 
 
 # ---- composition and the fused kernel -------------------------------------------------------------
@@ -617,18 +529,6 @@ class _Fused:
             flags = self.jitter.flags
         return geom, pad_mode, fill, flags, ints, factors
 
-    def run(self, x4, seed, out4):
-        _C.augment_batch(x4, out4, *self.plan(x4.shape, seed))
-        return out4
-
-    def run_cuda(self, x_ptr, shape4, seed, out_ptr, oshape4):
-        """The same pass on the GPU: device pointers, host-drawn parameters (uploaded by _C)."""
-        geom, pad_mode, fill, flags, ints, factors = self.plan(shape4, seed)
-        N, C, H, W = shape4
-        _C.cuda_augment_batch(x_ptr, out_ptr, N, C, H, W, oshape4[2], oshape4[3], geom, pad_mode, fill, flags,
-                              ints, factors)
-
-
 class Compose:
     """Applies transforms in order: ``Compose([...])(x, y=None, *, seed=None, offset=0, out=None)``
     returns x' (or (x', y') when y is given; a Mixup needs y). Runs of crop / flip / jitter are
@@ -678,213 +578,26 @@ class Compose:
     def __call__(self, x, y=None, *, seed=None, offset=0, out=None):
         if any(isinstance(t, Mixup) for t in self.transforms) and y is None:
             raise ValueError("y: a Compose with Mixup needs the labels (call it as compose(x, y, ...))")
-        if _is_cuda(x):
-            return _compose_cuda(self, x, y, seed, offset, out)
-        if any(isinstance(t, Transform) and not isinstance(t, GaussianNoise) for t in self.transforms):
-            x4, squeeze = _images(x)
-            shape = x.shape if squeeze else x4.shape
-        else:
-            has_mixup = any(isinstance(t, Mixup) for t in self.transforms)
-            x4, squeeze = (_mixup_x(x) if has_mixup else _float_array(x)), False
-            shape = x4.shape
+        be = backend_of(x)
+        images = any(isinstance(t, Transform) and not isinstance(t, GaussianNoise) for t in self.transforms)
+        dtypes = (F32,) if images or not any(isinstance(t, Mixup) for t in self.transforms) else (F32, F64)
+        words = " or ".join(d.name for d in dtypes)
+        xa = be.batch(x, "x", words)
+        if xa.dtype not in dtypes:
+            raise TypeError(f"x: expected {words}, got {xa.dtype}")
+        ndim = len(xa.shape)
+        if images and ndim not in (3, 4):
+            raise ValueError(f"x: expected an image batch (N, C, H, W) or (N, H, W), got {ndim} dimension(s) with "
+                             f"shape {tuple(xa.shape)}")
+        if ndim < 1:
+            raise ValueError("x: expected at least one dimension (the batch), got a 0-d array")
+        xa = be.contiguous(xa)
+        shape = tuple(xa.shape)
         seed, offset = _seed_offset(seed, offset, self.positions(shape))
         final_shape = self._final_shape(shape)
-        if out is not None:
-            _check_out(out, final_shape, x)
+        o = be.out_batch(out, final_shape, xa) if out is not None else None
+        cur = xa
         steps = self._steps(shape, offset)
-        cur = x4
-        for k, st in enumerate(steps):
-            last = k == len(steps) - 1
-            if isinstance(st, _Fused):
-                oh, ow = st.out_shape(cur.shape)[-2:]
-                oshape = (cur.shape[0], cur.shape[1], oh, ow)
-                o4 = None
-                if last and out is not None and out.flags.c_contiguous and out.flags.aligned \
-                        and not np.may_share_memory(out, cur):
-                    o4 = out.reshape(oshape)
-                cur = st.run(cur, seed, o4 if o4 is not None else empty(oshape, F32))
-            else:
-                t, p = st
-                if isinstance(t, Mixup):
-                    cur, y = t.apply(cur, y, seed, p)
-                else:
-                    o = None
-                    if last and out is not None and out.flags.c_contiguous and out.flags.aligned:
-                        o = out.reshape(cur.shape)
-                    cur = t.apply(cur, seed, p, o)
-        res = cur.reshape(final_shape) if squeeze else cur
-        if out is not None and not np.shares_memory(res, out):
-            np.copyto(out, res.reshape(out.shape))
-            res = out
-        elif out is not None:
-            res = out
-        return res if y is None else (res, y)
-
-    def __repr__(self):
-        return "Compose([" + ", ".join(repr(t) for t in self.transforms) + "])"
-
-
-# ---- CUDA arrays ------------------------------------------------------------------------------------
-# A fastnn DeviceArray or any CUDA array with __cuda_array_interface__ (PyTorch, CuPy) runs through
-# csrc/cuda/augment.cu. The per-sample parameters (flips, crop boxes, jitter factors; mixup's lambda
-# and permutation) are drawn on the host by the same code as the CPU path (O(N) stream words) and
-# uploaded; the kernels apply them. Results are the kind of array x is (a PyTorch tensor in, a
-# PyTorch tensor out, via DLPack), on x's device, asynchronous on the legacy default stream.
-
-def _is_cuda(x):
-    return device_of(x) == "cuda"
-
-
-def _cuda():
-    return _cuda_backend
-
-
-def _shape_of(x):
-    """x's shape: NumPy's, a CUDA array's (from __cuda_array_interface__ when it has one), or
-    np.shape's for lists."""
-    if isinstance(x, np.ndarray):
-        return x.shape
-    cai = getattr(x, "__cuda_array_interface__", None) if _is_cuda(x) else None
-    if cai is not None:
-        return tuple(int(d) for d in cai["shape"])
-    return tuple(x.shape) if hasattr(x, "shape") else np.shape(x)
-
-
-def _cuda_images(xa, name="x"):
-    if xa.dtype != F32:
-        raise TypeError(f"{name}: expected float32, got {xa.dtype}")
-    if len(xa.shape) not in (3, 4):
-        raise ValueError(f"{name}: expected an image batch (N, C, H, W) or (N, H, W), got {len(xa.shape)} "
-                         f"dimension(s) with shape {xa.shape}")
-
-
-def _cuda_batch(xa, dtypes, name="x"):
-    if xa.dtype not in dtypes:
-        want = " or ".join(np.dtype(d).name for d in dtypes)
-        raise TypeError(f"{name}: expected {want}, got {xa.dtype}")
-    if len(xa.shape) < 1:
-        raise ValueError(f"{name}: expected at least one dimension (the batch), got a 0-d array")
-
-
-def _cuda_out(out, shape, xa):
-    """out= of a GPU call: a writeable CUDA array of x's dtype and device with the result's shape."""
-    fc = _cuda()
-    o = fc._cuda_arg(out, "out")
-    if o.dtype != xa.dtype:
-        raise TypeError(f"out: expected {xa.dtype}, got {o.dtype}")
-    if o.shape != tuple(shape):
-        raise ValueError(f"out: expected shape {tuple(shape)}, got {o.shape}")
-    if o.readonly:
-        raise ValueError("out: array is read-only")
-    fc._same_device([("x", xa), ("out", o)])
-    return o
-
-
-def _new_arg(shape, dtype):
-    """A new DeviceArray on the current device, as a fastnn.cuda argument record."""
-    fc = _cuda()
-    d = fc.DeviceArray(shape, dtype)
-    return fc._Arg(d, d.ptr, d.shape, d.dtype, d.device, False)
-
-
-def _same_memory(a, b):
-    return a.ptr == b.ptr and a.nbytes == b.nbytes
-
-
-def _host_labels(y):
-    """Mixup labels on the host: NumPy arrays and lists as given; a CUDA array (integer labels or
-    float soft targets, e.g. a PyTorch CUDA tensor) copied down."""
-    if not _is_cuda(y):
-        return y
-    fc = _cuda()
-    if isinstance(y, fc.DeviceArray):
-        return y.numpy()
-    cai = getattr(y, "__cuda_array_interface__", None)
-    if cai is None:
-        raise TypeError(f"y: expected labels as a NumPy array or a CUDA array with __cuda_array_interface__, got "
-                        f"{type(y).__name__}")
-    shape = tuple(int(d) for d in cai["shape"])
-    dtype = np.dtype(cai["typestr"])
-    if not fc._is_c_contiguous(shape, cai.get("strides"), dtype.itemsize):
-        raise ValueError(f"y: expected a C-contiguous CUDA array, got shape {shape} with byte strides "
-                         f"{tuple(cai['strides'])}")
-    host = np.empty(shape, dtype)
-    if host.size:
-        ptr = int(cai["data"][0])
-        device = _C.cuda_pointer_device(ptr)
-        if device < 0:
-            raise TypeError(f"y: the __cuda_array_interface__ of {type(y).__name__} does not point to GPU memory")
-        with fc._on_device(device):
-            if cai.get("stream") is not None:
-                _C.cuda_legacy_wait_on(int(cai["stream"]))
-            _C.cuda_memcpy_dtoh(host, ptr)
-    return host
-
-
-def _noise_run_cuda(t, src, dst, seed, offset):
-    """dst = src + std * z (clamped with clip) on the GPU; dst may be src."""
-    _C.cuda_gaussian_noise(src.ptr, dst.ptr, src.size, seed, offset, t.std, t.std != 0.0, t.clip)
-
-
-def _mixup_run_cuda(m, src, y, seed, offset):
-    """(mixed batch as a new device array record, soft targets on the host) of Mixup.apply."""
-    n = src.shape[0]
-    t = _soft_targets(_host_labels(y), n, m.num_classes, F32 if src.dtype == F32 else np.float64)
-    lam, perm = mixup_params(n, m.alpha, seed=seed, offset=offset)
-    dst = _new_arg(src.shape, src.dtype)
-    _C.cuda_mixup_apply(src.dtype.name, src.ptr, perm, dst.ptr, n, src.size // n if n else 0, lam, 1.0 - lam)
-    ts = (t * t.dtype.type(lam) + t[perm] * t.dtype.type(1.0 - lam)).astype(t.dtype, copy=False)
-    return dst, ts
-
-
-def _noise_cuda(t, x, seed, offset, out):
-    """GaussianNoise.__call__ with a CUDA x."""
-    fc = _cuda()
-    fc._require_gpu()
-    xa = fc._cuda_arg(x, "x")
-    _cuda_batch(xa, (F32,))
-    o = _cuda_out(out, xa.shape, xa) if out is not None else None
-    seed, offset = _seed_offset(seed, offset, t.positions(xa.shape))
-    with fc._on_device(xa.device):
-        direct = o is not None and (_same_memory(o, xa) or not fc._overlaps(o, xa))
-        dst = o if direct else _new_arg(xa.shape, F32)
-        _noise_run_cuda(t, xa, dst, seed, offset)
-        if o is not None and not direct:
-            _C.cuda_memcpy_dtod(o.ptr, dst.ptr, o.nbytes)
-    return out if o is not None else fc._result_like(dst.obj, x)
-
-
-def _mixup_cuda(m, x, y, seed, offset):
-    """Mixup.__call__ with a CUDA x: (x', y'), both the kind of array x is."""
-    fc = _cuda()
-    fc._require_gpu()
-    xa = fc._cuda_arg(x, "x")
-    _cuda_batch(xa, (F32, np.float64))
-    seed, offset = _seed_offset(seed, offset, m.positions(xa.shape))
-    with fc._on_device(xa.device):
-        dst, ts = _mixup_run_cuda(m, xa, y, seed, offset)
-        ys = fc.to_device(ts)
-    return fc._result_like(dst.obj, x), fc._result_like(ys, x)
-
-
-def _compose_cuda(comp, x, y, seed, offset, out):
-    """Compose.__call__ with a CUDA x: the same steps, stream offsets and checks as the CPU path,
-    each step one kernel on x's device. Soft targets of a Mixup come back on the GPU too."""
-    fc = _cuda()
-    fc._require_gpu()
-    xa = fc._cuda_arg(x, "x")
-    has_mix = any(isinstance(t, Mixup) for t in comp.transforms)
-    if any(isinstance(t, Transform) and not isinstance(t, GaussianNoise) for t in comp.transforms):
-        _cuda_images(xa)
-    else:
-        _cuda_batch(xa, (F32, np.float64) if has_mix else (F32,))
-    shape = xa.shape
-    seed, offset = _seed_offset(seed, offset, comp.positions(shape))
-    final_shape = comp._final_shape(shape)
-    o = _cuda_out(out, final_shape, xa) if out is not None else None
-    steps = comp._steps(shape, offset)
-    cur = xa
-    with fc._on_device(xa.device):
         for k, st in enumerate(steps):
             last = k == len(steps) - 1
             if isinstance(st, _Fused):
@@ -892,34 +605,38 @@ def _compose_cuda(comp, x, y, seed, offset, out):
                 oh, ow = st.out_shape(shape4)[-2:]
                 oshape4 = (shape4[0], shape4[1], oh, ow)
                 oshape = oshape4 if len(cur.shape) == 4 else (shape4[0], oh, ow)
-                # the kernel's output must not overlap its input; out= is written directly then
-                dst = o if last and o is not None and not fc._overlaps(o, cur) else _new_arg(oshape, F32)
-                st.run_cuda(cur.ptr, shape4, seed, dst.ptr, oshape4)
+                # (the kernel's output must not overlap its input)
+                dst = o if last and o is not None and be.out_direct(o, cur, False) else be.empty(oshape, F32, xa)
+                be.augment_batch(be.view(cur, shape4), be.view(dst, oshape4), *st.plan(shape4, seed))
                 cur = dst
-            else:
-                t, p = st
-                if isinstance(t, Mixup):
-                    cur, y = _mixup_run_cuda(t, cur, y, seed, p)
-                    y = fc._result_like(fc.to_device(y), x)
-                else:  # GaussianNoise: in place or into disjoint memory
-                    if cur.dtype != F32:  # (float64 after a Mixup: the CPU kernel refuses it too)
-                        raise TypeError(f"x: expected float32, got {cur.dtype}")
-                    direct = last and o is not None and (_same_memory(o, cur) or not fc._overlaps(o, cur))
-                    dst = o if direct else _new_arg(cur.shape, F32)
-                    _noise_run_cuda(t, cur, dst, seed, p)
-                    cur = dst
-        if o is not None and not _same_memory(o, cur):
-            if fc._overlaps(o, cur):  # (only x itself, with no transforms) through a copy
-                cur = _new_arg(cur.shape, cur.dtype)
-                _C.cuda_memcpy_dtod(cur.ptr, xa.ptr, xa.nbytes)
-            _C.cuda_memcpy_dtod(o.ptr, cur.ptr, o.nbytes)
-    if o is not None:
-        res = out
-    elif cur is xa:  # no transforms: x itself, as the CPU path returns a view of x
-        res = x
-    else:
-        res = fc._result_like(cur.obj, x)
-    return res if y is None else (res, y)
+                continue
+            t, p = st
+            if isinstance(t, Mixup):
+                n = cur.shape[0]
+                targets = _soft_targets(backend_of(y).host_labels(y), n, t.num_classes,
+                                        F32 if cur.dtype == F32 else F64)
+                lam, perm = mixup_params(n, t.alpha, seed=seed, offset=p)
+                dst = be.empty(cur.shape, cur.dtype, xa)
+                be.mixup_apply(cur, perm, lam, dst)
+                cur = dst
+                ts = (targets * targets.dtype.type(lam) + targets[perm] * targets.dtype.type(1.0 - lam)).astype(
+                    targets.dtype, copy=False)
+                y = be.as_kind(be.from_host(ts, x), x)  # (on x's device, of x's kind)
+            else:  # GaussianNoise: in place or into disjoint memory
+                if cur.dtype != F32:  # (float64 after a Mixup)
+                    raise TypeError(f"x: expected float32, got {cur.dtype}")
+                dst = o if last and o is not None and be.out_direct(o, cur, True) else be.empty(cur.shape, F32, xa)
+                be.gaussian_noise(cur, dst, seed, p, t.std, t.clip)
+                cur = dst
+        if o is not None:
+            be.copy_into(o, cur)  # (nothing to do when the last step wrote out)
+            res = out
+        else:
+            res = be.as_kind(cur, x)
+        return res if y is None else (res, y)
+
+    def __repr__(self):
+        return "Compose([" + ", ".join(repr(t) for t in self.transforms) + "])"
 
 
 class Augment:
@@ -946,7 +663,7 @@ class Augment:
         if self.image_shape is not None:
             # an MLP's flat rows (N, C*H*W) seen as images; the result is flattened back
             size = int(np.prod(self.image_shape))
-            shape = _shape_of(x)
+            shape = tuple(backend_of(x).shape_of(x))
             if len(shape) != 2 or shape[1] != size:
                 raise ValueError(f"x: expected flat rows (N, {size}) for image_shape {self.image_shape}, got shape "
                                  f"{shape}")
@@ -961,7 +678,7 @@ class Augment:
             return self.compose(x, y)
         if step >= _U64 // STEP_POSITIONS:
             raise ValueError(f"step: expected < {_U64 // STEP_POSITIONS}, got {step}")
-        shape = _shape_of(x)
+        shape = tuple(backend_of(x).shape_of(x))
         if self.compose.positions(shape) > STEP_POSITIONS:
             raise ValueError(f"x: a batch of shape {shape} needs more than 2**40 stream positions per step")
         return self.compose(x, y, seed=self.seed, offset=step * STEP_POSITIONS)

@@ -27,6 +27,9 @@ How it is computed (CPU):
   * eigendecomposition of the d x d covariance by LAPACK (numpy.linalg.eigh) in float64;
   * transform: (X - mean) @ P with P (d x k) = components_^T / sqrt(explained_variance_ + eps)
     precomputed, so centering, projection and scaling are one GEMM pass.
+On the GPU (the cuda table, fastnn._backend.cuda): the column statistics by fastnn's kernel
+(csrc/cuda/stats.cu, every sum in float64 in a fixed order); the centered Gram and the transforms
+still through the array's own library (PyTorch or CuPy), the d x d matrices on the host.
 partial_fit merges chunk statistics with Chan's formula (for the Gram matrix with its correction
 term n_a n_b / (n_a + n_b) (mu_a - mu_b)(mu_a - mu_b)^T), in float64.
 
@@ -42,8 +45,7 @@ import numbers
 
 import numpy as np
 
-from . import _C
-from ._arrays import as_float_array, empty, is_cuda_array
+from ._backend import backend_of
 from ._params import ParamsMixin
 
 __all__ = ["ZeroCenter", "Standardize", "PCA", "ZCA", "NotFittedError"]
@@ -54,31 +56,25 @@ class NotFittedError(ValueError, AttributeError):
 
 
 # ---- input checks -----------------------------------------------------------------------------
+# The device is decided once per call by backend_of; the table (fastnn._backend.cpu / .cuda) runs
+# the statistics, the Gram product and the transforms on it and returns host float64 statistics.
 
-def _check_2d(X, name: str = "X") -> np.ndarray:
-    """X as a 2-D C-contiguous float32/float64 ndarray (a copy only when X is not one already)."""
-    if isinstance(X, np.ndarray) and X.dtype.kind in "biu":
-        X = X.astype(np.float64)  # (as scikit-learn: integer and bool data become float64)
-    X = as_float_array(X, name)
-    if X.ndim != 2:
-        hint = " (reshape 1-D data with X.reshape(-1, 1) for one feature or X.reshape(1, -1) for one sample)" \
-            if X.ndim == 1 else ""
-        raise ValueError(f"{name}: expected a 2-D array (n_samples, n_features), got shape {X.shape}{hint}")
-    if X.shape[1] == 0:  # (scikit-learn's check_array refuses it too: ensure_min_features=1)
-        raise ValueError(f"{name}: expected at least 1 feature (column), got shape {X.shape}")
-    if not (X.flags.c_contiguous and X.flags.aligned):
-        X = np.array(X, order="C")
-    return X
+def _matrix(X, name: str = "X"):
+    """(table, X as the table reads it, X's NumPy dtype): 2-D float32/float64 with at least one
+    column (on the CPU integer data become float64 and other layouts are copied once to C order)."""
+    be = backend_of(X)
+    X, dtype = be.matrix(X, name)
+    return be, X, dtype
 
 
-def _raise_nonfinite(X: np.ndarray, name: str = "X"):
+def _raise_nonfinite(be, X, name: str = "X"):
     """Raises the ValueError for the first NaN or inf of X (row-major order)."""
-    loc = _C.first_nonfinite(X)
+    loc = be.first_nonfinite(X)
     if loc is None:
-        raise ValueError(f"{name}: values too large: the sums of squares overflow {X.dtype} "
+        dtype = be.matrix(X, name)[1]
+        raise ValueError(f"{name}: values too large: the sums of squares overflow {dtype} "
                          f"(rescale the data or pass float64)")
-    r, c = loc
-    v = X[r, c]
+    r, c, v = loc
     raise ValueError(f"{name}: expected finite values, got {v} at row {r}, column {c}")
 
 
@@ -87,12 +83,13 @@ def _check_min_samples(n: int, what: str = "X"):
         raise ValueError(f"{what}: expected at least 2 samples (rows), got {n}")
 
 
-def _col_stats(X: np.ndarray):
-    """(mean, m2) in float64 of X's columns (m2 = sum of squared deviations); ValueError on NaN/inf."""
-    mean, m2 = _C.col_stats(X)
+def _col_stats(be, X):
+    """(mean, m2, acc dtype): float64 column means and sums of squared deviations, and the dtype
+    they were accumulated in; ValueError on NaN/inf."""
+    mean, m2, acc = be.col_stats(X)
     if not (np.isfinite(mean).all() and np.isfinite(m2).all()):
-        _raise_nonfinite(X)
-    return mean, m2
+        _raise_nonfinite(be, X)
+    return mean, m2, acc
 
 
 def _chan_merge(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
@@ -102,37 +99,6 @@ def _chan_merge(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
     mean = mean_a + delta * (n_b / n)
     m2 = m2_a + m2_b + delta * delta * (n_a * n_b / n)
     return n, mean, m2
-
-
-# ---- the two GEMM entry points ----------------------------------------------------------------
-# _C.matmul's prologue options: a_row_shift / a_col_shift / b_col_shift are subtracted while the
-# panels are packed (no centered copy of X); upper computes the tiles on and above the diagonal of
-# a symmetric product and mirrors them.
-
-def _centered_gram(X: np.ndarray, mean: np.ndarray) -> np.ndarray:
-    """G = (X - mean)^T (X - mean), (d, d) in X's dtype; mean (d,) in X's dtype: one GEMM with the
-    shift applied while packing and only the upper tiles computed."""
-    d = X.shape[1]
-    G = empty((d, d), X.dtype)
-    _C.matmul(X.T, X, G, a_row_shift=mean, b_col_shift=mean, upper=True)
-    return G
-
-
-def _project(X: np.ndarray, mean: np.ndarray, P: np.ndarray, out: np.ndarray = None) -> np.ndarray:
-    """Y = (X - mean) @ P, (n, k) in X's dtype; mean (d,) and P (d, k) in X's dtype: one GEMM with
-    the centering in the A-panel packing."""
-    n = X.shape[0]
-    Y = empty((n, P.shape[1]), X.dtype) if out is None else out
-    if n:
-        _C.matmul(X, P, Y, a_col_shift=mean)
-    return Y
-
-
-def _affine_back(Y: np.ndarray, Q: np.ndarray, mean: np.ndarray) -> np.ndarray:
-    """Y @ Q + mean (the bias in the GEMM epilogue)."""
-    X = empty((Y.shape[0], Q.shape[1]), Y.dtype)
-    _C.matmul(Y, Q, X, bias=mean)
-    return X
 
 
 # ---- estimator base ---------------------------------------------------------------------------
@@ -155,7 +121,7 @@ class _Base(ParamsMixin):
     def _check_features(self, X, name="X"):
         if X.shape[1] != self.n_features_in_:
             raise ValueError(f"{name}: expected {self.n_features_in_} features, as in fit, got {X.shape[1]} "
-                             f"(shape {X.shape})")
+                             f"(shape {tuple(X.shape)})")
 
     def _reset(self):
         for k in [k for k in vars(self) if k.endswith("_") and not k.startswith("__")]:
@@ -191,77 +157,60 @@ class Standardize(_Base):
         self.with_std = with_std
 
     def fit(self, X, y=None):
-        if is_cuda_array(X):
-            return _gpu_fit(self, X)
         self._reset()
-        X = _check_2d(X)
+        be, X, dtype = _matrix(X)
         _check_min_samples(X.shape[0])
-        return self._update(X)
+        return self._update(be, X, dtype)
 
     def partial_fit(self, X, y=None):
-        if is_cuda_array(X):
-            return _gpu_fit(self, X, partial=True)
-        X = _check_2d(X)
+        be, X, dtype = _matrix(X)
         if hasattr(self, "n_features_in_"):
             self._check_features(X)
         if X.shape[0] == 0:
-            raise ValueError(f"X: expected at least 1 sample (row) in a chunk, got shape {X.shape}")
-        return self._update(X)
+            raise ValueError(f"X: expected at least 1 sample (row) in a chunk, got shape {tuple(X.shape)}")
+        return self._update(be, X, dtype)
 
-    def _update(self, X):
+    def _update(self, be, X, dtype):
         n = X.shape[0]
-        mean, m2 = _col_stats(X)
+        mean, m2, acc = _col_stats(be, X)
         if hasattr(self, "_s_n"):
             n, mean, m2 = _chan_merge(self._s_n, self._s_mean, self._s_m2, n, mean, m2)
-        self._s_n, self._s_mean, self._s_m2, self._s_dtype = n, mean, m2, X.dtype
+        self._s_n, self._s_mean, self._s_m2, self._s_dtype = n, mean, m2, dtype
         self.n_features_in_ = X.shape[1]
         self.n_samples_seen_ = n
         self.mean_ = mean.copy() if (self.with_mean or self.with_std) else None
         if self.with_std:
             self.var_ = m2 / n
             scale = np.sqrt(self.var_)
-            scale[_constant_columns(self.var_, mean, n)] = 1.0
+            scale[_constant_columns(self.var_, mean, n, acc)] = 1.0
             self.scale_ = scale
         else:
             self.var_ = None
             self.scale_ = None
         return self
 
-    def _shift_mul(self, dtype):
+    def transform(self, X, copy=None):
+        self._check_fitted()
+        be, X, dtype = _matrix(X)
+        self._check_features(X)
         d = self.n_features_in_
         shift = self.mean_ if self.with_mean else np.zeros(d)
         mul = 1.0 / self.scale_ if self.with_std else np.ones(d)
-        return np.ascontiguousarray(shift, dtype), np.ascontiguousarray(mul, dtype)
-
-    def transform(self, X, copy=None):
-        self._check_fitted()
-        if is_cuda_array(X):
-            return _gpu_affine(X, self, inverse=False)
-        X = _check_2d(X)
-        self._check_features(X)
-        shift, mul = self._shift_mul(X.dtype)
-        Y = empty(X.shape, X.dtype)
-        if _C.center_scale(X, Y, shift, mul):
-            _raise_nonfinite(X)
+        Y, nonfinite = be.center_scale(X, shift, mul)
+        if nonfinite:
+            _raise_nonfinite(be, X)
         return Y
 
     def inverse_transform(self, X, copy=None):
         self._check_fitted()
-        if is_cuda_array(X):
-            return _gpu_affine(X, self, inverse=True)
-        X = _check_2d(X)
+        be, X, dtype = _matrix(X)
         self._check_features(X)
         d = self.n_features_in_
-        mul = np.ascontiguousarray(self.scale_ if self.with_std else np.ones(d), X.dtype)
-        add = np.ascontiguousarray(self.mean_ if self.with_mean else np.zeros(d), X.dtype)
-        Y = empty(X.shape, X.dtype)
-        _C.scale_shift(X, Y, mul, add)
-        return Y
+        return be.scale_shift(X, self.scale_ if self.with_std else np.ones(d),
+                              self.mean_ if self.with_mean else np.zeros(d))
 
     def fit_transform(self, X, y=None):
-        if is_cuda_array(X):
-            return _gpu_fit(self, X).transform(X)
-        X = _check_2d(X)
+        be, X, dtype = _matrix(X)
         return self.fit(X).transform(X)
 
 
@@ -298,39 +247,32 @@ class _Covariance(_Base):
     """Shared fit machinery: column means and the centered Gram matrix, merged over chunks."""
 
     def fit(self, X, y=None):
-        if is_cuda_array(X):
-            return _gpu_fit(self, X)
         self._reset()
-        X = _check_2d(X)
+        be, X, dtype = _matrix(X)
         _check_min_samples(X.shape[0])
         self._validate_params(X.shape[0], X.shape[1], before=True)
-        return self._update(X)
+        return self._update(be, X, dtype)
 
     def partial_fit(self, X, y=None):
-        if is_cuda_array(X):
-            return _gpu_fit(self, X, partial=True)
-        X = _check_2d(X)
+        be, X, dtype = _matrix(X)
         if hasattr(self, "n_features_in_"):
             self._check_features(X)
         if X.shape[0] == 0:
-            raise ValueError(f"X: expected at least 1 sample (row) in a chunk, got shape {X.shape}")
+            raise ValueError(f"X: expected at least 1 sample (row) in a chunk, got shape {tuple(X.shape)}")
         n_total = X.shape[0] + getattr(self, "_s_n", 0)
         _check_min_samples(n_total, "X (all chunks so far)")
         self._validate_params(n_total, X.shape[1], before=True)
-        return self._update(X)
+        return self._update(be, X, dtype)
 
-    def _update(self, X):
-        mean, _m2 = _col_stats(X)  # (the NaN/inf check, and the mean in float64)
-        mean_t = mean.astype(X.dtype)
-        G = _centered_gram(X, mean_t).astype(np.float64)
+    def _update(self, be, X, dtype):
+        mean, _m2, _acc = _col_stats(be, X)  # (the NaN/inf check, and the mean in float64)
+        # The centered Gram in float64, the rounding of the mean to X's dtype accounted for (see
+        # the tables' centered_gram): matters for float32 data with a large mean.
+        G = be.centered_gram(X, mean)
         if not np.isfinite(G).all():  # (X is finite here: _col_stats checked it; its products are not)
             raise ValueError(f"X: values too large: the sums of products (X - mean)^T (X - mean) overflow "
-                             f"{X.dtype} (rescale the data or pass float64)")
-        # The Gram was taken around the mean rounded to X's dtype, mean + delta: remove the
-        # n delta delta^T that adds (exact in float64; matters for float32 data with a large mean).
-        delta = mean_t.astype(np.float64) - mean
-        G -= np.outer(delta, delta) * X.shape[0]
-        self._merge(X.shape[0], mean, G, X.shape[1], X.dtype)
+                             f"{dtype} (rescale the data or pass float64)")
+        self._merge(X.shape[0], mean, G, X.shape[1], dtype)
         return self
 
     def _merge(self, n, mean, G, d, dtype):
@@ -433,46 +375,40 @@ class PCA(_Covariance):
 
     def transform(self, X):
         self._check_fitted()
-        if is_cuda_array(X):
-            return _gpu_project(self, X, self._s_P)
-        X = _check_2d(X)
+        be, X, dtype = _matrix(X)
         self._check_features(X)
-        return self._transform(X, fitted_on_x=False)
+        return self._transform(be, X, dtype, fitted_on_x=False)
 
-    def _transform(self, X, fitted_on_x):
+    def _transform(self, be, X, dtype, fitted_on_x):
         """(X - mean_) @ P. fitted_on_x: X is the array just fitted (by fit, not partial_fit),
         whose values and centered Gram G were found finite. Then by Cauchy-Schwarz
         |Y_ik| <= |x_i - mean| |P_:k| <= sqrt(trace G) max_k |P_:k|, and when that bound is below
         half the dtype's largest value (rounding margin) Y cannot hold a NaN or inf: the pass over
         Y that looks for them is skipped."""
-        P = self._s_P if self._s_P.dtype == X.dtype else self._s_P.astype(X.dtype)
-        Y = _project(X, self.mean_.astype(X.dtype, copy=False), P)
+        P = self._s_P if self._s_P.dtype == dtype else self._s_P.astype(dtype)
+        Y = be.centered_matmul(X, self.mean_, P)  # (one GEMM, the centering in its packing)
         if fitted_on_x:
             with np.errstate(over="ignore", invalid="ignore"):
                 bound = math.sqrt(max(0.0, float(np.trace(self._s_gram)))) * \
                     float(np.sqrt((P.astype(np.float64) ** 2).sum(0)).max(initial=0.0))
-            if bound <= 0.5 * float(np.finfo(X.dtype).max):
+            if bound <= 0.5 * float(np.finfo(dtype).max):
                 return Y
-        if Y.size and _C.first_nonfinite(Y) is not None:  # (one threaded pass, no float64 copy)
-            _raise_nonfinite(X)
+        if X.shape[0] and be.first_nonfinite(Y) is not None:  # (one pass, no float64 copy)
+            _raise_nonfinite(be, X)
         return Y
 
     def inverse_transform(self, X):
         """mean_ + X @ components_ (whitened: X * sqrt(explained_variance_ + eps) first)."""
         self._check_fitted()
-        if is_cuda_array(X):
-            return _gpu_back(self, X, self._s_Q)
-        X = _check_2d(X)
+        be, X, dtype = _matrix(X)
         if X.shape[1] != self.n_components_:
             raise ValueError(f"X: expected {self.n_components_} columns (n_components_), got {X.shape[1]}")
-        Q = self._s_Q if self._s_Q.dtype == X.dtype else self._s_Q.astype(X.dtype)
-        return _affine_back(X, Q, self.mean_.astype(X.dtype, copy=False))
+        Q = self._s_Q if self._s_Q.dtype == dtype else self._s_Q.astype(dtype)
+        return be.matmul_bias(X, Q, self.mean_)  # (the mean in the GEMM epilogue)
 
     def fit_transform(self, X, y=None):
-        if is_cuda_array(X):
-            return self.fit(X).transform(X)
-        X = _check_2d(X)
-        return self.fit(X)._transform(X, fitted_on_x=True)
+        be, X, dtype = _matrix(X)
+        return self.fit(X)._transform(be, X, dtype, fitted_on_x=True)
 
 
 class ZCA(_Covariance):
@@ -508,155 +444,10 @@ class ZCA(_Covariance):
 
     def inverse_transform(self, X):
         self._check_fitted()
-        if is_cuda_array(X):
-            return _gpu_back(self, X, self._s_Q)
-        X = _check_2d(X)
+        be, X, dtype = _matrix(X)
         self._check_features(X)
-        Q = self._s_Q if self._s_Q.dtype == X.dtype else self._s_Q.astype(X.dtype)
-        return _affine_back(X, Q, self.mean_.astype(X.dtype, copy=False))
+        Q = self._s_Q if self._s_Q.dtype == dtype else self._s_Q.astype(dtype)
+        return be.matmul_bias(X, Q, self.mean_)
 
     def fit_transform(self, X, y=None):
         return PCA.fit_transform(self, X)
-
-
-# ---- CUDA arrays ------------------------------------------------------------------------------
-# Fit and transform on the array's own device through its own library (PyTorch or CuPy; a
-# fastnn DeviceArray goes through PyTorch, else CuPy, zero copy by DLPack); only the d x d
-# covariance comes to the host for the eigendecomposition. Results are of the input's kind.
-
-def _gpu_lib(X):
-    """(module, tensor view of X) for a CUDA array X."""
-    mod = type(X).__module__.split(".")[0]
-    if mod == "torch":
-        import torch
-        return torch, X
-    if mod == "cupy":
-        import cupy
-        return cupy, X
-    try:
-        import torch
-        return torch, torch.from_dlpack(X)
-    except ImportError:
-        pass
-    try:
-        import cupy
-        return cupy, cupy.from_dlpack(X)
-    except ImportError:
-        raise TypeError("X: a fastnn DeviceArray needs PyTorch or CuPy installed for preprocessing on the "
-                        "GPU") from None
-
-
-def _gpu_result(like, lib, t):
-    """t (a torch/cupy array) as the kind of array `like` is."""
-    mod = type(like).__module__.split(".")[0]
-    if mod in ("torch", "cupy"):
-        return t
-    from . import cuda
-    out = cuda.empty(tuple(t.shape), np.dtype(str(t.dtype).replace("torch.", "")))
-    view = lib.from_dlpack(out)
-    view[...] = t
-    return out
-
-
-def _gpu_check(lib, X, name="X"):
-    if X.ndim != 2:
-        raise ValueError(f"{name}: expected a 2-D array (n_samples, n_features), got shape {tuple(X.shape)}")
-    if X.shape[1] == 0:
-        raise ValueError(f"{name}: expected at least 1 feature (column), got shape {tuple(X.shape)}")
-    dt = str(X.dtype).replace("torch.", "")
-    if dt not in ("float32", "float64"):
-        raise TypeError(f"{name}: expected float32 or float64, got {dt}")
-    return np.dtype(dt)
-
-
-def _gpu_locate_nonfinite(lib, X, name="X"):
-    bad = ~lib.isfinite(X)
-    if bool(bad.any()):
-        idx = int(lib.argmax(bad.reshape(-1).to(lib.uint8) if lib.__name__ == "torch" else bad.reshape(-1)))
-        r, c = divmod(idx, X.shape[1])
-        raise ValueError(f"{name}: expected finite values, got {float(X[r, c])} at row {r}, column {c}")
-
-
-def _to_host(lib, t):
-    return t.cpu().numpy() if lib.__name__ == "torch" else lib.asnumpy(t)
-
-
-def _to_dev(lib, a, like):
-    if lib.__name__ == "torch":
-        return lib.as_tensor(a, device=like.device)
-    with like.device:
-        return lib.asarray(a)
-
-
-def _gpu_fit(est, X, partial=False):
-    lib, Xt = _gpu_lib(X)
-    dtype = _gpu_check(lib, Xt)
-    n, d = Xt.shape
-    if not partial:
-        est._reset()
-        _check_min_samples(n)
-    elif hasattr(est, "n_features_in_") and d != est.n_features_in_:
-        raise ValueError(f"X: expected {est.n_features_in_} features, as in fit, got {d}")
-    _gpu_locate_nonfinite(lib, Xt)
-    # Two passes on the device: the mean, then sums from centered values (no large-mean loss);
-    # the column sums of Xc correct for the rounding of the device mean (as on the CPU).
-    mean = Xt.mean(0)
-    Xc = Xt - mean
-    corr = _to_host(lib, Xc.sum(0)).astype(np.float64)
-    mean64 = _to_host(lib, mean).astype(np.float64) + corr / n
-    if isinstance(est, Standardize):
-        m2 = np.maximum(_to_host(lib, (Xc * Xc).sum(0)).astype(np.float64) - corr * corr / n, 0.0)
-        if partial and hasattr(est, "_s_n"):
-            nt, mean64, m2 = _chan_merge(est._s_n, est._s_mean, est._s_m2, n, mean64, m2)
-        else:
-            nt = n
-        est._s_n, est._s_mean, est._s_m2 = nt, mean64, m2
-        est.n_features_in_, est.n_samples_seen_ = d, nt
-        est.mean_ = mean64.copy() if (est.with_mean or est.with_std) else None
-        if est.with_std:
-            est.var_ = m2 / nt
-            scale = np.sqrt(est.var_)
-            # (the device sums are taken in the data's dtype: its eps bounds their rounding)
-            scale[_constant_columns(est.var_, mean64, nt, dtype)] = 1.0
-            est.scale_ = scale
-        else:
-            est.var_ = est.scale_ = None
-        return est
-    est._validate_params(n + getattr(est, "_s_n", 0), d)
-    G = _to_host(lib, Xc.T @ Xc).astype(np.float64) - np.outer(corr, corr) / n
-    est._merge(n, mean64, G, d, dtype)
-    return est
-
-
-def _gpu_affine(X, est, inverse):
-    lib, Xt = _gpu_lib(X)
-    dtype = _gpu_check(lib, Xt)
-    if Xt.shape[1] != est.n_features_in_:
-        raise ValueError(f"X: expected {est.n_features_in_} features, as in fit, got {Xt.shape[1]}")
-    d = est.n_features_in_
-    mean = est.mean_ if est.with_mean else np.zeros(d)
-    scale = est.scale_ if est.with_std else np.ones(d)
-    m = _to_dev(lib, mean.astype(dtype), Xt)
-    if inverse:
-        return _gpu_result(X, lib, Xt * _to_dev(lib, scale.astype(dtype), Xt) + m)
-    return _gpu_result(X, lib, (Xt - m) * _to_dev(lib, (1.0 / scale).astype(dtype), Xt))
-
-
-def _gpu_project(est, X, P):
-    lib, Xt = _gpu_lib(X)
-    dtype = _gpu_check(lib, Xt)
-    if Xt.shape[1] != est.n_features_in_:
-        raise ValueError(f"X: expected {est.n_features_in_} features, as in fit, got {Xt.shape[1]}")
-    Pt = _to_dev(lib, P.astype(dtype), Xt)
-    m = _to_dev(lib, est.mean_.astype(dtype), Xt)
-    return _gpu_result(X, lib, (Xt - m) @ Pt)
-
-
-def _gpu_back(est, X, Q):
-    lib, Xt = _gpu_lib(X)
-    dtype = _gpu_check(lib, Xt)
-    if Xt.shape[1] != Q.shape[0]:
-        raise ValueError(f"X: expected {Q.shape[0]} columns, got {Xt.shape[1]}")
-    Qt = _to_dev(lib, Q.astype(dtype), Xt)
-    m = _to_dev(lib, est.mean_.astype(dtype), Xt)
-    return _gpu_result(X, lib, Xt @ Qt + m)

@@ -14,8 +14,10 @@ from .._arrays import (
     check_out,
     check_same_shape,
     elementwise,
-    empty,
     is_cuda_array,
+)
+from .._arrays import (
+    empty as _empty,
 )
 from .common import LinearSaved, check_mask, host_target
 
@@ -597,3 +599,251 @@ def assign(dst, src):
     if a.shape != dst.shape:
         raise ValueError(f"src: expected shape {dst.shape} like dst, got {a.shape}")
     dst[...] = a
+
+
+# ---- preprocessing, augmentation and trainer utilities ---------------------------------------------
+# Arrays here are what backend_of found: NumPy arrays (lists where a user may pass one). The
+# preprocessing entries return host float64 statistics; the augmentation entries write a given
+# output (allocated with `empty`) and take their per-sample parameters drawn on the host by
+# fastnn.augment.
+
+def empty(shape, dtype, like=None):
+    """An uninitialized C-ordered array of `shape` and `dtype` on `like`'s device (None: this
+    backend's current device; a 64-byte aligned NumPy array here)."""
+    return _empty(tuple(shape), dtype)
+
+
+def zeros(shape, dtype, like=None):
+    """A zero-filled C-ordered array of `shape` and `dtype` on `like`'s device."""
+    return np.zeros(tuple(shape), dtype)
+
+
+def fill(a, value):
+    """Sets every element of `a` to `value`, in place; returns `a`."""
+    a.fill(value)
+    return a
+
+
+def gather_rows(src, idx, out):
+    """out[i] = src[idx[i]] for the rows of src (n, ...) and integer indices idx (m,); out (m, ...)
+    of src's dtype, or None for a new array. An index outside [-n, n) is an IndexError."""
+    src = np.asarray(src)
+    idx = np.asarray(idx)
+    if idx.ndim != 1 or idx.dtype.kind not in "iu":
+        raise TypeError(f"idx: expected a 1-D integer array, got {idx.dtype} of shape {idx.shape}")
+    if src.ndim < 1:
+        raise ValueError("src: expected at least one dimension (the rows), got a 0-d array")
+    shape = (idx.shape[0],) + src.shape[1:]
+    if out is None:
+        return np.take(src, idx, axis=0)
+    _check_host_out(out, shape, src.dtype)
+    np.take(src, idx, axis=0, out=out)  # (mode "raise": a bad index leaves out partly written)
+    return out
+
+
+def argmax_count(out, target):
+    """Rows of out (M, C) whose argmax (first maximum; NaN counts as the maximum) equals target:
+    (M,) int32/int64 labels, or the argmax of (M, C) soft targets of out's dtype."""
+    out = np.asarray(out)
+    t = np.asarray(target)
+    return int(_C.argmax_count(np.ascontiguousarray(out), np.ascontiguousarray(t)))
+
+
+def isfinite(a):
+    """True when every element of the float array `a` is finite (one threaded pass, no mask array)."""
+    a = np.asarray(a)
+    if a.dtype.kind != "f":
+        raise TypeError(f"a: expected a float32 or float64 array, got {a.dtype}")
+    if a.size == 0:
+        return True
+    if a.dtype in (np.float32, np.float64) and a.flags.c_contiguous and a.flags.aligned:
+        return _C.first_nonfinite(a.reshape(1, -1) if a.ndim < 2 else a.reshape(-1, a.shape[-1])) is None
+    return bool(np.isfinite(a).all())
+
+
+def shares_memory(a, b):
+    """Whether two arrays of this device may overlap (conservatively: True when unsure)."""
+    return bool(np.may_share_memory(a, b))
+
+
+def as_kind(a, like):
+    """`a`, a result of this table, as the kind of array `like` is (NumPy here: `a` itself)."""
+    return a
+
+
+# preprocessing (fastnn.preprocessing): X (n, d) float32/float64 with C-contiguous rows.
+
+def matrix(X, name):
+    """(X as a 2-D C-contiguous float32/float64 array, its dtype): integer and bool data become
+    float64 (as scikit-learn), other layouts are copied once to C order."""
+    if isinstance(X, np.ndarray) and X.dtype.kind in "biu":
+        X = X.astype(np.float64)
+    X = as_float_array(X, name)
+    if X.ndim != 2:
+        hint = " (reshape 1-D data with X.reshape(-1, 1) for one feature or X.reshape(1, -1) for one sample)" \
+            if X.ndim == 1 else ""
+        raise ValueError(f"{name}: expected a 2-D array (n_samples, n_features), got shape {X.shape}{hint}")
+    if X.shape[1] == 0:  # (scikit-learn's check_array refuses it too: ensure_min_features=1)
+        raise ValueError(f"{name}: expected at least 1 feature (column), got shape {X.shape}")
+    if not (X.flags.c_contiguous and X.flags.aligned):
+        X = np.array(X, order="C")
+    return X, X.dtype
+
+
+def first_nonfinite(X):
+    """(row, column, value) of the first NaN or inf of X (n, d) in row-major order, or None."""
+    loc = _C.first_nonfinite(X)
+    if loc is None:
+        return None
+    r, c = loc
+    return r, c, X[r, c]
+
+
+def col_stats(X):
+    """(mean, m2, acc dtype) of X's columns: mean and m2 (sum of squared deviations) float64 (d,),
+    accumulated in float64 (csrc/cpu/stats.cpp: shifted block sums merged with Chan's formula).
+    A NaN or inf in a column makes its mean or m2 non-finite."""
+    mean, m2 = _C.col_stats(X)
+    return mean, m2, np.dtype(np.float64)
+
+
+def centered_gram(X, mean):
+    """(X - mean)^T (X - mean), (d, d) float64 on the host, for mean (d,) float64: one GEMM in X's
+    dtype with mean rounded to it subtracted while the panels are packed and only the upper tiles
+    computed, then the n delta delta^T the rounding delta = round(mean) - mean adds removed in
+    float64 (exact for the column sums of X - round(mean) being -n delta)."""
+    d = X.shape[1]
+    mean_t = mean.astype(X.dtype)
+    G = _empty((d, d), X.dtype)
+    _C.matmul(X.T, X, G, a_row_shift=mean_t, b_col_shift=mean_t, upper=True)
+    G = G.astype(np.float64)
+    delta = mean_t.astype(np.float64) - mean
+    G -= np.outer(delta, delta) * X.shape[0]
+    return G
+
+
+def center_scale(X, shift, mul):
+    """(Y, nonfinite): Y = (X - shift) * mul per column (shift, mul (d,) float64, rounded to X's
+    dtype), a new array; nonfinite: X held a NaN or inf."""
+    Y = _empty(X.shape, X.dtype)
+    bad = _C.center_scale(X, Y, np.ascontiguousarray(shift, X.dtype), np.ascontiguousarray(mul, X.dtype))
+    return Y, bool(bad)
+
+
+def scale_shift(X, mul, add):
+    """Y = X * mul + add per column (mul, add (d,) float64, rounded to X's dtype), a new array."""
+    Y = _empty(X.shape, X.dtype)
+    _C.scale_shift(X, Y, np.ascontiguousarray(mul, X.dtype), np.ascontiguousarray(add, X.dtype))
+    return Y
+
+
+def centered_matmul(X, shift, P):
+    """Y = (X - shift) @ P, (n, k) in X's dtype, for shift (d,) and P (d, k) host arrays (rounded to
+    X's dtype): one GEMM with the centering in the A-panel packing."""
+    P = np.ascontiguousarray(P, X.dtype)
+    Y = _empty((X.shape[0], P.shape[1]), X.dtype)
+    if X.shape[0]:
+        _C.matmul(X, P, Y, a_col_shift=np.ascontiguousarray(shift, X.dtype))
+    return Y
+
+
+def matmul_bias(Y, Q, bias):
+    """X = Y @ Q + bias, (n, d) in Y's dtype, for Q (k, d) and bias (d,) host arrays (rounded to
+    Y's dtype): the bias in the GEMM epilogue."""
+    Q = np.ascontiguousarray(Q, Y.dtype)
+    X = _empty((Y.shape[0], Q.shape[1]), Y.dtype)
+    _C.matmul(Y, Q, X, bias=np.ascontiguousarray(bias, Y.dtype))
+    return X
+
+
+# augmentation (fastnn.augment): float32 image batches, per-sample parameters drawn on the host.
+# fastnn.augment reads its input with `batch`, allocates with `empty`, and passes the arrays these
+# return (here NumPy arrays) to the kernels below.
+
+def batch(x, name, words):
+    """x as this backend's batch operand (a NumPy array here; `words`: the dtypes expected, for
+    the message). Shape and dtype are checked by the caller."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name}: expected a NumPy {words} array, got {type(x).__name__}")
+    return x
+
+
+def contiguous(a):
+    """`a` if C-contiguous and aligned (what the kernels read), else a C-ordered copy."""
+    return a if a.flags.c_contiguous and a.flags.aligned else np.array(a, order="C")
+
+
+def view(a, shape):
+    """`a` (C-contiguous) seen with another shape of the same size, no copy."""
+    return a.reshape(shape)
+
+
+def out_batch(out, shape, like):
+    """out= of an augmentation: a writeable NumPy array of like's dtype and the result's shape."""
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out: expected a NumPy {like.dtype} array, got {type(out).__name__}")
+    if out.dtype != like.dtype:
+        raise TypeError(f"out: expected {like.dtype}, got {out.dtype}")
+    if out.shape != tuple(shape):
+        raise ValueError(f"out: expected shape {tuple(shape)}, got {out.shape}")
+    if not out.flags.writeable:
+        raise ValueError("out: array is read-only")
+    return out
+
+
+def out_direct(out, src, in_place):
+    """Whether a kernel reading `src` may write `out` directly: C-contiguous and aligned, and
+    disjoint from src (or exactly src, when the kernel works in place)."""
+    if not (out.flags.c_contiguous and out.flags.aligned):
+        return False
+    if in_place and same_memory(out, src):
+        return True
+    return not np.may_share_memory(out, src)
+
+
+def same_memory(a, b):
+    """Whether a and b are the same elements (same start, same size)."""
+    return (a.size == b.size and a.dtype == b.dtype and
+            a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
+
+
+def copy_into(dst, src):
+    """dst[...] = src (same shape and dtype; they may overlap)."""
+    np.copyto(dst, src)
+
+
+def shape_of(a):
+    """a's shape (NumPy arrays, lists)."""
+    return np.shape(a)
+
+
+def host_labels(y):
+    """Labels as host data for mixup's soft targets: NumPy arrays and lists as given."""
+    return y
+
+
+def augment_batch(x4, out4, geom, pad_mode, fill, flags, ints, factors):
+    """One fused crop/flip/jitter pass: x4 (N, C, H, W) float32 -> out4 (N, C, OH, OW) (disjoint);
+    ints (N, 5) int32 (flip, top, left, box h, box w), factors (N, 3) float32 or None."""
+    _C.augment_batch(x4, out4, geom, pad_mode, fill, flags, ints, factors)
+
+
+def gaussian_noise(x, out, seed, offset, std, clip):
+    """out = x + std * N(0, 1) per element of the float32 batch x (Philox positions offset + 2e,
+    offset + 2e + 1), clamped to [0, 1] with clip; out may be x."""
+    if std == 0.0:
+        if not same_memory(out, x):
+            np.copyto(out, x)
+    else:
+        _C.gaussian_noise(x, out, seed, offset, std)
+    if clip:
+        np.clip(out, 0.0, 1.0, out=out)
+
+
+def mixup_apply(x, perm, lam, out):
+    """out[i] = lam x[i] + (1 - lam) x[perm[i]] for the batch x (N, ...): float32 by the kernel,
+    float64 in NumPy; perm int64 (N,); out disjoint from x."""
+    if x.dtype == np.float32:
+        _C.mixup_apply(x, perm, out, lam, 1.0 - lam)
+    else:
+        np.copyto(out, lam * x + (1.0 - lam) * x[perm])

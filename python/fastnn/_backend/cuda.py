@@ -10,11 +10,13 @@ make the consumer's stream wait on fastnn's current stream afterwards, see _publ
 
 from __future__ import annotations
 
+import importlib
+import math
 import numbers
 import operator
 import os
-from importlib.util import find_spec as _find_spec
 import sys
+from importlib.util import find_spec as _find_spec
 
 import numpy as np
 
@@ -28,8 +30,8 @@ from ..cuda import (
     _prod,
     _require_gpu,
     to_device,
-    zeros,
 )
+from ..cuda import zeros as _zeros
 from .common import LinearSaved, check_mask, host_target, optim_table  # noqa: F401 (optim_table re-exported)
 
 name = "cuda"
@@ -1237,7 +1239,7 @@ def empty_like_device(shape, dtype, like):
 
 def zeros_like_device(shape, dtype, like):
     """A zero-filled C-ordered array of `shape` and `dtype` on `like`'s device."""
-    return zeros(tuple(shape), dtype, device=_cuda_arg(like, "like").device)
+    return _zeros(tuple(shape), dtype, device=_cuda_arg(like, "like").device)
 
 
 @_op
@@ -1280,3 +1282,384 @@ def assign(dst, src):
     if host.size:
         with _on_device(da.device):
             _C.cuda_memcpy_htod(da.ptr, host)
+
+
+# ---- preprocessing, augmentation and trainer utilities ---------------------------------------------
+# The same entries as _backend/cpu.py's last section. Array utilities, augmentation and the column
+# statistics launch fastnn's kernels (csrc/cuda/augment.cu, stats.cu) on fastnn's current stream.
+# The rest of preprocessing (the centered Gram, center/scale, the shifted products) still runs
+# through the array's own library (PyTorch, or CuPy; a DeviceArray is viewed by DLPack), only the
+# d x d matrices come to the host; fastnn's own kernels and cuBLASLt are to replace those bodies
+# (a centering kernel and a transposed-A cuda_matmul are what they need), the entries stay.
+
+def _device_index(like) -> int:
+    """The GPU of `like` (any CUDA array, any dtype); the current one for None."""
+    if like is None:
+        return _C.cuda_get_device()
+    if isinstance(like, _Arg):
+        return like.device
+    return _read(like, "like")[3]
+
+
+def _any_arg(a, name: str) -> _Arg:
+    """A CUDA operand of any dtype NumPy knows (labels, indices), as an _Arg; an _Arg as it is."""
+    if isinstance(a, _Arg):
+        return a
+    if isinstance(a, np.ndarray):
+        raise TypeError(f"{name}: expected a CUDA array (the other arguments are on the GPU), got a NumPy array; "
+                        f"move it with fastnn.cuda.to_device()")
+    ptr, shape, dname, device, readonly, s = _read(a, name)
+    return _Arg(a, ptr, shape, np.dtype(dname) if dname != "bfloat16" else dname, device, readonly, s)
+
+
+def _float_arg(a, name: str) -> _Arg:
+    return a if isinstance(a, _Arg) else _cuda_arg(a, name)
+
+
+def empty(shape, dtype, like=None):
+    """An uninitialized C-ordered array of `shape` and `dtype` on `like`'s GPU (None: the current
+    one): a DeviceArray for float32/float64, else a fastnn device buffer (int32 labels, int64
+    indices) that exports itself by DLPack."""
+    dt = np.dtype(dtype)
+    with _on_device(_device_index(like)):
+        if dt in _FLOATS:
+            return DeviceArray(tuple(shape), dt)
+        return _Buffer(tuple(shape), dt.name, dt.itemsize)
+
+
+@_op
+def zeros(shape, dtype, like=None):
+    """A zero-filled C-ordered array of `shape` and `dtype` on `like`'s GPU (see empty)."""
+    a = empty(shape, dtype, like)
+    with _on_device(a.device):
+        _C.cuda_memset_zero(a.ptr, _prod(a.shape) * np.dtype(dtype).itemsize)
+    return a
+
+
+@_op
+def fill(a, value):
+    """Sets every element of the CUDA array `a` to `value`, in place; returns `a`. Zero is a
+    memset; another value is written from a host array of a's size (one host-to-device copy)."""
+    xa = _any_arg(a, "a")
+    if xa.readonly:
+        raise ValueError("a: array is read-only")
+    with _on_device(xa.device):
+        if value == 0 and not (isinstance(value, float) and math.copysign(1.0, value) < 0):
+            _C.cuda_memset_zero(xa.ptr, xa.nbytes)
+        elif xa.size:
+            _C.cuda_memcpy_htod(xa.ptr, np.full(xa.shape, value, xa.dtype))
+    _publish(xa)
+    return a
+
+
+@_op
+def gather_rows(src, idx, out):
+    """out[i] = src[idx[i]] for the rows of src (n, ...) float32/float64/int32 and a CUDA int64
+    idx (m,) (a host idx is uploaded: one copy); out (m, ...) or None for a new array. Needs
+    _C.cuda_gather_rows (issue 12's gather kernel); an index outside [0, n) gives a row of NaN
+    (floats) or -1 (int32), never an out-of-bounds read."""
+    if not hasattr(_C, "cuda_gather_rows"):
+        raise NotImplementedError("gather_rows on the GPU needs _C.cuda_gather_rows (issue 12's gather kernel), "
+                                  "which this build of fastnn does not have")
+    sa = _any_arg(src, "src")
+    if str(sa.dtype) not in ("float32", "float64", "int32"):
+        raise TypeError(f"src: expected float32, float64 or int32, got {sa.dtype}")
+    if len(sa.shape) < 1:
+        raise ValueError("src: expected at least one dimension (the rows), got a 0-d array")
+    with _on_device(sa.device):
+        if isinstance(idx, np.ndarray) or isinstance(idx, (list, tuple)):
+            host = np.asarray(idx)
+            if host.ndim != 1 or host.dtype.kind not in "iu":
+                raise TypeError(f"idx: expected a 1-D integer array, got {host.dtype} of shape {host.shape}")
+            idx = empty(host.shape, np.int64)
+            if host.size:
+                _C.cuda_memcpy_htod(idx.ptr, np.ascontiguousarray(host, np.int64))
+        ia = _any_arg(idx, "idx")
+        if ia.dtype != np.int64 or len(ia.shape) != 1:
+            raise TypeError(f"idx: expected a 1-D int64 CUDA array, got {ia.dtype} of shape {ia.shape}")
+        _same_device([("src", sa), ("idx", ia)])
+        m = ia.shape[0]
+        shape = (m,) + tuple(sa.shape[1:])
+        if out is None:
+            out = empty(shape, sa.dtype)
+        oa = _any_arg(out, "out")
+        if oa.shape != shape or oa.dtype != sa.dtype:
+            raise ValueError(f"out: expected shape {shape} and dtype {sa.dtype}, got {oa.shape} {oa.dtype}")
+        if oa.readonly:
+            raise ValueError("out: array is read-only")
+        _same_device([("src", sa), ("out", oa)])
+        pos = zeros((1,), np.uint64)  # (the batch's first position in idx: 0 here)
+        _C.cuda_gather_rows(str(sa.dtype), sa.ptr, sa.shape[0], _prod(sa.shape[1:]), ia.ptr, pos.ptr, m, oa.ptr)
+    _publish(oa)
+    return out
+
+
+@_op
+def argmax_count(out, target):
+    """Rows of out (M, C) whose argmax (first maximum; NaN counts as the maximum) equals target
+    (labels, or the argmax of soft targets). Counted on the host after one device-to-host copy of
+    out and target (a training step counts on the device with issue 12's cuda_step_metrics)."""
+    o = _any_arg(out, "out")
+    t = target if isinstance(target, np.ndarray) else _host_copy(_any_arg(target, "target"))
+    return int(_C.argmax_count(_host_copy(o), np.ascontiguousarray(t)))
+
+
+@_op
+def isfinite(a):
+    """True when every element of the float CUDA array `a` is finite; checked on the host after
+    one device-to-host copy (no device reduction for it yet)."""
+    xa = _any_arg(a, "a")
+    if xa.dtype not in _FLOATS:
+        raise TypeError(f"a: expected a float32 or float64 array, got {xa.dtype}")
+    return bool(np.isfinite(_host_copy(xa)).all())
+
+
+def _host_copy(a: _Arg) -> np.ndarray:
+    host = np.empty(a.shape, a.dtype)
+    if host.size:
+        with _on_device(a.device):
+            _C.cuda_memcpy_dtoh(host, a.ptr)
+    return host
+
+
+def shares_memory(a, b):
+    """Whether two CUDA arrays overlap in device memory."""
+    return _overlaps(_any_arg(a, "a"), _any_arg(b, "b"))
+
+
+def as_kind(a, like):
+    """`a`, a result of this table (a DeviceArray, or a batch record of `batch`/`empty`), as the
+    kind of array `like` is (a PyTorch tensor for a PyTorch `like`, by DLPack; `like` itself when
+    `a` is its record)."""
+    if isinstance(a, _Arg):
+        if a.obj is like:
+            return like
+        a = a.obj
+    return _result_like(a, like)
+
+
+# preprocessing (fastnn.preprocessing) through PyTorch or CuPy, see the section comment.
+
+def _lib(X):
+    """(module, tensor view of X) for a CUDA array X: a PyTorch tensor or CuPy array as it is, a
+    DeviceArray (or other DLPack producer) viewed by PyTorch, else CuPy."""
+    mod = type(X).__module__.split(".")[0]
+    if mod in ("torch", "cupy"):
+        return sys.modules[mod], X
+    for name in ("torch", "cupy"):
+        if _find_spec(name) is not None:
+            lib = importlib.import_module(name)
+            return lib, lib.from_dlpack(X)
+    raise TypeError("X: a fastnn DeviceArray needs PyTorch or CuPy installed for preprocessing on the GPU")
+
+
+def _lib_result(like, lib, t):
+    """t (a torch/cupy array) as the kind of array `like` is."""
+    if type(like).__module__.split(".")[0] in ("torch", "cupy"):
+        return t
+    out = DeviceArray(tuple(t.shape), np.dtype(str(t.dtype).replace("torch.", "")))
+    view_ = lib.from_dlpack(out)
+    view_[...] = t
+    return out
+
+
+def _lib_host(lib, t) -> np.ndarray:
+    return t.cpu().numpy() if lib.__name__ == "torch" else lib.asnumpy(t)
+
+
+def _lib_dev(lib, a, like):
+    if lib.__name__ == "torch":
+        return lib.as_tensor(a, device=like.device)
+    with like.device:
+        return lib.asarray(a)
+
+
+def matrix(X, name):
+    """(X, its NumPy dtype) after checking: 2-D, at least one column, float32 or float64."""
+    lib, Xt = _lib(X)
+    if Xt.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-D array (n_samples, n_features), got shape {tuple(Xt.shape)}")
+    if Xt.shape[1] == 0:
+        raise ValueError(f"{name}: expected at least 1 feature (column), got shape {tuple(Xt.shape)}")
+    dt = str(Xt.dtype).replace("torch.", "")
+    if dt not in ("float32", "float64"):
+        raise TypeError(f"{name}: expected float32 or float64, got {dt}")
+    return X, np.dtype(dt)
+
+
+def first_nonfinite(X):
+    """(row, column, value) of the first NaN or inf of X (n, d) in row-major order, or None."""
+    lib, Xt = _lib(X)
+    bad = ~lib.isfinite(Xt)
+    if not bool(bad.any()):
+        return None
+    flat = bad.reshape(-1)
+    idx = int(lib.argmax(flat.to(lib.uint8) if lib.__name__ == "torch" else flat))
+    r, c = divmod(idx, int(Xt.shape[1]))
+    return r, c, float(Xt[r, c])
+
+
+@_op
+def col_stats(X):
+    """(mean, m2, acc dtype): float64 (d,) column means and sums of squared deviations from
+    fastnn's kernel (csrc/cuda/stats.cu: every sum in float64, in a fixed order; one
+    device-to-host copy of the 2 d results). A NaN or inf in a column makes its mean or m2
+    non-finite."""
+    xa = _cuda_arg(X, "X")
+    n, d = xa.shape
+    with _on_device(xa.device):
+        out = DeviceArray((2, d), np.float64)
+        if d:
+            _C.cuda_col_stats(xa.dname, xa.ptr, n, d, d, out.ptr)
+        host = _host_copy(_Arg(out, out.ptr, out.shape, out.dtype, out.device, False))
+    return host[0].copy(), host[1].copy(), np.dtype(np.float64)
+
+
+def centered_gram(X, mean):
+    """(X - mean)^T (X - mean), (d, d) float64 on the host: the product of the values centered on
+    mean rounded to X's dtype, less c c^T / n for c their column sums (the rounding's share)."""
+    lib, Xt = _lib(X)
+    dtype = str(Xt.dtype).replace("torch.", "")
+    Xc = Xt - _lib_dev(lib, mean.astype(dtype), Xt)
+    corr = _lib_host(lib, Xc.sum(0)).astype(np.float64)
+    return _lib_host(lib, Xc.T @ Xc).astype(np.float64) - np.outer(corr, corr) / int(Xt.shape[0])
+
+
+def center_scale(X, shift, mul):
+    """(Y, nonfinite): Y = (X - shift) * mul per column, of X's kind; nonfinite: X held a NaN or inf."""
+    lib, Xt = _lib(X)
+    dtype = str(Xt.dtype).replace("torch.", "")
+    Y = (Xt - _lib_dev(lib, shift.astype(dtype), Xt)) * _lib_dev(lib, mul.astype(dtype), Xt)
+    return _lib_result(X, lib, Y), not bool(lib.isfinite(Xt).all())
+
+
+def scale_shift(X, mul, add):
+    """Y = X * mul + add per column, of X's kind."""
+    lib, Xt = _lib(X)
+    dtype = str(Xt.dtype).replace("torch.", "")
+    return _lib_result(X, lib, Xt * _lib_dev(lib, mul.astype(dtype), Xt) + _lib_dev(lib, add.astype(dtype), Xt))
+
+
+def centered_matmul(X, shift, P):
+    """Y = (X - shift) @ P, (n, k) of X's kind, for host shift (d,) and P (d, k)."""
+    lib, Xt = _lib(X)
+    dtype = str(Xt.dtype).replace("torch.", "")
+    Xc = Xt - _lib_dev(lib, shift.astype(dtype), Xt)
+    return _lib_result(X, lib, Xc @ _lib_dev(lib, P.astype(dtype), Xt))
+
+
+def matmul_bias(Y, Q, bias):
+    """X = Y @ Q + bias, (n, d) of Y's kind, for host Q (k, d) and bias (d,)."""
+    lib, Yt = _lib(Y)
+    dtype = str(Yt.dtype).replace("torch.", "")
+    return _lib_result(Y, lib, Yt @ _lib_dev(lib, Q.astype(dtype), Yt) + _lib_dev(lib, bias.astype(dtype), Yt))
+
+
+# augmentation (fastnn.augment): the batch operands are _Arg records (from `batch`, `empty`,
+# `view`); every kernel launches on fastnn's current stream on the batch's GPU.
+
+def batch(x, name, words):
+    """x as a float32/float64 CUDA batch record (its shape and dtype are checked by the caller)."""
+    _require_gpu()
+    return _cuda_arg(x, name)
+
+
+def contiguous(a):
+    """`a` itself (CUDA operands are C-contiguous: the reader refuses others)."""
+    return a
+
+
+def view(a, shape):
+    """The record `a` seen with another shape of the same size."""
+    a = _float_arg(a, "a")
+    return _Arg(a.obj, a.ptr, tuple(shape), a.dtype, a.device, a.readonly, a.stream)
+
+
+def out_batch(out, shape, like):
+    """out= of an augmentation: a writeable CUDA array of like's dtype and GPU with the result's shape."""
+    o = _cuda_arg(out, "out")
+    if o.dtype != like.dtype:
+        raise TypeError(f"out: expected {like.dtype}, got {o.dtype}")
+    if o.shape != tuple(shape):
+        raise ValueError(f"out: expected shape {tuple(shape)}, got {o.shape}")
+    if o.readonly:
+        raise ValueError("out: array is read-only")
+    _same_device([("x", like), ("out", o)])
+    return o
+
+
+def out_direct(out, src, in_place):
+    """Whether a kernel reading `src` may write `out` directly: disjoint, or exactly src when the
+    kernel works in place."""
+    if in_place and same_memory(out, src):
+        return True
+    return not _overlaps(out, src)
+
+
+def same_memory(a, b):
+    """Whether two records are the same device elements (same start, same size)."""
+    return a.ptr == b.ptr and a.nbytes == b.nbytes
+
+
+def copy_into(dst, src):
+    """dst[...] = src on the device (same size); overlapping memory goes through a temporary."""
+    with _on_device(dst.device):
+        if _overlaps(dst, src) and not same_memory(dst, src):
+            tmp = DeviceArray(src.shape, src.dtype)
+            _C.cuda_memcpy_dtod(tmp.ptr, src.ptr, src.nbytes)
+            _C.cuda_memcpy_dtod(dst.ptr, tmp.ptr, dst.nbytes)
+        elif not same_memory(dst, src):
+            _C.cuda_memcpy_dtod(dst.ptr, src.ptr, dst.nbytes)
+    _publish(dst)
+
+
+def shape_of(a):
+    """a's shape (its .shape, else its __cuda_array_interface__'s), read without touching the GPU."""
+    shape = getattr(a, "shape", None)
+    if shape is None:
+        shape = a.__cuda_array_interface__["shape"]
+    return tuple(int(d) for d in shape)
+
+
+def host_labels(y):
+    """Mixup labels from a CUDA array (integer labels or float soft targets), copied to the host."""
+    if isinstance(y, DeviceArray):
+        return y.numpy()
+    if getattr(y, "__cuda_array_interface__", None) is None and not hasattr(y, "__dlpack__"):
+        raise TypeError(f"y: expected labels as a NumPy array or a CUDA array with __cuda_array_interface__, got "
+                        f"{type(y).__name__}")
+    ya = _any_arg(y, "y")
+    return _host_copy(ya)
+
+
+@_op
+def augment_batch(x4, out4, geom, pad_mode, fill, flags, ints, factors):
+    """One fused crop/flip/jitter pass: x4 (N, C, H, W) float32 -> out4 (N, C, OH, OW) (disjoint);
+    ints (N, 5) int32 and factors (N, 3) float32 or None are host arrays (uploaded by _C)."""
+    xa, oa = _float_arg(x4, "x"), _float_arg(out4, "out")
+    N, C, H, W = xa.shape
+    with _on_device(xa.device):
+        _C.cuda_augment_batch(xa.ptr, oa.ptr, N, C, H, W, oa.shape[2], oa.shape[3], geom, pad_mode, fill, flags,
+                              ints, factors)
+    _publish(oa)
+
+
+@_op
+def gaussian_noise(x, out, seed, offset, std, clip):
+    """out = x + std * N(0, 1) per element of the float32 batch x (the CPU's stream positions; the
+    GPU's logf/cosf, within 3e-6 * std + 1 ulp of the CPU), clamped to [0, 1] with clip; out may be x."""
+    xa, oa = _float_arg(x, "x"), _float_arg(out, "out")
+    with _on_device(xa.device):
+        _C.cuda_gaussian_noise(xa.ptr, oa.ptr, xa.size, seed, offset, std, std != 0.0, clip)
+    _publish(oa)
+
+
+@_op
+def mixup_apply(x, perm, lam, out):
+    """out[i] = lam x[i] + (1 - lam) x[perm[i]] for the batch x (N, ...) float32/float64; perm a
+    host int64 (N,) (uploaded by _C); out disjoint from x."""
+    xa, oa = _float_arg(x, "x"), _float_arg(out, "out")
+    n = xa.shape[0]
+    with _on_device(xa.device):
+        _C.cuda_mixup_apply(xa.dtype.name, xa.ptr, perm, oa.ptr, n, xa.size // n if n else 0, lam, 1.0 - lam)
+    _publish(oa)

@@ -1,0 +1,137 @@
+// Device code of csrc/cuda/stats.cu: column means and sums of squared deviations of a row-major
+// (n, d) float32/float64 matrix, accumulated in float64. Plain C++ so that tests/cuda_emulation
+// compiles it for the host and checks it against the CPU's _C.col_stats and a NumPy float64
+// reference (tests/test_stats_cuda_emulated.py).
+//
+// Every value is taken as a deviation from the matrix's first row, v = x[i, j] - x[0, j] (in
+// double): sums of v and v^2 are then plain additions across row chunks (one shift for all), and
+// a large mean costs no accuracy (m2 = S2 - S1^2 / n loses only ~eps (1 + (mean - x0)^2 / var),
+// x0 being a sample). Two kernels, no atomics, so the bits depend only on (n, d):
+//   col_partial_kernel  grid (ceil(d / 32), chunks), 256 threads = 32 columns x 8 row lanes; lane
+//                       r of a chunk takes rows r, r + 8, ...; the 8 lanes are added in order
+//                       through shared memory; writes part[chunk] = (S1 (d,), S2 (d,))
+//   col_finish_kernel   one thread per column adds the chunks in order, writes mean and m2
+// A NaN or inf in a column makes its mean or m2 non-finite (the caller looks for it).
+// Also the per-column affine maps of preprocessing (center_scale_kernel, scale_shift_kernel),
+// with the CPU's roundings.
+#pragma once
+
+#include <cstdint>
+
+namespace fastnn {
+namespace cuda {
+namespace stats_detail {
+
+constexpr int kCols = 32;        // columns per block (one warp's lanes: coalesced row reads)
+constexpr int kRowLanes = 8;     // threads per column in a block
+constexpr int kThreads = kCols * kRowLanes;
+constexpr int64_t kChunkRows = 1024;  // rows per block (grows when n / kChunkRows > 65535)
+
+// x (n, d) with row stride ldx elements; part (chunks, 2, d) doubles; chunk c covers rows
+// [c * chunk_rows, min(n, (c + 1) * chunk_rows)).
+template <class T>
+__global__ void __launch_bounds__(kThreads)
+    col_partial_kernel(const T* __restrict__ x, int64_t n, int64_t d, int64_t ldx, int64_t chunk_rows,
+                       double* __restrict__ part) {
+  __shared__ double s1s[kRowLanes][kCols];
+  __shared__ double s2s[kRowLanes][kCols];
+  const int lane = static_cast<int>(threadIdx.x % kCols);
+  const int rl = static_cast<int>(threadIdx.x / kCols);
+  const int64_t col = static_cast<int64_t>(blockIdx.x) * kCols + lane;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.y) * chunk_rows;
+  const int64_t r1 = r0 + chunk_rows < n ? r0 + chunk_rows : n;
+  double s1 = 0.0, s2 = 0.0;
+  if (col < d) {
+    const double shift = static_cast<double>(x[col]);
+    for (int64_t r = r0 + rl; r < r1; r += kRowLanes) {
+      const double v = __dsub_rn(static_cast<double>(x[r * ldx + col]), shift);
+      s1 = __dadd_rn(s1, v);
+      s2 = __fma_rn(v, v, s2);
+    }
+  }
+  s1s[rl][lane] = s1;
+  s2s[rl][lane] = s2;
+  __syncthreads();
+  if (rl == 0 && col < d) {
+    double a = s1s[0][lane], b = s2s[0][lane];
+    for (int k = 1; k < kRowLanes; ++k) {
+      a = __dadd_rn(a, s1s[k][lane]);
+      b = __dadd_rn(b, s2s[k][lane]);
+    }
+    double* p = part + static_cast<int64_t>(blockIdx.y) * 2 * d;
+    p[col] = a;
+    p[d + col] = b;
+  }
+}
+
+// out (2, d): mean then m2 (sum of squared deviations, clamped at 0; NaN kept).
+template <class T>
+__global__ void __launch_bounds__(kThreads)
+    col_finish_kernel(const T* __restrict__ x, const double* __restrict__ part, int64_t chunks, int64_t n, int64_t d,
+                      double* __restrict__ out) {
+  const int64_t col = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (col >= d) return;
+  double s1 = 0.0, s2 = 0.0;
+  for (int64_t c = 0; c < chunks; ++c) {
+    s1 = __dadd_rn(s1, part[c * 2 * d + col]);
+    s2 = __dadd_rn(s2, part[c * 2 * d + d + col]);
+  }
+  const double nn = static_cast<double>(n);
+  const double shift = static_cast<double>(x[col]);
+  out[col] = __dadd_rn(shift, __ddiv_rn(s1, nn));
+  const double m2 = __dsub_rn(s2, __ddiv_rn(__dmul_rn(s1, s1), nn));
+  out[d + col] = m2 < 0.0 ? 0.0 : m2;
+}
+
+__device__ __forceinline__ float sub_rn(float a, float b) { return __fsub_rn(a, b); }
+__device__ __forceinline__ double sub_rn(double a, double b) { return __dsub_rn(a, b); }
+__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
+__device__ __forceinline__ float fma_rn(float a, float b, float c) { return __fmaf_rn(a, b, c); }
+__device__ __forceinline__ double fma_rn(double a, double b, double c) { return __fma_rn(a, b, c); }
+
+// y (n, d) = (x - shift) * mul per column, two roundings as the CPU's center_scale (bit for bit);
+// x rows at stride ldx, y C-contiguous; *bad = 1 when x holds a NaN or inf (x * 0 != 0). One
+// thread per element, grid-stride over n * d.
+template <class T>
+__global__ void __launch_bounds__(kThreads)
+    center_scale_kernel(const T* __restrict__ x, int64_t ldx, T* __restrict__ y, int64_t n, int64_t d,
+                        const T* __restrict__ shift, const T* __restrict__ mul, int* __restrict__ bad) {
+  const int64_t total = n * d;
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < total; e += step) {
+    const int64_t r = e / d, j = e - r * d;
+    const T v = x[r * ldx + j];
+    if (!(mul_rn(v, T(0)) == T(0))) *bad = 1;  // (every writer stores the same value)
+    y[e] = mul_rn(sub_rn(v, shift[j]), mul[j]);
+  }
+}
+
+// y (n, d) = x * mul + add per column, one FMA as the CPU's scale_shift (bit for bit).
+template <class T>
+__global__ void __launch_bounds__(kThreads)
+    scale_shift_kernel(const T* __restrict__ x, int64_t ldx, T* __restrict__ y, int64_t n, int64_t d,
+                       const T* __restrict__ mul, const T* __restrict__ add) {
+  const int64_t total = n * d;
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < total; e += step) {
+    const int64_t r = e / d, j = e - r * d;
+    y[e] = fma_rn(x[r * ldx + j], mul[j], add[j]);
+  }
+}
+
+// Rows per chunk for n rows: kChunkRows, or more (a multiple of kRowLanes) so that the chunk
+// count fits gridDim.y (65535).
+inline int64_t chunk_rows_for(int64_t n) {
+  int64_t rows = kChunkRows;
+  const int64_t max_chunks = 65535;
+  if ((n + rows - 1) / rows > max_chunks) {
+    rows = (n + max_chunks - 1) / max_chunks;
+    rows = (rows + kRowLanes - 1) / kRowLanes * kRowLanes;
+  }
+  return rows;
+}
+
+}  // namespace stats_detail
+}  // namespace cuda
+}  // namespace fastnn
