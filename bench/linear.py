@@ -266,8 +266,8 @@ def main():
         else:
             child(a.child, a.shapes, a.min_time, not a.no_torch, a.bt, not a.no_bf16)
         return
-    print("openblas: OPENBLAS_CORETYPE=%s OPENBLAS_L2_SIZE=%s" %
-          (os.environ.get("OPENBLAS_CORETYPE", "(unset)"), os.environ.get("OPENBLAS_L2_SIZE", "(unset)")))
+    print(f"openblas: OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')} "
+          f"OPENBLAS_L2_SIZE={os.environ.get('OPENBLAS_L2_SIZE', '(unset)')}")
     peak = None if a.no_peak or a.layers else measure_peak()
     if peak:
         print(f"peak (bench/peak_cpu.cpp, one core, best of 3): clock {peak['ghz']:.2f} GHz; float32 FMA "

@@ -211,7 +211,8 @@ def main():
                   f"{'met' if rows[0][1] < graph else 'NOT met'}; vs eager {eager / rows[0][1]:.2f}x"
                   + (f" ({'met' if eager / rows[0][1] >= 7.8 else 'NOT met'} >= 7.8x)" if bs == 128 else ""))
             gap = max(abs(r[2] - rows[0][2]) for r in rows[1:]) * 100
-            print(f"goal accuracies within 0.5 point at batch {bs}: {gap:.2f} points {'met' if gap <= 0.5 else 'NOT met'}")
+            verdict = "met" if gap <= 0.5 else "NOT met"
+            print(f"goal accuracies within 0.5 point at batch {bs}: {gap:.2f} points {verdict}")
     return 0
 
 

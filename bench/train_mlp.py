@@ -70,8 +70,8 @@ def run_fastnn(data_dir, threads):
     import numpy as np
 
     import fastnn
-    from fastnn import benchmark, nn, optim
     import fastnn.functional as F
+    from fastnn import benchmark, nn, optim
 
     fastnn.set_num_threads(threads)
     Xtr, ytr, Xte, yte, params = _load(data_dir)
@@ -184,7 +184,6 @@ def run_estimator(data_dir, threads):
 def run_torch(data_dir, threads, autocast=False):
     import contextlib
 
-    import numpy as np
     import torch
 
     torch.set_num_threads(threads)
@@ -230,7 +229,6 @@ def run_torch_bf16(data_dir, threads):
 def run_torch_shuffled(data_dir, threads):
     """PyTorch's usual loop: a fresh permutation per epoch, each batch gathered by index
     (what DataLoader(shuffle=True) does for a TensorDataset, without its worker overhead)."""
-    import numpy as np
     import torch
 
     torch.set_num_threads(threads)
@@ -454,7 +452,8 @@ def main():
         ver = results[n][0].get("version", "")
         ratio = f"{best['fastnn'] / best[n]:.2f}x" if "fastnn" in best else "-"
         accs = sorted({round(r["acc"] * 100, 2) for r in results[n]})
-        print(f"{LABELS[n] + (' ' + ver if ver else ''):<24} {best[n]:>17,.0f} {min(rate[n]):>8,.0f}-{max(rate[n]):<8,.0f} "
+        label = LABELS[n] + (" " + ver if ver else "")
+        print(f"{label:<24} {best[n]:>17,.0f} {min(rate[n]):>8,.0f}-{max(rate[n]):<8,.0f} "
               f"{'/'.join(f'{x:.2f}' for x in accs):>8}% {ratio:>9}")
     if "fastnn" in best:
         for n, goal in (("torch", 2.0), ("sklearn", 2.5)):

@@ -9,9 +9,10 @@ tested by tests/test_train_cuda_emulated.py (host emulation) and tests/test_cuda
 
 from __future__ import annotations
 
+import pytest
+
 import fastnn
 import fastnn.cuda as fc
-import pytest
 
 C = fastnn._C
 COMPILED = bool(C.cuda_compiled)

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import sys
 
-import fastnn
-import fastnn.cuda as fc
 import numpy as np
 import pytest
+
+import fastnn
+import fastnn.cuda as fc
 from fastnn import nn, optim
 from fastnn.checkpoint import load_model, read_checkpoint, save_model
 from fastnn.parameter import Parameter, canonical_device, parse_device
@@ -120,7 +121,7 @@ def test_checkpoint_records_the_device_and_loads_on_the_cpu(tmp_path):
         back = load_model(tmp_path / "m.npz", device=dev)
         want = "cpu" if dev != "auto" else canonical_device("auto", allow_auto=True)
         assert {p.device for p in back.parameters()} == {want}
-        for (k, p), (_, q) in zip(back.named_parameters(), m.named_parameters()):
+        for (_k, p), (_, q) in zip(back.named_parameters(), m.named_parameters()):
             np.testing.assert_array_equal(host(p.data), q.data)
 
 

@@ -700,3 +700,27 @@ def test_a_launch_on_another_stream_during_a_capture_is_refused(stream):
     assert _C.current_stream() == 0
     _C.cuda_counter_add(c.ptr, 1)  # no capture left running
     _same(c.read(), [1])
+
+
+class _DevArray(Dev):
+    """Dev with __cuda_array_interface__ (what functional.dropout's seed_offset= takes)."""
+
+    @property
+    def __cuda_array_interface__(self):
+        return {"shape": self.host.shape, "typestr": self.host.dtype.str, "data": (self.ptr, False), "version": 3,
+                "strides": None, "stream": None}
+
+
+def test_functional_dropout_with_device_seed_offset_advances_it_like_the_cpu(rng):
+    # The CPU path moves its offset past the n positions it drew; the device (seed, offset) must
+    # move too, else a replayed step (or the next call) repeats the same mask.
+    import fastnn.functional as F
+    n, dt = 300, np.float32
+    x = rng.standard_normal(n).astype(dt)
+    xd = fc.to_device(x)
+    state = _DevArray(np.array([5, 100], np.uint64))
+    y1 = F.dropout(xd, 0.5, seed_offset=state).numpy()
+    _same(y1, F.dropout(x, 0.5, seed=5, offset=100))
+    _same(state.read(), np.array([5, 100 + n], np.uint64))
+    y2 = F.dropout(xd, 0.5, seed_offset=state).numpy()
+    _same(y2, F.dropout(x, 0.5, seed=5, offset=100 + n))

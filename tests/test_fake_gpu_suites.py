@@ -13,8 +13,9 @@ import re
 import subprocess
 import sys
 
-import fastnn
 import pytest
+
+import fastnn
 
 HERE = pathlib.Path(__file__).resolve().parent
 SUITES = ["test_optim_cuda.py", "test_losses_cuda.py", "test_augment_cuda.py", "test_backend_cuda.py",

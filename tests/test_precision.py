@@ -13,13 +13,14 @@ across its own thread counts.
 
 from __future__ import annotations
 
-import fastnn
-import fastnn.functional as F
 import numpy as np
 import pytest
+from test_gemm_bf16 import AMX, check_bits, emulate, round_bf16
+
+import fastnn
+import fastnn.functional as F
 from fastnn import _C, nn
 from fastnn.train import Trainer
-from test_gemm_bf16 import AMX, check_bits, emulate, round_bf16
 
 
 @pytest.fixture(autouse=True)

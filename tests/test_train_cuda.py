@@ -11,9 +11,10 @@ one read per epoch (the loss/accuracy sums, the parameter check and the steps' l
 
 from __future__ import annotations
 
-import fastnn
 import numpy as np
 import pytest
+
+import fastnn
 from fastnn import _C, nn, schedules
 from fastnn import train as train_mod
 from fastnn._backend import backend_of

@@ -22,6 +22,7 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
+
 from fastnn import _C
 from fastnn._backend import cuda as backend_cuda
 from fastnn._backend.common import optim_table

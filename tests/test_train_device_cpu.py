@@ -7,9 +7,10 @@ optimizer state and random stream of the epoch's start."""
 
 from __future__ import annotations
 
-import fastnn
 import numpy as np
 import pytest
+
+import fastnn
 from fastnn import _C, nn, optim
 from fastnn.regularization import penalty
 from fastnn.train import Trainer, TrainingDivergedWarning

@@ -9,11 +9,8 @@ the scalar mode of the same kernel)."""
 
 from __future__ import annotations
 
-import fastnn.cuda as fc
 import numpy as np
 import pytest
-from fastnn import _C
-from fastnn._backend.common import optim_table
 from test_train_cuda_emulated import (
     FILL,
     UINT,
@@ -22,6 +19,10 @@ from test_train_cuda_emulated import (
     make_src,
     metrics_ref,
 )
+
+import fastnn.cuda as fc
+from fastnn import _C
+from fastnn._backend.common import optim_table
 
 pytestmark = pytest.mark.skipif(not fc.is_available(), reason="no CUDA GPU available")
 

@@ -77,7 +77,7 @@ void gram(LDType dt, const void* x, int64_t n, int64_t d, void* g) {
   require_cublaslt();
   // Column-major, cuBLASLt's view: x in memory is X^T (d x n, ld d); D (d x d) = X^T (X^T)^T.
   GemmCall c{dt, /*transa=*/false, /*transb=*/true, d, d, n, x, d, x, d, g, d};
-  c.tf32 = false;
+  c.math = kLtMathF32;  // no TF32 whatever the precision setting: a Gram product feeds the whitening
   c.stream = current_stream();
   gemm(c);
 }

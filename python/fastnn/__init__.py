@@ -5,16 +5,28 @@
     >>> F.tanh(np.linspace(-3, 3, 7, dtype=np.float32))
 """
 
-from . import _C
-from . import augment
-from . import functional
-from . import random
-from . import datasets, diagnostics, init, losses, nn, optim, regularization, schedules, search, transfer, validation
-from . import ensemble, preprocessing, recipe
-from . import train  # fastnn.estimators is imported on demand (it looks for scikit-learn)
-from .parameter import Parameter
+from . import (
+    _C,
+    augment,
+    datasets,
+    diagnostics,
+    ensemble,
+    functional,
+    init,
+    losses,
+    nn,
+    optim,
+    preprocessing,
+    random,
+    recipe,
+    regularization,
+    schedules,
+    search,
+    train,  # fastnn.estimators is imported on demand (it looks for scikit-learn)
+    transfer,
+    validation,
+)
 from ._precision import get_matmul_precision, matmul_precision, set_matmul_precision
-from .random import Generator, manual_seed
 from ._runtime import (
     build_info,
     empty_cache,
@@ -24,6 +36,8 @@ from ._runtime import (
     set_cpu_capability,
     set_num_threads,
 )
+from .parameter import Parameter
+from .random import Generator, manual_seed
 
 __version__ = _C.__version__
 

@@ -130,6 +130,7 @@ def _recipe(args) -> int:
     import time
 
     import fastnn
+
     from . import nn, recipe, search
 
     for name in ("trials", "search_epochs", "epochs", "batch_size"):
@@ -195,6 +196,7 @@ def _train(args) -> int:
     import numpy as np
 
     import fastnn
+
     from . import nn, recipe
     from .preprocessing import Standardize
     from .train import Trainer

@@ -47,7 +47,9 @@ network lives there from fit on: each batch is uploaded once (gathered on the ho
 random_state's order), the GEMMs, backward pass and optimizer update run on the device, and the
 batch's logits (n_batch x n_outputs) come back for scikit-learn's float64 output activation, loss
 and delta, which go up again (n_batch x n_outputs); the L2 penalty's ||W||^2 is summed on the
-device (float64 accumulation, as on the CPU; with alpha > 0 one float per layer comes back per batch). predict / predict_proba / score upload X in chunks
+device (float64 accumulation,
+        as on the CPU; with alpha > 0 one float per layer comes back per batch). predict / predict_proba / score
+        upload X in chunks
 of 4096 rows and return NumPy. The same kernels in the same order on every device: on the fake GPU
 of tests/cuda_emulation a fit is bit-identical to the CPU fit. Fitted attributes are NumPy:
 coefs_ and intercepts_ are host copies when the model is on a GPU (assign coefs_ / intercepts_ to
@@ -70,10 +72,9 @@ import warnings
 
 import numpy as np
 
-from . import cuda as _cuda
+from . import _precision
 from . import nn as _nn
 from . import optim as _optim
-from . import _precision
 from . import schedules as _schedules
 from ._backend import backend_of
 from ._params import ParamsMixin

@@ -523,7 +523,7 @@ class Sequential(Module):
     def forward(self, x):
         i = 0
         try:
-            for i, m in enumerate(self.layers):
+            for i, m in enumerate(self.layers):  # noqa: B007 (i names the failing layer below)
                 x = m.forward(x)
         except MixedDeviceError as e:
             raise e.within(i) from None

@@ -21,7 +21,8 @@ gradient l1 * sign(w) + l2 * w.
         (l1/l2, if given, are still added to the gradient).
 
 Parameters with ``requires_grad=False`` are skipped (frozen); a parameter's ``lr_scale``
-multiplies the learning rate for it. The learning rate is ``opt.lr`` (settable between steps, e.g. by a fastnn.schedules schedule:
+multiplies the learning rate for it. The learning rate is ``opt.lr`` (settable between steps,
+                                                                      e.g. by a fastnn.schedules schedule:
 ``opt.lr = schedule(step, opt.base_lr)``); ``base_lr`` is the one given at construction.
 ``state_dict()`` / ``load_state_dict()`` round-trip hyperparameters, lr, step count and copies
 of every state array. ``create(name, params, **kwargs)`` builds one by name.

@@ -177,7 +177,7 @@ def diagnose(history, *, n_classes=None, thresholds=None):
         out.append(Finding("lr_too_high", "the loss became NaN/inf", "lower the learning rate (try 3-10x smaller) "
                            "or check the init", {"first_nonfinite_step": first_bad}))
         return out
-    first, last, best = float(steps[0]), float(np.mean(steps[-max(1, len(steps) // 20):])), float(steps.min())
+    first, last = float(steps[0]), float(np.mean(steps[-max(1, len(steps) // 20):]))
     if last > first * 1.05:
         out.append(Finding("lr_too_high", "the loss ends above where it started",
                            "lower the learning rate (try 3-10x smaller)", {"first_loss": first, "final_loss": last}))
@@ -342,8 +342,9 @@ def _positive(v, name, kind=int):
 
 def _pyplot(what):
     try:
-        import matplotlib
         import sys
+
+        import matplotlib
         if "matplotlib.pyplot" not in sys.modules:
             matplotlib.use("Agg")
         import matplotlib.pyplot as plt
@@ -644,7 +645,8 @@ def run(model_fn, X, y, *, out_dir, params=None, space=None, test_fraction=0.2, 
 
     ``device``: "cpu", "cuda", "cuda:N" or "auto" (the GPU when one is usable): where step 1's
     forward pass runs and the Trainers of steps 2 and 4-7 train and evaluate (Trainer(device=...));
-    step 3's LR range test (its own short loop) trains a copy on the CPU. Asking for a GPU where none is usable is a RuntimeError before any work."""
+    step 3's LR range test (its own short loop) trains a copy on the CPU. Asking for a GPU where none is
+    usable is a RuntimeError before any work."""
     import os
 
     from . import search
@@ -692,9 +694,10 @@ def run(model_fn, X, y, *, out_dir, params=None, space=None, test_fraction=0.2, 
         scaler = Standardize().fit(X[tr])
         X = scaler.transform(X)
     Xtr, ytr, Xfit, yfit, Xval, yval, Xte, yte = X[tr], y[tr], X[fit_i], y[fit_i], X[val_i], y[val_i], X[te], y[te]
-    md = [f"# Training recipe report", "",
+    md = ["# Training recipe report", "",
           f"Data: {len(X)} samples, {X.shape[1]} features, {n_classes} classes; {len(fit_i)} train / {len(val_i)} "
-          f"validation / {len(te)} held-out test (seed {seed}){'; standardized with training statistics' if standardize else ''}.",
+          f"validation / {len(te)} held-out test (seed {seed})"
+          f"{'; standardized with training statistics' if standardize else ''}.",
           ""]
     files = []
 

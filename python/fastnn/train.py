@@ -84,7 +84,8 @@ of the optimizer's per-step values (learning rate from the schedule, Adam's bias
 then runs every step on the device: a gather kernel copies the batch's rows into fixed buffers (the
 position in the permutation is a device counter), forward, loss, backward and the fused optimizer
 update (with the L1/L2 penalty) run on fixed buffers, the loss, hits and a non-finite flag
-accumulate in device memory (and each step's loss goes into a device array of the epoch's steps), dropout and DropConnect read their Philox offset from device memory,
+accumulate in device memory (and each step's loss goes into a device array of the epoch's steps),
+dropout and DropConnect read their Philox offset from device memory,
 and the counters advance on the device. The step is captured once per batch shape as a CUDA graph
 and replayed, so an epoch is a loop of graph launches without any copy or synchronization; the
 host reads the epoch's figures once at its end (and, for a progress bar, at most four times a
@@ -1003,7 +1004,8 @@ class _Layer:
             self.p = module.p
             self.thr, self.dscale = checks.threshold_scale(module.p, dtype) if module.p > 0 else (0, 1.0)
         else:
-            raise TypeError(f"model: training on the GPU takes a Sequential of Linear, activation (Sigmoid, Tanh, ReLU, "
+            raise TypeError(f"model: training on the GPU takes a Sequential of Linear, activation "
+                            f"(Sigmoid, Tanh, ReLU, "
                             f"LeakyReLU, ELU, SELU) and Dropout layers; got a {name} layer (train it with "
                             f"device='cpu')")
 
@@ -1036,7 +1038,8 @@ class _DevicePlan:
         for L in self.layers:
             if L.kind == "linear":
                 if width is not None and width != L.k:
-                    raise ValueError(f"model: a Linear layer takes {L.k} features but the layer before it gives {width}")
+                    raise ValueError(f"model: a Linear layer takes {L.k} features but the layer before it "
+                                     f"gives {width}")
                 width = L.n
             L.width_out = width
         self.d_in = next(L.k for L in self.layers if L.kind == "linear")
@@ -1354,7 +1357,7 @@ class _DeviceRun:
         _C.cuda_gather_rows("float64", self.losses, S + 1, 1, self.shift_idx.ptr, self.zero, S, self.shifted.ptr)
         _C.cuda_memcpy_dtod(self.losses, self.shifted.ptr, 8 * S)
         p.backward(B, g, self.rng)
-        for i, w, gr, gi, args in self.updates:
+        for _i, w, gr, gi, args in self.updates:
             tab = self.offsets[gi]
             if self.adam:
                 mp, vp, b1, b2, eps, l2, l1, dec = args
@@ -1506,7 +1509,7 @@ class _DeviceRun:
         if self.t.schedule is not None:
             opt.lr = lrs[done - 1]
         if self.adam:
-            for i, w, g, gi, args in self.updates:
+            for i, _w, _g, _gi, _args in self.updates:
                 opt.state[i]["step"] = opt.state[i].get("step", 0) + done
         for grp in self.groups:  # the next epoch's table starts where this one stopped
             grp[2] = grp[2] + done if grp[0] == "adam" else False

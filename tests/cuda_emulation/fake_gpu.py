@@ -52,8 +52,9 @@ import shutil
 import subprocess
 import tempfile
 
-import fastnn
 import numpy as np
+
+import fastnn
 
 _C = fastnn._C
 _HERE = pathlib.Path(__file__).resolve().parent

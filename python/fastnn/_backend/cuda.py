@@ -145,7 +145,8 @@ def _torch_operand(a, name: str):
         return None
     dname = _TORCH_DTYPES.get(str(a.dtype).replace("torch.", ""))
     if dname is None:
-        raise TypeError(f"{name}: expected float32, float64 or bfloat16 (int32/int64 labels, uint8 masks), got {a.dtype}")
+        raise TypeError(f"{name}: expected float32, float64 or bfloat16 (int32/int64 labels, uint8 masks), "
+                        f"got {a.dtype}")
     if not a.is_contiguous():
         raise ValueError(f"{name}: expected a C-contiguous CUDA array, got shape {tuple(a.shape)} with strides "
                          f"{tuple(a.stride())}; make it contiguous first (e.g. x.contiguous() in PyTorch)")
@@ -466,15 +467,19 @@ def _dropout(x, p, training, seed, offset, out, seed_offset=None):
         return _identity(xa, out, o)
     thr, scale = checks.threshold_scale(p, xa.dtype)
     if seed_offset is not None:
-        # (seed, offset) read by the kernel from device memory, which it advances by n: a replayed
-        # graph draws a new mask each time.
+        # (seed, offset) read by the kernel from device memory, then advanced by n by a second kernel
+        # on the same stream (as the CPU path advances its offset): a replayed graph draws a new mask
+        # each time.
         sptr, sshape, sdtype, sdev = _label_arg(seed_offset, "seed_offset")
         if sdtype != np.dtype(np.uint64) or sshape != (2,):
             raise TypeError(f"seed_offset: expected a uint64 CUDA array of shape (2,), got {sdtype} {sshape}")
         if sdev != xa.device:
             raise ValueError(f"seed_offset is on cuda:{sdev} but x is on cuda:{xa.device}")
-        return _run(out, xa, [xa], lambda y: _C.cuda_dropout_apply_dev(
-            xa.dname, xa.ptr, y, xa.size, sptr, 0, thr, scale), o)
+        def launch(y):
+            _C.cuda_dropout_apply_dev(xa.dname, xa.ptr, y, xa.size, sptr, 0, thr, scale)
+            _C.cuda_rng_advance(sptr, xa.size)
+
+        return _run(out, xa, [xa], launch, o)
     seed, offset = checks.seed_offset(seed, offset, xa.size)
     return _run(out, xa, [xa], lambda y: _C.cuda_dropout_apply(
         xa.dname, xa.ptr, y, xa.size, seed, offset, thr, scale), o)
@@ -810,7 +815,8 @@ def _linear_backward(grad_output, x, weight, saved, negative_slope, alpha, prelu
             xa.dname, M, N, K, ga.ptr, xa.ptr, wa.ptr, act, slope, alpha_, act_scale,
             pa.ptr if pa is not None else 0, pa.size if pa is not None else 0, saved_ptr,
             mask.ptr if mask is not None else 0, data.get("mask_ld", 0), seed, offset, drop, thr, scale, dc, dthr,
-            dscale, gx.ptr if gx is not None else 0, gw.ptr, gb.ptr if gb is not None else 0, gp.ptr if gp is not None else 0, _precision.cuda_math())
+            dscale, gx.ptr if gx is not None else 0, gw.ptr, gb.ptr if gb is not None else 0,
+            gp.ptr if gp is not None else 0, _precision.cuda_math())
     p_like = prelu_weight if (pa is not None and not isinstance(prelu_weight, numbers.Real)) else x
     return (_result_like(gx, xa.obj) if gx is not None else None, _result_like(gw, wa.obj),
             _result_like(gb, wa.obj) if gb is not None else None,
