@@ -27,7 +27,7 @@ no_gpu = pytest.mark.skipif(HAS_GPU, reason="a GPU is available (tests/test_cuda
 WHEEL_DIRS = sorted({d for p in sys.path if p for d in glob.glob(os.path.join(p, "nvidia", "*", "lib"))})
 WHEEL_LIB = next((os.path.join(d, "libcublasLt.so.13") for d in WHEEL_DIRS
                   if os.path.exists(os.path.join(d, "libcublasLt.so.13"))), None)
-needs_wheel = pytest.mark.skipif(WHEEL_LIB is None or not _C.cuda_cublaslt_compiled(),
+needs_wheel = pytest.mark.skipif(WHEEL_LIB is None or not COMPILED or not _C.cuda_cublaslt_compiled(),
                                  reason="the nvidia-cublas wheel (libcublasLt.so.13) is not installed here")
 
 

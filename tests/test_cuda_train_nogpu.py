@@ -119,7 +119,8 @@ SGD = ("float32", A, A, A, 4, 0.0, 0.9, 0.0, 0.0, 0.0, False, False)
 ADAM = ("float64", A, A, A, A, 4, 0.0, 0.9, 0.999, 1e-8, 0.0, 0.0, 0.0, 1)
 
 
-@pytest.mark.parametrize("step,args", [(C.cuda_sgd_step, SGD), (C.cuda_adam_step, ADAM)], ids=["sgd", "adam"])
+@pytest.mark.parametrize("step,args", [(getattr(C, "cuda_sgd_step", None), SGD),  # (absent in CPU builds)
+                                       (getattr(C, "cuda_adam_step", None), ADAM)], ids=["sgd", "adam"])
 def test_table_mode_argument_checks(step, args):
     with pytest.raises(ValueError, match="counter_ptr: expected the device uint64 row counter of table_ptr, got 0"):
         step(*args, table_ptr=A)
