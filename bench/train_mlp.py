@@ -60,6 +60,18 @@ def _load(data_dir):
     return X[:N_TRAIN], y[:N_TRAIN], X[N_TRAIN:], y[N_TRAIN:], params
 
 
+
+def _torch_model(torch, params):
+    """The PyTorch MLP of both torch rows, from the shared initial weights."""
+    layers = []
+    for i, (W, b) in enumerate(params):
+        lin = torch.nn.Linear(W.shape[1], W.shape[0])
+        with torch.no_grad():
+            lin.weight.copy_(torch.from_numpy(W))
+            lin.bias.copy_(torch.from_numpy(b))
+        layers += [lin, torch.nn.ReLU()] if i < len(params) - 1 else [lin]
+    return torch.nn.Sequential(*layers)
+
 def _batches(n):
     return [(i, min(n, i + BATCH)) for i in range(0, n, BATCH)]
 
@@ -191,14 +203,7 @@ def run_torch(data_dir, threads, autocast=False):
     Xt, yt = torch.from_numpy(Xtr), torch.from_numpy(ytr)
 
     def build():
-        layers = []
-        for i, (W, b) in enumerate(params):
-            lin = torch.nn.Linear(W.shape[1], W.shape[0])
-            with torch.no_grad():
-                lin.weight.copy_(torch.from_numpy(W))
-                lin.bias.copy_(torch.from_numpy(b))
-            layers += [lin, torch.nn.ReLU()] if i < len(params) - 1 else [lin]
-        return torch.nn.Sequential(*layers)
+        return _torch_model(torch, params)
 
     def epoch(model, n_batches=None):
         opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
@@ -237,14 +242,7 @@ def run_torch_shuffled(data_dir, threads):
     Xt, yt = torch.from_numpy(Xtr), torch.from_numpy(ytr)
 
     def build():
-        layers = []
-        for i, (W, b) in enumerate(params):
-            lin = torch.nn.Linear(W.shape[1], W.shape[0])
-            with torch.no_grad():
-                lin.weight.copy_(torch.from_numpy(W))
-                lin.bias.copy_(torch.from_numpy(b))
-            layers += [lin, torch.nn.ReLU()] if i < len(params) - 1 else [lin]
-        return torch.nn.Sequential(*layers)
+        return _torch_model(torch, params)
 
     def epoch(model, n_batches=None):
         opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
