@@ -176,6 +176,14 @@ def test_bad_data(digits):
     Xn[2, 3] = np.inf
     with pytest.raises(ValueError, match="finite.*inf"):
         clf.fit(Xn, y[:20])
+    Xn[2, 3], Xn[7, 1] = 0.0, np.nan  # the threaded check names the first bad element, row-major
+    Xn[9, 0] = np.inf
+    with pytest.raises(ValueError, match=r"got nan at \[7, 1\]"):
+        clf.fit(Xn, y[:20])
+    X64 = X[:20].astype(np.float64)
+    X64[4, 5] = 1e39  # finite in float64, inf in the float32 fastnn trains in
+    with pytest.raises(ValueError, match=r"1e\+39 \(beyond float32's range\) at \[4, 5\]"):
+        clf.fit(X64, y[:20])
     with pytest.raises(ValueError, match="X and y: expected the same number of rows, got X 20 and y 19"):
         clf.fit(X[:20], y[:19])
     with pytest.raises(ValueError, match="0 sample"):

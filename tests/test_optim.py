@@ -344,3 +344,46 @@ def test_fused_penalty_equals_explicit_gradient(capability, rng):
     b.grad[...] = g + penalty_grad(w0, 0.01, 0.05)
     optim.SGD([b], lr=0.1).step()
     np.testing.assert_allclose(a.data, b.data, rtol=1e-15, atol=1e-16)
+
+
+# ---- sumsq: the squared norm of the updated weights off the update's own pass -------------------
+# Tolerance: float32 squares summed 16 to a lane in float32, then in float64: each block of 16
+# terms loses at most ~16 ulp (2^-20 relative), so rtol 2e-6 against the float64 sum of the
+# float64 squares of the same float32 weights; float64 weights: rtol 1e-13.
+SUMSQ_TOL = {np.float32: 2e-6, np.float64: 1e-13}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name, kw", [("sgd", dict(lr=0.05)), ("sgd", dict(lr=0.05, momentum=0.9)),
+                                      ("sgd", dict(lr=0.05, momentum=0.9, nesterov=True, l2=1e-2)),
+                                      ("adam", dict(lr=1e-2)), ("adamw", dict(lr=1e-2, l1=1e-3))])
+def test_step_sumsq_is_the_squared_norm_of_the_updated_weights(capability, rng, dtype, name, kw):
+    # odd sizes: masked tails; (3, 7): a tail-only parameter; 40_003: several 16384-element blocks
+    params = make_params(rng, dtype, SHAPES + [(40_003,)])
+    params.append(Parameter(rng.standard_normal((5, 5)).astype(dtype), requires_grad=False))  # frozen, counted
+    params.append(Parameter(np.zeros((0, 4), dtype)))  # empty: adds 0
+    opt = optim.create(name, params, **kw)
+    for step in range(3):
+        for p in params:
+            p.grad = rng.standard_normal(p.shape).astype(dtype)
+        got = opt.step(sumsq=True)
+        want = sum(float(np.sum(p.data.astype(np.float64) ** 2)) for p in params if p.regularize)
+        assert isinstance(got, float)
+        np.testing.assert_allclose(got, want, rtol=SUMSQ_TOL[dtype], err_msg=f"step {step}")
+    assert opt.step() is None  # (not asked: nothing read)
+
+
+def test_step_sumsq_is_identical_on_any_thread_count_and_nonfinite_shows(restore_num_threads, rng):
+    base = rng.standard_normal(400_003).astype(np.float32)
+    g = rng.standard_normal(base.shape).astype(np.float32)
+    got = []
+    for threads in (1, 2, 3):
+        fastnn.set_num_threads(threads)
+        p = Parameter(base.copy())
+        p.grad[...] = g
+        got.append(optim.SGD([p], lr=0.1, momentum=0.9).step(sumsq=True))
+    assert got[0] == got[1] == got[2]
+    p = Parameter(base.copy())
+    p.grad[...] = g
+    p.grad[7] = np.inf
+    assert optim.SGD([p], lr=0.1).step(sumsq=True) == np.inf

@@ -304,7 +304,7 @@ void register_cuda_ops(py::module_& parent) {
   m.def(
       "sgd_step",
       [](py::object w_o, py::object g_o, py::object buf_o, double lr, double momentum, double dampening, double l2,
-         double l1, bool nesterov, bool first) {
+         double l1, bool nesterov, bool first, bool sumsq) -> py::object {
         const DevArg w = dev_arg(w_o, "param", true), g = dev_arg(g_o, "grad", false);
         const DType dt = float_of(w, "param");
         same(w, "param", g, "grad");
@@ -315,19 +315,25 @@ void register_cuda_ops(py::module_& parent) {
           same(w, "param", buf, "momentum_buffer");
         }
         const SgdArgs a = sgd_args(lr, momentum, dampening, l2, l1, nesterov, first);
-        py::gil_scoped_release nogil;
-        dispatch_float(dt, [&](auto zero) {
-          using T = decltype(zero);
-          cuda::sgd_step(P<T>(w), P<const T>(g), momentum != 0.0 ? P<T>(buf) : nullptr, w.size, a);
-        });
+        double total = 0.0;
+        {
+          py::gil_scoped_release nogil;
+          dispatch_float(dt, [&](auto zero) {
+            using T = decltype(zero);
+            cuda::sgd_step(P<T>(w), P<const T>(g), momentum != 0.0 ? P<T>(buf) : nullptr, w.size, a);
+            if (sumsq) total = cuda::squared_error(P<const T>(w), nullptr, nullptr, w.size, 1.0).value;
+          });
+        }
+        return sumsq ? py::object(py::float_(total)) : py::object(py::none());
       },
       py::arg("param"), py::arg("grad"), py::arg("momentum_buffer"), py::arg("lr"), py::arg("momentum"),
-      py::arg("dampening"), py::arg("l2"), py::arg("l1"), py::arg("nesterov"), py::arg("first"));
+      py::arg("dampening"), py::arg("l2"), py::arg("l1"), py::arg("nesterov"), py::arg("first"),
+      py::arg("sumsq") = false);
 
   m.def(
       "adam_step",
       [](py::object w_o, py::object g_o, py::object m_o, py::object v_o, double lr, double beta1, double beta2,
-         double eps, double l2, double l1, double decoupled, int64_t step) {
+         double eps, double l2, double l1, double decoupled, int64_t step, bool sumsq) -> py::object {
         const DevArg w = dev_arg(w_o, "param", true), g = dev_arg(g_o, "grad", false),
                      mm = dev_arg(m_o, "exp_avg", true), vv = dev_arg(v_o, "exp_avg_sq", true);
         const DType dt = float_of(w, "param");
@@ -335,14 +341,20 @@ void register_cuda_ops(py::module_& parent) {
         same(w, "param", mm, "exp_avg");
         same(w, "param", vv, "exp_avg_sq");
         const AdamArgs a = adam_args(lr, beta1, beta2, eps, l2, l1, decoupled, step);
-        py::gil_scoped_release nogil;
-        dispatch_float(dt, [&](auto zero) {
-          using T = decltype(zero);
-          cuda::adam_step(P<T>(w), P<const T>(g), P<T>(mm), P<T>(vv), w.size, a);
-        });
+        double total = 0.0;
+        {
+          py::gil_scoped_release nogil;
+          dispatch_float(dt, [&](auto zero) {
+            using T = decltype(zero);
+            cuda::adam_step(P<T>(w), P<const T>(g), P<T>(mm), P<T>(vv), w.size, a);
+            if (sumsq) total = cuda::squared_error(P<const T>(w), nullptr, nullptr, w.size, 1.0).value;
+          });
+        }
+        return sumsq ? py::object(py::float_(total)) : py::object(py::none());
       },
       py::arg("param"), py::arg("grad"), py::arg("exp_avg"), py::arg("exp_avg_sq"), py::arg("lr"), py::arg("beta1"),
-      py::arg("beta2"), py::arg("eps"), py::arg("l2"), py::arg("l1"), py::arg("decoupled"), py::arg("step"));
+      py::arg("beta2"), py::arg("eps"), py::arg("l2"), py::arg("l1"), py::arg("decoupled"), py::arg("step"),
+      py::arg("sumsq") = false);
 }
 
 }  // namespace fastnn

@@ -237,7 +237,7 @@ void register_cuda_optim(py::module_& m) {
         // One block per 4096 elements: the grid must stay within 2**31 - 1 blocks.
         if (n > int64_t{0x7fffffff} * 4096) throw py::value_error("n: more than (2**31 - 1) * 4096 elements");
         check_ptr(p, n, es, "input");
-        check_ptr(t, n, es, "target");
+        if (t != 0) check_ptr(t, n, es, "target");  // (0: no target, the sum of squares of p)
         if (grad != 0) check_ptr(grad, n, es, "grad");
         check_result_ptr(result);
         double total = 0.0;

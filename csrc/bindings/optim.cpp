@@ -1,6 +1,8 @@
 // pybind11 glue for the optimizer updates: checks, GIL release, threading over the pool. The
 // update of each element depends on that element alone, so any chunking gives the same bits.
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "bindings/common.h"
 #include "bindings/optim_args.h"
@@ -12,6 +14,34 @@ namespace fastnn {
 namespace {
 
 constexpr int64_t kAlign = 64;
+// With sumsq, the parameter is cut into fixed blocks (not the pool's chunks, which depend on the
+// thread count) and their float64 sums are added in block order: the same value on any threads.
+constexpr int64_t kSumBlock = 16384;
+
+// Runs fn(begin, end, sumsq_slot or null) over [0, n) on the pool; returns the sum of squares of
+// the updated weights when want, else None.
+template <class F>
+py::object run_update(int64_t n, bool want, F fn) {
+  if (!want) {
+    {
+      py::gil_scoped_release nogil;
+      parallel_for(n, kGrainElements, kAlign, [&](int64_t b, int64_t e) { fn(b, e, nullptr); });
+    }
+    return py::none();
+  }
+  const int64_t blocks = (n + kSumBlock - 1) / kSumBlock;
+  std::vector<double> part(static_cast<size_t>(blocks), 0.0);
+  {
+    py::gil_scoped_release nogil;
+    parallel_for(blocks, kGrainElements / kSumBlock, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t k = b0; k < b1; ++k)
+        fn(k * kSumBlock, std::min(n, (k + 1) * kSumBlock), &part[static_cast<size_t>(k)]);
+    });
+  }
+  double total = 0.0;
+  for (double v : part) total += v;
+  return py::float_(total);
+}
 
 void check_state(const py::array& w, const py::array& a, const char* name) {
   require_same(w, "param", a, name);
@@ -32,7 +62,7 @@ void register_optim(py::module_& m) {
   m.def(
       "sgd_step",
       [](py::array w, py::array g, py::object buf_obj, double lr, double momentum, double dampening, double l2,
-         double l1, bool nesterov, bool first) {
+         double l1, bool nesterov, bool first, bool sumsq) -> py::object {
         DType dt = check_param(w, g);
         py::array buf;
         if (momentum != 0.0) {
@@ -43,25 +73,29 @@ void register_optim(py::module_& m) {
         }
         const SgdArgs a = sgd_args(lr, momentum, dampening, l2, l1, nesterov, first);
         const int64_t n = w.size();
+        py::object out;
         dispatch_float(dt, [&](auto zero) {
           using T = decltype(zero);
           T* wp = mptr<T>(w);
           const T* gp = cptr<T>(g);
           T* bp = momentum != 0.0 ? mptr<T>(buf) : nullptr;
           const auto fn = optim_kernels_for<T>().sgd;
-          py::gil_scoped_release nogil;
-          parallel_for(n, kGrainElements, kAlign,
-                       [&](int64_t b, int64_t e) { fn(wp + b, gp + b, bp ? bp + b : nullptr, e - b, a); });
+          out = run_update(n, sumsq, [&](int64_t b, int64_t e, double* ss) {
+            fn(wp + b, gp + b, bp ? bp + b : nullptr, e - b, a, ss);
+          });
         });
+        return out;
       },
       py::arg("param"), py::arg("grad"), py::arg("momentum_buffer"), py::arg("lr"), py::arg("momentum"),
       py::arg("dampening"), py::arg("l2"), py::arg("l1"), py::arg("nesterov"), py::arg("first"),
-      "One fused SGD update in place (torch.optim.SGD semantics; see csrc/cpu/optim.h).");
+      py::arg("sumsq") = false,
+      "One fused SGD update in place (torch.optim.SGD semantics; see csrc/cpu/optim.h). With sumsq=True, returns "
+      "the float64 sum of the squared updated weights (else None).");
 
   m.def(
       "adam_step",
       [](py::array w, py::array g, py::array mm, py::array vv, double lr, double beta1, double beta2, double eps,
-         double l2, double l1, double decoupled, int64_t step) {
+         double l2, double l1, double decoupled, int64_t step, bool sumsq) -> py::object {
         DType dt = check_param(w, g);
         check_state(w, mm, "exp_avg");
         check_state(w, vv, "exp_avg_sq");
@@ -69,6 +103,7 @@ void register_optim(py::module_& m) {
         require_writeable(vv, "exp_avg_sq");
         const AdamArgs a = adam_args(lr, beta1, beta2, eps, l2, l1, decoupled, step);
         const int64_t n = w.size();
+        py::object out;
         dispatch_float(dt, [&](auto zero) {
           using T = decltype(zero);
           T* wp = mptr<T>(w);
@@ -76,14 +111,17 @@ void register_optim(py::module_& m) {
           T* mp = mptr<T>(mm);
           T* vp = mptr<T>(vv);
           const auto fn = optim_kernels_for<T>().adam;
-          py::gil_scoped_release nogil;
-          parallel_for(n, kGrainElements, kAlign,
-                       [&](int64_t b, int64_t e) { fn(wp + b, gp + b, mp + b, vp + b, e - b, a); });
+          out = run_update(n, sumsq, [&](int64_t b, int64_t e, double* ss) {
+            fn(wp + b, gp + b, mp + b, vp + b, e - b, a, ss);
+          });
         });
+        return out;
       },
       py::arg("param"), py::arg("grad"), py::arg("exp_avg"), py::arg("exp_avg_sq"), py::arg("lr"), py::arg("beta1"),
       py::arg("beta2"), py::arg("eps"), py::arg("l2"), py::arg("l1"), py::arg("decoupled"), py::arg("step"),
-      "One fused Adam/AdamW update in place (torch.optim.Adam/AdamW semantics; see csrc/cpu/optim.h).");
+      py::arg("sumsq") = false,
+      "One fused Adam/AdamW update in place (torch.optim.Adam/AdamW semantics; see csrc/cpu/optim.h). With "
+      "sumsq=True, returns the float64 sum of the squared updated weights (else None).");
 }
 
 }  // namespace fastnn

@@ -70,17 +70,52 @@ inline void for_spans(int64_t n, F f) {
   if (i < n) f(Span<V>{i, n - i});
 }
 
+// The sum of squares of the values a kernel stores (its updated weights), when asked: squares
+// accumulate in one vector of T for 16 vectors (16 terms per lane, so float32 loses at most
+// ~16 ulp of the block), then the block's lanes are added in lane order to a double. Masked
+// tails store zeros in the dead lanes, which add nothing.
+template <class V>
+struct SumSq {
+  using T = typename V::T;
+  static constexpr int kBlock = 16;
+  double* out;
+  V acc = V::set1(T(0));
+  int count = 0;
+  double total = 0.0;
+  explicit SumSq(double* o) : out(o) {}
+  void add(V w) {
+    if (!out) return;
+    acc = fmadd(w, w, acc);
+    if (++count == kBlock) flush();
+  }
+  void flush() {
+    alignas(64) T lanes[V::W];
+    acc.store(lanes);
+    for (int l = 0; l < V::W; ++l) total += static_cast<double>(lanes[l]);
+    acc = V::set1(T(0));
+    count = 0;
+  }
+  ~SumSq() {
+    if (!out) return;
+    if (count) flush();
+    *out = total;
+  }
+};
+
 // ---- SGD (torch.optim.SGD, dampening and Nesterov included) ----------------------------------
 template <class T>
-void sgd(T* w, const T* g, T* buf, int64_t n, const SgdArgs& a) {
+void sgd(T* w, const T* g, T* buf, int64_t n, const SgdArgs& a, double* sumsq) {
   using V = Vec<T>;
+  SumSq<V> ss(sumsq);
   const Penalty<V> pen(a.l2, a.l1);
   const V lr = V::set1(static_cast<T>(a.lr)), mom = V::set1(static_cast<T>(a.momentum)),
           damp1 = V::set1(static_cast<T>(1.0 - a.dampening));
   if (a.momentum == 0.0) {
     for_spans<V>(n, [&](Span<V> s) {
       V wv = s.load(w);
-      s.store(fnmadd(lr, pen(s.load(g), wv), wv), w);
+      V nw = fnmadd(lr, pen(s.load(g), wv), wv);
+      s.store(nw, w);
+      ss.add(s.full() ? nw : V::load_partial(w + s.i, s.cnt));
     });
   } else if (a.first) {
     for_spans<V>(n, [&](Span<V> s) {
@@ -88,7 +123,9 @@ void sgd(T* w, const T* g, T* buf, int64_t n, const SgdArgs& a) {
       V gv = pen(s.load(g), wv);
       s.store(gv, buf);
       V d = a.nesterov ? fmadd(mom, gv, gv) : gv;
-      s.store(fnmadd(lr, d, wv), w);
+      V nw = fnmadd(lr, d, wv);
+      s.store(nw, w);
+      ss.add(s.full() ? nw : V::load_partial(w + s.i, s.cnt));
     });
   } else {
     const bool undamped = a.dampening == 0.0;
@@ -98,15 +135,18 @@ void sgd(T* w, const T* g, T* buf, int64_t n, const SgdArgs& a) {
       V b = fmadd(mom, s.load(buf), undamped ? gv : gv * damp1);
       s.store(b, buf);
       V d = a.nesterov ? fmadd(mom, b, gv) : b;
-      s.store(fnmadd(lr, d, wv), w);
+      V nw = fnmadd(lr, d, wv);
+      s.store(nw, w);
+      ss.add(s.full() ? nw : V::load_partial(w + s.i, s.cnt));
     });
   }
 }
 
 // ---- Adam / AdamW (torch.optim.Adam / AdamW, non-amsgrad) -------------------------------------
 template <class T>
-void adam(T* w, const T* g, T* m, T* v, int64_t n, const AdamArgs& a) {
+void adam(T* w, const T* g, T* m, T* v, int64_t n, const AdamArgs& a, double* sumsq) {
   using V = Vec<T>;
+  SumSq<V> ss(sumsq);
   const Penalty<V> pen(a.l2, a.l1);
   const bool decay = a.decoupled != 0.0;
   const V keep = V::set1(static_cast<T>(1.0 - a.lr * a.decoupled)), c1 = V::set1(static_cast<T>(1.0 - a.beta1)),
@@ -123,7 +163,9 @@ void adam(T* w, const T* g, T* m, T* v, int64_t n, const AdamArgs& a) {
     s.store(mv, m);
     s.store(vv, v);
     V denom = vsqrt(vv) / bc2 + eps;
-    s.store(fnmadd(step, mv / denom, wv), w);
+    V nw = fnmadd(step, mv / denom, wv);
+    s.store(nw, w);
+    ss.add(s.full() ? nw : V::load_partial(w + s.i, s.cnt));
   });
 }
 

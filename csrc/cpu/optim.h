@@ -42,9 +42,12 @@ struct AdamArgs {
 
 template <class T>
 struct OptimKernelsT {
-  // w, g, buf: n elements; buf unused (may be null) when momentum == 0.
-  void (*sgd)(T* w, const T* g, T* buf, int64_t n, const SgdArgs& a);
-  void (*adam)(T* w, const T* g, T* m, T* v, int64_t n, const AdamArgs& a);
+  // w, g, buf: n elements; buf unused (may be null) when momentum == 0. sumsq: null, or where the
+  // sum of the squared updated weights goes (float64, lanes of 16 vectors summed in a fixed order:
+  // the same value for the same [0, n) on any ISA of one vector width). The L2 penalty of the next
+  // step read off the pass that writes the weights anyway (scikit-learn's loss reports it).
+  void (*sgd)(T* w, const T* g, T* buf, int64_t n, const SgdArgs& a, double* sumsq);
+  void (*adam)(T* w, const T* g, T* m, T* v, int64_t n, const AdamArgs& a, double* sumsq);
 };
 
 struct OptimKernels {

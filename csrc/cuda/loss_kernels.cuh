@@ -116,7 +116,8 @@ __global__ void __launch_bounds__(kThreads) xent_rows_kernel(const T* __restrict
   }
 }
 
-// p, t, grad are (n,); partial is (ceil(n / kChunk),): block b sums chunk b.
+// p, t, grad are (n,); partial is (ceil(n / kChunk),): block b sums chunk b. t may be null (p's own
+// sum of squares: the optimizers' sumsq).
 template <class T>
 __global__ void __launch_bounds__(kThreads) squared_error_kernel(const T* __restrict__ p, const T* __restrict__ t,
                                                                  T* __restrict__ grad, int64_t n, T sc,
@@ -127,7 +128,7 @@ __global__ void __launch_bounds__(kThreads) squared_error_kernel(const T* __rest
   for (int k = 0; k < kChunkIters; ++k) {
     const int64_t i = base + static_cast<int64_t>(k) * kThreads;
     if (i < n) {
-      const T d = sub_rn(p[i], t[i]);
+      const T d = t ? sub_rn(p[i], t[i]) : p[i];  // (no target: the sum of squares of p)
       const double dd = static_cast<double>(d);
       acc = __fma_rn(dd, dd, acc);
       if (grad) grad[i] = mul_rn(d, sc);

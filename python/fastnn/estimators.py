@@ -77,6 +77,7 @@ from . import nn as _nn
 from . import optim as _optim
 from . import schedules as _schedules
 from ._backend import backend_of
+from ._backend import cpu as _cpu
 from ._params import ParamsMixin
 from .parameter import canonical_device, copy_into, move_array, parse_device
 from .random import Generator
@@ -165,11 +166,16 @@ def _check_X(X, name="X"):
     if a.shape[1] == 0:
         raise ValueError(f"{name}: Found array with 0 feature(s) (shape={a.shape}) while a minimum of 1 is "
                          "required.")
-    if not np.isfinite(a).all():
-        bad = np.argwhere(~np.isfinite(a))[0]
-        raise ValueError(f"{name}: expected finite values (no NaN or inf), got {a[tuple(bad)]} at "
-                         f"[{bad[0]}, {bad[1]}]")
-    return np.ascontiguousarray(a, dtype=np.float32)
+    with np.errstate(over="ignore"):  # (beyond float32's range: reported below)
+        out = np.ascontiguousarray(a, dtype=np.float32)
+    # one threaded pass with no mask array (np.isfinite(a).all() allocates n*d bools); it runs on
+    # the float32 copy, so a float64 value beyond float32's range is caught here too
+    bad = _cpu.first_nonfinite(out)
+    if bad is not None:
+        r, c, _ = bad
+        what = "" if not np.isfinite(a[r, c]) else " (beyond float32's range)"
+        raise ValueError(f"{name}: expected finite values (no NaN or inf), got {a[r, c]}{what} at [{r}, {c}]")
+    return out
 
 
 def _feature_names(X):
@@ -460,18 +466,19 @@ class _BaseMLP(_BaseEstimator):
         copy_into(buf, a)
         return buf
 
-    def _forward_backward(self, Xb, yb, sw, alpha):
+    def _forward_backward(self, Xb, yb, sw, alpha, sq=None):
         """One training forward + backward of a batch, scikit-learn's backprop: delta = out - y at
         the output (canonical link), gradients divided by the weight sum, alpha * W / sw_sum added by
         the optimizer's l2. Returns the batch loss with the penalty (0.5 alpha ||W||^2 / sw_sum).
-        Xb: a host batch (uploaded when the model is on a GPU) or an array on the model's device."""
+        Xb: a host batch (uploaded when the model is on a GPU) or an array on the model's device.
+        sq: sum ||W||^2 when the caller has it (the previous optimizer step returned it), else None."""
         xd = self._on_model_device(Xb, "x") if isinstance(Xb, np.ndarray) else Xb
         z = self.model_.forward(xd)
         out = _out_activation(_host(z), self.out_activation_)
         sw_sum = float(Xb.shape[0]) if sw is None else float(sw.sum())
         loss = _data_loss(out, yb, self.out_activation_, sw)
         if alpha:
-            loss += 0.5 * alpha * self._penalty_sq() / sw_sum
+            loss += 0.5 * alpha * (self._penalty_sq() if sq is None else sq) / sw_sum
         delta = out - yb
         if sw is not None:
             delta *= sw[:, None]
@@ -630,6 +637,7 @@ class _BaseMLP(_BaseEstimator):
         alpha = p["alpha"]
         b2 = p["beta_2"]
         self.n_iter_ = 0  # as scikit-learn: epochs of this call (partial_fit: 1); t_ keeps counting
+        sq = None  # sum ||W||^2 of the current weights once a step has returned it
         for _ in range(p["max_iter"]):
             if sched is not None:
                 self._set_lr(opt, sched(self.n_iter_, p["lr"]))
@@ -645,14 +653,15 @@ class _BaseMLP(_BaseEstimator):
                     swb = None if sw is None else sw[bi]
                 else:
                     Xb, yb, swb = X[s:e], y[s:e], None if sw is None else sw[s:e]
-                loss, sw_sum = self._forward_backward(Xb, yb, swb, alpha)
+                loss, sw_sum = self._forward_backward(Xb, yb, swb, alpha, sq)
                 acc += loss * (e - s)
                 opt.l2 = alpha / sw_sum
                 if isinstance(opt, _optim.Adam):
                     # scikit-learn's Adam adds epsilon to sqrt(v) (not to the bias-corrected
                     # sqrt(v_hat) as fastnn/PyTorch): eps / sqrt(1 - beta_2^t) is that step here.
                     opt.eps = p["epsilon"] / math.sqrt(1.0 - b2 ** (opt.step_count + 1))
-                opt.step()
+                # the next step's penalty off the update's own pass over the weights (no second read)
+                sq = opt.step(sumsq=bool(alpha))
             self.n_iter_ += 1
             self.loss_ = acc / n
             self.t_ += n

@@ -165,20 +165,32 @@ class Optimizer:
                     st[k] = self._follow(i, k, v)
         return self
 
-    def step(self) -> None:
+    def step(self, *, sumsq: bool = False) -> float | None:
+        """One update of every parameter that requires a gradient. With sumsq=True, also returns
+        the float64 sum of the squares of the regularized parameters (the weights that l1/l2 apply
+        to, not biases) after the update: the L2 penalty of the next step, read off the pass that
+        writes the weights (frozen ones are read separately)."""
         self.step_count += 1
         base = self._lr
+        total = 0.0
         try:
             for i, p in enumerate(self.params):
-                if not getattr(p, "requires_grad", True):
-                    continue  # frozen
+                regularize = bool(getattr(p, "regularize", True))
+                if not getattr(p, "requires_grad", True):  # frozen
+                    if sumsq and regularize:
+                        h = np.asarray(p.data if isinstance(p.data, np.ndarray) else backend_of(p.data).to_host(p.data))
+                        total += float(np.dot(h.ravel().astype(np.float64), h.ravel().astype(np.float64)))
+                    continue
                 be, w, g = self._arrays(i, p)
                 self._lr = base * float(getattr(p, "lr_scale", 1.0))
-                self._update(be, i, p, w, g, bool(getattr(p, "regularize", True)))
+                ss = self._update(be, i, p, w, g, regularize, sumsq and regularize)
+                if ss is not None:
+                    total += ss
         finally:
             self._lr = base
+        return total if sumsq else None
 
-    def _update(self, be, i, p, w, g, regularize):  # pragma: no cover - abstract
+    def _update(self, be, i, p, w, g, regularize, sumsq):  # pragma: no cover - abstract
         raise NotImplementedError
 
     def hyperparameters(self) -> dict:
@@ -250,14 +262,14 @@ class SGD(Optimizer):
         return {"momentum": self.momentum, "dampening": self.dampening, "nesterov": self.nesterov,
                 "weight_decay": self.weight_decay, **super().hyperparameters()}
 
-    def _update(self, be, i, p, w, g, regularize):
+    def _update(self, be, i, p, w, g, regularize, sumsq):
         l2 = self.weight_decay + self.l2 if regularize else 0.0
         l1 = self.l1 if regularize else 0.0
         buf, first = None, False
         if self.momentum != 0.0:
             first = "momentum_buffer" not in self.state[i]
             buf = self._state_array(be, i, "momentum_buffer", w)
-        be.sgd_step(w, g, buf, self._lr, self.momentum, self.dampening, l2, l1, self.nesterov, first)
+        return be.sgd_step(w, g, buf, self._lr, self.momentum, self.dampening, l2, l1, self.nesterov, first, sumsq)
 
 
 class Adam(Optimizer):
@@ -281,7 +293,7 @@ class Adam(Optimizer):
         return {"betas": self.betas, "eps": self.eps, "weight_decay": self.weight_decay,
                 **super().hyperparameters()}
 
-    def _update(self, be, i, p, w, g, regularize):
+    def _update(self, be, i, p, w, g, regularize, sumsq):
         wd = self.weight_decay if regularize else 0.0
         coupled = (0.0 if self._decoupled else wd) + (self.l2 if regularize else 0.0)
         decoupled = wd if self._decoupled else 0.0
@@ -289,8 +301,8 @@ class Adam(Optimizer):
         v = self._state_array(be, i, "exp_avg_sq", w)
         t = self.state[i].get("step", 0) + 1
         self.state[i]["step"] = t
-        be.adam_step(w, g, m, v, self._lr, self.betas[0], self.betas[1], self.eps, coupled,
-             self.l1 if regularize else 0.0, decoupled, t)
+        return be.adam_step(w, g, m, v, self._lr, self.betas[0], self.betas[1], self.eps, coupled,
+                            self.l1 if regularize else 0.0, decoupled, t, sumsq)
 
 
 class AdamW(Adam):

@@ -409,8 +409,10 @@ def _xent_check(dtype, x_ptr, target_ptr, target_kind, grad_ptr, M, C, result_pt
 
 def _squared_run(dtype, p_ptr, t_ptr, grad_ptr, n, scale, result_ptr=0):
     _calls["loss"] += 1
-    total = _C.squared_error(_view(p_ptr, n, dtype, "input"), _view(t_ptr, n, dtype, "target"),
-                             _view(grad_ptr, n, dtype, "grad") if grad_ptr else None, scale) if n else 0.0
+    p = _view(p_ptr, n, dtype, "input") if n else None
+    # no target (t_ptr 0): the sum of squares of p, as the kernel computes it (float64 squares)
+    t = _view(t_ptr, n, dtype, "target") if t_ptr else (np.zeros_like(p) if n else None)
+    total = _C.squared_error(p, t, _view(grad_ptr, n, dtype, "grad") if grad_ptr else None, scale) if n else 0.0
     if result_ptr:
         _write_result(result_ptr, total, -1, 0)
         return None
@@ -421,7 +423,8 @@ def _squared_check(dtype, p_ptr, t_ptr, grad_ptr, n, scale, result_ptr=0):
     dt = _float_dtype(dtype)
     n = _count(n, "n")
     _ptr(p_ptr, n, dt.itemsize, "input")
-    _ptr(t_ptr, n, dt.itemsize, "target")
+    if t_ptr:  # (0: no target, the sum of squares of p)
+        _ptr(t_ptr, n, dt.itemsize, "target")
     if grad_ptr:
         _ptr(grad_ptr, n, dt.itemsize, "grad")
     _ptr(result_ptr, 0, 8, "result_ptr")

@@ -54,6 +54,19 @@ def backend_of(*arrays, **named):
     """The op table shared by the arguments: each positional one an array or a (name, array)
     pair, keywords name=array; None is skipped. Mixed devices: TypeError naming the first
     argument on another device than the first one, and where each is."""
+    # The common case, NumPy arrays (or None) only, decided without building the named list: this
+    # runs several times per layer per training step.
+    for a in arrays:
+        if type(a) is tuple and len(a) == 2:
+            a = a[1]
+        if a is not None and type(a) is not np.ndarray:
+            break
+    else:
+        for a in named.values():
+            if a is not None and type(a) is not np.ndarray:
+                break
+        else:
+            return _TABLES["cpu"]
     first = None
     seen = [(f"argument {i}", a) if not (isinstance(a, tuple) and len(a) == 2 and isinstance(a[0], str)) else a
             for i, a in enumerate(arrays)]

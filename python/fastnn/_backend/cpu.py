@@ -530,12 +530,14 @@ def state_from(v, w, name):
     return np.array(v, dtype=w.dtype, order="C")
 
 
-def sgd_step(w, g, buf, lr, momentum, dampening, l2, l1, nesterov, first):
-    _C.sgd_step(w, g, buf, lr, momentum, dampening, l2, l1, nesterov, first)
+def sgd_step(w, g, buf, lr, momentum, dampening, l2, l1, nesterov, first, sumsq=False):
+    """The fused update in place; with sumsq, returns sum(w_new^2) in float64 (read off the same pass)."""
+    return _C.sgd_step(w, g, buf, lr, momentum, dampening, l2, l1, nesterov, first, sumsq)
 
 
-def adam_step(w, g, m, v, lr, beta1, beta2, eps, l2, l1, decoupled, step):
-    _C.adam_step(w, g, m, v, lr, beta1, beta2, eps, l2, l1, decoupled, step)
+def adam_step(w, g, m, v, lr, beta1, beta2, eps, l2, l1, decoupled, step, sumsq=False):
+    """The fused update in place; with sumsq, returns sum(w_new^2) in float64 (read off the same pass)."""
+    return _C.adam_step(w, g, m, v, lr, beta1, beta2, eps, l2, l1, decoupled, step, sumsq)
 
 
 def parameter_data(data):

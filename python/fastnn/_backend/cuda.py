@@ -1200,15 +1200,25 @@ def state_from(v, w, name):
 
 
 @_op
-def sgd_step(w, g, buf, lr, momentum, dampening, l2, l1, nesterov, first):
+def sgd_step(w, g, buf, lr, momentum, dampening, l2, l1, nesterov, first, sumsq=False):
+    """The fused update in place; with sumsq, returns sum(w_new^2) in float64 (a second kernel: the
+    squared-error reduction with no target, then one scalar read back)."""
     _publish(w, g)
     _sgd_step(w, g, buf, lr, momentum, dampening, l2, l1, nesterov, first)
+    return _sum_squares(w) if sumsq else None
 
 
 @_op
-def adam_step(w, g, m, v, lr, beta1, beta2, eps, l2, l1, decoupled, step):
+def adam_step(w, g, m, v, lr, beta1, beta2, eps, l2, l1, decoupled, step, sumsq=False):
+    """The fused update in place; with sumsq, returns sum(w_new^2) in float64 (as sgd_step)."""
     _publish(w, g)
     _adam_step(w, g, m, v, lr, beta1, beta2, eps, l2, l1, decoupled, step)
+    return _sum_squares(w) if sumsq else None
+
+
+def _sum_squares(w: _Arg) -> float:
+    with _on_device(w.device):
+        return float(_C.cuda_squared_error(w.dname, w.ptr, 0, 0, w.size, 1.0)) if w.size else 0.0
 
 
 def parameter_data(data):
