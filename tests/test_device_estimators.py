@@ -4,9 +4,10 @@ The CPU half runs everywhere: the argument's errors, "auto" without a GPU, "cuda
 GPU half needs a usable GPU; tests/test_fake_gpu_suites.py runs this file on the fake GPU of
 tests/cuda_emulation, where the device fit must be bit-identical to the CPU fit (the same kernels
 in the same order on the same bytes: assert_array_equal on the weights, validation scores and
-predictions; the loss curve to rtol 1e-8: its L2 term is the squared norm of the weights, which the
-CPU optimizer reads off its update pass (float32 squares, 16 to a lane: ~1e-6 of the term) and the GPU
-sums in float64 in a reduction kernel of its own order; the term is ~1e-3 of the loss here), pass scikit-learn's estimator checks, and copy only what the docstring of
+predictions; the loss curve to rtol 1e-8: its L2 term is the squared norm of the weights, which
+the CPU optimizer reads off its update pass, float32 squares 16 to a lane, ~1e-6 of the term,
+and the GPU sums in float64 in a reduction kernel of its own order; the term is ~1e-3 of the
+loss here), pass scikit-learn's estimator checks, and copy only what the docstring of
 fastnn.estimators says per batch (counted by the fake GPU)."""
 
 from __future__ import annotations
