@@ -102,6 +102,17 @@ def test_validation_errors():
         check_X(np.zeros(3))
     with pytest.raises(TypeError, match="X: expected a numeric array, got dtype <U1"):
         check_X(np.array([["a"]]))
+    # the first non-finite value in row-major order, from the threaded kernel (C order, float32 and
+    # float64) and from NumPy (any other layout); odd sizes so the kernel's vector tails are read
+    for dtype in (np.float32, np.float64):
+        for order in ("C", "F"):
+            X = np.ones((37, 23), dtype, order=order)
+            X[30, 22], X[11, 5], X[36, 0] = -np.inf, np.nan, np.inf
+            with pytest.raises(ValueError, match=r"got nan at \[11, 5\] \(3 non-finite values\)"):
+                check_X(X)
+            X[11, 5] = 0.0
+            with pytest.raises(ValueError, match=r"got -inf at \[30, 22\]"):
+                check_X(X)
     with pytest.raises(ValueError, match=r"y: expected class labels in \[0, 3\), got 3 at index 1"):
         check_labels(np.array([0, 3]), n_classes=3)
     with pytest.raises(ValueError, match="y: expected at least one label"):
