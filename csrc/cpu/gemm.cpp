@@ -871,18 +871,29 @@ void gemm_block_c_once(const Problem<T>& P, int64_t i0, int64_t i1, int64_t j0, 
         const int64_t m = mc - ir < MR ? mc - ir : MR;
         TileEpilogue<T> e{false, true, ic + ir, j0 + jr, &g, P.f};
         T* cp = P.c + (ic + ir) * P.ldc + j0 + jr;
-        V sum[MR][NV], acc[MR][NV];
+        // acc stays in registers only while no reference to it escapes: choosing between two arrays
+        // by reference, or passing acc to the out-of-line dp kernel, kept all 28 accumulators in
+        // memory (28 stores per k step, half the FMA rate). sum takes each K block's tile once.
+        V sum[MR][NV];
         for (int64_t pc = 0; pc < K; pc += kc_max) {
           const int64_t kc = k_packed(K - pc < kc_max ? K - pc : kc_max, bf16);
           const T* ap = apack + pc * mc_max + ir * kc;
           const T* bp = bpack + pc * np * NR + jr * kc;
-          if (dp) micro_kernel_dp<MR>(kc, ap, bp, pc == 0 ? sum : acc);
-          else micro_kernel<T, MR, NV, MR>(kc, ap, bp, pc == 0 ? sum : acc);
-          if (pc > 0)
+          V acc[MR][NV];
+          if (dp) {  // (its own array: one passed to the out-of-line dp kernel lives in memory)
+            V dpa[MR][NV];
+            micro_kernel_dp<MR>(kc, ap, bp, dpa);
 #pragma GCC unroll 16
             for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 8
-              for (int v = 0; v < NV; ++v) sum[i][v] = sum[i][v] + acc[i][v];
+              for (int v = 0; v < NV; ++v) acc[i][v] = dpa[i][v];
+          } else {
+            micro_kernel<T, MR, NV, MR>(kc, ap, bp, acc);
+          }
+#pragma GCC unroll 16
+          for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+            for (int v = 0; v < NV; ++v) sum[i][v] = pc == 0 ? acc[i][v] : sum[i][v] + acc[i][v];
         }
         store_tile<T, MR, NV>(sum, cp, P.ldc, m, nr, e);
       }
