@@ -10,7 +10,9 @@ linear_backward vs NumPy in place (matmul into a preallocated y, += b, maximum, 
 the backward as three products and a column sum) vs PyTorch (F.linear -> relu -> F.dropout under
 no_grad for the forward; torch.autograd.grad on a retained graph for the backward: backward
 only, x, W and b all requiring grad). Microseconds per call and ratios; fastnn's results are
-checked against NumPy's (same masks) before timing.
+checked against NumPy's (same masks) before timing. Unless --no-bf16, a second table: the same
+layers with fastnn under matmul_precision("medium") and PyTorch under autocast to bf16, fastnn's
+checked against the float64 layer of the bf16-rounded operands first.
 
     python bench/linear.py                         # all shapes, 1 and 2 threads
     python bench/linear.py --threads 2 --shapes 1024x1024x1024 --min-time 0.5
@@ -128,7 +130,7 @@ LAYERS = ["128x784x512", "256x784x512", "1024x784x512", "128x784x1024", "256x784
           "128x1024x1024", "256x1024x1024", "1024x1024x1024"]  # batch x in x out
 
 
-def child_layers(threads, shapes, min_time, use_torch):
+def child_layers(threads, shapes, min_time, use_torch, bf16):
     import numpy as np
 
     import fastnn
@@ -200,6 +202,35 @@ def child_layers(threads, shapes, min_time, use_torch):
                     ty = TF.dropout(ty, p, True)
                 row["torch_bwd"] = benchmark._timeit(
                     lambda: torch.autograd.grad(ty, (txg, twg, tbg), tg, retain_graph=True), min_time=min_time)
+            if bf16:
+                # fastnn under matmul_precision("medium") (bf16 operands, float32 sums, float32 epilogue),
+                # checked against NumPy's float32 layer on the bf16-rounded x, W (and g for the backward);
+                # PyTorch under autocast to bf16 (bf16 output), timed the same way as its float32 rows
+                xr, wr, gr = _round_bf16(x), _round_bf16(w), _round_bf16(g)
+                with fastnn.matmul_precision("medium"):
+                    o16, s16 = F.linear(x, w, b, activation="relu", dropout_p=p, seed=seed, return_saved=True)
+                    gx16, gw16, gb16 = F.linear_backward(g, x, w, s16)
+                    row["fastnn_bf16_fwd"] = benchmark._timeit(fn_fwd, min_time=min_time)
+                    row["fastnn_bf16_bwd"] = benchmark._timeit(lambda: F.linear_backward(g, x, w, s16),
+                                                               min_time=min_time)
+                z = (xr.astype(np.float64) @ wr.T.astype(np.float64) + b) * (np.float64(scale) if p else 1.0)
+                want = np.maximum(z, 0) * (keep if p else 1.0)
+                if not np.allclose(o16, want, rtol=1e-4, atol=1e-4 * np.abs(want).max()):
+                    raise SystemExit(f"linear bf16 {s} p={p}: fastnn differs from the bf16-rounded product")
+                gz = g.astype(np.float64) * (want > 0) * (np.float64(scale) if p else 1.0)
+                if not np.allclose(gw16, _round_bf16(gz.astype(np.float32)).T.astype(np.float64) @ xr, rtol=1e-2,
+                                   atol=1e-2 * np.abs(gw16).max()):
+                    raise SystemExit(f"linear backward bf16 {s} p={p}: fastnn's dW differs from the rounded product")
+                del gr, gx16, gb16
+                if torch is not None:
+                    with torch.autocast("cpu", dtype=torch.bfloat16):
+                        row["torch_bf16_fwd"] = benchmark._timeit(t_fwd, min_time=min_time)
+                        ty16 = TF.relu(TF.linear(txg, twg, tbg))
+                        if p:
+                            ty16 = TF.dropout(ty16, p, True)
+                    row["torch_bf16_bwd"] = benchmark._timeit(
+                        lambda: torch.autograd.grad(ty16, (txg, twg, tbg), tg.to(ty16.dtype), retain_graph=True),
+                        min_time=min_time)
             rows.append(row)
     print(json.dumps({"machine": benchmark.machine_line(), "rows": rows}))
 
@@ -236,6 +267,18 @@ def measure_peak():
 _PEAK_KEY = {"avx512_amx": "tdpbf16ps_gflops", "avx512_bf16": "vdpbf16ps_gflops"}
 
 
+def print_layers_bf16(res, t):
+    for r in res["rows"]:
+        if "fastnn_bf16_fwd" not in r:
+            continue
+        us = {k: v * 1e6 for k, v in r.items() if k.endswith(("_fwd", "_bwd"))}
+        tf, tb = us.get("torch_bf16_fwd", float("nan")), us.get("torch_bf16_bwd", float("nan"))
+        print(f"{r['shape']:>15} {r['p']:>4} {t:>3} | fwd {us['fastnn_bf16_fwd']:8.0f} {us['fastnn_fwd']:8.0f} "
+              f"{tf:8.0f} {us['fastnn_fwd'] / us['fastnn_bf16_fwd']:6.2f}x {tf / us['fastnn_bf16_fwd']:6.2f}x | bwd "
+              f"{us['fastnn_bf16_bwd']:8.0f} {us['fastnn_bwd']:8.0f} {tb:8.0f} "
+              f"{us['fastnn_bwd'] / us['fastnn_bf16_bwd']:6.2f}x {tb / us['fastnn_bf16_bwd']:6.2f}x")
+
+
 def print_layers(res, t):
     for r in res["rows"]:
         us = {k: v * 1e6 for k, v in r.items() if k.endswith(("_fwd", "_bwd"))}
@@ -262,7 +305,7 @@ def main():
         a.shapes = LAYERS
     if a.child:
         if a.layers:
-            child_layers(a.child, a.shapes, a.min_time, not a.no_torch)
+            child_layers(a.child, a.shapes, a.min_time, not a.no_torch, not a.no_bf16)
         else:
             child(a.child, a.shapes, a.min_time, not a.no_torch, a.bt, not a.no_bf16)
         return
@@ -277,6 +320,7 @@ def main():
     if not a.no_bf16:
         header += f" | {'bf16':>8} {'torch16':>8} {'/fp32':>6} {'/torch16':>8} {'of peak':>7} {'fp32 of peak':>12}"
     printed = False
+    layer_results = []
     for t in a.threads:
         env = dict(os.environ, OPENBLAS_NUM_THREADS=str(t), OMP_NUM_THREADS=str(t), MKL_NUM_THREADS=str(t))
         cmd = [sys.executable, __file__, "--child", str(t), "--min-time", str(a.min_time), "--shapes", *a.shapes]
@@ -301,6 +345,7 @@ def main():
                       f"{'/torch':>7}")
                 printed = True
             print_layers(res, t)
+            layer_results.append((res, t))
             continue
         if not printed:
             print(res["machine"])
@@ -326,6 +371,14 @@ def main():
                     q = r["fastnn_bf16"] / r["fastnn"]
                     print(f"goal bf16 >= 1.8x fastnn fp32 at {r['shape']}, {t} threads ({r['capability']}): "
                           f"{q:.2f}x {'met' if q >= 1.8 else 'NOT met'}")
+
+    if layer_results and any("fastnn_bf16_fwd" in r for res, _ in layer_results for r in res["rows"]):
+        print("bf16 (fastnn under matmul_precision('medium'), torch under autocast bf16), microseconds per call; "
+              "ratios = fastnn fp32 / fastnn bf16 and torch bf16 / fastnn bf16")
+        print(f"{'BxINxOUT':>15} {'p':>4} {'thr':>3} | {'':3} {'bf16':>8} {'fp32':>8} {'torch16':>8} {'/fp32':>7} "
+              f"{'/torch16':>7} | {'':3} {'bf16':>8} {'fp32':>8} {'torch16':>8} {'/fp32':>7} {'/torch16':>7}")
+        for res, t in layer_results:
+            print_layers_bf16(res, t)
 
 
 if __name__ == "__main__":
