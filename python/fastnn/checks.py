@@ -36,6 +36,8 @@ def act_id(activation) -> int:
 
 
 def real(v, name: str) -> float:
+    if type(v) is float:  # (the common case, every layer call: no ABC isinstance)
+        return v
     if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
         raise TypeError(f"{name}: expected a real number, got {type(v).__name__}")
     return float(v)

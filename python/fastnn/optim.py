@@ -50,7 +50,7 @@ import numbers
 
 import numpy as np
 
-from ._backend import backend_of, device_of
+from ._backend import backend_of, device_of, table
 from .parameter import canonical_device, move_array
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "create", "OPTIMIZERS"]
@@ -120,6 +120,12 @@ class Optimizer:
     def _arrays(self, i, p):
         """(backend, w, g): the parameter's table and its checked .data and .grad (NumPy arrays, or
         argument records for a parameter on the GPU)."""
+        w, g = p.data, p.grad
+        if (type(w) is np.ndarray and type(g) is np.ndarray and w.dtype == g.dtype and w.shape == g.shape
+                and (w.dtype == np.float32 or w.dtype == np.float64)):
+            fw, fg = w.flags, g.flags
+            if fw.c_contiguous and fw.aligned and fw.writeable and fg.c_contiguous and fg.aligned:
+                return table("cpu"), w, g  # what the layers give every step: nothing left to check
         label = f"params[{i}]" + (f" ({p.name})" if getattr(p, "name", None) else "")
         be = backend_of((f"{label}.data", p.data), (f"{label}.grad", p.grad))
         w, g = be.param_operands(p.data, p.grad, label)
@@ -128,6 +134,8 @@ class Optimizer:
     def _state_array(self, be, i, key, w):
         st = self.state[i]
         a = st.get(key)
+        if type(a) is np.ndarray and type(w) is np.ndarray and a.shape == w.shape and a.dtype == w.dtype:
+            return a  # (every step after the first)
         if a is not None and not (isinstance(a, np.ndarray) and isinstance(w, np.ndarray)):
             a = self._follow(i, key, a)  # (GPU state or parameter: the device may have changed)
         a = be.state_like(a, w)

@@ -38,7 +38,8 @@ class LinearSaved:
         self.dropconnect_p = float(dropconnect_p)
         self.seed = seed
         self.offset = offset
-        self.shape = tuple(int(d) for d in shape)
+        self.shape = shape if type(shape) is tuple and all(type(d) is int for d in shape) else \
+            tuple(int(d) for d in shape)
         if len(self.shape) != 3:
             raise ValueError(f"shape: expected (M, N, K), got {self.shape}")
         self.dtype = np.dtype(dtype) if not isinstance(dtype, str) or dtype != "bfloat16" else dtype
@@ -85,8 +86,8 @@ def host_target(target, shape, dtype):
                          f"got shape {t.shape}")
     if t.dtype not in (np.int32, np.int64):
         t = t.astype(np.int64)  # uint8/int16/uint32...: a small copy of M labels
-    bad = np.flatnonzero((t < 0) | (t >= C))
-    if bad.size:
+    if M and (t.min() < 0 or t.max() >= C):  # (two reductions; the mask only to describe a failure)
+        bad = np.flatnonzero((t < 0) | (t >= C))
         r = int(bad[0])
         raise ValueError(f"target: expected class labels in [0, {C}), got {t[r]} at row {r} "
                          f"({bad.size} labels out of range)")
