@@ -405,6 +405,66 @@ def test_augment_flat_rows_with_image_shape(rng):
     assert t.history["loss"][-1] < t.history["loss"][0] / 2
 
 
+
+def test_schedule_is_what_a_call_runs(rng):
+    # the GPU Trainer draws each step's launches with Augment.schedule and replays them from device
+    # tables; they must be the call's own launches with the call's own draws
+    x = images(rng, (7, 3, 9, 10))
+    y = rng.integers(0, 4, 7)
+    tf = [A.RandomCrop((9, 10), 2, "reflect"), A.RandomHorizontalFlip(), A.ColorJitter(0.3, 0.3, 0.3),
+          A.GaussianNoise(0.1, clip=True), A.Mixup(0.3, num_classes=4)]
+    aug = A.Augment(tf, seed=8, image_shape=(3, 9, 10))
+    want_x, want_y = aug(x.reshape(7, -1), y, 4)
+    ops = aug.schedule((7, 270), 4)
+    assert [op[0] for op in ops] == ["fused", "noise", "mixup"]
+    _, shape4, oshape4, _, plan = ops[0]
+    cur = np.empty(oshape4, np.float32)
+    fastnn._C.augment_batch(x, cur, *plan)
+    _, _, seed, offset, std, clip = ops[1]
+    assert (seed, std, clip) == (8, 0.1, True) and offset >= 4 * A.STEP_POSITIONS
+    fastnn._C.gaussian_noise(cur, cur, seed, offset, std)
+    np.clip(cur, 0, 1, out=cur)
+    _, _, _, lam, perm = ops[2]
+    got = np.empty_like(cur)
+    fastnn._C.mixup_apply(cur, perm, got, lam, 1.0 - lam)
+    np.testing.assert_array_equal(got.reshape(7, -1), want_x)
+    onehot = np.eye(4, dtype=np.float32)[y]
+    np.testing.assert_array_equal(onehot * np.float32(lam) + onehot[perm] * np.float32(1 - lam), want_y)
+    # unseeded: the schedule at the offset a call would reserve equals that call
+    unseeded = A.Augment(tf[:3], image_shape=(3, 9, 10))
+    seed0, off0 = fastnn.random.default_generator.get_state()
+    ops = unseeded.schedule((7, 270), 0, off0)
+    assert fastnn.random.default_generator.get_state() == (seed0, off0)  # nothing reserved
+    want, _ = unseeded(x.reshape(7, -1), y, 0)
+    got = np.empty(ops[0][2], np.float32)
+    fastnn._C.augment_batch(x, got, *ops[0][4])
+    np.testing.assert_array_equal(got.reshape(7, -1), want)
+    with pytest.raises(ValueError, match="offset: an Augment without a seed needs the stream offset"):
+        unseeded.schedule((7, 270), 0)
+
+
+def test_trainer_wraps_fastnn_augment_objects(rng):
+    X = rng.random((40, 6)).astype(np.float32)
+    y = rng.integers(0, 3, 40)
+
+    def fit(aug):
+        fastnn.manual_seed(1)
+        m = fastnn.nn.Sequential(fastnn.nn.Linear(6, 3))
+        t = fastnn.train.Trainer(m, augment=aug, verbose=False, seed=0, optimizer="sgd", optimizer_kwargs={"lr": 0.1})
+        fastnn.random.default_generator.set_state((5, 0))
+        t.fit(X, y, epochs=2, batch_size=16)
+        return t, [p.data for p in m.parameters()]
+    t1, w1 = fit(A.Mixup(0.3, num_classes=3))  # a bare Mixup (it is not itself a (x, y, step) callable)
+    t2, w2 = fit(A.Augment([A.Mixup(0.3, num_classes=3)]))
+    t3, w3 = fit(A.Compose([A.Mixup(0.3, num_classes=3)]))
+    assert isinstance(t1.augment, A.Augment) and isinstance(t3.augment, A.Augment)
+    assert all(np.array_equal(a, b) and np.array_equal(a, c) for a, b, c in zip(w1, w2, w3))
+    assert t1.history["loss"] == t2.history["loss"]
+    with pytest.raises(TypeError, match=r"augment: expected a fastnn.augment.Augment \(or a Compose, transform or "
+                                        r"Mixup\) or a callable \(x, y, step\) -> \(x, y\), got int"):
+        fastnn.train.Trainer(fastnn.nn.Sequential(fastnn.nn.Linear(6, 3)), augment=3)
+
+
 # ---- errors -------------------------------------------------------------------------------------------
 
 def test_errors(rng):

@@ -575,47 +575,57 @@ class Compose:
                 shape = t.out_shape(shape)
         return tuple(shape)
 
+    def schedule(self, shape, seed, offset):
+        """The kernel launches of one call on a batch of `shape` from stream positions (seed,
+        offset), every random parameter drawn (a pure function of seed, offset and the shapes):
+        a list of
+          ("fused", in_shape4, out_shape4, out_shape, (geom, pad_mode, fill, flags, ints, factors))
+          ("noise", shape, seed, offset, std, clip)
+          ("mixup", shape, transform, lam, perm)
+        Calling the Compose runs exactly these; the GPU Trainer draws them for every step of an
+        epoch at once and replays them from device tables."""
+        ops, sh = [], tuple(shape)
+        for st in self._steps(sh, offset):
+            if isinstance(st, _Fused):
+                shape4 = sh if len(sh) == 4 else (sh[0], 1) + tuple(sh[1:])
+                oh, ow = st.out_shape(shape4)[-2:]
+                oshape4 = (shape4[0], shape4[1], oh, ow)
+                osh = oshape4 if len(sh) == 4 else (shape4[0], oh, ow)
+                ops.append(("fused", shape4, oshape4, osh, st.plan(shape4, seed)))
+                sh = osh
+                continue
+            t, p = st
+            if isinstance(t, Mixup):
+                lam, perm = mixup_params(sh[0], t.alpha, seed=seed, offset=p)
+                ops.append(("mixup", sh, t, lam, perm))
+            else:
+                ops.append(("noise", sh, seed, p, t.std, t.clip))
+        return ops
+
     def __call__(self, x, y=None, *, seed=None, offset=0, out=None):
         if any(isinstance(t, Mixup) for t in self.transforms) and y is None:
             raise ValueError("y: a Compose with Mixup needs the labels (call it as compose(x, y, ...))")
         be = backend_of(x)
-        images = any(isinstance(t, Transform) and not isinstance(t, GaussianNoise) for t in self.transforms)
-        dtypes = (F32,) if images or not any(isinstance(t, Mixup) for t in self.transforms) else (F32, F64)
-        words = " or ".join(d.name for d in dtypes)
-        xa = be.batch(x, "x", words)
-        if xa.dtype not in dtypes:
-            raise TypeError(f"x: expected {words}, got {xa.dtype}")
-        ndim = len(xa.shape)
-        if images and ndim not in (3, 4):
-            raise ValueError(f"x: expected an image batch (N, C, H, W) or (N, H, W), got {ndim} dimension(s) with "
-                             f"shape {tuple(xa.shape)}")
-        if ndim < 1:
-            raise ValueError("x: expected at least one dimension (the batch), got a 0-d array")
-        xa = be.contiguous(xa)
+        xa = self._batch(be, x)
         shape = tuple(xa.shape)
         seed, offset = _seed_offset(seed, offset, self.positions(shape))
         final_shape = self._final_shape(shape)
         o = be.out_batch(out, final_shape, xa) if out is not None else None
         cur = xa
-        steps = self._steps(shape, offset)
-        for k, st in enumerate(steps):
-            last = k == len(steps) - 1
-            if isinstance(st, _Fused):
-                shape4 = cur.shape if len(cur.shape) == 4 else (cur.shape[0], 1) + tuple(cur.shape[1:])
-                oh, ow = st.out_shape(shape4)[-2:]
-                oshape4 = (shape4[0], shape4[1], oh, ow)
-                oshape = oshape4 if len(cur.shape) == 4 else (shape4[0], oh, ow)
+        ops = self.schedule(shape, seed, offset)
+        for k, op in enumerate(ops):
+            last = k == len(ops) - 1
+            if op[0] == "fused":
+                _, shape4, oshape4, oshape, plan = op
                 # (the kernel's output must not overlap its input)
                 dst = o if last and o is not None and be.out_direct(o, cur, False) else be.empty(oshape, F32, xa)
-                be.augment_batch(be.view(cur, shape4), be.view(dst, oshape4), *st.plan(shape4, seed))
+                be.augment_batch(be.view(cur, shape4), be.view(dst, oshape4), *plan)
                 cur = dst
-                continue
-            t, p = st
-            if isinstance(t, Mixup):
+            elif op[0] == "mixup":
+                _, _, t, lam, perm = op
                 n = cur.shape[0]
                 targets = _soft_targets(backend_of(y).host_labels(y), n, t.num_classes,
                                         F32 if cur.dtype == F32 else F64)
-                lam, perm = mixup_params(n, t.alpha, seed=seed, offset=p)
                 dst = be.empty(cur.shape, cur.dtype, xa)
                 be.mixup_apply(cur, perm, lam, dst)
                 cur = dst
@@ -623,10 +633,11 @@ class Compose:
                     targets.dtype, copy=False)
                 y = be.as_kind(be.from_host(ts, x), x)  # (on x's device, of x's kind)
             else:  # GaussianNoise: in place or into disjoint memory
+                _, _, nseed, p, std, clip = op
                 if cur.dtype != F32:  # (float64 after a Mixup)
                     raise TypeError(f"x: expected float32, got {cur.dtype}")
                 dst = o if last and o is not None and be.out_direct(o, cur, True) else be.empty(cur.shape, F32, xa)
-                be.gaussian_noise(cur, dst, seed, p, t.std, t.clip)
+                be.gaussian_noise(cur, dst, nseed, p, std, clip)
                 cur = dst
         if o is not None:
             be.copy_into(o, cur)  # (nothing to do when the last step wrote out)
@@ -634,6 +645,30 @@ class Compose:
         else:
             res = be.as_kind(cur, x)
         return res if y is None else (res, y)
+
+    def _batch(self, be, x):
+        """x as the backend's batch operand, its dtype and rank checked for these transforms."""
+        images = any(isinstance(t, Transform) and not isinstance(t, GaussianNoise) for t in self.transforms)
+        dtypes = (F32,) if images or not any(isinstance(t, Mixup) for t in self.transforms) else (F32, F64)
+        words = " or ".join(d.name for d in dtypes)
+        xa = be.batch(x, "x", words)
+        self.check_batch(tuple(xa.shape), xa.dtype)
+        return be.contiguous(xa)
+
+    def check_batch(self, shape, dtype):
+        """The errors a call on a batch of this shape and dtype raises before any kernel runs."""
+        images = any(isinstance(t, Transform) and not isinstance(t, GaussianNoise) for t in self.transforms)
+        dtypes = (F32,) if images or not any(isinstance(t, Mixup) for t in self.transforms) else (F32, F64)
+        if np.dtype(dtype) not in dtypes:
+            raise TypeError(f"x: expected {' or '.join(d.name for d in dtypes)}, got {np.dtype(dtype)}")
+        ndim = len(shape)
+        if images and ndim not in (3, 4):
+            raise ValueError(f"x: expected an image batch (N, C, H, W) or (N, H, W), got {ndim} dimension(s) with "
+                             f"shape {tuple(shape)}")
+        if ndim < 1:
+            raise ValueError("x: expected at least one dimension (the batch), got a 0-d array")
+        if np.dtype(dtype) != F32 and any(isinstance(t, GaussianNoise) for t in self.transforms):
+            raise TypeError(f"x: expected float32, got {np.dtype(dtype)}")  # (noise after a float64 mixup)
 
     def __repr__(self):
         return "Compose([" + ", ".join(repr(t) for t in self.transforms) + "])"
@@ -659,29 +694,56 @@ class Augment:
             image_shape = tuple(_int(v, "image_shape", 1) for v in image_shape)
         self.image_shape = image_shape
 
+    def batch_shape(self, shape):
+        """The shape the transforms see for a training batch of `shape`: flat rows (N, C*H*W) seen
+        as images (N, C, H, W) with image_shape, else `shape` itself."""
+        shape = tuple(int(d) for d in shape)
+        if self.image_shape is None:
+            return shape
+        size = int(np.prod(self.image_shape))
+        if len(shape) != 2 or shape[1] != size:
+            raise ValueError(f"x: expected flat rows (N, {size}) for image_shape {self.image_shape}, got shape "
+                             f"{shape}")
+        return (shape[0],) + self.image_shape
+
+    def step_seed_offset(self, step, shape):
+        """(seed, offset) of training step `step` on a batch the transforms see as `shape` (a seed
+        given): step * STEP_POSITIONS."""
+        step = _int(step, "step")
+        if step >= _U64 // STEP_POSITIONS:
+            raise ValueError(f"step: expected < {_U64 // STEP_POSITIONS}, got {step}")
+        if self.compose.positions(shape) > STEP_POSITIONS:
+            raise ValueError(f"x: a batch of shape {shape} needs more than 2**40 stream positions per step")
+        return self.seed, step * STEP_POSITIONS
+
+    def schedule(self, shape, step, offset=None):
+        """Compose.schedule of training step `step` on a batch of `shape` (as the Trainer passes it:
+        flat rows with image_shape): the launches __call__ makes, every parameter drawn. With
+        seed=None, `offset` is the first position the step's call would reserve from
+        fastnn.random.default_generator (nothing is reserved here)."""
+        ishape = self.batch_shape(shape)
+        if self.seed is None:
+            _int(step, "step")
+            if offset is None:
+                raise ValueError("offset: an Augment without a seed needs the stream offset of the step")
+            return self.compose.schedule(ishape, _random.default_generator.seed, offset)
+        return self.compose.schedule(ishape, *self.step_seed_offset(step, ishape))
+
     def __call__(self, x, y, step):
+        shape = tuple(backend_of(x).shape_of(x))
+        ishape = self.batch_shape(shape)
         if self.image_shape is not None:
             # an MLP's flat rows (N, C*H*W) seen as images; the result is flattened back
-            size = int(np.prod(self.image_shape))
-            shape = tuple(backend_of(x).shape_of(x))
-            if len(shape) != 2 or shape[1] != size:
-                raise ValueError(f"x: expected flat rows (N, {size}) for image_shape {self.image_shape}, got shape "
-                                 f"{shape}")
-            n = shape[0]
-            xi, y = self._apply(x.reshape((n,) + self.image_shape), y, step)
-            return xi.reshape(n, -1), y
-        return self._apply(x, y, step)
+            xi, y = self._apply(x.reshape(ishape), y, step, ishape)
+            return xi.reshape(shape[0], -1), y
+        return self._apply(x, y, step, ishape)
 
-    def _apply(self, x, y, step):
+    def _apply(self, x, y, step, shape):
         step = _int(step, "step")
         if self.seed is None:
             return self.compose(x, y)
-        if step >= _U64 // STEP_POSITIONS:
-            raise ValueError(f"step: expected < {_U64 // STEP_POSITIONS}, got {step}")
-        shape = tuple(backend_of(x).shape_of(x))
-        if self.compose.positions(shape) > STEP_POSITIONS:
-            raise ValueError(f"x: a batch of shape {shape} needs more than 2**40 stream positions per step")
-        return self.compose(x, y, seed=self.seed, offset=step * STEP_POSITIONS)
+        seed, offset = self.step_seed_offset(step, shape)
+        return self.compose(x, y, seed=seed, offset=offset)
 
     def __repr__(self):
         shape = "" if self.image_shape is None else f", image_shape={self.image_shape}"
