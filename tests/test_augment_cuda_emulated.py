@@ -280,3 +280,35 @@ def test_mixup_table_mode(emu, rng, dtype):
             got = np.full_like(xs[s], 7.5)
             f(ptr(xs[s]), ptr(perms), ptr(lams), ptr(ctr), stride, ptr(got), len(xs[s]), D, gx, gy)
             same(got, wants[s])
+
+
+@pytest.mark.skipif(not getattr(_C, "cuda_compiled", False), reason="a CPU-only build has no cuda_* bindings")
+def test_table_bindings_check_their_arguments_before_any_launch():
+    # (no GPU needed: each of these is refused by the binding before it touches CUDA)
+    aug, noise, mix = _C.cuda_augment_batch_table, _C.cuda_gaussian_noise_table, _C.cuda_mixup_apply_table
+    with pytest.raises(ValueError, match=r"stride: expected the table's rows per step \(>= N = 4\), got 3"):
+        aug(4096, 65536, 4, 1, 4, 4, 4, 4, 0, 0, 0.0, 0, 8192, 8, 3, 0)
+    with pytest.raises(ValueError, match="samples_ptr: null device pointer"):
+        aug(4096, 65536, 4, 1, 4, 4, 4, 4, 0, 0, 0.0, 0, 0, 8, 4, 0)
+    with pytest.raises(ValueError, match="counter_ptr: null device pointer"):
+        aug(4096, 65536, 4, 1, 4, 4, 4, 4, 0, 0, 0.0, 0, 8192, 0, 4, 0)
+    with pytest.raises(ValueError, match="cm_ptr: null device pointer"):
+        aug(4096, 65536, 4, 1, 4, 4, 4, 4, 0, 0, 0.0, 2, 8192, 8, 4, 0)  # contrast needs its scratch
+    with pytest.raises(ValueError, match="out: must not overlap x"):
+        aug(4096, 4096 + 64, 4, 1, 4, 4, 4, 4, 0, 0, 0.0, 0, 8192, 8, 4, 0)
+    with pytest.raises(ValueError, match="saturation needs 3 channels"):
+        aug(4096, 65536, 4, 1, 4, 4, 4, 4, 0, 0, 0.0, 4, 8192, 8, 4, 16384)
+    with pytest.raises(ValueError, match="counter_ptr: null device pointer"):
+        noise(4096, 4096, 10, 8192, 0, 0.1, True, False)
+    with pytest.raises(ValueError, match="table_ptr: null device pointer"):
+        noise(4096, 4096, 10, 0, 8, 0.1, True, False)
+    with pytest.raises(ValueError, match="out: must be x itself or not overlap it"):
+        noise(4096, 4100, 10, 8192, 8, 0.1, True, False)
+    with pytest.raises(TypeError, match="dtype: expected 'float32' or 'float64', got 'int32'"):
+        mix("int32", 4096, 8192, 16384, 8, 4, 65536, 4, 3)
+    with pytest.raises(ValueError, match=r"stride: expected the permutation table's rows per step \(>= N = 4\)"):
+        mix("float32", 4096, 8192, 16384, 8, 2, 65536, 4, 3)
+    with pytest.raises(ValueError, match="lams_ptr: device pointer is not aligned"):
+        mix("float64", 4096, 8192, 16388, 8, 4, 65536, 4, 3)
+    with pytest.raises(ValueError, match="out: must not overlap x"):
+        mix("float32", 4096, 8192, 16384, 8, 4, 4100, 4, 3)
