@@ -443,6 +443,39 @@ def test_schedule_is_what_a_call_runs(rng):
         unseeded.schedule((7, 270), 0)
 
 
+
+@pytest.mark.parametrize("seeded", [True, False])
+def test_schedule_of_many_steps_equals_each_steps_schedule(seeded):
+    # the GPU Trainer draws an epoch's steps at once: row k of every parameter must be step k's own
+    # draw (RandomResizedCrop with a scale that often falls back to the central box, odd sizes)
+    tf = [A.RandomHorizontalFlip(), A.RandomResizedCrop((5, 7), (0.05, 1.0), (0.2, 5.0)),
+          A.ColorJitter(0.3, (0.5, 1.5), 0.2), A.GaussianNoise(0.1), A.Mixup(0.3, num_classes=4),
+          A.RandomCrop((5, 7), (1, 2, 3, 0), "reflect"), A.RandomHorizontalFlip(0.3), A.Mixup(2.0)]
+    aug = A.Augment(tf, seed=3 if seeded else None, image_shape=(3, 6, 9))
+    steps = np.array([7, 8, 9, 12, 400], np.int64)
+    offsets = np.array([0, 64 * 5, 2 ** 41 + 64, 2 ** 50, 2 ** 63], np.uint64)
+    many = aug.schedule((11, 162), steps, None if seeded else offsets)
+    fell_back = 0
+    for k in range(len(steps)):
+        one = aug.schedule((11, 162), int(steps[k]), None if seeded else int(offsets[k]))
+        assert [op[0] for op in one] == [op[0] for op in many] == ["fused", "noise", "mixup", "fused", "mixup"]
+        for a, b in zip(one, many):
+            if a[0] == "fused":
+                assert a[1:4] == b[1:4] and a[4][:4] == b[4][:4]
+                np.testing.assert_array_equal(a[4][4], b[4][4][k])
+                assert (a[4][5] is None) == (b[4][5] is None)
+                if a[4][5] is not None:
+                    np.testing.assert_array_equal(a[4][5], b[4][5][k])
+                if a[1][2] == 6:  # the resized crop: the central box (6 rows, clamped ratio) when no try fits
+                    fell_back += int(((a[4][4][:, 3] == 6) & (a[4][4][:, 1] == 0)).sum())
+            elif a[0] == "noise":
+                assert (a[2], a[4], a[5]) == (b[2], b[4], b[5]) and a[3] == int(b[3][k])
+            else:
+                assert a[3] == b[3][k]
+                np.testing.assert_array_equal(a[4], b[4][k])
+    assert fell_back > 0
+
+
 def test_trainer_wraps_fastnn_augment_objects(rng):
     X = rng.random((40, 6)).astype(np.float32)
     y = rng.integers(0, 3, 40)

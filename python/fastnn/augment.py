@@ -158,7 +158,14 @@ _seed_offset = checks.seed_offset
 
 def _words(seed, offset, n):
     """The 32-bit words of stream positions offset .. offset + n - 1, as uint64 (room for
-    products with ranges)."""
+    products with ranges). offset may be an array of S offsets (several training steps drawn at
+    once): then (S, n) words, row k from offset[k]."""
+    if isinstance(offset, np.ndarray):
+        w = np.empty((offset.shape[0], n), np.uint32)
+        if n:
+            for k, o in enumerate(offset.tolist()):
+                _C.philox_words(seed, o, w[k])
+        return w.astype(np.uint64)
     w = np.empty(n, np.uint32)
     if n:
         _C.philox_words(seed, offset, w)
@@ -202,7 +209,7 @@ class RandomHorizontalFlip(Transform):
         return int(shape[0])
 
     def params(self, n, seed, offset):
-        """Per-sample flip decisions (bool, n)."""
+        """Per-sample flip decisions (bool, n; (S, n) for S offsets)."""
         w = _words(seed, offset, n)
         return w < np.uint64(min(int(self.p * 4294967296.0), 1 << 32))
 
@@ -250,12 +257,14 @@ class RandomCrop(Transform):
         return Hp, Wp
 
     def params(self, shape, seed, offset):
-        """(top, left) of each sample's crop in padded coordinates (int64, n each)."""
+        """(top, left) of each sample's crop in padded coordinates (int64, n each; (S, n) for S
+        offsets)."""
         Hp, Wp = self._check(shape)
         n = int(shape[0])
-        w = _words(seed, offset, 2 * n).reshape(n, 2)
+        w = _words(seed, offset, 2 * n)
+        w = w.reshape(w.shape[:-1] + (n, 2))
         h, cw = self.size
-        return _randint(w[:, 0], Hp - h + 1), _randint(w[:, 1], Wp - cw + 1)
+        return _randint(w[..., 0], Hp - h + 1), _randint(w[..., 1], Wp - cw + 1)
 
     def __repr__(self):
         return f"RandomCrop(size={self.size}, padding={self.padding}, pad_mode={self.pad_mode!r}, fill={self.fill})"
@@ -278,9 +287,11 @@ class RandomResizedCrop(Transform):
         return tuple(shape[:-2]) + self.size
 
     def params(self, shape, seed, offset):
-        """(top, left, height, width) of each sample's box in the input (int64, n each)."""
+        """(top, left, height, width) of each sample's box in the input (int64, n each; (S, n) for
+        S offsets)."""
         n, H, W = int(shape[0]), int(shape[-2]), int(shape[-1])
-        w = _words(seed, offset, 4 * _RRC_TRIES * n).reshape(n, _RRC_TRIES, 4)
+        w = _words(seed, offset, 4 * _RRC_TRIES * n)
+        w = w.reshape(w.shape[:-1] + (n, _RRC_TRIES, 4))
         area = float(H * W)
         s0, s1 = self.scale
         lr0, lr1 = math.log(self.ratio[0]), math.log(self.ratio[1])
@@ -294,10 +305,12 @@ class RandomResizedCrop(Transform):
         ch = np.where(ok, ch, 1).astype(np.int64)
         top = _randint(w[..., 2], H - ch + 1)
         left = _randint(w[..., 3], W - cw + 1)
-        first = np.argmax(ok, axis=1)
-        rows = np.arange(n)
-        found = ok[rows, first]
-        t, l_, h, wd = top[rows, first], left[rows, first], ch[rows, first], cw[rows, first]
+        first = np.argmax(ok, axis=-1)[..., None]  # the first accepted try of each sample
+
+        def pick(a):
+            return np.take_along_axis(a, first, axis=-1)[..., 0]
+        found = pick(ok)
+        t, l_, h, wd = pick(top), pick(left), pick(ch), pick(cw)
         if not found.all():  # torchvision's fallback: the central crop with the ratio clamped
             in_ratio = W / H
             if in_ratio < self.ratio[0]:
@@ -349,12 +362,14 @@ class ColorJitter(Transform):
             raise ValueError(f"x: contrast jitter needs 1 or 3 channels, got {C} (shape {tuple(shape)})")
 
     def params(self, n, seed, offset):
-        """(n, 3) float32 factors (brightness, contrast, saturation); 1 where disabled."""
-        u = _uniform(_words(seed, offset, 3 * n).reshape(n, 3))
-        f = np.ones((n, 3), np.float64)
+        """(n, 3) float32 factors (brightness, contrast, saturation); 1 where disabled ((S, n, 3)
+        for S offsets)."""
+        w = _words(seed, offset, 3 * n)
+        u = _uniform(w.reshape(w.shape[:-1] + (n, 3)))
+        f = np.ones(u.shape, np.float64)
         for j, r in enumerate((self.brightness, self.contrast, self.saturation)):
             if r is not None:
-                f[:, j] = r[0] + (r[1] - r[0]) * u[:, j]
+                f[..., j] = r[0] + (r[1] - r[0]) * u[..., j]
         return f.astype(F32)
 
     def __repr__(self):
@@ -414,10 +429,21 @@ def mixup_params(n, alpha, *, seed, offset=0):
     if alpha <= 0:
         raise ValueError(f"alpha: expected a positive number (the Beta(alpha, alpha) parameter), got {alpha}")
     seed, offset = checks.explicit_seed_offset(seed, offset, _MIXUP_LAMBDA_WORDS + n)
+    return _mixup_draw(n, alpha, seed, offset)
+
+
+def _mixup_draw(n, alpha, seed, offset):
+    """mixup_params without the checks; for an array of S offsets: (S lambdas (float64 array),
+    (S, n) permutations)."""
     w = _words(seed, offset, _MIXUP_LAMBDA_WORDS + n)
-    g1, g2 = _gamma_log(alpha, w[:64]), _gamma_log(alpha, w[64:128])
-    lam = 1.0 / (1.0 + math.exp(min(g2 - g1, 700.0)))
-    perm = np.argsort(w[_MIXUP_LAMBDA_WORDS:], kind="stable").astype(np.int64)
+    perm = np.argsort(w[..., _MIXUP_LAMBDA_WORDS:], axis=-1, kind="stable").astype(np.int64)
+    if w.ndim == 1:
+        g1, g2 = _gamma_log(alpha, w[:64]), _gamma_log(alpha, w[64:128])
+        return 1.0 / (1.0 + math.exp(min(g2 - g1, 700.0))), perm
+    lam = np.empty(w.shape[0], np.float64)
+    for k, row in enumerate(w):  # (the Gamma draws' rejection loops are scalar)
+        g1, g2 = _gamma_log(alpha, row[:64]), _gamma_log(alpha, row[64:128])
+        lam[k] = 1.0 / (1.0 + math.exp(min(g2 - g1, 700.0)))
     return lam, perm
 
 
@@ -500,28 +526,30 @@ class _Fused:
 
     def plan(self, shape4, seed):
         """The kernel arguments for a batch of shape (N, C, H, W): (geom, pad_mode, fill, jitter
-        flags, ints (N, 5) int32, factors (N, 3) float32 or None), drawn on the host (O(N))."""
+        flags, ints (N, 5) int32, factors (N, 3) float32 or None), drawn on the host (O(N)); with
+        offsets for S steps (arrays), ints (S, N, 5) and factors (S, N, 3)."""
         N, C, H, W = shape4
-        ints = np.zeros((N, 5), np.int32)
+        lead = np.shape(next(iter(self.offsets.values())))
+        ints = np.zeros(lead + (N, 5), np.int32)
         flip = (self.flip.params(N, seed, self.offsets[id(self.flip)]) if self.flip is not None
-                else np.zeros(N, bool))
-        ints[:, 0] = flip
+                else np.zeros(lead + (N,), bool))
+        ints[..., 0] = flip
         geom, pad_mode, fill = _GEOM_CROP, 0, 0.0
         g = self.geo
         if isinstance(g, RandomCrop):
             OH, OW = g.size
             top, left = g.params(shape4, seed, self.offsets[id(g)])
             pl, pt = g.padding[0], g.padding[1]
-            ints[:, 1] = top - pt
+            ints[..., 1] = top - pt
             # A flip before the crop: the crop at padded column j of the flipped image is the
             # flipped crop at input column W - OW - j + pl.
-            ints[:, 2] = np.where(flip & self.flip_first, W - OW - left + pl, left - pl)
+            ints[..., 2] = np.where(flip & self.flip_first, W - OW - left + pl, left - pl)
             pad_mode, fill = _PAD_MODES[g.pad_mode], g.fill
         elif isinstance(g, RandomResizedCrop):
             geom = _GEOM_RESIZE
             top, left, bh, bw = g.params(shape4, seed, self.offsets[id(g)])
-            ints[:, 1], ints[:, 3], ints[:, 4] = top, bh, bw
-            ints[:, 2] = np.where(flip & self.flip_first, W - bw - left, left)
+            ints[..., 1], ints[..., 3], ints[..., 4] = top, bh, bw
+            ints[..., 2] = np.where(flip & self.flip_first, W - bw - left, left)
         factors, flags = None, 0
         if self.jitter is not None:
             self.jitter._check(shape4)
@@ -564,7 +592,7 @@ class Compose:
             else:
                 group = None
                 steps.append((t, pos))
-            pos += _round64(t.positions(sh))
+            pos = pos + _round64(t.positions(sh))  # (a new array: the groups keep their offsets)
             if isinstance(t, Transform):
                 sh = t.out_shape(sh)
         return steps
@@ -582,8 +610,10 @@ class Compose:
           ("fused", in_shape4, out_shape4, out_shape, (geom, pad_mode, fill, flags, ints, factors))
           ("noise", shape, seed, offset, std, clip)
           ("mixup", shape, transform, lam, perm)
-        Calling the Compose runs exactly these; the GPU Trainer draws them for every step of an
-        epoch at once and replays them from device tables."""
+        Calling the Compose runs exactly these. offset may also be a uint64 array of S offsets
+        (S training steps drawn at once, for the GPU Trainer's device tables): then every drawn
+        parameter has a leading axis of S (ints (S, N, 5), factors (S, N, 3), the noise offsets
+        (S,), lambdas (S,), permutations (S, N)), row k equal to the draws at offset[k]."""
         ops, sh = [], tuple(shape)
         for st in self._steps(sh, offset):
             if isinstance(st, _Fused):
@@ -596,7 +626,7 @@ class Compose:
                 continue
             t, p = st
             if isinstance(t, Mixup):
-                lam, perm = mixup_params(sh[0], t.alpha, seed=seed, offset=p)
+                lam, perm = _mixup_draw(sh[0], t.alpha, seed, p)
                 ops.append(("mixup", sh, t, lam, perm))
             else:
                 ops.append(("noise", sh, seed, p, t.std, t.clip))
@@ -720,13 +750,23 @@ class Augment:
         """Compose.schedule of training step `step` on a batch of `shape` (as the Trainer passes it:
         flat rows with image_shape): the launches __call__ makes, every parameter drawn. With
         seed=None, `offset` is the first position the step's call would reserve from
-        fastnn.random.default_generator (nothing is reserved here)."""
+        fastnn.random.default_generator (nothing is reserved here). `step` (and `offset`) may be
+        arrays of S steps of the same batch shape, drawn at once (a leading axis of S on every
+        parameter; see Compose.schedule)."""
         ishape = self.batch_shape(shape)
+        many = isinstance(step, np.ndarray)
         if self.seed is None:
-            _int(step, "step")
             if offset is None:
                 raise ValueError("offset: an Augment without a seed needs the stream offset of the step")
+            if many:
+                offset = np.asarray(offset, np.uint64)
+            else:
+                _int(step, "step")
             return self.compose.schedule(ishape, _random.default_generator.seed, offset)
+        if many:
+            if step.size:
+                self.step_seed_offset(int(step.max()), ishape)  # (the checks, at the last step)
+            return self.compose.schedule(ishape, self.seed, step.astype(np.uint64) * np.uint64(STEP_POSITIONS))
         return self.compose.schedule(ishape, *self.step_seed_offset(step, ishape))
 
     def __call__(self, x, y, step):

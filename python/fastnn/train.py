@@ -1281,31 +1281,42 @@ class _DeviceRun:
 
     def _aug_draw(self):
         """Draws the augmentation parameters of every step of the epoch (Augment.schedule: the
-        draws the CPU run makes at each step) into the host image of the table; one upload."""
+        draws the CPU run makes at each step, here for the full batches at once and the last one)
+        into the host image of the table; one upload."""
         S, bs, n, d = self.steps, self.bs, self.n, self.plan.d_in
         host, dt = self.aug_host, self.plan.dtype
         k0 = self.opt.step_count
-        off = _random.default_generator.get_state()[1]
-        for s in range(S):
-            m = min(n, s * bs + bs) - s * bs
-            ops = self.aug.schedule((m, d), k0 + s, off)
-            off += self._aug_positions(m) + self._advance_of(m, augment=False)
+        off0 = _random.default_generator.get_state()[1]
+        last = n - (S - 1) * bs
+        groups = [(0, S, bs)] if last >= bs else [(0, S - 1, bs), (S - 1, 1, last)]
+        for s0, G, m in groups:
+            if G == 0:
+                continue
+            # an unseeded Augment's steps start where the stream is after the steps before them
+            per = self._aug_positions(bs) + self._advance_of(bs, augment=False)
+            offs = np.uint64(off0) + np.arange(s0, s0 + G, dtype=np.uint64) * np.uint64(per)
+            ops = self.aug.schedule((m, d), np.arange(k0 + s0, k0 + s0 + G, dtype=np.int64), offs)
             for op, sec in zip(ops, self.aug_secs):
                 if op[0] == "fused":
-                    _, (N, C, H, W), (_, _, OH, OW), _, (geom, pad, fill, flags, ints, factors) = op
-                    rows = _C.augment_pack_samples(N, C, H, W, OH, OW, geom, pad, fill, flags, ints, factors)
-                    at = sec[0] + s * bs * rows.shape[1]
+                    # G steps of m rows: rows s0 * bs .. of the table (contiguous: m == bs or G == 1)
+                    _, (_, C, H, W), (_, _, OH, OW), _, (geom, pad, fill, flags, ints, factors) = op
+                    rows = _C.augment_pack_samples(G * m, C, H, W, OH, OW, geom, pad, fill, flags,
+                                                   ints.reshape(G * m, 5),
+                                                   None if factors is None else factors.reshape(G * m, 3))
+                    at = sec[0] + s0 * bs * rows.shape[1]
                     host[at:at + rows.nbytes] = rows.reshape(-1)
                 elif op[0] == "noise":
-                    at = sec[0] + 16 * s
-                    host[at:at + 16] = np.array([op[2], op[3]], np.uint64).view(np.uint8)
+                    sq = np.empty((G, 2), np.uint64)
+                    sq[:, 0], sq[:, 1] = op[2], op[3]
+                    host[sec[0] + 16 * s0:sec[0] + 16 * (s0 + G)] = sq.view(np.uint8).reshape(-1)
                 else:
                     lam, perm = op[3], op[4]
-                    at = sec[0] + 8 * s * bs
-                    host[at:at + 8 * m] = perm.astype(np.int64, copy=False).view(np.uint8)
-                    lams = np.array([lam, 1.0 - lam], dt)
-                    at = sec[1] + lams.nbytes * s
-                    host[at:at + lams.nbytes] = lams.view(np.uint8)
+                    at = sec[0] + 8 * s0 * bs
+                    host[at:at + 8 * G * m] = perm.astype(np.int64, copy=False).view(np.uint8).reshape(-1)
+                    lams = np.empty((G, 2), dt)
+                    lams[:, 0], lams[:, 1] = lam, 1.0 - lam  # (1 - lam in float64, then rounded: the CPU's)
+                    at = sec[1] + dt.itemsize * 2 * s0
+                    host[at:at + lams.nbytes] = lams.view(np.uint8).reshape(-1)
         _C.cuda_memcpy_htod(self.aug_table.ptr, host)
 
     def _aug_buffers(self, B):
