@@ -1404,7 +1404,6 @@ class _DeviceRun:
         self.gen0 = _random.default_generator.get_state()
         _C.cuda_memcpy_htod(self.rng, np.array(self.gen0, dtype=np.uint64))
         self.params = t._params
-        self.zeros = _cuda.zeros((max(p.size for p in self.params),), self.plan.dtype, device=dev)
         self._optim_setup()
         self._aug_setup()
         self.shapes = {}
@@ -1658,12 +1657,14 @@ class _DeviceRun:
         return out
 
     def _check_params(self):
-        """Flags a non-finite parameter in the check half of the sums (one squared-error sum each,
-        in float64: finite for any finite float32 array)."""
+        """Flags a non-finite parameter in the check half of the sums: the squared-error sum of w
+        against itself is 0 when every element is finite and NaN otherwise (w - w is NaN for inf and
+        NaN only), the CPU's isfinite test; a sum of w * w would overflow for finite weights beyond
+        ~1.8e19 in float32 and flag a divergence the CPU does not see."""
         dn = self.dname
         for prm in self.params:
             w = prm.data
-            _C.cuda_squared_error(dn, w.ptr, self.zeros.ptr, 0, w.size, 1.0, result_ptr=self.res)
+            _C.cuda_squared_error(dn, w.ptr, w.ptr, 0, w.size, 1.0, result_ptr=self.res)
             _C.cuda_step_metrics(dn, w.ptr, 1, 1, 0, "none", self.res, self.chk)
 
     def _bookkeep(self, lrs, done):
