@@ -538,3 +538,30 @@ def test_augment_errors_on_the_device():
     with pytest.raises(TypeError, match="x: expected float32, got float64"):  # image transforms: float32 only
         fit(A.Augment([A.RandomHorizontalFlip()], image_shape=IMG), dtype=np.float64)
     assert _C.current_stream() == 0
+
+
+def test_augmented_chunked_upload_and_divergence_match_the_cpu():
+    X, y = aug_data()
+    make_aug = (lambda: A.Augment([A.RandomHorizontalFlip(), A.GaussianNoise(0.05), A.Mixup(0.3, num_classes=4)],
+                                  image_shape=IMG))  # unseeded: it shares fastnn's stream with dropout
+    tk = {"optimizer": "sgd", "optimizer_kwargs": {"lr": 0.05, "momentum": 0.9}}
+    fk = {"epochs": 2, "batch_size": 32}
+    tc, wc, gc = aug_run("cpu", make_aug, tk, fk, X, y)
+    row = X.strides[0] + 4 * 4  # X's row and its 4 soft-target columns
+    td, wd, gd = aug_run("cuda", make_aug, tk, fk, X, y, device_data_budget=70 * row)
+    assert any("3 chunks of 64 rows" in s for s in td.history["log"]), td.history["log"]
+    assert all(np.array_equal(a, b) for a, b in zip(wc, wd)) and gc == gd
+    h = dict(td.history)
+    h["log"] = []
+    same_history(tc.history, h)
+    # a divergence after epoch 1 restores the start of its epoch, the random stream included
+    sched = schedules.Step(5, 1e14)  # lr 0.05 for the 5 steps of epoch 1, then 5e12
+    res = []
+    for device in ("cpu", "cuda"):
+        with pytest.warns(TrainingDivergedWarning, match="at epoch [23]"):
+            t, w, g = aug_run(device, make_aug, {**tk, "schedule": sched}, {"epochs": 3, "batch_size": 32},
+                              X * np.float32(1e3), y)
+        res.append((t.history, w, g, t.optimizer.step_count))
+    same_history(res[0][0], res[1][0])
+    assert all(np.array_equal(a, b) and np.isfinite(a).all() for a, b in zip(res[0][1], res[1][1]))
+    assert res[0][2] == res[1][2] and res[0][3] == res[1][3] in (5, 10)
