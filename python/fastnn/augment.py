@@ -72,6 +72,10 @@ offset needs an explicit seed.
 
 The Trainer option: ``Augment(transforms, seed=None)`` is a callable ``(x, y, step) -> (x, y)``;
 with a seed, step s uses stream positions from s * 2**40 (so a run replays exactly from any step).
+Since every draw is a pure function of (seed, offset, shapes), ``Compose.schedule`` /
+``Augment.schedule`` give a call's kernel launches with their parameters without running them,
+for one step or for an array of steps at once; the GPU Trainer draws a whole epoch so, uploads it
+once, and its captured step reads each step's rows (csrc/cuda/augment.h, table mode).
 """
 
 from __future__ import annotations
