@@ -1246,7 +1246,6 @@ class _DeviceRun:
         the fit: the captured graphs hold their addresses): AugSample rows (steps * bs) of a fused
         pass; (seed, offset) rows (steps, 2) uint64 of a noise pass; a mixup's permutations (steps *
         bs int64) and (lam, 1 - lam) rows (steps, 2) of the dtype."""
-        self.aug_ops = None
         if self.aug is None:
             return
         S, bs, isz = self.steps, self.bs, self.plan.dtype.itemsize
