@@ -405,6 +405,99 @@ def test_augment_flat_rows_with_image_shape(rng):
     assert t.history["loss"][-1] < t.history["loss"][0] / 2
 
 
+
+def test_schedule_is_what_a_call_runs(rng):
+    # the GPU Trainer draws each step's launches with Augment.schedule and replays them from device
+    # tables; they must be the call's own launches with the call's own draws
+    x = images(rng, (7, 3, 9, 10))
+    y = rng.integers(0, 4, 7)
+    tf = [A.RandomCrop((9, 10), 2, "reflect"), A.RandomHorizontalFlip(), A.ColorJitter(0.3, 0.3, 0.3),
+          A.GaussianNoise(0.1, clip=True), A.Mixup(0.3, num_classes=4)]
+    aug = A.Augment(tf, seed=8, image_shape=(3, 9, 10))
+    want_x, want_y = aug(x.reshape(7, -1), y, 4)
+    ops = aug.schedule((7, 270), 4)
+    assert [op[0] for op in ops] == ["fused", "noise", "mixup"]
+    _, shape4, oshape4, _, plan = ops[0]
+    cur = np.empty(oshape4, np.float32)
+    fastnn._C.augment_batch(x, cur, *plan)
+    _, _, seed, offset, std, clip = ops[1]
+    assert (seed, std, clip) == (8, 0.1, True) and offset >= 4 * A.STEP_POSITIONS
+    fastnn._C.gaussian_noise(cur, cur, seed, offset, std)
+    np.clip(cur, 0, 1, out=cur)
+    _, _, _, lam, perm = ops[2]
+    got = np.empty_like(cur)
+    fastnn._C.mixup_apply(cur, perm, got, lam, 1.0 - lam)
+    np.testing.assert_array_equal(got.reshape(7, -1), want_x)
+    onehot = np.eye(4, dtype=np.float32)[y]
+    np.testing.assert_array_equal(onehot * np.float32(lam) + onehot[perm] * np.float32(1 - lam), want_y)
+    # unseeded: the schedule at the offset a call would reserve equals that call
+    unseeded = A.Augment(tf[:3], image_shape=(3, 9, 10))
+    seed0, off0 = fastnn.random.default_generator.get_state()
+    ops = unseeded.schedule((7, 270), 0, off0)
+    assert fastnn.random.default_generator.get_state() == (seed0, off0)  # nothing reserved
+    want, _ = unseeded(x.reshape(7, -1), y, 0)
+    got = np.empty(ops[0][2], np.float32)
+    fastnn._C.augment_batch(x, got, *ops[0][4])
+    np.testing.assert_array_equal(got.reshape(7, -1), want)
+    with pytest.raises(ValueError, match="offset: an Augment without a seed needs the stream offset"):
+        unseeded.schedule((7, 270), 0)
+
+
+
+@pytest.mark.parametrize("seeded", [True, False])
+def test_schedule_of_many_steps_equals_each_steps_schedule(seeded):
+    # the GPU Trainer draws an epoch's steps at once: row k of every parameter must be step k's own
+    # draw (RandomResizedCrop with a scale that often falls back to the central box, odd sizes)
+    tf = [A.RandomHorizontalFlip(), A.RandomResizedCrop((5, 7), (0.05, 1.0), (0.2, 5.0)),
+          A.ColorJitter(0.3, (0.5, 1.5), 0.2), A.GaussianNoise(0.1), A.Mixup(0.3, num_classes=4),
+          A.RandomCrop((5, 7), (1, 2, 3, 0), "reflect"), A.RandomHorizontalFlip(0.3), A.Mixup(2.0)]
+    aug = A.Augment(tf, seed=3 if seeded else None, image_shape=(3, 6, 9))
+    steps = np.array([7, 8, 9, 12, 400], np.int64)
+    offsets = np.array([0, 64 * 5, 2 ** 41 + 64, 2 ** 50, 2 ** 63], np.uint64)
+    many = aug.schedule((11, 162), steps, None if seeded else offsets)
+    fell_back = 0
+    for k in range(len(steps)):
+        one = aug.schedule((11, 162), int(steps[k]), None if seeded else int(offsets[k]))
+        assert [op[0] for op in one] == [op[0] for op in many] == ["fused", "noise", "mixup", "fused", "mixup"]
+        for a, b in zip(one, many):
+            if a[0] == "fused":
+                assert a[1:4] == b[1:4] and a[4][:4] == b[4][:4]
+                np.testing.assert_array_equal(a[4][4], b[4][4][k])
+                assert (a[4][5] is None) == (b[4][5] is None)
+                if a[4][5] is not None:
+                    np.testing.assert_array_equal(a[4][5], b[4][5][k])
+                if a[1][2] == 6:  # the resized crop: the central box (6 rows, clamped ratio) when no try fits
+                    fell_back += int(((a[4][4][:, 3] == 6) & (a[4][4][:, 1] == 0)).sum())
+            elif a[0] == "noise":
+                assert (a[2], a[4], a[5]) == (b[2], b[4], b[5]) and a[3] == int(b[3][k])
+            else:
+                assert a[3] == b[3][k]
+                np.testing.assert_array_equal(a[4], b[4][k])
+    assert fell_back > 0
+
+
+def test_trainer_wraps_fastnn_augment_objects(rng):
+    X = rng.random((40, 6)).astype(np.float32)
+    y = rng.integers(0, 3, 40)
+
+    def fit(aug):
+        fastnn.manual_seed(1)
+        m = fastnn.nn.Sequential(fastnn.nn.Linear(6, 3))
+        t = fastnn.train.Trainer(m, augment=aug, verbose=False, seed=0, optimizer="sgd", optimizer_kwargs={"lr": 0.1})
+        fastnn.random.default_generator.set_state((5, 0))
+        t.fit(X, y, epochs=2, batch_size=16)
+        return t, [p.data for p in m.parameters()]
+    t1, w1 = fit(A.Mixup(0.3, num_classes=3))  # a bare Mixup (it is not itself a (x, y, step) callable)
+    t2, w2 = fit(A.Augment([A.Mixup(0.3, num_classes=3)]))
+    t3, w3 = fit(A.Compose([A.Mixup(0.3, num_classes=3)]))
+    assert isinstance(t1.augment, A.Augment) and isinstance(t3.augment, A.Augment)
+    assert all(np.array_equal(a, b) and np.array_equal(a, c) for a, b, c in zip(w1, w2, w3))
+    assert t1.history["loss"] == t2.history["loss"]
+    with pytest.raises(TypeError, match=r"augment: expected a fastnn.augment.Augment \(or a Compose, transform or "
+                                        r"Mixup\) or a callable \(x, y, step\) -> \(x, y\), got int"):
+        fastnn.train.Trainer(fastnn.nn.Sequential(fastnn.nn.Linear(6, 3)), augment=3)
+
+
 # ---- errors -------------------------------------------------------------------------------------------
 
 def test_errors(rng):

@@ -6,8 +6,9 @@ On the fake GPU the device kernels are fastnn's CPU kernels on host memory, so a
 give the CPU fit's weights and history exactly: same kernels, same arguments, same order, the
 same float64 accumulation of the epoch's loss. The fake GPU's counters then show that the step
 loop copies nothing between host and device and never synchronizes: the only copies of a fit are
-its uploads at the start, two per epoch (the permutation and the per-step optimizer table) and
-one read per epoch (the loss/accuracy sums, the parameter check and the steps' losses)."""
+its uploads at the start, two per epoch (the permutation and the per-step optimizer table; three
+with augmentation: the epoch's draw tables) and one read per epoch (the loss/accuracy sums, the
+parameter check and the steps' losses)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 
 import fastnn
+import fastnn.augment as A
 from fastnn import _C, nn, schedules
 from fastnn import train as train_mod
 from fastnn._backend import backend_of
@@ -397,3 +399,169 @@ def test_load_onto_the_device_continues_like_the_cpu(tmp_path):
         res.append((t2.history, [host(p.data) for p in t2.model.parameters()]))
     same_history(res[0][0], res[1][0])
     assert all(np.array_equal(a, b) for a, b in zip(res[0][1], res[1][1]))
+
+
+# ---- augmentation and mixup inside the captured step (fastnn.augment's objects) --------------------
+# The host draws every step's parameters of an epoch at its start (the draws the CPU run makes at
+# each step) and uploads them in one copy; the step's kernels read their rows at the device step
+# counter. 150 rows in batches of 32: four full batches and a partial one of 22 (its own graph);
+# images of 3 x 6 x 5 (odd sizes) seen through image_shape from the MLP's flat rows.
+IMG = (3, 6, 5)
+
+
+def aug_data(n=150, seed=0, c=4):
+    rng = np.random.default_rng(seed)
+    X = rng.random((n, int(np.prod(IMG)))).astype(np.float32)
+    y = (X[:, :c].argmax(1) + (rng.random(n) < 0.1)) % c
+    return X, y.astype(np.int64)
+
+
+AUG_CASES = {
+    "crop_flip_jitter_seeded": (
+        lambda: A.Augment([A.RandomCrop((6, 5), (2, 1), "reflect"), A.RandomHorizontalFlip(),
+                           A.ColorJitter(0.4, 0.4, 0.4)], seed=5, image_shape=IMG),
+        {"optimizer": "sgd", "optimizer_kwargs": {"lr": 0.05, "momentum": 0.9}},
+        {"epochs": 3, "batch_size": 32, "validation_fraction": 0.2}),
+    "resized_crop_noise_unseeded_with_dropout": (  # the unseeded draws interleave with dropout's
+        lambda: A.Augment([A.RandomHorizontalFlip(), A.RandomResizedCrop((6, 5), (0.4, 1.0)),
+                           A.ColorJitter(0, 0.5), A.GaussianNoise(0.05, clip=True)], image_shape=IMG),
+        {"optimizer": "adam", "optimizer_kwargs": {"lr": 3e-3}, "schedule": "cosine"},
+        {"epochs": 2, "batch_size": 32}),
+    "mixup_alone_labels": (
+        lambda: A.Mixup(0.4, num_classes=4),
+        {"optimizer": "adam", "optimizer_kwargs": {"lr": 1e-2}, "l2": 1e-3},
+        {"epochs": 2, "batch_size": 32, "shuffle": False}),
+    "crop_then_mixup_then_noise": (
+        lambda: A.Augment([A.RandomCrop((6, 5), 1, fill=0.5), A.Mixup(0.3, num_classes=4), A.GaussianNoise(0.02)],
+                          seed=11, image_shape=IMG),
+        {"optimizer": "sgd", "optimizer_kwargs": {"lr": 0.1}},
+        {"epochs": 2, "batch_size": 32, "drop_last": True}),
+}
+
+
+def aug_run(device, make_aug, tk, fk, X, y, spec=None, **kw):
+    spec = spec or [("linear", {"out": 16, "activation": "relu", "dropout": 0.2}), ("linear", {})]
+    m = make(7, [(k, dict(v)) for k, v in spec], d=X.shape[1], c=4)
+    fastnn.random.default_generator.set_state((123, 0))
+    t = Trainer(m, verbose=False, device=device, augment=None if make_aug is None else make_aug(), **tk, **kw)
+    t.rng = np.random.default_rng(3)  # (no seed=: it would reset the stream the unseeded augment draws from)
+    t.fit(X, y, **dict(fk))
+    return t, [host(p.data) for p in m.parameters()], fastnn.random.default_generator.get_state()
+
+
+@pytest.mark.parametrize("case", sorted(AUG_CASES))
+@pytest.mark.parametrize("graph", [True, False])
+def test_augmented_device_fit_equals_cpu_fit(case, graph):
+    make_aug, tk, fk = AUG_CASES[case]
+    X, y = aug_data()
+    tc, wc, gc = aug_run("cpu", make_aug, tk, fk, X, y)
+    td, wd, gd = aug_run("cuda", make_aug, tk, fk, X, y, graph=graph)
+    assert isinstance(td.augment, A.Augment)
+    for a, b in zip(wc, wd):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+    same_history(tc.history, td.history)
+    assert gc == gd  # the random stream ends at the same position
+    assert tc.optimizer.step_count == td.optimizer.step_count
+    _, w_plain, _ = aug_run("cpu", None, tk, fk, X, y)
+    assert not all(np.array_equal(a, b) for a, b in zip(w_plain, wd))  # the augmentation did something
+
+
+def test_mixup_soft_targets_mse_and_float64_equal_cpu():
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((90, 7)).astype(np.float64)
+    Y = np.stack([X @ rng.standard_normal(7), np.tanh(X[:, 1])], 1)
+    spec = [("linear", {"out": 8, "activation": "tanh", "dtype": np.float64}),
+            ("linear", {"out": 2, "dtype": np.float64})]
+    tk = {"loss": "mse", "optimizer": "sgd", "optimizer_kwargs": {"lr": 0.05}, "dtype": np.float64}
+    fk = {"epochs": 2, "batch_size": 20}
+    aug = (lambda: A.Compose([A.Mixup(0.5)]))  # float targets: blended as they are
+    (tc, wc, gc), (td, wd, gd) = (aug_run(dev, aug, tk, fk, X, Y, spec=spec) for dev in ("cpu", "cuda"))
+    assert all(a.dtype == np.float64 and np.array_equal(a, b) for a, b in zip(wc, wd))
+    same_history(tc.history, td.history)
+    assert gc == gd
+
+
+def _aug_fit_counts(epochs, make_aug, **kw):
+    X, y = aug_data()
+    m = make(7, [("linear", {"out": 16, "activation": "relu", "dropout": 0.1}), ("linear", {})], d=X.shape[1])
+    t = Trainer(m, optimizer="sgd", optimizer_kwargs={"lr": 0.05, "momentum": 0.9}, verbose=False, seed=0,
+                device="cuda", augment=make_aug(), **kw)
+    c0 = fake.read_counters()
+    captures = []
+    begin = _C.graph_capture_begin
+    _C.graph_capture_begin = lambda h: (captures.append(h), begin(h))[1]
+    try:
+        t.fit(X, y, epochs=epochs, batch_size=32)
+    finally:
+        _C.graph_capture_begin = begin
+    c1 = fake.read_counters()
+    d = {k: c1[k] - c0[k] for k in c0 if k != "calls"}
+    d["calls"] = {k: c1["calls"][k] - c0["calls"][k] for k in c0["calls"]}
+    return d, len(captures)
+
+
+@pytest.mark.parametrize("epochs", [1, 3])
+def test_augmented_step_loop_copies_only_the_epoch_tables(epochs):
+    # as test_the_step_loop_copies_nothing_and_never_synchronizes, plus ONE upload per epoch: the
+    # draw tables of all its steps
+    steps = 5  # 150 rows in batches of 32: 4 full and one of 22
+    make_aug = (lambda: A.Augment([A.RandomCrop((6, 5), 1), A.RandomHorizontalFlip(), A.ColorJitter(0.3, 0.3),
+                                   A.GaussianNoise(0.1), A.Mixup(0.2, num_classes=4)], seed=1, image_shape=IMG))
+    d, captured = _aug_fit_counts(epochs, make_aug)
+    assert d["htod"] == 5 + 3 * epochs, d
+    assert d["dtoh"] == epochs and d["sync"] == 0 and d.get("loss_readback", 0) == 0, d
+    assert d["replay"] == steps * epochs and captured == 2, d
+    # each replay ran the step's augmentation (+ the eager warm-up of each of the two graphs)
+    runs = steps * epochs + 2
+    assert d["calls"]["augment"] == runs and d["calls"]["noise"] == runs, d
+    assert d["calls"]["mixup"] == 2 * runs, d  # the images and the soft targets
+    d, captured = _aug_fit_counts(2, make_aug, graph=False)
+    assert d["replay"] == 0 and captured == 0 and d["htod"] == 5 + 6 and d["dtoh"] == 2 and d["sync"] == 0, d
+
+
+def test_augment_errors_on_the_device():
+    X, y = aug_data()
+
+    def fit(aug, dtype=np.float32):
+        m = make(1, [("linear", {"dtype": dtype})], d=X.shape[1])
+        Trainer(m, device="cuda", verbose=False, augment=aug, dtype=dtype).fit(X, y, epochs=1, batch_size=32)
+    with pytest.raises(TypeError, match=r"fastnn.augment's objects \(an Augment.*got a function callable"):
+        fit(lambda x, y, s: (x, y))
+    with pytest.raises(ValueError, match="Mixup.s soft targets have 5 columns, but the model has 4 outputs"):
+        fit(A.Mixup(0.2, num_classes=5))
+    with pytest.raises(ValueError, match="num_classes: required with integer labels"):
+        fit(A.Mixup(0.2))
+    with pytest.raises(ValueError, match=r"into \(32, 3, 4, 4\), but the model takes rows of 90 features"):
+        fit(A.Augment([A.RandomCrop(4)], image_shape=IMG))
+    with pytest.raises(ValueError, match="expected an image batch"):
+        fit(A.RandomHorizontalFlip())  # flat rows without image_shape
+    with pytest.raises(TypeError, match="x: expected float32, got float64"):  # image transforms: float32 only
+        fit(A.Augment([A.RandomHorizontalFlip()], image_shape=IMG), dtype=np.float64)
+    assert _C.current_stream() == 0
+
+
+def test_augmented_chunked_upload_and_divergence_match_the_cpu():
+    X, y = aug_data()
+    make_aug = (lambda: A.Augment([A.RandomHorizontalFlip(), A.GaussianNoise(0.05), A.Mixup(0.3, num_classes=4)],
+                                  image_shape=IMG))  # unseeded: it shares fastnn's stream with dropout
+    tk = {"optimizer": "sgd", "optimizer_kwargs": {"lr": 0.05, "momentum": 0.9}}
+    fk = {"epochs": 2, "batch_size": 32}
+    tc, wc, gc = aug_run("cpu", make_aug, tk, fk, X, y)
+    row = X.strides[0] + 4 * 4  # X's row and its 4 soft-target columns
+    td, wd, gd = aug_run("cuda", make_aug, tk, fk, X, y, device_data_budget=70 * row)
+    assert any("3 chunks of 64 rows" in s for s in td.history["log"]), td.history["log"]
+    assert all(np.array_equal(a, b) for a, b in zip(wc, wd)) and gc == gd
+    h = dict(td.history)
+    h["log"] = []
+    same_history(tc.history, h)
+    # a divergence after epoch 1 restores the start of its epoch, the random stream included
+    sched = schedules.Step(5, 1e14)  # lr 0.05 for the 5 steps of epoch 1, then 5e12
+    res = []
+    for device in ("cpu", "cuda"):
+        with pytest.warns(TrainingDivergedWarning, match="at epoch [23]"):
+            t, w, g = aug_run(device, make_aug, {**tk, "schedule": sched}, {"epochs": 3, "batch_size": 32},
+                              X * np.float32(1e3), y)
+        res.append((t.history, w, g, t.optimizer.step_count))
+    same_history(res[0][0], res[1][0])
+    assert all(np.array_equal(a, b) and np.isfinite(a).all() for a, b in zip(res[0][1], res[1][1]))
+    assert res[0][2] == res[1][2] and res[0][3] == res[1][3] in (5, 10)

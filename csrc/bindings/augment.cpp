@@ -2,6 +2,7 @@
 // so _C stays safe to call directly), GIL release, threading over samples. The per-sample
 // parameters come from python/fastnn/augment.py, which draws them from philox_words.
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -133,6 +134,22 @@ void register_augment(py::module_& m) {
       },
       py::arg("x"), py::arg("perm"), py::arg("out"), py::arg("lam"), py::arg("lam1"),
       "out[i] = lam * x[i] + lam1 * x[perm[i]] (float32; out must not overlap x).");
+  m.attr("AUG_SAMPLE_BYTES") = py::int_(sizeof(AugSample));
+  m.def(
+      "augment_pack_samples",
+      [](int64_t N, int64_t C, int64_t H, int64_t W, int64_t OH, int64_t OW, int geom, int pad_mode, double fill,
+         int jitter, py::array ints, py::object factors) {
+        const AugShape s = augment_args::checked_shape(N, C, H, W, OH, OW, geom, pad_mode, fill, jitter);
+        const std::vector<AugSample> ps = augment_args::checked_samples(s, N, ints, factors);
+        py::array_t<uint8_t> out({static_cast<py::ssize_t>(N), static_cast<py::ssize_t>(sizeof(AugSample))});
+        if (N > 0) std::memcpy(out.mutable_data(), ps.data(), ps.size() * sizeof(AugSample));
+        return out;
+      },
+      py::arg("N"), py::arg("C"), py::arg("H"), py::arg("W"), py::arg("OH"), py::arg("OW"), py::arg("geom"),
+      py::arg("pad_mode"), py::arg("fill"), py::arg("jitter"), py::arg("ints"), py::arg("factors"),
+      "The N samples' parameters of augment_batch (ints (N, 5) int32, factors (N, 3) float32 or None), checked "
+      "against the shape exactly as augment_batch checks them, packed as the kernels' AugSample structs: a uint8 "
+      "(N, AUG_SAMPLE_BYTES) array (the rows of a device table for cuda_augment_batch_table).");
 }
 
 }  // namespace fastnn

@@ -92,31 +92,60 @@ void mixup_impl(const T* x, const int64_t* perm, T* y, int64_t N, int64_t D, T l
   check_launch("mixup kernel launch");
 }
 
-}  // namespace
+template <class T>
+void mixup_table_impl(const T* x, const int64_t* perms, const T* lams, const uint64_t* counter, int64_t stride, T* y,
+                      int64_t N, int64_t D) {
+  if (N <= 0 || D <= 0) return;
+  const int64_t gx = std::min<int64_t>(ceil_div(D, kThreads), int64_t{1} << 20);
+  const dim3 grid(static_cast<unsigned>(gx), grid_y(N));
+  mix_kernel<T><<<grid, kThreads, 0, launch::stream()>>>(x, perms, y, N, D, T(0), T(0), lams, counter, stride);
+  check_launch("mixup table kernel launch");
+}
 
-void augment_batch(const float* x, float* y, int64_t N, const AugShape& s, const AugSample* params) {
+// The two launches of the fused pass on device parameters (ps; table mode when counter is set).
+void launch_augment(const float* x, float* y, int64_t N, const AugShape& s, const AugSample* ps, float* cm,
+                    const uint64_t* counter, int64_t stride) {
+  const bool contrast = (s.jitter & kJitContrast) != 0, saturation = (s.jitter & kJitSaturation) != 0;
+  if (contrast) {
+    const int64_t blocks = std::max<int64_t>(1, std::min(N, launch::full_wave<kThreads>(contrast_mean_kernel)));
+    contrast_mean_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, launch::stream()>>>(x, ps, s, N, cm, counter,
+                                                                                            stride);
+    check_launch("augment contrast mean kernel launch");
+  }
+  const int64_t units = saturation ? s.OH * s.OW : s.C * s.OH * s.OW;
+  const dim3 grid(static_cast<unsigned>(ceil_div(units, kThreads)), grid_y(N));
+  augment_apply_kernel<<<grid, kThreads, 0, launch::stream()>>>(x, y, ps, contrast ? cm : nullptr, s, N, counter,
+                                                                stride);
+  check_launch("augment kernel launch");
+}
+
+void check_sample_elements(const AugShape& s) {
   const int64_t out_n = s.C * s.OH * s.OW;
-  if (N <= 0 || out_n == 0) return;
   if (out_n > kAugMaxSampleElements)
     throw std::invalid_argument("out: expected at most 2**31 - 1 elements per sample (C * OH * OW) on the GPU, got " +
                                 std::to_string(out_n));
-  const bool contrast = (s.jitter & kJitContrast) != 0, saturation = (s.jitter & kJitSaturation) != 0;
+}
+
+}  // namespace
+
+void augment_batch(const float* x, float* y, int64_t N, const AugShape& s, const AugSample* params) {
+  if (N <= 0 || s.C * s.OH * s.OW == 0) return;
+  check_sample_elements(s);
+  const bool contrast = (s.jitter & kJitContrast) != 0;
   // (A synchronous copy from pageable memory: it waits for the earlier stream-0 work. A pinned,
-  // event-guarded staging buffer would let the host run ahead; not done yet.)
+  // event-guarded staging buffer would let the host run ahead; not done yet. The training step
+  // uses augment_batch_table instead: its draws are uploaded once per epoch.)
   DeviceCopy dparams(params, static_cast<size_t>(N) * sizeof(AugSample));
-  float* cm = nullptr;
   std::unique_ptr<DeviceCopy> dcm;
-  if (contrast) {
-    dcm.reset(new DeviceCopy(static_cast<size_t>(N) * sizeof(float)));
-    cm = dcm->get<float>();
-    const int64_t blocks = std::max<int64_t>(1, std::min(N, launch::full_wave<kThreads>(contrast_mean_kernel)));
-    contrast_mean_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, launch::stream()>>>(x, dparams.get<AugSample>(), s, N, cm);
-    check_launch("augment contrast mean kernel launch");
-  }
-  const int64_t units = saturation ? s.OH * s.OW : out_n;
-  const dim3 grid(static_cast<unsigned>(ceil_div(units, kThreads)), grid_y(N));
-  augment_apply_kernel<<<grid, kThreads, 0, launch::stream()>>>(x, y, dparams.get<AugSample>(), cm, s, N);
-  check_launch("augment kernel launch");
+  if (contrast) dcm.reset(new DeviceCopy(static_cast<size_t>(N) * sizeof(float)));
+  launch_augment(x, y, N, s, dparams.get<AugSample>(), contrast ? dcm->get<float>() : nullptr, nullptr, 0);
+}
+
+void augment_batch_table(const float* x, float* y, int64_t N, const AugShape& s, const AugSample* samples,
+                         const uint64_t* counter, int64_t stride, float* cm) {
+  if (N <= 0 || s.C * s.OH * s.OW == 0) return;
+  check_sample_elements(s);
+  launch_augment(x, y, N, s, samples, cm, counter, stride);
 }
 
 void gaussian_noise(const float* x, float* y, int64_t n, uint64_t seed, uint64_t q0, float std, bool noise,
@@ -126,6 +155,25 @@ void gaussian_noise(const float* x, float* y, int64_t n, uint64_t seed, uint64_t
   const int64_t blocks = std::max<int64_t>(1, std::min(ntiles, launch::full_wave<kThreads>(noise_kernel)));
   noise_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, launch::stream()>>>(x, y, n, seed, q0, std, noise, clip, ntiles);
   check_launch("gaussian noise kernel launch");
+}
+
+void gaussian_noise_table(const float* x, float* y, int64_t n, const uint64_t* sq, const uint64_t* counter, float std,
+                          bool noise, bool clip) {
+  if (n <= 0) return;
+  const int64_t ntiles = ceil_div(n, kNoiseElems);
+  const int64_t blocks = std::max<int64_t>(1, std::min(ntiles, launch::full_wave<kThreads>(noise_kernel)));
+  noise_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, launch::stream()>>>(x, y, n, 0, 0, std, noise, clip,
+                                                                                  ntiles, sq, counter);
+  check_launch("gaussian noise table kernel launch");
+}
+
+void mixup_apply_table(const float* x, const int64_t* perms, const float* lams, const uint64_t* counter, int64_t stride,
+                       float* y, int64_t N, int64_t D) {
+  mixup_table_impl(x, perms, lams, counter, stride, y, N, D);
+}
+void mixup_apply_table(const double* x, const int64_t* perms, const double* lams, const uint64_t* counter,
+                       int64_t stride, double* y, int64_t N, int64_t D) {
+  mixup_table_impl(x, perms, lams, counter, stride, y, N, D);
 }
 
 void mixup_apply(const float* x, const int64_t* perm, float* y, int64_t N, int64_t D, float lam, float lam1) {

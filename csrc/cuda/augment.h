@@ -38,5 +38,25 @@ void gaussian_noise(const float* x, float* y, int64_t n, uint64_t seed, uint64_t
 void mixup_apply(const float* x, const int64_t* perm, float* y, int64_t N, int64_t D, float lam, float lam1);
 void mixup_apply(const double* x, const int64_t* perm, double* y, int64_t N, int64_t D, double lam, double lam1);
 
+// Table mode, for a training step captured as a CUDA graph: the same kernels, with the step's
+// parameters read on the device from tables holding a whole epoch's draws, at row r = *counter
+// (a device uint64, read when the kernels run: each replay sees its own step). No upload, no
+// allocation but the contrast means' scratch (cm: N floats of device memory the caller owns,
+// unused without contrast jitter), no synchronization: capturable. The tables are trusted (the
+// binding cannot read device memory): their rows come from augment_pack_samples (checked on the
+// host) and the caller keeps r within them.
+//   augment_batch_table: sample i of the step uses samples[r * stride + i] (stride = the full
+//     batch; the last, smaller batch has N < stride).
+//   gaussian_noise_table: (seed, q0) = sq[2r], sq[2r + 1].
+//   mixup_apply_table: perm = perms + r * stride, (lam, lam1) = lams[2r], lams[2r + 1].
+void augment_batch_table(const float* x, float* y, int64_t N, const AugShape& s, const AugSample* samples,
+                         const uint64_t* counter, int64_t stride, float* cm);
+void gaussian_noise_table(const float* x, float* y, int64_t n, const uint64_t* sq, const uint64_t* counter, float std,
+                          bool noise, bool clip);
+void mixup_apply_table(const float* x, const int64_t* perms, const float* lams, const uint64_t* counter, int64_t stride,
+                       float* y, int64_t N, int64_t D);
+void mixup_apply_table(const double* x, const int64_t* perms, const double* lams, const uint64_t* counter,
+                       int64_t stride, double* y, int64_t N, int64_t D);
+
 }  // namespace cuda
 }  // namespace fastnn

@@ -21,6 +21,16 @@ constexpr int kNoiseElems = 2 * kThreads;                     // elements per no
 constexpr int kNoiseBlocks = (2 * kNoiseElems) / 64 + 1;       // stream blocks a tile can touch (17)
 constexpr int kMaxGridY = 65535;
 
+// Table mode (a captured training step, replayed once per step): the per-step parameters of a
+// whole epoch live in a device table and the kernel reads the current step's slice at row
+// *ctr (the device step counter, read when the kernel runs, so a replayed graph sees each step's
+// own draws). ctr == nullptr: the pointers as given (one call, parameters uploaded by the launcher).
+// Step r's samples start at row r * stride of a per-sample table (stride = the full batch).
+template <class P>
+__device__ __forceinline__ const P* step_rows(const P* table, const uint64_t* ctr, int64_t stride) {
+  return ctr ? table + static_cast<int64_t>(*ctr) * stride : table;
+}
+
 // torchvision's rgb_to_grayscale weights, as csrc/cpu/augment.cpp.
 constexpr float kWr = 0.2989f, kWg = 0.587f, kWb = 0.114f;
 
@@ -145,8 +155,10 @@ __device__ __forceinline__ float source_value(const float* plane, const Source& 
 // of warp 0 add tile t, the other warps compute tile t + 1; one barrier per tile suffices because
 // a buffer is rewritten only after the barrier that follows the additions of its previous tile.
 __global__ void __launch_bounds__(kThreads)
-    contrast_mean_kernel(const float* x, const AugSample* ps, AugShape s, int64_t N, float* cm) {
+    contrast_mean_kernel(const float* x, const AugSample* ps, AugShape s, int64_t N, float* cm,
+                         const uint64_t* ctr = nullptr, int64_t stride = 0) {
   __shared__ float tile[2][kMeanTile];
+  ps = step_rows(ps, ctr, stride);
   const int tx = static_cast<int>(threadIdx.x);
   const uint32_t OW = static_cast<uint32_t>(s.OW);
   const int64_t P = s.OH * s.OW, plane = s.H * s.W, in_n = s.C * plane;
@@ -206,7 +218,9 @@ __global__ void __launch_bounds__(kThreads)
 // brightness v * fb, contrast v * fc + cm, saturation v * fs + (1 - fs) * gray3, each clamped;
 // one thread per pixel (all 3 channels) when saturation is on (C == 3), else per element.
 __global__ void __launch_bounds__(kThreads)
-    augment_apply_kernel(const float* x, float* y, const AugSample* ps, const float* cm, AugShape s, int64_t N) {
+    augment_apply_kernel(const float* x, float* y, const AugSample* ps, const float* cm, AugShape s, int64_t N,
+                         const uint64_t* ctr = nullptr, int64_t stride = 0) {
+  ps = step_rows(ps, ctr, stride);
   const uint32_t P = static_cast<uint32_t>(s.OH * s.OW), OW = static_cast<uint32_t>(s.OW);
   const int64_t plane = s.H * s.W, in_n = s.C * plane, out_n = s.C * static_cast<int64_t>(P);
   const bool B = (s.jitter & kJitBrightness) != 0, Cn = (s.jitter & kJitContrast) != 0,
@@ -256,12 +270,18 @@ __global__ void __launch_bounds__(kThreads)
 // order: word j of counter 16b + c is position 64b + 16j + c (csrc/core/philox.h), stored at
 // 64 (b - B0) + 16j + c; element e's words are then at (Q % 64) + 2(e - 512t) + {0, 1}.
 // z = sqrt(-2 ln u1) cos(2 pi u2), u1 = (hi24(w0) + 1) / 2^24, u2 = hi24(w1) / 2^24, as the CPU.
-// y may be x (each element read and written by one thread).
+// y may be x (each element read and written by one thread). Table mode: (seed, q0) are row *ctr
+// of the device uint64 table sq (steps, 2), read when the kernel runs.
 __global__ void __launch_bounds__(kThreads)
     noise_kernel(const float* x, float* y, int64_t n, uint64_t seed, uint64_t q0, float sd, bool noise, bool clip,
-                 int64_t ntiles) {
+                 int64_t ntiles, const uint64_t* sq = nullptr, const uint64_t* ctr = nullptr) {
   __shared__ uint32_t words[kNoiseBlocks * 64];
   const int tx = static_cast<int>(threadIdx.x);
+  if (ctr) {
+    const uint64_t* row = sq + 2 * static_cast<int64_t>(*ctr);
+    seed = row[0];
+    q0 = row[1];
+  }
 #pragma unroll 1
   for (int64_t t = blockIdx.x; t < ntiles; t += gridDim.x) {
     const int64_t e0 = t * kNoiseElems;
@@ -301,10 +321,19 @@ __global__ void __launch_bounds__(kThreads)
 
 // y[i, d] = lam * x[i, d] + lam1 * x[perm[i], d] ((x * lam) + (xp * lam1) as the CPU's mix for
 // float32 and NumPy's lam * x + (1 - lam) * x[perm] for float64, each operation rounded).
-// blockIdx.x (grid-stride) covers the row, blockIdx.y (grid-stride) the rows.
+// blockIdx.x (grid-stride) covers the row, blockIdx.y (grid-stride) the rows. Table mode: perm is
+// row *ctr * stride of the epoch's permutation table (int64, steps * stride) and (lam, lam1) row
+// *ctr of the T table lams (steps, 2), read when the kernel runs.
 template <class T>
 __global__ void __launch_bounds__(kThreads)
-    mix_kernel(const T* x, const int64_t* perm, T* y, int64_t N, int64_t D, T lam, T lam1) {
+    mix_kernel(const T* x, const int64_t* perm, T* y, int64_t N, int64_t D, T lam, T lam1,
+               const T* lams = nullptr, const uint64_t* ctr = nullptr, int64_t stride = 0) {
+  if (ctr) {
+    const int64_t r = static_cast<int64_t>(*ctr);
+    perm += r * stride;
+    lam = lams[2 * r];
+    lam1 = lams[2 * r + 1];
+  }
   const int64_t d0 = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   const int64_t dstride = static_cast<int64_t>(gridDim.x) * kThreads;
 #pragma unroll 1

@@ -72,6 +72,10 @@ offset needs an explicit seed.
 
 The Trainer option: ``Augment(transforms, seed=None)`` is a callable ``(x, y, step) -> (x, y)``;
 with a seed, step s uses stream positions from s * 2**40 (so a run replays exactly from any step).
+Since every draw is a pure function of (seed, offset, shapes), ``Compose.schedule`` /
+``Augment.schedule`` give a call's kernel launches with their parameters without running them,
+for one step or for an array of steps at once; the GPU Trainer draws a whole epoch so, uploads it
+once, and its captured step reads each step's rows (csrc/cuda/augment.h, table mode).
 """
 
 from __future__ import annotations
@@ -158,7 +162,14 @@ _seed_offset = checks.seed_offset
 
 def _words(seed, offset, n):
     """The 32-bit words of stream positions offset .. offset + n - 1, as uint64 (room for
-    products with ranges)."""
+    products with ranges). offset may be an array of S offsets (several training steps drawn at
+    once): then (S, n) words, row k from offset[k]."""
+    if isinstance(offset, np.ndarray):
+        w = np.empty((offset.shape[0], n), np.uint32)
+        if n:
+            for k, o in enumerate(offset.tolist()):
+                _C.philox_words(seed, o, w[k])
+        return w.astype(np.uint64)
     w = np.empty(n, np.uint32)
     if n:
         _C.philox_words(seed, offset, w)
@@ -202,7 +213,7 @@ class RandomHorizontalFlip(Transform):
         return int(shape[0])
 
     def params(self, n, seed, offset):
-        """Per-sample flip decisions (bool, n)."""
+        """Per-sample flip decisions (bool, n; (S, n) for S offsets)."""
         w = _words(seed, offset, n)
         return w < np.uint64(min(int(self.p * 4294967296.0), 1 << 32))
 
@@ -250,12 +261,14 @@ class RandomCrop(Transform):
         return Hp, Wp
 
     def params(self, shape, seed, offset):
-        """(top, left) of each sample's crop in padded coordinates (int64, n each)."""
+        """(top, left) of each sample's crop in padded coordinates (int64, n each; (S, n) for S
+        offsets)."""
         Hp, Wp = self._check(shape)
         n = int(shape[0])
-        w = _words(seed, offset, 2 * n).reshape(n, 2)
+        w = _words(seed, offset, 2 * n)
+        w = w.reshape(w.shape[:-1] + (n, 2))
         h, cw = self.size
-        return _randint(w[:, 0], Hp - h + 1), _randint(w[:, 1], Wp - cw + 1)
+        return _randint(w[..., 0], Hp - h + 1), _randint(w[..., 1], Wp - cw + 1)
 
     def __repr__(self):
         return f"RandomCrop(size={self.size}, padding={self.padding}, pad_mode={self.pad_mode!r}, fill={self.fill})"
@@ -278,9 +291,11 @@ class RandomResizedCrop(Transform):
         return tuple(shape[:-2]) + self.size
 
     def params(self, shape, seed, offset):
-        """(top, left, height, width) of each sample's box in the input (int64, n each)."""
+        """(top, left, height, width) of each sample's box in the input (int64, n each; (S, n) for
+        S offsets)."""
         n, H, W = int(shape[0]), int(shape[-2]), int(shape[-1])
-        w = _words(seed, offset, 4 * _RRC_TRIES * n).reshape(n, _RRC_TRIES, 4)
+        w = _words(seed, offset, 4 * _RRC_TRIES * n)
+        w = w.reshape(w.shape[:-1] + (n, _RRC_TRIES, 4))
         area = float(H * W)
         s0, s1 = self.scale
         lr0, lr1 = math.log(self.ratio[0]), math.log(self.ratio[1])
@@ -294,10 +309,12 @@ class RandomResizedCrop(Transform):
         ch = np.where(ok, ch, 1).astype(np.int64)
         top = _randint(w[..., 2], H - ch + 1)
         left = _randint(w[..., 3], W - cw + 1)
-        first = np.argmax(ok, axis=1)
-        rows = np.arange(n)
-        found = ok[rows, first]
-        t, l_, h, wd = top[rows, first], left[rows, first], ch[rows, first], cw[rows, first]
+        first = np.argmax(ok, axis=-1)[..., None]  # the first accepted try of each sample
+
+        def pick(a):
+            return np.take_along_axis(a, first, axis=-1)[..., 0]
+        found = pick(ok)
+        t, l_, h, wd = pick(top), pick(left), pick(ch), pick(cw)
         if not found.all():  # torchvision's fallback: the central crop with the ratio clamped
             in_ratio = W / H
             if in_ratio < self.ratio[0]:
@@ -349,12 +366,14 @@ class ColorJitter(Transform):
             raise ValueError(f"x: contrast jitter needs 1 or 3 channels, got {C} (shape {tuple(shape)})")
 
     def params(self, n, seed, offset):
-        """(n, 3) float32 factors (brightness, contrast, saturation); 1 where disabled."""
-        u = _uniform(_words(seed, offset, 3 * n).reshape(n, 3))
-        f = np.ones((n, 3), np.float64)
+        """(n, 3) float32 factors (brightness, contrast, saturation); 1 where disabled ((S, n, 3)
+        for S offsets)."""
+        w = _words(seed, offset, 3 * n)
+        u = _uniform(w.reshape(w.shape[:-1] + (n, 3)))
+        f = np.ones(u.shape, np.float64)
         for j, r in enumerate((self.brightness, self.contrast, self.saturation)):
             if r is not None:
-                f[:, j] = r[0] + (r[1] - r[0]) * u[:, j]
+                f[..., j] = r[0] + (r[1] - r[0]) * u[..., j]
         return f.astype(F32)
 
     def __repr__(self):
@@ -414,10 +433,21 @@ def mixup_params(n, alpha, *, seed, offset=0):
     if alpha <= 0:
         raise ValueError(f"alpha: expected a positive number (the Beta(alpha, alpha) parameter), got {alpha}")
     seed, offset = checks.explicit_seed_offset(seed, offset, _MIXUP_LAMBDA_WORDS + n)
+    return _mixup_draw(n, alpha, seed, offset)
+
+
+def _mixup_draw(n, alpha, seed, offset):
+    """mixup_params without the checks; for an array of S offsets: (S lambdas (float64 array),
+    (S, n) permutations)."""
     w = _words(seed, offset, _MIXUP_LAMBDA_WORDS + n)
-    g1, g2 = _gamma_log(alpha, w[:64]), _gamma_log(alpha, w[64:128])
-    lam = 1.0 / (1.0 + math.exp(min(g2 - g1, 700.0)))
-    perm = np.argsort(w[_MIXUP_LAMBDA_WORDS:], kind="stable").astype(np.int64)
+    perm = np.argsort(w[..., _MIXUP_LAMBDA_WORDS:], axis=-1, kind="stable").astype(np.int64)
+    if w.ndim == 1:
+        g1, g2 = _gamma_log(alpha, w[:64]), _gamma_log(alpha, w[64:128])
+        return 1.0 / (1.0 + math.exp(min(g2 - g1, 700.0))), perm
+    lam = np.empty(w.shape[0], np.float64)
+    for k, row in enumerate(w):  # (the Gamma draws' rejection loops are scalar)
+        g1, g2 = _gamma_log(alpha, row[:64]), _gamma_log(alpha, row[64:128])
+        lam[k] = 1.0 / (1.0 + math.exp(min(g2 - g1, 700.0)))
     return lam, perm
 
 
@@ -500,28 +530,30 @@ class _Fused:
 
     def plan(self, shape4, seed):
         """The kernel arguments for a batch of shape (N, C, H, W): (geom, pad_mode, fill, jitter
-        flags, ints (N, 5) int32, factors (N, 3) float32 or None), drawn on the host (O(N))."""
+        flags, ints (N, 5) int32, factors (N, 3) float32 or None), drawn on the host (O(N)); with
+        offsets for S steps (arrays), ints (S, N, 5) and factors (S, N, 3)."""
         N, C, H, W = shape4
-        ints = np.zeros((N, 5), np.int32)
+        lead = np.shape(next(iter(self.offsets.values())))
+        ints = np.zeros(lead + (N, 5), np.int32)
         flip = (self.flip.params(N, seed, self.offsets[id(self.flip)]) if self.flip is not None
-                else np.zeros(N, bool))
-        ints[:, 0] = flip
+                else np.zeros(lead + (N,), bool))
+        ints[..., 0] = flip
         geom, pad_mode, fill = _GEOM_CROP, 0, 0.0
         g = self.geo
         if isinstance(g, RandomCrop):
             OH, OW = g.size
             top, left = g.params(shape4, seed, self.offsets[id(g)])
             pl, pt = g.padding[0], g.padding[1]
-            ints[:, 1] = top - pt
+            ints[..., 1] = top - pt
             # A flip before the crop: the crop at padded column j of the flipped image is the
             # flipped crop at input column W - OW - j + pl.
-            ints[:, 2] = np.where(flip & self.flip_first, W - OW - left + pl, left - pl)
+            ints[..., 2] = np.where(flip & self.flip_first, W - OW - left + pl, left - pl)
             pad_mode, fill = _PAD_MODES[g.pad_mode], g.fill
         elif isinstance(g, RandomResizedCrop):
             geom = _GEOM_RESIZE
             top, left, bh, bw = g.params(shape4, seed, self.offsets[id(g)])
-            ints[:, 1], ints[:, 3], ints[:, 4] = top, bh, bw
-            ints[:, 2] = np.where(flip & self.flip_first, W - bw - left, left)
+            ints[..., 1], ints[..., 3], ints[..., 4] = top, bh, bw
+            ints[..., 2] = np.where(flip & self.flip_first, W - bw - left, left)
         factors, flags = None, 0
         if self.jitter is not None:
             self.jitter._check(shape4)
@@ -564,7 +596,7 @@ class Compose:
             else:
                 group = None
                 steps.append((t, pos))
-            pos += _round64(t.positions(sh))
+            pos = pos + _round64(t.positions(sh))  # (a new array: the groups keep their offsets)
             if isinstance(t, Transform):
                 sh = t.out_shape(sh)
         return steps
@@ -575,47 +607,59 @@ class Compose:
                 shape = t.out_shape(shape)
         return tuple(shape)
 
+    def schedule(self, shape, seed, offset):
+        """The kernel launches of one call on a batch of `shape` from stream positions (seed,
+        offset), every random parameter drawn (a pure function of seed, offset and the shapes):
+        a list of
+          ("fused", in_shape4, out_shape4, out_shape, (geom, pad_mode, fill, flags, ints, factors))
+          ("noise", shape, seed, offset, std, clip)
+          ("mixup", shape, transform, lam, perm)
+        Calling the Compose runs exactly these. offset may also be a uint64 array of S offsets
+        (S training steps drawn at once, for the GPU Trainer's device tables): then every drawn
+        parameter has a leading axis of S (ints (S, N, 5), factors (S, N, 3), the noise offsets
+        (S,), lambdas (S,), permutations (S, N)), row k equal to the draws at offset[k]."""
+        ops, sh = [], tuple(shape)
+        for st in self._steps(sh, offset):
+            if isinstance(st, _Fused):
+                shape4 = sh if len(sh) == 4 else (sh[0], 1) + tuple(sh[1:])
+                oh, ow = st.out_shape(shape4)[-2:]
+                oshape4 = (shape4[0], shape4[1], oh, ow)
+                osh = oshape4 if len(sh) == 4 else (shape4[0], oh, ow)
+                ops.append(("fused", shape4, oshape4, osh, st.plan(shape4, seed)))
+                sh = osh
+                continue
+            t, p = st
+            if isinstance(t, Mixup):
+                lam, perm = _mixup_draw(sh[0], t.alpha, seed, p)
+                ops.append(("mixup", sh, t, lam, perm))
+            else:
+                ops.append(("noise", sh, seed, p, t.std, t.clip))
+        return ops
+
     def __call__(self, x, y=None, *, seed=None, offset=0, out=None):
         if any(isinstance(t, Mixup) for t in self.transforms) and y is None:
             raise ValueError("y: a Compose with Mixup needs the labels (call it as compose(x, y, ...))")
         be = backend_of(x)
-        images = any(isinstance(t, Transform) and not isinstance(t, GaussianNoise) for t in self.transforms)
-        dtypes = (F32,) if images or not any(isinstance(t, Mixup) for t in self.transforms) else (F32, F64)
-        words = " or ".join(d.name for d in dtypes)
-        xa = be.batch(x, "x", words)
-        if xa.dtype not in dtypes:
-            raise TypeError(f"x: expected {words}, got {xa.dtype}")
-        ndim = len(xa.shape)
-        if images and ndim not in (3, 4):
-            raise ValueError(f"x: expected an image batch (N, C, H, W) or (N, H, W), got {ndim} dimension(s) with "
-                             f"shape {tuple(xa.shape)}")
-        if ndim < 1:
-            raise ValueError("x: expected at least one dimension (the batch), got a 0-d array")
-        xa = be.contiguous(xa)
+        xa = self._batch(be, x)
         shape = tuple(xa.shape)
         seed, offset = _seed_offset(seed, offset, self.positions(shape))
         final_shape = self._final_shape(shape)
         o = be.out_batch(out, final_shape, xa) if out is not None else None
         cur = xa
-        steps = self._steps(shape, offset)
-        for k, st in enumerate(steps):
-            last = k == len(steps) - 1
-            if isinstance(st, _Fused):
-                shape4 = cur.shape if len(cur.shape) == 4 else (cur.shape[0], 1) + tuple(cur.shape[1:])
-                oh, ow = st.out_shape(shape4)[-2:]
-                oshape4 = (shape4[0], shape4[1], oh, ow)
-                oshape = oshape4 if len(cur.shape) == 4 else (shape4[0], oh, ow)
+        ops = self.schedule(shape, seed, offset)
+        for k, op in enumerate(ops):
+            last = k == len(ops) - 1
+            if op[0] == "fused":
+                _, shape4, oshape4, oshape, plan = op
                 # (the kernel's output must not overlap its input)
                 dst = o if last and o is not None and be.out_direct(o, cur, False) else be.empty(oshape, F32, xa)
-                be.augment_batch(be.view(cur, shape4), be.view(dst, oshape4), *st.plan(shape4, seed))
+                be.augment_batch(be.view(cur, shape4), be.view(dst, oshape4), *plan)
                 cur = dst
-                continue
-            t, p = st
-            if isinstance(t, Mixup):
+            elif op[0] == "mixup":
+                _, _, t, lam, perm = op
                 n = cur.shape[0]
                 targets = _soft_targets(backend_of(y).host_labels(y), n, t.num_classes,
                                         F32 if cur.dtype == F32 else F64)
-                lam, perm = mixup_params(n, t.alpha, seed=seed, offset=p)
                 dst = be.empty(cur.shape, cur.dtype, xa)
                 be.mixup_apply(cur, perm, lam, dst)
                 cur = dst
@@ -623,10 +667,11 @@ class Compose:
                     targets.dtype, copy=False)
                 y = be.as_kind(be.from_host(ts, x), x)  # (on x's device, of x's kind)
             else:  # GaussianNoise: in place or into disjoint memory
+                _, _, nseed, p, std, clip = op
                 if cur.dtype != F32:  # (float64 after a Mixup)
                     raise TypeError(f"x: expected float32, got {cur.dtype}")
                 dst = o if last and o is not None and be.out_direct(o, cur, True) else be.empty(cur.shape, F32, xa)
-                be.gaussian_noise(cur, dst, seed, p, t.std, t.clip)
+                be.gaussian_noise(cur, dst, nseed, p, std, clip)
                 cur = dst
         if o is not None:
             be.copy_into(o, cur)  # (nothing to do when the last step wrote out)
@@ -634,6 +679,30 @@ class Compose:
         else:
             res = be.as_kind(cur, x)
         return res if y is None else (res, y)
+
+    def _batch(self, be, x):
+        """x as the backend's batch operand, its dtype and rank checked for these transforms."""
+        images = any(isinstance(t, Transform) and not isinstance(t, GaussianNoise) for t in self.transforms)
+        dtypes = (F32,) if images or not any(isinstance(t, Mixup) for t in self.transforms) else (F32, F64)
+        words = " or ".join(d.name for d in dtypes)
+        xa = be.batch(x, "x", words)
+        self.check_batch(tuple(xa.shape), xa.dtype)
+        return be.contiguous(xa)
+
+    def check_batch(self, shape, dtype):
+        """The errors a call on a batch of this shape and dtype raises before any kernel runs."""
+        images = any(isinstance(t, Transform) and not isinstance(t, GaussianNoise) for t in self.transforms)
+        dtypes = (F32,) if images or not any(isinstance(t, Mixup) for t in self.transforms) else (F32, F64)
+        if np.dtype(dtype) not in dtypes:
+            raise TypeError(f"x: expected {' or '.join(d.name for d in dtypes)}, got {np.dtype(dtype)}")
+        ndim = len(shape)
+        if images and ndim not in (3, 4):
+            raise ValueError(f"x: expected an image batch (N, C, H, W) or (N, H, W), got {ndim} dimension(s) with "
+                             f"shape {tuple(shape)}")
+        if ndim < 1:
+            raise ValueError("x: expected at least one dimension (the batch), got a 0-d array")
+        if np.dtype(dtype) != F32 and any(isinstance(t, GaussianNoise) for t in self.transforms):
+            raise TypeError(f"x: expected float32, got {np.dtype(dtype)}")  # (noise after a float64 mixup)
 
     def __repr__(self):
         return "Compose([" + ", ".join(repr(t) for t in self.transforms) + "])"
@@ -659,29 +728,66 @@ class Augment:
             image_shape = tuple(_int(v, "image_shape", 1) for v in image_shape)
         self.image_shape = image_shape
 
+    def batch_shape(self, shape):
+        """The shape the transforms see for a training batch of `shape`: flat rows (N, C*H*W) seen
+        as images (N, C, H, W) with image_shape, else `shape` itself."""
+        shape = tuple(int(d) for d in shape)
+        if self.image_shape is None:
+            return shape
+        size = int(np.prod(self.image_shape))
+        if len(shape) != 2 or shape[1] != size:
+            raise ValueError(f"x: expected flat rows (N, {size}) for image_shape {self.image_shape}, got shape "
+                             f"{shape}")
+        return (shape[0],) + self.image_shape
+
+    def step_seed_offset(self, step, shape):
+        """(seed, offset) of training step `step` on a batch the transforms see as `shape` (a seed
+        given): step * STEP_POSITIONS."""
+        step = _int(step, "step")
+        if step >= _U64 // STEP_POSITIONS:
+            raise ValueError(f"step: expected < {_U64 // STEP_POSITIONS}, got {step}")
+        if self.compose.positions(shape) > STEP_POSITIONS:
+            raise ValueError(f"x: a batch of shape {shape} needs more than 2**40 stream positions per step")
+        return self.seed, step * STEP_POSITIONS
+
+    def schedule(self, shape, step, offset=None):
+        """Compose.schedule of training step `step` on a batch of `shape` (as the Trainer passes it:
+        flat rows with image_shape): the launches __call__ makes, every parameter drawn. With
+        seed=None, `offset` is the first position the step's call would reserve from
+        fastnn.random.default_generator (nothing is reserved here). `step` (and `offset`) may be
+        arrays of S steps of the same batch shape, drawn at once (a leading axis of S on every
+        parameter; see Compose.schedule)."""
+        ishape = self.batch_shape(shape)
+        many = isinstance(step, np.ndarray)
+        if self.seed is None:
+            if offset is None:
+                raise ValueError("offset: an Augment without a seed needs the stream offset of the step")
+            if many:
+                offset = np.asarray(offset, np.uint64)
+            else:
+                _int(step, "step")
+            return self.compose.schedule(ishape, _random.default_generator.seed, offset)
+        if many:
+            if step.size:
+                self.step_seed_offset(int(step.max()), ishape)  # (the checks, at the last step)
+            return self.compose.schedule(ishape, self.seed, step.astype(np.uint64) * np.uint64(STEP_POSITIONS))
+        return self.compose.schedule(ishape, *self.step_seed_offset(step, ishape))
+
     def __call__(self, x, y, step):
+        shape = tuple(backend_of(x).shape_of(x))
+        ishape = self.batch_shape(shape)
         if self.image_shape is not None:
             # an MLP's flat rows (N, C*H*W) seen as images; the result is flattened back
-            size = int(np.prod(self.image_shape))
-            shape = tuple(backend_of(x).shape_of(x))
-            if len(shape) != 2 or shape[1] != size:
-                raise ValueError(f"x: expected flat rows (N, {size}) for image_shape {self.image_shape}, got shape "
-                                 f"{shape}")
-            n = shape[0]
-            xi, y = self._apply(x.reshape((n,) + self.image_shape), y, step)
-            return xi.reshape(n, -1), y
-        return self._apply(x, y, step)
+            xi, y = self._apply(x.reshape(ishape), y, step, ishape)
+            return xi.reshape(shape[0], -1), y
+        return self._apply(x, y, step, ishape)
 
-    def _apply(self, x, y, step):
+    def _apply(self, x, y, step, shape):
         step = _int(step, "step")
         if self.seed is None:
             return self.compose(x, y)
-        if step >= _U64 // STEP_POSITIONS:
-            raise ValueError(f"step: expected < {_U64 // STEP_POSITIONS}, got {step}")
-        shape = tuple(backend_of(x).shape_of(x))
-        if self.compose.positions(shape) > STEP_POSITIONS:
-            raise ValueError(f"x: a batch of shape {shape} needs more than 2**40 stream positions per step")
-        return self.compose(x, y, seed=self.seed, offset=step * STEP_POSITIONS)
+        seed, offset = self.step_seed_offset(step, shape)
+        return self.compose(x, y, seed=seed, offset=offset)
 
     def __repr__(self):
         shape = "" if self.image_shape is None else f", image_shape={self.image_shape}"

@@ -30,10 +30,12 @@ Constructor (a stable signature: the ``fastnn train`` command builds on it)::
   ``opt.lr = schedule(k, opt.base_lr)``.
 - ``l1``, ``l2``: fastnn.regularization's penalty on weights (not biases), applied inside the
   optimizer's fused step; its value is added to the reported training loss.
-- ``augment``: None or a callable ``(x, y, step) -> (x, y)`` applied to every training batch
-  (fastnn.augment; mixup returns soft targets). It receives the trainer's batch buffers (fixed,
-  reused every step; never views of the caller's X) and may modify them in place; ``step`` is
-  the global optimizer step.
+- ``augment``: None, fastnn.augment's objects (an ``Augment``; a ``Compose``, a transform such as
+  ``RandomCrop``, or ``Mixup`` is wrapped in ``Augment(...)``), or any callable
+  ``(x, y, step) -> (x, y)`` applied to every training batch (mixup returns soft targets). It
+  receives the trainer's batch buffers (fixed, reused every step; never views of the caller's X)
+  and may modify them in place; ``step`` is the global optimizer step. On the GPU only
+  fastnn.augment's objects are taken (see "Training on the GPU").
 - ``verbose``: a tqdm progress bar (loss, accuracy, lr) when tqdm is installed and stderr is a
   terminal; otherwise one summary line per epoch on stdout; False prints nothing.
 - ``seed``: None (NumPy's entropy) or an int: seeds the shuffling / validation-split generator
@@ -92,7 +94,14 @@ host reads the epoch's figures once at its end (and, for a progress bar, at most
 second). Validation, ``evaluate``, ``predict``, ``predict_proba`` and ``decision_function`` run on
 the device too (predictions come back as NumPy arrays). It takes a Sequential of Linear layers
 (every activation, dropout, DropConnect, PReLU), activation modules and Dropout; the built-in
-losses; SGD, Adam and AdamW; no ``augment`` callable yet. A CUDA error inside a replay is raised
+losses; SGD, Adam and AdamW; fastnn.augment's ``Augment`` (any Compose of its transforms, Mixup),
+not an arbitrary augment callable: at each epoch's start the host draws the parameters of all the
+epoch's steps (flips, crop boxes, jitter factors, noise positions, mixup's lambdas and
+permutations: the very draws the CPU run makes, a pure function of the seed and the stream
+positions) and uploads them in one copy into device tables; each step's augmentation kernels read
+their step's rows at the device step counter, inside the captured step. With Mixup the targets
+live on the device as float soft targets (integer labels one-hot, num_classes wide), as the CPU
+run's mixup makes them. A CUDA error inside a replay is raised
 with the epoch and step; Ctrl-C lets the launched steps finish and leaves the model (and the
 optimizer's step count) consistent, usable and savable.
 
@@ -116,6 +125,7 @@ import warnings
 import numpy as np
 
 from . import _C, _backend, _precision, checks
+from . import augment as _augment
 from . import checkpoint as _checkpoint
 from . import cuda as _cuda
 from . import nn as _nn
@@ -256,8 +266,11 @@ class Trainer:
         else:
             raise TypeError(f"schedule: expected None, a schedule name or a fastnn.schedules.Schedule, got "
                             f"{type(schedule).__name__}")
+        if isinstance(augment, (_augment.Compose, _augment.Transform, _augment.Mixup)):
+            augment = _augment.Augment(augment if isinstance(augment, _augment.Compose) else [augment])
         if augment is not None and not callable(augment):
-            raise TypeError(f"augment: expected a callable (x, y, step) -> (x, y), got {type(augment).__name__}")
+            raise TypeError(f"augment: expected a fastnn.augment.Augment (or a Compose, transform or Mixup) or a "
+                            f"callable (x, y, step) -> (x, y), got {type(augment).__name__}")
         self.augment = augment
         self.verbose = bool(verbose)
         if seed is not None:
@@ -1165,13 +1178,18 @@ class _DeviceRun:
         if type(trainer.loss) not in (SoftmaxCrossEntropy, MSELoss):
             raise TypeError("loss: training on the GPU takes 'cross_entropy' or 'mse', got a custom loss object "
                             "(train it with device='cpu')")
-        if trainer.augment is not None:
-            # fastnn.augment's kernels take parameters drawn on the host at each call (flips, boxes,
-            # factors, mixup's permutation): a replayed graph would repeat one batch's draws
-            raise TypeError("augment: training on the GPU does not take an augment callable yet (fastnn.augment's "
-                            "kernels read host-drawn parameters per call, which a captured step cannot redraw); "
-                            "use device='cpu' for augmented training")
+        aug = trainer.augment
+        if aug is not None and not isinstance(aug, _augment.Augment):
+            # an arbitrary callable draws on the host at each call: a replayed graph would repeat one
+            # batch's draws, and its host arrays would be copies inside the step
+            raise TypeError(f"augment: training on the GPU takes fastnn.augment's objects (an Augment, or a Compose "
+                            f"of its transforms, a transform such as RandomCrop, or Mixup), whose draws it makes "
+                            f"per epoch and replays from device tables; got a {type(aug).__name__} callable (train "
+                            f"it with device='cpu')")
+        self.aug = aug
         self.xent = type(trainer.loss) is SoftmaxCrossEntropy
+        if aug is not None:
+            y = self._aug_targets(y, X)
         self.labels = y.ndim == 1 and y.dtype.kind in "iu"
         self.stream = _cuda.Stream()
         self._prev_stream = _C.current_stream()
@@ -1203,6 +1221,141 @@ class _DeviceRun:
 
     def _targets(self, y):
         return y.astype(np.int32) if self.labels else y
+
+    # -- augmentation: the epoch's draws in device tables, read by the step at the step counter --
+    def _aug_targets(self, y, X):
+        """The training targets the step gathers: with Mixup, y as the float soft targets its
+        first mixup makes on the CPU (integer labels one-hot, num_classes wide), which every
+        mixup of the step then blends on the device. Also checks the batches the transforms see."""
+        aug, t, d = self.aug, self.t, X.shape[1]
+        shape = aug.batch_shape((self.bs, d))
+        aug.compose.check_batch(shape, t.dtype)
+        final = aug.compose._final_shape(shape)
+        if int(np.prod(final[1:])) != d:
+            raise ValueError(f"augment: it turns a batch {shape} into {final}, but the model takes rows of {d} "
+                             f"features")
+        for mx in (tr for tr in aug.compose.transforms if isinstance(tr, _augment.Mixup)):
+            y = _augment._soft_targets(y, len(y), mx.num_classes, t.dtype)
+            if y.shape[1] != t._n_outputs:
+                raise ValueError(f"augment: Mixup's soft targets have {y.shape[1]} columns, but the model has "
+                                 f"{t._n_outputs} outputs")
+        return y
+
+    def _aug_setup(self):
+        """One device block for an epoch's draws, in sections per launch of the step (fixed for
+        the fit: the captured graphs hold their addresses): AugSample rows (steps * bs) of a fused
+        pass; (seed, offset) rows (steps, 2) uint64 of a noise pass; a mixup's permutations (steps *
+        bs int64) and (lam, 1 - lam) rows (steps, 2) of the dtype."""
+        if self.aug is None:
+            return
+        S, bs, isz = self.steps, self.bs, self.plan.dtype.itemsize
+        secs, off = [], 0
+
+        def take(nbytes):
+            nonlocal off
+            at = off
+            off += -(-nbytes // 256) * 256
+            return at
+        for op in self.aug.schedule((bs, self.plan.d_in), 0, 0):
+            if op[0] == "fused":
+                secs.append((take(S * bs * _C.AUG_SAMPLE_BYTES),))
+            elif op[0] == "noise":
+                secs.append((take(S * 16),))
+            else:
+                secs.append((take(S * bs * 8), take(S * 2 * isz)))
+        self.aug_secs = secs
+        self.aug_host = np.zeros(max(off, 8), np.uint8)
+        self.aug_table = _raw(self.aug_host.nbytes, self.dev)
+        # stream positions an unseeded Augment reserves per step (before the forward's dropout)
+        self.aug_reserve = {}
+
+    def _aug_positions(self, m):
+        """Positions of fastnn's default stream an unseeded Augment reserves on a batch of m rows."""
+        if self.aug is None or self.aug.seed is not None:
+            return 0
+        r = self.aug_reserve.get(m)
+        if r is None:
+            r = self.aug_reserve[m] = _round64(self.aug.compose.positions(self.aug.batch_shape((m, self.plan.d_in))))
+        return r
+
+    def _aug_draw(self):
+        """Draws the augmentation parameters of every step of the epoch (Augment.schedule: the
+        draws the CPU run makes at each step, here for the full batches at once and the last one)
+        into the host image of the table; one upload."""
+        S, bs, n, d = self.steps, self.bs, self.n, self.plan.d_in
+        host, dt = self.aug_host, self.plan.dtype
+        k0 = self.opt.step_count
+        off0 = _random.default_generator.get_state()[1]
+        last = n - (S - 1) * bs
+        groups = [(0, S, bs)] if last >= bs else [(0, S - 1, bs), (S - 1, 1, last)]
+        for s0, G, m in groups:
+            if G == 0:
+                continue
+            # an unseeded Augment's steps start where the stream is after the steps before them
+            per = self._aug_positions(bs) + self._advance_of(bs, augment=False)
+            offs = np.uint64(off0) + np.arange(s0, s0 + G, dtype=np.uint64) * np.uint64(per)
+            ops = self.aug.schedule((m, d), np.arange(k0 + s0, k0 + s0 + G, dtype=np.int64), offs)
+            for op, sec in zip(ops, self.aug_secs):
+                if op[0] == "fused":
+                    # G steps of m rows: rows s0 * bs .. of the table (contiguous: m == bs or G == 1)
+                    _, (_, C, H, W), (_, _, OH, OW), _, (geom, pad, fill, flags, ints, factors) = op
+                    rows = _C.augment_pack_samples(G * m, C, H, W, OH, OW, geom, pad, fill, flags,
+                                                   ints.reshape(G * m, 5),
+                                                   None if factors is None else factors.reshape(G * m, 3))
+                    at = sec[0] + s0 * bs * rows.shape[1]
+                    host[at:at + rows.nbytes] = rows.reshape(-1)
+                elif op[0] == "noise":
+                    sq = np.empty((G, 2), np.uint64)
+                    sq[:, 0], sq[:, 1] = op[2], op[3]
+                    host[sec[0] + 16 * s0:sec[0] + 16 * (s0 + G)] = sq.view(np.uint8).reshape(-1)
+                else:
+                    lam, perm = op[3], op[4]
+                    at = sec[0] + 8 * s0 * bs
+                    host[at:at + 8 * G * m] = perm.astype(np.int64, copy=False).view(np.uint8).reshape(-1)
+                    lams = np.empty((G, 2), dt)
+                    lams[:, 0], lams[:, 1] = lam, 1.0 - lam  # (1 - lam in float64, then rounded: the CPU's)
+                    at = sec[1] + dt.itemsize * 2 * s0
+                    host[at:at + lams.nbytes] = lams.view(np.uint8).reshape(-1)
+        _C.cuda_memcpy_htod(self.aug_table.ptr, host)
+
+    def _aug_buffers(self, B):
+        """The step's augmentation launches for B's batch shape, with their output buffers."""
+        m, p = B["m"], self.plan
+        ops = []
+        for op, sec in zip(self.aug.schedule((m, p.d_in), 0, 0), self.aug_secs):
+            if op[0] == "fused":
+                _, (N, C, H, W), oshape4, _, (geom, pad, fill, flags, _ints, _factors) = op
+                out = _cuda.DeviceArray(oshape4, np.float32, device=self.dev)
+                cm = _raw(4 * N, self.dev) if flags & _augment._JIT_C else None  # the contrast means
+                args = (N, C, H, W) + tuple(oshape4[2:]) + (geom, pad, fill, flags)
+                ops.append(("fused", args, sec[0], out, cm))
+            elif op[0] == "noise":
+                ops.append(("noise", int(np.prod(op[1])), sec[0], op[4], op[5]))
+            else:
+                D = int(np.prod(op[1][1:]))
+                ops.append(("mixup", D, sec, _cuda.DeviceArray((m, D), p.dtype, device=self.dev),
+                            _cuda.DeviceArray((m, self.row_elems_y), p.dtype, device=self.dev)))
+        return ops
+
+    def _aug_launch(self, B, x_ptr, y_ptr):
+        """The step's augmentation (reading the epoch's tables at the step counter); returns the
+        batch's input and target pointers."""
+        base, ctr, bs, m = self.aug_table.ptr, self.ctr, self.bs, B["m"]
+        for op in B["aug"]:
+            if op[0] == "fused":
+                _, args, sec, out, cm = op
+                _C.cuda_augment_batch_table(x_ptr, out.ptr, *args, base + sec, ctr, bs, _ptr(cm))
+                x_ptr = out.ptr
+            elif op[0] == "noise":
+                _, size, sec, std, clip = op
+                _C.cuda_gaussian_noise_table(x_ptr, x_ptr, size, base + sec, ctr, std, std != 0.0, clip)
+            else:
+                _, D, sec, xo, yo = op
+                perms, lams = base + sec[0], base + sec[1]
+                _C.cuda_mixup_apply_table(self.dname, x_ptr, perms, lams, ctr, bs, xo.ptr, m, D)
+                _C.cuda_mixup_apply_table(self.dname, y_ptr, perms, lams, ctr, bs, yo.ptr, m, self.row_elems_y)
+                x_ptr, y_ptr = xo.ptr, yo.ptr
+        return x_ptr, y_ptr
 
     def _setup(self, X, y, Xv, yv):
         t, dev = self.t, self.dev
@@ -1250,8 +1403,8 @@ class _DeviceRun:
         self.gen0 = _random.default_generator.get_state()
         _C.cuda_memcpy_htod(self.rng, np.array(self.gen0, dtype=np.uint64))
         self.params = t._params
-        self.zeros = _cuda.zeros((max(p.size for p in self.params),), self.plan.dtype, device=dev)
         self._optim_setup()
+        self._aug_setup()
         self.shapes = {}
         self.snap = [(p.data, _cuda.DeviceArray(p.data.shape, p.data.dtype, device=dev)) for p in self.params]
         self.snap += [(a, _cuda.DeviceArray(a.shape, a.dtype, device=dev)) for a in self.state_arrays]
@@ -1332,6 +1485,7 @@ class _DeviceRun:
             B["xb"] = _cuda.DeviceArray((m, p.d_in), p.dtype, device=self.dev)
             B["yb"] = _raw(m * self.row_elems_y * (4 if self.labels else p.dtype.itemsize), self.dev)
             B["lossgrad"] = _cuda.DeviceArray((m, p.n_out), p.dtype, device=self.dev)
+            B["aug"] = self._aug_buffers(B) if self.aug is not None else []
             self.shapes[m] = B
         return B
 
@@ -1343,16 +1497,22 @@ class _DeviceRun:
         _C.cuda_gather_rows(dn, src_x, n_src, d, self.idx_cur, self.pos, m, B["xb"].ptr)
         _C.cuda_gather_rows(self.ydname, src_y, n_src, self.row_elems_y, self.idx_cur, self.pos, m, B["yb"].ptr)
         _C.cuda_counter_add(self.pos, m)
-        out = p.forward(B, B["xb"].ptr, True, self.rng)
+        x_ptr, y_ptr = B["xb"].ptr, B["yb"].ptr
+        if B["aug"]:
+            x_ptr, y_ptr = self._aug_launch(B, x_ptr, y_ptr)
+        reserve = self._aug_positions(m)
+        if reserve:  # an unseeded Augment's positions come before the forward's, as on the CPU
+            _C.cuda_rng_advance(self.rng, reserve)
+        out = p.forward(B, x_ptr, True, self.rng)
         g = B["lossgrad"].ptr
         if self.xent:
             kind = "int32" if self.labels else "soft"
-            _C.cuda_softmax_xent(dn, out, B["yb"].ptr, kind, g, m, C, result_ptr=self.res)
-            _C.cuda_step_metrics(dn, out, m, C, B["yb"].ptr, "labels" if self.labels else "soft", self.res, self.sums)
+            _C.cuda_softmax_xent(dn, out, y_ptr, kind, g, m, C, result_ptr=self.res)
+            _C.cuda_step_metrics(dn, out, m, C, y_ptr, "labels" if self.labels else "soft", self.res, self.sums)
         else:
-            _C.cuda_squared_error(dn, out, B["yb"].ptr, g, m * C, 2.0 / (m * C), result_ptr=self.res)
+            _C.cuda_squared_error(dn, out, y_ptr, g, m * C, 2.0 / (m * C), result_ptr=self.res)
             # the sum goes in as is (M = 1); the epoch divides by rows * outputs, as on the CPU
-            _C.cuda_step_metrics(dn, out, 1, C, B["yb"].ptr, "none", self.res, self.sums)
+            _C.cuda_step_metrics(dn, out, 1, C, y_ptr, "none", self.res, self.sums)
         S = self.steps
         _C.cuda_gather_rows("float64", self.losses, S + 1, 1, self.shift_idx.ptr, self.zero, S, self.shifted.ptr)
         _C.cuda_memcpy_dtod(self.losses, self.shifted.ptr, 8 * S)
@@ -1397,8 +1557,10 @@ class _DeviceRun:
         for dst, src in self.warm:
             _C.cuda_memcpy_dtod(dst.ptr, src.ptr, src.nbytes)
 
-    def _advance_of(self, m):
-        w, total = self.plan.d_in, 0
+    def _advance_of(self, m, augment=True):
+        """Positions of fastnn's default stream a step of m rows takes (an unseeded Augment's, then
+        the forward's dropout and DropConnect)."""
+        w, total = self.plan.d_in, self._aug_positions(m) if augment else 0
         for L in self.plan.layers:
             total += L.positions(m, w)
             w = L.width_out
@@ -1408,6 +1570,8 @@ class _DeviceRun:
         steps, bs, n = self.steps, self.bs, self.n
         flat, self.offsets = self._tables(lrs)
         _C.cuda_memcpy_htod(self.table.ptr, flat)
+        if self.aug is not None:
+            self._aug_draw()
         _C.cuda_memset_zero(self.sums, 64)  # sums, check
         _C.cuda_memset_zero(self.pos, 16)  # batch position, step counter
         chunk = self.chunk_rows
@@ -1492,12 +1656,14 @@ class _DeviceRun:
         return out
 
     def _check_params(self):
-        """Flags a non-finite parameter in the check half of the sums (one squared-error sum each,
-        in float64: finite for any finite float32 array)."""
+        """Flags a non-finite parameter in the check half of the sums: the squared-error sum of w
+        against itself is 0 when every element is finite and NaN otherwise (w - w is NaN for inf and
+        NaN only), the CPU's isfinite test; a sum of w * w would overflow for finite weights beyond
+        ~1.8e19 in float32 and flag a divergence the CPU does not see."""
         dn = self.dname
         for prm in self.params:
             w = prm.data
-            _C.cuda_squared_error(dn, w.ptr, self.zeros.ptr, 0, w.size, 1.0, result_ptr=self.res)
+            _C.cuda_squared_error(dn, w.ptr, w.ptr, 0, w.size, 1.0, result_ptr=self.res)
             _C.cuda_step_metrics(dn, w.ptr, 1, 1, 0, "none", self.res, self.chk)
 
     def _bookkeep(self, lrs, done):

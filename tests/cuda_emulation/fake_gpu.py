@@ -1014,3 +1014,97 @@ for _name, (_fn, _check) in _cuda_ops().items():
 def pytest_terminal_summary(terminalreporter):
     terminalreporter.write_line(f"fake GPU: kernel calls {_calls}, copies and syncs {counters}, device buffers still "
                                 f"live: {len(_bufs)}")
+
+
+# ---- augmentation in table mode (issue 12: augment inside the captured training step) ----------------
+# The *_table launchers of csrc/cuda/augment.cu: the kernels of augment_kernels.cuh under emu.h read
+# the step's parameters from the device tables at row *counter themselves, when they run (at replay
+# inside a graph). Small grids, as for _augment above, so every grid stride is exercised.
+_L.emu_augment_table.argtypes = [_P, _P, _I64, _I64, _I64, _I64, _I64, _I64, _INT, _INT, _F32, _INT, _P, _P, _I64,
+                                 _INT, _INT]
+_L.emu_noise_table.argtypes = [_P, _P, _I64, _P, _P, _F32, _INT, _INT, _INT]
+_L.emu_mix32_table.argtypes = [_P, _P, _P, _P, _I64, _P, _I64, _I64, _INT, _INT]
+_L.emu_mix64_table.argtypes = [_P, _P, _P, _P, _I64, _P, _I64, _I64, _INT, _INT]
+
+
+def _table_row_index(counter_ptr):
+    return int(_view(counter_ptr, 1, np.uint64, "counter_ptr")[0])
+
+
+def _augment_table_check(x, out, N, C, H, W, OH, OW, geom, pad, fill, jitter, samples, counter, stride, cm):
+    for v, name in ((N, "N"), (C, "C"), (H, "H"), (W, "W"), (OH, "OH"), (OW, "OW")):
+        _count(v, name)
+    if stride < N:
+        raise ValueError(f"stride: expected the table's rows per step (>= N = {N}), got {stride}")
+    if N * C * OH * OW:
+        _ptr(samples, 1, 4, "samples_ptr")
+        _ptr(counter, 1, 8, "counter_ptr")
+        if jitter & 2:
+            _ptr(cm, N, 4, "cm_ptr")
+
+
+def _augment_table(x, out, N, C, H, W, OH, OW, geom, pad, fill, jitter, samples, counter, stride, cm):
+    _calls["augment"] += 1
+    if N * C * OH * OW == 0:
+        return
+    r = _table_row_index(counter)
+    _check_range(x, N * C * H * W * 4, "x")
+    _check_range(out, N * C * OH * OW * 4, "out")
+    _check_range(samples + _C.AUG_SAMPLE_BYTES * r * stride, _C.AUG_SAMPLE_BYTES * N, f"samples_ptr row {r}")
+    _L.emu_augment_table(x, out, N, C, H, W, OH, OW, geom, pad, fill, jitter, samples, counter, stride, 2, 3)
+
+
+def _noise_table_check(x, out, n, table, counter, std, noise, clip):
+    _count(n, "n")
+    if n:
+        _ptr(counter, 1, 8, "counter_ptr")
+        if noise:
+            _ptr(table, 2, 8, "table_ptr")
+
+
+def _noise_table(x, out, n, table, counter, std, noise, clip):
+    _calls["noise"] += 1
+    if n:
+        r = _table_row_index(counter)
+        _check_range(x, n * 4, "x")
+        _check_range(out, n * 4, "out")
+        if noise:
+            _check_range(table + 16 * r, 16, f"table_ptr row {r}")
+        _L.emu_noise_table(x, out, n, table, counter, std, int(noise), int(clip), 2)
+
+
+def _mixup_table_check(dtype, x, perms, lams, counter, stride, out, N, D):
+    _float_dtype(dtype)
+    _count(N, "N"), _count(D, "D")
+    if stride < N:
+        raise ValueError(f"stride: expected the permutation table's rows per step (>= N = {N}), got {stride}")
+    if N * D:
+        _ptr(perms, N, 8, "perms_ptr")
+        _ptr(lams, 2, np.dtype(dtype).itemsize, "lams_ptr")
+        _ptr(counter, 1, 8, "counter_ptr")
+
+
+def _mixup_table(dtype, x, perms, lams, counter, stride, out, N, D):
+    _calls["mixup"] += 1
+    if N * D == 0:
+        return
+    size = np.dtype(dtype).itemsize
+    r = _table_row_index(counter)
+    _check_range(x, N * D * size, "x")
+    _check_range(out, N * D * size, "out")
+    _check_range(lams + 2 * size * r, 2 * size, f"lams_ptr row {r}")
+    perm = _view(perms + 8 * r * stride, N, np.int64, f"perms_ptr row {r}")
+    if not ((perm >= 0) & (perm < N)).all():  # (an illegal address on a GPU)
+        raise RuntimeError(f"perms_ptr row {r}: entries outside [0, {N}) (CUDA: an illegal memory access)")
+    f = _L.emu_mix32_table if dtype == "float32" else _L.emu_mix64_table
+    f(x, perms, lams, counter, stride, out, N, D, 1, min(N, 2))
+
+
+_AUGMENT_TABLE_OPS = {
+    "cuda_augment_batch_table": (_augment_table, _augment_table_check),
+    "cuda_gaussian_noise_table": (_noise_table, _noise_table_check),
+    "cuda_mixup_apply_table": (_mixup_table, _mixup_table_check),
+}
+_FAULTABLE |= set(_AUGMENT_TABLE_OPS)
+for _name, (_fn, _check) in _AUGMENT_TABLE_OPS.items():
+    setattr(_C, _name, _recorded(_faulty(_name, _fn), _check))
