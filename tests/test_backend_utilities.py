@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import reference as ref
 
+import fastnn
 from fastnn import _C
 from fastnn._backend import cpu, cuda
 
@@ -66,6 +67,30 @@ def test_gather_rows(rng, dtype):
         cpu.gather_rows(src, np.array([1, 2]), np.empty((3, 3, 4), dtype))
     with pytest.raises(TypeError, match="out: expected dtype"):
         cpu.gather_rows(src, np.array([1, 2]), np.empty((2, 3, 4), np.int64))
+
+
+def test_gather_rows_kernel_threads_checks_first_and_matches_numpy(rng, restore_num_threads):
+    # The threaded kernel (_C.gather_rows): many rows over several pool chunks, odd row sizes
+    # (3-byte uint8 rows, 784-float rows), uint16/int8 indices converted, F-ordered src through
+    # NumPy, and a bad index anywhere leaves out untouched (every index checked before a copy).
+    big = rng.standard_normal((3000, 784)).astype(np.float32)
+    odd = rng.integers(0, 255, (1001, 3), dtype=np.uint8)
+    for threads in (1, 2, 3):
+        fastnn.set_num_threads(threads)
+        for src, idx in ((big, rng.permutation(3000)[:1500]), (odd, rng.integers(-1001, 1001, 777)),
+                         (big, rng.integers(0, 3000, 129).astype(np.uint16)), (odd, np.arange(5, dtype=np.int8))):
+            np.testing.assert_array_equal(cpu.gather_rows(src, idx, None), src[idx])
+    f = np.asfortranarray(big[:40, :10])
+    np.testing.assert_array_equal(cpu.gather_rows(f, np.array([3, 1]), None), f[[3, 1]])
+    out = np.full((4, 784), 7.0, np.float32)
+    for bad in (np.array([0, 1, 2, 3000]), np.array([0, -3001, 1, 2], np.int32)):
+        with pytest.raises(IndexError, match="out of bounds for 3000 rows"):
+            cpu.gather_rows(big, bad, out)
+        assert (out == 7.0).all()
+    with pytest.raises(ValueError, match="out: array is read-only|out: expected a writeable"):
+        ro = np.empty((2, 784), np.float32)
+        ro.flags.writeable = False
+        _C.gather_rows(big, np.array([0, 1]), ro)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -15,6 +15,7 @@
 
 namespace fastnn {
 void register_metrics(py::module_& m);  // bindings/metrics.cpp
+void register_train(py::module_& m);    // bindings/train.cpp
 void register_cuda_stats(py::module_& m);  // bindings/cuda_stats.cpp
 namespace {
 
@@ -163,6 +164,7 @@ PYBIND11_MODULE(_C, m) {
   register_augment(cpu);
   register_stats(cpu);
   register_metrics(cpu);
+  register_train(cpu);
   for (auto item : cpu.attr("__dict__").cast<py::dict>()) {
     const std::string name = item.first.cast<std::string>();
     if (name.rfind("__", 0) == 0) continue;

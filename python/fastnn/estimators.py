@@ -648,7 +648,7 @@ class _BaseMLP(_BaseEstimator):
                 e = min(s + bs, n)
                 if p["shuffle"]:
                     bi = idx[s:e]
-                    Xb = np.take(X, bi, axis=0, out=xbuf[:e - s])
+                    Xb = _cpu.gather_rows(X, bi, xbuf[:e - s])
                     yb = y[bi]
                     swb = None if sw is None else sw[bi]
                 else:

@@ -916,7 +916,7 @@ class _CPURun:
                 xb, yb = self.full if m == bs else self.last
                 if order is not None:
                     idx = order[lo:hi]
-                    np.take(X, idx, axis=0, out=xb)
+                    _backend.cpu.gather_rows(X, idx, xb)  # (threaded, prefetching: np.take was ~4 % of an epoch)
                     np.take(y, idx, axis=0, out=yb)
                 else:
                     np.copyto(xb, X[lo:hi])
