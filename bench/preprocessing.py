@@ -91,22 +91,20 @@ def timed(fn, reps):
 def breakdown(x, reps):
     """Seconds of each phase of fastnn's PCA(whiten=True).fit_transform(x), medians over reps:
     the passes it makes, timed one by one through the same internal calls."""
-    import numpy as np
 
     from fastnn import _C
     from fastnn import preprocessing as P
+    from fastnn._backend import cpu as be
     p = P.PCA(whiten=True).fit(x)
-    mean, _ = P._col_stats(x)
-    mean_t = mean.astype(x.dtype)
-    G = P._centered_gram(x, mean_t)
-    Y = P._project(x, mean_t, p._s_P)
+    mean = P._col_stats(be, x)[0]
+    G = be.centered_gram(x, mean)
+    Pm = p._s_P.astype(x.dtype)
+    Y = be.centered_matmul(x, p.mean_, Pm)
     phases = {
-        "col_stats (X once)": lambda: P._col_stats(x),
-        "Gram (X^T X, upper)": lambda: P._centered_gram(x, mean_t),
-        "eigh + finish (d x d)": lambda: P.PCA(whiten=True)._merge(x.shape[0], mean, G.astype(np.float64),
-                                                                   x.shape[1], x.dtype),
-        "projection GEMM": lambda: P._project(x, mean_t, p._s_P),
-        "Y check, old: f64 sum": lambda: np.isfinite(Y.sum(dtype=np.float64)),
+        "col_stats (X once)": lambda: P._col_stats(be, x),
+        "Gram (X^T X, upper)": lambda: be.centered_gram(x, mean),
+        "eigh + finish (d x d)": lambda: P.PCA(whiten=True)._merge(x.shape[0], mean, G, x.shape[1], x.dtype),
+        "projection GEMM": lambda: be.centered_matmul(x, p.mean_, Pm),
         "Y check, first_nonfinite": lambda: _C.first_nonfinite(Y),
     }
     out = {}
