@@ -559,8 +559,11 @@ def test_optim_and_loss_binding_argument_checks():
         C.cuda_softmax_xent("float32", 16, 20, "int64", 0, 2, 3)
     with pytest.raises(ValueError, match="logits: null device pointer"):
         C.cuda_softmax_xent("float64", 0, 16, "soft", 0, 2, 3)
-    with pytest.raises(ValueError, match="target: null device pointer"):
-        C.cuda_squared_error("float32", 16, 0, 0, 4, 1.0)
+    # (a null target is the sum of squares of the input: the optimizers' sumsq on the GPU)
+    with pytest.raises(ValueError, match="target: device pointer is not aligned"):
+        C.cuda_squared_error("float32", 16, 18, 0, 4, 1.0)
+    with pytest.raises(ValueError, match="input: null device pointer"):
+        C.cuda_squared_error("float32", 0, 0, 0, 4, 1.0)
     with pytest.raises(ValueError, match="bytes: expected a count >= 0"):
         C.cuda_memset_zero(16, -1)
     # n == 0 launches nothing, so it is fine even without a GPU (and with null pointers).
