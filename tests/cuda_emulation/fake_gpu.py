@@ -32,13 +32,15 @@ device memory is host memory (256-byte aligned NumPy blocks, copies are memmove)
 - device memory: a caching allocator (a freed block of 64 KiB or more comes back for the same
   size) whose blocks are bounds-checked: a kernel reading or writing outside them raises (an
   illegal address on a GPU) instead of touching host memory.
-Not checked: nvcc's code, CUDA's libm (Gaussian noise is exact here, within 3e-6 * std + 1 ulp on
-a GPU), TF32 (float32 GEMMs run in float32), bfloat16 linear layers, the GPU's own saved arrays of
+Not checked: nvcc's code, cuBLASLt's rounding (the Gram product and the preprocessing transforms
+run the CPU GEMM), the 64-bit atomics of first_nonfinite/argmax_count (the emulation checks
+them), CUDA's libm (Gaussian noise is exact here, within 3e-6 * std + 1 ulp on a GPU), TF32
+(float32 GEMMs run in float32), bfloat16 linear layers, the GPU's own saved arrays of
 leaky_relu/elu/selu and of sigmoid/tanh with dropout, linear dropout offsets within M*N + N*K of
 2**64 (the CPU kernel refuses them), real stream concurrency, DLPack (PyTorch/CuPy tests skip).
 
     PYTHONPATH=<site with fastnn>:tests/cuda_emulation python -m pytest -p fake_gpu \
-        tests/test_fake_gpu_ops.py tests/test_augment_cuda.py tests/test_optim_cuda.py
+        tests/test_fake_gpu_ops.py tests/test_fake_gpu_preprocessing.py tests/test_cuda.py
 
 It registers itself at import as the driver of fastnn._backend.cuda (use_driver: the object the
 backend calls _C's CUDA entry points on; uninstall() puts the previous one back), and names it does
