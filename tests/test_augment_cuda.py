@@ -97,7 +97,7 @@ def test_crop_far_outside_with_constant_padding(rng):
     cpu = np.empty((3, 2, 6, 7), np.float32)
     fastnn._C.augment_batch(x, cpu, 0, 0, 0.5, 0, ints, None)
     xd, yd = dev(x), fc.empty((3, 2, 6, 7))
-    fastnn._C.cuda_augment_batch(xd.ptr, yd.ptr, 3, 2, 4, 5, 6, 7, 0, 0, 0.5, 0, ints, None)
+    fastnn._backend.cuda.driver.cuda_augment_batch(xd.ptr, yd.ptr, 3, 2, 4, 5, 6, 7, 0, 0, 0.5, 0, ints, None)
     same(yd, cpu)
 
 

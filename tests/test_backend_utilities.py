@@ -303,58 +303,9 @@ def test_mixup_apply(rng, dtype):
         _C.mixup_apply(x.astype(np.float32), perm[:3], out.astype(np.float32), lam, 1 - lam)
 
 
-# ---- the CUDA table's preprocessing entries, on CPU PyTorch tensors -------------------------------
-# Except the column statistics they run through the array's own library (PyTorch or CuPy); their
-# arithmetic is the same on a CPU tensor, so the estimators are run here through the cuda table
-# with CPU tensors and compared with the CPU table.
-
-@pytest.fixture
-def torch_as_cuda(monkeypatch):
-    torch = pytest.importorskip("torch")
-    from fastnn import preprocessing as P
-
-    def pick(X):
-        return cuda if isinstance(X, torch.Tensor) else cpu
-
-    monkeypatch.setattr(P, "backend_of", pick)
-    # (the column statistics are fastnn's CUDA kernel, checked by tests/test_stats_cuda_emulated.py;
-    # here the CPU's stand in for it on a CPU tensor)
-    monkeypatch.setattr(cuda, "col_stats", lambda X: cpu.col_stats(np.ascontiguousarray(X.numpy())))
-    return torch, P
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_cuda_table_preprocessing_matches_the_cpu_table(rng, torch_as_cuda, dtype):
-    torch, P = torch_as_cuda
-    s = np.linspace(5.0, 1.0, 12)
-    q, _ = np.linalg.qr(rng.standard_normal((12, 12)))
-    x = ((rng.standard_normal((900, 12)) * s) @ q.T + 300.0).astype(dtype)
-    xt = torch.from_numpy(x)
-    rtol = 1e-4 if dtype == np.float32 else 1e-10
-    for est in (P.Standardize(), P.ZeroCenter(), P.PCA(5, whiten=True), P.ZCA()):
-        g, c = type(est)(**est.get_params()).fit(xt), est.fit(x)
-        np.testing.assert_allclose(g.mean_, c.mean_, rtol=rtol)
-        y = g.transform(xt)
-        assert isinstance(y, torch.Tensor) and y.dtype == xt.dtype
-        yc = c.transform(x)
-        np.testing.assert_allclose(y.numpy(), yc, rtol=0, atol=rtol * 10 * np.abs(yc).max())
-        back, want = g.inverse_transform(y).numpy(), c.inverse_transform(yc)
-        np.testing.assert_allclose(back, want, rtol=0, atol=rtol * 10 * np.abs(want).max())
-    s1 = P.Standardize().partial_fit(xt[:400]).partial_fit(xt[400:])
-    np.testing.assert_allclose(s1.var_, P.Standardize().fit(x).var_, rtol=rtol)
-    bad = xt.clone()
-    bad[17, 3] = float("nan")
-    with pytest.raises(ValueError, match="X: expected finite values, got nan at row 17, column 3"):
-        P.PCA().fit(bad)
-    with pytest.raises(ValueError, match="X: expected finite values, got nan at row 17, column 3"):
-        P.Standardize().fit(x).transform(bad)
-    with pytest.raises(ValueError, match=r"expected a 2-D array \(n_samples, n_features\), got shape \(900,\)"):
-        P.PCA().fit(xt[:, 0])
-    with pytest.raises(TypeError, match="X: expected float32 or float64, got int64"):
-        P.PCA().fit(torch.zeros((4, 2), dtype=torch.int64))
-    with pytest.raises(ValueError, match="at least 2 samples"):
-        P.Standardize().fit(xt[:1])
-
+# ---- the CUDA table without a GPU ------------------------------------------------------------------
+# (its preprocessing and array utilities against the CPU table: tests/test_fake_gpu_preprocessing.py,
+# on the fake GPU)
 
 def test_cuda_table_entries_that_need_no_gpu(monkeypatch):
     class CaiOnly:

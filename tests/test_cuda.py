@@ -19,6 +19,7 @@ import fastnn
 import fastnn.cuda as fc
 import fastnn.functional as F
 from fastnn._backend import cuda as BC
+from fastnn._backend.cuda import driver as DRIVER  # _C's CUDA entry points as the backend calls them
 
 if not fc.is_available():
     pytest.skip(f"no usable CUDA GPU (fastnn.cuda.is_available() is False; CUDA compiled in: "
@@ -230,12 +231,10 @@ def _prelu_weight(kind, shape, dtype, rng):
     return rng.uniform(-0.5, 0.5, channels).astype(dtype)
 
 
-@pytest.mark.parametrize("kind", ["shared", "channel"])
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", PRELU_SHAPES, ids=str)
+@pytest.mark.parametrize("shape, kind", [(s, k) for s in PRELU_SHAPES for k in ("shared", "channel")
+                                         if k == "shared" or len(s) >= 2], ids=str)  # (channel: needs axis 1)
 def test_prelu(shape, dtype, kind, rng):
-    if kind == "channel" and len(shape) < 2:
-        pytest.skip("no channel axis")
     n = int(np.prod(shape))
     x = _x(rng, n, dtype, -4, 4, specials=False).reshape(shape)
     g = _g(rng, n, dtype).reshape(shape)
@@ -294,7 +293,7 @@ def test_prelu_errors(rng):
         F.prelu(xd, fc.to_device(np.ones(2, np.float32)))
     with pytest.raises(TypeError, match="weight: expected dtype float32"):
         F.prelu(xd, fc.to_device(np.ones(3, np.float64)))
-    with pytest.raises(TypeError, match="expected a CUDA array"):
+    with pytest.raises(TypeError, match=r"mixed devices: weight is on the CPU \(numpy.ndarray\) but x is a CUDA array"):
         F.prelu(xd, np.ones(3, np.float32))
     with pytest.raises(ValueError, match="same shape"):
         F.prelu_backward(fc.to_device(np.ones((4, 2), np.float32)), xd, fc.to_device(np.ones(3, np.float32)))
@@ -330,13 +329,13 @@ def _drop_x(rng, n, dtype):
 
 
 def _gpu_mask(n, p, seed, offset):
-    """fastnn._C.cuda_dropout_mask's bytes, on the host (the public dropout_mask runs on the CPU)."""
+    """DRIVER.cuda_dropout_mask's bytes, on the host (the public dropout_mask runs on the CPU)."""
     thr, _ = F._threshold_scale(p, np.float64)
     nb = (n + 7) // 8
     buf = fc.empty(max(1, (nb + 3) // 4), np.float32)  # any device block of >= nb bytes
-    fastnn._C.cuda_dropout_mask(n, seed, offset, thr, buf.ptr)
+    DRIVER.cuda_dropout_mask(n, seed, offset, thr, buf.ptr)
     out = np.empty(nb, np.uint8)
-    fastnn._C.cuda_memcpy_dtoh(out, buf.ptr)
+    DRIVER.cuda_memcpy_dtoh(out, buf.ptr)
     return out
 
 
@@ -346,7 +345,7 @@ class _CudaBytes:
     def __init__(self, data, shape=None, typestr="|u1", strides=None):
         data = np.ascontiguousarray(data, np.uint8)
         self._buf = fc.empty(max(1, (data.size + 3) // 4), np.float32)
-        fastnn._C.cuda_memcpy_htod(self._buf.ptr, data)
+        DRIVER.cuda_memcpy_htod(self._buf.ptr, data)
         self.__cuda_array_interface__ = {"shape": data.shape if shape is None else shape, "typestr": typestr,
                                          "data": (self._buf.ptr, False), "version": 3, "strides": strides,
                                          "stream": 1}
@@ -506,13 +505,13 @@ def test_dropout_errors():
         F.dropout_backward(xd, 0.5)
     with pytest.raises(TypeError, match="seed"):
         F.dropconnect(xd, 0.5, seed=None)
-    with pytest.raises(TypeError, match="out: expected a CUDA array"):
+    with pytest.raises(TypeError, match=r"mixed devices: out is on the CPU \(numpy.ndarray\) but x is a CUDA array"):
         F.dropout(xd, 0.5, seed=1, out=np.empty((4, 3), np.float32))
     with pytest.raises(ValueError, match=r"out: expected shape \(4, 3\)"):
         F.dropout(xd, 0.5, training=False, out=fc.empty((3, 4), np.float32))
     with pytest.raises(TypeError, match="out: expected dtype float32"):
         F.dropout_backward(xd, 0.5, seed=1, out=fc.empty((4, 3), np.float64))
-    with pytest.raises(TypeError, match="expected a NumPy array"):  # CPU x, CUDA out
+    with pytest.raises(TypeError, match=r"mixed devices: out is a CUDA array .* but x is on the CPU"):
         F.dropout(np.ones((4, 3), np.float32), 0.5, seed=1, out=xd)
     # masks: NumPy or CUDA uint8 with ceil(n/8) bytes
     with pytest.raises(ValueError, match=r"mask: expected 2 bytes"):
@@ -527,7 +526,7 @@ def test_dropout_errors():
         F.dropout_backward(xd, 0.5, seed=1, mask=fc.to_device(np.zeros(2, np.float32)))
     with pytest.raises(TypeError, match="mask: expected a uint8"):
         F.dropout_backward(xd, 0.5, seed=1, mask=_CudaBytes(np.zeros(2, np.uint8), typestr="|b1"))
-    with pytest.raises(ValueError, match="mask: expected a contiguous"):
+    with pytest.raises(ValueError, match="mask: expected a C-contiguous CUDA array"):
         F.dropout_backward(xd, 0.5, seed=1, mask=_CudaBytes(np.zeros(4, np.uint8), shape=(2,), strides=(2,)))
     with pytest.raises(TypeError, match="mask: expected a uint8 array"):
         F.dropout_backward(xd, 0.5, seed=1, mask=[255, 15])
@@ -554,6 +553,21 @@ def test_devices_and_info():
     fastnn.info(file=buf)
     assert d["name"] in buf.getvalue()
     fc.synchronize()
+
+
+def test_device_array_refuses_pickling():
+    import pickle
+
+    a = fc.to_device(np.ones((2, 3), np.float32))
+    for protocol in (2, pickle.HIGHEST_PROTOCOL):
+        with pytest.raises(TypeError, match=r"DeviceArray \(2, 3\) float32 cannot be pickled.*call \.numpy\(\) first"):
+            pickle.dumps(a, protocol=protocol)
+    import copy
+
+    for b in (copy.copy(a), copy.deepcopy([a])[0]):  # (device copies, not pickles: never a shared pointer)
+        assert isinstance(b, fc.DeviceArray) and b.ptr != a.ptr
+        np.testing.assert_array_equal(b.numpy(), a.numpy())
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(a.numpy())), np.ones((2, 3), np.float32))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -587,13 +601,13 @@ def test_to_device_conversions():
 
 def test_memory_is_returned_when_arrays_die():
     gc.collect()
-    before = fastnn._C.cuda_allocated_bytes()
+    before = DRIVER.cuda_allocated_bytes()
     a = fc.empty((1 << 20,), np.float32)
-    assert fastnn._C.cuda_allocated_bytes() >= before + 4 * (1 << 20)
+    assert DRIVER.cuda_allocated_bytes() >= before + 4 * (1 << 20)
     ptr = a.ptr
     del a
     gc.collect()
-    assert fastnn._C.cuda_allocated_bytes() == before
+    assert DRIVER.cuda_allocated_bytes() == before
     b = fc.empty((1 << 20,), np.float32)  # the cached block comes back
     assert b.ptr == ptr
     del b
@@ -615,11 +629,12 @@ def test_dlpack_capsule_keeps_the_array_alive():
 
 def test_errors(rng):
     x = fc.to_device(np.ones((4, 3), np.float32))
-    with pytest.raises(TypeError, match="out: expected a CUDA array"):
+    with pytest.raises(TypeError, match=r"mixed devices: out is on the CPU \(numpy.ndarray\) but x is a CUDA array"):
         F.relu(x, out=np.empty((4, 3), np.float32))
-    with pytest.raises(TypeError, match="grad_output: expected a CUDA array"):
+    with pytest.raises(TypeError, match=r"mixed devices: grad_output is on the CPU \(numpy.ndarray\) but x is a CUDA"):
         F.relu_backward(np.ones((4, 3), np.float32), x)
-    with pytest.raises(TypeError, match="expected a NumPy array"):  # x on the CPU, grad_output on the GPU
+    with pytest.raises(TypeError, match=r"mixed devices: (grad_output is a CUDA array .* but x is on the CPU|x is on "
+                                        r"the CPU .* but grad_output is a CUDA array)"):
         F.relu_backward(x, np.ones((4, 3), np.float32))
     with pytest.raises(ValueError, match=r"grad_output and x must have the same shape.*\(4, 2\).*\(4, 3\)"):
         F.relu_backward(fc.to_device(np.ones((4, 2), np.float32)), x)
@@ -739,7 +754,7 @@ def test_torch_dropout(torch, dtype, rng):
     _bitwise_equal(_host(torch.neg(y1)), -F.dropout(x[1:], p, seed=seed, offset=5), "torch x[1:]")
     with pytest.raises(TypeError, match="mask: expected a uint8"):
         F.dropout_backward(gt, p, seed=seed, mask=torch.from_numpy(mask).cuda().bool())
-    with pytest.raises(ValueError, match="mask: expected a contiguous"):
+    with pytest.raises(ValueError, match="mask: expected a C-contiguous CUDA array"):
         F.dropout_backward(gt, p, seed=seed, mask=torch.from_numpy(np.repeat(mask, 2)).cuda()[::2])
 
 
@@ -910,7 +925,7 @@ def test_linear_relu_mask_is_the_sign_of_the_preactivation(rng, linear_saved):
     mask, ld = saved.data["mask"], saved.data["mask_ld"]
     assert ld % 128 == 0 and ld >= N
     host = np.empty(M * ld // 8, np.uint8)
-    fastnn._C.cuda_memcpy_dtoh(host, mask.ptr)
+    DRIVER.cuda_memcpy_dtoh(host, mask.ptr)
     bits = np.unpackbits(host, bitorder="little").reshape(M, ld)[:, :N].astype(bool)
     clear = np.abs(cache["z"]) > 1e-4  # away from 0, where rounding could flip the sign
     np.testing.assert_array_equal(bits[clear], (cache["z"] > 0)[clear])
@@ -1031,7 +1046,11 @@ def test_linear_errors(rng, linear_saved):
         _lin(xd, wd, activation="prelu", prelu_weight=fc.to_device(np.ones(3, np.float32)))
     with pytest.raises(ValueError, match="offset"):
         _lin(xd, wd, dropout_p=0.5, seed=1, offset=2**64 - 19)
-    _lin(xd, wd, dropout_p=0.5, seed=1, offset=2**64 - 20)  # the last 20 positions
+    # the last positions: M*N = 20 for dropout, + N*K = 15 for DropConnect (the CPU kernels behind the
+    # fake GPU count both for either; dropout alone at 2**64 - 20 is accepted on a GPU)
+    _lin(xd, wd, dropout_p=0.5, dropconnect_p=0.5, seed=1, offset=2**64 - 35)
+    with pytest.raises(ValueError, match="offset"):
+        _lin(xd, wd, dropout_p=0.5, dropconnect_p=0.5, seed=1, offset=2**64 - 34)
     with pytest.raises(ValueError, match="x: expected a 2-D array"):
         _lin(fc.to_device(np.ones(3, np.float32)), wd)
     with pytest.raises(ValueError,

@@ -26,9 +26,10 @@ if fake is None:
                 allow_module_level=True)
 
 import fastnn.cuda as fc
-from fastnn import _C, checks
+from fastnn import checks
 from fastnn._backend import cpu as BP
 from fastnn._backend import cuda as BG
+from fastnn._backend.cuda import driver as _C  # the fake GPU's driver (installed by the plugin)
 
 ACTS = [None, "sigmoid", "tanh", "relu", "leaky_relu", "prelu", "elu", "selu"]
 DTYPES = [np.float32, np.float64]

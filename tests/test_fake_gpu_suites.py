@@ -1,7 +1,7 @@
 """Runs the GPU suites on the fake GPU of tests/cuda_emulation (host memory, the CPU kernels and
-the emulated augmentation kernels behind fastnn._C's CUDA entry points), each in its own
-process: the plugin replaces the CUDA entry points for the whole process, which the rest of this
-run (tests/test_cuda_nogpu.py: "no GPU" behaviour) must not see. They run whether or not this
+the emulated augmentation kernels, installed as the driver of fastnn._backend.cuda), each in its
+own process: the plugin installs its driver for the whole process, which the rest of this run
+(tests/test_cuda_nogpu.py: "no GPU" behaviour) must not see. They run whether or not this
 machine has a GPU, so the argument reading, dispatch, state handling and error messages of the
 GPU paths are checked by the plain `python -m pytest -q`."""
 
@@ -22,7 +22,8 @@ HERE = pathlib.Path(__file__).resolve().parent
 # the CPU-only wheel has no GPU path to check.
 pytestmark = pytest.mark.skipif(not fastnn._C.cuda_compiled, reason="a CPU-only build: no GPU path to fake")
 SUITES = ["test_optim_cuda.py", "test_losses_cuda.py", "test_augment_cuda.py", "test_backend_cuda.py",
-          "test_fake_gpu_ops.py", "test_device_model.py", "test_device_estimators.py", "test_train_cuda.py"]
+          "test_fake_gpu_ops.py", "test_device_model.py", "test_device_estimators.py", "test_train_cuda.py",
+          "test_cuda.py", "test_fake_gpu_preprocessing.py"]
 
 
 @pytest.mark.parametrize("suite", SUITES)

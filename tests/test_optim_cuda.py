@@ -52,7 +52,7 @@ class P:
 
 
 def upload_into(dst, host: np.ndarray) -> None:
-    fastnn._C.cuda_memcpy_htod(dst.ptr, np.ascontiguousarray(host))
+    fastnn._backend.cuda.driver.cuda_memcpy_htod(dst.ptr, np.ascontiguousarray(host))
 
 
 def tol(dtype, steps: int):

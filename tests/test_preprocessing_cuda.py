@@ -1,8 +1,10 @@
-"""fastnn.preprocessing on CUDA arrays (PyTorch CUDA tensors, and fastnn DeviceArrays through
-PyTorch): fit and transform on the device, the d x d eigendecomposition on the host, against the
-float64 references of tests/reference.py with the tolerances of tests/test_preprocessing.py.
+"""fastnn.preprocessing on CUDA arrays (PyTorch CUDA tensors and fastnn DeviceArrays, both through
+fastnn's own kernels and cuBLASLt): fit and transform on the device, the d x d eigendecomposition
+on the host, against the float64 references of tests/reference.py with the tolerances of
+tests/test_preprocessing.py. (Without a GPU the same code runs on the fake GPU:
+tests/test_fake_gpu_preprocessing.py.)
 
-Skipped as a whole without a usable GPU and a CUDA build of PyTorch."""
+Skipped without a usable GPU; the PyTorch tests also without a CUDA build of PyTorch."""
 
 from __future__ import annotations
 
@@ -10,11 +12,19 @@ import numpy as np
 import pytest
 import reference as ref
 
+import fastnn.cuda as fc
 from fastnn import preprocessing as P
 
-torch = pytest.importorskip("torch")
-if not torch.cuda.is_available():
-    pytest.skip("no CUDA GPU visible to PyTorch", allow_module_level=True)
+if not fc.is_available():
+    pytest.skip("no usable CUDA GPU", allow_module_level=True)
+
+
+@pytest.fixture
+def torch():
+    t = pytest.importorskip("torch")
+    if not t.cuda.is_available():
+        pytest.skip("no CUDA GPU visible to PyTorch")
+    return t
 
 DTYPES = [np.float32, np.float64]
 WHITE_TOL = {np.float32: 1e-3, np.float64: 1e-4}
@@ -27,7 +37,7 @@ def spectrum_data(rng, n, d, dtype, mean=3.0):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_pca_whiten_torch(rng, dtype):
+def test_pca_whiten_torch(torch, rng, dtype):
     x = spectrum_data(rng, 4000, 48, dtype)
     xt = torch.from_numpy(x).cuda()
     p = P.PCA(whiten=True).fit(xt)
@@ -46,7 +56,7 @@ def test_pca_whiten_torch(rng, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_standardize_and_zca_torch(rng, dtype):
+def test_standardize_and_zca_torch(torch, rng, dtype):
     x = (rng.standard_normal((3000, 20)) * 0.01 + 1e4).astype(dtype)  # large mean
     xt = torch.from_numpy(x).cuda()
     s = P.Standardize().fit(xt)
@@ -61,7 +71,7 @@ def test_standardize_and_zca_torch(rng, dtype):
     assert np.abs(np.cov(yz.T) - np.eye(16)).max() <= WHITE_TOL[dtype]
 
 
-def test_bad_input_torch(rng):
+def test_bad_input_torch(torch, rng):
     x = torch.from_numpy(rng.standard_normal((50, 4))).cuda()
     x[7, 2] = float("nan")
     with pytest.raises(ValueError, match="got nan at row 7, column 2"):
@@ -73,9 +83,6 @@ def test_bad_input_torch(rng):
 
 
 def test_device_array(rng):
-    fc = pytest.importorskip("fastnn.cuda")
-    if not fc.is_available():
-        pytest.skip("fastnn built without CUDA")
     x = spectrum_data(rng, 2000, 24, np.float32)
     xd = fc.to_device(x)
     p = P.PCA(whiten=True).fit(xd)

@@ -11,6 +11,9 @@ the mean. center_scale / scale_shift: bit for bit with the CPU's kernels (the sa
 a subtract and a multiply; one FMA), NaN/inf flagged. Odd sizes (d across 32-column tiles, n
 across 8 row lanes and chunks), a row stride larger than d, many chunks, n = 1, NaN/inf columns,
 a large mean, and the chunk sizing for n beyond 65535 chunks.
+The array utilities' kernels (first_nonfinite, argmax_count, fill) are exact (comparisons, integer
+counts, bit copies): checked for equality with NumPy (np.isfinite, np.argmax, np.full) over grids
+of 1 to several blocks, so each thread's grid-stride share and the atomics are exercised.
 Skipped without a C++20 compiler (g++ or $CXX)."""
 
 from __future__ import annotations
@@ -48,6 +51,11 @@ def emu(tmp_path_factory):
         getattr(L, f"emu_center_scale{b}").argtypes = [P, i64, P, i64, i64, P, P, ctypes.c_uint]
         getattr(L, f"emu_center_scale{b}").restype = ctypes.c_int
         getattr(L, f"emu_scale_shift{b}").argtypes = [P, i64, P, i64, i64, P, P, ctypes.c_uint]
+    L.emu_first_nonfinite32.argtypes = L.emu_first_nonfinite64.argtypes = [P, i64, ctypes.c_uint]
+    L.emu_first_nonfinite32.restype = L.emu_first_nonfinite64.restype = ctypes.c_uint64
+    L.emu_argmax_count32.argtypes = L.emu_argmax_count64.argtypes = [P, i64, i64, P, ctypes.c_int, P, ctypes.c_uint]
+    L.emu_argmax_count32.restype = L.emu_argmax_count64.restype = ctypes.c_uint64
+    L.emu_fill.argtypes = [P, i64, ctypes.c_int, ctypes.c_uint64, ctypes.c_uint]
     L.emu_chunk_rows_for.argtypes = [i64]
     L.emu_chunk_rows_for.restype = i64
     return L
@@ -149,3 +157,55 @@ def test_center_scale_and_scale_shift_match_the_cpu(emu, rng, dtype, n, d, grid)
         xb[n - 1, d - 1] = v
         assert getattr(emu, f"emu_center_scale{b}")(xb.ctypes.data, d, y.ctypes.data, n, d, shift.ctypes.data,
                                                     mul.ctypes.data, grid) == 1
+
+
+# ---- the array utilities (first_nonfinite, argmax_count, fill) --------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n, grid", [(1, 1), (255, 1), (257, 2), (5000, 3)])
+def test_first_nonfinite_is_the_first_index(emu, rng, dtype, n, grid):
+    f = emu.emu_first_nonfinite32 if dtype == np.float32 else emu.emu_first_nonfinite64
+    x = (rng.standard_normal(n) * 1e30).astype(dtype)
+    x[0] = np.finfo(dtype).max  # (large finite values are finite: x * 0 == 0)
+    assert f(x.ctypes.data, n, grid) == 0
+    for where in sorted({0, n // 3, n - 1}):
+        for v in (np.nan, np.inf, -np.inf):
+            y = x.copy()
+            y[where] = v
+            if where + 7 < n:
+                y[where + 7] = np.nan  # a later one (maybe in another thread's share) does not win
+            r = f(y.ctypes.data, n, grid)
+            assert n - r == where == int(np.flatnonzero(~np.isfinite(y))[0])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("M, C, grid", [(1, 1, 1), (7, 3, 1), (300, 10, 2), (1000, 17, 4)])
+def test_argmax_count_matches_numpy(emu, rng, dtype, M, C, grid):
+    f = emu.emu_argmax_count32 if dtype == np.float32 else emu.emu_argmax_count64
+    logits = rng.standard_normal((M, C)).astype(dtype)
+    logits[::5, 0] = logits[::5, -1]  # ties: the first maximum counts
+    logits[3::11, C // 2] = np.nan  # NaN is the maximum (numpy.argmax)
+    labels = rng.integers(0, C, M)
+    labels[::4] = np.argmax(logits[::4], axis=1)  # some hits
+    labels[1::9] = C  # out of range: never a hit
+    labels[2::13] = -1
+    want = int((np.argmax(logits, axis=1) == labels).sum())
+    for lab in (labels.astype(np.int64), labels.astype(np.int32)):
+        assert f(logits.ctypes.data, M, C, lab.ctypes.data, lab.itemsize, None, grid) == want
+    soft = rng.random((M, C)).astype(dtype)
+    want_soft = int((np.argmax(logits, axis=1) == np.argmax(soft, axis=1)).sum())
+    assert f(logits.ctypes.data, M, C, None, 0, soft.ctypes.data, grid) == want_soft
+    assert f(logits.ctypes.data, 0, C, lab.ctypes.data, 4, None, grid) == 0
+
+
+@pytest.mark.parametrize("dtype, value", [(np.float32, -2.5), (np.float64, np.nan), (np.int32, -7),
+                                          (np.int64, 2**40 + 3), (np.uint8, 255), (np.float16, 1.5)])
+@pytest.mark.parametrize("n, grid", [(1, 1), (300, 1), (1001, 3)])
+def test_fill_writes_the_bits(emu, dtype, value, n, grid):
+    dt = np.dtype(dtype)
+    a = np.zeros(n + 2, dt)
+    bits = int(np.array(value, dt).view(f"u{dt.itemsize}"))
+    emu.emu_fill(a[1:].ctypes.data, n, dt.itemsize, bits, grid)
+    want = np.full(n, value, dt)
+    np.testing.assert_array_equal(a[1:n + 1].view(f"u{dt.itemsize}"), want.view(f"u{dt.itemsize}"))
+    assert a[0] == 0 and a[-1] == 0  # nothing written outside

@@ -17,9 +17,10 @@ import pytest
 
 import fastnn
 import fastnn.augment as A
-from fastnn import _C, nn, schedules
+from fastnn import nn, schedules
 from fastnn import train as train_mod
 from fastnn._backend import backend_of
+from fastnn._backend.cuda import driver as _C  # (the installed driver: the fake GPU in CI)
 from fastnn.train import Trainer, TrainingDivergedWarning
 
 fake = pytest.importorskip("fake_gpu")  # only with -p fake_gpu (tests/test_fake_gpu_suites.py)

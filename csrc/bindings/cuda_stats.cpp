@@ -137,6 +137,67 @@ void register_cuda_stats(py::module_& m) {
       },
       py::arg("dtype"), py::arg("x_ptr"), py::arg("n"), py::arg("d"), py::arg("g_ptr"),
       "g (d, d) = x^T x for x (n, d) C-contiguous float32/float64, with cuBLASLt (no TF32) on the current stream.");
+
+  m.def(
+      "cuda_first_nonfinite",
+      [](const std::string& dtype, uint64_t x, int64_t n, uint64_t out) {
+        const size_t es = dtype_size(dtype);
+        if (n < 0) throw py::value_error("n: expected an element count >= 0, got " + std::to_string(n));
+        check_ptr(x, n, es, "x_ptr");
+        check_ptr(out, 1, 8, "out_ptr");
+        py::gil_scoped_release nogil;
+        if (es == 4)
+          cuda::first_nonfinite(dptr<const float>(x), n, dptr<uint64_t>(out));
+        else
+          cuda::first_nonfinite(dptr<const double>(x), n, dptr<uint64_t>(out));
+      },
+      py::arg("dtype"), py::arg("x_ptr"), py::arg("n"), py::arg("out_ptr"),
+      "The device uint64 at out_ptr = 0 when the n elements at x_ptr are all finite, else n - (the index of the "
+      "first NaN or inf) (asynchronous on the current stream; out is zeroed first).");
+
+  m.def(
+      "cuda_argmax_count",
+      [](const std::string& dtype, uint64_t logits, int64_t M, int64_t C, uint64_t target,
+         const std::string& target_kind, uint64_t count) {
+        const size_t es = dtype_size(dtype);
+        if (M < 0) throw py::value_error("M: expected a row count >= 0, got " + std::to_string(M));
+        if (C < 1) throw py::value_error("C: expected at least 1 class (column), got " + std::to_string(C));
+        if (M > INT64_MAX / C) throw py::value_error("logits: too many elements");
+        int label_bytes = 0;
+        if (target_kind == "int32") label_bytes = 4;
+        else if (target_kind == "int64") label_bytes = 8;
+        else if (target_kind != "soft")
+          throw py::value_error("target_kind: expected 'int32', 'int64' or 'soft', got '" + target_kind + "'");
+        check_ptr(logits, M * C, es, "logits_ptr");
+        check_ptr(target, label_bytes ? M : M * C, label_bytes ? label_bytes : es, "target_ptr");
+        check_ptr(count, 1, 8, "count_ptr");
+        py::gil_scoped_release nogil;
+        if (es == 4)
+          cuda::argmax_count(dptr<const float>(logits), M, C, dptr<const void>(target), label_bytes,
+                             label_bytes ? nullptr : dptr<const float>(target), dptr<uint64_t>(count));
+        else
+          cuda::argmax_count(dptr<const double>(logits), M, C, dptr<const void>(target), label_bytes,
+                             label_bytes ? nullptr : dptr<const double>(target), dptr<uint64_t>(count));
+      },
+      py::arg("dtype"), py::arg("logits_ptr"), py::arg("M"), py::arg("C"), py::arg("target_ptr"),
+      py::arg("target_kind"), py::arg("count_ptr"),
+      "The device uint64 at count_ptr = the rows of logits (M, C) whose argmax (first maximum, NaN wins) equals "
+      "the target: int32/int64 labels (M,) (one outside [0, C) never matches) or the argmax of soft targets (M, C) "
+      "of logits' dtype (asynchronous on the current stream; count is zeroed first).");
+
+  m.def(
+      "cuda_fill",
+      [](uint64_t p, int64_t elems, int elem_bytes, uint64_t bits) {
+        if (elem_bytes != 1 && elem_bytes != 2 && elem_bytes != 4 && elem_bytes != 8)
+          throw py::value_error("elem_bytes: expected 1, 2, 4 or 8, got " + std::to_string(elem_bytes));
+        if (elems < 0) throw py::value_error("elems: expected an element count >= 0, got " + std::to_string(elems));
+        check_ptr(p, elems, static_cast<size_t>(elem_bytes), "ptr");
+        py::gil_scoped_release nogil;
+        cuda::fill(dptr<void>(p), elems, elem_bytes, bits);
+      },
+      py::arg("ptr"), py::arg("elems"), py::arg("elem_bytes"), py::arg("bits"),
+      "Sets elems elements of elem_bytes bytes at ptr to the low elem_bytes bytes of bits (the value's bit pattern; "
+      "asynchronous on the current stream).");
 }
 
 }  // namespace fastnn

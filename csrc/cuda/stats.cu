@@ -54,7 +54,62 @@ void scale_shift_impl(const T* x, int64_t ldx, T* y, int64_t n, int64_t d, const
   launch::check_launch("scale_shift launch");
 }
 
+template <class T>
+void first_nonfinite_impl(const T* x, int64_t n, uint64_t* first) {
+  memset_zero(first, sizeof(uint64_t));
+  if (n <= 0) return;
+  const unsigned grid = launch::grid_for<kThreads>(first_nonfinite_kernel<T>, n);
+  first_nonfinite_kernel<T><<<grid, kThreads, 0, launch::stream()>>>(x, n, reinterpret_cast<unsigned long long*>(first));
+  launch::check_launch("first_nonfinite launch");
+}
+
+template <class T, class L>
+void argmax_count_launch(const T* logits, int64_t M, int64_t C, const L* labels, const T* soft, uint64_t* count) {
+  const unsigned grid = launch::grid_for<kThreads>(argmax_count_kernel<T, L>, M);
+  argmax_count_kernel<T, L><<<grid, kThreads, 0, launch::stream()>>>(logits, M, C, labels, soft,
+                                                                    reinterpret_cast<unsigned long long*>(count));
+  launch::check_launch("argmax_count launch");
+}
+
+template <class T>
+void argmax_count_impl(const T* logits, int64_t M, int64_t C, const void* labels, int label_bytes, const T* soft,
+                       uint64_t* count) {
+  memset_zero(count, sizeof(uint64_t));
+  if (M <= 0 || C <= 0) return;
+  if (soft != nullptr || label_bytes == 8)
+    argmax_count_launch<T, int64_t>(logits, M, C, static_cast<const int64_t*>(labels), soft, count);
+  else
+    argmax_count_launch<T, int32_t>(logits, M, C, static_cast<const int32_t*>(labels), nullptr, count);
+}
+
+template <class U>
+void fill_impl(void* p, int64_t n, U v) {
+  const unsigned grid = launch::grid_for<kThreads>(fill_kernel<U>, n);
+  fill_kernel<U><<<grid, kThreads, 0, launch::stream()>>>(static_cast<U*>(p), n, v);
+  launch::check_launch("fill launch");
+}
+
 }  // namespace
+
+void first_nonfinite(const float* x, int64_t n, uint64_t* first) { first_nonfinite_impl(x, n, first); }
+void first_nonfinite(const double* x, int64_t n, uint64_t* first) { first_nonfinite_impl(x, n, first); }
+void argmax_count(const float* logits, int64_t M, int64_t C, const void* labels, int label_bytes, const float* soft,
+                  uint64_t* count) {
+  argmax_count_impl(logits, M, C, labels, label_bytes, soft, count);
+}
+void argmax_count(const double* logits, int64_t M, int64_t C, const void* labels, int label_bytes,
+                  const double* soft, uint64_t* count) {
+  argmax_count_impl(logits, M, C, labels, label_bytes, soft, count);
+}
+void fill(void* p, int64_t elems, int elem_bytes, uint64_t bits) {
+  if (elems <= 0) return;
+  switch (elem_bytes) {
+    case 1: fill_impl<uint8_t>(p, elems, static_cast<uint8_t>(bits)); break;
+    case 2: fill_impl<uint16_t>(p, elems, static_cast<uint16_t>(bits)); break;
+    case 4: fill_impl<uint32_t>(p, elems, static_cast<uint32_t>(bits)); break;
+    default: fill_impl<uint64_t>(p, elems, bits); break;
+  }
+}
 
 void center_scale(const float* x, int64_t ldx, float* y, int64_t n, int64_t d, const float* shift, const float* mul,
                   int* bad) {

@@ -35,5 +35,19 @@ void scale_shift(const double* x, int64_t ldx, double* y, int64_t n, int64_t d, 
 // transpose). g is symmetric up to the GEMM's rounding.
 void gram(LDType dt, const void* x, int64_t n, int64_t d, void* g);
 
+// The array utilities of the cuda op table, on the current stream. first_nonfinite: *first (a
+// device uint64) = 0 when x[0, n) is all finite, else n - (the flat index of the first NaN/inf);
+// it is zeroed here first. argmax_count: *count (a device uint64) = the rows of logits (M, C),
+// C >= 1, whose argmax equals the target: labels (M,) of label_bytes 4 (int32) or 8 (int64), or
+// soft (M, C) of logits' dtype when soft is non-null; zeroed here first. fill: elems elements of
+// elem_bytes (1, 2, 4 or 8) at p set to the low elem_bytes bytes of bits.
+void first_nonfinite(const float* x, int64_t n, uint64_t* first);
+void first_nonfinite(const double* x, int64_t n, uint64_t* first);
+void argmax_count(const float* logits, int64_t M, int64_t C, const void* labels, int label_bytes, const float* soft,
+                  uint64_t* count);
+void argmax_count(const double* logits, int64_t M, int64_t C, const void* labels, int label_bytes,
+                  const double* soft, uint64_t* count);
+void fill(void* p, int64_t elems, int elem_bytes, uint64_t bits);
+
 }  // namespace cuda
 }  // namespace fastnn

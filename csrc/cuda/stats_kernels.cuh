@@ -13,7 +13,8 @@
 //   col_finish_kernel   one thread per column adds the chunks in order, writes mean and m2
 // A NaN or inf in a column makes its mean or m2 non-finite (the caller looks for it).
 // Also the per-column affine maps of preprocessing (center_scale_kernel, scale_shift_kernel),
-// with the CPU's roundings.
+// with the CPU's roundings, and the array utilities of the cuda op table that answer with one
+// scalar (first_nonfinite_kernel, argmax_count_kernel) or none (fill_kernel).
 #pragma once
 
 #include <cstdint>
@@ -118,6 +119,66 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t r = e / d, j = e - r * d;
     y[e] = fma_rn(x[r * ldx + j], mul[j], add[j]);
   }
+}
+
+// *first = max over the non-finite elements x[e] (NaN or +-inf) of n - e, so n - *first is the
+// first one's flat index (row-major), and *first == 0 means every element is finite. *first must
+// be 0 before the launch. Grid-stride: each thread's first hit is its smallest index, one atomic.
+template <class T>
+__global__ void __launch_bounds__(kThreads)
+    first_nonfinite_kernel(const T* __restrict__ x, int64_t n, unsigned long long* first) {
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < n; e += step) {
+    if (!(mul_rn(x[e], T(0)) == T(0))) {  // x * 0 is NaN exactly for NaN and +-inf
+      atomicMax(first, static_cast<unsigned long long>(n - e));
+      return;
+    }
+  }
+}
+
+// The first index of the maximum of r[0, C) (C >= 1); a NaN counts as the maximum, so the first
+// NaN wins: train_kernels.cuh's row_argmax (the step metrics'), csrc/cpu/metrics.cpp's, numpy's.
+// (Repeated here: train_kernels.cuh defines a non-template kernel, so one .cu only includes it.)
+template <class T>
+__host__ __device__ __forceinline__ int64_t row_argmax(const T* r, int64_t C) {
+  T v = r[0];
+  if (v != v) return 0;
+  int64_t best = 0;
+  for (int64_t j = 1; j < C; ++j) {
+    const T x = r[j];
+    if (x != x) return j;
+    if (x > v) {
+      v = x;
+      best = j;
+    }
+  }
+  return best;
+}
+
+// *count += the rows r of logits (M, C), C >= 1, whose argmax (first maximum, NaN wins) equals
+// the target: labels[r] (L int32_t or int64_t; a label outside [0, C) never matches) or, with
+// soft != nullptr, the argmax of soft (M, C) of T. Grid-stride over rows; one atomic per thread
+// (integer adds: exact in any order).
+template <class T, class L>
+__global__ void __launch_bounds__(kThreads)
+    argmax_count_kernel(const T* __restrict__ logits, int64_t M, int64_t C, const L* __restrict__ labels,
+                        const T* __restrict__ soft, unsigned long long* count) {
+  unsigned long long hits = 0;
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; r < M; r += step) {
+    const int64_t a = row_argmax(logits + r * C, C);
+    const int64_t want = soft != nullptr ? row_argmax(soft + r * C, C) : static_cast<int64_t>(labels[r]);
+    hits += a == want;
+  }
+  if (hits) atomicAdd(count, hits);
+}
+
+// p[0, n) = v: U is the element moved as bits (uint8_t .. uint64_t), so any dtype and any NaN
+// payload is written as given. Grid-stride.
+template <class U>
+__global__ void __launch_bounds__(kThreads) fill_kernel(U* __restrict__ p, int64_t n, U v) {
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < n; e += step) p[e] = v;
 }
 
 // Rows per chunk for n rows: kChunkRows, or more (a multiple of kRowLanes) so that the chunk

@@ -37,6 +37,9 @@ __all__ = [
 ]
 
 _COMPILED = bool(getattr(_C, "cuda_compiled", False))
+# The driver: the object every CUDA entry point (cuda_*, stream_*, graph_*) is called on. fastnn._C,
+# or what fastnn._backend.cuda.use_driver installed (the fake GPU of tests/cuda_emulation).
+_drv = _C
 _FLOATS = {np.dtype(np.float32): "float32", np.dtype(np.float64): "float64"}
 _KDLCUDA = 2
 
@@ -48,12 +51,12 @@ def devices() -> list:
     not compiled in or there is no driver or GPU."""
     if not _COMPILED:
         return []
-    return [_C.cuda_device_properties(i) for i in range(_C.cuda_device_count())]
+    return [_drv.cuda_device_properties(i) for i in range(_drv.cuda_device_count())]
 
 
 def device_count() -> int:
     """The number of GPUs seen (0 without CUDA)."""
-    return int(_C.cuda_device_count()) if _COMPILED else 0
+    return int(_drv.cuda_device_count()) if _COMPILED else 0
 
 
 def is_available() -> bool:
@@ -65,33 +68,33 @@ def _require_gpu() -> None:
     if not _COMPILED:
         raise RuntimeError("fastnn.cuda: this build of fastnn has no CUDA support (it was built without nvcc; "
                            "rebuild with the CUDA toolkit installed, or -Ccmake.define.FASTNN_CUDA=ON)")
-    if _C.cuda_device_count() == 0:
-        raise RuntimeError(f"fastnn.cuda: no CUDA GPU is available ({_C.cuda_init_error()})")
+    if _drv.cuda_device_count() == 0:
+        raise RuntimeError(f"fastnn.cuda: no CUDA GPU is available ({_drv.cuda_init_error()})")
 
 
 @contextlib.contextmanager
 def _on_device(index: int):
     """Makes `index` the current device for the block (allocations and launches go there)."""
-    current = _C.cuda_get_device()
+    current = _drv.cuda_get_device()
     if current == index:
         yield
         return
-    _C.cuda_set_device(index)
+    _drv.cuda_set_device(index)
     try:
         yield
     finally:
-        _C.cuda_set_device(current)
+        _drv.cuda_set_device(current)
 
 
 def synchronize() -> None:
     """Waits until every queued kernel and copy on the current GPU has finished."""
     _require_gpu()
-    _C.cuda_synchronize()
+    _drv.cuda_synchronize()
 
 
 def empty_cache() -> int:
     """Returns fastnn's cached (free) GPU blocks to the driver; returns the bytes released."""
-    return int(_C.cuda_empty_cache()) if _COMPILED else 0
+    return int(_drv.cuda_empty_cache()) if _COMPILED else 0
 
 
 # ---- DeviceArray -----------------------------------------------------------------------------
@@ -147,9 +150,9 @@ class DeviceArray:
         shape = _shape_tuple(shape)
         dt = _float_dtype(dtype)
         _require_gpu()
-        index = _C.cuda_get_device() if device is None else operator.index(device)
+        index = _drv.cuda_get_device() if device is None else operator.index(device)
         with _on_device(index):
-            self._ptr = int(_C.cuda_malloc(_prod(shape) * dt.itemsize))
+            self._ptr = int(_drv.cuda_malloc(_prod(shape) * dt.itemsize))
         self._owned = True
         self._shape, self._dtype, self._device, self._base = shape, dt, index, None
 
@@ -166,7 +169,7 @@ class DeviceArray:
         if getattr(self, "_owned", False):
             self._owned = False
             try:
-                _C.cuda_free(self._ptr)
+                _drv.cuda_free(self._ptr)
             except Exception:  # interpreter shutdown: the process is going away anyway
                 pass
 
@@ -216,19 +219,30 @@ class DeviceArray:
         return f"DeviceArray(shape={self._shape}, dtype={self._dtype.name}, device=cuda:{self._device})"
 
     # -- copies --
+    def __reduce_ex__(self, protocol):
+        # (pickle would otherwise store the device address: a dangling pointer in any other process)
+        raise TypeError(f"fastnn.cuda.DeviceArray {self.shape} {self.dtype} cannot be pickled: it lives in GPU "
+                        f"memory; call .numpy() first and pickle the NumPy array (fastnn.cuda.to_device() it back)")
+
     def numpy(self) -> np.ndarray:
         """A host copy (waits for the kernels queued on stream 0 that write this array)."""
         out = np.empty(self._shape, self._dtype)
         with _on_device(self._device):
-            _C.cuda_memcpy_dtoh(out, self._ptr)
+            _drv.cuda_memcpy_dtoh(out, self._ptr)
         return out
 
     def copy(self) -> DeviceArray:
         """A device copy (asynchronous on stream 0)."""
         out = DeviceArray(self._shape, self._dtype, device=self._device)
         with _on_device(self._device):
-            _C.cuda_memcpy_dtod(out._ptr, self._ptr, self.nbytes)
+            _drv.cuda_memcpy_dtod(out._ptr, self._ptr, self.nbytes)
         return out
+
+    def __copy__(self) -> DeviceArray:  # (copy.copy / copy.deepcopy: a device copy, never a shared pointer)
+        return self.copy()
+
+    def __deepcopy__(self, memo) -> DeviceArray:
+        return self.copy()
 
     def reshape(self, *shape) -> DeviceArray:
         """A view with another shape of the same size (no copy); -1 infers one dimension."""
@@ -278,10 +292,10 @@ class DeviceArray:
             stream = operator.index(stream)
             if stream != -1:
                 with _on_device(self._device):
-                    _C.stream_wait(0 if stream == 1 else stream, _C.current_stream())
+                    _drv.stream_wait(0 if stream == 1 else stream, _drv.current_stream())
         args = (src._ptr, list(src._shape), _FLOATS[src._dtype], src._device, src)
         mv = None if max_version is None else tuple(max_version)
-        return _C.cuda_dlpack_capsule(*args, max_version=mv)
+        return _drv.cuda_dlpack_capsule(*args, max_version=mv)
 
 
 def empty(shape, dtype=np.float32, *, device=None) -> DeviceArray:
@@ -304,7 +318,7 @@ def to_device(a, *, device=None) -> DeviceArray:
         host = np.ascontiguousarray(host)  # (not for 0-d arrays: it would make them 1-d)
     out = DeviceArray(host.shape, host.dtype, device=device)
     with _on_device(out.device):
-        _C.cuda_memcpy_htod(out.ptr, host)
+        _drv.cuda_memcpy_htod(out.ptr, host)
     return out
 
 
@@ -332,7 +346,7 @@ def zeros(shape, dtype=np.float32, *, device=None) -> DeviceArray:
     """A zero-filled DeviceArray (the fill is queued on the current stream)."""
     a = DeviceArray(shape, dtype, device=device)
     with _on_device(a.device):
-        _C.cuda_memset_zero(a.ptr, a.nbytes)
+        _drv.cuda_memset_zero(a.ptr, a.nbytes)
     return a
 
 
@@ -341,7 +355,7 @@ def set_cache_limit(nbytes: int) -> None:
     driver)."""
     if isinstance(nbytes, bool) or not isinstance(nbytes, numbers.Integral) or nbytes < 0:
         raise ValueError(f"nbytes: expected a non-negative integer, got {nbytes!r}")
-    _C.cuda_set_cache_limit(int(nbytes))
+    _drv.cuda_set_cache_limit(int(nbytes))
 
 
 # ---- streams and graphs ----------------------------------------------------------------------
@@ -358,7 +372,7 @@ class Stream:
         if isinstance(priority, bool) or not isinstance(priority, numbers.Integral):
             raise TypeError(f"priority: expected an integer, got {type(priority).__name__}")
         _require_gpu()
-        self._handle = int(_C.stream_create(int(priority)))
+        self._handle = int(_drv.stream_create(int(priority)))
         self._owned = True
 
     @classmethod
@@ -380,13 +394,13 @@ class Stream:
 
     def synchronize(self) -> None:
         """Waits until the work queued on this stream has finished."""
-        _C.stream_synchronize(self._handle)
+        _drv.stream_synchronize(self._handle)
 
     def wait_stream(self, other: Stream) -> None:
         """Work queued on this stream from now on starts after the work queued on `other` so far."""
         if not isinstance(other, Stream):
             raise TypeError(f"other: expected a fastnn.cuda.Stream, got {type(other).__name__}")
-        _C.stream_wait(self._handle, other._handle)
+        _drv.stream_wait(self._handle, other._handle)
 
     def __eq__(self, other) -> bool:
         return isinstance(other, Stream) and other._handle == self._handle
@@ -401,14 +415,14 @@ class Stream:
         if getattr(self, "_owned", False):
             self._owned = False
             try:
-                _C.stream_destroy(self._handle)
+                _drv.stream_destroy(self._handle)
             except Exception:  # interpreter shutdown
                 pass
 
 
 def current_stream() -> Stream:
     """The stream fastnn launches on in this thread (the legacy stream unless switched)."""
-    return Stream._wrap(_C.current_stream())
+    return Stream._wrap(_drv.current_stream())
 
 
 @contextlib.contextmanager
@@ -418,12 +432,12 @@ def stream(s: Stream):
     the previous stream: use Stream.wait_stream where it must be."""
     if not isinstance(s, Stream):
         raise TypeError(f"s: expected a fastnn.cuda.Stream, got {type(s).__name__}")
-    previous = _C.current_stream()
-    _C.set_current_stream(s.handle)
+    previous = _drv.current_stream()
+    _drv.set_current_stream(s.handle)
     try:
         yield s
     finally:
-        _C.set_current_stream(previous)
+        _drv.set_current_stream(previous)
 
 
 class Graph:
@@ -453,22 +467,22 @@ class Graph:
             raise RuntimeError("Graph.capture: this graph is already captured; make a new Graph")
         if not callable(fn):
             raise TypeError(f"fn: expected a callable, got {type(fn).__name__}")
-        previous = _C.current_stream()
-        _C.set_current_stream(stream.handle)
-        _C.graph_capture_begin(stream.handle)
+        previous = _drv.current_stream()
+        _drv.set_current_stream(stream.handle)
+        _drv.graph_capture_begin(stream.handle)
         try:
             result = fn(*args, **kwargs)
         except BaseException:
-            _C.set_current_stream(previous)
+            _drv.set_current_stream(previous)
             try:
-                _C.graph_destroy(_C.graph_capture_end(stream.handle))
+                _drv.graph_destroy(_drv.graph_capture_end(stream.handle))
             except Exception:
                 pass
             raise
         try:
-            self._exec = int(_C.graph_capture_end(stream.handle))
+            self._exec = int(_drv.graph_capture_end(stream.handle))
         finally:
-            _C.set_current_stream(previous)
+            _drv.set_current_stream(previous)
         self._stream, self._result = stream, result
         return result
 
@@ -476,13 +490,13 @@ class Graph:
         """Launches the captured work again on its stream; returns what the captured fn returned."""
         if not self._exec:
             raise RuntimeError("Graph.replay: nothing captured yet (call capture first)")
-        _C.graph_replay(self._exec, self._stream.handle)
+        _drv.graph_replay(self._exec, self._stream.handle)
         return self._result
 
     def __del__(self):
         if getattr(self, "_exec", 0):
             try:
-                _C.graph_destroy(self._exec)
+                _drv.graph_destroy(self._exec)
             except Exception:
                 pass
             self._exec = 0

@@ -450,7 +450,7 @@ class _BaseMLP(_BaseEstimator):
         ws = [lin.weight.data for lin in self.model_.layers]
         if zeros is None or any(backend_of(z).device_name(z) != backend_of(w).device_name(w) or z.shape != w.shape
                                 for z, w in zip(zeros, ws)):
-            zeros = self._zero_weights = [backend_of(w).zeros_like_device(w.shape, w.dtype, w) for w in ws]
+            zeros = self._zero_weights = [backend_of(w).zeros(w.shape, w.dtype, w) for w in ws]
         return sum(backend_of(w).mse(w, z, False, None)[0] * w.size for w, z in zip(ws, zeros))
 
     def _on_model_device(self, a, key):
@@ -462,7 +462,7 @@ class _BaseMLP(_BaseEstimator):
         bufs = self.__dict__.setdefault("_device_buffers", {})
         buf = bufs.get((key, a.shape))
         if buf is None or backend_of(buf).device_name(buf) != backend_of(w).device_name(w):
-            buf = bufs[(key, a.shape)] = backend_of(w).empty_like_device(a.shape, a.dtype, w)
+            buf = bufs[(key, a.shape)] = backend_of(w).empty(a.shape, a.dtype, w)
         copy_into(buf, a)
         return buf
 

@@ -27,9 +27,12 @@ How it is computed (CPU):
   * eigendecomposition of the d x d covariance by LAPACK (numpy.linalg.eigh) in float64;
   * transform: (X - mean) @ P with P (d x k) = components_^T / sqrt(explained_variance_ + eps)
     precomputed, so centering, projection and scaling are one GEMM pass.
-On the GPU (the cuda table, fastnn._backend.cuda): the column statistics by fastnn's kernel
-(csrc/cuda/stats.cu, every sum in float64 in a fixed order); the centered Gram and the transforms
-still through the array's own library (PyTorch or CuPy), the d x d matrices on the host.
+On the GPU (the cuda table, fastnn._backend.cuda; neither PyTorch nor CuPy needed): the column
+statistics by fastnn's kernel (csrc/cuda/stats.cu, every sum in float64 in a fixed order); the
+centered Gram by a centering kernel and cuBLASLt in X's dtype (float32 math, no TF32), its rounding
+correction from the centered values' float64 column sums; transforms by the centering or
+scale/shift kernels and cuBLASLt (the bias of inverse_transform in its epilogue); only the (d,),
+d x d and d x k matrices and one flag per call cross between host and device.
 partial_fit merges chunk statistics with Chan's formula (for the Gram matrix with its correction
 term n_a n_b / (n_a + n_b) (mu_a - mu_b)(mu_a - mu_b)^T), in float64.
 

@@ -124,7 +124,7 @@ import warnings
 
 import numpy as np
 
-from . import _C, _backend, _precision, checks
+from . import _backend, _precision, checks
 from . import augment as _augment
 from . import checkpoint as _checkpoint
 from . import cuda as _cuda
@@ -133,6 +133,7 @@ from . import optim as _optim
 from . import random as _random
 from . import schedules as _schedules
 from ._backend import cuda as _cuda_backend
+from ._backend.cuda import driver as _C  # _C's entry points from the installed CUDA driver (tests: a fake GPU)
 from .checkpoint import CHECKPOINT_FORMAT, load_model, save_model
 from .losses import MSELoss, SoftmaxCrossEntropy
 from .parameter import canonical_device

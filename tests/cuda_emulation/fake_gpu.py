@@ -8,6 +8,9 @@ device memory is host memory (256-byte aligned NumPy blocks, copies are memmove)
   own device math is checked bit for bit by tests/test_cuda_nogpu.py and the *_cuda_emulated
   tests), and these runs check fastnn.cuda's argument reading, dispatch, state handling,
   state_dict round trips and error messages;
+- preprocessing and the array utilities (csrc/cuda/stats.cu): the column statistics in float64 with
+  the kernel's formulas, center/scale and scale/shift by the CPU kernels (bit-identical to the GPU's),
+  the Gram product by the CPU GEMM, and first_nonfinite / argmax_count / fill exactly;
 - a device-resident training step (SPEC12.md): gather_rows, counter_add, step_metrics, optimizer
   steps driven by a per-step table, dropout/linear seeds read from a device uint64[2]; each reads
   its device values (batch position, step counter, rng offset) when it RUNS, i.e. at replay;
@@ -29,15 +32,22 @@ device memory is host memory (256-byte aligned NumPy blocks, copies are memmove)
 - device memory: a caching allocator (a freed block of 64 KiB or more comes back for the same
   size) whose blocks are bounds-checked: a kernel reading or writing outside them raises (an
   illegal address on a GPU) instead of touching host memory.
-Not checked: nvcc's code, CUDA's libm (Gaussian noise is exact here, within 3e-6 * std + 1 ulp on
-a GPU), TF32 (float32 GEMMs run in float32), bfloat16 linear layers, the GPU's own saved arrays of
+Not checked: nvcc's code, cuBLASLt's rounding (the Gram product and the preprocessing transforms
+run the CPU GEMM), the 64-bit atomics of first_nonfinite/argmax_count (the emulation checks
+them), CUDA's libm (Gaussian noise is exact here, within 3e-6 * std + 1 ulp on a GPU), TF32
+(float32 GEMMs run in float32), bfloat16 linear layers, the GPU's own saved arrays of
 leaky_relu/elu/selu and of sigmoid/tanh with dropout, linear dropout offsets within M*N + N*K of
 2**64 (the CPU kernel refuses them), real stream concurrency, DLPack (PyTorch/CuPy tests skip).
 
     PYTHONPATH=<site with fastnn>:tests/cuda_emulation python -m pytest -p fake_gpu \
-        tests/test_fake_gpu_ops.py tests/test_augment_cuda.py tests/test_optim_cuda.py
+        tests/test_fake_gpu_ops.py tests/test_fake_gpu_preprocessing.py tests/test_cuda.py
 
-Patches fastnn._C's CUDA entry points at import; never load it in a run that uses a real GPU."""
+It registers itself at import as the driver of fastnn._backend.cuda (use_driver: the object the
+backend calls _C's CUDA entry points on; uninstall() puts the previous one back), and names it does
+not fake fall back to fastnn._C. It fakes the driver, not the op table, so that the real
+python/fastnn/_backend/cuda.py (argument reading, dispatch, stream ordering, result kinds) is what
+these tests run. Tests that launch directly use fastnn._backend.cuda.driver, never fastnn._C.
+Never load it in a run that uses a real GPU."""
 
 from __future__ import annotations
 
@@ -55,8 +65,9 @@ import tempfile
 import numpy as np
 
 import fastnn
+import fastnn._backend.cuda
 
-_C = fastnn._C
+_C = fastnn._C  # the CPU kernels (and what the fake does not fake)
 _HERE = pathlib.Path(__file__).resolve().parent
 _ROOT = _HERE.parents[1]
 _BUILD = pathlib.Path(tempfile.mkdtemp(prefix="fastnn-fake-gpu-"))
@@ -76,7 +87,7 @@ _SAMPLE = np.dtype([("flip", "<i4"), ("top", "<i4"), ("left", "<i4"), ("bh", "<i
                     ("brightness", "<f4"), ("contrast", "<f4"), ("saturation", "<f4")])  # AugSample
 _bufs: dict = {}
 _calls = {"augment": 0, "noise": 0, "mixup": 0, "optim": 0, "loss": 0, "act": 0, "dropout": 0, "linear": 0,
-          "step": 0}
+          "step": 0, "stats": 0}
 # Host<->device copies and synchronizations seen (a GPU training step should make none per step).
 # A loss returned to the host (result_ptr 0) is one dtoh and one sync, as on a GPU (its LossResult
 # is copied back); "loss_readback" counts those among them.
@@ -816,6 +827,143 @@ def _mixup(dtype, x, perm, out, N, D, lam, lam1):
         f(x, perm.ctypes.data, out, N, D, lam, lam1, 1, min(N, 8))
 
 
+# ---- preprocessing and the array utilities (csrc/cuda/stats.cu): host math of the kernels' arithmetic -------
+def _rows(ptr, n, d, ldx, dt, name):
+    """x (n, d) at row stride ldx elements, as a C-contiguous host copy."""
+    if n * d == 0:
+        return np.empty((n, d), dt)
+    return np.ascontiguousarray(_view(ptr, (n - 1) * ldx + d, dt, name)[
+        np.arange(n)[:, None] * ldx + np.arange(d)[None, :]])
+
+
+def _col_stats_check(dtype, x_ptr, n, d, ldx, out_ptr):
+    dt = _float_dtype(dtype)
+    if _count(n, "n") < 1:
+        raise ValueError(f"n: expected at least 1 row, got {n}")
+    if _count(ldx, "ldx") < _count(d, "d"):
+        raise ValueError(f"ldx: expected a row stride >= d ({d}), got {ldx}")
+    _ptr(x_ptr, n * d, dt.itemsize, "x_ptr")
+    _ptr(out_ptr, 2 * d, 8, "out_ptr")
+
+
+def _col_stats(dtype, x_ptr, n, d, ldx, out_ptr):
+    """stats_kernels.cuh's formulas in float64: deviations v from the first row, S1 = sum v,
+    S2 = sum v^2, mean = x0 + S1 / n, m2 = max(S2 - S1^2 / n, 0) (NumPy's summation order, not
+    the kernel's chunk order: equal within the kernel's own rounding)."""
+    _calls["stats"] += 1
+    if d == 0:
+        return
+    x = _rows(x_ptr, n, d, ldx, dtype, "x_ptr").astype(np.float64)
+    v = x - x[0]
+    s1, s2 = v.sum(0), (v * v).sum(0)
+    out = _view(out_ptr, (2, d), np.float64, "out_ptr")
+    out[0] = x[0] + s1 / n
+    with np.errstate(invalid="ignore"):
+        m2 = s2 - s1 * s1 / n
+        out[1] = np.where(m2 < 0.0, 0.0, m2)
+
+
+def _affine_check(dtype, x_ptr, n, d, ldx, y_ptr, a_ptr, b_ptr, *flag):
+    dt = _float_dtype(dtype)
+    if _count(ldx, "ldx") < _count(d, "d"):
+        raise ValueError(f"ldx: expected a row stride >= d ({d}), got {ldx}")
+    work = _count(n, "n") * d
+    _ptr(x_ptr, work, dt.itemsize, "x_ptr")
+    _ptr(y_ptr, work, dt.itemsize, "y_ptr")
+    _ptr(a_ptr, d if work else 0, dt.itemsize, "shift_ptr" if flag else "mul_ptr")
+    _ptr(b_ptr, d if work else 0, dt.itemsize, "mul_ptr" if flag else "add_ptr")
+    if flag:
+        _ptr(flag[0], work, 4, "bad_ptr")
+
+
+def _center_scale(dtype, x_ptr, n, d, ldx, y_ptr, shift_ptr, mul_ptr, bad_ptr):
+    """The CPU kernel (the same two roundings: bit for bit, tests/test_stats_cuda_emulated.py)."""
+    _calls["stats"] += 1
+    if n * d == 0:
+        return
+    y = _view(y_ptr, (n, d), dtype, "y_ptr")
+    if _C.center_scale(_rows(x_ptr, n, d, ldx, dtype, "x_ptr"), y, _view(shift_ptr, d, dtype, "shift_ptr"),
+                       _view(mul_ptr, d, dtype, "mul_ptr")):
+        _view(bad_ptr, 1, np.int32, "bad_ptr")[0] = 1
+
+
+def _scale_shift(dtype, x_ptr, n, d, ldx, y_ptr, mul_ptr, add_ptr):
+    """The CPU kernel (one FMA: bit for bit)."""
+    _calls["stats"] += 1
+    if n * d:
+        _C.scale_shift(_rows(x_ptr, n, d, ldx, dtype, "x_ptr"), _view(y_ptr, (n, d), dtype, "y_ptr"),
+                       _view(mul_ptr, d, dtype, "mul_ptr"), _view(add_ptr, d, dtype, "add_ptr"))
+
+
+def _gram_check(dtype, x_ptr, n, d, g_ptr):
+    dt = _float_dtype(dtype)
+    _ptr(x_ptr, _count(n, "n") * _count(d, "d"), dt.itemsize, "x_ptr")
+    _ptr(g_ptr, d * d, dt.itemsize, "g_ptr")
+
+
+def _gram(dtype, x_ptr, n, d, g_ptr):
+    """g = x^T x in x's dtype (the CPU GEMM: float32 accumulation for float32, as cuBLASLt's F32 math)."""
+    _calls["stats"] += 1
+    if d == 0:
+        return
+    g = _view(g_ptr, (d, d), dtype, "g_ptr")
+    if n == 0:
+        g[...] = 0
+        return
+    x = _view(x_ptr, (n, d), dtype, "x_ptr")
+    _C.matmul(x.T, x, g)
+
+
+def _first_nonfinite_check(dtype, x_ptr, n, out_ptr):
+    dt = _float_dtype(dtype)
+    _ptr(x_ptr, _count(n, "n"), dt.itemsize, "x_ptr")
+    _ptr(out_ptr, 1, 8, "out_ptr")
+
+
+def _first_nonfinite(dtype, x_ptr, n, out_ptr):
+    _calls["stats"] += 1
+    bad = np.flatnonzero(~np.isfinite(_view(x_ptr, n, dtype, "x_ptr"))) if n else ()
+    _view(out_ptr, 1, np.uint64, "out_ptr")[0] = n - int(bad[0]) if len(bad) else 0
+
+
+_ARGMAX_KINDS = {"int32": np.int32, "int64": np.int64, "soft": None}
+
+
+def _argmax_count_check(dtype, logits_ptr, M, C, target_ptr, target_kind, count_ptr):
+    dt = _float_dtype(dtype)
+    if _count(C, "C") < 1:
+        raise ValueError(f"C: expected at least 1 class (column), got {C}")
+    if target_kind not in _ARGMAX_KINDS:
+        raise ValueError(f"target_kind: expected 'int32', 'int64' or 'soft', got {target_kind!r}")
+    M = _count(M, "M")
+    _ptr(logits_ptr, M * C, dt.itemsize, "logits_ptr")
+    lab = _ARGMAX_KINDS[target_kind]
+    _ptr(target_ptr, M if lab else M * C, np.dtype(lab).itemsize if lab else dt.itemsize, "target_ptr")
+    _ptr(count_ptr, 1, 8, "count_ptr")
+
+
+def _argmax_count(dtype, logits_ptr, M, C, target_ptr, target_kind, count_ptr):
+    """The CPU's count (the same first-maximum, NaN-wins argmax; labels outside [0, C) never match)."""
+    _calls["stats"] += 1
+    lab = _ARGMAX_KINDS[target_kind]
+    hits = 0
+    if M:
+        t = _view(target_ptr, M, lab, "target_ptr") if lab else _view(target_ptr, (M, C), dtype, "target_ptr")
+        hits = int(_C.argmax_count(_view(logits_ptr, (M, C), dtype, "logits_ptr"), t))
+    _view(count_ptr, 1, np.uint64, "count_ptr")[0] = hits
+
+
+def _fill_check(ptr, elems, elem_bytes, bits):
+    if elem_bytes not in (1, 2, 4, 8):
+        raise ValueError(f"elem_bytes: expected 1, 2, 4 or 8, got {elem_bytes}")
+    _ptr(ptr, _count(elems, "elems"), elem_bytes, "ptr")
+
+
+def _fill(ptr, elems, elem_bytes, bits):
+    if elems:
+        _view(ptr, elems, f"u{elem_bytes}", "ptr")[...] = bits % (1 << (8 * elem_bytes))
+
+
 def _dtod(dst_ptr, src_ptr, nbytes):
     if nbytes:
         _check_range(dst_ptr, nbytes, "dst_ptr")
@@ -974,6 +1122,13 @@ def _cuda_ops():
         "cuda_gather_rows": (_gather_rows, _gather_check),
         "cuda_counter_add": (_counter_add, _counter_check),
         "cuda_step_metrics": (_step_metrics, _metrics_check),
+        "cuda_col_stats": (_col_stats, _col_stats_check),
+        "cuda_center_scale": (_center_scale, _affine_check),
+        "cuda_scale_shift": (_scale_shift, _affine_check),
+        "cuda_gram": (_gram, _gram_check),
+        "cuda_first_nonfinite": (_first_nonfinite, _first_nonfinite_check),
+        "cuda_argmax_count": (_argmax_count, _argmax_count_check),
+        "cuda_fill": (_fill, _fill_check),
     }
 
 
@@ -986,29 +1141,64 @@ def _device_properties(index):
 
 _FAKE_LT = "fake GPU: linear layers run the CPU kernels"
 
-for _name, _fn in {
-    "cuda_device_count": lambda: 1, "cuda_get_device": lambda: 0, "cuda_set_device": lambda i: None,
-    "cuda_init_error": lambda: "", "cuda_device_properties": _device_properties,
-    "cuda_pointer_device": lambda p: 0, "cuda_malloc": _malloc_tracked, "cuda_free": _free,
-    "cuda_memcpy_htod": _htod, "cuda_memcpy_dtoh": _dtoh,
-    "cuda_softmax_xent": _loss_op("cuda_softmax_xent", _xent_check, _faulty("cuda_softmax_xent", _xent_run)),
-    "cuda_squared_error": _loss_op("cuda_squared_error", _squared_check, _faulty("cuda_squared_error", _squared_run)),
-    "cuda_synchronize": _sync, "stream_synchronize": _stream_sync, "stream_wait": _stream_wait,
-    "cuda_legacy_wait_on": lambda stream: _stream_wait(0, stream),
-    "cuda_wait_on_legacy": lambda stream: _stream_wait(stream, 0),
-    "current_stream": lambda: _current_stream[0], "set_current_stream": lambda h: _current_stream.__setitem__(0, h),
-    "stream_create": _stream_create, "stream_destroy": lambda h: None, "graph_capture_begin": _capture_begin,
-    "graph_capture_end": _capture_end, "graph_replay": _replay, "graph_destroy": _graph_destroy,
-    "cuda_set_cache_limit": lambda nbytes: None, "cuda_empty_cache": _empty_cache,
-    "cuda_allocated_bytes": lambda: sum(_sizes.values()),
-    "cuda_cached_bytes": lambda: sum(n * len(v) for n, v in _cache.items()),
-    "cuda_cublaslt_compiled": lambda: True, "cublaslt_location": lambda: _FAKE_LT,
-    "cublaslt_load": lambda candidates: _FAKE_LT, "cuda_cublaslt_load_error": lambda: "",
-}.items():
-    setattr(_C, _name, _fn)
+
+class FakeDriver:
+    """The fake GPU as a driver of fastnn._backend.cuda (installed with use_driver): the faked
+    entry points as attributes under their _C names, every other name answered by fastnn._C (the
+    CPU kernels, build facts). Entries may be added or replaced by name (setattr) at any time."""
+
+    def __init__(self, entries):
+        self.__dict__.update(entries)
+
+    def __getattr__(self, name):  # (only for names not faked)
+        return getattr(_C, name)
+
+
+def _entries():
+    out = {
+        "cuda_device_count": lambda: 1, "cuda_get_device": lambda: 0, "cuda_set_device": lambda i: None,
+        "cuda_init_error": lambda: "", "cuda_device_properties": _device_properties,
+        "cuda_pointer_device": lambda p: 0, "cuda_malloc": _malloc_tracked, "cuda_free": _free,
+        "cuda_memcpy_htod": _htod, "cuda_memcpy_dtoh": _dtoh,
+        "cuda_softmax_xent": _loss_op("cuda_softmax_xent", _xent_check, _faulty("cuda_softmax_xent", _xent_run)),
+        "cuda_squared_error": _loss_op("cuda_squared_error", _squared_check,
+                                       _faulty("cuda_squared_error", _squared_run)),
+        "cuda_synchronize": _sync, "stream_synchronize": _stream_sync, "stream_wait": _stream_wait,
+        "cuda_legacy_wait_on": lambda stream: _stream_wait(0, stream),
+        "cuda_wait_on_legacy": lambda stream: _stream_wait(stream, 0),
+        "current_stream": lambda: _current_stream[0],
+        "set_current_stream": lambda h: _current_stream.__setitem__(0, h),
+        "stream_create": _stream_create, "stream_destroy": lambda h: None, "graph_capture_begin": _capture_begin,
+        "graph_capture_end": _capture_end, "graph_replay": _replay, "graph_destroy": _graph_destroy,
+        "cuda_set_cache_limit": lambda nbytes: None, "cuda_empty_cache": _empty_cache,
+        "cuda_allocated_bytes": lambda: sum(_sizes.values()),
+        "cuda_cached_bytes": lambda: sum(n * len(v) for n, v in _cache.items()),
+        "cuda_cublaslt_compiled": lambda: True, "cublaslt_location": lambda: _FAKE_LT,
+        "cublaslt_load": lambda candidates: _FAKE_LT, "cuda_cublaslt_load_error": lambda: "",
+    }
+    for name, (fn, check) in _cuda_ops().items():
+        out[name] = _recorded(_faulty(name, fn), check)
+    return out
+
+
 _FAULTABLE = set(_cuda_ops()) | {"cuda_softmax_xent", "cuda_squared_error"}
-for _name, (_fn, _check) in _cuda_ops().items():
-    setattr(_C, _name, _recorded(_faulty(_name, _fn), _check))
+DRIVER = FakeDriver(_entries())
+_previous: list = []
+
+
+def install() -> None:
+    """Makes the fake GPU the driver of fastnn's CUDA backend (done at import)."""
+    if not _previous:
+        _previous.append(fastnn._backend.cuda.use_driver(DRIVER))
+
+
+def uninstall() -> None:
+    """Puts back the driver install() replaced."""
+    if _previous:
+        fastnn._backend.cuda.use_driver(_previous.pop())
+
+
+install()
 
 
 def pytest_terminal_summary(terminalreporter):

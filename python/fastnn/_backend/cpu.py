@@ -572,16 +572,6 @@ def from_host(a, like):
 
 # ---- array utilities -------------------------------------------------------------------------------
 
-def empty_like_device(shape, dtype, like):
-    """An uninitialized C-ordered array of `shape` and `dtype` on `like`'s device."""
-    return empty(tuple(shape), dtype)
-
-
-def zeros_like_device(shape, dtype, like):
-    """A zero-filled C-ordered array of `shape` and `dtype` on `like`'s device."""
-    return np.zeros(tuple(shape), dtype)
-
-
 def copy(a):
     """A C-contiguous copy of `a` on its device."""
     return np.array(a, order="C", copy=True)

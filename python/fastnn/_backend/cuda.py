@@ -10,8 +10,6 @@ make the consumer's stream wait on fastnn's current stream afterwards, see _publ
 
 from __future__ import annotations
 
-import importlib
-import math
 import numbers
 import operator
 import os
@@ -21,6 +19,7 @@ from importlib.util import find_spec as _find_spec
 import numpy as np
 
 from .. import _C, _precision, checks
+from .. import cuda as _fc
 from .._arrays import is_cuda_array
 from ..cuda import (
     _FLOATS,
@@ -31,10 +30,42 @@ from ..cuda import (
     _require_gpu,
     to_device,
 )
-from ..cuda import zeros as _zeros
 from .common import LinearSaved, check_mask, host_target, optim_table  # noqa: F401 (optim_table re-exported)
 
 name = "cuda"
+
+# ---- the driver ---------------------------------------------------------------------------------
+# This module calls every CUDA entry point (cuda_*, stream_*, graph_*) on the module-level name _C:
+# fastnn._C, or the driver installed by use_driver (the fake GPU of tests/cuda_emulation), which
+# fastnn.cuda (DeviceArray, streams, graphs) then uses too.
+_NATIVE = _C
+
+
+def use_driver(obj):
+    """Makes `obj` the driver of the CUDA backend and of fastnn.cuda (None: fastnn._C again) and
+    returns the one it replaces. A driver has _C's CUDA entry points under their _C names; a fake
+    one answers the names it does not fake from fastnn._C. For tests: one driver per process."""
+    global _C
+    previous = _C
+    _C = _fc._drv = _NATIVE if obj is None else obj
+    return previous
+
+
+class _DriverView:
+    """fastnn._C as the installed driver answers it (attribute reads and writes go to the current
+    driver): for modules that call _C's entry points directly (fastnn.train and fastnn.parameter
+    import it as _C)."""
+
+    __slots__ = ()
+
+    def __getattr__(self, name):
+        return getattr(_C, name)
+
+    def __setattr__(self, name, value):
+        setattr(_C, name, value)
+
+
+driver = _DriverView()
 
 # ---- the entry points of fastnn.functional ---------------------------------------------------
 
@@ -1248,16 +1279,6 @@ def _shape(a):
 
 # ---- array utilities -------------------------------------------------------------------------------
 
-def empty_like_device(shape, dtype, like):
-    """An uninitialized C-ordered array of `shape` and `dtype` on `like`'s device."""
-    return DeviceArray(tuple(shape), dtype, device=_cuda_arg(like, "like").device)
-
-
-def zeros_like_device(shape, dtype, like):
-    """A zero-filled C-ordered array of `shape` and `dtype` on `like`'s device."""
-    return _zeros(tuple(shape), dtype, device=_cuda_arg(like, "like").device)
-
-
 @_op
 def copy(a):
     """A C-contiguous copy of `a` on its device (a DeviceArray)."""
@@ -1301,12 +1322,9 @@ def assign(dst, src):
 
 
 # ---- preprocessing, augmentation and trainer utilities ---------------------------------------------
-# The same entries as _backend/cpu.py's last section. Array utilities, augmentation and the column
-# statistics launch fastnn's kernels (csrc/cuda/augment.cu, stats.cu) on fastnn's current stream.
-# The rest of preprocessing (the centered Gram, center/scale, the shifted products) still runs
-# through the array's own library (PyTorch, or CuPy; a DeviceArray is viewed by DLPack), only the
-# d x d matrices come to the host; fastnn's own kernels and cuBLASLt are to replace those bodies
-# (a centering kernel and a transposed-A cuda_matmul are what they need), the entries stay.
+# The same entries as _backend/cpu.py's last section, launching fastnn's kernels (csrc/cuda/stats.cu,
+# augment.cu, train.cu) and cuBLASLt on fastnn's current stream: no PyTorch or CuPy needed. Only
+# scalars (a count, a flag) and the preprocessing statistics (d, d x d) come back to the host.
 
 def _device_index(like) -> int:
     """The GPU of `like` (any CUDA array, any dtype); the current one for None."""
@@ -1354,16 +1372,15 @@ def zeros(shape, dtype, like=None):
 
 @_op
 def fill(a, value):
-    """Sets every element of the CUDA array `a` to `value`, in place; returns `a`. Zero is a
-    memset; another value is written from a host array of a's size (one host-to-device copy)."""
+    """Sets every element of the CUDA array `a` to `value` (converted to a's dtype as NumPy does),
+    in place, with one kernel (csrc/cuda/stats.cu's fill: the value's bits, no copy); returns `a`."""
     xa = _any_arg(a, "a")
     if xa.readonly:
         raise ValueError("a: array is read-only")
+    dt = np.dtype(xa.dtype)
+    bits = int(np.array(value, dt).reshape(1).view(f"u{dt.itemsize}")[0])
     with _on_device(xa.device):
-        if value == 0 and not (isinstance(value, float) and math.copysign(1.0, value) < 0):
-            _C.cuda_memset_zero(xa.ptr, xa.nbytes)
-        elif xa.size:
-            _C.cuda_memcpy_htod(xa.ptr, np.full(xa.shape, value, xa.dtype))
+        _C.cuda_fill(xa.ptr, xa.size, dt.itemsize, bits)
     _publish(xa)
     return a
 
@@ -1410,24 +1427,59 @@ def gather_rows(src, idx, out):
     return out
 
 
+_ARGMAX_TARGETS = {np.dtype(np.int32): "int32", np.dtype(np.int64): "int64"}
+
+
 @_op
 def argmax_count(out, target):
-    """Rows of out (M, C) whose argmax (first maximum; NaN counts as the maximum) equals target
-    (labels, or the argmax of soft targets). Counted on the host after one device-to-host copy of
-    out and target (a training step counts on the device with issue 12's cuda_step_metrics)."""
-    o = _any_arg(out, "out")
-    t = target if isinstance(target, np.ndarray) else _host_copy(_any_arg(target, "target"))
-    return int(_C.argmax_count(_host_copy(o), np.ascontiguousarray(t)))
+    """Rows of out (M, C) whose argmax (first maximum; NaN counts as the maximum) equals target:
+    (M,) int32/int64 labels (a label outside [0, C) never matches), or the argmax of (M, C) soft
+    targets of out's dtype. Counted on the device (csrc/cuda/stats.cu's argmax_count); one 8-byte
+    copy back (a NumPy target is uploaded first: one copy)."""
+    o = _cuda_arg(out, "out")
+    if len(o.shape) != 2 or o.shape[1] < 1:
+        raise ValueError(f"out: expected a 2-D (M, C) array with C >= 1, got shape {o.shape}")
+    M, C = o.shape
+    with _on_device(o.device):
+        if isinstance(target, np.ndarray):
+            t = np.ascontiguousarray(target if target.dtype.kind == "f" or target.dtype in _ARGMAX_TARGETS
+                                     else target.astype(np.int64))
+            if t.dtype.kind == "f":
+                t = t.astype(o.dtype, copy=False)
+            keep = DeviceArray(t.shape, t.dtype) if t.dtype.kind == "f" else _Buffer(t.shape, t.dtype.name,
+                                                                                    t.itemsize)
+            if t.size:
+                _C.cuda_memcpy_htod(keep.ptr, t)
+            ta = _Arg(keep, keep.ptr, t.shape, t.dtype, o.device, True)
+        else:
+            ta = _any_arg(target, "target")
+            _same_device([("out", o), ("target", ta)])
+        if ta.dtype in _ARGMAX_TARGETS:
+            kind = _ARGMAX_TARGETS[ta.dtype]
+            if ta.shape != (M,):
+                raise ValueError(f"target: expected {M} labels (shape ({M},)), got shape {ta.shape}")
+        elif ta.dtype == o.dtype:
+            kind = "soft"
+            if ta.shape != (M, C):
+                raise ValueError(f"target: expected soft targets of shape {(M, C)} like out, got {ta.shape}")
+        else:
+            raise TypeError(f"target: expected int32/int64 labels or {o.dtype} soft targets, got {ta.dtype}")
+        count = _Buffer((1,), "uint64", 8)
+        _C.cuda_argmax_count(o.dname, o.ptr, M, C, ta.ptr, kind, count.ptr)
+        return int(_scalar(count.ptr, np.uint64))
 
 
 @_op
 def isfinite(a):
-    """True when every element of the float CUDA array `a` is finite; checked on the host after
-    one device-to-host copy (no device reduction for it yet)."""
+    """True when every element of the float CUDA array `a` is finite: one device pass
+    (csrc/cuda/stats.cu's first_nonfinite), one 8-byte copy back."""
     xa = _any_arg(a, "a")
     if xa.dtype not in _FLOATS:
         raise TypeError(f"a: expected a float32 or float64 array, got {xa.dtype}")
-    return bool(np.isfinite(_host_copy(xa)).all())
+    with _on_device(xa.device):
+        flag = _Buffer((1,), "uint64", 8)
+        _C.cuda_first_nonfinite(xa.dname, xa.ptr, xa.size, flag.ptr)
+        return int(_scalar(flag.ptr, np.uint64)) == 0
 
 
 def _host_copy(a: _Arg) -> np.ndarray:
@@ -1454,65 +1506,73 @@ def as_kind(a, like):
     return _result_like(a, like)
 
 
-# preprocessing (fastnn.preprocessing) through PyTorch or CuPy, see the section comment.
+# preprocessing (fastnn.preprocessing): X (n, d) float32/float64, C-contiguous (the reader refuses
+# other layouts). fastnn's kernels (csrc/cuda/stats.cu) and cuBLASLt on fastnn's current stream;
+# the (d,) and (d, k) host operands go up in one copy per call, the d x d results come down.
 
-def _lib(X):
-    """(module, tensor view of X) for a CUDA array X: a PyTorch tensor or CuPy array as it is, a
-    DeviceArray (or other DLPack producer) viewed by PyTorch, else CuPy."""
-    mod = type(X).__module__.split(".")[0]
-    if mod in ("torch", "cupy"):
-        return sys.modules[mod], X
-    for name in ("torch", "cupy"):
-        if _find_spec(name) is not None:
-            lib = importlib.import_module(name)
-            return lib, lib.from_dlpack(X)
-    raise TypeError("X: a fastnn DeviceArray needs PyTorch or CuPy installed for preprocessing on the GPU")
+_MATH_F32 = 0  # cuBLASLt math mode of the preprocessing products: float32, no TF32 (_precision.cuda_math)
 
 
-def _lib_result(like, lib, t):
-    """t (a torch/cupy array) as the kind of array `like` is."""
-    if type(like).__module__.split(".")[0] in ("torch", "cupy"):
-        return t
-    out = DeviceArray(tuple(t.shape), np.dtype(str(t.dtype).replace("torch.", "")))
-    view_ = lib.from_dlpack(out)
-    view_[...] = t
-    return out
+def _upload(dtype, *arrays):
+    """The host arrays cast to `dtype` in one device block (each at a 256-byte aligned offset),
+    filled by one host-to-device copy: (the block, the DeviceArray view of each)."""
+    dt = np.dtype(dtype)
+    parts = [np.ascontiguousarray(a, dt) for a in arrays]
+    offsets, total = [], 0
+    for h in parts:
+        offsets.append(total)
+        total += -(-max(h.nbytes, 1) // 256) * 256
+    staging = np.zeros(total, np.uint8)
+    for h, o in zip(parts, offsets):
+        staging[o:o + h.nbytes] = h.reshape(-1).view(np.uint8)
+    block = _Buffer((total,), "uint8", 1)
+    _C.cuda_memcpy_htod(block.ptr, staging)
+    return block, [DeviceArray._wrap(block.ptr + o, h.shape, dt, block.device, base=block)
+                   for h, o in zip(parts, offsets)]
 
 
-def _lib_host(lib, t) -> np.ndarray:
-    return t.cpu().numpy() if lib.__name__ == "torch" else lib.asnumpy(t)
+def _scalar(ptr: int, dtype) -> np.generic:
+    """One element at device address ptr, copied to the host."""
+    host = np.empty(1, dtype)
+    _C.cuda_memcpy_dtoh(host, ptr)
+    return host[0]
 
 
-def _lib_dev(lib, a, like):
-    if lib.__name__ == "torch":
-        return lib.as_tensor(a, device=like.device)
-    with like.device:
-        return lib.asarray(a)
+def _preproc_arg(X) -> _Arg:
+    return X if isinstance(X, _Arg) else _cuda_arg(X, "X")
 
 
 def matrix(X, name):
-    """(X, its NumPy dtype) after checking: 2-D, at least one column, float32 or float64."""
-    lib, Xt = _lib(X)
-    if Xt.ndim != 2:
-        raise ValueError(f"{name}: expected a 2-D array (n_samples, n_features), got shape {tuple(Xt.shape)}")
-    if Xt.shape[1] == 0:
-        raise ValueError(f"{name}: expected at least 1 feature (column), got shape {tuple(Xt.shape)}")
-    dt = str(Xt.dtype).replace("torch.", "")
-    if dt not in ("float32", "float64"):
-        raise TypeError(f"{name}: expected float32 or float64, got {dt}")
-    return X, np.dtype(dt)
+    """(X, its NumPy dtype) after checking: a C-contiguous CUDA array, 2-D, at least one column,
+    float32 or float64."""
+    if isinstance(X, np.ndarray):
+        raise TypeError(f"{name}: expected a CUDA array, got a NumPy array")
+    ptr, shape, dname, device, readonly, s = _read(X, name, _expect(name, ("float32", "float64"),
+                                                                    "float32 or float64"))
+    if len(shape) != 2:
+        raise ValueError(f"{name}: expected a 2-D array (n_samples, n_features), got shape {shape}")
+    if shape[1] == 0:
+        raise ValueError(f"{name}: expected at least 1 feature (column), got shape {shape}")
+    return X, np.dtype(dname)
 
 
+@_op
 def first_nonfinite(X):
-    """(row, column, value) of the first NaN or inf of X (n, d) in row-major order, or None."""
-    lib, Xt = _lib(X)
-    bad = ~lib.isfinite(Xt)
-    if not bool(bad.any()):
-        return None
-    flat = bad.reshape(-1)
-    idx = int(lib.argmax(flat.to(lib.uint8) if lib.__name__ == "torch" else flat))
-    r, c = divmod(idx, int(Xt.shape[1]))
-    return r, c, float(Xt[r, c])
+    """(row, column, value) of the first NaN or inf of X (n, d) in row-major order, or None: one
+    device pass (csrc/cuda/stats.cu's first_nonfinite), one 8-byte copy back (and one element's
+    when there is one)."""
+    xa = _preproc_arg(X)
+    d = xa.shape[1] if len(xa.shape) == 2 else max(xa.size, 1)
+    with _on_device(xa.device):
+        flag = _Buffer((1,), "uint64", 8)
+        _C.cuda_first_nonfinite(xa.dname, xa.ptr, xa.size, flag.ptr)
+        r = int(_scalar(flag.ptr, np.uint64))
+        if r == 0:
+            return None
+        idx = xa.size - r
+        value = _scalar(xa.ptr + idx * xa.dtype.itemsize, xa.dtype)
+    row, col = divmod(idx, d)
+    return row, col, value
 
 
 @_op
@@ -1521,7 +1581,7 @@ def col_stats(X):
     fastnn's kernel (csrc/cuda/stats.cu: every sum in float64, in a fixed order; one
     device-to-host copy of the 2 d results). A NaN or inf in a column makes its mean or m2
     non-finite."""
-    xa = _cuda_arg(X, "X")
+    xa = _preproc_arg(X)
     n, d = xa.shape
     with _on_device(xa.device):
         out = DeviceArray((2, d), np.float64)
@@ -1531,44 +1591,96 @@ def col_stats(X):
     return host[0].copy(), host[1].copy(), np.dtype(np.float64)
 
 
+def _center_scale_dev(xa: _Arg, shift, mul):
+    """(Y DeviceArray, the device int flag block) with Y = (X - shift) * mul per column (shift, mul
+    host (d,), rounded to X's dtype: one upload); the flag is 1 when X holds a NaN or inf."""
+    n, d = xa.shape
+    block, (s, m) = _upload(xa.dtype, shift, mul)
+    flag = _Buffer((1,), "int32", 4)
+    _C.cuda_memset_zero(flag.ptr, 4)
+    Y = _alloc_like(xa)
+    _C.cuda_center_scale(xa.dname, xa.ptr, n, d, d, Y.ptr, s.ptr, m.ptr, flag.ptr)
+    return Y, flag
+
+
+@_op
 def centered_gram(X, mean):
-    """(X - mean)^T (X - mean), (d, d) float64 on the host: the product of the values centered on
-    mean rounded to X's dtype, less c c^T / n for c their column sums (the rounding's share)."""
-    lib, Xt = _lib(X)
-    dtype = str(Xt.dtype).replace("torch.", "")
-    Xc = Xt - _lib_dev(lib, mean.astype(dtype), Xt)
-    corr = _lib_host(lib, Xc.sum(0)).astype(np.float64)
-    return _lib_host(lib, Xc.T @ Xc).astype(np.float64) - np.outer(corr, corr) / int(Xt.shape[0])
+    """(X - mean)^T (X - mean), (d, d) float64 on the host: the product (cuBLASLt, float32 math for
+    float32, no TF32) of the values centered on mean rounded to X's dtype (one centering pass into
+    a temporary (n, d)), less c c^T / n for c their column sums (the rounding's share; the sums by
+    the column-statistics kernel, in float64). Copies: one up (mean), two down (d and d x d)."""
+    xa = _preproc_arg(X)
+    n, d = xa.shape
+    _require_cublaslt()
+    with _on_device(xa.device):
+        Xc, _ = _center_scale_dev(xa, mean, np.ones(d))
+        ca = _Arg(Xc, Xc.ptr, Xc.shape, Xc.dtype, Xc.device, False)
+        G = DeviceArray((d, d), xa.dtype)
+        _C.cuda_gram(xa.dname, Xc.ptr, n, d, G.ptr)
+        cmean = col_stats.__wrapped__(ca)[0]
+        host = _host_copy(_Arg(G, G.ptr, G.shape, G.dtype, G.device, False)).astype(np.float64)
+    c = cmean * n
+    return host - np.outer(c, c) / n
 
 
+@_op
 def center_scale(X, shift, mul):
-    """(Y, nonfinite): Y = (X - shift) * mul per column, of X's kind; nonfinite: X held a NaN or inf."""
-    lib, Xt = _lib(X)
-    dtype = str(Xt.dtype).replace("torch.", "")
-    Y = (Xt - _lib_dev(lib, shift.astype(dtype), Xt)) * _lib_dev(lib, mul.astype(dtype), Xt)
-    return _lib_result(X, lib, Y), not bool(lib.isfinite(Xt).all())
+    """(Y, nonfinite): Y = (X - shift) * mul per column, of X's kind (fastnn's kernel, the CPU's
+    roundings); nonfinite: X held a NaN or inf. Copies: one up, one 4-byte flag down."""
+    xa = _preproc_arg(X)
+    with _on_device(xa.device):
+        Y, flag = _center_scale_dev(xa, shift, mul)
+        bad = int(_scalar(flag.ptr, np.int32))
+    return _result_like(Y, xa.obj), bad != 0
 
 
+@_op
 def scale_shift(X, mul, add):
-    """Y = X * mul + add per column, of X's kind."""
-    lib, Xt = _lib(X)
-    dtype = str(Xt.dtype).replace("torch.", "")
-    return _lib_result(X, lib, Xt * _lib_dev(lib, mul.astype(dtype), Xt) + _lib_dev(lib, add.astype(dtype), Xt))
+    """Y = X * mul + add per column (one FMA, as the CPU), of X's kind. One copy up."""
+    xa = _preproc_arg(X)
+    n, d = xa.shape
+    with _on_device(xa.device):
+        block, (m, a) = _upload(xa.dtype, mul, add)
+        Y = _alloc_like(xa)
+        _C.cuda_scale_shift(xa.dname, xa.ptr, n, d, d, Y.ptr, m.ptr, a.ptr)
+    return _result_like(Y, xa.obj)
 
 
+@_op
 def centered_matmul(X, shift, P):
-    """Y = (X - shift) @ P, (n, k) of X's kind, for host shift (d,) and P (d, k)."""
-    lib, Xt = _lib(X)
-    dtype = str(Xt.dtype).replace("torch.", "")
-    Xc = Xt - _lib_dev(lib, shift.astype(dtype), Xt)
-    return _lib_result(X, lib, Xc @ _lib_dev(lib, P.astype(dtype), Xt))
+    """Y = (X - shift) @ P, (n, k) of X's kind, for host shift (d,) and P (d, k): the centering
+    kernel into a temporary (n, d), then cuBLASLt (float32 math, no TF32). One copy up."""
+    xa = _preproc_arg(X)
+    n, d = xa.shape
+    k = P.shape[1]
+    _require_cublaslt()
+    with _on_device(xa.device):
+        block, (s, m, Pd) = _upload(xa.dtype, shift, np.ones(d), P)
+        Xc = _alloc_like(xa)
+        flag = _Buffer((1,), "int32", 4)  # (X was checked or is checked on Y by the caller: not read)
+        _C.cuda_center_scale(xa.dname, xa.ptr, n, d, d, Xc.ptr, s.ptr, m.ptr, flag.ptr)
+        Y = DeviceArray((n, k), xa.dtype)
+        if n * k:
+            _C.cuda_matmul(xa.dname, n, k, d, Xc.ptr, Pd.ptr, Y.ptr, _MATH_F32)
+    return _result_like(Y, xa.obj)
 
 
+@_op
 def matmul_bias(Y, Q, bias):
-    """X = Y @ Q + bias, (n, d) of Y's kind, for host Q (k, d) and bias (d,)."""
-    lib, Yt = _lib(Y)
-    dtype = str(Yt.dtype).replace("torch.", "")
-    return _lib_result(Y, lib, Yt @ _lib_dev(lib, Q.astype(dtype), Yt) + _lib_dev(lib, bias.astype(dtype), Yt))
+    """X = Y @ Q + bias, (n, d) of Y's kind, for host Q (k, d) and bias (d,): one cuBLASLt call with
+    the bias in its epilogue (fastnn's linear forward, weight Q^T; float32 math, no TF32). One copy up."""
+    ya = _preproc_arg(Y)
+    n, k = ya.shape
+    d = Q.shape[1]
+    _require_cublaslt()
+    with _on_device(ya.device):
+        block, (W, b) = _upload(ya.dtype, np.asarray(Q).T, bias)
+        X = DeviceArray((n, d), ya.dtype)
+        if n * d:
+            slope, alpha, scale = checks.act_params(None, 0.01, 1.0)
+            _C.cuda_linear_forward(ya.dname, n, d, k, ya.ptr, W.ptr, b.ptr, checks.act_id(None), slope, alpha, scale,
+                                   0, 0, 0, 0, False, 0, 1.0, False, 0, 1.0, X.ptr, 0, 0, 0, False, _MATH_F32)
+    return _result_like(X, ya.obj)
 
 
 # augmentation (fastnn.augment): the batch operands are _Arg records (from `batch`, `empty`,
