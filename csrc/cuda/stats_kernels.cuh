@@ -19,6 +19,8 @@
 
 #include <cstdint>
 
+#include "cuda/argmax.cuh"
+
 namespace fastnn {
 namespace cuda {
 namespace stats_detail {
@@ -134,25 +136,6 @@ __global__ void __launch_bounds__(kThreads)
       return;
     }
   }
-}
-
-// The first index of the maximum of r[0, C) (C >= 1); a NaN counts as the maximum, so the first
-// NaN wins: train_kernels.cuh's row_argmax (the step metrics'), csrc/cpu/metrics.cpp's, numpy's.
-// (Repeated here: train_kernels.cuh defines a non-template kernel, so one .cu only includes it.)
-template <class T>
-__host__ __device__ __forceinline__ int64_t row_argmax(const T* r, int64_t C) {
-  T v = r[0];
-  if (v != v) return 0;
-  int64_t best = 0;
-  for (int64_t j = 1; j < C; ++j) {
-    const T x = r[j];
-    if (x != x) return j;
-    if (x > v) {
-      v = x;
-      best = j;
-    }
-  }
-  return best;
 }
 
 // *count += the rows r of logits (M, C), C >= 1, whose argmax (first maximum, NaN wins) equals

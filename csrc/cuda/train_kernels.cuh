@@ -7,6 +7,8 @@
 
 #include <cstdint>
 
+#include "cuda/argmax.cuh"
+
 namespace fastnn {
 namespace cuda {
 namespace train_detail {
@@ -57,24 +59,6 @@ __global__ void counter_add_kernel(uint64_t* p, uint64_t delta) { *p += delta; }
 
 // ------------------------------------------------------------------------------------------------
 // Step metrics.
-
-// The first index of the maximum of r[0, C) (C >= 1); a NaN counts as the maximum, so the first
-// NaN wins (csrc/cpu/metrics.cpp's row_argmax, numpy.argmax). Comparisons only: exact.
-template <class T>
-__host__ __device__ __forceinline__ int64_t row_argmax(const T* r, int64_t C) {
-  T v = r[0];
-  if (v != v) return 0;
-  int64_t best = 0;
-  for (int64_t j = 1; j < C; ++j) {
-    const T x = r[j];
-    if (x != x) return j;
-    if (x > v) {
-      v = x;
-      best = j;
-    }
-  }
-  return best;
-}
 
 // Sum of v over the kThreads-wide block (integers: exact in any order); every thread gets it.
 __device__ __forceinline__ int64_t block_sum_i64(int64_t v) {
