@@ -154,18 +154,16 @@ __attribute__((always_inline)) inline void store_tile(Vec<T> (&acc)[MR][NV], T* 
     }
     return;
   }
-  // The final K block: z = acc (+ C) + bias, then the activation, dropout, sign bits, row by row
-  // in a rolled loop; the cheap activations (identity, ReLU, leaky ReLU, PReLU: one select) on
-  // the way, the transcendental ones (sigmoid, tanh, ELU/SELU) in a second pass over the stored z.
-  // Unrolled over 16 x 2 vectors with every activation's code inlined, this was ~6000 instructions
-  // per tile function (the AMX path spent 10 % of a bf16 training step in it). Same operations on
-  // the same values either way: the same bits.
-  // Everything read from g is copied to locals first: stores to C could alias g's T members, so
-  // the compiler reloaded them for every row.
+  // The final K block: z = acc (+ C) + bias, the activation, dropout, sign bits, row by row in a
+  // rolled loop (one copy of the code). Unrolled over 16 x 2 vectors with every activation inlined,
+  // this was ~6000 instructions per tile function (the AMX path spent 10 % of a bf16 training step
+  // in it). The tile goes through memory once, which a tile's FMAs (kc x 28 of them) hide; acc is
+  // only read at constant indices, so the caller's micro-kernel keeps it in registers. Everything
+  // read from g is a local: stores to C could alias g's T members, so the compiler reloaded them
+  // for every row.
   const T* const gbias = g.bias;
   const int act = g.act;
   const bool prelu = act == kActPrelu;
-  const bool cheap = prelu || act == kActIdentity || act == kActRelu || act == kActLeakyRelu;
   const uint8_t* const drop_bits = g.drop_bits;
   const int64_t drop_ld = g.drop_ld;
   T* const z_out = g.z_out;
@@ -186,25 +184,7 @@ __attribute__((always_inline)) inline void store_tile(Vec<T> (&acc)[MR][NV], T* 
     for (int v = 0; v < NV; ++v)
       pw[v] = g.prelu_n == 1 ? V::set1(g.prelu_w[0]) : column_vector(g.prelu_w + gj + v * V::W, n - v * V::W);
   }
-  const V zero = V::set1(T(0)), drop_scale = V::set1(g.drop_scale), slope = f.slope;
-  // after the activation: dropout, the sign bits (of z or y), the store; returns the row's bits
-  auto finish = [&](V x, V z, int64_t i, int v, uint64_t keep, T* row, int64_t cols, bool full) -> uint32_t {
-    if (drop_bits) x = x * select(V::mask_from_bits(static_cast<uint32_t>(keep >> (v * V::W))), drop_scale, zero);
-    uint32_t bits = 0;
-    if (pos_bits) bits = to_bits(pos_from_y ? cmp_nle(x, zero) : cmp_gt(z, zero)) << (v * V::W);
-    if (full) x.store(row + v * V::W);
-    else x.store_partial(row + v * V::W, cols);
-    (void)i;
-    return bits;
-  };
-  auto store_pos = [&](int64_t i, uint32_t pos) {
-    // the tile's NR bits of this row: NR divides 64 and gj is a multiple of NR
-    static_assert(NV * V::W <= 32 && 64 % (NV * V::W) == 0, "a tile row's bits are one aligned chunk");
-    __builtin_memcpy(pos_bits + (gi + i) * pos_ld + gj / 8, &pos, NV * V::W / 8);
-  };
-  // the rows in a rolled loop (one copy of the code): the tile goes through memory once, which
-  // a tile's FMAs (kc x 28 of them) hide; acc itself is only read at constant indices, so the
-  // caller's micro-kernel keeps it in registers
+  const V zero = V::set1(T(0)), drop_scale = V::set1(g.drop_scale);
   V t[MR][NV];
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i)
@@ -214,7 +194,7 @@ __attribute__((always_inline)) inline void store_tile(Vec<T> (&acc)[MR][NV], T* 
   for (int i = 0; i < MR; ++i) {
     if (i >= m) break;
     T* row = c + i * ldc;
-    const uint64_t keep = cheap && drop_bits ? bits_at(drop_bits, (gi + i) * drop_ld + gj) : 0;
+    const uint64_t keep = drop_bits ? bits_at(drop_bits, (gi + i) * drop_ld + gj) : 0;
     uint32_t pos = 0;
 #pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) {
@@ -229,34 +209,18 @@ __attribute__((always_inline)) inline void store_tile(Vec<T> (&acc)[MR][NV], T* 
         if (full) x.store(zr);
         else x.store_partial(zr, cols);
       }
-      if (!cheap) {  // z now; the activation in the pass below
-        if (full) x.store(row + v * V::W);
-        else x.store_partial(row + v * V::W, cols);
-        continue;
-      }
       const V z = x;
       if (prelu) x = select(cmp_gt(x, zero), x, x * pw[v]);
-      else if (act == kActRelu) x = select(cmp_nle(x, zero), x, zero);  // (ActForward's ReLU: NaN kept)
-      else if (act == kActLeakyRelu) x = select(cmp_gt(x, zero), x, x * slope);
-      pos |= finish(x, z, i, v, keep, row, cols, full);
+      else if (act != kActIdentity) x = f(x);
+      if (drop_bits) x = x * select(V::mask_from_bits(static_cast<uint32_t>(keep >> (v * V::W))), drop_scale, zero);
+      if (pos_bits) pos |= to_bits(pos_from_y ? cmp_nle(x, zero) : cmp_gt(z, zero)) << (v * V::W);
+      if (full) x.store(row + v * V::W);
+      else x.store_partial(row + v * V::W, cols);
     }
-    if (cheap && pos_bits) store_pos(i, pos);
-  }
-  if (cheap) return;
-#pragma GCC unroll 1
-  for (int64_t i = 0; i < m && i < MR; ++i) {
-    T* row = c + i * ldc;
-    const uint64_t keep = drop_bits ? bits_at(drop_bits, (gi + i) * drop_ld + gj) : 0;
-    uint32_t pos = 0;
-#pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) {
-      const int64_t cols = n - v * V::W;
-      if (cols <= 0) break;
-      const bool full = cols >= V::W;
-      const V z = full ? V::load(row + v * V::W) : V::load_partial(row + v * V::W, cols);
-      pos |= finish(f(z), z, i, v, keep, row, cols, full);
+    if (pos_bits) {  // the tile's NR bits of this row: NR divides 64 and gj is a multiple of NR
+      static_assert(NV * V::W <= 32 && 64 % (NV * V::W) == 0, "a tile row's bits are one aligned chunk");
+      __builtin_memcpy(pos_bits + (gi + i) * pos_ld + gj / 8, &pos, NV * V::W / 8);
     }
-    if (pos_bits) store_pos(i, pos);
   }
 }
 
