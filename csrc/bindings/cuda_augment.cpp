@@ -44,6 +44,45 @@ int64_t checked_product(std::initializer_list<int64_t> dims, const char* name) {
   return n;
 }
 
+// The image batch of augment_batch and its table mode: x (N, C, H, W) -> out (N, C, OH, OW), both
+// float32 on the device and disjoint, and the transform's shape checked as on the CPU.
+AugShape checked_batch(uint64_t x, uint64_t out, int64_t N, int64_t C, int64_t H, int64_t W, int64_t OH, int64_t OW,
+                       int geom, int pad_mode, double fill, int jitter) {
+  const int64_t xn = checked_product({N, C, H, W}, "x");
+  const int64_t yn = checked_product({N, C, OH, OW}, "out");
+  check_operand(x, xn, 4, "x");
+  check_operand(out, yn, 4, "out");
+  check_disjoint(x, 4 * xn, out, 4 * yn, "out: must not overlap x");
+  const AugShape s = augment_args::checked_shape(N, C, H, W, OH, OW, geom, pad_mode, fill, jitter);
+  if (yn > 0 && C * OH * OW > cuda::kAugMaxSampleElements)
+    throw py::value_error("out: expected at most 2**31 - 1 elements per sample (C * OH * OW) on the GPU, got " +
+                          std::to_string(C * OH * OW));
+  return s;
+}
+
+// The n float32 elements of gaussian_noise and its table mode: out is x itself or disjoint from it.
+void check_noise(uint64_t x, uint64_t out, int64_t n) {
+  if (n < 0) throw py::value_error("n: expected a count >= 0, got " + std::to_string(n));
+  check_operand(x, n, 4, "x");
+  check_operand(out, n, 4, "out");
+  if (x != out) check_disjoint(x, 4 * n, out, 4 * n, "out: must be x itself or not overlap it");
+}
+
+// The rows of mixup_apply and its table mode: x and out, N x D elements of dtype on the device,
+// disjoint; returns the element size.
+size_t checked_mixup(const std::string& dtype, uint64_t x, uint64_t out, int64_t N, int64_t D) {
+  size_t es;
+  if (dtype == "float32") es = 4;
+  else if (dtype == "float64") es = 8;
+  else throw py::type_error("dtype: expected 'float32' or 'float64', got '" + dtype + "'");
+  const int64_t n = checked_product({N, D}, "x");
+  check_operand(x, n, es, "x");
+  check_operand(out, n, es, "out");
+  check_disjoint(x, static_cast<int64_t>(es) * n, out, static_cast<int64_t>(es) * n,
+                 "out: must not overlap x (rows are read after being written)");
+  return es;
+}
+
 }  // namespace
 
 void register_cuda_augment(py::module_& m) {
@@ -51,17 +90,9 @@ void register_cuda_augment(py::module_& m) {
       "cuda_augment_batch",
       [](uint64_t x, uint64_t out, int64_t N, int64_t C, int64_t H, int64_t W, int64_t OH, int64_t OW, int geom,
          int pad_mode, double fill, int jitter, py::array ints, py::object factors) {
-        const int64_t xn = checked_product({N, C, H, W}, "x");
-        const int64_t yn = checked_product({N, C, OH, OW}, "out");
-        check_operand(x, xn, 4, "x");
-        check_operand(out, yn, 4, "out");
-        check_disjoint(x, 4 * xn, out, 4 * yn, "out: must not overlap x");
-        const AugShape s = augment_args::checked_shape(N, C, H, W, OH, OW, geom, pad_mode, fill, jitter);
+        const AugShape s = checked_batch(x, out, N, C, H, W, OH, OW, geom, pad_mode, fill, jitter);
         const std::vector<AugSample> ps = augment_args::checked_samples(s, N, ints, factors);
-        if (N == 0 || yn == 0) return;
-        if (C * OH * OW > cuda::kAugMaxSampleElements)
-          throw py::value_error("out: expected at most 2**31 - 1 elements per sample (C * OH * OW) on the GPU, got " +
-                                std::to_string(C * OH * OW));
+        if (N == 0 || C * OH * OW == 0) return;
         py::gil_scoped_release nogil;
         cuda::augment_batch(dptr<const float>(x), dptr<float>(out), N, s, ps.data());
       },
@@ -75,12 +106,8 @@ void register_cuda_augment(py::module_& m) {
   m.def(
       "cuda_gaussian_noise",
       [](uint64_t x, uint64_t out, int64_t n, uint64_t seed, uint64_t offset, double std, bool noise, bool clip) {
-        if (n < 0) throw py::value_error("n: expected a count >= 0, got " + std::to_string(n));
-        check_operand(x, n, 4, "x");
-        check_operand(out, n, 4, "out");
-        if (x != out) check_disjoint(x, 4 * n, out, 4 * n, "out: must be x itself or not overlap it");
+        check_noise(x, out, n);
         if (noise && n > 0) {
-          if (static_cast<uint64_t>(n) > UINT64_MAX / 2) throw py::value_error("x: too many elements");
           const uint64_t used = 2 * static_cast<uint64_t>(n);
           if (offset > UINT64_MAX - (used - 1))
             throw py::value_error("offset: offset + number of stream positions must be at most 2**64");
@@ -98,15 +125,8 @@ void register_cuda_augment(py::module_& m) {
       "cuda_mixup_apply",
       [](const std::string& dtype, uint64_t x, py::array perm, uint64_t out, int64_t N, int64_t D, double lam,
          double lam1) {
-        size_t es;
-        if (dtype == "float32") es = 4;
-        else if (dtype == "float64") es = 8;
-        else throw py::type_error("dtype: expected 'float32' or 'float64', got '" + dtype + "'");
-        const int64_t n = checked_product({N, D}, "x");
-        check_operand(x, n, es, "x");
-        check_operand(out, n, es, "out");
-        check_disjoint(x, static_cast<int64_t>(es) * n, out, static_cast<int64_t>(es) * n,
-                       "out: must not overlap x (rows are read after being written)");
+        const size_t es = checked_mixup(dtype, x, out, N, D);
+        const int64_t n = N * D;
         if (!perm.dtype().equal(py::dtype::of<int64_t>())) throw py::type_error("perm: expected int64, got " + dtype_str(perm));
         require_c_contiguous(perm, "perm");
         augment_args::require_shape(perm, "perm", {N});
@@ -134,21 +154,13 @@ void register_cuda_augment(py::module_& m) {
       "cuda_augment_batch_table",
       [](uint64_t x, uint64_t out, int64_t N, int64_t C, int64_t H, int64_t W, int64_t OH, int64_t OW, int geom,
          int pad_mode, double fill, int jitter, uint64_t samples, uint64_t counter, int64_t stride, uint64_t cm) {
-        const int64_t xn = checked_product({N, C, H, W}, "x");
-        const int64_t yn = checked_product({N, C, OH, OW}, "out");
-        check_operand(x, xn, 4, "x");
-        check_operand(out, yn, 4, "out");
-        check_disjoint(x, 4 * xn, out, 4 * yn, "out: must not overlap x");
-        const AugShape s = augment_args::checked_shape(N, C, H, W, OH, OW, geom, pad_mode, fill, jitter);
+        const AugShape s = checked_batch(x, out, N, C, H, W, OH, OW, geom, pad_mode, fill, jitter);
         if (stride < N) throw py::value_error("stride: expected the table's rows per step (>= N = " + std::to_string(N) +
                                               "), got " + std::to_string(stride));
-        if (N == 0 || yn == 0) return;
+        if (N == 0 || C * OH * OW == 0) return;
         check_operand(samples, 1, 4, "samples_ptr");
         check_operand(counter, 1, 8, "counter_ptr");
         if (jitter & kJitContrast) check_operand(cm, N, 4, "cm_ptr");
-        if (C * OH * OW > cuda::kAugMaxSampleElements)
-          throw py::value_error("out: expected at most 2**31 - 1 elements per sample (C * OH * OW) on the GPU, got " +
-                                std::to_string(C * OH * OW));
         py::gil_scoped_release nogil;
         cuda::augment_batch_table(dptr<const float>(x), dptr<float>(out), N, s, dptr<const AugSample>(samples),
                                   dptr<const uint64_t>(counter), stride, dptr<float>(cm));
@@ -163,11 +175,7 @@ void register_cuda_augment(py::module_& m) {
   m.def(
       "cuda_gaussian_noise_table",
       [](uint64_t x, uint64_t out, int64_t n, uint64_t sq, uint64_t counter, double std, bool noise, bool clip) {
-        if (n < 0) throw py::value_error("n: expected a count >= 0, got " + std::to_string(n));
-        check_operand(x, n, 4, "x");
-        check_operand(out, n, 4, "out");
-        if (x != out) check_disjoint(x, 4 * n, out, 4 * n, "out: must be x itself or not overlap it");
-        if (n > 0 && static_cast<uint64_t>(n) > UINT64_MAX / 2) throw py::value_error("x: too many elements");
+        check_noise(x, out, n);
         if (n == 0) return;
         check_operand(counter, 1, 8, "counter_ptr");
         if (noise) check_operand(sq, 2, 8, "table_ptr");
@@ -185,15 +193,8 @@ void register_cuda_augment(py::module_& m) {
       "cuda_mixup_apply_table",
       [](const std::string& dtype, uint64_t x, uint64_t perms, uint64_t lams, uint64_t counter, int64_t stride,
          uint64_t out, int64_t N, int64_t D) {
-        size_t es;
-        if (dtype == "float32") es = 4;
-        else if (dtype == "float64") es = 8;
-        else throw py::type_error("dtype: expected 'float32' or 'float64', got '" + dtype + "'");
-        const int64_t n = checked_product({N, D}, "x");
-        check_operand(x, n, es, "x");
-        check_operand(out, n, es, "out");
-        check_disjoint(x, static_cast<int64_t>(es) * n, out, static_cast<int64_t>(es) * n,
-                       "out: must not overlap x (rows are read after being written)");
+        const size_t es = checked_mixup(dtype, x, out, N, D);
+        const int64_t n = N * D;
         if (stride < N) throw py::value_error("stride: expected the permutation table's rows per step (>= N = " +
                                               std::to_string(N) + "), got " + std::to_string(stride));
         if (n == 0) return;
