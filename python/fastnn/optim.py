@@ -186,8 +186,9 @@ class Optimizer:
                 regularize = bool(getattr(p, "regularize", True))
                 if not getattr(p, "requires_grad", True):  # frozen
                     if sumsq and regularize:
-                        h = np.asarray(p.data if isinstance(p.data, np.ndarray) else backend_of(p.data).to_host(p.data))
-                        total += float(np.dot(h.ravel().astype(np.float64), h.ravel().astype(np.float64)))
+                        h = p.data if isinstance(p.data, np.ndarray) else backend_of(p.data).to_host(p.data)
+                        h = np.asarray(h, np.float64).ravel()
+                        total += float(h @ h)
                     continue
                 be, w, g = self._arrays(i, p)
                 self._lr = base * float(getattr(p, "lr_scale", 1.0))
