@@ -204,12 +204,12 @@ def child_layers(threads, shapes, min_time, use_torch, bf16):
                     lambda: torch.autograd.grad(ty, (txg, twg, tbg), tg, retain_graph=True), min_time=min_time)
             if bf16:
                 # fastnn under matmul_precision("medium") (bf16 operands, float32 sums, float32 epilogue),
-                # checked against NumPy's float32 layer on the bf16-rounded x, W (and g for the backward);
+                # checked against the float64 layer on the bf16-rounded x and W (dW: on the rounded gz);
                 # PyTorch under autocast to bf16 (bf16 output), timed the same way as its float32 rows
-                xr, wr, gr = _round_bf16(x), _round_bf16(w), _round_bf16(g)
+                xr, wr = _round_bf16(x), _round_bf16(w)
                 with fastnn.matmul_precision("medium"):
                     o16, s16 = F.linear(x, w, b, activation="relu", dropout_p=p, seed=seed, return_saved=True)
-                    gx16, gw16, gb16 = F.linear_backward(g, x, w, s16)
+                    gw16 = F.linear_backward(g, x, w, s16)[1]
                     row["fastnn_bf16_fwd"] = benchmark._timeit(fn_fwd, min_time=min_time)
                     row["fastnn_bf16_bwd"] = benchmark._timeit(lambda: F.linear_backward(g, x, w, s16),
                                                                min_time=min_time)
@@ -221,7 +221,6 @@ def child_layers(threads, shapes, min_time, use_torch, bf16):
                 if not np.allclose(gw16, _round_bf16(gz.astype(np.float32)).T.astype(np.float64) @ xr, rtol=1e-2,
                                    atol=1e-2 * np.abs(gw16).max()):
                     raise SystemExit(f"linear backward bf16 {s} p={p}: fastnn's dW differs from the rounded product")
-                del gr, gx16, gb16
                 if torch is not None:
                     with torch.autocast("cpu", dtype=torch.bfloat16):
                         row["torch_bf16_fwd"] = benchmark._timeit(t_fwd, min_time=min_time)
@@ -267,26 +266,19 @@ def measure_peak():
 _PEAK_KEY = {"avx512_amx": "tdpbf16ps_gflops", "avx512_bf16": "vdpbf16ps_gflops"}
 
 
-def print_layers_bf16(res, t):
+def print_layers(res, t, ours="fastnn", other="numpy", torch="torch"):
+    """One line per row: microseconds of `ours`, `other` and `torch` (forward and backward), and the
+    ratios other / ours and torch / ours (the float32 table: fastnn, NumPy, PyTorch; the bf16 one:
+    fastnn bf16, fastnn fp32, PyTorch autocast)."""
     for r in res["rows"]:
-        if "fastnn_bf16_fwd" not in r:
+        if f"{ours}_fwd" not in r:
             continue
         us = {k: v * 1e6 for k, v in r.items() if k.endswith(("_fwd", "_bwd"))}
-        tf, tb = us.get("torch_bf16_fwd", float("nan")), us.get("torch_bf16_bwd", float("nan"))
-        print(f"{r['shape']:>15} {r['p']:>4} {t:>3} | fwd {us['fastnn_bf16_fwd']:8.0f} {us['fastnn_fwd']:8.0f} "
-              f"{tf:8.0f} {us['fastnn_fwd'] / us['fastnn_bf16_fwd']:6.2f}x {tf / us['fastnn_bf16_fwd']:6.2f}x | bwd "
-              f"{us['fastnn_bf16_bwd']:8.0f} {us['fastnn_bwd']:8.0f} {tb:8.0f} "
-              f"{us['fastnn_bwd'] / us['fastnn_bf16_bwd']:6.2f}x {tb / us['fastnn_bf16_bwd']:6.2f}x")
-
-
-def print_layers(res, t):
-    for r in res["rows"]:
-        us = {k: v * 1e6 for k, v in r.items() if k.endswith(("_fwd", "_bwd"))}
-        tf, tb = us.get("torch_fwd", float("nan")), us.get("torch_bwd", float("nan"))
-        print(f"{r['shape']:>15} {r['p']:>4} {t:>3} | fwd {us['fastnn_fwd']:8.0f} {us['numpy_fwd']:8.0f} {tf:8.0f} "
-              f"{us['numpy_fwd'] / us['fastnn_fwd']:6.2f}x {tf / us['fastnn_fwd']:6.2f}x | bwd {us['fastnn_bwd']:8.0f} "
-              f"{us['numpy_bwd']:8.0f} {tb:8.0f} {us['numpy_bwd'] / us['fastnn_bwd']:6.2f}x "
-              f"{tb / us['fastnn_bwd']:6.2f}x")
+        cells = []
+        for pas in ("fwd", "bwd"):
+            a, o, q = us[f"{ours}_{pas}"], us[f"{other}_{pas}"], us.get(f"{torch}_{pas}", float("nan"))
+            cells.append(f"{pas} {a:8.0f} {o:8.0f} {q:8.0f} {o / a:6.2f}x {q / a:6.2f}x")
+        print(f"{r['shape']:>15} {r['p']:>4} {t:>3} | " + " | ".join(cells))
 
 
 def main():
@@ -378,7 +370,7 @@ def main():
         print(f"{'BxINxOUT':>15} {'p':>4} {'thr':>3} | {'':3} {'bf16':>8} {'fp32':>8} {'torch16':>8} {'/fp32':>7} "
               f"{'/torch16':>7} | {'':3} {'bf16':>8} {'fp32':>8} {'torch16':>8} {'/fp32':>7} {'/torch16':>7}")
         for res, t in layer_results:
-            print_layers_bf16(res, t)
+            print_layers(res, t, "fastnn_bf16", "fastnn", "torch_bf16")
 
 
 if __name__ == "__main__":
