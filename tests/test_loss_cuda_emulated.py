@@ -129,3 +129,19 @@ def test_squared_error(emu, rng, dtype, n):
     # (the CPU squares float32 differences in float32, the GPU in double: float32 tolerance there)
     np.testing.assert_allclose(out.value, CPU.squared_error(p, t, cpu_grad, 0.5), rtol=LOSS_RTOL[dtype], atol=1e-300)
     np.testing.assert_array_equal(grad, cpu_grad)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [0, 1, 255, 4097, 10000])
+def test_squared_error_without_target_is_the_sum_of_squares(emu, rng, dtype, n):
+    # t = null: the optimizers' sumsq on the GPU (python/fastnn/_backend/cuda.py _sum_squares);
+    # float64 squares of the values, in the kernel's fixed order. Against float64 NumPy and the
+    # CPU optimizer's sumsq of the same weights (float32 squares 16 to a lane there: rtol 2e-6).
+    p = rng.standard_normal(n).astype(dtype)
+    out = LossResult()
+    getattr(emu, f"emu_sq{bits(dtype)}")(ptr(p), None, None, n, 1.0, ctypes.byref(out))
+    want = float((p.astype(np.float64) ** 2).sum())
+    np.testing.assert_allclose(out.value, want, rtol=1e-13, atol=1e-300)
+    w = p.copy()
+    cpu = CPU.sgd_step(w, np.zeros_like(w), None, 0.1, 0.0, 0.0, 0.0, 0.0, False, False, True)
+    np.testing.assert_allclose(out.value, cpu, rtol=2e-6 if dtype == np.float32 else 1e-13, atol=1e-300)
