@@ -96,7 +96,9 @@ def run_fastnn(data_dir, threads):
         loss_fn = nn.SoftmaxCrossEntropy()
         for i0, i1 in _batches(N_TRAIN)[:n_batches]:
             loss_fn(model(Xtr[i0:i1]), ytr[i0:i1])
-            model.backward(loss_fn.backward(), need_input_grad=False)  # the data needs no gradient
+            # the data needs no gradient; the weights' updates applied as their gradients are
+            # computed (fastnn.optim: fused updates), opt.step() does the biases
+            model.backward(loss_fn.backward(), need_input_grad=False, update=opt)
             opt.step()
 
     epoch(build(), 30)  # warm-up: thread pool, host block cache, page faults

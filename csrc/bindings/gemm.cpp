@@ -2,7 +2,10 @@
 // passes, keep bits and scratch are csrc/cpu/linear.cpp's.
 #include <string>
 
+#include <vector>
+
 #include "bindings/common.h"
+#include "bindings/optim_args.h"
 #include "cpu/kernels.h"
 #include "cpu/linear.h"
 
@@ -116,6 +119,66 @@ bool parse_precision(const std::string& precision, DType dt) {
   if (precision != "bf16") throw py::value_error("precision: expected 'fp32' or 'bf16', got '" + precision + "'");
   if (dt != DType::F32) throw py::type_error("precision: 'bf16' needs float32 operands, got float64");
   return true;
+}
+
+// linear_backward's update= argument (see its docstring), checked: the state arrays like the
+// weight, which must be C-contiguous and writeable (it is updated in place).
+struct FusedUpdateSpec {
+  int kind = 0;
+  py::object s1 = py::none(), s2 = py::none();  // (kept alive for the call)
+  void *p1 = nullptr, *p2 = nullptr;
+  SgdArgs sgd;
+  AdamArgs adam;
+  bool sumsq = false;
+};
+
+FusedUpdateSpec fused_update_spec(const py::object& update, const py::array& w, int64_t N, int64_t K) {
+  FusedUpdateSpec u;
+  if (update.is_none()) return u;
+  if (!py::isinstance<py::tuple>(update))
+    throw py::type_error("update: expected None or a tuple ('sgd', ...) / ('adam', ...), got " +
+                         std::string(py::str(py::type::of(update).attr("__name__"))));
+  const auto t = update.cast<py::tuple>();
+  const std::string kind = t.size() ? std::string(py::str(t[0])) : std::string();
+  require_c_contiguous(w, "weight");
+  require_writeable(w, "weight");
+  auto state = [&](const py::object& o, const char* name) {
+    py::array a = o.cast<py::array>();
+    if (!a.dtype().equal(w.dtype()))
+      throw py::type_error(std::string(name) + ": expected dtype " + dtype_str(w) + " like weight, got " +
+                           dtype_str(a));
+    require_shape(a, name, N, K);
+    require_c_contiguous(a, name);
+    require_writeable(a, name);
+    return a;
+  };
+  if (kind == "sgd" && t.size() == 10) {
+    u.kind = FusedUpdate<float>::kSgd;
+    const double momentum = t[3].cast<double>();
+    if (momentum != 0.0) {
+      if (t[1].is_none()) throw py::value_error("momentum_buffer: required when momentum != 0");
+      py::array a = state(t[1], "momentum_buffer");
+      u.p1 = a.mutable_data();
+      u.s1 = a;
+    }
+    u.sgd = sgd_args(t[2].cast<double>(), momentum, t[4].cast<double>(), t[5].cast<double>(), t[6].cast<double>(),
+                     t[7].cast<bool>(), t[8].cast<bool>());
+    u.sumsq = t[9].cast<bool>();
+  } else if (kind == "adam" && t.size() == 12) {
+    u.kind = FusedUpdate<float>::kAdam;
+    py::array a1 = state(t[1], "exp_avg"), a2 = state(t[2], "exp_avg_sq");
+    u.p1 = a1.mutable_data();
+    u.p2 = a2.mutable_data();
+    u.s1 = a1;
+    u.s2 = a2;
+    u.adam = adam_args(t[3].cast<double>(), t[4].cast<double>(), t[5].cast<double>(), t[6].cast<double>(),
+                       t[7].cast<double>(), t[8].cast<double>(), t[9].cast<double>(), t[10].cast<int64_t>());
+    u.sumsq = t[11].cast<bool>();
+  } else {
+    throw py::value_error("update: expected ('sgd', 9 arguments) or ('adam', 11 arguments), got " +
+                          std::string(py::str(py::repr(update))));
+  }
+  return u;
 }
 
 }  // namespace
@@ -269,7 +332,7 @@ void register_gemm(py::module_& m) {
          double slope, double alpha, double scale, py::object y, py::object z, py::object pos_bits,
          py::object prelu_w, py::object grad_prelu, bool dropout, uint32_t drop_thr, double drop_scale,
          bool dropconnect, uint32_t dc_thr, double dc_scale, uint64_t seed, uint64_t offset,
-         const std::string& precision) {
+         const std::string& precision, py::object update) -> py::object {
         DType dt = float_dtype(x, "x");
         const bool bf16 = parse_precision(precision, dt);
         require_2d(x, "x");
@@ -328,10 +391,29 @@ void register_gemm(py::module_& m) {
         check_positions(offset, mn + static_cast<uint64_t>(N) * static_cast<uint64_t>(K));
         const cpu::LinearRandom rnd = linear_random(dropout, drop_thr, drop_scale, dropconnect, dc_thr, dc_scale, seed,
                                                     offset);
+        const FusedUpdateSpec up = fused_update_spec(update, w, N, K);
+        std::vector<double> sumsq;
+        {
         py::gil_scoped_release nogil;
         dispatch_float(dt, [&](auto zero) {
           using T = decltype(zero);
+          FusedUpdate<T> fu;
           cpu::LinearBackwardArgs<T> b;
+          if (up.kind) {
+            fu.kind = up.kind;
+            fu.w = mptr<T>(w);
+            fu.s1 = static_cast<T*>(up.p1);
+            fu.s2 = static_cast<T*>(up.p2);
+            fu.ld = K;
+            fu.sgd = up.sgd;
+            fu.adam = up.adam;
+            if (up.sumsq) {  // one slot per row and tile column block, added in order below
+              fu.sumsq_ld = (K + gemm_kernels_for<T>().nr - 1) / gemm_kernels_for<T>().nr;
+              sumsq.assign(static_cast<size_t>(N * fu.sumsq_ld), 0.0);
+              fu.sumsq = sumsq.data();
+            }
+            b.update = &fu;
+          }
           b.M = M;
           b.N = N;
           b.K = K;
@@ -357,16 +439,27 @@ void register_gemm(py::module_& m) {
           b.bf16 = bf16;
           cpu::linear_backward(b);
         });
+        }
+        if (!up.sumsq) return py::none();
+        double total = 0.0;
+        for (double v : sumsq) total += v;
+        return py::float_(total);
       },
       py::arg("grad_output"), py::arg("x"), py::arg("weight"), py::arg("grad_x"), py::arg("grad_w"),
       py::arg("grad_b"), py::arg("act"), py::arg("slope"), py::arg("alpha"), py::arg("scale"), py::arg("y"),
       py::arg("z"), py::arg("pos_bits"), py::arg("prelu_w"), py::arg("grad_prelu"), py::arg("dropout"),
       py::arg("drop_threshold"), py::arg("drop_scale"), py::arg("dropconnect"), py::arg("dc_threshold"),
       py::arg("dc_scale"), py::arg("seed"), py::arg("offset"), py::arg("precision") = "fp32",
+      py::arg("update") = py::none(),
       "The backward of linear_forward: one pass for gz = grad_output * keep * act' (and grad_b, and PReLU's "
       "weight gradient), then grad_x = gz @ (W * dropconnect) with the mask applied while W is packed, and "
       "grad_w = (gz^T @ x) * dropconnect with the mask in the epilogue. grad_output C-contiguous; outputs "
-      "C-contiguous, written in full. grad_x=None skips its GEMM (the input needs no gradient).");
+      "C-contiguous, written in full. grad_x=None skips its GEMM (the input needs no gradient).\n"
+      "update: None, or the optimizer's update of weight applied in grad_w's GEMM instead of storing grad_w "
+      "(then scratch): ('sgd', momentum_buffer or None, lr, momentum, dampening, l2, l1, nesterov, first, sumsq) "
+      "or ('adam', exp_avg, exp_avg_sq, lr, beta1, beta2, eps, l2, l1, decoupled, step, sumsq), the arguments "
+      "of sgd_step / adam_step, with the same bits as those kernels on the stored gradient. Returns the float64 "
+      "sum of the squared updated weights when sumsq is true, else None.");
 
   m.def("gemm_tile", [](const std::string& dtype) {
     const bool f32 = dtype == "float32";

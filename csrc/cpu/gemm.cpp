@@ -18,9 +18,9 @@
 
 #include "core/allocator.h"
 #include "core/cpu_features.h"
-#include "core/cpu_features.h"
 #include "core/parallel.h"
 #include "cpu/act_math.h"
+#include "cpu/optim_math.h"
 #include "cpu/simd.h"
 
 namespace fastnn {
@@ -131,6 +131,81 @@ inline Vec<T> column_vector(const T* p, int64_t cols) {
   return cols >= V::W ? V::load(p) : cols > 0 ? V::load_partial(p, cols) : V::set1(T(0));
 }
 
+// The final tile of a weight's gradient handed to the optimizer (GemmArgs::update): per C vector
+// g (+ C's partial sum of the earlier K blocks), the weight and its state at the same place are
+// updated by the shared per-vector math (optim_math.h: the update kernels' bits), C is not
+// written. A rolled row loop, as store_tile's.
+template <class T, int MR, int NV>
+__attribute__((always_inline)) inline void update_tile(Vec<T> (&acc)[MR][NV], const T* c, int64_t ldc, int64_t m,
+                                                       int64_t n, const TileEpilogue<T>& e) {
+  using V = Vec<T>;
+  const FusedUpdate<T>& u = *e.args->update;
+  const bool accumulate = e.accumulate;
+  const int64_t ld = u.ld, off0 = e.gi * ld + e.gj;
+  T* const w = u.w + off0;
+  T* const s1 = u.s1 ? u.s1 + off0 : nullptr;
+  T* const s2 = u.s2 ? u.s2 + off0 : nullptr;
+  double* const ss = u.sumsq ? u.sumsq + e.gi * u.sumsq_ld + e.gj / (NV * V::W) : nullptr;
+  V t[MR][NV];
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) t[i][v] = acc[i][v];
+  const bool sgd = u.kind == FusedUpdate<T>::kSgd;
+  const SgdUpdate<V> su(u.sgd);
+  const AdamUpdate<V> au(u.adam);
+  const V zero = V::set1(T(0)), drop_scale = V::set1(e.args->drop_scale);
+  const uint8_t* const drop_bits = e.args->drop_bits;
+  const int64_t drop_ld = e.args->drop_ld;
+#pragma GCC unroll 1
+  for (int i = 0; i < MR; ++i) {
+    if (i >= m) break;
+    const T* crow = c + i * ldc;
+    const int64_t r = i * ld;
+    const uint64_t keep = drop_bits ? bits_at(drop_bits, (e.gi + i) * drop_ld + e.gj) : 0;
+    V sq = zero;
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) {
+      const int64_t cols = n - v * V::W;
+      if (cols <= 0) break;
+      const bool full = cols >= V::W;
+      const int64_t o = r + v * V::W;
+      auto load = [&](const T* p) { return full ? V(V::load(p)) : V(V::load_partial(p, cols)); };
+      auto store = [&](V x, T* p) {
+        if (full) x.store(p);
+        else x.store_partial(p, cols);
+      };
+      V g = t[i][v];
+      if (accumulate) g = load(crow + v * V::W) + g;
+      if (drop_bits)  // DropConnect's mask of the gradient, as store_tile applies it
+        g = g * select(V::mask_from_bits(static_cast<uint32_t>(keep >> (v * V::W))), drop_scale, zero);
+      V nw;
+      if (sgd) {
+        V b = su.reads_buf() ? V(load(s1 + o)) : zero;
+        nw = su(g, load(w + o), b);
+        if (su.writes_buf()) store(b, s1 + o);
+      } else {
+        V mv = load(s1 + o), vv = load(s2 + o);
+        nw = au(g, load(w + o), mv, vv);
+        store(mv, s1 + o);
+        store(vv, s2 + o);
+      }
+      store(nw, w + o);
+      if (ss) {
+        const V q = full ? nw : V(V::load_partial(w + o, cols));  // dead lanes as zeros
+        sq = fmadd(q, q, sq);
+      }
+    }
+    if (ss) {
+      alignas(64) T lanes[V::W];
+      sq.store(lanes);
+      double sum = 0.0;
+      for (int l = 0; l < V::W; ++l) sum += static_cast<double>(lanes[l]);
+      ss[i * u.sumsq_ld] = sum;
+    }
+  }
+}
+
 template <class T, int MR, int NV>
 __attribute__((always_inline)) inline void store_tile(Vec<T> (&acc)[MR][NV], T* c, int64_t ldc, int64_t m,
                                                       int64_t n, const TileEpilogue<T>& e) {
@@ -152,6 +227,10 @@ __attribute__((always_inline)) inline void store_tile(Vec<T> (&acc)[MR][NV], T* 
         else x.store_partial(row + v * V::W, cols);
       }
     }
+    return;
+  }
+  if (g.update) {
+    update_tile<T, MR, NV>(acc, c, ldc, m, n, e);
     return;
   }
   // The final K block: z = acc (+ C) + bias, the activation, dropout, sign bits, row by row in a

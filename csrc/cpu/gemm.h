@@ -16,6 +16,7 @@
 #include <cstdint>
 
 #include "cpu/activation.h"
+#include "cpu/optim.h"
 
 namespace fastnn {
 
@@ -23,6 +24,28 @@ namespace fastnn {
 // fetch 64 bits from any bit position, so every bit array handed to the GEMM has 8 bytes of
 // padding after its last byte.
 constexpr int64_t kBitPad = 8;
+
+// The optimizer's update of a weight applied by the epilogue of its gradient's GEMM (C = grad_W,
+// same shape and layout as w): for each final C vector g, w and the state at the same place are
+// updated by optim_math.h's SgdUpdate / AdamUpdate, exactly as the update kernels would from a
+// stored gradient (the same bits), and C is not written. The gradient never goes to memory: a
+// training step saves its store and the update pass's read of it. sumsq (null: not wanted): per
+// row i of C and tile column block q (NR columns), the float64 sum of the squared new weights of
+// that tile row, at sumsq[i * sumsq_ld + q] (the caller adds them in order: a value independent of
+// the thread count).
+template <class T>
+struct FusedUpdate {
+  enum Kind { kSgd = 1, kAdam = 2 };
+  int kind = 0;
+  T* w = nullptr;
+  T* s1 = nullptr;  // SGD: the momentum buffer (null without momentum); Adam: exp_avg
+  T* s2 = nullptr;  // Adam: exp_avg_sq
+  int64_t ld = 0;   // row stride of w, s1, s2 (elements)
+  SgdArgs sgd;
+  AdamArgs adam;
+  double* sumsq = nullptr;
+  int64_t sumsq_ld = 0;
+};
 
 template <class T>
 struct GemmArgs {
@@ -64,6 +87,9 @@ struct GemmArgs {
   // rounded operands, sums in tdpbf16ps's own order (within K * 2^-24 * |A||B| of the exact product
   // of the rounded operands, not those bits; bit-identical for any thread count).
   bool bf16 = false;
+  // Not null: the final tiles update the weight (FusedUpdate) instead of being stored, after
+  // drop_bits' mask (DropConnect); no bias, activation, z_out or pos_bits with it.
+  const FusedUpdate<T>* update = nullptr;
 };
 
 template <class T>

@@ -148,6 +148,7 @@ void linear_backward(const LinearBackwardArgs<T>& a) {
     gw.drop_scale = static_cast<T>(a.rnd.dc_scale);
   }
   gw.bf16 = a.bf16;
+  gw.update = a.update;
   kern.gemm(N, K, M, gz, 1, N, a.x, a.rsx, a.csx, a.grad_w, K, gw);
   host_free(gz, gz_bytes);
 }

@@ -11,6 +11,7 @@
 
 #include "core/activation_kind.h"
 #include "cpu/activation.h"
+#include "cpu/gemm.h"
 
 namespace fastnn {
 namespace cpu {
@@ -90,6 +91,9 @@ struct LinearBackwardArgs {
   T* grad_b = nullptr;               // (N,) or null
   T* grad_prelu = nullptr;           // prelu_n or null
   bool bf16 = false;                 // both GEMMs, as MatmulArgs::bf16
+  // Not null: the optimizer's update of w applied in grad_W's GEMM (GemmArgs::update; grad_w is
+  // then scratch for K blocks, not the gradient). grad_x is computed first, from the old w.
+  const FusedUpdate<T>* update = nullptr;
 };
 
 // What the backward of `act` reads from the forward.

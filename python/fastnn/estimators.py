@@ -466,12 +466,14 @@ class _BaseMLP(_BaseEstimator):
         copy_into(buf, a)
         return buf
 
-    def _forward_backward(self, Xb, yb, sw, alpha, sq=None):
+    def _forward_backward(self, Xb, yb, sw, alpha, sq=None, update=None):
         """One training forward + backward of a batch, scikit-learn's backprop: delta = out - y at
         the output (canonical link), gradients divided by the weight sum, alpha * W / sw_sum added by
         the optimizer's l2. Returns the batch loss with the penalty (0.5 alpha ||W||^2 / sw_sum).
         Xb: a host batch (uploaded when the model is on a GPU) or an array on the model's device.
-        sq: sum ||W||^2 when the caller has it (the previous optimizer step returned it), else None."""
+        sq: sum ||W||^2 when the caller has it (the previous optimizer step returned it), else None.
+        update: the optimizer, whose step (l2 and eps already set for it) the layers may apply in
+        the backward (fastnn.optim: fused updates), or None."""
         xd = self._on_model_device(Xb, "x") if isinstance(Xb, np.ndarray) else Xb
         z = self.model_.forward(xd)
         out = _out_activation(_host(z), self.out_activation_)
@@ -484,7 +486,7 @@ class _BaseMLP(_BaseEstimator):
             delta *= sw[:, None]
         delta /= sw_sum
         delta = self._on_model_device(np.ascontiguousarray(delta, dtype=np.float32), "delta")
-        self.model_.backward(delta, need_input_grad=False)
+        self.model_.backward(delta, need_input_grad=False, update=update)
         return loss, sw_sum
 
     # ----------------------------------------------------------------- fit
@@ -635,6 +637,7 @@ class _BaseMLP(_BaseEstimator):
         if self.schedule in ("cosine", "linear"):
             sched = _schedules.create(self.schedule, total=p["max_iter"])
         alpha = p["alpha"]
+        opt.fuse_sumsq = bool(alpha)  # the updates fused into the backward also return the penalty's sum
         b2 = p["beta_2"]
         self.n_iter_ = 0  # as scikit-learn: epochs of this call (partial_fit: 1); t_ keeps counting
         sq = None  # sum ||W||^2 of the current weights once a step has returned it
@@ -653,13 +656,14 @@ class _BaseMLP(_BaseEstimator):
                     swb = None if sw is None else sw[bi]
                 else:
                     Xb, yb, swb = X[s:e], y[s:e], None if sw is None else sw[s:e]
-                loss, sw_sum = self._forward_backward(Xb, yb, swb, alpha, sq)
-                acc += loss * (e - s)
-                opt.l2 = alpha / sw_sum
+                # the step's scalars first: the layers' backward applies the update to their weights
+                opt.l2 = alpha / (float(e - s) if swb is None else float(swb.sum()))
                 if isinstance(opt, _optim.Adam):
                     # scikit-learn's Adam adds epsilon to sqrt(v) (not to the bias-corrected
                     # sqrt(v_hat) as fastnn/PyTorch): eps / sqrt(1 - beta_2^t) is that step here.
                     opt.eps = p["epsilon"] / math.sqrt(1.0 - b2 ** (opt.step_count + 1))
+                loss, sw_sum = self._forward_backward(Xb, yb, swb, alpha, sq, update=opt)
+                acc += loss * (e - s)
                 # the next step's penalty off the update's own pass over the weights (no second read)
                 sq = opt.step(sumsq=bool(alpha))
             self.n_iter_ += 1

@@ -315,7 +315,11 @@ class Linear(Module):
         self._x = x
         return y
 
-    def backward(self, grad_output, *, need_input_grad=True):
+    def backward(self, grad_output, *, need_input_grad=True, update=None):
+        """Gradients into the parameters' .grad; returns the input's gradient (None without
+        need_input_grad). update: a fastnn.optim optimizer whose coming step() this backward may
+        apply to the weight as its gradient is computed (CPU; see fastnn.optim: the weight's .grad
+        is then not written, and opt.step() must follow), or None."""
         if self._saved is None:
             raise RuntimeError("Linear.backward: call forward in training mode first (model.train())")
         saved = self._saved
@@ -326,7 +330,7 @@ class Linear(Module):
             be = backend_of(("grad_output", grad_output), ("weight", w))
             gx = be.linear_backward_train(grad_output, self._x, w, saved, self.negative_slope, self.alpha,
                                           None if self.prelu_weight is None else self.prelu_weight.data,
-                                          (self.weight, self.bias, self.prelu_weight), need_input_grad)
+                                          (self.weight, self.bias, self.prelu_weight), need_input_grad, update)
             self._x = self._saved = None
             return gx
         grads = F.linear_backward(grad_output, self._x, self.weight.data, self._saved,
@@ -529,17 +533,21 @@ class Sequential(Module):
             raise e.within(i) from None
         return x
 
-    def backward(self, grad_output, *, need_input_grad=True):
+    def backward(self, grad_output, *, need_input_grad=True, update=None):
+        """The layers' backward in reverse order; update: as Linear.backward's, handed to the
+        Linear and Sequential layers (others' parameters are left to opt.step())."""
         # Without the input's gradient, the layers below the first one with parameters need no
         # backward at all, and that one needs no input gradient (Linear: no grad_x GEMM).
         first = 0
         if not need_input_grad:
             first = next((i for i, m in enumerate(self.layers) if m.parameters()), len(self.layers))
         for i in range(len(self.layers) - 1, first - 1, -1):
+            m = self.layers[i]
+            kw = {"update": update} if update is not None and isinstance(m, (Linear, Sequential)) else {}
             if i == first and not need_input_grad:
-                self.layers[i].backward(grad_output, need_input_grad=False)
+                m.backward(grad_output, need_input_grad=False, **kw)
                 return None
-            grad_output = self.layers[i].backward(grad_output)
+            grad_output = m.backward(grad_output, **kw)
         return grad_output if need_input_grad else None
 
     def __getitem__(self, i):

@@ -27,6 +27,17 @@ multiplies the learning rate for it. The learning rate is ``opt.lr`` (settable b
 ``state_dict()`` / ``load_state_dict()`` round-trip hyperparameters, lr, step count and copies
 of every state array. ``create(name, params, **kwargs)`` builds one by name.
 
+Updates fused into the backward (CPU): ``model.backward(g, update=opt)`` (fastnn.nn.Linear and
+Sequential) lets each Linear layer's weight-gradient GEMM apply this step's SGD/Adam/AdamW update
+of its weight in its epilogue, as the tiles of the gradient are computed: the weight gradient
+never goes to memory (the step saves its store and the update pass's read of it, ~10 % of a
+bf16 training step), and ``.grad`` of those weights is left unwritten (scratch). The next
+``opt.step()`` completes the step: it updates the other parameters and skips the fused ones, so
+the result is bit-identical to ``model.backward(g); opt.step()`` (the same per-element update
+code, csrc/cpu/optim_math.h). Call ``opt.step()`` after every such backward. Subclasses that
+override the update, frozen parameters and GPU parameters are not fused. Trainer.fit and the
+estimators train this way.
+
 GPU: a parameter whose ``.data`` is a CUDA array (fastnn.cuda.DeviceArray, a PyTorch CUDA tensor,
 a CuPy array; float32/float64, C-contiguous) is updated by the CUDA twin of the same fused kernel
 (csrc/cuda/optim.cu: the CPU's formulas in the CPU's operation order, bit-identical to its
@@ -103,6 +114,10 @@ class Optimizer:
         self.l2 = _nonneg(l2, "l2")
         self.step_count = 0
         self.state = [dict() for _ in self.params]
+        self._fused = {}  # index -> sum of squares or None: updated in this step's backward
+        # fused updates also return the sum of squares of the new weights (the estimators' L2
+        # penalty, which they read off step(sumsq=True))
+        self.fuse_sumsq = False
 
     @property
     def lr(self) -> float:
@@ -181,9 +196,18 @@ class Optimizer:
         self.step_count += 1
         base = self._lr
         total = 0.0
+        fused, self._fused = self.__dict__.get("_fused") or {}, {}
         try:
             for i, p in enumerate(self.params):
                 regularize = bool(getattr(p, "regularize", True))
+                if i in fused:  # updated by its layer's backward (fused_update)
+                    if sumsq and regularize:
+                        ss = fused[i]
+                        if ss is None:
+                            h = np.asarray(p.data, np.float64).ravel()
+                            ss = float(h @ h)
+                        total += ss
+                    continue
                 if not getattr(p, "requires_grad", True):  # frozen
                     if sumsq and regularize:
                         h = p.data if isinstance(p.data, np.ndarray) else backend_of(p.data).to_host(p.data)
@@ -201,6 +225,42 @@ class Optimizer:
 
     def _update(self, be, i, p, w, g, regularize, sumsq):  # pragma: no cover - abstract
         raise NotImplementedError
+
+    # ---- updates fused into the backward (see the module docstring) ----
+    def fused_update(self, p):
+        """This step's update of parameter p as the update= argument of the CPU linear backward
+        kernel (its weight-gradient GEMM then applies it), or None when p must be updated by
+        step(): not one of this optimizer's parameters, frozen, not a NumPy float array, already
+        updated in this step, or an optimizer whose update is not the built-in one. The layer
+        reports the kernel's result with fused_done(p, sumsq)."""
+        fuse = getattr(type(self), "_fused_args", None)
+        if fuse is None or type(self)._update is not type(self)._fused_of:
+            return None
+        index = self.__dict__.get("_index")
+        if index is None or len(index) != len(self.params):
+            index = self._index = {id(q): i for i, q in enumerate(self.params)}
+        i = index.get(id(p))
+        if i is None or i in self.__dict__.setdefault("_fused", {}) or not getattr(p, "requires_grad", True):
+            return None
+        w = p.data
+        if not (type(w) is np.ndarray and w.dtype in (np.float32, np.float64) and w.flags.c_contiguous
+                and w.flags.aligned and w.flags.writeable):
+            return None
+        regularize = bool(getattr(p, "regularize", True))
+        lr = self._lr * float(getattr(p, "lr_scale", 1.0))
+        return fuse(self, i, w, lr, regularize, bool(getattr(self, "fuse_sumsq", False) and regularize))
+
+    def fused_done(self, p, sumsq=None):
+        """Records that p's update of this step was applied (by the kernel fused_update's
+        arguments went to); sumsq: the float64 sum of its squared new weights, or None."""
+        i = self._index[id(p)]
+        self._fused_commit(i)
+        self._fused[i] = sumsq
+
+    _fused_of = None  # the _update method _fused_args mirrors (a subclass overriding it is not fused)
+
+    def _fused_commit(self, i):
+        pass
 
     def hyperparameters(self) -> dict:
         return {"l1": self.l1, "l2": self.l2}
@@ -280,6 +340,15 @@ class SGD(Optimizer):
             buf = self._state_array(be, i, "momentum_buffer", w)
         return be.sgd_step(w, g, buf, self._lr, self.momentum, self.dampening, l2, l1, self.nesterov, first, sumsq)
 
+    def _fused_args(self, i, w, lr, regularize, sumsq):
+        l2 = self.weight_decay + self.l2 if regularize else 0.0
+        l1 = self.l1 if regularize else 0.0
+        buf, first = None, False
+        if self.momentum != 0.0:
+            first = "momentum_buffer" not in self.state[i]
+            buf = self._state_array(table("cpu"), i, "momentum_buffer", w)
+        return ("sgd", buf, lr, self.momentum, self.dampening, l2, l1, self.nesterov, first, sumsq)
+
 
 class Adam(Optimizer):
     _decoupled = False
@@ -312,6 +381,24 @@ class Adam(Optimizer):
         self.state[i]["step"] = t
         return be.adam_step(w, g, m, v, self._lr, self.betas[0], self.betas[1], self.eps, coupled,
                             self.l1 if regularize else 0.0, decoupled, t, sumsq)
+
+    def _fused_args(self, i, w, lr, regularize, sumsq):
+        wd = self.weight_decay if regularize else 0.0
+        coupled = (0.0 if self._decoupled else wd) + (self.l2 if regularize else 0.0)
+        decoupled = wd if self._decoupled else 0.0
+        be = table("cpu")
+        m = self._state_array(be, i, "exp_avg", w)
+        v = self._state_array(be, i, "exp_avg_sq", w)
+        t = self.state[i].get("step", 0) + 1  # (counted by _fused_commit once the kernel has run)
+        return ("adam", m, v, lr, self.betas[0], self.betas[1], self.eps, coupled, self.l1 if regularize else 0.0,
+                decoupled, t, sumsq)
+
+    def _fused_commit(self, i):
+        self.state[i]["step"] = self.state[i].get("step", 0) + 1
+
+
+SGD._fused_of = SGD._update
+Adam._fused_of = Adam._update
 
 
 class AdamW(Adam):

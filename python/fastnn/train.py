@@ -904,6 +904,7 @@ class _CPURun:
         augment, dtype, loss_step = t.augment, t.dtype, self.loss_step
         classify = t.classification
         set_lr = t.schedule is not None
+        fuse = {"update": opt} if isinstance(model, (_nn.Linear, _nn.Sequential)) else {}
         gather = order is not None or augment is not None
         total = 0.0
         correct = 0
@@ -934,7 +935,9 @@ class _CPURun:
             value, g, contrib = loss_step(out, yb)
             if not math.isfinite(value):
                 return total, correct, (s, f"the loss became {value}"), step_loss
-            model.backward(g, need_input_grad=False)  # the data needs no gradient
+            # the data needs no gradient; the Linear layers apply the optimizer's update of their
+            # weights as the gradients are computed (the gradient never stored), step() the rest
+            model.backward(g, need_input_grad=False, **fuse)
             opt.step()
             total += contrib
             if classify:  # one fused pass over the (batch, classes) logits

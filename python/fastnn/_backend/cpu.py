@@ -333,7 +333,7 @@ def linear(x, weight, bias, activation, negative_slope, alpha, prelu_weight, dro
     return y, saved
 
 
-def _backward(g, x2, w, saved, negative_slope, alpha, pw, grad_x, grad_w, grad_b, grad_p):
+def _backward(g, x2, w, saved, negative_slope, alpha, pw, grad_x, grad_w, grad_b, grad_p, update=None):
     m, n, k = saved.shape
     activation = saved.activation
     slope, alpha_k, scale_k = checks.act_params(activation, negative_slope, alpha)
@@ -344,10 +344,10 @@ def _backward(g, x2, w, saved, negative_slope, alpha, pw, grad_x, grad_w, grad_b
     y = data.get("y")
     if y is not None:
         y = y.reshape(m, n)
-    _C.linear_backward(g, x2, w, grad_x, grad_w, grad_b, checks.act_id(activation), slope, alpha_k,
-                       scale_k, y, data.get("z"), data.get("pos"), pw, grad_p, dp > 0, dthr, dscale, cp > 0, cthr,
-                       cscale, saved.seed if random else 0, saved.offset if random else 0,
-                       precision=_precision.cpu_precision(x2.dtype))
+    return _C.linear_backward(g, x2, w, grad_x, grad_w, grad_b, checks.act_id(activation), slope, alpha_k,
+                              scale_k, y, data.get("z"), data.get("pos"), pw, grad_p, dp > 0, dthr, dscale, cp > 0,
+                              cthr, cscale, saved.seed if random else 0, saved.offset if random else 0,
+                              precision=_precision.cpu_precision(x2.dtype), update=update)
 
 
 def linear_backward(grad_output, x, weight, saved, negative_slope, alpha, prelu_weight, need_grad_x):
@@ -416,10 +416,13 @@ def _grad_buffer(p):
     return g
 
 
-def linear_backward_train(grad_output, x, weight, saved, negative_slope, alpha, prelu_weight, params, need_grad_x):
+def linear_backward_train(grad_output, x, weight, saved, negative_slope, alpha, prelu_weight, params, need_grad_x,
+                          optimizer=None):
     """linear_backward for what linear_train saved, writing the gradients of params = (weight,
     bias or None, prelu weight or None), fastnn.Parameters, into their .grad buffers (no new
-    arrays per step); returns grad_x or None."""
+    arrays per step); returns grad_x or None. optimizer: a fastnn.optim optimizer whose update of
+    the weight its gradient's GEMM may apply (Optimizer.fused_update; the weight's .grad is then
+    scratch), or None."""
     pw, pb, pp = params
     if not (linear_fast_ok(grad_output, np.empty((0, saved.shape[1]), x.dtype)) and grad_output.shape[0] == x.shape[0]
             and linear_fast_ok(x, weight)):
@@ -433,8 +436,11 @@ def linear_backward_train(grad_output, x, weight, saved, negative_slope, alpha, 
         return gx
     m, n, k = saved.shape
     grad_x = empty((m, k), x.dtype) if need_grad_x else None
-    _backward(grad_output, x, weight, saved, negative_slope, alpha, prelu_weight, grad_x, _grad_buffer(pw),
-              None if pb is None else _grad_buffer(pb), None if pp is None else _grad_buffer(pp))
+    update = None if optimizer is None or pw.data is not weight else optimizer.fused_update(pw)
+    ss = _backward(grad_output, x, weight, saved, negative_slope, alpha, prelu_weight, grad_x, _grad_buffer(pw),
+                   None if pb is None else _grad_buffer(pb), None if pp is None else _grad_buffer(pp), update)
+    if update is not None:
+        optimizer.fused_done(pw, ss)
     return grad_x
 
 

@@ -1206,9 +1206,11 @@ def linear_train(x, weight, bias, activation, negative_slope, alpha, prelu_weigh
 
 
 @_op
-def linear_backward_train(grad_output, x, weight, saved, negative_slope, alpha, prelu_weight, params, need_grad_x):
+def linear_backward_train(grad_output, x, weight, saved, negative_slope, alpha, prelu_weight, params, need_grad_x,
+                          optimizer=None):
     """linear_backward for what linear_train saved; the gradients become the .grad of params =
-    (weight, bias or None, prelu weight or None)."""
+    (weight, bias or None, prelu weight or None). optimizer: not used on the GPU (the update is
+    not fused into cuBLASLt's product: optimizer.step() updates every parameter)."""
     gx, gw, gb, gp = _linear_backward(grad_output, x, weight, saved, negative_slope, alpha, prelu_weight,
                                       need_grad_x)
     for p, g in zip(params, (gw, gb, gp)):
