@@ -293,3 +293,84 @@ def test_without_sklearn_installed():
             "try:\n    MLPRegressor().predict(X)\nexcept NotFittedError:\n    print('ok')\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+# ---- the output layer kernel (_C.mlp_head) ---------------------------------------------------------
+# Reference: scikit-learn's LOSS_FUNCTIONS and backprop delta in float64 NumPy (what the estimator
+# computed before the kernel). Tolerance: the kernel sums each row in order where NumPy sums
+# pairwise and uses libm's exp/tanh/log where NumPy has its own SIMD versions, so the loss is
+# within 1e-13 relative and delta within the bound written in the test.
+
+def _head_reference(z, y, kind, sw, sw_sum):
+    p = z.astype(np.float64)
+    if kind == "softmax":
+        p -= p.max(axis=1, keepdims=True)
+        np.exp(p, out=p)
+        p /= p.sum(axis=1, keepdims=True)
+    elif kind == "logistic":
+        p = 0.5 * (1.0 + np.tanh(0.5 * p))
+    if kind == "identity":
+        d = (y - p) ** 2
+        loss = 0.5 * float(d.mean() if sw is None else np.average(d.mean(axis=1), weights=sw))
+    else:
+        eps = np.finfo(np.float64).eps
+        q = np.clip(p, eps, 1 - eps)
+        per = -np.log((q * y).sum(axis=1)) if kind == "softmax" else \
+            -(y * np.log(q) + (1 - y) * np.log(1 - q)).sum(axis=1)
+        loss = float(per.mean() if sw is None else np.average(per, weights=sw))
+    delta = p - y
+    if sw is not None:
+        delta *= sw[:, None]
+    delta /= sw_sum
+    return loss, delta.astype(z.dtype)
+
+
+@pytest.mark.parametrize("kind", ["identity", "logistic", "softmax"])
+@pytest.mark.parametrize("shape", [(128, 10), (1, 1), (37, 3), (200, 17)])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_mlp_head_matches_the_numpy_reference(rng, kind, shape, weighted, dtype):
+    from fastnn import _C
+    from fastnn.estimators import _HEAD_KINDS
+    M, C = shape
+    z = (rng.standard_normal(shape) * 4).astype(dtype)
+    z[0, 0] = 40.0 if M * C > 1 else z[0, 0]  # probabilities clipped at eps and 1 - eps
+    if kind == "softmax":
+        y = np.eye(C)[rng.integers(0, C, M)]
+    elif kind == "logistic":
+        y = rng.integers(0, 2, shape).astype(np.float64)
+    else:
+        y = rng.standard_normal(shape)
+    sw = rng.uniform(0.1, 3.0, M) if weighted else None
+    sw_sum = float(M) if sw is None else float(sw.sum())
+    delta = np.full(shape, np.nan, dtype)
+    loss = _C.mlp_head(z, y, sw, _HEAD_KINDS[kind], sw_sum, delta)
+    ref_loss, ref_delta = _head_reference(z, y, kind, sw, sw_sum)
+    assert loss == pytest.approx(ref_loss, rel=1e-13, abs=1e-300)
+    # delta = p - y cancels where p is near y: a 1-ulp difference of p is an absolute error of a
+    # few float64 eps on the scale of |y| + 1 (times the row weight over sw_sum), then the rounding
+    # to dtype (1 ulp relative)
+    scale = (1.0 + np.abs(y)) * (1.0 if sw is None else sw[:, None]) / sw_sum
+    err = np.abs(delta.astype(np.float64) - ref_delta.astype(np.float64))
+    assert np.all(err <= np.finfo(dtype).eps * np.abs(ref_delta) + 4 * np.finfo(np.float64).eps * scale)
+
+
+def test_mlp_head_nonfinite_and_errors():
+    from fastnn import _C
+    z = np.array([[np.nan, 0.0], [np.inf, 1.0]], np.float32)
+    y = np.array([[1.0, 0.0], [0.0, 1.0]])
+    d = np.empty_like(z)
+    assert np.isnan(_C.mlp_head(z, y, None, 2, 2.0, d))  # a NaN logit gives a NaN loss, never a crash
+    assert np.isnan(d[0]).all()
+    with pytest.raises(ValueError, match="kind"):
+        _C.mlp_head(z, y, None, 3, 2.0, d)
+    with pytest.raises(TypeError, match="y: expected float64"):
+        _C.mlp_head(z, y.astype(np.float32), None, 2, 2.0, d)
+    with pytest.raises(ValueError, match=r"y: expected shape \(2, 2\)"):
+        _C.mlp_head(z, y[:1], None, 2, 2.0, d)
+    with pytest.raises(ValueError, match="sw: expected float64 sample weights of shape"):
+        _C.mlp_head(z, y, np.ones(3), 2, 2.0, d)
+    with pytest.raises(ValueError, match="sw_sum"):
+        _C.mlp_head(z, y, None, 2, 0.0, d)
+    with pytest.raises(TypeError):
+        _C.mlp_head(z, y, None, 2, 2.0, np.empty((2, 2)))  # delta in z's dtype

@@ -2,6 +2,7 @@
 // (cross-entropy) and per-block sums (squared error) go to a buffer and are added in order, in
 // double: the loss is bit-identical for any thread count.
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "bindings/common.h"
@@ -21,6 +22,52 @@ void check_labels(const L* y, int64_t M, int64_t C) {
 }
 
 }  // namespace
+
+// scikit-learn's MLP output layer (mlp_head), per row in double: the output activation, the row's
+// data loss and delta. Plain scalar code (M x C is one batch's logits): compiled once, not per ISA.
+template <class T>
+void mlp_head_rows(const T* z, const double* y, const double* sw, int kind, double sw_sum, T* delta, double* row_loss,
+                   int64_t M, int64_t C) {
+  constexpr double eps = 2.220446049250313e-16;  // float64's: the probabilities are float64
+  auto clip = [](double p) { return p < eps ? eps : p > 1.0 - eps ? 1.0 - eps : p; };
+  std::vector<double> p(static_cast<size_t>(C));
+  for (int64_t i = 0; i < M; ++i) {
+    const T* zr = z + i * C;
+    const double* yr = y + i * C;
+    if (kind == 2) {
+      double mx = -INFINITY;
+      for (int64_t j = 0; j < C; ++j) mx = std::max(mx, static_cast<double>(zr[j]));
+      double s = 0.0;
+      for (int64_t j = 0; j < C; ++j) s += (p[j] = std::exp(static_cast<double>(zr[j]) - mx));
+      for (int64_t j = 0; j < C; ++j) p[j] /= s;
+    } else if (kind == 1) {
+      for (int64_t j = 0; j < C; ++j) p[j] = 0.5 * (1.0 + std::tanh(0.5 * static_cast<double>(zr[j])));
+    } else {
+      for (int64_t j = 0; j < C; ++j) p[j] = static_cast<double>(zr[j]);
+    }
+    double loss = 0.0;
+    if (kind == 2) {
+      double t = 0.0;
+      for (int64_t j = 0; j < C; ++j) t += clip(p[j]) * yr[j];
+      loss = -std::log(t);
+    } else if (kind == 1) {
+      for (int64_t j = 0; j < C; ++j) {
+        const double q = clip(p[j]);
+        loss -= yr[j] * std::log(q) + (1.0 - yr[j]) * std::log(1.0 - q);
+      }
+    } else {
+      for (int64_t j = 0; j < C; ++j) loss += (yr[j] - p[j]) * (yr[j] - p[j]);
+      loss = 0.5 * loss / static_cast<double>(C);
+    }
+    row_loss[i] = loss;
+    const double f = sw ? sw[i] : 1.0;
+    for (int64_t j = 0; j < C; ++j) {
+      double d = p[j] - yr[j];
+      if (sw) d *= f;
+      delta[i * C + j] = static_cast<T>(d / sw_sum);
+    }
+  }
+}
 
 void register_loss(py::module_& m) {
   m.def(
@@ -119,6 +166,57 @@ void register_loss(py::module_& m) {
       },
       py::arg("input"), py::arg("target"), py::arg("grad") = py::none(), py::arg("scale") = 1.0,
       "sum((input - target)^2) in double; writes scale * (input - target) to grad when given.");
+
+  m.def(
+      "mlp_head",
+      [](py::array z, py::array y, py::object sw_obj, int kind, double sw_sum, py::array delta) {
+        DType dt = float_dtype(z, "z");
+        require_c_contiguous(z, "z");
+        if (z.ndim() != 2) throw py::value_error("z: expected a 2-D (M, C) array, got " + std::to_string(z.ndim()) + "-D");
+        const int64_t M = z.shape(0), C = z.shape(1);
+        if (kind < 0 || kind > 2) throw py::value_error("kind: expected 0 (identity), 1 (logistic) or 2 (softmax)");
+        if (!y.dtype().equal(py::dtype::of<double>()))
+          throw py::type_error("y: expected float64 encoded targets, got " + dtype_str(y));
+        if (y.ndim() != 2 || y.shape(0) != M || y.shape(1) != C)
+          throw py::value_error("y: expected shape (" + std::to_string(M) + ", " + std::to_string(C) + ") like z");
+        require_c_contiguous(y, "y");
+        require_same(z, "z", delta, "delta");
+        require_c_contiguous(delta, "delta");
+        require_writeable(delta, "delta");
+        const double* sw = nullptr;
+        py::array swa;
+        if (!sw_obj.is_none()) {
+          swa = sw_obj.cast<py::array>();
+          if (!swa.dtype().equal(py::dtype::of<double>()) || swa.ndim() != 1 || swa.shape(0) != M)
+            throw py::value_error("sw: expected float64 sample weights of shape (" + std::to_string(M) + ",)");
+          require_c_contiguous(swa, "sw");
+          sw = static_cast<const double*>(swa.data());
+        }
+        if (M == 0 || !(sw_sum > 0.0)) throw py::value_error("sw_sum: expected a positive weight sum and M >= 1");
+        const double* yp = static_cast<const double*>(y.data());
+        std::vector<double> row(static_cast<size_t>(M));
+        dispatch_float(dt, [&](auto zero) {
+          using T = decltype(zero);
+          const T* zp = cptr<T>(z);
+          T* dp = mptr<T>(delta);
+          py::gil_scoped_release nogil;
+          mlp_head_rows(zp, yp, sw, kind, sw_sum, dp, row.data(), M, C);
+        });
+        // the batch loss: the rows' mean, weighted by sw (added in row order)
+        double total = 0.0, wsum = 0.0;
+        for (int64_t i = 0; i < M; ++i) {
+          const double w = sw ? sw[i] : 1.0;
+          total += w * row[static_cast<size_t>(i)];
+          wsum += w;
+        }
+        return total / wsum;
+      },
+      py::arg("z"), py::arg("y"), py::arg("sw"), py::arg("kind"), py::arg("sw_sum"), py::arg("delta"),
+      "scikit-learn's MLP output layer on one batch, in float64 (fastnn.estimators): p = the output "
+      "activation of z (kind 0 identity, 1 logistic, 2 softmax); returns the batch's data loss (half the "
+      "squared error averaged over outputs, the binary log loss summed over outputs, or the log loss, "
+      "probabilities clipped to [eps, 1 - eps]; the rows' mean, weighted by sw when given) and writes "
+      "delta = (p - y) * sw / sw_sum in z's dtype.");
 }
 
 }  // namespace fastnn
