@@ -302,13 +302,8 @@ def test_without_sklearn_installed():
 # within 1e-13 relative and delta within the bound written in the test.
 
 def _head_reference(z, y, kind, sw, sw_sum):
-    p = z.astype(np.float64)
-    if kind == "softmax":
-        p -= p.max(axis=1, keepdims=True)
-        np.exp(p, out=p)
-        p /= p.sum(axis=1, keepdims=True)
-    elif kind == "logistic":
-        p = 0.5 * (1.0 + np.tanh(0.5 * p))
+    from fastnn.estimators import _out_activation  # (NumPy float64: what predict_proba uses)
+    p = _out_activation(z, kind)
     if kind == "identity":
         d = (y - p) ** 2
         loss = 0.5 * float(d.mean() if sw is None else np.average(d.mean(axis=1), weights=sw))
