@@ -143,6 +143,44 @@ def test_fused_sumsq_is_identical_on_any_thread_count(restore_num_threads, rng):
         np.testing.assert_array_equal(w, out[0][1])
 
 
+def _backward_b(g, x, w, grad_w, grad_b, update, update_bias):
+    return _C.linear_backward(g, x, w, None, grad_w, grad_b, 0, 0.0, 0.0, 1.0, None, None, None, None, None, False, 0,
+                              1.0, False, 0, 1.0, 0, 0, update=update, update_bias=update_bias)
+
+
+@pytest.mark.parametrize("N", [1, 37, 512, 16384 + 70])
+@pytest.mark.parametrize("kind", ["sgd", "adam"])
+def test_fused_bias_update_equals_the_update_kernels(capability, rng, N, kind):
+    """The bias's update runs the update kernels on grad_b (over sgd_step's 16384-element sum
+    blocks): bias, state and the sum of squares equal the stored-gradient path exactly."""
+    M, K = 9, 3
+    x, g, w0 = _operands(rng, M, N, K, np.float32)
+    b0 = rng.standard_normal(N).astype(np.float32)
+    s0 = rng.standard_normal(N).astype(np.float32)
+    v0 = np.abs(rng.standard_normal(N)).astype(np.float32)
+    args = (1e-3, 0.9, 0.999, 1e-8, 1e-3, 1e-4, 0.0, 2)
+    w, b, st, v, gb = w0.copy(), b0.copy(), s0.copy(), v0.copy(), np.empty(N, np.float32)
+    _backward_b(g, x, w, np.empty((N, K), np.float32), gb, None, None)
+    if kind == "sgd":
+        ss_ref = _C.sgd_step(b, gb, st, 0.05, 0.9, 0.0, 1e-3, 0.0, True, False, True)
+        upd = ("sgd", None, 0.05, 0.9, 0.0, 1e-3, 0.0, True, False, True)
+    else:
+        ss_ref = _C.adam_step(b, gb, st, v, *args, True)
+    wf, bf, sf, vf, gbf = w0.copy(), b0.copy(), s0.copy(), v0.copy(), np.empty(N, np.float32)
+    if kind == "sgd":
+        upd = ("sgd", sf, 0.05, 0.9, 0.0, 1e-3, 0.0, True, False, True)
+    else:
+        upd = ("adam", sf, vf, *args, True)
+    ss_w, ss_b = _backward_b(g, x, wf, np.empty((N, K), np.float32), gbf, None, (bf, upd))
+    assert ss_w is None
+    np.testing.assert_array_equal(gbf, gb)  # the reduced bias gradient is written
+    np.testing.assert_array_equal(bf, b)
+    np.testing.assert_array_equal(sf, st)
+    np.testing.assert_array_equal(vf, v)
+    np.testing.assert_array_equal(wf, w)  # (the weight: no update asked)
+    assert ss_b == ss_ref
+
+
 def test_fused_update_argument_errors(rng):
     x, g, w = _operands(rng, 8, 4, 3, np.float32)
     grad = np.empty((4, 3), np.float32)
@@ -162,6 +200,16 @@ def test_fused_update_argument_errors(rng):
     with pytest.raises(ValueError, match="step: expected the 1-based step count"):
         _backward(g, x, w, grad, ("adam", np.zeros((4, 3), np.float32), np.zeros((4, 3), np.float32), 1e-3, 0.9,
                                   0.999, 1e-8, 0.0, 0.0, 0.0, 0, False))
+    sgd = ("sgd", None, 0.1, 0.0, 0.0, 0.0, 0.0, False, False, False)
+    with pytest.raises(ValueError, match="update_bias: needs grad_b"):
+        _backward_b(g, x, w, grad, None, None, (np.zeros(4, np.float32), sgd))
+    with pytest.raises(ValueError, match=r"bias: expected shape \(4,\)"):
+        _backward_b(g, x, w, grad, np.empty(4, np.float32), None, (np.zeros(5, np.float32), sgd))
+    with pytest.raises(TypeError, match="update_bias: expected"):
+        _backward_b(g, x, w, grad, np.empty(4, np.float32), None, sgd[:1])
+    with pytest.raises(ValueError, match=r"momentum_buffer: expected shape \(4,\) like bias"):
+        _backward_b(g, x, w, grad, np.empty(4, np.float32), None,
+                    (np.zeros(4, np.float32), ("sgd", np.zeros((4, 3), np.float32)) + sgd[2:3] + (0.9,) + sgd[4:]))
     ro = w.copy()
     ro.flags.writeable = False
     with pytest.raises(ValueError, match="weight"):
@@ -218,7 +266,7 @@ def test_backward_with_update_then_step_equals_backward_then_step(capability, na
         assert sa.keys() == sb.keys()
         for k in sa:
             np.testing.assert_array_equal(sa[k], sb[k])
-    assert fused == [[0, 2, 4]] * 4  # the three weights (biases go through step)
+    assert fused == [[0, 1, 2, 3, 4, 5]] * 4  # every weight and bias: step() has nothing left
     assert unfused == [[]] * 4
     assert opt_a.step_count == opt_b.step_count == 4
 
@@ -228,7 +276,7 @@ def test_fusion_respects_frozen_params_lr_scale_and_dropconnect():
     b, _, _, _ = _train("sgd", False, 2, dropconnect=0.25, freeze=True, lr_scale=0.5)
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x, y)
-    assert fused == [[0, 4]] * 4  # the frozen weight is left alone, the DropConnect one is fused
+    assert fused == [[0, 1, 3, 4, 5]] * 4  # the frozen weight is left alone (not its bias), DropConnect's fused
 
 
 def test_fused_step_sumsq_matches_the_unfused_step():

@@ -132,22 +132,26 @@ struct FusedUpdateSpec {
   bool sumsq = false;
 };
 
-FusedUpdateSpec fused_update_spec(const py::object& update, const py::array& w, int64_t N, int64_t K) {
+// arg: "update" (the weight w, (N, K)) or "update_bias" (the bias w, (N,)).
+FusedUpdateSpec fused_update_spec(const py::object& update, const py::array& w, const char* arg, const char* wname,
+                                  int64_t N, int64_t K) {
   FusedUpdateSpec u;
   if (update.is_none()) return u;
   if (!py::isinstance<py::tuple>(update))
-    throw py::type_error("update: expected None or a tuple ('sgd', ...) / ('adam', ...), got " +
+    throw py::type_error(std::string(arg) + ": expected None or a tuple ('sgd', ...) / ('adam', ...), got " +
                          std::string(py::str(py::type::of(update).attr("__name__"))));
   const auto t = update.cast<py::tuple>();
   const std::string kind = t.size() ? std::string(py::str(t[0])) : std::string();
-  require_c_contiguous(w, "weight");
-  require_writeable(w, "weight");
+  require_c_contiguous(w, wname);
+  require_writeable(w, wname);
   auto state = [&](const py::object& o, const char* name) {
     py::array a = o.cast<py::array>();
     if (!a.dtype().equal(w.dtype()))
-      throw py::type_error(std::string(name) + ": expected dtype " + dtype_str(w) + " like weight, got " +
+      throw py::type_error(std::string(name) + ": expected dtype " + dtype_str(w) + " like " + wname + ", got " +
                            dtype_str(a));
-    require_shape(a, name, N, K);
+    if (K >= 0) require_shape(a, name, N, K);
+    else if (a.ndim() != 1 || a.shape(0) != N)
+      throw py::value_error(std::string(name) + ": expected shape (" + std::to_string(N) + ",) like " + wname);
     require_c_contiguous(a, name);
     require_writeable(a, name);
     return a;
@@ -175,7 +179,7 @@ FusedUpdateSpec fused_update_spec(const py::object& update, const py::array& w, 
                        t[7].cast<double>(), t[8].cast<double>(), t[9].cast<double>(), t[10].cast<int64_t>());
     u.sumsq = t[11].cast<bool>();
   } else {
-    throw py::value_error("update: expected ('sgd', 9 arguments) or ('adam', 11 arguments), got " +
+    throw py::value_error(std::string(arg) + ": expected ('sgd', 9 arguments) or ('adam', 11 arguments), got " +
                           std::string(py::str(py::repr(update))));
   }
   return u;
@@ -332,7 +336,7 @@ void register_gemm(py::module_& m) {
          double slope, double alpha, double scale, py::object y, py::object z, py::object pos_bits,
          py::object prelu_w, py::object grad_prelu, bool dropout, uint32_t drop_thr, double drop_scale,
          bool dropconnect, uint32_t dc_thr, double dc_scale, uint64_t seed, uint64_t offset,
-         const std::string& precision, py::object update) -> py::object {
+         const std::string& precision, py::object update, py::object update_bias) -> py::object {
         DType dt = float_dtype(x, "x");
         const bool bf16 = parse_precision(precision, dt);
         require_2d(x, "x");
@@ -391,7 +395,21 @@ void register_gemm(py::module_& m) {
         check_positions(offset, mn + static_cast<uint64_t>(N) * static_cast<uint64_t>(K));
         const cpu::LinearRandom rnd = linear_random(dropout, drop_thr, drop_scale, dropconnect, dc_thr, dc_scale, seed,
                                                     offset);
-        const FusedUpdateSpec up = fused_update_spec(update, w, N, K);
+        const FusedUpdateSpec up = fused_update_spec(update, w, "update", "weight", N, K);
+        FusedUpdateSpec ub;
+        py::array bias_arr;
+        if (!update_bias.is_none()) {
+          if (!gb_p) throw py::value_error("update_bias: needs grad_b (the bias gradient is reduced into it first)");
+          if (!py::isinstance<py::tuple>(update_bias) || py::len(update_bias) < 2)
+            throw py::type_error("update_bias: expected (bias, ('sgd', ...) / ('adam', ...))");
+          bias_arr = update_bias.cast<py::tuple>()[0].cast<py::array>();
+          if (!bias_arr.dtype().equal(x.dtype()))
+            throw py::type_error("bias: expected dtype " + dtype_str(x) + " like x, got " + dtype_str(bias_arr));
+          if (bias_arr.ndim() != 1 || bias_arr.shape(0) != N)
+            throw py::value_error("bias: expected shape (" + std::to_string(N) + ",)");
+          ub = fused_update_spec(update_bias.cast<py::tuple>()[1], bias_arr, "update_bias", "bias", N, -1);
+        }
+        double bias_sumsq = 0.0;
         std::vector<double> sumsq;
         {
         py::gil_scoped_release nogil;
@@ -413,6 +431,17 @@ void register_gemm(py::module_& m) {
               fu.sumsq = sumsq.data();
             }
             b.update = &fu;
+          }
+          FusedUpdate<T> fb;
+          if (ub.kind) {
+            fb.kind = ub.kind;
+            fb.w = mptr<T>(bias_arr);
+            fb.s1 = static_cast<T*>(ub.p1);
+            fb.s2 = static_cast<T*>(ub.p2);
+            fb.sgd = ub.sgd;
+            fb.adam = ub.adam;
+            fb.sumsq = ub.sumsq ? &bias_sumsq : nullptr;
+            b.update_bias = &fb;
           }
           b.M = M;
           b.N = N;
@@ -440,17 +469,21 @@ void register_gemm(py::module_& m) {
           cpu::linear_backward(b);
         });
         }
-        if (!up.sumsq) return py::none();
-        double total = 0.0;
-        for (double v : sumsq) total += v;
-        return py::float_(total);
+        py::object ws = py::none();
+        if (up.sumsq) {
+          double total = 0.0;
+          for (double v : sumsq) total += v;
+          ws = py::float_(total);
+        }
+        if (!ub.kind) return ws;
+        return py::make_tuple(ws, ub.sumsq ? py::object(py::float_(bias_sumsq)) : py::object(py::none()));
       },
       py::arg("grad_output"), py::arg("x"), py::arg("weight"), py::arg("grad_x"), py::arg("grad_w"),
       py::arg("grad_b"), py::arg("act"), py::arg("slope"), py::arg("alpha"), py::arg("scale"), py::arg("y"),
       py::arg("z"), py::arg("pos_bits"), py::arg("prelu_w"), py::arg("grad_prelu"), py::arg("dropout"),
       py::arg("drop_threshold"), py::arg("drop_scale"), py::arg("dropconnect"), py::arg("dc_threshold"),
       py::arg("dc_scale"), py::arg("seed"), py::arg("offset"), py::arg("precision") = "fp32",
-      py::arg("update") = py::none(),
+      py::arg("update") = py::none(), py::arg("update_bias") = py::none(),
       "The backward of linear_forward: one pass for gz = grad_output * keep * act' (and grad_b, and PReLU's "
       "weight gradient), then grad_x = gz @ (W * dropconnect) with the mask applied while W is packed, and "
       "grad_w = (gz^T @ x) * dropconnect with the mask in the epilogue. grad_output C-contiguous; outputs "
@@ -459,7 +492,10 @@ void register_gemm(py::module_& m) {
       "(then scratch): ('sgd', momentum_buffer or None, lr, momentum, dampening, l2, l1, nesterov, first, sumsq) "
       "or ('adam', exp_avg, exp_avg_sq, lr, beta1, beta2, eps, l2, l1, decoupled, step, sumsq), the arguments "
       "of sgd_step / adam_step, with the same bits as those kernels on the stored gradient. Returns the float64 "
-      "sum of the squared updated weights when sumsq is true, else None.");
+      "sum of the squared updated weights when sumsq is true, else None.\n"
+      "update_bias: None, or (bias, update tuple as above, its state arrays of shape (N,)): the update of the "
+      "bias applied from grad_b (which must be given) by the sgd_step / adam_step kernels; the call then returns "
+      "(the weight's sum or None, the bias's sum or None).");
 
   m.def("gemm_tile", [](const std::string& dtype) {
     const bool f32 = dtype == "float32";

@@ -130,6 +130,21 @@ void linear_backward(const LinearBackwardArgs<T>& a) {
   la.grad_b = a.grad_b;
   la.grad_w = a.grad_prelu;
   kern.linear_grad(la);
+  if (a.update_bias && a.grad_b) {
+    const FusedUpdate<T>& u = *a.update_bias;
+    const auto& ok = optim_kernels_for<T>();
+    constexpr int64_t kSumBlock = 16384;  // csrc/bindings/optim.cpp's blocks
+    double total = 0.0;
+    for (int64_t b = 0; b < N; b += kSumBlock) {
+      const int64_t n = N - b < kSumBlock ? N - b : kSumBlock;
+      double part = 0.0;
+      double* ss = u.sumsq ? &part : nullptr;
+      if (u.kind == FusedUpdate<T>::kSgd) ok.sgd(u.w + b, a.grad_b + b, u.s1 ? u.s1 + b : nullptr, n, u.sgd, ss);
+      else ok.adam(u.w + b, a.grad_b + b, u.s1 + b, u.s2 + b, n, u.adam, ss);
+      total += part;
+    }
+    if (u.sumsq) *u.sumsq = total;
+  }
   // grad_x (M, K) = gz (M, N) . W_eff (N, K); W_eff's bit of (k, j) = W[k, j]: k*K + j.
   GemmArgs<T> gx;
   if (dc_bits.p) {

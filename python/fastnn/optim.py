@@ -30,11 +30,12 @@ of every state array. ``create(name, params, **kwargs)`` builds one by name.
 Updates fused into the backward (CPU): ``model.backward(g, update=opt)`` (fastnn.nn.Linear and
 Sequential) lets each Linear layer's weight-gradient GEMM apply this step's SGD/Adam/AdamW update
 of its weight in its epilogue, as the tiles of the gradient are computed: the weight gradient
-never goes to memory (the step saves its store and the update pass's read of it, ~10 % of a
-bf16 training step), and ``.grad`` of those weights is left unwritten (scratch). The next
-``opt.step()`` completes the step: it updates the other parameters and skips the fused ones, so
-the result is bit-identical to ``model.backward(g); opt.step()`` (the same per-element update
-code, csrc/cpu/optim_math.h). Call ``opt.step()`` after every such backward. Subclasses that
+never goes to memory (the step saves its store and the update pass's read of it), and ``.grad``
+of those weights is left unwritten (scratch). The layer's bias is updated in the same call, from
+its reduced gradient (which is written). The next ``opt.step()`` completes the step: it updates
+the other parameters and skips the fused ones, so the result is bit-identical to
+``model.backward(g); opt.step()`` (the same per-element update code, csrc/cpu/optim_math.h).
+Call ``opt.step()`` after every such backward. Subclasses that
 override the update, frozen parameters and GPU parameters are not fused. Trainer.fit and the
 estimators train this way.
 

@@ -333,7 +333,8 @@ def linear(x, weight, bias, activation, negative_slope, alpha, prelu_weight, dro
     return y, saved
 
 
-def _backward(g, x2, w, saved, negative_slope, alpha, pw, grad_x, grad_w, grad_b, grad_p, update=None):
+def _backward(g, x2, w, saved, negative_slope, alpha, pw, grad_x, grad_w, grad_b, grad_p, update=None,
+              update_bias=None):
     m, n, k = saved.shape
     activation = saved.activation
     slope, alpha_k, scale_k = checks.act_params(activation, negative_slope, alpha)
@@ -347,7 +348,8 @@ def _backward(g, x2, w, saved, negative_slope, alpha, pw, grad_x, grad_w, grad_b
     return _C.linear_backward(g, x2, w, grad_x, grad_w, grad_b, checks.act_id(activation), slope, alpha_k,
                               scale_k, y, data.get("z"), data.get("pos"), pw, grad_p, dp > 0, dthr, dscale, cp > 0,
                               cthr, cscale, saved.seed if random else 0, saved.offset if random else 0,
-                              precision=_precision.cpu_precision(x2.dtype), update=update)
+                              precision=_precision.cpu_precision(x2.dtype), update=update,
+                              update_bias=update_bias)
 
 
 def linear_backward(grad_output, x, weight, saved, negative_slope, alpha, prelu_weight, need_grad_x):
@@ -436,9 +438,16 @@ def linear_backward_train(grad_output, x, weight, saved, negative_slope, alpha, 
         return gx
     m, n, k = saved.shape
     grad_x = empty((m, k), x.dtype) if need_grad_x else None
-    update = None if optimizer is None or pw.data is not weight else optimizer.fused_update(pw)
+    update = ub = None
+    if optimizer is not None and pw.data is weight:
+        update = optimizer.fused_update(pw)
+        if pb is not None and (u := optimizer.fused_update(pb)) is not None:
+            ub = (pb.data, u)
     ss = _backward(grad_output, x, weight, saved, negative_slope, alpha, prelu_weight, grad_x, _grad_buffer(pw),
-                   None if pb is None else _grad_buffer(pb), None if pp is None else _grad_buffer(pp), update)
+                   None if pb is None else _grad_buffer(pb), None if pp is None else _grad_buffer(pp), update, ub)
+    if ub is not None:
+        ss, ssb = ss
+        optimizer.fused_done(pb, ssb)
     if update is not None:
         optimizer.fused_done(pw, ss)
     return grad_x
