@@ -22,7 +22,10 @@ is imported (torch.set_num_threads and fastnn.set_num_threads too). A framework 
 installed is skipped with a line saying so. Samples/s: 60000 / the epoch's wall time (batch
 slicing, forward, loss, backward, update; data already in memory as float32). The machine is
 shared: the load average is printed before and after, and the best of --repeats epochs (each a
-fresh subprocess from the same initial weights) is reported with the range.
+fresh subprocess from the same initial weights) is reported with the range. The repeats run in
+rounds (every framework once per round, back to back); each goal prints the ratio of the best
+epochs and the median of the per-round ratios, and is judged by the median (one lucky epoch of
+one side cannot decide it).
 
 Rows (issue 14): "fastnn hand loop" (above, in order), "fastnn Trainer.fit" (shuffled, its
 default, from the same weights), "fastnn MLPClassifier" (fastnn.estimators, SGD, shuffled, default
@@ -37,6 +40,7 @@ hand loop and >= 1.3x PyTorch's shuffled loop at 2 threads.
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -455,18 +459,25 @@ def main():
         label = LABELS[n] + (" " + ver if ver else "")
         print(f"{label:<24} {best[n]:>17,.0f} {min(rate[n]):>8,.0f}-{max(rate[n]):<8,.0f} "
               f"{'/'.join(f'{x:.2f}' for x in accs):>8}% {ratio:>9}")
+    def goal_line(n, ref, goal, word):
+        # The ratio of the best epochs, and the median of the per-round ratios (each round runs
+        # every framework once, back to back, so a burst of load on the shared machine hits both
+        # sides of a round's ratio alike); the verdict goes by the median.
+        rs = sorted(x / y for x, y in zip(rate[n], rate[ref]))
+        med = statistics.median(rs)
+        print(f"goal {LABELS[n]} {word} {LABELS[ref]}: best {best[n] / best[ref]:.3f}x, per-round median "
+              f"{med:.3f}x ({rs[0]:.2f}-{rs[-1]:.2f}) {'met' if med >= goal else 'NOT met'}")
+
     if "fastnn" in best:
         for n, goal in (("torch", 2.0), ("sklearn", 2.5)):
             if n in best:
-                r = best["fastnn"] / best[n]
-                print(f"goal fastnn >= {goal}x {n}: {r:.2f}x {'met' if r >= goal else 'NOT met'}")
+                goal_line("fastnn", n, goal, f">= {goal}x")
     # issue 14: what users run (shuffled Trainer.fit / MLPClassifier.fit) against the hand loop
-    # (in order, views of X) and PyTorch's shuffled loop, ratios of the best epochs of this run
+    # (in order, views of X) and PyTorch's shuffled loop
     for n in ("trainer", "estimator"):
         for ref, goal, word in (("fastnn", 0.95, "within 5 % of"), ("torch-shuffled", 1.3, ">= 1.3x")):
             if n in best and ref in best:
-                r = best[n] / best[ref]
-                print(f"goal {LABELS[n]} {word} {LABELS[ref]}: {r:.3f}x {'met' if r >= goal else 'NOT met'}")
+                goal_line(n, ref, goal, word)
     # issue 15: Trainer(precision="bf16") against PyTorch float32 and bf16 autocast (both in order,
     # PyTorch's faster loop), and its accuracy against the float32 Trainer's
     if "trainer-bf16" in best:
@@ -475,9 +486,7 @@ def main():
               f"{g * 1e9 / FLOPS_PER_SAMPLE:,.0f} samples/s")
         for ref, goal in (("torch", 2.0), ("torch-bf16", 1.5), ("trainer", 1.0)):
             if ref in best:
-                r = best["trainer-bf16"] / best[ref]
-                print(f"goal {LABELS['trainer-bf16']} >= {goal}x {LABELS[ref]}: {r:.2f}x "
-                      f"{'met' if r >= goal else 'NOT met'}")
+                goal_line("trainer-bf16", ref, goal, f">= {goal}x")
         if "trainer" in results:
             d = abs(results["trainer-bf16"][-1]["acc"] - results["trainer"][-1]["acc"]) * 100
             print(f"accuracy Trainer bf16 vs fp32: {d:.2f} points apart ({'within' if d <= 0.5 else 'NOT within'} 0.5)")
