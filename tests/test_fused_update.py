@@ -5,7 +5,7 @@ Tolerance: none for the weights and the optimizer state. The fused epilogue runs
 kernels' own per-vector code on the value the GEMM would have stored, so weights, momentum
 buffers and moments must equal, bit for bit, the unfused backward followed by sgd_step/adam_step
 on the stored gradient, on every CPU path and for any thread count. The sum of squares of the new
-weights (the estimators' L2 penalty) is added in another order (per tile row, then rows in order):
+weights (the estimators' L2 penalty) is added in another order (per tile, then the tiles in order):
 within 1e-6 relative of the unfused kernel's, and bit-identical across thread counts.
 """
 

@@ -30,9 +30,10 @@ constexpr int64_t kBitPad = 8;
 // updated by optim_math.h's SgdUpdate / AdamUpdate, exactly as the update kernels would from a
 // stored gradient (the same bits), and C is not written. The gradient never goes to memory: a
 // training step saves its store and the update pass's read of it. sumsq (null: not wanted): per
-// row i of C and tile column block q (NR columns), the float64 sum of the squared new weights of
-// that tile row, at sumsq[i * sumsq_ld + q] (the caller adds them in order: a value independent of
-// the thread count).
+// tile, with first row i and column block q (NR columns), the float64 sum of the squared new
+// weights of the tile at sumsq[i * sumsq_ld + q] (zeroed by the caller, which adds all slots in
+// order: the tiles lie on a grid fixed by the ISA path, so the value does not depend on the thread
+// count).
 template <class T>
 struct FusedUpdate {
   enum Kind { kSgd = 1, kAdam = 2 };
