@@ -15,6 +15,7 @@ in the same run on 128x784x512 (the largest layer).
 
     python bench/train_mlp.py                      # every framework, 2 threads, best of 3 epochs
     python bench/train_mlp.py --frameworks fastnn torch --repeats 5
+    python bench/train_mlp.py --paired 6           # Trainer / MLPClassifier / bf16 over the hand loop, in one process
     PYTHONPATH=/tmp/sk-nn python bench/train_mlp.py   # scikit-learn from a --target install
 
 Each framework runs in its own subprocess, with OMP/OPENBLAS/MKL_NUM_THREADS set before anything
@@ -87,28 +88,15 @@ def run_fastnn(data_dir, threads):
 
     import fastnn
     import fastnn.functional as F
-    from fastnn import benchmark, nn, optim
+    from fastnn import benchmark
 
     fastnn.set_num_threads(threads)
     Xtr, ytr, Xte, yte, params = _load(data_dir)
 
-    def build():
-        return _fastnn_model(params)
-
-    def epoch(model, n_batches=None):
-        opt = optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
-        loss_fn = nn.SoftmaxCrossEntropy()
-        for i0, i1 in _batches(N_TRAIN)[:n_batches]:
-            loss_fn(model(Xtr[i0:i1]), ytr[i0:i1])
-            # the data needs no gradient; the weights' updates applied as their gradients are
-            # computed (fastnn.optim: fused updates), opt.step() does the biases
-            model.backward(loss_fn.backward(), need_input_grad=False, update=opt)
-            opt.step()
-
-    epoch(build(), 30)  # warm-up: thread pool, host block cache, page faults
-    model = build()
+    _hand_epoch(_fastnn_model(params), Xtr, ytr, 30)  # warm-up: thread pool, host block cache, page faults
+    model = _fastnn_model(params)
     t0 = time.perf_counter()
-    epoch(model)
+    _hand_epoch(model, Xtr, ytr)
     sec = time.perf_counter() - t0
     model.eval()
     acc = float(np.mean(np.argmax(model(Xte), axis=1) == yte))
@@ -121,6 +109,20 @@ def run_fastnn(data_dir, threads):
     return {"sec": sec, "acc": acc, "gemm_gflops": gflops, "machine": benchmark.machine_line()}
 
 
+def _hand_epoch(model, Xtr, ytr, n_batches=None):
+    """The hand-written fastnn loop over the first n_batches batches (all: one epoch), in order."""
+    from fastnn import nn, optim
+
+    opt = optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+    loss_fn = nn.SoftmaxCrossEntropy()
+    for i0, i1 in _batches(N_TRAIN)[:n_batches]:
+        loss_fn(model(Xtr[i0:i1]), ytr[i0:i1])
+        # the data needs no gradient; each layer's weight and bias updated in its backward
+        # (fastnn.optim: fused updates), opt.step() completes the step
+        model.backward(loss_fn.backward(), need_input_grad=False, update=opt)
+        opt.step()
+
+
 def _fastnn_model(params):
     from fastnn import nn
 
@@ -131,25 +133,27 @@ def _fastnn_model(params):
     return model
 
 
+def _trainer(params, precision="fp32"):
+    from fastnn import optim
+    from fastnn.train import Trainer
+
+    model = _fastnn_model(params)
+    opt = optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+    return Trainer(model, "cross_entropy", opt, verbose=False, seed=0, precision=precision)
+
+
 def run_trainer(data_dir, threads, precision="fp32"):
     """What a user runs: Trainer.fit, shuffled (its default), one epoch, from the shared weights."""
     import numpy as np
 
     import fastnn
     import fastnn.functional as F
-    from fastnn import benchmark, optim
-    from fastnn.train import Trainer
+    from fastnn import benchmark
 
     fastnn.set_num_threads(threads)
     Xtr, ytr, Xte, yte, params = _load(data_dir)
-
-    def trainer():
-        model = _fastnn_model(params)
-        opt = optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
-        return Trainer(model, "cross_entropy", opt, verbose=False, seed=0, precision=precision)
-
-    trainer().fit(Xtr[:30 * BATCH], ytr[:30 * BATCH], epochs=1, batch_size=BATCH)  # warm-up
-    t = trainer()
+    _trainer(params, precision).fit(Xtr[:30 * BATCH], ytr[:30 * BATCH], epochs=1, batch_size=BATCH)  # warm-up
+    t = _trainer(params, precision)
     t0 = time.perf_counter()
     t.fit(Xtr, ytr, epochs=1, batch_size=BATCH)
     sec = time.perf_counter() - t0
@@ -170,28 +174,70 @@ def run_trainer_bf16(data_dir, threads):
     return run_trainer(data_dir, threads, "bf16")
 
 
+def _estimator():
+    import inspect
+
+    from fastnn.estimators import MLPClassifier
+
+    key = "solver" if "solver" in inspect.signature(MLPClassifier).parameters else "optimizer"
+    return MLPClassifier(hidden_layer_sizes=SIZES[1:-1], batch_size=BATCH, max_iter=1, **{key: "sgd"})
+
+
+def run_paired(data_dir, threads, rounds):
+    """In one process, epochs of the hand loop alternating with Trainer.fit, MLPClassifier.fit and
+    Trainer bf16 (hand, trainer, hand, estimator, hand, trainer-bf16 per round): each one's time
+    over the hand epoch just before it. The per-round ratios pair epochs seconds apart in the same
+    process, so the machine's load drifts hit both sides alike; their median is the figure."""
+    import warnings
+
+    import fastnn
+
+    fastnn.set_num_threads(threads)
+    Xtr, ytr, _, _, params = _load(data_dir)
+
+    def hand():
+        model = _fastnn_model(params)
+        t0 = time.perf_counter()
+        _hand_epoch(model, Xtr, ytr)
+        return time.perf_counter() - t0
+
+    def fit(make, **kw):
+        obj = make()
+        t0 = time.perf_counter()
+        obj.fit(Xtr, ytr, **kw)
+        return time.perf_counter() - t0
+
+    others = {"trainer": lambda: fit(lambda: _trainer(params), epochs=1, batch_size=BATCH),
+              "estimator": lambda: fit(_estimator),
+              "trainer-bf16": lambda: fit(lambda: _trainer(params, "bf16"), epochs=1, batch_size=BATCH)}
+    ratios = {n: [] for n in others}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # one epoch: the estimator's convergence warning is expected
+        hand()
+        for f in others.values():  # warm-up
+            f()
+        for _ in range(rounds):
+            for n, f in others.items():
+                h = hand()
+                ratios[n].append(h / f())
+    return {"ratios": ratios}
+
+
 def run_estimator(data_dir, threads):
     """fastnn.estimators.MLPClassifier.fit with SGD, one epoch, shuffled, default settings
     otherwise (its own init, lr, L2 alpha); whichever of solver= / optimizer= it takes."""
-    import inspect
     import warnings
 
     import numpy as np
 
     import fastnn
-    from fastnn.estimators import MLPClassifier
 
     fastnn.set_num_threads(threads)
     Xtr, ytr, Xte, yte, _ = _load(data_dir)
-    key = "solver" if "solver" in inspect.signature(MLPClassifier).parameters else "optimizer"
-
-    def clf():
-        return MLPClassifier(hidden_layer_sizes=SIZES[1:-1], batch_size=BATCH, max_iter=1, **{key: "sgd"})
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # one epoch: the convergence warning is expected
-        clf().fit(Xtr[:30 * BATCH], ytr[:30 * BATCH])
-        c = clf()
+        _estimator().fit(Xtr[:30 * BATCH], ytr[:30 * BATCH])
+        c = _estimator()
         t0 = time.perf_counter()
         c.fit(Xtr, ytr)
         sec = time.perf_counter() - t0
@@ -412,16 +458,41 @@ def main():
     p.add_argument("--frameworks", nargs="+", default=list(FRAMEWORKS), choices=FRAMEWORKS)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3, help="epochs per framework (fresh processes); best reported")
+    p.add_argument("--paired", type=int, metavar="ROUNDS", default=0,
+                   help="instead: ROUNDS rounds in one process of the hand loop alternating with Trainer.fit, "
+                        "MLPClassifier.fit and Trainer bf16; prints the median of the paired speed ratios")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--data", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
+        if a.child == "paired":
+            print(json.dumps(run_paired(a.data, a.threads, a.paired)))
+            return
         try:
             __import__(IMPORT_NAMES[a.child])
         except ImportError as e:
             print(f"{a.child}: not importable ({e})", file=sys.stderr)
             sys.exit(3)
         print(json.dumps(RUNNERS[a.child](a.data, a.threads)))
+        return
+    if a.paired:
+        load0 = os.getloadavg()
+        with tempfile.TemporaryDirectory(prefix="train_mlp_") as data_dir:
+            make_data(data_dir)
+            env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), OPENBLAS_NUM_THREADS=str(a.threads))
+            proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", "paired", "--data", data_dir,
+                                   "--threads", str(a.threads), "--paired", str(a.paired)], env=env,
+                                  capture_output=True, text=True)
+            if proc.returncode:
+                raise SystemExit(f"paired: exit {proc.returncode}\n{proc.stderr}")
+            ratios = json.loads(proc.stdout.strip().splitlines()[-1])["ratios"]
+        print(f"{a.threads} threads; load average before {load0[0]:.2f} / after {os.getloadavg()[0]:.2f}; "
+              f"{a.paired} rounds in one process; speed over the hand loop's epoch just before (median, range)")
+        for n, goal in (("trainer", 0.95), ("estimator", 0.95), ("trainer-bf16", None)):
+            rs = sorted(ratios[n])
+            med = statistics.median(rs)
+            verdict = "" if goal is None else f"  goal within 5 %: {'met' if med >= goal else 'NOT met'}"
+            print(f"{LABELS[n]:<24} {med:.3f}x ({rs[0]:.3f}-{rs[-1]:.3f}){verdict}")
         return
     load0 = os.getloadavg()
     results = {}
