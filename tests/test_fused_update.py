@@ -98,12 +98,13 @@ def test_fused_update_under_bf16_products(capability, rng, shape):
     buf0 = rng.standard_normal((N, K)).astype(np.float32)
     w, buf, grad = w0.copy(), buf0.copy(), np.empty((N, K), np.float32)
     _backward(g, x, w, grad, precision="bf16")
-    _C.sgd_step(w, grad, buf, 0.05, 0.9, 0.0, 0.0, 0.0, True, False, False)
+    ss_ref = _C.sgd_step(w, grad, buf, 0.05, 0.9, 0.0, 0.0, 0.0, True, False, True)
     wf, buff = w0.copy(), buf0.copy()
-    assert _backward(g, x, wf, np.empty((N, K), np.float32), ("sgd", buff, 0.05, 0.9, 0.0, 0.0, 0.0, True, False,
-                                                               False), precision="bf16") is None
+    ss = _backward(g, x, wf, np.empty((N, K), np.float32), ("sgd", buff, 0.05, 0.9, 0.0, 0.0, 0.0, True, False, True),
+                   precision="bf16")
     np.testing.assert_array_equal(wf, w)
     np.testing.assert_array_equal(buff, buf)
+    assert ss == pytest.approx(ss_ref, rel=1e-6)  # (AMX: 16-row tiles, each its own slot)
 
 
 def test_fused_update_applies_dropconnect_mask_first(capability, rng):

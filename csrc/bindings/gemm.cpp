@@ -425,9 +425,10 @@ void register_gemm(py::module_& m) {
             fu.ld = K;
             fu.sgd = up.sgd;
             fu.adam = up.adam;
-            if (up.sumsq) {  // one slot per row and tile column block, added in order below
-              fu.sumsq_ld = (K + gemm_kernels_for<T>().nr - 1) / gemm_kernels_for<T>().nr;
-              sumsq.assign(static_cast<size_t>(N * fu.sumsq_ld), 0.0);
+            if (up.sumsq) {  // one slot per tile (GemmArgs::update's grid), added in order below
+              const auto& gk = gemm_kernels_for<T>();
+              fu.sumsq_ld = (K + gk.nr - 1) / gk.nr;
+              sumsq.assign(static_cast<size_t>((N + gk.mr - 1) / gk.mr * fu.sumsq_ld), 0.0);
               fu.sumsq = sumsq.data();
             }
             b.update = &fu;

@@ -145,7 +145,8 @@ __attribute__((always_inline)) inline void update_tile(Vec<T> (&acc)[MR][NV], co
   T* const w = u.w + off0;
   T* const s1 = u.s1 ? u.s1 + off0 : nullptr;
   T* const s2 = u.s2 ? u.s2 + off0 : nullptr;
-  double* const ss = u.sumsq ? u.sumsq + e.gi * u.sumsq_ld + e.gj / (NV * V::W) : nullptr;
+  // (tiles start on a grid of Tile<T>::MR rows, or 16 on the AMX path: gi / MR is one slot row each)
+  double* const ss = u.sumsq ? u.sumsq + (e.gi / Tile<T>::MR) * u.sumsq_ld + e.gj / (NV * V::W) : nullptr;
   V t[MR][NV];
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i)

@@ -31,9 +31,10 @@ constexpr int64_t kBitPad = 8;
 // stored gradient (the same bits), and C is not written. The gradient never goes to memory: a
 // training step saves its store and the update pass's read of it. sumsq (null: not wanted): per
 // tile, with first row i and column block q (NR columns), the float64 sum of the squared new
-// weights of the tile at sumsq[i * sumsq_ld + q] (zeroed by the caller, which adds all slots in
-// order: the tiles lie on a grid fixed by the ISA path, so the value does not depend on the thread
-// count).
+// weights of the tile at sumsq[(i / MR) * sumsq_ld + q] (MR, NR: the kernel table's mr, nr; AMX
+// tiles are 16 rows, so their slots are distinct too). Zeroed by the caller, which adds all slots
+// in order: the tiles lie on a grid fixed by the ISA path, so the value does not depend on the
+// thread count.
 template <class T>
 struct FusedUpdate {
   enum Kind { kSgd = 1, kAdam = 2 };
