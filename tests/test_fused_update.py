@@ -313,7 +313,8 @@ def test_an_optimizer_that_overrides_the_update_is_not_fused():
     opt.step()
 
 
-def test_trainer_and_estimator_train_identically_with_and_without_fusion(monkeypatch):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_trainer_and_estimator_train_identically_with_and_without_fusion(monkeypatch, precision):
     rng = np.random.default_rng(0)
     X = rng.standard_normal((900, 30)).astype(np.float32)
     y = rng.integers(0, 5, 900)
@@ -321,15 +322,16 @@ def test_trainer_and_estimator_train_identically_with_and_without_fusion(monkeyp
     def trainer_run():
         model = _mlp()
         t = Trainer(model, "cross_entropy", optim.SGD(model.parameters(), lr=0.05, momentum=0.9), verbose=False,
-                    seed=0)
+                    seed=0, precision=precision)
         t.fit(X, y, epochs=2, batch_size=64)
         return [p.data.copy() for p in model.parameters()], t.history
 
     def estimator_run(solver):
         clf = MLPClassifier(hidden_layer_sizes=(24, 17), solver=solver, max_iter=3, random_state=0, alpha=1e-3,
-                            batch_size=64)
+                            batch_size=64, precision=precision)
         with pytest.warns(Warning):  # (3 epochs do not converge)
             clf.fit(X, y)
+        clf.partial_fit(X[:200], y[:200])  # (one more epoch through partial_fit's entry)
         return clf.coefs_, clf.loss_curve_
 
     fused_t = trainer_run()
