@@ -35,9 +35,8 @@ of those weights is left unwritten (scratch). The layer's bias is updated in the
 its reduced gradient (which is written). The next ``opt.step()`` completes the step: it updates
 the other parameters and skips the fused ones, so the result is bit-identical to
 ``model.backward(g); opt.step()`` (the same per-element update code, csrc/cpu/optim_math.h).
-Call ``opt.step()`` after every such backward. Subclasses that
-override the update, frozen parameters and GPU parameters are not fused. Trainer.fit and the
-estimators train this way.
+Call ``opt.step()`` after every such backward. Subclasses that override the update, frozen
+parameters and GPU parameters are not fused. Trainer.fit and the estimators train this way.
 
 GPU: a parameter whose ``.data`` is a CUDA array (fastnn.cuda.DeviceArray, a PyTorch CUDA tensor,
 a CuPy array; float32/float64, C-contiguous) is updated by the CUDA twin of the same fused kernel
