@@ -349,3 +349,18 @@ def test_trainer_and_estimator_train_identically_with_and_without_fusion(monkeyp
             np.testing.assert_array_equal(a, b)
         # the reported loss carries the L2 penalty, summed in another order when fused
         np.testing.assert_allclose(fused_e[s][1], plain_e[s][1], rtol=1e-9)
+
+
+def test_backward_update_must_be_an_optimizer():
+    model = _mlp()
+    loss = nn.SoftmaxCrossEntropy()
+    loss(model(np.ones((4, 30), np.float32)), np.zeros(4, np.int64))
+    g = loss.backward()
+    w = [p.data.copy() for p in model.parameters()]
+    for bad in ("sgd", 0.1, object()):
+        with pytest.raises(TypeError, match="update: expected a fastnn.optim optimizer"):
+            model.backward(g, need_input_grad=False, update=bad)
+        with pytest.raises(TypeError, match="update: expected a fastnn.optim optimizer"):
+            model.layers[2].backward(g, update=bad)
+    for a, b in zip(w, model.parameters()):  # nothing was updated
+        np.testing.assert_array_equal(a, b.data)

@@ -41,6 +41,7 @@ from . import init as _init
 from . import random as _random
 from ._backend import backend_of
 from .losses import MSELoss, SoftmaxCrossEntropy
+from .optim import Optimizer
 from .parameter import Parameter, canonical_device, copy_into
 
 __all__ = ["Module", "MixedDeviceError", "Linear", "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "PReLU", "ELU", "SELU",
@@ -48,6 +49,12 @@ __all__ = ["Module", "MixedDeviceError", "Linear", "Sigmoid", "Tanh", "ReLU", "L
 
 INITS = ("kaiming", "xavier", "normal", "pytorch", "zeros")
 
+
+def _check_update(update):
+    """backward's update=: None or a fastnn.optim optimizer."""
+    if update is not None and not isinstance(update, Optimizer):
+        raise TypeError(f"update: expected a fastnn.optim optimizer (whose step this backward may apply) or None, "
+                        f"got {type(update).__name__}")
 
 class MixedDeviceError(TypeError):
     """A layer's parameter and its input are on different devices. ``path`` is the layer's place
@@ -320,6 +327,7 @@ class Linear(Module):
         need_input_grad). update: a fastnn.optim optimizer whose coming step() this backward may
         apply to the weight as its gradient is computed (CPU; see fastnn.optim: the weight's .grad
         is then not written, and opt.step() must follow), or None."""
+        _check_update(update)
         if self._saved is None:
             raise RuntimeError("Linear.backward: call forward in training mode first (model.train())")
         saved = self._saved
@@ -536,6 +544,7 @@ class Sequential(Module):
     def backward(self, grad_output, *, need_input_grad=True, update=None):
         """The layers' backward in reverse order; update: as Linear.backward's, handed to the
         Linear and Sequential layers (others' parameters are left to opt.step())."""
+        _check_update(update)
         # Without the input's gradient, the layers below the first one with parameters need no
         # backward at all, and that one needs no input gradient (Linear: no grad_x GEMM).
         first = 0
