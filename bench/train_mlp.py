@@ -441,10 +441,11 @@ def make_data(data_dir):
     np.savez(os.path.join(data_dir, "init.npz"), **init)
 
 
-def run_child(name, data_dir, threads):
+def run_child(name, data_dir, threads, *extra):
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads),
                MKL_NUM_THREADS=str(threads))
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", name, "--data", data_dir, "--threads", str(threads)]
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", name, "--data", data_dir, "--threads", str(threads),
+           *extra]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode == 3:
         return None  # not installed
@@ -479,13 +480,7 @@ def main():
         load0 = os.getloadavg()
         with tempfile.TemporaryDirectory(prefix="train_mlp_") as data_dir:
             make_data(data_dir)
-            env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), OPENBLAS_NUM_THREADS=str(a.threads))
-            proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", "paired", "--data", data_dir,
-                                   "--threads", str(a.threads), "--paired", str(a.paired)], env=env,
-                                  capture_output=True, text=True)
-            if proc.returncode:
-                raise SystemExit(f"paired: exit {proc.returncode}\n{proc.stderr}")
-            ratios = json.loads(proc.stdout.strip().splitlines()[-1])["ratios"]
+            ratios = run_child("paired", data_dir, a.threads, "--paired", str(a.paired))["ratios"]
         print(f"{a.threads} threads; load average before {load0[0]:.2f} / after {os.getloadavg()[0]:.2f}; "
               f"{a.paired} rounds in one process; speed over the hand loop's epoch just before (median, range)")
         for n, goal in (("trainer", 0.95), ("estimator", 0.95), ("trainer-bf16", None)):

@@ -14,9 +14,6 @@ namespace fastnn {
 namespace {
 
 constexpr int64_t kAlign = 64;
-// With sumsq, the parameter is cut into fixed blocks (not the pool's chunks, which depend on the
-// thread count) and their float64 sums are added in block order: the same value on any threads.
-constexpr int64_t kSumBlock = 16384;
 
 // Runs fn(begin, end, sumsq_slot or null) over [0, n) on the pool; returns the sum of squares of
 // the updated weights when want, else None.
@@ -29,13 +26,13 @@ py::object run_update(int64_t n, bool want, F fn) {
     }
     return py::none();
   }
-  const int64_t blocks = (n + kSumBlock - 1) / kSumBlock;
+  const int64_t blocks = (n + kSumsqBlock - 1) / kSumsqBlock;
   std::vector<double> part(static_cast<size_t>(blocks), 0.0);
   {
     py::gil_scoped_release nogil;
-    parallel_for(blocks, kGrainElements / kSumBlock, 1, [&](int64_t b0, int64_t b1) {
+    parallel_for(blocks, kGrainElements / kSumsqBlock, 1, [&](int64_t b0, int64_t b1) {
       for (int64_t k = b0; k < b1; ++k)
-        fn(k * kSumBlock, std::min(n, (k + 1) * kSumBlock), &part[static_cast<size_t>(k)]);
+        fn(k * kSumsqBlock, std::min(n, (k + 1) * kSumsqBlock), &part[static_cast<size_t>(k)]);
     });
   }
   double total = 0.0;

@@ -133,10 +133,9 @@ void linear_backward(const LinearBackwardArgs<T>& a) {
   if (a.update_bias && a.grad_b) {
     const FusedUpdate<T>& u = *a.update_bias;
     const auto& ok = optim_kernels_for<T>();
-    constexpr int64_t kSumBlock = 16384;  // csrc/bindings/optim.cpp's blocks
     double total = 0.0;
-    for (int64_t b = 0; b < N; b += kSumBlock) {
-      const int64_t n = N - b < kSumBlock ? N - b : kSumBlock;
+    for (int64_t b = 0; b < N; b += kSumsqBlock) {
+      const int64_t n = N - b < kSumsqBlock ? N - b : kSumsqBlock;
       double part = 0.0;
       double* ss = u.sumsq ? &part : nullptr;
       if (u.kind == FusedUpdate<T>::kSgd) ok.sgd(u.w + b, a.grad_b + b, u.s1 ? u.s1 + b : nullptr, n, u.sgd, ss);

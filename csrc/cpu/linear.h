@@ -95,7 +95,7 @@ struct LinearBackwardArgs {
   // then scratch for K blocks, not the gradient). grad_x is computed first, from the old w.
   const FusedUpdate<T>* update = nullptr;
   // Not null: the optimizer's update of the bias (its w; ld unused) from grad_b once the first pass
-  // has reduced it, by the update kernels themselves (sumsq over 16384-element blocks added in
+  // has reduced it, by the update kernels themselves (sumsq over kSumsqBlock-element blocks added in
   // order, as csrc/bindings/optim.cpp: the same bits as the stored-gradient path).
   const FusedUpdate<T>* update_bias = nullptr;
 };

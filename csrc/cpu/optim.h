@@ -40,6 +40,12 @@ struct AdamArgs {
   double bc2_sqrt = 1.0;
 };
 
+// With sumsq, a parameter is cut into fixed blocks of this many elements (not the pool's chunks, which
+// depend on the thread count), each block's sum taken by one kernel call, and the block sums added in
+// order: the same value on any thread count (csrc/bindings/optim.cpp, and the bias update fused into
+// the linear backward, csrc/cpu/linear.cpp).
+constexpr int64_t kSumsqBlock = 16384;
+
 template <class T>
 struct OptimKernelsT {
   // w, g, buf: n elements; buf unused (may be null) when momentum == 0. sumsq: null, or where the
