@@ -548,8 +548,9 @@ class Sequential(Module):
         # Without the input's gradient, the layers below the first one with parameters need no
         # backward at all, and that one needs no input gradient (Linear: no grad_x GEMM).
         first = 0
-        if not need_input_grad:
-            first = next((i for i, m in enumerate(self.layers) if m.parameters()), len(self.layers))
+        if not need_input_grad:  # (a Linear always has a weight: no parameter list built for it)
+            first = next((i for i, m in enumerate(self.layers) if type(m) is Linear or m.parameters()),
+                         len(self.layers))
         for i in range(len(self.layers) - 1, first - 1, -1):
             m = self.layers[i]
             kw = {"update": update} if update is not None and isinstance(m, (Linear, Sequential)) else {}

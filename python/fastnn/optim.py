@@ -233,18 +233,24 @@ class Optimizer:
         step(): not one of this optimizer's parameters, frozen, not a NumPy float array, already
         updated in this step, or an optimizer whose update is not the built-in one. The layer
         reports the kernel's result with fused_done(p, sumsq)."""
-        fuse = getattr(type(self), "_fused_args", None)
-        if fuse is None or type(self)._update is not type(self)._fused_of:
+        cls = type(self)
+        fuse = getattr(cls, "_fused_args", None)
+        if fuse is None or cls._update is not cls._fused_of:
             return None
         index = self.__dict__.get("_index")
         if index is None or len(index) != len(self.params):
             index = self._index = {id(q): i for i, q in enumerate(self.params)}
         i = index.get(id(p))
-        if i is None or i in self.__dict__.setdefault("_fused", {}) or not getattr(p, "requires_grad", True):
+        fused = self.__dict__.get("_fused")
+        if fused is None:
+            fused = self._fused = {}
+        if i is None or i in fused or not getattr(p, "requires_grad", True):
             return None
         w = p.data
-        if not (type(w) is np.ndarray and w.dtype in (np.float32, np.float64) and w.flags.c_contiguous
-                and w.flags.aligned and w.flags.writeable):
+        if type(w) is not np.ndarray or w.dtype not in _FUSED_DTYPES:
+            return None
+        flags = w.flags
+        if not (flags.c_contiguous and flags.aligned and flags.writeable):
             return None
         regularize = bool(getattr(p, "regularize", True))
         lr = self._lr * float(getattr(p, "lr_scale", 1.0))
@@ -397,6 +403,7 @@ class Adam(Optimizer):
         self.state[i]["step"] = self.state[i].get("step", 0) + 1
 
 
+_FUSED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 SGD._fused_of = SGD._update
 Adam._fused_of = Adam._update
 

@@ -4,6 +4,8 @@ reach it through fastnn._backend.backend_of after checking the scalar arguments 
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .. import _C, _precision, checks
@@ -389,23 +391,42 @@ def linear_fast_ok(x, weight):
             and x.flags.c_contiguous and x.flags.aligned)
 
 
+@functools.lru_cache(maxsize=256)
+def _train_args(activation, negative_slope, alpha, dropout_p, dropconnect_p, dtype):
+    """The kernel arguments of a layer's training step that depend on its settings only, formed
+    once per setting (each step of a training loop reuses them): (act id, slope, alpha, scale,
+    dropout threshold, scale, DropConnect threshold, scale, random, saves signs, saves y)."""
+    slope, alpha_k, scale_k = checks.act_params(activation, negative_slope, alpha)
+    return (checks.act_id(activation), slope, alpha_k, scale_k, *_random_args(dropout_p, dropconnect_p, dtype),
+            dropout_p > 0 or dropconnect_p > 0, activation in _NEEDS_POS, activation in _NEEDS_Y)
+
+
 def linear_train(x, weight, bias, activation, negative_slope, alpha, prelu_weight, dropout_p, dropconnect_p):
     """linear(..., return_saved=True) for arguments a Linear layer has already validated (its own
     weight, bias and PReLU weight; a known activation; probabilities in [0, 1)) and an x that
-    passed linear_fast_ok: no argument checks, which cost more than small layers' GEMMs."""
+    passed linear_fast_ok: no argument checks, which cost more than small layers' GEMMs (the
+    settings' kernel arguments come from _train_args' cache)."""
     m, k = x.shape
     n = weight.shape[0]
-    if dropout_p > 0 or dropconnect_p > 0:
-        seed, offset = checks.seed_offset(None, 0, m * n + n * k)
-    else:
-        seed, offset = None, 0
-    y = empty((m, n), x.dtype)
-    data = _forward(x, weight, bias, prelu_weight, y, activation, negative_slope, alpha, dropout_p, dropconnect_p,
-                    seed, offset, True)
-    if activation in _NEEDS_Y:
+    dtype = x.dtype
+    act, slope, alpha_k, scale_k, dthr, dscale, cthr, cscale, random, signs, keep_y = _train_args(
+        activation, negative_slope, alpha, dropout_p, dropconnect_p, dtype)
+    seed, offset = checks.seed_offset(None, 0, m * n + n * k) if random else (0, 0)
+    y = empty((m, n), dtype)
+    data = {}
+    pos = z = None
+    if signs:
+        pos = data["pos"] = np.empty((m, (n + 63) // 64 * 8), np.uint8)
+    if activation == "prelu":
+        z = data["z"] = empty((m, n), dtype)
+    if keep_y:
         data["y"] = y
-    return y, LinearSaved("cpu", activation, bias is not None, dropout_p, dropconnect_p, seed, offset, (m, n, k),
-                          x.dtype, data)
+    # (positional: pybind11 matches keyword arguments by name, ~1 us a call)
+    _C.linear_forward(x, weight, y, bias, act, slope, alpha_k, scale_k, prelu_weight, dropout_p > 0, dthr, dscale,
+                      dropconnect_p > 0, cthr, cscale, seed, offset, pos, activation == "relu", z,
+                      _precision.cpu_precision(dtype))
+    return y, LinearSaved("cpu", activation, bias is not None, dropout_p, dropconnect_p, seed if random else None,
+                          offset if random else 0, (m, n, k), dtype, data)
 
 
 def _grad_buffer(p):
@@ -426,8 +447,11 @@ def linear_backward_train(grad_output, x, weight, saved, negative_slope, alpha, 
     the weight its gradient's GEMM may apply (Optimizer.fused_update; the weight's .grad is then
     scratch), or None."""
     pw, pb, pp = params
-    if not (linear_fast_ok(grad_output, np.empty((0, saved.shape[1]), x.dtype)) and grad_output.shape[0] == x.shape[0]
-            and linear_fast_ok(x, weight)):
+    m, n, k = saved.shape
+    dtype = x.dtype
+    g = grad_output
+    if not (type(g) is np.ndarray and g.dtype == dtype and g.shape == (x.shape[0], n) and g.flags.c_contiguous
+            and g.flags.aligned and linear_fast_ok(x, weight)):
         gx, gw, gb, gp = linear_backward(grad_output, x, weight, saved, negative_slope, alpha, prelu_weight,
                                          need_grad_x)
         pw.grad = gw
@@ -436,15 +460,21 @@ def linear_backward_train(grad_output, x, weight, saved, negative_slope, alpha, 
         if pp is not None:
             pp.grad = gp
         return gx
-    m, n, k = saved.shape
-    grad_x = empty((m, k), x.dtype) if need_grad_x else None
+    grad_x = empty((m, k), dtype) if need_grad_x else None
     update = ub = None
     if optimizer is not None and pw.data is weight:
         update = optimizer.fused_update(pw)
         if pb is not None and (u := optimizer.fused_update(pb)) is not None:
             ub = (pb.data, u)
-    ss = _backward(grad_output, x, weight, saved, negative_slope, alpha, prelu_weight, grad_x, _grad_buffer(pw),
-                   None if pb is None else _grad_buffer(pb), None if pp is None else _grad_buffer(pp), update, ub)
+    dp, cp = saved.dropout_p, saved.dropconnect_p
+    act, slope, alpha_k, scale_k, dthr, dscale, cthr, cscale, random, _, _ = _train_args(
+        saved.activation, negative_slope, alpha, dp, cp, dtype)
+    data = saved.data
+    ss = _C.linear_backward(g, x, weight, grad_x, _grad_buffer(pw), None if pb is None else _grad_buffer(pb), act,
+                            slope, alpha_k, scale_k, data.get("y"), data.get("z"), data.get("pos"), prelu_weight,
+                            None if pp is None else _grad_buffer(pp), dp > 0, dthr, dscale, cp > 0, cthr, cscale,
+                            saved.seed if random else 0, saved.offset if random else 0,
+                            _precision.cpu_precision(dtype), update, ub)
     if ub is not None:
         ss, ssb = ss
         optimizer.fused_done(pb, ssb)
