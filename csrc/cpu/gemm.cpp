@@ -221,7 +221,9 @@ __attribute__((always_inline)) inline void store_tile(Vec<T> (&acc)[MR][NV], T* 
                                                       int64_t n, const TileEpilogue<T>& e) {
   using V = Vec<T>;
   const GemmArgs<T>& g = *e.args;
-  if (!e.last) {  // an intermediate K block: C (+)= tile
+  // An intermediate K block, or a last one with nothing to apply (no bias, activation, dropout,
+  // saved values or update: a product's plain C, e.g. a backward's grad_x): C (+)= tile, unrolled.
+  if (!e.last || (!g.bias && g.act == kActIdentity && !g.drop_bits && !g.z_out && !g.pos_bits && !g.update)) {
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
       if (i >= m) break;
@@ -597,12 +599,17 @@ void pack_a(int64_t mc, int64_t kc, const T* a, int64_t rs, int64_t cs, T* dst, 
         for (int64_t i = mr; i < MR; ++i) dst[k * MR + i] = T(0);
       }
     }
-    if (rsh || csh) {  // (a - rsh[i]) - csh[k] on the valid rows; padding rows stay 0
-      T r[MR];
-      for (int i = 0; i < MR; ++i) r[i] = rsh && i < mr ? rsh[i0 + i] : T(0);
+    if (rsh || csh) {  // (a - rsh[i]) - csh[k] on the valid rows, V::W rows at a time; padding rows stay 0
+      T r[MR + V::W];
+      for (int i = 0; i < MR + V::W; ++i) r[i] = rsh && i < mr ? rsh[i0 + i] : T(0);
       for (int64_t k = 0; k < kc; ++k) {
-        const T ck = csh ? csh[k] : T(0);
-        for (int64_t i = 0; i < mr; ++i) dst[k * MR + i] = (dst[k * MR + i] - r[i]) - ck;
+        const V ck = V::set1(csh ? csh[k] : T(0));
+        T* p = dst + k * MR;
+        for (int64_t i = 0; i < mr; i += V::W) {
+          const int64_t rows = mr - i < V::W ? mr - i : V::W;
+          const V x = (V::load_partial(p + i, rows) - V::load_partial(r + i, rows)) - ck;
+          x.store_partial(p + i, rows);
+        }
       }
     }
     if (bf16) bf16_panel(dst, kc, kcp, MR, bf16);
@@ -662,9 +669,13 @@ void pack_b_panel(int64_t kc, int64_t nr, const T* b, int64_t rs, int64_t cs, T*
     for (int64_t j = nr; j < NR; ++j)
       for (int64_t k = 0; k < kc; ++k) dst[k * NR + j] = T(0);
   }
-  if (pro.csh) {
+  if (pro.csh) {  // the valid columns, V::W at a time; padding columns stay 0
+    V sh[NR / V::W];
+    for (int64_t j = 0; j < NR; j += V::W)
+      sh[j / V::W] = nr - j >= V::W ? V::load(pro.csh + j) : nr > j ? V::load_partial(pro.csh + j, nr - j)
+                                                                     : V::set1(T(0));
     for (int64_t k = 0; k < kc; ++k)
-      for (int64_t j = 0; j < nr; ++j) dst[k * NR + j] = dst[k * NR + j] - pro.csh[j];
+      for (int64_t j = 0; j < NR; j += V::W) (V::load(dst + k * NR + j) - sh[j / V::W]).store(dst + k * NR + j);
   }
   if (pro.bits && !masked) {  // x * (keep ? scale : 0), as dropout computes it
     const V scale = V::set1(pro.scale), zero = V::set1(T(0));
