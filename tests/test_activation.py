@@ -1290,9 +1290,10 @@ def test_typed_stub_names_every_function_of_C_and_C_cpu():
     import inspect
 
     tree = ast.parse(open(os.path.join(os.path.dirname(fastnn.__file__), "_C.pyi")).read())
-    top = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+    top = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)
+           or (isinstance(n, ast.ClassDef) and n.name != "cpu")}
     cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "cpu")
-    in_cpu = {n.name for n in cls.body if isinstance(n, ast.FunctionDef)}
+    in_cpu = {n.name for n in cls.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
 
     def functions(mod):
         return {k for k, v in vars(mod).items() if not k.startswith("__") and callable(v)

@@ -7,6 +7,7 @@
 #include <pybind11/pybind11.h>
 
 #include <string>
+#include <vector>
 
 namespace fastnn {
 namespace py = pybind11;
@@ -60,6 +61,9 @@ template <class T>
 inline const T* cptr(const py::array& a) { return static_cast<const T*>(a.data()); }
 template <class T>
 inline T* mptr(py::array& a) { return static_cast<T*>(a.mutable_data()); }
+
+// An uninitialized C-ordered array from the host block cache (fastnn._C.empty; bindings/module.cpp).
+py::array host_empty(const std::vector<int64_t>& shape, py::dtype dtype);
 
 void register_activation(py::module_& m);
 void register_dropout(py::module_& m);

@@ -185,9 +185,282 @@ FusedUpdateSpec fused_update_spec(const py::object& update, const py::array& w, 
   return u;
 }
 
+// cpu::linear_backward with the optimizer's fused updates (specs parsed with the GIL held; w and
+// bias: the arrays they update): b holds everything else. *ws / *bs: the float64 sums of the
+// squared new weight / bias when the specs ask for them (the weight's from one slot per tile of
+// GemmArgs::update's grid, added in order). Runs with the GIL released.
+template <class T>
+void backward_updated(cpu::LinearBackwardArgs<T>& b, const FusedUpdateSpec& up, T* w, const FusedUpdateSpec& ub,
+                      T* bias, double* ws, double* bs) {
+  FusedUpdate<T> fu, fb;
+  std::vector<double> sumsq;
+  if (up.kind) {
+    fu.kind = up.kind;
+    fu.w = w;
+    fu.s1 = static_cast<T*>(up.p1);
+    fu.s2 = static_cast<T*>(up.p2);
+    fu.ld = b.K;
+    fu.sgd = up.sgd;
+    fu.adam = up.adam;
+    if (up.sumsq) {
+      const auto& gk = gemm_kernels_for<T>();
+      fu.sumsq_ld = (b.K + gk.nr - 1) / gk.nr;
+      sumsq.assign(static_cast<size_t>((b.N + gk.mr - 1) / gk.mr * fu.sumsq_ld), 0.0);
+      fu.sumsq = sumsq.data();
+    }
+    b.update = &fu;
+  }
+  if (ub.kind) {
+    fb.kind = ub.kind;
+    fb.w = bias;
+    fb.s1 = static_cast<T*>(ub.p1);
+    fb.s2 = static_cast<T*>(ub.p2);
+    fb.sgd = ub.sgd;
+    fb.adam = ub.adam;
+    fb.sumsq = ub.sumsq ? bs : nullptr;
+    b.update_bias = &fb;
+  }
+  cpu::linear_backward(b);
+  if (up.sumsq) {
+    double total = 0.0;
+    for (double v : sumsq) total += v;
+    *ws = total;
+  }
+}
+
+// What linear_backward returns: the weight's sum or None, or with a bias update (that, the bias's).
+py::object update_result(const FusedUpdateSpec& up, double ws, const FusedUpdateSpec& ub, double bs) {
+  py::object w = up.sumsq ? py::object(py::float_(ws)) : py::object(py::none());
+  if (!ub.kind) return w;
+  return py::make_tuple(w, ub.sumsq ? py::object(py::float_(bs)) : py::object(py::none()));
+}
+
+// ---- LinearChain: the training forward and backward of a stack of Linear layers, one call each ----
+// fastnn.nn.Sequential's CPU path for a network of Linear layers (what an MLP is): the layers'
+// kernel calls in a loop here instead of one Python call per layer and direction, which cost more
+// than the small layers' kernels (a bf16 step of a 784-512-256-10 MLP spent ~15 % in Python). Each
+// layer runs cpu::linear_forward / cpu::linear_backward with exactly the arguments that
+// linear_forward / linear_backward above would get from fastnn.nn.Linear: the same bits.
+class LinearChain {
+ public:
+  // layers: one tuple per layer, (weight (N, K), bias (N,) or None, act, slope, alpha, scale, dropout,
+  // drop_threshold, drop_scale, dropconnect, dc_threshold, dc_scale); layer l's K is layer l-1's N.
+  explicit LinearChain(const py::list& layers) {
+    if (py::len(layers) == 0) throw py::value_error("layers: expected at least one layer");
+    for (size_t l = 0; l < py::len(layers); ++l) {
+      const auto t = layers[l].cast<py::tuple>();
+      if (t.size() != 12) throw py::value_error("layers: expected tuples of 12 items");
+      Layer L;
+      L.w = t[0].cast<py::array>();
+      const std::string name = "layers[" + std::to_string(l) + "] weight";
+      const DType dt = float_dtype(L.w, name.c_str());
+      if (l == 0) dt_ = dt;
+      else if (dt != dt_) throw py::type_error(name + ": expected the first layer's dtype");
+      require_2d(L.w, name.c_str());
+      require_c_contiguous(L.w, name.c_str());
+      require_writeable(L.w, name.c_str());
+      L.N = L.w.shape(0);
+      L.K = L.w.shape(1);
+      if (l > 0 && L.K != layers_.back().N)
+        throw py::value_error(name + ": expected in_features " + std::to_string(layers_.back().N) +
+                              " (the previous layer's out_features), got " + std::to_string(L.K));
+      if (!t[1].is_none()) {
+        L.b = t[1].cast<py::array>();
+        L.bias = optional_vector(t[1], L.w, "bias", L.N, &L.b);
+      }
+      L.act = t[2].cast<int>();
+      check_act(L.act);
+      if (L.act == kActPrelu) throw py::value_error("layers: PReLU layers go through linear_forward");
+      L.params = act_params(t[3].cast<double>(), t[4].cast<double>(), t[5].cast<double>());
+      L.rnd = linear_random(t[6].cast<bool>(), t[7].cast<uint32_t>(), t[8].cast<double>(), t[9].cast<bool>(),
+                            t[10].cast<uint32_t>(), t[11].cast<double>(), 0, 0);
+      L.signs = cpu::act_needs_signs(L.act);
+      L.keep_y = cpu::act_needs_output(L.act);
+      layers_.push_back(std::move(L));
+    }
+  }
+
+  // The training forward of x (M, K0), C-contiguous: returns the last layer's output (a new array);
+  // keeps what the backward needs. seeds: one (seed, offset) per layer (None for a layer without
+  // dropout or DropConnect), the positions its forward draws, as linear_forward's.
+  py::array forward(const py::array& x, const py::list& seeds, const std::string& precision) {
+    const bool bf16 = parse_precision(precision, dt_);
+    check_batch(x, "x", layers_[0].K);
+    if (py::len(seeds) != layers_.size()) throw py::value_error("seeds: expected one entry per layer");
+    const int64_t M = x.shape(0);
+    py::object in = x;
+    for (size_t l = 0; l < layers_.size(); ++l) {
+      Layer& L = layers_[l];
+      L.rnd.seed = L.rnd.offset = 0;
+      if (L.rnd.dropout || L.rnd.dropconnect) {
+        const auto so = seeds[l].cast<py::tuple>();
+        L.rnd.seed = so[0].cast<uint64_t>();
+        L.rnd.offset = so[1].cast<uint64_t>();
+        check_positions(L.rnd.offset, static_cast<uint64_t>(M) * static_cast<uint64_t>(L.N) +
+                                          static_cast<uint64_t>(L.N) * static_cast<uint64_t>(L.K));
+      }
+      L.x = in;
+      L.y = host_empty({M, L.N}, L.w.dtype());
+      L.pos = L.signs ? host_empty({M, cpu::pos_row_bytes(L.N)}, py::dtype::of<uint8_t>()) : py::object(py::none());
+      in = L.y;
+    }
+    M_ = M;
+    {
+      py::gil_scoped_release nogil;
+      dispatch_float(dt_, [&](auto zero) {
+        using T = decltype(zero);
+        for (Layer& L : layers_) {
+          cpu::LinearForwardArgs<T> f;
+          f.M = M;
+          f.N = L.N;
+          f.K = L.K;
+          f.x = static_cast<const T*>(data_of(L.x));
+          f.rsx = L.K;
+          f.csx = 1;
+          f.w = cptr<T>(L.w);
+          f.rsw = L.K;
+          f.csw = 1;
+          f.bias = static_cast<const T*>(L.bias);
+          f.act.act = L.act;
+          f.act.params = L.params;
+          f.rnd = L.rnd;
+          f.y = static_cast<T*>(data_of(L.y));
+          f.pos_bits = L.signs ? static_cast<uint8_t*>(data_of(L.pos)) : nullptr;
+          f.pos_from_y = L.act == kActRelu;
+          f.bf16 = bf16;
+          cpu::linear_forward(f);
+        }
+      });
+    }
+    return layers_.back().y.cast<py::array>();
+  }
+
+  // The backward of the last forward (once): g (M, N_last) C-contiguous; grads: per layer
+  // (grad_w, grad_b or None), the arrays the gradients go to (a fused update's grad_w is scratch);
+  // updates: per layer (update or None, bias update or None), linear_backward's update= tuples.
+  // Returns (grad_x of the first layer or None, per layer what linear_backward returns).
+  py::tuple backward(const py::array& g, bool need_input_grad, const py::list& grads, const py::list& updates,
+                     const std::string& precision) {
+    if (M_ < 0) throw std::runtime_error("LinearChain.backward: call forward first (one backward per forward)");
+    const bool bf16 = parse_precision(precision, dt_);
+    const size_t n = layers_.size();
+    check_batch(g, "grad_output", layers_.back().N);
+    if (g.shape(0) != M_)
+      throw py::value_error("grad_output: expected " + std::to_string(M_) + " rows (the forward's batch), got " +
+                            std::to_string(g.shape(0)));
+    if (py::len(grads) != n || py::len(updates) != n)
+      throw py::value_error("grads, updates: expected one entry per layer");
+    std::vector<void*> gw(n), gb(n);
+    std::vector<py::array> keep(2 * n);
+    std::vector<FusedUpdateSpec> up(n), ub(n);
+    std::vector<py::object> gx(n);
+    for (size_t l = 0; l < n; ++l) {
+      Layer& L = layers_[l];
+      const auto gt = grads[l].cast<py::tuple>();
+      const auto ut = updates[l].cast<py::tuple>();
+      if (gt.size() != 2 || ut.size() != 2) throw py::value_error("grads, updates: expected pairs");
+      gw[l] = optional_output(gt[0], L.w, "grad_w", L.N, L.K, &keep[2 * l]);
+      if (!gw[l]) throw py::value_error("grad_w: required");
+      gb[l] = L.bias ? optional_out_vector(gt[1], L.w, "grad_b", L.N, &keep[2 * l + 1]) : nullptr;
+      up[l] = fused_update_spec(ut[0], L.w, "update", "weight", L.N, L.K);
+      if (L.bias) ub[l] = fused_update_spec(ut[1], L.b, "update_bias", "bias", L.N, -1);
+      if (ub[l].kind && !gb[l]) throw py::value_error("update_bias: needs grad_b (the bias gradient is reduced into it first)");
+      gx[l] = l > 0 || need_input_grad ? py::object(host_empty({M_, L.K}, L.w.dtype())) : py::object(py::none());
+    }
+    std::vector<double> ws(n, 0.0), bs(n, 0.0);
+    {
+      py::gil_scoped_release nogil;
+      dispatch_float(dt_, [&](auto zero) {
+        using T = decltype(zero);
+        const T* go = cptr<T>(g);
+        for (size_t l = n; l-- > 0;) {
+          Layer& L = layers_[l];
+          cpu::LinearBackwardArgs<T> b;
+          b.M = M_;
+          b.N = L.N;
+          b.K = L.K;
+          b.g = go;
+          b.x = static_cast<const T*>(data_of(L.x));
+          b.rsx = L.K;
+          b.csx = 1;
+          b.w = cptr<T>(L.w);
+          b.rsw = L.K;
+          b.csw = 1;
+          b.act.act = L.act;
+          b.act.params = L.params;
+          b.rnd = L.rnd;
+          b.y = L.keep_y ? static_cast<const T*>(data_of(L.y)) : nullptr;
+          b.pos_bits = L.signs ? static_cast<const uint8_t*>(data_of(L.pos)) : nullptr;
+          b.grad_x = gx[l].is_none() ? nullptr : static_cast<T*>(data_of(gx[l]));
+          b.grad_w = static_cast<T*>(gw[l]);
+          b.grad_b = static_cast<T*>(gb[l]);
+          b.bf16 = bf16;
+          backward_updated<T>(b, up[l], up[l].kind ? mptr<T>(L.w) : nullptr, ub[l],
+                              ub[l].kind ? mptr<T>(L.b) : nullptr, &ws[l], &bs[l]);
+          go = b.grad_x;
+        }
+      });
+    }
+    py::list results;
+    for (size_t l = 0; l < n; ++l) results.append(update_result(up[l], ws[l], ub[l], bs[l]));
+    release();
+    return py::make_tuple(gx[0], results);
+  }
+
+  // Drops what the last forward kept (its arrays go back to the block cache).
+  void release() {
+    for (Layer& L : layers_) L.x = L.y = L.pos = py::none();
+    M_ = -1;
+  }
+
+  size_t size() const { return layers_.size(); }
+
+ private:
+  struct Layer {
+    py::array w, b;
+    const void* bias = nullptr;
+    int64_t N = 0, K = 0;
+    int act = 0;
+    ActParams params;
+    cpu::LinearRandom rnd;
+    bool signs = false, keep_y = false;
+    py::object x = py::none(), y = py::none(), pos = py::none();  // the last forward's
+  };
+
+  // An array's data pointer, read without the GIL (a struct field of the NumPy object).
+  static void* data_of(const py::object& o) { return py::detail::array_proxy(o.ptr())->data; }
+
+  void check_batch(const py::array& a, const char* name, int64_t cols) const {
+    if (float_dtype(a, name) != dt_)
+      throw py::type_error(std::string(name) + ": expected dtype " + dtype_str(layers_[0].w) + " like the layers, got " +
+                           dtype_str(a));
+    require_2d(a, name);
+    if (a.shape(1) != cols)
+      throw py::value_error(std::string(name) + ": expected " + std::to_string(cols) + " columns, got " +
+                            shape_str(a));
+    require_c_contiguous(a, name);
+    if (!(a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
+      throw py::value_error(std::string(name) + ": expected aligned data");
+  }
+
+  std::vector<Layer> layers_;
+  DType dt_ = DType::F32;
+  int64_t M_ = -1;
+};
+
 }  // namespace
 
 void register_gemm(py::module_& m) {
+  py::class_<LinearChain>(m, "LinearChain",
+                          "The training forward and backward of a stack of Linear layers (fastnn.nn.Sequential's "
+                          "CPU path for MLPs), each one call; see csrc/bindings/gemm.cpp.")
+      .def(py::init<const py::list&>(), py::arg("layers"))
+      .def("forward", &LinearChain::forward, py::arg("x"), py::arg("seeds"), py::arg("precision"))
+      .def("backward", &LinearChain::backward, py::arg("grad_output"), py::arg("need_input_grad"), py::arg("grads"),
+           py::arg("updates"), py::arg("precision"))
+      .def("release", &LinearChain::release)
+      .def("__len__", &LinearChain::size);
+
   m.def(
       "matmul",
       [](py::array a, py::array b, py::array out, py::object bias, int act, double slope, double alpha,
@@ -409,75 +682,40 @@ void register_gemm(py::module_& m) {
             throw py::value_error("bias: expected shape (" + std::to_string(N) + ",)");
           ub = fused_update_spec(update_bias.cast<py::tuple>()[1], bias_arr, "update_bias", "bias", N, -1);
         }
-        double bias_sumsq = 0.0;
-        std::vector<double> sumsq;
+        double ws = 0.0, bs = 0.0;
         {
-        py::gil_scoped_release nogil;
-        dispatch_float(dt, [&](auto zero) {
-          using T = decltype(zero);
-          FusedUpdate<T> fu;
-          cpu::LinearBackwardArgs<T> b;
-          if (up.kind) {
-            fu.kind = up.kind;
-            fu.w = mptr<T>(w);
-            fu.s1 = static_cast<T*>(up.p1);
-            fu.s2 = static_cast<T*>(up.p2);
-            fu.ld = K;
-            fu.sgd = up.sgd;
-            fu.adam = up.adam;
-            if (up.sumsq) {  // one slot per tile (GemmArgs::update's grid), added in order below
-              const auto& gk = gemm_kernels_for<T>();
-              fu.sumsq_ld = (K + gk.nr - 1) / gk.nr;
-              sumsq.assign(static_cast<size_t>((N + gk.mr - 1) / gk.mr * fu.sumsq_ld), 0.0);
-              fu.sumsq = sumsq.data();
-            }
-            b.update = &fu;
-          }
-          FusedUpdate<T> fb;
-          if (ub.kind) {
-            fb.kind = ub.kind;
-            fb.w = mptr<T>(bias_arr);
-            fb.s1 = static_cast<T*>(ub.p1);
-            fb.s2 = static_cast<T*>(ub.p2);
-            fb.sgd = ub.sgd;
-            fb.adam = ub.adam;
-            fb.sumsq = ub.sumsq ? &bias_sumsq : nullptr;
-            b.update_bias = &fb;
-          }
-          b.M = M;
-          b.N = N;
-          b.K = K;
-          b.g = cptr<T>(g);
-          b.x = cptr<T>(x);
-          b.rsx = rsx;
-          b.csx = csx;
-          b.w = cptr<T>(w);
-          b.rsw = rsw;
-          b.csw = csw;
-          b.act.act = act;
-          b.act.params = act_params(slope, alpha, scale);
-          b.act.prelu_w = static_cast<const T*>(pw_p);
-          b.act.prelu_n = prelu_n;
-          b.rnd = rnd;
-          b.y = static_cast<const T*>(y_p);
-          b.z = static_cast<const T*>(z_p);
-          b.pos_bits = pos_p;
-          b.grad_x = static_cast<T*>(gx_p);
-          b.grad_w = static_cast<T*>(gw_p);
-          b.grad_b = static_cast<T*>(gb_p);
-          b.grad_prelu = static_cast<T*>(gp_p);
-          b.bf16 = bf16;
-          cpu::linear_backward(b);
-        });
+          py::gil_scoped_release nogil;
+          dispatch_float(dt, [&](auto zero) {
+            using T = decltype(zero);
+            cpu::LinearBackwardArgs<T> b;
+            b.M = M;
+            b.N = N;
+            b.K = K;
+            b.g = cptr<T>(g);
+            b.x = cptr<T>(x);
+            b.rsx = rsx;
+            b.csx = csx;
+            b.w = cptr<T>(w);
+            b.rsw = rsw;
+            b.csw = csw;
+            b.act.act = act;
+            b.act.params = act_params(slope, alpha, scale);
+            b.act.prelu_w = static_cast<const T*>(pw_p);
+            b.act.prelu_n = prelu_n;
+            b.rnd = rnd;
+            b.y = static_cast<const T*>(y_p);
+            b.z = static_cast<const T*>(z_p);
+            b.pos_bits = pos_p;
+            b.grad_x = static_cast<T*>(gx_p);
+            b.grad_w = static_cast<T*>(gw_p);
+            b.grad_b = static_cast<T*>(gb_p);
+            b.grad_prelu = static_cast<T*>(gp_p);
+            b.bf16 = bf16;
+            backward_updated<T>(b, up, up.kind ? mptr<T>(w) : nullptr, ub,
+                                ub.kind ? mptr<T>(bias_arr) : nullptr, &ws, &bs);
+          });
         }
-        py::object ws = py::none();
-        if (up.sumsq) {
-          double total = 0.0;
-          for (double v : sumsq) total += v;
-          ws = py::float_(total);
-        }
-        if (!ub.kind) return ws;
-        return py::make_tuple(ws, ub.sumsq ? py::object(py::float_(bias_sumsq)) : py::object(py::none()));
+        return update_result(up, ws, ub, bs);
       },
       py::arg("grad_output"), py::arg("x"), py::arg("weight"), py::arg("grad_x"), py::arg("grad_w"),
       py::arg("grad_b"), py::arg("act"), py::arg("slope"), py::arg("alpha"), py::arg("scale"), py::arg("y"),

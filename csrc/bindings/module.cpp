@@ -17,29 +17,10 @@ namespace fastnn {
 void register_metrics(py::module_& m);  // bindings/metrics.cpp
 void register_train(py::module_& m);    // bindings/train.cpp
 void register_cuda_stats(py::module_& m);  // bindings/cuda_stats.cpp
-namespace {
-
-py::list compiled_capabilities() {
-  py::list l;
-  for (int i = 0; i <= kMaxCapability; ++i) {
-    auto c = static_cast<CpuCapability>(i);
-    if (capability_compiled(c)) l.append(capability_name(c));
-  }
-  return l;
-}
-
-py::list supported_capabilities() {
-  py::list l;
-  for (int i = 0; i <= kMaxCapability; ++i) {
-    auto c = static_cast<CpuCapability>(i);
-    if (capability_compiled(c) && capability_supported(c)) l.append(capability_name(c));
-  }
-  return l;
-}
 
 // An uninitialized C-ordered array whose memory comes from the host block cache; the block goes
 // back to the cache when the array (and every view of it) is gone.
-py::array empty(const std::vector<int64_t>& shape, py::dtype dtype) {
+py::array host_empty(const std::vector<int64_t>& shape, py::dtype dtype) {
   size_t n = 1;
   for (int64_t d : shape) {
     if (d < 0) throw py::value_error("shape: dimensions must be >= 0");
@@ -58,6 +39,26 @@ py::array empty(const std::vector<int64_t>& shape, py::dtype dtype) {
     delete blk;
   });
   return py::array(dtype, shape, std::vector<int64_t>{}, p, base);
+}
+
+namespace {
+
+py::list compiled_capabilities() {
+  py::list l;
+  for (int i = 0; i <= kMaxCapability; ++i) {
+    auto c = static_cast<CpuCapability>(i);
+    if (capability_compiled(c)) l.append(capability_name(c));
+  }
+  return l;
+}
+
+py::list supported_capabilities() {
+  py::list l;
+  for (int i = 0; i <= kMaxCapability; ++i) {
+    auto c = static_cast<CpuCapability>(i);
+    if (capability_compiled(c) && capability_supported(c)) l.append(capability_name(c));
+  }
+  return l;
 }
 
 // A worker thread could not be started: the region ran on fewer threads. Said as a Python
@@ -134,7 +135,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("max_num_threads", &max_num_threads, "The largest count set_num_threads accepts.");
   m.def("started_threads", &started_threads, "Worker threads the pool runs now (for tests).");
 
-  m.def("empty", &empty, py::arg("shape"), py::arg("dtype"),
+  m.def("empty", &host_empty, py::arg("shape"), py::arg("dtype"),
         "Uninitialized C-ordered array from the host block cache (large arrays reuse warm pages).");
   m.def("empty_cache", &host_empty_cache, "Returns every cached host block to the OS; returns the bytes.");
   m.def("cached_bytes", &host_cached_bytes);
