@@ -33,8 +33,9 @@ path on avx512_amx, vdpbf16ps on avx512_bf16, float32 FMAs elsewhere), validated
 float64 product of the rounded operands (K * 2^-24 * |A||B|); "torch bf16" is torch.matmul under
 torch.autocast("cpu", dtype=torch.bfloat16) (bf16 output: validated to 2^-7 |C| more). The
 ceilings come from bench/peak_cpu.cpp, compiled and run first (g++; --no-peak skips it): the
-clock, and per core the float32 FMA, vdpbf16ps and AMX tdpbf16ps rates; "of peak" is the
-measured GFLOP/s over threads x the per-core rate of the instruction the path in use runs.
+clock, and per core the float32 FMA (on the widest vectors the CPU has: zmm, else ymm), vdpbf16ps
+and AMX tdpbf16ps rates; "of peak" is the measured GFLOP/s over threads x the per-core rate of
+the instruction the path in use runs.
 Goal: bf16 >= 1.8x fastnn float32 at 128x784x512 and 1024x1024x1024, 2 threads.
 """
 
@@ -306,8 +307,8 @@ def main():
     peak = None if a.no_peak or a.layers else measure_peak()
     if peak:
         print(f"peak (bench/peak_cpu.cpp, one core, best of 3): clock {peak['ghz']:.2f} GHz; float32 FMA "
-              f"{peak['fp32_fma_gflops']:.0f}, vdpbf16ps {peak['vdpbf16ps_gflops']:.0f}, AMX tdpbf16ps "
-              f"{peak['tdpbf16ps_gflops']:.0f} GFLOP/s")
+              f"({peak['fp32_fma_bits']}-bit) {peak['fp32_fma_gflops']:.0f}, vdpbf16ps {peak['vdpbf16ps_gflops']:.0f}, "
+              f"AMX tdpbf16ps {peak['tdpbf16ps_gflops']:.0f} GFLOP/s")
     header = f"{'shape MxKxN':>16} {'thr':>3} {'fastnn':>8} {'numpy':>8} {'torch':>8} {'vs numpy':>9} {'vs torch':>9}"
     if not a.no_bf16:
         header += f" | {'bf16':>8} {'torch16':>8} {'/fp32':>6} {'/torch16':>8} {'of peak':>7} {'fp32 of peak':>12}"

@@ -1,6 +1,7 @@
 // The instruction ceilings the GEMM benchmarks are measured against, on one core:
 //   clock      a chain of dependent imul (3 cycles each on Intel and AMD since Nehalem / Zen)
-//   fp32 FMA   vfmadd231ps zmm, 12 independent accumulators: 32 flops each
+//   fp32 FMA   vfmadd231ps, 12 independent accumulators, on the widest vectors the CPU has:
+//              zmm (32 flops each) with AVX-512, else ymm (16 flops each) with AVX2+FMA
 //   vdpbf16ps  zmm, 12 independent accumulators: 32 bf16 multiply-adds = 64 flops each
 //   tdpbf16ps  AMX, 4 independent 16x16 accumulator tiles: 16*16*32 multiply-adds = 16384 flops each
 // Built by bench/linear.py --peak (g++ with explicit ISA flags, no -march=native), or by hand:
@@ -40,6 +41,18 @@ __attribute__((noinline)) void imul_chain(int64_t n) {
 __attribute__((target("avx512f"), noinline)) void fma_loop(int64_t n) {
   for (int64_t i = 0; i < n; ++i) TWELVE("vfmadd231ps");
 }
+#define TWELVE_YMM(OP)                                                                                    \
+  asm volatile(OP " %%ymm14, %%ymm15, %%ymm0\n\t" OP " %%ymm14, %%ymm15, %%ymm1\n\t" OP                  \
+                  " %%ymm14, %%ymm15, %%ymm2\n\t" OP " %%ymm14, %%ymm15, %%ymm3\n\t" OP                  \
+                  " %%ymm14, %%ymm15, %%ymm4\n\t" OP " %%ymm14, %%ymm15, %%ymm5\n\t" OP                  \
+                  " %%ymm14, %%ymm15, %%ymm6\n\t" OP " %%ymm14, %%ymm15, %%ymm7\n\t" OP                  \
+                  " %%ymm14, %%ymm15, %%ymm8\n\t" OP " %%ymm14, %%ymm15, %%ymm9\n\t" OP                  \
+                  " %%ymm14, %%ymm15, %%ymm10\n\t" OP " %%ymm14, %%ymm15, %%ymm11\n\t" ::                \
+                      : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", \
+                        "xmm10", "xmm11")
+__attribute__((target("avx2,fma"), noinline)) void fma_loop_ymm(int64_t n) {
+  for (int64_t i = 0; i < n; ++i) TWELVE_YMM("vfmadd231ps");
+}
 __attribute__((target("avx512f,avx512bf16"), noinline)) void dp_loop(int64_t n) {
   for (int64_t i = 0; i < n; ++i) TWELVE("vdpbf16ps");
 }
@@ -77,6 +90,9 @@ int main() {
   unsigned a, b, c, d;
   __cpuid_count(7, 0, a, b, c, d);
   const bool avx512 = b & (1u << 16), amx = (d & (1u << 22)) && (d & (1u << 24));
+  const bool avx2 = b & (1u << 5);
+  __cpuid(1, a, b, c, d);
+  const bool fma3 = c & (1u << 12);
   __cpuid_count(7, 1, a, b, c, d);
   const bool bf16 = avx512 && (a & (1u << 5));
   const bool amx_ok = amx && syscall(SYS_arch_prctl, 0x1023, 18) == 0;
@@ -88,10 +104,10 @@ int main() {
     const double g = 3.0 * 8 * n / (now() - t) / 1e9;
     ghz = g > ghz ? g : ghz;
     const int64_t m = 10000000;
-    if (avx512) {
+    if (avx512 || (avx2 && fma3)) {
       t = now();
-      fma_loop(m);
-      const double f = 12.0 * m * 32 / (now() - t) / 1e9;
+      avx512 ? fma_loop(m) : fma_loop_ymm(m);
+      const double f = 12.0 * m * (avx512 ? 32 : 16) / (now() - t) / 1e9;
       fma = f > fma ? f : fma;
     }
     if (bf16) {
@@ -107,7 +123,8 @@ int main() {
       tdp = f > tdp ? f : tdp;
     }
   }
-  std::printf("{\"ghz\": %.3f, \"fp32_fma_gflops\": %.1f, \"vdpbf16ps_gflops\": %.1f, \"tdpbf16ps_gflops\": %.1f}\n",
-              ghz, fma, dp, tdp);
+  std::printf("{\"ghz\": %.3f, \"fp32_fma_gflops\": %.1f, \"fp32_fma_bits\": %d, \"vdpbf16ps_gflops\": %.1f, "
+              "\"tdpbf16ps_gflops\": %.1f}\n",
+              ghz, fma, avx512 ? 512 : (avx2 && fma3) ? 256 : 0, dp, tdp);
   return 0;
 }
