@@ -164,7 +164,7 @@ def child_layers(threads, shapes, min_time, use_torch, bf16):
                     np.multiply(y, maskscale, out=y)
                 return y
 
-            def np_bwd():
+            def np_bwd(y=y):
                 gz = g * (y > 0)
                 if p:
                     gz *= scale
@@ -177,7 +177,9 @@ def child_layers(threads, shapes, min_time, use_torch, bf16):
             out, saved = F.linear(x, w, b, activation="relu", dropout_p=p, seed=seed, return_saved=True)
             if not np.allclose(out, y_ref, rtol=1e-4, atol=1e-4):
                 raise SystemExit(f"linear {s} p={p}: fastnn differs from NumPy")
-            grads_ref = np_bwd()
+            # the reference backward through fastnn's own ReLU signs: a pre-activation within rounding of 0
+            # (256x784x1024 here: -1.6e-7) may be kept by one sum order and cut by the other
+            grads_ref = np_bwd(out)
             grads = F.linear_backward(g, x, w, saved)
             for a_, r_ in zip(grads, grads_ref):
                 if not np.allclose(a_, r_, rtol=1e-3, atol=1e-3 * np.abs(r_).max()):
