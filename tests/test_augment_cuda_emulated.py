@@ -3,12 +3,11 @@ thread-per-CUDA-thread shim (tests/cuda_emulation/emu.h) and run against the CPU
 same parameters, in both modes (parameters as given, and the training step's table mode, where
 the kernels read the step's rows of an epoch's tables at a device step counter): bit for bit
 for the fused crop / pad / flip / resized crop + jitter pass (the ordered float64 contrast mean
-included), mixup, and Gaussian noise (here both sides use the host's
-logf/cosf, so noise is exact too; on a GPU it is within 3e-6 * std + 1 ulp). Grid sizes are
+included), mixup, and Gaussian noise (core/box_muller.h on both sides, no libm). Grid sizes are
 chosen small to exercise every grid stride and tile edge.
 
 This checks the kernels' index math, tiling and barriers where no GPU is at hand; it does not
-check nvcc's code, CUDA's libm or the launchers (tests/test_augment_cuda.py does, on a GPU).
+check nvcc's code or the launchers (tests/test_augment_cuda.py does, on a GPU).
 Skipped without a C++20 compiler (g++ or $CXX)."""
 
 from __future__ import annotations
@@ -53,6 +52,7 @@ def emu(tmp_path_factory):
     L.emu_noise_table.argtypes = [P, P, i64, P, P, f32, ci, ci, ci]
     L.emu_mix32_table.argtypes = [P, P, P, P, i64, P, i64, i64, ci, ci]
     L.emu_mix64_table.argtypes = [P, P, P, P, i64, P, i64, i64, ci, ci]
+    L.emu_box_muller_tables.argtypes = [P, P]
     return L
 
 
@@ -151,6 +151,22 @@ def test_gaussian_noise(emu, rng, n, offset, blocks):
     fastnn._C.gaussian_noise(x, want, 9, offset, 0.3)
     emu.emu_noise(ptr(x), ptr(x), n, 9, offset, 0.3, 1, 0, blocks)  # in place
     same(x, want)
+
+
+def test_box_muller_ln_and_cos_over_every_input(emu):
+    """core/box_muller.h's own ln and cos (the noise's; no libm) against float64 on all 2^24 inputs
+    each: ln within 2 ulp, cos within 2 ulp of 1 (its largest values' ulp; it crosses 0)."""
+    n = 1 << 24
+    ln, cos = np.empty(n, np.float32), np.empty(n, np.float32)
+    emu.emu_box_muller_tables(ptr(ln), ptr(cos))
+    k = np.arange(n, dtype=np.float64)
+    want_ln = np.log((k + 1) * 2.0 ** -24)
+    assert ln[-1] == 0.0  # ln 1 exactly: u1 = 1 gives z = 0
+    ulp = np.spacing(np.abs(want_ln[:-1]).astype(np.float32)).astype(np.float64)
+    assert np.max(np.abs(ln[:-1] - want_ln[:-1]) / ulp) <= 2.0
+    want_cos = np.cos(2 * np.pi * k * 2.0 ** -24)
+    assert np.max(np.abs(cos - want_cos)) <= 2 * 2.0 ** -24
+    assert cos[0] == 1.0 and cos[n // 2] == -1.0 and cos[n // 4] == 0.0 and cos[3 * n // 4] == 0.0
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "core/box_muller.h"
 #include "core/philox.h"
 #include "cpu/simd.h"
 
@@ -254,7 +255,7 @@ void stream_words(uint64_t seed, uint64_t q, int64_t n, uint32_t* out) {
 }
 
 // z = sqrt(-2 ln u1) cos(2 pi u2), u1 = (hi24(w0) + 1) / 2^24 in (0, 1], u2 = hi24(w1) / 2^24:
-// float32 libm calls (the same functions on every path), |z| <= 5.77.
+// core/box_muller.h (no libm: the same bits on every ISA, compiler and GPU), |z| <= 5.77.
 void gaussian_noise(const float* x, float* y, int64_t n, uint64_t seed, uint64_t q0, float std) {
   constexpr int64_t kChunk = 512;
   uint32_t w[2 * kChunk];
@@ -262,10 +263,7 @@ void gaussian_noise(const float* x, float* y, int64_t n, uint64_t seed, uint64_t
     const int64_t len = n - e0 < kChunk ? n - e0 : kChunk;
     stream_words(seed, q0 + 2 * static_cast<uint64_t>(e0), 2 * len, w);
     for (int64_t e = 0; e < len; ++e) {
-      const float u1 = static_cast<float>((w[2 * e] >> 8) + 1u) * 0x1p-24f;
-      const float u2 = static_cast<float>(w[2 * e + 1] >> 8) * 0x1p-24f;
-      const float z = std::sqrt(-2.0f * std::log(u1)) * std::cos(6.28318530717958647692f * u2);
-      y[e0 + e] = x[e0 + e] + std * z;
+      y[e0 + e] = x[e0 + e] + std * box_muller::normal(w[2 * e], w[2 * e + 1]);
     }
   }
 }

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 
+#include "core/box_muller.h"
 #include "core/philox.h"
 #include "cuda/augment.h"
 
@@ -269,7 +270,8 @@ __global__ void __launch_bounds__(kThreads)
 // stream blocks B0 = Q / 64 .. B0 + nblk - 1 (nblk <= 17) are evaluated into `words` in position
 // order: word j of counter 16b + c is position 64b + 16j + c (csrc/core/philox.h), stored at
 // 64 (b - B0) + 16j + c; element e's words are then at (Q % 64) + 2(e - 512t) + {0, 1}.
-// z = sqrt(-2 ln u1) cos(2 pi u2), u1 = (hi24(w0) + 1) / 2^24, u2 = hi24(w1) / 2^24, as the CPU.
+// z = sqrt(-2 ln u1) cos(2 pi u2), u1 = (hi24(w0) + 1) / 2^24, u2 = hi24(w1) / 2^24: the CPU's
+// core/box_muller.h (no libm), so the GPU's noise is the CPU's bit for bit.
 // y may be x (each element read and written by one thread). Table mode: (seed, q0) are row *ctr
 // of the device uint64 table sq (steps, 2), read when the kernel runs.
 __global__ void __launch_bounds__(kThreads)
@@ -304,11 +306,7 @@ __global__ void __launch_bounds__(kThreads)
       const int64_t e = e0 + j;
       float v = x[e];
       if (noise) {
-        const uint32_t w0 = words[sft + 2 * j], w1 = words[sft + 2 * j + 1];
-        const float u1 = mul(static_cast<float>((w0 >> 8) + 1u), 0x1p-24f);
-        const float u2 = mul(static_cast<float>(w1 >> 8), 0x1p-24f);
-        const float z = mul(__fsqrt_rn(mul(-2.0f, logf(u1))), cosf(mul(6.28318530717958647692f, u2)));
-        v = add(v, mul(sd, z));
+        v = add(v, mul(sd, box_muller::normal(words[sft + 2 * j], words[sft + 2 * j + 1])));
       }
       if (clip) v = clamp01(v);  // = NumPy 2's np.clip(v, 0, 1) of the CPU path (NaN and -0 kept)
       y[e] = v;

@@ -13,8 +13,8 @@ CUDA arrays work too: a fastnn.cuda.DeviceArray, a PyTorch CUDA tensor or a CuPy
 C-contiguous; mixup also float64) gives a result of the same kind on the same GPU (out= must then
 be a CUDA array). The per-sample parameters are drawn on the host by the same code (so the same
 seed gives the same flips, boxes and factors) and the kernels (csrc/cuda/augment.cu) reproduce the
-CPU results bit for bit for flips, crops, padding, resized crops, colour jitter and mixup; Gaussian
-noise uses the same stream words but the GPU's logf/cosf, within 3e-6 * std + 1 ulp of the CPU.
+CPU results bit for bit for flips, crops, padding, resized crops, colour jitter, mixup and Gaussian
+noise (its ln and cos are fastnn's own float32 arithmetic, no libm, the same on every build).
 Mixup's soft targets are built on the host and returned on the GPU (labels may be either).
 
 Semantics are torchvision's (transforms.v2 on float tensors) unless stated:

@@ -69,4 +69,13 @@ void emu_mix64_table(const double* x, const int64_t* perms, const double* lams, 
   emu_launch(gx, gy, kThreads, [&] { mix_kernel<double>(x, perms, y, N, D, 0.0, 0.0, lams, ctr, stride); });
 }
 
+// core/box_muller.h's ln and cos over their whole domains: ln[k] = ln((k + 1) / 2^24) and
+// cos[k] = cos(2 pi k / 2^24) for k in [0, 2^24).
+void emu_box_muller_tables(float* ln, float* cos) {
+  for (uint32_t k = 0; k < (1u << 24); ++k) {
+    ln[k] = fastnn::box_muller::ln_unit(static_cast<float>(k + 1u) * 0x1p-24f);
+    cos[k] = fastnn::box_muller::cos_turn24(k);
+  }
+}
+
 }  // extern "C"
