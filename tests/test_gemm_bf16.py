@@ -3,7 +3,7 @@ path, against a float32 emulation of the specified order and a float64 product.
 
 Specification (csrc/cpu/gemm.h, GemmArgs::bf16): A and B are rounded to bfloat16 while packed
 (round to nearest even, NaN kept NaN, a subnormal bf16 result becomes a signed zero); K is cut into
-ceil(K / 256) equal blocks rounded up to even length; within a block, from zero, each K pair
+ceil(K / 512) equal blocks rounded up to even length; within a block, from zero, each K pair
 (2p, 2p+1) is added odd k first, one rounded float32 addition of the exact product each (what
 vdpbf16ps computes, checked bit for bit on Zen 4); the block partials are added in block order.
 Every path but avx512_amx must give exactly that: emulate() below, so those paths and thread
@@ -22,7 +22,7 @@ import pytest
 import fastnn
 from fastnn import _C
 
-KC_BF16 = 256
+KC_BF16 = 512
 
 
 def round_bf16(x):
@@ -51,7 +51,7 @@ def emulate(a, b):
                 if q < min(p0 + kc, k):
                     part += ar[:, q:q + 1] * br[q:q + 1, :]  # exact product, one rounding
                 else:
-                    part += np.float32(0) * br[p:p + 1, :]  # the zero pad row of an odd K
+                    part += np.float32(0)  # the pad of an odd K: zero in A and B, its product +0
         out = part if p0 == 0 else out + part
     return out
 
@@ -81,7 +81,7 @@ def mm(a, b, **kw):
 
 
 SHAPES = [(1, 1, 1), (3, 5, 7), (17, 33, 65), (15, 129, 255), (29, 31, 257), (64, 65, 513), (128, 512, 784),
-          (2, 3, 0), (31, 47, 1000)]
+          (2, 3, 0), (31, 47, 1000), (7, 9, 1537)]
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
@@ -105,6 +105,21 @@ def test_rounding_is_nearest_even_and_keeps_nan(capability):
     assert exp[0] == 1.0 and exp[1] == np.float32(1 + 2 ** -6) and exp[2] == np.float32(1 + 2 ** -7)
     assert exp[3] == 0.0 and np.isnan(c[4])
     assert np.isnan(mm(a, eye)[0, 4])
+
+
+def test_rounding_rule_on_both_operands_every_lane(capability, rng):
+    """The conversion of A (14-row panels, masked vectors) and of B (32-column panels) on special
+    values in every lane position: ties both ways, values rounding up to inf, inf, -0, subnormals,
+    the smallest normals, NaN; each value enters C alone (K = 1: c = round(a) * 1, as emulate())."""
+    specials = np.array([1 + 2 ** -8, 1 + 3 * 2 ** -8, -(1 + 2 ** -8 + 2 ** -20), 3.3961514e38, -3.4e38, np.inf,
+                         -np.inf, -0.0, 2 ** -130, -(2 ** -127), 2 ** -126, 2 ** -126 * (2 - 2 ** -9), np.nan,
+                         65504.0, 1e-30], np.float32)
+    v = np.concatenate([specials, rng.standard_normal(86).astype(np.float32)])
+    v[rng.permutation(v.size)] = v.copy()  # specials at random lanes
+    one = np.ones((1, 1), np.float32)
+    for a, b in ((v[:, None].copy(), one), (one, v[None, :].copy())):
+        check_bits(mm(a, b), emulate(a, b), capability, 0, f"{capability}: conversion of {a.shape} x {b.shape}")
+    assert np.isnan(mm(v[:, None].copy(), one)[:, 0]).sum() == 1
 
 
 def test_layouts_and_shifts(capability, rng):
