@@ -595,6 +595,34 @@ inline void bf16_panel(float* p, int64_t kc, int64_t kcp, int64_t width, int mod
 }
 inline void bf16_panel(double*, int64_t, int64_t, int64_t, int) {}
 
+// A B panel of bf16 pairs straight from rows of B contiguous in j (element (k, j) at b[k rs + j]):
+// rows 2p and 2p + 1 rounded and paired in registers, no float copy in between (the panel's
+// float32 form is twice the bf16 one: 64 KiB at KC 512, more than L1). Columns nr.. and the pad
+// row of an odd kc are zero. Returns false where there is no such path (not AVX-512, double).
+#if FASTNN_ISA == 2
+inline bool pack_b_pairs_rows(int64_t kc, int64_t nr, const float* b, int64_t rs, float* dst) {
+  constexpr int NR = Tile<float>::NV * Vec<float>::W;
+  static_assert(NR == 32, "two vectors of pairs per B row pair");
+  uint32_t* w = reinterpret_cast<uint32_t*>(dst);
+  const __m512i zero = _mm512_setzero_si512();
+  for (int64_t k = 0; k < kc; k += 2, w += NR) {
+    const float* r0 = b + k * rs;
+    const bool pair = k + 1 < kc;
+    for (int j = 0; j < NR; j += 16) {
+      const int64_t cols = nr - j;
+      const __mmask16 m = cols >= 16 ? __mmask16(0xFFFF) : cols > 0 ? static_cast<__mmask16>((1u << cols) - 1u) : 0;
+      const __m512i u0 = round_bf16_bits(_mm512_maskz_loadu_epi32(m, r0 + j));
+      const __m512i u1 = pair ? round_bf16_bits(_mm512_maskz_loadu_epi32(m, r0 + rs + j)) : zero;
+      _mm512_storeu_si512(w + j, _mm512_or_si512(_mm512_srli_epi32(u0, 16), u1));
+    }
+  }
+  return true;
+}
+#else
+inline bool pack_b_pairs_rows(int64_t, int64_t, const float*, int64_t, float*) { return false; }
+#endif
+inline bool pack_b_pairs_rows(int64_t, int64_t, const double*, int64_t, double*) { return false; }
+
 // K block length as packed: even under bf16 (whole K pairs), the pad row zero.
 inline int64_t k_packed(int64_t kc, int mode) { return mode != kPackF32 ? (kc + 1) / 2 * 2 : kc; }
 
@@ -660,6 +688,9 @@ void pack_b_panel(int64_t kc, int64_t nr, const T* b, int64_t rs, int64_t cs, T*
                   int bf16) {
   using V = Vec<T>;
   constexpr int NR = Blocking<T>::NR;
+  // (columns contiguous in k, x @ W^T: converting in registers after the transpose measured no
+  // faster on Zen 4, the strided reads of W bound it; the float transpose + bf16_panel stays)
+  if (bf16 == kPackBf16Pairs && cs == 1 && !pro.csh && !pro.bits && pack_b_pairs_rows(kc, nr, b, rs, dst)) return;
   bool masked = false;  // keep bits already applied
   if (cs == 1) {  // rows of B contiguous: NR-element vector copies
     for (int64_t k = 0; k < kc; ++k) {
