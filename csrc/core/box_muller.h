@@ -11,9 +11,10 @@
 //   u1 = (hi24(w0) + 1) / 2^24 in (0, 1]     u2 = hi24(w1) / 2^24 in [0, 1)
 //   ln u1 = e ln 2 + 2 atanh(s), u1 = 2^e m, m in [sqrt(1/2), sqrt(2)), s = (m - 1) / (m + 1)
 //   cos(2 pi u2) = +-cos or +-sin of 2 pi r, u2 = q / 4 + r, |r| <= 1/8, the split exact in integers
-// Taylor series of atanh (to s^11: |s| <= 0.172) and of cos/sin in r (to r^10 / r^9: |2 pi r| <=
+// Taylor series of atanh (to s^11: |s| <= 0.172) and of cos/sin in r (to r^12 / r^9: |2 pi r| <=
 // pi / 4): truncation below 3e-9 relative, so the error is the float32 rounding, within 2 ulp of
-// ln and cos each (tests/test_augment.py checks every u1 and u2 against float64). |z| <= 5.77.
+// ln and cos each (tests/test_augment_cuda_emulated.py checks every u1 and u2 against float64).
+// |z| <= 5.77.
 #pragma once
 
 #include <cstdint>
