@@ -6,7 +6,6 @@
 // references in tests/reference.py reproduce them (exactly where no reduction is involved).
 #include "cpu/augment.h"
 
-#include <cmath>
 #include <cstring>
 
 #include "core/box_muller.h"

@@ -546,6 +546,9 @@ enum PackMode : int { kPackF32 = 0, kPackBf16Floats = 1, kPackBf16Pairs = 2 };
 // bf16 (2p, j) low and (2p+1, j) high (kPackBf16Pairs: a pair is written at or before the bytes it
 // was read from, so the order of the loop makes it safe).
 #if FASTNN_ISA == 2
+// The mask of the first n of 16 lanes (none for n <= 0, all for n >= 16).
+inline __mmask16 first_n(int64_t n) { return static_cast<__mmask16>(n >= 16 ? 0xFFFF : n <= 0 ? 0 : (1u << n) - 1u); }
+
 // round_bf16's bits on 16 lanes (its rule exactly: the same bits as the scalar function).
 inline __m512i round_bf16_bits(__m512i u) {
   const __m512i expm = _mm512_set1_epi32(0x7F800000), hi = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
@@ -567,7 +570,7 @@ inline void bf16_panel(float* p, int64_t kc, int64_t kcp, int64_t width, int mod
       const float* r0 = p + k * width;
       const float* r1 = r0 + width;
       for (int64_t j = 0; j < width; j += 16) {
-        const __mmask16 m = width - j >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (width - j)) - 1u);
+        const __mmask16 m = first_n(width - j);
         const __m512i u0 = round_bf16_bits(_mm512_maskz_loadu_epi32(m, r0 + j));
         const __m512i u1 = round_bf16_bits(_mm512_maskz_loadu_epi32(m, r1 + j));
         _mm512_mask_storeu_epi32(w + (k / 2) * width + j, m, _mm512_or_si512(_mm512_srli_epi32(u0, 16), u1));
@@ -609,8 +612,7 @@ inline bool pack_b_pairs_rows(int64_t kc, int64_t nr, const float* b, int64_t rs
     const float* r0 = b + k * rs;
     const bool pair = k + 1 < kc;
     for (int j = 0; j < NR; j += 16) {
-      const int64_t cols = nr - j;
-      const __mmask16 m = cols >= 16 ? __mmask16(0xFFFF) : cols > 0 ? static_cast<__mmask16>((1u << cols) - 1u) : 0;
+      const __mmask16 m = first_n(nr - j);
       const __m512i u0 = round_bf16_bits(_mm512_maskz_loadu_epi32(m, r0 + j));
       const __m512i u1 = pair ? round_bf16_bits(_mm512_maskz_loadu_epi32(m, r0 + rs + j)) : zero;
       _mm512_storeu_si512(w + j, _mm512_or_si512(_mm512_srli_epi32(u0, 16), u1));
@@ -825,8 +827,7 @@ inline bool amx_enabled() { return current_capability() == CpuCapability::Avx512
 // float32 subnormal inputs as zero (round_bf16 rounds those within 2^-134 of 2^-126 up to 2^-126).
 // 32 consecutive floats (k, k+1, ...; `valid` of them, the rest zero) -> 16 words of K pairs.
 __attribute__((target("avx512bf16"))) inline __m512i bf16_pairs32(const float* p, int64_t valid) {
-  auto mask = [](int64_t v) { return static_cast<__mmask16>(v >= 16 ? 0xFFFF : v <= 0 ? 0 : (1u << v) - 1u); };
-  const __m512 lo = _mm512_maskz_loadu_ps(mask(valid), p), hi = _mm512_maskz_loadu_ps(mask(valid - 16), p + 16);
+  const __m512 lo = _mm512_maskz_loadu_ps(first_n(valid), p), hi = _mm512_maskz_loadu_ps(first_n(valid - 16), p + 16);
   return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);  // 16-bit lanes 0-15 from lo, 16-31 from hi
 }
 // Word j = bf16(lo[j]) | bf16(hi[j]) << 16: 16 elements of two K rows (k even, k + 1) as pairs.
@@ -847,7 +848,6 @@ inline uint32_t bf16_bits(float x) {  // (the scalar conversion of odd layouts: 
   __builtin_memcpy(&u, &x, 4);
   return u >> 16;
 }
-inline __mmask16 first_n(int64_t n) { return static_cast<__mmask16>(n >= 16 ? 0xFFFF : n <= 0 ? 0 : (1u << n) - 1u); }
 
 // Rows [r0, r1) of the bf16 A (row stride K2 elements): element (i, k) of A at a[i*rs + k*cs].
 __attribute__((target("avx512bf16"))) void amx_convert_a(const float* a, int64_t rs, int64_t cs, int64_t M, int64_t K, int64_t K2, uint16_t* dst,

@@ -1,5 +1,5 @@
-// The per-element math of csrc/cuda/optim.cu: SGD and Adam/AdamW updates as functors, and the
-// explicitly rounded operations they are written with. Included by optim.cu (device code: CUDA's
+// The per-element math of csrc/cuda/optim.cu: SGD and Adam/AdamW updates as functors, written with
+// the explicitly rounded operations of core/rounded.h. Included by optim.cu (device code: CUDA's
 // round-to-nearest intrinsics, which nvcc never contracts into FMAs) and compilable as plain host
 // C++ (std::fma and IEEE operators; build with -ffp-contract=off), so the same source can be run
 // against csrc/cpu/optim.cpp's FMA paths on a machine without a GPU, element by element.
@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "core/rounded.h"
 #include "cpu/optim.h"
 
 #ifdef __CUDACC__
@@ -20,43 +21,15 @@ namespace fastnn {
 namespace cuda {
 namespace optim_ops {
 
-#ifdef __CUDA_ARCH__
-// Explicitly rounded arithmetic (round to nearest even), float and double.
-FASTNN_HD_INLINE float fma_rn(float a, float b, float c) { return __fmaf_rn(a, b, c); }
-FASTNN_HD_INLINE double fma_rn(double a, double b, double c) { return __fma_rn(a, b, c); }
-FASTNN_HD_INLINE float mul_rn(float a, float b) { return __fmul_rn(a, b); }
-FASTNN_HD_INLINE double mul_rn(double a, double b) { return __dmul_rn(a, b); }
-FASTNN_HD_INLINE float add_rn(float a, float b) { return __fadd_rn(a, b); }
-FASTNN_HD_INLINE double add_rn(double a, double b) { return __dadd_rn(a, b); }
-FASTNN_HD_INLINE float sub_rn(float a, float b) { return __fsub_rn(a, b); }
-FASTNN_HD_INLINE double sub_rn(double a, double b) { return __dsub_rn(a, b); }
-FASTNN_HD_INLINE float div_rn(float a, float b) { return __fdiv_rn(a, b); }
-FASTNN_HD_INLINE double div_rn(double a, double b) { return __ddiv_rn(a, b); }
-FASTNN_HD_INLINE float sqrt_rn(float a) { return __fsqrt_rn(a); }
-FASTNN_HD_INLINE double sqrt_rn(double a) { return __dsqrt_rn(a); }
-FASTNN_HD_INLINE float abs_of(float a) { return fabsf(a); }
-FASTNN_HD_INLINE double abs_of(double a) { return fabs(a); }
-FASTNN_HD_INLINE float copysign_of(float a, float b) { return copysignf(a, b); }
-FASTNN_HD_INLINE double copysign_of(double a, double b) { return copysign(a, b); }
-
-#else
-template <class T>
-inline T fma_rn(T a, T b, T c) { return std::fma(a, b, c); }
-template <class T>
-inline T mul_rn(T a, T b) { return a * b; }
-template <class T>
-inline T add_rn(T a, T b) { return a + b; }
-template <class T>
-inline T sub_rn(T a, T b) { return a - b; }
-template <class T>
-inline T div_rn(T a, T b) { return a / b; }
-template <class T>
-inline T sqrt_rn(T a) { return std::sqrt(a); }
-template <class T>
-inline T abs_of(T a) { return std::fabs(a); }
-template <class T>
-inline T copysign_of(T a, T b) { return std::copysign(a, b); }
-#endif
+// The rounded arithmetic (core/rounded.h), shared with the other exact kernels.
+using rn::abs_of;
+using rn::add_rn;
+using rn::copysign_of;
+using rn::div_rn;
+using rn::fma_rn;
+using rn::mul_rn;
+using rn::sqrt_rn;
+using rn::sub_rn;
 
 // g + l2 * w + l1 * sign(w), sign(0) = sign(NaN) = 0 (csrc/cpu/optim.cpp's Penalty): the l2 term
 // one FMA, the l1 term one add; each skipped when its coefficient is 0.
