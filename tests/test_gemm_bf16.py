@@ -2,7 +2,8 @@
 path, against a float32 emulation of the specified order and a float64 product.
 
 Specification (csrc/cpu/gemm.h, GemmArgs::bf16): A and B are rounded to bfloat16 while packed
-(round to nearest even, NaN kept NaN, a subnormal bf16 result becomes a signed zero); K is cut into
+(round to nearest even, NaN kept NaN, zero and float32 subnormal inputs become a signed zero:
+vcvtne2ps2bf16's rule, which the AVX512_BF16 paths use and the others compute); K is cut into
 ceil(K / 512) equal blocks rounded up to even length; within a block, from zero, each K pair
 (2p, 2p+1) is added odd k first, one rounded float32 addition of the exact product each (what
 vdpbf16ps computes, checked bit for bit on Zen 4); the block partials are added in block order.
@@ -26,11 +27,13 @@ KC_BF16 = 512
 
 
 def round_bf16(x):
-    """float32 -> float32 holding the nearest-even bfloat16; NaN stays NaN, subnormals to +-0."""
+    """float32 -> float32 holding the nearest-even bfloat16; NaN stays NaN (quieted), zero and
+    float32 subnormal inputs become +-0 (vcvtne2ps2bf16's rule, the Intel SDM's
+    convert_fp32_to_bfloat16)."""
     u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
     nan = ((u & 0x7F800000) == 0x7F800000) & ((u & 0x007FFFFF) != 0)
     r = ((u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000)
-    r = np.where((r & 0x7F800000) == 0, r & 0x80000000, r)
+    r = np.where((u & 0x7F800000) == 0, u & 0x80000000, r)
     r = np.where(nan, (u | 0x00400000) & 0xFFFF0000, r)
     return r.astype(np.uint32).view(np.float32).reshape(np.shape(x))
 
@@ -104,6 +107,9 @@ def test_rounding_is_nearest_even_and_keeps_nan(capability):
     np.testing.assert_array_equal(c[:4], exp[:4])
     assert exp[0] == 1.0 and exp[1] == np.float32(1 + 2 ** -6) and exp[2] == np.float32(1 + 2 ** -7)
     assert exp[3] == 0.0 and np.isnan(c[4])
+    # float32 subnormal inputs read as zero, even the largest (nearest-even alone would give 2^-126)
+    sub = np.array([[2 ** -126 - 2 ** -149], [-(2 ** -126 - 2 ** -149)], [2 ** -126]], np.float32)
+    np.testing.assert_array_equal(mm(sub, np.ones((1, 1), np.float32))[:, 0], [0.0, 0.0, 2 ** -126])
     assert np.isnan(mm(a, eye)[0, 4])
 
 
@@ -113,8 +119,8 @@ def test_rounding_rule_on_both_operands_every_lane(capability, rng):
     the smallest normals, NaN; each value enters C alone (K = 1: c = round(a) * 1, as emulate())."""
     specials = np.array([1 + 2 ** -8, 1 + 3 * 2 ** -8, -(1 + 2 ** -8 + 2 ** -20), 3.3961514e38, -3.4e38, np.inf,
                          -np.inf, -0.0, 2 ** -130, -(2 ** -127), 2 ** -126, 2 ** -126 * (2 - 2 ** -9), np.nan,
-                         65504.0, 1e-30], np.float32)
-    v = np.concatenate([specials, rng.standard_normal(86).astype(np.float32)])
+                         65504.0, 1e-30, 2 ** -126 - 2 ** -149, -(2 ** -126 - 2 ** -140)], np.float32)
+    v = np.concatenate([specials, rng.standard_normal(84).astype(np.float32)])
     v[rng.permutation(v.size)] = v.copy()  # specials at random lanes
     one = np.ones((1, 1), np.float32)
     for a, b in ((v[:, None].copy(), one), (one, v[None, :].copy())):

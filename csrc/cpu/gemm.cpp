@@ -521,16 +521,21 @@ inline int64_t pack_a_fast(int64_t, const double*, int64_t, double*) { return 0;
 inline int64_t pack_b_fast(int64_t, const double*, int64_t, double*, const RowBits&) { return 0; }
 
 // ---- bf16 (GemmArgs::bf16) -------------------------------------------------------------------
-// x rounded to bfloat16 (nearest even), kept in a float: NaN stays NaN (quieted), a subnormal
-// result becomes a signed zero (vdpbf16ps treats subnormal inputs as zero).
+// x rounded to bfloat16 (nearest even), kept in a float: NaN stays NaN (quieted), zero and float32
+// subnormal inputs become a signed zero. This is exactly vcvtne2ps2bf16 (the Intel SDM's
+// convert_fp32_to_bfloat16: DAZ, round to nearest even, NaN truncated and quieted), so the
+// AVX512_BF16 paths convert with it, one instruction per 32 floats, and every other path computes
+// the same bits here. (A normal input never rounds to a subnormal bf16; vdpbf16ps would read one as
+// zero anyway.)
 inline float round_bf16(float x) {
   uint32_t u;
   __builtin_memcpy(&u, &x, 4);
-  if ((u & 0x7F800000u) == 0x7F800000u && (u & 0x007FFFFFu)) {
+  if ((u & 0x7F800000u) == 0) {
+    u &= 0x80000000u;
+  } else if ((u & 0x7F800000u) == 0x7F800000u && (u & 0x007FFFFFu)) {
     u = (u | 0x00400000u) & 0xFFFF0000u;
   } else {
     u = (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
-    if ((u & 0x7F800000u) == 0) u &= 0x80000000u;
   }
   __builtin_memcpy(&x, &u, 4);
   return x;
@@ -540,90 +545,104 @@ inline float round_bf16(float x) {
 // each pair odd k first, as vdpbf16ps sums it), or bf16 pairs for vdpbf16ps.
 enum PackMode : int { kPackF32 = 0, kPackBf16Floats = 1, kPackBf16Pairs = 2 };
 
-// A packed panel of kc rows (k-major, `width` elements per k) padded to kcp = kc rounded up to
-// even: row kc zeroed, every value rounded, then per K pair p either rows 2p, 2p+1 swapped
-// (kPackBf16Floats) or, in place from the panel's start, one 32-bit word per element j holding
-// bf16 (2p, j) low and (2p+1, j) high (kPackBf16Pairs: a pair is written at or before the bytes it
-// was read from, so the order of the loop makes it safe).
 #if FASTNN_ISA == 2
 // The mask of the first n of 16 lanes (none for n <= 0, all for n >= 16).
 inline __mmask16 first_n(int64_t n) { return static_cast<__mmask16>(n >= 16 ? 0xFFFF : n <= 0 ? 0 : (1u << n) - 1u); }
 
-// round_bf16's bits on 16 lanes (its rule exactly: the same bits as the scalar function).
-inline __m512i round_bf16_bits(__m512i u) {
-  const __m512i expm = _mm512_set1_epi32(0x7F800000), hi = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
-  const __mmask16 nan =
-      _mm512_cmpeq_epi32_mask(_mm512_and_si512(u, expm), expm) & _mm512_test_epi32_mask(u, _mm512_set1_epi32(0x007FFFFF));
-  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-  __m512i r = _mm512_and_si512(_mm512_add_epi32(u, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF))), hi);
-  r = _mm512_mask_and_epi32(r, _mm512_testn_epi32_mask(r, expm), r, _mm512_set1_epi32(static_cast<int>(0x80000000u)));
-  return _mm512_mask_mov_epi32(r, nan, _mm512_and_si512(_mm512_or_si512(u, _mm512_set1_epi32(0x00400000)), hi));
+// vcvtne2ps2bf16 (round_bf16's rule) on AVX512_BF16 CPUs: the pair packing of the vdpbf16ps path
+// and the AMX path's operands. Functions with the target attribute, called only where
+// current_capability() has AVX512_BF16 (kPackBf16Pairs panels, AMX).
+// 32 consecutive floats (k, k+1, ...; `valid` of them, the rest zero) -> 16 words of K pairs.
+__attribute__((target("avx512bf16"))) inline __m512i bf16_pairs32(const float* p, int64_t valid) {
+  const __m512 lo = _mm512_maskz_loadu_ps(first_n(valid), p), hi = _mm512_maskz_loadu_ps(first_n(valid - 16), p + 16);
+  return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);  // 16-bit lanes 0-15 from lo, 16-31 from hi
+}
+// Word j = bf16(lo[j]) | bf16(hi[j]) << 16: 16 elements of two K rows (k even, k + 1) as pairs.
+__attribute__((target("avx512bf16"))) inline __m512i bf16_interleave(__m512 lo, __m512 hi) {
+  const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21,
+                                       5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  return _mm512_permutexvar_epi16(idx, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+}
+inline void transpose16_words(__m512i (&w)[16]) {
+  __m512 r[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_castsi512_ps(w[i]);
+  transpose16(r);
+  for (int i = 0; i < 16; ++i) w[i] = _mm512_castps_si512(r[i]);
+}
+
+// A panel of bf16 pairs (word (p, j) at dst[p * width + j], p < kcp / 2) from up to 16 sources
+// contiguous in k (source j at src + j * ld, kc elements: A's rows, or B's columns of x @ W^T):
+// 32 floats of each converted to 16 pairs, 16 x 16 words transposed in registers, no float copy in
+// between. Sources rows.. up to `lanes` are zero; lanes (<= 16) words are stored per pair.
+__attribute__((target("avx512bf16"), noinline)) void pairs_from_k_runs(int64_t kc, int rows, int lanes,
+                                                                        const float* src, int64_t ld, uint32_t* dst,
+                                                                        int64_t width) {
+  const __mmask16 store = first_n(lanes);
+  const int64_t pairs = (kc + 1) / 2;
+  for (int64_t k = 0; k < kc; k += 32) {
+    __m512i w[16];
+    for (int j = 0; j < 16; ++j) w[j] = j < rows ? bf16_pairs32(src + j * ld + k, kc - k) : _mm512_setzero_si512();
+    transpose16_words(w);
+    const int64_t q1 = pairs - k / 2 < 16 ? pairs - k / 2 : 16;
+    for (int64_t q = 0; q < q1; ++q) _mm512_mask_storeu_epi32(dst + (k / 2 + q) * width, store, w[q]);
+  }
+}
+
+// The pairs of a float panel in place (kcp rows of `width` floats, the pad row already zero): one
+// word per element j holding bf16 (2p, j) low and (2p+1, j) high, written at or before the bytes
+// it was read from.
+__attribute__((target("avx512bf16"), noinline)) void pairs_in_place(float* p, int64_t kcp, int64_t width) {
+  uint32_t* w = reinterpret_cast<uint32_t*>(p);
+  for (int64_t k = 0; k < kcp; k += 2) {
+    const float* r0 = p + k * width;
+    const float* r1 = r0 + width;
+    for (int64_t j = 0; j < width; j += 16) {  // 16 columns a vector (masked for the A panels' 14)
+      const __mmask16 m = first_n(width - j);
+      const __m512i v = bf16_interleave(_mm512_maskz_loadu_ps(m, r0 + j), _mm512_maskz_loadu_ps(m, r1 + j));
+      _mm512_mask_storeu_epi32(w + (k / 2) * width + j, m, v);
+    }
+  }
+}
+
+// A B panel of bf16 pairs straight from rows of B contiguous in j (element (k, j) at b[k rs + j]):
+// rows 2p and 2p + 1 converted and paired in registers (the panel's float32 form is twice the bf16
+// one: 64 KiB at KC 512, more than L1). Columns nr.. and the pad row of an odd kc are zero.
+__attribute__((target("avx512bf16"), noinline)) void pairs_from_rows(int64_t kc, int64_t nr, const float* b,
+                                                                      int64_t rs, uint32_t* w) {
+  constexpr int NR = Tile<float>::NV * Vec<float>::W;
+  static_assert(NR == 32, "two vectors of pairs per B row pair");
+  for (int64_t k = 0; k < kc; k += 2, w += NR) {
+    const float* r0 = b + k * rs;
+    const bool pair = k + 1 < kc;
+    for (int j = 0; j < NR; j += 16) {
+      const __mmask16 m = first_n(nr - j);
+      const __m512 lo = _mm512_maskz_loadu_ps(m, r0 + j), hi = pair ? _mm512_maskz_loadu_ps(m, r0 + rs + j)
+                                                                     : _mm512_setzero_ps();
+      _mm512_storeu_si512(w + j, bf16_interleave(lo, hi));
+    }
+  }
 }
 #endif
 
+// A packed panel of kc rows (k-major, `width` elements per k) padded to kcp = kc rounded up to
+// even: row kc zeroed, every value rounded, then per K pair p either rows 2p, 2p+1 swapped
+// (kPackBf16Floats) or bf16 pairs (kPackBf16Pairs, AVX512_BF16 only: pairs_in_place).
 inline void bf16_panel(float* p, int64_t kc, int64_t kcp, int64_t width, int mode) {
   for (int64_t j = 0; j < width && kcp > kc; ++j) p[kc * width + j] = 0.0f;
-  uint32_t* w = reinterpret_cast<uint32_t*>(p);
 #if FASTNN_ISA == 2
-  if (mode == kPackBf16Pairs) {  // 16 columns a vector (masked for the A panels' 14)
-    for (int64_t k = 0; k < kcp; k += 2) {
-      const float* r0 = p + k * width;
-      const float* r1 = r0 + width;
-      for (int64_t j = 0; j < width; j += 16) {
-        const __mmask16 m = first_n(width - j);
-        const __m512i u0 = round_bf16_bits(_mm512_maskz_loadu_epi32(m, r0 + j));
-        const __m512i u1 = round_bf16_bits(_mm512_maskz_loadu_epi32(m, r1 + j));
-        _mm512_mask_storeu_epi32(w + (k / 2) * width + j, m, _mm512_or_si512(_mm512_srli_epi32(u0, 16), u1));
-      }
-    }
-    return;
-  }
+  if (mode == kPackBf16Pairs) return pairs_in_place(p, kcp, width);
 #endif
   for (int64_t k = 0; k < kcp; k += 2) {
     float* r0 = p + k * width;
     float* r1 = r0 + width;
     for (int64_t j = 0; j < width; ++j) {
       const float x0 = round_bf16(r0[j]), x1 = round_bf16(r1[j]);
-      if (mode == kPackBf16Pairs) {
-        uint32_t u0, u1;
-        __builtin_memcpy(&u0, &x0, 4);
-        __builtin_memcpy(&u1, &x1, 4);
-        w[(k / 2) * width + j] = (u0 >> 16) | (u1 & 0xFFFF0000u);
-      } else {
-        r0[j] = x1;
-        r1[j] = x0;
-      }
+      r0[j] = x1;
+      r1[j] = x0;
     }
   }
 }
 inline void bf16_panel(double*, int64_t, int64_t, int64_t, int) {}
-
-// A B panel of bf16 pairs straight from rows of B contiguous in j (element (k, j) at b[k rs + j]):
-// rows 2p and 2p + 1 rounded and paired in registers, no float copy in between (the panel's
-// float32 form is twice the bf16 one: 64 KiB at KC 512, more than L1). Columns nr.. and the pad
-// row of an odd kc are zero. Returns false where there is no such path (not AVX-512, double).
-#if FASTNN_ISA == 2
-inline bool pack_b_pairs_rows(int64_t kc, int64_t nr, const float* b, int64_t rs, float* dst) {
-  constexpr int NR = Tile<float>::NV * Vec<float>::W;
-  static_assert(NR == 32, "two vectors of pairs per B row pair");
-  uint32_t* w = reinterpret_cast<uint32_t*>(dst);
-  const __m512i zero = _mm512_setzero_si512();
-  for (int64_t k = 0; k < kc; k += 2, w += NR) {
-    const float* r0 = b + k * rs;
-    const bool pair = k + 1 < kc;
-    for (int j = 0; j < NR; j += 16) {
-      const __mmask16 m = first_n(nr - j);
-      const __m512i u0 = round_bf16_bits(_mm512_maskz_loadu_epi32(m, r0 + j));
-      const __m512i u1 = pair ? round_bf16_bits(_mm512_maskz_loadu_epi32(m, r0 + rs + j)) : zero;
-      _mm512_storeu_si512(w + j, _mm512_or_si512(_mm512_srli_epi32(u0, 16), u1));
-    }
-  }
-  return true;
-}
-#else
-inline bool pack_b_pairs_rows(int64_t, int64_t, const float*, int64_t, float*) { return false; }
-#endif
-inline bool pack_b_pairs_rows(int64_t, int64_t, const double*, int64_t, double*) { return false; }
 
 // K block length as packed: even under bf16 (whole K pairs), the pad row zero.
 inline int64_t k_packed(int64_t kc, int mode) { return mode != kPackF32 ? (kc + 1) / 2 * 2 : kc; }
@@ -639,6 +658,15 @@ void pack_a(int64_t mc, int64_t kc, const T* a, int64_t rs, int64_t cs, T* dst, 
   for (int64_t i0 = 0; i0 < mc; i0 += MR, dst += MR * kcp) {
     const int64_t mr = mc - i0 < MR ? mc - i0 : MR;
     const T* src = a + i0 * rs;
+#if FASTNN_ISA == 2
+    if constexpr (sizeof(T) == 4) {
+      static_assert(Blocking<float>::MR <= 16, "one transposed block covers the A panel");
+      if (bf16 == kPackBf16Pairs && cs == 1 && !rsh && !csh) {  // rows contiguous in k: converted in registers
+        pairs_from_k_runs(kc, static_cast<int>(mr), MR, src, rs, reinterpret_cast<uint32_t*>(dst), MR);
+        continue;
+      }
+    }
+#endif
     if (cs == 1 && mr == MR) {  // rows contiguous in k: read each row as one run
       const int64_t k0 = pack_a_fast(kc, src, rs, dst);
       for (int i = 0; i < MR; ++i)
@@ -690,9 +718,20 @@ void pack_b_panel(int64_t kc, int64_t nr, const T* b, int64_t rs, int64_t cs, T*
                   int bf16) {
   using V = Vec<T>;
   constexpr int NR = Blocking<T>::NR;
-  // (columns contiguous in k, x @ W^T: converting in registers after the transpose measured no
-  // faster on Zen 4, the strided reads of W bound it; the float transpose + bf16_panel stays)
-  if (bf16 == kPackBf16Pairs && cs == 1 && !pro.csh && !pro.bits && pack_b_pairs_rows(kc, nr, b, rs, dst)) return;
+#if FASTNN_ISA == 2
+  if constexpr (sizeof(T) == 4) {  // bf16 pairs converted in registers, no float panel in between
+    if (bf16 == kPackBf16Pairs && !pro.csh && !pro.bits) {
+      uint32_t* w = reinterpret_cast<uint32_t*>(dst);
+      if (cs == 1) return pairs_from_rows(kc, nr, b, rs, w);
+      if (rs == 1) {  // columns contiguous in k (x @ W^T): 16 columns a transpose
+        static_assert(NR == 32, "two groups of 16 columns");
+        pairs_from_k_runs(kc, static_cast<int>(nr < 16 ? nr : 16), 16, b, cs, w, NR);
+        pairs_from_k_runs(kc, static_cast<int>(nr > 16 ? nr - 16 : 0), 16, b + 16 * cs, cs, w + 16, NR);
+        return;
+      }
+    }
+  }
+#endif
   bool masked = false;  // keep bits already applied
   if (cs == 1) {  // rows of B contiguous: NR-element vector copies
     for (int64_t k = 0; k < kc; ++k) {
@@ -814,7 +853,7 @@ constexpr int64_t kMinThreadFlops = int64_t(1) << 20;  // below this a product s
 // path is within the written tolerance (K * 2^-24 * |A||B|) of the others, not bit-identical; each C
 // element is the same chain of tile products over all of K (from zero, in K order) wherever its
 // 32 x 32 block falls, so the result does not depend on the thread count.
-//   Operands, converted once per call (round_bf16's rule, vectorized) and shared by the threads:
+//   Operands, converted once per call (vcvtne2ps2bf16, round_bf16's rule) and shared by the threads:
 //   A as bf16 rows [Mp][K2] (Mp = M rounded up to 32, K2 = K rounded up to 32, zero padded);
 //   B as 32-bit words [Np / 16 column groups][K2 / 2 pairs][16 columns], word = bf16(2p) | bf16(2p+1) << 16.
 //   Tiles: 0-3 the 2 x 2 C tiles of a 32 x 32 block, 4-5 A (two 16-row halves), 6-7 B (two 16-column halves).
@@ -822,26 +861,7 @@ constexpr int64_t kMinThreadFlops = int64_t(1) << 20;  // below this a product s
 constexpr bool kHaveAmx = true;
 inline bool amx_enabled() { return current_capability() == CpuCapability::Avx512Amx; }
 
-// Operand conversion with vcvtne2ps2bf16 (AVX512_BF16, present wherever AMX-BF16 is): round to
-// nearest even, NaN quieted, bf16 subnormal results to signed zero, as round_bf16; it also reads
-// float32 subnormal inputs as zero (round_bf16 rounds those within 2^-134 of 2^-126 up to 2^-126).
-// 32 consecutive floats (k, k+1, ...; `valid` of them, the rest zero) -> 16 words of K pairs.
-__attribute__((target("avx512bf16"))) inline __m512i bf16_pairs32(const float* p, int64_t valid) {
-  const __m512 lo = _mm512_maskz_loadu_ps(first_n(valid), p), hi = _mm512_maskz_loadu_ps(first_n(valid - 16), p + 16);
-  return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);  // 16-bit lanes 0-15 from lo, 16-31 from hi
-}
-// Word j = bf16(lo[j]) | bf16(hi[j]) << 16: 16 elements of two K rows (k even, k + 1) as pairs.
-__attribute__((target("avx512bf16"))) inline __m512i bf16_interleave(__m512 lo, __m512 hi) {
-  const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21,
-                                       5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
-  return _mm512_permutexvar_epi16(idx, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
-}
-inline void transpose16_words(__m512i (&w)[16]) {
-  __m512 r[16];
-  for (int i = 0; i < 16; ++i) r[i] = _mm512_castsi512_ps(w[i]);
-  transpose16(r);
-  for (int i = 0; i < 16; ++i) w[i] = _mm512_castps_si512(r[i]);
-}
+// Operands converted with vcvtne2ps2bf16 (bf16_pairs32, bf16_interleave: round_bf16's rule).
 inline uint32_t bf16_bits(float x) {  // (the scalar conversion of odd layouts: round_bf16's rule)
   x = round_bf16(x);
   uint32_t u;

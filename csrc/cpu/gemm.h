@@ -82,7 +82,8 @@ struct GemmArgs {
   // upper triangle (j >= i) only; the caller mirrors. About half the flops.
   bool upper = false;
   // float only: A and B rounded to bfloat16 while packed (round to nearest even, NaN kept NaN,
-  // subnormal results to signed zero as vdpbf16ps reads them), accumulation in float. K runs in
+  // zero and float32 subnormal inputs to signed zero: vcvtne2ps2bf16's rule, which the AVX512_BF16
+  // paths convert with and the others compute), accumulation in float. K runs in
   // pairs (2p, 2p+1) summed odd k first, two rounded FMAs, which is what vdpbf16ps computes
   // (measured on Zen 4: 3.2M random lanes bit-identical); K blocks have even length. On the
   // avx512_amx path (no prologue, not upper) the products run on AMX tiles instead: the same
