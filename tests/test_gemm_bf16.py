@@ -128,6 +128,20 @@ def test_rounding_rule_on_both_operands_every_lane(capability, rng):
     assert np.isnan(mm(v[:, None].copy(), one)[:, 0]).sum() == 1
 
 
+@pytest.mark.parametrize("orders", ["CC", "CF", "FC", "FF"])
+@pytest.mark.parametrize("shape", [(13, 33, 31), (29, 47, 65), (128, 512, 784), (3, 17, 1001)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_every_operand_layout(capability, rng, orders, shape):
+    """Each order of A and B has its own packing (A rows or columns contiguous, B rows or columns
+    contiguous: x @ W^T, gz @ W, gz^T @ x); partial panels, odd K, K past one block."""
+    m, n, k = shape
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    b = rng.standard_normal((k, n)).astype(np.float32)
+    a_in = np.asfortranarray(a) if orders[0] == "F" else a
+    b_in = np.asfortranarray(b) if orders[1] == "F" else b
+    check_bits(mm(a_in, b_in), emulate(a, b), capability, 2 * bound(a, b)[1], f"{capability} {orders}")
+
+
 def test_layouts_and_shifts(capability, rng):
     a = np.asfortranarray(rng.standard_normal((45, 300)).astype(np.float32))
     b = rng.standard_normal((77, 300)).astype(np.float32).T  # a transposed C-ordered operand

@@ -604,21 +604,20 @@ __attribute__((target("avx512bf16"), noinline)) void pairs_in_place(float* p, in
   }
 }
 
-// A B panel of bf16 pairs straight from rows of B contiguous in j (element (k, j) at b[k rs + j]):
-// rows 2p and 2p + 1 converted and paired in registers (the panel's float32 form is twice the bf16
-// one: 64 KiB at KC 512, more than L1). Columns nr.. and the pad row of an odd kc are zero.
-__attribute__((target("avx512bf16"), noinline)) void pairs_from_rows(int64_t kc, int64_t nr, const float* b,
-                                                                      int64_t rs, uint32_t* w) {
-  constexpr int NR = Tile<float>::NV * Vec<float>::W;
-  static_assert(NR == 32, "two vectors of pairs per B row pair");
-  for (int64_t k = 0; k < kc; k += 2, w += NR) {
-    const float* r0 = b + k * rs;
+// A panel of bf16 pairs from rows contiguous along the panel (element (k, j) at src[k rs + j]: B's
+// rows, or the columns of A = gz^T in the weight gradient): rows 2p and 2p + 1 converted and
+// paired in registers, no float copy in between (a B panel's float32 form is twice the bf16 one:
+// 64 KiB at KC 512, more than L1). Lanes valid.. of the width and the pad row of an odd kc are zero.
+__attribute__((target("avx512bf16"), noinline)) void pairs_from_rows(int64_t kc, int64_t valid, int64_t width,
+                                                                      const float* src, int64_t rs, uint32_t* w) {
+  for (int64_t k = 0; k < kc; k += 2, w += width) {
+    const float* r0 = src + k * rs;
     const bool pair = k + 1 < kc;
-    for (int j = 0; j < NR; j += 16) {
-      const __mmask16 m = first_n(nr - j);
+    for (int64_t j = 0; j < width; j += 16) {
+      const __mmask16 m = first_n(valid - j);
       const __m512 lo = _mm512_maskz_loadu_ps(m, r0 + j), hi = pair ? _mm512_maskz_loadu_ps(m, r0 + rs + j)
                                                                      : _mm512_setzero_ps();
-      _mm512_storeu_si512(w + j, bf16_interleave(lo, hi));
+      _mm512_mask_storeu_epi32(w + j, first_n(width - j), bf16_interleave(lo, hi));
     }
   }
 }
@@ -661,8 +660,10 @@ void pack_a(int64_t mc, int64_t kc, const T* a, int64_t rs, int64_t cs, T* dst, 
 #if FASTNN_ISA == 2
     if constexpr (sizeof(T) == 4) {
       static_assert(Blocking<float>::MR <= 16, "one transposed block covers the A panel");
-      if (bf16 == kPackBf16Pairs && cs == 1 && !rsh && !csh) {  // rows contiguous in k: converted in registers
-        pairs_from_k_runs(kc, static_cast<int>(mr), MR, src, rs, reinterpret_cast<uint32_t*>(dst), MR);
+      if (bf16 == kPackBf16Pairs && !rsh && !csh && (cs == 1 || rs == 1)) {  // converted in registers
+        uint32_t* w = reinterpret_cast<uint32_t*>(dst);
+        if (cs == 1) pairs_from_k_runs(kc, static_cast<int>(mr), MR, src, rs, w, MR);  // rows contiguous in k
+        else pairs_from_rows(kc, mr, MR, src, cs, w);  // columns contiguous (gz^T of the weight gradient)
         continue;
       }
     }
@@ -722,7 +723,7 @@ void pack_b_panel(int64_t kc, int64_t nr, const T* b, int64_t rs, int64_t cs, T*
   if constexpr (sizeof(T) == 4) {  // bf16 pairs converted in registers, no float panel in between
     if (bf16 == kPackBf16Pairs && !pro.csh && !pro.bits) {
       uint32_t* w = reinterpret_cast<uint32_t*>(dst);
-      if (cs == 1) return pairs_from_rows(kc, nr, b, rs, w);
+      if (cs == 1) return pairs_from_rows(kc, nr, NR, b, rs, w);
       if (rs == 1) {  // columns contiguous in k (x @ W^T): 16 columns a transpose
         static_assert(NR == 32, "two groups of 16 columns");
         pairs_from_k_runs(kc, static_cast<int>(nr < 16 ? nr : 16), 16, b, cs, w, NR);
