@@ -1236,7 +1236,8 @@ void gemm_driver(int64_t M, int64_t N, int64_t K, const T* a, int64_t rsa, int64
   const int64_t panels = along_m ? mp : np;
   int64_t tasks = threads;
   if (tasks > panels) tasks = panels;
-  if (2 * M * N * (K > 0 ? K : 1) < kMinThreadFlops * tasks) tasks = 1;
+  // (the tiles' work, padded panels included: 128x256x10 is 3.2 times its useful flops)
+  if (2 * (mp * MR) * (np * NR) * (K > 0 ? K : 1) < kMinThreadFlops * tasks) tasks = 1;
   // Work of row panel p under upper: the column panels that reach the diagonal or beyond.
   auto upper_work = [&](int64_t p) { return np - (p * MR) / NR; };
   int64_t total = 0;
