@@ -2,7 +2,8 @@
 
     "highest"  float32 products and sums (the default)
     "high"     CPU: float32; GPU: TF32 tensor cores (10-bit mantissa inputs, float32 sums)
-    "medium"   bfloat16 products (A and B rounded to nearest even bf16), float32 accumulation:
+    "medium"   bfloat16 products (A and B rounded to nearest even bf16, float32 subnormals to
+               zero: vcvtne2ps2bf16's rule), float32 accumulation:
                CPU: the bf16 GEMM of fastnn._C (vdpbf16ps where the CPU has AVX512_BF16, the
                same bits with float32 FMAs elsewhere); GPU: cuBLASLt CUBLAS_COMPUTE_32F_FAST_16BF
 
