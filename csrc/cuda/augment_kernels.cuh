@@ -35,13 +35,12 @@ __device__ __forceinline__ const P* step_rows(const P* table, const uint64_t* ct
 // torchvision's rgb_to_grayscale weights, as csrc/cpu/augment.cpp.
 constexpr float kWr = 0.2989f, kWg = 0.587f, kWb = 0.114f;
 
-// ---- exact float arithmetic ------------------------------------------------------------------------
+// ---- exact float arithmetic: core/rounded.h's (never contracted into FMAs) --------------------------
 
-__device__ __forceinline__ float mul(float a, float b) { return __fmul_rn(a, b); }
-__device__ __forceinline__ float add(float a, float b) { return __fadd_rn(a, b); }
-__device__ __forceinline__ float sub(float a, float b) { return __fsub_rn(a, b); }
-__device__ __forceinline__ double mul(double a, double b) { return __dmul_rn(a, b); }
-__device__ __forceinline__ double add(double a, double b) { return __dadd_rn(a, b); }
+using rn::add_rn;
+using rn::div_rn;
+using rn::mul_rn;
+using rn::sub_rn;
 
 // The CPU's clamp01 = vmin(1, vmax(0, v)) with x86 maxps/minps semantics (the second operand when
 // either is NaN): NaN stays NaN, -0 stays -0.
@@ -52,7 +51,7 @@ __device__ __forceinline__ float clamp01(float v) {
 
 // (r * wr + g * wg) + b * wb, each operation rounded, as gray3 on the CPU.
 __device__ __forceinline__ float gray3(float r, float g, float b) {
-  return add(add(mul(r, kWr), mul(g, kWg)), mul(b, kWb));
+  return add_rn(add_rn(mul_rn(r, kWr), mul_rn(g, kWg)), mul_rn(b, kWb));
 }
 
 // ---- geometry ----------------------------------------------------------------------------------------
@@ -71,13 +70,13 @@ struct Tap {
 };
 
 __device__ __forceinline__ Tap bilinear_tap(int64_t in, int64_t out, int64_t base, int64_t dd) {
-  const float scale = __fdiv_rn(static_cast<float>(in), static_cast<float>(out));
-  float src = sub(mul(scale, add(static_cast<float>(dd), 0.5f)), 0.5f);
+  const float scale = div_rn(static_cast<float>(in), static_cast<float>(out));
+  float src = sub_rn(mul_rn(scale, add_rn(static_cast<float>(dd), 0.5f)), 0.5f);
   if (src < 0.0f) src = 0.0f;
   int64_t a = static_cast<int64_t>(src);
   if (a > in - 1) a = in - 1;
   Tap t;
-  t.l1 = sub(src, static_cast<float>(a));
+  t.l1 = sub_rn(src, static_cast<float>(a));
   t.i0 = base + a;
   t.i1 = base + (a < in - 1 ? a + 1 : a);
   return t;
@@ -110,9 +109,9 @@ __device__ __forceinline__ Source pixel_source(const AugShape& s, const AugSampl
     q.b0 = ty.i1 * s.W + tx.i0;
     q.b1 = ty.i1 * s.W + tx.i1;
     q.wx1 = tx.l1;
-    q.wx0 = sub(1.0f, tx.l1);
+    q.wx0 = sub_rn(1.0f, tx.l1);
     q.wy1 = ty.l1;
-    q.wy0 = sub(1.0f, ty.l1);
+    q.wy0 = sub_rn(1.0f, ty.l1);
     return q;
   }
   const bool refl = s.pad_mode == kPadReflect;
@@ -140,9 +139,9 @@ __device__ __forceinline__ Source pixel_source(const AugShape& s, const AugSampl
 // wy0 * (wx0 * a0 + wx1 * a1) + wy1 * (wx0 * b0 + wx1 * b1) in the CPU's order.
 __device__ __forceinline__ float source_value(const float* plane, const Source& q, float fill) {
   if (q.resize) {
-    const float top = add(mul(q.wx0, plane[q.a0]), mul(q.wx1, plane[q.a1]));
-    const float bot = add(mul(q.wx0, plane[q.b0]), mul(q.wx1, plane[q.b1]));
-    return add(mul(q.wy0, top), mul(q.wy1, bot));
+    const float top = add_rn(mul_rn(q.wx0, plane[q.a0]), mul_rn(q.wx1, plane[q.a1]));
+    const float bot = add_rn(mul_rn(q.wx0, plane[q.b0]), mul_rn(q.wx1, plane[q.b1]));
+    return add_rn(mul_rn(q.wy0, top), mul_rn(q.wy1, bot));
   }
   return q.fill ? fill : plane[q.a0];
 }
@@ -185,19 +184,19 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
           for (int c = 0; c < 3; ++c) {
             v[c] = source_value(xs + c * plane, q, s.fill);
-            if (bright) v[c] = clamp01(mul(v[c], p.brightness));
+            if (bright) v[c] = clamp01(mul_rn(v[c], p.brightness));
           }
           g = gray3(v[0], v[1], v[2]);
         } else {  // C == 1 (checked by the binding)
           g = source_value(xs, q, s.fill);
-          if (bright) g = clamp01(mul(g, p.brightness));
+          if (bright) g = clamp01(mul_rn(g, p.brightness));
         }
         buf[j] = g;
       }
       __syncthreads();
       if (tx < 8) {
         // pixel p0 + j is in partial sum j % 8 (p0 is a multiple of 8), in increasing order
-        for (int j = tx; j < len; j += 8) acc = add(acc, static_cast<double>(buf[j]));
+        for (int j = tx; j < len; j += 8) acc = add_rn(acc, static_cast<double>(buf[j]));
       }
     }
     if (tx < 32) {  // all of warp 0 (the shuffles need every lane)
@@ -205,10 +204,10 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int l = 0; l < 8; ++l) part[l] = __shfl_sync(0xFFFFFFFFu, acc, l);
       if (tx == 0) {
-        const double sum = add(add(add(part[0], part[1]), add(part[2], part[3])),
-                               add(add(part[4], part[5]), add(part[6], part[7])));
-        const float mean = static_cast<float>(__ddiv_rn(sum, static_cast<double>(P)));
-        cm[i] = mul(sub(1.0f, p.contrast), mean);
+        const double sum = add_rn(add_rn(add_rn(part[0], part[1]), add_rn(part[2], part[3])),
+                               add_rn(add_rn(part[4], part[5]), add_rn(part[6], part[7])));
+        const float mean = static_cast<float>(div_rn(sum, static_cast<double>(P)));
+        cm[i] = mul_rn(sub_rn(1.0f, p.contrast), mean);
       }
     }
     __syncthreads();  // warp 0 has read the last tile before the next sample rewrites the buffers
@@ -248,17 +247,17 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int ch = 0; ch < 3; ++ch) {
         float a = source_value(xs + ch * plane, q, s.fill);
-        if (B) a = clamp01(mul(a, p.brightness));
-        if (Cn) a = clamp01(add(mul(a, p.contrast), cmi));
+        if (B) a = clamp01(mul_rn(a, p.brightness));
+        if (Cn) a = clamp01(add_rn(mul_rn(a, p.contrast), cmi));
         v[ch] = a;
       }
-      const float gm = mul(sub(1.0f, p.saturation), gray3(v[0], v[1], v[2]));
+      const float gm = mul_rn(sub_rn(1.0f, p.saturation), gray3(v[0], v[1], v[2]));
 #pragma unroll
-      for (int ch = 0; ch < 3; ++ch) ys[ch * static_cast<int64_t>(P) + pix] = clamp01(add(mul(v[ch], p.saturation), gm));
+      for (int ch = 0; ch < 3; ++ch) ys[ch * static_cast<int64_t>(P) + pix] = clamp01(add_rn(mul_rn(v[ch], p.saturation), gm));
     } else {
       float a = source_value(xs + c * plane, q, s.fill);
-      if (B) a = clamp01(mul(a, p.brightness));
-      if (Cn) a = clamp01(add(mul(a, p.contrast), cmi));
+      if (B) a = clamp01(mul_rn(a, p.brightness));
+      if (Cn) a = clamp01(add_rn(mul_rn(a, p.contrast), cmi));
       ys[u] = a;
     }
   }
@@ -306,7 +305,7 @@ __global__ void __launch_bounds__(kThreads)
       const int64_t e = e0 + j;
       float v = x[e];
       if (noise) {
-        v = add(v, mul(sd, box_muller::normal(words[sft + 2 * j], words[sft + 2 * j + 1])));
+        v = add_rn(v, mul_rn(sd, box_muller::normal(words[sft + 2 * j], words[sft + 2 * j + 1])));
       }
       if (clip) v = clamp01(v);  // = NumPy 2's np.clip(v, 0, 1) of the CPU path (NaN and -0 kept)
       y[e] = v;
@@ -339,7 +338,7 @@ __global__ void __launch_bounds__(kThreads)
     const T* a = x + i * D;
     const T* b = x + perm[i] * D;
     T* o = y + i * D;
-    for (int64_t d = d0; d < D; d += dstride) o[d] = add(mul(a[d], lam), mul(b[d], lam1));
+    for (int64_t d = d0; d < D; d += dstride) o[d] = add_rn(mul_rn(a[d], lam), mul_rn(b[d], lam1));
   }
 }
 

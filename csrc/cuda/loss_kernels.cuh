@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "core/rounded.h"
 #include "cuda/device_math.cuh"
 #include "cuda/loss.h"
 
@@ -26,12 +27,9 @@ __device__ __forceinline__ double neg_inf(double) { return __longlong_as_double(
 __device__ __forceinline__ double quiet_nan() { return __longlong_as_double(0x7ff8000000000000ll); }
 
 using dmath::dexp;
-__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
-__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
-__device__ __forceinline__ float sub_rn(float a, float b) { return __fsub_rn(a, b); }
-__device__ __forceinline__ double sub_rn(double a, double b) { return __dsub_rn(a, b); }
-__device__ __forceinline__ float fma_rn(float a, float b, float c) { return __fmaf_rn(a, b, c); }
-__device__ __forceinline__ double fma_rn(double a, double b, double c) { return __fma_rn(a, b, c); }
+using rn::fma_rn;  // (explicitly rounded arithmetic: core/rounded.h's)
+using rn::mul_rn;
+using rn::sub_rn;
 
 // max with NaN propagating (the CPU's hmax rule).
 template <class T>
@@ -130,7 +128,7 @@ __global__ void __launch_bounds__(kThreads) squared_error_kernel(const T* __rest
     if (i < n) {
       const T d = t ? sub_rn(p[i], t[i]) : p[i];  // (no target: the sum of squares of p)
       const double dd = static_cast<double>(d);
-      acc = __fma_rn(dd, dd, acc);
+      acc = fma_rn(dd, dd, acc);
       if (grad) grad[i] = mul_rn(d, sc);
     }
   }

@@ -19,11 +19,19 @@
 
 #include <cstdint>
 
+#include "core/rounded.h"
 #include "cuda/argmax.cuh"
 
 namespace fastnn {
 namespace cuda {
 namespace stats_detail {
+
+// (explicitly rounded arithmetic: core/rounded.h's, never contracted into FMAs)
+using rn::add_rn;
+using rn::div_rn;
+using rn::fma_rn;
+using rn::mul_rn;
+using rn::sub_rn;
 
 constexpr int kCols = 32;        // columns per block (one warp's lanes: coalesced row reads)
 constexpr int kRowLanes = 8;     // threads per column in a block
@@ -47,9 +55,9 @@ __global__ void __launch_bounds__(kThreads)
   if (col < d) {
     const double shift = static_cast<double>(x[col]);
     for (int64_t r = r0 + rl; r < r1; r += kRowLanes) {
-      const double v = __dsub_rn(static_cast<double>(x[r * ldx + col]), shift);
-      s1 = __dadd_rn(s1, v);
-      s2 = __fma_rn(v, v, s2);
+      const double v = sub_rn(static_cast<double>(x[r * ldx + col]), shift);
+      s1 = add_rn(s1, v);
+      s2 = fma_rn(v, v, s2);
     }
   }
   s1s[rl][lane] = s1;
@@ -58,8 +66,8 @@ __global__ void __launch_bounds__(kThreads)
   if (rl == 0 && col < d) {
     double a = s1s[0][lane], b = s2s[0][lane];
     for (int k = 1; k < kRowLanes; ++k) {
-      a = __dadd_rn(a, s1s[k][lane]);
-      b = __dadd_rn(b, s2s[k][lane]);
+      a = add_rn(a, s1s[k][lane]);
+      b = add_rn(b, s2s[k][lane]);
     }
     double* p = part + static_cast<int64_t>(blockIdx.y) * 2 * d;
     p[col] = a;
@@ -76,22 +84,15 @@ __global__ void __launch_bounds__(kThreads)
   if (col >= d) return;
   double s1 = 0.0, s2 = 0.0;
   for (int64_t c = 0; c < chunks; ++c) {
-    s1 = __dadd_rn(s1, part[c * 2 * d + col]);
-    s2 = __dadd_rn(s2, part[c * 2 * d + d + col]);
+    s1 = add_rn(s1, part[c * 2 * d + col]);
+    s2 = add_rn(s2, part[c * 2 * d + d + col]);
   }
   const double nn = static_cast<double>(n);
   const double shift = static_cast<double>(x[col]);
-  out[col] = __dadd_rn(shift, __ddiv_rn(s1, nn));
-  const double m2 = __dsub_rn(s2, __ddiv_rn(__dmul_rn(s1, s1), nn));
+  out[col] = add_rn(shift, div_rn(s1, nn));
+  const double m2 = sub_rn(s2, div_rn(mul_rn(s1, s1), nn));
   out[d + col] = m2 < 0.0 ? 0.0 : m2;
 }
-
-__device__ __forceinline__ float sub_rn(float a, float b) { return __fsub_rn(a, b); }
-__device__ __forceinline__ double sub_rn(double a, double b) { return __dsub_rn(a, b); }
-__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
-__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
-__device__ __forceinline__ float fma_rn(float a, float b, float c) { return __fmaf_rn(a, b, c); }
-__device__ __forceinline__ double fma_rn(double a, double b, double c) { return __fma_rn(a, b, c); }
 
 // y (n, d) = (x - shift) * mul per column, two roundings as the CPU's center_scale (bit for bit);
 // x rows at stride ldx, y C-contiguous; *bad = 1 when x holds a NaN or inf (x * 0 != 0). One

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 
+#include "core/rounded.h"
 #include "cuda/argmax.cuh"
 
 namespace fastnn {
@@ -101,10 +102,10 @@ __global__ void __launch_bounds__(kThreads) step_metrics_kernel(const T* __restr
   if (threadIdx.x == 0) {
     const double l = *loss;
     const double m = static_cast<double>(M);
-    sums[0] = __dadd_rn(sums[0], __dmul_rn(l, m));
-    sums[1] = __dadd_rn(sums[1], static_cast<double>(hits));
-    sums[2] = __dadd_rn(sums[2], m);
-    if (!(__dsub_rn(l, l) == 0.0)) sums[3] = 1.0;  // l - l is NaN exactly when l is +-inf or NaN
+    sums[0] = rn::add_rn(sums[0], rn::mul_rn(l, m));
+    sums[1] = rn::add_rn(sums[1], static_cast<double>(hits));
+    sums[2] = rn::add_rn(sums[2], m);
+    if (!(rn::sub_rn(l, l) == 0.0)) sums[3] = 1.0;  // l - l is NaN exactly when l is +-inf or NaN
   }
 }
 

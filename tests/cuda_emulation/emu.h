@@ -38,17 +38,6 @@ inline std::vector<std::unique_ptr<std::barrier<>>> emu_warp_barriers;
 #define __shared__ static
 
 inline void __syncthreads() { emu_block_barrier->arrive_and_wait(); }
-inline float __fmul_rn(float a, float b) { return a * b; }
-inline float __fadd_rn(float a, float b) { return a + b; }
-inline float __fsub_rn(float a, float b) { return a - b; }
-inline float __fdiv_rn(float a, float b) { return a / b; }
-inline float __fsqrt_rn(float a) { return std::sqrt(a); }
-inline double __dmul_rn(double a, double b) { return a * b; }
-inline double __dadd_rn(double a, double b) { return a + b; }
-inline double __ddiv_rn(double a, double b) { return a / b; }
-inline double __dsub_rn(double a, double b) { return a - b; }
-inline float __fmaf_rn(float a, float b, float c) { return std::fma(a, b, c); }
-inline double __fma_rn(double a, double b, double c) { return std::fma(a, b, c); }
 inline float __int_as_float(int v) {
   float f;
   std::memcpy(&f, &v, sizeof f);
