@@ -36,15 +36,21 @@ ceilings come from bench/peak_cpu.cpp, compiled and run first (g++; --no-peak sk
 clock, and per core the float32 FMA (on the widest vectors the CPU has: zmm, else ymm), vdpbf16ps
 and AMX tdpbf16ps rates; "of peak" is the measured GFLOP/s over threads x the per-core rate of
 the instruction the path in use runs.
-Goal: bf16 >= 1.8x fastnn float32 at 128x784x512 and 1024x1024x1024, 2 threads.
+Goal: bf16 >= 1.8x fastnn float32 at 128x784x512 and 1024x1024x1024, 2 threads, judged by the median
+of paired rounds (fastnn float32 then bf16, back to back; PAIRED_ROUNDS below).
 """
 
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
+
+# The bf16 goal's ratio: rounds of fastnn float32 then bf16, each timed for min_time / 4, back to back
+# (a burst of load on the shared machine hits both sides of a round alike); the verdict is their median.
+PAIRED_ROUNDS = 9
 
 SHAPES = ["256x256x256", "512x512x512", "1024x1024x1024", "2048x2048x2048", "128x784x512",
           "4096x1024x1024"]  # MxKxN
@@ -123,6 +129,13 @@ def child(threads, shapes, min_time, use_torch, bt, bf16):
             time.sleep(0.3)
             sec = benchmark._timeit(fn, min_time=min_time)
             row[name] = 2.0 * m * n * k / sec / 1e9
+        if bf16:  # the goal's ratio, paired: fp32 and bf16 timed back to back, round after round
+            time.sleep(0.3)
+            rounds = []
+            for _ in range(PAIRED_ROUNDS):
+                s32 = benchmark._timeit(fns["fastnn"], min_time=min_time / 4)
+                rounds.append(s32 / benchmark._timeit(fastnn_bf16, min_time=min_time / 4))
+            row["bf16_paired"] = rounds
         rows.append(row)
     print(json.dumps({"machine": benchmark.machine_line(), "rows": rows}))
 
@@ -364,9 +377,11 @@ def main():
         if not a.no_bf16:
             for r in res["rows"]:
                 if r["shape"] in ("128x784x512", "1024x1024x1024") and "fastnn_bf16" in r:
-                    q = r["fastnn_bf16"] / r["fastnn"]
+                    rs = sorted(r["bf16_paired"])
+                    q = statistics.median(rs)
                     print(f"goal bf16 >= 1.8x fastnn fp32 at {r['shape']}, {t} threads ({r['capability']}): "
-                          f"{q:.2f}x {'met' if q >= 1.8 else 'NOT met'}")
+                          f"paired median {q:.2f}x ({rs[0]:.2f}-{rs[-1]:.2f} over {len(rs)} rounds; the table's "
+                          f"medians {r['fastnn_bf16'] / r['fastnn']:.2f}x) {'met' if q >= 1.8 else 'NOT met'}")
 
     if layer_results and any("fastnn_bf16_fwd" in r for res, _ in layer_results for r in res["rows"]):
         print("bf16 (fastnn under matmul_precision('medium'), torch under autocast bf16), microseconds per call; "
