@@ -904,27 +904,16 @@ __attribute__((target("avx512bf16"))) void amx_convert_a(const float* a, int64_t
 // Column groups [g0, g1) of the VNNI B: element (k, j) of B at b[k*rs + j*cs].
 __attribute__((target("avx512bf16"))) void amx_convert_b(const float* b, int64_t rs, int64_t cs, int64_t N, int64_t K, int64_t K2, uint32_t* dst,
                    int64_t g0, int64_t g1) {
-  const int64_t P2 = K2 / 2;
+  const int64_t P2 = K2 / 2, kp = (K + 1) / 2;  // pairs [kp, P2) are the zero pad
   for (int64_t g = g0; g < g1; ++g) {
     const int64_t j0 = g * 16;
     uint32_t* d = dst + g * P2 * 16;
-    const __mmask16 cols = first_n(N - j0);
-    if (cs == 1) {  // rows of B contiguous in j
-      for (int64_t p = 0; p < P2; ++p) {
-        const __m512 lo = 2 * p < K ? _mm512_maskz_loadu_ps(cols, b + 2 * p * rs + j0) : _mm512_setzero_ps();
-        const __m512 hi = 2 * p + 1 < K ? _mm512_maskz_loadu_ps(cols, b + (2 * p + 1) * rs + j0) : _mm512_setzero_ps();
-        _mm512_storeu_si512(d + p * 16, bf16_interleave(lo, hi));
-      }
+    if (cs == 1) {  // rows of B contiguous in j: the vdpbf16ps path's panel packing, 16 columns wide
+      pairs_from_rows(K, N - j0, 16, b + j0, rs, d);
     } else if (rs == 1) {  // columns contiguous in k (W^T of a C-ordered weight): 16 columns x 16 pairs
-      for (int64_t k = 0; k < K2; k += 32) {
-        __m512i w[16];
-        for (int j = 0; j < 16; ++j)
-          w[j] = j0 + j < N ? bf16_pairs32(b + (j0 + j) * cs + k, K - k) : _mm512_setzero_si512();
-        transpose16_words(w);
-        for (int q = 0; q < 16; ++q) _mm512_storeu_si512(d + (k / 2 + q) * 16, w[q]);
-      }
+      pairs_from_k_runs(K, static_cast<int>(N - j0 < 16 ? N - j0 : 16), 16, b + j0 * cs, cs, d, 16);
     } else {
-      for (int64_t p = 0; p < P2; ++p)
+      for (int64_t p = 0; p < kp; ++p)
         for (int64_t j = 0; j < 16; ++j) {
           const bool in = j0 + j < N;
           const uint32_t lo = in && 2 * p < K ? bf16_bits(b[2 * p * rs + (j0 + j) * cs]) : 0;
@@ -932,6 +921,7 @@ __attribute__((target("avx512bf16"))) void amx_convert_b(const float* b, int64_t
           d[p * 16 + j] = lo | (hi << 16);
         }
     }
+    for (int64_t p = kp; p < P2; ++p) _mm512_storeu_si512(d + p * 16, _mm512_setzero_si512());
   }
 }
 
