@@ -53,7 +53,6 @@ def same(gpu, cpu):
     assert np.array_equal(np.signbit(g)[real], np.signbit(cpu)[real])  # -0 stays -0
 
 
-
 # ---- flips and crops ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("shape", [(7, 3, 5, 9), (4, 1, 16, 16), (5, 12, 33), (3, 2, 1, 70), (1, 3, 1, 1)])

@@ -1,8 +1,8 @@
 // Explicitly rounded arithmetic (round to nearest even, float and double), written once for device
 // and host code: CUDA's __f*_rn / __d*_rn intrinsics on the device (nvcc never contracts them into
 // FMAs), std::fma and the IEEE operators on the host (compile such host code with
-// -ffp-contract=off). Used where a GPU kernel must give the CPU's bits (csrc/cuda/optim_ops.cuh,
-// core/box_muller.h) and by their host emulation.
+// -ffp-contract=off). Used wherever a GPU kernel must give the CPU's bits (the augment, loss,
+// optimizer, stats and train kernels of csrc/cuda, core/box_muller.h) and by their host emulation.
 #pragma once
 
 #include <cmath>

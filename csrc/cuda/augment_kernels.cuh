@@ -205,7 +205,7 @@ __global__ void __launch_bounds__(kThreads)
       for (int l = 0; l < 8; ++l) part[l] = __shfl_sync(0xFFFFFFFFu, acc, l);
       if (tx == 0) {
         const double sum = add_rn(add_rn(add_rn(part[0], part[1]), add_rn(part[2], part[3])),
-                               add_rn(add_rn(part[4], part[5]), add_rn(part[6], part[7])));
+                                  add_rn(add_rn(part[4], part[5]), add_rn(part[6], part[7])));
         const float mean = static_cast<float>(div_rn(sum, static_cast<double>(P)));
         cm[i] = mul_rn(sub_rn(1.0f, p.contrast), mean);
       }
