@@ -1283,7 +1283,8 @@ void linear_grad(const LinearGradArgs<T>& A) {
   const bool rescale_y = A.keep_bits != nullptr && A.y != nullptr;  // y saved after dropout
   // The arguments as locals (the stores to gz and the sums could alias A's fields, which made the
   // compiler reload them every vector) and the activation as a template argument (no switch per
-  // vector): the same arithmetic per element as before, ~3x faster (128x256 ReLU: 20 -> 7 us).
+  // vector): the same arithmetic per element as before, ~3.5x faster (its share of a Trainer epoch on
+  // Zen 3: 1.56 % -> 0.44 % of the samples).
   const T* const gp = A.g;
   const int64_t ldg = A.ldg;
   const T* const yp = A.y;
