@@ -1321,13 +1321,14 @@ void linear_grad(const LinearGradArgs<T>& A) {
         if constexpr (act == kActPrelu) {
           if (zp) zv = ld(zp + i * N + j);
         }
-        // This vector's sign bits: whole bytes of the row for a full vector (j is a multiple of
-        // V::W), read without running past the row's end at its tail.
+        // This vector's sign bits: for a full vector the one or two bytes that hold them (j is a
+        // multiple of V::W <= 16, so they lie in the row); bits_at_row only at a row's tail.
         auto pos = [&]() {
-          if (full && V::W >= 8) {
+          static_assert(V::W <= 16, "a vector's bits span at most two bytes");
+          if (full) {
             uint32_t w = prow[j >> 3];
             if constexpr (V::W > 8) w |= static_cast<uint32_t>(prow[(j >> 3) + 1]) << 8;
-            return V::mask_from_bits(w);
+            return V::mask_from_bits(w >> (j & 7));
           }
           return V::mask_from_bits(static_cast<uint32_t>(bits_at_row(prow, j, pos_ld)));
         };
