@@ -237,6 +237,61 @@ def test_upper_symmetric(capability, rng, n, k, dtype, restore_num_threads):
     ref.assert_gemm_close(results[0], xc.T, xc, where=capability)
 
 
+# The shared-packing path (gemm_shared): products with more than one thread whose unsplit operand
+# packs to at most 4 MiB; threads claim chunks of the shared packing and of the split dimension.
+# Shapes: split along N (the shared A of a 128-row batch), along M (the weight gradient's shared
+# B), a single chunk per thread, and more threads than chunks.
+SHARED_SHAPES = [(128, 512, 784), (512, 784, 128), (100, 1000, 500), (1400, 300, 800), (40, 37, 900), (7, 2000, 33)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHARED_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_shared_packing_thread_invariance(capability, rng, restore_num_threads, dtype, shape):
+    """With the shifts of the packing prologues and a bias + activation epilogue: 2, 3 and 5
+    threads (the shared path) give 1 thread's bits (the private path), within the GEMM bound."""
+    m, n, k = shape
+    a, b = _operands(rng, m, n, k, dtype, ("CC", "FC", "CF")[sum(shape) % 3])
+    r, c, s = (rng.standard_normal(d).astype(dtype) for d in (m, k, n))
+    bias = rng.standard_normal(n).astype(dtype)
+    results = []
+    for t in (1, 2, 3, 5):
+        fastnn.set_num_threads(t)
+        out = np.full((m, n), np.nan, dtype)
+        _C.matmul(a, b, out, bias, act=3, a_row_shift=r, a_col_shift=c, b_col_shift=s)  # act 3: relu
+        results.append(out)
+    for t, other in zip((2, 3, 5), results[1:]):
+        assert np.array_equal(other, results[0]), f"{capability}: {t} threads differ from 1 thread"
+    pre = F.matmul((a - r[:, None]) - c[None, :], b - s[None, :])  # 1 thread's product of the shifted operands
+    np.testing.assert_array_equal(results[0], np.maximum(pre + bias, 0))
+
+
+def test_shared_packing_from_concurrent_callers(rng, restore_num_threads):
+    """Two Python threads multiplying at once: one holds the pool, the other's region runs inline
+    on its own thread (it then claims every chunk itself); both results are the 1-thread bits."""
+    import threading
+
+    fastnn.set_num_threads(1)
+    pairs = [_operands(rng, 128, 512, 784, np.float32), _operands(rng, 512, 784, 128, np.float32)]
+    want = [F.matmul(a, b) for a, b in pairs]
+    fastnn.set_num_threads(2)
+    got = [[], []]
+
+    def run(i):
+        for _ in range(30):
+            got[i].append(F.matmul(*pairs[i]))
+
+    workers = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=120)
+    assert not any(w.is_alive() for w in workers), "a caller did not finish"
+    for i in range(2):
+        assert len(got[i]) == 30
+        for c in got[i]:
+            assert np.array_equal(c, want[i])
+
+
 def test_shift_errors(rng):
     a = rng.standard_normal((4, 3))
     out = np.empty((4, 4))

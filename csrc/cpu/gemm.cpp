@@ -11,8 +11,9 @@
 // (b[k*NR + j]); both zero-padded to full panels, so the micro-kernel has no edge cases and only
 // the store handles partial tiles (masked stores on the last vector, rows beyond m skipped).
 //
-// Threads: C is split into one block of whole micro-panels per thread (see gemm_driver). Every C
-// element is the same sequence of operations (same KC blocks, in order) on any thread, so results
+// Threads: C is split along M or N into whole micro-panels: one block per thread with private
+// packing, or, when the unsplit operand is small, chunks claimed in turn around that operand packed
+// once and shared (see gemm_driver and gemm_shared). Every C element is the same sequence of operations (same KC blocks, in order) on any thread, so results
 // are bit-identical for any thread count; K is never split across threads.
 #include "cpu/gemm.h"
 
@@ -1019,6 +1020,66 @@ inline bool amx_enabled() { return false; }
 void gemm_amx(const Problem<float>&) {}
 #endif
 
+// Rows [i, i + mc) of A, K block [pc, pc + kc), into MR-row panels at dst (pack_a, with the row
+// and column shifts of GemmArgs).
+template <class T>
+void pack_a_at(const Problem<T>& P, int64_t i, int64_t mc, int64_t pc, int64_t kc, T* dst, int bf16) {
+  const GemmArgs<T>& g = *P.args;
+  pack_a<T>(mc, kc, P.a + i * P.rsa + pc * P.csa, P.rsa, P.csa, dst, g.a_row_shift ? g.a_row_shift + i : nullptr,
+            g.a_col_shift ? g.a_col_shift + pc : nullptr, bf16);
+}
+
+// The B panel of columns [j, j + nr), K block [pc, pc + kc), at dst (pack_b_panel, with the column
+// shift and the DropConnect keep bits of GemmArgs).
+template <class T>
+void pack_b_at(const Problem<T>& P, int64_t pc, int64_t kc, int64_t j, int64_t nr, T* dst, int bf16) {
+  const GemmArgs<T>& g = *P.args;
+  BPrologue<T> pro;
+  if (g.b_col_shift) pro.csh = g.b_col_shift + j;
+  if (g.b_bits) {
+    pro.bits = g.b_bits;
+    pro.bit0 = pc * g.b_bits_rs + j * g.b_bits_cs;
+    pro.brs = g.b_bits_rs;
+    pro.bcs = g.b_bits_cs;
+    pro.scale = g.b_scale;
+  }
+  pack_b_panel<T>(kc, nr, P.b + pc * P.rsb + j * P.csb, P.rsb, P.csb, dst, pro, bf16);
+}
+
+// The tiles of C rows [ic, ic + mc) x columns [jc, jc + nc) for one K block (kcp packed), from
+// the packed A block (panel ir at apack + ir * kcp) and B block (panel jr at bpack + jr * kcp).
+// Column-panel order (a B micro-panel stays in L1 while the A panels stream past it), or for a
+// fused weight update row-panel order: consecutive tiles then walk along the same rows of the
+// weight and its state, which the epilogue reads and writes (down a column panel, each tile's rows
+// were new lines 4 KiB apart, which the hardware prefetchers do not follow: the fused update ran
+// slower than the separate pass).
+template <class T>
+void block_tiles(const Problem<T>& P, bool dp, const T* apack, const T* bpack, int64_t kcp, int64_t ic, int64_t mc,
+                 int64_t jc, int64_t nc, TileEpilogue<T>& e) {
+  constexpr int64_t MR = Blocking<T>::MR, NR = Blocking<T>::NR;
+  const GemmArgs<T>& g = *P.args;
+  const int64_t njr = (nc + NR - 1) / NR, nir = (mc + MR - 1) / MR;
+  const bool rows_first = g.update != nullptr;
+  for (int64_t q = 0; q < njr * nir; ++q) {
+    const int64_t jr = (rows_first ? q % njr : q / nir) * NR, ir = (rows_first ? q / njr : q % nir) * MR;
+    const int64_t j = jc + jr, nr = nc - jr < NR ? nc - jr : NR;
+    const int64_t m = mc - ir < MR ? mc - ir : MR;
+    if (g.upper && j + nr <= ic + ir) continue;  // the tile is under the diagonal
+    e.gj = j;
+    e.gi = ic + ir;
+    const T* ap = apack + ir * kcp;
+    T* cp = P.c + (ic + ir) * P.ldc + j;
+    const T* bp = bpack + jr * kcp;
+    if (dp) {
+      if (m <= Tile<T>::E1) tile_dp<T, Tile<T>::E1>(kcp, ap, bp, cp, P.ldc, m, nr, e);
+      else if (m <= Tile<T>::E2) tile_dp<T, Tile<T>::E2>(kcp, ap, bp, cp, P.ldc, m, nr, e);
+      else tile_dp<T, MR>(kcp, ap, bp, cp, P.ldc, m, nr, e);
+    } else if (m <= Tile<T>::E1) tile<T, Tile<T>::E1>(kcp, ap, bp, cp, P.ldc, m, nr, e);
+    else if (m <= Tile<T>::E2) tile<T, Tile<T>::E2>(kcp, ap, bp, cp, P.ldc, m, nr, e);
+    else tile<T, MR>(kcp, ap, bp, cp, P.ldc, m, nr, e);
+  }
+}
+
 // B packed whole (all of K, the thread's columns), the C-once order: ic outer, and for each tile
 // every K block in turn, the block sums added in registers, C written once. Each C element is the
 // same sum as in gemm_block (block partials from zero, added in block order; a float stored and
@@ -1044,17 +1105,7 @@ void gemm_block_c_once(const Problem<T>& P, int64_t i0, int64_t i1, int64_t j0, 
   for (int64_t pc = 0; pc < K; pc += kc_max) {
     const int64_t kc = K - pc < kc_max ? K - pc : kc_max;
     for (int64_t jr = 0; jr < N; jr += NR) {
-      BPrologue<T> pro;
-      if (g.b_col_shift) pro.csh = g.b_col_shift + j0 + jr;
-      if (g.b_bits) {
-        pro.bits = g.b_bits;
-        pro.bit0 = pc * g.b_bits_rs + (j0 + jr) * g.b_bits_cs;
-        pro.brs = g.b_bits_rs;
-        pro.bcs = g.b_bits_cs;
-        pro.scale = g.b_scale;
-      }
-      pack_b_panel<T>(kc, N - jr < NR ? N - jr : NR, P.b + pc * P.rsb + (j0 + jr) * P.csb, P.rsb, P.csb,
-                      bpack + pc * np * NR + jr * k_packed(kc, bf16), pro, bf16);
+      pack_b_at(P, pc, kc, j0 + jr, N - jr < NR ? N - jr : NR, bpack + pc * np * NR + jr * k_packed(kc, bf16), bf16);
     }
   }
   constexpr int NV = Tile<T>::NV;
@@ -1063,8 +1114,7 @@ void gemm_block_c_once(const Problem<T>& P, int64_t i0, int64_t i1, int64_t j0, 
     const int64_t mc = i1 - ic < mc_max ? i1 - ic : mc_max;
     for (int64_t pc = 0; pc < K; pc += kc_max) {
       const int64_t kc = K - pc < kc_max ? K - pc : kc_max;
-      pack_a<T>(mc, kc, P.a + ic * P.rsa + pc * P.csa, P.rsa, P.csa, apack + pc * mc_max,
-                g.a_row_shift ? g.a_row_shift + ic : nullptr, g.a_col_shift ? g.a_col_shift + pc : nullptr, bf16);
+      pack_a_at(P, ic, mc, pc, kc, apack + pc * mc_max, bf16);
     }
     for (int64_t jr = 0; jr < N; jr += NR) {
       const int64_t nr = N - jr < NR ? N - jr : NR;
@@ -1141,48 +1191,13 @@ void gemm_block(const Problem<T>& P, int64_t i0, int64_t i1, int64_t j0, int64_t
       const int64_t kcp = k_packed(kc, bf16);
       TileEpilogue<T> e{pc > 0, pc + kc >= K, 0, 0, &g, P.f};
       for (int64_t jr = 0; jr < nc; jr += NR) {
-        BPrologue<T> pro;
-        if (g.b_col_shift) pro.csh = g.b_col_shift + jc + jr;
-        if (g.b_bits) {
-          pro.bits = g.b_bits;
-          pro.bit0 = pc * g.b_bits_rs + (jc + jr) * g.b_bits_cs;
-          pro.brs = g.b_bits_rs;
-          pro.bcs = g.b_bits_cs;
-          pro.scale = g.b_scale;
-        }
-        pack_b_panel<T>(kc, nc - jr < NR ? nc - jr : NR, P.b + pc * P.rsb + (jc + jr) * P.csb, P.rsb, P.csb,
-                        bpack_p + jr * kcp, pro, bf16);
+        pack_b_at(P, pc, kc, jc + jr, nc - jr < NR ? nc - jr : NR, bpack_p + jr * kcp, bf16);
       }
       for (int64_t ic = i0; ic < i1; ic += MC) {
         const int64_t mc = i1 - ic < MC ? i1 - ic : MC;
         if (g.upper && jc + nc <= ic) break;  // this and later row blocks are below the diagonal
-        pack_a<T>(mc, kc, P.a + ic * P.rsa + pc * P.csa, P.rsa, P.csa, apack_p,
-                  g.a_row_shift ? g.a_row_shift + ic : nullptr, g.a_col_shift ? g.a_col_shift + pc : nullptr, bf16);
-        // Tiles in column-panel order (a B micro-panel stays in L1 while the A panels stream
-        // past it), or for a fused weight update in row-panel order: consecutive tiles then walk
-        // along the same rows of the weight and its state, which the epilogue reads and writes
-        // (down a column panel, each tile's rows were new lines 4 KiB apart, which the hardware
-        // prefetchers do not follow: the fused update ran slower than the separate pass).
-        const int64_t njr = (nc + NR - 1) / NR, nir = (mc + MR - 1) / MR;
-        const bool rows_first = g.update != nullptr;
-        for (int64_t q = 0; q < njr * nir; ++q) {
-          const int64_t jr = (rows_first ? q % njr : q / nir) * NR, ir = (rows_first ? q / njr : q % nir) * MR;
-          const int64_t j = jc + jr, nr = nc - jr < NR ? nc - jr : NR;
-          const int64_t m = mc - ir < MR ? mc - ir : MR;
-          if (g.upper && j + nr <= ic + ir) continue;  // the tile is under the diagonal
-          e.gj = j;
-          e.gi = ic + ir;
-          const T* ap = apack_p + ir * kcp;
-          T* cp = P.c + (ic + ir) * P.ldc + j;
-          const T* bp = bpack_p + jr * kcp;
-          if (dp) {
-            if (m <= Tile<T>::E1) tile_dp<T, Tile<T>::E1>(kcp, ap, bp, cp, P.ldc, m, nr, e);
-            else if (m <= Tile<T>::E2) tile_dp<T, Tile<T>::E2>(kcp, ap, bp, cp, P.ldc, m, nr, e);
-            else tile_dp<T, MR>(kcp, ap, bp, cp, P.ldc, m, nr, e);
-          } else if (m <= Tile<T>::E1) tile<T, Tile<T>::E1>(kcp, ap, bp, cp, P.ldc, m, nr, e);
-          else if (m <= Tile<T>::E2) tile<T, Tile<T>::E2>(kcp, ap, bp, cp, P.ldc, m, nr, e);
-          else tile<T, MR>(kcp, ap, bp, cp, P.ldc, m, nr, e);
-        }
+        pack_a_at(P, ic, mc, pc, kc, apack_p, bf16);
+        block_tiles(P, dp, apack_p, bpack_p, kcp, ic, mc, jc, nc, e);
       }
       if (pc + kc >= K) break;
     }
@@ -1190,9 +1205,97 @@ void gemm_block(const Problem<T>& P, int64_t i0, int64_t i1, int64_t j0, int64_t
 }
 
 
-// Threads split C into one block of whole micro-panels each, along M or N (whichever costs less:
-// split_cost), and run the whole loop nest on it with private packing: one pool region per call, no
-// shared buffers. Each element of C is the same chain of FMAs over the same KC blocks wherever its
+// Shared packing with claimed chunks, for products whose unsplit operand is small (the training
+// step's 128 x 784 x 512 and its backward products). The operand the threads do not split (A when
+// they split N, B when they split M) is packed once for all of them, in chunks that any thread
+// claims; the split dimension is cut into about 8 chunks of whole micro-panels per thread, each
+// claimed in turn, with its own K-block loop and private packing of the split operand. Against one
+// static block per thread with private packing (gemm_block): the unsplit operand is packed once
+// instead of once per thread (on Zen 4 the bf16 conversion was ~13 % of the 2-thread
+// 128 x 784 x 512 call, each thread converting all of A), and a thread that falls behind no longer
+// holds back a fixed half of the product. Measured on Zen 3 (AVX2, 2 threads, paired rounds):
+// 128 x 512 x 256 5-8 % faster, 128 x 784 x 512 and 1024^3 within noise, 3 threads on the 2 cores
+// ~10 % faster, a Trainer.fit epoch within noise (medians 0.98-1.04x over 10-40 pairs). Each C
+// element is still the same chain over the same K blocks in order, so the bits do not change. No
+// thread waits on another except for the shared packing's chunks in flight (whoever claimed one is
+// running it), so a region run on one thread (the pool busy) simply does every chunk itself.
+struct alignas(64) ClaimCounter {
+  int64_t v = 0;
+  int64_t next() { return __atomic_fetch_add(&v, 1, __ATOMIC_RELAXED); }
+};
+
+constexpr int64_t kSharedPackBytes = int64_t(4) << 20;  // the shared operand, packed, at most
+
+template <class T>
+bool shared_pays(int64_t M, int64_t N, int64_t K, int64_t tasks, bool along_m, bool bf16) {
+  using B = Blocking<T>;
+  if (tasks < 2 || K <= 0) return false;
+  // along N, the shared A is every ic block: one (M <= MC); along M, the shared B is every jc block: one
+  if (along_m ? N > B::NC : M > B::MC) return false;
+  const int64_t rows = along_m ? (N + B::NR - 1) / B::NR * B::NR : (M + B::MR - 1) / B::MR * B::MR;
+  return double(rows) * double(K + (bf16 ? 2 : 0)) * double(sizeof(T)) <= double(kSharedPackBytes);
+}
+
+template <class T>
+void gemm_shared(const Problem<T>& P, bool along_m, int64_t threads) {
+  constexpr int64_t MR = Blocking<T>::MR, NR = Blocking<T>::NR;
+  const GemmArgs<T>& g = *P.args;
+  const int64_t M = P.M, N = P.N, K = P.K;
+  const bool dp = kHaveDp && g.bf16 && sizeof(T) == 4 && dp_enabled();
+  const int bf16 = !g.bf16 ? kPackF32 : dp ? kPackBf16Pairs : kPackBf16Floats;
+  const int64_t kc_max = k_block<T>(K, g.bf16), kp_max = k_packed(kc_max, bf16);
+  const int64_t kblocks = (K + kc_max - 1) / kc_max;
+  // The shared operand: sp panels of R rows (A) or columns (B) per K block, block b at
+  // shared + b * sp * R * kp_max, panel p of it at + p * R * kcp (gemm_block's layout).
+  const int64_t R = along_m ? NR : MR, sp = along_m ? (N + NR - 1) / NR : (M + MR - 1) / MR;
+  const int64_t span = sp * R * kp_max;
+  constexpr int64_t kPackPanels = 4;  // panels per claimed packing chunk
+  const int64_t pack_chunks_per_block = (sp + kPackPanels - 1) / kPackPanels;
+  const int64_t pack_chunks = kblocks * pack_chunks_per_block;
+  // The split operand: wp panels in chunks of G (about 8 per thread).
+  const int64_t W = along_m ? MR : NR, wp = along_m ? (M + MR - 1) / MR : (N + NR - 1) / NR;
+  int64_t G = wp / (8 * threads);
+  if (G < 1) G = 1;
+  const int64_t work_chunks = (wp + G - 1) / G;
+  Scratch<T> shared(kblocks * span);
+  ClaimCounter pack_next, pack_done, work_next;
+  parallel_for(threads, 1, 1, [&](int64_t, int64_t) {
+    for (int64_t c; (c = pack_next.next()) < pack_chunks;) {
+      const int64_t b = c / pack_chunks_per_block, p0 = c % pack_chunks_per_block * kPackPanels;
+      const int64_t p1 = p0 + kPackPanels < sp ? p0 + kPackPanels : sp;
+      const int64_t pc = b * kc_max, kc = K - pc < kc_max ? K - pc : kc_max, kcp = k_packed(kc, bf16);
+      T* dst = shared.p + b * span + p0 * R * kcp;
+      if (along_m) {
+        for (int64_t p = p0; p < p1; ++p)
+          pack_b_at(P, pc, kc, p * NR, N - p * NR < NR ? N - p * NR : NR, dst + (p - p0) * NR * kcp, bf16);
+      } else {
+        pack_a_at(P, p0 * MR, (p1 * MR < M ? p1 * MR : M) - p0 * MR, pc, kc, dst, bf16);
+      }
+      __atomic_fetch_add(&pack_done.v, 1, __ATOMIC_RELEASE);
+    }
+    while (__atomic_load_n(&pack_done.v, __ATOMIC_ACQUIRE) < pack_chunks) __builtin_ia32_pause();
+    Scratch<T> own(G * W * kp_max);
+    for (int64_t c; (c = work_next.next()) < work_chunks;) {
+      const int64_t s0 = c * G * W, s1 = (c + 1) * G * W < (along_m ? M : N) ? (c + 1) * G * W : (along_m ? M : N);
+      for (int64_t b = 0; b < kblocks; ++b) {
+        const int64_t pc = b * kc_max, kc = K - pc < kc_max ? K - pc : kc_max, kcp = k_packed(kc, bf16);
+        TileEpilogue<T> e{pc > 0, pc + kc >= K, 0, 0, &g, P.f};
+        if (along_m) {
+          pack_a_at(P, s0, s1 - s0, pc, kc, own.p, bf16);
+          block_tiles(P, dp, own.p, shared.p + b * span, kcp, s0, s1 - s0, 0, N, e);
+        } else {
+          for (int64_t j = s0; j < s1; j += NR)
+            pack_b_at(P, pc, kc, j, s1 - j < NR ? s1 - j : NR, own.p + (j - s0) * kcp, bf16);
+          block_tiles(P, dp, shared.p + b * span, own.p, kcp, 0, M, s0, s1 - s0, e);
+        }
+      }
+    }
+  });
+}
+
+// Threads split C along M or N (whichever costs less: split_cost) into whole micro-panels: chunks
+// around the shared unsplit operand where it is small (gemm_shared), else one block per thread
+// that runs the whole loop nest with private packing. One pool region per call. Each element of C is the same chain of FMAs over the same KC blocks wherever its
 // block falls, so the result does not depend on the split (nor on the thread count). With upper,
 // the split is along M with equal counts of tiles at or above the diagonal per thread.
 template <class T>
@@ -1243,6 +1346,8 @@ void gemm_driver(int64_t M, int64_t N, int64_t K, const T* a, int64_t rsa, int64
     return p;
   };
   const bool c_once = c_once_pays<T>(M, N, K, tasks, args.upper);
+  if (!args.upper && !c_once && shared_pays<T>(M, N, K, tasks, along_m, args.bf16))
+    return gemm_shared(P, along_m, tasks);
   auto block = c_once ? &gemm_block_c_once<T> : &gemm_block<T>;
   parallel_for(tasks, 1, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
