@@ -506,6 +506,33 @@ def test_bad_arguments():
         layer(np.ones((2, 5), np.float32))
 
 
+def test_layer_constants_are_checked():
+    """negative_slope / alpha as the functional ops check them (a string was converted silently,
+    None raised float()'s message naming nothing), and finite: NaN made every output NaN."""
+    for make, name in ((lambda v: nn.LeakyReLU(v), "negative_slope"), (lambda v: nn.ELU(v), "alpha"),
+                       (lambda v: nn.Linear(3, 2, activation="leaky_relu", negative_slope=v), "negative_slope"),
+                       (lambda v: nn.Linear(3, 2, activation="elu", alpha=v), "alpha")):
+        for bad, kind in (("0.1", "str"), (None, "NoneType"), (True, "bool")):
+            with pytest.raises(TypeError, match=f"{name}: expected a real number, got {kind}"):
+                make(bad)
+        for bad in (float("nan"), float("inf"), -np.inf):
+            with pytest.raises(ValueError, match=f"{name}: expected a finite real number, got"):
+                make(bad)
+        assert make(np.float32(0.5)) is not None  # NumPy scalars are real numbers
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_input_dtype_mismatch_names_x(training):
+    """float64 data (NumPy's default) into a float32 model: the error names x and the fix, not the
+    layer's weight (which the caller never passed)."""
+    model = nn.Sequential(nn.Linear(4, 3, activation="relu"), nn.Linear(3, 2))
+    model.train(training)
+    with pytest.raises(TypeError, match=r"x: expected dtype float32 like the layer's parameters, got float64 "
+                                        r"\(convert the input: x.astype\(np.float32\)\)"):
+        model(np.ones((5, 4)))
+    assert model(np.ones((5, 4), np.float32)).shape == (5, 2)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_dtypes(rng, dtype):
     """A model built in float32 or float64 keeps that dtype through forward, backward and its

@@ -5,6 +5,7 @@ stream. Imports nothing of fastnn but `_C` and `random` (the default generator),
 
 from __future__ import annotations
 
+import math
 import numbers
 import operator
 
@@ -41,6 +42,15 @@ def real(v, name: str) -> float:
     if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
         raise TypeError(f"{name}: expected a real number, got {type(v).__name__}")
     return float(v)
+
+
+def finite_real(v, name: str) -> float:
+    """A layer's constant (negative_slope, alpha): a real number, not NaN or infinite (which would
+    make every output of the layer NaN)."""
+    v = real(v, name)
+    if not math.isfinite(v):
+        raise ValueError(f"{name}: expected a finite real number, got {v}")
+    return v
 
 
 def flag(v, name: str) -> bool:

@@ -125,6 +125,24 @@ when matplotlib is installed) go to --out.
 """
 
 
+def _check_common(args):
+    """--threads, --seed and --out, before any work (an unwritable --out used to be found only
+    after the whole training run)."""
+    import os
+
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads: expected a positive integer, got {args.threads}")
+    if args.seed < 0:
+        raise ValueError(f"--seed: expected a non-negative integer, got {args.seed}")
+    if args.out:
+        try:
+            os.makedirs(args.out, exist_ok=True)
+        except OSError as e:
+            raise OSError(f"--out: cannot create the folder {args.out!r}: {e.strerror or e}") from None
+        if not os.path.isdir(args.out) or not os.access(args.out, os.W_OK | os.X_OK):
+            raise OSError(f"--out: expected a writable folder, got {args.out!r}")
+
+
 def _recipe(args) -> int:
     import os
     import time
@@ -140,9 +158,10 @@ def _recipe(args) -> int:
         raise ValueError(f"--hidden: expected positive layer sizes, got {args.hidden}")
     if not 0 <= args.max_dropout < 1:
         raise ValueError(f"--max-dropout: expected a probability in [0, 1), got {args.max_dropout}")
+    device, device_line = _device(args)
+    _check_common(args)
     if args.threads is not None:
         fastnn.set_num_threads(args.threads)
-    device, device_line = _device(args)
     if not args.quiet or args.device == "auto":
         print(device_line)
     t0 = time.perf_counter()
@@ -211,6 +230,7 @@ def _train(args) -> int:
         raise ValueError(f"--test-fraction: expected a fraction in (0, 1), got {args.test_fraction}")
     if any(h < 1 for h in args.hidden):
         raise ValueError(f"--hidden: expected positive layer sizes, got {args.hidden}")
+    _check_common(args)
     if args.threads is not None:
         fastnn.set_num_threads(args.threads)
     say = (lambda *a: None) if args.quiet else print
@@ -245,8 +265,10 @@ def _train(args) -> int:
         say("  (continuing; see fastnn.recipe for what to change)")
 
     steps_per_epoch = -(-int(len(tr) * 0.9) // args.batch_size)
-    warmup = min(5 * steps_per_epoch, args.epochs * steps_per_epoch // 10)
-    schedule = fastnn.schedules.Warmup(fastnn.schedules.Cosine(args.epochs * steps_per_epoch - warmup), warmup)
+    warmup = min(5 * steps_per_epoch, args.epochs * steps_per_epoch // 10)  # (0 for runs under 10 steps)
+    schedule = fastnn.schedules.Cosine(args.epochs * steps_per_epoch - warmup)
+    if warmup:
+        schedule = fastnn.schedules.Warmup(schedule, warmup)
     trainer = Trainer(model, "cross_entropy", "sgd", schedule,
                       optimizer_kwargs={"lr": args.lr, "momentum": 0.9, "nesterov": True}, l2=args.l2,
                       verbose=not args.quiet, seed=args.seed, precision=args.precision,
@@ -263,8 +285,7 @@ def _train(args) -> int:
     if trainer.stopped_reason == "diverged":
         print("training diverged: rerun with a lower --lr", file=sys.stderr)
         return 1
-    if args.out:
-        os.makedirs(args.out, exist_ok=True)
+    if args.out:  # (created and checked before training)
         trainer.save(os.path.join(args.out, "model.npz"))
         try:
             trainer.plot_history(os.path.join(args.out, "curves.png"))

@@ -241,8 +241,8 @@ class Linear(Module):
         self.activation = F._activation_name(activation)
         self.dropout = _probability(dropout, "dropout")
         self.dropconnect = _probability(dropconnect, "dropconnect")
-        self.negative_slope = float(negative_slope)
-        self.alpha = float(alpha)
+        self.negative_slope = _checks.finite_real(negative_slope, "negative_slope")
+        self.alpha = _checks.finite_real(alpha, "alpha")
         if init not in INITS:
             raise ValueError(f"init: expected one of {', '.join(map(repr, INITS))}, got {init!r}")
         self.init = init
@@ -315,6 +315,10 @@ class Linear(Module):
             self._x, self._saved, self._fast = x, saved, True
             return y
         self._fast = False
+        if type(x) is np.ndarray and x.dtype != w.dtype and x.dtype in (np.float32, np.float64):
+            # (the kernel would blame `weight`, which the caller never passed; float64 is NumPy's default)
+            raise TypeError(f"x: expected dtype {w.dtype} like the layer's parameters, got {x.dtype} "
+                            f"(convert the input: x.astype(np.{w.dtype}))")
         kw = dict(activation=self.activation, negative_slope=self.negative_slope, alpha=self.alpha,
                   prelu_weight=None if self.prelu_weight is None else self.prelu_weight.data,
                   dropout_p=self.dropout, dropconnect_p=self.dropconnect, training=self.training)
@@ -416,7 +420,7 @@ class ReLU(_Elementwise):
 
 class LeakyReLU(_Elementwise):
     def __init__(self, negative_slope=0.01):
-        self.negative_slope = float(negative_slope)
+        self.negative_slope = _checks.finite_real(negative_slope, "negative_slope")
 
     def _f(self, x): return F.leaky_relu(x, self.negative_slope)
     def _b(self, g, x): return F.leaky_relu_backward(g, x, self.negative_slope)
@@ -428,7 +432,7 @@ class LeakyReLU(_Elementwise):
 
 class ELU(_Elementwise):
     def __init__(self, alpha=1.0):
-        self.alpha = float(alpha)
+        self.alpha = _checks.finite_real(alpha, "alpha")
 
     def _f(self, x): return F.elu(x, self.alpha)
     def _b(self, g, x): return F.elu_backward(g, x, self.alpha)

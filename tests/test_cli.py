@@ -1,0 +1,38 @@
+"""The command line (fastnn.cli): argument errors name the option and come before any work; short
+runs train."""
+
+from __future__ import annotations
+
+import pytest
+
+from fastnn.cli import main
+
+
+def test_train_runs_with_fewer_than_ten_steps(capsys, restore_num_threads):
+    # 1 epoch of one 2000-row batch: the warmup (a tenth of the steps) is 0 steps, which
+    # schedules.Warmup refuses; the command used to stop with "steps: expected an integer >= 1"
+    assert main(["train", "--epochs", "1", "--batch-size", "2000", "--hidden", "8", "--threads", "1"]) == 0
+    assert "test accuracy" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["train", "recipe"])
+@pytest.mark.parametrize("option,value,message", [
+    ("--threads", "0", "--threads: expected a positive integer, got 0"),
+    ("--seed", "-1", "--seed: expected a non-negative integer, got -1"),
+])
+def test_bad_option_is_named(command, option, value, message, capsys, restore_num_threads, tmp_path):
+    extra = ["--out", str(tmp_path / "r")] if command == "recipe" else []
+    assert main([command, option, value, "--quiet", *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+
+
+@pytest.mark.parametrize("command", ["train", "recipe"])
+def test_unwritable_out_is_refused_before_training(command, capsys, restore_num_threads, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    out = blocker / "sub"  # under a regular file: cannot be created
+    assert main([command, "--out", str(out), "--epochs", "1", "--hidden", "8", "--threads", "1"]) == 2
+    captured = capsys.readouterr()
+    assert "--out: cannot create the folder" in captured.err, captured.err
+    assert "test accuracy" not in captured.out and "step 1" not in captured.out  # nothing trained
