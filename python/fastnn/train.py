@@ -108,7 +108,8 @@ optimizer's step count) consistent, usable and savable.
 Checkpoints (``save`` / ``load``; fastnn.checkpoint, re-exported here as save_model and
 load_model) are a single .npz holding the parameter arrays, the optimizer's state arrays and a
 JSON document (architecture, parameter shapes, optimizer and trainer settings, history, the
-shuffling generator's state: a loaded trainer continues exactly as the uninterrupted run). No
+shuffling generator's state and the position of fastnn's random stream: a loaded trainer continues
+exactly as the uninterrupted run, dropout masks included). No
 pickle; every field is checked on load, and a malformed file is a ValueError naming it. Written
 atomically; see fastnn.checkpoint.
 """
@@ -757,18 +758,22 @@ class Trainer:
         return {"loss": self.loss_name, "classification": self.classification, "l1": self.l1, "l2": self.l2,
                 "schedule": sched, "schedule_spec": self._schedule_spec, "verbose": self.verbose,
                 "seed": self.seed, "dtype": self.dtype.name, "precision": self.precision, "history": self.history,
-                "n_outputs": self._n_outputs, "rng": self.rng.bit_generator.state}
+                "n_outputs": self._n_outputs, "rng": self.rng.bit_generator.state,
+                "stream": list(_random.default_generator.get_state())}
 
     def save(self, path):
-        """Model architecture and parameters, optimizer state, trainer settings, history and the
-        shuffling generator's state in one .npz, written atomically (fastnn.checkpoint)."""
+        """Model architecture and parameters, optimizer state, trainer settings, history, the
+        shuffling generator's state and the position of fastnn's random stream (dropout,
+        DropConnect, unseeded augmentation) in one .npz, written atomically (fastnn.checkpoint)."""
         save_model(self.model, path, optimizer=self.optimizer, extra={"trainer": self._trainer_config()})
 
     @classmethod
     def load(cls, path, *, loss=None, augment=None, verbose=None, device=None):
         """A Trainer from ``save``: the model rebuilt from its config, the optimizer (same type,
-        hyperparameters, lr, step count, moments), the schedule, history, settings and the
-        shuffling generator's state (so a resumed fit continues as the uninterrupted run would).
+        hyperparameters, lr, step count, moments), the schedule, history, settings, the
+        shuffling generator's state and fastnn's random stream set back to where it was at the save
+        (fastnn.random's default generator, as torch.set_rng_state on a resume), so a resumed fit
+        continues as the uninterrupted run would, dropout masks included.
         A custom loss object is not stored: pass ``loss=`` again (then required). ``device``: where
         the loaded trainer trains: None (where it was saved from), "cpu", "cuda", "cuda:N", "auto"
         (fastnn.checkpoint.load_model's). A checkpoint whose trainer or optimizer
@@ -819,6 +824,8 @@ class Trainer:
         t._n_outputs = tcfg.get("n_outputs")
         if tcfg.get("rng") is not None:  # older checkpoints lack it: the generator stays fresh
             t.rng.bit_generator.state = tcfg["rng"]
+        if tcfg.get("stream") is not None:  # (after the model's rebuild, whose init drew from it)
+            _random.default_generator.set_state(tuple(tcfg["stream"]))
         return t
 
 
@@ -1764,6 +1771,10 @@ def _check_trainer_config(p, tcfg):
     seed = tcfg.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise bad(f"seed: expected an integer or null, got {seed!r}")
+    stream = tcfg.get("stream")
+    if stream is not None and not (isinstance(stream, list) and len(stream) == 2 and all(
+            not isinstance(v, bool) and isinstance(v, int) and 0 <= v < 2**64 for v in stream)):
+        raise bad(f"stream: expected [seed, offset] (integers in [0, 2**64)) or null, got {stream!r:.80}")
     if tcfg.get("dtype", "float32") not in ("float32", "float64"):
         raise bad(f"dtype: expected 'float32' or 'float64', got {tcfg.get('dtype')!r}")
     n = tcfg.get("n_outputs")
