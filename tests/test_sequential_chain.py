@@ -195,7 +195,7 @@ def test_what_goes_layer_by_layer(rng):
     assert _declines(shared, x)
     assert _declines(_net(np.float32).eval(), x)
     # a float64 batch for float32 weights: the chain declines and Linear's own error comes out
-    with pytest.raises(TypeError, match="weight: expected dtype float64 like x, got float32"):
+    with pytest.raises(TypeError, match="x: expected dtype float32 like the layer's parameters, got float64"):
         _net(np.float32).forward(x.astype(np.float64))
     assert _declines(_net(np.float32), np.asfortranarray(x))
     # the layer-by-layer results of a declined network are still right

@@ -1214,8 +1214,8 @@ void gemm_block(const Problem<T>& P, int64_t i0, int64_t i1, int64_t j0, int64_t
 // instead of once per thread (on Zen 4 the bf16 conversion was ~13 % of the 2-thread
 // 128 x 784 x 512 call, each thread converting all of A), and a thread that falls behind no longer
 // holds back a fixed half of the product. Measured on Zen 3 (AVX2, 2 threads, paired rounds):
-// 128 x 512 x 256 5-8 % faster, 128 x 784 x 512 and 1024^3 within noise, 3 threads on the 2 cores
-// ~10 % faster, a Trainer.fit epoch within noise (medians 0.98-1.04x over 10-40 pairs). Each C
+// 128 x 512 x 256 0-8 % faster, 128 x 784 x 512, 512 x 128 x 784 and 1024^3 within noise, 3
+// threads on the 2 cores ~10 % faster, a Trainer.fit epoch within noise (medians 0.98-1.04x). Each C
 // element is still the same chain over the same K blocks in order, so the bits do not change. No
 // thread waits on another except for the shared packing's chunks in flight (whoever claimed one is
 // running it), so a region run on one thread (the pool busy) simply does every chunk itself.
