@@ -1,13 +1,18 @@
 // pybind11 glue for matmul and the fused linear layer: argument checks and GIL release; the
 // passes, keep bits and scratch are csrc/cpu/linear.cpp's.
+#include <algorithm>
+#include <cmath>
 #include <string>
 
 #include <vector>
 
 #include "bindings/common.h"
+#include "bindings/loss_sums.h"
 #include "bindings/optim_args.h"
 #include "cpu/kernels.h"
 #include "cpu/linear.h"
+#include "cpu/metrics.h"
+#include "cpu/train.h"
 
 namespace fastnn {
 
@@ -305,31 +310,17 @@ class LinearChain {
       in = L.y;
     }
     M_ = M;
+    std::vector<void*> ys(layers_.size()), pos(layers_.size());
+    for (size_t l = 0; l < layers_.size(); ++l) {
+      ys[l] = data_of(layers_[l].y);
+      pos[l] = layers_[l].signs ? data_of(layers_[l].pos) : nullptr;
+    }
+    const void* x0 = data_of(x);
     {
       py::gil_scoped_release nogil;
       dispatch_float(dt_, [&](auto zero) {
         using T = decltype(zero);
-        for (Layer& L : layers_) {
-          cpu::LinearForwardArgs<T> f;
-          f.M = M;
-          f.N = L.N;
-          f.K = L.K;
-          f.x = static_cast<const T*>(data_of(L.x));
-          f.rsx = L.K;
-          f.csx = 1;
-          f.w = cptr<T>(L.w);
-          f.rsw = L.K;
-          f.csw = 1;
-          f.bias = static_cast<const T*>(L.bias);
-          f.act.act = L.act;
-          f.act.params = L.params;
-          f.rnd = L.rnd;
-          f.y = static_cast<T*>(data_of(L.y));
-          f.pos_bits = L.signs ? static_cast<uint8_t*>(data_of(L.pos)) : nullptr;
-          f.pos_from_y = L.act == kActRelu;
-          f.bf16 = bf16;
-          cpu::linear_forward(f);
-        }
+        forward_kernels<T>(M, static_cast<const T*>(x0), ys, pos, bf16);
       });
     }
     return layers_.back().y.cast<py::array>();
@@ -368,43 +359,235 @@ class LinearChain {
       gx[l] = l > 0 || need_input_grad ? py::object(host_empty({M_, L.K}, L.w.dtype())) : py::object(py::none());
     }
     std::vector<double> ws(n, 0.0), bs(n, 0.0);
+    std::vector<void*> ys(n), pos(n), gxp(n);
+    for (size_t l = 0; l < n; ++l) {
+      ys[l] = data_of(layers_[l].y);
+      pos[l] = layers_[l].signs ? data_of(layers_[l].pos) : nullptr;
+      gxp[l] = gx[l].is_none() ? nullptr : data_of(gx[l]);
+    }
+    const void* x0 = data_of(layers_[0].x);
     {
       py::gil_scoped_release nogil;
       dispatch_float(dt_, [&](auto zero) {
         using T = decltype(zero);
-        const T* go = cptr<T>(g);
-        for (size_t l = n; l-- > 0;) {
-          Layer& L = layers_[l];
-          cpu::LinearBackwardArgs<T> b;
-          b.M = M_;
-          b.N = L.N;
-          b.K = L.K;
-          b.g = go;
-          b.x = static_cast<const T*>(data_of(L.x));
-          b.rsx = L.K;
-          b.csx = 1;
-          b.w = cptr<T>(L.w);
-          b.rsw = L.K;
-          b.csw = 1;
-          b.act.act = L.act;
-          b.act.params = L.params;
-          b.rnd = L.rnd;
-          b.y = L.keep_y ? static_cast<const T*>(data_of(L.y)) : nullptr;
-          b.pos_bits = L.signs ? static_cast<const uint8_t*>(data_of(L.pos)) : nullptr;
-          b.grad_x = gx[l].is_none() ? nullptr : static_cast<T*>(data_of(gx[l]));
-          b.grad_w = static_cast<T*>(gw[l]);
-          b.grad_b = static_cast<T*>(gb[l]);
-          b.bf16 = bf16;
-          backward_updated<T>(b, up[l], up[l].kind ? mptr<T>(L.w) : nullptr, ub[l],
-                              ub[l].kind ? mptr<T>(L.b) : nullptr, &ws[l], &bs[l]);
-          go = b.grad_x;
-        }
+        backward_kernels<T>(M_, cptr<T>(g), static_cast<const T*>(x0), ys, pos, gxp, gw, gb, up, ub, ws, bs, bf16);
       });
     }
     py::list results;
     for (size_t l = 0; l < n; ++l) results.append(update_result(up[l], ws[l], ub[l], bs[l]));
     release();
     return py::make_tuple(gx[0], results);
+  }
+
+  // Steps [s0, s1) of one epoch of fastnn.train.Trainer.fit on the CPU for this chain (the
+  // _CPURun loop's body for a network of Linear layers, a built-in loss and a fused SGD/Adam): per
+  // step, the batch (rows [s*bs, min(n, (s+1)*bs)) of X and Y, gathered through `order` when given),
+  // the forward, the loss and its gradient, the argmax hits, the backward with each parameter's
+  // fused update. The Python loop's per-step work (~75 us a step on Zen 3: the layers' and the
+  // optimizer's argument building, the loss and metric calls) done here between the kernels, with
+  // the same kernels and the same scalars, so the same bits.
+  //   loss_kind 0: softmax cross-entropy of int64 labels Y (n,); 1: squared error of targets Y (n, C)
+  //   scaled by 2 / (M C), as fastnn.nn.MSELoss. hits: count the argmax hits (kind 0).
+  //   updates: per layer (weight update, bias update), the tuples of optim's fused_update for the
+  //   first step (s0); step j of the chunk uses lr = lrs[j] * lr_scales[l] (weight, bias), SGD's
+  //   `first` only at j = 0, Adam's step t0 + j. seed / offset: fastnn's stream where the first
+  //   step's dropout reserves its positions (random.Generator.reserve: 64-position blocks).
+  //   out (s1 - s0, 2) float64: per step (the data loss, its contribution to the epoch's sum).
+  //   progress (5,) int64: (steps done, hits, the stream offset after them, the step whose loss was
+  //   not finite or -1, stop): the steps stop early when a signal handler run between two of them
+  //   sets `stop`; a KeyboardInterrupt raised there propagates. progress tells what ran.
+  void train_steps(const py::array& X, const py::array& Y, const py::object& order_obj, int64_t s0, int64_t s1,
+                   int64_t bs, int loss_kind, bool hits, const py::list& grads, const py::list& updates,
+                   const py::array& lrs, const py::list& lr_scales, uint64_t seed, uint64_t offset,
+                   const std::string& precision, py::array out, py::array progress) {
+    const bool bf16 = parse_precision(precision, dt_);
+    const size_t nl = layers_.size();
+    check_batch(X, "X", layers_[0].K);
+    const int64_t n = X.shape(0), d = X.shape(1), C = layers_.back().N;
+    if (bs < 1 || s0 < 0 || s1 < s0 || (s1 > 0 && (s1 - 1) * bs >= n))
+      throw py::value_error("s0, s1, bs: steps outside the data");
+    const int64_t steps = s1 - s0;
+    if (loss_kind == 0) {
+      if (!Y.dtype().equal(py::dtype::of<int64_t>()) || Y.ndim() != 1 || Y.shape(0) != n)
+        throw py::type_error("Y: expected int64 labels of shape (" + std::to_string(n) + ",)");
+    } else if (loss_kind == 1) {
+      check_batch(Y, "Y", C);
+      if (Y.shape(0) != n) throw py::value_error("Y: expected " + std::to_string(n) + " rows like X");
+    } else {
+      throw py::value_error("loss_kind: expected 0 (cross-entropy) or 1 (squared error)");
+    }
+    require_c_contiguous(Y, "Y");
+    const int64_t r0 = s0 * bs, r1 = std::min(n, s1 * bs);  // the chunk's rows
+    const int64_t* order = nullptr;
+    py::array order_arr;
+    if (!order_obj.is_none()) {
+      order_arr = order_obj.cast<py::array>();
+      if (!order_arr.dtype().equal(py::dtype::of<int64_t>()) || order_arr.ndim() != 1 || order_arr.shape(0) != n)
+        throw py::type_error("order: expected an int64 permutation of shape (" + std::to_string(n) + ",)");
+      require_c_contiguous(order_arr, "order");
+      order = cptr<int64_t>(order_arr);
+      for (int64_t i = r0; i < r1; ++i)
+        if (order[i] < 0 || order[i] >= n) throw py::index_error("order: index out of range at " + std::to_string(i));
+    }
+    if (loss_kind == 0) {
+      const int64_t* y = cptr<int64_t>(Y);
+      for (int64_t i = r0; i < r1; ++i) {
+        const int64_t v = y[order ? order[i] : i];
+        if (v < 0 || v >= C)
+          throw py::value_error("Y: expected class indices in [0, " + std::to_string(C) + "), got " + std::to_string(v));
+      }
+    }
+    if (!lrs.dtype().equal(py::dtype::of<double>()) || lrs.ndim() != 1 || lrs.shape(0) < steps)
+      throw py::type_error("lrs: expected float64 learning rates, one per step");
+    if (!out.dtype().equal(py::dtype::of<double>()) || out.ndim() != 2 || out.shape(0) < steps || out.shape(1) != 2)
+      throw py::type_error("out: expected a float64 (steps, 2) array");
+    if (!progress.dtype().equal(py::dtype::of<int64_t>()) || progress.size() != 5)
+      throw py::type_error("progress: expected 5 int64");
+    require_writeable(out, "out");
+    require_writeable(progress, "progress");
+    if (py::len(grads) != nl || py::len(updates) != nl || py::len(lr_scales) != nl)
+      throw py::value_error("grads, updates, lr_scales: expected one entry per layer");
+    // The updates as for backward(); the per-step scalars derived below.
+    std::vector<void*> gw(nl), gb(nl);
+    std::vector<py::array> keep(2 * nl);
+    std::vector<FusedUpdateSpec> up0(nl), ub0(nl);
+    std::vector<int64_t> tw(nl, 0), tb(nl, 0);
+    std::vector<double> scw(nl), scb(nl);
+    for (size_t l = 0; l < nl; ++l) {
+      Layer& L = layers_[l];
+      const auto gt = grads[l].cast<py::tuple>();
+      const auto ut = updates[l].cast<py::tuple>();
+      const auto st = lr_scales[l].cast<py::tuple>();
+      if (gt.size() != 2 || ut.size() != 2 || st.size() != 2) throw py::value_error("grads, updates, lr_scales: expected pairs");
+      gw[l] = optional_output(gt[0], L.w, "grad_w", L.N, L.K, &keep[2 * l]);
+      if (!gw[l]) throw py::value_error("grad_w: required");
+      gb[l] = L.bias ? optional_out_vector(gt[1], L.w, "grad_b", L.N, &keep[2 * l + 1]) : nullptr;
+      up0[l] = fused_update_spec(ut[0], L.w, "update", "weight", L.N, L.K);
+      if (L.bias) ub0[l] = fused_update_spec(ut[1], L.b, "update_bias", "bias", L.N, -1);
+      if (!up0[l].kind || (L.bias && !ub0[l].kind) || up0[l].sumsq || ub0[l].sumsq)
+        throw py::value_error("updates: every parameter needs a fused update without sumsq");
+      auto step_of = [](const py::object& u) {
+        const auto t = u.cast<py::tuple>();
+        return std::string(py::str(t[0])) == "adam" ? t[10].cast<int64_t>() : int64_t(0);
+      };
+      tw[l] = step_of(ut[0]);
+      tb[l] = L.bias ? step_of(ut[1]) : 0;
+      scw[l] = st[0].cast<double>();
+      scb[l] = st[1].cast<double>();
+    }
+    // Every step's stream positions, reserved up front (the Python loop reserves them step by step).
+    std::vector<uint64_t> offs(static_cast<size_t>(steps) * nl, 0), after(static_cast<size_t>(steps));
+    uint64_t cur = offset;
+    for (int64_t j = 0; j < steps; ++j) {
+      const int64_t M = std::min(n, (s0 + j + 1) * bs) - (s0 + j) * bs;
+      for (size_t l = 0; l < nl; ++l) {
+        const Layer& L = layers_[l];
+        if (!L.rnd.dropout && !L.rnd.dropconnect) continue;
+        const uint64_t need = (static_cast<uint64_t>(M) * L.N + static_cast<uint64_t>(L.N) * L.K + 63) / 64 * 64;
+        if (cur > ~uint64_t(0) - need) throw py::value_error("the 2**64-position stream is exhausted; re-seed it");
+        offs[static_cast<size_t>(j) * nl + l] = cur;
+        cur += need;
+      }
+      after[j] = cur;
+    }
+    // Buffers for a full batch; a shorter last batch uses their first rows.
+    const int64_t B = std::min(bs, n);
+    std::vector<py::array> own;
+    auto buffer = [&](std::vector<int64_t> shape, py::dtype dt) {
+      own.push_back(host_empty(shape, dt));
+      return static_cast<void*>(own.back().mutable_data());
+    };
+    void* xb = order ? buffer({B, d}, X.dtype()) : nullptr;
+    void* yb = order ? (loss_kind == 0 ? buffer({B}, Y.dtype()) : buffer({B, C}, Y.dtype())) : nullptr;
+    std::vector<void*> ys(nl), pos(nl), gxp(nl, nullptr);
+    for (size_t l = 0; l < nl; ++l) {
+      ys[l] = buffer({B, layers_[l].N}, X.dtype());
+      pos[l] = layers_[l].signs ? buffer({B, cpu::pos_row_bytes(layers_[l].N)}, py::dtype::of<uint8_t>()) : nullptr;
+      if (l > 0) gxp[l] = buffer({B, layers_[l].K}, X.dtype());
+    }
+    void* g = buffer({B, C}, X.dtype());
+    const void* Xp = X.data();
+    const void* Yp = Y.data();
+    const double* lr = cptr<double>(lrs);
+    double* res = mptr<double>(out);
+    int64_t* prog = mptr<int64_t>(progress);
+    prog[0] = 0;
+    prog[1] = 0;
+    prog[2] = static_cast<int64_t>(offset);
+    prog[3] = -1;
+    release();  // (a forward kept from before is not this loop's)
+    const size_t xrow = static_cast<size_t>(d) * X.itemsize(), yrow = static_cast<size_t>(Y.itemsize()) *
+                                                                      (loss_kind == 0 ? 1 : static_cast<size_t>(C));
+    std::vector<FusedUpdateSpec> up(nl), ub(nl);
+    std::vector<double> ws(nl, 0.0), bsq(nl, 0.0);
+    auto at_step = [](FusedUpdateSpec u, double lr_j, int64_t j, int64_t t0) {
+      if (u.kind == FusedUpdate<float>::kSgd) {
+        u.sgd.lr = lr_j;
+        u.sgd.first = u.sgd.first && j == 0;
+      } else if (u.kind == FusedUpdate<float>::kAdam) {
+        const AdamArgs a = u.adam;
+        u.adam = adam_args(lr_j, a.beta1, a.beta2, a.eps, a.l2, a.l1, a.decoupled, t0 + j);
+      }
+      return u;
+    };
+    for (int64_t j = 0; j < steps; ++j) {
+      const int64_t lo = (s0 + j) * bs, M = std::min(n, lo + bs) - lo;
+      for (size_t l = 0; l < nl; ++l) {
+        up[l] = at_step(up0[l], lr[j] * scw[l], j, tw[l]);
+        if (layers_[l].bias) ub[l] = at_step(ub0[l], lr[j] * scb[l], j, tb[l]);
+        layers_[l].rnd.seed = layers_[l].rnd.dropout || layers_[l].rnd.dropconnect ? seed : 0;
+        layers_[l].rnd.offset = offs[static_cast<size_t>(j) * nl + l];
+      }
+      double value = 0.0, contrib = 0.0;
+      bool finite = true;
+      {
+        py::gil_scoped_release nogil;
+        const void* xs = static_cast<const uint8_t*>(Xp) + static_cast<size_t>(lo) * xrow;
+        const void* yt = static_cast<const uint8_t*>(Yp) + static_cast<size_t>(lo) * yrow;
+        if (order) {
+          gather_rows<int64_t>(static_cast<const uint8_t*>(Xp), static_cast<int64_t>(xrow), order + lo, M,
+                               static_cast<uint8_t*>(xb));
+          if (loss_kind == 0) {
+            for (int64_t i = 0; i < M; ++i) static_cast<int64_t*>(yb)[i] = static_cast<const int64_t*>(Yp)[order[lo + i]];
+          } else {
+            gather_rows<int64_t>(static_cast<const uint8_t*>(Yp), static_cast<int64_t>(yrow), order + lo, M,
+                                 static_cast<uint8_t*>(yb));
+          }
+          xs = xb;
+          yt = yb;
+        }
+        dispatch_float(dt_, [&](auto zero) {
+          using T = decltype(zero);
+          forward_kernels<T>(M, static_cast<const T*>(xs), ys, pos, bf16);
+          const T* o = static_cast<const T*>(ys[nl - 1]);
+          if (loss_kind == 0) {
+            value = softmax_xent_mean<T>(0, o, yt, static_cast<T*>(g), M, C);
+            contrib = value * static_cast<double>(M);
+          } else {
+            const double size = static_cast<double>(M * C);
+            contrib = squared_error_sum<T>(o, static_cast<const T*>(yt), static_cast<T*>(g), M * C, 2.0 / size);
+            value = contrib / size;
+          }
+          finite = std::isfinite(value);
+          if (!finite) return;
+          if (hits && loss_kind == 0) prog[1] += argmax_count_labels(o, M, C, C, static_cast<const int64_t*>(yt));
+          backward_kernels<T>(M, static_cast<const T*>(g), static_cast<const T*>(xs), ys, pos, gxp, gw, gb, up, ub,
+                              ws, bsq, bf16);
+        });
+      }
+      prog[2] = static_cast<int64_t>(after[j]);  // (this step's forward reserved its positions)
+      res[2 * j] = value;
+      res[2 * j + 1] = contrib;
+      if (!finite) {
+        prog[3] = j;
+        break;
+      }
+      prog[0] = j + 1;
+      // Python's signal handlers run here, between steps: the default SIGINT one raises
+      // KeyboardInterrupt; fastnn.train's (_Interrupts) sets prog[4] instead, to stop cleanly.
+      if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+      if (prog[4]) break;
+    }
   }
 
   // Drops what the last forward kept (its arrays go back to the block cache).
@@ -426,6 +609,75 @@ class LinearChain {
     bool signs = false, keep_y = false;
     py::object x = py::none(), y = py::none(), pos = py::none();  // the last forward's
   };
+
+  // The layers' forward kernels for M rows: x0 the first layer's input, ys[l] layer l's output
+  // (M, N_l), pos[l] its saved ReLU/activation sign bits (null where not kept). GIL released.
+  template <class T>
+  void forward_kernels(int64_t M, const T* x0, const std::vector<void*>& ys, const std::vector<void*>& pos,
+                       bool bf16) {
+    const T* in = x0;
+    for (size_t l = 0; l < layers_.size(); ++l) {
+      const Layer& L = layers_[l];
+      cpu::LinearForwardArgs<T> f;
+      f.M = M;
+      f.N = L.N;
+      f.K = L.K;
+      f.x = in;
+      f.rsx = L.K;
+      f.csx = 1;
+      f.w = cptr<T>(L.w);
+      f.rsw = L.K;
+      f.csw = 1;
+      f.bias = static_cast<const T*>(L.bias);
+      f.act.act = L.act;
+      f.act.params = L.params;
+      f.rnd = L.rnd;
+      f.y = static_cast<T*>(ys[l]);
+      f.pos_bits = static_cast<uint8_t*>(pos[l]);
+      f.pos_from_y = L.act == kActRelu;
+      f.bf16 = bf16;
+      cpu::linear_forward(f);
+      in = f.y;
+    }
+  }
+
+  // The layers' backward kernels, last to first, with the fused updates: g (M, N_last); gx[l] layer
+  // l's input gradient (gx[0] null: not computed); gw / gb the gradient buffers; ws / bs the
+  // updates' sums of squares. GIL released.
+  template <class T>
+  void backward_kernels(int64_t M, const T* g, const T* x0, const std::vector<void*>& ys,
+                        const std::vector<void*>& pos, const std::vector<void*>& gx, const std::vector<void*>& gw,
+                        const std::vector<void*>& gb, const std::vector<FusedUpdateSpec>& up,
+                        const std::vector<FusedUpdateSpec>& ub, std::vector<double>& ws, std::vector<double>& bs,
+                        bool bf16) {
+    const T* go = g;
+    for (size_t l = layers_.size(); l-- > 0;) {
+      Layer& L = layers_[l];
+      cpu::LinearBackwardArgs<T> b;
+      b.M = M;
+      b.N = L.N;
+      b.K = L.K;
+      b.g = go;
+      b.x = l == 0 ? x0 : static_cast<const T*>(ys[l - 1]);
+      b.rsx = L.K;
+      b.csx = 1;
+      b.w = cptr<T>(L.w);
+      b.rsw = L.K;
+      b.csw = 1;
+      b.act.act = L.act;
+      b.act.params = L.params;
+      b.rnd = L.rnd;
+      b.y = L.keep_y ? static_cast<const T*>(ys[l]) : nullptr;
+      b.pos_bits = static_cast<const uint8_t*>(pos[l]);
+      b.grad_x = static_cast<T*>(gx[l]);
+      b.grad_w = static_cast<T*>(gw[l]);
+      b.grad_b = static_cast<T*>(gb[l]);
+      b.bf16 = bf16;
+      backward_updated<T>(b, up[l], up[l].kind ? mptr<T>(L.w) : nullptr, ub[l], ub[l].kind ? mptr<T>(L.b) : nullptr,
+                          &ws[l], &bs[l]);
+      go = b.grad_x;
+    }
+  }
 
   // An array's data pointer, read without the GIL (a struct field of the NumPy object).
   static void* data_of(const py::object& o) { return py::detail::array_proxy(o.ptr())->data; }
@@ -458,6 +710,10 @@ void register_gemm(py::module_& m) {
       .def("forward", &LinearChain::forward, py::arg("x"), py::arg("seeds"), py::arg("precision"))
       .def("backward", &LinearChain::backward, py::arg("grad_output"), py::arg("need_input_grad"), py::arg("grads"),
            py::arg("updates"), py::arg("precision"))
+      .def("train_steps", &LinearChain::train_steps, py::arg("X"), py::arg("Y"), py::arg("order"), py::arg("s0"),
+           py::arg("s1"), py::arg("bs"), py::arg("loss_kind"), py::arg("hits"), py::arg("grads"), py::arg("updates"),
+           py::arg("lrs"), py::arg("lr_scales"), py::arg("seed"), py::arg("offset"), py::arg("precision"),
+           py::arg("out"), py::arg("progress"))
       .def("release", &LinearChain::release)
       .def("__len__", &LinearChain::size);
 

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "bindings/common.h"
+#include "bindings/loss_sums.h"
 #include "cpu/kernels.h"
 #include "core/parallel.h"
 
@@ -104,27 +105,16 @@ void register_loss(py::module_& m) {
           require_c_contiguous(grad, "grad");
           require_writeable(grad, "grad");
         }
-        std::vector<double> row_loss(static_cast<size_t>(M));
-        const double scale = 1.0 / static_cast<double>(M);
         const void* tp = target.data();
+        double loss = 0.0;
         dispatch_float(dt, [&](auto zero) {
           using T = decltype(zero);
-          const auto& k = loss_kernels_for<T>();
           const T* xp = cptr<T>(x);
           T* gp = grad_obj.is_none() ? nullptr : mptr<T>(grad);
           py::gil_scoped_release nogil;
-          const int64_t grain = std::max<int64_t>(1, kGrainElements / C);
-          parallel_for(M, grain, 1, [&](int64_t b, int64_t e) {
-            T* g = gp ? gp + b * C : nullptr;
-            double* l = row_loss.data() + b;
-            if (kind == I64) k.xent_i64(xp + b * C, static_cast<const int64_t*>(tp) + b, g, l, e - b, C, scale);
-            else if (kind == I32) k.xent_i32(xp + b * C, static_cast<const int32_t*>(tp) + b, g, l, e - b, C, scale);
-            else k.xent_soft(xp + b * C, static_cast<const T*>(tp) + b * C, g, l, e - b, C, scale);
-          });
+          loss = softmax_xent_mean<T>(kind == I64 ? 0 : kind == I32 ? 1 : 2, xp, tp, gp, M, C);
         });
-        double total = 0.0;
-        for (double v : row_loss) total += v;
-        return total * scale;
+        return loss;
       },
       py::arg("logits"), py::arg("target"), py::arg("grad") = py::none(),
       "Mean softmax cross-entropy of (M, C) logits; writes (softmax - target)/M to grad when given.");
@@ -144,24 +134,15 @@ void register_loss(py::module_& m) {
           require_writeable(grad, "grad");
         }
         const int64_t n = p.size();
-        const int64_t nblocks = (n + kGrainElements - 1) / kGrainElements;
-        std::vector<double> partial(static_cast<size_t>(nblocks), 0.0);
+        double total = 0.0;
         dispatch_float(dt, [&](auto zero) {
           using T = decltype(zero);
-          const auto fn = loss_kernels_for<T>().squared_error;
           const T* pp = cptr<T>(p);
           const T* tp = cptr<T>(t);
           T* gp = grad_obj.is_none() ? nullptr : mptr<T>(grad);
           py::gil_scoped_release nogil;
-          parallel_for(nblocks, 1, 1, [&](int64_t b, int64_t e) {
-            for (int64_t blk = b; blk < e; ++blk) {
-              const int64_t o = blk * kGrainElements, len = std::min(kGrainElements, n - o);
-              partial[blk] = fn(pp + o, tp + o, gp ? gp + o : nullptr, len, scale);
-            }
-          });
+          total = squared_error_sum<T>(pp, tp, gp, n, scale);
         });
-        double total = 0.0;
-        for (double v : partial) total += v;
         return total;
       },
       py::arg("input"), py::arg("target"), py::arg("grad") = py::none(), py::arg("scale") = 1.0,
