@@ -227,3 +227,42 @@ def test_training_errors(digits_split):
         ensemble.snapshot_ensemble(_wide, Xtr, ytr, trainer_kwargs={"schedule": "cosine"})
     with pytest.raises(ValueError, match="cycles: expected an integer >= 1"):
         ensemble.snapshot_ensemble(_wide, Xtr, ytr, cycles=0)
+
+
+@pytest.mark.parametrize("fit_kwargs, steps", [({}, 4), ({"drop_last": True}, 3),
+                                               ({"drop_last": True, "validation_fraction": 0.25}, 2)])
+def test_snapshot_cycles_follow_the_fits_steps_per_epoch(digits_split, fit_kwargs, steps):
+    # 230 rows in batches of 64: 4 steps per epoch, 3 when drop_last skips the short batch, 2
+    # when a quarter (58 rows) is held out first. The cycle is counted in the fit's own steps,
+    # so every snapshot (end of an epoch_per_cycle-th epoch) sits at the schedule's minimum.
+    Xtr, ytr, _, _ = digits_split
+    ens = ensemble.snapshot_ensemble(lambda p: _wide({"hidden": 16}), Xtr[:230], ytr[:230], cycles=3,
+                                     epochs_per_cycle=2, lr=0.1, eta_min=0.01, batch_size=64,
+                                     fit_kwargs=fit_kwargs)
+    cycle = 2 * steps
+    sched = schedules.CyclicCosine(cycle, 0.01)
+    lrs = ens.trainer.history["step_lr"]
+    np.testing.assert_allclose(lrs, [sched(k, 0.1) for k in range(3 * cycle)], rtol=1e-12)
+    ref = sched(cycle - 1, 0.1)  # the last step of a cycle: the lowest lr in it
+    assert ref == min(sched(k, 0.1) for k in range(cycle)) < 0.1
+    np.testing.assert_allclose([lrs[c * cycle - 1] for c in (1, 2, 3)], [ref] * 3, rtol=1e-12)
+
+
+def test_snapshot_fit_kwargs_callbacks_as_trainer_fit_takes_them(digits_split):
+    Xtr, ytr, _, _ = digits_split
+    seen = []
+
+    class OnEpochEnd:
+        def on_epoch_end(self, trainer, epoch, logs):
+            seen.append(("object", epoch))
+
+    def fn(trainer, epoch, logs):
+        seen.append(("function", epoch))
+
+    for cbs, kind in ((fn, "function"), (OnEpochEnd(), "object"), ([fn], "function")):
+        seen.clear()
+        ens = ensemble.snapshot_ensemble(lambda p: _wide({"hidden": 8}), Xtr[:100], ytr[:100], cycles=2,
+                                         epochs_per_cycle=1, batch_size=50, fit_kwargs={"callbacks": cbs})
+        assert seen == [(kind, 0), (kind, 1)] and len(ens) == 2
+    with pytest.raises(TypeError, match=r"fit_kwargs\['callbacks'\]: expected a callback .* got int"):
+        ensemble.snapshot_ensemble(_wide, Xtr[:100], ytr[:100], fit_kwargs={"callbacks": 3})

@@ -257,8 +257,9 @@ def snapshot_ensemble(model_fn, X, y, *, cycles=5, epochs_per_cycle=10, lr=0.1, 
     schedule CyclicCosine(epochs_per_cycle * steps per epoch, eta_min) from ``lr`` (SGD with
     momentum 0.9 by default), and the Ensemble of the ``cycles`` snapshots of its weights taken
     at the end of each cycle (copies in eval mode). ``model_fn({**params, "seed": seed})``
-    builds the model. fit_kwargs go to Trainer.fit (e.g. validation_fraction; early stopping
-    would cut the cycles short and is refused). The ensemble keeps ``trainer`` (its history
+    builds the model. fit_kwargs go to Trainer.fit (e.g. validation_fraction, drop_last, callbacks
+    as one or a list; the cycle length counts the steps the fit will take; early stopping would
+    cut the cycles short and is refused). The ensemble keeps ``trainer`` (its history
     shows the restarts in "step_lr")."""
     from . import schedules
     from .train import Trainer
@@ -283,7 +284,9 @@ def snapshot_ensemble(model_fn, X, y, *, cycles=5, epochs_per_cycle=10, lr=0.1, 
         import math
         n -= int(math.ceil(f * n))
     bs = min(batch_size, max(n, 1))
-    steps = -(-n // bs)
+    # optimizer steps per epoch as Trainer.fit counts them: the cycle must end on an epoch's last
+    # step, or the snapshots drift away from the lr minimum
+    steps = n // bs if fk.get("drop_last", False) else -(-n // bs)
     okw = dict(optimizer_kwargs or ({"momentum": 0.9} if optimizer == "sgd" else {}))
     okw["lr"] = lr
     trainer = Trainer(model, "cross_entropy", optimizer, schedules.CyclicCosine(epochs_per_cycle * steps, eta_min),
@@ -294,8 +297,15 @@ def snapshot_ensemble(model_fn, X, y, *, cycles=5, epochs_per_cycle=10, lr=0.1, 
         if (epoch + 1) % epochs_per_cycle == 0:
             snapshots.append(_copy(tr.model))
 
-    trainer.fit(X, y, epochs=cycles * epochs_per_cycle, batch_size=batch_size,
-                callbacks=[keep, *fk.pop("callbacks", ())], **fk)
+    user_cbs = fk.pop("callbacks", ())
+    if callable(user_cbs) or hasattr(user_cbs, "on_epoch_end"):  # one callback, as Trainer.fit takes it
+        user_cbs = [user_cbs]
+    try:
+        user_cbs = list(user_cbs)
+    except TypeError:
+        raise TypeError(f"fit_kwargs['callbacks']: expected a callback (a function or an object with on_epoch_end) "
+                        f"or a list of them, got {type(user_cbs).__name__}") from None
+    trainer.fit(X, y, epochs=cycles * epochs_per_cycle, batch_size=batch_size, callbacks=[keep, *user_cbs], **fk)
     if not snapshots:
         raise RuntimeError(f"snapshot_ensemble: training stopped ({trainer.stopped_reason}) before the end of the "
                            f"first cycle; lower lr")
