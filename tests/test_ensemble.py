@@ -11,10 +11,12 @@ from fastnn.ensemble import Ensemble
 
 
 class _Fixed:
-    """A member with given probabilities."""
+    """A member with given probabilities (and, like a scikit-learn classifier, classes_ if given)."""
 
-    def __init__(self, p):
+    def __init__(self, p, classes=None):
         self.p = np.asarray(p, np.float64)
+        if classes is not None:
+            self.classes_ = np.asarray(classes)
 
     def predict_proba(self, X):
         return self.p
@@ -63,6 +65,73 @@ def test_errors():
         Ensemble([_Fixed([[0.5, 0.5], [0.5, 0.5]]), _Fixed([[0.2, 0.3, 0.5], [0.2, 0.3, 0.5]])]).predict(X)
     with pytest.raises(TypeError, match="models: expected fastnn.nn modules or objects with predict_proba"):
         Ensemble([object()]).predict(X)
+
+
+@pytest.mark.parametrize("classes", [[1, 2, 3], ["cat", "dog", "emu"], [0.0, 2.5, 7.0]])
+@pytest.mark.parametrize("voting", ["soft", "hard"])
+def test_members_with_classes_predict_their_labels(classes, voting):
+    # Members' column j is classes_[j]: predict gives the label, not the column (which scored 0
+    # against labels 1, 2, 3 or strings), as scikit-learn's VotingClassifier does.
+    a = _Fixed([[0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.1, 0.2, 0.7], [0.5, 0.1, 0.4]], classes)
+    b = _Fixed([[0.5, 0.4, 0.1], [0.1, 0.3, 0.6], [0.2, 0.2, 0.6], [0.1, 0.1, 0.8]], classes)
+    X = np.zeros((4, 1))
+    ens = Ensemble([a, b], voting=voting)
+    labels = np.asarray(classes)
+    if voting == "soft":
+        expect_idx = ((a.p + b.p) / 2).argmax(axis=1)
+    else:  # one vote each, ties to the lower column as argmax does
+        votes = np.zeros((4, 3))
+        votes[np.arange(4), a.p.argmax(1)] += 1
+        votes[np.arange(4), b.p.argmax(1)] += 1
+        expect_idx = votes.argmax(axis=1)
+    np.testing.assert_array_equal(ens.predict(X), labels[expect_idx])
+    np.testing.assert_array_equal(ens.classes_, labels)
+    assert ens.score(X, labels[expect_idx]) == 1.0
+    assert ens.member_scores(X, labels[a.p.argmax(1)]) == [1.0, float(np.mean(b.p.argmax(1) == a.p.argmax(1)))]
+    ens.classes_[0] = labels[1]  # a copy: the members' classes_ are not changed through it
+    np.testing.assert_array_equal(a.classes_, labels)
+
+
+def test_members_with_different_classes_are_refused():
+    p = [[0.2, 0.8]]
+    with pytest.raises(ValueError, match=r"models\[1\]: _Fixed has classes_ \[7, 8\], but models\[0\] has \[0, 1\]"):
+        Ensemble([_Fixed(p, [0, 1]), _Fixed(p, [7, 8])])
+    with pytest.raises(ValueError, match=r"models\[1\]: _Fixed has classes_ \['b', 'a'\]"):
+        Ensemble([_Fixed(p, ["a", "b"]), _Fixed(p, ["b", "a"])])  # same labels, other column order
+    # a member without classes_ has column j = class j: it fits classes 0..C-1 only
+    with pytest.raises(ValueError, match=r"models\[0\]: _Fixed has no classes_, so its column j is the class j, "
+                                         r"but models\[1\] has classes_ \[1, 2\]"):
+        Ensemble([_Fixed(p), _Fixed(p, [1, 2])])
+    ok = Ensemble([_Fixed(p), _Fixed(p, [0, 1])])
+    np.testing.assert_array_equal(ok.predict(np.zeros((1, 1))), [1])
+    # a member refit after the ensemble was built is checked again at predict time
+    a, b = _Fixed(p, [0, 1]), _Fixed(p, [0, 1])
+    ens = Ensemble([a, b])
+    b.classes_ = np.array([3, 4])
+    with pytest.raises(ValueError, match=r"models\[1\]: _Fixed has classes_ \[3, 4\]"):
+        ens.predict(np.zeros((1, 1)))
+    # fastnn modules have no classes_: predict gives the column, and the ensemble has no classes_
+    assert not hasattr(Ensemble([_Fixed(p)]), "classes_")
+
+
+def test_sklearn_members_match_voting_classifier():
+    pytest.importorskip("sklearn")
+    from sklearn.ensemble import VotingClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.tree import DecisionTreeClassifier
+
+    X, y = fastnn.datasets.load_digits(return_X_y=True)
+    X = X / 16
+    keep = np.isin(y, [1, 2, 3, 7])
+    X, y = X[keep], np.array(list("abcdefghij"))[y[keep]]  # labels "b", "c", "d", "h"
+    a = LogisticRegression(max_iter=500).fit(X[::2], y[::2])
+    b = DecisionTreeClassifier(max_depth=3, random_state=0).fit(X[::2], y[::2])
+    ref = VotingClassifier([("a", a), ("b", b)], voting="soft", weights=[2, 1]).fit(X[::2], y[::2])
+    ens = Ensemble([a, b], weights=[2, 1])
+    np.testing.assert_array_equal(ens.classes_, ref.classes_)
+    np.testing.assert_allclose(ens.predict_proba(X[1::2]), ref.predict_proba(X[1::2]), rtol=1e-12)
+    np.testing.assert_array_equal(ens.predict(X[1::2]), ref.predict(X[1::2]))
+    assert ens.score(X[1::2], y[1::2]) == ref.score(X[1::2], y[1::2]) > 0.9
 
 
 # ---------------------------------------------------------------- training ensembles
@@ -158,3 +227,42 @@ def test_training_errors(digits_split):
         ensemble.snapshot_ensemble(_wide, Xtr, ytr, trainer_kwargs={"schedule": "cosine"})
     with pytest.raises(ValueError, match="cycles: expected an integer >= 1"):
         ensemble.snapshot_ensemble(_wide, Xtr, ytr, cycles=0)
+
+
+@pytest.mark.parametrize("fit_kwargs, steps", [({}, 4), ({"drop_last": True}, 3),
+                                               ({"drop_last": True, "validation_fraction": 0.25}, 2)])
+def test_snapshot_cycles_follow_the_fits_steps_per_epoch(digits_split, fit_kwargs, steps):
+    # 230 rows in batches of 64: 4 steps per epoch, 3 when drop_last skips the short batch, 2
+    # when a quarter (58 rows) is held out first. The cycle is counted in the fit's own steps,
+    # so every snapshot (end of an epoch_per_cycle-th epoch) sits at the schedule's minimum.
+    Xtr, ytr, _, _ = digits_split
+    ens = ensemble.snapshot_ensemble(lambda p: _wide({"hidden": 16}), Xtr[:230], ytr[:230], cycles=3,
+                                     epochs_per_cycle=2, lr=0.1, eta_min=0.01, batch_size=64,
+                                     fit_kwargs=fit_kwargs)
+    cycle = 2 * steps
+    sched = schedules.CyclicCosine(cycle, 0.01)
+    lrs = ens.trainer.history["step_lr"]
+    np.testing.assert_allclose(lrs, [sched(k, 0.1) for k in range(3 * cycle)], rtol=1e-12)
+    ref = sched(cycle - 1, 0.1)  # the last step of a cycle: the lowest lr in it
+    assert ref == min(sched(k, 0.1) for k in range(cycle)) < 0.1
+    np.testing.assert_allclose([lrs[c * cycle - 1] for c in (1, 2, 3)], [ref] * 3, rtol=1e-12)
+
+
+def test_snapshot_fit_kwargs_callbacks_as_trainer_fit_takes_them(digits_split):
+    Xtr, ytr, _, _ = digits_split
+    seen = []
+
+    class OnEpochEnd:
+        def on_epoch_end(self, trainer, epoch, logs):
+            seen.append(("object", epoch))
+
+    def fn(trainer, epoch, logs):
+        seen.append(("function", epoch))
+
+    for cbs, kind in ((fn, "function"), (OnEpochEnd(), "object"), ([fn], "function")):
+        seen.clear()
+        ens = ensemble.snapshot_ensemble(lambda p: _wide({"hidden": 8}), Xtr[:100], ytr[:100], cycles=2,
+                                         epochs_per_cycle=1, batch_size=50, fit_kwargs={"callbacks": cbs})
+        assert seen == [(kind, 0), (kind, 1)] and len(ens) == 2
+    with pytest.raises(TypeError, match=r"fit_kwargs\['callbacks'\]: expected a callback .* got int"):
+        ensemble.snapshot_ensemble(_wide, Xtr[:100], ytr[:100], fit_kwargs={"callbacks": 3})

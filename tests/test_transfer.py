@@ -136,6 +136,63 @@ def test_load_pretrained_from_torch(tmp_path, rng):
     np.testing.assert_allclose(model.eval()(x), expect, rtol=1e-5, atol=1e-6)
 
 
+def _torch_mlp_names(rng, prefix, indices, width=16):
+    """A PyTorch-style state dict (name -> array) of Linear layers of one width at the given
+    module indices, in layer order, and the NumPy reference forward pass (ReLU between layers)."""
+    sd = {}
+    for i in indices:
+        sd[f"{prefix}{i}.weight"] = rng.standard_normal((width, width)).astype(np.float32) / 4
+        sd[f"{prefix}{i}.bias"] = rng.standard_normal(width).astype(np.float32)
+
+    def forward(x):
+        h = x.astype(np.float64)
+        for n, i in enumerate(indices):
+            h = h @ sd[f"{prefix}{i}.weight"].T.astype(np.float64) + sd[f"{prefix}{i}.bias"]
+            if n < len(indices) - 1:
+                h = np.maximum(h, 0)
+        return h
+
+    return sd, forward
+
+
+def test_load_pretrained_orders_layers_by_index_not_by_name(tmp_path, rng):
+    # torch.nn.Sequential(Linear, ReLU, ..., Linear): 6 Linear layers at indices 0, 2, ..., 10.
+    # safetensors stores tensors sorted by name ("0.", "10.", "2.", ...); all layers have the
+    # same shape, so taking them in file order loads module 10 into our layer 1 without error.
+    indices = [0, 2, 4, 6, 8, 10]
+    sd, forward = _torch_mlp_names(rng, "", indices)
+    as_stored = {k: sd[k] for k in sorted(sd)}  # the order safetensors.torch.save_file writes
+    assert list(as_stored)[:4] == ["0.bias", "0.weight", "10.bias", "10.weight"]
+    x = rng.standard_normal((5, 16)).astype(np.float32)
+    path = tmp_path / "mlp.safetensors"
+    transfer.write_safetensors(path, as_stored)
+    for source in (as_stored, path):
+        model = nn.Sequential(*[nn.Linear(16, 16, activation="relu") for _ in range(5)], nn.Linear(16, 16))
+        assert transfer.load_pretrained(model, source) == ["0", "1", "2", "3", "4", "5"]
+        for layer, i in zip(model.layers, indices):  # our layer k holds torch module 2k
+            np.testing.assert_array_equal(layer.weight.data, sd[f"{i}.weight"])
+            np.testing.assert_array_equal(layer.bias.data, sd[f"{i}.bias"])
+        np.testing.assert_allclose(model.eval()(x), forward(x), rtol=1e-5, atol=1e-5)
+
+
+def test_load_pretrained_keeps_a_state_dicts_order_of_named_layers(rng):
+    # A torch module with attributes fc1 ... fc12 registered in that order: as a state dict its
+    # insertion order is the layer order; sorted by name (a safetensors file) it is fc1, fc10,
+    # fc11, fc12, fc2, ...: numbers inside a name compare as integers. Named submodules that do
+    # not sort alphabetically ("encoder" before "decoder") keep the order the dict gives.
+    sd, forward = _torch_mlp_names(rng, "fc", list(range(1, 13)), width=4)
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    for source in (sd, {k: sd[k] for k in sorted(sd)}):
+        model = nn.Sequential(*[nn.Linear(4, 4, activation="relu") for _ in range(11)], nn.Linear(4, 4))
+        transfer.load_pretrained(model, source)
+        np.testing.assert_allclose(model.eval()(x), forward(x), rtol=1e-5, atol=1e-5)
+    enc, dec = rng.standard_normal((6, 4)).astype(np.float32), rng.standard_normal((4, 6)).astype(np.float32)
+    model = nn.Sequential(nn.Linear(4, 6, bias=False), nn.Linear(6, 4, bias=False))
+    transfer.load_pretrained(model, {"encoder.weight": enc, "decoder.weight": dec})
+    np.testing.assert_array_equal(model.layers[0].weight.data, enc)
+    np.testing.assert_array_equal(model.layers[1].weight.data, dec)
+
+
 # ---------------------------------------------------------------- transfer beats training from scratch
 def _teacher_body(seed, n_out):
     fastnn.manual_seed(seed)

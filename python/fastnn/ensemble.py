@@ -8,6 +8,11 @@ any object with ``predict_proba(X)`` (fastnn.estimators, fastnn.train.Trainer, s
 classifiers). Independently trained networks make partly independent errors, so the average is
 usually more accurate than the best member (a few points on small data sets).
 
+Labels: a member's column j is the class ``classes_[j]`` when it has ``classes_`` (scikit-learn
+classifiers, fastnn.estimators), else the class j. As in scikit-learn's VotingClassifier,
+predict returns ``classes_[argmax]`` and the ensemble's ``classes_`` is its members'; members
+whose columns stand for different classes cannot be averaged column by column, and are refused.
+
 Training them:
 
     ens = train_ensemble(model_fn, X, y, n=5, trainer_kwargs={"optimizer_kwargs": {"lr": 3e-3}},
@@ -79,8 +84,52 @@ class Ensemble:
         self.models = models
         self.voting = voting
         self.weights = w / w.sum()
+        self._member_classes()  # members with different classes fail here, not at the first predict
+
+    def _member_classes(self):
+        """The classes the members' columns stand for (a copy of their shared classes_), or None
+        when no member has classes_ (fastnn modules: column j is class j). Checked on every call,
+        as a member may be refit after the ensemble is built."""
+        ref = None
+        for i, m in enumerate(self.models):
+            c = getattr(m, "classes_", None)
+            if c is None:
+                continue
+            c = np.asarray(c)
+            if ref is None:
+                ref = (i, c)
+            elif c.shape != ref[1].shape or c.tolist() != ref[1].tolist():
+                raise ValueError(f"models[{i}]: {type(m).__name__} has classes_ {c.tolist()}, but models[{ref[0]}] "
+                                 f"has {ref[1].tolist()}; an ensemble averages column by column and needs the "
+                                 f"same classes in the same order")
+        if ref is None:
+            return None
+        i0, classes = ref
+        if classes.tolist() != list(range(classes.size)):
+            for i, m in enumerate(self.models):
+                if getattr(m, "classes_", None) is None:
+                    raise ValueError(f"models[{i}]: {type(m).__name__} has no classes_, so its column j is the "
+                                     f"class j, but models[{i0}] has classes_ {classes.tolist()}; a member "
+                                     f"without classes_ fits only the classes 0..{classes.size - 1}")
+        return classes.copy()
+
+    @property
+    def classes_(self) -> np.ndarray:
+        """The members' shared classes_ (the labels predict returns)."""
+        classes = self._member_classes()
+        if classes is None:
+            raise AttributeError("classes_: no member has classes_ (fastnn modules); predict returns the column "
+                                 "indices 0..C-1")
+        return classes
+
+    def _labels(self, proba):
+        """Column indices of the chosen classes -> class labels."""
+        idx = proba.argmax(axis=1)
+        classes = self._member_classes()
+        return idx if classes is None else classes[idx]
 
     def _probas(self, X):
+        self._member_classes()
         probas = [member_proba(m, X) for m in self.models]
         sizes = {p.shape[1] for p in probas}
         if len(sizes) != 1:
@@ -99,10 +148,12 @@ class Ensemble:
         return votes
 
     def predict(self, X) -> np.ndarray:
-        return self.predict_proba(X).argmax(axis=1)
+        """The class of the highest (weighted mean or vote) probability: ``classes_[argmax]`` when
+        the members have classes_, else the column index."""
+        return self._labels(self.predict_proba(X))
 
     def score(self, X, y) -> float:
-        """Accuracy of predict against integer labels y."""
+        """Accuracy of predict against the labels y (values of classes_, or integers 0..C-1)."""
         y = np.asarray(y)
         if y.ndim != 1 or y.shape[0] != np.shape(X)[0]:
             raise ValueError(f"y: expected {np.shape(X)[0]} labels, got shape {y.shape}")
@@ -111,7 +162,7 @@ class Ensemble:
     def member_scores(self, X, y) -> list:
         """Accuracy of each member alone (to compare the ensemble with its best member)."""
         y = np.asarray(y)
-        return [float(np.mean(p.argmax(axis=1) == y)) for p in self._probas(X)]
+        return [float(np.mean(self._labels(p) == y)) for p in self._probas(X)]
 
     def __len__(self):
         return len(self.models)
@@ -206,8 +257,9 @@ def snapshot_ensemble(model_fn, X, y, *, cycles=5, epochs_per_cycle=10, lr=0.1, 
     schedule CyclicCosine(epochs_per_cycle * steps per epoch, eta_min) from ``lr`` (SGD with
     momentum 0.9 by default), and the Ensemble of the ``cycles`` snapshots of its weights taken
     at the end of each cycle (copies in eval mode). ``model_fn({**params, "seed": seed})``
-    builds the model. fit_kwargs go to Trainer.fit (e.g. validation_fraction; early stopping
-    would cut the cycles short and is refused). The ensemble keeps ``trainer`` (its history
+    builds the model. fit_kwargs go to Trainer.fit (e.g. validation_fraction, drop_last, callbacks
+    as one or a list; the cycle length counts the steps the fit will take; early stopping would
+    cut the cycles short and is refused). The ensemble keeps ``trainer`` (its history
     shows the restarts in "step_lr")."""
     from . import schedules
     from .train import Trainer
@@ -232,7 +284,9 @@ def snapshot_ensemble(model_fn, X, y, *, cycles=5, epochs_per_cycle=10, lr=0.1, 
         import math
         n -= int(math.ceil(f * n))
     bs = min(batch_size, max(n, 1))
-    steps = -(-n // bs)
+    # optimizer steps per epoch as Trainer.fit counts them: the cycle must end on an epoch's last
+    # step, or the snapshots drift away from the lr minimum
+    steps = n // bs if fk.get("drop_last", False) else -(-n // bs)
     okw = dict(optimizer_kwargs or ({"momentum": 0.9} if optimizer == "sgd" else {}))
     okw["lr"] = lr
     trainer = Trainer(model, "cross_entropy", optimizer, schedules.CyclicCosine(epochs_per_cycle * steps, eta_min),
@@ -243,8 +297,15 @@ def snapshot_ensemble(model_fn, X, y, *, cycles=5, epochs_per_cycle=10, lr=0.1, 
         if (epoch + 1) % epochs_per_cycle == 0:
             snapshots.append(_copy(tr.model))
 
-    trainer.fit(X, y, epochs=cycles * epochs_per_cycle, batch_size=batch_size,
-                callbacks=[keep, *fk.pop("callbacks", ())], **fk)
+    user_cbs = fk.pop("callbacks", ())
+    if callable(user_cbs) or hasattr(user_cbs, "on_epoch_end"):  # one callback, as Trainer.fit takes it
+        user_cbs = [user_cbs]
+    try:
+        user_cbs = list(user_cbs)
+    except TypeError:
+        raise TypeError(f"fit_kwargs['callbacks']: expected a callback (a function or an object with on_epoch_end) "
+                        f"or a list of them, got {type(user_cbs).__name__}") from None
+    trainer.fit(X, y, epochs=cycles * epochs_per_cycle, batch_size=batch_size, callbacks=[keep, *user_cbs], **fk)
     if not snapshots:
         raise RuntimeError(f"snapshot_ensemble: training stopped ({trainer.stopped_reason}) before the end of the "
                            f"first cycle; lower lr")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import re
 import struct
 
 import numpy as np
@@ -243,16 +244,40 @@ def write_safetensors(path, tensors: dict) -> None:
         f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
 
 
+def _layer_order(keys):
+    """keys ("net.10.weight", ...) sorted into the order of the layers they belong to.
+
+    A safetensors file stores its tensors sorted by name, so a Sequential with 10+ modules comes
+    back as "0.", "10.", "2.": the file's order is not the layer order. Each component of the
+    module path is compared as (rank of its text, its numbers as integers), where the text
+    ("#" for every run of digits: "10" -> "#", "fc12" -> "fc#") is ranked among its siblings by
+    where it first appears in `keys`. Indices thus sort as integers (0, 2, 10; fc2 before
+    fc10) in a name-sorted file, and named submodules keep the source's order, which for a
+    torch state_dict is registration order ("encoder" before "decoder") and for a name-sorted
+    file is the alphabetical order that is all it has."""
+    first, order = {}, []
+    for i, k in enumerate(keys):
+        parts = k[: -len("weight")].rstrip(".").split(".")
+        key = []
+        for j, part in enumerate(parts):
+            text = (tuple(parts[:j]), re.sub(r"\d+", "#", part))  # siblings share the parent path
+            key.append((first.setdefault(text, i), tuple(int(d) for d in re.findall(r"\d+", part))))
+        order.append((key, i))
+    return [keys[i] for _, i in sorted(order)]
+
+
 def load_pretrained(model, source, *, strict=True):
     """Copies pretrained weights into model's Linear layers.
 
     source: a dict of arrays, a .safetensors file (e.g. ``safetensors.torch.save_file(
     torch_mlp.state_dict(), path)``) or an .npz (a fastnn ``model.state_dict()`` saved with
     np.savez). Names that match ours (``state_dict()``) are used as they are; otherwise the
-    "*.weight" / "*.bias" pairs are taken in order (PyTorch's nn.Sequential of nn.Linear keeps
-    them in layer order) and assigned to our Linear layers in order, checking every shape
-    (PyTorch's weight is (out_features, in_features), as ours). strict=False skips layers
-    whose shape differs (e.g. a replaced head). Returns the list of layers loaded."""
+    "*.weight" / "*.bias" pairs are taken in layer order (see ``_layer_order``: numbers in the
+    module path compare as integers, so "net.2" comes before "net.10" whatever order the source
+    lists them in, as torch's load_state_dict would place them) and assigned to our Linear layers
+    in order, checking every shape (PyTorch's weight is (out_features, in_features), as ours).
+    strict=False skips layers whose shape differs (e.g. a replaced head). Returns the list of
+    layers loaded."""
     if isinstance(source, dict):
         tensors = {k: np.asarray(v) for k, v in source.items()}
     else:
@@ -266,7 +291,7 @@ def load_pretrained(model, source, *, strict=True):
     if set(tensors) >= set(ours) and all(np.shape(tensors[k]) == p.shape for k, p in ours.items()):
         model.load_state_dict({k: tensors[k] for k in ours})
         return [k for k, _ in _linears(model)]
-    weights = [k for k in tensors if k.endswith("weight") and np.ndim(tensors[k]) == 2]
+    weights = _layer_order([k for k in tensors if k.endswith("weight") and np.ndim(tensors[k]) == 2])
     linears = _linears(model)
     if strict and len(weights) != len(linears):
         raise ValueError(f"source: {len(weights)} weight matrices ({weights}) for {len(linears)} Linear layers")
