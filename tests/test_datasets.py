@@ -95,6 +95,41 @@ def test_load_csv(tmp_path):
         datasets.load_csv(tmp_path / "empty.csv")
 
 
+
+def test_load_csv_header_sniffing_never_drops_a_data_row(tmp_path):
+    # header=None used to skip any first line float() could not parse, so a first data row with a
+    # hole, an NA token or Excel's UTF-8 BOM vanished: one sample fewer and no error
+    bom = tmp_path / "bom.csv"
+    bom.write_text("\ufeff1,2,0\n3,4,1\n5,6,1\n", encoding="utf-8")
+    X, y = datasets.load_csv(bom)
+    assert X.tolist() == [[1, 2], [3, 4], [5, 6]] and y.tolist() == [0, 1, 1]
+    bom_header = tmp_path / "bom_header.csv"
+    bom_header.write_text("\ufeffa,b,label\n3,4,1\n", encoding="utf-8")
+    X, y = datasets.load_csv(bom_header)
+    assert X.tolist() == [[3, 4]] and y.tolist() == [1]
+    for first, bad in (("1,,0", "''"), ("1,NA,0", "'NA'"), ("n/a,2,0", "'n/a'"), (",,", "''")):
+        p = tmp_path / "holes.csv"
+        p.write_text(f"{first}\n3,4,1\n5,6,1\n")
+        with pytest.raises(ValueError, match=rf"could not convert string {bad} to float64 at row 0, column \d.*"
+                                             r"pass header=True if it is column names"):
+            datasets.load_csv(p)
+    # the same hole further down was already an error; it stays one, without the header hint
+    p = tmp_path / "hole_row1.csv"
+    p.write_text("3,4,1\n1,,0\n")
+    with pytest.raises(ValueError, match=r"could not convert string '' to float64 at row 1, column 2\.$"):
+        datasets.load_csv(p)
+    # names are still a header, also with pandas' empty index-column name and quoted names
+    for head in (",b,label", '"a","b","label"', "a,NA,label"):
+        p = tmp_path / "named.csv"
+        p.write_text(f"{head}\n7,8,1\n")
+        X, y = datasets.load_csv(p)
+        assert X.tolist() == [[7, 8]] and y.tolist() == [1], head
+    # and header=True still skips a first line that is not names
+    p = tmp_path / "forced.csv"
+    p.write_text("1,,0\n3,4,1\n")
+    X, y = datasets.load_csv(p, header=True)
+    assert X.tolist() == [[3, 4]]
+
 def test_validation_errors():
     with pytest.raises(ValueError, match=r"X: expected at least one sample and one feature, got shape \(0, 3\)"):
         check_X(np.zeros((0, 3)))

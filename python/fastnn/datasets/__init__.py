@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 from importlib import resources
 
 import numpy as np
@@ -116,25 +117,54 @@ def load_npz(path, x_key: str = "X", y_key: str = "y", *, dtype=None):
     return check_xy(X, y, dtype=dtype)
 
 
+# Tokens that mark a missing value, not a column name: a first line made of these (and empty
+# fields) is a data row with holes, so it must fail as one instead of being skipped as a header.
+_MISSING_TOKENS = frozenset({"", "na", "n/a", "nan", "null", "none", "?"})
+
+
+def _is_header(fields) -> bool:
+    """True when a first line is column names: no field is a number and at least one is a name
+    (empty fields are allowed, as in the index column of pandas' to_csv)."""
+    names = 0
+    for v in fields:
+        s = v.strip().strip("\"'").strip()
+        try:
+            float(s)
+            return False
+        except ValueError:
+            pass
+        if s.lower() not in _MISSING_TOKENS:
+            names += 1
+    return names > 0
+
+
 def load_csv(path, label_column: int = -1, *, delimiter: str = ",", header: bool | None = None, dtype=np.float32):
-    """(X, y) from a delimited text file of numbers, one sample per row; the labels are column
-    `label_column` (negative counts from the end), the other columns are X. header=None skips
-    the first line when it does not parse as numbers; True/False force it."""
+    """(X, y) from a delimited UTF-8 text file of numbers, one sample per row; the labels are
+    column `label_column` (negative counts from the end), the other columns are X. A leading
+    UTF-8 byte-order mark (Excel's "CSV UTF-8") is ignored.
+
+    header=None skips the first line only when it is column names: no field is a number and at
+    least one field is a name. A first line with a number, an empty field or an NA token is
+    data, and a value that does not parse is an error there as on any other line -- no row is
+    dropped silently. header=True/False force it."""
     p = _path(path)
-    with open(p, encoding="utf-8") as f:
+    # utf-8-sig: the BOM Excel writes is not part of the first value (float("\ufeff1") fails)
+    with open(p, encoding="utf-8-sig") as f:
         first = f.readline()
     if not first.strip():
         raise ValueError(f"path: {os.fspath(path)!r} is empty")
-    if header is None:
-        try:
-            [float(v) for v in first.strip().split(delimiter)]
-            header = False
-        except ValueError:
-            header = True
+    sniffed = header is None
+    if sniffed:
+        header = _is_header(first.strip().split(delimiter))
     try:
-        table = np.loadtxt(p, delimiter=delimiter, skiprows=1 if header else 0, ndmin=2, dtype=np.float64)
+        table = np.loadtxt(p, delimiter=delimiter, skiprows=1 if header else 0, ndmin=2, dtype=np.float64,
+                           encoding="utf-8-sig")
     except ValueError as e:
-        raise ValueError(f"path: {os.fspath(path)!r} is not a table of numbers: {e}") from None
+        hint = ""
+        if sniffed and not header and re.search(r"\bat row 0\b", str(e)):
+            hint = (" (header=None read line 1 as data: it holds a number, an empty field or an NA token; "
+                    "pass header=True if it is column names)")
+        raise ValueError(f"path: {os.fspath(path)!r} is not a table of numbers: {e}{hint}") from None
     if table.shape[0] == 0:
         raise ValueError(f"path: {os.fspath(path)!r} has no data rows")
     ncol = table.shape[1]
