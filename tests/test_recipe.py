@@ -124,6 +124,20 @@ def test_diagnose_errors():
                                                   "val_acc": [0.5, 0.6]})[0])
 
 
+
+def test_diagnose_rejects_unknown_thresholds():
+    h = {"loss": [2.0, 1.0, 0.5, 0.4], "accuracy": [0.5, 0.8, 0.9, 0.95], "val_loss": [2.0, 1.1, 0.7, 0.6],
+         "val_accuracy": [0.5, 0.75, 0.82, 0.80]}
+    assert [f.kind for f in recipe.diagnose(h)] == ["overfitting"]
+    assert [f.kind for f in recipe.diagnose(h, thresholds={"gap": 0.2})] == ["healthy"]
+    # a misspelled key used to be ignored: the default gap of 0.1 stayed in force, silently
+    with pytest.raises(ValueError, match=r"thresholds: unknown key 'gapp'; expected keys of DIAGNOSE_THRESHOLDS: "
+                                         r"init_rel_tol, .*\bgap\b"):
+        recipe.diagnose(h, thresholds={"gapp": 0.2})
+    with pytest.raises(TypeError, match="thresholds: expected a dict of DIAGNOSE_THRESHOLDS keys, got list"):
+        recipe.diagnose(h, thresholds=[("gap", 0.2)])
+    assert recipe.DIAGNOSE_THRESHOLDS["gap"] == 0.1  # the module's defaults are never modified
+
 # ---------------------------------------------------------------- overfit_small, lr_find, run
 @pytest.fixture(scope="module")
 def digits():

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -159,8 +160,18 @@ def _series(history, *names):
 def diagnose(history, *, n_classes=None, thresholds=None):
     """Findings from learning curves. history: a dict (or object) with per-epoch "train_loss",
     "val_loss", "train_acc", "val_acc" and per-step "step_loss" (any may be missing). Returns a
-    list of Finding, most important first; [healthy] when nothing is wrong."""
-    t = dict(DIAGNOSE_THRESHOLDS, **(thresholds or {}))
+    list of Finding, most important first; [healthy] when nothing is wrong. thresholds: a dict
+    overriding some of DIAGNOSE_THRESHOLDS; an unknown key is an error."""
+    if thresholds is None:
+        thresholds = {}
+    if not isinstance(thresholds, Mapping):
+        raise TypeError(f"thresholds: expected a dict of DIAGNOSE_THRESHOLDS keys, got {type(thresholds).__name__}")
+    # a misspelled key would otherwise leave the default in force with no sign of it
+    unknown = [k for k in thresholds if k not in DIAGNOSE_THRESHOLDS]
+    if unknown:
+        raise ValueError(f"thresholds: unknown key {unknown[0]!r}; expected keys of DIAGNOSE_THRESHOLDS: "
+                         f"{', '.join(DIAGNOSE_THRESHOLDS)}")
+    t = {**DIAGNOSE_THRESHOLDS, **thresholds}
     tl = _series(history, "train_loss", "loss")
     vl = _series(history, "val_loss")
     ta = _series(history, "train_acc", "train_accuracy", "accuracy")
