@@ -200,6 +200,32 @@ def test_lr_find_suggestion_lies_where_the_loss_falls(digits):
     assert t.stopped_reason == "completed" and t.history["loss"][-1] < 0.5 * t.history["loss"][0]
 
 
+
+def test_lr_find_rejects_non_finite_data(digits):
+    # a NaN in X used to give a suggestion (lr_min / 10) from a curve of NaN losses, while
+    # Trainer.fit refuses the same data
+    X, y = digits
+    Xn = X.copy()
+    Xn[5, 3] = np.nan
+    with pytest.raises(ValueError, match=r"X: expected finite values, got nan at \[5, 3\] \(1 non-finite values\)"):
+        recipe.lr_find(_digits_mlp(), Xn, y, num_iter=10)
+    Xn[5, 3] = np.inf
+    with pytest.raises(ValueError, match=r"X: expected finite values, got inf at \[5, 3\]"):
+        recipe.overfit_small(_digits_mlp(), Xn, y, max_epochs=1)
+    with pytest.raises(ValueError, match=r"X: expected at least one sample and one feature, got shape \(0, 64\)"):
+        recipe.lr_find(_digits_mlp(), X[:0], y[:0], num_iter=10)
+
+
+def test_lr_find_str_names_the_rule_used():
+    lrs = np.array([1e-3, 1e-2, 1e-1, 1.0, 10.0])
+    losses = np.array([2.0, 1.0, 3.0, 9.0, 20.0])
+    steep = recipe.LRFinderResult(lrs, losses, losses, 3e-3, 1e-2, True, "steepest")
+    assert "suggested lr 0.003 (steepest descent of the smoothed loss)" in str(steep)
+    # the fallback rule was described as "steepest descent" too
+    early = recipe.LRFinderResult(lrs, losses, losses, 1e-3, 1e-2, True, "min_loss/10")
+    assert "suggested lr 0.001 (lowest-loss lr / 10: the minimum came too early for a slope)" in str(early)
+    assert "steepest" not in str(early)
+
 def test_lr_find_plot(digits, tmp_path):
     X, y = digits
     r = recipe.lr_find(_digits_mlp(), X, y, num_iter=20)

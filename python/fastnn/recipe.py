@@ -327,15 +327,18 @@ def _no_dropout(cfg):
 
 
 def _xy(model, X, y):
-    """X as a C-contiguous array of the model's dtype, y as int64 labels in [0, C)."""
+    """X as a C-contiguous array of the model's dtype, 2-D, non-empty and finite (checked as
+    Trainer.fit checks it), y as int64 labels in [0, C)."""
+    from .validation import check_X
+
     params = model.parameters()
     if not params:
         raise ValueError("model: expected a model with parameters, got none")
     dtype = params[0].data.dtype
-    X = np.ascontiguousarray(np.asarray(X, dtype))
+    # lr_find feeds X to the model directly: a NaN made every loss NaN and the test "stopped when
+    # the loss diverged" with a confident-looking suggestion instead of an error
+    X = np.ascontiguousarray(check_X(X, dtype=dtype))
     y = np.asarray(y)
-    if X.ndim != 2:
-        raise ValueError(f"X: expected a 2-D array (samples, features), got shape {X.shape}")
     if y.ndim != 1 or y.shape[0] != X.shape[0]:
         raise ValueError(f"y: expected {X.shape[0]} integer labels (one per row of X), got shape {y.shape}")
     if y.dtype.kind not in "iu":
@@ -465,15 +468,18 @@ class LRFinderResult:
     lrs: np.ndarray            # the lr of each step taken
     losses: np.ndarray         # the raw minibatch loss of each step (data loss, no penalty)
     smoothed: np.ndarray       # bias-corrected exponential moving average of the losses
-    suggestion: float          # lr at the steepest descent of the smoothed loss (in log lr)
+    suggestion: float          # the suggested lr, by `method` (see lr_find)
     min_loss_lr: float         # lr where the smoothed loss is lowest (min_loss_lr / 10 is the
                                # other common rule of thumb)
     stopped_early: bool        # the smoothed loss passed diverge_factor x its minimum
-    method: str = "steepest"
+    method: str = "steepest"   # "steepest", or "min_loss/10" when the minimum came too early
 
     def __str__(self):
+        how = {"steepest": "steepest descent of the smoothed loss",
+               "min_loss/10": "lowest-loss lr / 10: the minimum came too early for a slope"}.get(self.method,
+                                                                                                self.method)
         return (f"LR range test over {len(self.lrs)} steps ({self.lrs[0]:.2g} .. {self.lrs[-1]:.2g}): suggested "
-                f"lr {self.suggestion:.3g} (steepest descent of the smoothed loss); lowest loss at lr "
+                f"lr {self.suggestion:.3g} ({how}); lowest loss at lr "
                 f"{self.min_loss_lr:.3g}" + ("; stopped when the loss diverged" if self.stopped_early else ""))
 
     def plot(self, path=None):
