@@ -177,6 +177,32 @@ def test_overfit_small_flat_and_exploding_hints(digits):
     assert "learning rate is too high" in high.verdict
 
 
+
+def test_overfit_small_and_lr_find_keep_the_global_generator(digits):
+    # overfit_small's Trainer(seed=0) re-seeded fastnn's global generator, discarding the user's
+    # manual_seed: layers built afterwards were the same whatever seed the user had set
+    X, y = digits
+    g = fastnn.random.default_generator
+    model = _digits_mlp()
+    fastnn.manual_seed(1234)
+    g.reserve(640)  # a position other than 0, so that a mere re-seed to 1234 would show
+    before = g.get_state()
+    r = recipe.overfit_small(model, X, y, max_epochs=3)
+    assert g.get_state() == before == (1234, 640) and r.steps > 0
+    recipe.lr_find(model, X, y, num_iter=10)
+    assert g.get_state() == before
+    with pytest.raises(ValueError, match="y: expected 1797 integer labels"):
+        recipe.overfit_small(model, X, y[:10])
+    assert g.get_state() == before
+    built = []
+    for seed in (1234, 999):
+        fastnn.manual_seed(seed)
+        recipe.overfit_small(model, X, y, max_epochs=1)
+        built.append(nn.Linear(4, 4).weight.data.copy())
+    assert not np.array_equal(built[0], built[1])
+    fastnn.manual_seed(1234)
+    assert np.array_equal(nn.Linear(4, 4).weight.data, built[0])
+
 def test_lr_find_suggestion_lies_where_the_loss_falls(digits):
     X, y = digits
     model = _digits_mlp()

@@ -8,7 +8,8 @@
 
 overfit_small and lr_find never change the model they are given: they train a copy (rebuilt
 with ``fastnn.nn.from_config(model.config())`` and the model's current weights loaded into it),
-so a custom Module needs config() (and fastnn.nn.register) to be checked this way.
+so a custom Module needs config() (and fastnn.nn.register) to be checked this way. Nor do they
+change fastnn's global random generator: its seed and position are restored when they return.
 
 The rules of ``diagnose`` (thresholds in DIAGNOSE_THRESHOLDS):
 - bad_init: the first step's loss is far from log(C) (badly scaled logits), or the loss stays flat
@@ -37,6 +38,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -354,6 +356,21 @@ def _positive(v, name, kind=int):
     return kind(v)
 
 
+@contextmanager
+def _global_rng_kept():
+    """Restores fastnn's global generator (seed and stream position) on exit; also a decorator.
+    overfit_small and lr_find build a copy of the model and train it, overfit_small with its own
+    seed (Trainer(seed=...) re-seeds the global generator): neither may replace the user's
+    manual_seed or move its stream, as they promise to leave everything as they found it."""
+    from .random import default_generator
+
+    state = default_generator.get_state()
+    try:
+        yield
+    finally:
+        default_generator.set_state(state)
+
+
 def _pyplot(what):
     try:
         import sys
@@ -389,6 +406,7 @@ class OverfitResult:
         return self.verdict
 
 
+@_global_rng_kept()
 def overfit_small(model, X, y, n_batches=5, *, batch_size=32, max_epochs=300, optimizer="adam", lr=1e-3,
                   optimizer_kwargs=None, seed=0, device="cpu"):
     """Recipe step 2: train a copy of ``model`` on ``n_batches`` minibatches of ``batch_size``
@@ -404,7 +422,8 @@ def overfit_small(model, X, y, n_batches=5, *, batch_size=32, max_epochs=300, op
       is bad (weights so large that the logits saturate).
     - "slow": the loss falls but has not reached 100% yet: train longer or raise the LR a bit.
 
-    The model itself is not changed (see the module docstring). ``device``: where the copy
+    The model itself is not changed (see the module docstring), and neither is fastnn's global
+    random generator: its seed and position are restored on return. ``device``: where the copy
     trains ("cpu", "cuda", "cuda:N", "auto"; Trainer(device=...))."""
     import warnings
 
@@ -505,6 +524,7 @@ class LRFinderResult:
         return fig
 
 
+@_global_rng_kept()
 def lr_find(model, X, y, *, lr_min=1e-6, lr_max=10.0, num_iter=100, batch_size=64, momentum=0.9, l2=1e-4,
             beta=0.98, diverge_factor=4.0, seed=0):
     """Recipe step 3, the LR range test (Smith, 2017; fastai's lr_find): train a copy of
@@ -519,7 +539,8 @@ def lr_find(model, X, y, *, lr_min=1e-6, lr_max=10.0, num_iter=100, batch_size=6
     negative slope, looked for before the minimum and after the first 10% of steps, where the
     average is still settling): large enough to learn fast, safely below the point where the
     loss turns. ``min_loss_lr`` is also returned (divide it by 10 for the other rule of thumb).
-    The model is not changed. ``result.plot(path)`` draws the curve."""
+    The model is not changed, nor fastnn's global random generator (its seed and position are
+    restored on return). ``result.plot(path)`` draws the curve."""
     from .losses import SoftmaxCrossEntropy
     from .optim import SGD
 
