@@ -95,6 +95,81 @@ def test_load_csv(tmp_path):
         datasets.load_csv(tmp_path / "empty.csv")
 
 
+
+def test_load_csv_header_sniffing_never_drops_a_data_row(tmp_path):
+    # header=None used to skip any first line float() could not parse, so a first data row with a
+    # hole, an NA token or Excel's UTF-8 BOM vanished: one sample fewer and no error
+    bom = tmp_path / "bom.csv"
+    bom.write_text("\ufeff1,2,0\n3,4,1\n5,6,1\n", encoding="utf-8")
+    X, y = datasets.load_csv(bom)
+    assert X.tolist() == [[1, 2], [3, 4], [5, 6]] and y.tolist() == [0, 1, 1]
+    bom_header = tmp_path / "bom_header.csv"
+    bom_header.write_text("\ufeffa,b,label\n3,4,1\n", encoding="utf-8")
+    X, y = datasets.load_csv(bom_header)
+    assert X.tolist() == [[3, 4]] and y.tolist() == [1]
+    for first, bad in (("1,,0", "''"), ("1,NA,0", "'NA'"), ("n/a,2,0", "'n/a'"), (",,", "''")):
+        p = tmp_path / "holes.csv"
+        p.write_text(f"{first}\n3,4,1\n5,6,1\n")
+        with pytest.raises(ValueError, match=rf"could not convert string {bad} to float64 at row 0, column \d.*"
+                                             r"pass header=True if it is column names"):
+            datasets.load_csv(p)
+    # the same hole further down was already an error; it stays one, without the header hint
+    p = tmp_path / "hole_row1.csv"
+    p.write_text("3,4,1\n1,,0\n")
+    with pytest.raises(ValueError, match=r"could not convert string '' to float64 at row 1, column 2\.$"):
+        datasets.load_csv(p)
+    # names are still a header, also with pandas' empty index-column name and quoted names
+    for head in (",b,label", '"a","b","label"', "a,NA,label"):
+        p = tmp_path / "named.csv"
+        p.write_text(f"{head}\n7,8,1\n")
+        X, y = datasets.load_csv(p)
+        assert X.tolist() == [[7, 8]] and y.tolist() == [1], head
+    # and header=True still skips a first line that is not names
+    p = tmp_path / "forced.csv"
+    p.write_text("1,,0\n3,4,1\n")
+    X, y = datasets.load_csv(p, header=True)
+    assert X.tolist() == [[3, 4]]
+
+
+def test_load_csv_and_npz_bad_input_messages(tmp_path):
+    p = tmp_path / "t.csv"
+    p.write_text("1,2,0\n3,4,1\n")
+    # was a raw IndexError from NumPy indexing / a TypeError from comparing int and str
+    with pytest.raises(TypeError, match=r"label_column: expected an integer column index, got 1\.5 \(float\)"):
+        datasets.load_csv(p, label_column=1.5)
+    with pytest.raises(TypeError, match=r"label_column: expected an integer column index, got 'label' \(str\)"):
+        datasets.load_csv(p, label_column="label")
+    with pytest.raises(ValueError, match="header: expected None"):
+        datasets.load_csv(p, header="yes")
+    # a label past int64 was cast first and reported as -9223372036854775808
+    for v, shown in (("1e20", r"1e\+20"), ("-1e20", r"-1e\+20")):
+        big = tmp_path / "big.csv"
+        big.write_text(f"1,2,0\n3,4,{v}\n")
+        with pytest.raises(ValueError, match=rf"y: expected class labels in \[0, inf\), got {shown} at index 1"):
+            datasets.load_csv(big)
+    # a latin-1 file was a bare UnicodeDecodeError; encoding= reads it
+    lat = tmp_path / "latin1.csv"
+    lat.write_bytes("caf\xe9,b,label\n1,2,0\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin1\.csv' is not utf-8 text: byte b'\\xe9' cannot be decoded.*"
+                                         r"encoding='latin-1'"):
+        datasets.load_csv(lat)
+    lat2 = tmp_path / "latin1_late.csv"
+    lat2.write_bytes("1,2,0\n3,4,1\n# caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ValueError, match="is not utf-8 text"):
+        datasets.load_csv(lat2)
+    X, y = datasets.load_csv(lat, encoding="latin-1")
+    assert X.tolist() == [[1, 2]] and y.tolist() == [0]
+    with pytest.raises(ValueError, match="encoding: expected a text encoding name .* got 'klingon'"):
+        datasets.load_csv(p, encoding="klingon")
+    # load_npz on a .npy said "'numpy.ndarray' object does not support the context manager
+    # protocol", and on a text file talked about pickled data
+    np.save(tmp_path / "a.npy", np.ones((3, 2)))
+    with pytest.raises(ValueError, match=r"path: expected an \.npz archive holding arrays 'X' and 'y', got a \.npy"):
+        datasets.load_npz(tmp_path / "a.npy")
+    with pytest.raises(ValueError, match=r"path: expected an \.npz archive \(a zip file\).* got a file starting "
+                                         r"with b'1,2,0\\n"):
+        datasets.load_npz(p)
+
 def test_validation_errors():
     with pytest.raises(ValueError, match=r"X: expected at least one sample and one feature, got shape \(0, 3\)"):
         check_X(np.zeros((0, 3)))

@@ -219,6 +219,20 @@ def test_standardize(capability, rng, dtype):
     np.testing.assert_allclose(P.Standardize().fit_transform(x), y, atol=0)
 
 
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_standardize_zero_rows(rng, dtype):
+    # 0 rows was "out: expected contiguous rows ..." from the kernel; PCA and ZCA return (0, k)
+    x = rng.standard_normal((20, 3)).astype(dtype)
+    for est in (P.Standardize(), P.Standardize(with_mean=False), P.ZeroCenter(), P.PCA(), P.ZCA()):
+        est.fit(x)
+        y = est.transform(x[:0])
+        assert isinstance(y, np.ndarray) and y.shape == (0, 3) and y.dtype == dtype, type(est).__name__
+        back = est.inverse_transform(y)
+        assert back.shape == (0, 3) and back.dtype == dtype, type(est).__name__
+    with pytest.raises(ValueError, match="feature"):
+        P.Standardize().fit(x).transform(np.zeros((0, 4), dtype))
+
 def test_standardize_options(rng):
     x = rng.standard_normal((200, 5)) * 3 + 2
     mean, var = ref.col_stats(x)

@@ -124,6 +124,20 @@ def test_diagnose_errors():
                                                   "val_acc": [0.5, 0.6]})[0])
 
 
+
+def test_diagnose_rejects_unknown_thresholds():
+    h = {"loss": [2.0, 1.0, 0.5, 0.4], "accuracy": [0.5, 0.8, 0.9, 0.95], "val_loss": [2.0, 1.1, 0.7, 0.6],
+         "val_accuracy": [0.5, 0.75, 0.82, 0.80]}
+    assert [f.kind for f in recipe.diagnose(h)] == ["overfitting"]
+    assert [f.kind for f in recipe.diagnose(h, thresholds={"gap": 0.2})] == ["healthy"]
+    # a misspelled key used to be ignored: the default gap of 0.1 stayed in force, silently
+    with pytest.raises(ValueError, match=r"thresholds: unknown key 'gapp'; expected keys of DIAGNOSE_THRESHOLDS: "
+                                         r"init_rel_tol, .*\bgap\b"):
+        recipe.diagnose(h, thresholds={"gapp": 0.2})
+    with pytest.raises(TypeError, match="thresholds: expected a dict of DIAGNOSE_THRESHOLDS keys, got list"):
+        recipe.diagnose(h, thresholds=[("gap", 0.2)])
+    assert recipe.DIAGNOSE_THRESHOLDS["gap"] == 0.1  # the module's defaults are never modified
+
 # ---------------------------------------------------------------- overfit_small, lr_find, run
 @pytest.fixture(scope="module")
 def digits():
@@ -163,6 +177,32 @@ def test_overfit_small_flat_and_exploding_hints(digits):
     assert "learning rate is too high" in high.verdict
 
 
+
+def test_overfit_small_and_lr_find_keep_the_global_generator(digits):
+    # overfit_small's Trainer(seed=0) re-seeded fastnn's global generator, discarding the user's
+    # manual_seed: layers built afterwards were the same whatever seed the user had set
+    X, y = digits
+    g = fastnn.random.default_generator
+    model = _digits_mlp()
+    fastnn.manual_seed(1234)
+    g.reserve(640)  # a position other than 0, so that a mere re-seed to 1234 would show
+    before = g.get_state()
+    r = recipe.overfit_small(model, X, y, max_epochs=3)
+    assert g.get_state() == before == (1234, 640) and r.steps > 0
+    recipe.lr_find(model, X, y, num_iter=10)
+    assert g.get_state() == before
+    with pytest.raises(ValueError, match="y: expected 1797 integer labels"):
+        recipe.overfit_small(model, X, y[:10])
+    assert g.get_state() == before
+    built = []
+    for seed in (1234, 999):
+        fastnn.manual_seed(seed)
+        recipe.overfit_small(model, X, y, max_epochs=1)
+        built.append(nn.Linear(4, 4).weight.data.copy())
+    assert not np.array_equal(built[0], built[1])
+    fastnn.manual_seed(1234)
+    assert np.array_equal(nn.Linear(4, 4).weight.data, built[0])
+
 def test_lr_find_suggestion_lies_where_the_loss_falls(digits):
     X, y = digits
     model = _digits_mlp()
@@ -185,6 +225,32 @@ def test_lr_find_suggestion_lies_where_the_loss_falls(digits):
     t.fit(X, y, epochs=3, batch_size=64)
     assert t.stopped_reason == "completed" and t.history["loss"][-1] < 0.5 * t.history["loss"][0]
 
+
+
+def test_lr_find_rejects_non_finite_data(digits):
+    # a NaN in X used to give a suggestion (lr_min / 10) from a curve of NaN losses, while
+    # Trainer.fit refuses the same data
+    X, y = digits
+    Xn = X.copy()
+    Xn[5, 3] = np.nan
+    with pytest.raises(ValueError, match=r"X: expected finite values, got nan at \[5, 3\] \(1 non-finite values\)"):
+        recipe.lr_find(_digits_mlp(), Xn, y, num_iter=10)
+    Xn[5, 3] = np.inf
+    with pytest.raises(ValueError, match=r"X: expected finite values, got inf at \[5, 3\]"):
+        recipe.overfit_small(_digits_mlp(), Xn, y, max_epochs=1)
+    with pytest.raises(ValueError, match=r"X: expected at least one sample and one feature, got shape \(0, 64\)"):
+        recipe.lr_find(_digits_mlp(), X[:0], y[:0], num_iter=10)
+
+
+def test_lr_find_str_names_the_rule_used():
+    lrs = np.array([1e-3, 1e-2, 1e-1, 1.0, 10.0])
+    losses = np.array([2.0, 1.0, 3.0, 9.0, 20.0])
+    steep = recipe.LRFinderResult(lrs, losses, losses, 3e-3, 1e-2, True, "steepest")
+    assert "suggested lr 0.003 (steepest descent of the smoothed loss)" in str(steep)
+    # the fallback rule was described as "steepest descent" too
+    early = recipe.LRFinderResult(lrs, losses, losses, 1e-3, 1e-2, True, "min_loss/10")
+    assert "suggested lr 0.001 (lowest-loss lr / 10: the minimum came too early for a slope)" in str(early)
+    assert "steepest" not in str(early)
 
 def test_lr_find_plot(digits, tmp_path):
     X, y = digits

@@ -126,8 +126,40 @@ def _fastnn_bwd(name, w):
     return lambda g, x, y: f(g, x, out=y)
 
 
+def _int_list(v, name, what, ok):
+    """v as a list of ints, each passing ok; ValueError/TypeError naming `name` otherwise."""
+    if isinstance(v, (str, bytes)) or not hasattr(v, "__iter__"):
+        raise TypeError(f"{name}: expected a list of {what}, got {type(v).__name__} {v!r}")
+    out = list(v)
+    if not out:
+        raise ValueError(f"{name}: expected a non-empty list of {what}, got {v!r}")
+    for e in out:
+        if isinstance(e, bool) or not isinstance(e, (int, np.integer)) or not ok(e):
+            raise ValueError(f"{name}: expected a list of {what}, got {e!r} in {v!r}")
+    return [int(e) for e in out]
+
+
 def run(sizes=(16 * 2**20,), threads=(1, 2), ops=OPS, use_torch=True, min_time=0.2, printer=print):
-    """Prints one table per (size, threads); returns a list of row dicts."""
+    """Prints one table per (size, threads); returns a list of row dicts.
+
+    sizes: element counts, positive multiples of PRELU_C (256: the inputs are (n / 256, 256) so
+    PReLU has channels); threads: counts >= 1; ops: names from OPS; min_time: seconds > 0 of
+    repetitions per measurement. All are checked before anything is printed or timed."""
+    # checked up front: a bad value used to fail after the table header was printed, as an
+    # AttributeError (unknown op), per character (ops='relu') or as a division by zero (size 0)
+    sizes = _int_list(sizes, "sizes", f"element counts that are positive multiples of {PRELU_C}",
+                      lambda n: n > 0 and n % PRELU_C == 0)
+    threads = _int_list(threads, "threads", "thread counts >= 1", lambda t: t >= 1)
+    if isinstance(ops, (str, bytes)) or not hasattr(ops, "__iter__"):
+        raise TypeError(f"ops: expected a list of op names from {OPS}, got {type(ops).__name__} {ops!r}")
+    ops = list(ops)
+    unknown = [o for o in ops if o not in OPS]
+    if not ops or unknown:
+        raise ValueError(f"ops: expected a non-empty list of names from {OPS}, got {ops!r}"
+                         + (f" ({unknown[0]!r} is not one)" if unknown else ""))
+    if isinstance(min_time, bool) or not isinstance(min_time, (int, float, np.floating, np.integer)) \
+            or not 0 < min_time < float("inf"):
+        raise ValueError(f"min_time: expected seconds > 0, got {min_time!r}")
     torch = None
     if use_torch:
         try:

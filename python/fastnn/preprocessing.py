@@ -197,6 +197,10 @@ class Standardize(_Base):
         be, X, dtype = _matrix(X)
         self._check_features(X)
         d = self.n_features_in_
+        if X.shape[0] == 0 and isinstance(X, np.ndarray):
+            # no rows, nothing to compute: the CPU kernel refuses a 0-row output buffer, and
+            # PCA/ZCA already map 0 rows to an empty (0, k) result
+            return np.empty((0, d), dtype)
         shift = self.mean_ if self.with_mean else np.zeros(d)
         mul = 1.0 / self.scale_ if self.with_std else np.ones(d)
         Y, nonfinite = be.center_scale(X, shift, mul)
@@ -209,6 +213,8 @@ class Standardize(_Base):
         be, X, dtype = _matrix(X)
         self._check_features(X)
         d = self.n_features_in_
+        if X.shape[0] == 0 and isinstance(X, np.ndarray):  # (as in transform)
+            return np.empty((0, d), dtype)
         return be.scale_shift(X, self.scale_ if self.with_std else np.ones(d),
                               self.mean_ if self.with_mean else np.zeros(d))
 

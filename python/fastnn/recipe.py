@@ -8,7 +8,8 @@
 
 overfit_small and lr_find never change the model they are given: they train a copy (rebuilt
 with ``fastnn.nn.from_config(model.config())`` and the model's current weights loaded into it),
-so a custom Module needs config() (and fastnn.nn.register) to be checked this way.
+so a custom Module needs config() (and fastnn.nn.register) to be checked this way. Nor do they
+change fastnn's global random generator: its seed and position are restored when they return.
 
 The rules of ``diagnose`` (thresholds in DIAGNOSE_THRESHOLDS):
 - bad_init: the first step's loss is far from log(C) (badly scaled logits), or the loss stays flat
@@ -36,6 +37,8 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -159,8 +162,18 @@ def _series(history, *names):
 def diagnose(history, *, n_classes=None, thresholds=None):
     """Findings from learning curves. history: a dict (or object) with per-epoch "train_loss",
     "val_loss", "train_acc", "val_acc" and per-step "step_loss" (any may be missing). Returns a
-    list of Finding, most important first; [healthy] when nothing is wrong."""
-    t = dict(DIAGNOSE_THRESHOLDS, **(thresholds or {}))
+    list of Finding, most important first; [healthy] when nothing is wrong. thresholds: a dict
+    overriding some of DIAGNOSE_THRESHOLDS; an unknown key is an error."""
+    if thresholds is None:
+        thresholds = {}
+    if not isinstance(thresholds, Mapping):
+        raise TypeError(f"thresholds: expected a dict of DIAGNOSE_THRESHOLDS keys, got {type(thresholds).__name__}")
+    # a misspelled key would otherwise leave the default in force with no sign of it
+    unknown = [k for k in thresholds if k not in DIAGNOSE_THRESHOLDS]
+    if unknown:
+        raise ValueError(f"thresholds: unknown key {unknown[0]!r}; expected keys of DIAGNOSE_THRESHOLDS: "
+                         f"{', '.join(DIAGNOSE_THRESHOLDS)}")
+    t = {**DIAGNOSE_THRESHOLDS, **thresholds}
     tl = _series(history, "train_loss", "loss")
     vl = _series(history, "val_loss")
     ta = _series(history, "train_acc", "train_accuracy", "accuracy")
@@ -316,15 +329,18 @@ def _no_dropout(cfg):
 
 
 def _xy(model, X, y):
-    """X as a C-contiguous array of the model's dtype, y as int64 labels in [0, C)."""
+    """X as a C-contiguous array of the model's dtype, 2-D, non-empty and finite (checked as
+    Trainer.fit checks it), y as int64 labels in [0, C)."""
+    from .validation import check_X
+
     params = model.parameters()
     if not params:
         raise ValueError("model: expected a model with parameters, got none")
     dtype = params[0].data.dtype
-    X = np.ascontiguousarray(np.asarray(X, dtype))
+    # lr_find feeds X to the model directly: a NaN made every loss NaN and the test "stopped when
+    # the loss diverged" with a confident-looking suggestion instead of an error
+    X = np.ascontiguousarray(check_X(X, dtype=dtype))
     y = np.asarray(y)
-    if X.ndim != 2:
-        raise ValueError(f"X: expected a 2-D array (samples, features), got shape {X.shape}")
     if y.ndim != 1 or y.shape[0] != X.shape[0]:
         raise ValueError(f"y: expected {X.shape[0]} integer labels (one per row of X), got shape {y.shape}")
     if y.dtype.kind not in "iu":
@@ -338,6 +354,21 @@ def _positive(v, name, kind=int):
         what = "a positive integer" if kind is int else "a positive finite number"
         raise ValueError(f"{name}: expected {what}, got {v!r}")
     return kind(v)
+
+
+@contextmanager
+def _global_rng_kept():
+    """Restores fastnn's global generator (seed and stream position) on exit; also a decorator.
+    overfit_small and lr_find build a copy of the model and train it, overfit_small with its own
+    seed (Trainer(seed=...) re-seeds the global generator): neither may replace the user's
+    manual_seed or move its stream, as they promise to leave everything as they found it."""
+    from .random import default_generator
+
+    state = default_generator.get_state()
+    try:
+        yield
+    finally:
+        default_generator.set_state(state)
 
 
 def _pyplot(what):
@@ -375,6 +406,7 @@ class OverfitResult:
         return self.verdict
 
 
+@_global_rng_kept()
 def overfit_small(model, X, y, n_batches=5, *, batch_size=32, max_epochs=300, optimizer="adam", lr=1e-3,
                   optimizer_kwargs=None, seed=0, device="cpu"):
     """Recipe step 2: train a copy of ``model`` on ``n_batches`` minibatches of ``batch_size``
@@ -390,7 +422,8 @@ def overfit_small(model, X, y, n_batches=5, *, batch_size=32, max_epochs=300, op
       is bad (weights so large that the logits saturate).
     - "slow": the loss falls but has not reached 100% yet: train longer or raise the LR a bit.
 
-    The model itself is not changed (see the module docstring). ``device``: where the copy
+    The model itself is not changed (see the module docstring), and neither is fastnn's global
+    random generator: its seed and position are restored on return. ``device``: where the copy
     trains ("cpu", "cuda", "cuda:N", "auto"; Trainer(device=...))."""
     import warnings
 
@@ -454,15 +487,18 @@ class LRFinderResult:
     lrs: np.ndarray            # the lr of each step taken
     losses: np.ndarray         # the raw minibatch loss of each step (data loss, no penalty)
     smoothed: np.ndarray       # bias-corrected exponential moving average of the losses
-    suggestion: float          # lr at the steepest descent of the smoothed loss (in log lr)
+    suggestion: float          # the suggested lr, by `method` (see lr_find)
     min_loss_lr: float         # lr where the smoothed loss is lowest (min_loss_lr / 10 is the
                                # other common rule of thumb)
     stopped_early: bool        # the smoothed loss passed diverge_factor x its minimum
-    method: str = "steepest"
+    method: str = "steepest"   # "steepest", or "min_loss/10" when the minimum came too early
 
     def __str__(self):
+        how = {"steepest": "steepest descent of the smoothed loss",
+               "min_loss/10": "lowest-loss lr / 10: the minimum came too early for a slope"}.get(self.method,
+                                                                                                self.method)
         return (f"LR range test over {len(self.lrs)} steps ({self.lrs[0]:.2g} .. {self.lrs[-1]:.2g}): suggested "
-                f"lr {self.suggestion:.3g} (steepest descent of the smoothed loss); lowest loss at lr "
+                f"lr {self.suggestion:.3g} ({how}); lowest loss at lr "
                 f"{self.min_loss_lr:.3g}" + ("; stopped when the loss diverged" if self.stopped_early else ""))
 
     def plot(self, path=None):
@@ -488,6 +524,7 @@ class LRFinderResult:
         return fig
 
 
+@_global_rng_kept()
 def lr_find(model, X, y, *, lr_min=1e-6, lr_max=10.0, num_iter=100, batch_size=64, momentum=0.9, l2=1e-4,
             beta=0.98, diverge_factor=4.0, seed=0):
     """Recipe step 3, the LR range test (Smith, 2017; fastai's lr_find): train a copy of
@@ -502,7 +539,8 @@ def lr_find(model, X, y, *, lr_min=1e-6, lr_max=10.0, num_iter=100, batch_size=6
     negative slope, looked for before the minimum and after the first 10% of steps, where the
     average is still settling): large enough to learn fast, safely below the point where the
     loss turns. ``min_loss_lr`` is also returned (divide it by 10 for the other rule of thumb).
-    The model is not changed. ``result.plot(path)`` draws the curve."""
+    The model is not changed, nor fastnn's global random generator (its seed and position are
+    restored on return). ``result.plot(path)`` draws the curve."""
     from .losses import SoftmaxCrossEntropy
     from .optim import SGD
 

@@ -11,8 +11,10 @@ to fastnn/datasets/data/digits.csv.gz.
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import os
+import re
 from importlib import resources
 
 import numpy as np
@@ -107,7 +109,19 @@ def _path(path, name="path"):
 def load_npz(path, x_key: str = "X", y_key: str = "y", *, dtype=None):
     """(X, y) from a NumPy .npz file holding arrays under `x_key` and `y_key`, checked: X 2-D,
     numeric, finite (ints become float32); y integer class labels >= 0; same row count."""
-    with np.load(_path(path), allow_pickle=False) as f:
+    p = _path(path)
+    with open(p, "rb") as f:
+        magic = f.read(6)
+    # np.load dispatches on these bytes: a .npy gives a bare array (no keys, no context manager),
+    # and anything else is taken for a pickle, so both failed with messages about something else
+    if magic == b"\x93NUMPY":
+        raise ValueError(f"path: expected an .npz archive holding arrays {x_key!r} and {y_key!r}, got a .npy "
+                         f"file (one array) in {os.fspath(path)!r}; save both with np.savez(path, "
+                         f"{x_key}=X, {y_key}=y)")
+    if not magic.startswith(b"PK"):
+        raise ValueError(f"path: expected an .npz archive (a zip file) holding arrays {x_key!r} and {y_key!r}, "
+                         f"got a file starting with {magic!r} in {os.fspath(path)!r}")
+    with np.load(p, allow_pickle=False) as f:
         keys = list(f.keys())
         for k, what in ((x_key, "x_key"), (y_key, "y_key")):
             if k not in keys:
@@ -116,25 +130,78 @@ def load_npz(path, x_key: str = "X", y_key: str = "y", *, dtype=None):
     return check_xy(X, y, dtype=dtype)
 
 
-def load_csv(path, label_column: int = -1, *, delimiter: str = ",", header: bool | None = None, dtype=np.float32):
+# Tokens that mark a missing value, not a column name: a first line made of these (and empty
+# fields) is a data row with holes, so it must fail as one instead of being skipped as a header.
+_MISSING_TOKENS = frozenset({"", "na", "n/a", "nan", "null", "none", "?"})
+
+
+def _is_header(fields) -> bool:
+    """True when a first line is column names: no field is a number and at least one is a name
+    (empty fields are allowed, as in the index column of pandas' to_csv)."""
+    names = 0
+    for v in fields:
+        s = v.strip().strip("\"'").strip()
+        try:
+            float(s)
+            return False
+        except ValueError:
+            pass
+        if s.lower() not in _MISSING_TOKENS:
+            names += 1
+    return names > 0
+
+
+def load_csv(path, label_column: int = -1, *, delimiter: str = ",", header: bool | None = None, dtype=np.float32,
+             encoding: str = "utf-8"):
     """(X, y) from a delimited text file of numbers, one sample per row; the labels are column
-    `label_column` (negative counts from the end), the other columns are X. header=None skips
-    the first line when it does not parse as numbers; True/False force it."""
+    `label_column` (an integer index; negative counts from the end), the other columns are X.
+    The file is decoded with `encoding` (e.g. "latin-1", "cp1252"); with UTF-8 a leading
+    byte-order mark (Excel's "CSV UTF-8") is ignored.
+
+    header=None skips the first line only when it is column names: no field is a number and at
+    least one field is a name. A first line with a number, an empty field or an NA token is
+    data, and a value that does not parse is an error there as on any other line -- no row is
+    dropped silently. header=True/False force it."""
     p = _path(path)
-    with open(p, encoding="utf-8") as f:
-        first = f.readline()
+    if isinstance(label_column, bool) or not isinstance(label_column, (int, np.integer)):
+        raise TypeError(f"label_column: expected an integer column index, got {label_column!r} "
+                        f"({type(label_column).__name__})")
+    if header not in (None, True, False):
+        raise ValueError(f"header: expected None (detect), True or False, got {header!r}")
+    try:
+        enc = codecs.lookup(encoding).name
+    except (LookupError, TypeError):
+        raise ValueError(f"encoding: expected a text encoding name such as 'utf-8' or 'latin-1', "
+                         f"got {encoding!r}") from None
+    # utf-8-sig: the BOM Excel writes is not part of the first value (float("\ufeff1") fails)
+    enc = "utf-8-sig" if enc == "utf-8" else enc
+
+    def not_text(e: UnicodeDecodeError) -> ValueError:
+        return ValueError(f"path: {os.fspath(path)!r} is not {encoding} text: byte {e.object[e.start:e.start + 1]!r} "
+                          f"cannot be decoded ({e.reason}); pass encoding= with the file's encoding, e.g. "
+                          f"encoding='latin-1'")
+
+    try:
+        with open(p, encoding=enc) as f:
+            first = f.readline()
+    except UnicodeDecodeError as e:
+        raise not_text(e) from None
     if not first.strip():
         raise ValueError(f"path: {os.fspath(path)!r} is empty")
-    if header is None:
-        try:
-            [float(v) for v in first.strip().split(delimiter)]
-            header = False
-        except ValueError:
-            header = True
+    sniffed = header is None
+    if sniffed:
+        header = _is_header(first.strip().split(delimiter))
     try:
-        table = np.loadtxt(p, delimiter=delimiter, skiprows=1 if header else 0, ndmin=2, dtype=np.float64)
+        table = np.loadtxt(p, delimiter=delimiter, skiprows=1 if header else 0, ndmin=2, dtype=np.float64,
+                           encoding=enc)
+    except UnicodeDecodeError as e:
+        raise not_text(e) from None
     except ValueError as e:
-        raise ValueError(f"path: {os.fspath(path)!r} is not a table of numbers: {e}") from None
+        hint = ""
+        if sniffed and not header and re.search(r"\bat row 0\b", str(e)):
+            hint = (" (header=None read line 1 as data: it holds a number, an empty field or an NA token; "
+                    "pass header=True if it is column names)")
+        raise ValueError(f"path: {os.fspath(path)!r} is not a table of numbers: {e}{hint}") from None
     if table.shape[0] == 0:
         raise ValueError(f"path: {os.fspath(path)!r} has no data rows")
     ncol = table.shape[1]
@@ -142,6 +209,13 @@ def load_csv(path, label_column: int = -1, *, delimiter: str = ",", header: bool
         raise ValueError(f"label_column: expected an index in [{-ncol}, {ncol}) of a table with at least 2 "
                          f"columns, got {label_column} for {ncol} columns")
     lc = label_column % ncol
-    y = check_labels(table[:, lc])
+    labels = table[:, lc]
+    # a label past int64 would wrap in check_labels' cast and be reported as a different number
+    huge = np.abs(labels) >= 2.0**63
+    if huge.any():
+        i = int(np.flatnonzero(huge)[0])
+        raise ValueError(f"y: expected class labels in [0, inf), got {labels[i]} at index {i} "
+                         f"(column {lc} of {os.fspath(path)!r})")
+    y = check_labels(labels)
     X = check_X(np.delete(table, lc, axis=1), dtype=dtype)
     return X, y
