@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import tracemalloc
+import warnings
 
 import numpy as np
 import pytest
@@ -89,6 +90,11 @@ CORRUPTIONS = {
     "trainer_stream_short": _set("extra", "trainer", "stream", value=[1]),
     "trainer_stream_negative": _set("extra", "trainer", "stream", value=[1, -2]),
     "trainer_stream_floats": _set("extra", "trainer", "stream", value=[1.0, 2]),
+    "trainer_optimizer_params": _set("extra", "trainer", "optimizer_params", value=[3]),
+    "trainer_optimizer_params_unknown": _set("extra", "trainer", "optimizer_params", value=["9.weight"]),
+    "trainer_unsaved": _set("extra", "trainer", "unsaved", value=["loss"]),
+    "param_requires_grad": _set("params", "0.weight", "requires_grad", value="no"),
+    "param_lr_scale": _set("params", "0.weight", "lr_scale", value=-1),
     "trainer_dtype_bad": _set("extra", "trainer", "dtype", value="int8"),
     "trainer_loss_number": _set("extra", "trainer", "loss", value=4),
     "trainer_schedule_bad": _set("extra", "trainer", "schedule", value={"type": "nope"}),
@@ -207,3 +213,69 @@ def test_resume_is_reproducible(tmp_path, dropout):
         np.testing.assert_array_equal(pa.data, pb.data)  # two loads continue identically
         np.testing.assert_array_equal(pa.data, ps.data)  # and as the uninterrupted run
     assert a.history["step_loss"] == straight.history["step_loss"]
+
+
+def test_resume_keeps_frozen_layers_and_lr_scales(tmp_path):
+    """transfer.freeze / set_lr_scale survive save and load (a resumed fine-tuning run used to
+    train its frozen body at scale 1), with an optimizer over the trainable parameters only
+    (PyTorch's fine-tuning idiom, which the Trainer used to refuse)."""
+    from fastnn import optim, transfer
+
+    X, y = data(200)
+
+    def trainer():
+        m = mlp()
+        transfer.freeze(m, [0])
+        transfer.set_lr_scale(m, 0.5, [1])
+        opt = optim.SGD(transfer.trainable_parameters(m), lr=0.05, momentum=0.9)
+        return Trainer(m, optimizer=opt, verbose=False, seed=3)
+    straight = trainer().fit(X, y, epochs=3, batch_size=16)
+    first = trainer().fit(X, y, epochs=2, batch_size=16)
+    frozen = first.model.layers[0].weight.data.copy()
+    first.save(tmp_path / "ft.npz")
+    t = Trainer.load(tmp_path / "ft.npz")
+    assert [p.requires_grad for p in t.model.parameters()] == [False, False, True, True]
+    assert [p.lr_scale for p in t.model.parameters()] == [1.0, 1.0, 0.5, 0.5]
+    assert len(t.optimizer.params) == 2
+    t.fit(X, y, epochs=1, batch_size=16)
+    np.testing.assert_array_equal(t.model.layers[0].weight.data, frozen)
+    for a, b in zip(t.model.parameters(), straight.model.parameters()):
+        np.testing.assert_array_equal(a.data, b.data)
+    # into= leaves the caller's model settings alone (as torch's load_state_dict)
+    m = mlp()
+    checkpoint.load_model(tmp_path / "ft.npz", into=m)
+    assert all(p.requires_grad and p.lr_scale == 1.0 for p in m.parameters())
+
+
+def test_an_optimizer_missing_a_trainable_parameter_is_refused():
+    from fastnn import optim
+
+    m = mlp()
+    with pytest.raises(ValueError, match=r"optimizer: it does not update the model's trainable parameters "
+                                         r"\['1.weight', '1.bias'\]"):
+        Trainer(m, optimizer=optim.SGD(m.layers[0].parameters(), lr=0.1))
+
+
+def test_load_warns_about_what_a_checkpoint_cannot_hold(tmp_path):
+    """A callable schedule and an augment are code: load says so when they are not passed again,
+    and with them passed again the resumed run is the uninterrupted one."""
+    X, y = data(200)
+
+    def sched(k, base):
+        return base if k < 20 else base * 0.1
+
+    def trainer():
+        return Trainer(mlp(), optimizer="sgd", optimizer_kwargs={"lr": 0.05}, schedule=sched, verbose=False,
+                       seed=3, augment=lambda xb, yb, step: (xb * 1.0, yb))
+    straight = trainer().fit(X, y, epochs=3, batch_size=16)
+    trainer().fit(X, y, epochs=2, batch_size=16).save(tmp_path / "c.npz")
+    with pytest.warns(UserWarning) as w:
+        Trainer.load(tmp_path / "c.npz")
+    assert sorted(str(x.message).split("callable ")[1].split(",")[0] for x in w) == ["augment", "schedule"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        t = Trainer.load(tmp_path / "c.npz", schedule=sched, augment=lambda xb, yb, step: (xb * 1.0, yb))
+    t.fit(X, y, epochs=1, batch_size=16)
+    assert t.history["lr"] == straight.history["lr"]
+    for a, b in zip(t.model.parameters(), straight.model.parameters()):
+        np.testing.assert_array_equal(a.data, b.data)

@@ -268,10 +268,23 @@ def test_unregularized_params_get_no_decay():
 
 # ---- errors ---------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
+def test_lr_zero_is_taken_and_changes_nothing(name):
+    """lr=0 as torch.optim takes it (it used to be refused): the step keeps its state and leaves
+    the weights as they were (no weight decay either: it is scaled by lr)."""
+    p = Parameter(np.ones(3, np.float32))
+    p.grad = np.full(3, 0.5, np.float32)
+    kw = {"momentum": 0.9, "weight_decay": 0.1} if name == "sgd" else {"weight_decay": 0.1}
+    opt = optim.create(name, [p], lr=0, **kw)
+    opt.step()
+    np.testing.assert_array_equal(p.data, np.ones(3, np.float32))
+    assert opt.step_count == 1 and opt.lr == 0.0
+
+
 def test_errors():
     p = Parameter(np.zeros(3, np.float32))
-    for bad in (0, -0.1, float("nan"), float("inf")):
-        with pytest.raises(ValueError, match="lr: expected a positive finite number"):
+    for bad in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="lr: expected a non-negative finite number"):
             optim.SGD([p], lr=bad)
     with pytest.raises(TypeError, match="lr: expected a real number"):
         optim.Adam([p], lr="0.1")

@@ -468,7 +468,7 @@ def test_bad_inputs_are_clear_errors(digits):
     model = mlp()
     with pytest.raises(ValueError, match="l2: 0.1 differs from the optimizer's l2=0.0"):
         Trainer(model, optimizer=optim.SGD(model.parameters(), lr=0.1), l2=0.1)
-    with pytest.raises(ValueError, match="does not update the model's parameters"):
+    with pytest.raises(ValueError, match="does not update the model's trainable parameters"):
         Trainer(model, optimizer=optim.SGD(model.parameters()[:1], lr=0.1))
     t.fit(X, y, epochs=1, batch_size=256)
     with pytest.raises(ValueError, match=r"y: expected class labels in \[0, 10\)"):

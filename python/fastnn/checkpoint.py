@@ -34,6 +34,7 @@ mid-save), so no orphan survives the next access.
 from __future__ import annotations
 
 import json
+import math
 import numbers
 import os
 import zipfile
@@ -159,6 +160,19 @@ def _atomic_write(path, write):
 
 
 # --------------------------------------------------------------------- save
+def _param_spec(p):
+    """A parameter's entry in the JSON config: shape and dtype, and where they differ from the
+    defaults, transfer's settings (a frozen parameter, a learning-rate scale), which a model built
+    from the checkpoint gets back (resuming a fine-tuning run keeps its body frozen)."""
+    spec = {"shape": list(p.data.shape), "dtype": np.dtype(p.data.dtype).name}
+    if not getattr(p, "requires_grad", True):
+        spec["requires_grad"] = False
+    scale = float(getattr(p, "lr_scale", 1.0))
+    if scale != 1.0:
+        spec["lr_scale"] = scale
+    return spec
+
+
 def save_model(model, path, *, optimizer=None, extra=None):
     """Saves ``model`` (architecture from model.config(), parameters by their
     named_parameters() names) and optionally an optimizer's state to one .npz file at ``path``
@@ -174,7 +188,7 @@ def save_model(model, path, *, optimizer=None, extra=None):
     arrays = {f"param/{k}": backend_of(p.data).to_host(p.data) for k, p in named}  # (one download each)
     meta = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "fastnn": _C.__version__,
             "device": model_device(model), "model": model.config(),
-            "params": {k: {"shape": list(p.data.shape), "dtype": np.dtype(p.data.dtype).name} for k, p in named},
+            "params": {k: _param_spec(p) for k, p in named},
             "optimizer": None, "extra": extra}
     if optimizer is not None:
         sd = optimizer.state_dict(host=True)
@@ -219,6 +233,11 @@ def _check_meta(p, meta):
             raise _fail(p, f"params[{k!r}].shape: expected a list of integers >= 0, got {shape!r}")
         if spec.get("dtype") not in ("float32", "float64"):
             raise _fail(p, f"params[{k!r}].dtype: expected 'float32' or 'float64', got {spec.get('dtype')!r}")
+        if not isinstance(spec.get("requires_grad", True), bool):
+            raise _fail(p, f"params[{k!r}].requires_grad: expected true or false, got {spec.get('requires_grad')!r}")
+        scale = spec.get("lr_scale", 1.0)
+        if not _is_real(scale) or not math.isfinite(scale) or scale < 0:
+            raise _fail(p, f"params[{k!r}].lr_scale: expected a finite number >= 0, got {scale!r}")
     opt = meta.get("optimizer")
     if opt is not None:
         if not isinstance(opt, dict):
@@ -462,6 +481,11 @@ def load_model(path, *, into=None, return_metadata=False, device=None):
         model.to(target)  # (first: the values below are copied once, to where the model will be)
     for k, prm in named.items():
         copy_into(prm.data, params[k])
+        if into is None:  # (into=: the caller's model keeps its own settings, as torch's load_state_dict)
+            spec = meta["params"][k]
+            prm.requires_grad = spec.get("requires_grad", True)
+            if "lr_scale" in spec:
+                prm.lr_scale = float(spec["lr_scale"])
     if into is None and target != "cpu":
         model.to(target)
     model.eval()

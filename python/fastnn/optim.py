@@ -108,7 +108,7 @@ class Optimizer:
             if not (hasattr(p, "data") and hasattr(p, "grad")):
                 raise TypeError(f"params[{i}]: expected an object with .data and .grad (fastnn.Parameter), "
                                 f"got {type(p).__name__}")
-        self.base_lr = _check_lr(lr, allow_zero=False)
+        self.base_lr = _check_lr(lr, allow_zero=True)  # (0 as torch.optim takes it: no update, the state still kept)
         self._lr = self.base_lr
         self.l1 = _nonneg(l1, "l1")
         self.l2 = _nonneg(l2, "l2")

@@ -241,9 +241,12 @@ class Trainer:
             if optimizer_kwargs:
                 raise ValueError("optimizer_kwargs: only used when optimizer is a name, got an optimizer object")
             ids = {id(p) for p in optimizer.params}
-            missing = [n for n, p in model.named_parameters() if id(p) not in ids]
+            # (frozen parameters need none: an optimizer over transfer.trainable_parameters(model),
+            # PyTorch's fine-tuning idiom, is fine)
+            missing = [n for n, p in model.named_parameters()
+                       if id(p) not in ids and getattr(p, "requires_grad", True)]
             if missing:
-                raise ValueError(f"optimizer: it does not update the model's parameters {missing}")
+                raise ValueError(f"optimizer: it does not update the model's trainable parameters {missing}")
             for k, v in (("l1", l1), ("l2", l2)):
                 if v and v != getattr(optimizer, k):
                     raise ValueError(f"{k}: {v} differs from the optimizer's {k}={getattr(optimizer, k)}; "
@@ -765,7 +768,27 @@ class Trainer:
                 "schedule": sched, "schedule_spec": self._schedule_spec, "verbose": self.verbose,
                 "seed": self.seed, "dtype": self.dtype.name, "precision": self.precision, "history": self.history,
                 "n_outputs": self._n_outputs, "rng": self.rng.bit_generator.state,
-                "stream": list(_random.default_generator.get_state())}
+                "stream": list(_random.default_generator.get_state()),
+                "optimizer_params": self._optimizer_param_names(), "unsaved": self._unsaved()}
+
+    def _unsaved(self):
+        """What a checkpoint cannot hold (code): a callable schedule, an augment; load warns."""
+        out = []
+        if self.schedule is not None and not isinstance(self.schedule, _schedules.Schedule) \
+                and self._schedule_spec is None:
+            out.append("schedule")
+        if self.augment is not None:
+            out.append("augment")
+        return out
+
+    def _optimizer_param_names(self):
+        """The model's names of the optimizer's parameters, in its order (an optimizer over the
+        trainable parameters only is rebuilt over the same ones on load), or None for all."""
+        named = self.model.named_parameters()
+        if [id(p) for _, p in named] == [id(p) for p in self.optimizer.params]:
+            return None
+        name_of = {id(p): n for n, p in named}
+        return [name_of[id(p)] for p in self.optimizer.params if id(p) in name_of]
 
     def save(self, path):
         """Model architecture and parameters, optimizer state, trainer settings, history, the
@@ -774,13 +797,16 @@ class Trainer:
         save_model(self.model, path, optimizer=self.optimizer, extra={"trainer": self._trainer_config()})
 
     @classmethod
-    def load(cls, path, *, loss=None, augment=None, verbose=None, device=None):
+    def load(cls, path, *, loss=None, augment=None, verbose=None, device=None, schedule=None):
         """A Trainer from ``save``: the model rebuilt from its config, the optimizer (same type,
         hyperparameters, lr, step count, moments), the schedule, history, settings, the
         shuffling generator's state and fastnn's random stream set back to where it was at the save
         (fastnn.random's default generator, as torch.set_rng_state on a resume), so a resumed fit
         continues as the uninterrupted run would, dropout masks included.
-        A custom loss object is not stored: pass ``loss=`` again (then required). ``device``: where
+        A custom loss object is not stored: pass ``loss=`` again (then required). Neither is code:
+        a callable schedule or an augment; pass ``schedule=`` / ``augment=`` again (a warning says
+        so when the checkpoint was trained with one and the argument is missing; ``schedule=``
+        also replaces a stored schedule). ``device``: where
         the loaded trainer trains: None (where it was saved from), "cpu", "cuda", "cuda:N", "auto"
         (fastnn.checkpoint.load_model's). A checkpoint whose trainer or optimizer
         fields are malformed is a ValueError naming the file."""
@@ -794,20 +820,33 @@ class Trainer:
             if tcfg["loss"] is None:
                 raise ValueError("loss: the checkpoint was trained with a custom loss object; pass loss=")
             loss = tcfg["loss"]
+        unsaved = tcfg.get("unsaved") or []
+        for what, given in (("schedule", schedule), ("augment", augment)):
+            if what in unsaved and given is None:
+                warnings.warn(f"Trainer.load: {p!r} was trained with a callable {what}, which a checkpoint cannot "
+                              f"hold; the loaded trainer runs without it unless you pass {what}= again",
+                              UserWarning, stacklevel=2)
         try:
-            return cls._from_checkpoint(model, meta, tcfg, loss, augment, verbose)
+            t = cls._from_checkpoint(model, meta, tcfg, loss, augment, verbose, schedule)
+            return t
         except (TypeError, ValueError, KeyError, AttributeError, IndexError, OverflowError) as e:
             raise _checkpoint.CheckpointError(f"path: {p!r} is not a readable fastnn checkpoint: its trainer or "
                                               f"optimizer state is malformed ({type(e).__name__}: {e})") from None
 
     @classmethod
-    def _from_checkpoint(cls, model, meta, tcfg, loss, augment, verbose):
+    def _from_checkpoint(cls, model, meta, tcfg, loss, augment, verbose, schedule=None):
         ocfg = meta.get("optimizer")
         sched = _schedules.from_state_dict(tcfg["schedule"]) if tcfg.get("schedule") else None
         sched_kw = None
         if tcfg.get("schedule_spec"):  # a name resolved per fit: keep that behaviour
             sched, sched_kw = tcfg["schedule_spec"]
+        if schedule is not None:  # (the caller's: a callable the checkpoint could not hold, or a new one)
+            sched, sched_kw = schedule, None
+            tcfg = {**tcfg, "schedule": None}
         params = model.parameters()
+        if tcfg.get("optimizer_params") is not None:
+            named = dict(model.named_parameters())
+            params = [named[n] for n in tcfg["optimizer_params"]]
         if ocfg is not None:
             opt_cls = {c.__name__: c for c in _optim.OPTIMIZERS.values()}.get(ocfg["type"])
             if opt_cls is None:
@@ -1923,6 +1962,12 @@ def _check_trainer_config(p, tcfg):
     seed = tcfg.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise bad(f"seed: expected an integer or null, got {seed!r}")
+    unsaved = tcfg.get("unsaved")
+    if unsaved is not None and not (isinstance(unsaved, list) and all(v in ("schedule", "augment") for v in unsaved)):
+        raise bad(f"unsaved: expected a list of 'schedule' / 'augment' or null, got {unsaved!r:.80}")
+    names = tcfg.get("optimizer_params")
+    if names is not None and not (isinstance(names, list) and all(isinstance(v, str) for v in names)):
+        raise bad(f"optimizer_params: expected a list of parameter names or null, got {names!r:.80}")
     stream = tcfg.get("stream")
     if stream is not None and not (isinstance(stream, list) and len(stream) == 2 and all(
             not isinstance(v, bool) and isinstance(v, int) and 0 <= v < 2**64 for v in stream)):
