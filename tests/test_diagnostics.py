@@ -99,3 +99,26 @@ def test_plot(tmp_path, rng):
     assert len([ax for ax in fig.axes if ax.get_visible()]) == 4
     with pytest.raises(ValueError, match=r"stats\[0\]: no values kept"):
         diagnostics.plot_activation_stats(diagnostics.activation_stats(_deep_tanh(depth=1), _x(rng), keep_values=0))
+
+
+@pytest.mark.parametrize("chain", [True, False])
+def test_stats_between_a_training_forward_and_its_backward(rng, chain):
+    """activation_stats in the middle of a step (logging activations) leaves the step's backward
+    runnable and its gradients unchanged: it used to drop what the training forward had saved."""
+    def model():
+        fastnn.manual_seed(0)
+        layers = ([nn.Linear(8, 8, activation="relu"), nn.Linear(8, 3)] if chain
+                  else [nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3)])
+        return nn.Sequential(*layers).train()
+    X = rng.standard_normal((100, 8)).astype(np.float32)
+    g = np.full((50, 3), 0.02, np.float32)
+    ref = model()
+    ref(X[:50])
+    ref.backward(g, need_input_grad=False)
+    m = model()
+    m(X[:50])
+    diagnostics.activation_stats(m, X[50:])
+    assert m.training
+    m.backward(g, need_input_grad=False)
+    for a, b in zip(m.parameters(), ref.parameters()):
+        np.testing.assert_array_equal(a.grad, b.grad)

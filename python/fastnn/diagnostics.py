@@ -80,13 +80,17 @@ def activation_stats(model, X, *, keep_values: int = 20000):
     if X.dtype.kind != "f":
         raise TypeError(f"X: expected a float array, got {X.dtype}")
     records = []
-    modes = [(m, m.training) for m in _walk(model)]  # restored one by one: they may differ
+    # Every module's attributes as they were (its mode, and what a training forward saved for its
+    # backward: an eval pass drops that), put back afterwards: a call between a training forward
+    # and its backward leaves that backward runnable, as an extra no_grad pass does in PyTorch.
+    states = [(m, dict(m.__dict__)) for m in _walk(model)]
     model.eval()
     try:
         _run(model, X, "", records, int(keep_values))
     finally:
-        for m, mode in modes:
-            m.training = mode
+        for m, d in states:
+            m.__dict__.clear()
+            m.__dict__.update(d)
     return records
 
 
