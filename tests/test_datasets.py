@@ -196,3 +196,14 @@ def test_validation_errors():
         check_labels(np.array(["a"]))
     X, y = check_xy(np.ones((2, 2), np.int32), [1.0, 0.0])
     assert X.dtype == np.float32 and y.dtype == np.int64
+
+
+def test_check_labels_reports_huge_labels_as_given():
+    """A label beyond int64 (a float 1e20, a uint64 near 2**64) was cast first and reported as the
+    wrapped value (-9223372036854775808)."""
+    with pytest.raises(ValueError, match=r"y: expected class labels in \[0, 3\), got 1e\+20 at index 1"):
+        check_labels(np.array([0.0, 1e20]), n_classes=3)
+    with pytest.raises(ValueError, match=r"got -1e\+20 at index 0"):
+        check_labels(np.array([-1e20, 1.0]))
+    with pytest.raises(ValueError, match=r"got 18446744073709551615 at index 1"):
+        check_labels(np.array([1, 2**64 - 1], np.uint64))

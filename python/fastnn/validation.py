@@ -47,8 +47,17 @@ def check_labels(y, n_classes: int | None = None, name: str = "y") -> np.ndarray
         if frac.any():
             i = int(np.flatnonzero(frac)[0])
             raise ValueError(f"{name}: expected integer class labels, got {a[i]} at index {i}")
+        big = np.abs(a) >= 2.0**62  # (beyond int64 the cast would wrap: report the value as given)
+        if big.any():
+            i = int(np.flatnonzero(big)[0])
+            raise ValueError(f"{name}: expected class labels in [0, {n_classes if n_classes is not None else 'inf'}), "
+                             f"got {a[i]} at index {i}")
     elif a.dtype.kind not in "iu":
         raise TypeError(f"{name}: expected integer class labels, got dtype {a.dtype}")
+    elif a.dtype == np.uint64 and a.size and int(a.max()) > np.iinfo(np.int64).max:
+        i = int(np.argmax(a))
+        raise ValueError(f"{name}: expected class labels in [0, {n_classes if n_classes is not None else 'inf'}), "
+                         f"got {a[i]} at index {i}")
     a = a.astype(np.int64, copy=False)
     hi = n_classes if n_classes is not None else None
     bad = (a < 0) if hi is None else ((a < 0) | (a >= hi))
