@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -231,3 +232,50 @@ def test_ctrl_c_never_cuts_a_step_in_half(path):
         assert not (opt.__dict__.get("_fused") or {}), trial
         assert all(st.get("step", 0) == n for st in opt.state), trial
         assert len(t.history["epoch"]) == n // 63, trial  # (63 steps an epoch: the epochs that ended)
+
+
+# ---- the estimators' loop (fastnn.estimators._fit_stochastic) through train_steps, loss kind 2 ----
+
+EST_CASES = {
+    "sgd": ("clf", dict(solver="sgd")),
+    "sgd-no-nesterov-no-alpha": ("clf", dict(solver="sgd", nesterovs_momentum=False, alpha=0.0)),
+    "adam": ("clf", dict(solver="adam")),
+    "adam-in-order-uneven-batches": ("clf", dict(solver="adam", shuffle=False, batch_size=70)),
+    "sgd-early-stopping-adaptive": ("clf", dict(solver="sgd", early_stopping=True, learning_rate="adaptive")),
+    "binary-invscaling": ("bin", dict(solver="sgd", learning_rate="invscaling")),
+    "regressor-adam": ("reg", dict(solver="adam")),
+    "adam-dropout": ("clf", dict(solver="adam", dropout=0.2)),
+}
+
+
+@pytest.mark.parametrize("case", list(EST_CASES))
+def test_estimators_same_bits_as_their_python_loop(monkeypatch, case):
+    from fastnn.estimators import MLPClassifier, MLPRegressor
+
+    kind, kw = EST_CASES[case]
+    X, labels = _data(n=500, d=24, classes=4)
+    y = {"clf": labels, "bin": labels > 1, "reg": X[:, :3].astype(np.float64) @ np.array([1.0, -2.0, 0.5])}[kind]
+    cls = MLPRegressor if kind == "reg" else MLPClassifier
+    fits = []
+    for chain in (False, True):
+        monkeypatch.setattr(train, "_CHAIN_STEPS", chain)
+        fastnn.manual_seed(1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # (4 epochs: the convergence warning)
+            m = cls(hidden_layer_sizes=(32, 16), random_state=0, max_iter=4, **kw).fit(X, y)
+            if not kw.get("early_stopping"):
+                m.partial_fit(X[:200], y[:200])
+        fits.append((m, fastnn.random.default_generator.get_state()))
+    (a, sa), (b, sb) = fits
+    for p, q in zip(a.coefs_ + a.intercepts_, b.coefs_ + b.intercepts_):
+        np.testing.assert_array_equal(p, q)
+    assert a.loss_curve_ == b.loss_curve_ and a.t_ == b.t_ and a.n_iter_ == b.n_iter_ and sa == sb
+    assert a.validation_scores_ == b.validation_scores_
+    oa, ob = a._optimizer, b._optimizer
+    def scalars(o):
+        return o.step_count, o.lr, o.l2, getattr(o, "eps", None)
+    assert scalars(oa) == scalars(ob)
+    for sta, stb in zip(oa.state, ob.state):
+        for k in sta:
+            np.testing.assert_array_equal(sta[k], stb[k])
+

@@ -387,19 +387,26 @@ class LinearChain {
   // optimizer's argument building, the loss and metric calls) done here between the kernels, with
   // the same kernels and the same scalars, so the same bits.
   //   loss_kind 0: softmax cross-entropy of int64 labels Y (n,); 1: squared error of targets Y (n, C)
-  //   scaled by 2 / (M C), as fastnn.nn.MSELoss. hits: count the argmax hits (kind 0).
+  //   scaled by 2 / (M C), as fastnn.nn.MSELoss; 2: scikit-learn's MLP output layer (mlp_head, the
+  //   estimators' loop) on float64 encoded targets Y (n, C), head = (output activation kind, alpha,
+  //   Adam's epsilon or -1 for SGD, beta_2, the optimizer's step count before s0, ||W||^2 of the
+  //   weights before s0): per step the weights' l2 is alpha / M, Adam's eps
+  //   epsilon / sqrt(1 - beta_2^t), the loss gets 0.5 alpha ||W||^2 / M with ||W||^2 the previous
+  //   update's sum (the weight updates return it), and a non-finite loss does not stop the steps
+  //   (as that loop). hits: count the argmax hits (kind 0).
   //   updates: per layer (weight update, bias update), the tuples of optim's fused_update for the
   //   first step (s0); step j of the chunk uses lr = lrs[j] * lr_scales[l] (weight, bias), SGD's
   //   `first` only at j = 0, Adam's step t0 + j. seed / offset: fastnn's stream where the first
   //   step's dropout reserves its positions (random.Generator.reserve: 64-position blocks).
-  //   out (s1 - s0, 2) float64: per step (the data loss, its contribution to the epoch's sum).
+  //   out (s1 - s0, 3) float64: per step (the loss, its contribution to the epoch's sum, ||W||^2 of
+  //   the updated weights: kind 2).
   //   progress (5,) int64: (steps done, hits, the stream offset after them, the step whose loss was
   //   not finite or -1, stop): the steps stop early when a signal handler run between two of them
   //   sets `stop`; a KeyboardInterrupt raised there propagates. progress tells what ran.
   void train_steps(const py::array& X, const py::array& Y, const py::object& order_obj, int64_t s0, int64_t s1,
                    int64_t bs, int loss_kind, bool hits, const py::list& grads, const py::list& updates,
                    const py::array& lrs, const py::list& lr_scales, uint64_t seed, uint64_t offset,
-                   const std::string& precision, py::array out, py::array progress) {
+                   const std::string& precision, py::array out, py::array progress, const py::object& head) {
     const bool bf16 = parse_precision(precision, dt_);
     const size_t nl = layers_.size();
     check_batch(X, "X", layers_[0].K);
@@ -413,8 +420,26 @@ class LinearChain {
     } else if (loss_kind == 1) {
       check_batch(Y, "Y", C);
       if (Y.shape(0) != n) throw py::value_error("Y: expected " + std::to_string(n) + " rows like X");
+    } else if (loss_kind == 2) {
+      if (!Y.dtype().equal(py::dtype::of<double>()) || Y.ndim() != 2 || Y.shape(0) != n || Y.shape(1) != C)
+        throw py::type_error("Y: expected float64 encoded targets of shape (" + std::to_string(n) + ", " +
+                             std::to_string(C) + ")");
     } else {
-      throw py::value_error("loss_kind: expected 0 (cross-entropy) or 1 (squared error)");
+      throw py::value_error("loss_kind: expected 0 (cross-entropy), 1 (squared error) or 2 (mlp_head)");
+    }
+    int head_kind = 0;
+    double alpha = 0.0, epsilon = -1.0, beta2 = 0.0, sq = 0.0;
+    int64_t step0 = 0;
+    if (loss_kind == 2) {
+      const auto h = head.cast<py::tuple>();
+      if (h.size() != 6) throw py::value_error("head: expected (kind, alpha, epsilon, beta_2, step0, sq)");
+      head_kind = h[0].cast<int>();
+      alpha = h[1].cast<double>();
+      epsilon = h[2].cast<double>();
+      beta2 = h[3].cast<double>();
+      step0 = h[4].cast<int64_t>();
+      sq = h[5].cast<double>();
+      if (head_kind < 0 || head_kind > 2) throw py::value_error("head: kind expected 0, 1 or 2");
     }
     require_c_contiguous(Y, "Y");
     const int64_t r0 = s0 * bs, r1 = std::min(n, s1 * bs);  // the chunk's rows
@@ -439,8 +464,8 @@ class LinearChain {
     }
     if (!lrs.dtype().equal(py::dtype::of<double>()) || lrs.ndim() != 1 || lrs.shape(0) < steps)
       throw py::type_error("lrs: expected float64 learning rates, one per step");
-    if (!out.dtype().equal(py::dtype::of<double>()) || out.ndim() != 2 || out.shape(0) < steps || out.shape(1) != 2)
-      throw py::type_error("out: expected a float64 (steps, 2) array");
+    if (!out.dtype().equal(py::dtype::of<double>()) || out.ndim() != 2 || out.shape(0) < steps || out.shape(1) != 3)
+      throw py::type_error("out: expected a float64 (steps, 3) array");
     if (!progress.dtype().equal(py::dtype::of<int64_t>()) || progress.size() != 5)
       throw py::type_error("progress: expected 5 int64");
     require_writeable(out, "out");
@@ -464,8 +489,8 @@ class LinearChain {
       gb[l] = L.bias ? optional_out_vector(gt[1], L.w, "grad_b", L.N, &keep[2 * l + 1]) : nullptr;
       up0[l] = fused_update_spec(ut[0], L.w, "update", "weight", L.N, L.K);
       if (L.bias) ub0[l] = fused_update_spec(ut[1], L.b, "update_bias", "bias", L.N, -1);
-      if (!up0[l].kind || (L.bias && !ub0[l].kind) || up0[l].sumsq || ub0[l].sumsq)
-        throw py::value_error("updates: every parameter needs a fused update without sumsq");
+      if (!up0[l].kind || (L.bias && !ub0[l].kind) || ((up0[l].sumsq || ub0[l].sumsq) && loss_kind != 2))
+        throw py::value_error("updates: every parameter needs a fused update (sums of squares: kind 2 only)");
       auto step_of = [](const py::object& u) {
         const auto t = u.cast<py::tuple>();
         return std::string(py::str(t[0])) == "adam" ? t[10].cast<int64_t>() : int64_t(0);
@@ -532,6 +557,18 @@ class LinearChain {
     };
     for (int64_t j = 0; j < steps; ++j) {
       const int64_t lo = (s0 + j) * bs, M = std::min(n, lo + bs) - lo;
+      if (loss_kind == 2) {  // the estimators' per-step scalars (fastnn.estimators._fit_stochastic)
+        for (size_t l = 0; l < nl; ++l) {
+          const double l2 = alpha / static_cast<double>(M);
+          if (up0[l].kind == FusedUpdate<float>::kSgd) up0[l].sgd.l2 = l2;
+          else up0[l].adam.l2 = l2;
+          if (epsilon >= 0.0) {
+            const double eps = epsilon / std::sqrt(1.0 - std::pow(beta2, static_cast<double>(step0 + j + 1)));
+            up0[l].adam.eps = eps;
+            if (layers_[l].bias) ub0[l].adam.eps = eps;
+          }
+        }
+      }
       for (size_t l = 0; l < nl; ++l) {
         up[l] = at_step(up0[l], lr[j] * scw[l], j, tw[l]);
         if (layers_[l].bias) ub[l] = at_step(ub0[l], lr[j] * scb[l], j, tb[l]);
@@ -563,21 +600,33 @@ class LinearChain {
           if (loss_kind == 0) {
             value = softmax_xent_mean<T>(0, o, yt, static_cast<T*>(g), M, C);
             contrib = value * static_cast<double>(M);
+          } else if (loss_kind == 2) {
+            const double sw_sum = static_cast<double>(M);
+            value = mlp_head_loss<T>(o, static_cast<const double*>(yt), nullptr, head_kind, sw_sum, static_cast<T*>(g),
+                                     M, C);
+            if (alpha != 0.0) value += 0.5 * alpha * sq / sw_sum;
+            contrib = value * static_cast<double>(M);
           } else {
             const double size = static_cast<double>(M * C);
             contrib = squared_error_sum<T>(o, static_cast<const T*>(yt), static_cast<T*>(g), M * C, 2.0 / size);
             value = contrib / size;
           }
-          finite = std::isfinite(value);
+          finite = loss_kind == 2 || std::isfinite(value);
           if (!finite) return;
           if (hits && loss_kind == 0) prog[1] += argmax_count_labels(o, M, C, C, static_cast<const int64_t*>(yt));
           backward_kernels<T>(M, static_cast<const T*>(g), static_cast<const T*>(xs), ys, pos, gxp, gw, gb, up, ub,
                               ws, bsq, bf16);
+          if (loss_kind == 2 && alpha != 0.0) {  // (opt.step(sumsq=True): the weights' sums, in layer order)
+            double total = 0.0;
+            for (size_t l = 0; l < nl; ++l) total += ws[l];
+            sq = total;
+          }
         });
       }
       prog[2] = static_cast<int64_t>(after[j]);  // (this step's forward reserved its positions)
-      res[2 * j] = value;
-      res[2 * j + 1] = contrib;
+      res[3 * j] = value;
+      res[3 * j + 1] = contrib;
+      res[3 * j + 2] = sq;
       if (!finite) {
         prog[3] = j;
         break;
@@ -713,7 +762,7 @@ void register_gemm(py::module_& m) {
       .def("train_steps", &LinearChain::train_steps, py::arg("X"), py::arg("Y"), py::arg("order"), py::arg("s0"),
            py::arg("s1"), py::arg("bs"), py::arg("loss_kind"), py::arg("hits"), py::arg("grads"), py::arg("updates"),
            py::arg("lrs"), py::arg("lr_scales"), py::arg("seed"), py::arg("offset"), py::arg("precision"),
-           py::arg("out"), py::arg("progress"))
+           py::arg("out"), py::arg("progress"), py::arg("head") = py::none())
       .def("release", &LinearChain::release)
       .def("__len__", &LinearChain::size);
 

@@ -24,52 +24,6 @@ void check_labels(const L* y, int64_t M, int64_t C) {
 
 }  // namespace
 
-// scikit-learn's MLP output layer (mlp_head), per row in double: the output activation, the row's
-// data loss and delta. Plain scalar code (M x C is one batch's logits): compiled once, not per ISA.
-template <class T>
-void mlp_head_rows(const T* z, const double* y, const double* sw, int kind, double sw_sum, T* delta, double* row_loss,
-                   int64_t M, int64_t C) {
-  constexpr double eps = 2.220446049250313e-16;  // float64's: the probabilities are float64
-  auto clip = [](double p) { return p < eps ? eps : p > 1.0 - eps ? 1.0 - eps : p; };
-  std::vector<double> p(static_cast<size_t>(C));
-  for (int64_t i = 0; i < M; ++i) {
-    const T* zr = z + i * C;
-    const double* yr = y + i * C;
-    if (kind == 2) {
-      double mx = -INFINITY;
-      for (int64_t j = 0; j < C; ++j) mx = std::max(mx, static_cast<double>(zr[j]));
-      double s = 0.0;
-      for (int64_t j = 0; j < C; ++j) s += (p[j] = std::exp(static_cast<double>(zr[j]) - mx));
-      for (int64_t j = 0; j < C; ++j) p[j] /= s;
-    } else if (kind == 1) {
-      for (int64_t j = 0; j < C; ++j) p[j] = 0.5 * (1.0 + std::tanh(0.5 * static_cast<double>(zr[j])));
-    } else {
-      for (int64_t j = 0; j < C; ++j) p[j] = static_cast<double>(zr[j]);
-    }
-    double loss = 0.0;
-    if (kind == 2) {
-      double t = 0.0;
-      for (int64_t j = 0; j < C; ++j) t += clip(p[j]) * yr[j];
-      loss = -std::log(t);
-    } else if (kind == 1) {
-      for (int64_t j = 0; j < C; ++j) {
-        const double q = clip(p[j]);
-        loss -= yr[j] * std::log(q) + (1.0 - yr[j]) * std::log(1.0 - q);
-      }
-    } else {
-      for (int64_t j = 0; j < C; ++j) loss += (yr[j] - p[j]) * (yr[j] - p[j]);
-      loss = 0.5 * loss / static_cast<double>(C);
-    }
-    row_loss[i] = loss;
-    const double f = sw ? sw[i] : 1.0;
-    for (int64_t j = 0; j < C; ++j) {
-      double d = p[j] - yr[j];
-      if (sw) d *= f;
-      delta[i * C + j] = static_cast<T>(d / sw_sum);
-    }
-  }
-}
-
 void register_loss(py::module_& m) {
   m.def(
       "softmax_xent",
@@ -175,22 +129,15 @@ void register_loss(py::module_& m) {
         }
         if (M == 0 || !(sw_sum > 0.0)) throw py::value_error("sw_sum: expected a positive weight sum and M >= 1");
         const double* yp = static_cast<const double*>(y.data());
-        std::vector<double> row(static_cast<size_t>(M));
+        double loss = 0.0;
         dispatch_float(dt, [&](auto zero) {
           using T = decltype(zero);
           const T* zp = cptr<T>(z);
           T* dp = mptr<T>(delta);
           py::gil_scoped_release nogil;
-          mlp_head_rows(zp, yp, sw, kind, sw_sum, dp, row.data(), M, C);
+          loss = mlp_head_loss(zp, yp, sw, kind, sw_sum, dp, M, C);
         });
-        // the batch loss: the rows' mean, weighted by sw (added in row order)
-        double total = 0.0, wsum = 0.0;
-        for (int64_t i = 0; i < M; ++i) {
-          const double w = sw ? sw[i] : 1.0;
-          total += w * row[static_cast<size_t>(i)];
-          wsum += w;
-        }
-        return total / wsum;
+        return loss;
       },
       py::arg("z"), py::arg("y"), py::arg("sw"), py::arg("kind"), py::arg("sw_sum"), py::arg("delta"),
       "scikit-learn's MLP output layer on one batch, in float64 (fastnn.estimators): p = the output "

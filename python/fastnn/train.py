@@ -1042,7 +1042,7 @@ class _CPURun:
         set_lr = t.schedule is not None
         precision = _precision.cpu_precision(self.X.dtype)
         gen = _random.default_generator
-        out = np.zeros((steps, 2))
+        out = np.zeros((steps, 3))
         progress = np.zeros(5, np.int64)
         interrupts = self.interrupts
         total, correct = 0.0, 0
@@ -1070,7 +1070,7 @@ class _CPURun:
                 ran = done + (bad >= 0)
                 if set_lr and ran:
                     opt.lr = lrs[s + ran - 1]
-                for v, c in out[s:s + done].tolist():
+                for v, c, _ in out[s:s + done].tolist():
                     step_loss.append(v)
                     total += c
             correct += int(progress[1])
