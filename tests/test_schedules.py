@@ -129,10 +129,11 @@ def test_errors():
         S.Cosine(2.5)
     with pytest.raises(ValueError, match=r"end_factor: expected a number in \[0.0, 1.0\], got 2"):
         S.Linear(10, end_factor=2)
-    with pytest.raises(ValueError, match="base_lr: expected a positive finite number, got -0.1"):
+    with pytest.raises(ValueError, match="base_lr: expected a non-negative finite number, got -0.1"):
         S.Constant()(0, -0.1)
-    with pytest.raises(ValueError, match="base_lr: expected a positive finite number, got 0"):
-        S.Constant()(0, 0)
+    with pytest.raises(ValueError, match="base_lr: expected a non-negative finite number, got nan"):
+        S.Constant()(0, float("nan"))
+    assert S.Cosine(10)(3, 0) == 0.0 and S.Warmup(S.Cosine(10), 2)(1, 0.0) == 0.0  # (lr=0, as the optimizers take)
     with pytest.raises(ValueError, match="step: expected an integer >= 0, got -1"):
         S.Constant()(-1, 0.1)
     with pytest.raises(TypeError, match="schedule: expected a fastnn.schedules.Schedule"):

@@ -471,3 +471,18 @@ def test_bad_inputs_are_clear_errors(digits):
     t.fit(X, y, epochs=1, batch_size=256)
     with pytest.raises(ValueError, match=r"y: expected class labels in \[0, 10\)"):
         t.evaluate(X[:5], np.array([0, 1, 2, 3, 11]))
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_lr_zero_with_a_schedule_trains_nothing(digits, optimizer):
+    """lr=0 (torch.optim takes it) with a schedule: the fit runs (the schedule used to refuse
+    base_lr=0) and the weights stay as they were."""
+    X, y = digits
+    X, y = X[:64], y[:64]
+    model = mlp()
+    before = [p.data.copy() for p in model.parameters()]
+    t = Trainer(model, optimizer=optimizer, optimizer_kwargs={"lr": 0.0}, schedule="cosine", verbose=False, seed=0)
+    t.fit(X, y, epochs=2, batch_size=16)
+    assert t.history["lr"] == [0.0, 0.0]
+    for a, p in zip(before, model.parameters()):
+        np.testing.assert_array_equal(a, p.data)

@@ -58,9 +58,10 @@ def _check_step(step) -> int:
 
 
 def _check_base(base_lr) -> float:
-    if isinstance(base_lr, bool) or not isinstance(base_lr, numbers.Real) or not (base_lr > 0) \
+    # (0 allowed, as the optimizers take lr=0 as torch.optim does: the schedule of 0 is 0 but for eta_min)
+    if isinstance(base_lr, bool) or not isinstance(base_lr, numbers.Real) or not (base_lr >= 0) \
             or not math.isfinite(base_lr):
-        raise ValueError(f"base_lr: expected a positive finite number, got {base_lr!r}")
+        raise ValueError(f"base_lr: expected a non-negative finite number, got {base_lr!r}")
     return float(base_lr)
 
 
