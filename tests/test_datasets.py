@@ -207,3 +207,16 @@ def test_check_labels_reports_huge_labels_as_given():
         check_labels(np.array([-1e20, 1.0]))
     with pytest.raises(ValueError, match=r"got 18446744073709551615 at index 1"):
         check_labels(np.array([1, 2**64 - 1], np.uint64))
+
+
+def test_load_npz_object_array_names_the_key_and_file(tmp_path):
+    # Labels as Python strings in an object array (np.savez pickles it): NumPy's own error,
+    # "Object arrays cannot be loaded when allow_pickle=False", said nothing of which array or file.
+    X = np.zeros((4, 2), np.float32)
+    p = tmp_path / "obj.npz"
+    np.savez(p, X=X, y=np.array(["cat", "dog", "cat", "dog"], dtype=object))
+    with pytest.raises(ValueError, match=r"y_key: the array 'y' in '.*obj\.npz' has dtype object"):
+        datasets.load_npz(p)
+    np.savez(p, X=X.astype(object), y=np.zeros(4, np.int64))
+    with pytest.raises(ValueError, match=r"x_key: the array 'X' in .* has dtype object"):
+        datasets.load_npz(p)

@@ -14,6 +14,7 @@ import pytest
 import fastnn
 from fastnn.estimators import (
     ConvergenceWarning,
+    DataConversionWarning,
     MLPClassifier,
     MLPRegressor,
     NotFittedError,
@@ -114,6 +115,23 @@ def test_regressor(digits):
     r1 = quiet(MLPRegressor(hidden_layer_sizes=(32,), max_iter=100, learning_rate_init=0.01, random_state=0),
                X, Y[:, 0])
     assert r1.predict(X).shape == (400,) and r1.score(X, Y[:, 0]) > 0.9 and r1.n_outputs_ == 1
+
+
+def test_regressor_column_vector_y_warns_and_zero_column_y_is_an_error():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((50, 3))
+    y = X[:, 0]
+    # scikit-learn's MLPRegressor: a (n, 1) y gives DataConversionWarning and fits as the 1-D y
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        r = MLPRegressor(hidden_layer_sizes=(8,), max_iter=5, random_state=0).fit(X, y[:, None])
+    assert any(w.category is DataConversionWarning and "column-vector y" in str(w.message) for w in caught)
+    r1 = quiet(MLPRegressor(hidden_layer_sizes=(8,), max_iter=5, random_state=0), X, y)
+    assert r.predict(X).shape == (50,) and r.n_outputs_ == 1
+    np.testing.assert_array_equal(r.predict(X), r1.predict(X))
+    # a (n, 0) y: an error naming y, not an AttributeError from the model that was never built
+    with pytest.raises(ValueError, match=r"y: expected at least 1 target column, got shape \(50, 0\)"):
+        MLPRegressor(max_iter=5).fit(X, np.zeros((50, 0)))
 
 
 def test_pickle_round_trip(digits):

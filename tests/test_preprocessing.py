@@ -499,3 +499,20 @@ def test_fortran_and_integer_input(rng):
                                rtol=1e-12)
     xi = rng.integers(0, 10, (100, 4))
     assert P.Standardize().fit(xi).transform(xi).dtype == np.float64
+
+
+@pytest.mark.parametrize("make", [lambda: P.ZCA(eps=0), lambda: P.PCA(whiten=True, eps=0)], ids=["zca", "pca-whiten"])
+def test_whitening_with_eps_0_and_a_zero_variance_direction_names_eps(make):
+    # Two copies of the same 3 columns: the covariance has exact zero eigenvalues (clipped at 0),
+    # so eps=0 leaves no finite scale for them. The error used to blame the data's magnitude
+    # ("values too large ... pass float64") for float64 data of unit scale.
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((100, 3))
+    X = np.c_[a, a, np.zeros((100, 1))]
+    est = make().fit(X)
+    with pytest.raises(ValueError, match=r"eps: .*eps=0.*zero variance.*pass eps > 0"):
+        est.transform(X)
+    with pytest.raises(ValueError, match=r"eps: .*pass eps > 0"):
+        make().fit_transform(X)
+    Y = type(est)(**{**est.get_params(), "eps": 1e-5}).fit_transform(X)  # a positive eps whitens it
+    assert np.isfinite(Y).all()

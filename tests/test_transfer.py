@@ -68,6 +68,34 @@ def test_replace_head():
     assert res[1].block[1].weight.shape == (4, 4)
 
 
+def test_replace_head_after_a_trainer_was_built_is_an_error_not_a_silent_untrained_head(rng):
+    # A Trainer's optimizer holds the parameters the model had when it was built: after
+    # replace_head the new head is in no optimizer, and fit used to leave it at its initial values.
+    from fastnn.train import Trainer
+    x = rng.standard_normal((64, 8)).astype(np.float32)
+    model = _mlp()
+    tr = Trainer(model, verbose=False, seed=0).fit(x, rng.integers(0, 3, 64), epochs=1)
+    head = transfer.replace_head(model, 5)
+    w0 = head.weight.data.copy()
+    y5 = rng.integers(0, 5, 64)
+    with pytest.raises(ValueError, match=r"optimizer: .*\['2.weight', '2.bias'\].*new Trainer"):
+        tr.fit(x, y5, epochs=1)
+    np.testing.assert_array_equal(head.weight.data, w0)  # nothing ran
+    Trainer(model, verbose=False, seed=0).fit(x, y5, epochs=1)  # a new Trainer trains the new head
+    assert not np.array_equal(head.weight.data, w0)
+
+
+def test_unfreeze_after_a_trainable_only_optimizer_is_an_error():
+    from fastnn.train import Trainer
+    model = _mlp()
+    transfer.freeze(model, ["0"])
+    tr = Trainer(model, optimizer=optim.SGD(transfer.trainable_parameters(model), lr=0.1), verbose=False)
+    transfer.unfreeze(model)
+    x = np.ones((4, 8), np.float32)
+    with pytest.raises(ValueError, match=r"optimizer: .*\['0.weight', '0.bias'\]"):
+        tr.fit(x, np.zeros(4, np.int64), epochs=1)
+
+
 def test_errors():
     model = _mlp()
     with pytest.raises(ValueError, match=r"layers: no layer 5 in the model \(it has layers 0..2\)"):

@@ -1016,6 +1016,11 @@ class MLPRegressor(_RegressorMixin, _BaseMLP):
             raise ValueError(f"y: expected numeric targets, got dtype {a.dtype}")
         if a.ndim not in (1, 2):
             raise ValueError(f"y: expected shape (n_samples,) or (n_samples, n_outputs), got {a.shape}")
+        if a.ndim == 2 and a.shape[1] == 0:  # (an output layer of width 0 cannot be built)
+            raise ValueError(f"y: expected at least 1 target column, got shape {a.shape}")
+        if a.ndim == 2 and a.shape[1] == 1:  # scikit-learn's MLPRegressor warns so, then fits y as 1-D
+            warnings.warn("A column-vector y was passed when a 1d array was expected. Please change the shape "
+                          "of y to (n_samples,), for example using ravel().", DataConversionWarning, stacklevel=3)
         if a.shape[0] != Xc.shape[0]:
             raise ValueError(f"X and y: expected the same number of rows, got X {Xc.shape[0]} and y {a.shape[0]}")
         if not np.isfinite(a).all():

@@ -374,9 +374,12 @@ class PCA(_Covariance):
         self.noise_variance_ = dtype.type(w[k:kmax].mean() if k < kmax else 0.0)
         # (d, k) projection and (k, d) back-projection, formed in float64, rounded once.
         V64, w64 = V[:k], w[:k]
+        self._s_zero_scale = False
         if self.whiten:
             s = np.sqrt(w64 + _check_eps(self.eps))
-            self._s_P = np.ascontiguousarray((V64.T / s), dtype)
+            self._s_zero_scale = not (s > 0).all()
+            with np.errstate(divide="ignore", invalid="ignore"):  # (s == 0: transform says so, naming eps)
+                self._s_P = np.ascontiguousarray((V64.T / s), dtype)
             self._s_Q = np.ascontiguousarray(V64 * s[:, None], dtype)
         else:
             self._s_P = np.ascontiguousarray(V64.T, dtype)
@@ -394,6 +397,11 @@ class PCA(_Covariance):
         |Y_ik| <= |x_i - mean| |P_:k| <= sqrt(trace G) max_k |P_:k|, and when that bound is below
         half the dtype's largest value (rounding margin) Y cannot hold a NaN or inf: the pass over
         Y that looks for them is skipped."""
+        if getattr(self, "_s_zero_scale", False):
+            # (else the infinite scale turns Y into inf/NaN, reported as data too large to square)
+            raise ValueError(f"eps: whitening divides by sqrt(explained_variance_ + eps), and with eps={self.eps!r} "
+                             f"a direction of zero variance (explained_variance_ "
+                             f"{np.asarray(self.explained_variance_).min()!r}) has no finite scale; pass eps > 0")
         P = self._s_P if self._s_P.dtype == dtype else self._s_P.astype(dtype)
         Y = be.centered_matmul(X, self.mean_, P)  # (one GEMM, the centering in its packing)
         if fitted_on_x:
@@ -438,10 +446,12 @@ class ZCA(_Covariance):
     def _finish(self, dtype):
         w, V = self._eigh()
         s = np.sqrt(w + _check_eps(self.eps))
+        self._s_zero_scale = not (s > 0).all()
         self.mean_ = self._s_mean.astype(dtype)
         self.components_ = V.astype(dtype)
         self.explained_variance_ = w.astype(dtype)
-        W = (V.T / s) @ V
+        with np.errstate(divide="ignore", invalid="ignore"):  # (s == 0: transform says so, naming eps)
+            W = (V.T / s) @ V
         self.whitening_ = np.ascontiguousarray((W + W.T) / 2, dtype)
         self._s_P = self.whitening_
         self._s_Q = np.ascontiguousarray((V.T * s) @ V, dtype)

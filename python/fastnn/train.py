@@ -198,6 +198,16 @@ def _place(model, optimizer, device):
     optimizer.to(device)
 
 
+def _check_optimizer_covers(model, optimizer, hint=""):
+    """Raises unless the optimizer holds every trainable parameter of the model (frozen ones
+    need none: an optimizer over transfer.trainable_parameters(model), PyTorch's fine-tuning
+    idiom, is fine)."""
+    ids = {id(p) for p in optimizer.params}
+    missing = [n for n, p in model.named_parameters() if id(p) not in ids and getattr(p, "requires_grad", True)]
+    if missing:
+        raise ValueError(f"optimizer: it does not update the model's trainable parameters {missing}{hint}")
+
+
 class Trainer:
     """Mini-batch training of a fastnn.nn model (see the module docstring for every argument)."""
 
@@ -240,13 +250,7 @@ class Trainer:
         elif isinstance(optimizer, _optim.Optimizer):
             if optimizer_kwargs:
                 raise ValueError("optimizer_kwargs: only used when optimizer is a name, got an optimizer object")
-            ids = {id(p) for p in optimizer.params}
-            # (frozen parameters need none: an optimizer over transfer.trainable_parameters(model),
-            # PyTorch's fine-tuning idiom, is fine)
-            missing = [n for n, p in model.named_parameters()
-                       if id(p) not in ids and getattr(p, "requires_grad", True)]
-            if missing:
-                raise ValueError(f"optimizer: it does not update the model's trainable parameters {missing}")
+            _check_optimizer_covers(model, optimizer)
             for k, v in (("l1", l1), ("l2", l2)):
                 if v and v != getattr(optimizer, k):
                     raise ValueError(f"{k}: {v} differs from the optimizer's {k}={getattr(optimizer, k)}; "
@@ -413,6 +417,12 @@ class Trainer:
             if not (callable(cb) or callable(getattr(cb, "on_epoch_end", None))):
                 raise TypeError(f"callbacks[{i}]: expected an object with on_epoch_end(trainer, epoch, logs) or a "
                                 f"function, got {type(cb).__name__}")
+        # The model may have changed since the optimizer was built (transfer.replace_head swaps
+        # in a new Linear, unfreeze wakes parameters a trainable-only optimizer never held):
+        # training would then leave those parameters at their initial values without a word.
+        _check_optimizer_covers(self.model, self.optimizer,
+                                " (the model changed after the Trainer was built, e.g. by transfer.replace_head "
+                                "or unfreeze: build a new Trainer for it)")
         X = self._check_X(X)
         n_out = self._outputs(X)
         self._n_outputs = n_out

@@ -126,7 +126,17 @@ def load_npz(path, x_key: str = "X", y_key: str = "y", *, dtype=None):
         for k, what in ((x_key, "x_key"), (y_key, "y_key")):
             if k not in keys:
                 raise KeyError(f"{what}: no array {k!r} in {os.fspath(path)!r}; it holds {keys}")
-        X, y = f[x_key], f[y_key]
+        arrays = []
+        for k, what in ((x_key, "x_key"), (y_key, "y_key")):
+            try:
+                arrays.append(f[k])
+            except ValueError as e:  # NumPy's "Object arrays cannot be loaded ..." names neither key nor file
+                if "allow_pickle" not in str(e):
+                    raise
+                raise ValueError(f"{what}: the array {k!r} in {os.fspath(path)!r} has dtype object (np.savez "
+                                 f"pickles those, and pickles are not loaded: they can run code); save it as a "
+                                 f"numeric array, e.g. labels as np.unique(y, return_inverse=True)[1]") from None
+        X, y = arrays
     return check_xy(X, y, dtype=dtype)
 
 
