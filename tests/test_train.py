@@ -486,3 +486,19 @@ def test_lr_zero_with_a_schedule_trains_nothing(digits, optimizer):
     assert t.history["lr"] == [0.0, 0.0]
     for a, p in zip(before, model.parameters()):
         np.testing.assert_array_equal(a, p.data)
+
+
+def test_mixup_num_classes_other_than_the_outputs_is_named(digits):
+    """Mixup(num_classes=5) on a 3-output model: a ValueError naming augment and num_classes before
+    any step (it came from the loss kernel at the first step: 'target: expected soft targets of
+    shape (32, 3)'), as the GPU path says it."""
+    from fastnn import augment as A
+
+    X, y = digits
+    X, y = X[:100], y[:100] % 3
+    t = Trainer(nn.Linear(64, 3), verbose=False, seed=0, augment=A.Mixup(0.4, num_classes=5))
+    before = t.model.weight.data.copy()
+    with pytest.raises(ValueError, match=r"augment: Mixup's soft targets have 5 columns \(num_classes\), but the "
+                                         r"model has 3 outputs"):
+        t.fit(X, y, epochs=1)
+    np.testing.assert_array_equal(t.model.weight.data, before)

@@ -931,6 +931,13 @@ class _CPURun:
         self.X, self.y, self.bs, self.steps = X, y, bs, steps
         self.validation = (Xv, yv)
         self.interrupts = _Interrupts(False)  # (Trainer.fit sets its own)
+        aug = trainer.augment
+        if isinstance(aug, _augment.Augment) and y.dtype.kind in "iu" and trainer._n_outputs is not None:
+            # (as _DeviceRun checks: else the loss kernel's shape error, at the first step, names neither)
+            for mx in aug.compose.transforms:
+                if isinstance(mx, _augment.Mixup) and mx.num_classes not in (None, trainer._n_outputs):
+                    raise ValueError(f"augment: Mixup's soft targets have {mx.num_classes} columns (num_classes), "
+                                     f"but the model has {trainer._n_outputs} outputs")
         n, d = X.shape
         self.n = n
         self.loss_cols = 1
