@@ -81,7 +81,6 @@ from ._backend import cpu as _cpu
 from ._params import ParamsMixin
 from .parameter import canonical_device, copy_into, move_array, parse_device
 from .random import Generator
-from .random import default_generator as _default_generator
 
 try:  # scikit-learn is optional: inherit its base classes when it is there
     from sklearn.base import BaseEstimator as _BaseEstimator
@@ -607,29 +606,15 @@ class _BaseMLP(_BaseEstimator):
             return None
         if alpha and sq is None:
             sq = self._penalty_sq()
-        for m in model.layers:
-            m._x = m._saved = None
-        model._chain_live = None
-        grads = [(_cpu._grad_buffer(m.weight), _cpu._grad_buffer(m.bias)) for m in model.layers]
-        scales = [(float(getattr(m.weight, "lr_scale", 1.0)), float(getattr(m.bias, "lr_scale", 1.0)))
-                  for m in model.layers]
-        gen = _default_generator
-        seed, offset = gen.get_state()
         out = np.zeros((steps, 3))
         progress = np.zeros(5, np.int64)
-        progress[2] = offset - (1 << 64) if offset >= 1 << 63 else offset
         head = (_HEAD_KINDS[self.out_activation_], float(alpha), float(p["epsilon"]) if adam else -1.0, float(b2),
                 int(opt.step_count), float(sq) if alpha else 0.0)
         try:
-            chain.train_steps(X, y, order, 0, steps, bs, 2, False, grads, ups, np.full(steps, opt.lr), scales, seed,
-                              offset, _precision.cpu_precision(X.dtype), out, progress, head)
+            _train._run_chain_steps(chain, model, opt, X, y, order, 0, steps, bs, 2, False, ups, np.full(steps, opt.lr),
+                                    out, progress, head)
         finally:
             done = int(progress[0])
-            gen.set_state((seed, int(progress[2]) % (1 << 64)))
-            opt.step_count += done
-            for i in range(len(opt.params)):
-                for _ in range(done):
-                    opt._fused_commit(i)
             if done:  # the last step's scalars, where the loop leaves them
                 opt.l2 = alpha / float(n - (done - 1) * bs if done == steps else bs)
                 if adam:

@@ -265,7 +265,7 @@ class Optimizer:
 
     _fused_of = None  # the _update method _fused_args mirrors (a subclass overriding it is not fused)
 
-    def _fused_commit(self, i):
+    def _fused_commit(self, i, steps=1):
         pass
 
     def hyperparameters(self) -> dict:
@@ -399,8 +399,8 @@ class Adam(Optimizer):
         return ("adam", m, v, lr, self.betas[0], self.betas[1], self.eps, coupled, self.l1 if regularize else 0.0,
                 decoupled, t, sumsq)
 
-    def _fused_commit(self, i):
-        self.state[i]["step"] = self.state[i].get("step", 0) + 1
+    def _fused_commit(self, i, steps=1):
+        self.state[i]["step"] = self.state[i].get("step", 0) + steps
 
 
 _FUSED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))

@@ -920,6 +920,33 @@ class _Interrupts:
             self._old = None
 
 
+def _run_chain_steps(chain, model, opt, X, Y, order, s0, s1, bs, kind, hits, ups, lrs, out, progress, head=None):
+    """LinearChain.train_steps for steps [s0, s1) of a Sequential of Linear layers trained by opt
+    (its updates `ups` for step s0), with the layers' gradient buffers and lr scales; commits what
+    ran (the optimizer's step counts, fastnn's random stream) also when it raises. The Trainer's
+    and the estimators' C++ steps; progress says what ran."""
+    for m in model.layers:
+        m._x = m._saved = None
+    model._chain_live = None
+    grad_buffer = _backend.cpu._grad_buffer
+    grads = [(grad_buffer(m.weight), None if m.bias is None else grad_buffer(m.bias)) for m in model.layers]
+    scales = [(float(getattr(m.weight, "lr_scale", 1.0)),
+               1.0 if m.bias is None else float(getattr(m.bias, "lr_scale", 1.0))) for m in model.layers]
+    gen = _random.default_generator
+    seed, offset = gen.get_state()
+    # (progress[2], the stream offset after the steps, as int64; set here for an early raise)
+    progress[:] = (0, 0, offset - (1 << 64) if offset >= 1 << 63 else offset, -1, 0)
+    try:
+        chain.train_steps(X, Y, order, s0, s1, bs, kind, hits, grads, ups, lrs, scales, seed, offset,
+                          _precision.cpu_precision(X.dtype), out, progress, head)
+    finally:
+        done = int(progress[0])
+        gen.set_state((seed, int(progress[2]) % (1 << 64)))
+        opt.step_count += done
+        for i in range(len(opt.params)):  # (every parameter: the callers check it)
+            opt._fused_commit(i, done)
+
+
 class _CPURun:
     """The CPU side of Trainer.fit: fixed host batch buffers, the layers' own forward/backward, the
     optimizer's fused step. Accumulates exactly what _DeviceRun's step accumulates on the GPU (the
@@ -1046,19 +1073,8 @@ class _CPURun:
         chain, kind, ups = plan
         t = self.t
         model, opt, n, bs, steps = t.model, t.optimizer, self.n, self.bs, self.steps
-        for m in model.layers:
-            m._x = m._saved = None
-        model._chain_live = None
-        grad_buffer = _backend.cpu._grad_buffer
-        layers = model.layers
-        grads = [(grad_buffer(m.weight), None if m.bias is None else grad_buffer(m.bias)) for m in layers]
-        scales = [(float(getattr(m.weight, "lr_scale", 1.0)),
-                   1.0 if m.bias is None else float(getattr(m.bias, "lr_scale", 1.0))) for m in layers]
-        fused = [i for i, p in enumerate(opt.params)]  # (every parameter: checked by _chain_plan)
         lr_all = np.asarray(lrs, np.float64)
         set_lr = t.schedule is not None
-        precision = _precision.cpu_precision(self.X.dtype)
-        gen = _random.default_generator
         out = np.zeros((steps, 3))
         progress = np.zeros(5, np.int64)
         interrupts = self.interrupts
@@ -1070,20 +1086,13 @@ class _CPURun:
             s1 = min(steps, s + chunk)
             if s:
                 ups = self._chain_updates()
-            seed, offset = gen.get_state()
-            progress[:] = (0, 0, offset - (1 << 64) if offset >= 1 << 63 else offset, -1, 0)
             interrupts.flag = progress
             try:
-                chain.train_steps(self.X, self.y, order, s, s1, bs, kind, t.classification, grads, ups,
-                                  lr_all[s:s1], scales, seed, offset, precision, out[s:s1], progress)
+                _run_chain_steps(chain, model, opt, self.X, self.y, order, s, s1, bs, kind, t.classification, ups,
+                                 lr_all[s:s1], out[s:s1], progress)
             finally:
                 interrupts.flag = None
                 done, bad = int(progress[0]), int(progress[3])
-                gen.set_state((seed, int(progress[2]) % (1 << 64)))
-                opt.step_count += done
-                for i in fused:
-                    for _ in range(done):
-                        opt._fused_commit(i)
                 ran = done + (bad >= 0)
                 if set_lr and ran:
                     opt.lr = lrs[s + ran - 1]
