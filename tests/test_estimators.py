@@ -241,6 +241,13 @@ def test_partial_fit_needs_classes_and_refuses_lbfgs(digits):
         MLPClassifier().partial_fit(X[:50], y[:50])
     with pytest.raises(AttributeError, match="partial_fit is only available for stochastic optimizers"):
         MLPClassifier(solver="lbfgs").partial_fit(X[:50], y[:50], classes=np.arange(10))
+    # as scikit-learn's available_if: no partial_fit attribute at all for lbfgs (meta-estimators and
+    # the estimator checks test hasattr before streaming batches in)
+    for cls in (MLPClassifier, MLPRegressor):
+        assert not hasattr(cls(solver="lbfgs"), "partial_fit")
+        assert not hasattr(cls(optimizer=None, solver="lbfgs"), "partial_fit")
+        assert hasattr(cls(solver="sgd"), "partial_fit") and hasattr(cls(), "partial_fit")
+        assert hasattr(cls(solver="lbfgs").set_params(solver="adam"), "partial_fit")
     with pytest.raises(ValueError, match="partial_fit does not support early_stopping=True"):
         MLPClassifier(early_stopping=True).partial_fit(X[:50], y[:50], classes=np.arange(10))
     clf = MLPClassifier(hidden_layer_sizes=(16,), random_state=0)

@@ -65,9 +65,11 @@ local exception classes of the same names. The tests run scikit-learn's parametr
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import numbers
+import types
 import warnings
 
 import numpy as np
@@ -223,6 +225,22 @@ def _check_real(v, name, lo, hi=math.inf, lo_open=False, hi_open=False):
 
 _SOLVERS = ("lbfgs", "sgd", "adam")
 _LR_RULES = ("constant", "invscaling", "adaptive")
+
+
+class _StochasticOnly:
+    """partial_fit as scikit-learn's available_if(_check_solver): the attribute exists for the
+    stochastic solvers only, so hasattr(est, "partial_fit") is False with solver="lbfgs" (what
+    meta-estimators and scikit-learn's estimator checks test before streaming batches into it)."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        functools.update_wrapper(self, fn)
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            return self.fn
+        obj._check_partial_fit()  # AttributeError for lbfgs
+        return types.MethodType(self.fn, obj)
 
 
 def _check_bool(v, name):
@@ -964,9 +982,9 @@ class MLPClassifier(_ClassifierMixin, _BaseMLP):
         """Trains on X (n_samples, n_features) and labels y; returns self."""
         return self._fit_classifier(X, y, sample_weight, False)
 
+    @_StochasticOnly
     def partial_fit(self, X, y, sample_weight=None, classes=None):
         """One epoch over (X, y) with the current optimizer state; classes= is needed on the first call."""
-        self._check_partial_fit()
         return self._fit_classifier(X, y, sample_weight, True, classes)
 
     def predict_proba(self, X):
@@ -1025,9 +1043,9 @@ class MLPRegressor(_RegressorMixin, _BaseMLP):
         """Trains on X (n_samples, n_features) and targets y; returns self."""
         return self._fit_regressor(X, y, sample_weight, False)
 
+    @_StochasticOnly
     def partial_fit(self, X, y, sample_weight=None):
         """One epoch over (X, y) with the current optimizer state."""
-        self._check_partial_fit()
         return self._fit_regressor(X, y, sample_weight, True)
 
     def predict(self, X):
