@@ -173,6 +173,7 @@ def test_get_set_params_and_unfitted():
     (dict(epsilon=0.0), "epsilon"),
     (dict(power_t=-1), "power_t"),
     (dict(validation_fraction=1.0), "validation_fraction"),
+    (dict(validation_fraction=0.0, early_stopping=True), r"validation_fraction: early_stopping=True .*got 0.0"),
     (dict(n_iter_no_change=0), "n_iter_no_change"),
     (dict(dropout=1.0), "dropout"),
     (dict(init="zeros"), "init"),

@@ -673,6 +673,9 @@ class _BaseMLP(_BaseEstimator):
         if p["early_stopping"] and incremental:
             raise ValueError("partial_fit does not support early_stopping=True")
         if p["early_stopping"]:
+            if p["vf"] == 0:  # (else train_test_split's error, which names its test_size)
+                raise ValueError("validation_fraction: early_stopping=True holds out that fraction of the rows to "
+                                 "score each epoch; expected a number in (0.0, 1.0), got 0.0")
             # scikit-learn stratifies when the encoded y has one column (a binary classifier) only
             strata = y[:, 0] if self._classifier and self.n_outputs_ == 1 else None
             tr, va = _split(X.shape[0], p["vf"], rs, strata)
