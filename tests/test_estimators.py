@@ -164,6 +164,7 @@ def test_get_set_params_and_unfitted():
     (dict(batch_size=0), "batch_size: expected an integer >= 1, got 0"),
     (dict(batch_size="big"), "The 'batch_size' parameter must be 'auto' or an int >= 1; got 'big'"),
     (dict(hidden_layer_sizes=(10, 0)), r"hidden_layer_sizes\[1\]: expected an integer >= 1, got 0"),
+    (dict(hidden_layer_sizes="10"), r"hidden_layer_sizes: expected a tuple of positive integers, got '10'"),
     (dict(max_iter=0), "max_iter"),
     (dict(max_fun=0), "max_fun"),
     (dict(momentum=1.5), r"momentum: expected a number in \[0.0, 1.0\], got 1.5"),

@@ -338,6 +338,8 @@ class _BaseMLP(_BaseEstimator):
         if isinstance(h, numbers.Integral) and not isinstance(h, (bool, np.bool_)):
             h = (h,)
         try:
+            if isinstance(h, (str, bytes)):  # (iterating "10" would report its character '1')
+                raise TypeError
             hidden = [_check_int(v, f"hidden_layer_sizes[{i}]") for i, v in enumerate(h)]
         except TypeError:
             raise ValueError(f"hidden_layer_sizes: expected a tuple of positive integers, got {h!r}") from None
