@@ -402,6 +402,38 @@ def test_sklearn_clone_and_pipeline(rng):
     assert y.shape == (100, 2)
 
 
+X4 = ["x0", "x1", "x2", "x3"]
+
+
+@pytest.mark.parametrize("make, names", [(P.Standardize, X4), (P.ZeroCenter, X4), (P.ZCA, X4),
+                                         (lambda: P.PCA(2), ["pca0", "pca1"])],
+                         ids=["standardize", "zerocenter", "zca", "pca"])
+def test_get_feature_names_out(rng, make, names):
+    # scikit-learn's names: StandardScaler's one-to-one x0, x1, ... (or input_features), PCA's pca0, pca1, ...
+    x = rng.standard_normal((30, 4))
+    with pytest.raises(P.NotFittedError):
+        make().get_feature_names_out()
+    m = make().fit(x)
+    out = m.get_feature_names_out()
+    assert out.dtype == object and out.tolist() == names
+    given = m.get_feature_names_out(["a", "b", "c", "d"]).tolist()
+    assert given == (names if names[0] == "pca0" else ["a", "b", "c", "d"])
+    with pytest.raises(ValueError, match=r"input_features: expected 4 names \(n_features_in_\), got shape \(3,\)"):
+        m.get_feature_names_out(["a", "b", "c"])
+
+
+def test_feature_names_in_sklearn_pipeline_and_column_transformer(rng):
+    pipe = pytest.importorskip("sklearn.pipeline")
+    compose = pytest.importorskip("sklearn.compose")
+    dec = pytest.importorskip("sklearn.decomposition")
+    x = rng.standard_normal((40, 6))
+    ours = pipe.make_pipeline(P.Standardize(), P.PCA(3)).fit(x).get_feature_names_out().tolist()
+    theirs = pipe.make_pipeline(P.Standardize(), dec.PCA(3)).fit(x).get_feature_names_out().tolist()
+    assert ours == theirs == ["pca0", "pca1", "pca2"]
+    ct = compose.ColumnTransformer([("s", P.Standardize(), [0, 1]), ("p", P.PCA(2), [2, 3, 4, 5])]).fit(x)
+    assert ct.get_feature_names_out().tolist() == ["s__x0", "s__x1", "p__pca0", "p__pca1"]
+
+
 # ---- ZCA -----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", DTYPES)

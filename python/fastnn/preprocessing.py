@@ -10,7 +10,8 @@
 Every estimator stores its parameters as given, ``fit`` returns self, learned attributes end in
 ``_``; ``get_params``/``set_params``, ``fit_transform``, ``transform``, ``inverse_transform`` and
 ``partial_fit`` (data arriving in chunks: the result equals ``fit`` on the concatenation, up to
-rounding) are there, so scikit-learn's Pipeline and GridSearchCV take them unchanged.
+rounding) and ``get_feature_names_out`` (PCA's "pca0", "pca1", ...; the others keep the input's
+names) are there, so scikit-learn's Pipeline and GridSearchCV take them unchanged.
 
 Input: 2-D float32 or float64 (n_samples, n_features); integer arrays and lists become float64.
 C-contiguous arrays are used in place; other layouts are copied once to C order. Results keep
@@ -125,6 +126,22 @@ class _Base(ParamsMixin):
         if X.shape[1] != self.n_features_in_:
             raise ValueError(f"{name}: expected {self.n_features_in_} features, as in fit, got {X.shape[1]} "
                              f"(shape {tuple(X.shape)})")
+
+    def get_feature_names_out(self, input_features=None):
+        """The output columns' names, as scikit-learn's transformers give them (Pipeline and
+        ColumnTransformer ask each step): the input's names for the one-to-one transforms, given as
+        input_features or else "x0", "x1", ... (object ndarray)."""
+        return self._input_names(input_features)
+
+    def _input_names(self, input_features):
+        self._check_fitted()
+        d = self.n_features_in_
+        if input_features is None:
+            return np.asarray([f"x{i}" for i in range(d)], dtype=object)
+        names = np.asarray(input_features, dtype=object)
+        if names.ndim != 1 or names.shape[0] != d:
+            raise ValueError(f"input_features: expected {d} names (n_features_in_), got shape {names.shape}")
+        return names
 
     def _reset(self):
         for k in [k for k in vars(self) if k.endswith("_") and not k.startswith("__")]:
@@ -413,6 +430,12 @@ class PCA(_Covariance):
         if X.shape[0] and be.first_nonfinite(Y) is not None:  # (one pass, no float64 copy)
             _raise_nonfinite(be, X)
         return Y
+
+    def get_feature_names_out(self, input_features=None):
+        """"pca0", "pca1", ... one per component (scikit-learn's PCA names); input_features, when
+        given, must have n_features_in_ names."""
+        self._input_names(input_features)
+        return np.asarray([f"pca{i}" for i in range(self.n_components_)], dtype=object)
 
     def inverse_transform(self, X):
         """mean_ + X @ components_ (whitened: X * sqrt(explained_variance_ + eps) first)."""
