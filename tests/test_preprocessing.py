@@ -489,6 +489,19 @@ def test_bad_input(rng, make):
 
 
 @pytest.mark.parametrize("make", [P.ZeroCenter, P.Standardize, P.PCA, P.ZCA], ids=lambda c: c.__name__)
+def test_sparse_input_is_named(make):
+    # a SciPy sparse matrix used to be reported as "expected float32 or float64, got object"
+    sparse = pytest.importorskip("scipy.sparse")
+    x = np.eye(6)
+    for s in (sparse.csr_matrix(x), sparse.csr_array(x)):
+        with pytest.raises(TypeError, match=rf"X: sparse input \({type(s).__name__}\) is not supported.*toarray"):
+            make().fit(s)
+    m = make().fit(x)
+    with pytest.raises(TypeError, match=r"X: sparse input \(csr_matrix\) is not supported"):
+        m.transform(sparse.csr_matrix(x))
+
+
+@pytest.mark.parametrize("make", [P.ZeroCenter, P.Standardize, P.PCA, P.ZCA], ids=lambda c: c.__name__)
 def test_zero_features(make):
     # scikit-learn refuses 0 features (check_array's ensure_min_features=1); so do we, by name
     x = np.zeros((10, 0))

@@ -66,6 +66,9 @@ class NotFittedError(ValueError, AttributeError):
 def _matrix(X, name: str = "X"):
     """(table, X as the table reads it, X's NumPy dtype): 2-D float32/float64 with at least one
     column (on the CPU integer data become float64 and other layouts are copied once to C order)."""
+    if hasattr(X, "toarray") or type(X).__module__.startswith("scipy.sparse"):  # (np.asarray: a 0-d object)
+        raise TypeError(f"{name}: sparse input ({type(X).__name__}) is not supported; expected a dense array "
+                        "(convert it with .toarray())")
     be = backend_of(X)
     X, dtype = be.matrix(X, name)
     return be, X, dtype
