@@ -434,6 +434,52 @@ def test_feature_names_in_sklearn_pipeline_and_column_transformer(rng):
     assert ct.get_feature_names_out().tolist() == ["s__x0", "s__x1", "p__pca0", "p__pca1"]
 
 
+# scikit-learn's estimator checks: where they fail it is on the wording of a refusal (the checks
+# match scikit-learn's own messages) or on input refused on purpose; test_bad_input pins ours.
+_WORDING = {
+    "check_n_features_in_after_fitting": "wording: 'X: expected 4 features, as in fit, got 3'",
+    "check_estimators_empty_data_messages": "wording: 'X: expected at least 1 feature (column), got shape (12, 0)'",
+    "check_estimators_nan_inf": "wording: 'X: expected finite values, got nan at row 0, column 0'",
+    "check_fit2d_1sample": "wording: 'X: expected at least 2 samples (rows), got 1'",
+    "check_fit2d_predict1d": "wording: 'X: expected a 2-D array ... (reshape 1-D data with X.reshape(-1, 1) ...)'",
+    "check_complex_data": "complex X is a TypeError naming its dtype (scikit-learn: ValueError)",
+    "check_dtype_object": "object arrays are refused by dtype (README: float32/float64, integers, lists)",
+}
+
+
+def _sklearn_checks():
+    try:
+        from sklearn.utils.estimator_checks import parametrize_with_checks
+    except ImportError:
+        return pytest.mark.skip(reason="scikit-learn is not installed")
+    return parametrize_with_checks([P.Standardize(), P.ZeroCenter(), P.PCA(), P.PCA(2, whiten=True), P.ZCA()],
+                                   expected_failed_checks=lambda est: _WORDING)
+
+
+@_sklearn_checks()
+def test_sklearn_estimator_checks(estimator, check):
+    check(estimator)
+
+
+def test_sklearn_base_classes(rng):
+    # scikit-learn's tools that read the estimator tags (check_is_fitted, get_tags, set_output)
+    # raised AttributeError: no __sklearn_tags__
+    pipe = pytest.importorskip("sklearn.pipeline")
+    from sklearn.exceptions import NotFittedError as SkNotFittedError
+    from sklearn.utils import get_tags
+    from sklearn.utils.validation import check_is_fitted
+    x = rng.standard_normal((30, 4)).astype(np.float32)
+    for est in (P.Standardize(), P.ZeroCenter(), P.PCA(2), P.ZCA()):
+        with pytest.raises(SkNotFittedError):
+            check_is_fitted(est)
+        check_is_fitted(est.fit(x))
+        assert get_tags(est).transformer_tags.preserves_dtype == ["float64", "float32"]
+    p = pipe.make_pipeline(P.Standardize(), P.PCA(2)).set_output(transform="default")
+    y = p.fit_transform(x)
+    assert y.dtype == np.float32 and y.shape == (30, 2)
+    np.testing.assert_array_equal(p.transform(x), y)
+
+
 # ---- ZCA -----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -11,7 +11,10 @@ Every estimator stores its parameters as given, ``fit`` returns self, learned at
 ``_``; ``get_params``/``set_params``, ``fit_transform``, ``transform``, ``inverse_transform`` and
 ``partial_fit`` (data arriving in chunks: the result equals ``fit`` on the concatenation, up to
 rounding) and ``get_feature_names_out`` (PCA's "pca0", "pca1", ...; the others keep the input's
-names) are there, so scikit-learn's Pipeline and GridSearchCV take them unchanged.
+names) are there, so scikit-learn's Pipeline and GridSearchCV take them unchanged. With
+scikit-learn installed the classes also derive from its BaseEstimator and TransformerMixin (as
+fastnn.estimators' do): its estimator tags, check_is_fitted, set_output and check_estimator
+work on them.
 
 Input: 2-D float32 or float64 (n_samples, n_features); integer arrays and lists become float64.
 C-contiguous arrays are used in place; other layouts are copied once to C order. Results keep
@@ -51,6 +54,13 @@ import numpy as np
 
 from ._backend import backend_of
 from ._params import ParamsMixin
+
+try:  # scikit-learn is optional: derive from its base classes when it is there, as fastnn.estimators
+    from sklearn.base import BaseEstimator as _SkBaseEstimator
+    from sklearn.base import TransformerMixin as _SkTransformerMixin
+    _BASES = (ParamsMixin, _SkTransformerMixin, _SkBaseEstimator)  # (ours get_params / set_params first)
+except ImportError:  # pragma: no cover - exercised where scikit-learn is absent
+    _BASES = (ParamsMixin,)
 
 __all__ = ["ZeroCenter", "Standardize", "PCA", "ZCA", "NotFittedError"]
 
@@ -110,8 +120,10 @@ def _chan_merge(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
 
 # ---- estimator base ---------------------------------------------------------------------------
 
-class _Base(ParamsMixin):
-    """get_params / set_params / fit_transform / __repr__ as in scikit-learn's BaseEstimator."""
+class _Base(*_BASES):
+    """get_params / set_params / fit_transform / __repr__ as in scikit-learn's BaseEstimator; with
+    scikit-learn installed its BaseEstimator and TransformerMixin themselves (estimator tags, so
+    check_is_fitted, get_tags and check_estimator take these classes; set_output)."""
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
@@ -119,6 +131,12 @@ class _Base(ParamsMixin):
 
     def fit_transform(self, X, y=None):
         return self.fit(X).transform(X)
+
+    if hasattr(_BASES[-1], "__sklearn_tags__"):  # scikit-learn >= 1.6
+        def __sklearn_tags__(self):
+            tags = super().__sklearn_tags__()
+            tags.transformer_tags.preserves_dtype = ["float64", "float32"]  # (results keep X's dtype)
+            return tags
 
     def _check_fitted(self):
         if not hasattr(self, "n_features_in_"):
