@@ -260,6 +260,36 @@ def test_partial_fit_needs_classes_and_refuses_lbfgs(digits):
         clf.partial_fit(X[:2], np.array([1, 11]))
 
 
+def test_coefs_and_intercepts_assignment_reaches_the_model(digits):
+    # scikit-learn's coefs_ / intercepts_ are lists the network reads: clf.coefs_[0] = W changes the
+    # model. Here the list is rebuilt at each access, and an item assignment used to be dropped.
+    X, y = digits
+    clf = quiet(MLPClassifier(hidden_layer_sizes=(8,), max_iter=2, random_state=0), X[:200], y[:200])
+    w0 = clf.coefs_[0].copy()
+    clf.coefs_[0] = np.zeros((64, 8))
+    clf.coefs_[-1] = np.zeros((8, 10))
+    clf.intercepts_[-1] = np.arange(10.0)
+    assert not clf.coefs_[0].any() and not clf.model_.layers[0].weight.data.any()
+    np.testing.assert_array_equal(clf.intercepts_[1], np.arange(10.0))
+    p = np.exp(np.arange(10.0)) / np.exp(np.arange(10.0)).sum()  # zero weights: softmax of the last bias
+    np.testing.assert_allclose(clf.predict_proba(X[:3]), np.tile(p, (3, 1)), rtol=1e-6)
+    coefs = clf.coefs_
+    coefs[0] = w0  # the list itself shows the new value too
+    np.testing.assert_array_equal(coefs[0], w0.astype(np.float32))
+    np.testing.assert_array_equal(clf.coefs_[0], w0)
+    assert type(pickle.loads(pickle.dumps(clf.coefs_))) is list
+    # wrong shapes and counts name the attribute and both shapes, and change nothing
+    with pytest.raises(ValueError, match=r"coefs_\[0\]: expected shape \(64, 8\), got \(8, 64\)"):
+        clf.coefs_[0] = w0.T
+    with pytest.raises(ValueError, match=r"coefs_: expected 2 arrays \(one per layer\), got 1"):
+        clf.coefs_ = [w0]
+    with pytest.raises(ValueError, match=r"intercepts_\[1\]: expected shape \(10,\), got \(3,\)"):
+        clf.intercepts_ = [np.ones(8), np.ones(3)]
+    assert not (clf.intercepts_[0] == 1).all()
+    with pytest.raises(IndexError):
+        clf.coefs_[2] = w0
+
+
 def test_learning_rate_rules_hand_computed(digits):
     X, y = digits
     n = 300

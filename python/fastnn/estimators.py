@@ -243,6 +243,28 @@ class _StochasticOnly:
         return types.MethodType(self.fn, obj)
 
 
+class _LayerArrays(list):
+    """coefs_ / intercepts_: a list of per-layer arrays whose item assignment writes into the
+    layer (scikit-learn's attributes are plain lists the network reads, so clf.coefs_[0] = W changes
+    its model; here the list is built from the layers at each access and would otherwise drop W).
+    Pickled and copied as a plain list."""
+
+    def __init__(self, owner, attr, arrays):
+        super().__init__(arrays)
+        self._owner, self._attr = owner, attr
+
+    def __setitem__(self, i, value):
+        if isinstance(i, slice):
+            raise TypeError(f"{self._attr}: assign one layer (clf.{self._attr}[i] = array) or the whole list, "
+                            f"got a slice")
+        i = range(len(self))[i]  # (negative indices; IndexError past the end)
+        self._owner._set_layer(self._attr, i, value)
+        super().__setitem__(i, self._owner._layer_array(self._attr, i))
+
+    def __reduce__(self):
+        return list, (list(self),)
+
+
 def _check_bool(v, name):
     if not isinstance(v, (bool, np.bool_)):
         raise ValueError(f"The '{name}' parameter must be an instance of 'bool', got {v!r}")
@@ -428,28 +450,58 @@ class _BaseMLP(_BaseEstimator):
     @property
     def coefs_(self):
         """coefs_[i]: (fan_in, fan_out) float32 NumPy: a view of layer i's weight on the CPU (writes
-        reach the model), a host copy when the model is on a GPU."""
+        reach the model), a host copy when the model is on a GPU. Assigning the list or one of its
+        items (clf.coefs_[0] = W, as with scikit-learn's list) writes into the model."""
         if getattr(self, "model_", None) is None:
             raise AttributeError(f"{type(self).__name__} has no attribute 'coefs_' before fit")
-        return [_host(lin.weight.data).T for lin in self.model_.layers]
+        return _LayerArrays(self, "coefs_", [self._layer_array("coefs_", i) for i in range(len(self.model_.layers))])
 
     @coefs_.setter
     def coefs_(self, value):
-        for lin, c in zip(self.model_.layers, value):
-            copy_into(lin.weight.data, np.asarray(c).T)
+        self._set_layer_arrays("coefs_", value)
 
     @property
     def intercepts_(self):
         """intercepts_[i]: (fan_out,) float32 NumPy: layer i's bias itself on the CPU, a host copy
-        when the model is on a GPU."""
+        when the model is on a GPU; assignable as coefs_."""
         if getattr(self, "model_", None) is None:
             raise AttributeError(f"{type(self).__name__} has no attribute 'intercepts_' before fit")
-        return [_host(lin.bias.data) for lin in self.model_.layers]
+        return _LayerArrays(self, "intercepts_",
+                            [self._layer_array("intercepts_", i) for i in range(len(self.model_.layers))])
 
     @intercepts_.setter
     def intercepts_(self, value):
-        for lin, b in zip(self.model_.layers, value):
-            copy_into(lin.bias.data, np.asarray(b))
+        self._set_layer_arrays("intercepts_", value)
+
+    def _layer_array(self, attr, i):
+        lin = self.model_.layers[i]
+        return _host(lin.weight.data).T if attr == "coefs_" else _host(lin.bias.data)
+
+    def _set_layer_arrays(self, attr, value):
+        self._check_fitted()
+        value = list(value)
+        n = len(self.model_.layers)
+        if len(value) != n:
+            raise ValueError(f"{attr}: expected {n} arrays (one per layer), got {len(value)}")
+        arrays = [self._layer_shaped(attr, i, a) for i, a in enumerate(value)]  # (all checked before any write)
+        for i, a in enumerate(arrays):
+            self._set_layer(attr, i, a)
+
+    def _layer_shaped(self, attr, i, value):
+        """value as layer i's coefs_ (fan_in, fan_out) or intercepts_ (fan_out,); ValueError naming
+        attr[i] and both shapes otherwise."""
+        lin = self.model_.layers[i]
+        a = np.asarray(value)
+        want = (lin.in_features, lin.out_features) if attr == "coefs_" else (lin.out_features,)
+        if a.shape != want:
+            raise ValueError(f"{attr}[{i}]: expected shape {want}, got {a.shape}")
+        return a
+
+    def _set_layer(self, attr, i, value):
+        """Writes layer i's coefs_ or intercepts_ into the model."""
+        a = self._layer_shaped(attr, i, value)
+        lin = self.model_.layers[i]
+        copy_into(lin.weight.data if attr == "coefs_" else lin.bias.data, a.T if attr == "coefs_" else a)
 
     def _params(self):
         return [q for lin in self.model_.layers for q in (lin.weight, lin.bias)]
