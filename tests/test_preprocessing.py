@@ -15,6 +15,10 @@ Tolerances (float32 / float64), each against float64 on the same widened input:
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import warnings
+
 import numpy as np
 import pytest
 import reference as ref
@@ -452,8 +456,10 @@ def _sklearn_checks():
         from sklearn.utils.estimator_checks import parametrize_with_checks
     except ImportError:
         return pytest.mark.skip(reason="scikit-learn is not installed")
-    return parametrize_with_checks([P.Standardize(), P.ZeroCenter(), P.PCA(), P.PCA(2, whiten=True), P.ZCA()],
-                                   expected_failed_checks=lambda est: _WORDING)
+    with warnings.catch_warnings():  # (not derived from BaseEstimator: see preprocessing._Base)
+        warnings.filterwarnings("ignore", "Estimator .* does not inherit from `sklearn.base.BaseEstimator`")
+        return parametrize_with_checks([P.Standardize(), P.ZeroCenter(), P.PCA(), P.PCA(2, whiten=True), P.ZCA()],
+                                       expected_failed_checks=lambda est: _WORDING)
 
 
 @_sklearn_checks()
@@ -478,6 +484,16 @@ def test_sklearn_base_classes(rng):
     y = p.fit_transform(x)
     assert y.dtype == np.float32 and y.shape == (30, 2)
     np.testing.assert_array_equal(p.transform(x), y)
+    with pytest.raises(ValueError, match="transform: expected None or 'default'.*got 'pandas'"):
+        P.PCA(2).set_output(transform="pandas")
+
+
+def test_import_fastnn_does_not_import_sklearn():
+    # the tags above import scikit-learn only when scikit-learn asks for them: importing it with
+    # fastnn cost ~0.4 s (seconds on a busy machine) for users who never touch it
+    code = "import sys, fastnn, fastnn.preprocessing; print('sklearn' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr
 
 
 # ---- ZCA -----------------------------------------------------------------------------------------

@@ -11,10 +11,8 @@ Every estimator stores its parameters as given, ``fit`` returns self, learned at
 ``_``; ``get_params``/``set_params``, ``fit_transform``, ``transform``, ``inverse_transform`` and
 ``partial_fit`` (data arriving in chunks: the result equals ``fit`` on the concatenation, up to
 rounding) and ``get_feature_names_out`` (PCA's "pca0", "pca1", ...; the others keep the input's
-names) are there, so scikit-learn's Pipeline and GridSearchCV take them unchanged. With
-scikit-learn installed the classes also derive from its BaseEstimator and TransformerMixin (as
-fastnn.estimators' do): its estimator tags, check_is_fitted, set_output and check_estimator
-work on them.
+names) are there, so scikit-learn's Pipeline and GridSearchCV take them unchanged; so are its
+estimator tags (check_is_fitted, get_tags, check_estimator) and set_output (NumPy output only).
 
 Input: 2-D float32 or float64 (n_samples, n_features); integer arrays and lists become float64.
 C-contiguous arrays are used in place; other layouts are copied once to C order. Results keep
@@ -54,13 +52,6 @@ import numpy as np
 
 from ._backend import backend_of
 from ._params import ParamsMixin
-
-try:  # scikit-learn is optional: derive from its base classes when it is there, as fastnn.estimators
-    from sklearn.base import BaseEstimator as _SkBaseEstimator
-    from sklearn.base import TransformerMixin as _SkTransformerMixin
-    _BASES = (ParamsMixin, _SkTransformerMixin, _SkBaseEstimator)  # (ours get_params / set_params first)
-except ImportError:  # pragma: no cover - exercised where scikit-learn is absent
-    _BASES = (ParamsMixin,)
 
 __all__ = ["ZeroCenter", "Standardize", "PCA", "ZCA", "NotFittedError"]
 
@@ -120,10 +111,12 @@ def _chan_merge(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
 
 # ---- estimator base ---------------------------------------------------------------------------
 
-class _Base(*_BASES):
-    """get_params / set_params / fit_transform / __repr__ as in scikit-learn's BaseEstimator; with
-    scikit-learn installed its BaseEstimator and TransformerMixin themselves (estimator tags, so
-    check_is_fitted, get_tags and check_estimator take these classes; set_output)."""
+class _Base(ParamsMixin):
+    """get_params / set_params / fit_transform / __repr__ as in scikit-learn's BaseEstimator, and
+    its estimator tags and set_output, so check_is_fitted, get_tags, check_estimator and
+    Pipeline.set_output take these classes. Not derived from scikit-learn's classes: importing
+    scikit-learn would add ~0.4 s (several seconds on a busy machine) to every ``import fastnn``;
+    the tags import it only when scikit-learn asks for them (it is loaded by then)."""
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
@@ -132,11 +125,18 @@ class _Base(*_BASES):
     def fit_transform(self, X, y=None):
         return self.fit(X).transform(X)
 
-    if hasattr(_BASES[-1], "__sklearn_tags__"):  # scikit-learn >= 1.6
-        def __sklearn_tags__(self):
-            tags = super().__sklearn_tags__()
-            tags.transformer_tags.preserves_dtype = ["float64", "float32"]  # (results keep X's dtype)
-            return tags
+    def __sklearn_tags__(self):  # scikit-learn >= 1.6 asks for these (BaseEstimator + TransformerMixin's)
+        from sklearn.utils import InputTags, Tags, TargetTags, TransformerTags
+        return Tags(estimator_type=None, target_tags=TargetTags(required=False), input_tags=InputTags(),
+                    transformer_tags=TransformerTags(preserves_dtype=["float64", "float32"]))  # (X's dtype kept)
+
+    def set_output(self, *, transform=None):
+        """scikit-learn's set_output: the results are NumPy arrays, the one container these
+        transformers make; None or "default" keep that (Pipeline.set_output passes it on)."""
+        if transform not in (None, "default"):
+            raise ValueError(f"transform: expected None or 'default' (fastnn's transformers return NumPy arrays), "
+                             f"got {transform!r}")
+        return self
 
     def _check_fitted(self):
         if not hasattr(self, "n_features_in_"):
