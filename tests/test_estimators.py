@@ -164,6 +164,7 @@ def test_get_set_params_and_unfitted():
     (dict(batch_size=0), "batch_size: expected an integer >= 1, got 0"),
     (dict(batch_size="big"), "The 'batch_size' parameter must be 'auto' or an int >= 1; got 'big'"),
     (dict(hidden_layer_sizes=(10, 0)), r"hidden_layer_sizes\[1\]: expected an integer >= 1, got 0"),
+    (dict(hidden_layer_sizes="10"), r"hidden_layer_sizes: expected a tuple of positive integers, got '10'"),
     (dict(max_iter=0), "max_iter"),
     (dict(max_fun=0), "max_fun"),
     (dict(momentum=1.5), r"momentum: expected a number in \[0.0, 1.0\], got 1.5"),
@@ -173,6 +174,7 @@ def test_get_set_params_and_unfitted():
     (dict(epsilon=0.0), "epsilon"),
     (dict(power_t=-1), "power_t"),
     (dict(validation_fraction=1.0), "validation_fraction"),
+    (dict(validation_fraction=0.0, early_stopping=True), r"validation_fraction: early_stopping=True .*got 0.0"),
     (dict(n_iter_no_change=0), "n_iter_no_change"),
     (dict(dropout=1.0), "dropout"),
     (dict(init="zeros"), "init"),
@@ -241,6 +243,13 @@ def test_partial_fit_needs_classes_and_refuses_lbfgs(digits):
         MLPClassifier().partial_fit(X[:50], y[:50])
     with pytest.raises(AttributeError, match="partial_fit is only available for stochastic optimizers"):
         MLPClassifier(solver="lbfgs").partial_fit(X[:50], y[:50], classes=np.arange(10))
+    # as scikit-learn's available_if: no partial_fit attribute at all for lbfgs (meta-estimators and
+    # the estimator checks test hasattr before streaming batches in)
+    for cls in (MLPClassifier, MLPRegressor):
+        assert not hasattr(cls(solver="lbfgs"), "partial_fit")
+        assert not hasattr(cls(optimizer=None, solver="lbfgs"), "partial_fit")
+        assert hasattr(cls(solver="sgd"), "partial_fit") and hasattr(cls(), "partial_fit")
+        assert hasattr(cls(solver="lbfgs").set_params(solver="adam"), "partial_fit")
     with pytest.raises(ValueError, match="partial_fit does not support early_stopping=True"):
         MLPClassifier(early_stopping=True).partial_fit(X[:50], y[:50], classes=np.arange(10))
     clf = MLPClassifier(hidden_layer_sizes=(16,), random_state=0)
@@ -249,6 +258,36 @@ def test_partial_fit_needs_classes_and_refuses_lbfgs(digits):
     assert clf.n_iter_ == 1 and clf.t_ == 300 and len(clf.loss_curve_) == 3
     with pytest.raises(ValueError, match=r"y: labels \[11\] are not in classes_"):
         clf.partial_fit(X[:2], np.array([1, 11]))
+
+
+def test_coefs_and_intercepts_assignment_reaches_the_model(digits):
+    # scikit-learn's coefs_ / intercepts_ are lists the network reads: clf.coefs_[0] = W changes the
+    # model. Here the list is rebuilt at each access, and an item assignment used to be dropped.
+    X, y = digits
+    clf = quiet(MLPClassifier(hidden_layer_sizes=(8,), max_iter=2, random_state=0), X[:200], y[:200])
+    w0 = clf.coefs_[0].copy()
+    clf.coefs_[0] = np.zeros((64, 8))
+    clf.coefs_[-1] = np.zeros((8, 10))
+    clf.intercepts_[-1] = np.arange(10.0)
+    assert not clf.coefs_[0].any() and not clf.model_.layers[0].weight.data.any()
+    np.testing.assert_array_equal(clf.intercepts_[1], np.arange(10.0))
+    p = np.exp(np.arange(10.0)) / np.exp(np.arange(10.0)).sum()  # zero weights: softmax of the last bias
+    np.testing.assert_allclose(clf.predict_proba(X[:3]), np.tile(p, (3, 1)), rtol=1e-6)
+    coefs = clf.coefs_
+    coefs[0] = w0  # the list itself shows the new value too
+    np.testing.assert_array_equal(coefs[0], w0.astype(np.float32))
+    np.testing.assert_array_equal(clf.coefs_[0], w0)
+    assert type(pickle.loads(pickle.dumps(clf.coefs_))) is list
+    # wrong shapes and counts name the attribute and both shapes, and change nothing
+    with pytest.raises(ValueError, match=r"coefs_\[0\]: expected shape \(64, 8\), got \(8, 64\)"):
+        clf.coefs_[0] = w0.T
+    with pytest.raises(ValueError, match=r"coefs_: expected 2 arrays \(one per layer\), got 1"):
+        clf.coefs_ = [w0]
+    with pytest.raises(ValueError, match=r"intercepts_\[1\]: expected shape \(10,\), got \(3,\)"):
+        clf.intercepts_ = [np.ones(8), np.ones(3)]
+    assert not (clf.intercepts_[0] == 1).all()
+    with pytest.raises(IndexError):
+        clf.coefs_[2] = w0
 
 
 def test_learning_rate_rules_hand_computed(digits):

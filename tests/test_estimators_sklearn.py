@@ -41,6 +41,22 @@ def test_sklearn_estimator_checks(estimator, check):
         check(estimator)
 
 
+@pytest.mark.parametrize("est", [MLPClassifier(hidden_layer_sizes=(8,), solver="lbfgs", max_iter=20),
+                                 MLPRegressor(hidden_layer_sizes=(8,), solver="lbfgs", max_iter=20)])
+def test_lbfgs_estimator_checks_of_partial_fit(est):
+    # the checks skip partial_fit where hasattr says it is absent, as for scikit-learn's lbfgs MLP
+    from sklearn.utils.estimator_checks import (
+        check_estimators_partial_fit_n_features,
+        check_fit_score_takes_y,
+        check_n_features_in_after_fitting,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for check in (check_estimators_partial_fit_n_features, check_fit_score_takes_y,
+                      check_n_features_in_after_fitting):
+            check(type(est).__name__, clone(est))
+
+
 @pytest.fixture(scope="module")
 def digits():
     X, y = fastnn.datasets.load_digits(return_X_y=True)

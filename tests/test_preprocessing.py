@@ -15,6 +15,10 @@ Tolerances (float32 / float64), each against float64 on the same widened input:
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import warnings
+
 import numpy as np
 import pytest
 import reference as ref
@@ -402,6 +406,96 @@ def test_sklearn_clone_and_pipeline(rng):
     assert y.shape == (100, 2)
 
 
+X4 = ["x0", "x1", "x2", "x3"]
+
+
+@pytest.mark.parametrize("make, names", [(P.Standardize, X4), (P.ZeroCenter, X4), (P.ZCA, X4),
+                                         (lambda: P.PCA(2), ["pca0", "pca1"])],
+                         ids=["standardize", "zerocenter", "zca", "pca"])
+def test_get_feature_names_out(rng, make, names):
+    # scikit-learn's names: StandardScaler's one-to-one x0, x1, ... (or input_features), PCA's pca0, pca1, ...
+    x = rng.standard_normal((30, 4))
+    with pytest.raises(P.NotFittedError):
+        make().get_feature_names_out()
+    m = make().fit(x)
+    out = m.get_feature_names_out()
+    assert out.dtype == object and out.tolist() == names
+    given = m.get_feature_names_out(["a", "b", "c", "d"]).tolist()
+    assert given == (names if names[0] == "pca0" else ["a", "b", "c", "d"])
+    with pytest.raises(ValueError, match=r"input_features: expected 4 names \(n_features_in_\), got shape \(3,\)"):
+        m.get_feature_names_out(["a", "b", "c"])
+
+
+def test_feature_names_in_sklearn_pipeline_and_column_transformer(rng):
+    pipe = pytest.importorskip("sklearn.pipeline")
+    compose = pytest.importorskip("sklearn.compose")
+    dec = pytest.importorskip("sklearn.decomposition")
+    x = rng.standard_normal((40, 6))
+    ours = pipe.make_pipeline(P.Standardize(), P.PCA(3)).fit(x).get_feature_names_out().tolist()
+    theirs = pipe.make_pipeline(P.Standardize(), dec.PCA(3)).fit(x).get_feature_names_out().tolist()
+    assert ours == theirs == ["pca0", "pca1", "pca2"]
+    ct = compose.ColumnTransformer([("s", P.Standardize(), [0, 1]), ("p", P.PCA(2), [2, 3, 4, 5])]).fit(x)
+    assert ct.get_feature_names_out().tolist() == ["s__x0", "s__x1", "p__pca0", "p__pca1"]
+
+
+# scikit-learn's estimator checks: where they fail it is on the wording of a refusal (the checks
+# match scikit-learn's own messages) or on input refused on purpose; test_bad_input pins ours.
+_WORDING = {
+    "check_n_features_in_after_fitting": "wording: 'X: expected 4 features, as in fit, got 3'",
+    "check_estimators_empty_data_messages": "wording: 'X: expected at least 1 feature (column), got shape (12, 0)'",
+    "check_estimators_nan_inf": "wording: 'X: expected finite values, got nan at row 0, column 0'",
+    "check_fit2d_1sample": "wording: 'X: expected at least 2 samples (rows), got 1'",
+    "check_fit2d_predict1d": "wording: 'X: expected a 2-D array ... (reshape 1-D data with X.reshape(-1, 1) ...)'",
+    "check_complex_data": "complex X is a TypeError naming its dtype (scikit-learn: ValueError)",
+    "check_dtype_object": "object arrays are refused by dtype (README: float32/float64, integers, lists)",
+}
+
+
+def _sklearn_checks():
+    try:
+        from sklearn.utils.estimator_checks import parametrize_with_checks
+    except ImportError:
+        return pytest.mark.skip(reason="scikit-learn is not installed")
+    with warnings.catch_warnings():  # (not derived from BaseEstimator: see preprocessing._Base)
+        warnings.filterwarnings("ignore", "Estimator .* does not inherit from `sklearn.base.BaseEstimator`")
+        return parametrize_with_checks([P.Standardize(), P.ZeroCenter(), P.PCA(), P.PCA(2, whiten=True), P.ZCA()],
+                                       expected_failed_checks=lambda est: _WORDING)
+
+
+@_sklearn_checks()
+def test_sklearn_estimator_checks(estimator, check):
+    check(estimator)
+
+
+def test_sklearn_base_classes(rng):
+    # scikit-learn's tools that read the estimator tags (check_is_fitted, get_tags, set_output)
+    # raised AttributeError: no __sklearn_tags__
+    pipe = pytest.importorskip("sklearn.pipeline")
+    from sklearn.exceptions import NotFittedError as SkNotFittedError
+    from sklearn.utils import get_tags
+    from sklearn.utils.validation import check_is_fitted
+    x = rng.standard_normal((30, 4)).astype(np.float32)
+    for est in (P.Standardize(), P.ZeroCenter(), P.PCA(2), P.ZCA()):
+        with pytest.raises(SkNotFittedError):
+            check_is_fitted(est)
+        check_is_fitted(est.fit(x))
+        assert get_tags(est).transformer_tags.preserves_dtype == ["float64", "float32"]
+    p = pipe.make_pipeline(P.Standardize(), P.PCA(2)).set_output(transform="default")
+    y = p.fit_transform(x)
+    assert y.dtype == np.float32 and y.shape == (30, 2)
+    np.testing.assert_array_equal(p.transform(x), y)
+    with pytest.raises(ValueError, match="transform: expected None or 'default'.*got 'pandas'"):
+        P.PCA(2).set_output(transform="pandas")
+
+
+def test_import_fastnn_does_not_import_sklearn():
+    # the tags above import scikit-learn only when scikit-learn asks for them: importing it with
+    # fastnn cost ~0.4 s (seconds on a busy machine) for users who never touch it
+    code = "import sys, fastnn, fastnn.preprocessing; print('sklearn' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr
+
+
 # ---- ZCA -----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -454,6 +548,19 @@ def test_bad_input(rng, make):
         m.partial_fit(x[:, :5])
     with pytest.raises(TypeError, match="expected float32 or float64, got complex128"):
         make().fit(x.astype(complex))
+
+
+@pytest.mark.parametrize("make", [P.ZeroCenter, P.Standardize, P.PCA, P.ZCA], ids=lambda c: c.__name__)
+def test_sparse_input_is_named(make):
+    # a SciPy sparse matrix used to be reported as "expected float32 or float64, got object"
+    sparse = pytest.importorskip("scipy.sparse")
+    x = np.eye(6)
+    for s in (sparse.csr_matrix(x), sparse.csr_array(x)):
+        with pytest.raises(TypeError, match=rf"X: sparse input \({type(s).__name__}\) is not supported.*toarray"):
+            make().fit(s)
+    m = make().fit(x)
+    with pytest.raises(TypeError, match=r"X: sparse input \(csr_matrix\) is not supported"):
+        m.transform(sparse.csr_matrix(x))
 
 
 @pytest.mark.parametrize("make", [P.ZeroCenter, P.Standardize, P.PCA, P.ZCA], ids=lambda c: c.__name__)

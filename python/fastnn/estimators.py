@@ -65,9 +65,11 @@ local exception classes of the same names. The tests run scikit-learn's parametr
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import numbers
+import types
 import warnings
 
 import numpy as np
@@ -225,6 +227,44 @@ _SOLVERS = ("lbfgs", "sgd", "adam")
 _LR_RULES = ("constant", "invscaling", "adaptive")
 
 
+class _StochasticOnly:
+    """partial_fit as scikit-learn's available_if(_check_solver): the attribute exists for the
+    stochastic solvers only, so hasattr(est, "partial_fit") is False with solver="lbfgs" (what
+    meta-estimators and scikit-learn's estimator checks test before streaming batches into it)."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        functools.update_wrapper(self, fn)
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            return self.fn
+        obj._check_partial_fit()  # AttributeError for lbfgs
+        return types.MethodType(self.fn, obj)
+
+
+class _LayerArrays(list):
+    """coefs_ / intercepts_: a list of per-layer arrays whose item assignment writes into the
+    layer (scikit-learn's attributes are plain lists the network reads, so clf.coefs_[0] = W changes
+    its model; here the list is built from the layers at each access and would otherwise drop W).
+    Pickled and copied as a plain list."""
+
+    def __init__(self, owner, attr, arrays):
+        super().__init__(arrays)
+        self._owner, self._attr = owner, attr
+
+    def __setitem__(self, i, value):
+        if isinstance(i, slice):
+            raise TypeError(f"{self._attr}: assign one layer (clf.{self._attr}[i] = array) or the whole list, "
+                            f"got a slice")
+        i = range(len(self))[i]  # (negative indices; IndexError past the end)
+        self._owner._set_layer(self._attr, i, value)
+        super().__setitem__(i, self._owner._layer_array(self._attr, i))
+
+    def __reduce__(self):
+        return list, (list(self),)
+
+
 def _check_bool(v, name):
     if not isinstance(v, (bool, np.bool_)):
         raise ValueError(f"The '{name}' parameter must be an instance of 'bool', got {v!r}")
@@ -320,6 +360,8 @@ class _BaseMLP(_BaseEstimator):
         if isinstance(h, numbers.Integral) and not isinstance(h, (bool, np.bool_)):
             h = (h,)
         try:
+            if isinstance(h, (str, bytes)):  # (iterating "10" would report its character '1')
+                raise TypeError
             hidden = [_check_int(v, f"hidden_layer_sizes[{i}]") for i, v in enumerate(h)]
         except TypeError:
             raise ValueError(f"hidden_layer_sizes: expected a tuple of positive integers, got {h!r}") from None
@@ -408,28 +450,58 @@ class _BaseMLP(_BaseEstimator):
     @property
     def coefs_(self):
         """coefs_[i]: (fan_in, fan_out) float32 NumPy: a view of layer i's weight on the CPU (writes
-        reach the model), a host copy when the model is on a GPU."""
+        reach the model), a host copy when the model is on a GPU. Assigning the list or one of its
+        items (clf.coefs_[0] = W, as with scikit-learn's list) writes into the model."""
         if getattr(self, "model_", None) is None:
             raise AttributeError(f"{type(self).__name__} has no attribute 'coefs_' before fit")
-        return [_host(lin.weight.data).T for lin in self.model_.layers]
+        return _LayerArrays(self, "coefs_", [self._layer_array("coefs_", i) for i in range(len(self.model_.layers))])
 
     @coefs_.setter
     def coefs_(self, value):
-        for lin, c in zip(self.model_.layers, value):
-            copy_into(lin.weight.data, np.asarray(c).T)
+        self._set_layer_arrays("coefs_", value)
 
     @property
     def intercepts_(self):
         """intercepts_[i]: (fan_out,) float32 NumPy: layer i's bias itself on the CPU, a host copy
-        when the model is on a GPU."""
+        when the model is on a GPU; assignable as coefs_."""
         if getattr(self, "model_", None) is None:
             raise AttributeError(f"{type(self).__name__} has no attribute 'intercepts_' before fit")
-        return [_host(lin.bias.data) for lin in self.model_.layers]
+        return _LayerArrays(self, "intercepts_",
+                            [self._layer_array("intercepts_", i) for i in range(len(self.model_.layers))])
 
     @intercepts_.setter
     def intercepts_(self, value):
-        for lin, b in zip(self.model_.layers, value):
-            copy_into(lin.bias.data, np.asarray(b))
+        self._set_layer_arrays("intercepts_", value)
+
+    def _layer_array(self, attr, i):
+        lin = self.model_.layers[i]
+        return _host(lin.weight.data).T if attr == "coefs_" else _host(lin.bias.data)
+
+    def _set_layer_arrays(self, attr, value):
+        self._check_fitted()
+        value = list(value)
+        n = len(self.model_.layers)
+        if len(value) != n:
+            raise ValueError(f"{attr}: expected {n} arrays (one per layer), got {len(value)}")
+        arrays = [self._layer_shaped(attr, i, a) for i, a in enumerate(value)]  # (all checked before any write)
+        for i, a in enumerate(arrays):
+            self._set_layer(attr, i, a)
+
+    def _layer_shaped(self, attr, i, value):
+        """value as layer i's coefs_ (fan_in, fan_out) or intercepts_ (fan_out,); ValueError naming
+        attr[i] and both shapes otherwise."""
+        lin = self.model_.layers[i]
+        a = np.asarray(value)
+        want = (lin.in_features, lin.out_features) if attr == "coefs_" else (lin.out_features,)
+        if a.shape != want:
+            raise ValueError(f"{attr}[{i}]: expected shape {want}, got {a.shape}")
+        return a
+
+    def _set_layer(self, attr, i, value):
+        """Writes layer i's coefs_ or intercepts_ into the model."""
+        a = self._layer_shaped(attr, i, value)
+        lin = self.model_.layers[i]
+        copy_into(lin.weight.data if attr == "coefs_" else lin.bias.data, a.T if attr == "coefs_" else a)
 
     def _params(self):
         return [q for lin in self.model_.layers for q in (lin.weight, lin.bias)]
@@ -655,6 +727,9 @@ class _BaseMLP(_BaseEstimator):
         if p["early_stopping"] and incremental:
             raise ValueError("partial_fit does not support early_stopping=True")
         if p["early_stopping"]:
+            if p["vf"] == 0:  # (else train_test_split's error, which names its test_size)
+                raise ValueError("validation_fraction: early_stopping=True holds out that fraction of the rows to "
+                                 "score each epoch; expected a number in (0.0, 1.0), got 0.0")
             # scikit-learn stratifies when the encoded y has one column (a binary classifier) only
             strata = y[:, 0] if self._classifier and self.n_outputs_ == 1 else None
             tr, va = _split(X.shape[0], p["vf"], rs, strata)
@@ -964,9 +1039,9 @@ class MLPClassifier(_ClassifierMixin, _BaseMLP):
         """Trains on X (n_samples, n_features) and labels y; returns self."""
         return self._fit_classifier(X, y, sample_weight, False)
 
+    @_StochasticOnly
     def partial_fit(self, X, y, sample_weight=None, classes=None):
         """One epoch over (X, y) with the current optimizer state; classes= is needed on the first call."""
-        self._check_partial_fit()
         return self._fit_classifier(X, y, sample_weight, True, classes)
 
     def predict_proba(self, X):
@@ -1025,9 +1100,9 @@ class MLPRegressor(_RegressorMixin, _BaseMLP):
         """Trains on X (n_samples, n_features) and targets y; returns self."""
         return self._fit_regressor(X, y, sample_weight, False)
 
+    @_StochasticOnly
     def partial_fit(self, X, y, sample_weight=None):
         """One epoch over (X, y) with the current optimizer state."""
-        self._check_partial_fit()
         return self._fit_regressor(X, y, sample_weight, True)
 
     def predict(self, X):

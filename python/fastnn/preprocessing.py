@@ -10,7 +10,9 @@
 Every estimator stores its parameters as given, ``fit`` returns self, learned attributes end in
 ``_``; ``get_params``/``set_params``, ``fit_transform``, ``transform``, ``inverse_transform`` and
 ``partial_fit`` (data arriving in chunks: the result equals ``fit`` on the concatenation, up to
-rounding) are there, so scikit-learn's Pipeline and GridSearchCV take them unchanged.
+rounding) and ``get_feature_names_out`` (PCA's "pca0", "pca1", ...; the others keep the input's
+names) are there, so scikit-learn's Pipeline and GridSearchCV take them unchanged; so are its
+estimator tags (check_is_fitted, get_tags, check_estimator) and set_output (NumPy output only).
 
 Input: 2-D float32 or float64 (n_samples, n_features); integer arrays and lists become float64.
 C-contiguous arrays are used in place; other layouts are copied once to C order. Results keep
@@ -65,6 +67,9 @@ class NotFittedError(ValueError, AttributeError):
 def _matrix(X, name: str = "X"):
     """(table, X as the table reads it, X's NumPy dtype): 2-D float32/float64 with at least one
     column (on the CPU integer data become float64 and other layouts are copied once to C order)."""
+    if hasattr(X, "toarray") or type(X).__module__.startswith("scipy.sparse"):  # (np.asarray: a 0-d object)
+        raise TypeError(f"{name}: sparse input ({type(X).__name__}) is not supported; expected a dense array "
+                        "(convert it with .toarray())")
     be = backend_of(X)
     X, dtype = be.matrix(X, name)
     return be, X, dtype
@@ -107,7 +112,11 @@ def _chan_merge(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
 # ---- estimator base ---------------------------------------------------------------------------
 
 class _Base(ParamsMixin):
-    """get_params / set_params / fit_transform / __repr__ as in scikit-learn's BaseEstimator."""
+    """get_params / set_params / fit_transform / __repr__ as in scikit-learn's BaseEstimator, and
+    its estimator tags and set_output, so check_is_fitted, get_tags, check_estimator and
+    Pipeline.set_output take these classes. Not derived from scikit-learn's classes: importing
+    scikit-learn would add ~0.4 s (several seconds on a busy machine) to every ``import fastnn``;
+    the tags import it only when scikit-learn asks for them (it is loaded by then)."""
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
@@ -115,6 +124,19 @@ class _Base(ParamsMixin):
 
     def fit_transform(self, X, y=None):
         return self.fit(X).transform(X)
+
+    def __sklearn_tags__(self):  # scikit-learn >= 1.6 asks for these (BaseEstimator + TransformerMixin's)
+        from sklearn.utils import InputTags, Tags, TargetTags, TransformerTags
+        return Tags(estimator_type=None, target_tags=TargetTags(required=False), input_tags=InputTags(),
+                    transformer_tags=TransformerTags(preserves_dtype=["float64", "float32"]))  # (X's dtype kept)
+
+    def set_output(self, *, transform=None):
+        """scikit-learn's set_output: the results are NumPy arrays, the one container these
+        transformers make; None or "default" keep that (Pipeline.set_output passes it on)."""
+        if transform not in (None, "default"):
+            raise ValueError(f"transform: expected None or 'default' (fastnn's transformers return NumPy arrays), "
+                             f"got {transform!r}")
+        return self
 
     def _check_fitted(self):
         if not hasattr(self, "n_features_in_"):
@@ -125,6 +147,22 @@ class _Base(ParamsMixin):
         if X.shape[1] != self.n_features_in_:
             raise ValueError(f"{name}: expected {self.n_features_in_} features, as in fit, got {X.shape[1]} "
                              f"(shape {tuple(X.shape)})")
+
+    def get_feature_names_out(self, input_features=None):
+        """The output columns' names, as scikit-learn's transformers give them (Pipeline and
+        ColumnTransformer ask each step): the input's names for the one-to-one transforms, given as
+        input_features or else "x0", "x1", ... (object ndarray)."""
+        return self._input_names(input_features)
+
+    def _input_names(self, input_features):
+        self._check_fitted()
+        d = self.n_features_in_
+        if input_features is None:
+            return np.asarray([f"x{i}" for i in range(d)], dtype=object)
+        names = np.asarray(input_features, dtype=object)
+        if names.ndim != 1 or names.shape[0] != d:
+            raise ValueError(f"input_features: expected {d} names (n_features_in_), got shape {names.shape}")
+        return names
 
     def _reset(self):
         for k in [k for k in vars(self) if k.endswith("_") and not k.startswith("__")]:
@@ -413,6 +451,12 @@ class PCA(_Covariance):
         if X.shape[0] and be.first_nonfinite(Y) is not None:  # (one pass, no float64 copy)
             _raise_nonfinite(be, X)
         return Y
+
+    def get_feature_names_out(self, input_features=None):
+        """"pca0", "pca1", ... one per component (scikit-learn's PCA names); input_features, when
+        given, must have n_features_in_ names."""
+        self._input_names(input_features)
+        return np.asarray([f"pca{i}" for i in range(self.n_components_)], dtype=object)
 
     def inverse_transform(self, X):
         """mean_ + X @ components_ (whitened: X * sqrt(explained_variance_ + eps) first)."""
