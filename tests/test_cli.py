@@ -3,6 +3,7 @@ runs train."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from fastnn.cli import main
@@ -36,3 +37,13 @@ def test_unwritable_out_is_refused_before_training(command, capsys, restore_num_
     captured = capsys.readouterr()
     assert "--out: cannot create the folder" in captured.err, captured.err
     assert "test accuracy" not in captured.out and "step 1" not in captured.out  # nothing trained
+
+
+@pytest.mark.parametrize("command", ["train", "recipe"])
+def test_npz_without_the_x_key_is_a_usage_error(command, capsys, restore_num_threads, tmp_path):
+    # load_npz raises KeyError for a missing array; the command let it out as a traceback
+    path = tmp_path / "data.npz"
+    np.savez(path, data=np.zeros((10, 3), np.float32), y=np.zeros(10, np.int64))
+    assert main([command, "--dataset", str(path), "--quiet", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"fastnn {command}: error: x_key: no array 'X' in '{path}'; it holds ['data', 'y']" in err, err

@@ -59,8 +59,10 @@ def main(argv=None) -> int:
     if args.command in ("train", "recipe"):
         try:
             return _train(args) if args.command == "train" else _recipe(args)
-        except (ValueError, TypeError, OSError, RuntimeError) as e:
-            print(f"fastnn {args.command}: error: {e}", file=sys.stderr)
+        except (ValueError, TypeError, OSError, RuntimeError, KeyError) as e:
+            # (a KeyError's str() is the repr of its message: load_npz's missing-key error)
+            msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+            print(f"fastnn {args.command}: error: {msg}", file=sys.stderr)
             return 2
 
     if args.command == "info":
