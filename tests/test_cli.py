@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import fastnn.train
 from fastnn.cli import main
 
 
@@ -47,3 +48,13 @@ def test_npz_without_the_x_key_is_a_usage_error(command, capsys, restore_num_thr
     assert main([command, "--dataset", str(path), "--quiet", "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert f"fastnn {command}: error: x_key: no array 'X' in '{path}'; it holds ['data', 'y']" in err, err
+
+
+def test_train_diverging_in_the_first_epoch_says_so(capsys, restore_num_threads):
+    # the first epoch's NaN leaves the history empty; the learning curves' diagnosis then
+    # failed ("history: expected per-epoch 'train_loss' ...", exit 2) instead of the advice
+    with pytest.warns(fastnn.train.TrainingDivergedWarning):
+        assert main(["train", "--lr", "1e6", "--epochs", "2", "--hidden", "8", "--threads", "1", "--quiet"]) == 1
+    captured = capsys.readouterr()
+    assert "training diverged: rerun with a lower --lr" in captured.err, captured.err
+    assert "test accuracy" in captured.out

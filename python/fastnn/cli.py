@@ -278,8 +278,9 @@ def _train(args) -> int:
     trainer.fit(Xtr, y[tr], epochs=args.epochs, batch_size=args.batch_size, validation_fraction=0.1)
     result = trainer.evaluate(Xte, y[te])
     elapsed = time.perf_counter() - t0
-    for f in recipe.diagnose(trainer.history, n_classes=n_classes):
-        say(f"curves: {f}")
+    if trainer.history["loss"]:  # (empty when the loss diverged in the first epoch: no curves to read)
+        for f in recipe.diagnose(trainer.history, n_classes=n_classes):
+            say(f"curves: {f}")
     where = (f"{fastnn.get_num_threads()} threads, CPU path {fastnn.get_cpu_capability()}" if device == "cpu"
              else f"on {device}")
     print(f"test accuracy: {result['accuracy']:.4f} ({len(te)} samples), test loss {result['loss']:.4f}; "
