@@ -317,3 +317,17 @@ def test_cli_recipe(tmp_path, capsys):
     assert "## 7. Diagnosis" in (out / "report.md").read_text()
     assert main(["recipe", "--out", str(out), "--hidden", "0"]) == 2
     assert "--hidden: expected positive layer sizes" in capsys.readouterr().err
+
+
+def test_run_reports_a_final_training_that_diverges_in_its_first_epoch(digits, tmp_path):
+    # Unscaled inputs of 1e18: every run's loss is inf at its first step, so the final training
+    # keeps no curve; step 6 read history["val_accuracy"][-1] of the empty history (IndexError)
+    X, y = digits
+    with pytest.warns(fastnn.train.TrainingDivergedWarning):
+        rep = recipe.run(lambda p: _digits_mlp(dropout=0.0), X * 1e18, y, out_dir=tmp_path, standardize=False,
+                         overfit_epochs=2, lr_find_iters=10, coarse_trials=1, coarse_epochs=1, fine_trials=1,
+                         fine_epochs=1, final_epochs=2)
+    assert rep.history["loss"] == []
+    assert [f.kind for f in rep.findings] == ["lr_too_high"]
+    text = (tmp_path / "report.md").read_text()
+    assert "the loss became NaN/inf in the first epoch" in text and "## 7. Diagnosis" in text

@@ -807,12 +807,21 @@ def run(model_fn, X, y, *, out_dir, params=None, space=None, test_fraction=0.2, 
                       "nesterov": momentum > 0}, l2=best["l2"], verbose=False, seed=seed, **dev_kw)
     trainer.fit(Xfit, yfit, epochs=final_epochs, batch_size=batch_size, validation_data=(Xval, yval))
     h = trainer.history
-    say(f"step 6, trained {final_epochs} epochs: val accuracy {h['val_accuracy'][-1]:.4f}")
-    md += ["## 6. Train the best longer", "", f"- {final_epochs} epochs ({trainer.stopped_reason}): training loss "
-           f"{h['loss'][0]:.4f} -> {h['loss'][-1]:.4f}, training accuracy {h['accuracy'][-1]:.4f}, validation "
-           f"accuracy {h['val_accuracy'][-1]:.4f}", "- " + png("curves.png", trainer.plot_history), ""]
-    # 7
-    findings = diagnose(h, n_classes=n_classes)
+    if h["loss"]:
+        say(f"step 6, trained {final_epochs} epochs: val accuracy {h['val_accuracy'][-1]:.4f}")
+        md += ["## 6. Train the best longer", "", f"- {final_epochs} epochs ({trainer.stopped_reason}): training "
+               f"loss {h['loss'][0]:.4f} -> {h['loss'][-1]:.4f}, training accuracy {h['accuracy'][-1]:.4f}, "
+               f"validation accuracy {h['val_accuracy'][-1]:.4f}", "- " + png("curves.png", trainer.plot_history),
+               ""]
+        # 7
+        findings = diagnose(h, n_classes=n_classes)
+    else:  # the loss became NaN/inf in the first epoch: the Trainer kept no curve (and the initial weights)
+        say(f"step 6, trained {final_epochs} epochs: the loss diverged in the first epoch")
+        md += ["## 6. Train the best longer", "", f"- {final_epochs} epochs (diverged): the loss became NaN/inf in "
+               f"the first epoch at lr {best['lr']:.3g}; the model keeps its initial weights", ""]
+        findings = [Finding("lr_too_high", "the loss became NaN/inf in the first epoch of the final training",
+                            "lower the learning rate (try 3-10x smaller), check the input scale (standardize) "
+                            "or the init", {"lr": float(best["lr"])})]
     test = trainer.evaluate(Xte, yte)
     say(f"step 7: {'; '.join(str(f) for f in findings)}; test accuracy {test['accuracy']:.4f}")
     md += ["## 7. Diagnosis and held-out test", ""] + [f"- {f}" for f in findings] + [
