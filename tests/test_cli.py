@@ -58,3 +58,20 @@ def test_train_diverging_in_the_first_epoch_says_so(capsys, restore_num_threads)
     captured = capsys.readouterr()
     assert "training diverged: rerun with a lower --lr" in captured.err, captured.err
     assert "test accuracy" in captured.out
+
+
+@pytest.mark.parametrize("command", ["train", "recipe"])
+def test_ctrl_c_ends_the_command_with_a_line_and_exit_130(command, capsys, restore_num_threads, tmp_path,
+                                                          monkeypatch):
+    # Ctrl-C (the Trainer raises KeyboardInterrupt between two steps) ended the command with a
+    # traceback through cli.py and train.py
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fastnn.train.Trainer, "fit", interrupted)
+    try:
+        rc = main([command, "--hidden", "8", "--threads", "1", "--quiet", "--out", str(tmp_path / "out")])
+    except KeyboardInterrupt:
+        pytest.fail("the KeyboardInterrupt left the command")
+    assert rc == 130
+    assert capsys.readouterr().err == f"fastnn {command}: interrupted\n"

@@ -53,7 +53,14 @@ def main(argv=None) -> int:
     r.add_argument("--device", default="cpu", help=DEVICE_HELP)
     r.add_argument("--quiet", action="store_true", help="no progress output")
     args = parser.parse_args(argv)
+    try:
+        return _run(parser, args)
+    except KeyboardInterrupt:  # Ctrl-C: a line and the shell's code for SIGINT, not a traceback
+        print(f"fastnn {args.command}: interrupted", file=sys.stderr)
+        return 130
 
+
+def _run(parser, args) -> int:
     import fastnn
 
     if args.command in ("train", "recipe"):
