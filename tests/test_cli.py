@@ -75,3 +75,18 @@ def test_ctrl_c_ends_the_command_with_a_line_and_exit_130(command, capsys, resto
         pytest.fail("the KeyboardInterrupt left the command")
     assert rc == 130
     assert capsys.readouterr().err == f"fastnn {command}: interrupted\n"
+
+
+def test_python_dash_m_fastnn_runs_the_command():
+    # `python -m fastnn info` (the command where the venv's bin/ is not on the PATH) answered
+    # "No module named fastnn.__main__"
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "fastnn", "train", "--help"], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("usage: fastnn train")
+    r = subprocess.run([sys.executable, "-m", "fastnn", "train", "--epochs", "0"], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2 and "--epochs: expected a positive integer, got 0" in r.stderr
