@@ -90,3 +90,36 @@ def test_python_dash_m_fastnn_runs_the_command():
     r = subprocess.run([sys.executable, "-m", "fastnn", "train", "--epochs", "0"], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 2 and "--epochs: expected a positive integer, got 0" in r.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--lr", "inf"], "--lr: expected a positive finite learning rate, got inf"),
+    (["--dropout", "1.5"], "--dropout: expected a probability in [0, 1), got 1.5"),
+    (["--dropout", "nan"], "--dropout: expected a probability in [0, 1), got nan"),
+    (["--l2", "-1"], "--l2: expected a finite number >= 0, got -1.0"),
+    (["--test-fraction", "0.9999"], "--test-fraction: 0.9999 of 1797 rows leaves 0 to train on (at least 2 needed)"),
+])
+def test_train_options_are_named_in_their_errors(args, message, capsys, restore_num_threads):
+    # these came from the layer, the optimizer and Standardize, as "lr: ...", "dropout: ...",
+    # "l2: ...", "X: expected at least 2 samples (rows), got 0": names the user never typed (and
+    # --lr inf passed the command's own check)
+    assert main(["train", "--quiet", "--epochs", "1", *args]) == 2
+    assert f"fastnn train: error: {message}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--test-fraction", "0"], "--test-fraction: expected a fraction in (0, 1), got 0.0"),
+    (["--out", ""], "--out: expected a folder for report.md, got ''"),
+])
+def test_recipe_options_are_named_in_their_errors(args, message, capsys, restore_num_threads, tmp_path):
+    # recipe.run's "test_fraction: ..." and os.makedirs' "[Errno 2] No such file or directory: ''"
+    assert main(["recipe", "--quiet", "--out", str(tmp_path / "r"), *args]) == 2
+    assert f"fastnn recipe: error: {message}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["train", "recipe"])
+def test_unknown_activation_is_an_argparse_error(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([command, "--activation", "bogus"])
+    assert e.value.code == 2
+    assert "argument --activation: invalid choice: 'bogus'" in capsys.readouterr().err
