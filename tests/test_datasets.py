@@ -4,6 +4,7 @@ the bad-input errors."""
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -169,6 +170,17 @@ def test_load_csv_and_npz_bad_input_messages(tmp_path):
     with pytest.raises(ValueError, match=r"path: expected an \.npz archive \(a zip file\).* got a file starting "
                                          r"with b'1,2,0\\n"):
         datasets.load_npz(p)
+
+def test_load_csv_header_only_is_one_error_without_a_numpy_warning(tmp_path):
+    # NumPy's "UserWarning: loadtxt: input contained no data" came out next to the error, pointing
+    # into fastnn/datasets (a second, confusing message on the command line)
+    p = tmp_path / "header.csv"
+    p.write_text("a,b,label\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match=r"header\.csv' has no data rows"):
+            datasets.load_csv(p)
+
 
 def test_validation_errors():
     with pytest.raises(ValueError, match=r"X: expected at least one sample and one feature, got shape \(0, 3\)"):

@@ -345,6 +345,16 @@ def test_penalty_gradient_finite_differences(rng):
     np.testing.assert_allclose(g, num, rtol=1e-7, atol=1e-9)
 
 
+def test_penalty_gradient_of_an_unregularized_parameter_is_zero(rng):
+    # penalty() leaves out a Parameter(regularize=False) (a bias) and so do the optimizers' l1/l2;
+    # penalty_grad took its .data and gave l1 * sign(b) + l2 * b, the gradient of a term P lacks
+    b = Parameter(rng.standard_normal(4), regularize=False)
+    w = Parameter(rng.standard_normal(4))
+    assert penalty([b], l1=0.1, l2=0.3) == 0.0
+    np.testing.assert_array_equal(penalty_grad(b, l1=0.1, l2=0.3), np.zeros(4))
+    np.testing.assert_array_equal(penalty_grad(w, l1=0.1, l2=0.3), 0.1 * np.sign(w.data) + 0.3 * w.data)
+
+
 def test_fused_penalty_equals_explicit_gradient(capability, rng):
     # The optimizer's in-pass penalty == adding penalty_grad to the gradient by hand.
     w0 = rng.standard_normal((33, 17))

@@ -317,3 +317,36 @@ def test_cli_recipe(tmp_path, capsys):
     assert "## 7. Diagnosis" in (out / "report.md").read_text()
     assert main(["recipe", "--out", str(out), "--hidden", "0"]) == 2
     assert "--hidden: expected positive layer sizes" in capsys.readouterr().err
+
+
+def test_run_reports_a_final_training_that_diverges_in_its_first_epoch(digits, tmp_path):
+    # Unscaled inputs of 1e18: every run's loss is inf at its first step, so the final training
+    # keeps no curve; step 6 read history["val_accuracy"][-1] of the empty history (IndexError)
+    X, y = digits
+    with pytest.warns(fastnn.train.TrainingDivergedWarning):
+        rep = recipe.run(lambda p: _digits_mlp(dropout=0.0), X * 1e18, y, out_dir=tmp_path, standardize=False,
+                         overfit_epochs=2, lr_find_iters=10, coarse_trials=1, coarse_epochs=1, fine_trials=1,
+                         fine_epochs=1, final_epochs=2)
+    assert rep.history["loss"] == []
+    assert [f.kind for f in rep.findings] == ["lr_too_high"]
+    text = (tmp_path / "report.md").read_text()
+    assert "the loss became NaN/inf in the first epoch" in text and "## 7. Diagnosis" in text
+
+
+def test_label_errors_name_y(digits):
+    # Labels beyond the model's outputs were caught by the loss kernel, whose message names its
+    # own argument ("target: expected class labels in [0, 5), got 5 at row 5"), and integer-valued
+    # float labels, which Trainer.fit takes, were refused by check_initial_loss and lr_find
+    X, y = digits
+    fastnn.manual_seed(0)
+    five = nn.Sequential(nn.Linear(64, 16, activation="relu"), nn.Linear(16, 5, init="normal"))
+    for check in (recipe.check_initial_loss, recipe.lr_find, recipe.overfit_small):
+        with pytest.raises(ValueError, match=r"^y: expected class labels in \[0, 5\), got [5-9] at index \d+$"):
+            check(five, X, y)
+    ok = nn.Sequential(nn.Linear(64, 16, activation="relu"), nn.Linear(16, 10, init="normal"))
+    as_float = y.astype(np.float64)
+    assert recipe.check_initial_loss(ok, X, as_float).loss == recipe.check_initial_loss(ok, X, y).loss
+    np.testing.assert_array_equal(recipe.lr_find(ok, X, as_float, num_iter=10).losses,
+                                  recipe.lr_find(ok, X, y, num_iter=10).losses)
+    with pytest.raises(ValueError, match=r"y: expected 1797 labels \(one per row of X\), got 10"):
+        recipe.check_initial_loss(ok, X, y[:10])

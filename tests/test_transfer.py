@@ -150,6 +150,22 @@ def test_load_pretrained_from_state_dict_and_torch_names(tmp_path, rng):
     assert transfer.load_pretrained(other, path, strict=False) == ["0", "1"]
 
 
+def test_load_pretrained_refuses_a_bias_the_layer_cannot_hold(rng):
+    # A layer built with bias=False took the source's weight and dropped its bias without a word:
+    # the "loaded" network computed something else than the source (torch's strict load refuses
+    # the unexpected key). strict=False skips such a layer, as one of another shape.
+    src = _mlp(seed=1)
+    dst = nn.Sequential(nn.Linear(8, 16, bias=False, activation="relu"), nn.Linear(16, 12, activation="tanh"),
+                        nn.Linear(12, 3))
+    before = dst.layers[0].weight.data.copy()
+    with pytest.raises(ValueError, match=r"layer '0': expected weight \(16, 8\) and no bias, got 0.weight "
+                                         r"\(16, 8\) and 0.bias \(16,\)"):
+        transfer.load_pretrained(dst, src.state_dict())
+    np.testing.assert_array_equal(dst.layers[0].weight.data, before)  # nothing loaded
+    assert transfer.load_pretrained(dst, src.state_dict(), strict=False) == ["1", "2"]
+    np.testing.assert_array_equal(dst.layers[0].weight.data, before)
+
+
 def test_load_pretrained_from_torch(tmp_path, rng):
     torch = pytest.importorskip("torch")
     tm = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 12), torch.nn.Tanh(),

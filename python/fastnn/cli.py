@@ -20,7 +20,7 @@ def main(argv=None) -> int:
                    help="digits (bundled), teacher (a synthetic 20000x64, 10-class task), or a .npz (X, y) / "
                         ".csv (label in the last column) file")
     t.add_argument("--hidden", type=int, nargs="*", default=[256, 128], help="hidden layer sizes (default 256 128)")
-    t.add_argument("--activation", default="relu", help="hidden activation (default relu)")
+    t.add_argument("--activation", default="relu", choices=HIDDEN_ACTIVATIONS, help="hidden activation (default relu)")
     t.add_argument("--dropout", type=float, default=0.2, help="dropout after each hidden layer (default 0.2)")
     t.add_argument("--epochs", type=int, default=60)
     t.add_argument("--lr", type=float, default=0.05, help="peak learning rate (SGD, Nesterov momentum 0.9)")
@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     r.add_argument("--dataset", default="digits", help="digits (bundled), teacher, or a .npz / .csv file (as train)")
     r.add_argument("--out", default="recipe", help="folder for report.md and the PNGs (default ./recipe)")
     r.add_argument("--hidden", type=int, nargs="*", default=[128], help="hidden layer sizes (default 128)")
-    r.add_argument("--activation", default="relu", help="hidden activation (default relu)")
+    r.add_argument("--activation", default="relu", choices=HIDDEN_ACTIVATIONS, help="hidden activation (default relu)")
     r.add_argument("--max-dropout", type=float, default=0.3,
                    help="dropout is searched uniformly in [0, this] (default 0.3; 0: no dropout)")
     r.add_argument("--trials", type=int, default=10, help="coarse search trials (the fine search runs half)")
@@ -53,14 +53,23 @@ def main(argv=None) -> int:
     r.add_argument("--device", default="cpu", help=DEVICE_HELP)
     r.add_argument("--quiet", action="store_true", help="no progress output")
     args = parser.parse_args(argv)
+    try:
+        return _run(parser, args)
+    except KeyboardInterrupt:  # Ctrl-C: a line and the shell's code for SIGINT, not a traceback
+        print(f"fastnn {args.command}: interrupted", file=sys.stderr)
+        return 130
 
+
+def _run(parser, args) -> int:
     import fastnn
 
     if args.command in ("train", "recipe"):
         try:
             return _train(args) if args.command == "train" else _recipe(args)
-        except (ValueError, TypeError, OSError, RuntimeError) as e:
-            print(f"fastnn {args.command}: error: {e}", file=sys.stderr)
+        except (ValueError, TypeError, OSError, RuntimeError, KeyError) as e:
+            # (a KeyError's str() is the repr of its message: load_npz's missing-key error)
+            msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+            print(f"fastnn {args.command}: error: {msg}", file=sys.stderr)
             return 2
 
     if args.command == "info":
@@ -80,6 +89,8 @@ def main(argv=None) -> int:
         return 0
     return 2
 
+
+HIDDEN_ACTIVATIONS = ["sigmoid", "tanh", "relu", "leaky_relu", "prelu", "elu", "selu"]  # (nn.Linear's)
 
 DEVICE_HELP = ("cpu (default), cuda (the current GPU), cuda:N, or auto (the GPU when one is usable, else the CPU; "
                "the choice is printed)")
@@ -158,6 +169,10 @@ def _recipe(args) -> int:
         raise ValueError(f"--hidden: expected positive layer sizes, got {args.hidden}")
     if not 0 <= args.max_dropout < 1:
         raise ValueError(f"--max-dropout: expected a probability in [0, 1), got {args.max_dropout}")
+    if not 0 < args.test_fraction < 1:
+        raise ValueError(f"--test-fraction: expected a fraction in (0, 1), got {args.test_fraction}")
+    if not args.out:
+        raise ValueError("--out: expected a folder for report.md, got ''")
     device, device_line = _device(args)
     _check_common(args)
     if args.threads is not None:
@@ -209,6 +224,7 @@ def _load(name, seed):
 
 
 def _train(args) -> int:
+    import math
     import os
     import time
 
@@ -224,10 +240,14 @@ def _train(args) -> int:
     for name in ("epochs", "batch_size"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(args, name)}")
-    if not args.lr > 0:
-        raise ValueError(f"--lr: expected a positive learning rate, got {args.lr}")
+    if not 0 < args.lr < math.inf:
+        raise ValueError(f"--lr: expected a positive finite learning rate, got {args.lr}")
     if not 0 < args.test_fraction < 1:
         raise ValueError(f"--test-fraction: expected a fraction in (0, 1), got {args.test_fraction}")
+    if not 0 <= args.dropout < 1:
+        raise ValueError(f"--dropout: expected a probability in [0, 1), got {args.dropout}")
+    if not 0 <= args.l2 < math.inf:
+        raise ValueError(f"--l2: expected a finite number >= 0, got {args.l2}")
     if any(h < 1 for h in args.hidden):
         raise ValueError(f"--hidden: expected positive layer sizes, got {args.hidden}")
     _check_common(args)
@@ -244,6 +264,9 @@ def _train(args) -> int:
     order = rng.permutation(len(X))
     n_test = max(1, int(round(args.test_fraction * len(X))))
     te, tr = order[:n_test], order[n_test:]
+    if len(tr) < 2:
+        raise ValueError(f"--test-fraction: {args.test_fraction} of {len(X)} rows leaves {len(tr)} to train on "
+                         f"(at least 2 needed)")
     scaler = Standardize().fit(X[tr])
     Xtr, Xte = scaler.transform(X[tr]), scaler.transform(X[te])
     say(f"data: {desc}: {len(tr)} train / {len(te)} test, {X.shape[1]} features, {n_classes} classes")
@@ -276,8 +299,9 @@ def _train(args) -> int:
     trainer.fit(Xtr, y[tr], epochs=args.epochs, batch_size=args.batch_size, validation_fraction=0.1)
     result = trainer.evaluate(Xte, y[te])
     elapsed = time.perf_counter() - t0
-    for f in recipe.diagnose(trainer.history, n_classes=n_classes):
-        say(f"curves: {f}")
+    if trainer.history["loss"]:  # (empty when the loss diverged in the first epoch: no curves to read)
+        for f in recipe.diagnose(trainer.history, n_classes=n_classes):
+            say(f"curves: {f}")
     where = (f"{fastnn.get_num_threads()} threads, CPU path {fastnn.get_cpu_capability()}" if device == "cpu"
              else f"on {device}")
     print(f"test accuracy: {result['accuracy']:.4f} ({len(te)} samples), test loss {result['loss']:.4f}; "

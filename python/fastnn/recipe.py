@@ -126,14 +126,17 @@ def check_initial_loss(model, X, y, *, n_classes=None, rel_tol=0.1):
     loss much higher means the logits are too large at init (weights too big); much lower, that
     the labels leak or the classes are imbalanced. Tolerance: rel_tol * log(C)."""
     from .losses import softmax_cross_entropy
+    from .validation import check_labels
 
     z = _logits(model, X)
-    y = np.asarray(y)
     c = int(n_classes if n_classes is not None else z.shape[1])
     if c < 2:
         raise ValueError(f"n_classes: expected at least 2 classes, got {c}")
     if z.ndim != 2 or z.shape[1] != c:
         raise ValueError(f"model: expected logits of shape (n, {c}), got {z.shape}")
+    y = check_labels(y, c)  # (the loss kernel's errors name its argument, "target")
+    if y.shape[0] != z.shape[0]:
+        raise ValueError(f"y: expected {z.shape[0]} labels (one per row of X), got {y.shape[0]}")
     loss, _ = softmax_cross_entropy(z, y, grad=False)
     expected = math.log(c)
     tol = rel_tol * expected
@@ -330,8 +333,9 @@ def _no_dropout(cfg):
 
 def _xy(model, X, y):
     """X as a C-contiguous array of the model's dtype, 2-D, non-empty and finite (checked as
-    Trainer.fit checks it), y as int64 labels in [0, C)."""
-    from .validation import check_X
+    Trainer.fit checks it), y as int64 labels in [0, C) for the model's C outputs. model: the
+    copy being trained (a forward of one row tells C; the user's model is never run)."""
+    from .validation import check_labels, check_X
 
     params = model.parameters()
     if not params:
@@ -343,9 +347,8 @@ def _xy(model, X, y):
     y = np.asarray(y)
     if y.ndim != 1 or y.shape[0] != X.shape[0]:
         raise ValueError(f"y: expected {X.shape[0]} integer labels (one per row of X), got shape {y.shape}")
-    if y.dtype.kind not in "iu":
-        raise TypeError(f"y: expected integer class labels, got {y.dtype}")
-    return X, y.astype(np.int64)
+    # (checked as Trainer.fit checks them: the loss kernel's own error named its argument, "target")
+    return X, check_labels(y, _logits(model, X[:1]).shape[1])
 
 
 def _positive(v, name, kind=int):
@@ -433,11 +436,11 @@ def overfit_small(model, X, y, n_batches=5, *, batch_size=32, max_epochs=300, op
     batch_size = _positive(batch_size, "batch_size")
     max_epochs = _positive(max_epochs, "max_epochs")
     lr = _positive(lr, "lr", float)
-    X, y = _xy(model, X, y)
+    copy = _copy_model(model, regularization=False)
+    X, y = _xy(copy, X, y)
     m = min(len(X), n_batches * batch_size)
     idx = np.sort(np.random.default_rng(seed).permutation(len(X))[:m])
     Xs, ys = X[idx], y[idx]
-    copy = _copy_model(model, regularization=False)
     kw = dict(optimizer_kwargs or {})
     kw["lr"] = lr
     trainer = Trainer(copy, "cross_entropy", optimizer, optimizer_kwargs=kw, verbose=False, seed=seed,
@@ -555,8 +558,8 @@ def lr_find(model, X, y, *, lr_min=1e-6, lr_max=10.0, num_iter=100, batch_size=6
     if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not 0 <= beta < 1:
         raise ValueError(f"beta: expected a number in [0, 1), got {beta!r}")
     diverge_factor = _positive(diverge_factor, "diverge_factor", float)
-    X, y = _xy(model, X, y)
     copy = _copy_model(model)
+    X, y = _xy(copy, X, y)
     copy.train()
     opt = SGD(copy.parameters(), lr=lr_min, momentum=momentum, l2=l2)
     loss_fn = SoftmaxCrossEntropy()
@@ -807,12 +810,21 @@ def run(model_fn, X, y, *, out_dir, params=None, space=None, test_fraction=0.2, 
                       "nesterov": momentum > 0}, l2=best["l2"], verbose=False, seed=seed, **dev_kw)
     trainer.fit(Xfit, yfit, epochs=final_epochs, batch_size=batch_size, validation_data=(Xval, yval))
     h = trainer.history
-    say(f"step 6, trained {final_epochs} epochs: val accuracy {h['val_accuracy'][-1]:.4f}")
-    md += ["## 6. Train the best longer", "", f"- {final_epochs} epochs ({trainer.stopped_reason}): training loss "
-           f"{h['loss'][0]:.4f} -> {h['loss'][-1]:.4f}, training accuracy {h['accuracy'][-1]:.4f}, validation "
-           f"accuracy {h['val_accuracy'][-1]:.4f}", "- " + png("curves.png", trainer.plot_history), ""]
-    # 7
-    findings = diagnose(h, n_classes=n_classes)
+    if h["loss"]:
+        say(f"step 6, trained {final_epochs} epochs: val accuracy {h['val_accuracy'][-1]:.4f}")
+        md += ["## 6. Train the best longer", "", f"- {final_epochs} epochs ({trainer.stopped_reason}): training "
+               f"loss {h['loss'][0]:.4f} -> {h['loss'][-1]:.4f}, training accuracy {h['accuracy'][-1]:.4f}, "
+               f"validation accuracy {h['val_accuracy'][-1]:.4f}", "- " + png("curves.png", trainer.plot_history),
+               ""]
+        # 7
+        findings = diagnose(h, n_classes=n_classes)
+    else:  # the loss became NaN/inf in the first epoch: the Trainer kept no curve (and the initial weights)
+        say(f"step 6, trained {final_epochs} epochs: the loss diverged in the first epoch")
+        md += ["## 6. Train the best longer", "", f"- {final_epochs} epochs (diverged): the loss became NaN/inf in "
+               f"the first epoch at lr {best['lr']:.3g}; the model keeps its initial weights", ""]
+        findings = [Finding("lr_too_high", "the loss became NaN/inf in the first epoch of the final training",
+                            "lower the learning rate (try 3-10x smaller), check the input scale (standardize) "
+                            "or the init", {"lr": float(best["lr"])})]
     test = trainer.evaluate(Xte, yte)
     say(f"step 7: {'; '.join(str(f) for f in findings)}; test accuracy {test['accuracy']:.4f}")
     md += ["## 7. Diagnosis and held-out test", ""] + [f"- {f}" for f in findings] + [

@@ -78,8 +78,12 @@ def penalty(params, l1: float = 0.0, l2: float = 0.0, *, alpha: float | None = N
 
 def penalty_grad(w, l1: float = 0.0, l2: float = 0.0, *, alpha: float | None = None,
                  l1_ratio: float | None = None) -> np.ndarray:
-    """dP/dw = l1 * sign(w) + l2 * w for one array (a reference and a check; the optimizers
-    apply this inside their fused pass instead)."""
+    """dP/dw = l1 * sign(w) + l2 * w for one array or Parameter (a reference and a check; the
+    optimizers apply this inside their fused pass instead). A Parameter with regularize=False is
+    not in P (penalty skips it, as the optimizers do): its gradient is zeros."""
     c1, c2 = coefficients(l1, l2, alpha=alpha, l1_ratio=l1_ratio)
+    regularized = getattr(w, "regularize", True)
     w = w if isinstance(w, np.ndarray) else np.asarray(getattr(w, "data", w))
+    if not regularized:
+        return np.zeros_like(w)
     return (c1 * np.sign(w) + c2 * w).astype(w.dtype, copy=False)

@@ -288,7 +288,10 @@ def load_pretrained(model, source, *, strict=True):
             with np.load(path, allow_pickle=False) as z:
                 tensors = {k: z[k] for k in z.files}
     ours = dict(model.named_parameters())
-    if set(tensors) >= set(ours) and all(np.shape(tensors[k]) == p.shape for k, p in ours.items()):
+    layer_names = {name for name, _ in _linears(model)}
+    # (same names, but a bias for a layer built without one: the checks of the path below)
+    foreign = [k for k in tensors if k not in ours and k.rpartition(".")[0] in layer_names]
+    if set(tensors) >= set(ours) and not foreign and all(np.shape(tensors[k]) == p.shape for k, p in ours.items()):
         model.load_state_dict({k: tensors[k] for k in ours})
         return [k for k, _ in _linears(model)]
     weights = _layer_order([k for k in tensors if k.endswith("weight") and np.ndim(tensors[k]) == 2])
@@ -300,12 +303,15 @@ def load_pretrained(model, source, *, strict=True):
         w = tensors[wk]
         bk = wk[: -len("weight")] + "bias"
         b = tensors.get(bk)
-        ok = w.shape == layer.weight.shape and (layer.bias is None or (b is not None and b.shape == layer.bias.shape))
+        # (a source bias for a layer without one would be dropped: the layer would compute
+        # something else than the source's, as torch's strict load_state_dict refuses too)
+        ok = w.shape == layer.weight.shape and (b is None if layer.bias is None else
+                                                (b is not None and b.shape == layer.bias.shape))
         if not ok:
             if strict:
                 raise ValueError(f"layer {name!r}: expected weight {layer.weight.shape}"
-                                 f"{'' if layer.bias is None else f' and bias {layer.bias.shape}'}, got {wk} "
-                                 f"{w.shape}" + ("" if b is None else f" and {bk} {b.shape}"))
+                                 f"{' and no bias' if layer.bias is None else f' and bias {layer.bias.shape}'}, "
+                                 f"got {wk} {w.shape}" + (f" and no {bk}" if b is None else f" and {bk} {b.shape}"))
             continue
         updates.append((layer, w, b))
         loaded.append(name)

@@ -15,6 +15,7 @@ import codecs
 import gzip
 import os
 import re
+import warnings
 from importlib import resources
 
 import numpy as np
@@ -202,8 +203,10 @@ def load_csv(path, label_column: int = -1, *, delimiter: str = ",", header: bool
     if sniffed:
         header = _is_header(first.strip().split(delimiter))
     try:
-        table = np.loadtxt(p, delimiter=delimiter, skiprows=1 if header else 0, ndmin=2, dtype=np.float64,
-                           encoding=enc)
+        with warnings.catch_warnings():  # (a header alone: NumPy warns "input contained no data"; we raise below)
+            warnings.filterwarnings("ignore", "loadtxt: input contained no data", UserWarning)
+            table = np.loadtxt(p, delimiter=delimiter, skiprows=1 if header else 0, ndmin=2, dtype=np.float64,
+                               encoding=enc)
     except UnicodeDecodeError as e:
         raise not_text(e) from None
     except ValueError as e:
