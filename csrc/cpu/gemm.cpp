@@ -389,140 +389,6 @@ void tile_dp(int64_t kcp, const T* a, const T* b, T* c, int64_t ldc, int64_t m, 
   store_tile<T, MR, NV>(acc, c, ldc, m, n, e);
 }
 
-// ---- packing --------------------------------------------------------------------------------
-
-// Transposing packs (A with rows contiguous in k, B with columns contiguous in k: x @ W^T) move
-// 16 x 16 float blocks through registers on AVX-512; each returns how many k it packed (a
-// multiple of 16), the caller does the rest element by element.
-// Keep bits of a transposing pack: row i of the block (consecutive k) is kept where bit
-// bit0 + i * ld + k of bits is set, and then scaled (DropConnect of a weight row).
-struct RowBits {
-  const uint8_t* bits = nullptr;
-  int64_t bit0 = 0, ld = 0;
-  float scale = 1.0f;
-};
-
-#if FASTNN_ISA == 2
-// r[i] = row i of a 16 x 16 block -> r[j] = column j.
-inline void transpose16(__m512 (&r)[16]) {
-  __m512 t[16];
-  for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-  }
-  for (int q = 0; q < 4; ++q) {  // r[4q + c], 128-bit lane L: rows 4q..4q+3 at column 4L + c
-    r[4 * q + 0] = _mm512_shuffle_ps(t[4 * q + 0], t[4 * q + 2], 0x44);
-    r[4 * q + 1] = _mm512_shuffle_ps(t[4 * q + 0], t[4 * q + 2], 0xEE);
-    r[4 * q + 2] = _mm512_shuffle_ps(t[4 * q + 1], t[4 * q + 3], 0x44);
-    r[4 * q + 3] = _mm512_shuffle_ps(t[4 * q + 1], t[4 * q + 3], 0xEE);
-  }
-  for (int c = 0; c < 4; ++c) {
-    const __m512 s0 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x88), s1 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xDD);
-    const __m512 u0 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x88),
-                 u1 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xDD);
-    t[c] = _mm512_shuffle_f32x4(s0, u0, 0x88);
-    t[8 + c] = _mm512_shuffle_f32x4(s0, u0, 0xDD);
-    t[4 + c] = _mm512_shuffle_f32x4(s1, u1, 0x88);
-    t[12 + c] = _mm512_shuffle_f32x4(s1, u1, 0xDD);
-  }
-  for (int i = 0; i < 16; ++i) r[i] = t[i];
-}
-
-// The transposing block of this ISA: kTB x kTB floats.
-constexpr int kTB = 16;
-
-// rows rows of src (row i at src + i*ld, contiguous in k) -> dst[k*dld + i], k < kc rounded down to 16.
-inline int64_t pack_transposed(int64_t kc, int rows, const float* src, int64_t ld, float* dst, int64_t dld,
-                                 const RowBits& rb) {
-  const __mmask16 keep = static_cast<__mmask16>((1u << rows) - 1u);
-  const __m512 scale = _mm512_set1_ps(rb.scale);
-  int64_t k0 = 0;
-  for (; k0 + 16 <= kc; k0 += 16) {
-    __m512 r[16];
-    for (int i = 0; i < 16; ++i) r[i] = i < rows ? _mm512_loadu_ps(src + i * ld + k0) : _mm512_setzero_ps();
-    if (rb.bits) {  // x * (keep ? scale : 0), as dropout computes it
-      for (int i = 0; i < rows; ++i) {
-        const auto m = static_cast<__mmask16>(bits_at(rb.bits, rb.bit0 + i * rb.ld + k0));
-        r[i] = _mm512_mul_ps(r[i], _mm512_maskz_mov_ps(m, scale));
-      }
-    }
-    transpose16(r);
-    for (int kk = 0; kk < 16; ++kk) _mm512_mask_storeu_ps(dst + (k0 + kk) * dld, keep, r[kk]);
-  }
-  return k0;
-}
-#elif FASTNN_ISA == 1
-
-// r[i] = row i of an 8 x 8 block -> r[j] = column j.
-inline void transpose8(__m256 (&r)[8]) {
-  __m256 t[8], s[8];
-  for (int i = 0; i < 4; ++i) {
-    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-  }
-  for (int h = 0; h < 2; ++h) {  // rows 4h..4h+3: s[4h + c] holds column c (and c + 4) of them
-    s[4 * h + 0] = _mm256_shuffle_ps(t[4 * h + 0], t[4 * h + 2], 0x44);
-    s[4 * h + 1] = _mm256_shuffle_ps(t[4 * h + 0], t[4 * h + 2], 0xEE);
-    s[4 * h + 2] = _mm256_shuffle_ps(t[4 * h + 1], t[4 * h + 3], 0x44);
-    s[4 * h + 3] = _mm256_shuffle_ps(t[4 * h + 1], t[4 * h + 3], 0xEE);
-  }
-  for (int c = 0; c < 4; ++c) {
-    r[c] = _mm256_permute2f128_ps(s[c], s[4 + c], 0x20);
-    r[4 + c] = _mm256_permute2f128_ps(s[c], s[4 + c], 0x31);
-  }
-}
-
-constexpr int kTB = 8;
-
-// rows <= 8 rows of src (row i at src + i*ld, contiguous in k) -> dst[k*dld + i], k < kc rounded
-// down to 8; with bits, row i is kept where bit bit0 + i*ld + k is set, then scaled.
-inline int64_t pack_transposed(int64_t kc, int rows, const float* src, int64_t ld, float* dst, int64_t dld,
-                                const RowBits& rb) {
-  const Vec<float> scale = Vec<float>::set1(rb.scale), zero = Vec<float>::set1(0.0f);
-  int64_t k0 = 0;
-  for (; k0 + 8 <= kc; k0 += 8) {
-    __m256 r[8];
-    for (int i = 0; i < 8; ++i) r[i] = i < rows ? _mm256_loadu_ps(src + i * ld + k0) : _mm256_setzero_ps();
-    if (rb.bits) {  // x * (keep ? scale : 0), as dropout computes it
-      for (int i = 0; i < rows; ++i) {
-        const auto m = Vec<float>::mask_from_bits(static_cast<uint32_t>(bits_at(rb.bits, rb.bit0 + i * rb.ld + k0)));
-        r[i] = _mm256_mul_ps(r[i], select(m, scale, zero).v);
-      }
-    }
-    transpose8(r);
-    for (int kk = 0; kk < 8; ++kk) Vec<float>{r[kk]}.store_partial(dst + (k0 + kk) * dld, rows);
-  }
-  return k0;
-}
-#endif
-
-#if FASTNN_ISA >= 1
-inline int64_t pack_a_fast(int64_t kc, const float* src, int64_t rs, float* dst) {
-  static_assert(Tile<float>::MR <= kTB, "one transposed block covers the A panel");
-  return pack_transposed(kc, Tile<float>::MR, src, rs, dst, Tile<float>::MR, RowBits{});
-}
-// B columns j (each contiguous in k, at src + j*cs); with bits, column j's keep bits start at
-// bit0 + j * ld (a weight row's DropConnect bits).
-inline int64_t pack_b_fast(int64_t kc, const float* src, int64_t cs, float* dst, const RowBits& rb) {
-  constexpr int NR = Tile<float>::NV * Vec<float>::W;
-  static_assert(NR % kTB == 0, "the B panel is whole transposing blocks");
-  int64_t done = 0;
-  for (int g = 0; g < NR / kTB; ++g) {
-    RowBits r = rb;
-    r.bit0 += g * kTB * rb.ld;
-    done = pack_transposed(kc, kTB, src + g * kTB * cs, cs, dst + g * kTB, NR, r);
-  }
-  return done;
-}
-constexpr bool kFastBitsPack = true;
-#else
-inline int64_t pack_a_fast(int64_t, const float*, int64_t, float*) { return 0; }
-inline int64_t pack_b_fast(int64_t, const float*, int64_t, float*, const RowBits&) { return 0; }
-constexpr bool kFastBitsPack = false;
-#endif
-inline int64_t pack_a_fast(int64_t, const double*, int64_t, double*) { return 0; }
-inline int64_t pack_b_fast(int64_t, const double*, int64_t, double*, const RowBits&) { return 0; }
-
 // ---- bf16 (GemmArgs::bf16) -------------------------------------------------------------------
 // x rounded to bfloat16 (nearest even), kept in a float: NaN stays NaN (quieted), zero and float32
 // subnormal inputs become a signed zero. This is exactly vcvtne2ps2bf16 (the Intel SDM's
@@ -571,6 +437,154 @@ inline __m256 round_bf16_v(__m256 x) {
   return _mm256_castsi256_ps(r);
 }
 #endif
+
+// ---- packing --------------------------------------------------------------------------------
+
+// Transposing packs (A with rows contiguous in k, B with columns contiguous in k: x @ W^T) move
+// 16 x 16 float blocks through registers on AVX-512; each returns how many k it packed (a
+// multiple of 16), the caller does the rest element by element.
+// Keep bits of a transposing pack: row i of the block (consecutive k) is kept where bit
+// bit0 + i * ld + k of bits is set, and then scaled (DropConnect of a weight row).
+struct RowBits {
+  const uint8_t* bits = nullptr;
+  int64_t bit0 = 0, ld = 0;
+  float scale = 1.0f;
+};
+
+#if FASTNN_ISA == 2
+// r[i] = row i of a 16 x 16 block -> r[j] = column j.
+inline void transpose16(__m512 (&r)[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int q = 0; q < 4; ++q) {  // r[4q + c], 128-bit lane L: rows 4q..4q+3 at column 4L + c
+    r[4 * q + 0] = _mm512_shuffle_ps(t[4 * q + 0], t[4 * q + 2], 0x44);
+    r[4 * q + 1] = _mm512_shuffle_ps(t[4 * q + 0], t[4 * q + 2], 0xEE);
+    r[4 * q + 2] = _mm512_shuffle_ps(t[4 * q + 1], t[4 * q + 3], 0x44);
+    r[4 * q + 3] = _mm512_shuffle_ps(t[4 * q + 1], t[4 * q + 3], 0xEE);
+  }
+  for (int c = 0; c < 4; ++c) {
+    const __m512 s0 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x88), s1 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xDD);
+    const __m512 u0 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x88),
+                 u1 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xDD);
+    t[c] = _mm512_shuffle_f32x4(s0, u0, 0x88);
+    t[8 + c] = _mm512_shuffle_f32x4(s0, u0, 0xDD);
+    t[4 + c] = _mm512_shuffle_f32x4(s1, u1, 0x88);
+    t[12 + c] = _mm512_shuffle_f32x4(s1, u1, 0xDD);
+  }
+  for (int i = 0; i < 16; ++i) r[i] = t[i];
+}
+
+// The transposing block of this ISA: kTB x kTB floats.
+constexpr int kTB = 16;
+
+// rows rows of src (row i at src + i*ld, contiguous in k) -> dst[k*dld + i], k < kc rounded down to 16;
+// with bf16, as bf16_panel leaves a kPackBf16Floats panel (rounded, each K pair's rows swapped).
+inline int64_t pack_transposed(int64_t kc, int rows, const float* src, int64_t ld, float* dst, int64_t dld,
+                                 const RowBits& rb, bool bf16) {
+  const __mmask16 keep = static_cast<__mmask16>((1u << rows) - 1u);
+  const __m512 scale = _mm512_set1_ps(rb.scale);
+  int64_t k0 = 0;
+  for (; k0 + 16 <= kc; k0 += 16) {
+    __m512 r[16];
+    for (int i = 0; i < 16; ++i) r[i] = i < rows ? _mm512_loadu_ps(src + i * ld + k0) : _mm512_setzero_ps();
+    if (rb.bits) {  // x * (keep ? scale : 0), as dropout computes it
+      for (int i = 0; i < rows; ++i) {
+        const auto m = static_cast<__mmask16>(bits_at(rb.bits, rb.bit0 + i * rb.ld + k0));
+        r[i] = _mm512_mul_ps(r[i], _mm512_maskz_mov_ps(m, scale));
+      }
+    }
+    transpose16(r);
+    if (bf16)
+      for (int kk = 0; kk < 16; kk += 2) {
+        const __m512 even = round_bf16_v(r[kk]);
+        r[kk] = round_bf16_v(r[kk + 1]);
+        r[kk + 1] = even;
+      }
+    for (int kk = 0; kk < 16; ++kk) _mm512_mask_storeu_ps(dst + (k0 + kk) * dld, keep, r[kk]);
+  }
+  return k0;
+}
+#elif FASTNN_ISA == 1
+
+// r[i] = row i of an 8 x 8 block -> r[j] = column j.
+inline void transpose8(__m256 (&r)[8]) {
+  __m256 t[8], s[8];
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int h = 0; h < 2; ++h) {  // rows 4h..4h+3: s[4h + c] holds column c (and c + 4) of them
+    s[4 * h + 0] = _mm256_shuffle_ps(t[4 * h + 0], t[4 * h + 2], 0x44);
+    s[4 * h + 1] = _mm256_shuffle_ps(t[4 * h + 0], t[4 * h + 2], 0xEE);
+    s[4 * h + 2] = _mm256_shuffle_ps(t[4 * h + 1], t[4 * h + 3], 0x44);
+    s[4 * h + 3] = _mm256_shuffle_ps(t[4 * h + 1], t[4 * h + 3], 0xEE);
+  }
+  for (int c = 0; c < 4; ++c) {
+    r[c] = _mm256_permute2f128_ps(s[c], s[4 + c], 0x20);
+    r[4 + c] = _mm256_permute2f128_ps(s[c], s[4 + c], 0x31);
+  }
+}
+
+constexpr int kTB = 8;
+
+// rows <= 8 rows of src (row i at src + i*ld, contiguous in k) -> dst[k*dld + i], k < kc rounded
+// down to 8; with bits, row i is kept where bit bit0 + i*ld + k is set, then scaled; with bf16, as
+// bf16_panel leaves a kPackBf16Floats panel (rounded, each K pair's rows swapped).
+inline int64_t pack_transposed(int64_t kc, int rows, const float* src, int64_t ld, float* dst, int64_t dld,
+                                const RowBits& rb, bool bf16) {
+  const Vec<float> scale = Vec<float>::set1(rb.scale), zero = Vec<float>::set1(0.0f);
+  int64_t k0 = 0;
+  for (; k0 + 8 <= kc; k0 += 8) {
+    __m256 r[8];
+    for (int i = 0; i < 8; ++i) r[i] = i < rows ? _mm256_loadu_ps(src + i * ld + k0) : _mm256_setzero_ps();
+    if (rb.bits) {  // x * (keep ? scale : 0), as dropout computes it
+      for (int i = 0; i < rows; ++i) {
+        const auto m = Vec<float>::mask_from_bits(static_cast<uint32_t>(bits_at(rb.bits, rb.bit0 + i * rb.ld + k0)));
+        r[i] = _mm256_mul_ps(r[i], select(m, scale, zero).v);
+      }
+    }
+    transpose8(r);
+    if (bf16)
+      for (int kk = 0; kk < 8; kk += 2) {
+        const __m256 even = round_bf16_v(r[kk]);
+        r[kk] = round_bf16_v(r[kk + 1]);
+        r[kk + 1] = even;
+      }
+    for (int kk = 0; kk < 8; ++kk) Vec<float>{r[kk]}.store_partial(dst + (k0 + kk) * dld, rows);
+  }
+  return k0;
+}
+#endif
+
+#if FASTNN_ISA >= 1
+inline int64_t pack_a_fast(int64_t kc, const float* src, int64_t rs, float* dst, bool bf16) {
+  static_assert(Tile<float>::MR <= kTB, "one transposed block covers the A panel");
+  return pack_transposed(kc, Tile<float>::MR, src, rs, dst, Tile<float>::MR, RowBits{}, bf16);
+}
+// B columns j (each contiguous in k, at src + j*cs); with bits, column j's keep bits start at
+// bit0 + j * ld (a weight row's DropConnect bits).
+inline int64_t pack_b_fast(int64_t kc, const float* src, int64_t cs, float* dst, const RowBits& rb, bool bf16) {
+  constexpr int NR = Tile<float>::NV * Vec<float>::W;
+  static_assert(NR % kTB == 0, "the B panel is whole transposing blocks");
+  int64_t done = 0;
+  for (int g = 0; g < NR / kTB; ++g) {
+    RowBits r = rb;
+    r.bit0 += g * kTB * rb.ld;
+    done = pack_transposed(kc, kTB, src + g * kTB * cs, cs, dst + g * kTB, NR, r, bf16);
+  }
+  return done;
+}
+constexpr bool kFastBitsPack = true;
+#else
+inline int64_t pack_a_fast(int64_t, const float*, int64_t, float*, bool) { return 0; }
+inline int64_t pack_b_fast(int64_t, const float*, int64_t, float*, const RowBits&, bool) { return 0; }
+constexpr bool kFastBitsPack = false;
+#endif
+inline int64_t pack_a_fast(int64_t, const double*, int64_t, double*, bool) { return 0; }
+inline int64_t pack_b_fast(int64_t, const double*, int64_t, double*, const RowBits&, bool) { return 0; }
 
 // How a panel is packed: float, bf16 values in floats (K pairs swapped: the float micro-kernel walks
 // each pair odd k first, as vdpbf16ps sums it), or bf16 pairs for vdpbf16ps.
@@ -724,8 +738,11 @@ void pack_a(int64_t mc, int64_t kc, const T* a, int64_t rs, int64_t cs, T* dst, 
       }
     }
 #endif
+    int64_t ready = 0;  // rows [0, ready) already in bf16 form (rounded in registers, pairs swapped)
     if (cs == 1 && mr == MR) {  // rows contiguous in k: read each row as one run
-      const int64_t k0 = pack_a_fast(kc, src, rs, dst);
+      const bool fuse = bf16 == kPackBf16Floats && !rsh && !csh;
+      const int64_t k0 = pack_a_fast(kc, src, rs, dst, fuse);
+      if (fuse) ready = k0;
       for (int i = 0; i < MR; ++i)
         for (int64_t k = k0; k < kc; ++k) dst[k * MR + i] = src[i * rs + k];
     } else if (rs == 1) {  // columns contiguous (a transposed C-ordered operand): a copy per k
@@ -755,7 +772,7 @@ void pack_a(int64_t mc, int64_t kc, const T* a, int64_t rs, int64_t cs, T* dst, 
         }
       }
     }
-    if (bf16) bf16_panel(dst, kc, kcp, MR, bf16);
+    if (bf16) bf16_panel(dst + ready * MR, kc - ready, kcp - ready, MR, bf16);
   }
 }
 
@@ -790,15 +807,27 @@ void pack_b_panel(int64_t kc, int64_t nr, const T* b, int64_t rs, int64_t cs, T*
   }
 #endif
   bool masked = false;  // keep bits already applied
+  int64_t ready = 0;     // rows [0, ready) already in bf16 form (rounded in registers, pairs swapped)
   if (cs == 1) {  // rows of B contiguous: NR-element vector copies
-    for (int64_t k = 0; k < kc; ++k) {
-      const T* src = b + k * rs;
-      T* d = dst + k * NR;
-      for (int64_t j = 0; j < NR; j += V::W) {
-        const int64_t cols = nr - j;
-        (cols >= V::W ? V::load(src + j) : cols > 0 ? V::load_partial(src + j, cols) : V::set1(T(0))).store(d + j);
+    const auto row = [&](int64_t k, int64_t j) {
+      const int64_t cols = nr - j;
+      const T* src = b + k * rs + j;
+      return cols >= V::W ? V::load(src) : cols > 0 ? V::load_partial(src, cols) : V::set1(T(0));
+    };
+#if FASTNN_ISA >= 1
+    if constexpr (sizeof(T) == 4) {
+      if (bf16 == kPackBf16Floats && !pro.csh && !pro.bits) {  // whole K pairs rounded and swapped on the way
+        for (; ready + 2 <= kc; ready += 2)
+          for (int64_t j = 0; j < NR; j += V::W) {
+            const V r0 = row(ready, j), r1 = row(ready + 1, j);
+            V{round_bf16_v(r1.v)}.store(dst + ready * NR + j);
+            V{round_bf16_v(r0.v)}.store(dst + (ready + 1) * NR + j);
+          }
       }
     }
+#endif
+    for (int64_t k = ready; k < kc; ++k)
+      for (int64_t j = 0; j < NR; j += V::W) row(k, j).store(dst + k * NR + j);
   } else {  // columns contiguous in k (rs == 1 for an F-ordered B or the transpose of a C-ordered one)
     int64_t k0 = 0;
     if (rs == 1 && nr == NR && !pro.csh && (!pro.bits || (kFastBitsPack && pro.brs == 1))) {
@@ -809,8 +838,9 @@ void pack_b_panel(int64_t kc, int64_t nr, const T* b, int64_t rs, int64_t cs, T*
         rb.ld = pro.bcs;
         rb.scale = static_cast<float>(pro.scale);
       }
-      k0 = pack_b_fast(kc, b, cs, dst, rb);
+      k0 = pack_b_fast(kc, b, cs, dst, rb, bf16 == kPackBf16Floats);
       masked = k0 > 0;
+      if (bf16 == kPackBf16Floats) ready = k0;
       if (masked && k0 < kc) {  // the k tail, element by element, masked here
         for (int64_t j = 0; j < nr; ++j)
           for (int64_t k = k0; k < kc; ++k) {
@@ -852,7 +882,7 @@ void pack_b_panel(int64_t kc, int64_t nr, const T* b, int64_t rs, int64_t cs, T*
         }
     }
   }
-  if (bf16) bf16_panel(dst, kc, k_packed(kc, bf16), NR, bf16);
+  if (bf16) bf16_panel(dst + ready * NR, kc - ready, k_packed(kc, bf16) - ready, NR, bf16);
 }
 
 // 64-byte aligned scratch, freed on scope exit (no std:: template instantiated in a per-ISA file).
