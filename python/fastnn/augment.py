@@ -1,10 +1,17 @@
 """Data augmentation and mixup on float32 image batches, seeded through fastnn's Philox stream.
 
-    >>> import fastnn.augment as A
+    >>> import numpy as np, fastnn.augment as A
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.random((8, 3, 32, 32), dtype=np.float32)     # (N, 3, 32, 32) float32 in [0, 1]
+    >>> labels = rng.integers(0, 10, size=8)
     >>> aug = A.Compose([A.RandomCrop(32, padding=4), A.RandomHorizontalFlip(),
     ...                  A.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4)])
-    >>> xb = aug(x, seed=0)                      # x: (N, 3, 32, 32) float32 in [0, 1]
+    >>> xb = aug(x, seed=0)
+    >>> xb.shape, xb.dtype
+    ((8, 3, 32, 32), dtype('float32'))
     >>> xm, ys = A.mixup(x, labels, alpha=0.2, num_classes=10, seed=0)
+    >>> ys.shape                                 # soft targets, rows sum to 1
+    (8, 10)
 
 Images are NumPy float32 arrays (N, C, H, W) or (N, H, W) (one channel), C-contiguous (others are
 copied once). Results are C-ordered float32 of shape (N, C, OH, OW) (or (N, OH, OW)).
