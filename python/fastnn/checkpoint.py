@@ -427,11 +427,13 @@ def load_model(path, *, into=None, return_metadata=False, device=None):
     """The model saved by save_model (or Trainer.save). Rebuilt from the stored architecture,
     or, with ``into=model``, loaded into an existing model after checking that its architecture
     and every parameter's shape match (the error names the first mismatching layer; nothing
-    is changed unless everything matches). A corrupted or truncated file, or one that is not a
+    is changed unless everything matches). Either way the model comes back in eval mode (dropout
+    off: ready for inference; call model.train() before training it by hand, as Trainer.fit
+    does), also a model given as ``into``. A corrupted or truncated file, or one that is not a
     fastnn checkpoint, is a ValueError naming the file. return_metadata=True returns (model,
     metadata dict: "model", "params", "optimizer" (its state, arrays included, as NumPy: an
-    optimizer's load_state_dict copies them to its parameters' device), "extra" and "device" (the
-    one it was saved from)).
+    optimizer's load_state_dict copies them to its parameters' device), "extra", "fastnn" (the
+    version that wrote it) and "device" (the one it was saved from)).
 
     device: None (where it was saved from; with into=, where the model is), "cpu" (always
     works), "cuda", "cuda:N" or "auto" (the GPU when one is usable). See the module docstring."""
