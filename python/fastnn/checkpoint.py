@@ -86,7 +86,7 @@ def _json_default(o):
         return o.tolist()
     if isinstance(o, tuple):
         return list(o)
-    raise TypeError(f"not JSON-serializable: {type(o).__name__}")
+    raise TypeError(f"{type(o).__name__} is not JSON-serializable")
 
 
 # --------------------------------------------------------------------- atomic writes
@@ -184,6 +184,14 @@ def save_model(model, path, *, optimizer=None, extra=None):
         raise TypeError(f"path: expected a file path, got {type(path).__name__}")
     if extra is not None and not isinstance(extra, dict):
         raise TypeError(f"extra: expected a dict or None, got {type(extra).__name__}")
+    directory = os.path.dirname(os.path.abspath(os.fspath(path)))
+    if not os.path.isdir(directory):  # (else the error names the temporary file next to it)
+        raise FileNotFoundError(f"path: no such directory: {directory!r} (for {os.fspath(path)!r})")
+    try:
+        json.dumps(extra, default=_json_default, allow_nan=True)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"extra: expected a JSON-serializable dict (str keys; numbers, strings, lists, dicts, "
+                        f"NumPy scalars and arrays): {e}") from None
     named = model.named_parameters()
     arrays = {f"param/{k}": backend_of(p.data).to_host(p.data) for k, p in named}  # (one download each)
     meta = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "fastnn": _C.__version__,
