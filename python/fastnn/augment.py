@@ -213,6 +213,8 @@ class Transform:
 
 
 class RandomHorizontalFlip(Transform):
+    """Flips each image of the batch left-right with probability p (default 0.5)."""
+
     def __init__(self, p=0.5):
         self.p = _probability(p)
 
@@ -229,6 +231,10 @@ class RandomHorizontalFlip(Transform):
 
 
 class RandomCrop(Transform):
+    """A uniformly placed crop of `size` (an int or (h, w)) from each image after padding:
+    padding an int, (left/right, top/bottom) or (left, top, right, bottom); pad_mode "constant"
+    (with `fill`) or "reflect" (mirrored without repeating the edge; padding < image size)."""
+
     def __init__(self, size, padding=0, pad_mode="constant", fill=0.0):
         self.size = _pair_int(size, "size")
         if isinstance(padding, (tuple, list)):
@@ -282,6 +288,10 @@ class RandomCrop(Transform):
 
 
 class RandomResizedCrop(Transform):
+    """torchvision's RandomResizedCrop: a box of area fraction ~ U(scale) and aspect ratio
+    log-uniform in `ratio` (10 tries, then the central crop), resized bilinearly to `size` (an int
+    or (h, w); half-pixel centers, no antialias)."""
+
     def __init__(self, size, scale=(0.08, 1.0), ratio=(3.0 / 4.0, 4.0 / 3.0)):
         self.size = _pair_int(size, "size")
         self.scale = _range(scale, "scale")
@@ -352,6 +362,10 @@ def _jitter_range(v, name):
 
 
 class ColorJitter(Transform):
+    """Per-image brightness, contrast and saturation factors drawn from U[max(0, 1 - v), 1 + v]
+    (v a number >= 0) or U[lo, hi] (a pair), applied in that order, each stage clamped to [0, 1];
+    0 disables a stage. Contrast needs 1 or 3 channels, saturation 3."""
+
     def __init__(self, brightness=0.0, contrast=0.0, saturation=0.0):
         self.brightness = _jitter_range(brightness, "brightness")
         self.contrast = _jitter_range(contrast, "contrast")
