@@ -1307,3 +1307,64 @@ def test_typed_stub_names_every_function_of_C_and_C_cpu():
     have = {k for k in functions(fastnn._C) if not k.startswith("cuda_")}
     assert top == (have | cuda_only) and (have >= cuda_only) == bool(fastnn._C.cuda_compiled)
     assert in_cpu == functions(fastnn._C.cpu)
+
+
+def _binding_parameters(fn, name):
+    """[(name, default or None)] of each overload of a pybind11 function, read from the signature
+    line(s) pybind11 writes into its __doc__ ('self' and the '*' / '/' markers left out)."""
+    overloads = []
+    for line in (fn.__doc__ or "").splitlines():
+        m = re.match(rf"^(?:\d+\. )?{re.escape(name)}\((.*)\) -> ", line.strip())
+        if not m:
+            continue
+        params, depth, cur = [], 0, ""
+        for ch in m.group(1) + ",":
+            depth += ch in "([{"
+            depth -= ch in ")]}"
+            if ch == "," and depth == 0:
+                params.append(cur.strip())
+                cur = ""
+            else:
+                cur += ch
+        overloads.append([(p.split(":")[0].strip(), p.split("=", 1)[1].strip() if "=" in p else None)
+                          for p in params if p and p not in ("*", "/") and not p.startswith("self")])
+    return overloads
+
+
+def test_typed_stub_parameters_match_the_bindings():
+    """Every function and method the stub spells has the binding's parameter names and defaults (in
+    pybind11's spelling of the default: 'fp32', None, 0.01), and _C.cpu's functions are static."""
+    import ast
+
+    tree = ast.parse(open(os.path.join(os.path.dirname(fastnn.__file__), "_C.pyi")).read())
+
+    def check(body, owner, where, static):
+        for node in body:
+            if isinstance(node, ast.ClassDef):
+                check(node.body, getattr(owner, node.name), f"{where}{node.name}.", static=False)
+            elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                assert hasattr(owner, node.target.id), f"{where}{node.target.id}: in the stub, not in _C"
+            elif isinstance(node, ast.FunctionDef):
+                a = node.args
+                positional = a.posonlyargs + a.args
+                defaults = [None] * (len(positional) - len(a.defaults)) + list(a.defaults)
+                params = list(zip(positional, defaults)) + list(zip(a.kwonlyargs, a.kw_defaults))
+                spelt = [(p.arg, None if d is None else repr(ast.literal_eval(d))) for p, d in params
+                         if p.arg != "self"]
+                assert static == any(ast.unparse(d) == "staticmethod" for d in node.decorator_list), \
+                    f"{where}{node.name}: a function of _C.cpu is a @staticmethod in the stub's class cpu"
+                fn = getattr(owner, node.name)
+                assert spelt in _binding_parameters(fn, node.name), \
+                    f"{where}{node.name}: stub {spelt}, binding {_binding_parameters(fn, node.name)}"
+
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == "cpu":
+            check(node.body, fastnn._C.cpu, "cpu.", static=True)
+        else:
+            check([node], fastnn._C, "", static=False)
+    stub_cpu = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "cpu")
+    constants = {n.target.id for n in stub_cpu.body if isinstance(n, ast.AnnAssign)}
+    assert constants == {k for k, v in vars(fastnn._C.cpu).items() if isinstance(v, int)}
+    methods = {n.name for n in next(n for n in tree.body if isinstance(n, ast.ClassDef)
+                                    and n.name == "LinearChain").body if isinstance(n, ast.FunctionDef)}
+    assert methods == {k for k in vars(fastnn._C.LinearChain) if not k.startswith("_")} | {"__init__", "__len__"}

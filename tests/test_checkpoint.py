@@ -279,3 +279,19 @@ def test_load_warns_about_what_a_checkpoint_cannot_hold(tmp_path):
     assert t.history["lr"] == straight.history["lr"]
     for a, b in zip(t.model.parameters(), straight.model.parameters()):
         np.testing.assert_array_equal(a.data, b.data)
+
+
+def test_save_errors_name_the_path_and_extra(tmp_path):
+    """A missing directory was reported as the temporary file next to the target
+    ('.m.npz.<pid>.fastnn-tmp'), and an extra= value JSON cannot hold as 'not JSON-serializable:
+    object', naming neither argument; nothing is written either way."""
+    m = mlp()
+    with pytest.raises(FileNotFoundError, match=r"path: no such directory: '.*/no' \(for '.*/no/m\.npz'\)"):
+        checkpoint.save_model(m, tmp_path / "no" / "m.npz")
+    with pytest.raises(TypeError, match=r"extra: expected a JSON-serializable dict .*: object is not "
+                                        r"JSON-serializable"):
+        checkpoint.save_model(m, tmp_path / "m.npz", extra={"a": object()})
+    assert os.listdir(tmp_path) == []
+    checkpoint.save_model(m, tmp_path / "m.npz", extra={"a": np.float32(1.5), "b": np.arange(2), "c": (1, 2)})
+    assert checkpoint.load_model(tmp_path / "m.npz", return_metadata=True)[1]["extra"] == \
+        {"a": 1.5, "b": [0, 1], "c": [1, 2]}

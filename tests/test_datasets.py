@@ -208,6 +208,11 @@ def test_validation_errors():
         check_labels(np.array(["a"]))
     X, y = check_xy(np.ones((2, 2), np.int32), [1.0, 0.0])
     assert X.dtype == np.float32 and y.dtype == np.int64
+    # dtype= names itself (it reached the finiteness check as "a: expected a float32 or float64 array")
+    for dtype in (np.int32, "float16", "bogus"):
+        with pytest.raises(TypeError, match=r"dtype: expected float32 or float64, got"):
+            check_X(np.ones((2, 2)), dtype=dtype)
+    assert check_X(np.ones((2, 2), np.int32), dtype="float64").dtype == np.float64
 
 
 def test_check_labels_reports_huge_labels_as_given():

@@ -197,3 +197,15 @@ def test_mse_finite_differences_torch_and_errors(rng):
         L.mse_loss(p, t[0])
     with pytest.raises(ValueError, match="input: expected at least one element"):
         L.mse_loss(np.zeros((0, 2)), np.zeros((0, 2)))
+
+
+def test_loss_grad_argument_errors_say_what_came(rng):
+    x = rng.standard_normal((4, 3)).astype(np.float32)
+    y = np.array([0, 1, 2, 0])
+    with pytest.raises(ValueError, match=r"grad: expected True, False or a C-contiguous float32 array of shape "
+                                         r"\(4, 3\), got a C-contiguous float64 array of shape \(4, 3\)"):
+        L.softmax_cross_entropy(x, y, grad=np.empty((4, 3)))
+    with pytest.raises(ValueError, match=r"got a not C-contiguous float32 array of shape \(4, 3\)"):
+        L.softmax_cross_entropy(x, y, grad=np.empty((4, 3), np.float32, order="F"))
+    with pytest.raises(ValueError, match=r"grad: expected True, False or .* got NoneType"):
+        L.mse_loss(x, x.copy(), grad=None)

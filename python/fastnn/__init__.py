@@ -2,7 +2,9 @@
 
     >>> import fastnn, numpy as np
     >>> import fastnn.functional as F
-    >>> F.tanh(np.linspace(-3, 3, 7, dtype=np.float32))
+    >>> F.tanh(np.linspace(-3, 3, 7, dtype=np.float32)).round(4)
+    array([-0.9951, -0.964 , -0.7616,  0.    ,  0.7616,  0.964 ,  0.9951],
+          dtype=float32)
 """
 
 from . import (

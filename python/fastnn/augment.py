@@ -1,10 +1,17 @@
 """Data augmentation and mixup on float32 image batches, seeded through fastnn's Philox stream.
 
-    >>> import fastnn.augment as A
+    >>> import numpy as np, fastnn.augment as A
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.random((8, 3, 32, 32), dtype=np.float32)     # (N, 3, 32, 32) float32 in [0, 1]
+    >>> labels = rng.integers(0, 10, size=8)
     >>> aug = A.Compose([A.RandomCrop(32, padding=4), A.RandomHorizontalFlip(),
     ...                  A.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4)])
-    >>> xb = aug(x, seed=0)                      # x: (N, 3, 32, 32) float32 in [0, 1]
+    >>> xb = aug(x, seed=0)
+    >>> xb.shape, xb.dtype
+    ((8, 3, 32, 32), dtype('float32'))
     >>> xm, ys = A.mixup(x, labels, alpha=0.2, num_classes=10, seed=0)
+    >>> ys.shape                                 # soft targets, rows sum to 1
+    (8, 10)
 
 Images are NumPy float32 arrays (N, C, H, W) or (N, H, W) (one channel), C-contiguous (others are
 copied once). Results are C-ordered float32 of shape (N, C, OH, OW) (or (N, OH, OW)).
@@ -206,6 +213,8 @@ class Transform:
 
 
 class RandomHorizontalFlip(Transform):
+    """Flips each image of the batch left-right with probability p (default 0.5)."""
+
     def __init__(self, p=0.5):
         self.p = _probability(p)
 
@@ -222,6 +231,10 @@ class RandomHorizontalFlip(Transform):
 
 
 class RandomCrop(Transform):
+    """A uniformly placed crop of `size` (an int or (h, w)) from each image after padding:
+    padding an int, (left/right, top/bottom) or (left, top, right, bottom); pad_mode "constant"
+    (with `fill`) or "reflect" (mirrored without repeating the edge; padding < image size)."""
+
     def __init__(self, size, padding=0, pad_mode="constant", fill=0.0):
         self.size = _pair_int(size, "size")
         if isinstance(padding, (tuple, list)):
@@ -275,6 +288,10 @@ class RandomCrop(Transform):
 
 
 class RandomResizedCrop(Transform):
+    """torchvision's RandomResizedCrop: a box of area fraction ~ U(scale) and aspect ratio
+    log-uniform in `ratio` (10 tries, then the central crop), resized bilinearly to `size` (an int
+    or (h, w); half-pixel centers, no antialias)."""
+
     def __init__(self, size, scale=(0.08, 1.0), ratio=(3.0 / 4.0, 4.0 / 3.0)):
         self.size = _pair_int(size, "size")
         self.scale = _range(scale, "scale")
@@ -345,6 +362,10 @@ def _jitter_range(v, name):
 
 
 class ColorJitter(Transform):
+    """Per-image brightness, contrast and saturation factors drawn from U[max(0, 1 - v), 1 + v]
+    (v a number >= 0) or U[lo, hi] (a pair), applied in that order, each stage clamped to [0, 1];
+    0 disables a stage. Contrast needs 1 or 3 channels, saturation 3."""
+
     def __init__(self, brightness=0.0, contrast=0.0, saturation=0.0):
         self.brightness = _jitter_range(brightness, "brightness")
         self.contrast = _jitter_range(contrast, "contrast")

@@ -86,7 +86,7 @@ def _json_default(o):
         return o.tolist()
     if isinstance(o, tuple):
         return list(o)
-    raise TypeError(f"not JSON-serializable: {type(o).__name__}")
+    raise TypeError(f"{type(o).__name__} is not JSON-serializable")
 
 
 # --------------------------------------------------------------------- atomic writes
@@ -184,6 +184,14 @@ def save_model(model, path, *, optimizer=None, extra=None):
         raise TypeError(f"path: expected a file path, got {type(path).__name__}")
     if extra is not None and not isinstance(extra, dict):
         raise TypeError(f"extra: expected a dict or None, got {type(extra).__name__}")
+    directory = os.path.dirname(os.path.abspath(os.fspath(path)))
+    if not os.path.isdir(directory):  # (else the error names the temporary file next to it)
+        raise FileNotFoundError(f"path: no such directory: {directory!r} (for {os.fspath(path)!r})")
+    try:
+        json.dumps(extra, default=_json_default, allow_nan=True)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"extra: expected a JSON-serializable dict (str keys; numbers, strings, lists, dicts, "
+                        f"NumPy scalars and arrays): {e}") from None
     named = model.named_parameters()
     arrays = {f"param/{k}": backend_of(p.data).to_host(p.data) for k, p in named}  # (one download each)
     meta = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "fastnn": _C.__version__,
@@ -427,11 +435,13 @@ def load_model(path, *, into=None, return_metadata=False, device=None):
     """The model saved by save_model (or Trainer.save). Rebuilt from the stored architecture,
     or, with ``into=model``, loaded into an existing model after checking that its architecture
     and every parameter's shape match (the error names the first mismatching layer; nothing
-    is changed unless everything matches). A corrupted or truncated file, or one that is not a
+    is changed unless everything matches). Either way the model comes back in eval mode (dropout
+    off: ready for inference; call model.train() before training it by hand, as Trainer.fit
+    does), also a model given as ``into``. A corrupted or truncated file, or one that is not a
     fastnn checkpoint, is a ValueError naming the file. return_metadata=True returns (model,
     metadata dict: "model", "params", "optimizer" (its state, arrays included, as NumPy: an
-    optimizer's load_state_dict copies them to its parameters' device), "extra" and "device" (the
-    one it was saved from)).
+    optimizer's load_state_dict copies them to its parameters' device), "extra", "fastnn" (the
+    version that wrote it) and "device" (the one it was saved from)).
 
     device: None (where it was saved from; with into=, where the model is), "cpu" (always
     works), "cuda", "cuda:N" or "auto" (the GPU when one is usable). See the module docstring."""

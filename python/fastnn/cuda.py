@@ -8,6 +8,7 @@ CuPy read it without a copy (``torch.from_dlpack(a)``, ``torch.as_tensor(a, devi
     >>> import numpy as np, fastnn.cuda as fc, fastnn.functional as F
     >>> x = fc.to_device(np.linspace(-3, 3, 7, dtype=np.float32))
     >>> F.relu(x).numpy()
+    array([0., 0., 0., 0., 1., 2., 3.], dtype=float32)
 
 Streams: every fastnn kernel and copy runs on the thread's current stream, the legacy default
 stream unless ``with fastnn.cuda.stream(s):`` (or a Graph capture) switches it. With PyTorch

@@ -106,21 +106,26 @@ def _fill(arr, samples):
 
 
 def zeros_(tensor):
+    """Fills `tensor` (an array or a Parameter's .data) with 0 in place; returns `tensor`."""
     _array(tensor).fill(0)
     return tensor
 
 
 def ones_(tensor):
+    """Fills `tensor` with 1 in place; returns `tensor`."""
     _array(tensor).fill(1)
     return tensor
 
 
 def constant_(tensor, val: float):
+    """Fills `tensor` with `val` in place; returns `tensor`."""
     _array(tensor).fill(val)
     return tensor
 
 
 def normal_(tensor, mean: float = 0.0, std: float = 0.01, *, generator=None):
+    """Fills `tensor` with N(mean, std^2) samples in place (std defaults to 0.01, not torch's 1);
+    returns `tensor`."""
     arr = _array(tensor)
     if not std >= 0:
         raise ValueError(f"std: expected a non-negative number, got {std}")
@@ -129,6 +134,7 @@ def normal_(tensor, mean: float = 0.0, std: float = 0.01, *, generator=None):
 
 
 def uniform_(tensor, a: float = 0.0, b: float = 1.0, *, generator=None):
+    """Fills `tensor` with U(a, b) samples in place (a <= b); returns `tensor`."""
     arr = _array(tensor)
     if not a <= b:
         raise ValueError(f"b: expected b >= a, got a={a}, b={b}")
@@ -137,6 +143,7 @@ def uniform_(tensor, a: float = 0.0, b: float = 1.0, *, generator=None):
 
 
 def xavier_uniform_(tensor, gain: float = 1.0, *, generator=None):
+    """Glorot uniform in place: U(-b, b), b = gain * sqrt(6 / (fan_in + fan_out)); returns `tensor`."""
     arr = _array(tensor)
     fan_in, fan_out = _calculate_fan_in_and_fan_out(arr)
     bound = gain * math.sqrt(6.0 / _nonzero(fan_in + fan_out, "fan"))
@@ -145,6 +152,7 @@ def xavier_uniform_(tensor, gain: float = 1.0, *, generator=None):
 
 
 def xavier_normal_(tensor, gain: float = 1.0, *, generator=None):
+    """Glorot normal in place: N(0, s^2), s = gain * sqrt(2 / (fan_in + fan_out)); returns `tensor`."""
     arr = _array(tensor)
     fan_in, fan_out = _calculate_fan_in_and_fan_out(arr)
     std = gain * math.sqrt(2.0 / _nonzero(fan_in + fan_out, "fan"))
@@ -154,6 +162,8 @@ def xavier_normal_(tensor, gain: float = 1.0, *, generator=None):
 
 def kaiming_uniform_(tensor, a: float = 0, mode: str = "fan_in", nonlinearity: str = "leaky_relu", *,
                      generator=None):
+    """He uniform in place: U(-b, b), b = gain * sqrt(3 / fan), gain = calculate_gain(nonlinearity, a)
+    (a: leaky_relu's negative slope), fan = fan_in or fan_out (mode); returns `tensor`."""
     arr = _array(tensor)
     gain = calculate_gain(nonlinearity, a)
     bound = math.sqrt(3.0) * gain / math.sqrt(_nonzero(_fan(arr, mode), mode))
@@ -163,6 +173,8 @@ def kaiming_uniform_(tensor, a: float = 0, mode: str = "fan_in", nonlinearity: s
 
 def kaiming_normal_(tensor, a: float = 0, mode: str = "fan_in", nonlinearity: str = "leaky_relu", *,
                     generator=None):
+    """He normal in place: N(0, s^2), s = gain / sqrt(fan), gain = calculate_gain(nonlinearity, a),
+    fan = fan_in or fan_out (mode); returns `tensor`."""
     arr = _array(tensor)
     gain = calculate_gain(nonlinearity, a)
     std = gain / math.sqrt(_nonzero(_fan(arr, mode), mode))

@@ -404,21 +404,30 @@ class _Elementwise(Module):
 
 
 class Sigmoid(_Elementwise):
+    """y = 1 / (1 + exp(-x)) elementwise (fastnn.functional.sigmoid); no parameters."""
+
     def _f(self, x): return F.sigmoid(x)
     def _b(self, g, x): return F.sigmoid_backward(g, x)
 
 
 class Tanh(_Elementwise):
+    """y = tanh(x) elementwise (fastnn.functional.tanh); no parameters."""
+
     def _f(self, x): return F.tanh(x)
     def _b(self, g, x): return F.tanh_backward(g, x)
 
 
 class ReLU(_Elementwise):
+    """y = max(x, 0) elementwise (fastnn.functional.relu; derivative 0 at 0); no parameters."""
+
     def _f(self, x): return F.relu(x)
     def _b(self, g, x): return F.relu_backward(g, x)
 
 
 class LeakyReLU(_Elementwise):
+    """y = x if x > 0 else negative_slope * x (PyTorch's default slope 0.01; derivative at 0: the
+    slope); no learnable parameters (PReLU learns the slope)."""
+
     def __init__(self, negative_slope=0.01):
         self.negative_slope = _checks.finite_real(negative_slope, "negative_slope")
 
@@ -431,6 +440,8 @@ class LeakyReLU(_Elementwise):
 
 
 class ELU(_Elementwise):
+    """y = x if x > 0 else alpha * (exp(x) - 1) (default alpha 1.0); no learnable parameters."""
+
     def __init__(self, alpha=1.0):
         self.alpha = _checks.finite_real(alpha, "alpha")
 
@@ -443,6 +454,9 @@ class ELU(_Elementwise):
 
 
 class SELU(_Elementwise):
+    """y = scale * (x if x > 0 else alpha * (exp(x) - 1)) with PyTorch's constants (alpha
+    1.6732632423543772, scale 1.0507009873554805); no parameters."""
+
     def _f(self, x): return F.selu(x)
     def _b(self, g, x): return F.selu_backward(g, x)
 
@@ -517,6 +531,11 @@ class Dropout(Module):
 
 
 class Sequential(Module):
+    """The modules applied in order: ``Sequential(m0, m1, ...)`` or ``Sequential([m0, m1, ...])``;
+    ``model[i]`` and ``len(model)`` index them, and their parameters are named "0.weight",
+    "1.bias", ... (named_parameters). backward(grad_output, need_input_grad=True, update=None)
+    runs the layers' backwards in reverse (update=: see fastnn.optim's fused updates)."""
+
     def __init__(self, *modules):
         if len(modules) == 1 and isinstance(modules[0], (list, tuple)):
             modules = tuple(modules[0])

@@ -323,6 +323,12 @@ class Optimizer:
 
 
 class SGD(Optimizer):
+    """Stochastic gradient descent with optional momentum and Nesterov momentum, as torch.optim.SGD:
+    g' = g + (weight_decay + l2) w + l1 sign(w) (on regularize=True parameters); with momentum,
+    buf = g' on the first step, then momentum * buf + (1 - dampening) g', and the step direction
+    is g' + momentum * buf (nesterov=True: needs momentum > 0 and dampening 0) or buf; w -= lr d.
+    lr is required; state: "momentum_buffer" per parameter (when momentum != 0)."""
+
     def __init__(self, params, lr, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0, l1=0.0, l2=0.0):
         super().__init__(params, lr, l1, l2)
         self.momentum = _nonneg(momentum, "momentum")
@@ -357,6 +363,11 @@ class SGD(Optimizer):
 
 
 class Adam(Optimizer):
+    """Adam (Kingma & Ba), as torch.optim.Adam: weight_decay is coupled (added to the gradient, like
+    l2); m and v are the moments of betas = (beta1, beta2) in [0, 1), and
+    w -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps). Defaults: lr 1e-3,
+    betas (0.9, 0.999), eps 1e-8, weight_decay 0; state: "exp_avg", "exp_avg_sq", "step"."""
+
     _decoupled = False
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, l1=0.0, l2=0.0):
@@ -409,6 +420,10 @@ Adam._fused_of = Adam._update
 
 
 class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter), as torch.optim.AdamW:
+    w *= 1 - lr * weight_decay before the Adam step (default weight_decay 1e-2); l1 and l2, when
+    given, are still added to the gradient."""
+
     _decoupled = True
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, l1=0.0, l2=0.0):

@@ -4,8 +4,8 @@ Layers own Parameters; optimizers (fastnn.optim) update them in place; the L1/L2
 (fastnn.regularization) applies only to those with ``regularize=True`` (weights), not to biases
 or PReLU slopes, which layers create with ``regularize=False``.
 
-``data`` is a C-contiguous float32/float64 NumPy array (a non-contiguous or non-float input is
-copied once at construction; a float64 list stays float64). ``grad`` has the same shape and dtype
+``data`` is a C-contiguous float32/float64 NumPy array (a non-contiguous input is copied once at
+construction, integer arrays and lists become float64; float16 is a TypeError). ``grad`` has the same shape and dtype
 and starts at zero; a layer's backward writes (or accumulates into) it, ``zero_grad()`` resets it.
 Optimizers update ``data`` in place, so views of it held elsewhere stay valid.
 
@@ -120,6 +120,12 @@ def copy_into(dst, src) -> None:
 
 
 class Parameter:
+    """A trainable array: ``Parameter(data, *, regularize=True, name=None, requires_grad=True,
+    lr_scale=1.0)``. ``data`` (float32/float64, NumPy or CUDA) is updated in place by the
+    optimizers, ``grad`` (same shape, dtype and device) starts at zero; regularize=False exempts it
+    from weight decay and the L1/L2 penalty, requires_grad=False freezes it, lr_scale multiplies
+    the learning rate for it. See the module docstring (fastnn.parameter)."""
+
     __slots__ = ("data", "grad", "regularize", "name", "requires_grad", "lr_scale")
 
     def __init__(self, data, *, regularize: bool = True, name: str | None = None, requires_grad: bool = True,

@@ -3,7 +3,7 @@
 
     >>> import numpy as np
     >>> from fastnn.preprocessing import PCA, Standardize
-    >>> X = np.random.randn(60000, 784).astype(np.float32)
+    >>> X = np.random.default_rng(0).standard_normal((10000, 784), dtype=np.float32)
     >>> Y = PCA(0.95, whiten=True).fit_transform(X)     # keep 95 % of the variance, whitened
     >>> Z = Standardize().fit(X).transform(X)
 

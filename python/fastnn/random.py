@@ -112,6 +112,7 @@ class Generator:
         return (self._seed, self._offset)
 
     def set_state(self, state) -> None:
+        """Restores a (seed, offset) pair from get_state()."""
         seed, offset = state
         seed, offset = check_seed(seed), check_offset(offset)
         with self._lock:
@@ -139,4 +140,5 @@ def manual_seed(seed: int) -> Generator:
 
 
 def initial_seed() -> int:
+    """The default generator's current seed (as set by manual_seed, else DEFAULT_SEED)."""
     return default_generator.seed

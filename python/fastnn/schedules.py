@@ -90,6 +90,8 @@ class Schedule:
 
 
 class Constant(Schedule):
+    """lr = base_lr at every step."""
+
     name = "constant"
 
     def _lr(self, k, base):
@@ -97,6 +99,8 @@ class Constant(Schedule):
 
 
 class Step(Schedule):
+    """lr = base_lr * gamma ** (step // step_size) (torch's StepLR; default gamma 0.1)."""
+
     name = "step"
 
     def __init__(self, step_size: int, gamma: float = 0.1):
@@ -111,6 +115,9 @@ class Step(Schedule):
 
 
 class Cosine(Schedule):
+    """lr = eta_min + (base_lr - eta_min) (1 + cos(pi k / total)) / 2 for k <= total, then eta_min
+    (held: torch's CosineAnnealingLR would rise again)."""
+
     name = "cosine"
 
     def __init__(self, total: int, eta_min: float = 0.0):
@@ -160,6 +167,9 @@ class CyclicCosine(Schedule):
 
 
 class Linear(Schedule):
+    """lr = base_lr * (start_factor + (end_factor - start_factor) min(k, total) / total) (torch's
+    LinearLR, with fastnn's defaults: from base_lr (start_factor 1) down to 0 (end_factor 0))."""
+
     name = "linear"
 
     def __init__(self, total: int, end_factor: float = 0.0, start_factor: float = 1.0):
@@ -176,6 +186,9 @@ class Linear(Schedule):
 
 
 class InverseSqrt(Schedule):
+    """lr = base_lr * sqrt(warmup / max(k, warmup)): flat for the first `warmup` steps, then
+    decaying as 1 / sqrt(k)."""
+
     name = "inverse_sqrt"
 
     def __init__(self, warmup: int):
@@ -189,6 +202,10 @@ class InverseSqrt(Schedule):
 
 
 class Warmup(Schedule):
+    """A linear warmup before another schedule: for k < steps, lr = base_lr * (start_factor +
+    (1 - start_factor) k / steps) (start_factor 0: lr 0 at k = 0); then schedule(k - steps,
+    base_lr)."""
+
     name = "warmup"
 
     def __init__(self, schedule: Schedule, steps: int, start_factor: float = 0.0):

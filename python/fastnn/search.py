@@ -5,9 +5,16 @@
     ...     return -(p["lr"] - 1e-2) ** 2 - 0.1 * p["layers"]
     >>> space = {"lr": search.loguniform(1e-4, 1.0), "layers": search.randint(1, 4)}
     >>> result = search.random_search(score, space, n_trials=20, seed=0)
-    >>> result.best_params, result.best_score
-    >>> print(result.table(5))         # best first
-    >>> result.plot("scores.png")      # score against each parameter (needs matplotlib)
+    >>> result.best_params, round(result.best_score, 5)
+    ({'lr': 0.0005042228030788951, 'layers': 1}, -0.10009)
+    >>> print(result.table(3))         # best first  # doctest: +ELLIPSIS
+    rank  trial    score         lr  layers ...
+    ----  -----  -------  ---------  ------ ...
+       1     10  -0.1001  0.0005042       1 ...
+       2     14  -0.1001  0.0003141       1 ...
+       3      1  -0.1001  0.0001458       1 ...
+    random search: 20 trials, 20 ok, 0 failed; best score -0.10009 (max) at lr=0.0005042, layers=1
+    >>> result.plot("scores.png")      # score against each parameter (needs matplotlib)  # doctest: +SKIP
 
 Why random rather than grid (Bergstra & Bengio, 2012): when only a few parameters matter, a grid
 of n points per axis tries only n distinct values of the one that matters, whatever the budget;

@@ -96,12 +96,14 @@ def freeze(model, layers=None):
 
 
 def unfreeze(model, layers=None):
+    """Trains the parameters of `layers` again (all when None). Returns the model."""
     for p in _params_of(model, layers):
         p.requires_grad = True
     return model
 
 
 def trainable_parameters(model):
+    """The parameters with requires_grad=True (those an optimizer needs), in model order."""
     return [p for p in model.parameters() if p.requires_grad]
 
 

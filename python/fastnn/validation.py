@@ -12,7 +12,16 @@ __all__ = ["check_X", "check_labels", "check_xy"]
 
 def check_X(X, name: str = "X", dtype=None) -> np.ndarray:
     """A 2-D float array with at least one row and one column and no NaN/inf. Integer and bool
-    inputs become float32 (or `dtype`); float32/float64 keep their dtype unless `dtype` is set."""
+    inputs become float32 (or `dtype`); float32/float64 keep their dtype unless `dtype` (float32
+    or float64) is set."""
+    if dtype is not None:
+        try:
+            want = np.dtype(dtype)
+        except TypeError:
+            want = None
+        if want not in (np.float32, np.float64):
+            raise TypeError(f"dtype: expected float32 or float64, got {repr(dtype) if want is None else want}")
+        dtype = want
     a = np.asarray(X)
     if a.dtype.kind not in "biuf":
         raise TypeError(f"{name}: expected a numeric array, got dtype {a.dtype}")

@@ -503,7 +503,13 @@ def _grad_out(grad, buffer, shape, dtype, inputs):
         return np.empty(shape, dtype)
     if (not isinstance(grad, np.ndarray) or grad.shape != shape or grad.dtype != dtype
             or not grad.flags.c_contiguous):
-        raise ValueError(f"grad: expected a C-contiguous {dtype} array of shape {shape}")
+        if isinstance(grad, np.ndarray):
+            layout = "C-contiguous" if grad.flags.c_contiguous else "not C-contiguous"
+            got = f"a {layout} {grad.dtype} array of shape {grad.shape}"
+        else:
+            got = type(grad).__name__
+        raise ValueError(f"grad: expected True, False or a C-contiguous {np.dtype(dtype)} array of shape {shape}, "
+                         f"got {got}")
     if any(np.may_share_memory(grad, a) for a in inputs):
         raise ValueError("grad: must not overlap logits/input or target")
     return grad
