@@ -305,6 +305,36 @@ def test_named_parameters_order_and_names():
     assert nn.Linear(3, 4, activation="prelu").prelu_weight.shape == (1,)
 
 
+def test_parameters_lists_a_shared_parameter_once(rng):
+    # A module kept under two attributes (a common alias: self.head = self.body[-1]) or a layer
+    # used twice: torch.nn.Module.parameters() yields each Parameter once, so an optimizer built
+    # on it steps it once; fastnn listed it twice and SGD moved it by 2 * lr * grad.
+    class Net(nn.Module):
+        def __init__(self):
+            self.body = nn.Sequential(nn.Linear(3, 4, activation="relu"), nn.Linear(4, 2))
+            self.head = self.body[1]
+
+        def forward(self, x):
+            return self.body(x)
+
+        def backward(self, g, *, need_input_grad=True):
+            return self.body.backward(g, need_input_grad=need_input_grad)
+
+    net = Net()
+    assert [n for n, _ in net.named_parameters()] == ["body.0.weight", "body.0.bias", "body.1.weight",
+                                                      "body.1.bias", "head.weight", "head.bias"]
+    assert net.parameters() == [net.body[0].weight, net.body[0].bias, net.body[1].weight, net.body[1].bias]
+    layer = nn.Linear(3, 3)
+    assert nn.Sequential(layer, nn.Tanh(), layer).parameters() == [layer.weight, layer.bias]
+    opt = fastnn.optim.SGD(net.parameters(), lr=0.5)
+    x = rng.standard_normal((5, 3)).astype(np.float32)
+    y = net(x)
+    net.backward(np.ones_like(y), need_input_grad=False)
+    w0, g = net.head.weight.data.copy(), net.head.weight.grad.copy()
+    opt.step()
+    np.testing.assert_array_equal(net.head.weight.data, w0 - np.float32(0.5) * g)
+
+
 def test_train_eval_modes(rng):
     model = _zoo()
     assert model.training and all(m.training for m in _walk(model))

@@ -246,6 +246,14 @@ def test_zero_grad_and_state_dict_round_trip(rng):
         optim.SGD(params2, lr=0.1).load_state_dict(sd)
 
 
+def test_a_parameter_given_twice_is_refused():
+    # torch.optim warns (and steps it twice); updating one parameter twice per step is never meant
+    p, q = Parameter(np.zeros(3)), Parameter(np.zeros(2))
+    for cls in (optim.SGD, optim.Adam, optim.AdamW):
+        with pytest.raises(ValueError, match=r"params\[2\]: the same Parameter as params\[0\]"):
+            cls([p, q, p], lr=0.1)
+
+
 def test_sgd_momentum_buffer_first_step_is_gradient():
     p = Parameter(np.zeros(3))
     opt = optim.SGD([p], lr=1.0, momentum=0.9, dampening=0.5)

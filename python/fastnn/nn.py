@@ -123,7 +123,12 @@ class Module:
         return out
 
     def parameters(self):
-        return [p for _, p in self.named_parameters()]
+        """Each Parameter once, in named_parameters() order: a Parameter reachable by two paths (a
+        layer used twice, a module kept under two attributes) is listed at its first, as
+        torch.nn.Module.parameters() does, so an optimizer built on it updates it once per step.
+        named_parameters() and state_dict() keep every path."""
+        seen = set()
+        return [p for _, p in self.named_parameters() if not (id(p) in seen or seen.add(id(p)))]
 
     def train(self, mode: bool = True):
         if not isinstance(mode, (bool, np.bool_)):

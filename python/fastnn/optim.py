@@ -104,10 +104,15 @@ class Optimizer:
         self.params = list(params)
         if not self.params:
             raise ValueError("params: expected at least one parameter, got an empty list")
+        first = {}
         for i, p in enumerate(self.params):
             if not (hasattr(p, "data") and hasattr(p, "grad")):
                 raise TypeError(f"params[{i}]: expected an object with .data and .grad (fastnn.Parameter), "
                                 f"got {type(p).__name__}")
+            j = first.setdefault(id(p), i)
+            if j != i:  # (torch.optim warns that this will become an error)
+                raise ValueError(f"params[{i}]: the same Parameter as params[{j}]; it would be updated twice per "
+                                 "step (list each parameter once: model.parameters() does)")
         self.base_lr = _check_lr(lr, allow_zero=True)  # (0 as torch.optim takes it: no update, the state still kept)
         self._lr = self.base_lr
         self.l1 = _nonneg(l1, "l1")
