@@ -335,6 +335,20 @@ def test_parameters_lists_a_shared_parameter_once(rng):
     np.testing.assert_array_equal(net.head.weight.data, w0 - np.float32(0.5) * g)
 
 
+def test_sequential_slice_is_a_sequential(rng):
+    # torch.nn.Sequential's model[:-1] (the body, for features) is a Sequential sharing the layers;
+    # fastnn returned a list, which cannot be called
+    model = nn.Sequential(nn.Linear(3, 4, activation="relu"), nn.Linear(4, 5, activation="tanh"), nn.Linear(5, 2))
+    body = model[:-1]
+    assert isinstance(body, nn.Sequential) and body.layers == model.layers[:2]
+    assert body.layers is not model.layers
+    assert body[0] is model[0] and model[-1] is model.layers[2]
+    assert isinstance(model[1:], nn.Sequential) and len(model[::2]) == 2 and len(model[3:]) == 0
+    x = rng.standard_normal((6, 3)).astype(np.float32)
+    model.eval()
+    np.testing.assert_array_equal(model[-1](body.eval()(x)), model(x))
+
+
 def test_train_eval_modes(rng):
     model = _zoo()
     assert model.training and all(m.training for m in _walk(model))

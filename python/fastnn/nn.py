@@ -692,6 +692,10 @@ class Sequential(Module):
         return grad_output if need_input_grad else None
 
     def __getitem__(self, i):
+        """The layer at index i; a slice is a Sequential of those layers (the same objects, as
+        torch.nn.Sequential: model[:-1] is the body of model, sharing its parameters)."""
+        if isinstance(i, slice):
+            return Sequential(self.layers[i])
         return self.layers[i]
 
     def __len__(self):
