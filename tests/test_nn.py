@@ -451,6 +451,30 @@ def test_load_state_dict_errors(rng):
         model.load_state_dict({**good, "9.weight": np.zeros(3)})
 
 
+def test_load_state_dict_strict_false(rng):
+    # torch's load_state_dict(sd, strict=False): a pretrained body into a model with a new head
+    fastnn.manual_seed(1)
+    src = nn.Sequential(nn.Linear(3, 4, activation="relu"), nn.Linear(4, 5))
+    fastnn.manual_seed(2)
+    dst = nn.Sequential(nn.Linear(3, 4, activation="relu"), nn.Linear(4, 2), nn.Linear(2, 2))
+    head = {k: v.copy() for k, v in dst.state_dict().items() if not k.startswith("0.")}
+    body = {k: v for k, v in src.state_dict().items() if k.startswith("0.")}
+    with pytest.raises(ValueError, match=r"missing parameters \['1.weight', '1.bias', '2.weight', '2.bias'\]"):
+        dst.load_state_dict(body)
+    assert dst.load_state_dict({**body, "9.weight": np.zeros(3)}, strict=False) is dst
+    np.testing.assert_array_equal(dst[0].weight.data, src[0].weight.data)
+    np.testing.assert_array_equal(dst[0].bias.data, src[0].bias.data)
+    for k, v in dst.state_dict().items():
+        if not k.startswith("0."):
+            np.testing.assert_array_equal(v, head[k])
+    # a shape mismatch of a name both have is still an error, and changes nothing
+    before = dst.state_dict()
+    with pytest.raises(ValueError, match=r"state\['1.weight'\]: expected shape \(2, 4\), got \(5, 4\)"):
+        dst.load_state_dict(src.state_dict(), strict=False)
+    for k, v in dst.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+
+
 # ---- initialization ---------------------------------------------------------------------------------
 
 _GAINS = {None: 1.0, "sigmoid": 1.0, "tanh": 5 / 3, "relu": np.sqrt(2), "leaky_relu": np.sqrt(2 / (1 + 0.2 ** 2)),

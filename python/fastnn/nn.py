@@ -169,15 +169,19 @@ class Module:
         """name -> a copy of each parameter's data, on the parameter's device."""
         return {k: backend_of(p.data).copy(p.data) for k, p in self.named_parameters()}
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state, strict=True):
         """Copies arrays (NumPy or CUDA, from any device) into the parameters, where they live;
         every name must be present with the same shape (the error names the first mismatching
-        parameter); nothing is changed unless all match."""
+        parameter); nothing is changed unless all match. strict=False (torch's): names the state
+        lacks keep their values and names the model lacks are ignored; the names both have must
+        still match in shape (torch: a size mismatch is an error either way). Returns self (not
+        torch's (missing_keys, unexpected_keys): compare state's keys with named_parameters())."""
         params = dict(self.named_parameters())
         missing = [k for k in params if k not in state]
         extra = [k for k in state if k not in params]
-        if missing or extra:
+        if strict and (missing or extra):
             raise ValueError(f"state: missing parameters {missing}, unexpected {extra}")
+        params = {k: p for k, p in params.items() if k in state}
         for k, p in params.items():
             a = state[k]
             shape = tuple(a.shape) if hasattr(a, "shape") else np.shape(a)
