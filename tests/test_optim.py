@@ -246,6 +246,20 @@ def test_zero_grad_and_state_dict_round_trip(rng):
         optim.SGD(params2, lr=0.1).load_state_dict(sd)
 
 
+def test_params_not_a_list_of_parameters():
+    # a bare Parameter was "'Parameter' object is not iterable", naming no argument (torch.optim:
+    # "params argument given to the optimizer should be an iterable of Tensors or dicts")
+    p = Parameter(np.zeros(3))
+    for bad in (p, 3.0, None):
+        with pytest.raises(TypeError, match=r"params: expected an iterable of Parameters \(model.parameters\(\)\), "
+                                            f"got {type(bad).__name__}"):
+            optim.SGD(bad, lr=0.1)
+    # torch's parameter groups: the error points at fastnn's per-parameter lr_scale
+    with pytest.raises(TypeError, match=r"params\[0\]: .* got dict \(torch.optim's parameter groups: .*lr_scale"):
+        optim.Adam([{"params": [p], "lr": 0.1}])
+    assert optim.SGD((q for q in [p]), lr=0.1).params == [p]
+
+
 def test_a_parameter_given_twice_is_refused():
     # torch.optim warns (and steps it twice); updating one parameter twice per step is never meant
     p, q = Parameter(np.zeros(3)), Parameter(np.zeros(2))

@@ -101,14 +101,19 @@ class Optimizer:
     _state_keys: tuple = ()
 
     def __init__(self, params, lr, l1=0.0, l2=0.0):
+        if (hasattr(params, "data") and hasattr(params, "grad")) or not hasattr(params, "__iter__"):
+            raise TypeError(f"params: expected an iterable of Parameters (model.parameters()), got "
+                            f"{type(params).__name__}")
         self.params = list(params)
         if not self.params:
             raise ValueError("params: expected at least one parameter, got an empty list")
         first = {}
         for i, p in enumerate(self.params):
             if not (hasattr(p, "data") and hasattr(p, "grad")):
+                hint = (" (torch.optim's parameter groups: fastnn takes a per-parameter lr_scale instead, "
+                        "fastnn.transfer.set_lr_scale)" if isinstance(p, dict) else "")
                 raise TypeError(f"params[{i}]: expected an object with .data and .grad (fastnn.Parameter), "
-                                f"got {type(p).__name__}")
+                                f"got {type(p).__name__}{hint}")
             j = first.setdefault(id(p), i)
             if j != i:  # (torch.optim warns that this will become an error)
                 raise ValueError(f"params[{i}]: the same Parameter as params[{j}]; it would be updated twice per "
