@@ -599,6 +599,17 @@ def test_input_dtype_mismatch_names_x(training):
                                         r"\(convert the input: x.astype\(np.float32\)\)"):
         model(np.ones((5, 4)))
     assert model(np.ones((5, 4), np.float32)).shape == (5, 2)
+    # a list (float64 to NumPy) or a float64 CPU tensor: the same message (it blamed `weight`)
+    others = [[[1.0, 2.0, 3.0, 4.0]] * 5]
+    torch = pytest.importorskip("torch") if training else None
+    if torch is not None:
+        others.append(torch.ones((5, 4), dtype=torch.float64))
+    for x in others:
+        with pytest.raises(TypeError, match=r"x: expected dtype float32 like the layer's parameters, got float64"):
+            model(x)
+    m64 = nn.Sequential(nn.Linear(4, 3, activation="relu", dtype=np.float64), nn.Linear(3, 2, dtype=np.float64))
+    m64.train(training)
+    np.testing.assert_array_equal(m64(others[0]), m64(np.array(others[0])))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -42,7 +42,7 @@ from . import functional as F
 from . import init as _init
 from . import random as _random
 from ._arrays import as_float_array
-from ._backend import backend_of
+from ._backend import backend_of, device_of
 from ._backend import cpu as _cpu
 from .losses import MSELoss, SoftmaxCrossEntropy
 from .optim import Optimizer
@@ -324,6 +324,8 @@ class Linear(Module):
             self._x, self._saved, self._fast = x, saved, True
             return y
         self._fast = False
+        if type(x) is not np.ndarray and device_of(x) == "cpu":
+            x = as_float_array(x, "x")  # (a list or a CPU tensor: its dtype is checked below as an array's)
         if type(x) is np.ndarray and x.dtype != w.dtype and x.dtype in (np.float32, np.float64):
             # (the kernel would blame `weight`, which the caller never passed; float64 is NumPy's default)
             raise TypeError(f"x: expected dtype {w.dtype} like the layer's parameters, got {x.dtype} "
