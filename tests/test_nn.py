@@ -610,6 +610,13 @@ def test_input_dtype_mismatch_names_x(training):
     m64 = nn.Sequential(nn.Linear(4, 3, activation="relu", dtype=np.float64), nn.Linear(3, 2, dtype=np.float64))
     m64.train(training)
     np.testing.assert_array_equal(m64(others[0]), m64(np.array(others[0])))
+    prelu = nn.PReLU(4).train(training)  # (it blamed `weight` too)
+    with pytest.raises(TypeError, match=r"x: expected dtype float32 like the layer's parameters, got float64 "
+                                        r"\(convert the input: x.astype\(np.float32\)\)"):
+        prelu(np.ones((5, 4)))
+    with pytest.raises(TypeError, match=r"x: expected dtype float32 like the layer's parameters, got float64"):
+        prelu([[1.0, -2.0, 3.0, 4.0]])
+    assert prelu(np.ones((5, 4), np.float32)).dtype == np.float32
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

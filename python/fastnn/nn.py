@@ -82,6 +82,18 @@ class MixedDeviceError(TypeError):
         return self
 
 
+def _input_like(x, w):
+    """x for a layer whose parameter is w, off the hot path: a list or a CPU tensor as NumPy takes
+    it; a float array of the other dtype is a TypeError naming x (the kernel would blame `weight`,
+    which the caller never passed; float64 is NumPy's default)."""
+    if type(x) is not np.ndarray and device_of(x) == "cpu":
+        x = as_float_array(x, "x")
+    if type(x) is np.ndarray and x.dtype != w.dtype and x.dtype in (np.float32, np.float64):
+        raise TypeError(f"x: expected dtype {w.dtype} like the layer's parameters, got {x.dtype} "
+                        f"(convert the input: x.astype(np.{w.dtype}))")
+    return x
+
+
 def _where(a) -> str:
     """"cpu" / "cuda:N" of an array, for error messages."""
     return backend_of(a).device_name(a)
@@ -324,12 +336,7 @@ class Linear(Module):
             self._x, self._saved, self._fast = x, saved, True
             return y
         self._fast = False
-        if type(x) is not np.ndarray and device_of(x) == "cpu":
-            x = as_float_array(x, "x")  # (a list or a CPU tensor: its dtype is checked below as an array's)
-        if type(x) is np.ndarray and x.dtype != w.dtype and x.dtype in (np.float32, np.float64):
-            # (the kernel would blame `weight`, which the caller never passed; float64 is NumPy's default)
-            raise TypeError(f"x: expected dtype {w.dtype} like the layer's parameters, got {x.dtype} "
-                            f"(convert the input: x.astype(np.{w.dtype}))")
+        x = _input_like(x, w)
         kw = dict(activation=self.activation, negative_slope=self.negative_slope, alpha=self.alpha,
                   prelu_weight=None if self.prelu_weight is None else self.prelu_weight.data,
                   dropout_p=self.dropout, dropconnect_p=self.dropconnect, training=self.training)
@@ -473,12 +480,13 @@ class PReLU(_Elementwise):
         self.weight = Parameter(np.full(n, init, dtype), regularize=False, name="weight")
 
     def _f(self, x):
+        w = self.weight.data
         try:
-            backend_of(("x", x), ("weight", self.weight.data))
+            backend_of(("x", x), ("weight", w))
         except TypeError:
             _check_input_device(self, "weight", self.weight, x)
             raise
-        return F.prelu(x, self.weight.data)
+        return F.prelu(_input_like(x, w), w)
 
     def _b(self, g, x):
         gx, gw = F.prelu_backward(g, x, self.weight.data)
