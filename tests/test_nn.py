@@ -259,6 +259,14 @@ def test_residual_zero_init_last_errors():
     with pytest.raises(ValueError, match="zero_init_last"):
         nn.Residual(nn.Linear(4, 4, activation="sigmoid"))
     nn.Residual(nn.Linear(4, 4, activation="sigmoid"), zero_init_last=False)
+    # a block that changes the width: x + block(x) failed with NumPy's broadcast error (or, for a
+    # 1-wide output, broadcast silently)
+    x = np.ones((5, 3), np.float32)
+    for out in (4, 1):
+        r = nn.Residual(nn.Linear(3, out), zero_init_last=False)
+        with pytest.raises(ValueError, match=rf"block: a residual block must keep its input's shape, but it maps "
+                                             rf"\(5, 3\) to \(5, {out}\)"):
+            r(x)
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.3])

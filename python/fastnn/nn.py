@@ -748,9 +748,13 @@ class Residual(Module):
 
     def forward(self, x):
         try:
-            return x + self.block.forward(x)
+            y = self.block.forward(x)
         except MixedDeviceError as e:
             raise e.within("block") from None
+        if np.shape(y) != np.shape(x):  # (x + y would broadcast, or fail naming neither)
+            raise ValueError(f"block: a residual block must keep its input's shape, but it maps {np.shape(x)} to "
+                             f"{np.shape(y)}")
+        return x + y
 
     def backward(self, grad_output, *, need_input_grad=True):
         if not need_input_grad:
