@@ -24,6 +24,7 @@ import numbers
 
 import numpy as np
 
+from . import checks
 from . import random as _random
 
 __all__ = [
@@ -116,13 +117,15 @@ def ones_(tensor):
 
 
 def constant_(tensor, val: float):
-    _array(tensor).fill(val)
+    arr = _array(tensor)
+    arr.fill(checks.real(val, "val"))
     return tensor
 
 
 def normal_(tensor, mean: float = 0.0, std: float = 0.01, *, generator=None):
     arr = _array(tensor)
-    if not std >= 0:
+    mean = checks.finite_real(mean, "mean")
+    if not checks.finite_real(std, "std") >= 0:
         raise ValueError(f"std: expected a non-negative number, got {std}")
     _fill(arr, _gen(generator).normal(arr.shape, mean, std))
     return tensor
@@ -130,6 +133,7 @@ def normal_(tensor, mean: float = 0.0, std: float = 0.01, *, generator=None):
 
 def uniform_(tensor, a: float = 0.0, b: float = 1.0, *, generator=None):
     arr = _array(tensor)
+    a, b = checks.finite_real(a, "a"), checks.finite_real(b, "b")
     if not a <= b:
         raise ValueError(f"b: expected b >= a, got a={a}, b={b}")
     _fill(arr, _gen(generator).uniform(arr.shape, a, b))
@@ -138,6 +142,7 @@ def uniform_(tensor, a: float = 0.0, b: float = 1.0, *, generator=None):
 
 def xavier_uniform_(tensor, gain: float = 1.0, *, generator=None):
     arr = _array(tensor)
+    gain = checks.finite_real(gain, "gain")
     fan_in, fan_out = _calculate_fan_in_and_fan_out(arr)
     bound = gain * math.sqrt(6.0 / _nonzero(fan_in + fan_out, "fan"))
     _fill(arr, _gen(generator).uniform(arr.shape, -bound, bound))
@@ -146,6 +151,7 @@ def xavier_uniform_(tensor, gain: float = 1.0, *, generator=None):
 
 def xavier_normal_(tensor, gain: float = 1.0, *, generator=None):
     arr = _array(tensor)
+    gain = checks.finite_real(gain, "gain")
     fan_in, fan_out = _calculate_fan_in_and_fan_out(arr)
     std = gain * math.sqrt(2.0 / _nonzero(fan_in + fan_out, "fan"))
     _fill(arr, _gen(generator).normal(arr.shape, 0.0, std))
