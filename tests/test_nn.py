@@ -457,6 +457,24 @@ def test_load_state_dict_errors(rng):
         model.load_state_dict(missing)
     with pytest.raises(ValueError, match=r"unexpected \['9.weight'\]"):
         model.load_state_dict({**good, "9.weight": np.zeros(3)})
+    # a value that is no array of numbers fails before anything is written (the arrays before it in
+    # the model's order were copied, then the copy of this one failed: a half-loaded model)
+    for bad, what in ((np.array(["a", "b"]), "got dtype <U1"), (None, "got dtype object"),
+                      ([[1.0, 2.0], [3.0]], "got list")):
+        with pytest.raises(TypeError, match=rf"state\['5.block.1.bias'\]: expected an array of numbers, {what}"):
+            model.load_state_dict({**{k: v + 1 for k, v in good.items()}, "5.block.1.bias": bad})
+        for k, v in model.state_dict().items():
+            np.testing.assert_array_equal(v, before[k])
+    torch = pytest.importorskip("torch")
+    t = {k: torch.tensor(v + 1, requires_grad=True) for k, v in good.items()}  # named_parameters() of a torch model
+    with pytest.raises(TypeError, match=r"state\['0.weight'\]: expected an array of numbers, got Tensor "
+                                        r"\(RuntimeError: Can't call numpy\(\) on Tensor that requires grad"):
+        model.load_state_dict(t)
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+    model.load_state_dict({k: v.detach() for k, v in t.items()})
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(v, before[k] + 1)
 
 
 def test_load_state_dict_strict_false(rng):

@@ -194,13 +194,23 @@ class Module:
         if strict and (missing or extra):
             raise ValueError(f"state: missing parameters {missing}, unexpected {extra}")
         params = {k: p for k, p in params.items() if k in state}
+        values = {}
         for k, p in params.items():
             a = state[k]
+            if device_of(a) != "cuda":  # (host values converted and checked before anything is written)
+                try:
+                    a = np.asarray(a)
+                except Exception as e:  # a torch tensor that requires grad, or in bfloat16, ...
+                    raise TypeError(f"state[{k!r}]: expected an array of numbers, got {type(a).__name__} "
+                                    f"({type(e).__name__}: {e})") from None
+                if a.dtype.kind not in "biuf":
+                    raise TypeError(f"state[{k!r}]: expected an array of numbers, got dtype {a.dtype}")
             shape = tuple(a.shape) if hasattr(a, "shape") else np.shape(a)
             if shape != tuple(p.data.shape):
                 raise ValueError(f"state[{k!r}]: expected shape {tuple(p.data.shape)}, got {shape}")
+            values[k] = a
         for k, p in params.items():
-            copy_into(p.data, state[k])
+            copy_into(p.data, values[k])
         return self
 
     def config(self) -> dict:
