@@ -8,6 +8,8 @@ cross 0) against both."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 
@@ -244,6 +246,23 @@ def test_zero_grad_and_state_dict_round_trip(rng):
     assert all((p.grad == 0).all() for p in params2)
     with pytest.raises(ValueError, match="expected a SGD state"):
         optim.SGD(params2, lr=0.1).load_state_dict(sd)
+
+    # every entry is checked before anything changes (a bad lr or step count left the hyperparameters
+    # and state loaded and the rest not), and an option this optimizer lacks is refused, not ignored
+    fresh = optim.Adam(params2, lr=0.5)
+    for bad, what in ((dict(sd, lr=-1.0), "lr: expected a non-negative"),
+                      (dict(sd, step_count="3"), "step_count: expected an integer >= 0, got '3'"),
+                      ({k: v for k, v in sd.items() if k != "base_lr"}, r"missing entries \['base_lr'\]"),
+                      (dict(sd, hyperparameters={**sd["hyperparameters"], "amsgrad": True}),
+                       r"hyperparameters \['amsgrad'\] are not Adam's \(betas, eps, weight_decay, l1, l2\)"),
+                      (dict(sd, hyperparameters=None), "hyperparameters: expected a dict, got NoneType"),
+                      ([], "expected a Adam state, got 'list'")):
+        before = copy.deepcopy(fresh.state_dict())
+        with pytest.raises(ValueError, match=what):
+            fresh.load_state_dict(bad)
+        after = fresh.state_dict()
+        assert after["lr"] == 0.5 and after["step_count"] == 0 and after["state"] == before["state"] == [{}, {}]
+        assert after["hyperparameters"] == before["hyperparameters"]
 
 
 def test_params_not_a_list_of_parameters():
