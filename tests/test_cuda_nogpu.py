@@ -89,6 +89,45 @@ def test_augment_with_a_cuda_array_raises_runtime_error(call):
         call(FakeCudaArray(shape=(2, 3, 4, 4)))
 
 
+class _NoDriver:
+    """A CUDA build on a machine without the NVIDIA driver, as the native _C reports it: the runtime
+    says cudaErrorInsufficientDriver, the driver check says that no driver is installed."""
+
+    cuda_compiled = True
+
+    def cuda_device_count(self):
+        return 0
+
+    def cuda_init_error(self):
+        return "cudaErrorInsufficientDriver: CUDA driver version is insufficient for CUDA runtime version"
+
+    def cuda_driver_info(self):
+        return {"driver_version": 0, "runtime_version": 13000, "state": "no driver",
+                "detail": "no NVIDIA driver is installed (libcuda.so.1 was not found)"}
+
+    def __getattr__(self, name):
+        return getattr(fastnn._C, name)
+
+
+@compiled
+def test_no_driver_is_said_as_such(monkeypatch):
+    # Without any driver the CUDA runtime's error reads "CUDA driver version is insufficient",
+    # which sent users of a machine without a GPU off to update a driver they do not have; the
+    # errors now give the driver check's words, as fastnn.info() does.
+    previous = BC.use_driver(_NoDriver())
+    try:
+        for call, start in ((lambda: fc.to_device(np.zeros(3, np.float32)), "fastnn.cuda: no CUDA GPU is available"),
+                            (lambda: fastnn.nn.Linear(2, 2).to("cuda"), "device: 'cuda' asks for a GPU, but none is "
+                                                                           "usable here")):
+            with pytest.raises(RuntimeError) as e:
+                call()
+            msg = str(e.value)
+            assert msg.startswith(start) and "no driver: no NVIDIA driver is installed (libcuda.so.1" in msg, msg
+            assert "insufficient" not in msg
+    finally:
+        BC.use_driver(previous)
+
+
 @no_gpu
 def test_info_says_no_gpu():
     buf = io.StringIO()

@@ -157,3 +157,18 @@ def test_errors():
         init.zeros_(np.zeros(3, np.int64))
     with pytest.raises(TypeError, match="generator: expected a fastnn.Generator"):
         init.normal_(np.empty(3), generator=np.random.default_rng())
+    # the distributions' numbers are named when wrong (were NumPy's or Python's messages, naming none)
+    w = np.zeros((3, 4))
+    for call, name in ((lambda: init.constant_(w, "a"), "val"), (lambda: init.normal_(w, std="a"), "std"),
+                       (lambda: init.normal_(w, mean=None), "mean"), (lambda: init.uniform_(w, a="0"), "a"),
+                       (lambda: init.uniform_(w, 0, [1]), "b"), (lambda: init.xavier_uniform_(w, gain="2"), "gain"),
+                       (lambda: init.xavier_normal_(w, gain=None), "gain")):
+        with pytest.raises(TypeError, match=f"{name}: expected a real number, got"):
+            call()
+    for call, name in ((lambda: init.normal_(w, std=np.inf), "std"), (lambda: init.uniform_(w, 0, np.nan), "b"),
+                       (lambda: init.xavier_uniform_(w, gain=np.inf), "gain")):
+        with pytest.raises(ValueError, match=f"{name}: expected a finite real number"):
+            call()
+    assert not w.any()
+    init.constant_(w, np.float32(2.5))
+    assert (w == 2.5).all()

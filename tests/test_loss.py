@@ -142,6 +142,10 @@ def test_xent_label_errors(rng):
         L.softmax_cross_entropy(x, np.array([0, 1, 3, 2]))
     with pytest.raises(ValueError, match=r"target: expected class labels in \[0, 3\), got -1 at row 0"):
         L.softmax_cross_entropy(x, np.array([-1, 1, 2, 2]))
+    # a uint64 label beyond int64 is reported as given (it was the int64 it wraps to, a negative number)
+    with pytest.raises(ValueError, match=r"got 9223372036854775813 at row 1 \(1 labels out of range\)"):
+        L.softmax_cross_entropy(x, np.array([0, 2**63 + 5, 2, 1], np.uint64))
+    L.softmax_cross_entropy(x, np.array([0, 2, 2, 1], np.uint64))
     with pytest.raises(TypeError, match="target: expected integer class labels .*got float64"):
         L.softmax_cross_entropy(x, np.array([0.0, 1.0, 2.0, 1.0]))
     with pytest.raises(TypeError, match="target: expected integer class labels or float soft targets, got bool"):

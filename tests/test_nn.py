@@ -259,6 +259,14 @@ def test_residual_zero_init_last_errors():
     with pytest.raises(ValueError, match="zero_init_last"):
         nn.Residual(nn.Linear(4, 4, activation="sigmoid"))
     nn.Residual(nn.Linear(4, 4, activation="sigmoid"), zero_init_last=False)
+    # a block that changes the width: x + block(x) failed with NumPy's broadcast error (or, for a
+    # 1-wide output, broadcast silently)
+    x = np.ones((5, 3), np.float32)
+    for out in (4, 1):
+        r = nn.Residual(nn.Linear(3, out), zero_init_last=False)
+        with pytest.raises(ValueError, match=rf"block: a residual block must keep its input's shape, but it maps "
+                                             rf"\(5, 3\) to \(5, {out}\)"):
+            r(x)
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
@@ -303,6 +311,50 @@ def test_named_parameters_order_and_names():
     # weights are regularized, biases and PReLU slopes are not (fastnn.optim applies weight decay)
     assert [p.regularize for p in params[:7]] == [True, False, True, False, True, False, False]
     assert nn.Linear(3, 4, activation="prelu").prelu_weight.shape == (1,)
+
+
+def test_parameters_lists_a_shared_parameter_once(rng):
+    # A module kept under two attributes (a common alias: self.head = self.body[-1]) or a layer
+    # used twice: torch.nn.Module.parameters() yields each Parameter once, so an optimizer built
+    # on it steps it once; fastnn listed it twice and SGD moved it by 2 * lr * grad.
+    class Net(nn.Module):
+        def __init__(self):
+            self.body = nn.Sequential(nn.Linear(3, 4, activation="relu"), nn.Linear(4, 2))
+            self.head = self.body[1]
+
+        def forward(self, x):
+            return self.body(x)
+
+        def backward(self, g, *, need_input_grad=True):
+            return self.body.backward(g, need_input_grad=need_input_grad)
+
+    net = Net()
+    assert [n for n, _ in net.named_parameters()] == ["body.0.weight", "body.0.bias", "body.1.weight",
+                                                      "body.1.bias", "head.weight", "head.bias"]
+    assert net.parameters() == [net.body[0].weight, net.body[0].bias, net.body[1].weight, net.body[1].bias]
+    layer = nn.Linear(3, 3)
+    assert nn.Sequential(layer, nn.Tanh(), layer).parameters() == [layer.weight, layer.bias]
+    opt = fastnn.optim.SGD(net.parameters(), lr=0.5)
+    x = rng.standard_normal((5, 3)).astype(np.float32)
+    y = net(x)
+    net.backward(np.ones_like(y), need_input_grad=False)
+    w0, g = net.head.weight.data.copy(), net.head.weight.grad.copy()
+    opt.step()
+    np.testing.assert_array_equal(net.head.weight.data, w0 - np.float32(0.5) * g)
+
+
+def test_sequential_slice_is_a_sequential(rng):
+    # torch.nn.Sequential's model[:-1] (the body, for features) is a Sequential sharing the layers;
+    # fastnn returned a list, which cannot be called
+    model = nn.Sequential(nn.Linear(3, 4, activation="relu"), nn.Linear(4, 5, activation="tanh"), nn.Linear(5, 2))
+    body = model[:-1]
+    assert isinstance(body, nn.Sequential) and body.layers == model.layers[:2]
+    assert body.layers is not model.layers
+    assert body[0] is model[0] and model[-1] is model.layers[2]
+    assert isinstance(model[1:], nn.Sequential) and len(model[::2]) == 2 and len(model[3:]) == 0
+    x = rng.standard_normal((6, 3)).astype(np.float32)
+    model.eval()
+    np.testing.assert_array_equal(model[-1](body.eval()(x)), model(x))
 
 
 def test_train_eval_modes(rng):
@@ -405,6 +457,48 @@ def test_load_state_dict_errors(rng):
         model.load_state_dict(missing)
     with pytest.raises(ValueError, match=r"unexpected \['9.weight'\]"):
         model.load_state_dict({**good, "9.weight": np.zeros(3)})
+    # a value that is no array of numbers fails before anything is written (the arrays before it in
+    # the model's order were copied, then the copy of this one failed: a half-loaded model)
+    for bad, what in ((np.array(["a", "b"]), "got dtype <U1"), (None, "got dtype object"),
+                      ([[1.0, 2.0], [3.0]], "got list")):
+        with pytest.raises(TypeError, match=rf"state\['5.block.1.bias'\]: expected an array of numbers, {what}"):
+            model.load_state_dict({**{k: v + 1 for k, v in good.items()}, "5.block.1.bias": bad})
+        for k, v in model.state_dict().items():
+            np.testing.assert_array_equal(v, before[k])
+    torch = pytest.importorskip("torch")
+    t = {k: torch.tensor(v + 1, requires_grad=True) for k, v in good.items()}  # named_parameters() of a torch model
+    with pytest.raises(TypeError, match=r"state\['0.weight'\]: expected an array of numbers, got Tensor "
+                                        r"\(RuntimeError: Can't call numpy\(\) on Tensor that requires grad"):
+        model.load_state_dict(t)
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+    model.load_state_dict({k: v.detach() for k, v in t.items()})
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(v, before[k] + 1)
+
+
+def test_load_state_dict_strict_false(rng):
+    # torch's load_state_dict(sd, strict=False): a pretrained body into a model with a new head
+    fastnn.manual_seed(1)
+    src = nn.Sequential(nn.Linear(3, 4, activation="relu"), nn.Linear(4, 5))
+    fastnn.manual_seed(2)
+    dst = nn.Sequential(nn.Linear(3, 4, activation="relu"), nn.Linear(4, 2), nn.Linear(2, 2))
+    head = {k: v.copy() for k, v in dst.state_dict().items() if not k.startswith("0.")}
+    body = {k: v for k, v in src.state_dict().items() if k.startswith("0.")}
+    with pytest.raises(ValueError, match=r"missing parameters \['1.weight', '1.bias', '2.weight', '2.bias'\]"):
+        dst.load_state_dict(body)
+    assert dst.load_state_dict({**body, "9.weight": np.zeros(3)}, strict=False) is dst
+    np.testing.assert_array_equal(dst[0].weight.data, src[0].weight.data)
+    np.testing.assert_array_equal(dst[0].bias.data, src[0].bias.data)
+    for k, v in dst.state_dict().items():
+        if not k.startswith("0."):
+            np.testing.assert_array_equal(v, head[k])
+    # a shape mismatch of a name both have is still an error, and changes nothing
+    before = dst.state_dict()
+    with pytest.raises(ValueError, match=r"state\['1.weight'\]: expected shape \(2, 4\), got \(5, 4\)"):
+        dst.load_state_dict(src.state_dict(), strict=False)
+    for k, v in dst.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
 
 
 # ---- initialization ---------------------------------------------------------------------------------
@@ -531,6 +625,24 @@ def test_input_dtype_mismatch_names_x(training):
                                         r"\(convert the input: x.astype\(np.float32\)\)"):
         model(np.ones((5, 4)))
     assert model(np.ones((5, 4), np.float32)).shape == (5, 2)
+    # a list (float64 to NumPy) or a float64 CPU tensor: the same message (it blamed `weight`)
+    others = [[[1.0, 2.0, 3.0, 4.0]] * 5]
+    torch = pytest.importorskip("torch") if training else None
+    if torch is not None:
+        others.append(torch.ones((5, 4), dtype=torch.float64))
+    for x in others:
+        with pytest.raises(TypeError, match=r"x: expected dtype float32 like the layer's parameters, got float64"):
+            model(x)
+    m64 = nn.Sequential(nn.Linear(4, 3, activation="relu", dtype=np.float64), nn.Linear(3, 2, dtype=np.float64))
+    m64.train(training)
+    np.testing.assert_array_equal(m64(others[0]), m64(np.array(others[0])))
+    prelu = nn.PReLU(4).train(training)  # (it blamed `weight` too)
+    with pytest.raises(TypeError, match=r"x: expected dtype float32 like the layer's parameters, got float64 "
+                                        r"\(convert the input: x.astype\(np.float32\)\)"):
+        prelu(np.ones((5, 4)))
+    with pytest.raises(TypeError, match=r"x: expected dtype float32 like the layer's parameters, got float64"):
+        prelu([[1.0, -2.0, 3.0, 4.0]])
+    assert prelu(np.ones((5, 4), np.float32)).dtype == np.float32
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -8,6 +8,8 @@ cross 0) against both."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 
@@ -244,6 +246,45 @@ def test_zero_grad_and_state_dict_round_trip(rng):
     assert all((p.grad == 0).all() for p in params2)
     with pytest.raises(ValueError, match="expected a SGD state"):
         optim.SGD(params2, lr=0.1).load_state_dict(sd)
+
+    # every entry is checked before anything changes (a bad lr or step count left the hyperparameters
+    # and state loaded and the rest not), and an option this optimizer lacks is refused, not ignored
+    fresh = optim.Adam(params2, lr=0.5)
+    for bad, what in ((dict(sd, lr=-1.0), "lr: expected a non-negative"),
+                      (dict(sd, step_count="3"), "step_count: expected an integer >= 0, got '3'"),
+                      ({k: v for k, v in sd.items() if k != "base_lr"}, r"missing entries \['base_lr'\]"),
+                      (dict(sd, hyperparameters={**sd["hyperparameters"], "amsgrad": True}),
+                       r"hyperparameters \['amsgrad'\] are not Adam's \(betas, eps, weight_decay, l1, l2\)"),
+                      (dict(sd, hyperparameters=None), "hyperparameters: expected a dict, got NoneType"),
+                      ([], "expected a Adam state, got 'list'")):
+        before = copy.deepcopy(fresh.state_dict())
+        with pytest.raises(ValueError, match=what):
+            fresh.load_state_dict(bad)
+        after = fresh.state_dict()
+        assert after["lr"] == 0.5 and after["step_count"] == 0 and after["state"] == before["state"] == [{}, {}]
+        assert after["hyperparameters"] == before["hyperparameters"]
+
+
+def test_params_not_a_list_of_parameters():
+    # a bare Parameter was "'Parameter' object is not iterable", naming no argument (torch.optim:
+    # "params argument given to the optimizer should be an iterable of Tensors or dicts")
+    p = Parameter(np.zeros(3))
+    for bad in (p, 3.0, None):
+        with pytest.raises(TypeError, match=r"params: expected an iterable of Parameters \(model.parameters\(\)\), "
+                                            f"got {type(bad).__name__}"):
+            optim.SGD(bad, lr=0.1)
+    # torch's parameter groups: the error points at fastnn's per-parameter lr_scale
+    with pytest.raises(TypeError, match=r"params\[0\]: .* got dict \(torch.optim's parameter groups: .*lr_scale"):
+        optim.Adam([{"params": [p], "lr": 0.1}])
+    assert optim.SGD((q for q in [p]), lr=0.1).params == [p]
+
+
+def test_a_parameter_given_twice_is_refused():
+    # torch.optim warns (and steps it twice); updating one parameter twice per step is never meant
+    p, q = Parameter(np.zeros(3)), Parameter(np.zeros(2))
+    for cls in (optim.SGD, optim.Adam, optim.AdamW):
+        with pytest.raises(ValueError, match=r"params\[2\]: the same Parameter as params\[0\]"):
+            cls([p, q, p], lr=0.1)
 
 
 def test_sgd_momentum_buffer_first_step_is_gradient():

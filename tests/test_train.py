@@ -459,6 +459,14 @@ def test_bad_inputs_are_clear_errors(digits):
         Trainer(mlp(), loss="hinge")
     with pytest.raises(ValueError, match="lr: expected a non-negative finite number, got -0.1"):
         Trainer(mlp(), optimizer="sgd", optimizer_kwargs={"lr": -0.1})
+    # the constructor's own TypeErrors named no argument the caller gave (schedule_kwargs' did)
+    with pytest.raises(TypeError, match=r"optimizer_kwargs: SGD.__init__\(\) missing 1 required positional "
+                                        r"argument: 'lr'"):
+        Trainer(mlp(), optimizer="sgd")
+    with pytest.raises(TypeError, match=r"optimizer_kwargs: .*unexpected keyword argument 'amsgrad'"):
+        Trainer(mlp(), optimizer="adam", optimizer_kwargs={"amsgrad": True})
+    with pytest.raises(TypeError, match=r"optimizer_kwargs: lr: expected a real number, got str"):
+        Trainer(mlp(), optimizer="adam", optimizer_kwargs={"lr": "0.1"})
     with pytest.raises(ValueError, match="activation: expected one of"):
         nn.Linear(3, 4, activation="swish")
     with pytest.raises(TypeError, match="model: expected a fastnn.nn.Module"):

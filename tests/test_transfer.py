@@ -126,6 +126,17 @@ def test_safetensors_round_trip(tmp_path, rng):
     p.write_bytes(p.read_bytes()[:40])
     with pytest.raises(ValueError, match="safetensors"):
         transfer.read_safetensors(p)
+    # a 0-d array keeps shape () (it came back as (1,)), a big-endian or non-contiguous one is
+    # written little-endian in C order (a big-endian one was refused), as safetensors stores them
+    t = {"s": np.float64(3.5), "s32": np.array(2.0, np.float32), "be": np.arange(6, dtype=">f4").reshape(2, 3),
+         "t": rng.standard_normal((4, 3)).T, "i": np.arange(4, dtype=">i8")[::2]}
+    transfer.write_safetensors(p, t)
+    back = transfer.read_safetensors(p)
+    for k in t:
+        assert back[k].shape == np.shape(t[k]) and back[k].dtype == np.asarray(t[k]).dtype.newbyteorder("=")
+        np.testing.assert_array_equal(back[k], t[k])
+    with pytest.raises(TypeError, match=r"tensors\['b'\]: dtype bool not supported"):
+        transfer.write_safetensors(p, {"b": np.ones(2, bool)})
 
 
 def test_load_pretrained_from_state_dict_and_torch_names(tmp_path, rng):

@@ -70,7 +70,19 @@ def _require_gpu() -> None:
         raise RuntimeError("fastnn.cuda: this build of fastnn has no CUDA support (it was built without nvcc; "
                            "rebuild with the CUDA toolkit installed, or -Ccmake.define.FASTNN_CUDA=ON)")
     if _drv.cuda_device_count() == 0:
-        raise RuntimeError(f"fastnn.cuda: no CUDA GPU is available ({_drv.cuda_init_error()})")
+        raise RuntimeError(f"fastnn.cuda: no CUDA GPU is available ({_unavailable_reason()})")
+
+
+def _unavailable_reason() -> str:
+    """Why no GPU is usable: the driver check's own words where it has them (no NVIDIA driver
+    installed, a driver too old; cuda_driver_info), else the CUDA runtime's error. (Without any
+    driver the runtime reports cudaErrorInsufficientDriver, "CUDA driver version is insufficient",
+    which sends a user of a machine without a GPU off to update a driver they do not have.)"""
+    info = getattr(_drv, "cuda_driver_info", None)
+    d = info() if info is not None else None
+    if isinstance(d, dict) and d.get("state") not in (None, "ok") and d.get("detail"):
+        return f"{d['state']}: {d['detail']}"
+    return _drv.cuda_init_error()
 
 
 @contextlib.contextmanager

@@ -24,6 +24,7 @@ import numbers
 
 import numpy as np
 
+from . import checks
 from . import random as _random
 
 __all__ = [
@@ -119,7 +120,7 @@ def ones_(tensor):
 
 def constant_(tensor, val: float):
     """Fills `tensor` with `val` in place; returns `tensor`."""
-    _array(tensor).fill(val)
+    _array(tensor).fill(checks.real(val, "val"))
     return tensor
 
 
@@ -127,7 +128,8 @@ def normal_(tensor, mean: float = 0.0, std: float = 0.01, *, generator=None):
     """Fills `tensor` with N(mean, std^2) samples in place (std defaults to 0.01, not torch's 1);
     returns `tensor`."""
     arr = _array(tensor)
-    if not std >= 0:
+    mean = checks.finite_real(mean, "mean")
+    if not checks.finite_real(std, "std") >= 0:
         raise ValueError(f"std: expected a non-negative number, got {std}")
     _fill(arr, _gen(generator).normal(arr.shape, mean, std))
     return tensor
@@ -136,6 +138,7 @@ def normal_(tensor, mean: float = 0.0, std: float = 0.01, *, generator=None):
 def uniform_(tensor, a: float = 0.0, b: float = 1.0, *, generator=None):
     """Fills `tensor` with U(a, b) samples in place (a <= b); returns `tensor`."""
     arr = _array(tensor)
+    a, b = checks.finite_real(a, "a"), checks.finite_real(b, "b")
     if not a <= b:
         raise ValueError(f"b: expected b >= a, got a={a}, b={b}")
     _fill(arr, _gen(generator).uniform(arr.shape, a, b))
@@ -145,6 +148,7 @@ def uniform_(tensor, a: float = 0.0, b: float = 1.0, *, generator=None):
 def xavier_uniform_(tensor, gain: float = 1.0, *, generator=None):
     """Glorot uniform in place: U(-b, b), b = gain * sqrt(6 / (fan_in + fan_out)); returns `tensor`."""
     arr = _array(tensor)
+    gain = checks.finite_real(gain, "gain")
     fan_in, fan_out = _calculate_fan_in_and_fan_out(arr)
     bound = gain * math.sqrt(6.0 / _nonzero(fan_in + fan_out, "fan"))
     _fill(arr, _gen(generator).uniform(arr.shape, -bound, bound))
@@ -154,6 +158,7 @@ def xavier_uniform_(tensor, gain: float = 1.0, *, generator=None):
 def xavier_normal_(tensor, gain: float = 1.0, *, generator=None):
     """Glorot normal in place: N(0, s^2), s = gain * sqrt(2 / (fan_in + fan_out)); returns `tensor`."""
     arr = _array(tensor)
+    gain = checks.finite_real(gain, "gain")
     fan_in, fan_out = _calculate_fan_in_and_fan_out(arr)
     std = gain * math.sqrt(2.0 / _nonzero(fan_in + fan_out, "fan"))
     _fill(arr, _gen(generator).normal(arr.shape, 0.0, std))

@@ -42,7 +42,7 @@ from . import functional as F
 from . import init as _init
 from . import random as _random
 from ._arrays import as_float_array
-from ._backend import backend_of
+from ._backend import backend_of, device_of
 from ._backend import cpu as _cpu
 from .losses import MSELoss, SoftmaxCrossEntropy
 from .optim import Optimizer
@@ -80,6 +80,18 @@ class MixedDeviceError(TypeError):
         self.path = f"{name}.{self.path}" if self.path else str(name)
         self.args = (self._message(),)
         return self
+
+
+def _input_like(x, w):
+    """x for a layer whose parameter is w, off the hot path: a list or a CPU tensor as NumPy takes
+    it; a float array of the other dtype is a TypeError naming x (the kernel would blame `weight`,
+    which the caller never passed; float64 is NumPy's default)."""
+    if type(x) is not np.ndarray and device_of(x) == "cpu":
+        x = as_float_array(x, "x")
+    if type(x) is np.ndarray and x.dtype != w.dtype and x.dtype in (np.float32, np.float64):
+        raise TypeError(f"x: expected dtype {w.dtype} like the layer's parameters, got {x.dtype} "
+                        f"(convert the input: x.astype(np.{w.dtype}))")
+    return x
 
 
 def _where(a) -> str:
@@ -123,7 +135,12 @@ class Module:
         return out
 
     def parameters(self):
-        return [p for _, p in self.named_parameters()]
+        """Each Parameter once, in named_parameters() order: a Parameter reachable by two paths (a
+        layer used twice, a module kept under two attributes) is listed at its first, as
+        torch.nn.Module.parameters() does, so an optimizer built on it updates it once per step.
+        named_parameters() and state_dict() keep every path."""
+        seen = set()
+        return [p for _, p in self.named_parameters() if not (id(p) in seen or seen.add(id(p)))]
 
     def train(self, mode: bool = True):
         if not isinstance(mode, (bool, np.bool_)):
@@ -164,22 +181,36 @@ class Module:
         """name -> a copy of each parameter's data, on the parameter's device."""
         return {k: backend_of(p.data).copy(p.data) for k, p in self.named_parameters()}
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state, strict=True):
         """Copies arrays (NumPy or CUDA, from any device) into the parameters, where they live;
         every name must be present with the same shape (the error names the first mismatching
-        parameter); nothing is changed unless all match."""
+        parameter); nothing is changed unless all match. strict=False (torch's): names the state
+        lacks keep their values and names the model lacks are ignored; the names both have must
+        still match in shape (torch: a size mismatch is an error either way). Returns self (not
+        torch's (missing_keys, unexpected_keys): compare state's keys with named_parameters())."""
         params = dict(self.named_parameters())
         missing = [k for k in params if k not in state]
         extra = [k for k in state if k not in params]
-        if missing or extra:
+        if strict and (missing or extra):
             raise ValueError(f"state: missing parameters {missing}, unexpected {extra}")
+        params = {k: p for k, p in params.items() if k in state}
+        values = {}
         for k, p in params.items():
             a = state[k]
+            if device_of(a) != "cuda":  # (host values converted and checked before anything is written)
+                try:
+                    a = np.asarray(a)
+                except Exception as e:  # a torch tensor that requires grad, or in bfloat16, ...
+                    raise TypeError(f"state[{k!r}]: expected an array of numbers, got {type(a).__name__} "
+                                    f"({type(e).__name__}: {e})") from None
+                if a.dtype.kind not in "biuf":
+                    raise TypeError(f"state[{k!r}]: expected an array of numbers, got dtype {a.dtype}")
             shape = tuple(a.shape) if hasattr(a, "shape") else np.shape(a)
             if shape != tuple(p.data.shape):
                 raise ValueError(f"state[{k!r}]: expected shape {tuple(p.data.shape)}, got {shape}")
+            values[k] = a
         for k, p in params.items():
-            copy_into(p.data, state[k])
+            copy_into(p.data, values[k])
         return self
 
     def config(self) -> dict:
@@ -315,10 +346,7 @@ class Linear(Module):
             self._x, self._saved, self._fast = x, saved, True
             return y
         self._fast = False
-        if type(x) is np.ndarray and x.dtype != w.dtype and x.dtype in (np.float32, np.float64):
-            # (the kernel would blame `weight`, which the caller never passed; float64 is NumPy's default)
-            raise TypeError(f"x: expected dtype {w.dtype} like the layer's parameters, got {x.dtype} "
-                            f"(convert the input: x.astype(np.{w.dtype}))")
+        x = _input_like(x, w)
         kw = dict(activation=self.activation, negative_slope=self.negative_slope, alpha=self.alpha,
                   prelu_weight=None if self.prelu_weight is None else self.prelu_weight.data,
                   dropout_p=self.dropout, dropconnect_p=self.dropconnect, training=self.training)
@@ -476,12 +504,13 @@ class PReLU(_Elementwise):
         self.weight = Parameter(np.full(n, init, dtype), regularize=False, name="weight")
 
     def _f(self, x):
+        w = self.weight.data
         try:
-            backend_of(("x", x), ("weight", self.weight.data))
+            backend_of(("x", x), ("weight", w))
         except TypeError:
             _check_input_device(self, "weight", self.weight, x)
             raise
-        return F.prelu(x, self.weight.data)
+        return F.prelu(_input_like(x, w), w)
 
     def _b(self, g, x):
         gx, gw = F.prelu_backward(g, x, self.weight.data)
@@ -706,6 +735,10 @@ class Sequential(Module):
         return grad_output if need_input_grad else None
 
     def __getitem__(self, i):
+        """The layer at index i; a slice is a Sequential of those layers (the same objects, as
+        torch.nn.Sequential: model[:-1] is the body of model, sharing its parameters)."""
+        if isinstance(i, slice):
+            return Sequential(self.layers[i])
         return self.layers[i]
 
     def __len__(self):
@@ -744,9 +777,13 @@ class Residual(Module):
 
     def forward(self, x):
         try:
-            return x + self.block.forward(x)
+            y = self.block.forward(x)
         except MixedDeviceError as e:
             raise e.within("block") from None
+        if np.shape(y) != np.shape(x):  # (x + y would broadcast, or fail naming neither)
+            raise ValueError(f"block: a residual block must keep its input's shape, but it maps {np.shape(x)} to "
+                             f"{np.shape(y)}")
+        return x + y
 
     def backward(self, grad_output, *, need_input_grad=True):
         if not need_input_grad:

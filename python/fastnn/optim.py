@@ -101,13 +101,23 @@ class Optimizer:
     _state_keys: tuple = ()
 
     def __init__(self, params, lr, l1=0.0, l2=0.0):
+        if (hasattr(params, "data") and hasattr(params, "grad")) or not hasattr(params, "__iter__"):
+            raise TypeError(f"params: expected an iterable of Parameters (model.parameters()), got "
+                            f"{type(params).__name__}")
         self.params = list(params)
         if not self.params:
             raise ValueError("params: expected at least one parameter, got an empty list")
+        first = {}
         for i, p in enumerate(self.params):
             if not (hasattr(p, "data") and hasattr(p, "grad")):
+                hint = (" (torch.optim's parameter groups: fastnn takes a per-parameter lr_scale instead, "
+                        "fastnn.transfer.set_lr_scale)" if isinstance(p, dict) else "")
                 raise TypeError(f"params[{i}]: expected an object with .data and .grad (fastnn.Parameter), "
-                                f"got {type(p).__name__}")
+                                f"got {type(p).__name__}{hint}")
+            j = first.setdefault(id(p), i)
+            if j != i:  # (torch.optim warns that this will become an error)
+                raise ValueError(f"params[{i}]: the same Parameter as params[{j}]; it would be updated twice per "
+                                 "step (list each parameter once: model.parameters() does)")
         self.base_lr = _check_lr(lr, allow_zero=True)  # (0 as torch.optim takes it: no update, the state still kept)
         self._lr = self.base_lr
         self.l1 = _nonneg(l1, "l1")
@@ -290,8 +300,28 @@ class Optimizer:
         }
 
     def load_state_dict(self, sd: dict) -> None:
-        if sd.get("type") != type(self).__name__:
-            raise ValueError(f"state_dict: expected a {type(self).__name__} state, got {sd.get('type')!r}")
+        """Restores what state_dict() gave: everything is checked before anything changes (a bad
+        entry leaves the optimizer as it was). A hyperparameter this optimizer does not have (a
+        torch.optim option such as maximize or amsgrad) is an error, not ignored."""
+        if not isinstance(sd, dict) or sd.get("type") != type(self).__name__:
+            got = sd.get("type") if isinstance(sd, dict) else type(sd).__name__
+            raise ValueError(f"state_dict: expected a {type(self).__name__} state, got {got!r}")
+        missing = [k for k in ("hyperparameters", "lr", "base_lr", "step_count", "state") if k not in sd]
+        if missing:
+            raise ValueError(f"state_dict: missing entries {missing}")
+        hp = sd["hyperparameters"]
+        known = self.hyperparameters()
+        if not isinstance(hp, dict):
+            raise ValueError(f"state_dict: hyperparameters: expected a dict, got {type(hp).__name__}")
+        unknown = sorted(set(hp) - set(known))
+        if unknown:
+            raise ValueError(f"state_dict: hyperparameters {unknown} are not {type(self).__name__}'s "
+                             f"({', '.join(known)})")
+        base_lr = _check_lr(sd["base_lr"], allow_zero=True)
+        lr = _check_lr(sd["lr"], allow_zero=True)
+        step_count = sd["step_count"]
+        if isinstance(step_count, bool) or not isinstance(step_count, numbers.Integral) or step_count < 0:
+            raise ValueError(f"state_dict: step_count: expected an integer >= 0, got {step_count!r}")
         states = sd["state"]
         if len(states) != len(self.params):
             raise ValueError(f"state_dict: expected state for {len(self.params)} parameters, got {len(states)}")
@@ -310,12 +340,12 @@ class Optimizer:
                     v = be.state_from(v, w, f"state[{i}][{k!r}]")
                 d[k] = v
             new.append(d)
-        for k, v in sd["hyperparameters"].items():
+        for k, v in hp.items():
             setattr(self, k, v)
         self.state = new
-        self.base_lr = float(sd["base_lr"])
-        self.lr = sd["lr"]
-        self.step_count = int(sd["step_count"])
+        self.base_lr = base_lr
+        self.lr = lr
+        self.step_count = int(step_count)
 
     def __repr__(self) -> str:
         hp = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters().items())

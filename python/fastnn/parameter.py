@@ -92,7 +92,7 @@ def canonical_device(device, name: str = "device", *, allow_auto: bool = False) 
 def _cuda_unavailable_reason() -> str:
     if not getattr(_C, "cuda_compiled", False):
         return "this build of fastnn has no CUDA support"
-    return f"no CUDA GPU: {_C.cuda_init_error()}"
+    return f"no CUDA GPU: {_cuda._unavailable_reason()}"
 
 
 def move_array(a, device: str):

@@ -246,7 +246,10 @@ class Trainer:
                 if k in kw and v and kw[k] != v:
                     raise ValueError(f"{k}: given both as {k}={v} and in optimizer_kwargs ({kw[k]})")
                 kw.setdefault(k, v)
-            self.optimizer = _optim.create(optimizer, params, **kw)
+            try:
+                self.optimizer = _optim.create(optimizer, params, **kw)
+            except TypeError as e:  # (a missing lr, a misspelled or foreign keyword: name where it came from)
+                raise TypeError(f"optimizer_kwargs: {e}") from None
         elif isinstance(optimizer, _optim.Optimizer):
             if optimizer_kwargs:
                 raise ValueError("optimizer_kwargs: only used when optimizer is a name, got an optimizer object")

@@ -233,10 +233,12 @@ def write_safetensors(path, tensors: dict) -> None:
     inv = {np.dtype(v): k for k, v in _ST_DTYPES.items() if v is not None}
     header, blobs, off = {}, [], 0
     for name, a in tensors.items():
-        a = np.ascontiguousarray(a)
+        a = np.asarray(a)  # (not ascontiguousarray: it makes a 0-d array 1-d; tobytes() writes C order)
+        if a.dtype.byteorder == ">":
+            a = a.astype(a.dtype.newbyteorder("<"))  # the format is little-endian
         if a.dtype not in inv:
             raise TypeError(f"tensors[{name!r}]: dtype {a.dtype} not supported")
-        b = a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes()
+        b = a.tobytes()
         header[name] = {"dtype": inv[a.dtype], "shape": list(a.shape), "data_offsets": [off, off + len(b)]}
         blobs.append(b)
         off += len(b)

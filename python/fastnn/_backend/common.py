@@ -84,13 +84,15 @@ def host_target(target, shape, dtype):
     if t.ndim != 1 or t.shape[0] != M:
         raise ValueError(f"target: expected {M} labels (shape ({M},)) for logits of shape {tuple(shape)}, "
                          f"got shape {t.shape}")
-    if t.dtype not in (np.int32, np.int64):
-        t = t.astype(np.int64)  # uint8/int16/uint32...: a small copy of M labels
-    if M and (t.min() < 0 or t.max() >= C):  # (two reductions; the mask only to describe a failure)
+    # (checked in the labels' own dtype: a uint64 label beyond int64 is reported as given, not as the
+    # value the cast wraps it to; two reductions, the mask only to describe a failure)
+    if M and (t.min() < 0 or t.max() >= C):
         bad = np.flatnonzero((t < 0) | (t >= C))
         r = int(bad[0])
         raise ValueError(f"target: expected class labels in [0, {C}), got {t[r]} at row {r} "
                          f"({bad.size} labels out of range)")
+    if t.dtype not in (np.int32, np.int64):
+        t = t.astype(np.int64)  # uint8/int16/uint32...: a small copy of M labels
     return c_input(t)
 
 
