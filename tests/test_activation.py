@@ -1368,3 +1368,30 @@ def test_typed_stub_parameters_match_the_bindings():
     methods = {n.name for n in next(n for n in tree.body if isinstance(n, ast.ClassDef)
                                     and n.name == "LinearChain").body if isinstance(n, ast.FunctionDef)}
     assert methods == {k for k in vars(fastnn._C.LinearChain) if not k.startswith("_")} | {"__init__", "__len__"}
+
+
+def test_output_allocation_failure_returns_cached_blocks_then_names_the_shape(tmp_path):
+    # fastnn's block cache keeps freed outputs (up to 1 GiB) for reuse: when a new output cannot
+    # be allocated, those blocks must go back first, and a real shortage must say what could not
+    # be allocated (as NumPy's MemoryError does), not "std::bad_alloc". In a subprocess: the
+    # address-space limit must not reach this test session.
+    code = """
+        import resource, numpy as np, fastnn, fastnn.functional as F
+        fastnn.set_num_threads(2)
+        x1 = np.ones(40 << 20, np.float32)   # 160 MiB
+        x2 = np.ones(30 << 20, np.float32)   # 120 MiB: another block size
+        F.tanh(x1)                           # its output's block stays in fastnn's cache
+        assert fastnn._C.cached_bytes() >= 160 << 20
+        vm = int(next(l for l in open("/proc/self/status") if l.startswith("VmSize")).split()[1]) << 10
+        resource.setrlimit(resource.RLIMIT_AS, (vm + (60 << 20), resource.RLIM_INFINITY))
+        y = F.tanh(x2)                       # fits once the cached 160 MiB are returned
+        assert abs(y[-1] - np.tanh(1.0)) < 1e-6 and fastnn._C.cached_bytes() == 0
+        try:
+            F.sigmoid(x1)                    # 160 MiB more: does not fit
+        except MemoryError as e:
+            print("message:", e)
+        print("ok")
+    """
+    p = _run_python(code, cwd=tmp_path)
+    assert p.returncode == 0 and "ok" in p.stdout, _describe(p)
+    assert "(41943040,)" in p.stdout and "float32" in p.stdout, p.stdout

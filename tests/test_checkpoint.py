@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import tracemalloc
 import warnings
 
@@ -188,6 +189,48 @@ def test_sigkill_during_save_leaves_no_orphan_after_next_access(tmp_path):
     checkpoint.save_model(mlp(), target)
     assert sorted(os.listdir(tmp_path)) == sorted([f".model.npz.{os.getppid()}.fastnn-tmp",
                                                    ".other.npz.999999999.fastnn-tmp", "model.npz"])
+
+
+def test_saves_and_loads_of_one_target_from_several_threads_all_succeed(tmp_path, monkeypatch):
+    # The temporary file is named by the process id, so two threads of one process share it: a
+    # second save truncated and renamed the first one's half-written file, and a save or load
+    # removed it as "stale" (its pid is this process); the first save then failed at the rename.
+    target = tmp_path / "model.npz"
+    checkpoint.save_model(mlp(0), target)
+    writing, resume = threading.Event(), threading.Event()
+    real_savez = np.savez
+    first = threading.current_thread()
+
+    def paused_savez(f, **arrays):
+        real_savez(f, **arrays)
+        if threading.current_thread() is not first and not writing.is_set():
+            writing.set()  # the first background save, paused after writing
+            resume.wait(60)
+
+    monkeypatch.setattr(checkpoint.np, "savez", paused_savez)
+    errors = []
+
+    def save(seed):
+        try:
+            checkpoint.save_model(mlp(seed), target)
+        except Exception as e:  # noqa: BLE001 (reported below)
+            errors.append(f"save of mlp({seed}): {type(e).__name__}: {e}")
+
+    a = threading.Thread(target=save, args=(1,))
+    a.start()
+    assert writing.wait(60)
+    b = threading.Thread(target=save, args=(2,))
+    b.start()
+    b.join(1.0)  # (it waits for the first save to finish; before the fix it ran now)
+    checkpoint.load_model(target)  # a load in the meantime
+    resume.set()
+    a.join(60)
+    b.join(60)
+    assert not errors, errors
+    loaded, expected = checkpoint.load_model(target), mlp(2)  # the later save's model
+    for (k, p), q in zip(loaded.named_parameters(), expected.parameters()):
+        np.testing.assert_array_equal(p.data, q.data, err_msg=k)
+    assert os.listdir(tmp_path) == ["model.npz"]
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.2])

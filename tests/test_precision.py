@@ -345,3 +345,44 @@ def test_gpu_medium_is_bf16_and_high_is_tf32():
     assert np.all(np.abs(c19 - exact64) <= 4e-3 * scale)
     c32 = F.matmul(da, db).numpy()
     assert np.all(np.abs(c32 - exact64) <= 2e-5 * scale)
+
+
+def test_a_trainers_precision_stays_in_its_own_thread():
+    # Trainer(precision=...) ran its fit under the process-wide setting: an fp32 product in
+    # another thread during a bf16 fit was bf16, and two fits in threads that finished in the
+    # other order than they started left the process at "medium" for good.
+    import threading
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((64, 96)).astype(np.float32)
+    b = rng.standard_normal((96, 48)).astype(np.float32)
+    fp32 = F.matmul(a, b)
+    X = rng.standard_normal((64, 16)).astype(np.float32)
+    y = rng.integers(0, 3, 64)
+    seen = {}
+
+    def paused_fit(precision, inside, release):
+        def on_epoch_end(trainer, epoch, logs):
+            if not inside.is_set():
+                inside.set()
+                release.wait(60)
+        fastnn.manual_seed(0)
+        t = Trainer(nn.Sequential(nn.Linear(16, 8), nn.Linear(8, 3)), precision=precision, verbose=False, seed=0)
+        t.fit(X, y, epochs=2, batch_size=16, callbacks=[on_epoch_end])
+
+    events = {k: (threading.Event(), threading.Event()) for k in ("bf16", "fp32")}
+    threads = {k: threading.Thread(target=paused_fit, args=(k, *events[k])) for k in events}
+    threads["bf16"].start()
+    assert events["bf16"][0].wait(60)  # the bf16 fit is running
+    seen["during bf16 fit"] = fastnn.get_matmul_precision()
+    same = np.array_equal(F.matmul(a, b), fp32)
+    threads["fp32"].start()  # an fp32 fit starts during it and ends after it
+    assert events["fp32"][0].wait(60)
+    events["bf16"][1].set()
+    threads["bf16"].join(60)
+    events["fp32"][1].set()
+    threads["fp32"].join(60)
+    seen["after both fits"] = fastnn.get_matmul_precision()
+    fastnn.set_matmul_precision("highest")
+    assert seen == {"during bf16 fit": "highest", "after both fits": "highest"}
+    assert same, "an fp32 matmul in another thread during a bf16 fit was not the float32 product"

@@ -15,10 +15,13 @@ K * 2**-24 * (|A| @ |B|) / |A @ B| beyond the rounding of the operands (each ~2*
 The setting is process-wide, like PyTorch's: one value shared by all threads. ``matmul_precision``
 (a context manager) sets it and restores the previous value on exit; two threads using it at the
 same time see each other's setting, so give each process one precision while work runs in threads.
+A Trainer's or an estimator's ``precision`` is its own: it applies to the thread running its fit,
+evaluate or predict, for that call only, and neither reads nor changes what other threads see.
 """
 
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 
 import numpy as np
@@ -30,6 +33,8 @@ PRECISIONS = ("highest", "high", "medium")
 _CUDA_MATH = {"highest": 0, "high": 1, "medium": 2}
 
 _current = ["highest"]
+# A trainer's precision while it runs in this thread (training_context), over the process's.
+_thread = threading.local()
 _F32 = np.dtype(np.float32)
 
 
@@ -50,7 +55,12 @@ def set_matmul_precision(precision: str) -> None:
 
 def get_matmul_precision() -> str:
     """The float32 matrix-product precision in force: "highest", "high" or "medium"."""
-    return _current[0]
+    return _in_force()
+
+
+def _in_force() -> str:
+    p = getattr(_thread, "precision", None)
+    return _current[0] if p is None else p
 
 
 @contextmanager
@@ -69,12 +79,12 @@ def matmul_precision(precision: str):
 def cpu_precision(dtype) -> str:
     """The ``precision=`` of the CPU GEMM kernels for operands of ``dtype``: "bf16" under
     "medium" for float32, else "fp32" (float64 and the "high" setting: no reduced precision)."""
-    return "bf16" if _current[0] == "medium" and dtype == _F32 else "fp32"
+    return "bf16" if _in_force() == "medium" and dtype == _F32 else "fp32"
 
 
 def cuda_math() -> int:
     """The cuBLASLt math mode of float32 GPU GEMMs: 0 float32, 1 TF32, 2 bf16 (ignored for float64)."""
-    return _CUDA_MATH[_current[0]]
+    return _CUDA_MATH[_in_force()]
 
 
 # Trainer(precision=...) / estimators / `fastnn train --precision`: the training precisions.
@@ -92,9 +102,14 @@ def check_training_precision(precision, dtype=None) -> str:
     return p
 
 
+@contextmanager
 def training_context(precision: str):
-    """The matmul precision a trainer runs under: "bf16" -> "medium"; "fp32" -> float32 products
-    ("highest", or "high" kept when the user allowed TF32 on the GPU)."""
-    if precision == "bf16":
-        return matmul_precision("medium")
-    return matmul_precision("highest" if _current[0] == "medium" else _current[0])
+    """The matmul precision a trainer runs under, in the calling thread only: "bf16" -> "medium";
+    "fp32" -> float32 products ("highest", or "high" kept when the user allowed TF32 on the GPU)."""
+    old = getattr(_thread, "precision", None)
+    now = _in_force()
+    _thread.precision = "medium" if precision == "bf16" else "highest" if now == "medium" else now
+    try:
+        yield
+    finally:
+        _thread.precision = old

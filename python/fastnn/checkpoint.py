@@ -28,7 +28,8 @@ model. Any defect is a ValueError naming the file.
 Writes are atomic: a temporary file next to the target, fsync, os.replace. The temporary name
 is derived from the target and the writer's process id (``.<name>.<pid>.fastnn-tmp``); a save or
 load of the same target removes those left by a process that no longer exists (killed
-mid-save), so no orphan survives the next access.
+mid-save), so no orphan survives the next access. Threads of one process that save the same
+target take turns (they share that name); each save completes, the last one's file stays.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import json
 import math
 import numbers
 import os
+import threading
 import zipfile
 
 import numpy as np
@@ -94,6 +96,22 @@ def _tmp_prefix(path):
     return "." + os.path.basename(path) + "."
 
 
+# This process's saves in progress: temporary path -> [lock, saves using it]. The name holds only
+# the process id, so two threads saving one target take turns, and a save or load of it keeps
+# the file another thread is writing instead of removing it as stale.
+_writing = {}
+_writing_mu = threading.Lock()
+
+
+def _forget_writers_in_child():  # (the forking thread is the child's only one; its pid is new)
+    global _writing_mu
+    _writing_mu = threading.Lock()
+    _writing.clear()
+
+
+os.register_at_fork(after_in_child=_forget_writers_in_child)
+
+
 def _pid_alive(pid):
     try:
         os.kill(pid, 0)
@@ -122,11 +140,14 @@ def clean_stale_temporaries(path):
         if not pid.isdigit() or (int(pid) != os.getpid() and _pid_alive(int(pid))):
             continue
         full = os.path.join(directory, name)
-        try:
-            os.unlink(full)
-            removed.append(full)
-        except OSError:
-            pass
+        with _writing_mu:  # (a save registers before it creates the file)
+            if full in _writing:
+                continue  # another thread of this process is writing it
+            try:
+                os.unlink(full)
+                removed.append(full)
+            except OSError:
+                pass
     return removed
 
 
@@ -135,20 +156,30 @@ def _atomic_write(path, write):
     onto path: readers see the old file or the new one, never a partial one."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    clean_stale_temporaries(path)
     tmp = os.path.join(directory, f"{_tmp_prefix(path)}{os.getpid()}{_TMP_SUFFIX}")
+    with _writing_mu:
+        entry = _writing.setdefault(tmp, [threading.Lock(), 0])
+        entry[1] += 1
     try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+        with entry[0]:
+            clean_stale_temporaries(path)
+            try:
+                with open(tmp, "wb") as f:
+                    write(f)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            except BaseException:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+                raise
+    finally:
+        with _writing_mu:
+            entry[1] -= 1
+            if not entry[1] and _writing.get(tmp) is entry:
+                del _writing[tmp]
     try:  # make the rename itself durable (POSIX); not possible on every platform
         dfd = os.open(directory, os.O_RDONLY)
         try:
