@@ -104,6 +104,63 @@ def test_failed_thread_creation_runs_on_the_threads_that_exist_with_a_warning():
     assert r.returncode == 0 and "ok" in r.stdout, r.stdout + r.stderr
 
 
+def test_an_exception_in_a_task_reaches_the_caller_and_the_pool_runs_on():
+    # A task that throws (std::bad_alloc of a packing buffer under a memory limit) aborted the
+    # interpreter from a worker thread (std::terminate) and, from the calling thread, left the
+    # region while the workers still ran tasks on its unwound stack (a segfault later). Now the
+    # first exception waits for the region's other tasks and is raised in the caller. In a
+    # subprocess: an abort must fail this test, not end the session.
+    r = _run("""
+        import fastnn
+        from fastnn import _C
+        fastnn.set_num_threads(2)
+        n = 2 * 32768
+        assert _C.parallel_check(n) == n
+        for i in range(200):  # every task throws: the worker's and the caller's, whichever ran them
+            try:
+                _C.parallel_check(n, fail=True)
+                raise SystemExit("no MemoryError")
+            except MemoryError:
+                pass
+        assert _C.parallel_check(n) == n and _C.started_threads() == 1, _C.started_threads()
+        print("ok")
+    """)
+    assert r.returncode == 0 and "ok" in r.stdout, (r.returncode, r.stdout + r.stderr)
+
+
+def test_gemm_under_a_memory_limit_is_a_memory_error_not_a_crash():
+    # The same through real allocations: a 2000x1000 @ 1000x4000 product (B too large to share, so
+    # each thread allocates its own packing buffer inside the region) under address-space limits
+    # from tight to loose; each either runs or raises MemoryError, and the process goes on. Before,
+    # at ~40 MiB above the process's size: 'terminate called after throwing std::bad_alloc'.
+    r = _run("""
+        import resource
+        import numpy as np
+        import fastnn
+        import fastnn.functional as F
+        fastnn.set_num_threads(2)
+        a = np.ones((2000, 1000), np.float32)
+        b = np.ones((4000, 1000), np.float32).T
+        small = F.matmul(a[:64], b[:, :64])
+        vm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmSize:")) * 1024
+        outcomes = []
+        for extra_mib in range(0, 80, 2):
+            resource.setrlimit(resource.RLIMIT_AS, (vm + (extra_mib << 20), resource.RLIM_INFINITY))
+            try:
+                c = F.matmul(a, b)
+                outcomes.append(bool(c[0, 0] == 1000 and c[-1, -1] == 1000))
+                del c
+            except MemoryError:
+                outcomes.append("MemoryError")
+            resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+            fastnn.empty_cache()
+        assert False not in outcomes and outcomes[0] == "MemoryError" and outcomes[-1] is True, outcomes
+        assert np.array_equal(F.matmul(a[:64], b[:, :64]), small)
+        print("ok")
+    """)
+    assert r.returncode == 0 and "ok" in r.stdout, (r.returncode, r.stdout + r.stderr)
+
+
 def test_fork_while_other_threads_are_inside_kernels_does_not_deadlock_the_child():
     # Two Python threads run the linear layer's forward and backward with dropout without pause:
     # each call takes and frees host-cache blocks (the 256x512 gradient scratch, >= 64 KiB) with

@@ -1,5 +1,6 @@
 // The extension module fastnn._C: build facts, CPU dispatch, threads, host allocator; each
 // kernel family registers itself from its own binding file.
+#include <atomic>
 #include <cstring>
 #include <new>
 #include <stdexcept>
@@ -134,6 +135,20 @@ PYBIND11_MODULE(_C, m) {
       "ValueError above max_num_threads()). Workers start when a kernel has that many chunks of work.");
   m.def("max_num_threads", &max_num_threads, "The largest count set_num_threads accepts.");
   m.def("started_threads", &started_threads, "Worker threads the pool runs now (for tests).");
+  m.def(
+      "parallel_check",
+      [](int64_t n, bool fail) {
+        std::atomic<int64_t> done{0};
+        py::gil_scoped_release nogil;
+        parallel_for(n, 1, 1, [&](int64_t b, int64_t e) {
+          if (fail) throw std::bad_alloc();
+          done.fetch_add(e - b);
+        });
+        return done.load();
+      },
+      py::arg("n"), py::arg("fail") = false,
+      "For tests: a parallel region over n items (a task per thread); with fail, every task throws "
+      "std::bad_alloc, which must reach the caller as MemoryError. Returns the items run.");
 
   m.def("empty", &host_empty, py::arg("shape"), py::arg("dtype"),
         "Uninitialized C-ordered array from the host block cache (large arrays reuse warm pages).");

@@ -70,6 +70,7 @@ void* map_block(size_t size) {
 void* host_alloc(size_t bytes) {
   if (bytes < kCachedAllocMin) {
     void* p = std::aligned_alloc(64, (bytes + 63) / 64 * 64 + 64);
+    if (!p && host_empty_cache()) p = std::aligned_alloc(64, (bytes + 63) / 64 * 64 + 64);
     if (!p) throw std::bad_alloc();
     return p;
   }
@@ -85,7 +86,12 @@ void* host_alloc(size_t bytes) {
       return p;
     }
   }
-  return map_block(size);
+  try {
+    return map_block(size);
+  } catch (const std::bad_alloc&) {  // the cache's free blocks (other sizes) are the caller's memory too:
+    if (!host_empty_cache()) throw;  // given back, one more try (PyTorch's caching allocator does the same)
+    return map_block(size);
+  }
 }
 
 void host_free(void* p, size_t bytes) {

@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <exception>
 #include <mutex>
 #include <string>
 #include <system_error>
@@ -64,12 +65,23 @@ class Pool {
     work();
     t_in_parallel = false;
     // Wait for the workers' tasks: spin first (regions are short), then sleep.
-    for (int spin = 0; spin < 20000; ++spin) {
-      if (remaining_.load(std::memory_order_acquire) == 0) return;
-      cpu_relax();
+    bool done = false;
+    for (int spin = 0; spin < 20000 && !done; ++spin) {
+      done = remaining_.load(std::memory_order_acquire) == 0;
+      if (!done) cpu_relax();
     }
-    std::unique_lock<std::mutex> lk(mu_);
-    cv_done_.wait(lk, [this] { return remaining_.load(std::memory_order_acquire) == 0; });
+    if (!done) {
+      std::unique_lock<std::mutex> lk(mu_);
+      cv_done_.wait(lk, [this] { return remaining_.load(std::memory_order_acquire) == 0; });
+    }
+    // A task that threw (std::bad_alloc of a packing buffer, say): every task has finished or
+    // been skipped, so nothing uses ctx any more; the first exception goes to the caller.
+    if (failed_.load(std::memory_order_acquire)) {
+      std::exception_ptr e = error_;
+      error_ = nullptr;
+      failed_.store(false, std::memory_order_relaxed);
+      std::rethrow_exception(e);
+    }
   }
 
  private:
@@ -92,7 +104,17 @@ class Pool {
       }
       int64_t t = static_cast<int64_t>(c & 0xFFFFF);
       int64_t b = t * chunk_, e = b + chunk_ < n_ ? b + chunk_ : n_;
-      fn_(ctx_, b, e);
+      if (!failed_.load(std::memory_order_acquire)) {  // (after a failure the rest are skipped)
+        try {
+          fn_(ctx_, b, e);
+        } catch (...) {  // kept for the caller: an exception must not leave a worker (terminate)
+          std::lock_guard<std::mutex> lk(mu_);
+          if (!failed_.load(std::memory_order_relaxed)) {
+            error_ = std::current_exception();
+            failed_.store(true, std::memory_order_release);
+          }
+        }
+      }
       if (remaining_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
         std::lock_guard<std::mutex> lk(mu_);
         cv_done_.notify_one();
@@ -134,6 +156,8 @@ class Pool {
   uint64_t region_ = 0;
   std::atomic<uint64_t> claim_{0};
   std::atomic<int> remaining_{0};
+  std::atomic<bool> failed_{false};  // a task of this region threw: error_ holds the first exception
+  std::exception_ptr error_;
 };
 
 std::mutex g_pool_mu;          // held for the duration of a region: one region at a time

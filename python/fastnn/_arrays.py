@@ -66,17 +66,10 @@ def empty(shape, dtype) -> np.ndarray:
     for d in shape:
         n *= d
     if n >= _CACHED_MIN:
-        try:
+        try:  # (a failed allocation gives the cache's free blocks back and tries once more: host_alloc)
             return _C.empty(list(shape), dtype)
         except MemoryError:
             pass
-        # The cache's free blocks (up to its limit, other sizes than this one) are memory the
-        # caller may need: give them back and try once more before failing.
-        if _C.empty_cache():
-            try:
-                return _C.empty(list(shape), dtype)
-            except MemoryError:
-                pass
         raise MemoryError(f"Unable to allocate {n / 2**20:.1f} MiB for an array with shape {tuple(shape)} and "
                           f"data type {dtype}") from None
     return np.empty(shape, dtype)
