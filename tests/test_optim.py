@@ -396,6 +396,16 @@ def test_penalty_gradient_of_an_unregularized_parameter_is_zero(rng):
     np.testing.assert_array_equal(penalty_grad(w, l1=0.1, l2=0.3), 0.1 * np.sign(w.data) + 0.3 * w.data)
 
 
+def test_penalty_gradient_of_integer_weights_is_not_truncated():
+    # penalty_grad cast l1 * sign(w) + l2 * w back to w's dtype: integer weights (a list of ints)
+    # got [0, 1, -1] for [0.6, 1.1, -1.6], while penalty() of the same weights was right.
+    g = penalty_grad([1, 2, -3], l1=0.1, l2=0.5)
+    assert g.dtype == np.float64
+    np.testing.assert_allclose(g, [0.6, 1.1, -1.6], rtol=1e-15)
+    np.testing.assert_array_equal(penalty_grad(np.arange(3, dtype=np.int32), l2=0.5), [0.0, 0.5, 1.0])
+    assert penalty_grad(Parameter(np.ones(2, np.float32)), l2=0.5).dtype == np.float32
+
+
 def test_fused_penalty_equals_explicit_gradient(capability, rng):
     # The optimizer's in-pass penalty == adding penalty_grad to the gradient by hand.
     w0 = rng.standard_normal((33, 17))

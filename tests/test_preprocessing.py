@@ -224,6 +224,24 @@ def test_standardize(capability, rng, dtype):
 
 
 
+@pytest.mark.parametrize("std", [1e-40, 1e-44])
+def test_standardize_subnormal_std_float32(capability, rng, std):
+    # 1 / scale_ overflows float32 when the std is subnormal: transform multiplied by inf and
+    # returned +-inf everywhere (with a RuntimeWarning); StandardScaler gives finite values.
+    # (float64 cannot get there: a std below 1 / max has a square that underflows to 0, constant)
+    x = (std * rng.standard_normal((400, 3))).astype(np.float32)
+    x[:, 1] = 3 + rng.standard_normal(400)  # (a column with an ordinary scale in the same call)
+    s = P.Standardize().fit(x)
+    mean, var = ref.col_stats(x)
+    expect = (x.astype(np.float64) - mean) / np.sqrt(var)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y = s.transform(x)
+    assert y.dtype == np.float32 and np.isfinite(y).all()
+    # subnormals carry few bits: mean_ rounded to float32 is off by up to half the smallest step
+    np.testing.assert_allclose(y, expect, atol=0.5 * 2.0 ** -149 / std + 1e-5)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_standardize_zero_rows(rng, dtype):
     # 0 rows was "out: expected contiguous rows ..." from the kernel; PCA and ZCA return (0, k)

@@ -185,6 +185,22 @@ def _constant_columns(var, mean, n, acc_dtype=np.float64):
     return var <= upper
 
 
+def _reciprocal(scale, dtype):
+    """(mul, post): 1 / scale per column as mul * post, mul finite in dtype and post a power of 2
+    (None, the usual case, when 1 / scale itself fits). A column whose std is below 1 / max of the
+    dtype (float32 data with a subnormal std, below ~2.9e-39) has a 1 / scale that rounds to inf:
+    transform then multiplies by mul (exact powers of 2 aside, the same rounding) and by post in a
+    second pass, which is exact."""
+    fi = np.finfo(dtype)
+    with np.errstate(divide="ignore", over="ignore"):
+        mul = 1.0 / scale
+    if (mul <= float(fi.max)).all():
+        return mul, None
+    m, e = np.frexp(scale)  # scale = m 2^e, m in [0.5, 1): 1 / scale = (1 / m) 2^-e
+    k = np.maximum(0, -e - (fi.maxexp - 2))
+    return np.ldexp(1.0 / m, -e - k), np.ldexp(1.0, k)
+
+
 class Standardize(_Base):
     """(X - mean_) / scale_ per feature, as scikit-learn's StandardScaler: scale_ is the
     population standard deviation (n denominator); a constant column gets scale 1.
@@ -240,10 +256,12 @@ class Standardize(_Base):
             # PCA/ZCA already map 0 rows to an empty (0, k) result
             return np.empty((0, d), dtype)
         shift = self.mean_ if self.with_mean else np.zeros(d)
-        mul = 1.0 / self.scale_ if self.with_std else np.ones(d)
+        mul, post = _reciprocal(self.scale_, dtype) if self.with_std else (np.ones(d), None)
         Y, nonfinite = be.center_scale(X, shift, mul)
         if nonfinite:
             _raise_nonfinite(be, X)
+        if post is not None:
+            Y = be.scale_shift(Y, post, np.zeros(d))
         return Y
 
     def inverse_transform(self, X, copy=None):

@@ -80,10 +80,13 @@ def penalty_grad(w, l1: float = 0.0, l2: float = 0.0, *, alpha: float | None = N
                  l1_ratio: float | None = None) -> np.ndarray:
     """dP/dw = l1 * sign(w) + l2 * w for one array or Parameter (a reference and a check; the
     optimizers apply this inside their fused pass instead). A Parameter with regularize=False is
-    not in P (penalty skips it, as the optimizers do): its gradient is zeros."""
+    not in P (penalty skips it, as the optimizers do): its gradient is zeros. The result has w's
+    dtype when it is a float type, else float64 (integer weights, lists), as ``penalty`` sums."""
     c1, c2 = coefficients(l1, l2, alpha=alpha, l1_ratio=l1_ratio)
     regularized = getattr(w, "regularize", True)
     w = w if isinstance(w, np.ndarray) else np.asarray(getattr(w, "data", w))
+    # (cast back to an integer dtype, l2 * w would be truncated: [1, 2] with l2=0.5 gave [0, 1])
+    dtype = w.dtype if w.dtype.kind == "f" else np.dtype(np.float64)
     if not regularized:
-        return np.zeros_like(w)
-    return (c1 * np.sign(w) + c2 * w).astype(w.dtype, copy=False)
+        return np.zeros(w.shape, dtype)
+    return (c1 * np.sign(w) + c2 * w).astype(dtype, copy=False)
