@@ -496,6 +496,38 @@ def test_lr_zero_with_a_schedule_trains_nothing(digits, optimizer):
         np.testing.assert_array_equal(a, p.data)
 
 
+@pytest.mark.parametrize("case", ["float64", "flat_rows", "crop_shrinks", "jitter_channels"])
+def test_augment_that_cannot_take_the_batches_is_refused_before_any_step(digits, case):
+    """An augment that cannot work on the trainer's batches (image transforms on flat rows
+    without image_shape, float32-only transforms in a float64 trainer, a crop that shrinks the
+    rows, saturation jitter on 1 channel) is a ValueError/TypeError naming augment before the
+    first step; on the CPU it came from the transforms (or the model's forward) at step 1,
+    naming only 'x', as the GPU path already refused them."""
+    from fastnn import augment as A
+
+    X, y = digits
+    X, y = X[:100], y[:100]
+    dtype = np.float64 if case == "float64" else np.float32
+    aug, err, what = {
+        "float64": (A.GaussianNoise(0.1), TypeError, r"shape \(32, 64\) and dtype float64: x: expected float32"),
+        "flat_rows": (A.RandomHorizontalFlip(), ValueError, r"shape \(32, 64\) and dtype float32: x: expected an "
+                                                            r"image batch"),
+        "crop_shrinks": (A.Augment([A.RandomCrop(6)], image_shape=(1, 8, 8)), ValueError,
+                         r"into \(32, 1, 6, 6\), but the model takes rows of 64 features"),
+        "jitter_channels": (A.Augment([A.ColorJitter(saturation=0.4)], image_shape=(1, 8, 8)), ValueError,
+                            r"saturation jitter needs 3 channels"),
+    }[case]
+    fastnn.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 16, activation="relu", dtype=dtype), nn.Linear(16, 10, dtype=dtype))
+    t = Trainer(model, verbose=False, seed=0, augment=aug, dtype=dtype)
+    before = params_of(model)
+    with pytest.raises(err, match=r"^augment: .*" + what):
+        t.fit(X.astype(dtype), y, epochs=1, batch_size=32)
+    assert t.optimizer.step_count == 0
+    for a, p in zip(before, model.parameters()):
+        np.testing.assert_array_equal(a, p.data)
+
+
 def test_mixup_num_classes_other_than_the_outputs_is_named(digits):
     """Mixup(num_classes=5) on a 3-output model: a ValueError naming augment and num_classes before
     any step (it came from the loss kernel at the first step: 'target: expected soft targets of

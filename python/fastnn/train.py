@@ -950,6 +950,25 @@ def _run_chain_steps(chain, model, opt, X, Y, order, s0, s1, bs, kind, hits, ups
             opt._fused_commit(i, done)
 
 
+def _check_augment(aug, shape, dtype):
+    """The errors an Augment would raise at the first training step, before any step: its
+    transforms' checks of the trainer's batches (shape: (rows, features); dtype: the trainer's)
+    and of every parameter they draw (crop sizes, jitter channels), and a batch it would reshape
+    into rows the model cannot take. ValueError/TypeError naming augment, the batch and the cause."""
+    d = shape[1]
+    try:
+        ishape = aug.batch_shape(shape)
+        aug.compose.check_batch(ishape, dtype)
+        aug.schedule(shape, 0, 0)  # (a pure function of the seed and positions: nothing is reserved)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"augment: {aug!r} cannot augment the trainer's batches of shape {tuple(shape)} and dtype "
+                      f"{np.dtype(dtype).name}: {e}") from None
+    final = aug.compose._final_shape(ishape)
+    if int(np.prod(final[1:])) != d:
+        raise ValueError(f"augment: it turns a batch {ishape} into {final}, but the model takes rows of {d} "
+                         f"features")
+
+
 class _CPURun:
     """The CPU side of Trainer.fit: fixed host batch buffers, the layers' own forward/backward, the
     optimizer's fused step. Accumulates exactly what _DeviceRun's step accumulates on the GPU (the
@@ -962,6 +981,8 @@ class _CPURun:
         self.validation = (Xv, yv)
         self.interrupts = _Interrupts(False)  # (Trainer.fit sets its own)
         aug = trainer.augment
+        if isinstance(aug, _augment.Augment):
+            _check_augment(aug, (min(bs, X.shape[0]), X.shape[1]), X.dtype)
         if isinstance(aug, _augment.Augment) and y.dtype.kind in "iu" and trainer._n_outputs is not None:
             # (as _DeviceRun checks: else the loss kernel's shape error, at the first step, names neither)
             for mx in aug.compose.transforms:
@@ -1458,13 +1479,8 @@ class _DeviceRun:
         """The training targets the step gathers: with Mixup, y as the float soft targets its
         first mixup makes on the CPU (integer labels one-hot, num_classes wide), which every
         mixup of the step then blends on the device. Also checks the batches the transforms see."""
-        aug, t, d = self.aug, self.t, X.shape[1]
-        shape = aug.batch_shape((self.bs, d))
-        aug.compose.check_batch(shape, t.dtype)
-        final = aug.compose._final_shape(shape)
-        if int(np.prod(final[1:])) != d:
-            raise ValueError(f"augment: it turns a batch {shape} into {final}, but the model takes rows of {d} "
-                             f"features")
+        aug, t = self.aug, self.t
+        _check_augment(aug, (self.bs, X.shape[1]), t.dtype)
         for mx in (tr for tr in aug.compose.transforms if isinstance(tr, _augment.Mixup)):
             y = _augment._soft_targets(y, len(y), mx.num_classes, t.dtype)
             if y.shape[1] != t._n_outputs:
