@@ -324,6 +324,30 @@ def test_checkpoint_round_trip_rebuilds_the_model(digits, tmp_path):
         np.testing.assert_array_equal(p.data, q.data)
 
 
+@pytest.mark.parametrize("how", ["fit_again", "resume"])
+def test_validation_fraction_holds_out_the_same_rows_when_training_continues(digits, tmp_path, how):
+    """validation_fraction drew a new split from the shuffling generator at every fit: a second
+    fit (or a fit resumed from a checkpoint saved mid-run) trained on rows the first one validated
+    on, and the resumed run was not the uninterrupted one. Now the held-out rows are the same
+    while the number of rows and the fraction are, so both equal one fit of all the epochs."""
+    X, y = digits
+    X, y = X[:300], y[:300]
+    kw = {"batch_size": 64, "validation_fraction": 0.25}
+
+    def trainer():
+        return Trainer(mlp(h=16, dropout=0.1), optimizer_kwargs={"lr": 3e-3}, verbose=False, seed=0)
+    whole = trainer().fit(X, y, epochs=4, **kw)
+    if how == "fit_again":
+        t = trainer().fit(X, y, epochs=2, **kw).fit(X, y, epochs=2, **kw)
+    else:
+        path = tmp_path / "mid.npz"
+        trainer().fit(X, y, epochs=4, callbacks=[lambda tr, epoch, logs: epoch == 1 and tr.save(path)], **kw)
+        t = Trainer.load(path, verbose=False).fit(X, y, epochs=2, **kw)
+    assert t.history == whole.history
+    for p, q in zip(t.model.parameters(), whole.model.parameters()):
+        np.testing.assert_array_equal(p.data, q.data)
+
+
 def test_save_model_without_optimizer_and_load_into(digits, tmp_path):
     X, _ = digits
     model = mlp(seed=3)
