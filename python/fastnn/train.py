@@ -1192,7 +1192,12 @@ class _CPURun:
             else:
                 xb, yb = X[lo:hi], y[lo:hi]
             if augment is not None:
-                xb, yb = augment(xb, yb, opt.step_count)
+                res = augment(xb, yb, opt.step_count)
+                if not (isinstance(res, (tuple, list)) and len(res) == 2):  # (else 'cannot unpack', naming nothing)
+                    n_items = f" of {len(res)}" if isinstance(res, (tuple, list)) else ""
+                    raise TypeError(f"augment: expected the callable to return the pair (x, y), got "
+                                    f"{type(res).__name__}{n_items}")
+                xb, yb = res
                 if yb.dtype.kind == "f" and yb.dtype != dtype:  # e.g. float64 mixup targets
                     yb = yb.astype(dtype)
             if set_lr:
