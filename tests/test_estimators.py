@@ -260,6 +260,25 @@ def test_partial_fit_needs_classes_and_refuses_lbfgs(digits):
         clf.partial_fit(X[:2], np.array([1, 11]))
 
 
+@pytest.mark.parametrize("schedule", ["cosine", "linear"])
+def test_partial_fit_calls_follow_the_schedule_as_fits_epochs(digits, schedule):
+    """schedule= with partial_fit: each call reset the epoch to 0, so the learning rate stayed at
+    learning_rate_init on every call (the schedule silently ignored). Call k is now epoch k: k
+    partial_fit calls on the whole data give fit's weights and loss curve after max_iter = k."""
+    X, y = digits
+    X, y = X[:120], y[:120]
+    kw = dict(hidden_layer_sizes=(16,), solver="sgd", schedule=schedule, max_iter=4, learning_rate_init=0.2,
+              random_state=0, shuffle=False, alpha=0.0)  # (alpha: the penalty sum is recomputed per call)
+    full = quiet(MLPClassifier(**kw), X, y)
+    inc = MLPClassifier(**kw)
+    for _ in range(4):
+        inc.partial_fit(X, y, classes=np.arange(10))
+    assert inc._optimizer.lr == full._optimizer.lr < 0.2
+    assert inc.loss_curve_ == full.loss_curve_
+    for a, b in zip(inc.coefs_ + inc.intercepts_, full.coefs_ + full.intercepts_):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_coefs_and_intercepts_assignment_reaches_the_model(digits):
     # scikit-learn's coefs_ / intercepts_ are lists the network reads: clf.coefs_[0] = W changes the
     # model. Here the list is rebuilt at each access, and an item assignment used to be dropped.

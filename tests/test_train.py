@@ -324,6 +324,30 @@ def test_checkpoint_round_trip_rebuilds_the_model(digits, tmp_path):
         np.testing.assert_array_equal(p.data, q.data)
 
 
+@pytest.mark.parametrize("how", ["fit_again", "resume"])
+def test_validation_fraction_holds_out_the_same_rows_when_training_continues(digits, tmp_path, how):
+    """validation_fraction drew a new split from the shuffling generator at every fit: a second
+    fit (or a fit resumed from a checkpoint saved mid-run) trained on rows the first one validated
+    on, and the resumed run was not the uninterrupted one. Now the held-out rows are the same
+    while the number of rows and the fraction are, so both equal one fit of all the epochs."""
+    X, y = digits
+    X, y = X[:300], y[:300]
+    kw = {"batch_size": 64, "validation_fraction": 0.25}
+
+    def trainer():
+        return Trainer(mlp(h=16, dropout=0.1), optimizer_kwargs={"lr": 3e-3}, verbose=False, seed=0)
+    whole = trainer().fit(X, y, epochs=4, **kw)
+    if how == "fit_again":
+        t = trainer().fit(X, y, epochs=2, **kw).fit(X, y, epochs=2, **kw)
+    else:
+        path = tmp_path / "mid.npz"
+        trainer().fit(X, y, epochs=4, callbacks=[lambda tr, epoch, logs: epoch == 1 and tr.save(path)], **kw)
+        t = Trainer.load(path, verbose=False).fit(X, y, epochs=2, **kw)
+    assert t.history == whole.history
+    for p, q in zip(t.model.parameters(), whole.model.parameters()):
+        np.testing.assert_array_equal(p.data, q.data)
+
+
 def test_save_model_without_optimizer_and_load_into(digits, tmp_path):
     X, _ = digits
     model = mlp(seed=3)
@@ -492,6 +516,38 @@ def test_lr_zero_with_a_schedule_trains_nothing(digits, optimizer):
     t = Trainer(model, optimizer=optimizer, optimizer_kwargs={"lr": 0.0}, schedule="cosine", verbose=False, seed=0)
     t.fit(X, y, epochs=2, batch_size=16)
     assert t.history["lr"] == [0.0, 0.0]
+    for a, p in zip(before, model.parameters()):
+        np.testing.assert_array_equal(a, p.data)
+
+
+@pytest.mark.parametrize("case", ["float64", "flat_rows", "crop_shrinks", "jitter_channels"])
+def test_augment_that_cannot_take_the_batches_is_refused_before_any_step(digits, case):
+    """An augment that cannot work on the trainer's batches (image transforms on flat rows
+    without image_shape, float32-only transforms in a float64 trainer, a crop that shrinks the
+    rows, saturation jitter on 1 channel) is a ValueError/TypeError naming augment before the
+    first step; on the CPU it came from the transforms (or the model's forward) at step 1,
+    naming only 'x', as the GPU path already refused them."""
+    from fastnn import augment as A
+
+    X, y = digits
+    X, y = X[:100], y[:100]
+    dtype = np.float64 if case == "float64" else np.float32
+    aug, err, what = {
+        "float64": (A.GaussianNoise(0.1), TypeError, r"shape \(32, 64\) and dtype float64: x: expected float32"),
+        "flat_rows": (A.RandomHorizontalFlip(), ValueError, r"shape \(32, 64\) and dtype float32: x: expected an "
+                                                            r"image batch"),
+        "crop_shrinks": (A.Augment([A.RandomCrop(6)], image_shape=(1, 8, 8)), ValueError,
+                         r"into \(32, 1, 6, 6\), but the model takes rows of 64 features"),
+        "jitter_channels": (A.Augment([A.ColorJitter(saturation=0.4)], image_shape=(1, 8, 8)), ValueError,
+                            r"saturation jitter needs 3 channels"),
+    }[case]
+    fastnn.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 16, activation="relu", dtype=dtype), nn.Linear(16, 10, dtype=dtype))
+    t = Trainer(model, verbose=False, seed=0, augment=aug, dtype=dtype)
+    before = params_of(model)
+    with pytest.raises(err, match=r"^augment: .*" + what):
+        t.fit(X.astype(dtype), y, epochs=1, batch_size=32)
+    assert t.optimizer.step_count == 0
     for a, p in zip(before, model.parameters()):
         np.testing.assert_array_equal(a, p.data)
 

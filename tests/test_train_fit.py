@@ -122,3 +122,13 @@ def test_accuracy_matches_a_recount():
     t.model.train()
     ref = float(np.mean(np.argmax(t.model.forward(X), axis=1) == y))  # lr 1e-30: the argmax never moves
     assert seen == [pytest.approx(ref, abs=1e-12)]
+
+
+@pytest.mark.parametrize("bad", [None, "x", ("x",)])
+def test_augment_returning_anything_but_a_pair_is_named(bad):
+    """An augment callable that returns None (forgot the return) or not a pair failed with Python's
+    'cannot unpack non-iterable NoneType object', naming neither augment nor what it should return."""
+    X, y = data(32)
+    t = Trainer(mlp(), augment=lambda xb, yb, step: bad, verbose=False, seed=0)
+    with pytest.raises(TypeError, match=r"^augment: expected the callable to return the pair \(x, y\), got "):
+        t.fit(X, y, epochs=1, batch_size=16)

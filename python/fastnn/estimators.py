@@ -35,11 +35,12 @@ so coefs_ are float32; activation also takes fastnn's "sigmoid", "leaky_relu", "
 "prelu". fastnn's own parameters: dropout (after each hidden layer, fused into the GEMM; seeded
 by random_state), init (None: scikit-learn's; or "kaiming", "xavier", "normal", "pytorch"),
 schedule (None, "constant", "cosine", "linear": the learning rate per epoch over max_iter, with
-learning_rate="constant"), n_threads (fastnn's CPU threads during fit/predict; None leaves the
-setting alone), device (below), precision ("fp32", or "bf16": the matrix products of fit and
-predict with bf16 operands and float32 sums, as fastnn.set_matmul_precision("medium"); weights,
-optimizer and losses stay float32). optimizer= is fastnn's old name for solver: it still works
-("sgd", "adam") with a DeprecationWarning, and overrides solver.
+learning_rate="constant"; partial_fit's calls are its epochs, counted from the first), n_threads
+(fastnn's CPU threads during fit/predict; None leaves the setting alone), device (below), precision
+("fp32", or "bf16": the matrix products of fit and predict with bf16 operands and float32 sums, as
+fastnn.set_matmul_precision("medium"); weights, optimizer and losses stay float32). optimizer= is
+fastnn's old name for solver: it still works ("sgd", "adam") with a DeprecationWarning, and
+overrides solver.
 
 Devices. device="cpu" (the default), "cuda", "cuda:N" or "auto" (the GPU when
 fastnn.cuda.is_available(), else the CPU; the choice is the fitted attribute device_). On a GPU the
@@ -582,6 +583,7 @@ class _BaseMLP(_BaseEstimator):
                 if p["solver"] != "lbfgs":
                     self.loss_curve_ = []
                     self._no_improvement_count = 0
+                    self._partial_epochs = 0  # (partial_fit calls so far: the schedule's epoch)
                     if p["early_stopping"]:
                         self.validation_scores_, self.best_validation_score_, self.best_loss_ = [], -np.inf, None
                     else:
@@ -757,9 +759,10 @@ class _BaseMLP(_BaseEstimator):
         b2 = p["beta_2"]
         self.n_iter_ = 0  # as scikit-learn: epochs of this call (partial_fit: 1); t_ keeps counting
         sq = None  # sum ||W||^2 of the current weights once a step has returned it
+        partial_epochs = getattr(self, "_partial_epochs", 0)  # (an estimator pickled before it was kept)
         for _ in range(p["max_iter"]):
             if sched is not None:
-                self._set_lr(opt, sched(self.n_iter_, p["lr"]))
+                self._set_lr(opt, sched(partial_epochs if incremental else self.n_iter_, p["lr"]))
             if p["shuffle"]:
                 rs.shuffle(idx)
             acc = 0.0
@@ -828,6 +831,7 @@ class _BaseMLP(_BaseEstimator):
                     print(msg + f" Setting learning rate to {opt.lr:f}")
                 self._no_improvement_count = 0
             if incremental:
+                self._partial_epochs = partial_epochs + 1
                 break
             if self.n_iter_ == p["max_iter"]:
                 warnings.warn(f"Stochastic Optimizer: Maximum iterations ({p['max_iter']}) reached and the "

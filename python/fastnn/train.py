@@ -108,9 +108,9 @@ optimizer's step count) consistent, usable and savable.
 Checkpoints (``save`` / ``load``; fastnn.checkpoint, re-exported here as save_model and
 load_model) are a single .npz holding the parameter arrays, the optimizer's state arrays and a
 JSON document (architecture, parameter shapes, optimizer and trainer settings, history, the
-shuffling generator's state and the position of fastnn's random stream: a loaded trainer continues
-exactly as the uninterrupted run, dropout masks included). No
-pickle; every field is checked on load, and a malformed file is a ValueError naming it. Written
+shuffling generator's state, validation_fraction's held-out rows and the position of fastnn's
+random stream: a loaded trainer continues exactly as the uninterrupted run, dropout masks
+included). No pickle; every field is checked on load, and a malformed file is a ValueError naming it. Written
 atomically; see fastnn.checkpoint.
 """
 
@@ -294,6 +294,7 @@ class Trainer:
         self.seed = seed
         self.rng = np.random.default_rng(seed)
         self.history = self._empty_history()
+        self._split = None  # (validation_fraction's rows: _split_permutation)
         self.stopped_reason = None
         self.best_epoch = None
         self._n_outputs = None
@@ -403,7 +404,9 @@ class Trainer:
         """Trains for ``epochs`` passes over (X, y) in mini-batches of ``batch_size`` rows (the
         last batch of an epoch may be smaller). validation_data=(X_val, y_val), or
         validation_fraction in (0, 1) to hold out that share of the rows (chosen with the
-        trainer's seeded generator) and report val_loss / val_accuracy each epoch.
+        trainer's seeded generator; the same rows at every later fit of as many rows with the same
+        fraction, also after save/load, so continuing never trains on the validation rows) and
+        report val_loss / val_accuracy each epoch.
         early_stopping=patience (int) or None. Returns self; the model is left in eval mode.
         Calling fit again continues training (optimizer state, step count, history and the
         shuffling generator carry over)."""
@@ -449,13 +452,26 @@ class Trainer:
             n_val = math.ceil(f * X.shape[0])
             if n_val >= X.shape[0]:
                 raise ValueError(f"validation_fraction: {f} of {X.shape[0]} rows leaves no training rows")
-            perm = self.rng.permutation(X.shape[0])
+            perm = self._split_permutation(X.shape[0], float(f))
             vi, ti = np.sort(perm[:n_val]), np.sort(perm[n_val:])
             Xv, yv, X, y = X[vi], y[vi], X[ti], y[ti]
         with _precision.training_context(self.precision):
             self._fit_arrays(X, y, Xv, yv, epochs, batch_size, shuffle, early_stopping, float(min_delta),
                              bool(restore_best), callbacks, bool(drop_last))
         return self
+
+    def _split_permutation(self, n, fraction):
+        """The permutation whose first rows validation_fraction holds out: drawn from the shuffling
+        generator at the first fit of n rows with this fraction, then redrawn from the generator's
+        state of that draw (kept in checkpoints), so a continued or resumed fit validates on the
+        same rows instead of training on some of them."""
+        split = self._split
+        if split is None or split["n"] != n or split["fraction"] != fraction:
+            self._split = {"n": n, "fraction": fraction, "rng": self.rng.bit_generator.state}
+            return self.rng.permutation(n)
+        g = np.random.Generator(type(self.rng.bit_generator)())
+        g.bit_generator.state = split["rng"]
+        return g.permutation(n)
 
     def _fit_arrays(self, X, y, Xv, yv, epochs, batch_size, shuffle, patience, min_delta, restore_best, callbacks,
                     drop_last=False):
@@ -780,7 +796,7 @@ class Trainer:
         return {"loss": self.loss_name, "classification": self.classification, "l1": self.l1, "l2": self.l2,
                 "schedule": sched, "schedule_spec": self._schedule_spec, "verbose": self.verbose,
                 "seed": self.seed, "dtype": self.dtype.name, "precision": self.precision, "history": self.history,
-                "n_outputs": self._n_outputs, "rng": self.rng.bit_generator.state,
+                "n_outputs": self._n_outputs, "rng": self.rng.bit_generator.state, "split": self._split,
                 "stream": list(_random.default_generator.get_state()),
                 "optimizer_params": self._optimizer_param_names(), "unsaved": self._unsaved()}
 
@@ -882,6 +898,10 @@ class Trainer:
         t._n_outputs = tcfg.get("n_outputs")
         if tcfg.get("rng") is not None:  # older checkpoints lack it: the generator stays fresh
             t.rng.bit_generator.state = tcfg["rng"]
+        if tcfg.get("split") is not None:  # (older checkpoints lack it: the next fit draws the rows)
+            sp = tcfg["split"]
+            type(t.rng.bit_generator)().state = sp["rng"]  # (a malformed state: its ValueError/KeyError here)
+            t._split = {"n": sp["n"], "fraction": float(sp["fraction"]), "rng": sp["rng"]}
         if tcfg.get("stream") is not None:  # (after the model's rebuild, whose init drew from it)
             _random.default_generator.set_state(tuple(tcfg["stream"]))
         return t
@@ -950,6 +970,25 @@ def _run_chain_steps(chain, model, opt, X, Y, order, s0, s1, bs, kind, hits, ups
             opt._fused_commit(i, done)
 
 
+def _check_augment(aug, shape, dtype):
+    """The errors an Augment would raise at the first training step, before any step: its
+    transforms' checks of the trainer's batches (shape: (rows, features); dtype: the trainer's)
+    and of every parameter they draw (crop sizes, jitter channels), and a batch it would reshape
+    into rows the model cannot take. ValueError/TypeError naming augment, the batch and the cause."""
+    d = shape[1]
+    try:
+        ishape = aug.batch_shape(shape)
+        aug.compose.check_batch(ishape, dtype)
+        aug.schedule(shape, 0, 0)  # (a pure function of the seed and positions: nothing is reserved)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"augment: {aug!r} cannot augment the trainer's batches of shape {tuple(shape)} and dtype "
+                      f"{np.dtype(dtype).name}: {e}") from None
+    final = aug.compose._final_shape(ishape)
+    if int(np.prod(final[1:])) != d:
+        raise ValueError(f"augment: it turns a batch {ishape} into {final}, but the model takes rows of {d} "
+                         f"features")
+
+
 class _CPURun:
     """The CPU side of Trainer.fit: fixed host batch buffers, the layers' own forward/backward, the
     optimizer's fused step. Accumulates exactly what _DeviceRun's step accumulates on the GPU (the
@@ -962,6 +1001,8 @@ class _CPURun:
         self.validation = (Xv, yv)
         self.interrupts = _Interrupts(False)  # (Trainer.fit sets its own)
         aug = trainer.augment
+        if isinstance(aug, _augment.Augment):
+            _check_augment(aug, (min(bs, X.shape[0]), X.shape[1]), X.dtype)
         if isinstance(aug, _augment.Augment) and y.dtype.kind in "iu" and trainer._n_outputs is not None:
             # (as _DeviceRun checks: else the loss kernel's shape error, at the first step, names neither)
             for mx in aug.compose.transforms:
@@ -1151,7 +1192,12 @@ class _CPURun:
             else:
                 xb, yb = X[lo:hi], y[lo:hi]
             if augment is not None:
-                xb, yb = augment(xb, yb, opt.step_count)
+                res = augment(xb, yb, opt.step_count)
+                if not (isinstance(res, (tuple, list)) and len(res) == 2):  # (else 'cannot unpack', naming nothing)
+                    n_items = f" of {len(res)}" if isinstance(res, (tuple, list)) else ""
+                    raise TypeError(f"augment: expected the callable to return the pair (x, y), got "
+                                    f"{type(res).__name__}{n_items}")
+                xb, yb = res
                 if yb.dtype.kind == "f" and yb.dtype != dtype:  # e.g. float64 mixup targets
                     yb = yb.astype(dtype)
             if set_lr:
@@ -1458,13 +1504,8 @@ class _DeviceRun:
         """The training targets the step gathers: with Mixup, y as the float soft targets its
         first mixup makes on the CPU (integer labels one-hot, num_classes wide), which every
         mixup of the step then blends on the device. Also checks the batches the transforms see."""
-        aug, t, d = self.aug, self.t, X.shape[1]
-        shape = aug.batch_shape((self.bs, d))
-        aug.compose.check_batch(shape, t.dtype)
-        final = aug.compose._final_shape(shape)
-        if int(np.prod(final[1:])) != d:
-            raise ValueError(f"augment: it turns a batch {shape} into {final}, but the model takes rows of {d} "
-                             f"features")
+        aug, t = self.aug, self.t
+        _check_augment(aug, (self.bs, X.shape[1]), t.dtype)
         for mx in (tr for tr in aug.compose.transforms if isinstance(tr, _augment.Mixup)):
             y = _augment._soft_targets(y, len(y), mx.num_classes, t.dtype)
             if y.shape[1] != t._n_outputs:
@@ -2003,6 +2044,12 @@ def _check_trainer_config(p, tcfg):
         raise bad(f"stream: expected [seed, offset] (integers in [0, 2**64)) or null, got {stream!r:.80}")
     if tcfg.get("dtype", "float32") not in ("float32", "float64"):
         raise bad(f"dtype: expected 'float32' or 'float64', got {tcfg.get('dtype')!r}")
+    sp = tcfg.get("split")
+    if sp is not None and not (isinstance(sp, dict) and isinstance(sp.get("n"), int) and not isinstance(sp["n"], bool)
+                               and sp["n"] >= 2 and isinstance(sp.get("fraction"), (int, float))
+                               and not isinstance(sp["fraction"], bool) and 0 < sp["fraction"] < 1
+                               and isinstance(sp.get("rng"), dict)):
+        raise bad(f"split: expected {{n: rows, fraction: in (0, 1), rng: a generator state}} or null, got {sp!r:.80}")
     n = tcfg.get("n_outputs")
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
         raise bad(f"n_outputs: expected a positive integer or null, got {n!r}")
