@@ -69,6 +69,27 @@ def test_xent_extreme_logits_are_stable(capability, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("C", [2, 17, 33])
+def test_xent_small_losses_keep_their_relative_accuracy(capability, dtype, C):
+    # A confident right answer: loss = log1p(sum_{j != y} exp(x_j - x_y)), tiny. Summing the max's
+    # own exp(0) = 1 with the rest in the row's precision kept only its first digits (float32
+    # [15, 0 x 16]: 2e-2 relative error; float64 [40, 0]: a loss of 0 for 4.2e-18).
+    rtol = TOL[dtype][0]
+    for margin in ([8, 12, 15, 17, 20] if dtype == np.float32 else [20, 30, 40, 60]):
+        x = np.zeros((1, C), dtype)
+        x[0, 0] = margin
+        loss, g = L.softmax_cross_entropy(x, np.array([0]))
+        rest = (C - 1) * np.exp(-float(margin))
+        want = np.log1p(rest)
+        assert loss == pytest.approx(want, rel=rtol, abs=0), (margin, loss, want)
+        assert g[0, 0] == pytest.approx(-rest / (1 + rest), rel=rtol, abs=TOL[dtype][1])
+    x = np.zeros((1, C), dtype)  # ties at the max: each exp(0) = 1 counted once
+    x[0, :2] = 5.0
+    loss, _ = L.softmax_cross_entropy(x, np.array([1]))
+    assert loss == pytest.approx(np.log(2 + (C - 2) * np.exp(-5.0)), rel=rtol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_xent_nan_logits_give_nan_loss(capability, dtype):
     x = np.zeros((4, 19), dtype)
     x[2, 17] = np.nan

@@ -16,7 +16,7 @@
 // Squared error: one block per fixed chunk of 4096 elements (a sum in double per chunk, then the
 // same fixed-order final sum), so the result depends only on n, not on the GPU.
 //
-// Math: expf/exp/log are CUDA's accurate versions (this file must not be built with
+// Math: expf/exp/log1p are CUDA's accurate versions (this file must not be built with
 // --use_fast_math); the gradient's product and difference are explicitly rounded as on the CPU.
 #include "cuda/loss.h"
 

@@ -71,12 +71,13 @@ __global__ void __launch_bounds__(kThreads) xent_rows_kernel(const T* __restrict
 #pragma unroll
   for (int off = 16; off > 0; off >>= 1) mx = nan_max(mx, __shfl_xor_sync(kFull, mx, off));
 
-  double s = 0.0, st = 0.0, stx = 0.0;
+  double s = 0.0, s_max = 0.0, st = 0.0, stx = 0.0;  // the e_j below the max; at it (the CPU's split)
   for (int64_t j = lane; j < C; j += 32) {
     const T xv = xr[j];
     const T e = dexp(sub_rn(xv, mx));
     if (gr) gr[j] = e;
-    s += static_cast<double>(e);
+    if (xv < mx) s += static_cast<double>(e);
+    else s_max += static_cast<double>(e);
     if (kSoft) {
       const T tv = tr[j];
       st += static_cast<double>(tv);
@@ -84,11 +85,13 @@ __global__ void __launch_bounds__(kThreads) xent_rows_kernel(const T* __restrict
     }
   }
   s = warp_sum(s);
+  s_max = warp_sum(s_max);
   if (kSoft) {
     st = warp_sum(st);
     stx = warp_sum(stx);
   }
-  const double log_s = log(s);
+  const double log_s = log1p((s_max - 1.0) + s);  // (accurate for a tiny loss: see cpu/loss.cpp)
+  s = s_max + s;
   int64_t label = -1;
   double loss;
   if (kSoft) {

@@ -18,8 +18,9 @@ The classes keep the gradient of the last forward for backward():
     g = loss_fn.backward()             # d loss / d logits, shape (M, C), logits' dtype
 
 backward() returns a buffer the loss object owns and reuses: the next forward overwrites it (copy
-it to keep it). Accuracy (tests/test_losses.py): float64 within 1e-12 relative of a float64
-NumPy reference; float32 loss within 1e-5 relative, gradient within 1e-6 absolute of it.
+it to keep it). Accuracy (tests/test_loss.py): float64 within 1e-12 relative of a float64
+NumPy reference; float32 loss within 1e-5 relative, gradient within 1e-6 absolute of it; small
+losses too (a confident right answer: log s is log1p of the sum without the max's own 1).
 
 GPU: CUDA logits / input (fastnn.cuda.DeviceArray, a PyTorch CUDA tensor, a CuPy array) run the
 kernels of csrc/cuda/loss.cu: the loss comes back as a Python float (the call waits for the GPU)
