@@ -1,7 +1,7 @@
 """A pytest plugin that gives fastnn one fake GPU, so GPU tests run on a machine without one:
 device memory is host memory (256-byte aligned NumPy blocks, copies are memmove).
 - augmentation: the kernels of csrc/cuda/augment_kernels.cuh compiled for the host under emu.h
-  (thread per CUDA thread), so their arithmetic is checked against the CPU path too;
+  (a fiber per CUDA thread), so their arithmetic is checked against the CPU path too;
 - activations, PReLU, dropout, linear layers, matmul, optimizers and losses: the launchers run the
   CPU kernels of fastnn._C on views of the fake device memory, with the arguments
   python/fastnn/_backend/cpu.py would pass, so a device run is bit-identical to the CPU run (their
