@@ -24,12 +24,13 @@
 # FASTNN_GPU_CHECK_PAST_PREFLIGHT=1 (run every step even after a failed preflight, to test this
 # script on a machine without a GPU; the check still ends FAILED).
 set -uo pipefail
-cd "$(dirname "$0")/.."
-SRC=$PWD
 OUTDIR=${1:-${OUT:-}}
 [ -n "$OUTDIR" ] || { echo "usage: bash bench/gpu_check.sh OUTDIR" >&2; exit 2; }
-mkdir -p "$OUTDIR"
-OUTDIR=$(cd "$OUTDIR" && pwd)
+# (resolved before the cd below: a relative OUTDIR is relative to where the script was called)
+OUTDIR=$(mkdir -p "$OUTDIR" && cd "$OUTDIR" && pwd) && [ -w "$OUTDIR" ] ||
+  { echo "gpu_check.sh: OUTDIR ${1:-${OUT:-}}: cannot create or write it" >&2; exit 2; }
+cd "$(dirname "$0")/.."
+SRC=$PWD
 PY=${PYTHON:-python3}
 SITE=${FASTNN_SITE:-/tmp/fastnn-site}
 LOGS=$(mktemp -d /tmp/fastnn-gpu-check.XXXXXX)
