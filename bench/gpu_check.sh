@@ -18,7 +18,10 @@
 #
 # OUTDIR receives exactly two files: summary.txt (each step's status and time, the pytest
 # summary, every goal line) and logs.tgz (every step's full log). The step timeouts add up to
-# ~6.3 minutes at most (~2-3 minutes on an H100 with 16 cores); run the call with >= 360 s.
+# 490 s at most with a wheel (install 60, preflight 60, tests 120, benchmarks 175, memcheck 75),
+# 670 s when it builds from source, each step with 5 s more to die after its timeout; typically
+# ~2-3 minutes on an H100 with 16 cores. Run the call with a limit >= 540 s (>= 720 s without a
+# wheel): one that kills the script first leaves no summary.
 #
 # Environment: PYTHON (default python3), FASTNN_SITE (install dir, default /tmp/fastnn-site),
 # FASTNN_GPU_CHECK_PAST_PREFLIGHT=1 (run every step even after a failed preflight, to test this
