@@ -57,6 +57,13 @@ def main():
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--min-time", type=float, default=0.5)
     a = ap.parse_args()
+    for opt, v in (("--batch", a.batch), ("--size", a.size)):
+        if v < 1:
+            ap.error(f"{opt}: expected a positive count, got {v}")
+    if any(t < 1 for t in a.threads):
+        ap.error(f"--threads: expected counts >= 1, got {a.threads}")
+    if not 0 < a.min_time < float("inf"):
+        ap.error(f"--min-time: expected seconds > 0, got {a.min_time}")
     n, s = a.batch, a.size
     x = np.random.default_rng(0).random((n, 3, s, s), dtype=np.float32)
     crop, flip, jit = A.RandomCrop(s, padding=4), A.RandomHorizontalFlip(), A.ColorJitter(0.4, 0.4, 0.4)

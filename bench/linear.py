@@ -317,7 +317,16 @@ def main():
     a = p.parse_args()
     if a.layers and a.shapes == SHAPES:
         a.shapes = LAYERS
-    if a.child:
+    # checked here, before the subprocesses: there a bad value was a traceback or, for thread
+    # count 0 (--child 0 is false), a child that ran this parent's loop again
+    bad = [s for s in a.shapes if not _dims(s)]
+    if bad:
+        p.error(f"--shapes: expected MxKxN with positive integers (e.g. 128x784x512), got {bad[0]!r}")
+    if any(t < 1 for t in a.threads):
+        p.error(f"--threads: expected counts >= 1, got {a.threads}")
+    if not 0 < a.min_time < float("inf"):
+        p.error(f"--min-time: expected seconds > 0, got {a.min_time}")
+    if a.child is not None:
         if a.layers:
             child_layers(a.child, a.shapes, a.min_time, not a.no_torch, not a.no_bf16)
         else:
@@ -395,6 +404,14 @@ def main():
               f"{'/torch16':>7} | {'':3} {'bf16':>8} {'fp32':>8} {'torch16':>8} {'/fp32':>7} {'/torch16':>7}")
         for res, t in layer_results:
             print_layers(res, t, "fastnn_bf16", "fastnn", "torch_bf16")
+
+
+def _dims(shape, n=3):
+    """'MxKxN' -> its n positive ints, or None when it is not that."""
+    parts = shape.split("x")
+    if len(parts) != n or not all(q.isdigit() and int(q) > 0 for q in parts):
+        return None
+    return [int(q) for q in parts]
 
 
 def _no_bf16_note(capability):

@@ -178,7 +178,17 @@ def main():
     p.add_argument("--breakdown", action="store_true", help="only fastnn's PCA fit+transform, phase by phase")
     p.add_argument("--child", type=int, help=argparse.SUPPRESS)
     a = p.parse_args()
-    if a.child:
+    # checked here, before the subprocesses: there a bad value was a traceback or, for thread
+    # count 0 (--child 0 is false), a child that ran this parent's loop again
+    for s in a.shapes:
+        parts = s.split("x")
+        if len(parts) != 2 or not all(q.isdigit() for q in parts) or int(parts[0]) < 2 or int(parts[1]) < 1:
+            p.error(f"--shapes: expected NxD with N >= 2 samples and D >= 1 features (e.g. 60000x784), got {s!r}")
+    if any(t < 1 for t in a.threads):
+        p.error(f"--threads: expected counts >= 1, got {a.threads}")
+    if a.reps < 1:
+        p.error(f"--reps: expected a count >= 1, got {a.reps}")
+    if a.child is not None:
         child(a.child, a.shapes, a.reps, not a.no_torch, a.breakdown)
         return
     printed = False

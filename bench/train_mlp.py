@@ -480,6 +480,9 @@ def main():
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--data", help=argparse.SUPPRESS)
     a = p.parse_args()
+    for opt, v, low in (("--threads", a.threads, 1), ("--repeats", a.repeats, 1), ("--paired", a.paired, 0)):
+        if v < low:
+            p.error(f"{opt}: expected a count >= {low}, got {v}")
     if a.child:
         if a.child == "paired":
             print(json.dumps(run_paired(a.data, a.threads, a.paired)))
