@@ -199,7 +199,10 @@ def main():
             cmd.append("--no-torch")
         if a.breakdown:
             cmd.append("--breakdown")
-        res = json.loads(subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout)
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if proc.returncode:  # the child's own message (a failed validation, an import error), then the command
+            raise SystemExit(proc.stderr + f"\n{' '.join(cmd)}: exit {proc.returncode}")
+        res = json.loads(proc.stdout)
         if not printed:
             print(res["machine"])
             print("seconds for fit + transform, float32 (whitening error max|cov(Y) - I| in brackets)")
