@@ -6,7 +6,7 @@ when importable (it applies one set of parameters per call, so it is called per 
 sides draw their own random parameters inside the timed call. Also: the copy bandwidth of the
 same bytes (read x + write y, 6 MiB) as the ceiling, and each transform alone.
 
-    python bench/augment.py [--batch 256] [--threads 1 2] [--reps 30]
+    python bench/augment.py [--batch 256] [--size 32] [--threads 1 2] [--min-time 0.5]
 
 Goal: fused flip + crop + jitter >= 5x NumPy (issue 7). Validated before timing: the NumPy
 implementation fed fastnn's parameters reproduces fastnn's output (exact geometry, 1e-6 jitter).
