@@ -178,7 +178,7 @@ def summary(name, pairs, labels):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--splits", type=int, default=10, help="random splits per measurement (default 10)")
     args = ap.parse_args()
     if args.splits < 1:
