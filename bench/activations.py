@@ -22,6 +22,14 @@ def main():
     p.add_argument("--no-torch", action="store_true")
     p.add_argument("--min-time", type=float, default=0.3, help="seconds of repetitions per measurement")
     a = p.parse_args()
+    # (benchmark.run checks these too, but as a traceback naming its own argument)
+    if any(n < 1 or n % benchmark.PRELU_C for n in a.sizes):
+        p.error(f"--sizes: expected element counts that are positive multiples of {benchmark.PRELU_C} (PReLU's "
+                f"channels), got {a.sizes}")
+    if any(t < 1 for t in a.threads):
+        p.error(f"--threads: expected counts >= 1, got {a.threads}")
+    if not 0 < a.min_time < float("inf"):
+        p.error(f"--min-time: expected seconds > 0, got {a.min_time}")
     print(benchmark.machine_line())
     rows = benchmark.run(sizes=a.sizes, threads=a.threads, ops=a.ops, use_torch=not a.no_torch,
                          min_time=a.min_time)

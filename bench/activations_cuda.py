@@ -202,6 +202,8 @@ def main():
     p.add_argument("--ops", nargs="+", default=OPS, choices=OPS)
     p.add_argument("--no-torch", action="store_true")
     a = p.parse_args()
+    if any(n < PRELU_C for n in a.sizes):
+        p.error(f"--sizes: expected element counts >= {PRELU_C} (rounded down to a multiple of it), got {a.sizes}")
     if not fc.is_available():
         raise SystemExit(f"no CUDA GPU available (CUDA compiled in: {bool(_C.cuda_compiled)})")
     rows = run(a.sizes, a.ops, use_torch=not a.no_torch)

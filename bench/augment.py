@@ -6,7 +6,7 @@ when importable (it applies one set of parameters per call, so it is called per 
 sides draw their own random parameters inside the timed call. Also: the copy bandwidth of the
 same bytes (read x + write y, 6 MiB) as the ceiling, and each transform alone.
 
-    python bench/augment.py [--batch 256] [--threads 1 2] [--reps 30]
+    python bench/augment.py [--batch 256] [--size 32] [--threads 1 2] [--min-time 0.5]
 
 Goal: fused flip + crop + jitter >= 5x NumPy (issue 7). Validated before timing: the NumPy
 implementation fed fastnn's parameters reproduces fastnn's output (exact geometry, 1e-6 jitter).
@@ -57,6 +57,13 @@ def main():
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--min-time", type=float, default=0.5)
     a = ap.parse_args()
+    for opt, v in (("--batch", a.batch), ("--size", a.size)):
+        if v < 1:
+            ap.error(f"{opt}: expected a positive count, got {v}")
+    if any(t < 1 for t in a.threads):
+        ap.error(f"--threads: expected counts >= 1, got {a.threads}")
+    if not 0 < a.min_time < float("inf"):
+        ap.error(f"--min-time: expected seconds > 0, got {a.min_time}")
     n, s = a.batch, a.size
     x = np.random.default_rng(0).random((n, 3, s, s), dtype=np.float32)
     crop, flip, jit = A.RandomCrop(s, padding=4), A.RandomHorizontalFlip(), A.ColorJitter(0.4, 0.4, 0.4)

@@ -97,7 +97,7 @@ def run(shapes, use_torch=True):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="the CIFAR-like batch only")
     ap.add_argument("--no-torch", action="store_true", help="time with host clocks instead of CUDA events")
     a = ap.parse_args()

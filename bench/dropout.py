@@ -25,6 +25,14 @@ def main():
     ap.add_argument("--min-time", type=float, default=0.3)
     ap.add_argument("--no-torch", action="store_true")
     a = ap.parse_args()
+    if a.size < 1:
+        ap.error(f"--size: expected a positive element count, got {a.size}")
+    if any(t < 1 for t in a.threads):
+        ap.error(f"--threads: expected counts >= 1, got {a.threads}")
+    if not 0 <= a.p < 1:
+        ap.error(f"--p: expected a drop probability in [0, 1), got {a.p}")
+    if not 0 < a.min_time < float("inf"):
+        ap.error(f"--min-time: expected seconds > 0, got {a.min_time}")
     try:
         import torch
     except ImportError:

@@ -132,6 +132,10 @@ def main():
     ap.add_argument("--p", type=float, default=0.5)
     ap.add_argument("--no-torch", action="store_true")
     a = ap.parse_args()
+    if a.size < 1:
+        ap.error(f"--size: expected a positive element count, got {a.size}")
+    if not 0 <= a.p < 1:
+        ap.error(f"--p: expected a drop probability in [0, 1), got {a.p}")
     if not fc.is_available():
         raise SystemExit(f"no CUDA GPU available (CUDA compiled in: {bool(_C.cuda_compiled)})")
     results = run(a.size, a.p, use_torch=not a.no_torch)

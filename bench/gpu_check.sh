@@ -8,27 +8,32 @@
 #             build from this tree for the local GPU (slower; the summary says which it was)
 # 2. preflight fails loudly (non-zero, reason in summary.txt) unless fastnn imports from that
 #             install, CUDA is compiled in, a GPU is seen and runs a kernel, and cuBLASLt loads
-# 3. tests    the GPU tests once, with CUDA_DISABLE_PTX_JIT=1: the driver may not JIT the PTX, so
-#             what runs is the wheel's machine code for this GPU (sm_90 on an H100); a run where
-#             nothing passed, or a GPU module skipped itself for want of a GPU, fails
+# 3. tests    the GPU tests once (tests/test_*cuda*.py, test_device_*.py and test_precision.py's GPU
+#             test), with CUDA_DISABLE_PTX_JIT=1: the driver may not JIT the PTX, so what runs is
+#             the wheel's machine code for this GPU (sm_90 on an H100); a run where nothing passed,
+#             or a GPU test skipped itself for want of a GPU, fails
 # 4. bench_*  each GPU benchmark under its own timeout; their goal lines go to the summary
 # 5. memcheck compute-sanitizer memcheck over a fast subset of the GPU tests, when the tool is
 #             there and works (some machines' drivers refuse it: then SKIPPED, with the reason)
 #
 # OUTDIR receives exactly two files: summary.txt (each step's status and time, the pytest
 # summary, every goal line) and logs.tgz (every step's full log). The step timeouts add up to
-# ~6.3 minutes at most (~2-3 minutes on an H100 with 16 cores); run the call with >= 360 s.
+# 490 s at most with a wheel (install 60, preflight 60, tests 120, benchmarks 175, memcheck 75),
+# 670 s when it builds from source, each step with 5 s more to die after its timeout; typically
+# ~2-3 minutes on an H100 with 16 cores. Run the call with a limit >= 540 s (>= 720 s without a
+# wheel): one that kills the script first leaves no summary.
 #
 # Environment: PYTHON (default python3), FASTNN_SITE (install dir, default /tmp/fastnn-site),
 # FASTNN_GPU_CHECK_PAST_PREFLIGHT=1 (run every step even after a failed preflight, to test this
 # script on a machine without a GPU; the check still ends FAILED).
 set -uo pipefail
-cd "$(dirname "$0")/.."
-SRC=$PWD
 OUTDIR=${1:-${OUT:-}}
 [ -n "$OUTDIR" ] || { echo "usage: bash bench/gpu_check.sh OUTDIR" >&2; exit 2; }
-mkdir -p "$OUTDIR"
-OUTDIR=$(cd "$OUTDIR" && pwd)
+# (resolved before the cd below: a relative OUTDIR is relative to where the script was called)
+OUTDIR=$(mkdir -p "$OUTDIR" && cd "$OUTDIR" && pwd) && [ -w "$OUTDIR" ] ||
+  { echo "gpu_check.sh: OUTDIR ${1:-${OUT:-}}: cannot create or write it" >&2; exit 2; }
+cd "$(dirname "$0")/.."
+SRC=$PWD
 PY=${PYTHON:-python3}
 SITE=${FASTNN_SITE:-/tmp/fastnn-site}
 LOGS=$(mktemp -d /tmp/fastnn-gpu-check.XXXXXX)
@@ -138,7 +143,10 @@ grep -E "^(CUDA|cuBLASLt|GPUs)" "$LOGS/preflight.log" | sed 's/^/  /' >> "$SUMMA
 
 # ---- 3. the GPU tests, machine code only -----------------------------------------------------
 # From a scratch directory so nothing in the tree shadows the install.
-tests=$(ls "$SRC"/tests/test_*cuda*.py)
+# Every test_*cuda*.py, and the real-GPU tests in files named otherwise (the device estimators and
+# model, the GPU precision modes): they skip themselves without a GPU, so only this step runs them.
+tests="$(ls "$SRC"/tests/test_*cuda*.py "$SRC"/tests/test_device_*.py)"
+tests="$tests $SRC/tests/test_precision.py::test_gpu_medium_is_bf16_and_high_is_tf32"
 cd "$LOGS"
 CUDA_DISABLE_PTX_JIT=1 step tests 120 "$PY" -m pytest -q -ra -p no:cacheprovider --rootdir "$SRC" \
   --junitxml="$LOGS/tests.xml" $tests || rc=1
@@ -150,10 +158,11 @@ fi
 grep -E "^(FAILED|ERROR) " "$LOGS/tests.log" | head -n20 | sed 's/^/  /' >> "$SUMMARY"
 # A GPU module that skips itself (no usable GPU as it sees it) is a failure here, not a pass: the
 # emulated tests in the same files pass without any GPU.
-gpu_skips=$(grep -E "^SKIPPED" "$LOGS/tests.log" | grep -ciE "no (usable )?CUDA GPU")
+gpu_skip_reason="no (usable )?CUDA GPU|needs a usable GPU"
+gpu_skips=$(grep -E "^SKIPPED" "$LOGS/tests.log" | grep -ciE "$gpu_skip_reason")
 if [ "$gpu_skips" -gt 0 ]; then
   note "  tests: $gpu_skips GPU test modules skipped themselves (no usable GPU): FAILED"; rc=1
-  grep -E "^SKIPPED" "$LOGS/tests.log" | grep -iE "no (usable )?CUDA GPU" | head -n8 | sed 's/^/    /' >> "$SUMMARY"
+  grep -E "^SKIPPED" "$LOGS/tests.log" | grep -iE "$gpu_skip_reason" | head -n8 | sed 's/^/    /' >> "$SUMMARY"
 fi
 skips=$(grep -cE "^SKIPPED" "$LOGS/tests.log")
 [ "$skips" -gt 0 ] && note "  $skips skip lines in all (reasons in logs.tgz: tests.log)"

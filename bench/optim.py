@@ -105,6 +105,10 @@ def main():
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--min-time", type=float, default=0.5)
     a = ap.parse_args()
+    if any(t < 1 for t in a.threads):
+        ap.error(f"--threads: expected counts >= 1, got {a.threads}")
+    if not 0 < a.min_time < float("inf"):
+        ap.error(f"--min-time: expected seconds > 0, got {a.min_time}")
     torch = None
     if not a.no_torch:
         try:

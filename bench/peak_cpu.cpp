@@ -4,7 +4,7 @@
 //              zmm (32 flops each) with AVX-512, else ymm (16 flops each) with AVX2+FMA
 //   vdpbf16ps  zmm, 12 independent accumulators: 32 bf16 multiply-adds = 64 flops each
 //   tdpbf16ps  AMX, 4 independent 16x16 accumulator tiles: 16*16*32 multiply-adds = 16384 flops each
-// Built by bench/linear.py --peak (g++ with explicit ISA flags, no -march=native), or by hand:
+// Built and run by bench/linear.py unless --no-peak (g++ with explicit ISA flags, no -march=native), or by hand:
 //   g++ -O2 -mavx512f -mavx512bf16 -mamx-tile -mamx-bf16 bench/peak_cpu.cpp -o /tmp/peak_cpu && /tmp/peak_cpu
 // Prints one JSON line. Each instruction runs only where cpuid (and, for AMX, Linux's permission
 // for the tile state) says it can.

@@ -178,9 +178,11 @@ def summary(name, pairs, labels):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--splits", type=int, default=10, help="random splits per measurement (default 10)")
     args = ap.parse_args()
+    if args.splits < 1:
+        ap.error(f"--splits: expected a count >= 1, got {args.splits}")
     print(f"fastnn {fastnn.__version__}, {platform.processor() or platform.machine()}, "
           f"{fastnn.get_num_threads()} threads, CPU path {fastnn.get_cpu_capability()}; {args.splits} splits")
     X, y = digits()

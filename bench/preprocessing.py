@@ -11,7 +11,9 @@ The NumPy recipe: mean, center, cov = Xc.T @ Xc / (n - 1), eigh, project, scale.
 PCA(whiten=True).fit_transform (svd_solver 'auto' picks 'covariance_eigh' for these shapes).
 
 Every method's output is validated before it is timed: the whitening error max|cov(Y) - I| is
-computed in float64 and printed (goal: <= 1e-4 for fastnn). Flops: the Gram X^T X costs n d^2
+computed in float64 and printed (goal: <= 1e-4 for fastnn), and a method whose error is above
+1e-2 or whose number of components differs from the float64 covariance's (by more than one at
+0.95) stops the run. Flops: the Gram X^T X costs n d^2
 (half of 2 n d^2 thanks to symmetry when the GEMM has the `upper` option), the projection 2 n d k.
 
 Each thread count runs in its own subprocess so OPENBLAS_NUM_THREADS / OMP_NUM_THREADS are set
@@ -76,9 +78,12 @@ def torch_recipe(torch, xt, frac=None, eps=1e-5):
     return (xc @ v[:, :k]) / torch.sqrt(w[:k] + eps)
 
 
-def timed(fn, reps):
-    """(median seconds over reps calls after one warm-up, the warm-up's result)."""
+def timed(fn, reps, check=None):
+    """(median seconds over reps calls after one warm-up, the warm-up's result); check(result)
+    runs on the warm-up's result before anything is timed (it raises when the result is wrong)."""
     out = fn()
+    if check is not None:
+        check(out)
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
@@ -86,6 +91,22 @@ def timed(fn, reps):
         times.append(time.perf_counter() - t0)
     times.sort()
     return times[len(times) // 2], out
+
+
+def reference_k(x, frac):
+    """The number of components the 0.95 rule keeps (all when frac is None), from the float64
+    eigenvalues of the covariance: what every method's output width is checked against."""
+    import numpy as np
+    if frac is None:
+        return x.shape[1]
+    xc = x - x.mean(0, dtype=np.float64).astype(x.dtype)
+    w = np.linalg.eigvalsh((xc.T @ xc).astype(np.float64))[::-1]
+    return int(np.searchsorted(np.cumsum(w) / w.sum(), frac, side="right")) + 1
+
+
+# A whitening error above this is a wrong result, not a precision matter (the methods measure
+# 1e-6 .. 3e-4 on this data; unwhitened data is off by ~100).
+WHITE_ERR_WRONG = 1e-2
 
 
 def breakdown(x, reps):
@@ -145,12 +166,17 @@ def child(threads, shapes, reps, use_torch, want_breakdown=False):
                 xt = torch.from_numpy(x)
                 fns["torch"] = lambda: torch_recipe(torch, xt, frac)
             row = {"shape": s, "case": "all" if frac is None else "0.95", "threads": threads}
+            k_ref = reference_k(x, frac)
             for name, fn in fns.items():
-                sec, y = timed(fn, reps)
-                y = y.numpy() if hasattr(y, "numpy") and not isinstance(y, np.ndarray) else y
-                row[name] = sec
-                row[name + "_err"] = white_err(y)
-                row[name + "_k"] = y.shape[1]
+                def check(y, name=name):
+                    y = y.numpy() if hasattr(y, "numpy") and not isinstance(y, np.ndarray) else y
+                    row[name + "_err"], row[name + "_k"] = white_err(y), y.shape[1]
+                    # (at the 0.95 boundary float32 eigenvalues may keep one component more or less)
+                    if not (row[name + "_err"] <= WHITE_ERR_WRONG and abs(y.shape[1] - k_ref) <= (frac is not None)):
+                        raise SystemExit(f"{name} PCA {s} {row['case']}: wrong result, whitening error "
+                                         f"{row[name + '_err']:g}, {y.shape[1]} components (expected {k_ref})")
+
+                row[name] = timed(fn, reps, check)[0]
                 time.sleep(0.2)  # let OpenBLAS workers stop spinning before the next timing
             rows.append(row)
         row = {"shape": s, "case": "standardize", "threads": threads}
@@ -160,11 +186,12 @@ def child(threads, shapes, reps, use_torch, want_breakdown=False):
             fns["sklearn"] = lambda: StandardScaler().fit_transform(x)
         fns["numpy"] = lambda: (x - x.mean(0)) / x.std(0)
         for name, fn in fns.items():
-            sec, y = timed(fn, reps)
-            err = float(np.abs(y[:1000] - (x[:1000] - ref_mean) / ref_std).max())
-            if err > (1e-4 if name == "fastnn" else 1e-3):  # (NumPy's float32 recipe: ~1.1e-4 at 200000 rows)
-                raise SystemExit(f"{name} standardize {s}: error {err:g}")
-            row[name] = sec
+            def check(y, name=name):
+                err = float(np.abs(y[:1000] - (x[:1000] - ref_mean) / ref_std).max())
+                if err > (1e-4 if name == "fastnn" else 1e-3):  # (NumPy's float32 recipe: ~1.1e-4 at 200000 rows)
+                    raise SystemExit(f"{name} standardize {s}: error {err:g}")
+
+            row[name] = timed(fn, reps, check)[0]
         rows.append(row)
     print(json.dumps({"machine": benchmark.machine_line(), "rows": rows}))
 
@@ -178,7 +205,17 @@ def main():
     p.add_argument("--breakdown", action="store_true", help="only fastnn's PCA fit+transform, phase by phase")
     p.add_argument("--child", type=int, help=argparse.SUPPRESS)
     a = p.parse_args()
-    if a.child:
+    # checked here, before the subprocesses: there a bad value was a traceback or, for thread
+    # count 0 (--child 0 is false), a child that ran this parent's loop again
+    for s in a.shapes:
+        parts = s.split("x")
+        if len(parts) != 2 or not all(q.isdigit() for q in parts) or int(parts[0]) < 2 or int(parts[1]) < 1:
+            p.error(f"--shapes: expected NxD with N >= 2 samples and D >= 1 features (e.g. 60000x784), got {s!r}")
+    if any(t < 1 for t in a.threads):
+        p.error(f"--threads: expected counts >= 1, got {a.threads}")
+    if a.reps < 1:
+        p.error(f"--reps: expected a count >= 1, got {a.reps}")
+    if a.child is not None:
         child(a.child, a.shapes, a.reps, not a.no_torch, a.breakdown)
         return
     printed = False
@@ -189,7 +226,10 @@ def main():
             cmd.append("--no-torch")
         if a.breakdown:
             cmd.append("--breakdown")
-        res = json.loads(subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout)
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if proc.returncode:  # the child's own message (a failed validation, an import error), then the command
+            raise SystemExit(proc.stderr + f"\n{' '.join(cmd)}: exit {proc.returncode}")
+        res = json.loads(proc.stdout)
         if not printed:
             print(res["machine"])
             print("seconds for fit + transform, float32 (whitening error max|cov(Y) - I| in brackets)")

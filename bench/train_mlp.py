@@ -480,6 +480,9 @@ def main():
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--data", help=argparse.SUPPRESS)
     a = p.parse_args()
+    for opt, v, low in (("--threads", a.threads, 1), ("--repeats", a.repeats, 1), ("--paired", a.paired, 0)):
+        if v < low:
+            p.error(f"{opt}: expected a count >= {low}, got {v}")
     if a.child:
         if a.child == "paired":
             print(json.dumps(run_paired(a.data, a.threads, a.paired)))
@@ -540,14 +543,16 @@ def main():
         label = LABELS[n] + (" " + ver if ver else "")
         print(f"{label:<36} {best[n]:>17,.0f} {min(rate[n]):>8,.0f}-{max(rate[n]):<8,.0f} "
               f"{'/'.join(f'{x:.2f}' for x in accs):>8}% {ratio:>9}")
-    def goal_line(n, ref, goal, word, note=""):
+    def goal_line(n, ref, goal, word, not_applicable=""):
         # The ratio of the best epochs, and the median of the per-round ratios (each round runs
         # every framework once, back to back, so a burst of load on the shared machine hits both
-        # sides of a round's ratio alike); the verdict goes by the median.
+        # sides of a round's ratio alike); the verdict goes by the median, or is not_applicable's
+        # text where the goal does not apply to this CPU.
         rs = sorted(x / y for x, y in zip(rate[n], rate[ref]))
         med = statistics.median(rs)
+        verdict = not_applicable or ("met" if med >= goal else "NOT met")
         print(f"goal {LABELS[n]} {word} {LABELS[ref]}: best {best[n] / best[ref]:.3f}x, per-round median "
-              f"{med:.3f}x ({rs[0]:.2f}-{rs[-1]:.2f}) {'met' if med >= goal else 'NOT met'}{note}")
+              f"{med:.3f}x ({rs[0]:.2f}-{rs[-1]:.2f}) {verdict}")
 
     if "fastnn" in best:
         for n, goal in (("torch", 2.0), ("sklearn", 2.5)):
@@ -567,7 +572,7 @@ def main():
         cap = results["trainer-bf16"][0]["capability"]
         # (the goals are for CPUs with bf16 arithmetic; elsewhere bf16 is emulated: same results, no speed-up)
         note = "" if cap in ("avx512_bf16", "avx512_amx") else \
-            f" (not applicable: the {cap} path has no bf16 arithmetic, bf16 is emulated with float32 FMAs)"
+            f"not applicable (the {cap} path has no bf16 arithmetic, bf16 is emulated with float32 FMAs)"
         print(f"bf16 GEMM ceiling: 128x784x512 at {g:.0f} GFLOP/s ({cap}) -> "
               f"{g * 1e9 / FLOPS_PER_SAMPLE:,.0f} samples/s")
         for ref, goal in (("torch", 2.0), ("torch-bf16", 1.5), ("trainer", 1.0), ("torch-shuffled", 2.0),
