@@ -566,3 +566,23 @@ def test_augmented_chunked_upload_and_divergence_match_the_cpu():
     same_history(res[0][0], res[1][0])
     assert all(np.array_equal(a, b) and np.isfinite(a).all() for a, b in zip(res[0][1], res[1][1]))
     assert res[0][2] == res[1][2] and res[0][3] == res[1][3] in (5, 10)
+
+
+@pytest.mark.parametrize("precision, math", [("fp32", 0), ("bf16", 2)])
+def test_the_step_asks_cublaslt_for_the_trainers_precision(monkeypatch, precision, math):
+    # The linear launches take the cuBLASLt math mode (0 float32, 1 TF32, 2 bf16), not a TF32 flag:
+    # a bool True would reach the binding as 1 and run a bf16 fit with TF32 tensor cores.
+    seen = []
+    def spying(real):
+        def spy(*args, **kwargs):
+            seen.append(args[-1])
+            return real(*args, **kwargs)
+        return spy
+
+    for name in ("cuda_linear_forward", "cuda_linear_backward"):
+        monkeypatch.setattr(_C, name, spying(getattr(_C, name)))
+    X, y = data()
+    run("cuda", [("linear", {"out": 8, "activation": "relu"}), ("linear", {})], X, y,
+        {"optimizer": "sgd", "optimizer_kwargs": {"lr": 0.1}}, {"epochs": 1, "batch_size": 100},
+        precision=precision)
+    assert seen and {(type(v), v) for v in seen} == {(int, math)}, set(map(repr, seen))

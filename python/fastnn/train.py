@@ -1369,7 +1369,7 @@ class _DevicePlan:
         m, dn = B["m"], self.dname
         shift = 0
         w_in = self.d_in
-        tf32 = _cuda.tf32_allowed()
+        math = _precision.cuda_math()  # cuBLASLt math mode: 0 float32, 1 TF32, 2 bf16
         B["inputs"] = inputs = []
         for i, L in enumerate(self.layers):
             inputs.append(x_ptr)
@@ -1384,7 +1384,7 @@ class _DevicePlan:
                     L.act, L.slope, L.alpha, L.scale, _ptr(None if pw is None else pw.data),
                     0 if pw is None else pw.size, 0, shift if rnd else 0, training and L.drop, L.dthr, L.dscale,
                     training and L.dc, L.cthr, L.cscale, out.ptr, _ptr(save), _ptr(mask),
-                    getattr(L, "mask_ld", 0) if mask is not None else 0, mask is not None, tf32,
+                    getattr(L, "mask_ld", 0) if mask is not None else 0, mask is not None, math,
                     rng_ptr=rng_ptr if rnd else 0)
                 x_ptr = out.ptr
             elif L.kind == "act":
@@ -1408,7 +1408,7 @@ class _DevicePlan:
             shifts.append(shift)
             shift += L.positions(m, w_in)
             w_in = L.width_out
-        tf32 = _cuda.tf32_allowed()
+        math = _precision.cuda_math()  # cuBLASLt math mode: 0 float32, 1 TF32, 2 bf16
         for i in range(len(self.layers) - 1, self.first - 1, -1):
             L = self.layers[i]
             x_ptr = B["inputs"][i]
@@ -1426,7 +1426,7 @@ class _DevicePlan:
                     _ptr(None if pw is None else pw.data), 0 if pw is None else pw.size, saved, _ptr(mask),
                     getattr(L, "mask_ld", 0) if mask is not None else 0, 0, shifts[i] if rnd else 0, L.drop, L.dthr,
                     L.dscale, L.dc, L.cthr, L.cscale, _ptr(gin), _ptr(mod.weight.grad),
-                    _ptr(None if mod.bias is None else mod.bias.grad), _ptr(None if pw is None else pw.grad), tf32,
+                    _ptr(None if mod.bias is None else mod.bias.grad), _ptr(None if pw is None else pw.grad), math,
                     rng_ptr=rng_ptr if rnd else 0)
             elif L.kind == "act":
                 _C.cuda_act_backward(L.op, dn, g_ptr, x_ptr, gin.ptr, gin.size, L.slope, L.alpha, L.scale)
