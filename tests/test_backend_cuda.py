@@ -203,3 +203,17 @@ def test_torch_bfloat16_is_read_without_the_array_interface(fake_torch):
     assert (a.dname, a.shape, a.ptr) == ("bfloat16", (4,), t.data_ptr())
     with pytest.raises(TypeError, match="x: expected float32 or float64, got bfloat16"):
         F.relu(t)  # (the elementwise kernels have no bfloat16 path)
+
+
+@pytest.mark.parametrize("stream", [None, 1])
+def test_dlpack_export_orders_the_legacy_stream_after_fastnns(stream):
+    # DLPack: stream=None means the consumer uses the legacy default stream, as 1 does; either
+    # way it must wait for what fastnn queued on its current stream before the capsule is used.
+    fake = pytest.importorskip("fake_gpu")
+    a = fc.to_device(np.arange(4, dtype=np.float32))
+    s = fc.Stream()
+    with fc.stream(s):
+        fake.waits.clear()
+        cap = a.__dlpack__() if stream is None else a.__dlpack__(stream=stream)
+        assert fake.waits == [(0, s.handle)]
+    del cap

@@ -301,11 +301,11 @@ class DeviceArray:
         if dl_device is not None and tuple(dl_device) != (_KDLCUDA, self._device):
             raise BufferError(f"DeviceArray on cuda:{self._device} cannot be exported to DLPack device {dl_device}")
         src = self.copy() if copy else self
-        if stream is not None:
-            stream = operator.index(stream)
-            if stream != -1:
-                with _on_device(self._device):
-                    _drv.stream_wait(0 if stream == 1 else stream, _drv.current_stream())
+        # (DLPack: None is the legacy default stream, as 1; -1 asks for no synchronization)
+        stream = 1 if stream is None else operator.index(stream)
+        if stream != -1:
+            with _on_device(self._device):
+                _drv.stream_wait(0 if stream == 1 else stream, _drv.current_stream())
         args = (src._ptr, list(src._shape), _FLOATS[src._dtype], src._device, src)
         mv = None if max_version is None else tuple(max_version)
         return _drv.cuda_dlpack_capsule(*args, max_version=mv)
