@@ -175,7 +175,8 @@ void lt_check(const LtApi& api, cublasStatus_t st, const char* what) {
 constexpr size_t kWorkspaceBytes = size_t(32) << 20;  // NVIDIA's recommendation for Hopper
 
 // One handle per device; one workspace per (device, stream), since two streams running GEMMs at
-// once must not share scratch. Both stay for the life of the process.
+// once must not share scratch. The handle stays for the life of the process, a stream's workspace
+// until the stream is destroyed (release_stream).
 struct DeviceLt {
   cublasLtHandle_t handle = nullptr;
   std::map<uintptr_t, void*> workspace;
@@ -390,6 +391,16 @@ bool gemm(const GemmCall& g) {
 
 void require_cublaslt() { lt_checked(); }
 
+void release_stream(uintptr_t stream) {
+  std::lock_guard<std::mutex> lock(lt_mutex());
+  for (auto& [device, dev] : device_lt()) {
+    const auto it = dev.workspace.find(stream);
+    if (it == dev.workspace.end()) continue;
+    device_free(it->second);
+    dev.workspace.erase(it);
+  }
+}
+
 std::string cublaslt_load(const std::vector<std::string>& candidate_dirs) {
   LoaderState& s = loader();
   std::lock_guard<std::mutex> lock(s.mu);
@@ -425,6 +436,7 @@ namespace {
 
 bool gemm(const GemmCall&) { no_cublaslt(); }
 void require_cublaslt() { no_cublaslt(); }
+void release_stream(uintptr_t) {}
 std::string cublaslt_load(const std::vector<std::string>&) { no_cublaslt(); }
 std::string cublaslt_location() { return ""; }
 bool cublaslt_compiled() { return false; }

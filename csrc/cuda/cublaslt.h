@@ -57,6 +57,11 @@ bool gemm(const GemmCall& g);
 // Throws (with the install hint) unless cuBLASLt is compiled in and loads.
 void require_cublaslt();
 
+// Frees the workspaces GEMMs on `stream` used (one per device). stream_destroy calls it once the
+// stream has finished its work: each Trainer.fit on a GPU makes a stream, and a 32 MiB workspace
+// kept per stream handle for the life of the process added up over a search's fits.
+void release_stream(uintptr_t stream);
+
 // Sets the candidate folders (kept for later implicit loads), loads libcublasLt if not loaded yet and
 // returns the file it came from; throws with every path tried when none loads.
 std::string cublaslt_load(const std::vector<std::string>& candidate_dirs);

@@ -14,6 +14,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "cuda/cublaslt.h"
+
 namespace fastnn {
 namespace cuda {
 
@@ -162,6 +164,8 @@ void stream_destroy(uintptr_t stream) {
   require_gpu();
   if (stream == 0) throw std::invalid_argument("stream_destroy: the legacy default stream (0) cannot be destroyed");
   if (t_current_stream == stream) t_current_stream = 0;
+  FASTNN_CUDA_CHECK(cudaStreamSynchronize(as_stream(stream)));  // (its GEMMs are done with their workspace)
+  release_stream(stream);
   FASTNN_CUDA_CHECK(cudaStreamDestroy(as_stream(stream)));
 }
 
