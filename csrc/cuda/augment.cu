@@ -9,11 +9,10 @@
 //     sum p % 8, each partial in increasing pixel order, combined ((0+1)+(2+3))+((4+5)+(6+7)),
 //     divided by the pixel count in float64, rounded once to float32.
 // Hence flips, crops, padding, bilinear resizes, jitter and mixup are bit-identical to the CPU.
-// Gaussian noise uses the same words and formula with CUDA's logf/cosf (1-2 ulp; glibc's differ
-// in the last bit): within 3e-6 * std + 1 ulp of the CPU result.
+// Gaussian noise takes the same words and core/box_muller.h's libm-free formula, so it is too.
 //
 // The kernels live in csrc/cuda/augment_kernels.cuh (host-compilable: tests/test_augment_cuda_emulated.py
-// runs them under a thread-per-CUDA-thread emulation against the CPU); this file launches them.
+// runs them under a fiber-per-CUDA-thread emulation against the CPU); this file launches them.
 // Kernels and their shapes (x is (N, C, H, W), y is (N, C, OH, OW), P = OH * OW):
 //   contrast_mean_kernel   one block per sample (grid-stride): cm[i] = (1 - contrast_i) * mean of
 //                          sample i's grayscale after geometry and brightness. Recomputes the
