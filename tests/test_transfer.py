@@ -353,3 +353,25 @@ def test_safetensors_overlapping_tensors_rejected(tmp_path):
                          "b": {"dtype": "F32", "shape": [2], "data_offsets": [8, 16]}})
     got = transfer.read_safetensors(p)
     assert got["e"].shape == (0, 3) and got["a"].shape == (2,) and got["b"].shape == (2,)
+
+
+def test_load_pretrained_from_a_fastnn_checkpoint_loads_every_parameter(tmp_path, rng):
+    # A checkpoint's arrays are named "param/0.weight", ...: they went through the by-order path,
+    # which takes Linear layers only, so a PReLU kept its fresh 0.25 and the "pretrained" model
+    # computed something else than the saved one, without a word.
+    from fastnn.checkpoint import save_model
+
+    def build(seed):
+        fastnn.manual_seed(seed)
+        return nn.Sequential(nn.Linear(5, 7), nn.PReLU(7), nn.Linear(7, 3))
+
+    src = build(1)
+    src.layers[1].weight.data[:] = np.linspace(-1, 1, 7)
+    path = tmp_path / "pretrained.npz"
+    save_model(src, path)
+    dst = build(2)
+    transfer.load_pretrained(dst, path)
+    for (k, a), (_, b) in zip(src.named_parameters(), dst.named_parameters()):
+        np.testing.assert_array_equal(b.data, a.data, err_msg=k)
+    x = rng.standard_normal((4, 5)).astype(np.float32)
+    np.testing.assert_array_equal(dst.eval()(x), src.eval()(x))

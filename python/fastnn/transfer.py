@@ -274,9 +274,10 @@ def load_pretrained(model, source, *, strict=True):
     """Copies pretrained weights into model's Linear layers.
 
     source: a dict of arrays, a .safetensors file (e.g. ``safetensors.torch.save_file(
-    torch_mlp.state_dict(), path)``) or an .npz (a fastnn ``model.state_dict()`` saved with
-    np.savez). Names that match ours (``state_dict()``) are used as they are; otherwise the
-    "*.weight" / "*.bias" pairs are taken in layer order (see ``_layer_order``: numbers in the
+    torch_mlp.state_dict(), path)``), an .npz (a fastnn ``model.state_dict()`` saved with
+    np.savez) or a fastnn checkpoint (save_model, Trainer.save: its parameters, by their names).
+    Names that match ours (``state_dict()``) are used as they are; otherwise the "*.weight" /
+    "*.bias" pairs are taken in layer order (see ``_layer_order``: numbers in the
     module path compare as integers, so "net.2" comes before "net.10" whatever order the source
     lists them in, as torch's load_state_dict would place them) and assigned to our Linear layers
     in order, checking every shape (PyTorch's weight is (out_features, in_features), as ours).
@@ -291,6 +292,10 @@ def load_pretrained(model, source, *, strict=True):
         else:
             with np.load(path, allow_pickle=False) as z:
                 tensors = {k: z[k] for k in z.files}
+            if "__config__" in tensors:  # a fastnn checkpoint: its parameters by name, checked
+                from .checkpoint import read_checkpoint
+                _, arrays = read_checkpoint(path)
+                tensors = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
     ours = dict(model.named_parameters())
     layer_names = {name for name, _ in _linears(model)}
     # (same names, but a bias for a layer built without one: the checks of the path below)
