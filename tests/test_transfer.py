@@ -375,3 +375,31 @@ def test_load_pretrained_from_a_fastnn_checkpoint_loads_every_parameter(tmp_path
         np.testing.assert_array_equal(b.data, a.data, err_msg=k)
     x = rng.standard_normal((4, 5)).astype(np.float32)
     np.testing.assert_array_equal(dst.eval()(x), src.eval()(x))
+
+
+def test_load_pretrained_strict_refuses_tensors_that_go_nowhere(rng):
+    # torch's Sequential(Linear, BatchNorm1d, ReLU, Linear): only the two weight matrices were
+    # loaded and BatchNorm's scale, shift and running statistics dropped, and a PReLU's weight
+    # under other names too; the "loaded" model computed something else than the source.
+    sd = {"0.weight": rng.standard_normal((7, 5)).astype(np.float32), "0.bias": np.zeros(7, np.float32),
+          "1.weight": np.full(7, 2.0, np.float32), "1.bias": np.ones(7, np.float32),
+          "1.running_mean": np.ones(7, np.float32), "1.running_var": np.full(7, 4.0, np.float32),
+          "1.num_batches_tracked": np.array(3, np.int64),
+          "3.weight": rng.standard_normal((3, 7)).astype(np.float32), "3.bias": np.zeros(3, np.float32)}
+    for model, layers in ((nn.Sequential(nn.Linear(5, 7, activation="relu"), nn.Linear(7, 3)), ["0", "1"]),  # by order
+                          (nn.Sequential(nn.Linear(5, 7), nn.Dropout(0.1), nn.ReLU(), nn.Linear(7, 3)), ["0", "3"])):
+        before = [p.data.copy() for p in model.parameters()]
+        with pytest.raises(ValueError, match=r"source: its tensors \['1.weight', '1.bias', '1.running_mean', "
+                                             r"'1.running_var', '1.num_batches_tracked'\] go into no parameter"):
+            transfer.load_pretrained(model, sd)
+        for b, p in zip(before, model.parameters()):
+            np.testing.assert_array_equal(p.data, b)  # nothing loaded
+        assert transfer.load_pretrained(model, sd, strict=False) == layers
+        np.testing.assert_array_equal(model.layers[-1].weight.data, sd["3.weight"])
+    prelu = {"net.0.weight": sd["0.weight"], "net.0.bias": sd["0.bias"], "net.1.weight": np.full(7, 0.5, np.float32),
+             "net.2.weight": sd["3.weight"], "net.2.bias": sd["3.bias"]}
+    model = nn.Sequential(nn.Linear(5, 7), nn.PReLU(7), nn.Linear(7, 3))
+    with pytest.raises(ValueError, match=r"its tensors \['net.1.weight'\] go into no parameter of the model and "
+                                         r"the model's parameters \['1.weight'\] get no tensor"):
+        transfer.load_pretrained(model, prelu)
+    assert transfer.load_pretrained(model, prelu, strict=False) == ["0", "2"]

@@ -270,6 +270,22 @@ def _layer_order(keys):
     return [keys[i] for _, i in sorted(order)]
 
 
+def _check_all_used(tensors, used, missing):
+    """strict: every source tensor goes into the model and every parameter gets one, as torch's
+    load_state_dict(strict=True) refuses unexpected and missing keys. Left out, a PReLU's weight or
+    BatchNorm's scale and running statistics leave a model that computes something else."""
+    unused = [k for k in tensors if k not in used]
+    if unused or missing:
+        what = []
+        if unused:
+            what.append(f"its tensors {unused} go into no parameter of the model")
+        if missing:
+            what.append(f"the model's parameters {missing} get no tensor (only Linear layers are matched by order; "
+                        "name the tensors as model.state_dict() does to load the others)")
+        raise ValueError(f"source: {' and '.join(what)}; the loaded model would compute something else than the "
+                         "source's (strict=False loads the Linear layers that match and ignores the rest)")
+
+
 def load_pretrained(model, source, *, strict=True):
     """Copies pretrained weights into model's Linear layers.
 
@@ -281,8 +297,10 @@ def load_pretrained(model, source, *, strict=True):
     module path compare as integers, so "net.2" comes before "net.10" whatever order the source
     lists them in, as torch's load_state_dict would place them) and assigned to our Linear layers
     in order, checking every shape (PyTorch's weight is (out_features, in_features), as ours).
-    strict=False skips layers whose shape differs (e.g. a replaced head). Returns the list of
-    layers loaded."""
+    strict=True (torch's meaning) also refuses a source tensor that goes into no parameter (a
+    PReLU's weight under another name, BatchNorm's statistics) and a parameter that gets none.
+    strict=False skips layers whose shape differs (e.g. a replaced head) and ignores such tensors.
+    Returns the list of layers loaded."""
     if isinstance(source, dict):
         tensors = {k: np.asarray(v) for k, v in source.items()}
     else:
@@ -301,13 +319,15 @@ def load_pretrained(model, source, *, strict=True):
     # (same names, but a bias for a layer built without one: the checks of the path below)
     foreign = [k for k in tensors if k not in ours and k.rpartition(".")[0] in layer_names]
     if set(tensors) >= set(ours) and not foreign and all(np.shape(tensors[k]) == p.shape for k, p in ours.items()):
+        if strict:
+            _check_all_used(tensors, set(ours), [])
         model.load_state_dict({k: tensors[k] for k in ours})
         return [k for k, _ in _linears(model)]
     weights = _layer_order([k for k in tensors if k.endswith("weight") and np.ndim(tensors[k]) == 2])
     linears = _linears(model)
     if strict and len(weights) != len(linears):
         raise ValueError(f"source: {len(weights)} weight matrices ({weights}) for {len(linears)} Linear layers")
-    loaded, updates = [], []
+    loaded, updates, used, filled = [], [], set(), set()
     for (name, layer), wk in zip(linears, weights):
         w = tensors[wk]
         bk = wk[: -len("weight")] + "bias"
@@ -324,6 +344,10 @@ def load_pretrained(model, source, *, strict=True):
             continue
         updates.append((layer, w, b))
         loaded.append(name)
+        used.update((wk, bk))
+        filled.update(f"{name}.{k}" if name else k for k in ("weight", "bias"))
+    if strict:
+        _check_all_used(tensors, used, [k for k in ours if k not in filled])
     for layer, w, b in updates:  # all checked before anything changes
         layer.weight.data[...] = w
         if layer.bias is not None:
