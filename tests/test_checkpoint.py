@@ -342,3 +342,17 @@ def test_save_errors_name_the_path_and_extra(tmp_path):
     checkpoint.save_model(m, tmp_path / "m.npz", extra={"a": np.float32(1.5), "b": np.arange(2), "c": (1, 2)})
     assert checkpoint.load_model(tmp_path / "m.npz", return_metadata=True)[1]["extra"] == \
         {"a": 1.5, "b": [0, 1], "c": [1, 2]}
+
+
+def test_a_bytes_path_saves_and_loads(tmp_path):
+    """save_model takes a str, bytes or os.PathLike path, but a bytes one failed in the atomic
+    write ('can only concatenate str (not "bytes") to str'), as did load_model and
+    Trainer.load of one, naming nothing."""
+    t = saved_trainer(os.fsencode(tmp_path / "t.npz"))
+    path = os.fsencode(tmp_path / "ü.npz")
+    checkpoint.save_model(t.model, path)
+    for a, b in zip(checkpoint.load_model(path).parameters(), t.model.parameters()):
+        np.testing.assert_array_equal(a.data, b.data)
+    t2 = Trainer.load(os.fsencode(tmp_path / "t.npz"), verbose=False)
+    assert t2.history == t.history
+    assert sorted(os.listdir(tmp_path)) == ["t.npz", "ü.npz"]

@@ -70,7 +70,7 @@ class CheckpointError(ValueError):
 
 
 def _fail(path, what):
-    return CheckpointError(f"path: {os.fspath(path)!r} is not a readable fastnn checkpoint: {what}")
+    return CheckpointError(f"path: {os.fsdecode(path)!r} is not a readable fastnn checkpoint: {what}")
 
 
 def _is_int(v):
@@ -125,7 +125,7 @@ def _pid_alive(pid):
 def clean_stale_temporaries(path):
     """Removes the temporary files that a save of ``path`` by a process that no longer exists
     left behind (SIGKILL, power loss before the rename). Returns the removed paths."""
-    path = os.fspath(path)
+    path = os.fsdecode(path)  # (a bytes path too: the temporary names are str)
     directory = os.path.dirname(os.path.abspath(path))
     prefix = _tmp_prefix(path)
     removed = []
@@ -154,7 +154,7 @@ def clean_stale_temporaries(path):
 def _atomic_write(path, write):
     """write(fileobj) into ``.<name>.<pid>.fastnn-tmp`` next to ``path``, fsync, then os.replace
     onto path: readers see the old file or the new one, never a partial one."""
-    path = os.fspath(path)
+    path = os.fsdecode(path)
     directory = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(directory, f"{_tmp_prefix(path)}{os.getpid()}{_TMP_SUFFIX}")
     with _writing_mu:
@@ -215,9 +215,9 @@ def save_model(model, path, *, optimizer=None, extra=None):
         raise TypeError(f"path: expected a file path, got {type(path).__name__}")
     if extra is not None and not isinstance(extra, dict):
         raise TypeError(f"extra: expected a dict or None, got {type(extra).__name__}")
-    directory = os.path.dirname(os.path.abspath(os.fspath(path)))
+    directory = os.path.dirname(os.path.abspath(os.fsdecode(path)))
     if not os.path.isdir(directory):  # (else the error names the temporary file next to it)
-        raise FileNotFoundError(f"path: no such directory: {directory!r} (for {os.fspath(path)!r})")
+        raise FileNotFoundError(f"path: no such directory: {directory!r} (for {os.fsdecode(path)!r})")
     try:
         json.dumps(extra, default=_json_default, allow_nan=True)
     except (TypeError, ValueError) as e:
@@ -303,7 +303,7 @@ def _check_meta(p, meta):
 def read_checkpoint(path):
     """(meta, {name: array}) with every array read (so a CRC error in any member shows up
     here) and the JSON document type-checked; any problem is a ValueError naming the file."""
-    p = os.fspath(path)
+    p = os.fsdecode(path)
     if not os.path.isfile(p):
         raise FileNotFoundError(f"path: no such file: {p!r}")
     clean_stale_temporaries(p)
@@ -456,7 +456,7 @@ def load_device(path, saved, device):
     if saved == "cpu":
         return "cpu"
     if not _cuda.is_available():
-        raise RuntimeError(f"path: {os.fspath(path)!r} was saved from {saved}, but no GPU is usable here "
+        raise RuntimeError(f"path: {os.fsdecode(path)!r} was saved from {saved}, but no GPU is usable here "
                            f"(fastnn.cuda.is_available() is False); pass device='cpu' to load it on the CPU")
     index = int(saved[5:])
     return saved if index < _cuda.device_count() else canonical_device("cuda")
@@ -479,7 +479,7 @@ def load_model(path, *, into=None, return_metadata=False, device=None):
     if device is not None:
         parse_device(device, "device", allow_auto=True)  # (a typo fails before the file is read)
     meta, arrays = read_checkpoint(path)
-    p = os.fspath(path)
+    p = os.fsdecode(path)
     saved = meta.get("device", "cpu")
     target = load_device(p, saved, device) if into is None or device is not None else None
     params = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
