@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import struct
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -403,3 +406,28 @@ def test_load_pretrained_strict_refuses_tensors_that_go_nowhere(rng):
                                          r"the model's parameters \['1.weight'\] get no tensor"):
         transfer.load_pretrained(model, prelu)
     assert transfer.load_pretrained(model, prelu, strict=False) == ["0", "2"]
+
+
+def test_write_safetensors_that_fails_midway_keeps_the_old_file(tmp_path):
+    # The file was opened with "wb" (truncated) and then written: a write that failed (a full
+    # disk; here the file size limit, EFBIG) left a cut file in place of the good one.
+    path = tmp_path / "w.safetensors"
+    transfer.write_safetensors(path, {"a": np.arange(4, dtype=np.float32)})
+    before = path.read_bytes()
+    code = textwrap.dedent(f"""
+        import resource, signal
+        import numpy as np
+        from fastnn import transfer
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (8192, resource.RLIM_INFINITY))
+        try:
+            transfer.write_safetensors({str(path)!r}, {{"a": np.ones(100000, np.float32)}})
+        except OSError as e:
+            print("failed", e.errno)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[0] == "failed"
+    assert path.read_bytes() == before
+    np.testing.assert_array_equal(transfer.read_safetensors(path)["a"], np.arange(4, dtype=np.float32))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.safetensors"]  # no temporary left

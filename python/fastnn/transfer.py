@@ -25,6 +25,7 @@ import struct
 
 import numpy as np
 
+from . import checkpoint as _checkpoint
 from . import nn
 
 __all__ = ["named_modules", "freeze", "unfreeze", "set_lr_scale", "head_name", "replace_head",
@@ -229,7 +230,8 @@ def read_safetensors(path) -> dict:
 
 def write_safetensors(path, tensors: dict) -> None:
     """Writes float32/float64/int arrays in the safetensors format (readable by the safetensors
-    package and torch)."""
+    package and torch), atomically as fastnn.checkpoint's saves: a write that fails midway (a
+    full disk) leaves the file that was there intact."""
     inv = {np.dtype(v): k for k, v in _ST_DTYPES.items() if v is not None}
     header, blobs, off = {}, [], 0
     for name, a in tensors.items():
@@ -244,8 +246,7 @@ def write_safetensors(path, tensors: dict) -> None:
         off += len(b)
     h = json.dumps(header).encode("utf-8")
     h += b" " * (-len(h) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+    _checkpoint._atomic_write(path, lambda f: f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs)))
 
 
 def _layer_order(keys):
@@ -311,8 +312,7 @@ def load_pretrained(model, source, *, strict=True):
             with np.load(path, allow_pickle=False) as z:
                 tensors = {k: z[k] for k in z.files}
             if "__config__" in tensors:  # a fastnn checkpoint: its parameters by name, checked
-                from .checkpoint import read_checkpoint
-                _, arrays = read_checkpoint(path)
+                _, arrays = _checkpoint.read_checkpoint(path)
                 tensors = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
     ours = dict(model.named_parameters())
     layer_names = {name for name, _ in _linears(model)}
