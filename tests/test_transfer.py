@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
 import subprocess
 import sys
@@ -431,3 +432,21 @@ def test_write_safetensors_that_fails_midway_keeps_the_old_file(tmp_path):
     assert path.read_bytes() == before
     np.testing.assert_array_equal(transfer.read_safetensors(path)["a"], np.arange(4, dtype=np.float32))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["w.safetensors"]  # no temporary left
+
+
+def test_pretrained_files_by_bytes_path(tmp_path, rng):
+    # str(b"/x/m.safetensors") is "b'/x/m.safetensors'": a bytes path was a FileNotFoundError
+    # for a file named after the repr, and load_pretrained missed the .safetensors suffix.
+    src, dst = _mlp(seed=1), _mlp(seed=2)
+    st = os.fsencode(tmp_path / "m.safetensors")
+    transfer.write_safetensors(st, src.state_dict())
+    assert sorted(transfer.read_safetensors(st)) == sorted(src.state_dict())
+    npz = os.fsencode(tmp_path / "m.npz")
+    np.savez(tmp_path / "m.npz", **src.state_dict())
+    for path in (st, npz):
+        transfer.load_pretrained(dst, path)
+        for a, b in zip(src.parameters(), dst.parameters()):
+            np.testing.assert_array_equal(b.data, a.data)
+        dst = _mlp(seed=2)
+    with pytest.raises(TypeError, match="source: expected a dict of arrays or a file path, got list"):
+        transfer.load_pretrained(dst, [src.state_dict()])

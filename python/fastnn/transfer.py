@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import os
 import re
 import struct
 
@@ -175,7 +176,7 @@ def read_safetensors(path) -> dict:
     header of dtype/shape/data_offsets per tensor, then the raw bytes). bfloat16 is widened to
     float32. A malformed file (bad header, wrong types, out-of-range or overlapping byte ranges)
     is a ValueError naming the file."""
-    path = str(path)
+    path = os.fsdecode(path)
     with open(path, "rb") as f:
         raw = f.read()
     if len(raw) < 8:
@@ -305,7 +306,9 @@ def load_pretrained(model, source, *, strict=True):
     if isinstance(source, dict):
         tensors = {k: np.asarray(v) for k, v in source.items()}
     else:
-        path = str(source)
+        if not isinstance(source, (str, bytes, os.PathLike)):
+            raise TypeError(f"source: expected a dict of arrays or a file path, got {type(source).__name__}")
+        path = os.fsdecode(source)
         if path.endswith(".safetensors"):
             tensors = read_safetensors(path)
         else:
