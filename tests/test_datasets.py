@@ -264,3 +264,12 @@ def test_load_npz_of_a_truncated_or_corrupted_file_names_it(tmp_path):
             else:  # a flip in a field the reader ignores (a timestamp)
                 np.testing.assert_array_equal(Xb, X)
                 np.testing.assert_array_equal(yb, y)
+
+
+def test_load_csv_takes_a_bytes_path(tmp_path):
+    # _path accepts str, bytes and os.PathLike, but np.loadtxt took a bytes path for an iterable
+    # of lines: "TypeError: non-string returned while reading data".
+    p = tmp_path / "t.csv"
+    p.write_text("a,b,label\n1,2,0\n3,4,1\n")
+    X, y = datasets.load_csv(os.fsencode(p))
+    assert X.tolist() == [[1, 2], [3, 4]] and y.tolist() == [0, 1]

@@ -181,7 +181,7 @@ def load_csv(path, label_column: int = -1, *, delimiter: str = ",", header: bool
     least one field is a name. A first line with a number, an empty field or an NA token is
     data, and a value that does not parse is an error there as on any other line -- no row is
     dropped silently. header=True/False force it."""
-    p = _path(path)
+    p = os.fsdecode(_path(path))  # (np.loadtxt reads a bytes path as the lines of a file)
     if isinstance(label_column, bool) or not isinstance(label_column, (int, np.integer)):
         raise TypeError(f"label_column: expected an integer column index, got {label_column!r} "
                         f"({type(label_column).__name__})")
