@@ -450,3 +450,29 @@ def test_pretrained_files_by_bytes_path(tmp_path, rng):
         dst = _mlp(seed=2)
     with pytest.raises(TypeError, match="source: expected a dict of arrays or a file path, got list"):
         transfer.load_pretrained(dst, [src.state_dict()])
+
+
+def test_load_pretrained_from_torch_parameters_and_bfloat16(rng):
+    # dict(torch_model.named_parameters()) holds tensors that require grad, and a bfloat16
+    # model's state_dict tensors NumPy has no dtype for: load_pretrained failed with torch's
+    # "Can't call numpy() on Tensor that requires grad" / "Got unsupported ScalarType BFloat16",
+    # naming no tensor. They load as read_safetensors reads them (BF16 widened to float32).
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    tm = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 12), torch.nn.Tanh(),
+                             torch.nn.Linear(12, 3))
+    x = rng.standard_normal((6, 8)).astype(np.float32)
+    with torch.no_grad():
+        expect = tm(torch.from_numpy(x)).numpy()
+    model = _mlp()
+    transfer.load_pretrained(model, dict(tm.named_parameters()))
+    np.testing.assert_allclose(model.eval()(x), expect, rtol=1e-5, atol=1e-6)
+    tb = tm.to(torch.bfloat16)
+    model = _mlp()
+    transfer.load_pretrained(model, tb.state_dict())
+    for (k, p), v in zip(model.named_parameters(), tb.state_dict().values()):
+        np.testing.assert_array_equal(p.data, v.float().numpy(), err_msg=k)
+    with pytest.raises(TypeError, match=r"source\['0.weight'\]: expected an array, got list \(.*inhomogeneous"):
+        transfer.load_pretrained(model, {"0.weight": [[1.0, 2.0], [3.0]]})
+    with pytest.raises(TypeError, match=r"source\['0.weight'\]: expected a numeric array, got dict"):
+        transfer.load_pretrained(model, {"0.weight": {"not": "an array"}})

@@ -272,6 +272,23 @@ def _layer_order(keys):
     return [keys[i] for _, i in sorted(order)]
 
 
+def _as_array(name, v):
+    """A source dict's value as a NumPy array. A torch tensor is detached and copied to the host
+    (``dict(torch_model.named_parameters())`` holds tensors that require grad, which NumPy cannot
+    take), and bfloat16 is widened to float32 as read_safetensors does (NumPy has no bfloat16)."""
+    if callable(getattr(v, "detach", None)) and callable(getattr(v, "cpu", None)):
+        v = v.detach().cpu()
+        if str(getattr(v, "dtype", "")) == "torch.bfloat16":
+            v = v.float()
+    try:
+        a = np.asarray(v)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise TypeError(f"source[{name!r}]: expected an array, got {type(v).__name__} ({e})") from None
+    if a.dtype == object:
+        raise TypeError(f"source[{name!r}]: expected a numeric array, got {type(v).__name__}")
+    return a
+
+
 def _check_all_used(tensors, used, missing):
     """strict: every source tensor goes into the model and every parameter gets one, as torch's
     load_state_dict(strict=True) refuses unexpected and missing keys. Left out, a PReLU's weight or
@@ -291,7 +308,8 @@ def _check_all_used(tensors, used, missing):
 def load_pretrained(model, source, *, strict=True):
     """Copies pretrained weights into model's Linear layers.
 
-    source: a dict of arrays, a .safetensors file (e.g. ``safetensors.torch.save_file(
+    source: a dict of arrays (NumPy, or torch tensors: ``torch_mlp.state_dict()``; bfloat16 is
+    widened to float32), a .safetensors file (e.g. ``safetensors.torch.save_file(
     torch_mlp.state_dict(), path)``), an .npz (a fastnn ``model.state_dict()`` saved with
     np.savez) or a fastnn checkpoint (save_model, Trainer.save: its parameters, by their names).
     Names that match ours (``state_dict()``) are used as they are; otherwise the "*.weight" /
@@ -304,7 +322,7 @@ def load_pretrained(model, source, *, strict=True):
     strict=False skips layers whose shape differs (e.g. a replaced head) and ignores such tensors.
     Returns the list of layers loaded."""
     if isinstance(source, dict):
-        tensors = {k: np.asarray(v) for k, v in source.items()}
+        tensors = {k: _as_array(k, v) for k, v in source.items()}
     else:
         if not isinstance(source, (str, bytes, os.PathLike)):
             raise TypeError(f"source: expected a dict of arrays or a file path, got {type(source).__name__}")
