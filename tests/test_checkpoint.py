@@ -356,3 +356,39 @@ def test_a_bytes_path_saves_and_loads(tmp_path):
     t2 = Trainer.load(os.fsencode(tmp_path / "t.npz"), verbose=False)
     assert t2.history == t.history
     assert sorted(os.listdir(tmp_path)) == ["t.npz", "ü.npz"]
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_a_missing_or_stray_optimizer_array_is_refused(tmp_path, optimizer):
+    """The JSON listed only the optimizer's scalars, so a file lacking "optim/0/exp_avg" (or
+    SGD's momentum buffer) loaded and the resumed fit started that moment from zero, another
+    trajectory without a word; an "optim/9/..." array for no parameter was ignored."""
+    X, y = data()
+    kw = {"lr": 0.05, "momentum": 0.9} if optimizer == "sgd" else {"lr": 0.01}
+    t = Trainer(mlp(), optimizer=optimizer, optimizer_kwargs=kw, verbose=False, seed=3)
+    t.fit(X, y, epochs=1, batch_size=16)
+    path = tmp_path / "t.npz"
+    t.save(path)
+    with np.load(path, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files}
+    first = sorted(k for k in arrays if k.startswith("optim/0/"))[0]
+
+    def write(a):
+        with open(path, "wb") as f:
+            np.savez(f, **a)
+
+    write({k: v for k, v in arrays.items() if k != first})
+    for load in (checkpoint.load_model, lambda p: Trainer.load(p, verbose=False)):
+        with pytest.raises(ValueError, match=rf"t\.npz' is not a readable fastnn checkpoint: optimizer state "
+                                             rf"arrays \['{first}'\] listed in its config are missing"):
+            load(path)
+    write({**arrays, "optim/9/" + first.split("/")[-1]: arrays[first]})
+    with pytest.raises(ValueError, match=r"array 'optim/9/.*' belongs to no state of its optimizer"):
+        Trainer.load(path, verbose=False)
+    write({**arrays, "optim/0/bogus": arrays[first]})
+    with pytest.raises(ValueError, match=r"arrays \['optim/0/bogus'\] are not listed in its config"):
+        Trainer.load(path, verbose=False)
+    write(arrays)  # intact: loads, and a file without the list (written before it) still loads
+    Trainer.load(path, verbose=False)
+    rewrite_config(path, lambda meta: meta["optimizer"].pop("arrays"))
+    Trainer.load(path, verbose=False)

@@ -17,7 +17,8 @@ device). Trainer.load(path, device=...) passes its device here.
 
 The file holds the parameter arrays ("param/<name>"), the optimizer's state arrays
 ("optim/<i>/<key>") and "__config__", a UTF-8 JSON document: format, version, the architecture
-(``Module.config()``), every parameter's shape and dtype, the optimizer's scalars and ``extra``
+(``Module.config()``), every parameter's shape and dtype, the optimizer's scalars and the names
+of its state arrays (a file lacking one is refused: it would resume with a zero moment), ``extra``
 (the Trainer stores its settings, history and the shuffling generator's state there).
 
 Reading trusts nothing in the file: np.load runs with allow_pickle=False, every JSON field is
@@ -231,7 +232,7 @@ def save_model(model, path, *, optimizer=None, extra=None):
             "optimizer": None, "extra": extra}
     if optimizer is not None:
         sd = optimizer.state_dict(host=True)
-        states = []
+        states, listed = [], []
         for i, st in enumerate(sd["state"]):
             scal = {}
             for k, v in st.items():
@@ -240,7 +241,10 @@ def save_model(model, path, *, optimizer=None, extra=None):
                 else:
                     scal[k] = v
             states.append(scal)
-        meta["optimizer"] = {**{k: v for k, v in sd.items() if k != "state"}, "state": states}
+            listed.append(sorted(k for k, v in st.items() if isinstance(v, np.ndarray)))
+        # ("arrays": each state's array names, so that a file missing one is refused on load
+        # instead of resuming with a zero moment; files written before it lack the field)
+        meta["optimizer"] = {**{k: v for k, v in sd.items() if k != "state"}, "state": states, "arrays": listed}
     blob = json.dumps(meta, default=_json_default, allow_nan=True).encode("utf-8")
     arrays["__config__"] = np.frombuffer(blob, dtype=np.uint8)
     _atomic_write(path, lambda f: np.savez(f, **arrays))
@@ -293,6 +297,12 @@ def _check_meta(p, meta):
         st = opt.get("state")
         if not isinstance(st, list) or not all(isinstance(s, dict) for s in st):
             raise _fail(p, f"optimizer.state: expected a list of objects, got {type(st).__name__}")
+        listed = opt.get("arrays", [])
+        if not isinstance(listed, list) or not all(isinstance(a, list) and all(isinstance(k, str) for k in a)
+                                                   for a in listed):
+            raise _fail(p, f"optimizer.arrays: expected a list of lists of names, got {listed!r}")
+        if "arrays" in opt and len(listed) != len(st):
+            raise _fail(p, f"optimizer.arrays: {len(listed)} lists of names for {len(st)} optimizer.state entries")
     dev = meta.get("device", "cpu")
     if not (dev == "cpu" or (isinstance(dev, str) and dev.startswith("cuda:") and dev[5:].isdigit())):
         raise _fail(p, f"device: expected 'cpu' or 'cuda:N', got {dev!r}")
@@ -329,6 +339,20 @@ def read_checkpoint(path):
             raise _fail(p, f"unexpected array {name!r}")
         if a.dtype.kind != "f":
             raise _fail(p, f"array {name!r} is {a.dtype}, expected floating point")
+    opt = meta.get("optimizer")
+    for name in arrays:
+        if name.startswith("optim/"):
+            i, _, key = name[len("optim/"):].partition("/")
+            if opt is None or not i.isdigit() or int(i) >= len(opt["state"]) or not key:
+                raise _fail(p, f"array {name!r} belongs to no state of its optimizer")
+    if opt is not None and "arrays" in opt:
+        for i, names in enumerate(opt["arrays"]):
+            lacking = [f"optim/{i}/{k}" for k in names if f"optim/{i}/{k}" not in arrays]
+            if lacking:
+                raise _fail(p, f"optimizer state arrays {lacking} listed in its config are missing")
+            extra = sorted(k for k in arrays if k.startswith(f"optim/{i}/") and k[len(f"optim/{i}/"):] not in names)
+            if extra:
+                raise _fail(p, f"arrays {extra} are not listed in its config")
     params = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
     for k, spec in meta["params"].items():
         if k not in params:
@@ -534,7 +558,7 @@ def load_model(path, *, into=None, return_metadata=False, device=None):
         return model
     ocfg = meta.get("optimizer")
     if ocfg is not None:
-        ocfg = dict(ocfg)
+        ocfg = {k: v for k, v in ocfg.items() if k != "arrays"}
         states = []
         for i, scal in enumerate(ocfg["state"]):
             st = dict(scal)
