@@ -342,3 +342,53 @@ def test_save_errors_name_the_path_and_extra(tmp_path):
     checkpoint.save_model(m, tmp_path / "m.npz", extra={"a": np.float32(1.5), "b": np.arange(2), "c": (1, 2)})
     assert checkpoint.load_model(tmp_path / "m.npz", return_metadata=True)[1]["extra"] == \
         {"a": 1.5, "b": [0, 1], "c": [1, 2]}
+
+
+def test_a_bytes_path_saves_and_loads(tmp_path):
+    """save_model takes a str, bytes or os.PathLike path, but a bytes one failed in the atomic
+    write ('can only concatenate str (not "bytes") to str'), as did load_model and
+    Trainer.load of one, naming nothing."""
+    t = saved_trainer(os.fsencode(tmp_path / "t.npz"))
+    path = os.fsencode(tmp_path / "ü.npz")
+    checkpoint.save_model(t.model, path)
+    for a, b in zip(checkpoint.load_model(path).parameters(), t.model.parameters()):
+        np.testing.assert_array_equal(a.data, b.data)
+    t2 = Trainer.load(os.fsencode(tmp_path / "t.npz"), verbose=False)
+    assert t2.history == t.history
+    assert sorted(os.listdir(tmp_path)) == ["t.npz", "ü.npz"]
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_a_missing_or_stray_optimizer_array_is_refused(tmp_path, optimizer):
+    """The JSON listed only the optimizer's scalars, so a file lacking "optim/0/exp_avg" (or
+    SGD's momentum buffer) loaded and the resumed fit started that moment from zero, another
+    trajectory without a word; an "optim/9/..." array for no parameter was ignored."""
+    X, y = data()
+    kw = {"lr": 0.05, "momentum": 0.9} if optimizer == "sgd" else {"lr": 0.01}
+    t = Trainer(mlp(), optimizer=optimizer, optimizer_kwargs=kw, verbose=False, seed=3)
+    t.fit(X, y, epochs=1, batch_size=16)
+    path = tmp_path / "t.npz"
+    t.save(path)
+    with np.load(path, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files}
+    first = sorted(k for k in arrays if k.startswith("optim/0/"))[0]
+
+    def write(a):
+        with open(path, "wb") as f:
+            np.savez(f, **a)
+
+    write({k: v for k, v in arrays.items() if k != first})
+    for load in (checkpoint.load_model, lambda p: Trainer.load(p, verbose=False)):
+        with pytest.raises(ValueError, match=rf"t\.npz' is not a readable fastnn checkpoint: optimizer state "
+                                             rf"arrays \['{first}'\] listed in its config are missing"):
+            load(path)
+    write({**arrays, "optim/9/" + first.split("/")[-1]: arrays[first]})
+    with pytest.raises(ValueError, match=r"array 'optim/9/.*' belongs to no state of its optimizer"):
+        Trainer.load(path, verbose=False)
+    write({**arrays, "optim/0/bogus": arrays[first]})
+    with pytest.raises(ValueError, match=r"arrays \['optim/0/bogus'\] are not listed in its config"):
+        Trainer.load(path, verbose=False)
+    write(arrays)  # intact: loads, and a file without the list (written before it) still loads
+    Trainer.load(path, verbose=False)
+    rewrite_config(path, lambda meta: meta["optimizer"].pop("arrays"))
+    Trainer.load(path, verbose=False)

@@ -237,3 +237,39 @@ def test_load_npz_object_array_names_the_key_and_file(tmp_path):
     np.savez(p, X=X.astype(object), y=np.zeros(4, np.int64))
     with pytest.raises(ValueError, match=r"x_key: the array 'X' in .* has dtype object"):
         datasets.load_npz(p)
+
+
+def test_load_npz_of_a_truncated_or_corrupted_file_names_it(tmp_path):
+    # zipfile's "File is not a zip file", "Bad CRC-32 for file 'X.npy'", zlib's "Error -3 while
+    # decompressing data", a bare EOFError or NotImplementedError: none said which file; and a
+    # file starting "PK" but not with a zip header was read by np.load as a pickle.
+    X = np.arange(24, dtype=np.float32).reshape(8, 3)
+    y = np.arange(8) % 2
+    for save in (np.savez, np.savez_compressed):
+        good = tmp_path / "good.npz"
+        save(good, X=X, y=y)
+        raw = good.read_bytes()
+        bad = tmp_path / "bad.npz"
+        cases = [raw[: len(raw) * k // 10] for k in range(1, 10)] + [b"PK\x00\x00" + raw[4:]]
+        for i in range(0, len(raw), 3):
+            flipped = bytearray(raw)
+            flipped[i] ^= 0xFF
+            cases.append(bytes(flipped))
+        for data in cases:
+            bad.write_bytes(data)
+            try:
+                Xb, yb = datasets.load_npz(bad)
+            except (ValueError, KeyError) as e:
+                assert "bad.npz" in str(e), (type(e).__name__, str(e))
+            else:  # a flip in a field the reader ignores (a timestamp)
+                np.testing.assert_array_equal(Xb, X)
+                np.testing.assert_array_equal(yb, y)
+
+
+def test_load_csv_takes_a_bytes_path(tmp_path):
+    # _path accepts str, bytes and os.PathLike, but np.loadtxt took a bytes path for an iterable
+    # of lines: "TypeError: non-string returned while reading data".
+    p = tmp_path / "t.csv"
+    p.write_text("a,b,label\n1,2,0\n3,4,1\n")
+    X, y = datasets.load_csv(os.fsencode(p))
+    assert X.tolist() == [[1, 2], [3, 4]] and y.tolist() == [0, 1]

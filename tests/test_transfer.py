@@ -4,7 +4,11 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -353,3 +357,122 @@ def test_safetensors_overlapping_tensors_rejected(tmp_path):
                          "b": {"dtype": "F32", "shape": [2], "data_offsets": [8, 16]}})
     got = transfer.read_safetensors(p)
     assert got["e"].shape == (0, 3) and got["a"].shape == (2,) and got["b"].shape == (2,)
+
+
+def test_load_pretrained_from_a_fastnn_checkpoint_loads_every_parameter(tmp_path, rng):
+    # A checkpoint's arrays are named "param/0.weight", ...: they went through the by-order path,
+    # which takes Linear layers only, so a PReLU kept its fresh 0.25 and the "pretrained" model
+    # computed something else than the saved one, without a word.
+    from fastnn.checkpoint import save_model
+
+    def build(seed):
+        fastnn.manual_seed(seed)
+        return nn.Sequential(nn.Linear(5, 7), nn.PReLU(7), nn.Linear(7, 3))
+
+    src = build(1)
+    src.layers[1].weight.data[:] = np.linspace(-1, 1, 7)
+    path = tmp_path / "pretrained.npz"
+    save_model(src, path)
+    dst = build(2)
+    transfer.load_pretrained(dst, path)
+    for (k, a), (_, b) in zip(src.named_parameters(), dst.named_parameters()):
+        np.testing.assert_array_equal(b.data, a.data, err_msg=k)
+    x = rng.standard_normal((4, 5)).astype(np.float32)
+    np.testing.assert_array_equal(dst.eval()(x), src.eval()(x))
+
+
+def test_load_pretrained_strict_refuses_tensors_that_go_nowhere(rng):
+    # torch's Sequential(Linear, BatchNorm1d, ReLU, Linear): only the two weight matrices were
+    # loaded and BatchNorm's scale, shift and running statistics dropped, and a PReLU's weight
+    # under other names too; the "loaded" model computed something else than the source.
+    sd = {"0.weight": rng.standard_normal((7, 5)).astype(np.float32), "0.bias": np.zeros(7, np.float32),
+          "1.weight": np.full(7, 2.0, np.float32), "1.bias": np.ones(7, np.float32),
+          "1.running_mean": np.ones(7, np.float32), "1.running_var": np.full(7, 4.0, np.float32),
+          "1.num_batches_tracked": np.array(3, np.int64),
+          "3.weight": rng.standard_normal((3, 7)).astype(np.float32), "3.bias": np.zeros(3, np.float32)}
+    for model, layers in ((nn.Sequential(nn.Linear(5, 7, activation="relu"), nn.Linear(7, 3)), ["0", "1"]),  # by order
+                          (nn.Sequential(nn.Linear(5, 7), nn.Dropout(0.1), nn.ReLU(), nn.Linear(7, 3)), ["0", "3"])):
+        before = [p.data.copy() for p in model.parameters()]
+        with pytest.raises(ValueError, match=r"source: its tensors \['1.weight', '1.bias', '1.running_mean', "
+                                             r"'1.running_var', '1.num_batches_tracked'\] go into no parameter"):
+            transfer.load_pretrained(model, sd)
+        for b, p in zip(before, model.parameters()):
+            np.testing.assert_array_equal(p.data, b)  # nothing loaded
+        assert transfer.load_pretrained(model, sd, strict=False) == layers
+        np.testing.assert_array_equal(model.layers[-1].weight.data, sd["3.weight"])
+    prelu = {"net.0.weight": sd["0.weight"], "net.0.bias": sd["0.bias"], "net.1.weight": np.full(7, 0.5, np.float32),
+             "net.2.weight": sd["3.weight"], "net.2.bias": sd["3.bias"]}
+    model = nn.Sequential(nn.Linear(5, 7), nn.PReLU(7), nn.Linear(7, 3))
+    with pytest.raises(ValueError, match=r"its tensors \['net.1.weight'\] go into no parameter of the model and "
+                                         r"the model's parameters \['1.weight'\] get no tensor"):
+        transfer.load_pretrained(model, prelu)
+    assert transfer.load_pretrained(model, prelu, strict=False) == ["0", "2"]
+
+
+def test_write_safetensors_that_fails_midway_keeps_the_old_file(tmp_path):
+    # The file was opened with "wb" (truncated) and then written: a write that failed (a full
+    # disk; here the file size limit, EFBIG) left a cut file in place of the good one.
+    path = tmp_path / "w.safetensors"
+    transfer.write_safetensors(path, {"a": np.arange(4, dtype=np.float32)})
+    before = path.read_bytes()
+    code = textwrap.dedent(f"""
+        import resource, signal
+        import numpy as np
+        from fastnn import transfer
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (8192, resource.RLIM_INFINITY))
+        try:
+            transfer.write_safetensors({str(path)!r}, {{"a": np.ones(100000, np.float32)}})
+        except OSError as e:
+            print("failed", e.errno)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[0] == "failed"
+    assert path.read_bytes() == before
+    np.testing.assert_array_equal(transfer.read_safetensors(path)["a"], np.arange(4, dtype=np.float32))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.safetensors"]  # no temporary left
+
+
+def test_pretrained_files_by_bytes_path(tmp_path, rng):
+    # str(b"/x/m.safetensors") is "b'/x/m.safetensors'": a bytes path was a FileNotFoundError
+    # for a file named after the repr, and load_pretrained missed the .safetensors suffix.
+    src, dst = _mlp(seed=1), _mlp(seed=2)
+    st = os.fsencode(tmp_path / "m.safetensors")
+    transfer.write_safetensors(st, src.state_dict())
+    assert sorted(transfer.read_safetensors(st)) == sorted(src.state_dict())
+    npz = os.fsencode(tmp_path / "m.npz")
+    np.savez(tmp_path / "m.npz", **src.state_dict())
+    for path in (st, npz):
+        transfer.load_pretrained(dst, path)
+        for a, b in zip(src.parameters(), dst.parameters()):
+            np.testing.assert_array_equal(b.data, a.data)
+        dst = _mlp(seed=2)
+    with pytest.raises(TypeError, match="source: expected a dict of arrays or a file path, got list"):
+        transfer.load_pretrained(dst, [src.state_dict()])
+
+
+def test_load_pretrained_from_torch_parameters_and_bfloat16(rng):
+    # dict(torch_model.named_parameters()) holds tensors that require grad, and a bfloat16
+    # model's state_dict tensors NumPy has no dtype for: load_pretrained failed with torch's
+    # "Can't call numpy() on Tensor that requires grad" / "Got unsupported ScalarType BFloat16",
+    # naming no tensor. They load as read_safetensors reads them (BF16 widened to float32).
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    tm = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 12), torch.nn.Tanh(),
+                             torch.nn.Linear(12, 3))
+    x = rng.standard_normal((6, 8)).astype(np.float32)
+    with torch.no_grad():
+        expect = tm(torch.from_numpy(x)).numpy()
+    model = _mlp()
+    transfer.load_pretrained(model, dict(tm.named_parameters()))
+    np.testing.assert_allclose(model.eval()(x), expect, rtol=1e-5, atol=1e-6)
+    tb = tm.to(torch.bfloat16)
+    model = _mlp()
+    transfer.load_pretrained(model, tb.state_dict())
+    for (k, p), v in zip(model.named_parameters(), tb.state_dict().values()):
+        np.testing.assert_array_equal(p.data, v.float().numpy(), err_msg=k)
+    with pytest.raises(TypeError, match=r"source\['0.weight'\]: expected an array, got list \(.*inhomogeneous"):
+        transfer.load_pretrained(model, {"0.weight": [[1.0, 2.0], [3.0]]})
+    with pytest.raises(TypeError, match=r"source\['0.weight'\]: expected a numeric array, got dict"):
+        transfer.load_pretrained(model, {"0.weight": {"not": "an array"}})

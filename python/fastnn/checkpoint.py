@@ -17,7 +17,8 @@ device). Trainer.load(path, device=...) passes its device here.
 
 The file holds the parameter arrays ("param/<name>"), the optimizer's state arrays
 ("optim/<i>/<key>") and "__config__", a UTF-8 JSON document: format, version, the architecture
-(``Module.config()``), every parameter's shape and dtype, the optimizer's scalars and ``extra``
+(``Module.config()``), every parameter's shape and dtype, the optimizer's scalars and the names
+of its state arrays (a file lacking one is refused: it would resume with a zero moment), ``extra``
 (the Trainer stores its settings, history and the shuffling generator's state there).
 
 Reading trusts nothing in the file: np.load runs with allow_pickle=False, every JSON field is
@@ -70,7 +71,7 @@ class CheckpointError(ValueError):
 
 
 def _fail(path, what):
-    return CheckpointError(f"path: {os.fspath(path)!r} is not a readable fastnn checkpoint: {what}")
+    return CheckpointError(f"path: {os.fsdecode(path)!r} is not a readable fastnn checkpoint: {what}")
 
 
 def _is_int(v):
@@ -125,7 +126,7 @@ def _pid_alive(pid):
 def clean_stale_temporaries(path):
     """Removes the temporary files that a save of ``path`` by a process that no longer exists
     left behind (SIGKILL, power loss before the rename). Returns the removed paths."""
-    path = os.fspath(path)
+    path = os.fsdecode(path)  # (a bytes path too: the temporary names are str)
     directory = os.path.dirname(os.path.abspath(path))
     prefix = _tmp_prefix(path)
     removed = []
@@ -154,7 +155,7 @@ def clean_stale_temporaries(path):
 def _atomic_write(path, write):
     """write(fileobj) into ``.<name>.<pid>.fastnn-tmp`` next to ``path``, fsync, then os.replace
     onto path: readers see the old file or the new one, never a partial one."""
-    path = os.fspath(path)
+    path = os.fsdecode(path)
     directory = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(directory, f"{_tmp_prefix(path)}{os.getpid()}{_TMP_SUFFIX}")
     with _writing_mu:
@@ -215,9 +216,9 @@ def save_model(model, path, *, optimizer=None, extra=None):
         raise TypeError(f"path: expected a file path, got {type(path).__name__}")
     if extra is not None and not isinstance(extra, dict):
         raise TypeError(f"extra: expected a dict or None, got {type(extra).__name__}")
-    directory = os.path.dirname(os.path.abspath(os.fspath(path)))
+    directory = os.path.dirname(os.path.abspath(os.fsdecode(path)))
     if not os.path.isdir(directory):  # (else the error names the temporary file next to it)
-        raise FileNotFoundError(f"path: no such directory: {directory!r} (for {os.fspath(path)!r})")
+        raise FileNotFoundError(f"path: no such directory: {directory!r} (for {os.fsdecode(path)!r})")
     try:
         json.dumps(extra, default=_json_default, allow_nan=True)
     except (TypeError, ValueError) as e:
@@ -231,7 +232,7 @@ def save_model(model, path, *, optimizer=None, extra=None):
             "optimizer": None, "extra": extra}
     if optimizer is not None:
         sd = optimizer.state_dict(host=True)
-        states = []
+        states, listed = [], []
         for i, st in enumerate(sd["state"]):
             scal = {}
             for k, v in st.items():
@@ -240,7 +241,10 @@ def save_model(model, path, *, optimizer=None, extra=None):
                 else:
                     scal[k] = v
             states.append(scal)
-        meta["optimizer"] = {**{k: v for k, v in sd.items() if k != "state"}, "state": states}
+            listed.append(sorted(k for k, v in st.items() if isinstance(v, np.ndarray)))
+        # ("arrays": each state's array names, so that a file missing one is refused on load
+        # instead of resuming with a zero moment; files written before it lack the field)
+        meta["optimizer"] = {**{k: v for k, v in sd.items() if k != "state"}, "state": states, "arrays": listed}
     blob = json.dumps(meta, default=_json_default, allow_nan=True).encode("utf-8")
     arrays["__config__"] = np.frombuffer(blob, dtype=np.uint8)
     _atomic_write(path, lambda f: np.savez(f, **arrays))
@@ -293,6 +297,12 @@ def _check_meta(p, meta):
         st = opt.get("state")
         if not isinstance(st, list) or not all(isinstance(s, dict) for s in st):
             raise _fail(p, f"optimizer.state: expected a list of objects, got {type(st).__name__}")
+        listed = opt.get("arrays", [])
+        if not isinstance(listed, list) or not all(isinstance(a, list) and all(isinstance(k, str) for k in a)
+                                                   for a in listed):
+            raise _fail(p, f"optimizer.arrays: expected a list of lists of names, got {listed!r}")
+        if "arrays" in opt and len(listed) != len(st):
+            raise _fail(p, f"optimizer.arrays: {len(listed)} lists of names for {len(st)} optimizer.state entries")
     dev = meta.get("device", "cpu")
     if not (dev == "cpu" or (isinstance(dev, str) and dev.startswith("cuda:") and dev[5:].isdigit())):
         raise _fail(p, f"device: expected 'cpu' or 'cuda:N', got {dev!r}")
@@ -303,7 +313,7 @@ def _check_meta(p, meta):
 def read_checkpoint(path):
     """(meta, {name: array}) with every array read (so a CRC error in any member shows up
     here) and the JSON document type-checked; any problem is a ValueError naming the file."""
-    p = os.fspath(path)
+    p = os.fsdecode(path)
     if not os.path.isfile(p):
         raise FileNotFoundError(f"path: no such file: {p!r}")
     clean_stale_temporaries(p)
@@ -329,6 +339,20 @@ def read_checkpoint(path):
             raise _fail(p, f"unexpected array {name!r}")
         if a.dtype.kind != "f":
             raise _fail(p, f"array {name!r} is {a.dtype}, expected floating point")
+    opt = meta.get("optimizer")
+    for name in arrays:
+        if name.startswith("optim/"):
+            i, _, key = name[len("optim/"):].partition("/")
+            if opt is None or not i.isdigit() or int(i) >= len(opt["state"]) or not key:
+                raise _fail(p, f"array {name!r} belongs to no state of its optimizer")
+    if opt is not None and "arrays" in opt:
+        for i, names in enumerate(opt["arrays"]):
+            lacking = [f"optim/{i}/{k}" for k in names if f"optim/{i}/{k}" not in arrays]
+            if lacking:
+                raise _fail(p, f"optimizer state arrays {lacking} listed in its config are missing")
+            extra = sorted(k for k in arrays if k.startswith(f"optim/{i}/") and k[len(f"optim/{i}/"):] not in names)
+            if extra:
+                raise _fail(p, f"arrays {extra} are not listed in its config")
     params = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
     for k, spec in meta["params"].items():
         if k not in params:
@@ -456,7 +480,7 @@ def load_device(path, saved, device):
     if saved == "cpu":
         return "cpu"
     if not _cuda.is_available():
-        raise RuntimeError(f"path: {os.fspath(path)!r} was saved from {saved}, but no GPU is usable here "
+        raise RuntimeError(f"path: {os.fsdecode(path)!r} was saved from {saved}, but no GPU is usable here "
                            f"(fastnn.cuda.is_available() is False); pass device='cpu' to load it on the CPU")
     index = int(saved[5:])
     return saved if index < _cuda.device_count() else canonical_device("cuda")
@@ -479,7 +503,7 @@ def load_model(path, *, into=None, return_metadata=False, device=None):
     if device is not None:
         parse_device(device, "device", allow_auto=True)  # (a typo fails before the file is read)
     meta, arrays = read_checkpoint(path)
-    p = os.fspath(path)
+    p = os.fsdecode(path)
     saved = meta.get("device", "cpu")
     target = load_device(p, saved, device) if into is None or device is not None else None
     params = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
@@ -534,7 +558,7 @@ def load_model(path, *, into=None, return_metadata=False, device=None):
         return model
     ocfg = meta.get("optimizer")
     if ocfg is not None:
-        ocfg = dict(ocfg)
+        ocfg = {k: v for k, v in ocfg.items() if k != "arrays"}
         states = []
         for i, scal in enumerate(ocfg["state"]):
             st = dict(scal)

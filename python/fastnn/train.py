@@ -840,7 +840,7 @@ class Trainer:
         (fastnn.checkpoint.load_model's). A checkpoint whose trainer or optimizer
         fields are malformed is a ValueError naming the file."""
         model, meta = load_model(path, return_metadata=True, device=device)
-        p = os.fspath(path)
+        p = os.fsdecode(path)
         tcfg = (meta.get("extra") or {}).get("trainer")
         if tcfg is None:
             raise ValueError(f"path: {p!r} holds a model without trainer state; use load_model")

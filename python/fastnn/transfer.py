@@ -20,11 +20,13 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import os
 import re
 import struct
 
 import numpy as np
 
+from . import checkpoint as _checkpoint
 from . import nn
 
 __all__ = ["named_modules", "freeze", "unfreeze", "set_lr_scale", "head_name", "replace_head",
@@ -174,7 +176,7 @@ def read_safetensors(path) -> dict:
     header of dtype/shape/data_offsets per tensor, then the raw bytes). bfloat16 is widened to
     float32. A malformed file (bad header, wrong types, out-of-range or overlapping byte ranges)
     is a ValueError naming the file."""
-    path = str(path)
+    path = os.fsdecode(path)
     with open(path, "rb") as f:
         raw = f.read()
     if len(raw) < 8:
@@ -229,7 +231,8 @@ def read_safetensors(path) -> dict:
 
 def write_safetensors(path, tensors: dict) -> None:
     """Writes float32/float64/int arrays in the safetensors format (readable by the safetensors
-    package and torch)."""
+    package and torch), atomically as fastnn.checkpoint's saves: a write that fails midway (a
+    full disk) leaves the file that was there intact."""
     inv = {np.dtype(v): k for k, v in _ST_DTYPES.items() if v is not None}
     header, blobs, off = {}, [], 0
     for name, a in tensors.items():
@@ -244,8 +247,7 @@ def write_safetensors(path, tensors: dict) -> None:
         off += len(b)
     h = json.dumps(header).encode("utf-8")
     h += b" " * (-len(h) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+    _checkpoint._atomic_write(path, lambda f: f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs)))
 
 
 def _layer_order(keys):
@@ -270,39 +272,83 @@ def _layer_order(keys):
     return [keys[i] for _, i in sorted(order)]
 
 
+def _as_array(name, v):
+    """A source dict's value as a NumPy array. A torch tensor is detached and copied to the host
+    (``dict(torch_model.named_parameters())`` holds tensors that require grad, which NumPy cannot
+    take), and bfloat16 is widened to float32 as read_safetensors does (NumPy has no bfloat16)."""
+    if callable(getattr(v, "detach", None)) and callable(getattr(v, "cpu", None)):
+        v = v.detach().cpu()
+        if str(getattr(v, "dtype", "")) == "torch.bfloat16":
+            v = v.float()
+    try:
+        a = np.asarray(v)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise TypeError(f"source[{name!r}]: expected an array, got {type(v).__name__} ({e})") from None
+    if a.dtype == object:
+        raise TypeError(f"source[{name!r}]: expected a numeric array, got {type(v).__name__}")
+    return a
+
+
+def _check_all_used(tensors, used, missing):
+    """strict: every source tensor goes into the model and every parameter gets one, as torch's
+    load_state_dict(strict=True) refuses unexpected and missing keys. Left out, a PReLU's weight or
+    BatchNorm's scale and running statistics leave a model that computes something else."""
+    unused = [k for k in tensors if k not in used]
+    if unused or missing:
+        what = []
+        if unused:
+            what.append(f"its tensors {unused} go into no parameter of the model")
+        if missing:
+            what.append(f"the model's parameters {missing} get no tensor (only Linear layers are matched by order; "
+                        "name the tensors as model.state_dict() does to load the others)")
+        raise ValueError(f"source: {' and '.join(what)}; the loaded model would compute something else than the "
+                         "source's (strict=False loads the Linear layers that match and ignores the rest)")
+
+
 def load_pretrained(model, source, *, strict=True):
     """Copies pretrained weights into model's Linear layers.
 
-    source: a dict of arrays, a .safetensors file (e.g. ``safetensors.torch.save_file(
-    torch_mlp.state_dict(), path)``) or an .npz (a fastnn ``model.state_dict()`` saved with
-    np.savez). Names that match ours (``state_dict()``) are used as they are; otherwise the
-    "*.weight" / "*.bias" pairs are taken in layer order (see ``_layer_order``: numbers in the
+    source: a dict of arrays (NumPy, or torch tensors: ``torch_mlp.state_dict()``; bfloat16 is
+    widened to float32), a .safetensors file (e.g. ``safetensors.torch.save_file(
+    torch_mlp.state_dict(), path)``), an .npz (a fastnn ``model.state_dict()`` saved with
+    np.savez) or a fastnn checkpoint (save_model, Trainer.save: its parameters, by their names).
+    Names that match ours (``state_dict()``) are used as they are; otherwise the "*.weight" /
+    "*.bias" pairs are taken in layer order (see ``_layer_order``: numbers in the
     module path compare as integers, so "net.2" comes before "net.10" whatever order the source
     lists them in, as torch's load_state_dict would place them) and assigned to our Linear layers
     in order, checking every shape (PyTorch's weight is (out_features, in_features), as ours).
-    strict=False skips layers whose shape differs (e.g. a replaced head). Returns the list of
-    layers loaded."""
+    strict=True (torch's meaning) also refuses a source tensor that goes into no parameter (a
+    PReLU's weight under another name, BatchNorm's statistics) and a parameter that gets none.
+    strict=False skips layers whose shape differs (e.g. a replaced head) and ignores such tensors.
+    Returns the list of layers loaded."""
     if isinstance(source, dict):
-        tensors = {k: np.asarray(v) for k, v in source.items()}
+        tensors = {k: _as_array(k, v) for k, v in source.items()}
     else:
-        path = str(source)
+        if not isinstance(source, (str, bytes, os.PathLike)):
+            raise TypeError(f"source: expected a dict of arrays or a file path, got {type(source).__name__}")
+        path = os.fsdecode(source)
         if path.endswith(".safetensors"):
             tensors = read_safetensors(path)
         else:
             with np.load(path, allow_pickle=False) as z:
                 tensors = {k: z[k] for k in z.files}
+            if "__config__" in tensors:  # a fastnn checkpoint: its parameters by name, checked
+                _, arrays = _checkpoint.read_checkpoint(path)
+                tensors = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
     ours = dict(model.named_parameters())
     layer_names = {name for name, _ in _linears(model)}
     # (same names, but a bias for a layer built without one: the checks of the path below)
     foreign = [k for k in tensors if k not in ours and k.rpartition(".")[0] in layer_names]
     if set(tensors) >= set(ours) and not foreign and all(np.shape(tensors[k]) == p.shape for k, p in ours.items()):
+        if strict:
+            _check_all_used(tensors, set(ours), [])
         model.load_state_dict({k: tensors[k] for k in ours})
         return [k for k, _ in _linears(model)]
     weights = _layer_order([k for k in tensors if k.endswith("weight") and np.ndim(tensors[k]) == 2])
     linears = _linears(model)
     if strict and len(weights) != len(linears):
         raise ValueError(f"source: {len(weights)} weight matrices ({weights}) for {len(linears)} Linear layers")
-    loaded, updates = [], []
+    loaded, updates, used, filled = [], [], set(), set()
     for (name, layer), wk in zip(linears, weights):
         w = tensors[wk]
         bk = wk[: -len("weight")] + "bias"
@@ -319,6 +365,10 @@ def load_pretrained(model, source, *, strict=True):
             continue
         updates.append((layer, w, b))
         loaded.append(name)
+        used.update((wk, bk))
+        filled.update(f"{name}.{k}" if name else k for k in ("weight", "bias"))
+    if strict:
+        _check_all_used(tensors, used, [k for k in ours if k not in filled])
     for layer, w, b in updates:  # all checked before anything changes
         layer.weight.data[...] = w
         if layer.bias is not None:

@@ -16,6 +16,8 @@ import gzip
 import os
 import re
 import warnings
+import zipfile
+import zlib
 from importlib import resources
 
 import numpy as np
@@ -119,25 +121,31 @@ def load_npz(path, x_key: str = "X", y_key: str = "y", *, dtype=None):
         raise ValueError(f"path: expected an .npz archive holding arrays {x_key!r} and {y_key!r}, got a .npy "
                          f"file (one array) in {os.fspath(path)!r}; save both with np.savez(path, "
                          f"{x_key}=X, {y_key}=y)")
-    if not magic.startswith(b"PK"):
+    if not magic.startswith((b"PK\x03\x04", b"PK\x05\x06")):  # (np.load's test; else it tries pickle)
         raise ValueError(f"path: expected an .npz archive (a zip file) holding arrays {x_key!r} and {y_key!r}, "
                          f"got a file starting with {magic!r} in {os.fspath(path)!r}")
-    with np.load(p, allow_pickle=False) as f:
-        keys = list(f.keys())
-        for k, what in ((x_key, "x_key"), (y_key, "y_key")):
-            if k not in keys:
-                raise KeyError(f"{what}: no array {k!r} in {os.fspath(path)!r}; it holds {keys}")
-        arrays = []
-        for k, what in ((x_key, "x_key"), (y_key, "y_key")):
-            try:
-                arrays.append(f[k])
-            except ValueError as e:  # NumPy's "Object arrays cannot be loaded ..." names neither key nor file
-                if "allow_pickle" not in str(e):
-                    raise
-                raise ValueError(f"{what}: the array {k!r} in {os.fspath(path)!r} has dtype object (np.savez "
-                                 f"pickles those, and pickles are not loaded: they can run code); save it as a "
-                                 f"numeric array, e.g. labels as np.unique(y, return_inverse=True)[1]") from None
-        X, y = arrays
+    try:
+        with open(p, "rb") as fh, np.load(fh, allow_pickle=False) as f:  # (closed also when np.load raises)
+            keys = list(f.keys())
+            for k, what in ((x_key, "x_key"), (y_key, "y_key")):
+                if k not in keys:
+                    raise KeyError(f"{what}: no array {k!r} in {os.fspath(path)!r}; it holds {keys}")
+            arrays = []
+            for k, what in ((x_key, "x_key"), (y_key, "y_key")):
+                try:
+                    arrays.append(f[k])
+                except ValueError as e:  # NumPy's "Object arrays cannot be loaded ..." names neither key nor file
+                    if "allow_pickle" not in str(e):
+                        raise ValueError(f"{what}: the array {k!r} in {os.fspath(path)!r} cannot be read "
+                                         f"(corrupted?): {e}") from None
+                    raise ValueError(f"{what}: the array {k!r} in {os.fspath(path)!r} has dtype object (np.savez "
+                                     f"pickles those, and pickles are not loaded: they can run code); save it as a "
+                                     f"numeric array, e.g. labels as np.unique(y, return_inverse=True)[1]") from None
+            X, y = arrays
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, OSError) as e:
+        # (zipfile's and zlib's messages name an entry at most: "Bad CRC-32 for file 'X.npy'")
+        raise ValueError(f"path: {os.fspath(path)!r} is not a readable .npz archive: corrupted or truncated "
+                         f"({type(e).__name__}: {e})") from None
     return check_xy(X, y, dtype=dtype)
 
 
@@ -173,7 +181,7 @@ def load_csv(path, label_column: int = -1, *, delimiter: str = ",", header: bool
     least one field is a name. A first line with a number, an empty field or an NA token is
     data, and a value that does not parse is an error there as on any other line -- no row is
     dropped silently. header=True/False force it."""
-    p = _path(path)
+    p = os.fsdecode(_path(path))  # (np.loadtxt reads a bytes path as the lines of a file)
     if isinstance(label_column, bool) or not isinstance(label_column, (int, np.integer)):
         raise TypeError(f"label_column: expected an integer column index, got {label_column!r} "
                         f"({type(label_column).__name__})")
