@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import fastnn
-from fastnn import checkpoint, nn
+from fastnn import checkpoint, nn, transfer
 from fastnn.train import Trainer
 
 
@@ -392,3 +392,19 @@ def test_a_missing_or_stray_optimizer_array_is_refused(tmp_path, optimizer):
     Trainer.load(path, verbose=False)
     rewrite_config(path, lambda meta: meta["optimizer"].pop("arrays"))
     Trainer.load(path, verbose=False)
+
+
+def test_a_file_saved_over_keeps_its_permissions(tmp_path):
+    """The atomic save's temporary file took the umask's mode, so a checkpoint made private with
+    chmod 600 became world-readable (0o644) at the next save over it; a new file keeps the umask's."""
+    m = mlp()
+    path = tmp_path / "m.npz"
+    checkpoint.save_model(m, path)
+    os.chmod(path, 0o600)
+    checkpoint.save_model(m, path)
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    st = tmp_path / "w.safetensors"
+    transfer.write_safetensors(st, {"w": np.ones(3, np.float32)})
+    os.chmod(st, 0o640)
+    transfer.write_safetensors(st, {"w": np.zeros(3, np.float32)})
+    assert os.stat(st).st_mode & 0o777 == 0o640

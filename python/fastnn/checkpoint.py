@@ -39,6 +39,7 @@ import json
 import math
 import numbers
 import os
+import stat
 import threading
 import zipfile
 
@@ -154,7 +155,8 @@ def clean_stale_temporaries(path):
 
 def _atomic_write(path, write):
     """write(fileobj) into ``.<name>.<pid>.fastnn-tmp`` next to ``path``, fsync, then os.replace
-    onto path: readers see the old file or the new one, never a partial one."""
+    onto path: readers see the old file or the new one, never a partial one. A file saved over
+    keeps its permission bits."""
     path = os.fsdecode(path)
     directory = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(directory, f"{_tmp_prefix(path)}{os.getpid()}{_TMP_SUFFIX}")
@@ -169,6 +171,10 @@ def _atomic_write(path, write):
                     write(f)
                     f.flush()
                     os.fsync(f.fileno())
+                try:  # a file saved over keeps its permissions (a chmod 600 checkpoint stays private)
+                    os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))
+                except FileNotFoundError:
+                    pass
                 os.replace(tmp, path)
             except BaseException:
                 try:
