@@ -5,6 +5,7 @@ shuffling exactly."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -408,3 +409,19 @@ def test_a_file_saved_over_keeps_its_permissions(tmp_path):
     os.chmod(st, 0o640)
     transfer.write_safetensors(st, {"w": np.zeros(3, np.float32)})
     assert os.stat(st).st_mode & 0o777 == 0o640
+
+
+def test_a_corrupted_file_leaves_no_open_file(tmp_path):
+    """read_checkpoint of a truncated file (a bad zip directory) left the file open: np.load does
+    not close the handle it opened when the archive cannot be read."""
+    path = tmp_path / "m.npz"
+    checkpoint.save_model(mlp(), path)
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always", ResourceWarning)
+        for _ in range(3):
+            with pytest.raises(ValueError, match="corrupted"):
+                checkpoint.load_model(path)
+        gc.collect()
+    assert not [x for x in w if issubclass(x.category, ResourceWarning)], [str(x.message) for x in w]

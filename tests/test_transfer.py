@@ -476,3 +476,11 @@ def test_load_pretrained_from_torch_parameters_and_bfloat16(rng):
         transfer.load_pretrained(model, {"0.weight": [[1.0, 2.0], [3.0]]})
     with pytest.raises(TypeError, match=r"source\['0.weight'\]: expected a numeric array, got dict"):
         transfer.load_pretrained(model, {"0.weight": {"not": "an array"}})
+
+
+def test_write_safetensors_refuses_a_tensor_named_metadata(tmp_path):
+    """A tensor named '__metadata__' was written, and every reader (this one, safetensors') takes
+    that key for the metadata block: the tensor was silently lost."""
+    with pytest.raises(ValueError, match="tensors: expected str names other than '__metadata__'"):
+        transfer.write_safetensors(tmp_path / "m.safetensors", {"__metadata__": np.ones(2, np.float32)})
+    assert not (tmp_path / "m.safetensors").exists()

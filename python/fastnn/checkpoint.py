@@ -324,7 +324,8 @@ def read_checkpoint(path):
         raise FileNotFoundError(f"path: no such file: {p!r}")
     clean_stale_temporaries(p)
     try:
-        with np.load(p, allow_pickle=False) as f:
+        # (our own handle: np.load leaves the one it opens unclosed when the zip directory is bad)
+        with open(p, "rb") as fh, np.load(fh, allow_pickle=False) as f:
             if not hasattr(f, "files"):
                 raise ValueError("a single .npy array, not an .npz archive")
             arrays = {k: f[k] for k in f.files}

@@ -236,6 +236,8 @@ def write_safetensors(path, tensors: dict) -> None:
     inv = {np.dtype(v): k for k, v in _ST_DTYPES.items() if v is not None}
     header, blobs, off = {}, [], 0
     for name, a in tensors.items():
+        if not isinstance(name, str) or name == "__metadata__":  # (readers take that key for the metadata)
+            raise ValueError(f"tensors: expected str names other than '__metadata__', got {name!r}")
         a = np.asarray(a)  # (not ascontiguousarray: it makes a 0-d array 1-d; tobytes() writes C order)
         if a.dtype.byteorder == ">":
             a = a.astype(a.dtype.newbyteorder("<"))  # the format is little-endian
