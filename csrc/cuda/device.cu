@@ -534,8 +534,8 @@ bool implicitly_ordered(uintptr_t stream) { return stream <= 2; }
 }  // namespace
 
 void stream_wait(uintptr_t waiter, uintptr_t waited) {
+  if (waiter == waited) return;  // (a stream is ordered after itself: nothing to do, GPU or not)
   require_gpu();
-  if (waiter == waited) return;
   stream_wait(as_stream(waiter), as_stream(waited));
 }
 

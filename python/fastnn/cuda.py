@@ -303,9 +303,10 @@ class DeviceArray:
         src = self.copy() if copy else self
         # (DLPack: None is the legacy default stream, as 1; -1 asks for no synchronization)
         stream = 1 if stream is None else operator.index(stream)
-        if stream != -1:
+        waiter, current = (0 if stream == 1 else stream), _drv.current_stream()
+        if stream != -1 and waiter != current:  # (the same stream is ordered already: no GPU call)
             with _on_device(self._device):
-                _drv.stream_wait(0 if stream == 1 else stream, _drv.current_stream())
+                _drv.stream_wait(waiter, current)
         args = (src._ptr, list(src._shape), _FLOATS[src._dtype], src._device, src)
         mv = None if max_version is None else tuple(max_version)
         return _drv.cuda_dlpack_capsule(*args, max_version=mv)
