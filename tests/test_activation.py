@@ -339,6 +339,55 @@ def test_backward_matches_reference_for_size_fresh_and_into_misaligned_out(op, n
         _check_sentinels(buf, n)
 
 
+def _lines_off(n, dtype, off):
+    """n elements starting `off` elements past a 64-byte boundary (so the head that brings them to
+    the next line is 64 / itemsize - off elements), filled with NaN."""
+    item = np.dtype(dtype).itemsize
+    buf = np.empty(n + 2 * 64 // item, dtype)
+    base = (-(buf.ctypes.data // item)) % (64 // item)
+    out = buf[base + off:base + off + n]
+    out.fill(np.nan)
+    return out
+
+
+@ALL_OPS
+@DTYPES
+def test_streamed_output_into_misaligned_out_writes_every_element(op, dtype, capability, rng):
+    # An output past the last-level cache is streamed (non-temporal stores) after a head that brings
+    # it to a cache line: up to 63 bytes, more than one vector on AVX2 (8 floats) and the baseline.
+    # One masked store wrote only the head's first vector: heads of 9-15 floats left elements
+    # unwritten (an out= array 4 bytes past a line, as NumPy's large arrays often are).
+    item = np.dtype(dtype).itemsize
+    n = fastnn._C.llc_bytes() // item // 2 + 1001  # (forward: 2 arrays past the cache; backward: 3)
+    x = normal(rng, n, dtype)
+    want = op.forward(x)  # (a fresh output starts on a line: no head)
+    g = normal(rng, n, dtype, scale=1.0) if op.backward_has_out else None
+    gwant = op.backward(g, x) if op.backward_has_out else None
+    for off in (1, 3, 64 // item - 1):
+        out = _lines_off(n, dtype, off)
+        op.forward(x, out=out)
+        np.testing.assert_array_equal(out, want, err_msg=f"forward, head {64 // item - off}")
+        if op.backward_has_out:
+            out = _lines_off(n, dtype, off)
+            op.backward(g, x, out=out)
+            np.testing.assert_array_equal(out, gwant, err_msg=f"backward, head {64 // item - off}")
+
+
+@DTYPES
+def test_streamed_prelu_per_channel_into_misaligned_out(dtype, capability, rng):
+    # The same head in PReLU's last-axis path (its channel index advances through the head).
+    item = np.dtype(dtype).itemsize
+    C = 7
+    rows = fastnn._C.llc_bytes() // item // 2 // C + 11
+    x = normal(rng, (rows, C), dtype)
+    w = rng.uniform(0.05, 0.5, C).astype(dtype)
+    want = F.prelu(x, w)
+    for off in (1, 64 // item - 1):
+        out = _lines_off(rows * C, dtype, off).reshape(rows, C)
+        F.prelu(x, w, out=out)
+        np.testing.assert_array_equal(out, want, err_msg=f"head {64 // item - off}")
+
+
 SHAPES = [(), (1,), (0,), (5, 0, 3), (2, 3), (3, 1, 17), (4, 5, 6, 7), (2, 3, 2, 3, 5), (1, 1, 1, 1, 33)]
 OP_SHAPE = pytest.mark.parametrize(
     "op,shape", [(op, s) for op in OPS for s in SHAPES if not (_is_prelu(op) and 0 in s)],

@@ -12,6 +12,15 @@ namespace fastnn {
 namespace FASTNN_ISA_NS {
 namespace {
 
+// Calls step(i, k) over [0, head) in pieces of at most one vector (k <= V::W): the head that
+// brings an output to a cache-line boundary is up to 63 bytes, more than one vector on AVX2 (8
+// floats) and the baseline (1); one masked store wrote only its first vector (the rest of the
+// head was left unwritten).
+template <class V, class Step>
+inline void for_head(int64_t head, Step step) {
+  for (int64_t i = 0; i < head; i += V::W) step(i, head - i < V::W ? head - i : int64_t(V::W));
+}
+
 // y[i] = f(x[i]). Each element goes through the same f whatever vector it lands in (tails use
 // masked loads/stores), so the result does not depend on alignment or chunking. With `stream`,
 // a masked head brings y to a cache-line boundary and the body uses non-temporal stores.
@@ -20,7 +29,7 @@ inline void map1(const typename V::T* x, typename V::T* y, int64_t n, bool strea
   int64_t i = 0;
   const int64_t head = stream ? head_to_line(y, n) : -1;
   if (head >= 0) {
-    if (head > 0) f(V::load_partial(x, head)).store_partial(y, head);
+    for_head<V>(head, [&](int64_t h, int64_t k) { f(V::load_partial(x + h, k)).store_partial(y + h, k); });
     for (i = head; i + V::W <= n; i += V::W) f(V::load(x + i)).store_stream(y + i);
     stream_fence();
   }
@@ -36,7 +45,9 @@ inline void map2_unfenced(const typename V::T* a, const typename V::T* b, typena
   int64_t i = 0;
   const int64_t head = stream ? head_to_line(out, n) : -1;
   if (head >= 0) {
-    if (head > 0) f(V::load_partial(a, head), V::load_partial(b, head)).store_partial(out, head);
+    for_head<V>(head, [&](int64_t h, int64_t k) {
+      f(V::load_partial(a + h, k), V::load_partial(b + h, k)).store_partial(out + h, k);
+    });
     for (i = head; i + V::W <= n; i += V::W) f(V::load(a + i), V::load(b + i)).store_stream(out + i);
   }
   for (; i + V::W <= n; i += V::W) f(V::load(a + i), V::load(b + i)).store(out + i);
@@ -151,12 +162,11 @@ void prelu_last_fwd(const T* x, const T* wext, T* y, int64_t n, int64_t C, int64
   int64_t i = 0;
   const int64_t head = stream ? head_to_line(y, n) : -1;
   if (head >= 0) {
-    if (head > 0) {
-      select(cmp_gt(V::load_partial(x, head), zero), V::load_partial(x, head),
-             V::load_partial(x, head) * V::load_partial(wext + c, head))
-          .store_partial(y, head);
-      advance(head);
-    }
+    for_head<V>(head, [&](int64_t h, int64_t k) {
+      const V v = V::load_partial(x + h, k);
+      select(cmp_gt(v, zero), v, v * V::load_partial(wext + c, k)).store_partial(y + h, k);
+      advance(k);
+    });
     for (i = head; i + V::W <= n; i += V::W, advance(V::W)) f(V::load(x + i)).store_stream(y + i);
     stream_fence();
   }
