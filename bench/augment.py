@@ -8,8 +8,9 @@ same bytes (read x + write y, 6 MiB) as the ceiling, and each transform alone.
 
     python bench/augment.py [--batch 256] [--size 32] [--threads 1 2] [--min-time 0.5]
 
-Goal: fused flip + crop + jitter >= 5x NumPy (issue 7). Validated before timing: the NumPy
-implementation fed fastnn's parameters reproduces fastnn's output (exact geometry, 1e-6 jitter).
+Goal: fused flip + crop + jitter >= 5x NumPy (issue 7). Validated before timing, every fastnn
+row (fused, out=, each transform alone, unfused): the NumPy implementation fed fastnn's
+parameters reproduces fastnn's output (exact geometry, 1e-6 jitter).
 """
 
 import argparse
@@ -23,14 +24,24 @@ from fastnn import benchmark
 GRAY = (np.float32(0.2989), np.float32(0.587), np.float32(0.114))
 
 
-def numpy_augment(x, pad, top, left, flip, fb, fc, fs):
-    """x (N, 3, H, W) float32; per-sample crop offsets in the padded image, flip flags and
-    jitter factors (N,) float32 -> (N, 3, H, W); torchvision's definitions, fixed order."""
+def numpy_crop(x, pad, top, left):
+    """x (N, C, H, W) zero-padded by `pad` on every side, then the (H, W) window at each sample's
+    (top, left) in padded coordinates."""
     n, c, h, w = x.shape
     xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
     win = np.lib.stride_tricks.sliding_window_view(xp, (h, w), axis=(2, 3))  # (N, C, 2p+1, 2p+1, h, w)
-    y = win[np.arange(n), :, top, left]  # (N, C, h, w) gather
-    y = np.where(flip[:, None, None, None], y[..., ::-1], y)
+    return win[np.arange(n), :, top, left]  # (N, C, h, w) gather
+
+
+def numpy_flip(x, flip):
+    """x (N, C, H, W) mirrored left-right where flip (N,) is set."""
+    return np.where(flip[:, None, None, None], x[..., ::-1], x)
+
+
+def numpy_jitter(y, fb, fc, fs):
+    """y (N, 3, H, W) in [0, 1]; brightness, contrast, saturation factors (N,) float32 in that
+    order, each stage clamped to [0, 1] (torchvision's definitions)."""
+    n = y.shape[0]
     one, zero = np.float32(1), np.float32(0)
     y = np.clip(y * fb[:, None, None, None], zero, one)
     g = y[:, 0] * GRAY[0] + y[:, 1] * GRAY[1] + y[:, 2] * GRAY[2]
@@ -39,6 +50,48 @@ def numpy_augment(x, pad, top, left, flip, fb, fc, fs):
     g = y[:, 0] * GRAY[0] + y[:, 1] * GRAY[1] + y[:, 2] * GRAY[2]
     y = np.clip(y * fs[:, None, None, None] + ((one - fs)[:, None, None] * g)[:, None], zero, one)
     return y
+
+
+def numpy_augment(x, pad, top, left, flip, fb, fc, fs):
+    """x (N, 3, H, W) float32; per-sample crop offsets in the padded image, flip flags and
+    jitter factors (N,) float32 -> (N, 3, H, W); torchvision's definitions, fixed order."""
+    return numpy_jitter(numpy_flip(numpy_crop(x, pad, top, left), flip), fb, fc, fs)
+
+
+def _check(label, got, ref, tol):
+    err = float(np.abs(np.asarray(got, np.float64) - ref).max())
+    if not err <= tol:  # (NaN too: an out= array left unwritten)
+        raise AssertionError(f"{label}: fastnn and the NumPy implementation disagree by {err} (tolerance {tol})")
+    return err
+
+
+def validate(x, pipe, out, seed=3):
+    """Every fastnn call main() times, against the NumPy implementation fed fastnn's parameters
+    (exact geometry, 1e-6 jitter): the fused Compose into a new array and into `out`, each
+    transform alone, and the three chained. Returns the largest |diff|. pipe: Compose([crop,
+    flip, jitter]); its transform k starts at the positions of 0..k-1, each rounded up to 64,
+    and a transform called alone starts at 0."""
+    crop, flip, jit = pipe.transforms
+    n, pad = x.shape[0], crop.padding[0]
+    offs = np.cumsum([0] + [(t.positions(x.shape) + 63) // 64 * 64 for t in pipe.transforms])
+    top, left = crop.params(x.shape, seed, int(offs[0]))
+    f = jit.params(n, seed, int(offs[2]))
+    ref = numpy_augment(x, pad, top, left, flip.params(n, seed, int(offs[1])), f[:, 0], f[:, 1], f[:, 2])
+    errs = [_check("fused (new array)", pipe(x, seed=seed), ref, 1e-6)]
+    out.fill(np.nan)
+    pipe(x, seed=seed, out=out)
+    errs.append(_check("fused (out=)", out, ref, 1e-6))
+    top, left = crop.params(x.shape, seed, 0)
+    fl = flip.params(n, seed, 0)
+    f = jit.params(n, seed, 0)
+    cropped = numpy_crop(x, pad, top, left)
+    errs.append(_check("crop only", crop(x, seed=seed), cropped, 0.0))
+    errs.append(_check("flip only", flip(x, seed=seed), numpy_flip(x, fl), 0.0))
+    errs.append(_check("jitter only", jit(x, seed=seed), numpy_jitter(x, f[:, 0], f[:, 1], f[:, 2]), 1e-6))
+    chained = jit(flip(crop(x, seed=seed), seed=seed), seed=seed)
+    errs.append(_check("crop, flip, jitter unfused", chained,
+                       numpy_jitter(numpy_flip(cropped, fl), f[:, 0], f[:, 1], f[:, 2]), 1e-6))
+    return max(errs)
 
 
 def numpy_pipeline(x, rng, pad=4, p=0.5, s=0.4):
@@ -69,16 +122,9 @@ def main():
     crop, flip, jit = A.RandomCrop(s, padding=4), A.RandomHorizontalFlip(), A.ColorJitter(0.4, 0.4, 0.4)
     pipe = A.Compose([crop, flip, jit])
 
-    # Validate: NumPy with fastnn's parameters gives fastnn's result.
-    seed = 3
-    y = pipe(x, seed=seed)
-    offs = np.cumsum([0] + [(t.positions(x.shape) + 63) // 64 * 64 for t in pipe.transforms])
-    top, left = crop.params(x.shape, seed, int(offs[0]))
-    fl = flip.params(n, seed, int(offs[1]))
-    f = jit.params(n, seed, int(offs[2]))
-    ref = numpy_augment(x, 4, top, left, fl, f[:, 0], f[:, 1], f[:, 2])
-    err = float(np.abs(ref - y).max())
-    assert err <= 1e-6, f"fastnn and the NumPy implementation disagree by {err}"
+    # Validate every timed fastnn call (the out= array is the one timed below).
+    out = np.empty_like(x)
+    err = validate(x, pipe, out)
 
     tv = None
     try:
@@ -104,7 +150,6 @@ def main():
         for th in a.threads:
             fastnn.set_num_threads(th)
             copy_ms = 2 * x.nbytes / (benchmark.copy_bandwidth(x.size) * 1e9) * 1e3
-            out = np.empty_like(x)
             rows = {
                 "fastnn fused (new array)": T(lambda: pipe(x)),
                 "fastnn fused (out=)": T(lambda: pipe(x, out=out)),
