@@ -4,13 +4,15 @@ against a vectorized NumPy implementation (np.pad, a strided-window gather, np.w
 broadcast jitter; what a careful user writes) and torchvision.transforms.v2 on a tensor batch
 when importable (it applies one set of parameters per call, so it is called per sample). Both
 sides draw their own random parameters inside the timed call. Also: the copy bandwidth of the
-same bytes (read x + write y, 6 MiB) as the ceiling, and each transform alone.
+same bytes (read x + write y, 6 MiB) as the ceiling, each transform alone, and GaussianNoise(0.1)
+alone against NumPy's x + 0.1 * rng.standard_normal(x.shape, dtype=float32).
 
     python bench/augment.py [--batch 256] [--size 32] [--threads 1 2] [--min-time 0.5]
 
 Goal: fused flip + crop + jitter >= 5x NumPy (issue 7). Validated before timing, every fastnn
 row (fused, out=, each transform alone, unfused): the NumPy implementation fed fastnn's
-parameters reproduces fastnn's output (exact geometry, 1e-6 jitter).
+parameters reproduces fastnn's output (exact geometry, 1e-6 jitter; noise: Box-Muller in float64
+on fastnn's stream words, 3e-6).
 """
 
 import argparse
@@ -94,6 +96,23 @@ def validate(x, pipe, out, seed=3):
     return max(errs)
 
 
+def numpy_noise(x, std, w):
+    """x + std * z, z from Box-Muller on the stream words w (2 per element: u1 in (0, 1] and u2
+    in [0, 1), 24 bits each), in float64."""
+    w = w.reshape(-1, 2)
+    u1 = ((w[:, 0] >> np.uint64(8)) + np.uint64(1)).astype(np.float64) * 2.0 ** -24
+    u2 = (w[:, 1] >> np.uint64(8)).astype(np.float64) * 2.0 ** -24
+    z = np.sqrt(-2 * np.log(u1)) * np.cos(2 * np.pi * u2)
+    return (x.ravel() + std * z).reshape(x.shape)
+
+
+def validate_noise(x, noise, seed=3):
+    """GaussianNoise alone against numpy_noise on fastnn's stream words (its own float32 ln and
+    cos are within 2 ulp of float64: 3e-6 as in tests/test_augment.py); returns the |diff|."""
+    return _check("noise only", noise(x, seed=seed), numpy_noise(x, noise.std, A._words(seed, 0, 2 * x.size)),
+                  3e-6)
+
+
 def numpy_pipeline(x, rng, pad=4, p=0.5, s=0.4):
     n, _, h, w = x.shape
     top = rng.integers(0, 2 * pad + 1, n)
@@ -121,10 +140,12 @@ def main():
     x = np.random.default_rng(0).random((n, 3, s, s), dtype=np.float32)
     crop, flip, jit = A.RandomCrop(s, padding=4), A.RandomHorizontalFlip(), A.ColorJitter(0.4, 0.4, 0.4)
     pipe = A.Compose([crop, flip, jit])
+    noise, std = A.GaussianNoise(0.1), np.float32(0.1)
 
     # Validate every timed fastnn call (the out= array is the one timed below).
     out = np.empty_like(x)
     err = validate(x, pipe, out)
+    err_noise = validate_noise(x, noise)
 
     tv = None
     try:
@@ -139,33 +160,38 @@ def main():
     mib = 2 * x.nbytes / 2**20
     print(benchmark.machine_line())
     print(f"batch {n}x3x{s}x{s} float32: crop(pad 4) + flip + jitter(0.4, 0.4, 0.4); "
-          f"{mib:.0f} MiB moved (read x + write y); NumPy is single-threaded; validated (max |diff| {err:.1e})")
+          f"{mib:.0f} MiB moved (read x + write y); NumPy is single-threaded; validated (max |diff| {err:.1e}; "
+          f"noise {err_noise:.1e})")
     if tv is None:
         print("torchvision not importable: skipped")
     rng = np.random.default_rng(1)
     T = lambda fn: benchmark._timeit(fn, a.min_time) * 1e3  # noqa: E731  (ms, median)
     t_np = T(lambda: numpy_pipeline(x, rng))
+    t_np_noise = T(lambda: x + std * rng.standard_normal(x.shape, dtype=np.float32))
     old = fastnn.get_num_threads()
     try:
         for th in a.threads:
             fastnn.set_num_threads(th)
             copy_ms = 2 * x.nbytes / (benchmark.copy_bandwidth(x.size) * 1e9) * 1e3
-            rows = {
-                "fastnn fused (new array)": T(lambda: pipe(x)),
-                "fastnn fused (out=)": T(lambda: pipe(x, out=out)),
-                "fastnn crop only": T(lambda: crop(x)),
-                "fastnn flip only": T(lambda: flip(x)),
-                "fastnn jitter only": T(lambda: jit(x)),
-                "fastnn crop, flip, jitter unfused": T(lambda: jit(flip(crop(x)))),
-                "NumPy (vectorized)": t_np,
+            rows = {  # label: (ms, the NumPy ms it is compared with)
+                "fastnn fused (new array)": (T(lambda: pipe(x)), t_np),
+                "fastnn fused (out=)": (T(lambda: pipe(x, out=out)), t_np),
+                "fastnn crop only": (T(lambda: crop(x)), t_np),
+                "fastnn flip only": (T(lambda: flip(x)), t_np),
+                "fastnn jitter only": (T(lambda: jit(x)), t_np),
+                "fastnn crop, flip, jitter unfused": (T(lambda: jit(flip(crop(x)))), t_np),
+                "NumPy (vectorized)": (t_np, t_np),
             }
             if tv is not None:
                 import torch
                 torch.set_num_threads(th)
-                rows["torchvision v2 (per sample)"] = T(lambda: [tv(xt[i]) for i in range(n)])
+                rows["torchvision v2 (per sample)"] = (T(lambda: [tv(xt[i]) for i in range(n)]), t_np)
+            # noise is compared with NumPy's noise, not with the pipeline
+            rows["fastnn GaussianNoise(0.1) only"] = (T(lambda: noise(x)), t_np_noise)
+            rows["NumPy x + 0.1 * standard_normal"] = (t_np_noise, t_np_noise)
             print(f"\n{th} thread(s): copy of the same bytes {copy_ms:.3f} ms")
-            for k, v in rows.items():
-                print(f"  {k:<36}{v:8.3f} ms   {t_np / v:6.1f}x NumPy   {copy_ms / v:5.2f}x copy speed")
+            for k, (v, ref) in rows.items():
+                print(f"  {k:<36}{v:8.3f} ms   {ref / v:6.1f}x NumPy   {copy_ms / v:5.2f}x copy speed")
     finally:
         fastnn.set_num_threads(old)
 

@@ -67,3 +67,12 @@ def test_augment_out_left_unwritten_is_caught(monkeypatch):
     out = _pipe()(x, seed=3)  # the right answer already in the array
     with pytest.raises(AssertionError, match="^fused \\(out=\\): .* disagree by nan"):
         aug.validate(x, _pipe(compose=NoWrite), out)
+
+
+def test_augment_noise_row_is_validated():
+    # the noise row README quotes had no row in bench/augment.py; the new one is checked first
+    aug = _script("augment")
+    x = np.random.default_rng(0).random((4, 3, 8, 8), dtype=np.float32)
+    assert aug.validate_noise(x, A.GaussianNoise(0.1)) <= 3e-6
+    with pytest.raises(AssertionError, match="^noise only: fastnn and the NumPy implementation disagree"):
+        aug.validate_noise(x, _off_by_one(A.GaussianNoise, False)(0.1))
