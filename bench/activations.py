@@ -33,7 +33,7 @@ def main():
     print(benchmark.machine_line())
     rows = benchmark.run(sizes=a.sizes, threads=a.threads, ops=a.ops, use_torch=not a.no_torch,
                          min_time=a.min_time)
-    big = [r for r in rows if r["n"] == max(a.sizes) and r["threads"] == max(a.threads)]
+    big = [r for r in rows if r["n"] == max(a.sizes) and r["threads"] == max(a.threads) and r["out"] is not None]
     if big:
         worst = min(big, key=lambda r: r["out"] / r["copy"])
         print(f"\nworst out= ratio to copy at {worst['n']} elements, {worst['threads']} threads: "

@@ -1148,6 +1148,15 @@ def test_set_num_threads_of_non_integer_is_type_error(restore_num_threads):
         fastnn.set_num_threads(2.5)
 
 
+@pytest.mark.parametrize("flag", [True, False, np.True_])
+def test_set_num_threads_of_a_bool_is_type_error(flag, restore_num_threads):
+    # True was taken as 1 thread (a bool is an int), as counts checked by checks.positive_int are not
+    fastnn.set_num_threads(2)
+    with pytest.raises(TypeError, match="n: expected an integer >= 1, got "):
+        fastnn.set_num_threads(flag)
+    assert fastnn.get_num_threads() == 2
+
+
 @pytest.mark.parametrize("n", [1, 2, 3, 7])
 def test_set_num_threads_is_reported_by_get_num_threads(n, restore_num_threads):
     fastnn.set_num_threads(n)

@@ -123,3 +123,30 @@ def test_unknown_activation_is_an_argparse_error(command, capsys):
         main([command, "--activation", "bogus"])
     assert e.value.code == 2
     assert "argument --activation: invalid choice: 'bogus'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option,value", [("--size", "0"), ("--threads", "0")])
+def test_bench_bad_option_prints_the_bench_usage(option, value, capsys):
+    # the error used to follow the top-level "usage: fastnn [-h] {info,bench,train,recipe} ..."
+    with pytest.raises(SystemExit) as e:
+        main(["bench", option, value])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: fastnn bench "), err
+    assert f"fastnn bench: error: {option}:" in err
+
+
+def test_bench_size_rounding_is_said(capsys, monkeypatch, restore_num_threads):
+    # --size 1000 used to run 768 elements without a word (the table shows only the 768)
+    import fastnn.benchmark
+
+    ran = {}
+    monkeypatch.setattr(fastnn.benchmark, "run", lambda sizes, **kw: ran.update(sizes=sizes))
+    assert main(["bench", "--size", "1000", "--threads", "1", "--no-torch"]) == 0
+    assert ran["sizes"] == (768,)
+    assert "--size: 1000 rounded to 768, a multiple of 256" in capsys.readouterr().out
+    assert main(["bench", "--size", "512", "--threads", "1", "--no-torch"]) == 0
+    assert "rounded" not in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    assert "rounded down to a multiple of 256" in capsys.readouterr().out

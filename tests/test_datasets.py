@@ -111,13 +111,14 @@ def test_load_csv_header_sniffing_never_drops_a_data_row(tmp_path):
     for first, bad in (("1,,0", "''"), ("1,NA,0", "'NA'"), ("n/a,2,0", "'n/a'"), (",,", "''")):
         p = tmp_path / "holes.csv"
         p.write_text(f"{first}\n3,4,1\n5,6,1\n")
-        with pytest.raises(ValueError, match=rf"could not convert string {bad} to float64 at row 0, column \d.*"
+        with pytest.raises(ValueError, match=rf"could not convert string {bad} to a number at line 1, column \d.*"
                                              r"pass header=True if it is column names"):
             datasets.load_csv(p)
     # the same hole further down was already an error; it stays one, without the header hint
     p = tmp_path / "hole_row1.csv"
     p.write_text("3,4,1\n1,,0\n")
-    with pytest.raises(ValueError, match=r"could not convert string '' to float64 at row 1, column 2\.$"):
+    with pytest.raises(ValueError, match=r"could not convert string '' to a number at line 2, column 2 "
+                                         r"\(lines and columns counted from 1, lines as a text editor numbers them\)$"):
         datasets.load_csv(p)
     # names are still a header, also with pandas' empty index-column name and quoted names
     for head in (",b,label", '"a","b","label"', "a,NA,label"):
@@ -130,6 +131,23 @@ def test_load_csv_header_sniffing_never_drops_a_data_row(tmp_path):
     p.write_text("1,,0\n3,4,1\n")
     X, y = datasets.load_csv(p, header=True)
     assert X.tolist() == [[3, 4]]
+
+
+@pytest.mark.parametrize("text, header, place", [
+    # NumPy said "at row 1, column 3" here: its rows start at 0 after the header, its columns at 1
+    ("a,b,c\n1,2,3\n4,5,x\n", None, "at line 3, column 3 "),
+    # empty and '#' lines are no rows to NumPy, but they are lines in the editor
+    ("# made by hand\n1,2,3\n\n# more\n4,x,6\n", None, "at line 5, column 2 "),
+    ("1,2,3\r\n\r\n4,5,x\r\n", False, "at line 3, column 3 "),
+    ("a,b,c\n1,2,3\n4,5\n", True, "line 3 has 2 columns where the lines before it have 3 "),  # NumPy: "at row 2"
+])
+def test_load_csv_parse_error_names_the_line_of_the_file(tmp_path, text, header, place):
+    p = tmp_path / "bad.csv"
+    p.write_bytes(text.encode())
+    with pytest.raises(ValueError, match=r"is not a table of numbers: ") as e:
+        datasets.load_csv(p, header=header)
+    assert place in str(e.value) and "counted from 1" in str(e.value), str(e.value)
+    assert "header=True" not in str(e.value)  # (the line-1 hint is for a first line read as data)
 
 
 def test_load_csv_and_npz_bad_input_messages(tmp_path):

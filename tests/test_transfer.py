@@ -100,6 +100,26 @@ def test_unfreeze_after_a_trainable_only_optimizer_is_an_error():
         tr.fit(x, np.zeros(4, np.int64), epochs=1)
 
 
+def test_fit_of_a_fully_frozen_model_is_an_error_not_epochs_that_update_nothing():
+    # fit used to run every epoch, each step skipping every (frozen) parameter, without a word
+    from fastnn.train import Trainer
+    model = _mlp()
+    transfer.freeze(model)
+    before = [p.data.copy() for p in model.parameters()]
+    x = np.ones((4, 8), np.float32)
+    tr = Trainer(model, optimizer="sgd", optimizer_kwargs=dict(lr=0.1), verbose=False)
+    with pytest.raises(ValueError, match=r"model: every parameter is frozen \(requires_grad=False\)"):
+        tr.fit(x, np.zeros(4, np.int64), epochs=1)
+    assert tr.history["loss"] == []  # no epoch ran
+    # as torch.optim does, an optimizer over the trainable parameters refuses the empty list
+    with pytest.raises(ValueError, match="params: expected at least one parameter"):
+        optim.SGD(transfer.trainable_parameters(model), lr=0.1)
+    transfer.unfreeze(model, [transfer.head_name(model)])  # the fix the message gives: the same Trainer trains
+    tr.fit(x, np.zeros(4, np.int64), epochs=1)
+    assert not np.array_equal(model[2].weight.data, before[4])
+    np.testing.assert_array_equal(model[0].weight.data, before[0])
+
+
 def test_errors():
     model = _mlp()
     with pytest.raises(ValueError, match=r"layers: no layer 5 in the model \(it has layers 0..2\)"):

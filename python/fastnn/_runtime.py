@@ -21,6 +21,8 @@ def get_num_threads() -> int:
 
 def set_num_threads(n: int) -> None:
     """Sets the threads used by fastnn's CPU kernels; n >= 1. Results do not depend on it."""
+    if isinstance(n, bool):  # (an int to operator.index: True was 1 thread; checks.positive_int refuses it too)
+        raise TypeError(f"n: expected an integer >= 1, got a bool ({n})")
     try:
         n = operator.index(n)
     except TypeError:

@@ -11,7 +11,9 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="version, CPU paths, threads, CUDA and GPUs")
     b = sub.add_parser("bench", help="a short activation benchmark against NumPy (and PyTorch if installed)")
-    b.add_argument("--size", type=int, default=4 * 2**20, help="elements per array (default 4Mi)")
+    b.add_argument("--size", type=int, default=4 * 2**20,
+                   help="elements per array, rounded down to a multiple of 256 (at least 256; the inputs are "
+                        "(size/256, 256) so that PReLU has channels; default 4Mi)")
     b.add_argument("--threads", type=int, nargs="+", default=None, help="thread counts (default: all cores)")
     b.add_argument("--no-torch", action="store_true", help="skip PyTorch even when installed")
     t = sub.add_parser("train", help="train an MLP (default: the bundled digits data) and report test accuracy",
@@ -54,13 +56,14 @@ def main(argv=None) -> int:
     r.add_argument("--quiet", action="store_true", help="no progress output")
     args = parser.parse_args(argv)
     try:
-        return _run(parser, args)
+        return _run(b if args.command == "bench" else parser, args)
     except KeyboardInterrupt:  # Ctrl-C: a line and the shell's code for SIGINT, not a traceback
         print(f"fastnn {args.command}: interrupted", file=sys.stderr)
         return 130
 
 
 def _run(parser, args) -> int:
+    """parser: the one whose usage line a bad option prints (the bench subcommand's for bench)."""
     import fastnn
 
     if args.command in ("train", "recipe"):
@@ -84,6 +87,8 @@ def _run(parser, args) -> int:
         if any(t < 1 for t in threads):
             parser.error(f"--threads: expected counts >= 1, got {threads}")
         size = max(benchmark.PRELU_C, args.size // benchmark.PRELU_C * benchmark.PRELU_C)
+        if size != args.size:  # (said here: the table shows only the size it ran)
+            print(f"--size: {args.size} rounded to {size}, a multiple of {benchmark.PRELU_C}")
         print(benchmark.machine_line())
         benchmark.run(sizes=(size,), threads=threads, use_torch=not args.no_torch, min_time=0.05)
         return 0

@@ -429,6 +429,13 @@ class Trainer:
         _check_optimizer_covers(self.model, self.optimizer,
                                 " (the model changed after the Trainer was built, e.g. by transfer.replace_head "
                                 "or unfreeze: build a new Trainer for it)")
+        # Every parameter frozen (transfer.freeze(model)): each step would skip them all and the
+        # epochs run updating nothing. torch.optim refuses an optimizer with no parameters; an
+        # optimizer over transfer.trainable_parameters(model) is refused that way already.
+        if not any(getattr(p, "requires_grad", True) for p in self.model.parameters()):
+            raise ValueError("model: every parameter is frozen (requires_grad=False), so fit would update "
+                             "nothing; unfreeze the layers to train, e.g. transfer.unfreeze(model, "
+                             "[transfer.head_name(model)])")
         X = self._check_X(X)
         n_out = self._outputs(X)
         self._n_outputs = n_out

@@ -170,6 +170,34 @@ def _is_header(fields) -> bool:
     return names > 0
 
 
+def _where_in_file(msg: str, path: str, encoding: str, skip: int):
+    """NumPy loadtxt's error `msg` with its place as the file's line (1-based, as a text editor
+    numbers it, the header included) and column (1-based), and that line number (None when the
+    message names no row). loadtxt counts rows after `skip` lines, leaving out empty lines and
+    lines starting with '#'; from 0 in a conversion error, from 1 in a column-count error."""
+    m = re.fullmatch(r"could not convert string (.*) to \w+ at row (\d+), column (\d+)\.", msg, re.S)
+    n = re.fullmatch(r"the number of columns changed from (\d+) to (\d+) at row (\d+);.*", msg, re.S)
+    if not (m or n):
+        return msg, None
+    row = int(m[2]) if m else int(n[3]) - 1
+    line = None
+    with open(path, encoding=encoding) as f:
+        for i, text in enumerate(f, 1):
+            if i <= skip or text.rstrip("\r\n") == "" or text.startswith("#"):
+                continue
+            if row == 0:
+                line = i
+                break
+            row -= 1
+    if line is None:  # (not where loadtxt said: its message as it came)
+        return msg, None
+    if m:
+        return (f"could not convert string {m[1]} to a number at line {line}, column {m[3]} (lines and "
+                f"columns counted from 1, lines as a text editor numbers them)"), line
+    return (f"line {line} has {n[2]} columns where the lines before it have {n[1]} (lines counted from 1, "
+            f"as a text editor numbers them)"), line
+
+
 def load_csv(path, label_column: int = -1, *, delimiter: str = ",", header: bool | None = None, dtype=np.float32,
              encoding: str = "utf-8"):
     """(X, y) from a delimited text file of numbers, one sample per row; the labels are column
@@ -218,11 +246,12 @@ def load_csv(path, label_column: int = -1, *, delimiter: str = ",", header: bool
     except UnicodeDecodeError as e:
         raise not_text(e) from None
     except ValueError as e:
+        msg, line = _where_in_file(str(e), p, enc, 1 if header else 0)
         hint = ""
-        if sniffed and not header and re.search(r"\bat row 0\b", str(e)):
+        if sniffed and not header and line == 1:
             hint = (" (header=None read line 1 as data: it holds a number, an empty field or an NA token; "
                     "pass header=True if it is column names)")
-        raise ValueError(f"path: {os.fspath(path)!r} is not a table of numbers: {e}{hint}") from None
+        raise ValueError(f"path: {os.fspath(path)!r} is not a table of numbers: {msg}{hint}") from None
     if table.shape[0] == 0:
         raise ValueError(f"path: {os.fspath(path)!r} has no data rows")
     ncol = table.shape[1]
