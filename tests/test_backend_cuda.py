@@ -205,6 +205,19 @@ def test_torch_bfloat16_is_read_without_the_array_interface(fake_torch):
         F.relu(t)  # (the elementwise kernels have no bfloat16 path)
 
 
+def test_cuda_array_interface_names_fastnns_current_stream():
+    # v3 consumers (CuPy, torch.as_tensor, Numba) wait for the stream the interface names. fastnn's
+    # Streams do not block on the legacy stream, so naming 1 while fastnn's work sits on s would
+    # let them read the array before that work has run.
+    a = fc.to_device(np.arange(4, dtype=np.float32))
+    assert a.__cuda_array_interface__["stream"] == 1
+    s = fc.Stream()
+    with fc.stream(s):
+        y = F.relu(a)
+        assert y.__cuda_array_interface__["stream"] == s.handle
+    assert y.__cuda_array_interface__["stream"] == 1
+
+
 @pytest.mark.parametrize("stream", [None, 1])
 def test_dlpack_export_orders_the_legacy_stream_after_fastnns(stream):
     # DLPack: stream=None means the consumer uses the legacy default stream, as 1 does; either

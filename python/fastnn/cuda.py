@@ -279,14 +279,18 @@ class DeviceArray:
     # -- interchange --
     @property
     def __cuda_array_interface__(self) -> dict:
-        # stream 1: the data is ready once the work queued on the legacy default stream is done.
+        # v3 "stream": where the work that writes this array was queued, i.e. fastnn's current
+        # stream (the consumer waits for it), as CuPy reports its own: 1 for the legacy default
+        # stream; inside `with fastnn.cuda.stream(s):` s's handle (s does not block on the legacy
+        # stream, so 1 there would let the consumer read before fastnn's kernels finished).
+        current = _drv.current_stream()
         return {
             "shape": self._shape,
             "typestr": self._dtype.str,
             "data": (self._ptr if self.size else 0, False),  # (the protocol: 0 for zero-size arrays)
             "version": 3,
             "strides": None,
-            "stream": 1,
+            "stream": 1 if current == 0 else int(current),
         }
 
     def __dlpack_device__(self) -> tuple:
