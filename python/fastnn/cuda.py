@@ -463,14 +463,18 @@ class Graph:
     non-legacy stream s (fastnn's allocations during capture come from a private pool and stay
     valid for replays); ``g.replay()`` launches them again on the same stream, with the same
     pointers (update inputs in place, read outputs from the arrays fn made). Capture on the
-    legacy stream is refused: CUDA cannot capture it."""
+    legacy stream is refused: CUDA cannot capture it. The graph keeps fn, its arguments and its
+    result alive while it lives: a replay reads those addresses, which, freed, the allocator would
+    hand to the next array of that size (arrays fn reaches some other way, e.g. a module's
+    parameters, are the caller's to keep)."""
 
-    __slots__ = ("_exec", "_stream", "_result", "__weakref__")
+    __slots__ = ("_exec", "_stream", "_result", "_inputs", "__weakref__")
 
     def __init__(self):
         self._exec = 0
         self._stream = None
         self._result = None
+        self._inputs = None
 
     def capture(self, fn, *args, stream: Stream, **kwargs):
         """Runs fn(*args, **kwargs) once under capture on `stream` and returns its result (the
@@ -501,7 +505,7 @@ class Graph:
             self._exec = int(_drv.graph_capture_end(stream.handle))
         finally:
             _drv.set_current_stream(previous)
-        self._stream, self._result = stream, result
+        self._stream, self._result, self._inputs = stream, result, (fn, args, kwargs)
         return result
 
     def replay(self):
