@@ -149,10 +149,29 @@ def _c_strides(shape, itemsize: int) -> tuple:
     return tuple(reversed(strides))
 
 
+def _device_index(device) -> int:
+    """The GPU index a `device=` argument names: None the current GPU; an int N, "cuda:N" or a
+    torch.device GPU N; "cuda" the current one (fastnn.parameter.parse_device's spellings, those
+    of Trainer and the estimators). "cpu" or a GPU this machine does not have is an error naming
+    the argument."""
+    if type(device) is int and 0 <= device < _drv.cuda_device_count():  # (the common case, fast)
+        return device
+    if device is None:
+        return int(_drv.cuda_get_device())
+    from .parameter import canonical_device  # (fastnn.parameter imports this module)
+
+    d = canonical_device(device, "device")
+    if d == "cpu":
+        raise ValueError(f"device: expected a GPU ('cuda', 'cuda:N' or an index N), got {device!r}; "
+                         f"a DeviceArray lives on a GPU (use NumPy for the CPU)")
+    return int(d[5:])
+
+
 class DeviceArray:
     """An uninitialized C-contiguous float32/float64 array on a GPU (the current one unless
-    `device` is given). Attributes follow NumPy: shape, dtype, size, nbytes, ndim, strides (in
-    bytes, always C-contiguous); `device` is the GPU index and `ptr` the device address.
+    `device` is given: an index N, "cuda:N", "cuda" or a torch.device). Attributes follow NumPy:
+    shape, dtype, size, nbytes, ndim, strides (in bytes, always C-contiguous); `device` is the GPU
+    index and `ptr` the device address.
     ``.numpy()`` copies to the host. Memory goes back to fastnn's GPU cache when the array and
     every consumer of it (tensors made with DLPack or __cuda_array_interface__) are gone."""
 
@@ -163,7 +182,7 @@ class DeviceArray:
         shape = _shape_tuple(shape)
         dt = _float_dtype(dtype)
         _require_gpu()
-        index = _drv.cuda_get_device() if device is None else operator.index(device)
+        index = _device_index(device)
         with _on_device(index):
             self._ptr = int(_drv.cuda_malloc(_prod(shape) * dt.itemsize))
         self._owned = True
@@ -326,6 +345,8 @@ def to_device(a, *, device=None) -> DeviceArray:
     become float64, float32/float64 keep their dtype, other dtypes are a TypeError), or of a
     DeviceArray (device-to-device)."""
     _require_gpu()
+    if device is not None:
+        device = _device_index(device)
     if isinstance(a, DeviceArray):
         out = a.copy() if device is None or device == a.device else None
         if out is not None:
