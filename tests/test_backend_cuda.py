@@ -4,6 +4,9 @@ tests/test_fake_gpu_suites.py runs this file on): results placed at the input's 
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import numpy as np
 import pytest
 
@@ -100,6 +103,27 @@ def test_graph_replays_the_captured_work_on_current_inputs(rng):
     np.testing.assert_allclose(y.numpy(), np.tanh(np.maximum(new, 0)), rtol=1e-5, atol=5e-6)
     with pytest.raises(RuntimeError, match="already captured"):
         g.capture(lambda: None, stream=s)
+
+
+def test_a_graph_keeps_its_inputs_alive(rng):
+    # A replay reads the captured addresses. Were the input freed, the caching allocator would give
+    # its block to the next array of that size and replays would silently compute on that one.
+    host = rng.standard_normal(1 << 14).astype(np.float32)  # 64 KiB: a block the cache hands back
+    x = fc.to_device(host)
+    s = fc.Stream()
+    g = fc.Graph()
+    y = g.capture(F.relu, x, stream=s)
+    alive = weakref.ref(x)
+    del x
+    gc.collect()
+    assert alive() is not None
+    other = fc.to_device(-host)  # (would take x's block)
+    g.replay()
+    s.synchronize()
+    np.testing.assert_array_equal(y.numpy(), np.maximum(host, 0))
+    del g, other
+    gc.collect()
+    assert alive() is None  # released with the graph
 
 
 def test_a_failing_capture_ends_the_capture_and_restores_the_stream():
@@ -203,6 +227,19 @@ def test_torch_bfloat16_is_read_without_the_array_interface(fake_torch):
     assert (a.dname, a.shape, a.ptr) == ("bfloat16", (4,), t.data_ptr())
     with pytest.raises(TypeError, match="x: expected float32 or float64, got bfloat16"):
         F.relu(t)  # (the elementwise kernels have no bfloat16 path)
+
+
+def test_cuda_array_interface_names_fastnns_current_stream():
+    # v3 consumers (CuPy, torch.as_tensor, Numba) wait for the stream the interface names. fastnn's
+    # Streams do not block on the legacy stream, so naming 1 while fastnn's work sits on s would
+    # let them read the array before that work has run.
+    a = fc.to_device(np.arange(4, dtype=np.float32))
+    assert a.__cuda_array_interface__["stream"] == 1
+    s = fc.Stream()
+    with fc.stream(s):
+        y = F.relu(a)
+        assert y.__cuda_array_interface__["stream"] == s.handle
+    assert y.__cuda_array_interface__["stream"] == 1
 
 
 @pytest.mark.parametrize("stream", [None, 1])

@@ -599,6 +599,32 @@ def test_to_device_conversions():
         np.asarray(fc.empty(3))
 
 
+def test_device_arguments_take_the_device_spellings_of_the_rest_of_fastnn():
+    # Trainer, the estimators and Parameter.to take "cuda" / "cuda:N" (PyTorch's spelling); the
+    # arrays' own device= refused them with "'str' object cannot be interpreted as an integer".
+    x = np.arange(3, dtype=np.float32)
+    for device in (0, np.int64(0), "cuda", "cuda:0", "CUDA:0"):
+        assert fc.to_device(x, device=device).device == 0
+        assert fc.empty(2, device=device).device == 0 and fc.zeros(2, device=device).device == 0
+        assert fc.DeviceArray((2,), device=device).device == 0
+    np.testing.assert_array_equal(fc.to_device(fc.to_device(x), device="cuda:0").numpy(), x)
+    n = fc.device_count()
+    for make in (lambda d: fc.to_device(x, device=d), lambda d: fc.empty(2, device=d),
+                 lambda d: fc.zeros(2, device=d)):
+        with pytest.raises(ValueError, match=rf"device: {n} asks for GPU {n}, but this machine has {n}"):
+            make(n)
+        with pytest.raises(ValueError, match=rf"device: 'cuda:{n}' asks for GPU {n}, but this machine has {n}"):
+            make(f"cuda:{n}")
+        with pytest.raises(ValueError, match="device: expected a GPU index >= 0, got -1"):
+            make(-1)
+        with pytest.raises(ValueError, match=r"device: expected a GPU \('cuda', 'cuda:N' or an index N\), got 'cpu'"):
+            make("cpu")
+        with pytest.raises(TypeError, match="device: expected a device .*got True"):
+            make(True)
+        with pytest.raises(ValueError, match="device: expected 'cpu', 'cuda', 'cuda:N', got 'gpu'"):
+            make("gpu")
+
+
 def test_a_destroyed_streams_cublaslt_workspace_is_freed():
     # Each stream that ran a GEMM got a 32 MiB cuBLASLt workspace kept for the life of the process
     # (a GPU Trainer.fit makes a stream: a search's fits added up); stream_destroy frees it now.

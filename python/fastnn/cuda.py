@@ -149,10 +149,29 @@ def _c_strides(shape, itemsize: int) -> tuple:
     return tuple(reversed(strides))
 
 
+def _device_index(device) -> int:
+    """The GPU index a `device=` argument names: None the current GPU; an int N, "cuda:N" or a
+    torch.device GPU N; "cuda" the current one (fastnn.parameter.parse_device's spellings, those
+    of Trainer and the estimators). "cpu" or a GPU this machine does not have is an error naming
+    the argument."""
+    if type(device) is int and 0 <= device < _drv.cuda_device_count():  # (the common case, fast)
+        return device
+    if device is None:
+        return int(_drv.cuda_get_device())
+    from .parameter import canonical_device  # (fastnn.parameter imports this module)
+
+    d = canonical_device(device, "device")
+    if d == "cpu":
+        raise ValueError(f"device: expected a GPU ('cuda', 'cuda:N' or an index N), got {device!r}; "
+                         f"a DeviceArray lives on a GPU (use NumPy for the CPU)")
+    return int(d[5:])
+
+
 class DeviceArray:
     """An uninitialized C-contiguous float32/float64 array on a GPU (the current one unless
-    `device` is given). Attributes follow NumPy: shape, dtype, size, nbytes, ndim, strides (in
-    bytes, always C-contiguous); `device` is the GPU index and `ptr` the device address.
+    `device` is given: an index N, "cuda:N", "cuda" or a torch.device). Attributes follow NumPy:
+    shape, dtype, size, nbytes, ndim, strides (in bytes, always C-contiguous); `device` is the GPU
+    index and `ptr` the device address.
     ``.numpy()`` copies to the host. Memory goes back to fastnn's GPU cache when the array and
     every consumer of it (tensors made with DLPack or __cuda_array_interface__) are gone."""
 
@@ -163,7 +182,7 @@ class DeviceArray:
         shape = _shape_tuple(shape)
         dt = _float_dtype(dtype)
         _require_gpu()
-        index = _drv.cuda_get_device() if device is None else operator.index(device)
+        index = _device_index(device)
         with _on_device(index):
             self._ptr = int(_drv.cuda_malloc(_prod(shape) * dt.itemsize))
         self._owned = True
@@ -279,14 +298,18 @@ class DeviceArray:
     # -- interchange --
     @property
     def __cuda_array_interface__(self) -> dict:
-        # stream 1: the data is ready once the work queued on the legacy default stream is done.
+        # v3 "stream": where the work that writes this array was queued, i.e. fastnn's current
+        # stream (the consumer waits for it), as CuPy reports its own: 1 for the legacy default
+        # stream; inside `with fastnn.cuda.stream(s):` s's handle (s does not block on the legacy
+        # stream, so 1 there would let the consumer read before fastnn's kernels finished).
+        current = _drv.current_stream()
         return {
             "shape": self._shape,
             "typestr": self._dtype.str,
             "data": (self._ptr if self.size else 0, False),  # (the protocol: 0 for zero-size arrays)
             "version": 3,
             "strides": None,
-            "stream": 1,
+            "stream": 1 if current == 0 else int(current),
         }
 
     def __dlpack_device__(self) -> tuple:
@@ -322,6 +345,8 @@ def to_device(a, *, device=None) -> DeviceArray:
     become float64, float32/float64 keep their dtype, other dtypes are a TypeError), or of a
     DeviceArray (device-to-device)."""
     _require_gpu()
+    if device is not None:
+        device = _device_index(device)
     if isinstance(a, DeviceArray):
         out = a.copy() if device is None or device == a.device else None
         if out is not None:
@@ -459,14 +484,18 @@ class Graph:
     non-legacy stream s (fastnn's allocations during capture come from a private pool and stay
     valid for replays); ``g.replay()`` launches them again on the same stream, with the same
     pointers (update inputs in place, read outputs from the arrays fn made). Capture on the
-    legacy stream is refused: CUDA cannot capture it."""
+    legacy stream is refused: CUDA cannot capture it. The graph keeps fn, its arguments and its
+    result alive while it lives: a replay reads those addresses, which, freed, the allocator would
+    hand to the next array of that size (arrays fn reaches some other way, e.g. a module's
+    parameters, are the caller's to keep)."""
 
-    __slots__ = ("_exec", "_stream", "_result", "__weakref__")
+    __slots__ = ("_exec", "_stream", "_result", "_inputs", "__weakref__")
 
     def __init__(self):
         self._exec = 0
         self._stream = None
         self._result = None
+        self._inputs = None
 
     def capture(self, fn, *args, stream: Stream, **kwargs):
         """Runs fn(*args, **kwargs) once under capture on `stream` and returns its result (the
@@ -497,7 +526,7 @@ class Graph:
             self._exec = int(_drv.graph_capture_end(stream.handle))
         finally:
             _drv.set_current_stream(previous)
-        self._stream, self._result = stream, result
+        self._stream, self._result, self._inputs = stream, result, (fn, args, kwargs)
         return result
 
     def replay(self):
