@@ -302,7 +302,7 @@ class DeviceArray:
         # stream (the consumer waits for it), as CuPy reports its own: 1 for the legacy default
         # stream; inside `with fastnn.cuda.stream(s):` s's handle (s does not block on the legacy
         # stream, so 1 there would let the consumer read before fastnn's kernels finished).
-        current = _drv.current_stream()
+        current = _drv.current_stream() if _COMPILED else 0  # (CPU-only build: the legacy stream only)
         return {
             "shape": self._shape,
             "typestr": self._dtype.str,
@@ -326,7 +326,8 @@ class DeviceArray:
         src = self.copy() if copy else self
         # (DLPack: None is the legacy default stream, as 1; -1 asks for no synchronization)
         stream = 1 if stream is None else operator.index(stream)
-        waiter, current = (0 if stream == 1 else stream), _drv.current_stream()
+        waiter = 0 if stream == 1 else stream
+        current = _drv.current_stream() if _COMPILED else 0  # (a CPU-only build has only the legacy stream)
         if stream != -1 and waiter != current:  # (the same stream is ordered already: no GPU call)
             with _on_device(self._device):
                 _drv.stream_wait(waiter, current)
