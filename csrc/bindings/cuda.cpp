@@ -276,7 +276,8 @@ void register_cuda(py::module_& m) {
         py::gil_scoped_release nogil;
         cuda::memcpy_dtoh(d, as_ptr<const void>(src), bytes);
       },
-      py::arg("dst"), py::arg("src_ptr"), "Fills a C-contiguous writeable array from the device (waits for stream 0).");
+      py::arg("dst"), py::arg("src_ptr"),
+      "Fills a C-contiguous writeable array from the device (waits for the current stream).");
   m.def(
       "cuda_memcpy_dtod",
       [](uint64_t dst, uint64_t src, int64_t nbytes) {
@@ -286,7 +287,8 @@ void register_cuda(py::module_& m) {
         py::gil_scoped_release nogil;
         cuda::memcpy_dtod(as_ptr<void>(dst), as_ptr<const void>(src), static_cast<size_t>(nbytes));
       },
-      py::arg("dst_ptr"), py::arg("src_ptr"), py::arg("nbytes"), "Device-to-device copy, asynchronous on stream 0.");
+      py::arg("dst_ptr"), py::arg("src_ptr"), py::arg("nbytes"),
+      "Device-to-device copy, asynchronous on the current stream.");
   m.def(
       "cuda_synchronize",
       [] {

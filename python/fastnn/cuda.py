@@ -257,14 +257,14 @@ class DeviceArray:
                         f"memory; call .numpy() first and pickle the NumPy array (fastnn.cuda.to_device() it back)")
 
     def numpy(self) -> np.ndarray:
-        """A host copy (waits for the kernels queued on stream 0 that write this array)."""
+        """A host copy (waits for the kernels queued on the current stream, which write this array)."""
         out = np.empty(self._shape, self._dtype)
         with _on_device(self._device):
             _drv.cuda_memcpy_dtoh(out, self._ptr)
         return out
 
     def copy(self) -> DeviceArray:
-        """A device copy (asynchronous on stream 0)."""
+        """A device copy (asynchronous on the current stream)."""
         out = DeviceArray(self._shape, self._dtype, device=self._device)
         with _on_device(self._device):
             _drv.cuda_memcpy_dtod(out._ptr, self._ptr, self.nbytes)
@@ -342,9 +342,9 @@ def empty(shape, dtype=np.float32, *, device=None) -> DeviceArray:
 
 
 def to_device(a, *, device=None) -> DeviceArray:
-    """A C-contiguous DeviceArray copy of `a` (a NumPy array, list or scalar; integers and bools
-    become float64, float32/float64 keep their dtype, other dtypes are a TypeError), or of a
-    DeviceArray (device-to-device)."""
+    """A C-contiguous DeviceArray copy of `a` (a NumPy array, list or scalar: float32/float64
+    arrays keep their dtype, lists and Python scalars of numbers become float64, arrays of other
+    dtypes (integer labels included) are a TypeError), or of a DeviceArray (device-to-device)."""
     _require_gpu()
     if device is not None:
         device = _device_index(device)
