@@ -149,6 +149,61 @@ def _c_strides(shape, itemsize: int) -> tuple:
     return tuple(reversed(strides))
 
 
+def parse_device(device, name: str = "device", *, allow_auto: bool = False):
+    """The syntax of a device argument, without asking whether that GPU exists: ("cpu", None),
+    ("cuda", None) for "cuda", ("cuda", N) for "cuda:N" / an int N / a torch.device, ("auto", None)
+    when allow_auto (the GPU when one is usable, else the CPU). Anything else is a ValueError
+    (TypeError for a non-device type) naming `name`."""
+    words = "'cpu', 'cuda', 'cuda:N'" + (", 'auto'" if allow_auto else "")
+    if isinstance(device, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected a device ({words}), got {device!r}")
+    if isinstance(device, numbers.Integral):
+        if device < 0:
+            raise ValueError(f"{name}: expected a GPU index >= 0, got {device}")
+        return "cuda", int(device)
+    if not isinstance(device, str) and isinstance(getattr(device, "type", None), str):
+        index = getattr(device, "index", None)  # a torch.device
+        device = device.type if index is None else f"{device.type}:{index}"
+    if not isinstance(device, str):
+        raise TypeError(f"{name}: expected a device ({words}), got {type(device).__name__}")
+    d = device.strip().lower()
+    if d == "cpu":
+        return "cpu", None
+    if d == "auto" and allow_auto:
+        return "auto", None
+    if d == "cuda":
+        return "cuda", None
+    if d.startswith("cuda:") and d[5:].isdigit():
+        return "cuda", int(d[5:])
+    raise ValueError(f"{name}: expected {words}, got {device!r}")
+
+
+def canonical_device(device, name: str = "device", *, allow_auto: bool = False) -> str:
+    """"cpu" or "cuda:N" for a device argument (see parse_device): "cuda" is the current GPU,
+    "auto" the current GPU when fastnn.cuda.is_available() else "cpu". Asking for a GPU where
+    none is usable (or a GPU index beyond the ones seen) is a RuntimeError / ValueError naming
+    `name` and what this machine has."""
+    kind, index = parse_device(device, name, allow_auto=allow_auto)
+    if kind == "cpu" or (kind == "auto" and not is_available()):
+        return "cpu"
+    if not is_available():
+        raise RuntimeError(f"{name}: {device!r} asks for a GPU, but none is usable here "
+                           f"({_cuda_unavailable_reason()}); use 'cpu'")
+    n = device_count()
+    if index is None:
+        index = int(_drv.cuda_get_device())
+    if index >= n:
+        raise ValueError(f"{name}: {device!r} asks for GPU {index}, but this machine has {n} "
+                         f"(cuda:0{'' if n == 1 else f'..cuda:{n - 1}'})")
+    return f"cuda:{index}"
+
+
+def _cuda_unavailable_reason() -> str:
+    if not _COMPILED:
+        return "this build of fastnn has no CUDA support"
+    return f"no CUDA GPU: {_unavailable_reason()}"
+
+
 def _device_index(device) -> int:
     """The GPU index a `device=` argument names: None the current GPU; an int N, "cuda:N" or a
     torch.device GPU N; "cuda" the current one (fastnn.parameter.parse_device's spellings, those
@@ -158,8 +213,6 @@ def _device_index(device) -> int:
         return device
     if device is None:
         return int(_drv.cuda_get_device())
-    from .parameter import canonical_device  # (fastnn.parameter imports this module)
-
     d = canonical_device(device, "device")
     if d == "cpu":
         raise ValueError(f"device: expected a GPU ('cuda', 'cuda:N' or an index N), got {device!r}; "

@@ -28,71 +28,15 @@ device is "cpu", "cuda" (the current GPU), "cuda:N", an int N (= "cuda:N"), or a
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
 
 import numpy as np
 
 from . import cuda as _cuda
 from ._backend import backend_of, device_of
-from ._backend.cuda import driver as _C  # _C's entry points from the installed CUDA driver (tests: a fake GPU)
+from .cuda import canonical_device, parse_device  # (defined there: fastnn.cuda needs them too)
 
 __all__ = ["Parameter", "canonical_device", "copy_into", "move_array", "parse_device"]
-
-
-def parse_device(device, name: str = "device", *, allow_auto: bool = False):
-    """The syntax of a device argument, without asking whether that GPU exists: ("cpu", None),
-    ("cuda", None) for "cuda", ("cuda", N) for "cuda:N" / an int N / a torch.device, ("auto", None)
-    when allow_auto (the GPU when one is usable, else the CPU). Anything else is a ValueError
-    (TypeError for a non-device type) naming `name`."""
-    words = "'cpu', 'cuda', 'cuda:N'" + (", 'auto'" if allow_auto else "")
-    if isinstance(device, (bool, np.bool_)):
-        raise TypeError(f"{name}: expected a device ({words}), got {device!r}")
-    if isinstance(device, numbers.Integral):
-        if device < 0:
-            raise ValueError(f"{name}: expected a GPU index >= 0, got {device}")
-        return "cuda", int(device)
-    if not isinstance(device, str) and isinstance(getattr(device, "type", None), str):
-        index = getattr(device, "index", None)  # a torch.device
-        device = device.type if index is None else f"{device.type}:{index}"
-    if not isinstance(device, str):
-        raise TypeError(f"{name}: expected a device ({words}), got {type(device).__name__}")
-    d = device.strip().lower()
-    if d == "cpu":
-        return "cpu", None
-    if d == "auto" and allow_auto:
-        return "auto", None
-    if d == "cuda":
-        return "cuda", None
-    if d.startswith("cuda:") and d[5:].isdigit():
-        return "cuda", int(d[5:])
-    raise ValueError(f"{name}: expected {words}, got {device!r}")
-
-
-def canonical_device(device, name: str = "device", *, allow_auto: bool = False) -> str:
-    """"cpu" or "cuda:N" for a device argument (see parse_device): "cuda" is the current GPU,
-    "auto" the current GPU when fastnn.cuda.is_available() else "cpu". Asking for a GPU where
-    none is usable (or a GPU index beyond the ones seen) is a RuntimeError / ValueError naming
-    `name` and what this machine has."""
-    kind, index = parse_device(device, name, allow_auto=allow_auto)
-    if kind == "cpu" or (kind == "auto" and not _cuda.is_available()):
-        return "cpu"
-    if not _cuda.is_available():
-        raise RuntimeError(f"{name}: {device!r} asks for a GPU, but none is usable here "
-                           f"({_cuda_unavailable_reason()}); use 'cpu'")
-    n = _cuda.device_count()
-    if index is None:
-        index = int(_C.cuda_get_device())
-    if index >= n:
-        raise ValueError(f"{name}: {device!r} asks for GPU {index}, but this machine has {n} "
-                         f"(cuda:0{'' if n == 1 else f'..cuda:{n - 1}'})")
-    return f"cuda:{index}"
-
-
-def _cuda_unavailable_reason() -> str:
-    if not getattr(_C, "cuda_compiled", False):
-        return "this build of fastnn has no CUDA support"
-    return f"no CUDA GPU: {_cuda._unavailable_reason()}"
 
 
 def move_array(a, device: str):
