@@ -139,6 +139,33 @@ def test_a_failing_capture_ends_the_capture_and_restores_the_stream():
     np.testing.assert_array_equal(y.numpy(), [0.0, 3.0])
 
 
+def test_a_capture_that_cannot_start_restores_the_stream(monkeypatch):
+    # graph_capture_begin failing (e.g. the stream is capturing already) left the thread's current
+    # stream switched to the capture stream: every later launch went there
+    s = fc.Stream()
+
+    def refuse(handle):
+        raise RuntimeError("cudaStreamBeginCapture: operation not permitted")
+
+    monkeypatch.setattr(fc._drv, "graph_capture_begin", refuse)
+    with pytest.raises(RuntimeError, match="not permitted"):
+        fc.Graph().capture(F.relu, fc.to_device(np.ones(2, np.float32)), stream=s)
+    assert fc.current_stream() == fc.Stream.legacy()
+
+
+def test_capturing_into_the_graph_being_captured_is_refused():
+    # fn calling capture on its own Graph would overwrite (and leak) one of the two graphs
+    s, g = fc.Stream(), fc.Graph()
+    x = fc.to_device(np.array([-1.0, 2.0], np.float32))
+    with pytest.raises(RuntimeError, match="this graph is being captured"):
+        g.capture(lambda: g.capture(F.relu, x, stream=s), stream=s)
+    assert fc.current_stream() == fc.Stream.legacy()
+    y = g.capture(F.relu, x, stream=s)  # the graph is still usable
+    g.replay()
+    s.synchronize()
+    np.testing.assert_array_equal(y.numpy(), [0.0, 2.0])
+
+
 # ---- ordering with PyTorch's current stream (a stand-in torch module; the real one in test_cuda.py) ----
 
 class _FakeTorchModule:

@@ -543,13 +543,14 @@ class Graph:
     hand to the next array of that size (arrays fn reaches some other way, e.g. a module's
     parameters, are the caller's to keep)."""
 
-    __slots__ = ("_exec", "_stream", "_result", "_inputs", "__weakref__")
+    __slots__ = ("_exec", "_stream", "_result", "_inputs", "_capturing", "__weakref__")
 
     def __init__(self):
         self._exec = 0
         self._stream = None
         self._result = None
         self._inputs = None
+        self._capturing = False
 
     def capture(self, fn, *args, stream: Stream, **kwargs):
         """Runs fn(*args, **kwargs) once under capture on `stream` and returns its result (the
@@ -560,13 +561,20 @@ class Graph:
         if stream.handle == 0:
             raise RuntimeError("Graph.capture: the legacy default stream cannot be captured; create a "
                                "fastnn.cuda.Stream() and capture on it")
+        if self._capturing:  # (fn capturing into its own graph: the inner graph would be overwritten, leaked)
+            raise RuntimeError("Graph.capture: this graph is being captured (capture called from inside its fn)")
         if self._exec:
             raise RuntimeError("Graph.capture: this graph is already captured; make a new Graph")
         if not callable(fn):
             raise TypeError(f"fn: expected a callable, got {type(fn).__name__}")
         previous = _drv.current_stream()
         _drv.set_current_stream(stream.handle)
-        _drv.graph_capture_begin(stream.handle)
+        try:
+            _drv.graph_capture_begin(stream.handle)
+        except BaseException:  # (the capture did not start: the thread's stream goes back)
+            _drv.set_current_stream(previous)
+            raise
+        self._capturing = True
         try:
             result = fn(*args, **kwargs)
         except BaseException:
@@ -576,6 +584,8 @@ class Graph:
             except Exception:
                 pass
             raise
+        finally:
+            self._capturing = False
         try:
             self._exec = int(_drv.graph_capture_end(stream.handle))
         finally:
