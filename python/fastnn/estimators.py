@@ -84,6 +84,7 @@ from ._backend import cpu as _cpu
 from ._params import ParamsMixin
 from .parameter import canonical_device, copy_into, move_array, parse_device
 from .random import Generator
+from .validation import refuse_sparse
 
 try:  # scikit-learn is optional: inherit its base classes when it is there
     from sklearn.base import BaseEstimator as _BaseEstimator
@@ -150,9 +151,7 @@ def _host(a):
 # --------------------------------------------------------------------- input checks
 def _check_X(X, name="X"):
     """X as a 2-D, finite, C-ordered float32 array with scikit-learn's error conventions."""
-    if hasattr(X, "toarray") or type(X).__module__.startswith("scipy.sparse"):
-        raise TypeError(f"{name}: sparse input ({type(X).__name__}) is not supported; expected a dense array "
-                        "(convert it with .toarray())")
+    refuse_sparse(X, name)
     a = np.asarray(X)
     if a.dtype.kind == "c":
         raise ValueError(f"{name}: Complex data not supported, got dtype {a.dtype}")

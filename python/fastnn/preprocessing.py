@@ -52,6 +52,7 @@ import numpy as np
 
 from ._backend import backend_of
 from ._params import ParamsMixin
+from .validation import refuse_sparse
 
 __all__ = ["ZeroCenter", "Standardize", "PCA", "ZCA", "NotFittedError"]
 
@@ -67,9 +68,7 @@ class NotFittedError(ValueError, AttributeError):
 def _matrix(X, name: str = "X"):
     """(table, X as the table reads it, X's NumPy dtype): 2-D float32/float64 with at least one
     column (on the CPU integer data become float64 and other layouts are copied once to C order)."""
-    if hasattr(X, "toarray") or type(X).__module__.startswith("scipy.sparse"):  # (np.asarray: a 0-d object)
-        raise TypeError(f"{name}: sparse input ({type(X).__name__}) is not supported; expected a dense array "
-                        "(convert it with .toarray())")
+    refuse_sparse(X, name)
     be = backend_of(X)
     X, dtype = be.matrix(X, name)
     return be, X, dtype

@@ -327,9 +327,6 @@ class Trainer:
         return _DevicePlan(self)
 
     def _check_X(self, X, name="X"):
-        if hasattr(X, "toarray") or type(X).__module__.startswith("scipy.sparse"):
-            raise TypeError(f"{name}: expected a dense array, got a sparse matrix ({type(X).__name__}); "
-                            "convert it with .toarray()")
         a = check_X(X, name=name, dtype=self.dtype)
         return np.ascontiguousarray(a)
 

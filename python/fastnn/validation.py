@@ -7,13 +7,21 @@ import numpy as np
 
 from ._backend import cpu as _cpu
 
-__all__ = ["check_X", "check_labels", "check_xy"]
+__all__ = ["check_X", "check_labels", "check_xy", "refuse_sparse"]
+
+
+def refuse_sparse(X, name: str = "X") -> None:
+    """A scipy.sparse matrix (anything with .toarray()) is a TypeError naming `name`: fastnn reads
+    dense arrays, and np.asarray would make a 0-d object array of it."""
+    if hasattr(X, "toarray") or type(X).__module__.startswith("scipy.sparse"):
+        raise TypeError(f"{name}: sparse input ({type(X).__name__}) is not supported; expected a dense array "
+                        "(convert it with .toarray())")
 
 
 def check_X(X, name: str = "X", dtype=None) -> np.ndarray:
     """A 2-D float array with at least one row and one column and no NaN/inf. Integer and bool
     inputs become float32 (or `dtype`); float32/float64 keep their dtype unless `dtype` (float32
-    or float64) is set."""
+    or float64) is set. Sparse input is refused (refuse_sparse)."""
     if dtype is not None:
         try:
             want = np.dtype(dtype)
@@ -22,6 +30,7 @@ def check_X(X, name: str = "X", dtype=None) -> np.ndarray:
         if want not in (np.float32, np.float64):
             raise TypeError(f"dtype: expected float32 or float64, got {repr(dtype) if want is None else want}")
         dtype = want
+    refuse_sparse(X, name)
     a = np.asarray(X)
     if a.dtype.kind not in "biuf":
         raise TypeError(f"{name}: expected a numeric array, got dtype {a.dtype}")
