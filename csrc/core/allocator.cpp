@@ -69,8 +69,9 @@ void* map_block(size_t size) {
 
 void* host_alloc(size_t bytes) {
   if (bytes < kCachedAllocMin) {
-    void* p = std::aligned_alloc(64, (bytes + 63) / 64 * 64 + 64);
-    if (!p && host_empty_cache()) p = std::aligned_alloc(64, (bytes + 63) / 64 * 64 + 64);
+    const size_t n = (bytes + 63) / 64 * 64 + 64;
+    void* p = std::aligned_alloc(64, n);
+    if (!p && host_empty_cache()) p = std::aligned_alloc(64, n);  // (as below: the cache's blocks first)
     if (!p) throw std::bad_alloc();
     return p;
   }

@@ -437,6 +437,15 @@ inline __m256 round_bf16_v(__m256 x) {
   return _mm256_castsi256_ps(r);
 }
 #endif
+#if FASTNN_ISA >= 1
+// One K pair's rows (k even, k + 1) as a kPackBf16Floats panel holds them: rounded, swapped.
+template <class R>
+inline void round_swap_bf16(R& even, R& odd) {
+  const R e = round_bf16_v(even);
+  even = round_bf16_v(odd);
+  odd = e;
+}
+#endif
 
 // ---- packing --------------------------------------------------------------------------------
 
@@ -498,11 +507,7 @@ inline int64_t pack_transposed(int64_t kc, int rows, const float* src, int64_t l
     }
     transpose16(r);
     if (bf16)
-      for (int kk = 0; kk < 16; kk += 2) {
-        const __m512 even = round_bf16_v(r[kk]);
-        r[kk] = round_bf16_v(r[kk + 1]);
-        r[kk + 1] = even;
-      }
+      for (int kk = 0; kk < 16; kk += 2) round_swap_bf16(r[kk], r[kk + 1]);
     for (int kk = 0; kk < 16; ++kk) _mm512_mask_storeu_ps(dst + (k0 + kk) * dld, keep, r[kk]);
   }
   return k0;
@@ -548,11 +553,7 @@ inline int64_t pack_transposed(int64_t kc, int rows, const float* src, int64_t l
     }
     transpose8(r);
     if (bf16)
-      for (int kk = 0; kk < 8; kk += 2) {
-        const __m256 even = round_bf16_v(r[kk]);
-        r[kk] = round_bf16_v(r[kk + 1]);
-        r[kk + 1] = even;
-      }
+      for (int kk = 0; kk < 8; kk += 2) round_swap_bf16(r[kk], r[kk + 1]);
     for (int kk = 0; kk < 8; ++kk) Vec<float>{r[kk]}.store_partial(dst + (k0 + kk) * dld, rows);
   }
   return k0;
@@ -683,9 +684,10 @@ inline void bf16_panel(float* p, int64_t kc, int64_t kcp, int64_t width, int mod
       float* r0 = p + k * width;
       float* r1 = r0 + width;
       for (int64_t j = 0; j < width; j += V::W) {
-        const V x0 = V::load(r0 + j), x1 = V::load(r1 + j);
-        V{round_bf16_v(x1.v)}.store(r0 + j);
-        V{round_bf16_v(x0.v)}.store(r1 + j);
+        V x0 = V::load(r0 + j), x1 = V::load(r1 + j);
+        round_swap_bf16(x0.v, x1.v);
+        x0.store(r0 + j);
+        x1.store(r1 + j);
       }
     }
     return;
@@ -819,9 +821,10 @@ void pack_b_panel(int64_t kc, int64_t nr, const T* b, int64_t rs, int64_t cs, T*
       if (bf16 == kPackBf16Floats && !pro.csh && !pro.bits) {  // whole K pairs rounded and swapped on the way
         for (; ready + 2 <= kc; ready += 2)
           for (int64_t j = 0; j < NR; j += V::W) {
-            const V r0 = row(ready, j), r1 = row(ready + 1, j);
-            V{round_bf16_v(r1.v)}.store(dst + ready * NR + j);
-            V{round_bf16_v(r0.v)}.store(dst + (ready + 1) * NR + j);
+            V r0 = row(ready, j), r1 = row(ready + 1, j);
+            round_swap_bf16(r0.v, r1.v);
+            r0.store(dst + ready * NR + j);
+            r1.store(dst + (ready + 1) * NR + j);
           }
       }
     }
