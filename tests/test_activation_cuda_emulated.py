@@ -1,6 +1,6 @@
 """The GPU activation kernels (csrc/cuda/activation_kernels.cuh: elementwise forward and backward in
 16-byte packets with per-element head and tail, and the PReLU rows layout with its fixed-order
-weight-gradient reduction) compiled for the host with the thread-per-CUDA-thread shim
+weight-gradient reduction) compiled for the host with the fiber-per-CUDA-thread shim
 (tests/cuda_emulation/emu.h) and checked against the CPU kernels and a NumPy float64 reference.
 
 Tolerances: relu / leaky_relu / PReLU values are exact (one IEEE product); sigmoid, tanh and the ELU

@@ -1,5 +1,5 @@
 """The GPU augmentation kernels (csrc/cuda/augment_kernels.cuh) compiled for the host with a
-thread-per-CUDA-thread shim (tests/cuda_emulation/emu.h) and run against the CPU kernels on the
+fiber-per-CUDA-thread shim (tests/cuda_emulation/emu.h) and run against the CPU kernels on the
 same parameters, in both modes (parameters as given, and the training step's table mode, where
 the kernels read the step's rows of an epoch's tables at a device step counter): bit for bit
 for the fused crop / pad / flip / resized crop + jitter pass (the ordered float64 contrast mean

@@ -1,7 +1,7 @@
 """The GPU dropout kernels (csrc/cuda/dropout_kernels.cuh: the Philox apply kernel in its 16-byte
 and per-element layouts, the packed mask kernel, apply-with-mask, and the graph-safe variant that
 reads seed/offset from memory plus the kernel that advances the offset) compiled for the host with
-the thread-per-CUDA-thread shim (tests/cuda_emulation/emu.h) and checked against the CPU kernels.
+the fiber-per-CUDA-thread shim (tests/cuda_emulation/emu.h) and checked against the CPU kernels.
 The promise is bit-identity with the CPU (one IEEE product per element, the same Philox stream), so
 every comparison here is exact, signs of zero included. Skipped without a C++20 compiler."""
 

@@ -1,5 +1,5 @@
 """The GPU linear layer's elementwise kernels (csrc/cuda/linear_kernels.cuh: forward epilogue,
-backward Gz, DropConnect, column sums) compiled for the host with the thread-per-CUDA-thread shim
+backward Gz, DropConnect, column sums) compiled for the host with the fiber-per-CUDA-thread shim
 (tests/cuda_emulation/emu.h) and checked against a NumPy float64 reference built from the same
 Philox stream (tests/reference.py), including the graph-safe variant that reads seed/offset from
 memory. The cuBLASLt GEMMs around them need a GPU (tests/test_cuda.py).

@@ -1,6 +1,6 @@
 """The GPU loss kernels (csrc/cuda/loss_kernels.cuh: softmax cross-entropy with int32/int64
 labels or soft targets, squared error, the fixed-order final sum) compiled for the host with the
-thread-per-CUDA-thread shim (tests/cuda_emulation/emu.h) and checked against the CPU losses and a
+fiber-per-CUDA-thread shim (tests/cuda_emulation/emu.h) and checked against the CPU losses and a
 NumPy float64 reference.
 
 Tolerances: the loss is summed in double on both sides but exp is the host's libm here (CUDA's
@@ -96,6 +96,23 @@ def test_softmax_xent(emu, rng, dtype, kind, M, C):
     out2 = LossResult()
     getattr(emu, f"emu_xent{bits(dtype)}")(ptr(x), ptr(target), code, None, M, C, ctypes.byref(out2))
     assert out2.value == out.value
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("C", [2, 17, 33])
+def test_softmax_xent_small_losses_keep_their_relative_accuracy(emu, dtype, C):
+    # A confident right answer: loss = log1p(sum_{j != y} exp(x_j - x_y)). The kernel summed the
+    # max's own exp(0) = 1 with the rest in double: float64 [40, 0] gave 0 for 4.2e-18. The CPU
+    # split (the e_j at the max apart, log1p) is checked here with a relative tolerance only.
+    for margin in ([8, 12, 15, 20] if dtype == np.float32 else [20, 30, 40, 60]):
+        x = np.zeros((1, C), dtype)
+        x[0, 0] = margin
+        y = np.zeros(1, np.int64)
+        out = LossResult()
+        getattr(emu, f"emu_xent{bits(dtype)}")(ptr(x), ptr(y), 1, None, 1, C, ctypes.byref(out))
+        want = np.log1p((C - 1) * np.exp(-float(margin)))
+        assert out.value == pytest.approx(want, rel=LOSS_RTOL[dtype], abs=0), (margin, out.value, want)
+        assert out.value == pytest.approx(CPU.softmax_xent(x, y, np.empty_like(x)), rel=LOSS_RTOL[dtype], abs=0)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

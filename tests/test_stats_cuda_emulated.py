@@ -1,6 +1,6 @@
 """The GPU column-statistics kernels (csrc/cuda/stats_kernels.cuh: per-chunk sums of deviations
 from the first row in float64, then a fixed-order sum over chunks) compiled for the host with the
-thread-per-CUDA-thread shim (tests/cuda_emulation/emu.h) and checked against a NumPy float64
+fiber-per-CUDA-thread shim (tests/cuda_emulation/emu.h) and checked against a NumPy float64
 two-pass reference and the CPU's _C.col_stats.
 
 Tolerances (both dtypes: the values are exact in double and every sum is in double; the reference

@@ -1,5 +1,5 @@
 """The device ops of a graph-captured training step (SPEC12), compiled for the host with the
-thread-per-CUDA-thread shim (tests/cuda_emulation/emu.h, tests/cuda_emulation/train_emu.cpp):
+fiber-per-CUDA-thread shim (tests/cuda_emulation/emu.h, tests/cuda_emulation/train_emu.cpp):
 csrc/cuda/train_kernels.cuh (gather_rows, counter_add, step_metrics) and the optimizer kernel of
 csrc/cuda/optim_kernels.cuh in its table mode, plus the host-side table (optim_table).
 

@@ -1,7 +1,7 @@
 // Device code of csrc/cuda/augment.cu: the augmentation kernels and their exact-arithmetic
 // helpers (the launchers, which need nvcc's <<<>>>, stay in augment.cu). Plain C++ types and the
 // CUDA built-ins only, so that tests/test_augment_cuda_emulated.py can compile this header for
-// the host with a thread-per-CUDA-thread shim (tests/cuda_emulation/) and check every kernel
+// the host with a fiber-per-CUDA-thread shim (tests/cuda_emulation/) and check every kernel
 // against the CPU path where no GPU is at hand. See augment.cu for what each kernel does.
 #pragma once
 

@@ -1,7 +1,7 @@
 // Device code of csrc/cuda/dropout.cu: the dropout / DropConnect kernels and the host-side plans
 // that pick their layout. Kept apart from the launchers (which need nvcc's <<<>>>) and written
 // with plain C++ types only, so the same code can also be compiled for the host and run under a
-// thread-per-CUDA-thread emulation (with AddressSanitizer: every access in bounds; UBSan: every
+// fiber-per-CUDA-thread emulation (with AddressSanitizer: every access in bounds; UBSan: every
 // 16-byte access aligned) when no GPU is at hand.
 //
 // The stream (csrc/core/philox.h): position q uses word (q >> 4) & 3 of Philox counter
