@@ -187,8 +187,8 @@ def canonical_device(device, name: str = "device", *, allow_auto: bool = False) 
     if kind == "cpu" or (kind == "auto" and not is_available()):
         return "cpu"
     if not is_available():
-        raise RuntimeError(f"{name}: {device!r} asks for a GPU, but none is usable here "
-                           f"({_cuda_unavailable_reason()}); use 'cpu'")
+        why = f"no CUDA GPU: {_unavailable_reason()}" if _COMPILED else "this build of fastnn has no CUDA support"
+        raise RuntimeError(f"{name}: {device!r} asks for a GPU, but none is usable here ({why}); use 'cpu'")
     n = device_count()
     if index is None:
         index = int(_drv.cuda_get_device())
@@ -198,16 +198,10 @@ def canonical_device(device, name: str = "device", *, allow_auto: bool = False) 
     return f"cuda:{index}"
 
 
-def _cuda_unavailable_reason() -> str:
-    if not _COMPILED:
-        return "this build of fastnn has no CUDA support"
-    return f"no CUDA GPU: {_unavailable_reason()}"
-
-
 def _device_index(device) -> int:
     """The GPU index a `device=` argument names: None the current GPU; an int N, "cuda:N" or a
-    torch.device GPU N; "cuda" the current one (fastnn.parameter.parse_device's spellings, those
-    of Trainer and the estimators). "cpu" or a GPU this machine does not have is an error naming
+    torch.device GPU N; "cuda" the current one (parse_device's spellings, those of Trainer and
+    the estimators). "cpu" or a GPU this machine does not have is an error naming
     the argument."""
     if type(device) is int and 0 <= device < _drv.cuda_device_count():  # (the common case, fast)
         return device

@@ -860,8 +860,7 @@ class Trainer:
                               f"hold; the loaded trainer runs without it unless you pass {what}= again",
                               UserWarning, stacklevel=2)
         try:
-            t = cls._from_checkpoint(model, meta, tcfg, loss, augment, verbose, schedule)
-            return t
+            return cls._from_checkpoint(model, meta, tcfg, loss, augment, verbose, schedule)
         except (TypeError, ValueError, KeyError, AttributeError, IndexError, OverflowError) as e:
             raise _checkpoint.CheckpointError(f"path: {p!r} is not a readable fastnn checkpoint: its trainer or "
                                               f"optimizer state is malformed ({type(e).__name__}: {e})") from None
